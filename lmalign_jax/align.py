@@ -1,0 +1,183 @@
+"""The staged alignment of Jou et al. (initial, main, tilt estimate), finished by a joint solve.
+
+1. ``initial``: scales and tilts held at their starting values and each marker's x, y held at
+   its position in the reference (near 0 degree) view; solve marker z, rotations and shifts.
+2. ``main``: tilts fixed; solve markers, scales, rotations, shifts (and model extras).
+3. ``tilt``: markers fixed; solve every view's parameters, tilt included.
+4. ``joint``: everything free at once (gauge fixed). The block-wise answer of stages 1-3 is
+   not the least-squares optimum; this stage reaches it.
+
+Afterwards the solution is moved, by exact symmetries of the model, to the frame whose tilts
+deviate from the nominal ones by zero on average and whose marker centroid is the origin.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .initial import estimate_rotation_deg, starting_markers_and_shifts
+from .models import ProjectionModel, get_model
+from .observations import Observations
+from .problem import build_problem, reference_view
+from .result import AlignmentResult, StageReport, fit_image_transforms
+from .solve import LMConfig, Status, least_squares
+
+STAGES = ("initial", "main", "tilt", "joint")
+
+
+def _stage_modes(stage: str, model: ProjectionModel, modes: dict, obs: Observations, ref_view: int):
+    """Parameter modes and marker free-mask (n_markers, 3) for one stage."""
+    n_markers = obs.n_markers
+    if stage == "initial":
+        keep = {"rotation", *(model.shift_parameters or ())}
+        stage_modes = {p: (modes[p] if p in keep else "fixed") for p in model.parameters}
+        free = np.zeros((n_markers, 3), dtype=bool)
+        free[:, 2] = True
+        free[~obs.mask[ref_view], :2] = True
+        return stage_modes, free
+    if stage == "main":
+        return {**modes, "tilt": "fixed"}, np.ones((n_markers, 3), dtype=bool)
+    if stage == "tilt":
+        return dict(modes), np.zeros((n_markers, 3), dtype=bool)
+    if stage == "joint":
+        return dict(modes), np.ones((n_markers, 3), dtype=bool)
+    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+
+_PROJECT_ALL: dict = {}
+
+
+def _project_all(model: ProjectionModel, views, markers):
+    """Predicted centred positions (n_views, n_markers, 2), float64 numpy."""
+    if _PROJECT_ALL.get(model.name, (None,))[0] is not model.project:
+        f = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
+        _PROJECT_ALL[model.name] = (model.project, jax.jit(f))
+    with jax.enable_x64(True):
+        return np.asarray(_PROJECT_ALL[model.name][1](jnp.asarray(views), jnp.asarray(markers)), dtype=np.float64)
+
+
+def _to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
+    """Zero mean tilt deviation from nominal and marker centroid at the origin (exact symmetries)."""
+    with jax.enable_x64(True):
+        views, markers = jnp.asarray(views), jnp.asarray(markers)
+        if tilt_free and model.tilt_offset is not None:
+            delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
+            views, markers = model.tilt_offset(views, markers, delta)
+        if model.shift_parameters is not None:
+            centroid = jnp.mean(markers, axis=0)
+            at_centroid = jax.vmap(model.project, in_axes=(0, None))(views, centroid)
+            at_origin = jax.vmap(model.project, in_axes=(0, None))(views, jnp.zeros(3))
+            sx, sy = (model.index(p) for p in model.shift_parameters)
+            views = views.at[:, [sx, sy]].add(at_centroid - at_origin)
+            markers = markers - centroid
+        return np.asarray(views, np.float64), np.asarray(markers, np.float64)
+
+
+def align(
+    obs: Observations,
+    *,
+    model: str | ProjectionModel = "jou",
+    rotation_deg: float | None = None,
+    modes: dict | None = None,
+    stages=STAGES,
+    config: LMConfig = LMConfig(),
+    dtype: str = "float64",
+    ref_view: int | None = None,
+    weights: np.ndarray | None = None,
+) -> AlignmentResult:
+    """Align a tilt series on its fiducial markers.
+
+    Args:
+        obs: the observations (positions, mask, nominal tilts, image size).
+        model: projection model name or object ("jou", "luther", "diez", "imod").
+        rotation_deg: tilt-axis angle in the raw images, degrees counter-clockwise from the
+            y axis (IMOD's RotationAngle); estimated from the marker tracks when None.
+        modes: parameter name -> "free" | "fixed" | "shared" | "group:N" | labels (n_views,);
+            unnamed parameters take the model's default.
+        stages: which of "initial", "main", "tilt", "joint" to run, in that order.
+        config: Levenberg-Marquardt settings for every stage.
+        dtype: "float64" (default; enabled locally for this call) or "float32" (GPU path).
+        ref_view: gauge reference view (default: nearest 0 degrees).
+        weights: (n_views, n_markers) observation weights (robust fitting), default 1.
+    Returns:
+        ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
+    """
+    m = get_model(model)
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    stages = tuple(stages)
+    if not stages:
+        raise ValueError("at least one stage must run")
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+    if [STAGES.index(s) for s in stages] != sorted(STAGES.index(s) for s in stages):
+        raise ValueError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(stages)}")
+    modes = {p: mode for p, mode in zip(m.parameters, m.default_modes, strict=True)} | dict(modes or {})
+    unknown = set(modes) - set(m.parameters)
+    if unknown:
+        raise ValueError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}")
+    ref_view = reference_view(obs.tilts_deg) if ref_view is None else int(ref_view)
+    if not 0 <= ref_view < obs.n_views:
+        raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")
+    estimated = None
+    if rotation_deg is None:
+        estimated = rotation_deg = estimate_rotation_deg(obs)
+    if not np.isfinite(rotation_deg):
+        raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
+
+    nominal = np.radians(obs.tilts_deg)
+    views = m.neutral_views(obs.n_views)
+    views[:, m.index("rotation")] = np.radians(rotation_deg)
+    views[:, m.index("tilt")] = nominal
+    markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
+    if m.shift_parameters is not None:
+        views[:, [m.index(p) for p in m.shift_parameters]] = shifts
+
+    reports = []
+    status = Status.CONVERGED
+    n_free = 0
+    with jax.enable_x64(dtype == "float64"):
+        jdtype = jnp.float64 if dtype == "float64" else jnp.float32
+        for stage in stages:
+            stage_modes, marker_free = _stage_modes(stage, m, modes, obs, ref_view)
+            problem = build_problem(
+                m, obs, views, markers, stage_modes, marker_free, ref_view=ref_view, weights=weights, dtype=jdtype
+            )
+            start = time.perf_counter()
+            sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=config)
+            sol = jax.block_until_ready(sol)
+            seconds = time.perf_counter() - start
+            status = Status(int(sol.status))
+            if status == Status.FAILED:
+                reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, float("nan"), problem.n_free))
+                break
+            views, markers = problem.to_model_units(sol.x)
+            n_free = problem.n_free
+            rms = float(np.sqrt(float(sol.cost) / obs.n_observed))
+            reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, rms, n_free))
+
+    tilt_free = modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
+    views, markers = _to_reporting_frame(m, views, markers, nominal, tilt_free)
+    predicted = _project_all(m, views, markers)
+    residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
+    tilt = views[:, m.index("tilt")]
+    aligned = np.stack([markers[:, 0] * np.cos(t) + markers[:, 2] * np.sin(t) for t in tilt])
+    aligned = np.stack([aligned, np.broadcast_to(markers[:, 1], aligned.shape)], axis=-1)
+    xf = fit_image_transforms(predicted, aligned)
+    return AlignmentResult(
+        model=m.name,
+        observations=obs,
+        views=views,
+        markers=markers,
+        residuals=residuals,
+        stages=tuple(reports),
+        status=status.message if status != Status.CONVERGED else "converged",
+        n_free=n_free,
+        rotation_estimated_deg=estimated,
+        xf=xf,
+    )

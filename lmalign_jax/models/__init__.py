@@ -1,0 +1,22 @@
+"""Projection models, registered by name. A new variant is one module plus one line below."""
+
+from ._base import PARAMETER_KINDS, ProjectionModel
+from .diez import MODEL as DIEZ
+from .imod import MODEL as IMOD
+from .jou import MODEL as JOU
+from .luther import MODEL as LUTHER
+
+MODELS: dict[str, ProjectionModel] = {m.name: m for m in (JOU, LUTHER, DIEZ, IMOD)}
+
+
+def get_model(model: str | ProjectionModel) -> ProjectionModel:
+    """The model registered under ``model`` (a model object is returned unchanged)."""
+    if isinstance(model, ProjectionModel):
+        return model
+    try:
+        return MODELS[model]
+    except KeyError:
+        raise ValueError(f"unknown projection model {model!r}; choose one of {', '.join(MODELS)}") from None
+
+
+__all__ = ["MODELS", "PARAMETER_KINDS", "ProjectionModel", "get_model"]

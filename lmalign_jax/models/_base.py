@@ -1,0 +1,80 @@
+"""The projection-model contract shared by every model variant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: How a view parameter's value relates to image displacement; sets its solver scaling.
+#: "angle" (radians) and "ratio" (dimensionless, e.g. a scale) move a point by about
+#: (marker radius) pixels per unit; "length" parameters are pixels already.
+PARAMETER_KINDS = ("angle", "ratio", "length")
+
+
+@dataclass(frozen=True)
+class ProjectionModel:
+    """A projection model: image position of a marker in a view, plus its metadata.
+
+    Attributes:
+        name: registry name.
+        parameters: names of the per-view parameters, in vector order.
+        kinds: one of ``PARAMETER_KINDS`` per parameter (units: radians, ratio, pixels).
+        neutral: value of each parameter for an ideal microscope (scale 1, shifts 0, ...).
+        default_modes: default mode of each parameter: "free" (one value per view), "shared"
+            (one value for all views) or "fixed".
+        gauge: parameters whose value at the reference view is held fixed when free, to
+            remove the exact symmetries of the model (MODEL.md, "Gauge freedoms").
+        gauge_marker_z: whether one marker's z must be held fixed (z translation of the
+            specimen trades against the shifts).
+        project: ``project(view, xyz) -> (2,)``: view parameters (k,) in model units
+            (radians, ratios, pixels) and a marker position (3,) in pixels relative to the
+            specimen centre -> image position (2,) relative to the image centre, pixels.
+            Must be a pure, differentiable JAX function.
+        tilt_offset: optional ``tilt_offset(views (n, k), xyz (m, 3), delta) ->
+            (views, xyz)``: the exactly equivalent solution with every tilt increased by
+            ``delta`` radians (the specimen rotated about the tilt axis), or None when the
+            model has no such exact symmetry.
+        shift_parameters: names of the two parameters added to the projected position
+            (dx, dy), or None if the model has no shift.
+    """
+
+    name: str
+    parameters: tuple[str, ...]
+    kinds: tuple[str, ...]
+    neutral: tuple[float, ...]
+    default_modes: tuple[str, ...]
+    gauge: tuple[str, ...]
+    gauge_marker_z: bool
+    project: Callable
+    tilt_offset: Callable | None = None
+    shift_parameters: tuple[str, str] | None = ("dx", "dy")
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        k = len(self.parameters)
+        for attr in ("kinds", "neutral", "default_modes"):
+            if len(getattr(self, attr)) != k:
+                raise ValueError(f"model {self.name!r}: {attr} has {len(getattr(self, attr))} entries, expected {k}")
+        for kind in self.kinds:
+            if kind not in PARAMETER_KINDS:
+                raise ValueError(f"model {self.name!r}: unknown parameter kind {kind!r}")
+        for name in self.gauge + (self.shift_parameters or ()) + ("rotation", "tilt"):
+            if name not in self.parameters:
+                raise ValueError(f"model {self.name!r}: parameter {name!r} is not one of {self.parameters}")
+
+    @property
+    def n_parameters(self) -> int:
+        return len(self.parameters)
+
+    def index(self, name: str) -> int:
+        """Position of parameter ``name`` in the view vector."""
+        try:
+            return self.parameters.index(name)
+        except ValueError:
+            raise ValueError(f"model {self.name!r} has no parameter {name!r}; it has {', '.join(self.parameters)}") from None
+
+    def neutral_views(self, n_views: int) -> np.ndarray:
+        """Neutral view parameters, shape (n_views, k)."""
+        return np.tile(np.asarray(self.neutral, dtype=np.float64), (n_views, 1))

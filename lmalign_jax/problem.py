@@ -1,0 +1,195 @@
+"""From a projection model, observations and parameter modes to a bipartite solver problem.
+
+Views are the solver's A blocks (k model parameters each), markers its B blocks (x, y, z).
+Each view-parameter family has a *mode*:
+
+- ``"free"``: one value per view;
+- ``"fixed"``: held at its current value;
+- ``"shared"``: one value for all views (a global slot);
+- ``"group:N"``: one value per run of N consecutive views (IMOD's grouping);
+- an integer array (n_views,) of group labels: one value per label (-1 = free per view).
+
+The gauge freedoms (MODEL.md) are removed by fixing the model's gauge parameters (and the
+tilt) at the reference view, and the z of one marker, whenever the markers are free.
+Parameters are scaled so a unit step moves a point by about one pixel: angles and ratios
+are multiplied by the RMS marker radius L (pixels) inside the solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax.numpy as jnp
+import numpy as np
+
+from .models import ProjectionModel
+from .observations import Observations
+from .solve import Structure, Variables, choose_elimination, effective_a, make_structure
+
+_FREE, _FIXED = -1, -2
+
+
+def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
+    """Group label per view for a mode: -2 fixed, -1 free per view, >= 0 a shared slot."""
+    if isinstance(mode, str):
+        if mode == "free":
+            return np.full(n_views, _FREE)
+        if mode == "fixed":
+            return np.full(n_views, _FIXED)
+        if mode == "shared":
+            return np.zeros(n_views, dtype=int)
+        if mode.startswith("group:"):
+            try:
+                size = int(mode.split(":", 1)[1])
+            except ValueError:
+                size = 0
+            if size < 1:
+                raise ValueError(f"parameter {name!r}: group size in {mode!r} must be a positive integer")
+            return np.arange(n_views) // size
+        raise ValueError(f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N or labels")
+    labels = np.asarray(mode)
+    if labels.shape != (n_views,) or not np.issubdtype(labels.dtype, np.integer) or (labels < _FIXED).any():
+        raise ValueError(f"parameter {name!r}: group labels must be {n_views} integers >= -2, got {labels!r}")
+    return labels.astype(int)
+
+
+def _residual(project, view, xyz, observed, unit):
+    """Model minus observed position (2,) for scaled view parameters (k,) and a marker (3,)."""
+    return project(view * unit, xyz) - observed
+
+
+_RESIDUALS: dict[str, partial] = {}
+
+
+def residual_function(model: ProjectionModel):
+    """The solver residual for ``model``; one object per model so jit caches are shared."""
+    if model.name not in _RESIDUALS or _RESIDUALS[model.name].args[0] is not model.project:
+        _RESIDUALS[model.name] = partial(_residual, model.project)
+    return _RESIDUALS[model.name]
+
+
+def characteristic_radius(obs: Observations) -> float:
+    """RMS distance of observed points from the image centre (pixels, at least 1)."""
+    c = obs.centered_xy[obs.mask]
+    return float(max(np.sqrt(np.mean(np.sum(c * c, axis=-1))), 1.0))
+
+
+@dataclass(frozen=True, eq=False)
+class AlignmentProblem:
+    """A built problem: solver inputs plus what is needed to map back to model units.
+
+    views: (n_views, k) starting view parameters, model units (radians, ratios, pixels).
+    markers: (n_markers, 3) starting marker positions, pixels from the specimen centre.
+    unit: (k,) model units per solver unit of each view parameter.
+    tie: (n_views, k) global slot of each view entry, -1 if none.
+    """
+
+    model: ProjectionModel
+    fn: partial
+    x0: Variables
+    structure: Structure
+    unit: np.ndarray
+    tie: np.ndarray
+    eliminate: str
+    n_free: int
+
+    def to_model_units(self, x: Variables) -> tuple[np.ndarray, np.ndarray]:
+        """Solver variables -> (views (n_views, k) in model units, markers (n_markers, 3))."""
+        views = effective_a(x.a, x.g, jnp.asarray(self.tie)) * self.unit
+        return np.asarray(views, dtype=np.float64), np.asarray(x.b, dtype=np.float64)
+
+
+def reference_view(tilts_deg) -> int:
+    """The view nearest 0 degrees: the gauge reference."""
+    return int(np.argmin(np.abs(np.asarray(tilts_deg))))
+
+
+def reference_marker(mask, ref_view: int) -> int:
+    """The marker seen in the most views, preferring those seen in the reference view."""
+    mask = np.asarray(mask)
+    return int(np.argmax(mask.sum(axis=0) + mask.shape[0] * mask[ref_view]))
+
+
+def build_problem(
+    model: ProjectionModel,
+    obs: Observations,
+    views: np.ndarray,
+    markers: np.ndarray,
+    modes: dict,
+    marker_free: np.ndarray,
+    *,
+    ref_view: int | None = None,
+    weights: np.ndarray | None = None,
+    dtype=jnp.float64,
+) -> AlignmentProblem:
+    """Assemble the solver problem.
+
+    Args:
+        views: (n_views, k) current view parameters, model units.
+        markers: (n_markers, 3) current marker positions, pixels.
+        modes: parameter name -> mode (see module docstring); missing names use the model's
+            default mode.
+        marker_free: (n_markers, 3) bool, which marker coordinates are solved for.
+        ref_view: gauge reference view (default: nearest 0 degrees).
+        weights: (n_views, n_markers) optional observation weights (robust fitting); default 1.
+    """
+    n_views, k = views.shape
+    unknown = set(modes) - set(model.parameters)
+    if unknown:
+        raise ValueError(f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}")
+    ref_view = reference_view(obs.tilts_deg) if ref_view is None else ref_view
+    marker_free = np.asarray(marker_free, dtype=bool).copy()
+    views = np.array(views, dtype=np.float64)
+    gauge_active = bool(marker_free.any())
+    gauge = set(model.gauge) | {"tilt"} if gauge_active else set()
+
+    radius = characteristic_radius(obs)
+    unit = np.array([1.0 if kind == "length" else 1.0 / radius for kind in model.kinds])
+    free = np.zeros((n_views, k), dtype=bool)
+    tie = np.full((n_views, k), -1, dtype=np.int32)
+    slots: list[float] = []  # initial slot values, solver units
+    for p, name in enumerate(model.parameters):
+        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        if name in gauge and labels[ref_view] != _FIXED:
+            if labels[ref_view] == _FREE:
+                labels = labels.copy()
+                labels[ref_view] = _FIXED
+            else:  # the reference view's group is the gauge: hold the whole group fixed
+                group = labels == labels[ref_view]
+                views[group, p] = views[ref_view, p]
+                labels = np.where(group, _FIXED, labels)
+        free[:, p] = labels != _FIXED
+        for label in np.unique(labels[labels >= 0]):
+            members = labels == label
+            tie[members, p] = len(slots)
+            views[members, p] = np.mean(views[members, p])
+            slots.append(views[members, p][0] / unit[p])
+    if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
+        marker_free[reference_marker(obs.mask, ref_view), 2] = False
+
+    w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
+    structure = make_structure(
+        pair_data=jnp.asarray(obs.centered_xy, dtype),
+        weights=jnp.asarray(w, dtype),
+        free_a=free,
+        tie_a=tie,
+        free_b=marker_free,
+        const=jnp.asarray(unit, dtype),
+    )
+    x0 = Variables(
+        a=jnp.asarray(views / unit, dtype),
+        b=jnp.asarray(markers, dtype),
+        g=jnp.asarray(np.asarray(slots, dtype=np.float64), dtype),
+    )
+    n_free = int(len(structure.dense_a) + len(structure.dense_b) + len(slots))
+    return AlignmentProblem(
+        model=model,
+        fn=residual_function(model),
+        x0=x0,
+        structure=structure,
+        unit=unit,
+        tie=tie,
+        eliminate=choose_elimination(structure),
+        n_free=n_free,
+    )

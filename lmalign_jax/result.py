@@ -1,0 +1,156 @@
+"""What an alignment returns: parameters, residuals and their summaries, the IMOD transforms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .models import get_model
+from .observations import Observations
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """One L-M stage: name, iterations (damping trials), accepted steps, seconds, status, RMS (px)."""
+
+    name: str
+    iterations: int
+    accepted: int
+    seconds: float
+    status: str
+    rms_residual_px: float
+    n_free: int
+
+
+@dataclass(frozen=True, eq=False)
+class AlignmentResult:
+    """A solved alignment.
+
+    Attributes:
+        model: projection-model name.
+        observations: the observations that were fitted.
+        views: (n_views, k) solved view parameters in model units (radians, ratios, pixels).
+        markers: (n_markers, 3) solved marker positions, pixels; centroid at the origin when
+            the model has shifts.
+        residuals: (n_views, n_markers, 2) projected minus measured position, pixels (IMOD's
+            sign); NaN where the marker was not observed.
+        stages: per-stage reports, in order.
+        status: "converged", or why the final stage stopped.
+        n_free: number of free parameters in the final stage.
+        rotation_estimated_deg: the tilt-axis angle estimated from the tracks, or None if given.
+        xf: (n_views, 2, 3) IMOD transforms raw -> aligned, ``[A | D]`` about the image centre.
+    """
+
+    model: str
+    observations: Observations
+    views: np.ndarray
+    markers: np.ndarray
+    residuals: np.ndarray
+    stages: tuple[StageReport, ...]
+    status: str
+    n_free: int
+    rotation_estimated_deg: float | None
+    xf: np.ndarray
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "converged"
+
+    def parameter(self, name: str) -> np.ndarray:
+        """One view-parameter family (n_views,), degrees for angles, else model units."""
+        m = get_model(self.model)
+        value = self.views[:, m.index(name)]
+        return np.degrees(value) if m.kinds[m.index(name)] == "angle" else value
+
+    @property
+    def tilts_deg(self) -> np.ndarray:
+        """Solved tilt angles (n_views,), degrees."""
+        return self.parameter("tilt")
+
+    @property
+    def rotation_deg(self) -> np.ndarray:
+        """Solved tilt-axis angle of each view (n_views,), degrees."""
+        return self.parameter("rotation")
+
+    @property
+    def residual_lengths(self) -> np.ndarray:
+        """|residual| per observation (n_views, n_markers), NaN where missing."""
+        return np.linalg.norm(self.residuals, axis=-1)
+
+    @property
+    def rms_residual_px(self) -> float:
+        """Per-component RMS residual (paper eq. 4), pixels."""
+        r = self.residuals[self.observations.mask]
+        return float(np.sqrt(np.mean(r * r)))
+
+    @property
+    def mean_residual_px(self) -> float:
+        """Mean residual length (IMOD's "Residual error mean"), pixels."""
+        return float(np.nanmean(self.residual_lengths))
+
+    @property
+    def noise_floor_factor(self) -> float:
+        """sqrt(1 - n_free / (2 N_obs)): expected RMS / sigma at the optimum."""
+        return float(np.sqrt(max(1.0 - self.n_free / (2.0 * self.observations.n_observed), 0.0)))
+
+    @property
+    def sigma_px(self) -> float:
+        """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels."""
+        return self.rms_residual_px / max(self.noise_floor_factor, 1e-12)
+
+    @property
+    def view_rms_px(self) -> np.ndarray:
+        """Per-view RMS residual (n_views,), pixels."""
+        return _rms(self.residuals, self.observations.mask, axis=1)
+
+    @property
+    def marker_rms_px(self) -> np.ndarray:
+        """Per-marker RMS residual (n_markers,), pixels."""
+        return _rms(self.residuals, self.observations.mask, axis=0)
+
+    def worst_points(self, n: int = 10) -> list[dict]:
+        """The ``n`` observations with the largest residual length, largest first."""
+        lengths = np.where(self.observations.mask, self.residual_lengths, -1.0)
+        order = np.argsort(lengths, axis=None)[::-1][: min(n, self.observations.n_observed)]
+        out = []
+        for flat in order:
+            v, m = np.unravel_index(flat, lengths.shape)
+            out.append(
+                {
+                    "view": int(v),
+                    "marker": int(m),
+                    "x": float(self.observations.xy[v, m, 0]),
+                    "y": float(self.observations.xy[v, m, 1]),
+                    "dx": float(self.residuals[v, m, 0]),
+                    "dy": float(self.residuals[v, m, 1]),
+                    "length": float(lengths[v, m]),
+                }
+            )
+        return out
+
+    def aligned_xy(self) -> np.ndarray:
+        """Measured points mapped by ``xf`` into the aligned frame, (n_views, n_markers, 2), pixels."""
+        c = self.observations.center
+        a, d = self.xf[:, :, :2], self.xf[:, :, 2]
+        return np.einsum("vij,vmj->vmi", a, self.observations.xy - c) + d[:, None, :] + c
+
+
+def _rms(residuals, mask, axis):
+    sq = np.where(mask[..., None], residuals**2, 0.0).sum(axis=(axis, 2))
+    n = 2 * mask.sum(axis=axis)
+    return np.sqrt(np.divide(sq, n, out=np.full(sq.shape, np.nan), where=n > 0))
+
+
+def fit_image_transforms(predicted: np.ndarray, aligned: np.ndarray) -> np.ndarray:
+    """Per-view 2-D affine map from predicted to aligned positions, least squares.
+
+    predicted, aligned: (n_views, n_points, 2) centred coordinates. Returns (n_views, 2, 3)
+    ``[A | D]`` with aligned ~ A predicted + D. For models whose image side is a 2-D affine
+    map of the tilted projection (jou, imod without beam tilt) the fit is exact.
+    """
+    n_views, n_points, _ = predicted.shape
+    design = np.concatenate([predicted, np.ones((n_views, n_points, 1))], axis=-1)
+    sol = np.stack([np.linalg.lstsq(design[v], aligned[v], rcond=None)[0] for v in range(n_views)])
+    return np.transpose(sol, (0, 2, 1))

@@ -1,0 +1,31 @@
+"""Generic damped Gauss-Newton (Levenberg-Marquardt) for bipartite least squares.
+
+Knows nothing of tomography: two block sets A and B, a residual for each pair, global slots
+tied to A entries, masks for missing pairs and fixed entries, and a Schur-complement step.
+"""
+
+from ._dense import dense_step
+from ._linearize import Linearization, cost, linearize, pair_residuals
+from ._lm import Solution, least_squares
+from ._problem import Structure, Variables, choose_elimination, effective_a, make_structure
+from ._results import LMConfig, Status
+from ._schur import damped_step, schur_solve
+
+__all__ = [
+    "LMConfig",
+    "Linearization",
+    "Solution",
+    "Status",
+    "Structure",
+    "Variables",
+    "choose_elimination",
+    "cost",
+    "damped_step",
+    "dense_step",
+    "effective_a",
+    "least_squares",
+    "linearize",
+    "make_structure",
+    "pair_residuals",
+    "schur_solve",
+]
