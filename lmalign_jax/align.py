@@ -8,7 +8,9 @@
    not the least-squares optimum; this stage reaches it.
 
 Afterwards the solution is moved, by exact symmetries of the model, to the frame whose tilts
-deviate from the nominal ones by zero on average and whose marker centroid is the origin.
+deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
+x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
+reference view, so the aligned images sit where the raw ones did (as in IMOD).
 """
 
 from __future__ import annotations
@@ -61,14 +63,14 @@ def _project_all(model: ProjectionModel, views, markers):
 
 
 def _to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
-    """Zero mean tilt deviation from nominal and marker centroid at the origin (exact symmetries)."""
+    """Zero mean tilt deviation from nominal and zero mean marker z (exact symmetries)."""
     with jax.enable_x64(True):
         views, markers = jnp.asarray(views), jnp.asarray(markers)
         if tilt_free and model.tilt_offset is not None:
             delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
             views, markers = model.tilt_offset(views, markers, delta)
         if model.shift_parameters is not None:
-            centroid = jnp.mean(markers, axis=0)
+            centroid = jnp.zeros(3).at[2].set(jnp.mean(markers[:, 2]))
             at_centroid = jax.vmap(model.project, in_axes=(0, None))(views, centroid)
             at_origin = jax.vmap(model.project, in_axes=(0, None))(views, jnp.zeros(3))
             sx, sy = (model.index(p) for p in model.shift_parameters)

@@ -31,8 +31,9 @@ class AlignmentResult:
         model: projection-model name.
         observations: the observations that were fitted.
         views: (n_views, k) solved view parameters in model units (radians, ratios, pixels).
-        markers: (n_markers, 3) solved marker positions, pixels; centroid at the origin when
-            the model has shifts.
+        markers: (n_markers, 3) solved marker positions, pixels from the specimen origin,
+            which projects onto the image centre in the reference view; mean z is 0 when the
+            model has shifts.
         residuals: (n_views, n_markers, 2) projected minus measured position, pixels (IMOD's
             sign); NaN where the marker was not observed.
         stages: per-stage reports, in order.

@@ -1,0 +1,95 @@
+"""The generic L-M engine: Schur step = dense step, honest statuses."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmalign_jax import LMConfig, Status, get_model, simulate
+from lmalign_jax.problem import build_problem
+from lmalign_jax.solve import damped_step, dense_step, least_squares, linearize
+
+
+@pytest.fixture(scope="module")
+def small_series():
+    return simulate(n_views=13, n_markers=7, missing_fraction=0.15, seed=4)
+
+
+def _perturbed_problem(series, modes, marker_free=None, model="jou"):
+    m = get_model(model)
+    views = series.views.copy()
+    views[:, m.index("rotation")] += 0.02
+    views[:, m.index("dx")] += 3.0
+    markers = series.markers + np.array([2.0, -1.0, 4.0])
+    free = np.ones((series.observations.n_markers, 3), bool) if marker_free is None else marker_free
+    return build_problem(m, series.observations, views, markers, modes, free)
+
+
+CASES = {
+    "per-view": {},
+    "shared rotation": {"rotation": "shared"},
+    "grouped": {"scale": "group:4", "rotation": "group:3", "tilt": "group:5"},
+    "tilts fixed": {"tilt": "fixed"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("eliminate", ["a", "b"])
+@pytest.mark.parametrize("damping", [0.0, 1e-2])
+def test_schur_step_equals_dense_step(small_series, case, eliminate, damping):
+    problem = _perturbed_problem(small_series, CASES[case])
+    lin = linearize(problem.fn, problem.x0, problem.structure)
+    schur, _ = damped_step(lin, damping, problem.structure, eliminate)
+    dense = dense_step(problem.fn, problem.x0, problem.structure, damping)
+    scale = max(float(jnp.max(jnp.abs(d))) for d in dense if d.size)
+    for s, d in zip(schur, dense, strict=True):
+        np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)
+
+
+def test_schur_step_with_markers_fixed(small_series):
+    n = small_series.observations.n_markers
+    problem = _perturbed_problem(small_series, {}, marker_free=np.zeros((n, 3), bool))
+    assert problem.eliminate == "a"
+    lin = linearize(problem.fn, problem.x0, problem.structure)
+    schur, _ = damped_step(lin, 1e-3, problem.structure, "a")
+    dense = dense_step(problem.fn, problem.x0, problem.structure, 1e-3)
+    np.testing.assert_allclose(schur.a, dense.a, atol=1e-10 * float(jnp.max(jnp.abs(dense.a))))
+    assert float(jnp.max(jnp.abs(schur.b))) == 0.0
+
+
+def test_fixed_entries_do_not_move(small_series):
+    problem = _perturbed_problem(small_series, {"scale": "fixed"})
+    sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate)
+    assert Status(int(sol.status)) == Status.CONVERGED
+    views, _ = problem.to_model_units(sol.x)
+    np.testing.assert_allclose(views[:, 0], small_series.views[:, 0], rtol=1e-14)
+
+
+def test_shared_parameter_takes_one_value(small_series):
+    problem = _perturbed_problem(small_series, {"rotation": "shared"})
+    sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate)
+    views, _ = problem.to_model_units(sol.x)
+    assert np.ptp(views[:, 1]) == 0.0
+    assert abs(views[0, 1] - np.radians(-12.0)) < np.radians(0.2)
+
+
+def test_max_iterations_is_reported(small_series):
+    problem = _perturbed_problem(small_series, {})
+    sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=LMConfig(max_iterations=1))
+    assert Status(int(sol.status)) == Status.MAX_ITERATIONS
+    assert int(sol.iterations) == 1
+
+
+def test_non_finite_start_fails_honestly(small_series):
+    problem = _perturbed_problem(small_series, {})
+    x0 = problem.x0._replace(b=problem.x0.b.at[0, 0].set(jnp.nan))
+    sol = least_squares(problem.fn, x0, problem.structure, eliminate=problem.eliminate)
+    assert Status(int(sol.status)) == Status.FAILED
+    assert Status.FAILED.message.startswith("failed")
+
+
+def test_exact_data_converges_to_zero_cost():
+    series = simulate(n_views=13, n_markers=7, noise_px=0.0, seed=5)
+    problem = _perturbed_problem(series, {})
+    sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate)
+    assert Status(int(sol.status)) == Status.CONVERGED
+    assert float(sol.cost) < 1e-12
