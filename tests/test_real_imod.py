@@ -32,7 +32,10 @@ def test_solution_agrees_with_imod(name):
     assert np.sqrt(np.mean((result.tilts_deg - imod_tilts - offset) ** 2)) < 0.3
     xyz = np.loadtxt(DATA / f"{stem.replace(name, name + 'fid')}.xyz", usecols=(1, 2, 3))
     imod_xy = xyz[:, :2] - np.asarray(size) / 2
-    # same specimen frame up to a small in-plane offset: compare marker-to-marker geometry
+    # same marker geometry up to the gauge (global scale), an in-plane offset and, for
+    # midzone2 (solved by IMOD with stretch and skew), a small linear distortion
     ours = result.markers[:, :2] - result.markers[:, :2].mean(0)
     theirs = imod_xy - imod_xy.mean(0)
-    assert np.sqrt(np.mean((ours - theirs) ** 2)) < 2.0
+    linear = np.linalg.lstsq(ours, theirs, rcond=None)[0]
+    assert np.allclose(linear, np.eye(2), atol=0.03)
+    assert np.sqrt(np.mean((ours @ linear - theirs) ** 2)) < 1.0
