@@ -1,0 +1,62 @@
+"""File input/output for tilt-series alignment (numpy only; no JAX).
+
+Every parser raises :class:`InputError` (a ``ValueError``) for a missing, unreadable or
+malformed file; every writer writes atomically (:func:`atomic_write`). Views are 0-based;
+coordinates are pixels in IMOD image coordinates (origin at the lower-left corner, y up);
+angles are degrees.
+"""
+
+from .atomic import atomic_write
+from .errors import InputError
+from .imod import (
+    FidXYZ,
+    ResidualTable,
+    read_fid_xyz,
+    read_resid,
+    read_xf,
+    resid_to_markers,
+    write_fid_xyz,
+    write_resid,
+    write_xf,
+)
+from .markers import (
+    MARKER_EXTENSIONS,
+    MarkerSet,
+    read_imod_model,
+    read_markers,
+    read_markers_csv,
+    read_model2point,
+    read_pytom_markers,
+    write_imod_model,
+    write_markers_csv,
+    write_model2point,
+)
+from .tilts import MdocTilts, read_mdoc, read_tilts, write_tlt
+
+__all__ = [
+    "InputError",
+    "atomic_write",
+    "MarkerSet",
+    "MARKER_EXTENSIONS",
+    "read_markers",
+    "read_markers_csv",
+    "write_markers_csv",
+    "read_model2point",
+    "write_model2point",
+    "read_imod_model",
+    "write_imod_model",
+    "read_pytom_markers",
+    "read_tilts",
+    "write_tlt",
+    "MdocTilts",
+    "read_mdoc",
+    "read_xf",
+    "write_xf",
+    "ResidualTable",
+    "read_resid",
+    "write_resid",
+    "resid_to_markers",
+    "FidXYZ",
+    "read_fid_xyz",
+    "write_fid_xyz",
+]

@@ -1,0 +1,59 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+__all__ = ["atomic_write"]
+
+
+def _default_mode() -> int:
+    """Permission bits a plain ``open(path, "w")`` would give a new file (0o666 minus umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open ``path`` for writing so that it appears complete or not at all.
+
+    Data go to a temporary file in the same directory; on a clean exit of the ``with`` block it is
+    flushed, synced and ``os.replace``-d onto ``path`` (atomic on POSIX). If the block raises, the
+    temporary file is removed and any existing ``path`` is left untouched.
+
+    ``mode`` is ``"w"`` (text, UTF-8, ``\\n`` line endings) or ``"wb"`` (binary).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = "." + os.path.basename(path) + "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    try:
+        if mode == "w":
+            f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        else:
+            f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

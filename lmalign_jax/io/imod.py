@@ -1,0 +1,282 @@
+"""IMOD alignment text files: ``.xf`` transforms, ``.resid`` residuals, ``fid.xyz`` 3-D points.
+
+Fortran layouts (as written by IMOD ``tiltalign``/``xfproduct``); readers split on whitespace and
+fall back to the fixed columns when numbers run together:
+
+- ``.xf``: per view ``A11 A12 A21 A22 DX DY`` as ``4f12.7,2f12.3``; the transform maps raw to
+  aligned image about the image centre c: ``x' = A (x - c) + d + c``.
+- ``.resid``: line 1 ``N residuals``, then N lines ``X Y view dx dy`` as ``2f10.2,i5,2f8.2``:
+  measured position (pixels), 0-based view, residual = projected - measured (pixels). Points
+  come in one block per fiducial with increasing views; a new fiducial starts where the view
+  does not increase.
+- ``fid.xyz``: per fiducial ``#  X  Y  Z  obj  cont`` as ``i4,3f10.2,i7,i5``, the first line
+  followed by `` Pix:`` (f12.5, IMOD's model pixel spacing) and `` Dim:`` nx ny (2i6). X, Y in
+  pixels of the image frame, Z relative to the section centre; obj/cont are IMOD's 1-based
+  object and contour numbers; # numbers the points from 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ._text import parse_float, parse_int, read_lines, show, split_fields
+from .atomic import atomic_write
+from .errors import InputError
+from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
+
+__all__ = [
+    "read_xf", "write_xf",
+    "ResidualTable", "read_resid", "write_resid", "resid_to_markers",
+    "FidXYZ", "read_fid_xyz", "write_fid_xyz",
+]
+
+_XF_WIDTHS = (12, 12, 12, 12, 12, 12)
+_RESID_WIDTHS = (10, 10, 5, 8, 8)
+_FID_WIDTHS = (4, 10, 10, 10, 7, 5)
+
+
+def _data_lines(path, lines: list[str], start: int = 1) -> list[tuple[int, str]]:
+    """(line number, text) of the lines up to the last non-blank one, numbered from ``start``;
+    inner blank lines are errors."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    out = []
+    for k, raw in enumerate(lines, start=start):
+        if not raw.strip():
+            raise InputError(path, k, "blank line inside the data")
+        out.append((k, raw))
+    return out
+
+
+def _fmt(value: float, width: int, decimals: int) -> str:
+    """``value`` as Fortran ``f{width}.{decimals}``; it must leave a blank before it."""
+    s = f"{float(value):{width}.{decimals}f}"
+    if len(s) >= width + 1 or not s.startswith(" "):
+        raise ValueError(f"value {value!r} does not fit IMOD's f{width}.{decimals} field")
+    return s
+
+
+def _fmti(value: int, width: int) -> str:
+    s = f"{int(value):{width}d}"
+    if not s.startswith(" "):
+        raise ValueError(f"value {value!r} does not fit IMOD's i{width} field")
+    return s
+
+
+# ---------------------------------------------------------------- .xf
+
+def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an IMOD ``.xf`` (or ``.tltxf``/``.prexf``...) file.
+
+    Returns ``(A, shifts)``: float64 (n, 2, 2) matrices ``[[A11, A12], [A21, A22]]`` and
+    float64 (n, 2) shifts ``(DX, DY)`` in pixels, one per view (line k = view k).
+    """
+    rows = []
+    for k, raw in _data_lines(path, read_lines(path)):
+        f = split_fields(raw, _XF_WIDTHS)
+        if len(f) != 6:
+            raise InputError(path, k, f"expected 6 values (A11 A12 A21 A22 DX DY), got {len(raw.split())}")
+        names = ("A11", "A12", "A21", "A22", "DX", "DY")
+        rows.append([parse_float(t, path, k, n) for t, n in zip(f, names)])
+    if not rows:
+        raise InputError(path, None, "no transforms")
+    a = np.array(rows, dtype=np.float64)
+    return a[:, :4].reshape(-1, 2, 2), a[:, 4:].copy()
+
+
+def write_xf(path: str | os.PathLike, A, shifts) -> None:
+    """Write ``A`` (n, 2, 2) and ``shifts`` (n, 2) pixels as IMOD ``.xf`` (``4f12.7,2f12.3``)."""
+    A = np.asarray(A, dtype=np.float64)
+    shifts = np.asarray(shifts, dtype=np.float64)
+    if A.ndim != 3 or A.shape[1:] != (2, 2) or shifts.shape != (A.shape[0], 2) or A.shape[0] == 0:
+        raise ValueError(f"need A (n, 2, 2) and shifts (n, 2) with n > 0, got {A.shape} and {shifts.shape}")
+    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(shifts))):
+        raise ValueError("A and shifts must be finite")
+    with atomic_write(path) as f:
+        for a, d in zip(A, shifts):
+            f.write("".join(_fmt(v, 12, 7) for v in a.ravel()) + _fmt(d[0], 12, 3) + _fmt(d[1], 12, 3) + "\n")
+
+
+# ---------------------------------------------------------------- .resid
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ResidualTable:
+    """Contents of an IMOD ``.resid`` file (n projection points).
+
+    Attributes
+    ----------
+    xy : float64 (n, 2)       measured position, pixels (IMOD image coordinates).
+    view : int64 (n,)         0-based view index.
+    marker : int64 (n,)       0-based fiducial index (block number in the file; block k is the
+                              k-th point of the matching ``fid.xyz``).
+    residual : float64 (n, 2) projected - measured, pixels.
+    """
+
+    xy: np.ndarray
+    view: np.ndarray
+    marker: np.ndarray
+    residual: np.ndarray
+
+    @property
+    def n_markers(self) -> int:
+        return int(self.marker.max()) + 1 if self.marker.size else 0
+
+
+def read_resid(path: str | os.PathLike) -> ResidualTable:
+    """Read an IMOD ``.resid`` file (see module docstring). The count on line 1 must match."""
+    lines = read_lines(path)
+    if not lines or not lines[0].strip():
+        raise InputError(path, 1, "expected 'N residuals' on line 1")
+    head = lines[0].split()
+    if len(head) != 2 or head[1].lower() != "residuals":
+        raise InputError(path, 1, f"expected 'N residuals' on line 1, got {show(lines[0].strip())}")
+    n = parse_int(head[0], path, 1, "residual count")
+    body = _data_lines(path, lines[1:], start=2)
+    if len(body) != n:
+        raise InputError(path, None, f"line 1 announces {n} residuals but {len(body)} follow")
+    xy, view, marker, res = [], [], [], []
+    current, last_view = -1, None
+    for k, raw in body:
+        f = split_fields(raw, _RESID_WIDTHS)
+        if len(f) != 5:
+            raise InputError(path, k, f"expected 5 values (X Y view dx dy), got {len(raw.split())}")
+        v = parse_int(f[2], path, k, "view")
+        if v < 0:
+            raise InputError(path, k, f"negative view index {v}")
+        if v >= MAX_VIEWS:
+            raise InputError(path, k, f"view index {v} exceeds the limit of {MAX_VIEWS} views")
+        if last_view is None or v <= last_view:
+            current += 1
+        last_view = v
+        xy.append((parse_float(f[0], path, k, "X"), parse_float(f[1], path, k, "Y")))
+        res.append((parse_float(f[3], path, k, "dx"), parse_float(f[4], path, k, "dy")))
+        view.append(v)
+        marker.append(current)
+    return ResidualTable(
+        xy=np.array(xy, dtype=np.float64).reshape(-1, 2),
+        view=np.array(view, dtype=np.int64),
+        marker=np.array(marker, dtype=np.int64),
+        residual=np.array(res, dtype=np.float64).reshape(-1, 2),
+    )
+
+
+def write_resid(path: str | os.PathLike, xy, view, residual) -> None:
+    """Write an IMOD ``.resid`` file: ``xy`` (n, 2) measured px, ``view`` (n,) 0-based,
+    ``residual`` (n, 2) px (projected - measured). Points must be grouped by fiducial with
+    increasing views, as the reader infers fiducials from that order."""
+    xy = np.asarray(xy, dtype=np.float64)
+    residual = np.asarray(residual, dtype=np.float64)
+    view = np.asarray(view)
+    n = xy.shape[0] if xy.ndim == 2 else -1
+    if xy.shape != (n, 2) or residual.shape != (n, 2) or view.shape != (n,):
+        raise ValueError(f"need xy (n, 2), view (n,), residual (n, 2); got {xy.shape}, {view.shape}, {residual.shape}")
+    if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(residual))):
+        raise ValueError("xy and residual must be finite")
+    if n and (not np.issubdtype(view.dtype, np.integer) or view.min() < 0):
+        raise ValueError("view must hold non-negative integers")
+    with atomic_write(path) as f:
+        f.write(f"{n:6d} residuals\n")
+        for (x, y), v, (dx, dy) in zip(xy, view, residual):
+            f.write(_fmt(x, 10, 2) + _fmt(y, 10, 2) + _fmti(v, 5) + _fmt(dx, 8, 2) + _fmt(dy, 8, 2) + "\n")
+
+
+def resid_to_markers(table: ResidualTable, image_size: tuple[int, int] | None,
+                     n_views: int | None = None, pixel_size: float | None = None) -> MarkerSet:
+    """The measured positions of a :class:`ResidualTable` as a :class:`MarkerSet`.
+
+    Marker ids are 1, 2, ... in block order, matching the ``#`` column of IMOD's ``fid.xyz``.
+    ``n_views`` defaults to the highest view + 1.
+    """
+    points = ((int(m) + 1, int(v), float(x), float(y), None)
+              for m, v, (x, y) in zip(table.marker, table.view, table.xy))
+    return build_marker_set("<resid table>", points, source="IMOD .resid", n_views=n_views,
+                            image_size=image_size, pixel_size=pixel_size)
+
+
+# ---------------------------------------------------------------- fid.xyz
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FidXYZ:
+    """Contents of an IMOD ``fid.xyz`` file (m fiducials).
+
+    Attributes
+    ----------
+    xyz : float64 (m, 3)     X, Y in image pixels (centre at nx/2, ny/2), Z relative to the
+                             section centre, pixels.
+    point : int64 (m,)       the ``#`` column (1-based point number).
+    object : int64 (m,)      IMOD object number (1-based).
+    contour : int64 (m,)     IMOD contour number (1-based); the marker id of a fiducial model.
+    pixel_size : float or None  the ``Pix:`` value as written (IMOD's model pixel spacing, in
+                             IMOD's units; 1.0 means not set).
+    image_size : (nx, ny) or None  the ``Dim:`` values.
+    """
+
+    xyz: np.ndarray
+    point: np.ndarray
+    object: np.ndarray
+    contour: np.ndarray
+    pixel_size: float | None
+    image_size: tuple[int, int] | None
+
+
+def read_fid_xyz(path: str | os.PathLike) -> FidXYZ:
+    """Read an IMOD ``fid.xyz`` file (see module docstring)."""
+    body = _data_lines(path, read_lines(path))
+    if not body:
+        raise InputError(path, None, "no fiducial points")
+    pix, dim = None, None
+    xyz, point, obj, cont = [], [], [], []
+    for k, raw in body:
+        text = raw
+        if k == 1 and "Pix:" in raw:
+            text, _, tail = raw.partition("Pix:")
+            pix_tok, dim_sep, dim_tok = tail.partition("Dim:")
+            pix = parse_float(pix_tok, path, k, "Pix:")
+            if dim_sep:
+                d = dim_tok.split()
+                if len(d) != 2:
+                    raise InputError(path, k, f"expected 'Dim: nx ny', got {show(dim_tok.strip())}")
+                dim = (parse_int(d[0], path, k, "Dim nx"), parse_int(d[1], path, k, "Dim ny"))
+                if min(dim) <= 0:
+                    raise InputError(path, k, f"image size must be positive, got {dim}")
+        f = split_fields(text.rstrip(), _FID_WIDTHS)
+        if len(f) != 6:
+            raise InputError(path, k, f"expected 6 values (# X Y Z obj cont), got {len(text.split())}")
+        point.append(parse_int(f[0], path, k, "point number"))
+        xyz.append([parse_float(t, path, k, n) for t, n in zip(f[1:4], "XYZ")])
+        obj.append(parse_int(f[4], path, k, "object"))
+        cont.append(parse_int(f[5], path, k, "contour"))
+    return FidXYZ(xyz=np.array(xyz, dtype=np.float64), point=np.array(point, dtype=np.int64),
+                  object=np.array(obj, dtype=np.int64), contour=np.array(cont, dtype=np.int64),
+                  pixel_size=pix, image_size=dim)
+
+
+def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
+                  image_size: tuple[int, int], objects=None) -> None:
+    """Write an IMOD ``fid.xyz`` file.
+
+    ``xyz`` (m, 3) pixels; ``ids`` (m,) contour numbers (the ``cont`` column); ``objects`` (m,)
+    object numbers (default 1); ``pixel_size`` goes after ``Pix:`` as given (None writes 1.0,
+    IMOD's "not set"); ``image_size`` (nx, ny) after ``Dim:``. Points are numbered 1..m.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    ids = np.asarray(ids)
+    m = xyz.shape[0] if xyz.ndim == 2 else -1
+    objects = np.ones(max(m, 0), dtype=np.int64) if objects is None else np.asarray(objects)
+    if xyz.shape != (m, 3) or m == 0 or ids.shape != (m,) or objects.shape != (m,):
+        raise ValueError("need xyz (m, 3) with m > 0, ids (m,), objects (m,); "
+                         f"got {xyz.shape}, {ids.shape}, {objects.shape}")
+    if not np.all(np.isfinite(xyz)):
+        raise ValueError("xyz must be finite")
+    nx, ny = (int(n) for n in image_size)
+    pix = 1.0 if pixel_size is None else float(pixel_size)
+    with atomic_write(path) as f:
+        for j in range(m):
+            line = (_fmti(j + 1, 4) + "".join(_fmt(v, 10, 2) for v in xyz[j])
+                    + _fmti(objects[j], 7) + _fmti(ids[j], 5))
+            if j == 0:
+                line += " Pix:" + _fmt(pix, 12, 5) + " Dim:" + _fmti(nx, 6) + _fmti(ny, 6)
+            f.write(line + "\n")

@@ -1,0 +1,201 @@
+"""IMOD binary model files (``.fid``, ``.mod``) holding fiducial markers, via ``imodmodel``.
+
+A fiducial model has one contour per marker; each point is ``(x, y, z)`` with x, y in pixels
+(IMOD image coordinates, origin at the lower-left image corner) and z the 0-based view
+(section) index, rounded to the nearest integer here. Marker ids are IMOD's 1-based contour
+numbers; in a model with several objects the contours are numbered on across objects
+(object 2's first contour follows object 1's last), so a one-object model keeps its contour
+numbers. Empty contours are skipped.
+
+``imodmodel``'s parser trusts the file; :func:`read_imod_model` first walks the chunk layout
+(declared in ``imodmodel.binary_specification``) and checks every size against the file length,
+so truncated or corrupt files raise :class:`InputError` instead of hanging or allocating
+without bound.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import warnings
+
+import numpy as np
+from imodmodel.binary_specification import ModFileSpecification as _Spec
+from imodmodel.models import Contour, ImodModel, ModelHeader, Object, ObjectHeader
+from imodmodel.parsers import parse_model
+from imodmodel.writers import write_model
+
+from ._text import read_bytes
+from .atomic import atomic_write
+from .errors import InputError
+from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
+
+__all__ = ["read_imod_model", "write_imod_model", "contour_numbers"]
+
+# IMOD model header "units" codes -> power of ten of metres (0 = pixels, no physical size).
+_UNIT_EXP = {1: 0, 3: 3, -2: -2, -3: -3, -6: -6, -9: -9, -10: -10, -12: -12}
+_MAX_CONTOUR_ID = 1_000_000
+_OPEN_CONTOURS = 1 << 3  # IMOD object flag: contours are open (as in fiducial models)
+
+
+def _size(spec: dict) -> int:
+    return struct.calcsize(">" + "".join(spec.values()))
+
+
+_ID, _MODEL, _OBJECT = _size(_Spec.ID), _size(_Spec.MODEL_HEADER), _size(_Spec.OBJECT_HEADER)
+_CONTOUR, _MESH = _size(_Spec.CONTOUR_HEADER), _size(_Spec.MESH_HEADER)
+_FIXED = {b"IMAT": _size(_Spec.IMAT), b"MINX": _size(_Spec.MINX), b"SLAN": _size(_Spec.SLAN)}
+_STORAGE = (b"MOST", b"OBST", b"COST", b"MEST")
+
+
+def _check_layout(data: bytes, path) -> None:
+    """Walk the chunks as ``imodmodel.parsers.parse_model`` will, checking every size."""
+    n = len(data)
+
+    def need(pos: int, count: int, what: str) -> None:
+        if count < 0 or pos + count > n:
+            raise InputError(path, None, f"truncated or corrupt IMOD model: {what} at byte {pos} "
+                                         f"runs past the end ({n} bytes)")
+
+    def i32(pos: int) -> int:
+        need(pos, 4, "size field")
+        return struct.unpack_from(">i", data, pos)[0]
+
+    need(0, _ID + _MODEL, "header")
+    if data[:4] != b"IMOD":
+        raise InputError(path, None, "not an IMOD model (file does not start with 'IMOD')")
+    pos = _ID + _MODEL
+    have_obj = have_cont = have_mesh = False
+    last_psize = 0
+    while True:
+        need(pos, 4, "chunk tag")
+        tag = data[pos:pos + 4]
+        if not (tag.isascii() and tag.isalnum()):
+            raise InputError(path, None, f"corrupt IMOD model: bad chunk tag {tag!r} at byte {pos}")
+        pos += 4
+        if tag == b"IEOF":
+            return
+        if tag == b"OBJT":
+            need(pos, _OBJECT, "object header")
+            pos += _OBJECT
+            have_obj, have_cont, have_mesh = True, False, False
+            continue
+        if tag in (b"CONT", b"MESH", b"IMAT", b"OBST") and not have_obj:
+            raise InputError(path, None, f"corrupt IMOD model: {tag.decode()} chunk before any object")
+        if tag == b"CONT":
+            last_psize = i32(pos)
+            need(pos, _CONTOUR + 12 * last_psize, "contour")
+            pos += _CONTOUR + 12 * last_psize
+            have_cont = True
+        elif tag == b"MESH":
+            vsize, lsize = i32(pos), i32(pos + 4)
+            if vsize < 0 or lsize <= 0:
+                raise InputError(path, None, f"corrupt IMOD model: bad mesh sizes at byte {pos}")
+            need(pos, _MESH + 12 * vsize + 4 * lsize, "mesh")
+            pos += _MESH + 12 * vsize + 4 * lsize
+            have_mesh = True
+        elif tag == b"SIZE":
+            if not have_cont:
+                raise InputError(path, None, "corrupt IMOD model: SIZE chunk before any contour")
+            need(pos, 4 + 4 * last_psize, "point sizes")
+            pos += 4 + 4 * last_psize
+        elif tag in _FIXED:
+            need(pos, 4 + _FIXED[tag], tag.decode())
+            pos += 4 + _FIXED[tag]
+        else:
+            size = struct.unpack_from(">I", data, pos)[0] if pos + 4 <= n else -1
+            need(pos, 4 + size if size >= 0 else -1, f"{tag.decode(errors='replace')} chunk")
+            if tag in _STORAGE:
+                if size % 12:
+                    raise InputError(path, None, f"corrupt IMOD model: {tag.decode()} size {size} not a multiple of 12")
+                if (tag == b"COST" and not have_cont) or (tag == b"MEST" and not have_mesh):
+                    raise InputError(path, None, f"corrupt IMOD model: misplaced {tag.decode()} chunk")
+            pos += 4 + size
+
+
+def _parse(data: bytes, path) -> ImodModel:
+    _check_layout(data, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return parse_model(io.BytesIO(data))
+    except Exception as e:  # imodmodel / pydantic validation of field values
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(path, None, f"invalid IMOD model ({type(e).__name__}: {first[:120]})") from None
+
+
+def _pixel_size_angstrom(header: ModelHeader) -> float | None:
+    exp = _UNIT_EXP.get(int(header.units))
+    pix = float(header.pixelsize)
+    if exp is None or not (math.isfinite(pix) and pix > 0):
+        return None
+    return float(f"{pix * 10.0 ** (exp + 10):.7g}")  # header is float32: keep 7 digits
+
+
+def read_imod_model(path: str | os.PathLike, n_views: int | None = None) -> MarkerSet:
+    """Read an IMOD binary fiducial model into a :class:`MarkerSet`.
+
+    ``image_size`` comes from the model header (xmax, ymax) when positive; the header's zmax
+    (stack size in z) sets the number of views when it is plausible and ``n_views`` is not
+    given. ``pixel_size`` (Angstrom) is taken from the header when its units are physical.
+    """
+    model = _parse(read_bytes(path), path)
+    h = model.header
+    points = []
+    offset = 0
+    for o, obj in enumerate(model.objects, start=1):
+        for c, contour in enumerate(obj.contours, start=1):
+            pts = np.asarray(contour.points, dtype=np.float64).reshape(-1, 3)
+            for p, (x, y, z) in enumerate(pts, start=1):
+                where = f"object {o}, contour {c}, point {p}"
+                if not math.isfinite(z):
+                    raise InputError(path, None, f"non-finite z ({where})")
+                points.append((offset + c, math.floor(z + 0.5), float(x), float(y), where))
+        offset += len(obj.contours)
+    zmax = int(h.zmax)
+    min_views = zmax if n_views is None and 0 < zmax <= MAX_VIEWS else 0
+    size = (int(h.xmax), int(h.ymax)) if h.xmax > 0 and h.ymax > 0 else None
+    return build_marker_set(path, points, source=os.fspath(path), n_views=n_views,
+                            min_views=min_views, image_size=size, pixel_size=_pixel_size_angstrom(h))
+
+
+def contour_numbers(ids: tuple[int, ...]) -> list[int]:
+    """IMOD contour numbers for markers with ``ids``: the ids themselves when they are all in
+    1..1e6 (IMOD numbers contours from 1), else 1..n in marker order."""
+    if ids and min(ids) >= 1 and max(ids) <= _MAX_CONTOUR_ID:
+        return list(ids)
+    return list(range(1, len(ids) + 1))
+
+
+def write_imod_model(path: str | os.PathLike, markers: MarkerSet) -> None:
+    """Write ``markers`` as a one-object IMOD fiducial model (open contours, big-endian binary).
+
+    Contour numbers are given by :func:`contour_numbers` (the marker ids when they are valid
+    IMOD contour numbers; gaps are filled with empty contours so the ids survive a round trip).
+    Point z is the view index. The header records the image size (if known), the number of
+    views as zmax and the pixel size in nm (if known).
+    """
+    numbers = contour_numbers(markers.marker_ids)
+    column = {cid: k for k, cid in enumerate(numbers)}
+    contours = []
+    for cid in range(1, max(numbers, default=0) + 1):
+        k = column.get(cid)
+        if k is None:
+            pts = np.zeros((0, 3))
+        else:
+            views = np.nonzero(markers.mask[:, k])[0]
+            pts = np.column_stack([markers.xy[views, k], views.astype(np.float64)])
+        contours.append(Contour(points=pts.reshape(-1, 3)))
+    nx, ny = markers.image_size or (0, 0)
+    header = ModelHeader(xmax=nx, ymax=ny, zmax=markers.n_views)
+    if markers.pixel_size is not None:
+        header.pixelsize, header.units = markers.pixel_size / 10.0, -9
+    obj = Object(header=ObjectHeader(name="fiducials", flags=_OPEN_CONTOURS), contours=contours)
+    obj.update_sizes()
+    model = ImodModel(header=header, objects=[obj])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with atomic_write(path, "wb") as f:
+            write_model(f, model)

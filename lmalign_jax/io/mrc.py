@@ -1,0 +1,195 @@
+"""MRC tilt-series input and tomogram output (numpy + mrcfile only; no JAX here).
+
+* :func:`read_stack_header` -- ``(n_views, ny, nx, pixel_size_A)`` from the header alone.
+* :func:`read_stack` -- the images as a ``(n_views, ny, nx)`` array, memory-mapped by default.
+* :func:`create_volume` -- a context manager yielding a writable, memory-mapped float32 volume
+  ``(nz, ny, nx)`` that appears at ``path`` complete or not at all: the data go to a temporary
+  file beside ``path``, header statistics and voxel size are set on success, and the file is then
+  renamed over ``path``; if the ``with`` block raises, the temporary file is removed.
+
+Bad input (missing file, not an MRC file, wrong dimensionality) raises
+:class:`lmalign_jax.io.errors.InputError`, a :class:`ValueError` whose message names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import mrcfile
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["read_stack_header", "read_stack", "create_volume"]
+
+
+def _bad(path, problem: str) -> InputError:
+    return InputError(path=path, line=None, problem=problem)
+
+
+@contextlib.contextmanager
+def _open_header(path) -> Iterator[mrcfile.mrcfile.MrcFile]:
+    """Open ``path`` header-only, turning every failure into an InputError naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise _bad(path, "no such file")
+    if os.path.isdir(path):
+        raise _bad(path, "is a directory, not an MRC file")
+    try:
+        mrc = mrcfile.open(path, mode="r", header_only=True, permissive=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _bad(path, f"not a readable MRC file ({exc})") from exc
+    try:
+        yield mrc
+    finally:
+        mrc.close()
+
+
+def _pixel_size(header) -> float | None:
+    """Pixel size in Angstrom from the header's cell and grid, or None when it is not set."""
+    mx = int(header.mx)
+    cella_x = float(header.cella.x)
+    if mx <= 0 or not np.isfinite(cella_x) or cella_x <= 0.0:
+        return None
+    return cella_x / mx
+
+
+def read_stack_header(path) -> tuple[int, int, int, float | None]:
+    """Return ``(n_views, ny, nx, pixel_size_A)`` of an MRC image stack without reading its data.
+
+    A single 2-D image counts as one view. ``pixel_size_A`` is the x pixel size in Angstrom from
+    the header (cell / grid), or ``None`` when the header does not set it.
+    """
+    with _open_header(path) as mrc:
+        h = mrc.header
+        nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+        if nx <= 0 or ny <= 0 or nz <= 0:
+            raise _bad(path, f"header has non-positive dimensions nx={nx}, ny={ny}, nz={nz}")
+        return nz, ny, nx, _pixel_size(h)
+
+
+def read_stack(path, mmap: bool = True) -> np.ndarray:
+    """Read an MRC image stack as ``(n_views, ny, nx)``, ``data[view, row, column]``.
+
+    With ``mmap=True`` (default) the result is a read-only ``numpy.memmap`` onto the file, so a
+    large stack is read lazily, view by view, by whoever indexes it; otherwise an in-memory copy.
+    The data keep the file's dtype (int8/int16/uint16/float16/float32). A single 2-D image is
+    returned with a leading axis of length 1.
+    """
+    path = os.fspath(path)
+    with _open_header(path):  # validates existence and header, with a clear message
+        pass
+    try:
+        opener = mrcfile.mmap if mmap else mrcfile.open
+        with opener(path, mode="r", permissive=False) as mrc:
+            data = mrc.data
+            if data is None:
+                raise _bad(path, "MRC file holds no data")
+            if np.iscomplexobj(data):
+                raise _bad(path, f"complex MRC data (mode {int(mrc.header.mode)}) is not an image stack")
+            if data.ndim == 2:
+                data = data[np.newaxis]
+            elif data.ndim != 3:
+                raise _bad(path, f"expected a 2-D image or 3-D stack, got {data.ndim}-D data")
+            if mmap:
+                # A fresh read-only memmap owns its own mapping, so it stays valid after close.
+                arr = np.memmap(path, dtype=data.dtype, mode="r", offset=int(mrc.header.nbytes)
+                                + int(mrc.header.nsymbt), shape=data.shape, order="C")
+            else:
+                arr = np.array(data, copy=True)
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise _bad(path, f"could not read MRC data ({exc})") from exc
+    return arr
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _volume_stats(data: np.ndarray, chunk_elems: int = 1 << 24) -> tuple[float, float, float, float]:
+    """min, max, mean, rms deviation from the mean, in float64, reading ``data`` in z chunks."""
+    nz = data.shape[0]
+    per_z = max(1, int(np.prod(data.shape[1:])))
+    step = max(1, chunk_elems // per_z)
+    dmin, dmax, s1, s2, n = np.inf, -np.inf, 0.0, 0.0, 0
+    for z0 in range(0, nz, step):
+        block = np.asarray(data[z0:z0 + step], dtype=np.float64)
+        dmin = min(dmin, float(block.min()))
+        dmax = max(dmax, float(block.max()))
+        s1 += float(block.sum())
+        n += block.size
+    mean = s1 / n
+    for z0 in range(0, nz, step):
+        block = np.asarray(data[z0:z0 + step], dtype=np.float64) - mean
+        flat = block.ravel()
+        s2 += float(np.dot(flat, flat))
+    return dmin, dmax, mean, float(np.sqrt(s2 / n))
+
+
+@contextlib.contextmanager
+def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
+    """Create an MRC volume at ``path`` that appears complete or not at all.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file. An existing file is replaced only when the ``with`` block succeeds.
+    shape : (nz, ny, nx)
+        Volume shape in numpy order.
+    voxel_size : float or (x, y, z)
+        Voxel size in Angstrom (the pixel size times any binning).
+
+    Yields
+    ------
+    numpy.memmap
+        A writable float32 ``(nz, ny, nx)`` array onto a temporary file in the same directory,
+        initialised to zero. On a clean exit the header statistics (min, max, mean, rms) are
+        computed from the data in chunks, the voxel size is set, the file is flushed and renamed
+        atomically onto ``path``. If the block raises, the temporary file is removed and ``path``
+        is left untouched.
+    """
+    path = os.fspath(path)
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"{path}: volume shape must be three positive sizes (nz, ny, nx), got {shape}")
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
+    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _bad(path, f"output directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    mrc = None
+    try:
+        mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=2, overwrite=True)
+        mrc.set_volume()
+        yield mrc.data
+        dmin, dmax, mean, rms = _volume_stats(mrc.data)
+        mrc.header.dmin = np.float32(dmin)
+        mrc.header.dmax = np.float32(dmax)
+        mrc.header.dmean = np.float32(mean)
+        mrc.header.rms = np.float32(rms)
+        mrc.voxel_size = (float(vs[0]), float(vs[1]), float(vs[2]))
+        mrc.flush()
+        mrc.close()
+        mrc = None
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if mrc is not None:
+            with contextlib.suppress(Exception):
+                mrc.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,149 @@
+"""Tilt angles: IMOD ``.tlt``/``.rawtlt`` files and SerialEM ``.mdoc`` autodocs.
+
+A ``.tlt``/``.rawtlt`` file holds one tilt angle in degrees per line; line k is view k
+(0-based inside). IMOD reads these free-format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+
+import numpy as np
+from mdocfile.data_models import Mdoc
+
+from ._text import check_extension, parse_float, read_lines, show
+from .atomic import atomic_write
+from .errors import InputError
+
+__all__ = ["read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
+
+TILT_EXTENSIONS = (".tlt", ".rawtlt")
+
+
+def read_tilts(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``.tlt``/``.rawtlt`` file: float64 (n_views,) tilt angles in degrees.
+
+    Blank lines at the end are allowed; a blank line before the last angle, a line with more
+    than one value, or a value that is not a finite number is an :class:`InputError`.
+    """
+    check_extension(path, TILT_EXTENSIONS, "tilt-angle")
+    lines = read_lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise InputError(path, None, "no tilt angles")
+    out = []
+    for k, raw in enumerate(lines, start=1):
+        tok = raw.split()
+        if not tok:
+            raise InputError(path, k, "blank line before the last tilt angle (line k must be view k)")
+        if len(tok) != 1:
+            raise InputError(path, k, f"expected one tilt angle per line, got {len(tok)} values")
+        out.append(parse_float(tok[0], path, k, "tilt angle"))
+    return np.array(out, dtype=np.float64)
+
+
+def write_tlt(path: str | os.PathLike, tilts_deg) -> None:
+    """Write tilt angles (n_views,) in degrees, one per line as ``%9.3f`` (IMOD reads it free-format;
+    IMOD itself writes ``f7.2``)."""
+    t = np.asarray(tilts_deg, dtype=np.float64)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"tilts_deg must be a non-empty 1-D array, got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("tilts_deg must be finite")
+    with atomic_write(path) as f:
+        for value in t:
+            f.write(_format_tilt(value))
+
+
+def _format_tilt(value: float) -> str:
+    return f"{float(value):9.3f}\n"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MdocTilts:
+    """Tilt information from a SerialEM ``.mdoc`` file, in ``ZValue`` (stack section) order.
+
+    Attributes
+    ----------
+    tilts_deg : float64 (n,)    nominal tilt angle of each section, degrees.
+    z_values : int64 (n,)       the sections' ``ZValue`` (0-based index into the image stack).
+    tilt_axis_angle_deg : float or None   from the ``Tilt axis angle = ...`` title line.
+    pixel_size : float or None  ``PixelSpacing`` in Angstrom.
+    image_size : (nx, ny) or None  ``ImageSize`` in pixels.
+    """
+
+    tilts_deg: np.ndarray
+    z_values: np.ndarray
+    tilt_axis_angle_deg: float | None
+    pixel_size: float | None
+    image_size: tuple[int, int] | None
+
+
+_AXIS = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
+
+
+_SECTION = "[ZValue ="  # how mdocfile recognises a tilt-series section
+
+
+def read_mdoc(path: str | os.PathLike) -> MdocTilts:
+    """Read tilt angles from a SerialEM tilt-series ``.mdoc`` (parsed with ``mdocfile``).
+
+    Sections are sorted by ``ZValue``. Missing ``TiltAngle``, duplicate ``ZValue`` or a file
+    without ``[ZValue = ...]`` sections is an :class:`InputError`.
+    """
+    lines = read_lines(path)
+    starts = [k for k, ln in enumerate(lines, start=1) if ln.strip().startswith(_SECTION)]
+    if not starts:
+        raise InputError(path, None, "no '[ZValue = ...]' sections (not a tilt-series mdoc)")
+    quiet = logging.getLogger("mdocfile")
+    quiet.addFilter(_drop_all)  # mdocfile logs a warning for every field it does not know
+    try:
+        mdoc = Mdoc.from_lines(lines)
+    except Exception as e:  # mdocfile / pydantic: any malformed value
+        first = str(e).strip().splitlines()
+        problem = " ".join(first[:3])[:200] if first else type(e).__name__
+        raise InputError(path, None, f"invalid mdoc ({type(e).__name__}: {problem})") from None
+    finally:
+        quiet.removeFilter(_drop_all)
+    sections = mdoc.section_data
+    if len(sections) != len(starts):
+        raise InputError(path, None, "mixed ZValue/MontSection/FrameSet sections are not supported")
+    tilts, zs = [], []
+    first_line: dict[int, int] = {}
+    for line, sec in zip(starts, sections):
+        if not 0 <= sec.ZValue < 2**31:
+            raise InputError(path, line, f"ZValue = {sec.ZValue} out of range")
+        if sec.TiltAngle is None or not math.isfinite(sec.TiltAngle):
+            raise InputError(path, line, f"section ZValue = {sec.ZValue} has no valid TiltAngle")
+        if sec.ZValue in first_line:
+            raise InputError(path, line, f"duplicate ZValue = {sec.ZValue} (first on line {first_line[sec.ZValue]})")
+        first_line[sec.ZValue] = line
+        tilts.append(float(sec.TiltAngle))
+        zs.append(int(sec.ZValue))
+    order = np.argsort(zs, kind="stable")
+    axis = None
+    for title in mdoc.titles:
+        m = _AXIS.search(title)
+        if m:
+            axis = parse_float(m.group(1), path, None, "tilt axis angle")
+            break
+    g = mdoc.global_data
+    pix = g.PixelSpacing if g.PixelSpacing is not None else sections[0].PixelSpacing
+    pix = float(pix) if pix is not None and math.isfinite(pix) and pix > 0 else None
+    size = tuple(int(n) for n in g.ImageSize) if g.ImageSize is not None else None
+    if size is not None and min(size) <= 0:
+        raise InputError(path, None, f"invalid ImageSize {show(str(g.ImageSize))}")
+    return MdocTilts(
+        tilts_deg=np.array(tilts, dtype=np.float64)[order],
+        z_values=np.array(zs, dtype=np.int64)[order],
+        tilt_axis_angle_deg=axis,
+        pixel_size=pix,
+        image_size=size,
+    )
