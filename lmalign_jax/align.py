@@ -15,7 +15,9 @@ reference view, so the aligned images sit where the raw ones did (as in IMOD).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -29,24 +31,25 @@ from .result import AlignmentResult, StageReport, fit_image_transforms
 from .solve import LMConfig, Status, least_squares
 
 STAGES = ("initial", "main", "tilt", "joint")
+#: Relative cost change at which a stage that is not the last one stops.
+INTERMEDIATE_COST_TOL = 1e-6
 
 
-def _stage_modes(stage: str, model: ProjectionModel, modes: dict, obs: Observations, ref_view: int):
-    """Parameter modes and marker free-mask (n_markers, 3) for one stage."""
+def _stage_setup(stage: str, model: ProjectionModel, obs: Observations, ref_view: int):
+    """Parameters held fixed and marker free-mask (n_markers, 3) for one stage."""
     n_markers = obs.n_markers
     if stage == "initial":
         keep = {"rotation", *(model.shift_parameters or ())}
-        stage_modes = {p: (modes[p] if p in keep else "fixed") for p in model.parameters}
         free = np.zeros((n_markers, 3), dtype=bool)
         free[:, 2] = True
         free[~obs.mask[ref_view], :2] = True
-        return stage_modes, free
+        return frozenset(p for p in model.parameters if p not in keep), free
     if stage == "main":
-        return {**modes, "tilt": "fixed"}, np.ones((n_markers, 3), dtype=bool)
+        return frozenset({"tilt"}), np.ones((n_markers, 3), dtype=bool)
     if stage == "tilt":
-        return dict(modes), np.zeros((n_markers, 3), dtype=bool)
+        return frozenset(), np.zeros((n_markers, 3), dtype=bool)
     if stage == "joint":
-        return dict(modes), np.ones((n_markers, 3), dtype=bool)
+        return frozenset(), np.ones((n_markers, 3), dtype=bool)
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
@@ -65,18 +68,23 @@ def _project_all(model: ProjectionModel, views, markers):
 def _to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
     """Zero mean tilt deviation from nominal and zero mean marker z (exact symmetries)."""
     with jax.enable_x64(True):
-        views, markers = jnp.asarray(views), jnp.asarray(markers)
-        if tilt_free and model.tilt_offset is not None:
-            delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
-            views, markers = model.tilt_offset(views, markers, delta)
-        if model.shift_parameters is not None:
-            centroid = jnp.zeros(3).at[2].set(jnp.mean(markers[:, 2]))
-            at_centroid = jax.vmap(model.project, in_axes=(0, None))(views, centroid)
-            at_origin = jax.vmap(model.project, in_axes=(0, None))(views, jnp.zeros(3))
-            sx, sy = (model.index(p) for p in model.shift_parameters)
-            views = views.at[:, [sx, sy]].add(at_centroid - at_origin)
-            markers = markers - centroid
+        views, markers = _reporting_frame(model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free)
         return np.asarray(views, np.float64), np.asarray(markers, np.float64)
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def _reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
+    if tilt_free and model.tilt_offset is not None:
+        delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
+        views, markers = model.tilt_offset(views, markers, delta)
+    if model.shift_parameters is not None:
+        centroid = jnp.zeros(3, markers.dtype).at[2].set(jnp.mean(markers[:, 2]))
+        at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
+        at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
+        sx, sy = (model.index(p) for p in model.shift_parameters)
+        views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
+        markers = markers - centroid
+    return views, markers
 
 
 def align(
@@ -101,7 +109,9 @@ def align(
         modes: parameter name -> "free" | "fixed" | "shared" | "group:N" | labels (n_views,);
             unnamed parameters take the model's default.
         stages: which of "initial", "main", "tilt", "joint" to run, in that order.
-        config: Levenberg-Marquardt settings for every stage.
+        config: Levenberg-Marquardt settings for the final stage; earlier stages, whose
+            answers are only starting points, stop once the cost changes by less than
+            ``INTERMEDIATE_COST_TOL`` (relative) unless the config is stricter there too.
         dtype: "float64" (default; enabled locally for this call) or "float32" (GPU path).
         ref_view: gauge reference view (default: nearest 0 degrees).
         weights: (n_views, n_markers) observation weights (robust fitting), default 1.
@@ -145,13 +155,17 @@ def align(
     n_free = 0
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.float64 if dtype == "float64" else jnp.float32
-        for stage in stages:
-            stage_modes, marker_free = _stage_modes(stage, m, modes, obs, ref_view)
+        for number, stage in enumerate(stages, start=1):
+            stage_config = config
+            if number < len(stages):
+                tol = config.tolerances(np.dtype(dtype))[0]
+                stage_config = dataclasses.replace(config, cost_tol=max(tol, INTERMEDIATE_COST_TOL))
+            hold, marker_free = _stage_setup(stage, m, obs, ref_view)
             problem = build_problem(
-                m, obs, views, markers, stage_modes, marker_free, ref_view=ref_view, weights=weights, dtype=jdtype
+                m, obs, views, markers, modes, marker_free, hold=hold, ref_view=ref_view, weights=weights, dtype=jdtype
             )
             start = time.perf_counter()
-            sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=config)
+            sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=stage_config)
             sol = jax.block_until_ready(sol)
             seconds = time.perf_counter() - start
             status = Status(int(sol.status))

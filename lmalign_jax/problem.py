@@ -25,7 +25,7 @@ import numpy as np
 
 from .models import ProjectionModel
 from .observations import Observations
-from .solve import Structure, Variables, choose_elimination, effective_a, make_structure
+from .solve import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
 
 _FREE, _FIXED = -1, -2
 
@@ -55,8 +55,11 @@ def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
 
 
 def _residual(project, view, xyz, observed, unit):
-    """Model minus observed position (2,) for scaled view parameters (k,) and a marker (3,)."""
-    return project(view * unit, xyz) - observed
+    """Model minus observed position (2, ...) for scaled view parameters (k, ...), markers (3, ...).
+
+    ``unit`` (k,) converts solver units to model units; trailing dimensions broadcast.
+    """
+    return project(view * unit.reshape(unit.shape + (1,) * (view.ndim - 1)), xyz) - observed
 
 
 _RESIDUALS: dict[str, partial] = {}
@@ -79,10 +82,11 @@ def characteristic_radius(obs: Observations) -> float:
 class AlignmentProblem:
     """A built problem: solver inputs plus what is needed to map back to model units.
 
-    views: (n_views, k) starting view parameters, model units (radians, ratios, pixels).
-    markers: (n_markers, 3) starting marker positions, pixels from the specimen centre.
+    x0: starting solver variables (view parameters in solver units, markers in pixels).
     unit: (k,) model units per solver unit of each view parameter.
     tie: (n_views, k) global slot of each view entry, -1 if none.
+    eliminate: the block set the Schur complement eliminates ("a" views, "b" markers).
+    n_free: number of free parameters.
     """
 
     model: ProjectionModel
@@ -119,6 +123,7 @@ def build_problem(
     modes: dict,
     marker_free: np.ndarray,
     *,
+    hold: frozenset = frozenset(),
     ref_view: int | None = None,
     weights: np.ndarray | None = None,
     dtype=jnp.float64,
@@ -129,13 +134,15 @@ def build_problem(
         views: (n_views, k) current view parameters, model units.
         markers: (n_markers, 3) current marker positions, pixels.
         modes: parameter name -> mode (see module docstring); missing names use the model's
-            default mode.
+            default mode. Modes set the problem's layout (which values are shared).
         marker_free: (n_markers, 3) bool, which marker coordinates are solved for.
+        hold: parameter names held at their current values in this solve (a stage's choice);
+            unlike a "fixed" mode this keeps the layout, so all stages share one compilation.
         ref_view: gauge reference view (default: nearest 0 degrees).
         weights: (n_views, n_markers) optional observation weights (robust fitting); default 1.
     """
     n_views, k = views.shape
-    unknown = set(modes) - set(model.parameters)
+    unknown = (set(modes) | set(hold)) - set(model.parameters)
     if unknown:
         raise ValueError(f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}")
     ref_view = reference_view(obs.tilts_deg) if ref_view is None else ref_view
@@ -148,33 +155,31 @@ def build_problem(
     unit = np.array([1.0 if kind == "length" else 1.0 / radius for kind in model.kinds])
     free = np.zeros((n_views, k), dtype=bool)
     tie = np.full((n_views, k), -1, dtype=np.int32)
-    slots: list[float] = []  # initial slot values, solver units
+    slots: list[float] = []  # slot values, solver units
+    slot_free: list[bool] = []
     for p, name in enumerate(model.parameters):
         labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
-        if name in gauge and labels[ref_view] != _FIXED:
-            if labels[ref_view] == _FREE:
-                labels = labels.copy()
-                labels[ref_view] = _FIXED
-            else:  # the reference view's group is the gauge: hold the whole group fixed
-                group = labels == labels[ref_view]
-                views[group, p] = views[ref_view, p]
-                labels = np.where(group, _FIXED, labels)
-        free[:, p] = labels != _FIXED
+        held = name in hold
+        free[:, p] = (labels == _FREE) & (not held)
+        if name in gauge and labels[ref_view] == _FREE:
+            free[ref_view, p] = False
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slots)
             views[members, p] = np.mean(views[members, p])
             slots.append(views[members, p][0] / unit[p])
+            slot_free.append(not held and not (name in gauge and members[ref_view]))
     if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
         marker_free[reference_marker(obs.mask, ref_view), 2] = False
 
     w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
     structure = make_structure(
-        pair_data=jnp.asarray(obs.centered_xy, dtype),
+        pair_data=jnp.asarray(np.moveaxis(obs.centered_xy, -1, 0), dtype),  # (2, n_views, n_markers)
         weights=jnp.asarray(w, dtype),
         free_a=free,
         tie_a=tie,
         free_b=marker_free,
+        free_g=np.asarray(slot_free, dtype=bool),
         const=jnp.asarray(unit, dtype),
     )
     x0 = Variables(
@@ -182,7 +187,6 @@ def build_problem(
         b=jnp.asarray(markers, dtype),
         g=jnp.asarray(np.asarray(slots, dtype=np.float64), dtype),
     )
-    n_free = int(len(structure.dense_a) + len(structure.dense_b) + len(slots))
     return AlignmentProblem(
         model=model,
         fn=residual_function(model),
@@ -190,6 +194,6 @@ def build_problem(
         structure=structure,
         unit=unit,
         tie=tie,
-        eliminate=choose_elimination(structure),
-        n_free=n_free,
+        eliminate=choose_elimination(n_views, k, obs.n_markers, 3),
+        n_free=count_free(structure),
     )

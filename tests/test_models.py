@@ -30,6 +30,21 @@ def test_shape_and_jit(name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_elementwise_grid_evaluation_matches_vmap(name):
+    """The solver evaluates models on (k, n_views, n_markers) grids: same values as per point."""
+    model = get_model(name)
+    rng = np.random.default_rng(3)
+    views = jnp.stack([_random_view(model, rng) for _ in range(3)])  # (3, k)
+    xyz = jnp.asarray(rng.normal(0, 200, (4, 3)))
+    per_point = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))(views, xyz)
+    grid = model.project(
+        jnp.broadcast_to(views.T[:, :, None], (model.n_parameters, 3, 4)),
+        jnp.broadcast_to(xyz.T[:, None, :], (3, 3, 4)),
+    )
+    np.testing.assert_allclose(jnp.moveaxis(grid, 0, -1), per_point, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_neutral_view_is_orthographic_projection(name):
     model = get_model(name)
     out = model.project(jnp.asarray(model.neutral), jnp.array([12.0, -30.0, 55.0]))

@@ -28,10 +28,12 @@ class ProjectionModel:
             remove the exact symmetries of the model (MODEL.md, "Gauge freedoms").
         gauge_marker_z: whether one marker's z must be held fixed (z translation of the
             specimen trades against the shifts).
-        project: ``project(view, xyz) -> (2,)``: view parameters (k,) in model units
-            (radians, ratios, pixels) and a marker position (3,) in pixels relative to the
-            specimen centre -> image position (2,) relative to the image centre, pixels.
-            Must be a pure, differentiable JAX function.
+        project: ``project(view, xyz) -> (2, ...)``: view parameters (k, ...) in model
+            units (radians, ratios, pixels) and marker positions (3, ...) in pixels relative
+            to the specimen centre -> image positions (2, ...) relative to the image centre,
+            pixels. A pure, differentiable JAX function written elementwise over the
+            trailing dimensions (unpack rows, use ``geometry``'s helpers, stack the result),
+            so the solver evaluates it on whole (k, n_views, n_markers) grids at once.
         tilt_offset: optional ``tilt_offset(views (n, k), xyz (m, 3), delta) ->
             (views, xyz)``: the exactly equivalent solution with every tilt increased by
             ``delta`` radians (the specimen rotated about the tilt axis), or None when the

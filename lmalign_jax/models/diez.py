@@ -4,14 +4,18 @@
 by default. The model has no shift term, so observations must already be centred.
 """
 
-from ..geometry import project_z, rot2, rot_x, rot_y
+import jax.numpy as jnp
+
+from ..geometry import rotate2, rotate_x, rotate_y
 from ._base import ProjectionModel
 
 
 def project(view, xyz):
-    """Image position (2,) of marker ``xyz`` (3,); view = (scale, rotation, tilt, declination)."""
+    """Image position (2, ...); view = (scale, rotation, tilt, declination)."""
     scale, rotation, tilt, declination = view
-    return scale * (rot2(rotation) @ project_z(rot_y(tilt) @ (rot_x(declination) @ xyz)))
+    u, v, _ = rotate_y(tilt, *rotate_x(declination, *xyz))
+    px, py = rotate2(rotation, u, v)
+    return jnp.stack([scale * px, scale * py])
 
 
 MODEL = ProjectionModel(

@@ -10,22 +10,23 @@ between them changes by k), and ``beta`` tilts the beam about x after the specim
 
 import jax.numpy as jnp
 
-from ..geometry import project_z, rot2, rot_x, rot_y
+from ..geometry import rotate2, rotate_x, rotate_y
 from ._base import ProjectionModel
 
 
-def distortion(stretch, skew):
-    """Image distortion K (2, 2): columns are the images of the x and y axes."""
+def distort(stretch, skew, u, v):
+    """K (u, v): the x axis maps to (1 + e)(cos k/2, sin k/2), the y axis to (sin k/2, cos k/2)."""
     c, s = jnp.cos(skew / 2), jnp.sin(skew / 2)
-    return jnp.array([[(1 + stretch) * c, s], [(1 + stretch) * s, c]])
+    return (1 + stretch) * c * u + s * v, (1 + stretch) * s * u + c * v
 
 
 def project(view, xyz):
-    """Image position (2,); view = (scale, rotation, tilt, dx, dy, compression, xstretch, skew, beamtilt)."""
+    """Image position (2, ...); view = (scale, rotation, tilt, dx, dy, compression, xstretch, skew, beamtilt)."""
     scale, rotation, tilt, dx, dy, compression, stretch, skew, beamtilt = view
-    compressed = xyz * jnp.stack([jnp.ones_like(compression), jnp.ones_like(compression), compression])
-    flat = project_z(rot_x(beamtilt) @ (rot_y(tilt) @ compressed))
-    return scale * (rot2(rotation) @ (distortion(stretch, skew) @ flat)) + jnp.stack([dx, dy])
+    x, y, z = xyz
+    u, v, _ = rotate_x(beamtilt, *rotate_y(tilt, x, y, compression * z))
+    px, py = rotate2(rotation, *distort(stretch, skew, u, v))
+    return jnp.stack([scale * px + dx, scale * py + dy])
 
 
 MODEL = ProjectionModel(

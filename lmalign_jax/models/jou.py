@@ -2,14 +2,16 @@
 
 import jax.numpy as jnp
 
-from ..geometry import project_z, rot2, rot_y
+from ..geometry import rot_y, rotate2, rotate_y
 from ._base import ProjectionModel
 
 
 def project(view, xyz):
-    """Image position (2,) of marker ``xyz`` (3,) in a view (scale, rotation, tilt, dx, dy)."""
+    """Image position (2, ...) of markers ``xyz`` (3, ...); view = (scale, rotation, tilt, dx, dy)."""
     scale, rotation, tilt, dx, dy = view
-    return scale * (rot2(rotation) @ project_z(rot_y(tilt) @ xyz)) + jnp.stack([dx, dy])
+    u, v, _ = rotate_y(tilt, *xyz)
+    px, py = rotate2(rotation, u, v)
+    return jnp.stack([scale * px + dx, scale * py + dy])
 
 
 def tilt_offset(views, xyz, delta):

@@ -6,15 +6,17 @@ may scale differently in each view.
 
 import jax.numpy as jnp
 
-from ..geometry import project_z, rot2, rot_y
+from ..geometry import rotate2, rotate_y
 from ._base import ProjectionModel
 
 
 def project(view, xyz):
-    """Image position (2,) of marker ``xyz`` (3,); view = (rotation, tilt, mx, my, mz, dx, dy)."""
+    """Image position (2, ...); view = (rotation, tilt, mag_x, mag_y, mag_z, dx, dy)."""
     rotation, tilt, mx, my, mz, dx, dy = view
-    scaled = jnp.stack([mx, my, mz]) * xyz
-    return rot2(rotation) @ project_z(rot_y(tilt) @ scaled) + jnp.stack([dx, dy])
+    x, y, z = xyz
+    u, v, _ = rotate_y(tilt, mx * x, my * y, mz * z)
+    px, py = rotate2(rotation, u, v)
+    return jnp.stack([px + dx, py + dy])
 
 
 MODEL = ProjectionModel(

@@ -7,7 +7,7 @@ tied to A entries, masks for missing pairs and fixed entries, and a Schur-comple
 from ._dense import dense_step
 from ._linearize import Linearization, cost, linearize, pair_residuals
 from ._lm import Solution, least_squares
-from ._problem import Structure, Variables, choose_elimination, effective_a, make_structure
+from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
 from ._results import LMConfig, Status
 from ._schur import damped_step, schur_solve
 
@@ -20,6 +20,7 @@ __all__ = [
     "Variables",
     "choose_elimination",
     "cost",
+    "count_free",
     "damped_step",
     "dense_step",
     "effective_a",

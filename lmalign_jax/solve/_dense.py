@@ -30,7 +30,7 @@ def dense_step(fn, x: Variables, s: Structure, damping):
     v = _flatten(x)
     r = flat_residual(v)
     free = jnp.concatenate(
-        [s.free_a.reshape(-1), s.free_b.reshape(-1), jnp.ones(x.g.shape, bool)]
+        [s.free_a.reshape(-1), s.free_b.reshape(-1), s.free_g]
     ).astype(v.dtype)
     jac = jax.jacfwd(flat_residual)(v) * free[None, :]
     h = jac.T @ jac + jnp.diag(1.0 - free)

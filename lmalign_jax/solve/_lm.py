@@ -56,21 +56,28 @@ def _gradient(lin: Linearization) -> Variables:
     return Variables(lin.grad_a, lin.grad_b, lin.grad_g)
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "config"))
 def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "b", config: LMConfig = LMConfig()):
-    """Minimise 0.5 * sum |w_ab r(a_ab, b, pair_ab)|^2 over the free entries.
+    """Minimise 0.5 * sum |w_ab fn(a, b, pair_ab)|^2 over the free entries.
 
     Args:
-        fn: ``fn(a (k_a,), b (k_b,), pair, const) -> (m,)``, a pure JAX function (static).
+        fn: ``fn(a (k_a, ...), b (k_b, ...), pair, const) -> (m, ...)``, a pure elementwise
+            JAX function (see ``Structure``); hashable, as jit caches on it.
         x0: starting ``Variables``; its dtype sets the precision.
         structure: ``Structure`` from ``make_structure``.
         eliminate: "b" or "a", the block set eliminated by the Schur complement.
-        config: ``LMConfig``.
+        config: ``LMConfig``. Its values are traced, so changing them does not recompile.
     Returns:
         ``Solution``. Never raises on numerical trouble: check ``status``.
     """
     dtype = x0.a.dtype
-    cost_tol, step_tol, gradient_tol = config.tolerances(dtype)
+    settings = jnp.asarray((*config.tolerances(dtype), config.initial_damping), dtype)
+    return _least_squares(fn, x0, structure, settings, jnp.asarray(config.max_iterations), eliminate=eliminate)
+
+
+@partial(jax.jit, static_argnames=("fn", "eliminate"))
+def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterations, *, eliminate: str):
+    dtype = x0.a.dtype
+    cost_tol, step_tol, gradient_tol, initial_damping = settings
     lin0 = linearize(fn, x0, structure)
     status0 = jnp.where(
         ~jnp.isfinite(lin0.cost),
@@ -80,7 +87,7 @@ def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "
     state = _State(
         x=x0,
         lin=lin0,
-        damping=jnp.asarray(config.initial_damping, dtype),
+        damping=initial_damping,
         nu=jnp.asarray(2.0, dtype),
         iteration=jnp.asarray(0),
         accepted=jnp.asarray(0),
@@ -114,7 +121,7 @@ def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "
             jnp.where(
                 damping > _MAX_DAMPING,
                 Status.FAILED,
-                jnp.where(iteration >= config.max_iterations, Status.MAX_ITERATIONS, Status.RUNNING),
+                jnp.where(iteration >= max_iterations, Status.MAX_ITERATIONS, Status.RUNNING),
             ),
         )
         return _State(x, lin, damping, nu, iteration, st.accepted + accept, status.astype(jnp.int32))

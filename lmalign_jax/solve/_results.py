@@ -26,7 +26,7 @@ class Status(enum.IntEnum):
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Levenberg-Marquardt settings (hashable: a static argument of the jitted solve).
+    """Levenberg-Marquardt settings.
 
     max_iterations: cap on damping trials (accepted + rejected steps).
     cost_tol: stop when an accepted step lowers the cost by less than cost_tol * cost.

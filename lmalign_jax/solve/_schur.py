@@ -15,8 +15,9 @@ z = L^{-1} g_E, then the reduced system
 by Cholesky, and back-substituting x_E = -L^{-T} (z + Y x_D). The cost is linear in the
 number of E blocks; S is dense of the size of D.
 
-The plan (which set is E, the index lists of D) is made once on the host; the blocks are
-prepared once per L-M iteration (``Linearization``); this module runs once per damping trial.
+Which set is E is decided once on the host; the blocks are prepared once per L-M iteration
+(``Linearization``); this module runs once per damping trial. Fixed entries stay in the
+system as identity rows, so shapes (and the compiled code) do not depend on what is free.
 """
 
 from __future__ import annotations
@@ -43,31 +44,34 @@ def _add_diag(h, d):
     return h + d[..., None] * jnp.eye(h.shape[-1], dtype=h.dtype)
 
 
-def _dense_from_blocks(h, index):
-    """Rows/columns ``index`` (flat block*k + p) of a block-diagonal (n, k, k): (len, len)."""
-    k = h.shape[-1]
-    blk, pos = index // k, index % k
-    same = blk[:, None] == blk[None, :]
-    return jnp.where(same, h[blk[:, None], pos[:, None], pos[None, :]], 0.0)
+def _block_diagonal(h):
+    """Dense (n k, n k) matrix of a block diagonal given as (n, k, k)."""
+    n, k, _ = h.shape
+    return jnp.einsum("apq,ab->apbq", h, jnp.eye(n, dtype=h.dtype)).reshape(n * k, n * k)
 
 
 def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
-    """Solve the partitioned system above. Shapes: h_ee (n, k, k), g_e (n, k),
-    h_ed (n, k, d), h_dd (d, d), g_d (d,). Returns x_e (n, k), x_d (d,)."""
+    """Solve the partitioned system above.
+
+    Shapes: h_ee (n, k, k), g_e (n, k), h_ed (k, d, n) (the coupling, laid out so every
+    product runs along the n blocks), h_dd (d, d), g_d (d,). Returns x_e (n, k), x_d (d,).
+    """
+    k = h_ee.shape[-1]
     chol = jnp.linalg.cholesky(h_ee)
-    y = jsl.solve_triangular(chol, h_ed, lower=True)
-    z = jsl.solve_triangular(chol, g_e[..., None], lower=True)[..., 0]
+    eye = jnp.broadcast_to(jnp.eye(k, dtype=h_ee.dtype), h_ee.shape)
+    inv = jsl.solve_triangular(chol, eye, lower=True)  # L^{-1}, (n, k, k)
+    y = [sum(inv[:, i, j] * h_ed[j] for j in range(k)) for i in range(k)]  # k x (d, n)
+    z = jnp.einsum("nij,nj->ni", inv, g_e)
     n_d = h_dd.shape[0]
     if n_d:
-        y_flat = y.reshape(-1, n_d)
-        reduced = h_dd - y_flat.T @ y_flat
-        rhs = -g_d + y_flat.T @ z.reshape(-1)
+        reduced = h_dd - sum(yi @ yi.T for yi in y)
+        rhs = -g_d + sum(yi @ z[:, i] for i, yi in enumerate(y))
         x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
-        back = z + jnp.einsum("nkd,d->nk", y, x_d)
+        back = z + jnp.stack([x_d @ yi for yi in y], axis=-1)
     else:
         x_d = g_d
         back = z
-    x_e = jsl.solve_triangular(jnp.swapaxes(chol, -1, -2), -back[..., None], lower=False)[..., 0]
+    x_e = -jnp.einsum("nij,ni->nj", inv, back)
     return x_e, x_d
 
 
@@ -82,25 +86,24 @@ def damped_step(lin: Linearization, damping, s: Structure, eliminate: str):
     h_gg = _add_diag(lin.h_gg, damping * d_g)
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
+    n_a, k_a = lin.grad_a.shape
+    n_b, k_b = lin.grad_b.shape
     if eliminate == "b":
-        idx = s.dense_a
-        blk, pos = idx // k_a, idx % k_a
-        h_ga = lin.h_ga[:, blk, pos]
-        h_dd = jnp.block([[_dense_from_blocks(h_aa, idx), h_ga.T], [h_ga, h_gg]])
-        coupling = jnp.transpose(lin.h_ab[blk, :, pos, :], (1, 2, 0))  # (n_b, k_b, n_free_a)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_gb, (1, 2, 0))], axis=-1)
-        g_d = jnp.concatenate([lin.grad_a.reshape(-1)[idx], lin.grad_g])
+        h_ga = lin.h_ga.reshape(-1, n_a * k_a)
+        h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
+        coupling = jnp.transpose(lin.h_ab, (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
+        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
+        g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
         x_b, x_d = schur_solve(h_bb, lin.grad_b, h_ed, h_dd, g_d)
-        x_a = jnp.zeros(n_a * k_a, x_d.dtype).at[idx].set(x_d[: idx.shape[0]]).reshape(n_a, k_a)
+        x_a = x_d[: n_a * k_a].reshape(n_a, k_a)
+        x_g = x_d[n_a * k_a :]
     else:
-        idx = s.dense_b
-        blk, pos = idx // k_b, idx % k_b
-        h_gb = lin.h_gb[:, blk, pos]
-        h_dd = jnp.block([[_dense_from_blocks(h_bb, idx), h_gb.T], [h_gb, h_gg]])
-        coupling = jnp.transpose(lin.h_ab[:, blk, :, pos], (1, 2, 0))  # (n_a, k_a, n_free_b)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_ga, (1, 2, 0))], axis=-1)
-        g_d = jnp.concatenate([lin.grad_b.reshape(-1)[idx], lin.grad_g])
+        h_gb = lin.h_gb.reshape(-1, n_b * k_b)
+        h_dd = jnp.block([[_block_diagonal(h_bb), h_gb.T], [h_gb, h_gg]])
+        coupling = jnp.transpose(lin.h_ab, (0, 3, 1, 2)).reshape(k_a, n_b * k_b, n_a)
+        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_ga, (2, 0, 1))], axis=1)
+        g_d = jnp.concatenate([lin.grad_b.reshape(-1), lin.grad_g])
         x_a, x_d = schur_solve(h_aa, lin.grad_a, h_ed, h_dd, g_d)
-        x_b = jnp.zeros(n_b * k_b, x_d.dtype).at[idx].set(x_d[: idx.shape[0]]).reshape(n_b, k_b)
-    x_g = x_d[idx.shape[0] :]
+        x_b = x_d[: n_b * k_b].reshape(n_b, k_b)
+        x_g = x_d[n_b * k_b :]
     return Variables(x_a, x_b, x_g), Variables(d_a, d_b, d_g)
