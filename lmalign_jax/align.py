@@ -98,6 +98,7 @@ def align(
     dtype: str = "float64",
     ref_view: int | None = None,
     weights: np.ndarray | None = None,
+    start: AlignmentResult | None = None,
 ) -> AlignmentResult:
     """Align a tilt series on its fiducial markers.
 
@@ -115,6 +116,8 @@ def align(
         dtype: "float64" (default; enabled locally for this call) or "float32" (GPU path).
         ref_view: gauge reference view (default: nearest 0 degrees).
         weights: (n_views, n_markers) observation weights (robust fitting), default 1.
+        start: a previous solution of the same model and observations to start from instead
+            of the closed-form estimates (e.g. ``stages=("joint",)`` to refine it).
     Returns:
         ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
     """
@@ -137,18 +140,28 @@ def align(
     if not 0 <= ref_view < obs.n_views:
         raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")
     estimated = None
+    if rotation_deg is None and start is not None:
+        rotation_deg = float(np.mean(start.rotation_deg))
     if rotation_deg is None:
         estimated = rotation_deg = estimate_rotation_deg(obs)
     if not np.isfinite(rotation_deg):
         raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
 
     nominal = np.radians(obs.tilts_deg)
-    views = m.neutral_views(obs.n_views)
-    views[:, m.index("rotation")] = np.radians(rotation_deg)
-    views[:, m.index("tilt")] = nominal
-    markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
-    if m.shift_parameters is not None:
-        views[:, [m.index(p) for p in m.shift_parameters]] = shifts
+    if start is not None:
+        if start.model != m.name or start.views.shape[0] != obs.n_views or start.markers.shape[0] != obs.n_markers:
+            raise ValueError(
+                f"start is a {start.model!r} solution of {start.views.shape[0]} views x {start.markers.shape[0]} markers; "
+                f"expected {m.name!r} with {obs.n_views} x {obs.n_markers}"
+            )
+        views, markers = start.views.copy(), start.markers.copy()
+    else:
+        views = m.neutral_views(obs.n_views)
+        views[:, m.index("rotation")] = np.radians(rotation_deg)
+        views[:, m.index("tilt")] = nominal
+        markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
+        if m.shift_parameters is not None:
+            views[:, [m.index(p) for p in m.shift_parameters]] = shifts
 
     reports = []
     status = Status.CONVERGED
