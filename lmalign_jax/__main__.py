@@ -1,0 +1,8 @@
+"""``python -m lmalign_jax``: the ``lmalign`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""report.py on a hand-made jou alignment (numpy only: no solve, no JAX compilation)."""
+
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+
+from lmalign_jax import AlignmentResult, Observations, StageReport
+from lmalign_jax.report import (
+    aligned_model_xy,
+    build_record,
+    expand_to_file_views,
+    format_summary,
+    interpolate_transforms,
+    record_to_json,
+    render_figure,
+)
+
+SIZE = (800.0, 600.0)
+
+
+def rot(a):
+    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def jou_xf(views):
+    """IMOD transforms of jou views (s, alpha, t, dx, dy): A = R(-alpha) / s, D = -A d."""
+    a = np.stack([rot(-v[1]) / v[0] for v in views])
+    d = -np.einsum("vij,vj->vi", a, views[:, 3:5])
+    return np.concatenate([a, d[:, :, None]], axis=2)
+
+
+def make_result(n_views=7, n_markers=5, seed=0):
+    """An exact jou alignment of noise-free points, with made-up residuals for the report."""
+    rng = np.random.default_rng(seed)
+    tilts = np.linspace(-30, 30, n_views)
+    views = np.column_stack([1 + 0.01 * rng.standard_normal(n_views), np.radians(-10 + 0.2 * rng.standard_normal(n_views)),
+                             np.radians(tilts + 0.1 * rng.standard_normal(n_views)), rng.normal(0, 5, n_views), rng.normal(0, 5, n_views)])
+    markers = rng.uniform(-150, 150, (n_markers, 3))
+    proj = np.stack([markers[:, 0] * np.cos(t) + markers[:, 2] * np.sin(t) for t in views[:, 2]])
+    flat = np.stack([proj, np.broadcast_to(markers[:, 1], proj.shape)], axis=-1)
+    xy = np.einsum("v,vij,vmj->vmi", views[:, 0], np.stack([rot(a) for a in views[:, 1]]), flat) + views[:, None, 3:5]
+    mask = np.ones((n_views, n_markers), dtype=bool)
+    mask[0, 0] = False
+    obs = Observations(xy + np.array(SIZE) / 2, mask, tilts, SIZE)
+    residuals = np.where(mask[..., None], 0.3 * rng.standard_normal(xy.shape), np.nan)
+    residuals[3, 2] = [2.0, -1.5]  # the worst point
+    stages = (StageReport("main", 5, 4, 0.5, "converged", 0.3, 40), StageReport("joint", 3, 3, 0.2, "converged", 0.29, 45))
+    return AlignmentResult("jou", obs, views, markers, residuals, stages, "converged", 45, -10.1, jou_xf(views))
+
+
+@pytest.fixture(scope="module")
+def report():
+    """The fitted views are file views 0, 1, 3, 4, 5, 7, 8 out of 9 (2 and 6 excluded)."""
+    result = make_result()
+    view_index = np.array([0, 1, 3, 4, 5, 7, 8])
+    nominal = np.full(9, np.nan)
+    nominal[view_index] = result.observations.tilts_deg
+    nominal[[2, 6]] = [-17.0, 22.0]
+    fv = expand_to_file_views(result, view_index, nominal)
+    inputs = {"markers": "m.csv", "markers_format": "CSV", "tilts": "t.tlt", "n_markers": 5, "n_views": 9,
+              "image_size": list(SIZE), "image_size_source": "--image-size", "excluded_views": [3, 7]}
+    options = {"model": "jou", "modes": {"scale": "free"}, "rotation_deg": -10.1, "rotation_source": "estimated"}
+    record = build_record(result, fv, marker_ids=[11, 12, 13, 14, 15], inputs=inputs, options=options, n_worst=4,
+                          software={"name": "lmalign_jax", "version": "x"})
+    return result, fv, record
+
+
+def test_interpolate_transforms_rotation_scale_shift():
+    xf = np.zeros((2, 2, 3))
+    xf[0, :, :2], xf[0, :, 2] = rot(np.radians(-10)) * 1.0, [0, 0]
+    xf[1, :, :2], xf[1, :, 2] = rot(np.radians(-12)) * 1.02, [4, -2]
+    got = interpolate_transforms(xf, [10.0, -10.0], [0.0, 5.0, 40.0, -40.0])
+    np.testing.assert_allclose(got[0, :, :2], rot(np.radians(-11)) * 1.01, atol=1e-12)
+    np.testing.assert_allclose(got[0, :, 2], [2, -1])
+    np.testing.assert_allclose(got[1, :, 2], [1, -0.5])
+    np.testing.assert_allclose(got[2], xf[0])  # beyond the known range: nearest copied
+    np.testing.assert_allclose(got[3], xf[1])
+
+
+def test_expand_to_file_views(report):
+    result, fv, _ = report
+    assert fv.n_views == 9 and list(np.flatnonzero(fv.excluded)) == [2, 6]
+    np.testing.assert_allclose(fv.tilts_deg[[2, 6]], [-17.0, 22.0])  # nominal for excluded views
+    np.testing.assert_allclose(fv.tilts_deg[[0, 8]], result.tilts_deg[[0, 6]])
+    assert np.isnan(fv.parameters["scale"][2]) and np.isfinite(fv.parameters["scale"][3])
+    assert not fv.mask[2].any() and np.isnan(fv.residuals[6]).all()
+    np.testing.assert_array_equal(fv.xf[3], result.xf[2])
+    with pytest.raises(ValueError, match="distinct file view"):
+        expand_to_file_views(result, [0, 0, 1, 2, 3, 4, 5], np.zeros(9))
+
+
+def test_aligned_points_are_flat_for_an_exact_model(report):
+    result, fv, record = report
+    aligned, ideal = aligned_model_xy(fv, result.markers, result.observations.center)
+    np.testing.assert_allclose(aligned[fv.mask], ideal[fv.mask], atol=1e-9)
+    assert record["summary"]["aligned_check_rms_px"]["y"] < 1e-9
+
+
+def test_record(report):
+    result, _, record = report
+    text = record_to_json(record)
+    assert "NaN" not in text and "Infinity" not in text
+    r = json.loads(text)
+    assert len(r["views"]) == 9 and r["views"][2]["excluded"] and r["views"][2]["parameters"]["rotation"] is None
+    assert r["views"][3]["view"] == 3 and r["views"][3]["view_number"] == 4
+    assert r["views"][0]["n_points"] == 4 and r["views"][1]["n_points"] == 5
+    worst = r["worst_points"][0]
+    # result view 3 is file view 4; marker index 2 has id 13
+    assert (worst["view"], worst["view_number"], worst["marker_id"]) == (4, 5, 13)
+    assert worst["residual_px"] == pytest.approx(2.5)
+    assert r["summary"]["mean_residual_px"] == pytest.approx(result.mean_residual_px)
+    assert r["summary"]["rms_residual_px"] == pytest.approx(result.rms_residual_px)
+    assert [m["id"] for m in r["markers"]] == [11, 12, 13, 14, 15] and r["markers"][0]["n_views"] == 6
+    assert r["model"]["units"]["rotation"] == "deg" and r["model"]["units"]["dx"] == "px"
+    assert r["stages"][1] == {"name": "joint", "iterations": 3, "accepted": 3, "seconds": 0.2, "status": "converged",
+                              "rms_residual_px": 0.29, "n_free": 45}
+
+
+def test_summary_text(report):
+    _, _, record = report
+    text = format_summary(record)
+    s = record["summary"]
+    assert f" Residual error mean and sd: {s['mean_residual_px']:9.3f} {s['sd_residual_px']:9.3f} {s['n_points']:>8d} points" in text
+    assert "    3   -17.00   -17.00      excluded: transform interpolated from neighbours" in text
+    assert " view  nominal     tilt  deltilt  rotation     scale  points  mean resid" in text
+    assert "4 points with the largest residuals" in text
+    assert "       13      5" in text  # worst point: marker id 13 in view 5 (1-based)
+    assert "2 excluded (views 3,7, 1-based)" in text
+    assert "Status: converged" in text
+    quiet = format_summary(record, per_view=False)
+    assert "excluded: transform interpolated" not in quiet and "Residual error mean and sd:" in quiet
+
+
+def test_figure_is_a_png_and_leaves_the_backend_alone(report):
+    result, fv, record = report
+    backend = matplotlib.get_backend()
+    data = render_figure(result, fv, record, title="test")
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend
