@@ -209,4 +209,5 @@ def align(
         n_free=n_free,
         rotation_estimated_deg=estimated,
         xf=xf,
+        extras={"modes": modes, "ref_view": ref_view, "weights": weights},
     )

@@ -41,6 +41,8 @@ class AlignmentResult:
         n_free: number of free parameters in the final stage.
         rotation_estimated_deg: the tilt-axis angle estimated from the tracks, or None if given.
         xf: (n_views, 2, 3) IMOD transforms raw -> aligned, ``[A | D]`` about the image centre.
+        extras: the settings needed to rebuild the final problem ("modes", "ref_view",
+            "weights"), for uncertainty and differentiation.
     """
 
     model: str

@@ -22,6 +22,8 @@ system as identity rows, so shapes (and the compiled code) do not depend on what
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
@@ -50,17 +52,73 @@ def _block_diagonal(h):
     return jnp.einsum("apq,ab->apbq", h, jnp.eye(n, dtype=h.dtype)).reshape(n * k, n * k)
 
 
+class Partition(NamedTuple):
+    """The damped normal equations split into eliminated blocks E and the dense rest D.
+
+    h_ee (n, k, k), g_e (n, k), h_ed (k, d, n), h_dd (d, d), g_d (d,). D holds the other
+    block set's entries (flattened, block-major) followed by the global slots.
+    """
+
+    h_ee: jnp.ndarray
+    g_e: jnp.ndarray
+    h_ed: jnp.ndarray
+    h_dd: jnp.ndarray
+    g_d: jnp.ndarray
+
+
+def partition(lin: Linearization, damping, eliminate: str):
+    """Damped normal equations (Marquardt scaling) in E/D form, and the scaling diagonal D."""
+    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    h_aa = _add_diag(lin.h_aa, damping * d_a)
+    h_bb = _add_diag(lin.h_bb, damping * d_b)
+    h_gg = _add_diag(lin.h_gg, damping * d_g)
+    n_a, k_a = lin.grad_a.shape
+    n_b, k_b = lin.grad_b.shape
+    if eliminate == "b":
+        h_ga = lin.h_ga.reshape(-1, n_a * k_a)
+        h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
+        coupling = jnp.transpose(lin.h_ab, (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
+        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
+        part = Partition(h_bb, lin.grad_b, h_ed, h_dd, jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g]))
+    else:
+        h_gb = lin.h_gb.reshape(-1, n_b * k_b)
+        h_dd = jnp.block([[_block_diagonal(h_bb), h_gb.T], [h_gb, h_gg]])
+        coupling = jnp.transpose(lin.h_ab, (0, 3, 1, 2)).reshape(k_a, n_b * k_b, n_a)
+        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_ga, (2, 0, 1))], axis=1)
+        part = Partition(h_aa, lin.grad_a, h_ed, h_dd, jnp.concatenate([lin.grad_b.reshape(-1), lin.grad_g]))
+    return part, Variables(d_a, d_b, d_g)
+
+
+def unpartition(x_e, x_d, shape_a, shape_b, eliminate: str) -> Variables:
+    """E/D vectors back to Variables (a (n_a, k_a), b (n_b, k_b), g)."""
+    if eliminate == "b":
+        n = shape_a[0] * shape_a[1]
+        return Variables(x_d[:n].reshape(shape_a), x_e, x_d[n:])
+    n = shape_b[0] * shape_b[1]
+    return Variables(x_e, x_d[:n].reshape(shape_b), x_d[n:])
+
+
+def inverse_cholesky_blocks(h_ee):
+    """L^{-1} for each block of h_ee = L L^T: (n, k, k)."""
+    chol = jnp.linalg.cholesky(h_ee)
+    eye = jnp.broadcast_to(jnp.eye(h_ee.shape[-1], dtype=h_ee.dtype), h_ee.shape)
+    return jsl.solve_triangular(chol, eye, lower=True)
+
+
+def eliminated_coupling(inv, h_ed):
+    """Y = L^{-1} H_ED as k arrays (d, n): row i of every block's Y."""
+    k = inv.shape[-1]
+    return [sum(inv[:, i, j] * h_ed[j] for j in range(k)) for i in range(k)]
+
+
 def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
     """Solve the partitioned system above.
 
     Shapes: h_ee (n, k, k), g_e (n, k), h_ed (k, d, n) (the coupling, laid out so every
     product runs along the n blocks), h_dd (d, d), g_d (d,). Returns x_e (n, k), x_d (d,).
     """
-    k = h_ee.shape[-1]
-    chol = jnp.linalg.cholesky(h_ee)
-    eye = jnp.broadcast_to(jnp.eye(k, dtype=h_ee.dtype), h_ee.shape)
-    inv = jsl.solve_triangular(chol, eye, lower=True)  # L^{-1}, (n, k, k)
-    y = [sum(inv[:, i, j] * h_ed[j] for j in range(k)) for i in range(k)]  # k x (d, n)
+    inv = inverse_cholesky_blocks(h_ee)
+    y = eliminated_coupling(inv, h_ed)
     z = jnp.einsum("nij,nj->ni", inv, g_e)
     n_d = h_dd.shape[0]
     if n_d:
@@ -80,30 +138,6 @@ def damped_step(lin: Linearization, damping, s: Structure, eliminate: str):
 
     ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated.
     """
-    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
-    h_aa = _add_diag(lin.h_aa, damping * d_a)
-    h_bb = _add_diag(lin.h_bb, damping * d_b)
-    h_gg = _add_diag(lin.h_gg, damping * d_g)
-    n_a, k_a = lin.grad_a.shape
-    n_b, k_b = lin.grad_b.shape
-    n_a, k_a = lin.grad_a.shape
-    n_b, k_b = lin.grad_b.shape
-    if eliminate == "b":
-        h_ga = lin.h_ga.reshape(-1, n_a * k_a)
-        h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
-        coupling = jnp.transpose(lin.h_ab, (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
-        g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
-        x_b, x_d = schur_solve(h_bb, lin.grad_b, h_ed, h_dd, g_d)
-        x_a = x_d[: n_a * k_a].reshape(n_a, k_a)
-        x_g = x_d[n_a * k_a :]
-    else:
-        h_gb = lin.h_gb.reshape(-1, n_b * k_b)
-        h_dd = jnp.block([[_block_diagonal(h_bb), h_gb.T], [h_gb, h_gg]])
-        coupling = jnp.transpose(lin.h_ab, (0, 3, 1, 2)).reshape(k_a, n_b * k_b, n_a)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_ga, (2, 0, 1))], axis=1)
-        g_d = jnp.concatenate([lin.grad_b.reshape(-1), lin.grad_g])
-        x_a, x_d = schur_solve(h_aa, lin.grad_a, h_ed, h_dd, g_d)
-        x_b = x_d[: n_b * k_b].reshape(n_b, k_b)
-        x_g = x_d[n_b * k_b :]
-    return Variables(x_a, x_b, x_g), Variables(d_a, d_b, d_g)
+    part, scaling = partition(lin, damping, eliminate)
+    x_e, x_d = schur_solve(*part)
+    return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, eliminate), scaling

@@ -1,0 +1,120 @@
+"""Parameter covariance (J^T J)^{-1} and observation leverages through the Schur complement.
+
+With the partition of ``_schur`` (E blocks eliminated, D dense) and H_EE = L L^T,
+Y = L^{-1} H_ED and S = H_DD - Y^T Y, the inverse of the normal matrix has blocks
+
+    (H^{-1})_DD = S^{-1}
+    (H^{-1})_ED = -L^{-T} Y S^{-1}                     (block e: -L_e^{-T} Y_e S^{-1})
+    (H^{-1})_ee = L_e^{-T} (I + Y_e S^{-1} Y_e^T) L_e^{-1}
+
+so every quantity below costs about as much as forming S: no dense inverse of H.
+Multiply by sigma^2 for the covariance of the estimates. Fixed entries get zero variance.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+
+from ._linearize import Linearization
+from ._problem import Structure
+from ._schur import eliminated_coupling, inverse_cholesky_blocks, partition
+
+
+class InverseBlocks(NamedTuple):
+    """Blocks of H^{-1}: e (n, k, k), cross (n, k, d) = (H^{-1})_ED, dd (d, d)."""
+
+    e: jnp.ndarray
+    cross: jnp.ndarray
+    dd: jnp.ndarray
+
+
+def inverse_blocks(lin: Linearization, eliminate: str) -> InverseBlocks:
+    """The blocks of the (undamped) inverse normal matrix that the block structure needs."""
+    part, _ = partition(lin, 0.0, eliminate)
+    inv = inverse_cholesky_blocks(part.h_ee)
+    y = eliminated_coupling(inv, part.h_ed)
+    n_d = part.h_dd.shape[0]
+    reduced = part.h_dd - sum(yi @ yi.T for yi in y)
+    s_inv = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), jnp.eye(n_d, dtype=reduced.dtype))
+    z = [s_inv @ yi for yi in y]  # S^{-1} Y_i^T, (d, n)
+    k = len(y)
+    middle = jnp.stack([jnp.stack([jnp.sum(y[i] * z[j], axis=0) for j in range(k)], -1) for i in range(k)], -2)
+    middle = middle + jnp.eye(k, dtype=middle.dtype)  # (n, k, k): I + Y_e S^-1 Y_e^T
+    e = jnp.einsum("nij,nil,nlm->njm", inv, middle, inv)
+    cross = -jnp.einsum("nij,idn->njd", inv, jnp.stack(z))
+    return InverseBlocks(e, cross, s_inv)
+
+
+def _positions(s: Structure, n_a, k_a, n_b, k_b, eliminate):
+    """Where each A and B entry lives in the partition.
+
+    Returns (a_in_e (n_a, k_a) bool, a_d (n_a, k_a) int, b_in_e (n_b, k_b) bool, b_d int):
+    for entries in D, their index (or d, a zero padding row, if fixed); entries in E live
+    in their own block at their own position.
+    """
+    n_g = s.free_g.shape[0]
+    n_own = (n_a * k_a) if eliminate == "b" else (n_b * k_b)
+    d = n_own + n_g
+    tie = s.tie_a
+    slot_free = jnp.where(tie >= 0, s.free_g[jnp.clip(tie, 0)], False) if n_g else jnp.zeros(tie.shape, bool)
+    slot_index = jnp.where(slot_free, n_own + tie, d)
+    if eliminate == "b":
+        own = jnp.arange(n_a * k_a).reshape(n_a, k_a)
+        a_d = jnp.where(s.free_a, own, slot_index)
+        return jnp.zeros((n_a, k_a), bool), a_d, s.free_b, jnp.full((n_b, k_b), d)
+    own = jnp.arange(n_b * k_b).reshape(n_b, k_b)
+    return s.free_a, slot_index, jnp.zeros((n_b, k_b), bool), jnp.where(s.free_b, own, d)
+
+
+def variances(lin: Linearization, s: Structure, eliminate: str):
+    """Diagonal of H^{-1} for every entry: (var_a (n_a, k_a), var_b (n_b, k_b)), solver units.
+
+    Tied entries report their slot's variance; fixed entries report 0.
+    """
+    blocks = inverse_blocks(lin, eliminate)
+    n_a, k_a = lin.grad_a.shape
+    n_b, k_b = lin.grad_b.shape
+    a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
+    diag_d = jnp.concatenate([jnp.diagonal(blocks.dd), jnp.zeros(1, blocks.dd.dtype)])
+    diag_e = jnp.diagonal(blocks.e, axis1=-2, axis2=-1)
+    if eliminate == "b":
+        return diag_d[a_d], jnp.where(b_e, diag_e, 0.0)
+    return jnp.where(a_e, diag_e, diag_d[a_d]), diag_d[b_d]
+
+
+def leverages(fn, x, lin: Linearization, s: Structure, eliminate: str, jacobians):
+    """Hat-matrix blocks J_i H^{-1} J_i^T of every pair: (n_a, n_b, m, m).
+
+    ``jacobians`` = (ja (m, k_a, n_a, n_b), jb (m, k_b, n_a, n_b)), weighted as in the fit.
+    """
+    ja, jb = jacobians
+    blocks = inverse_blocks(lin, eliminate)
+    n_a, k_a = lin.grad_a.shape
+    n_b, k_b = lin.grad_b.shape
+    a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
+    dd = jnp.pad(blocks.dd, ((0, 1), (0, 1)))
+    cross = jnp.pad(blocks.cross, ((0, 0), (0, 0), (0, 1)))  # (n_e, k_e, d + 1)
+    # Local covariance of each pair's parameters, split by where they live.
+    if eliminate == "b":
+        c_aa = dd[a_d[:, :, None], a_d[:, None, :]][:, None]  # (n_a, 1, k_a, k_a)
+        fb = b_e.astype(dd.dtype)
+        c_bb = (blocks.e * fb[:, :, None] * fb[:, None, :])[None]  # (1, n_b, k_b, k_b)
+        c_ab = jnp.transpose(cross[:, :, a_d], (2, 0, 3, 1)) * fb[None, :, None, :]  # (n_a, n_b, k_a, k_b)
+    else:
+        fa = a_e.astype(dd.dtype)
+        e_part = blocks.e * fa[:, :, None] * fa[:, None, :]
+        cross_a = cross[:, :, a_d.reshape(-1)].reshape(n_a, k_a, n_a, k_a)[jnp.arange(n_a), :, jnp.arange(n_a), :]
+        mixed = cross_a * fa[:, :, None]  # E own entry x D slot entry of the same view
+        c_aa = (e_part + mixed + jnp.swapaxes(mixed, -1, -2) + dd[a_d[:, :, None], a_d[:, None, :]])[:, None]
+        c_bb = dd[b_d[:, :, None], b_d[:, None, :]][None]
+        c_ab = (cross[:, :, b_d] * fa[:, :, None, None])  # (n_a, k_a, n_b, k_b) for own entries
+        c_ab = jnp.transpose(c_ab, (0, 2, 1, 3)) + jnp.transpose(dd[a_d][:, :, b_d], (0, 2, 1, 3))
+    ja_p = jnp.moveaxis(ja, (2, 3), (0, 1))  # (n_a, n_b, m, k_a)
+    jb_p = jnp.moveaxis(jb, (2, 3), (0, 1))
+    hat = jnp.einsum("abip,apq,abjq->abij", ja_p, c_aa[:, 0], ja_p)
+    hat = hat + jnp.einsum("abip,bpq,abjq->abij", jb_p, c_bb[0], jb_p)
+    both = jnp.einsum("abip,abpq,abjq->abij", ja_p, c_ab, jb_p)
+    return hat + both + jnp.swapaxes(both, -1, -2)

@@ -1,0 +1,138 @@
+"""Standard errors of a solved alignment and leave-one-out residuals per observation.
+
+The covariance of the estimates is sigma^2 (J^T J)^{-1} at the optimum, with sigma^2 =
+RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of the
+inverse come from the Schur complement (``solve._covariance``). The reported frame moves
+tilts to zero mean deviation from nominal and markers to zero mean z; the standard errors
+of those two families are projected into that frame exactly (one extra solve each), the
+others are unaffected to first order.
+
+The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
+have if the fit were redone without it, to first order: (I - H_ii)^{-1} r_i, where
+H_ii = J_i (J^T J)^{-1} J_i^T is its 2 x 2 leverage block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .models import get_model
+from .problem import build_problem
+from .result import AlignmentResult
+from .solve import Variables, damped_step, linearize
+from .solve._covariance import leverages, variances
+from .solve._linearize import _grid, _jacobian_columns, _weighted
+
+
+@dataclass(frozen=True, eq=False)
+class Uncertainty:
+    """Standard errors (1 sigma) and leave-one-out residuals.
+
+    views_se: (n_views, k) in model units (radians, ratios, pixels); 0 for fixed entries.
+    markers_se: (n_markers, 3) pixels.
+    sigma_px: noise estimate per coordinate, pixels.
+    loo_residuals: (n_views, n_markers, 2) projected minus measured if the point were left
+        out of the fit, pixels; NaN where not observed.
+    leverage: (n_views, n_markers) trace of each observation's hat block (0..2).
+    """
+
+    model: str
+    views_se: np.ndarray
+    markers_se: np.ndarray
+    sigma_px: float
+    loo_residuals: np.ndarray
+    leverage: np.ndarray
+
+    def parameter_se(self, name: str) -> np.ndarray:
+        """Standard error of one view-parameter family (n_views,), degrees for angles."""
+        m = get_model(self.model)
+        se = self.views_se[:, m.index(name)]
+        return np.degrees(se) if m.kinds[m.index(name)] == "angle" else se
+
+    @property
+    def loo_rms_px(self) -> float:
+        """Per-component RMS of the leave-one-out residuals, pixels."""
+        r = self.loo_residuals[np.isfinite(self.loo_residuals[..., 0])]
+        return float(np.sqrt(np.mean(r * r)))
+
+
+def _solve_unit(lin, structure, eliminate, v: Variables):
+    """H^{-1} v through the Schur complement (undamped)."""
+    rhs = lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g)
+    step, _ = damped_step(rhs, 0.0, structure, eliminate)
+    return step
+
+
+@partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
+def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
+    lin = linearize(fn, x, structure)
+    var_a, var_b = variances(lin, structure, eliminate)
+    dtype = x.a.dtype
+    n_a, k_a = x.a.shape
+    n_b = x.b.shape[0]
+    zeros = Variables(jnp.zeros_like(x.a), jnp.zeros_like(x.b), jnp.zeros_like(x.g))
+    tie = structure.tie_a
+    if tilt_column is not None:
+        # mean-tilt functional, on the entry (own or slot) that carries each view's tilt
+        own = structure.free_a[:, tilt_column].astype(dtype) / n_a
+        v = zeros._replace(a=zeros.a.at[:, tilt_column].set(own))
+        if x.g.shape[0]:
+            slots = jnp.where(tie[:, tilt_column] >= 0, tie[:, tilt_column], x.g.shape[0])
+            v = v._replace(g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g)
+        w = _solve_unit(lin, structure, eliminate, v)
+        w_tilt = jnp.where(tie[:, tilt_column] >= 0, w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0, w.a[:, tilt_column])
+        var_mean = jnp.sum(v.a * w.a) + jnp.sum(v.g * w.g)
+        var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
+    if shift_z:
+        v = zeros._replace(b=zeros.b.at[:, 2].set(structure.free_b[:, 2].astype(dtype) / n_b))
+        w = _solve_unit(lin, structure, eliminate, v)
+        var_mean = jnp.sum(v.b * w.b)
+        var_b = var_b.at[:, 2].set(jnp.maximum(var_b[:, 2] - 2 * w.b[:, 2] + var_mean, 0.0))
+
+    a, b = _grid(x, structure)
+    wts = structure.weights
+    ja = _weighted(_jacobian_columns(lambda a_: fn(a_, b, structure.pair_data, structure.const), a), wts)
+    jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, structure.pair_data, structure.const), b), wts)
+    hat = leverages(fn, x, lin, structure, eliminate, (ja, jb))
+    r = _weighted(fn(a, b, structure.pair_data, structure.const), wts)  # (m, n_a, n_b)
+    eye = jnp.eye(hat.shape[-1], dtype=dtype)
+    seen = wts != 0
+    safe = jnp.where(seen[..., None, None], eye - hat, eye)
+    loo = jnp.linalg.solve(safe, jnp.moveaxis(r, 0, -1)[..., None])[..., 0]
+    safe_w = jnp.where(seen, wts, 1.0)[..., None]
+    return var_a, var_b, loo / safe_w, jnp.trace(hat, axis1=-2, axis2=-1), 2.0 * lin.cost
+
+
+def uncertainty(result: AlignmentResult) -> Uncertainty:
+    """Standard errors and leave-one-out residuals of a solved alignment (float64)."""
+    m = get_model(result.model)
+    obs = result.observations
+    modes = result.extras.get("modes", {})
+    ref_view = result.extras.get("ref_view")
+    weights = result.extras.get("weights")
+    with jax.enable_x64(True):
+        problem = build_problem(
+            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool), ref_view=ref_view, weights=weights
+        )
+        tilt_free = modes.get("tilt", "free") != "fixed"
+        var_a, var_b, loo, lev, rss = jax.device_get(
+            _uncertainty_core(
+                problem.fn,
+                problem.x0,
+                problem.structure,
+                eliminate=problem.eliminate,
+                tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
+                shift_z=m.shift_parameters is not None,
+            )
+        )
+    dof = max(2 * obs.n_observed - problem.n_free, 1)
+    sigma = float(np.sqrt(rss / dof))
+    views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
+    markers_se = sigma * np.sqrt(np.asarray(var_b))
+    loo = np.where(obs.mask[..., None], np.asarray(loo), np.nan)
+    return Uncertainty(m.name, views_se, markers_se, sigma, loo, np.where(obs.mask, np.asarray(lev), np.nan))
