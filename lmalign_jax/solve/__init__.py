@@ -5,6 +5,7 @@ tied to A entries, masks for missing pairs and fixed entries, and a Schur-comple
 """
 
 from ._dense import dense_step
+from ._implicit import solve_implicit
 from ._linearize import Linearization, cost, linearize, pair_residuals
 from ._lm import Solution, least_squares
 from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
@@ -29,4 +30,5 @@ __all__ = [
     "make_structure",
     "pair_residuals",
     "schur_solve",
+    "solve_implicit",
 ]

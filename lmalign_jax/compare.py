@@ -1,0 +1,381 @@
+"""Comparing projection-model variants on the same observations.
+
+``compare_models`` fits each model with ``align`` and tabulates, per model:
+
+- ``n_free``: free parameters of the final solve (gauge-fixed; markers included);
+- ``rms_residual_px`` (paper eq. 4) and ``mean_residual_px`` (IMOD's mean length);
+- ``bic``: the Bayesian information criterion for Gaussian residuals,
+  ``N log(RSS / N) + n_free log(N)`` with ``N = 2 * n_observed`` residual components and
+  ``RSS`` their sum of squares. Lower is better; a difference above ~10 is decisive;
+- ``leave_out_rms_px``: a cross-validated prediction error (below; lower is better);
+- how far its view parameters move from the first model's: the largest per-view
+  difference in rotation, and in tilt after removing the mean difference (a constant tilt
+  offset is a gauge freedom of most models), degrees.
+
+Leave-out scheme. A marker's own observations fix its 3-D position, so holding out whole
+markers measures nothing; instead single observations are held out. The observed
+(view, marker) pairs are shuffled with ``numpy.random.default_rng(seed)`` and dealt in turn
+to ``folds`` disjoint folds (about 1/folds of the points each; 20% for the default 5). A
+point is skipped (never held out) when removing it would leave its marker in fewer than
+``min_views_per_marker`` training views or its view with fewer than
+``min_markers_per_view`` training markers in that fold. For each fold and model, the joint
+stage is solved from the model's full solution with the fold's points given weight 0
+(``align(..., stages=("joint",), start=full, weights=training_mask)``: the same compiled
+solve, no recompilation), and the held-out points are predicted by the fitted views and
+markers. ``leave_out_rms_px`` is the per-component RMS of those prediction errors pooled
+over all folds; ``leave_out_mean_px`` their mean length. Every model sees the same folds.
+
+A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
+still compare. "diez" has no shift term and expects centred observations: on data with
+shifts it fits badly, which the table shows (its status says whether it converged).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .align import align
+from .models import MODELS, ProjectionModel, get_model
+from .observations import Observations
+from .result import AlignmentResult
+
+DEFAULT_MODELS = ("jou", "luther", "diez", "imod")
+#: align() keywords compare_models sets itself.
+_RESERVED = ("model", "weights", "start")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRow:
+    """One model's line of the comparison (see the module docstring); NaN where unavailable."""
+
+    model: str
+    status: str
+    n_free: int
+    n_observed: int
+    rss_px2: float
+    rms_residual_px: float
+    mean_residual_px: float
+    bic: float
+    leave_out_rms_px: float
+    leave_out_mean_px: float
+    n_held_out: int
+    max_rotation_diff_deg: float
+    max_tilt_diff_deg: float
+    mean_tilt_offset_deg: float
+    seconds: float
+    note: str = ""
+    rotation_diff_deg: np.ndarray | None = field(default=None, repr=False)
+    tilt_diff_deg: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """The fit produced an answer (converged or stopped at the iteration limit)."""
+        return np.isfinite(self.rms_residual_px) and not self.status.startswith(("failed", "error"))
+
+    def to_dict(self) -> dict:
+        out = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                value = [_finite_or_none(v) for v in value.tolist()]
+            elif isinstance(value, float):
+                value = _finite_or_none(value)
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class ModelComparison:
+    """The table of ``compare_models``.
+
+    Attributes:
+        rows: one ``ModelRow`` per model, in the order asked for.
+        results: model name -> its full ``AlignmentResult`` (None if it raised).
+        reference: the model the parameter differences are taken against (the first one
+            that produced an answer).
+        folds, seed: the leave-out scheme's settings; ``fold_of`` (n_views, n_markers) the
+            fold each observation was held out in, -1 if never (or unobserved).
+    """
+
+    rows: tuple[ModelRow, ...]
+    results: dict
+    reference: str | None
+    folds: int
+    seed: int
+    fold_of: np.ndarray
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(r.model for r in self.rows)
+
+    def row(self, model: str) -> ModelRow:
+        for r in self.rows:
+            if r.model == model:
+                return r
+        raise KeyError(f"model {model!r} is not in this comparison ({', '.join(self.models)})")
+
+    def _best(self, attr: str) -> str | None:
+        rows = [r for r in self.rows if r.ok and np.isfinite(getattr(r, attr))]
+        return min(rows, key=lambda r: getattr(r, attr)).model if rows else None
+
+    @property
+    def best_by_bic(self) -> str | None:
+        """The model with the lowest BIC, None if no model produced an answer."""
+        return self._best("bic")
+
+    @property
+    def best_by_leave_out(self) -> str | None:
+        """The model with the lowest leave-out RMS, None if unavailable."""
+        return self._best("leave_out_rms_px")
+
+    def format_table(self) -> str:
+        """The comparison as a fixed-width text table (one row per model)."""
+        best_bic = min((r.bic for r in self.rows if r.ok and np.isfinite(r.bic)), default=np.nan)
+        header = (
+            f"{'model':<8} {'free':>5} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} {'BIC':>10} {'dBIC':>8} "
+            f"{'max|drot|':>9} {'max|dtilt|':>10}  status"
+        )
+        lines = [header]
+        for r in self.rows:
+            lines.append(
+                f"{r.model:<8} {r.n_free:>5d} {_fmt(r.rms_residual_px, 8, 4)} {_fmt(r.mean_residual_px, 8, 4)} "
+                f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} {_fmt(r.bic - best_bic, 8, 1)} "
+                f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status}"
+            )
+        return "\n".join(lines)
+
+    def to_text(self) -> str:
+        """The table plus the winners and notes, for people (``lmalign compare``)."""
+        n_obs = self.rows[0].n_observed if self.rows else 0
+        n_held = int((self.fold_of >= 0).sum())
+        lines = [
+            f"Model comparison on {n_obs} observations ({2 * n_obs} residual components)",
+            self.format_table(),
+            "",
+            f"best by BIC: {self.best_by_bic or '-'}; best by leave-out residual: {self.best_by_leave_out or '-'}",
+            f"leave-out: {self.folds} folds (seed {self.seed}), {n_held} of {n_obs} observations held out once each; "
+            "RMS of their predictions by the model fitted without them (joint stage)",
+        ]
+        if self.reference is not None:
+            lines.append(
+                f"max|drot|, max|dtilt|: largest per-view rotation and tilt difference from {self.reference!r}, degrees "
+                "(tilt after removing the mean offset)"
+            )
+        lines += [f"note: {r.model}: {r.note}" for r in self.rows if r.note]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (NaN -> None)."""
+        return {
+            "models": list(self.models),
+            "reference": self.reference,
+            "best_by_bic": self.best_by_bic,
+            "best_by_leave_out": self.best_by_leave_out,
+            "folds": self.folds,
+            "seed": self.seed,
+            "n_held_out": int((self.fold_of >= 0).sum()),
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+
+def leave_out_folds(
+    mask, folds: int = 5, seed: int = 0, min_views_per_marker: int = 3, min_markers_per_view: int = 5
+) -> np.ndarray:
+    """Assign observations to disjoint hold-out folds (see the module docstring).
+
+    Returns (n_views, n_markers) int: the fold an observation is held out in, -1 if never.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    folds = _positive_int("folds", folds, minimum=2)
+    rng = np.random.default_rng(seed)
+    fold_of = np.full(mask.shape, -1, dtype=int)
+    marker_left = np.tile(mask.sum(axis=0), (folds, 1))  # training views per marker, per fold
+    view_left = np.tile(mask.sum(axis=1), (folds, 1))  # training markers per view, per fold
+    observed = np.argwhere(mask)
+    for i, (v, m) in enumerate(observed[rng.permutation(len(observed))]):
+        f = i % folds
+        if marker_left[f, m] > min_views_per_marker and view_left[f, v] > min_markers_per_view:
+            fold_of[v, m] = f
+            marker_left[f, m] -= 1
+            view_left[f, v] -= 1
+    return fold_of
+
+
+def bic(rss: float, n_components: int, n_free: int) -> float:
+    """BIC for Gaussian residuals: N log(RSS / N) + n_free log(N), N residual components."""
+    if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
+        return float("nan")
+    return float(n_components * np.log(rss / n_components) + n_free * np.log(n_components))
+
+
+def compare_models(
+    obs: Observations,
+    models=DEFAULT_MODELS,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    leave_out: bool = True,
+    min_views_per_marker: int = 3,
+    min_markers_per_view: int = 5,
+    **align_kwargs,
+) -> ModelComparison:
+    """Fit each model to the same observations and compare them (see the module docstring).
+
+    Args:
+        obs: the observations.
+        models: model names (or ``ProjectionModel`` objects), or one comma-separated string;
+            differences are reported against the first.
+        folds: number of leave-out folds (>= 2); ``seed`` shuffles the points into them.
+        leave_out: False skips the cross-validation (leave-out columns are NaN).
+        min_views_per_marker, min_markers_per_view: what each fold's training set keeps.
+        **align_kwargs: passed to every ``align`` call (rotation_deg, modes, stages, config,
+            dtype, ref_view). ``modes`` applies to each model for the parameters it has.
+            ``model``, ``weights`` and ``start`` are not accepted.
+    Returns:
+        ``ModelComparison``.
+    """
+    chosen = _models(models)
+    names = tuple(m.name for m in chosen)
+    bad = [k for k in _RESERVED if k in align_kwargs]
+    if bad:
+        raise ValueError(f"compare_models sets {', '.join(bad)} itself; pass the models as models=(...)")
+    folds = _positive_int("folds", folds, minimum=2)
+    min_views_per_marker = _positive_int("min_views_per_marker", min_views_per_marker, minimum=2)
+    min_markers_per_view = _positive_int("min_markers_per_view", min_markers_per_view, minimum=1)
+    modes = dict(align_kwargs.pop("modes", None) or {})
+    known = {p for m in chosen for p in m.parameters}
+    unknown = sorted(set(modes) - known)
+    if unknown:
+        raise ValueError(f"modes name parameter(s) {unknown} that none of the models {', '.join(names)} has")
+
+    fold_of = leave_out_folds(obs.mask, folds, seed, min_views_per_marker, min_markers_per_view)
+    if not leave_out:
+        fold_of = np.full(obs.mask.shape, -1, dtype=int)
+
+    results: dict = {}
+    rows: list[ModelRow] = []
+    for m in chosen:
+        kwargs = dict(align_kwargs)
+        model_modes = {p: v for p, v in modes.items() if p in m.parameters}
+        if model_modes:
+            kwargs["modes"] = model_modes
+        rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results))
+
+    reference = next((r.model for r in rows if r.ok), None)
+    if reference is not None:
+        ref = results[reference]
+        rows = [_with_differences(r, results.get(r.model), ref) for r in rows]
+    return ModelComparison(tuple(rows), results, reference, folds, int(seed), fold_of)
+
+
+def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelRow:
+    n_obs = obs.n_observed
+    note = "" if m.shift_parameters is not None else "no shift term: expects centred observations (fits badly otherwise)"
+    start = time.perf_counter()
+    try:
+        full = align(obs, model=m, **kwargs)
+    except Exception as exc:  # one model's failure must not stop the comparison
+        results[m.name] = None
+        return _empty_row(m.name, f"error: {type(exc).__name__}: {exc}", n_obs, time.perf_counter() - start, note)
+    results[m.name] = full
+    resid = full.residuals[obs.mask]
+    rss = float(np.sum(resid * resid))
+    leave_rms = leave_mean = float("nan")
+    n_held = int((fold_of >= 0).sum())
+    if not full.status.startswith("failed") and n_held:
+        fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
+        errors = []
+        try:
+            for f in range(folds):
+                held = fold_of == f
+                if not held.any():
+                    continue
+                train = (obs.mask & ~held).astype(np.float64)
+                fit = align(obs, model=m, stages=("joint",), start=full, weights=train, **fold_kwargs)
+                if fit.status.startswith("failed"):
+                    note = (note + "; " if note else "") + f"leave-out fold {f} failed: {fit.status}"
+                errors.append(fit.residuals[held])
+            e = np.concatenate(errors)
+            leave_rms = float(np.sqrt(np.mean(e * e)))
+            leave_mean = float(np.mean(np.linalg.norm(e, axis=-1)))
+        except Exception as exc:
+            note = (note + "; " if note else "") + f"leave-out error: {type(exc).__name__}: {exc}"
+    rms = full.rms_residual_px if np.isfinite(rss) else float("nan")
+    return ModelRow(
+        model=m.name,
+        status=full.status,
+        n_free=int(full.n_free),
+        n_observed=n_obs,
+        rss_px2=rss,
+        rms_residual_px=rms,
+        mean_residual_px=full.mean_residual_px,
+        bic=bic(rss, 2 * n_obs, int(full.n_free)),
+        leave_out_rms_px=leave_rms,
+        leave_out_mean_px=leave_mean,
+        n_held_out=n_held,
+        max_rotation_diff_deg=float("nan"),
+        max_tilt_diff_deg=float("nan"),
+        mean_tilt_offset_deg=float("nan"),
+        seconds=time.perf_counter() - start,
+        note=note,
+    )
+
+
+def _empty_row(name, status, n_obs, seconds, note) -> ModelRow:
+    nan = float("nan")
+    return ModelRow(name, status, 0, n_obs, nan, nan, nan, nan, nan, nan, 0, nan, nan, nan, seconds, note)
+
+
+def _with_differences(row: ModelRow, result: AlignmentResult | None, ref: AlignmentResult) -> ModelRow:
+    if result is None or not row.ok:
+        return row
+    drot = result.rotation_deg - ref.rotation_deg
+    drot = (drot + 180.0) % 360.0 - 180.0
+    dtilt = result.tilts_deg - ref.tilts_deg
+    offset = float(np.mean(dtilt))
+    dtilt = dtilt - offset
+    return replace(
+        row,
+        max_rotation_diff_deg=float(np.max(np.abs(drot))),
+        max_tilt_diff_deg=float(np.max(np.abs(dtilt))),
+        mean_tilt_offset_deg=offset,
+        rotation_diff_deg=drot,
+        tilt_diff_deg=dtilt,
+    )
+
+
+def _models(models) -> tuple[ProjectionModel, ...]:
+    if isinstance(models, (str, ProjectionModel)):
+        models = [s.strip() for s in models.split(",")] if isinstance(models, str) else [models]
+    try:
+        models = list(models)
+    except TypeError:
+        raise ValueError(f"models must be a sequence of model names, got {models!r}") from None
+    if not models or all(isinstance(m, str) and not m for m in models):
+        raise ValueError(f"models is empty; choose one or more of {', '.join(MODELS)}")
+    unknown = [m for m in models if not isinstance(m, ProjectionModel) and m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown projection model(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+    chosen = [get_model(m) for m in models]
+    names = [m.name for m in chosen]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"model(s) {', '.join(dup)} listed more than once")
+    return tuple(chosen)
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _fmt(value, width, digits) -> str:
+    return f"{value:>{width}.{digits}f}" if np.isfinite(value) else f"{'-':>{width}}"
+
+
+def _finite_or_none(value):
+    return value if not isinstance(value, float) or np.isfinite(value) else None
