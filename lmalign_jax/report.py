@@ -187,11 +187,14 @@ def build_record(
     n_worst: int = 10,
     software: dict | None = None,
     extra: dict | None = None,
+    errors=None,
 ) -> dict:
     """Everything about one alignment as a JSON-ready dict.
 
     ``inputs`` and ``options`` describe the run (files, image size, exclusions, modes...) and
     are stored as given; ``marker_ids`` (m,) are the markers' ids in the input file.
+    ``errors`` (an ``uncertainty.Uncertainty`` of ``result``) adds standard errors per view
+    parameter and marker coordinate and leave-one-out residuals.
     """
     model = get_model(result.model)
     obs = result.observations
@@ -216,6 +219,9 @@ def build_record(
             **_stats(lengths[v][fv.mask[v]]),
             "xf": [float(x) for x in (*fv.xf[v, :, :2].ravel(), *fv.xf[v, :, 2])],
         }
+        if errors is not None and not fv.excluded[v]:
+            k = int(np.flatnonzero(fv.view_index == v)[0])
+            entry["standard_errors"] = {name: float(errors.parameter_se(name)[k]) for name in model.parameters}
         views.append(entry)
 
     markers = []
@@ -224,6 +230,8 @@ def build_record(
         markers.append(
             {"index": i, "id": int(marker_ids[i]), "x": x, "y": y, "z": z, "n_views": int(fv.mask[:, i].sum()), **_stats(lengths[:, i][fv.mask[:, i]])}
         )
+        if errors is not None:
+            markers[-1]["standard_errors"] = dict(zip(("x", "y", "z"), (float(e) for e in errors.markers_se[i]), strict=True))
 
     worst = []
     for p in result.worst_points(n_worst):
@@ -242,6 +250,9 @@ def build_record(
                 "sds_above_mean": (p["length"] - mean) / sd if sd > 0 else None,
             }
         )
+        if errors is not None:
+            loo = errors.loo_residuals[p["view"], p["marker"]]
+            worst[-1]["leave_one_out_residual_px"] = float(np.hypot(*loo))
 
     stages = [
         {
@@ -292,6 +303,12 @@ def build_record(
         "markers": markers,
         "worst_points": worst,
     }
+    if errors is not None:
+        summary["leave_one_out_rms_px"] = errors.loo_rms_px
+        summary["standard_errors_note"] = (
+            "1-sigma, from sigma^2 (J^T J)^-1 with sigma = RMS residual corrected for the free "
+            "parameters; tilts relative to their mean offset from nominal"
+        )
     record.update(extra or {})
     return record
 
@@ -424,7 +441,7 @@ def _ranges(numbers) -> str:
 # --------------------------------------------------------------------------- the figure
 
 
-def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title: str = "") -> bytes:
+def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title: str = "", errors=None) -> bytes:
     """The PNG report: residual per view, aligned tracks, aligned y flatness, tilts, rotation,
     residual vectors with the worst points highlighted. Uses matplotlib's Agg canvas directly
     (no pyplot, no global backend change)."""
@@ -485,6 +502,9 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
 
     ax = axes[1, 0]
     ax.plot(nominal[kept], fv.tilts_deg[kept] - nominal[kept], "o-", ms=3, label="solved - nominal")
+    if errors is not None:
+        ax.errorbar(nominal[fv.view_index], fv.tilts_deg[fv.view_index] - nominal[fv.view_index],
+                    yerr=errors.parameter_se("tilt"), fmt="none", ecolor="tab:gray", lw=0.8, label="1 standard error")
     if fv.excluded.any():
         ax.plot(nominal[fv.excluded], np.zeros(int(fv.excluded.sum())), "x", color="tab:gray", ms=8, label="excluded (nominal used)")
     ax.axhline(0, color="k", lw=0.8)
@@ -493,6 +513,9 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
 
     ax = axes[1, 1]
     ax.plot(nominal[kept], fv.parameters["rotation"][kept], "o-", ms=3, label="solved")
+    if errors is not None:
+        ax.errorbar(nominal[fv.view_index], fv.parameters["rotation"][fv.view_index],
+                    yerr=errors.parameter_se("rotation"), fmt="none", ecolor="tab:gray", lw=0.8, label="1 standard error")
     start = record["options"].get("rotation_deg")
     if start is not None:
         ax.axhline(start, color="tab:orange", ls="--", lw=1, label=f"start ({record['options'].get('rotation_source')}) {start:.2f}")

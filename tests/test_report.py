@@ -139,3 +139,25 @@ def test_figure_is_a_png_and_leaves_the_backend_alone(report):
     data = render_figure(result, fv, record, title="test")
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.get_backend() == backend
+
+
+def test_record_and_figure_carry_standard_errors(report):
+    from lmalign_jax import Uncertainty
+
+    result, fv, _ = report
+    n_views = result.views.shape[0]
+    views_se = np.full((n_views, 5), 1e-3)
+    views_se[3] = 0.0  # the gauge-fixed reference view's entries
+    errors = Uncertainty("jou", views_se, np.full((5, 3), 0.2), 0.3, np.where(result.observations.mask[..., None], 0.5, np.nan),
+                         np.full((n_views, 5), 0.4))
+    record = build_record(result, fv, marker_ids=[11, 12, 13, 14, 15], inputs={}, options={}, errors=errors)
+    fitted = [v for v in record["views"] if not v["excluded"]]
+    assert all("standard_errors" in v for v in fitted)
+    assert not any("standard_errors" in v for v in record["views"] if v["excluded"])
+    assert fitted[0]["standard_errors"]["tilt"] == pytest.approx(np.degrees(1e-3))
+    assert fitted[3]["standard_errors"]["scale"] == 0.0
+    assert record["markers"][2]["standard_errors"] == {"x": 0.2, "y": 0.2, "z": 0.2}
+    assert record["summary"]["leave_one_out_rms_px"] == pytest.approx(0.5)
+    assert record["worst_points"][0]["leave_one_out_residual_px"] == pytest.approx(np.hypot(0.5, 0.5))
+    png = render_figure(result, fv, record, errors=errors)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
