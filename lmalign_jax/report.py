@@ -252,7 +252,7 @@ def build_record(
         )
         if errors is not None:
             loo = errors.loo_residuals[p["view"], p["marker"]]
-            worst[-1]["leave_one_out_residual_px"] = float(np.hypot(*loo))
+            worst[-1]["leave_one_out_residual_px"] = float(np.hypot(loo[0], loo[1]))
 
     stages = [
         {
