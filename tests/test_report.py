@@ -148,7 +148,7 @@ def test_record_and_figure_carry_standard_errors(report):
     n_views = result.views.shape[0]
     views_se = np.full((n_views, 5), 1e-3)
     views_se[3] = 0.0  # the gauge-fixed reference view's entries
-    errors = Uncertainty("jou", views_se, np.full((5, 3), 0.2), 0.3, np.where(result.observations.mask[..., None], 0.5, np.nan),
+    errors = Uncertainty("jou", views_se, np.full((5, 3), 0.2), 0.3, np.where(result.observations.mask[..., None], np.full(result.observations.mask.shape + (2,), 0.5), np.nan),
                          np.full((n_views, 5), 0.4))
     record = build_record(result, fv, marker_ids=[11, 12, 13, 14, 15], inputs={}, options={}, errors=errors)
     fitted = [v for v in record["views"] if not v["excluded"]]
