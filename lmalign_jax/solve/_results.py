@@ -40,7 +40,7 @@ class LMConfig:
     cost_tol: float | None = None
     step_tol: float | None = None
     gradient_tol: float | None = None
-    initial_damping: float = 1e-3
+    initial_damping: float = 1e-6
 
     def tolerances(self, dtype) -> tuple[float, float, float]:
         single = dtype.itemsize <= 4
