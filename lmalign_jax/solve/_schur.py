@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
@@ -122,7 +123,9 @@ def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
     z = jnp.einsum("nij,nj->ni", inv, g_e)
     n_d = h_dd.shape[0]
     if n_d:
-        reduced = h_dd - sum(yi @ yi.T for yi in y)
+        # Skip the O(n d^2) product when nothing couples (e.g. every eliminated block fixed).
+        coupled = jnp.any(h_ed != 0)
+        reduced = jax.lax.cond(coupled, lambda: h_dd - sum(yi @ yi.T for yi in y), lambda: h_dd)
         rhs = -g_d + sum(yi @ z[:, i] for i, yi in enumerate(y))
         x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
         back = z + jnp.stack([x_d @ yi for yi in y], axis=-1)
