@@ -64,7 +64,7 @@ class Uncertainty:
 def _solve_unit(lin, structure, eliminate, v: Variables):
     """H^{-1} v through the Schur complement (undamped)."""
     rhs = lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g)
-    step, _ = damped_step(rhs, 0.0, structure, eliminate)
+    step, _ = damped_step(rhs, 0.0, eliminate)
     return step
 
 
@@ -98,7 +98,7 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
     wts = structure.weights
     ja = _weighted(_jacobian_columns(lambda a_: fn(a_, b, structure.pair_data, structure.const), a), wts)
     jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, structure.pair_data, structure.const), b), wts)
-    hat = leverages(fn, x, lin, structure, eliminate, (ja, jb))
+    hat = leverages(lin, structure, eliminate, (ja, jb))
     r = _weighted(fn(a, b, structure.pair_data, structure.const), wts)  # (m, n_a, n_b)
     eye = jnp.eye(hat.shape[-1], dtype=dtype)
     seen = wts != 0

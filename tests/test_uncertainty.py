@@ -35,7 +35,7 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     a, b = _grid(x, st)
     ja = _weighted(_jacobian_columns(lambda q: problem.fn(q, b, st.pair_data, st.const), a), st.weights)
     jb = _weighted(_jacobian_columns(lambda q: problem.fn(a, q, st.pair_data, st.const), b), st.weights)
-    hat = leverages(problem.fn, x, lin, st, eliminate, (ja, jb))
+    hat = leverages(lin, st, eliminate, (ja, jb))
     hat_dense = (jac @ inv @ jac.T).reshape(2, 9, 6, 2, 9, 6)
     expected = jnp.einsum("iabjab->abij", hat_dense)
     np.testing.assert_allclose(hat, expected, atol=1e-10)

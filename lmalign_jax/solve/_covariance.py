@@ -85,7 +85,7 @@ def variances(lin: Linearization, s: Structure, eliminate: str):
     return jnp.where(a_e, diag_e, diag_d[a_d]), diag_d[b_d]
 
 
-def leverages(fn, x, lin: Linearization, s: Structure, eliminate: str, jacobians):
+def leverages(lin: Linearization, s: Structure, eliminate: str, jacobians):
     """Hat-matrix blocks J_i H^{-1} J_i^T of every pair: (n_a, n_b, m, m).
 
     ``jacobians`` = (ja (m, k_a, n_a, n_b), jb (m, k_b, n_a, n_b)), weighted as in the fit.

@@ -40,7 +40,7 @@ def _tree(op, *trees):
 
 def _gauss_newton_solve(lin, s, eliminate, v: Variables) -> Variables:
     """(J^T J)^{-1} v on the free entries, via the Schur complement."""
-    step, _ = damped_step(lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g), 0.0, s, eliminate)
+    step, _ = damped_step(lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g), 0.0, eliminate)
     return step
 
 

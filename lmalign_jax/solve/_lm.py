@@ -95,7 +95,7 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
     )
 
     def body(st: _State) -> _State:
-        step, scaling = damped_step(st.lin, st.damping, structure, eliminate)
+        step, scaling = damped_step(st.lin, st.damping, eliminate)
         x_new = Variables(*(p + h for p, h in zip(st.x, step, strict=True)))
         new_cost = cost(fn, x_new, structure)
         predicted = 0.5 * (st.damping * _dot(step, Variables(*(d * h for d, h in zip(scaling, step, strict=True)))) - _dot(_gradient(st.lin), step))

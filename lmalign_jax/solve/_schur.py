@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from ._linearize import Linearization
-from ._problem import Structure, Variables
+from ._problem import Variables
 
 
 def damping_diagonal(*diagonals):
@@ -136,7 +136,7 @@ def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
     return x_e, x_d
 
 
-def damped_step(lin: Linearization, damping, s: Structure, eliminate: str):
+def damped_step(lin: Linearization, damping, eliminate: str):
     """Step (Variables) of (H + damping diag(D)) h = -grad, and the scaling diagonal D.
 
     ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated.
