@@ -217,12 +217,12 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
     """A solve that stops early: exit 1, a message, .json and .png written, no .xf/.tlt."""
     import dataclasses
 
-    real = cli.align_observations
+    real = cli.align.align_observations  # the align command's module (lmalign_jax/cli/align.py)
 
     def stopped(*a, **k):
         return dataclasses.replace(real(*a, **k), status="stopped at the iteration limit before converging")
 
-    monkeypatch.setattr(cli, "align_observations", stopped)
+    monkeypatch.setattr(cli.align, "align_observations", stopped)
     rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
                         "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q"])
     assert rc == 1
@@ -371,7 +371,7 @@ def test_stack_with_wrong_number_of_sections(files):
 
 def test_usage_errors():
     rc, _, err = run([])
-    assert rc == 2 and err.strip() == "lmalign: error: choose a command: align, demo, simulate (see 'lmalign --help')"
+    assert rc == 2 and err.strip() == "lmalign: error: choose a command: align, demo, reconstruct, simulate (see 'lmalign --help')"
     rc, _, err = run(["align", "m.csv", "--image-size", "1"])
     assert rc == 2 and err.count("\n") == 1 and "expected 2 arguments" in err
 
@@ -453,7 +453,7 @@ def test_python_m_help():
     """The one subprocess test: ``python -m lmalign_jax --help``."""
     p = subprocess.run([sys.executable, "-m", "lmalign_jax", "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    for word in ("align", "demo", "simulate", "examples:"):
+    for word in ("align", "demo", "reconstruct", "simulate", "examples:"):
         assert word in p.stdout
 
 

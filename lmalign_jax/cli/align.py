@@ -1,59 +1,45 @@
-"""The ``lmalign`` command line: ``align``, ``demo``, ``simulate``.
-
-Each command is one entry of ``COMMANDS``: a function that adds its sub-parser and sets the
-parser's ``run`` default to the function that runs it (``run(args) -> exit status``); a new
-command such as ``lmalign reconstruct`` is one more entry there. ``main(argv)`` returns the exit status:
-0 success, 1 alignment failed (did not converge; the report is still written), 2 bad input
-(one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written).
-"""
+"""``lmalign align``: read the marker and tilt files, select views and markers, align, report, write."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
-import textwrap
-import threading
-import time
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__, io
-from .align import align as align_observations
-from .io.errors import InputError
-from .io.imod_model import contour_numbers
-from .io.mrc import read_stack_header
-from .io.pytom import is_pytom_header
-from .models import MODELS, get_model
-from .observations import Observations
-from .outputs import OutputSet
-from .report import build_record, expand_to_file_views, format_summary, record_to_json, render_figure
-from .solve import LMConfig
-from .synthetic import simulate
+from .. import io
+from ..align import align as align_observations
+from ..io.errors import InputError
+from ..io.imod_model import contour_numbers
+from ..io.mrc import read_stack_header
+from ..io.pytom import is_pytom_header
+from ..models import MODELS, get_model
+from ..observations import Observations
+from ..outputs import OutputSet
+from ..report import build_record, expand_to_file_views, format_summary, record_to_json, render_figure
+from ..solve import LMConfig
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MIN_MARKERS,
+    UsageError,
+    _check_outputs,
+    _Formatter,
+    _note,
+    _Progress,
+    _software,
+    _warn,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-MIN_MARKERS = 3
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 TILT_EXTENSIONS = (".tlt", ".rawtlt", ".mdoc")
 MARKER_EXTENSIONS = (*io.MARKER_EXTENSIONS, ".resid")
 ALIGN_OUTPUTS = (".xf", ".tlt", ".resid", ".xyz", ".json", ".png")
 REPORT_OUTPUTS = (".json", ".png")
-
-
-class UsageError(Exception):
-    """Bad command-line input that is not tied to a line of a file (exit status 2)."""
-
-
-def _warn(message: str) -> None:
-    print(f"lmalign: warning: {message}", file=sys.stderr)
-
-
-def _note(message: str) -> None:
-    print(f"lmalign: {message}", file=sys.stderr)
 
 
 # =========================================================================== inputs
@@ -266,65 +252,6 @@ def parse_modes(args, model_name: str) -> dict:
     return {name: mode for name, (mode, _) in given.items()}
 
 
-# =========================================================================== align
-
-
-class _Progress:
-    """'aligning ... 12 s' on a terminal while the solve runs (the engine has no stage callback)."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.tty = sys.stderr.isatty()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-
-    def _spin(self):
-        start = time.perf_counter()
-        while not self._stop.wait(0.5):
-            sys.stderr.write(f"\r{self.text} {time.perf_counter() - start:5.0f} s")
-            sys.stderr.flush()
-
-    def __enter__(self):
-        sys.stderr.write(self.text + ("" if self.tty else "\n"))
-        sys.stderr.flush()
-        if self.tty:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.tty:
-            self._stop.set()
-            self._thread.join()
-            sys.stderr.write("\n")
-
-
-def _software() -> dict:
-    import platform
-
-    return {
-        "name": "lmalign_jax",
-        "version": __version__,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "device": str(jax.devices()[0]),
-    }
-
-
-def _check_outputs(out: OutputSet, suffixes, inputs_paths) -> None:
-    """Refuse an output folder that cannot be written and outputs that would overwrite inputs."""
-    head = os.path.abspath(out.out_dir)
-    while not os.path.exists(head):
-        head = os.path.dirname(head)
-    if not os.path.isdir(head):
-        raise UsageError(f"--out-dir {out.out_dir}: {head} exists and is not a folder")
-    if not os.access(head, os.W_OK | os.X_OK):
-        raise UsageError(f"--out-dir {out.out_dir}: {head} is not writable")
-    inputs_real = {os.path.realpath(p) for p in inputs_paths if p}
-    for path in out.final_paths(suffixes):
-        if os.path.realpath(path) in inputs_real:
-            raise UsageError(f"output {path} would overwrite an input file; choose another --prefix or --out-dir")
-
 
 def observations_for_fit(inputs: Inputs, sel: Selection):
     """The selected views and markers as ``Observations`` (fitting order), and the markers' ids."""
@@ -490,102 +417,7 @@ def truth_ok(t: dict) -> bool:
     return t["model_error_px"] < t["noise_px"] and abs(t["rotation_mean_error_deg"]) < 0.5 and t["tilt_rms_error_deg"] < 0.5
 
 
-# =========================================================================== simulate / demo
-
-
-def _simulate_series(args):
-    return simulate(
-        n_views=args.views, n_markers=args.markers, tilt_range=tuple(args.tilt_range), image_size=tuple(args.image_size),
-        thickness_px=args.thickness, rotation_deg=args.rotation, noise_px=args.noise, missing_fraction=args.missing,
-        outlier_fraction=args.outliers, seed=args.seed,
-    )
-
-
-def _check_simulate_args(args) -> None:
-    if args.views < 3 or args.markers < MIN_MARKERS:
-        raise UsageError(f"--views must be >= 3 and --markers >= {MIN_MARKERS}")
-    if args.noise < 0 or not 0 <= args.missing < 1 or not 0 <= args.outliers < 1:
-        raise UsageError("--noise must be >= 0, --missing and --outliers in [0, 1)")
-    if min(args.image_size) < 1 or args.thickness < 0:
-        raise UsageError("--image-size must be positive and --thickness >= 0")
-
-
-def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
-    """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series."""
-    obs = series.observations
-    ids = tuple(range(1, obs.n_markers + 1))
-    ms = io.MarkerSet(xy=obs.xy, mask=obs.mask, marker_ids=ids, image_size=tuple(int(s) for s in obs.image_size), source="lmalign simulate")
-    io.write_markers_csv(out.stage(".csv"), ms)
-    io.write_tlt(out.stage(".rawtlt"), obs.tilts_deg)
-    model = get_model(series.model)
-    truth = {
-        "software": {"name": "lmalign_jax", "version": __version__},
-        "settings": settings,
-        "model": series.model,
-        "image_size": list(obs.image_size),
-        "noise_px": series.noise_px,
-        "views": [
-            {"view": v, "nominal_tilt_deg": float(obs.tilts_deg[v]),
-             **{p: float(np.degrees(x) if k == "angle" else x) for p, k, x in zip(model.parameters, model.kinds, series.views[v], strict=True)}}
-            for v in range(obs.n_views)
-        ],
-        "markers": [{"id": ids[i], "x": float(x), "y": float(y), "z": float(z)} for i, (x, y, z) in enumerate(series.markers)],
-        "outliers": [{"view": int(v), "marker_id": ids[m]} for v, m in np.argwhere(series.outliers)],
-        "conventions": "angles in degrees; marker x, y, z in pixels from the specimen centre; views 0-based; marker ids as in the CSV",
-    }
-    out.write_text("_truth.json", record_to_json(truth))
-    return out.path(".csv"), out.path(".rawtlt")
-
-
-def _settings(args) -> dict:
-    return {k: getattr(args, k) for k in ("views", "markers", "tilt_range", "image_size", "thickness", "rotation", "noise", "missing", "outliers", "seed")}
-
-
-def run_simulate(args) -> int:
-    _check_simulate_args(args)
-    out = OutputSet(args.out_dir, args.prefix)
-    _check_outputs(out, (".csv", ".rawtlt", "_truth.json"), ())
-    series = _simulate_series(args)
-    with out:
-        csv, tlt = write_series(series, out, _settings(args))
-        written = out.commit()
-    print(" Wrote " + ", ".join(written))
-    nx, ny = args.image_size
-    print(f" Align it with:  lmalign align {csv} --tilts {tlt} --image-size {nx} {ny} --out-dir {args.out_dir}")
-    return EXIT_OK
-
-
-def run_demo(args) -> int:
-    args.views, args.markers, args.tilt_range, args.image_size = 61, 30, [-60.0, 60.0], [2048, 2048]
-    args.thickness, args.rotation, args.noise, args.missing, args.outliers = 300.0, -12.0, 0.5, 0.1, 0.0
-    out = OutputSet(args.out_dir, "demo_input")
-    _check_outputs(out, (".csv", ".rawtlt", "_truth.json"), ())
-    series = _simulate_series(args)
-    _note(f"demo: a synthetic tilt series of {args.views} views x {args.markers} markers, {args.noise} px noise, {args.missing:.0%} of the points missing at high tilt (seed {args.seed})")
-    with out:
-        csv, tlt = write_series(series, out, _settings(args))
-        out.commit()
-    align_args = build_parser().parse_args(["align", csv, "--tilts", tlt, "--image-size", "2048", "2048", "--out-dir", args.out_dir, "--prefix", "demo", *(["--quiet"] if args.quiet else [])])
-    align_args.argv = ["demo", *getattr(args, "argv", [])[1:]]
-    return run_align(align_args, truth=series)
-
-
-# =========================================================================== parser and main
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors raised as UsageError (so main decides the exit status)."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions kept as written; '(default: ...)' added where there is a default to show."""
-
-    def _get_help_string(self, action):
-        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS and "%(default)" not in (action.help or "")
-        return (action.help or "") + (" (default: %(default)s)" if shown else "")
+# =========================================================================== parser
 
 
 ALIGN_HELP = """\
@@ -639,127 +471,3 @@ def _add_align(sub):
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     p.set_defaults(run=run_align)
 
-
-SIM_OPTIONS = (
-    ("--views", dict(type=int, default=61, help="number of views")),
-    ("--markers", dict(type=int, default=30, help="number of markers")),
-    ("--noise", dict(type=float, default=0.5, metavar="PX", help="Gaussian noise per coordinate, pixels")),
-    ("--missing", dict(type=float, default=0.1, metavar="FRAC", help="fraction of points missing, in runs at high tilt")),
-    ("--outliers", dict(type=float, default=0.0, metavar="FRAC", help="fraction of points displaced 5-20 px (mis-clicks)")),
-    ("--tilt-range", dict(type=float, nargs=2, default=[-60.0, 60.0], metavar=("MIN", "MAX"), help="nominal tilt range, degrees")),
-    ("--rotation", dict(type=float, default=-12.0, metavar="DEG", help="true tilt-axis angle, degrees")),
-    ("--image-size", dict(type=int, nargs=2, default=[2048, 2048], metavar=("NX", "NY"), help="image size, pixels")),
-    ("--thickness", dict(type=float, default=300.0, metavar="PX", help="specimen thickness the markers spread over, pixels")),
-)
-
-
-def _add_simulate(sub):
-    p = sub.add_parser(
-        "simulate", help="write a synthetic marker file, tilt file and truth", formatter_class=_Formatter,
-        description=textwrap.fill(
-            "Write a seeded synthetic tilt series: <prefix>.csv (marker,view,x,y; view 0-based), <prefix>.rawtlt "
-            "(nominal tilts) and <prefix>_truth.json (the true parameters), to try the tool and to file "
-            "reproducible bug reports. The CSV does not record the image size: pass --image-size to 'lmalign align'.", 95),
-        epilog="example:\n  lmalign simulate --out-dir sim --views 41 --markers 20 --noise 0.3 --seed 7\n  lmalign align sim/synthetic.csv --tilts sim/synthetic.rawtlt --image-size 2048 2048 --out-dir sim",
-    )
-    p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--prefix", default="synthetic", metavar="NAME", help="output file stem")
-    for flag, kw in SIM_OPTIONS:
-        p.add_argument(flag, **kw)
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(run=run_simulate)
-
-
-def _add_demo(sub):
-    p = sub.add_parser(
-        "demo", help="align a built-in synthetic example and compare with its truth", formatter_class=_Formatter,
-        description=textwrap.fill(
-            "Make a realistic synthetic tilt series (61 views, 30 markers, 0.5 px noise, 10% of the points "
-            "missing at high tilt), write its marker and tilt files (demo_input.*), align it as 'lmalign align' "
-            "would, write every output (demo.*), print the summary and compare the result with the known truth. "
-            "Exit status 1 if it does not match.", 95),
-        epilog="example:\n  lmalign demo --out-dir lmalign-demo",
-    )
-    p.add_argument("--out-dir", default="lmalign-demo", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic series")
-    p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
-    p.set_defaults(run=run_demo)
-
-
-#: command name -> function adding its sub-parser (which sets ``run``, the command's runner). Add
-#: ``"reconstruct": _add_reconstruct`` here for ``lmalign reconstruct``.
-COMMANDS = {"align": _add_align, "demo": _add_demo, "simulate": _add_simulate}
-
-MAIN_HELP = """\
-Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by
-masked Levenberg-Marquardt in JAX. Run 'lmalign COMMAND --help' for each command's options.
-
-examples:
-  lmalign demo --out-dir lmalign-demo
-  lmalign align BBa.fid --tilts BBa.rawtlt --exclude 1-3,40 --out-dir align/
-  lmalign simulate --out-dir sim --seed 3
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"lmalign_jax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in COMMANDS.values():
-        add(sub)
-    return parser
-
-
-def compilation_cache_dir() -> str:
-    """Where the CLI keeps JAX's persistent compilation cache: $XDG_CACHE_HOME or ~/.cache."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "lmalign_jax", "jax")
-
-
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache (CLI only). Skipped when the user set a cache
-    folder already or ``LMALIGN_NO_COMPILATION_CACHE`` is set; returns the folder used."""
-    if os.environ.get("LMALIGN_NO_COMPILATION_CACHE"):
-        return None
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    path = compilation_cache_dir()
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
-
-
-def main(argv=None) -> int:
-    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 failed, 2 bad input)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (see 'lmalign --help')")
-        args.argv = argv
-        if args.command in ("align", "demo"):
-            enable_compilation_cache()
-        return args.run(args)
-    except SystemExit as e:  # --help, --version
-        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
-    except (InputError, UsageError) as e:
-        print(f"lmalign: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("lmalign: interrupted; no output written", file=sys.stderr)
-        return 130
-    except OSError as e:
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"lmalign: error: {where}{e.strerror or e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as e:  # noqa: BLE001 - a bug: one line, no traceback unless asked
-        if os.environ.get("LMALIGN_DEBUG"):
-            raise
-        print(f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback", file=sys.stderr)
-        return EXIT_FAILED

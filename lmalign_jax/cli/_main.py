@@ -1,0 +1,99 @@
+"""The ``lmalign`` parser, the command table and ``main``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+
+from .. import __version__
+from ..io.errors import InputError
+from ._common import EXIT_BAD_INPUT, EXIT_FAILED, UsageError, _Parser
+from .align import _add_align
+from .demo import _add_demo
+from .reconstruct import _add_reconstruct
+from .simulate import _add_simulate
+
+#: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
+#: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
+COMMANDS = {"align": _add_align, "demo": _add_demo, "reconstruct": _add_reconstruct, "simulate": _add_simulate}
+#: Commands that compile JAX code worth keeping in the persistent compilation cache.
+CACHED_COMMANDS = ("align", "demo", "reconstruct")
+
+MAIN_HELP = """\
+Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by
+masked Levenberg-Marquardt in JAX, and filtered back-projection of the aligned series.
+Run 'lmalign COMMAND --help' for each command's options.
+
+examples:
+  lmalign demo --out-dir lmalign-demo
+  lmalign align BBa.fid --tilts BBa.rawtlt --exclude 1-3,40 --out-dir align/
+  lmalign reconstruct BBa.st --xf align/BBa.xf --tlt align/BBa.tlt --thickness 200 --bin 2
+  lmalign simulate --out-dir sim --seed 3 --stack
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lmalign_jax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def compilation_cache_dir() -> str:
+    """Where the CLI keeps JAX's persistent compilation cache: $XDG_CACHE_HOME or ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lmalign_jax", "jax")
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache (CLI only). Skipped when the user set a cache
+    folder already or ``LMALIGN_NO_COMPILATION_CACHE`` is set; returns the folder used."""
+    if os.environ.get("LMALIGN_NO_COMPILATION_CACHE"):
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    path = compilation_cache_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def main(argv=None) -> int:
+    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (see 'lmalign --help')")
+        args.argv = argv
+        if args.command in CACHED_COMMANDS:
+            enable_compilation_cache()
+        return args.run(args)
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
+    except (InputError, UsageError) as e:
+        print(f"lmalign: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("lmalign: interrupted; no output written", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"lmalign: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - a bug: one line, no traceback unless asked
+        if os.environ.get("LMALIGN_DEBUG"):
+            raise
+        print(f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback", file=sys.stderr)
+        return EXIT_FAILED

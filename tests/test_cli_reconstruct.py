@@ -1,0 +1,225 @@
+"""`lmalign reconstruct` end to end: simulate --stack -> align -> reconstruct, and bad input.
+
+The series is `simulate --stack`'s default (41 views of 256 x 256 px, 12 beads, the demo's size,
+so the solver is compiled once with tests/test_cli_demo.py in the same session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from lmalign_jax import cli, io
+from lmalign_jax.phantom import fit_similarity, locate_peaks
+
+THICKNESS = 64
+SEED = 5
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
+
+
+def run(args):
+    """cli.main in-process: (exit status, stdout, stderr)."""
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """simulate --stack, then align its markers on the stack's header."""
+    d = tmp_path_factory.mktemp("stack")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
+    try:
+        rc, out, err = run(["simulate", "--out-dir", d, "--prefix", "s", "--stack", "--seed", SEED])
+        assert rc == 0, err
+        assert {p.name for p in d.iterdir()} == {"s.csv", "s.rawtlt", "s_truth.json", "s.mrc", "s_truth.xf", "s_truth.tlt"}
+        assert f"lmalign reconstruct {d / 's.mrc'} --alignment {d / 's.json'} --thickness {THICKNESS}" in out
+        rc, out, err = run(["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--stack", d / "s.mrc", "--out-dir", d, "-q"])
+        assert rc == 0, err
+    finally:
+        mp.undo()
+    truth = json.loads((d / "s_truth.json").read_text())
+    record = json.loads((d / "s.json").read_text())
+    return {
+        "dir": d,
+        "truth": np.array([[m["x"], m["y"], m["z"]] for m in truth["markers"]]),
+        "solved": np.array([[m["x"], m["y"], m["z"]] for m in record["markers"]]),
+    }
+
+
+def read_volume(path):
+    with mrcfile.open(path) as mrc:
+        return np.array(mrc.data), float(mrc.voxel_size.x), float(mrc.voxel_size.z)
+
+
+def test_simulated_stack(series):
+    d = series["dir"]
+    with mrcfile.open(d / "s.mrc") as mrc:
+        assert mrc.data.shape == (41, 256, 256) and mrc.data.dtype == np.float32
+        assert float(mrc.voxel_size.x) == pytest.approx(10.0)
+        assert float(mrc.data.max()) > 3.0  # beads: sqrt(2 pi) * 1.5 * density 1 at their centres
+    a, shifts = io.read_xf(d / "s_truth.xf")
+    assert a.shape == (41, 2, 2) and io.read_tilts(d / "s_truth.tlt").shape == (41,)
+
+
+def test_reconstruct_with_xf_and_tlt(series):
+    d = series["dir"]
+    out = d / "xf.rec.mrc"
+    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", "--tlt", d / "s.tlt", "--thickness", THICKNESS,
+                           "--out", out])
+    assert rc == 0, err
+    assert "64 x 256 x 256 voxels" in stdout and f"Wrote {out}" in stdout
+    vol, vx, vz = read_volume(out)
+    assert vol.shape == (64, 256, 256) and vol.dtype == np.float32 and vx == pytest.approx(10.0) and vz == pytest.approx(10.0)
+    # every bead where the solved alignment puts it, and (gauge removed) where the truth does
+    found, dist = locate_peaks(vol, series["solved"])
+    assert dist.max() < 1.0, dist
+    truth_in_frame = fit_similarity(series["truth"], series["solved"])
+    err_truth = np.linalg.norm(found - truth_in_frame, axis=1)
+    assert err_truth.max() < 1.0, err_truth
+    print(f"xf/tlt: max {dist.max():.3f} voxel from the solved markers, {err_truth.max():.3f} from the truth")
+
+
+def test_reconstruct_with_alignment_json_binned(series):
+    d = series["dir"]
+    out = d / "json.rec.mrc"
+    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--alignment", d / "s.json", "--thickness", THICKNESS, "--bin", 2,
+                           "--filter", "shepp-logan", "--out", out])
+    assert rc == 0, err
+    vol, vx, _ = read_volume(out)
+    assert vol.shape == (32, 128, 128) and vx == pytest.approx(20.0)  # voxel = pixel size x bin
+    found, dist = locate_peaks(vol, series["solved"], binning=2)
+    assert dist.max() < 1.0, dist
+    err_truth = np.linalg.norm(found - fit_similarity(series["truth"], series["solved"]), axis=1) / 2
+    assert err_truth.max() < 1.0, err_truth
+    print(f"json, bin 2: max {dist.max():.3f} voxel from the solved markers, {err_truth.max():.3f} from the truth")
+
+
+def test_reconstruct_with_the_true_alignment_default_output(series):
+    """The truth's own .xf/.tlt put every bead at its true position, no gauge to remove."""
+    d = series["dir"]
+    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--xf", d / "s_truth.xf", "--tlt", d / "s_truth.tlt",
+                           "--thickness", THICKNESS, "--radial", 0.4, 0.05, "-q"])
+    assert rc == 0, err
+    assert err == ""  # --quiet
+    vol, _, _ = read_volume(d / "s.rec.mrc")  # the default output: <stack stem>.rec.mrc
+    _, dist = locate_peaks(vol, series["truth"])
+    assert dist.max() < 1.0, dist
+    print(f"true alignment: max {dist.max():.3f} voxel from the true bead positions")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def bad(series, tmp_path_factory):
+    """Broken copies of the inputs, in a folder of their own."""
+    d = tmp_path_factory.mktemp("bad")
+    src = series["dir"]
+    lines = (src / "s.xf").read_text().splitlines(keepends=True)
+    (d / "short.xf").write_text("".join(lines[:-1]))
+    tilts = (src / "s.tlt").read_text().splitlines(keepends=True)
+    (d / "long.tlt").write_text("".join(tilts) + "61.0\n")
+    with mrcfile.open(src / "s.mrc") as mrc:
+        data = np.array(mrc.data)
+    with mrcfile.new(d / "fewer.mrc") as mrc:
+        mrc.set_data(data[:40])
+    with mrcfile.new(d / "small.mrc") as mrc:
+        mrc.set_data(data[:, :128, :128])
+    shutil.copy(src / "s.csv", d / "markers.mrc")
+    record = json.loads((src / "s.json").read_text())
+    record["summary"]["converged"] = False
+    record["summary"]["status"] = "stopped at the iteration limit"
+    (d / "failed.json").write_text(json.dumps(record))
+    (d / "broken.json").write_text('{"views": [\n  {"xf": [1, 0, 0, 1, 0, 0]\n')
+    return {"dir": d, "src": src}
+
+
+def _cases(b):
+    s, d = b["src"], b["dir"]
+    xf_tlt = ["--xf", s / "s.xf", "--tlt", s / "s.tlt"]
+    return {
+        "xf view count": ([s / "s.mrc", "--xf", d / "short.xf", "--tlt", s / "s.tlt"],
+                          r"short\.xf: has 40 transforms but the stack .*s\.mrc has 41 sections"),
+        "tlt view count": ([s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "long.tlt"],
+                           r"long\.tlt: has 42 tilt angles but the stack .*s\.mrc has 41 sections"),
+        "stack view count": ([d / "fewer.mrc", *xf_tlt], r"s\.xf: has 41 transforms but the stack .*fewer\.mrc has 40 sections"),
+        "json view count": ([d / "fewer.mrc", "--alignment", s / "s.json"], r"s\.json: has 41 transforms but the stack .*fewer\.mrc has 40 sections"),
+        "json image size": ([d / "small.mrc", "--alignment", s / "s.json"], r"small\.mrc: images are 128 x 128 pixels but the alignment .* was made for 256 x 256"),
+        "not MRC": ([d / "markers.mrc", *xf_tlt], r"markers\.mrc: not a readable MRC file"),
+        "missing stack": ([d / "nope.mrc", *xf_tlt], r"nope\.mrc: no such file"),
+        "missing xf": ([s / "s.mrc", "--xf", d / "nope.xf", "--tlt", s / "s.tlt"], r"nope\.xf: file not found"),
+        "missing json": ([s / "s.mrc", "--alignment", d / "nope.json"], r"nope\.json: file not found"),
+        "broken json": ([s / "s.mrc", "--alignment", d / "broken.json"], r"broken\.json:3: not valid JSON"),
+        "failed json": ([s / "s.mrc", "--alignment", d / "failed.json"], r"failed\.json: this alignment did not converge"),
+        "thickness 0": ([s / "s.mrc", *xf_tlt, "--thickness", 0], r"--thickness must be a positive number of \(unbinned\) pixels, got 0"),
+        "thickness < 0": ([s / "s.mrc", *xf_tlt, "--thickness", -5], r"--thickness must be a positive number .* got -5"),
+        "bin 0": ([s / "s.mrc", *xf_tlt, "--bin", 0], r"--bin must be at least 1, got 0"),
+        "bin too large": ([s / "s.mrc", *xf_tlt, "--bin", 300], r"--bin 300 is larger than the 256 x 256 images"),
+        "radial": ([s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05], r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05"),
+        "both alignments": ([s / "s.mrc", *xf_tlt, "--alignment", s / "s.json"], r"give either --alignment FILE.json or --xf FILE --tlt FILE, not both"),
+        "no alignment": ([s / "s.mrc"], r"the alignment is required"),
+        "xf without tlt": ([s / "s.mrc", "--xf", s / "s.xf"], r"--xf and --tlt go together"),
+        "overwrite input": ([s / "s.mrc", *xf_tlt, "--out", s / "s.mrc"], r"would overwrite the input"),
+        "no output folder": ([s / "s.mrc", *xf_tlt, "--out", d / "no" / "t.mrc"], r"folder .* does not exist"),
+    }
+
+
+CASES = ["xf view count", "tlt view count", "stack view count", "json view count", "json image size", "not MRC",
+         "missing stack", "missing xf", "missing json", "broken json", "failed json", "thickness 0", "thickness < 0",
+         "bin 0", "bin too large", "radial", "both alignments", "no alignment", "xf without tlt", "overwrite input",
+         "no output folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(bad, case, tmp_path):
+    args, pattern = _cases(bad)[case]
+    out = tmp_path / "t.rec.mrc"
+    if "--out" not in args:
+        args = [*args, "--out", out]
+    if "--thickness" not in args:
+        args = [*args, "--thickness", THICKNESS]
+    before = sorted(p.name for p in bad["src"].iterdir())
+    rc, stdout, err = run(["reconstruct", *args])
+    assert rc == 2, (rc, err)
+    assert err.count("\n") == 1 and err.startswith("lmalign: error: "), err
+    assert re.search(pattern, err), err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no output, no temporary file
+    assert sorted(p.name for p in bad["src"].iterdir()) == before
+
+
+def test_every_case_is_listed():
+    assert sorted(CASES) == sorted(_cases({"src": Path("s"), "dir": Path("d")}))
+
+
+def test_error_keeps_an_existing_output(series, tmp_path):
+    out = tmp_path / "t.rec.mrc"
+    out.write_text("old")
+    rc, _, err = run(["reconstruct", series["dir"] / "s.mrc", "--xf", series["dir"] / "s.xf", "--tlt", tmp_path / "nope.tlt",
+                      "--thickness", THICKNESS, "--out", out])
+    assert rc == 2 and "nope.tlt: file not found" in err
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.rec.mrc"]
+
+
+def test_reconstruct_help():
+    rc, out, _ = run(["reconstruct", "--help"])
+    assert rc == 0
+    for word in ("examples:", "--xf", "--tlt", "--alignment", "--thickness", "--bin", "--filter", "--radial", "--out",
+                 "unbinned", "Exit status"):
+        assert word in out
+    rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
+    assert rc == 2 and "--thickness" in err and err.count("\n") == 1
