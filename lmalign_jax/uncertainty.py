@@ -37,7 +37,8 @@ class Uncertainty:
     markers_se: (n_markers, 3) pixels.
     sigma_px: noise estimate per coordinate, pixels.
     loo_residuals: (n_views, n_markers, 2) projected minus measured if the point were left
-        out of the fit, pixels; NaN where not observed.
+        out of the fit, pixels; NaN where not observed. Points with zero weight (rejected by
+        a robust fit) report their plain residual.
     leverage: (n_views, n_markers) trace of each observation's hat block (0..2).
     """
 
@@ -99,13 +100,15 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
     ja = _weighted(_jacobian_columns(lambda a_: fn(a_, b, structure.pair_data, structure.const), a), wts)
     jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, structure.pair_data, structure.const), b), wts)
     hat = leverages(lin, structure, eliminate, (ja, jb))
-    r = _weighted(fn(a, b, structure.pair_data, structure.const), wts)  # (m, n_a, n_b)
+    raw = jnp.moveaxis(fn(a, b, structure.pair_data, structure.const), 0, -1)  # (n_a, n_b, m), unweighted
     eye = jnp.eye(hat.shape[-1], dtype=dtype)
     seen = wts != 0
     safe = jnp.where(seen[..., None, None], eye - hat, eye)
-    loo = jnp.linalg.solve(safe, jnp.moveaxis(r, 0, -1)[..., None])[..., 0]
-    safe_w = jnp.where(seen, wts, 1.0)[..., None]
-    return var_a, var_b, loo / safe_w, jnp.trace(hat, axis1=-2, axis2=-1), 2.0 * lin.cost
+    weighted = jnp.where(seen[..., None], wts[..., None] * raw, 0.0)
+    loo = jnp.linalg.solve(safe, weighted[..., None])[..., 0] / jnp.where(seen, wts, 1.0)[..., None]
+    # a point with zero weight did not take part in the fit: its residual already is left-out
+    loo = jnp.where(seen[..., None], loo, raw)
+    return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), 2.0 * lin.cost
 
 
 def uncertainty(result: AlignmentResult) -> Uncertainty:

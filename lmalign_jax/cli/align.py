@@ -13,6 +13,8 @@ import numpy as np
 
 from .. import io
 from ..align import align as align_observations
+from ..robust import align_robust
+from ..uncertainty import uncertainty
 from ..io.errors import InputError
 from ..io.imod_model import contour_numbers
 from ..io.mrc import read_stack_header
@@ -324,12 +326,19 @@ def run_align(args, *, truth=None) -> int:
     obs, marker_ids = observations_for_fit(inputs, sel)
 
     text = f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model {model.name}, stages {', '.join(stages)} ..."
+    robust = None
     with _Progress(text):
         try:
-            result = align_observations(obs, model=model, rotation_deg=inputs.rotation_deg, modes=modes, stages=stages,
-                            config=LMConfig(max_iterations=args.max_iterations), dtype=dtype)
+            kwargs = dict(model=model, rotation_deg=inputs.rotation_deg, modes=modes, stages=stages,
+                          config=LMConfig(max_iterations=args.max_iterations), dtype=dtype)
+            if args.robust:
+                robust = align_robust(obs, loss=args.robust, group_size=args.robust_group_size, **kwargs)
+                result = robust.result
+            else:
+                result = align_observations(obs, **kwargs)
         except ValueError as e:  # the engine's checks of the problem (modes, sizes)
             raise UsageError(str(e)) from None
+        errors = uncertainty(result) if (result.converged and not args.no_errors) else None
     for st in result.stages:
         _note(f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}")
 
@@ -347,22 +356,32 @@ def run_align(args, *, truth=None) -> int:
     }
     suffixes = ALIGN_OUTPUTS if converged else REPORT_OUTPUTS
     extra = {"outputs": [os.path.basename(p) for p in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
+    if robust is not None:
+        options["robust"] = {"loss": args.robust, "group_size": args.robust_group_size}
+        extra["robust"] = robust.to_dict()
     if truth is not None:
         extra["truth"] = compare_with_truth(result, truth, sel, marker_ids)
         if not truth_ok(extra["truth"]):
             extra["exit_code"] = EXIT_FAILED
     record = build_record(result, fv, marker_ids=marker_ids, inputs=_input_record(args, inputs, sel, obs), options=options,
-                          n_worst=args.worst, software=_software(), extra=extra)
+                          n_worst=args.worst, software=_software(), extra=extra, errors=errors)
 
     with out:
         if converged:
             _stage_alignment_files(out, result, fv, marker_ids, inputs)
         out.write_text(".json", record_to_json(record))
         title = f"{prefix}: {os.path.basename(args.markers)}, {os.path.basename(inputs.tilts_path)}"
-        out.write_bytes(".png", render_figure(result, fv, record, title=title))
+        out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         written = out.commit()
 
     print(format_summary(record, per_view=not args.quiet), end="")
+    if robust is not None:
+        print(robust.to_text())
+    if errors is not None:
+        tilt_se = errors.parameter_se("tilt")
+        print(f" Standard errors (1 sigma): tilt median {np.median(tilt_se):.3f} deg, rotation median "
+              f"{np.median(errors.parameter_se('rotation')):.3f} deg, marker z median {np.median(errors.markers_se[:, 2]):.2f} px;"
+              f" leave-one-out RMS {errors.loo_rms_px:.3f} px")
     print(" Wrote " + ", ".join(written))
     if not converged:
         print(f"lmalign: error: alignment did not converge ({result.status}); the report is in {out.path('.json')} and "
@@ -469,5 +488,8 @@ def _add_align(sub):
     p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
+    p.add_argument("--robust", choices=("tukey", "huber", "cauchy"), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")
+    p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
+    p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals")
     p.set_defaults(run=run_align)
 

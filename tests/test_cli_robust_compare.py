@@ -1,0 +1,73 @@
+"""`lmalign align --robust`, standard errors in the record, and `lmalign compare`."""
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import run_env
+
+
+@pytest.fixture(scope="module")
+def clicks(tmp_path_factory):
+    """A 41-view series with 3% mis-clicks (same size as tests/test_align.py's)."""
+    d = tmp_path_factory.mktemp("robust")
+    rc, _, err = run_env(["simulate", "--out-dir", d, "--prefix", "s", "--views", 41, "--markers", 24,
+                          "--outliers", 0.03, "--seed", 11])
+    assert rc == 0, err
+    return d
+
+
+def test_robust_align_flags_misclicks_and_reports_errors(clicks, tmp_path):
+    args = ["align", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048, "--out-dir", tmp_path, "-q"]
+    rc, out, err = run_env([*args, "--robust", "tukey"])
+    assert rc == 0, err
+    record = json.loads((tmp_path / "s.json").read_text())
+    truth = json.loads((clicks / "s_truth.json").read_text())
+    assert record["options"]["robust"]["loss"] == "tukey"
+    assert record["robust"]["n_rejected"] > 0
+    assert "Standard errors (1 sigma)" in out
+    fitted = [v for v in record["views"] if not v["excluded"]]
+    tilt_se = np.array([v["standard_errors"]["tilt"] for v in fitted])
+    assert np.all(tilt_se >= 0) and 0.005 < np.median(tilt_se) < 0.2
+    # mis-clicks dominate both figures; left out, each point predicts worse than fitted
+    assert record["summary"]["leave_one_out_rms_px"] > record["summary"]["rms_residual_px"]
+    assert truth["noise_px"] == 0.5
+
+    rc, out, err = run_env([*args, "--no-errors", "--prefix", "plain"])
+    assert rc == 0, err
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert "standard_errors" not in plain["views"][0]
+    assert "robust" not in plain
+
+
+def test_compare_prints_table_and_writes_json(clicks, tmp_path):
+    out_json = tmp_path / "cmp.json"
+    rc, out, err = run_env(["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
+                            "--models", "jou,imod", "--folds", 3, "--json", out_json])
+    assert rc == 0, err
+    assert "best by BIC" in out and "leave-out" in out
+    table = json.loads(out_json.read_text())
+    assert json.dumps(table)  # valid JSON
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--models", "jou,wobble"], r"--models: unknown model\(s\) wobble"),
+        (["--folds", 1], "--folds must be at least 2"),
+    ],
+)
+def test_compare_bad_options(clicks, tmp_path, extra, message):
+    rc, _, err = run_env(["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
+                          "--json", tmp_path / "c.json", *extra])
+    assert rc == 2
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_robust_bad_option(clicks, tmp_path):
+    rc, _, err = run_env(["align", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
+                          "--out-dir", tmp_path, "--robust", "median"])
+    assert rc == 2
+    assert "invalid choice: 'median'" in err
+    assert not list(tmp_path.iterdir())
