@@ -54,17 +54,10 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=512, help="slice width and thickness (pixels)")
-    ap.add_argument("--rows", type=int, default=64, help="slices (y rows) in the slab")
-    ap.add_argument("--views", type=int, default=61, help="views over +-60 degrees")
-    ap.add_argument("--skimage-slices", type=int, default=2)
-    ap.add_argument("--astra-slices", type=int, default=4)
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-
-    import jax
+def run(size=512, rows=64, views=61, skimage_slices=2, astra_slices=4, repeat=3):
+    """Measure everything; return a dict (the hook ``benchmarks/run.py`` calls; ``main`` prints it)."""
+    args = argparse.Namespace(size=size, rows=rows, views=views, skimage_slices=skimage_slices,
+                              astra_slices=astra_slices, repeat=repeat)
     from skimage.data import shepp_logan_phantom
     from skimage.transform import iradon, radon, rescale
 
@@ -159,6 +152,30 @@ def main():
         m = xx**2 + yy**2 < (0.45 * n) ** 2
         return np.corrcoef(a[m], b[m])[0, 1]
 
+    return {
+        "size": n, "rows": rows, "views": nv, "astra_version": astra_version,
+        "results": [{"method": name, "seconds_per_slice": per, "voxel_updates_per_s": rate} for name, per, rate in results],
+        "slab_seconds_preallocated": t_slab, "slab_seconds_new_output": t_new,
+        "corr_skimage": float(corr(ours_slice, sk_slice)),
+        "corr_astra": None if astra_slice is None else float(corr(ours_slice, astra_slice)),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512, help="slice width and thickness (pixels)")
+    ap.add_argument("--rows", type=int, default=64, help="slices (y rows) in the slab")
+    ap.add_argument("--views", type=int, default=61, help="views over +-60 degrees")
+    ap.add_argument("--skimage-slices", type=int, default=2)
+    ap.add_argument("--astra-slices", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    out = run(args.size, args.rows, args.views, args.skimage_slices, args.astra_slices, args.repeat)
+    import jax
+
+    n, rows, nv, astra_version = out["size"], out["rows"], out["views"], out["astra_version"]
+    results = [(r["method"], r["seconds_per_slice"], r["voxel_updates_per_s"]) for r in out["results"]]
+    t_slab, t_new = out["slab_seconds_preallocated"], out["slab_seconds_new_output"]
     print(f"# recon benchmark {datetime.date.today().isoformat()}  CPU: {cpu_name()} "
           f"({os.cpu_count()} logical CPUs)  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     import scipy
@@ -174,9 +191,9 @@ def main():
     # Sanity check that all three reconstruct the same slice. skimage's rotation centre is pixel
     # n//2 (ours n/2 - 0.5: half a pixel apart for even n, hence < 1); ASTRA scales as if the views
     # covered 180 degrees (ours: the measured range), hence correlation rather than differences.
-    line = f"agreement with ours (correlation inside 0.45 n): skimage {corr(ours_slice, sk_slice):.4f}"
-    if astra_slice is not None:
-        line += f", ASTRA {corr(ours_slice, astra_slice):.4f}"
+    line = f"agreement with ours (correlation inside 0.45 n): skimage {out['corr_skimage']:.4f}"
+    if out["corr_astra"] is not None:
+        line += f", ASTRA {out['corr_astra']:.4f}"
     print(line)
 
 
