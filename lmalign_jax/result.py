@@ -151,9 +151,13 @@ def fit_image_transforms(predicted: np.ndarray, aligned: np.ndarray) -> np.ndarr
 
     predicted, aligned: (n_views, n_points, 2) centred coordinates. Returns (n_views, 2, 3)
     ``[A | D]`` with aligned ~ A predicted + D. For models whose image side is a 2-D affine
-    map of the tilted projection (jou, imod without beam tilt) the fit is exact.
+    map of the tilted projection (jou, imod without beam tilt) the fit is exact. Points are
+    centred per view first, so the 2 x 2 normal equations are well conditioned.
     """
-    n_views, n_points, _ = predicted.shape
-    design = np.concatenate([predicted, np.ones((n_views, n_points, 1))], axis=-1)
-    sol = np.stack([np.linalg.lstsq(design[v], aligned[v], rcond=None)[0] for v in range(n_views)])
-    return np.transpose(sol, (0, 2, 1))
+    p_mean = predicted.mean(axis=1, keepdims=True)
+    q_mean = aligned.mean(axis=1, keepdims=True)
+    p, q = predicted - p_mean, aligned - q_mean
+    a = np.linalg.solve(np.einsum("vni,vnj->vij", p, p), np.einsum("vni,vnj->vij", p, q))  # (v, 2, 2): q ~ p a
+    a = np.swapaxes(a, 1, 2)
+    d = q_mean[:, 0] - np.einsum("vij,vj->vi", a, p_mean[:, 0])
+    return np.concatenate([a, d[:, :, None]], axis=2)
