@@ -459,7 +459,8 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
     wv = np.array([p["view"] for p in worst], dtype=int)
     wm = np.array([p["marker"] for p in worst], dtype=int)
 
-    fig = Figure(figsize=(15, 9.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(15, 9.5), dpi=100)
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.9, wspace=0.28, hspace=0.3)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     fig.suptitle(
