@@ -8,12 +8,14 @@ Public API:
     uncertainty           standard errors and leave-one-out residuals of a result
     alignment_function    the alignment as a differentiable JAX function (implicit gradients)
     align_robust          iteratively reweighted (Tukey/Huber/Cauchy) alignment
+    align_batch           many series at once: shape buckets, one compilation per bucket
     compare_models        fit several projection models to the same data: BIC, leave-out
     MODELS, get_model     projection-model registry
     LMConfig, Status      solver settings and outcomes
 """
 
 from .align import STAGES, align
+from .batch import align_batch
 from .compare import ModelComparison, compare_models
 from .differentiable import alignment_function
 from .models import MODELS, ProjectionModel, get_model
@@ -41,6 +43,7 @@ __all__ = [
     "SyntheticSeries",
     "__version__",
     "align",
+    "align_batch",
     "align_robust",
     "alignment_function",
     "compare_models",

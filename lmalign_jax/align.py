@@ -87,6 +87,26 @@ def _reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, 
     return views, markers
 
 
+def check_options(model, modes, stages, dtype):
+    """Validate the options every alignment shares: (model object, full modes dict, stages tuple)."""
+    m = get_model(model)
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    stages = tuple(stages)
+    if not stages:
+        raise ValueError("at least one stage must run")
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+    if [STAGES.index(s) for s in stages] != sorted(STAGES.index(s) for s in stages):
+        raise ValueError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(stages)}")
+    modes = {p: mode for p, mode in zip(m.parameters, m.default_modes, strict=True)} | dict(modes or {})
+    unknown = set(modes) - set(m.parameters)
+    if unknown:
+        raise ValueError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}")
+    return m, modes, stages
+
+
 def align(
     obs: Observations,
     *,
@@ -121,21 +141,7 @@ def align(
     Returns:
         ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
     """
-    m = get_model(model)
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    stages = tuple(stages)
-    if not stages:
-        raise ValueError("at least one stage must run")
-    for s in stages:
-        if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
-    if [STAGES.index(s) for s in stages] != sorted(STAGES.index(s) for s in stages):
-        raise ValueError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(stages)}")
-    modes = {p: mode for p, mode in zip(m.parameters, m.default_modes, strict=True)} | dict(modes or {})
-    unknown = set(modes) - set(m.parameters)
-    if unknown:
-        raise ValueError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}")
+    m, modes, stages = check_options(model, modes, stages, dtype)
     ref_view = reference_view(obs.tilts_deg) if ref_view is None else int(ref_view)
     if not 0 <= ref_view < obs.n_views:
         raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")

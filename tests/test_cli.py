@@ -371,7 +371,7 @@ def test_stack_with_wrong_number_of_sections(files):
 
 def test_usage_errors():
     rc, _, err = run([])
-    assert rc == 2 and err.strip() == "lmalign: error: choose a command: align, compare, demo, reconstruct, simulate (see 'lmalign --help')"
+    assert rc == 2 and err.strip() == "lmalign: error: choose a command: align, batch, compare, demo, reconstruct, simulate (see 'lmalign --help')"
     rc, _, err = run(["align", "m.csv", "--image-size", "1"])
     assert rc == 2 and err.count("\n") == 1 and "expected 2 arguments" in err
 
@@ -453,7 +453,7 @@ def test_python_m_help():
     """The one subprocess test: ``python -m lmalign_jax --help``."""
     p = subprocess.run([sys.executable, "-m", "lmalign_jax", "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    for word in ("align", "compare", "demo", "reconstruct", "simulate", "examples:"):
+    for word in ("align", "batch", "compare", "demo", "reconstruct", "simulate", "examples:"):
         assert word in p.stdout
 
 

@@ -12,6 +12,7 @@ from .. import __version__
 from ..io.errors import InputError
 from ._common import EXIT_BAD_INPUT, EXIT_FAILED, UsageError, _Parser
 from .align import _add_align
+from .batch import _add_batch
 from .compare import _add_compare
 from .demo import _add_demo
 from .reconstruct import _add_reconstruct
@@ -19,7 +20,7 @@ from .simulate import _add_simulate
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
-COMMANDS = {"align": _add_align, "compare": _add_compare, "demo": _add_demo, "reconstruct": _add_reconstruct, "simulate": _add_simulate}
+COMMANDS = {"align": _add_align, "batch": _add_batch, "compare": _add_compare, "demo": _add_demo, "reconstruct": _add_reconstruct, "simulate": _add_simulate}
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
 CACHED_COMMANDS = ("align", "compare", "demo", "reconstruct")
 

@@ -1,0 +1,581 @@
+"""Aligning many tilt series at once: shape buckets, batched solves, several local devices.
+
+``align_batch`` runs the stages of :func:`lmalign_jax.align.align` on a list of series. Each
+series is padded to a shared *bucket* shape ``(V, M)`` (its view and marker counts rounded up):
+the extra views and markers get weight 0 and are held fixed, so in the normal equations they are
+identity rows with zero gradient, their step is exactly zero and the cost, gradient and step
+norms the L-M tests use are unchanged. A padded series therefore follows the same iterations as
+its own solve (up to rounding in sums that now include zeros). The padded problems of a bucket
+are stacked along a leading batch axis and one jitted kernel per bucket solves them all, for
+every stage (stages differ only in which entries are free, which is data).
+
+The kernel runs a ``lax.fori_loop`` over groups of ``vmap_width`` series; each group is one
+``jax.vmap`` of the solver's ``least_squares``. In a vmapped ``while_loop`` a member that has
+stopped keeps its state while the others iterate, so a series that converges early is not
+changed by one that needs more iterations. ``vmap_width=1`` (the CPU default) runs the series
+one after another inside the kernel, which on CPU costs the same per series as separate solves
+but with one compilation and no per-call overhead; accelerators default to vmapping a whole
+device's share at once. With several local devices the batch is split across them with
+``jax.shard_map`` over a one-axis mesh: each device runs its own loop on its share.
+
+The start values (tilt-axis estimate, closed-form markers and shifts) and the stage problems
+are built per series on the host with the same functions ``align()`` uses; solves are
+dispatched asynchronously, so the host prepares the next chunk while the device works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .align import INTERMEDIATE_COST_TOL, STAGES, _stage_setup, check_options
+from .initial import estimate_rotation_deg, starting_markers_and_shifts
+from .models import ProjectionModel
+from .observations import Observations
+from .problem import build_problem, mode_labels, reference_view, residual_function
+from .result import AlignmentResult, StageReport, fit_image_transforms
+from .solve import LMConfig, Status, Structure, Variables, choose_elimination, least_squares
+
+__all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
+
+#: Default bucket: view and marker counts rounded up to multiples of 8.
+DEFAULT_BUCKET = (8, 8)
+#: Series per kernel call and device, when ``batch_size`` is not given.
+DEFAULT_BATCH_PER_DEVICE = 32
+_AXIS = "series"
+
+#: ``progress(index, event, detail)``: ``event`` is a stage name (that stage finished for series
+#: ``index``; ``detail`` gives its status and RMS), ``"done"`` (``detail``: the final status) or
+#: ``"error"`` (``detail``: why the series could not be aligned).
+ProgressCallback = Callable[[int, str, str], None]
+
+
+def bucket_shape(n_views: int, n_markers: int, bucket=DEFAULT_BUCKET) -> tuple[int, int]:
+    """Padded ``(views, markers)`` of a series: counts rounded up to multiples of ``bucket``.
+
+    ``bucket``: an int (both steps), a pair ``(view_step, marker_step)``, or ``"exact"``
+    (no padding: one bucket per distinct shape). ``"max"`` (one bucket for the whole batch) is
+    resolved by :func:`align_batch`, which knows every shape.
+    """
+    if bucket == "exact":
+        return int(n_views), int(n_markers)
+    steps = (bucket, bucket) if isinstance(bucket, int | np.integer) else tuple(bucket)
+    if len(steps) != 2 or not all(isinstance(s, int | np.integer) and s >= 1 for s in steps):
+        raise ValueError(f"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got {bucket!r}")
+    return int(math.ceil(n_views / steps[0]) * steps[0]), int(math.ceil(n_markers / steps[1]) * steps[1])
+
+
+@dataclasses.dataclass(eq=False)
+class _Series:
+    """One series' state between stages (host side, model units)."""
+
+    index: int
+    obs: Observations
+    ref_view: int = 0
+    rotation_estimated: float | None = None
+    weights: np.ndarray | None = None
+    views: np.ndarray | None = None
+    markers: np.ndarray | None = None
+    shape: tuple[int, int] = (0, 0)
+    reports: list = dataclasses.field(default_factory=list)
+    status: Status = Status.CONVERGED
+    n_free: int = 0
+    stopped: bool = False  # a stage failed: later stages are skipped, as in align()
+
+
+# --------------------------------------------------------------------------- the kernels
+
+
+def _solve_local(fn, eliminate, width, x0, structure, settings, max_iterations, count):
+    """Solve the first ``count`` stacked problems (leading axis), ``width`` at a time."""
+    config = LMConfig(
+        max_iterations=max_iterations, cost_tol=settings[0], step_tol=settings[1], gradient_tol=settings[2], initial_damping=settings[3]
+    )
+
+    def solve(x, s):
+        sol = least_squares(fn, x, s, eliminate=eliminate, config=config)
+        as_int = partial(jnp.asarray, dtype=jnp.int32)
+        return sol.x, sol.cost, as_int(sol.status), as_int(sol.iterations), as_int(sol.accepted)
+
+    n = x0.a.shape[0]
+    out = (
+        jax.tree_util.tree_map(jnp.zeros_like, x0),
+        jnp.zeros(n, x0.a.dtype),
+        *(jnp.zeros(n, jnp.int32) for _ in range(3)),
+    )
+
+    def group(i, out):
+        start = i * width
+        x, s = jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, width), (x0, structure))
+        if width == 1:
+            squeeze = partial(jax.tree_util.tree_map, lambda leaf: leaf[0])
+            res = jax.tree_util.tree_map(lambda leaf: leaf[None], solve(squeeze(x), squeeze(s)))
+        else:
+            res = jax.vmap(solve)(x, s)
+        return jax.tree_util.tree_map(lambda buf, r: jax.lax.dynamic_update_slice_in_dim(buf, r, start, 0), out, res)
+
+    return jax.lax.fori_loop(0, (count + width - 1) // width, group, out)
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(fn, eliminate: str, width: int, mesh: Mesh | None):
+    """The jitted batch solve for one residual function, elimination, width and device mesh."""
+    key = (fn, eliminate, width, mesh)
+    if key not in _KERNELS:
+        local = partial(_solve_local, fn, eliminate, width)
+        if mesh is None:
+            _KERNELS[key] = jax.jit(local)
+        else:
+            spec, rep = PartitionSpec(_AXIS), PartitionSpec()
+
+            def sharded(x0, structure, settings, max_iterations, counts):
+                return local(x0, structure, settings, max_iterations, counts[0])
+
+            _KERNELS[key] = jax.jit(
+                jax.shard_map(sharded, mesh=mesh, in_specs=(spec, spec, rep, rep, spec), out_specs=spec, check_vma=False)
+            )
+    return _KERNELS[key]
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _finish(model: ProjectionModel, tilt_free: bool, views, markers, nominal, view_mask, marker_mask):
+    """Reporting frame and predicted positions of padded series (leading batch axis).
+
+    The frame is that of ``align()`` (zero mean tilt deviation, zero mean marker z) with the
+    means taken over the real views and markers only. Returns views (B, V, k), markers (B, M, 3),
+    predicted centred positions (B, V, M, 2).
+    """
+
+    def one(views, markers, nominal, view_mask, marker_mask):
+        if tilt_free and model.tilt_offset is not None:
+            deviation = jnp.where(view_mask, views[:, model.index("tilt")] - nominal, 0.0)
+            views, markers = model.tilt_offset(views, markers, -jnp.sum(deviation) / jnp.maximum(jnp.sum(view_mask), 1))
+        if model.shift_parameters is not None:
+            mean_z = jnp.sum(jnp.where(marker_mask, markers[:, 2], 0.0)) / jnp.maximum(jnp.sum(marker_mask), 1)
+            centroid = jnp.zeros(3, markers.dtype).at[2].set(mean_z)
+            at_centroid = model.project(views.T, centroid[:, None])
+            at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
+            sx, sy = (model.index(p) for p in model.shift_parameters)
+            views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
+            markers = markers - centroid
+        predicted = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))(views, markers)
+        return views, markers, predicted
+
+    return jax.vmap(one)(views, markers, nominal, view_mask, marker_mask)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """How a batch is laid out: the model and modes, precision, slots per call, devices."""
+
+    model: ProjectionModel
+    modes: dict
+    dtype: object  # jnp.float64 or jnp.float32
+    per_device: int  # slots per device and call
+    width: int  # series per vmap
+    devices: tuple
+    mesh: Mesh | None
+
+    @property
+    def capacity(self) -> int:
+        return self.per_device * len(self.devices)
+
+    def slots(self, n: int) -> np.ndarray:
+        """Slot of each of ``n`` series: dealt round-robin over the devices to balance them."""
+        j = np.arange(n)
+        return (j % len(self.devices)) * self.per_device + j // len(self.devices)
+
+    def counts(self, n: int) -> np.ndarray:
+        """Series per device for a chunk of ``n``."""
+        d = np.arange(len(self.devices))
+        return np.maximum((n - d + len(self.devices) - 1) // len(self.devices), 0).astype(np.int32)
+
+
+def _padding(shape: tuple[int, int], n_slots: int):
+    """How each solver input is padded to the bucket ``shape``: per field of ``Variables`` and
+    ``Structure``, a function giving a leaf's padded shape, and the fill value (weight 0, not
+    free, not tied: padded views and markers are identity rows of the normal equations)."""
+    v, m = shape
+    return (
+        Variables(lambda a: (v, a.shape[1]), lambda b: (m, b.shape[1]), lambda g: (n_slots,)),
+        Variables(0, 0, 0),
+        Structure(
+            pair_data=lambda d: d.shape[:-2] + (v, m),
+            weights=lambda w: (v, m),
+            free_a=lambda f: (v, f.shape[1]),
+            tie_a=lambda t: (v, t.shape[1]),
+            free_b=lambda f: (m, f.shape[1]),
+            free_g=lambda f: (n_slots,),
+            const=lambda c: c.shape,
+        ),
+        Structure(0, 0, False, -1, False, False, 0),
+    )
+
+
+def _stack(trees, slots, capacity: int, shapes, fills):
+    """Stack same-structured pytrees into (capacity, ...) arrays, each leaf padded by field.
+
+    ``shapes``/``fills`` are NamedTuples of the trees' type giving, per field, the padded shape
+    of a leaf and the fill value; slots not in ``slots`` hold the fill.
+    """
+    fields = []
+    for f, to_shape, fill in zip(trees[0]._fields, shapes, fills, strict=True):
+        columns = [jax.tree_util.tree_leaves(getattr(t, f)) for t in trees]
+        treedef = jax.tree_util.tree_structure(getattr(trees[0], f))
+        leaves = []
+        for j, first in enumerate(columns[0]):
+            first = np.asarray(first)
+            padded = to_shape(first)
+            buf = np.full((capacity, *padded), fill, dtype=first.dtype)
+            for slot, col in zip(slots, columns, strict=True):
+                buf[(slot, *(slice(0, s) for s in np.shape(col[j])))] = np.asarray(col[j])
+            leaves.append(buf)
+        fields.append(jax.tree_util.tree_unflatten(treedef, leaves))
+    return type(trees[0])(*fields)
+
+
+def _n_slots(model: ProjectionModel, modes: dict, n_views: int) -> int:
+    """Global slots of the problem layout for ``n_views`` views (an upper bound for fewer views)."""
+    total = 0
+    for name in model.parameters:
+        labels = mode_labels(name, modes[name], n_views)
+        total += np.unique(labels[labels >= 0]).size
+    return total
+
+
+def _to_model_units(problem, x: Variables) -> tuple[np.ndarray, np.ndarray]:
+    """``AlignmentProblem.to_model_units`` on the host arrays of one unpadded series."""
+    a = np.asarray(x.a)
+    if x.g.shape[0]:
+        a = np.where(problem.tie >= 0, np.asarray(x.g)[np.clip(problem.tie, 0, None)], a)
+    return np.asarray(a * problem.unit.astype(a.dtype), np.float64), np.asarray(x.b, np.float64)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _prepare(s: _Series, m: ProjectionModel, rotation_deg, ref_view, weights) -> None:
+    """Start values of one series, computed as ``align()`` computes them."""
+    obs = s.obs
+    ref_view = reference_view(obs.tilts_deg) if ref_view is None else int(ref_view)
+    if not 0 <= ref_view < obs.n_views:
+        raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")
+    estimated = None
+    if rotation_deg is None:
+        estimated = rotation_deg = estimate_rotation_deg(obs)
+    if not np.isfinite(rotation_deg):
+        raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
+    if weights is not None and np.shape(weights) != obs.mask.shape:
+        raise ValueError(f"weights must have shape {obs.mask.shape} (n_views, n_markers), got {np.shape(weights)}")
+    views = m.neutral_views(obs.n_views)
+    views[:, m.index("rotation")] = np.radians(rotation_deg)
+    views[:, m.index("tilt")] = np.radians(obs.tilts_deg)
+    markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
+    if m.shift_parameters is not None:
+        views[:, [m.index(p) for p in m.shift_parameters]] = shifts
+    s.ref_view, s.rotation_estimated, s.weights, s.views, s.markers = ref_view, estimated, weights, views, markers
+
+
+@dataclasses.dataclass(eq=False)
+class _Chunk:
+    """Up to one kernel call's worth of series of one bucket, and its solve in flight."""
+
+    shape: tuple[int, int]
+    series: list
+    stage: int = 0  # index into the stages of the solve in flight
+    built: list = dataclasses.field(default_factory=list)  # (series, problem) pairs in flight
+    slots: np.ndarray | None = None
+    out: object = None  # the kernel's outputs (not yet ready) or the exception it raised
+    dispatched: float = 0.0
+
+
+class _Runner:
+    """The stages of ``align()`` over chunks of padded series, one kernel call per chunk and stage."""
+
+    def __init__(self, plan: _Plan, stages, config: LMConfig, dtype: str, results: list, notify: ProgressCallback):
+        self.plan, self.stages, self.results, self.notify = plan, stages, results, notify
+        self.settings = []
+        for number in range(1, len(stages) + 1):
+            c = config
+            if number < len(stages):  # as in align(): earlier stages only give starting points
+                c = dataclasses.replace(config, cost_tol=max(config.tolerances(np.dtype(dtype))[0], INTERMEDIATE_COST_TOL))
+            self.settings.append(
+                (np.asarray((*c.tolerances(np.dtype(dtype)), c.initial_damping), dtype), np.asarray(c.max_iterations, np.int32))
+            )
+        modes = plan.modes
+        self.tilt_free = modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
+        self.last_ready = 0.0
+
+    def fail(self, s: _Series, error: Exception) -> None:
+        self.results[s.index] = error
+        self.notify(s.index, "error", str(error) if isinstance(error, ValueError | TypeError) else f"{type(error).__name__}: {error}")
+
+    def dispatch(self, chunk: _Chunk) -> bool:
+        """Build the problems of the chunk's current stage and start its solve (asynchronously).
+
+        Returns False when no series of the chunk is left to solve.
+        """
+        plan, m, stage = self.plan, self.plan.model, self.stages[chunk.stage]
+        chunk.built = []
+        for s in chunk.series:
+            if s.stopped or self.results[s.index] is not None:
+                continue
+            try:
+                hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
+                problem = build_problem(
+                    m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype
+                )
+                chunk.built.append((s, problem))
+            except Exception as e:  # noqa: BLE001 - reported per series
+                self.fail(s, e)
+        if not chunk.built:
+            return False
+        problems = [p for _, p in chunk.built]
+        n_slots = max(_n_slots(m, plan.modes, chunk.shape[0]), *(p.x0.g.shape[0] for p in problems))
+        x_shapes, x_fills, s_shapes, s_fills = _padding(chunk.shape, n_slots)
+        chunk.slots = plan.slots(len(problems))
+        x0 = _stack([p.x0 for p in problems], chunk.slots, plan.capacity, x_shapes, x_fills)
+        structure = _stack([p.structure for p in problems], chunk.slots, plan.capacity, s_shapes, s_fills)
+        counts = plan.counts(len(problems))
+        eliminate = choose_elimination(chunk.shape[0], m.n_parameters, chunk.shape[1], 3)
+        kernel = _kernel(residual_function(m), eliminate, plan.width, plan.mesh)
+        settings, max_iterations = self.settings[chunk.stage]
+        chunk.dispatched = time.perf_counter()
+        try:
+            if plan.mesh is None:
+                chunk.out = kernel(x0, structure, settings, max_iterations, counts[0])
+            else:
+                x0, structure, counts = jax.device_put((x0, structure, counts), NamedSharding(plan.mesh, PartitionSpec(_AXIS)))
+                chunk.out = kernel(x0, structure, settings, max_iterations, counts)
+        except Exception as e:  # noqa: BLE001 - a failed call fails its series, not the batch
+            chunk.out = e
+        return True
+
+    def collect(self, chunk: _Chunk) -> None:
+        """Wait for the chunk's solve and move the answers into its series (as ``align()`` does)."""
+        stage = self.stages[chunk.stage]
+        try:
+            if isinstance(chunk.out, Exception):
+                raise chunk.out
+            x, cost, status, iterations, accepted = jax.device_get(chunk.out)
+        except Exception as e:  # noqa: BLE001 - a failed call fails its series, not the batch
+            for s, _ in chunk.built:
+                self.fail(s, e)
+            return
+        finally:
+            chunk.out = None
+        # solves run in dispatch order: this one ran from when it was dispatched or the
+        # previous one was ready, whichever is later
+        ready = time.perf_counter()
+        seconds = (ready - max(chunk.dispatched, self.last_ready)) / len(chunk.built)
+        self.last_ready = ready
+        for (s, problem), slot in zip(chunk.built, chunk.slots, strict=True):
+            st = Status(int(status[slot]))
+            s.status = st
+            if st == Status.FAILED:
+                s.stopped = True
+                rms = float("nan")
+            else:
+                mine = Variables(x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]])
+                s.views, s.markers = _to_model_units(problem, mine)
+                s.n_free = problem.n_free
+                rms = float(np.sqrt(float(cost[slot]) / s.obs.n_observed))
+            s.reports.append(StageReport(stage, int(iterations[slot]), int(accepted[slot]), seconds, st.message, rms, problem.n_free))
+            self.notify(s.index, stage, f"{st.message}, rms {rms:.4f} px")
+        chunk.built = []
+
+    def finish(self, chunk: _Chunk) -> None:
+        """Reporting frame, residuals and IMOD transforms of the chunk's series, as ``align()`` ends."""
+        plan, m = self.plan, self.plan.model
+        alive = [s for s in chunk.series if self.results[s.index] is None]
+        if not alive:
+            return
+        v, mk = chunk.shape
+        c = plan.capacity
+        views, markers = np.zeros((c, v, m.n_parameters)), np.zeros((c, mk, 3))
+        nominal, view_mask, marker_mask = np.zeros((c, v)), np.zeros((c, v), bool), np.zeros((c, mk), bool)
+        for j, s in enumerate(alive):
+            nv, nm = s.obs.n_views, s.obs.n_markers
+            views[j, :nv], markers[j, :nm], nominal[j, :nv] = s.views, s.markers, np.radians(s.obs.tilts_deg)
+            view_mask[j, :nv], marker_mask[j, :nm] = True, True
+        try:
+            with jax.enable_x64(True):
+                views, markers, predicted = jax.device_get(_finish(m, self.tilt_free, views, markers, nominal, view_mask, marker_mask))
+        except Exception as e:  # noqa: BLE001
+            for s in alive:
+                self.fail(s, e)
+            return
+        for j, s in enumerate(alive):
+            obs = s.obs
+            nv, nm = obs.n_views, obs.n_markers
+            sv, sm, predict = (np.asarray(a, np.float64) for a in (views[j, :nv], markers[j, :nm], predicted[j, :nv, :nm]))
+            tilt = sv[:, m.index("tilt")][:, None]
+            aligned = np.stack([sm[:, 0] * np.cos(tilt) + sm[:, 2] * np.sin(tilt), np.broadcast_to(sm[:, 1], (nv, nm))], axis=-1)
+            result = AlignmentResult(
+                model=m.name,
+                observations=obs,
+                views=sv,
+                markers=sm,
+                residuals=np.where(obs.mask[..., None], predict - obs.centered_xy, np.nan),
+                stages=tuple(s.reports),
+                status=s.status.message if s.status != Status.CONVERGED else "converged",
+                n_free=s.n_free,
+                rotation_estimated_deg=s.rotation_estimated,
+                xf=fit_image_transforms(predict, aligned),
+                extras={"modes": plan.modes, "ref_view": s.ref_view, "weights": s.weights, "batch": {"bucket": list(chunk.shape)}},
+            )
+            self.results[s.index] = result
+            self.notify(s.index, "done", result.status)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _per_series(value, n: int, name: str, is_single: Callable) -> list:
+    """A per-series option: one value for all, or a sequence with one per series."""
+    if is_single(value):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} series; give one value or one per series")
+    return values
+
+
+def _check_options(model, modes, stages, dtype, bucket):
+    """The options shared by every series, checked as ``align()`` checks them."""
+    m, modes, stages = check_options(model, modes, stages, dtype)
+    for name, mode in modes.items():
+        if not isinstance(mode, str):
+            raise ValueError(f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; per-view labels need align()")  # noqa: TRY004
+        mode_labels(name, mode, 1)  # raises on an unknown mode
+    if bucket != "max":
+        bucket_shape(1, 1, bucket)  # raises on a bad bucket
+    return m, modes, stages
+
+
+def _plan(m, modes, dtype, batch_size, vmap_width, devices) -> _Plan:
+    if devices is None:
+        devices = tuple(jax.local_devices())
+    elif isinstance(devices, int):
+        available = jax.local_devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={devices}: there are {len(available)} local devices")
+        devices = tuple(available[:devices])
+    else:
+        devices = tuple(devices)
+        if not devices:
+            raise ValueError("devices must name at least one device")
+    per_device = DEFAULT_BATCH_PER_DEVICE if batch_size is None else int(batch_size)
+    width = (1 if devices[0].platform == "cpu" else per_device) if vmap_width is None else int(vmap_width)
+    if per_device < 1 or width < 1:
+        raise ValueError(f"batch_size and vmap_width must be at least 1, got {batch_size} and {vmap_width}")
+    mesh = Mesh(np.array(devices), (_AXIS,)) if len(devices) > 1 else None
+    jdtype = jnp.float64 if dtype == "float64" else jnp.float32
+    return _Plan(m, modes, jdtype, math.ceil(per_device / width) * width, width, devices, mesh)
+
+
+def align_batch(
+    observations: Sequence[Observations],
+    *,
+    model: str | ProjectionModel = "jou",
+    rotation_deg: float | None | Sequence[float | None] = None,
+    modes: dict | None = None,
+    stages=STAGES,
+    config: LMConfig = LMConfig(),  # noqa: B008 - immutable, as in align()
+    dtype: str = "float64",
+    ref_view: int | None | Sequence[int | None] = None,
+    weights: np.ndarray | None | Sequence[np.ndarray | None] = None,
+    bucket=DEFAULT_BUCKET,
+    batch_size: int | None = None,
+    vmap_width: int | None = None,
+    devices=None,
+    progress: ProgressCallback | None = None,
+) -> list[AlignmentResult | Exception]:
+    """Align many tilt series with batched solves; each answer is that of ``align()``.
+
+    Args:
+        observations: the series.
+        model, modes, stages, config, dtype: as for ``align()``, shared by every series
+            (modes are strings: free, fixed, shared, group:N).
+        rotation_deg, ref_view, weights: as for ``align()``; one value for every series or a
+            sequence with one per series.
+        bucket: padding of each series' (views, markers): an int or a pair of steps (counts
+            rounded up to multiples), ``"exact"`` (no padding) or ``"max"`` (one bucket, the
+            largest counts). Each bucket compiles one kernel, which serves every stage.
+        batch_size: series slots per kernel call and device (default 32, rounded up to a
+            multiple of ``vmap_width``). Unused slots are skipped, so a call's shapes, and
+            its compilation, do not depend on how many series there are.
+        vmap_width: series solved together by one ``jax.vmap`` inside a call; default 1 on
+            CPU (fastest there: one series after another, in one compiled loop) and
+            ``batch_size`` on accelerators.
+        devices: local devices each call is split over (default: all devices of the default
+            backend; an int takes the first N); with one device nothing is sharded.
+        progress: ``progress(index, event, detail)``, see ``ProgressCallback``.
+    Returns:
+        One entry per series, in order: its ``AlignmentResult`` (numerical failure reported in
+        ``status``, as by ``align()``), or the exception that stopped that series (bad
+        observations or per-series options). Stage ``seconds`` are the series' share of its
+        kernel call; ``extras["batch"]`` has the bucket shape.
+    Raises:
+        ValueError: options shared by every series (model, modes, stages, dtype, bucket, sizes).
+    """
+    m, modes, stages = _check_options(model, modes, stages, dtype, bucket)
+    n = len(observations)
+    rotations = _per_series(rotation_deg, n, "rotation_deg", lambda v: v is None or np.isscalar(v))
+    refs = _per_series(ref_view, n, "ref_view", lambda v: v is None or np.isscalar(v))
+    weight_list = _per_series(weights, n, "weights", lambda v: v is None or isinstance(v, np.ndarray))
+    plan = _plan(m, modes, dtype, batch_size, vmap_width, devices)
+    results: list = [None] * n
+    runner = _Runner(plan, stages, config, dtype, results, progress or (lambda *_: None))
+
+    series = []
+    for i, obs in enumerate(observations):
+        s = _Series(i, obs)
+        if isinstance(obs, Observations):
+            series.append(s)
+        else:
+            runner.fail(s, TypeError(f"series {i} is a {type(obs).__name__}, not Observations"))
+    if series and bucket == "max":
+        largest = (max(s.obs.n_views for s in series), max(s.obs.n_markers for s in series))
+    buckets: dict[tuple[int, int], list[_Series]] = {}
+    for s in series:
+        s.shape = largest if bucket == "max" else bucket_shape(s.obs.n_views, s.obs.n_markers, bucket)
+        buckets.setdefault(s.shape, []).append(s)
+    chunks = [_Chunk(shape, members[c : c + plan.capacity]) for shape, members in sorted(buckets.items()) for c in range(0, len(members), plan.capacity)]
+
+    # A software pipeline: while the device solves one chunk's stage, the host prepares the
+    # next chunk, or collects a finished one and builds its next stage. Solves run in dispatch
+    # order, so a chunk is collected after the ones dispatched before it.
+    with jax.enable_x64(dtype == "float64"):
+        in_flight: deque[_Chunk] = deque()
+        for chunk in chunks:
+            for s in chunk.series:
+                try:
+                    _prepare(s, m, rotations[s.index], refs[s.index], weight_list[s.index])
+                except Exception as e:  # noqa: BLE001 - reported per series
+                    runner.fail(s, e)
+            if runner.dispatch(chunk):
+                in_flight.append(chunk)
+        while in_flight:
+            chunk = in_flight.popleft()
+            runner.collect(chunk)
+            chunk.stage += 1
+            if chunk.stage < len(stages) and runner.dispatch(chunk):
+                in_flight.append(chunk)
+            else:
+                runner.finish(chunk)
+    return results

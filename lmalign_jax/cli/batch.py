@@ -1,0 +1,580 @@
+"""``lmalign batch``: align every tilt series of a list file or folder with batched solves.
+
+The series are read and checked here (a bad one is reported and skipped), aligned together by
+:func:`lmalign_jax.batch.align_batch` (in this process, in ``--jobs`` local processes, or on a
+Dask cluster with ``--scheduler``) and each one's outputs are written as ``lmalign align``
+writes them. A summary table (text, TSV, JSON) lists every series with its outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..batch import DEFAULT_BUCKET, align_batch
+from ..io.errors import InputError
+from ..models import MODELS, get_model
+from ..outputs import OutputSet
+from ..report import build_record, expand_to_file_views, record_to_json, render_figure
+from ..solve import LMConfig
+from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _note, _software
+from .align import (
+    ALIGN_OUTPUTS,
+    REPORT_OUTPUTS,
+    _input_record,
+    _stage_alignment_files,
+    observations_for_fit,
+    parse_modes,
+    read_inputs,
+    report_selection,
+    select,
+)
+
+#: Marker files a folder scan picks up (.txt and .resid series go in a list file).
+SCAN_MARKERS = (".fid", ".mod", ".csv", ".pt")
+#: Tilt files looked for next to ``NAME.<marker extension>``, in order of preference.
+SCAN_TILTS = (".rawtlt", ".tlt", ".mdoc", ".mrc.mdoc", ".st.mdoc")
+SUMMARY = "batch_summary"
+SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
+STATUS_OK, STATUS_FAILED, STATUS_BAD = "converged", "failed", "bad input"
+
+
+# =========================================================================== series
+
+
+@dataclass
+class SeriesSpec:
+    """One series named by the list file or found in the folder."""
+
+    name: str
+    markers: str | None
+    tilts: str | None
+    image_size: tuple[float, float] | None = None
+    problem: str | None = None  # why it cannot be read (a bad list line, a missing tilt file)
+
+
+@dataclass
+class Prepared:
+    """A series read, checked and ready to align (everything a worker needs; picklable)."""
+
+    spec: SeriesSpec
+    inputs: object  # cli.align.Inputs
+    selection: object  # cli.align.Selection
+    observations: object
+    marker_ids: list
+    out_dir: str
+    prefix: str
+    read_seconds: float
+
+
+@dataclass
+class Outcome:
+    """One row of the summary."""
+
+    series: str
+    markers: str | None
+    tilts: str | None
+    status: str  # converged | failed | bad input
+    exit_code: int
+    views: int | None = None
+    markers_fitted: int | None = None
+    points: int | None = None
+    rms_residual_px: float | None = None
+    mean_residual_px: float | None = None
+    seconds: float = 0.0
+    detail: str = ""  # the solver's status or the reason for failure
+    outputs: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The alignment and output settings shared by every series (picklable, for workers)."""
+
+    model: str = "jou"
+    modes: dict = field(default_factory=dict)
+    stages: tuple = ("initial", "main", "tilt", "joint")
+    dtype: str = "float64"
+    max_iterations: int = 200
+    worst: int = 10
+    figure: bool = True
+    bucket: tuple = DEFAULT_BUCKET
+    batch_size: int | None = None
+    command: tuple = ("lmalign", "batch")
+    compilation_cache: bool = False  # workers turn on the CLI's persistent cache
+
+
+def _unique_names(specs: list[SeriesSpec]) -> None:
+    """Make series names unique (outputs are named after them): NAME, NAME_2, NAME_3, ..."""
+    seen: dict[str, int] = {}
+    for s in specs:
+        n = seen.get(s.name, 0) + 1
+        seen[s.name] = n
+        if n > 1:
+            s.name = f"{s.name}_{n}"
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def read_list(path: str) -> list[SeriesSpec]:
+    """Series of a list file: one ``MARKERS TILTS [NX NY]`` per line.
+
+    Blank lines and ``#`` comments are skipped; paths are relative to the list file's folder
+    and may be quoted (shell rules); NX NY give the image size when the marker file lacks it.
+    A malformed line becomes a series with a ``problem`` (reported, not fatal).
+    """
+    base = os.path.dirname(os.path.abspath(path))
+    specs = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            text = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+            if not text:
+                continue
+            try:
+                tokens = shlex.split(text)
+            except ValueError as e:
+                specs.append(SeriesSpec(f"line{number}", None, None, problem=str(InputError(path, number, f"cannot split the line: {e}"))))
+                continue
+            where = lambda problem, n=number: str(InputError(path, n, problem))
+            if len(tokens) not in (2, 4):
+                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected 'MARKERS TILTS [NX NY]', got {len(tokens)} fields")))
+                continue
+            markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
+            spec = SeriesSpec(_stem(markers), markers, tilts)
+            if len(tokens) == 4:
+                try:
+                    size = (float(tokens[2]), float(tokens[3]))
+                    if not all(math.isfinite(s) and s > 0 for s in size):
+                        raise ValueError
+                    spec.image_size = size
+                except ValueError:
+                    spec.problem = where(f"image size {tokens[2]} {tokens[3]} is not two positive numbers")
+            specs.append(spec)
+    if not specs:
+        raise UsageError(f"{path}: the list names no series (one 'MARKERS TILTS [NX NY]' per line)")
+    _unique_names(specs)
+    return specs
+
+
+def scan_folder(folder: str) -> list[SeriesSpec]:
+    """Series of a folder: every ``NAME.fid/.mod/.csv/.pt`` with ``NAME.rawtlt/.tlt/.mdoc`` beside it."""
+    specs = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        stem, ext = os.path.splitext(entry)
+        if ext.lower() not in SCAN_MARKERS or not os.path.isfile(path):
+            continue
+        tilts = next((os.path.join(folder, stem + t) for t in SCAN_TILTS if os.path.isfile(os.path.join(folder, stem + t))), None)
+        problem = None
+        if tilts is None:
+            problem = str(InputError(path, None, f"no tilt file beside it ({', '.join(stem + t for t in SCAN_TILTS[:3])})"))
+        specs.append(SeriesSpec(stem, path, tilts, problem=problem))
+    if not specs:
+        raise UsageError(f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder")
+    _unique_names(specs)
+    return specs
+
+
+def _output_set(out_dir: str, name: str, layout: str) -> OutputSet:
+    return OutputSet(os.path.join(out_dir, name) if layout == "folders" else out_dir, name)
+
+
+def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
+    """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used."""
+    start = time.perf_counter()
+    try:
+        if spec.problem:
+            raise UsageError(spec.problem)
+        out = _output_set(args.out_dir, spec.name, args.layout)
+        inputs_real = {os.path.realpath(spec.markers), os.path.realpath(spec.tilts)}
+        clash = [p for p in out.final_paths(ALIGN_OUTPUTS) if os.path.realpath(p) in inputs_real]
+        if clash:
+            raise UsageError(f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout folders")
+        size = spec.image_size or (tuple(args.image_size) if args.image_size else None)
+        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=None, image_size=size, rotation=None))
+        sel = select(inputs, [])
+        report_selection(inputs, sel)
+        obs, marker_ids = observations_for_fit(inputs, sel)
+    except (InputError, UsageError, ValueError, OSError) as e:
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD, EXIT_BAD_INPUT, seconds=time.perf_counter() - start, detail=text)
+    return Prepared(spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start)
+
+
+# =========================================================================== align and write
+
+
+def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
+    """Write one series' outputs exactly as ``lmalign align`` does; returns the paths written."""
+    model = get_model(options.model)
+    inputs, sel, obs = p.inputs, p.selection, p.observations
+    fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
+    converged = result.converged
+    record_options = {
+        "model": model.name,
+        "modes": {q: mode for q, mode in zip(model.parameters, model.default_modes, strict=True)} | dict(options.modes),
+        "rotation_deg": inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg,
+        "rotation_source": inputs.rotation_source,
+        "stages": list(options.stages),
+        "dtype": options.dtype,
+        "max_iterations": options.max_iterations,
+        "command": list(options.command),
+        "batch": result.extras.get("batch", {}),
+    }
+    out = OutputSet(p.out_dir, p.prefix)
+    suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if options.figure or s != ".png")
+    extra = {"outputs": [os.path.basename(q) for q in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
+    args = argparse.Namespace(markers=p.spec.markers, stack=None)
+    record = build_record(result, fv, marker_ids=p.marker_ids, inputs=_input_record(args, inputs, sel, obs), options=record_options,
+                          n_worst=options.worst, software=_software(), extra=extra)
+    with out:
+        if converged:
+            _stage_alignment_files(out, result, fv, p.marker_ids, inputs)
+        out.write_text(".json", record_to_json(record))
+        if options.figure:
+            title = f"{p.prefix}: {os.path.basename(p.spec.markers)}, {os.path.basename(inputs.tilts_path)}"
+            out.write_bytes(".png", render_figure(result, fv, record, title=title))
+        return out.commit()
+
+
+def _outcome(p: Prepared, result, seconds: float, written: list[str]) -> Outcome:
+    spec, obs = p.spec, p.observations
+    ok = result.converged
+    return Outcome(
+        spec.name, spec.markers, spec.tilts, STATUS_OK if ok else STATUS_FAILED, EXIT_OK if ok else EXIT_FAILED,
+        views=obs.n_views, markers_fitted=obs.n_markers, points=obs.n_observed,
+        rms_residual_px=result.rms_residual_px, mean_residual_px=result.mean_residual_px,
+        seconds=seconds, detail=result.status, outputs=written,
+    )
+
+
+def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=None, on_outcome=None) -> list[Outcome]:
+    """Align a group of series together and write each one's outputs (what a worker runs).
+
+    ``progress(index, event, detail)`` is handed to ``align_batch``; ``on_outcome(outcome)`` is
+    called as each series' outputs are written.
+    """
+    if options.compilation_cache:
+        from ._main import enable_compilation_cache
+
+        enable_compilation_cache()
+    results = align_batch(
+        [p.observations for p in prepared],
+        model=options.model,
+        rotation_deg=[p.inputs.rotation_deg for p in prepared],
+        modes=options.modes,
+        stages=options.stages,
+        config=LMConfig(max_iterations=options.max_iterations),
+        dtype=options.dtype,
+        bucket=options.bucket,
+        batch_size=options.batch_size,
+        progress=progress,
+    )
+    outcomes = []
+    for p, result in zip(prepared, results, strict=True):
+        start = time.perf_counter()
+        spec = p.spec
+        if isinstance(result, Exception):
+            bad = isinstance(result, ValueError)  # the engine's checks of the problem
+            outcome = Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_FAILED, EXIT_BAD_INPUT if bad else EXIT_FAILED,
+                              seconds=p.read_seconds, detail=str(result) if bad else f"{type(result).__name__}: {result}")
+        else:
+            try:
+                written = _write(p, result, options)
+            except OSError as e:
+                outcome = Outcome(spec.name, spec.markers, spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
+                                  detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip())
+            else:
+                solve = sum(st.seconds for st in result.stages)
+                outcome = _outcome(p, result, p.read_seconds + solve + time.perf_counter() - start, written)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+# =========================================================================== progress and summary
+
+
+class BatchProgress:
+    """Per-series status on stderr: a line when each series is done; on a terminal also a
+    running line with the stage counts."""
+
+    def __init__(self, names: list[str], *, quiet: bool = False):
+        self.names, self.quiet = names, quiet
+        self.tty = sys.stderr.isatty()
+        self.stage_counts: dict[str, int] = {}
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def _status_line(self):
+        if self.tty and self.stage_counts:
+            stages = ", ".join(f"{k} {v}" for k, v in self.stage_counts.items())
+            sys.stderr.write(f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; {time.perf_counter() - self.start:.0f} s")
+            sys.stderr.flush()
+
+    def event(self, index: int, event: str, detail: str) -> None:
+        """An ``align_batch`` progress event of series ``index`` (of ``names``)."""
+        if event in ("done", "error"):
+            return
+        self.stage_counts[event] = self.stage_counts.get(event, 0) + 1
+        self._status_line()
+
+    def finished(self, outcome: Outcome) -> None:
+        """A series' outputs are written (or it failed)."""
+        self.done += 1
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        if not self.quiet or outcome.exit_code != EXIT_OK:
+            width = len(str(len(self.names)))
+            rms = f", rms {outcome.rms_residual_px:.4f} px" if outcome.rms_residual_px is not None else ""
+            why = f": {outcome.detail}" if outcome.exit_code != EXIT_OK else ""
+            _note(f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} ({outcome.seconds:.2f} s)")
+        self._status_line()
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """The summary as an aligned text table."""
+    width = max([6, *(len(o.series) for o in outcomes)])
+    lines = [f"{'series':<{width}}  views  markers  points   rms px  mean px  status     time s  detail"]
+    for o in outcomes:
+        lines.append(
+            f"{o.series:<{width}}  {_fmt(o.views, 'd'):>5}  {_fmt(o.markers_fitted, 'd'):>7}  {_fmt(o.points, 'd'):>6}"
+            f"  {_fmt(o.rms_residual_px, '.4f'):>7}  {_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}"
+            f"  {'' if o.exit_code == EXIT_OK else o.detail}"
+        )
+    counts = {k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD)}
+    lines.append(f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input")
+    return "\n".join(lines) + "\n"
+
+
+TSV_COLUMNS = ("series", "markers", "tilts", "views", "markers_fitted", "points", "rms_residual_px", "mean_residual_px", "status", "exit_code", "seconds", "detail")
+
+
+def summary_tsv(outcomes: list[Outcome]) -> str:
+    """The summary as tab-separated values, one row per series (empty cells where unknown)."""
+    def cell(v):
+        return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)).replace("\t", " ").replace("\n", " ")
+
+    rows = ["\t".join(TSV_COLUMNS)] + ["\t".join(cell(getattr(o, c)) for c in TSV_COLUMNS) for o in outcomes]
+    return "\n".join(rows) + "\n"
+
+
+def batch_exit_code(outcomes: list[Outcome]) -> int:
+    """2 if any input was bad, else 1 if any alignment failed, else 0."""
+    codes = {o.exit_code for o in outcomes}
+    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else EXIT_FAILED if EXIT_FAILED in codes else EXIT_OK
+
+
+# =========================================================================== the command
+
+
+def _groups(prepared: list[Prepared], size: int) -> list[list[Prepared]]:
+    """Groups of at most ``size`` series, similar shapes together (fewer buckets per worker)."""
+    order = sorted(prepared, key=lambda p: (p.observations.n_views, p.observations.n_markers))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _run_processes(groups, options, jobs, on_outcome):
+    """Each group in one of ``jobs`` local worker processes (spawned: JAX does not survive fork)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(align_and_write, g, options): g for g in groups}
+        for future in concurrent.futures.as_completed(futures):
+            _deliver(futures[future], future.exception(), None if future.exception() else future.result(), on_outcome)
+
+
+def _deliver(group, error, outcomes, on_outcome):
+    """Outcomes of a finished group, or one failed outcome per series if the group's task failed."""
+    if error is not None:
+        outcomes = [Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
+                            detail=f"worker failed: {type(error).__name__}: {error}") for p in group]
+    for o in outcomes:
+        on_outcome(o)
+
+
+def run_batch(args) -> int:
+    """``lmalign batch``: read the series, align them in batches, write outputs and the summary."""
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and args.scheduler:
+        raise UsageError("give --jobs or --scheduler, not both (the cluster's workers set the parallelism)")
+    if args.max_iterations < 1 or args.group_size < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise UsageError("--max-iterations, --group-size and --batch-size must be at least 1")
+    if args.bucket is not None and min(args.bucket) < 1:
+        raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
+    if args.image_size is not None and min(args.image_size) <= 0:
+        raise UsageError(f"--image-size must be two positive numbers, got {args.image_size[0]:g} {args.image_size[1]:g}")
+    model = get_model(args.model)
+    modes = parse_modes(args, model.name)
+    skip = ({"initial"} if args.no_initial_stage else set()) | ({"joint"} if args.no_joint_stage else set())
+    from ._main import enable_compilation_cache
+
+    cache = enable_compilation_cache() is not None
+    options = BatchOptions(
+        model=model.name, modes=modes, stages=tuple(s for s in ("initial", "main", "tilt", "joint") if s not in skip),
+        dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations, worst=args.worst,
+        figure=not args.no_figure, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
+        command=("lmalign", *getattr(args, "argv", ["batch"])), compilation_cache=cache,
+    )
+    source = args.series
+    if os.path.isdir(source):
+        specs = scan_folder(source)
+    elif os.path.isfile(source):
+        specs = read_list(source)
+    else:
+        raise InputError(source, None, "file or folder not found")
+    summary = OutputSet(args.out_dir, SUMMARY)
+    _check_summary(summary, source)
+
+    _note(f"{len(specs)} series from {source}; reading ...")
+    outcomes: dict[str, Outcome] = {}
+    prepared: list[Prepared] = []
+    shown = BatchProgress([s.name for s in specs], quiet=args.quiet)
+    for spec in specs:
+        item = prepare(spec, args)
+        if isinstance(item, Outcome):
+            outcomes[spec.name] = item
+            shown.finished(item)
+        else:
+            prepared.append(item)
+
+    def on_outcome(o: Outcome):
+        outcomes[o.series] = o
+        shown.finished(o)
+
+    if prepared:
+        where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"in {args.jobs} processes" if args.jobs > 1 else "in this process"
+        _note(f"aligning {len(prepared)} series {where}, model {model.name}, stages {', '.join(options.stages)} ...")
+        if args.scheduler:
+            from ..distributed import map_groups
+
+            groups = _groups(prepared, args.group_size)
+            map_groups(align_and_write, groups, options, scheduler=args.scheduler,
+                       on_result=lambda i, value: _deliver(groups[i], value if isinstance(value, BaseException) else None,
+                                                           None if isinstance(value, BaseException) else value, on_outcome))
+        elif args.jobs > 1:
+            _run_processes(_groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome)
+        else:
+            try:
+                align_and_write(prepared, options, progress=shown.event, on_outcome=on_outcome)
+            except ValueError as e:  # the engine's checks of options shared by every series
+                raise UsageError(str(e)) from None
+    shown.close()
+
+    ordered = [outcomes[s.name] for s in specs]
+    code = batch_exit_code(ordered)
+    table = summary_table(ordered)
+    record = {
+        "software": _software(),
+        "source": source,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items() if k != "compilation_cache"},
+        "scheduler": args.scheduler,
+        "jobs": args.jobs,
+        "exit_code": code,
+        "series": [asdict(o) for o in ordered],
+    }
+    with summary:
+        summary.write_text(".txt", table)
+        summary.write_text(".tsv", summary_tsv(ordered))
+        summary.write_text(".json", json.dumps(record, indent=1, default=_json_default) + "\n")
+        written = summary.commit()
+    print(table, end="")
+    print(" Wrote " + ", ".join(written))
+    return code
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_summary(summary: OutputSet, source: str) -> None:
+    """Refuse a summary that would overwrite the list file."""
+    for path in summary.final_paths(SUMMARY_OUTPUTS):
+        if os.path.realpath(path) == os.path.realpath(source):
+            raise UsageError(f"the summary {path} would overwrite the list file; choose another --out-dir")
+
+
+BATCH_HELP = """\
+Align every tilt series named in a list file or found in a folder, with batched solves: series
+of similar size are padded to a shared shape and solved together, so one compilation serves
+them all. Each series gets the outputs of 'lmalign align' (.xf .tlt .resid .xyz .json .png) in
+--out-dir/NAME/ (or --out-dir/NAME.* with --layout prefix), and the batch a summary table
+--out-dir/batch_summary.txt, .tsv and .json (series, views, markers, residuals, status, time).
+
+LIST_OR_DIR:
+  a list file: one series per line, 'MARKERS TILTS [NX NY]' (whitespace-separated, quotes
+    allowed, '#' starts a comment, paths relative to the list file; NX NY is the image size
+    when the marker file does not record it). NAME is the marker file's stem (NAME_2, ...
+    when two series share a stem);
+  or a folder: every NAME.fid/.mod/.csv/.pt with a tilt file NAME.rawtlt, NAME.tlt or
+    NAME.mdoc beside it (first found, in that order).
+
+A series that cannot be read, or whose alignment fails, is reported with its reason; the others
+complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad (2 wins).
+
+Parallel work: by default everything runs in this process. --jobs N spreads the series over N
+local processes. --scheduler ADDRESS sends groups of --group-size series to a Dask cluster;
+each worker aligns its group with batched solves and writes its outputs itself, so --out-dir
+and the input files must be on a file system every worker sees, at the same paths. To use a
+cluster: install lmalign_jax and 'dask[distributed]' on every machine, start
+'dask scheduler' on one (it prints tcp://HOST:8786), 'dask worker tcp://HOST:8786
+--nthreads 1' on each machine (one per GPU or a few per CPU machine; JAX uses several cores
+per worker), then run 'lmalign batch LIST --scheduler tcp://HOST:8786 --out-dir /shared/out'.
+"""
+
+BATCH_EXAMPLE = """\
+examples:
+  lmalign batch series.txt --out-dir aligned
+  lmalign batch /data/tomo/fiducials --out-dir aligned --image-size 4096 4096 --jobs 2
+  lmalign batch series.txt --scheduler tcp://head:8786 --out-dir /shared/aligned --group-size 16
+"""
+
+
+def _add_batch(sub):
+    p = sub.add_parser("batch", help="align many tilt series with batched solves (locally or on a Dask cluster)", description=BATCH_HELP,
+                       epilog=BATCH_EXAMPLE, formatter_class=_Formatter)
+    p.add_argument("series", metavar="LIST_OR_DIR", help="list file ('MARKERS TILTS [NX NY]' per line) or folder of marker + tilt files")
+    p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--layout", choices=("folders", "prefix"), default="folders", help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://head:8786 (see above)")
+    p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
+    p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size for series whose files do not record it")
+    p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
+    p.add_argument("--no-initial-stage", action="store_true", help="skip the initial stage")
+    p.add_argument("--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters")
+    p.add_argument("--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--mode", action="append", metavar="NAME=MODE", help="mode of any view parameter of the model, repeatable")
+    p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
+    p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
+    p.add_argument("--bucket", nargs=2, type=int, metavar=("VIEWS", "MARKERS"), help=f"pad view and marker counts up to multiples of these (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})")
+    p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
+    p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
+    p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
+    p.add_argument("--quiet", "-q", action="store_true", help="report only the series that did not converge while running")
+    p.set_defaults(run=run_batch)

@@ -1,0 +1,232 @@
+"""Batched alignment (lmalign_jax.batch) against align() one series at a time, and `lmalign batch`.
+
+The series are small and share one bucket (24 views x 16 markers), so each kernel compiles once
+for the module (and for tests/test_distributed.py in the same session).
+"""
+
+import contextlib
+import io as _io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmalign_jax as lm
+from lmalign_jax import cli
+from lmalign_jax.batch import align_batch, bucket_shape
+
+#: (views, markers, seed): two shapes padded to one bucket.
+SERIES = [(21, 10, 0), (21, 10, 1), (19, 9, 2)]
+#: The third series starts 10 degrees off its tilt axis: it needs more iterations.
+ROTATIONS = [None, None, -2.0]
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
+
+
+@pytest.fixture(scope="module")
+def series():
+    return [lm.simulate(n_views=v, n_markers=m, missing_fraction=0.1, seed=s).observations for v, m, s in SERIES]
+
+
+@pytest.fixture(scope="module")
+def individual(series):
+    return [lm.align(obs, rotation_deg=r) for obs, r in zip(series, ROTATIONS, strict=True)]
+
+
+def assert_same(batched, single, atol=1e-8):
+    assert batched.status == single.status == "converged"
+    for name in ("views", "markers", "xf"):
+        np.testing.assert_allclose(getattr(batched, name), getattr(single, name), rtol=0, atol=atol, err_msg=name)
+    np.testing.assert_allclose(batched.residuals, single.residuals, rtol=0, atol=atol)
+    assert batched.n_free == single.n_free
+    assert batched.rotation_estimated_deg == single.rotation_estimated_deg
+    assert [s.name for s in batched.stages] == [s.name for s in single.stages]
+    assert batched.rms_residual_px == pytest.approx(single.rms_residual_px, abs=1e-10)
+
+
+@pytest.mark.parametrize("width", [1, 3], ids=["sequential", "vmap"])
+def test_batched_equals_individual(series, individual, width):
+    events = []
+    results = align_batch(series, rotation_deg=ROTATIONS, vmap_width=width, progress=lambda *e: events.append(e))
+    for batched, single in zip(results, individual, strict=True):
+        assert_same(batched, single)
+        assert batched.extras["batch"]["bucket"] == [24, 16]
+    # one vmap group: the series that needed more iterations did not change the others
+    first_stage = [r.stages[0].iterations for r in results]
+    assert len(set(first_stage)) > 1, first_stage
+    assert [single.stages[0].iterations for single in individual] == first_stage
+    assert {e[1] for e in events} == {"initial", "main", "tilt", "joint", "done"}
+    assert sum(e[1] == "done" for e in events) == len(series)
+
+
+def test_bad_series_fail_alone(series, individual):
+    results = align_batch([series[0], "not observations", series[1], series[2]], rotation_deg=[None, None, None, -2.0], ref_view=[None, None, 99, None])
+    assert isinstance(results[1], TypeError) and "series 1 is a str, not Observations" in str(results[1])
+    assert isinstance(results[2], ValueError) and str(results[2]) == "ref_view 99 is outside 0..20"
+    assert_same(results[0], individual[0])
+    assert_same(results[3], individual[2])
+
+
+def test_failed_stage_stops_that_series_only(series):
+    """max_iterations=1: every stage stops early; the result says so, as align() does."""
+    config = lm.LMConfig(max_iterations=1)
+    batched = align_batch(series[:1], config=config, stages=("main",))[0]
+    single = lm.align(series[0], config=config, stages=("main",))
+    assert batched.status == single.status == "stopped at the iteration limit before converging"
+    np.testing.assert_allclose(batched.views, single.views, rtol=0, atol=1e-8)
+
+
+def test_bucket_shape_and_option_errors(series):
+    assert bucket_shape(107, 30) == (112, 32)
+    assert bucket_shape(107, 30, 16) == (112, 32)
+    assert bucket_shape(107, 30, (10, 5)) == (110, 30)
+    assert bucket_shape(107, 30, "exact") == (107, 30)
+    with pytest.raises(ValueError, match=r"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got \(0, 8\)"):
+        align_batch(series, bucket=(0, 8))
+    with pytest.raises(ValueError, match="parameter 'tilt': align_batch takes the modes free, fixed, shared and group:N"):
+        align_batch(series, modes={"tilt": np.zeros(21, int)})
+    with pytest.raises(ValueError, match="unknown stage 'final'"):
+        align_batch(series, stages=("final",))
+    with pytest.raises(ValueError, match="rotation_deg has 2 entries for 3 series"):
+        align_batch(series, rotation_deg=[1.0, 2.0])
+    assert align_batch([]) == []
+
+
+def test_sharded_over_two_cpu_devices_equals_align():
+    """Two host devices (XLA_FLAGS) in a fresh process: the batch is split with shard_map."""
+    script = textwrap.dedent(
+        """
+        import json, numpy as np, jax
+        import lmalign_jax as lm
+        from lmalign_jax.batch import align_batch
+        obs = [lm.simulate(n_views=21, n_markers=10, missing_fraction=0.1, seed=s).observations for s in range(3)]
+        batched = align_batch(obs, batch_size=2)
+        single = [lm.align(o) for o in obs]
+        print(json.dumps({"devices": len(jax.devices()), "status": [r.status for r in batched],
+                          "diff": max(float(np.abs(b.views - s.views).max() + np.abs(b.markers - s.markers).max())
+                                      for b, s in zip(batched, single))}))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 2
+    assert report["status"] == ["converged"] * 3
+    assert report["diff"] < 1e-8
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run(args):
+    """cli.main in-process: (exit status, stdout, stderr)."""
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def make_series_files(folder: Path, seeds=(0, 1)) -> None:
+    """`lmalign simulate` files s<seed>.csv/.rawtlt (21 views x 10 markers, 2048 px images)."""
+    for seed in seeds:
+        rc, _, err = run(["simulate", "--out-dir", folder, "--prefix", f"s{seed}", "--views", 21, "--markers", 10,
+                          "--missing", 0.1, "--seed", seed])
+        assert rc == 0, err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("series")
+    make_series_files(d)
+    bad = (d / "s0.csv").read_text() + "3,7,12.5,oops\n"
+    (d / "corrupt.csv").write_text(bad)
+    (d / "corrupt.rawtlt").write_text((d / "s0.rawtlt").read_text())
+    (d / "list.txt").write_text(
+        "# markers tilts [nx ny]\n"
+        "s0.csv s0.rawtlt 2048 2048\n"
+        "corrupt.csv corrupt.rawtlt 2048 2048\n"
+        "s1.csv s1.rawtlt 2048 2048   # a comment\n"
+        "missing.csv s1.rawtlt 2048 2048\n"
+        "s1.csv\n"
+    )
+    return d
+
+
+def read_tsv(path):
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
+    out = tmp_path / "out"
+    rc, stdout, err = run(["batch", files / "list.txt", "--out-dir", out, "--no-figure"])
+    assert rc == 2, err  # some inputs were bad
+    rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
+    assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6"]
+    assert rows["s0"]["status"] == rows["s1"]["status"] == "converged"
+    bad_line = len((files / "corrupt.csv").read_text().splitlines())
+    assert rows["corrupt"]["status"] == "bad input"
+    assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
+    assert rows["missing"]["detail"].endswith("missing.csv: file not found")
+    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY]', got 1 fields")
+    assert {p.name for p in (out / "s0").iterdir()} == {"s0.xf", "s0.tlt", "s0.resid", "s0.xyz", "s0.json"}
+    assert not (out / "corrupt").exists()
+    assert "2 converged, 0 failed, 3 bad input" in stdout
+    assert "lmalign: [" in err and "corrupt: bad input" in err
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["exit_code"] == 2 and [s["series"] for s in summary["series"]] == list(rows)
+    assert (out / "batch_summary.txt").read_text() in stdout
+
+    # the same outputs as `lmalign align` on that series (to the precision of the files)
+    rc, _, err = run(["align", files / "s1.csv", "--tilts", files / "s1.rawtlt", "--image-size", 2048, 2048,
+                      "--out-dir", tmp_path / "single", "--quiet"])
+    assert rc == 0, err
+    for suffix in (".xf", ".tlt", ".xyz", ".resid"):
+        ours, theirs = ((d / f"s1{suffix}").read_text().split() for d in (out / "s1", tmp_path / "single"))
+        assert len(ours) == len(theirs), suffix
+        for a, b in zip(ours, theirs, strict=True):
+            assert a == b or abs(float(a) - float(b)) < 2e-6, (suffix, a, b)
+    record = json.loads((out / "s1" / "s1.json").read_text())
+    single = json.loads((tmp_path / "single" / "s1.json").read_text())
+    assert record["summary"]["rms_residual_px"] == pytest.approx(single["summary"]["rms_residual_px"], abs=1e-9)
+
+
+def test_cli_batch_folder_with_figures_and_a_failed_alignment(files, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("s0.csv", "s0.rawtlt", "s1.csv"):  # s1 has no tilt file
+        (folder / name).write_text((files / name).read_text())
+    out = tmp_path / "out"
+    rc, stdout, err = run(["batch", folder, "--out-dir", out, "--layout", "prefix", "--image-size", 2048, 2048, "--quiet"])
+    assert rc == 2, err
+    assert {p.name for p in out.iterdir()} >= {"s0.xf", "s0.png", "s0.json", "batch_summary.tsv"}
+    rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
+    assert "no tilt file beside it (s1.rawtlt, s1.tlt, s1.mdoc)" in rows["s1"]["detail"]
+
+    (folder / "s1.csv").unlink()  # now only s0, which cannot converge in one iteration
+    rc, stdout, err = run(["batch", folder, "--out-dir", tmp_path / "out2", "--image-size", 2048, 2048, "--max-iterations", 1, "--no-figure"])
+    assert rc == 1, err
+    assert "0 converged, 1 failed, 0 bad input" in stdout
+    assert {p.name for p in (tmp_path / "out2" / "s0").iterdir()} == {"s0.json"}
+
+
+def test_cli_batch_usage_errors(tmp_path):
+    rc, _, err = run(["batch", tmp_path / "nothing.txt"])
+    assert rc == 2 and "nothing.txt: file or folder not found" in err
+    rc, _, err = run(["batch", tmp_path])
+    assert rc == 2 and "no marker files (.fid, .mod, .csv, .pt) in this folder" in err
+    rc, _, err = run(["batch", tmp_path, "--jobs", 2, "--scheduler", "tcp://127.0.0.1:1"])
+    assert rc == 2 and "give --jobs or --scheduler, not both" in err
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    rc, _, err = run(["batch", tmp_path / "empty.txt"])
+    assert rc == 2 and "the list names no series" in err
