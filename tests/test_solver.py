@@ -45,14 +45,17 @@ def test_schur_step_equals_dense_step(small_series, case, eliminate, damping):
         np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)
 
 
-def test_schur_step_with_markers_fixed(small_series):
+@pytest.mark.parametrize("eliminate", ["a", "b"])
+def test_schur_step_with_markers_fixed(small_series, eliminate):
+    """No marker free: eliminating views, or the uncoupled shortcut when eliminating markers."""
     n = small_series.observations.n_markers
-    problem = _perturbed_problem(small_series, {}, marker_free=np.zeros((n, 3), bool))
-    assert problem.eliminate == "a"
+    problem = _perturbed_problem(small_series, {"rotation": "group:4"}, marker_free=np.zeros((n, 3), bool))
     lin = linearize(problem.fn, problem.x0, problem.structure)
-    schur, _ = damped_step(lin, 1e-3, "a")
+    assert not bool(lin.b_free)
+    schur, _ = damped_step(lin, 1e-3, eliminate)
     dense = dense_step(problem.fn, problem.x0, problem.structure, 1e-3)
     np.testing.assert_allclose(schur.a, dense.a, atol=1e-10 * float(jnp.max(jnp.abs(dense.a))))
+    np.testing.assert_allclose(schur.g, dense.g, atol=1e-10 * float(jnp.max(jnp.abs(dense.a))))
     assert float(jnp.max(jnp.abs(schur.b))) == 0.0
 
 

@@ -36,6 +36,7 @@ class Linearization(NamedTuple):
     grad_a: jnp.ndarray  # (n_a, k_a)
     grad_b: jnp.ndarray  # (n_b, k_b)
     grad_g: jnp.ndarray  # (n_g,)
+    b_free: jnp.ndarray  # () bool: any B entry free (else every B block and coupling is trivial)
 
 
 def _grid(x: Variables, s: Structure):
@@ -89,16 +90,27 @@ def linearize(fn, x: Variables, s: Structure) -> Linearization:
     w = s.weights
     r = _weighted(fn(a, b, s.pair_data, s.const), w)
     ja = _weighted(_jacobian_columns(lambda a_: fn(a_, b, s.pair_data, s.const), a), w)
-    jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, s.pair_data, s.const), b), w)
-
     n_res = r.shape[0]
+    k_a, k_b = a.shape[0], b.shape[0]
+    n_a, n_b = w.shape
+    b_free = jnp.any(s.free_b)
+
     # Sums over the (few) residual components written out, so each product is elementwise
     # over the pair grid; XLA handles these far better than tiny-dimension einsums.
-    h_ab_eff = sum(ja[i][:, None] * jb[i][None, :] for i in range(n_res))  # (k_a, k_b, n_a, n_b)
+    def b_blocks():
+        jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, s.pair_data, s.const), b), w)
+        h_ab = sum(ja[i][:, None] * jb[i][None, :] for i in range(n_res))  # (k_a, k_b, n_a, n_b)
+        h_bb = jnp.moveaxis(sum(jnp.sum(jb[i][:, None] * jb[i][None, :], axis=-2) for i in range(n_res)), -1, 0)
+        grad_b = sum(jnp.sum(jb[i] * r[i], axis=-2) for i in range(n_res)).T  # (n_b, k_b)
+        return h_ab, h_bb, grad_b
+
+    def no_b_blocks():  # every B entry fixed (e.g. the tilt-estimate stage): skip their Jacobian
+        dtype = r.dtype
+        return jnp.zeros((k_a, k_b, n_a, n_b), dtype), jnp.zeros((n_b, k_b, k_b), dtype), jnp.zeros((n_b, k_b), dtype)
+
+    h_ab_eff, h_bb, grad_b = jax.lax.cond(b_free, b_blocks, no_b_blocks)
     h_aa_eff = jnp.moveaxis(sum(jnp.sum(ja[i][:, None] * ja[i][None, :], axis=-1) for i in range(n_res)), -1, 0)
-    h_bb = jnp.moveaxis(sum(jnp.sum(jb[i][:, None] * jb[i][None, :], axis=-2) for i in range(n_res)), -1, 0)
     grad_a_eff = sum(jnp.sum(ja[i] * r[i], axis=-1) for i in range(n_res)).T  # (n_a, k_a)
-    grad_b = sum(jnp.sum(jb[i] * r[i], axis=-2) for i in range(n_res)).T  # (n_b, k_b)
     fa = s.free_a.astype(r.dtype)
     fb = s.free_b.astype(r.dtype)
     fg = s.free_g.astype(r.dtype)
@@ -115,4 +127,5 @@ def linearize(fn, x: Variables, s: Structure) -> Linearization:
         grad_a=grad_a_eff * fa,
         grad_b=grad_b * fb,
         grad_g=jnp.einsum("apt,ap->t", tie, grad_a_eff),
+        b_free=b_free,
     )

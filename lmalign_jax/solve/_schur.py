@@ -139,8 +139,30 @@ def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
 def damped_step(lin: Linearization, damping, eliminate: str):
     """Step (Variables) of (H + damping diag(D)) h = -grad, and the scaling diagonal D.
 
-    ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated.
+    ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated. When B
+    is eliminated but none of its entries is free, nothing couples it to D and the Schur
+    complement (the O(n_b d^2) part) is skipped at run time.
     """
-    part, scaling = partition(lin, damping, eliminate)
-    x_e, x_d = schur_solve(*part)
-    return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, eliminate), scaling
+
+    def full():
+        part, scaling = partition(lin, damping, eliminate)
+        x_e, x_d = schur_solve(*part)
+        return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, eliminate), scaling
+
+    if eliminate == "a":
+        return full()
+    return jax.lax.cond(lin.b_free, full, lambda: _uncoupled_step(lin, damping))
+
+
+def _uncoupled_step(lin: Linearization, damping):
+    """The step when no B entry is free: B does not move, D = (A entries, slots) alone."""
+    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    h_aa = _add_diag(lin.h_aa, damping * d_a)
+    h_gg = _add_diag(lin.h_gg, damping * d_g)
+    n_a, k_a = lin.grad_a.shape
+    h_ga = lin.h_ga.reshape(-1, n_a * k_a)
+    h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
+    g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
+    x_d = jsl.cho_solve(jsl.cho_factor(h_dd, lower=True), -g_d)
+    step = Variables(x_d[: n_a * k_a].reshape(n_a, k_a), jnp.zeros_like(lin.grad_b), x_d[n_a * k_a :])
+    return step, Variables(d_a, d_b, d_g)
