@@ -16,7 +16,7 @@ from ..align import align as align_observations
 from ..robust import align_robust
 from ..uncertainty import uncertainty
 from ..io.errors import InputError
-from ..io.imod_model import contour_numbers
+from ..io.markerset import contour_numbers
 from ..io.mrc import read_stack_header
 from ..io.pytom import is_pytom_header
 from ..models import MODELS, get_model

@@ -22,12 +22,10 @@ from .imod import (
 from .markers import (
     MARKER_EXTENSIONS,
     MarkerSet,
-    read_imod_model,
     read_markers,
     read_markers_csv,
     read_model2point,
     read_pytom_markers,
-    write_imod_model,
     write_markers_csv,
     write_model2point,
 )
@@ -60,3 +58,12 @@ __all__ = [
     "read_fid_xyz",
     "write_fid_xyz",
 ]
+
+
+def __getattr__(name):
+    """IMOD binary models need ``imodmodel`` (pandas, pydantic: ~0.25 s to import): load on use."""
+    if name in ("read_imod_model", "write_imod_model"):
+        from . import imod_model
+
+        return getattr(imod_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,13 +30,13 @@ from imodmodel.writers import write_model
 from ._text import read_bytes
 from .atomic import atomic_write
 from .errors import InputError
-from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
+from .markerset import MAX_CONTOUR_ID as _MAX_CONTOUR_ID  # noqa: F401  (kept for callers)
+from .markerset import MAX_VIEWS, MarkerSet, build_marker_set, contour_numbers
 
 __all__ = ["read_imod_model", "write_imod_model", "contour_numbers"]
 
 # IMOD model header "units" codes -> power of ten of metres (0 = pixels, no physical size).
 _UNIT_EXP = {1: 0, 3: 3, -2: -2, -3: -3, -6: -6, -9: -9, -10: -10, -12: -12}
-_MAX_CONTOUR_ID = 1_000_000
 _OPEN_CONTOURS = 1 << 3  # IMOD object flag: contours are open (as in fiducial models)
 
 
@@ -159,14 +159,6 @@ def read_imod_model(path: str | os.PathLike, n_views: int | None = None) -> Mark
     size = (int(h.xmax), int(h.ymax)) if h.xmax > 0 and h.ymax > 0 else None
     return build_marker_set(path, points, source=os.fspath(path), n_views=n_views,
                             min_views=min_views, image_size=size, pixel_size=_pixel_size_angstrom(h))
-
-
-def contour_numbers(ids: tuple[int, ...]) -> list[int]:
-    """IMOD contour numbers for markers with ``ids``: the ids themselves when they are all in
-    1..1e6 (IMOD numbers contours from 1), else 1..n in marker order."""
-    if ids and min(ids) >= 1 and max(ids) <= _MAX_CONTOUR_ID:
-        return list(ids)
-    return list(range(1, len(ids) + 1))
 
 
 def write_imod_model(path: str | os.PathLike, markers: MarkerSet) -> None:

@@ -22,7 +22,7 @@ import os
 from ._text import check_extension, parse_float, parse_int, read_lines, show
 from .atomic import atomic_write
 from .errors import InputError
-from .imod_model import contour_numbers, read_imod_model, write_imod_model
+from .markerset import contour_numbers
 from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
 from .pytom import is_pytom_header, parse_pytom_lines, read_pytom_markers
 
@@ -34,8 +34,6 @@ __all__ = [
     "write_markers_csv",
     "read_model2point",
     "write_model2point",
-    "read_imod_model",
-    "write_imod_model",
     "read_pytom_markers",
 ]
 
@@ -53,6 +51,8 @@ def read_markers(path: str | os.PathLike, n_views: int | None = None) -> MarkerS
     """
     ext = check_extension(path, MARKER_EXTENSIONS, "marker")
     if ext in (".fid", ".mod"):
+        from .imod_model import read_imod_model  # imodmodel (pandas, pydantic) loads only when needed
+
         return read_imod_model(path, n_views)
     if ext == ".csv":
         return read_markers_csv(path, n_views)

@@ -167,3 +167,15 @@ def build_marker_set(
         mask[view, col[mid]] = True
     return MarkerSet(xy=xy, mask=mask, marker_ids=tuple(ids), image_size=image_size,
                      pixel_size=pixel_size, source=source)
+
+
+#: IMOD numbers contours from 1; ids beyond this are renumbered when written.
+MAX_CONTOUR_ID = 1_000_000
+
+
+def contour_numbers(ids: tuple[int, ...]) -> list[int]:
+    """IMOD contour numbers for markers with ``ids``: the ids themselves when they are all in
+    1..1e6 (IMOD numbers contours from 1), else 1..n in marker order."""
+    if ids and min(ids) >= 1 and max(ids) <= MAX_CONTOUR_ID:
+        return list(ids)
+    return list(range(1, len(ids) + 1))

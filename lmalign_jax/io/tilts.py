@@ -13,7 +13,6 @@ import os
 import re
 
 import numpy as np
-from mdocfile.data_models import Mdoc
 
 from ._text import check_extension, parse_float, read_lines, show
 from .atomic import atomic_write
@@ -105,6 +104,8 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
     quiet = logging.getLogger("mdocfile")
     quiet.addFilter(_drop_all)  # mdocfile logs a warning for every field it does not know
     try:
+        from mdocfile.data_models import Mdoc  # pandas and pydantic load only for .mdoc files
+
         mdoc = Mdoc.from_lines(lines)
     except Exception as e:  # mdocfile / pydantic: any malformed value
         first = str(e).strip().splitlines()
