@@ -13,8 +13,6 @@ import numpy as np
 
 from .. import io
 from ..align import align as align_observations
-from ..robust import align_robust
-from ..uncertainty import uncertainty
 from ..io.errors import InputError
 from ..io.markerset import contour_numbers
 from ..io.mrc import read_stack_header
@@ -23,7 +21,9 @@ from ..models import MODELS, get_model
 from ..observations import Observations
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, format_summary, record_to_json, render_figure
+from ..robust import align_robust
 from ..solve import LMConfig
+from ..uncertainty import uncertainty
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -467,6 +467,18 @@ examples:
 """
 
 
+def add_solver_options(p) -> None:
+    """Stage, parameter-mode and precision options shared by align and batch."""
+    p.add_argument("--no-initial-stage", action="store_true", help="skip the initial stage (markers' x, y held at the 0-degree view)")
+    p.add_argument("--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters")
+    p.add_argument("--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)")
+    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--mode", action="append", metavar="NAME=MODE", help="mode of any view parameter of the model, repeatable (e.g. xstretch=fixed, mag_x=group:4)")
+    p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
+    p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
+
+
 def _add_align(sub):
     p = sub.add_parser("align", help="align a tilt series on its fiducial markers", description=ALIGN_HELP, epilog=ALIGN_EXAMPLE, formatter_class=_Formatter)
     p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
@@ -478,14 +490,7 @@ def _add_align(sub):
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the marker file's stem")
     p.add_argument("--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList, e.g. 1-3,40")
-    p.add_argument("--no-initial-stage", action="store_true", help="skip the initial stage (markers' x, y held at the 0-degree view)")
-    p.add_argument("--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters")
-    p.add_argument("--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)")
-    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--mode", action="append", metavar="NAME=MODE", help="mode of any view parameter of the model, repeatable (e.g. xstretch=fixed, mag_x=group:4)")
-    p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
-    p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
+    add_solver_options(p)
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     p.add_argument("--robust", choices=("tukey", "huber", "cauchy"), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")

@@ -31,6 +31,7 @@ from .align import (
     REPORT_OUTPUTS,
     _input_record,
     _stage_alignment_files,
+    add_solver_options,
     observations_for_fit,
     parse_modes,
     read_inputs,
@@ -564,14 +565,7 @@ def _add_batch(sub):
     p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
     p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size for series whose files do not record it")
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
-    p.add_argument("--no-initial-stage", action="store_true", help="skip the initial stage")
-    p.add_argument("--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters")
-    p.add_argument("--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--mode", action="append", metavar="NAME=MODE", help="mode of any view parameter of the model, repeatable")
-    p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
-    p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
+    add_solver_options(p)
     p.add_argument("--bucket", nargs=2, type=int, metavar=("VIEWS", "MARKERS"), help=f"pad view and marker counts up to multiples of these (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})")
     p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
