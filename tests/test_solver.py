@@ -96,3 +96,14 @@ def test_exact_data_converges_to_zero_cost():
     sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate)
     assert Status(int(sol.status)) == Status.CONVERGED
     assert float(sol.cost) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 6])
+def test_linearization_in_marker_chunks_equals_whole(small_series, chunk):
+    """Large problems are linearised chunk by chunk over markers (with a remainder chunk)."""
+    problem = _perturbed_problem(small_series, {"rotation": "group:3"})
+    whole = linearize(problem.fn, problem.x0, problem.structure)
+    chunked = linearize(problem.fn, problem.x0, problem.structure, chunk=chunk)
+    for name, u, v in zip(whole._fields, whole, chunked, strict=True):
+        u, v = np.asarray(u, float), np.asarray(v, float)
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12 * max(np.max(np.abs(u), initial=0.0), 1.0), err_msg=name)
