@@ -119,6 +119,7 @@ def align(
     ref_view: int | None = None,
     weights: np.ndarray | None = None,
     start: AlignmentResult | None = None,
+    progress=None,
 ) -> AlignmentResult:
     """Align a tilt series on its fiducial markers.
 
@@ -138,6 +139,7 @@ def align(
         weights: (n_views, n_markers) observation weights (robust fitting), default 1.
         start: a previous solution of the same model and observations to start from instead
             of the closed-form estimates (e.g. ``stages=("joint",)`` to refine it).
+        progress: optional ``callable(StageReport)``, called as each stage finishes.
     Returns:
         ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
     """
@@ -190,11 +192,15 @@ def align(
             status = Status(int(sol.status))
             if status == Status.FAILED:
                 reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, float("nan"), problem.n_free))
+                if progress is not None:
+                    progress(reports[-1])
                 break
             views, markers = problem.to_model_units(sol.x)
             n_free = problem.n_free
             rms = float(np.sqrt(float(sol.cost) / obs.n_observed))
             reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, rms, n_free))
+            if progress is not None:
+                progress(reports[-1])
 
     tilt_free = modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
     views, markers = _to_reporting_frame(m, views, markers, nominal, tilt_free)

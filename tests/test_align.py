@@ -179,3 +179,11 @@ def test_observation_errors_name_the_problem():
         Observations(xy, mask[:, :3], tilts, size)
     with pytest.raises(ValueError, match=r"image_size must be two positive numbers"):
         Observations(xy, mask, tilts, (0, 512))
+
+
+def test_progress_callback_sees_each_stage_as_it_finishes():
+    series = simulate(n_views=9, n_markers=5, seed=1)
+    seen = []
+    result = align(series.observations, progress=seen.append)
+    assert [s.name for s in seen] == ["initial", "main", "tilt", "joint"]
+    assert tuple(seen) == result.stages

@@ -30,7 +30,7 @@ def _note(message: str) -> None:
 
 
 class _Progress:
-    """'aligning ... 12 s' on a terminal while the solve runs (the engine has no stage callback)."""
+    """'aligning ... 12 s' on a terminal while the solve runs; stage lines come from align's callback."""
 
     def __init__(self, text: str):
         self.text = text

@@ -306,6 +306,13 @@ def _stage_alignment_files(out: OutputSet, result, fv, marker_ids, inputs: Input
     io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
 
 
+def _stage_line(st) -> None:
+    """One line per finished stage, on stderr while the alignment runs."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r")  # over the running elapsed-time line
+    _note(f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}")
+
+
 def run_align(args, *, truth=None) -> int:
     """``lmalign align``: read, select, align, report, write. ``truth``: a SyntheticSeries (demo)."""
     model = get_model(args.model)
@@ -335,12 +342,13 @@ def run_align(args, *, truth=None) -> int:
                 robust = align_robust(obs, loss=args.robust, group_size=args.robust_group_size, **kwargs)
                 result = robust.result
             else:
-                result = align_observations(obs, **kwargs)
+                result = align_observations(obs, progress=_stage_line, **kwargs)
         except ValueError as e:  # the engine's checks of the problem (modes, sizes)
             raise UsageError(str(e)) from None
         errors = uncertainty(result) if (result.converged and not args.no_errors) else None
-    for st in result.stages:
-        _note(f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}")
+    if robust is not None:
+        for st in result.stages:
+            _stage_line(st)
 
     fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
     converged = result.converged
