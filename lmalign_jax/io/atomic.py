@@ -18,6 +18,16 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def replace_with(tmp: str, path: str | os.PathLike) -> None:
+    """Move the finished ``tmp`` over ``path``, keeping an existing file's permissions (else
+    those a plain ``open`` would give): the last step of every atomic write."""
+    if os.path.exists(path):
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+    else:
+        os.chmod(tmp, _default_mode())
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open ``path`` for writing so that it appears complete or not at all.
@@ -48,11 +58,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        else:
-            os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
+        replace_with(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

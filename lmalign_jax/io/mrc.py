@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import mrcfile
 import numpy as np
 
+from .atomic import replace_with
 from .errors import InputError
 
 __all__ = ["read_stack_header", "read_stack", "create_volume"]
@@ -107,11 +108,6 @@ def read_stack(path, mmap: bool = True) -> np.ndarray:
     return arr
 
 
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
 
 def _volume_stats(data: np.ndarray, chunk_elems: int = 1 << 24) -> tuple[float, float, float, float]:
     """min, max, mean, rms deviation from the mean, in float64, reading ``data`` in z chunks."""
@@ -181,11 +177,7 @@ def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
         mrc.flush()
         mrc.close()
         mrc = None
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        else:
-            os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
+        replace_with(tmp, path)
     except BaseException:
         if mrc is not None:
             with contextlib.suppress(Exception):
