@@ -27,10 +27,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+try:  # imported by the runner (python -m benchmarks) or run as a script from benchmarks/
+    from .common import cpu_model
+except ImportError:
+    from common import cpu_model  # noqa: E402
 
 
 def best_time(fn, repeat=3):
@@ -41,17 +45,6 @@ def best_time(fn, repeat=3):
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def cpu_name():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(size=512, rows=64, views=61, skimage_slices=2, astra_slices=4, repeat=3):
@@ -176,7 +169,7 @@ def main():
     n, rows, nv, astra_version = out["size"], out["rows"], out["views"], out["astra_version"]
     results = [(r["method"], r["seconds_per_slice"], r["voxel_updates_per_s"]) for r in out["results"]]
     t_slab, t_new = out["slab_seconds_preallocated"], out["slab_seconds_new_output"]
-    print(f"# recon benchmark {datetime.date.today().isoformat()}  CPU: {cpu_name()} "
+    print(f"# recon benchmark {datetime.date.today().isoformat()}  CPU: {cpu_model()} "
           f"({os.cpu_count()} logical CPUs)  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     import scipy
     import skimage
