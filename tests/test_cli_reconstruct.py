@@ -6,8 +6,6 @@ so the solver is compiled once with tests/test_cli_demo.py in the same session).
 
 from __future__ import annotations
 
-import contextlib
-import io as _io
 import json
 import re
 import shutil
@@ -17,24 +15,14 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lmalign_jax import cli, io
+from lmalign_jax import io
 from lmalign_jax.phantom import fit_similarity, locate_peaks
+from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
 THICKNESS = 64
 SEED = 5
 
 
-@pytest.fixture(autouse=True)
-def _no_persistent_cache(monkeypatch):
-    monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
-
-
-def run(args):
-    """cli.main in-process: (exit status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
