@@ -207,7 +207,7 @@ def align(
     predicted = _project_all(m, views, markers)
     residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
     tilt = views[:, m.index("tilt")]
-    aligned = np.stack([markers[:, 0] * np.cos(t) + markers[:, 2] * np.sin(t) for t in tilt])
+    aligned = markers[None, :, 0] * np.cos(tilt)[:, None] + markers[None, :, 2] * np.sin(tilt)[:, None]
     aligned = np.stack([aligned, np.broadcast_to(markers[:, 1], aligned.shape)], axis=-1)
     xf = fit_image_transforms(predicted, aligned)
     return AlignmentResult(

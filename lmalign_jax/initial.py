@@ -26,9 +26,11 @@ def estimate_rotation_deg(obs: Observations) -> float:
     return float((angle + 90.0) % 180.0 - 90.0) if (angle + 90.0) % 180.0 != 0 else 90.0
 
 
-def _rot(angle):
+def _rotate(angle, xy):
+    """xy (..., 2) rotated counter-clockwise by ``angle`` (radians, broadcast against xy[..., 0])."""
     c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s], [s, c]])
+    x, y = xy[..., 0], xy[..., 1]
+    return np.stack([c * x - s * y, s * x + c * y], axis=-1)
 
 
 def starting_markers_and_shifts(obs: Observations, rotation_rad: np.ndarray, ref_view: int):
@@ -43,16 +45,15 @@ def starting_markers_and_shifts(obs: Observations, rotation_rad: np.ndarray, ref
     xy = obs.centered_xy
     mask = obs.mask
     n_views, n_markers = mask.shape
-    unrotated = np.einsum("vij,vmj->vmi", np.stack([_rot(-a) for a in rotation_rad]), xy)  # (v, m, 2)
+    unrotated = _rotate(-rotation_rad[:, None], xy)  # (v, m, 2)
     shifts = np.zeros((n_views, 2))
     markers = np.zeros((n_markers, 3))
     known = mask[ref_view].copy()
     markers[known, :2] = unrotated[ref_view, known]
     for _ in range(2):
-        predicted = np.stack([markers[:, 0] * np.cos(t) for t in tilts])  # (v, m), z = 0
+        predicted = markers[None, :, 0] * np.cos(tilts)[:, None]  # (v, m), z = 0
         use = mask & known[None, :]
-        rot_pred = np.einsum("vij,vmj->vmi", np.stack([_rot(a) for a in rotation_rad]),
-                             np.stack([predicted, np.broadcast_to(markers[:, 1], predicted.shape)], axis=-1))
+        rot_pred = _rotate(rotation_rad[:, None], np.stack([predicted, np.broadcast_to(markers[:, 1], predicted.shape)], axis=-1))
         offset = np.where(use[..., None], xy - rot_pred, 0.0).sum(axis=1)
         n = use.sum(axis=1)
         shifts = np.where(n[:, None] > 0, offset / np.maximum(n, 1)[:, None], shifts)
@@ -60,8 +61,7 @@ def starting_markers_and_shifts(obs: Observations, rotation_rad: np.ndarray, ref
         # markers from their lowest-tilt view, with that view's shift removed
         weight = np.where(mask, -np.abs(tilts)[:, None], -np.inf)
         best = np.argmax(weight, axis=0)
-        local = np.einsum("mij,mj->mi", np.stack([_rot(-rotation_rad[v]) for v in best]),
-                          xy[best, np.arange(n_markers)] - shifts[best])
+        local = _rotate(-rotation_rad[best], xy[best, np.arange(n_markers)] - shifts[best])
         update = ~mask[ref_view]
         markers[update, 0] = local[update, 0] / np.cos(tilts[best[update]])
         markers[update, 1] = local[update, 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -59,7 +60,10 @@ class Observations:
         if (per_view == 0).any():
             view = int(np.flatnonzero(per_view == 0)[0])
             raise ValueError(f"view {view} has no markers; exclude it (e.g. Observations.select_views)")
-        object.__setattr__(self, "xy", np.where(mask[..., None], xy, np.nan))
+        xy, mask, tilts = np.where(mask[..., None], xy, np.nan), mask.copy(), tilts.copy()
+        for array in (xy, mask, tilts):  # shared by every result made from these observations
+            array.setflags(write=False)
+        object.__setattr__(self, "xy", xy)
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "tilts_deg", tilts)
         object.__setattr__(self, "image_size", (float(self.image_size[0]), float(self.image_size[1])))
@@ -72,7 +76,7 @@ class Observations:
     def n_markers(self) -> int:
         return self.xy.shape[1]
 
-    @property
+    @cached_property
     def n_observed(self) -> int:
         """Number of observed (view, marker) pairs."""
         return int(self.mask.sum())
@@ -82,10 +86,12 @@ class Observations:
         """Image centre (nx/2, ny/2), pixels."""
         return np.asarray(self.image_size) / 2.0
 
-    @property
+    @cached_property
     def centered_xy(self) -> np.ndarray:
-        """Observed positions relative to the image centre, (n_views, n_markers, 2), 0 where missing."""
-        return np.where(self.mask[..., None], self.xy - self.center, 0.0)
+        """Observed positions relative to the image centre, (n_views, n_markers, 2), 0 where missing (read-only)."""
+        centered = np.where(self.mask[..., None], self.xy - self.center, 0.0)
+        centered.setflags(write=False)
+        return centered
 
     def select_views(self, keep) -> Observations:
         """Observations restricted to the views ``keep`` (indices or boolean mask)."""

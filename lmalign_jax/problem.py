@@ -74,8 +74,8 @@ def residual_function(model: ProjectionModel):
 
 def characteristic_radius(obs: Observations) -> float:
     """RMS distance of observed points from the image centre (pixels, at least 1)."""
-    c = obs.centered_xy[obs.mask]
-    return float(max(np.sqrt(np.mean(np.sum(c * c, axis=-1))), 1.0))
+    c = obs.centered_xy  # zero where missing
+    return float(max(np.sqrt(np.sum(c * c) / obs.n_observed), 1.0))
 
 
 @dataclass(frozen=True, eq=False)

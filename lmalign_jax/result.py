@@ -157,7 +157,8 @@ def fit_image_transforms(predicted: np.ndarray, aligned: np.ndarray) -> np.ndarr
     p_mean = predicted.mean(axis=1, keepdims=True)
     q_mean = aligned.mean(axis=1, keepdims=True)
     p, q = predicted - p_mean, aligned - q_mean
-    a = np.linalg.solve(np.einsum("vni,vnj->vij", p, p), np.einsum("vni,vnj->vij", p, q))  # (v, 2, 2): q ~ p a
+    pt = np.swapaxes(p, 1, 2)
+    a = np.linalg.solve(pt @ p, pt @ q)  # (v, 2, 2): q ~ p a
     a = np.swapaxes(a, 1, 2)
     d = q_mean[:, 0] - np.einsum("vij,vj->vi", a, p_mean[:, 0])
     return np.concatenate([a, d[:, :, None]], axis=2)

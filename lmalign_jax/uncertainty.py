@@ -26,7 +26,7 @@ from .problem import build_problem
 from .result import AlignmentResult
 from .solve import Variables, damped_step, linearize
 from .solve._covariance import leverages, variances
-from .solve._linearize import _grid, _jacobian_columns, _weighted
+from .solve._linearize import _grid, pair_jacobians
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,9 +97,7 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
 
     a, b = _grid(x, structure)
     wts = structure.weights
-    ja = _weighted(_jacobian_columns(lambda a_: fn(a_, b, structure.pair_data, structure.const), a), wts)
-    jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, structure.pair_data, structure.const), b), wts)
-    hat = leverages(lin, structure, eliminate, (ja, jb))
+    hat = leverages(lin, structure, eliminate, pair_jacobians(fn, x, structure))
     raw = jnp.moveaxis(fn(a, b, structure.pair_data, structure.const), 0, -1)  # (n_a, n_b, m), unweighted
     eye = jnp.eye(hat.shape[-1], dtype=dtype)
     seen = wts != 0

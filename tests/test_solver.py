@@ -6,7 +6,7 @@ import pytest
 
 from lmalign_jax import LMConfig, Status, get_model, simulate
 from lmalign_jax.problem import build_problem
-from lmalign_jax.solve import damped_step, dense_step, least_squares, linearize
+from lmalign_jax.solve import _linearize, damped_step, dense_step, least_squares, linearize
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,24 @@ def test_exact_data_converges_to_zero_cost():
 
 @pytest.mark.parametrize("chunk", [2, 3, 6])
 def test_linearization_in_marker_chunks_equals_whole(small_series, chunk):
-    """Large problems are linearised chunk by chunk over markers (with a remainder chunk)."""
+    """Large problems are linearised chunk by chunk over markers; the last chunk is shifted
+    back and overlaps the one before it, and overlapping markers must not count twice."""
     problem = _perturbed_problem(small_series, {"rotation": "group:3"})
     whole = linearize(problem.fn, problem.x0, problem.structure)
     chunked = linearize(problem.fn, problem.x0, problem.structure, chunk=chunk)
     for name, u, v in zip(whole._fields, whole, chunked, strict=True):
         u, v = np.asarray(u, float), np.asarray(v, float)
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12 * max(np.max(np.abs(u), initial=0.0), 1.0), err_msg=name)
+
+
+@pytest.mark.parametrize("eliminate", ["a", "b"])
+def test_schur_step_streamed_over_marker_chunks(small_series, eliminate, monkeypatch):
+    """Large problems form the Schur complement chunk by chunk (the last chunk overlapping)."""
+    monkeypatch.setattr(_linearize, "PAIRS_PER_CHUNK", 3 * small_series.observations.n_views)
+    problem = _perturbed_problem(small_series, {"rotation": "group:3", "scale": "shared"})
+    lin = linearize(problem.fn, problem.x0, problem.structure)
+    schur, _ = damped_step(lin, 1e-2, eliminate)
+    dense = dense_step(problem.fn, problem.x0, problem.structure, 1e-2)
+    scale = max(float(jnp.max(jnp.abs(d))) for d in dense if d.size)
+    for s, d in zip(schur, dense, strict=True):
+        np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)

@@ -11,7 +11,7 @@ from lmalign_jax.problem import build_problem
 from lmalign_jax.solve import linearize, pair_residuals
 from lmalign_jax.solve._covariance import leverages, variances
 from lmalign_jax.solve._dense import _flatten, _unflatten
-from lmalign_jax.solve._linearize import _grid, _jacobian_columns, _weighted
+from lmalign_jax.solve._linearize import pair_jacobians
 from lmalign_jax.uncertainty import uncertainty
 
 
@@ -32,10 +32,7 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     np.testing.assert_allclose(var_a, tied, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(var_b, dense.b, rtol=1e-8, atol=1e-12)
 
-    a, b = _grid(x, st)
-    ja = _weighted(_jacobian_columns(lambda q: problem.fn(q, b, st.pair_data, st.const), a), st.weights)
-    jb = _weighted(_jacobian_columns(lambda q: problem.fn(a, q, st.pair_data, st.const), b), st.weights)
-    hat = leverages(lin, st, eliminate, (ja, jb))
+    hat = leverages(lin, st, eliminate, pair_jacobians(problem.fn, x, st))
     hat_dense = (jac @ inv @ jac.T).reshape(2, 9, 6, 2, 9, 6)
     expected = jnp.einsum("iabjab->abij", hat_dense)
     np.testing.assert_allclose(hat, expected, atol=1e-10)

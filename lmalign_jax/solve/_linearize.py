@@ -6,11 +6,14 @@ A block is tied to, so H has the structure
 
     [ H_AA  H_AB  H_Ag ]      H_AA: (n_a, k_a, k_a) block diagonal
     [ H_BA  H_BB  H_Bg ]      H_BB: (n_b, k_b, k_b) block diagonal
-    [ H_gA  H_gB  H_gg ]      H_AB: (k_a, k_b, n_a, n_b), one block per pair
+    [ H_gA  H_gB  H_gg ]      H_AB: one (k_a, k_b) block per pair, J_a^T J_b
 
 and the slot rows follow from the chain rule through the one-hot tie map T (n_a, k_a, n_g):
 H_gg = T^T H_AA^eff T, H_gB = T^T H_AB^eff, g_g = T^T g_A^eff. Fixed entries (and fixed slots) get an
 identity diagonal and a zero gradient, so their step is exactly zero and every array keeps its shape.
+
+The coupling H_AB is not stored: the per-pair Jacobians (m + m numbers per pair instead of
+k_a k_b) are, and the Schur complement forms what it needs from them.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from ._problem import Structure, Variables, effective_a
 
 
 class Linearization(NamedTuple):
-    """Normal-equation blocks at one point (see the module docstring for shapes)."""
+    """Normal-equation blocks and per-pair Jacobians at one point (shapes: module docstring)."""
 
     cost: jnp.ndarray  # () 0.5 * sum of squared weighted residuals
     h_aa: jnp.ndarray  # (n_a, k_a, k_a), fixed/tied entries replaced by identity
     h_bb: jnp.ndarray  # (n_b, k_b, k_b), fixed entries replaced by identity
-    h_ab: jnp.ndarray  # (k_a, k_b, n_a, n_b), one block per pair, masked to free entries
+    jac_a: jnp.ndarray  # (m, n_a, k_a, n_b) weighted d(residual)/d(own free A entries); 0 elsewhere
+    jac_b: jnp.ndarray  # (m, k_b, n_a, n_b) weighted d(residual)/d(free B entries); 0 elsewhere
     h_gg: jnp.ndarray  # (n_g, n_g)
     h_ga: jnp.ndarray  # (n_g, n_a, k_a)
     h_gb: jnp.ndarray  # (n_g, n_b, k_b)
@@ -39,13 +43,17 @@ class Linearization(NamedTuple):
     b_free: jnp.ndarray  # () bool: any B entry free (else every B block and coupling is trivial)
 
 
+def coupling(lin: Linearization):
+    """The coupling blocks H_AB of every pair, (k_a, k_b, n_a, n_b), free entries only."""
+    return sum(jnp.swapaxes(ja, 0, 1)[:, None] * jb[None] for ja, jb in zip(lin.jac_a, lin.jac_b, strict=True))
+
+
 def _grid(x: Variables, s: Structure):
-    """A and B parameters broadcast to the pair grid: (k_a, n_a, n_b), (k_b, n_a, n_b)."""
+    """A and B parameters shaped to broadcast over the pair grid: (k_a, n_a, 1), (k_b, 1, n_b).
+
+    Per-view quantities (a tilt's sine, say) are then computed once per view, not per pair."""
     a_eff = effective_a(x.a, x.g, s.tie_a)
-    n_a, n_b = a_eff.shape[0], x.b.shape[0]
-    a = jnp.broadcast_to(a_eff.T[:, :, None], (a_eff.shape[1], n_a, n_b))
-    b = jnp.broadcast_to(x.b.T[:, None, :], (x.b.shape[1], n_a, n_b))
-    return a, b
+    return a_eff.T[:, :, None], x.b.T[:, None, :]
 
 
 def _weighted(values, weights):
@@ -71,132 +79,139 @@ def _masked_block(h, free):
     return h * f[:, :, None] * f[:, None, :] + jax.vmap(jnp.diag)(1.0 - f)
 
 
-def _jacobian_columns(f, x):
-    """Forward-mode derivative of f at x (k, n_a, n_b) along each parameter: (m, k, n_a, n_b)."""
-    k = x.shape[0]
-    basis = jnp.eye(k, dtype=x.dtype)[:, :, None, None]
-    cols = [jax.jvp(f, (x,), (jnp.broadcast_to(basis[p], x.shape),))[1] for p in range(k)]
-    return jnp.stack(cols, axis=1)
+def _directional(f, x, weights):
+    """Weighted forward-mode derivatives of f at x (k, ...) along each of its k rows: list of (m, n_a, n_b)."""
+    out = []
+    for p in range(x.shape[0]):
+        tangent = jnp.zeros_like(x).at[p].set(1.0)
+        out.append(_weighted(jax.jvp(f, (x,), (tangent,))[1], weights))
+    return out
 
 
-#: Markers (B blocks) linearised together; larger problems are processed chunk by chunk so the
-#: (parameters x views x markers) Jacobian temporaries stay small (30,000 markers: 14.0 -> 8.9 s).
-B_CHUNK = 1024
+def pair_jacobians(fn, x: Variables, s: Structure):
+    """Weighted Jacobians of every pair's residual, all entries (none masked):
+    (ja (m, k_a, n_a, n_b), jb (m, k_b, n_a, n_b))."""
+    a, b = _grid(x, s)
+    f = lambda a_, b_: fn(a_, b_, s.pair_data, s.const)  # noqa: E731
+    ja = jnp.stack(_directional(lambda a_: f(a_, b), a, s.weights), axis=1)
+    jb = jnp.stack(_directional(lambda b_: f(a, b_), b, s.weights), axis=1)
+    return ja, jb
 
 
-class _Raw(NamedTuple):
-    """Unmasked sums over pairs (see ``linearize``), with B-indexed pieces last along B."""
-
-    cost: jnp.ndarray  # ()
-    h_aa: jnp.ndarray  # (n_a, k_a, k_a)
-    grad_a: jnp.ndarray  # (n_a, k_a)
-    h_ab: jnp.ndarray  # (k_a, k_b, n_a, n_b)
-    h_bb: jnp.ndarray  # (n_b, k_b, k_b)
-    grad_b: jnp.ndarray  # (n_b, k_b)
+#: Pairs linearised at a time: problems with more than PAIRS_PER_CHUNK pairs run as a loop over
+#: chunks of markers (all views each), so each chunk's Jacobians and the sums they feed stay in
+#: cache. XLA's CPU reductions over a whole 61 views x 30,000 markers grid ran 3-10x slower.
+PAIRS_PER_CHUNK = 16384
 
 
-def _raw_blocks(fn, a_eff, b, s: Structure) -> _Raw:
-    """Residuals and Jacobians on the pair grid of ``a_eff`` (n_a, k_a) x ``b`` (n_b, k_b)."""
-    n_a, n_b = a_eff.shape[0], b.shape[0]
-    a = jnp.broadcast_to(a_eff.T[:, :, None], (a_eff.shape[1], n_a, n_b))
-    bg = jnp.broadcast_to(b.T[:, None, :], (b.shape[1], n_a, n_b))
-    w = s.weights
-    r = _weighted(fn(a, bg, s.pair_data, s.const), w)
-    ja = _weighted(_jacobian_columns(lambda a_: fn(a_, bg, s.pair_data, s.const), a), w)
-    n_res = r.shape[0]
-    k_a, k_b = a.shape[0], bg.shape[0]
-
-    # Sums over the (few) residual components written out, so each product is elementwise
-    # over the pair grid; XLA handles these far better than tiny-dimension einsums.
-    def b_blocks():
-        jb = _weighted(_jacobian_columns(lambda b_: fn(a, b_, s.pair_data, s.const), bg), w)
-        h_ab = sum(ja[i][:, None] * jb[i][None, :] for i in range(n_res))  # (k_a, k_b, n_a, n_b)
-        h_bb = jnp.moveaxis(sum(jnp.sum(jb[i][:, None] * jb[i][None, :], axis=-2) for i in range(n_res)), -1, 0)
-        grad_b = sum(jnp.sum(jb[i] * r[i], axis=-2) for i in range(n_res)).T  # (n_b, k_b)
-        return h_ab, h_bb, grad_b
-
-    def no_b_blocks():  # every B entry fixed (e.g. the tilt-estimate stage): skip their Jacobian
-        dtype = r.dtype
-        return jnp.zeros((k_a, k_b, n_a, n_b), dtype), jnp.zeros((n_b, k_b, k_b), dtype), jnp.zeros((n_b, k_b), dtype)
-
-    h_ab, h_bb, grad_b = jax.lax.cond(jnp.any(s.free_b), b_blocks, no_b_blocks)
-    h_aa = jnp.moveaxis(sum(jnp.sum(ja[i][:, None] * ja[i][None, :], axis=-1) for i in range(n_res)), -1, 0)
-    grad_a = sum(jnp.sum(ja[i] * r[i], axis=-1) for i in range(n_res)).T  # (n_a, k_a)
-    return _Raw(0.5 * jnp.sum(r * r), h_aa, grad_a, h_ab, h_bb, grad_b)
+def markers_per_chunk(n_a: int, n_b: int) -> int:
+    """Markers per chunk (static; all of them for small problems), for ``PAIRS_PER_CHUNK`` pairs."""
+    return max(1, min(n_b, PAIRS_PER_CHUNK // max(n_a, 1)))
 
 
-def _b_slice(b, s: Structure, start, size):
-    """B blocks [start, start + size) of the variables and the structure."""
-    take = lambda arr, axis: jax.lax.dynamic_slice_in_dim(arr, start, size, axis)  # noqa: E731
-    part = s._replace(
-        pair_data=jax.tree_util.tree_map(lambda leaf: take(leaf, leaf.ndim - 1), s.pair_data),
-        weights=take(s.weights, 1),
-        free_b=take(s.free_b, 0),
-    )
-    return take(b, 0), part
-
-
-def _raw_in_chunks(fn, a_eff, b, s: Structure, chunk: int) -> _Raw:
-    """``_raw_blocks`` over B in chunks of ``chunk`` (a ``lax.map``) plus one remainder chunk."""
-    n_b = b.shape[0]
-    n_chunks = n_b // chunk
-    mapped = jax.lax.map(lambda c: _raw_blocks(fn, a_eff, *_b_slice(b, s, c * chunk, chunk)), jnp.arange(n_chunks))
-    k_a, k_b, n_a = mapped.h_ab.shape[1:4]
-    parts = [
-        _Raw(
-            jnp.sum(mapped.cost),
-            jnp.sum(mapped.h_aa, axis=0),
-            jnp.sum(mapped.grad_a, axis=0),
-            jnp.moveaxis(mapped.h_ab, 0, -2).reshape(k_a, k_b, n_a, n_chunks * chunk),
-            mapped.h_bb.reshape(-1, k_b, k_b),
-            mapped.grad_b.reshape(-1, k_b),
-        )
-    ]
-    if n_b > n_chunks * chunk:
-        start = n_chunks * chunk
-        parts.append(_raw_blocks(fn, a_eff, *_b_slice(b, s, start, n_b - start)))
-    if len(parts) == 1:
-        return parts[0]
-    first, rest = parts
-    return _Raw(
-        first.cost + rest.cost,
-        first.h_aa + rest.h_aa,
-        first.grad_a + rest.grad_a,
-        jnp.concatenate([first.h_ab, rest.h_ab], axis=-1),
-        jnp.concatenate([first.h_bb, rest.h_bb], axis=0),
-        jnp.concatenate([first.grad_b, rest.grad_b], axis=0),
-    )
-
-
-def linearize(fn, x: Variables, s: Structure, chunk: int = B_CHUNK) -> Linearization:
+def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linearization:
     """Residuals and Jacobians by forward-mode autodiff, reduced to normal-equation blocks.
 
-    The residual is evaluated on the pair grid and differentiated along each of the
-    k_a + k_b parameter directions, so every array is laid out as (..., n_a, n_b) and the
-    arithmetic is elementwise over pairs; past ``chunk`` B blocks the grid is processed in
-    chunks of B (the result is the same).
+    The residual is evaluated on all views x a chunk of C markers at a time, with A
+    parameters shaped (k_a, n_a, 1) and B parameters (k_b, 1, C), and differentiated along each
+    of the k_a + k_b parameter directions, so every pair-sized array is (..., n_a, C), per-view
+    quantities (a tilt's sine) are computed once per view, and the arithmetic is elementwise.
+    Chunks run in a loop; the last one is shifted back to end at the last marker, and the
+    markers it repeats are not counted twice. ``chunk`` overrides ``markers_per_chunk``.
     """
-    a_eff = effective_a(x.a, x.g, s.tie_a)
-    if x.b.shape[0] > chunk:
-        raw = _raw_in_chunks(fn, a_eff, x.b, s, chunk)
-    else:
-        raw = _raw_blocks(fn, a_eff, x.b, s)
-    dtype = raw.h_aa.dtype
+    a_eff = effective_a(x.a, x.g, s.tie_a)  # (n_a, k_a)
+    n_a, k_a = a_eff.shape
+    n_b, k_b = x.b.shape
+    dtype = a_eff.dtype
+    n_g = x.g.shape[0]
     fa = s.free_a.astype(dtype)
     fb = s.free_b.astype(dtype)
     fg = s.free_g.astype(dtype)
-    n_g = x.g.shape[0]
     tie = jax.nn.one_hot(s.tie_a, n_g, dtype=dtype) * fg  # (n_a, k_a, n_g); untied rows and fixed slots are zero
-    return Linearization(
-        cost=raw.cost,
-        h_aa=_masked_block(raw.h_aa, s.free_a),
-        h_bb=_masked_block(raw.h_bb, s.free_b),
-        h_ab=raw.h_ab * fa.T[:, None, :, None] * fb.T[None, :, None, :],
-        h_gg=jnp.einsum("apt,apq,aqs->ts", tie, raw.h_aa, tie) + jnp.diag(1.0 - fg),
-        h_ga=jnp.einsum("apt,apq->taq", tie, raw.h_aa) * fa[None],
-        h_gb=jnp.einsum("apt,pqab->tbq", tie, raw.h_ab) * fb[None],
-        grad_a=raw.grad_a * fa,
-        grad_b=raw.grad_b * fb,
-        grad_g=jnp.einsum("apt,ap->t", tie, raw.grad_a),
-        b_free=jnp.any(s.free_b),
+    b_free = jnp.any(s.free_b)
+    a = a_eff.T[:, :, None]  # (k_a, n_a, 1)
+    size = min(chunk, n_b) if chunk else markers_per_chunk(n_a, n_b)
+    n_chunks = -(-n_b // size)
+    n_res = jax.eval_shape(lambda: fn(a, x.b[:1].T[:, None, :], _markers(s.pair_data, 0, 1), s.const)).shape[0]
+
+    def one_chunk(c, carry):
+        cost_, h_aa, grad_a, jac_a, jac_b, h_bb, grad_b, h_gb = carry
+        m0 = jnp.minimum(c * size, n_b - size)
+        counted = (m0 + jnp.arange(size) >= c * size).astype(dtype)  # (C,) 0 for markers counted before
+        b = jax.lax.dynamic_slice_in_dim(x.b, m0, size, 0).T[:, None, :]  # (k_b, 1, C)
+        pair = _markers(s.pair_data, m0, size)
+        w = jax.lax.dynamic_slice_in_dim(s.weights, m0, size, 1)  # (n_a, C)
+        f = lambda a_, b_: fn(a_, b_, pair, s.const)  # noqa: E731
+        r = _weighted(f(a, b), w)  # (m, n_a, C)
+        rc = r * counted
+        ja = jnp.stack(_directional(lambda a_: f(a_, b), a, w), axis=2)  # (m, n_a, k_a, C), every entry
+        jac = ja * counted
+        d_aa = sum(jnp.einsum("apb,aqb->apq", jac[i], ja[i]) for i in range(n_res))  # (n_a, k_a, k_a)
+        d_a = sum(jnp.einsum("apb,ab->ap", ja[i], rc[i]) for i in range(n_res))  # (n_a, k_a)
+        fb_c = jax.lax.dynamic_slice_in_dim(fb, m0, size, 0)
+
+        def b_blocks():
+            jb = jnp.stack(_directional(lambda b_: f(a, b_), b, w), axis=1) * fb_c.T[None, :, None, :]  # (m, k_b, n_a, C)
+            # Sums over the (few) residual components written out: elementwise products over
+            # the chunk, which XLA fuses far better than tiny-dimension einsums.
+            d_bb = sum(jnp.sum(jb[i][:, None] * jb[i][None], axis=-2) for i in range(n_res))  # (k_b, k_b, C)
+            d_b = sum(jnp.sum(jb[i] * r[i][None], axis=-2) for i in range(n_res))  # (k_b, C)
+            if n_g:
+                jg = jnp.einsum("apt,rapb->rtab", tie, ja)
+                d_gb = sum(jnp.sum(jg[i][:, None] * jb[i][None], axis=-2) for i in range(n_res))  # (n_g, k_b, C)
+            else:
+                d_gb = jnp.zeros((0, k_b, size), dtype)
+            return jb, d_bb, d_b, d_gb
+
+        def no_b_blocks():  # every B entry fixed (e.g. the tilt-estimate stage): skip their Jacobian
+            return (
+                jnp.zeros((n_res, k_b, n_a, size), dtype),
+                jnp.zeros((k_b, k_b, size), dtype),
+                jnp.zeros((k_b, size), dtype),
+                jnp.zeros((n_g, k_b, size), dtype),
+            )
+
+        jb, d_bb, d_b, d_gb = jax.lax.cond(b_free, b_blocks, no_b_blocks)
+        put = jax.lax.dynamic_update_slice_in_dim  # a repeated marker gets the same values again
+        return (
+            cost_ + 0.5 * jnp.sum(rc * r),
+            h_aa + d_aa,
+            grad_a + d_a,
+            put(jac_a, ja * fa[None, :, :, None], m0, 3),
+            put(jac_b, jb, m0, 3),
+            put(h_bb, d_bb, m0, 2),
+            put(grad_b, d_b, m0, 1),
+            put(h_gb, d_gb, m0, 2),
+        )
+
+    carry = (
+        jnp.zeros((), dtype),
+        jnp.zeros((n_a, k_a, k_a), dtype),
+        jnp.zeros((n_a, k_a), dtype),
+        jnp.zeros((n_res, n_a, k_a, n_b), dtype),
+        jnp.zeros((n_res, k_b, n_a, n_b), dtype),
+        jnp.zeros((k_b, k_b, n_b), dtype),
+        jnp.zeros((k_b, n_b), dtype),
+        jnp.zeros((n_g, k_b, n_b), dtype),
     )
+    carry = one_chunk(0, carry) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, one_chunk, carry)
+    cost_, h_aa, grad_a, jac_a, jac_b, h_bb, grad_b, h_gb = carry
+    return Linearization(
+        cost=cost_,
+        h_aa=_masked_block(h_aa, s.free_a),
+        h_bb=_masked_block(jnp.moveaxis(h_bb, -1, 0), s.free_b),
+        jac_a=jac_a,
+        jac_b=jac_b,
+        h_gg=jnp.einsum("apt,apq,aqs->ts", tie, h_aa, tie) + jnp.diag(1.0 - fg),
+        h_ga=jnp.einsum("apt,apq->taq", tie, h_aa) * fa[None],
+        h_gb=jnp.moveaxis(h_gb, -1, 1),
+        grad_a=grad_a * fa,
+        grad_b=grad_b.T,
+        grad_g=jnp.einsum("apt,ap->t", tie, grad_a),
+        b_free=b_free,
+    )
+
+
+def _markers(pair_data, start, size):
+    """Markers [start, start + size) of every pair-data leaf (trailing shape (n_a, n_b))."""
+    return jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, size, leaf.ndim - 1), pair_data)

@@ -4,7 +4,7 @@ Each iteration proposes the damped Gauss-Newton step (Schur complement), evaluat
 cost there, and accepts it when the gain ratio rho = actual / predicted decrease is
 positive. Damping follows Nielsen (1999): on acceptance lambda *= max(1/3, 1 - (2 rho - 1)^3)
 and nu = 2; on rejection lambda *= nu, nu *= 2. Jacobians are recomputed only after an
-accepted step.
+accepted step that does not end the solve (the last step's point needs only its cost).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ class Solution(NamedTuple):
     status: jnp.ndarray
     iterations: jnp.ndarray
     accepted: jnp.ndarray
-    linearization: Linearization
 
 
 class _State(NamedTuple):
     x: Variables
+    cost: jnp.ndarray
     lin: Linearization
     damping: jnp.ndarray
     nu: jnp.ndarray
@@ -86,6 +86,7 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
     )
     state = _State(
         x=x0,
+        cost=lin0.cost,
         lin=lin0,
         damping=initial_damping,
         nu=jnp.asarray(2.0, dtype),
@@ -103,7 +104,9 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
         rho = actual / predicted
         finite = jnp.isfinite(new_cost) & jnp.isfinite(predicted)
         accept = finite & (predicted > 0) & (rho > 0)
-        lin = jax.lax.cond(accept, lambda: linearize(fn, x_new, structure), lambda: st.lin)
+        small_change = accept & (actual <= cost_tol * st.lin.cost)
+        # A step that converges by the cost test ends the solve: no Jacobians are needed there.
+        lin = jax.lax.cond(accept & ~small_change, lambda: linearize(fn, x_new, structure), lambda: st.lin)
         x = jax.tree_util.tree_map(lambda new, old: jnp.where(accept, new, old), x_new, st.x)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
         damping = jnp.where(accept, st.damping * shrink, st.damping * st.nu)
@@ -112,7 +115,6 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
         step_norm = jnp.sqrt(_dot(step, step))
         x_norm = jnp.sqrt(_dot(st.x, st.x))
         small_step = finite & (step_norm <= step_tol * (x_norm + step_tol))
-        small_change = accept & (actual <= cost_tol * st.lin.cost)
         small_gradient = _max_abs_gradient(lin) <= gradient_tol * (1 + lin.cost)
         iteration = st.iteration + 1
         status = jnp.where(
@@ -124,7 +126,8 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
                 jnp.where(iteration >= max_iterations, Status.MAX_ITERATIONS, Status.RUNNING),
             ),
         )
-        return _State(x, lin, damping, nu, iteration, st.accepted + accept, status.astype(jnp.int32))
+        cost_now = jnp.where(accept, new_cost, st.cost)
+        return _State(x, cost_now, lin, damping, nu, iteration, st.accepted + accept, status.astype(jnp.int32))
 
     final = jax.lax.while_loop(lambda st: st.status == Status.RUNNING, body, state)
-    return Solution(final.x, final.lin.cost, final.status, final.iteration, final.accepted, final.lin)
+    return Solution(final.x, final.cost, final.status, final.iteration, final.accepted)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from ._linearize import Linearization
+from ._linearize import Linearization, coupling, markers_per_chunk
 from ._problem import Variables
 
 
@@ -78,14 +78,14 @@ def partition(lin: Linearization, damping, eliminate: str):
     if eliminate == "b":
         h_ga = lin.h_ga.reshape(-1, n_a * k_a)
         h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
-        coupling = jnp.transpose(lin.h_ab, (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
+        h_ab = jnp.transpose(coupling(lin), (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
+        h_ed = jnp.concatenate([h_ab, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
         part = Partition(h_bb, lin.grad_b, h_ed, h_dd, jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g]))
     else:
         h_gb = lin.h_gb.reshape(-1, n_b * k_b)
         h_dd = jnp.block([[_block_diagonal(h_bb), h_gb.T], [h_gb, h_gg]])
-        coupling = jnp.transpose(lin.h_ab, (0, 3, 1, 2)).reshape(k_a, n_b * k_b, n_a)
-        h_ed = jnp.concatenate([coupling, jnp.transpose(lin.h_ga, (2, 0, 1))], axis=1)
+        h_ab = jnp.transpose(coupling(lin), (0, 3, 1, 2)).reshape(k_a, n_b * k_b, n_a)
+        h_ed = jnp.concatenate([h_ab, jnp.transpose(lin.h_ga, (2, 0, 1))], axis=1)
         part = Partition(h_aa, lin.grad_a, h_ed, h_dd, jnp.concatenate([lin.grad_b.reshape(-1), lin.grad_g]))
     return part, Variables(d_a, d_b, d_g)
 
@@ -120,11 +120,15 @@ def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
     """
     inv = inverse_cholesky_blocks(h_ee)
     y = eliminated_coupling(inv, h_ed)
+    coupled = jnp.any(h_ed != 0)
+    return _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled)
+
+
+def _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled):
+    """The reduced system and back-substitution given inv = L^{-1} (n, k, k) and Y as k
+    arrays (d, n); ``coupled`` false skips the O(n d^2) product (nothing couples E to D)."""
     z = jnp.einsum("nij,nj->ni", inv, g_e)
-    n_d = h_dd.shape[0]
-    if n_d:
-        # Skip the O(n d^2) product when nothing couples (e.g. every eliminated block fixed).
-        coupled = jnp.any(h_ed != 0)
+    if h_dd.shape[0]:
         reduced = jax.lax.cond(coupled, lambda: h_dd - sum(yi @ yi.T for yi in y), lambda: h_dd)
         rhs = -g_d + sum(yi @ z[:, i] for i, yi in enumerate(y))
         x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
@@ -136,26 +140,88 @@ def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
     return x_e, x_d
 
 
-def damped_step(lin: Linearization, damping, eliminate: str):
-    """Step (Variables) of (H + damping diag(D)) h = -grad, and the scaling diagonal D.
+STEP_PAIRS = 8192
 
-    ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated. When B
-    is eliminated but none of its entries is free, nothing couples it to D and the Schur
-    complement (the O(n_b d^2) part) is skipped at run time.
+
+def _marker_schur_step(lin: Linearization, damping):
+    """The step with B eliminated, streamed over chunks of markers from the pair Jacobians.
+
+    For marker b, Y = L_b^{-1} H_bD has, in the row of A entry (a, p), sum_r J_a[r, a, p, b]
+    G[r, a, b] with G = sum_j L_b^{-1}[i, j] J_b[r, j, a, b]: elementwise over pairs. One pass
+    over chunks of markers accumulates S = H_DD - sum Y^T Y (only its lower block triangle is
+    multiplied out) and the right-hand side; a second pass back-substitutes
+    x_b = -H_bb^{-1} (g_b + H_bD x_D), with H_bD x_D again from the Jacobians. Neither H_AB nor
+    Y is ever held whole, and each chunk's products stay in cache.
     """
+    h_dd, g_d, scaling = _dense_part_a(lin, damping)
+    inv = inverse_cholesky_blocks(_add_diag(lin.h_bb, damping * scaling.b))  # (n_b, k_b, k_b)
+    z = jnp.einsum("nij,nj->ni", inv, lin.grad_b)  # (n_b, k_b)
+    n_res, n_a, k_a, n_b = lin.jac_a.shape
+    k_b = lin.jac_b.shape[1]
+    size = max(1, min(n_b, STEP_PAIRS // n_a))
+    n_chunks = -(-n_b // size)
+    take = jax.lax.dynamic_slice_in_dim
 
-    def full():
-        part, scaling = partition(lin, damping, eliminate)
-        x_e, x_d = schur_solve(*part)
-        return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, eliminate), scaling
+    def coupling_rows(m0):
+        """Y of markers [m0, m0 + C): k_b arrays (d, C)."""
+        ja, jb = take(lin.jac_a, m0, size, 3), take(lin.jac_b, m0, size, 3)
+        inv_c, h_gb = take(inv, m0, size, 0), take(lin.h_gb, m0, size, 1)
+        rows = []
+        for i in range(k_b):
+            g = [sum(inv_c[:, i, j] * jb[r, j] for j in range(k_b)) for r in range(n_res)]  # (n_a, C) each
+            own = sum(ja[r] * g[r][:, None, :] for r in range(n_res)).reshape(n_a * k_a, size)
+            slots = sum(inv_c[:, i, j] * h_gb[:, :, j] for j in range(k_b))  # (n_g, C)
+            rows.append(jnp.concatenate([own, slots], axis=0))
+        return rows
 
-    if eliminate == "a":
-        return full()
-    return jax.lax.cond(lin.b_free, full, lambda: _uncoupled_step(lin, damping))
+    def reduce(c, carry):
+        reduced, rhs = carry
+        m0 = jnp.minimum(c * size, n_b - size)
+        counted = (m0 + jnp.arange(size) >= c * size).astype(h_dd.dtype)  # markers not counted before
+        y = coupling_rows(m0)
+        z_c = take(z, m0, size, 0) * counted[:, None]
+        y_all = jnp.concatenate(y, axis=1)  # (d, k_b C)
+        reduced = reduced - _gram(y_all * jnp.tile(counted, k_b), y_all)
+        rhs = rhs + y_all @ z_c.T.reshape(-1)
+        return reduced, rhs
+
+    carry = (h_dd, -g_d)
+    reduced, rhs = reduce(0, carry) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, reduce, carry)
+    x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
+
+    x_a = x_d[: n_a * k_a].reshape(n_a, k_a)
+    x_g = x_d[n_a * k_a :]
+
+    def back(c, x_e):
+        m0 = jnp.minimum(c * size, n_b - size)  # a repeated marker gets the same value again
+        ja, jb = take(lin.jac_a, m0, size, 3), take(lin.jac_b, m0, size, 3)
+        u = sum(ja[:, :, p, :] * x_a[None, :, p, None] for p in range(k_a))  # (m, n_a, C): J_a x_a per pair
+        h_x = sum(jnp.sum(jb[r] * u[r][None], axis=-2) for r in range(n_res)).T  # (C, k_b): H_bA x_A
+        h_x = h_x + jnp.einsum("tbq,t->bq", take(lin.h_gb, m0, size, 1), x_g)
+        inv_c = take(inv, m0, size, 0)
+        w = jnp.einsum("nij,nj->ni", inv_c, take(lin.grad_b, m0, size, 0) + h_x)
+        return jax.lax.dynamic_update_slice_in_dim(x_e, -jnp.einsum("nij,ni->nj", inv_c, w), m0, 0)
+
+    x_e = jnp.zeros_like(lin.grad_b)
+    x_e = back(0, x_e) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, back, x_e)
+    return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, "b"), scaling
 
 
-def _uncoupled_step(lin: Linearization, damping):
-    """The step when no B entry is free: B does not move, D = (A entries, slots) alone."""
+def _gram(u, v):
+    """u @ v.T for a symmetric result (u, v (d, K) with equal products), multiplying out only
+    the lower block triangle of a 2 x 2 split: 3/4 of the work of one product."""
+    d = u.shape[0]
+    h = d // 2
+    if h < 32:
+        return u @ v.T
+    top = u[:h] @ v[:h].T
+    lower = u[h:] @ v[:h].T
+    bottom = u[h:] @ v[h:].T
+    return jnp.block([[top, lower.T], [lower, bottom]])
+
+
+def _dense_part_a(lin: Linearization, damping):
+    """H_DD and g_D when D = (A entries, slots), damped; and the scaling diagonal."""
     d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
     h_aa = _add_diag(lin.h_aa, damping * d_a)
     h_gg = _add_diag(lin.h_gg, damping * d_g)
@@ -163,6 +229,27 @@ def _uncoupled_step(lin: Linearization, damping):
     h_ga = lin.h_ga.reshape(-1, n_a * k_a)
     h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
     g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
+    return h_dd, g_d, Variables(d_a, d_b, d_g)
+
+
+def damped_step(lin: Linearization, damping, eliminate: str):
+    """Step (Variables) of (H + damping diag(D)) h = -grad, and the scaling diagonal D.
+
+    ``eliminate`` is "b" (markers) or "a" (views): the block set that is eliminated. When B
+    is eliminated but none of its entries is free, nothing couples it to D and the Schur
+    complement (the O(n_b d^2) part) is skipped at run time.
+    """
+    if eliminate == "a":
+        part, scaling = partition(lin, damping, "a")
+        x_e, x_d = schur_solve(*part)
+        return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, "a"), scaling
+    return jax.lax.cond(lin.b_free, lambda: _marker_schur_step(lin, damping), lambda: _uncoupled_step(lin, damping))
+
+
+def _uncoupled_step(lin: Linearization, damping):
+    """The step when no B entry is free: B does not move, D = (A entries, slots) alone."""
+    h_dd, g_d, scaling = _dense_part_a(lin, damping)
+    n_a, k_a = lin.grad_a.shape
     x_d = jsl.cho_solve(jsl.cho_factor(h_dd, lower=True), -g_d)
     step = Variables(x_d[: n_a * k_a].reshape(n_a, k_a), jnp.zeros_like(lin.grad_b), x_d[n_a * k_a :])
-    return step, Variables(d_a, d_b, d_g)
+    return step, scaling
