@@ -174,6 +174,7 @@ def align(
     reports = []
     status = Status.CONVERGED
     n_free = 0
+    data = None
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.float64 if dtype == "float64" else jnp.float32
         for number, stage in enumerate(stages, start=1):
@@ -185,8 +186,13 @@ def align(
             problem = build_problem(
                 m, obs, views, markers, modes, marker_free, hold=hold, ref_view=ref_view, weights=weights, dtype=jdtype
             )
+            structure = problem.structure
+            if data is None:
+                data = structure.pair_data, structure.weights
+            else:  # the same observations every stage: reuse the arrays already on the device
+                structure = structure._replace(pair_data=data[0], weights=data[1])
             start = time.perf_counter()
-            sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=stage_config)
+            sol = least_squares(problem.fn, problem.x0, structure, eliminate=problem.eliminate, config=stage_config)
             sol = jax.block_until_ready(sol)
             seconds = time.perf_counter() - start
             status = Status(int(sol.status))

@@ -337,7 +337,8 @@ class _Runner:
             try:
                 hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
                 problem = build_problem(
-                    m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype
+                    m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
+                    on_device=False,
                 )
                 chunk.built.append((s, problem))
             except Exception as e:  # noqa: BLE001 - reported per series

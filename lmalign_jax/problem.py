@@ -127,6 +127,7 @@ def build_problem(
     ref_view: int | None = None,
     weights: np.ndarray | None = None,
     dtype=jnp.float64,
+    on_device: bool = True,
 ) -> AlignmentProblem:
     """Assemble the solver problem.
 
@@ -140,6 +141,8 @@ def build_problem(
             unlike a "fixed" mode this keeps the layout, so all stages share one compilation.
         ref_view: gauge reference view (default: nearest 0 degrees).
         weights: (n_views, n_markers) optional observation weights (robust fitting); default 1.
+        on_device: False keeps the solver inputs as numpy arrays (for callers that stack
+            many problems and transfer them once).
     """
     n_views, k = views.shape
     unknown = (set(modes) | set(hold)) - set(model.parameters)
@@ -173,19 +176,20 @@ def build_problem(
         marker_free[reference_marker(obs.mask, ref_view), 2] = False
 
     w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
+    put = jnp.asarray if on_device else (lambda array, dtype: np.asarray(array, np.dtype(dtype)))
     structure = make_structure(
-        pair_data=jnp.asarray(np.moveaxis(obs.centered_xy, -1, 0), dtype),  # (2, n_views, n_markers)
-        weights=jnp.asarray(w, dtype),
+        pair_data=put(np.moveaxis(obs.centered_xy, -1, 0), dtype),  # (2, n_views, n_markers)
+        weights=put(w, dtype),
         free_a=free,
         tie_a=tie,
         free_b=marker_free,
         free_g=np.asarray(slot_free, dtype=bool),
-        const=jnp.asarray(unit, dtype),
+        const=put(unit, dtype),
     )
     x0 = Variables(
-        a=jnp.asarray(views / unit, dtype),
-        b=jnp.asarray(markers, dtype),
-        g=jnp.asarray(np.asarray(slots, dtype=np.float64), dtype),
+        a=put(views / unit, dtype),
+        b=put(markers, dtype),
+        g=put(np.asarray(slots, dtype=np.float64), dtype),
     )
     return AlignmentProblem(
         model=model,

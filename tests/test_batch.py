@@ -41,7 +41,14 @@ def individual(series):
     return [lm.align(obs, rotation_deg=r) for obs, r in zip(series, ROTATIONS, strict=True)]
 
 
-def assert_same(batched, single, atol=1e-8):
+#: Batched and individual solves agree up to the last L-M step at the optimum, whose cost change
+#: (~1e-13 relative) is at the rounding level of the cost's sum: whether it is taken depends on
+#: rounding, which padding changes. That step moves parameters by ~1e-7 px (pixels and radians
+#: x 1e3); a padding error would move them by orders of magnitude more.
+SAME_ATOL = 1e-6
+
+
+def assert_same(batched, single, atol=SAME_ATOL):
     assert batched.status == single.status == "converged"
     for name in ("views", "markers", "xf"):
         np.testing.assert_allclose(getattr(batched, name), getattr(single, name), rtol=0, atol=atol, err_msg=name)
@@ -121,7 +128,7 @@ def test_sharded_over_two_cpu_devices_equals_align():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["devices"] == 2
     assert report["status"] == ["converged"] * 3
-    assert report["diff"] < 1e-8
+    assert report["diff"] < SAME_ATOL
 
 
 # --------------------------------------------------------------------------- the command

@@ -129,10 +129,11 @@ def _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled):
     arrays (d, n); ``coupled`` false skips the O(n d^2) product (nothing couples E to D)."""
     z = jnp.einsum("nij,nj->ni", inv, g_e)
     if h_dd.shape[0]:
-        reduced = jax.lax.cond(coupled, lambda: h_dd - sum(yi @ yi.T for yi in y), lambda: h_dd)
-        rhs = -g_d + sum(yi @ z[:, i] for i, yi in enumerate(y))
+        y_all = jnp.concatenate(y, axis=1)  # (d, k n): one product instead of k
+        reduced = jax.lax.cond(coupled, lambda: h_dd - _gram(y_all, y_all), lambda: h_dd)
+        rhs = -g_d + y_all @ z.T.reshape(-1)
         x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
-        back = z + jnp.stack([x_d @ yi for yi in y], axis=-1)
+        back = z + (x_d @ y_all).reshape(len(y), -1).T
     else:
         x_d = g_d
         back = z
