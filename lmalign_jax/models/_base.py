@@ -33,7 +33,8 @@ class ProjectionModel:
             to the specimen centre -> image positions (2, ...) relative to the image centre,
             pixels. A pure, differentiable JAX function written elementwise over the
             trailing dimensions (unpack rows, use ``geometry``'s helpers, stack the result),
-            so the solver evaluates it on whole (k, n_views, n_markers) grids at once.
+            which must broadcast: the solver passes views (k, n_views, 1) and markers
+            (3, 1, n_markers), so anything depending on a view alone is computed per view.
         tilt_offset: optional ``tilt_offset(views (n, k), xyz (m, 3), delta) ->
             (views, xyz)``: the exactly equivalent solution with every tilt increased by
             ``delta`` radians (the specimen rotated about the tilt axis), or None when the
