@@ -16,7 +16,10 @@ by Cholesky, and back-substituting x_E = -L^{-T} (z + Y x_D). The cost is linear
 number of E blocks; S is dense of the size of D.
 
 Which set is E is decided once on the host; the blocks are prepared once per L-M iteration
-(``Linearization``); this module runs once per damping trial. Fixed entries stay in the
+(``Linearization``); this module runs once per damping trial. When the markers are E, Y is
+formed from the per-pair Jacobians one chunk of markers at a time, in two passes (reduce, then
+back-substitute), so it is never held whole; when the views are E (few markers), the coupling
+blocks are formed whole. Fixed entries stay in the
 system as identity rows, so shapes (and the compiled code) do not depend on what is free.
 """
 
