@@ -6,7 +6,7 @@ import pytest
 
 from lmalign_jax import LMConfig, Status, get_model, simulate
 from lmalign_jax.problem import build_problem
-from lmalign_jax.solve import _linearize, damped_step, dense_step, least_squares, linearize
+from lmalign_jax.solve import _linearize, _schur, damped_step, dense_step, least_squares, linearize
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,9 @@ def test_linearization_in_marker_chunks_equals_whole(small_series, chunk):
 @pytest.mark.parametrize("eliminate", ["a", "b"])
 def test_schur_step_streamed_over_marker_chunks(small_series, eliminate, monkeypatch):
     """Large problems form the Schur complement chunk by chunk (the last chunk overlapping)."""
-    monkeypatch.setattr(_linearize, "PAIRS_PER_CHUNK", 3 * small_series.observations.n_views)
+    three_markers = 3 * small_series.observations.n_views  # 7 markers: chunks 0-2, 3-5, 4-6
+    monkeypatch.setattr(_linearize, "PAIRS_PER_CHUNK", three_markers)
+    monkeypatch.setattr(_schur, "STEP_PAIRS", three_markers)
     problem = _perturbed_problem(small_series, {"rotation": "group:3", "scale": "shared"})
     lin = linearize(problem.fn, problem.x0, problem.structure)
     schur, _ = damped_step(lin, 1e-2, eliminate)

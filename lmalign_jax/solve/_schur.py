@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from ._linearize import Linearization, coupling, markers_per_chunk
+from ._linearize import Linearization, coupling
 from ._problem import Variables
 
 
@@ -144,6 +144,7 @@ def _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled):
     return x_e, x_d
 
 
+#: Pairs per chunk of the streamed marker-eliminating step (its products stay in cache).
 STEP_PAIRS = 8192
 
 
