@@ -183,13 +183,16 @@ def align(
                 tol = config.tolerances(np.dtype(dtype))[0]
                 stage_config = dataclasses.replace(config, cost_tol=max(tol, INTERMEDIATE_COST_TOL))
             hold, marker_free = _stage_setup(stage, m, obs, ref_view)
+            # The observations are the same every stage: they go to the device once, with the
+            # first stage's problem; later stages are built on the host and reuse them.
             problem = build_problem(
-                m, obs, views, markers, modes, marker_free, hold=hold, ref_view=ref_view, weights=weights, dtype=jdtype
+                m, obs, views, markers, modes, marker_free, hold=hold, ref_view=ref_view, weights=weights, dtype=jdtype,
+                on_device=data is None,
             )
             structure = problem.structure
             if data is None:
                 data = structure.pair_data, structure.weights
-            else:  # the same observations every stage: reuse the arrays already on the device
+            else:
                 structure = structure._replace(pair_data=data[0], weights=data[1])
             start = time.perf_counter()
             sol = least_squares(problem.fn, problem.x0, structure, eliminate=problem.eliminate, config=stage_config)
