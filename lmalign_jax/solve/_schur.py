@@ -18,8 +18,9 @@ number of E blocks; S is dense of the size of D.
 Which set is E is decided once on the host; the blocks are prepared once per L-M iteration
 (``Linearization``); this module runs once per damping trial. When the markers are E, Y is
 formed from the per-pair Jacobians one chunk of markers at a time, in two passes (reduce, then
-back-substitute), so it is never held whole; when the views are E (few markers), the coupling
-blocks are formed whole. Fixed entries stay in the
+back-substitute), so it is never held whole; when the views are E (few markers), Y is formed
+whole, again from the Jacobians. ``partition``/``schur_solve`` are the general form (the
+covariance uses them). Fixed entries stay in the
 system as identity rows, so shapes (and the compiled code) do not depend on what is free.
 """
 
@@ -245,10 +246,47 @@ def damped_step(lin: Linearization, damping, eliminate: str):
     complement (the O(n_b d^2) part) is skipped at run time.
     """
     if eliminate == "a":
-        part, scaling = partition(lin, damping, "a")
-        x_e, x_d = schur_solve(*part)
-        return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, "a"), scaling
+        return _view_schur_step(lin, damping)
     return jax.lax.cond(lin.b_free, lambda: _marker_schur_step(lin, damping), lambda: _uncoupled_step(lin, damping))
+
+
+def _view_schur_step(lin: Linearization, damping):
+    """The step with A (views) eliminated, Y formed from the per-pair Jacobians.
+
+    For view a, Y = L_a^{-1} H_aD has, in row (a, i) and the column of marker entry (q, b),
+    sum_r G[r, a, i, b] J_b[r, q, a, b] with G = sum_p L_a^{-1}[i, p] J_a[r, a, p, b]:
+    elementwise over pairs, written straight into the (n_a k_a, d) layout the reduced
+    product contracts over, so nothing is transposed or concatenated pair by pair (forming
+    H_AB first and reordering it cost XLA's CPU backend 5x more than the product itself).
+    D here orders the marker entries coordinate-major, (k_b, n_b), then the slots.
+    """
+    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    n_res, n_a, k_a, n_b = lin.jac_a.shape
+    k_b = lin.jac_b.shape[1]
+    n_g = lin.grad_g.shape[0]
+    h_bb = _add_diag(lin.h_bb, damping * d_b)
+    h_gb = jnp.swapaxes(lin.h_gb, 1, 2).reshape(n_g, k_b * n_b)
+    h_markers = jnp.einsum("bqs,bc->qbsc", h_bb, jnp.eye(n_b, dtype=h_bb.dtype)).reshape(k_b * n_b, k_b * n_b)
+    h_dd = jnp.block([[h_markers, h_gb.T], [h_gb, _add_diag(lin.h_gg, damping * d_g)]])
+    g_d = jnp.concatenate([lin.grad_b.T.reshape(-1), lin.grad_g])
+    inv = inverse_cholesky_blocks(_add_diag(lin.h_aa, damping * d_a))  # (n_a, k_a, k_a)
+    z = jnp.einsum("nij,nj->ni", inv, lin.grad_a)
+
+    def coupling_rows():
+        g = sum(inv[None, :, :, p, None] * lin.jac_a[:, :, None, p, :] for p in range(k_a))  # (m, n_a, k_a, n_b)
+        y = sum(g[r][:, :, None, :] * jnp.swapaxes(lin.jac_b[r], 0, 1)[:, None] for r in range(n_res))  # (n_a, k_a, k_b, n_b)
+        y = y.reshape(n_a * k_a, k_b * n_b)
+        if n_g:
+            y = jnp.concatenate([y, jnp.einsum("aip,tap->ait", inv, lin.h_ga).reshape(n_a * k_a, n_g)], axis=1)
+        return y
+
+    coupled = lin.b_free | jnp.any(lin.h_ga != 0)
+    y = jax.lax.cond(coupled, coupling_rows, lambda: jnp.zeros((n_a * k_a, k_b * n_b + n_g), h_dd.dtype))
+    reduced = jax.lax.cond(coupled, lambda: h_dd - y.T @ y, lambda: h_dd)
+    x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), -g_d + z.reshape(-1) @ y)
+    x_e = -jnp.einsum("nij,ni->nj", inv, z + (y @ x_d).reshape(n_a, k_a))
+    x_b = x_d[: k_b * n_b].reshape(k_b, n_b).T
+    return Variables(x_e, x_b, x_d[k_b * n_b :]), Variables(d_a, d_b, d_g)
 
 
 def _uncoupled_step(lin: Linearization, damping):
