@@ -6,21 +6,25 @@ the extra views and markers get weight 0 and are held fixed, so in the normal eq
 identity rows with zero gradient, their step is exactly zero and the cost, gradient and step
 norms the L-M tests use are unchanged. A padded series therefore follows the same iterations as
 its own solve (up to rounding in sums that now include zeros). The padded problems of a bucket
-are stacked along a leading batch axis and one jitted kernel per bucket solves them all, for
-every stage (stages differ only in which entries are free, which is data).
+are stacked along a leading batch axis and one jitted kernel per bucket solves them, every
+stage in the same call: stages differ only in which entries are free, which is data (the free
+masks of all stages are built on the host up front), and a ``lax.scan`` over the stages
+carries each series from one stage to the next on the device.
 
 The kernel runs a ``lax.fori_loop`` over groups of ``vmap_width`` series; each group is one
-``jax.vmap`` of the solver's ``least_squares``. In a vmapped ``while_loop`` a member that has
-stopped keeps its state while the others iterate, so a series that converges early is not
-changed by one that needs more iterations. ``vmap_width=1`` (the CPU default) runs the series
-one after another inside the kernel, which on CPU costs the same per series as separate solves
-but with one compilation and no per-call overhead; accelerators default to vmapping a whole
-device's share at once. With several local devices the batch is split across them with
-``jax.shard_map`` over a one-axis mesh: each device runs its own loop on its share.
+``jax.vmap`` of the stage scan. In a vmapped ``while_loop`` a member that has stopped keeps its
+state while the others iterate, so a series that converges early is not changed by one that
+needs more iterations. ``vmap_width=1`` (the CPU default) runs the series one after another
+inside the kernel: on CPU the solve is compute-bound, so vmapping saves nothing there, while
+one call per chunk removes every per-stage round trip to the host. Accelerators default to
+vmapping a whole device's share at once. With several local devices the batch is split across
+them with ``jax.shard_map`` over a one-axis mesh: each device runs its own loop on its share
+(on a multi-core CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before JAX
+starts gives N such devices).
 
-The start values (tilt-axis estimate, closed-form markers and shifts) and the stage problems
-are built per series on the host with the same functions ``align()`` uses; solves are
-dispatched asynchronously, so the host prepares the next chunk while the device works.
+The start values (tilt-axis estimate, closed-form markers and shifts) and the problems are built
+per series on the host with the same functions ``align()`` uses; calls are dispatched
+asynchronously, so the host prepares the next chunk while the device works.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ from .align import INTERMEDIATE_COST_TOL, STAGES, _stage_setup, check_options
 from .initial import estimate_rotation_deg, starting_markers_and_shifts
 from .models import ProjectionModel
 from .observations import Observations
-from .problem import build_problem, mode_labels, reference_view, residual_function
+from .problem import build_problem, free_masks, mode_labels, reference_view, residual_function
 from .result import AlignmentResult, StageReport, fit_image_transforms
-from .solve import LMConfig, Status, Structure, Variables, choose_elimination, least_squares
+from .solve import LMConfig, Status, Structure, Variables, choose_elimination, effective_a, least_squares
 
 __all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
 
@@ -89,38 +93,57 @@ class _Series:
     reports: list = dataclasses.field(default_factory=list)
     status: Status = Status.CONVERGED
     n_free: int = 0
-    stopped: bool = False  # a stage failed: later stages are skipped, as in align()
 
 
 # --------------------------------------------------------------------------- the kernels
 
 
-def _solve_local(fn, eliminate, width, x0, structure, settings, max_iterations, count):
-    """Solve the first ``count`` stacked problems (leading axis), ``width`` at a time."""
-    config = LMConfig(
-        max_iterations=max_iterations, cost_tol=settings[0], step_tol=settings[1], gradient_tol=settings[2], initial_damping=settings[3]
-    )
+def _solve_stages(fn, eliminate, x0: Variables, structure: Structure, stage_free, settings, max_iterations):
+    """Every stage of one series: ``lax.scan`` over the stages, each a ``least_squares``.
 
-    def solve(x, s):
-        sol = least_squares(fn, x, s, eliminate=eliminate, config=config)
+    ``structure``'s free masks are replaced per stage by ``stage_free`` = (free_a (S, n_a, k_a),
+    free_b (S, n_b, k_b), free_g (S, n_g)); ``settings`` (S, 4) are each stage's tolerances and
+    initial damping, ``max_iterations`` (S,). Between stages tied entries take their slot's
+    value, as ``align()``'s round trip through model units does. A stage that fails ends the
+    series: later stages leave x unchanged (their outputs are not reported). Returns x after the
+    last stage that did not fail, and per stage (S,) cost, status, iterations, accepted.
+    """
+
+    def stage(carry, data):
+        x, stopped = carry
+        free_a, free_b, free_g, setting, max_it = data
+        config = LMConfig(max_iterations=max_it, cost_tol=setting[0], step_tol=setting[1], gradient_tol=setting[2], initial_damping=setting[3])
+        sol = least_squares(fn, x, structure._replace(free_a=free_a, free_b=free_b, free_g=free_g), eliminate=eliminate, config=config)
+        stop = stopped | (sol.status == Status.FAILED)
+        solved = Variables(effective_a(sol.x.a, sol.x.g, structure.tie_a), sol.x.b, sol.x.g)
+        x = jax.tree_util.tree_map(lambda new, old: jnp.where(stop, old, new), solved, x)
         as_int = partial(jnp.asarray, dtype=jnp.int32)
-        return sol.x, sol.cost, as_int(sol.status), as_int(sol.iterations), as_int(sol.accepted)
+        return (x, stop), (sol.cost, as_int(sol.status), as_int(sol.iterations), as_int(sol.accepted))
 
-    n = x0.a.shape[0]
+    (x, _), per_stage = jax.lax.scan(stage, (x0, jnp.asarray(False)), (*stage_free, settings, max_iterations))
+    return x, *per_stage
+
+
+def _solve_local(fn, eliminate, width, x0, structure, stage_free, settings, max_iterations, count):
+    """Solve the first ``count`` stacked series (leading axis), ``width`` at a time.
+
+    ``stage_free`` leaves are (B, S, ...); outputs x (B, ...) and per-stage arrays (B, S)."""
+    solve = partial(_solve_stages, fn, eliminate, settings=settings, max_iterations=max_iterations)
+    n, n_stages = x0.a.shape[0], settings.shape[0]
     out = (
         jax.tree_util.tree_map(jnp.zeros_like, x0),
-        jnp.zeros(n, x0.a.dtype),
-        *(jnp.zeros(n, jnp.int32) for _ in range(3)),
+        jnp.zeros((n, n_stages), x0.a.dtype),
+        *(jnp.zeros((n, n_stages), jnp.int32) for _ in range(3)),
     )
 
     def group(i, out):
         start = i * width
-        x, s = jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, width), (x0, structure))
+        x, s, f = jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, width), (x0, structure, stage_free))
         if width == 1:
             squeeze = partial(jax.tree_util.tree_map, lambda leaf: leaf[0])
-            res = jax.tree_util.tree_map(lambda leaf: leaf[None], solve(squeeze(x), squeeze(s)))
+            res = jax.tree_util.tree_map(lambda leaf: leaf[None], solve(squeeze(x), squeeze(s), squeeze(f)))
         else:
-            res = jax.vmap(solve)(x, s)
+            res = jax.vmap(solve)(x, s, f)
         return jax.tree_util.tree_map(lambda buf, r: jax.lax.dynamic_update_slice_in_dim(buf, r, start, 0), out, res)
 
     return jax.lax.fori_loop(0, (count + width - 1) // width, group, out)
@@ -139,11 +162,11 @@ def _kernel(fn, eliminate: str, width: int, mesh: Mesh | None):
         else:
             spec, rep = PartitionSpec(_AXIS), PartitionSpec()
 
-            def sharded(x0, structure, settings, max_iterations, counts):
-                return local(x0, structure, settings, max_iterations, counts[0])
+            def sharded(x0, structure, stage_free, settings, max_iterations, counts):
+                return local(x0, structure, stage_free, settings, max_iterations, counts[0])
 
             _KERNELS[key] = jax.jit(
-                jax.shard_map(sharded, mesh=mesh, in_specs=(spec, spec, rep, rep, spec), out_specs=spec, check_vma=False)
+                jax.shard_map(sharded, mesh=mesh, in_specs=(spec, spec, spec, rep, rep, spec), out_specs=spec, check_vma=False)
             )
     return _KERNELS[key]
 
@@ -296,85 +319,104 @@ class _Chunk:
 
     shape: tuple[int, int]
     series: list
-    stage: int = 0  # index into the stages of the solve in flight
-    built: list = dataclasses.field(default_factory=list)  # (series, problem) pairs in flight
+    built: list = dataclasses.field(default_factory=list)  # (series, problem, free counts per stage) in flight
     slots: np.ndarray | None = None
     out: object = None  # the kernel's outputs (not yet ready) or the exception it raised
     dispatched: float = 0.0
 
 
 class _Runner:
-    """The stages of ``align()`` over chunks of padded series, one kernel call per chunk and stage."""
+    """Every stage of ``align()`` over chunks of padded series, one kernel call per chunk."""
 
     def __init__(self, plan: _Plan, stages, config: LMConfig, dtype: str, results: list, notify: ProgressCallback):
         self.plan, self.stages, self.results, self.notify = plan, stages, results, notify
-        self.settings = []
+        settings, max_iterations = [], []
         for number in range(1, len(stages) + 1):
             c = config
             if number < len(stages):  # as in align(): earlier stages only give starting points
                 c = dataclasses.replace(config, cost_tol=max(config.tolerances(np.dtype(dtype))[0], INTERMEDIATE_COST_TOL))
-            self.settings.append(
-                (np.asarray((*c.tolerances(np.dtype(dtype)), c.initial_damping), dtype), np.asarray(c.max_iterations, np.int32))
-            )
-        modes = plan.modes
-        self.tilt_free = modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
+            settings.append((*c.tolerances(np.dtype(dtype)), c.initial_damping))
+            max_iterations.append(c.max_iterations)
+        self.settings = np.asarray(settings, dtype)  # (S, 4)
+        self.max_iterations = np.asarray(max_iterations, np.int32)  # (S,)
+        self.tilt_free = plan.modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
         self.last_ready = 0.0
 
     def fail(self, s: _Series, error: Exception) -> None:
         self.results[s.index] = error
         self.notify(s.index, "error", str(error) if isinstance(error, ValueError | TypeError) else f"{type(error).__name__}: {error}")
 
+    def _build(self, s: _Series):
+        """The series' problem (first stage's masks) and every stage's free masks, host side."""
+        plan, m = self.plan, self.plan.model
+        masks = []
+        for stage in self.stages:
+            hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
+            masks.append(free_masks(m, s.obs, plan.modes, marker_free, hold=hold, ref_view=s.ref_view))
+        hold, marker_free = _stage_setup(self.stages[0], m, s.obs, s.ref_view)
+        problem = build_problem(
+            m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
+            on_device=False,
+        )
+        return problem, masks
+
     def dispatch(self, chunk: _Chunk) -> bool:
-        """Build the problems of the chunk's current stage and start its solve (asynchronously).
+        """Build the chunk's problems and start the solve of all their stages (asynchronously).
 
         Returns False when no series of the chunk is left to solve.
         """
-        plan, m, stage = self.plan, self.plan.model, self.stages[chunk.stage]
-        chunk.built = []
+        plan, m, n_stages = self.plan, self.plan.model, len(self.stages)
+        chunk.built, masks = [], []
         for s in chunk.series:
-            if s.stopped or self.results[s.index] is not None:
+            if self.results[s.index] is not None:
                 continue
             try:
-                hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
-                problem = build_problem(
-                    m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
-                    on_device=False,
-                )
-                chunk.built.append((s, problem))
+                problem, stage_masks = self._build(s)
             except Exception as e:  # noqa: BLE001 - reported per series
                 self.fail(s, e)
+                continue
+            chunk.built.append((s, problem, [int(sum(np.sum(f) for f in fm)) for fm in stage_masks]))
+            masks.append(stage_masks)
         if not chunk.built:
             return False
-        problems = [p for _, p in chunk.built]
-        n_slots = max(_n_slots(m, plan.modes, chunk.shape[0]), *(p.x0.g.shape[0] for p in problems))
+        problems = [p for _, p, _ in chunk.built]
+        v, mk = chunk.shape
+        n_slots = max(_n_slots(m, plan.modes, v), *(p.x0.g.shape[0] for p in problems))
         x_shapes, x_fills, s_shapes, s_fills = _padding(chunk.shape, n_slots)
         chunk.slots = plan.slots(len(problems))
         x0 = _stack([p.x0 for p in problems], chunk.slots, plan.capacity, x_shapes, x_fills)
         structure = _stack([p.structure for p in problems], chunk.slots, plan.capacity, s_shapes, s_fills)
+        stage_free = tuple(np.zeros((plan.capacity, n_stages, *shape), bool) for shape in ((v, m.n_parameters), (mk, 3), (n_slots,)))
+        for slot, stage_masks in zip(chunk.slots, masks, strict=True):
+            for k, fm in enumerate(stage_masks):
+                for buf, mask in zip(stage_free, fm, strict=True):
+                    buf[(slot, k, *(slice(0, n) for n in mask.shape))] = mask
         counts = plan.counts(len(problems))
-        eliminate = choose_elimination(chunk.shape[0], m.n_parameters, chunk.shape[1], 3)
+        eliminate = choose_elimination(v, m.n_parameters, mk, 3)
         kernel = _kernel(residual_function(m), eliminate, plan.width, plan.mesh)
-        settings, max_iterations = self.settings[chunk.stage]
         chunk.dispatched = time.perf_counter()
         try:
             if plan.mesh is None:
-                chunk.out = kernel(x0, structure, settings, max_iterations, counts[0])
+                chunk.out = kernel(x0, structure, stage_free, self.settings, self.max_iterations, counts[0])
             else:
-                x0, structure, counts = jax.device_put((x0, structure, counts), NamedSharding(plan.mesh, PartitionSpec(_AXIS)))
-                chunk.out = kernel(x0, structure, settings, max_iterations, counts)
+                x0, structure, stage_free, counts = jax.device_put((x0, structure, stage_free, counts), NamedSharding(plan.mesh, PartitionSpec(_AXIS)))
+                chunk.out = kernel(x0, structure, stage_free, self.settings, self.max_iterations, counts)
         except Exception as e:  # noqa: BLE001 - a failed call fails its series, not the batch
             chunk.out = e
         return True
 
     def collect(self, chunk: _Chunk) -> None:
-        """Wait for the chunk's solve and move the answers into its series (as ``align()`` does)."""
-        stage = self.stages[chunk.stage]
+        """Wait for the chunk's solve and move the answers into its series (as ``align()`` does).
+
+        Stage reports stop at a stage that failed; a series' share of the call's time is split
+        over its stages in proportion to their iterations (plus the first linearisation).
+        """
         try:
             if isinstance(chunk.out, Exception):
                 raise chunk.out
             x, cost, status, iterations, accepted = jax.device_get(chunk.out)
         except Exception as e:  # noqa: BLE001 - a failed call fails its series, not the batch
-            for s, _ in chunk.built:
+            for s, _, _ in chunk.built:
                 self.fail(s, e)
             return
         finally:
@@ -384,19 +426,23 @@ class _Runner:
         ready = time.perf_counter()
         seconds = (ready - max(chunk.dispatched, self.last_ready)) / len(chunk.built)
         self.last_ready = ready
-        for (s, problem), slot in zip(chunk.built, chunk.slots, strict=True):
-            st = Status(int(status[slot]))
-            s.status = st
-            if st == Status.FAILED:
-                s.stopped = True
-                rms = float("nan")
-            else:
-                mine = Variables(x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]])
-                s.views, s.markers = _to_model_units(problem, mine)
-                s.n_free = problem.n_free
-                rms = float(np.sqrt(float(cost[slot]) / s.obs.n_observed))
-            s.reports.append(StageReport(stage, int(iterations[slot]), int(accepted[slot]), seconds, st.message, rms, problem.n_free))
-            self.notify(s.index, stage, f"{st.message}, rms {rms:.4f} px")
+        for (s, problem, n_free), slot in zip(chunk.built, chunk.slots, strict=True):
+            ran = len(self.stages)
+            failed = np.flatnonzero(status[slot] == Status.FAILED)
+            if failed.size:
+                ran = int(failed[0]) + 1
+            share = (iterations[slot, :ran] + 1) / np.sum(iterations[slot, :ran] + 1)
+            for k in range(ran):
+                st = Status(int(status[slot, k]))
+                s.status = st
+                rms = float("nan") if st == Status.FAILED else float(np.sqrt(float(cost[slot, k]) / s.obs.n_observed))
+                if st != Status.FAILED:
+                    s.n_free = n_free[k]
+                report = StageReport(self.stages[k], int(iterations[slot, k]), int(accepted[slot, k]), seconds * share[k], st.message, rms, n_free[k])
+                s.reports.append(report)
+                self.notify(s.index, self.stages[k], f"{st.message}, rms {rms:.4f} px")
+            mine = Variables(x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]])
+            s.views, s.markers = _to_model_units(problem, mine)
         chunk.built = []
 
     def finish(self, chunk: _Chunk) -> None:
@@ -484,6 +530,10 @@ def _plan(m, modes, dtype, batch_size, vmap_width, devices) -> _Plan:
     width = (1 if devices[0].platform == "cpu" else per_device) if vmap_width is None else int(vmap_width)
     if per_device < 1 or width < 1:
         raise ValueError(f"batch_size and vmap_width must be at least 1, got {batch_size} and {vmap_width}")
+    if width > 1 and len(devices) > 1 and devices[0].platform == "cpu":
+        # Observed with jax 0.10.2: the vmapped solve sharded over several host devices
+        # never returns (all threads idle), while vmap_width=1 runs normally.
+        raise ValueError(f"vmap_width={width} over {len(devices)} CPU devices hangs in XLA's CPU runtime; use vmap_width=1 (the CPU default)")
     mesh = Mesh(np.array(devices), (_AXIS,)) if len(devices) > 1 else None
     jdtype = jnp.float64 if dtype == "float64" else jnp.float32
     return _Plan(m, modes, jdtype, math.ceil(per_device / width) * width, width, devices, mesh)
@@ -530,7 +580,8 @@ def align_batch(
         One entry per series, in order: its ``AlignmentResult`` (numerical failure reported in
         ``status``, as by ``align()``), or the exception that stopped that series (bad
         observations or per-series options). Stage ``seconds`` are the series' share of its
-        kernel call; ``extras["batch"]`` has the bucket shape.
+        kernel call, split over its stages in proportion to their iterations (all stages run in
+        one call); ``extras["batch"]`` has the bucket shape.
     Raises:
         ValueError: options shared by every series (model, modes, stages, dtype, bucket, sizes).
     """
@@ -558,9 +609,8 @@ def align_batch(
         buckets.setdefault(s.shape, []).append(s)
     chunks = [_Chunk(shape, members[c : c + plan.capacity]) for shape, members in sorted(buckets.items()) for c in range(0, len(members), plan.capacity)]
 
-    # A software pipeline: while the device solves one chunk's stage, the host prepares the
-    # next chunk, or collects a finished one and builds its next stage. Solves run in dispatch
-    # order, so a chunk is collected after the ones dispatched before it.
+    # Each chunk is one asynchronous kernel call: the host prepares the next chunk while the
+    # device solves the ones before it; calls run in dispatch order and are collected in it.
     with jax.enable_x64(dtype == "float64"):
         in_flight: deque[_Chunk] = deque()
         for chunk in chunks:
@@ -574,9 +624,5 @@ def align_batch(
         while in_flight:
             chunk = in_flight.popleft()
             runner.collect(chunk)
-            chunk.stage += 1
-            if chunk.stage < len(stages) and runner.dispatch(chunk):
-                in_flight.append(chunk)
-            else:
-                runner.finish(chunk)
+            runner.finish(chunk)
     return results

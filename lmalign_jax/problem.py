@@ -115,6 +115,38 @@ def reference_marker(mask, ref_view: int) -> int:
     return int(np.argmax(mask.sum(axis=0) + mask.shape[0] * mask[ref_view]))
 
 
+def free_masks(
+    model: ProjectionModel, obs: Observations, modes: dict, marker_free: np.ndarray, *, hold: frozenset = frozenset(), ref_view: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which entries one solve moves: (views (n_views, k), markers (n_markers, 3), slots (n_slots,)) bool.
+
+    Views' own entries are free in mode "free" unless held; slots (in the order of
+    ``build_problem``'s layout) unless held; the gauge is fixed at ``ref_view`` (and one
+    marker's z) whenever any marker entry is free. Only ``hold`` and ``marker_free`` differ
+    between the stages of an alignment; the layout does not.
+    """
+    unknown = (set(modes) | set(hold)) - set(model.parameters)
+    if unknown:
+        raise ValueError(f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}")
+    n_views = obs.n_views
+    marker_free = np.asarray(marker_free, dtype=bool).copy()
+    gauge_active = bool(marker_free.any())
+    gauge = set(model.gauge) | {"tilt"} if gauge_active else set()
+    free = np.zeros((n_views, model.n_parameters), dtype=bool)
+    slot_free: list[bool] = []
+    for p, name in enumerate(model.parameters):
+        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        held = name in hold
+        free[:, p] = (labels == _FREE) & (not held)
+        if name in gauge and labels[ref_view] == _FREE:
+            free[ref_view, p] = False
+        for label in np.unique(labels[labels >= 0]):
+            slot_free.append(not held and not (name in gauge and labels[ref_view] == label))
+    if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
+        marker_free[reference_marker(obs.mask, ref_view), 2] = False
+    return free, marker_free, np.asarray(slot_free, dtype=bool)
+
+
 def build_problem(
     model: ProjectionModel,
     obs: Observations,
@@ -145,35 +177,21 @@ def build_problem(
             many problems and transfer them once).
     """
     n_views, k = views.shape
-    unknown = (set(modes) | set(hold)) - set(model.parameters)
-    if unknown:
-        raise ValueError(f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}")
     ref_view = reference_view(obs.tilts_deg) if ref_view is None else ref_view
-    marker_free = np.asarray(marker_free, dtype=bool).copy()
-    views = np.array(views, dtype=np.float64)
-    gauge_active = bool(marker_free.any())
-    gauge = set(model.gauge) | {"tilt"} if gauge_active else set()
+    free, marker_free, slot_free = free_masks(model, obs, modes, marker_free, hold=hold, ref_view=ref_view)
 
     radius = characteristic_radius(obs)
     unit = np.array([1.0 if kind == "length" else 1.0 / radius for kind in model.kinds])
-    free = np.zeros((n_views, k), dtype=bool)
+    views = np.array(views, dtype=np.float64)
     tie = np.full((n_views, k), -1, dtype=np.int32)
     slots: list[float] = []  # slot values, solver units
-    slot_free: list[bool] = []
     for p, name in enumerate(model.parameters):
         labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
-        held = name in hold
-        free[:, p] = (labels == _FREE) & (not held)
-        if name in gauge and labels[ref_view] == _FREE:
-            free[ref_view, p] = False
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slots)
             views[members, p] = np.mean(views[members, p])
             slots.append(views[members, p][0] / unit[p])
-            slot_free.append(not held and not (name in gauge and members[ref_view]))
-    if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
-        marker_free[reference_marker(obs.mask, ref_view), 2] = False
 
     w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
     put = jnp.asarray if on_device else (lambda array, dtype: np.asarray(array, np.dtype(dtype)))

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,6 +92,31 @@ def test_failed_stage_stops_that_series_only(series):
     np.testing.assert_allclose(batched.views, single.views, rtol=0, atol=1e-8)
 
 
+def test_numerical_failure_ends_that_series_at_its_stage(series, individual):
+    """A NaN weight makes the first stage fail: the series reports that one stage and keeps its
+    start values, as align() does, and its neighbour in the same call is unaffected."""
+    weights = np.ones(series[1].mask.shape)
+    weights[3, 2] = np.nan
+    batched = align_batch(series[:2], weights=[None, weights])
+    single = lm.align(series[1], weights=weights)
+    assert single.status == batched[1].status and "fail" in single.status
+    assert [(s.name, s.status) for s in batched[1].stages] == [(s.name, s.status) for s in single.stages] == [("initial", single.status)]
+    np.testing.assert_allclose(batched[1].views, single.views, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(batched[1].markers, single.markers, rtol=0, atol=1e-10)
+    assert_same(batched[0], individual[0])
+
+
+def test_shared_and_grouped_parameters_carry_across_stages(series):
+    """Global slots (one rotation, grouped scales) through the stages of one kernel call equal
+    align()'s stage-by-stage solves."""
+    modes = {"rotation": "shared", "scale": "group:5"}
+    batched = align_batch(series[:2], modes=modes)
+    for b, obs in zip(batched, series[:2], strict=True):
+        single = lm.align(obs, modes=modes)
+        assert_same(b, single)
+        assert np.ptp(b.views[:, 1]) == 0.0
+
+
 def test_bucket_shape_and_option_errors(series):
     assert bucket_shape(107, 30) == (112, 32)
     assert bucket_shape(107, 30, 16) == (112, 32)
@@ -104,6 +130,9 @@ def test_bucket_shape_and_option_errors(series):
         align_batch(series, stages=("final",))
     with pytest.raises(ValueError, match="rotation_deg has 2 entries for 3 series"):
         align_batch(series, rotation_deg=[1.0, 2.0])
+    cpu = jax.devices("cpu")[0]
+    with pytest.raises(ValueError, match="vmap_width=2 over 2 CPU devices hangs"):
+        align_batch(series, devices=[cpu, cpu], vmap_width=2)
     assert align_batch([]) == []
 
 
