@@ -13,6 +13,9 @@ after compilation unless said otherwise):
   warm persistent compilation cache; ``--cli-n`` series are timed.
 - ``lmalign batch``: the whole set through the batch command in one process (warm cache), with
   and without the .png reports.
+- ``align_batch over N host devices``: a fresh process started with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``, so the batch is sharded over
+  one XLA device per core; its baseline is the align() loop in that same process.
 - ``--mixed``: series whose shapes vary (101-107 views, 26-30 markers) in fresh processes,
   compilation included: ``align()`` compiles once per distinct shape, ``align_batch`` once per
   bucket.
@@ -127,10 +130,17 @@ def command_line(n: int, cli_n: int) -> dict:
 
 
 def worker(kind: str, n: int) -> None:
-    """One cold measurement in this fresh process: prints JSON."""
+    """One measurement in this fresh process: prints JSON. ``devices``: warm, same-shape series,
+    the align() loop and align_batch over every host device; otherwise cold, mixed shapes."""
+    import jax
+
     import lmalign_jax as lm
     from lmalign_jax.batch import align_batch
 
+    if kind == "devices":
+        r = in_process(n)
+        print(json.dumps({"devices": len(jax.devices()), "loop_s": r["align_loop_s"], "batch_s": r["align_batch_s"], "max_abs_difference": r["max_abs_difference"]}))
+        return
     series = make_series(n, mixed=True)
     shapes = {(o.n_views, o.n_markers) for o in series}
     if kind == "loop":
@@ -150,6 +160,16 @@ def mixed(n: int) -> dict:
     return out
 
 
+def host_devices(n: int) -> dict:
+    """In-process rows again in a fresh process with one XLA host device per core."""
+    cores = os.cpu_count() or 1
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={cores}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.batch_bench", "--worker", "devices", "--n", str(n)], capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100, help="number of series")
@@ -157,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-cli", action="store_true", help="skip the command-line rows")
     p.add_argument("--mixed", action="store_true", help="also time series of varying shapes, compilation included")
     p.add_argument("--out", help="write the numbers as JSON here")
-    p.add_argument("--worker", choices=("loop", "batch"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("loop", "batch", "devices"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args.worker, args.n)
@@ -172,6 +192,12 @@ def main(argv=None) -> int:
     report["in_process"] = r = in_process(args.n)
     base = r["n"] / r["align_loop_s"]
     rows = [("align() loop", r["n"], r["align_loop_s"], base), ("align_batch", r["n"], r["align_batch_s"], base)]
+    if (os.cpu_count() or 1) > 1:
+        report["host_devices"] = d = host_devices(args.n)
+        rows += [
+            (f"align() loop, fresh process with {d['devices']} host devices", args.n, d["loop_s"], args.n / d["loop_s"]),
+            (f"align_batch over {d['devices']} host devices (same process)", args.n, d["batch_s"], args.n / d["loop_s"]),
+        ]
     if not args.no_cli:
         report["command_line"] = c = command_line(args.n, args.cli_n)
         shell = len(c["cli_align_per_series_s"]) / sum(c["cli_align_per_series_s"])

@@ -1,8 +1,8 @@
 """Aligning many tilt series at once: shape buckets, batched solves, several local devices.
 
 ``align_batch`` runs the stages of :func:`lmalign_jax.align.align` on a list of series. Each
-series is padded to a shared *bucket* shape ``(V, M)`` (its view and marker counts rounded up):
-the extra views and markers get weight 0 and are held fixed, so in the normal equations they are
+series falls into a *bucket* by its view and marker counts rounded up, and is padded to the
+largest member of its bucket, ``(V, M)``: the extra views and markers get weight 0 and are held fixed, so in the normal equations they are
 identity rows with zero gradient, their step is exactly zero and the cost, gradient and step
 norms the L-M tests use are unchanged. A padded series therefore follows the same iterations as
 its own solve (up to rounding in sums that now include zeros). The padded problems of a bucket
@@ -564,9 +564,10 @@ def align_batch(
             (modes are strings: free, fixed, shared, group:N).
         rotation_deg, ref_view, weights: as for ``align()``; one value for every series or a
             sequence with one per series.
-        bucket: padding of each series' (views, markers): an int or a pair of steps (counts
-            rounded up to multiples), ``"exact"`` (no padding) or ``"max"`` (one bucket, the
-            largest counts). Each bucket compiles one kernel, which serves every stage.
+        bucket: which series share a kernel: an int or a pair of steps (series whose
+            (views, markers) round up to the same multiples), ``"exact"`` (one bucket per
+            distinct shape) or ``"max"`` (one bucket). A bucket's series are padded to its
+            largest member; each bucket compiles one kernel, which serves every stage.
         batch_size: series slots per kernel call and device (default 32, rounded up to a
             multiple of ``vmap_width``). Unused slots are skipped, so a call's shapes, and
             its compilation, do not depend on how many series there are.
@@ -605,8 +606,14 @@ def align_batch(
         largest = (max(s.obs.n_views for s in series), max(s.obs.n_markers for s in series))
     buckets: dict[tuple[int, int], list[_Series]] = {}
     for s in series:
-        s.shape = largest if bucket == "max" else bucket_shape(s.obs.n_views, s.obs.n_markers, bucket)
-        buckets.setdefault(s.shape, []).append(s)
+        key = largest if bucket == "max" else bucket_shape(s.obs.n_views, s.obs.n_markers, bucket)
+        buckets.setdefault(key, []).append(s)
+    # Each bucket is padded to its largest member only: series of one shape are not padded at
+    # all (padding is arithmetic on zeros: 107 x 30 series in (112, 32) cost 12% more).
+    buckets = {(max(s.obs.n_views for s in members), max(s.obs.n_markers for s in members)): members for members in buckets.values()}
+    for shape, members in buckets.items():
+        for s in members:
+            s.shape = shape
     chunks = [_Chunk(shape, members[c : c + plan.capacity]) for shape, members in sorted(buckets.items()) for c in range(0, len(members), plan.capacity)]
 
     # Each chunk is one asynchronous kernel call: the host prepares the next chunk while the

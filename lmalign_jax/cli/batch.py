@@ -566,7 +566,7 @@ def _add_batch(sub):
     p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size for series whose files do not record it")
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     add_solver_options(p)
-    p.add_argument("--bucket", nargs=2, type=int, metavar=("VIEWS", "MARKERS"), help=f"pad view and marker counts up to multiples of these (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})")
+    p.add_argument("--bucket", nargs=2, type=int, metavar=("VIEWS", "MARKERS"), help=f"series whose view and marker counts round up to the same multiples of these share one compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})")
     p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
     p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
