@@ -237,6 +237,27 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     assert record["summary"]["rms_residual_px"] == pytest.approx(single["summary"]["rms_residual_px"], abs=1e-9)
 
 
+def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):
+    """`lmalign batch` as a command makes one CPU device per core before JAX starts; the series
+    are sharded over them and the outputs equal the in-process (one device) run's."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", LMALIGN_NO_COMPILATION_CACHE="1")
+    (files / "two.txt").write_text("s0.csv s0.rawtlt 2048 2048\ns1.csv s1.rawtlt 2048 2048\n")
+    out = tmp_path / "fresh"
+    proc = subprocess.run([sys.executable, "-m", "lmalign_jax", "batch", files / "two.txt", "--out-dir", out, "--no-figure", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert len(json.loads((out / "batch_summary.json").read_text())["devices"]) == cores
+    rc, _, err = run(["batch", files / "two.txt", "--out-dir", tmp_path / "here", "--no-figure", "--quiet"])
+    assert rc == 0, err
+    for name in ("s0", "s1"):
+        ours, theirs = ((d / name / f"{name}.xf").read_text().split() for d in (out, tmp_path / "here"))
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a == b or abs(float(a) - float(b)) < 2e-6, (name, a, b)
+
+
 def test_cli_batch_folder_with_figures_and_a_failed_alignment(files, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
