@@ -123,3 +123,17 @@ def test_schur_step_streamed_over_marker_chunks(small_series, eliminate, monkeyp
     scale = max(float(jnp.max(jnp.abs(d))) for d in dense if d.size)
     for s, d in zip(schur, dense, strict=True):
         np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+def test_inverse_cholesky_blocks(k):
+    """L^{-1} of every block (unrolled for small blocks, LAPACK above): L^{-1} H L^{-T} = I with
+    L^{-1} lower triangular; a block that is not positive definite gives NaN, not a number."""
+    rng = np.random.default_rng(k)
+    a = rng.normal(size=(6, k, k + 2))
+    h = a @ np.swapaxes(a, 1, 2) + 1e-3 * np.eye(k)
+    h[5] = -np.eye(k)
+    inv = np.asarray(_schur.inverse_cholesky_blocks(jnp.asarray(h)))
+    np.testing.assert_allclose(inv[:5] @ h[:5] @ np.swapaxes(inv[:5], 1, 2), np.broadcast_to(np.eye(k), (5, k, k)), atol=1e-9)
+    assert np.all(np.triu(inv[:5], 1) == 0)
+    assert np.isnan(inv[5]).any()

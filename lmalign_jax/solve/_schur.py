@@ -103,11 +103,37 @@ def unpartition(x_e, x_d, shape_a, shape_b, eliminate: str) -> Variables:
     return Variables(x_e, x_d[:n].reshape(shape_b), x_d[n:])
 
 
+#: Blocks up to this size are factored by unrolled elementwise code (vectorised over the
+#: blocks); XLA's CPU backend otherwise calls LAPACK once per 5 x 5 block (3.5x slower).
+UNROLLED_BLOCK = 8
+
+
 def inverse_cholesky_blocks(h_ee):
-    """L^{-1} for each block of h_ee = L L^T: (n, k, k)."""
+    """L^{-1} for each block of h_ee = L L^T: (n, k, k). NaN where a block is not positive
+    definite, as a factorisation's failure is reported by LAPACK."""
+    if h_ee.shape[-1] <= UNROLLED_BLOCK:
+        return _unrolled_inverse_cholesky(h_ee)
     chol = jnp.linalg.cholesky(h_ee)
     eye = jnp.broadcast_to(jnp.eye(h_ee.shape[-1], dtype=h_ee.dtype), h_ee.shape)
     return jsl.solve_triangular(chol, eye, lower=True)
+
+
+def _unrolled_inverse_cholesky(h):
+    """``inverse_cholesky_blocks`` for small k, one (n,) vector per matrix entry: the Cholesky
+    factor column by column, then its inverse by forward substitution."""
+    k = h.shape[-1]
+    zero = jnp.zeros_like(h[:, 0, 0])
+    chol = [[zero] * k for _ in range(k)]
+    for j in range(k):
+        chol[j][j] = jnp.sqrt(h[:, j, j] - sum((chol[j][p] * chol[j][p] for p in range(j)), start=zero))
+        for i in range(j + 1, k):
+            chol[i][j] = (h[:, i, j] - sum((chol[i][p] * chol[j][p] for p in range(j)), start=zero)) / chol[j][j]
+    inv = [[zero] * k for _ in range(k)]
+    for i in range(k):
+        inv[i][i] = 1.0 / chol[i][i]
+        for j in range(i):
+            inv[i][j] = -sum((chol[i][p] * inv[p][j] for p in range(j, i)), start=zero) * inv[i][i]
+    return jnp.stack([jnp.stack(row, axis=-1) for row in inv], axis=-2)
 
 
 def eliminated_coupling(inv, h_ed):
