@@ -280,14 +280,6 @@ def _n_slots(model: ProjectionModel, modes: dict, n_views: int) -> int:
     return total
 
 
-def _to_model_units(problem, x: Variables) -> tuple[np.ndarray, np.ndarray]:
-    """``AlignmentProblem.to_model_units`` on the host arrays of one unpadded series."""
-    a = np.asarray(x.a)
-    if x.g.shape[0]:
-        a = np.where(problem.tie >= 0, np.asarray(x.g)[np.clip(problem.tie, 0, None)], a)
-    return np.asarray(a * problem.unit.astype(a.dtype), np.float64), np.asarray(x.b, np.float64)
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -442,7 +434,7 @@ class _Runner:
                 s.reports.append(report)
                 self.notify(s.index, self.stages[k], f"{st.message}, rms {rms:.4f} px")
             mine = Variables(x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]])
-            s.views, s.markers = _to_model_units(problem, mine)
+            s.views, s.markers = problem.to_model_units(mine)
         chunk.built = []
 
     def finish(self, chunk: _Chunk) -> None:

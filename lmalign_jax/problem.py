@@ -25,7 +25,7 @@ import numpy as np
 
 from .models import ProjectionModel
 from .observations import Observations
-from .solve import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
+from .solve import Structure, Variables, choose_elimination, count_free, make_structure
 
 _FREE, _FIXED = -1, -2
 
@@ -99,9 +99,12 @@ class AlignmentProblem:
     n_free: int
 
     def to_model_units(self, x: Variables) -> tuple[np.ndarray, np.ndarray]:
-        """Solver variables -> (views (n_views, k) in model units, markers (n_markers, 3))."""
-        views = effective_a(x.a, x.g, jnp.asarray(self.tie)) * self.unit
-        return np.asarray(views, dtype=np.float64), np.asarray(x.b, dtype=np.float64)
+        """Solver variables -> (views (n_views, k) in model units, markers (n_markers, 3)), float64
+        numpy; computed on the host in the solve's precision."""
+        a = np.asarray(x.a)
+        if np.shape(x.g)[0]:
+            a = np.where(self.tie >= 0, np.asarray(x.g)[np.clip(self.tie, 0, None)], a)
+        return np.asarray(a * self.unit.astype(a.dtype), np.float64), np.asarray(x.b, np.float64)
 
 
 def reference_view(tilts_deg) -> int:

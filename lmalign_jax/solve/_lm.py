@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._linearize import Linearization, cost, linearize
 from ._problem import Structure, Variables
@@ -70,8 +71,11 @@ def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "
         ``Solution``. Never raises on numerical trouble: check ``status``.
     """
     dtype = x0.a.dtype
-    settings = jnp.asarray((*config.tolerances(dtype), config.initial_damping), dtype)
-    return _least_squares(fn, x0, structure, settings, jnp.asarray(config.max_iterations), eliminate=eliminate)
+    values = (*config.tolerances(dtype), config.initial_damping)
+    # Host values go in as numpy (transferred with the call); building them with jnp would run
+    # several eager device operations per solve. Inside a trace (a batch kernel) they are traced.
+    xp = jnp if any(isinstance(v, jax.core.Tracer) for v in (*values, config.max_iterations)) else np
+    return _least_squares(fn, x0, structure, xp.asarray(values, dtype), xp.asarray(config.max_iterations, np.int32), eliminate=eliminate)
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate"))
