@@ -239,12 +239,13 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
 
 def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):
     """`lmalign batch` as a command makes one CPU device per core before JAX starts; the series
-    are sharded over them and the outputs equal the in-process (one device) run's."""
+    are sharded over them, two writer processes draw the figures, and the outputs equal the
+    in-process (one device, no writer processes) run's."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", LMALIGN_NO_COMPILATION_CACHE="1")
     (files / "two.txt").write_text("s0.csv s0.rawtlt 2048 2048\ns1.csv s1.rawtlt 2048 2048\n")
     out = tmp_path / "fresh"
-    proc = subprocess.run([sys.executable, "-m", "lmalign_jax", "batch", files / "two.txt", "--out-dir", out, "--no-figure", "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "lmalign_jax", "batch", files / "two.txt", "--out-dir", out, "--writers", "2", "--quiet"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     cores = len(os.sched_getaffinity(0))
@@ -252,6 +253,8 @@ def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):
     rc, _, err = run(["batch", files / "two.txt", "--out-dir", tmp_path / "here", "--no-figure", "--quiet"])
     assert rc == 0, err
     for name in ("s0", "s1"):
+        assert (out / name / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not (tmp_path / "here" / name / f"{name}.png").exists()
         ours, theirs = ((d / name / f"{name}.xf").read_text().split() for d in (out, tmp_path / "here"))
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs, strict=True):
@@ -282,6 +285,8 @@ def test_cli_batch_usage_errors(tmp_path):
     assert rc == 2 and "nothing.txt: file or folder not found" in err
     rc, _, err = run(["batch", tmp_path])
     assert rc == 2 and "no marker files (.fid, .mod, .csv, .pt) in this folder" in err
+    rc, _, err = run(["batch", tmp_path, "--writers", 0])
+    assert rc == 2 and "--writers must be at least 1, got 0" in err
     rc, _, err = run(["batch", tmp_path, "--jobs", 2, "--scheduler", "tcp://127.0.0.1:1"])
     assert rc == 2 and "give --jobs or --scheduler, not both" in err
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
