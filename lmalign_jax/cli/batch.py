@@ -534,7 +534,8 @@ def run_batch(args) -> int:
             _run_processes(_groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome)
         else:
             cores = use_every_core() or _usable_cores()  # worker processes and Dask workers keep one device each
-            writers = cores if args.writers is None else args.writers
+            # a writer process takes ~1.5 s to start (imports): worth it from ~4 figures each
+            writers = max(1, min(cores, len(prepared) // 4)) if args.writers is None else args.writers
             try:
                 align_and_write(prepared, options, progress=shown.event, on_outcome=on_outcome, writers=writers)
             except ValueError as e:  # the engine's checks of options shared by every series
@@ -622,7 +623,7 @@ def _add_batch(sub):
     p.add_argument("--layout", choices=("folders", "prefix"), default="folders", help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
     p.add_argument("--writers", type=int, metavar="N",
-                   help="processes drawing the report figures and writing the outputs when aligning in this process (default: one per core)")
+                   help="processes drawing the report figures and writing the outputs when aligning in this process (default: one per core, at most one per 4 series)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://head:8786 (see above)")
     p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
     p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size for series whose files do not record it")
