@@ -287,8 +287,56 @@ def test_cli_batch_usage_errors(tmp_path):
     assert rc == 2 and "no marker files (.fid, .mod, .csv, .pt) in this folder" in err
     rc, _, err = run(["batch", tmp_path, "--writers", 0])
     assert rc == 2 and "--writers must be at least 1, got 0" in err
+    rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
+    assert rc == 2 and "--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got 0" in err
+    rc, _, err = run(["batch", tmp_path, "--reconstruct", 64, "--bin", 0])
+    assert rc == 2 and "--bin must be at least 1, got 0" in err
     rc, _, err = run(["batch", tmp_path, "--jobs", 2, "--scheduler", "tcp://127.0.0.1:1"])
     assert rc == 2 and "give --jobs or --scheduler, not both" in err
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     rc, _, err = run(["batch", tmp_path / "empty.txt"])
     assert rc == 2 and "the list names no series" in err
+
+
+def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
+    """--reconstruct: each aligned series' tomogram from the stack beside its markers (or the
+    list's STACK column) equals `lmalign reconstruct --alignment NAME.json`; a series without a
+    stack, or with a stack of the wrong length, is bad input and the others complete."""
+    import mrcfile
+
+    d = tmp_path / "in"
+    for seed in (0, 1):  # 41 views of 256 x 256 px, 12 beads: r<seed>.csv .rawtlt .mrc
+        rc, _, err = run(["simulate", "--out-dir", d, "--prefix", f"r{seed}", "--stack", "--seed", seed])
+        assert rc == 0, err
+    for suffix in (".csv", ".rawtlt"):  # r2: markers and tilts but no stack
+        (d / f"r2{suffix}").write_bytes((d / f"r0{suffix}").read_bytes())
+    out = tmp_path / "out"
+    rc, stdout, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"])
+    assert rc == 2, err
+    rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
+    assert rows["r0"]["status"] == rows["r1"]["status"] == "converged"
+    assert rows["r2"]["status"] == "bad input"
+    assert rows["r2"]["detail"].endswith("r2.csv: no stack to reconstruct beside it (r2.st, r2.mrc); name it in a list file: MARKERS TILTS [NX NY] STACK")
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert any(o.endswith("r1.rec.mrc") for o in summary["series"][1]["outputs"])
+
+    rc, _, err = run(["reconstruct", d / "r0.mrc", "--alignment", out / "r0" / "r0.json", "--thickness", 32, "--bin", 2,
+                      "--out", tmp_path / "single.rec.mrc", "--quiet"])
+    assert rc == 0, err
+    with mrcfile.open(out / "r0" / "r0.rec.mrc") as a, mrcfile.open(tmp_path / "single.rec.mrc") as b:
+        assert a.data.shape == (16, 128, 128) and float(np.std(a.data)) > 0
+        np.testing.assert_array_equal(a.data, b.data)
+
+    # a list file names the stacks; one has a section too few
+    with mrcfile.open(d / "r1.mrc") as mrc:
+        data = np.array(mrc.data)
+    with mrcfile.new(d / "short.mrc") as mrc:
+        mrc.set_data(data[:40])
+    (d / "stacks.txt").write_text("r0.csv r0.rawtlt r0.mrc\nr1.csv r1.rawtlt 256 256 short.mrc\n")
+    rc, _, err = run(["batch", d / "stacks.txt", "--out-dir", tmp_path / "out2", "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"])
+    assert rc == 2, err
+    rows = {r["series"]: r for r in read_tsv(tmp_path / "out2" / "batch_summary.tsv")}
+    assert rows["r0"]["status"] == "converged" and (tmp_path / "out2" / "r0" / "r0.rec.mrc").exists()
+    assert rows["r1"]["status"] == "bad input"
+    assert rows["r1"]["detail"].endswith("short.mrc: the stack has 40 sections but " + str(d / "r1.rawtlt") + " has 41 tilt angles")
+    assert not (tmp_path / "out2" / "r1").exists()

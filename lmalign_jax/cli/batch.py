@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -25,7 +25,15 @@ from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
 from ..solve import LMConfig
-from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _note, _software
+from ._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    _Formatter,
+    _note,
+    _software,
+)
 from .align import (
     ALIGN_OUTPUTS,
     REPORT_OUTPUTS,
@@ -38,11 +46,16 @@ from .align import (
     report_selection,
     select,
 )
+from .reconstruct import FILTER_CHOICES
 
 #: Marker files a folder scan picks up (.txt and .resid series go in a list file).
 SCAN_MARKERS = (".fid", ".mod", ".csv", ".pt")
 #: Tilt files looked for next to ``NAME.<marker extension>``, in order of preference.
 SCAN_TILTS = (".rawtlt", ".tlt", ".mdoc", ".mrc.mdoc", ".st.mdoc")
+#: Raw stacks looked for next to ``NAME.<marker extension>`` (IMOD's NAME.st, or NAME.mrc).
+SCAN_STACKS = (".st", ".mrc")
+#: The tomogram written beside a series' other outputs by ``--reconstruct``.
+TOMOGRAM = ".rec.mrc"
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
 STATUS_OK, STATUS_FAILED, STATUS_BAD = "converged", "failed", "bad input"
@@ -60,6 +73,7 @@ class SeriesSpec:
     tilts: str | None
     image_size: tuple[float, float] | None = None
     problem: str | None = None  # why it cannot be read (a bad list line, a missing tilt file)
+    stack: str | None = None  # the raw stack named by the list file (else looked for beside the markers)
 
 
 @dataclass
@@ -74,6 +88,7 @@ class Prepared:
     out_dir: str
     prefix: str
     read_seconds: float
+    stack: str | None = None  # the raw stack (header checked against the tilts)
 
 
 @dataclass
@@ -110,6 +125,9 @@ class BatchOptions:
     batch_size: int | None = None
     command: tuple = ("lmalign", "batch")
     compilation_cache: bool = False  # workers turn on the CLI's persistent cache
+    reconstruct: float | None = None  # tomogram thickness in unbinned pixels, or no reconstruction
+    binning: int = 1
+    filter: str = "ramp"
 
 
 def _unique_names(specs: list[SeriesSpec]) -> None:
@@ -127,10 +145,11 @@ def _stem(path: str) -> str:
 
 
 def read_list(path: str) -> list[SeriesSpec]:
-    """Series of a list file: one ``MARKERS TILTS [NX NY]`` per line.
+    """Series of a list file: one ``MARKERS TILTS [NX NY] [STACK]`` per line.
 
     Blank lines and ``#`` comments are skipped; paths are relative to the list file's folder
-    and may be quoted (shell rules); NX NY give the image size when the marker file lacks it.
+    and may be quoted (shell rules); NX NY give the image size when the marker file lacks it;
+    STACK names the raw stack (its header gives the image size; ``--reconstruct`` uses it).
     A malformed line becomes a series with a ``problem`` (reported, not fatal).
     """
     base = os.path.dirname(os.path.abspath(path))
@@ -146,12 +165,14 @@ def read_list(path: str) -> list[SeriesSpec]:
                 specs.append(SeriesSpec(f"line{number}", None, None, problem=str(InputError(path, number, f"cannot split the line: {e}"))))
                 continue
             where = lambda problem, n=number: str(InputError(path, n, problem))
-            if len(tokens) not in (2, 4):
-                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected 'MARKERS TILTS [NX NY]', got {len(tokens)} fields")))
+            if len(tokens) not in (2, 3, 4, 5):
+                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected 'MARKERS TILTS [NX NY] [STACK]', got {len(tokens)} fields")))
                 continue
             markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
             spec = SeriesSpec(_stem(markers), markers, tilts)
-            if len(tokens) == 4:
+            if len(tokens) in (3, 5):
+                spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
+            if len(tokens) >= 4:
                 try:
                     size = (float(tokens[2]), float(tokens[3]))
                     if not all(math.isfinite(s) and s > 0 for s in size):
@@ -161,7 +182,7 @@ def read_list(path: str) -> list[SeriesSpec]:
                     spec.problem = where(f"image size {tokens[2]} {tokens[3]} is not two positive numbers")
             specs.append(spec)
     if not specs:
-        raise UsageError(f"{path}: the list names no series (one 'MARKERS TILTS [NX NY]' per line)")
+        raise UsageError(f"{path}: the list names no series (one 'MARKERS TILTS [NX NY] [STACK]' per line)")
     _unique_names(specs)
     return specs
 
@@ -200,15 +221,32 @@ def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
         clash = [p for p in out.final_paths(ALIGN_OUTPUTS) if os.path.realpath(p) in inputs_real]
         if clash:
             raise UsageError(f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout folders")
+        stack = spec.stack
+        if stack is None and args.reconstruct is not None:
+            stack = stack_beside(spec.markers)
+            if stack is None:
+                stem = os.path.splitext(spec.markers)[0]
+                raise InputError(spec.markers, None, f"no stack to reconstruct beside it ({', '.join(os.path.basename(stem) + e for e in SCAN_STACKS)}); "
+                                                     "name it in a list file: MARKERS TILTS [NX NY] STACK")
+        if args.reconstruct is not None:
+            tomogram = out.final_paths((TOMOGRAM,))[0]
+            if os.path.realpath(tomogram) in inputs_real | {os.path.realpath(stack)}:
+                raise UsageError(f"output {tomogram} would overwrite an input file; choose another --out-dir")
         size = spec.image_size or (tuple(args.image_size) if args.image_size else None)
-        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=None, image_size=size, rotation=None))
+        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=stack, image_size=size, rotation=None))
         sel = select(inputs, [])
         report_selection(inputs, sel)
         obs, marker_ids = observations_for_fit(inputs, sel)
     except (InputError, UsageError, ValueError, OSError) as e:
         text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD, EXIT_BAD_INPUT, seconds=time.perf_counter() - start, detail=text)
-    return Prepared(spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start)
+    return Prepared(spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start, stack)
+
+
+def stack_beside(markers: str) -> str | None:
+    """``NAME.st`` or ``NAME.mrc`` next to the marker file ``NAME.<ext>``, if there is one."""
+    stem = os.path.splitext(markers)[0]
+    return next((stem + e for e in SCAN_STACKS if os.path.isfile(stem + e)), None)
 
 
 # =========================================================================== align and write
@@ -234,7 +272,7 @@ def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
     out = OutputSet(p.out_dir, p.prefix)
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if options.figure or s != ".png")
     extra = {"outputs": [os.path.basename(q) for q in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
-    args = argparse.Namespace(markers=p.spec.markers, stack=None)
+    args = argparse.Namespace(markers=p.spec.markers, stack=p.stack)
     record = build_record(result, fv, marker_ids=p.marker_ids, inputs=_input_record(args, inputs, sel, obs), options=record_options,
                           n_worst=options.worst, software=_software(), extra=extra)
     with out:
@@ -287,7 +325,7 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
     if writers <= 1:
         outcomes = []
         for p, result in zip(prepared, results, strict=True):
-            outcomes.append(write_outcome(p, result, options))
+            outcomes.append(reconstruct_series(p, write_outcome(p, result, options), options))
             report(outcomes[-1])
         return outcomes
     import concurrent.futures
@@ -305,8 +343,30 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
                 p = prepared[i]
                 outcomes[i] = Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
                                       detail=f"writing the outputs failed: {type(error).__name__}: {error}")
+            # tomograms are made here, on this process's device, while the writers draw on
+            outcomes[i] = reconstruct_series(prepared[i], outcomes[i], options)
             report(outcomes[i])
     return outcomes
+
+
+def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions) -> Outcome:
+    """With ``options.reconstruct``, the tomogram of a series that converged, from its raw stack
+    and the ``.json`` record just written (as ``lmalign reconstruct --alignment`` does)."""
+    if options.reconstruct is None or outcome.status != STATUS_OK:
+        return outcome
+    from .reconstruct import read_alignment_json, reconstruct_to_file
+
+    out = OutputSet(p.out_dir, p.prefix)
+    record, tomogram = out.final_paths((".json", TOMOGRAM))
+    start = time.perf_counter()
+    try:
+        reconstruct_to_file(p.stack, read_alignment_json(record), tomogram, thickness=options.reconstruct, binning=options.binning,
+                            filter=options.filter, quiet=True)
+    except (InputError, UsageError, ValueError, OSError) as e:
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        return replace(outcome, status=STATUS_FAILED, exit_code=EXIT_FAILED, seconds=outcome.seconds + time.perf_counter() - start,
+                       detail=f"aligned, but the reconstruction failed: {text}")
+    return replace(outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start)
 
 
 def write_outcome(p: Prepared, result, options: BatchOptions) -> Outcome:
@@ -478,6 +538,10 @@ def run_batch(args) -> int:
         raise UsageError("--max-iterations, --group-size and --batch-size must be at least 1")
     if args.writers is not None and args.writers < 1:
         raise UsageError(f"--writers must be at least 1, got {args.writers}")
+    if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
+        raise UsageError(f"--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got {args.reconstruct:g}")
+    if args.bin < 1:
+        raise UsageError(f"--bin must be at least 1, got {args.bin}")
     if args.bucket is not None and min(args.bucket) < 1:
         raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
     if args.image_size is not None and min(args.image_size) <= 0:
@@ -493,6 +557,7 @@ def run_batch(args) -> int:
         dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations, worst=args.worst,
         figure=not args.no_figure, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
         command=("lmalign", *getattr(args, "argv", ["batch"])), compilation_cache=cache,
+        reconstruct=args.reconstruct, binning=args.bin, filter=args.filter,
     )
     source = args.series
     if os.path.isdir(source):
@@ -586,19 +651,27 @@ them all. Each series gets the outputs of 'lmalign align' (.xf .tlt .resid .xyz 
 --out-dir/batch_summary.txt, .tsv and .json (series, views, markers, residuals, status, time).
 
 LIST_OR_DIR:
-  a list file: one series per line, 'MARKERS TILTS [NX NY]' (whitespace-separated, quotes
-    allowed, '#' starts a comment, paths relative to the list file; NX NY is the image size
-    when the marker file does not record it). NAME is the marker file's stem (NAME_2, ...
-    when two series share a stem);
+  a list file: one series per line, 'MARKERS TILTS [NX NY] [STACK]' (whitespace-separated,
+    quotes allowed, '#' starts a comment, paths relative to the list file; NX NY is the image
+    size when the marker file does not record it; STACK is the raw stack, whose header is
+    checked against the tilts and gives the image size). NAME is the marker file's stem
+    (NAME_2, ... when two series share a stem);
   or a folder: every NAME.fid/.mod/.csv/.pt with a tilt file NAME.rawtlt, NAME.tlt or
     NAME.mdoc beside it (first found, in that order).
+
+--reconstruct NZ also makes each aligned series' tomogram, NAME.rec.mrc beside its other
+outputs, from its raw stack (the STACK column, else NAME.st or NAME.mrc beside the markers), as
+'lmalign reconstruct STACK --alignment NAME.json --thickness NZ' would (--bin, --filter). A
+series asked to be reconstructed without a stack is bad input; the tomograms are made in this
+process (on its GPU if it has one), or by each Dask worker for its group.
 
 A series that cannot be read, or whose alignment fails, is reported with its reason; the others
 complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad (2 wins).
 
 Parallel work: by default everything runs in this process; on a CPU it makes one JAX device per
 core (unless XLA_FLAGS sets the count), so the batch solves one series per core at a time.
---jobs N spreads the series over N local processes instead (one device each). --scheduler ADDRESS sends groups of --group-size series to a Dask cluster;
+--jobs N spreads the series over N local processes instead (one device each). --scheduler
+ADDRESS sends groups of --group-size series to a Dask cluster;
 each worker aligns its group with batched solves and writes its outputs itself, so --out-dir
 and the input files must be on a file system every worker sees, at the same paths. To use a
 cluster: install lmalign_jax and 'dask[distributed]' on every machine, start
@@ -618,7 +691,7 @@ examples:
 def _add_batch(sub):
     p = sub.add_parser("batch", help="align many tilt series with batched solves (locally or on a Dask cluster)", description=BATCH_HELP,
                        epilog=BATCH_EXAMPLE, formatter_class=_Formatter)
-    p.add_argument("series", metavar="LIST_OR_DIR", help="list file ('MARKERS TILTS [NX NY]' per line) or folder of marker + tilt files")
+    p.add_argument("series", metavar="LIST_OR_DIR", help="list file ('MARKERS TILTS [NX NY] [STACK]' per line) or folder of marker + tilt files")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--layout", choices=("folders", "prefix"), default="folders", help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
@@ -633,5 +706,10 @@ def _add_batch(sub):
     p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
     p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
+    p.add_argument("--reconstruct", type=float, metavar="NZ",
+                   help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
+                        "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)")
+    p.add_argument("--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first")
+    p.add_argument("--filter", choices=FILTER_CHOICES, default="ramp", help="with --reconstruct: ramp filter, optionally apodised")
     p.add_argument("--quiet", "-q", action="store_true", help="report only the series that did not converge while running")
     p.set_defaults(run=run_batch)
