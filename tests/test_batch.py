@@ -193,6 +193,7 @@ def files(tmp_path_factory):
         "s1.csv s1.rawtlt 2048 2048   # a comment\n"
         "missing.csv s1.rawtlt 2048 2048\n"
         "s1.csv\n"
+        "s0.csv s0.rawtlt 2048\n"
     )
     return d
 
@@ -208,16 +209,17 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     rc, stdout, err = run(["batch", files / "list.txt", "--out-dir", out, "--no-figure"])
     assert rc == 2, err  # some inputs were bad
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
-    assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6"]
+    assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6", "s0_2"]
+    assert rows["s0_2"]["detail"].endswith("list.txt:7: one number after TILTS (2048): give the image size as NX NY, or a STACK file")
     assert rows["s0"]["status"] == rows["s1"]["status"] == "converged"
     bad_line = len((files / "corrupt.csv").read_text().splitlines())
     assert rows["corrupt"]["status"] == "bad input"
     assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
     assert rows["missing"]["detail"].endswith("missing.csv: file not found")
-    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY]', got 1 fields")
+    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK]', got 1 fields")
     assert {p.name for p in (out / "s0").iterdir()} == {"s0.xf", "s0.tlt", "s0.resid", "s0.xyz", "s0.json"}
     assert not (out / "corrupt").exists()
-    assert "2 converged, 0 failed, 3 bad input" in stdout
+    assert "2 converged, 0 failed, 4 bad input" in stdout
     assert "lmalign: [" in err and "corrupt: bad input" in err
     summary = json.loads((out / "batch_summary.json").read_text())
     assert summary["exit_code"] == 2 and [s["series"] for s in summary["series"]] == list(rows)

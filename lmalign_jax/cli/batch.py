@@ -144,6 +144,14 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_list(path: str) -> list[SeriesSpec]:
     """Series of a list file: one ``MARKERS TILTS [NX NY] [STACK]`` per line.
 
@@ -172,6 +180,8 @@ def read_list(path: str) -> list[SeriesSpec]:
             spec = SeriesSpec(_stem(markers), markers, tilts)
             if len(tokens) in (3, 5):
                 spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
+                if len(tokens) == 3 and _is_number(tokens[2]):
+                    spec.problem = where(f"one number after TILTS ({tokens[2]}): give the image size as NX NY, or a STACK file")
             if len(tokens) >= 4:
                 try:
                     size = (float(tokens[2]), float(tokens[3]))
