@@ -159,6 +159,27 @@ def test_resid_round_trip_random(tmp_path):
     np.testing.assert_allclose(t.residual, res, atol=5e-3)
 
 
+def test_write_resid_one_format_per_row_equals_field_checks(tmp_path):
+    """Rows well inside IMOD's fields are formatted in one go; the text equals the field-checked
+    formatting, values beyond that go through the checks (and still fit or fail as before)."""
+    from lmalign_jax.io.imod import _fmt, _fmti
+
+    xy = np.array([[-99998.996, 0.004], [12.345, 4095.995], [0.0, -0.004]])
+    res = np.array([[-998.996, 998.996], [0.125, -0.135], [1e-9, -1e-9]])
+    view = np.array([0, 9999, 3])
+    write_resid(tmp_path / "fast.resid", xy, view, res)
+    rows = "".join(_fmt(x, 10, 2) + _fmt(y, 10, 2) + _fmti(v, 5) + _fmt(dx, 8, 2) + _fmt(dy, 8, 2) + "\n"
+                   for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True))
+    assert (tmp_path / "fast.resid").read_text() == "     3 residuals\n" + rows
+    xy[0, 0] = 123456.78  # past the fast path, still fits f10.2
+    write_resid(tmp_path / "wide.resid", xy, view, res)
+    assert (tmp_path / "wide.resid").read_text().splitlines()[1].startswith(" 123456.78")
+    xy[0, 0] = 1e9
+    with pytest.raises(ValueError, match=r"does not fit IMOD's f10.2 field"):
+        write_resid(tmp_path / "bad.resid", xy, view, res)
+    assert not (tmp_path / "bad.resid").exists()
+
+
 def test_resid_fixed_columns_fallback(tmp_path):
     p = write(tmp_path / "g.resid", "     2 residuals\n    100.00    200.00    3-1234.56   -0.50\n"
               "1234567.891234567.89    4    0.10    0.20\n")
