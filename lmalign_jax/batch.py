@@ -51,7 +51,7 @@ from .solve import LMConfig, Status, Structure, Variables, choose_elimination, e
 
 __all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
 
-#: Default bucket: view and marker counts rounded up to multiples of 8.
+#: Default bucket: series whose view and marker counts round up to the same multiples of 8.
 DEFAULT_BUCKET = (8, 8)
 #: Series per kernel call and device, when ``batch_size`` is not given.
 DEFAULT_BATCH_PER_DEVICE = 32
@@ -64,11 +64,11 @@ ProgressCallback = Callable[[int, str, str], None]
 
 
 def bucket_shape(n_views: int, n_markers: int, bucket=DEFAULT_BUCKET) -> tuple[int, int]:
-    """Padded ``(views, markers)`` of a series: counts rounded up to multiples of ``bucket``.
+    """The bucket of a series: its ``(views, markers)`` rounded up to multiples of ``bucket``.
 
     ``bucket``: an int (both steps), a pair ``(view_step, marker_step)``, or ``"exact"``
-    (no padding: one bucket per distinct shape). ``"max"`` (one bucket for the whole batch) is
-    resolved by :func:`align_batch`, which knows every shape.
+    (one bucket per distinct shape). ``"max"`` (one bucket for the whole batch) is resolved by
+    :func:`align_batch`, which knows every shape and pads each bucket to its largest member.
     """
     if bucket == "exact":
         return int(n_views), int(n_markers)
