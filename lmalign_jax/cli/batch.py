@@ -679,15 +679,16 @@ A series that cannot be read, or whose alignment fails, is reported with its rea
 complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad (2 wins).
 
 Parallel work: by default everything runs in this process; on a CPU it makes one JAX device per
-core (unless XLA_FLAGS sets the count), so the batch solves one series per core at a time.
+core (unless XLA_FLAGS sets the count), so the batch solves one series per core at a time, and
+--writers processes (default one per core, at most one per 4 series) draw the report figures.
 --jobs N spreads the series over N local processes instead (one device each). --scheduler
-ADDRESS sends groups of --group-size series to a Dask cluster;
-each worker aligns its group with batched solves and writes its outputs itself, so --out-dir
-and the input files must be on a file system every worker sees, at the same paths. To use a
-cluster: install lmalign_jax and 'dask[distributed]' on every machine, start
-'dask scheduler' on one (it prints tcp://HOST:8786), 'dask worker tcp://HOST:8786
---nthreads 1' on each machine (one per GPU or a few per CPU machine; JAX uses several cores
-per worker), then run 'lmalign batch LIST --scheduler tcp://HOST:8786 --out-dir /shared/out'.
+ADDRESS sends groups of --group-size series to a Dask cluster; each worker aligns its group
+with batched solves and writes its outputs itself, so --out-dir and the input files must be on a
+file system every worker sees, at the same paths. To use a cluster: install lmalign_jax and
+'dask[distributed]' on every machine, start 'dask scheduler' on one (it prints
+tcp://HOST:8786), 'dask worker tcp://HOST:8786 --nthreads 1' on each machine (one per GPU or a
+few per CPU machine; JAX uses several cores per worker), then run
+'lmalign batch LIST --scheduler tcp://HOST:8786 --out-dir /shared/out'.
 """
 
 BATCH_EXAMPLE = """\
