@@ -4,9 +4,9 @@
 series falls into a *bucket* by its view and marker counts rounded up, and is padded to the
 largest member of its bucket, ``(V, M)``: the extra views and markers get weight 0 and are held
 fixed, so in the normal equations they are identity rows with zero gradient, their step is
-exactly zero and the cost, gradient and step norms the L-M tests use are unchanged. A padded series therefore follows the same iterations as
-its own solve (up to rounding in sums that now include zeros). The padded problems of a bucket
-are stacked along a leading batch axis and one jitted kernel per bucket solves them, every
+exactly zero and the cost, gradient and step norms the L-M tests use are unchanged. A padded
+series therefore follows the same iterations as its own solve (up to rounding in sums that now
+include zeros). The padded problems of a bucket are stacked along a leading batch axis and one jitted kernel per bucket solves them, every
 stage in the same call: stages differ only in which entries are free, which is data (the free
 masks of all stages are built on the host up front), and a ``lax.scan`` over the stages
 carries each series from one stage to the next on the device.
