@@ -6,10 +6,10 @@ largest member of its bucket, ``(V, M)``: the extra views and markers get weight
 fixed, so in the normal equations they are identity rows with zero gradient, their step is
 exactly zero and the cost, gradient and step norms the L-M tests use are unchanged. A padded
 series therefore follows the same iterations as its own solve (up to rounding in sums that now
-include zeros). The padded problems of a bucket are stacked along a leading batch axis and one jitted kernel per bucket solves them, every
-stage in the same call: stages differ only in which entries are free, which is data (the free
-masks of all stages are built on the host up front), and a ``lax.scan`` over the stages
-carries each series from one stage to the next on the device.
+include zeros). The padded problems of a bucket are stacked along a leading batch axis and one
+jitted kernel per bucket solves them, every stage in the same call: stages differ only in which
+entries are free, which is data (the free masks of all stages are built on the host up front),
+and a ``lax.scan`` over the stages carries each series from one stage to the next on the device.
 
 The kernel runs a ``lax.fori_loop`` over groups of ``vmap_width`` series; each group is one
 ``jax.vmap`` of the stage scan. In a vmapped ``while_loop`` a member that has stopped keeps its
