@@ -341,15 +341,15 @@ class _Runner:
     def _build(self, s: _Series):
         """The series' problem (first stage's masks) and every stage's free masks, host side."""
         plan, m = self.plan, self.plan.model
-        masks = []
-        for stage in self.stages:
-            hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
-            masks.append(free_masks(m, s.obs, plan.modes, marker_free, hold=hold, ref_view=s.ref_view))
         hold, marker_free = _stage_setup(self.stages[0], m, s.obs, s.ref_view)
         problem = build_problem(
             m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
             on_device=False,
         )
+        masks = [(problem.structure.free_a, problem.structure.free_b, problem.structure.free_g)]
+        for stage in self.stages[1:]:
+            hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
+            masks.append(free_masks(m, s.obs, plan.modes, marker_free, hold=hold, ref_view=s.ref_view))
         return problem, masks
 
     def dispatch(self, chunk: _Chunk) -> bool:
