@@ -25,15 +25,7 @@ from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
 from ..solve import LMConfig
-from ._common import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_OK,
-    UsageError,
-    _Formatter,
-    _note,
-    _software,
-)
+from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _note, _software
 from .align import (
     ALIGN_OUTPUTS,
     REPORT_OUTPUTS,
