@@ -334,7 +334,10 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
         data = np.array(mrc.data)
     with mrcfile.new(d / "short.mrc") as mrc:
         mrc.set_data(data[:40])
-    (d / "stacks.txt").write_text("r0.csv r0.rawtlt r0.mrc\nr1.csv r1.rawtlt 256 256 short.mrc\n")
+    data[3, 10, 10] = np.nan
+    with mrcfile.new(d / "nan.mrc") as mrc, pytest.warns(RuntimeWarning, match="NaN"):
+        mrc.set_data(data)
+    (d / "stacks.txt").write_text("r0.csv r0.rawtlt r0.mrc\nr1.csv r1.rawtlt 256 256 short.mrc\nr1.csv r1.rawtlt nan.mrc\n")
     rc, _, err = run(["batch", d / "stacks.txt", "--out-dir", tmp_path / "out2", "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"])
     assert rc == 2, err
     rows = {r["series"]: r for r in read_tsv(tmp_path / "out2" / "batch_summary.tsv")}
@@ -342,3 +345,16 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     assert rows["r1"]["status"] == "bad input"
     assert rows["r1"]["detail"].endswith("short.mrc: the stack has 40 sections but " + str(d / "r1.rawtlt") + " has 41 tilt angles")
     assert not (tmp_path / "out2" / "r1").exists()
+    # a stack that fails while reconstructing: aligned (its outputs are there), no tomogram, exit 1 for it
+    assert rows["r1_2"]["status"] == "failed" and rows["r1_2"]["exit_code"] == "1"
+    assert "aligned, but the reconstruction failed: cannot reconstruct" in rows["r1_2"]["detail"]
+    assert rows["r1_2"]["detail"].endswith("stack view 3 contains non-finite values")
+    assert (tmp_path / "out2" / "r1_2" / "r1_2.xf").exists() and not (tmp_path / "out2" / "r1_2" / "r1_2.rec.mrc").exists()
+
+    # the tomogram would overwrite the stack it is made from
+    (d / "r0.rec.mrc").write_bytes((d / "r0.mrc").read_bytes())
+    (d / "clash.txt").write_text("r0.csv r0.rawtlt r0.rec.mrc\n")
+    rc, _, err = run(["batch", d / "clash.txt", "--out-dir", d, "--layout", "prefix", "--reconstruct", 32, "--no-figure", "--quiet"])
+    assert rc == 2, err
+    rows = read_tsv(d / "batch_summary.tsv")
+    assert rows[0]["detail"] == f"output {d / 'r0.rec.mrc'} would overwrite an input file; choose another --out-dir"
