@@ -10,7 +10,7 @@ from ._linearize import Linearization, cost, linearize, pair_residuals
 from ._lm import Solution, least_squares
 from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
 from ._results import LMConfig, Status
-from ._schur import damped_step, schur_solve
+from ._schur import damped_step
 
 __all__ = [
     "LMConfig",
@@ -29,6 +29,5 @@ __all__ = [
     "linearize",
     "make_structure",
     "pair_residuals",
-    "schur_solve",
     "solve_implicit",
 ]

@@ -19,8 +19,8 @@ Which set is E is decided once on the host; the blocks are prepared once per L-M
 (``Linearization``); this module runs once per damping trial. When the markers are E, Y is
 formed from the per-pair Jacobians one chunk of markers at a time, in two passes (reduce, then
 back-substitute), so it is never held whole; when the views are E (few markers), Y is formed
-whole, again from the Jacobians. ``partition``/``schur_solve`` are the general form (the
-covariance uses them). Fixed entries stay in the
+whole, again from the Jacobians. ``partition`` and ``eliminated_coupling`` are the general
+form, which the covariance uses. Fixed entries stay in the
 system as identity rows, so shapes (and the compiled code) do not depend on what is free.
 """
 
@@ -94,15 +94,6 @@ def partition(lin: Linearization, damping, eliminate: str):
     return part, Variables(d_a, d_b, d_g)
 
 
-def unpartition(x_e, x_d, shape_a, shape_b, eliminate: str) -> Variables:
-    """E/D vectors back to Variables (a (n_a, k_a), b (n_b, k_b), g)."""
-    if eliminate == "b":
-        n = shape_a[0] * shape_a[1]
-        return Variables(x_d[:n].reshape(shape_a), x_e, x_d[n:])
-    n = shape_b[0] * shape_b[1]
-    return Variables(x_e, x_d[:n].reshape(shape_b), x_d[n:])
-
-
 #: Blocks up to this size are factored by unrolled elementwise code (vectorised over the
 #: blocks); XLA's CPU backend otherwise calls LAPACK once per 5 x 5 block (3.5x slower).
 UNROLLED_BLOCK = 8
@@ -140,35 +131,6 @@ def eliminated_coupling(inv, h_ed):
     """Y = L^{-1} H_ED as k arrays (d, n): row i of every block's Y."""
     k = inv.shape[-1]
     return [sum(inv[:, i, j] * h_ed[j] for j in range(k)) for i in range(k)]
-
-
-def schur_solve(h_ee, g_e, h_ed, h_dd, g_d):
-    """Solve the partitioned system above.
-
-    Shapes: h_ee (n, k, k), g_e (n, k), h_ed (k, d, n) (the coupling, laid out so every
-    product runs along the n blocks), h_dd (d, d), g_d (d,). Returns x_e (n, k), x_d (d,).
-    """
-    inv = inverse_cholesky_blocks(h_ee)
-    y = eliminated_coupling(inv, h_ed)
-    coupled = jnp.any(h_ed != 0)
-    return _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled)
-
-
-def _reduce_and_solve(inv, y, g_e, h_dd, g_d, coupled):
-    """The reduced system and back-substitution given inv = L^{-1} (n, k, k) and Y as k
-    arrays (d, n); ``coupled`` false skips the O(n d^2) product (nothing couples E to D)."""
-    z = jnp.einsum("nij,nj->ni", inv, g_e)
-    if h_dd.shape[0]:
-        y_all = jnp.concatenate(y, axis=1)  # (d, k n): one product instead of k
-        reduced = jax.lax.cond(coupled, lambda: h_dd - _gram(y_all, y_all), lambda: h_dd)
-        rhs = -g_d + y_all @ z.T.reshape(-1)
-        x_d = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), rhs)
-        back = z + (x_d @ y_all).reshape(len(y), -1).T
-    else:
-        x_d = g_d
-        back = z
-    x_e = -jnp.einsum("nij,ni->nj", inv, back)
-    return x_e, x_d
 
 
 #: Pairs per chunk of the streamed marker-eliminating step (its products stay in cache).
@@ -236,7 +198,7 @@ def _marker_schur_step(lin: Linearization, damping):
 
     x_e = jnp.zeros_like(lin.grad_b)
     x_e = back(0, x_e) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, back, x_e)
-    return unpartition(x_e, x_d, lin.grad_a.shape, lin.grad_b.shape, "b"), scaling
+    return Variables(x_a, x_e, x_g), scaling
 
 
 def _gram(u, v):
