@@ -212,6 +212,11 @@ def _output_set(out_dir: str, name: str, layout: str) -> OutputSet:
     return OutputSet(os.path.join(out_dir, name) if layout == "folders" else out_dir, name)
 
 
+def _reason(error: Exception) -> str:
+    """What went wrong, for the summary: ``FILE: reason`` for a file-system error."""
+    return f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.filename else str(error)
+
+
 def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
     """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used."""
     start = time.perf_counter()
@@ -240,7 +245,7 @@ def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
         report_selection(inputs, sel)
         obs, marker_ids = observations_for_fit(inputs, sel)
     except (InputError, UsageError, ValueError, OSError) as e:
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        text = _reason(e)
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD, EXIT_BAD_INPUT, seconds=time.perf_counter() - start, detail=text)
     return Prepared(spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start, stack)
 
@@ -365,7 +370,7 @@ def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions) -> 
         reconstruct_to_file(p.stack, read_alignment_json(record), tomogram, thickness=options.reconstruct, binning=options.binning,
                             filter=options.filter, quiet=True)
     except (InputError, UsageError, ValueError, OSError) as e:
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+        text = _reason(e)
         return replace(outcome, status=STATUS_FAILED, exit_code=EXIT_FAILED, seconds=outcome.seconds + time.perf_counter() - start,
                        detail=f"aligned, but the reconstruction failed: {text}")
     return replace(outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start)
