@@ -194,6 +194,7 @@ def files(tmp_path_factory):
         "missing.csv s1.rawtlt 2048 2048\n"
         "s1.csv\n"
         "s0.csv s0.rawtlt 2048\n"
+        "s1.csv s1.rawtlt\n"
     )
     return d
 
@@ -209,7 +210,7 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     rc, stdout, err = run(["batch", files / "list.txt", "--out-dir", out, "--no-figure"])
     assert rc == 2, err  # some inputs were bad
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
-    assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6", "s0_2"]
+    assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6", "s0_2", "s1_2"]
     assert rows["s0_2"]["detail"].endswith("list.txt:7: one number after TILTS (2048): give the image size as NX NY, or a STACK file")
     assert rows["s0"]["status"] == rows["s1"]["status"] == "converged"
     bad_line = len((files / "corrupt.csv").read_text().splitlines())
@@ -217,9 +218,12 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
     assert rows["missing"]["detail"].endswith("missing.csv: file not found")
     assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK]', got 1 fields")
+    # a CSV does not record the image size: the advice is the batch's, not align's --stack
+    assert rows["s1_2"]["detail"].endswith("s1.csv: image size unknown (the marker file does not record it): give NX NY after TILTS "
+                                           "on the series' line of a list file, a STACK column, or --image-size NX NY for every series")
     assert {p.name for p in (out / "s0").iterdir()} == {"s0.xf", "s0.tlt", "s0.resid", "s0.xyz", "s0.json"}
     assert not (out / "corrupt").exists()
-    assert "2 converged, 0 failed, 4 bad input" in stdout
+    assert "2 converged, 0 failed, 5 bad input" in stdout
     assert "lmalign: [" in err and "corrupt: bad input" in err
     summary = json.loads((out / "batch_summary.json").read_text())
     assert summary["exit_code"] == 2 and [s["series"] for s in summary["series"]] == list(rows)

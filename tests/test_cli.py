@@ -319,7 +319,7 @@ def test_empty_inputs(files):
 
 
 def test_image_size_missing(files):
-    assert_bad(align_args(files, size=False), r"image size unknown: give --image-size NX NY or --stack", files["out"])
+    assert_bad(align_args(files, size=False), r"m\.csv: image size unknown \(the marker file does not record it\): give --image-size NX NY or --stack", files["out"])
 
 
 def test_too_few_markers_after_dropping(files):

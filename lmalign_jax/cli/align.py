@@ -140,7 +140,8 @@ def read_inputs(args) -> Inputs:
     elif mdoc is not None and mdoc.image_size is not None:
         size, source = mdoc.image_size, f"{args.tilts} ImageSize"
     else:
-        raise UsageError("image size unknown: give --image-size NX NY or --stack STACK.mrc (the marker file does not record it)")
+        advice = getattr(args, "size_advice", "give --image-size NX NY or --stack STACK.mrc")
+        raise InputError(args.markers, None, f"image size unknown (the marker file does not record it): {advice}")
 
     if args.rotation is not None:
         rotation, rot_source = float(args.rotation), "--rotation"

@@ -217,6 +217,10 @@ def _reason(error: Exception) -> str:
     return f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.filename else str(error)
 
 
+#: How a batch user gives an image size the marker file lacks (the end of that error message).
+SIZE_ADVICE = "give NX NY after TILTS on the series' line of a list file, a STACK column, or --image-size NX NY for every series"
+
+
 def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
     """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used."""
     start = time.perf_counter()
@@ -240,7 +244,7 @@ def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
             if os.path.realpath(tomogram) in inputs_real | {os.path.realpath(stack)}:
                 raise UsageError(f"output {tomogram} would overwrite an input file; choose another --out-dir")
         size = spec.image_size or (tuple(args.image_size) if args.image_size else None)
-        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=stack, image_size=size, rotation=None))
+        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=stack, image_size=size, rotation=None, size_advice=SIZE_ADVICE))
         sel = select(inputs, [])
         report_selection(inputs, sel)
         obs, marker_ids = observations_for_fit(inputs, sel)
