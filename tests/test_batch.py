@@ -304,6 +304,14 @@ def test_cli_batch_usage_errors(tmp_path):
     assert rc == 2 and "the list names no series" in err
 
 
+def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
+    """Checked before any series is read or aligned: nothing is written, exit 2."""
+    (tmp_path / "taken").write_text("")
+    rc, out, err = run(["batch", files / "list.txt", "--out-dir", tmp_path / "taken" / "sub", "--no-figure"])
+    assert rc == 2 and f"--out-dir {tmp_path / 'taken' / 'sub'}: {tmp_path / 'taken'} exists and is not a folder" in err
+    assert out == "" and "aligning" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     """--reconstruct: each aligned series' tomogram from the stack beside its markers (or the
     list's STACK column) equals `lmalign reconstruct --alignment NAME.json`; a series without a

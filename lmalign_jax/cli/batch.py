@@ -25,7 +25,7 @@ from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
 from ..solve import LMConfig
-from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _note, _software
+from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _check_outputs, _Formatter, _note, _software
 from .align import (
     ALIGN_OUTPUTS,
     REPORT_OUTPUTS,
@@ -578,6 +578,7 @@ def run_batch(args) -> int:
     else:
         raise InputError(source, None, "file or folder not found")
     summary = OutputSet(args.out_dir, SUMMARY)
+    _check_outputs(summary, SUMMARY_OUTPUTS, ())  # a folder that cannot be written stops the batch before any work
     _check_summary(summary, source)
 
     _note(f"{len(specs)} series from {source}; reading ...")
