@@ -20,6 +20,7 @@ import pytest
 import lmalign_jax as lm
 from lmalign_jax import cli
 from lmalign_jax.batch import align_batch, bucket_shape
+from lmalign_jax.cli.batch import RESUMED
 
 #: (views, markers, seed): two shapes padded to one bucket.
 SERIES = [(21, 10, 0), (21, 10, 1), (19, 9, 2)]
@@ -304,6 +305,33 @@ def test_cli_batch_usage_errors(tmp_path):
     assert rc == 2 and "the list names no series" in err
 
 
+def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
+    """--resume: a series aligned before from the same files with the same options keeps its
+    outputs; one whose outputs are incomplete, whose inputs changed since, or that was aligned
+    with other options is aligned again."""
+    (tmp_path / "two.txt").write_text(f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n")
+    out = tmp_path / "out"
+
+    def resume(*extra):
+        rc, stdout, err = run(["batch", tmp_path / "two.txt", "--out-dir", out, "--no-figure", "--resume", *extra])
+        assert rc == 0, err
+        return {r["series"]: r["detail"] for r in read_tsv(out / "batch_summary.tsv")}, stdout, err
+
+    assert resume()[0] == {"s0": "converged", "s1": "converged"}  # nothing to keep yet
+    record = out / "s0" / "s0.json"
+    made = record.stat().st_mtime_ns
+    (out / "s1" / "s1.xf").unlink()  # as if the run had stopped while writing s1
+    details, stdout, err = resume()
+    assert details == {"s0": RESUMED, "s1": "converged"} and record.stat().st_mtime_ns == made
+    assert f"s0: converged: {RESUMED}" in err and RESUMED in stdout and (out / "s1" / "s1.xf").exists()
+    assert resume()[0] == {"s0": RESUMED, "s1": RESUMED}
+    assert resume("--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # other options
+    assert json.loads(record.read_text())["options"]["max_iterations"] == 150
+    later = (out / "s1" / "s1.json").stat().st_mtime_ns + 10**10
+    os.utime(files / "s1.rawtlt", ns=(later, later))  # an input file changed after its outputs were written
+    assert resume("--max-iterations", 150)[0] == {"s0": RESUMED, "s1": "converged"}
+
+
 def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
     """Checked before any series is read or aligned: nothing is written, exit 2."""
     (tmp_path / "taken").write_text("")
@@ -340,6 +368,19 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     with mrcfile.open(out / "r0" / "r0.rec.mrc") as a, mrcfile.open(tmp_path / "single.rec.mrc") as b:
         assert a.data.shape == (16, 128, 128) and float(np.std(a.data)) > 0
         np.testing.assert_array_equal(a.data, b.data)
+        assert "lmalign_jax reconstruct: thickness 32 bin 2 filter ramp" in [str(t).strip() for t in b.get_labels()]
+
+    # --resume keeps tomograms made with the same settings and remakes those made otherwise
+    tomogram = out / "r0" / "r0.rec.mrc"
+    made = tomogram.stat().st_mtime_ns
+    rc, _, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet", "--resume"])
+    rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
+    assert rc == 2 and rows["r0"]["detail"] == rows["r1"]["detail"] == RESUMED and tomogram.stat().st_mtime_ns == made
+    rc, _, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 4, "--no-figure", "--quiet", "--resume"])
+    rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
+    assert rc == 2 and rows["r0"]["status"] == "converged" and rows["r0"]["detail"] != RESUMED
+    with mrcfile.open(tomogram) as a:
+        assert a.data.shape == (8, 64, 64)
 
     # a list file names the stacks; one has a section too few
     with mrcfile.open(d / "r1.mrc") as mrc:

@@ -16,7 +16,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lmalign_jax.io.mrc import create_volume, read_stack, read_stack_header
+from lmalign_jax.io.mrc import create_volume, read_labels, read_stack, read_stack_header
 from lmalign_jax.recon import angular_increments, density_weights, fbp_2d, filter_response, reconstruct
 
 # ----------------------------------------------------------------------------- helpers
@@ -363,6 +363,18 @@ def test_bad_input_no_output_file(tmp_path, aligned_case, case, message):
                 args["stack"] = read_stack(src / "notes.mrc")
             reconstruct(**args, out=out)
     assert os.listdir(tmp_path) == ["in"]
+
+
+def test_volume_label_is_written_and_checked(tmp_path):
+    label = "lmalign_jax reconstruct: thickness 300 bin 4 filter shepp-logan radial 0.35 0.05"
+    with create_volume(tmp_path / "v.mrc", (2, 3, 4), 1.0, label=label) as out:
+        out[:] = 1.0
+    assert label in read_labels(tmp_path / "v.mrc")
+    for bad in ("x" * 81, "tab\there", "\u00c5ngstr\u00f6m"):
+        with pytest.raises(ValueError, match="an MRC label is at most 80 printable ASCII characters"):
+            with create_volume(tmp_path / "w.mrc", (2, 3, 4), 1.0, label=bad):
+                pass
+    assert sorted(os.listdir(tmp_path)) == ["v.mrc"]
 
 
 def test_import_leaves_jax_config_alone():

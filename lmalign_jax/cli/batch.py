@@ -51,6 +51,8 @@ TOMOGRAM = ".rec.mrc"
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
 STATUS_OK, STATUS_FAILED, STATUS_BAD = "converged", "failed", "bad input"
+#: The detail of a series whose earlier outputs ``--resume`` kept.
+RESUMED = "done earlier, outputs kept (--resume)"
 
 
 # =========================================================================== series
@@ -271,7 +273,7 @@ def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
     converged = result.converged
     record_options = {
         "model": model.name,
-        "modes": {q: mode for q, mode in zip(model.parameters, model.default_modes, strict=True)} | dict(options.modes),
+        "modes": _all_modes(options),
         "rotation_deg": inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg,
         "rotation_source": inputs.rotation_source,
         "stages": list(options.stages),
@@ -294,6 +296,62 @@ def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
             title = f"{p.prefix}: {os.path.basename(p.spec.markers)}, {os.path.basename(inputs.tilts_path)}"
             out.write_bytes(".png", render_figure(result, fv, record, title=title))
         return out.commit()
+
+
+def _all_modes(options: BatchOptions) -> dict:
+    """Every view parameter's mode, as the .json record lists them."""
+    model = get_model(options.model)
+    return {q: mode for q, mode in zip(model.parameters, model.default_modes, strict=True)} | dict(options.modes)
+
+
+def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
+    """The series' outcome from an earlier run into the same outputs (``--resume``), or None
+    when it must be aligned (again).
+
+    A series is done when its ``.json`` record says it converged, names the same marker, tilt
+    and stack files and image size, was made with the same model, modes, stages, precision and
+    iteration limit, is newer than its input files, and every output it lists is there (the
+    ``.png`` too when figures are wanted). With ``--reconstruct`` its tomogram must also exist,
+    be newer than the record, and carry the label of the same thickness, binning and filter.
+    """
+    out = OutputSet(p.out_dir, p.prefix)
+    record_path, tomogram = out.final_paths((".json", TOMOGRAM))
+    try:
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        made = os.path.getmtime(record_path)
+        inputs, opts, summary = record["inputs"], record["options"], record["summary"]
+        same_file = lambda recorded, path: (recorded is None and path is None) or (  # noqa: E731
+            recorded is not None and path is not None and os.path.realpath(recorded) == os.path.realpath(path))
+        outputs = [os.path.join(out.out_dir, name) for name in record["outputs"]]
+        done = (
+            summary["converged"] is True
+            and record["exit_code"] == EXIT_OK
+            and same_file(inputs["markers"], p.spec.markers)
+            and same_file(inputs["tilts"], p.inputs.tilts_path)
+            and same_file(inputs["stack"], p.stack)
+            and [float(v) for v in inputs["image_size"]] == [float(v) for v in p.inputs.image_size]
+            and (opts["model"], opts["modes"], opts["stages"], opts["dtype"], opts["max_iterations"])
+            == (options.model, _all_modes(options), list(options.stages), options.dtype, options.max_iterations)
+            and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
+            and all(os.path.isfile(q) for q in outputs)
+            and (not options.figure or any(q.endswith(".png") for q in outputs))
+        )
+        if done and options.reconstruct is not None:
+            from ..io.mrc import read_labels
+            from .reconstruct import reconstruction_label
+
+            label = reconstruction_label(options.reconstruct, options.binning, options.filter)[:80]
+            done = os.path.isfile(tomogram) and os.path.getmtime(tomogram) >= made and label in read_labels(tomogram)
+            outputs.append(tomogram)
+    except (OSError, ValueError, KeyError, TypeError):  # no record, or not one this version wrote: align again
+        return None
+    if not done:
+        return None
+    obs = p.observations
+    return Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_OK, EXIT_OK, views=obs.n_views, markers_fitted=obs.n_markers,
+                   points=obs.n_observed, rms_residual_px=summary["rms_residual_px"], mean_residual_px=summary["mean_residual_px"],
+                   seconds=p.read_seconds, detail=RESUMED, outputs=outputs)
 
 
 def _outcome(p: Prepared, result, seconds: float, written: list[str]) -> Outcome:
@@ -432,7 +490,7 @@ class BatchProgress:
         if not self.quiet or outcome.exit_code != EXIT_OK:
             width = len(str(len(self.names)))
             rms = f", rms {outcome.rms_residual_px:.4f} px" if outcome.rms_residual_px is not None else ""
-            why = f": {outcome.detail}" if outcome.exit_code != EXIT_OK else ""
+            why = f": {_remark(outcome)}" if _remark(outcome) else ""
             _note(f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} ({outcome.seconds:.2f} s)")
         self._status_line()
 
@@ -446,6 +504,11 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def _remark(o: Outcome) -> str:
+    """What to say of a series beyond its status: why it failed, or that its outputs were kept."""
+    return o.detail if o.exit_code != EXIT_OK or o.detail == RESUMED else ""
+
+
 def summary_table(outcomes: list[Outcome]) -> str:
     """The summary as an aligned text table."""
     width = max([6, *(len(o.series) for o in outcomes)])
@@ -454,7 +517,7 @@ def summary_table(outcomes: list[Outcome]) -> str:
         lines.append(
             f"{o.series:<{width}}  {_fmt(o.views, 'd'):>5}  {_fmt(o.markers_fitted, 'd'):>7}  {_fmt(o.points, 'd'):>6}"
             f"  {_fmt(o.rms_residual_px, '.4f'):>7}  {_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}"
-            f"  {'' if o.exit_code == EXIT_OK else o.detail}"
+            f"  {_remark(o)}"
         )
     counts = {k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD)}
     lines.append(f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input")
@@ -587,6 +650,8 @@ def run_batch(args) -> int:
     shown = BatchProgress([s.name for s in specs], quiet=args.quiet)
     for spec in specs:
         item = prepare(spec, args)
+        if args.resume and not isinstance(item, Outcome):
+            item = earlier_outcome(item, options) or item
         if isinstance(item, Outcome):
             outcomes[spec.name] = item
             shown.finished(item)
@@ -679,6 +744,9 @@ process (on its GPU if it has one), or by each Dask worker for its group.
 
 A series that cannot be read, or whose alignment fails, is reported with its reason; the others
 complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad (2 wins).
+A run stopped part way (Ctrl-C, a full disk), or a folder that has gained series, is finished by
+the same command with --resume: a series whose outputs an earlier run wrote from the same input
+files with the same options, and which converged, keeps them; the others are aligned.
 
 Parallel work: by default everything runs in this process; on a CPU it makes one JAX device per
 core (unless XLA_FLAGS sets the count), so the batch solves one series per core at a time, and
@@ -724,5 +792,8 @@ def _add_batch(sub):
                         "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)")
     p.add_argument("--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first")
     p.add_argument("--filter", choices=FILTER_CHOICES, default="ramp", help="with --reconstruct: ramp filter, optionally apodised")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the outputs of series an earlier run already aligned the same way (same inputs and options, "
+                        "converged, every output there; with --reconstruct the same tomogram settings) and align only the rest")
     p.add_argument("--quiet", "-q", action="store_true", help="report only the series that did not converge while running")
     p.set_defaults(run=run_batch)

@@ -141,6 +141,13 @@ def _progress_bar(total: int, quiet: bool):
                 leave=False, dynamic_ncols=True)
 
 
+def reconstruction_label(thickness: float, binning: int, filter: str, radial=None) -> str:
+    """The MRC header label of a tomogram made with these settings (``lmalign batch --resume``
+    compares it to decide whether a tomogram is already made)."""
+    label = f"lmalign_jax reconstruct: thickness {thickness:g} bin {binning} filter {filter}"
+    return label + (f" radial {radial[0]:g} {radial[1]:g}" if radial else "")
+
+
 def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *, thickness: float, binning: int = 1,
                         filter: str = "ramp", radial=None, quiet: bool = False) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
@@ -182,7 +189,7 @@ def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *,
 
     start = time.perf_counter()
     try:
-        with create_volume(out_path, shape, voxel) as vol:
+        with create_volume(out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]) as vol:
             try:
                 reconstruct(_CountingStack(stack, tick), alignment.xf_A, alignment.xf_shift, alignment.tilts_deg, thickness,
                             binning=binning, filter=filter, radial=None if radial is None else tuple(radial), out=vol,

@@ -72,6 +72,12 @@ def read_stack_header(path) -> tuple[int, int, int, float | None]:
         return nz, ny, nx, _pixel_size(h)
 
 
+def read_labels(path) -> list[str]:
+    """The header labels of an MRC file (how it was made), without reading its data."""
+    with _open_header(path) as mrc:
+        return [str(label).strip() for label in mrc.get_labels()]
+
+
 def read_stack(path, mmap: bool = True) -> np.ndarray:
     """Read an MRC image stack as ``(n_views, ny, nx)``, ``data[view, row, column]``.
 
@@ -130,7 +136,7 @@ def _volume_stats(data: np.ndarray, chunk_elems: int = 1 << 24) -> tuple[float, 
 
 
 @contextlib.contextmanager
-def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
+def create_volume(path, shape, voxel_size, label: str | None = None) -> Iterator[np.ndarray]:
     """Create an MRC volume at ``path`` that appears complete or not at all.
 
     Parameters
@@ -141,6 +147,9 @@ def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
         Volume shape in numpy order.
     voxel_size : float or (x, y, z)
         Voxel size in Angstrom (the pixel size times any binning).
+    label : str, optional
+        A header label saying how the volume was made (printable ASCII, at most 80 characters,
+        as IMOD's ``header`` shows them).
 
     Yields
     ------
@@ -158,6 +167,8 @@ def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
     vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
         raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
+    if label is not None and (len(label) > 80 or not label.isascii() or not label.isprintable()):
+        raise ValueError(f"{path}: an MRC label is at most 80 printable ASCII characters, got {label!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise _bad(path, f"output directory {directory} does not exist")
@@ -167,6 +178,8 @@ def create_volume(path, shape, voxel_size) -> Iterator[np.ndarray]:
     try:
         mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=2, overwrite=True)
         mrc.set_volume()
+        if label is not None:
+            mrc.add_label(label)
         yield mrc.data
         dmin, dmax, mean, rms = _volume_stats(mrc.data)
         mrc.header.dmin = np.float32(dmin)
