@@ -232,6 +232,25 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
     assert record["summary"]["converged"] is False and record["exit_code"] == 1
     assert "Status: stopped at the iteration limit" in out
 
+    # the .xf/.tlt of an earlier run that did converge are left, and flagged as stale
+    (tmp_path / "bad.xf").write_text("old\n")
+    rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
+                        "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q", "--no-figure"])
+    assert rc == 1 and f"the report is in {tmp_path / 'bad.json'}, no .xf/.tlt written" in err
+    assert f"{tmp_path / 'bad.xf'}, {tmp_path / 'bad.png'} are from an earlier run and were not updated" in err
+
+
+def test_no_figure_writes_the_rest_and_flags_an_old_figure(sim, tmp_path):
+    args = ["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048, "--out-dir", tmp_path, "-q", "--no-figure"]
+    rc, out, err = run(args)
+    assert rc == 0, err
+    names = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json"}
+    assert {p.name for p in tmp_path.iterdir()} == names and "earlier run" not in err
+    assert set(json.loads((tmp_path / "sim.json").read_text())["outputs"]) == names
+    (tmp_path / "sim.png").write_bytes(b"an older report")
+    rc, out, err = run(args)
+    assert rc == 0 and f"{tmp_path / 'sim.png'} are from an earlier run and were not updated" in err
+
 
 # --------------------------------------------------------------------------- bad input
 

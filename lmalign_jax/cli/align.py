@@ -363,7 +363,7 @@ def run_align(args, *, truth=None) -> int:
         "max_iterations": args.max_iterations,
         "command": ["lmalign", *getattr(args, "argv", [])],
     }
-    suffixes = ALIGN_OUTPUTS if converged else REPORT_OUTPUTS
+    suffixes = tuple(q for q in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if not (args.no_figure and q == ".png"))
     extra = {"outputs": [os.path.basename(p) for p in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
     if robust is not None:
         options["robust"] = {"loss": args.robust, "group_size": args.robust_group_size}
@@ -379,8 +379,9 @@ def run_align(args, *, truth=None) -> int:
         if converged:
             _stage_alignment_files(out, result, fv, marker_ids, inputs)
         out.write_text(".json", record_to_json(record))
-        title = f"{prefix}: {os.path.basename(args.markers)}, {os.path.basename(inputs.tilts_path)}"
-        out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
+        if not args.no_figure:
+            title = f"{prefix}: {os.path.basename(args.markers)}, {os.path.basename(inputs.tilts_path)}"
+            out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         written = out.commit()
 
     print(format_summary(record, per_view=not args.quiet), end="")
@@ -392,12 +393,12 @@ def run_align(args, *, truth=None) -> int:
               f"{np.median(errors.parameter_se('rotation')):.3f} deg, marker z median {np.median(errors.markers_se[:, 2]):.2f} px;"
               f" leave-one-out RMS {errors.loo_rms_px:.3f} px")
     print(" Wrote " + ", ".join(written))
+    stale = [p for p in out.final_paths(q for q in ALIGN_OUTPUTS if q not in suffixes) if os.path.exists(p)]
+    if stale:
+        _warn(f"{', '.join(stale)} are from an earlier run and were not updated")
     if not converged:
-        print(f"lmalign: error: alignment did not converge ({result.status}); the report is in {out.path('.json')} and "
-              f"{out.path('.png')}, no .xf/.tlt written", file=sys.stderr)
-        stale = [p for p in out.final_paths(s for s in ALIGN_OUTPUTS if s not in REPORT_OUTPUTS) if os.path.exists(p)]
-        if stale:
-            _warn(f"{', '.join(stale)} are from an earlier run and were not updated")
+        report = out.path(".json") + ("" if args.no_figure else f" and {out.path('.png')}")
+        print(f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no .xf/.tlt written", file=sys.stderr)
     elif extra["exit_code"] != EXIT_OK:
         print("lmalign: error: the alignment does not match the known truth (see above)", file=sys.stderr)
     return extra["exit_code"]
@@ -460,7 +461,7 @@ else the --stack MRC header, else the .mdoc ImageSize.
 
 Writes <prefix>.xf (raw -> aligned, 4f12.7,2f12.3), <prefix>.tlt (solved tilts), <prefix>.resid
 (X Y view dx dy, dx,dy = projected - measured), <prefix>.xyz (IMOD fid.xyz), <prefix>.json (full
-record) and <prefix>.png (report figure); all or none. The .xf/.tlt have one line per view of the
+record) and <prefix>.png (report figure, unless --no-figure); all or none. The .xf/.tlt have one line per view of the
 input, excluded views included: an excluded view gets its nominal tilt and a transform
 interpolated (rotation, stretch, shift, linearly in tilt) from its nearest fitted neighbours.
 If the solve does not converge, only the .json and .png are written and the exit status is 1.
@@ -504,6 +505,7 @@ def _add_align(sub):
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     p.add_argument("--robust", choices=("tukey", "huber", "cauchy"), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")
     p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
+    p.add_argument("--no-figure", action="store_true", help="do not render the .png report (the slowest output)")
     p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals")
     p.set_defaults(run=run_align)
 
