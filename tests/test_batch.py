@@ -218,7 +218,7 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     assert rows["corrupt"]["status"] == "bad input"
     assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
     assert rows["missing"]["detail"].endswith("missing.csv: file not found")
-    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK]', got 1 fields")
+    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]', got 1 fields")
     # a CSV does not record the image size: the advice is the batch's, not align's --stack
     assert rows["s1_2"]["detail"].endswith("s1.csv: image size unknown (the marker file does not record it): give NX NY after TILTS "
                                            "on the series' line of a list file, a STACK column, or --image-size NX NY for every series")
@@ -330,6 +330,44 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     later = (out / "s1" / "s1.json").stat().st_mtime_ns + 10**10
     os.utime(files / "s1.rawtlt", ns=(later, later))  # an input file changed after its outputs were written
     assert resume("--max-iterations", 150)[0] == {"s0": RESUMED, "s1": "converged"}
+
+
+def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
+    """exclude= and rotation= on a list line act as `lmalign align --exclude --rotation` for that
+    series; malformed ones are that line's bad input; --resume compares them."""
+    s0, t0, s1, t1 = files / "s0.csv", files / "s0.rawtlt", files / "s1.csv", files / "s1.rawtlt"
+    lines = [f"{s0} {t0} 2048 2048 exclude=1-2,21 rotation=3.5", f"{s1} {t1} rotation=oops 2048 2048", f"{s1} {t1} 2048 2048 exclude=30",
+             f"{s1} {t1} exclude=1 2048 2048 exclude=2"]
+    listing = tmp_path / "opts.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    rc, _, err = run(["batch", listing, "--out-dir", out, "--no-figure"])
+    assert rc == 2, err
+    rows = {r["series"]: r["detail"] for r in read_tsv(out / "batch_summary.tsv")}
+    assert rows == {
+        "s0": "converged",
+        "s1": f"{listing}:2: rotation=oops is not an angle in degrees",
+        "s1_2": f"{listing}:3: exclude=30: view 30 is outside 1..21 (views count from 1, as in IMOD)",
+        "s1_3": f"{listing}:4: exclude= given twice",
+    }
+    record = json.loads((out / "s0" / "s0.json").read_text())
+    assert record["inputs"]["excluded_by_user"] == [1, 2, 21] and record["inputs"]["image_size_source"] == f"NX NY on {listing}:1"
+    assert record["options"]["rotation_deg"] == 3.5 and record["options"]["rotation_source"] == f"rotation= on {listing}:1"
+
+    rc, _, err = run(["align", s0, "--tilts", t0, "--image-size", 2048, 2048, "--exclude", "1-2,21", "--rotation", 3.5,
+                      "--out-dir", tmp_path / "single", "--quiet", "--no-figure"])
+    assert rc == 0, err
+    for suffix in (".xf", ".tlt", ".resid"):
+        ours, theirs = ((d / f"s0{suffix}").read_text().split() for d in (out / "s0", tmp_path / "single"))
+        assert len(ours) == len(theirs) and all(a == b or abs(float(a) - float(b)) < 2e-6 for a, b in zip(ours, theirs, strict=True)), suffix
+
+    listing.write_text(lines[0] + "\n")
+    rc, _, err = run(["batch", listing, "--out-dir", out, "--no-figure", "--resume"])
+    assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == RESUMED, err
+    for changed in (lines[0].replace("rotation=3.5", "rotation=4"), lines[0].replace("exclude=1-2,21", "exclude=1-2")):
+        listing.write_text(changed + "\n")
+        rc, _, err = run(["batch", listing, "--out-dir", out, "--no-figure", "--resume"])
+        assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == "converged", (changed, err)
 
 
 def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):

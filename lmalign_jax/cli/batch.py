@@ -34,6 +34,7 @@ from .align import (
     add_solver_options,
     observations_for_fit,
     parse_modes,
+    parse_view_list,
     read_inputs,
     report_selection,
     select,
@@ -68,6 +69,9 @@ class SeriesSpec:
     image_size: tuple[float, float] | None = None
     problem: str | None = None  # why it cannot be read (a bad list line, a missing tilt file)
     stack: str | None = None  # the raw stack named by the list file (else looked for beside the markers)
+    exclude: str | None = None  # views to leave out, 1-based (the line's exclude=LIST)
+    rotation: float | None = None  # tilt-axis rotation, degrees (the line's rotation=DEG)
+    where: str | None = None  # "LIST:LINE" of a series named by a list file
 
 
 @dataclass
@@ -146,12 +150,44 @@ def _is_number(text: str) -> bool:
     return True
 
 
+#: Per-series options a list line may end with, as ``name=value`` (``lmalign align``'s
+#: --exclude and --rotation for that series).
+LINE_OPTIONS = ("exclude", "rotation")
+LINE_FORMAT = "MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]"
+
+
+def _line_options(spec: SeriesSpec, options: list[str], where) -> None:
+    """Set ``spec``'s exclude/rotation from ``name=value`` tokens (a problem if malformed)."""
+    seen = set()
+    for token in options:
+        name, _, value = token.partition("=")
+        if name in seen:
+            spec.problem = where(f"{name}= given twice")
+            return
+        seen.add(name)
+        if name == "rotation":
+            try:
+                spec.rotation = float(value)
+                if not math.isfinite(spec.rotation):
+                    raise ValueError
+            except ValueError:
+                spec.problem = where(f"rotation={value} is not an angle in degrees")
+                return
+        elif not value:
+            spec.problem = where("exclude= names no views (e.g. exclude=1-3,40; views count from 1)")
+            return
+        else:
+            spec.exclude = value
+
+
 def read_list(path: str) -> list[SeriesSpec]:
-    """Series of a list file: one ``MARKERS TILTS [NX NY] [STACK]`` per line.
+    """Series of a list file: one ``MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]``
+    per line.
 
     Blank lines and ``#`` comments are skipped; paths are relative to the list file's folder
     and may be quoted (shell rules); NX NY give the image size when the marker file lacks it;
-    STACK names the raw stack (its header gives the image size; ``--reconstruct`` uses it).
+    STACK names the raw stack (its header gives the image size; ``--reconstruct`` uses it);
+    exclude= and rotation= are that series' ``--exclude`` and ``--rotation``.
     A malformed line becomes a series with a ``problem`` (reported, not fatal).
     """
     base = os.path.dirname(os.path.abspath(path))
@@ -167,11 +203,14 @@ def read_list(path: str) -> list[SeriesSpec]:
                 specs.append(SeriesSpec(f"line{number}", None, None, problem=str(InputError(path, number, f"cannot split the line: {e}"))))
                 continue
             where = lambda problem, n=number: str(InputError(path, n, problem))
+            options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
+            tokens = [t for t in tokens if t not in options]
             if len(tokens) not in (2, 3, 4, 5):
-                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected 'MARKERS TILTS [NX NY] [STACK]', got {len(tokens)} fields")))
+                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected '{LINE_FORMAT}', got {len(tokens)} fields")))
                 continue
             markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
-            spec = SeriesSpec(_stem(markers), markers, tilts)
+            spec = SeriesSpec(_stem(markers), markers, tilts, where=f"{path}:{number}")
+            _line_options(spec, options, where)
             if len(tokens) in (3, 5):
                 spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
                 if len(tokens) == 3 and _is_number(tokens[2]):
@@ -186,7 +225,7 @@ def read_list(path: str) -> list[SeriesSpec]:
                     spec.problem = where(f"image size {tokens[2]} {tokens[3]} is not two positive numbers")
             specs.append(spec)
     if not specs:
-        raise UsageError(f"{path}: the list names no series (one 'MARKERS TILTS [NX NY] [STACK]' per line)")
+        raise UsageError(f"{path}: the list names no series (one '{LINE_FORMAT}' per line)")
     _unique_names(specs)
     return specs
 
@@ -246,8 +285,17 @@ def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
             if os.path.realpath(tomogram) in inputs_real | {os.path.realpath(stack)}:
                 raise UsageError(f"output {tomogram} would overwrite an input file; choose another --out-dir")
         size = spec.image_size or (tuple(args.image_size) if args.image_size else None)
-        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=stack, image_size=size, rotation=None, size_advice=SIZE_ADVICE))
-        sel = select(inputs, [])
+        inputs = read_inputs(argparse.Namespace(markers=spec.markers, tilts=spec.tilts, stack=stack, image_size=size, rotation=spec.rotation,
+                                                size_advice=SIZE_ADVICE))
+        if spec.image_size is not None:
+            inputs = replace(inputs, image_size_source=f"NX NY on {spec.where}")
+        if spec.rotation is not None:
+            inputs = replace(inputs, rotation_source=f"rotation= on {spec.where}")
+        try:
+            exclude = parse_view_list(spec.exclude, inputs.tilts_deg.size) if spec.exclude else []
+        except UsageError as e:
+            raise UsageError(f"{spec.where}: exclude={spec.exclude}: {str(e).removeprefix('--exclude: ')}") from None
+        sel = select(inputs, exclude)
         report_selection(inputs, sel)
         obs, marker_ids = observations_for_fit(inputs, sel)
     except (InputError, UsageError, ValueError, OSError) as e:
@@ -309,8 +357,8 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     when it must be aligned (again).
 
     A series is done when its ``.json`` record says it converged, names the same marker, tilt
-    and stack files and image size, was made with the same model, modes, stages, precision and
-    iteration limit, is newer than its input files, and every output it lists is there (the
+    and stack files, image size, excluded views and given rotation, was made with the same model,
+    modes, stages, precision and iteration limit, is newer than its input files, and every output it lists is there (the
     ``.png`` too when figures are wanted). With ``--reconstruct`` its tomogram must also exist,
     be newer than the record, and carry the label of the same thickness, binning and filter.
     """
@@ -331,6 +379,9 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and same_file(inputs["tilts"], p.inputs.tilts_path)
             and same_file(inputs["stack"], p.stack)
             and [float(v) for v in inputs["image_size"]] == [float(v) for v in p.inputs.image_size]
+            and inputs["excluded_by_user"] == [v + 1 for v in p.selection.excluded_by_user]
+            and opts["rotation_source"].startswith("rotation=") == (p.spec.rotation is not None)
+            and (p.spec.rotation is None or opts["rotation_deg"] == p.spec.rotation)
             and (opts["model"], opts["modes"], opts["stages"], opts["dtype"], opts["max_iterations"])
             == (options.model, _all_modes(options), list(options.stages), options.dtype, options.max_iterations)
             and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
@@ -728,11 +779,12 @@ them all. Each series gets the outputs of 'lmalign align' (.xf .tlt .resid .xyz 
 --out-dir/batch_summary.txt, .tsv and .json (series, views, markers, residuals, status, time).
 
 LIST_OR_DIR:
-  a list file: one series per line, 'MARKERS TILTS [NX NY] [STACK]' (whitespace-separated,
-    quotes allowed, '#' starts a comment, paths relative to the list file; NX NY is the image
-    size when the marker file does not record it; STACK is the raw stack, whose header is
-    checked against the tilts and gives the image size). NAME is the marker file's stem
-    (NAME_2, ... when two series share a stem);
+  a list file: one series per line, 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST]
+    [rotation=DEG]' (whitespace-separated, quotes allowed, '#' starts a comment, paths relative
+    to the list file; NX NY is the image size when the marker file does not record it; STACK is
+    the raw stack, whose header is checked against the tilts and gives the image size;
+    exclude=1-3,40 and rotation=-12.5 are that series' --exclude and --rotation of 'lmalign
+    align'). NAME is the marker file's stem (NAME_2, ... when two series share a stem);
   or a folder: every NAME.fid/.mod/.csv/.pt with a tilt file NAME.rawtlt, NAME.tlt or
     NAME.mdoc beside it (first found, in that order).
 
@@ -772,7 +824,7 @@ examples:
 def _add_batch(sub):
     p = sub.add_parser("batch", help="align many tilt series with batched solves (locally or on a Dask cluster)", description=BATCH_HELP,
                        epilog=BATCH_EXAMPLE, formatter_class=_Formatter)
-    p.add_argument("series", metavar="LIST_OR_DIR", help="list file ('MARKERS TILTS [NX NY] [STACK]' per line) or folder of marker + tilt files")
+    p.add_argument("series", metavar="LIST_OR_DIR", help=f"list file ('{LINE_FORMAT}' per line) or folder of marker + tilt files")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--layout", choices=("folders", "prefix"), default="folders", help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
