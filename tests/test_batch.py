@@ -370,6 +370,27 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
         assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == "converged", (changed, err)
 
 
+def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path, monkeypatch):
+    """Ctrl-C after the first series: exit 130, no summary, a message saying how many series are
+    written; --resume then keeps that one and aligns the other."""
+    (tmp_path / "two.txt").write_text(f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n")
+    real = cli.batch.align_and_write
+
+    def stopped_after_one(prepared, options, **kwargs):
+        real(prepared[:1], options, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.batch, "align_and_write", stopped_after_one)
+    args = ["batch", tmp_path / "two.txt", "--out-dir", tmp_path / "out", "--no-figure"]
+    rc, out, err = run(args)
+    assert rc == 130 and "lmalign: interrupted; 1 of 2 series have their outputs written, no summary; the same command with --resume" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0"]
+    monkeypatch.setattr(cli.batch, "align_and_write", real)
+    rc, out, err = run([*args, "--resume"])
+    assert rc == 0, err
+    assert {r["series"]: r["detail"] for r in read_tsv(tmp_path / "out" / "batch_summary.tsv")} == {"s0": RESUMED, "s1": "converged"}
+
+
 def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
     """Checked before any series is read or aligned: nothing is written, exit 2."""
     (tmp_path / "taken").write_text("")

@@ -653,6 +653,29 @@ def _devices() -> list[str]:
     return [str(d) for d in jax.local_devices()]
 
 
+def _align_all(prepared: list[Prepared], args, options: BatchOptions, shown: BatchProgress, on_outcome) -> None:
+    """Align and write every prepared series: on a Dask cluster, in local processes, or here."""
+    where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"in {args.jobs} processes" if args.jobs > 1 else "in this process"
+    _note(f"aligning {len(prepared)} series {where}, model {options.model}, stages {', '.join(options.stages)} ...")
+    if args.scheduler:
+        from ..distributed import map_groups
+
+        groups = _groups(prepared, args.group_size)
+        map_groups(align_and_write, groups, options, scheduler=args.scheduler,
+                   on_result=lambda i, value: _deliver(groups[i], value if isinstance(value, BaseException) else None,
+                                                       None if isinstance(value, BaseException) else value, on_outcome))
+    elif args.jobs > 1:
+        _run_processes(_groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome)
+    else:
+        cores = use_every_core() or _usable_cores()  # worker processes and Dask workers keep one device each
+        # a writer process takes ~1.5 s to start (imports): worth it from ~4 figures each
+        writers = max(1, min(cores, len(prepared) // 4)) if args.writers is None else args.writers
+        try:
+            align_and_write(prepared, options, progress=shown.event, on_outcome=on_outcome, writers=writers)
+        except ValueError as e:  # the engine's checks of options shared by every series
+            raise UsageError(str(e)) from None
+
+
 def run_batch(args) -> int:
     """``lmalign batch``: read the series, align them in batches, write outputs and the summary."""
     if args.jobs < 1:
@@ -713,26 +736,15 @@ def run_batch(args) -> int:
         outcomes[o.series] = o
         shown.finished(o)
 
-    if prepared:
-        where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"in {args.jobs} processes" if args.jobs > 1 else "in this process"
-        _note(f"aligning {len(prepared)} series {where}, model {model.name}, stages {', '.join(options.stages)} ...")
-        if args.scheduler:
-            from ..distributed import map_groups
-
-            groups = _groups(prepared, args.group_size)
-            map_groups(align_and_write, groups, options, scheduler=args.scheduler,
-                       on_result=lambda i, value: _deliver(groups[i], value if isinstance(value, BaseException) else None,
-                                                           None if isinstance(value, BaseException) else value, on_outcome))
-        elif args.jobs > 1:
-            _run_processes(_groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome)
-        else:
-            cores = use_every_core() or _usable_cores()  # worker processes and Dask workers keep one device each
-            # a writer process takes ~1.5 s to start (imports): worth it from ~4 figures each
-            writers = max(1, min(cores, len(prepared) // 4)) if args.writers is None else args.writers
-            try:
-                align_and_write(prepared, options, progress=shown.event, on_outcome=on_outcome, writers=writers)
-            except ValueError as e:  # the engine's checks of options shared by every series
-                raise UsageError(str(e)) from None
+    try:
+        if prepared:
+            _align_all(prepared, args, options, shown, on_outcome)
+    except KeyboardInterrupt:
+        shown.close()
+        kept = sum(bool(o.outputs) for o in outcomes.values())
+        print(f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; the same command "
+              "with --resume keeps them and aligns the rest", file=sys.stderr)
+        return 130
     shown.close()
 
     ordered = [outcomes[s.name] for s in specs]
