@@ -244,7 +244,8 @@ def scan_folder(folder: str) -> list[SeriesSpec]:
             problem = str(InputError(path, None, f"no tilt file beside it ({', '.join(stem + t for t in SCAN_TILTS[:3])})"))
         specs.append(SeriesSpec(stem, path, tilts, problem=problem))
     if not specs:
-        raise UsageError(f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder")
+        raise UsageError(f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid marker files "
+                         f"in a list file ({LINE_FORMAT} per line)")
     _unique_names(specs)
     return specs
 
