@@ -242,6 +242,12 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     record = json.loads((out / "s1" / "s1.json").read_text())
     single = json.loads((tmp_path / "single" / "s1.json").read_text())
     assert record["summary"]["rms_residual_px"] == pytest.approx(single["summary"]["rms_residual_px"], abs=1e-9)
+    # and the same standard errors and leave-one-out residuals
+    assert record["summary"]["leave_one_out_rms_px"] == pytest.approx(single["summary"]["leave_one_out_rms_px"], rel=1e-6)
+    for ours, theirs in zip(record["views"], single["views"], strict=True):
+        assert ours["standard_errors"] == pytest.approx(theirs["standard_errors"], rel=1e-5, abs=1e-12)
+    for ours, theirs in zip(record["markers"], single["markers"], strict=True):
+        assert ours["standard_errors"] == pytest.approx(theirs["standard_errors"], rel=1e-5)
 
 
 def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):

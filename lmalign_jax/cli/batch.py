@@ -24,6 +24,8 @@ from ..io.errors import InputError
 from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
+from ..result import AlignmentResult
+from ..uncertainty import uncertainty
 from ..solve import LMConfig
 from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _check_outputs, _Formatter, _note, _software
 from .align import (
@@ -123,6 +125,7 @@ class BatchOptions:
     batch_size: int | None = None
     command: tuple = ("lmalign", "batch")
     compilation_cache: bool = False  # workers turn on the CLI's persistent cache
+    errors: bool = True  # standard errors and leave-one-out residuals in each .json and figure
     reconstruct: float | None = None  # tomogram thickness in unbinned pixels, or no reconstruction
     binning: int = 1
     filter: str = "ramp"
@@ -314,8 +317,9 @@ def stack_beside(markers: str) -> str | None:
 # =========================================================================== align and write
 
 
-def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
-    """Write one series' outputs exactly as ``lmalign align`` does; returns the paths written."""
+def _write(p: Prepared, result, options: BatchOptions, errors=None) -> list[str]:
+    """Write one series' outputs exactly as ``lmalign align`` does (``errors``: its
+    ``Uncertainty``, or None); returns the paths written."""
     model = get_model(options.model)
     inputs, sel, obs = p.inputs, p.selection, p.observations
     fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
@@ -336,14 +340,14 @@ def _write(p: Prepared, result, options: BatchOptions) -> list[str]:
     extra = {"outputs": [os.path.basename(q) for q in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
     args = argparse.Namespace(markers=p.spec.markers, stack=p.stack)
     record = build_record(result, fv, marker_ids=p.marker_ids, inputs=_input_record(args, inputs, sel, obs), options=record_options,
-                          n_worst=options.worst, software=_software(), extra=extra)
+                          n_worst=options.worst, software=_software(), extra=extra, errors=errors)
     with out:
         if converged:
             _stage_alignment_files(out, result, fv, p.marker_ids, inputs)
         out.write_text(".json", record_to_json(record))
         if options.figure:
             title = f"{p.prefix}: {os.path.basename(p.spec.markers)}, {os.path.basename(inputs.tilts_path)}"
-            out.write_bytes(".png", render_figure(result, fv, record, title=title))
+            out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         return out.commit()
 
 
@@ -446,7 +450,7 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
     if writers <= 1:
         outcomes = []
         for p, result in zip(prepared, results, strict=True):
-            outcomes.append(reconstruct_series(p, write_outcome(p, result, options), options))
+            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, series_errors(result, options)), options))
             report(outcomes[-1])
         return outcomes
     import concurrent.futures
@@ -454,7 +458,9 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
 
     outcomes: list = [None] * len(prepared)
     with concurrent.futures.ProcessPoolExecutor(max_workers=writers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(write_outcome, p, result, options): i for i, (p, result) in enumerate(zip(prepared, results, strict=True))}
+        # the standard errors are computed here (on this process's device) and drawn by the writers
+        futures = {pool.submit(write_outcome, p, result, options, series_errors(result, options)): i
+                   for i, (p, result) in enumerate(zip(prepared, results, strict=True))}
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             error = future.exception()
@@ -490,7 +496,19 @@ def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions) -> 
     return replace(outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start)
 
 
-def write_outcome(p: Prepared, result, options: BatchOptions) -> Outcome:
+def series_errors(result, options: BatchOptions):
+    """Standard errors of a converged series (``Uncertainty``), as ``lmalign align`` reports them;
+    None without ``options.errors``, for a series that did not converge, or if they cannot be
+    computed (the outputs are then written without them)."""
+    if not options.errors or not isinstance(result, AlignmentResult) or not result.converged:
+        return None
+    try:
+        return uncertainty(result)
+    except Exception:  # noqa: BLE001 - the alignment stands without its error bars
+        return None
+
+
+def write_outcome(p: Prepared, result, options: BatchOptions, errors=None) -> Outcome:
     """Write one series' outputs (or report why it has none) and say how it went."""
     start = time.perf_counter()
     spec = p.spec
@@ -499,7 +517,7 @@ def write_outcome(p: Prepared, result, options: BatchOptions) -> Outcome:
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_FAILED, EXIT_BAD_INPUT if bad else EXIT_FAILED,
                        seconds=p.read_seconds, detail=str(result) if bad else f"{type(result).__name__}: {result}")
     try:
-        written = _write(p, result, options)
+        written = _write(p, result, options, errors)
     except OSError as e:
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
                        detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip())
@@ -704,7 +722,7 @@ def run_batch(args) -> int:
     options = BatchOptions(
         model=model.name, modes=modes, stages=tuple(s for s in ("initial", "main", "tilt", "joint") if s not in skip),
         dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations, worst=args.worst,
-        figure=not args.no_figure, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
+        figure=not args.no_figure, errors=not args.no_errors, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
         command=("lmalign", *getattr(args, "argv", ["batch"])), compilation_cache=cache,
         reconstruct=args.reconstruct, binning=args.bin, filter=args.filter,
     )
@@ -852,6 +870,7 @@ def _add_batch(sub):
     p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
     p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
+    p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals (about 5 ms a series)")
     p.add_argument("--reconstruct", type=float, metavar="NZ",
                    help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
                         "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)")
