@@ -330,8 +330,10 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     details, stdout, err = resume()
     assert details == {"s0": RESUMED, "s1": "converged"} and record.stat().st_mtime_ns == made
     assert f"s0: converged: {RESUMED}" in err and RESUMED in stdout and (out / "s1" / "s1.xf").exists()
-    assert resume()[0] == {"s0": RESUMED, "s1": RESUMED}
-    assert resume("--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # other options
+    assert resume("--no-errors")[0] == {"s0": RESUMED, "s1": RESUMED}  # more than asked for is kept
+    assert resume("--no-errors", "--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # other options
+    assert resume("--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # now with the standard errors
+    assert resume("--max-iterations", 150)[0] == {"s0": RESUMED, "s1": RESUMED}
     assert json.loads(record.read_text())["options"]["max_iterations"] == 150
     later = (out / "s1" / "s1.json").stat().st_mtime_ns + 10**10
     os.utime(files / "s1.rawtlt", ns=(later, later))  # an input file changed after its outputs were written

@@ -362,10 +362,11 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     when it must be aligned (again).
 
     A series is done when its ``.json`` record says it converged, names the same marker, tilt
-    and stack files, image size, excluded views and given rotation, was made with the same model,
-    modes, stages, precision and iteration limit, is newer than its input files, and every output it lists is there (the
-    ``.png`` too when figures are wanted). With ``--reconstruct`` its tomogram must also exist,
-    be newer than the record, and carry the label of the same thickness, binning and filter.
+    and stack files, image size, excluded views and given rotation, was made with the same
+    model, modes, stages, precision and iteration limit, is newer than its input files, and
+    every output it lists is there (the ``.png`` too when figures are wanted, the standard
+    errors when they are). With ``--reconstruct`` its tomogram must also exist, be newer than
+    the record, and carry the label of the same thickness, binning and filter.
     """
     out = OutputSet(p.out_dir, p.prefix)
     record_path, tomogram = out.final_paths((".json", TOMOGRAM))
@@ -392,6 +393,7 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
             and all(os.path.isfile(q) for q in outputs)
             and (not options.figure or any(q.endswith(".png") for q in outputs))
+            and (not options.errors or "leave_one_out_rms_px" in summary)
         )
         if done and options.reconstruct is not None:
             from ..io.mrc import read_labels
