@@ -399,6 +399,38 @@ def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path,
     assert {r["series"]: r["detail"] for r in read_tsv(tmp_path / "out" / "batch_summary.tsv")} == {"s0": RESUMED, "s1": "converged"}
 
 
+def test_cli_batch_robust_fit_is_that_of_align(files, tmp_path):
+    """--robust: each series' reweighted fit, started from its batched answer, gives the outputs
+    and robust report of `lmalign align --robust`; --resume tells robust settings apart."""
+    (d := tmp_path / "in").mkdir()
+    rows = (files / "s1.csv").read_text().splitlines()
+    rows[5] = ",".join([*rows[5].split(",")[:2], *(str(float(v) + 9.0) for v in rows[5].split(",")[2:])])  # a mis-click, 9 px off
+    (d / "s1.csv").write_text("\n".join(rows) + "\n")
+    (d / "s1.rawtlt").write_bytes((files / "s1.rawtlt").read_bytes())
+    out = tmp_path / "out"
+    args = ["batch", d, "--out-dir", out, "--image-size", 2048, 2048, "--no-figure", "--robust", "tukey"]
+    rc, _, err = run(args)
+    assert rc == 0, err
+    rc, _, err = run(["align", d / "s1.csv", "--tilts", d / "s1.rawtlt", "--image-size", 2048, 2048, "--robust", "tukey",
+                      "--out-dir", tmp_path / "single", "--quiet", "--no-figure"])
+    assert rc == 0, err
+    ours, theirs = (json.loads((where / "s1.json").read_text()) for where in (out / "s1", tmp_path / "single"))
+    assert ours["options"]["robust"] == theirs["options"]["robust"] == {"loss": "tukey", "group_size": 10}
+    assert ours["robust"]["n_rejected"] == theirs["robust"]["n_rejected"] >= 1
+    assert [(r["n_rejected"], r["status"]) for r in ours["robust"]["rounds"]] == [(r["n_rejected"], r["status"]) for r in theirs["robust"]["rounds"]]
+    assert [r["rms_residual_px"] for r in ours["robust"]["rounds"]] == pytest.approx([r["rms_residual_px"] for r in theirs["robust"]["rounds"]], rel=1e-7)
+    assert ours["summary"]["rms_residual_px"] == pytest.approx(theirs["summary"]["rms_residual_px"], rel=1e-7)
+    for suffix in (".xf", ".tlt"):
+        a, b = ((where / f"s1{suffix}").read_text().split() for where in (out / "s1", tmp_path / "single"))
+        assert all(x == y or abs(float(x) - float(y)) < 2e-6 for x, y in zip(a, b, strict=True)), suffix
+    rc, _, err = run([*args, "--resume"])
+    assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == RESUMED, err
+    rc, _, err = run([*args[:-1], "huber", "--resume"])
+    assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == "converged", err
+    rc, _, err = run([*args, "--robust-group-size", 0])
+    assert rc == 2 and "--robust-group-size must be at least 1, got 0" in err
+
+
 def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
     """Checked before any series is read or aligned: nothing is written, exit 2."""
     (tmp_path / "taken").write_text("")

@@ -21,7 +21,7 @@ from ..models import MODELS, get_model
 from ..observations import Observations
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, format_summary, record_to_json, render_figure
-from ..robust import align_robust
+from ..robust import LOSSES, align_robust
 from ..solve import LMConfig
 from ..uncertainty import uncertainty
 from ._common import (
@@ -489,6 +489,12 @@ def add_solver_options(p) -> None:
     p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
 
 
+def add_robust_options(p) -> None:
+    """The robust-fitting options shared by align and batch."""
+    p.add_argument("--robust", choices=tuple(LOSSES), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")
+    p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
+
+
 def _add_align(sub):
     p = sub.add_parser("align", help="align a tilt series on its fiducial markers", description=ALIGN_HELP, epilog=ALIGN_EXAMPLE, formatter_class=_Formatter)
     p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
@@ -503,8 +509,7 @@ def _add_align(sub):
     add_solver_options(p)
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
-    p.add_argument("--robust", choices=("tukey", "huber", "cauchy"), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")
-    p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
+    add_robust_options(p)
     p.add_argument("--no-figure", action="store_true", help="do not render the .png report (the slowest output)")
     p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals")
     p.set_defaults(run=run_align)

@@ -25,6 +25,7 @@ from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
 from ..result import AlignmentResult
+from ..robust import align_robust
 from ..uncertainty import uncertainty
 from ..solve import LMConfig
 from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _check_outputs, _Formatter, _note, _software
@@ -33,6 +34,7 @@ from .align import (
     REPORT_OUTPUTS,
     _input_record,
     _stage_alignment_files,
+    add_robust_options,
     add_solver_options,
     observations_for_fit,
     parse_modes,
@@ -126,6 +128,8 @@ class BatchOptions:
     command: tuple = ("lmalign", "batch")
     compilation_cache: bool = False  # workers turn on the CLI's persistent cache
     errors: bool = True  # standard errors and leave-one-out residuals in each .json and figure
+    robust: str | None = None  # robust loss of the reweighted fit (None: plain least squares)
+    robust_group_size: int = 10
     reconstruct: float | None = None  # tomogram thickness in unbinned pixels, or no reconstruction
     binning: int = 1
     filter: str = "ramp"
@@ -317,9 +321,9 @@ def stack_beside(markers: str) -> str | None:
 # =========================================================================== align and write
 
 
-def _write(p: Prepared, result, options: BatchOptions, errors=None) -> list[str]:
+def _write(p: Prepared, result, options: BatchOptions, errors=None, robust=None) -> list[str]:
     """Write one series' outputs exactly as ``lmalign align`` does (``errors``: its
-    ``Uncertainty``, or None); returns the paths written."""
+    ``Uncertainty``, ``robust``: its ``RobustResult``, or None); returns the paths written."""
     model = get_model(options.model)
     inputs, sel, obs = p.inputs, p.selection, p.observations
     fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
@@ -338,6 +342,9 @@ def _write(p: Prepared, result, options: BatchOptions, errors=None) -> list[str]
     out = OutputSet(p.out_dir, p.prefix)
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if options.figure or s != ".png")
     extra = {"outputs": [os.path.basename(q) for q in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
+    if robust is not None:
+        record_options["robust"] = {"loss": options.robust, "group_size": options.robust_group_size}
+        extra["robust"] = robust.to_dict()
     args = argparse.Namespace(markers=p.spec.markers, stack=p.stack)
     record = build_record(result, fv, marker_ids=p.marker_ids, inputs=_input_record(args, inputs, sel, obs), options=record_options,
                           n_worst=options.worst, software=_software(), extra=extra, errors=errors)
@@ -394,6 +401,7 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and all(os.path.isfile(q) for q in outputs)
             and (not options.figure or any(q.endswith(".png") for q in outputs))
             and (not options.errors or "leave_one_out_rms_px" in summary)
+            and opts.get("robust") == ({"loss": options.robust, "group_size": options.robust_group_size} if options.robust else None)
         )
         if done and options.reconstruct is not None:
             from ..io.mrc import read_labels
@@ -449,10 +457,17 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
     )
     report = on_outcome if on_outcome is not None else (lambda _: None)
     writers = min(writers, len(prepared)) if options.figure else 1
+
+    def finished(p, result):
+        """The series' final fit and what its outputs need, computed here (on this process's device)."""
+        result, robust = fit_robust(p, result, options)
+        return result, series_errors(result, options), robust
+
     if writers <= 1:
         outcomes = []
         for p, result in zip(prepared, results, strict=True):
-            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, series_errors(result, options)), options))
+            result, errors, robust = finished(p, result)
+            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, errors, robust), options))
             report(outcomes[-1])
         return outcomes
     import concurrent.futures
@@ -460,9 +475,11 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
 
     outcomes: list = [None] * len(prepared)
     with concurrent.futures.ProcessPoolExecutor(max_workers=writers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # the standard errors are computed here (on this process's device) and drawn by the writers
-        futures = {pool.submit(write_outcome, p, result, options, series_errors(result, options)): i
-                   for i, (p, result) in enumerate(zip(prepared, results, strict=True))}
+        # robust fits and standard errors are computed here (on this process's device), figures drawn by the writers
+        futures = {}
+        for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
+            result, errors, robust = finished(p, result)
+            futures[pool.submit(write_outcome, p, result, options, errors, robust)] = i
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             error = future.exception()
@@ -498,6 +515,22 @@ def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions) -> 
     return replace(outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start)
 
 
+def fit_robust(p: Prepared, result, options: BatchOptions):
+    """With ``options.robust``, the reweighted fit of a series (as ``lmalign align --robust``)
+    started from its batched least-squares answer: ``(result, RobustResult)``; else, or for a
+    series without a usable answer, ``(result, None)``. An error in the reweighting is that
+    series' outcome."""
+    if options.robust is None or not isinstance(result, AlignmentResult) or result.status.startswith("failed"):
+        return result, None
+    try:
+        robust = align_robust(p.observations, loss=options.robust, group_size=options.robust_group_size, initial=result,
+                              model=options.model, rotation_deg=p.inputs.rotation_deg, modes=options.modes,
+                              config=LMConfig(max_iterations=options.max_iterations), dtype=options.dtype)
+    except Exception as e:  # noqa: BLE001 - reported for this series
+        return e, None
+    return robust.result, robust
+
+
 def series_errors(result, options: BatchOptions):
     """Standard errors of a converged series (``Uncertainty``), as ``lmalign align`` reports them;
     None without ``options.errors``, for a series that did not converge, or if they cannot be
@@ -510,7 +543,7 @@ def series_errors(result, options: BatchOptions):
         return None
 
 
-def write_outcome(p: Prepared, result, options: BatchOptions, errors=None) -> Outcome:
+def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robust=None) -> Outcome:
     """Write one series' outputs (or report why it has none) and say how it went."""
     start = time.perf_counter()
     spec = p.spec
@@ -519,7 +552,7 @@ def write_outcome(p: Prepared, result, options: BatchOptions, errors=None) -> Ou
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_FAILED, EXIT_BAD_INPUT if bad else EXIT_FAILED,
                        seconds=p.read_seconds, detail=str(result) if bad else f"{type(result).__name__}: {result}")
     try:
-        written = _write(p, result, options, errors)
+        written = _write(p, result, options, errors, robust)
     except OSError as e:
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
                        detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip())
@@ -711,6 +744,8 @@ def run_batch(args) -> int:
         raise UsageError(f"--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got {args.reconstruct:g}")
     if args.bin < 1:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
+    if args.robust_group_size < 1:
+        raise UsageError(f"--robust-group-size must be at least 1, got {args.robust_group_size}")
     if args.bucket is not None and min(args.bucket) < 1:
         raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
     if args.image_size is not None and min(args.image_size) <= 0:
@@ -724,7 +759,7 @@ def run_batch(args) -> int:
     options = BatchOptions(
         model=model.name, modes=modes, stages=tuple(s for s in ("initial", "main", "tilt", "joint") if s not in skip),
         dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations, worst=args.worst,
-        figure=not args.no_figure, errors=not args.no_errors, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
+        figure=not args.no_figure, errors=not args.no_errors, robust=args.robust, robust_group_size=args.robust_group_size, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
         command=("lmalign", *getattr(args, "argv", ["batch"])), compilation_cache=cache,
         reconstruct=args.reconstruct, binning=args.bin, filter=args.filter,
     )
@@ -873,6 +908,7 @@ def _add_batch(sub):
     p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
     p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
     p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals (about 5 ms a series)")
+    add_robust_options(p)
     p.add_argument("--reconstruct", type=float, metavar="NZ",
                    help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
                         "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)")
