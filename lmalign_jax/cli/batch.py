@@ -459,15 +459,19 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
     writers = min(writers, len(prepared)) if options.figure else 1
 
     def finished(p, result):
-        """The series' final fit and what its outputs need, computed here (on this process's device)."""
+        """The series' final fit and what its outputs need, computed here (on this process's
+        device), and the seconds spent on it: its share of the batched solve plus the rest."""
+        start = time.perf_counter()
+        batched = sum(st.seconds for st in result.stages) if isinstance(result, AlignmentResult) else 0.0
         result, robust = fit_robust(p, result, options)
-        return result, series_errors(result, options), robust
+        errors = series_errors(result, options)
+        return result, errors, robust, batched + time.perf_counter() - start
 
     if writers <= 1:
         outcomes = []
         for p, result in zip(prepared, results, strict=True):
-            result, errors, robust = finished(p, result)
-            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, errors, robust), options))
+            result, errors, robust, seconds = finished(p, result)
+            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, errors, robust, seconds), options))
             report(outcomes[-1])
         return outcomes
     import concurrent.futures
@@ -478,8 +482,8 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
         # robust fits and standard errors are computed here (on this process's device), figures drawn by the writers
         futures = {}
         for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
-            result, errors, robust = finished(p, result)
-            futures[pool.submit(write_outcome, p, result, options, errors, robust)] = i
+            result, errors, robust, seconds = finished(p, result)
+            futures[pool.submit(write_outcome, p, result, options, errors, robust, seconds)] = i
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             error = future.exception()
@@ -543,8 +547,9 @@ def series_errors(result, options: BatchOptions):
         return None
 
 
-def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robust=None) -> Outcome:
-    """Write one series' outputs (or report why it has none) and say how it went."""
+def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robust=None, solve_seconds: float | None = None) -> Outcome:
+    """Write one series' outputs (or report why it has none) and say how it went.
+    ``solve_seconds``: time spent fitting it (default: its stages' seconds)."""
     start = time.perf_counter()
     spec = p.spec
     if isinstance(result, Exception):
@@ -556,7 +561,7 @@ def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robus
     except OSError as e:
         return Outcome(spec.name, spec.markers, spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
                        detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip())
-    solve = sum(st.seconds for st in result.stages)
+    solve = sum(st.seconds for st in result.stages) if solve_seconds is None else solve_seconds
     return _outcome(p, result, p.read_seconds + solve + time.perf_counter() - start, written)
 
 
