@@ -461,9 +461,10 @@ else the --stack MRC header, else the .mdoc ImageSize.
 
 Writes <prefix>.xf (raw -> aligned, 4f12.7,2f12.3), <prefix>.tlt (solved tilts), <prefix>.resid
 (X Y view dx dy, dx,dy = projected - measured), <prefix>.xyz (IMOD fid.xyz), <prefix>.json (full
-record) and <prefix>.png (report figure, unless --no-figure); all or none. The .xf/.tlt have one line per view of the
-input, excluded views included: an excluded view gets its nominal tilt and a transform
-interpolated (rotation, stretch, shift, linearly in tilt) from its nearest fitted neighbours.
+record) and <prefix>.png (report figure, unless --no-figure); all or none. The .xf/.tlt have
+one line per view of the input, excluded views included: an excluded view gets its nominal tilt
+and a transform interpolated (rotation, stretch, shift, linearly in tilt) from its nearest
+fitted neighbours.
 If the solve does not converge, only the .json and .png are written and the exit status is 1.
 
 Exit status: 0 success, 1 alignment failed, 2 bad input.

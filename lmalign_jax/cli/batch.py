@@ -21,13 +21,14 @@ import numpy as np
 
 from ..batch import DEFAULT_BUCKET, align_batch
 from ..io.errors import InputError
+from ..io.mrc import read_labels
 from ..models import MODELS, get_model
 from ..outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
 from ..result import AlignmentResult
 from ..robust import align_robust
-from ..uncertainty import uncertainty
 from ..solve import LMConfig
+from ..uncertainty import uncertainty
 from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _check_outputs, _Formatter, _note, _software
 from .align import (
     ALIGN_OUTPUTS,
@@ -43,7 +44,7 @@ from .align import (
     report_selection,
     select,
 )
-from .reconstruct import FILTER_CHOICES
+from .reconstruct import FILTER_CHOICES, reconstruction_label
 
 #: Marker files a folder scan picks up (.txt and .resid series go in a list file).
 SCAN_MARKERS = (".fid", ".mod", ".csv", ".pt")
@@ -364,6 +365,13 @@ def _all_modes(options: BatchOptions) -> dict:
     return {q: mode for q, mode in zip(model.parameters, model.default_modes, strict=True)} | dict(options.modes)
 
 
+def _same_file(recorded: str | None, path: str | None) -> bool:
+    """Whether a path a record names is ``path`` (both None counts as the same)."""
+    if recorded is None or path is None:
+        return recorded is None and path is None
+    return os.path.realpath(recorded) == os.path.realpath(path)
+
+
 def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     """The series' outcome from an earlier run into the same outputs (``--resume``), or None
     when it must be aligned (again).
@@ -382,15 +390,13 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             record = json.load(f)
         made = os.path.getmtime(record_path)
         inputs, opts, summary = record["inputs"], record["options"], record["summary"]
-        same_file = lambda recorded, path: (recorded is None and path is None) or (  # noqa: E731
-            recorded is not None and path is not None and os.path.realpath(recorded) == os.path.realpath(path))
         outputs = [os.path.join(out.out_dir, name) for name in record["outputs"]]
         done = (
             summary["converged"] is True
             and record["exit_code"] == EXIT_OK
-            and same_file(inputs["markers"], p.spec.markers)
-            and same_file(inputs["tilts"], p.inputs.tilts_path)
-            and same_file(inputs["stack"], p.stack)
+            and _same_file(inputs["markers"], p.spec.markers)
+            and _same_file(inputs["tilts"], p.inputs.tilts_path)
+            and _same_file(inputs["stack"], p.stack)
             and [float(v) for v in inputs["image_size"]] == [float(v) for v in p.inputs.image_size]
             and inputs["excluded_by_user"] == [v + 1 for v in p.selection.excluded_by_user]
             and opts["rotation_source"].startswith("rotation=") == (p.spec.rotation is not None)
@@ -404,9 +410,6 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and opts.get("robust") == ({"loss": options.robust, "group_size": options.robust_group_size} if options.robust else None)
         )
         if done and options.reconstruct is not None:
-            from ..io.mrc import read_labels
-            from .reconstruct import reconstruction_label
-
             label = reconstruction_label(options.reconstruct, options.binning, options.filter)[:80]
             done = os.path.isfile(tomogram) and os.path.getmtime(tomogram) >= made and label in read_labels(tomogram)
             outputs.append(tomogram)
@@ -764,7 +767,8 @@ def run_batch(args) -> int:
     options = BatchOptions(
         model=model.name, modes=modes, stages=tuple(s for s in ("initial", "main", "tilt", "joint") if s not in skip),
         dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations, worst=args.worst,
-        figure=not args.no_figure, errors=not args.no_errors, robust=args.robust, robust_group_size=args.robust_group_size, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
+        figure=not args.no_figure, errors=not args.no_errors, robust=args.robust, robust_group_size=args.robust_group_size,
+        bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
         command=("lmalign", *getattr(args, "argv", ["batch"])), compilation_cache=cache,
         reconstruct=args.reconstruct, binning=args.bin, filter=args.filter,
     )
