@@ -297,7 +297,8 @@ def test_cli_batch_usage_errors(tmp_path):
     rc, _, err = run(["batch", tmp_path / "nothing.txt"])
     assert rc == 2 and "nothing.txt: file or folder not found" in err
     rc, _, err = run(["batch", tmp_path])
-    assert rc == 2 and "no marker files (.fid, .mod, .csv, .pt) in this folder" in err
+    assert rc == 2 and ("no marker files (.fid, .mod, .csv, .pt) in this folder; name .txt and .resid marker files in a list file "
+                        "(MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG] per line)") in err
     rc, _, err = run(["batch", tmp_path, "--writers", 0])
     assert rc == 2 and "--writers must be at least 1, got 0" in err
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
@@ -345,7 +346,7 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
     series; malformed ones are that line's bad input; --resume compares them."""
     s0, t0, s1, t1 = files / "s0.csv", files / "s0.rawtlt", files / "s1.csv", files / "s1.rawtlt"
     lines = [f"{s0} {t0} 2048 2048 exclude=1-2,21 rotation=3.5", f"{s1} {t1} rotation=oops 2048 2048", f"{s1} {t1} 2048 2048 exclude=30",
-             f"{s1} {t1} exclude=1 2048 2048 exclude=2"]
+             f"{s1} {t1} exclude=1 2048 2048 exclude=2", f"{s1} {t1} 2048 2048 exclude="]
     listing = tmp_path / "opts.txt"
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
@@ -357,6 +358,7 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
         "s1": f"{listing}:2: rotation=oops is not an angle in degrees",
         "s1_2": f"{listing}:3: exclude=30: view 30 is outside 1..21 (views count from 1, as in IMOD)",
         "s1_3": f"{listing}:4: exclude= given twice",
+        "s1_4": f"{listing}:5: exclude= names no views (e.g. exclude=1-3,40; views count from 1)",
     }
     record = json.loads((out / "s0" / "s0.json").read_text())
     assert record["inputs"]["excluded_by_user"] == [1, 2, 21] and record["inputs"]["image_size_source"] == f"NX NY on {listing}:1"

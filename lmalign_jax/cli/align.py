@@ -153,18 +153,19 @@ def read_inputs(args) -> Inputs:
     return Inputs(markers, args.markers, fmt, np.asarray(tilts, dtype=np.float64), tilts_path, (float(size[0]), float(size[1])), source, rotation, rot_source, pixel)
 
 
-def parse_view_list(text: str, n_views: int) -> list[int]:
-    """IMOD-style 1-based list ``"1-3,40"`` -> sorted 0-based view indices."""
+def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[int]:
+    """IMOD-style 1-based list ``"1-3,40"`` -> sorted 0-based view indices; ``where`` starts
+    an error message (the option, or the list line that gave it)."""
     views = set()
     for part in text.replace(" ", "").split(","):
         m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
         if not m:
-            raise UsageError(f"--exclude: {part!r} is not a view number or range (use e.g. 1-3,40; views count from 1)")
+            raise UsageError(f"{where}: {part!r} is not a view number or range (use e.g. 1-3,40; views count from 1)")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if lo > hi:
-            raise UsageError(f"--exclude: range {part!r} runs backwards")
+            raise UsageError(f"{where}: range {part!r} runs backwards")
         if lo < 1 or hi > n_views:
-            raise UsageError(f"--exclude: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)")
+            raise UsageError(f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)")
         views.update(range(lo - 1, hi))
     return sorted(views)
 

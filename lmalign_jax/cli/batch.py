@@ -300,10 +300,7 @@ def prepare(spec: SeriesSpec, args) -> Prepared | Outcome:
             inputs = replace(inputs, image_size_source=f"NX NY on {spec.where}")
         if spec.rotation is not None:
             inputs = replace(inputs, rotation_source=f"rotation= on {spec.where}")
-        try:
-            exclude = parse_view_list(spec.exclude, inputs.tilts_deg.size) if spec.exclude else []
-        except UsageError as e:
-            raise UsageError(f"{spec.where}: exclude={spec.exclude}: {str(e).removeprefix('--exclude: ')}") from None
+        exclude = parse_view_list(spec.exclude, inputs.tilts_deg.size, where=f"{spec.where}: exclude={spec.exclude}") if spec.exclude else []
         sel = select(inputs, exclude)
         report_selection(inputs, sel)
         obs, marker_ids = observations_for_fit(inputs, sel)
