@@ -35,7 +35,7 @@ def run_config(obs, stages, repeats: int):
     walls, results = [], []
     for _ in range(1 + repeats):
         t0 = time.perf_counter()
-        res = lmalign_jax.align(obs, stages=stages)
+        res = lmalign_jax.core.align(obs, stages=stages)
         walls.append(time.perf_counter() - t0)
         results.append(res)
     return walls, results

@@ -55,7 +55,7 @@ def run(datasets=("a", "b"), repeats: int = 5, align_repeats: int = 5, budget_s:
     out = {"repeats": repeats, "datasets": {}}
     for which in datasets:
         obs = paper_dataset(which).observations
-        start = lmalign_jax.align(obs, stages=("initial", "main", "tilt"))
+        start = lmalign_jax.core.align(obs, stages=("initial", "main", "tilt"))
         problem = JointProblem(obs, start.views, start.markers)
         log(f"  ({which}) {problem.n_obs:,} observations, {problem.n_free:,} free parameters, start RMS {problem.rms_px(problem.x0):.6f} px")
         rows = bench_problem(problem, repeats, peers, budget_s, log)
@@ -63,7 +63,7 @@ def run(datasets=("a", "b"), repeats: int = 5, align_repeats: int = 5, budget_s:
         walls, res = [], None
         for _ in range(1 + align_repeats):
             t0 = time.perf_counter()
-            res = lmalign_jax.align(obs)
+            res = lmalign_jax.core.align(obs)
             walls.append(time.perf_counter() - t0)
         joint = next(s for s in res.stages if s.name == "joint")
         out["datasets"][which] = {

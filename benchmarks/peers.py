@@ -45,7 +45,7 @@ def solve_ours(problem, config=None):
     closed-form guess and so cannot be handed the shared starting point.
     """
     from lmalign_jax import LMConfig
-    from lmalign_jax.problem import build_problem
+    from lmalign_jax.core.problem import build_problem
     from lmalign_jax.solve import least_squares
 
     config = LMConfig() if config is None else config

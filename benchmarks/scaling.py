@@ -97,7 +97,7 @@ def worker_align(n_markers: int, repeats: int, start_path: str | None, joint_rep
 
     def once():
         t0 = time.perf_counter()
-        results.append(lmalign_jax.align(obs))
+        results.append(lmalign_jax.core.align(obs))
         walls.append(time.perf_counter() - t0)
 
     def steady_runs():
@@ -120,7 +120,7 @@ def worker_align(n_markers: int, repeats: int, start_path: str | None, joint_rep
         from .joint_problem import JointProblem
         from .peers import solve_ours, time_runner
 
-        start = lmalign_jax.align(obs, stages=("initial", "main", "tilt"))
+        start = lmalign_jax.core.align(obs, stages=("initial", "main", "tilt"))
         np.savez(start_path, views=start.views, markers=start.markers)
         problem = JointProblem(obs, start.views, start.markers)
         sol, first, steady_s, _ = time_runner(solve_ours, problem, joint_repeats, budget_s=30.0)

@@ -14,17 +14,21 @@ Public API:
     LMConfig, Status      solver settings and outcomes
 """
 
-from .align import STAGES, align
+from .analysis import (
+    ModelComparison,
+    RobustResult,
+    Uncertainty,
+    align_robust,
+    alignment_function,
+    compare_models,
+    uncertainty,
+)
 from .batch import align_batch
-from .compare import ModelComparison, compare_models
-from .differentiable import alignment_function
+from .core import STAGES, AlignmentResult, StageReport, align
 from .models import MODELS, ProjectionModel, get_model
 from .observations import Observations, markers_seen_at_least
-from .result import AlignmentResult, StageReport
-from .robust import RobustResult, align_robust
+from .simulation import SyntheticSeries, simulate
 from .solve import LMConfig, Status
-from .synthetic import SyntheticSeries, simulate
-from .uncertainty import Uncertainty, uncertainty
 
 __version__ = "0.1.0"
 

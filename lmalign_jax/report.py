@@ -1,6 +1,6 @@
 """Reports of an alignment: the JSON record, the terminal summary, the PNG figure.
 
-An :class:`~lmalign_jax.result.AlignmentResult` covers the views that were fitted, possibly
+An :class:`~lmalign_jax.core.result.AlignmentResult` covers the views that were fitted, possibly
 re-ordered by tilt. :func:`expand_to_file_views` maps it back onto every view of the input
 files, in file order, with a transform for each excluded view interpolated from its neighbours
 in tilt. :func:`build_record` turns that into one JSON-ready ``dict`` (the single source of the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .models import get_model
-from .result import AlignmentResult
+from .core.result import AlignmentResult
 
 __all__ = [
     "FileViews",

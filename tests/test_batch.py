@@ -1,4 +1,4 @@
-"""Batched alignment (lmalign_jax.batch) against align() one series at a time, and `lmalign batch`.
+"""Batched alignment (lmalign_jax.batch.runner) against align() one series at a time, and `lmalign batch`.
 
 The series are small and share one bucket (padded to 21 views x 10 markers), so each kernel compiles once
 for the module (and for tests/test_distributed.py in the same session).

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lmalign_jax.outputs import OutputSet
+from lmalign_jax.io.outputs import OutputSet
 
 
 def test_commit_writes_every_file(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import io
-from lmalign_jax.phantom import fit_similarity, locate_peaks
+from lmalign_jax.simulation.phantom import fit_similarity, locate_peaks
 from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
 THICKNESS = 64

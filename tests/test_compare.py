@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import simulate
-from lmalign_jax.compare import DEFAULT_MODELS, ModelComparison, bic, compare_models, leave_out_folds
+from lmalign_jax.analysis.compare import DEFAULT_MODELS, ModelComparison, bic, compare_models, leave_out_folds
 
 # One problem size for every comparison: each model compiles once.
 SIZE = dict(n_views=31, n_markers=20)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import LMConfig, align, simulate
-from lmalign_jax.differentiable import alignment_function
+from lmalign_jax.analysis.differentiable import alignment_function
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Series groups on a Dask cluster (lmalign_jax.distributed) give what the local path gives.
+"""Series groups on a Dask cluster (lmalign_jax.batch.distributed) give what the local path gives.
 
 The cluster is a LocalCluster on the loopback interface with one in-process worker thread, so
 the worker shares this process's compiled kernels (the series match tests/test_batch.py's).
@@ -17,7 +17,7 @@ distributed = pytest.importorskip("distributed")
 import lmalign_jax as lm
 from lmalign_jax import cli
 from lmalign_jax.batch import align_batch
-from lmalign_jax.distributed import align_distributed, connect, map_groups
+from lmalign_jax.batch.distributed import align_distributed, connect, map_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning")
 

@@ -35,10 +35,10 @@ def _files(subpackage: str):
 @pytest.mark.parametrize(
     "subpackage, forbidden",
     [
-        ("solve", ("lmalign_jax.models", "lmalign_jax.align", "lmalign_jax.problem", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("models", ("lmalign_jax.solve", "lmalign_jax.align", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("recon", ("lmalign_jax.solve", "lmalign_jax.align", "lmalign_jax.models", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("io", ("jax", "lmalign_jax.solve", "lmalign_jax.align", "lmalign_jax.models", "lmalign_jax.recon", "lmalign_jax.cli")),
+        ("solve", ("lmalign_jax.models", "lmalign_jax.core.align", "lmalign_jax.core.problem", "lmalign_jax.io", "lmalign_jax.cli")),
+        ("models", ("lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.io", "lmalign_jax.cli")),
+        ("recon", ("lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.models", "lmalign_jax.io", "lmalign_jax.cli")),
+        ("io", ("jax", "lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.models", "lmalign_jax.recon", "lmalign_jax.cli")),
     ],
 )
 def test_dependencies_point_one_way(subpackage, forbidden):

@@ -1,4 +1,4 @@
-"""lmalign_jax.phantom: bead specimens, their exact projection into raw tilt series, peak finding.
+"""lmalign_jax.simulation.phantom: bead specimens, their exact projection into raw tilt series, peak finding.
 
 Conventions (shared/MODEL.md): pixel (row r, column c) is centred at (c + 0.5, r + 0.5); the .xf
 maps raw to aligned about the image centre; aligned x' - xc = x cos t + z sin t, y' - yc = y.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax.models import get_model
-from lmalign_jax.phantom import (
+from lmalign_jax.simulation.phantom import (
     Phantom,
     bead_phantom,
     fit_similarity,
@@ -21,7 +21,7 @@ from lmalign_jax.phantom import (
     voxel_index,
 )
 from lmalign_jax.recon import reconstruct
-from lmalign_jax.synthetic import simulate
+from lmalign_jax.simulation.synthetic import simulate
 
 IDENTITY_A = np.eye(2)[None]
 ZERO_D = np.zeros((1, 2))

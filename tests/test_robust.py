@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import align, simulate
-from lmalign_jax.robust import (
+from lmalign_jax.analysis.robust import (
     KEEP_WEIGHT,
     LOSSES,
     MADN_CONSTANT,

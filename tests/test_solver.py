@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import LMConfig, Status, get_model, simulate
-from lmalign_jax.problem import build_problem
+from lmalign_jax.core.problem import build_problem
 from lmalign_jax.solve import _linearize, _schur, damped_step, dense_step, least_squares, linearize
 
 

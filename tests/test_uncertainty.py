@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from lmalign_jax import Observations, align, get_model, simulate
-from lmalign_jax.align import _project_all
-from lmalign_jax.problem import build_problem
+from lmalign_jax.core.align import _project_all
+from lmalign_jax.core.problem import build_problem
 from lmalign_jax.solve import linearize, pair_residuals
 from lmalign_jax.solve._covariance import leverages, variances
 from lmalign_jax.solve._dense import _flatten, _unflatten
 from lmalign_jax.solve._linearize import pair_jacobians
-from lmalign_jax.uncertainty import uncertainty
+from lmalign_jax.analysis.uncertainty import uncertainty
 
 
 @pytest.mark.parametrize("modes", [{}, {"rotation": "shared", "scale": "group:3"}])

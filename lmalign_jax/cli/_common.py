@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from .. import __version__
-from ..outputs import OutputSet
+from ..io.outputs import OutputSet
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 MIN_MARKERS = 3

@@ -12,18 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
-from ..align import align as align_observations
+from ..core.align import align as align_observations
 from ..io.errors import InputError
 from ..io.markerset import contour_numbers
 from ..io.mrc import read_stack_header
 from ..io.pytom import is_pytom_header
 from ..models import MODELS, get_model
 from ..observations import Observations
-from ..outputs import OutputSet
+from ..io.outputs import OutputSet
 from ..report import build_record, expand_to_file_views, format_summary, record_to_json, render_figure
-from ..robust import LOSSES, align_robust
+from ..analysis.robust import LOSSES, align_robust
 from ..solve import LMConfig
-from ..uncertainty import uncertainty
+from ..analysis.uncertainty import uncertainty
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,

@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ..batch import DEFAULT_BUCKET, align_batch
+from ..batch.runner import DEFAULT_BUCKET, align_batch
 from ..io.errors import InputError
 from ..io.mrc import read_labels
 from ..models import MODELS, get_model
-from ..outputs import OutputSet
+from ..io.outputs import OutputSet
 from ..report import build_record, expand_to_file_views, record_to_json, render_figure
-from ..result import AlignmentResult
-from ..robust import align_robust
+from ..core.result import AlignmentResult
+from ..analysis.robust import align_robust
 from ..solve import LMConfig
-from ..uncertainty import uncertainty
+from ..analysis.uncertainty import uncertainty
 from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, _check_outputs, _Formatter, _note, _software
 from .align import (
     ALIGN_OUTPUTS,
@@ -717,7 +717,7 @@ def _align_all(prepared: list[Prepared], args, options: BatchOptions, shown: Bat
     where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"in {args.jobs} processes" if args.jobs > 1 else "in this process"
     _note(f"aligning {len(prepared)} series {where}, model {options.model}, stages {', '.join(options.stages)} ...")
     if args.scheduler:
-        from ..distributed import map_groups
+        from ..batch.distributed import map_groups
 
         groups = _groups(prepared, args.group_size)
         map_groups(align_and_write, groups, options, scheduler=args.scheduler,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..compare import compare_models
+from ..analysis.compare import compare_models
 from ..io import atomic_write
 from ..models import MODELS
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _Progress

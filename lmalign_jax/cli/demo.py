@@ -11,9 +11,9 @@ import mrcfile
 import numpy as np
 
 from .. import io
-from ..align import align as align_observations
-from ..outputs import OutputSet
-from ..phantom import fit_similarity, locate_peaks
+from ..core.align import align as align_observations
+from ..io.outputs import OutputSet
+from ..simulation.phantom import fit_similarity, locate_peaks
 from ._common import EXIT_FAILED, EXIT_OK, _check_outputs, _Formatter, _note, _Progress
 from .align import run_align
 from .reconstruct import Alignment, reconstruct_to_file

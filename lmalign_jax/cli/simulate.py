@@ -11,10 +11,10 @@ import numpy as np
 
 from .. import __version__, io
 from ..models import get_model
-from ..outputs import OutputSet
-from ..phantom import bead_phantom, project_stack, series_alignment
+from ..io.outputs import OutputSet
+from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..report import record_to_json
-from ..synthetic import simulate
+from ..simulation.synthetic import simulate
 from ._common import EXIT_OK, MIN_MARKERS, UsageError, _check_outputs, _Formatter
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")

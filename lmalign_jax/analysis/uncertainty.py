@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .models import get_model
-from .problem import build_problem
-from .result import AlignmentResult
-from .solve import Variables, damped_step, linearize
-from .solve._covariance import leverages, variances
-from .solve._linearize import _grid, pair_jacobians
+from ..models import get_model
+from ..core.problem import build_problem
+from ..core.result import AlignmentResult
+from ..solve import Variables, damped_step, linearize
+from ..solve._covariance import leverages, variances
+from ..solve._linearize import _grid, pair_jacobians
 
 
 @dataclass(frozen=True, eq=False)

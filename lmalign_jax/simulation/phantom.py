@@ -281,15 +281,15 @@ def jou_xf(views) -> tuple[np.ndarray, np.ndarray]:
 
 
 def series_alignment(series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The true alignment of a :class:`lmalign_jax.synthetic.SyntheticSeries`:
+    """The true alignment of a :class:`lmalign_jax.simulation.synthetic.SyntheticSeries`:
     ``(xf_A (n, 2, 2), xf_shift (n, 2), tilts_deg (n,))``.
 
     "jou" views are converted in closed form (:func:`jou_xf`). Other models are converted by
     fitting, per view, the 2-D affine map from the model's projections of a grid of specimen
-    points to their aligned positions (as :func:`lmalign_jax.result.fit_image_transforms` does
+    points to their aligned positions (as :func:`lmalign_jax.core.result.fit_image_transforms` does
     for a solved alignment); a model whose image side is not affine raises ``ValueError``.
     """
-    from .models import get_model
+    from ..models import get_model
 
     model = get_model(series.model)
     views = np.asarray(series.views, dtype=np.float64)
@@ -301,7 +301,7 @@ def series_alignment(series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import jax
     import jax.numpy as jnp
 
-    from .result import fit_image_transforms
+    from ..core.result import fit_image_transforms
 
     g = np.array([-100.0, 0.0, 100.0])
     grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)

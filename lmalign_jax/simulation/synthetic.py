@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from .models import get_model
-from .observations import Observations
+from ..models import get_model
+from ..observations import Observations
 
 
 @dataclass(frozen=True, eq=False)

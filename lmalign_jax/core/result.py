@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .models import get_model
-from .observations import Observations
+from ..models import get_model
+from ..observations import Observations
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .align import _reporting_frame
-from .models import get_model
-from .problem import build_problem
-from .result import AlignmentResult
-from .solve import LMConfig, effective_a, solve_implicit
+from ..core.align import _reporting_frame
+from ..models import get_model
+from ..core.problem import build_problem
+from ..core.result import AlignmentResult
+from ..solve import LMConfig, effective_a, solve_implicit
 
 
 def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()):

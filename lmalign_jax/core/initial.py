@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .observations import Observations
+from ..observations import Observations
 
 
 def estimate_rotation_deg(obs: Observations) -> float:

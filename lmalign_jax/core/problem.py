@@ -23,9 +23,9 @@ from functools import partial
 import jax.numpy as jnp
 import numpy as np
 
-from .models import ProjectionModel
-from .observations import Observations
-from .solve import Structure, Variables, choose_elimination, count_free, make_structure
+from ..models import ProjectionModel
+from ..observations import Observations
+from ..solve import Structure, Variables, choose_elimination, count_free, make_structure
 
 _FREE, _FIXED = -1, -2
 

@@ -1,7 +1,7 @@
 """Many tilt series on many machines: groups of series sent to a Dask cluster.
 
 Each task is one group of series; the worker that runs it aligns the whole group with
-:func:`lmalign_jax.batch.align_batch` (batched solves on that machine's devices). Workers keep
+:func:`lmalign_jax.batch.runner.align_batch` (batched solves on that machine's devices). Workers keep
 their compiled kernels between tasks, so groups of similar shapes are cheap after the first.
 
 Pointing it at a cluster: install ``lmalign_jax`` and ``dask[distributed]`` on every machine;
@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-from .batch import align_batch
-from .observations import Observations
-from .result import AlignmentResult
+from .runner import align_batch
+from ..observations import Observations
+from ..core.result import AlignmentResult
 
 __all__ = ["align_distributed", "connect", "map_groups"]
 
@@ -99,7 +99,7 @@ def align_distributed(
     """``align_batch`` over a Dask cluster: groups of ``group_size`` series, one task each.
 
     Series are grouped by shape so each worker compiles few buckets. ``align_options`` are
-    those of :func:`lmalign_jax.batch.align_batch` shared by all series (``progress`` is not
+    those of :func:`lmalign_jax.batch.runner.align_batch` shared by all series (``progress`` is not
     available across machines; ``on_result(group_index, results)`` reports finished groups).
     Per-series options (``rotation_deg``, ``ref_view``, ``weights`` as sequences) are split
     with the groups. Returns one entry per series, in order, as ``align_batch`` does; a

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .align import align
-from .models import MODELS, ProjectionModel, get_model
-from .observations import Observations
-from .result import AlignmentResult
+from ..core.align import align
+from ..models import MODELS, ProjectionModel, get_model
+from ..observations import Observations
+from ..core.result import AlignmentResult
 
 DEFAULT_MODELS = ("jou", "luther", "diez", "imod")
 #: align() keywords compare_models sets itself.

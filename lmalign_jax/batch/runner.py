@@ -1,6 +1,6 @@
 """Aligning many tilt series at once: shape buckets, batched solves, several local devices.
 
-``align_batch`` runs the stages of :func:`lmalign_jax.align.align` on a list of series. Each
+``align_batch`` runs the stages of :func:`lmalign_jax.core.align.align` on a list of series. Each
 series falls into a *bucket* by its view and marker counts rounded up, and is padded to the
 largest member of its bucket, ``(V, M)``: the extra views and markers get weight 0 and are held
 fixed, so in the normal equations they are identity rows with zero gradient, their step is
@@ -41,13 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .align import INTERMEDIATE_COST_TOL, STAGES, _stage_setup, check_options
-from .initial import estimate_rotation_deg, starting_markers_and_shifts
-from .models import ProjectionModel
-from .observations import Observations
-from .problem import build_problem, free_masks, mode_labels, reference_view, residual_function
-from .result import AlignmentResult, StageReport, fit_image_transforms
-from .solve import LMConfig, Status, Structure, Variables, choose_elimination, effective_a, least_squares
+from ..core.align import INTERMEDIATE_COST_TOL, STAGES, _stage_setup, check_options
+from ..core.initial import estimate_rotation_deg, starting_markers_and_shifts
+from ..models import ProjectionModel
+from ..observations import Observations
+from ..core.problem import build_problem, free_masks, mode_labels, reference_view, residual_function
+from ..core.result import AlignmentResult, StageReport, fit_image_transforms
+from ..solve import LMConfig, Status, Structure, Variables, choose_elimination, effective_a, least_squares
 
 __all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
 

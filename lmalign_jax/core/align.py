@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .initial import estimate_rotation_deg, starting_markers_and_shifts
-from .models import ProjectionModel, get_model
-from .observations import Observations
+from ..models import ProjectionModel, get_model
+from ..observations import Observations
 from .problem import build_problem, reference_view
 from .result import AlignmentResult, StageReport, fit_image_transforms
-from .solve import LMConfig, Status, least_squares
+from ..solve import LMConfig, Status, least_squares
 
 STAGES = ("initial", "main", "tilt", "joint")
 #: Relative cost change at which a stage that is not the last one stops.

@@ -51,9 +51,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .align import align
-from .observations import Observations
-from .result import AlignmentResult
+from ..core.align import align
+from ..observations import Observations
+from ..core.result import AlignmentResult
 
 #: Loss name -> default tuning constant (in units of the robust scale), the usual
 #: 95%-efficiency values for Gaussian errors.
