@@ -1,8 +1,9 @@
 """Robust alignment: iteratively reweighted least squares against mis-clicked markers.
 
 A least-squares fit lets a few badly placed points (a marker clicked on the wrong bead, a
-tracker that jumped) pull every parameter. ``align_robust`` follows IMOD tiltalign's
-robust fitting:
+tracker that jumped) pull every parameter. ``align_robust`` follows the scheme of IMOD
+tiltalign's ``RobustFitting`` option (Tukey weights on residual lengths scaled by the median
+and MAD of groups of neighbouring views; routine ``computeWeights`` in IMOD's sources):
 
 1. Solve the ordinary alignment (``align`` with every weight 1).
 2. Take each observation's residual length ``r = |projected - measured|`` and normalise it
@@ -18,25 +19,45 @@ robust fitting:
    Rayleigh law with median 1.1774 sigma and MAD 0.4485 sigma, so MADN is only 0.665 sigma
    and IMOD's K = 4.685 cut sits 3.1 sigma above the median, down-weighting ordinary
    points. We default to ``mad_constant = RAYLEIGH_MAD`` (0.4485), which makes the scale an
-   estimate of sigma and the constants below their usual Gaussian meaning (on clean
-   synthetic data the robust answer then moves the RMS by ~0.2% and the tilts by ~0.1 of
-   their error, against ~1% and ~0.3 with 0.6745); pass ``mad_constant=MADN_CONSTANT`` for
-   IMOD's exact choice.
+   estimate of sigma and the constants below their usual Gaussian meaning (the Tukey cut
+   then sits about 5.8 sigma from zero, beyond which a Gaussian inlier lands less than once
+   in a million); pass ``mad_constant=MADN_CONSTANT`` for IMOD's exact choice.
 3. Weight each point by the loss's IRLS weight ``w(u)``:
 
    - ``"tukey"`` (default, IMOD's choice): ``w = (1 - (u/K)^2)^2`` for u < K, else 0
      (rejected); K = 4.685;
    - ``"huber"``: ``w = min(1, k/u)``, k = 1.345 (never rejects);
    - ``"cauchy"``: ``w = 1 / (1 + (u/c)^2)``, c = 2.385 (never rejects).
-4. Re-solve the joint stage from the last answer with ``weights = sqrt(w)`` (``align``'s
+4. So that every parameter stays determined, a marker keeps positive weight in at least 3
+   views and a view in at least 3 markers (or all it has, if fewer): where the weights
+   would take that away, the rejected points with the smallest residuals among those needed
+   get the small weight ``KEEP_WEIGHT`` (1e-3) instead of zero.
+5. Re-solve the joint stage from the last answer with ``weights = sqrt(w)`` (``align``'s
    weights multiply the residuals, so the cost is ``sum w r^2``), recompute the residuals,
    the group scales and the weights, and repeat until no weight changes by more than
-   ``tol`` or ``max_rounds`` re-solves have run.
+   ``tol`` or ``max_rounds`` re-solves have run. The answer is the last reweighted solve;
+   no unweighted fit of the accepted points follows (see below).
 
-So that every parameter stays determined, a marker keeps positive weight in at least 3
-views and a view in at least 3 markers (or all it has, if fewer): where the weights would
-take that away, the points with the smallest residuals among those needed are given the
-small weight ``KEEP_WEIGHT`` instead of zero.
+How close this comes to an oracle that knows the mis-clicks (least squares on the clean
+points only), measured with ``simulate`` (61 views x 40 markers, sigma 0.5 px, 3% of the
+points displaced 5-20 px, 91 seeds; tests/test_robust.py checks the same at 41 x 24): every
+mis-click ends with weight 0 and no inlier does, and the inliers' RMS is the oracle's
++0.06% on average (+0.11% at most), while the oracle's own RMS scatters by about 1% from
+series to series about the floor sigma * sqrt(1 - n_free / (2 N)) and least squares sits 37%
+above it. What is left, and why it stays:
+
+- The whole +0.06% is Tukey's weight just below 1 on inliers above their group median
+  (their mean weight is 0.976). A final unweighted fit of the points with w > 0 removes it
+  for gross mis-clicks but readmits moderate ones at full weight: with 1.5-3 px (2.5-5 px)
+  mis-clicks at 41 x 24 it leaves the inliers 1.2% (0.5%) above the oracle, against 0.4%
+  (0.1%) for the reweighted answer.
+- Points kept by step 4 pull like 1e-3 of an ordinary point; none are needed above.
+- Stopping at ``tol = 1e-3`` leaves the inlier RMS a few 1e-6 (relative) from the fixed point.
+
+IMOD differs in details: it first divides each residual by a smoothed median residual of
+its view, shifts the median when too many of a view's points would fall below w = 0.5, and
+gives a track with fewer than 4 weights above 0.02 an extra 0.02 on every weight (where
+step 4 revives only the points needed, at 1e-3).
 
 The answer is a ``RobustResult``: the final ``AlignmentResult`` (``.result``), the
 unweighted starting fit (``.initial``), the weights, and which points were down-weighted
@@ -52,8 +73,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..core.align import align
-from ..observations import Observations
 from ..core.result import AlignmentResult
+from ..observations import Observations
 
 #: Loss name -> default tuning constant (in units of the robust scale), the usual
 #: 95%-efficiency values for Gaussian errors.
