@@ -24,7 +24,7 @@ from ..io.errors import InputError
 from ..io.mrc import read_labels
 from ..models import MODELS, get_model
 from ..io.outputs import OutputSet
-from ..report import build_record, expand_to_file_views, record_to_json, render_figure
+from ..report import build_record, expand_to_file_views, read_record, record_to_json, render_figure
 from ..core.result import AlignmentResult
 from ..analysis.robust import align_robust
 from ..solve import LMConfig
@@ -383,19 +383,19 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     out = OutputSet(p.out_dir, p.prefix)
     record_path, tomogram = out.final_paths((".json", TOMOGRAM))
     try:
-        with open(record_path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = read_record(record_path)
         made = os.path.getmtime(record_path)
-        inputs, opts, summary = record["inputs"], record["options"], record["summary"]
-        outputs = [os.path.join(out.out_dir, name) for name in record["outputs"]]
+        opts = record.options
+        outputs = [os.path.join(out.out_dir, name) for name in record.outputs]
+        size = record.image_size
         done = (
-            summary["converged"] is True
-            and record["exit_code"] == EXIT_OK
-            and _same_file(inputs["markers"], p.spec.markers)
-            and _same_file(inputs["tilts"], p.inputs.tilts_path)
-            and _same_file(inputs["stack"], p.stack)
-            and [float(v) for v in inputs["image_size"]] == [float(v) for v in p.inputs.image_size]
-            and inputs["excluded_by_user"] == [v + 1 for v in p.selection.excluded_by_user]
+            record.converged
+            and record.exit_code == EXIT_OK
+            and _same_file(record.markers_path, p.spec.markers)
+            and _same_file(record.tilts_path, p.inputs.tilts_path)
+            and _same_file(record.stack_path, p.stack)
+            and size is not None and [float(v) for v in size] == [float(v) for v in p.inputs.image_size]
+            and record.excluded_by_user == [v + 1 for v in p.selection.excluded_by_user]
             and opts["rotation_source"].startswith("rotation=") == (p.spec.rotation is not None)
             and (p.spec.rotation is None or opts["rotation_deg"] == p.spec.rotation)
             and (opts["model"], opts["modes"], opts["stages"], opts["dtype"], opts["max_iterations"])
@@ -403,20 +403,20 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
             and all(os.path.isfile(q) for q in outputs)
             and (not options.figure or any(q.endswith(".png") for q in outputs))
-            and (not options.errors or "leave_one_out_rms_px" in summary)
+            and (not options.errors or record.has_standard_errors)
             and opts.get("robust") == ({"loss": options.robust, "group_size": options.robust_group_size} if options.robust else None)
         )
         if done and options.reconstruct is not None:
             label = reconstruction_label(options.reconstruct, options.binning, options.filter)[:80]
             done = os.path.isfile(tomogram) and os.path.getmtime(tomogram) >= made and label in read_labels(tomogram)
             outputs.append(tomogram)
-    except (OSError, ValueError, KeyError, TypeError):  # no record, or not one this version wrote: align again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no record, or not one this version wrote: align again
         return None
     if not done:
         return None
     obs = p.observations
     return Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_OK, EXIT_OK, views=obs.n_views, markers_fitted=obs.n_markers,
-                   points=obs.n_observed, rms_residual_px=summary["rms_residual_px"], mean_residual_px=summary["mean_residual_px"],
+                   points=obs.n_observed, rms_residual_px=record.rms_residual_px, mean_residual_px=record.mean_residual_px,
                    seconds=p.read_seconds, detail=RESUMED, outputs=outputs)
 
 

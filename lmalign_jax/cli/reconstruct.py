@@ -8,7 +8,6 @@ through :func:`lmalign_jax.io.mrc.create_volume`, so it appears complete or not 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ from ..io import read_xf
 from ..io.errors import InputError
 from ..io.mrc import create_volume, read_stack, read_stack_header
 from ..recon import filter_response, reconstruct
+from ..report import read_record
 from ._common import EXIT_OK, UsageError, _Formatter, _note, _warn
 from .align import _read_tilt_file
 
@@ -41,38 +41,11 @@ class Alignment:
 
 
 def read_alignment_json(path: str) -> Alignment:
-    """The per-view ``xf`` and ``tilt_deg`` of an ``lmalign align`` record."""
-    if not os.path.isfile(path):
-        raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except json.JSONDecodeError as e:
-        raise InputError(path, e.lineno, f"not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not UTF-8 text (not an lmalign .json record)") from None
-    views = record.get("views") if isinstance(record, dict) else None
-    if not isinstance(views, list) or not views:
-        raise InputError(path, None, "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files")
-    summary = record.get("summary") or {}
-    if summary.get("converged") is False:
-        raise InputError(path, None, f"this alignment did not converge ({summary.get('status', 'failed')}); it has no usable transforms")
-    a = np.empty((len(views), 2, 2))
-    d = np.empty((len(views), 2))
-    t = np.empty(len(views))
-    for k, v in enumerate(views):
-        xf = v.get("xf") if isinstance(v, dict) else None
-        tilt = v.get("tilt_deg") if isinstance(v, dict) else None
-        ok = isinstance(xf, list) and len(xf) == 6 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xf)
-        ok = ok and isinstance(tilt, (int, float)) and not isinstance(tilt, bool)
-        if not ok or not (all(math.isfinite(x) for x in xf) and math.isfinite(tilt)):
-            raise InputError(path, None, f"view {k} has no valid 'xf' (6 numbers) and 'tilt_deg'")
-        a[k] = np.reshape(xf[:4], (2, 2))
-        d[k] = xf[4:]
-        t[k] = tilt
-    size = (record.get("inputs") or {}).get("image_size")
-    image_size = (float(size[0]), float(size[1])) if isinstance(size, list) and len(size) == 2 else None
-    return Alignment(a, d, t, path, path, path, image_size)
+    """The per-view transforms and tilts of an ``lmalign align`` record (``--alignment``)."""
+    record = read_record(path)
+    if not record.converged:
+        raise InputError(path, None, f"this alignment did not converge ({record.status}); it has no usable transforms")
+    return Alignment(record.xf[:, :, :2], record.xf[:, :, 2], record.tilts_deg, path, path, path, record.image_size)
 
 
 def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
