@@ -20,7 +20,7 @@ import pytest
 import lmalign_jax as lm
 from lmalign_jax import cli
 from lmalign_jax.batch import align_batch, bucket_shape
-from lmalign_jax.cli.batch import RESUMED
+from lmalign_jax.workflow.batch_series import RESUMED
 
 #: (views, markers, seed): two shapes padded to one bucket.
 SERIES = [(21, 10, 0), (21, 10, 1), (19, 9, 2)]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import cli, io
+from lmalign_jax.workflow import fitting, read_series, select_views
 
 EXCLUDE = "5,63"  # 1-based: an inner view and the last one; 63 - 2 = 61 views are fitted
 OUTPUTS = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json", "sim.png"}
@@ -217,12 +218,12 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
     """A solve that stops early: exit 1, a message, .json and .png written, no .xf/.tlt."""
     import dataclasses
 
-    real = cli.align.align_observations  # the align command's module (lmalign_jax/cli/align.py)
+    real = fitting.align_observations  # the solve as the workflow calls it (lmalign_jax/workflow/fitting.py)
 
     def stopped(*a, **k):
         return dataclasses.replace(real(*a, **k), status="stopped at the iteration limit before converging")
 
-    monkeypatch.setattr(cli.align, "align_observations", stopped)
+    monkeypatch.setattr(fitting, "align_observations", stopped)
     rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
                         "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q"])
     assert rc == 1
@@ -402,15 +403,20 @@ def parse(*args):
     return cli.build_parser().parse_args(["align", *map(str, args)])
 
 
+def read_inputs(args):
+    """The series that ``lmalign align`` with these options reads."""
+    return read_series(args.markers, args.tilts, stack_path=args.stack, image_size=args.image_size, rotation_deg=args.rotation)
+
+
 def test_image_size_precedence_and_stack_header(files):
     import mrcfile
 
     stack = files["dir"] / "s.mrc"
     with mrcfile.new(stack) as m:
         m.set_data(np.zeros((5, 16, 24), dtype=np.float32))
-    inp = cli.read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack))
+    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack))
     assert inp.image_size == (24.0, 16.0) and inp.image_size_source.endswith("s.mrc header")
-    inp = cli.read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
+    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
     assert inp.image_size == (100.0, 50.0) and inp.image_size_source == "--image-size"
 
 
@@ -418,11 +424,11 @@ def test_mdoc_tilts_rotation_and_dose_symmetric_order(tmp_path):
     mdoc = Path(__file__).parent / "data" / "empiar10164-ts01" / "TS_01.mrc.mdoc"
     rows = ["marker,view,x,y"] + [f"{m},{v},{100 + 50 * m + v},{200 + 30 * m}" for m in range(1, 5) for v in range(41)]
     csv = write(tmp_path / "m.csv", "\n".join(rows) + "\n")
-    inp = cli.read_inputs(parse(csv, "--tilts", mdoc))
+    inp = read_inputs(parse(csv, "--tilts", mdoc))
     assert inp.rotation_deg == pytest.approx(85.3) and inp.rotation_source.endswith("tilt axis angle")
     assert inp.image_size == (924.0, 958.0) and inp.tilts_deg.size == 41
-    assert cli.read_inputs(parse(csv, "--tilts", mdoc, "--rotation", -3)).rotation_deg == -3.0
-    sel = cli.select(inp, [0])
+    assert read_inputs(parse(csv, "--tilts", mdoc, "--rotation", -3)).rotation_deg == -3.0
+    sel = select_views(inp, [0])
     assert sel.sorted_by_tilt and 0 not in sel.view_index
     assert np.all(np.diff(inp.tilts_deg[sel.view_index]) >= 0)
 
@@ -431,7 +437,7 @@ def test_fid_header_gives_the_image_size(files):
     xy = np.random.default_rng(0).uniform(10, 500, (5, 4, 2))
     ms = io.MarkerSet(xy=xy, mask=np.ones((5, 4), dtype=bool), marker_ids=(1, 2, 3, 4), image_size=(640, 480))
     io.write_imod_model(files["dir"] / "m.fid", ms)
-    inp = cli.read_inputs(parse(files["dir"] / "m.fid", "--tilts", files["tlt"]))
+    inp = read_inputs(parse(files["dir"] / "m.fid", "--tilts", files["tlt"]))
     assert inp.image_size == (640.0, 480.0) and inp.image_size_source.endswith("m.fid header")
     assert inp.markers_format == "IMOD model" and inp.markers.n_markers == 4
     np.testing.assert_allclose(inp.markers.xy, xy, atol=1e-3)  # float32 in the binary model
@@ -439,11 +445,11 @@ def test_fid_header_gives_the_image_size(files):
 
 def test_pytom_markers_carry_their_tilts():
     pytom = Path(__file__).parent / "data" / "pytom-empiar10064"
-    inp = cli.read_inputs(parse(pytom / "mixedCTEM_tomo3_markerfile.txt", "--image-size", 3838, 3710))
+    inp = read_inputs(parse(pytom / "mixedCTEM_tomo3_markerfile.txt", "--image-size", 3838, 3710))
     assert inp.markers_format == "PyTom marker file" and inp.tilts_deg.size == 59 and inp.markers.n_markers == 8
     np.testing.assert_allclose(inp.tilts_deg, io.read_tilts(pytom / "angles.tlt"))
     with pytest.raises(cli.UsageError, match="--tilts FILE is required"):
-        cli.read_inputs(parse(pytom / "angles.tlt", "--image-size", 10, 10))
+        read_inputs(parse(pytom / "angles.tlt", "--image-size", 10, 10))
 
 
 def test_parse_view_list():
