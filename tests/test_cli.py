@@ -310,7 +310,6 @@ def test_unknown_extension(files, name, which, pattern):
 @pytest.mark.parametrize("row, pattern", [
     ("2,3,abc,5", r"m\.csv:22: x is not a number: 'abc'"),
     ("2,3,nan,5", r"m\.csv:22: x is not finite: 'nan'"),
-    ("2,7,10,5", r"m\.csv:22: view index 7 out of range for n_views=5"),
     ("2,3,10,5", r"m\.csv:22: duplicate point for marker 2 in view 3 \(first on line 10\)"),
     ("2,3,10", r"m\.csv:22: expected 4 comma-separated fields"),
 ])
@@ -325,10 +324,51 @@ def test_bad_tilt_line(files):
     assert_bad(align_args(files), r"t\.tlt:3: tilt angle is not a number: 'zero'", files["out"])
 
 
+def test_tilt_file_shorter_than_the_markers_views(files):
+    """The tilt file is the one at fault when markers sit on views it has no angle for: the
+    message names it, with its count of angles and the count the markers need."""
+    with open(files["csv"], "a") as f:
+        f.write("2,7,10,5\n")  # view 7 (0-based): 8 views needed, the tilt file has 5 angles
+    pattern = r"^lmalign: error: .*t\.tlt: has 5 tilt angles but the markers in .*m\.csv need 8 \(a marker is on view 8, counting from 1\)"
+    assert_bad(align_args(files), pattern, files["out"])
+
+
 def test_resid_view_beyond_tilt_file(files):
     resid = write(files["dir"] / "x.resid", "     3 residuals\n    100.00    200.00    0    0.10    0.10\n"
                   "    110.00    200.00    1    0.10    0.10\n    120.00    200.00    9    0.10    0.10\n")
-    assert_bad(align_args(files, resid), r"x\.resid:4: view index 9 is beyond the 5 views of the tilt file", files["out"])
+    assert_bad(align_args(files, resid), r"t\.tlt: has 5 tilt angles but the markers in .*x\.resid need 10 ", files["out"])
+
+
+def test_an_unexpected_exception_is_an_internal_error_not_a_failed_alignment(files, monkeypatch):
+    """Exit 1 means only "the solve did not converge"; a crash is exit 3, one line, no output."""
+    def crash(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("LMALIGN_DEBUG", raising=False)
+    monkeypatch.setattr(fitting, "align_observations", crash)
+    rc, out, err = run(align_args(files))
+    assert rc == cli.EXIT_INTERNAL == 3, err
+    assert err.splitlines()[-1] == "lmalign: error: internal error (RuntimeError: boom); set LMALIGN_DEBUG=1 for a traceback"
+    assert "converge" not in err and not os.path.exists(files["out"])
+
+
+@pytest.mark.parametrize("command", ["align", "batch"])
+def test_robust_alone_means_tukey(command):
+    """As IMOD's RobustFitting: --robust alone is Tukey's bisquare; --robust LOSS picks another."""
+    parse_cmd = lambda *extra: cli.build_parser().parse_args([command, "m.fid", *extra])  # noqa: E731
+    assert parse_cmd().robust is None
+    assert parse_cmd("--robust").robust == "tukey"
+    assert parse_cmd("--robust", "huber").robust == "huber"
+    assert parse_cmd("--robust=cauchy").robust == "cauchy"
+    with pytest.raises(cli.UsageError, match="--robust: invalid choice: 'bogus'"):
+        parse_cmd("--robust", "bogus")
+
+
+@pytest.mark.parametrize("command", ["align", "batch", "reconstruct"])
+def test_help_documents_the_internal_error_status(command):
+    rc, out, _ = run([command, "--help"])
+    assert rc == 0 and re.search(r"3 internal error", " ".join(out.split()))
+
 
 
 def test_empty_inputs(files):
@@ -483,7 +523,7 @@ def test_python_m_help():
 
 
 @pytest.mark.parametrize("command, words", [
-    ("align", ["1-based like IMOD's ExcludeList", "examples:", "--rotation-mode", "Exit status: 0 success, 1 alignment failed, 2 bad input"]),
+    ("align", ["1-based like IMOD's ExcludeList", "examples:", "--rotation-mode", "Exit status: 0 success, 1 alignment did not converge, 2 bad input, 3 internal error"]),
     ("demo", ["example:", "--out-dir"]),
     ("simulate", ["example:", "--views", "--missing", "--seed"]),
 ])

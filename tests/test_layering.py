@@ -186,3 +186,14 @@ def test_import_resolution_sees_relative_imports():
     assert "lmalign_jax.solve._linearize" in _imports(PACKAGE / "solve" / "_lm.py")
     assert "lmalign_jax.report.views" in _imports(PACKAGE / "report" / "record.py")
     assert "lmalign_jax.workflow.series.read_series" in _imports(PACKAGE / "workflow" / "__init__.py")
+
+
+def test_only_the_record_module_parses_records():
+    """The ``.json`` layout is known to report/record.py alone: it is the only JSON reader, and
+    only the commands that use an earlier alignment read records (``reconstruct --alignment``,
+    ``batch --resume``); ``batch --reconstruct`` uses the alignment it holds in memory."""
+    readers = {path.relative_to(PACKAGE).as_posix() for path in _files() if "json.load" in path.read_text()}
+    assert readers == {"report/record.py"}
+    users = {path.relative_to(PACKAGE).as_posix() for path in _files()
+             if any(n.endswith(".read_record") for n in _imports(path)) and path.name != "__init__.py"}
+    assert users == {"workflow/reconstruction.py", "workflow/resume.py"}

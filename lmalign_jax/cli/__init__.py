@@ -8,7 +8,8 @@ is in :mod:`.common`.
 
 ``main(argv)`` (the ``lmalign`` entry point, ``lmalign_jax.cli:main``) returns the exit status:
 0 success, 1 alignment failed (did not converge; the report is still written), 2 bad input
-(one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written).
+(one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written), 3 an
+internal error (an unexpected exception: one line, ``LMALIGN_DEBUG=1`` for the traceback).
 """
 
 from ..workflow import (

@@ -12,7 +12,7 @@ from .. import __version__
 from ..io.errors import InputError
 from .align import add_align
 from .batch import add_batch
-from .common import EXIT_BAD_INPUT, EXIT_FAILED, CommandParser, UsageError
+from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CommandParser, UsageError
 from .compare import add_compare
 from .demo import add_demo
 from .reconstruct import add_reconstruct
@@ -71,7 +71,8 @@ def enable_compilation_cache() -> str | None:
 
 
 def main(argv=None) -> int:
-    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 an alignment did not
+    converge, 2 bad input, 3 internal error: an unexpected exception, reported in one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -99,4 +100,4 @@ def main(argv=None) -> int:
         if os.environ.get("LMALIGN_DEBUG"):
             raise
         print(f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERNAL

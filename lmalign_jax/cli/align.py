@@ -152,7 +152,8 @@ and a transform interpolated (rotation, stretch, shift, linearly in tilt) from i
 fitted neighbours.
 If the solve does not converge, only the .json and .png are written and the exit status is 1.
 
-Exit status: 0 success, 1 alignment failed, 2 bad input.
+Exit status: 0 success, 1 alignment did not converge, 2 bad input, 3 internal error (a bug;
+LMALIGN_DEBUG=1 shows the traceback).
 """
 
 ALIGN_EXAMPLE = """\
@@ -177,7 +178,9 @@ def add_solver_options(p) -> None:
 
 def add_robust_options(p) -> None:
     """The robust-fitting options shared by align and batch."""
-    p.add_argument("--robust", choices=tuple(LOSSES), help="iteratively reweighted fit that down-weights mis-clicked points (IMOD's RobustFitting uses tukey)")
+    p.add_argument("--robust", nargs="?", const="tukey", choices=tuple(LOSSES), metavar="LOSS",
+                   help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, default tukey "
+                        "(Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS")
     p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
 
 

@@ -26,6 +26,7 @@ from ..workflow.batch_list import LINE_FORMAT, read_list, scan_folder
 from ..workflow.batch_series import (
     RESUMED,
     STATUS_BAD,
+    STATUS_ERROR,
     STATUS_FAILED,
     STATUS_OK,
     BatchOptions,
@@ -37,7 +38,7 @@ from ..workflow.batch_series import (
 from ..workflow.reconstruction import FILTER_CHOICES
 from ..workflow.resume import earlier_outcome
 from .align import add_robust_options, add_solver_options, settings_from_args
-from .common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, HelpFormatter, UsageError, note, warn
+from .common import EXIT_INTERNAL, EXIT_OK, HelpFormatter, UsageError, note, warn
 
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
@@ -107,8 +108,9 @@ def summary_table(outcomes: list[Outcome]) -> str:
             f"  {_fmt(o.rms_residual_px, '.4f'):>7}  {_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}"
             f"  {_remark(o)}"
         )
-    counts = {k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD)}
-    lines.append(f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input")
+    counts = {k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR)}
+    crashed = f", {counts[STATUS_ERROR]} internal error" if counts[STATUS_ERROR] else ""
+    lines.append(f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input{crashed}")
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +129,7 @@ def summary_tsv(outcomes: list[Outcome]) -> str:
 def batch_exit_code(outcomes: list[Outcome]) -> int:
     """2 if any input was bad, else 1 if any alignment failed, else 0."""
     codes = {o.exit_code for o in outcomes}
-    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else EXIT_FAILED if EXIT_FAILED in codes else EXIT_OK
+    return max(codes, default=EXIT_OK)  # 3 internal error > 2 bad input > 1 failed > 0
 
 
 # =========================================================================== the command
@@ -153,7 +155,7 @@ def _run_processes(groups, options, jobs, on_outcome):
 def _deliver(group, error, outcomes, on_outcome):
     """Outcomes of a finished group, or one failed outcome per series if the group's task failed."""
     if error is not None:
-        outcomes = [Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
+        outcomes = [Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_ERROR, EXIT_INTERNAL, seconds=p.read_seconds,
                             detail=f"worker failed: {type(error).__name__}: {error}") for p in group]
     for o in outcomes:
         on_outcome(o)
@@ -342,7 +344,8 @@ series asked to be reconstructed without a stack is bad input; the tomograms are
 process (on its GPU if it has one), or by each Dask worker for its group.
 
 A series that cannot be read, or whose alignment fails, is reported with its reason; the others
-complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad (2 wins).
+complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad, 3
+internal error (a bug) in some series; the highest applies.
 A run stopped part way (Ctrl-C, a full disk), or a folder that has gained series, is finished by
 the same command with --resume: a series whose outputs an earlier run wrote from the same input
 files with the same options, and which converged, keeps them; the others are aligned.

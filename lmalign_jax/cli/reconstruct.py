@@ -89,7 +89,7 @@ stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
 log, no contrast inversion).
 
-Exit status: 0 success, 2 bad input (no output written).
+Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
 
 RECON_EXAMPLE = """\

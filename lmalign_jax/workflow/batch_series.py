@@ -20,12 +20,14 @@ from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
 from .reconstruction import alignment_of_views, reconstruct_to_file
 from .series import Selection, SeriesInputs, observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from .settings import AlignSettings
-from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, UsageError, print_warning
+from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, UsageError, print_warning
 from .writing import ALIGN_OUTPUTS, write_alignment
 
 #: The tomogram written beside a series' other outputs by ``--reconstruct``.
 TOMOGRAM = ".rec.mrc"
-STATUS_OK, STATUS_FAILED, STATUS_BAD = "converged", "failed", "bad input"
+#: A series' status: converged, did not converge (or could not be reconstructed or written),
+#: bad input, or an unexpected exception (a bug: exit status 3).
+STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR = "converged", "failed", "bad input", "internal error"
 #: The detail of a series whose earlier outputs ``--resume`` kept.
 RESUMED = "done earlier, outputs kept (--resume)"
 
@@ -52,7 +54,7 @@ class Outcome:
     series: str
     markers: str | None
     tilts: str | None
-    status: str  # converged | failed | bad input
+    status: str  # converged | failed | bad input | internal error
     exit_code: int
     views: int | None = None
     markers_fitted: int | None = None
@@ -227,7 +229,7 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
                 outcomes[i] = future.result()
             else:  # the writer process died or raised: that series failed, the others go on
                 p = prepared[i]
-                outcomes[i] = Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
+                outcomes[i] = Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_ERROR, EXIT_INTERNAL, seconds=p.read_seconds,
                                       detail=f"writing the outputs failed: {type(error).__name__}: {error}")
             # tomograms are made here, on this process's device, while the writers draw on
             outcomes[i] = reconstruct_series(prepared[i], outcomes[i], options, final[i])
@@ -291,7 +293,7 @@ def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robus
     spec = p.spec
     if isinstance(result, Exception):
         bad = isinstance(result, ValueError)  # the engine's checks of the problem
-        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_FAILED, EXIT_BAD_INPUT if bad else EXIT_FAILED,
+        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_ERROR, EXIT_BAD_INPUT if bad else EXIT_INTERNAL,
                        seconds=p.read_seconds, detail=str(result) if bad else f"{type(result).__name__}: {result}")
     try:
         written = _write(p, result, options, errors, robust)

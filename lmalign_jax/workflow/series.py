@@ -8,6 +8,7 @@ Views are 0-based in file order unless a name says otherwise (``parse_view_list`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -65,16 +66,31 @@ def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
         got = f"extension {ext!r}" if ext else "no extension"
         raise InputError(path, None, f"unsupported marker file ({got}); supported: {', '.join(MARKER_EXTENSIONS)}")
     if ext == ".resid":
-        table = io.read_resid(path)
-        if n_views is not None and table.view.size and table.view.max() >= n_views:
-            k = int(np.argmax(table.view >= n_views))
-            raise InputError(path, k + 2, f"view index {int(table.view[k])} is beyond the {n_views} views of the tilt file {tilts_path}")
-        return io.resid_to_markers(table, None, n_views=n_views), "IMOD residual file (measured points)", None
+        markers = io.resid_to_markers(io.read_resid(path), None)
+        return _on_tilt_file_views(markers, path, tilts_path, n_views), "IMOD residual file (measured points)", None
     if ext == ".txt" and _is_pytom(path):
-        markers, tilts = io.read_pytom_markers(path, n_views=n_views)
-        return markers, "PyTom marker file", tilts
+        markers, tilts = io.read_pytom_markers(path)
+        return _on_tilt_file_views(markers, path, tilts_path, n_views), "PyTom marker file", tilts
     fmt = {".csv": "CSV marker,view,x,y", ".fid": "IMOD model", ".mod": "IMOD model"}.get(ext, "IMOD model2point text")
-    return io.read_markers(path, n_views=n_views), fmt, None
+    return _on_tilt_file_views(io.read_markers(path), path, tilts_path, n_views), fmt, None
+
+
+def _on_tilt_file_views(markers: io.MarkerSet, path: str, tilts_path: str | None, n_views: int | None) -> io.MarkerSet:
+    """``markers`` on the tilt file's ``n_views`` views (None: as read). A marker on a view the
+    tilt file has no angle for is the tilt file's fault (most often another series' file), so
+    the message names it; views past the last observed one are dropped or added empty."""
+    if n_views is None or markers.xy.shape[0] == n_views:
+        return markers
+    observed = np.flatnonzero(markers.mask.any(axis=1))
+    needed = int(observed[-1]) + 1 if observed.size else 0
+    if needed > n_views:
+        raise InputError(tilts_path, None, f"has {n_views} tilt angles but the markers in {path} need {needed} "
+                                           f"(a marker is on view {needed}, counting from 1); is it this series' tilt file?")
+    xy = np.full((n_views, markers.n_markers, 2), np.nan)
+    mask = np.zeros((n_views, markers.n_markers), dtype=bool)
+    k = min(n_views, markers.xy.shape[0])
+    xy[:k], mask[:k] = markers.xy[:k], markers.mask[:k]
+    return dataclasses.replace(markers, xy=xy, mask=mask)
 
 
 def _is_pytom(path: str) -> bool:
@@ -107,7 +123,8 @@ def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | 
         tilts, mdoc = read_tilt_file(tilts_path, warn)
         tilts_file = tilts_path
         markers, fmt, file_tilts = _read_marker_file(markers_path, tilts_path, tilts.size)
-        if file_tilts is not None and not np.allclose(file_tilts, tilts[: file_tilts.size], atol=0.05):
+        k = min(tilts.size, 0 if file_tilts is None else file_tilts.size)
+        if file_tilts is not None and not np.allclose(file_tilts[:k], tilts[:k], atol=0.05):
             raise InputError(tilts_path, None, f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views by increasing tilt)")
 
     stack_size, stack_pix = None, None
