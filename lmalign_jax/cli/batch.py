@@ -1,9 +1,10 @@
 """``lmalign batch``: align every tilt series of a list file or folder with batched solves.
 
-The series are read and checked here (a bad one is reported and skipped), aligned together by
-:func:`lmalign_jax.batch.align_batch` (in this process, in ``--jobs`` local processes, or on a
-Dask cluster with ``--scheduler``) and each one's outputs are written as ``lmalign align``
-writes them. A summary table (text, TSV, JSON) lists every series with its outcome.
+The options, the choice of where the series run (this process, ``--jobs`` local processes or a
+Dask cluster with ``--scheduler``), progress and the summary table (text, TSV, JSON) are here;
+reading the list or folder, checking each series, aligning and writing them and the
+``--resume`` check are in :mod:`lmalign_jax.workflow` (``batch_list``, ``batch_series``,
+``resume``). A bad series is reported and skipped; the others complete.
 """
 
 from __future__ import annotations
