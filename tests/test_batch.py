@@ -20,7 +20,7 @@ import pytest
 import lmalign_jax as lm
 from lmalign_jax import cli
 from lmalign_jax.batch import align_batch, bucket_shape
-from lmalign_jax.cli.batch import RESUMED
+from lmalign_jax.workflow.batch_series import RESUMED
 
 #: (views, markers, seed): two shapes padded to one bucket.
 SERIES = [(21, 10, 0), (21, 10, 1), (19, 9, 2)]
@@ -512,3 +512,20 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     assert rc == 2, err
     rows = read_tsv(d / "batch_summary.tsv")
     assert rows[0]["detail"] == f"output {d / 'r0.rec.mrc'} would overwrite an input file; choose another --out-dir"
+
+
+def test_cli_batch_a_crashing_series_is_an_internal_error(files, tmp_path, monkeypatch):
+    """A series whose solve raised (a bug, not a bad input nor a solve that did not converge)
+    is reported as an internal error, exit status 3, and the batch still writes its summary."""
+    from lmalign_jax.workflow import batch_series
+
+    def crash(observations, **kwargs):
+        return [RuntimeError("boom") for _ in observations]
+
+    monkeypatch.setattr(batch_series, "align_batch", crash)
+    (tmp_path / "one.txt").write_text(f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n")
+    rc, out, err = run(["batch", tmp_path / "one.txt", "--out-dir", tmp_path / "out", "--no-figure"])
+    assert rc == 3, err
+    row = json.loads((tmp_path / "out" / "batch_summary.json").read_text())["series"][0]
+    assert (row["status"], row["exit_code"]) == ("internal error", 3) and "RuntimeError: boom" in row["detail"]
+    assert "0 converged, 0 failed, 0 bad input, 1 internal error" in out

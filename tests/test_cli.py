@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax import cli, io
+from lmalign_jax.workflow import fitting, read_series, select_views
 
 EXCLUDE = "5,63"  # 1-based: an inner view and the last one; 63 - 2 = 61 views are fitted
 OUTPUTS = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json", "sim.png"}
@@ -217,12 +218,12 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
     """A solve that stops early: exit 1, a message, .json and .png written, no .xf/.tlt."""
     import dataclasses
 
-    real = cli.align.align_observations  # the align command's module (lmalign_jax/cli/align.py)
+    real = fitting.align_observations  # the solve as the workflow calls it (lmalign_jax/workflow/fitting.py)
 
     def stopped(*a, **k):
         return dataclasses.replace(real(*a, **k), status="stopped at the iteration limit before converging")
 
-    monkeypatch.setattr(cli.align, "align_observations", stopped)
+    monkeypatch.setattr(fitting, "align_observations", stopped)
     rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
                         "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q"])
     assert rc == 1
@@ -309,7 +310,6 @@ def test_unknown_extension(files, name, which, pattern):
 @pytest.mark.parametrize("row, pattern", [
     ("2,3,abc,5", r"m\.csv:22: x is not a number: 'abc'"),
     ("2,3,nan,5", r"m\.csv:22: x is not finite: 'nan'"),
-    ("2,7,10,5", r"m\.csv:22: view index 7 out of range for n_views=5"),
     ("2,3,10,5", r"m\.csv:22: duplicate point for marker 2 in view 3 \(first on line 10\)"),
     ("2,3,10", r"m\.csv:22: expected 4 comma-separated fields"),
 ])
@@ -324,10 +324,51 @@ def test_bad_tilt_line(files):
     assert_bad(align_args(files), r"t\.tlt:3: tilt angle is not a number: 'zero'", files["out"])
 
 
+def test_tilt_file_shorter_than_the_markers_views(files):
+    """The tilt file is the one at fault when markers sit on views it has no angle for: the
+    message names it, with its count of angles and the count the markers need."""
+    with open(files["csv"], "a") as f:
+        f.write("2,7,10,5\n")  # view 7 (0-based): 8 views needed, the tilt file has 5 angles
+    pattern = r"^lmalign: error: .*t\.tlt: has 5 tilt angles but the markers in .*m\.csv need 8 \(a marker is on view 8, counting from 1\)"
+    assert_bad(align_args(files), pattern, files["out"])
+
+
 def test_resid_view_beyond_tilt_file(files):
     resid = write(files["dir"] / "x.resid", "     3 residuals\n    100.00    200.00    0    0.10    0.10\n"
                   "    110.00    200.00    1    0.10    0.10\n    120.00    200.00    9    0.10    0.10\n")
-    assert_bad(align_args(files, resid), r"x\.resid:4: view index 9 is beyond the 5 views of the tilt file", files["out"])
+    assert_bad(align_args(files, resid), r"t\.tlt: has 5 tilt angles but the markers in .*x\.resid need 10 ", files["out"])
+
+
+def test_an_unexpected_exception_is_an_internal_error_not_a_failed_alignment(files, monkeypatch):
+    """Exit 1 means only "the solve did not converge"; a crash is exit 3, one line, no output."""
+    def crash(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("LMALIGN_DEBUG", raising=False)
+    monkeypatch.setattr(fitting, "align_observations", crash)
+    rc, out, err = run(align_args(files))
+    assert rc == cli.EXIT_INTERNAL == 3, err
+    assert err.splitlines()[-1] == "lmalign: error: internal error (RuntimeError: boom); set LMALIGN_DEBUG=1 for a traceback"
+    assert "converge" not in err and not os.path.exists(files["out"])
+
+
+@pytest.mark.parametrize("command", ["align", "batch"])
+def test_robust_alone_means_tukey(command):
+    """As IMOD's RobustFitting: --robust alone is Tukey's bisquare; --robust LOSS picks another."""
+    parse_cmd = lambda *extra: cli.build_parser().parse_args([command, "m.fid", *extra])  # noqa: E731
+    assert parse_cmd().robust is None
+    assert parse_cmd("--robust").robust == "tukey"
+    assert parse_cmd("--robust", "huber").robust == "huber"
+    assert parse_cmd("--robust=cauchy").robust == "cauchy"
+    with pytest.raises(cli.UsageError, match="--robust: invalid choice: 'bogus'"):
+        parse_cmd("--robust", "bogus")
+
+
+@pytest.mark.parametrize("command", ["align", "batch", "reconstruct"])
+def test_help_documents_the_internal_error_status(command):
+    rc, out, _ = run([command, "--help"])
+    assert rc == 0 and re.search(r"3 internal error", " ".join(out.split()))
+
 
 
 def test_empty_inputs(files):
@@ -402,15 +443,20 @@ def parse(*args):
     return cli.build_parser().parse_args(["align", *map(str, args)])
 
 
+def read_inputs(args):
+    """The series that ``lmalign align`` with these options reads."""
+    return read_series(args.markers, args.tilts, stack_path=args.stack, image_size=args.image_size, rotation_deg=args.rotation)
+
+
 def test_image_size_precedence_and_stack_header(files):
     import mrcfile
 
     stack = files["dir"] / "s.mrc"
     with mrcfile.new(stack) as m:
         m.set_data(np.zeros((5, 16, 24), dtype=np.float32))
-    inp = cli.read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack))
+    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack))
     assert inp.image_size == (24.0, 16.0) and inp.image_size_source.endswith("s.mrc header")
-    inp = cli.read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
+    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
     assert inp.image_size == (100.0, 50.0) and inp.image_size_source == "--image-size"
 
 
@@ -418,11 +464,11 @@ def test_mdoc_tilts_rotation_and_dose_symmetric_order(tmp_path):
     mdoc = Path(__file__).parent / "data" / "empiar10164-ts01" / "TS_01.mrc.mdoc"
     rows = ["marker,view,x,y"] + [f"{m},{v},{100 + 50 * m + v},{200 + 30 * m}" for m in range(1, 5) for v in range(41)]
     csv = write(tmp_path / "m.csv", "\n".join(rows) + "\n")
-    inp = cli.read_inputs(parse(csv, "--tilts", mdoc))
+    inp = read_inputs(parse(csv, "--tilts", mdoc))
     assert inp.rotation_deg == pytest.approx(85.3) and inp.rotation_source.endswith("tilt axis angle")
     assert inp.image_size == (924.0, 958.0) and inp.tilts_deg.size == 41
-    assert cli.read_inputs(parse(csv, "--tilts", mdoc, "--rotation", -3)).rotation_deg == -3.0
-    sel = cli.select(inp, [0])
+    assert read_inputs(parse(csv, "--tilts", mdoc, "--rotation", -3)).rotation_deg == -3.0
+    sel = select_views(inp, [0])
     assert sel.sorted_by_tilt and 0 not in sel.view_index
     assert np.all(np.diff(inp.tilts_deg[sel.view_index]) >= 0)
 
@@ -431,7 +477,7 @@ def test_fid_header_gives_the_image_size(files):
     xy = np.random.default_rng(0).uniform(10, 500, (5, 4, 2))
     ms = io.MarkerSet(xy=xy, mask=np.ones((5, 4), dtype=bool), marker_ids=(1, 2, 3, 4), image_size=(640, 480))
     io.write_imod_model(files["dir"] / "m.fid", ms)
-    inp = cli.read_inputs(parse(files["dir"] / "m.fid", "--tilts", files["tlt"]))
+    inp = read_inputs(parse(files["dir"] / "m.fid", "--tilts", files["tlt"]))
     assert inp.image_size == (640.0, 480.0) and inp.image_size_source.endswith("m.fid header")
     assert inp.markers_format == "IMOD model" and inp.markers.n_markers == 4
     np.testing.assert_allclose(inp.markers.xy, xy, atol=1e-3)  # float32 in the binary model
@@ -439,11 +485,11 @@ def test_fid_header_gives_the_image_size(files):
 
 def test_pytom_markers_carry_their_tilts():
     pytom = Path(__file__).parent / "data" / "pytom-empiar10064"
-    inp = cli.read_inputs(parse(pytom / "mixedCTEM_tomo3_markerfile.txt", "--image-size", 3838, 3710))
+    inp = read_inputs(parse(pytom / "mixedCTEM_tomo3_markerfile.txt", "--image-size", 3838, 3710))
     assert inp.markers_format == "PyTom marker file" and inp.tilts_deg.size == 59 and inp.markers.n_markers == 8
     np.testing.assert_allclose(inp.tilts_deg, io.read_tilts(pytom / "angles.tlt"))
     with pytest.raises(cli.UsageError, match="--tilts FILE is required"):
-        cli.read_inputs(parse(pytom / "angles.tlt", "--image-size", 10, 10))
+        read_inputs(parse(pytom / "angles.tlt", "--image-size", 10, 10))
 
 
 def test_parse_view_list():
@@ -477,7 +523,7 @@ def test_python_m_help():
 
 
 @pytest.mark.parametrize("command, words", [
-    ("align", ["1-based like IMOD's ExcludeList", "examples:", "--rotation-mode", "Exit status: 0 success, 1 alignment failed, 2 bad input"]),
+    ("align", ["1-based like IMOD's ExcludeList", "examples:", "--rotation-mode", "Exit status: 0 success, 1 alignment did not converge, 2 bad input, 3 internal error"]),
     ("demo", ["example:", "--out-dir"]),
     ("simulate", ["example:", "--views", "--missing", "--seed"]),
 ])

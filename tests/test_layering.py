@@ -1,4 +1,10 @@
-"""Dependencies between the package's modules point one way (STYLE.md)."""
+"""Dependencies between the package's modules point one way (STYLE.md, README "How it works").
+
+Layers, bottom up: io (files) and models/solve (maths) -> core (one alignment) -> analysis,
+batch, simulation, recon -> report (records, summaries, figures) -> workflow (what a command
+does, from plain arguments) -> cli (options and printing). Every import counts, including the
+ones inside functions.
+"""
 
 import ast
 from pathlib import Path
@@ -6,39 +12,71 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lmalign_jax"
+ROOT = "lmalign_jax"
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of the lmalign_jax modules (and third-party roots) a file imports."""
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_nodes(path: Path):
+    """(module imported, names imported from it) for every import in the file, resolved to
+    absolute names (relative imports included)."""
     tree = ast.parse(path.read_text())
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
-    names = set()
+    package = parts[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield alias.name, ()
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = list(package[: len(package) - node.level + 1])
                 module = ".".join(base + ([node.module] if node.module else []))
-                names.add(module)
-                names.update(f"{module}.{alias.name}" for alias in node.names)
             else:
-                names.add(node.module)
+                module = node.module
+            yield module, tuple(alias.name for alias in node.names)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the lmalign_jax modules (and third-party roots) a file imports."""
+    names = set()
+    for module, imported in _import_nodes(path):
+        names.add(module)
+        names.update(f"{module}.{name}" for name in imported)
     return names
 
 
-def _files(subpackage: str):
+def _files(subpackage: str = ""):
     return sorted((PACKAGE / subpackage).rglob("*.py"))
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in _files()}
+
+
+def _subpackage(module: str) -> str:
+    """``lmalign_jax.io.mrc`` -> ``io``; a top-level module is its own package."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+MATHS = ("lmalign_jax.solve", "lmalign_jax.models", "lmalign_jax.core", "lmalign_jax.analysis", "lmalign_jax.batch",
+         "lmalign_jax.recon", "lmalign_jax.simulation")
+ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")
 
 
 @pytest.mark.parametrize(
     "subpackage, forbidden",
     [
-        ("solve", ("lmalign_jax.models", "lmalign_jax.core.align", "lmalign_jax.core.problem", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("models", ("lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("recon", ("lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.models", "lmalign_jax.io", "lmalign_jax.cli")),
-        ("io", ("jax", "lmalign_jax.solve", "lmalign_jax.core.align", "lmalign_jax.models", "lmalign_jax.recon", "lmalign_jax.cli")),
+        ("io", ("jax", *MATHS, "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")),
+        ("solve", ("lmalign_jax.models", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
+        ("models", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
+        ("recon", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.models", "lmalign_jax.io", *ABOVE_CORE)),
+        ("core", ABOVE_CORE),
+        ("report", ("lmalign_jax.workflow", "lmalign_jax.cli")),
+        ("workflow", ("lmalign_jax.cli",)),
     ],
 )
 def test_dependencies_point_one_way(subpackage, forbidden):
@@ -47,15 +85,115 @@ def test_dependencies_point_one_way(subpackage, forbidden):
             assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
 
 
-def test_library_modules_do_not_import_the_cli():
+def test_only_the_cli_imports_the_cli():
     for path in PACKAGE.rglob("*.py"):
         if "cli" in path.relative_to(PACKAGE).parts or path.name == "__main__.py":
             continue
         assert not any(n.startswith("lmalign_jax.cli") for n in _imports(path)), path
 
 
+#: Private names imported across packages in files other engineers own, to be made public there
+#: (file, name); the test fails when one is fixed, so the list only shrinks.
+KNOWN_PRIVATE_IMPORTS = {
+    ("analysis/differentiable.py", "_reporting_frame"),  # from core.align
+    ("analysis/uncertainty.py", "_covariance"),  # solve's private modules
+    ("analysis/uncertainty.py", "_linearize"),
+    ("analysis/uncertainty.py", "_grid"),
+    ("batch/runner.py", "_stage_setup"),  # from core.align
+}
+
+
+def test_no_private_names_cross_packages():
+    """``_name`` (a private function, class or module) is used only inside its own package."""
+    seen = set()
+    for path in _files():
+        home = _subpackage(_module_name(path))
+        for module, imported in _import_nodes(path):
+            if not module or not module.startswith(ROOT + ".") or _subpackage(module) == home:
+                continue
+            private = [p for p in module.split(".")[1:] if p.startswith("_")] + [n for n in imported if n.startswith("_")]
+            where = path.relative_to(PACKAGE).as_posix()
+            seen |= {(where, name) for name in private}
+            private = [name for name in private if (where, name) not in KNOWN_PRIVATE_IMPORTS]
+            assert not private, f"{where} imports {', '.join(private)} from {module}"
+    assert KNOWN_PRIVATE_IMPORTS <= seen, f"fixed, remove from KNOWN_PRIVATE_IMPORTS: {KNOWN_PRIVATE_IMPORTS - seen}"
+
+
+def test_cli_modules_share_no_private_names():
+    """Within cli, commands use each other's public names only (``_main`` itself is the entry)."""
+    for path in _files("cli"):
+        for module, imported in _import_nodes(path):
+            if module and module.startswith("lmalign_jax.cli"):
+                assert not [n for n in imported if n.startswith("_")], f"{path.name} imports a private name from {module}"
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (a name that is a module counts as that module)."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for module, imported in _import_nodes(path):
+            submodules = {f"{module}.{n}" for n in imported} & modules.keys()
+            edges |= submodules
+            if module in modules and (not imported or len(submodules) < len(imported)):  # `from . import x` of a module x
+                edges.add(module)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    """No module imports itself back through others, counting imports inside functions too.
+    A package's ``__init__`` re-exporting its own modules is not a cycle (its modules do not
+    import it back)."""
+    cycle = _cycle(_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_cycle_detection_sees_a_cycle():
+    """Guard for the check above."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
 def test_import_resolution_sees_relative_imports():
     """Guard for the checks above: relative imports resolve to absolute module names."""
     assert "lmalign_jax.geometry" in _imports(PACKAGE / "models" / "jou.py")
     assert "lmalign_jax.solve._linearize" in _imports(PACKAGE / "solve" / "_lm.py")
-    assert "lmalign_jax.models" in _imports(PACKAGE / "core" / "problem.py")
+    assert "lmalign_jax.report.views" in _imports(PACKAGE / "report" / "record.py")
+    assert "lmalign_jax.workflow.series.read_series" in _imports(PACKAGE / "workflow" / "__init__.py")
+
+
+def test_only_the_record_module_parses_records():
+    """The ``.json`` layout is known to report/record.py alone: it is the only JSON reader, and
+    only the commands that use an earlier alignment read records (``reconstruct --alignment``,
+    ``batch --resume``); ``batch --reconstruct`` uses the alignment it holds in memory."""
+    readers = {path.relative_to(PACKAGE).as_posix() for path in _files() if "json.load" in path.read_text()}
+    assert readers == {"report/record.py"}
+    users = {path.relative_to(PACKAGE).as_posix() for path in _files()
+             if any(n.endswith(".read_record") for n in _imports(path)) and path.name != "__init__.py"}
+    assert users == {"workflow/reconstruction.py", "workflow/resume.py"}

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 
 from lmalign_jax import AlignmentResult, Observations, StageReport
+from lmalign_jax.io.errors import InputError
 from lmalign_jax.report import (
+    RECORD_VERSION,
     aligned_model_xy,
     build_record,
     expand_to_file_views,
     format_summary,
     interpolate_transforms,
+    read_record,
     record_to_json,
     render_figure,
 )
@@ -161,3 +164,37 @@ def test_record_and_figure_carry_standard_errors(report):
     assert record["worst_points"][0]["leave_one_out_residual_px"] == pytest.approx(np.hypot(0.5, 0.5))
     png = render_figure(result, fv, record, errors=errors)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_record_reads_back_what_was_written(report, tmp_path):
+    """read_record is the inverse of record_to_json for everything the commands use again."""
+    _, fv, record = report
+    path = tmp_path / "a.json"
+    path.write_text(record_to_json({**record, "outputs": ["a.xf", "a.json"], "exit_code": 0}))
+    back = read_record(str(path))
+    assert back.record_version == RECORD_VERSION == record["record_version"] and back.converged and back.exit_code == 0
+    np.testing.assert_array_equal(back.xf, fv.xf)  # JSON keeps doubles exactly
+    np.testing.assert_array_equal(back.tilts_deg, fv.tilts_deg)
+    assert back.image_size == SIZE and back.markers_path == "m.csv" and back.tilts_path == "t.tlt" and back.stack_path is None
+    assert back.options["rotation_source"] == "estimated" and back.outputs == ["a.xf", "a.json"]
+    assert back.rms_residual_px == record["summary"]["rms_residual_px"] and not back.has_standard_errors
+
+
+def test_record_reading_refuses_what_it_cannot_trust(report, tmp_path):
+    _, _, record = report
+    path = tmp_path / "a.json"
+    path.write_text(record_to_json({**record, "record_version": RECORD_VERSION + 1}))
+    with pytest.raises(InputError, match=rf"a.json: record_version {RECORD_VERSION + 1} is newer"):
+        read_record(str(path))
+    failed = {**record, "summary": {**record["summary"], "converged": False, "status": "failed: max iterations"}}
+    failed["views"] = [{**v, "xf": None} for v in record["views"]]
+    path.write_text(record_to_json(failed))
+    back = read_record(str(path))  # a failed alignment reads, without transforms
+    assert not back.converged and back.xf is None and back.status == "failed: max iterations"
+    broken = {**record, "views": [{**record["views"][0], "xf": [1, 0, 0]}]}
+    path.write_text(record_to_json(broken))
+    with pytest.raises(InputError, match="view 0 has no valid 'xf'"):
+        read_record(str(path))
+    path.write_text("{")
+    with pytest.raises(InputError, match=r"a.json:1: not valid JSON"):
+        read_record(str(path))

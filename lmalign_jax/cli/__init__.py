@@ -1,34 +1,34 @@
-"""The ``lmalign`` command line: ``align``, ``demo``, ``reconstruct``, ``simulate``.
+"""The ``lmalign`` command line: ``align``, ``batch``, ``compare``, ``demo``, ``reconstruct``, ``simulate``.
 
-One module per command (:mod:`.align`, :mod:`.demo`, :mod:`.reconstruct`, :mod:`.simulate`), each
-with a function that adds its sub-parser and sets the parser's ``run`` default to the function
-that runs it (``run(args) -> exit status``); ``COMMANDS`` in :mod:`._main` lists them. Shared
-pieces (exit statuses, one-line errors, progress, argparse classes) are in :mod:`._common`.
+One module per command, each with ``add_<command>(subparsers)`` (its options; sets the parser's
+``run`` default to the function that runs it, ``run(args) -> exit status``) and that run
+function, which parses its options into plain values and calls :mod:`lmalign_jax.workflow`.
+``COMMANDS`` in :mod:`._main` lists them. CLI plumbing (argparse classes, progress, messages)
+is in :mod:`.common`.
 
 ``main(argv)`` (the ``lmalign`` entry point, ``lmalign_jax.cli:main``) returns the exit status:
 0 success, 1 alignment failed (did not converge; the report is still written), 2 bad input
-(one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written).
+(one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written), 3 an
+internal error (an unexpected exception: one line, ``LMALIGN_DEBUG=1`` for the traceback).
 """
 
-from ._common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, MIN_MARKERS, UsageError
-from ._main import COMMANDS, build_parser, compilation_cache_dir, enable_compilation_cache, main
-from .align import (
+from ..workflow import (
     ALIGN_OUTPUTS,
     REPORT_OUTPUTS,
-    Inputs,
     Selection,
     compare_with_truth,
     observations_for_fit,
-    parse_modes,
     parse_view_list,
-    read_inputs,
-    report_selection,
-    run_align,
-    select,
+    read_series,
+    select_views,
     truth_ok,
 )
+from ..workflow import SeriesInputs as Inputs
+from ..workflow.reconstruction import Alignment, read_alignment_files, read_alignment_json, reconstruct_to_file
+from ._main import COMMANDS, build_parser, compilation_cache_dir, enable_compilation_cache, main
+from .align import align_and_report, parse_modes, run_align, settings_from_args
+from .common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError
 from .demo import run_demo
-from .reconstruct import Alignment, read_alignment_files, read_alignment_json, reconstruct_to_file, run_reconstruct
 from .simulate import run_simulate, write_series, write_stack
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
     "MIN_MARKERS",
     "compilation_cache_dir",
     "enable_compilation_cache",
@@ -46,18 +47,18 @@ __all__ = [
     "REPORT_OUTPUTS",
     "Inputs",
     "Selection",
-    "read_inputs",
-    "select",
-    "report_selection",
+    "read_series",
+    "select_views",
     "parse_view_list",
     "parse_modes",
+    "settings_from_args",
     "observations_for_fit",
     "compare_with_truth",
     "truth_ok",
     "run_align",
+    "align_and_report",
     "run_demo",
     "run_simulate",
-    "run_reconstruct",
     "write_series",
     "write_stack",
     "Alignment",

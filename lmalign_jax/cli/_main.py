@@ -10,19 +10,19 @@ import jax
 
 from .. import __version__
 from ..io.errors import InputError
-from ._common import EXIT_BAD_INPUT, EXIT_FAILED, UsageError, _Parser
-from .align import _add_align
-from .batch import _add_batch
-from .compare import _add_compare
-from .demo import _add_demo
-from .reconstruct import _add_reconstruct
-from .simulate import _add_simulate
+from .align import add_align
+from .batch import add_batch
+from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CommandParser, UsageError
+from .compare import add_compare
+from .demo import add_demo
+from .reconstruct import add_reconstruct
+from .simulate import add_simulate
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
-COMMANDS = {"align": _add_align, "batch": _add_batch, "compare": _add_compare, "demo": _add_demo, "reconstruct": _add_reconstruct, "simulate": _add_simulate}
+COMMANDS = {"align": add_align, "batch": add_batch, "compare": add_compare, "demo": add_demo, "reconstruct": add_reconstruct, "simulate": add_simulate}
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
-CACHED_COMMANDS = ("align", "compare", "demo", "reconstruct")
+CACHED_COMMANDS = ("align", "batch", "compare", "demo", "reconstruct")
 
 MAIN_HELP = """\
 Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by
@@ -38,9 +38,9 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lmalign_jax {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for add in COMMANDS.values():
         add(sub)
     return parser
@@ -71,7 +71,8 @@ def enable_compilation_cache() -> str | None:
 
 
 def main(argv=None) -> int:
-    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 an alignment did not
+    converge, 2 bad input, 3 internal error: an unexpected exception, reported in one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
             raise UsageError(f"choose a command: {', '.join(COMMANDS)} (see 'lmalign --help')")
         args.argv = argv
         if args.command in CACHED_COMMANDS:
-            enable_compilation_cache()
+            args.compilation_cache = enable_compilation_cache()
+            args.compilation_cache_setup = enable_compilation_cache  # batch hands it to its workers
         return args.run(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
@@ -98,4 +100,4 @@ def main(argv=None) -> int:
         if os.environ.get("LMALIGN_DEBUG"):
             raise
         print(f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERNAL

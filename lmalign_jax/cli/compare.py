@@ -7,8 +7,8 @@ import json
 from ..analysis.compare import compare_models
 from ..io import atomic_write
 from ..models import MODELS
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, _Formatter, _Progress
-from .align import observations_for_fit, parse_view_list, read_inputs, select
+from ..workflow import observations_for_fit, parse_view_list, read_series, select_views
+from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, warn
 
 COMPARE_HELP = """Fit each projection model to the same observations and print one table: free
 parameters, RMS and mean residual, a cross-validated leave-out residual (held-out points
@@ -27,10 +27,10 @@ def run_compare(args) -> int:
         raise UsageError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
-    inputs = read_inputs(args)
-    sel = select(inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [])
-    obs, _ = observations_for_fit(inputs, sel)
-    with _Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
+    inputs = read_series(args.markers, args.tilts, stack_path=args.stack, image_size=args.image_size, rotation_deg=args.rotation, warn=warn)
+    sel = select_views(inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [])
+    obs, _ = observations_for_fit(inputs, sel, warn)
+    with Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
         try:
             comparison = compare_models(obs, models, folds=args.folds, seed=args.seed, leave_out=not args.no_leave_out,
                                         rotation_deg=inputs.rotation_deg)
@@ -45,9 +45,9 @@ def run_compare(args) -> int:
     return EXIT_FAILED if len(failed) == len(comparison.rows) else EXIT_OK
 
 
-def _add_compare(sub):
+def add_compare(sub):
     p = sub.add_parser("compare", help="compare projection models on the same markers", description=COMPARE_HELP,
-                       epilog=COMPARE_EXAMPLE, formatter_class=_Formatter)
+                       epilog=COMPARE_EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
     p.add_argument("--tilts", metavar="FILE", help="tilt angles: .tlt/.rawtlt or SerialEM .mdoc")
     p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size in pixels")

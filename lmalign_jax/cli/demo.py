@@ -3,7 +3,6 @@ small synthetic stack with its solved alignment and check where the beads appear
 
 from __future__ import annotations
 
-import argparse
 import os
 import textwrap
 
@@ -14,10 +13,11 @@ from .. import io
 from ..core.align import align as align_observations
 from ..io.outputs import OutputSet
 from ..simulation.phantom import fit_similarity, locate_peaks
-from ._common import EXIT_FAILED, EXIT_OK, _check_outputs, _Formatter, _note, _Progress
-from .align import run_align
-from .reconstruct import Alignment, reconstruct_to_file
-from .simulate import SERIES_OUTPUTS, STACK_OUTPUTS, _settings, _simulate_series, write_series, write_stack
+from ..workflow import AlignSettings, check_output_folder
+from ..workflow.reconstruction import Alignment, reconstruct_to_file
+from .align import align_and_report
+from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, note, warn
+from .simulate import SERIES_OUTPUTS, STACK_OUTPUTS, settings_record, simulate_series, write_series, write_stack
 
 #: The alignment part: a realistic series of marker positions (no images).
 DEMO_SERIES = dict(views=61, markers=30, tilt_range=[-60.0, 60.0], image_size=[2048, 2048], thickness=300.0, rotation=-12.0,
@@ -31,46 +31,43 @@ MAX_BEAD_ERROR_VOX = 1.0
 
 
 def run_demo(args) -> int:
-    from ._main import build_parser
-
-    for name, value in DEMO_SERIES.items():
-        setattr(args, name, value)
+    options = DEMO_SERIES | {"seed": args.seed}
     out = OutputSet(args.out_dir, "demo_input")
-    _check_outputs(out, SERIES_OUTPUTS, ())
-    _check_outputs(OutputSet(args.out_dir, "demo_tomo"), (*SERIES_OUTPUTS, *STACK_OUTPUTS, ".xf", ".tlt"), ())
-    series = _simulate_series(args)
-    _note(f"demo: a synthetic tilt series of {args.views} views x {args.markers} markers, {args.noise} px noise, {args.missing:.0%} of the points missing at high tilt (seed {args.seed})")
+    check_output_folder(out, SERIES_OUTPUTS, ())
+    check_output_folder(OutputSet(args.out_dir, "demo_tomo"), (*SERIES_OUTPUTS, *STACK_OUTPUTS, ".xf", ".tlt"), ())
+    series = simulate_series(options)
+    note(f"demo: a synthetic tilt series of {options['views']} views x {options['markers']} markers, {options['noise']} px noise, "
+         f"{options['missing']:.0%} of the points missing at high tilt (seed {args.seed})")
     with out:
-        csv, tlt = write_series(series, out, _settings(args))
+        csv, tlt = write_series(series, out, settings_record(options))
         out.commit()
-    align_args = build_parser().parse_args(["align", csv, "--tilts", tlt, "--image-size", "2048", "2048", "--out-dir", args.out_dir, "--prefix", "demo", *(["--quiet"] if args.quiet else [])])
-    align_args.argv = ["demo", *getattr(args, "argv", [])[1:]]
-    status = run_align(align_args, truth=series)
+    status = align_and_report(csv, tlt, AlignSettings(), out_dir=args.out_dir, prefix="demo", image_size=(2048.0, 2048.0),
+                              command=["lmalign", "demo", *getattr(args, "argv", [])[1:]], quiet=args.quiet, truth=series)
     return max(status, demo_reconstruction(args.out_dir, args.seed))
 
 
 def demo_reconstruction(out_dir: str, seed: int) -> int:
     """Simulate a small stack, align its markers, reconstruct ``demo.rec.mrc``, find the beads."""
-    sim = argparse.Namespace(**DEMO_STACK, seed=seed)
-    n, (nx, ny) = sim.views, sim.image_size
-    _note(f"demo: reconstruction: a synthetic stack of {n} views of {nx} x {ny} px with {sim.markers} gold beads (seed {seed})")
-    series = _simulate_series(sim)
-    with _Progress(f"lmalign: aligning {n} views x {sim.markers} markers ..."):
+    sim = DEMO_STACK | {"seed": seed}
+    n, (nx, ny), n_markers = sim["views"], sim["image_size"], sim["markers"]
+    note(f"demo: reconstruction: a synthetic stack of {n} views of {nx} x {ny} px with {n_markers} gold beads (seed {seed})")
+    series = simulate_series(sim)
+    with Progress(f"lmalign: aligning {n} views x {n_markers} markers ..."):
         result = align_observations(series.observations)
     if not result.converged:
         print(f"lmalign: error: the demo stack's alignment did not converge ({result.status})")
         return EXIT_FAILED
     out = OutputSet(out_dir, "demo_tomo")
     with out:
-        write_series(series, out, _settings(sim))
-        stack = write_stack(series, out, pixel_size=sim.pixel_size, thickness=sim.thickness, seed=seed)
+        write_series(series, out, settings_record(sim))
+        stack = write_stack(series, out, pixel_size=sim["pixel_size"], thickness=sim["thickness"], seed=seed)
         io.write_xf(out.stage(".xf"), result.xf[:, :, :2], result.xf[:, :, 2])
         io.write_tlt(out.stage(".tlt"), result.tilts_deg)
         written = out.commit()
     rec = os.path.join(out_dir, "demo.rec.mrc")
     alignment = Alignment(result.xf[:, :, :2], result.xf[:, :, 2], result.tilts_deg, "the solved alignment",
                           out.path(".xf"), out.path(".tlt"))
-    info = reconstruct_to_file(stack, alignment, rec, thickness=DEMO_TOMO_THICKNESS)
+    info = reconstruct_to_file(stack, alignment, rec, thickness=DEMO_TOMO_THICKNESS, warn=warn, note=note)
     with mrcfile.mmap(rec, mode="r") as mrc:
         volume = np.asarray(mrc.data)
     found, err_solved = locate_peaks(volume, result.markers)
@@ -79,7 +76,7 @@ def demo_reconstruction(out_dir: str, seed: int) -> int:
     nz, nyv, nxv = info["shape"]
     worst = float(max(np.max(err_solved), np.max(err_truth)))
     ok = bool(np.all(np.isfinite(err_solved))) and worst < MAX_BEAD_ERROR_VOX
-    print(f"\n Reconstruction of a synthetic stack ({n} views of {nx} x {ny} px, {sim.markers} gold beads), "
+    print(f"\n Reconstruction of a synthetic stack ({n} views of {nx} x {ny} px, {n_markers} gold beads), "
           f"aligned on its markers (rms residual {result.rms_residual_px:.3f} px):")
     print(f"   lmalign reconstruct {stack} --xf {out.path('.xf')} --tlt {out.path('.tlt')} --thickness {DEMO_TOMO_THICKNESS} --out {rec}")
     print(f"   {nz} x {nyv} x {nxv} voxels in {info['seconds']:.1f} s")
@@ -94,9 +91,9 @@ def demo_reconstruction(out_dir: str, seed: int) -> int:
     return EXIT_OK
 
 
-def _add_demo(sub):
+def add_demo(sub):
     p = sub.add_parser(
-        "demo", help="align a built-in synthetic example, reconstruct one, compare with the truth", formatter_class=_Formatter,
+        "demo", help="align a built-in synthetic example, reconstruct one, compare with the truth", formatter_class=HelpFormatter,
         description=textwrap.fill(
             "Make a realistic synthetic tilt series (61 views, 30 markers, 0.5 px noise, 10% of the points "
             "missing at high tilt), write its marker and tilt files (demo_input.*), align it as 'lmalign align' "

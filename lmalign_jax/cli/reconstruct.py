@@ -8,78 +8,17 @@ through :func:`lmalign_jax.io.mrc.create_volume`, so it appears complete or not 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
-import time
-from dataclasses import dataclass
 
-import numpy as np
-
-from ..io import read_xf
-from ..io.errors import InputError
-from ..io.mrc import create_volume, read_stack, read_stack_header
-from ..recon import filter_response, reconstruct
-from ._common import EXIT_OK, UsageError, _Formatter, _note, _warn
-from .align import _read_tilt_file
-
-FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
-
-
-@dataclass
-class Alignment:
-    """Per-view transforms and tilts for the reconstruction, in the stack's view order."""
-
-    xf_A: np.ndarray  # (n, 2, 2)
-    xf_shift: np.ndarray  # (n, 2), unbinned pixels
-    tilts_deg: np.ndarray  # (n,)
-    source: str  # what to show the user
-    xf_source: str  # the file the transforms came from
-    tilt_source: str  # the file the tilts came from
-    image_size: tuple[float, float] | None = None  # the image size the alignment was made for
-
-
-def read_alignment_json(path: str) -> Alignment:
-    """The per-view ``xf`` and ``tilt_deg`` of an ``lmalign align`` record."""
-    if not os.path.isfile(path):
-        raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except json.JSONDecodeError as e:
-        raise InputError(path, e.lineno, f"not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not UTF-8 text (not an lmalign .json record)") from None
-    views = record.get("views") if isinstance(record, dict) else None
-    if not isinstance(views, list) or not views:
-        raise InputError(path, None, "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files")
-    summary = record.get("summary") or {}
-    if summary.get("converged") is False:
-        raise InputError(path, None, f"this alignment did not converge ({summary.get('status', 'failed')}); it has no usable transforms")
-    a = np.empty((len(views), 2, 2))
-    d = np.empty((len(views), 2))
-    t = np.empty(len(views))
-    for k, v in enumerate(views):
-        xf = v.get("xf") if isinstance(v, dict) else None
-        tilt = v.get("tilt_deg") if isinstance(v, dict) else None
-        ok = isinstance(xf, list) and len(xf) == 6 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xf)
-        ok = ok and isinstance(tilt, (int, float)) and not isinstance(tilt, bool)
-        if not ok or not (all(math.isfinite(x) for x in xf) and math.isfinite(tilt)):
-            raise InputError(path, None, f"view {k} has no valid 'xf' (6 numbers) and 'tilt_deg'")
-        a[k] = np.reshape(xf[:4], (2, 2))
-        d[k] = xf[4:]
-        t[k] = tilt
-    size = (record.get("inputs") or {}).get("image_size")
-    image_size = (float(size[0]), float(size[1])) if isinstance(size, list) and len(size) == 2 else None
-    return Alignment(a, d, t, path, path, path, image_size)
-
-
-def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
-    """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``)."""
-    a, d = read_xf(xf_path)
-    tilts, _ = _read_tilt_file(tlt_path)
-    return Alignment(a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path)
+from ..io.mrc import read_stack_header
+from ..workflow.reconstruction import (
+    FILTER_CHOICES,
+    read_alignment_files,
+    read_alignment_json,
+    reconstruct_to_file,
+)
+from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
 
 
 def _check_args(args) -> None:
@@ -119,91 +58,6 @@ def _check_output(path: str, inputs) -> None:
             raise UsageError(f"--out {path} would overwrite the input {p}")
 
 
-class _CountingStack:
-    """The stack as ``reconstruct`` sees it, ticking a progress bar as each view is read."""
-
-    def __init__(self, data, tick):
-        self._data, self._tick = data, tick
-        self.shape, self.dtype = data.shape, data.dtype
-
-    def __getitem__(self, key):
-        value = self._data[key]
-        self._tick()
-        return value
-
-
-def _progress_bar(total: int, quiet: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, desc="lmalign: reconstructing", unit="step", file=sys.stderr, disable=True if quiet else None,
-                leave=False, dynamic_ncols=True)
-
-
-def reconstruction_label(thickness: float, binning: int, filter: str, radial=None) -> str:
-    """The MRC header label of a tomogram made with these settings (``lmalign batch --resume``
-    compares it to decide whether a tomogram is already made)."""
-    label = f"lmalign_jax reconstruct: thickness {thickness:g} bin {binning} filter {filter}"
-    return label + (f" radial {radial[0]:g} {radial[1]:g}" if radial else "")
-
-
-def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *, thickness: float, binning: int = 1,
-                        filter: str = "ramp", radial=None, quiet: bool = False) -> dict:
-    """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
-
-    Returns a summary dict (shape, voxel size, seconds). Raises ``InputError``/``UsageError`` for
-    bad input before anything is written.
-    """
-    n_views, ny, nx, pixel = read_stack_header(stack_path)
-    for name, count, where in (("transforms", alignment.xf_A.shape[0], alignment.xf_source),
-                               ("tilt angles", alignment.tilts_deg.size, alignment.tilt_source)):
-        if count != n_views:
-            raise InputError(where, None, f"has {count} {name} but the stack {stack_path} has {n_views} sections (one per view)")
-    if alignment.image_size is not None and (abs(alignment.image_size[0] - nx) > 0.5 or abs(alignment.image_size[1] - ny) > 0.5):
-        ax, ay = alignment.image_size
-        raise InputError(stack_path, None, f"images are {nx} x {ny} pixels but the alignment {alignment.source} was made for "
-                                           f"{ax:g} x {ay:g}; reconstruct the stack the markers were picked on (use --bin to bin it)")
-    if nx // binning < 1 or ny // binning < 1:
-        raise UsageError(f"--bin {binning} is larger than the {nx} x {ny} images")
-    try:
-        filter_response(nx // binning, filter, radial)
-    except ValueError as e:
-        raise UsageError(f"--filter/--radial: {e}") from None
-    nz = max(1, int(round(thickness / binning)))
-    shape = (nz, ny // binning, nx // binning)
-    if pixel is None:
-        _warn(f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as {binning:g} A (1 A per pixel)")
-        pixel = 1.0
-    voxel = pixel * binning
-    stack = read_stack(stack_path)
-    if not quiet:
-        _note(f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
-              + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "") + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ...")
-    bar = _progress_bar(n_views + shape[1], quiet)
-    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
-
-    def progress(done, total):
-        if bar is not None:
-            bar.update(n_views + done - bar.n)
-
-    start = time.perf_counter()
-    try:
-        with create_volume(out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]) as vol:
-            try:
-                reconstruct(_CountingStack(stack, tick), alignment.xf_A, alignment.xf_shift, alignment.tilts_deg, thickness,
-                            binning=binning, filter=filter, radial=None if radial is None else tuple(radial), out=vol,
-                            progress=progress)
-            except InputError:
-                raise
-            except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
-                raise UsageError(f"cannot reconstruct {stack_path} with {alignment.source}: {e}") from None
-    finally:
-        if bar is not None:
-            bar.close()
-    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
-
-
 def run_reconstruct(args) -> int:
     _check_args(args)
     out = args.out or default_output(args.stack)
@@ -212,7 +66,7 @@ def run_reconstruct(args) -> int:
     alignment = read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
     _check_output(out, (args.stack, args.xf, args.tlt, args.alignment))
     info = reconstruct_to_file(args.stack, alignment, out, thickness=args.thickness, binning=args.bin, filter=args.filter,
-                               radial=radial, quiet=args.quiet)
+                               radial=radial, quiet=args.quiet, warn=warn, note=note)
     nz, ny, nx = info["shape"]
     print(f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size {info['voxel_size_A']:g} A, "
           f"{info['n_views']} views, filter {args.filter}, bin {args.bin}, in {info['seconds']:.1f} s")
@@ -235,7 +89,7 @@ stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
 log, no contrast inversion).
 
-Exit status: 0 success, 2 bad input (no output written).
+Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
 
 RECON_EXAMPLE = """\
@@ -246,9 +100,9 @@ examples:
 """
 
 
-def _add_reconstruct(sub):
+def add_reconstruct(sub):
     p = sub.add_parser("reconstruct", help="reconstruct a tomogram from a raw stack and its alignment (FBP)",
-                       description=RECON_HELP, epilog=RECON_EXAMPLE, formatter_class=_Formatter)
+                       description=RECON_HELP, epilog=RECON_EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("stack", metavar="STACK.mrc", help="the raw (unaligned) tilt-series stack, MRC")
     p.add_argument("--xf", metavar="FILE", help="IMOD .xf transforms, raw -> aligned, one line per view")
     p.add_argument("--tlt", metavar="FILE", help="tilt angles, degrees: .tlt/.rawtlt (line k = view k) or .mdoc")

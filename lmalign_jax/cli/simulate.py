@@ -14,8 +14,9 @@ from ..models import get_model
 from ..io.outputs import OutputSet
 from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..report import record_to_json
+from ..workflow import check_output_folder
 from ..simulation.synthetic import simulate
-from ._common import EXIT_OK, MIN_MARKERS, UsageError, _check_outputs, _Formatter
+from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")
 STACK_OUTPUTS = (".mrc", "_truth.xf", "_truth.tlt")
@@ -39,11 +40,14 @@ def _resolve_defaults(args) -> None:
         args.shift = default_shift(args.image_size)
 
 
-def _simulate_series(args):
+def simulate_series(options: dict):
+    """The SyntheticSeries of simulate's options (``views``, ``markers``, ``tilt_range``, ...,
+    ``seed``: the option names, as a dict)."""
+    o = options
     return simulate(
-        n_views=args.views, n_markers=args.markers, tilt_range=tuple(args.tilt_range), image_size=tuple(args.image_size),
-        thickness_px=args.thickness, rotation_deg=args.rotation, shift_px=args.shift, noise_px=args.noise,
-        missing_fraction=args.missing, outlier_fraction=args.outliers, seed=args.seed,
+        n_views=o["views"], n_markers=o["markers"], tilt_range=tuple(o["tilt_range"]), image_size=tuple(o["image_size"]),
+        thickness_px=o["thickness"], rotation_deg=o["rotation"], shift_px=o["shift"], noise_px=o["noise"],
+        missing_fraction=o["missing"], outlier_fraction=o["outliers"], seed=o["seed"],
     )
 
 
@@ -114,11 +118,12 @@ def suggested_thickness(specimen_thickness: float) -> int:
     return int(16 * math.ceil((1.2 * specimen_thickness + 16) / 16))
 
 
-def _settings(args) -> dict:
+def settings_record(options: dict) -> dict:
+    """The ``settings`` section of ``<prefix>_truth.json`` (``options`` as for simulate_series)."""
     keys = ("views", "markers", "tilt_range", "image_size", "thickness", "rotation", "shift", "noise", "missing", "outliers", "seed")
-    settings = {k: getattr(args, k) for k in keys}
-    if getattr(args, "stack", False):
-        settings |= {"stack": True, "pixel_size_A": args.pixel_size, "bead_sigma_px": BEAD_SIGMA_PX, "blobs": N_BLOBS}
+    settings = {k: options[k] for k in keys}
+    if options.get("stack", False):
+        settings |= {"stack": True, "pixel_size_A": options["pixel_size"], "bead_sigma_px": BEAD_SIGMA_PX, "blobs": N_BLOBS}
     return settings
 
 
@@ -126,10 +131,10 @@ def run_simulate(args) -> int:
     _resolve_defaults(args)
     _check_simulate_args(args)
     out = OutputSet(args.out_dir, args.prefix)
-    _check_outputs(out, SERIES_OUTPUTS + (STACK_OUTPUTS if args.stack else ()), ())
-    series = _simulate_series(args)
+    check_output_folder(out, SERIES_OUTPUTS + (STACK_OUTPUTS if args.stack else ()), ())
+    series = simulate_series(vars(args))
     with out:
-        csv, tlt = write_series(series, out, _settings(args))
+        csv, tlt = write_series(series, out, settings_record(vars(args)))
         if args.stack:
             stack = write_stack(series, out, pixel_size=args.pixel_size, thickness=args.thickness, seed=args.seed)
         written = out.commit()
@@ -159,9 +164,9 @@ SIM_OPTIONS = (
 )
 
 
-def _add_simulate(sub):
+def add_simulate(sub):
     p = sub.add_parser(
-        "simulate", help="write a synthetic marker file, tilt file and truth (and a raw stack)", formatter_class=_Formatter,
+        "simulate", help="write a synthetic marker file, tilt file and truth (and a raw stack)", formatter_class=HelpFormatter,
         description=textwrap.fill(
             "Write a seeded synthetic tilt series: <prefix>.csv (marker,view,x,y; view 0-based), <prefix>.rawtlt "
             "(nominal tilts) and <prefix>_truth.json (the true parameters), to try the tool and to file "

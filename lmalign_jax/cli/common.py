@@ -1,0 +1,63 @@
+"""CLI plumbing every command shares: the argparse classes, progress on a terminal, messages.
+
+Exit statuses, :class:`UsageError` and the message printers come from
+:mod:`lmalign_jax.workflow.status` and are re-exported here for the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+from ..workflow.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError
+from ..workflow.status import print_note as note
+from ..workflow.status import print_warning as warn
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "MIN_MARKERS", "CommandParser", "HelpFormatter", "Progress",
+           "UsageError", "note", "warn"]
+
+
+class Progress:
+    """'aligning ... 12 s' on a terminal while the solve runs; stage lines come from align's callback."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.tty = sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self):
+        start = time.perf_counter()
+        while not self._stop.wait(0.5):
+            sys.stderr.write(f"\r{self.text} {time.perf_counter() - start:5.0f} s")
+            sys.stderr.flush()
+
+    def __enter__(self):
+        sys.stderr.write(self.text + ("" if self.tty else "\n"))
+        sys.stderr.flush()
+        if self.tty:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.tty:
+            self._stop.set()
+            self._thread.join()
+            sys.stderr.write("\n")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with one-line errors raised as UsageError (so main decides the exit status)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written; '(default: ...)' added where there is a default to show."""
+
+    def _get_help_string(self, action):
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS and "%(default)" not in (action.help or "")
+        return (action.help or "") + (" (default: %(default)s)" if shown else "")

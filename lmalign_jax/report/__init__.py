@@ -1,0 +1,38 @@
+"""Reports of an alignment: file-order views, the ``.json`` record, the text summary, the figure.
+
+- :mod:`.views`: the result mapped onto every view of the input files (:func:`expand_to_file_views`).
+- :mod:`.record`: the ``.json`` record, built, written and read back (:func:`build_record`,
+  :func:`record_to_json`, :func:`read_record`); the only module that knows the file's layout.
+- :mod:`.summary`: the tiltalign-style text summary of a record (:func:`format_summary`).
+- :mod:`.figure`: the PNG report (:func:`render_figure`; matplotlib is imported there only).
+"""
+
+from .figure import render_figure
+from .record import (
+    RECORD_VERSION,
+    AlignmentRecord,
+    build_record,
+    read_record,
+    record_to_json,
+)
+from .summary import format_summary
+from .views import (
+    FileViews,
+    aligned_model_xy,
+    expand_to_file_views,
+    interpolate_transforms,
+)
+
+__all__ = [
+    "RECORD_VERSION",
+    "AlignmentRecord",
+    "FileViews",
+    "aligned_model_xy",
+    "build_record",
+    "expand_to_file_views",
+    "format_summary",
+    "interpolate_transforms",
+    "read_record",
+    "record_to_json",
+    "render_figure",
+]

@@ -1,0 +1,290 @@
+"""The ``<prefix>.json`` record of one alignment: built from a result, written, read back.
+
+:func:`build_record` turns a result into one JSON-ready ``dict`` (the single source of the
+numbers shown by the summary and the figure); :func:`record_to_json` writes it. This module is
+the only place that knows the layout of the file: :func:`read_record` reads one back into an
+:class:`AlignmentRecord` for the commands that use an earlier alignment (``reconstruct
+--alignment``, ``batch --resume``).
+
+Conventions: views are 0-based in the record (``"view"``) with IMOD's 1-based number beside
+(``"view_number"``); angles in degrees; lengths in pixels; residual = projected - measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.result import AlignmentResult
+from ..io.errors import InputError
+from ..models import get_model
+from .views import FileViews, aligned_model_xy
+
+#: Layout version of the record, written as its ``record_version``; a reader refuses newer ones.
+#: Records written before the field existed read as version 0 (the same layout).
+RECORD_VERSION = 1
+
+
+def _stats(lengths: np.ndarray) -> dict:
+    lengths = lengths[np.isfinite(lengths)]
+    if lengths.size == 0:
+        return {"n_points": 0, "mean_residual_px": None, "rms_residual_px": None, "max_residual_px": None}
+    return {
+        "n_points": int(lengths.size),
+        "mean_residual_px": float(lengths.mean()),
+        # per-component RMS, as rms_residual_px of the whole fit (|r|^2 has two components)
+        "rms_residual_px": float(np.sqrt(np.mean(lengths**2) / 2.0)),
+        "max_residual_px": float(lengths.max()),
+    }
+
+
+def build_record(
+    result: AlignmentResult,
+    fv: FileViews,
+    *,
+    marker_ids,
+    inputs: dict,
+    options: dict,
+    n_worst: int = 10,
+    software: dict | None = None,
+    extra: dict | None = None,
+    errors=None,
+) -> dict:
+    """Everything about one alignment as a JSON-ready dict.
+
+    ``inputs`` and ``options`` describe the run (files, image size, exclusions, modes...) and
+    are stored as given; ``marker_ids`` (m,) are the markers' ids in the input file.
+    ``errors`` (an ``uncertainty.Uncertainty`` of ``result``) adds standard errors per view
+    parameter and marker coordinate and leave-one-out residuals.
+    """
+    model = get_model(result.model)
+    obs = result.observations
+    lengths = np.linalg.norm(fv.residuals, axis=-1)
+    all_lengths = lengths[fv.mask]
+    mean = float(all_lengths.mean()) if all_lengths.size else float("nan")
+    sd = float(all_lengths.std(ddof=1)) if all_lengths.size > 1 else float("nan")
+    center = obs.center
+    aligned, ideal = aligned_model_xy(fv, result.markers, center)
+    dev = (aligned - ideal)[fv.mask]
+
+    views = []
+    for v in range(fv.n_views):
+        entry = {
+            "view": v,
+            "view_number": v + 1,
+            "excluded": bool(fv.excluded[v]),
+            "nominal_tilt_deg": float(fv.nominal_tilts_deg[v]),
+            "tilt_deg": float(fv.tilts_deg[v]),
+            "delta_tilt_deg": float(fv.tilts_deg[v] - fv.nominal_tilts_deg[v]),
+            "parameters": {name: float(fv.parameters[name][v]) for name in model.parameters},
+            **_stats(lengths[v][fv.mask[v]]),
+            "xf": [float(x) for x in (*fv.xf[v, :, :2].ravel(), *fv.xf[v, :, 2])],
+        }
+        if errors is not None and not fv.excluded[v]:
+            k = int(np.flatnonzero(fv.view_index == v)[0])
+            entry["standard_errors"] = {name: float(errors.parameter_se(name)[k]) for name in model.parameters}
+        views.append(entry)
+
+    markers = []
+    for i in range(obs.n_markers):
+        x, y, z = (float(u) for u in result.markers[i])
+        markers.append(
+            {"index": i, "id": int(marker_ids[i]), "x": x, "y": y, "z": z, "n_views": int(fv.mask[:, i].sum()), **_stats(lengths[:, i][fv.mask[:, i]])}
+        )
+        if errors is not None:
+            markers[-1]["standard_errors"] = dict(zip(("x", "y", "z"), (float(e) for e in errors.markers_se[i]), strict=True))
+
+    worst = []
+    for p in result.worst_points(n_worst):
+        v = int(fv.view_index[p["view"]])
+        worst.append(
+            {
+                "marker": p["marker"],
+                "marker_id": int(marker_ids[p["marker"]]),
+                "view": v,
+                "view_number": v + 1,
+                "x": p["x"],
+                "y": p["y"],
+                "dx": p["dx"],
+                "dy": p["dy"],
+                "residual_px": p["length"],
+                "sds_above_mean": (p["length"] - mean) / sd if sd > 0 else None,
+            }
+        )
+        if errors is not None:
+            loo = errors.loo_residuals[p["view"], p["marker"]]
+            worst[-1]["leave_one_out_residual_px"] = float(np.hypot(loo[0], loo[1]))
+
+    stages = [
+        {
+            "name": s.name,
+            "iterations": s.iterations,
+            "accepted": s.accepted,
+            "seconds": s.seconds,
+            "status": s.status,
+            "rms_residual_px": s.rms_residual_px,
+            "n_free": s.n_free,
+        }
+        for s in result.stages
+    ]
+    rotation = fv.parameters["rotation"][~fv.excluded]
+    summary = {
+        "status": result.status,
+        "converged": result.converged,
+        "rms_residual_px": result.rms_residual_px,
+        "mean_residual_px": result.mean_residual_px,
+        "sd_residual_px": sd,
+        "n_points": obs.n_observed,
+        "n_free": result.n_free,
+        "noise_floor_factor": result.noise_floor_factor,
+        "sigma_px": result.sigma_px,
+        "rotation_estimated_deg": result.rotation_estimated_deg,
+        "rotation_mean_deg": float(np.mean(rotation)),
+        "tilt_range_deg": [float(fv.tilts_deg.min()), float(fv.tilts_deg.max())],
+        "solve_seconds": float(sum(s.seconds for s in result.stages)),
+        # the .xf applied to the measured points vs (x cos t + z sin t, y) of the solved markers
+        "aligned_check_rms_px": {
+            "x": float(np.sqrt(np.mean(dev[:, 0] ** 2))) if dev.size else None,
+            "y": float(np.sqrt(np.mean(dev[:, 1] ** 2))) if dev.size else None,
+        },
+    }
+    record = {
+        "record_version": RECORD_VERSION,
+        "software": dict(software or {}),
+        "inputs": dict(inputs),
+        "model": {
+            "name": model.name,
+            "description": model.description,
+            "parameters": list(model.parameters),
+            "units": {p: ("deg" if k == "angle" else "px" if k == "length" else "ratio") for p, k in zip(model.parameters, model.kinds, strict=True)},
+        },
+        "options": dict(options),
+        "stages": stages,
+        "summary": summary,
+        "views": views,
+        "markers": markers,
+        "worst_points": worst,
+    }
+    if errors is not None:
+        summary["leave_one_out_rms_px"] = errors.loo_rms_px
+        summary["standard_errors_note"] = (
+            "1-sigma, from sigma^2 (J^T J)^-1 with sigma = RMS residual corrected for the free "
+            "parameters; tilts relative to their mean offset from nominal"
+        )
+    record.update(extra or {})
+    return record
+
+
+def _clean(value):
+    """JSON-safe copy: numpy scalars/arrays to Python, NaN and infinities to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def record_to_json(record: dict) -> str:
+    """The record as indented JSON text (NaN written as null)."""
+    return json.dumps(_clean(record), indent=1, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------- reading a record back
+
+
+@dataclass(frozen=True)
+class AlignmentRecord:
+    """What a written record says about its alignment (views in file order, n of them).
+
+    ``xf`` (n, 2, 3) raw -> aligned ``[A | D]`` and ``tilts_deg`` (n,) are None for an alignment
+    that did not converge. Paths are as the record names them; ``excluded_by_user`` is 1-based;
+    ``options`` holds the run's model, modes, stages, dtype, max_iterations, rotation and robust
+    settings as written. Fields a record lacks are None.
+    """
+
+    path: str
+    record_version: int
+    converged: bool
+    status: str
+    exit_code: int | None
+    xf: np.ndarray | None
+    tilts_deg: np.ndarray | None
+    image_size: tuple[float, float] | None
+    markers_path: str | None = None
+    tilts_path: str | None = None
+    stack_path: str | None = None
+    excluded_by_user: list | None = None
+    options: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+    rms_residual_px: float | None = None
+    mean_residual_px: float | None = None
+    has_standard_errors: bool = False
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _transforms(path: str, views: list) -> tuple[np.ndarray, np.ndarray]:
+    xf = np.empty((len(views), 2, 3))
+    tilts = np.empty(len(views))
+    for k, v in enumerate(views):
+        values = v.get("xf") if isinstance(v, dict) else None
+        tilt = v.get("tilt_deg") if isinstance(v, dict) else None
+        if not (isinstance(values, list) and len(values) == 6 and all(map(_is_number, values)) and _is_number(tilt)):
+            raise InputError(path, None, f"view {k} has no valid 'xf' (6 numbers) and 'tilt_deg'")
+        xf[k, :, :2] = np.reshape(values[:4], (2, 2))
+        xf[k, :, 2] = values[4:]
+        tilts[k] = tilt
+    return xf, tilts
+
+
+def read_record(path: str) -> AlignmentRecord:
+    """Read an ``lmalign align`` record; InputError (naming ``path``) if it is not one."""
+    if not os.path.isfile(path):
+        raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(path, e.lineno, f"not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise InputError(path, None, "not UTF-8 text (not an lmalign .json record)") from None
+    views = record.get("views") if isinstance(record, dict) else None
+    if not isinstance(views, list) or not views:
+        raise InputError(path, None, "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files")
+    version = record.get("record_version", 0)
+    if not isinstance(version, int) or version > RECORD_VERSION:
+        raise InputError(path, None, f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); update lmalign_jax")
+
+    def section(name) -> dict:
+        value = record.get(name)
+        return value if isinstance(value, dict) else {}
+
+    summary, inputs = section("summary"), section("inputs")
+    converged = summary.get("converged") is not False
+    xf, tilts = _transforms(path, views) if converged else (None, None)
+    size = inputs.get("image_size")
+    image_size = (float(size[0]), float(size[1])) if isinstance(size, list) and len(size) == 2 and all(map(_is_number, size)) else None
+    outputs = record.get("outputs")
+    return AlignmentRecord(
+        path=path, record_version=version, converged=converged, status=str(summary.get("status", "failed")),
+        exit_code=record.get("exit_code"), xf=xf, tilts_deg=tilts, image_size=image_size,
+        markers_path=inputs.get("markers"), tilts_path=inputs.get("tilts"), stack_path=inputs.get("stack"),
+        excluded_by_user=inputs.get("excluded_by_user"), options=section("options"),
+        outputs=[str(o) for o in outputs] if isinstance(outputs, list) else [],
+        rms_residual_px=summary.get("rms_residual_px"), mean_residual_px=summary.get("mean_residual_px"),
+        has_standard_errors="leave_one_out_rms_px" in summary,
+    )

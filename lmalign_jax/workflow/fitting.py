@@ -1,0 +1,41 @@
+"""Fitting one series: least squares or the robust reweighted fit, then its standard errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..analysis.robust import align_robust
+from ..analysis.uncertainty import uncertainty
+from ..core.align import align as align_observations
+from ..solve import LMConfig
+from .settings import AlignSettings
+from .status import UsageError
+
+
+@dataclass
+class Fit:
+    """A solved series: its AlignmentResult, the RobustResult of a robust fit (else None) and
+    the Uncertainty of a converged one (None when not asked for or not converged)."""
+
+    result: object
+    robust: object = None
+    errors: object = None
+
+
+def fit_series(obs, settings: AlignSettings, *, rotation_deg: float | None = None, with_errors: bool = True, progress=None) -> Fit:
+    """Align ``obs`` (Observations) as ``settings`` say, starting from ``rotation_deg`` (None:
+    estimated). ``progress(stage_report)`` hears each finished stage of a least-squares fit.
+    The engine's checks of the problem (modes, sizes) are raised as UsageError."""
+    kwargs = dict(model=settings.model, rotation_deg=rotation_deg, modes=settings.modes, stages=settings.stages,
+                  config=LMConfig(max_iterations=settings.max_iterations), dtype=settings.dtype)
+    robust = None
+    try:
+        if settings.robust:
+            robust = align_robust(obs, loss=settings.robust, group_size=settings.robust_group_size, **kwargs)
+            result = robust.result
+        else:
+            result = align_observations(obs, progress=progress, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    errors = uncertainty(result) if (result.converged and with_errors) else None
+    return Fit(result, robust, errors)

@@ -1,0 +1,251 @@
+"""Reading a tilt series: its marker, tilt and stack files, the views and markers to fit.
+
+Every command that aligns reads its series here (:func:`read_series`, :func:`select_views`,
+:func:`observations_for_fit`), from plain arguments: file paths, an image size, a rotation.
+Views are 0-based in file order unless a name says otherwise (``parse_view_list`` reads IMOD's
+1-based lists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import io
+from ..io.errors import InputError
+from ..io.mrc import read_stack_header
+from ..io.pytom import is_pytom_header
+from ..observations import Observations
+from .status import MIN_MARKERS, UsageError, print_warning
+
+TILT_EXTENSIONS = (".tlt", ".rawtlt", ".mdoc")
+MARKER_EXTENSIONS = (*io.MARKER_EXTENSIONS, ".resid")
+#: How ``lmalign align`` users give an image size the marker file lacks (end of that message).
+SIZE_ADVICE = "give --image-size NX NY or --stack STACK.mrc"
+
+
+@dataclass
+class SeriesInputs:
+    """What the input files say, before any view or marker is dropped (views in file order)."""
+
+    markers: io.MarkerSet
+    markers_path: str
+    markers_format: str
+    tilts_deg: np.ndarray
+    tilts_path: str
+    image_size: tuple[float, float]
+    image_size_source: str
+    rotation_deg: float | None
+    rotation_source: str
+    pixel_size: float | None
+    stack_path: str | None = None
+
+
+def read_tilt_file(path: str, warn=print_warning):
+    """(tilts (n,), mdoc or None) from a .tlt/.rawtlt or SerialEM .mdoc file."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".mdoc":
+        mdoc = io.read_mdoc(path)
+        if mdoc.z_values.size and not np.array_equal(mdoc.z_values, np.arange(mdoc.z_values.size)):
+            warn(f"{path}: ZValues are not 0..{mdoc.z_values.size - 1}; views are taken in ZValue order")
+        return mdoc.tilts_deg, mdoc
+    if ext in (".tlt", ".rawtlt"):
+        return io.read_tilts(path), None
+    got = f"extension {ext!r}" if ext else "no extension"
+    raise InputError(path, None, f"unsupported tilt-angle file ({got}); supported: {', '.join(TILT_EXTENSIONS)}")
+
+
+def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
+    """(MarkerSet, format name, tilts from the marker file or None)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in MARKER_EXTENSIONS:
+        got = f"extension {ext!r}" if ext else "no extension"
+        raise InputError(path, None, f"unsupported marker file ({got}); supported: {', '.join(MARKER_EXTENSIONS)}")
+    if ext == ".resid":
+        markers = io.resid_to_markers(io.read_resid(path), None)
+        return _on_tilt_file_views(markers, path, tilts_path, n_views), "IMOD residual file (measured points)", None
+    if ext == ".txt" and _is_pytom(path):
+        markers, tilts = io.read_pytom_markers(path)
+        return _on_tilt_file_views(markers, path, tilts_path, n_views), "PyTom marker file", tilts
+    fmt = {".csv": "CSV marker,view,x,y", ".fid": "IMOD model", ".mod": "IMOD model"}.get(ext, "IMOD model2point text")
+    return _on_tilt_file_views(io.read_markers(path), path, tilts_path, n_views), fmt, None
+
+
+def _on_tilt_file_views(markers: io.MarkerSet, path: str, tilts_path: str | None, n_views: int | None) -> io.MarkerSet:
+    """``markers`` on the tilt file's ``n_views`` views (None: as read). A marker on a view the
+    tilt file has no angle for is the tilt file's fault (most often another series' file), so
+    the message names it; views past the last observed one are dropped or added empty."""
+    if n_views is None or markers.xy.shape[0] == n_views:
+        return markers
+    observed = np.flatnonzero(markers.mask.any(axis=1))
+    needed = int(observed[-1]) + 1 if observed.size else 0
+    if needed > n_views:
+        raise InputError(tilts_path, None, f"has {n_views} tilt angles but the markers in {path} need {needed} "
+                                           f"(a marker is on view {needed}, counting from 1); is it this series' tilt file?")
+    xy = np.full((n_views, markers.n_markers, 2), np.nan)
+    mask = np.zeros((n_views, markers.n_markers), dtype=bool)
+    k = min(n_views, markers.xy.shape[0])
+    xy[:k], mask[:k] = markers.xy[:k], markers.mask[:k]
+    return dataclasses.replace(markers, xy=xy, mask=mask)
+
+
+def _is_pytom(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [f.readline() for _ in range(5)]
+    except OSError:
+        return False  # the reader reports it
+    return is_pytom_header(head)
+
+
+def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | None = None, image_size=None,
+                rotation_deg: float | None = None, size_advice: str = SIZE_ADVICE, warn=print_warning) -> SeriesInputs:
+    """Read a series' marker, tilt and (optional) stack files and check them together.
+
+    ``image_size`` (nx, ny) pixels and ``rotation_deg`` override what the files say;
+    ``size_advice`` ends the message when the image size is unknown; ``warn(message)`` hears
+    about oddities that do not stop the alignment.
+    """
+    for path in (markers_path, tilts_path):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
+    mdoc = None
+    if tilts_path is None:
+        if os.path.splitext(markers_path)[1].lower() != ".txt" or not _is_pytom(markers_path):
+            raise UsageError("--tilts FILE is required (.tlt, .rawtlt or .mdoc); only PyTom marker files carry their tilt angles")
+        markers, fmt, tilts = _read_marker_file(markers_path, None, None)
+        tilts_file = markers_path
+    else:
+        tilts, mdoc = read_tilt_file(tilts_path, warn)
+        tilts_file = tilts_path
+        markers, fmt, file_tilts = _read_marker_file(markers_path, tilts_path, tilts.size)
+        k = min(tilts.size, 0 if file_tilts is None else file_tilts.size)
+        if file_tilts is not None and not np.allclose(file_tilts[:k], tilts[:k], atol=0.05):
+            raise InputError(tilts_path, None, f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views by increasing tilt)")
+
+    stack_size, stack_pix = None, None
+    if stack_path is not None:
+        n_sections, ny, nx, stack_pix = read_stack_header(stack_path)
+        if n_sections != tilts.size:
+            raise InputError(stack_path, None, f"the stack has {n_sections} sections but {tilts_file} has {tilts.size} tilt angles")
+        stack_size = (nx, ny)
+    if image_size is not None:
+        size, source = tuple(image_size), "--image-size"
+        if min(size) <= 0:
+            raise UsageError(f"--image-size must be two positive numbers, got {image_size[0]:g} {image_size[1]:g}")
+    elif markers.image_size is not None:
+        size, source = markers.image_size, f"{markers_path} header"
+    elif stack_size is not None:
+        size, source = stack_size, f"{stack_path} header"
+    elif mdoc is not None and mdoc.image_size is not None:
+        size, source = mdoc.image_size, f"{tilts_path} ImageSize"
+    else:
+        raise InputError(markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}")
+
+    if rotation_deg is not None:
+        rotation, rot_source = float(rotation_deg), "--rotation"
+    elif mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
+        rotation, rot_source = float(mdoc.tilt_axis_angle_deg), f"{tilts_path} tilt axis angle"
+    else:
+        rotation, rot_source = None, "estimated from the marker tracks"
+    pixel = markers.pixel_size or stack_pix or (mdoc.pixel_size if mdoc else None)
+    return SeriesInputs(markers, markers_path, fmt, np.asarray(tilts, dtype=np.float64), tilts_file, (float(size[0]), float(size[1])), source,
+                        rotation, rot_source, pixel, stack_path)
+
+
+def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[int]:
+    """IMOD-style 1-based list ``"1-3,40"`` -> sorted 0-based view indices; ``where`` starts
+    an error message (the option, or the list line that gave it)."""
+    views = set()
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if not m:
+            raise UsageError(f"{where}: {part!r} is not a view number or range (use e.g. 1-3,40; views count from 1)")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi:
+            raise UsageError(f"{where}: range {part!r} runs backwards")
+        if lo < 1 or hi > n_views:
+            raise UsageError(f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)")
+        views.update(range(lo - 1, hi))
+    return sorted(views)
+
+
+@dataclass
+class Selection:
+    """Which file views and markers are fitted, in fitting order."""
+
+    view_index: np.ndarray  # (n_fit,) file view of each fitted view, fitting order
+    marker_index: np.ndarray  # (m_fit,) column of each fitted marker in the MarkerSet
+    excluded_by_user: list[int]
+    excluded_no_markers: list[int]
+    dropped_markers: list[int]  # marker ids
+    sorted_by_tilt: bool
+
+
+def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
+    """Apply --exclude, drop markers seen in < 2 views and views left without markers, order views."""
+    tilts = inputs.tilts_deg
+    mask = inputs.markers.mask
+    keep_view = np.ones(tilts.size, dtype=bool)
+    keep_view[exclude] = False
+    keep_marker = np.ones(mask.shape[1], dtype=bool)
+    no_markers: list[int] = []
+    while True:
+        seen = mask[keep_view][:, keep_marker]
+        few = np.flatnonzero(keep_marker)[seen.sum(axis=0) < 2]
+        keep_marker[few] = False
+        empty = [v for v in np.flatnonzero(keep_view) if not mask[v, keep_marker].any()]
+        if not empty and few.size == 0:
+            break
+        keep_view[empty] = False
+        no_markers += empty
+    ids = inputs.markers.marker_ids
+    dropped = [ids[i] for i in np.flatnonzero(~keep_marker)]
+    if keep_marker.sum() < MIN_MARKERS or keep_view.sum() < 3:
+        n_m, n_v = int(keep_marker.sum()), int(keep_view.sum())
+        raise InputError(
+            inputs.markers_path, None,
+            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least {MIN_MARKERS} markers and 3 views"
+            + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else ""),
+        )
+    increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
+    views = np.flatnonzero(keep_view)
+    sorted_by_tilt = not (increasing or decreasing)
+    if sorted_by_tilt:
+        views = views[np.argsort(tilts[views], kind="stable")]
+    return Selection(views, np.flatnonzero(keep_marker), list(exclude), sorted(int(v) for v in no_markers), dropped, bool(sorted_by_tilt))
+
+
+def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -> None:
+    """Warnings about what ``select_views`` dropped or re-ordered."""
+    if sel.dropped_markers:
+        warn(f"{inputs.markers_path}: dropped {len(sel.dropped_markers)} marker(s) seen in fewer than 2 fitted views (ids {', '.join(map(str, sel.dropped_markers))})")
+    if sel.excluded_no_markers:
+        nums = ", ".join(str(v + 1) for v in sel.excluded_no_markers)
+        warn(f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated from neighbouring views")
+    if sel.sorted_by_tilt:
+        step = np.diff(inputs.tilts_deg)
+        k = int(np.argmax(step < 0 if inputs.tilts_deg[-1] >= inputs.tilts_deg[0] else step > 0))
+        where = f"{inputs.tilts_path}:{k + 2}" if inputs.tilts_path.lower().endswith(("tlt", "rawtlt")) else inputs.tilts_path
+        warn(f"{where}: tilt angles are not in order; views are fitted in order of tilt and written back in file order")
+
+
+def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warning):
+    """The selected views and markers as ``Observations`` (fitting order), and the markers' ids."""
+    ms = inputs.markers
+    xy = ms.xy[sel.view_index][:, sel.marker_index]
+    mask = ms.mask[sel.view_index][:, sel.marker_index]
+    nx, ny = inputs.image_size
+    pts = xy[mask]
+    outside = int(np.sum((pts[:, 0] < 0) | (pts[:, 0] > nx) | (pts[:, 1] < 0) | (pts[:, 1] > ny)))
+    if outside:
+        warn(f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size ({inputs.image_size_source})")
+    try:
+        obs = Observations(xy, mask, inputs.tilts_deg[sel.view_index], inputs.image_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return obs, [ms.marker_ids[i] for i in sel.marker_index]

@@ -1,0 +1,137 @@
+"""Writing an alignment: every output file of a solved series, all or none.
+
+:func:`write_alignment` is the one place that writes ``<prefix>.xf .tlt .resid .xyz .json .png``
+(``align``, ``batch`` and ``demo`` call it); a new output file is added here. Files are staged
+and renamed together by :class:`~lmalign_jax.io.outputs.OutputSet`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from .. import __version__, io
+from ..io.markerset import contour_numbers
+from ..io.outputs import OutputSet
+from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
+from .series import Selection, SeriesInputs
+from .settings import AlignSettings
+from .status import EXIT_FAILED, EXIT_OK, UsageError
+from .truth import truth_ok
+
+#: Outputs of a converged alignment, and of one that did not converge (the report only).
+ALIGN_OUTPUTS = (".xf", ".tlt", ".resid", ".xyz", ".json", ".png")
+REPORT_OUTPUTS = (".json", ".png")
+
+
+def software_info() -> dict:
+    """The record's ``software`` section: versions and the device the solve ran on."""
+    return {
+        "name": "lmalign_jax",
+        "version": __version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "device": str(jax.devices()[0]),
+    }
+
+
+def check_output_folder(out: OutputSet, suffixes, input_paths) -> None:
+    """Refuse an output folder that cannot be written and outputs that would overwrite inputs."""
+    head = os.path.abspath(out.out_dir)
+    while not os.path.exists(head):
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise UsageError(f"--out-dir {out.out_dir}: {head} exists and is not a folder")
+    if not os.access(head, os.W_OK | os.X_OK):
+        raise UsageError(f"--out-dir {out.out_dir}: {head} is not writable")
+    inputs_real = {os.path.realpath(p) for p in input_paths if p}
+    for path in out.final_paths(suffixes):
+        if os.path.realpath(path) in inputs_real:
+            raise UsageError(f"output {path} would overwrite an input file; choose another --prefix or --out-dir")
+
+
+def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
+    """The record's ``inputs`` section: files, image size, views and markers (views 1-based)."""
+    return {
+        "markers": inputs.markers_path,
+        "markers_format": inputs.markers_format,
+        "tilts": inputs.tilts_path,
+        "stack": inputs.stack_path,
+        "image_size": list(inputs.image_size),
+        "image_size_source": inputs.image_size_source,
+        "pixel_size_A": inputs.pixel_size,
+        "n_views": int(inputs.tilts_deg.size),
+        "n_views_fitted": obs.n_views,
+        "excluded_views": sorted(v + 1 for v in set(sel.excluded_by_user) | set(sel.excluded_no_markers)),
+        "excluded_by_user": [v + 1 for v in sel.excluded_by_user],
+        "excluded_no_markers": [v + 1 for v in sel.excluded_no_markers],
+        "n_markers_in_file": inputs.markers.n_markers,
+        "n_markers": obs.n_markers,
+        "dropped_markers": sel.dropped_markers,
+        "n_points_in_file": inputs.markers.n_observations,
+        "tilts_sorted_for_fit": sel.sorted_by_tilt,
+    }
+
+
+def _stage_alignment_files(out: OutputSet, result, fv: FileViews, marker_ids, inputs: SeriesInputs) -> None:
+    """Stage the .xf, .tlt, .resid and .xyz of a converged alignment (file view order)."""
+    io.write_xf(out.stage(".xf"), fv.xf[:, :, :2], fv.xf[:, :, 2])
+    io.write_tlt(out.stage(".tlt"), fv.tilts_deg)
+    m_idx, v_idx = np.nonzero(fv.mask.T)  # grouped by marker, views increasing (IMOD's order)
+    io.write_resid(out.stage(".resid"), fv.xy[v_idx, m_idx], v_idx, fv.residuals[v_idx, m_idx])
+    nx, ny = inputs.image_size
+    xyz = result.markers + np.array([nx / 2.0, ny / 2.0, 0.0])  # fid.xyz: x, y in image pixels
+    ids = np.asarray(contour_numbers(tuple(marker_ids)))
+    io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
+
+
+@dataclass
+class WrittenAlignment:
+    """What :func:`write_alignment` wrote: the record (a dict, as in the ``.json``), the result
+    on every file view, the paths written, and the exit status the alignment earns."""
+
+    record: dict
+    file_views: FileViews
+    written: list
+    exit_code: int
+
+
+def write_alignment(out: OutputSet, inputs: SeriesInputs, sel: Selection, result, marker_ids, settings: AlignSettings, *,
+                    command, errors=None, robust=None, figure: bool = True, n_worst: int = 10, truth: dict | None = None,
+                    batch: dict | None = None) -> WrittenAlignment:
+    """Write a solved series' outputs into ``out``: all of ALIGN_OUTPUTS if it converged, else
+    the report only (``.json``, ``.png``); no ``.png`` without ``figure``.
+
+    ``result``: the AlignmentResult of ``sel``'s views (fitting order); ``marker_ids`` (m,) its
+    markers' ids; ``errors``: its Uncertainty; ``robust``: its RobustResult; ``truth``: a
+    comparison with the truth (``workflow.truth.compare_with_truth``), which also sets the
+    exit status; ``batch``: the batched solve's details for the record's options.
+    """
+    fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
+    converged = result.converged
+    rotation = inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg
+    options = settings.record_options(rotation, inputs.rotation_source, command, batch)
+    suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
+    extra = {"outputs": [os.path.basename(p) for p in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
+    if robust is not None:
+        extra["robust"] = robust.to_dict()
+    if truth is not None:
+        extra["truth"] = truth
+        if not truth_ok(truth):
+            extra["exit_code"] = EXIT_FAILED
+    record = build_record(result, fv, marker_ids=marker_ids, inputs=input_record(inputs, sel, result.observations), options=options,
+                          n_worst=n_worst, software=software_info(), extra=extra, errors=errors)
+    with out:
+        if converged:
+            _stage_alignment_files(out, result, fv, marker_ids, inputs)
+        out.write_text(".json", record_to_json(record))
+        if figure:
+            title = f"{out.prefix}: {os.path.basename(inputs.markers_path)}, {os.path.basename(inputs.tilts_path)}"
+            out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
+        written = out.commit()
+    return WrittenAlignment(record, fv, written, extra["exit_code"])
