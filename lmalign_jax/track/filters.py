@@ -118,28 +118,20 @@ def _responses(image, sigmas, margin, padded, border):
     return jnp.stack(out)
 
 
-def _robust_sigma(values):
-    med = jnp.median(values)
-    return MAD_TO_SIGMA * jnp.median(jnp.abs(values - med))
-
-
-@jax.jit
-def _statistics(response):
-    ny, nx = response.shape
-    stride = max(1, int(math.ceil(math.sqrt(ny * nx / float(1 << 20)))))
-    sub = response[::stride, ::stride]
-    sigma = _robust_sigma(sub)
-    dx = response[::stride, 1::stride] - response[::stride, : nx - 1 : stride]
-    dy = response[1::stride, ::stride] - response[: ny - 1 : stride, ::stride]
-    grad_var = 0.5 * (_robust_sigma(dx) ** 2 + _robust_sigma(dy) ** 2)
-    return sigma, grad_var
+def _robust_sigma(values) -> float:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return 0.0
+    med = np.median(values)
+    return MAD_TO_SIGMA * float(np.median(np.abs(values - med)))
 
 
 def response_statistics(response) -> tuple[float, float]:
     """Noise level and roughness of a bead-response map, robust to the beads themselves.
 
     Args:
-        response: (NY, NX) response map (interior only, no border), NY, NX >= 2.
+        response: (NY, NX) response map (interior only, no border), NY, NX >= 2 (computed on the
+            host with numpy: medians need a sort, which XLA compiles slowly for every shape).
 
     Returns:
         ``(sigma, roughness)``: ``sigma`` = 1.4826 x the median absolute deviation of the map (its
@@ -148,7 +140,12 @@ def response_statistics(response) -> tuple[float, float]:
         differences (the second spectral moment that sets how many noise maxima a map has). Maps
         larger than 1024 x 1024 are subsampled on a regular grid.
     """
-    sigma, grad_var = _statistics(jnp.asarray(response))
-    sigma, grad_var = float(sigma), float(grad_var)
+    b = np.asarray(response)
+    ny, nx = b.shape
+    stride = max(1, int(math.ceil(math.sqrt(ny * nx / float(1 << 20)))))
+    sigma = _robust_sigma(b[::stride, ::stride])
+    dx = b[::stride, 1::stride].astype(np.float64) - b[::stride, : nx - 1 : stride]
+    dy = b[1::stride, ::stride].astype(np.float64) - b[: ny - 1 : stride, ::stride]
+    grad_var = 0.5 * (_robust_sigma(dx) ** 2 + _robust_sigma(dy) ** 2)
     roughness = grad_var / (sigma * sigma) if sigma > 0 else 0.0
     return sigma, roughness

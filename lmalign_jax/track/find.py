@@ -52,7 +52,7 @@ import math
 import numpy as np
 
 from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses, response_statistics, working_dtype
-from lmalign_jax.track.peaks import crowded, false_peak_threshold, fit_peaks, peak_mask, ring_profile
+from lmalign_jax.track.peaks import crowded, false_peak_threshold, fit_peaks, peak_masks, ring_profile
 
 __all__ = ["find_beads", "MIN_ISOTROPY", "MIN_SCALE_RATIO", "EXPECTED_FALSE_PEAKS"]
 
@@ -83,22 +83,22 @@ def _patches(score, rows, cols, border, step):
     return score[r, c].astype(np.float64)
 
 
-def _detect(score_bead, score_wide, sigma, step, threshold, radius, min_separation, border, half):
-    """Accepted peaks of one signed score map (with ``border`` context pixels on every side).
+def _detect(mask, score_bead, score_wide, sigma, step, min_separation, border, half):
+    """Accepted peaks among the pixels of ``mask`` (NY, NX) of one signed score map.
 
-    Returns ``(positions (n, 2) x, y in image coordinates, scores (n,) in map units)``, unsorted.
+    ``score_bead``, ``score_wide``: (NY + 2 border, NX + 2 border) numpy maps at the bead scale and
+    twice it. Returns ``(positions (n, 2) x, y in image coordinates, scores (n,) in map units)``.
     """
-    mask = peak_mask(score_bead, threshold, radius, border=border)
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return _empty()
-    s = np.asarray(score_bead)
+    s = score_bead
     patches = _patches(s, rows, cols, border, 1)
     offsets, values, _ = fit_peaks(patches)
     # The shape test uses a stencil as wide as the filter: the curvature it measures then grows
     # as step^2 while the noise on the differences does not, so ridges are told from peaks.
     _, _, isotropy = fit_peaks(_patches(s, rows, cols, border, step))
-    wide = np.asarray(score_wide)[rows + border, cols + border].astype(np.float64)
+    wide = score_wide[rows + border, cols + border].astype(np.float64)
     positions = np.stack([cols + 0.5 + offsets[:, 0], rows + 0.5 + offsets[:, 1]], axis=1)
     ring = ring_profile(s, positions, RING_RADIUS_SIGMAS * sigma, border)
     keep = (isotropy >= MIN_ISOTROPY) & (patches[:, 1, 1] > MIN_SCALE_RATIO * wide)
@@ -163,7 +163,8 @@ def find_beads(
     sigma = SIGMA_PER_DIAMETER * diameter
     step = max(1, int(round(sigma)))  # the step of the isotropy stencil
     border = int(math.ceil(RING_RADIUS_SIGMAS * sigma)) + 2  # room for the ring and the stencil
-    maps = bead_responses(img, (sigma, 2.0 * sigma), border=border)
+    responses = bead_responses(img, (sigma, 2.0 * sigma), border=border)
+    maps = np.asarray(responses)
     noise, roughness = response_statistics(maps[0, border:-border, border:-border])
     # Rounding of the image values, after the filter's white-noise gain 1 / (sigma sqrt(2 pi)):
     # the noise level is never taken below that (a constant image then has no peaks, a noiseless
@@ -176,10 +177,11 @@ def find_beads(
     u = false_peak_threshold(img.size, roughness, EXPECTED_FALSE_PEAKS) if min_score is None else float(min_score)
     radius = max(1, int(round(0.5 * diameter)))
 
+    masks = peak_masks(responses[0], u * noise, radius, border=border)
     found = {}
-    for name, sign in (("bright", 1.0), ("dark", -1.0)):
+    for i, (name, sign) in enumerate((("bright", 1.0), ("dark", -1.0))):
         if polarity in ("auto", name):
-            found[name] = _detect(sign * maps[0], sign * maps[1], sigma, step, u * noise, radius, separation, border, 0.5 * diameter)
+            found[name] = _detect(masks[i], sign * maps[0], sign * maps[1], sigma, step, separation, border, 0.5 * diameter)
     if polarity == "auto":
         def strength(name):
             pos, val = found[name]

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["false_peak_threshold", "peak_mask", "fit_peaks", "ring_profile", "crowded"]
+__all__ = ["false_peak_threshold", "peak_masks", "fit_peaks", "ring_profile", "crowded"]
 
 
 def false_peak_threshold(n_pixels: float, roughness: float, expected_false: float = 0.05) -> float:
@@ -64,30 +64,36 @@ def false_peak_threshold(n_pixels: float, roughness: float, expected_false: floa
 
 
 @partial(jax.jit, static_argnames=("radius", "border"))
-def _peak_mask(score, threshold, radius, border):
-    low = jnp.array(-jnp.inf, dtype=score.dtype)
+def _peak_masks(response, threshold, radius, border):
+    ny, nx = response.shape
     window = 2 * radius + 1
-    m = jax.lax.reduce_window(score, low, jax.lax.max, (window, 1), (1, 1), "SAME")
-    m = jax.lax.reduce_window(m, low, jax.lax.max, (1, window), (1, 1), "SAME")
-    is_peak = (score >= m) & (score > threshold)
-    ny, nx = score.shape
-    return is_peak[border : ny - border, border : nx - border]
+    masks = []
+    for score in (response, -response):  # bright, dark
+        low = jnp.array(-jnp.inf, dtype=score.dtype)
+        m = jax.lax.reduce_window(score, low, jax.lax.max, (window, 1), (1, 1), "SAME")
+        m = jax.lax.reduce_window(m, low, jax.lax.max, (1, window), (1, 1), "SAME")
+        is_peak = (score >= m) & (score > threshold)
+        masks.append(is_peak[border : ny - border, border : nx - border])
+    return jnp.stack(masks)
 
 
-def peak_mask(score, threshold: float, radius: int, border: int = 1) -> np.ndarray:
-    """Pixels that are the maximum of their ``(2 radius + 1)^2`` neighbourhood and above ``threshold``.
+def peak_masks(response, threshold: float, radius: int, border: int = 1) -> np.ndarray:
+    """Peaks of ``response`` (bright) and of ``-response`` (dark) above ``threshold``.
+
+    A peak is a pixel that is the maximum of its ``(2 radius + 1)^2`` neighbourhood.
 
     Args:
-        score: (NY + 2 border, NX + 2 border) map (a bead response with its border).
-        threshold: smallest value a peak may have (same units as ``score``).
+        response: (NY + 2 border, NX + 2 border) map (a bead response with its border).
+        threshold: smallest value a peak may have (same units as ``response``).
         radius: half-width of the suppression window, pixels (>= 1).
-        border: pixels on each side of ``score`` that are context only, never peaks.
+        border: pixels on each side of ``response`` that are context only, never peaks.
 
     Returns:
-        (NY, NX) bool numpy array for the interior pixels.
+        (2, NY, NX) bool numpy array for the interior pixels: ``[0]`` bright, ``[1]`` dark peaks.
     """
-    score = jnp.asarray(score)
-    return np.asarray(_peak_mask(score, jnp.asarray(threshold, dtype=score.dtype), max(1, int(radius)), int(border)))
+    response = jnp.asarray(response)
+    threshold = jnp.asarray(threshold, dtype=response.dtype)
+    return np.asarray(_peak_masks(response, threshold, max(1, int(radius)), int(border)))
 
 
 def fit_peaks(patches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
