@@ -226,7 +226,7 @@ def _xf(scale, alpha_deg, dx, dy):
 @pytest.mark.parametrize("diameter", [5.0, 10.0])
 def test_bead_diameter_is_estimated_within_15_percent(diameter):
     img, _ = scene(n_beads=25, diameter=diameter, seed=9)
-    estimate = estimate_bead_diameter(img, max_diameter_px=24.0)
+    estimate = estimate_bead_diameter(img, min_diameter_px=4.0, max_diameter_px=16.0)
     assert abs(estimate / diameter - 1.0) < 0.15
 
 

@@ -4,10 +4,13 @@ The bead response ``b_sigma`` (:mod:`lmalign_jax.track.filters`) is scale-normal
 responds most at the scale that matches its size (Lindeberg 1998, "Feature detection with
 automatic scale selection", IJCV 30:79-116): ``sigma = 0.301 D`` for a projected sphere of
 diameter ``D``. :func:`estimate_bead_diameter` evaluates ``b_sigma`` on a geometric ladder of
-scales (ratio ``2^(1/6)``), and at each scale takes the mean of the ``top`` largest *round* local
-maxima (3 x 3 maximum, Hessian isotropy ``mu_2 / mu_1 >= 0.5`` as in
-:mod:`lmalign_jax.track.peaks`, so edges and filaments, whose response does not depend on the
-scale, do not count). The curve of that mean against ``log sigma`` peaks at the bead scale; a
+scales (ratio ``2^(1/6)``), and at each scale takes the mean of the ``top`` largest *bead-like*
+local maxima (3 x 3 maximum, round and with a bead's ring profile as in
+:mod:`lmalign_jax.track.find`, so edges and filaments, whose response does not depend on the
+scale, do not count) that are
+significant at that scale (above the threshold of :mod:`lmalign_jax.track.find` for that scale's
+own noise level; missing ones count as 0, so two strong ice blobs do not outvote sixteen beads,
+and pure noise votes for nothing and gives NaN). The curve of that mean against ``log sigma`` peaks at the bead scale; a
 parabola through the best scale and its two neighbours refines it, and ``D = sigma / 0.301``.
 
 Since many beads vote, a few large blobs (ice, cell features) do not move the answer; but the
@@ -19,11 +22,15 @@ standard deviation ``s`` is reported as ``D = s / 0.301 = 3.3 s``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses
-from lmalign_jax.track.find import MIN_ISOTROPY
+from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses, response_statistics
+from lmalign_jax.track.find import EXPECTED_FALSE_PEAKS, MAX_RING_FRACTION, MAX_RING_SPREAD, MIN_ISOTROPY, RING_RADIUS_SIGMAS
+from lmalign_jax.track.peaks import false_peak_threshold
 
 __all__ = ["estimate_bead_diameter", "scale_curve"]
 
@@ -31,31 +38,52 @@ __all__ = ["estimate_bead_diameter", "scale_curve"]
 SCALE_STEP = 2.0 ** (1.0 / 6.0)
 
 
-def _round_maxima_mean(m, top: int) -> float:
-    """Mean of the ``top`` largest round 3 x 3 maxima of one (Y, X) map (with a one-pixel border)."""
-    m = np.asarray(m, dtype=np.float64)
-    c = m[1:-1, 1:-1]
-    ny, nx = m.shape
-    is_max = np.ones(c.shape, dtype=bool)
+def _bead_like_top(m, step, ring_offsets, border, top):
+    """``top`` largest bead-like maxima of one map ``m`` (Y + 2 border, X + 2 border); -inf pads.
+
+    ``step``: traced int, the Hessian stencil step; ``ring_offsets``: (16, 2) traced (dr, dc).
+    """
+    ny, nx = m.shape[0] - 2 * border, m.shape[1] - 2 * border
+
+    def at(dr, dc):
+        start = (jnp.asarray(border + dr, dtype=jnp.int32), jnp.asarray(border + dc, dtype=jnp.int32))
+        return jax.lax.dynamic_slice(m, start, (ny, nx))
+
+    c = at(0, 0)
+    is_max = jnp.ones(c.shape, dtype=bool)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
             if dr or dc:
-                is_max &= c >= m[1 + dr : ny - 1 + dr, 1 + dc : nx - 1 + dc]
-    hxx = m[1:-1, 2:] - 2.0 * c + m[1:-1, :-2]
-    hyy = m[2:, 1:-1] - 2.0 * c + m[:-2, 1:-1]
-    hxy = 0.25 * (m[2:, 2:] - m[2:, :-2] - m[:-2, 2:] + m[:-2, :-2])
+                is_max &= c >= at(dr, dc)
+    h = step
+    hxx = at(0, h) - 2.0 * c + at(0, -h)
+    hyy = at(h, 0) - 2.0 * c + at(-h, 0)
+    hxy = 0.25 * (at(h, h) - at(h, -h) - at(-h, h) + at(-h, -h))
     mean = -0.5 * (hxx + hyy)
-    spread = np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy * hxy)
+    spread = jnp.sqrt(0.25 * (hxx - hyy) ** 2 + hxy * hxy)
     is_max &= ((mean - spread) >= MIN_ISOTROPY * (mean + spread)) & ((mean + spread) > 0)
-    values = c[is_max]
-    if values.size == 0:
-        return 0.0
-    k = min(int(top), values.size)
-    return float(np.mean(np.partition(values, values.size - k)[values.size - k :]))
+    ring = jnp.stack([0.5 * (at(*ring_offsets[k]) + at(*ring_offsets[k + 8])) for k in range(8)])
+    ring_max, ring_min = jnp.max(ring, axis=0), jnp.min(ring, axis=0)
+    is_max &= (ring_max < MAX_RING_FRACTION * c) & (ring_max - ring_min < MAX_RING_SPREAD * c)
+    values = jnp.where(is_max, c, -jnp.inf).reshape(-1)
+    return jax.lax.top_k(values, min(top, values.size))[0]
+
+
+@partial(jax.jit, static_argnames=("border", "top"))
+def _top_bead_like_maxima(maps, steps, ring_offsets, border, top):
+    """(2, S, top) largest bead-like maxima of ``maps`` (S, Y + 2 border, X + 2 border) and of ``-maps``.
+
+    Bead-like as in :func:`lmalign_jax.track.find.find_beads`, on the pixel grid: a 3 x 3 maximum,
+    Hessian isotropy >= MIN_ISOTROPY on a stencil of step ``steps[s]`` (``round(sigma)``), and the
+    ring of radius ``2 sigma`` (``ring_offsets[s]``: 16 nearest pixels, opposite ones averaged)
+    below MAX_RING_FRACTION of the peak with a spread below MAX_RING_SPREAD of it. -inf pads.
+    """
+    per_map = jax.vmap(partial(_bead_like_top, border=border, top=top))
+    return jnp.stack([per_map(maps, steps, ring_offsets), per_map(-maps, steps, ring_offsets)])
 
 
 def scale_curve(image, diameters_px, *, signs=(1.0,), top: int = 16, region_px: int = 1024) -> np.ndarray:
-    """Mean of the ``top`` strongest round responses at the scale of each diameter, for each sign.
+    """Mean of the ``top`` strongest significant round responses (0 for missing ones) at each scale, per sign.
 
     Args:
         image: (NY, NX) array.
@@ -65,19 +93,32 @@ def scale_curve(image, diameters_px, *, signs=(1.0,), top: int = 16, region_px: 
         region_px: only the central ``region_px x region_px`` pixels are analysed.
 
     Returns:
-        (len(signs), n) float64, in image units.
+        (len(signs), n) float64, in image units (0 where no maximum is significant).
     """
     img = np.asarray(image)
     ny, nx = img.shape
     r0, c0 = max(0, (ny - region_px) // 2), max(0, (nx - region_px) // 2)
     crop = img[r0 : r0 + region_px, c0 : c0 + region_px]
     sigmas = SIGMA_PER_DIAMETER * np.asarray(diameters_px, dtype=np.float64)
-    maps = bead_responses(crop, tuple(sigmas), border=1)
-    curves = np.zeros((len(signs), sigmas.size))
+    border = int(math.ceil(RING_RADIUS_SIGMAS * float(np.max(sigmas)))) + 2
+    maps = bead_responses(crop, tuple(float(x) for x in sigmas), border=border)
+    steps = np.maximum(1, np.round(sigmas)).astype(np.int32)
+    angles = 2.0 * np.pi * np.arange(16) / 16.0
+    ring = RING_RADIUS_SIGMAS * sigmas[:, None]
+    ring_offsets = np.stack([np.round(ring * np.sin(angles)), np.round(ring * np.cos(angles))], axis=2).astype(np.int32)
+    best = np.asarray(_top_bead_like_maxima(maps, steps, ring_offsets, border, int(top)), dtype=np.float64)
+    # Only maxima above the noise threshold of their own scale count, so pure noise votes for nothing.
+    host = np.asarray(maps)
+    floor = np.zeros(sigmas.size)
     for i in range(sigmas.size):
-        response = np.asarray(maps[i])
-        for j, sign in enumerate(signs):
-            curves[j, i] = _round_maxima_mean(float(sign) * response, top)
+        noise, roughness = response_statistics(host[i, border:-border:2, border:-border:2])
+        roughness = min(roughness / 4.0, 3.0 / sigmas[i] ** 2)  # measured on a grid of step 2
+        floor[i] = false_peak_threshold(crop.size, roughness, EXPECTED_FALSE_PEAKS) * noise
+    best = np.where(best > floor[None, :, None], best, np.nan)
+    curves = np.zeros((len(signs), sigmas.size))
+    for j, sign in enumerate(signs):
+        rows = best[0 if sign > 0 else 1]
+        curves[j] = np.sum(np.nan_to_num(rows, nan=0.0), axis=1) / float(top)  # missing ones count 0
     return curves
 
 
