@@ -83,28 +83,28 @@ def _patches(score, rows, cols, border, step):
     return score[r, c].astype(np.float64)
 
 
-def _detect(mask, score_bead, score_wide, sigma, step, min_separation, border, half):
-    """Accepted peaks among the pixels of ``mask`` (NY, NX) of one signed score map.
+def _detect(mask, maps, sign, sigma, step, min_separation, border, half):
+    """Accepted peaks among the pixels of ``mask`` (NY, NX) of the score map ``sign * maps[0]``.
 
-    ``score_bead``, ``score_wide``: (NY + 2 border, NX + 2 border) numpy maps at the bead scale and
-    twice it. Returns ``(positions (n, 2) x, y in image coordinates, scores (n,) in map units)``.
+    ``maps``: (2, NY + 2 border, NX + 2 border) numpy responses at the bead scale and twice it;
+    ``sign``: +1 bright, -1 dark. Returns ``(positions (n, 2) x, y in image coordinates, scores
+    (n,) in map units)``, unsorted. Only the values needed are gathered, never a negated copy.
     """
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return _empty()
-    s = score_bead
-    patches = _patches(s, rows, cols, border, 1)
+    patches = sign * _patches(maps[0], rows, cols, border, 1)
     offsets, values, _ = fit_peaks(patches)
     # The shape test uses a stencil as wide as the filter: the curvature it measures then grows
     # as step^2 while the noise on the differences does not, so ridges are told from peaks.
-    _, _, isotropy = fit_peaks(_patches(s, rows, cols, border, step))
-    wide = score_wide[rows + border, cols + border].astype(np.float64)
+    _, _, isotropy = fit_peaks(sign * _patches(maps[0], rows, cols, border, step))
+    wide = sign * maps[1][rows + border, cols + border].astype(np.float64)
     positions = np.stack([cols + 0.5 + offsets[:, 0], rows + 0.5 + offsets[:, 1]], axis=1)
-    ring = ring_profile(s, positions, RING_RADIUS_SIGMAS * sigma, border)
+    ring = sign * ring_profile(maps[0], positions, RING_RADIUS_SIGMAS * sigma, border)
     keep = (isotropy >= MIN_ISOTROPY) & (patches[:, 1, 1] > MIN_SCALE_RATIO * wide)
     keep &= np.max(ring, axis=1) < MAX_RING_FRACTION * values
     keep &= np.ptp(ring, axis=1) < MAX_RING_SPREAD * values
-    ny, nx = s.shape[0] - 2 * border, s.shape[1] - 2 * border
+    ny, nx = maps.shape[1] - 2 * border, maps.shape[2] - 2 * border
     inside = (positions[:, 0] >= half) & (positions[:, 0] <= nx - half) & (positions[:, 1] >= half) & (positions[:, 1] <= ny - half)
     keep &= inside & ~crowded(positions, min_separation)
     return positions[keep], values[keep]
@@ -181,7 +181,7 @@ def find_beads(
     found = {}
     for i, (name, sign) in enumerate((("bright", 1.0), ("dark", -1.0))):
         if polarity in ("auto", name):
-            found[name] = _detect(masks[i], sign * maps[0], sign * maps[1], sigma, step, separation, border, 0.5 * diameter)
+            found[name] = _detect(masks[i], maps, sign, sigma, step, separation, border, 0.5 * diameter)
     if polarity == "auto":
         def strength(name):
             pos, val = found[name]
