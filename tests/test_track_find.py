@@ -215,6 +215,8 @@ def test_projected_phantom_beads_are_found_where_the_projector_put_them():
     errors, nearest = match(pos, truth[expected])
     assert pos.shape[0] == expected.sum() and np.all(np.abs(errors) < 0.3)
     assert math.sqrt(float(np.mean(errors**2))) < 0.1
+    # the diameter convention for Gaussian beads: s / 0.301 (pixel integration adds 1/12 px^2)
+    assert abs(estimate_bead_diameter(img) / diameter - 1.0) < 0.15
 
 
 def _xf(scale, alpha_deg, dx, dy):
