@@ -236,6 +236,12 @@ def test_bead_diameter_is_estimated_within_15_percent(diameter):
     assert abs(estimate / diameter - 1.0) < 0.15
 
 
+def test_bead_diameter_of_pure_noise_is_nan():
+    img = 50.0 + np.random.default_rng(12).standard_normal(SHAPE)
+    assert math.isnan(estimate_bead_diameter(img, min_diameter_px=4.0, max_diameter_px=16.0))
+    assert math.isnan(estimate_bead_diameter(np.random.default_rng(13).standard_normal((8, 8))))
+
+
 def test_noise_peaks_follow_the_euler_characteristic_prediction():
     """With the threshold for 1 expected noise maximum, white-noise images average about 1."""
     rng = np.random.default_rng(11)

@@ -165,7 +165,7 @@ def estimate_bead_diameter(
         image: (NY, NX) array, ``image[row, column]``; at least 8 x 8 pixels.
         polarity: "dark", "bright", or "auto" (the polarity with the stronger peak response).
         min_diameter_px, max_diameter_px: the range searched, pixels; the largest defaults to
-            ``min(64, min(NY, NX) / 4)``.
+            ``min(64, min(NY, NX) / 4)`` (at least twice the smallest).
         top: how many round maxima are averaged at each scale (the image needs about that many beads).
         region_px: only the central ``region_px x region_px`` pixels are analysed.
 
@@ -180,8 +180,8 @@ def estimate_bead_diameter(
         raise ValueError(f"image must be a 2-D array of at least 8 x 8 pixels, got shape {img.shape}")
     if not np.all(np.isfinite(img)):
         raise ValueError("image contains NaN or infinite values")
-    largest = min(64.0, min(img.shape) / 4.0) if max_diameter_px is None else float(max_diameter_px)
     smallest = float(min_diameter_px)
+    largest = max(min(64.0, min(img.shape) / 4.0), 2.0 * smallest) if max_diameter_px is None else float(max_diameter_px)
     if not (0 < smallest < largest):
         raise ValueError(f"need 0 < min_diameter_px < max_diameter_px, got {smallest} and {largest}")
     n = int(math.floor(math.log(largest / smallest) / math.log(SCALE_STEP))) + 1
