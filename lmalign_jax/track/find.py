@@ -18,7 +18,8 @@ The procedure (:func:`find_beads`)
 2. **Significance.** The noise level ``s`` and roughness of ``b`` are estimated robustly (median
    absolute deviations); the threshold ``u s`` is the one above which 0.01 noise maxima are
    expected in the whole image (:func:`lmalign_jax.track.peaks.false_peak_threshold`), unless
-   ``min_score`` is given. Scores are reported in units of ``s`` (a signal-to-noise ratio).
+   ``min_score`` is given. It applies to the fitted peak value of step 4 (pixels down to
+   ``0.9 u s`` are candidates). Scores are reported in units of ``s`` (a signal-to-noise ratio).
 3. **Non-maximum suppression** over squares of half-width ``max(1, round(D / 2))``.
 4. **Sub-pixel position** from a quadratic through the 3 x 3 scores around each peak.
 5. **Bead-likeness.** A peak is kept only if
@@ -196,11 +197,13 @@ def find_beads(
     noise, u = _noise_and_threshold(img, maps[0, border:-border, border:-border], sigma, min_score)
     radius = max(1, int(round(0.5 * diameter)))
 
-    masks = peak_masks(responses[0], u * noise, radius, border=border)
+    # Candidates from a slightly lower pixel threshold; the fitted peak value decides (step 4).
+    masks = peak_masks(responses[0], 0.9 * u * noise, radius, border=border)
     found = {}
     for i, (name, sign) in enumerate((("bright", 1.0), ("dark", -1.0))):
         if polarity in ("auto", name):
-            found[name] = _detect(masks[i], maps, sign, sigma, step, separation, border, 0.5 * diameter)
+            pos, val = _detect(masks[i], maps, sign, sigma, step, separation, border, 0.5 * diameter)
+            found[name] = (pos[val >= u * noise], val[val >= u * noise])
     if polarity == "auto":
         def strength(name):
             pos, val = found[name]
