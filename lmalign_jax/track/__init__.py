@@ -1,0 +1,21 @@
+"""Bead tracking from raw images, first piece: finding gold beads in one view.
+
+Public API
+----------
+* :func:`find_beads` -- positions ``(n, 2)`` (x, y in IMOD image coordinates, pixels) and scores of
+  the gold beads in one image (:mod:`lmalign_jax.track.find`).
+* :func:`estimate_bead_diameter` -- the bead diameter in pixels from the image itself
+  (:mod:`lmalign_jax.track.scale`).
+* :func:`bead_responses` -- the matched (Laplacian-of-Gaussian) filter
+  (:mod:`lmalign_jax.track.filters`).
+
+Modules: ``filters`` (the filter in Fourier space), ``peaks`` (threshold, non-maximum
+suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate). Nothing
+here imports ``lmalign_jax.io`` or ``lmalign_jax.cli``, and no JAX setting is changed on import.
+"""
+
+from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses
+from lmalign_jax.track.find import find_beads
+from lmalign_jax.track.scale import estimate_bead_diameter
+
+__all__ = ["find_beads", "estimate_bead_diameter", "bead_responses", "SIGMA_PER_DIAMETER"]
