@@ -63,7 +63,7 @@ def _subpackage(module: str) -> str:
 
 
 MATHS = ("lmalign_jax.solve", "lmalign_jax.models", "lmalign_jax.core", "lmalign_jax.analysis", "lmalign_jax.batch",
-         "lmalign_jax.recon", "lmalign_jax.simulation")
+         "lmalign_jax.recon", "lmalign_jax.simulation", "lmalign_jax.track")
 ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")
 
 
@@ -75,6 +75,7 @@ ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report",
         ("models", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
         ("recon", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.models", "lmalign_jax.io", *ABOVE_CORE)),
         ("core", ABOVE_CORE),
+        ("track", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
         ("report", ("lmalign_jax.workflow", "lmalign_jax.cli")),
         ("workflow", ("lmalign_jax.cli",)),
     ],
