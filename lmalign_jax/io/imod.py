@@ -61,6 +61,33 @@ def _data_lines(path, lines: list[str], start: int = 1) -> list[tuple[int, str]]
     return out
 
 
+def _plain_table(body: list[tuple[int, str]], n_columns: int, int_column: int) -> list[np.ndarray] | None:
+    """The columns of ``body`` when every line holds ``n_columns`` plain ASCII numbers separated by
+    blanks, finite, with decimal integers in ``int_column``: float64 arrays (n,), the integer
+    column exact. None otherwise, and the line-by-line parser then names the line and problem.
+    (The fast path for large files: numpy parses the whole table at once.)"""
+    text = "\n".join(raw for _, raw in body)
+    if not text.isascii() or "_" in text:
+        return None
+    tokens = text.split()
+    if len(tokens) != n_columns * len(body) or any(len(raw.split()) != n_columns for _, raw in body):
+        return None
+    cells = np.array(tokens, dtype=object).reshape(len(body), n_columns)
+    ints = cells[:, int_column].tolist()
+    if not "".join(t.lstrip("+-") for t in ints).isdigit() and ints:
+        return None
+    try:
+        values = cells.astype(np.float64)
+        exact = np.array([int(t) for t in ints], dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+    if not np.all(np.isfinite(values)):
+        return None
+    columns = [values[:, j].copy() for j in range(n_columns)]
+    columns[int_column] = exact
+    return columns
+
+
 # ---------------------------------------------------------------- .xf
 
 def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +164,12 @@ def read_resid(path: str | os.PathLike) -> ResidualTable:
     body = _data_lines(path, lines[1:], start=2)
     if len(body) != n:
         raise InputError(path, None, f"line 1 announces {n} residuals but {len(body)} follow")
+    table = _plain_table(body, 5, int_column=2)
+    if table is not None and table[2].min(initial=0) >= 0 and table[2].max(initial=0) < MAX_VIEWS:
+        view = table[2].astype(np.int64)
+        marker = np.cumsum(np.r_[True, np.diff(view) <= 0]) - 1 if n else np.zeros(0, np.int64)
+        return ResidualTable(xy=np.column_stack(table[:2]), view=view, marker=marker.astype(np.int64),
+                             residual=np.column_stack(table[3:]))
     xy, view, marker, res = [], [], [], []
     current, last_view = -1, None
     for k, raw in body:
