@@ -112,9 +112,10 @@ def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def write_xf(path: str | os.PathLike, A, shifts) -> None:
     """Write ``A`` (n, 2, 2) and ``shifts`` (n, 2) pixels as IMOD ``.xf`` (``4f12.7,2f12.3``).
 
-    A number too wide for its field (|A| >= 1000 when negative, shifts beyond 10^7 px) widens
-    that field to the number plus one blank instead of running into its neighbour: IMOD reads
-    ``.xf`` files list-directed (``xfread``), which needs the blank and not the columns.
+    A number without a blank to spare in its field (an entry of A from 1000 or from -100, a shift
+    from 10^7 px or from -10^6 px) widens that field to the number plus one blank instead of
+    running into its neighbour: IMOD reads ``.xf`` files list-directed (``xfread``), which needs
+    the blank and not the columns.
     """
     A = np.asarray(A, dtype=np.float64)
     shifts = np.asarray(shifts, dtype=np.float64)
@@ -201,11 +202,11 @@ def write_resid(path: str | os.PathLike, xy, view, residual) -> None:
     ``residual`` (n, 2) px (projected - measured). Points must be grouped by fiducial with
     increasing views, as the reader infers fiducials from that order.
 
-    Layout ``i6,a`` then ``2f10.2,i5,2f8.2`` as tiltalign writes it. A number too wide for its
-    field with a blank to spare (residuals of 1000 px or -100 px, coordinates of 10^5 px or
-    -10^4 px, views from 10^4) widens that field to the number plus one blank instead of
-    running into its neighbour: free-format readers need the blank, not the columns (and this
-    module's reader splits on whitespace first).
+    Layout ``i6,a`` then ``2f10.2,i5,2f8.2`` as tiltalign writes it. A number without a blank to
+    spare in its field (a residual from 10^4 px or from -1000 px, Y from 10^6 px or from -10^5 px,
+    a view from 10^4; X starts the line and needs no blank) widens that field to the number plus
+    one blank instead of running into its neighbour: free-format readers need the blank, not
+    the columns (and this module's reader splits on whitespace first).
     """
     xy = np.asarray(xy, dtype=np.float64)
     residual = np.asarray(residual, dtype=np.float64)
