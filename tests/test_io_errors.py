@@ -10,7 +10,7 @@ import pytest
 
 import lmalign_jax.io as lio
 from lmalign_jax.io import InputError, atomic_write, write_tlt, write_xf
-from lmalign_jax.io import tilts as tilts_module
+from lmalign_jax.io import fixed_width
 
 IO_DIR = Path(lio.__file__).parent
 
@@ -68,26 +68,31 @@ def test_atomic_write_bad_mode(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_writer_failing_midway_leaves_no_file(tmp_path):
-    # Row 3's shift does not fit IMOD's f12.3 field: two lines are already written when it fails.
-    shifts = np.array([[1.0, 2.0], [3.0, 4.0], [1e12, 0.0]])
-    with pytest.raises(ValueError, match="does not fit"):
-        write_xf(tmp_path / "a.xf", np.tile(np.eye(2), (3, 1, 1)), shifts)
+def fail_on_call(monkeypatch, k: int) -> None:
+    """Make the k-th block formatted by any fixed-width writer raise ``OSError("disk full")``."""
+    real, calls = fixed_width.format_records, []
+
+    def failing(record, columns):
+        calls.append(1)
+        if len(calls) == k:
+            raise OSError("disk full")
+        return real(record, columns)
+
+    monkeypatch.setattr(fixed_width, "format_records", failing)
+    monkeypatch.setattr(fixed_width, "CHUNK_ROWS", 1)
+
+
+def test_writer_failing_midway_leaves_no_file(tmp_path, monkeypatch):
+    fail_on_call(monkeypatch, 3)  # two lines are already written when it fails
+    with pytest.raises(OSError, match="disk full"):
+        write_xf(tmp_path / "a.xf", np.tile(np.eye(2), (3, 1, 1)), np.zeros((3, 2)))
     assert os.listdir(tmp_path) == []
 
 
 def test_tlt_writer_failing_midway_keeps_old_file(tmp_path, monkeypatch):
     p = tmp_path / "a.tlt"
     p.write_text("  1.00\n")
-    calls = []
-
-    def failing(value):
-        calls.append(value)
-        if len(calls) == 3:
-            raise OSError("disk full")
-        return f"{value:9.3f}\n"
-
-    monkeypatch.setattr(tilts_module, "_format_tilt", failing)
+    fail_on_call(monkeypatch, 3)
     with pytest.raises(OSError, match="disk full"):
         write_tlt(p, [1.0, 2.0, 3.0, 4.0])
     assert p.read_text() == "  1.00\n" and os.listdir(tmp_path) == ["a.tlt"]

@@ -95,9 +95,18 @@ def test_write_xf_rejects_bad_arrays(tmp_path):
         write_xf(tmp_path / "a.xf", np.zeros((3, 2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="finite"):
         write_xf(tmp_path / "a.xf", np.full((1, 2, 2), np.nan), np.zeros((1, 2)))
-    with pytest.raises(ValueError, match=r"does not fit IMOD's f12.3 field"):
-        write_xf(tmp_path / "a.xf", np.eye(2)[None], [[1e9, 0.0]])
     assert not (tmp_path / "a.xf").exists()
+
+
+def test_write_xf_widens_only_fields_that_overflow(tmp_path):
+    """A shift of 10^9 px widens its field by the digits it needs (one blank before it); the
+    other fields and the other lines keep IMOD's 4f12.7,2f12.3 columns."""
+    write_xf(tmp_path / "a.xf", np.tile(np.eye(2), (2, 1, 1)), [[1e9, -2.5], [3.0, 4.0]])
+    first, second = (tmp_path / "a.xf").read_text().splitlines()
+    assert first == "   1.0000000   0.0000000   0.0000000   1.0000000 1000000000.000      -2.500"
+    assert second == "   1.0000000   0.0000000   0.0000000   1.0000000       3.000       4.000"
+    A, d = read_xf(tmp_path / "a.xf")
+    np.testing.assert_array_equal(d, [[1e9, -2.5], [3.0, 4.0]])
 
 
 # ---------------------------------------------------------------- .resid
@@ -159,25 +168,30 @@ def test_resid_round_trip_random(tmp_path):
     np.testing.assert_allclose(t.residual, res, atol=5e-3)
 
 
-def test_write_resid_one_format_per_row_equals_field_checks(tmp_path):
-    """Rows well inside IMOD's fields are formatted in one go; the text equals the field-checked
-    formatting, values beyond that go through the checks (and still fit or fail as before)."""
-    from lmalign_jax.io.imod import _fmt, _fmti
+def fortran_field(value, width: int, decimals: int | None, first: bool) -> str:
+    """One field as IMOD's Fortran writes it (``iW`` or ``fW.D``) when the number fits with a
+    blank before it (or fits at all, for the first field of a line); otherwise, the rule the
+    writers promise: the number with exactly one blank before it."""
+    text = f"{value:{width}d}" if decimals is None else f"{value:{width}.{decimals}f}"
+    if len(text) <= width and (first or text.startswith(" ")):
+        return text
+    return ("" if first else " ") + text.strip()
 
-    xy = np.array([[-99998.996, 0.004], [12.345, 4095.995], [0.0, -0.004]])
-    res = np.array([[-998.996, 998.996], [0.125, -0.135], [1e-9, -1e-9]])
-    view = np.array([0, 9999, 3])
-    write_resid(tmp_path / "fast.resid", xy, view, res)
-    rows = "".join(_fmt(x, 10, 2) + _fmt(y, 10, 2) + _fmti(v, 5) + _fmt(dx, 8, 2) + _fmt(dy, 8, 2) + "\n"
+
+def test_write_resid_equals_fortran_fields_or_widens_by_one_blank(tmp_path):
+    """Field by field: Fortran's 2f10.2,i5,2f8.2 text where a number fits, the number after one
+    blank where it does not (at the edges of every field, and far past them)."""
+    xy = np.array([[-9999.994, 0.004], [12.345, 99999.994], [-100000.0, 1000000.0], [-1e9, 1e12]])
+    res = np.array([[-99.994, 999.994], [0.125, -0.135], [-1000.0, 10000.0], [1e6, -1e6]])
+    view = np.array([0, 9999, 10000, 123456])
+    write_resid(tmp_path / "r.resid", xy, view, res)
+    rows = "".join(fortran_field(x, 10, 2, True) + fortran_field(y, 10, 2, False) + fortran_field(int(v), 5, None, False)
+                   + fortran_field(dx, 8, 2, False) + fortran_field(dy, 8, 2, False) + "\n"
                    for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True))
-    assert (tmp_path / "fast.resid").read_text() == "     3 residuals\n" + rows
-    xy[0, 0] = 123456.78  # past the fast path, still fits f10.2
-    write_resid(tmp_path / "wide.resid", xy, view, res)
-    assert (tmp_path / "wide.resid").read_text().splitlines()[1].startswith(" 123456.78")
-    xy[0, 0] = 1e9
-    with pytest.raises(ValueError, match=r"does not fit IMOD's f10.2 field"):
-        write_resid(tmp_path / "bad.resid", xy, view, res)
-    assert not (tmp_path / "bad.resid").exists()
+    text = (tmp_path / "r.resid").read_text()
+    assert text == "     4 residuals\n" + rows
+    assert text.splitlines()[1] == "  -9999.99      0.00    0  -99.99  999.99"  # IMOD's own columns
+    assert text.splitlines()[3] == "-100000.00 1000000.00 10000 -1000.00 10000.00"  # all but the first widened
 
 
 def test_resid_fixed_columns_fallback(tmp_path):
@@ -196,6 +210,9 @@ def test_resid_fixed_columns_fallback(tmp_path):
     ("2 residuals\n 1 2 0 0 0\n", r"g.resid: line 1 announces 2 residuals but 1 follow"),
     ("2 residuals\n 1 2 0 0 0\n\n 1 2 1 0 0\n", r"g.resid:3: blank line inside the data"),
     ("1 residuals\n 1 2 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
+    ("2 residuals\n 1 2 0 0\n 1 2 1 0 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
+    ("2 residuals\n 1 2 0 0 0\n 1 2 1 0 1_0\n", r"g.resid:3: dy is not a number: '1_0'"),
+    ("2 residuals\n 1 2 0 0 0\n 1 2 \u0661 0 0\n", r"g.resid:3: view is not an integer"),
     ("1 residuals\n 1 2 -1 0 0\n", r"g.resid:2: negative view index -1"),
     ("1 residuals\n 1 2 10000 0 0\n", r"g.resid:2: view index 10000 exceeds the limit of 10000 views"),
     ("1 residuals\n 1 2 0.5 0 0\n", r"g.resid:2: view is not an integer: '0.5'"),

@@ -1,7 +1,11 @@
 """IMOD alignment text files: ``.xf`` transforms, ``.resid`` residuals, ``fid.xyz`` 3-D points.
 
 Fortran layouts (as written by IMOD ``tiltalign``/``xfproduct``); readers split on whitespace and
-fall back to the fixed columns when numbers run together:
+fall back to the fixed columns when numbers run together (as IMOD's own Fortran output may).
+The writers keep these layouts byte for byte where every number fits its field with a blank to
+spare, and widen a field that would overflow, so that a blank always separates the numbers (see
+:mod:`.fixed_width`: IMOD reads these files free-format, where a wider field is read correctly
+and numbers run together are not):
 
 - ``.xf``: per view ``A11 A12 A21 A22 DX DY`` as ``4f12.7,2f12.3``; the transform maps raw to
   aligned image about the image centre c: ``x' = A (x - c) + d + c``.
@@ -25,6 +29,7 @@ import numpy as np
 from ._text import parse_float, parse_int, read_lines, show, split_fields
 from .atomic import atomic_write
 from .errors import InputError
+from .fixed_width import record_format, write_records
 from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
 
 __all__ = [
@@ -36,6 +41,11 @@ __all__ = [
 _XF_WIDTHS = (12, 12, 12, 12, 12, 12)
 _RESID_WIDTHS = (10, 10, 5, 8, 8)
 _FID_WIDTHS = (4, 10, 10, 10, 7, 5)
+_XF_RECORD = record_format("4f12.7,2f12.3")
+_RESID_RECORD = record_format("2f10.2,i5,2f8.2")
+_FID_RECORD = record_format("i4,3f10.2,i7,i5")
+# The first fid.xyz line goes on with ``a,f12.5,a,2i6``: ' Pix:', pixel size, ' Dim:', nx, ny.
+_FID_FIRST_TAIL = " Pix: %11.5f Dim: %5d %5d"
 
 
 def _data_lines(path, lines: list[str], start: int = 1) -> list[tuple[int, str]]:
@@ -51,19 +61,31 @@ def _data_lines(path, lines: list[str], start: int = 1) -> list[tuple[int, str]]
     return out
 
 
-def _fmt(value: float, width: int, decimals: int) -> str:
-    """``value`` as Fortran ``f{width}.{decimals}``; it must leave a blank before it."""
-    s = f"{float(value):{width}.{decimals}f}"
-    if len(s) >= width + 1 or not s.startswith(" "):
-        raise ValueError(f"value {value!r} does not fit IMOD's f{width}.{decimals} field")
-    return s
-
-
-def _fmti(value: int, width: int) -> str:
-    s = f"{int(value):{width}d}"
-    if not s.startswith(" "):
-        raise ValueError(f"value {value!r} does not fit IMOD's i{width} field")
-    return s
+def _plain_table(body: list[tuple[int, str]], n_columns: int, int_column: int) -> list[np.ndarray] | None:
+    """The columns of ``body`` when every line holds ``n_columns`` plain ASCII numbers separated by
+    blanks, finite, with decimal integers in ``int_column``: float64 arrays (n,), the integer
+    column exact. None otherwise, and the line-by-line parser then names the line and problem.
+    (The fast path for large files: numpy parses the whole table at once.)"""
+    text = "\n".join(raw for _, raw in body)
+    if not text.isascii() or "_" in text:
+        return None
+    tokens = text.split()
+    if len(tokens) != n_columns * len(body) or any(len(raw.split()) != n_columns for _, raw in body):
+        return None
+    cells = np.array(tokens, dtype=object).reshape(len(body), n_columns)
+    ints = cells[:, int_column].tolist()
+    if not "".join(t.lstrip("+-") for t in ints).isdigit() and ints:
+        return None
+    try:
+        values = cells.astype(np.float64)
+        exact = np.array([int(t) for t in ints], dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+    if not np.all(np.isfinite(values)):
+        return None
+    columns = [values[:, j].copy() for j in range(n_columns)]
+    columns[int_column] = exact
+    return columns
 
 
 # ---------------------------------------------------------------- .xf
@@ -88,16 +110,22 @@ def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_xf(path: str | os.PathLike, A, shifts) -> None:
-    """Write ``A`` (n, 2, 2) and ``shifts`` (n, 2) pixels as IMOD ``.xf`` (``4f12.7,2f12.3``)."""
+    """Write ``A`` (n, 2, 2) and ``shifts`` (n, 2) pixels as IMOD ``.xf`` (``4f12.7,2f12.3``).
+
+    A number without a blank to spare in its field (an entry of A from 1000 or from -100, a shift
+    from 10^7 px or from -10^6 px) widens that field to the number plus one blank instead of
+    running into its neighbour: IMOD reads ``.xf`` files list-directed (``xfread``), which needs
+    the blank and not the columns.
+    """
     A = np.asarray(A, dtype=np.float64)
     shifts = np.asarray(shifts, dtype=np.float64)
     if A.ndim != 3 or A.shape[1:] != (2, 2) or shifts.shape != (A.shape[0], 2) or A.shape[0] == 0:
         raise ValueError(f"need A (n, 2, 2) and shifts (n, 2) with n > 0, got {A.shape} and {shifts.shape}")
     if not (np.all(np.isfinite(A)) and np.all(np.isfinite(shifts))):
         raise ValueError("A and shifts must be finite")
+    a = A.reshape(-1, 4)
     with atomic_write(path) as f:
-        for a, d in zip(A, shifts):
-            f.write("".join(_fmt(v, 12, 7) for v in a.ravel()) + _fmt(d[0], 12, 3) + _fmt(d[1], 12, 3) + "\n")
+        write_records(f, _XF_RECORD, [a[:, 0], a[:, 1], a[:, 2], a[:, 3], shifts[:, 0], shifts[:, 1]])
 
 
 # ---------------------------------------------------------------- .resid
@@ -137,6 +165,12 @@ def read_resid(path: str | os.PathLike) -> ResidualTable:
     body = _data_lines(path, lines[1:], start=2)
     if len(body) != n:
         raise InputError(path, None, f"line 1 announces {n} residuals but {len(body)} follow")
+    table = _plain_table(body, 5, int_column=2)
+    if table is not None and table[2].min(initial=0) >= 0 and table[2].max(initial=0) < MAX_VIEWS:
+        view = table[2].astype(np.int64)
+        marker = np.cumsum(np.r_[True, np.diff(view) <= 0]) - 1 if n else np.zeros(0, np.int64)
+        return ResidualTable(xy=np.column_stack(table[:2]), view=view, marker=marker.astype(np.int64),
+                             residual=np.column_stack(table[3:]))
     xy, view, marker, res = [], [], [], []
     current, last_view = -1, None
     for k, raw in body:
@@ -166,7 +200,14 @@ def read_resid(path: str | os.PathLike) -> ResidualTable:
 def write_resid(path: str | os.PathLike, xy, view, residual) -> None:
     """Write an IMOD ``.resid`` file: ``xy`` (n, 2) measured px, ``view`` (n,) 0-based,
     ``residual`` (n, 2) px (projected - measured). Points must be grouped by fiducial with
-    increasing views, as the reader infers fiducials from that order."""
+    increasing views, as the reader infers fiducials from that order.
+
+    Layout ``i6,a`` then ``2f10.2,i5,2f8.2`` as tiltalign writes it. A number without a blank to
+    spare in its field (a residual from 10^4 px or from -1000 px, Y from 10^6 px or from -10^5 px,
+    a view from 10^4; X starts the line and needs no blank) widens that field to the number plus
+    one blank instead of running into its neighbour: free-format readers need the blank, not
+    the columns (and this module's reader splits on whitespace first).
+    """
     xy = np.asarray(xy, dtype=np.float64)
     residual = np.asarray(residual, dtype=np.float64)
     view = np.asarray(view)
@@ -177,18 +218,9 @@ def write_resid(path: str | os.PathLike, xy, view, residual) -> None:
         raise ValueError("xy and residual must be finite")
     if n and (not np.issubdtype(view.dtype, np.integer) or view.min() < 0):
         raise ValueError("view must hold non-negative integers")
-    # Values this far inside their fields cannot overflow them (f10.2 holds |x| < 1e5 with the
-    # leading blank, f8.2 |x| < 1e3, i5 v < 1e4): one format per row, no per-field checks.
-    roomy = (np.abs(xy).max(initial=0.0) < 99_999.0 and np.abs(residual).max(initial=0.0) < 999.0
-             and (n == 0 or view.max() < 10_000))
     with atomic_write(path) as f:
         f.write(f"{n:6d} residuals\n")
-        if roomy:
-            f.write("".join(f"{x:10.2f}{y:10.2f}{v:5d}{dx:8.2f}{dy:8.2f}\n"
-                            for (x, y), v, (dx, dy) in zip(xy.tolist(), view.tolist(), residual.tolist(), strict=True)))
-            return
-        for (x, y), v, (dx, dy) in zip(xy, view, residual, strict=True):
-            f.write(_fmt(x, 10, 2) + _fmt(y, 10, 2) + _fmti(v, 5) + _fmt(dx, 8, 2) + _fmt(dy, 8, 2) + "\n")
+        write_records(f, _RESID_RECORD, [xy[:, 0], xy[:, 1], view.astype(np.int64), residual[:, 0], residual[:, 1]])
 
 
 def resid_to_markers(table: ResidualTable, image_size: tuple[int, int] | None,
@@ -269,6 +301,12 @@ def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
     ``xyz`` (m, 3) pixels; ``ids`` (m,) contour numbers (the ``cont`` column); ``objects`` (m,)
     object numbers (default 1); ``pixel_size`` goes after ``Pix:`` as given (None writes 1.0,
     IMOD's "not set"); ``image_size`` (nx, ny) after ``Dim:``. Points are numbered 1..m.
+
+    Layout ``i4,3f10.2,i7,i5`` as tiltalign writes it; the point number starts the line and
+    needs no blank (1000..9999 fill ``i4`` exactly, as in IMOD's own files), any other number too
+    wide for its field widens that field to the number plus one blank: solvematch reads these
+    lines list-directed and Etomo splits the first one on whitespace, so blanks matter, columns
+    do not.
     """
     xyz = np.asarray(xyz, dtype=np.float64)
     ids = np.asarray(ids)
@@ -279,12 +317,14 @@ def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
                          f"got {xyz.shape}, {ids.shape}, {objects.shape}")
     if not np.all(np.isfinite(xyz)):
         raise ValueError("xyz must be finite")
+    if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(objects.dtype, np.integer)):
+        raise ValueError("ids and objects must hold integers")
     nx, ny = (int(n) for n in image_size)
     pix = 1.0 if pixel_size is None else float(pixel_size)
+    if not np.isfinite(pix):
+        raise ValueError("pixel_size must be finite")
+    columns = [np.arange(1, m + 1), xyz[:, 0], xyz[:, 1], xyz[:, 2], objects.astype(np.int64), ids.astype(np.int64)]
     with atomic_write(path) as f:
-        for j in range(m):
-            line = (_fmti(j + 1, 4) + "".join(_fmt(v, 10, 2) for v in xyz[j])
-                    + _fmti(objects[j], 7) + _fmti(ids[j], 5))
-            if j == 0:
-                line += " Pix:" + _fmt(pix, 12, 5) + " Dim:" + _fmti(nx, 6) + _fmti(ny, 6)
-            f.write(line + "\n")
+        first = _FID_RECORD + _FID_FIRST_TAIL
+        f.write((first + "\n") % (*(c[0].item() for c in columns), pix, nx, ny))
+        write_records(f, _FID_RECORD, [c[1:] for c in columns])

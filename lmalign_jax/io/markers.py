@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
+
 from ._text import check_extension, parse_float, parse_int, read_lines, show
 from .atomic import atomic_write
 from .errors import InputError
+from .fixed_width import write_records
 from .markerset import contour_numbers
 from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
 from .pytom import is_pytom_header, parse_pytom_lines, read_pytom_markers
@@ -123,13 +126,13 @@ def _parse_model2point(lines: list[str], path, n_views: int | None) -> MarkerSet
 
 
 def write_markers_csv(path: str | os.PathLike, markers: MarkerSet) -> None:
-    """Write ``markers`` as ``marker,view,x,y`` CSV (observed points only, full float precision)."""
+    """Write ``markers`` as ``marker,view,x,y`` CSV (observed points only, full float precision:
+    ``repr``, which reads back to the same float)."""
     m_idx, views, xy = markers.points()
-    ids = markers.marker_ids
+    ids = np.asarray(markers.marker_ids, dtype=np.int64)[m_idx]
     with atomic_write(path) as f:
         f.write(CSV_HEADER + "\n")
-        for m, v, (x, y) in zip(m_idx, views, xy):
-            f.write(f"{ids[m]},{v},{float(x)!r},{float(y)!r}\n")
+        write_records(f, "%d,%d,%r,%r", [ids, views.astype(np.int64), xy[:, 0], xy[:, 1]])
 
 
 def write_model2point(path: str | os.PathLike, markers: MarkerSet, with_object: bool = False) -> None:
@@ -138,11 +141,16 @@ def write_model2point(path: str | os.PathLike, markers: MarkerSet, with_object: 
     Contour numbers are the marker ids when they are all >= 1 (else 1..n in marker order, see
     :func:`.imod_model.contour_numbers`), z the 0-based view index; with ``with_object`` each
     line starts with object number 1. Coordinates are written to 1/1000 pixel (``point2model`` reads
-    this free-format text back into a model).
+    this free-format text back into a model). Fields are ``i6`` (object, contour), ``f12.3`` (x,
+    y) and ``f8.2`` (z), each but the first with a blank to spare; a wider number widens its
+    field instead of running into its neighbour (free-format readers need the blank).
     """
     m_idx, views, xy = markers.points()
-    ids = contour_numbers(markers.marker_ids)
-    lead = "     1" if with_object else ""
+    ids = np.asarray(contour_numbers(markers.marker_ids), dtype=np.int64)[m_idx]
+    columns = [ids, xy[:, 0], xy[:, 1], views.astype(np.float64)]
+    record = "%6d %11.3f %11.3f %7.2f"
+    if with_object:
+        columns = [np.ones_like(ids), *columns]
+        record = "%6d %5d %11.3f %11.3f %7.2f"
     with atomic_write(path) as f:
-        for m, v, (x, y) in zip(m_idx, views, xy):
-            f.write(f"{lead}{ids[m]:6d} {x:11.3f} {y:11.3f} {float(v):7.2f}\n")
+        write_records(f, record, columns)

@@ -17,6 +17,7 @@ import numpy as np
 from ._text import check_extension, parse_float, read_lines, show
 from .atomic import atomic_write
 from .errors import InputError
+from .fixed_width import write_records
 
 __all__ = ["read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
 
@@ -47,20 +48,20 @@ def read_tilts(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_tlt(path: str | os.PathLike, tilts_deg) -> None:
-    """Write tilt angles (n_views,) in degrees, one per line as ``%9.3f`` (IMOD reads it free-format;
-    IMOD itself writes ``f7.2``)."""
+    """Write tilt angles (n_views,) in degrees, one per line as ``%9.3f`` (IMOD itself writes
+    ``f7.2``). IMOD reads ``.tlt`` files free-format, one value per line, so an angle wider than
+    the field simply widens it (Python's ``%`` never truncates)."""
     t = np.asarray(tilts_deg, dtype=np.float64)
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"tilts_deg must be a non-empty 1-D array, got shape {t.shape}")
     if not np.all(np.isfinite(t)):
         raise ValueError("tilts_deg must be finite")
     with atomic_write(path) as f:
-        for value in t:
-            f.write(_format_tilt(value))
+        write_records(f, TILT_RECORD, [t])
 
 
-def _format_tilt(value: float) -> str:
-    return f"{float(value):9.3f}\n"
+#: One ``.tlt`` line (without the newline).
+TILT_RECORD = "%9.3f"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
