@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models import get_model
 from .core.result import AlignmentResult
 
 __all__ = [
@@ -123,7 +122,7 @@ def expand_to_file_views(result: AlignmentResult, view_index, nominal_tilts_deg)
         raise ValueError("view_index must give a distinct file view for every view of the result")
     excluded = np.ones(n, dtype=bool)
     excluded[view_index] = False
-    model = get_model(result.model)
+    model = result.model
     parameters = {}
     for name in model.parameters:
         values = np.full(n, np.nan)
@@ -196,7 +195,7 @@ def build_record(
     ``errors`` (an ``uncertainty.Uncertainty`` of ``result``) adds standard errors per view
     parameter and marker coordinate and leave-one-out residuals.
     """
-    model = get_model(result.model)
+    model = result.model
     obs = result.observations
     lengths = np.linalg.norm(fv.residuals, axis=-1)
     all_lengths = lengths[fv.mask]

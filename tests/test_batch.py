@@ -67,7 +67,7 @@ def test_batched_equals_individual(series, individual, width):
     results = align_batch(series, rotation_deg=ROTATIONS, vmap_width=width, progress=lambda *e: events.append(e))
     for batched, single in zip(results, individual, strict=True):
         assert_same(batched, single)
-        assert batched.extras["batch"]["bucket"] == [21, 10]  # the bucket's largest member
+        assert batched.settings.bucket == (21, 10)  # the bucket's largest member
     # one vmap group: the series that needed more iterations did not change the others
     first_stage = [r.stages[0].iterations for r in results]
     assert len(set(first_stage)) > 1, first_stage

@@ -335,7 +335,7 @@ def _write(p: Prepared, result, options: BatchOptions, errors=None, robust=None)
         "dtype": options.dtype,
         "max_iterations": options.max_iterations,
         "command": list(options.command),
-        "batch": result.extras.get("batch", {}),
+        "batch": {"bucket": list(result.settings.bucket)} if result.settings.bucket else {},
     }
     out = OutputSet(p.out_dir, p.prefix)
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if options.figure or s != ".png")
