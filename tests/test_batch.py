@@ -59,6 +59,9 @@ def assert_same(batched, single, atol=SAME_ATOL):
     assert batched.rotation_estimated_deg == single.rotation_estimated_deg
     assert [s.name for s in batched.stages] == [s.name for s in single.stages]
     assert batched.rms_residual_px == pytest.approx(single.rms_residual_px, abs=1e-10)
+    assert batched.model is single.model
+    for name in ("modes", "stages", "dtype", "config", "ref_view"):
+        assert getattr(batched.settings, name) == getattr(single.settings, name), name
 
 
 @pytest.mark.parametrize("width", [1, 3], ids=["sequential", "vmap"])
