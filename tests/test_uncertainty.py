@@ -9,13 +9,7 @@ from lmalign_jax import Observations, align, get_model, simulate
 from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.core.frame import project_all
 from lmalign_jax.core.problem import build_problem
-from lmalign_jax.solve import (
-    leverages,
-    linearize,
-    pair_jacobians,
-    pair_residuals,
-    variances,
-)
+from lmalign_jax.solve import leverages, linearize, pair_jacobians, pair_residuals, variances
 from lmalign_jax.solve._dense import _flatten, _unflatten
 
 

@@ -2,10 +2,11 @@
 
 The covariance of the estimates is sigma^2 (J^T J)^{-1} at the optimum, with sigma^2 =
 RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of the
-inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The reported frame moves
-tilts to zero mean deviation from nominal and markers to zero mean z; the standard errors
-of those two families are projected into that frame exactly (one extra solve each), the
-others are unaffected to first order.
+inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The
+reported frame moves tilts to zero mean deviation from nominal and markers to zero mean z;
+the standard errors of those two families are projected into that frame exactly (one extra
+Gauss-Newton solve each, ``solve.gauss_newton_solve``), the others are unaffected to first
+order.
 
 The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
 have if the fit were redone without it, to first order: (I - H_ii)^{-1} r_i, where
@@ -25,15 +26,7 @@ from ..core.problem import build_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
-from ..solve import (
-    Variables,
-    gauss_newton_solve,
-    leverages,
-    linearize,
-    pair_jacobians,
-    pair_residuals,
-    variances,
-)
+from ..solve import Variables, gauss_newton_solve, leverages, linearize, pair_jacobians, pair_residuals, variances
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +113,8 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     modes = settings.modes
     with jax.enable_x64(True):
         problem = build_problem(
-            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool), ref_view=settings.ref_view, weights=settings.weights
+            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool),
+            ref_view=settings.ref_view, weights=settings.weights,
         )
         tilt_free = not is_fixed(modes.get("tilt", "free"))
         var_a, var_b, loo, lev, rss = jax.device_get(

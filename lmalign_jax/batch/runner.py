@@ -44,25 +44,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ..core.frame import predicted_positions, reporting_frame
 from ..core.problem import build_problem, free_masks, mode_labels, residual_function
 from ..core.result import AlignmentResult, StageReport, result_from_solution
-from ..core.settings import (
-    STAGES,
-    AlignmentSettings,
-    check_options,
-    stage_configs,
-    stage_setup,
-)
+from ..core.settings import STAGES, AlignmentSettings, check_options, stage_configs, stage_setup
 from ..core.start import start_values
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..solve import (
-    LMConfig,
-    Status,
-    Structure,
-    Variables,
-    choose_elimination,
-    effective_a,
-    least_squares,
-)
+from ..solve import LMConfig, Status, Structure, Variables, choose_elimination, effective_a, least_squares
 
 __all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
 

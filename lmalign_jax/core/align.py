@@ -26,14 +26,7 @@ from ..solve import LMConfig, Status, least_squares
 from .frame import project_all, to_reporting_frame
 from .problem import build_problem
 from .result import AlignmentResult, StageReport, result_from_solution
-from .settings import (
-    INTERMEDIATE_COST_TOL,
-    STAGES,
-    AlignmentSettings,
-    check_options,
-    stage_configs,
-    stage_setup,
-)
+from .settings import INTERMEDIATE_COST_TOL, STAGES, AlignmentSettings, check_options, stage_configs, stage_setup
 from .start import start_values
 
 __all__ = ["INTERMEDIATE_COST_TOL", "STAGES", "align"]

@@ -9,14 +9,7 @@ from ._dense import dense_step
 from ._implicit import gauss_newton_solve, solve_implicit
 from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals
 from ._lm import Solution, least_squares
-from ._problem import (
-    Structure,
-    Variables,
-    choose_elimination,
-    count_free,
-    effective_a,
-    make_structure,
-)
+from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
 from ._results import LMConfig, Status
 from ._schur import damped_step
 
