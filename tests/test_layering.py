@@ -58,4 +58,4 @@ def test_import_resolution_sees_relative_imports():
     """Guard for the checks above: relative imports resolve to absolute module names."""
     assert "lmalign_jax.geometry" in _imports(PACKAGE / "models" / "jou.py")
     assert "lmalign_jax.solve._linearize" in _imports(PACKAGE / "solve" / "_lm.py")
-    assert "lmalign_jax.models" in _imports(PACKAGE / "problem.py")
+    assert "lmalign_jax.models" in _imports(PACKAGE / "core" / "problem.py")
