@@ -59,6 +59,9 @@ def assert_same(batched, single, atol=SAME_ATOL):
     assert batched.rotation_estimated_deg == single.rotation_estimated_deg
     assert [s.name for s in batched.stages] == [s.name for s in single.stages]
     assert batched.rms_residual_px == pytest.approx(single.rms_residual_px, abs=1e-10)
+    assert batched.model is single.model
+    for name in ("modes", "stages", "dtype", "config", "ref_view"):
+        assert getattr(batched.settings, name) == getattr(single.settings, name), name
 
 
 @pytest.mark.parametrize("width", [1, 3], ids=["sequential", "vmap"])
@@ -67,7 +70,7 @@ def test_batched_equals_individual(series, individual, width):
     results = align_batch(series, rotation_deg=ROTATIONS, vmap_width=width, progress=lambda *e: events.append(e))
     for batched, single in zip(results, individual, strict=True):
         assert_same(batched, single)
-        assert batched.extras["batch"]["bucket"] == [21, 10]  # the bucket's largest member
+        assert batched.settings.bucket == (21, 10)  # the bucket's largest member
     # one vmap group: the series that needed more iterations did not change the others
     first_stage = [r.stages[0].iterations for r in results]
     assert len(set(first_stage)) > 1, first_stage

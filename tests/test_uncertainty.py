@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 
 from lmalign_jax import Observations, align, get_model, simulate
-from lmalign_jax.core.align import _project_all
-from lmalign_jax.core.problem import build_problem
-from lmalign_jax.solve import linearize, pair_residuals
-from lmalign_jax.solve._covariance import leverages, variances
-from lmalign_jax.solve._dense import _flatten, _unflatten
-from lmalign_jax.solve._linearize import pair_jacobians
 from lmalign_jax.analysis.uncertainty import uncertainty
+from lmalign_jax.core.frame import project_all
+from lmalign_jax.core.problem import build_problem
+from lmalign_jax.solve import leverages, linearize, pair_jacobians, pair_residuals, variances
+from lmalign_jax.solve._dense import _flatten, _unflatten
 
 
 @pytest.mark.parametrize("modes", [{}, {"rotation": "shared", "scale": "group:3"}])
@@ -48,7 +46,7 @@ def test_leave_one_out_matches_refit():
         mask = obs.mask.copy()
         mask[view, marker] = False
         refit = align(Observations(obs.xy, mask, obs.tilts_deg, obs.image_size), start=result, stages=("joint",))
-        predicted = _project_all(get_model("jou"), refit.views, refit.markers)[view, marker]
+        predicted = project_all(get_model("jou"), refit.views, refit.markers)[view, marker]
         np.testing.assert_allclose(unc.loo_residuals[view, marker], predicted - obs.centered_xy[view, marker], atol=2e-3)
     assert unc.loo_rms_px > result.rms_residual_px
 

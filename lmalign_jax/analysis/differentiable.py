@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core.align import _reporting_frame
-from ..models import get_model
+from ..core.frame import jit_reporting_frame
 from ..core.problem import build_problem
 from ..core.result import AlignmentResult
+from ..core.settings import is_fixed
 from ..solve import LMConfig, effective_a, solve_implicit
 
 
@@ -33,9 +33,9 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
 
     Use it inside ``with jax.enable_x64(True):`` (or with x64 enabled) for float64.
     """
-    model = get_model(result.model)
+    model, settings = result.model, result.settings
     obs = result.observations
-    modes = result.extras.get("modes", {})
+    modes = settings.modes
     with jax.enable_x64(True):
         problem = build_problem(
             model,
@@ -44,8 +44,8 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
             result.markers,
             modes,
             np.ones((obs.n_markers, 3), bool),
-            ref_view=result.extras.get("ref_view"),
-            weights=result.extras.get("weights"),
+            ref_view=settings.ref_view,
+            weights=settings.weights,
         )
     warm = jax.tree_util.tree_map(np.asarray, problem.x0)
     structure = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf), problem.structure)
@@ -54,7 +54,7 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
     center = np.asarray(obs.center)
     mask = np.asarray(obs.mask)
     tilt = model.index("tilt")
-    tilt_free = modes.get("tilt", model.default_modes[tilt]) != "fixed"
+    tilt_free = not is_fixed(modes.get("tilt", model.default_modes[tilt]))
     base_views = np.asarray(result.views)
 
     def f(observed_xy, nominal_tilts_deg):
@@ -74,6 +74,6 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
         )
         x = solve_implicit(problem.fn, x0, s, eliminate=problem.eliminate, config=config)
         views = effective_a(x.a, x.g, jnp.asarray(tie)) * unit
-        return _reporting_frame(model, views, x.b, nominal, tilt_free)
+        return jit_reporting_frame(model, views, x.b, nominal, tilt_free)
 
     return f

@@ -2,10 +2,11 @@
 
 The covariance of the estimates is sigma^2 (J^T J)^{-1} at the optimum, with sigma^2 =
 RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of the
-inverse come from the Schur complement (``solve._covariance``). The reported frame moves
-tilts to zero mean deviation from nominal and markers to zero mean z; the standard errors
-of those two families are projected into that frame exactly (one extra solve each), the
-others are unaffected to first order.
+inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The
+reported frame moves tilts to zero mean deviation from nominal and markers to zero mean z;
+the standard errors of those two families are projected into that frame exactly (one extra
+Gauss-Newton solve each, ``solve.gauss_newton_solve``), the others are unaffected to first
+order.
 
 The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
 have if the fit were redone without it, to first order: (I - H_ii)^{-1} r_i, where
@@ -21,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import get_model
 from ..core.problem import build_problem
 from ..core.result import AlignmentResult
-from ..solve import Variables, damped_step, linearize
-from ..solve._covariance import leverages, variances
-from ..solve._linearize import _grid, pair_jacobians
+from ..core.settings import is_fixed
+from ..models import ProjectionModel, get_model
+from ..solve import Variables, gauss_newton_solve, leverages, linearize, pair_jacobians, pair_residuals, variances
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,18 +40,22 @@ class Uncertainty:
         out of the fit, pixels; NaN where not observed. Points with zero weight (rejected by
         a robust fit) report their plain residual.
     leverage: (n_views, n_markers) trace of each observation's hat block (0..2).
+    model: the fitted projection model (a registry name given here is looked up).
     """
 
-    model: str
+    model: ProjectionModel
     views_se: np.ndarray
     markers_se: np.ndarray
     sigma_px: float
     loo_residuals: np.ndarray
     leverage: np.ndarray
 
+    def __post_init__(self):
+        object.__setattr__(self, "model", get_model(self.model))
+
     def parameter_se(self, name: str) -> np.ndarray:
         """Standard error of one view-parameter family (n_views,), degrees for angles."""
-        m = get_model(self.model)
+        m = self.model
         se = self.views_se[:, m.index(name)]
         return np.degrees(se) if m.kinds[m.index(name)] == "angle" else se
 
@@ -60,13 +64,6 @@ class Uncertainty:
         """Per-component RMS of the leave-one-out residuals, pixels."""
         r = self.loo_residuals[np.isfinite(self.loo_residuals[..., 0])]
         return float(np.sqrt(np.mean(r * r)))
-
-
-def _solve_unit(lin, structure, eliminate, v: Variables):
-    """H^{-1} v through the Schur complement (undamped)."""
-    rhs = lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g)
-    step, _ = damped_step(rhs, 0.0, eliminate)
-    return step
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
@@ -85,20 +82,20 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
         if x.g.shape[0]:
             slots = jnp.where(tie[:, tilt_column] >= 0, tie[:, tilt_column], x.g.shape[0])
             v = v._replace(g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g)
-        w = _solve_unit(lin, structure, eliminate, v)
+        w = gauss_newton_solve(lin, eliminate, v)
         w_tilt = jnp.where(tie[:, tilt_column] >= 0, w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0, w.a[:, tilt_column])
         var_mean = jnp.sum(v.a * w.a) + jnp.sum(v.g * w.g)
         var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
     if shift_z:
         v = zeros._replace(b=zeros.b.at[:, 2].set(structure.free_b[:, 2].astype(dtype) / n_b))
-        w = _solve_unit(lin, structure, eliminate, v)
+        w = gauss_newton_solve(lin, eliminate, v)
         var_mean = jnp.sum(v.b * w.b)
         var_b = var_b.at[:, 2].set(jnp.maximum(var_b[:, 2] - 2 * w.b[:, 2] + var_mean, 0.0))
 
-    a, b = _grid(x, structure)
     wts = structure.weights
     hat = leverages(lin, structure, eliminate, pair_jacobians(fn, x, structure))
-    raw = jnp.moveaxis(fn(a, b, structure.pair_data, structure.const), 0, -1)  # (n_a, n_b, m), unweighted
+    unweighted = structure._replace(weights=jnp.ones_like(wts))
+    raw = jnp.moveaxis(pair_residuals(fn, x, unweighted), 0, -1)  # (n_a, n_b, m)
     eye = jnp.eye(hat.shape[-1], dtype=dtype)
     seen = wts != 0
     safe = jnp.where(seen[..., None, None], eye - hat, eye)
@@ -111,16 +108,15 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
 
 def uncertainty(result: AlignmentResult) -> Uncertainty:
     """Standard errors and leave-one-out residuals of a solved alignment (float64)."""
-    m = get_model(result.model)
+    m, settings = result.model, result.settings
     obs = result.observations
-    modes = result.extras.get("modes", {})
-    ref_view = result.extras.get("ref_view")
-    weights = result.extras.get("weights")
+    modes = settings.modes
     with jax.enable_x64(True):
         problem = build_problem(
-            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool), ref_view=ref_view, weights=weights
+            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool),
+            ref_view=settings.ref_view, weights=settings.weights,
         )
-        tilt_free = modes.get("tilt", "free") != "fixed"
+        tilt_free = not is_fixed(modes.get("tilt", "free"))
         var_a, var_b, loo, lev, rss = jax.device_get(
             _uncertainty_core(
                 problem.fn,
@@ -136,4 +132,4 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
     loo = np.where(obs.mask[..., None], np.asarray(loo), np.nan)
-    return Uncertainty(m.name, views_se, markers_se, sigma, loo, np.where(obs.mask, np.asarray(lev), np.nan))
+    return Uncertainty(m, views_se, markers_se, sigma, loo, np.where(obs.mask, np.asarray(lev), np.nan))

@@ -41,12 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ..core.align import INTERMEDIATE_COST_TOL, STAGES, _stage_setup, check_options
-from ..core.initial import estimate_rotation_deg, starting_markers_and_shifts
+from ..core.frame import predicted_positions, reporting_frame
+from ..core.problem import build_problem, free_masks, mode_labels, residual_function
+from ..core.result import AlignmentResult, StageReport, result_from_solution
+from ..core.settings import STAGES, AlignmentSettings, check_options, stage_configs, stage_setup
+from ..core.start import start_values
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..core.problem import build_problem, free_masks, mode_labels, reference_view, residual_function
-from ..core.result import AlignmentResult, StageReport, fit_image_transforms
 from ..solve import LMConfig, Status, Structure, Variables, choose_elimination, effective_a, least_squares
 
 __all__ = ["DEFAULT_BUCKET", "align_batch", "bucket_shape"]
@@ -175,25 +176,14 @@ def _kernel(fn, eliminate: str, width: int, mesh: Mesh | None):
 def _finish(model: ProjectionModel, tilt_free: bool, views, markers, nominal, view_mask, marker_mask):
     """Reporting frame and predicted positions of padded series (leading batch axis).
 
-    The frame is that of ``align()`` (zero mean tilt deviation, zero mean marker z) with the
-    means taken over the real views and markers only. Returns views (B, V, k), markers (B, M, 3),
-    predicted centred positions (B, V, M, 2).
+    The frame is that of ``align()`` (``core.frame.reporting_frame``) with the means taken over
+    the real views and markers only. Returns views (B, V, k), markers (B, M, 3), predicted
+    centred positions (B, V, M, 2).
     """
 
     def one(views, markers, nominal, view_mask, marker_mask):
-        if tilt_free and model.tilt_offset is not None:
-            deviation = jnp.where(view_mask, views[:, model.index("tilt")] - nominal, 0.0)
-            views, markers = model.tilt_offset(views, markers, -jnp.sum(deviation) / jnp.maximum(jnp.sum(view_mask), 1))
-        if model.shift_parameters is not None:
-            mean_z = jnp.sum(jnp.where(marker_mask, markers[:, 2], 0.0)) / jnp.maximum(jnp.sum(marker_mask), 1)
-            centroid = jnp.zeros(3, markers.dtype).at[2].set(mean_z)
-            at_centroid = model.project(views.T, centroid[:, None])
-            at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
-            sx, sy = (model.index(p) for p in model.shift_parameters)
-            views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
-            markers = markers - centroid
-        predicted = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))(views, markers)
-        return views, markers, predicted
+        views, markers = reporting_frame(model, views, markers, nominal, tilt_free, view_mask, marker_mask)
+        return views, markers, predicted_positions(model, views, markers)
 
     return jax.vmap(one)(views, markers, nominal, view_mask, marker_mask)
 
@@ -284,25 +274,10 @@ def _n_slots(model: ProjectionModel, modes: dict, n_views: int) -> int:
 
 
 def _prepare(s: _Series, m: ProjectionModel, rotation_deg, ref_view, weights) -> None:
-    """Start values of one series, computed as ``align()`` computes them."""
-    obs = s.obs
-    ref_view = reference_view(obs.tilts_deg) if ref_view is None else int(ref_view)
-    if not 0 <= ref_view < obs.n_views:
-        raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")
-    estimated = None
-    if rotation_deg is None:
-        estimated = rotation_deg = estimate_rotation_deg(obs)
-    if not np.isfinite(rotation_deg):
-        raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
-    if weights is not None and np.shape(weights) != obs.mask.shape:
-        raise ValueError(f"weights must have shape {obs.mask.shape} (n_views, n_markers), got {np.shape(weights)}")
-    views = m.neutral_views(obs.n_views)
-    views[:, m.index("rotation")] = np.radians(rotation_deg)
-    views[:, m.index("tilt")] = np.radians(obs.tilts_deg)
-    markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
-    if m.shift_parameters is not None:
-        views[:, [m.index(p) for p in m.shift_parameters]] = shifts
-    s.ref_view, s.rotation_estimated, s.weights, s.views, s.markers = ref_view, estimated, weights, views, markers
+    """Start values of one series, computed as ``align()`` computes them (``core.start``)."""
+    initial = start_values(m, s.obs, rotation_deg=rotation_deg, ref_view=ref_view, weights=weights)
+    s.ref_view, s.rotation_estimated, s.weights = initial.ref_view, initial.rotation_estimated_deg, weights
+    s.views, s.markers = initial.views, initial.markers
 
 
 @dataclasses.dataclass(eq=False)
@@ -322,16 +297,11 @@ class _Runner:
 
     def __init__(self, plan: _Plan, stages, config: LMConfig, dtype: str, results: list, notify: ProgressCallback):
         self.plan, self.stages, self.results, self.notify = plan, stages, results, notify
-        settings, max_iterations = [], []
-        for number in range(1, len(stages) + 1):
-            c = config
-            if number < len(stages):  # as in align(): earlier stages only give starting points
-                c = dataclasses.replace(config, cost_tol=max(config.tolerances(np.dtype(dtype))[0], INTERMEDIATE_COST_TOL))
-            settings.append((*c.tolerances(np.dtype(dtype)), c.initial_damping))
-            max_iterations.append(c.max_iterations)
-        self.settings = np.asarray(settings, dtype)  # (S, 4)
-        self.max_iterations = np.asarray(max_iterations, np.int32)  # (S,)
-        self.tilt_free = plan.modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
+        self.alignment_settings = AlignmentSettings(modes=plan.modes, stages=stages, dtype=dtype, config=config)
+        configs = stage_configs(config, len(stages), dtype)  # as in align()
+        self.settings = np.asarray([(*c.tolerances(np.dtype(dtype)), c.initial_damping) for c in configs], dtype)  # (S, 4)
+        self.max_iterations = np.asarray([c.max_iterations for c in configs], np.int32)  # (S,)
+        self.tilt_free = self.alignment_settings.tilts_solved
         self.last_ready = 0.0
 
     def fail(self, s: _Series, error: Exception) -> None:
@@ -341,14 +311,14 @@ class _Runner:
     def _build(self, s: _Series):
         """The series' problem (first stage's masks) and every stage's free masks, host side."""
         plan, m = self.plan, self.plan.model
-        hold, marker_free = _stage_setup(self.stages[0], m, s.obs, s.ref_view)
+        hold, marker_free = stage_setup(self.stages[0], m, s.obs, s.ref_view)
         problem = build_problem(
             m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
             on_device=False,
         )
         masks = [(problem.structure.free_a, problem.structure.free_b, problem.structure.free_g)]
         for stage in self.stages[1:]:
-            hold, marker_free = _stage_setup(stage, m, s.obs, s.ref_view)
+            hold, marker_free = stage_setup(stage, m, s.obs, s.ref_view)
             masks.append(free_masks(m, s.obs, plan.modes, marker_free, hold=hold, ref_view=s.ref_view))
         return problem, masks
 
@@ -459,23 +429,16 @@ class _Runner:
                 self.fail(s, e)
             return
         for j, s in enumerate(alive):
-            obs = s.obs
-            nv, nm = obs.n_views, obs.n_markers
-            sv, sm, predict = (np.asarray(a, np.float64) for a in (views[j, :nv], markers[j, :nm], predicted[j, :nv, :nm]))
-            tilt = sv[:, m.index("tilt")][:, None]
-            aligned = np.stack([sm[:, 0] * np.cos(tilt) + sm[:, 2] * np.sin(tilt), np.broadcast_to(sm[:, 1], (nv, nm))], axis=-1)
-            result = AlignmentResult(
-                model=m.name,
-                observations=obs,
-                views=sv,
-                markers=sm,
-                residuals=np.where(obs.mask[..., None], predict - obs.centered_xy, np.nan),
+            nv, nm = s.obs.n_views, s.obs.n_markers
+            result = result_from_solution(
+                m,
+                s.obs,
+                *(np.asarray(a, np.float64) for a in (views[j, :nv], markers[j, :nm], predicted[j, :nv, :nm])),
                 stages=tuple(s.reports),
                 status=s.status.message if s.status != Status.CONVERGED else "converged",
                 n_free=s.n_free,
                 rotation_estimated_deg=s.rotation_estimated,
-                xf=fit_image_transforms(predict, aligned),
-                extras={"modes": plan.modes, "ref_view": s.ref_view, "weights": s.weights, "batch": {"bucket": list(chunk.shape)}},
+                settings=dataclasses.replace(self.alignment_settings, ref_view=s.ref_view, weights=s.weights, bucket=chunk.shape),
             )
             self.results[s.index] = result
             self.notify(s.index, "done", result.status)
@@ -574,7 +537,7 @@ def align_batch(
         ``status``, as by ``align()``), or the exception that stopped that series (bad
         observations or per-series options). Stage ``seconds`` are the series' share of its
         kernel call, split over its stages in proportion to their iterations (all stages run in
-        one call); ``extras["batch"]`` has the bucket shape.
+        one call); ``settings.bucket`` has the bucket shape.
     Raises:
         ValueError: options shared by every series (model, modes, stages, dtype, bucket, sizes).
     """

@@ -7,104 +7,29 @@
 4. ``joint``: everything free at once (gauge fixed). The block-wise answer of stages 1-3 is
    not the least-squares optimum; this stage reaches it.
 
-Afterwards the solution is moved, by exact symmetries of the model, to the frame whose tilts
-deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
-x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
-reference view, so the aligned images sit where the raw ones did (as in IMOD).
+Start values come from ``core.start``, each stage's set-up from ``core.settings``; afterwards
+the solution is moved to the reporting frame (``core.frame``: tilts deviate from the nominal
+ones by zero on average, markers have zero mean z), as ``align_batch`` does too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .initial import estimate_rotation_deg, starting_markers_and_shifts
-from ..models import ProjectionModel, get_model
+from ..models import ProjectionModel
 from ..observations import Observations
-from .problem import build_problem, reference_view
-from .result import AlignmentResult, StageReport, fit_image_transforms
 from ..solve import LMConfig, Status, least_squares
+from .frame import project_all, to_reporting_frame
+from .problem import build_problem
+from .result import AlignmentResult, StageReport, result_from_solution
+from .settings import INTERMEDIATE_COST_TOL, STAGES, AlignmentSettings, check_options, stage_configs, stage_setup
+from .start import start_values
 
-STAGES = ("initial", "main", "tilt", "joint")
-#: Relative cost change at which a stage that is not the last one stops.
-INTERMEDIATE_COST_TOL = 1e-6
-
-
-def _stage_setup(stage: str, model: ProjectionModel, obs: Observations, ref_view: int):
-    """Parameters held fixed and marker free-mask (n_markers, 3) for one stage."""
-    n_markers = obs.n_markers
-    if stage == "initial":
-        keep = {"rotation", *(model.shift_parameters or ())}
-        free = np.zeros((n_markers, 3), dtype=bool)
-        free[:, 2] = True
-        free[~obs.mask[ref_view], :2] = True
-        return frozenset(p for p in model.parameters if p not in keep), free
-    if stage == "main":
-        return frozenset({"tilt"}), np.ones((n_markers, 3), dtype=bool)
-    if stage == "tilt":
-        return frozenset(), np.zeros((n_markers, 3), dtype=bool)
-    if stage == "joint":
-        return frozenset(), np.ones((n_markers, 3), dtype=bool)
-    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-
-
-_PROJECT_ALL: dict = {}
-
-
-def _project_all(model: ProjectionModel, views, markers):
-    """Predicted centred positions (n_views, n_markers, 2), float64 numpy."""
-    if _PROJECT_ALL.get(model.name, (None,))[0] is not model.project:
-        f = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
-        _PROJECT_ALL[model.name] = (model.project, jax.jit(f))
-    with jax.enable_x64(True):
-        return np.asarray(_PROJECT_ALL[model.name][1](jnp.asarray(views), jnp.asarray(markers)), dtype=np.float64)
-
-
-def _to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
-    """Zero mean tilt deviation from nominal and zero mean marker z (exact symmetries)."""
-    with jax.enable_x64(True):
-        views, markers = _reporting_frame(model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free)
-        return np.asarray(views, np.float64), np.asarray(markers, np.float64)
-
-
-@partial(jax.jit, static_argnums=(0, 4))
-def _reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
-    if tilt_free and model.tilt_offset is not None:
-        delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
-        views, markers = model.tilt_offset(views, markers, delta)
-    if model.shift_parameters is not None:
-        centroid = jnp.zeros(3, markers.dtype).at[2].set(jnp.mean(markers[:, 2]))
-        at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
-        at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
-        sx, sy = (model.index(p) for p in model.shift_parameters)
-        views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
-        markers = markers - centroid
-    return views, markers
-
-
-def check_options(model, modes, stages, dtype):
-    """Validate the options every alignment shares: (model object, full modes dict, stages tuple)."""
-    m = get_model(model)
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    stages = tuple(stages)
-    if not stages:
-        raise ValueError("at least one stage must run")
-    for s in stages:
-        if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
-    if [STAGES.index(s) for s in stages] != sorted(STAGES.index(s) for s in stages):
-        raise ValueError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(stages)}")
-    modes = {p: mode for p, mode in zip(m.parameters, m.default_modes, strict=True)} | dict(modes or {})
-    unknown = set(modes) - set(m.parameters)
-    if unknown:
-        raise ValueError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}")
-    return m, modes, stages
+__all__ = ["INTERMEDIATE_COST_TOL", "STAGES", "align"]
 
 
 def align(
@@ -144,32 +69,9 @@ def align(
         ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
     """
     m, modes, stages = check_options(model, modes, stages, dtype)
-    ref_view = reference_view(obs.tilts_deg) if ref_view is None else int(ref_view)
-    if not 0 <= ref_view < obs.n_views:
-        raise ValueError(f"ref_view {ref_view} is outside 0..{obs.n_views - 1}")
-    estimated = None
-    if rotation_deg is None and start is not None:
-        rotation_deg = float(np.mean(start.rotation_deg))
-    if rotation_deg is None:
-        estimated = rotation_deg = estimate_rotation_deg(obs)
-    if not np.isfinite(rotation_deg):
-        raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
-
-    nominal = np.radians(obs.tilts_deg)
-    if start is not None:
-        if start.model != m.name or start.views.shape[0] != obs.n_views or start.markers.shape[0] != obs.n_markers:
-            raise ValueError(
-                f"start is a {start.model!r} solution of {start.views.shape[0]} views x {start.markers.shape[0]} markers; "
-                f"expected {m.name!r} with {obs.n_views} x {obs.n_markers}"
-            )
-        views, markers = start.views.copy(), start.markers.copy()
-    else:
-        views = m.neutral_views(obs.n_views)
-        views[:, m.index("rotation")] = np.radians(rotation_deg)
-        views[:, m.index("tilt")] = nominal
-        markers, shifts = starting_markers_and_shifts(obs, views[:, m.index("rotation")], ref_view)
-        if m.shift_parameters is not None:
-            views[:, [m.index(p) for p in m.shift_parameters]] = shifts
+    initial = start_values(m, obs, rotation_deg=rotation_deg, ref_view=ref_view, weights=weights, start=start)
+    views, markers, ref_view = initial.views, initial.markers, initial.ref_view
+    settings = AlignmentSettings(modes=modes, stages=stages, dtype=dtype, config=config, ref_view=ref_view, weights=weights)
 
     reports = []
     status = Status.CONVERGED
@@ -177,12 +79,8 @@ def align(
     data = None
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.float64 if dtype == "float64" else jnp.float32
-        for number, stage in enumerate(stages, start=1):
-            stage_config = config
-            if number < len(stages):
-                tol = config.tolerances(np.dtype(dtype))[0]
-                stage_config = dataclasses.replace(config, cost_tol=max(tol, INTERMEDIATE_COST_TOL))
-            hold, marker_free = _stage_setup(stage, m, obs, ref_view)
+        for stage, stage_config in zip(stages, stage_configs(config, len(stages), dtype), strict=True):
+            hold, marker_free = stage_setup(stage, m, obs, ref_view)
             # The observations are the same every stage: they go to the device once, with the
             # first stage's problem; later stages are built on the host and reuse them.
             problem = build_problem(
@@ -211,24 +109,16 @@ def align(
             if progress is not None:
                 progress(reports[-1])
 
-    tilt_free = modes["tilt"] != "fixed" and any(s in ("tilt", "joint") for s in stages)
-    views, markers = _to_reporting_frame(m, views, markers, nominal, tilt_free)
-    predicted = _project_all(m, views, markers)
-    residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
-    tilt = views[:, m.index("tilt")]
-    aligned = markers[None, :, 0] * np.cos(tilt)[:, None] + markers[None, :, 2] * np.sin(tilt)[:, None]
-    aligned = np.stack([aligned, np.broadcast_to(markers[:, 1], aligned.shape)], axis=-1)
-    xf = fit_image_transforms(predicted, aligned)
-    return AlignmentResult(
-        model=m.name,
-        observations=obs,
-        views=views,
-        markers=markers,
-        residuals=residuals,
+    views, markers = to_reporting_frame(m, views, markers, np.radians(obs.tilts_deg), settings.tilts_solved)
+    return result_from_solution(
+        m,
+        obs,
+        views,
+        markers,
+        project_all(m, views, markers),
         stages=tuple(reports),
         status=status.message if status != Status.CONVERGED else "converged",
         n_free=n_free,
-        rotation_estimated_deg=estimated,
-        xf=xf,
-        extras={"modes": modes, "ref_view": ref_view, "weights": weights},
+        rotation_estimated_deg=initial.rotation_estimated_deg,
+        settings=settings,
     )

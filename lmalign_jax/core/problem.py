@@ -62,14 +62,15 @@ def _residual(project, view, xyz, observed, unit):
     return project(view * unit.reshape(unit.shape + (1,) * (view.ndim - 1)), xyz) - observed
 
 
-_RESIDUALS: dict[str, partial] = {}
+_RESIDUALS: dict = {}  # projection function -> its solver residual
 
 
 def residual_function(model: ProjectionModel):
-    """The solver residual for ``model``; one object per model so jit caches are shared."""
-    if model.name not in _RESIDUALS or _RESIDUALS[model.name].args[0] is not model.project:
-        _RESIDUALS[model.name] = partial(_residual, model.project)
-    return _RESIDUALS[model.name]
+    """The solver residual for ``model``: one object per projection function, so jit caches
+    are shared, and models that share a name keep their own (neither replaces the other)."""
+    if model.project not in _RESIDUALS:
+        _RESIDUALS[model.project] = partial(_residual, model.project)
+    return _RESIDUALS[model.project]
 
 
 def characteristic_radius(obs: Observations) -> float:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models import get_model
+from ..models import ProjectionModel, get_model
 from ..observations import Observations
+from .settings import AlignmentSettings
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class AlignmentResult:
     """A solved alignment.
 
     Attributes:
-        model: projection-model name.
+        model: the projection model that was fitted (the object itself: it need not be
+            registered; a registry name given here is looked up once, on construction).
         observations: the observations that were fitted.
         views: (n_views, k) solved view parameters in model units (radians, ratios, pixels).
         markers: (n_markers, 3) solved marker positions, pixels from the specimen origin,
@@ -41,11 +43,12 @@ class AlignmentResult:
         n_free: number of free parameters in the final stage.
         rotation_estimated_deg: the tilt-axis angle estimated from the tracks, or None if given.
         xf: (n_views, 2, 3) IMOD transforms raw -> aligned, ``[A | D]`` about the image centre.
-        extras: the settings needed to rebuild the final problem ("modes", "ref_view",
-            "weights"), for uncertainty and differentiation.
+        settings: the options the run used (modes, stages, dtype, config, reference view,
+            weights, batch bucket): enough to rebuild its final problem, for standard errors
+            and differentiation.
     """
 
-    model: str
+    model: ProjectionModel
     observations: Observations
     views: np.ndarray
     markers: np.ndarray
@@ -55,7 +58,15 @@ class AlignmentResult:
     n_free: int
     rotation_estimated_deg: float | None
     xf: np.ndarray
-    extras: dict = field(default_factory=dict)
+    settings: AlignmentSettings = field(default_factory=AlignmentSettings)
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", get_model(self.model))
+
+    @property
+    def model_name(self) -> str:
+        """The fitted model's name, for the record."""
+        return self.model.name
 
     @property
     def converged(self) -> bool:
@@ -63,7 +74,7 @@ class AlignmentResult:
 
     def parameter(self, name: str) -> np.ndarray:
         """One view-parameter family (n_views,), degrees for angles, else model units."""
-        m = get_model(self.model)
+        m = self.model
         value = self.views[:, m.index(name)]
         return np.degrees(value) if m.kinds[m.index(name)] == "angle" else value
 
@@ -138,6 +149,44 @@ class AlignmentResult:
         c = self.observations.center
         a, d = self.xf[:, :, :2], self.xf[:, :, 2]
         return np.einsum("vij,vmj->vmi", a, self.observations.xy - c) + d[:, None, :] + c
+
+
+def result_from_solution(
+    model: ProjectionModel,
+    obs: Observations,
+    views: np.ndarray,
+    markers: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    stages: tuple[StageReport, ...],
+    status: str,
+    n_free: int,
+    rotation_estimated_deg: float | None,
+    settings: AlignmentSettings,
+) -> AlignmentResult:
+    """The result of a solution already in the reporting frame.
+
+    views (n_views, k), markers (n_markers, 3): float64, model units and pixels;
+    predicted: (n_views, n_markers, 2) their centred image positions, pixels. Adds the
+    residuals and the IMOD transforms (markers rotated by each view's tilt, then y kept).
+    """
+    residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
+    tilt = views[:, model.index("tilt")]
+    aligned = markers[None, :, 0] * np.cos(tilt)[:, None] + markers[None, :, 2] * np.sin(tilt)[:, None]
+    aligned = np.stack([aligned, np.broadcast_to(markers[:, 1], aligned.shape)], axis=-1)
+    return AlignmentResult(
+        model=model,
+        observations=obs,
+        views=views,
+        markers=markers,
+        residuals=residuals,
+        stages=stages,
+        status=status,
+        n_free=n_free,
+        rotation_estimated_deg=rotation_estimated_deg,
+        xf=fit_image_transforms(predicted, aligned),
+        settings=settings,
+    )
 
 
 def _rms(residuals, mask, axis):

@@ -10,7 +10,8 @@ MODELS: dict[str, ProjectionModel] = {m.name: m for m in (JOU, LUTHER, DIEZ, IMO
 
 
 def get_model(model: str | ProjectionModel) -> ProjectionModel:
-    """The model registered under ``model`` (a model object is returned unchanged)."""
+    """The model registered under ``model``; a model object is returned unchanged (it need not
+    be registered, and the registry is not consulted for its name)."""
     if isinstance(model, ProjectionModel):
         return model
     try:

@@ -21,7 +21,6 @@ import numpy as np
 
 from ..core.result import AlignmentResult
 from ..io.errors import InputError
-from ..models import get_model
 from .views import FileViews, aligned_model_xy
 
 #: Layout version of the record, written as its ``record_version``; a reader refuses newer ones.
@@ -61,7 +60,7 @@ def build_record(
     ``errors`` (an ``uncertainty.Uncertainty`` of ``result``) adds standard errors per view
     parameter and marker coordinate and leave-one-out residuals.
     """
-    model = get_model(result.model)
+    model = result.model
     obs = result.observations
     lengths = np.linalg.norm(fv.residuals, axis=-1)
     all_lengths = lengths[fv.mask]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.result import AlignmentResult
-from ..models import get_model
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +100,7 @@ def expand_to_file_views(result: AlignmentResult, view_index, nominal_tilts_deg)
         raise ValueError("view_index must give a distinct file view for every view of the result")
     excluded = np.ones(n, dtype=bool)
     excluded[view_index] = False
-    model = get_model(result.model)
+    model = result.model
     parameters = {}
     for name in model.parameters:
         values = np.full(n, np.nan)

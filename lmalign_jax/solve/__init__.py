@@ -4,9 +4,10 @@ Knows nothing of tomography: two block sets A and B, a residual for each pair, g
 tied to A entries, masks for missing pairs and fixed entries, and a Schur-complement step.
 """
 
+from ._covariance import leverages, variances
 from ._dense import dense_step
-from ._implicit import solve_implicit
-from ._linearize import Linearization, cost, linearize, pair_residuals
+from ._implicit import gauss_newton_solve, solve_implicit
+from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals
 from ._lm import Solution, least_squares
 from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
 from ._results import LMConfig, Status
@@ -25,9 +26,13 @@ __all__ = [
     "damped_step",
     "dense_step",
     "effective_a",
+    "gauss_newton_solve",
     "least_squares",
+    "leverages",
     "linearize",
     "make_structure",
+    "pair_jacobians",
     "pair_residuals",
     "solve_implicit",
+    "variances",
 ]

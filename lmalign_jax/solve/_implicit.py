@@ -21,7 +21,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ._linearize import cost, linearize
+from ._linearize import Linearization, cost, linearize
 from ._lm import least_squares
 from ._problem import Structure, Variables
 from ._results import LMConfig
@@ -38,8 +38,12 @@ def _tree(op, *trees):
     return Variables(*(op(*leaves) for leaves in zip(*trees, strict=True)))
 
 
-def _gauss_newton_solve(lin, s, eliminate, v: Variables) -> Variables:
-    """(J^T J)^{-1} v on the free entries, via the Schur complement."""
+def gauss_newton_solve(lin: Linearization, eliminate: str, v: Variables) -> Variables:
+    """(J^T J)^{-1} v on the free entries (undamped), via the Schur complement.
+
+    ``lin``: the linearization at x (``linearize``), whose masks say which entries are free;
+    ``v``: Variables shaped like x. Returns Variables of the same shapes, 0 on fixed entries.
+    """
     step, _ = damped_step(lin._replace(grad_a=-v.a, grad_b=-v.b, grad_g=-v.g), 0.0, eliminate)
     return step
 
@@ -67,10 +71,10 @@ def _solve_bwd(fn, eliminate, config, residuals, x_bar):
     free = _free_mask(s, x.a.dtype)
     v = _tree(jnp.multiply, x_bar, free)
     lin = linearize(fn, x, s)
-    u = _gauss_newton_solve(lin, s, eliminate, v)
+    u = gauss_newton_solve(lin, eliminate, v)
     for _ in range(_REFINEMENT_STEPS):
         hu = jax.jvp(lambda z: _masked_gradient(fn, z, x0, s), (x,), (u,))[1]
-        u = _tree(jnp.add, u, _gauss_newton_solve(lin, s, eliminate, _tree(jnp.subtract, v, hu)))
+        u = _tree(jnp.add, u, gauss_newton_solve(lin, eliminate, _tree(jnp.subtract, v, hu)))
     _, pullback = jax.vjp(lambda x0_, s_: _masked_gradient(fn, x, x0_, s_), x0, s)
     x0_bar, s_bar = pullback(_tree(jnp.negative, u))
     x0_bar = _tree(lambda g, xb, f: g + xb * (1 - f), x0_bar, x_bar, free)

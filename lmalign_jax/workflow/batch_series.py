@@ -155,7 +155,7 @@ def _write(p: Prepared, result, options: BatchOptions, errors=None, robust=None)
     ``Uncertainty``, ``robust``: its ``RobustResult``, or None); returns the paths written."""
     written = write_alignment(OutputSet(p.out_dir, p.prefix), p.inputs, p.selection, result, p.marker_ids, options.settings(),
                               command=options.command, errors=errors, robust=robust, figure=options.figure, n_worst=options.worst,
-                              batch=result.extras.get("batch", {}))
+                              batch={"bucket": list(result.settings.bucket)} if result.settings.bucket else {})
     return written.written
 
 

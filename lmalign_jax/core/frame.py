@@ -1,0 +1,68 @@
+"""The reporting frame of a solution and the positions it predicts.
+
+A solution is reported in the frame, reached by exact symmetries of the model, whose tilts
+deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
+x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
+reference view, so the aligned images sit where the raw ones did (as in IMOD). ``align()``,
+``align_batch()`` (on padded series, with masks) and ``alignment_function`` all use
+``reporting_frame``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models import ProjectionModel
+
+
+def _mean(values, mask):
+    """Mean of ``values`` (n,), over the entries where ``mask`` (n,) is True when given."""
+    if mask is None:
+        return jnp.mean(values)
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, view_mask=None, marker_mask=None):
+    """The same solution in the reporting frame (traceable JAX; no batch axis).
+
+    views: (n_views, k) model units; markers: (n_markers, 3) pixels; nominal_tilts_rad:
+    (n_views,). ``tilt_free``: whether the tilts were solved (else only markers move to zero
+    mean z). ``view_mask`` (n_views,), ``marker_mask`` (n_markers,): the real entries of a
+    padded series (means are taken over them); None means all. Returns (views, markers).
+    """
+    if tilt_free and model.tilt_offset is not None:
+        delta = -_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask)
+        views, markers = model.tilt_offset(views, markers, delta)
+    if model.shift_parameters is not None:
+        centroid = jnp.zeros(3, markers.dtype).at[2].set(_mean(markers[:, 2], marker_mask))
+        at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
+        at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
+        sx, sy = (model.index(p) for p in model.shift_parameters)
+        views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
+        markers = markers - centroid
+    return views, markers
+
+
+def predicted_positions(model: ProjectionModel, views, markers):
+    """Predicted centred image positions (n_views, n_markers, 2), pixels (traceable JAX)."""
+    return jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))(views, markers)
+
+
+#: ``reporting_frame`` compiled (model and tilt_free static); traced calls inline it.
+jit_reporting_frame = jax.jit(reporting_frame, static_argnums=(0, 4))
+_predicted_jit = jax.jit(predicted_positions, static_argnums=0)
+
+
+def to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``reporting_frame`` of one solution on the host: float64 numpy (views, markers)."""
+    with jax.enable_x64(True):
+        views, markers = jit_reporting_frame(model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free)
+        return np.asarray(views, np.float64), np.asarray(markers, np.float64)
+
+
+def project_all(model: ProjectionModel, views, markers) -> np.ndarray:
+    """Predicted centred positions (n_views, n_markers, 2), float64 numpy, pixels."""
+    with jax.enable_x64(True):
+        return np.asarray(_predicted_jit(model, jnp.asarray(views), jnp.asarray(markers)), dtype=np.float64)
