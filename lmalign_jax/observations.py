@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from jaxtyping import Bool, Float
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,9 +22,9 @@ class Observations:
         image_size: (nx, ny) in pixels; the model works about the centre (nx/2, ny/2).
     """
 
-    xy: np.ndarray
-    mask: np.ndarray
-    tilts_deg: np.ndarray
+    xy: Float[np.ndarray, "views markers 2"]
+    mask: Bool[np.ndarray, "views markers"]
+    tilts_deg: Float[np.ndarray, " views"]
     image_size: tuple[float, float]
 
     def __post_init__(self):

@@ -21,6 +21,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float
 
 from ..core.problem import build_problem
 from ..core.result import AlignmentResult
@@ -44,11 +45,11 @@ class Uncertainty:
     """
 
     model: ProjectionModel
-    views_se: np.ndarray
-    markers_se: np.ndarray
+    views_se: Float[np.ndarray, "views k"]
+    markers_se: Float[np.ndarray, "markers 3"]
     sigma_px: float
-    loo_residuals: np.ndarray
-    leverage: np.ndarray
+    loo_residuals: Float[np.ndarray, "views markers 2"]
+    leverage: Float[np.ndarray, "views markers"]
 
     def __post_init__(self):
         object.__setattr__(self, "model", get_model(self.model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from jaxtyping import Float
 
 from ..models import ProjectionModel, get_model
 from ..observations import Observations
@@ -50,14 +51,14 @@ class AlignmentResult:
 
     model: ProjectionModel
     observations: Observations
-    views: np.ndarray
-    markers: np.ndarray
-    residuals: np.ndarray
+    views: Float[np.ndarray, "views k"]
+    markers: Float[np.ndarray, "markers 3"]
+    residuals: Float[np.ndarray, "views markers 2"]
     stages: tuple[StageReport, ...]
     status: str
     n_free: int
     rotation_estimated_deg: float | None
-    xf: np.ndarray
+    xf: Float[np.ndarray, "views 2 3"]
     settings: AlignmentSettings = field(default_factory=AlignmentSettings)
 
     def __post_init__(self):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jaxtyping import Bool, Float
 
 from ..models import get_model
 from ..observations import Observations
@@ -24,9 +25,9 @@ class SyntheticSeries:
 
     observations: Observations
     model: str
-    views: np.ndarray
-    markers: np.ndarray
-    outliers: np.ndarray
+    views: Float[np.ndarray, "views k"]
+    markers: Float[np.ndarray, "markers 3"]
+    outliers: Bool[np.ndarray, "views markers"]
     noise_px: float
 
     @property

@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from jaxtyping import ArrayLike, Float, Real
 
 from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses, response_statistics, working_dtype
 from lmalign_jax.track.peaks import crowded, false_peak_threshold, fit_peaks, peak_masks, ring_profile
@@ -140,14 +141,14 @@ def _noise_and_threshold(img, response, sigma, min_score):
 
 
 def find_beads(
-    image,
+    image: Real[ArrayLike, "rows columns"],
     bead_diameter_px: float,
     *,
     polarity: str = "auto",
     max_beads: int | None = None,
     min_separation_px: float | None = None,
     min_score: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Float[np.ndarray, "beads 2"], Float[np.ndarray, " beads"]]:
     """Find gold beads in one image (see the module docstring for the procedure).
 
     Args:
