@@ -360,3 +360,36 @@ def test_export_is_numpy_only_and_sits_below_the_command_layer():
                 continue
             for name in names:
                 assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+
+
+def test_alignment_goes_into_the_tilt_series_star_relion_imported(tmp_path):
+    """RELION's import lists tilt images in acquisition order with its own columns; rows are
+    matched to our views by nominal tilt, alignment columns set, everything else kept."""
+    import pandas as pd
+
+    from lmalign_jax.export import add_alignment_to_relion_tilt_series
+
+    result = solved_from_truth(-12.0)
+    geometry = ViewGeometry.from_result(result)
+    nominal = np.round(result.observations.tilts_deg, 2)
+    order = np.random.default_rng(4).permutation(15)  # "acquisition order"
+    imported = pd.DataFrame({
+        "rlnMicrographMovieName": [f"frames/TS_01_{k:03d}.tif" for k in order],
+        "rlnTomoNominalStageTiltAngle": nominal[order],
+        "rlnMicrographPreExposure": 3.0 * np.arange(15),
+        "rlnTomoXTilt": np.zeros(15),  # present before: replaced
+    })
+    starfile.write({"TS_01": imported}, tmp_path / "imported.star")
+    add_alignment_to_relion_tilt_series(tmp_path / "imported.star", tmp_path / "aligned.star", geometry, PIXEL_A,
+                                        nominal)
+    table = starfile.read(tmp_path / "aligned.star", always_dict=True)["TS_01"]
+    assert list(table["rlnMicrographMovieName"]) == list(imported["rlnMicrographMovieName"])
+    np.testing.assert_allclose(table["rlnMicrographPreExposure"], 3.0 * np.arange(15))
+    expected = relion_parameters(geometry, PIXEL_A)
+    for name, values in expected.items():
+        np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)
+    # a tilt image the alignment does not have is named, and nothing is written
+    starfile.write({"TS_01": imported.assign(rlnTomoNominalStageTiltAngle=nominal[order] + 0.5)}, tmp_path / "odd.star")
+    with pytest.raises(InputError, match=r"odd.star: tilt image 1 \(nominal .*\) matches no view"):
+        add_alignment_to_relion_tilt_series(tmp_path / "odd.star", tmp_path / "out.star", geometry, PIXEL_A, nominal)
+    assert not (tmp_path / "out.star").exists()

@@ -18,13 +18,20 @@ from .conventions import (
 )
 from .imod import read_xtilt, write_xtilt
 from .portal import portal_alignment, write_portal_json
-from .relion import RELION_ALIGNMENT_COLUMNS, relion_tilt_table, write_relion_tilt_series, write_relion_tomograms
+from .relion import (
+    RELION_ALIGNMENT_COLUMNS,
+    add_alignment_to_relion_tilt_series,
+    relion_tilt_table,
+    write_relion_tilt_series,
+    write_relion_tomograms,
+)
 
 __all__ = [
     "ALN_COLUMNS",
     "AretomoAlignment",
     "RELION_ALIGNMENT_COLUMNS",
     "ViewGeometry",
+    "add_alignment_to_relion_tilt_series",
     "aretomo_parameters",
     "aretomo_project",
     "decompose_xf",

@@ -5,7 +5,9 @@ RELION 5 keeps one ``tomograms.star`` (block ``global``: one row per tilt series
 STAR file whose block ``data_<rlnTomoName>`` has one row per tilt image with the alignment
 columns ``rlnTomoXTilt``, ``rlnTomoYTilt``, ``rlnTomoZRot`` (degrees),
 ``rlnTomoXShiftAngst``, ``rlnTomoYShiftAngst`` (Angstrom). Their meaning is in
-:mod:`.conventions`.
+:mod:`.conventions`. A user who imported the tilt series into RELION already has that
+per-tilt file (with image names, dose and CTF columns): :func:`add_alignment_to_relion_tilt_series`
+fills the alignment columns in; :func:`write_relion_tilt_series` writes a stand-alone one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from ..io import atomic_write
 from .conventions import ViewGeometry, relion_parameters
 
-__all__ = ["relion_tilt_table", "write_relion_tilt_series", "write_relion_tomograms", "RELION_ALIGNMENT_COLUMNS"]
+__all__ = ["relion_tilt_table", "write_relion_tilt_series", "write_relion_tomograms", "add_alignment_to_relion_tilt_series",
+           "RELION_ALIGNMENT_COLUMNS"]
 
 RELION_ALIGNMENT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 
@@ -96,3 +99,46 @@ def write_relion_tomograms(path: str | os.PathLike, rows: list[dict]) -> None:
                                                         table["rlnTomoTiltSeriesPixelSize"])
     table["rlnOpticsGroupName"] = table.get("rlnOpticsGroupName", "optics1")
     _write_star(path, {"global": table})
+
+
+def add_alignment_to_relion_tilt_series(in_path: str | os.PathLike, out_path: str | os.PathLike,
+                                        geometry: ViewGeometry, pixel_size_angst: float, nominal_tilts_deg,
+                                        *, tolerance_deg: float = 0.01) -> None:
+    """Put our alignment into the per-tilt STAR file RELION 5's import wrote for this series.
+
+    Each row is matched to the view whose ``nominal_tilts_deg`` (n_views,) equals its
+    rlnTomoNominalStageTiltAngle within ``tolerance_deg``; the five alignment columns are set
+    (replaced if present), every other column and the row order are kept. A row with no view
+    or with several, or a view claimed by two rows, is an :class:`lmalign_jax.io.InputError`
+    naming the file and the tilt image (1-based row of the table).
+    """
+    import starfile
+
+    from ..io import InputError
+
+    nominal = np.asarray(nominal_tilts_deg, dtype=np.float64)
+    if nominal.shape != (geometry.n_views,) or not np.all(np.isfinite(nominal)):
+        raise ValueError(f"nominal_tilts_deg needs {geometry.n_views} finite values, got shape {nominal.shape}")
+    try:
+        blocks = starfile.read(in_path, always_dict=True)
+    except Exception as exc:  # starfile raises many types for a file it cannot parse
+        raise InputError(in_path, None, f"cannot read as a STAR file ({exc.__class__.__name__}: {exc})") from None
+    names = [name for name, block in blocks.items()
+             if hasattr(block, "columns") and "rlnTomoNominalStageTiltAngle" in block.columns]
+    if len(names) != 1:
+        raise InputError(in_path, None, f"expected one data block with rlnTomoNominalStageTiltAngle, found {len(names)}")
+    table = blocks[names[0]].copy()
+    columns = relion_parameters(geometry, pixel_size_angst)
+    views = []
+    for row, tilt in enumerate(table["rlnTomoNominalStageTiltAngle"].to_numpy(dtype=np.float64)):
+        match = np.flatnonzero(np.abs(nominal - tilt) <= tolerance_deg)
+        if match.size != 1:
+            what = "no view" if match.size == 0 else f"{match.size} views"
+            raise InputError(in_path, None, f"tilt image {row + 1} (nominal {tilt:g} deg) matches {what} of the alignment")
+        views.append(int(match[0]))
+    if len(set(views)) != len(views):
+        raise InputError(in_path, None, "two tilt images match the same view of the alignment")
+    for name, values in columns.items():
+        table[name] = values[views]
+    blocks[names[0]] = table
+    _write_star(out_path, blocks)
