@@ -157,6 +157,36 @@ def test_relion_numbers_are_what_relions_imod_importer_derives_from_real_imod_fi
     np.testing.assert_allclose([e.y_tilt for e in theirs.entries], tilts, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("axis", ["BBa", "BBb"])
+def test_real_imod_solution_projects_through_each_convention(axis):
+    """IMOD's own answer (BB tutorial, binned to 512 px): its solved 3-D fiducials, sent through
+    its .tltxf/.tlt by our convention, land on IMOD's projected positions (measured + residual,
+    the .resid sign) well inside IMOD's mean residual (0.31 px); a sign or axis error would
+    miss by tens of pixels. The RELION and AreTomo exports of the same files, which cannot
+    hold IMOD's magnification and stretch, stay within unrepresented_px of ours."""
+    from lmalign_jax.io import read_fid_xyz, read_resid
+
+    stem = Path(__file__).resolve().parent.parent / "lmalign_jax" / "data" / "imod-bb" / axis
+    a, d = read_xf(f"{stem}.tltxf")
+    fid = read_fid_xyz(f"{stem}fid.xyz")
+    table = read_resid(f"{stem}.resid")
+    nx, ny = fid.image_size
+    geometry = ViewGeometry(np.concatenate([a, d[:, :, None]], axis=2), read_tilts(f"{stem}.tlt"),
+                            read_xtilt(f"{stem}.xtilt") if Path(f"{stem}.xtilt").exists() else None, (nx, ny))
+    xyz = fid.xyz - [nx / 2, ny / 2, 0.0]
+    view, marker = np.asarray(table.view), np.asarray(table.marker)
+    imod = np.asarray(table.xy) + np.asarray(table.residual) - [nx / 2, ny / 2]
+    ours = our_project(geometry, xyz)[view, marker]
+    error = np.linalg.norm(ours - imod, axis=1)
+    imod_mean_residual = np.linalg.norm(np.asarray(table.residual), axis=1).mean()
+    assert error.mean() < 0.5 * imod_mean_residual and error.max() < 2 * imod_mean_residual
+    bound = unrepresented_px(geometry)[view]
+    assert bound.max() > 1.0  # IMOD solved magnification and stretch here
+    for exported in (relion_project(relion_parameters(geometry, 20.2), 20.2, xyz),
+                     aretomo_project(aretomo_parameters(geometry), xyz)):
+        assert np.all(np.linalg.norm(exported[view, marker] - ours, axis=1) <= bound + 1e-9)
+
+
 # ------------------------------------------------------------------ RELION STAR
 
 def test_relion_star_files_read_back_by_starfile_and_by_cryoet_alignment(tmp_path):
