@@ -283,6 +283,11 @@ def test_real_aretomo3_sample_reads_like_alnfile():
     np.testing.assert_array_equal(ours.tilts_deg, [-61.5, -60.0, -58.5, -57.0])
     np.testing.assert_array_equal(ours.shift_px, theirs[["tx", "ty"]].to_numpy())
     np.testing.assert_allclose(ours.xf, alnfile.df_to_xf(theirs), rtol=0, atol=1e-12)
+    start = ours.by_section()  # a start for aligning the 90-section raw stack
+    assert start["tilts_deg"].shape == (90,) and start["shift_px"].shape == (90, 2)
+    np.testing.assert_array_equal(start["tilts_deg"][[1, 2, 3, 6, 88]], [-66.0, -64.5, -61.5, -57.0, 66.0])
+    np.testing.assert_array_equal(start["shift_px"][4], [34.451, -8.599])
+    assert np.isnan(start["rotation_deg"][[0, 1, 7]]).all() and np.isnan(start["tilts_deg"][[0, 7]]).all()
 
 
 @pytest.mark.parametrize("text, line, problem", [

@@ -108,6 +108,20 @@ class AretomoAlignment:
         (GMAG not applied, as ``alnfile.df_to_xf`` and ``cryoet-alignment`` do)."""
         return xf_from_rotation_shift(self.rotation_deg, self.shift_px)
 
+    def by_section(self) -> dict[str, np.ndarray]:
+        """The rows spread over the raw stack, for starting an alignment of that stack: arrays of
+        length n_sections (``rotation_deg``, ``tilts_deg``, ``magnification``; ``shift_px``
+        (n_sections, 2)), NaN for sections without a row (dark frames; rows cut from the file),
+        whose tilt is the DarkFrame angle when the file lists one."""
+        n = self.raw_size[2]
+        out = {"rotation_deg": np.full(n, np.nan), "tilts_deg": np.full(n, np.nan),
+               "magnification": np.full(n, np.nan), "shift_px": np.full((n, 2), np.nan)}
+        out["tilts_deg"][self.dark_sections] = self.dark_tilts_deg
+        for name, values in (("rotation_deg", self.rotation_deg), ("tilts_deg", self.tilts_deg),
+                             ("magnification", self.magnification), ("shift_px", self.shift_px)):
+            out[name][self.sections] = values
+        return out
+
     def geometry(self) -> ViewGeometry:
         """The rows as a :class:`ViewGeometry` (views = rows, in row order)."""
         return ViewGeometry(self.xf, self.tilts_deg, None, self.raw_size[:2])
