@@ -28,8 +28,8 @@ from .relion import (
 
 __all__ = [
     "ALN_COLUMNS",
-    "AretomoAlignment",
     "RELION_ALIGNMENT_COLUMNS",
+    "AretomoAlignment",
     "ViewGeometry",
     "add_alignment_to_relion_tilt_series",
     "aretomo_parameters",

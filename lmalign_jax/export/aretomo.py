@@ -28,7 +28,7 @@ import numpy as np
 from ..io import InputError, atomic_write
 from .conventions import ViewGeometry, aretomo_parameters, xf_from_rotation_shift
 
-__all__ = ["AretomoAlignment", "write_aln", "read_aln", "ALN_COLUMNS"]
+__all__ = ["ALN_COLUMNS", "AretomoAlignment", "read_aln", "write_aln"]
 
 ALN_COLUMNS = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 _HEADER = "# AreTomo Alignment / Priims bprmMn"

@@ -47,14 +47,14 @@ import numpy as np
 
 __all__ = [
     "ViewGeometry",
-    "decompose_xf",
-    "xf_from_rotation_shift",
-    "unrepresented_px",
-    "relion_parameters",
-    "relion_project",
     "aretomo_parameters",
     "aretomo_project",
+    "decompose_xf",
     "our_project",
+    "relion_parameters",
+    "relion_project",
+    "unrepresented_px",
+    "xf_from_rotation_shift",
 ]
 
 
@@ -97,7 +97,7 @@ class ViewGeometry:
         object.__setattr__(self, "image_size", size)
 
     @classmethod
-    def from_result(cls, result, x_tilt_deg=None) -> "ViewGeometry":
+    def from_result(cls, result, x_tilt_deg=None) -> ViewGeometry:
         """From a solved :class:`lmalign_jax.AlignmentResult` (its ``xf``, ``tilts_deg`` and
         ``observations.image_size``); ``x_tilt_deg`` (n_views,) defaults to zeros."""
         return cls(result.xf, result.tilts_deg, x_tilt_deg, result.observations.image_size)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..io import InputError, atomic_write
 
-__all__ = ["write_xtilt", "read_xtilt"]
+__all__ = ["read_xtilt", "write_xtilt"]
 
 
 def write_xtilt(path: str | os.PathLike, x_tilt_deg) -> None:

@@ -20,8 +20,13 @@ import numpy as np
 from ..io import atomic_write
 from .conventions import ViewGeometry, relion_parameters
 
-__all__ = ["relion_tilt_table", "write_relion_tilt_series", "write_relion_tomograms", "add_alignment_to_relion_tilt_series",
-           "RELION_ALIGNMENT_COLUMNS"]
+__all__ = [
+    "RELION_ALIGNMENT_COLUMNS",
+    "add_alignment_to_relion_tilt_series",
+    "relion_tilt_table",
+    "write_relion_tilt_series",
+    "write_relion_tomograms",
+]
 
 RELION_ALIGNMENT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 
@@ -121,7 +126,7 @@ def add_alignment_to_relion_tilt_series(in_path: str | os.PathLike, out_path: st
         raise ValueError(f"nominal_tilts_deg needs {geometry.n_views} finite values, got shape {nominal.shape}")
     try:
         blocks = starfile.read(in_path, always_dict=True)
-    except Exception as exc:  # starfile raises many types for a file it cannot parse
+    except Exception as exc:  # noqa: BLE001 -- starfile raises many types (pandas, parser) for a bad file
         raise InputError(in_path, None, f"cannot read as a STAR file ({exc.__class__.__name__}: {exc})") from None
     names = [name for name, block in blocks.items()
              if hasattr(block, "columns") and "rlnTomoNominalStageTiltAngle" in block.columns]
