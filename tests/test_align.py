@@ -2,7 +2,15 @@
 
 import numpy as np
 import pytest
-from helpers import FLOOR_SD, FloorFit, assert_at_noise_floor, floor_fit, pool, rotation_error_deg, tilt_error_deg
+from helpers import (
+    FLOOR_SD,
+    FloorFit,
+    assert_at_noise_floor,
+    floor_fit,
+    pool,
+    rotation_error_deg,
+    tilt_error_deg,
+)
 
 from lmalign_jax import Observations, align, simulate
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import assert_at_noise_floor, floor_fit
 
 from lmalign_jax import align, simulate
