@@ -9,18 +9,31 @@ from lmalign_jax import Observations
 
 DATA = Path(__file__).resolve().parent.parent / "lmalign_jax" / "data"
 
-#: IMOD 4.8 tiltalign mean residuals with RotOption 1, TiltOption 2, MagOption 1 (pixels).
+#: The real IMOD answer sets (lmalign_jax/data/*/SOURCE.md): file stem and image size (nx, ny).
 IMOD_SETS = {
-    "BBa": ("imod-bb/BBa", (512, 512), 0.324),
-    "BBb": ("imod-bb/BBb", (512, 512), 0.305),
-    "midzone2a": ("imod-midzone2/midzone2a", (1950, 1024), 0.678),
-    "midzone2b": ("imod-midzone2/midzone2b", (1024, 1950), 0.673),
+    "BBa": ("imod-bb/BBa", (512, 512)),
+    "BBb": ("imod-bb/BBb", (512, 512)),
+    "midzone2a": ("imod-midzone2/midzone2a", (1950, 1024)),
+    "midzone2b": ("imod-midzone2/midzone2b", (1024, 1950)),
 }
+
+#: Mean residuals (px) that earlier READMEs labelled "IMOD 4.8, RotOption 1, TiltOption 2,
+#: MagOption 1". Their origin is undocumented: they first appear in commit b555840 with no log,
+#: command file or source, IMOD cannot be run here, and each equals this package's own jou
+#: result rounded up to 3 decimals. Kept only as a regression pin of our jou fit, never as
+#: IMOD's figure.
+JOU_MEAN_RESIDUAL_PX = {"BBa": 0.324, "BBb": 0.305, "midzone2a": 0.678, "midzone2b": 0.673}
+
+
+def imod_residuals(name: str) -> np.ndarray:
+    """IMOD's shipped residuals (projected - measured) of a set's .resid file, (N_obs, 2) px."""
+    rows = np.loadtxt(DATA / f"{IMOD_SETS[name][0]}.resid", skiprows=1, ndmin=2)
+    return rows[:, 3:5]
 
 
 def load_resid_observations(name: str) -> Observations:
     """Measured points of an IMOD .resid file as Observations (parsed independently of io/)."""
-    stem, size, _ = IMOD_SETS[name]
+    stem, size = IMOD_SETS[name]
     rows = [line.split() for line in (DATA / f"{stem}.resid").read_text().splitlines()[1:] if line.strip()]
     xy = np.array([[float(r[0]), float(r[1])] for r in rows])
     view = np.array([int(r[2]) for r in rows])
