@@ -174,12 +174,9 @@ def md_scaling(sec: dict) -> str:
 
 
 def md_recon(sec: dict) -> str:
-    s = sec["settings"]
-    rows = [[r["method"], f"{r['seconds_per_slice']:.4f}", f"{r['voxel_updates_per_s'] / 1e9:.3f}"] for r in sec["results"]]
-    head = f"{s['views']} views over +-60 degrees, {s['size']}x{s['size']} slices, {s['rows']}-row slab, float32; ASTRA {sec['astra_version']}.\n\n"
-    tail = (f"\n\nAgreement with ours (correlation inside 0.45 n): skimage {sec['corr_skimage']:.4f}"
-            + (f", ASTRA {sec['corr_astra']:.4f}" if sec.get("corr_astra") is not None else ""))  # fmt: skip
-    return head + table(["method", "s / slice", "Gvoxel-updates / s"], rows) + tail
+    from benchmarks.recon_bench import markdown as recon_markdown
+
+    return recon_markdown(sec)
 
 
 def markdown(report: dict) -> str:
