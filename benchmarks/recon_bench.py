@@ -6,7 +6,8 @@ Not a test. Run as::
 
 Every side does the same work: it reconstructs the same ``rows`` slices (``size x size``, from
 identical sinograms of a Shepp-Logan slice, +-60 degrees), each timed ``repeat`` times after
-one warm-up call (JIT compilation excluded; results pulled back to numpy). Ours takes the
+one warm-up call (JIT compilation excluded; results pulled back to numpy), the sides taking
+turns so that a change of load during the run falls on all of them. Ours takes the
 slab as one batch (its layout); skimage's ``iradon`` and ASTRA's 2-D CPU ``FBP`` (linear
 projector, Ram-Lak) loop over the same slices. The whole process runs on ``--threads`` cores:
 it is pinned to that many CPUs (``sched_setaffinity``) before any library loads, with XLA's,
@@ -42,14 +43,18 @@ def limit_threads(threads: int) -> dict:
     return {"threads": threads, "cpus": cpus, **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")}}
 
 
-def times_of(fn, repeat: int) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn`` after one warm-up call."""
-    fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def interleaved_times(sides: dict, repeat: int) -> dict:
+    """Seconds of ``repeat`` calls of each side's function after one warm-up call each, taken
+    in turns (side 1, side 2, ..., side 1, ...), so a change in the machine's load during the
+    run falls on every side alike. ``sides``: name -> function; returns name -> [seconds]."""
+    for fn in sides.values():
         fn()
-        out.append(time.perf_counter() - t0)
+    out = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -84,16 +89,17 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
                         "voxel_updates_per_s_range": [work / max(seconds), work / min(seconds)],
                         "like_for_like": like_for_like})  # fmt: skip
 
-    record(f"lmalign_jax fbp_2d, {rows}-row batch", times_of(lambda: np.asarray(fbp_2d(sino_ours, -theta)), repeat))
-    record("lmalign_jax fbp_2d, one slice per call",
-           times_of(lambda: [np.asarray(fbp_2d(sino_ours[:, r, :], -theta)) for r in range(rows)], repeat))  # fmt: skip
+    sides = {
+        f"lmalign_jax fbp_2d, {rows}-row batch": lambda: np.asarray(fbp_2d(sino_ours, -theta)),
+        "lmalign_jax fbp_2d, one slice per call": lambda: [np.asarray(fbp_2d(sino_ours[:, r, :], -theta)) for r in range(rows)],
+    }
     ours_slice = np.asarray(fbp_2d(sino_ours[:, 0, :], -theta))
 
     def run_sk():
         for s in sk_slices:
             iradon(s, theta, output_size=n, filter_name="ramp", interpolation="linear")
 
-    record("skimage iradon (ramp, linear), one slice per call", times_of(run_sk, repeat))
+    sides["skimage iradon (ramp, linear), one slice per call"] = run_sk
     sk_slice = iradon(sk_slices[0], theta, output_size=n, filter_name="ramp", interpolation="linear")
 
     astra_version, astra_slice = None, None
@@ -117,10 +123,8 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
             astra.algorithm.delete(alg)
             return astra.data2d.get(rec_id)
 
-        record("ASTRA CPU FBP (linear, Ram-Lak), one slice per call", times_of(lambda: [astra_fbp(s) for s in sino_ids], repeat))
+        sides["ASTRA CPU FBP (linear, Ram-Lak), one slice per call"] = lambda: [astra_fbp(s) for s in sino_ids]
         astra_slice = astra_fbp(sino_ids[0])
-        astra.data2d.delete(sino_ids + [rec_id])
-        astra.projector.delete(proj_id)
 
     # ours only: a full reconstruct of an aligned slab from a raw stack with a per-view alignment
     rng = np.random.default_rng(0)
@@ -129,8 +133,15 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
     A = np.stack([np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / si for a, si in zip(alpha, s, strict=True)])
     D = rng.normal(0, 4.0, (nv, 2))
     out = np.zeros((n, rows, n), np.float32)
-    record(f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)", times_of(lambda: reconstruct(sino_ours, A, D, theta, n, out=out), repeat), False)
-    record(f"reconstruct {rows}x{n}x{n} slab, aligned (new output)", times_of(lambda: reconstruct(sino_ours, A, D, theta, n), repeat), False)
+    ours_only = {
+        f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)": lambda: reconstruct(sino_ours, A, D, theta, n, out=out),
+        f"reconstruct {rows}x{n}x{n} slab, aligned (new output)": lambda: reconstruct(sino_ours, A, D, theta, n),
+    }
+    for name, seconds in interleaved_times({**sides, **ours_only}, repeat).items():
+        record(name, seconds, name in sides)
+    if astra is not None:
+        astra.data2d.delete(sino_ids + [rec_id])
+        astra.projector.delete(proj_id)
 
     yy, xx = np.mgrid[:n, :n] - n / 2 + 0.5
     inside = xx**2 + yy**2 < (0.45 * n) ** 2
