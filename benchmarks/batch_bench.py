@@ -1,6 +1,6 @@
 """Throughput of many tilt series: batched solves vs ``align()`` one at a time vs the CLI per series.
 
-    python -m benchmarks.batch_bench [--n 100] [--cli-n 3] [--mixed] [--out results.json]
+    python -m benchmarks.batch_bench [--n 100] [--cli-n 10] [--mixed] [--out results.json]
 
 Series are paper-sized (107 views x 30 markers, about 10% of the points missing in runs at high
 tilt, 0.5 px noise) from ``lmalign_jax.simulate`` with seeds 0..n-1. Rows (series per second,
@@ -10,9 +10,10 @@ after compilation unless said otherwise):
 - ``align_batch``: all series in one ``align_batch`` call (same process, warm kernels); its
   answers are checked against the loop's.
 - ``lmalign align per series``: one CLI process per series (what a shell loop does), with a
-  warm persistent compilation cache; ``--cli-n`` series are timed.
-- ``lmalign batch``: the whole set through the batch command in one process (warm cache), with
-  and without the .png reports.
+  warm persistent compilation cache; ``--cli-n`` (at least 10) series are timed.
+- ``lmalign batch``: the whole set through the batch command in one process (warm cache).
+  Both command-line sides write the same outputs: once with ``--no-figure`` on both, once
+  with the .png report on both.
 - ``align_batch over N host devices``: a fresh process started with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``, so the batch is sharded over
   one XLA device per core; its baseline is the align() loop in that same process.
@@ -111,22 +112,33 @@ def cli(args, env) -> float:
 
 
 def command_line(n: int, cli_n: int) -> dict:
-    """``lmalign align`` per series vs ``lmalign batch``, each with a warm compilation cache."""
+    """``lmalign align`` per series vs ``lmalign batch``, each with a warm compilation cache.
+
+    Both sides write the same outputs: first without the .png report (``--no-figure`` on
+    both), then with it on both. ``cli_n`` series (at least 10) are timed one process each.
+    """
     series = make_series(n)
+    timed_n = min(max(cli_n, 10), n)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
         write_files(series, tmp / "in")
         env = dict(os.environ, XDG_CACHE_HOME=str(tmp / "cache"))
         env.pop("LMALIGN_NO_COMPILATION_CACHE", None)
-        one = ["align", tmp / "in" / "ts000.csv", "--tilts", tmp / "in" / "ts000.rawtlt", "--image-size", 2048, 2048, "--quiet"]
-        cli([*one, "--out-dir", tmp / "warm"], env)  # fills the persistent cache
-        per = [cli(["align", tmp / "in" / f"ts{i:03d}.csv", "--tilts", tmp / "in" / f"ts{i:03d}.rawtlt", "--image-size", 2048, 2048,
-                    "--quiet", "--out-dir", tmp / "single"], env) for i in range(min(cli_n, n))]
-        cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "warm-batch", "--no-figure"], env)  # the batch kernel's cache
-        batch_fig = cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "batch", "--quiet"], env)
-        batch_nofig = cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "batch2", "--quiet", "--no-figure"], env)
-    return {"cli_align_per_series_s": per, "cli_batch_s": batch_fig, "cli_batch_no_figure_s": batch_nofig, "n": n}
+
+        def one(i, out, figure):
+            return ["align", tmp / "in" / f"ts{i:03d}.csv", "--tilts", tmp / "in" / f"ts{i:03d}.rawtlt", "--image-size", 2048, 2048,
+                    "--quiet", "--out-dir", tmp / out, *([] if figure else ["--no-figure"])]  # fmt: skip
+
+        cli(one(0, "warm", True), env)  # fills the persistent cache
+        cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "warm-batch", "--no-figure", "--quiet"], env)  # the batch kernel's cache
+        out = {"n": n, "cli_timed_series": timed_n}
+        for figure, tag in ((False, "no_figure"), (True, "figure")):
+            out[f"cli_align_per_series_{tag}_s"] = [cli(one(i, f"single-{tag}", figure), env) for i in range(timed_n)]
+            out[f"cli_batch_{tag}_s"] = cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / f"batch-{tag}", "--quiet",
+                                             *([] if figure else ["--no-figure"])], env)  # fmt: skip
+            out[f"outputs_{tag}"] = {side: sorted({p.suffix for p in (tmp / f"{side}-{tag}").rglob("*") if p.is_file()}) for side in ("single", "batch")}
+    return out
 
 
 def worker(kind: str, n: int) -> None:
@@ -173,7 +185,7 @@ def host_devices(n: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100, help="number of series")
-    p.add_argument("--cli-n", type=int, default=3, help="series timed through one 'lmalign align' process each")
+    p.add_argument("--cli-n", type=int, default=10, help="series timed through one 'lmalign align' process each (at least 10)")
     p.add_argument("--no-cli", action="store_true", help="skip the command-line rows")
     p.add_argument("--mixed", action="store_true", help="also time series of varying shapes, compilation included")
     p.add_argument("--out", help="write the numbers as JSON here")
@@ -185,10 +197,11 @@ def main(argv=None) -> int:
 
     import jax
 
-    from benchmarks.common import cpu_model
+    from benchmarks.common import cpu_model, environment
 
-    report = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
-                          "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}}
+    report = {"meta": environment(quick=False),
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+                          "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}}  # fmt: skip
     report["in_process"] = r = in_process(args.n)
     base = r["n"] / r["align_loop_s"]
     rows = [("align() loop", r["n"], r["align_loop_s"], base), ("align_batch", r["n"], r["align_batch_s"], base)]
@@ -200,12 +213,14 @@ def main(argv=None) -> int:
         ]
     if not args.no_cli:
         report["command_line"] = c = command_line(args.n, args.cli_n)
-        shell = len(c["cli_align_per_series_s"]) / sum(c["cli_align_per_series_s"])
-        rows += [
-            ("lmalign align, one process per series", len(c["cli_align_per_series_s"]), sum(c["cli_align_per_series_s"]), shell),
-            ("lmalign batch (with .png)", c["n"], c["cli_batch_s"], shell),
-            ("lmalign batch --no-figure", c["n"], c["cli_batch_no_figure_s"], shell),
-        ]
+        for tag, label in (("no_figure", "--no-figure on both sides"), ("figure", "with the .png report on both sides")):
+            per = c[f"cli_align_per_series_{tag}_s"]
+            shell = len(per) / sum(per)
+            rows += [
+                (f"lmalign align, one process per series, {label} (median {np.median(per):.2f} s, range {min(per):.2f}-{max(per):.2f} s)",
+                 len(per), sum(per), shell),
+                (f"lmalign batch, {label}", c["n"], c[f"cli_batch_{tag}_s"], shell),
+            ]  # fmt: skip
     if args.mixed:
         report["mixed"] = mx = mixed(args.n)
         cold = args.n / mx["loop"]["seconds"]
@@ -223,6 +238,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {count} | {secs:.2f} | {count / secs:.2f} | {count / secs / reference:.2f}x |")
     report["rows"] = [{"method": name, "series": count, "seconds": secs, "series_per_s": count / secs, "vs_loop": count / secs / ref}
                       for name, count, secs, ref in rows]
+    report["meta"]["loadavg_end"] = list(os.getloadavg())
+    m = report["meta"]
+    print(f"\nload average (1, 5, 15 min) before {m['loadavg_start']}, after {m['loadavg_end']}; commit {m['git']['commit']}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0

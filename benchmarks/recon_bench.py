@@ -1,62 +1,76 @@
-"""Benchmark of lmalign_jax.recon's FBP against scikit-image and ASTRA (CPU); prints a table.
+"""Benchmark of lmalign_jax.recon's FBP against scikit-image and ASTRA (CPU), like for like.
 
 Not a test. Run as::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/recon_bench.py [--size 512] [--rows 64] [--views 61]
+    python -m benchmarks.recon_bench [--size 512] [--rows 32] [--views 61] [--repeat 3] [--threads 1] [--out r.json]
 
-Measures voxel-updates per second (views x voxels) of
-
-* ``fbp_2d`` on a batch of ``rows`` sinograms (rows innermost, the tomography case) and on one;
-* ``skimage.transform.iradon`` (ramp, linear) per slice;
-* ASTRA's 2-D CPU ``FBP`` algorithm (linear projector, Ram-Lak) per slice;
-
-all on identical sinograms (a Shepp-Logan slice, +-60 degrees), and the wall time of a full
-``reconstruct`` of a ``rows``-slice ``size x size`` slab from a raw stack with a per-view
+Every side does the same work: it reconstructs the same ``rows`` slices (``size x size``, from
+identical sinograms of a Shepp-Logan slice, +-60 degrees), each timed ``repeat`` times after
+one warm-up call (JIT compilation excluded; results pulled back to numpy), the sides taking
+turns so that a change of load during the run falls on all of them. Ours takes the
+slab as one batch (its layout); skimage's ``iradon`` and ASTRA's 2-D CPU ``FBP`` (linear
+projector, Ram-Lak) loop over the same slices. The whole process runs on ``--threads`` cores:
+it is pinned to that many CPUs (``sched_setaffinity``) before any library loads, with XLA's,
+OpenMP's and OpenBLAS's thread counts set to match, so no side gets more cores than another.
+Also timed (ours only): a full ``reconstruct`` of the slab from a raw stack with a per-view
 alignment applied (rotation, scale, shifts; resampling + filtering + back-projection).
 
-Timings are the best of several runs after a warm-up call (JIT compilation excluded), with
-``block_until_ready`` semantics (results are pulled back to numpy).
+Each row records every repeat; tables give the median and the whole range (min-max).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-try:  # imported by the runner (python -m benchmarks) or run as a script from benchmarks/
-    from .common import cpu_model
-except ImportError:
-    from common import cpu_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def best_time(fn, repeat=3):
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def limit_threads(threads: int) -> dict:
+    """Pin this process to ``threads`` CPUs and cap every thread pool to match; call before
+    numpy, jax, skimage or astra are imported. Returns what was set, for the record."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else []
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    n = str(threads)
+    os.environ.update(OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    return {"threads": threads, "cpus": cpus, **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")}}
+
+
+def interleaved_times(sides: dict, repeat: int) -> dict:
+    """Seconds of ``repeat`` calls of each side's function after one warm-up call each, taken
+    in turns (side 1, side 2, ..., side 1, ...), so a change in the machine's load during the
+    run falls on every side alike. ``sides``: name -> function; returns name -> [seconds]."""
+    for fn in sides.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    out = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+    return out
 
 
-def run(size=512, rows=64, views=61, skimage_slices=2, astra_slices=4, repeat=3):
-    """Measure everything; return a dict (the hook ``benchmarks/run.py`` calls; ``main`` prints it)."""
-    args = argparse.Namespace(size=size, rows=rows, views=views, skimage_slices=skimage_slices,
-                              astra_slices=astra_slices, repeat=repeat)
+def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices=None) -> dict:
+    """Measure in this process (threads as the caller left them); return a dict.
+
+    ``skimage_slices`` / ``astra_slices`` are accepted for old callers and ignored: every side
+    reconstructs all ``rows`` slices.
+    """
+    import numpy as np
     from skimage.data import shepp_logan_phantom
     from skimage.transform import iradon, radon, rescale
 
     from lmalign_jax.recon import fbp_2d, reconstruct
 
-    n, rows, nv = args.size, args.rows, args.views
+    n, nv = size, views
     theta = np.linspace(-60.0, 60.0, nv)
     phantom = rescale(shepp_logan_phantom(), (n - 2) / 400, anti_aliasing=True)
     img = np.zeros((n, n))
@@ -64,131 +78,144 @@ def run(size=512, rows=64, views=61, skimage_slices=2, astra_slices=4, repeat=3)
     sino_sk = radon(img, theta)  # (n_det, n_views), skimage layout
     scale = 1.0 + 0.01 * np.arange(rows)
     sino_ours = (sino_sk.T[:, None, :] * scale[None, :, None]).astype(np.float32)  # (views, rows, det)
-    per_slice = nv * n * n
+    sk_slices = [(sino_sk * s).astype(np.float32) for s in scale]  # the same slices, skimage layout
+    work = nv * n * n * rows  # voxel updates of the slab
     results = []
 
-    # ours, batch of rows (the tomography layout)
-    t = best_time(lambda: fbp_2d(sino_ours, -theta), args.repeat)
-    results.append(("lmalign_jax fbp_2d, %d-row batch" % rows, t / rows, per_slice * rows / t))
-    # ours, a single slice
-    one = sino_ours[:, 0, :]
-    t = best_time(lambda: fbp_2d(one, -theta), args.repeat)
-    results.append(("lmalign_jax fbp_2d, single slice", t, per_slice / t))
-    ours_slice = fbp_2d(one, -theta)
+    def record(method, seconds, like_for_like=True):
+        results.append({"method": method, "slices": rows, "repeats": len(seconds), "seconds": seconds,
+                        "seconds_per_slice": float(np.median(seconds)) / rows,
+                        "voxel_updates_per_s": work / float(np.median(seconds)),
+                        "voxel_updates_per_s_range": [work / max(seconds), work / min(seconds)],
+                        "like_for_like": like_for_like})  # fmt: skip
 
-    # scikit-image iradon, per slice
-    sk = sino_sk.astype(np.float32)
-    k = max(1, args.skimage_slices)
+    sides = {
+        f"lmalign_jax fbp_2d, {rows}-row batch": lambda: np.asarray(fbp_2d(sino_ours, -theta)),
+        "lmalign_jax fbp_2d, one slice per call": lambda: [np.asarray(fbp_2d(sino_ours[:, r, :], -theta)) for r in range(rows)],
+    }
+    ours_slice = np.asarray(fbp_2d(sino_ours[:, 0, :], -theta))
 
     def run_sk():
-        for r in range(k):
-            iradon(sk * scale[r], theta, output_size=n, filter_name="ramp", interpolation="linear")
+        for s in sk_slices:
+            iradon(s, theta, output_size=n, filter_name="ramp", interpolation="linear")
 
-    t = best_time(run_sk, 1)
-    results.append(("skimage iradon (ramp, linear)", t / k, per_slice * k / t))
-    sk_slice = iradon(sk, theta, output_size=n, filter_name="ramp", interpolation="linear")
+    sides["skimage iradon (ramp, linear), one slice per call"] = run_sk
+    sk_slice = iradon(sk_slices[0], theta, output_size=n, filter_name="ramp", interpolation="linear")
 
-    # ASTRA CPU FBP, per slice
-    astra_version = "not installed"
-    astra_slice = None
+    astra_version, astra_slice = None, None
     try:
         import astra
-
+    except ImportError:
+        astra = None
+    if astra is not None:
         astra_version = astra.__version__
         vol_geom = astra.create_vol_geom(n, n)
         proj_geom = astra.create_proj_geom("parallel", 1.0, n, np.deg2rad(theta))
         proj_id = astra.create_projector("linear", proj_geom, vol_geom)
-        sino_ids = [astra.data2d.create("-sino", proj_geom, (sino_sk.T * scale[r]).astype(np.float32))
-                    for r in range(max(1, args.astra_slices))]
+        sino_ids = [astra.data2d.create("-sino", proj_geom, np.ascontiguousarray(s.T)) for s in sk_slices]
         rec_id = astra.data2d.create("-vol", vol_geom, 0.0)
 
         def astra_fbp(sid):
             cfg = astra.astra_dict("FBP")
-            cfg["ReconstructionDataId"] = rec_id
-            cfg["ProjectionDataId"] = sid
-            cfg["ProjectorId"] = proj_id
-            cfg["option"] = {"FilterType": "Ram-Lak"}
+            cfg.update(ReconstructionDataId=rec_id, ProjectionDataId=sid, ProjectorId=proj_id, option={"FilterType": "Ram-Lak"})
             alg = astra.algorithm.create(cfg)
             astra.algorithm.run(alg)
             astra.algorithm.delete(alg)
             return astra.data2d.get(rec_id)
 
-        def run_astra():
-            for sid in sino_ids:
-                astra_fbp(sid)
-
-        t = best_time(run_astra, 1)
-        results.append(("ASTRA CPU FBP (linear, Ram-Lak)", t / len(sino_ids), per_slice * len(sino_ids) / t))
+        sides["ASTRA CPU FBP (linear, Ram-Lak), one slice per call"] = lambda: [astra_fbp(s) for s in sino_ids]
         astra_slice = astra_fbp(sino_ids[0])
-        astra.data2d.delete(sino_ids + [rec_id])
-        astra.projector.delete(proj_id)
-    except ImportError:
-        pass
 
-    # full reconstruct of an aligned slab from a raw stack with a per-view alignment
+    # ours only: a full reconstruct of an aligned slab from a raw stack with a per-view alignment
     rng = np.random.default_rng(0)
     alpha = np.deg2rad(rng.uniform(-4, 4, nv))
     s = 1.0 + rng.normal(0, 0.01, nv)
-    A = np.stack([np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / si for a, si in zip(alpha, s)])
+    A = np.stack([np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / si for a, si in zip(alpha, s, strict=True)])
     D = rng.normal(0, 4.0, (nv, 2))
-    stack = sino_ours  # (views, rows, width): raw images of a slab
     out = np.zeros((n, rows, n), np.float32)
-    t_slab = best_time(lambda: reconstruct(stack, A, D, theta, n, out=out), args.repeat)
-    results.append((f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)", t_slab / rows,
-                    per_slice * rows / t_slab))
-    t_new = best_time(lambda: reconstruct(stack, A, D, theta, n), args.repeat)
-    results.append((f"reconstruct {rows}x{n}x{n} slab, aligned (new output)", t_new / rows,
-                    per_slice * rows / t_new))
+    ours_only = {
+        f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)": lambda: reconstruct(sino_ours, A, D, theta, n, out=out),
+        f"reconstruct {rows}x{n}x{n} slab, aligned (new output)": lambda: reconstruct(sino_ours, A, D, theta, n),
+    }
+    for name, seconds in interleaved_times({**sides, **ours_only}, repeat).items():
+        record(name, seconds, name in sides)
+    if astra is not None:
+        astra.data2d.delete(sino_ids + [rec_id])
+        astra.projector.delete(proj_id)
+
+    yy, xx = np.mgrid[:n, :n] - n / 2 + 0.5
+    inside = xx**2 + yy**2 < (0.45 * n) ** 2
 
     def corr(a, b):
-        yy, xx = np.mgrid[:n, :n] - n / 2 + 0.5
-        m = xx**2 + yy**2 < (0.45 * n) ** 2
-        return np.corrcoef(a[m], b[m])[0, 1]
+        return float(np.corrcoef(a[inside], b[inside])[0, 1])
 
     return {
-        "size": n, "rows": rows, "views": nv, "astra_version": astra_version,
-        "results": [{"method": name, "seconds_per_slice": per, "voxel_updates_per_s": rate} for name, per, rate in results],
-        "slab_seconds_preallocated": t_slab, "slab_seconds_new_output": t_new,
-        "corr_skimage": float(corr(ours_slice, sk_slice)),
-        "corr_astra": None if astra_slice is None else float(corr(ours_slice, astra_slice)),
-    }
+        "size": n, "rows": rows, "views": nv, "repeat": repeat, "astra_version": astra_version or "not installed",
+        "results": results,
+        "corr_skimage": corr(ours_slice, sk_slice),
+        "corr_astra": None if astra_slice is None else corr(ours_slice, astra_slice),
+    }  # fmt: skip
 
 
-def main():
+def run_isolated(size=512, rows=32, views=61, repeat=3, threads=1) -> dict:
+    """``run`` in a fresh process limited to ``threads`` cores (see the module docstring), with
+    the machine, versions, commit and load average (before and after) recorded."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "recon.json"
+        args = [sys.executable, "-m", "benchmarks.recon_bench", "--size", str(size), "--rows", str(rows), "--views", str(views),
+                "--repeat", str(repeat), "--threads", str(threads), "--out", str(out), "--quiet"]  # fmt: skip
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"recon_bench failed ({proc.returncode}): {proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def markdown(report: dict) -> str:
+    """The results as a markdown table (median and the whole range of the repeats)."""
+    lines = [f"{report['views']} views over +-60 degrees, {report['size']}x{report['size']} slices, the same {report['rows']} slices "
+             f"on every side, float32, {report['limits']['threads']} thread(s) each (process pinned to CPUs {report['limits']['cpus']}); "
+             f"median of {report['repeat']} runs after a warm-up, range min-max; ASTRA {report['astra_version']}.", "",
+             "| method | like for like | s / slice (median) | Gvoxel-updates / s: median | range |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in report["results"]:
+        lo, hi = r["voxel_updates_per_s_range"]
+        lines.append(f"| {r['method']} | {'yes' if r['like_for_like'] else 'ours only'} | {r['seconds_per_slice']:.4f} | "
+                     f"{r['voxel_updates_per_s'] / 1e9:.3f} | {lo / 1e9:.3f}-{hi / 1e9:.3f} |")  # fmt: skip
+    line = f"\n\nAgreement with ours (correlation inside 0.45 n): skimage {report['corr_skimage']:.4f}"
+    if report.get("corr_astra") is not None:
+        line += f", ASTRA {report['corr_astra']:.4f}"
+    return "\n".join(lines) + line + "\n"
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512, help="slice width and thickness (pixels)")
-    ap.add_argument("--rows", type=int, default=64, help="slices (y rows) in the slab")
+    ap.add_argument("--rows", type=int, default=32, help="slices (y rows) in the slab, reconstructed by every side")
     ap.add_argument("--views", type=int, default=61, help="views over +-60 degrees")
-    ap.add_argument("--skimage-slices", type=int, default=2)
-    ap.add_argument("--astra-slices", type=int, default=4)
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    out = run(args.size, args.rows, args.views, args.skimage_slices, args.astra_slices, args.repeat)
-    import jax
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of every side after one warm-up")
+    ap.add_argument("--threads", type=int, default=1, help="cores for the whole process (every side)")
+    ap.add_argument("--out", help="write the JSON record here (and a .md beside it)")
+    ap.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = ap.parse_args(argv)
+    limits = limit_threads(args.threads)  # before numpy / jax load
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.common import environment
 
-    n, rows, nv, astra_version = out["size"], out["rows"], out["views"], out["astra_version"]
-    results = [(r["method"], r["seconds_per_slice"], r["voxel_updates_per_s"]) for r in out["results"]]
-    t_slab, t_new = out["slab_seconds_preallocated"], out["slab_seconds_new_output"]
-    print(f"# recon benchmark {datetime.date.today().isoformat()}  CPU: {cpu_model()} "
-          f"({os.cpu_count()} logical CPUs)  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
-    import scipy
-    import skimage
-
-    print(f"# python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), numpy "
-          f"{np.__version__}, scipy {scipy.__version__}, scikit-image {skimage.__version__}, astra {astra_version}")
-    print(f"# {nv} views over +-60 deg, slices {n}x{n}, {rows} rows; float32")
-    print(f"{'method':58s} {'s/slice':>10s} {'Gvox-upd/s':>11s}")
-    for name, per, rate in results:
-        print(f"{name:58s} {per:10.4f} {rate / 1e9:11.3f}")
-    print(f"aligned {rows}-slice {n}x{n} {nv}-view slab: {t_slab:.3f} s (preallocated out), {t_new:.3f} s (new)")
-    # Sanity check that all three reconstruct the same slice. skimage's rotation centre is pixel
-    # n//2 (ours n/2 - 0.5: half a pixel apart for even n, hence < 1); ASTRA scales as if the views
-    # covered 180 degrees (ours: the measured range), hence correlation rather than differences.
-    line = f"agreement with ours (correlation inside 0.45 n): skimage {out['corr_skimage']:.4f}"
-    if out["corr_astra"] is not None:
-        line += f", ASTRA {out['corr_astra']:.4f}"
-    print(line)
+    meta = environment(quick=False)
+    report = run(args.size, args.rows, args.views, args.repeat)
+    meta["loadavg_end"] = list(os.getloadavg())
+    report.update(limits=limits, meta=meta)
+    md = markdown(report)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        Path(args.out).with_suffix(".md").write_text(md)
+    if not args.quiet:
+        print(md)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

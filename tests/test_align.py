@@ -2,7 +2,15 @@
 
 import numpy as np
 import pytest
-from helpers import noise_floor, rotation_error_deg, tilt_error_deg
+from helpers import (
+    FLOOR_SD,
+    FloorFit,
+    assert_at_noise_floor,
+    floor_fit,
+    pool,
+    rotation_error_deg,
+    tilt_error_deg,
+)
 
 from lmalign_jax import Observations, align, simulate
 
@@ -24,17 +32,54 @@ def test_reaches_noise_floor(case, dtype):
         assert not series.observations.mask.all(axis=0).any()
     result = align(series.observations, dtype=dtype)
     assert result.converged, result.status
-    floor = noise_floor(series.noise_px, result)
-    assert abs(result.rms_residual_px / floor - 1) < 0.02, (result.rms_residual_px, floor)
+    assert_at_noise_floor(floor_fit(result, series.noise_px))  # one fit: within 4 sd (about 7%)
     assert tilt_error_deg(result, series) < 0.06
     assert rotation_error_deg(result, series) < 0.03
+
+
+NOISE_DRAWS = 36  # per case: 4 x 36 fits of 41 x 24 put 4 sd of the pooled ratio at 0.6%
+
+
+def noise_redraws(case, dtype):
+    """Fits of one case's geometry (seed 11) under NOISE_DRAWS fresh 0.5 px noise draws."""
+    clean = simulate(**SIZE, **CASES[case], noise_px=0.0).observations
+    rng = np.random.default_rng(sorted(CASES).index(case))
+    fits = []
+    for _ in range(NOISE_DRAWS):
+        noisy = Observations(clean.xy + 0.5 * rng.standard_normal(clean.xy.shape), clean.mask, clean.tilts_deg, clean.image_size)
+        fits.append(align(noisy, dtype=dtype))
+    return fits
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_noise_floor_within_one_percent(dtype):
+    """Pooled over 144 fits the RMS sits at the floor to well under 1%, and fits 1% above it fail.
+
+    One fit of 984 points scatters by 1.7% about the floor (helpers.FloorFit), so one fit can
+    only catch gross failures; pooling the four cases' noise redraws brings 4 sd under 1%.
+    """
+    results = [r for case in sorted(CASES) for r in noise_redraws(case, dtype)]
+    assert all(r.converged for r in results)
+    fits = [floor_fit(r, 0.5) for r in results]
+    pooled = assert_at_noise_floor(fits)
+    assert FLOOR_SD * pooled.sd < 0.0065, pooled.sd  # the check resolves a 1% excess
+    # Deliberately biased fits: every view's x shift off by c, with c chosen to raise each
+    # fit's RMS by 1% (the residuals' x components sum to zero per view at the optimum, so
+    # RSS grows by exactly N_obs c^2). The same check must reject their pool.
+    biased = []
+    for r in results:
+        res = np.asarray(r.residuals, dtype=np.float64)[r.observations.mask]
+        res[:, 0] += np.sqrt((1.01**2 - 1) * np.sum(res**2) / len(res))
+        biased.append(FloorFit(float(np.sum(res**2)) / 0.5**2, int(2 * len(res) - r.n_free)))
+    print(f"{dtype}: RMS / floor {pooled.ratio:.4f} ({pooled.z:+.2f} sd of {pooled.sd:.4f}); biased fits {pool(biased).ratio:.4f} ({pool(biased).z:+.2f} sd)")
+    assert pool(biased).z > FLOOR_SD, (pooled.ratio, pool(biased).ratio, pool(biased).z)
 
 
 def test_initial_rotation_off_by_ten_degrees():
     series = simulate(**SIZE, missing_fraction=0.1)
     result = align(series.observations, rotation_deg=-12.0 + 10.0)
     assert result.converged
-    assert abs(result.rms_residual_px / noise_floor(series.noise_px, result) - 1) < 0.02
+    assert_at_noise_floor(floor_fit(result, series.noise_px))
     assert rotation_error_deg(result, series) < 0.03
 
 
@@ -113,7 +158,7 @@ def test_every_model_recovers_its_own_data(model, extra, kw):
     series = simulate(**SIZE, model=model, extra=extra, **kw)
     result = align(series.observations, model=model)
     assert result.converged, result.status
-    assert abs(result.rms_residual_px / noise_floor(series.noise_px, result) - 1) < 0.02
+    assert_at_noise_floor(floor_fit(result, series.noise_px))
     assert rotation_error_deg(result, series) < 0.05
 
 

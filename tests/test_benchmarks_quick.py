@@ -99,13 +99,13 @@ def test_recon_section(report):
 
 
 def test_our_rms_is_at_the_noise_floor(report):
-    """Within 2% of sigma sqrt(1 - n_free / (2 N_obs)) wherever the statistical scatter of that
-    ratio, 1 / sqrt(2 dof), is at most 1%; within 5 of those scatters on the tiny data set (a)."""
+    """Within 4 standard deviations of sigma sqrt(1 - n_free / (2 N_obs)), the sd being
+    1 / sqrt(2 dof) (tests/helpers.FloorFit). The quick mode's problems are small (sd 0.4-2.6%):
+    this guards against gross failures; tests/test_align.py pools fits to resolve a 1% excess."""
     checks = report["checks"]
     assert len(checks) >= 6
     assert sum(c["ratio_sd"] <= 0.01 for c in checks) >= 3
     bad = [c for c in checks if not c["ok"]]
     assert not bad, bad
     for c in checks:
-        if c["ratio_sd"] <= 0.01:
-            assert abs(c["ratio_to_floor"] - 1) <= 0.02, c
+        assert abs(c["ratio_to_floor"] - 1) < 4 * c["ratio_sd"], c

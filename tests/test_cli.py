@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_at_noise_floor, summary_floor_fit
 
 from lmalign_jax import cli, io
 from lmalign_jax.workflow import fitting, read_series, select_views
@@ -169,8 +170,8 @@ def test_json_record(aligned):
     assert all({"iterations", "seconds", "status", "rms_residual_px"} <= set(s) for s in r["stages"])
     s = r["summary"]
     assert s["status"] == "converged" and s["converged"] is True
-    # 0.5 px noise per coordinate: the RMS residual sits at the noise floor
-    assert s["rms_residual_px"] == pytest.approx(0.5 * s["noise_floor_factor"], rel=0.08)
+    # 0.5 px noise per coordinate: the RMS residual sits at the noise floor (within 4 sd)
+    assert_at_noise_floor(summary_floor_fit(s, 0.5))
     assert s["mean_residual_px"] > s["rms_residual_px"]
     assert len(r["views"]) == 63 and r["views"][4]["excluded"] and r["views"][4]["parameters"]["scale"] is None
     assert r["views"][0]["view_number"] == 1 and r["views"][0]["n_points"] > 0

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_at_noise_floor, floor_fit
 
 from lmalign_jax import align, simulate
 from lmalign_jax.analysis.robust import (
@@ -59,6 +60,11 @@ def rms_sd(inliers):
     return 1.0 / np.sqrt(2.0 * 2.0 * inliers.sum())
 
 
+def inlier_fit(series, inliers, result):
+    """The inliers' residuals against the noise floor (helpers.FloorFit)."""
+    return floor_fit(result, series.noise_px, points=inliers)
+
+
 def test_inliers_reach_the_noise_floor(outlier_case):
     series, inliers, plain, oracle, robust = outlier_case
     assert isinstance(robust, RobustResult)
@@ -70,6 +76,7 @@ def test_inliers_reach_the_noise_floor(outlier_case):
     print(f"inlier RMS / noise floor: least squares {plain_ratio:.4f}, robust {robust_ratio:.4f}, oracle {oracle_ratio:.4f}")
     assert plain_ratio > 1.3  # the mis-clicks do spoil a plain fit
     assert abs(oracle_ratio - 1) < 3 * rms_sd(inliers)  # the floor itself (one series: ~1.6% scatter)
+    assert_at_noise_floor(inlier_fit(series, inliers, robust.result))  # within 4 sd
     assert robust_ratio / oracle_ratio - 1 < 0.005  # as good as knowing which points were bad
     # and the geometry is as good as the oracle's
     robust_tilt_error = tilt_spread(robust.result.tilts_deg, series.true_tilts_deg)
@@ -152,6 +159,7 @@ def test_other_losses(outlier_case, loss):
     # the mis-clicks keep a little weight, yet the inliers stay within the oracle's scatter of it
     gap = rms(robust.result.residuals[inliers]) / rms(oracle.residuals[inliers]) - 1
     assert 0 <= gap < rms_sd(inliers)
+    assert_at_noise_floor(inlier_fit(series, inliers, robust.result))
 
 
 def test_imod_madn_normalisation_is_available(outlier_case):
