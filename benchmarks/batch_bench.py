@@ -56,7 +56,15 @@ def make_series(n: int, mixed: bool = False):
         if mixed:
             rng = np.random.default_rng(1000 + seed)
             views, markers = int(rng.integers(101, VIEWS + 1)), int(rng.integers(26, MARKERS + 1))
-        out.append(lm.simulate(n_views=views, n_markers=markers, missing_fraction=MISSING, tilt_range=(-55.0, 53.0), seed=seed).observations)
+        out.append(
+            lm.simulate(
+                n_views=views,
+                n_markers=markers,
+                missing_fraction=MISSING,
+                tilt_range=(-55.0, 53.0),
+                seed=seed,
+            ).observations
+        )
     return out
 
 
@@ -76,7 +84,10 @@ def in_process(n: int) -> dict:
     compile_batch, _ = timed(lambda: align_batch(series[:1]))
     loop_s, singles = timed(lambda: [lm.align(o) for o in series])
     batch_s, batched = timed(lambda: align_batch(series))
-    diff = max(max(np.abs(b.views - s.views).max(), np.abs(b.markers - s.markers).max()) for b, s in zip(batched, singles, strict=True))
+    diff = max(
+        max(np.abs(b.views - s.views).max(), np.abs(b.markers - s.markers).max())
+        for b, s in zip(batched, singles, strict=True)
+    )
     return {
         "n": n,
         "align_loop_s": loop_s,
@@ -97,7 +108,10 @@ def write_files(series, folder: Path) -> Path:
     for i, obs in enumerate(series):
         name = f"ts{i:03d}"
         ids = tuple(range(1, obs.n_markers + 1))
-        io.write_markers_csv(folder / f"{name}.csv", io.MarkerSet(xy=obs.xy, mask=obs.mask, marker_ids=ids, image_size=(2048, 2048), source="bench"))
+        io.write_markers_csv(
+            folder / f"{name}.csv",
+            io.MarkerSet(xy=obs.xy, mask=obs.mask, marker_ids=ids, image_size=(2048, 2048), source="bench"),
+        )
         io.write_tlt(folder / f"{name}.rawtlt", obs.tilts_deg)
         lines.append(f"{name}.csv {name}.rawtlt 2048 2048")
     (folder / "list.txt").write_text("\n".join(lines) + "\n")
@@ -105,9 +119,19 @@ def write_files(series, folder: Path) -> Path:
 
 
 def cli(args, env) -> float:
-    seconds, proc = timed(lambda: subprocess.run([sys.executable, "-m", "lmalign_jax", *map(str, args)], capture_output=True, text=True, env=env, check=False))
+    seconds, proc = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "lmalign_jax", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"lmalign {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"lmalign {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
     return seconds
 
 
@@ -131,13 +155,20 @@ def command_line(n: int, cli_n: int) -> dict:
                     "--quiet", "--out-dir", tmp / out, *([] if figure else ["--no-figure"])]  # fmt: skip
 
         cli(one(0, "warm", True), env)  # fills the persistent cache
-        cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "warm-batch", "--no-figure", "--quiet"], env)  # the batch kernel's cache
+        cli(
+            ["batch", tmp / "in" / "list.txt", "--out-dir", tmp / "warm-batch", "--no-figure", "--quiet"], env
+        )  # the batch kernel's cache
         out = {"n": n, "cli_timed_series": timed_n}
         for figure, tag in ((False, "no_figure"), (True, "figure")):
-            out[f"cli_align_per_series_{tag}_s"] = [cli(one(i, f"single-{tag}", figure), env) for i in range(timed_n)]
+            out[f"cli_align_per_series_{tag}_s"] = [
+                cli(one(i, f"single-{tag}", figure), env) for i in range(timed_n)
+            ]
             out[f"cli_batch_{tag}_s"] = cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / f"batch-{tag}", "--quiet",
                                              *([] if figure else ["--no-figure"])], env)  # fmt: skip
-            out[f"outputs_{tag}"] = {side: sorted({p.suffix for p in (tmp / f"{side}-{tag}").rglob("*") if p.is_file()}) for side in ("single", "batch")}
+            out[f"outputs_{tag}"] = {
+                side: sorted({p.suffix for p in (tmp / f"{side}-{tag}").rglob("*") if p.is_file()})
+                for side in ("single", "batch")
+            }
     return out
 
 
@@ -151,7 +182,16 @@ def worker(kind: str, n: int) -> None:
 
     if kind == "devices":
         r = in_process(n)
-        print(json.dumps({"devices": len(jax.devices()), "loop_s": r["align_loop_s"], "batch_s": r["align_batch_s"], "max_abs_difference": r["max_abs_difference"]}))
+        print(
+            json.dumps(
+                {
+                    "devices": len(jax.devices()),
+                    "loop_s": r["align_loop_s"],
+                    "batch_s": r["align_batch_s"],
+                    "max_abs_difference": r["max_abs_difference"],
+                }
+            )
+        )
         return
     series = make_series(n, mixed=True)
     shapes = {(o.n_views, o.n_markers) for o in series}
@@ -159,13 +199,23 @@ def worker(kind: str, n: int) -> None:
         seconds, results = timed(lambda: [lm.align(o) for o in series])
     else:
         seconds, results = timed(lambda: align_batch(series))
-    print(json.dumps({"seconds": seconds, "shapes": len(shapes), "converged": sum(r.converged for r in results)}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "shapes": len(shapes), "converged": sum(r.converged for r in results)}
+        )
+    )
 
 
 def mixed(n: int) -> dict:
     out = {}
     for kind in ("loop", "batch"):
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.batch_bench", "--worker", kind, "--n", str(n)], capture_output=True, text=True, cwd=ROOT, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.batch_bench", "--worker", kind, "--n", str(n)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
         out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,7 +226,14 @@ def host_devices(n: int) -> dict:
     """In-process rows again in a fresh process with one XLA host device per core."""
     cores = os.cpu_count() or 1
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={cores}", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.batch_bench", "--worker", "devices", "--n", str(n)], capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.batch_bench", "--worker", "devices", "--n", str(n)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -185,9 +242,16 @@ def host_devices(n: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=100, help="number of series")
-    p.add_argument("--cli-n", type=int, default=10, help="series timed through one 'lmalign align' process each (at least 10)")
+    p.add_argument(
+        "--cli-n",
+        type=int,
+        default=10,
+        help="series timed through one 'lmalign align' process each (at least 10)",
+    )
     p.add_argument("--no-cli", action="store_true", help="skip the command-line rows")
-    p.add_argument("--mixed", action="store_true", help="also time series of varying shapes, compilation included")
+    p.add_argument(
+        "--mixed", action="store_true", help="also time series of varying shapes, compilation included"
+    )
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--worker", choices=("loop", "batch", "devices"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -204,16 +268,32 @@ def main(argv=None) -> int:
                           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}}  # fmt: skip
     report["in_process"] = r = in_process(args.n)
     base = r["n"] / r["align_loop_s"]
-    rows = [("align() loop", r["n"], r["align_loop_s"], base), ("align_batch", r["n"], r["align_batch_s"], base)]
+    rows = [
+        ("align() loop", r["n"], r["align_loop_s"], base),
+        ("align_batch", r["n"], r["align_batch_s"], base),
+    ]
     if (os.cpu_count() or 1) > 1:
         report["host_devices"] = d = host_devices(args.n)
         rows += [
-            (f"align() loop, fresh process with {d['devices']} host devices", args.n, d["loop_s"], args.n / d["loop_s"]),
-            (f"align_batch over {d['devices']} host devices (same process)", args.n, d["batch_s"], args.n / d["loop_s"]),
+            (
+                f"align() loop, fresh process with {d['devices']} host devices",
+                args.n,
+                d["loop_s"],
+                args.n / d["loop_s"],
+            ),
+            (
+                f"align_batch over {d['devices']} host devices (same process)",
+                args.n,
+                d["batch_s"],
+                args.n / d["loop_s"],
+            ),
         ]
     if not args.no_cli:
         report["command_line"] = c = command_line(args.n, args.cli_n)
-        for tag, label in (("no_figure", "--no-figure on both sides"), ("figure", "with the .png report on both sides")):
+        for tag, label in (
+            ("no_figure", "--no-figure on both sides"),
+            ("figure", "with the .png report on both sides"),
+        ):
             per = c[f"cli_align_per_series_{tag}_s"]
             shell = len(per) / sum(per)
             rows += [
@@ -225,22 +305,45 @@ def main(argv=None) -> int:
         report["mixed"] = mx = mixed(args.n)
         cold = args.n / mx["loop"]["seconds"]
         rows += [
-            (f"mixed shapes, cold: align() loop ({mx['loop']['shapes']} shapes)", args.n, mx["loop"]["seconds"], cold),
+            (
+                f"mixed shapes, cold: align() loop ({mx['loop']['shapes']} shapes)",
+                args.n,
+                mx["loop"]["seconds"],
+                cold,
+            ),
             ("mixed shapes, cold: align_batch", args.n, mx["batch"]["seconds"], cold),
         ]
-    print(f"\n{args.n} series of {VIEWS} views x {MARKERS} markers; {report['machine']['cpu']}, {report['machine']['device']}")
-    print(f"align_batch vs align(): max |difference| {r['max_abs_difference']:.2e}; converged {r['converged'][0]} / {r['converged'][1]}")
-    print(f"first calls (compilation): align() {r['first_call_align_s']:.1f} s, align_batch {r['first_call_batch_s']:.1f} s\n")
-    print("Baselines: the align() loop (in-process rows), 'lmalign align' per series (command-line rows), the cold loop (mixed).")
+    print(
+        f"\n{args.n} series of {VIEWS} views x {MARKERS} markers; {report['machine']['cpu']}, {report['machine']['device']}"
+    )
+    print(
+        f"align_batch vs align(): max |difference| {r['max_abs_difference']:.2e}; converged {r['converged'][0]} / {r['converged'][1]}"
+    )
+    print(
+        f"first calls (compilation): align() {r['first_call_align_s']:.1f} s, align_batch {r['first_call_batch_s']:.1f} s\n"
+    )
+    print(
+        "Baselines: the align() loop (in-process rows), 'lmalign align' per series (command-line rows), the cold loop (mixed)."
+    )
     print("| method | series | seconds | series/s | vs its baseline |")
     print("|---|---:|---:|---:|---:|")
     for name, count, secs, reference in rows:
         print(f"| {name} | {count} | {secs:.2f} | {count / secs:.2f} | {count / secs / reference:.2f}x |")
-    report["rows"] = [{"method": name, "series": count, "seconds": secs, "series_per_s": count / secs, "vs_loop": count / secs / ref}
-                      for name, count, secs, ref in rows]
+    report["rows"] = [
+        {
+            "method": name,
+            "series": count,
+            "seconds": secs,
+            "series_per_s": count / secs,
+            "vs_loop": count / secs / ref,
+        }
+        for name, count, secs, ref in rows
+    ]
     report["meta"]["loadavg_end"] = list(os.getloadavg())
     m = report["meta"]
-    print(f"\nload average (1, 5, 15 min) before {m['loadavg_start']}, after {m['loadavg_end']}; commit {m['git']['commit']}")
+    print(
+        f"\nload average (1, 5, 15 min) before {m['loadavg_start']}, after {m['loadavg_end']}; commit {m['git']['commit']}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -46,7 +46,9 @@ def git_state() -> dict:
 
     def git(*args, strip=True):
         try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False).stdout
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
         return out.strip() if strip else out
@@ -70,10 +72,28 @@ def environment(quick: bool) -> dict:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
         "quick": quick,
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
+        "env": {
+            k: os.environ.get(k)
+            for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+        },
         "versions": {
             "python": platform.python_version(),
-            **{n: _version(n) for n in ("lmalign_jax", "jax", "jaxlib", "numpy", "scipy", "optimistix", "optax", "equinox", "lineax", "skimage", "astra")},
+            **{
+                n: _version(n)
+                for n in (
+                    "lmalign_jax",
+                    "jax",
+                    "jaxlib",
+                    "numpy",
+                    "scipy",
+                    "optimistix",
+                    "optax",
+                    "equinox",
+                    "lineax",
+                    "skimage",
+                    "astra",
+                )
+            },
         },
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in devices],
@@ -113,7 +133,9 @@ def paper_dataset(which: str, seed: int = 1):
 def scaling_dataset(n_markers: int, n_views: int = 61, seed: int = 1):
     from lmalign_jax import simulate
 
-    return simulate(n_views=n_views, n_markers=n_markers, image_size=(2048, 2048), noise_px=SIGMA_PX, seed=seed)
+    return simulate(
+        n_views=n_views, n_markers=n_markers, image_size=(2048, 2048), noise_px=SIGMA_PX, seed=seed
+    )
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -98,7 +98,9 @@ class JointProblem:
         full = self.full0.copy()
         full[self.free_index] = np.asarray(x, np.float64)
         nv = self.n_views * N_VIEW_PARAMS
-        return full[:nv].reshape(self.n_views, N_VIEW_PARAMS) * self.unit, full[nv:].reshape(self.n_markers, 3)
+        return full[:nv].reshape(self.n_views, N_VIEW_PARAMS) * self.unit, full[nv:].reshape(
+            self.n_markers, 3
+        )
 
     def rms_px(self, x) -> float:
         r = np.asarray(self.residual_fn(jnp.asarray(x)))
@@ -113,7 +115,12 @@ class JointProblem:
     @cached_property
     def residual_fn(self):
         """x (n_free,) -> residuals (2 n_obs,), jitted."""
-        vi, mi, observed, unit = jnp.asarray(self.vi), jnp.asarray(self.mi), jnp.asarray(self.observed), jnp.asarray(self.unit)
+        vi, mi, observed, unit = (
+            jnp.asarray(self.vi),
+            jnp.asarray(self.mi),
+            jnp.asarray(self.observed),
+            jnp.asarray(self.unit),
+        )
 
         def residuals(x):
             views, markers = self._split(x)
@@ -149,14 +156,20 @@ class JointProblem:
         """Column indices (free numbering) of each Jacobian row's nonzeros, and which block entries survive."""
         nvp = self.n_views * N_VIEW_PARAMS
         cols = np.concatenate(
-            [self.vi[:, None] * N_VIEW_PARAMS + np.arange(N_VIEW_PARAMS), nvp + self.mi[:, None] * 3 + np.arange(3)], axis=1
+            [
+                self.vi[:, None] * N_VIEW_PARAMS + np.arange(N_VIEW_PARAMS),
+                nvp + self.mi[:, None] * 3 + np.arange(3),
+            ],
+            axis=1,
         )  # (n_obs, 8) full column index
         cols = np.repeat(cols[:, None, :], 2, axis=1)  # (n_obs, 2, 8)
         keep = self.free[cols]
         to_free = np.full(self.free.size, -1, np.int64)
         to_free[self.free_index] = np.arange(self.n_free)
         indices = to_free[cols[keep]].astype(np.int32)
-        indptr = np.concatenate([[0], np.cumsum(keep.reshape(self.n_residuals, -1).sum(axis=1))]).astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(keep.reshape(self.n_residuals, -1).sum(axis=1))]).astype(
+            np.int32
+        )
         return keep.reshape(-1), indices, indptr
 
     def jac_sparsity(self) -> sp.csr_matrix:

@@ -40,7 +40,9 @@ def bench_problem(problem, repeats: int, peers=None, budget_s: float = 10.0, log
             "iterations": out["iterations"], "status": out["status"],
             "first_call_s": first, "steady_s": steady, "steady_runs_s": times,
         })  # fmt: skip
-        log(f"    {name:32s} RMS {rms:.9f}  {out['iterations']:6d} it  first {first:8.3f} s  steady {steady:9.4f} s  {out['status']}")
+        log(
+            f"    {name:32s} RMS {rms:.9f}  {out['iterations']:6d} it  first {first:8.3f} s  steady {steady:9.4f} s  {out['status']}"
+        )
     ours = next((r for r in rows if r["solver"] == OURS and "skipped" not in r), None)
     for r in rows:
         if ours is not None and "skipped" not in r:
@@ -49,7 +51,14 @@ def bench_problem(problem, repeats: int, peers=None, budget_s: float = 10.0, log
     return rows
 
 
-def run(datasets=("a", "b"), repeats: int = 5, align_repeats: int = 5, budget_s: float = 10.0, peers=None, log=print) -> dict:
+def run(
+    datasets=("a", "b"),
+    repeats: int = 5,
+    align_repeats: int = 5,
+    budget_s: float = 10.0,
+    peers=None,
+    log=print,
+) -> dict:
     import lmalign_jax
 
     out = {"repeats": repeats, "datasets": {}}
@@ -57,7 +66,9 @@ def run(datasets=("a", "b"), repeats: int = 5, align_repeats: int = 5, budget_s:
         obs = paper_dataset(which).observations
         start = lmalign_jax.core.align(obs, stages=("initial", "main", "tilt"))
         problem = JointProblem(obs, start.views, start.markers)
-        log(f"  ({which}) {problem.n_obs:,} observations, {problem.n_free:,} free parameters, start RMS {problem.rms_px(problem.x0):.6f} px")
+        log(
+            f"  ({which}) {problem.n_obs:,} observations, {problem.n_free:,} free parameters, start RMS {problem.rms_px(problem.x0):.6f} px"
+        )
         rows = bench_problem(problem, repeats, peers, budget_s, log)
         # our full align() end to end (closed-form start, 4 stages), steady state, for reference
         walls, res = [], None
@@ -79,4 +90,3 @@ def run(datasets=("a", "b"), repeats: int = 5, align_repeats: int = 5, budget_s:
         log(f"    align() end to end: {median(walls[1:]) * 1e3:.1f} ms steady (joint stage {joint.seconds * 1e3:.1f} ms), "
             f"RMS {res.rms_residual_px:.9f}")  # fmt: skip
     return out
-

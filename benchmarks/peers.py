@@ -52,9 +52,19 @@ def solve_ours(problem, config=None):
     model, modes = _gauge_modes()
     marker_free = np.ones((problem.n_markers, 3), bool)
     with jax.enable_x64(True):
-        built = build_problem(model, problem.obs, problem.views0, problem.markers0, modes, marker_free, ref_view=problem.ref_view)
+        built = build_problem(
+            model,
+            problem.obs,
+            problem.views0,
+            problem.markers0,
+            modes,
+            marker_free,
+            ref_view=problem.ref_view,
+        )
     if built.n_free != problem.n_free:
-        raise RuntimeError(f"gauge mismatch: package has {built.n_free} free parameters, benchmark {problem.n_free}")
+        raise RuntimeError(
+            f"gauge mismatch: package has {built.n_free} free parameters, benchmark {problem.n_free}"
+        )
 
     def run():
         with jax.enable_x64(True):
@@ -65,7 +75,11 @@ def solve_ours(problem, config=None):
         full = np.concatenate([(views / problem.unit).ravel(), markers.ravel()])
         from lmalign_jax import Status
 
-        return {"x": full[problem.free_index], "iterations": int(sol.iterations), "status": Status(int(sol.status)).message}
+        return {
+            "x": full[problem.free_index],
+            "iterations": int(sol.iterations),
+            "status": Status(int(sol.status)).message,
+        }
 
     return run
 
@@ -81,7 +95,11 @@ def solve_scipy_trf(problem, jacobian="fd-sparsity"):
 
     def run():
         fun = problem.residual_fn
-        kw = {"jac": "2-point", "jac_sparsity": problem.jac_sparsity()} if jacobian == "fd-sparsity" else {"jac": problem.sparse_jacobian}
+        kw = (
+            {"jac": "2-point", "jac_sparsity": problem.jac_sparsity()}
+            if jacobian == "fd-sparsity"
+            else {"jac": problem.sparse_jacobian}
+        )
         res = least_squares(
             lambda x: np.asarray(fun(x)), problem.x0, method="trf", x_scale="jac",
             ftol=COST_TOL, xtol=STEP_TOL, gtol=GRAD_TOL, **kw,
@@ -128,7 +146,11 @@ def solve_optimistix_lm(problem, max_steps=1000):
     def run():
         with jax.enable_x64(True):
             x, steps, ok = jax.block_until_ready(solve(jnp.asarray(problem.x0)))
-        return {"x": np.asarray(x), "iterations": int(steps), "status": "converged" if bool(ok) else "not converged"}
+        return {
+            "x": np.asarray(x),
+            "iterations": int(steps),
+            "status": "converged" if bool(ok) else "not converged",
+        }
 
     return run
 
@@ -173,7 +195,11 @@ def solve_optax_lbfgs(problem, max_iterations=MAX_LBFGS_ITERATIONS):
     def run():
         with jax.enable_x64(True):
             x, it, small = jax.block_until_ready(solve(jnp.asarray(problem.x0)))
-        return {"x": np.asarray(x), "iterations": int(it), "status": "converged" if bool(small) else "iteration limit"}
+        return {
+            "x": np.asarray(x),
+            "iterations": int(it),
+            "status": "converged" if bool(small) else "iteration limit",
+        }
 
     return run
 
@@ -194,7 +220,11 @@ def solve_scipy_lbfgsb(problem, max_iterations=MAX_LBFGS_ITERATIONS):
             fun, problem.x0, jac=True, method="L-BFGS-B",
             options={"ftol": COST_TOL, "gtol": GRAD_TOL * (1 + f0), "maxiter": max_iterations, "maxfun": 2 * max_iterations},
         )  # fmt: skip
-        return {"x": res.x, "iterations": int(res.nit), "status": "converged" if res.success else str(res.message)}
+        return {
+            "x": res.x,
+            "iterations": int(res.nit),
+            "status": "converged" if res.success else str(res.message),
+        }
 
     return run
 
@@ -202,8 +232,16 @@ def solve_scipy_lbfgsb(problem, max_iterations=MAX_LBFGS_ITERATIONS):
 #: name -> (factory, description, maximum observations for which it is run)
 PEERS = {
     "lmalign_jax (ours)": (solve_ours, "Schur-complement L-M, JAX, jitted", None),
-    "scipy trf + FD jac_sparsity": (lambda p: solve_scipy_trf(p, "fd-sparsity"), "trust-region reflective, LSMR", None),
-    "scipy trf + exact sparse J": (lambda p: solve_scipy_trf(p, "exact"), "trust-region reflective, LSMR", None),
+    "scipy trf + FD jac_sparsity": (
+        lambda p: solve_scipy_trf(p, "fd-sparsity"),
+        "trust-region reflective, LSMR",
+        None,
+    ),
+    "scipy trf + exact sparse J": (
+        lambda p: solve_scipy_trf(p, "exact"),
+        "trust-region reflective, LSMR",
+        None,
+    ),
     "scipy lm (MINPACK)": (solve_scipy_lm, "dense L-M (QR), exact dense J", 6000),
     "optimistix LevenbergMarquardt": (solve_optimistix_lm, "dense L-M (QR), JAX, jitted", 6000),
     "optax lbfgs": (solve_optax_lbfgs, "L-BFGS + zoom line search, JAX, jitted", None),

@@ -16,5 +16,7 @@ def run(quick: bool, log=print) -> dict:
     out = recon_bench.run_isolated(**settings)
     out["settings"] = settings
     for r in out["results"]:
-        log(f"  {r['method']:58s} {r['seconds_per_slice']:9.4f} s/slice {r['voxel_updates_per_s'] / 1e9:8.3f} Gvox-upd/s (median of {r['repeats']})")
+        log(
+            f"  {r['method']:58s} {r['seconds_per_slice']:9.4f} s/slice {r['voxel_updates_per_s'] / 1e9:8.3f} Gvox-upd/s (median of {r['repeats']})"
+        )
     return out

@@ -39,8 +39,15 @@ def limit_threads(threads: int) -> dict:
     n = str(threads)
     os.environ.update(OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
     if threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    return {"threads": threads, "cpus": cpus, **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")}}
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
+    return {
+        "threads": threads,
+        "cpus": cpus,
+        **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")},
+    }
 
 
 def interleaved_times(sides: dict, repeat: int) -> dict:
@@ -91,7 +98,9 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
 
     sides = {
         f"lmalign_jax fbp_2d, {rows}-row batch": lambda: np.asarray(fbp_2d(sino_ours, -theta)),
-        "lmalign_jax fbp_2d, one slice per call": lambda: [np.asarray(fbp_2d(sino_ours[:, r, :], -theta)) for r in range(rows)],
+        "lmalign_jax fbp_2d, one slice per call": lambda: [
+            np.asarray(fbp_2d(sino_ours[:, r, :], -theta)) for r in range(rows)
+        ],
     }
     ours_slice = np.asarray(fbp_2d(sino_ours[:, 0, :], -theta))
 
@@ -117,25 +126,41 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
 
         def astra_fbp(sid):
             cfg = astra.astra_dict("FBP")
-            cfg.update(ReconstructionDataId=rec_id, ProjectionDataId=sid, ProjectorId=proj_id, option={"FilterType": "Ram-Lak"})
+            cfg.update(
+                ReconstructionDataId=rec_id,
+                ProjectionDataId=sid,
+                ProjectorId=proj_id,
+                option={"FilterType": "Ram-Lak"},
+            )
             alg = astra.algorithm.create(cfg)
             astra.algorithm.run(alg)
             astra.algorithm.delete(alg)
             return astra.data2d.get(rec_id)
 
-        sides["ASTRA CPU FBP (linear, Ram-Lak), one slice per call"] = lambda: [astra_fbp(s) for s in sino_ids]
+        sides["ASTRA CPU FBP (linear, Ram-Lak), one slice per call"] = lambda: [
+            astra_fbp(s) for s in sino_ids
+        ]
         astra_slice = astra_fbp(sino_ids[0])
 
     # ours only: a full reconstruct of an aligned slab from a raw stack with a per-view alignment
     rng = np.random.default_rng(0)
     alpha = np.deg2rad(rng.uniform(-4, 4, nv))
     s = 1.0 + rng.normal(0, 0.01, nv)
-    A = np.stack([np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / si for a, si in zip(alpha, s, strict=True)])
+    A = np.stack(
+        [
+            np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / si
+            for a, si in zip(alpha, s, strict=True)
+        ]
+    )
     D = rng.normal(0, 4.0, (nv, 2))
     out = np.zeros((n, rows, n), np.float32)
     ours_only = {
-        f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)": lambda: reconstruct(sino_ours, A, D, theta, n, out=out),
-        f"reconstruct {rows}x{n}x{n} slab, aligned (new output)": lambda: reconstruct(sino_ours, A, D, theta, n),
+        f"reconstruct {rows}x{n}x{n} slab, aligned (preallocated out)": lambda: reconstruct(
+            sino_ours, A, D, theta, n, out=out
+        ),
+        f"reconstruct {rows}x{n}x{n} slab, aligned (new output)": lambda: reconstruct(
+            sino_ours, A, D, theta, n
+        ),
     }
     for name, seconds in interleaved_times({**sides, **ours_only}, repeat).items():
         record(name, seconds, name in sides)
@@ -192,7 +217,9 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512, help="slice width and thickness (pixels)")
-    ap.add_argument("--rows", type=int, default=32, help="slices (y rows) in the slab, reconstructed by every side")
+    ap.add_argument(
+        "--rows", type=int, default=32, help="slices (y rows) in the slab, reconstructed by every side"
+    )
     ap.add_argument("--views", type=int, default=61, help="views over +-60 degrees")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of every side after one warm-up")
     ap.add_argument("--threads", type=int, default=1, help="cores for the whole process (every side)")

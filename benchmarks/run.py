@@ -83,14 +83,22 @@ def rms_checks(report: dict) -> list[dict]:
 def md_header(report: dict) -> str:
     m = report["meta"]
     v = m["versions"]
-    vers = ", ".join(f"{k} {v[k]}" for k in ("python", "jax", "jaxlib", "numpy", "scipy", "optimistix", "optax", "skimage", "astra") if v.get(k))
+    vers = ", ".join(
+        f"{k} {v[k]}"
+        for k in ("python", "jax", "jaxlib", "numpy", "scipy", "optimistix", "optax", "skimage", "astra")
+        if v.get(k)
+    )
     return (
         f"Run {m['timestamp']} on `{m['machine']}`: {m['cpu_model']}, {m['cpu_count']} logical CPUs; "
         f"JAX backend {m['jax_backend']} ({', '.join(m['device_kind'])}); OPENBLAS_NUM_THREADS={m['env']['OPENBLAS_NUM_THREADS']}; "
         f"{'quick' if m['quick'] else 'full'} mode, {report['total_seconds']:.0f} s in all; "
         f"1-minute load average {_load(m.get('loadavg_start'))} at the start, {_load(m.get('loadavg_end'))} at the end.\n\n{vers}.\n\n"
         f"lmalign_jax at commit {(m['git']['commit'] or 'unknown')[:10]} ({m['git']['subject']})"
-        + (f", with uncommitted changes to {', '.join(m['git']['lmalign_jax_modified'])}" if m["git"]["lmalign_jax_modified"] else "")
+        + (
+            f", with uncommitted changes to {', '.join(m['git']['lmalign_jax_modified'])}"
+            if m["git"]["lmalign_jax_modified"]
+            else ""
+        )
         + "."
     )
 
@@ -103,14 +111,19 @@ def md_paper(sec: dict) -> str:
     out = []
     for which, d in sec["datasets"].items():
         p = d["paper"]
-        out.append(f"#### {p['table']} ({which}): {d['description']} (synthetic, shaped like the paper's data)\n")
+        out.append(
+            f"#### {p['table']} ({which}): {d['description']} (synthetic, shaped like the paper's data)\n"
+        )
         out.append(f"{d['n_views']} views, {d['n_markers']} markers, {d['n_obs']:,} observations "
                    f"(missing {100 * d['missing_fraction']:.1f}%), sigma 0.5 px; full model: {d['n_free_model']:,} free "
                    f"parameters, noise floor {d['noise_floor_px']:.4f} px. Steady-state times (median of {sec['repeats']}); "
                    "each stage cell is time / iterations / RMS after the stage.\n")  # fmt: skip
         rows = []
         for name, c in d["configs"].items():
-            cells = {s["stage"]: f"{seconds(s['seconds_steady'])} / {s['iterations']} / {s['rms_px']:.4f}" for s in c["stage_reports"]}
+            cells = {
+                s["stage"]: f"{seconds(s['seconds_steady'])} / {s['iterations']} / {s['rms_px']:.4f}"
+                for s in c["stage_reports"]
+            }
             rows.append([name, *(cells.get(s, "-") for s in ("initial", "main", "tilt", "joint")),
                          seconds(c["solve_seconds_steady"]), seconds(c["align_seconds_steady"]),
                          f"{c['rms_px']:.4f}", f"{c['ratio_to_floor']:.4f}"])  # fmt: skip
@@ -138,7 +151,9 @@ def md_peers(sec: dict) -> str:
         rows = []
         for r in d["solvers"]:
             if "skipped" in r:
-                rows.append([r["solver"], r["description"], "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}"])
+                rows.append(
+                    [r["solver"], r["description"], "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}"]
+                )
                 continue
             rows.append([r["solver"], r["description"], f"{r['rms_px']:.9f}", f"{r['ratio_to_floor']:.4f}", fmt(r["iterations"]),
                          seconds(r["first_call_s"]), seconds(r["steady_s"]), f"{r['time_ratio_vs_ours']:.3g}x", r["status"]])  # fmt: skip
@@ -156,7 +171,11 @@ def md_scaling(sec: dict) -> str:
     rows = []
     prev = None
     for r in sec["rows"]:
-        growth = "-" if prev is None else f"{r['align_steady_s'] / prev['align_steady_s']:.1f}x for {r['n_obs'] / prev['n_obs']:.0f}x"
+        growth = (
+            "-"
+            if prev is None
+            else f"{r['align_steady_s'] / prev['align_steady_s']:.1f}x for {r['n_obs'] / prev['n_obs']:.0f}x"
+        )
         prev = r
         st = " / ".join(seconds(s["seconds_steady"]) for s in r["stages"])
         t = r.get("scipy_trf", {})
@@ -164,7 +183,11 @@ def md_scaling(sec: dict) -> str:
             trf = ["skipped", "-", "-"]
         else:
             tt = t["steady_s"] or t["first_call_s"]
-            trf = [f"{seconds(tt)} ({t['iterations']} ev)", f"{t['time_ratio_vs_ours_joint']:.3g}x", " / ".join(memory_cells(t))]
+            trf = [
+                f"{seconds(tt)} ({t['iterations']} ev)",
+                f"{t['time_ratio_vs_ours_joint']:.3g}x",
+                " / ".join(memory_cells(t)),
+            ]
         rows.append([fmt(r["n_markers"]), fmt(r["n_obs"]), seconds(r["align_steady_s"]), seconds(r["align_first_call_s"]),
                      f"{r['us_per_obs_steady']:.2f}", growth, st, *memory_cells(r),
                      f"{r['ratio_to_floor']:.4f}", f"{seconds(r['ours_joint']['steady_s'])} ({r['ours_joint']['iterations']} it)", *trf])  # fmt: skip
@@ -182,11 +205,20 @@ def md_recon(sec: dict) -> str:
 def markdown(report: dict) -> str:
     parts = [md_header(report)]
     if "paper" in report:
-        parts += ["### 1. The paper's Tables 1 and 2 (synthetic data shaped like the paper's)", md_paper(report["paper"])]
+        parts += [
+            "### 1. The paper's Tables 1 and 2 (synthetic data shaped like the paper's)",
+            md_paper(report["paper"]),
+        ]
     if "peers" in report:
-        parts += ["### 2. Peers on the joint problem (same data, start, gauge, stopping rule)", md_peers(report["peers"])]
+        parts += [
+            "### 2. Peers on the joint problem (same data, start, gauge, stopping rule)",
+            md_peers(report["peers"]),
+        ]
     if "scaling" in report:
-        parts += [f"### 3. Scaling: {report['scaling']['n_views']} views, every marker in every view", md_scaling(report["scaling"])]
+        parts += [
+            f"### 3. Scaling: {report['scaling']['n_views']} views, every marker in every view",
+            md_scaling(report["scaling"]),
+        ]
     if "recon" in report:
         parts += ["### 4. Reconstruction (recon_bench)", md_recon(report["recon"])]
     if report.get("checks"):
@@ -200,8 +232,12 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="lmalign_jax benchmarks (see benchmarks/README.md)")
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (~1-2 min)")
-    ap.add_argument("--out", default=None, help="JSON report path (default benchmarks/results/<date>-<machine>.json)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument(
+        "--out", default=None, help="JSON report path (default benchmarks/results/<date>-<machine>.json)"
+    )
+    ap.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
@@ -213,7 +249,12 @@ def main(argv=None) -> dict:
 
     jax.config.update("jax_enable_x64", True)  # the peers work in float64, like align()'s default
     t_start = time.perf_counter()
-    report: dict = {"meta": environment(args.quick), "mode": {k: (list(v) if isinstance(v, tuple) else v) for k, v in mode.items() if k != "scaling_repeats"}}
+    report: dict = {
+        "meta": environment(args.quick),
+        "mode": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in mode.items() if k != "scaling_repeats"
+        },
+    }
     log(f"lmalign_jax benchmarks ({'quick' if args.quick else 'full'}) on {report['meta']['cpu_model']}, "
         f"JAX devices {report['meta']['jax_devices']}")  # fmt: skip
 
@@ -233,7 +274,9 @@ def main(argv=None) -> dict:
 
         log("3. scaling with the number of markers (subprocess per measurement)")
         reps = mode["scaling_repeats"]
-        report["scaling"] = scaling.run(mode["scaling_sizes"], mode["trf_max_markers"], lambda n: reps.get(n, 1), log=log)
+        report["scaling"] = scaling.run(
+            mode["scaling_sizes"], mode["trf_max_markers"], lambda n: reps.get(n, 1), log=log
+        )
     if "recon" in sections:
         from benchmarks import recon
 
@@ -243,7 +286,14 @@ def main(argv=None) -> dict:
     report["checks"] = rms_checks(report)
     report["meta"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["total_seconds"] = time.perf_counter() - t_start
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{report['meta']['date']}-{machine_slug(report['meta'])}{'-quick' if args.quick else ''}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / "benchmarks"
+        / "results"
+        / f"{report['meta']['date']}-{machine_slug(report['meta'])}{'-quick' if args.quick else ''}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
     md = markdown(report)

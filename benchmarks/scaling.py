@@ -182,15 +182,32 @@ def run(sizes, trf_max_markers: int, repeats_for=None, log=print, timeout: float
         for n in sizes:
             start = str(Path(tmp) / f"start-{n}.npz")
             reps = repeats_for(n)
-            row = _spawn(["align", "--markers", str(n), "--repeats", str(reps), "--start", start, "--joint-repeats", str(reps)], timeout)
-            row["us_per_obs_steady"] = 1e6 * (row["align_steady_s"] or row["align_first_call_s"]) / row["n_obs"]
+            row = _spawn(
+                [
+                    "align",
+                    "--markers",
+                    str(n),
+                    "--repeats",
+                    str(reps),
+                    "--start",
+                    start,
+                    "--joint-repeats",
+                    str(reps),
+                ],
+                timeout,
+            )
+            row["us_per_obs_steady"] = (
+                1e6 * (row["align_steady_s"] or row["align_first_call_s"]) / row["n_obs"]
+            )
             log(f"  {n:6d} markers ({row['n_obs']:,} obs): align() {row['align_steady_s']:.3f} s steady "
                 f"({row['us_per_obs_steady']:.2f} us/obs), first call {row['align_first_call_s']:.2f} s, "
                 f"peak RSS steady / first call {' / '.join(memory_cells(row))} MB; "
                 f"joint stage alone {row['ours_joint']['steady_s']:.3f} s; RMS/floor {row['ratio_to_floor']:.4f}")  # fmt: skip
             if n <= trf_max_markers:
                 trf_reps = 1 if n < 3000 else 0  # one ~minute-long run is enough past 1,000 markers
-                row["scipy_trf"] = _spawn(["trf", "--markers", str(n), "--repeats", str(trf_reps), "--start", start], timeout)
+                row["scipy_trf"] = _spawn(
+                    ["trf", "--markers", str(n), "--repeats", str(trf_reps), "--start", start], timeout
+                )
                 t = row["scipy_trf"]["steady_s"] or row["scipy_trf"]["first_call_s"]
                 row["scipy_trf"]["time_ratio_vs_ours_joint"] = t / row["ours_joint"]["steady_s"]
                 log(f"         scipy trf (exact sparse J): {t:.3f} s, {row['scipy_trf']['iterations']} evaluations, "

@@ -43,13 +43,17 @@ class Observations:
                 "the tilt file must have one angle per view"
             )
         if not np.all(np.isfinite(tilts)):
-            raise ValueError(f"tilt angle of view {int(np.flatnonzero(~np.isfinite(tilts))[0])} is not finite")
+            raise ValueError(
+                f"tilt angle of view {int(np.flatnonzero(~np.isfinite(tilts))[0])} is not finite"
+            )
         if len(self.image_size) != 2 or not all(np.isfinite(s) and s > 0 for s in self.image_size):
             raise ValueError(f"image_size must be two positive numbers (nx, ny), got {self.image_size}")
         bad = mask & ~np.all(np.isfinite(xy), axis=-1)
         if bad.any():
             view, marker = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"marker {marker} in view {view} has a non-finite coordinate {xy[view, marker].tolist()}")
+            raise ValueError(
+                f"marker {marker} in view {view} has a non-finite coordinate {xy[view, marker].tolist()}"
+            )
         per_marker = mask.sum(axis=0)
         if (per_marker < 2).any():
             marker = int(np.flatnonzero(per_marker < 2)[0])

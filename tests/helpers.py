@@ -132,7 +132,9 @@ def assert_at_noise_floor(fits, n_sd: float = FLOOR_SD) -> FloorFit:
     for k, f in enumerate(fits):
         assert abs(f.z) < each, f"fit {k}: RMS / floor = {f.ratio:.4f}, {f.z:+.2f} sd (sd {f.sd:.4f})"
     pooled = pool(fits)
-    assert abs(pooled.z) < n_sd, f"pooled RMS / floor = {pooled.ratio:.4f}, {pooled.z:+.2f} sd (sd {pooled.sd:.4f})"
+    assert abs(pooled.z) < n_sd, (
+        f"pooled RMS / floor = {pooled.ratio:.4f}, {pooled.z:+.2f} sd (sd {pooled.sd:.4f})"
+    )
     return pooled
 
 

@@ -46,7 +46,12 @@ def noise_redraws(case, dtype):
     rng = np.random.default_rng(sorted(CASES).index(case))
     fits = []
     for _ in range(NOISE_DRAWS):
-        noisy = Observations(clean.xy + 0.5 * rng.standard_normal(clean.xy.shape), clean.mask, clean.tilts_deg, clean.image_size)
+        noisy = Observations(
+            clean.xy + 0.5 * rng.standard_normal(clean.xy.shape),
+            clean.mask,
+            clean.tilts_deg,
+            clean.image_size,
+        )
         fits.append(align(noisy, dtype=dtype))
     return fits
 
@@ -71,7 +76,9 @@ def test_noise_floor_within_one_percent(dtype):
         res = np.asarray(r.residuals, dtype=np.float64)[r.observations.mask]
         res[:, 0] += np.sqrt((1.01**2 - 1) * np.sum(res**2) / len(res))
         biased.append(FloorFit(float(np.sum(res**2)) / 0.5**2, int(2 * len(res) - r.n_free)))
-    print(f"{dtype}: RMS / floor {pooled.ratio:.4f} ({pooled.z:+.2f} sd of {pooled.sd:.4f}); biased fits {pool(biased).ratio:.4f} ({pool(biased).z:+.2f} sd)")
+    print(
+        f"{dtype}: RMS / floor {pooled.ratio:.4f} ({pooled.z:+.2f} sd of {pooled.sd:.4f}); biased fits {pool(biased).ratio:.4f} ({pool(biased).z:+.2f} sd)"
+    )
     assert pool(biased).z > FLOOR_SD, (pooled.ratio, pool(biased).ratio, pool(biased).z)
 
 
@@ -133,7 +140,9 @@ def test_matches_a_scipy_joint_least_squares_reference():
         s, a, t, dx, dy = (views[:, i, None] for i in range(5))
         x, y, z = markers.T
         px = x * np.cos(t) + z * np.sin(t)
-        proj = np.stack([s * (np.cos(a) * px - np.sin(a) * y) + dx, s * (np.sin(a) * px + np.cos(a) * y) + dy], -1)
+        proj = np.stack(
+            [s * (np.cos(a) * px - np.sin(a) * y) + dx, s * (np.sin(a) * px + np.cos(a) * y) + dy], -1
+        )
         return (proj - c)[obs.mask].ravel()
 
     start = np.concatenate([base_views.ravel(), base_markers.ravel()])

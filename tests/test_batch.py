@@ -35,7 +35,9 @@ def _no_persistent_cache(monkeypatch):
 
 @pytest.fixture(scope="module")
 def series():
-    return [lm.simulate(n_views=v, n_markers=m, missing_fraction=0.1, seed=s).observations for v, m, s in SERIES]
+    return [
+        lm.simulate(n_views=v, n_markers=m, missing_fraction=0.1, seed=s).observations for v, m, s in SERIES
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,9 @@ SAME_ATOL = 1e-6
 def assert_same(batched, single, atol=SAME_ATOL):
     assert batched.status == single.status == "converged"
     for name in ("views", "markers", "xf"):
-        np.testing.assert_allclose(getattr(batched, name), getattr(single, name), rtol=0, atol=atol, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(batched, name), getattr(single, name), rtol=0, atol=atol, err_msg=name
+        )
     np.testing.assert_allclose(batched.residuals, single.residuals, rtol=0, atol=atol)
     assert batched.n_free == single.n_free
     assert batched.rotation_estimated_deg == single.rotation_estimated_deg
@@ -67,7 +71,9 @@ def assert_same(batched, single, atol=SAME_ATOL):
 @pytest.mark.parametrize("width", [1, 3], ids=["sequential", "vmap"])
 def test_batched_equals_individual(series, individual, width):
     events = []
-    results = align_batch(series, rotation_deg=ROTATIONS, vmap_width=width, progress=lambda *e: events.append(e))
+    results = align_batch(
+        series, rotation_deg=ROTATIONS, vmap_width=width, progress=lambda *e: events.append(e)
+    )
     for batched, single in zip(results, individual, strict=True):
         assert_same(batched, single)
         assert batched.settings.bucket == (21, 10)  # the bucket's largest member
@@ -80,7 +86,11 @@ def test_batched_equals_individual(series, individual, width):
 
 
 def test_bad_series_fail_alone(series, individual):
-    results = align_batch([series[0], "not observations", series[1], series[2]], rotation_deg=[None, None, None, -2.0], ref_view=[None, None, 99, None])
+    results = align_batch(
+        [series[0], "not observations", series[1], series[2]],
+        rotation_deg=[None, None, None, -2.0],
+        ref_view=[None, None, 99, None],
+    )
     assert isinstance(results[1], TypeError) and "series 1 is a str, not Observations" in str(results[1])
     assert isinstance(results[2], ValueError) and str(results[2]) == "ref_view 99 is outside 0..20"
     assert_same(results[0], individual[0])
@@ -104,7 +114,11 @@ def test_numerical_failure_ends_that_series_at_its_stage(series, individual):
     batched = align_batch(series[:2], weights=[None, weights])
     single = lm.align(series[1], weights=weights)
     assert single.status == batched[1].status and "fail" in single.status
-    assert [(s.name, s.status) for s in batched[1].stages] == [(s.name, s.status) for s in single.stages] == [("initial", single.status)]
+    assert (
+        [(s.name, s.status) for s in batched[1].stages]
+        == [(s.name, s.status) for s in single.stages]
+        == [("initial", single.status)]
+    )
     np.testing.assert_allclose(batched[1].views, single.views, rtol=0, atol=1e-10)
     np.testing.assert_allclose(batched[1].markers, single.markers, rtol=0, atol=1e-10)
     assert_same(batched[0], individual[0])
@@ -126,9 +140,14 @@ def test_bucket_shape_and_option_errors(series):
     assert bucket_shape(107, 30, 16) == (112, 32)
     assert bucket_shape(107, 30, (10, 5)) == (110, 30)
     assert bucket_shape(107, 30, "exact") == (107, 30)
-    with pytest.raises(ValueError, match=r"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got \(0, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got \(0, 8\)",
+    ):
         align_batch(series, bucket=(0, 8))
-    with pytest.raises(ValueError, match="parameter 'tilt': align_batch takes the modes free, fixed, shared and group:N"):
+    with pytest.raises(
+        ValueError, match="parameter 'tilt': align_batch takes the modes free, fixed, shared and group:N"
+    ):
         align_batch(series, modes={"tilt": np.zeros(21, int)})
     with pytest.raises(ValueError, match="unknown stage 'final'"):
         align_batch(series, stages=("final",))
@@ -156,7 +175,9 @@ def test_sharded_over_two_cpu_devices_equals_align():
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["devices"] == 2
@@ -178,8 +199,23 @@ def run(args):
 def make_series_files(folder: Path, seeds=(0, 1)) -> None:
     """`lmalign simulate` files s<seed>.csv/.rawtlt (21 views x 10 markers, 2048 px images)."""
     for seed in seeds:
-        rc, _, err = run(["simulate", "--out-dir", folder, "--prefix", f"s{seed}", "--views", 21, "--markers", 10,
-                          "--missing", 0.1, "--seed", seed])
+        rc, _, err = run(
+            [
+                "simulate",
+                "--out-dir",
+                folder,
+                "--prefix",
+                f"s{seed}",
+                "--views",
+                21,
+                "--markers",
+                10,
+                "--missing",
+                0.1,
+                "--seed",
+                seed,
+            ]
+        )
         assert rc == 0, err
 
 
@@ -215,16 +251,22 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     assert rc == 2, err  # some inputs were bad
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
     assert list(rows) == ["s0", "corrupt", "s1", "missing", "line6", "s0_2", "s1_2"]
-    assert rows["s0_2"]["detail"].endswith("list.txt:7: one number after TILTS (2048): give the image size as NX NY, or a STACK file")
+    assert rows["s0_2"]["detail"].endswith(
+        "list.txt:7: one number after TILTS (2048): give the image size as NX NY, or a STACK file"
+    )
     assert rows["s0"]["status"] == rows["s1"]["status"] == "converged"
     bad_line = len((files / "corrupt.csv").read_text().splitlines())
     assert rows["corrupt"]["status"] == "bad input"
     assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
     assert rows["missing"]["detail"].endswith("missing.csv: file not found")
-    assert rows["line6"]["detail"].endswith("list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]', got 1 fields")
+    assert rows["line6"]["detail"].endswith(
+        "list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]', got 1 fields"
+    )
     # a CSV does not record the image size: the advice is the batch's, not align's --stack
-    assert rows["s1_2"]["detail"].endswith("s1.csv: image size unknown (the marker file does not record it): give NX NY after TILTS "
-                                           "on the series' line of a list file, a STACK column, or --image-size NX NY for every series")
+    assert rows["s1_2"]["detail"].endswith(
+        "s1.csv: image size unknown (the marker file does not record it): give NX NY after TILTS "
+        "on the series' line of a list file, a STACK column, or --image-size NX NY for every series"
+    )
     assert {p.name for p in (out / "s0").iterdir()} == {"s0.xf", "s0.tlt", "s0.resid", "s0.xyz", "s0.json"}
     assert not (out / "corrupt").exists()
     assert "2 converged, 0 failed, 5 bad input" in stdout
@@ -234,8 +276,20 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     assert (out / "batch_summary.txt").read_text() in stdout
 
     # the same outputs as `lmalign align` on that series (to the precision of the files)
-    rc, _, err = run(["align", files / "s1.csv", "--tilts", files / "s1.rawtlt", "--image-size", 2048, 2048,
-                      "--out-dir", tmp_path / "single", "--quiet"])
+    rc, _, err = run(
+        [
+            "align",
+            files / "s1.csv",
+            "--tilts",
+            files / "s1.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--out-dir",
+            tmp_path / "single",
+            "--quiet",
+        ]
+    )
     assert rc == 0, err
     for suffix in (".xf", ".tlt", ".xyz", ".resid"):
         ours, theirs = ((d / f"s1{suffix}").read_text().split() for d in (out / "s1", tmp_path / "single"))
@@ -244,9 +298,13 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
             assert a == b or abs(float(a) - float(b)) < 2e-6, (suffix, a, b)
     record = json.loads((out / "s1" / "s1.json").read_text())
     single = json.loads((tmp_path / "single" / "s1.json").read_text())
-    assert record["summary"]["rms_residual_px"] == pytest.approx(single["summary"]["rms_residual_px"], abs=1e-9)
+    assert record["summary"]["rms_residual_px"] == pytest.approx(
+        single["summary"]["rms_residual_px"], abs=1e-9
+    )
     # and the same standard errors and leave-one-out residuals
-    assert record["summary"]["leave_one_out_rms_px"] == pytest.approx(single["summary"]["leave_one_out_rms_px"], rel=1e-6)
+    assert record["summary"]["leave_one_out_rms_px"] == pytest.approx(
+        single["summary"]["leave_one_out_rms_px"], rel=1e-6
+    )
     for ours, theirs in zip(record["views"], single["views"], strict=True):
         assert ours["standard_errors"] == pytest.approx(theirs["standard_errors"], rel=1e-5, abs=1e-12)
     for ours, theirs in zip(record["markers"], single["markers"], strict=True):
@@ -261,8 +319,25 @@ def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):
     env.update(JAX_PLATFORMS="cpu", LMALIGN_NO_COMPILATION_CACHE="1")
     (files / "two.txt").write_text("s0.csv s0.rawtlt 2048 2048\ns1.csv s1.rawtlt 2048 2048\n")
     out = tmp_path / "fresh"
-    proc = subprocess.run([sys.executable, "-m", "lmalign_jax", "batch", files / "two.txt", "--out-dir", out, "--writers", "2", "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmalign_jax",
+            "batch",
+            files / "two.txt",
+            "--out-dir",
+            out,
+            "--writers",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     cores = len(os.sched_getaffinity(0))
     assert len(json.loads((out / "batch_summary.json").read_text())["devices"]) == cores
@@ -283,14 +358,29 @@ def test_cli_batch_folder_with_figures_and_a_failed_alignment(files, tmp_path):
     for name in ("s0.csv", "s0.rawtlt", "s1.csv"):  # s1 has no tilt file
         (folder / name).write_text((files / name).read_text())
     out = tmp_path / "out"
-    rc, stdout, err = run(["batch", folder, "--out-dir", out, "--layout", "prefix", "--image-size", 2048, 2048, "--quiet"])
+    rc, stdout, err = run(
+        ["batch", folder, "--out-dir", out, "--layout", "prefix", "--image-size", 2048, 2048, "--quiet"]
+    )
     assert rc == 2, err
     assert {p.name for p in out.iterdir()} >= {"s0.xf", "s0.png", "s0.json", "batch_summary.tsv"}
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
     assert "no tilt file beside it (s1.rawtlt, s1.tlt, s1.mdoc)" in rows["s1"]["detail"]
 
     (folder / "s1.csv").unlink()  # now only s0, which cannot converge in one iteration
-    rc, stdout, err = run(["batch", folder, "--out-dir", tmp_path / "out2", "--image-size", 2048, 2048, "--max-iterations", 1, "--no-figure"])
+    rc, stdout, err = run(
+        [
+            "batch",
+            folder,
+            "--out-dir",
+            tmp_path / "out2",
+            "--image-size",
+            2048,
+            2048,
+            "--max-iterations",
+            1,
+            "--no-figure",
+        ]
+    )
     assert rc == 1, err
     assert "0 converged, 1 failed, 0 bad input" in stdout
     assert {p.name for p in (tmp_path / "out2" / "s0").iterdir()} == {"s0.json"}
@@ -300,12 +390,21 @@ def test_cli_batch_usage_errors(tmp_path):
     rc, _, err = run(["batch", tmp_path / "nothing.txt"])
     assert rc == 2 and "nothing.txt: file or folder not found" in err
     rc, _, err = run(["batch", tmp_path])
-    assert rc == 2 and ("no marker files (.fid, .mod, .csv, .pt) in this folder; name .txt and .resid marker files in a list file "
-                        "(MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG] per line)") in err
+    assert (
+        rc == 2
+        and (
+            "no marker files (.fid, .mod, .csv, .pt) in this folder; name .txt and .resid marker files in a list file "
+            "(MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG] per line)"
+        )
+        in err
+    )
     rc, _, err = run(["batch", tmp_path, "--writers", 0])
     assert rc == 2 and "--writers must be at least 1, got 0" in err
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
-    assert rc == 2 and "--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got 0" in err
+    assert (
+        rc == 2
+        and "--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got 0" in err
+    )
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 64, "--bin", 0])
     assert rc == 2 and "--bin must be at least 1, got 0" in err
     rc, _, err = run(["batch", tmp_path, "--jobs", 2, "--scheduler", "tcp://127.0.0.1:1"])
@@ -319,11 +418,15 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     """--resume: a series aligned before from the same files with the same options keeps its
     outputs; one whose outputs are incomplete, whose inputs changed since, or that was aligned
     with other options is aligned again."""
-    (tmp_path / "two.txt").write_text(f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n")
+    (tmp_path / "two.txt").write_text(
+        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
+    )
     out = tmp_path / "out"
 
     def resume(*extra):
-        rc, stdout, err = run(["batch", tmp_path / "two.txt", "--out-dir", out, "--no-figure", "--resume", *extra])
+        rc, stdout, err = run(
+            ["batch", tmp_path / "two.txt", "--out-dir", out, "--no-figure", "--resume", *extra]
+        )
         assert rc == 0, err
         return {r["series"]: r["detail"] for r in read_tsv(out / "batch_summary.tsv")}, stdout, err
 
@@ -335,8 +438,14 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     assert details == {"s0": RESUMED, "s1": "converged"} and record.stat().st_mtime_ns == made
     assert f"s0: converged: {RESUMED}" in err and RESUMED in stdout and (out / "s1" / "s1.xf").exists()
     assert resume("--no-errors")[0] == {"s0": RESUMED, "s1": RESUMED}  # more than asked for is kept
-    assert resume("--no-errors", "--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # other options
-    assert resume("--max-iterations", 150)[0] == {"s0": "converged", "s1": "converged"}  # now with the standard errors
+    assert resume("--no-errors", "--max-iterations", 150)[0] == {
+        "s0": "converged",
+        "s1": "converged",
+    }  # other options
+    assert resume("--max-iterations", 150)[0] == {
+        "s0": "converged",
+        "s1": "converged",
+    }  # now with the standard errors
     assert resume("--max-iterations", 150)[0] == {"s0": RESUMED, "s1": RESUMED}
     assert json.loads(record.read_text())["options"]["max_iterations"] == 150
     later = (out / "s1" / "s1.json").stat().st_mtime_ns + 10**10
@@ -348,8 +457,13 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
     """exclude= and rotation= on a list line act as `lmalign align --exclude --rotation` for that
     series; malformed ones are that line's bad input; --resume compares them."""
     s0, t0, s1, t1 = files / "s0.csv", files / "s0.rawtlt", files / "s1.csv", files / "s1.rawtlt"
-    lines = [f"{s0} {t0} 2048 2048 exclude=1-2,21 rotation=3.5", f"{s1} {t1} rotation=oops 2048 2048", f"{s1} {t1} 2048 2048 exclude=30",
-             f"{s1} {t1} exclude=1 2048 2048 exclude=2", f"{s1} {t1} 2048 2048 exclude="]
+    lines = [
+        f"{s0} {t0} 2048 2048 exclude=1-2,21 rotation=3.5",
+        f"{s1} {t1} rotation=oops 2048 2048",
+        f"{s1} {t1} 2048 2048 exclude=30",
+        f"{s1} {t1} exclude=1 2048 2048 exclude=2",
+        f"{s1} {t1} 2048 2048 exclude=",
+    ]
     listing = tmp_path / "opts.txt"
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
@@ -364,20 +478,48 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
         "s1_4": f"{listing}:5: exclude= names no views (e.g. exclude=1-3,40; views count from 1)",
     }
     record = json.loads((out / "s0" / "s0.json").read_text())
-    assert record["inputs"]["excluded_by_user"] == [1, 2, 21] and record["inputs"]["image_size_source"] == f"NX NY on {listing}:1"
-    assert record["options"]["rotation_deg"] == 3.5 and record["options"]["rotation_source"] == f"rotation= on {listing}:1"
+    assert (
+        record["inputs"]["excluded_by_user"] == [1, 2, 21]
+        and record["inputs"]["image_size_source"] == f"NX NY on {listing}:1"
+    )
+    assert (
+        record["options"]["rotation_deg"] == 3.5
+        and record["options"]["rotation_source"] == f"rotation= on {listing}:1"
+    )
 
-    rc, _, err = run(["align", s0, "--tilts", t0, "--image-size", 2048, 2048, "--exclude", "1-2,21", "--rotation", 3.5,
-                      "--out-dir", tmp_path / "single", "--quiet", "--no-figure"])
+    rc, _, err = run(
+        [
+            "align",
+            s0,
+            "--tilts",
+            t0,
+            "--image-size",
+            2048,
+            2048,
+            "--exclude",
+            "1-2,21",
+            "--rotation",
+            3.5,
+            "--out-dir",
+            tmp_path / "single",
+            "--quiet",
+            "--no-figure",
+        ]
+    )
     assert rc == 0, err
     for suffix in (".xf", ".tlt", ".resid"):
         ours, theirs = ((d / f"s0{suffix}").read_text().split() for d in (out / "s0", tmp_path / "single"))
-        assert len(ours) == len(theirs) and all(a == b or abs(float(a) - float(b)) < 2e-6 for a, b in zip(ours, theirs, strict=True)), suffix
+        assert len(ours) == len(theirs) and all(
+            a == b or abs(float(a) - float(b)) < 2e-6 for a, b in zip(ours, theirs, strict=True)
+        ), suffix
 
     listing.write_text(lines[0] + "\n")
     rc, _, err = run(["batch", listing, "--out-dir", out, "--no-figure", "--resume"])
     assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == RESUMED, err
-    for changed in (lines[0].replace("rotation=3.5", "rotation=4"), lines[0].replace("exclude=1-2,21", "exclude=1-2")):
+    for changed in (
+        lines[0].replace("rotation=3.5", "rotation=4"),
+        lines[0].replace("exclude=1-2,21", "exclude=1-2"),
+    ):
         listing.write_text(changed + "\n")
         rc, _, err = run(["batch", listing, "--out-dir", out, "--no-figure", "--resume"])
         assert rc == 0 and read_tsv(out / "batch_summary.tsv")[0]["detail"] == "converged", (changed, err)
@@ -386,7 +528,9 @@ def test_cli_batch_list_line_options_are_those_of_align(files, tmp_path):
 def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path, monkeypatch):
     """Ctrl-C after the first series: exit 130, no summary, a message saying how many series are
     written; --resume then keeps that one and aligns the other."""
-    (tmp_path / "two.txt").write_text(f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n")
+    (tmp_path / "two.txt").write_text(
+        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
+    )
     real = cli.batch.align_and_write
 
     def stopped_after_one(prepared, options, **kwargs):
@@ -396,12 +540,19 @@ def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path,
     monkeypatch.setattr(cli.batch, "align_and_write", stopped_after_one)
     args = ["batch", tmp_path / "two.txt", "--out-dir", tmp_path / "out", "--no-figure"]
     rc, out, err = run(args)
-    assert rc == 130 and "lmalign: interrupted; 1 of 2 series have their outputs written, no summary; the same command with --resume" in err
+    assert (
+        rc == 130
+        and "lmalign: interrupted; 1 of 2 series have their outputs written, no summary; the same command with --resume"
+        in err
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0"]
     monkeypatch.setattr(cli.batch, "align_and_write", real)
     rc, out, err = run([*args, "--resume"])
     assert rc == 0, err
-    assert {r["series"]: r["detail"] for r in read_tsv(tmp_path / "out" / "batch_summary.tsv")} == {"s0": RESUMED, "s1": "converged"}
+    assert {r["series"]: r["detail"] for r in read_tsv(tmp_path / "out" / "batch_summary.tsv")} == {
+        "s0": RESUMED,
+        "s1": "converged",
+    }
 
 
 def test_cli_batch_robust_fit_is_that_of_align(files, tmp_path):
@@ -409,21 +560,44 @@ def test_cli_batch_robust_fit_is_that_of_align(files, tmp_path):
     and robust report of `lmalign align --robust`; --resume tells robust settings apart."""
     (d := tmp_path / "in").mkdir()
     rows = (files / "s1.csv").read_text().splitlines()
-    rows[5] = ",".join([*rows[5].split(",")[:2], *(str(float(v) + 9.0) for v in rows[5].split(",")[2:])])  # a mis-click, 9 px off
+    rows[5] = ",".join(
+        [*rows[5].split(",")[:2], *(str(float(v) + 9.0) for v in rows[5].split(",")[2:])]
+    )  # a mis-click, 9 px off
     (d / "s1.csv").write_text("\n".join(rows) + "\n")
     (d / "s1.rawtlt").write_bytes((files / "s1.rawtlt").read_bytes())
     out = tmp_path / "out"
     args = ["batch", d, "--out-dir", out, "--image-size", 2048, 2048, "--no-figure", "--robust", "tukey"]
     rc, _, err = run(args)
     assert rc == 0, err
-    rc, _, err = run(["align", d / "s1.csv", "--tilts", d / "s1.rawtlt", "--image-size", 2048, 2048, "--robust", "tukey",
-                      "--out-dir", tmp_path / "single", "--quiet", "--no-figure"])
+    rc, _, err = run(
+        [
+            "align",
+            d / "s1.csv",
+            "--tilts",
+            d / "s1.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--robust",
+            "tukey",
+            "--out-dir",
+            tmp_path / "single",
+            "--quiet",
+            "--no-figure",
+        ]
+    )
     assert rc == 0, err
-    ours, theirs = (json.loads((where / "s1.json").read_text()) for where in (out / "s1", tmp_path / "single"))
+    ours, theirs = (
+        json.loads((where / "s1.json").read_text()) for where in (out / "s1", tmp_path / "single")
+    )
     assert ours["options"]["robust"] == theirs["options"]["robust"] == {"loss": "tukey", "group_size": 10}
     assert ours["robust"]["n_rejected"] == theirs["robust"]["n_rejected"] >= 1
-    assert [(r["n_rejected"], r["status"]) for r in ours["robust"]["rounds"]] == [(r["n_rejected"], r["status"]) for r in theirs["robust"]["rounds"]]
-    assert [r["rms_residual_px"] for r in ours["robust"]["rounds"]] == pytest.approx([r["rms_residual_px"] for r in theirs["robust"]["rounds"]], rel=1e-7)
+    assert [(r["n_rejected"], r["status"]) for r in ours["robust"]["rounds"]] == [
+        (r["n_rejected"], r["status"]) for r in theirs["robust"]["rounds"]
+    ]
+    assert [r["rms_residual_px"] for r in ours["robust"]["rounds"]] == pytest.approx(
+        [r["rms_residual_px"] for r in theirs["robust"]["rounds"]], rel=1e-7
+    )
     assert ours["summary"]["rms_residual_px"] == pytest.approx(theirs["summary"]["rms_residual_px"], rel=1e-7)
     for suffix in (".xf", ".tlt"):
         a, b = ((where / f"s1{suffix}").read_text().split() for where in (out / "s1", tmp_path / "single"))
@@ -440,7 +614,10 @@ def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
     """Checked before any series is read or aligned: nothing is written, exit 2."""
     (tmp_path / "taken").write_text("")
     rc, out, err = run(["batch", files / "list.txt", "--out-dir", tmp_path / "taken" / "sub", "--no-figure"])
-    assert rc == 2 and f"--out-dir {tmp_path / 'taken' / 'sub'}: {tmp_path / 'taken'} exists and is not a folder" in err
+    assert (
+        rc == 2
+        and f"--out-dir {tmp_path / 'taken' / 'sub'}: {tmp_path / 'taken'} exists and is not a folder" in err
+    )
     assert out == "" and "aligning" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
@@ -457,30 +634,57 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     for suffix in (".csv", ".rawtlt"):  # r2: markers and tilts but no stack
         (d / f"r2{suffix}").write_bytes((d / f"r0{suffix}").read_bytes())
     out = tmp_path / "out"
-    rc, stdout, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"])
+    rc, stdout, err = run(
+        ["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"]
+    )
     assert rc == 2, err
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
     assert rows["r0"]["status"] == rows["r1"]["status"] == "converged"
     assert rows["r2"]["status"] == "bad input"
-    assert rows["r2"]["detail"].endswith("r2.csv: no stack to reconstruct beside it (r2.st, r2.mrc); name it in a list file: MARKERS TILTS [NX NY] STACK")
+    assert rows["r2"]["detail"].endswith(
+        "r2.csv: no stack to reconstruct beside it (r2.st, r2.mrc); name it in a list file: MARKERS TILTS [NX NY] STACK"
+    )
     summary = json.loads((out / "batch_summary.json").read_text())
     assert any(o.endswith("r1.rec.mrc") for o in summary["series"][1]["outputs"])
 
-    rc, _, err = run(["reconstruct", d / "r0.mrc", "--alignment", out / "r0" / "r0.json", "--thickness", 32, "--bin", 2,
-                      "--out", tmp_path / "single.rec.mrc", "--quiet"])
+    rc, _, err = run(
+        [
+            "reconstruct",
+            d / "r0.mrc",
+            "--alignment",
+            out / "r0" / "r0.json",
+            "--thickness",
+            32,
+            "--bin",
+            2,
+            "--out",
+            tmp_path / "single.rec.mrc",
+            "--quiet",
+        ]
+    )
     assert rc == 0, err
     with mrcfile.open(out / "r0" / "r0.rec.mrc") as a, mrcfile.open(tmp_path / "single.rec.mrc") as b:
         assert a.data.shape == (16, 128, 128) and float(np.std(a.data)) > 0
         np.testing.assert_array_equal(a.data, b.data)
-        assert "lmalign_jax reconstruct: thickness 32 bin 2 filter ramp" in [str(t).strip() for t in b.get_labels()]
+        assert "lmalign_jax reconstruct: thickness 32 bin 2 filter ramp" in [
+            str(t).strip() for t in b.get_labels()
+        ]
 
     # --resume keeps tomograms made with the same settings and remakes those made otherwise
     tomogram = out / "r0" / "r0.rec.mrc"
     made = tomogram.stat().st_mtime_ns
-    rc, _, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet", "--resume"])
+    rc, _, err = run(
+        ["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet", "--resume"]
+    )
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
-    assert rc == 2 and rows["r0"]["detail"] == rows["r1"]["detail"] == RESUMED and tomogram.stat().st_mtime_ns == made
-    rc, _, err = run(["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 4, "--no-figure", "--quiet", "--resume"])
+    assert (
+        rc == 2
+        and rows["r0"]["detail"] == rows["r1"]["detail"] == RESUMED
+        and tomogram.stat().st_mtime_ns == made
+    )
+    rc, _, err = run(
+        ["batch", d, "--out-dir", out, "--reconstruct", 32, "--bin", 4, "--no-figure", "--quiet", "--resume"]
+    )
     rows = {r["series"]: r for r in read_tsv(out / "batch_summary.tsv")}
     assert rc == 2 and rows["r0"]["status"] == "converged" and rows["r0"]["detail"] != RESUMED
     with mrcfile.open(tomogram) as a:
@@ -494,27 +698,62 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     data[3, 10, 10] = np.nan
     with mrcfile.new(d / "nan.mrc") as mrc, pytest.warns(RuntimeWarning, match="NaN"):
         mrc.set_data(data)
-    (d / "stacks.txt").write_text("r0.csv r0.rawtlt r0.mrc\nr1.csv r1.rawtlt 256 256 short.mrc\nr1.csv r1.rawtlt nan.mrc\n")
-    rc, _, err = run(["batch", d / "stacks.txt", "--out-dir", tmp_path / "out2", "--reconstruct", 32, "--bin", 2, "--no-figure", "--quiet"])
+    (d / "stacks.txt").write_text(
+        "r0.csv r0.rawtlt r0.mrc\nr1.csv r1.rawtlt 256 256 short.mrc\nr1.csv r1.rawtlt nan.mrc\n"
+    )
+    rc, _, err = run(
+        [
+            "batch",
+            d / "stacks.txt",
+            "--out-dir",
+            tmp_path / "out2",
+            "--reconstruct",
+            32,
+            "--bin",
+            2,
+            "--no-figure",
+            "--quiet",
+        ]
+    )
     assert rc == 2, err
     rows = {r["series"]: r for r in read_tsv(tmp_path / "out2" / "batch_summary.tsv")}
     assert rows["r0"]["status"] == "converged" and (tmp_path / "out2" / "r0" / "r0.rec.mrc").exists()
     assert rows["r1"]["status"] == "bad input"
-    assert rows["r1"]["detail"].endswith("short.mrc: the stack has 40 sections but " + str(d / "r1.rawtlt") + " has 41 tilt angles")
+    assert rows["r1"]["detail"].endswith(
+        "short.mrc: the stack has 40 sections but " + str(d / "r1.rawtlt") + " has 41 tilt angles"
+    )
     assert not (tmp_path / "out2" / "r1").exists()
     # a stack that fails while reconstructing: aligned (its outputs are there), no tomogram, exit 1 for it
     assert rows["r1_2"]["status"] == "failed" and rows["r1_2"]["exit_code"] == "1"
     assert "aligned, but the reconstruction failed: cannot reconstruct" in rows["r1_2"]["detail"]
     assert rows["r1_2"]["detail"].endswith("stack view 3 contains non-finite values")
-    assert (tmp_path / "out2" / "r1_2" / "r1_2.xf").exists() and not (tmp_path / "out2" / "r1_2" / "r1_2.rec.mrc").exists()
+    assert (tmp_path / "out2" / "r1_2" / "r1_2.xf").exists() and not (
+        tmp_path / "out2" / "r1_2" / "r1_2.rec.mrc"
+    ).exists()
 
     # the tomogram would overwrite the stack it is made from
     (d / "r0.rec.mrc").write_bytes((d / "r0.mrc").read_bytes())
     (d / "clash.txt").write_text("r0.csv r0.rawtlt r0.rec.mrc\n")
-    rc, _, err = run(["batch", d / "clash.txt", "--out-dir", d, "--layout", "prefix", "--reconstruct", 32, "--no-figure", "--quiet"])
+    rc, _, err = run(
+        [
+            "batch",
+            d / "clash.txt",
+            "--out-dir",
+            d,
+            "--layout",
+            "prefix",
+            "--reconstruct",
+            32,
+            "--no-figure",
+            "--quiet",
+        ]
+    )
     assert rc == 2, err
     rows = read_tsv(d / "batch_summary.tsv")
-    assert rows[0]["detail"] == f"output {d / 'r0.rec.mrc'} would overwrite an input file; choose another --out-dir"
+    assert (
+        rows[0]["detail"]
+        == f"output {d / 'r0.rec.mrc'} would overwrite an input file; choose another --out-dir"
+    )
 
 
 def test_cli_batch_a_crashing_series_is_an_internal_error(files, tmp_path, monkeypatch):
@@ -530,5 +769,7 @@ def test_cli_batch_a_crashing_series_is_an_internal_error(files, tmp_path, monke
     rc, out, err = run(["batch", tmp_path / "one.txt", "--out-dir", tmp_path / "out", "--no-figure"])
     assert rc == 3, err
     row = json.loads((tmp_path / "out" / "batch_summary.json").read_text())["series"][0]
-    assert (row["status"], row["exit_code"]) == ("internal error", 3) and "RuntimeError: boom" in row["detail"]
+    assert (row["status"], row["exit_code"]) == ("internal error", 3) and "RuntimeError: boom" in row[
+        "detail"
+    ]
     assert "0 converged, 0 failed, 0 bad input, 1 internal error" in out

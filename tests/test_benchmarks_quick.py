@@ -28,7 +28,11 @@ except ImportError:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick.json"
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -55,13 +59,21 @@ def test_paper_tables(report):
     assert datasets["a"]["missing_fraction"] == 0
     assert datasets["b"]["n_markers"] == 30 and 2700 <= datasets["b"]["n_obs"] <= 3100
     for d in datasets.values():
-        assert set(d["configs"]) == {"paper-style, with initial", "paper-style, without initial", "full, with initial", "full, without initial"}
+        assert set(d["configs"]) == {
+            "paper-style, with initial",
+            "paper-style, without initial",
+            "full, with initial",
+            "full, without initial",
+        }
         for c in d["configs"].values():
             assert c["status"] == "converged"
             assert [s["stage"] for s in c["stage_reports"]] == c["stages"]
             assert all(s["seconds_steady"] > 0 and s["iterations"] >= 1 for s in c["stage_reports"])
         # the joint stage reaches the least-squares optimum: never above the paper-style answer
-        assert d["configs"]["full, with initial"]["rms_px"] <= d["configs"]["paper-style, with initial"]["rms_px"] + 1e-9
+        assert (
+            d["configs"]["full, with initial"]["rms_px"]
+            <= d["configs"]["paper-style, with initial"]["rms_px"] + 1e-9
+        )
 
 
 def test_peers_agree_with_ours(report):
@@ -69,7 +81,13 @@ def test_peers_agree_with_ours(report):
     rows = {r["solver"]: r for r in d["solvers"]}
     ours = rows["lmalign_jax (ours)"]
     assert ours["status"] == "converged"
-    names = ["scipy trf + FD jac_sparsity", "scipy trf + exact sparse J", "scipy lm (MINPACK)", "optax lbfgs", "scipy L-BFGS-B"]
+    names = [
+        "scipy trf + FD jac_sparsity",
+        "scipy trf + exact sparse J",
+        "scipy lm (MINPACK)",
+        "optax lbfgs",
+        "scipy L-BFGS-B",
+    ]
     if HAVE_OPTIMISTIX:
         names.append("optimistix LevenbergMarquardt")
     for name in names:

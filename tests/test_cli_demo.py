@@ -20,10 +20,26 @@ def test_demo(tmp_path, monkeypatch):
         rc = cli.main(["demo", "--out-dir", str(tmp_path), "--quiet"])
     assert rc == 0, err.getvalue()
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"demo_input.csv", "demo_input.rawtlt", "demo_input_truth.json",
-                     "demo.xf", "demo.tlt", "demo.resid", "demo.xyz", "demo.json", "demo.png",
-                     "demo_tomo.csv", "demo_tomo.rawtlt", "demo_tomo_truth.json", "demo_tomo.mrc",
-                     "demo_tomo_truth.xf", "demo_tomo_truth.tlt", "demo_tomo.xf", "demo_tomo.tlt", "demo.rec.mrc"}
+    assert names == {
+        "demo_input.csv",
+        "demo_input.rawtlt",
+        "demo_input_truth.json",
+        "demo.xf",
+        "demo.tlt",
+        "demo.resid",
+        "demo.xyz",
+        "demo.json",
+        "demo.png",
+        "demo_tomo.csv",
+        "demo_tomo.rawtlt",
+        "demo_tomo_truth.json",
+        "demo_tomo.mrc",
+        "demo_tomo_truth.xf",
+        "demo_tomo_truth.tlt",
+        "demo_tomo.xf",
+        "demo_tomo.tlt",
+        "demo.rec.mrc",
+    }
     text = out.getvalue()
     assert "Compared with the known truth of the synthetic series:" in text
     assert "Residual error mean and sd:" in text
@@ -36,7 +52,9 @@ def test_demo(tmp_path, monkeypatch):
     assert record["inputs"]["n_views"] == 61 and record["inputs"]["n_markers"] == 30
     assert record["options"]["command"][:2] == ["lmalign", "demo"]
     # the reconstruction part: every bead within a voxel of where the solved alignment puts it
-    m = re.search(r"beads at their expected voxels \(the solved marker positions\): max distance ([0-9.]+) voxel", text)
+    m = re.search(
+        r"beads at their expected voxels \(the solved marker positions\): max distance ([0-9.]+) voxel", text
+    )
     assert m and float(m.group(1)) < 0.5, text
     m = re.search(r"beads vs their true positions .*: max distance ([0-9.]+) voxel", text)
     assert m and float(m.group(1)) < 0.5, text

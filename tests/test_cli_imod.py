@@ -31,8 +31,19 @@ def imod_run(request, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(["align", str(resid), "--tilts", str(tlt), "--image-size", *map(str, size),
-                           "--out-dir", str(out_dir), "--quiet"])
+            rc = cli.main(
+                [
+                    "align",
+                    str(resid),
+                    "--tilts",
+                    str(tlt),
+                    "--image-size",
+                    *map(str, size),
+                    "--out-dir",
+                    str(out_dir),
+                    "--quiet",
+                ]
+            )
     assert rc == 0, err.getvalue()
     return name, resid, tlt, size, out_dir, out.getvalue()
 

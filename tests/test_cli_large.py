@@ -43,10 +43,20 @@ def run(args):
 def series(tmp_path_factory):
     """The synthetic series, its marker and tilt files, and the markers as the CLI reads them."""
     d = tmp_path_factory.mktemp("large")
-    s = simulate(n_views=N_VIEWS, n_markers=N_MARKERS, image_size=(SIZE, SIZE), shift_px=2000.0,
-                 missing_fraction=0.1, noise_px=NOISE_PX, rotation_deg=ROTATION_DEG, seed=4)
+    s = simulate(
+        n_views=N_VIEWS,
+        n_markers=N_MARKERS,
+        image_size=(SIZE, SIZE),
+        shift_px=2000.0,
+        missing_fraction=0.1,
+        noise_px=NOISE_PX,
+        rotation_deg=ROTATION_DEG,
+        seed=4,
+    )
     obs = s.observations
-    io.write_model2point(d / "big.txt", io.MarkerSet(xy=np.asarray(obs.xy), mask=np.asarray(obs.mask), marker_ids=IDS))
+    io.write_model2point(
+        d / "big.txt", io.MarkerSet(xy=np.asarray(obs.xy), mask=np.asarray(obs.mask), marker_ids=IDS)
+    )
     io.write_tlt(d / "big.rawtlt", obs.tilts_deg)
     markers = io.read_markers(d / "big.txt")
     assert markers.marker_ids == IDS and markers.n_views == N_VIEWS
@@ -59,15 +69,36 @@ def series(tmp_path_factory):
 def aligned(series, tmp_path_factory):
     s, d, _ = series
     out_dir = tmp_path_factory.mktemp("out")
-    rc, out, err = run(["align", d / "big.txt", "--tilts", d / "big.rawtlt", "--image-size", SIZE, SIZE,
-                        "--rotation", ROTATION_DEG, "--out-dir", out_dir, "--no-figure", "-q"])
+    rc, out, err = run(
+        [
+            "align",
+            d / "big.txt",
+            "--tilts",
+            d / "big.rawtlt",
+            "--image-size",
+            SIZE,
+            SIZE,
+            "--rotation",
+            ROTATION_DEG,
+            "--out-dir",
+            out_dir,
+            "--no-figure",
+            "-q",
+        ]
+    )
     assert rc == 0, err
     return out_dir, out, err
 
 
 def test_every_output_written(aligned):
     out_dir, out, err = aligned
-    assert sorted(p.name for p in out_dir.iterdir()) == ["big.json", "big.resid", "big.tlt", "big.xf", "big.xyz"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "big.json",
+        "big.resid",
+        "big.tlt",
+        "big.xf",
+        "big.xyz",
+    ]
     assert "Status: converged" in out and "Standard errors" in out
 
 
@@ -134,10 +165,32 @@ def test_resid_file(aligned, series):
 
 def test_with_figure(aligned, series, tmp_path):
     d = series[1]
-    rc, out, err = run(["align", d / "big.txt", "--tilts", d / "big.rawtlt", "--image-size", SIZE, SIZE,
-                        "--rotation", ROTATION_DEG, "--out-dir", tmp_path, "--no-errors", "-q"])
+    rc, out, err = run(
+        [
+            "align",
+            d / "big.txt",
+            "--tilts",
+            d / "big.rawtlt",
+            "--image-size",
+            SIZE,
+            SIZE,
+            "--rotation",
+            ROTATION_DEG,
+            "--out-dir",
+            tmp_path,
+            "--no-errors",
+            "-q",
+        ]
+    )
     assert rc == 0, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.json", "big.png", "big.resid", "big.tlt", "big.xf", "big.xyz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.json",
+        "big.png",
+        "big.resid",
+        "big.tlt",
+        "big.xf",
+        "big.xyz",
+    ]
     assert (tmp_path / "big.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = json.loads((tmp_path / "big.json").read_text())
     assert r["outputs"][-1] == "big.png"

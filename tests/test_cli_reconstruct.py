@@ -14,15 +14,13 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
 from lmalign_jax import io
 from lmalign_jax.simulation.phantom import fit_similarity, locate_peaks
-from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
 THICKNESS = 64
 SEED = 5
-
-
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +32,18 @@ def series(tmp_path_factory):
     try:
         rc, out, err = run(["simulate", "--out-dir", d, "--prefix", "s", "--stack", "--seed", SEED])
         assert rc == 0, err
-        assert {p.name for p in d.iterdir()} == {"s.csv", "s.rawtlt", "s_truth.json", "s.mrc", "s_truth.xf", "s_truth.tlt"}
+        assert {p.name for p in d.iterdir()} == {
+            "s.csv",
+            "s.rawtlt",
+            "s_truth.json",
+            "s.mrc",
+            "s_truth.xf",
+            "s_truth.tlt",
+        }
         assert f"lmalign reconstruct {d / 's.mrc'} --alignment {d / 's.json'} --thickness {THICKNESS}" in out
-        rc, out, err = run(["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--stack", d / "s.mrc", "--out-dir", d, "-q"])
+        rc, out, err = run(
+            ["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--stack", d / "s.mrc", "--out-dir", d, "-q"]
+        )
         assert rc == 0, err
     finally:
         mp.undo()
@@ -67,12 +74,29 @@ def test_simulated_stack(series):
 def test_reconstruct_with_xf_and_tlt(series):
     d = series["dir"]
     out = d / "xf.rec.mrc"
-    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", "--tlt", d / "s.tlt", "--thickness", THICKNESS,
-                           "--out", out])
+    rc, stdout, err = run(
+        [
+            "reconstruct",
+            d / "s.mrc",
+            "--xf",
+            d / "s.xf",
+            "--tlt",
+            d / "s.tlt",
+            "--thickness",
+            THICKNESS,
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, err
     assert "64 x 256 x 256 voxels" in stdout and f"Wrote {out}" in stdout
     vol, vx, vz = read_volume(out)
-    assert vol.shape == (64, 256, 256) and vol.dtype == np.float32 and vx == pytest.approx(10.0) and vz == pytest.approx(10.0)
+    assert (
+        vol.shape == (64, 256, 256)
+        and vol.dtype == np.float32
+        and vx == pytest.approx(10.0)
+        and vz == pytest.approx(10.0)
+    )
     # every bead where the solved alignment puts it, and (gauge removed) where the truth does
     found, dist = locate_peaks(vol, series["solved"])
     assert dist.max() < 1.0, dist
@@ -85,8 +109,22 @@ def test_reconstruct_with_xf_and_tlt(series):
 def test_reconstruct_with_alignment_json_binned(series):
     d = series["dir"]
     out = d / "json.rec.mrc"
-    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--alignment", d / "s.json", "--thickness", THICKNESS, "--bin", 2,
-                           "--filter", "shepp-logan", "--out", out])
+    rc, stdout, err = run(
+        [
+            "reconstruct",
+            d / "s.mrc",
+            "--alignment",
+            d / "s.json",
+            "--thickness",
+            THICKNESS,
+            "--bin",
+            2,
+            "--filter",
+            "shepp-logan",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, err
     vol, vx, _ = read_volume(out)
     assert vol.shape == (32, 128, 128) and vx == pytest.approx(20.0)  # voxel = pixel size x bin
@@ -94,14 +132,30 @@ def test_reconstruct_with_alignment_json_binned(series):
     assert dist.max() < 1.0, dist
     err_truth = np.linalg.norm(found - fit_similarity(series["truth"], series["solved"]), axis=1) / 2
     assert err_truth.max() < 1.0, err_truth
-    print(f"json, bin 2: max {dist.max():.3f} voxel from the solved markers, {err_truth.max():.3f} from the truth")
+    print(
+        f"json, bin 2: max {dist.max():.3f} voxel from the solved markers, {err_truth.max():.3f} from the truth"
+    )
 
 
 def test_reconstruct_with_the_true_alignment_default_output(series):
     """The truth's own .xf/.tlt put every bead at its true position, no gauge to remove."""
     d = series["dir"]
-    rc, stdout, err = run(["reconstruct", d / "s.mrc", "--xf", d / "s_truth.xf", "--tlt", d / "s_truth.tlt",
-                           "--thickness", THICKNESS, "--radial", 0.4, 0.05, "-q"])
+    rc, stdout, err = run(
+        [
+            "reconstruct",
+            d / "s.mrc",
+            "--xf",
+            d / "s_truth.xf",
+            "--tlt",
+            d / "s_truth.tlt",
+            "--thickness",
+            THICKNESS,
+            "--radial",
+            0.4,
+            0.05,
+            "-q",
+        ]
+    )
     assert rc == 0, err
     assert err == ""  # --quiet
     vol, _, _ = read_volume(d / "s.rec.mrc")  # the default output: <stack stem>.rec.mrc
@@ -141,36 +195,92 @@ def _cases(b):
     s, d = b["src"], b["dir"]
     xf_tlt = ["--xf", s / "s.xf", "--tlt", s / "s.tlt"]
     return {
-        "xf view count": ([s / "s.mrc", "--xf", d / "short.xf", "--tlt", s / "s.tlt"],
-                          r"short\.xf: has 40 transforms but the stack .*s\.mrc has 41 sections"),
-        "tlt view count": ([s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "long.tlt"],
-                           r"long\.tlt: has 42 tilt angles but the stack .*s\.mrc has 41 sections"),
-        "stack view count": ([d / "fewer.mrc", *xf_tlt], r"s\.xf: has 41 transforms but the stack .*fewer\.mrc has 40 sections"),
-        "json view count": ([d / "fewer.mrc", "--alignment", s / "s.json"], r"s\.json: has 41 transforms but the stack .*fewer\.mrc has 40 sections"),
-        "json image size": ([d / "small.mrc", "--alignment", s / "s.json"], r"small\.mrc: images are 128 x 128 pixels but the alignment .* was made for 256 x 256"),
+        "xf view count": (
+            [s / "s.mrc", "--xf", d / "short.xf", "--tlt", s / "s.tlt"],
+            r"short\.xf: has 40 transforms but the stack .*s\.mrc has 41 sections",
+        ),
+        "tlt view count": (
+            [s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "long.tlt"],
+            r"long\.tlt: has 42 tilt angles but the stack .*s\.mrc has 41 sections",
+        ),
+        "stack view count": (
+            [d / "fewer.mrc", *xf_tlt],
+            r"s\.xf: has 41 transforms but the stack .*fewer\.mrc has 40 sections",
+        ),
+        "json view count": (
+            [d / "fewer.mrc", "--alignment", s / "s.json"],
+            r"s\.json: has 41 transforms but the stack .*fewer\.mrc has 40 sections",
+        ),
+        "json image size": (
+            [d / "small.mrc", "--alignment", s / "s.json"],
+            r"small\.mrc: images are 128 x 128 pixels but the alignment .* was made for 256 x 256",
+        ),
         "not MRC": ([d / "markers.mrc", *xf_tlt], r"markers\.mrc: not a readable MRC file"),
         "missing stack": ([d / "nope.mrc", *xf_tlt], r"nope\.mrc: no such file"),
-        "missing xf": ([s / "s.mrc", "--xf", d / "nope.xf", "--tlt", s / "s.tlt"], r"nope\.xf: file not found"),
+        "missing xf": (
+            [s / "s.mrc", "--xf", d / "nope.xf", "--tlt", s / "s.tlt"],
+            r"nope\.xf: file not found",
+        ),
         "missing json": ([s / "s.mrc", "--alignment", d / "nope.json"], r"nope\.json: file not found"),
         "broken json": ([s / "s.mrc", "--alignment", d / "broken.json"], r"broken\.json:3: not valid JSON"),
-        "failed json": ([s / "s.mrc", "--alignment", d / "failed.json"], r"failed\.json: this alignment did not converge"),
-        "thickness 0": ([s / "s.mrc", *xf_tlt, "--thickness", 0], r"--thickness must be a positive number of \(unbinned\) pixels, got 0"),
-        "thickness < 0": ([s / "s.mrc", *xf_tlt, "--thickness", -5], r"--thickness must be a positive number .* got -5"),
+        "failed json": (
+            [s / "s.mrc", "--alignment", d / "failed.json"],
+            r"failed\.json: this alignment did not converge",
+        ),
+        "thickness 0": (
+            [s / "s.mrc", *xf_tlt, "--thickness", 0],
+            r"--thickness must be a positive number of \(unbinned\) pixels, got 0",
+        ),
+        "thickness < 0": (
+            [s / "s.mrc", *xf_tlt, "--thickness", -5],
+            r"--thickness must be a positive number .* got -5",
+        ),
         "bin 0": ([s / "s.mrc", *xf_tlt, "--bin", 0], r"--bin must be at least 1, got 0"),
-        "bin too large": ([s / "s.mrc", *xf_tlt, "--bin", 300], r"--bin 300 is larger than the 256 x 256 images"),
-        "radial": ([s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05], r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05"),
-        "both alignments": ([s / "s.mrc", *xf_tlt, "--alignment", s / "s.json"], r"give either --alignment FILE.json or --xf FILE --tlt FILE, not both"),
+        "bin too large": (
+            [s / "s.mrc", *xf_tlt, "--bin", 300],
+            r"--bin 300 is larger than the 256 x 256 images",
+        ),
+        "radial": (
+            [s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05],
+            r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05",
+        ),
+        "both alignments": (
+            [s / "s.mrc", *xf_tlt, "--alignment", s / "s.json"],
+            r"give either --alignment FILE.json or --xf FILE --tlt FILE, not both",
+        ),
         "no alignment": ([s / "s.mrc"], r"the alignment is required"),
         "xf without tlt": ([s / "s.mrc", "--xf", s / "s.xf"], r"--xf and --tlt go together"),
         "overwrite input": ([s / "s.mrc", *xf_tlt, "--out", s / "s.mrc"], r"would overwrite the input"),
-        "no output folder": ([s / "s.mrc", *xf_tlt, "--out", d / "no" / "t.mrc"], r"folder .* does not exist"),
+        "no output folder": (
+            [s / "s.mrc", *xf_tlt, "--out", d / "no" / "t.mrc"],
+            r"folder .* does not exist",
+        ),
     }
 
 
-CASES = ["xf view count", "tlt view count", "stack view count", "json view count", "json image size", "not MRC",
-         "missing stack", "missing xf", "missing json", "broken json", "failed json", "thickness 0", "thickness < 0",
-         "bin 0", "bin too large", "radial", "both alignments", "no alignment", "xf without tlt", "overwrite input",
-         "no output folder"]
+CASES = [
+    "xf view count",
+    "tlt view count",
+    "stack view count",
+    "json view count",
+    "json image size",
+    "not MRC",
+    "missing stack",
+    "missing xf",
+    "missing json",
+    "broken json",
+    "failed json",
+    "thickness 0",
+    "thickness < 0",
+    "bin 0",
+    "bin too large",
+    "radial",
+    "both alignments",
+    "no alignment",
+    "xf without tlt",
+    "overwrite input",
+    "no output folder",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -197,8 +307,20 @@ def test_every_case_is_listed():
 def test_error_keeps_an_existing_output(series, tmp_path):
     out = tmp_path / "t.rec.mrc"
     out.write_text("old")
-    rc, _, err = run(["reconstruct", series["dir"] / "s.mrc", "--xf", series["dir"] / "s.xf", "--tlt", tmp_path / "nope.tlt",
-                      "--thickness", THICKNESS, "--out", out])
+    rc, _, err = run(
+        [
+            "reconstruct",
+            series["dir"] / "s.mrc",
+            "--xf",
+            series["dir"] / "s.xf",
+            "--tlt",
+            tmp_path / "nope.tlt",
+            "--thickness",
+            THICKNESS,
+            "--out",
+            out,
+        ]
+    )
     assert rc == 2 and "nope.tlt: file not found" in err
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.rec.mrc"]
 
@@ -206,8 +328,19 @@ def test_error_keeps_an_existing_output(series, tmp_path):
 def test_reconstruct_help():
     rc, out, _ = run(["reconstruct", "--help"])
     assert rc == 0
-    for word in ("examples:", "--xf", "--tlt", "--alignment", "--thickness", "--bin", "--filter", "--radial", "--out",
-                 "unbinned", "Exit status"):
+    for word in (
+        "examples:",
+        "--xf",
+        "--tlt",
+        "--alignment",
+        "--thickness",
+        "--bin",
+        "--filter",
+        "--radial",
+        "--out",
+        "unbinned",
+        "Exit status",
+    ):
         assert word in out
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1

@@ -11,14 +11,40 @@ from test_cli import run_env
 def clicks(tmp_path_factory):
     """A 41-view series with 3% mis-clicks (same size as tests/test_align.py's)."""
     d = tmp_path_factory.mktemp("robust")
-    rc, _, err = run_env(["simulate", "--out-dir", d, "--prefix", "s", "--views", 41, "--markers", 24,
-                          "--outliers", 0.03, "--seed", 11])
+    rc, _, err = run_env(
+        [
+            "simulate",
+            "--out-dir",
+            d,
+            "--prefix",
+            "s",
+            "--views",
+            41,
+            "--markers",
+            24,
+            "--outliers",
+            0.03,
+            "--seed",
+            11,
+        ]
+    )
     assert rc == 0, err
     return d
 
 
 def test_robust_align_flags_misclicks_and_reports_errors(clicks, tmp_path):
-    args = ["align", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048, "--out-dir", tmp_path, "-q"]
+    args = [
+        "align",
+        clicks / "s.csv",
+        "--tilts",
+        clicks / "s.rawtlt",
+        "--image-size",
+        2048,
+        2048,
+        "--out-dir",
+        tmp_path,
+        "-q",
+    ]
     rc, out, err = run_env([*args, "--robust", "tukey"])
     assert rc == 0, err
     record = json.loads((tmp_path / "s.json").read_text())
@@ -42,8 +68,23 @@ def test_robust_align_flags_misclicks_and_reports_errors(clicks, tmp_path):
 
 def test_compare_prints_table_and_writes_json(clicks, tmp_path):
     out_json = tmp_path / "cmp.json"
-    rc, out, err = run_env(["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
-                            "--models", "jou,imod", "--folds", 3, "--json", out_json])
+    rc, out, err = run_env(
+        [
+            "compare",
+            clicks / "s.csv",
+            "--tilts",
+            clicks / "s.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--models",
+            "jou,imod",
+            "--folds",
+            3,
+            "--json",
+            out_json,
+        ]
+    )
     assert rc == 0, err
     assert "best by BIC" in out and "leave-out" in out
     table = json.loads(out_json.read_text())
@@ -58,16 +99,41 @@ def test_compare_prints_table_and_writes_json(clicks, tmp_path):
     ],
 )
 def test_compare_bad_options(clicks, tmp_path, extra, message):
-    rc, _, err = run_env(["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
-                          "--json", tmp_path / "c.json", *extra])
+    rc, _, err = run_env(
+        [
+            "compare",
+            clicks / "s.csv",
+            "--tilts",
+            clicks / "s.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--json",
+            tmp_path / "c.json",
+            *extra,
+        ]
+    )
     assert rc == 2
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "c.json").exists()
 
 
 def test_robust_bad_option(clicks, tmp_path):
-    rc, _, err = run_env(["align", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048,
-                          "--out-dir", tmp_path, "--robust", "median"])
+    rc, _, err = run_env(
+        [
+            "align",
+            clicks / "s.csv",
+            "--tilts",
+            clicks / "s.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--out-dir",
+            tmp_path,
+            "--robust",
+            "median",
+        ]
+    )
     assert rc == 2
     assert "invalid choice: 'median'" in err
     assert not list(tmp_path.iterdir())

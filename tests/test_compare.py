@@ -111,7 +111,10 @@ def test_a_model_that_raises_gets_an_error_row(jou_data):
     # the mode applies to imod only (jou has no xstretch), and is invalid there
     c = compare_models(jou_data.observations, ("jou", "imod"), modes={"xstretch": "bogus"}, leave_out=False)
     assert c.row("jou").ok and c.row("jou").status == "converged"
-    assert c.row("imod").status.startswith("error: ValueError") and "unknown mode 'bogus'" in c.row("imod").status
+    assert (
+        c.row("imod").status.startswith("error: ValueError")
+        and "unknown mode 'bogus'" in c.row("imod").status
+    )
     assert not c.row("imod").ok and c.best_by_bic == "jou"
     assert np.isnan(c.row("jou").leave_out_rms_px) and c.best_by_leave_out is None
     assert "imod" in c.to_text()
@@ -125,7 +128,9 @@ def test_comma_separated_models_and_a_subset(jou_data):
 
 def test_bad_input(jou_data):
     obs = jou_data.observations
-    with pytest.raises(ValueError, match=r"unknown projection model\(s\) 'tomo3d'; choose from jou, luther, diez, imod"):
+    with pytest.raises(
+        ValueError, match=r"unknown projection model\(s\) 'tomo3d'; choose from jou, luther, diez, imod"
+    ):
         compare_models(obs, ("jou", "tomo3d"))
     with pytest.raises(ValueError, match="models is empty"):
         compare_models(obs, ())

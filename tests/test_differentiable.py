@@ -22,7 +22,9 @@ def _inputs(obs):
 def test_gradients_match_central_differences(series, modes):
     obs = series.observations
     # tight tolerances: the finite differences below resolve 1e-7 of the objective
-    f = alignment_function(align(obs, modes=modes), config=LMConfig(cost_tol=1e-16, step_tol=1e-14, gradient_tol=0.0))
+    f = alignment_function(
+        align(obs, modes=modes), config=LMConfig(cost_tol=1e-16, step_tol=1e-14, gradient_tol=0.0)
+    )
     xy, tilts = _inputs(obs)
     rng = np.random.default_rng(0)
     views, markers = f(xy, tilts)

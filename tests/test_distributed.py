@@ -30,7 +30,12 @@ def _no_persistent_cache(monkeypatch):
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
     ) as c:
         yield c
 
@@ -53,16 +58,42 @@ def without_times(value):
 
 def test_cli_on_dask_writes_what_the_local_path_writes(cluster, tmp_path):
     for seed in (0, 1, 2):
-        rc, _, err = run(["simulate", "--out-dir", tmp_path / "in", "--prefix", f"s{seed}", "--views", 21, "--markers", 10,
-                          "--missing", 0.1, "--seed", seed])
+        rc, _, err = run(
+            [
+                "simulate",
+                "--out-dir",
+                tmp_path / "in",
+                "--prefix",
+                f"s{seed}",
+                "--views",
+                21,
+                "--markers",
+                10,
+                "--missing",
+                0.1,
+                "--seed",
+                seed,
+            ]
+        )
         assert rc == 0, err
     (tmp_path / "in" / "broken.csv").write_text("marker,view,x,y\n1,0,5,5\n")
     (tmp_path / "in" / "broken.rawtlt").write_text("0\n")
     common = ["--image-size", 2048, 2048, "--no-figure"]
     rc_local, _, err = run(["batch", tmp_path / "in", "--out-dir", tmp_path / "local", *common])
     assert rc_local == 2, err
-    rc_dask, _, err = run(["batch", tmp_path / "in", "--out-dir", tmp_path / "dask", *common,
-                                  "--scheduler", cluster.scheduler_address, "--group-size", 2])
+    rc_dask, _, err = run(
+        [
+            "batch",
+            tmp_path / "in",
+            "--out-dir",
+            tmp_path / "dask",
+            *common,
+            "--scheduler",
+            cluster.scheduler_address,
+            "--group-size",
+            2,
+        ]
+    )
     assert rc_dask == 2, err
     assert "on the Dask cluster at tcp://127.0.0.1:" in err
 
@@ -75,11 +106,17 @@ def test_cli_on_dask_writes_what_the_local_path_writes(cluster, tmp_path):
             assert a.read_bytes() == b.read_bytes(), rel
         elif rel.name.startswith("s") and rel.suffix == ".json":
             ra, rb = (without_times(json.loads(p.read_text())) for p in (a, b))
-            assert ra["summary"] == rb["summary"] and ra["views"] == rb["views"] and ra["stages"] == rb["stages"]
+            assert (
+                ra["summary"] == rb["summary"] and ra["views"] == rb["views"] and ra["stages"] == rb["stages"]
+            )
     rows = [line.split("\t") for line in (tmp_path / "dask" / "batch_summary.tsv").read_text().splitlines()]
-    local_rows = [line.split("\t") for line in (tmp_path / "local" / "batch_summary.tsv").read_text().splitlines()]
+    local_rows = [
+        line.split("\t") for line in (tmp_path / "local" / "batch_summary.tsv").read_text().splitlines()
+    ]
     seconds = rows[0].index("seconds")
-    assert [r[:seconds] + r[seconds + 1 :] for r in rows] == [r[:seconds] + r[seconds + 1 :] for r in local_rows]
+    assert [r[:seconds] + r[seconds + 1 :] for r in rows] == [
+        r[:seconds] + r[seconds + 1 :] for r in local_rows
+    ]
     assert "broken" in rows[1][0] and rows[1][rows[0].index("status")] == "bad input"
 
 
@@ -89,15 +126,32 @@ def test_dask_workers_reconstruct_what_the_local_path_reconstructs(cluster, tmp_
     import numpy as np
 
     for seed in (0, 1):  # 41 views of 256 x 256 px with their raw stacks s<seed>.mrc
-        rc, _, err = run(["simulate", "--out-dir", tmp_path / "in", "--prefix", f"s{seed}", "--stack", "--seed", seed])
+        rc, _, err = run(
+            ["simulate", "--out-dir", tmp_path / "in", "--prefix", f"s{seed}", "--stack", "--seed", seed]
+        )
         assert rc == 0, err
     common = ["--reconstruct", 32, "--bin", 4, "--no-figure", "--quiet"]
     rc, _, err = run(["batch", tmp_path / "in", "--out-dir", tmp_path / "local", *common])
     assert rc == 0, err
-    rc, _, err = run(["batch", tmp_path / "in", "--out-dir", tmp_path / "dask", *common, "--scheduler", cluster.scheduler_address, "--group-size", 1])
+    rc, _, err = run(
+        [
+            "batch",
+            tmp_path / "in",
+            "--out-dir",
+            tmp_path / "dask",
+            *common,
+            "--scheduler",
+            cluster.scheduler_address,
+            "--group-size",
+            1,
+        ]
+    )
     assert rc == 0, err
     for name in ("s0", "s1"):
-        with mrcfile.open(tmp_path / "local" / name / f"{name}.rec.mrc") as a, mrcfile.open(tmp_path / "dask" / name / f"{name}.rec.mrc") as b:
+        with (
+            mrcfile.open(tmp_path / "local" / name / f"{name}.rec.mrc") as a,
+            mrcfile.open(tmp_path / "dask" / name / f"{name}.rec.mrc") as b,
+        ):
             assert a.data.shape == (8, 64, 64) and float(np.std(a.data)) > 0
             np.testing.assert_array_equal(a.data, b.data)
 
@@ -105,8 +159,13 @@ def test_dask_workers_reconstruct_what_the_local_path_reconstructs(cluster, tmp_
 def test_align_distributed_equals_align_batch(cluster):
     obs = [lm.simulate(n_views=21, n_markers=10, missing_fraction=0.1, seed=s).observations for s in range(3)]
     finished = []
-    remote = align_distributed(obs + [None], scheduler=cluster, group_size=2, rotation_deg=[None, None, -2.0, None],
-                               on_result=lambda i, value: finished.append(i))
+    remote = align_distributed(
+        obs + [None],
+        scheduler=cluster,
+        group_size=2,
+        rotation_deg=[None, None, -2.0, None],
+        on_result=lambda i, value: finished.append(i),
+    )
     local = align_batch(obs, rotation_deg=[None, None, -2.0])
     assert sorted(finished) == [0, 1]
     for r, q in zip(remote[:3], local, strict=True):
@@ -130,5 +189,8 @@ def test_a_failed_task_fails_its_group_only(cluster):
 
 
 def test_unreachable_scheduler_is_an_os_error():
-    with pytest.raises(OSError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"), connect("tcp://127.0.0.1:9", timeout=1):
+    with (
+        pytest.raises(OSError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+        connect("tcp://127.0.0.1:9", timeout=1),
+    ):
         pass

@@ -43,20 +43,37 @@ IMAGE = (1024, 900)
 def solved_from_truth(rotation_deg: float, unit_scale: bool = True, seed: int = 0) -> AlignmentResult:
     """An AlignmentResult whose parameters are a simulated series' truth: views and markers from
     the simulation, xf fitted by the package's own code (core.result.fit_image_transforms)."""
-    s = simulate(n_views=15, n_markers=7, image_size=IMAGE, rotation_deg=rotation_deg, seed=seed,
-                 scale_jitter=0.0 if unit_scale else 0.01)
+    s = simulate(
+        n_views=15,
+        n_markers=7,
+        image_size=IMAGE,
+        rotation_deg=rotation_deg,
+        seed=seed,
+        scale_jitter=0.0 if unit_scale else 0.01,
+    )
     m = get_model("jou")
     views = np.array(s.views)
     predicted = np.asarray(m.project(jnp.asarray(views.T[:, :, None]), jnp.asarray(s.markers.T[:, None, :])))
     predicted = predicted.transpose(1, 2, 0)
     tilt = views[:, m.index("tilt")]
     x, y, z = s.markers.T
-    aligned = np.stack([x * np.cos(tilt)[:, None] + z * np.sin(tilt)[:, None], np.broadcast_to(y, predicted.shape[:2])], -1)
+    aligned = np.stack(
+        [x * np.cos(tilt)[:, None] + z * np.sin(tilt)[:, None], np.broadcast_to(y, predicted.shape[:2])], -1
+    )
     obs = s.observations
     residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
-    return AlignmentResult(model="jou", observations=obs, views=views, markers=s.markers, residuals=residuals,
-                           stages=(), status="converged", n_free=0, rotation_estimated_deg=None,
-                           xf=fit_image_transforms(predicted, aligned))
+    return AlignmentResult(
+        model="jou",
+        observations=obs,
+        views=views,
+        markers=s.markers,
+        residuals=residuals,
+        stages=(),
+        status="converged",
+        n_free=0,
+        rotation_estimated_deg=None,
+        xf=fit_image_transforms(predicted, aligned),
+    )
 
 
 def model_project(result: AlignmentResult, xyz) -> np.ndarray:
@@ -69,7 +86,9 @@ def model_project(result: AlignmentResult, xyz) -> np.ndarray:
 def test_points(result: AlignmentResult) -> np.ndarray:
     """The solved markers plus the corners of a 300 px thick tomogram: (m, 3) pixels."""
     nx, ny = IMAGE
-    corners = np.array([[sx * nx / 2, sy * ny / 2, sz * 150.0] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    corners = np.array(
+        [[sx * nx / 2, sy * ny / 2, sz * 150.0] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    )
     return np.vstack([result.markers, corners])
 
 
@@ -77,6 +96,7 @@ test_points.__test__ = False
 
 
 # ------------------------------------------------------------------ conventions
+
 
 @pytest.mark.parametrize("rotation_deg", [-12.0, 85.0, 178.0, -95.0])
 def test_a_3d_point_projects_to_the_same_pixel_in_every_convention(rotation_deg):
@@ -105,7 +125,9 @@ def test_an_x_axis_tilt_goes_to_rlnTomoXTilt_and_rotates_before_the_tilt():
     xyz = test_points(result)
     relion = relion_parameters(geometry, PIXEL_A)
     np.testing.assert_array_equal(relion["rlnTomoXTilt"], x_tilt)
-    np.testing.assert_allclose(relion_project(relion, PIXEL_A, xyz), our_project(geometry, xyz), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        relion_project(relion, PIXEL_A, xyz), our_project(geometry, xyz), rtol=0, atol=1e-9
+    )
     # a 1-degree X tilt moves a point 150 px above the centre by ~2.6 px in y: the test can fail
     flat = ViewGeometry.from_result(result)
     assert np.abs(our_project(geometry, xyz) - our_project(flat, xyz)).max() > 1.0
@@ -125,8 +147,11 @@ def test_magnification_is_measured_not_hidden():
     assert unrepresented_px(geometry).max() > 1.0  # scale jitter 0.01 over ~680 px
     nx, ny = IMAGE
     in_image = np.array([[sx * nx / 2, sy * ny / 2, 0.0] for sx in (-1, 1) for sy in (-1, 1)] + [[0, 0, 0]])
-    error = np.linalg.norm(relion_project(relion_parameters(geometry, PIXEL_A), PIXEL_A, in_image)
-                           - model_project(result, in_image), axis=-1)
+    error = np.linalg.norm(
+        relion_project(relion_parameters(geometry, PIXEL_A), PIXEL_A, in_image)
+        - model_project(result, in_image),
+        axis=-1,
+    )
     # aligned-frame corners of a tilted view lie inside the image corners, so the bound holds
     assert np.all(error <= unrepresented_px(geometry)[:, None] * (1 + 1e-9))
 
@@ -152,8 +177,12 @@ def test_relion_numbers_are_what_relions_imod_importer_derives_from_real_imod_fi
     imod = ImodAlignment.read(xf_path=f"{stem}.xf", tlt_path=f"{stem}.tlt")
     theirs = Alignment.from_imod(imod).to_relion("TS_001", PIXEL_A)
     np.testing.assert_allclose([e.z_rot for e in theirs.entries], ours["rlnTomoZRot"], rtol=0, atol=1e-4)
-    np.testing.assert_allclose([e.x_shift_angst for e in theirs.entries], ours["rlnTomoXShiftAngst"], rtol=0, atol=1e-4)
-    np.testing.assert_allclose([e.y_shift_angst for e in theirs.entries], ours["rlnTomoYShiftAngst"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        [e.x_shift_angst for e in theirs.entries], ours["rlnTomoXShiftAngst"], rtol=0, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        [e.y_shift_angst for e in theirs.entries], ours["rlnTomoYShiftAngst"], rtol=0, atol=1e-4
+    )
     np.testing.assert_allclose([e.y_tilt for e in theirs.entries], tilts, rtol=0, atol=0)
 
 
@@ -171,8 +200,12 @@ def test_real_imod_solution_projects_through_each_convention(axis):
     fid = read_fid_xyz(f"{stem}fid.xyz")
     table = read_resid(f"{stem}.resid")
     nx, ny = fid.image_size
-    geometry = ViewGeometry(np.concatenate([a, d[:, :, None]], axis=2), read_tilts(f"{stem}.tlt"),
-                            read_xtilt(f"{stem}.xtilt") if Path(f"{stem}.xtilt").exists() else None, (nx, ny))
+    geometry = ViewGeometry(
+        np.concatenate([a, d[:, :, None]], axis=2),
+        read_tilts(f"{stem}.tlt"),
+        read_xtilt(f"{stem}.xtilt") if Path(f"{stem}.xtilt").exists() else None,
+        (nx, ny),
+    )
     xyz = fid.xyz - [nx / 2, ny / 2, 0.0]
     view, marker = np.asarray(table.view), np.asarray(table.marker)
     imod = np.asarray(table.xy) + np.asarray(table.residual) - [nx / 2, ny / 2]
@@ -182,39 +215,65 @@ def test_real_imod_solution_projects_through_each_convention(axis):
     assert error.mean() < 0.5 * imod_mean_residual and error.max() < 2 * imod_mean_residual
     bound = unrepresented_px(geometry)[view]
     assert bound.max() > 1.0  # IMOD solved magnification and stretch here
-    for exported in (relion_project(relion_parameters(geometry, 20.2), 20.2, xyz),
-                     aretomo_project(aretomo_parameters(geometry), xyz)):
+    for exported in (
+        relion_project(relion_parameters(geometry, 20.2), 20.2, xyz),
+        aretomo_project(aretomo_parameters(geometry), xyz),
+    ):
         assert np.all(np.linalg.norm(exported[view, marker] - ours, axis=1) <= bound + 1e-9)
 
 
 # ------------------------------------------------------------------ RELION STAR
+
 
 def test_relion_star_files_read_back_by_starfile_and_by_cryoet_alignment(tmp_path):
     result = solved_from_truth(-12.0)
     geometry = ViewGeometry.from_result(result)
     expected = relion_parameters(geometry, PIXEL_A)
     (tmp_path / "tilt_series").mkdir()
-    write_relion_tilt_series(tmp_path / "tilt_series" / "TS_01.star", geometry, PIXEL_A, "TS_01",
-                             nominal_tilts_deg=result.observations.tilts_deg)
-    write_relion_tomograms(tmp_path / "tomograms.star", [{
-        "rlnTomoName": "TS_01", "rlnTomoTiltSeriesStarFile": "tilt_series/TS_01.star",
-        "rlnTomoTiltSeriesPixelSize": PIXEL_A, "rlnTomoSizeX": IMAGE[0], "rlnTomoSizeY": IMAGE[1],
-        "rlnTomoSizeZ": 300, "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1,
-        "rlnTomoHand": -1}])
+    write_relion_tilt_series(
+        tmp_path / "tilt_series" / "TS_01.star",
+        geometry,
+        PIXEL_A,
+        "TS_01",
+        nominal_tilts_deg=result.observations.tilts_deg,
+    )
+    write_relion_tomograms(
+        tmp_path / "tomograms.star",
+        [
+            {
+                "rlnTomoName": "TS_01",
+                "rlnTomoTiltSeriesStarFile": "tilt_series/TS_01.star",
+                "rlnTomoTiltSeriesPixelSize": PIXEL_A,
+                "rlnTomoSizeX": IMAGE[0],
+                "rlnTomoSizeY": IMAGE[1],
+                "rlnTomoSizeZ": 300,
+                "rlnVoltage": 300.0,
+                "rlnSphericalAberration": 2.7,
+                "rlnAmplitudeContrast": 0.1,
+                "rlnTomoHand": -1,
+            }
+        ],
+    )
     table = starfile.read(tmp_path / "tilt_series" / "TS_01.star", always_dict=True)["TS_01"]
     for name, values in expected.items():  # written as %.6f
         np.testing.assert_allclose(table[name].to_numpy(), values, rtol=0, atol=5.1e-7)
-    np.testing.assert_allclose(table["rlnTomoNominalStageTiltAngle"], result.observations.tilts_deg, atol=5.1e-7)
+    np.testing.assert_allclose(
+        table["rlnTomoNominalStageTiltAngle"], result.observations.tilts_deg, atol=5.1e-7
+    )
     from cryoet_alignment.io.relion import RelionAlignment
 
     back = RelionAlignment.from_file(str(tmp_path / "tomograms.star"))
     assert back.pixel_size_a == pytest.approx(PIXEL_A)
     np.testing.assert_allclose([e.z_rot for e in back.entries], expected["rlnTomoZRot"], atol=5.1e-7)
-    np.testing.assert_allclose([e.x_shift_angst for e in back.entries], expected["rlnTomoXShiftAngst"], atol=5.1e-7)
+    np.testing.assert_allclose(
+        [e.x_shift_angst for e in back.entries], expected["rlnTomoXShiftAngst"], atol=5.1e-7
+    )
     # RELION's formula on the numbers read back still lands on our projections (rounding only)
     xyz = test_points(result)
     reread = {name: table[name].to_numpy() for name in expected}
-    np.testing.assert_allclose(relion_project(reread, PIXEL_A, xyz), model_project(result, xyz), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        relion_project(reread, PIXEL_A, xyz), model_project(result, xyz), rtol=0, atol=1e-4
+    )
 
 
 def test_relion_writers_refuse_what_relion_could_not_use(tmp_path):
@@ -224,13 +283,24 @@ def test_relion_writers_refuse_what_relion_could_not_use(tmp_path):
     with pytest.raises(ValueError, match="tomo_name"):
         write_relion_tilt_series(tmp_path / "a.star", geometry, PIXEL_A, "two words")
     with pytest.raises(ValueError, match="lacks rlnVoltage"):
-        write_relion_tomograms(tmp_path / "t.star", [{"rlnTomoName": "x", "rlnTomoTiltSeriesStarFile": "a",
-                                                      "rlnTomoTiltSeriesPixelSize": 1, "rlnTomoSizeX": 1,
-                                                      "rlnTomoSizeY": 1, "rlnTomoSizeZ": 1}])
+        write_relion_tomograms(
+            tmp_path / "t.star",
+            [
+                {
+                    "rlnTomoName": "x",
+                    "rlnTomoTiltSeriesStarFile": "a",
+                    "rlnTomoTiltSeriesPixelSize": 1,
+                    "rlnTomoSizeX": 1,
+                    "rlnTomoSizeY": 1,
+                    "rlnTomoSizeZ": 1,
+                }
+            ],
+        )
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 # ------------------------------------------------------------------ AreTomo .aln
+
 
 def test_aln_written_here_reads_back_through_alnfile_with_the_same_numbers(tmp_path):
     result = solved_from_truth(85.0)
@@ -243,15 +313,22 @@ def test_aln_written_here_reads_back_through_alnfile_with_the_same_numbers(tmp_p
     np.testing.assert_array_equal(theirs["sec"], np.arange(13))
     np.testing.assert_array_equal(ours.sections, np.arange(1, 14))
     np.testing.assert_array_equal(ours.dark_sections, [0, 14])
-    for column, values in (("rot", ours.rotation_deg), ("gmag", ours.magnification), ("tx", ours.shift_px[:, 0]),
-                           ("ty", ours.shift_px[:, 1]), ("tilt", ours.tilts_deg)):
+    for column, values in (
+        ("rot", ours.rotation_deg),
+        ("gmag", ours.magnification),
+        ("tx", ours.shift_px[:, 0]),
+        ("ty", ours.shift_px[:, 1]),
+        ("tilt", ours.tilts_deg),
+    ):
         np.testing.assert_array_equal(theirs[column].to_numpy(), values)
     np.testing.assert_allclose(alnfile.df_to_xf(theirs), ours.xf, rtol=0, atol=1e-12)
     # the file holds our numbers to its printed precision
     expected = aretomo_parameters(geometry)
     kept = ours.sections
     np.testing.assert_allclose(ours.rotation_deg, expected["ROT"][kept], rtol=0, atol=5.1e-5)
-    np.testing.assert_allclose(ours.shift_px, np.stack([expected["TX"], expected["TY"]], -1)[kept], rtol=0, atol=5.1e-4)
+    np.testing.assert_allclose(
+        ours.shift_px, np.stack([expected["TX"], expected["TY"]], -1)[kept], rtol=0, atol=5.1e-4
+    )
     np.testing.assert_allclose(ours.tilts_deg, expected["TILT"][kept], rtol=0, atol=5.1e-3)
     np.testing.assert_allclose(ours.dark_tilts_deg, geometry.tilts_deg[[0, 14]], rtol=0, atol=5.1e-3)
 
@@ -290,15 +367,18 @@ def test_real_aretomo3_sample_reads_like_alnfile():
     assert np.isnan(start["rotation_deg"][[0, 1, 7]]).all() and np.isnan(start["tilts_deg"][[0, 7]]).all()
 
 
-@pytest.mark.parametrize("text, line, problem", [
-    ("# RawSize = 10 10 3\n# SEC ROT\n0 1 1 0 0 1 1 1 0\n", 3, "expected 10 values"),
-    ("# RawSize = 10 10 3\n# SEC ROT\n0 1 1 0 x 1 1 1 0 5\n", 3, "'x' is not a number"),
-    ("# RawSize = 10 10 3\n# SEC ROT\n3 1 1 0 0 1 1 1 0 5\n", 3, "SEC 3 outside 0..2"),
-    ("# RawSize = 10 10\n", 1, "expected 3 value"),
-    ("0 1 1 0 0 1 1 1 0 5\n", 1, "before the '# SEC"),
-    ("# SEC ROT\n0 1 1 0 0 1 1 1 0 5\n", None, "no '# RawSize"),
-    ("# RawSize = 10 10 3\n# SEC ROT\n", None, "no global alignment rows"),
-])
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
+        ("# RawSize = 10 10 3\n# SEC ROT\n0 1 1 0 0 1 1 1 0\n", 3, "expected 10 values"),
+        ("# RawSize = 10 10 3\n# SEC ROT\n0 1 1 0 x 1 1 1 0 5\n", 3, "'x' is not a number"),
+        ("# RawSize = 10 10 3\n# SEC ROT\n3 1 1 0 0 1 1 1 0 5\n", 3, "SEC 3 outside 0..2"),
+        ("# RawSize = 10 10\n", 1, "expected 3 value"),
+        ("0 1 1 0 0 1 1 1 0 5\n", 1, "before the '# SEC"),
+        ("# SEC ROT\n0 1 1 0 0 1 1 1 0 5\n", None, "no '# RawSize"),
+        ("# RawSize = 10 10 3\n# SEC ROT\n", None, "no global alignment rows"),
+    ],
+)
 def test_bad_aln_files_get_one_line_naming_file_and_line(tmp_path, text, line, problem):
     path = tmp_path / "bad.aln"
     path.write_text(text)
@@ -320,6 +400,7 @@ def test_write_aln_refuses_what_the_layout_cannot_hold(tmp_path):
 
 # ------------------------------------------------------------------ IMOD .xtilt, Data Portal JSON
 
+
 def test_xtilt_round_trip_and_real_files(tmp_path):
     values = np.array([0.0, -0.01, 1.25, -12.5])
     write_xtilt(tmp_path / "a.xtilt", values)
@@ -328,7 +409,9 @@ def test_xtilt_round_trip_and_real_files(tmp_path):
     real = SAMPLES / "etomofiles_TS_001" / "TS_001.xtilt"
     np.testing.assert_array_equal(read_xtilt(real), np.loadtxt(real))
     assert read_xtilt(real).shape == (40,) and read_xtilt(real)[0] == -0.01
-    np.testing.assert_array_equal(read_xtilt(SAMPLES / "cryoet-alignment_imod_1" / "tilt_1.xtilt"), np.zeros(59))
+    np.testing.assert_array_equal(
+        read_xtilt(SAMPLES / "cryoet-alignment_imod_1" / "tilt_1.xtilt"), np.zeros(59)
+    )
     (tmp_path / "bad.xtilt").write_text("0.0\n1.0 2.0\n")
     with pytest.raises(InputError, match=r"bad.xtilt:2: expected one X-axis tilt"):
         read_xtilt(tmp_path / "bad.xtilt")
@@ -338,8 +421,10 @@ def test_xtilt_round_trip_and_real_files(tmp_path):
 
 
 def _portal_sections(document):
-    return [(p.z_index, p.tilt_angle, p.volume_x_rotation, np.array(p.in_plane_rotation), p.x_offset, p.y_offset)
-            for p in document.per_section_alignment_parameters]
+    return [
+        (p.z_index, p.tilt_angle, p.volume_x_rotation, np.array(p.in_plane_rotation), p.x_offset, p.y_offset)
+        for p in document.per_section_alignment_parameters
+    ]
 
 
 def test_portal_json_equals_cryoet_alignments_conversion_of_our_imod_files(tmp_path):
@@ -363,7 +448,9 @@ def test_portal_json_equals_cryoet_alignments_conversion_of_our_imod_files(tmp_p
         np.testing.assert_allclose(mine[4:], other[4:], rtol=0, atol=1e-3)
     # excluded views are left out, as the portal converter leaves out tilt.com's EXCLUDELIST2
     document = portal_alignment(geometry, excluded_views=[2, 5])
-    assert [p["z_index"] for p in document["per_section_alignment_parameters"]] == [v for v in range(15) if v not in (2, 5)]
+    assert [p["z_index"] for p in document["per_section_alignment_parameters"]] == [
+        v for v in range(15) if v not in (2, 5)
+    ]
     json.dumps(document)
 
 
@@ -381,8 +468,16 @@ def test_view_geometry_rejects_impossible_input():
 
 def test_export_is_numpy_only_and_sits_below_the_command_layer():
     """export/ reads results and writes files: no JAX, no solver, nothing above it."""
-    forbidden = ("jax", "lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.models", "lmalign_jax.analysis",
-                 "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")
+    forbidden = (
+        "jax",
+        "lmalign_jax.solve",
+        "lmalign_jax.core",
+        "lmalign_jax.models",
+        "lmalign_jax.analysis",
+        "lmalign_jax.report",
+        "lmalign_jax.workflow",
+        "lmalign_jax.cli",
+    )
     package = Path(__file__).resolve().parent.parent / "lmalign_jax" / "export"
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -394,7 +489,9 @@ def test_export_is_numpy_only_and_sits_below_the_command_layer():
             else:
                 continue
             for name in names:
-                assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+                assert not any(name == f or name.startswith(f + ".") for f in forbidden), (
+                    f"{path.name} imports {name}"
+                )
 
 
 def test_alignment_goes_into_the_tilt_series_star_relion_imported(tmp_path):
@@ -408,15 +505,18 @@ def test_alignment_goes_into_the_tilt_series_star_relion_imported(tmp_path):
     geometry = ViewGeometry.from_result(result)
     nominal = np.round(result.observations.tilts_deg, 2)
     order = np.random.default_rng(4).permutation(15)  # "acquisition order"
-    imported = pd.DataFrame({
-        "rlnMicrographMovieName": [f"frames/TS_01_{k:03d}.tif" for k in order],
-        "rlnTomoNominalStageTiltAngle": nominal[order],
-        "rlnMicrographPreExposure": 3.0 * np.arange(15),
-        "rlnTomoXTilt": np.zeros(15),  # present before: replaced
-    })
+    imported = pd.DataFrame(
+        {
+            "rlnMicrographMovieName": [f"frames/TS_01_{k:03d}.tif" for k in order],
+            "rlnTomoNominalStageTiltAngle": nominal[order],
+            "rlnMicrographPreExposure": 3.0 * np.arange(15),
+            "rlnTomoXTilt": np.zeros(15),  # present before: replaced
+        }
+    )
     starfile.write({"TS_01": imported}, tmp_path / "imported.star")
-    add_alignment_to_relion_tilt_series(tmp_path / "imported.star", tmp_path / "aligned.star", geometry, PIXEL_A,
-                                        nominal)
+    add_alignment_to_relion_tilt_series(
+        tmp_path / "imported.star", tmp_path / "aligned.star", geometry, PIXEL_A, nominal
+    )
     table = starfile.read(tmp_path / "aligned.star", always_dict=True)["TS_01"]
     assert list(table["rlnMicrographMovieName"]) == list(imported["rlnMicrographMovieName"])
     np.testing.assert_allclose(table["rlnMicrographPreExposure"], 3.0 * np.arange(15))
@@ -424,7 +524,11 @@ def test_alignment_goes_into_the_tilt_series_star_relion_imported(tmp_path):
     for name, values in expected.items():
         np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)
     # a tilt image the alignment does not have is named, and nothing is written
-    starfile.write({"TS_01": imported.assign(rlnTomoNominalStageTiltAngle=nominal[order] + 0.5)}, tmp_path / "odd.star")
+    starfile.write(
+        {"TS_01": imported.assign(rlnTomoNominalStageTiltAngle=nominal[order] + 0.5)}, tmp_path / "odd.star"
+    )
     with pytest.raises(InputError, match=r"odd.star: tilt image 1 \(nominal .*\) matches no view"):
-        add_alignment_to_relion_tilt_series(tmp_path / "odd.star", tmp_path / "out.star", geometry, PIXEL_A, nominal)
+        add_alignment_to_relion_tilt_series(
+            tmp_path / "odd.star", tmp_path / "out.star", geometry, PIXEL_A, nominal
+        )
     assert not (tmp_path / "out.star").exists()

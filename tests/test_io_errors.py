@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import lmalign_jax.io as lio
-from lmalign_jax.io import InputError, atomic_write, write_tlt, write_xf
-from lmalign_jax.io import fixed_width
+from lmalign_jax.io import InputError, atomic_write, fixed_width, write_tlt, write_xf
 
 IO_DIR = Path(lio.__file__).parent
 
@@ -114,7 +113,9 @@ def test_io_is_numpy_only():
             for name in names:
                 top = name.split(".")[0]
                 assert top not in ("jax", "jaxlib", "optax"), f"{path.name} imports {name}"
-                assert not (top == "lmalign_jax" and not name.startswith("lmalign_jax.io")), f"{path.name} imports {name}"
+                assert not (top == "lmalign_jax" and not name.startswith("lmalign_jax.io")), (
+                    f"{path.name} imports {name}"
+                )
 
 
 def test_public_names_exported():

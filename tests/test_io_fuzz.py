@@ -59,7 +59,12 @@ PARSERS = [
     ("model2point", read_model2point, ".pt", M2P),
     ("pytom", read_pytom_markers, ".txt", PYTOM),
     ("imod-model", read_imod_model, ".mod", FID),
-    ("tilts", read_tilts, ".tlt", (DATA / "format-samples" / "etomofiles_TS_001" / "TS_001.tlt").read_bytes()),
+    (
+        "tilts",
+        read_tilts,
+        ".tlt",
+        (DATA / "format-samples" / "etomofiles_TS_001" / "TS_001.tlt").read_bytes(),
+    ),
     ("mdoc", read_mdoc, ".mdoc", (DATA / "empiar10164-ts01" / "TS_01.mrc.mdoc").read_bytes()),
     ("xf", read_xf, ".xf", (DATA / "format-samples" / "cryoet-alignment_imod_1" / "tilt_1.xf").read_bytes()),
     ("resid", read_resid, ".resid", (PKG / "imod-bb" / "BBa.resid").read_bytes()),
@@ -67,24 +72,83 @@ PARSERS = [
 ]
 IDS = [p[0] for p in PARSERS]
 
-FUZZ = settings(max_examples=100, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-TOKENS = ["0", "1", "2", "-1", "-1.00", "3.00", "0.5", "1e5", "1e999", "nan", "inf", "-0", "99999999999999999999",
-          "1_0", "x", "", "#", "Pix:", "Dim:", "residuals", "=", ",", "TiltAngle", "ZValue", "[", "]", "\t",
-          "\x00", "\u00e9", "\u0661", "********", "-1234.56-789.01"]
-LINES = ["marker,view,x,y", "# MarkerIndex", "# TiltAngle (degrees)", "     3 residuals", "[ZValue = 0]",
-         "[ZValue = 1]", "[ZValue = 99999999999999999999]", "[ZValue = -2]", "TiltAngle = 5", "TiltAngle = -3.0", "[T = Tilt axis angle = 85.3, binning = 4]",
-         "PixelSpacing = 5.4", "ImageSize = 924 958", "ImageSize = 0 x", "[MontSection = 0]",
-         "   1    244.50    242.64     46.24      1    1 Pix:    20.20000 Dim:   512   512",
-         "    281.19    236.96    0   -0.20    0.17", "   0.9787406  -0.1898027   0.1861717   0.9824202     -20.199       1.220",
-         "  0  -60.000  1113.10   241.50", "  0  -60.000  -1.00  -1.00", "1,0,1.5,2.5", "1,0,1.5,2.5", "  65.06"]
+TOKENS = [
+    "0",
+    "1",
+    "2",
+    "-1",
+    "-1.00",
+    "3.00",
+    "0.5",
+    "1e5",
+    "1e999",
+    "nan",
+    "inf",
+    "-0",
+    "99999999999999999999",
+    "1_0",
+    "x",
+    "",
+    "#",
+    "Pix:",
+    "Dim:",
+    "residuals",
+    "=",
+    ",",
+    "TiltAngle",
+    "ZValue",
+    "[",
+    "]",
+    "\t",
+    "\x00",
+    "\u00e9",
+    "\u0661",
+    "********",
+    "-1234.56-789.01",
+]
+LINES = [
+    "marker,view,x,y",
+    "# MarkerIndex",
+    "# TiltAngle (degrees)",
+    "     3 residuals",
+    "[ZValue = 0]",
+    "[ZValue = 1]",
+    "[ZValue = 99999999999999999999]",
+    "[ZValue = -2]",
+    "TiltAngle = 5",
+    "TiltAngle = -3.0",
+    "[T = Tilt axis angle = 85.3, binning = 4]",
+    "PixelSpacing = 5.4",
+    "ImageSize = 924 958",
+    "ImageSize = 0 x",
+    "[MontSection = 0]",
+    "   1    244.50    242.64     46.24      1    1 Pix:    20.20000 Dim:   512   512",
+    "    281.19    236.96    0   -0.20    0.17",
+    "   0.9787406  -0.1898027   0.1861717   0.9824202     -20.199       1.220",
+    "  0  -60.000  1113.10   241.50",
+    "  0  -60.000  -1.00  -1.00",
+    "1,0,1.5,2.5",
+    "1,0,1.5,2.5",
+    "  65.06",
+]
 
-token_line = st.builds(lambda toks, sep: sep.join(toks), st.lists(st.sampled_from(TOKENS), max_size=7),
-                       st.sampled_from([" ", ",", "  ", "\t", ""]))
-soup = st.builds(lambda lines, nl: nl.join(lines) + nl,
-                 st.lists(st.one_of(st.sampled_from(LINES), token_line), max_size=12),
-                 st.sampled_from(["\n", "\r\n"]))
+token_line = st.builds(
+    lambda toks, sep: sep.join(toks),
+    st.lists(st.sampled_from(TOKENS), max_size=7),
+    st.sampled_from([" ", ",", "  ", "\t", ""]),
+)
+soup = st.builds(
+    lambda lines, nl: nl.join(lines) + nl,
+    st.lists(st.one_of(st.sampled_from(LINES), token_line), max_size=12),
+    st.sampled_from(["\n", "\r\n"]),
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +196,7 @@ def test_format_shaped_text(workdir, name, parser, ext, sample, text):
 @FUZZ
 @given(frac=st.floats(0.0, 1.0))
 def test_truncated_valid_file(workdir, name, parser, ext, sample, frac):
-    check(parser, workdir / f"{name}{ext}", sample[:int(frac * len(sample))])
+    check(parser, workdir / f"{name}{ext}", sample[: int(frac * len(sample))])
 
 
 @pytest.mark.parametrize("name, parser, ext, sample", PARSERS, ids=IDS)
@@ -142,5 +206,5 @@ def test_corrupted_valid_file(workdir, name, parser, ext, sample, frac, value, t
     data = bytearray(sample)
     data[int(frac * len(data))] = value
     if tail:  # also cut after the corrupted byte
-        data = data[:int(frac * len(data)) + 1]
+        data = data[: int(frac * len(data)) + 1]
     check(parser, workdir / f"{name}{ext}", bytes(data))

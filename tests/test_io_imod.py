@@ -31,12 +31,19 @@ def write(path, text):
 
 # ---------------------------------------------------------------- .xf
 
-@pytest.mark.parametrize("path, n", [
-    (FS / "cryoet-alignment_imod_1" / "tilt_1.xf", 59),
-    (FS / "etomofiles_TS_001" / "TS_001.xf", 40),
-    (DATA / "empiar10164-ts01" / "xf_file.xf", 41),
-    (BB / "BBa.xf", 61), (BB / "BBa.tltxf", 61), (MZ / "midzone2a.xf", 81), (MZ / "midzone2b.tltxf", 79),
-])
+
+@pytest.mark.parametrize(
+    "path, n",
+    [
+        (FS / "cryoet-alignment_imod_1" / "tilt_1.xf", 59),
+        (FS / "etomofiles_TS_001" / "TS_001.xf", 40),
+        (DATA / "empiar10164-ts01" / "xf_file.xf", 41),
+        (BB / "BBa.xf", 61),
+        (BB / "BBa.tltxf", 61),
+        (MZ / "midzone2a.xf", 81),
+        (MZ / "midzone2b.tltxf", 79),
+    ],
+)
 def test_real_xf(path, n, tmp_path):
     A, d = read_xf(path)
     assert A.shape == (n, 2, 2) and d.shape == (n, 2)
@@ -77,14 +84,17 @@ def test_xf_fixed_columns_fallback(tmp_path):
     np.testing.assert_array_equal(d[0], [-1234567.125, 2.5])
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", r"g.xf: no transforms"),
-    ("1 0 0 1 0\n", r"g.xf:1: expected 6 values \(A11 A12 A21 A22 DX DY\), got 5"),
-    ("1 0 0 1 0 0 7\n", r"g.xf:1: expected 6 values \(A11 A12 A21 A22 DX DY\), got 7"),
-    ("1 0 0 1 0 0\n\n1 0 0 1 0 0\n", r"g.xf:2: blank line inside the data"),
-    ("1 0 0 1 0 0\n1 0 0 x 0 0\n", r"g.xf:2: A22 is not a number: 'x'"),
-    ("1 0 0 1 0 ********\n", r"g.xf:1: DY is not a number: '\*\*\*\*\*\*\*\*'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", r"g.xf: no transforms"),
+        ("1 0 0 1 0\n", r"g.xf:1: expected 6 values \(A11 A12 A21 A22 DX DY\), got 5"),
+        ("1 0 0 1 0 0 7\n", r"g.xf:1: expected 6 values \(A11 A12 A21 A22 DX DY\), got 7"),
+        ("1 0 0 1 0 0\n\n1 0 0 1 0 0\n", r"g.xf:2: blank line inside the data"),
+        ("1 0 0 1 0 0\n1 0 0 x 0 0\n", r"g.xf:2: A22 is not a number: 'x'"),
+        ("1 0 0 1 0 ********\n", r"g.xf:1: DY is not a number: '\*\*\*\*\*\*\*\*'"),
+    ],
+)
 def test_xf_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_xf(write(tmp_path / "g.xf", text))
@@ -111,12 +121,16 @@ def test_write_xf_widens_only_fields_that_overflow(tmp_path):
 
 # ---------------------------------------------------------------- .resid
 
-@pytest.mark.parametrize("path, n_points, n_fid, n_views, n_missing", [
-    (BB / "BBa.resid", 1403, 23, 61, 0),
-    (BB / "BBb.resid", 1403, 23, 61, 0),
-    (MZ / "midzone2a.resid", 3793, 47, 81, 14),
-    (MZ / "midzone2b.resid", 3713, 47, 79, 0),
-])
+
+@pytest.mark.parametrize(
+    "path, n_points, n_fid, n_views, n_missing",
+    [
+        (BB / "BBa.resid", 1403, 23, 61, 0),
+        (BB / "BBb.resid", 1403, 23, 61, 0),
+        (MZ / "midzone2a.resid", 3793, 47, 81, 14),
+        (MZ / "midzone2b.resid", 3713, 47, 79, 0),
+    ],
+)
 def test_real_resid(path, n_points, n_fid, n_views, n_missing):
     t = read_resid(path)
     assert t.xy.shape == (n_points, 2) and t.residual.shape == (n_points, 2)
@@ -185,39 +199,53 @@ def test_write_resid_equals_fortran_fields_or_widens_by_one_blank(tmp_path):
     res = np.array([[-99.994, 999.994], [0.125, -0.135], [-1000.0, 10000.0], [1e6, -1e6]])
     view = np.array([0, 9999, 10000, 123456])
     write_resid(tmp_path / "r.resid", xy, view, res)
-    rows = "".join(fortran_field(x, 10, 2, True) + fortran_field(y, 10, 2, False) + fortran_field(int(v), 5, None, False)
-                   + fortran_field(dx, 8, 2, False) + fortran_field(dy, 8, 2, False) + "\n"
-                   for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True))
+    rows = "".join(
+        fortran_field(x, 10, 2, True)
+        + fortran_field(y, 10, 2, False)
+        + fortran_field(int(v), 5, None, False)
+        + fortran_field(dx, 8, 2, False)
+        + fortran_field(dy, 8, 2, False)
+        + "\n"
+        for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True)
+    )
     text = (tmp_path / "r.resid").read_text()
     assert text == "     4 residuals\n" + rows
     assert text.splitlines()[1] == "  -9999.99      0.00    0  -99.99  999.99"  # IMOD's own columns
-    assert text.splitlines()[3] == "-100000.00 1000000.00 10000 -1000.00 10000.00"  # all but the first widened
+    assert (
+        text.splitlines()[3] == "-100000.00 1000000.00 10000 -1000.00 10000.00"
+    )  # all but the first widened
 
 
 def test_resid_fixed_columns_fallback(tmp_path):
-    p = write(tmp_path / "g.resid", "     2 residuals\n    100.00    200.00    3-1234.56   -0.50\n"
-              "1234567.891234567.89    4    0.10    0.20\n")
+    p = write(
+        tmp_path / "g.resid",
+        "     2 residuals\n    100.00    200.00    3-1234.56   -0.50\n"
+        "1234567.891234567.89    4    0.10    0.20\n",
+    )
     t = read_resid(p)
     np.testing.assert_array_equal(t.residual[0], [-1234.56, -0.50])
     np.testing.assert_array_equal(t.xy[1], [1234567.89, 1234567.89])
     assert t.marker.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", r"g.resid:1: expected 'N residuals' on line 1"),
-    ("3 points\n", r"g.resid:1: expected 'N residuals' on line 1, got '3 points'"),
-    ("x residuals\n", r"g.resid:1: residual count is not an integer: 'x'"),
-    ("2 residuals\n 1 2 0 0 0\n", r"g.resid: line 1 announces 2 residuals but 1 follow"),
-    ("2 residuals\n 1 2 0 0 0\n\n 1 2 1 0 0\n", r"g.resid:3: blank line inside the data"),
-    ("1 residuals\n 1 2 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
-    ("2 residuals\n 1 2 0 0\n 1 2 1 0 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
-    ("2 residuals\n 1 2 0 0 0\n 1 2 1 0 1_0\n", r"g.resid:3: dy is not a number: '1_0'"),
-    ("2 residuals\n 1 2 0 0 0\n 1 2 \u0661 0 0\n", r"g.resid:3: view is not an integer"),
-    ("1 residuals\n 1 2 -1 0 0\n", r"g.resid:2: negative view index -1"),
-    ("1 residuals\n 1 2 10000 0 0\n", r"g.resid:2: view index 10000 exceeds the limit of 10000 views"),
-    ("1 residuals\n 1 2 0.5 0 0\n", r"g.resid:2: view is not an integer: '0.5'"),
-    ("1 residuals\n 1 2 0 0 nan\n", r"g.resid:2: dy is not finite: 'nan'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", r"g.resid:1: expected 'N residuals' on line 1"),
+        ("3 points\n", r"g.resid:1: expected 'N residuals' on line 1, got '3 points'"),
+        ("x residuals\n", r"g.resid:1: residual count is not an integer: 'x'"),
+        ("2 residuals\n 1 2 0 0 0\n", r"g.resid: line 1 announces 2 residuals but 1 follow"),
+        ("2 residuals\n 1 2 0 0 0\n\n 1 2 1 0 0\n", r"g.resid:3: blank line inside the data"),
+        ("1 residuals\n 1 2 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
+        ("2 residuals\n 1 2 0 0\n 1 2 1 0 0 0\n", r"g.resid:2: expected 5 values \(X Y view dx dy\), got 4"),
+        ("2 residuals\n 1 2 0 0 0\n 1 2 1 0 1_0\n", r"g.resid:3: dy is not a number: '1_0'"),
+        ("2 residuals\n 1 2 0 0 0\n 1 2 \u0661 0 0\n", r"g.resid:3: view is not an integer"),
+        ("1 residuals\n 1 2 -1 0 0\n", r"g.resid:2: negative view index -1"),
+        ("1 residuals\n 1 2 10000 0 0\n", r"g.resid:2: view index 10000 exceeds the limit of 10000 views"),
+        ("1 residuals\n 1 2 0.5 0 0\n", r"g.resid:2: view is not an integer: '0.5'"),
+        ("1 residuals\n 1 2 0 0 nan\n", r"g.resid:2: dy is not finite: 'nan'"),
+    ],
+)
 def test_resid_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_resid(write(tmp_path / "g.resid", text))
@@ -235,6 +263,7 @@ def test_write_resid_rejects_bad_arrays(tmp_path):
 
 # ---------------------------------------------------------------- fid.xyz
 
+
 def test_real_fid_xyz():
     f = read_fid_xyz(BB / "BBafid.xyz")
     assert f.xyz.shape == (23, 3) and f.pixel_size == 20.2 and f.image_size == (512, 512)
@@ -245,7 +274,9 @@ def test_real_fid_xyz():
     assert g.xyz.shape == (47, 3) and g.pixel_size == 1.0 and g.image_size == (1950, 1024)
 
 
-@pytest.mark.parametrize("path", [BB / "BBafid.xyz", BB / "BBbfid.xyz", MZ / "midzone2afid.xyz", MZ / "midzone2bfid.xyz"])
+@pytest.mark.parametrize(
+    "path", [BB / "BBafid.xyz", BB / "BBbfid.xyz", MZ / "midzone2afid.xyz", MZ / "midzone2bfid.xyz"]
+)
 def test_fid_xyz_byte_round_trip(path, tmp_path):
     f = read_fid_xyz(path)
     write_fid_xyz(tmp_path / "f.xyz", f.xyz, f.contour, f.pixel_size, f.image_size, objects=f.object)
@@ -266,16 +297,22 @@ def test_fid_xyz_without_header(tmp_path):
     assert f.pixel_size is None and f.image_size is None
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", r"f.xyz: no fiducial points"),
-    ("   1 1 2 3 1\n", r"f.xyz:1: expected 6 values \(# X Y Z obj cont\), got 5"),
-    ("   1 1 2 3 1 1 Pix: abc Dim: 5 5\n", r"f.xyz:1: Pix: is not a number: 'abc'"),
-    ("   1 1 2 3 1 1 Pix: 1.0 Dim: 5\n", r"f.xyz:1: expected 'Dim: nx ny', got '5'"),
-    ("   1 1 2 3 1 1 Pix: 1.0 Dim: 0 5\n", r"f.xyz:1: image size must be positive, got \(0, 5\)"),
-    ("   1 1 2 3 1 1\n   2 1 2 3 1 1 Pix: 1 Dim: 2 2\n", r"f.xyz:2: expected 6 values \(# X Y Z obj cont\), got 11"),
-    ("   1 1 2 nan 1 1\n", r"f.xyz:1: Z is not finite: 'nan'"),
-    ("   1 1 2 3 1 x\n", r"f.xyz:1: contour is not an integer: 'x'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", r"f.xyz: no fiducial points"),
+        ("   1 1 2 3 1\n", r"f.xyz:1: expected 6 values \(# X Y Z obj cont\), got 5"),
+        ("   1 1 2 3 1 1 Pix: abc Dim: 5 5\n", r"f.xyz:1: Pix: is not a number: 'abc'"),
+        ("   1 1 2 3 1 1 Pix: 1.0 Dim: 5\n", r"f.xyz:1: expected 'Dim: nx ny', got '5'"),
+        ("   1 1 2 3 1 1 Pix: 1.0 Dim: 0 5\n", r"f.xyz:1: image size must be positive, got \(0, 5\)"),
+        (
+            "   1 1 2 3 1 1\n   2 1 2 3 1 1 Pix: 1 Dim: 2 2\n",
+            r"f.xyz:2: expected 6 values \(# X Y Z obj cont\), got 11",
+        ),
+        ("   1 1 2 nan 1 1\n", r"f.xyz:1: Z is not finite: 'nan'"),
+        ("   1 1 2 3 1 x\n", r"f.xyz:1: contour is not an integer: 'x'"),
+    ],
+)
 def test_fid_xyz_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_fid_xyz(write(tmp_path / "f.xyz", text))

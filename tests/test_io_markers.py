@@ -38,6 +38,7 @@ def write(path, text):
 
 # ---------------------------------------------------------------- MarkerSet
 
+
 def test_markerset_normalises_and_freezes():
     m = make_set(image_size=(512, 256), pixel_size=2)
     assert m.xy.dtype == np.float64 and m.mask.dtype == bool
@@ -54,16 +55,19 @@ def test_markerset_normalises_and_freezes():
     np.testing.assert_array_equal(xy, m.xy[v, mi])
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(xy=np.zeros((2, 3))), "xy must have shape"),
-    (dict(mask=np.ones((2, 3), dtype=int)), "mask must be a bool array"),
-    (dict(mask=np.ones((2, 2), dtype=bool)), "does not match xy shape"),
-    (dict(xy=np.full((2, 3, 2), np.nan)), "xy must be finite where mask is True"),
-    (dict(marker_ids=(1, 2)), "2 marker_ids for 3 markers"),
-    (dict(marker_ids=(1, 1, 2)), "marker_ids must be unique"),
-    (dict(image_size=(0, 5)), "image_size must be two positive ints"),
-    (dict(pixel_size=-1.0), "pixel_size must be positive"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(xy=np.zeros((2, 3))), "xy must have shape"),
+        (dict(mask=np.ones((2, 3), dtype=int)), "mask must be a bool array"),
+        (dict(mask=np.ones((2, 2), dtype=bool)), "does not match xy shape"),
+        (dict(xy=np.full((2, 3, 2), np.nan)), "xy must be finite where mask is True"),
+        (dict(marker_ids=(1, 2)), "2 marker_ids for 3 markers"),
+        (dict(marker_ids=(1, 1, 2)), "marker_ids must be unique"),
+        (dict(image_size=(0, 5)), "image_size must be two positive ints"),
+        (dict(pixel_size=-1.0), "pixel_size must be positive"),
+    ],
+)
 def test_markerset_validation(kw, match):
     args = dict(xy=np.zeros((2, 3, 2)), mask=np.ones((2, 3), dtype=bool), marker_ids=(1, 2, 3))
     args.update(kw)
@@ -85,6 +89,7 @@ def test_builder_limits(tmp_path):
 
 # ---------------------------------------------------------------- CSV
 
+
 def test_csv_round_trip(tmp_path):
     m = make_set()
     write_markers_csv(tmp_path / "m.csv", m)
@@ -104,20 +109,29 @@ def test_csv_reads_blank_lines_and_spaces(tmp_path):
     assert m.mask.sum() == 2
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", r"m.csv:1: CSV header must be 'marker,view,x,y', got an empty file"),
-    ("x,y,marker,view\n", r"m.csv:1: CSV header must be 'marker,view,x,y', got 'x,y,marker,view'"),
-    ("marker,view,x,y\n", r"m.csv: no marker points"),
-    ("marker,view,x,y\n1,0,1.0\n", r"m.csv:2: expected 4 comma-separated fields \(marker,view,x,y\), got 3"),
-    ("marker,view,x,y\n1.5,0,1,2\n", r"m.csv:2: marker is not an integer: '1.5'"),
-    ("marker,view,x,y\n1,99999999999999999999,1,2\n", r"m.csv:2: view is out of range"),
-    ("marker,view,x,y\n1,0,abc,2\n", r"m.csv:2: x is not a number: 'abc'"),
-    ("marker,view,x,y\n1,0,1,nan\n", r"m.csv:2: y is not finite: 'nan'"),
-    ("marker,view,x,y\n1,0,1,1_0\n", r"m.csv:2: y is not a number: '1_0'"),
-    ("marker,view,x,y\n1,0,1,inf\n", r"m.csv:2: y is not finite: 'inf'"),
-    ("marker,view,x,y\n1,-1,1,2\n", r"m.csv:2: negative view index -1"),
-    ("marker,view,x,y\n1,0,1,2\n2,0,1,2\n1,0,3,4\n", r"m.csv:4: duplicate point for marker 1 in view 0 \(first on line 2\)"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", r"m.csv:1: CSV header must be 'marker,view,x,y', got an empty file"),
+        ("x,y,marker,view\n", r"m.csv:1: CSV header must be 'marker,view,x,y', got 'x,y,marker,view'"),
+        ("marker,view,x,y\n", r"m.csv: no marker points"),
+        (
+            "marker,view,x,y\n1,0,1.0\n",
+            r"m.csv:2: expected 4 comma-separated fields \(marker,view,x,y\), got 3",
+        ),
+        ("marker,view,x,y\n1.5,0,1,2\n", r"m.csv:2: marker is not an integer: '1.5'"),
+        ("marker,view,x,y\n1,99999999999999999999,1,2\n", r"m.csv:2: view is out of range"),
+        ("marker,view,x,y\n1,0,abc,2\n", r"m.csv:2: x is not a number: 'abc'"),
+        ("marker,view,x,y\n1,0,1,nan\n", r"m.csv:2: y is not finite: 'nan'"),
+        ("marker,view,x,y\n1,0,1,1_0\n", r"m.csv:2: y is not a number: '1_0'"),
+        ("marker,view,x,y\n1,0,1,inf\n", r"m.csv:2: y is not finite: 'inf'"),
+        ("marker,view,x,y\n1,-1,1,2\n", r"m.csv:2: negative view index -1"),
+        (
+            "marker,view,x,y\n1,0,1,2\n2,0,1,2\n1,0,3,4\n",
+            r"m.csv:4: duplicate point for marker 1 in view 0 \(first on line 2\)",
+        ),
+    ],
+)
 def test_csv_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_markers(write(tmp_path / "m.csv", text))
@@ -137,6 +151,7 @@ def test_not_utf8(tmp_path):
 
 
 # ---------------------------------------------------------------- model2point
+
 
 def test_model2point_round_trip(tmp_path):
     m = make_set(ids=(1, 2, 5, 11))
@@ -158,8 +173,11 @@ def test_model2point_nonpositive_ids_become_sequential(tmp_path):
 
 
 def test_model2point_formats(tmp_path):
-    p = write(tmp_path / "m.txt", "# model2point output\n\n  1  10.0 20.0 0.00\n  1  11.0 21.0 1.00  # comment\n"
-              "  3  30.0 40.0 2.49\n  3  31.0 41.0 0.51\n")
+    p = write(
+        tmp_path / "m.txt",
+        "# model2point output\n\n  1  10.0 20.0 0.00\n  1  11.0 21.0 1.00  # comment\n"
+        "  3  30.0 40.0 2.49\n  3  31.0 41.0 0.51\n",
+    )
     m = read_model2point(p)
     assert m.marker_ids == (1, 3) and m.n_views == 3
     np.testing.assert_array_equal(m.mask, [[1, 0], [1, 1], [0, 1]])
@@ -172,16 +190,19 @@ def test_model2point_objects_number_on(tmp_path):
     assert read_markers(p).marker_ids == (1, 3, 4, 5)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("1 2 3\n", r"m.txt:1: expected 4 columns \(contour x y z\) or 5 \(object contour x y z\), got 3"),
-    ("1 1 2 3 0\n1 2 3 0\n", r"m.txt:2: expected 5 columns as on line 1, got 4"),
-    ("1.0 2 3 0\n", r"m.txt:1: contour is not an integer: '1.0'"),
-    ("x 1 2 3 0\n", r"m.txt:1: object is not an integer: 'x'"),
-    ("1 2 3 -1\n", r"m.txt:1: negative view index -1"),
-    ("1 2 3 1e9\n", r"m.txt:1: z \(view index\) 1000000000.0 exceeds the limit of 10000 views"),
-    ("1 2 3 0\n1 4 5 0.2\n", r"m.txt:2: duplicate point for marker 1 in view 0 \(first on line 1\)"),
-    ("# nothing\n\n", r"m.txt: no marker points"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("1 2 3\n", r"m.txt:1: expected 4 columns \(contour x y z\) or 5 \(object contour x y z\), got 3"),
+        ("1 1 2 3 0\n1 2 3 0\n", r"m.txt:2: expected 5 columns as on line 1, got 4"),
+        ("1.0 2 3 0\n", r"m.txt:1: contour is not an integer: '1.0'"),
+        ("x 1 2 3 0\n", r"m.txt:1: object is not an integer: 'x'"),
+        ("1 2 3 -1\n", r"m.txt:1: negative view index -1"),
+        ("1 2 3 1e9\n", r"m.txt:1: z \(view index\) 1000000000.0 exceeds the limit of 10000 views"),
+        ("1 2 3 0\n1 4 5 0.2\n", r"m.txt:2: duplicate point for marker 1 in view 0 \(first on line 1\)"),
+        ("# nothing\n\n", r"m.txt: no marker points"),
+    ],
+)
 def test_model2point_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_markers(write(tmp_path / "m.txt", text))
@@ -189,9 +210,13 @@ def test_model2point_bad_input(tmp_path, text, match):
 
 # ---------------------------------------------------------------- dispatcher
 
+
 def test_dispatch_unknown_extension(tmp_path):
-    with pytest.raises(InputError, match=r"m.xyz: unsupported marker file \(extension '.xyz'\); "
-                                         r"supported: .csv, .fid, .mod, .pt, .txt"):
+    with pytest.raises(
+        InputError,
+        match=r"m.xyz: unsupported marker file \(extension '.xyz'\); "
+        r"supported: .csv, .fid, .mod, .pt, .txt",
+    ):
         read_markers(write(tmp_path / "m.xyz", "1 2 3 4\n"))
     with pytest.raises(InputError, match=r"unsupported marker file \(no extension\)"):
         read_markers(tmp_path / "markers")
@@ -219,6 +244,7 @@ def test_directory_is_input_error(tmp_path):
 
 # ---------------------------------------------------------------- PyTom
 
+
 def test_pytom_mixedctem_file():
     m, tilts = read_pytom_markers(PYTOM / "mixedCTEM_tomo3_markerfile.txt")
     assert m.xy.shape == (59, 8, 2) and m.mask.all()
@@ -233,10 +259,15 @@ def test_pytom_mixedctem_file():
     np.testing.assert_array_equal(d.xy, m.xy)
 
 
-@pytest.mark.parametrize("name, n_markers, n_views", [
-    ("tomogram_000_markerfile.txt", 5, 58), ("tomogram_001_markerfile.txt", 5, 58),
-    ("tomogram_002_markerfile.txt", 8, 59), ("tomogram_003_markerfile.txt", 8, 59),
-])
+@pytest.mark.parametrize(
+    "name, n_markers, n_views",
+    [
+        ("tomogram_000_markerfile.txt", 5, 58),
+        ("tomogram_001_markerfile.txt", 5, 58),
+        ("tomogram_002_markerfile.txt", 8, 59),
+        ("tomogram_003_markerfile.txt", 8, 59),
+    ],
+)
 def test_pytom_tutorial_files(name, n_markers, n_views):
     m, tilts = read_pytom_markers(PYTOM / "tutorial_markerfiles" / name)
     assert m.xy.shape == (n_views, n_markers, 2) and m.mask.all()
@@ -247,8 +278,11 @@ HEADER = "# MarkerIndex \n# TiltAngle (degrees)\n# PositionX (px)\n# PositionY (
 
 
 def test_pytom_missing_points_and_sorting(tmp_path):
-    p = write(tmp_path / "p.txt", HEADER + "  0  2.000  10.0  20.0\n  0  -2.000  11.0  21.0\n"
-              "  1  -2.000  -1.00  -1.00\n  1  2.000  30.0  40.0\n")
+    p = write(
+        tmp_path / "p.txt",
+        HEADER + "  0  2.000  10.0  20.0\n  0  -2.000  11.0  21.0\n"
+        "  1  -2.000  -1.00  -1.00\n  1  2.000  30.0  40.0\n",
+    )
     m, tilts = read_pytom_markers(p, n_views=3)
     np.testing.assert_array_equal(tilts, [-2.0, 2.0])
     assert m.n_views == 3
@@ -256,16 +290,25 @@ def test_pytom_missing_points_and_sorting(tmp_path):
     np.testing.assert_array_equal(m.xy[0, 0], [11.0, 21.0])
 
 
-@pytest.mark.parametrize("text, match", [
-    ("0 1 2 3\n", r"p.txt: not a PyTom marker file \(no '# MarkerIndex' header\)"),
-    (HEADER + "0 1 2\n", r"p.txt:6: expected 4 columns \(MarkerIndex TiltAngle PositionX PositionY\), got 3"),
-    (HEADER + "0.5 1 2 3\n", r"p.txt:6: MarkerIndex is not an integer: '0.5'"),
-    (HEADER + "0 x 2 3\n", r"p.txt:6: TiltAngle is not a number: 'x'"),
-    (HEADER + "0 1 nan 3\n", r"p.txt:6: PositionX is not finite: 'nan'"),
-    (HEADER, r"p.txt: no marker rows"),
-    (HEADER + "0 1 -1 -1\n", r"p.txt: no marker points"),
-    (HEADER + "0 1 5 5\n0 1.0001 6 6\n", r"p.txt:7: duplicate point for marker 0 in view 0 \(first on line 6\)"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("0 1 2 3\n", r"p.txt: not a PyTom marker file \(no '# MarkerIndex' header\)"),
+        (
+            HEADER + "0 1 2\n",
+            r"p.txt:6: expected 4 columns \(MarkerIndex TiltAngle PositionX PositionY\), got 3",
+        ),
+        (HEADER + "0.5 1 2 3\n", r"p.txt:6: MarkerIndex is not an integer: '0.5'"),
+        (HEADER + "0 x 2 3\n", r"p.txt:6: TiltAngle is not a number: 'x'"),
+        (HEADER + "0 1 nan 3\n", r"p.txt:6: PositionX is not finite: 'nan'"),
+        (HEADER, r"p.txt: no marker rows"),
+        (HEADER + "0 1 -1 -1\n", r"p.txt: no marker points"),
+        (
+            HEADER + "0 1 5 5\n0 1.0001 6 6\n",
+            r"p.txt:7: duplicate point for marker 0 in view 0 \(first on line 6\)",
+        ),
+    ],
+)
 def test_pytom_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_pytom_markers(write(tmp_path / "p.txt", text))

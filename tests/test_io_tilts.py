@@ -19,12 +19,15 @@ def write(path, text):
     return path
 
 
-@pytest.mark.parametrize("path, n, first, last", [
-    (FS / "etomofiles_TS_001" / "TS_001.rawtlt", 40, -60.0, 56.99),
-    (FS / "etomofiles_TS_001" / "TS_001.tlt", 40, -57.12, None),
-    (FS / "cryoet-alignment_imod_1" / "tilt_1.tlt", 59, -52.24, None),
-    (BB / "BBa.tlt", 61, 65.06, -55.12),
-])
+@pytest.mark.parametrize(
+    "path, n, first, last",
+    [
+        (FS / "etomofiles_TS_001" / "TS_001.rawtlt", 40, -60.0, 56.99),
+        (FS / "etomofiles_TS_001" / "TS_001.tlt", 40, -57.12, None),
+        (FS / "cryoet-alignment_imod_1" / "tilt_1.tlt", 59, -52.24, None),
+        (BB / "BBa.tlt", 61, 65.06, -55.12),
+    ],
+)
 def test_real_tilt_files(path, n, first, last):
     t = read_tilts(path)
     assert t.shape == (n,) and t.dtype == np.float64
@@ -49,21 +52,26 @@ def test_tlt_trailing_blank_lines_ok(tmp_path):
     np.testing.assert_array_equal(read_tilts(write(tmp_path / "a.tlt", "1.5\r\n -2\n\n  \n")), [1.5, -2.0])
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", r"a.tlt: no tilt angles"),
-    ("\n\n", r"a.tlt: no tilt angles"),
-    ("1.0\n\n2.0\n", r"a.tlt:2: blank line before the last tilt angle"),
-    ("1.0 2.0\n", r"a.tlt:1: expected one tilt angle per line, got 2 values"),
-    ("1.0\nabc\n", r"a.tlt:2: tilt angle is not a number: 'abc'"),
-    ("1.0\n-inf\n", r"a.tlt:2: tilt angle is not finite: '-inf'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", r"a.tlt: no tilt angles"),
+        ("\n\n", r"a.tlt: no tilt angles"),
+        ("1.0\n\n2.0\n", r"a.tlt:2: blank line before the last tilt angle"),
+        ("1.0 2.0\n", r"a.tlt:1: expected one tilt angle per line, got 2 values"),
+        ("1.0\nabc\n", r"a.tlt:2: tilt angle is not a number: 'abc'"),
+        ("1.0\n-inf\n", r"a.tlt:2: tilt angle is not finite: '-inf'"),
+    ],
+)
 def test_tlt_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_tilts(write(tmp_path / "a.tlt", text))
 
 
 def test_tilts_extension_and_missing(tmp_path):
-    with pytest.raises(InputError, match=r"a.txt: unsupported tilt-angle file \(extension '.txt'\); supported: .tlt, .rawtlt"):
+    with pytest.raises(
+        InputError, match=r"a.txt: unsupported tilt-angle file \(extension '.txt'\); supported: .tlt, .rawtlt"
+    ):
         read_tilts(write(tmp_path / "a.txt", "1\n"))
     with pytest.raises(InputError, match=r"none.tlt: file not found"):
         read_tilts(tmp_path / "none.tlt")
@@ -79,13 +87,16 @@ def test_write_tlt_rejects_bad_values(tmp_path):
 
 # ---------------------------------------------------------------- mdoc
 
+
 def test_real_mdoc():
     m = read_mdoc(MDOC)
     assert m.tilts_deg.shape == (41,) and m.z_values.shape == (41,)
     np.testing.assert_array_equal(m.z_values, np.arange(41))
     assert m.tilt_axis_angle_deg == 85.3
     assert m.pixel_size == 5.4 and m.image_size == (924, 958)
-    assert abs(m.tilts_deg[0]) < 0.01 and abs(m.tilts_deg[1] - 3.0) < 0.01 and abs(m.tilts_deg[2] + 3.0) < 0.01
+    assert (
+        abs(m.tilts_deg[0]) < 0.01 and abs(m.tilts_deg[1] - 3.0) < 0.01 and abs(m.tilts_deg[2] + 3.0) < 0.01
+    )
     np.testing.assert_allclose(np.sort(m.tilts_deg), np.arange(-60, 61, 3), atol=0.01)
 
 
@@ -116,18 +127,33 @@ def test_mdoc_without_axis_and_header(tmp_path):
     assert m.tilt_axis_angle_deg is None and m.image_size is None and m.pixel_size == 3.0
 
 
-@pytest.mark.parametrize("text, match", [
-    ("PixelSpacing = 1\n", r"a.mdoc: no '\[ZValue = ...\]' sections \(not a tilt-series mdoc\)"),
-    ("[ZValue = 0]\nTiltAngle = abc\n", r"a.mdoc: invalid mdoc \(ValidationError: "),
-    ("junk line\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: invalid mdoc \(ValueError: "),
-    ("[ZValue = 0]\nTiltAngle = 1\n[MontSection = 0]\n", r"a.mdoc: mixed ZValue/MontSection/FrameSet sections"),
-    ("[ZValue = 0]\nTiltAngle = 1\n[ZValue = 1]\nDefocus = 2\n", r"a.mdoc:3: section ZValue = 1 has no valid TiltAngle"),
-    ("[ZValue = -1]\nTiltAngle = 1\n", r"a.mdoc:1: ZValue = -1 out of range"),
-    ("[ZValue = 0]\nTiltAngle = nan\n", r"a.mdoc:1: section ZValue = 0 has no valid TiltAngle"),
-    ("[ZValue = 0]\nTiltAngle = 1\n[ZValue = 0]\nTiltAngle = 2\n", r"a.mdoc:3: duplicate ZValue = 0 \(first on line 1\)"),
-    ("ImageSize = 0 10\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: invalid ImageSize '\(0, 10\)'"),
-    ("[T = Tilt axis angle = 1e999]\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: tilt axis angle is not finite: '1e999'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("PixelSpacing = 1\n", r"a.mdoc: no '\[ZValue = ...\]' sections \(not a tilt-series mdoc\)"),
+        ("[ZValue = 0]\nTiltAngle = abc\n", r"a.mdoc: invalid mdoc \(ValidationError: "),
+        ("junk line\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: invalid mdoc \(ValueError: "),
+        (
+            "[ZValue = 0]\nTiltAngle = 1\n[MontSection = 0]\n",
+            r"a.mdoc: mixed ZValue/MontSection/FrameSet sections",
+        ),
+        (
+            "[ZValue = 0]\nTiltAngle = 1\n[ZValue = 1]\nDefocus = 2\n",
+            r"a.mdoc:3: section ZValue = 1 has no valid TiltAngle",
+        ),
+        ("[ZValue = -1]\nTiltAngle = 1\n", r"a.mdoc:1: ZValue = -1 out of range"),
+        ("[ZValue = 0]\nTiltAngle = nan\n", r"a.mdoc:1: section ZValue = 0 has no valid TiltAngle"),
+        (
+            "[ZValue = 0]\nTiltAngle = 1\n[ZValue = 0]\nTiltAngle = 2\n",
+            r"a.mdoc:3: duplicate ZValue = 0 \(first on line 1\)",
+        ),
+        ("ImageSize = 0 10\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: invalid ImageSize '\(0, 10\)'"),
+        (
+            "[T = Tilt axis angle = 1e999]\n[ZValue = 0]\nTiltAngle = 1\n",
+            r"a.mdoc: tilt axis angle is not finite: '1e999'",
+        ),
+    ],
+)
 def test_mdoc_bad_input(tmp_path, text, match):
     with pytest.raises(InputError, match=match):
         read_mdoc(write(tmp_path / "a.mdoc", text))

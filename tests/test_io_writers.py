@@ -25,14 +25,26 @@ from lmalign_jax.io import (
     write_xf,
 )
 
-PROPERTY = settings(max_examples=60, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # Values at the edges of every field width used (10^k and just below, both signs) and far past.
-EDGES = sorted({s * e for s in (1.0, -1.0) for k in range(0, 13)
-                for e in (10.0**k, 10.0**k - 0.004, 10.0**k - 0.0051, 10.0**k - 4e-8)} | {0.0, -0.0, 5e-9, -5e-9})
-finite = st.one_of(st.sampled_from(EDGES), st.floats(allow_nan=False, allow_infinity=False),
-                   st.floats(-20_000.0, 20_000.0))
+EDGES = sorted(
+    {
+        s * e
+        for s in (1.0, -1.0)
+        for k in range(0, 13)
+        for e in (10.0**k, 10.0**k - 0.004, 10.0**k - 0.0051, 10.0**k - 4e-8)
+    }
+    | {0.0, -0.0, 5e-9, -5e-9}
+)
+finite = st.one_of(
+    st.sampled_from(EDGES), st.floats(allow_nan=False, allow_infinity=False), st.floats(-20_000.0, 20_000.0)
+)
 
 
 def fortran_field(value, width: int, decimals: int | None, first: bool) -> str:
@@ -52,15 +64,20 @@ def as_read(values, decimals: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- .xf
 
+
 @PROPERTY
 @given(values=st.lists(st.lists(finite, min_size=6, max_size=6), min_size=1, max_size=12))
 def test_xf_any_values(tmp_path_factory, values):
     v = np.array(values)
     path = tmp_path_factory.mktemp("xf") / "a.xf"
     write_xf(path, v[:, :4].reshape(-1, 2, 2), v[:, 4:])
-    expected = "".join("".join(fortran_field(x, 12, 7, j == 0) for j, x in enumerate(row[:4]))
-                       + fortran_field(row[4], 12, 3, False) + fortran_field(row[5], 12, 3, False) + "\n"
-                       for row in v)
+    expected = "".join(
+        "".join(fortran_field(x, 12, 7, j == 0) for j, x in enumerate(row[:4]))
+        + fortran_field(row[4], 12, 3, False)
+        + fortran_field(row[5], 12, 3, False)
+        + "\n"
+        for row in v
+    )
     assert path.read_text() == expected
     A, d = read_xf(path)
     np.testing.assert_array_equal(A.reshape(-1, 4), as_read(v[:, :4], 7))
@@ -72,7 +89,9 @@ def test_xf_thousand_views_any_rotation_and_large_shifts(tmp_path):
     rng = np.random.default_rng(0)
     angle = np.radians(rng.uniform(-180, 180, 1000))
     scale = rng.uniform(0.5, 2.0, 1000)
-    A = scale[:, None, None] * np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
+    A = scale[:, None, None] * np.stack(
+        [np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1
+    ).reshape(-1, 2, 2)
     d = rng.uniform(-9000, 9000, (1000, 2))
     write_xf(tmp_path / "a.xf", A, d)
     lines = (tmp_path / "a.xf").read_text().splitlines()
@@ -83,6 +102,7 @@ def test_xf_thousand_views_any_rotation_and_large_shifts(tmp_path):
 
 
 # ---------------------------------------------------------------- .resid
+
 
 def blocks_of_views(lengths, n_views):
     """Views of consecutive fiducial blocks, each strictly increasing and starting at or below the
@@ -97,8 +117,11 @@ def blocks_of_views(lengths, n_views):
 
 
 @PROPERTY
-@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=6), n_views=st.sampled_from([6, 61, 1000, 12345]),
-       data=st.data())
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=6),
+    n_views=st.sampled_from([6, 61, 1000, 12345]),
+    data=st.data(),
+)
 def test_resid_any_values(tmp_path_factory, lengths, n_views, data):
     blocks = blocks_of_views(lengths, n_views)
     view = np.concatenate(blocks)
@@ -107,9 +130,15 @@ def test_resid_any_values(tmp_path_factory, lengths, n_views, data):
     res = np.array(data.draw(st.lists(st.tuples(finite, finite), min_size=n, max_size=n)))
     path = tmp_path_factory.mktemp("resid") / "r.resid"
     write_resid(path, xy, view, res)
-    rows = "".join(fortran_field(x, 10, 2, True) + fortran_field(y, 10, 2, False) + fortran_field(int(v), 5, None, False)
-                   + fortran_field(dx, 8, 2, False) + fortran_field(dy, 8, 2, False) + "\n"
-                   for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True))
+    rows = "".join(
+        fortran_field(x, 10, 2, True)
+        + fortran_field(y, 10, 2, False)
+        + fortran_field(int(v), 5, None, False)
+        + fortran_field(dx, 8, 2, False)
+        + fortran_field(dy, 8, 2, False)
+        + "\n"
+        for (x, y), v, (dx, dy) in zip(xy, view, res, strict=True)
+    )
     assert path.read_text() == f"{n:6d} residuals\n" + rows
     if n_views > 10_000:
         return  # the reader refuses view indices from 10,000 (MAX_VIEWS); the text is still right
@@ -149,26 +178,44 @@ def test_resid_large(tmp_path):
 
 # ---------------------------------------------------------------- fid.xyz
 
+
 @PROPERTY
-@given(data=st.data(), m=st.integers(1, 8), first=st.sampled_from([1, 998, 9_998]),
-       pix=st.one_of(st.none(), finite), size=st.tuples(st.integers(1, 10**7), st.integers(1, 10**7)))
+@given(
+    data=st.data(),
+    m=st.integers(1, 8),
+    first=st.sampled_from([1, 998, 9_998]),
+    pix=st.one_of(st.none(), finite),
+    size=st.tuples(st.integers(1, 10**7), st.integers(1, 10**7)),
+)
 def test_fid_xyz_any_values(tmp_path_factory, data, m, first, pix, size):
     """Drawn values on line 1 and on lines first+1..first+m (point numbers past i4's 9999)."""
     drawn = [0, *range(first, first + m)]
     xyz = np.zeros((first + m, 3))
     ids = np.arange(1, first + m + 1)
     objects = np.ones(first + m, dtype=np.int64)
-    xyz[drawn] = data.draw(st.lists(st.tuples(finite, finite, finite), min_size=len(drawn), max_size=len(drawn)))
+    xyz[drawn] = data.draw(
+        st.lists(st.tuples(finite, finite, finite), min_size=len(drawn), max_size=len(drawn))
+    )
     ids[drawn] = data.draw(st.lists(st.integers(1, 10**9), min_size=len(drawn), max_size=len(drawn)))
     objects[drawn] = data.draw(st.lists(st.integers(1, 10**9), min_size=len(drawn), max_size=len(drawn)))
     path = tmp_path_factory.mktemp("fid") / "f.xyz"
     write_fid_xyz(path, xyz, ids, pix, size, objects=objects)
     lines = path.read_text().splitlines()
     p = 1.0 if pix is None else pix
-    tail = " Pix:" + fortran_field(p, 12, 5, False) + " Dim:" + fortran_field(size[0], 6, None, False) + fortran_field(size[1], 6, None, False)
+    tail = (
+        " Pix:"
+        + fortran_field(p, 12, 5, False)
+        + " Dim:"
+        + fortran_field(size[0], 6, None, False)
+        + fortran_field(size[1], 6, None, False)
+    )
     for j in drawn:
-        expected = (fortran_field(j + 1, 4, None, True) + "".join(fortran_field(v, 10, 2, False) for v in xyz[j])
-                    + fortran_field(int(objects[j]), 7, None, False) + fortran_field(int(ids[j]), 5, None, False))
+        expected = (
+            fortran_field(j + 1, 4, None, True)
+            + "".join(fortran_field(v, 10, 2, False) for v in xyz[j])
+            + fortran_field(int(objects[j]), 7, None, False)
+            + fortran_field(int(ids[j]), 5, None, False)
+        )
         assert lines[j] == expected + (tail if j == 0 else "")
     f = read_fid_xyz(path)
     np.testing.assert_array_equal(f.point, np.arange(1, m + first + 1))
@@ -196,6 +243,7 @@ def test_fid_xyz_hundred_thousand_points(tmp_path):
 
 # ---------------------------------------------------------------- .tlt, marker text
 
+
 @PROPERTY
 @given(t=st.lists(finite, min_size=1, max_size=20))
 def test_tlt_any_values(tmp_path_factory, t):
@@ -206,12 +254,18 @@ def test_tlt_any_values(tmp_path_factory, t):
 
 
 @PROPERTY
-@given(data=st.data(), n_views=st.integers(1, 4), ids=st.sets(st.integers(1, 10**6), min_size=1, max_size=5),
-       with_object=st.booleans())
+@given(
+    data=st.data(),
+    n_views=st.integers(1, 4),
+    ids=st.sets(st.integers(1, 10**6), min_size=1, max_size=5),
+    with_object=st.booleans(),
+)
 def test_marker_text_any_values(tmp_path_factory, data, n_views, ids, with_object):
     """model2point with contour numbers to 10^6 (past i6) and any coordinates; CSV exactly."""
     ids = tuple(sorted(ids))
-    xy = np.array(data.draw(st.lists(finite, min_size=n_views * len(ids) * 2, max_size=n_views * len(ids) * 2)))
+    xy = np.array(
+        data.draw(st.lists(finite, min_size=n_views * len(ids) * 2, max_size=n_views * len(ids) * 2))
+    )
     xy = xy.reshape(n_views, len(ids), 2)
     markers = MarkerSet(xy=xy, mask=np.ones(xy.shape[:2], bool), marker_ids=ids)
     folder = tmp_path_factory.mktemp("markers")
@@ -226,7 +280,9 @@ def test_marker_text_any_values(tmp_path_factory, data, n_views, ids, with_objec
 
 
 def test_model2point_object_and_six_digit_contour_stay_apart(tmp_path):
-    markers = MarkerSet(xy=np.array([[[1.0, 2.0], [3.0, 4.0]]]), mask=np.ones((1, 2), bool), marker_ids=(99_999, 100_000))
+    markers = MarkerSet(
+        xy=np.array([[[1.0, 2.0], [3.0, 4.0]]]), mask=np.ones((1, 2), bool), marker_ids=(99_999, 100_000)
+    )
     write_model2point(tmp_path / "m.pt", markers, with_object=True)
     assert (tmp_path / "m.pt").read_text().splitlines() == [
         "     1 99999       1.000       2.000    0.00",  # IMOD's 2i6 columns

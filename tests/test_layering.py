@@ -62,9 +62,23 @@ def _subpackage(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-MATHS = ("lmalign_jax.solve", "lmalign_jax.models", "lmalign_jax.core", "lmalign_jax.analysis", "lmalign_jax.batch",
-         "lmalign_jax.recon", "lmalign_jax.simulation", "lmalign_jax.track")
-ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")
+MATHS = (
+    "lmalign_jax.solve",
+    "lmalign_jax.models",
+    "lmalign_jax.core",
+    "lmalign_jax.analysis",
+    "lmalign_jax.batch",
+    "lmalign_jax.recon",
+    "lmalign_jax.simulation",
+    "lmalign_jax.track",
+)
+ABOVE_CORE = (
+    "lmalign_jax.analysis",
+    "lmalign_jax.batch",
+    "lmalign_jax.report",
+    "lmalign_jax.workflow",
+    "lmalign_jax.cli",
+)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +87,10 @@ ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report",
         ("io", ("jax", *MATHS, "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")),
         ("solve", ("lmalign_jax.models", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
         ("models", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
-        ("recon", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.models", "lmalign_jax.io", *ABOVE_CORE)),
+        (
+            "recon",
+            ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.models", "lmalign_jax.io", *ABOVE_CORE),
+        ),
         ("core", ABOVE_CORE),
         ("export", ("jax", *MATHS, "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")),
         ("track", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
@@ -84,7 +101,9 @@ ABOVE_CORE = ("lmalign_jax.analysis", "lmalign_jax.batch", "lmalign_jax.report",
 def test_dependencies_point_one_way(subpackage, forbidden):
     for path in _files(subpackage):
         for name in _imports(path):
-            assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+            assert not any(name == f or name.startswith(f + ".") for f in forbidden), (
+                f"{path.name} imports {name}"
+            )
 
 
 def test_only_the_cli_imports_the_cli():
@@ -107,12 +126,16 @@ def test_no_private_names_cross_packages():
         for module, imported in _import_nodes(path):
             if not module or not module.startswith(ROOT + ".") or _subpackage(module) == home:
                 continue
-            private = [p for p in module.split(".")[1:] if p.startswith("_")] + [n for n in imported if n.startswith("_")]
+            private = [p for p in module.split(".")[1:] if p.startswith("_")] + [
+                n for n in imported if n.startswith("_")
+            ]
             where = path.relative_to(PACKAGE).as_posix()
             seen |= {(where, name) for name in private}
             private = [name for name in private if (where, name) not in KNOWN_PRIVATE_IMPORTS]
             assert not private, f"{where} imports {', '.join(private)} from {module}"
-    assert KNOWN_PRIVATE_IMPORTS <= seen, f"fixed, remove from KNOWN_PRIVATE_IMPORTS: {KNOWN_PRIVATE_IMPORTS - seen}"
+    assert KNOWN_PRIVATE_IMPORTS <= seen, (
+        f"fixed, remove from KNOWN_PRIVATE_IMPORTS: {KNOWN_PRIVATE_IMPORTS - seen}"
+    )
 
 
 def test_cli_modules_share_no_private_names():
@@ -120,7 +143,9 @@ def test_cli_modules_share_no_private_names():
     for path in _files("cli"):
         for module, imported in _import_nodes(path):
             if module and module.startswith("lmalign_jax.cli"):
-                assert not [n for n in imported if n.startswith("_")], f"{path.name} imports a private name from {module}"
+                assert not [n for n in imported if n.startswith("_")], (
+                    f"{path.name} imports a private name from {module}"
+                )
 
 
 def _graph() -> dict[str, set[str]]:
@@ -132,7 +157,9 @@ def _graph() -> dict[str, set[str]]:
         for module, imported in _import_nodes(path):
             submodules = {f"{module}.{n}" for n in imported} & modules.keys()
             edges |= submodules
-            if module in modules and (not imported or len(submodules) < len(imported)):  # `from . import x` of a module x
+            if module in modules and (
+                not imported or len(submodules) < len(imported)
+            ):  # `from . import x` of a module x
                 edges.add(module)
         edges.discard(name)
         graph[name] = edges
@@ -149,7 +176,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -191,6 +218,9 @@ def test_only_the_record_module_parses_records():
     ``batch --resume``); ``batch --reconstruct`` uses the alignment it holds in memory."""
     readers = {path.relative_to(PACKAGE).as_posix() for path in _files() if "json.load" in path.read_text()}
     assert readers == {"report/record.py"}
-    users = {path.relative_to(PACKAGE).as_posix() for path in _files()
-             if any(n.endswith(".read_record") for n in _imports(path)) and path.name != "__init__.py"}
+    users = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in _files()
+        if any(n.endswith(".read_record") for n in _imports(path)) and path.name != "__init__.py"
+    }
     assert users == {"workflow/reconstruction.py", "workflow/resume.py"}

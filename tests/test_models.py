@@ -74,7 +74,9 @@ def test_jou_is_paper_equation_3():
     ry = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
     r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     expected = s * r @ (ry @ x)[:2] + [dx, dy]
-    np.testing.assert_allclose(get_model("jou").project(jnp.array([s, a, t, dx, dy]), jnp.asarray(x)), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        get_model("jou").project(jnp.array([s, a, t, dx, dy]), jnp.asarray(x)), expected, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if get_model(n).tilt_offset is not None])
@@ -85,7 +87,9 @@ def test_tilt_offset_is_an_exact_symmetry(name):
     xyz = jnp.asarray(rng.normal(0, 200, (5, 3)))
     proj = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
     views2, xyz2 = model.tilt_offset(views, xyz, 0.07)
-    np.testing.assert_allclose(views2[:, model.index("tilt")] - views[:, model.index("tilt")], 0.07, rtol=1e-12)
+    np.testing.assert_allclose(
+        views2[:, model.index("tilt")] - views[:, model.index("tilt")], 0.07, rtol=1e-12
+    )
     np.testing.assert_allclose(proj(views2, xyz2), proj(views, xyz), atol=1e-9)
 
 

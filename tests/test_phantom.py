@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lmalign_jax.models import get_model
+from lmalign_jax.recon import reconstruct
 from lmalign_jax.simulation.phantom import (
     Phantom,
     bead_phantom,
@@ -20,7 +21,6 @@ from lmalign_jax.simulation.phantom import (
     series_alignment,
     voxel_index,
 )
-from lmalign_jax.recon import reconstruct
 from lmalign_jax.simulation.synthetic import simulate
 
 IDENTITY_A = np.eye(2)[None]
@@ -45,11 +45,20 @@ def test_identity_tilt0_peak_at_the_expected_pixel():
     stack = project_stack(one_bead(3.5, -4.5, 7.0), IDENTITY_A, ZERO_D, [0.0], (64, 48))
     assert stack.shape == (1, 48, 64) and stack.dtype == np.float32
     assert np.unravel_index(np.argmax(stack[0]), stack[0].shape) == (19, 35)
-    assert stack[0, 19, 35] == pytest.approx(np.sqrt(2 * np.pi) * 1.5, rel=1e-6)  # line integral through the centre
-    assert stack[0, 19, 34] == pytest.approx(stack[0, 19, 36]) and stack[0, 18, 35] == pytest.approx(stack[0, 20, 35])
+    assert stack[0, 19, 35] == pytest.approx(
+        np.sqrt(2 * np.pi) * 1.5, rel=1e-6
+    )  # line integral through the centre
+    assert stack[0, 19, 34] == pytest.approx(stack[0, 19, 36]) and stack[0, 18, 35] == pytest.approx(
+        stack[0, 20, 35]
+    )
     # a bead at a pixel corner: four equal neighbours
     img = project_stack(one_bead(0.0, 0.0, 0.0), IDENTITY_A, ZERO_D, [0.0], (16, 16))[0]
-    assert np.allclose(img[7:9, 7:9], img[7, 7]) and np.argmax(img) in (7 * 16 + 7, 7 * 16 + 8, 8 * 16 + 7, 8 * 16 + 8)
+    assert np.allclose(img[7:9, 7:9], img[7, 7]) and np.argmax(img) in (
+        7 * 16 + 7,
+        7 * 16 + 8,
+        8 * 16 + 7,
+        8 * 16 + 8,
+    )
 
 
 def test_tilt_moves_the_bead_along_x_only():
@@ -62,8 +71,12 @@ def test_tilt_moves_the_bead_along_x_only():
 
 def test_raw_image_matches_the_jou_model_of_the_markers():
     """Through a misalignment, a bead appears in the raw image where the jou model puts the marker."""
-    views = np.array([[1.02, np.radians(-12.0), np.radians(40.0), 6.0, -4.0],
-                      [0.98, np.radians(80.0), np.radians(-25.0), -3.0, 2.5]])
+    views = np.array(
+        [
+            [1.02, np.radians(-12.0), np.radians(40.0), 6.0, -4.0],
+            [0.98, np.radians(80.0), np.radians(-25.0), -3.0, 2.5],
+        ]
+    )
     a, d = jou_xf(views)
     bead = np.array([10.0, -7.0, 9.0])
     stack = project_stack(one_bead(*bead), a, d, np.degrees(views[:, 2]), (96, 80), oversample=3)
@@ -79,7 +92,9 @@ def test_oversampling_and_mass():
     for k in (1, 4):
         img = project_stack(bead, IDENTITY_A, ZERO_D, [0.0], (32, 32), oversample=k)[0]
         assert img.sum() == pytest.approx(mass, rel=1e-3)
-    centre = project_stack(one_bead(0.5, 0.5, 0.0), IDENTITY_A, ZERO_D, [0.0], (32, 32), oversample=4)[0, 16, 16]
+    centre = project_stack(one_bead(0.5, 0.5, 0.0), IDENTITY_A, ZERO_D, [0.0], (32, 32), oversample=4)[
+        0, 16, 16
+    ]
     point = project_stack(one_bead(0.5, 0.5, 0.0), IDENTITY_A, ZERO_D, [0.0], (32, 32))[0, 16, 16]
     assert centre < point  # a pixel average is below the peak value
 
@@ -92,7 +107,9 @@ def test_bead_phantom_random_and_given():
     dist = np.linalg.norm(beads[:, None] - beads[None], axis=-1) + np.eye(10) * 1e9
     assert dist.min() >= 4 * 1.5
     assert np.all(ph.sigma[ph.is_bead] == 1.5) and np.all(ph.density[~ph.is_bead] < ph.density[ph.is_bead][0])
-    assert np.array_equal(bead_phantom(n_beads=10, box=(100, 80, 30), n_blobs=2, seed=4).positions, ph.positions)
+    assert np.array_equal(
+        bead_phantom(n_beads=10, box=(100, 80, 30), n_blobs=2, seed=4).positions, ph.positions
+    )
     given = bead_phantom([[1, 2, 3], [4, 5, 6]], n_blobs=0)
     assert np.array_equal(given.bead_positions, [[1, 2, 3], [4, 5, 6]])
     with pytest.raises(ValueError, match="cannot place"):
@@ -127,7 +144,11 @@ def test_series_alignment_jou_and_fitted_agree():
     m = get_model("imod")
     jv = si.views[:, [m.index(p) for p in ("scale", "rotation", "tilt", "dx", "dy")]]
     aj, dj = jou_xf(jv)
-    assert np.allclose(ai, aj, atol=1e-9) and np.allclose(di, dj, atol=1e-6) and np.allclose(ti, si.true_tilts_deg)
+    assert (
+        np.allclose(ai, aj, atol=1e-9)
+        and np.allclose(di, dj, atol=1e-6)
+        and np.allclose(ti, si.true_tilts_deg)
+    )
 
 
 def test_fit_similarity_removes_a_gauge():
@@ -144,8 +165,14 @@ def test_projection_reconstructs_at_the_bead_positions():
     rng = np.random.default_rng(5)
     n = 31
     tilts = np.linspace(-60, 60, n) + rng.normal(0, 0.3, n)
-    views = np.column_stack([1 + rng.normal(0, 0.01, n), np.radians(-12 + rng.normal(0, 0.5, n)), np.radians(tilts),
-                             rng.normal(0, 3, (n, 2))])
+    views = np.column_stack(
+        [
+            1 + rng.normal(0, 0.01, n),
+            np.radians(-12 + rng.normal(0, 0.5, n)),
+            np.radians(tilts),
+            rng.normal(0, 3, (n, 2)),
+        ]
+    )
     a, d = jou_xf(views)
     ph = bead_phantom(n_beads=6, box=(60, 60, 20), n_blobs=2, blob_sigma=(4, 6), seed=3)
     stack = project_stack(ph, a, d, tilts, (96, 96))

@@ -23,7 +23,9 @@ def assert_fields_match_annotations(obj) -> None:
     with jaxtyped("context"):
         for name, hint in hints.items():
             value = getattr(obj, name)
-            assert is_bearable(value, hint), f"{type(obj).__name__}.{name}: {getattr(value, 'shape', value)!r} is not {hint}"
+            assert is_bearable(value, hint), (
+                f"{type(obj).__name__}.{name}: {getattr(value, 'shape', value)!r} is not {hint}"
+            )
 
 
 @pytest.fixture(scope="module")

@@ -185,7 +185,9 @@ def test_density_weighting_uneven_angles():
     even = fbp_2d(sino_e.T, -theta_e, dtype=np.float64)
     weighted = fbp_2d(sino_u.T, -uneven, dtype=np.float64)
     # equal weights, from single-view back-projections (a lone view carries weight pi)
-    single = np.stack([fbp_2d(sino_u.T[v : v + 1], -uneven[v : v + 1], dtype=np.float64) for v in range(uneven.size)])
+    single = np.stack(
+        [fbp_2d(sino_u.T[v : v + 1], -uneven[v : v + 1], dtype=np.float64) for v in range(uneven.size)]
+    )
     equal = single.sum(axis=0) / np.pi * (np.pi / uneven.size)
     zz, xx = np.mgrid[:63, :63] - 31
     inside = zz**2 + xx**2 <= 29**2
@@ -248,7 +250,15 @@ def test_binning_slabs_progress_and_mrc_output(tmp_path):
     path = tmp_path / "tomo.mrc"
     with create_volume(path, (20, 48, 50), voxel_size=2 * 3.1) as out:
         res = reconstruct(
-            stack, A, D, tilts, 40, binning=2, out=out, slab_rows=7, progress=lambda d, t: calls.append((d, t))
+            stack,
+            A,
+            D,
+            tilts,
+            40,
+            binning=2,
+            out=out,
+            slab_rows=7,
+            progress=lambda d, t: calls.append((d, t)),
         )
         assert res is out
         expect_vol = np.array(out)

@@ -51,7 +51,9 @@ def test_unregistered_model_is_reported_and_has_standard_errors(series):
     assert np.all(errors.parameter_se("tilt") > 0)
 
     fv = expand_to_file_views(result, np.arange(series.n_views), series.tilts_deg)
-    record = build_record(result, fv, marker_ids=list(range(series.n_markers)), inputs={}, options={}, errors=errors)
+    record = build_record(
+        result, fv, marker_ids=list(range(series.n_markers)), inputs={}, options={}, errors=errors
+    )
     assert record["model"]["name"] == "jou-copy"
     assert record["model"]["description"] == "an unregistered copy of jou"
     assert "model jou-copy: an unregistered copy of jou" in format_summary(record)
@@ -66,7 +68,9 @@ class TestNamesake:
 
     @pytest.fixture(scope="class")
     def fitted(self, model):
-        truth = simulate(model=model, n_views=21, n_markers=10, seed=5, missing_fraction=0.1, noise_px=NOISE_PX)
+        truth = simulate(
+            model=model, n_views=21, n_markers=10, seed=5, missing_fraction=0.1, noise_px=NOISE_PX
+        )
         return truth.observations, align(truth.observations, model=model)
 
     def test_the_object_wins_over_the_registry(self, model, fitted):
@@ -77,7 +81,9 @@ class TestNamesake:
         # the fit reaches the noise: sigma estimated from ~700 coordinates is within 20% of it
         assert result.sigma_px == pytest.approx(NOISE_PX, rel=0.2)
         # the registry's jou at this solution is far off: a substitution could not go unseen
-        registry = np.where(obs.mask[..., None], project_all(JOU, result.views, result.markers) - obs.centered_xy, 0.0)
+        registry = np.where(
+            obs.mask[..., None], project_all(JOU, result.views, result.markers) - obs.centered_xy, 0.0
+        )
         assert np.sqrt(np.sum(registry**2) / (2 * obs.n_observed)) > 20 * NOISE_PX
 
     def test_standard_errors_use_the_fitted_model(self, model, fitted):
@@ -139,7 +145,10 @@ def test_no_private_name_is_imported_across_packages():
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ImportFrom) or not node.level:
                 continue
-            target = (*package[: len(package) - node.level + 1], *(node.module.split(".") if node.module else ()))
+            target = (
+                *package[: len(package) - node.level + 1],
+                *(node.module.split(".") if node.module else ()),
+            )
             if target[:2] == package[:2]:
                 continue  # the same subpackage (or the same top-level module)
             names = [*target[1:], *(alias.name for alias in node.names)]

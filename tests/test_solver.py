@@ -77,7 +77,13 @@ def test_shared_parameter_takes_one_value(small_series):
 
 def test_max_iterations_is_reported(small_series):
     problem = _perturbed_problem(small_series, {})
-    sol = least_squares(problem.fn, problem.x0, problem.structure, eliminate=problem.eliminate, config=LMConfig(max_iterations=1))
+    sol = least_squares(
+        problem.fn,
+        problem.x0,
+        problem.structure,
+        eliminate=problem.eliminate,
+        config=LMConfig(max_iterations=1),
+    )
     assert Status(int(sol.status)) == Status.MAX_ITERATIONS
     assert int(sol.iterations) == 1
 
@@ -107,7 +113,9 @@ def test_linearization_in_marker_chunks_equals_whole(small_series, chunk):
     chunked = linearize(problem.fn, problem.x0, problem.structure, chunk=chunk)
     for name, u, v in zip(whole._fields, whole, chunked, strict=True):
         u, v = np.asarray(u, float), np.asarray(v, float)
-        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12 * max(np.max(np.abs(u), initial=0.0), 1.0), err_msg=name)
+        np.testing.assert_allclose(
+            v, u, rtol=1e-12, atol=1e-12 * max(np.max(np.abs(u), initial=0.0), 1.0), err_msg=name
+        )
 
 
 @pytest.mark.parametrize("eliminate", ["a", "b"])
@@ -134,6 +142,8 @@ def test_inverse_cholesky_blocks(k):
     h = a @ np.swapaxes(a, 1, 2) + 1e-3 * np.eye(k)
     h[5] = -np.eye(k)
     inv = np.asarray(_schur.inverse_cholesky_blocks(jnp.asarray(h)))
-    np.testing.assert_allclose(inv[:5] @ h[:5] @ np.swapaxes(inv[:5], 1, 2), np.broadcast_to(np.eye(k), (5, k, k)), atol=1e-9)
+    np.testing.assert_allclose(
+        inv[:5] @ h[:5] @ np.swapaxes(inv[:5], 1, 2), np.broadcast_to(np.eye(k), (5, k, k)), atol=1e-9
+    )
     assert np.all(np.triu(inv[:5], 1) == 0)
     assert np.isnan(inv[5]).any()

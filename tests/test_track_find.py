@@ -59,7 +59,9 @@ def scene(shape=SHAPE, n_beads=20, diameter=DIAMETER, contrast=-1.0, noise=NOISE
         if pos and np.min(np.linalg.norm(np.asarray(pos) - p, axis=1)) < 3.0 * diameter:
             continue
         edge_distance = abs((p[0] - edge_x) + 0.1 * (p[1] - ny / 2.0)) / math.sqrt(1.01)
-        if clutter and (any(math.hypot(*(p - b)) < 5.0 * diameter for b in blobs) or edge_distance < 3.0 * diameter):
+        if clutter and (
+            any(math.hypot(*(p - b)) < 5.0 * diameter for b in blobs) or edge_distance < 3.0 * diameter
+        ):
             continue
         pos.append(p)
     pos = np.asarray(pos).reshape(-1, 2)
@@ -79,7 +81,9 @@ def crlb_px(diameter, noise, contrast=1.0):
     h = 1e-3
 
     def image(dx):
-        return draw_spheres(np.zeros((n, n)), [(n / 2 + 0.3 + dx, n / 2 + 0.2)], diameter, contrast, oversample=16)
+        return draw_spheres(
+            np.zeros((n, n)), [(n / 2 + 0.3 + dx, n / 2 + 0.2)], diameter, contrast, oversample=16
+        )
 
     grad = (image(h) - image(-h)) / (2 * h)
     return noise / math.sqrt(float(np.sum(grad * grad)))
@@ -93,7 +97,9 @@ def match(found, truth):
     return found[np.argmin(d, axis=0)] - truth, np.min(d, axis=1)
 
 
-@pytest.mark.parametrize("contrast, polarity", [(-1.0, "dark"), (-1.0, "auto"), (1.0, "bright"), (1.0, "auto")])
+@pytest.mark.parametrize(
+    "contrast, polarity", [(-1.0, "dark"), (-1.0, "auto"), (1.0, "bright"), (1.0, "auto")]
+)
 def test_all_beads_found_nothing_else_at_the_cramer_rao_bound(contrast, polarity):
     img, truth = scene(contrast=contrast, seed=1)
     pos, scores = find_beads(img, DIAMETER, polarity=polarity)
@@ -215,7 +221,9 @@ def test_projected_phantom_beads_are_found_where_the_projector_put_them():
     diameter = 2.0 / SIGMA_PER_DIAMETER  # a Gaussian of sigma s matches a sphere of s / 0.301
     pos, _ = find_beads(img, diameter, polarity="auto")
     # expected: beads wholly inside the image and not within 1.5 diameters of another (a cluster)
-    expected = np.all((truth > diameter / 2) & (truth < SHAPE[0] - diameter / 2), axis=1) & ~crowded(truth, 1.5 * diameter)
+    expected = np.all((truth > diameter / 2) & (truth < SHAPE[0] - diameter / 2), axis=1) & ~crowded(
+        truth, 1.5 * diameter
+    )
     assert expected.sum() >= 10
     errors, nearest = match(pos, truth[expected])
     assert pos.shape[0] == expected.sum() and np.all(np.abs(errors) < 0.3)

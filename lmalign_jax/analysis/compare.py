@@ -38,9 +38,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..core.align import align
+from ..core.result import AlignmentResult
 from ..models import MODELS, ProjectionModel, get_model
 from ..observations import Observations
-from ..core.result import AlignmentResult
 
 DEFAULT_MODELS = ("jou", "luther", "diez", "imod")
 #: align() keywords compare_models sets itself.
@@ -273,13 +273,19 @@ def compare_models(
 
 def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelRow:
     n_obs = obs.n_observed
-    note = "" if m.shift_parameters is not None else "no shift term: expects centred observations (fits badly otherwise)"
+    note = (
+        ""
+        if m.shift_parameters is not None
+        else "no shift term: expects centred observations (fits badly otherwise)"
+    )
     start = time.perf_counter()
     try:
         full = align(obs, model=m, **kwargs)
     except Exception as exc:  # one model's failure must not stop the comparison
         results[m.name] = None
-        return _empty_row(m.name, f"error: {type(exc).__name__}: {exc}", n_obs, time.perf_counter() - start, note)
+        return _empty_row(
+            m.name, f"error: {type(exc).__name__}: {exc}", n_obs, time.perf_counter() - start, note
+        )
     results[m.name] = full
     resid = full.residuals[obs.mask]
     rss = float(np.sum(resid * resid))
@@ -358,7 +364,9 @@ def _models(models) -> tuple[ProjectionModel, ...]:
         raise ValueError(f"models is empty; choose one or more of {', '.join(MODELS)}")
     unknown = [m for m in models if not isinstance(m, ProjectionModel) and m not in MODELS]
     if unknown:
-        raise ValueError(f"unknown projection model(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+        raise ValueError(
+            f"unknown projection model(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}"
+        )
     chosen = [get_model(m) for m in models]
     names = [m.name for m in chosen]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-from .runner import align_batch
-from ..observations import Observations
 from ..core.result import AlignmentResult
+from ..observations import Observations
+from .runner import align_batch
 
 __all__ = ["align_distributed", "connect", "map_groups"]
 
@@ -31,7 +31,9 @@ def _distributed():
     try:
         import distributed
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("a Dask scheduler needs the 'distributed' package: pip install 'dask[distributed]'") from e
+        raise ImportError(
+            "a Dask scheduler needs the 'distributed' package: pip install 'dask[distributed]'"
+        ) from e
     return distributed
 
 
@@ -110,7 +112,11 @@ def align_distributed(
     if "progress" in align_options:
         raise ValueError("progress callbacks do not cross machines; use on_result")
     n = len(observations)
-    per_series = {k: v for k, v in align_options.items() if k in ("rotation_deg", "ref_view", "weights") and _is_sequence(v)}
+    per_series = {
+        k: v
+        for k, v in align_options.items()
+        if k in ("rotation_deg", "ref_view", "weights") and _is_sequence(v)
+    }
     for k, v in per_series.items():
         if len(v) != n:
             raise ValueError(f"{k} has {len(v)} entries for {n} series; give one value or one per series")

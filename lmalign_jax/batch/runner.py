@@ -75,7 +75,9 @@ def bucket_shape(n_views: int, n_markers: int, bucket=DEFAULT_BUCKET) -> tuple[i
         return int(n_views), int(n_markers)
     steps = (bucket, bucket) if isinstance(bucket, int | np.integer) else tuple(bucket)
     if len(steps) != 2 or not all(isinstance(s, int | np.integer) and s >= 1 for s in steps):
-        raise ValueError(f"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got {bucket!r}")
+        raise ValueError(
+            f"bucket must be a positive int, a pair of positive ints, 'exact' or 'max', got {bucket!r}"
+        )
     return int(math.ceil(n_views / steps[0]) * steps[0]), int(math.ceil(n_markers / steps[1]) * steps[1])
 
 
@@ -113,8 +115,20 @@ def _solve_stages(fn, eliminate, x0: Variables, structure: Structure, stage_free
     def stage(carry, data):
         x, stopped = carry
         free_a, free_b, free_g, setting, max_it = data
-        config = LMConfig(max_iterations=max_it, cost_tol=setting[0], step_tol=setting[1], gradient_tol=setting[2], initial_damping=setting[3])
-        sol = least_squares(fn, x, structure._replace(free_a=free_a, free_b=free_b, free_g=free_g), eliminate=eliminate, config=config)
+        config = LMConfig(
+            max_iterations=max_it,
+            cost_tol=setting[0],
+            step_tol=setting[1],
+            gradient_tol=setting[2],
+            initial_damping=setting[3],
+        )
+        sol = least_squares(
+            fn,
+            x,
+            structure._replace(free_a=free_a, free_b=free_b, free_g=free_g),
+            eliminate=eliminate,
+            config=config,
+        )
         stop = stopped | (sol.status == Status.FAILED)
         solved = Variables(effective_a(sol.x.a, sol.x.g, structure.tie_a), sol.x.b, sol.x.g)
         x = jax.tree_util.tree_map(lambda new, old: jnp.where(stop, old, new), solved, x)
@@ -139,13 +153,17 @@ def _solve_local(fn, eliminate, width, x0, structure, stage_free, settings, max_
 
     def group(i, out):
         start = i * width
-        x, s, f = jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, width), (x0, structure, stage_free))
+        x, s, f = jax.tree_util.tree_map(
+            lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, width), (x0, structure, stage_free)
+        )
         if width == 1:
             squeeze = partial(jax.tree_util.tree_map, lambda leaf: leaf[0])
             res = jax.tree_util.tree_map(lambda leaf: leaf[None], solve(squeeze(x), squeeze(s), squeeze(f)))
         else:
             res = jax.vmap(solve)(x, s, f)
-        return jax.tree_util.tree_map(lambda buf, r: jax.lax.dynamic_update_slice_in_dim(buf, r, start, 0), out, res)
+        return jax.tree_util.tree_map(
+            lambda buf, r: jax.lax.dynamic_update_slice_in_dim(buf, r, start, 0), out, res
+        )
 
     return jax.lax.fori_loop(0, (count + width - 1) // width, group, out)
 
@@ -167,7 +185,13 @@ def _kernel(fn, eliminate: str, width: int, mesh: Mesh | None):
                 return local(x0, structure, stage_free, settings, max_iterations, counts[0])
 
             _KERNELS[key] = jax.jit(
-                jax.shard_map(sharded, mesh=mesh, in_specs=(spec, spec, spec, rep, rep, spec), out_specs=spec, check_vma=False)
+                jax.shard_map(
+                    sharded,
+                    mesh=mesh,
+                    in_specs=(spec, spec, spec, rep, rep, spec),
+                    out_specs=spec,
+                    check_vma=False,
+                )
             )
     return _KERNELS[key]
 
@@ -286,7 +310,9 @@ class _Chunk:
 
     shape: tuple[int, int]
     series: list
-    built: list = dataclasses.field(default_factory=list)  # (series, problem, free counts per stage) in flight
+    built: list = dataclasses.field(
+        default_factory=list
+    )  # (series, problem, free counts per stage) in flight
     slots: np.ndarray | None = None
     out: object = None  # the kernel's outputs (not yet ready) or the exception it raised
     dispatched: float = 0.0
@@ -295,25 +321,44 @@ class _Chunk:
 class _Runner:
     """Every stage of ``align()`` over chunks of padded series, one kernel call per chunk."""
 
-    def __init__(self, plan: _Plan, stages, config: LMConfig, dtype: str, results: list, notify: ProgressCallback):
+    def __init__(
+        self, plan: _Plan, stages, config: LMConfig, dtype: str, results: list, notify: ProgressCallback
+    ):
         self.plan, self.stages, self.results, self.notify = plan, stages, results, notify
-        self.alignment_settings = AlignmentSettings(modes=plan.modes, stages=stages, dtype=dtype, config=config)
+        self.alignment_settings = AlignmentSettings(
+            modes=plan.modes, stages=stages, dtype=dtype, config=config
+        )
         configs = stage_configs(config, len(stages), dtype)  # as in align()
-        self.settings = np.asarray([(*c.tolerances(np.dtype(dtype)), c.initial_damping) for c in configs], dtype)  # (S, 4)
+        self.settings = np.asarray(
+            [(*c.tolerances(np.dtype(dtype)), c.initial_damping) for c in configs], dtype
+        )  # (S, 4)
         self.max_iterations = np.asarray([c.max_iterations for c in configs], np.int32)  # (S,)
         self.tilt_free = self.alignment_settings.tilts_solved
         self.last_ready = 0.0
 
     def fail(self, s: _Series, error: Exception) -> None:
         self.results[s.index] = error
-        self.notify(s.index, "error", str(error) if isinstance(error, ValueError | TypeError) else f"{type(error).__name__}: {error}")
+        self.notify(
+            s.index,
+            "error",
+            str(error) if isinstance(error, ValueError | TypeError) else f"{type(error).__name__}: {error}",
+        )
 
     def _build(self, s: _Series):
         """The series' problem (first stage's masks) and every stage's free masks, host side."""
         plan, m = self.plan, self.plan.model
         hold, marker_free = stage_setup(self.stages[0], m, s.obs, s.ref_view)
         problem = build_problem(
-            m, s.obs, s.views, s.markers, plan.modes, marker_free, hold=hold, ref_view=s.ref_view, weights=s.weights, dtype=plan.dtype,
+            m,
+            s.obs,
+            s.views,
+            s.markers,
+            plan.modes,
+            marker_free,
+            hold=hold,
+            ref_view=s.ref_view,
+            weights=s.weights,
+            dtype=plan.dtype,
             on_device=False,
         )
         masks = [(problem.structure.free_a, problem.structure.free_b, problem.structure.free_g)]
@@ -348,7 +393,10 @@ class _Runner:
         chunk.slots = plan.slots(len(problems))
         x0 = _stack([p.x0 for p in problems], chunk.slots, plan.capacity, x_shapes, x_fills)
         structure = _stack([p.structure for p in problems], chunk.slots, plan.capacity, s_shapes, s_fills)
-        stage_free = tuple(np.zeros((plan.capacity, n_stages, *shape), bool) for shape in ((v, m.n_parameters), (mk, 3), (n_slots,)))
+        stage_free = tuple(
+            np.zeros((plan.capacity, n_stages, *shape), bool)
+            for shape in ((v, m.n_parameters), (mk, 3), (n_slots,))
+        )
         for slot, stage_masks in zip(chunk.slots, masks, strict=True):
             for k, fm in enumerate(stage_masks):
                 for buf, mask in zip(stage_free, fm, strict=True):
@@ -361,7 +409,9 @@ class _Runner:
             if plan.mesh is None:
                 chunk.out = kernel(x0, structure, stage_free, self.settings, self.max_iterations, counts[0])
             else:
-                x0, structure, stage_free, counts = jax.device_put((x0, structure, stage_free, counts), NamedSharding(plan.mesh, PartitionSpec(_AXIS)))
+                x0, structure, stage_free, counts = jax.device_put(
+                    (x0, structure, stage_free, counts), NamedSharding(plan.mesh, PartitionSpec(_AXIS))
+                )
                 chunk.out = kernel(x0, structure, stage_free, self.settings, self.max_iterations, counts)
         except Exception as e:  # noqa: BLE001 - a failed call fails its series, not the batch
             chunk.out = e
@@ -397,13 +447,27 @@ class _Runner:
             for k in range(ran):
                 st = Status(int(status[slot, k]))
                 s.status = st
-                rms = float("nan") if st == Status.FAILED else float(np.sqrt(float(cost[slot, k]) / s.obs.n_observed))
+                rms = (
+                    float("nan")
+                    if st == Status.FAILED
+                    else float(np.sqrt(float(cost[slot, k]) / s.obs.n_observed))
+                )
                 if st != Status.FAILED:
                     s.n_free = n_free[k]
-                report = StageReport(self.stages[k], int(iterations[slot, k]), int(accepted[slot, k]), seconds * share[k], st.message, rms, n_free[k])
+                report = StageReport(
+                    self.stages[k],
+                    int(iterations[slot, k]),
+                    int(accepted[slot, k]),
+                    seconds * share[k],
+                    st.message,
+                    rms,
+                    n_free[k],
+                )
                 s.reports.append(report)
                 self.notify(s.index, self.stages[k], f"{st.message}, rms {rms:.4f} px")
-            mine = Variables(x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]])
+            mine = Variables(
+                x.a[slot, : s.obs.n_views], x.b[slot, : s.obs.n_markers], x.g[slot, : problem.x0.g.shape[0]]
+            )
             s.views, s.markers = problem.to_model_units(mine)
         chunk.built = []
 
@@ -423,7 +487,9 @@ class _Runner:
             view_mask[j, :nv], marker_mask[j, :nm] = True, True
         try:
             with jax.enable_x64(True):
-                views, markers, predicted = jax.device_get(_finish(m, self.tilt_free, views, markers, nominal, view_mask, marker_mask))
+                views, markers, predicted = jax.device_get(
+                    _finish(m, self.tilt_free, views, markers, nominal, view_mask, marker_mask)
+                )
         except Exception as e:  # noqa: BLE001
             for s in alive:
                 self.fail(s, e)
@@ -433,12 +499,17 @@ class _Runner:
             result = result_from_solution(
                 m,
                 s.obs,
-                *(np.asarray(a, np.float64) for a in (views[j, :nv], markers[j, :nm], predicted[j, :nv, :nm])),
+                *(
+                    np.asarray(a, np.float64)
+                    for a in (views[j, :nv], markers[j, :nm], predicted[j, :nv, :nm])
+                ),
                 stages=tuple(s.reports),
                 status=s.status.message if s.status != Status.CONVERGED else "converged",
                 n_free=s.n_free,
                 rotation_estimated_deg=s.rotation_estimated,
-                settings=dataclasses.replace(self.alignment_settings, ref_view=s.ref_view, weights=s.weights, bucket=chunk.shape),
+                settings=dataclasses.replace(
+                    self.alignment_settings, ref_view=s.ref_view, weights=s.weights, bucket=chunk.shape
+                ),
             )
             self.results[s.index] = result
             self.notify(s.index, "done", result.status)
@@ -462,7 +533,9 @@ def _check_options(model, modes, stages, dtype, bucket):
     m, modes, stages = check_options(model, modes, stages, dtype)
     for name, mode in modes.items():
         if not isinstance(mode, str):
-            raise ValueError(f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; per-view labels need align()")  # noqa: TRY004
+            raise ValueError(
+                f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; per-view labels need align()"
+            )  # noqa: TRY004
         mode_labels(name, mode, 1)  # raises on an unknown mode
     if bucket != "max":
         bucket_shape(1, 1, bucket)  # raises on a bad bucket
@@ -488,7 +561,9 @@ def _plan(m, modes, dtype, batch_size, vmap_width, devices) -> _Plan:
     if width > 1 and len(devices) > 1 and devices[0].platform == "cpu":
         # Observed with jax 0.10.2: the vmapped solve sharded over several host devices
         # never returns (all threads idle), while vmap_width=1 runs normally.
-        raise ValueError(f"vmap_width={width} over {len(devices)} CPU devices hangs in XLA's CPU runtime; use vmap_width=1 (the CPU default)")
+        raise ValueError(
+            f"vmap_width={width} over {len(devices)} CPU devices hangs in XLA's CPU runtime; use vmap_width=1 (the CPU default)"
+        )
     mesh = Mesh(np.array(devices), (_AXIS,)) if len(devices) > 1 else None
     jdtype = jnp.float64 if dtype == "float64" else jnp.float32
     return _Plan(m, modes, jdtype, math.ceil(per_device / width) * width, width, devices, mesh)
@@ -565,11 +640,18 @@ def align_batch(
         buckets.setdefault(key, []).append(s)
     # Each bucket is padded to its largest member only: series of one shape are not padded at
     # all (padding is arithmetic on zeros: 107 x 30 series in (112, 32) cost 12% more).
-    buckets = {(max(s.obs.n_views for s in members), max(s.obs.n_markers for s in members)): members for members in buckets.values()}
+    buckets = {
+        (max(s.obs.n_views for s in members), max(s.obs.n_markers for s in members)): members
+        for members in buckets.values()
+    }
     for shape, members in buckets.items():
         for s in members:
             s.shape = shape
-    chunks = [_Chunk(shape, members[c : c + plan.capacity]) for shape, members in sorted(buckets.items()) for c in range(0, len(members), plan.capacity)]
+    chunks = [
+        _Chunk(shape, members[c : c + plan.capacity])
+        for shape, members in sorted(buckets.items())
+        for c in range(0, len(members), plan.capacity)
+    ]
 
     # Each chunk is one asynchronous kernel call: the host prepares the next chunk while the
     # device solves the ones before it; calls run in dispatch order and are collected in it.

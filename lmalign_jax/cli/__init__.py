@@ -24,7 +24,12 @@ from ..workflow import (
     truth_ok,
 )
 from ..workflow import SeriesInputs as Inputs
-from ..workflow.reconstruction import Alignment, read_alignment_files, read_alignment_json, reconstruct_to_file
+from ..workflow.reconstruction import (
+    Alignment,
+    read_alignment_files,
+    read_alignment_json,
+    reconstruct_to_file,
+)
 from ._main import COMMANDS, build_parser, compilation_cache_dir, enable_compilation_cache, main
 from .align import align_and_report, parse_modes, run_align, settings_from_args
 from .common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError

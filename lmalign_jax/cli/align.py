@@ -38,11 +38,17 @@ def parse_modes(args, model_name: str) -> dict:
 
     def add(name, mode, option):
         if name not in model.parameters:
-            raise UsageError(f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are {', '.join(model.parameters)}")
+            raise UsageError(
+                f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are {', '.join(model.parameters)}"
+            )
         if not MODE_RE.fullmatch(mode):
-            raise UsageError(f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N")
+            raise UsageError(
+                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N"
+            )
         if name in given and given[name][0] != mode:
-            raise UsageError(f"{option}: {name} is given two modes ({given[name][0]} by {given[name][1]}, {mode})")
+            raise UsageError(
+                f"{option}: {name} is given two modes ({given[name][0]} by {given[name][1]}, {mode})"
+            )
         given[name] = (mode, option)
 
     for name in ("rotation", "tilt", "scale"):
@@ -61,7 +67,9 @@ def print_stage_line(st) -> None:
     """One line per finished stage, on stderr while the alignment runs."""
     if sys.stderr.isatty():
         sys.stderr.write("\r")  # over the running elapsed-time line
-    note(f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}")
+    note(
+        f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}"
+    )
 
 
 def settings_from_args(args) -> AlignSettings:
@@ -70,46 +78,96 @@ def settings_from_args(args) -> AlignSettings:
     if args.max_iterations < 1:
         raise UsageError(f"--max-iterations must be at least 1, got {args.max_iterations}")
     skip = ({"initial"} if args.no_initial_stage else set()) | ({"joint"} if args.no_joint_stage else set())
-    return AlignSettings(model=model.name, modes=parse_modes(args, model.name), stages=tuple(s for s in STAGES if s not in skip),
-                         dtype="float32" if args.float32 else "float64", max_iterations=args.max_iterations,
-                         robust=args.robust, robust_group_size=args.robust_group_size)
+    return AlignSettings(
+        model=model.name,
+        modes=parse_modes(args, model.name),
+        stages=tuple(s for s in STAGES if s not in skip),
+        dtype="float32" if args.float32 else "float64",
+        max_iterations=args.max_iterations,
+        robust=args.robust,
+        robust_group_size=args.robust_group_size,
+    )
 
 
 def run_align(args) -> int:
     """``lmalign align``."""
-    return align_and_report(args.markers, args.tilts, settings_from_args(args), out_dir=args.out_dir, prefix=args.prefix,
-                            stack=args.stack, image_size=args.image_size, rotation_deg=args.rotation, exclude=args.exclude,
-                            command=["lmalign", *getattr(args, "argv", [])], quiet=args.quiet, figure=not args.no_figure,
-                            errors=not args.no_errors, worst=args.worst)
+    return align_and_report(
+        args.markers,
+        args.tilts,
+        settings_from_args(args),
+        out_dir=args.out_dir,
+        prefix=args.prefix,
+        stack=args.stack,
+        image_size=args.image_size,
+        rotation_deg=args.rotation,
+        exclude=args.exclude,
+        command=["lmalign", *getattr(args, "argv", [])],
+        quiet=args.quiet,
+        figure=not args.no_figure,
+        errors=not args.no_errors,
+        worst=args.worst,
+    )
 
 
-def align_and_report(markers: str, tilts: str | None, settings: AlignSettings, *, out_dir: str, prefix: str | None = None,
-                     stack: str | None = None, image_size=None, rotation_deg: float | None = None, exclude: str | None = None,
-                     command=("lmalign",), quiet: bool = False, figure: bool = True, errors: bool = True, worst: int = 10,
-                     truth=None) -> int:
+def align_and_report(
+    markers: str,
+    tilts: str | None,
+    settings: AlignSettings,
+    *,
+    out_dir: str,
+    prefix: str | None = None,
+    stack: str | None = None,
+    image_size=None,
+    rotation_deg: float | None = None,
+    exclude: str | None = None,
+    command=("lmalign",),
+    quiet: bool = False,
+    figure: bool = True,
+    errors: bool = True,
+    worst: int = 10,
+    truth=None,
+) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo)."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, ALIGN_OUTPUTS, (markers, tilts, stack))
 
-    inputs = read_series(markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn)
+    inputs = read_series(
+        markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
+    )
     sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [])
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
 
-    text = (f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model {settings.model}, "
-            f"stages {', '.join(settings.stages)} ...")
+    text = (
+        f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model {settings.model}, "
+        f"stages {', '.join(settings.stages)} ..."
+    )
     with Progress(text):
-        fit = fit_series(obs, settings, rotation_deg=inputs.rotation_deg, with_errors=errors, progress=print_stage_line)
+        fit = fit_series(
+            obs, settings, rotation_deg=inputs.rotation_deg, with_errors=errors, progress=print_stage_line
+        )
     result, robust = fit.result, fit.robust
     if robust is not None:
         for st in result.stages:
             print_stage_line(st)
 
     comparison = compare_with_truth(result, truth, sel, marker_ids) if truth is not None else None
-    written = write_alignment(out, inputs, sel, result, marker_ids, settings, command=command, errors=fit.errors, robust=robust,
-                              figure=figure, n_worst=worst, truth=comparison)
+    written = write_alignment(
+        out,
+        inputs,
+        sel,
+        result,
+        marker_ids,
+        settings,
+        command=command,
+        errors=fit.errors,
+        robust=robust,
+        figure=figure,
+        n_worst=worst,
+        truth=comparison,
+    )
     record = written.record
 
     print(format_summary(record, per_view=not quiet), end="")
@@ -118,9 +176,11 @@ def align_and_report(markers: str, tilts: str | None, settings: AlignSettings, *
     if fit.errors is not None:
         se = fit.errors
         tilt_se = se.parameter_se("tilt")
-        print(f" Standard errors (1 sigma): tilt median {np.median(tilt_se):.3f} deg, rotation median "
-              f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median {np.median(se.markers_se[:, 2]):.2f} px;"
-              f" leave-one-out RMS {se.loo_rms_px:.3f} px")
+        print(
+            f" Standard errors (1 sigma): tilt median {np.median(tilt_se):.3f} deg, rotation median "
+            f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median {np.median(se.markers_se[:, 2]):.2f} px;"
+            f" leave-one-out RMS {se.loo_rms_px:.3f} px"
+        )
     print(" Wrote " + ", ".join(written.written))
     not_updated = [s for s in ALIGN_OUTPUTS if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
@@ -128,7 +188,10 @@ def align_and_report(markers: str, tilts: str | None, settings: AlignSettings, *
         warn(f"{', '.join(stale)} are from an earlier run and were not updated")
     if not result.converged:
         report = out.path(".json") + (f" and {out.path('.png')}" if figure else "")
-        print(f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no .xf/.tlt written", file=sys.stderr)
+        print(
+            f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no .xf/.tlt written",
+            file=sys.stderr,
+        )
     elif written.exit_code != EXIT_OK:
         print("lmalign: error: the alignment does not match the known truth (see above)", file=sys.stderr)
     return written.exit_code
@@ -166,40 +229,103 @@ examples:
 
 def add_solver_options(p) -> None:
     """Stage, parameter-mode and precision options shared by align and batch."""
-    p.add_argument("--no-initial-stage", action="store_true", help="skip the initial stage (markers' x, y held at the 0-degree view)")
-    p.add_argument("--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters")
-    p.add_argument("--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)")
+    p.add_argument(
+        "--no-initial-stage",
+        action="store_true",
+        help="skip the initial stage (markers' x, y held at the 0-degree view)",
+    )
+    p.add_argument(
+        "--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters"
+    )
+    p.add_argument(
+        "--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)"
+    )
     p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
     p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--mode", action="append", metavar="NAME=MODE", help="mode of any view parameter of the model, repeatable (e.g. xstretch=fixed, mag_x=group:4)")
+    p.add_argument(
+        "--mode",
+        action="append",
+        metavar="NAME=MODE",
+        help="mode of any view parameter of the model, repeatable (e.g. xstretch=fixed, mag_x=group:4)",
+    )
     p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
-    p.add_argument("--max-iterations", type=int, default=200, metavar="N", help="Levenberg-Marquardt iteration cap per stage")
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        default=200,
+        metavar="N",
+        help="Levenberg-Marquardt iteration cap per stage",
+    )
 
 
 def add_robust_options(p) -> None:
     """The robust-fitting options shared by align and batch."""
-    p.add_argument("--robust", nargs="?", const="tukey", choices=tuple(LOSSES), metavar="LOSS",
-                   help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, default tukey "
-                        "(Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS")
-    p.add_argument("--robust-group-size", type=int, default=10, metavar="N", help="views per group for the robust residual scale (default 10)")
+    p.add_argument(
+        "--robust",
+        nargs="?",
+        const="tukey",
+        choices=tuple(LOSSES),
+        metavar="LOSS",
+        help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, default tukey "
+        "(Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS",
+    )
+    p.add_argument(
+        "--robust-group-size",
+        type=int,
+        default=10,
+        metavar="N",
+        help="views per group for the robust residual scale (default 10)",
+    )
 
 
 def add_align(sub):
-    p = sub.add_parser("align", help="align a tilt series on its fiducial markers", description=ALIGN_HELP, epilog=ALIGN_EXAMPLE, formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "align",
+        help="align a tilt series on its fiducial markers",
+        description=ALIGN_HELP,
+        epilog=ALIGN_EXAMPLE,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
-    p.add_argument("--tilts", metavar="FILE", help="tilt angles: .tlt/.rawtlt or SerialEM .mdoc (required unless MARKERS is a PyTom file)")
-    p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size in pixels (overrides the .fid header and the stack)")
-    p.add_argument("--stack", metavar="STACK.mrc", help="the raw tilt-series stack; only its header is read (image size, number of views)")
-    p.add_argument("--rotation", type=float, metavar="DEG", help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's RotationAngle); estimated from the tracks (or the .mdoc) when omitted")
+    p.add_argument(
+        "--tilts",
+        metavar="FILE",
+        help="tilt angles: .tlt/.rawtlt or SerialEM .mdoc (required unless MARKERS is a PyTom file)",
+    )
+    p.add_argument(
+        "--image-size",
+        nargs=2,
+        type=float,
+        metavar=("NX", "NY"),
+        help="image size in pixels (overrides the .fid header and the stack)",
+    )
+    p.add_argument(
+        "--stack",
+        metavar="STACK.mrc",
+        help="the raw tilt-series stack; only its header is read (image size, number of views)",
+    )
+    p.add_argument(
+        "--rotation",
+        type=float,
+        metavar="DEG",
+        help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's RotationAngle); estimated from the tracks (or the .mdoc) when omitted",
+    )
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the marker file's stem")
-    p.add_argument("--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList, e.g. 1-3,40")
+    p.add_argument(
+        "--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList, e.g. 1-3,40"
+    )
     add_solver_options(p)
-    p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list")
+    p.add_argument(
+        "--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     add_robust_options(p)
-    p.add_argument("--no-figure", action="store_true", help="do not render the .png report (the slowest output)")
-    p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals")
+    p.add_argument(
+        "--no-figure", action="store_true", help="do not render the .png report (the slowest output)"
+    )
+    p.add_argument(
+        "--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals"
+    )
     p.set_defaults(run=run_align)
-

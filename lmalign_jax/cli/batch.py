@@ -62,7 +62,9 @@ class BatchProgress:
     def _status_line(self):
         if self.tty and self.stage_counts:
             stages = ", ".join(f"{k} {v}" for k, v in self.stage_counts.items())
-            sys.stderr.write(f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; {time.perf_counter() - self.start:.0f} s")
+            sys.stderr.write(
+                f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; {time.perf_counter() - self.start:.0f} s"
+            )
             sys.stderr.flush()
 
     def event(self, index: int, event: str, detail: str) -> None:
@@ -81,7 +83,9 @@ class BatchProgress:
             width = len(str(len(self.names)))
             rms = f", rms {outcome.rms_residual_px:.4f} px" if outcome.rms_residual_px is not None else ""
             why = f": {_remark(outcome)}" if _remark(outcome) else ""
-            note(f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} ({outcome.seconds:.2f} s)")
+            note(
+                f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} ({outcome.seconds:.2f} s)"
+            )
         self._status_line()
 
     def close(self):
@@ -91,7 +95,11 @@ class BatchProgress:
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else format(value, spec)
+    )
 
 
 def _remark(o: Outcome) -> str:
@@ -109,19 +117,41 @@ def summary_table(outcomes: list[Outcome]) -> str:
             f"  {_fmt(o.rms_residual_px, '.4f'):>7}  {_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}"
             f"  {_remark(o)}"
         )
-    counts = {k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR)}
+    counts = {
+        k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR)
+    }
     crashed = f", {counts[STATUS_ERROR]} internal error" if counts[STATUS_ERROR] else ""
-    lines.append(f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input{crashed}")
+    lines.append(
+        f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input{crashed}"
+    )
     return "\n".join(lines) + "\n"
 
 
-TSV_COLUMNS = ("series", "markers", "tilts", "views", "markers_fitted", "points", "rms_residual_px", "mean_residual_px", "status", "exit_code", "seconds", "detail")
+TSV_COLUMNS = (
+    "series",
+    "markers",
+    "tilts",
+    "views",
+    "markers_fitted",
+    "points",
+    "rms_residual_px",
+    "mean_residual_px",
+    "status",
+    "exit_code",
+    "seconds",
+    "detail",
+)
 
 
 def summary_tsv(outcomes: list[Outcome]) -> str:
     """The summary as tab-separated values, one row per series (empty cells where unknown)."""
+
     def cell(v):
-        return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)).replace("\t", " ").replace("\n", " ")
+        return (
+            ""
+            if v is None
+            else (f"{v:.6g}" if isinstance(v, float) else str(v)).replace("\t", " ").replace("\n", " ")
+        )
 
     rows = ["\t".join(TSV_COLUMNS)] + ["\t".join(cell(getattr(o, c)) for c in TSV_COLUMNS) for o in outcomes]
     return "\n".join(rows) + "\n"
@@ -147,17 +177,34 @@ def _run_processes(groups, options, jobs, on_outcome):
     import concurrent.futures
     import multiprocessing
 
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = {pool.submit(align_and_write, g, options): g for g in groups}
         for future in concurrent.futures.as_completed(futures):
-            _deliver(futures[future], future.exception(), None if future.exception() else future.result(), on_outcome)
+            _deliver(
+                futures[future],
+                future.exception(),
+                None if future.exception() else future.result(),
+                on_outcome,
+            )
 
 
 def _deliver(group, error, outcomes, on_outcome):
     """Outcomes of a finished group, or one failed outcome per series if the group's task failed."""
     if error is not None:
-        outcomes = [Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_ERROR, EXIT_INTERNAL, seconds=p.read_seconds,
-                            detail=f"worker failed: {type(error).__name__}: {error}") for p in group]
+        outcomes = [
+            Outcome(
+                p.spec.name,
+                p.spec.markers,
+                p.spec.tilts,
+                STATUS_ERROR,
+                EXIT_INTERNAL,
+                seconds=p.read_seconds,
+                detail=f"worker failed: {type(error).__name__}: {error}",
+            )
+            for p in group
+        ]
     for o in outcomes:
         on_outcome(o)
 
@@ -177,7 +224,9 @@ def use_every_core() -> int | None:
     """
     import jax
 
-    if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
         return None
     cores = _usable_cores()
     try:
@@ -193,19 +242,40 @@ def _devices() -> list[str]:
     return [str(d) for d in jax.local_devices()]
 
 
-def _align_all(prepared: list[Prepared], args, options: BatchOptions, shown: BatchProgress, on_outcome) -> None:
+def _align_all(
+    prepared: list[Prepared], args, options: BatchOptions, shown: BatchProgress, on_outcome
+) -> None:
     """Align and write every prepared series: on a Dask cluster, in local processes, or here."""
-    where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"in {args.jobs} processes" if args.jobs > 1 else "in this process"
-    note(f"aligning {len(prepared)} series {where}, model {options.model}, stages {', '.join(options.stages)} ...")
+    where = (
+        f"on the Dask cluster at {args.scheduler}"
+        if args.scheduler
+        else f"in {args.jobs} processes"
+        if args.jobs > 1
+        else "in this process"
+    )
+    note(
+        f"aligning {len(prepared)} series {where}, model {options.model}, stages {', '.join(options.stages)} ..."
+    )
     if args.scheduler:
         from ..batch.distributed import map_groups
 
         groups = _groups(prepared, args.group_size)
-        map_groups(align_and_write, groups, options, scheduler=args.scheduler,
-                   on_result=lambda i, value: _deliver(groups[i], value if isinstance(value, BaseException) else None,
-                                                       None if isinstance(value, BaseException) else value, on_outcome))
+        map_groups(
+            align_and_write,
+            groups,
+            options,
+            scheduler=args.scheduler,
+            on_result=lambda i, value: _deliver(
+                groups[i],
+                value if isinstance(value, BaseException) else None,
+                None if isinstance(value, BaseException) else value,
+                on_outcome,
+            ),
+        )
     elif args.jobs > 1:
-        _run_processes(_groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome)
+        _run_processes(
+            _groups(prepared, math.ceil(len(prepared) / args.jobs)), options, args.jobs, on_outcome
+        )
     else:
         cores = use_every_core() or _usable_cores()  # worker processes and Dask workers keep one device each
         # a writer process takes ~1.5 s to start (imports): worth it from ~4 figures each
@@ -222,12 +292,18 @@ def run_batch(args) -> int:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1 and args.scheduler:
         raise UsageError("give --jobs or --scheduler, not both (the cluster's workers set the parallelism)")
-    if args.max_iterations < 1 or args.group_size < 1 or (args.batch_size is not None and args.batch_size < 1):
+    if (
+        args.max_iterations < 1
+        or args.group_size < 1
+        or (args.batch_size is not None and args.batch_size < 1)
+    ):
         raise UsageError("--max-iterations, --group-size and --batch-size must be at least 1")
     if args.writers is not None and args.writers < 1:
         raise UsageError(f"--writers must be at least 1, got {args.writers}")
     if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
-        raise UsageError(f"--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got {args.reconstruct:g}")
+        raise UsageError(
+            f"--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got {args.reconstruct:g}"
+        )
     if args.bin < 1:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
     if args.robust_group_size < 1:
@@ -235,14 +311,23 @@ def run_batch(args) -> int:
     if args.bucket is not None and min(args.bucket) < 1:
         raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
     if args.image_size is not None and min(args.image_size) <= 0:
-        raise UsageError(f"--image-size must be two positive numbers, got {args.image_size[0]:g} {args.image_size[1]:g}")
+        raise UsageError(
+            f"--image-size must be two positive numbers, got {args.image_size[0]:g} {args.image_size[1]:g}"
+        )
     settings = settings_from_args(args)
     setup = getattr(args, "compilation_cache_setup", None)  # given by main: workers turn on the same cache
     options = BatchOptions(
-        **{f.name: getattr(settings, f.name) for f in fields(settings)}, worst=args.worst, figure=not args.no_figure,
-        errors=not args.no_errors, bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET, batch_size=args.batch_size,
-        command=("lmalign", *getattr(args, "argv", ["batch"])), worker_setup=setup if getattr(args, "compilation_cache", None) else None,
-        reconstruct=args.reconstruct, binning=args.bin, filter=args.filter,
+        **{f.name: getattr(settings, f.name) for f in fields(settings)},
+        worst=args.worst,
+        figure=not args.no_figure,
+        errors=not args.no_errors,
+        bucket=tuple(args.bucket) if args.bucket else DEFAULT_BUCKET,
+        batch_size=args.batch_size,
+        command=("lmalign", *getattr(args, "argv", ["batch"])),
+        worker_setup=setup if getattr(args, "compilation_cache", None) else None,
+        reconstruct=args.reconstruct,
+        binning=args.bin,
+        filter=args.filter,
     )
     source = args.series
     if os.path.isdir(source):
@@ -252,7 +337,9 @@ def run_batch(args) -> int:
     else:
         raise InputError(source, None, "file or folder not found")
     summary = OutputSet(args.out_dir, SUMMARY)
-    check_output_folder(summary, SUMMARY_OUTPUTS, ())  # a folder that cannot be written stops the batch before any work
+    check_output_folder(
+        summary, SUMMARY_OUTPUTS, ()
+    )  # a folder that cannot be written stops the batch before any work
     _check_summary(summary, source)
 
     note(f"{len(specs)} series from {source}; reading ...")
@@ -260,8 +347,14 @@ def run_batch(args) -> int:
     prepared: list[Prepared] = []
     shown = BatchProgress([s.name for s in specs], quiet=args.quiet)
     for spec in specs:
-        item = prepare(spec, out_dir=args.out_dir, layout=args.layout, image_size=args.image_size, reconstruct=args.reconstruct is not None,
-                       warn=warn)
+        item = prepare(
+            spec,
+            out_dir=args.out_dir,
+            layout=args.layout,
+            image_size=args.image_size,
+            reconstruct=args.reconstruct is not None,
+            warn=warn,
+        )
         if args.resume and not isinstance(item, Outcome):
             item = earlier_outcome(item, options) or item
         if isinstance(item, Outcome):
@@ -280,8 +373,11 @@ def run_batch(args) -> int:
     except KeyboardInterrupt:
         shown.close()
         kept = sum(bool(o.outputs) for o in outcomes.values())
-        print(f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; the same command "
-              "with --resume keeps them and aligns the rest", file=sys.stderr)
+        print(
+            f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; the same command "
+            "with --resume keeps them and aligns the rest",
+            file=sys.stderr,
+        )
         return 130
     shown.close()
 
@@ -291,7 +387,11 @@ def run_batch(args) -> int:
     record = {
         "software": software_info(),
         "source": source,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items() if k != "worker_setup"},
+        "options": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(options).items()
+            if k != "worker_setup"
+        },
         "scheduler": args.scheduler,
         "jobs": args.jobs,
         "devices": _devices() if prepared and not args.scheduler and args.jobs == 1 else None,
@@ -373,32 +473,95 @@ examples:
 
 
 def add_batch(sub):
-    p = sub.add_parser("batch", help="align many tilt series with batched solves (locally or on a Dask cluster)", description=BATCH_HELP,
-                       epilog=BATCH_EXAMPLE, formatter_class=HelpFormatter)
-    p.add_argument("series", metavar="LIST_OR_DIR", help=f"list file ('{LINE_FORMAT}' per line) or folder of marker + tilt files")
+    p = sub.add_parser(
+        "batch",
+        help="align many tilt series with batched solves (locally or on a Dask cluster)",
+        description=BATCH_HELP,
+        epilog=BATCH_EXAMPLE,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "series",
+        metavar="LIST_OR_DIR",
+        help=f"list file ('{LINE_FORMAT}' per line) or folder of marker + tilt files",
+    )
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--layout", choices=("folders", "prefix"), default="folders", help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)")
+    p.add_argument(
+        "--layout",
+        choices=("folders", "prefix"),
+        default="folders",
+        help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)",
+    )
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
-    p.add_argument("--writers", type=int, metavar="N",
-                   help="processes drawing the report figures and writing the outputs when aligning in this process (default: one per core, at most one per 4 series)")
+    p.add_argument(
+        "--writers",
+        type=int,
+        metavar="N",
+        help="processes drawing the report figures and writing the outputs when aligning in this process (default: one per core, at most one per 4 series)",
+    )
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://head:8786 (see above)")
     p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
-    p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size for series whose files do not record it")
+    p.add_argument(
+        "--image-size",
+        nargs=2,
+        type=float,
+        metavar=("NX", "NY"),
+        help="image size for series whose files do not record it",
+    )
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     add_solver_options(p)
-    p.add_argument("--bucket", nargs=2, type=int, metavar=("VIEWS", "MARKERS"), help=f"series whose view and marker counts round up to the same multiples of these share one compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})")
-    p.add_argument("--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)")
-    p.add_argument("--worst", type=int, default=10, metavar="N", help="number of largest-residual points to list in each .json")
-    p.add_argument("--no-figure", action="store_true", help="do not render the .png reports (the slowest output)")
-    p.add_argument("--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals (about 5 ms a series)")
+    p.add_argument(
+        "--bucket",
+        nargs=2,
+        type=int,
+        metavar=("VIEWS", "MARKERS"),
+        help=f"series whose view and marker counts round up to the same multiples of these share one compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)"
+    )
+    p.add_argument(
+        "--worst",
+        type=int,
+        default=10,
+        metavar="N",
+        help="number of largest-residual points to list in each .json",
+    )
+    p.add_argument(
+        "--no-figure", action="store_true", help="do not render the .png reports (the slowest output)"
+    )
+    p.add_argument(
+        "--no-errors",
+        action="store_true",
+        help="skip the standard errors and leave-one-out residuals (about 5 ms a series)",
+    )
     add_robust_options(p)
-    p.add_argument("--reconstruct", type=float, metavar="NZ",
-                   help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
-                        "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)")
-    p.add_argument("--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first")
-    p.add_argument("--filter", choices=FILTER_CHOICES, default="ramp", help="with --reconstruct: ramp filter, optionally apodised")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the outputs of series an earlier run already aligned the same way (same inputs and options, "
-                        "converged, every output there; with --reconstruct the same tomogram settings) and align only the rest")
-    p.add_argument("--quiet", "-q", action="store_true", help="report only the series that did not converge while running")
+    p.add_argument(
+        "--reconstruct",
+        type=float,
+        metavar="NZ",
+        help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
+        "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)",
+    )
+    p.add_argument(
+        "--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first"
+    )
+    p.add_argument(
+        "--filter",
+        choices=FILTER_CHOICES,
+        default="ramp",
+        help="with --reconstruct: ramp filter, optionally apodised",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the outputs of series an earlier run already aligned the same way (same inputs and options, "
+        "converged, every output there; with --reconstruct the same tomogram settings) and align only the rest",
+    )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="report only the series that did not converge while running",
+    )
     p.set_defaults(run=run_batch)

@@ -15,8 +15,19 @@ from ..workflow.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_O
 from ..workflow.status import print_note as note
 from ..workflow.status import print_warning as warn
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_OK", "MIN_MARKERS", "CommandParser", "HelpFormatter", "Progress",
-           "UsageError", "note", "warn"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "MIN_MARKERS",
+    "CommandParser",
+    "HelpFormatter",
+    "Progress",
+    "UsageError",
+    "note",
+    "warn",
+]
 
 
 class Progress:
@@ -59,5 +70,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions kept as written; '(default: ...)' added where there is a default to show."""
 
     def _get_help_string(self, action):
-        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS and "%(default)" not in (action.help or "")
+        shown = (
+            action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and "%(default)" not in (action.help or "")
+        )
         return (action.help or "") + (" (default: %(default)s)" if shown else "")

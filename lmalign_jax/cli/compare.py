@@ -24,16 +24,31 @@ def run_compare(args) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if not models or unknown:
-        raise UsageError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+        raise UsageError(
+            f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}"
+        )
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
-    inputs = read_series(args.markers, args.tilts, stack_path=args.stack, image_size=args.image_size, rotation_deg=args.rotation, warn=warn)
+    inputs = read_series(
+        args.markers,
+        args.tilts,
+        stack_path=args.stack,
+        image_size=args.image_size,
+        rotation_deg=args.rotation,
+        warn=warn,
+    )
     sel = select_views(inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [])
     obs, _ = observations_for_fit(inputs, sel, warn)
     with Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
         try:
-            comparison = compare_models(obs, models, folds=args.folds, seed=args.seed, leave_out=not args.no_leave_out,
-                                        rotation_deg=inputs.rotation_deg)
+            comparison = compare_models(
+                obs,
+                models,
+                folds=args.folds,
+                seed=args.seed,
+                leave_out=not args.no_leave_out,
+                rotation_deg=inputs.rotation_deg,
+            )
         except ValueError as e:
             raise UsageError(str(e)) from None
     print(comparison.to_text())
@@ -46,16 +61,33 @@ def run_compare(args) -> int:
 
 
 def add_compare(sub):
-    p = sub.add_parser("compare", help="compare projection models on the same markers", description=COMPARE_HELP,
-                       epilog=COMPARE_EXAMPLE, formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "compare",
+        help="compare projection models on the same markers",
+        description=COMPARE_HELP,
+        epilog=COMPARE_EXAMPLE,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
     p.add_argument("--tilts", metavar="FILE", help="tilt angles: .tlt/.rawtlt or SerialEM .mdoc")
     p.add_argument("--image-size", nargs=2, type=float, metavar=("NX", "NY"), help="image size in pixels")
     p.add_argument("--stack", metavar="STACK.mrc", help="the raw stack; only its header is read")
-    p.add_argument("--rotation", type=float, metavar="DEG", help="tilt-axis angle, degrees CCW from the y axis; estimated when omitted")
+    p.add_argument(
+        "--rotation",
+        type=float,
+        metavar="DEG",
+        help="tilt-axis angle, degrees CCW from the y axis; estimated when omitted",
+    )
     p.add_argument("--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList")
-    p.add_argument("--models", default=",".join(MODELS), metavar="LIST", help=f"comma-separated models (default {','.join(MODELS)})")
-    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual")
+    p.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        metavar="LIST",
+        help=f"comma-separated models (default {','.join(MODELS)})",
+    )
+    p.add_argument(
+        "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--no-leave-out", action="store_true", help="skip the cross-validation (faster)")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON")

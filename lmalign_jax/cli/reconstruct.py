@@ -23,20 +23,26 @@ from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
 
 def _check_args(args) -> None:
     if not math.isfinite(args.thickness) or args.thickness <= 0:
-        raise UsageError(f"--thickness must be a positive number of (unbinned) pixels, got {args.thickness:g}")
+        raise UsageError(
+            f"--thickness must be a positive number of (unbinned) pixels, got {args.thickness:g}"
+        )
     if args.bin < 1:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
     if args.alignment is not None and (args.xf is not None or args.tlt is not None):
         raise UsageError("give either --alignment FILE.json or --xf FILE --tlt FILE, not both")
     if args.alignment is None and (args.xf is None or args.tlt is None):
         if args.xf is None and args.tlt is None:
-            raise UsageError("the alignment is required: --xf FILE --tlt FILE (IMOD), or --alignment FILE.json (from 'lmalign align')")
+            raise UsageError(
+                "the alignment is required: --xf FILE --tlt FILE (IMOD), or --alignment FILE.json (from 'lmalign align')"
+            )
         raise UsageError("--xf and --tlt go together (or give --alignment FILE.json)")
     if args.radial is not None:
         cutoff, falloff = args.radial
         if not (0 < cutoff <= 0.5 and 0 <= falloff < math.inf):
-            raise UsageError(f"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 and FALLOFF >= 0, in cycles/pixel of the binned "
-                             f"data, got {cutoff:g} {falloff:g}")
+            raise UsageError(
+                f"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 and FALLOFF >= 0, in cycles/pixel of the binned "
+                f"data, got {cutoff:g} {falloff:g}"
+            )
 
 
 def default_output(stack: str) -> str:
@@ -46,7 +52,9 @@ def default_output(stack: str) -> str:
 
 def _check_output(path: str, inputs) -> None:
     if os.path.isdir(path):
-        raise UsageError(f"--out {path} is a folder; give a file name such as {os.path.join(path, 'tomo.rec.mrc')}")
+        raise UsageError(
+            f"--out {path} is a folder; give a file name such as {os.path.join(path, 'tomo.rec.mrc')}"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"--out {path}: folder {folder} does not exist")
@@ -63,13 +71,27 @@ def run_reconstruct(args) -> int:
     out = args.out or default_output(args.stack)
     radial = tuple(args.radial) if args.radial else None
     read_stack_header(args.stack)  # stack errors first: missing, not MRC
-    alignment = read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
+    alignment = (
+        read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
+    )
     _check_output(out, (args.stack, args.xf, args.tlt, args.alignment))
-    info = reconstruct_to_file(args.stack, alignment, out, thickness=args.thickness, binning=args.bin, filter=args.filter,
-                               radial=radial, quiet=args.quiet, warn=warn, note=note)
+    info = reconstruct_to_file(
+        args.stack,
+        alignment,
+        out,
+        thickness=args.thickness,
+        binning=args.bin,
+        filter=args.filter,
+        radial=radial,
+        quiet=args.quiet,
+        warn=warn,
+        note=note,
+    )
     nz, ny, nx = info["shape"]
-    print(f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size {info['voxel_size_A']:g} A, "
-          f"{info['n_views']} views, filter {args.filter}, bin {args.bin}, in {info['seconds']:.1f} s")
+    print(
+        f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size {info['voxel_size_A']:g} A, "
+        f"{info['n_views']} views, filter {args.filter}, bin {args.bin}, in {info['seconds']:.1f} s"
+    )
     return EXIT_OK
 
 
@@ -101,17 +123,39 @@ examples:
 
 
 def add_reconstruct(sub):
-    p = sub.add_parser("reconstruct", help="reconstruct a tomogram from a raw stack and its alignment (FBP)",
-                       description=RECON_HELP, epilog=RECON_EXAMPLE, formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "reconstruct",
+        help="reconstruct a tomogram from a raw stack and its alignment (FBP)",
+        description=RECON_HELP,
+        epilog=RECON_EXAMPLE,
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("stack", metavar="STACK.mrc", help="the raw (unaligned) tilt-series stack, MRC")
     p.add_argument("--xf", metavar="FILE", help="IMOD .xf transforms, raw -> aligned, one line per view")
-    p.add_argument("--tlt", metavar="FILE", help="tilt angles, degrees: .tlt/.rawtlt (line k = view k) or .mdoc")
-    p.add_argument("--alignment", metavar="FILE.json", help="the .json record of 'lmalign align' instead of --xf/--tlt")
-    p.add_argument("--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels")
-    p.add_argument("--bin", type=int, default=1, metavar="B", help="bin the stack B x B first (voxel = B pixels)")
-    p.add_argument("--filter", choices=FILTER_CHOICES, default="ramp", help="ramp filter, optionally apodised")
-    p.add_argument("--radial", nargs=2, type=float, metavar=("CUTOFF", "FALLOFF"),
-                   help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a Gaussian fall-off of sigma FALLOFF")
-    p.add_argument("--out", metavar="TOMO.mrc", help="output tomogram; default: <stack stem>.rec.mrc beside the stack")
+    p.add_argument(
+        "--tlt", metavar="FILE", help="tilt angles, degrees: .tlt/.rawtlt (line k = view k) or .mdoc"
+    )
+    p.add_argument(
+        "--alignment", metavar="FILE.json", help="the .json record of 'lmalign align' instead of --xf/--tlt"
+    )
+    p.add_argument(
+        "--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels"
+    )
+    p.add_argument(
+        "--bin", type=int, default=1, metavar="B", help="bin the stack B x B first (voxel = B pixels)"
+    )
+    p.add_argument(
+        "--filter", choices=FILTER_CHOICES, default="ramp", help="ramp filter, optionally apodised"
+    )
+    p.add_argument(
+        "--radial",
+        nargs=2,
+        type=float,
+        metavar=("CUTOFF", "FALLOFF"),
+        help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a Gaussian fall-off of sigma FALLOFF",
+    )
+    p.add_argument(
+        "--out", metavar="TOMO.mrc", help="output tomogram; default: <stack stem>.rec.mrc beside the stack"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -10,18 +10,23 @@ import mrcfile
 import numpy as np
 
 from .. import __version__, io
-from ..models import get_model
 from ..io.outputs import OutputSet
-from ..simulation.phantom import bead_phantom, project_stack, series_alignment
+from ..models import get_model
 from ..report import record_to_json
-from ..workflow import check_output_folder
+from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..simulation.synthetic import simulate
+from ..workflow import check_output_folder
 from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")
 STACK_OUTPUTS = (".mrc", "_truth.xf", "_truth.tlt")
 #: Defaults of the options that depend on --stack: (without, with).
-SIZE_DEFAULTS = {"views": (61, 41), "markers": (30, 12), "image_size": ([2048, 2048], [256, 256]), "thickness": (300.0, 40.0)}
+SIZE_DEFAULTS = {
+    "views": (61, 41),
+    "markers": (30, 12),
+    "image_size": ([2048, 2048], [256, 256]),
+    "thickness": (300.0, 40.0),
+}
 BEAD_SIGMA_PX = 1.5
 N_BLOBS = 3
 
@@ -45,9 +50,17 @@ def simulate_series(options: dict):
     ``seed``: the option names, as a dict)."""
     o = options
     return simulate(
-        n_views=o["views"], n_markers=o["markers"], tilt_range=tuple(o["tilt_range"]), image_size=tuple(o["image_size"]),
-        thickness_px=o["thickness"], rotation_deg=o["rotation"], shift_px=o["shift"], noise_px=o["noise"],
-        missing_fraction=o["missing"], outlier_fraction=o["outliers"], seed=o["seed"],
+        n_views=o["views"],
+        n_markers=o["markers"],
+        tilt_range=tuple(o["tilt_range"]),
+        image_size=tuple(o["image_size"]),
+        thickness_px=o["thickness"],
+        rotation_deg=o["rotation"],
+        shift_px=o["shift"],
+        noise_px=o["noise"],
+        missing_fraction=o["missing"],
+        outlier_fraction=o["outliers"],
+        seed=o["seed"],
     )
 
 
@@ -67,7 +80,13 @@ def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
     """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series."""
     obs = series.observations
     ids = tuple(range(1, obs.n_markers + 1))
-    ms = io.MarkerSet(xy=obs.xy, mask=obs.mask, marker_ids=ids, image_size=tuple(int(s) for s in obs.image_size), source="lmalign simulate")
+    ms = io.MarkerSet(
+        xy=obs.xy,
+        mask=obs.mask,
+        marker_ids=ids,
+        image_size=tuple(int(s) for s in obs.image_size),
+        source="lmalign simulate",
+    )
     io.write_markers_csv(out.stage(".csv"), ms)
     io.write_tlt(out.stage(".rawtlt"), obs.tilts_deg)
     model = get_model(series.model)
@@ -78,11 +97,20 @@ def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
         "image_size": list(obs.image_size),
         "noise_px": series.noise_px,
         "views": [
-            {"view": v, "nominal_tilt_deg": float(obs.tilts_deg[v]),
-             **{p: float(np.degrees(x) if k == "angle" else x) for p, k, x in zip(model.parameters, model.kinds, series.views[v], strict=True)}}
+            {
+                "view": v,
+                "nominal_tilt_deg": float(obs.tilts_deg[v]),
+                **{
+                    p: float(np.degrees(x) if k == "angle" else x)
+                    for p, k, x in zip(model.parameters, model.kinds, series.views[v], strict=True)
+                },
+            }
             for v in range(obs.n_views)
         ],
-        "markers": [{"id": ids[i], "x": float(x), "y": float(y), "z": float(z)} for i, (x, y, z) in enumerate(series.markers)],
+        "markers": [
+            {"id": ids[i], "x": float(x), "y": float(y), "z": float(z)}
+            for i, (x, y, z) in enumerate(series.markers)
+        ],
         "outliers": [{"view": int(v), "marker_id": ids[m]} for v, m in np.argwhere(series.outliers)],
         "conventions": "angles in degrees; marker x, y, z in pixels from the specimen centre; views 0-based; marker ids as in the CSV",
     }
@@ -93,8 +121,13 @@ def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
 def series_phantom(series, thickness: float, seed: int):
     """The specimen of a synthetic series: a gold bead at every marker plus a few weak blobs."""
     nx, ny = series.observations.image_size
-    return bead_phantom(series.markers, box=(0.7 * nx, 0.7 * ny, max(thickness, 1.0)), bead_sigma=BEAD_SIGMA_PX,
-                        n_blobs=N_BLOBS, seed=seed)
+    return bead_phantom(
+        series.markers,
+        box=(0.7 * nx, 0.7 * ny, max(thickness, 1.0)),
+        bead_sigma=BEAD_SIGMA_PX,
+        n_blobs=N_BLOBS,
+        seed=seed,
+    )
 
 
 def write_stack(series, out: OutputSet, *, pixel_size: float, thickness: float, seed: int) -> str:
@@ -120,10 +153,27 @@ def suggested_thickness(specimen_thickness: float) -> int:
 
 def settings_record(options: dict) -> dict:
     """The ``settings`` section of ``<prefix>_truth.json`` (``options`` as for simulate_series)."""
-    keys = ("views", "markers", "tilt_range", "image_size", "thickness", "rotation", "shift", "noise", "missing", "outliers", "seed")
+    keys = (
+        "views",
+        "markers",
+        "tilt_range",
+        "image_size",
+        "thickness",
+        "rotation",
+        "shift",
+        "noise",
+        "missing",
+        "outliers",
+        "seed",
+    )
     settings = {k: options[k] for k in keys}
     if options.get("stack", False):
-        settings |= {"stack": True, "pixel_size_A": options["pixel_size"], "bead_sigma_px": BEAD_SIGMA_PX, "blobs": N_BLOBS}
+        settings |= {
+            "stack": True,
+            "pixel_size_A": options["pixel_size"],
+            "bead_sigma_px": BEAD_SIGMA_PX,
+            "blobs": N_BLOBS,
+        }
     return settings
 
 
@@ -136,16 +186,24 @@ def run_simulate(args) -> int:
     with out:
         csv, tlt = write_series(series, out, settings_record(vars(args)))
         if args.stack:
-            stack = write_stack(series, out, pixel_size=args.pixel_size, thickness=args.thickness, seed=args.seed)
+            stack = write_stack(
+                series, out, pixel_size=args.pixel_size, thickness=args.thickness, seed=args.seed
+            )
         written = out.commit()
     print(" Wrote " + ", ".join(written))
     nx, ny = args.image_size
     if args.stack:
-        print(f" Align it with:        lmalign align {csv} --tilts {tlt} --stack {stack} --out-dir {args.out_dir}")
-        print(f" Then reconstruct it:  lmalign reconstruct {stack} --alignment {out.path('.json')} "
-              f"--thickness {suggested_thickness(args.thickness)} --out {out.path('.rec.mrc')}")
+        print(
+            f" Align it with:        lmalign align {csv} --tilts {tlt} --stack {stack} --out-dir {args.out_dir}"
+        )
+        print(
+            f" Then reconstruct it:  lmalign reconstruct {stack} --alignment {out.path('.json')} "
+            f"--thickness {suggested_thickness(args.thickness)} --out {out.path('.rec.mrc')}"
+        )
     else:
-        print(f" Align it with:  lmalign align {csv} --tilts {tlt} --image-size {nx} {ny} --out-dir {args.out_dir}")
+        print(
+            f" Align it with:  lmalign align {csv} --tilts {tlt} --image-size {nx} {ny} --out-dir {args.out_dir}"
+        )
     return EXIT_OK
 
 
@@ -153,42 +211,101 @@ SIM_OPTIONS = (
     ("--views", dict(type=int, metavar="N", help="number of views (default: 61; 41 with --stack)")),
     ("--markers", dict(type=int, metavar="N", help="number of markers (default: 30; 12 with --stack)")),
     ("--noise", dict(type=float, default=0.5, metavar="PX", help="Gaussian noise per coordinate, pixels")),
-    ("--missing", dict(type=float, default=0.1, metavar="FRAC", help="fraction of points missing, in runs at high tilt")),
-    ("--outliers", dict(type=float, default=0.0, metavar="FRAC", help="fraction of points displaced 5-20 px (mis-clicks)")),
-    ("--tilt-range", dict(type=float, nargs=2, default=[-60.0, 60.0], metavar=("MIN", "MAX"), help="nominal tilt range, degrees")),
+    (
+        "--missing",
+        dict(
+            type=float, default=0.1, metavar="FRAC", help="fraction of points missing, in runs at high tilt"
+        ),
+    ),
+    (
+        "--outliers",
+        dict(
+            type=float, default=0.0, metavar="FRAC", help="fraction of points displaced 5-20 px (mis-clicks)"
+        ),
+    ),
+    (
+        "--tilt-range",
+        dict(
+            type=float,
+            nargs=2,
+            default=[-60.0, 60.0],
+            metavar=("MIN", "MAX"),
+            help="nominal tilt range, degrees",
+        ),
+    ),
     ("--rotation", dict(type=float, default=-12.0, metavar="DEG", help="true tilt-axis angle, degrees")),
-    ("--shift", dict(type=float, metavar="PX", help="standard deviation of the per-view image shifts, pixels (default: 15 for "
-                                                    "2048-px images, scaled with the image size, 3 to 15)")),
-    ("--image-size", dict(type=int, nargs=2, metavar=("NX", "NY"), help="image size, pixels (default: 2048 2048; 256 256 with --stack)")),
-    ("--thickness", dict(type=float, metavar="PX", help="specimen thickness the markers spread over, pixels (default: 300; 40 with --stack)")),
+    (
+        "--shift",
+        dict(
+            type=float,
+            metavar="PX",
+            help="standard deviation of the per-view image shifts, pixels (default: 15 for "
+            "2048-px images, scaled with the image size, 3 to 15)",
+        ),
+    ),
+    (
+        "--image-size",
+        dict(
+            type=int,
+            nargs=2,
+            metavar=("NX", "NY"),
+            help="image size, pixels (default: 2048 2048; 256 256 with --stack)",
+        ),
+    ),
+    (
+        "--thickness",
+        dict(
+            type=float,
+            metavar="PX",
+            help="specimen thickness the markers spread over, pixels (default: 300; 40 with --stack)",
+        ),
+    ),
 )
 
 
 def add_simulate(sub):
     p = sub.add_parser(
-        "simulate", help="write a synthetic marker file, tilt file and truth (and a raw stack)", formatter_class=HelpFormatter,
+        "simulate",
+        help="write a synthetic marker file, tilt file and truth (and a raw stack)",
+        formatter_class=HelpFormatter,
         description=textwrap.fill(
             "Write a seeded synthetic tilt series: <prefix>.csv (marker,view,x,y; view 0-based), <prefix>.rawtlt "
             "(nominal tilts) and <prefix>_truth.json (the true parameters), to try the tool and to file "
             "reproducible bug reports. The CSV does not record the image size: pass --image-size (or --stack) to "
-            "'lmalign align'.", 95) + "\n\n" + textwrap.fill(
+            "'lmalign align'.",
+            95,
+        )
+        + "\n\n"
+        + textwrap.fill(
             "With --stack, also <prefix>.mrc: the raw (unaligned) image stack, float32, of a gold bead (a Gaussian of "
             f"sigma {BEAD_SIGMA_PX} px) at every marker plus {N_BLOBS} weak blobs, projected exactly through the "
             "series' true alignment (pixel values are line integrals of density: beads are bright, no image noise), "
             "with that alignment as <prefix>_truth.xf and <prefix>_truth.tlt. Smaller defaults then keep it quick "
-            "(41 views of 256 x 256 px, 12 markers, 40 px thick).", 95),
+            "(41 views of 256 x 256 px, 12 markers, 40 px thick).",
+            95,
+        ),
         epilog="example:\n  lmalign simulate --out-dir sim --views 41 --markers 20 --noise 0.3 --seed 7\n"
-               "  lmalign align sim/synthetic.csv --tilts sim/synthetic.rawtlt --image-size 2048 2048 --out-dir sim\n\n"
-               "example with a stack, aligned and reconstructed:\n"
-               "  lmalign simulate --out-dir simst --stack\n"
-               "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc --out-dir simst\n"
-               "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64",
+        "  lmalign align sim/synthetic.csv --tilts sim/synthetic.rawtlt --image-size 2048 2048 --out-dir sim\n\n"
+        "example with a stack, aligned and reconstructed:\n"
+        "  lmalign simulate --out-dir simst --stack\n"
+        "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc --out-dir simst\n"
+        "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64",
     )
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--prefix", default="synthetic", metavar="NAME", help="output file stem")
     for flag, kw in SIM_OPTIONS:
         p.add_argument(flag, **kw)
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--stack", action="store_true", help="also write the raw image stack <prefix>.mrc and its true .xf/.tlt")
-    p.add_argument("--pixel-size", type=float, default=10.0, metavar="A", help="pixel size written in the stack's header, Angstrom")
+    p.add_argument(
+        "--stack",
+        action="store_true",
+        help="also write the raw image stack <prefix>.mrc and its true .xf/.tlt",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=10.0,
+        metavar="A",
+        help="pixel size written in the stack's header, Angstrom",
+    )
     p.set_defaults(run=run_simulate)

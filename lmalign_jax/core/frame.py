@@ -24,7 +24,15 @@ def _mean(values, mask):
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, view_mask=None, marker_mask=None):
+def reporting_frame(
+    model: ProjectionModel,
+    views,
+    markers,
+    nominal_tilts_rad,
+    tilt_free: bool,
+    view_mask=None,
+    marker_mask=None,
+):
     """The same solution in the reporting frame (traceable JAX; no batch axis).
 
     views: (n_views, k) model units; markers: (n_markers, 3) pixels; nominal_tilts_rad:
@@ -55,10 +63,14 @@ jit_reporting_frame = jax.jit(reporting_frame, static_argnums=(0, 4))
 _predicted_jit = jax.jit(predicted_positions, static_argnums=0)
 
 
-def to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool) -> tuple[np.ndarray, np.ndarray]:
+def to_reporting_frame(
+    model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """``reporting_frame`` of one solution on the host: float64 numpy (views, markers)."""
     with jax.enable_x64(True):
-        views, markers = jit_reporting_frame(model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free)
+        views, markers = jit_reporting_frame(
+            model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free
+        )
         return np.asarray(views, np.float64), np.asarray(markers, np.float64)
 
 

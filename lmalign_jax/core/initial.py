@@ -53,7 +53,10 @@ def starting_markers_and_shifts(obs: Observations, rotation_rad: np.ndarray, ref
     for _ in range(2):
         predicted = markers[None, :, 0] * np.cos(tilts)[:, None]  # (v, m), z = 0
         use = mask & known[None, :]
-        rot_pred = _rotate(rotation_rad[:, None], np.stack([predicted, np.broadcast_to(markers[:, 1], predicted.shape)], axis=-1))
+        rot_pred = _rotate(
+            rotation_rad[:, None],
+            np.stack([predicted, np.broadcast_to(markers[:, 1], predicted.shape)], axis=-1),
+        )
         offset = np.where(use[..., None], xy - rot_pred, 0.0).sum(axis=1)
         n = use.sum(axis=1)
         shifts = np.where(n[:, None] > 0, offset / np.maximum(n, 1)[:, None], shifts)

@@ -47,7 +47,9 @@ class AlignmentSettings:
     @property
     def tilts_solved(self) -> bool:
         """Whether any stage moved the tilts (then the reported frame zeroes their mean deviation)."""
-        return not is_fixed(self.modes.get("tilt", "free")) and any(s in ("tilt", "joint") for s in self.stages)
+        return not is_fixed(self.modes.get("tilt", "free")) and any(
+            s in ("tilt", "joint") for s in self.stages
+        )
 
 
 def is_fixed(mode) -> bool:
@@ -73,11 +75,15 @@ def check_options(model, modes, stages, dtype) -> tuple[ProjectionModel, dict, t
     modes = {p: mode for p, mode in zip(m.parameters, m.default_modes, strict=True)} | dict(modes or {})
     unknown = set(modes) - set(m.parameters)
     if unknown:
-        raise ValueError(f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}")
+        raise ValueError(
+            f"model {m.name!r} has no parameter(s) {sorted(unknown)}; it has {', '.join(m.parameters)}"
+        )
     return m, modes, stages
 
 
-def stage_setup(stage: str, model: ProjectionModel, obs: Observations, ref_view: int) -> tuple[frozenset, np.ndarray]:
+def stage_setup(
+    stage: str, model: ProjectionModel, obs: Observations, ref_view: int
+) -> tuple[frozenset, np.ndarray]:
     """Parameters held fixed and marker free-mask (n_markers, 3) for one stage (module
     docstring of ``core.align``)."""
     n_markers = obs.n_markers
@@ -100,5 +106,7 @@ def stage_configs(config: LMConfig, n_stages: int, dtype: str) -> list[LMConfig]
     """The L-M settings of each of ``n_stages`` stages: ``config`` for the last; earlier ones,
     whose answers are only starting points, stop once the cost changes by less than
     ``INTERMEDIATE_COST_TOL`` (relative) unless ``config`` is stricter there too."""
-    early = dataclasses.replace(config, cost_tol=max(config.tolerances(np.dtype(dtype))[0], INTERMEDIATE_COST_TOL))
+    early = dataclasses.replace(
+        config, cost_tol=max(config.tolerances(np.dtype(dtype))[0], INTERMEDIATE_COST_TOL)
+    )
     return [early] * (n_stages - 1) + [config]

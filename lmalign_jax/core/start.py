@@ -66,10 +66,20 @@ def start_values(
     if not np.isfinite(rotation_deg):
         raise ValueError(f"rotation_deg must be finite, got {rotation_deg}")
     if weights is not None and np.shape(weights) != obs.mask.shape:
-        raise ValueError(f"weights must have shape {obs.mask.shape} (n_views, n_markers), got {np.shape(weights)}")
+        raise ValueError(
+            f"weights must have shape {obs.mask.shape} (n_views, n_markers), got {np.shape(weights)}"
+        )
     if start is not None:
-        if start.model != model or start.views.shape[0] != obs.n_views or start.markers.shape[0] != obs.n_markers:
-            namesake = " (another model of that name)" if start.model != model and start.model.name == model.name else ""
+        if (
+            start.model != model
+            or start.views.shape[0] != obs.n_views
+            or start.markers.shape[0] != obs.n_markers
+        ):
+            namesake = (
+                " (another model of that name)"
+                if start.model != model and start.model.name == model.name
+                else ""
+            )
             raise ValueError(
                 f"start is a {start.model.name!r} solution of {start.views.shape[0]} views x {start.markers.shape[0]} markers; "
                 f"expected {model.name!r}{namesake} with {obs.n_views} x {obs.n_markers}"

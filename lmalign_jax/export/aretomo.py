@@ -32,9 +32,21 @@ __all__ = ["ALN_COLUMNS", "AretomoAlignment", "read_aln", "write_aln"]
 
 ALN_COLUMNS = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 _HEADER = "# AreTomo Alignment / Priims bprmMn"
-_COLUMN_LINE = "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
-_ROW_FORMATS = ("{:5d}", "{:11.4f}", "{:11.5f}", "{:11.3f}", "{:11.3f}", "{:9.2f}", "{:9.2f}", "{:9.2f}", "{:9.2f}",
-                "{:10.2f}")
+_COLUMN_LINE = (
+    "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
+)
+_ROW_FORMATS = (
+    "{:5d}",
+    "{:11.4f}",
+    "{:11.5f}",
+    "{:11.3f}",
+    "{:11.3f}",
+    "{:9.2f}",
+    "{:9.2f}",
+    "{:9.2f}",
+    "{:9.2f}",
+    "{:10.2f}",
+)
 _ROW_WIDTHS = (5, 11, 11, 11, 11, 9, 9, 9, 9, 10)
 
 
@@ -67,7 +79,9 @@ def write_aln(path: str | os.PathLike, geometry: ViewGeometry, excluded_views=()
         fields = [fmt.format(x) for fmt, x in zip(_ROW_FORMATS, values)]
         for name, field, width in zip(ALN_COLUMNS, fields, _ROW_WIDTHS):
             if len(field) != width or not field.startswith(" "):
-                raise ValueError(f"view {v}: {name} = {field.strip()} does not fit its .aln column ({width} characters)")
+                raise ValueError(
+                    f"view {v}: {name} = {field.strip()} does not fit its .aln column ({width} characters)"
+                )
         lines.append("".join(fields))
     with atomic_write(path) as f:
         f.write("\n".join(lines) + "\n")
@@ -114,11 +128,19 @@ class AretomoAlignment:
         (n_sections, 2)), NaN for sections without a row (dark frames; rows cut from the file),
         whose tilt is the DarkFrame angle when the file lists one."""
         n = self.raw_size[2]
-        out = {"rotation_deg": np.full(n, np.nan), "tilts_deg": np.full(n, np.nan),
-               "magnification": np.full(n, np.nan), "shift_px": np.full((n, 2), np.nan)}
+        out = {
+            "rotation_deg": np.full(n, np.nan),
+            "tilts_deg": np.full(n, np.nan),
+            "magnification": np.full(n, np.nan),
+            "shift_px": np.full((n, 2), np.nan),
+        }
         out["tilts_deg"][self.dark_sections] = self.dark_tilts_deg
-        for name, values in (("rotation_deg", self.rotation_deg), ("tilts_deg", self.tilts_deg),
-                             ("magnification", self.magnification), ("shift_px", self.shift_px)):
+        for name, values in (
+            ("rotation_deg", self.rotation_deg),
+            ("tilts_deg", self.tilts_deg),
+            ("magnification", self.magnification),
+            ("shift_px", self.shift_px),
+        ):
             out[name][self.sections] = values
         return out
 
@@ -155,7 +177,9 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, f"cannot read the AreTomo alignment ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(
+            path, None, f"cannot read the AreTomo alignment ({exc.__class__.__name__}: {exc})"
+        ) from None
     raw_size = None
     n_patches = 0
     alpha = beta = 0.0
@@ -191,7 +215,9 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
             raise InputError(path, k, "data line before the '# SEC ...' column line")
         tokens = text.split()
         if len(tokens) != len(ALN_COLUMNS):
-            raise InputError(path, k, f"expected {len(ALN_COLUMNS)} values ({' '.join(ALN_COLUMNS)}), got {len(tokens)}")
+            raise InputError(
+                path, k, f"expected {len(ALN_COLUMNS)} values ({' '.join(ALN_COLUMNS)}), got {len(tokens)}"
+            )
         sec = _number(path, k, tokens[0], "SEC", int)
         rows.append((k, sec, [_number(path, k, t, name) for t, name in zip(tokens[1:], ALN_COLUMNS[1:])]))
     if raw_size is None:

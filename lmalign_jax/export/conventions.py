@@ -78,7 +78,9 @@ class ViewGeometry:
     def __post_init__(self):
         xf = np.asarray(self.xf, dtype=np.float64)
         tilts = np.asarray(self.tilts_deg, dtype=np.float64)
-        x_tilt = np.zeros_like(tilts) if self.x_tilt_deg is None else np.asarray(self.x_tilt_deg, dtype=np.float64)
+        x_tilt = (
+            np.zeros_like(tilts) if self.x_tilt_deg is None else np.asarray(self.x_tilt_deg, dtype=np.float64)
+        )
         if xf.ndim != 3 or xf.shape[1:] != (2, 3) or xf.shape[0] == 0:
             raise ValueError(f"xf must be (n_views, 2, 3) with n_views > 0, got {xf.shape}")
         n = xf.shape[0]
@@ -184,9 +186,14 @@ def relion_project(parameters: dict, pixel_size_angst: float, xyz) -> np.ndarray
     """RELION 5's projection of points ``xyz`` (m, 3), pixels from the tomogram centre, with
     the per-tilt ``parameters`` of :func:`relion_parameters`: (n_views, m, 2) positions
     relative to the image centre, pixels."""
-    rot = (_rot3(2, parameters["rlnTomoZRot"]) @ _rot3(1, parameters["rlnTomoYTilt"])
-           @ _rot3(0, parameters["rlnTomoXTilt"]))
-    shift = np.stack([parameters["rlnTomoXShiftAngst"], parameters["rlnTomoYShiftAngst"]], -1) / pixel_size_angst
+    rot = (
+        _rot3(2, parameters["rlnTomoZRot"])
+        @ _rot3(1, parameters["rlnTomoYTilt"])
+        @ _rot3(0, parameters["rlnTomoXTilt"])
+    )
+    shift = (
+        np.stack([parameters["rlnTomoXShiftAngst"], parameters["rlnTomoYShiftAngst"]], -1) / pixel_size_angst
+    )
     return np.einsum("nij,mj->nmi", rot[:, :2, :], np.asarray(xyz, dtype=np.float64)) + shift[:, None, :]
 
 
@@ -197,8 +204,14 @@ def aretomo_parameters(geometry: ViewGeometry) -> dict[str, np.ndarray]:
     n = geometry.n_views
     ones = np.ones(n)
     return {
-        "ROT": rotation, "GMAG": ones.copy(), "TX": shift[:, 0], "TY": shift[:, 1],
-        "SMEAN": ones.copy(), "SFIT": ones.copy(), "SCALE": ones.copy(), "BASE": np.zeros(n),
+        "ROT": rotation,
+        "GMAG": ones.copy(),
+        "TX": shift[:, 0],
+        "TY": shift[:, 1],
+        "SMEAN": ones.copy(),
+        "SFIT": ones.copy(),
+        "SCALE": ones.copy(),
+        "BASE": np.zeros(n),
         "TILT": geometry.tilts_deg.copy(),
     }
 

@@ -39,7 +39,9 @@ def read_xtilt(path: str | os.PathLike) -> np.ndarray:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, f"cannot read the X-axis tilt file ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(
+            path, None, f"cannot read the X-axis tilt file ({exc.__class__.__name__}: {exc})"
+        ) from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

@@ -24,8 +24,9 @@ from .conventions import ViewGeometry, decompose_xf
 __all__ = ["portal_alignment", "write_portal_json"]
 
 
-def portal_alignment(geometry: ViewGeometry, *, excluded_views=(), volume_size_px=(0.0, 0.0, 0.0),
-                     source_format: str = "IMOD") -> dict:
+def portal_alignment(
+    geometry: ViewGeometry, *, excluded_views=(), volume_size_px=(0.0, 0.0, 0.0), source_format: str = "IMOD"
+) -> dict:
     """The portal alignment as a JSON-ready dict.
 
     excluded_views: 0-based views left out of ``per_section_alignment_parameters``;
@@ -39,14 +40,19 @@ def portal_alignment(geometry: ViewGeometry, *, excluded_views=(), volume_size_p
         if v in excluded:
             continue
         a = np.radians(rotation[v])
-        sections.append({
-            "z_index": v,
-            "tilt_angle": float(geometry.tilts_deg[v]),
-            "volume_x_rotation": float(geometry.x_tilt_deg[v]),
-            "in_plane_rotation": [[float(np.cos(a)), float(-np.sin(a))], [float(np.sin(a)), float(np.cos(a))]],
-            "x_offset": float(shift[v, 0]),
-            "y_offset": float(shift[v, 1]),
-        })
+        sections.append(
+            {
+                "z_index": v,
+                "tilt_angle": float(geometry.tilts_deg[v]),
+                "volume_x_rotation": float(geometry.x_tilt_deg[v]),
+                "in_plane_rotation": [
+                    [float(np.cos(a)), float(-np.sin(a))],
+                    [float(np.sin(a)), float(np.cos(a))],
+                ],
+                "x_offset": float(shift[v, 0]),
+                "y_offset": float(shift[v, 1]),
+            }
+        )
     if not sections:
         raise ValueError("every view is excluded: nothing to write")
     x, y, z = (float(s) for s in volume_size_px)

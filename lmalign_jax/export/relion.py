@@ -28,7 +28,13 @@ __all__ = [
     "write_relion_tomograms",
 ]
 
-RELION_ALIGNMENT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
+RELION_ALIGNMENT_COLUMNS = (
+    "rlnTomoXTilt",
+    "rlnTomoYTilt",
+    "rlnTomoZRot",
+    "rlnTomoXShiftAngst",
+    "rlnTomoYShiftAngst",
+)
 
 
 def _write_star(path, data) -> None:
@@ -44,8 +50,14 @@ def _write_star(path, data) -> None:
         f.write(text)
 
 
-def relion_tilt_table(geometry: ViewGeometry, pixel_size_angst: float, *, nominal_tilts_deg=None,
-                      pre_exposure=None, image_names=None):
+def relion_tilt_table(
+    geometry: ViewGeometry,
+    pixel_size_angst: float,
+    *,
+    nominal_tilts_deg=None,
+    pre_exposure=None,
+    image_names=None,
+):
     """The per-tilt table as a pandas DataFrame, one row per view in view order.
 
     nominal_tilts_deg: (n_views,) stage tilts (rlnTomoNominalStageTiltAngle), default the solved
@@ -60,8 +72,10 @@ def relion_tilt_table(geometry: ViewGeometry, pixel_size_angst: float, *, nomina
         if len(image_names) != n:
             raise ValueError(f"image_names has {len(image_names)} entries for {n} views")
         columns["rlnMicrographName"] = [str(s) for s in image_names]
-    for name, values, default in (("rlnTomoNominalStageTiltAngle", nominal_tilts_deg, geometry.tilts_deg),
-                                  ("rlnMicrographPreExposure", pre_exposure, np.zeros(n))):
+    for name, values, default in (
+        ("rlnTomoNominalStageTiltAngle", nominal_tilts_deg, geometry.tilts_deg),
+        ("rlnMicrographPreExposure", pre_exposure, np.zeros(n)),
+    ):
         values = default if values is None else np.asarray(values, dtype=np.float64)
         if values.shape != (n,) or not np.all(np.isfinite(values)):
             raise ValueError(f"{name} needs {n} finite values, got shape {values.shape}")
@@ -70,8 +84,9 @@ def relion_tilt_table(geometry: ViewGeometry, pixel_size_angst: float, *, nomina
     return pd.DataFrame(columns)
 
 
-def write_relion_tilt_series(path: str | os.PathLike, geometry: ViewGeometry, pixel_size_angst: float,
-                             tomo_name: str, **table_options) -> None:
+def write_relion_tilt_series(
+    path: str | os.PathLike, geometry: ViewGeometry, pixel_size_angst: float, tomo_name: str, **table_options
+) -> None:
     """Write the per-tilt STAR file of one tilt series (block ``data_<tomo_name>``);
     ``table_options`` as in :func:`relion_tilt_table`."""
     if not tomo_name or any(c.isspace() for c in tomo_name):
@@ -90,9 +105,18 @@ def write_relion_tomograms(path: str | os.PathLike, rows: list[dict]) -> None:
     """
     import pandas as pd
 
-    required = ("rlnTomoName", "rlnTomoTiltSeriesStarFile", "rlnTomoTiltSeriesPixelSize", "rlnTomoSizeX",
-                "rlnTomoSizeY", "rlnTomoSizeZ", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
-                "rlnTomoHand")
+    required = (
+        "rlnTomoName",
+        "rlnTomoTiltSeriesStarFile",
+        "rlnTomoTiltSeriesPixelSize",
+        "rlnTomoSizeX",
+        "rlnTomoSizeY",
+        "rlnTomoSizeZ",
+        "rlnVoltage",
+        "rlnSphericalAberration",
+        "rlnAmplitudeContrast",
+        "rlnTomoHand",
+    )
     if not rows:
         raise ValueError("no tilt series to list")
     for row in rows:
@@ -100,15 +124,22 @@ def write_relion_tomograms(path: str | os.PathLike, rows: list[dict]) -> None:
         if missing:
             raise ValueError(f"tomograms.star row {row.get('rlnTomoName', '?')!r} lacks {', '.join(missing)}")
     table = pd.DataFrame(rows)
-    table["rlnMicrographOriginalPixelSize"] = table.get("rlnMicrographOriginalPixelSize",
-                                                        table["rlnTomoTiltSeriesPixelSize"])
+    table["rlnMicrographOriginalPixelSize"] = table.get(
+        "rlnMicrographOriginalPixelSize", table["rlnTomoTiltSeriesPixelSize"]
+    )
     table["rlnOpticsGroupName"] = table.get("rlnOpticsGroupName", "optics1")
     _write_star(path, {"global": table})
 
 
-def add_alignment_to_relion_tilt_series(in_path: str | os.PathLike, out_path: str | os.PathLike,
-                                        geometry: ViewGeometry, pixel_size_angst: float, nominal_tilts_deg,
-                                        *, tolerance_deg: float = 0.01) -> None:
+def add_alignment_to_relion_tilt_series(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    geometry: ViewGeometry,
+    pixel_size_angst: float,
+    nominal_tilts_deg,
+    *,
+    tolerance_deg: float = 0.01,
+) -> None:
     """Put our alignment into the per-tilt STAR file RELION 5's import wrote for this series.
 
     Each row is matched to the view whose ``nominal_tilts_deg`` (n_views,) equals its
@@ -123,15 +154,24 @@ def add_alignment_to_relion_tilt_series(in_path: str | os.PathLike, out_path: st
 
     nominal = np.asarray(nominal_tilts_deg, dtype=np.float64)
     if nominal.shape != (geometry.n_views,) or not np.all(np.isfinite(nominal)):
-        raise ValueError(f"nominal_tilts_deg needs {geometry.n_views} finite values, got shape {nominal.shape}")
+        raise ValueError(
+            f"nominal_tilts_deg needs {geometry.n_views} finite values, got shape {nominal.shape}"
+        )
     try:
         blocks = starfile.read(in_path, always_dict=True)
     except Exception as exc:  # noqa: BLE001 -- starfile raises many types (pandas, parser) for a bad file
-        raise InputError(in_path, None, f"cannot read as a STAR file ({exc.__class__.__name__}: {exc})") from None
-    names = [name for name, block in blocks.items()
-             if hasattr(block, "columns") and "rlnTomoNominalStageTiltAngle" in block.columns]
+        raise InputError(
+            in_path, None, f"cannot read as a STAR file ({exc.__class__.__name__}: {exc})"
+        ) from None
+    names = [
+        name
+        for name, block in blocks.items()
+        if hasattr(block, "columns") and "rlnTomoNominalStageTiltAngle" in block.columns
+    ]
     if len(names) != 1:
-        raise InputError(in_path, None, f"expected one data block with rlnTomoNominalStageTiltAngle, found {len(names)}")
+        raise InputError(
+            in_path, None, f"expected one data block with rlnTomoNominalStageTiltAngle, found {len(names)}"
+        )
     table = blocks[names[0]].copy()
     columns = relion_parameters(geometry, pixel_size_angst)
     views = []
@@ -139,7 +179,9 @@ def add_alignment_to_relion_tilt_series(in_path: str | os.PathLike, out_path: st
         match = np.flatnonzero(np.abs(nominal - tilt) <= tolerance_deg)
         if match.size != 1:
             what = "no view" if match.size == 0 else f"{match.size} views"
-            raise InputError(in_path, None, f"tilt image {row + 1} (nominal {tilt:g} deg) matches {what} of the alignment")
+            raise InputError(
+                in_path, None, f"tilt image {row + 1} (nominal {tilt:g} deg) matches {what} of the alignment"
+            )
         views.append(int(match[0]))
     if len(set(views)) != len(views):
         raise InputError(in_path, None, "two tilt images match the same view of the alignment")

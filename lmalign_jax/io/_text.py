@@ -112,7 +112,7 @@ def split_fields(text: str, widths: tuple[int, ...]) -> list[str]:
         return tokens
     fields, pos = [], 0
     for w in widths:
-        fields.append(text[pos:pos + w].strip())
+        fields.append(text[pos : pos + w].strip())
         pos += w
     rest = text[pos:].strip()
     if rest:

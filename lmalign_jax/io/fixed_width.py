@@ -64,10 +64,12 @@ def format_records(record: str, columns: Sequence[np.ndarray]) -> str:
     return ((record + "\n") * n) % tuple(values)
 
 
-def write_records(f: IO[str], record: str, columns: Sequence[np.ndarray], chunk_rows: int | None = None) -> None:
+def write_records(
+    f: IO[str], record: str, columns: Sequence[np.ndarray], chunk_rows: int | None = None
+) -> None:
     """Write the rows of ``columns`` to the text file ``f`` (see :func:`format_records`) in blocks
     of ``chunk_rows`` (default :data:`CHUNK_ROWS`)."""
     n = len(columns[0]) if columns else 0
     chunk_rows = CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
     for start in range(0, n, chunk_rows):
-        f.write(format_records(record, [c[start:start + chunk_rows] for c in columns]))
+        f.write(format_records(record, [c[start : start + chunk_rows] for c in columns]))

@@ -33,9 +33,15 @@ from .fixed_width import record_format, write_records
 from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
 
 __all__ = [
-    "read_xf", "write_xf",
-    "ResidualTable", "read_resid", "write_resid", "resid_to_markers",
-    "FidXYZ", "read_fid_xyz", "write_fid_xyz",
+    "read_xf",
+    "write_xf",
+    "ResidualTable",
+    "read_resid",
+    "write_resid",
+    "resid_to_markers",
+    "FidXYZ",
+    "read_fid_xyz",
+    "write_fid_xyz",
 ]
 
 _XF_WIDTHS = (12, 12, 12, 12, 12, 12)
@@ -90,6 +96,7 @@ def _plain_table(body: list[tuple[int, str]], n_columns: int, int_column: int) -
 
 # ---------------------------------------------------------------- .xf
 
+
 def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an IMOD ``.xf`` (or ``.tltxf``/``.prexf``...) file.
 
@@ -130,6 +137,7 @@ def write_xf(path: str | os.PathLike, A, shifts) -> None:
 
 # ---------------------------------------------------------------- .resid
 
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ResidualTable:
     """Contents of an IMOD ``.resid`` file (n projection points).
@@ -169,8 +177,12 @@ def read_resid(path: str | os.PathLike) -> ResidualTable:
     if table is not None and table[2].min(initial=0) >= 0 and table[2].max(initial=0) < MAX_VIEWS:
         view = table[2].astype(np.int64)
         marker = np.cumsum(np.r_[True, np.diff(view) <= 0]) - 1 if n else np.zeros(0, np.int64)
-        return ResidualTable(xy=np.column_stack(table[:2]), view=view, marker=marker.astype(np.int64),
-                             residual=np.column_stack(table[3:]))
+        return ResidualTable(
+            xy=np.column_stack(table[:2]),
+            view=view,
+            marker=marker.astype(np.int64),
+            residual=np.column_stack(table[3:]),
+        )
     xy, view, marker, res = [], [], [], []
     current, last_view = -1, None
     for k, raw in body:
@@ -213,30 +225,47 @@ def write_resid(path: str | os.PathLike, xy, view, residual) -> None:
     view = np.asarray(view)
     n = xy.shape[0] if xy.ndim == 2 else -1
     if xy.shape != (n, 2) or residual.shape != (n, 2) or view.shape != (n,):
-        raise ValueError(f"need xy (n, 2), view (n,), residual (n, 2); got {xy.shape}, {view.shape}, {residual.shape}")
+        raise ValueError(
+            f"need xy (n, 2), view (n,), residual (n, 2); got {xy.shape}, {view.shape}, {residual.shape}"
+        )
     if not (np.all(np.isfinite(xy)) and np.all(np.isfinite(residual))):
         raise ValueError("xy and residual must be finite")
     if n and (not np.issubdtype(view.dtype, np.integer) or view.min() < 0):
         raise ValueError("view must hold non-negative integers")
     with atomic_write(path) as f:
         f.write(f"{n:6d} residuals\n")
-        write_records(f, _RESID_RECORD, [xy[:, 0], xy[:, 1], view.astype(np.int64), residual[:, 0], residual[:, 1]])
+        write_records(
+            f, _RESID_RECORD, [xy[:, 0], xy[:, 1], view.astype(np.int64), residual[:, 0], residual[:, 1]]
+        )
 
 
-def resid_to_markers(table: ResidualTable, image_size: tuple[int, int] | None,
-                     n_views: int | None = None, pixel_size: float | None = None) -> MarkerSet:
+def resid_to_markers(
+    table: ResidualTable,
+    image_size: tuple[int, int] | None,
+    n_views: int | None = None,
+    pixel_size: float | None = None,
+) -> MarkerSet:
     """The measured positions of a :class:`ResidualTable` as a :class:`MarkerSet`.
 
     Marker ids are 1, 2, ... in block order, matching the ``#`` column of IMOD's ``fid.xyz``.
     ``n_views`` defaults to the highest view + 1.
     """
-    points = ((int(m) + 1, int(v), float(x), float(y), None)
-              for m, v, (x, y) in zip(table.marker, table.view, table.xy))
-    return build_marker_set("<resid table>", points, source="IMOD .resid", n_views=n_views,
-                            image_size=image_size, pixel_size=pixel_size)
+    points = (
+        (int(m) + 1, int(v), float(x), float(y), None)
+        for m, v, (x, y) in zip(table.marker, table.view, table.xy)
+    )
+    return build_marker_set(
+        "<resid table>",
+        points,
+        source="IMOD .resid",
+        n_views=n_views,
+        image_size=image_size,
+        pixel_size=pixel_size,
+    )
 
 
 # ---------------------------------------------------------------- fid.xyz
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FidXYZ:
@@ -289,13 +318,19 @@ def read_fid_xyz(path: str | os.PathLike) -> FidXYZ:
         xyz.append([parse_float(t, path, k, n) for t, n in zip(f[1:4], "XYZ")])
         obj.append(parse_int(f[4], path, k, "object"))
         cont.append(parse_int(f[5], path, k, "contour"))
-    return FidXYZ(xyz=np.array(xyz, dtype=np.float64), point=np.array(point, dtype=np.int64),
-                  object=np.array(obj, dtype=np.int64), contour=np.array(cont, dtype=np.int64),
-                  pixel_size=pix, image_size=dim)
+    return FidXYZ(
+        xyz=np.array(xyz, dtype=np.float64),
+        point=np.array(point, dtype=np.int64),
+        object=np.array(obj, dtype=np.int64),
+        contour=np.array(cont, dtype=np.int64),
+        pixel_size=pix,
+        image_size=dim,
+    )
 
 
-def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
-                  image_size: tuple[int, int], objects=None) -> None:
+def write_fid_xyz(
+    path: str | os.PathLike, xyz, ids, pixel_size: float | None, image_size: tuple[int, int], objects=None
+) -> None:
     """Write an IMOD ``fid.xyz`` file.
 
     ``xyz`` (m, 3) pixels; ``ids`` (m,) contour numbers (the ``cont`` column); ``objects`` (m,)
@@ -313,8 +348,10 @@ def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
     m = xyz.shape[0] if xyz.ndim == 2 else -1
     objects = np.ones(max(m, 0), dtype=np.int64) if objects is None else np.asarray(objects)
     if xyz.shape != (m, 3) or m == 0 or ids.shape != (m,) or objects.shape != (m,):
-        raise ValueError("need xyz (m, 3) with m > 0, ids (m,), objects (m,); "
-                         f"got {xyz.shape}, {ids.shape}, {objects.shape}")
+        raise ValueError(
+            "need xyz (m, 3) with m > 0, ids (m,), objects (m,); "
+            f"got {xyz.shape}, {ids.shape}, {objects.shape}"
+        )
     if not np.all(np.isfinite(xyz)):
         raise ValueError("xyz must be finite")
     if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(objects.dtype, np.integer)):
@@ -323,7 +360,14 @@ def write_fid_xyz(path: str | os.PathLike, xyz, ids, pixel_size: float | None,
     pix = 1.0 if pixel_size is None else float(pixel_size)
     if not np.isfinite(pix):
         raise ValueError("pixel_size must be finite")
-    columns = [np.arange(1, m + 1), xyz[:, 0], xyz[:, 1], xyz[:, 2], objects.astype(np.int64), ids.astype(np.int64)]
+    columns = [
+        np.arange(1, m + 1),
+        xyz[:, 0],
+        xyz[:, 1],
+        xyz[:, 2],
+        objects.astype(np.int64),
+        ids.astype(np.int64),
+    ]
     with atomic_write(path) as f:
         first = _FID_RECORD + _FID_FIRST_TAIL
         f.write((first + "\n") % (*(c[0].item() for c in columns), pix, nx, ny))

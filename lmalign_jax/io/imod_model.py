@@ -56,8 +56,11 @@ def _check_layout(data: bytes, path) -> None:
 
     def need(pos: int, count: int, what: str) -> None:
         if count < 0 or pos + count > n:
-            raise InputError(path, None, f"truncated or corrupt IMOD model: {what} at byte {pos} "
-                                         f"runs past the end ({n} bytes)")
+            raise InputError(
+                path,
+                None,
+                f"truncated or corrupt IMOD model: {what} at byte {pos} runs past the end ({n} bytes)",
+            )
 
     def i32(pos: int) -> int:
         need(pos, 4, "size field")
@@ -71,7 +74,7 @@ def _check_layout(data: bytes, path) -> None:
     last_psize = 0
     while True:
         need(pos, 4, "chunk tag")
-        tag = data[pos:pos + 4]
+        tag = data[pos : pos + 4]
         if not (tag.isascii() and tag.isalnum()):
             raise InputError(path, None, f"corrupt IMOD model: bad chunk tag {tag!r} at byte {pos}")
         pos += 4
@@ -109,7 +112,9 @@ def _check_layout(data: bytes, path) -> None:
             need(pos, 4 + size if size >= 0 else -1, f"{tag.decode(errors='replace')} chunk")
             if tag in _STORAGE:
                 if size % 12:
-                    raise InputError(path, None, f"corrupt IMOD model: {tag.decode()} size {size} not a multiple of 12")
+                    raise InputError(
+                        path, None, f"corrupt IMOD model: {tag.decode()} size {size} not a multiple of 12"
+                    )
                 if (tag == b"COST" and not have_cont) or (tag == b"MEST" and not have_mesh):
                     raise InputError(path, None, f"corrupt IMOD model: misplaced {tag.decode()} chunk")
             pos += 4 + size
@@ -157,8 +162,15 @@ def read_imod_model(path: str | os.PathLike, n_views: int | None = None) -> Mark
     zmax = int(h.zmax)
     min_views = zmax if n_views is None and 0 < zmax <= MAX_VIEWS else 0
     size = (int(h.xmax), int(h.ymax)) if h.xmax > 0 and h.ymax > 0 else None
-    return build_marker_set(path, points, source=os.fspath(path), n_views=n_views,
-                            min_views=min_views, image_size=size, pixel_size=_pixel_size_angstrom(h))
+    return build_marker_set(
+        path,
+        points,
+        source=os.fspath(path),
+        n_views=n_views,
+        min_views=min_views,
+        image_size=size,
+        pixel_size=_pixel_size_angstrom(h),
+    )
 
 
 def write_imod_model(path: str | os.PathLike, markers: MarkerSet) -> None:

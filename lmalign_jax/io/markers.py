@@ -25,8 +25,7 @@ from ._text import check_extension, parse_float, parse_int, read_lines, show
 from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import write_records
-from .markerset import contour_numbers
-from .markerset import MAX_VIEWS, MarkerSet, build_marker_set
+from .markerset import MAX_VIEWS, MarkerSet, build_marker_set, contour_numbers
 from .pytom import is_pytom_header, parse_pytom_lines, read_pytom_markers
 
 __all__ = [
@@ -78,9 +77,16 @@ def read_markers_csv(path: str | os.PathLike, n_views: int | None = None) -> Mar
                 continue
             f = raw.split(",")
             if len(f) != 4:
-                raise InputError(path, k, f"expected 4 comma-separated fields (marker,view,x,y), got {len(f)}")
-            yield (parse_int(f[0], path, k, "marker"), parse_int(f[1], path, k, "view"),
-                   parse_float(f[2], path, k, "x"), parse_float(f[3], path, k, "y"), k)
+                raise InputError(
+                    path, k, f"expected 4 comma-separated fields (marker,view,x,y), got {len(f)}"
+                )
+            yield (
+                parse_int(f[0], path, k, "marker"),
+                parse_int(f[1], path, k, "view"),
+                parse_float(f[2], path, k, "x"),
+                parse_float(f[3], path, k, "y"),
+                k,
+            )
 
     return build_marker_set(path, rows(), source=os.fspath(path), n_views=n_views)
 
@@ -100,8 +106,9 @@ def _parse_model2point(lines: list[str], path, n_views: int | None) -> MarkerSet
         tok = text.split()
         if ncol is None:
             if len(tok) not in (4, 5):
-                raise InputError(path, k, "expected 4 columns (contour x y z) or 5 (object contour x y z), "
-                                          f"got {len(tok)}")
+                raise InputError(
+                    path, k, f"expected 4 columns (contour x y z) or 5 (object contour x y z), got {len(tok)}"
+                )
             ncol, ncol_line = len(tok), k
         elif len(tok) != ncol:
             raise InputError(path, k, f"expected {ncol} columns as on line {ncol_line}, got {len(tok)}")

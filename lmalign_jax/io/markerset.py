@@ -150,7 +150,9 @@ def build_marker_set(
         if key in seen:
             first = seen[key]
             first_at = f" (first on line {first})" if first is not None else ""
-            raise InputError(path, line, f"duplicate point for marker {mid} in view {view}{first_at}{context}")
+            raise InputError(
+                path, line, f"duplicate point for marker {mid} in view {view}{first_at}{context}"
+            )
         seen[key] = line
         rows.append((mid, view, x, y))
     if not rows:
@@ -165,8 +167,9 @@ def build_marker_set(
     for mid, view, x, y in rows:
         xy[view, col[mid]] = (x, y)
         mask[view, col[mid]] = True
-    return MarkerSet(xy=xy, mask=mask, marker_ids=tuple(ids), image_size=image_size,
-                     pixel_size=pixel_size, source=source)
+    return MarkerSet(
+        xy=xy, mask=mask, marker_ids=tuple(ids), image_size=image_size, pixel_size=pixel_size, source=source
+    )
 
 
 #: IMOD numbers contours from 1; ids beyond this are renumbered when written.

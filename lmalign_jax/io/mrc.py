@@ -103,8 +103,14 @@ def read_stack(path, mmap: bool = True) -> np.ndarray:
                 raise _bad(path, f"expected a 2-D image or 3-D stack, got {data.ndim}-D data")
             if mmap:
                 # A fresh read-only memmap owns its own mapping, so it stays valid after close.
-                arr = np.memmap(path, dtype=data.dtype, mode="r", offset=int(mrc.header.nbytes)
-                                + int(mrc.header.nsymbt), shape=data.shape, order="C")
+                arr = np.memmap(
+                    path,
+                    dtype=data.dtype,
+                    mode="r",
+                    offset=int(mrc.header.nbytes) + int(mrc.header.nsymbt),
+                    shape=data.shape,
+                    order="C",
+                )
             else:
                 arr = np.array(data, copy=True)
     except InputError:
@@ -114,7 +120,6 @@ def read_stack(path, mmap: bool = True) -> np.ndarray:
     return arr
 
 
-
 def _volume_stats(data: np.ndarray, chunk_elems: int = 1 << 24) -> tuple[float, float, float, float]:
     """min, max, mean, rms deviation from the mean, in float64, reading ``data`` in z chunks."""
     nz = data.shape[0]
@@ -122,14 +127,14 @@ def _volume_stats(data: np.ndarray, chunk_elems: int = 1 << 24) -> tuple[float, 
     step = max(1, chunk_elems // per_z)
     dmin, dmax, s1, s2, n = np.inf, -np.inf, 0.0, 0.0, 0
     for z0 in range(0, nz, step):
-        block = np.asarray(data[z0:z0 + step], dtype=np.float64)
+        block = np.asarray(data[z0 : z0 + step], dtype=np.float64)
         dmin = min(dmin, float(block.min()))
         dmax = max(dmax, float(block.max()))
         s1 += float(block.sum())
         n += block.size
     mean = s1 / n
     for z0 in range(0, nz, step):
-        block = np.asarray(data[z0:z0 + step], dtype=np.float64) - mean
+        block = np.asarray(data[z0 : z0 + step], dtype=np.float64) - mean
         flat = block.ravel()
         s2 += float(np.dot(flat, flat))
     return dmin, dmax, mean, float(np.sqrt(s2 / n))

@@ -64,7 +64,9 @@ class OutputSet:
                 head = os.path.dirname(head)
             os.makedirs(self.out_dir, exist_ok=True)
             self._created = missing  # deepest first
-            self._staging = tempfile.mkdtemp(prefix=f".{self.prefix}.lmalign-", suffix=".tmp", dir=self.out_dir)
+            self._staging = tempfile.mkdtemp(
+                prefix=f".{self.prefix}.lmalign-", suffix=".tmp", dir=self.out_dir
+            )
         return self._staging
 
     def stage(self, suffix: str) -> str:

@@ -66,7 +66,9 @@ def parse_pytom_lines(lines: list[str], path, n_views: int | None = None) -> tup
             continue
         tok = text.split()
         if len(tok) != 4:
-            raise InputError(path, k, f"expected 4 columns (MarkerIndex TiltAngle PositionX PositionY), got {len(tok)}")
+            raise InputError(
+                path, k, f"expected 4 columns (MarkerIndex TiltAngle PositionX PositionY), got {len(tok)}"
+            )
         index = parse_float(tok[0], path, k, "MarkerIndex")
         if index != int(index) or abs(index) >= 2**53:
             raise InputError(path, k, f"MarkerIndex is not an integer: {show(tok[0])}")

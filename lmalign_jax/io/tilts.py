@@ -85,6 +85,8 @@ class MdocTilts:
 
 
 _AXIS = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
+
+
 def _drop_all(record: logging.LogRecord) -> bool:
     return False
 
@@ -125,7 +127,9 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
         if sec.TiltAngle is None or not math.isfinite(sec.TiltAngle):
             raise InputError(path, line, f"section ZValue = {sec.ZValue} has no valid TiltAngle")
         if sec.ZValue in first_line:
-            raise InputError(path, line, f"duplicate ZValue = {sec.ZValue} (first on line {first_line[sec.ZValue]})")
+            raise InputError(
+                path, line, f"duplicate ZValue = {sec.ZValue} (first on line {first_line[sec.ZValue]})"
+            )
         first_line[sec.ZValue] = line
         tilts.append(float(sec.TiltAngle))
         zs.append(int(sec.ZValue))

@@ -59,7 +59,9 @@ class ProjectionModel:
         k = len(self.parameters)
         for attr in ("kinds", "neutral", "default_modes"):
             if len(getattr(self, attr)) != k:
-                raise ValueError(f"model {self.name!r}: {attr} has {len(getattr(self, attr))} entries, expected {k}")
+                raise ValueError(
+                    f"model {self.name!r}: {attr} has {len(getattr(self, attr))} entries, expected {k}"
+                )
         for kind in self.kinds:
             if kind not in PARAMETER_KINDS:
                 raise ValueError(f"model {self.name!r}: unknown parameter kind {kind!r}")
@@ -76,7 +78,9 @@ class ProjectionModel:
         try:
             return self.parameters.index(name)
         except ValueError:
-            raise ValueError(f"model {self.name!r} has no parameter {name!r}; it has {', '.join(self.parameters)}") from None
+            raise ValueError(
+                f"model {self.name!r} has no parameter {name!r}; it has {', '.join(self.parameters)}"
+            ) from None
 
     def neutral_views(self, n_views: int) -> np.ndarray:
         """Neutral view parameters, shape (n_views, k)."""

@@ -258,7 +258,10 @@ def fbp_2d(sinogram, angles_deg, *, filter="ramp", radial=None, output_shape=Non
     dt = _float_dtype(dtype)
     n_pad, response = filter_response(n_det, filter, radial)
     q = _filter_sinogram(
-        jnp.asarray(sino, dtype=dt), jnp.asarray(response, dtype=dt), jnp.asarray(increments, dtype=dt), n_pad=n_pad
+        jnp.asarray(sino, dtype=dt),
+        jnp.asarray(response, dtype=dt),
+        jnp.asarray(increments, dtype=dt),
+        n_pad=n_pad,
     )
     theta = np.deg2rad(ang)
     z_chunk = _kernels.choose_z_chunk(nz, nx, n_rows)

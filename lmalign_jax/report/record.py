@@ -85,17 +85,29 @@ def build_record(
         }
         if errors is not None and not fv.excluded[v]:
             k = int(np.flatnonzero(fv.view_index == v)[0])
-            entry["standard_errors"] = {name: float(errors.parameter_se(name)[k]) for name in model.parameters}
+            entry["standard_errors"] = {
+                name: float(errors.parameter_se(name)[k]) for name in model.parameters
+            }
         views.append(entry)
 
     markers = []
     for i in range(obs.n_markers):
         x, y, z = (float(u) for u in result.markers[i])
         markers.append(
-            {"index": i, "id": int(marker_ids[i]), "x": x, "y": y, "z": z, "n_views": int(fv.mask[:, i].sum()), **_stats(lengths[:, i][fv.mask[:, i]])}
+            {
+                "index": i,
+                "id": int(marker_ids[i]),
+                "x": x,
+                "y": y,
+                "z": z,
+                "n_views": int(fv.mask[:, i].sum()),
+                **_stats(lengths[:, i][fv.mask[:, i]]),
+            }
         )
         if errors is not None:
-            markers[-1]["standard_errors"] = dict(zip(("x", "y", "z"), (float(e) for e in errors.markers_se[i]), strict=True))
+            markers[-1]["standard_errors"] = dict(
+                zip(("x", "y", "z"), (float(e) for e in errors.markers_se[i]), strict=True)
+            )
 
     worst = []
     for p in result.worst_points(n_worst):
@@ -159,7 +171,10 @@ def build_record(
             "name": model.name,
             "description": model.description,
             "parameters": list(model.parameters),
-            "units": {p: ("deg" if k == "angle" else "px" if k == "length" else "ratio") for p, k in zip(model.parameters, model.kinds, strict=True)},
+            "units": {
+                p: ("deg" if k == "angle" else "px" if k == "length" else "ratio")
+                for p, k in zip(model.parameters, model.kinds, strict=True)
+            },
         },
         "options": dict(options),
         "stages": stages,
@@ -242,7 +257,12 @@ def _transforms(path: str, views: list) -> tuple[np.ndarray, np.ndarray]:
     for k, v in enumerate(views):
         values = v.get("xf") if isinstance(v, dict) else None
         tilt = v.get("tilt_deg") if isinstance(v, dict) else None
-        if not (isinstance(values, list) and len(values) == 6 and all(map(_is_number, values)) and _is_number(tilt)):
+        if not (
+            isinstance(values, list)
+            and len(values) == 6
+            and all(map(_is_number, values))
+            and _is_number(tilt)
+        ):
             raise InputError(path, None, f"view {k} has no valid 'xf' (6 numbers) and 'tilt_deg'")
         xf[k, :, :2] = np.reshape(values[:4], (2, 2))
         xf[k, :, 2] = values[4:]
@@ -253,7 +273,9 @@ def _transforms(path: str, views: list) -> tuple[np.ndarray, np.ndarray]:
 def read_record(path: str) -> AlignmentRecord:
     """Read an ``lmalign align`` record; InputError (naming ``path``) if it is not one."""
     if not os.path.isfile(path):
-        raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
+        raise InputError(
+            path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
@@ -263,10 +285,18 @@ def read_record(path: str) -> AlignmentRecord:
         raise InputError(path, None, "not UTF-8 text (not an lmalign .json record)") from None
     views = record.get("views") if isinstance(record, dict) else None
     if not isinstance(views, list) or not views:
-        raise InputError(path, None, "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files")
+        raise InputError(
+            path,
+            None,
+            "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files",
+        )
     version = record.get("record_version", 0)
     if not isinstance(version, int) or version > RECORD_VERSION:
-        raise InputError(path, None, f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); update lmalign_jax")
+        raise InputError(
+            path,
+            None,
+            f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); update lmalign_jax",
+        )
 
     def section(name) -> dict:
         value = record.get(name)
@@ -276,14 +306,28 @@ def read_record(path: str) -> AlignmentRecord:
     converged = summary.get("converged") is not False
     xf, tilts = _transforms(path, views) if converged else (None, None)
     size = inputs.get("image_size")
-    image_size = (float(size[0]), float(size[1])) if isinstance(size, list) and len(size) == 2 and all(map(_is_number, size)) else None
+    image_size = (
+        (float(size[0]), float(size[1]))
+        if isinstance(size, list) and len(size) == 2 and all(map(_is_number, size))
+        else None
+    )
     outputs = record.get("outputs")
     return AlignmentRecord(
-        path=path, record_version=version, converged=converged, status=str(summary.get("status", "failed")),
-        exit_code=record.get("exit_code"), xf=xf, tilts_deg=tilts, image_size=image_size,
-        markers_path=inputs.get("markers"), tilts_path=inputs.get("tilts"), stack_path=inputs.get("stack"),
-        excluded_by_user=inputs.get("excluded_by_user"), options=section("options"),
+        path=path,
+        record_version=version,
+        converged=converged,
+        status=str(summary.get("status", "failed")),
+        exit_code=record.get("exit_code"),
+        xf=xf,
+        tilts_deg=tilts,
+        image_size=image_size,
+        markers_path=inputs.get("markers"),
+        tilts_path=inputs.get("tilts"),
+        stack_path=inputs.get("stack"),
+        excluded_by_user=inputs.get("excluded_by_user"),
+        options=section("options"),
         outputs=[str(o) for o in outputs] if isinstance(outputs, list) else [],
-        rms_residual_px=summary.get("rms_residual_px"), mean_residual_px=summary.get("mean_residual_px"),
+        rms_residual_px=summary.get("rms_residual_px"),
+        mean_residual_px=summary.get("mean_residual_px"),
         has_standard_errors="leave_one_out_rms_px" in summary,
     )

@@ -23,16 +23,26 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
     s, inp, opt = record["summary"], record["inputs"], record["options"]
     out = []
     sw = record.get("software", {})
-    out.append(f" {sw.get('name', 'lmalign')} {sw.get('version', '')}, model {record['model']['name']}: {record['model']['description']}")
+    out.append(
+        f" {sw.get('name', 'lmalign')} {sw.get('version', '')}, model {record['model']['name']}: {record['model']['description']}"
+    )
     out.append(
         f" Markers:  {inp.get('markers')} ({inp.get('markers_format')}): {inp.get('n_markers')} markers,"
         f" {s['n_points']} points fitted"
-        + (f"; dropped markers {inp['dropped_markers']} (seen in < 2 views)" if inp.get("dropped_markers") else "")
+        + (
+            f"; dropped markers {inp['dropped_markers']} (seen in < 2 views)"
+            if inp.get("dropped_markers")
+            else ""
+        )
     )
     n_ex = len(inp.get("excluded_views", []))
     out.append(
         f" Tilts:    {inp.get('tilts')}: {inp.get('n_views')} views"
-        + (f", {n_ex} excluded (views {_ranges(inp['excluded_views'])}, 1-based)" if n_ex else ", none excluded")
+        + (
+            f", {n_ex} excluded (views {_ranges(inp['excluded_views'])}, 1-based)"
+            if n_ex
+            else ", none excluded"
+        )
     )
     size = inp.get("image_size")
     if size:
@@ -53,12 +63,18 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
         extra = _table_parameters(record)
         units = record["model"]["units"]
         out.append("")
-        head = " view  nominal     tilt  deltilt  rotation" + "".join(f"{p[:9]:>10}" for p in extra) + "  points  mean resid"
+        head = (
+            " view  nominal     tilt  deltilt  rotation"
+            + "".join(f"{p[:9]:>10}" for p in extra)
+            + "  points  mean resid"
+        )
         out.append(head)
         for v in record["views"]:
             line = f" {v['view_number']:>4}{v['nominal_tilt_deg']:>9.2f}"
             if v["excluded"]:
-                out.append(line + f"{v['tilt_deg']:>9.2f}      excluded: transform interpolated from neighbours")
+                out.append(
+                    line + f"{v['tilt_deg']:>9.2f}      excluded: transform interpolated from neighbours"
+                )
                 continue
             line += f"{v['tilt_deg']:>9.2f}{v['delta_tilt_deg']:>9.2f}{v['parameters']['rotation']:>10.2f}"
             for p in extra:
@@ -66,7 +82,9 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
             line += f"{v['n_points']:>8d}{_f(v['mean_residual_px'], '.3f', 12)}"
             out.append(line)
     out.append("")
-    out.append(f" Residual error mean and sd: {_f(s['mean_residual_px'], '.3f', 9)} {_f(s['sd_residual_px'], '.3f', 9)} {s['n_points']:>8d} points")
+    out.append(
+        f" Residual error mean and sd: {_f(s['mean_residual_px'], '.3f', 9)} {_f(s['sd_residual_px'], '.3f', 9)} {s['n_points']:>8d} points"
+    )
     out.append(
         f" RMS residual per coordinate: {_f(s['rms_residual_px'], '.3f', 8)} px  (noise-floor factor"
         f" {s['noise_floor_factor']:.3f}: noise estimate {_f(s['sigma_px'], '.3f', 0)} px per coordinate)"
@@ -74,7 +92,9 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
     worst = record["worst_points"]
     if worst:
         out.append("")
-        out.append(f" {len(worst)} points with the largest residuals (mean {_f(s['mean_residual_px'], '.3f', 0)}, sd {_f(s['sd_residual_px'], '.3f', 0)}):")
+        out.append(
+            f" {len(worst)} points with the largest residuals (mean {_f(s['mean_residual_px'], '.3f', 0)}, sd {_f(s['sd_residual_px'], '.3f', 0)}):"
+        )
         out.append("   marker   view         X         Y       dx       dy    resid     SDs")
         for p in worst:
             out.append(

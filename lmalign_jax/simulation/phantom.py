@@ -119,10 +119,16 @@ def _random_positions(rng, n, box, min_separation, existing=None, max_tries=200)
     for _ in range(n):
         for _ in range(max_tries):
             p = rng.uniform(-half, half)
-            if not placed or min_separation <= 0 or np.min(np.linalg.norm(np.asarray(placed) - p, axis=1)) >= min_separation:
+            if (
+                not placed
+                or min_separation <= 0
+                or np.min(np.linalg.norm(np.asarray(placed) - p, axis=1)) >= min_separation
+            ):
                 break
         else:
-            raise ValueError(f"cannot place {n} objects {min_separation:g} px apart in a {box[0]:g} x {box[1]:g} x {box[2]:g} box")
+            raise ValueError(
+                f"cannot place {n} objects {min_separation:g} px apart in a {box[0]:g} x {box[1]:g} x {box[2]:g} box"
+            )
         placed.append(p)
         out.append(p)
     return np.array(out, dtype=np.float64).reshape(-1, 3)
@@ -227,7 +233,9 @@ def project_stack(
     t = np.radians(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
     n_views = t.size
     if a.shape != (n_views, 2, 2) or d.shape != (n_views, 2):
-        raise ValueError(f"need xf_A (n, 2, 2) and xf_shift (n, 2) for n = {n_views} tilts, got {a.shape} and {d.shape}")
+        raise ValueError(
+            f"need xf_A (n, 2, 2) and xf_shift (n, 2) for n = {n_views} tilts, got {a.shape} and {d.shape}"
+        )
     nx, ny = (int(s) for s in image_size)
     if nx < 1 or ny < 1:
         raise ValueError(f"image_size must be two positive sizes (NX, NY), got {image_size}")
@@ -308,12 +316,19 @@ def series_alignment(series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
         project = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
         predicted = np.asarray(project(jnp.asarray(views), jnp.asarray(grid)), dtype=np.float64)
-    aligned = np.stack([grid[None, :, 0] * np.cos(tilts)[:, None] + grid[None, :, 2] * np.sin(tilts)[:, None],
-                        np.broadcast_to(grid[None, :, 1], (views.shape[0], grid.shape[0]))], axis=-1)
+    aligned = np.stack(
+        [
+            grid[None, :, 0] * np.cos(tilts)[:, None] + grid[None, :, 2] * np.sin(tilts)[:, None],
+            np.broadcast_to(grid[None, :, 1], (views.shape[0], grid.shape[0])),
+        ],
+        axis=-1,
+    )
     xf = fit_image_transforms(predicted, aligned)
     misfit = np.einsum("vij,vpj->vpi", xf[:, :, :2], predicted) + xf[:, None, :, 2] - aligned
     if np.max(np.abs(misfit)) > 1e-6:
-        raise ValueError(f"model {model.name!r} with these parameters is not an affine image transform; no exact .xf")
+        raise ValueError(
+            f"model {model.name!r} with these parameters is not an affine image transform; no exact .xf"
+        )
     return xf[:, :, :2], xf[:, :, 2], np.degrees(tilts)
 
 
@@ -335,7 +350,7 @@ def _nearest_strong_maximum(win: np.ndarray, guess: np.ndarray) -> np.ndarray:
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 if dz or dy or dx:
-                    is_max &= win >= padded[1 + dz:1 + dz + n0, 1 + dy:1 + dy + n1, 1 + dx:1 + dx + n2]
+                    is_max &= win >= padded[1 + dz : 1 + dz + n0, 1 + dy : 1 + dy + n1, 1 + dx : 1 + dx + n2]
     top = win.max()
     strong = is_max & (win >= (0.5 * top if top > 0 else top))
     idx = np.argwhere(strong)
@@ -365,7 +380,7 @@ def locate_peaks(volume, xyz, *, binning: float = 1.0, search: int = 3) -> tuple
             continue
         lo = np.maximum(g - search, 0)
         hi = np.minimum(g + search + 1, shape)
-        win = np.asarray(vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float64)
+        win = np.asarray(vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float64)
         m = _nearest_strong_maximum(win, e - lo) + lo
         peak = float(vol[tuple(m)])
         pos = m.astype(np.float64)
@@ -382,7 +397,14 @@ def locate_peaks(volume, xyz, *, binning: float = 1.0, search: int = 3) -> tuple
     dist = np.linalg.norm(found - expected, axis=1)
     nz, ny, nx = shape
     b = float(binning)
-    xyz_found = np.stack([(found[:, 2] + 0.5 - nx / 2.0) * b, (found[:, 1] + 0.5 - ny / 2.0) * b, (found[:, 0] + 0.5 - nz / 2.0) * b], axis=1)
+    xyz_found = np.stack(
+        [
+            (found[:, 2] + 0.5 - nx / 2.0) * b,
+            (found[:, 1] + 0.5 - ny / 2.0) * b,
+            (found[:, 0] + 0.5 - nz / 2.0) * b,
+        ],
+        axis=1,
+    )
     return xyz_found, dist
 
 

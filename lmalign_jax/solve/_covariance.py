@@ -41,7 +41,9 @@ def inverse_blocks(lin: Linearization, eliminate: str) -> InverseBlocks:
     s_inv = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), jnp.eye(n_d, dtype=reduced.dtype))
     z = [s_inv @ yi for yi in y]  # S^{-1} Y_i^T, (d, n)
     k = len(y)
-    middle = jnp.stack([jnp.stack([jnp.sum(y[i] * z[j], axis=0) for j in range(k)], -1) for i in range(k)], -2)
+    middle = jnp.stack(
+        [jnp.stack([jnp.sum(y[i] * z[j], axis=0) for j in range(k)], -1) for i in range(k)], -2
+    )
     middle = middle + jnp.eye(k, dtype=middle.dtype)  # (n, k, k): I + Y_e S^-1 Y_e^T
     e = jnp.einsum("nij,nil,nlm->njm", inv, middle, inv)
     cross = -jnp.einsum("nij,idn->njd", inv, jnp.stack(z))
@@ -106,11 +108,13 @@ def leverages(lin: Linearization, s: Structure, eliminate: str, jacobians):
     else:
         fa = a_e.astype(dd.dtype)
         e_part = blocks.e * fa[:, :, None] * fa[:, None, :]
-        cross_a = cross[:, :, a_d.reshape(-1)].reshape(n_a, k_a, n_a, k_a)[jnp.arange(n_a), :, jnp.arange(n_a), :]
+        cross_a = cross[:, :, a_d.reshape(-1)].reshape(n_a, k_a, n_a, k_a)[
+            jnp.arange(n_a), :, jnp.arange(n_a), :
+        ]
         mixed = cross_a * fa[:, :, None]  # E own entry x D slot entry of the same view
         c_aa = (e_part + mixed + jnp.swapaxes(mixed, -1, -2) + dd[a_d[:, :, None], a_d[:, None, :]])[:, None]
         c_bb = dd[b_d[:, :, None], b_d[:, None, :]][None]
-        c_ab = (cross[:, :, b_d] * fa[:, :, None, None])  # (n_a, k_a, n_b, k_b) for own entries
+        c_ab = cross[:, :, b_d] * fa[:, :, None, None]  # (n_a, k_a, n_b, k_b) for own entries
         c_ab = jnp.transpose(c_ab, (0, 2, 1, 3)) + jnp.transpose(dd[a_d][:, :, b_d], (0, 2, 1, 3))
     ja_p = jnp.moveaxis(ja, (2, 3), (0, 1))  # (n_a, n_b, m, k_a)
     jb_p = jnp.moveaxis(jb, (2, 3), (0, 1))

@@ -29,9 +29,7 @@ def dense_step(fn, x: Variables, s: Structure, damping):
     flat_residual = lambda v: pair_residuals(fn, _unflatten(v, x), s).reshape(-1)
     v = _flatten(x)
     r = flat_residual(v)
-    free = jnp.concatenate(
-        [s.free_a.reshape(-1), s.free_b.reshape(-1), s.free_g]
-    ).astype(v.dtype)
+    free = jnp.concatenate([s.free_a.reshape(-1), s.free_b.reshape(-1), s.free_g]).astype(v.dtype)
     jac = jax.jacfwd(flat_residual)(v) * free[None, :]
     h = jac.T @ jac + jnp.diag(1.0 - free)
     (d,) = damping_diagonal(jnp.diagonal(h))

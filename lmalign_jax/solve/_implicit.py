@@ -84,7 +84,9 @@ def _solve_bwd(fn, eliminate, config, residuals, x_bar):
 _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
-def solve_implicit(fn, x0: Variables, structure: Structure, *, eliminate: str = "b", config: LMConfig = LMConfig()):
+def solve_implicit(
+    fn, x0: Variables, structure: Structure, *, eliminate: str = "b", config: LMConfig = LMConfig()
+):
     """The optimum x* (Variables) of ``least_squares``, differentiable with respect to ``x0``
     (its fixed entries) and every floating-point leaf of ``structure`` by implicit
     differentiation. Composes with ``jit``, ``vmap`` and ``grad``."""

@@ -45,7 +45,9 @@ class Linearization(NamedTuple):
 
 def coupling(lin: Linearization):
     """The coupling blocks H_AB of every pair, (k_a, k_b, n_a, n_b), free entries only."""
-    return sum(jnp.swapaxes(ja, 0, 1)[:, None] * jb[None] for ja, jb in zip(lin.jac_a, lin.jac_b, strict=True))
+    return sum(
+        jnp.swapaxes(ja, 0, 1)[:, None] * jb[None] for ja, jb in zip(lin.jac_a, lin.jac_b, strict=True)
+    )
 
 
 def _grid(x: Variables, s: Structure):
@@ -127,12 +129,16 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
     fa = s.free_a.astype(dtype)
     fb = s.free_b.astype(dtype)
     fg = s.free_g.astype(dtype)
-    tie = jax.nn.one_hot(s.tie_a, n_g, dtype=dtype) * fg  # (n_a, k_a, n_g); untied rows and fixed slots are zero
+    tie = (
+        jax.nn.one_hot(s.tie_a, n_g, dtype=dtype) * fg
+    )  # (n_a, k_a, n_g); untied rows and fixed slots are zero
     b_free = jnp.any(s.free_b)
     a = a_eff.T[:, :, None]  # (k_a, n_a, 1)
     size = min(chunk, n_b) if chunk else markers_per_chunk(n_a, n_b)
     n_chunks = -(-n_b // size)
-    n_res = jax.eval_shape(lambda: fn(a, x.b[:1].T[:, None, :], _markers(s.pair_data, 0, 1), s.const)).shape[0]
+    n_res = jax.eval_shape(lambda: fn(a, x.b[:1].T[:, None, :], _markers(s.pair_data, 0, 1), s.const)).shape[
+        0
+    ]
 
     def one_chunk(c, carry):
         cost_, h_aa, grad_a, jac_a, jac_b, h_bb, grad_b, h_gb = carry
@@ -151,14 +157,18 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
         fb_c = jax.lax.dynamic_slice_in_dim(fb, m0, size, 0)
 
         def b_blocks():
-            jb = jnp.stack(_directional(lambda b_: f(a, b_), b, w), axis=1) * fb_c.T[None, :, None, :]  # (m, k_b, n_a, C)
+            jb = (
+                jnp.stack(_directional(lambda b_: f(a, b_), b, w), axis=1) * fb_c.T[None, :, None, :]
+            )  # (m, k_b, n_a, C)
             # Sums over the (few) residual components written out: elementwise products over
             # the chunk, which XLA fuses far better than tiny-dimension einsums.
             d_bb = sum(jnp.sum(jb[i][:, None] * jb[i][None], axis=-2) for i in range(n_res))  # (k_b, k_b, C)
             d_b = sum(jnp.sum(jb[i] * r[i][None], axis=-2) for i in range(n_res))  # (k_b, C)
             if n_g:
                 jg = jnp.einsum("apt,rapb->rtab", tie, ja)
-                d_gb = sum(jnp.sum(jg[i][:, None] * jb[i][None], axis=-2) for i in range(n_res))  # (n_g, k_b, C)
+                d_gb = sum(
+                    jnp.sum(jg[i][:, None] * jb[i][None], axis=-2) for i in range(n_res)
+                )  # (n_g, k_b, C)
             else:
                 d_gb = jnp.zeros((0, k_b, size), dtype)
             return jb, d_bb, d_b, d_gb
@@ -214,4 +224,6 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
 
 def _markers(pair_data, start, size):
     """Markers [start, start + size) of every pair-data leaf (trailing shape (n_a, n_b))."""
-    return jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, size, leaf.ndim - 1), pair_data)
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, size, leaf.ndim - 1), pair_data
+    )

@@ -118,7 +118,9 @@ def _unrolled_inverse_cholesky(h):
     for j in range(k):
         chol[j][j] = jnp.sqrt(h[:, j, j] - sum((chol[j][p] * chol[j][p] for p in range(j)), start=zero))
         for i in range(j + 1, k):
-            chol[i][j] = (h[:, i, j] - sum((chol[i][p] * chol[j][p] for p in range(j)), start=zero)) / chol[j][j]
+            chol[i][j] = (h[:, i, j] - sum((chol[i][p] * chol[j][p] for p in range(j)), start=zero)) / chol[
+                j
+            ][j]
     inv = [[zero] * k for _ in range(k)]
     for i in range(k):
         inv[i][i] = 1.0 / chol[i][i]
@@ -235,7 +237,9 @@ def damped_step(lin: Linearization, damping, eliminate: str):
     """
     if eliminate == "a":
         return _view_schur_step(lin, damping)
-    return jax.lax.cond(lin.b_free, lambda: _marker_schur_step(lin, damping), lambda: _uncoupled_step(lin, damping))
+    return jax.lax.cond(
+        lin.b_free, lambda: _marker_schur_step(lin, damping), lambda: _uncoupled_step(lin, damping)
+    )
 
 
 def _view_schur_step(lin: Linearization, damping):
@@ -261,11 +265,17 @@ def _view_schur_step(lin: Linearization, damping):
     z = jnp.einsum("nij,nj->ni", inv, lin.grad_a)
 
     def coupling_rows():
-        g = sum(inv[None, :, :, p, None] * lin.jac_a[:, :, None, p, :] for p in range(k_a))  # (m, n_a, k_a, n_b)
-        y = sum(g[r][:, :, None, :] * jnp.swapaxes(lin.jac_b[r], 0, 1)[:, None] for r in range(n_res))  # (n_a, k_a, k_b, n_b)
+        g = sum(
+            inv[None, :, :, p, None] * lin.jac_a[:, :, None, p, :] for p in range(k_a)
+        )  # (m, n_a, k_a, n_b)
+        y = sum(
+            g[r][:, :, None, :] * jnp.swapaxes(lin.jac_b[r], 0, 1)[:, None] for r in range(n_res)
+        )  # (n_a, k_a, k_b, n_b)
         y = y.reshape(n_a * k_a, k_b * n_b)
         if n_g:
-            y = jnp.concatenate([y, jnp.einsum("aip,tap->ait", inv, lin.h_ga).reshape(n_a * k_a, n_g)], axis=1)
+            y = jnp.concatenate(
+                [y, jnp.einsum("aip,tap->ait", inv, lin.h_ga).reshape(n_a * k_a, n_g)], axis=1
+            )
         return y
 
     coupled = lin.b_free | jnp.any(lin.h_ga != 0)

@@ -119,7 +119,12 @@ def _detect(mask, maps, sign, sigma, step, min_separation, border, half):
     keep &= np.max(ring, axis=1) < MAX_RING_FRACTION * values
     keep &= np.ptp(ring, axis=1) < MAX_RING_SPREAD * values
     ny, nx = maps.shape[1] - 2 * border, maps.shape[2] - 2 * border
-    inside = (positions[:, 0] >= half) & (positions[:, 0] <= nx - half) & (positions[:, 1] >= half) & (positions[:, 1] <= ny - half)
+    inside = (
+        (positions[:, 0] >= half)
+        & (positions[:, 0] <= nx - half)
+        & (positions[:, 1] >= half)
+        & (positions[:, 1] <= ny - half)
+    )
     keep &= inside & ~crowded(positions, min_separation)
     return positions[keep], values[keep]
 
@@ -206,9 +211,11 @@ def find_beads(
             pos, val = _detect(masks[i], maps, sign, sigma, step, separation, border, 0.5 * diameter)
             found[name] = (pos[val >= u * noise], val[val >= u * noise])
     if polarity == "auto":
+
         def strength(name):
             pos, val = found[name]
             return (pos.shape[0], float(np.sum(val)), name == "dark")
+
         chosen = max(found, key=strength)
     else:
         chosen = polarity

@@ -152,10 +152,16 @@ def ring_profile(score, positions, radius: float, border: int, n_angles: int = 1
     c0 = np.clip(np.floor(cols).astype(np.int64), 0, s.shape[1] - 2)
     r0 = np.clip(np.floor(rows).astype(np.int64), 0, s.shape[0] - 2)
     fc, fr = np.clip(cols - c0, 0.0, 1.0), np.clip(rows - r0, 0.0, 1.0)
+
     def at(r, c):
         return s[r, c].astype(np.float64)  # gather, then widen: never a float64 copy of the map
 
-    values = (1 - fr) * (1 - fc) * at(r0, c0) + (1 - fr) * fc * at(r0, c0 + 1) + fr * (1 - fc) * at(r0 + 1, c0) + fr * fc * at(r0 + 1, c0 + 1)
+    values = (
+        (1 - fr) * (1 - fc) * at(r0, c0)
+        + (1 - fr) * fc * at(r0, c0 + 1)
+        + fr * (1 - fc) * at(r0 + 1, c0)
+        + fr * fc * at(r0 + 1, c0 + 1)
+    )
     half = n_angles // 2
     return 0.5 * (values[:, :half] + values[:, half:])
 

@@ -32,7 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses, response_statistics
-from lmalign_jax.track.find import EXPECTED_FALSE_PEAKS, MAX_RING_FRACTION, MAX_RING_SPREAD, MIN_ISOTROPY, RING_RADIUS_SIGMAS
+from lmalign_jax.track.find import (
+    EXPECTED_FALSE_PEAKS,
+    MAX_RING_FRACTION,
+    MAX_RING_SPREAD,
+    MIN_ISOTROPY,
+    RING_RADIUS_SIGMAS,
+)
 from lmalign_jax.track.peaks import false_peak_threshold
 
 __all__ = ["estimate_bead_diameter", "scale_curve"]
@@ -104,7 +110,9 @@ def _scale_analysis(image, diameters_px, top, region_px):
     steps = np.maximum(1, np.round(sigmas)).astype(np.int32)
     angles = 2.0 * np.pi * np.arange(16) / 16.0
     ring = RING_RADIUS_SIGMAS * sigmas[:, None]
-    ring_offsets = np.stack([np.round(ring * np.sin(angles)), np.round(ring * np.cos(angles))], axis=2).astype(np.int32)
+    ring_offsets = np.stack(
+        [np.round(ring * np.sin(angles)), np.round(ring * np.cos(angles))], axis=2
+    ).astype(np.int32)
     values, flat = _top_bead_like_maxima(maps, steps, ring_offsets, border, int(top))
     values, flat = np.asarray(values, dtype=np.float64), np.asarray(flat)
     # Only maxima above the noise threshold of their own scale count, so pure noise votes for nothing.
@@ -136,7 +144,9 @@ def scale_curve(image, diameters_px, *, signs=(1.0,), top: int = 16, region_px: 
         (len(signs), n) float64, in image units (0 where no maximum is significant).
     """
     values, _ = _scale_analysis(image, diameters_px, top, region_px)
-    return np.stack([np.sum(np.nan_to_num(values[0 if sg > 0 else 1], nan=0.0), axis=1) / float(top) for sg in signs])
+    return np.stack(
+        [np.sum(np.nan_to_num(values[0 if sg > 0 else 1], nan=0.0), axis=1) / float(top) for sg in signs]
+    )
 
 
 def _peak_of(curve, log_d) -> float:
@@ -181,7 +191,11 @@ def estimate_bead_diameter(
     if not np.all(np.isfinite(img)):
         raise ValueError("image contains NaN or infinite values")
     smallest = float(min_diameter_px)
-    largest = max(min(64.0, min(img.shape) / 4.0), 2.0 * smallest) if max_diameter_px is None else float(max_diameter_px)
+    largest = (
+        max(min(64.0, min(img.shape) / 4.0), 2.0 * smallest)
+        if max_diameter_px is None
+        else float(max_diameter_px)
+    )
     if not (0 < smallest < largest):
         raise ValueError(f"need 0 < min_diameter_px < max_diameter_px, got {smallest} and {largest}")
     n = int(math.floor(math.log(largest / smallest) / math.log(SCALE_STEP))) + 1

@@ -27,9 +27,26 @@ from .series import (
     select_views,
 )
 from .settings import STAGES, AlignSettings
-from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError, print_note, print_warning
+from .status import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    MIN_MARKERS,
+    UsageError,
+    print_note,
+    print_warning,
+)
 from .truth import compare_with_truth, truth_ok
-from .writing import ALIGN_OUTPUTS, REPORT_OUTPUTS, WrittenAlignment, check_output_folder, input_record, software_info, write_alignment
+from .writing import (
+    ALIGN_OUTPUTS,
+    REPORT_OUTPUTS,
+    WrittenAlignment,
+    check_output_folder,
+    input_record,
+    software_info,
+    write_alignment,
+)
 
 __all__ = [
     "ALIGN_OUTPUTS",

@@ -105,13 +105,27 @@ def read_list(path: str) -> list[SeriesSpec]:
             try:
                 tokens = shlex.split(text)
             except ValueError as e:
-                specs.append(SeriesSpec(f"line{number}", None, None, problem=str(InputError(path, number, f"cannot split the line: {e}"))))
+                specs.append(
+                    SeriesSpec(
+                        f"line{number}",
+                        None,
+                        None,
+                        problem=str(InputError(path, number, f"cannot split the line: {e}")),
+                    )
+                )
                 continue
             where = lambda problem, n=number: str(InputError(path, n, problem))
             options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
             tokens = [t for t in tokens if t not in options]
             if len(tokens) not in (2, 3, 4, 5):
-                specs.append(SeriesSpec(f"line{number}", None, None, problem=where(f"expected '{LINE_FORMAT}', got {len(tokens)} fields")))
+                specs.append(
+                    SeriesSpec(
+                        f"line{number}",
+                        None,
+                        None,
+                        problem=where(f"expected '{LINE_FORMAT}', got {len(tokens)} fields"),
+                    )
+                )
                 continue
             markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
             spec = SeriesSpec(_stem(markers), markers, tilts, where=f"{path}:{number}")
@@ -119,7 +133,9 @@ def read_list(path: str) -> list[SeriesSpec]:
             if len(tokens) in (3, 5):
                 spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
                 if len(tokens) == 3 and _is_number(tokens[2]):
-                    spec.problem = where(f"one number after TILTS ({tokens[2]}): give the image size as NX NY, or a STACK file")
+                    spec.problem = where(
+                        f"one number after TILTS ({tokens[2]}): give the image size as NX NY, or a STACK file"
+                    )
             if len(tokens) >= 4:
                 try:
                     size = (float(tokens[2]), float(tokens[3]))
@@ -143,14 +159,27 @@ def scan_folder(folder: str) -> list[SeriesSpec]:
         stem, ext = os.path.splitext(entry)
         if ext.lower() not in SCAN_MARKERS or not os.path.isfile(path):
             continue
-        tilts = next((os.path.join(folder, stem + t) for t in SCAN_TILTS if os.path.isfile(os.path.join(folder, stem + t))), None)
+        tilts = next(
+            (
+                os.path.join(folder, stem + t)
+                for t in SCAN_TILTS
+                if os.path.isfile(os.path.join(folder, stem + t))
+            ),
+            None,
+        )
         problem = None
         if tilts is None:
-            problem = str(InputError(path, None, f"no tilt file beside it ({', '.join(stem + t for t in SCAN_TILTS[:3])})"))
+            problem = str(
+                InputError(
+                    path, None, f"no tilt file beside it ({', '.join(stem + t for t in SCAN_TILTS[:3])})"
+                )
+            )
         specs.append(SeriesSpec(stem, path, tilts, problem=problem))
     if not specs:
-        raise UsageError(f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid marker files "
-                         f"in a list file ({LINE_FORMAT} per line)")
+        raise UsageError(
+            f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid marker files "
+            f"in a list file ({LINE_FORMAT} per line)"
+        )
     _unique_names(specs)
     return specs
 

@@ -18,7 +18,15 @@ from ..report import expand_to_file_views
 from ..solve import LMConfig
 from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
 from .reconstruction import alignment_of_views, reconstruct_to_file
-from .series import Selection, SeriesInputs, observations_for_fit, parse_view_list, read_series, report_selection, select_views
+from .series import (
+    Selection,
+    SeriesInputs,
+    observations_for_fit,
+    parse_view_list,
+    read_series,
+    report_selection,
+    select_views,
+)
 from .settings import AlignSettings
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, UsageError, print_warning
 from .writing import ALIGN_OUTPUTS, write_alignment
@@ -90,8 +98,15 @@ class BatchOptions:
 
     def settings(self) -> AlignSettings:
         """How each series is aligned."""
-        return AlignSettings(model=self.model, modes=dict(self.modes), stages=tuple(self.stages), dtype=self.dtype,
-                             max_iterations=self.max_iterations, robust=self.robust, robust_group_size=self.robust_group_size)
+        return AlignSettings(
+            model=self.model,
+            modes=dict(self.modes),
+            stages=tuple(self.stages),
+            dtype=self.dtype,
+            max_iterations=self.max_iterations,
+            robust=self.robust,
+            robust_group_size=self.robust_group_size,
+        )
 
 
 def output_set(out_dir: str, name: str, layout: str) -> OutputSet:
@@ -101,15 +116,24 @@ def output_set(out_dir: str, name: str, layout: str) -> OutputSet:
 
 def reason(error: Exception) -> str:
     """What went wrong, for the summary: ``FILE: reason`` for a file-system error."""
-    return f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.filename else str(error)
+    return (
+        f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.filename else str(error)
+    )
 
 
 #: How a batch user gives an image size the marker file lacks (the end of that error message).
 SIZE_ADVICE = "give NX NY after TILTS on the series' line of a list file, a STACK column, or --image-size NX NY for every series"
 
 
-def prepare(spec: SeriesSpec, *, out_dir: str, layout: str = "folders", image_size=None, reconstruct: bool = False,
-            warn=print_warning) -> Prepared | Outcome:
+def prepare(
+    spec: SeriesSpec,
+    *,
+    out_dir: str,
+    layout: str = "folders",
+    image_size=None,
+    reconstruct: bool = False,
+    warn=print_warning,
+) -> Prepared | Outcome:
     """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used.
     ``image_size``: (nx, ny) for series whose files do not record it; ``reconstruct``: its
     tomogram is wanted, so it needs a stack."""
@@ -121,41 +145,81 @@ def prepare(spec: SeriesSpec, *, out_dir: str, layout: str = "folders", image_si
         inputs_real = {os.path.realpath(spec.markers), os.path.realpath(spec.tilts)}
         clash = [p for p in out.final_paths(ALIGN_OUTPUTS) if os.path.realpath(p) in inputs_real]
         if clash:
-            raise UsageError(f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout folders")
+            raise UsageError(
+                f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout folders"
+            )
         stack = spec.stack
         if stack is None and reconstruct:
             stack = stack_beside(spec.markers)
             if stack is None:
                 stem = os.path.splitext(spec.markers)[0]
-                raise InputError(spec.markers, None, f"no stack to reconstruct beside it ({', '.join(os.path.basename(stem) + e for e in SCAN_STACKS)}); "
-                                                     "name it in a list file: MARKERS TILTS [NX NY] STACK")
+                raise InputError(
+                    spec.markers,
+                    None,
+                    f"no stack to reconstruct beside it ({', '.join(os.path.basename(stem) + e for e in SCAN_STACKS)}); "
+                    "name it in a list file: MARKERS TILTS [NX NY] STACK",
+                )
         if reconstruct:
             tomogram = out.final_paths((TOMOGRAM,))[0]
             if os.path.realpath(tomogram) in inputs_real | {os.path.realpath(stack)}:
                 raise UsageError(f"output {tomogram} would overwrite an input file; choose another --out-dir")
         size = spec.image_size or (tuple(image_size) if image_size else None)
-        inputs = read_series(spec.markers, spec.tilts, stack_path=stack, image_size=size, rotation_deg=spec.rotation, size_advice=SIZE_ADVICE,
-                             warn=warn)
+        inputs = read_series(
+            spec.markers,
+            spec.tilts,
+            stack_path=stack,
+            image_size=size,
+            rotation_deg=spec.rotation,
+            size_advice=SIZE_ADVICE,
+            warn=warn,
+        )
         if spec.image_size is not None:
             inputs = replace(inputs, image_size_source=f"NX NY on {spec.where}")
         if spec.rotation is not None:
             inputs = replace(inputs, rotation_source=f"rotation= on {spec.where}")
-        exclude = parse_view_list(spec.exclude, inputs.tilts_deg.size, where=f"{spec.where}: exclude={spec.exclude}") if spec.exclude else []
+        exclude = (
+            parse_view_list(
+                spec.exclude, inputs.tilts_deg.size, where=f"{spec.where}: exclude={spec.exclude}"
+            )
+            if spec.exclude
+            else []
+        )
         sel = select_views(inputs, exclude)
         report_selection(inputs, sel, warn)
         obs, marker_ids = observations_for_fit(inputs, sel, warn)
     except (InputError, UsageError, ValueError, OSError) as e:
         text = reason(e)
-        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD, EXIT_BAD_INPUT, seconds=time.perf_counter() - start, detail=text)
-    return Prepared(spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start, stack)
+        return Outcome(
+            spec.name,
+            spec.markers,
+            spec.tilts,
+            STATUS_BAD,
+            EXIT_BAD_INPUT,
+            seconds=time.perf_counter() - start,
+            detail=text,
+        )
+    return Prepared(
+        spec, inputs, sel, obs, marker_ids, out.out_dir, spec.name, time.perf_counter() - start, stack
+    )
 
 
 def _write(p: Prepared, result, options: BatchOptions, errors=None, robust=None) -> list[str]:
     """Write one series' outputs exactly as ``lmalign align`` does (``errors``: its
     ``Uncertainty``, ``robust``: its ``RobustResult``, or None); returns the paths written."""
-    written = write_alignment(OutputSet(p.out_dir, p.prefix), p.inputs, p.selection, result, p.marker_ids, options.settings(),
-                              command=options.command, errors=errors, robust=robust, figure=options.figure, n_worst=options.worst,
-                              batch={"bucket": list(result.settings.bucket)} if result.settings.bucket else {})
+    written = write_alignment(
+        OutputSet(p.out_dir, p.prefix),
+        p.inputs,
+        p.selection,
+        result,
+        p.marker_ids,
+        options.settings(),
+        command=options.command,
+        errors=errors,
+        robust=robust,
+        figure=options.figure,
+        n_worst=options.worst,
+        batch={"bucket": list(result.settings.bucket)} if result.settings.bucket else {},
+    )
     return written.written
 
 
@@ -163,14 +227,25 @@ def _outcome(p: Prepared, result, seconds: float, written: list[str]) -> Outcome
     spec, obs = p.spec, p.observations
     ok = result.converged
     return Outcome(
-        spec.name, spec.markers, spec.tilts, STATUS_OK if ok else STATUS_FAILED, EXIT_OK if ok else EXIT_FAILED,
-        views=obs.n_views, markers_fitted=obs.n_markers, points=obs.n_observed,
-        rms_residual_px=result.rms_residual_px, mean_residual_px=result.mean_residual_px,
-        seconds=seconds, detail=result.status, outputs=written,
+        spec.name,
+        spec.markers,
+        spec.tilts,
+        STATUS_OK if ok else STATUS_FAILED,
+        EXIT_OK if ok else EXIT_FAILED,
+        views=obs.n_views,
+        markers_fitted=obs.n_markers,
+        points=obs.n_observed,
+        rms_residual_px=result.rms_residual_px,
+        mean_residual_px=result.mean_residual_px,
+        seconds=seconds,
+        detail=result.status,
+        outputs=written,
     )
 
 
-def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=None, on_outcome=None, writers: int = 1) -> list[Outcome]:
+def align_and_write(
+    prepared: list[Prepared], options: BatchOptions, progress=None, on_outcome=None, writers: int = 1
+) -> list[Outcome]:
     """Align a group of series together and write each one's outputs (what a worker runs).
 
     ``progress(index, event, detail)`` is handed to ``align_batch``; ``on_outcome(outcome)`` is
@@ -208,14 +283,20 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
         outcomes = []
         for p, result in zip(prepared, results, strict=True):
             result, errors, robust, seconds = finished(p, result)
-            outcomes.append(reconstruct_series(p, write_outcome(p, result, options, errors, robust, seconds), options, result))
+            outcomes.append(
+                reconstruct_series(
+                    p, write_outcome(p, result, options, errors, robust, seconds), options, result
+                )
+            )
             report(outcomes[-1])
         return outcomes
     import concurrent.futures
     import multiprocessing
 
     outcomes: list = [None] * len(prepared)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=writers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=writers, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         # robust fits and standard errors are computed here (on this process's device), figures drawn by the writers
         futures, final = {}, [None] * len(prepared)
         for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
@@ -229,8 +310,15 @@ def align_and_write(prepared: list[Prepared], options: BatchOptions, progress=No
                 outcomes[i] = future.result()
             else:  # the writer process died or raised: that series failed, the others go on
                 p = prepared[i]
-                outcomes[i] = Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_ERROR, EXIT_INTERNAL, seconds=p.read_seconds,
-                                      detail=f"writing the outputs failed: {type(error).__name__}: {error}")
+                outcomes[i] = Outcome(
+                    p.spec.name,
+                    p.spec.markers,
+                    p.spec.tilts,
+                    STATUS_ERROR,
+                    EXIT_INTERNAL,
+                    seconds=p.read_seconds,
+                    detail=f"writing the outputs failed: {type(error).__name__}: {error}",
+                )
             # tomograms are made here, on this process's device, while the writers draw on
             outcomes[i] = reconstruct_series(prepared[i], outcomes[i], options, final[i])
             report(outcomes[i])
@@ -249,13 +337,27 @@ def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions, res
     try:
         fv = expand_to_file_views(result, p.selection.view_index, p.inputs.tilts_deg)
         alignment = alignment_of_views(fv, p.inputs.image_size, record)
-        reconstruct_to_file(p.stack, alignment, tomogram, thickness=options.reconstruct, binning=options.binning,
-                            filter=options.filter, quiet=True)
+        reconstruct_to_file(
+            p.stack,
+            alignment,
+            tomogram,
+            thickness=options.reconstruct,
+            binning=options.binning,
+            filter=options.filter,
+            quiet=True,
+        )
     except (InputError, UsageError, ValueError, OSError) as e:
         text = reason(e)
-        return replace(outcome, status=STATUS_FAILED, exit_code=EXIT_FAILED, seconds=outcome.seconds + time.perf_counter() - start,
-                       detail=f"aligned, but the reconstruction failed: {text}")
-    return replace(outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start)
+        return replace(
+            outcome,
+            status=STATUS_FAILED,
+            exit_code=EXIT_FAILED,
+            seconds=outcome.seconds + time.perf_counter() - start,
+            detail=f"aligned, but the reconstruction failed: {text}",
+        )
+    return replace(
+        outcome, outputs=[*outcome.outputs, tomogram], seconds=outcome.seconds + time.perf_counter() - start
+    )
 
 
 def fit_robust(p: Prepared, result, options: BatchOptions):
@@ -263,12 +365,24 @@ def fit_robust(p: Prepared, result, options: BatchOptions):
     started from its batched least-squares answer: ``(result, RobustResult)``; else, or for a
     series without a usable answer, ``(result, None)``. An error in the reweighting is that
     series' outcome."""
-    if options.robust is None or not isinstance(result, AlignmentResult) or result.status.startswith("failed"):
+    if (
+        options.robust is None
+        or not isinstance(result, AlignmentResult)
+        or result.status.startswith("failed")
+    ):
         return result, None
     try:
-        robust = align_robust(p.observations, loss=options.robust, group_size=options.robust_group_size, initial=result,
-                              model=options.model, rotation_deg=p.inputs.rotation_deg, modes=options.modes,
-                              config=LMConfig(max_iterations=options.max_iterations), dtype=options.dtype)
+        robust = align_robust(
+            p.observations,
+            loss=options.robust,
+            group_size=options.robust_group_size,
+            initial=result,
+            model=options.model,
+            rotation_deg=p.inputs.rotation_deg,
+            modes=options.modes,
+            config=LMConfig(max_iterations=options.max_iterations),
+            dtype=options.dtype,
+        )
     except Exception as e:  # noqa: BLE001 - reported for this series
         return e, None
     return robust.result, robust
@@ -286,19 +400,35 @@ def series_errors(result, options: BatchOptions):
         return None
 
 
-def write_outcome(p: Prepared, result, options: BatchOptions, errors=None, robust=None, solve_seconds: float | None = None) -> Outcome:
+def write_outcome(
+    p: Prepared, result, options: BatchOptions, errors=None, robust=None, solve_seconds: float | None = None
+) -> Outcome:
     """Write one series' outputs (or report why it has none) and say how it went.
     ``solve_seconds``: time spent fitting it (default: its stages' seconds)."""
     start = time.perf_counter()
     spec = p.spec
     if isinstance(result, Exception):
         bad = isinstance(result, ValueError)  # the engine's checks of the problem
-        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_BAD if bad else STATUS_ERROR, EXIT_BAD_INPUT if bad else EXIT_INTERNAL,
-                       seconds=p.read_seconds, detail=str(result) if bad else f"{type(result).__name__}: {result}")
+        return Outcome(
+            spec.name,
+            spec.markers,
+            spec.tilts,
+            STATUS_BAD if bad else STATUS_ERROR,
+            EXIT_BAD_INPUT if bad else EXIT_INTERNAL,
+            seconds=p.read_seconds,
+            detail=str(result) if bad else f"{type(result).__name__}: {result}",
+        )
     try:
         written = _write(p, result, options, errors, robust)
     except OSError as e:
-        return Outcome(spec.name, spec.markers, spec.tilts, STATUS_FAILED, EXIT_FAILED, seconds=p.read_seconds,
-                       detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip())
+        return Outcome(
+            spec.name,
+            spec.markers,
+            spec.tilts,
+            STATUS_FAILED,
+            EXIT_FAILED,
+            seconds=p.read_seconds,
+            detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip(),
+        )
     solve = sum(st.seconds for st in result.stages) if solve_seconds is None else solve_seconds
     return _outcome(p, result, p.read_seconds + solve + time.perf_counter() - start, written)

@@ -22,12 +22,25 @@ class Fit:
     errors: object = None
 
 
-def fit_series(obs, settings: AlignSettings, *, rotation_deg: float | None = None, with_errors: bool = True, progress=None) -> Fit:
+def fit_series(
+    obs,
+    settings: AlignSettings,
+    *,
+    rotation_deg: float | None = None,
+    with_errors: bool = True,
+    progress=None,
+) -> Fit:
     """Align ``obs`` (Observations) as ``settings`` say, starting from ``rotation_deg`` (None:
     estimated). ``progress(stage_report)`` hears each finished stage of a least-squares fit.
     The engine's checks of the problem (modes, sizes) are raised as UsageError."""
-    kwargs = dict(model=settings.model, rotation_deg=rotation_deg, modes=settings.modes, stages=settings.stages,
-                  config=LMConfig(max_iterations=settings.max_iterations), dtype=settings.dtype)
+    kwargs = dict(
+        model=settings.model,
+        rotation_deg=rotation_deg,
+        modes=settings.modes,
+        stages=settings.stages,
+        config=LMConfig(max_iterations=settings.max_iterations),
+        dtype=settings.dtype,
+    )
     robust = None
     try:
         if settings.robust:

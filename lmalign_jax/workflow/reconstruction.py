@@ -26,7 +26,6 @@ from .status import UsageError, print_note, print_warning
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
 
 
-
 @dataclass
 class Alignment:
     """Per-view transforms and tilts for the reconstruction, in the stack's view order."""
@@ -44,8 +43,12 @@ def read_alignment_json(path: str) -> Alignment:
     """The per-view transforms and tilts of an ``lmalign align`` record (``--alignment``)."""
     record = read_record(path)
     if not record.converged:
-        raise InputError(path, None, f"this alignment did not converge ({record.status}); it has no usable transforms")
-    return Alignment(record.xf[:, :, :2], record.xf[:, :, 2], record.tilts_deg, path, path, path, record.image_size)
+        raise InputError(
+            path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
+        )
+    return Alignment(
+        record.xf[:, :, :2], record.xf[:, :, 2], record.tilts_deg, path, path, path, record.image_size
+    )
 
 
 def alignment_of_views(fv, image_size, source: str) -> Alignment:
@@ -57,7 +60,9 @@ def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
     """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``)."""
     a, d = read_xf(xf_path)
     tilts, _ = read_tilt_file(tlt_path)
-    return Alignment(a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path)
+    return Alignment(
+        a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path
+    )
 
 
 class _CountingStack:
@@ -78,8 +83,15 @@ def _progress_bar(total: int, quiet: bool):
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
-    return tqdm(total=total, desc="lmalign: reconstructing", unit="step", file=sys.stderr, disable=True if quiet else None,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc="lmalign: reconstructing",
+        unit="step",
+        file=sys.stderr,
+        disable=True if quiet else None,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def reconstruction_label(thickness: float, binning: int, filter: str, radial=None) -> str:
@@ -89,22 +101,45 @@ def reconstruction_label(thickness: float, binning: int, filter: str, radial=Non
     return label + (f" radial {radial[0]:g} {radial[1]:g}" if radial else "")
 
 
-def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *, thickness: float, binning: int = 1,
-                        filter: str = "ramp", radial=None, quiet: bool = False, warn=print_warning, note=print_note) -> dict:
+def reconstruct_to_file(
+    stack_path: str,
+    alignment: Alignment,
+    out_path: str,
+    *,
+    thickness: float,
+    binning: int = 1,
+    filter: str = "ramp",
+    radial=None,
+    quiet: bool = False,
+    warn=print_warning,
+    note=print_note,
+) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
 
     Returns a summary dict (shape, voxel size, seconds). Raises ``InputError``/``UsageError`` for
     bad input before anything is written.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
-    for name, count, where in (("transforms", alignment.xf_A.shape[0], alignment.xf_source),
-                               ("tilt angles", alignment.tilts_deg.size, alignment.tilt_source)):
+    for name, count, where in (
+        ("transforms", alignment.xf_A.shape[0], alignment.xf_source),
+        ("tilt angles", alignment.tilts_deg.size, alignment.tilt_source),
+    ):
         if count != n_views:
-            raise InputError(where, None, f"has {count} {name} but the stack {stack_path} has {n_views} sections (one per view)")
-    if alignment.image_size is not None and (abs(alignment.image_size[0] - nx) > 0.5 or abs(alignment.image_size[1] - ny) > 0.5):
+            raise InputError(
+                where,
+                None,
+                f"has {count} {name} but the stack {stack_path} has {n_views} sections (one per view)",
+            )
+    if alignment.image_size is not None and (
+        abs(alignment.image_size[0] - nx) > 0.5 or abs(alignment.image_size[1] - ny) > 0.5
+    ):
         ax, ay = alignment.image_size
-        raise InputError(stack_path, None, f"images are {nx} x {ny} pixels but the alignment {alignment.source} was made for "
-                                           f"{ax:g} x {ay:g}; reconstruct the stack the markers were picked on (use --bin to bin it)")
+        raise InputError(
+            stack_path,
+            None,
+            f"images are {nx} x {ny} pixels but the alignment {alignment.source} was made for "
+            f"{ax:g} x {ay:g}; reconstruct the stack the markers were picked on (use --bin to bin it)",
+        )
     if nx // binning < 1 or ny // binning < 1:
         raise UsageError(f"--bin {binning} is larger than the {nx} x {ny} images")
     try:
@@ -114,13 +149,18 @@ def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *,
     nz = max(1, int(round(thickness / binning)))
     shape = (nz, ny // binning, nx // binning)
     if pixel is None:
-        warn(f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as {binning:g} A (1 A per pixel)")
+        warn(
+            f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as {binning:g} A (1 A per pixel)"
+        )
         pixel = 1.0
     voxel = pixel * binning
     stack = read_stack(stack_path)
     if not quiet:
-        note(f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
-              + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "") + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ...")
+        note(
+            f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
+            + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
+            + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
+        )
     bar = _progress_bar(n_views + shape[1], quiet)
     tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
 
@@ -130,11 +170,22 @@ def reconstruct_to_file(stack_path: str, alignment: Alignment, out_path: str, *,
 
     start = time.perf_counter()
     try:
-        with create_volume(out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]) as vol:
+        with create_volume(
+            out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]
+        ) as vol:
             try:
-                reconstruct(_CountingStack(stack, tick), alignment.xf_A, alignment.xf_shift, alignment.tilts_deg, thickness,
-                            binning=binning, filter=filter, radial=None if radial is None else tuple(radial), out=vol,
-                            progress=progress)
+                reconstruct(
+                    _CountingStack(stack, tick),
+                    alignment.xf_A,
+                    alignment.xf_shift,
+                    alignment.tilts_deg,
+                    thickness,
+                    binning=binning,
+                    filter=filter,
+                    radial=None if radial is None else tuple(radial),
+                    out=vol,
+                    progress=progress,
+                )
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)

@@ -44,27 +44,57 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
             and _same_file(record.markers_path, p.spec.markers)
             and _same_file(record.tilts_path, p.inputs.tilts_path)
             and _same_file(record.stack_path, p.stack)
-            and size is not None and [float(v) for v in size] == [float(v) for v in p.inputs.image_size]
+            and size is not None
+            and [float(v) for v in size] == [float(v) for v in p.inputs.image_size]
             and record.excluded_by_user == [v + 1 for v in p.selection.excluded_by_user]
             and opts["rotation_source"].startswith("rotation=") == (p.spec.rotation is not None)
             and (p.spec.rotation is None or opts["rotation_deg"] == p.spec.rotation)
             and (opts["model"], opts["modes"], opts["stages"], opts["dtype"], opts["max_iterations"])
-            == (options.model, options.settings().all_modes(), list(options.stages), options.dtype, options.max_iterations)
+            == (
+                options.model,
+                options.settings().all_modes(),
+                list(options.stages),
+                options.dtype,
+                options.max_iterations,
+            )
             and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
             and all(os.path.isfile(q) for q in outputs)
             and (not options.figure or any(q.endswith(".png") for q in outputs))
             and (not options.errors or record.has_standard_errors)
-            and opts.get("robust") == ({"loss": options.robust, "group_size": options.robust_group_size} if options.robust else None)
+            and opts.get("robust")
+            == ({"loss": options.robust, "group_size": options.robust_group_size} if options.robust else None)
         )
         if done and options.reconstruct is not None:
             label = reconstruction_label(options.reconstruct, options.binning, options.filter)[:80]
-            done = os.path.isfile(tomogram) and os.path.getmtime(tomogram) >= made and label in read_labels(tomogram)
+            done = (
+                os.path.isfile(tomogram)
+                and os.path.getmtime(tomogram) >= made
+                and label in read_labels(tomogram)
+            )
             outputs.append(tomogram)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no record, or not one this version wrote: align again
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ):  # no record, or not one this version wrote: align again
         return None
     if not done:
         return None
     obs = p.observations
-    return Outcome(p.spec.name, p.spec.markers, p.spec.tilts, STATUS_OK, EXIT_OK, views=obs.n_views, markers_fitted=obs.n_markers,
-                   points=obs.n_observed, rms_residual_px=record.rms_residual_px, mean_residual_px=record.mean_residual_px,
-                   seconds=p.read_seconds, detail=RESUMED, outputs=outputs)
+    return Outcome(
+        p.spec.name,
+        p.spec.markers,
+        p.spec.tilts,
+        STATUS_OK,
+        EXIT_OK,
+        views=obs.n_views,
+        markers_fitted=obs.n_markers,
+        points=obs.n_observed,
+        rms_residual_px=record.rms_residual_px,
+        mean_residual_px=record.mean_residual_px,
+        seconds=p.read_seconds,
+        detail=RESUMED,
+        outputs=outputs,
+    )

@@ -56,7 +56,9 @@ def read_tilt_file(path: str, warn=print_warning):
     if ext in (".tlt", ".rawtlt"):
         return io.read_tilts(path), None
     got = f"extension {ext!r}" if ext else "no extension"
-    raise InputError(path, None, f"unsupported tilt-angle file ({got}); supported: {', '.join(TILT_EXTENSIONS)}")
+    raise InputError(
+        path, None, f"unsupported tilt-angle file ({got}); supported: {', '.join(TILT_EXTENSIONS)}"
+    )
 
 
 def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
@@ -64,18 +66,28 @@ def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
     ext = os.path.splitext(path)[1].lower()
     if ext not in MARKER_EXTENSIONS:
         got = f"extension {ext!r}" if ext else "no extension"
-        raise InputError(path, None, f"unsupported marker file ({got}); supported: {', '.join(MARKER_EXTENSIONS)}")
+        raise InputError(
+            path, None, f"unsupported marker file ({got}); supported: {', '.join(MARKER_EXTENSIONS)}"
+        )
     if ext == ".resid":
         markers = io.resid_to_markers(io.read_resid(path), None)
-        return _on_tilt_file_views(markers, path, tilts_path, n_views), "IMOD residual file (measured points)", None
+        return (
+            _on_tilt_file_views(markers, path, tilts_path, n_views),
+            "IMOD residual file (measured points)",
+            None,
+        )
     if ext == ".txt" and _is_pytom(path):
         markers, tilts = io.read_pytom_markers(path)
         return _on_tilt_file_views(markers, path, tilts_path, n_views), "PyTom marker file", tilts
-    fmt = {".csv": "CSV marker,view,x,y", ".fid": "IMOD model", ".mod": "IMOD model"}.get(ext, "IMOD model2point text")
+    fmt = {".csv": "CSV marker,view,x,y", ".fid": "IMOD model", ".mod": "IMOD model"}.get(
+        ext, "IMOD model2point text"
+    )
     return _on_tilt_file_views(io.read_markers(path), path, tilts_path, n_views), fmt, None
 
 
-def _on_tilt_file_views(markers: io.MarkerSet, path: str, tilts_path: str | None, n_views: int | None) -> io.MarkerSet:
+def _on_tilt_file_views(
+    markers: io.MarkerSet, path: str, tilts_path: str | None, n_views: int | None
+) -> io.MarkerSet:
     """``markers`` on the tilt file's ``n_views`` views (None: as read). A marker on a view the
     tilt file has no angle for is the tilt file's fault (most often another series' file), so
     the message names it; views past the last observed one are dropped or added empty."""
@@ -84,8 +96,12 @@ def _on_tilt_file_views(markers: io.MarkerSet, path: str, tilts_path: str | None
     observed = np.flatnonzero(markers.mask.any(axis=1))
     needed = int(observed[-1]) + 1 if observed.size else 0
     if needed > n_views:
-        raise InputError(tilts_path, None, f"has {n_views} tilt angles but the markers in {path} need {needed} "
-                                           f"(a marker is on view {needed}, counting from 1); is it this series' tilt file?")
+        raise InputError(
+            tilts_path,
+            None,
+            f"has {n_views} tilt angles but the markers in {path} need {needed} "
+            f"(a marker is on view {needed}, counting from 1); is it this series' tilt file?",
+        )
     xy = np.full((n_views, markers.n_markers, 2), np.nan)
     mask = np.zeros((n_views, markers.n_markers), dtype=bool)
     k = min(n_views, markers.xy.shape[0])
@@ -102,8 +118,16 @@ def _is_pytom(path: str) -> bool:
     return is_pytom_header(head)
 
 
-def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | None = None, image_size=None,
-                rotation_deg: float | None = None, size_advice: str = SIZE_ADVICE, warn=print_warning) -> SeriesInputs:
+def read_series(
+    markers_path: str,
+    tilts_path: str | None,
+    *,
+    stack_path: str | None = None,
+    image_size=None,
+    rotation_deg: float | None = None,
+    size_advice: str = SIZE_ADVICE,
+    warn=print_warning,
+) -> SeriesInputs:
     """Read a series' marker, tilt and (optional) stack files and check them together.
 
     ``image_size`` (nx, ny) pixels and ``rotation_deg`` override what the files say;
@@ -112,11 +136,15 @@ def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | 
     """
     for path in (markers_path, tilts_path):
         if path is not None and not os.path.isfile(path):
-            raise InputError(path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found")
+            raise InputError(
+                path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found"
+            )
     mdoc = None
     if tilts_path is None:
         if os.path.splitext(markers_path)[1].lower() != ".txt" or not _is_pytom(markers_path):
-            raise UsageError("--tilts FILE is required (.tlt, .rawtlt or .mdoc); only PyTom marker files carry their tilt angles")
+            raise UsageError(
+                "--tilts FILE is required (.tlt, .rawtlt or .mdoc); only PyTom marker files carry their tilt angles"
+            )
         markers, fmt, tilts = _read_marker_file(markers_path, None, None)
         tilts_file = markers_path
     else:
@@ -125,18 +153,28 @@ def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | 
         markers, fmt, file_tilts = _read_marker_file(markers_path, tilts_path, tilts.size)
         k = min(tilts.size, 0 if file_tilts is None else file_tilts.size)
         if file_tilts is not None and not np.allclose(file_tilts[:k], tilts[:k], atol=0.05):
-            raise InputError(tilts_path, None, f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views by increasing tilt)")
+            raise InputError(
+                tilts_path,
+                None,
+                f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views by increasing tilt)",
+            )
 
     stack_size, stack_pix = None, None
     if stack_path is not None:
         n_sections, ny, nx, stack_pix = read_stack_header(stack_path)
         if n_sections != tilts.size:
-            raise InputError(stack_path, None, f"the stack has {n_sections} sections but {tilts_file} has {tilts.size} tilt angles")
+            raise InputError(
+                stack_path,
+                None,
+                f"the stack has {n_sections} sections but {tilts_file} has {tilts.size} tilt angles",
+            )
         stack_size = (nx, ny)
     if image_size is not None:
         size, source = tuple(image_size), "--image-size"
         if min(size) <= 0:
-            raise UsageError(f"--image-size must be two positive numbers, got {image_size[0]:g} {image_size[1]:g}")
+            raise UsageError(
+                f"--image-size must be two positive numbers, got {image_size[0]:g} {image_size[1]:g}"
+            )
     elif markers.image_size is not None:
         size, source = markers.image_size, f"{markers_path} header"
     elif stack_size is not None:
@@ -144,7 +182,9 @@ def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | 
     elif mdoc is not None and mdoc.image_size is not None:
         size, source = mdoc.image_size, f"{tilts_path} ImageSize"
     else:
-        raise InputError(markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}")
+        raise InputError(
+            markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}"
+        )
 
     if rotation_deg is not None:
         rotation, rot_source = float(rotation_deg), "--rotation"
@@ -153,8 +193,19 @@ def read_series(markers_path: str, tilts_path: str | None, *, stack_path: str | 
     else:
         rotation, rot_source = None, "estimated from the marker tracks"
     pixel = markers.pixel_size or stack_pix or (mdoc.pixel_size if mdoc else None)
-    return SeriesInputs(markers, markers_path, fmt, np.asarray(tilts, dtype=np.float64), tilts_file, (float(size[0]), float(size[1])), source,
-                        rotation, rot_source, pixel, stack_path)
+    return SeriesInputs(
+        markers,
+        markers_path,
+        fmt,
+        np.asarray(tilts, dtype=np.float64),
+        tilts_file,
+        (float(size[0]), float(size[1])),
+        source,
+        rotation,
+        rot_source,
+        pixel,
+        stack_path,
+    )
 
 
 def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[int]:
@@ -164,12 +215,16 @@ def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[i
     for part in text.replace(" ", "").split(","):
         m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
         if not m:
-            raise UsageError(f"{where}: {part!r} is not a view number or range (use e.g. 1-3,40; views count from 1)")
+            raise UsageError(
+                f"{where}: {part!r} is not a view number or range (use e.g. 1-3,40; views count from 1)"
+            )
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if lo > hi:
             raise UsageError(f"{where}: range {part!r} runs backwards")
         if lo < 1 or hi > n_views:
-            raise UsageError(f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)")
+            raise UsageError(
+                f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)"
+            )
         views.update(range(lo - 1, hi))
     return sorted(views)
 
@@ -208,7 +263,8 @@ def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
     if keep_marker.sum() < MIN_MARKERS or keep_view.sum() < 3:
         n_m, n_v = int(keep_marker.sum()), int(keep_view.sum())
         raise InputError(
-            inputs.markers_path, None,
+            inputs.markers_path,
+            None,
             f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least {MIN_MARKERS} markers and 3 views"
             + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else ""),
         )
@@ -217,21 +273,38 @@ def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
     sorted_by_tilt = not (increasing or decreasing)
     if sorted_by_tilt:
         views = views[np.argsort(tilts[views], kind="stable")]
-    return Selection(views, np.flatnonzero(keep_marker), list(exclude), sorted(int(v) for v in no_markers), dropped, bool(sorted_by_tilt))
+    return Selection(
+        views,
+        np.flatnonzero(keep_marker),
+        list(exclude),
+        sorted(int(v) for v in no_markers),
+        dropped,
+        bool(sorted_by_tilt),
+    )
 
 
 def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -> None:
     """Warnings about what ``select_views`` dropped or re-ordered."""
     if sel.dropped_markers:
-        warn(f"{inputs.markers_path}: dropped {len(sel.dropped_markers)} marker(s) seen in fewer than 2 fitted views (ids {', '.join(map(str, sel.dropped_markers))})")
+        warn(
+            f"{inputs.markers_path}: dropped {len(sel.dropped_markers)} marker(s) seen in fewer than 2 fitted views (ids {', '.join(map(str, sel.dropped_markers))})"
+        )
     if sel.excluded_no_markers:
         nums = ", ".join(str(v + 1) for v in sel.excluded_no_markers)
-        warn(f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated from neighbouring views")
+        warn(
+            f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated from neighbouring views"
+        )
     if sel.sorted_by_tilt:
         step = np.diff(inputs.tilts_deg)
         k = int(np.argmax(step < 0 if inputs.tilts_deg[-1] >= inputs.tilts_deg[0] else step > 0))
-        where = f"{inputs.tilts_path}:{k + 2}" if inputs.tilts_path.lower().endswith(("tlt", "rawtlt")) else inputs.tilts_path
-        warn(f"{where}: tilt angles are not in order; views are fitted in order of tilt and written back in file order")
+        where = (
+            f"{inputs.tilts_path}:{k + 2}"
+            if inputs.tilts_path.lower().endswith(("tlt", "rawtlt"))
+            else inputs.tilts_path
+        )
+        warn(
+            f"{where}: tilt angles are not in order; views are fitted in order of tilt and written back in file order"
+        )
 
 
 def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warning):
@@ -243,7 +316,9 @@ def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warnin
     pts = xy[mask]
     outside = int(np.sum((pts[:, 0] < 0) | (pts[:, 0] > nx) | (pts[:, 1] < 0) | (pts[:, 1] > ny)))
     if outside:
-        warn(f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size ({inputs.image_size_source})")
+        warn(
+            f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size ({inputs.image_size_source})"
+        )
     try:
         obs = Observations(xy, mask, inputs.tilts_deg[sel.view_index], inputs.image_size)
     except ValueError as e:

@@ -54,4 +54,6 @@ class AlignSettings:
 
     def robust_record(self) -> dict | None:
         """The record's ``options.robust``: loss and group size, or None for least squares."""
-        return {"loss": self.robust, "group_size": self.robust_group_size} if self.robust is not None else None
+        return (
+            {"loss": self.robust, "group_size": self.robust_group_size} if self.robust is not None else None
+        )

@@ -18,7 +18,10 @@ def compare_with_truth(result, truth, sel: Selection, marker_ids) -> dict:
     true_markers = truth.markers[np.asarray(marker_ids) - 1]  # ids are 1..n in the demo files
     with jax.enable_x64(True):
         project = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
-        clean = np.asarray(project(jnp.asarray(true_views), jnp.asarray(true_markers)), dtype=np.float64) + obs.center
+        clean = (
+            np.asarray(project(jnp.asarray(true_views), jnp.asarray(true_markers)), dtype=np.float64)
+            + obs.center
+        )
     fitted = obs.xy + result.residuals  # the solved model's projections
     err = (fitted - clean)[obs.mask]
     model_error = float(np.sqrt(np.mean(err**2)))
@@ -46,4 +49,8 @@ def compare_with_truth(result, truth, sel: Selection, marker_ids) -> dict:
 
 def truth_ok(t: dict) -> bool:
     """The demo's pass mark: projections within the noise, rotation within 0.5 deg, RMS near the floor."""
-    return t["model_error_px"] < t["noise_px"] and abs(t["rotation_mean_error_deg"]) < 0.5 and t["tilt_rms_error_deg"] < 0.5
+    return (
+        t["model_error_px"] < t["noise_px"]
+        and abs(t["rotation_mean_error_deg"]) < 0.5
+        and t["tilt_rms_error_deg"] < 0.5
+    )

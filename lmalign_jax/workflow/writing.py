@@ -52,7 +52,9 @@ def check_output_folder(out: OutputSet, suffixes, input_paths) -> None:
     inputs_real = {os.path.realpath(p) for p in input_paths if p}
     for path in out.final_paths(suffixes):
         if os.path.realpath(path) in inputs_real:
-            raise UsageError(f"output {path} would overwrite an input file; choose another --prefix or --out-dir")
+            raise UsageError(
+                f"output {path} would overwrite an input file; choose another --prefix or --out-dir"
+            )
 
 
 def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
@@ -101,9 +103,22 @@ class WrittenAlignment:
     exit_code: int
 
 
-def write_alignment(out: OutputSet, inputs: SeriesInputs, sel: Selection, result, marker_ids, settings: AlignSettings, *,
-                    command, errors=None, robust=None, figure: bool = True, n_worst: int = 10, truth: dict | None = None,
-                    batch: dict | None = None) -> WrittenAlignment:
+def write_alignment(
+    out: OutputSet,
+    inputs: SeriesInputs,
+    sel: Selection,
+    result,
+    marker_ids,
+    settings: AlignSettings,
+    *,
+    command,
+    errors=None,
+    robust=None,
+    figure: bool = True,
+    n_worst: int = 10,
+    truth: dict | None = None,
+    batch: dict | None = None,
+) -> WrittenAlignment:
     """Write a solved series' outputs into ``out``: all of ALIGN_OUTPUTS if it converged, else
     the report only (``.json``, ``.png``); no ``.png`` without ``figure``.
 
@@ -117,15 +132,27 @@ def write_alignment(out: OutputSet, inputs: SeriesInputs, sel: Selection, result
     rotation = inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg
     options = settings.record_options(rotation, inputs.rotation_source, command, batch)
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
-    extra = {"outputs": [os.path.basename(p) for p in out.final_paths(suffixes)], "exit_code": EXIT_OK if converged else EXIT_FAILED}
+    extra = {
+        "outputs": [os.path.basename(p) for p in out.final_paths(suffixes)],
+        "exit_code": EXIT_OK if converged else EXIT_FAILED,
+    }
     if robust is not None:
         extra["robust"] = robust.to_dict()
     if truth is not None:
         extra["truth"] = truth
         if not truth_ok(truth):
             extra["exit_code"] = EXIT_FAILED
-    record = build_record(result, fv, marker_ids=marker_ids, inputs=input_record(inputs, sel, result.observations), options=options,
-                          n_worst=n_worst, software=software_info(), extra=extra, errors=errors)
+    record = build_record(
+        result,
+        fv,
+        marker_ids=marker_ids,
+        inputs=input_record(inputs, sel, result.observations),
+        options=options,
+        n_worst=n_worst,
+        software=software_info(),
+        extra=extra,
+        errors=errors,
+    )
     with out:
         if converged:
             _stage_alignment_files(out, result, fv, marker_ids, inputs)
