@@ -84,8 +84,11 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
     wv = np.array([p["view"] for p in worst], dtype=int)
     wm = np.array([p["marker"] for p in worst], dtype=int)
 
+    drawn, _ = track_sample(fv.mask)
+    note = _sample_note(drawn.size, obs.n_markers)
+
     fig = Figure(figsize=(15, 9.5), dpi=100)
-    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.87, wspace=0.28, hspace=0.35)
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.87 if note else 0.9, wspace=0.28, hspace=0.35)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     fig.suptitle(
@@ -108,8 +111,6 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
 
     from matplotlib.collections import LineCollection
 
-    drawn, _ = track_sample(fv.mask)
-    note = _sample_note(drawn.size, obs.n_markers)
     ax = axes[0, 1]
     segments, colors = _tracks(aligned[..., 0], aligned[..., 1], fv.mask, drawn)
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.8))
