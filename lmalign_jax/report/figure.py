@@ -46,8 +46,10 @@ def arrow_sample(lengths: np.ndarray, max_arrows: int = MAX_ARROWS) -> np.ndarra
     if n <= max_arrows:
         return np.arange(n)
     n_longest = max_arrows // 5
-    order = np.argsort(np.nan_to_num(lengths, nan=-np.inf), kind="stable")
-    longest, rest = order[n - n_longest:], np.sort(order[: n - n_longest])
+    longest = np.argpartition(np.nan_to_num(lengths, nan=-np.inf), n - n_longest)[n - n_longest:]  # O(N)
+    others = np.ones(n, dtype=bool)
+    others[longest] = False
+    rest = np.flatnonzero(others)
     spaced = rest[np.linspace(0, rest.size - 1, max_arrows - n_longest).astype(np.int64)]
     return np.union1d(longest, spaced)
 
