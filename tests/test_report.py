@@ -19,6 +19,12 @@ from lmalign_jax.report import (
     record_to_json,
     render_figure,
 )
+from lmalign_jax.report.figure import (
+    MAX_ARROWS,
+    MAX_TRACK_POINTS,
+    arrow_sample,
+    track_sample,
+)
 
 SIZE = (800.0, 600.0)
 
@@ -142,6 +148,51 @@ def test_figure_is_a_png_and_leaves_the_backend_alone(report):
     data = render_figure(result, fv, record, title="test")
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.get_backend() == backend
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    """The decoded RGBA image of PNG bytes (rows, columns, 4), values in [0, 1]."""
+    import io
+
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(data), format="png")
+
+
+def test_summary_prints_the_rotation_the_fit_started_from(report):
+    _, _, record = report
+    assert " Rotation: tilt axis -10.10 deg to start (estimated), solved mean" in format_summary(record)
+
+
+def test_track_sample_keeps_every_marker_up_to_the_budget_then_an_even_subset():
+    rng = np.random.default_rng(1)
+    mask = rng.random((61, 5000)) < 0.9
+    drawn, step = track_sample(mask, max_points=int(mask.sum()))
+    assert step == 1 and drawn.size == 5000
+    drawn, step = track_sample(mask, max_points=20_000)
+    assert step > 1 and np.array_equal(drawn, np.arange(0, 5000, step))
+    assert mask[:, drawn].sum() <= 20_000 < mask[:, ::step - 1].sum()  # the smallest step that fits
+    assert track_sample(np.ones((61, 3), bool), max_points=10)[0].size == 1  # one marker even over budget
+
+
+def test_arrow_sample_keeps_the_longest_residuals():
+    lengths = np.random.default_rng(2).random(50_000)
+    shown = arrow_sample(lengths, max_arrows=1000)
+    assert shown.size == 1000 and np.array_equal(shown, np.unique(shown))
+    assert set(np.argsort(lengths)[-200:]) <= set(shown.tolist())
+    assert np.array_equal(arrow_sample(lengths[:1000], max_arrows=1000), np.arange(1000))
+
+
+def test_figure_of_a_large_alignment_is_drawn_from_a_sample():
+    """61 views x 5,000 markers (274,500 points): more than the panels draw, still a full image."""
+    result = make_result(n_views=61, n_markers=5000, seed=3)
+    fv = expand_to_file_views(result, np.arange(61), result.observations.tilts_deg)
+    record = build_record(result, fv, marker_ids=list(range(5000)), inputs={}, options={}, n_worst=10)
+    assert fv.mask.sum() > MAX_TRACK_POINTS and fv.mask.sum() > MAX_ARROWS
+    pixels = png_pixels(render_figure(result, fv, record, title="large"))
+    assert pixels.shape == (950, 1500, 4)
+    drawn = np.any(pixels[..., :3] < 0.9, axis=-1)  # not white
+    assert 0.05 < drawn.mean() < 0.6  # panels drawn, not blank, not one blot
 
 
 def test_record_and_figure_carry_standard_errors(report):

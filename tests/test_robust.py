@@ -69,6 +69,8 @@ def test_inliers_reach_the_noise_floor(outlier_case):
     series, inliers, plain, oracle, robust = outlier_case
     assert isinstance(robust, RobustResult)
     assert robust.converged and robust.result.converged
+    # the rounds start from the first fit's answer: its estimated tilt axis is the one reported
+    assert robust.result.rotation_estimated_deg == plain.rotation_estimated_deg is not None
     floor = inlier_floor(series, inliers, robust.result)
     plain_ratio = rms(plain.residuals[inliers]) / floor
     robust_ratio = rms(robust.result.residuals[inliers]) / floor

@@ -68,7 +68,7 @@ its group's median has w slightly below 1 (about half the points), so ``flagged(
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -200,7 +200,8 @@ class RobustResult:
     """A robust alignment.
 
     Attributes:
-        result: the final (reweighted) ``AlignmentResult``; its residuals are unweighted.
+        result: the final (reweighted) ``AlignmentResult``; its residuals are unweighted and
+            its ``rotation_estimated_deg`` is the initial fit's (the start of every round).
         initial: the ordinary least-squares fit the rounds started from.
         weights: (n_views, n_markers) IRLS weights w in [0, 1] used by the final solve (the
             solve multiplied residuals by sqrt(w)); NaN where a marker was not observed.
@@ -460,6 +461,8 @@ def align_robust(
             if change <= tol:
                 converged = True
                 break
+    if current is not initial:  # the rounds start from an answer and estimate no rotation: keep the first fit's
+        current = replace(current, rotation_estimated_deg=initial.rotation_estimated_deg)
     return RobustResult(
         result=current,
         initial=initial,

@@ -1,13 +1,71 @@
-"""The PNG report figure of an alignment (matplotlib is imported here only, when drawing)."""
+"""The PNG report figure of an alignment (matplotlib is imported here only, when drawing).
+
+Its cost grows no faster than the number of points: each track panel is one ``LineCollection``
+and the residual vectors one ``quiver``; beyond ``MAX_TRACK_POINTS`` points the track panels
+draw every k-th marker, and beyond ``MAX_ARROWS`` points the vector panel draws the longest
+residuals and a regular sample of the rest; each such panel says so in its title.
+"""
 
 from __future__ import annotations
 
 import io as _io
+import math
 
 import numpy as np
 
 from ..core.result import AlignmentResult
 from .views import FileViews, aligned_model_xy
+
+#: Most points the two track panels draw (every k-th marker beyond).
+MAX_TRACK_POINTS = 20_000
+#: Most residual arrows drawn: the ``MAX_ARROWS // 5`` longest and a regular sample of the rest.
+MAX_ARROWS = 5_000
+
+
+def track_sample(mask: np.ndarray, max_points: int = MAX_TRACK_POINTS) -> tuple[np.ndarray, int]:
+    """Markers whose tracks are drawn and the step k between them.
+
+    mask: (n_views, n_markers) bool, fitted points. Every marker (k = 1) when they hold at most
+    ``max_points`` points, else every k-th marker, k the smallest step that keeps the drawn
+    points within ``max_points``. Returns (marker indices (p,), k).
+    """
+    counts = mask.sum(axis=0)
+    step = max(1, math.ceil(int(counts.sum()) / max(max_points, 1)))
+    while step < counts.size and int(counts[::step].sum()) > max_points:
+        step += 1
+    return np.arange(0, counts.size, step), step
+
+
+def arrow_sample(lengths: np.ndarray, max_arrows: int = MAX_ARROWS) -> np.ndarray:
+    """Indices of the residual arrows drawn, of ``lengths`` (N,) residual lengths (px).
+
+    All of them when N <= ``max_arrows``; else the ``max_arrows // 5`` longest and an evenly
+    spaced sample of the others, ``max_arrows`` in all, in increasing index order.
+    """
+    n = lengths.size
+    if n <= max_arrows:
+        return np.arange(n)
+    n_longest = max_arrows // 5
+    longest = np.argpartition(np.nan_to_num(lengths, nan=-np.inf), n - n_longest)[n - n_longest:]  # O(N)
+    others = np.ones(n, dtype=bool)
+    others[longest] = False
+    rest = np.flatnonzero(others)
+    spaced = rest[np.linspace(0, rest.size - 1, max_arrows - n_longest).astype(np.int64)]
+    return np.union1d(longest, spaced)
+
+
+def _tracks(x: np.ndarray, y: np.ndarray, mask: np.ndarray, markers: np.ndarray) -> tuple[list, list]:
+    """Line segments (one (k, 2) array per marker) and their colours, for a LineCollection.
+
+    x, y: (n_views, n_markers) or broadcastable; mask: (n_views, n_markers); markers: (p,)."""
+    x = np.broadcast_to(x, mask.shape)
+    y = np.broadcast_to(y, mask.shape)
+    segments = [np.column_stack([x[mask[:, i], i], y[mask[:, i], i]]) for i in markers]
+    return segments, [f"C{k % 10}" for k in range(len(markers))]
+
+
+def _sample_note(n_drawn: int, n_markers: int) -> str:
+    return "" if n_drawn == n_markers else f"\n({n_drawn} of {n_markers} markers drawn, evenly spaced)"
 
 
 def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title: str = "", errors=None) -> bytes:
@@ -28,8 +86,11 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
     wv = np.array([p["view"] for p in worst], dtype=int)
     wm = np.array([p["marker"] for p in worst], dtype=int)
 
+    drawn, _ = track_sample(fv.mask)
+    note = _sample_note(drawn.size, obs.n_markers)
+
     fig = Figure(figsize=(15, 9.5), dpi=100)
-    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.9, wspace=0.28, hspace=0.3)
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06, top=0.87 if note else 0.9, wspace=0.28, hspace=0.35)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     fig.suptitle(
@@ -50,25 +111,27 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
     ax.set(xlabel="view (1-based)", ylabel="residual (px)", title="Residual per view")
     ax.legend(fontsize=8)
 
+    from matplotlib.collections import LineCollection
+
     ax = axes[0, 1]
-    for i in range(obs.n_markers):
-        sel = fv.mask[:, i]
-        ax.plot(aligned[sel, i, 0], aligned[sel, i, 1], "-", lw=0.8)
+    segments, colors = _tracks(aligned[..., 0], aligned[..., 1], fv.mask, drawn)
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.8))
     if wv.size:
         ax.plot(aligned[wv, wm, 0], aligned[wv, wm, 1], "o", mfc="none", mec="tab:red", ms=8)
-    ax.set(xlabel="aligned x (px)", ylabel="aligned y (px)", title="Marker tracks after alignment (should be horizontal)")
+    ax.autoscale_view()
+    ax.set(xlabel="aligned x (px)", ylabel="aligned y (px)", title="Marker tracks after alignment (should be horizontal)" + note)
     ax.set_aspect("equal", adjustable="datalim")
 
     ax = axes[0, 2]
     dy = aligned[..., 1] - ideal[..., 1]
-    for i in range(obs.n_markers):
-        sel = fv.mask[:, i]
-        ax.plot(nominal[sel], dy[sel, i], "-", lw=0.7, alpha=0.8)
+    segments, colors = _tracks(nominal[:, None], dy, fv.mask, drawn)
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.7, alpha=0.8))
     if wv.size:
         ax.plot(nominal[wv], dy[wv, wm], "o", mfc="none", mec="tab:red", ms=8, label="worst points")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
+    ax.autoscale_view()
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="nominal tilt (deg)", ylabel="aligned y - marker y (px)", title="Aligned y of each marker (should be flat)")
+    ax.set(xlabel="nominal tilt (deg)", ylabel="aligned y - marker y (px)", title="Aligned y of each marker (should be flat)" + note)
 
     ax = axes[1, 0]
     ax.plot(nominal[kept], fv.tilts_deg[kept] - nominal[kept], "o-", ms=3, label="solved - nominal")
@@ -98,14 +161,18 @@ def render_figure(result: AlignmentResult, fv: FileViews, record: dict, *, title
     ln = np.linalg.norm(res, axis=-1)
     finite = ln[np.isfinite(ln)]
     scale = 0.08 * max(obs.image_size) / max(float(finite.max()) if finite.size else 1.0, 1e-9)
+    shown, n_vectors = arrow_sample(ln), ln.size
+    pts, res, ln = pts[shown], res[shown], ln[shown]
     q = ax.quiver(pts[:, 0], pts[:, 1], res[:, 0] * scale, res[:, 1] * scale, ln, angles="xy", scale_units="xy", scale=1, cmap="viridis", width=0.003)
     fig.colorbar(q, ax=ax, label="|residual| (px)")
     for p in worst:
         ax.plot(p["x"], p["y"], "o", mfc="none", mec="tab:red", ms=9)
         ax.annotate(f"m{p['marker_id']} v{p['view_number']}", (p["x"], p["y"]), fontsize=7, color="tab:red", xytext=(4, 4), textcoords="offset points")
     nx, ny = obs.image_size
-    ax.set(xlim=(0, nx), ylim=(0, ny), xlabel="x (px)", ylabel="y (px)", title=f"Residual vectors x{scale:.3g} on the raw images")
+    ax.set(xlim=(0, nx), ylim=(0, ny), xlabel="x (px)", ylabel="y (px)", title=f"Residual vectors x{scale:.3g} on the raw images"
+           + ("" if shown.size == n_vectors else f"\n({shown.size} of {n_vectors}: {MAX_ARROWS // 5} longest + an even sample)"))
     ax.set_aspect("equal")
+    ax.title.set_fontsize(9 if shown.size < n_vectors else 12)
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
