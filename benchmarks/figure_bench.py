@@ -42,14 +42,20 @@ def solved_case(n_markers: int):
     result = align(obs)
     solve = time.perf_counter() - start
     fv = expand_to_file_views(result, view_index, obs.tilts_deg)
-    options = {"model": result.model, "rotation_deg": result.rotation_estimated_deg, "rotation_source": "estimated"}
+    options = {
+        "model": result.model,
+        "rotation_deg": result.rotation_estimated_deg,
+        "rotation_source": "estimated",
+    }
     record = build_record(result, fv, marker_ids=ids, inputs={}, options=options)
     return result, fv, record, solve
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="23,5000,20000", help="markers per case, comma-separated (23 = real BBa)")
+    ap.add_argument(
+        "--sizes", default="23,5000,20000", help="markers per case, comma-separated (23 = real BBa)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--png-dir", help="also write each figure here, as fig-<markers>.png")
     args = ap.parse_args(argv)
@@ -68,8 +74,11 @@ def main(argv=None) -> int:
             render_figure(result, fv, record, title=f"{n} markers")
             times.append(time.perf_counter() - start)
         points = int(result.observations.mask.sum())
-        print(f"61 views x {n:>6} markers ({points:>8} points): figure {statistics.median(times):6.2f} s "
-              f"(min {min(times):.2f}), {len(png) / 1e3:.0f} kB; solve {solve:.1f} s", flush=True)
+        print(
+            f"61 views x {n:>6} markers ({points:>8} points): figure {statistics.median(times):6.2f} s "
+            f"(min {min(times):.2f}), {len(png) / 1e3:.0f} kB; solve {solve:.1f} s",
+            flush=True,
+        )
         if args.png_dir:
             os.makedirs(args.png_dir, exist_ok=True)
             with open(os.path.join(args.png_dir, f"fig-{n}.png"), "wb") as f:

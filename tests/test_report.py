@@ -44,19 +44,34 @@ def make_result(n_views=7, n_markers=5, seed=0):
     """An exact jou alignment of noise-free points, with made-up residuals for the report."""
     rng = np.random.default_rng(seed)
     tilts = np.linspace(-30, 30, n_views)
-    views = np.column_stack([1 + 0.01 * rng.standard_normal(n_views), np.radians(-10 + 0.2 * rng.standard_normal(n_views)),
-                             np.radians(tilts + 0.1 * rng.standard_normal(n_views)), rng.normal(0, 5, n_views), rng.normal(0, 5, n_views)])
+    views = np.column_stack(
+        [
+            1 + 0.01 * rng.standard_normal(n_views),
+            np.radians(-10 + 0.2 * rng.standard_normal(n_views)),
+            np.radians(tilts + 0.1 * rng.standard_normal(n_views)),
+            rng.normal(0, 5, n_views),
+            rng.normal(0, 5, n_views),
+        ]
+    )
     markers = rng.uniform(-150, 150, (n_markers, 3))
     proj = np.stack([markers[:, 0] * np.cos(t) + markers[:, 2] * np.sin(t) for t in views[:, 2]])
     flat = np.stack([proj, np.broadcast_to(markers[:, 1], proj.shape)], axis=-1)
-    xy = np.einsum("v,vij,vmj->vmi", views[:, 0], np.stack([rot(a) for a in views[:, 1]]), flat) + views[:, None, 3:5]
+    xy = (
+        np.einsum("v,vij,vmj->vmi", views[:, 0], np.stack([rot(a) for a in views[:, 1]]), flat)
+        + views[:, None, 3:5]
+    )
     mask = np.ones((n_views, n_markers), dtype=bool)
     mask[0, 0] = False
     obs = Observations(xy + np.array(SIZE) / 2, mask, tilts, SIZE)
     residuals = np.where(mask[..., None], 0.3 * rng.standard_normal(xy.shape), np.nan)
     residuals[3, 2] = [2.0, -1.5]  # the worst point
-    stages = (StageReport("main", 5, 4, 0.5, "converged", 0.3, 40), StageReport("joint", 3, 3, 0.2, "converged", 0.29, 45))
-    return AlignmentResult("jou", obs, views, markers, residuals, stages, "converged", 45, -10.1, jou_xf(views))
+    stages = (
+        StageReport("main", 5, 4, 0.5, "converged", 0.3, 40),
+        StageReport("joint", 3, 3, 0.2, "converged", 0.29, 45),
+    )
+    return AlignmentResult(
+        "jou", obs, views, markers, residuals, stages, "converged", 45, -10.1, jou_xf(views)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +83,31 @@ def report():
     nominal[view_index] = result.observations.tilts_deg
     nominal[[2, 6]] = [-17.0, 22.0]
     fv = expand_to_file_views(result, view_index, nominal)
-    inputs = {"markers": "m.csv", "markers_format": "CSV", "tilts": "t.tlt", "n_markers": 5, "n_views": 9,
-              "image_size": list(SIZE), "image_size_source": "--image-size", "excluded_views": [3, 7]}
-    options = {"model": "jou", "modes": {"scale": "free"}, "rotation_deg": -10.1, "rotation_source": "estimated"}
-    record = build_record(result, fv, marker_ids=[11, 12, 13, 14, 15], inputs=inputs, options=options, n_worst=4,
-                          software={"name": "lmalign_jax", "version": "x"})
+    inputs = {
+        "markers": "m.csv",
+        "markers_format": "CSV",
+        "tilts": "t.tlt",
+        "n_markers": 5,
+        "n_views": 9,
+        "image_size": list(SIZE),
+        "image_size_source": "--image-size",
+        "excluded_views": [3, 7],
+    }
+    options = {
+        "model": "jou",
+        "modes": {"scale": "free"},
+        "rotation_deg": -10.1,
+        "rotation_source": "estimated",
+    }
+    record = build_record(
+        result,
+        fv,
+        marker_ids=[11, 12, 13, 14, 15],
+        inputs=inputs,
+        options=options,
+        n_worst=4,
+        software={"name": "lmalign_jax", "version": "x"},
+    )
     return result, fv, record
 
 
@@ -112,7 +147,9 @@ def test_record(report):
     text = record_to_json(record)
     assert "NaN" not in text and "Infinity" not in text
     r = json.loads(text)
-    assert len(r["views"]) == 9 and r["views"][2]["excluded"] and r["views"][2]["parameters"]["rotation"] is None
+    assert (
+        len(r["views"]) == 9 and r["views"][2]["excluded"] and r["views"][2]["parameters"]["rotation"] is None
+    )
     assert r["views"][3]["view"] == 3 and r["views"][3]["view_number"] == 4
     assert r["views"][0]["n_points"] == 4 and r["views"][1]["n_points"] == 5
     worst = r["worst_points"][0]
@@ -123,15 +160,25 @@ def test_record(report):
     assert r["summary"]["rms_residual_px"] == pytest.approx(result.rms_residual_px)
     assert [m["id"] for m in r["markers"]] == [11, 12, 13, 14, 15] and r["markers"][0]["n_views"] == 6
     assert r["model"]["units"]["rotation"] == "deg" and r["model"]["units"]["dx"] == "px"
-    assert r["stages"][1] == {"name": "joint", "iterations": 3, "accepted": 3, "seconds": 0.2, "status": "converged",
-                              "rms_residual_px": 0.29, "n_free": 45}
+    assert r["stages"][1] == {
+        "name": "joint",
+        "iterations": 3,
+        "accepted": 3,
+        "seconds": 0.2,
+        "status": "converged",
+        "rms_residual_px": 0.29,
+        "n_free": 45,
+    }
 
 
 def test_summary_text(report):
     _, _, record = report
     text = format_summary(record)
     s = record["summary"]
-    assert f" Residual error mean and sd: {s['mean_residual_px']:9.3f} {s['sd_residual_px']:9.3f} {s['n_points']:>8d} points" in text
+    assert (
+        f" Residual error mean and sd: {s['mean_residual_px']:9.3f} {s['sd_residual_px']:9.3f}"
+        f" {s['n_points']:>8d} points" in text
+    )
     assert "    3   -17.00   -17.00      excluded: transform interpolated from neighbours" in text
     assert " view  nominal     tilt  deltilt  rotation     scale  points  mean resid" in text
     assert "4 points with the largest residuals" in text
@@ -171,7 +218,7 @@ def test_track_sample_keeps_every_marker_up_to_the_budget_then_an_even_subset():
     assert step == 1 and drawn.size == 5000
     drawn, step = track_sample(mask, max_points=20_000)
     assert step > 1 and np.array_equal(drawn, np.arange(0, 5000, step))
-    assert mask[:, drawn].sum() <= 20_000 < mask[:, ::step - 1].sum()  # the smallest step that fits
+    assert mask[:, drawn].sum() <= 20_000 < mask[:, :: step - 1].sum()  # the smallest step that fits
     assert track_sample(np.ones((61, 3), bool), max_points=10)[0].size == 1  # one marker even over budget
 
 
@@ -202,8 +249,16 @@ def test_record_and_figure_carry_standard_errors(report):
     n_views = result.views.shape[0]
     views_se = np.full((n_views, 5), 1e-3)
     views_se[3] = 0.0  # the gauge-fixed reference view's entries
-    errors = Uncertainty("jou", views_se, np.full((5, 3), 0.2), 0.3, np.where(result.observations.mask[..., None], np.full(result.observations.mask.shape + (2,), 0.5), np.nan),
-                         np.full((n_views, 5), 0.4))
+    errors = Uncertainty(
+        "jou",
+        views_se,
+        np.full((5, 3), 0.2),
+        0.3,
+        np.where(
+            result.observations.mask[..., None], np.full(result.observations.mask.shape + (2,), 0.5), np.nan
+        ),
+        np.full((n_views, 5), 0.4),
+    )
     record = build_record(result, fv, marker_ids=[11, 12, 13, 14, 15], inputs={}, options={}, errors=errors)
     fitted = [v for v in record["views"] if not v["excluded"]]
     assert all("standard_errors" in v for v in fitted)
@@ -223,10 +278,19 @@ def test_record_reads_back_what_was_written(report, tmp_path):
     path = tmp_path / "a.json"
     path.write_text(record_to_json({**record, "outputs": ["a.xf", "a.json"], "exit_code": 0}))
     back = read_record(str(path))
-    assert back.record_version == RECORD_VERSION == record["record_version"] and back.converged and back.exit_code == 0
+    assert (
+        back.record_version == RECORD_VERSION == record["record_version"]
+        and back.converged
+        and back.exit_code == 0
+    )
     np.testing.assert_array_equal(back.xf, fv.xf)  # JSON keeps doubles exactly
     np.testing.assert_array_equal(back.tilts_deg, fv.tilts_deg)
-    assert back.image_size == SIZE and back.markers_path == "m.csv" and back.tilts_path == "t.tlt" and back.stack_path is None
+    assert (
+        back.image_size == SIZE
+        and back.markers_path == "m.csv"
+        and back.tilts_path == "t.tlt"
+        and back.stack_path is None
+    )
     assert back.options["rotation_source"] == "estimated" and back.outputs == ["a.xf", "a.json"]
     assert back.rms_residual_px == record["summary"]["rms_residual_px"] and not back.has_standard_errors
 
@@ -237,7 +301,10 @@ def test_record_reading_refuses_what_it_cannot_trust(report, tmp_path):
     path.write_text(record_to_json({**record, "record_version": RECORD_VERSION + 1}))
     with pytest.raises(InputError, match=rf"a.json: record_version {RECORD_VERSION + 1} is newer"):
         read_record(str(path))
-    failed = {**record, "summary": {**record["summary"], "converged": False, "status": "failed: max iterations"}}
+    failed = {
+        **record,
+        "summary": {**record["summary"], "converged": False, "status": "failed: max iterations"},
+    }
     failed["views"] = [{**v, "xf": None} for v in record["views"]]
     path.write_text(record_to_json(failed))
     back = read_record(str(path))  # a failed alignment reads, without transforms

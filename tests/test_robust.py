@@ -75,7 +75,10 @@ def test_inliers_reach_the_noise_floor(outlier_case):
     plain_ratio = rms(plain.residuals[inliers]) / floor
     robust_ratio = rms(robust.result.residuals[inliers]) / floor
     oracle_ratio = rms(oracle.residuals[inliers]) / floor
-    print(f"inlier RMS / noise floor: least squares {plain_ratio:.4f}, robust {robust_ratio:.4f}, oracle {oracle_ratio:.4f}")
+    print(
+        f"inlier RMS / noise floor: least squares {plain_ratio:.4f}, robust {robust_ratio:.4f}, "
+        f"oracle {oracle_ratio:.4f}"
+    )
     assert plain_ratio > 1.3  # the mis-clicks do spoil a plain fit
     assert abs(oracle_ratio - 1) < 3 * rms_sd(inliers)  # the floor itself (one series: ~1.6% scatter)
     assert_at_noise_floor(inlier_fit(series, inliers, robust.result))  # within 4 sd
@@ -105,7 +108,10 @@ def test_inliers_match_an_oracle_that_knows_the_misclicks():
         assert (robust.weights[inliers] > 0).all()
         floor, sd = inlier_floor(series, inliers, oracle), rms_sd(inliers)
         ratios = [rms(fit.residuals[inliers]) / floor for fit in (plain, robust.result, oracle)]
-        print(f"seed {seed}: inlier RMS / floor: least squares {ratios[0]:.4f}, robust {ratios[1]:.4f}, oracle {ratios[2]:.4f}")
+        print(
+            f"seed {seed}: inlier RMS / floor: least squares {ratios[0]:.4f}, robust {ratios[1]:.4f}, "
+            f"oracle {ratios[2]:.4f}"
+        )
         # the oracle minimises the inlier sum of squares, so the robust fit cannot beat it
         assert -1e-4 < ratios[1] - ratios[2] < sd
         assert ratios[0] - 1 > 10 * sd
@@ -124,7 +130,9 @@ def test_flags_the_displaced_points(outlier_case):
     print(f"outliers flagged {caught:.3f}, inliers flagged {false:.4f}, rejected {robust.n_rejected}")
     assert caught >= 0.9
     assert false < 0.01
-    assert (robust.rejected & series.outliers).sum() >= 0.9 * series.outliers.sum()  # Tukey rejects them outright
+    assert (
+        robust.rejected & series.outliers
+    ).sum() >= 0.9 * series.outliers.sum()  # Tukey rejects them outright
 
 
 def test_weight_report_is_consistent(outlier_case):
@@ -177,9 +185,16 @@ def test_clean_data_is_left_nearly_unchanged(seed):
     plain = align(series.observations)
     robust = align_robust(series.observations, initial=plain).result
     rms_change = robust.rms_residual_px / plain.rms_residual_px - 1
-    tilt_ratio = tilt_spread(robust.tilts_deg, plain.tilts_deg) / tilt_spread(plain.tilts_deg, series.true_tilts_deg)
-    rot_ratio = rms(robust.rotation_deg - plain.rotation_deg) / rms(plain.rotation_deg - series.true_rotation_deg)
-    print(f"clean data: RMS change {rms_change:.5f}, tilt change / tilt error {tilt_ratio:.3f}, rotation {rot_ratio:.3f}")
+    tilt_ratio = tilt_spread(robust.tilts_deg, plain.tilts_deg) / tilt_spread(
+        plain.tilts_deg, series.true_tilts_deg
+    )
+    rot_ratio = rms(robust.rotation_deg - plain.rotation_deg) / rms(
+        plain.rotation_deg - series.true_rotation_deg
+    )
+    print(
+        f"clean data: RMS change {rms_change:.5f}, tilt change / tilt error {tilt_ratio:.3f}, "
+        f"rotation {rot_ratio:.3f}"
+    )
     assert 0 <= rms_change < 0.005
     assert tilt_ratio < 0.3
     assert rot_ratio < 0.3
@@ -247,7 +262,9 @@ def test_keep_determined_revives_the_best_points():
 
 def test_bad_input(outlier_case):
     obs = simulate(n_views=11, n_markers=6, seed=1).observations
-    with pytest.raises(ValueError, match="initial is a fit of 41 views x 24 markers; the observations have 11 x 6"):
+    with pytest.raises(
+        ValueError, match="initial is a fit of 41 views x 24 markers; the observations have 11 x 6"
+    ):
         align_robust(obs, initial=outlier_case[2])
     with pytest.raises(ValueError, match="unknown robust loss 'l1'; choose one of tukey, huber, cauchy"):
         align_robust(obs, loss="l1")

@@ -136,7 +136,9 @@ def view_groups(tilts_deg, mask, group_size: int, min_group_points: int = 0) -> 
     return [np.sort(np.asarray(g, dtype=int)) for g in groups]
 
 
-def normalised_residuals(lengths, mask, groups, min_scale_px: float = 1e-3, mad_constant: float = RAYLEIGH_MAD):
+def normalised_residuals(
+    lengths, mask, groups, min_scale_px: float = 1e-3, mad_constant: float = RAYLEIGH_MAD
+):
     """``(r - median_g) / scale_g`` per observation, ``scale = MAD / mad_constant`` per group.
 
     Returns (u (n_views, n_markers), NaN where unobserved; medians (n_groups,); scales (n_groups,)).
@@ -312,12 +314,13 @@ class RobustResult:
         """A summary for people: settings, rounds, counts, the worst views and points."""
         obs = self.observations
         lines = [
-            f"Robust fit ({self.loss}, K = {self.tuning:g}, {len(self.groups)} view group(s) of >= {self.group_size} views): "
-            f"{self.n_rounds} reweighting round(s), {'converged' if self.converged else 'weights still changing'}",
-            f"  RMS residual {self.initial.rms_residual_px:.4f} px (least squares) -> {self.result.rms_residual_px:.4f} px "
-            f"(all points), weighted RMS {self.weighted_rms_px:.4f} px",
-            f"  {self.n_downweighted} of {obs.n_observed} points down-weighted (w < 1), {self.n_rejected} rejected (w = 0), "
-            f"{int(self.flagged(0.5).sum())} below w = 0.5",
+            f"Robust fit ({self.loss}, K = {self.tuning:g}, {len(self.groups)} view group(s) "
+            f"of >= {self.group_size} views): {self.n_rounds} reweighting round(s), "
+            f"{'converged' if self.converged else 'weights still changing'}",
+            f"  RMS residual {self.initial.rms_residual_px:.4f} px (least squares) -> "
+            f"{self.result.rms_residual_px:.4f} px (all points), weighted RMS {self.weighted_rms_px:.4f} px",
+            f"  {self.n_downweighted} of {obs.n_observed} points down-weighted (w < 1), "
+            f"{self.n_rejected} rejected (w = 0), {int(self.flagged(0.5).sum())} below w = 0.5",
         ]
         below_half = self.flagged(0.5).sum(axis=1)
         views = np.flatnonzero(below_half)
@@ -437,7 +440,13 @@ def align_robust(
         ww = np.where(mask, w, 0.0)
         wrms = float(np.sqrt(np.sum(ww * sq) / max(2.0 * np.sum(ww), 1e-300)))
         return RoundReport(
-            number, res.rms_residual_px, wrms, change, int((observed < 1).sum()), int((observed == 0).sum()), res.status
+            number,
+            res.rms_residual_px,
+            wrms,
+            change,
+            int((observed < 1).sum()),
+            int((observed == 0).sum()),
+            res.status,
         )
 
     ones = np.where(mask, 1.0, np.nan)
@@ -461,7 +470,9 @@ def align_robust(
             if change <= tol:
                 converged = True
                 break
-    if current is not initial:  # the rounds start from an answer and estimate no rotation: keep the first fit's
+    if (
+        current is not initial
+    ):  # the rounds start from an answer and estimate no rotation: keep the first fit's
         current = replace(current, rotation_estimated_deg=initial.rotation_estimated_deg)
     return RobustResult(
         result=current,
