@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compiled_cache
 from ..models import get_model
 from ..core.problem import build_problem
 from ..core.result import AlignmentResult
@@ -70,7 +71,7 @@ def _solve_unit(lin, structure, eliminate, v: Variables):
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
-def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
+def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     lin = linearize(fn, x, structure)
     var_a, var_b = variances(lin, structure, eliminate)
     dtype = x.a.dtype
@@ -122,10 +123,11 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
         )
         tilt_free = modes.get("tilt", "free") != "fixed"
         var_a, var_b, loo, lev, rss = jax.device_get(
-            _uncertainty_core(
-                problem.fn,
+            compiled_cache.call(
+                _uncertainty_core,
                 problem.x0,
                 problem.structure,
+                fn=problem.fn,
                 eliminate=problem.eliminate,
                 tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
                 shift_z=m.shift_parameters is not None,

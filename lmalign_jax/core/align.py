@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compiled_cache
 from .initial import estimate_rotation_deg, starting_markers_and_shifts
 from ..models import ProjectionModel, get_model
 from ..observations import Observations
@@ -53,23 +54,29 @@ def _stage_setup(stage: str, model: ProjectionModel, obs: Observations, ref_view
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
-_PROJECT_ALL: dict = {}
+@partial(jax.jit, static_argnames=("project",))
+def _project_grid(views, markers, *, project):
+    return jax.vmap(jax.vmap(project, in_axes=(None, 0)), in_axes=(0, None))(views, markers)
 
 
 def _project_all(model: ProjectionModel, views, markers):
     """Predicted centred positions (n_views, n_markers, 2), float64 numpy."""
-    if _PROJECT_ALL.get(model.name, (None,))[0] is not model.project:
-        f = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
-        _PROJECT_ALL[model.name] = (model.project, jax.jit(f))
     with jax.enable_x64(True):
-        return np.asarray(_PROJECT_ALL[model.name][1](jnp.asarray(views), jnp.asarray(markers)), dtype=np.float64)
+        predicted = compiled_cache.call(_project_grid, np.asarray(views), np.asarray(markers), project=model.project)
+        return np.asarray(predicted, dtype=np.float64)
 
 
 def _to_reporting_frame(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
     """Zero mean tilt deviation from nominal and zero mean marker z (exact symmetries)."""
     with jax.enable_x64(True):
-        views, markers = _reporting_frame(model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free)
+        args = (np.asarray(views, np.float64), np.asarray(markers, np.float64), np.asarray(nominal_tilts_rad, np.float64))
+        views, markers = compiled_cache.call(_reporting_frame_call, *args, model=model, tilt_free=tilt_free)
         return np.asarray(views, np.float64), np.asarray(markers, np.float64)
+
+
+@partial(jax.jit, static_argnames=("model", "tilt_free"))
+def _reporting_frame_call(views, markers, nominal_tilts_rad, *, model: ProjectionModel, tilt_free: bool):
+    return _reporting_frame(model, views, markers, nominal_tilts_rad, tilt_free)
 
 
 @partial(jax.jit, static_argnums=(0, 4))
@@ -178,6 +185,9 @@ def align(
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.float64 if dtype == "float64" else jnp.float32
         for number, stage in enumerate(stages, start=1):
+            # A stage's seconds cover all of it (problem, solve blocked until ready, unpacking),
+            # so the stages add up to the alignment; the first one includes loading or compiling.
+            began = time.perf_counter()
             stage_config = config
             if number < len(stages):
                 tol = config.tolerances(np.dtype(dtype))[0]
@@ -194,12 +204,11 @@ def align(
                 data = structure.pair_data, structure.weights
             else:
                 structure = structure._replace(pair_data=data[0], weights=data[1])
-            start = time.perf_counter()
             sol = least_squares(problem.fn, problem.x0, structure, eliminate=problem.eliminate, config=stage_config)
-            sol = jax.block_until_ready(sol)
-            seconds = time.perf_counter() - start
+            sol = jax.device_get(jax.block_until_ready(sol))
             status = Status(int(sol.status))
             if status == Status.FAILED:
+                seconds = time.perf_counter() - began
                 reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, float("nan"), problem.n_free))
                 if progress is not None:
                     progress(reports[-1])
@@ -207,6 +216,7 @@ def align(
             views, markers = problem.to_model_units(sol.x)
             n_free = problem.n_free
             rms = float(np.sqrt(float(sol.cost) / obs.n_observed))
+            seconds = time.perf_counter() - began
             reports.append(StageReport(stage, int(sol.iterations), int(sol.accepted), seconds, status.message, rms, n_free))
             if progress is not None:
                 progress(reports[-1])

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compiled_cache
 from ._linearize import Linearization, cost, linearize
 from ._problem import Structure, Variables
 from ._results import LMConfig, Status
@@ -75,11 +76,12 @@ def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "
     # Host values go in as numpy (transferred with the call); building them with jnp would run
     # several eager device operations per solve. Inside a trace (a batch kernel) they are traced.
     xp = jnp if any(isinstance(v, jax.core.Tracer) for v in (*values, config.max_iterations)) else np
-    return _least_squares(fn, x0, structure, xp.asarray(values, dtype), xp.asarray(config.max_iterations, np.int32), eliminate=eliminate)
+    settings, max_iterations = xp.asarray(values, dtype), xp.asarray(config.max_iterations, np.int32)
+    return compiled_cache.call(_least_squares, x0, structure, settings, max_iterations, fn=fn, eliminate=eliminate)
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate"))
-def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterations, *, eliminate: str):
+def _least_squares(x0: Variables, structure: Structure, settings, max_iterations, *, fn, eliminate: str):
     dtype = x0.a.dtype
     cost_tol, step_tol, gradient_tol, initial_damping = settings
     lin0 = linearize(fn, x0, structure)
