@@ -11,8 +11,9 @@ results are the same numbers.
 
 Entries are keyed by the function's module and name, its static options, the tree structure,
 shapes, dtypes and weak types of its arguments, the JAX and jaxlib versions, the backend, the
-default float width (x64 on or off) and a digest of this package's source: changing the code or
-upgrading JAX never reuses an old entry. A corrupt, truncated or unreadable entry is ignored and
+default float width (x64 on or off) and a digest of this package's source (and of the source
+file of any function from outside it): changing the code or upgrading JAX never reuses an old
+entry. The least recently used entries beyond ``MAX_ENTRIES`` are removed. A corrupt, truncated or unreadable entry is ignored and
 rebuilt; each entry is written to a temporary file and renamed into place, so processes running
 at once never read half an entry. A call the cache cannot key (a static option that is not a
 plain value or a module-level function, a traced argument, an unexportable computation) is
@@ -29,6 +30,7 @@ import io
 import os
 import pickle
 import struct
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -39,6 +41,8 @@ import numpy as np
 #: First bytes of every entry; bump the digit when the layout below changes.
 MAGIC = b"LMALIGN-EXPORT-1\n"
 SUFFIX = ".jaxexport"
+#: Entries kept in a folder; past this the least recently used are removed when one is added.
+MAX_ENTRIES = 500
 
 _folder: str | None = None
 #: key -> a jitted callable of the flat argument leaves returning the result tree.
@@ -94,8 +98,21 @@ def _describe(value) -> str:
         qualname = getattr(value, "__qualname__", "")
         if "<" in qualname:  # a lambda or a function defined inside another: not nameable
             raise _Unkeyable(qualname)
-        return f"{value.__module__}:{qualname}"
+        module = value.__module__ or ""
+        if module == __package__ or module.startswith(__package__ + "."):
+            return f"{module}:{qualname}"  # covered by source_digest()
+        return f"{module}:{qualname}:{_module_digest(module)}"
     raise _Unkeyable(type(value).__name__)
+
+
+@functools.cache
+def _module_digest(module: str) -> str:
+    """SHA-256 of the source file of a module outside this package (so editing it re-keys)."""
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        raise _Unkeyable(f"no source file for module {module!r}") from None
 
 
 @functools.cache
@@ -181,9 +198,28 @@ def _load(path: str):
     except OSError:
         return None
     try:
-        return _runner(*_decode(blob))
+        run = _runner(*_decode(blob))
     except Exception:  # noqa: BLE001 - any damage means: rebuild the entry
         return None
+    try:
+        os.utime(path)  # marks it used, for _prune
+    except OSError:
+        pass
+    return run
+
+
+def _prune(folder: str) -> None:
+    """Remove the least recently used entries beyond ``MAX_ENTRIES`` (old code, old shapes)."""
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(SUFFIX) and not e.name.startswith(".")]
+        entries.sort(key=lambda e: e.stat().st_mtime)
+    except OSError:
+        return
+    for entry in entries[: max(len(entries) - MAX_ENTRIES, 0)]:
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def _store(path: str, blob: bytes) -> None:
@@ -244,6 +280,7 @@ def call(jitted, *args, **static):
                 _unexportable.add(key)
                 return jitted(*args, **static)
             _store(path, blob)
+            _prune(_folder)
             run = _runner(exported, out_tree)
         _loaded[key] = run
     return run(leaves)

@@ -132,6 +132,16 @@ def test_shapes_dtypes_and_static_options_key_the_entries(cache):
     assert len(_entries(cache)) == 4
 
 
+def test_least_recently_used_entries_are_removed_past_the_limit(cache, monkeypatch):
+    monkeypatch.setattr(compiled_cache, "MAX_ENTRIES", 2)
+    _small(n=5)
+    first = _entries(cache)
+    _small(n=6)
+    os.utime(cache / first[0], (1, 1))  # long unused
+    _small(n=7)
+    assert len(_entries(cache)) == 2 and first[0] not in _entries(cache)
+
+
 def test_unnameable_static_options_are_called_directly(cache):
     @jax.jit
     def double(x):
