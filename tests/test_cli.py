@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmalign_jax import cli, io
+from lmalign_jax import cli, compiled_cache, io
 
 EXCLUDE = "5,63"  # 1-based: an inner view and the last one; 63 - 2 = 61 views are fitted
 OUTPUTS = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json", "sim.png"}
@@ -460,12 +460,14 @@ def test_compilation_cache_settings(monkeypatch, tmp_path):
     monkeypatch.delenv("LMALIGN_NO_COMPILATION_CACHE")
     calls = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: calls.__setitem__(name, value))
+    monkeypatch.setattr(compiled_cache, "enable", lambda folder: calls.__setitem__("exported", str(folder)))
     if jax.config.jax_compilation_cache_dir:
         pytest.skip("a compilation cache folder is already configured")
     assert cli.enable_compilation_cache() == str(tmp_path / "lmalign_jax" / "jax")
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "lmalign_jax" / "jax")
     assert calls["jax_persistent_cache_min_entry_size_bytes"] == 0
     assert (tmp_path / "lmalign_jax" / "jax").is_dir()
+    assert calls["exported"] == str(tmp_path / "lmalign_jax" / "exported")  # traced computations beside it
 
 
 def test_python_m_help():
