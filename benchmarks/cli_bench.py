@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -49,11 +50,15 @@ def _timed(cmd: list[str], env: dict, timeout: float) -> dict:
     """One process, timed start to exit. A non-zero exit is recorded with its last error line
     (a run that fails after aligning, e.g. while writing, still took that long)."""
     load = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - began
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     stages = [line.split("lmalign:", 1)[-1].strip() for line in done.stderr.splitlines() if "stage " in line]
-    run = {"seconds": round(seconds, 3), "load_1min": round(load, 2), "stages": stages, "exit_code": done.returncode}
+    run = {"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "load_1min": round(load, 2), "stages": stages,
+           "exit_code": done.returncode}
     if done.returncode != 0:
         run["error"] = (done.stderr.strip().splitlines() or [""])[-1][-300:]
     return run
@@ -61,7 +66,9 @@ def _timed(cmd: list[str], env: dict, timeout: float) -> dict:
 
 def _summary(runs: list[dict]) -> dict:
     times = [r["seconds"] for r in runs]
-    return {"median_s": round(statistics.median(times), 3), "min_s": min(times), "max_s": max(times), "n": len(times), "runs": runs}
+    cpu = [r["cpu_s"] for r in runs]
+    return {"median_s": round(statistics.median(times), 3), "min_s": min(times), "max_s": max(times),
+            "median_cpu_s": round(statistics.median(cpu), 3), "min_cpu_s": min(cpu), "max_cpu_s": max(cpu), "n": len(times), "runs": runs}
 
 
 def _inputs(which: str, work: Path, package_root: Path) -> list[str]:
@@ -76,8 +83,8 @@ def _inputs(which: str, work: Path, package_root: Path) -> list[str]:
     return [str(folder / "synthetic.csv"), "--tilts", str(folder / "synthetic.rawtlt"), "--image-size", "2048", "2048"]
 
 
-def bench_set(which: str, package_root: Path, work: Path, repeats: int, timeout: float, variants=VARIANTS) -> dict:
-    """Cold and warm runs, with and without the figure, for one data set."""
+def bench_set(which: str, package_root: Path, work: Path, repeats: int, timeout: float, variants=VARIANTS, save=None) -> dict:
+    """Cold and warm runs, with and without the figure, for one data set; ``save(out)`` after each."""
     args = _inputs(which, work, package_root)
     out: dict = {}
     for label in variants:
@@ -90,8 +97,11 @@ def bench_set(which: str, package_root: Path, work: Path, repeats: int, timeout:
         cold = _timed(cmd, env, timeout)
         warm = [_timed(cmd, env, timeout) for _ in range(repeats)]
         out[label] = {"cold": cold, "warm": _summary(warm)}
-        print(f"{which:>5} {label:<10} cold {cold['seconds']:7.2f} s   warm median {out[label]['warm']['median_s']:6.2f} s "
-              f"(range {out[label]['warm']['min_s']:.2f}-{out[label]['warm']['max_s']:.2f}, load {cold['load_1min']:.1f})", flush=True)
+        w = out[label]["warm"]
+        print(f"{which:>5} {label:<10} cold {cold['seconds']:7.2f} s   warm median {w['median_s']:6.2f} s "
+              f"(range {w['min_s']:.2f}-{w['max_s']:.2f}; CPU {w['median_cpu_s']:.2f} s; load {cold['load_1min']:.1f})", flush=True)
+        if save is not None:
+            save(out)
     return out
 
 
@@ -118,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="bba,large", help="comma-separated: bba, large (default both)")
     p.add_argument("--repeats", type=int, default=5, help="warm runs per case (default 5)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: figure, no_figure (default both)")
+    p.add_argument("--large-repeats", type=int, help="warm runs per case on the large series (default --repeats)")
+    p.add_argument("--large-variants", help="variants on the large series (default --variants)")
     p.add_argument("--package-root", type=Path, default=ROOT, help="checkout whose lmalign_jax is timed (default this one)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<date>-<host>-cli.json)")
@@ -132,15 +144,26 @@ def main(argv=None) -> int:
     meta = environment(quick=False) | {"git": git_state(), "package_root": str(args.package_root.resolve()), "package_commit": package_commit or None}
     meta["load_start"] = os.getloadavg()
     report = {"benchmark": "cli_bench", "meta": meta, "large_series": LARGE, "tiltalign": tiltalign()}
-    with tempfile.TemporaryDirectory(prefix="cli-bench-") as work:
-        report["imports"] = imports(args.package_root, args.repeats)
-        print("imports: " + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in report["imports"].items()), flush=True)
-        for which in sets:
-            report[which] = bench_set(which, args.package_root, Path(work), args.repeats, args.timeout, variants)
-    meta["load_end"] = os.getloadavg()
     out = args.out or ROOT / "benchmarks" / "results" / f"{meta['date']}-{socket.gethostname()}-cli.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+
+    def save(part=None, which=None):
+        """Rewrite the JSON after every case, so an interrupted run keeps what it measured."""
+        if which is not None:
+            report[which] = part
+        meta["load_end"] = os.getloadavg()
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="cli-bench-") as work:
+        report["imports"] = imports(args.package_root, args.repeats)
+        print("imports: " + ", ".join(f"{k} {v['median_s']:.2f} s (CPU {v['median_cpu_s']:.2f} s)" for k, v in report["imports"].items()), flush=True)
+        save()
+        for which in sets:
+            large = which == "large"
+            repeats = args.large_repeats if (large and args.large_repeats) else args.repeats
+            chosen = [v.strip() for v in args.large_variants.split(",")] if (large and args.large_variants) else variants
+            bench_set(which, args.package_root, Path(work), repeats, args.timeout, chosen, save=lambda part, w=which: save(part, w))
+    save()
     print(f"wrote {out}")
     return 0
 
