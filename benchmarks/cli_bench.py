@@ -52,7 +52,8 @@ def _timed(cmd: list[str], env: dict, timeout: float) -> dict:
     load = os.getloadavg()[0]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    # cwd: a neutral folder, as 'python -m' puts the current folder before PYTHONPATH
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir())
     seconds = time.perf_counter() - began
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -79,7 +80,7 @@ def _inputs(which: str, work: Path, package_root: Path) -> list[str]:
     if not (folder / "synthetic.csv").exists():
         cmd = [sys.executable, "-m", "lmalign_jax", "simulate", "--out-dir", str(folder), "--views", str(LARGE["views"]),
                "--markers", str(LARGE["markers"]), "--seed", str(LARGE["seed"])]
-        subprocess.run(cmd, env=_env(package_root, work / "sim-cache"), check=True, capture_output=True, timeout=1800)
+        subprocess.run(cmd, env=_env(package_root, work / "sim-cache"), check=True, capture_output=True, timeout=1800, cwd=work)
     return [str(folder / "synthetic.csv"), "--tilts", str(folder / "synthetic.rawtlt"), "--image-size", "2048", "2048"]
 
 
