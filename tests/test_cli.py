@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import assert_at_noise_floor, summary_floor_fit
 
-from lmalign_jax import cli, io
+from lmalign_jax import cli, compiled_cache, io
 from lmalign_jax.workflow import fitting, read_series, select_views
 
 EXCLUDE = "5,63"  # 1-based: an inner view and the last one; 63 - 2 = 61 views are fitted
@@ -61,8 +61,19 @@ def sim(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aligned(sim, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("aligned")
-    args = ["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
-            "--out-dir", out_dir, "--exclude", EXCLUDE]
+    args = [
+        "align",
+        sim / "sim.csv",
+        "--tilts",
+        sim / "sim.rawtlt",
+        "--image-size",
+        2048,
+        2048,
+        "--out-dir",
+        out_dir,
+        "--exclude",
+        EXCLUDE,
+    ]
     rc, out, err = run_env(args)
     return rc, out, err, out_dir
 
@@ -84,7 +95,7 @@ def test_xf_and_tlt_layouts(aligned, sim):
     assert len(xf_lines) == 63  # one line per input view, excluded ones included
     for line in xf_lines:
         assert len(line) == 72
-        fields = [line[k:k + 12] for k in range(0, 72, 12)]
+        fields = [line[k : k + 12] for k in range(0, 72, 12)]
         assert all(re.fullmatch(r" *-?\d+\.\d{7}", f) for f in fields[:4]), line
         assert all(re.fullmatch(r" *-?\d+\.\d{3}", f) for f in fields[4:]), line
     tilts = io.read_tilts(d / "sim.tlt")
@@ -173,7 +184,9 @@ def test_json_record(aligned):
     # 0.5 px noise per coordinate: the RMS residual sits at the noise floor (within 4 sd)
     assert_at_noise_floor(summary_floor_fit(s, 0.5))
     assert s["mean_residual_px"] > s["rms_residual_px"]
-    assert len(r["views"]) == 63 and r["views"][4]["excluded"] and r["views"][4]["parameters"]["scale"] is None
+    assert (
+        len(r["views"]) == 63 and r["views"][4]["excluded"] and r["views"][4]["parameters"]["scale"] is None
+    )
     assert r["views"][0]["view_number"] == 1 and r["views"][0]["n_points"] > 0
     assert len(r["markers"]) == 30 and {"id", "x", "y", "z", "rms_residual_px"} <= set(r["markers"][0])
     assert len(r["worst_points"]) == 10
@@ -201,10 +214,27 @@ def test_tilts_out_of_order_are_sorted_and_written_back(sim, aligned, tmp_path):
         rows.append(f"{m},{inverse[int(v)]},{x},{y}")
     (tmp_path / "shuf.csv").write_text("\n".join(rows) + "\n")
     excl = ",".join(str(inverse[v] + 1) for v in (4, 62))
-    rc, out, err = run(["align", tmp_path / "shuf.csv", "--tilts", tmp_path / "shuf.rawtlt", "--image-size", 2048, 2048,
-                        "--out-dir", tmp_path / "o", "--exclude", excl, "-q"])
+    rc, out, err = run(
+        [
+            "align",
+            tmp_path / "shuf.csv",
+            "--tilts",
+            tmp_path / "shuf.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--out-dir",
+            tmp_path / "o",
+            "--exclude",
+            excl,
+            "-q",
+        ]
+    )
     assert rc == 0, err
-    assert "tilt angles are not in order; views are fitted in order of tilt and written back in file order" in err
+    assert (
+        "tilt angles are not in order; views are fitted in order of tilt and written back in file order"
+        in err
+    )
     assert re.search(r"shuf\.rawtlt:\d+: tilt angles", err)
     ref_t = io.read_tilts(aligned[3] / "sim.tlt")
     ref_a, ref_d = io.read_xf(aligned[3] / "sim.xf")
@@ -225,10 +255,28 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
         return dataclasses.replace(real(*a, **k), status="stopped at the iteration limit before converging")
 
     monkeypatch.setattr(fitting, "align_observations", stopped)
-    rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
-                        "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q"])
+    rc, out, err = run(
+        [
+            "align",
+            sim / "sim.csv",
+            "--tilts",
+            sim / "sim.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--out-dir",
+            tmp_path,
+            "--exclude",
+            EXCLUDE,
+            "--prefix",
+            "bad",
+            "-q",
+        ]
+    )
     assert rc == 1
-    assert "lmalign: error: alignment did not converge (stopped at the iteration limit before converging)" in err
+    assert (
+        "lmalign: error: alignment did not converge (stopped at the iteration limit before converging)" in err
+    )
     assert {p.name for p in tmp_path.iterdir()} == {"bad.json", "bad.png"}
     record = json.loads((tmp_path / "bad.json").read_text())
     assert record["summary"]["converged"] is False and record["exit_code"] == 1
@@ -236,14 +284,45 @@ def test_not_converged_writes_report_only(sim, tmp_path, monkeypatch):
 
     # the .xf/.tlt of an earlier run that did converge are left, and flagged as stale
     (tmp_path / "bad.xf").write_text("old\n")
-    rc, out, err = run(["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048,
-                        "--out-dir", tmp_path, "--exclude", EXCLUDE, "--prefix", "bad", "-q", "--no-figure"])
+    rc, out, err = run(
+        [
+            "align",
+            sim / "sim.csv",
+            "--tilts",
+            sim / "sim.rawtlt",
+            "--image-size",
+            2048,
+            2048,
+            "--out-dir",
+            tmp_path,
+            "--exclude",
+            EXCLUDE,
+            "--prefix",
+            "bad",
+            "-q",
+            "--no-figure",
+        ]
+    )
     assert rc == 1 and f"the report is in {tmp_path / 'bad.json'}, no .xf/.tlt written" in err
-    assert f"{tmp_path / 'bad.xf'}, {tmp_path / 'bad.png'} are from an earlier run and were not updated" in err
+    assert (
+        f"{tmp_path / 'bad.xf'}, {tmp_path / 'bad.png'} are from an earlier run and were not updated" in err
+    )
 
 
 def test_no_figure_writes_the_rest_and_flags_an_old_figure(sim, tmp_path):
-    args = ["align", sim / "sim.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048, "--out-dir", tmp_path, "-q", "--no-figure"]
+    args = [
+        "align",
+        sim / "sim.csv",
+        "--tilts",
+        sim / "sim.rawtlt",
+        "--image-size",
+        2048,
+        2048,
+        "--out-dir",
+        tmp_path,
+        "-q",
+        "--no-figure",
+    ]
     rc, out, err = run(args)
     assert rc == 0, err
     names = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json"}
@@ -265,7 +344,9 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def files(tmp_path):
     """A valid small marker CSV (4 markers x 5 views) and tilt file; the tests break one thing."""
-    rows = ["marker,view,x,y"] + [f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in range(1, 5) for v in range(5)]
+    rows = ["marker,view,x,y"] + [
+        f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in range(1, 5) for v in range(5)
+    ]
     return {
         "csv": write(tmp_path / "m.csv", "\n".join(rows) + "\n"),
         "tlt": write(tmp_path / "t.tlt", "\n".join(str(t) for t in (-20, -10, 0, 10, 20)) + "\n"),
@@ -290,7 +371,9 @@ def assert_bad(args, pattern, out_dir):
 
 
 def test_missing_file(files):
-    line = assert_bad(align_args(files, files["dir"] / "nope.csv"), r"nope\.csv: file not found", files["out"])
+    line = assert_bad(
+        align_args(files, files["dir"] / "nope.csv"), r"nope\.csv: file not found", files["out"]
+    )
     assert line.startswith("lmalign: error: ")
 
 
@@ -298,22 +381,32 @@ def test_missing_tilt_file(files):
     assert_bad(align_args(files, None, files["dir"] / "nope.tlt"), r"nope\.tlt: file not found", files["out"])
 
 
-@pytest.mark.parametrize("name, which, pattern", [
-    ("m.xyz", "markers", r"m\.xyz: unsupported marker file \(extension '\.xyz'\); supported: .*\.resid"),
-    ("t.txt", "tilts", r"t\.txt: unsupported tilt-angle file \(extension '\.txt'\); supported: \.tlt, \.rawtlt, \.mdoc"),
-])
+@pytest.mark.parametrize(
+    "name, which, pattern",
+    [
+        ("m.xyz", "markers", r"m\.xyz: unsupported marker file \(extension '\.xyz'\); supported: .*\.resid"),
+        (
+            "t.txt",
+            "tilts",
+            r"t\.txt: unsupported tilt-angle file \(extension '\.txt'\); supported: \.tlt, \.rawtlt, \.mdoc",
+        ),
+    ],
+)
 def test_unknown_extension(files, name, which, pattern):
     path = write(files["dir"] / name, "1\n")
     args = align_args(files, path if which == "markers" else None, path if which == "tilts" else None)
     assert_bad(args, pattern, files["out"])
 
 
-@pytest.mark.parametrize("row, pattern", [
-    ("2,3,abc,5", r"m\.csv:22: x is not a number: 'abc'"),
-    ("2,3,nan,5", r"m\.csv:22: x is not finite: 'nan'"),
-    ("2,3,10,5", r"m\.csv:22: duplicate point for marker 2 in view 3 \(first on line 10\)"),
-    ("2,3,10", r"m\.csv:22: expected 4 comma-separated fields"),
-])
+@pytest.mark.parametrize(
+    "row, pattern",
+    [
+        ("2,3,abc,5", r"m\.csv:22: x is not a number: 'abc'"),
+        ("2,3,nan,5", r"m\.csv:22: x is not finite: 'nan'"),
+        ("2,3,10,5", r"m\.csv:22: duplicate point for marker 2 in view 3 \(first on line 10\)"),
+        ("2,3,10", r"m\.csv:22: expected 4 comma-separated fields"),
+    ],
+)
 def test_bad_marker_line(files, row, pattern):
     with open(files["csv"], "a") as f:
         f.write(row + "\n")
@@ -330,18 +423,29 @@ def test_tilt_file_shorter_than_the_markers_views(files):
     message names it, with its count of angles and the count the markers need."""
     with open(files["csv"], "a") as f:
         f.write("2,7,10,5\n")  # view 7 (0-based): 8 views needed, the tilt file has 5 angles
-    pattern = r"^lmalign: error: .*t\.tlt: has 5 tilt angles but the markers in .*m\.csv need 8 \(a marker is on view 8, counting from 1\)"
+    pattern = (
+        r"^lmalign: error: .*t\.tlt: has 5 tilt angles but the markers in .*m\.csv need 8 "
+        r"\(a marker is on view 8, counting from 1\)"
+    )
     assert_bad(align_args(files), pattern, files["out"])
 
 
 def test_resid_view_beyond_tilt_file(files):
-    resid = write(files["dir"] / "x.resid", "     3 residuals\n    100.00    200.00    0    0.10    0.10\n"
-                  "    110.00    200.00    1    0.10    0.10\n    120.00    200.00    9    0.10    0.10\n")
-    assert_bad(align_args(files, resid), r"t\.tlt: has 5 tilt angles but the markers in .*x\.resid need 10 ", files["out"])
+    resid = write(
+        files["dir"] / "x.resid",
+        "     3 residuals\n    100.00    200.00    0    0.10    0.10\n"
+        "    110.00    200.00    1    0.10    0.10\n    120.00    200.00    9    0.10    0.10\n",
+    )
+    assert_bad(
+        align_args(files, resid),
+        r"t\.tlt: has 5 tilt angles but the markers in .*x\.resid need 10 ",
+        files["out"],
+    )
 
 
 def test_an_unexpected_exception_is_an_internal_error_not_a_failed_alignment(files, monkeypatch):
     """Exit 1 means only "the solve did not converge"; a crash is exit 3, one line, no output."""
+
     def crash(*a, **k):
         raise RuntimeError("boom")
 
@@ -349,7 +453,10 @@ def test_an_unexpected_exception_is_an_internal_error_not_a_failed_alignment(fil
     monkeypatch.setattr(fitting, "align_observations", crash)
     rc, out, err = run(align_args(files))
     assert rc == cli.EXIT_INTERNAL == 3, err
-    assert err.splitlines()[-1] == "lmalign: error: internal error (RuntimeError: boom); set LMALIGN_DEBUG=1 for a traceback"
+    assert (
+        err.splitlines()[-1]
+        == "lmalign: error: internal error (RuntimeError: boom); set LMALIGN_DEBUG=1 for a traceback"
+    )
     assert "converge" not in err and not os.path.exists(files["out"])
 
 
@@ -371,7 +478,6 @@ def test_help_documents_the_internal_error_status(command):
     assert rc == 0 and re.search(r"3 internal error", " ".join(out.split()))
 
 
-
 def test_empty_inputs(files):
     write(files["csv"], "marker,view,x,y\n")
     assert_bad(align_args(files), r"m\.csv: no marker points", files["out"])
@@ -380,40 +486,69 @@ def test_empty_inputs(files):
 
 
 def test_image_size_missing(files):
-    assert_bad(align_args(files, size=False), r"m\.csv: image size unknown \(the marker file does not record it\): give --image-size NX NY or --stack", files["out"])
+    assert_bad(
+        align_args(files, size=False),
+        r"m\.csv: image size unknown \(the marker file does not record it\): "
+        r"give --image-size NX NY or --stack",
+        files["out"],
+    )
 
 
 def test_too_few_markers_after_dropping(files):
     # markers 3 and 4 are seen in view 0 only: dropped, leaving 2 markers
-    rows = ["marker,view,x,y"] + [f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in (1, 2) for v in range(5)]
+    rows = ["marker,view,x,y"] + [
+        f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in (1, 2) for v in range(5)
+    ]
     rows += ["3,0,300,300", "4,0,320,310"]
     write(files["csv"], "\n".join(rows) + "\n")
     rc, out, err = run(align_args(files))
     assert rc == 2
-    assert re.fullmatch(r"lmalign: error: .*m\.csv: only 2 marker\(s\) are seen in 2 or more of 5 usable view\(s\); "
-                        r"alignment needs at least 3 markers and 3 views \(dropped marker ids 3, 4\)\n", err)
+    assert re.fullmatch(
+        r"lmalign: error: .*m\.csv: only 2 marker\(s\) are seen in 2 or more of 5 usable view\(s\); "
+        r"alignment needs at least 3 markers and 3 views \(dropped marker ids 3, 4\)\n",
+        err,
+    )
     assert not files["out"].exists()
 
 
-@pytest.mark.parametrize("extra, pattern", [
-    (["--exclude", "0"], r"--exclude: view 0 is outside 1\.\.5 \(views count from 1"),
-    (["--exclude", "2-9"], r"--exclude: view 9 is outside 1\.\.5"),
-    (["--exclude", "a-b"], r"--exclude: 'a-b' is not a view number or range"),
-    (["--rotation-mode", "sometimes"], r"--rotation-mode: unknown mode 'sometimes' for rotation; use free, fixed, shared or group:N"),
-    (["--mode", "foo=free"], r"--mode: model 'jou' has no parameter 'foo'"),
-    (["--model", "luther", "--scale-mode", "fixed"], r"--scale-mode: model 'luther' has no parameter 'scale'"),
-    (["--mode", "tilt"], r"--mode: expected NAME=MODE"),
-    (["--model", "nope"], r"argument --model: invalid choice: 'nope'"),
-    (["--bogus"], r"unrecognized arguments: --bogus"),
-    (["--max-iterations", "0"], r"--max-iterations must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        (["--exclude", "0"], r"--exclude: view 0 is outside 1\.\.5 \(views count from 1"),
+        (["--exclude", "2-9"], r"--exclude: view 9 is outside 1\.\.5"),
+        (["--exclude", "a-b"], r"--exclude: 'a-b' is not a view number or range"),
+        (
+            ["--rotation-mode", "sometimes"],
+            r"--rotation-mode: unknown mode 'sometimes' for rotation; use free, fixed, shared or group:N",
+        ),
+        (["--mode", "foo=free"], r"--mode: model 'jou' has no parameter 'foo'"),
+        (
+            ["--model", "luther", "--scale-mode", "fixed"],
+            r"--scale-mode: model 'luther' has no parameter 'scale'",
+        ),
+        (["--mode", "tilt"], r"--mode: expected NAME=MODE"),
+        (["--model", "nope"], r"argument --model: invalid choice: 'nope'"),
+        (["--bogus"], r"unrecognized arguments: --bogus"),
+        (["--max-iterations", "0"], r"--max-iterations must be at least 1"),
+    ],
+)
 def test_bad_options(files, extra, pattern):
     assert_bad(align_args(files, None, None, *extra), pattern, files["out"])
 
 
 def test_output_would_overwrite_input(files):
     write(files["dir"] / "m.tlt", "-20\n-10\n0\n10\n20\n")
-    args = ["align", files["csv"], "--tilts", files["dir"] / "m.tlt", "--image-size", 512, 512, "--out-dir", files["dir"]]
+    args = [
+        "align",
+        files["csv"],
+        "--tilts",
+        files["dir"] / "m.tlt",
+        "--image-size",
+        512,
+        512,
+        "--out-dir",
+        files["dir"],
+    ]
     before = sorted(os.listdir(files["dir"]))
     rc, _, err = run(args)
     assert rc == 2 and "m.tlt would overwrite an input file; choose another --prefix or --out-dir" in err
@@ -426,13 +561,21 @@ def test_stack_with_wrong_number_of_sections(files):
     stack = files["dir"] / "s.mrc"
     with mrcfile.new(stack) as m:
         m.set_data(np.zeros((4, 16, 24), dtype=np.float32))
-    assert_bad(align_args(files, None, None, "--stack", stack, size=False),
-               r"s\.mrc: the stack has 4 sections but .*t\.tlt has 5 tilt angles", files["out"])
+    assert_bad(
+        align_args(files, None, None, "--stack", stack, size=False),
+        r"s\.mrc: the stack has 4 sections but .*t\.tlt has 5 tilt angles",
+        files["out"],
+    )
 
 
 def test_usage_errors():
     rc, _, err = run([])
-    assert rc == 2 and err.strip() == "lmalign: error: choose a command: align, batch, compare, demo, reconstruct, simulate (see 'lmalign --help')"
+    assert (
+        rc == 2
+        and err.strip()
+        == "lmalign: error: choose a command: align, batch, compare, demo, reconstruct, simulate "
+        "(see 'lmalign --help')"
+    )
     rc, _, err = run(["align", "m.csv", "--image-size", "1"])
     assert rc == 2 and err.count("\n") == 1 and "expected 2 arguments" in err
 
@@ -446,7 +589,13 @@ def parse(*args):
 
 def read_inputs(args):
     """The series that ``lmalign align`` with these options reads."""
-    return read_series(args.markers, args.tilts, stack_path=args.stack, image_size=args.image_size, rotation_deg=args.rotation)
+    return read_series(
+        args.markers,
+        args.tilts,
+        stack_path=args.stack,
+        image_size=args.image_size,
+        rotation_deg=args.rotation,
+    )
 
 
 def test_image_size_precedence_and_stack_header(files):
@@ -463,7 +612,9 @@ def test_image_size_precedence_and_stack_header(files):
 
 def test_mdoc_tilts_rotation_and_dose_symmetric_order(tmp_path):
     mdoc = Path(__file__).parent / "data" / "empiar10164-ts01" / "TS_01.mrc.mdoc"
-    rows = ["marker,view,x,y"] + [f"{m},{v},{100 + 50 * m + v},{200 + 30 * m}" for m in range(1, 5) for v in range(41)]
+    rows = ["marker,view,x,y"] + [
+        f"{m},{v},{100 + 50 * m + v},{200 + 30 * m}" for m in range(1, 5) for v in range(41)
+    ]
     csv = write(tmp_path / "m.csv", "\n".join(rows) + "\n")
     inp = read_inputs(parse(csv, "--tilts", mdoc))
     assert inp.rotation_deg == pytest.approx(85.3) and inp.rotation_source.endswith("tilt axis angle")
@@ -487,7 +638,9 @@ def test_fid_header_gives_the_image_size(files):
 def test_pytom_markers_carry_their_tilts():
     pytom = Path(__file__).parent / "data" / "pytom-empiar10064"
     inp = read_inputs(parse(pytom / "mixedCTEM_tomo3_markerfile.txt", "--image-size", 3838, 3710))
-    assert inp.markers_format == "PyTom marker file" and inp.tilts_deg.size == 59 and inp.markers.n_markers == 8
+    assert (
+        inp.markers_format == "PyTom marker file" and inp.tilts_deg.size == 59 and inp.markers.n_markers == 8
+    )
     np.testing.assert_allclose(inp.tilts_deg, io.read_tilts(pytom / "angles.tlt"))
     with pytest.raises(cli.UsageError, match="--tilts FILE is required"):
         read_inputs(parse(pytom / "angles.tlt", "--image-size", 10, 10))
@@ -507,27 +660,42 @@ def test_compilation_cache_settings(monkeypatch, tmp_path):
     monkeypatch.delenv("LMALIGN_NO_COMPILATION_CACHE")
     calls = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: calls.__setitem__(name, value))
+    monkeypatch.setattr(compiled_cache, "enable", lambda folder: calls.__setitem__("exported", str(folder)))
     if jax.config.jax_compilation_cache_dir:
         pytest.skip("a compilation cache folder is already configured")
     assert cli.enable_compilation_cache() == str(tmp_path / "lmalign_jax" / "jax")
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "lmalign_jax" / "jax")
     assert calls["jax_persistent_cache_min_entry_size_bytes"] == 0
     assert (tmp_path / "lmalign_jax" / "jax").is_dir()
+    assert calls["exported"] == str(tmp_path / "lmalign_jax" / "exported")  # traced computations beside it
 
 
 def test_python_m_help():
     """The one subprocess test: ``python -m lmalign_jax --help``."""
-    p = subprocess.run([sys.executable, "-m", "lmalign_jax", "--help"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "lmalign_jax", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     for word in ("align", "batch", "compare", "demo", "reconstruct", "simulate", "examples:"):
         assert word in p.stdout
 
 
-@pytest.mark.parametrize("command, words", [
-    ("align", ["1-based like IMOD's ExcludeList", "examples:", "--rotation-mode", "Exit status: 0 success, 1 alignment did not converge, 2 bad input, 3 internal error"]),
-    ("demo", ["example:", "--out-dir"]),
-    ("simulate", ["example:", "--views", "--missing", "--seed"]),
-])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        (
+            "align",
+            [
+                "1-based like IMOD's ExcludeList",
+                "examples:",
+                "--rotation-mode",
+                "Exit status: 0 success, 1 alignment did not converge, 2 bad input, 3 internal error",
+            ],
+        ),
+        ("demo", ["example:", "--out-dir"]),
+        ("simulate", ["example:", "--views", "--missing", "--seed"]),
+    ],
+)
 def test_command_help(command, words):
     rc, out, _ = run([command, "--help"])
     assert rc == 0

@@ -23,11 +23,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from .. import compiled_cache
 from ..core.problem import build_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
-from ..solve import Variables, gauss_newton_solve, leverages, linearize, pair_jacobians, pair_residuals, variances
+from ..solve import (
+    Variables,
+    gauss_newton_solve,
+    leverages,
+    linearize,
+    pair_jacobians,
+    pair_residuals,
+    variances,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +77,7 @@ class Uncertainty:
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
-def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
+def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     lin = linearize(fn, x, structure)
     var_a, var_b = variances(lin, structure, eliminate)
     dtype = x.a.dtype
@@ -82,9 +91,15 @@ def _uncertainty_core(fn, x, structure, *, eliminate, tilt_column, shift_z):
         v = zeros._replace(a=zeros.a.at[:, tilt_column].set(own))
         if x.g.shape[0]:
             slots = jnp.where(tie[:, tilt_column] >= 0, tie[:, tilt_column], x.g.shape[0])
-            v = v._replace(g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g)
+            v = v._replace(
+                g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g
+            )
         w = gauss_newton_solve(lin, eliminate, v)
-        w_tilt = jnp.where(tie[:, tilt_column] >= 0, w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0, w.a[:, tilt_column])
+        w_tilt = jnp.where(
+            tie[:, tilt_column] >= 0,
+            w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0,
+            w.a[:, tilt_column],
+        )
         var_mean = jnp.sum(v.a * w.a) + jnp.sum(v.g * w.g)
         var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
     if shift_z:
@@ -114,15 +129,22 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     modes = settings.modes
     with jax.enable_x64(True):
         problem = build_problem(
-            m, obs, result.views, result.markers, modes, np.ones((obs.n_markers, 3), bool),
-            ref_view=settings.ref_view, weights=settings.weights,
+            m,
+            obs,
+            result.views,
+            result.markers,
+            modes,
+            np.ones((obs.n_markers, 3), bool),
+            ref_view=settings.ref_view,
+            weights=settings.weights,
         )
         tilt_free = not is_fixed(modes.get("tilt", "free"))
         var_a, var_b, loo, lev, rss = jax.device_get(
-            _uncertainty_core(
-                problem.fn,
+            compiled_cache.call(
+                _uncertainty_core,
                 problem.x0,
                 problem.structure,
+                fn=problem.fn,
                 eliminate=problem.eliminate,
                 tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
                 shift_z=m.shift_parameters is not None,

@@ -8,7 +8,7 @@ import sys
 
 import jax
 
-from .. import __version__
+from .. import __version__, compiled_cache
 from ..io.errors import InputError
 from .align import add_align
 from .batch import add_batch
@@ -20,7 +20,14 @@ from .simulate import add_simulate
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
-COMMANDS = {"align": add_align, "batch": add_batch, "compare": add_compare, "demo": add_demo, "reconstruct": add_reconstruct, "simulate": add_simulate}
+COMMANDS = {
+    "align": add_align,
+    "batch": add_batch,
+    "compare": add_compare,
+    "demo": add_demo,
+    "reconstruct": add_reconstruct,
+    "simulate": add_simulate,
+}
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
 CACHED_COMMANDS = ("align", "batch", "compare", "demo", "reconstruct")
 
@@ -38,7 +45,9 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(
+        prog="lmalign", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"lmalign_jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for add in COMMANDS.values():
@@ -52,11 +61,22 @@ def compilation_cache_dir() -> str:
     return os.path.join(base, "lmalign_jax", "jax")
 
 
+def exported_cache_dir() -> str:
+    """Where the CLI keeps traced and lowered computations (``compiled_cache``), beside JAX's cache."""
+    return os.path.join(os.path.dirname(compilation_cache_dir()), "exported")
+
+
 def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache (CLI only). Skipped when the user set a cache
-    folder already or ``LMALIGN_NO_COMPILATION_CACHE`` is set; returns the folder used."""
+    """Turn on JAX's persistent compilation cache and this package's cache of exported
+    computations (CLI only), so a warm run neither traces, lowers nor compiles. Both are skipped
+    when ``LMALIGN_NO_COMPILATION_CACHE`` is set; JAX's keeps a folder the user set already.
+    Returns JAX's cache folder (None when off)."""
     if os.environ.get("LMALIGN_NO_COMPILATION_CACHE"):
         return None
+    try:
+        compiled_cache.enable(exported_cache_dir())
+    except OSError:
+        pass  # an unwritable cache folder only costs time
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     path = compilation_cache_dir()
@@ -99,5 +119,8 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: one line, no traceback unless asked
         if os.environ.get("LMALIGN_DEBUG"):
             raise
-        print(f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback", file=sys.stderr)
+        print(
+            f"lmalign: error: internal error ({type(e).__name__}: {e}); set LMALIGN_DEBUG=1 for a traceback",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL

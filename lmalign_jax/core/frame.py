@@ -10,10 +10,13 @@ reference view, so the aligned images sit where the raw ones did (as in IMOD). `
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compiled_cache
 from ..models import ProjectionModel
 
 
@@ -60,7 +63,17 @@ def predicted_positions(model: ProjectionModel, views, markers):
 
 #: ``reporting_frame`` compiled (model and tilt_free static); traced calls inline it.
 jit_reporting_frame = jax.jit(reporting_frame, static_argnums=(0, 4))
-_predicted_jit = jax.jit(predicted_positions, static_argnums=0)
+
+
+@partial(jax.jit, static_argnames=("model", "tilt_free"))
+def _frame_of_one(views, markers, nominal_tilts_rad, *, model: ProjectionModel, tilt_free: bool):
+    """``reporting_frame`` with its static options as keywords (as ``compiled_cache.call`` keys them)."""
+    return reporting_frame(model, views, markers, nominal_tilts_rad, tilt_free)
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _predicted_of_one(views, markers, *, model: ProjectionModel):
+    return predicted_positions(model, views, markers)
 
 
 def to_reporting_frame(
@@ -68,13 +81,19 @@ def to_reporting_frame(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``reporting_frame`` of one solution on the host: float64 numpy (views, markers)."""
     with jax.enable_x64(True):
-        views, markers = jit_reporting_frame(
-            model, jnp.asarray(views), jnp.asarray(markers), jnp.asarray(nominal_tilts_rad), tilt_free
+        args = (
+            np.asarray(views, np.float64),
+            np.asarray(markers, np.float64),
+            np.asarray(nominal_tilts_rad, np.float64),
         )
+        views, markers = compiled_cache.call(_frame_of_one, *args, model=model, tilt_free=tilt_free)
         return np.asarray(views, np.float64), np.asarray(markers, np.float64)
 
 
 def project_all(model: ProjectionModel, views, markers) -> np.ndarray:
     """Predicted centred positions (n_views, n_markers, 2), float64 numpy, pixels."""
     with jax.enable_x64(True):
-        return np.asarray(_predicted_jit(model, jnp.asarray(views), jnp.asarray(markers)), dtype=np.float64)
+        predicted = compiled_cache.call(
+            _predicted_of_one, np.asarray(views, np.float64), np.asarray(markers, np.float64), model=model
+        )
+        return np.asarray(predicted, dtype=np.float64)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import compiled_cache
 from ._linearize import Linearization, cost, linearize
 from ._problem import Structure, Variables
 from ._results import LMConfig, Status
@@ -50,14 +51,18 @@ def _dot(u: Variables, v: Variables):
 
 
 def _max_abs_gradient(lin: Linearization):
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in (lin.grad_a, lin.grad_b, lin.grad_g)]))
+    return jnp.max(
+        jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in (lin.grad_a, lin.grad_b, lin.grad_g)])
+    )
 
 
 def _gradient(lin: Linearization) -> Variables:
     return Variables(lin.grad_a, lin.grad_b, lin.grad_g)
 
 
-def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "b", config: LMConfig = LMConfig()):
+def least_squares(
+    fn, x0: Variables, structure: Structure, *, eliminate: str = "b", config: LMConfig = LMConfig()
+):
     """Minimise 0.5 * sum |w_ab fn(a, b, pair_ab)|^2 over the free entries.
 
     Args:
@@ -75,18 +80,23 @@ def least_squares(fn, x0: Variables, structure: Structure, *, eliminate: str = "
     # Host values go in as numpy (transferred with the call); building them with jnp would run
     # several eager device operations per solve. Inside a trace (a batch kernel) they are traced.
     xp = jnp if any(isinstance(v, jax.core.Tracer) for v in (*values, config.max_iterations)) else np
-    return _least_squares(fn, x0, structure, xp.asarray(values, dtype), xp.asarray(config.max_iterations, np.int32), eliminate=eliminate)
+    settings, max_iterations = xp.asarray(values, dtype), xp.asarray(config.max_iterations, np.int32)
+    return compiled_cache.call(
+        _least_squares, x0, structure, settings, max_iterations, fn=fn, eliminate=eliminate
+    )
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate"))
-def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterations, *, eliminate: str):
+def _least_squares(x0: Variables, structure: Structure, settings, max_iterations, *, fn, eliminate: str):
     dtype = x0.a.dtype
     cost_tol, step_tol, gradient_tol, initial_damping = settings
     lin0 = linearize(fn, x0, structure)
     status0 = jnp.where(
         ~jnp.isfinite(lin0.cost),
         Status.FAILED,
-        jnp.where(_max_abs_gradient(lin0) <= gradient_tol * (1 + lin0.cost), Status.CONVERGED, Status.RUNNING),
+        jnp.where(
+            _max_abs_gradient(lin0) <= gradient_tol * (1 + lin0.cost), Status.CONVERGED, Status.RUNNING
+        ),
     )
     state = _State(
         x=x0,
@@ -103,7 +113,10 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
         step, scaling = damped_step(st.lin, st.damping, eliminate)
         x_new = Variables(*(p + h for p, h in zip(st.x, step, strict=True)))
         new_cost = cost(fn, x_new, structure)
-        predicted = 0.5 * (st.damping * _dot(step, Variables(*(d * h for d, h in zip(scaling, step, strict=True)))) - _dot(_gradient(st.lin), step))
+        predicted = 0.5 * (
+            st.damping * _dot(step, Variables(*(d * h for d, h in zip(scaling, step, strict=True))))
+            - _dot(_gradient(st.lin), step)
+        )
         actual = st.lin.cost - new_cost
         rho = actual / predicted
         finite = jnp.isfinite(new_cost) & jnp.isfinite(predicted)
@@ -131,7 +144,9 @@ def _least_squares(fn, x0: Variables, structure: Structure, settings, max_iterat
             ),
         )
         cost_now = jnp.where(accept, new_cost, st.cost)
-        return _State(x, cost_now, lin, damping, nu, iteration, st.accepted + accept, status.astype(jnp.int32))
+        return _State(
+            x, cost_now, lin, damping, nu, iteration, st.accepted + accept, status.astype(jnp.int32)
+        )
 
     final = jax.lax.while_loop(lambda st: st.status == Status.RUNNING, body, state)
     return Solution(final.x, final.cost, final.status, final.iteration, final.accepted)
