@@ -151,7 +151,8 @@ def command_line(n: int, cli_n: int) -> dict:
         env.pop("LMALIGN_NO_COMPILATION_CACHE", None)
 
         def one(i, out, figure):
-            return ["align", tmp / "in" / f"ts{i:03d}.csv", "--tilts", tmp / "in" / f"ts{i:03d}.rawtlt", "--image-size", 2048, 2048,
+            return ["align", tmp / "in" / f"ts{i:03d}.csv", "--tilts", tmp / "in" / f"ts{i:03d}.rawtlt",
+                    "--image-size", 2048, 2048,
                     "--quiet", "--out-dir", tmp / out, *([] if figure else ["--no-figure"])]  # fmt: skip
 
         cli(one(0, "warm", True), env)  # fills the persistent cache
@@ -163,8 +164,8 @@ def command_line(n: int, cli_n: int) -> dict:
             out[f"cli_align_per_series_{tag}_s"] = [
                 cli(one(i, f"single-{tag}", figure), env) for i in range(timed_n)
             ]
-            out[f"cli_batch_{tag}_s"] = cli(["batch", tmp / "in" / "list.txt", "--out-dir", tmp / f"batch-{tag}", "--quiet",
-                                             *([] if figure else ["--no-figure"])], env)  # fmt: skip
+            batch_args = ["batch", tmp / "in" / "list.txt", "--out-dir", tmp / f"batch-{tag}", "--quiet"]
+            out[f"cli_batch_{tag}_s"] = cli(batch_args + ([] if figure else ["--no-figure"]), env)
             out[f"outputs_{tag}"] = {
                 side: sorted({p.suffix for p in (tmp / f"{side}-{tag}").rglob("*") if p.is_file()})
                 for side in ("single", "batch")
@@ -264,7 +265,8 @@ def main(argv=None) -> int:
     from benchmarks.common import cpu_model, environment
 
     report = {"meta": environment(quick=False),
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": str(jax.devices()[0]),
+                          "jax": jax.__version__,
                           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}}  # fmt: skip
     report["in_process"] = r = in_process(args.n)
     base = r["n"] / r["align_loop_s"]
@@ -297,7 +299,8 @@ def main(argv=None) -> int:
             per = c[f"cli_align_per_series_{tag}_s"]
             shell = len(per) / sum(per)
             rows += [
-                (f"lmalign align, one process per series, {label} (median {np.median(per):.2f} s, range {min(per):.2f}-{max(per):.2f} s)",
+                (f"lmalign align, one process per series, {label} "
+                 f"(median {np.median(per):.2f} s, range {min(per):.2f}-{max(per):.2f} s)",
                  len(per), sum(per), shell),
                 (f"lmalign batch, {label}", c["n"], c[f"cli_batch_{tag}_s"], shell),
             ]  # fmt: skip
@@ -314,16 +317,20 @@ def main(argv=None) -> int:
             ("mixed shapes, cold: align_batch", args.n, mx["batch"]["seconds"], cold),
         ]
     print(
-        f"\n{args.n} series of {VIEWS} views x {MARKERS} markers; {report['machine']['cpu']}, {report['machine']['device']}"
+        f"\n{args.n} series of {VIEWS} views x {MARKERS} markers; "
+        f"{report['machine']['cpu']}, {report['machine']['device']}"
     )
     print(
-        f"align_batch vs align(): max |difference| {r['max_abs_difference']:.2e}; converged {r['converged'][0]} / {r['converged'][1]}"
+        f"align_batch vs align(): max |difference| {r['max_abs_difference']:.2e}; "
+        f"converged {r['converged'][0]} / {r['converged'][1]}"
     )
     print(
-        f"first calls (compilation): align() {r['first_call_align_s']:.1f} s, align_batch {r['first_call_batch_s']:.1f} s\n"
+        f"first calls (compilation): align() {r['first_call_align_s']:.1f} s, "
+        f"align_batch {r['first_call_batch_s']:.1f} s\n"
     )
     print(
-        "Baselines: the align() loop (in-process rows), 'lmalign align' per series (command-line rows), the cold loop (mixed)."
+        "Baselines: the align() loop (in-process rows), 'lmalign align' per series (command-line rows), "
+        "the cold loop (mixed)."
     )
     print("| method | series | seconds | series/s | vs its baseline |")
     print("|---|---:|---:|---:|---:|")
@@ -342,7 +349,8 @@ def main(argv=None) -> int:
     report["meta"]["loadavg_end"] = list(os.getloadavg())
     m = report["meta"]
     print(
-        f"\nload average (1, 5, 15 min) before {m['loadavg_start']}, after {m['loadavg_end']}; commit {m['git']['commit']}"
+        f"\nload average (1, 5, 15 min) before {m['loadavg_start']}, after {m['loadavg_end']}; "
+        f"commit {m['git']['commit']}"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -153,7 +153,8 @@ class JointProblem:
 
     @cached_property
     def _csr_pattern(self):
-        """Column indices (free numbering) of each Jacobian row's nonzeros, and which block entries survive."""
+        """Column indices (free numbering) of each Jacobian row's nonzeros, and which block entries
+        survive."""
         nvp = self.n_views * N_VIEW_PARAMS
         cols = np.concatenate(
             [

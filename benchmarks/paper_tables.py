@@ -81,7 +81,8 @@ def run(repeats: int = 5, log=print) -> dict:
                 "first_call_compiles": name == FIRST, "rms_px": res.rms_residual_px,
                 "mean_residual_px": res.mean_residual_px, "status": res.status, **stats,
             }  # fmt: skip
-            log(f"  ({which}) {name:30s} RMS {res.rms_residual_px:.4f} px ({stats['ratio_to_floor']:.4f} x floor), "
+            log(f"  ({which}) {name:30s} RMS {res.rms_residual_px:.4f} px "
+                f"({stats['ratio_to_floor']:.4f} x floor), "
                 f"align() {median(walls[1:]) * 1e3:.1f} ms steady, {walls[0]:.2f} s first call")  # fmt: skip
         entry["n_free_model"] = n_free_model
         entry["noise_floor_px"] = floor_stats(0.0, obs.n_observed, n_free_model)["noise_floor_px"]

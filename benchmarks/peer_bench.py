@@ -41,7 +41,8 @@ def bench_problem(problem, repeats: int, peers=None, budget_s: float = 10.0, log
             "first_call_s": first, "steady_s": steady, "steady_runs_s": times,
         })  # fmt: skip
         log(
-            f"    {name:32s} RMS {rms:.9f}  {out['iterations']:6d} it  first {first:8.3f} s  steady {steady:9.4f} s  {out['status']}"
+            f"    {name:32s} RMS {rms:.9f}  {out['iterations']:6d} it  "
+            f"first {first:8.3f} s  steady {steady:9.4f} s  {out['status']}"
         )
     ours = next((r for r in rows if r["solver"] == OURS and "skipped" not in r), None)
     for r in rows:
@@ -67,7 +68,8 @@ def run(
         start = lmalign_jax.core.align(obs, stages=("initial", "main", "tilt"))
         problem = JointProblem(obs, start.views, start.markers)
         log(
-            f"  ({which}) {problem.n_obs:,} observations, {problem.n_free:,} free parameters, start RMS {problem.rms_px(problem.x0):.6f} px"
+            f"  ({which}) {problem.n_obs:,} observations, {problem.n_free:,} free parameters, "
+            f"start RMS {problem.rms_px(problem.x0):.6f} px"
         )
         rows = bench_problem(problem, repeats, peers, budget_s, log)
         # our full align() end to end (closed-form start, 4 stages), steady state, for reference
@@ -78,15 +80,19 @@ def run(
             walls.append(time.perf_counter() - t0)
         joint = next(s for s in res.stages if s.name == "joint")
         out["datasets"][which] = {
-            "n_obs": problem.n_obs, "n_free": problem.n_free, "n_views": problem.n_views, "n_markers": problem.n_markers,
-            "start_rms_px": problem.rms_px(problem.x0), **floor_stats(float("nan"), problem.n_obs, problem.n_free),
+            "n_obs": problem.n_obs, "n_free": problem.n_free,
+            "n_views": problem.n_views, "n_markers": problem.n_markers,
+            "start_rms_px": problem.rms_px(problem.x0),
+            **floor_stats(float("nan"), problem.n_obs, problem.n_free),
             "solvers": rows,
-            "align_end_to_end": {"steady_s": median(walls[1:]), "first_call_s": walls[0], "rms_px": res.rms_residual_px,
+            "align_end_to_end": {"steady_s": median(walls[1:]), "first_call_s": walls[0],
+                                 "rms_px": res.rms_residual_px,
                                  "joint_stage_s": joint.seconds, "joint_stage_iterations": joint.iterations,
                                  **floor_stats(res.rms_residual_px, obs.n_observed, res.n_free)},
         }  # fmt: skip
         for k in ("ratio_to_floor", "z_score"):
             out["datasets"][which].pop(k)
-        log(f"    align() end to end: {median(walls[1:]) * 1e3:.1f} ms steady (joint stage {joint.seconds * 1e3:.1f} ms), "
+        log(f"    align() end to end: {median(walls[1:]) * 1e3:.1f} ms steady "
+            f"(joint stage {joint.seconds * 1e3:.1f} ms), "
             f"RMS {res.rms_residual_px:.9f}")  # fmt: skip
     return out

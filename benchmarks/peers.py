@@ -218,7 +218,8 @@ def solve_scipy_lbfgsb(problem, max_iterations=MAX_LBFGS_ITERATIONS):
         f0 = fun(problem.x0)[0]
         res = minimize(
             fun, problem.x0, jac=True, method="L-BFGS-B",
-            options={"ftol": COST_TOL, "gtol": GRAD_TOL * (1 + f0), "maxiter": max_iterations, "maxfun": 2 * max_iterations},
+            options={"ftol": COST_TOL, "gtol": GRAD_TOL * (1 + f0),
+                     "maxiter": max_iterations, "maxfun": 2 * max_iterations},
         )  # fmt: skip
         return {
             "x": res.x,

@@ -17,6 +17,7 @@ def run(quick: bool, log=print) -> dict:
     out["settings"] = settings
     for r in out["results"]:
         log(
-            f"  {r['method']:58s} {r['seconds_per_slice']:9.4f} s/slice {r['voxel_updates_per_s'] / 1e9:8.3f} Gvox-upd/s (median of {r['repeats']})"
+            f"  {r['method']:58s} {r['seconds_per_slice']:9.4f} s/slice "
+            f"{r['voxel_updates_per_s'] / 1e9:8.3f} Gvox-upd/s (median of {r['repeats']})"
         )
     return out

@@ -2,7 +2,8 @@
 
 Not a test. Run as::
 
-    python -m benchmarks.recon_bench [--size 512] [--rows 32] [--views 61] [--repeat 3] [--threads 1] [--out r.json]
+    python -m benchmarks.recon_bench [--size 512] [--rows 32] [--views 61] [--repeat 3] \
+        [--threads 1] [--out r.json]
 
 Every side does the same work: it reconstructs the same ``rows`` slices (``size x size``, from
 identical sinograms of a Shepp-Logan slice, +-60 degrees), each timed ``repeat`` times after
@@ -175,7 +176,8 @@ def run(size=512, rows=32, views=61, repeat=3, skimage_slices=None, astra_slices
         return float(np.corrcoef(a[inside], b[inside])[0, 1])
 
     return {
-        "size": n, "rows": rows, "views": nv, "repeat": repeat, "astra_version": astra_version or "not installed",
+        "size": n, "rows": rows, "views": nv, "repeat": repeat,
+        "astra_version": astra_version or "not installed",
         "results": results,
         "corr_skimage": corr(ours_slice, sk_slice),
         "corr_astra": None if astra_slice is None else corr(ours_slice, astra_slice),
@@ -190,7 +192,8 @@ def run_isolated(size=512, rows=32, views=61, repeat=3, threads=1) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "recon.json"
-        args = [sys.executable, "-m", "benchmarks.recon_bench", "--size", str(size), "--rows", str(rows), "--views", str(views),
+        args = [sys.executable, "-m", "benchmarks.recon_bench",
+                "--size", str(size), "--rows", str(rows), "--views", str(views),
                 "--repeat", str(repeat), "--threads", str(threads), "--out", str(out), "--quiet"]  # fmt: skip
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -200,13 +203,18 @@ def run_isolated(size=512, rows=32, views=61, repeat=3, threads=1) -> dict:
 
 def markdown(report: dict) -> str:
     """The results as a markdown table (median and the whole range of the repeats)."""
-    lines = [f"{report['views']} views over +-60 degrees, {report['size']}x{report['size']} slices, the same {report['rows']} slices "
-             f"on every side, float32, {report['limits']['threads']} thread(s) each (process pinned to CPUs {report['limits']['cpus']}); "
-             f"median of {report['repeat']} runs after a warm-up, range min-max; ASTRA {report['astra_version']}.", "",
-             "| method | like for like | s / slice (median) | Gvoxel-updates / s: median | range |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [f"{report['views']} views over +-60 degrees, {report['size']}x{report['size']} slices, "
+             f"the same {report['rows']} slices "
+             f"on every side, float32, {report['limits']['threads']} thread(s) each "
+             f"(process pinned to CPUs {report['limits']['cpus']}); "
+             f"median of {report['repeat']} runs after a warm-up, range min-max; "
+             f"ASTRA {report['astra_version']}.", "",
+             "| method | like for like | s / slice (median) | Gvoxel-updates / s: median | range |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for r in report["results"]:
         lo, hi = r["voxel_updates_per_s_range"]
-        lines.append(f"| {r['method']} | {'yes' if r['like_for_like'] else 'ours only'} | {r['seconds_per_slice']:.4f} | "
+        lines.append(f"| {r['method']} | {'yes' if r['like_for_like'] else 'ours only'} | "
+                     f"{r['seconds_per_slice']:.4f} | "
                      f"{r['voxel_updates_per_s'] / 1e9:.3f} | {lo / 1e9:.3f}-{hi / 1e9:.3f} |")  # fmt: skip
     line = f"\n\nAgreement with ours (correlation inside 0.45 n): skimage {report['corr_skimage']:.4f}"
     if report.get("corr_astra") is not None:

@@ -35,11 +35,13 @@ from benchmarks.common import environment, fmt, machine_slug, memory_cells, seco
 SECTIONS = ("paper", "peers", "scaling", "recon")
 MODE = {
     "quick": {
-        "paper_repeats": 2, "peer_datasets": ("a",), "peer_repeats": 2, "peer_budget_s": 3.0, "align_repeats": 2,
+        "paper_repeats": 2, "peer_datasets": ("a",), "peer_repeats": 2, "peer_budget_s": 3.0,
+        "align_repeats": 2,
         "scaling_sizes": (30, 300), "trf_max_markers": 300, "scaling_repeats": {30: 2, 300: 2},
     },
     "full": {
-        "paper_repeats": 7, "peer_datasets": ("a", "b"), "peer_repeats": 5, "peer_budget_s": 10.0, "align_repeats": 7,
+        "paper_repeats": 7, "peer_datasets": ("a", "b"), "peer_repeats": 5, "peer_budget_s": 10.0,
+        "align_repeats": 7,
         "scaling_sizes": (30, 300, 3000, 30000), "trf_max_markers": 3000,
         "scaling_repeats": {30: 5, 300: 5, 3000: 3, 30000: 1},
     },
@@ -90,9 +92,11 @@ def md_header(report: dict) -> str:
     )
     return (
         f"Run {m['timestamp']} on `{m['machine']}`: {m['cpu_model']}, {m['cpu_count']} logical CPUs; "
-        f"JAX backend {m['jax_backend']} ({', '.join(m['device_kind'])}); OPENBLAS_NUM_THREADS={m['env']['OPENBLAS_NUM_THREADS']}; "
+        f"JAX backend {m['jax_backend']} ({', '.join(m['device_kind'])}); "
+        f"OPENBLAS_NUM_THREADS={m['env']['OPENBLAS_NUM_THREADS']}; "
         f"{'quick' if m['quick'] else 'full'} mode, {report['total_seconds']:.0f} s in all; "
-        f"1-minute load average {_load(m.get('loadavg_start'))} at the start, {_load(m.get('loadavg_end'))} at the end.\n\n{vers}.\n\n"
+        f"1-minute load average {_load(m.get('loadavg_start'))} at the start, "
+        f"{_load(m.get('loadavg_end'))} at the end.\n\n{vers}.\n\n"
         f"lmalign_jax at commit {(m['git']['commit'] or 'unknown')[:10]} ({m['git']['subject']})"
         + (
             f", with uncommitted changes to {', '.join(m['git']['lmalign_jax_modified'])}"
@@ -115,8 +119,10 @@ def md_paper(sec: dict) -> str:
             f"#### {p['table']} ({which}): {d['description']} (synthetic, shaped like the paper's data)\n"
         )
         out.append(f"{d['n_views']} views, {d['n_markers']} markers, {d['n_obs']:,} observations "
-                   f"(missing {100 * d['missing_fraction']:.1f}%), sigma 0.5 px; full model: {d['n_free_model']:,} free "
-                   f"parameters, noise floor {d['noise_floor_px']:.4f} px. Steady-state times (median of {sec['repeats']}); "
+                   f"(missing {100 * d['missing_fraction']:.1f}%), sigma 0.5 px; "
+                   f"full model: {d['n_free_model']:,} free "
+                   f"parameters, noise floor {d['noise_floor_px']:.4f} px. "
+                   f"Steady-state times (median of {sec['repeats']}); "
                    "each stage cell is time / iterations / RMS after the stage.\n")  # fmt: skip
         rows = []
         for name, c in d["configs"].items():
@@ -127,8 +133,8 @@ def md_paper(sec: dict) -> str:
             rows.append([name, *(cells.get(s, "-") for s in ("initial", "main", "tilt", "joint")),
                          seconds(c["solve_seconds_steady"]), seconds(c["align_seconds_steady"]),
                          f"{c['rms_px']:.4f}", f"{c['ratio_to_floor']:.4f}"])  # fmt: skip
-        out.append(table(["configuration", "initial", "main", "tilt estimate", "joint", "stages total", "align() wall",
-                          "RMS (px)", "RMS / floor"], rows))  # fmt: skip
+        out.append(table(["configuration", "initial", "main", "tilt estimate", "joint", "stages total",
+                          "align() wall", "RMS (px)", "RMS / floor"], rows))  # fmt: skip
         first = next(c for c in d["configs"].values() if c["first_call_compiles"])
         paper = f"Paper (real data): {p['rms_px']} px in {p['seconds']} s with the initial stage"
         if "seconds_without_initial" in p:
@@ -138,7 +144,8 @@ def md_paper(sec: dict) -> str:
         ours_ps = d["configs"]["paper-style, with initial"]
         paper += (f". Ours, paper-style with the initial stage: {ours_ps['rms_px']:.4f} px in "
                   f"{seconds(ours_ps['align_seconds_steady'])} (align() wall, steady), "
-                  f"{seconds(first['align_seconds_first_call'])} on the first call of the session (JIT compilation of all four stages).")  # fmt: skip
+                  f"{seconds(first['align_seconds_first_call'])} on the first call of the session "
+                  "(JIT compilation of all four stages).")  # fmt: skip
         out.append("\n" + paper + "\n")
     return "\n".join(out)
 
@@ -146,8 +153,10 @@ def md_paper(sec: dict) -> str:
 def md_peers(sec: dict) -> str:
     out = []
     for which, d in sec["datasets"].items():
-        out.append(f"#### Joint problem ({which}): {d['n_views']} views, {d['n_markers']} markers, {d['n_obs']:,} observations, "
-                   f"{d['n_free']:,} free parameters; start RMS {d['start_rms_px']:.6f} px, noise floor {d['noise_floor_px']:.4f} px\n")  # fmt: skip
+        out.append(f"#### Joint problem ({which}): {d['n_views']} views, {d['n_markers']} markers, "
+                   f"{d['n_obs']:,} observations, "
+                   f"{d['n_free']:,} free parameters; start RMS {d['start_rms_px']:.6f} px, "
+                   f"noise floor {d['noise_floor_px']:.4f} px\n")  # fmt: skip
         rows = []
         for r in d["solvers"]:
             if "skipped" in r:
@@ -155,14 +164,17 @@ def md_peers(sec: dict) -> str:
                     [r["solver"], r["description"], "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}"]
                 )
                 continue
-            rows.append([r["solver"], r["description"], f"{r['rms_px']:.9f}", f"{r['ratio_to_floor']:.4f}", fmt(r["iterations"]),
-                         seconds(r["first_call_s"]), seconds(r["steady_s"]), f"{r['time_ratio_vs_ours']:.3g}x", r["status"]])  # fmt: skip
+            rows.append([r["solver"], r["description"], f"{r['rms_px']:.9f}", f"{r['ratio_to_floor']:.4f}",
+                         fmt(r["iterations"]), seconds(r["first_call_s"]), seconds(r["steady_s"]),
+                         f"{r['time_ratio_vs_ours']:.3g}x", r["status"]])  # fmt: skip
         a = d["align_end_to_end"]
-        rows.append(["lmalign_jax align() end to end", "4 stages from the closed-form start", f"{a['rms_px']:.9f}",
-                     f"{a['ratio_to_floor']:.4f}", "-", seconds(a["first_call_s"]), seconds(a["steady_s"]), "-",
-                     f"joint stage inside it: {seconds(a['joint_stage_s'])}, {a['joint_stage_iterations']} it"])  # fmt: skip
-        out.append(table(["solver", "method", "final RMS (px)", "RMS / floor", "iterations", "first call", "steady",
-                          "time / ours", "status"], rows))  # fmt: skip
+        rows.append(["lmalign_jax align() end to end", "4 stages from the closed-form start",
+                     f"{a['rms_px']:.9f}", f"{a['ratio_to_floor']:.4f}", "-",
+                     seconds(a["first_call_s"]), seconds(a["steady_s"]), "-",
+                     f"joint stage inside it: {seconds(a['joint_stage_s'])}, "
+                     f"{a['joint_stage_iterations']} it"])  # fmt: skip
+        out.append(table(["solver", "method", "final RMS (px)", "RMS / floor", "iterations", "first call",
+                          "steady", "time / ours", "status"], rows))  # fmt: skip
         out.append("")
     return "\n".join(out)
 
@@ -188,11 +200,16 @@ def md_scaling(sec: dict) -> str:
                 f"{t['time_ratio_vs_ours_joint']:.3g}x",
                 " / ".join(memory_cells(t)),
             ]
-        rows.append([fmt(r["n_markers"]), fmt(r["n_obs"]), seconds(r["align_steady_s"]), seconds(r["align_first_call_s"]),
+        rows.append([fmt(r["n_markers"]), fmt(r["n_obs"]), seconds(r["align_steady_s"]),
+                     seconds(r["align_first_call_s"]),
                      f"{r['us_per_obs_steady']:.2f}", growth, st, *memory_cells(r),
-                     f"{r['ratio_to_floor']:.4f}", f"{seconds(r['ours_joint']['steady_s'])} ({r['ours_joint']['iterations']} it)", *trf])  # fmt: skip
-    return table(["markers", "observations", "align() steady", "align() first call", "us / obs", "time growth", "initial / main / tilt / joint",
-                  "peak RSS MB, steady (growth)", "peak RSS MB, first call (growth)", "RMS / floor", "our joint stage", "scipy trf joint",
+                     f"{r['ratio_to_floor']:.4f}",
+                     f"{seconds(r['ours_joint']['steady_s'])} ({r['ours_joint']['iterations']} it)",
+                     *trf])  # fmt: skip
+    return table(["markers", "observations", "align() steady", "align() first call", "us / obs",
+                  "time growth", "initial / main / tilt / joint",
+                  "peak RSS MB, steady (growth)", "peak RSS MB, first call (growth)", "RMS / floor",
+                  "our joint stage", "scipy trf joint",
                   "trf / ours", "trf peak RSS MB, steady / first call"], rows)  # fmt: skip
 
 
@@ -224,7 +241,8 @@ def markdown(report: dict) -> str:
     if report.get("checks"):
         bad = [c for c in report["checks"] if not c["ok"]]
         parts.append(f"RMS checks: {len(report['checks']) - len(bad)} of {len(report['checks'])} pass" +
-                     "".join(f"\n- FAIL {c['where']}: RMS/floor {c['ratio_to_floor']:.4f} ({c['rule']})" for c in bad))  # fmt: skip
+                     "".join(f"\n- FAIL {c['where']}: RMS/floor {c['ratio_to_floor']:.4f} ({c['rule']})"
+                             for c in bad))  # fmt: skip
     return "\n\n".join(parts) + "\n"
 
 

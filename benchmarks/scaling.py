@@ -112,7 +112,8 @@ def worker_align(n_markers: int, repeats: int, start_path: str | None, joint_rep
         "align_first_call_s": walls[0], "align_steady_s": median(walls[1:]) if repeats else None,
         "align_steady_runs_s": walls[1:], "status": res.status, "rms_px": res.rms_residual_px,
         **floor_stats(res.rms_residual_px, obs.n_observed, res.n_free),
-        "stages": [{"stage": s.name, "iterations": s.iterations, "seconds_steady": median([r.stages[k].seconds for r in steady])}
+        "stages": [{"stage": s.name, "iterations": s.iterations,
+                    "seconds_steady": median([r.stages[k].seconds for r in steady])}
                    for k, s in enumerate(res.stages)],
         **mem,
     }  # fmt: skip
@@ -202,7 +203,8 @@ def run(sizes, trf_max_markers: int, repeats_for=None, log=print, timeout: float
             log(f"  {n:6d} markers ({row['n_obs']:,} obs): align() {row['align_steady_s']:.3f} s steady "
                 f"({row['us_per_obs_steady']:.2f} us/obs), first call {row['align_first_call_s']:.2f} s, "
                 f"peak RSS steady / first call {' / '.join(memory_cells(row))} MB; "
-                f"joint stage alone {row['ours_joint']['steady_s']:.3f} s; RMS/floor {row['ratio_to_floor']:.4f}")  # fmt: skip
+                f"joint stage alone {row['ours_joint']['steady_s']:.3f} s; "
+                f"RMS/floor {row['ratio_to_floor']:.4f}")  # fmt: skip
             if n <= trf_max_markers:
                 trf_reps = 1 if n < 3000 else 0  # one ~minute-long run is enough past 1,000 markers
                 row["scipy_trf"] = _spawn(
@@ -210,11 +212,14 @@ def run(sizes, trf_max_markers: int, repeats_for=None, log=print, timeout: float
                 )
                 t = row["scipy_trf"]["steady_s"] or row["scipy_trf"]["first_call_s"]
                 row["scipy_trf"]["time_ratio_vs_ours_joint"] = t / row["ours_joint"]["steady_s"]
-                log(f"         scipy trf (exact sparse J): {t:.3f} s, {row['scipy_trf']['iterations']} evaluations, "
+                log(f"         scipy trf (exact sparse J): {t:.3f} s, "
+                    f"{row['scipy_trf']['iterations']} evaluations, "
                     f"peak RSS steady / first call {' / '.join(memory_cells(row['scipy_trf']))} MB; "
-                    f"RMS {row['scipy_trf']['rms_px']:.9f} vs ours {row['ours_joint']['rms_px']:.9f}")  # fmt: skip
+                    f"RMS {row['scipy_trf']['rms_px']:.9f} "
+                    f"vs ours {row['ours_joint']['rms_px']:.9f}")  # fmt: skip
             else:
-                row["scipy_trf"] = {"skipped": f"not run above {trf_max_markers:,} markers (too slow: ~1 min at 3,000 markers, "
+                row["scipy_trf"] = {"skipped": f"not run above {trf_max_markers:,} markers "
+                                               "(too slow: ~1 min at 3,000 markers, "
                                                "growing faster than linearly)"}  # fmt: skip
                 log(f"         scipy trf skipped above {trf_max_markers:,} markers")
             rows.append(row)
