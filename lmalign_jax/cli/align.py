@@ -39,7 +39,8 @@ def parse_modes(args, model_name: str) -> dict:
     def add(name, mode, option):
         if name not in model.parameters:
             raise UsageError(
-                f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are {', '.join(model.parameters)}"
+                f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are "
+                f"{', '.join(model.parameters)}"
             )
         if not MODE_RE.fullmatch(mode):
             raise UsageError(
@@ -68,7 +69,8 @@ def print_stage_line(st) -> None:
     if sys.stderr.isatty():
         sys.stderr.write("\r")  # over the running elapsed-time line
     note(
-        f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms {st.rms_residual_px:.4f} px  {st.status}"
+        f"  stage {st.name:<8} {st.iterations:4d} iterations {st.seconds:7.2f} s  rms "
+        f"{st.rms_residual_px:.4f} px  {st.status}"
     )
 
 
@@ -141,8 +143,8 @@ def align_and_report(
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
 
     text = (
-        f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model {settings.model}, "
-        f"stages {', '.join(settings.stages)} ..."
+        f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model "
+        f"{settings.model}, stages {', '.join(settings.stages)} ..."
     )
     with Progress(text):
         fit = fit_series(
@@ -178,8 +180,8 @@ def align_and_report(
         tilt_se = se.parameter_se("tilt")
         print(
             f" Standard errors (1 sigma): tilt median {np.median(tilt_se):.3f} deg, rotation median "
-            f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median {np.median(se.markers_se[:, 2]):.2f} px;"
-            f" leave-one-out RMS {se.loo_rms_px:.3f} px"
+            f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median "
+            f"{np.median(se.markers_se[:, 2]):.2f} px; leave-one-out RMS {se.loo_rms_px:.3f} px"
         )
     print(" Wrote " + ", ".join(written.written))
     not_updated = [s for s in ALIGN_OUTPUTS if os.path.basename(out.path(s)) not in record["outputs"]]
@@ -189,7 +191,8 @@ def align_and_report(
     if not result.converged:
         report = out.path(".json") + (f" and {out.path('.png')}" if figure else "")
         print(
-            f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no .xf/.tlt written",
+            f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no "
+            ".xf/.tlt written",
             file=sys.stderr,
         )
     elif written.exit_code != EXIT_OK:
@@ -266,8 +269,8 @@ def add_robust_options(p) -> None:
         const="tukey",
         choices=tuple(LOSSES),
         metavar="LOSS",
-        help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, default tukey "
-        "(Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS",
+        help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, "
+        "default tukey (Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS",
     )
     p.add_argument(
         "--robust-group-size",
@@ -308,7 +311,8 @@ def add_align(sub):
         "--rotation",
         type=float,
         metavar="DEG",
-        help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's RotationAngle); estimated from the tracks (or the .mdoc) when omitted",
+        help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's "
+        "RotationAngle); estimated from the tracks (or the .mdoc) when omitted",
     )
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")

@@ -63,7 +63,8 @@ class BatchProgress:
         if self.tty and self.stage_counts:
             stages = ", ".join(f"{k} {v}" for k, v in self.stage_counts.items())
             sys.stderr.write(
-                f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; {time.perf_counter() - self.start:.0f} s"
+                f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; "
+                f"{time.perf_counter() - self.start:.0f} s"
             )
             sys.stderr.flush()
 
@@ -84,7 +85,8 @@ class BatchProgress:
             rms = f", rms {outcome.rms_residual_px:.4f} px" if outcome.rms_residual_px is not None else ""
             why = f": {_remark(outcome)}" if _remark(outcome) else ""
             note(
-                f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} ({outcome.seconds:.2f} s)"
+                f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} "
+                f"({outcome.seconds:.2f} s)"
             )
         self._status_line()
 
@@ -113,16 +115,17 @@ def summary_table(outcomes: list[Outcome]) -> str:
     lines = [f"{'series':<{width}}  views  markers  points   rms px  mean px  status     time s  detail"]
     for o in outcomes:
         lines.append(
-            f"{o.series:<{width}}  {_fmt(o.views, 'd'):>5}  {_fmt(o.markers_fitted, 'd'):>7}  {_fmt(o.points, 'd'):>6}"
-            f"  {_fmt(o.rms_residual_px, '.4f'):>7}  {_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}"
-            f"  {_remark(o)}"
+            f"{o.series:<{width}}  {_fmt(o.views, 'd'):>5}  {_fmt(o.markers_fitted, 'd'):>7}  "
+            f"{_fmt(o.points, 'd'):>6}  {_fmt(o.rms_residual_px, '.4f'):>7}  "
+            f"{_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}  {_remark(o)}"
         )
     counts = {
         k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR)
     }
     crashed = f", {counts[STATUS_ERROR]} internal error" if counts[STATUS_ERROR] else ""
     lines.append(
-        f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, {counts[STATUS_BAD]} bad input{crashed}"
+        f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, "
+        f"{counts[STATUS_BAD]} bad input{crashed}"
     )
     return "\n".join(lines) + "\n"
 
@@ -254,7 +257,8 @@ def _align_all(
         else "in this process"
     )
     note(
-        f"aligning {len(prepared)} series {where}, model {options.model}, stages {', '.join(options.stages)} ..."
+        f"aligning {len(prepared)} series {where}, model {options.model}, "
+        f"stages {', '.join(options.stages)} ..."
     )
     if args.scheduler:
         from ..batch.distributed import map_groups
@@ -302,7 +306,8 @@ def run_batch(args) -> int:
         raise UsageError(f"--writers must be at least 1, got {args.writers}")
     if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
         raise UsageError(
-            f"--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got {args.reconstruct:g}"
+            "--reconstruct needs the tomogram thickness, a positive number of (unbinned) pixels, got "
+            f"{args.reconstruct:g}"
         )
     if args.bin < 1:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
@@ -374,8 +379,8 @@ def run_batch(args) -> int:
         shown.close()
         kept = sum(bool(o.outputs) for o in outcomes.values())
         print(
-            f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; the same command "
-            "with --resume keeps them and aligns the rest",
+            f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; "
+            "the same command with --resume keeps them and aligns the rest",
             file=sys.stderr,
         )
         return 130
@@ -497,7 +502,8 @@ def add_batch(sub):
         "--writers",
         type=int,
         metavar="N",
-        help="processes drawing the report figures and writing the outputs when aligning in this process (default: one per core, at most one per 4 series)",
+        help="processes drawing the report figures and writing the outputs when aligning in this process "
+        "(default: one per core, at most one per 4 series)",
     )
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://head:8786 (see above)")
     p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
@@ -515,7 +521,8 @@ def add_batch(sub):
         nargs=2,
         type=int,
         metavar=("VIEWS", "MARKERS"),
-        help=f"series whose view and marker counts round up to the same multiples of these share one compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})",
+        help="series whose view and marker counts round up to the same multiples of these share one "
+        f"compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})",
     )
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)"
@@ -540,8 +547,8 @@ def add_batch(sub):
         "--reconstruct",
         type=float,
         metavar="NZ",
-        help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw stack "
-        "(the list's STACK column, else NAME.st or NAME.mrc beside the markers)",
+        help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw "
+        "stack (the list's STACK column, else NAME.st or NAME.mrc beside the markers)",
     )
     p.add_argument(
         "--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first"
@@ -555,8 +562,9 @@ def add_batch(sub):
     p.add_argument(
         "--resume",
         action="store_true",
-        help="keep the outputs of series an earlier run already aligned the same way (same inputs and options, "
-        "converged, every output there; with --reconstruct the same tomogram settings) and align only the rest",
+        help="keep the outputs of series an earlier run already aligned the same way (same inputs and "
+        "options, converged, every output there; with --reconstruct the same tomogram settings) and align "
+        "only the rest",
     )
     p.add_argument(
         "--quiet",

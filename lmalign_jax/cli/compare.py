@@ -25,7 +25,8 @@ def run_compare(args) -> int:
     unknown = [m for m in models if m not in MODELS]
     if not models or unknown:
         raise UsageError(
-            f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}"
+            f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(MODELS)}"
         )
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")

@@ -68,8 +68,9 @@ def run_demo(args) -> int:
     )
     series = simulate_series(options)
     note(
-        f"demo: a synthetic tilt series of {options['views']} views x {options['markers']} markers, {options['noise']} px noise, "
-        f"{options['missing']:.0%} of the points missing at high tilt (seed {args.seed})"
+        f"demo: a synthetic tilt series of {options['views']} views x {options['markers']} markers, "
+        f"{options['noise']} px noise, {options['missing']:.0%} of the points missing at high tilt (seed "
+        f"{args.seed})"
     )
     with out:
         csv, tlt = write_series(series, out, settings_record(options))
@@ -93,7 +94,8 @@ def demo_reconstruction(out_dir: str, seed: int) -> int:
     sim = DEMO_STACK | {"seed": seed}
     n, (nx, ny), n_markers = sim["views"], sim["image_size"], sim["markers"]
     note(
-        f"demo: reconstruction: a synthetic stack of {n} views of {nx} x {ny} px with {n_markers} gold beads (seed {seed})"
+        f"demo: reconstruction: a synthetic stack of {n} views of {nx} x {ny} px with {n_markers} gold beads "
+        f"(seed {seed})"
     )
     series = simulate_series(sim)
     with Progress(f"lmalign: aligning {n} views x {n_markers} markers ..."):
@@ -131,21 +133,23 @@ def demo_reconstruction(out_dir: str, seed: int) -> int:
         f"aligned on its markers (rms residual {result.rms_residual_px:.3f} px):"
     )
     print(
-        f"   lmalign reconstruct {stack} --xf {out.path('.xf')} --tlt {out.path('.tlt')} --thickness {DEMO_TOMO_THICKNESS} --out {rec}"
+        f"   lmalign reconstruct {stack} --xf {out.path('.xf')} --tlt {out.path('.tlt')} --thickness "
+        f"{DEMO_TOMO_THICKNESS} --out {rec}"
     )
     print(f"   {nz} x {nyv} x {nxv} voxels in {info['seconds']:.1f} s")
     print(
-        f"   beads at their expected voxels (the solved marker positions): max distance {np.max(err_solved):.2f} voxel, "
-        f"mean {np.mean(err_solved):.2f}"
+        "   beads at their expected voxels (the solved marker positions): max distance "
+        f"{np.max(err_solved):.2f} voxel, mean {np.mean(err_solved):.2f}"
     )
     print(
-        f"   beads vs their true positions (after the alignment's gauge: common shift, scale, rotation): max distance "
-        f"{np.max(err_truth):.2f} voxel, mean {np.mean(err_truth):.2f}"
+        "   beads vs their true positions (after the alignment's gauge: common shift, scale, rotation): max "
+        f"distance {np.max(err_truth):.2f} voxel, mean {np.mean(err_truth):.2f}"
     )
     print(" Wrote " + ", ".join([*written, rec]))
     if not ok:
         print(
-            f"lmalign: error: a bead of the demo tomogram is {worst:.2f} voxels from where it should be (limit {MAX_BEAD_ERROR_VOX:g})"
+            f"lmalign: error: a bead of the demo tomogram is {worst:.2f} voxels from where it should be "
+            f"(limit {MAX_BEAD_ERROR_VOX:g})"
         )
         return EXIT_FAILED
     return EXIT_OK
@@ -158,12 +162,12 @@ def add_demo(sub):
         formatter_class=HelpFormatter,
         description=textwrap.fill(
             "Make a realistic synthetic tilt series (61 views, 30 markers, 0.5 px noise, 10% of the points "
-            "missing at high tilt), write its marker and tilt files (demo_input.*), align it as 'lmalign align' "
-            "would, write every output (demo.*), print the summary and compare the result with the known truth. "
-            "Then simulate a small raw stack of gold beads (41 views of 256 x 256 px, 12 beads; demo_tomo.*), "
-            "align its markers, reconstruct it with the solved alignment into demo.rec.mrc "
-            f"({DEMO_TOMO_THICKNESS} px thick) and check that every bead appears at its expected voxel. "
-            "Exit status 1 if anything does not match.",
+            "missing at high tilt), write its marker and tilt files (demo_input.*), align it as 'lmalign "
+            "align' would, write every output (demo.*), print the summary and compare the result with the "
+            "known truth. Then simulate a small raw stack of gold beads (41 views of 256 x 256 px, 12 "
+            "beads; demo_tomo.*), align its markers, reconstruct it with the solved alignment into "
+            f"demo.rec.mrc ({DEMO_TOMO_THICKNESS} px thick) and check that every bead appears at its "
+            "expected voxel. Exit status 1 if anything does not match.",
             95,
         ),
         epilog="example:\n  lmalign demo --out-dir lmalign-demo",

@@ -33,15 +33,16 @@ def _check_args(args) -> None:
     if args.alignment is None and (args.xf is None or args.tlt is None):
         if args.xf is None and args.tlt is None:
             raise UsageError(
-                "the alignment is required: --xf FILE --tlt FILE (IMOD), or --alignment FILE.json (from 'lmalign align')"
+                "the alignment is required: --xf FILE --tlt FILE (IMOD), or --alignment FILE.json (from "
+                "'lmalign align')"
             )
         raise UsageError("--xf and --tlt go together (or give --alignment FILE.json)")
     if args.radial is not None:
         cutoff, falloff = args.radial
         if not (0 < cutoff <= 0.5 and 0 <= falloff < math.inf):
             raise UsageError(
-                f"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 and FALLOFF >= 0, in cycles/pixel of the binned "
-                f"data, got {cutoff:g} {falloff:g}"
+                "--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 and FALLOFF >= 0, in cycles/pixel of the "
+                f"binned data, got {cutoff:g} {falloff:g}"
             )
 
 
@@ -89,8 +90,9 @@ def run_reconstruct(args) -> int:
     )
     nz, ny, nx = info["shape"]
     print(
-        f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size {info['voxel_size_A']:g} A, "
-        f"{info['n_views']} views, filter {args.filter}, bin {args.bin}, in {info['seconds']:.1f} s"
+        f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size "
+        f"{info['voxel_size_A']:g} A, {info['n_views']} views, filter {args.filter}, bin {args.bin}, in "
+        f"{info['seconds']:.1f} s"
     )
     return EXIT_OK
 
@@ -152,7 +154,8 @@ def add_reconstruct(sub):
         nargs=2,
         type=float,
         metavar=("CUTOFF", "FALLOFF"),
-        help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a Gaussian fall-off of sigma FALLOFF",
+        help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a "
+        "Gaussian fall-off of sigma FALLOFF",
     )
     p.add_argument(
         "--out", metavar="TOMO.mrc", help="output tomogram; default: <stack stem>.rec.mrc beside the stack"

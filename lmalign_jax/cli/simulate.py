@@ -112,7 +112,8 @@ def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
             for i, (x, y, z) in enumerate(series.markers)
         ],
         "outliers": [{"view": int(v), "marker_id": ids[m]} for v, m in np.argwhere(series.outliers)],
-        "conventions": "angles in degrees; marker x, y, z in pixels from the specimen centre; views 0-based; marker ids as in the CSV",
+        "conventions": "angles in degrees; marker x, y, z in pixels from the specimen centre; views 0-based; "
+        "marker ids as in the CSV",
     }
     out.write_text("_truth.json", record_to_json(truth))
     return out.path(".csv"), out.path(".rawtlt")
@@ -194,7 +195,8 @@ def run_simulate(args) -> int:
     nx, ny = args.image_size
     if args.stack:
         print(
-            f" Align it with:        lmalign align {csv} --tilts {tlt} --stack {stack} --out-dir {args.out_dir}"
+            f" Align it with:        lmalign align {csv} --tilts {tlt} --stack {stack} --out-dir "
+            f"{args.out_dir}"
         )
         print(
             f" Then reconstruct it:  lmalign reconstruct {stack} --alignment {out.path('.json')} "
@@ -202,7 +204,8 @@ def run_simulate(args) -> int:
         )
     else:
         print(
-            f" Align it with:  lmalign align {csv} --tilts {tlt} --image-size {nx} {ny} --out-dir {args.out_dir}"
+            f" Align it with:  lmalign align {csv} --tilts {tlt} --image-size {nx} {ny} --out-dir "
+            f"{args.out_dir}"
         )
     return EXIT_OK
 
@@ -269,26 +272,28 @@ def add_simulate(sub):
         help="write a synthetic marker file, tilt file and truth (and a raw stack)",
         formatter_class=HelpFormatter,
         description=textwrap.fill(
-            "Write a seeded synthetic tilt series: <prefix>.csv (marker,view,x,y; view 0-based), <prefix>.rawtlt "
-            "(nominal tilts) and <prefix>_truth.json (the true parameters), to try the tool and to file "
-            "reproducible bug reports. The CSV does not record the image size: pass --image-size (or --stack) to "
-            "'lmalign align'.",
+            "Write a seeded synthetic tilt series: <prefix>.csv (marker,view,x,y; view 0-based), "
+            "<prefix>.rawtlt (nominal tilts) and <prefix>_truth.json (the true parameters), to try the tool "
+            "and to file reproducible bug reports. The CSV does not record the image size: pass --image-size "
+            "(or --stack) to 'lmalign align'.",
             95,
         )
         + "\n\n"
         + textwrap.fill(
-            "With --stack, also <prefix>.mrc: the raw (unaligned) image stack, float32, of a gold bead (a Gaussian of "
-            f"sigma {BEAD_SIGMA_PX} px) at every marker plus {N_BLOBS} weak blobs, projected exactly through the "
-            "series' true alignment (pixel values are line integrals of density: beads are bright, no image noise), "
-            "with that alignment as <prefix>_truth.xf and <prefix>_truth.tlt. Smaller defaults then keep it quick "
-            "(41 views of 256 x 256 px, 12 markers, 40 px thick).",
+            "With --stack, also <prefix>.mrc: the raw (unaligned) image stack, float32, of a gold bead (a "
+            f"Gaussian of sigma {BEAD_SIGMA_PX} px) at every marker plus {N_BLOBS} weak blobs, projected "
+            "exactly through the series' true alignment (pixel values are line integrals of density: beads "
+            "are bright, no image noise), with that alignment as <prefix>_truth.xf and <prefix>_truth.tlt. "
+            "Smaller defaults then keep it quick (41 views of 256 x 256 px, 12 markers, 40 px thick).",
             95,
         ),
         epilog="example:\n  lmalign simulate --out-dir sim --views 41 --markers 20 --noise 0.3 --seed 7\n"
-        "  lmalign align sim/synthetic.csv --tilts sim/synthetic.rawtlt --image-size 2048 2048 --out-dir sim\n\n"
+        "  lmalign align sim/synthetic.csv --tilts sim/synthetic.rawtlt --image-size 2048 2048"
+        " --out-dir sim\n\n"
         "example with a stack, aligned and reconstructed:\n"
         "  lmalign simulate --out-dir simst --stack\n"
-        "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc --out-dir simst\n"
+        "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc"
+        " --out-dir simst\n"
         "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64",
     )
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")

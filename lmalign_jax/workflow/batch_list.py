@@ -114,7 +114,10 @@ def read_list(path: str) -> list[SeriesSpec]:
                     )
                 )
                 continue
-            where = lambda problem, n=number: str(InputError(path, n, problem))
+
+            def where(problem, n=number):
+                return str(InputError(path, n, problem))
+
             options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
             tokens = [t for t in tokens if t not in options]
             if len(tokens) not in (2, 3, 4, 5):
@@ -177,8 +180,8 @@ def scan_folder(folder: str) -> list[SeriesSpec]:
         specs.append(SeriesSpec(stem, path, tilts, problem=problem))
     if not specs:
         raise UsageError(
-            f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid marker files "
-            f"in a list file ({LINE_FORMAT} per line)"
+            f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid "
+            f"marker files in a list file ({LINE_FORMAT} per line)"
         )
     _unique_names(specs)
     return specs

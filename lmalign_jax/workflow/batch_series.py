@@ -122,7 +122,10 @@ def reason(error: Exception) -> str:
 
 
 #: How a batch user gives an image size the marker file lacks (the end of that error message).
-SIZE_ADVICE = "give NX NY after TILTS on the series' line of a list file, a STACK column, or --image-size NX NY for every series"
+SIZE_ADVICE = (
+    "give NX NY after TILTS on the series' line of a list file, a STACK column, or --image-size NX NY for "
+    "every series"
+)
 
 
 def prepare(
@@ -146,7 +149,8 @@ def prepare(
         clash = [p for p in out.final_paths(ALIGN_OUTPUTS) if os.path.realpath(p) in inputs_real]
         if clash:
             raise UsageError(
-                f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout folders"
+                f"output {clash[0]} would overwrite an input file; choose another --out-dir or --layout "
+                "folders"
             )
         stack = spec.stack
         if stack is None and reconstruct:
@@ -156,8 +160,9 @@ def prepare(
                 raise InputError(
                     spec.markers,
                     None,
-                    f"no stack to reconstruct beside it ({', '.join(os.path.basename(stem) + e for e in SCAN_STACKS)}); "
-                    "name it in a list file: MARKERS TILTS [NX NY] STACK",
+                    "no stack to reconstruct beside it "
+                    f"({', '.join(os.path.basename(stem) + e for e in SCAN_STACKS)}); name it in a list "
+                    "file: MARKERS TILTS [NX NY] STACK",
                 )
         if reconstruct:
             tomogram = out.final_paths((TOMOGRAM,))[0]
@@ -297,7 +302,8 @@ def align_and_write(
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=writers, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
-        # robust fits and standard errors are computed here (on this process's device), figures drawn by the writers
+        # robust fits and standard errors are computed here (on this process's device),
+        # figures drawn by the writers
         futures, final = {}, [None] * len(prepared)
         for i, (p, result) in enumerate(zip(prepared, results, strict=True)):
             result, errors, robust, seconds = finished(p, result)

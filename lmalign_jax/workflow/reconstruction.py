@@ -150,7 +150,8 @@ def reconstruct_to_file(
     shape = (nz, ny // binning, nx // binning)
     if pixel is None:
         warn(
-            f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as {binning:g} A (1 A per pixel)"
+            f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as "
+            f"{binning:g} A (1 A per pixel)"
         )
         pixel = 1.0
     voxel = pixel * binning

@@ -143,7 +143,8 @@ def read_series(
     if tilts_path is None:
         if os.path.splitext(markers_path)[1].lower() != ".txt" or not _is_pytom(markers_path):
             raise UsageError(
-                "--tilts FILE is required (.tlt, .rawtlt or .mdoc); only PyTom marker files carry their tilt angles"
+                "--tilts FILE is required (.tlt, .rawtlt or .mdoc); only PyTom marker files carry their tilt "
+                "angles"
             )
         markers, fmt, tilts = _read_marker_file(markers_path, None, None)
         tilts_file = markers_path
@@ -156,7 +157,8 @@ def read_series(
             raise InputError(
                 tilts_path,
                 None,
-                f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views by increasing tilt)",
+                f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views "
+                "by increasing tilt)",
             )
 
     stack_size, stack_pix = None, None
@@ -223,7 +225,8 @@ def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[i
             raise UsageError(f"{where}: range {part!r} runs backwards")
         if lo < 1 or hi > n_views:
             raise UsageError(
-                f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in IMOD)"
+                f"{where}: view {lo if lo < 1 else hi} is outside 1..{n_views} (views count from 1, as in "
+                "IMOD)"
             )
         views.update(range(lo - 1, hi))
     return sorted(views)
@@ -265,7 +268,8 @@ def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
         raise InputError(
             inputs.markers_path,
             None,
-            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least {MIN_MARKERS} markers and 3 views"
+            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least "
+            f"{MIN_MARKERS} markers and 3 views"
             + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else ""),
         )
     increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
@@ -287,12 +291,14 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
     """Warnings about what ``select_views`` dropped or re-ordered."""
     if sel.dropped_markers:
         warn(
-            f"{inputs.markers_path}: dropped {len(sel.dropped_markers)} marker(s) seen in fewer than 2 fitted views (ids {', '.join(map(str, sel.dropped_markers))})"
+            f"{inputs.markers_path}: dropped {len(sel.dropped_markers)} marker(s) seen in fewer than 2 "
+            f"fitted views (ids {', '.join(map(str, sel.dropped_markers))})"
         )
     if sel.excluded_no_markers:
         nums = ", ".join(str(v + 1) for v in sel.excluded_no_markers)
         warn(
-            f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated from neighbouring views"
+            f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated "
+            "from neighbouring views"
         )
     if sel.sorted_by_tilt:
         step = np.diff(inputs.tilts_deg)
@@ -303,7 +309,8 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
             else inputs.tilts_path
         )
         warn(
-            f"{where}: tilt angles are not in order; views are fitted in order of tilt and written back in file order"
+            f"{where}: tilt angles are not in order; views are fitted in order of tilt and written back in "
+            "file order"
         )
 
 
@@ -317,7 +324,8 @@ def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warnin
     outside = int(np.sum((pts[:, 0] < 0) | (pts[:, 0] > nx) | (pts[:, 1] < 0) | (pts[:, 1] > ny)))
     if outside:
         warn(
-            f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size ({inputs.image_size_source})"
+            f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size "
+            f"({inputs.image_size_source})"
         )
     try:
         obs = Observations(xy, mask, inputs.tilts_deg[sel.view_index], inputs.image_size)

@@ -30,9 +30,11 @@ def compare_with_truth(result, truth, sel: Selection, marker_ids) -> dict:
     dr = result.rotation_deg - np.degrees(true_views[:, model.index("rotation")])
     floor = truth.noise_px * result.noise_floor_factor
     lines = [
-        f"solved projections vs noise-free truth: {model_error:.3f} px RMS per coordinate (noise {truth.noise_px:.2f} px)",
+        f"solved projections vs noise-free truth: {model_error:.3f} px RMS per coordinate (noise "
+        f"{truth.noise_px:.2f} px)",
         f"RMS residual {result.rms_residual_px:.3f} px vs expected noise floor {floor:.3f} px",
-        f"tilt angles: {tilt_error:.3f} deg RMS error (after the common offset of {dt.mean():+.3f} deg, a gauge freedom)",
+        f"tilt angles: {tilt_error:.3f} deg RMS error (after the common offset of {dt.mean():+.3f} deg, a "
+        "gauge freedom)",
         f"tilt-axis rotation: mean error {dr.mean():+.3f} deg, RMS {np.sqrt(np.mean(dr**2)):.3f} deg",
     ]
     return {

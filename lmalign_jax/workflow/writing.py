@@ -158,7 +158,8 @@ def write_alignment(
             _stage_alignment_files(out, result, fv, marker_ids, inputs)
         out.write_text(".json", record_to_json(record))
         if figure:
-            title = f"{out.prefix}: {os.path.basename(inputs.markers_path)}, {os.path.basename(inputs.tilts_path)}"
+            markers_name = os.path.basename(inputs.markers_path)
+            title = f"{out.prefix}: {markers_name}, {os.path.basename(inputs.tilts_path)}"
             out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         written = out.commit()
     return WrittenAlignment(record, fv, written, extra["exit_code"])
