@@ -15,6 +15,7 @@ H_ii = J_i (J^T J)^{-1} J_i^T is its 2 x 2 leverage block.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -43,7 +44,10 @@ from ..solve import (
 class Uncertainty:
     """Standard errors (1 sigma) and leave-one-out residuals.
 
-    views_se: (n_views, k) in model units (radians, ratios, pixels); 0 for fixed entries.
+    views_se: (n_views, k) in model units (radians, ratios, pixels); 0 for fixed entries
+        (including the gauge entries); NaN (with a warning) when the normal matrix is
+        singular, i.e. some combination of parameters is neither determined by the data nor
+        fixed by the gauge.
     markers_se: (n_markers, 3) pixels.
     sigma_px: noise estimate per coordinate, pixels.
     loo_residuals: (n_views, n_markers, 2) projected minus measured if the point were left
@@ -154,5 +158,13 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     sigma = float(np.sqrt(rss / dof))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
+    if not (np.isfinite(views_se).all() and np.isfinite(markers_se).all()):
+        warnings.warn(
+            f"standard errors are NaN: the normal matrix of this {m.name!r} fit is singular, so some "
+            "combination of its parameters is neither determined by the data nor fixed by the gauge; "
+            "fix or group parameters (modes) to remove it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     loo = np.where(obs.mask[..., None], np.asarray(loo), np.nan)
     return Uncertainty(m, views_se, markers_se, sigma, loo, np.where(obs.mask, np.asarray(lev), np.nan))

@@ -10,7 +10,9 @@ Each view-parameter family has a *mode*:
 - an integer array (n_views,) of group labels: one value per label (-1 = free per view).
 
 The gauge freedoms (MODEL.md) are removed by fixing the model's gauge parameters (and the
-tilt) at the reference view, and the z of one marker, whenever the markers are free.
+tilt) at the reference view, and the z of one marker, whenever the markers are free; a
+model's ``far_gauge`` groups are fixed at the view of largest |tilt| (symmetries that do not
+move the reference view, e.g. the imod model's affine z freedom, see models/imod.py).
 Parameters are scaled so a unit step moves a point by about one pixel: angles and ratios
 are multiplied by the RMS marker radius L (pixels) inside the solver.
 """
@@ -113,6 +115,11 @@ def reference_view(tilts_deg) -> int:
     return int(np.argmin(np.abs(np.asarray(tilts_deg))))
 
 
+def far_view(tilts_deg) -> int:
+    """The view of largest nominal |tilt|: where the far gauge (``ProjectionModel.far_gauge``) is fixed."""
+    return int(np.argmax(np.abs(np.asarray(tilts_deg))))
+
+
 def reference_marker(mask, ref_view: int) -> int:
     """The marker seen in the most views, preferring those seen in the reference view."""
     mask = np.asarray(mask)
@@ -126,8 +133,9 @@ def free_masks(
 
     Views' own entries are free in mode "free" unless held; slots (in the order of
     ``build_problem``'s layout) unless held; the gauge is fixed at ``ref_view`` (and one
-    marker's z) whenever any marker entry is free. Only ``hold`` and ``marker_free`` differ
-    between the stages of an alignment; the layout does not.
+    marker's z, and the model's far-gauge groups at ``far_view``) whenever any marker entry is
+    free. Only ``hold`` and ``marker_free`` differ between the stages of an alignment; the
+    layout does not.
     """
     unknown = (set(modes) | set(hold)) - set(model.parameters)
     if unknown:
@@ -146,6 +154,15 @@ def free_masks(
             free[ref_view, p] = False
         for label in np.unique(labels[labels >= 0]):
             slot_free.append(not held and not (name in gauge and labels[ref_view] == label))
+    if gauge_active and model.far_gauge:
+        far = far_view(obs.tilts_deg)
+        per_view = {
+            name: mode_labels(name, modes.get(name, model.default_modes[p]), n_views)[far] == _FREE
+            for p, name in enumerate(model.parameters)
+        }
+        for group in model.far_gauge:
+            if all(per_view[name] for name in group):
+                free[far, [model.index(name) for name in group]] = False
     if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
         marker_free[reference_marker(obs.mask, ref_view), 2] = False
     return free, marker_free, np.asarray(slot_free, dtype=bool)

@@ -28,6 +28,9 @@ class ProjectionModel:
             remove the exact symmetries of the model (MODEL.md, "Gauge freedoms").
         gauge_marker_z: whether one marker's z must be held fixed (z translation of the
             specimen trades against the shifts).
+        far_gauge: groups of parameters held at the *far* view (largest nominal |tilt|) when
+            every member of the group is free per view there: symmetries the reference view
+            cannot fix because they vanish at zero tilt (MODEL.md, "Gauge freedoms").
         project: ``project(view, xyz) -> (2, ...)``: view parameters (k, ...) in model
             units (radians, ratios, pixels) and marker positions (3, ...) in pixels relative
             to the specimen centre -> image positions (2, ...) relative to the image centre,
@@ -52,6 +55,7 @@ class ProjectionModel:
     gauge_marker_z: bool
     project: Callable
     tilt_offset: Callable | None = None
+    far_gauge: tuple[tuple[str, ...], ...] = ()
     shift_parameters: tuple[str, str] | None = ("dx", "dy")
     description: str = field(default="", compare=False)
 
@@ -65,7 +69,8 @@ class ProjectionModel:
         for kind in self.kinds:
             if kind not in PARAMETER_KINDS:
                 raise ValueError(f"model {self.name!r}: unknown parameter kind {kind!r}")
-        for name in self.gauge + (self.shift_parameters or ()) + ("rotation", "tilt"):
+        far = tuple(name for group in self.far_gauge for name in group)
+        for name in self.gauge + far + (self.shift_parameters or ()) + ("rotation", "tilt"):
             if name not in self.parameters:
                 raise ValueError(f"model {self.name!r}: parameter {name!r} is not one of {self.parameters}")
 

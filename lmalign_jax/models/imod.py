@@ -6,6 +6,15 @@
 x-stretch ``e`` and skew ``k`` (the x and y axes turned by +k/2 and -k/2, so the angle
 between them changes by k), and ``beta`` tilts the beam about x after the specimen tilt
 (one value for all views). These are the distortions IMOD's tiltalign offers.
+
+Gauge. Because K acts on the image, per-view stretch and skew absorb an affine change of the
+markers' z, z -> (1 + eps) z + b x + c y, exactly: scaling or x-shearing z turns each view's
+projection direction (a new tilt) and changes its length (a new x-stretch), and a y-shear of
+z adds y to the image x row (absorbed by skew and rotation). All three vanish at zero tilt,
+so fixing the reference view cannot remove them; with tilt and x-stretch free per view they
+are fixed at the view of largest nominal |tilt| (tilt and x-stretch there, and skew when it
+is free too: ``far_gauge``). The fit's residuals do not change; the reported tilts are those
+whose far-view tilt is the nominal one.
 """
 
 import jax.numpy as jnp
@@ -37,6 +46,7 @@ MODEL = ProjectionModel(
     default_modes=("free", "free", "free", "free", "free", "fixed", "free", "free", "fixed"),
     gauge=("scale", "dx", "dy", "compression", "xstretch", "skew"),
     gauge_marker_z=True,
+    far_gauge=(("tilt", "xstretch"), ("tilt", "xstretch", "skew")),
     project=project,
     description="jou plus per-view compression, x-stretch, skew and beam tilt (IMOD tiltalign's options)",
 )
