@@ -20,10 +20,15 @@ from lmalign_jax.solve._dense import _flatten, _unflatten
 @pytest.mark.parametrize("eliminate", ["a", "b"])
 def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     series = simulate(n_views=9, n_markers=6, seed=3, missing_fraction=0.1)
-    problem = build_problem(get_model("jou"), series.observations, series.views, series.markers, modes, np.ones((6, 3), bool))
+    problem = build_problem(
+        get_model("jou"), series.observations, series.views, series.markers, modes, np.ones((6, 3), bool)
+    )
     x, st = problem.x0, problem.structure
     lin = linearize(problem.fn, x, st)
-    flat = lambda v: pair_residuals(problem.fn, _unflatten(v, x), st).reshape(-1)
+
+    def flat(v):
+        return pair_residuals(problem.fn, _unflatten(v, x), st).reshape(-1)
+
     free = jnp.concatenate([st.free_a.reshape(-1), st.free_b.reshape(-1), st.free_g]).astype(float)
     jac = jax.jacfwd(flat)(_flatten(x)) * free
     inv = jnp.linalg.inv(jac.T @ jac + jnp.diag(1 - free)) * free[:, None] * free[None, :]
@@ -48,9 +53,13 @@ def test_leave_one_out_matches_refit():
         assert obs.mask[view, marker]
         mask = obs.mask.copy()
         mask[view, marker] = False
-        refit = align(Observations(obs.xy, mask, obs.tilts_deg, obs.image_size), start=result, stages=("joint",))
+        refit = align(
+            Observations(obs.xy, mask, obs.tilts_deg, obs.image_size), start=result, stages=("joint",)
+        )
         predicted = project_all(get_model("jou"), refit.views, refit.markers)[view, marker]
-        np.testing.assert_allclose(unc.loo_residuals[view, marker], predicted - obs.centered_xy[view, marker], atol=2e-3)
+        np.testing.assert_allclose(
+            unc.loo_residuals[view, marker], predicted - obs.centered_xy[view, marker], atol=2e-3
+        )
     assert unc.loo_rms_px > result.rms_residual_px
 
 
@@ -64,7 +73,9 @@ def test_standard_errors_match_monte_carlo_spread():
     predicted = None
     for _ in range(120):
         noisy = obs0.xy + 0.5 * rng.standard_normal(obs0.xy.shape)
-        result = align(Observations(noisy, obs0.mask, obs0.tilts_deg, obs0.image_size), start=first, stages=("joint",))
+        result = align(
+            Observations(noisy, obs0.mask, obs0.tilts_deg, obs0.image_size), start=first, stages=("joint",)
+        )
         if predicted is None:
             predicted = uncertainty(result)
         tilts.append(result.tilts_deg)
@@ -86,7 +97,11 @@ def test_standard_errors_match_monte_carlo_spread():
 def imod_series(seed=30, noise_px=0.5):
     """A small simulated imod-model series with per-view stretch and skew."""
     return simulate(
-        n_views=21, n_markers=12, seed=seed, noise_px=noise_px, model="imod",
+        n_views=21,
+        n_markers=12,
+        seed=seed,
+        noise_px=noise_px,
+        model="imod",
         extra={"xstretch": (0.0, 0.01), "skew": (0.0, 0.01)},
     )
 
@@ -99,6 +114,7 @@ def test_imod_gauge_leaves_no_null_direction_and_keeps_the_optimum():
     obs = series.observations
     imod = get_model("imod")
     with jax.enable_x64(True):
+
         def smallest_eigenvalues(model):
             problem = build_problem(model, obs, series.views, series.markers, {}, np.ones((12, 3), bool))
             x, st = problem.x0, problem.structure

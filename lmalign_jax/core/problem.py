@@ -49,7 +49,9 @@ def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
             if size < 1:
                 raise ValueError(f"parameter {name!r}: group size in {mode!r} must be a positive integer")
             return np.arange(n_views) // size
-        raise ValueError(f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N or labels")
+        raise ValueError(
+            f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N or labels"
+        )
     labels = np.asarray(mode)
     if labels.shape != (n_views,) or not np.issubdtype(labels.dtype, np.integer) or (labels < _FIXED).any():
         raise ValueError(f"parameter {name!r}: group labels must be {n_views} integers >= -2, got {labels!r}")
@@ -127,7 +129,13 @@ def reference_marker(mask, ref_view: int) -> int:
 
 
 def free_masks(
-    model: ProjectionModel, obs: Observations, modes: dict, marker_free: np.ndarray, *, hold: frozenset = frozenset(), ref_view: int
+    model: ProjectionModel,
+    obs: Observations,
+    modes: dict,
+    marker_free: np.ndarray,
+    *,
+    hold: frozenset = frozenset(),
+    ref_view: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which entries one solve moves: (views (n_views, k), markers (n_markers, 3), slots (n_slots,)) bool.
 
@@ -139,7 +147,9 @@ def free_masks(
     """
     unknown = (set(modes) | set(hold)) - set(model.parameters)
     if unknown:
-        raise ValueError(f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}")
+        raise ValueError(
+            f"model {model.name!r} has no parameter(s) {sorted(unknown)}; it has {model.parameters}"
+        )
     n_views = obs.n_views
     marker_free = np.asarray(marker_free, dtype=bool).copy()
     gauge_active = bool(marker_free.any())

@@ -30,7 +30,10 @@ def distort(stretch, skew, u, v):
 
 
 def project(view, xyz):
-    """Image position (2, ...); view = (scale, rotation, tilt, dx, dy, compression, xstretch, skew, beamtilt)."""
+    """Image position (2, ...).
+
+    view = (scale, rotation, tilt, dx, dy, compression, xstretch, skew, beamtilt).
+    """
     scale, rotation, tilt, dx, dy, compression, stretch, skew, beamtilt = view
     x, y, z = xyz
     u, v, _ = rotate_x(beamtilt, *rotate_y(tilt, x, y, compression * z))
