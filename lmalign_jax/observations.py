@@ -93,7 +93,8 @@ class Observations:
 
     @cached_property
     def centered_xy(self) -> np.ndarray:
-        """Observed positions relative to the image centre, (n_views, n_markers, 2), 0 where missing (read-only)."""
+        """Observed positions relative to the image centre, (n_views, n_markers, 2), 0 where missing
+        (read-only)."""
         centered = np.where(self.mask[..., None], self.xy - self.center, 0.0)
         centered.setflags(write=False)
         return centered

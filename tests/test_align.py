@@ -77,7 +77,8 @@ def test_noise_floor_within_one_percent(dtype):
         res[:, 0] += np.sqrt((1.01**2 - 1) * np.sum(res**2) / len(res))
         biased.append(FloorFit(float(np.sum(res**2)) / 0.5**2, int(2 * len(res) - r.n_free)))
     print(
-        f"{dtype}: RMS / floor {pooled.ratio:.4f} ({pooled.z:+.2f} sd of {pooled.sd:.4f}); biased fits {pool(biased).ratio:.4f} ({pool(biased).z:+.2f} sd)"
+        f"{dtype}: RMS / floor {pooled.ratio:.4f} ({pooled.z:+.2f} sd of {pooled.sd:.4f}); "
+        f"biased fits {pool(biased).ratio:.4f} ({pool(biased).z:+.2f} sd)"
     )
     assert pool(biased).z > FLOOR_SD, (pooled.ratio, pool(biased).ratio, pool(biased).z)
 

@@ -166,12 +166,14 @@ def test_sharded_over_two_cpu_devices_equals_align():
         import json, numpy as np, jax
         import lmalign_jax as lm
         from lmalign_jax.batch import align_batch
-        obs = [lm.simulate(n_views=21, n_markers=10, missing_fraction=0.1, seed=s).observations for s in range(3)]
+        obs = [lm.simulate(n_views=21, n_markers=10, missing_fraction=0.1, seed=s).observations
+               for s in range(3)]
         batched = align_batch(obs, batch_size=2)
         single = [lm.align(o) for o in obs]
+        diff = max(float(np.abs(b.views - s.views).max() + np.abs(b.markers - s.markers).max())
+                   for b, s in zip(batched, single))
         print(json.dumps({"devices": len(jax.devices()), "status": [r.status for r in batched],
-                          "diff": max(float(np.abs(b.views - s.views).max() + np.abs(b.markers - s.markers).max())
-                                      for b, s in zip(batched, single))}))
+                          "diff": diff}))
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -393,7 +395,8 @@ def test_cli_batch_usage_errors(tmp_path):
     assert (
         rc == 2
         and (
-            "no marker files (.fid, .mod, .csv, .pt) in this folder; name .txt and .resid marker files in a list file "
+            "no marker files (.fid, .mod, .csv, .pt) in this folder; "
+            "name .txt and .resid marker files in a list file "
             "(MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG] per line)"
         )
         in err
@@ -419,7 +422,8 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     outputs; one whose outputs are incomplete, whose inputs changed since, or that was aligned
     with other options is aligned again."""
     (tmp_path / "two.txt").write_text(
-        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
+        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n"
+        f"{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
     )
     out = tmp_path / "out"
 
@@ -529,7 +533,8 @@ def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path,
     """Ctrl-C after the first series: exit 130, no summary, a message saying how many series are
     written; --resume then keeps that one and aligns the other."""
     (tmp_path / "two.txt").write_text(
-        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
+        f"{files / 's0.csv'} {files / 's0.rawtlt'} 2048 2048\n"
+        f"{files / 's1.csv'} {files / 's1.rawtlt'} 2048 2048\n"
     )
     real = cli.batch.align_and_write
 
@@ -542,7 +547,8 @@ def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path,
     rc, out, err = run(args)
     assert (
         rc == 130
-        and "lmalign: interrupted; 1 of 2 series have their outputs written, no summary; the same command with --resume"
+        and "lmalign: interrupted; 1 of 2 series have their outputs written, no summary; "
+        "the same command with --resume"
         in err
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0"]
@@ -642,7 +648,8 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     assert rows["r0"]["status"] == rows["r1"]["status"] == "converged"
     assert rows["r2"]["status"] == "bad input"
     assert rows["r2"]["detail"].endswith(
-        "r2.csv: no stack to reconstruct beside it (r2.st, r2.mrc); name it in a list file: MARKERS TILTS [NX NY] STACK"
+        "r2.csv: no stack to reconstruct beside it (r2.st, r2.mrc); "
+        "name it in a list file: MARKERS TILTS [NX NY] STACK"
     )
     summary = json.loads((out / "batch_summary.json").read_text())
     assert any(o.endswith("r1.rec.mrc") for o in summary["series"][1]["outputs"])

@@ -33,8 +33,10 @@ def report(tmp_path_factory):
         OPENBLAS_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
+    proc = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert out.with_suffix(".md").exists()
     assert "| solver |" in proc.stdout  # the markdown tables were printed

@@ -133,7 +133,8 @@ def test_reconstruct_with_alignment_json_binned(series):
     err_truth = np.linalg.norm(found - fit_similarity(series["truth"], series["solved"]), axis=1) / 2
     assert err_truth.max() < 1.0, err_truth
     print(
-        f"json, bin 2: max {dist.max():.3f} voxel from the solved markers, {err_truth.max():.3f} from the truth"
+        f"json, bin 2: max {dist.max():.3f} voxel from the solved markers, "
+        f"{err_truth.max():.3f} from the truth"
     )
 
 

@@ -57,7 +57,10 @@ def test_jit_vmap_and_grad_compose(series):
     obs = series.observations
     f = alignment_function(align(obs))
     xy, tilts = _inputs(obs)
-    tilt_of_view = lambda xy: f(xy, tilts)[0][3, 2]
+
+    def tilt_of_view(xy):
+        return f(xy, tilts)[0][3, 2]
+
     jitted = jax.jit(jax.grad(tilt_of_view))
     np.testing.assert_allclose(jitted(xy), jax.grad(tilt_of_view)(xy), rtol=1e-10, atol=1e-14)
     batch = jnp.stack([xy, xy + 0.3 * obs.mask[..., None]])

@@ -55,7 +55,8 @@ def test_imod_model_fits_as_well_as_imods_shipped_answer(name):
     imod_rms = np.sqrt(np.mean(r**2))
     imod_mean = np.mean(np.hypot(r[:, 0], r[:, 1]))
     print(
-        f"{name}: RMS ours {result.rms_residual_px:.4f} IMOD {imod_rms:.4f}; mean ours {result.mean_residual_px:.4f} IMOD {imod_mean:.4f}"
+        f"{name}: RMS ours {result.rms_residual_px:.4f} IMOD {imod_rms:.4f}; "
+        f"mean ours {result.mean_residual_px:.4f} IMOD {imod_mean:.4f}"
     )
     assert 0.95 < result.rms_residual_px / imod_rms < 1.005
     assert 0.95 < result.mean_residual_px / imod_mean < 1.005

@@ -50,7 +50,7 @@ def misalignment(n_views, seed, axis_deg=0.0):
     alpha = axis_deg + rng.uniform(-4, 4, n_views)
     s = 1.0 + rng.normal(0, 0.01, n_views)
     d = rng.normal(0, 4.0, (n_views, 2))
-    A = np.stack([rot(-a) / si for a, si in zip(alpha, s)])
+    A = np.stack([rot(-a) / si for a, si in zip(alpha, s, strict=True)])
     D = -np.einsum("vij,vj->vi", A, d)
     return A, D
 

@@ -26,7 +26,8 @@ NOISE = 0.1  # per pixel, in units of the bead's peak contrast
 
 
 def draw_spheres(img, positions, diameter, amplitude, oversample=4):
-    """Add projected spheres of peak ``amplitude`` centred at ``positions`` (n, 2) (x, y), pixel-integrated."""
+    """Add projected spheres of peak ``amplitude`` centred at ``positions`` (n, 2) (x, y),
+    pixel-integrated."""
     ny, nx = img.shape
     radius = diameter / 2.0
     sub = (np.arange(oversample) + 0.5) / oversample
@@ -90,7 +91,8 @@ def crlb_px(diameter, noise, contrast=1.0):
 
 
 def match(found, truth):
-    """(errors (n_truth, 2) found - truth of each true bead's nearest detection, distance of each detection to its nearest truth)."""
+    """(errors (n_truth, 2) found - truth of each true bead's nearest detection, distance of each
+    detection to its nearest truth)."""
     if found.shape[0] == 0 or truth.shape[0] == 0:
         return np.full((truth.shape[0], 2), np.inf), np.full(found.shape[0], np.inf)
     d = np.linalg.norm(found[:, None, :] - truth[None, :, :], axis=2)

@@ -135,13 +135,15 @@ class ModelComparison:
         """The comparison as a fixed-width text table (one row per model)."""
         best_bic = min((r.bic for r in self.rows if r.ok and np.isfinite(r.bic)), default=np.nan)
         header = (
-            f"{'model':<8} {'free':>5} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} {'BIC':>10} {'dBIC':>8} "
+            f"{'model':<8} {'free':>5} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} "
+            f"{'BIC':>10} {'dBIC':>8} "
             f"{'max|drot|':>9} {'max|dtilt|':>10}  status"
         )
         lines = [header]
         for r in self.rows:
             lines.append(
-                f"{r.model:<8} {r.n_free:>5d} {_fmt(r.rms_residual_px, 8, 4)} {_fmt(r.mean_residual_px, 8, 4)} "
+                f"{r.model:<8} {r.n_free:>5d} {_fmt(r.rms_residual_px, 8, 4)} "
+                f"{_fmt(r.mean_residual_px, 8, 4)} "
                 f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} {_fmt(r.bic - best_bic, 8, 1)} "
                 f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status}"
             )
@@ -155,13 +157,16 @@ class ModelComparison:
             f"Model comparison on {n_obs} observations ({2 * n_obs} residual components)",
             self.format_table(),
             "",
-            f"best by BIC: {self.best_by_bic or '-'}; best by leave-out residual: {self.best_by_leave_out or '-'}",
-            f"leave-out: {self.folds} folds (seed {self.seed}), {n_held} of {n_obs} observations held out once each; "
+            f"best by BIC: {self.best_by_bic or '-'}; "
+            f"best by leave-out residual: {self.best_by_leave_out or '-'}",
+            f"leave-out: {self.folds} folds (seed {self.seed}), "
+            f"{n_held} of {n_obs} observations held out once each; "
             "RMS of their predictions by the model fitted without them (joint stage)",
         ]
         if self.reference is not None:
             lines.append(
-                f"max|drot|, max|dtilt|: largest per-view rotation and tilt difference from {self.reference!r}, degrees "
+                "max|drot|, max|dtilt|: largest per-view rotation and tilt difference "
+                f"from {self.reference!r}, degrees "
                 "(tilt after removing the mean offset)"
             )
         lines += [f"note: {r.model}: {r.note}" for r in self.rows if r.note]

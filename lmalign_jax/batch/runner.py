@@ -534,7 +534,8 @@ def _check_options(model, modes, stages, dtype, bucket):
     for name, mode in modes.items():
         if not isinstance(mode, str):
             raise ValueError(
-                f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; per-view labels need align()"
+                f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; "
+                "per-view labels need align()"
             )  # noqa: TRY004
         mode_labels(name, mode, 1)  # raises on an unknown mode
     if bucket != "max":
@@ -562,7 +563,8 @@ def _plan(m, modes, dtype, batch_size, vmap_width, devices) -> _Plan:
         # Observed with jax 0.10.2: the vmapped solve sharded over several host devices
         # never returns (all threads idle), while vmap_width=1 runs normally.
         raise ValueError(
-            f"vmap_width={width} over {len(devices)} CPU devices hangs in XLA's CPU runtime; use vmap_width=1 (the CPU default)"
+            f"vmap_width={width} over {len(devices)} CPU devices hangs in XLA's CPU runtime; "
+            "use vmap_width=1 (the CPU default)"
         )
     mesh = Mesh(np.array(devices), (_AXIS,)) if len(devices) > 1 else None
     jdtype = jnp.float64 if dtype == "float64" else jnp.float32

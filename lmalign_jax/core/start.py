@@ -81,7 +81,8 @@ def start_values(
                 else ""
             )
             raise ValueError(
-                f"start is a {start.model.name!r} solution of {start.views.shape[0]} views x {start.markers.shape[0]} markers; "
+                f"start is a {start.model.name!r} solution of {start.views.shape[0]} views "
+                f"x {start.markers.shape[0]} markers; "
                 f"expected {model.name!r}{namesake} with {obs.n_views} x {obs.n_markers}"
             )
         return StartValues(start.views.copy(), start.markers.copy(), ref_view, estimated)

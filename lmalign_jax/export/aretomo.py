@@ -76,8 +76,8 @@ def write_aln(path: str | os.PathLike, geometry: ViewGeometry, excluded_views=()
     kept = [v for v in range(n) if v not in set(excluded)]
     for sec, v in enumerate(kept):
         values = [sec] + [columns[name][v] for name in ALN_COLUMNS[1:]]
-        fields = [fmt.format(x) for fmt, x in zip(_ROW_FORMATS, values)]
-        for name, field, width in zip(ALN_COLUMNS, fields, _ROW_WIDTHS):
+        fields = [fmt.format(x) for fmt, x in zip(_ROW_FORMATS, values, strict=True)]
+        for name, field, width in zip(ALN_COLUMNS, fields, _ROW_WIDTHS, strict=True):
             if len(field) != width or not field.startswith(" "):
                 raise ValueError(
                     f"view {v}: {name} = {field.strip()} does not fit its .aln column ({width} characters)"
@@ -219,7 +219,8 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
                 path, k, f"expected {len(ALN_COLUMNS)} values ({' '.join(ALN_COLUMNS)}), got {len(tokens)}"
             )
         sec = _number(path, k, tokens[0], "SEC", int)
-        rows.append((k, sec, [_number(path, k, t, name) for t, name in zip(tokens[1:], ALN_COLUMNS[1:])]))
+        pairs = zip(tokens[1:], ALN_COLUMNS[1:], strict=True)
+        rows.append((k, sec, [_number(path, k, t, name) for t, name in pairs]))
     if raw_size is None:
         raise InputError(path, None, "no '# RawSize = NX NY NSECTIONS' line: not an AreTomo .aln file")
     if not rows:

@@ -109,7 +109,7 @@ def read_xf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         if len(f) != 6:
             raise InputError(path, k, f"expected 6 values (A11 A12 A21 A22 DX DY), got {len(raw.split())}")
         names = ("A11", "A12", "A21", "A22", "DX", "DY")
-        rows.append([parse_float(t, path, k, n) for t, n in zip(f, names)])
+        rows.append([parse_float(t, path, k, n) for t, n in zip(f, names, strict=True)])
     if not rows:
         raise InputError(path, None, "no transforms")
     a = np.array(rows, dtype=np.float64)
@@ -252,7 +252,7 @@ def resid_to_markers(
     """
     points = (
         (int(m) + 1, int(v), float(x), float(y), None)
-        for m, v, (x, y) in zip(table.marker, table.view, table.xy)
+        for m, v, (x, y) in zip(table.marker, table.view, table.xy, strict=True)
     )
     return build_marker_set(
         "<resid table>",
@@ -315,7 +315,7 @@ def read_fid_xyz(path: str | os.PathLike) -> FidXYZ:
         if len(f) != 6:
             raise InputError(path, k, f"expected 6 values (# X Y Z obj cont), got {len(text.split())}")
         point.append(parse_int(f[0], path, k, "point number"))
-        xyz.append([parse_float(t, path, k, n) for t, n in zip(f[1:4], "XYZ")])
+        xyz.append([parse_float(t, path, k, n) for t, n in zip(f[1:4], "XYZ", strict=True)])
         obj.append(parse_int(f[4], path, k, "object"))
         cont.append(parse_int(f[5], path, k, "contour"))
     return FidXYZ(

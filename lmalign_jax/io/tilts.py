@@ -121,7 +121,7 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
         raise InputError(path, None, "mixed ZValue/MontSection/FrameSet sections are not supported")
     tilts, zs = [], []
     first_line: dict[int, int] = {}
-    for line, sec in zip(starts, sections):
+    for line, sec in zip(starts, sections, strict=True):
         if not 0 <= sec.ZValue < 2**31:
             raise InputError(path, line, f"ZValue = {sec.ZValue} out of range")
         if sec.TiltAngle is None or not math.isfinite(sec.TiltAngle):

@@ -295,7 +295,8 @@ def read_record(path: str) -> AlignmentRecord:
         raise InputError(
             path,
             None,
-            f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); update lmalign_jax",
+            f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); "
+            "update lmalign_jax",
         )
 
     def section(name) -> dict:

@@ -24,7 +24,8 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
     out = []
     sw = record.get("software", {})
     out.append(
-        f" {sw.get('name', 'lmalign')} {sw.get('version', '')}, model {record['model']['name']}: {record['model']['description']}"
+        f" {sw.get('name', 'lmalign')} {sw.get('version', '')}, "
+        f"model {record['model']['name']}: {record['model']['description']}"
     )
     out.append(
         f" Markers:  {inp.get('markers')} ({inp.get('markers_format')}): {inp.get('n_markers')} markers,"
@@ -83,7 +84,8 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
             out.append(line)
     out.append("")
     out.append(
-        f" Residual error mean and sd: {_f(s['mean_residual_px'], '.3f', 9)} {_f(s['sd_residual_px'], '.3f', 9)} {s['n_points']:>8d} points"
+        f" Residual error mean and sd: {_f(s['mean_residual_px'], '.3f', 9)} "
+        f"{_f(s['sd_residual_px'], '.3f', 9)} {s['n_points']:>8d} points"
     )
     out.append(
         f" RMS residual per coordinate: {_f(s['rms_residual_px'], '.3f', 8)} px  (noise-floor factor"
@@ -93,12 +95,14 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
     if worst:
         out.append("")
         out.append(
-            f" {len(worst)} points with the largest residuals (mean {_f(s['mean_residual_px'], '.3f', 0)}, sd {_f(s['sd_residual_px'], '.3f', 0)}):"
+            f" {len(worst)} points with the largest residuals "
+            f"(mean {_f(s['mean_residual_px'], '.3f', 0)}, sd {_f(s['sd_residual_px'], '.3f', 0)}):"
         )
         out.append("   marker   view         X         Y       dx       dy    resid     SDs")
         for p in worst:
             out.append(
-                f" {p['marker_id']:>8d} {p['view_number']:>6d}{p['x']:>10.2f}{p['y']:>10.2f}{p['dx']:>9.2f}{p['dy']:>9.2f}"
+                f" {p['marker_id']:>8d} {p['view_number']:>6d}{p['x']:>10.2f}{p['y']:>10.2f}"
+                f"{p['dx']:>9.2f}{p['dy']:>9.2f}"
                 f"{p['residual_px']:>9.3f}{_f(p['sds_above_mean'], '.2f', 8)}"
             )
     truth = record.get("truth")

@@ -97,7 +97,7 @@ class Phantom:
             raise ValueError(f"shape must be three positive sizes (NZ, NY, NX), got {shape}")
         b = float(binning)
         vol = np.zeros((nz, ny, nx), dtype=np.float64)
-        for (x, y, z), s, d in zip(self.positions / b, self.sigma / b, self.density):
+        for (x, y, z), s, d in zip(self.positions / b, self.sigma / b, self.density, strict=True):
             axes = []
             for centre, n in ((z, nz), (y, ny), (x, nx)):
                 fc = centre - 0.5 + n / 2.0  # fractional index of the centre
@@ -127,7 +127,8 @@ def _random_positions(rng, n, box, min_separation, existing=None, max_tries=200)
                 break
         else:
             raise ValueError(
-                f"cannot place {n} objects {min_separation:g} px apart in a {box[0]:g} x {box[1]:g} x {box[2]:g} box"
+                f"cannot place {n} objects {min_separation:g} px apart "
+                f"in a {box[0]:g} x {box[1]:g} x {box[2]:g} box"
             )
         placed.append(p)
         out.append(p)
@@ -259,7 +260,7 @@ def project_stack(
         q0 = np.stack([x * np.cos(t[v]) + z * np.sin(t[v]), y], axis=1)  # (n, 2) aligned, centred
         p0 = (q0 - d[v]) @ a_inv.T + centre  # raw image coordinates of the centres
         img = np.zeros((ny, nx), dtype=np.float64)
-        for (px, py), (q0x, q0y), s, h in zip(p0, q0, phantom.sigma, height):
+        for (px, py), (q0x, q0y), s, h in zip(p0, q0, phantom.sigma, height, strict=True):
             r = CUTOFF_SIGMAS * s * reach
             c0, c1 = max(0, int(np.floor(px - r))), min(nx, int(np.ceil(px + r)) + 1)
             r0, r1 = max(0, int(np.floor(py - r))), min(ny, int(np.ceil(py + r)) + 1)
@@ -363,8 +364,8 @@ def locate_peaks(volume, xyz, *, binning: float = 1.0, search: int = 3) -> tuple
     """Where the peaks near the expected positions ``xyz`` (n, 3) appear in ``volume`` (NZ, NY, NX).
 
     For each position the local maximum nearest the expected voxel, among those within ``search``
-    voxels (per axis) and at least half as bright as the brightest there, is taken and refined to sub-voxel precision by a parabola through it and its two
-    neighbours along each axis.
+    voxels (per axis) and at least half as bright as the brightest there, is taken and refined to
+    sub-voxel precision by a parabola through it and its two neighbours along each axis.
 
     Returns ``(found, distance)``: found positions (n, 3) in specimen pixels (like ``xyz``) and
     their distances from the expected ones (n,) in **voxels**. A position outside the volume

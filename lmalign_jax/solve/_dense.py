@@ -26,7 +26,10 @@ def _unflatten(v, like: Variables):
 
 def dense_step(fn, x: Variables, s: Structure, damping):
     """The damped step (Variables) computed from the dense normal matrix."""
-    flat_residual = lambda v: pair_residuals(fn, _unflatten(v, x), s).reshape(-1)
+
+    def flat_residual(v):
+        return pair_residuals(fn, _unflatten(v, x), s).reshape(-1)
+
     v = _flatten(x)
     r = flat_residual(v)
     free = jnp.concatenate([s.free_a.reshape(-1), s.free_b.reshape(-1), s.free_g]).astype(v.dtype)

@@ -82,7 +82,8 @@ def _masked_block(h, free):
 
 
 def _directional(f, x, weights):
-    """Weighted forward-mode derivatives of f at x (k, ...) along each of its k rows: list of (m, n_a, n_b)."""
+    """Weighted forward-mode derivatives of f at x (k, ...) along each of its k rows:
+    list of (m, n_a, n_b)."""
     out = []
     for p in range(x.shape[0]):
         tangent = jnp.zeros_like(x).at[p].set(1.0)

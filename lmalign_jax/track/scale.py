@@ -7,8 +7,9 @@ diameter ``D``. :func:`estimate_bead_diameter` evaluates ``b_sigma`` on a geomet
 scales (ratio ``2^(1/6)``), and at each scale takes the mean of the ``top`` largest *bead-like*
 local maxima (3 x 3 maximum, round and with a bead's ring profile as in
 :mod:`lmalign_jax.track.find`, so edges and filaments, whose response does not depend on the
-scale, do not count) that are significant at that scale (above the threshold of :mod:`lmalign_jax.track.find` for that scale's
-own noise level; missing ones count as 0, so two strong ice blobs do not outvote sixteen beads,
+scale, do not count) that are significant at that scale (above the threshold of
+:mod:`lmalign_jax.track.find` for that scale's own noise level; missing ones count as 0, so two
+strong ice blobs do not outvote sixteen beads,
 and pure noise votes for nothing and gives NaN). That curve against ``log sigma`` peaks near the
 bead scale. Each significant maximum at the best scale then picks its own scale (the maximum of
 the responses at its pixel across the ladder, refined by a parabola in ``log sigma``), and the
@@ -131,7 +132,8 @@ def _scale_analysis(image, diameters_px, top, region_px):
 
 
 def scale_curve(image, diameters_px, *, signs=(1.0,), top: int = 16, region_px: int = 1024) -> np.ndarray:
-    """Mean of the ``top`` strongest significant bead-like responses (0 for missing ones) at each scale, per sign.
+    """Mean of the ``top`` strongest significant bead-like responses (0 for missing ones) at each
+    scale, per sign.
 
     Args:
         image: (NY, NX) array.
