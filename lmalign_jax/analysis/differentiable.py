@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.frame import jit_reporting_frame
-from ..core.problem import build_problem
+from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..solve import LMConfig, effective_a, solve_implicit
@@ -37,16 +37,7 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
     obs = result.observations
     modes = settings.modes
     with jax.enable_x64(True):
-        problem = build_problem(
-            model,
-            obs,
-            result.views,
-            result.markers,
-            modes,
-            np.ones((obs.n_markers, 3), bool),
-            ref_view=settings.ref_view,
-            weights=settings.weights,
-        )
+        problem = final_problem(result)
     warm = jax.tree_util.tree_map(np.asarray, problem.x0)
     structure = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf), problem.structure)
     unit = np.asarray(problem.unit)

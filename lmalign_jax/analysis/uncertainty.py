@@ -25,7 +25,7 @@ import numpy as np
 from jaxtyping import Float
 
 from .. import compiled_cache
-from ..core.problem import build_problem
+from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
@@ -132,16 +132,7 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     obs = result.observations
     modes = settings.modes
     with jax.enable_x64(True):
-        problem = build_problem(
-            m,
-            obs,
-            result.views,
-            result.markers,
-            modes,
-            np.ones((obs.n_markers, 3), bool),
-            ref_view=settings.ref_view,
-            weights=settings.weights,
-        )
+        problem = final_problem(result)
         tilt_free = not is_fixed(modes.get("tilt", "free"))
         var_a, var_b, loo, lev, rss = jax.device_get(
             compiled_cache.call(

@@ -250,3 +250,21 @@ def build_problem(
         eliminate=choose_elimination(n_views, k, obs.n_markers, 3),
         n_free=count_free(structure),
     )
+
+
+def final_problem(result) -> AlignmentProblem:
+    """The joint problem at a solved alignment (an ``AlignmentResult``), float64: every
+    parameter free as its modes allow, markers free, the run's reference view and weights.
+    Standard errors and implicit differentiation linearise this problem."""
+    settings = result.settings
+    obs = result.observations
+    return build_problem(
+        result.model,
+        obs,
+        result.views,
+        result.markers,
+        settings.modes,
+        np.ones((obs.n_markers, 3), bool),
+        ref_view=settings.ref_view,
+        weights=settings.weights,
+    )
