@@ -1,10 +1,11 @@
 """``lmalign batch``: align every tilt series of a list file or folder with batched solves.
 
-The options, the choice of where the series run (this process, ``--jobs`` local processes or a
-Dask cluster with ``--scheduler``), progress and the summary table (text, TSV, JSON) are here;
-reading the list or folder, checking each series, aligning and writing them and the
-``--resume`` check are in :mod:`lmalign_jax.workflow` (``batch_list``, ``batch_series``,
-``resume``). A bad series is reported and skipped; the others complete.
+The choice of where the series run (this process, ``--jobs`` local processes or a Dask cluster
+with ``--scheduler``) and the summary files (text, TSV, JSON) are here; the options and help are
+in :mod:`.batch_options`, progress and the summary table in :mod:`.batch_report`; reading the
+list or folder, checking each series, aligning and writing them and the ``--resume`` check are
+in :mod:`lmalign_jax.workflow` (``batch_list``, ``batch_series``, ``resume``). A bad series is
+reported and skipped; the others complete.
 """
 
 from __future__ import annotations
@@ -13,160 +14,31 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import asdict, fields
 
 import numpy as np
 
-from ..batch.runner import DEFAULT_BUCKET
+from ..batch import DEFAULT_BUCKET
 from ..io.errors import InputError
 from ..io.outputs import OutputSet
-from ..models import MODELS
 from ..workflow import check_output_folder, software_info
-from ..workflow.batch_list import LINE_FORMAT, read_list, scan_folder
+from ..workflow.batch_list import read_list, scan_folder
 from ..workflow.batch_series import (
-    RESUMED,
-    STATUS_BAD,
     STATUS_ERROR,
-    STATUS_FAILED,
-    STATUS_OK,
     BatchOptions,
     Outcome,
     Prepared,
     align_and_write,
     prepare,
 )
-from ..workflow.reconstruction import FILTER_CHOICES
 from ..workflow.resume import earlier_outcome
-from .align import add_robust_options, add_solver_options, settings_from_args
-from .common import EXIT_INTERNAL, EXIT_OK, HelpFormatter, UsageError, note, warn
+from .align import settings_from_args
+from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
+from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
+from .common import EXIT_INTERNAL, HelpFormatter, UsageError, note, warn
 
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
-
-
-# =========================================================================== progress and summary
-
-
-class BatchProgress:
-    """Per-series status on stderr: a line when each series is done; on a terminal also a
-    running line with the stage counts."""
-
-    def __init__(self, names: list[str], *, quiet: bool = False):
-        self.names, self.quiet = names, quiet
-        self.tty = sys.stderr.isatty()
-        self.stage_counts: dict[str, int] = {}
-        self.done = 0
-        self.start = time.perf_counter()
-
-    def _status_line(self):
-        if self.tty and self.stage_counts:
-            stages = ", ".join(f"{k} {v}" for k, v in self.stage_counts.items())
-            sys.stderr.write(
-                f"\r\033[Klmalign: {self.done}/{len(self.names)} series done; stages finished: {stages}; "
-                f"{time.perf_counter() - self.start:.0f} s"
-            )
-            sys.stderr.flush()
-
-    def event(self, index: int, event: str, detail: str) -> None:
-        """An ``align_batch`` progress event of series ``index`` (of ``names``)."""
-        if event in ("done", "error"):
-            return
-        self.stage_counts[event] = self.stage_counts.get(event, 0) + 1
-        self._status_line()
-
-    def finished(self, outcome: Outcome) -> None:
-        """A series' outputs are written (or it failed)."""
-        self.done += 1
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-        if not self.quiet or outcome.exit_code != EXIT_OK:
-            width = len(str(len(self.names)))
-            rms = f", rms {outcome.rms_residual_px:.4f} px" if outcome.rms_residual_px is not None else ""
-            why = f": {_remark(outcome)}" if _remark(outcome) else ""
-            note(
-                f"[{self.done:>{width}}/{len(self.names)}] {outcome.series}: {outcome.status}{why}{rms} "
-                f"({outcome.seconds:.2f} s)"
-            )
-        self._status_line()
-
-    def close(self):
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _fmt(value, spec: str) -> str:
-    return (
-        "-"
-        if value is None or (isinstance(value, float) and not math.isfinite(value))
-        else format(value, spec)
-    )
-
-
-def _remark(o: Outcome) -> str:
-    """What to say of a series beyond its status: why it failed, or that its outputs were kept."""
-    return o.detail if o.exit_code != EXIT_OK or o.detail == RESUMED else ""
-
-
-def summary_table(outcomes: list[Outcome]) -> str:
-    """The summary as an aligned text table."""
-    width = max([6, *(len(o.series) for o in outcomes)])
-    lines = [f"{'series':<{width}}  views  markers  points   rms px  mean px  status     time s  detail"]
-    for o in outcomes:
-        lines.append(
-            f"{o.series:<{width}}  {_fmt(o.views, 'd'):>5}  {_fmt(o.markers_fitted, 'd'):>7}  "
-            f"{_fmt(o.points, 'd'):>6}  {_fmt(o.rms_residual_px, '.4f'):>7}  "
-            f"{_fmt(o.mean_residual_px, '.4f'):>7}  {o.status:<9}  {o.seconds:6.2f}  {_remark(o)}"
-        )
-    counts = {
-        k: sum(o.status == k for o in outcomes) for k in (STATUS_OK, STATUS_FAILED, STATUS_BAD, STATUS_ERROR)
-    }
-    crashed = f", {counts[STATUS_ERROR]} internal error" if counts[STATUS_ERROR] else ""
-    lines.append(
-        f"{len(outcomes)} series: {counts[STATUS_OK]} converged, {counts[STATUS_FAILED]} failed, "
-        f"{counts[STATUS_BAD]} bad input{crashed}"
-    )
-    return "\n".join(lines) + "\n"
-
-
-TSV_COLUMNS = (
-    "series",
-    "markers",
-    "tilts",
-    "views",
-    "markers_fitted",
-    "points",
-    "rms_residual_px",
-    "mean_residual_px",
-    "status",
-    "exit_code",
-    "seconds",
-    "detail",
-)
-
-
-def summary_tsv(outcomes: list[Outcome]) -> str:
-    """The summary as tab-separated values, one row per series (empty cells where unknown)."""
-
-    def cell(v):
-        return (
-            ""
-            if v is None
-            else (f"{v:.6g}" if isinstance(v, float) else str(v)).replace("\t", " ").replace("\n", " ")
-        )
-
-    rows = ["\t".join(TSV_COLUMNS)] + ["\t".join(cell(getattr(o, c)) for c in TSV_COLUMNS) for o in outcomes]
-    return "\n".join(rows) + "\n"
-
-
-def batch_exit_code(outcomes: list[Outcome]) -> int:
-    """2 if any input was bad, else 1 if any alignment failed, else 0."""
-    codes = {o.exit_code for o in outcomes}
-    return max(codes, default=EXIT_OK)  # 3 internal error > 2 bad input > 1 failed > 0
-
-
-# =========================================================================== the command
 
 
 def _groups(prepared: list[Prepared], size: int) -> list[list[Prepared]]:
@@ -426,57 +298,6 @@ def _check_summary(summary: OutputSet, source: str) -> None:
             raise UsageError(f"the summary {path} would overwrite the list file; choose another --out-dir")
 
 
-BATCH_HELP = """\
-Align every tilt series named in a list file or found in a folder, with batched solves: series
-of similar size are padded to a shared shape and solved together, so one compilation serves
-them all. Each series gets the outputs of 'lmalign align' (.xf .tlt .resid .xyz .json .png) in
---out-dir/NAME/ (or --out-dir/NAME.* with --layout prefix), and the batch a summary table
---out-dir/batch_summary.txt, .tsv and .json (series, views, markers, residuals, status, time).
-
-LIST_OR_DIR:
-  a list file: one series per line, 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST]
-    [rotation=DEG]' (whitespace-separated, quotes allowed, '#' starts a comment, paths relative
-    to the list file; NX NY is the image size when the marker file does not record it; STACK is
-    the raw stack, whose header is checked against the tilts and gives the image size;
-    exclude=1-3,40 and rotation=-12.5 are that series' --exclude and --rotation of 'lmalign
-    align'). NAME is the marker file's stem (NAME_2, ... when two series share a stem);
-  or a folder: every NAME.fid/.mod/.csv/.pt with a tilt file NAME.rawtlt, NAME.tlt or
-    NAME.mdoc beside it (first found, in that order).
-
---reconstruct NZ also makes each aligned series' tomogram, NAME.rec.mrc beside its other
-outputs, from its raw stack (the STACK column, else NAME.st or NAME.mrc beside the markers), as
-'lmalign reconstruct STACK --alignment NAME.json --thickness NZ' would (--bin, --filter). A
-series asked to be reconstructed without a stack is bad input; the tomograms are made in this
-process (on its GPU if it has one), or by each Dask worker for its group.
-
-A series that cannot be read, or whose alignment fails, is reported with its reason; the others
-complete. Exit status: 0 all converged, 1 some alignments failed, 2 some inputs were bad, 3
-internal error (a bug) in some series; the highest applies.
-A run stopped part way (Ctrl-C, a full disk), or a folder that has gained series, is finished by
-the same command with --resume: a series whose outputs an earlier run wrote from the same input
-files with the same options, and which converged, keeps them; the others are aligned.
-
-Parallel work: by default everything runs in this process; on a CPU it makes one JAX device per
-core (unless XLA_FLAGS sets the count), so the batch solves one series per core at a time, and
---writers processes (default one per core, at most one per 4 series) draw the report figures.
---jobs N spreads the series over N local processes instead (one device each). --scheduler
-ADDRESS sends groups of --group-size series to a Dask cluster; each worker aligns its group
-with batched solves and writes its outputs itself, so --out-dir and the input files must be on a
-file system every worker sees, at the same paths. To use a cluster: install lmalign_jax and
-'dask[distributed]' on every machine, start 'dask scheduler' on one (it prints
-tcp://HOST:8786), 'dask worker tcp://HOST:8786 --nthreads 1' on each machine (one per GPU or a
-few per CPU machine; JAX uses several cores per worker), then run
-'lmalign batch LIST --scheduler tcp://HOST:8786 --out-dir /shared/out'.
-"""
-
-BATCH_EXAMPLE = """\
-examples:
-  lmalign batch series.txt --out-dir aligned
-  lmalign batch /data/tomo/fiducials --out-dir aligned --image-size 4096 4096 --jobs 2
-  lmalign batch series.txt --scheduler tcp://head:8786 --out-dir /shared/aligned --group-size 16
-"""
-
-
 def add_batch(sub):
     p = sub.add_parser(
         "batch",
@@ -485,91 +306,5 @@ def add_batch(sub):
         epilog=BATCH_EXAMPLE,
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "series",
-        metavar="LIST_OR_DIR",
-        help=f"list file ('{LINE_FORMAT}' per line) or folder of marker + tilt files",
-    )
-    p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument(
-        "--layout",
-        choices=("folders", "prefix"),
-        default="folders",
-        help="outputs in DIR/NAME/NAME.* (folders) or DIR/NAME.* (prefix)",
-    )
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
-    p.add_argument(
-        "--writers",
-        type=int,
-        metavar="N",
-        help="processes drawing the report figures and writing the outputs when aligning in this process "
-        "(default: one per core, at most one per 4 series)",
-    )
-    p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://head:8786 (see above)")
-    p.add_argument("--group-size", type=int, default=32, metavar="N", help="series per Dask task")
-    p.add_argument(
-        "--image-size",
-        nargs=2,
-        type=float,
-        metavar=("NX", "NY"),
-        help="image size for series whose files do not record it",
-    )
-    p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
-    add_solver_options(p)
-    p.add_argument(
-        "--bucket",
-        nargs=2,
-        type=int,
-        metavar=("VIEWS", "MARKERS"),
-        help="series whose view and marker counts round up to the same multiples of these share one "
-        f"compiled kernel, padded to the largest of them (default {DEFAULT_BUCKET[0]} {DEFAULT_BUCKET[1]})",
-    )
-    p.add_argument(
-        "--batch-size", type=int, metavar="N", help="series per batched solve and device (default 32)"
-    )
-    p.add_argument(
-        "--worst",
-        type=int,
-        default=10,
-        metavar="N",
-        help="number of largest-residual points to list in each .json",
-    )
-    p.add_argument(
-        "--no-figure", action="store_true", help="do not render the .png reports (the slowest output)"
-    )
-    p.add_argument(
-        "--no-errors",
-        action="store_true",
-        help="skip the standard errors and leave-one-out residuals (about 5 ms a series)",
-    )
-    add_robust_options(p)
-    p.add_argument(
-        "--reconstruct",
-        type=float,
-        metavar="NZ",
-        help="also reconstruct each aligned series into NAME.rec.mrc, NZ unbinned pixels thick, from its raw "
-        "stack (the list's STACK column, else NAME.st or NAME.mrc beside the markers)",
-    )
-    p.add_argument(
-        "--bin", type=int, default=1, metavar="B", help="with --reconstruct: bin the stack B x B first"
-    )
-    p.add_argument(
-        "--filter",
-        choices=FILTER_CHOICES,
-        default="ramp",
-        help="with --reconstruct: ramp filter, optionally apodised",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the outputs of series an earlier run already aligned the same way (same inputs and "
-        "options, converged, every output there; with --reconstruct the same tomogram settings) and align "
-        "only the rest",
-    )
-    p.add_argument(
-        "--quiet",
-        "-q",
-        action="store_true",
-        help="report only the series that did not converge while running",
-    )
+    add_batch_arguments(p)
     p.set_defaults(run=run_batch)
