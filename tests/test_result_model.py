@@ -59,19 +59,20 @@ def test_unregistered_model_is_reported_and_has_standard_errors(series):
     assert "model jou-copy: an unregistered copy of jou" in format_summary(record)
 
 
+@pytest.fixture(scope="module")
+def model():
+    """A custom model named "jou" with another projection (a 5% magnification)."""
+    return dataclasses.replace(JOU, project=magnified_project, description="jou, magnified")
+
+
+@pytest.fixture(scope="module")
+def fitted(model):
+    truth = simulate(model=model, n_views=21, n_markers=10, seed=5, missing_fraction=0.1, noise_px=NOISE_PX)
+    return truth.observations, align(truth.observations, model=model)
+
+
 class TestNamesake:
     """A custom model named "jou" with another projection is fitted, reported and refined as itself."""
-
-    @pytest.fixture(scope="class")
-    def model(self):
-        return dataclasses.replace(JOU, project=magnified_project, description="jou, magnified")
-
-    @pytest.fixture(scope="class")
-    def fitted(self, model):
-        truth = simulate(
-            model=model, n_views=21, n_markers=10, seed=5, missing_fraction=0.1, noise_px=NOISE_PX
-        )
-        return truth.observations, align(truth.observations, model=model)
 
     def test_the_object_wins_over_the_registry(self, model, fitted):
         obs, result = fitted
