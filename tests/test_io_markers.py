@@ -317,3 +317,62 @@ def test_pytom_bad_input(tmp_path, text, match):
 def test_pytom_n_views_too_small():
     with pytest.raises(InputError, match=r"the file has 59 views but n_views=10 was given"):
         read_pytom_markers(PYTOM / "mixedCTEM_tomo3_markerfile.txt", n_views=10)
+
+
+def _big_csv(tmp_path, rng, n_views=40, n_markers=300):
+    """A marker CSV of about n_views x n_markers rows in shuffled order, 20% of points missing."""
+    rows = [
+        (m, v, rng.uniform(-5e3, 9e3), rng.uniform(-5e3, 9e3))
+        for m in rng.permutation(np.arange(1, 3 * n_markers, 3))
+        for v in range(n_views)
+        if rng.random() > 0.2
+    ]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    lines = [f"{m},{v},{x!r},{y!r}" for m, v, x, y in rows]
+    return lines
+
+
+@pytest.mark.parametrize("n_views", [None, 45])
+def test_csv_numpy_path_equals_the_line_parser(tmp_path, monkeypatch, n_views):
+    """Large CSVs are parsed by numpy in one go; the set is exactly the line parser's."""
+    import lmalign_jax.io.markers as markers_module
+
+    lines = _big_csv(tmp_path, np.random.default_rng(7))
+    path = tmp_path / "big.csv"
+    path.write_text("marker,view,x,y\n" + "\n".join(lines[:500]) + "\n\n" + "\n".join(lines[500:]) + "\n")
+    assert markers_module._csv_fast(path.read_text().splitlines()[1:], str(path), n_views) is not None
+    fast = read_markers_csv(path, n_views)
+    monkeypatch.setattr(markers_module, "_csv_fast", lambda *args: None)
+    slow = read_markers_csv(path, n_views)
+    assert fast.marker_ids == slow.marker_ids and fast.source == slow.source
+    np.testing.assert_array_equal(fast.mask, slow.mask)
+    np.testing.assert_array_equal(fast.xy, slow.xy)  # bit for bit: the same decimal parsing
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("7,3,nan,1.0", "not finite"),
+        ("7,3,1.0", "expected 4 comma-separated fields"),
+        ("7,-1,1.0,2.0", "negative view index"),
+        ("7.0,3,1.0,2.0", "marker is not an integer"),
+        ("7,3,1_000.0,2.0", "x is not a number"),
+    ],
+)
+def test_csv_numpy_path_falls_back_to_name_the_bad_line(tmp_path, bad, match):
+    """One bad row among thousands: the message still names its line."""
+    lines = _big_csv(tmp_path, np.random.default_rng(8), n_views=20, n_markers=100)
+    lines.insert(1234, bad)
+    path = tmp_path / "big.csv"
+    path.write_text("marker,view,x,y\n" + "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"big\.csv:1236: .*{match}"):
+        read_markers_csv(path)
+
+
+def test_csv_numpy_path_reports_a_duplicate_by_line(tmp_path):
+    lines = _big_csv(tmp_path, np.random.default_rng(9), n_views=20, n_markers=100)
+    lines.append(lines[10])
+    path = tmp_path / "big.csv"
+    path.write_text("marker,view,x,y\n" + "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"big\.csv:{len(lines) + 1}: duplicate point .*first on line 12"):
+        read_markers_csv(path)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["MarkerSet", "MAX_VIEWS", "MAX_CELLS", "build_marker_set"]
+__all__ = ["MarkerSet", "MAX_VIEWS", "MAX_CELLS", "build_marker_set", "marker_set_from_arrays"]
 
 #: Largest number of views a marker file may imply (guards against absurd view indices).
 MAX_VIEWS = 10_000
@@ -169,6 +169,46 @@ def build_marker_set(
         mask[view, col[mid]] = True
     return MarkerSet(
         xy=xy, mask=mask, marker_ids=tuple(ids), image_size=image_size, pixel_size=pixel_size, source=source
+    )
+
+
+def marker_set_from_arrays(
+    marker_id, view, x, y, *, source: str, n_views: int | None = None
+) -> MarkerSet | None:
+    """The :class:`MarkerSet` of points given as arrays (k,) each, or None when any point breaks a
+    rule of :func:`build_marker_set` (a view out of range, a non-finite coordinate, a duplicate,
+    too many cells, no points): the caller then builds it point by point, which names the line.
+
+    The vectorised path for large files: a million points take well under a second, where the
+    point-by-point checks take seconds. Both give the same set for valid input.
+    """
+    marker_id, view = np.asarray(marker_id, np.int64), np.asarray(view, np.int64)
+    xy = np.stack([np.asarray(x, np.float64), np.asarray(y, np.float64)], axis=-1)
+    if n_views is not None:
+        n_views = operator.index(n_views)
+        if not 0 < n_views <= MAX_VIEWS:
+            return None
+    limit = MAX_VIEWS if n_views is None else n_views
+    if marker_id.size == 0 or view.min() < 0 or view.max() >= limit or not np.isfinite(xy).all():
+        return None
+    ids, col = np.unique(marker_id, return_inverse=True)
+    nv = n_views if n_views is not None else int(view.max()) + 1
+    if nv * ids.size > MAX_CELLS:
+        return None
+    cell = view * ids.size + col
+    if np.unique(cell).size != cell.size:
+        return None  # a duplicate (marker, view) pair
+    out = np.full((nv, ids.size, 2), np.nan)
+    mask = np.zeros((nv, ids.size), dtype=bool)
+    out[view, col] = xy
+    mask[view, col] = True
+    return MarkerSet(
+        xy=out,
+        mask=mask,
+        marker_ids=tuple(int(i) for i in ids),
+        image_size=None,
+        pixel_size=None,
+        source=source,
     )
 
 
