@@ -470,9 +470,8 @@ def align_robust(
             if change <= tol:
                 converged = True
                 break
-    if (
-        current is not initial
-    ):  # the rounds start from an answer and estimate no rotation: keep the first fit's
+    # the rounds start from an answer and estimate no rotation: keep the first fit's estimate
+    if current is not initial:
         current = replace(current, rotation_estimated_deg=initial.rotation_estimated_deg)
     return RobustResult(
         result=current,

@@ -30,6 +30,7 @@ from ..workflow.batch_series import (
     Prepared,
     align_and_write,
     prepare,
+    unfinished,
 )
 from ..workflow.resume import earlier_outcome
 from .align import settings_from_args
@@ -68,18 +69,8 @@ def _run_processes(groups, options, jobs, on_outcome):
 def _deliver(group, error, outcomes, on_outcome):
     """Outcomes of a finished group, or one failed outcome per series if the group's task failed."""
     if error is not None:
-        outcomes = [
-            Outcome(
-                p.spec.name,
-                p.spec.markers,
-                p.spec.tilts,
-                STATUS_ERROR,
-                EXIT_INTERNAL,
-                seconds=p.read_seconds,
-                detail=f"worker failed: {type(error).__name__}: {error}",
-            )
-            for p in group
-        ]
+        detail = f"worker failed: {type(error).__name__}: {error}"
+        outcomes = [unfinished(p, STATUS_ERROR, EXIT_INTERNAL, detail) for p in group]
     for o in outcomes:
         on_outcome(o)
 

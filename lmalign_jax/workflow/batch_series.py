@@ -74,6 +74,13 @@ class Outcome:
     outputs: list = field(default_factory=list)
 
 
+def unfinished(p: Prepared, status: str, exit_code: int, detail: str) -> Outcome:
+    """The summary row of a prepared series that ended without alignment outputs."""
+    return Outcome(
+        p.spec.name, p.spec.markers, p.spec.tilts, status, exit_code, seconds=p.read_seconds, detail=detail
+    )
+
+
 @dataclass(frozen=True)
 class BatchOptions:
     """The alignment and output settings shared by every series (picklable, for workers)."""
@@ -316,14 +323,11 @@ def align_and_write(
                 outcomes[i] = future.result()
             else:  # the writer process died or raised: that series failed, the others go on
                 p = prepared[i]
-                outcomes[i] = Outcome(
-                    p.spec.name,
-                    p.spec.markers,
-                    p.spec.tilts,
+                outcomes[i] = unfinished(
+                    p,
                     STATUS_ERROR,
                     EXIT_INTERNAL,
-                    seconds=p.read_seconds,
-                    detail=f"writing the outputs failed: {type(error).__name__}: {error}",
+                    f"writing the outputs failed: {type(error).__name__}: {error}",
                 )
             # tomograms are made here, on this process's device, while the writers draw on
             outcomes[i] = reconstruct_series(prepared[i], outcomes[i], options, final[i])
@@ -412,29 +416,18 @@ def write_outcome(
     """Write one series' outputs (or report why it has none) and say how it went.
     ``solve_seconds``: time spent fitting it (default: its stages' seconds)."""
     start = time.perf_counter()
-    spec = p.spec
     if isinstance(result, Exception):
         bad = isinstance(result, ValueError)  # the engine's checks of the problem
-        return Outcome(
-            spec.name,
-            spec.markers,
-            spec.tilts,
+        return unfinished(
+            p,
             STATUS_BAD if bad else STATUS_ERROR,
             EXIT_BAD_INPUT if bad else EXIT_INTERNAL,
-            seconds=p.read_seconds,
-            detail=str(result) if bad else f"{type(result).__name__}: {result}",
+            str(result) if bad else f"{type(result).__name__}: {result}",
         )
     try:
         written = _write(p, result, options, errors, robust)
     except OSError as e:
-        return Outcome(
-            spec.name,
-            spec.markers,
-            spec.tilts,
-            STATUS_FAILED,
-            EXIT_FAILED,
-            seconds=p.read_seconds,
-            detail=f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip(),
-        )
+        detail = f"cannot write the outputs: {e.filename or ''} {e.strerror or e}".strip()
+        return unfinished(p, STATUS_FAILED, EXIT_FAILED, detail)
     solve = sum(st.seconds for st in result.stages) if solve_seconds is None else solve_seconds
     return _outcome(p, result, p.read_seconds + solve + time.perf_counter() - start, written)
