@@ -108,7 +108,26 @@ def run_align(args) -> int:
         figure=not args.no_figure,
         errors=not args.no_errors,
         worst=args.worst,
+        surfaces=args.surfaces,
+        flatten=args.flatten,
     )
+
+
+def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
+    """The surface-analysis block in IMOD's layout, and what --flatten did."""
+    print("\n".join(analysis.imod_log_lines()))
+    if flatten:
+        x_tilt = analysis.x_axis_tilt_deg
+        xtilt = f"X-axis tilt {x_tilt:.2f} deg" if x_tilt is not None else "zeros (too few beads)"
+        print(
+            f" Flattened: {analysis.tilt_angle_change_deg:+.2f} deg added to every tilt in {prefix}.tlt; "
+            f"{xtilt} in {prefix}.xtilt (IMOD tilt's XTILTFILE; lmalign reconstruct reads the .tlt only)"
+        )
+        print(
+            f" Suggested reconstruction thickness: {analysis.suggested_thickness_px} unbinned px (bead "
+            f"centres span {analysis.thickness_px:.0f} px, centred {analysis.z_center_px:+.1f} px from the "
+            "tilt axis)"
+        )
 
 
 def align_and_report(
@@ -128,12 +147,15 @@ def align_and_report(
     errors: bool = True,
     worst: int = 10,
     truth=None,
+    surfaces: int | None = None,
+    flatten: bool = False,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
-    ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo)."""
+    ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
+    ``surfaces``, ``flatten``: IMOD's surface analysis, and levelling the .tlt/.xtilt by it."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
-    check_output_folder(out, ALIGN_OUTPUTS, (markers, tilts, stack))
+    check_output_folder(out, ALIGN_OUTPUTS + (".xtilt",), (markers, tilts, stack))
 
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
@@ -169,6 +191,9 @@ def align_and_report(
         figure=figure,
         n_worst=worst,
         truth=comparison,
+        surfaces=surfaces,
+        flatten=flatten,
+        warn=warn,
     )
     record = written.record
 
@@ -183,8 +208,11 @@ def align_and_report(
             f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median "
             f"{np.median(se.markers_se[:, 2]):.2f} px; leave-one-out RMS {se.loo_rms_px:.3f} px"
         )
+    if written.surfaces is not None:
+        print_surfaces(written.surfaces, flatten, out.prefix)
     print(" Wrote " + ", ".join(written.written))
-    not_updated = [s for s in ALIGN_OUTPUTS if os.path.basename(out.path(s)) not in record["outputs"]]
+    suffixes = ALIGN_OUTPUTS + (".xtilt",)
+    not_updated = [s for s in suffixes if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:
         warn(f"{', '.join(stale)} are from an earlier run and were not updated")
@@ -326,6 +354,21 @@ def add_align(sub):
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     add_robust_options(p)
+    p.add_argument(
+        "--surfaces",
+        type=int,
+        choices=(1, 2),
+        help="IMOD's surface analysis of the solved markers (SurfacesToAnalyze): fit 1 plane, or sort "
+        "the beads onto 2 surfaces; prints the tilt change and X-axis tilt that level the specimen, its "
+        "thickness and Z centre, and stores them in the .json",
+    )
+    p.add_argument(
+        "--flatten",
+        action="store_true",
+        help="level the specimen: add the surface analysis' tilt change to the written .tlt, write its "
+        "X-axis tilt to <prefix>.xtilt, and print the suggested reconstruction thickness (--surfaces 1 "
+        "unless given)",
+    )
     p.add_argument(
         "--no-figure", action="store_true", help="do not render the .png report (the slowest output)"
     )

@@ -6,6 +6,11 @@ the only place that knows the layout of the file: :func:`read_record` reads one 
 :class:`AlignmentRecord` for the commands that use an earlier alignment (``reconstruct
 --alignment``, ``batch --resume``).
 
+Optional sections, present only when their option was used: ``robust``, ``truth``,
+``surfaces`` (IMOD's surface analysis, :meth:`~lmalign_jax.analysis.surfaces.SurfaceAnalysis.to_dict`,
+with ``flattened``: whether its tilt change was applied to the ``.tlt``). They add to version 1:
+a reader that does not know one ignores it.
+
 Conventions: views are 0-based in the record (``"view"``) with IMOD's 1-based number beside
 (``"view_number"``); angles in degrees; lengths in pixels; residual = projected - measured.
 """
@@ -225,7 +230,8 @@ class AlignmentRecord:
     ``xf`` (n, 2, 3) raw -> aligned ``[A | D]`` and ``tilts_deg`` (n,) are None for an alignment
     that did not converge. Paths are as the record names them; ``excluded_by_user`` is 1-based;
     ``options`` holds the run's model, modes, stages, dtype, max_iterations, rotation and robust
-    settings as written. Fields a record lacks are None.
+    settings as written. Fields a record lacks are None. ``tilts_deg`` are those of the written
+    ``.tlt``: flattened by the surface analysis' tilt change when ``surfaces["flattened"]``.
     """
 
     path: str
@@ -245,6 +251,7 @@ class AlignmentRecord:
     rms_residual_px: float | None = None
     mean_residual_px: float | None = None
     has_standard_errors: bool = False
+    surfaces: dict | None = None
 
 
 def _is_number(value) -> bool:
@@ -313,6 +320,13 @@ def read_record(path: str) -> AlignmentRecord:
         else None
     )
     outputs = record.get("outputs")
+    surfaces = record.get("surfaces") if isinstance(record.get("surfaces"), dict) else None
+    flattened = surfaces is not None and surfaces.get("flattened") is True
+    if tilts is not None and flattened:
+        change = surfaces.get("tilt_angle_change_deg")
+        if not _is_number(change):
+            raise InputError(path, None, "'surfaces' is flattened but has no valid 'tilt_angle_change_deg'")
+        tilts = tilts + change
     return AlignmentRecord(
         path=path,
         record_version=version,
@@ -331,4 +345,5 @@ def read_record(path: str) -> AlignmentRecord:
         rms_residual_px=summary.get("rms_residual_px"),
         mean_residual_px=summary.get("mean_residual_px"),
         has_standard_errors="leave_one_out_rms_px" in summary,
+        surfaces=surfaces,
     )

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 
 from .. import __version__, io
+from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
+from ..export.imod import write_xtilt
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
@@ -80,10 +82,15 @@ def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
     }
 
 
-def _stage_alignment_files(out: OutputSet, result, fv: FileViews, marker_ids, inputs: SeriesInputs) -> None:
-    """Stage the .xf, .tlt, .resid and .xyz of a converged alignment (file view order)."""
+def _stage_alignment_files(
+    out: OutputSet, result, fv: FileViews, marker_ids, inputs: SeriesInputs, flat: SurfaceAnalysis | None
+) -> None:
+    """Stage the .xf, .tlt, .resid and .xyz of a converged alignment (file view order); with
+    ``flat``, the .tlt levelled by its tilt change and an .xtilt with its X-axis tilt."""
     io.write_xf(out.stage(".xf"), fv.xf[:, :, :2], fv.xf[:, :, 2])
-    io.write_tlt(out.stage(".tlt"), fv.tilts_deg)
+    io.write_tlt(out.stage(".tlt"), fv.tilts_deg + (flat.tilt_angle_change_deg if flat else 0.0))
+    if flat is not None:
+        write_xtilt(out.stage(".xtilt"), np.full(fv.n_views, flattening_x_tilt_deg(flat)))
     m_idx, v_idx = np.nonzero(fv.mask.T)  # grouped by marker, views increasing (IMOD's order)
     io.write_resid(out.stage(".resid"), fv.xy[v_idx, m_idx], v_idx, fv.residuals[v_idx, m_idx])
     nx, ny = inputs.image_size
@@ -92,15 +99,38 @@ def _stage_alignment_files(out: OutputSet, result, fv: FileViews, marker_ids, in
     io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
 
 
+def flattening_x_tilt_deg(analysis: SurfaceAnalysis) -> float:
+    """The ``.xtilt`` value that applies the analysis' X-axis tilt: IMOD's ``tilt`` uses
+    ``xtilt(view) - XAXISTILT`` (tilt.f90), and the X-axis tilt needed is an XAXISTILT value,
+    so the file gets its negative (0 when too few beads gave none)."""
+    x_tilt = analysis.x_axis_tilt_deg
+    return -x_tilt if x_tilt else 0.0
+
+
+def surface_analysis(result, n_surfaces: int, warn=None) -> SurfaceAnalysis | None:
+    """IMOD's surface analysis of a converged result's markers, or None (with a warning) when
+    it cannot be done (not converged, too few markers)."""
+    if not result.converged:
+        return None
+    try:
+        return analyze_surfaces(result.markers, n_surfaces)
+    except ValueError as exc:
+        if warn is not None:
+            warn(f"no surface analysis: {exc}")
+        return None
+
+
 @dataclass
 class WrittenAlignment:
     """What :func:`write_alignment` wrote: the record (a dict, as in the ``.json``), the result
-    on every file view, the paths written, and the exit status the alignment earns."""
+    on every file view, the paths written, the exit status the alignment earns, and the
+    surface analysis when one was asked for."""
 
     record: dict
     file_views: FileViews
     written: list
     exit_code: int
+    surfaces: SurfaceAnalysis | None = None
 
 
 def write_alignment(
@@ -118,6 +148,9 @@ def write_alignment(
     n_worst: int = 10,
     truth: dict | None = None,
     batch: dict | None = None,
+    surfaces: int | None = None,
+    flatten: bool = False,
+    warn=None,
 ) -> WrittenAlignment:
     """Write a solved series' outputs into ``out``: all of ALIGN_OUTPUTS if it converged, else
     the report only (``.json``, ``.png``); no ``.png`` without ``figure``.
@@ -125,19 +158,27 @@ def write_alignment(
     ``result``: the AlignmentResult of ``sel``'s views (fitting order); ``marker_ids`` (m,) its
     markers' ids; ``errors``: its Uncertainty; ``robust``: its RobustResult; ``truth``: a
     comparison with the truth (``workflow.truth.compare_with_truth``), which also sets the
-    exit status; ``batch``: the batched solve's details for the record's options.
+    exit status; ``batch``: the batched solve's details for the record's options;
+    ``surfaces`` (1 or 2): add IMOD's surface analysis of the markers to the record;
+    ``flatten``: also apply its tilt change to the ``.tlt`` and write its X-axis tilt to an
+    ``.xtilt`` (implies ``surfaces=1`` when not given). ``warn``: one-line warnings.
     """
     fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
     converged = result.converged
     rotation = inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg
     options = settings.record_options(rotation, inputs.rotation_source, command, batch)
+    analysis = surface_analysis(result, surfaces or 1, warn) if (surfaces or flatten) else None
+    flat = analysis if flatten else None
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
+    suffixes += (".xtilt",) if flat is not None else ()
     extra = {
         "outputs": [os.path.basename(p) for p in out.final_paths(suffixes)],
         "exit_code": EXIT_OK if converged else EXIT_FAILED,
     }
     if robust is not None:
         extra["robust"] = robust.to_dict()
+    if analysis is not None:
+        extra["surfaces"] = {**analysis.to_dict(), "flattened": flat is not None}
     if truth is not None:
         extra["truth"] = truth
         if not truth_ok(truth):
@@ -155,11 +196,11 @@ def write_alignment(
     )
     with out:
         if converged:
-            _stage_alignment_files(out, result, fv, marker_ids, inputs)
+            _stage_alignment_files(out, result, fv, marker_ids, inputs, flat)
         out.write_text(".json", record_to_json(record))
         if figure:
             markers_name = os.path.basename(inputs.markers_path)
             title = f"{out.prefix}: {markers_name}, {os.path.basename(inputs.tilts_path)}"
             out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         written = out.commit()
-    return WrittenAlignment(record, fv, written, extra["exit_code"])
+    return WrittenAlignment(record, fv, written, extra["exit_code"], analysis)
