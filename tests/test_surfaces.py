@@ -281,3 +281,22 @@ def test_cli_prints_stores_and_flattens(flattened):
     # reconstruct --alignment reads the flattened tilts back from the record
     back = read_record(str(d / "beads.json"))
     np.testing.assert_allclose(back.tilts_deg, solved + two["tilt_angle_change_deg"])
+
+
+def test_fields_satisfy_their_annotations():
+    import typing
+
+    from beartype.door import is_bearable
+    from jaxtyping import jaxtyped
+
+    from lmalign_jax.analysis import SurfaceAnalysis
+
+    rng = np.random.default_rng(3)
+    analysis = analyze_surfaces(slab(rng, 12, 80.0, 2.0, True)[0], 2, separation_draws=19, significance=0.05)
+    hints = typing.get_type_hints(SurfaceAnalysis)
+    with jaxtyped("context"):
+        for name, hint in hints.items():
+            assert is_bearable(getattr(analysis, name), hint), name
+    with jaxtyped("context"):
+        assert is_bearable(analysis.surface, hints["surface"])
+        assert not is_bearable(analysis.surface, hints["residuals_px"])  # ints are not floats
