@@ -332,3 +332,29 @@ def test_record_reader_gives_the_export_what_it_needs(written):
     with pytest.raises(InputError):
         read_record(str(written["folder"] / "missing.json"))
     json.dumps(written["record"]["summary"])
+
+
+def test_relion_import_star_gets_the_alignment_columns(written, tmp_path):
+    """--relion-tilt-series: RELION's imported STAR (acquisition order, its own columns) comes
+    back with the five alignment columns of our views, matched by nominal tilt."""
+    import pandas as pd
+
+    result = written["result"]
+    nominal = np.round(result.observations.tilts_deg, 2)
+    order = np.random.default_rng(2).permutation(15)
+    imported = pd.DataFrame(
+        {
+            "rlnMicrographMovieName": [f"frames/TS_01_{k:03d}.tif" for k in order],
+            "rlnTomoNominalStageTiltAngle": nominal[order],
+            "rlnMicrographPreExposure": 3.0 * np.arange(15),
+        }
+    )
+    starfile.write({"TS_01": imported}, tmp_path / "TS_01.star")
+    out = tmp_path / "out"
+    argv = ["export", str(written["folder"] / "TS_01.json"), "--to", "relion", "--pixel-size", str(PIXEL_A)]
+    assert main([*argv, "--relion-tilt-series", str(tmp_path / "TS_01.star"), "--out-dir", str(out)]) == 0
+    table = starfile.read(out / "TS_01.star", always_dict=True)["TS_01"]
+    assert list(table["rlnMicrographMovieName"]) == list(imported["rlnMicrographMovieName"])
+    expected = relion_parameters(ViewGeometry.from_result(result), PIXEL_A)
+    for name, values in expected.items():
+        np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)

@@ -27,7 +27,8 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
            (tiltalign's layout). One folder per tilt series: WarpTools' ts_import_alignments and
            RELION's IMOD importer read such a folder.
   aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines)
-  relion   P.star (RELION 5 per-tilt-series STAR, block data_P; needs the pixel size)
+  relion   P.star (RELION 5 per-tilt-series STAR, block data_P; needs the pixel size); with
+           --relion-tilt-series, the STAR RELION's Import wrote with the alignment filled in
   portal   P_portal.json (CryoET Data Portal alignment JSON)
 
 The pixel size comes from --pixel-size, else from the record (the marker file's or the stack's).
@@ -49,7 +50,9 @@ def run_export(args) -> int:
     prefix = args.prefix or os.path.splitext(os.path.basename(args.alignment))[0]
     out_dir = args.out_dir if args.out_dir is not None else os.path.dirname(args.alignment) or "."
     out = OutputSet(out_dir, prefix)
-    check_output_folder(out, export_suffixes(targets), (args.alignment, args.markers))
+    check_output_folder(
+        out, export_suffixes(targets), (args.alignment, args.markers, args.relion_tilt_series)
+    )
     measured = None
     if "imod" in targets:
         measured = measured_markers(record, args.markers)
@@ -59,7 +62,13 @@ def run_export(args) -> int:
                 "solved projection (give --markers FILE to keep the measured points)"
             )
     written = export_alignment(
-        record, targets, out_dir=out_dir, prefix=prefix, pixel_size_angst=args.pixel_size, measured=measured
+        record,
+        targets,
+        out_dir=out_dir,
+        prefix=prefix,
+        pixel_size_angst=args.pixel_size,
+        measured=measured,
+        relion_tilt_series=args.relion_tilt_series,
     )
     print(" Wrote " + ", ".join(written))
     return EXIT_OK
@@ -105,5 +114,10 @@ def add_export(sub):
     p.add_argument("--prefix", metavar="NAME", help="output file stem (default: the record's stem)")
     p.add_argument(
         "--markers", metavar="FILE", help="the measured markers (default: the marker file the record names)"
+    )
+    p.add_argument(
+        "--relion-tilt-series",
+        metavar="STAR",
+        help="the tilt-series STAR RELION 5's Import wrote: P.star is that file with the alignment filled in",
     )
     p.set_defaults(run=run_export)

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..export import ViewGeometry, portal_alignment, write_aln, write_relion_tilt_series, write_xtilt
+from ..export import (
+    ViewGeometry,
+    add_alignment_to_relion_tilt_series,
+    portal_alignment,
+    write_aln,
+    write_relion_tilt_series,
+    write_xtilt,
+)
 from ..export.imod import filled_marker_set, write_erase_model, write_filled_model
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
@@ -213,6 +220,7 @@ def export_alignment(
     with_xf_tlt: bool = True,
     software: str = "lmalign_jax",
     surface_lines: Sequence[str] = (),
+    relion_tilt_series: str | None = None,
 ) -> list[str]:
     """Write ``targets`` (from EXPORT_TARGETS) of ``record`` into ``out_dir``; all or none.
 
@@ -261,7 +269,18 @@ def export_alignment(
             write_aln(out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded))
         if "relion" in targets:
             nominal = record.views.nominal_tilts_deg if record.views is not None else None
-            write_relion_tilt_series(out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal)
+            if relion_tilt_series:
+                if nominal is None:
+                    raise InputError(
+                        record.path, None, "the record has no nominal tilts to match RELION's rows"
+                    )
+                add_alignment_to_relion_tilt_series(
+                    relion_tilt_series, out.stage(".star"), geometry, pixel, nominal
+                )
+            else:
+                write_relion_tilt_series(
+                    out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal
+                )
         if "portal" in targets:
             import json
 
