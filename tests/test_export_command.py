@@ -19,7 +19,7 @@ from lmalign_jax import AlignmentResult, get_model, simulate
 from lmalign_jax.cli import main
 from lmalign_jax.core.result import fit_image_transforms
 from lmalign_jax.export import ViewGeometry, aretomo_parameters, relion_parameters
-from lmalign_jax.export.imod import filled_marker_set, read_xtilt, write_xtilt
+from lmalign_jax.export.imod import filled_marker_set, read_xtilt, read_zfac, write_xtilt
 from lmalign_jax.export.imod_log import AlignLog, format_align_log
 from lmalign_jax.io import InputError, MarkerSet, read_tilts, read_xf, write_markers_csv
 from lmalign_jax.io.imod_model import read_imod_model
@@ -38,62 +38,48 @@ def model_project(result: AlignmentResult, xyz) -> np.ndarray:
     return np.asarray(out).transpose(1, 2, 0)
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    """A simulated series (with gaps) solved exactly: its truth as a result, its record and
-    marker CSV on disk, and ``lmalign export --to all`` run on them."""
+def solved_record(folder, model="jou", extra=None, seed=1):
+    """A simulated series (with gaps) solved exactly, as a result and as a record on disk
+    (``TS_01.json`` beside its marker file ``TS_01.csv``): the truth's views and markers, the
+    xf fitted by the package's own code (core.result.fit_image_transforms)."""
     s = simulate(
         n_views=15,
         n_markers=7,
         image_size=IMAGE,
         rotation_deg=ROTATION,
-        seed=1,
+        seed=seed,
         scale_jitter=0.0,
         missing_fraction=0.2,
+        model=model,
+        extra=extra,
     )
     obs = s.observations
-    m = get_model("jou")
+    m = get_model(model)
     views = np.array(s.views)
-    predicted = model_project(
-        AlignmentResult(
-            model="jou",
-            observations=obs,
-            views=views,
-            markers=s.markers,
-            residuals=np.zeros(obs.xy.shape),
-            stages=(),
-            status="converged",
-            n_free=0,
-            rotation_estimated_deg=None,
-            xf=np.tile(np.eye(2, 3), (15, 1, 1)),
-        ),
-        s.markers,
-    )
+    projection = jnp.asarray(views.T[:, :, None]), jnp.asarray(s.markers.T[:, None, :])
+    predicted = np.asarray(m.project(*projection)).transpose(1, 2, 0).astype(np.float64)
     tilt = views[:, m.index("tilt")]
     x, y, z = s.markers.T
     aligned = np.stack(
         [x * np.cos(tilt)[:, None] + z * np.sin(tilt)[:, None], np.broadcast_to(y, predicted.shape[:2])], -1
     )
-    residuals = np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan)
     result = AlignmentResult(
-        model="jou",
+        model=model,
         observations=obs,
         views=views,
         markers=s.markers,
-        residuals=residuals,
+        residuals=np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan),
         stages=(),
         status="converged",
-        n_free=5 * 15 + 3 * 7,
+        n_free=len(m.parameters) * 15 + 3 * 7,
         rotation_estimated_deg=None,
         xf=fit_image_transforms(predicted, aligned),
     )
-    folder = tmp_path_factory.mktemp("export")
     ids = tuple(range(3, 10))  # not 1..m: contour ids must survive
     write_markers_csv(folder / "TS_01.csv", MarkerSet(obs.xy, obs.mask, ids))
-    fv = expand_to_file_views(result, np.arange(15), obs.tilts_deg)
     record = build_record(
         result,
-        fv,
+        expand_to_file_views(result, np.arange(15), obs.tilts_deg),
         marker_ids=ids,
         inputs={
             "markers": str(folder / "TS_01.csv"),
@@ -102,22 +88,20 @@ def written(tmp_path_factory):
             "pixel_size_A": None,
             "excluded_by_user": [],
         },
-        options={"model": "jou", "rotation_deg": ROTATION},
+        options={"model": model, "rotation_deg": ROTATION},
     )
     (folder / "TS_01.json").write_text(record_to_json(record))
+    return result, record, ids
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A jou alignment's record, and ``lmalign export --to all`` run on it."""
+    folder = tmp_path_factory.mktemp("export")
+    result, record, ids = solved_record(folder)
     out = folder / "out"
-    code = main(
-        [
-            "export",
-            str(folder / "TS_01.json"),
-            "--to",
-            "all",
-            "--pixel-size",
-            str(PIXEL_A),
-            "--out-dir",
-            str(out),
-        ]
-    )
+    argv = ["export", str(folder / "TS_01.json"), "--to", "all", "--pixel-size", str(PIXEL_A)]
+    code = main([*argv, "--out-dir", str(out)])
     return {"result": result, "folder": folder, "out": out, "code": code, "ids": ids, "record": record}
 
 
@@ -130,6 +114,7 @@ def test_export_all_writes_every_file_and_they_read_back_with_the_records_number
         "TS_01.aln", "TS_01.star", "TS_01_portal.json",
     }  # fmt: skip
     assert not (out / "TS_01.tltxf").exists()  # equals the .xf: we align the raw images
+    assert not (out / "TS_01.zfac").exists()  # jou has no stretch
     a, d = read_xf(out / "TS_01.xf")
     np.testing.assert_allclose(a, result.xf[:, :, :2], rtol=0, atol=5.1e-8)  # 4f12.7
     np.testing.assert_allclose(d, result.xf[:, :, 2], rtol=0, atol=5.1e-4)  # 2f12.3
@@ -358,3 +343,26 @@ def test_relion_import_star_gets_the_alignment_columns(written, tmp_path):
     expected = relion_parameters(ViewGeometry.from_result(result), PIXEL_A)
     for name, values in expected.items():
         np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)
+
+
+def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path):
+    """Luther's model scales z differently from x before the tilt, which no 2-D .xf can undo:
+    the written .xf maps the solved markers to tilt's frame only up to a height-dependent error.
+    The .zfac is tilt's correction z (xzfac, yzfac) fitted to that error by least squares
+    (the error left is orthogonal to z in every view), and it lowers the RMS error."""
+    result, _, _ = solved_record(tmp_path, "luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "TS_01.json"), "--to", "imod", "--out-dir", str(out)]) == 0
+    zfac = read_zfac(out / "TS_01.zfac")
+    assert zfac.shape == (15, 2)
+    xyz = result.markers
+    projected = model_project(result, xyz)
+    aligned = np.einsum("nij,nmj->nmi", result.xf[:, :, :2], projected) + result.xf[:, None, :, 2]
+    t = np.radians(result.tilts_deg)[:, None]
+    x, y, z = xyz[None, :, 0], xyz[None, :, 1], xyz[None, :, 2]
+    plain = np.stack([x * np.cos(t) + z * np.sin(t), np.broadcast_to(y, t.shape[:1] + y.shape[1:])], -1)
+    left = aligned - (plain + z[..., None] * zfac[:, None, :])
+    # orthogonal to z (to the file's 7 decimals and float32 projections)
+    assert np.abs(np.einsum("m,nmi->ni", xyz[:, 2], left)).max() < 1e-3 * np.sum(xyz[:, 2] ** 2) * 1e-3
+    before, after = np.sqrt(np.mean((aligned - plain) ** 2)), np.sqrt(np.mean(left**2))
+    assert before > 0.5 and after < 0.75 * before

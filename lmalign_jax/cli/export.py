@@ -24,8 +24,8 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
 
   imod     P.xf, P.tlt, P.xtilt (zeros), P_nogaps.fid (fiducial model, gaps filled by the solved
            projection), P_erase.fid (beads in the aligned stack, for ccderaser) and {ALIGN_LOG_NAME}
-           (tiltalign's layout). One folder per tilt series: WarpTools' ts_import_alignments and
-           RELION's IMOD importer read such a folder.
+           (tiltalign's layout); P.zfac (tilt's z factors) when the model stretches. One folder
+           per tilt series: WarpTools' ts_import_alignments and RELION's IMOD importer read it.
   aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines)
   relion   P.star (RELION 5 per-tilt-series STAR, block data_P; needs the pixel size); with
            --relion-tilt-series, the STAR RELION's Import wrote with the alignment filled in

@@ -12,6 +12,11 @@ bio3d.colorado.edu/imod/doc/man/tiltalign.html; etomo's ``align.com``):
   *aligned* stack, one contour per bead, z = view, for ``ccderaser -CircleObjects /`` run on
   the aligned stack as etomo's gold-erasing step does (etomo transforms the filled model by
   the alignment transforms with ``xfmodel``, which gives these points).
+- ``OutputZFactorFile`` (``.zfac``): per view, ``xzfac yzfac``, read free-format by ``tilt``
+  (ZFACTORFILE, ``read(3,*) (xzfac(i), yzfac(i), i = 1, numViews)``), which back-projects a
+  point at height z to ``x cos(tilt) + z (sin(tilt) + xzfac)``, ``y + z yzfac`` in the aligned
+  image (tilt.f90, X-axis tilt 0): the z-dependent part of a distortion the 2-D ``.xf``
+  cannot remove (a stretch of the specimen before the tilt).
 - ``OutputTransformFile`` (``.tltxf``): the transforms from the *prealigned* stack to the
   aligned one; etomo multiplies them with the prealignment (``xfproduct`` of ``.prexg`` and
   ``.tltxf``) into the ``.xf``. We align the raw images, so ``.tltxf`` equals ``.xf`` and is
@@ -28,7 +33,7 @@ import os
 import numpy as np
 from jaxtyping import Bool, Float
 
-from ..io import MarkerSet, atomic_write
+from ..io import InputError, MarkerSet, atomic_write
 from ..io.fixed_width import record_format, write_records
 from ..io.tilts import read_angles
 from .conventions import ViewGeometry, our_project
@@ -38,9 +43,11 @@ __all__ = [
     "filled_marker_set",
     "projected_positions",
     "read_xtilt",
+    "read_zfac",
     "write_erase_model",
     "write_filled_model",
     "write_xtilt",
+    "write_zfac",
 ]
 
 #: One ``.xtilt`` line, etomo's ``f7.2`` (widened, never truncated, for angles that need more).
@@ -63,6 +70,45 @@ def read_xtilt(path: str | os.PathLike) -> Float[np.ndarray, " n_views"]:
     """Read an IMOD ``.xtilt`` file: float64 (n_views,) X-axis tilts in degrees (the reader of
     ``.tlt`` files, :func:`lmalign_jax.io.tilts.read_angles`, with its messages)."""
     return read_angles(path, "X-axis tilt angle")
+
+
+#: One ``.zfac`` line: xzfac, yzfac (tilt reads them free-format).
+ZFAC_RECORD = record_format("2f12.7")
+
+
+def write_zfac(path: str | os.PathLike, z_factors: Float[np.ndarray, "n_views 2"]) -> None:
+    """Write per-view ``(xzfac, yzfac)`` (n_views, 2), dimensionless, as ``2f12.7`` lines."""
+    values = np.asarray(z_factors, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != 2 or values.shape[0] == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"z_factors must be finite, shape (n_views, 2), got {values.shape}")
+    with atomic_write(path) as f:
+        write_records(f, ZFAC_RECORD, [values[:, 0], values[:, 1]])
+
+
+def read_zfac(path: str | os.PathLike) -> Float[np.ndarray, "n_views 2"]:
+    """Read a ``.zfac`` file: (n_views, 2) ``xzfac, yzfac``, two finite numbers per line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, f"cannot read the z-factor file ({exc.__class__.__name__})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for k, raw in enumerate(lines, start=1):
+        tokens = raw.split()
+        try:
+            row = [float(t) for t in tokens]
+        except ValueError:
+            row = []
+        if len(row) != 2 or not np.all(np.isfinite(row)):
+            raise InputError(
+                path, k, f"expected two finite z factors (xzfac yzfac), got {raw.strip()[:60]!r}"
+            )
+        rows.append(row)
+    if not rows:
+        raise InputError(path, None, "no z factors")
+    return np.array(rows, dtype=np.float64)
 
 
 def _centre(geometry: ViewGeometry) -> np.ndarray:

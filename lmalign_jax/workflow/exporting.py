@@ -11,8 +11,8 @@ Files, for ``--prefix P``:
   tilt), ``P_nogaps.fid`` (gaps filled by the solved projection), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
-  ``ts_import_alignments`` expect). No ``.tltxf`` (it equals the ``.xf``: we align the raw
-  images) and no ``.zfac`` (not written yet).
+  ``ts_import_alignments`` expect), and ``P.zfac`` when the model has stretch
+  (:func:`z_factors`). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
 - aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines).
 - relion: ``P.star``, RELION 5's per-tilt-series STAR (block ``data_P``); needs the pixel size.
 - portal: ``P_portal.json``, the CryoET Data Portal alignment JSON.
@@ -33,7 +33,7 @@ from ..export import (
     write_relion_tilt_series,
     write_xtilt,
 )
-from ..export.imod import filled_marker_set, write_erase_model, write_filled_model
+from ..export.imod import filled_marker_set, write_erase_model, write_filled_model, write_zfac
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
 from ..io.markerset import contour_numbers
@@ -50,12 +50,16 @@ __all__ = [
     "measured_markers",
     "parse_export_targets",
     "read_alignment_record",
+    "z_factors",
 ]
 
 EXPORT_TARGETS = ("imod", "aretomo", "relion", "portal")
 ALIGN_LOG_NAME = "align.log"
+#: Parameters that stretch the specimen or the image: with any of them away from neutral, the
+#: IMOD export includes a ``.zfac`` (tilt's ZFACTORFILE).
+STRETCH_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew")
 _SUFFIXES = {
-    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid"),
+    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac"),
     "aretomo": (".aln",),
     "relion": (".star",),
     "portal": ("_portal.json",),
@@ -188,6 +192,61 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
     )
 
 
+def z_factors(record: AlignmentRecord) -> np.ndarray | None:
+    """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when the record's model has
+    no stretch (:data:`STRETCH_PARAMETERS` all neutral on the fitted views).
+
+    Per fitted view, the aligned positions of the solved markers (the ``.xf`` applied to the
+    model's projection) minus tilt's ``(x cos t + z sin t, y)``, regressed on z through zero
+    (least squares over the markers): the part of the geometry that varies with height and
+    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0.
+    """
+    views, markers = record.views, record.markers
+    if views is None or markers is None or record.model_name is None:
+        return None
+    from ..models import MODELS, get_model  # JAX: loaded only for a model with stretch
+
+    if record.model_name not in MODELS:
+        return None
+    model = get_model(record.model_name)
+    keep = ~views.excluded
+    neutral = dict(zip(model.parameters, model.neutral, strict=True))
+    stretched = [
+        p
+        for p in model.parameters
+        if p in STRETCH_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
+    ]
+    if not stretched or not keep.any():
+        return None
+    import jax.numpy as jnp
+
+    params = np.stack(  # (P, k), the model's units: the record has angles in degrees
+        [
+            np.radians(views.parameters[p][keep]) if kind == "angle" else views.parameters[p][keep]
+            for p, kind in zip(model.parameters, model.kinds, strict=True)
+        ]
+    )
+    xyz = markers.xyz
+    projected = np.asarray(model.project(jnp.asarray(params[:, :, None]), jnp.asarray(xyz.T[:, None, :])))
+    projected = projected.transpose(1, 2, 0).astype(np.float64)  # (k, m, 2), centred pixels
+    xf = record.xf[keep]
+    aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
+    tilt = np.radians(record.tilts_deg[keep])[:, None]
+    ideal = np.stack(
+        [
+            xyz[None, :, 0] * np.cos(tilt) + xyz[None, :, 2] * np.sin(tilt),
+            np.broadcast_to(xyz[:, 1], tilt.shape[:1] + xyz[:, 1].shape),
+        ],
+        axis=-1,
+    )
+    z = xyz[:, 2]
+    denominator = float(np.sum(z * z))
+    out = np.zeros((record.xf.shape[0], 2))
+    if denominator > 0:
+        out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
+    return out
+
+
 def _check_align_log(out_dir: str, prefix: str) -> None:
     """Refuse to replace another series' align.log (one folder per tilt series)."""
     path = os.path.join(out_dir, ALIGN_LOG_NAME)
@@ -254,6 +313,9 @@ def export_alignment(
                 write_xf(out.stage(".xf"), record.xf[:, :, :2], record.xf[:, :, 2])
                 write_tlt(out.stage(".tlt"), record.tilts_deg)
             write_xtilt(out.stage(".xtilt"), geometry.x_tilt_deg)
+            zfac = z_factors(record)
+            if zfac is not None:
+                write_zfac(out.stage(".zfac"), zfac)
             markers = record.markers
             filled = filled_marker_set(
                 geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel
