@@ -366,3 +366,41 @@ def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path
     assert np.abs(np.einsum("m,nmi->ni", xyz[:, 2], left)).max() < 1e-3 * np.sum(xyz[:, 2] ** 2) * 1e-3
     before, after = np.sqrt(np.mean((aligned - plain) ** 2)), np.sqrt(np.mean(left**2))
     assert before > 0.5 and after < 0.75 * before
+
+
+def test_a_number_a_layout_cannot_hold_is_named_and_nothing_is_written(written, tmp_path, capsys):
+    record = json.loads((written["folder"] / "TS_01.json").read_text())
+    record["views"][3]["xf"][4] = 1e9  # a shift no .aln column holds
+    (tmp_path / "far.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys, ["export", str(tmp_path / "far.json"), "--to", "imod,aretomo", "--out-dir", str(out)]
+    )
+    assert code == 2 and len(err) == 1 and "cannot be written for aretomo: view 3: TX" in err[0]
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path):
+    """``align --export`` after a converged alignment (exit 0): the targets, without writing
+    .xf/.tlt again; a failed alignment (exit 1) exports nothing and keeps its status."""
+    from argparse import Namespace
+
+    from lmalign_jax.cli.export import export_after_align
+
+    for name in ("TS_01.json", "TS_01.csv"):
+        (tmp_path / name).write_bytes((written["folder"] / name).read_bytes())
+    args = Namespace(
+        export="aretomo,imod",
+        prefix=None,
+        markers=str(tmp_path / "TS_01.csv"),
+        out_dir=str(tmp_path),
+        pixel_size=None,
+    )
+    assert export_after_align(args, 1) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "TS_01.csv",
+        "TS_01.json",
+    ]
+    assert export_after_align(args, 0) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"TS_01.aln", "TS_01.xtilt", "TS_01_nogaps.fid", "align.log"} <= names
+    assert "TS_01.xf" not in names  # align wrote it; export does not again

@@ -20,6 +20,7 @@ Files, for ``--prefix P``:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -306,46 +307,56 @@ def export_alignment(
         if record.views is None or record.markers is None:
             raise InputError(record.path, None, "the record lacks its per-view table or solved markers")
         _check_align_log(out_dir, prefix)
+    stage = {
+        "imod": lambda out: _stage_imod(
+            out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines
+        ),
+        "aretomo": lambda out: write_aln(
+            out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded)
+        ),
+        "relion": lambda out: _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series),
+        "portal": lambda out: out.write_text(
+            "_portal.json",
+            json.dumps(portal_alignment(geometry, excluded_views=np.flatnonzero(excluded)), indent=2) + "\n",
+        ),
+    }
     out = OutputSet(out_dir, prefix)
     with out:
-        if "imod" in targets:
-            if with_xf_tlt:
-                write_xf(out.stage(".xf"), record.xf[:, :, :2], record.xf[:, :, 2])
-                write_tlt(out.stage(".tlt"), record.tilts_deg)
-            write_xtilt(out.stage(".xtilt"), geometry.x_tilt_deg)
-            zfac = z_factors(record)
-            if zfac is not None:
-                write_zfac(out.stage(".zfac"), zfac)
-            markers = record.markers
-            filled = filled_marker_set(
-                geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel
-            )
-            write_filled_model(out.stage("_nogaps.fid"), filled)
-            write_erase_model(
-                out.stage("_erase.fid"), geometry, markers.xyz, markers.ids, fitted, pixel_size_angst=pixel
-            )
-            write_align_log(
-                out.stage_named(ALIGN_LOG_NAME), _align_log(record, prefix, software), surface_lines
-            )
-        if "aretomo" in targets:
-            write_aln(out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded))
-        if "relion" in targets:
-            nominal = record.views.nominal_tilts_deg if record.views is not None else None
-            if relion_tilt_series:
-                if nominal is None:
-                    raise InputError(
-                        record.path, None, "the record has no nominal tilts to match RELION's rows"
-                    )
-                add_alignment_to_relion_tilt_series(
-                    relion_tilt_series, out.stage(".star"), geometry, pixel, nominal
-                )
-            else:
-                write_relion_tilt_series(
-                    out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal
-                )
-        if "portal" in targets:
-            import json
-
-            document = portal_alignment(geometry, excluded_views=np.flatnonzero(excluded))
-            out.write_text("_portal.json", json.dumps(document, indent=2) + "\n")
+        for target in targets:
+            try:
+                stage[target](out)
+            except InputError:
+                raise
+            except ValueError as exc:  # a writer's layout cannot hold a number: say which, write nothing
+                raise InputError(record.path, None, f"cannot be written for {target}: {exc}") from None
         return out.commit()
+
+
+def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines) -> None:
+    """Stage the IMOD files (module docstring) in ``out``."""
+    prefix = out.prefix
+    if with_xf_tlt:
+        write_xf(out.stage(".xf"), record.xf[:, :, :2], record.xf[:, :, 2])
+        write_tlt(out.stage(".tlt"), record.tilts_deg)
+    write_xtilt(out.stage(".xtilt"), geometry.x_tilt_deg)
+    zfac = z_factors(record)
+    if zfac is not None:
+        write_zfac(out.stage(".zfac"), zfac)
+    markers = record.markers
+    filled = filled_marker_set(geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel)
+    write_filled_model(out.stage("_nogaps.fid"), filled)
+    write_erase_model(
+        out.stage("_erase.fid"), geometry, markers.xyz, markers.ids, fitted, pixel_size_angst=pixel
+    )
+    write_align_log(out.stage_named(ALIGN_LOG_NAME), _align_log(record, prefix, software), surface_lines)
+
+
+def _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series) -> None:
+    """Stage ``P.star``: stand-alone, or RELION's imported tilt-series STAR with our columns."""
+    nominal = record.views.nominal_tilts_deg if record.views is not None else None
+    if not relion_tilt_series:
+        write_relion_tilt_series(out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal)
+        return
+    if nominal is None:
+        raise InputError(record.path, None, "the record has no nominal tilts to match RELION's rows")
+    add_alignment_to_relion_tilt_series(relion_tilt_series, out.stage(".star"), geometry, pixel, nominal)
