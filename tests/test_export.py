@@ -416,7 +416,7 @@ def test_xtilt_round_trip_and_real_files(tmp_path):
     with pytest.raises(InputError, match=r"bad.xtilt:2: expected one X-axis tilt"):
         read_xtilt(tmp_path / "bad.xtilt")
     (tmp_path / "nan.xtilt").write_text("0.0\nnan\n")
-    with pytest.raises(InputError, match=r"nan.xtilt:2: .* not a finite number"):
+    with pytest.raises(InputError, match=r"nan.xtilt:2: X-axis tilt angle is not finite"):
         read_xtilt(tmp_path / "nan.xtilt")
 
 

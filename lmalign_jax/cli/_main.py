@@ -15,6 +15,7 @@ from .batch import add_batch
 from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CommandParser, UsageError
 from .compare import add_compare
 from .demo import add_demo
+from .export import add_export
 from .reconstruct import add_reconstruct
 from .simulate import add_simulate
 
@@ -25,6 +26,7 @@ COMMANDS = {
     "batch": add_batch,
     "compare": add_compare,
     "demo": add_demo,
+    "export": add_export,
     "reconstruct": add_reconstruct,
     "simulate": add_simulate,
 }

@@ -26,7 +26,9 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
+from ..workflow.exporting import parse_export_targets
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
+from .export import export_after_align
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
@@ -93,7 +95,9 @@ def settings_from_args(args) -> AlignSettings:
 
 def run_align(args) -> int:
     """``lmalign align``."""
-    return align_and_report(
+    if args.export:
+        parse_export_targets(args.export, "--export")  # refuse a bad list before solving
+    code = align_and_report(
         args.markers,
         args.tilts,
         settings_from_args(args),
@@ -111,6 +115,7 @@ def run_align(args) -> int:
         surfaces=args.surfaces,
         flatten=args.flatten,
     )
+    return export_after_align(args, code)
 
 
 def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
@@ -375,4 +380,10 @@ def add_align(sub):
     p.add_argument(
         "--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals"
     )
+    p.add_argument(
+        "--export",
+        metavar="TARGETS",
+        help="also write imod, aretomo, relion, portal (comma-separated) or all, as 'lmalign export' does",
+    )
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size for --export, Angstrom")
     p.set_defaults(run=run_align)

@@ -71,10 +71,17 @@ class OutputSet:
 
     def stage(self, suffix: str) -> str:
         """A path in the staging folder to write the file with ``suffix`` to (by any writer)."""
-        final = self.path(suffix)
+        return self.stage_named(self.prefix + suffix)
+
+    def stage_named(self, name: str) -> str:
+        """As :meth:`stage`, for a file whose name is not ``<prefix><suffix>`` (etomo's
+        ``align.log``): ``<out_dir>/<name>``."""
+        if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+            raise ValueError(f"name must be a plain file name, got {name!r}")
+        final = os.path.join(self.out_dir, name)
         if final in self._staged:
             raise ValueError(f"{final} is already part of this output set")
-        staged = os.path.join(self._ensure_staging(), self.prefix + suffix)
+        staged = os.path.join(self._ensure_staging(), name)
         self._staged[final] = staged
         return staged
 

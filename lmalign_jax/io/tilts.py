@@ -19,7 +19,7 @@ from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import write_records
 
-__all__ = ["read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
+__all__ = ["read_angles", "read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
 
 TILT_EXTENSIONS = (".tlt", ".rawtlt")
 
@@ -31,19 +31,27 @@ def read_tilts(path: str | os.PathLike) -> np.ndarray:
     than one value, or a value that is not a finite number is an :class:`InputError`.
     """
     check_extension(path, TILT_EXTENSIONS, "tilt-angle")
+    return read_angles(path, "tilt angle")
+
+
+def read_angles(path: str | os.PathLike, what: str = "tilt angle") -> np.ndarray:
+    """Read a file of one angle per line (line k = view k), any extension: float64 (n_views,)
+    degrees. IMOD's ``.tlt``, ``.rawtlt`` and ``.xtilt`` files have this layout; ``what`` names
+    the angle in messages. Errors as :func:`read_tilts`.
+    """
     lines = read_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise InputError(path, None, "no tilt angles")
+        raise InputError(path, None, f"no {what}s")
     out = []
     for k, raw in enumerate(lines, start=1):
         tok = raw.split()
         if not tok:
-            raise InputError(path, k, "blank line before the last tilt angle (line k must be view k)")
+            raise InputError(path, k, f"blank line before the last {what} (line k must be view k)")
         if len(tok) != 1:
-            raise InputError(path, k, f"expected one tilt angle per line, got {len(tok)} values")
-        out.append(parse_float(tok[0], path, k, "tilt angle"))
+            raise InputError(path, k, f"expected one {what} per line, got {len(tok)} values")
+        out.append(parse_float(tok[0], path, k, what))
     return np.array(out, dtype=np.float64)
 
 

@@ -252,6 +252,35 @@ class AlignmentRecord:
     mean_residual_px: float | None = None
     has_standard_errors: bool = False
     surfaces: dict | None = None
+    pixel_size_A: float | None = None
+    model_name: str | None = None
+    views: ViewTable | None = None
+    markers: MarkerTable | None = None
+    sd_residual_px: float | None = None
+    n_points: int | None = None
+    n_free: int | None = None
+
+
+@dataclass(frozen=True)
+class ViewTable:
+    """The record's per-view numbers (n views, file order): ``excluded`` (n,) bool,
+    ``nominal_tilts_deg`` (n,), ``parameters`` name -> (n,) (the model's, degrees/pixels/
+    ratios), ``mean_residual_px`` (n,) (NaN: no point)."""
+
+    excluded: np.ndarray
+    nominal_tilts_deg: np.ndarray
+    parameters: dict
+    mean_residual_px: np.ndarray
+
+
+@dataclass(frozen=True)
+class MarkerTable:
+    """The record's solved markers (m): ``ids`` (m,) in the input file, ``xyz`` (m, 3) pixels
+    from the specimen centre, ``mean_residual_px`` (m,) (NaN: no point)."""
+
+    ids: np.ndarray
+    xyz: np.ndarray
+    mean_residual_px: np.ndarray
 
 
 def _is_number(value) -> bool:
@@ -275,6 +304,51 @@ def _transforms(path: str, views: list) -> tuple[np.ndarray, np.ndarray]:
         xf[k, :, 2] = values[4:]
         tilts[k] = tilt
     return xf, tilts
+
+
+def _number_or_nan(value) -> float:
+    return float(value) if _is_number(value) else float("nan")
+
+
+def _view_table(views: list) -> ViewTable | None:
+    """The per-view table, or None when a view lacks its numbers (an older or cut record)."""
+    names = views[0].get("parameters") if isinstance(views[0], dict) else None
+    if not isinstance(names, dict) or not names:
+        return None
+    rows = []
+    for v in views:
+        params = v.get("parameters") if isinstance(v, dict) else None
+        if not (
+            isinstance(params, dict)
+            and params.keys() == names.keys()
+            and (v.get("excluded") or all(map(_is_number, params.values())))
+            and _is_number(v.get("nominal_tilt_deg"))
+        ):
+            return None  # an excluded view has no solved parameters (null): NaN
+        rows.append(v)
+    return ViewTable(
+        excluded=np.array([bool(v.get("excluded")) for v in rows]),
+        nominal_tilts_deg=np.array([float(v["nominal_tilt_deg"]) for v in rows]),
+        parameters={n: np.array([_number_or_nan(v["parameters"][n]) for v in rows]) for n in names},
+        mean_residual_px=np.array([_number_or_nan(v.get("mean_residual_px")) for v in rows]),
+    )
+
+
+def _marker_table(markers) -> MarkerTable | None:
+    """The solved markers, or None when the record has none (a failed alignment)."""
+    if not isinstance(markers, list) or not markers:
+        return None
+    keys = ("x", "y", "z")
+    if not all(
+        isinstance(m, dict) and isinstance(m.get("id"), int) and all(_is_number(m.get(k)) for k in keys)
+        for m in markers
+    ):
+        return None
+    return MarkerTable(
+        ids=np.array([m["id"] for m in markers], dtype=np.int64),
+        xyz=np.array([[float(m[k]) for k in keys] for m in markers]),
+        mean_residual_px=np.array([_number_or_nan(m.get("mean_residual_px")) for m in markers]),
+    )
 
 
 def read_record(path: str) -> AlignmentRecord:
@@ -327,6 +401,8 @@ def read_record(path: str) -> AlignmentRecord:
         if not _is_number(change):
             raise InputError(path, None, "'surfaces' is flattened but has no valid 'tilt_angle_change_deg'")
         tilts = tilts + change
+    pixel = inputs.get("pixel_size_A")
+    model = section("model")
     return AlignmentRecord(
         path=path,
         record_version=version,
@@ -346,4 +422,11 @@ def read_record(path: str) -> AlignmentRecord:
         mean_residual_px=summary.get("mean_residual_px"),
         has_standard_errors="leave_one_out_rms_px" in summary,
         surfaces=surfaces,
+        pixel_size_A=float(pixel) if _is_number(pixel) and pixel > 0 else None,
+        model_name=model.get("name") if isinstance(model.get("name"), str) else None,
+        views=_view_table(views),
+        markers=_marker_table(record.get("markers")),
+        sd_residual_px=summary.get("sd_residual_px") if _is_number(summary.get("sd_residual_px")) else None,
+        n_points=summary.get("n_points") if isinstance(summary.get("n_points"), int) else None,
+        n_free=summary.get("n_free") if isinstance(summary.get("n_free"), int) else None,
     )

@@ -1,0 +1,362 @@
+"""Exporting a written alignment for the next program: IMOD, AreTomo, RELION 5, the Data Portal.
+
+:func:`export_alignment` turns an alignment record (``<prefix>.json``, read back by
+:func:`lmalign_jax.report.read_record`) into the files each program reads, all or none
+(:class:`~lmalign_jax.io.outputs.OutputSet`). ``lmalign export`` and ``lmalign align
+--export`` call it. The writers and their conventions are in :mod:`lmalign_jax.export`.
+
+Files, for ``--prefix P``:
+
+- imod: ``P.xf``, ``P.tlt`` (as in the record), ``P.xtilt`` (zeros: our ``.xf`` hold no X-axis
+  tilt), ``P_nogaps.fid`` (gaps filled by the solved projection), ``P_erase.fid`` (beads in
+  the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
+  names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
+  ``ts_import_alignments`` expect), and ``P.zfac`` when the model has stretch
+  (:func:`z_factors`). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
+- aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines).
+- relion: ``P.star``, RELION 5's per-tilt-series STAR (block ``data_P``); needs the pixel size.
+- portal: ``P_portal.json``, the CryoET Data Portal alignment JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..export import (
+    ViewGeometry,
+    add_alignment_to_relion_tilt_series,
+    portal_alignment,
+    write_aln,
+    write_relion_tilt_series,
+    write_xtilt,
+)
+from ..export.imod import filled_marker_set, write_erase_model, write_filled_model, write_zfac
+from ..export.imod_log import AlignLog, write_align_log
+from ..io import InputError, write_tlt, write_xf
+from ..io.markerset import contour_numbers
+from ..io.outputs import OutputSet
+from ..report import AlignmentRecord, read_record
+from .series import _read_marker_file
+from .status import UsageError
+
+__all__ = [
+    "ALIGN_LOG_NAME",
+    "EXPORT_TARGETS",
+    "export_alignment",
+    "export_suffixes",
+    "measured_markers",
+    "parse_export_targets",
+    "read_alignment_record",
+    "z_factors",
+]
+
+EXPORT_TARGETS = ("imod", "aretomo", "relion", "portal")
+ALIGN_LOG_NAME = "align.log"
+#: Parameters that stretch the specimen or the image: with any of them away from neutral, the
+#: IMOD export includes a ``.zfac`` (tilt's ZFACTORFILE).
+STRETCH_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew")
+_SUFFIXES = {
+    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac"),
+    "aretomo": (".aln",),
+    "relion": (".star",),
+    "portal": ("_portal.json",),
+}
+
+
+def parse_export_targets(text: str, option: str = "--to") -> tuple[str, ...]:
+    """``"imod,relion"`` or ``"all"`` as targets in EXPORT_TARGETS order; UsageError otherwise."""
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise UsageError(f"{option}: name one or more of {', '.join(EXPORT_TARGETS)}, or all")
+    if "all" in names:
+        return EXPORT_TARGETS
+    unknown = [n for n in names if n not in EXPORT_TARGETS]
+    if unknown:
+        raise UsageError(
+            f"{option}: unknown target {unknown[0]!r}; choose from {', '.join(EXPORT_TARGETS)}, or all"
+        )
+    return tuple(t for t in EXPORT_TARGETS if t in names)
+
+
+def export_suffixes(targets: Sequence[str], *, with_xf_tlt: bool = True) -> tuple[str, ...]:
+    """The ``<prefix>`` suffixes the targets write (align.log aside)."""
+    out = []
+    for t in targets:
+        out += [s for s in _SUFFIXES[t] if with_xf_tlt or s not in (".xf", ".tlt")]
+    return tuple(out)
+
+
+def measured_markers(record: AlignmentRecord, markers_path: str | None = None):
+    """The measured points behind ``record`` (for the filled model): ``markers_path``, else the
+    marker file the record names (as given, then beside the record). None when not found."""
+    candidates = [markers_path] if markers_path else []
+    if not markers_path and record.markers_path:
+        candidates += [
+            record.markers_path,
+            os.path.join(
+                os.path.dirname(os.path.abspath(record.path)), os.path.basename(record.markers_path)
+            ),
+        ]
+    n_views = record.xf.shape[0] if record.xf is not None else None
+    for path in candidates:
+        if path and (os.path.isfile(path) or markers_path):
+            markers, _, _ = _read_marker_file(path, None, n_views)
+            return markers
+    return None
+
+
+def read_alignment_record(path: str) -> AlignmentRecord:
+    """The record at ``path`` (InputError naming it if it is not an ``lmalign align`` record)."""
+    return read_record(path)
+
+
+def _require(record: AlignmentRecord, what: str):
+    if not record.converged or record.xf is None:
+        raise InputError(
+            record.path,
+            None,
+            f"this alignment did not converge ({record.status}); there is nothing to export",
+        )
+    if record.image_size is None:
+        raise InputError(record.path, None, f"the record has no image size, needed for {what}")
+
+
+def _geometry(record: AlignmentRecord) -> ViewGeometry:
+    try:
+        return ViewGeometry(record.xf, record.tilts_deg, None, record.image_size)
+    except ValueError as exc:
+        raise InputError(record.path, None, f"its transforms cannot be exported ({exc})") from None
+
+
+def _excluded(record: AlignmentRecord) -> np.ndarray:
+    """(n,) views left out of the solution (by the user or for lack of markers)."""
+    if record.views is not None:
+        return record.views.excluded
+    return np.zeros(record.xf.shape[0], dtype=bool)
+
+
+def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
+    views, markers = record.views, record.markers
+    keep = ~views.excluded
+    params = views.parameters
+    n_keep = int(keep.sum())
+
+    def param(name, default):
+        return params[name][keep] if name in params else np.full(n_keep, default)
+
+    scale = param("scale", 1.0)
+    tilts = record.tilts_deg[keep]
+    options = record.options
+    start = options.get("rotation_deg")
+    rotation = float(start) if isinstance(start, (int, float)) else float(np.mean(param("rotation", 0.0)))
+    entries = [
+        ("ModelFile", os.path.basename(record.markers_path or "")),
+        ("ImageFile", os.path.basename(record.stack_path or "")),
+        ("OutputResidualFile", f"{prefix}.resid"),
+        ("OutputFidXYZFile", f"{prefix}.xyz"),
+        ("OutputFilledInModel", f"{prefix}_nogaps.fid"),
+        ("OutputTiltFile", f"{prefix}.tlt"),
+        ("OutputXAxisTiltFile", f"{prefix}.xtilt"),
+        ("OutputTransformFile", f"{prefix}.xf"),
+        ("RotationAngle", f"{rotation:.2f}"),
+        ("TiltFile", os.path.basename(record.tilts_path or "")),
+        ("AngleOffset", "0.0"),
+    ]
+    if record.excluded_by_user:
+        entries.append(("ExcludeList", ",".join(str(v) for v in record.excluded_by_user)))
+    if record.pixel_size_A is not None:
+        entries.append(("UnbinnedPixelSize", f"{record.pixel_size_A / 10.0:g}"))
+    n_points = record.n_points or 0
+    return AlignLog(
+        entries=tuple(entries),
+        view_numbers=np.flatnonzero(keep) + 1,
+        rotation_deg=param("rotation", 0.0),
+        tilt_deg=tilts,
+        delta_tilt_deg=tilts - views.nominal_tilts_deg[keep],
+        magnification=scale,
+        dmag=param("xstretch", 0.0),
+        skew_deg=param("skew", 0.0),
+        view_mean_residual_px=views.mean_residual_px[keep],
+        contour_numbers=np.asarray(contour_numbers(tuple(int(i) for i in markers.ids))),
+        markers_xyz=markers.xyz,
+        marker_mean_residual_px=markers.mean_residual_px,
+        n_points=int(n_points),
+        n_unknowns=int(record.n_free or 0),
+        residual_mean_px=float(record.mean_residual_px or 0.0),
+        residual_sd_px=float(record.sd_residual_px) if record.sd_residual_px is not None else float("nan"),
+        note=f"Written by {software} from {os.path.basename(record.path)} (model {record.model_name}), "
+        "not by IMOD's tiltalign; lengths in pixels",
+    )
+
+
+def z_factors(record: AlignmentRecord) -> np.ndarray | None:
+    """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when the record's model has
+    no stretch (:data:`STRETCH_PARAMETERS` all neutral on the fitted views).
+
+    Per fitted view, the aligned positions of the solved markers (the ``.xf`` applied to the
+    model's projection) minus tilt's ``(x cos t + z sin t, y)``, regressed on z through zero
+    (least squares over the markers): the part of the geometry that varies with height and
+    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0.
+    """
+    views, markers = record.views, record.markers
+    if views is None or markers is None or record.model_name is None:
+        return None
+    from ..models import MODELS, get_model  # JAX: loaded only for a model with stretch
+
+    if record.model_name not in MODELS:
+        return None
+    model = get_model(record.model_name)
+    keep = ~views.excluded
+    neutral = dict(zip(model.parameters, model.neutral, strict=True))
+    stretched = [
+        p
+        for p in model.parameters
+        if p in STRETCH_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
+    ]
+    if not stretched or not keep.any():
+        return None
+    import jax.numpy as jnp
+
+    params = np.stack(  # (P, k), the model's units: the record has angles in degrees
+        [
+            np.radians(views.parameters[p][keep]) if kind == "angle" else views.parameters[p][keep]
+            for p, kind in zip(model.parameters, model.kinds, strict=True)
+        ]
+    )
+    xyz = markers.xyz
+    projected = np.asarray(model.project(jnp.asarray(params[:, :, None]), jnp.asarray(xyz.T[:, None, :])))
+    projected = projected.transpose(1, 2, 0).astype(np.float64)  # (k, m, 2), centred pixels
+    xf = record.xf[keep]
+    aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
+    tilt = np.radians(record.tilts_deg[keep])[:, None]
+    ideal = np.stack(
+        [
+            xyz[None, :, 0] * np.cos(tilt) + xyz[None, :, 2] * np.sin(tilt),
+            np.broadcast_to(xyz[:, 1], tilt.shape[:1] + xyz[:, 1].shape),
+        ],
+        axis=-1,
+    )
+    z = xyz[:, 2]
+    denominator = float(np.sum(z * z))
+    out = np.zeros((record.xf.shape[0], 2))
+    if denominator > 0:
+        out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
+    return out
+
+
+def _check_align_log(out_dir: str, prefix: str) -> None:
+    """Refuse to replace another series' align.log (one folder per tilt series)."""
+    path = os.path.join(out_dir, ALIGN_LOG_NAME)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(20000)
+    except OSError:
+        return
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "OutputTiltFile":
+            if value.strip() != f"{prefix}.tlt":
+                raise UsageError(
+                    f"{path} belongs to another tilt series ({value.strip()}); IMOD files go in one folder "
+                    "per tilt series: choose another --out-dir"
+                )
+            return
+
+
+def export_alignment(
+    record: AlignmentRecord,
+    targets: Sequence[str],
+    *,
+    out_dir: str,
+    prefix: str,
+    pixel_size_angst: float | None = None,
+    measured=None,
+    with_xf_tlt: bool = True,
+    software: str = "lmalign_jax",
+    surface_lines: Sequence[str] = (),
+    relion_tilt_series: str | None = None,
+) -> list[str]:
+    """Write ``targets`` (from EXPORT_TARGETS) of ``record`` into ``out_dir``; all or none.
+
+    pixel_size_angst: A/px, default the record's (RELION needs one); measured: the input's
+    MarkerSet (gaps of the filled model are filled, measured points kept; None: all projected);
+    with_xf_tlt: write ``.xf``/``.tlt`` with the IMOD files (``align --export`` has just
+    written them); surface_lines: the surface-analysis block for ``align.log``. Returns the
+    paths written. InputError for a record that cannot be exported, UsageError for a missing
+    pixel size or a folder holding another series' ``align.log``.
+    """
+    targets = tuple(targets)
+    _require(record, ", ".join(targets))
+    geometry = _geometry(record)
+    pixel = pixel_size_angst if pixel_size_angst is not None else record.pixel_size_A
+    if "relion" in targets and pixel is None:
+        raise UsageError(
+            f"RELION needs the pixel size and {record.path} has none: give --pixel-size (Angstrom per pixel)"
+        )
+    if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
+        raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
+    excluded = _excluded(record)
+    fitted = ~excluded
+    if "imod" in targets:
+        if record.views is None or record.markers is None:
+            raise InputError(record.path, None, "the record lacks its per-view table or solved markers")
+        _check_align_log(out_dir, prefix)
+    stage = {
+        "imod": lambda out: _stage_imod(
+            out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines
+        ),
+        "aretomo": lambda out: write_aln(
+            out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded)
+        ),
+        "relion": lambda out: _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series),
+        "portal": lambda out: out.write_text(
+            "_portal.json",
+            json.dumps(portal_alignment(geometry, excluded_views=np.flatnonzero(excluded)), indent=2) + "\n",
+        ),
+    }
+    out = OutputSet(out_dir, prefix)
+    with out:
+        for target in targets:
+            try:
+                stage[target](out)
+            except InputError:
+                raise
+            except ValueError as exc:  # a writer's layout cannot hold a number: say which, write nothing
+                raise InputError(record.path, None, f"cannot be written for {target}: {exc}") from None
+        return out.commit()
+
+
+def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines) -> None:
+    """Stage the IMOD files (module docstring) in ``out``."""
+    prefix = out.prefix
+    if with_xf_tlt:
+        write_xf(out.stage(".xf"), record.xf[:, :, :2], record.xf[:, :, 2])
+        write_tlt(out.stage(".tlt"), record.tilts_deg)
+    write_xtilt(out.stage(".xtilt"), geometry.x_tilt_deg)
+    zfac = z_factors(record)
+    if zfac is not None:
+        write_zfac(out.stage(".zfac"), zfac)
+    markers = record.markers
+    filled = filled_marker_set(geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel)
+    write_filled_model(out.stage("_nogaps.fid"), filled)
+    write_erase_model(
+        out.stage("_erase.fid"), geometry, markers.xyz, markers.ids, fitted, pixel_size_angst=pixel
+    )
+    write_align_log(out.stage_named(ALIGN_LOG_NAME), _align_log(record, prefix, software), surface_lines)
+
+
+def _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series) -> None:
+    """Stage ``P.star``: stand-alone, or RELION's imported tilt-series STAR with our columns."""
+    nominal = record.views.nominal_tilts_deg if record.views is not None else None
+    if not relion_tilt_series:
+        write_relion_tilt_series(out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal)
+        return
+    if nominal is None:
+        raise InputError(record.path, None, "the record has no nominal tilts to match RELION's rows")
+    add_alignment_to_relion_tilt_series(relion_tilt_series, out.stage(".star"), geometry, pixel, nominal)

@@ -1,0 +1,406 @@
+"""``lmalign export`` (workflow.exporting, cli/export.py) and IMOD's extra files: every file
+read back by its ecosystem's reader with the record's numbers, the align.log read by the
+parsers RELION 5's IMOD importer uses, and bad input refused in one line with nothing written.
+
+The alignment is a simulated series' truth written as a record (no solve), so every exported
+number has an exact reference: the projection model's own positions."""
+
+import json
+from pathlib import Path
+
+import alnfile
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import starfile
+from cryoet_alignment.io.cryoet_data_portal import Alignment
+
+from lmalign_jax import AlignmentResult, get_model, simulate
+from lmalign_jax.cli import main
+from lmalign_jax.core.result import fit_image_transforms
+from lmalign_jax.export import ViewGeometry, aretomo_parameters, relion_parameters
+from lmalign_jax.export.imod import filled_marker_set, read_xtilt, read_zfac, write_xtilt
+from lmalign_jax.export.imod_log import AlignLog, format_align_log
+from lmalign_jax.io import InputError, MarkerSet, read_tilts, read_xf, write_markers_csv
+from lmalign_jax.io.imod_model import read_imod_model
+from lmalign_jax.report import build_record, expand_to_file_views, read_record, record_to_json
+
+IMAGE = (1024, 900)
+PIXEL_A = 2.17
+ROTATION = 85.0
+LOGS = Path(__file__).resolve().parent / "data" / "imod-logs"
+
+
+def model_project(result: AlignmentResult, xyz) -> np.ndarray:
+    """(n_views, m, 2) positions by the result's projection model, centred pixels."""
+    m = get_model(result.model)
+    out = m.project(jnp.asarray(result.views.T[:, :, None]), jnp.asarray(np.asarray(xyz).T[:, None, :]))
+    return np.asarray(out).transpose(1, 2, 0)
+
+
+def solved_record(folder, model="jou", extra=None, seed=1):
+    """A simulated series (with gaps) solved exactly, as a result and as a record on disk
+    (``TS_01.json`` beside its marker file ``TS_01.csv``): the truth's views and markers, the
+    xf fitted by the package's own code (core.result.fit_image_transforms)."""
+    s = simulate(
+        n_views=15,
+        n_markers=7,
+        image_size=IMAGE,
+        rotation_deg=ROTATION,
+        seed=seed,
+        scale_jitter=0.0,
+        missing_fraction=0.2,
+        model=model,
+        extra=extra,
+    )
+    obs = s.observations
+    m = get_model(model)
+    views = np.array(s.views)
+    projection = jnp.asarray(views.T[:, :, None]), jnp.asarray(s.markers.T[:, None, :])
+    predicted = np.asarray(m.project(*projection)).transpose(1, 2, 0).astype(np.float64)
+    tilt = views[:, m.index("tilt")]
+    x, y, z = s.markers.T
+    aligned = np.stack(
+        [x * np.cos(tilt)[:, None] + z * np.sin(tilt)[:, None], np.broadcast_to(y, predicted.shape[:2])], -1
+    )
+    result = AlignmentResult(
+        model=model,
+        observations=obs,
+        views=views,
+        markers=s.markers,
+        residuals=np.where(obs.mask[..., None], predicted - obs.centered_xy, np.nan),
+        stages=(),
+        status="converged",
+        n_free=len(m.parameters) * 15 + 3 * 7,
+        rotation_estimated_deg=None,
+        xf=fit_image_transforms(predicted, aligned),
+    )
+    ids = tuple(range(3, 10))  # not 1..m: contour ids must survive
+    write_markers_csv(folder / "TS_01.csv", MarkerSet(obs.xy, obs.mask, ids))
+    record = build_record(
+        result,
+        expand_to_file_views(result, np.arange(15), obs.tilts_deg),
+        marker_ids=ids,
+        inputs={
+            "markers": str(folder / "TS_01.csv"),
+            "tilts": "TS_01.rawtlt",
+            "image_size": list(IMAGE),
+            "pixel_size_A": None,
+            "excluded_by_user": [],
+        },
+        options={"model": model, "rotation_deg": ROTATION},
+    )
+    (folder / "TS_01.json").write_text(record_to_json(record))
+    return result, record, ids
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A jou alignment's record, and ``lmalign export --to all`` run on it."""
+    folder = tmp_path_factory.mktemp("export")
+    result, record, ids = solved_record(folder)
+    out = folder / "out"
+    argv = ["export", str(folder / "TS_01.json"), "--to", "all", "--pixel-size", str(PIXEL_A)]
+    code = main([*argv, "--out-dir", str(out)])
+    return {"result": result, "folder": folder, "out": out, "code": code, "ids": ids, "record": record}
+
+
+def test_export_all_writes_every_file_and_they_read_back_with_the_records_numbers(written):
+    out, result = written["out"], written["result"]
+    assert written["code"] == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "TS_01.xf", "TS_01.tlt", "TS_01.xtilt", "TS_01_nogaps.fid", "TS_01_erase.fid", "align.log",
+        "TS_01.aln", "TS_01.star", "TS_01_portal.json",
+    }  # fmt: skip
+    assert not (out / "TS_01.tltxf").exists()  # equals the .xf: we align the raw images
+    assert not (out / "TS_01.zfac").exists()  # jou has no stretch
+    a, d = read_xf(out / "TS_01.xf")
+    np.testing.assert_allclose(a, result.xf[:, :, :2], rtol=0, atol=5.1e-8)  # 4f12.7
+    np.testing.assert_allclose(d, result.xf[:, :, 2], rtol=0, atol=5.1e-4)  # 2f12.3
+    np.testing.assert_allclose(read_tilts(out / "TS_01.tlt"), result.tilts_deg, rtol=0, atol=5.1e-4)
+    np.testing.assert_array_equal(read_xtilt(out / "TS_01.xtilt"), np.zeros(15))
+    geometry = ViewGeometry.from_result(result)
+    relion = relion_parameters(geometry, PIXEL_A)
+    table = starfile.read(out / "TS_01.star", always_dict=True)["TS_01"]
+    for name, values in relion.items():
+        np.testing.assert_allclose(table[name].to_numpy(), values, rtol=0, atol=5.1e-7)
+    aln = alnfile.read(out / "TS_01.aln")
+    expected = aretomo_parameters(geometry)
+    np.testing.assert_allclose(aln["rot"].to_numpy(), expected["ROT"], rtol=0, atol=5.1e-5)
+    np.testing.assert_allclose(aln["tilt"].to_numpy(), expected["TILT"], rtol=0, atol=5.1e-3)
+    portal = Alignment.from_file(str(out / "TS_01_portal.json"))
+    sections = portal.per_section_alignment_parameters
+    np.testing.assert_allclose([p.tilt_angle for p in sections], result.tilts_deg, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([p.x_offset for p in sections], expected["TX"], rtol=0, atol=1e-9)
+
+
+def test_filled_model_keeps_measured_points_and_fills_gaps_with_the_model_projection(written):
+    """Read back by imodmodel (via the package's reader): one contour per marker with its id,
+    a point on every view; measured points as measured, the others where the projection model
+    puts the solved marker (float32 model file: ~1e-4 px at 1000 px)."""
+    result = written["result"]
+    obs = result.observations
+    assert not obs.mask.all()  # the series has gaps to fill
+    filled = read_imod_model(written["out"] / "TS_01_nogaps.fid")
+    assert filled.marker_ids == written["ids"] and filled.mask.all() and filled.image_size == IMAGE
+    projected = model_project(result, result.markers) + obs.center
+    expected = np.where(obs.mask[..., None], obs.xy, projected)
+    np.testing.assert_allclose(filled.xy, expected, rtol=0, atol=2e-4)
+    erase = read_imod_model(written["out"] / "TS_01_erase.fid")
+    # the aligned stack: the xf applied to the model's projection, about the image centre
+    aligned = (
+        np.einsum("nij,nmj->nmi", result.xf[:, :, :2], projected - obs.center) + result.xf[:, None, :, 2]
+    )
+    np.testing.assert_allclose(erase.xy, aligned + obs.center, rtol=0, atol=2e-4)
+    # and there a marker's y is the same in every view (MODEL.md): the test can fail
+    assert np.ptp(erase.xy[:, :, 1], axis=0).max() < 1e-3
+
+
+def _first_value(path, key):
+    """yet_another_imod_wrapper.utils.etomo's rule: the number after the last '=' of the first
+    line containing ``key`` (re-derived, as RELION 5's IMOD importer calls it)."""
+    for line in Path(path).read_text().splitlines():
+        if key in line:
+            return float(line.strip().split("=")[-1])
+    return None
+
+
+def _importer_zrot(xf_path, rotation_angle):
+    """RELION 5's IMOD importer: atan2(-A21, A11), negated when -RotationAngle is closer."""
+    a, _ = read_xf(xf_path)
+    theta = np.degrees(np.arctan2(-a[:, 1, 0], a[:, 0, 0]))
+    if np.abs(-rotation_angle - theta).sum() < np.abs(rotation_angle - theta).sum():
+        theta = -theta
+    return theta
+
+
+def test_align_log_is_read_as_tiltalign_s_by_relions_imod_importer(written):
+    out, result = written["out"], written["result"]
+    log = out / "align.log"
+    assert _first_value(log, "RotationAngle =") == ROTATION
+    assert _first_value(log, "AngleOffset =") == 0.0
+    zrot = _importer_zrot(out / "TS_01.xf", _first_value(log, "RotationAngle ="))
+    np.testing.assert_allclose(
+        zrot, relion_parameters(ViewGeometry.from_result(result), 1.0)["rlnTomoZRot"], atol=1e-5
+    )
+    # the same parsers on a real tiltalign log (EMPIAR-10164 TS_01): they are not vacuous
+    assert _first_value(LOGS / "220728_TS_01_align.log", "RotationAngle =") == 85.0
+    assert _first_value(LOGS / "220728_TS_01_align.log", "AngleOffset =") == 9.02
+    text = log.read_text()
+    mean, sd = (float(t) for t in text.split("Residual error mean and sd:")[1].split()[:2])
+    record = written["record"]["summary"]
+    assert mean == pytest.approx(record["mean_residual_px"], abs=5e-4)
+    assert sd == pytest.approx(record["sd_residual_px"], abs=5e-4)
+
+
+def _view_rows(text):
+    """The per-view table as tiltalign's fixed columns (i4, 2f10.1, f10.2, 2f10.4, 2f10.2)."""
+    lines = text.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith(" view   rotation    tilt"))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        cuts = [0, 4, 14, 24, 34, 44, 54, 64, 74]
+        rows.append([float(line[i:j]) for i, j in zip(cuts[:-1], cuts[1:], strict=True)])
+    return np.array(rows)
+
+
+def test_view_table_has_tiltalign_s_columns(written):
+    """Sliced at the columns of a real log, our table gives the record's views; the real
+    log's table slices the same way (41 views minus 1 excluded)."""
+    ours = _view_rows((written["out"] / "align.log").read_text())
+    result = written["result"]
+    np.testing.assert_array_equal(ours[:, 0], np.arange(1, 16))
+    np.testing.assert_allclose(ours[:, 2], result.tilts_deg, atol=0.051)
+    np.testing.assert_allclose(ours[:, 1], result.rotation_deg, atol=0.051)
+    np.testing.assert_allclose(ours[:, 4], result.parameter("scale"), atol=5.1e-5)
+    real = _view_rows((LOGS / "220728_TS_01_align.log").read_text())
+    assert real.shape == (40, 8) and real[0, 0] == 2 and real[-1, 2] == 69.0
+
+
+def test_surface_lines_go_after_the_residual_summary():
+    log = AlignLog(
+        entries=(("RotationAngle", "1.00"),),
+        view_numbers=np.array([1, 2]),
+        rotation_deg=np.zeros(2),
+        tilt_deg=np.array([-30.0, 30.0]),
+        delta_tilt_deg=np.zeros(2),
+        magnification=np.ones(2),
+        dmag=np.zeros(2),
+        skew_deg=np.zeros(2),
+        view_mean_residual_px=np.array([0.1, np.nan]),
+        contour_numbers=np.array([4]),
+        markers_xyz=np.array([[1.0, 2.0, 3.0]]),
+        marker_mean_residual_px=np.array([0.2]),
+        n_points=4,
+        n_unknowns=3,
+        residual_mean_px=0.25,
+        residual_sd_px=0.05,
+    )
+    lines = format_align_log(
+        log, surface_lines=[" SURFACE ANALYSIS:", " Total tilt angle change =  1.5"]
+    ).splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith(" Residual error mean and sd:"))
+    assert lines[k + 2 : k + 4] == [" SURFACE ANALYSIS:", " Total tilt angle change =  1.5"]
+    assert " SURFACE" not in format_align_log(log)
+
+
+def test_filled_model_fills_only_fitted_views():
+    s = simulate(n_views=5, n_markers=3, image_size=IMAGE, seed=0)
+    geometry = ViewGeometry(np.tile(np.eye(2, 3), (5, 1, 1)), s.observations.tilts_deg, None, IMAGE)
+    fitted = np.array([True, True, False, True, True])
+    filled = filled_marker_set(geometry, s.markers, (1, 2, 3), None, fitted)
+    np.testing.assert_array_equal(filled.mask, np.broadcast_to(fitted[:, None], (5, 3)))
+
+
+def test_xtilt_writer_widens_angles_its_f7_2_field_cannot_hold(tmp_path):
+    values = np.array([0.0, -0.01, 12345.678, -1e6])
+    write_xtilt(tmp_path / "a.xtilt", values)
+    np.testing.assert_allclose(read_xtilt(tmp_path / "a.xtilt"), values, rtol=0, atol=5.1e-3)
+    assert (tmp_path / "a.xtilt").read_text().splitlines()[:2] == ["   0.00", "  -0.01"]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "case, problem",
+    [
+        ("missing", "file not found"),
+        ("corrupt", "not valid JSON"),
+        ("unknown", "unknown target 'imod2'"),
+        ("no-pixel", "RELION needs the pixel size"),
+        ("bad-markers", "nope.csv"),
+    ],
+)
+def test_bad_input_gets_one_line_exit_2_and_nothing_written(written, tmp_path, capsys, case, problem):
+    folder = written["folder"]
+    good = str(folder / "TS_01.json")
+    out = tmp_path / "out"
+    argv = {
+        "missing": ["export", str(tmp_path / "none.json"), "--to", "imod"],
+        "corrupt": ["export", str(tmp_path / "bad.json"), "--to", "imod"],
+        "unknown": ["export", good, "--to", "imod2"],
+        "no-pixel": ["export", good, "--to", "imod,relion"],
+        "bad-markers": ["export", good, "--to", "imod", "--markers", str(tmp_path / "nope.csv")],
+    }[case]
+    (tmp_path / "bad.json").write_text('{"views": [1, 2')
+    code, err = _run(capsys, [*argv, "--out-dir", str(out)])
+    assert code == 2 and len(err) == 1 and err[0].startswith("lmalign: error:") and problem in err[0]
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_export_refuses_another_series_align_log(written, tmp_path, capsys):
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "align.log").write_text("  OutputTiltFile = TS_99.tlt\n")
+    code, err = _run(
+        capsys, ["export", str(written["folder"] / "TS_01.json"), "--to", "imod", "--out-dir", str(out)]
+    )
+    assert code == 2 and "another tilt series" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["align.log"]
+
+
+def test_record_reader_gives_the_export_what_it_needs(written):
+    record = read_record(str(written["folder"] / "TS_01.json"))
+    assert record.markers is not None and record.views is not None and record.pixel_size_A is None
+    np.testing.assert_array_equal(record.markers.ids, written["ids"])
+    np.testing.assert_allclose(record.markers.xyz, written["result"].markers, rtol=0, atol=0)
+    with pytest.raises(InputError):
+        read_record(str(written["folder"] / "missing.json"))
+    json.dumps(written["record"]["summary"])
+
+
+def test_relion_import_star_gets_the_alignment_columns(written, tmp_path):
+    """--relion-tilt-series: RELION's imported STAR (acquisition order, its own columns) comes
+    back with the five alignment columns of our views, matched by nominal tilt."""
+    import pandas as pd
+
+    result = written["result"]
+    nominal = np.round(result.observations.tilts_deg, 2)
+    order = np.random.default_rng(2).permutation(15)
+    imported = pd.DataFrame(
+        {
+            "rlnMicrographMovieName": [f"frames/TS_01_{k:03d}.tif" for k in order],
+            "rlnTomoNominalStageTiltAngle": nominal[order],
+            "rlnMicrographPreExposure": 3.0 * np.arange(15),
+        }
+    )
+    starfile.write({"TS_01": imported}, tmp_path / "TS_01.star")
+    out = tmp_path / "out"
+    argv = ["export", str(written["folder"] / "TS_01.json"), "--to", "relion", "--pixel-size", str(PIXEL_A)]
+    assert main([*argv, "--relion-tilt-series", str(tmp_path / "TS_01.star"), "--out-dir", str(out)]) == 0
+    table = starfile.read(out / "TS_01.star", always_dict=True)["TS_01"]
+    assert list(table["rlnMicrographMovieName"]) == list(imported["rlnMicrographMovieName"])
+    expected = relion_parameters(ViewGeometry.from_result(result), PIXEL_A)
+    for name, values in expected.items():
+        np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)
+
+
+def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path):
+    """Luther's model scales z differently from x before the tilt, which no 2-D .xf can undo:
+    the written .xf maps the solved markers to tilt's frame only up to a height-dependent error.
+    The .zfac is tilt's correction z (xzfac, yzfac) fitted to that error by least squares
+    (the error left is orthogonal to z in every view), and it lowers the RMS error."""
+    result, _, _ = solved_record(tmp_path, "luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "TS_01.json"), "--to", "imod", "--out-dir", str(out)]) == 0
+    zfac = read_zfac(out / "TS_01.zfac")
+    assert zfac.shape == (15, 2)
+    xyz = result.markers
+    projected = model_project(result, xyz)
+    aligned = np.einsum("nij,nmj->nmi", result.xf[:, :, :2], projected) + result.xf[:, None, :, 2]
+    t = np.radians(result.tilts_deg)[:, None]
+    x, y, z = xyz[None, :, 0], xyz[None, :, 1], xyz[None, :, 2]
+    plain = np.stack([x * np.cos(t) + z * np.sin(t), np.broadcast_to(y, t.shape[:1] + y.shape[1:])], -1)
+    left = aligned - (plain + z[..., None] * zfac[:, None, :])
+    # orthogonal to z (to the file's 7 decimals and float32 projections)
+    assert np.abs(np.einsum("m,nmi->ni", xyz[:, 2], left)).max() < 1e-3 * np.sum(xyz[:, 2] ** 2) * 1e-3
+    before, after = np.sqrt(np.mean((aligned - plain) ** 2)), np.sqrt(np.mean(left**2))
+    assert before > 0.5 and after < 0.75 * before
+
+
+def test_a_number_a_layout_cannot_hold_is_named_and_nothing_is_written(written, tmp_path, capsys):
+    record = json.loads((written["folder"] / "TS_01.json").read_text())
+    record["views"][3]["xf"][4] = 1e9  # a shift no .aln column holds
+    (tmp_path / "far.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys, ["export", str(tmp_path / "far.json"), "--to", "imod,aretomo", "--out-dir", str(out)]
+    )
+    assert code == 2 and len(err) == 1 and "cannot be written for aretomo: view 3: TX" in err[0]
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path):
+    """``align --export`` after a converged alignment (exit 0): the targets, without writing
+    .xf/.tlt again; a failed alignment (exit 1) exports nothing and keeps its status."""
+    from argparse import Namespace
+
+    from lmalign_jax.cli.export import export_after_align
+
+    for name in ("TS_01.json", "TS_01.csv"):
+        (tmp_path / name).write_bytes((written["folder"] / name).read_bytes())
+    args = Namespace(
+        export="aretomo,imod",
+        prefix=None,
+        markers=str(tmp_path / "TS_01.csv"),
+        out_dir=str(tmp_path),
+        pixel_size=None,
+    )
+    assert export_after_align(args, 1) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "TS_01.csv",
+        "TS_01.json",
+    ]
+    assert export_after_align(args, 0) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"TS_01.aln", "TS_01.xtilt", "TS_01_nogaps.fid", "align.log"} <= names
+    assert "TS_01.xf" not in names  # align wrote it; export does not again
