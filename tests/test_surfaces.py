@@ -300,3 +300,19 @@ def test_fields_satisfy_their_annotations():
     with jaxtyped("context"):
         assert is_bearable(analysis.surface, hints["surface"])
         assert not is_bearable(analysis.surface, hints["residuals_px"])  # ints are not floats
+
+
+def test_export_carries_the_flattening_and_the_surface_block(flattened, tmp_path):
+    """``lmalign export --to imod`` of a flattened record: the same levelled .tlt and .xtilt as
+    ``align --flatten`` wrote, and IMOD's surface-analysis block in align.log."""
+    d, rc, *_ = flattened
+    assert rc == 0
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["export", str(d / "beads.json"), "--to", "imod", "--out-dir", str(tmp_path)])
+    assert code == 0, err.getvalue()
+    np.testing.assert_allclose(read_tilts(tmp_path / "beads.tlt"), read_tilts(d / "beads.tlt"), atol=1e-6)
+    np.testing.assert_allclose(read_xtilt(tmp_path / "beads.xtilt"), read_xtilt(d / "beads.xtilt"), atol=1e-6)
+    log = (tmp_path / "align.log").read_text()
+    assert " SURFACE ANALYSIS:" in log and " On top surface:" in log
+    assert log.index("Residual error mean and sd:") < log.index(" SURFACE ANALYSIS:")

@@ -239,6 +239,7 @@ class SurfaceAnalysis:
             "two_surfaces": dict(vars(self.two_surfaces)) if self.two_surfaces is not None else None,
             "surface": [int(s) for s in self.surface],
             "residuals_px": [float(r) for r in self.residuals_px],
+            "imod_log_lines": self.imod_log_lines(),
         }
         return out
 

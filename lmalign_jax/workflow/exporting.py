@@ -42,6 +42,7 @@ from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .series import _read_marker_file
 from .status import UsageError
+from .writing import xtilt_file_value_deg
 
 __all__ = [
     "ALIGN_LOG_NAME",
@@ -338,7 +339,7 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
     if with_xf_tlt:
         write_xf(out.stage(".xf"), record.xf[:, :, :2], record.xf[:, :, 2])
         write_tlt(out.stage(".tlt"), record.tilts_deg)
-    write_xtilt(out.stage(".xtilt"), geometry.x_tilt_deg)
+    write_xtilt(out.stage(".xtilt"), _x_tilts(record, geometry))
     zfac = z_factors(record)
     if zfac is not None:
         write_zfac(out.stage(".zfac"), zfac)
@@ -348,7 +349,27 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
     write_erase_model(
         out.stage("_erase.fid"), geometry, markers.xyz, markers.ids, fitted, pixel_size_angst=pixel
     )
-    write_align_log(out.stage_named(ALIGN_LOG_NAME), _align_log(record, prefix, software), surface_lines)
+    write_align_log(
+        out.stage_named(ALIGN_LOG_NAME),
+        _align_log(record, prefix, software),
+        surface_lines or _recorded_surface_lines(record),
+    )
+
+
+def _x_tilts(record: AlignmentRecord, geometry) -> np.ndarray:
+    """(n,) ``.xtilt`` degrees: the geometry's (zeros for our models), or, where ``align
+    --flatten`` levelled the series, the value its ``.xtilt`` got (``xtilt_file_value_deg``)."""
+    surfaces = record.surfaces or {}
+    x_tilt = surfaces.get("x_axis_tilt_deg")
+    if surfaces.get("flattened") is True and isinstance(x_tilt, int | float):
+        return np.full(len(geometry.x_tilt_deg), xtilt_file_value_deg(x_tilt))
+    return np.asarray(geometry.x_tilt_deg)
+
+
+def _recorded_surface_lines(record: AlignmentRecord) -> list[str]:
+    """The surface-analysis block ``align --surfaces`` stored in the record (none: [])."""
+    lines = (record.surfaces or {}).get("imod_log_lines")
+    return [str(line) for line in lines] if isinstance(lines, list) else []
 
 
 def _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series) -> None:

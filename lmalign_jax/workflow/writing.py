@@ -100,11 +100,15 @@ def _stage_alignment_files(
 
 
 def flattening_x_tilt_deg(analysis: SurfaceAnalysis) -> float:
-    """The ``.xtilt`` value that applies the analysis' X-axis tilt: IMOD's ``tilt`` uses
-    ``xtilt(view) - XAXISTILT`` (tilt.f90), and the X-axis tilt needed is an XAXISTILT value,
-    so the file gets its negative (0 when too few beads gave none)."""
-    x_tilt = analysis.x_axis_tilt_deg
-    return -x_tilt if x_tilt else 0.0
+    """The ``.xtilt`` value that applies the analysis' X-axis tilt (``xtilt_file_value_deg``)."""
+    return xtilt_file_value_deg(analysis.x_axis_tilt_deg)
+
+
+def xtilt_file_value_deg(x_axis_tilt_deg: float | None) -> float:
+    """The ``.xtilt`` value that applies an X-axis tilt needed to level the specimen: IMOD's
+    ``tilt`` uses ``xtilt(view) - XAXISTILT`` (tilt.f90), and the X-axis tilt needed is an
+    XAXISTILT value, so the file gets its negative (0 when too few beads gave none)."""
+    return -float(x_axis_tilt_deg) if x_axis_tilt_deg else 0.0
 
 
 def surface_analysis(result, n_surfaces: int, warn=None) -> SurfaceAnalysis | None:
