@@ -38,7 +38,7 @@ Computation
 -----------
 The specimen (positions, texture grid) is drawn once on the host with numpy. The expected image is
 computed in JAX, ``vmap``-ed over a batch of views: one texture lookup (bilinear, on a grid of
-about ``D / 6`` px) and the carbon step per pixel, and for the beads and ice blobs one fixed-size
+``D / 4`` px, 0.5 to 2) and the carbon step per pixel, and for the beads and ice blobs one fixed-size
 window each, added into the image with a scatter. Batches are sized to stay within
 ``memory_bytes``; each finished view is written into ``out`` (e.g. a memory-mapped MRC), so a
 large stack never sits in memory. Poisson counts are drawn per view on the host
@@ -176,7 +176,7 @@ def _gaussian_field(rng, shape, sigma_samples) -> np.ndarray:
 def _texture(rng, half_extent, diameter) -> tuple[np.ndarray, float, tuple[float, float]]:
     """The mid-plane texture (optical depth, before the ``background`` scale) covering
     ``|x| <= half_extent[0]``, ``|y| <= half_extent[1]``: fine and coarse noise plus a lattice."""
-    step = float(min(2.0, max(0.5, diameter / 6.0)))
+    step = float(min(2.0, max(0.5, diameter / 4.0)))
     shape = tuple(int(math.ceil(2.0 * h / step)) + 2 for h in (half_extent[1], half_extent[0]))
     fine = _gaussian_field(rng, shape, 0.35 * diameter / step)
     coarse = _gaussian_field(rng, shape, 4.0 * diameter / step)
@@ -277,11 +277,11 @@ def cryo_specimen(
         # the edge crosses the field 25-40% of the way in from the border it faces
         reach = 0.5 * abs(normal[0]) * nx + 0.5 * abs(normal[1]) * ny
         carbon = (float(normal[0]), float(normal[1]), float(rng.uniform(0.2, 0.5) * reach), top)
-    # The texture covers every specimen point a view can see at z = 0: the field's corners, shifts
-    # of a few tens of px, stretched by 1 / cos(max tilt) across the tilt axis (any direction).
+    # The texture covers every specimen point a view can see at z = 0: the aligned frame holds the
+    # field's corners and shifts of a few tens of px, stretched by 1 / cos(max tilt) in x.
     radius = 0.5 * math.hypot(nx, ny) + 0.1 * max(nx, ny) + 64.0
     stretch = 1.0 / max(math.cos(max_tilt), 0.2)
-    texture, step, origin = _texture(rng, (radius * stretch, radius * stretch), d)
+    texture, step, origin = _texture(rng, (radius * stretch, radius), d)
     return CryoSpecimen(
         beads=np.asarray(beads, dtype=np.float64).reshape(-1, 3),
         bead_diameter_px=d,
