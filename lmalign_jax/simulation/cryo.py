@@ -479,7 +479,15 @@ def render_stack(
     reach = float(np.max(np.linalg.norm(np.linalg.inv(a), 2, axis=(1, 2)))) if t.size else 1.0
     dia = specimen.bead_diameter_px
     bead_window = int(math.ceil(dia * reach)) + 3
-    ice_window = int(math.ceil(float(np.max(specimen.ice_diameter_px, initial=1.0)) * reach)) + 3
+    # static sizes that do not depend on the draw, so one compilation serves every specimen
+    ice_window = (
+        int(
+            math.ceil(
+                max(ICE_DIAMETERS[1] * dia, float(np.max(specimen.ice_diameter_px, initial=1.0))) * reach
+            )
+        )
+        + 3
+    )
     carbon = specimen.carbon or (1.0, 0.0, 1e9, 0.0)
     im = imaging
     params = np.array(
