@@ -46,8 +46,10 @@ def _resolve_defaults(args) -> None:
     for name, (plain, with_stack) in SIZE_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, with_stack if stack else plain)
+    realistic = bool(getattr(args, "realistic", False))
+    if getattr(args, "missing", None) is None:
+        args.missing = 0.0 if realistic else 0.1
     if getattr(args, "shift", None) is None:
-        realistic = bool(getattr(args, "realistic", False))
         args.shift = REALISTIC_SHIFT_PX if realistic else default_shift(args.image_size)
 
 
@@ -134,10 +136,11 @@ def realistic_specimen(options: dict):
     )
 
 
-def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
-    """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series."""
+def write_series(series, out: OutputSet, settings: dict, marker_ids=None) -> tuple[str, str]:
+    """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series
+    (markers numbered ``marker_ids``, default 1 to n)."""
     obs = series.observations
-    ids = tuple(range(1, obs.n_markers + 1))
+    ids = tuple(range(1, obs.n_markers + 1)) if marker_ids is None else tuple(marker_ids)
     ms = io.MarkerSet(
         xy=obs.xy,
         mask=obs.mask,
@@ -279,14 +282,23 @@ def settings_record(options: dict) -> dict:
 
 
 def visible_only(series, bead_diameter: float):
-    """``series`` with only the points of beads wholly inside the image (what a tracker can find)."""
+    """(series, marker ids): ``series`` with only the points of beads wholly inside the image (what a
+    tracker can find), without the beads seen in fewer than 2 views; ids 1-based as in
+    ``<prefix>_truth_beads.csv``, which keeps every bead."""
     obs = series.observations
     nx, ny = obs.image_size
     r = 0.5 * float(bead_diameter)
     x, y = obs.xy[..., 0], obs.xy[..., 1]
     inside = obs.mask & (x >= r) & (x <= nx - r) & (y >= r) & (y <= ny - r)
-    xy = np.where(inside[..., None], obs.xy, np.nan)
-    return dataclasses.replace(series, observations=dataclasses.replace(obs, xy=xy, mask=inside))
+    kept = np.flatnonzero(inside.sum(axis=0) >= 2)
+    xy = np.where(inside[..., None], obs.xy, np.nan)[:, kept]
+    observations = dataclasses.replace(obs, xy=xy, mask=inside[:, kept])
+    return (
+        dataclasses.replace(
+            series, observations=observations, markers=series.markers[kept], outliers=series.outliers[:, kept]
+        ),
+        tuple(int(k) + 1 for k in kept),
+    )
 
 
 def run_simulate(args) -> int:
@@ -305,11 +317,11 @@ def run_simulate(args) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from e
         imaging = Imaging(dose=args.dose or None, background=args.background)
-        series = visible_only(simulate_series(vars(args), specimen.beads), args.bead_diameter)
+        series, ids = visible_only(simulate_series(vars(args), specimen.beads), args.bead_diameter)
     else:
-        series = simulate_series(vars(args))
+        series, ids = simulate_series(vars(args)), None
     with out:
-        csv, tlt = write_series(series, out, settings_record(vars(args)))
+        csv, tlt = write_series(series, out, settings_record(vars(args)), ids)
         if args.stack:
             stack = write_stack(
                 series,
@@ -347,7 +359,10 @@ SIM_OPTIONS = (
     (
         "--missing",
         dict(
-            type=float, default=0.1, metavar="FRAC", help="fraction of points missing, in runs at high tilt"
+            type=float,
+            metavar="FRAC",
+            help="fraction of points missing, in runs at high tilt (default 0.1; 0 with --realistic, "
+            "whose CSV holds the beads wholly inside each view)",
         ),
     ),
     (

@@ -478,16 +478,11 @@ def render_stack(
     truth = bead_truth(specimen, a, d, np.degrees(t), (nx, ny))
     reach = float(np.max(np.linalg.norm(np.linalg.inv(a), 2, axis=(1, 2)))) if t.size else 1.0
     dia = specimen.bead_diameter_px
-    bead_window = int(math.ceil(dia * reach)) + 3
-    # static sizes that do not depend on the draw, so one compilation serves every specimen
-    ice_window = (
-        int(
-            math.ceil(
-                max(ICE_DIAMETERS[1] * dia, float(np.max(specimen.ice_diameter_px, initial=1.0))) * reach
-            )
-        )
-        + 3
-    )
+    # Window sizes are static (compiled in): rounded up to multiples of 4 so that series whose
+    # scales differ slightly share one compilation; the ice window is sized for the largest blob.
+    bead_window = 4 * math.ceil((dia * reach + 3) / 4)
+    largest_ice = max(ICE_DIAMETERS[1] * dia, float(np.max(specimen.ice_diameter_px, initial=1.0)))
+    ice_window = 4 * math.ceil((largest_ice * reach + 3) / 4)
     carbon = specimen.carbon or (1.0, 0.0, 1e9, 0.0)
     im = imaging
     params = np.array(
