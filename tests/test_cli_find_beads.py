@@ -119,7 +119,8 @@ def bad_inputs(d, tmp):
     shutil.copy(d / "r.mrc", corrupt)
     with open(corrupt, "r+b") as f:
         f.write(np.array([-5, 384, 5], dtype=np.int32).tobytes())  # nx < 0
-    flat = write_mrc(tmp / "flat.mrc", 100 + np.random.default_rng(0).normal(0, 1, (SIZE, SIZE)))  # one compilation
+    # the stack's size: one compilation
+    flat = write_mrc(tmp / "flat.mrc", 100 + np.random.default_rng(0).normal(0, 1, (SIZE, SIZE)))
     tiny = write_mrc(tmp / "tiny.mrc", np.ones((12, 12)))
     short_tilts = tmp / "short.rawtlt"
     short_tilts.write_text("-10\n0\n10\n")
