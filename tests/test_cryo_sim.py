@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from test_public_types import assert_fields_match_annotations
 
 from lmalign_jax.simulation.cryo import Imaging, bead_truth, cryo_specimen, render_stack
 from lmalign_jax.simulation.phantom import jou_xf, series_alignment
@@ -90,6 +91,8 @@ def test_truth_is_the_projection_model_of_the_markers():
     a, d, tilts = series_alignment(series)
     truth = bead_truth(specimen, a, d, tilts, SIZE)
     np.testing.assert_allclose(truth.xy, series.observations.xy, atol=1e-9)
+    assert_fields_match_annotations(truth)
+    assert_fields_match_annotations(specimen)
 
 
 def test_noise_free_beads_sit_at_their_true_centres():

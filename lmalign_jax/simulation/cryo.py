@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
-from jaxtyping import Bool, Float
+from jaxtyping import ArrayLike, Bool, Float
 
 __all__ = [
     "CryoSpecimen",
@@ -324,7 +324,13 @@ def _check_alignment(xf_A, xf_shift, tilts_deg, image_size):
     return a, d, t, nx, ny
 
 
-def bead_truth(specimen: CryoSpecimen, xf_A, xf_shift, tilts_deg, image_size) -> StackTruth:
+def bead_truth(
+    specimen: CryoSpecimen,
+    xf_A: Float[ArrayLike, "views 2 2"],
+    xf_shift: Float[ArrayLike, "views 2"],
+    tilts_deg: Float[ArrayLike, " views"],
+    image_size,
+) -> StackTruth:
     """The true raw position of every bead in every view, its visibility and surroundings.
 
     Args as for :func:`render_stack`. See :class:`StackTruth`.
@@ -443,15 +449,15 @@ def _expected_counts(
 def render_stack(
     specimen: CryoSpecimen,
     imaging: Imaging,
-    xf_A,
-    xf_shift,
-    tilts_deg,
+    xf_A: Float[ArrayLike, "views 2 2"],
+    xf_shift: Float[ArrayLike, "views 2"],
+    tilts_deg: Float[ArrayLike, " views"],
     image_size,
     *,
     seed: int = 0,
     out=None,
     memory_bytes: int = 1 << 28,
-) -> tuple[np.ndarray, StackTruth]:
+) -> tuple[Float[np.ndarray, "views rows cols"], StackTruth]:
     """The raw tilt series of ``specimen`` seen through a known alignment, and its truth.
 
     Args:
