@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
+from lmalign_jax.io.mrc import read_header_tilts, set_header_tilts
+
 VIEWS = 5
 SIZE = 384
 MARKERS = 30
@@ -89,6 +91,20 @@ def test_find_beads_on_the_zero_degree_view(realistic, tmp_path):
     assert np.all(np.diff(scores) <= 0)
 
 
+def test_tilt_angles_round_trip_through_the_extended_header(realistic, tmp_path):
+    """simulate writes the nominal tilts as SerialEM does; find-beads then needs no --tilts."""
+    d, _ = realistic
+    np.testing.assert_allclose(read_header_tilts(d / "r.mrc"), np.loadtxt(d / "r.rawtlt"), atol=0.005)
+    rc, stdout, err = run(["find-beads", d / "r.mrc", "--bead-diameter", 8, "--out", tmp_path / "h.csv"])
+    assert rc == 0, err
+    assert "View 2 (nearest 0 deg by the header's tilt angles: +0.00 deg)" in stdout
+    for order in ("<", ">"):  # either byte order
+        with mrcfile.new(tmp_path / "t.mrc", overwrite=True) as mrc:
+            mrc.set_data(np.zeros((3, 4, 4), dtype=order + "f4"))
+            set_header_tilts(mrc, [-61.23, 0.5, 40.0])
+        np.testing.assert_allclose(read_header_tilts(tmp_path / "t.mrc"), [-61.23, 0.5, 40.0])
+
+
 def test_find_beads_estimates_the_diameter_or_takes_it_in_nm(realistic, tmp_path):
     d, _ = realistic
     rc, stdout, err = run(["find-beads", d / "r.mrc", "--view", 1, "--out", tmp_path / "a.csv"])
@@ -125,6 +141,8 @@ def bad_inputs(d, tmp):
     short_tilts = tmp / "short.rawtlt"
     short_tilts.write_text("-10\n0\n10\n")
     stack, tilts = d / "r.mrc", d / "r.rawtlt"
+    with mrcfile.open(stack) as mrc:
+        bare = write_mrc(tmp / "bare.mrc", mrc.data)  # no extended header: no tilt angles
     return [
         ("not MRC", [text, "--bead-diameter", 8], ["notes.mrc", "not a readable MRC"]),
         ("corrupt header", [corrupt, "--bead-diameter", 8], ["corrupt.mrc"]),
@@ -134,7 +152,7 @@ def bad_inputs(d, tmp):
             [stack, "--tilts", tilts, "--bead-diameter", 40],
             ["tenth of the image", "38.4"],
         ),
-        ("no tilts", [stack, "--bead-diameter", 8], ["5 views", "--tilts", "--view"]),
+        ("no tilts", [bare, "--bead-diameter", 8], ["5 views", "no tilt angles", "--tilts", "--view"]),
         ("tilt count", [stack, "--tilts", short_tilts, "--bead-diameter", 8], ["3 tilt angles", "5 views"]),
         ("view out of range", [stack, "--view", 5, "--bead-diameter", 8], ["--view 5", "0 to 4"]),
         ("no beads", [flat, "--bead-diameter", 8], ["view 0", "8.00 px", "--bead-diameter"]),

@@ -11,6 +11,7 @@ import mrcfile
 import numpy as np
 
 from .. import __version__, io
+from ..io.mrc import set_header_tilts
 from ..io.outputs import OutputSet
 from ..models import get_model
 from ..report import record_to_json
@@ -207,6 +208,7 @@ def write_stack(
         if specimen is None:
             project_stack(series_phantom(series, thickness, seed), a, d, tilts, (nx, ny), out=mrc.data)
         else:
+            set_header_tilts(mrc, series.observations.tilts_deg)  # nominal tilts, as SerialEM writes
             _, truth = render_stack(specimen, imaging, a, d, tilts, (nx, ny), seed=seed, out=mrc.data)
             out.write_text("_truth_beads.csv", bead_truth_csv(truth))
         mrc.voxel_size = float(pixel_size)

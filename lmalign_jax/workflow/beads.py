@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.mrc import read_stack, read_stack_header
+from ..io.mrc import read_header_tilts, read_stack, read_stack_header
 from ..io.outputs import OutputSet
 from ..report.beads import render_bead_overlay
 from ..track import estimate_bead_diameter, find_beads_large
@@ -59,15 +59,18 @@ def _choose_view(path, n_views, view, tilts_path, warn) -> tuple[int, str]:
     if n_views == 1:
         return 0, "the only view"
     if tilts_path is None:
-        raise UsageError(
-            f"{path} has {n_views} views and no tilt angles: give --tilts FILE (to search the view "
-            "nearest 0 deg) or --view K"
-        )
-    tilts, _ = read_tilt_file(tilts_path, warn=warn)
-    if tilts.size != n_views:
-        raise UsageError(f"{tilts_path} has {tilts.size} tilt angles but {path} has {n_views} views")
+        tilts, source = read_header_tilts(path), "the header's tilt angles"
+        if tilts is None:
+            raise UsageError(
+                f"{path} has {n_views} views and no tilt angles in its header: give --tilts FILE (to "
+                "search the view nearest 0 deg) or --view K"
+            )
+    else:
+        (tilts, _), source = read_tilt_file(tilts_path, warn=warn), os.path.basename(tilts_path)
+        if tilts.size != n_views:
+            raise UsageError(f"{tilts_path} has {tilts.size} tilt angles but {path} has {n_views} views")
     k = int(np.argmin(np.abs(tilts)))
-    return k, f"nearest 0 deg: {tilts[k]:+.2f} deg"
+    return k, f"nearest 0 deg by {source}: {tilts[k]:+.2f} deg"
 
 
 def _check_diameter(diameter: float, shape, what: str) -> float:
@@ -93,7 +96,8 @@ def find_beads_in_file(
     """Gold beads in one view of the MRC image or stack ``path`` (see the module docstring).
 
     ``view`` (0-based) wins; otherwise the view nearest 0 deg by the angles of ``tilts_path``
-    (.tlt/.rawtlt/.mdoc); a single image needs neither. Raises UsageError / InputError for bad
+    (.tlt/.rawtlt/.mdoc) or, without it, of the stack's extended header (SerialEM, FEI); a single
+    image needs neither. Raises UsageError / InputError for bad
     input, including a view where no bead-like feature is found.
     """
     n_views, ny, nx, pixel_a = read_stack_header(path)
