@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from test_public_types import assert_fields_match_annotations
 
-from lmalign_jax.simulation.cryo import Imaging, bead_truth, cryo_specimen, render_stack
-from lmalign_jax.simulation.phantom import jou_xf, series_alignment
-from lmalign_jax.simulation.synthetic import simulate
+from lmalign_jax.simulation.cryo import Imaging, bead_truth, cryo_specimen, render_stack, simulate_cryo_series
+from lmalign_jax.simulation.phantom import jou_xf
 from lmalign_jax.track import find_beads, find_beads_large
 
 SIZE = (384, 384)
@@ -84,15 +83,17 @@ def judge(stack, truth, views):
 
 
 def test_truth_is_the_projection_model_of_the_markers():
-    """The raw bead centres equal the "jou" model's projections of the same markers (a series
-    simulated with no noise), through the .xf that series_alignment gives."""
-    specimen = cryo_specimen(SIZE, n_beads=12, bead_diameter_px=DIAMETER, seed=3)
-    series = simulate(n_views=7, image_size=SIZE, markers=specimen.beads, noise_px=0.0, shift_px=20.0, seed=3)
-    a, d, tilts = series_alignment(series)
-    truth = bead_truth(specimen, a, d, tilts, SIZE)
-    np.testing.assert_allclose(truth.xy, series.observations.xy, atol=1e-9)
-    assert_fields_match_annotations(truth)
-    assert_fields_match_annotations(specimen)
+    """simulate_cryo_series: the raw bead centres equal the "jou" model's projections of the same
+    markers (its series, no marker noise), through a misalignment of tens of pixels."""
+    cryo = simulate_cryo_series(
+        n_views=TILTS.size, image_size=SIZE, n_beads=30, thickness_px=60, imaging=Imaging(dose=None), seed=3
+    )
+    np.testing.assert_allclose(cryo.truth.xy, cryo.series.observations.xy, atol=1e-9)
+    shifts = np.linalg.norm(np.einsum("vij,vj->vi", np.linalg.inv(cryo.xf_A), cryo.xf_shift), axis=1)
+    assert cryo.stack.shape == (TILTS.size, *SIZE) and shifts.max() > 10.0
+    assert_fields_match_annotations(cryo.truth)
+    assert_fields_match_annotations(cryo.specimen)
+    assert_fields_match_annotations(cryo)
 
 
 def test_noise_free_beads_sit_at_their_true_centres():

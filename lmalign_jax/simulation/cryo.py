@@ -65,6 +65,8 @@ __all__ = [
     "cryo_specimen",
     "bead_truth",
     "render_stack",
+    "CryoSeries",
+    "simulate_cryo_series",
 ]
 
 #: Diameters of the ice blobs, in bead diameters (uniform draw).
@@ -538,3 +540,70 @@ def render_stack(
                 rng = np.random.default_rng(np.random.SeedSequence([int(seed), v]))
                 out[v] = rng.poisson(mean[i].astype(np.float64)).astype(np.float32)
     return out, truth
+
+
+@dataclass(frozen=True, eq=False)
+class CryoSeries:
+    """A realistic raw tilt series with everything that made it.
+
+    stack: (n_views, NY, NX) float32 electron counts; truth: the beads per view (:class:`StackTruth`);
+    xf_A, xf_shift: (n_views, 2, 2), (n_views, 2) the true raw -> aligned IMOD transforms (the
+    misalignment); tilts_deg: (n_views,) true tilts; series: the
+    :class:`~lmalign_jax.simulation.synthetic.SyntheticSeries` (nominal tilts in
+    ``series.observations.tilts_deg``, true view parameters, markers = the beads); specimen.
+    """
+
+    stack: Float[np.ndarray, "views rows cols"]
+    truth: StackTruth
+    xf_A: Float[np.ndarray, "views 2 2"]
+    xf_shift: Float[np.ndarray, "views 2"]
+    tilts_deg: Float[np.ndarray, " views"]
+    series: object
+    specimen: CryoSpecimen
+
+
+def simulate_cryo_series(
+    *,
+    n_views: int = 61,
+    image_size=(1024, 1024),
+    n_beads: int = 40,
+    bead_diameter_px: float = 8.0,
+    thickness_px: float = 100.0,
+    close_pairs: float = 0.2,
+    tilt_range=(-60.0, 60.0),
+    rotation_deg: float = -12.0,
+    shift_px: float = 20.0,
+    imaging: Imaging | None = None,
+    seed: int = 0,
+    out=None,
+) -> CryoSeries:
+    """One call from options to a realistic raw stack and its truth: a specimen
+    (:func:`cryo_specimen`), a "jou" series through it with per-view shifts of sd ``shift_px``
+    (:func:`lmalign_jax.simulation.synthetic.simulate`, markers = the beads, no marker noise),
+    its exact ``.xf`` (:func:`lmalign_jax.simulation.phantom.series_alignment`) and the stack
+    (:func:`render_stack`, into ``out`` when given, e.g. a memory-mapped MRC)."""
+    from .phantom import series_alignment
+    from .synthetic import simulate
+
+    specimen = cryo_specimen(
+        image_size,
+        n_beads=n_beads,
+        bead_diameter_px=bead_diameter_px,
+        thickness_px=thickness_px,
+        close_pairs=close_pairs,
+        tilt_range=tilt_range,
+        seed=seed,
+    )
+    series = simulate(
+        n_views=n_views,
+        tilt_range=tilt_range,
+        image_size=image_size,
+        rotation_deg=rotation_deg,
+        shift_px=shift_px,
+        noise_px=0.0,
+        markers=specimen.beads,
+        seed=seed,
+    )
+    a, d, tilts = series_alignment(series)
+    stack, truth = render_stack(specimen, imaging or Imaging(), a, d, tilts, image_size, seed=seed, out=out)
+    return CryoSeries(stack, truth, a, d, tilts, series, specimen)
