@@ -31,7 +31,8 @@ def add_find_beads(sub):
         help="find the gold beads in one view of an MRC image or stack",
         formatter_class=HelpFormatter,
         description=textwrap.fill(
-            "Find gold beads in one image (for a stack: the view nearest 0 deg by --tilts, or --view K) by "
+            "Find gold beads in one image (for a stack: the view nearest 0 deg by --tilts or the tilt "
+            "angles in its extended header, or --view K) by "
             "a matched Laplacian-of-Gaussian filter, non-maximum suppression and sub-pixel peak fits, "
             "rejecting features whose profile is not a bead's (ice, carbon edges, clusters). Writes "
             "x,y,score rows (IMOD image coordinates: origin at the lower-left corner, pixel centres at "
@@ -45,7 +46,12 @@ def add_find_beads(sub):
     )
     p.add_argument("image", metavar="IMAGE_OR_STACK", help="MRC image or tilt-series stack (.mrc, .st)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="output CSV (the overlay: FILE.png)")
-    p.add_argument("--view", type=int, metavar="K", help="0-based view to search (default: nearest 0 deg)")
+    p.add_argument(
+        "--view",
+        type=int,
+        metavar="K",
+        help="0-based view to search (default: nearest 0 deg; needs --tilts or tilts in the header)",
+    )
     p.add_argument(
         "--tilts", metavar="FILE", help="tilt angles (.tlt, .rawtlt, .mdoc) to find the 0-deg view"
     )

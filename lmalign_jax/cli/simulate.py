@@ -441,7 +441,11 @@ def add_simulate(sub):
         "  lmalign simulate --out-dir simst --stack\n"
         "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc"
         " --out-dir simst\n"
-        "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64",
+        "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64\n\n"
+        "example of a realistic raw stack at cryo dose, and its beads at 0 deg:\n"
+        "  lmalign simulate --out-dir simr --stack --realistic --image-size 1024 1024 --markers 40"
+        " --dose 30\n"
+        "  lmalign find-beads simr/synthetic.mrc --bead-diameter 8 --out simr/beads.csv",
     )
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--prefix", default="synthetic", metavar="NAME", help="output file stem")
