@@ -13,8 +13,8 @@ MAX_OVERLAY_PX = 2048
 
 
 def render_bead_overlay(image, positions, diameter_px: float, title: str = "") -> bytes:
-    """PNG of ``image`` (NY, NX) (row 0 at the bottom, as IMOD shows it) with a circle of the bead
-    diameter around each of ``positions`` (n, 2) (x, y in IMOD image coordinates, pixels).
+    """PNG of ``image`` (NY, NX) (row 0 at the bottom, as IMOD shows it) with a circle around
+    each of ``positions`` (n, 2) (x, y in IMOD image coordinates, pixels).
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change); the display is
     clipped to the 0.5-99.5 percentiles."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,7 +37,8 @@ def render_bead_overlay(image, positions, diameter_px: float, title: str = "") -
     ax.imshow(shown, cmap="gray", origin="lower", extent=extent, vmin=lo, vmax=hi, interpolation="nearest")
     p = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
     if p.shape[0]:
-        size = np.full(p.shape[0], 1.6 * float(diameter_px))
+        # 1.6 bead diameters, at least 1.5% of the image so beads stay visible in a large view
+        size = np.full(p.shape[0], max(1.6 * float(diameter_px), 0.015 * max(nx, ny)))
         ax.add_collection(
             EllipseCollection(
                 size,
