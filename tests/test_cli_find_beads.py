@@ -186,4 +186,8 @@ def test_realistic_options_need_realistic_and_a_stack(tmp_path):
     assert rc == 2 and "--stack" in err
     rc, _, err = run(["simulate", "--out-dir", tmp_path, "--stack", "--realistic", "--bead-diameter", 1])
     assert rc == 2 and "--bead-diameter" in err
+    # a view without a whole bead cannot make a marker file: said, not a traceback
+    args = ["--image-size", 64, 48, "--markers", 4, "--bead-diameter", 4, "--views", 5]
+    rc, _, err = run(["simulate", "--out-dir", tmp_path, "--stack", "--realistic", *args])
+    assert rc == 2 and "shows no whole bead" in err and "--markers" in err
     assert not any(tmp_path.iterdir())

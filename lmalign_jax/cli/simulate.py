@@ -293,6 +293,17 @@ def visible_only(series, bead_diameter: float):
     x, y = obs.xy[..., 0], obs.xy[..., 1]
     inside = obs.mask & (x >= r) & (x <= nx - r) & (y >= r) & (y <= ny - r)
     kept = np.flatnonzero(inside.sum(axis=0) >= 2)
+    empty = np.flatnonzero(~inside[:, kept].any(axis=1))
+    if kept.size < MIN_MARKERS or empty.size:
+        problem = (
+            f"view {int(empty[0])} shows no whole bead"
+            if empty.size
+            else f"only {kept.size} beads are seen whole in 2 or more views (need {MIN_MARKERS})"
+        )
+        raise UsageError(
+            f"{problem} ({obs.n_markers} beads over {nx:g} x {ny:g} px); use more --markers or a larger "
+            "--image-size"
+        )
     xy = np.where(inside[..., None], obs.xy, np.nan)[:, kept]
     observations = dataclasses.replace(obs, xy=xy, mask=inside[:, kept])
     return (
