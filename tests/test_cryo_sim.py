@@ -4,8 +4,9 @@ The truth (per-view raw bead centres) is checked against the package's own proje
 against noise-free images; the counts against Poisson statistics; then
 :func:`lmalign_jax.track.find_beads` with default settings (only the bead diameter given) is
 judged on realistic views (textured specimen, ice, a carbon edge, close pairs) at good dose (200
-electrons per pixel per view) and cryo dose (30): the issue's targets are >= 95% of the beads
-found, <= 2% false detections and centres within 0.3 px RMS at good dose.
+electrons per pixel per view, where a bead's centre sits ~4 background standard deviations below
+its surroundings, as in real images) and cryo dose (30, ~2): the issue's targets are >= 95% of the
+beads found, <= 2% false detections and centres within 0.3 px RMS at good dose.
 """
 
 from __future__ import annotations
