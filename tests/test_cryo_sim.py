@@ -5,7 +5,7 @@ against noise-free images; the counts against Poisson statistics; then
 :func:`lmalign_jax.track.find_beads` with default settings (only the bead diameter given) is
 judged on realistic views (textured specimen, ice, a carbon edge, close pairs) at good dose (200
 electrons per pixel per view, where a bead's centre sits ~4 background standard deviations below
-its surroundings, as in real images) and cryo dose (30, ~2): the issue's targets are >= 95% of the
+its surroundings, as in real images) and cryo dose (30, ~1.6): the issue's targets are >= 95% of the
 beads found, <= 2% false detections and centres within 0.3 px RMS at good dose.
 """
 
@@ -196,3 +196,22 @@ def test_binned_detection_centres_at_full_resolution(stacks):
     hit = (dist.min(axis=0) < MATCH_PX) & clean
     err = binned[np.argmin(dist, axis=0)][hit] - truth.xy[v][hit]
     assert math.sqrt(float(np.mean(err**2))) <= 0.3
+
+
+def test_beads_sit_about_four_background_sds_deep_at_good_dose():
+    """The calibration: a bead's centre pixel against the textured, noisy background around it
+    (per pixel, 0 deg, no ice or carbon): ~4 sd at 200 e/px (real gold: about 4), ~1.6 at 30.
+    Over 8 specimens the depth was 3.96 +- 0.11 and 1.64 +- 0.15; allowed: 4 of those spreads."""
+    specimen = specimen_of(3)
+    a, d = alignment(TILTS, 3)
+    no_ice = dict(ice_optical_depth=0.0, carbon_optical_depth=0.0)
+    rows, cols = np.mgrid[0 : SIZE[1], 0 : SIZE[0]] + 0.5
+    for dose, expected, spread in ((GOOD_DOSE, 3.96, 0.11), (CRYO_DOSE, 1.64, 0.15)):
+        stack, truth = render_stack(specimen, Imaging(dose=dose, **no_ice), a, d, TILTS, SIZE, seed=3)
+        img, xy = stack[2], truth.xy[2]
+        gap2 = np.min((cols[..., None] - xy[:, 0]) ** 2 + (rows[..., None] - xy[:, 1]) ** 2, axis=2)
+        background = img[gap2 > (1.5 * DIAMETER) ** 2]
+        inside = np.all((xy > DIAMETER) & (xy < np.array(SIZE) - DIAMETER), axis=1)
+        centres = img[xy[inside, 1].astype(int), xy[inside, 0].astype(int)]
+        depth = (background.mean() - centres.mean()) / background.std()
+        assert inside.sum() >= 20 and abs(depth - expected) < 4 * spread, (dose, depth)

@@ -25,9 +25,10 @@ are Poisson with that mean (``dose=None``: the noise-free mean). ``tau`` is the 
 * a **carbon film** on the top surface covering a half-plane whose straight edge crosses the field,
   ``carbon_optical_depth / cos(theta)`` beyond a smooth step one pixel wide.
 
-Calibration: with the defaults, a bead's centre pixel sits 3.9 standard deviations of the
-background (texture and counting noise, per pixel, at 0 degrees) below its surroundings at 200
-e/px, as gold does in real cryo-ET images (about 4), and 2.0 at 30 e/px (cryo dose).
+Calibration: with the defaults, a bead's centre pixel sits 4.0 +- 0.1 standard deviations of the
+background (texture and counting noise, per pixel, at 0 degrees; 8 specimens of 384 x 384 px)
+below its surroundings at 200 e/px, as gold does in real cryo-ET images (about 4), and 1.6 +- 0.15
+at 30 e/px (cryo dose).
 
 Geometry (``/work/shared/MODEL.md``, as :func:`lmalign_jax.simulation.phantom.project_stack`)
 --------------------------------------------------------------------------------------------
