@@ -16,6 +16,7 @@ from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CommandParser, UsageError
 from .compare import add_compare
 from .demo import add_demo
 from .export import add_export
+from .find_beads import add_find_beads
 from .reconstruct import add_reconstruct
 from .simulate import add_simulate
 
@@ -27,11 +28,12 @@ COMMANDS = {
     "compare": add_compare,
     "demo": add_demo,
     "export": add_export,
+    "find-beads": add_find_beads,
     "reconstruct": add_reconstruct,
     "simulate": add_simulate,
 }
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
-CACHED_COMMANDS = ("align", "batch", "compare", "demo", "reconstruct")
+CACHED_COMMANDS = ("align", "batch", "compare", "demo", "find-beads", "reconstruct")
 
 MAIN_HELP = """\
 Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by

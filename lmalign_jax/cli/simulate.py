@@ -3,6 +3,7 @@ raw image stack of its gold beads too)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
@@ -10,9 +11,11 @@ import mrcfile
 import numpy as np
 
 from .. import __version__, io
+from ..io.mrc import set_header_tilts
 from ..io.outputs import OutputSet
 from ..models import get_model
 from ..report import record_to_json
+from ..simulation.cryo import Imaging, cryo_specimen, render_stack
 from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..simulation.synthetic import simulate
 from ..workflow import check_output_folder
@@ -20,6 +23,9 @@ from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")
 STACK_OUTPUTS = (".mrc", "_truth.xf", "_truth.tlt")
+REALISTIC_OUTPUTS = ("_truth_beads.csv",)
+#: Per-view shift sd with --realistic: a misalignment of tens of pixels between views.
+REALISTIC_SHIFT_PX = 20.0
 #: Defaults of the options that depend on --stack: (without, with).
 SIZE_DEFAULTS = {
     "views": (61, 41),
@@ -41,15 +47,19 @@ def _resolve_defaults(args) -> None:
     for name, (plain, with_stack) in SIZE_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, with_stack if stack else plain)
+    realistic = bool(getattr(args, "realistic", False))
+    if getattr(args, "missing", None) is None:
+        args.missing = 0.0 if realistic else 0.1
     if getattr(args, "shift", None) is None:
-        args.shift = default_shift(args.image_size)
+        args.shift = REALISTIC_SHIFT_PX if realistic else default_shift(args.image_size)
 
 
-def simulate_series(options: dict):
+def simulate_series(options: dict, markers=None):
     """The SyntheticSeries of simulate's options (``views``, ``markers``, ``tilt_range``, ...,
-    ``seed``: the option names, as a dict)."""
+    ``seed``: the option names, as a dict); ``markers`` (n, 3) replaces the random markers."""
     o = options
     return simulate(
+        markers=markers,
         n_views=o["views"],
         n_markers=o["markers"],
         tilt_range=tuple(o["tilt_range"]),
@@ -71,15 +81,67 @@ def _check_simulate_args(args) -> None:
         raise UsageError("--noise must be >= 0, --missing and --outliers in [0, 1)")
     if min(args.image_size) < 1 or args.thickness < 0 or args.shift < 0:
         raise UsageError("--image-size must be positive, --thickness and --shift >= 0")
+    realistic_given = [flag for flag, name in REALISTIC_FLAGS if getattr(args, name, None) is not None]
+    if realistic_given and not getattr(args, "realistic", False):
+        raise UsageError(f"{', '.join(realistic_given)}: only with --realistic")
+    if getattr(args, "realistic", False):
+        if not args.stack:
+            raise UsageError("--realistic describes the image stack: add --stack")
+        _check_realistic_args(args)
     pixel = getattr(args, "pixel_size", None)
     if pixel is not None and not (math.isfinite(pixel) and pixel > 0):
         raise UsageError(f"--pixel-size must be positive, got {pixel:g}")
 
 
-def write_series(series, out: OutputSet, settings: dict) -> tuple[str, str]:
-    """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series."""
+#: (flag, attribute) of the options that only --realistic uses.
+REALISTIC_FLAGS = (
+    ("--dose", "dose"),
+    ("--bead-diameter", "bead_diameter"),
+    ("--close-pairs", "close_pairs"),
+    ("--background", "background"),
+    ("--ice", "ice"),
+)
+#: Their defaults.
+REALISTIC_DEFAULTS = {"dose": 30.0, "bead_diameter": 8.0, "close_pairs": 0.2, "background": 1.0, "ice": None}
+
+
+def _check_realistic_args(args) -> None:
+    for name, value in REALISTIC_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if not (math.isfinite(args.dose) and args.dose >= 0):
+        raise UsageError(f"--dose must be >= 0 electrons per pixel (0: no noise), got {args.dose:g}")
+    if not (math.isfinite(args.bead_diameter) and 2.0 <= args.bead_diameter <= 0.1 * min(args.image_size)):
+        raise UsageError(
+            "--bead-diameter must be between 2 px and a tenth of the image "
+            f"({0.1 * min(args.image_size):g} px), got {args.bead_diameter:g}"
+        )
+    if not 0 <= args.close_pairs <= 1 or not (math.isfinite(args.background) and args.background >= 0):
+        raise UsageError("--close-pairs must be in [0, 1] and --background >= 0")
+    if args.ice is not None and args.ice < 0:
+        raise UsageError(f"--ice must be >= 0, got {args.ice}")
+
+
+def realistic_specimen(options: dict):
+    """The :class:`~lmalign_jax.simulation.cryo.CryoSpecimen` of simulate's --realistic options."""
+    o = options
+    return cryo_specimen(
+        tuple(o["image_size"]),
+        n_beads=o["markers"],
+        bead_diameter_px=o["bead_diameter"],
+        thickness_px=o["thickness"],
+        close_pairs=o["close_pairs"],
+        n_ice=o["ice"],
+        tilt_range=tuple(o["tilt_range"]),
+        seed=o["seed"],
+    )
+
+
+def write_series(series, out: OutputSet, settings: dict, marker_ids=None) -> tuple[str, str]:
+    """Stage ``<prefix>.csv``, ``<prefix>.rawtlt`` and ``<prefix>_truth.json`` for a synthetic series
+    (markers numbered ``marker_ids``, default 1 to n)."""
     obs = series.observations
-    ids = tuple(range(1, obs.n_markers + 1))
+    ids = tuple(range(1, obs.n_markers + 1)) if marker_ids is None else tuple(marker_ids)
     ms = io.MarkerSet(
         xy=obs.xy,
         mask=obs.mask,
@@ -131,20 +193,52 @@ def series_phantom(series, thickness: float, seed: int):
     )
 
 
-def write_stack(series, out: OutputSet, *, pixel_size: float, thickness: float, seed: int) -> str:
+def write_stack(
+    series, out: OutputSet, *, pixel_size: float, thickness: float, seed: int, specimen=None, imaging=None
+) -> str:
     """Stage ``<prefix>.mrc`` (the raw stack: the beads projected through the series' true
-    alignment) and that alignment as ``<prefix>_truth.xf`` / ``<prefix>_truth.tlt``."""
+    alignment) and that alignment as ``<prefix>_truth.xf`` / ``<prefix>_truth.tlt``. With a
+    ``specimen`` (:func:`realistic_specimen`) and ``imaging``, the stack is the realistic one of
+    :func:`lmalign_jax.simulation.cryo.render_stack`, written view by view, and every bead's true
+    position in every view goes to ``<prefix>_truth_beads.csv``."""
     a, d, tilts = series_alignment(series)
     nx, ny = (int(round(s)) for s in series.observations.image_size)
-    phantom = series_phantom(series, thickness, seed)
     with mrcfile.new_mmap(out.stage(".mrc"), shape=(tilts.size, ny, nx), mrc_mode=2, overwrite=True) as mrc:
         mrc.set_image_stack()
-        project_stack(phantom, a, d, tilts, (nx, ny), out=mrc.data)
+        if specimen is None:
+            project_stack(series_phantom(series, thickness, seed), a, d, tilts, (nx, ny), out=mrc.data)
+        else:
+            set_header_tilts(mrc, series.observations.tilts_deg)  # nominal tilts, as SerialEM writes
+            _, truth = render_stack(specimen, imaging, a, d, tilts, (nx, ny), seed=seed, out=mrc.data)
+            out.write_text("_truth_beads.csv", bead_truth_csv(truth))
         mrc.voxel_size = float(pixel_size)
         mrc.update_header_stats()
     io.write_xf(out.stage("_truth.xf"), a, d)
     io.write_tlt(out.stage("_truth.tlt"), tilts)
     return out.path(".mrc")
+
+
+def bead_truth_csv(truth) -> str:
+    """``<prefix>_truth_beads.csv``: one row per bead and view, ``marker,view,x,y,visible,
+    nearest_px,near_feature`` (marker ids 1-based as in ``<prefix>.csv``, views 0-based, x, y in
+    IMOD image coordinates of the raw view; visible: the whole bead inside the image; nearest_px:
+    distance to the nearest other bead; near_feature: within a bead diameter of ice or the carbon
+    edge)."""
+    n_views, n_beads = truth.visible.shape
+    view, bead = np.meshgrid(np.arange(n_views), np.arange(n_beads), indexing="ij")
+    rows = ["marker,view,x,y,visible,nearest_px,near_feature"]
+    nearest = np.where(np.isfinite(truth.nearest_px), truth.nearest_px, -1.0)
+    for b, v, (x, y), vis, near, feat in zip(
+        bead.ravel() + 1,
+        view.ravel(),
+        truth.xy.reshape(-1, 2),
+        truth.visible.ravel(),
+        nearest.ravel(),
+        truth.near_feature.ravel(),
+        strict=True,
+    ):
+        rows.append(f"{b},{v},{x:.4f},{y:.4f},{int(vis)},{near:.3f},{int(feat)}")
+    return "\n".join(rows) + "\n"
 
 
 def suggested_thickness(specimen_thickness: float) -> int:
@@ -168,7 +262,18 @@ def settings_record(options: dict) -> dict:
         "seed",
     )
     settings = {k: options[k] for k in keys}
-    if options.get("stack", False):
+    if options.get("realistic", False):
+        settings |= {
+            "stack": True,
+            "realistic": True,
+            "pixel_size_A": options["pixel_size"],
+            "dose_e_per_px": options["dose"],
+            "bead_diameter_px": options["bead_diameter"],
+            "close_pairs": options["close_pairs"],
+            "background": options["background"],
+            "ice": options["ice"],
+        }
+    elif options.get("stack", False):
         settings |= {
             "stack": True,
             "pixel_size_A": options["pixel_size"],
@@ -178,17 +283,67 @@ def settings_record(options: dict) -> dict:
     return settings
 
 
+def visible_only(series, bead_diameter: float):
+    """(series, marker ids): ``series`` with only the points of beads wholly inside the image (what a
+    tracker can find), without the beads seen in fewer than 2 views; ids 1-based as in
+    ``<prefix>_truth_beads.csv``, which keeps every bead."""
+    obs = series.observations
+    nx, ny = obs.image_size
+    r = 0.5 * float(bead_diameter)
+    x, y = obs.xy[..., 0], obs.xy[..., 1]
+    inside = obs.mask & (x >= r) & (x <= nx - r) & (y >= r) & (y <= ny - r)
+    kept = np.flatnonzero(inside.sum(axis=0) >= 2)
+    empty = np.flatnonzero(~inside[:, kept].any(axis=1))
+    if kept.size < MIN_MARKERS or empty.size:
+        problem = (
+            f"view {int(empty[0])} shows no whole bead"
+            if empty.size
+            else f"only {kept.size} beads are seen whole in 2 or more views (need {MIN_MARKERS})"
+        )
+        raise UsageError(
+            f"{problem} ({obs.n_markers} beads over {nx:g} x {ny:g} px); use more --markers or a larger "
+            "--image-size"
+        )
+    xy = np.where(inside[..., None], obs.xy, np.nan)[:, kept]
+    observations = dataclasses.replace(obs, xy=xy, mask=inside[:, kept])
+    return (
+        dataclasses.replace(
+            series, observations=observations, markers=series.markers[kept], outliers=series.outliers[:, kept]
+        ),
+        tuple(int(k) + 1 for k in kept),
+    )
+
+
 def run_simulate(args) -> int:
     _resolve_defaults(args)
     _check_simulate_args(args)
     out = OutputSet(args.out_dir, args.prefix)
-    check_output_folder(out, SERIES_OUTPUTS + (STACK_OUTPUTS if args.stack else ()), ())
-    series = simulate_series(vars(args))
+    realistic = bool(getattr(args, "realistic", False))
+    outputs = (
+        SERIES_OUTPUTS + (STACK_OUTPUTS if args.stack else ()) + (REALISTIC_OUTPUTS if realistic else ())
+    )
+    check_output_folder(out, outputs, ())
+    specimen = imaging = None
+    if realistic:
+        try:
+            specimen = realistic_specimen(vars(args))
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        imaging = Imaging(dose=args.dose or None, background=args.background)
+        series, ids = visible_only(simulate_series(vars(args), specimen.beads), args.bead_diameter)
+    else:
+        series, ids = simulate_series(vars(args)), None
     with out:
-        csv, tlt = write_series(series, out, settings_record(vars(args)))
+        csv, tlt = write_series(series, out, settings_record(vars(args)), ids)
         if args.stack:
             stack = write_stack(
-                series, out, pixel_size=args.pixel_size, thickness=args.thickness, seed=args.seed
+                series,
+                out,
+                pixel_size=args.pixel_size,
+                thickness=args.thickness,
+                seed=args.seed,
+                specimen=specimen,
+                imaging=imaging,
             )
         written = out.commit()
     print(" Wrote " + ", ".join(written))
@@ -217,7 +372,10 @@ SIM_OPTIONS = (
     (
         "--missing",
         dict(
-            type=float, default=0.1, metavar="FRAC", help="fraction of points missing, in runs at high tilt"
+            type=float,
+            metavar="FRAC",
+            help="fraction of points missing, in runs at high tilt (default 0.1; 0 with --realistic, "
+            "whose CSV holds the beads wholly inside each view)",
         ),
     ),
     (
@@ -294,7 +452,11 @@ def add_simulate(sub):
         "  lmalign simulate --out-dir simst --stack\n"
         "  lmalign align simst/synthetic.csv --tilts simst/synthetic.rawtlt --stack simst/synthetic.mrc"
         " --out-dir simst\n"
-        "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64",
+        "  lmalign reconstruct simst/synthetic.mrc --alignment simst/synthetic.json --thickness 64\n\n"
+        "example of a realistic raw stack at cryo dose, and its beads at 0 deg:\n"
+        "  lmalign simulate --out-dir simr --stack --realistic --image-size 1024 1024 --markers 40"
+        " --dose 30\n"
+        "  lmalign find-beads simr/synthetic.mrc --bead-diameter 8 --out simr/beads.csv",
     )
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--prefix", default="synthetic", metavar="NAME", help="output file stem")
@@ -312,5 +474,34 @@ def add_simulate(sub):
         default=10.0,
         metavar="A",
         help="pixel size written in the stack's header, Angstrom",
+    )
+    p.add_argument(
+        "--realistic",
+        action="store_true",
+        help="with --stack: a realistic raw stack (dose-limited Poisson counts, dark gold spheres on both "
+        "surfaces of a slab, textured specimen, ice, a carbon edge, close pairs) and every bead's true "
+        "position per view in <prefix>_truth_beads.csv; per-view shifts default to 20 px",
+    )
+    p.add_argument(
+        "--dose",
+        type=float,
+        metavar="E",
+        help="--realistic: electrons per pixel per view (default 30; 0: no noise)",
+    )
+    p.add_argument("--bead-diameter", type=float, metavar="PX", help="--realistic: bead diameter (default 8)")
+    p.add_argument(
+        "--close-pairs",
+        type=float,
+        metavar="FRAC",
+        help="--realistic: fraction of beads in pairs that overlap at some tilt (default 0.2)",
+    )
+    p.add_argument(
+        "--background",
+        type=float,
+        metavar="SCALE",
+        help="--realistic: scale of the specimen texture (default 1; 0: flat)",
+    )
+    p.add_argument(
+        "--ice", type=int, metavar="N", help="--realistic: ice blobs (default one per 256 x 256 px)"
     )
     p.set_defaults(run=run_simulate)

@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import replace_with
 from .errors import InputError
 
-__all__ = ["read_stack_header", "read_stack", "create_volume"]
+__all__ = ["read_stack_header", "read_stack", "read_header_tilts", "set_header_tilts", "create_volume"]
 
 
 def _bad(path, problem: str) -> InputError:
@@ -70,6 +70,60 @@ def read_stack_header(path) -> tuple[int, int, int, float | None]:
         if nx <= 0 or ny <= 0 or nz <= 0:
             raise _bad(path, f"header has non-positive dimensions nx={nx}, ny={ny}, nz={nz}")
         return nz, ny, nx, _pixel_size(h)
+
+
+#: SerialEM's extended-header flag (``nreal`` bit) for "tilt angle * 100", 2 bytes first in each
+#: section's ``nint`` bytes (IMOD's mrc_format.txt, https://bio3d.colorado.edu/imod/doc/mrc_format.txt).
+SERIALEM_TILT_FLAG = 1
+
+
+def read_header_tilts(path) -> np.ndarray | None:
+    """Tilt angles (degrees, one per view) stored in the extended header, or None when it has none.
+
+    Read: SerialEM/IMOD extended headers (``exttyp`` "SERI" or unset, ``nint`` bytes per section,
+    ``nreal`` flags; with flag 1 each section starts with the tilt angle * 100 as a 16-bit
+    integer, in the file's byte order), and FEI extended headers ("FEI1"/"FEI2": "Alpha tilt").
+    """
+    with _open_header(path) as mrc:
+        h = mrc.header
+        nz = int(h.nz)
+        exttyp = bytes(h.exttyp).strip(b"\0 ")
+        ext = mrc.extended_header
+        if ext is None or nz <= 0:
+            return None
+        if exttyp in (b"FEI1", b"FEI2"):
+            try:
+                tilts = np.asarray(mrc.indexed_extended_header["Alpha tilt"], dtype=np.float64)
+            except (KeyError, ValueError, TypeError):
+                return None
+            return tilts[:nz].copy() if tilts.size >= nz else None
+        order = "<" if h.mode.dtype.byteorder in ("<", "=", "|") else ">"
+        # nint, nreal: 16-bit integers at bytes 128 and 130 of the header (IMOD's layout; inside
+        # MRC2014's "extra" bytes, where mrcfile names no field)
+        nint, flags = (int(v) for v in np.frombuffer(h.tobytes()[128:132], dtype=order + "i2"))
+        if exttyp not in (b"SERI", b"") or not flags & SERIALEM_TILT_FLAG or nint < 2:
+            return None
+        raw = np.asarray(ext).tobytes()
+        if len(raw) < nz * nint:
+            return None
+        sections = np.frombuffer(raw[: nz * nint], dtype=np.uint8).reshape(nz, nint)
+        return sections[:, :2].copy().view(order + "i2")[:, 0].astype(np.float64) / 100.0
+
+
+def set_header_tilts(mrc, tilts_deg) -> None:
+    """Store one tilt angle per view (degrees, 0.01 deg steps) in the extended header of an open,
+    writable ``mrcfile`` object, as SerialEM does (``exttyp`` "SERI", ``nint`` 2, ``nreal`` 1), so
+    that IMOD and :func:`read_header_tilts` find them. Call before the data are written when the
+    file is memory-mapped (the extended header moves the data)."""
+    t = np.round(np.asarray(tilts_deg, dtype=np.float64).reshape(-1) * 100.0)
+    if np.any(np.abs(t) > np.iinfo(np.int16).max):
+        raise ValueError("tilt angles must be within +-327 degrees")
+    order = "<" if mrc.header.mode.dtype.byteorder in ("<", "=", "|") else ">"
+    mrc.set_extended_header(t.astype(order + "i2").view(np.uint8).view("V1"))
+    mrc.header.exttyp = b"SERI"
+    extra = bytearray(mrc.header.extra2.tobytes())
+    extra[16:20] = np.array([2, SERIALEM_TILT_FLAG], dtype=order + "i2").tobytes()  # header bytes 128-131
+    mrc.header.extra2 = bytes(extra)
 
 
 def read_labels(path) -> list[str]:

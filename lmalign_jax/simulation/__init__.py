@@ -1,5 +1,7 @@
-"""Simulated data with known truth: marker observations and bead phantoms with their projections."""
+"""Simulated data with known truth: marker observations, bead phantoms with their projections, and
+realistic raw cryo-ET stacks (:mod:`.cryo`)."""
 
+from .cryo import CryoSeries, Imaging, simulate_cryo_series
 from .synthetic import SyntheticSeries, simulate
 
-__all__ = ["SyntheticSeries", "simulate"]
+__all__ = ["SyntheticSeries", "simulate", "CryoSeries", "Imaging", "simulate_cryo_series"]

@@ -21,6 +21,10 @@ aligned frame and the projected Gaussians are evaluated there. Pixel values are 
 of density (dense objects bright, no noise unless asked, no contrast inversion), which is what
 :func:`lmalign_jax.recon.reconstruct` inverts.
 
+For realistic raw stacks (dose-limited counts, dark gold spheres on both surfaces of a slab,
+textured specimen, ice, a carbon edge, close pairs) and their per-view bead truth, see
+:mod:`lmalign_jax.simulation.cryo`; the ideal projections here stay for reconstruction checks.
+
 Also here, for checking reconstructions of a phantom: :func:`voxel_index` (specimen position ->
 fractional voxel index), :func:`locate_peaks` (sub-voxel peak position near each expected bead)
 and :func:`fit_similarity` (remove the gauge freedom of a solved alignment before comparing

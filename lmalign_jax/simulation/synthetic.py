@@ -83,6 +83,7 @@ def simulate(
     outlier_px=(5.0, 20.0),
     model: str = "jou",
     extra: dict | None = None,
+    markers=None,
     seed: int = 0,
 ) -> SyntheticSeries:
     """A synthetic tilt series of fiducial observations.
@@ -93,20 +94,26 @@ def simulate(
     ``missing_fraction`` of observations are removed in runs at the high-tilt ends (no
     marker is then guaranteed in every view); ``outlier_fraction`` are displaced by a random
     distance in ``outlier_px`` (mis-clicks). ``extra``: parameter name -> (mean, sd) for the
-    model's other parameters (e.g. {"xstretch": (0, 0.01)} for the imod model).
+    model's other parameters (e.g. {"xstretch": (0, 0.01)} for the imod model). ``markers``:
+    (n, 3) marker positions (pixels from the specimen centre) to use instead of random ones
+    (``n_markers`` is then ignored).
     """
     rng = np.random.default_rng(seed)
     m = get_model(model)
     tilts = tilt_angles(n_views, tilt_range) if tilts_deg is None else np.asarray(tilts_deg, dtype=float)
     n_views = tilts.size
     nx, ny = image_size
-    markers = np.column_stack(
-        [
-            rng.uniform(-0.35, 0.35, n_markers) * nx,
-            rng.uniform(-0.35, 0.35, n_markers) * ny,
-            rng.uniform(-0.5, 0.5, n_markers) * thickness_px,
-        ]
-    )
+    if markers is None:
+        markers = np.column_stack(
+            [
+                rng.uniform(-0.35, 0.35, n_markers) * nx,
+                rng.uniform(-0.35, 0.35, n_markers) * ny,
+                rng.uniform(-0.5, 0.5, n_markers) * thickness_px,
+            ]
+        )
+    else:
+        markers = np.asarray(markers, dtype=np.float64).reshape(-1, 3)
+        n_markers = markers.shape[0]
     views = m.neutral_views(n_views)
     draws = {
         "scale": (1.0, scale_jitter),

@@ -4,6 +4,8 @@ Public API
 ----------
 * :func:`find_beads` -- positions ``(n, 2)`` (x, y in IMOD image coordinates, pixels) and scores of
   the gold beads in one image (:mod:`lmalign_jax.track.find`).
+* :func:`find_beads_large` -- the same for an image of any size: detection on a binned copy
+  (4k x 4k), centres at full resolution (:mod:`lmalign_jax.track.large`).
 * :func:`estimate_bead_diameter` -- the bead diameter in pixels from the image itself
   (:mod:`lmalign_jax.track.scale`).
 * :func:`bead_responses` -- the matched (Laplacian-of-Gaussian) filter
@@ -16,6 +18,7 @@ here imports ``lmalign_jax.io`` or ``lmalign_jax.cli``, and no JAX setting is ch
 
 from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses
 from lmalign_jax.track.find import find_beads
+from lmalign_jax.track.large import find_beads_large
 from lmalign_jax.track.scale import estimate_bead_diameter
 
-__all__ = ["find_beads", "estimate_bead_diameter", "bead_responses", "SIGMA_PER_DIAMETER"]
+__all__ = ["find_beads", "find_beads_large", "estimate_bead_diameter", "bead_responses", "SIGMA_PER_DIAMETER"]
