@@ -26,6 +26,7 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
+from ..workflow.local import LocalOptions, format_local_report, write_local_alignment
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
@@ -108,7 +109,28 @@ def run_align(args) -> int:
         figure=not args.no_figure,
         errors=not args.no_errors,
         worst=args.worst,
+        local=local_options_from_args(args),
     )
+
+
+def local_options_from_args(args) -> LocalOptions | None:
+    """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers."""
+    if not args.local:
+        return None
+    try:
+        total, _, each = args.min_fids.partition(",")
+        min_fids = (int(total), int(each or 0))
+    except ValueError:
+        raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
+    try:
+        return LocalOptions(
+            patch_size=tuple(args.patch_size),
+            overlap=(args.patch_overlap, args.patch_overlap),
+            min_fids=min_fids,
+            fix_markers=args.local_markers == "fixed",
+        )
+    except ValueError as e:
+        raise UsageError(f"--local: {e}") from None
 
 
 def align_and_report(
@@ -128,6 +150,7 @@ def align_and_report(
     errors: bool = True,
     worst: int = 10,
     truth=None,
+    local: LocalOptions | None = None,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo)."""
@@ -184,6 +207,15 @@ def align_and_report(
             f"{np.median(se.markers_se[:, 2]):.2f} px; leave-one-out RMS {se.loo_rms_px:.3f} px"
         )
     print(" Wrote " + ", ".join(written.written))
+    if local is not None and result.converged:
+        try:
+            solution, path = write_local_alignment(
+                out_dir, prefix, result, sel.view_index, inputs.tilts_deg.size, local
+            )
+        except ValueError as e:
+            raise UsageError(f"--local: {e}") from None
+        print(format_local_report(solution), end="")
+        print(f" Wrote {path}")
     not_updated = [s for s in ALIGN_OUTPUTS if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:
@@ -332,4 +364,44 @@ def add_align(sub):
     p.add_argument(
         "--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals"
     )
+    add_local_options(p)
     p.set_defaults(run=run_align)
+
+
+def add_local_options(p) -> None:
+    """--local and its settings (IMOD tiltalign's local alignments; Etomo's defaults)."""
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="after the global solve, solve overlapping patches for local corrections and write "
+        "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE)",
+    )
+    p.add_argument(
+        "--patch-size",
+        nargs=2,
+        type=int,
+        default=(700, 700),
+        metavar=("NX", "NY"),
+        help="target patch size in pixels (IMOD's TargetPatchSizeXandY; default 700 700)",
+    )
+    p.add_argument(
+        "--patch-overlap",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY; default 0.5)",
+    )
+    p.add_argument(
+        "--min-fids",
+        default="8,3",
+        metavar="TOTAL,EACH_SURFACE",
+        help="markers a patch must hold, in all and on each surface "
+        "(MinFidsTotalAndEachSurface; default 8,3)",
+    )
+    p.add_argument(
+        "--local-markers",
+        choices=("fixed", "free"),
+        default="fixed",
+        help="hold the markers at the global solution or solve them per patch "
+        "(FixXYZCoordinates; default fixed)",
+    )
