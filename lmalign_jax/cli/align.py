@@ -26,7 +26,7 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
-from ..workflow.local import LocalOptions, format_local_report, write_local_alignment
+from ..workflow.local import LocalOptions, check_local_model, format_local_report, write_local_alignment
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
@@ -123,11 +123,13 @@ def local_options_from_args(args) -> LocalOptions | None:
     except ValueError:
         raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
     try:
+        check_local_model(get_model(args.model))
         return LocalOptions(
             patch_size=tuple(args.patch_size),
             overlap=(args.patch_overlap, args.patch_overlap),
             min_fids=min_fids,
             fix_markers=args.local_markers == "fixed",
+            significance=None if args.local_keep_all else 3.0,
         )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
@@ -397,6 +399,12 @@ def add_local_options(p) -> None:
         metavar="TOTAL,EACH_SURFACE",
         help="markers a patch must hold, in all and on each surface "
         "(MinFidsTotalAndEachSurface; default 8,3)",
+    )
+    p.add_argument(
+        "--local-keep-all",
+        action="store_true",
+        help="keep every patch's local solution, as IMOD does; by default a patch keeps the global "
+        "solution unless its residual drop exceeds what fitting noise gives (chi-square test, 3 sd)",
     )
     p.add_argument(
         "--local-markers",

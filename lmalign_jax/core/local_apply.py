@@ -111,7 +111,7 @@ def project_through_local(
     patches, weights = patch_weights(local, xyz[:, :2] + np.asarray(image_size) / 2)
     pos = np.einsum("pvij,nj->pvni", mats, xyz) + shifts[:, :, None]  # (P, V, n, 2)
     n = np.arange(len(xyz))
-    return sum(weights[:, k, None, None] * pos[patches[:, k], :, n].transpose(1, 0, 2) for k in range(4))
+    return sum(weights[None, :, k, None] * pos[patches[:, k], :, n].transpose(1, 0, 2) for k in range(4))
 
 
 def fit_markers_through_local(

@@ -7,10 +7,17 @@ import os
 
 import numpy as np
 
-from ..core.local import LocalOptions, LocalSolution, align_local
+from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
 from ..io.imod_local import LocalAlignment, write_local_xf
 
-__all__ = ["LOCAL_SUFFIX", "file_view_local", "write_local_alignment", "format_local_report"]
+__all__ = [
+    "LocalOptions",
+    "check_local_model",
+    "LOCAL_SUFFIX",
+    "file_view_local",
+    "write_local_alignment",
+    "format_local_report",
+]
 
 #: IMOD's name for the local alignment file: ``<prefix>local.xf`` (Etomo's ``<set>local.xf``).
 LOCAL_SUFFIX = "local.xf"
