@@ -26,6 +26,11 @@ from pathlib import Path
 from benchmarks.common import environment, machine_slug
 
 
+def _plain(value):
+    """numpy scalars as Python numbers, for json."""
+    return value.item()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,7 +70,7 @@ def main(argv=None) -> int:
             "local_mean_px": sol.local_mean_px,
             "patches_kept_local": sum(p.kept_local for p in sol.patches),
         }
-        print(label, json.dumps(rows[label]))
+        print(label, json.dumps(rows[label], default=_plain))
     meta["loadavg_end"] = list(os.getloadavg())
     record = {
         "benchmark": "local_bench",
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         "results": rows,
     }
     out = args.out or Path(__file__).parent / "results" / f"{meta['date']}-{machine_slug(meta)}-local.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    out.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -107,9 +107,9 @@ class LocalOptions:
 
 @dataclasses.dataclass(frozen=True)
 class PatchReport:
-    """One patch: its grid cell, centre (pixels), markers, residuals before/after (px), its free
-    parameters, the drop of its sum of squares in units of sigma^2, and whether its local solution
-    was kept (else the global solution stands for it)."""
+    """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
+    global and under its own local fit (px), its free parameters, the drop of its sum of squares in
+    units of sigma^2, and whether its local solution was kept (else the global one stands for it)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -408,7 +408,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             text = f"not significant (needs {threshold:.0f}); global kept"
         else:
             text = status.message
-        keep = enough and status != Status.FAILED and (options.significance is None or drop > threshold)
+        keep = bool(enough and status != Status.FAILED and (options.significance is None or drop > threshold))
         if not keep:
             views[p] = result.views
             markers = result.markers[idx]
@@ -421,7 +421,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 int(idx.size),
                 box,
                 float(np.sqrt(np.sum(g_res**2) / n_coords)),
-                float(np.sqrt(np.sum((l_res if keep else g_res) ** 2) / n_coords)),
+                float(np.sqrt(np.sum(l_res**2) / n_coords)),
                 text,
                 n_free[p],
                 drop,

@@ -65,16 +65,22 @@ def format_local_report(solution: LocalSolution) -> str:
     lines = [
         f" Local alignment: {f.n_patches[0]} x {f.n_patches[1]} patches, centres from ({f.start[0]}, "
         f"{f.start[1]}) every ({f.spacing[0]}, {f.spacing[1]}) px, solved in {solution.seconds:.2f} s",
-        "  patch     centre     box         markers  rms global  rms local  status",
+        "  patch     centre     box         markers  rms global  rms local  drop/sigma^2  free  status",
     ]
     for p in solution.patches:
         lines.append(
             f"  ({p.index[0]:2d},{p.index[1]:2d}) ({p.centre[0]:5d},{p.centre[1]:5d}) "
             f"{p.box[0]:5d} x {p.box[1]:<5d} {p.n_markers:7d} "
-            f"{p.global_rms_px:11.4f} {p.local_rms_px:10.4f}  {p.status}"
+            f"{p.global_rms_px:11.4f} {p.local_rms_px:10.4f} {p.chi2_drop:13.1f} {p.n_free:5d}  {p.status}"
         )
     lines.extend(f"  note: {n}" for n in solution.notes)
-    change = 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px
+    if not any(p.kept_local for p in solution.patches):
+        lines.append(
+            "  note: no patch lowers its residual by more than fitting noise would (drop/sigma^2 about its "
+            "free parameters); the local file holds the global solution (--local-keep-all keeps every "
+            "patch's fit, as IMOD does)"
+        )
+    change = max(0.0, 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px)
     lines.append(
         f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "
         f"{solution.global_mean_px:.4f} px, local {solution.local_mean_px:.4f} px ({change:.1f}% lower)"
