@@ -154,3 +154,18 @@ def test_imods_shipped_local_file_lowers_the_residual_as_imod_reports(name):
         )
         means.append(np.nanmean(np.hypot(r[..., 0], r[..., 1])))
     np.testing.assert_allclose(means, IMOD_MEAN_PX[name], atol=6e-5)
+
+
+def test_a_grid_outside_the_stack_is_named_with_the_pixel_size_trap():
+    from lmalign_jax.io.imod_local import check_local_grid
+
+    path = LOCAL / "midzone2alocal.xf"
+    local = read_local_xf(path)
+    check_local_grid(path, local, (1950, 1024))
+    with pytest.raises(InputError, match="grid does not match the stack.*outside the 512 x 512 image"):
+        check_local_grid(path, local, (512, 512))
+    # Header pixel 1.0 (a model without a pixel size) against a stack of 2.5 A pixels: tilt would
+    # rescale the grid by 1 / 2.5, which still fits; against 0.5 A pixels it leaves the image.
+    check_local_grid(path, local, (1950, 1024), pixel_size=2.5)
+    with pytest.raises(InputError, match=r"rescaled by header pixel 1 / stack pixel 0.5"):
+        check_local_grid(path, local, (1950, 1024), pixel_size=0.5)

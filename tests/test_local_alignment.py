@@ -174,3 +174,17 @@ def _two(line: str):
     g = float(line.split("global ")[1].split(" px")[0])
     loc = float(line.split("local ")[1].split(" px")[0])
     return g, loc
+
+
+def test_views_left_out_get_imods_unit_transform_and_zero_delta():
+    from lmalign_jax.io.imod_local import LocalAlignment
+    from lmalign_jax.workflow.local import file_view_local
+
+    xf = np.tile(np.array([[1.01, 0.0, 2.0], [0.0, 0.99, -1.0]]), (4, 3, 1, 1))
+    local = LocalAlignment((2, 2), (10, 10), (20, 20), 0.0, np.full((4, 3), 0.5), xf)
+    full = file_view_local(local, np.array([4, 0, 2]), 6)
+    assert full.delta_tilt_deg.shape == (4, 6) and full.transforms.shape == (4, 6, 2, 3)
+    np.testing.assert_array_equal(full.delta_tilt_deg[:, [0, 2, 4]], 0.5)
+    np.testing.assert_array_equal(full.delta_tilt_deg[:, [1, 3, 5]], 0.0)
+    np.testing.assert_array_equal(full.transforms[:, [1, 3, 5]], np.tile(np.eye(2, 3), (4, 3, 1, 1)))
+    np.testing.assert_array_equal(full.transforms[:, 4], xf[:, 0])

@@ -38,7 +38,7 @@ from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import format_records, record_format
 
-__all__ = ["LocalAlignment", "read_local_xf", "write_local_xf"]
+__all__ = ["LocalAlignment", "check_local_grid", "read_local_xf", "write_local_xf"]
 
 _HEADER_NAMES = ("nX", "nY", "Xstart", "Ystart", "dX", "dY", "ifXtilts", "pixel", "ifZfactors")
 _HEADER_RECORDS = {6: record_format("6i6"), 8: record_format("7i6,f12.5"), 9: record_format("7i6,f12.5,i4")}
@@ -206,6 +206,30 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
             row = cursor.transform(f"transform of view {v} in {where}")
             xf[p, v] = [[row[0], row[1], row[4]], [row[2], row[3], row[5]]]
     return LocalAlignment((nx, ny), (x0, y0), (dx, dy), pixel, dt, xf, dxt, zf, len(tokens))
+
+
+def check_local_grid(
+    path: str | os.PathLike, local: LocalAlignment, image_size: tuple[float, float], pixel_size: float = 0.0
+) -> None:
+    """InputError unless the file's patch centres lie in an image of ``image_size`` (nx, ny) pixels,
+    after the rescaling IMOD's tilt applies (header pixel / ``pixel_size`` when both are > 0: the
+    "pixel-size trap" of a file made for a stack of another binning or a model without a pixel size)."""
+    factor = local.pixel_size / pixel_size if local.pixel_size > 0 and pixel_size > 0 else 1.0
+    centres = local.centres * factor
+    lo, hi = centres.min(axis=0), centres.max(axis=0)
+    if np.any(lo < 0) or hi[0] > image_size[0] or hi[1] > image_size[1]:
+        rescaled = (
+            f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
+            if factor != 1
+            else ""
+        )
+        raise InputError(
+            path,
+            1,
+            f"grid does not match the stack: patch centres span x {lo[0]:g}..{hi[0]:g}, "
+            f"y {lo[1]:g}..{hi[1]:g}"
+            f"{rescaled}, outside the {image_size[0]:g} x {image_size[1]:g} image",
+        )
 
 
 def _lines_of(record: str, values: np.ndarray, per_line: int) -> str:
