@@ -66,5 +66,64 @@ def test_a_unit_local_file_is_the_global_back_projection(volumes):
         np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1)),
     )
     np.testing.assert_allclose(
-        backproject_local(stack, TILTS, unit, 4), backproject_local(stack, TILTS, None, 4), atol=1e-4
+        backproject_local(stack, TILTS, unit, NZ), backproject_local(stack, TILTS, None, NZ), atol=1e-4
+    )
+
+
+def test_reconstruct_local_from_a_raw_stack_and_the_command_line(volumes, tmp_path):
+    """The raw-stack path (global .xf resampling, then the local file) through ``lmalign
+    reconstruct --local``: with a unit .xf the aligned stack is the raw one, so the tomogram is
+    the back-projection above; a local file made for another number of views is refused."""
+    import contextlib
+    import io as _io
+
+    import mrcfile
+
+    from lmalign_jax import cli
+    from lmalign_jax.io.imod import write_xf
+    from lmalign_jax.io.imod_local import write_local_xf
+    from lmalign_jax.io.tilts import write_tlt
+
+    local = known_local()
+    pos = project_through_local(local, BEADS, TILTS, (N, N))
+    c = np.arange(N) + 0.5 - N / 2
+    dx = c[None, None, None, :] - pos[:, :, 0, None, None]
+    dy = c[None, None, :, None] - pos[:, :, 1, None, None]
+    stack = np.exp(-(dx**2 + dy**2) / (2 * SIGMA**2)).sum(axis=1).astype(np.float32)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(stack)
+        m.voxel_size = 2.0
+    write_xf(tmp_path / "s.xf", np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)))
+    write_tlt(tmp_path / "s.tlt", TILTS)
+    write_local_xf(tmp_path / "slocal.xf", local)
+    args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--tlt", tmp_path / "s.tlt"]
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in [*args, "--thickness", NZ, "--local", tmp_path / "slocal.xf", "-q"]])
+    assert rc == 0, err.getvalue()
+    with mrcfile.open(tmp_path / "s.rec.mrc") as m:
+        np.testing.assert_allclose(m.data, volumes[0], atol=1e-4 * np.abs(volumes[0]).max())
+    bad = LocalAlignment(
+        (2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, 5)), np.tile(np.eye(2, 3), (4, 5, 1, 1))
+    )
+    write_local_xf(tmp_path / "bad.xf", bad)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(
+            [
+                str(a)
+                for a in [
+                    *args,
+                    "--thickness",
+                    NZ,
+                    "--local",
+                    tmp_path / "bad.xf",
+                    "--out",
+                    tmp_path / "b.mrc",
+                ]
+            ]
+        )
+    assert (
+        rc == 2
+        and "grid does not match the alignment" in err.getvalue()
+        and not (tmp_path / "b.mrc").exists()
     )

@@ -13,6 +13,8 @@ volumes up to some hundred million voxels per call.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,7 @@ from ..core.local_apply import local_projection_matrices, patch_weights
 from ..io.imod_local import LocalAlignment
 from .filters import angular_increments, filter_response
 
-__all__ = ["backproject_local"]
+__all__ = ["backproject_local", "reconstruct_local"]
 
 
 @jax.jit
@@ -104,3 +106,55 @@ def backproject_local(
         jnp.asarray(xyz, dtype),
     )
     return np.asarray(out)
+
+
+def _bin(view: np.ndarray, b: int) -> np.ndarray:
+    ny, nx = view.shape[0] // b, view.shape[1] // b
+    return view[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3))
+
+
+def reconstruct_local(
+    stack,
+    xf_A: Float[np.ndarray, "views 2 2"],
+    xf_shift: Float[np.ndarray, "views 2"],
+    tilts_deg: Float[np.ndarray, " views"],
+    local: LocalAlignment,
+    thickness: float,
+    *,
+    binning: int = 1,
+    filter: str | None = "ramp",
+    radial=None,
+    dtype=jnp.float32,
+) -> Float[np.ndarray, "nz ny nx"]:
+    """A tomogram from the RAW stack, its global ``.xf``/tilts and a local alignment.
+
+    Each raw view (binned ``binning`` x ``binning``) is resampled into the globally aligned frame
+    (bilinear, ``x' = A (x - c) + D + c``), then :func:`backproject_local` applies the local file,
+    its grid and shifts divided by the binning (as tilt's IMAGEBINNED). Volume
+    ``(round(thickness / binning), NY // binning, NX // binning)`` in the frame of
+    :func:`lmalign_jax.recon.reconstruct` (its overall scale may differ).
+    """
+    a = np.asarray(xf_A, np.float64)
+    d = np.asarray(xf_shift, np.float64)
+    b = int(binning)
+    views = [_bin(np.asarray(stack[v], np.float64), b) for v in range(a.shape[0])]
+    ny, nx = views[0].shape
+    x = np.arange(nx) + 0.5 - nx / 2
+    y = np.arange(ny) + 0.5 - ny / 2
+    gx, gy = np.meshgrid(x, y)
+    aligned = np.empty((len(views), ny, nx))
+    for v, image in enumerate(views):
+        inv = np.linalg.inv(a[v])
+        raw = np.einsum("ij,jyx->iyx", inv, np.stack([gx - d[v, 0] / b, gy - d[v, 1] / b]))
+        coords = [jnp.asarray(raw[1] + ny / 2 - 0.5), jnp.asarray(raw[0] + nx / 2 - 0.5)]
+        aligned[v] = np.asarray(
+            map_coordinates(jnp.asarray(image), coords, order=1, mode="constant", cval=0.0)
+        )
+    scaled = dataclasses.replace(
+        local,
+        start=(local.start[0] / b, local.start[1] / b),
+        spacing=(local.spacing[0] / b, local.spacing[1] / b),
+        transforms=np.concatenate([local.transforms[..., :2], local.transforms[..., 2:] / b], -1),
+    )
+    nz = max(1, int(round(thickness / b)))
+    return backproject_local(aligned, tilts_deg, scaled, nz, filter=filter, radial=radial, dtype=dtype)

@@ -17,8 +17,10 @@ import numpy as np
 
 from ..io import read_xf
 from ..io.errors import InputError
+from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import create_volume, read_stack, read_stack_header
 from ..recon import filter_response, reconstruct
+from ..recon.local_backprojection import reconstruct_local
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -113,8 +115,12 @@ def reconstruct_to_file(
     quiet: bool = False,
     warn=print_warning,
     note=print_note,
+    local_path: str | None = None,
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
+
+    ``local_path``: an IMOD local alignment file applied position by position after the global
+    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE).
 
     Returns a summary dict (shape, voxel size, seconds). Raises ``InputError``/``UsageError`` for
     bad input before anything is written.
@@ -155,6 +161,10 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
+    local = None
+    if local_path is not None:
+        local = read_local_xf(local_path, n_views=n_views)
+        check_local_grid(local_path, local, (nx, ny), pixel or 0.0)
     stack = read_stack(stack_path)
     if not quiet:
         note(
@@ -175,18 +185,31 @@ def reconstruct_to_file(
             out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]
         ) as vol:
             try:
-                reconstruct(
-                    _CountingStack(stack, tick),
-                    alignment.xf_A,
-                    alignment.xf_shift,
-                    alignment.tilts_deg,
-                    thickness,
-                    binning=binning,
-                    filter=filter,
-                    radial=None if radial is None else tuple(radial),
-                    out=vol,
-                    progress=progress,
-                )
+                if local is not None:
+                    vol[...] = reconstruct_local(
+                        _CountingStack(stack, tick),
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        local,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                    )
+                else:
+                    reconstruct(
+                        _CountingStack(stack, tick),
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        out=vol,
+                        progress=progress,
+                    )
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
