@@ -17,7 +17,7 @@ import pytest
 from helpers import DATA
 
 from lmalign_jax import align, cli, simulate
-from lmalign_jax.core.local import align_local, select_patch_markers
+from lmalign_jax.core.local import LocalOptions, align_local, select_patch_markers
 from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
 from lmalign_jax.io.imod_local import read_local_xf
 from lmalign_jax.models import get_model
@@ -124,6 +124,17 @@ def test_a_patch_short_of_markers_grows_its_box_or_says_so():
     assert enough and set(idx) == {0, 1, 2} and box[0] >= 1600
     idx, box, enough = select_patch_markers(xy, side, (100, 100), (100, 100), (4, 0), (1024, 1024))
     assert not enough and idx.size == 3 and box[0] >= 2048
+
+
+def test_patches_short_of_markers_keep_the_global_solution_and_are_named(solved):
+    result = solved["rigid"][0]
+    local = align_local(result, LocalOptions(min_fids=(61, 0)))  # 60 markers in all
+    assert len(local.notes) == 9 and all(
+        "only 60 markers (needs 61, 0 per surface)" in n for n in local.notes
+    )
+    assert all(p.status.startswith("too few markers") and not p.kept_local for p in local.patches)
+    np.testing.assert_allclose(local.file.transforms, np.tile(np.eye(2, 3), (9, 41, 1, 1)), atol=1e-6)
+    assert local.local_mean_px == pytest.approx(local.global_mean_px, rel=1e-9)
 
 
 def run(args):

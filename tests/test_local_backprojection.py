@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from lmalign_jax.core.local_apply import project_through_local
+from lmalign_jax.core.local_apply import local_sampling, project_through_local
 from lmalign_jax.io.imod_local import LocalAlignment
-from lmalign_jax.recon.local_backprojection import backproject_local
+from lmalign_jax.recon.local_backprojection import LocalSampling, backproject_local
 from lmalign_jax.simulation.phantom import locate_peaks
 
 N, NZ, SIGMA = 64, 16, 1.2
@@ -31,7 +31,13 @@ def volumes():
     dx = c[None, None, None, :] - pos[:, :, 0, None, None]
     dy = c[None, None, :, None] - pos[:, :, 1, None, None]
     stack = np.exp(-(dx**2 + dy**2) / (2 * SIGMA**2)).sum(axis=1)  # (V, N, N) aligned views
-    return backproject_local(stack, TILTS, local, NZ), backproject_local(stack, TILTS, None, NZ)
+    return backproject_local(stack, TILTS, sampling(local), NZ), backproject_local(
+        stack, TILTS, sampling(None), NZ
+    )
+
+
+def sampling(local):
+    return LocalSampling(*local_sampling(local, TILTS, (N, N)))
 
 
 def test_beads_are_in_place_and_sharper_with_the_local_file(volumes):
@@ -66,7 +72,9 @@ def test_a_unit_local_file_is_the_global_back_projection(volumes):
         np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1)),
     )
     np.testing.assert_allclose(
-        backproject_local(stack, TILTS, unit, NZ), backproject_local(stack, TILTS, None, NZ), atol=1e-4
+        backproject_local(stack, TILTS, sampling(unit), NZ),
+        backproject_local(stack, TILTS, sampling(None), NZ),
+        atol=1e-4,
     )
 
 

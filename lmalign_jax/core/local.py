@@ -360,10 +360,15 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     structure = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[1] for b in built])
     eliminate = "a" if options.fix_markers else choose_elimination(obs.n_views, lm.n_parameters, capacity, 3)
     began = time.perf_counter()
-    with jax.enable_x64(True):
-        sol = _batched_solver(residual_function(lm), eliminate, options.config)(x0, structure)
-        sol = jax.device_get(jax.block_until_ready(sol))
-        a_eff = np.asarray(jax.vmap(effective_a)(sol.x.a, sol.x.g, structure.tie_a))
+    if any(s.size for s in selections):
+        with jax.enable_x64(True):
+            sol = _batched_solver(residual_function(lm), eliminate, options.config)(x0, structure)
+            sol = jax.device_get(jax.block_until_ready(sol))
+            a_eff = np.asarray(jax.vmap(effective_a)(sol.x.a, sol.x.g, structure.tie_a))
+        status_of, solved_markers = sol.status, sol.x.b
+    else:  # no patch has enough markers: nothing to solve, every patch keeps the global solution
+        a_eff, solved_markers = x0.a, x0.b
+        status_of = np.full(len(selections), int(Status.CONVERGED))
     seconds = time.perf_counter() - began
     unit = structure.const  # (P, k)
     full = a_eff * unit[:, None, :]
@@ -380,10 +385,10 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     reports, transforms, marker_sets = [], [], []
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
     for p, ((cell, c, box, enough), idx) in enumerate(zip(cells, selections, strict=True)):
-        status = Status(int(sol.status[p]))
+        status = Status(int(status_of[p]))
         m = obs.mask[:, idx]
         w = np.asarray(structure.weights[p, :, : idx.size])
-        markers = np.asarray(sol.x.b[p, : idx.size])
+        markers = np.asarray(solved_markers[p, : idx.size])
         local_pred = np.moveaxis(
             np.asarray(
                 model.project(jnp.asarray(views[p].T[:, :, None]), jnp.asarray(markers.T[:, None, :]))

@@ -26,7 +26,13 @@ from jaxtyping import Bool, Float
 
 from ..io.imod_local import LocalAlignment
 
-__all__ = ["patch_weights", "local_projection_matrices", "project_through_local", "fit_markers_through_local"]
+__all__ = [
+    "local_sampling",
+    "patch_weights",
+    "local_projection_matrices",
+    "project_through_local",
+    "fit_markers_through_local",
+]
 
 
 def _axis_weights(coord, start: int, spacing: int, n: int):
@@ -154,3 +160,31 @@ def fit_markers_through_local(
         xyz = np.linalg.solve(normal, rhs[..., None])[..., 0]
     predicted = np.einsum("vmij,mj->vmi", m_eff, xyz) + d_eff
     return xyz, np.where(mask[..., None], predicted - aligned_xy, np.nan)
+
+
+def local_sampling(
+    local: LocalAlignment | None,
+    tilts_deg: Float[np.ndarray, " views"],
+    grid_shape: tuple[int, int],
+    binning: int = 1,
+    xtilts_deg: Float[np.ndarray, " views"] | None = None,
+    z_factors: Float[np.ndarray, "views 2"] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What each voxel column of a (NY, NX) grid of ``binning``-pixel voxels samples, for
+    ``lmalign_jax.recon.local_backprojection`` (its ``LocalSampling`` fields, in order).
+
+    Returns (mats (P, V, 2, 3), shifts (P, V, 2) in binned pixels, patches (NY, NX, 4),
+    weights (NY, NX, 4)); the weights are tilt's, from each column centre in unbinned pixels.
+    ``local`` None: one patch, the global projection.
+    """
+    ny, nx = grid_shape
+    b = float(binning)
+    mats, shifts = local_projection_matrices(local, tilts_deg, xtilts_deg, z_factors)
+    if local is None:
+        patches = np.zeros((ny, nx, 4), np.int32)
+        weights = np.zeros((ny, nx, 4))
+        weights[..., 0] = 1.0
+        return mats, shifts / b, patches, weights
+    gx, gy = np.meshgrid((np.arange(nx) + 0.5) * b, (np.arange(ny) + 0.5) * b)
+    patches, weights = patch_weights(local, np.column_stack([gx.ravel(), gy.ravel()]))
+    return mats, shifts / b, patches.reshape(ny, nx, 4).astype(np.int32), weights.reshape(ny, nx, 4)

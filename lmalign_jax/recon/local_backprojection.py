@@ -1,11 +1,13 @@
-"""Back-projection through an IMOD local alignment, as IMOD's ``tilt`` does with LOCALFILE.
+"""Back-projection where each voxel column has its own blend of affine projections: how IMOD's
+``tilt`` applies a local alignment (LOCALFILE).
 
-A separate function from :func:`lmalign_jax.recon.reconstruct` (whose kernels are being rewritten
-for speed elsewhere): it reads the globally ALIGNED stack, as ``tilt`` does, and for every voxel
-and view samples the position that the local file gives that voxel (bilinear weights of the four
-patch centres around the voxel's (x, y), each patch projecting with its own tilt and transform;
-:mod:`lmalign_jax.core.local_apply` states the formulas from tilt.f90). Rows are filtered as in
-weighted FBP (``recon.filters``) and each view is weighted by its angular increment.
+A separate path from :func:`lmalign_jax.recon.reconstruct` (whose kernels are being rewritten for
+speed elsewhere). For voxel column (y, x) and view v the sampled position in the globally ALIGNED
+view is ``sum_k w_k(y, x) (M[p_k(y, x), v] X + D[p_k(y, x), v])`` (centred pixels), X the voxel's
+centred position: for a local file, p_k and w_k are the four patches around (x, y) and their
+bilinear weights and M, D each patch's projection and transform
+(``lmalign_jax.core.local_apply.local_sampling`` builds them from tilt.f90's formulas). Rows are
+filtered as in weighted FBP (``recon.filters``), each view weighted by its angular increment.
 
 Memory: one view's positions for the whole volume, (NZ, NY, NX, 2) floats, at a time: meant for
 volumes up to some hundred million voxels per call.
@@ -13,7 +15,7 @@ volumes up to some hundred million voxels per call.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +23,22 @@ import numpy as np
 from jax.scipy.ndimage import map_coordinates
 from jaxtyping import Float
 
-from ..core.local_apply import local_projection_matrices, patch_weights
-from ..io.imod_local import LocalAlignment
 from .filters import angular_increments, filter_response
 
-__all__ = ["backproject_local", "reconstruct_local"]
+__all__ = ["LocalSampling", "backproject_local", "reconstruct_local"]
+
+
+class LocalSampling(NamedTuple):
+    """Where each voxel column samples each view (module docstring).
+
+    mats: (n_patches, n_views, 2, 3); shifts: (n_patches, n_views, 2), pixels of the volume's grid;
+    patches: (NY, NX, 4) int patch indices; weights: (NY, NX, 4), summing to 1.
+    """
+
+    mats: np.ndarray
+    shifts: np.ndarray
+    patches: np.ndarray
+    weights: np.ndarray
 
 
 @jax.jit
@@ -51,23 +64,20 @@ def _accumulate(filtered, mats, shifts, patches, weights, xyz):
 def backproject_local(
     aligned: Float[np.ndarray, "views ny nx"],
     tilts_deg: Float[np.ndarray, " views"],
-    local: LocalAlignment | None,
+    sampling: LocalSampling,
     thickness: int,
     *,
-    xtilts_deg: Float[np.ndarray, " views"] | None = None,
-    z_factors: Float[np.ndarray, "views 2"] | None = None,
     filter: str | None = "ramp",
     radial=None,
     dtype=jnp.float32,
 ) -> Float[np.ndarray, "nz ny nx"]:
-    """Weighted back-projection of an aligned stack through a local alignment (None: global only).
+    """Weighted back-projection of an aligned stack, each voxel column sampling as ``sampling`` says.
 
     Args:
         aligned: (n_views, NY, NX) the stack after the global ``.xf`` (tilt's input ``.ali``).
-        tilts_deg: (n_views,) the global tilts (tilt's TILTFILE); the file's deltas are added.
-        local: the local alignment (``io.read_local_xf``), its grid in this stack's pixels.
+        tilts_deg: (n_views,) tilts for the angular weighting.
+        sampling: :class:`LocalSampling` for this (NY, NX) grid.
         thickness: NZ, slices of the volume.
-        xtilts_deg, z_factors: the global X-axis tilts and z factors, if any (as tilt's options).
         filter, radial: row filter and IMOD's radial fall-off (``recon.filters.filter_response``).
     Returns:
         (NZ, NY, NX) volume; voxel (k, j, i) centred at (i + 0.5 - NX/2, j + 0.5 - NY/2,
@@ -77,33 +87,28 @@ def backproject_local(
     n_views, ny, nx = aligned.shape
     if int(thickness) < 1:
         raise ValueError(f"thickness must be a positive number of slices, got {thickness}")
+    if sampling.patches.shape != (ny, nx, 4) or sampling.mats.shape[1] != n_views:
+        raise ValueError(
+            f"sampling is for {sampling.patches.shape[:2]} columns and {sampling.mats.shape[1]} views, "
+            f"the stack has {(ny, nx)} and {n_views}"
+        )
     nz = int(thickness)
     n_pad, response = filter_response(nx, filter, radial)
     weight = angular_increments(tilts_deg)
     rows = jnp.asarray(aligned, dtype)
     spectrum = jnp.fft.rfft(rows, n=n_pad, axis=-1) * jnp.asarray(response, dtype)
     filtered = jnp.fft.irfft(spectrum, n=n_pad, axis=-1)[..., :nx] * jnp.asarray(weight, dtype)[:, None, None]
-    mats, shifts = local_projection_matrices(local, tilts_deg, xtilts_deg, z_factors)
     x = np.arange(nx) + 0.5 - nx / 2
     y = np.arange(ny) + 0.5 - ny / 2
     z = np.arange(nz) + 0.5 - nz / 2
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    xyz = np.stack([xx, yy, zz], -1)
-    if local is None:
-        patches = np.zeros((ny, nx, 4), np.int32)
-        weights = np.zeros((ny, nx, 4))
-        weights[..., 0] = 1.0
-    else:
-        gx, gy = np.meshgrid(x + nx / 2, y + ny / 2)
-        p, w = patch_weights(local, np.column_stack([gx.ravel(), gy.ravel()]))
-        patches, weights = p.reshape(ny, nx, 4).astype(np.int32), w.reshape(ny, nx, 4)
     out = _accumulate(
         filtered,
-        jnp.asarray(mats, dtype),
-        jnp.asarray(shifts, dtype),
-        jnp.asarray(patches),
-        jnp.asarray(weights, dtype),
-        jnp.asarray(xyz, dtype),
+        jnp.asarray(sampling.mats, dtype),
+        jnp.asarray(sampling.shifts, dtype),
+        jnp.asarray(sampling.patches, jnp.int32),
+        jnp.asarray(sampling.weights, dtype),
+        jnp.asarray(np.stack([xx, yy, zz], -1), dtype),
     )
     return np.asarray(out)
 
@@ -118,7 +123,7 @@ def reconstruct_local(
     xf_A: Float[np.ndarray, "views 2 2"],
     xf_shift: Float[np.ndarray, "views 2"],
     tilts_deg: Float[np.ndarray, " views"],
-    local: LocalAlignment,
+    sampling: LocalSampling,
     thickness: float,
     *,
     binning: int = 1,
@@ -126,13 +131,12 @@ def reconstruct_local(
     radial=None,
     dtype=jnp.float32,
 ) -> Float[np.ndarray, "nz ny nx"]:
-    """A tomogram from the RAW stack, its global ``.xf``/tilts and a local alignment.
+    """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling.
 
     Each raw view (binned ``binning`` x ``binning``) is resampled into the globally aligned frame
-    (bilinear, ``x' = A (x - c) + D + c``), then :func:`backproject_local` applies the local file,
-    its grid and shifts divided by the binning (as tilt's IMAGEBINNED). Volume
-    ``(round(thickness / binning), NY // binning, NX // binning)`` in the frame of
-    :func:`lmalign_jax.recon.reconstruct` (its overall scale may differ).
+    (bilinear, ``x' = A (x - c) + D + c``, shifts in unbinned pixels), then :func:`backproject_local`
+    with ``sampling`` made for the binned grid. Volume ``(round(thickness / binning), NY // binning,
+    NX // binning)`` in the frame of :func:`lmalign_jax.recon.reconstruct` (its scale may differ).
     """
     a = np.asarray(xf_A, np.float64)
     d = np.asarray(xf_shift, np.float64)
@@ -150,11 +154,5 @@ def reconstruct_local(
         aligned[v] = np.asarray(
             map_coordinates(jnp.asarray(image), coords, order=1, mode="constant", cval=0.0)
         )
-    scaled = dataclasses.replace(
-        local,
-        start=(local.start[0] / b, local.start[1] / b),
-        spacing=(local.spacing[0] / b, local.spacing[1] / b),
-        transforms=np.concatenate([local.transforms[..., :2], local.transforms[..., 2:] / b], -1),
-    )
     nz = max(1, int(round(thickness / b)))
-    return backproject_local(aligned, tilts_deg, scaled, nz, filter=filter, radial=radial, dtype=dtype)
+    return backproject_local(aligned, tilts_deg, sampling, nz, filter=filter, radial=radial, dtype=dtype)

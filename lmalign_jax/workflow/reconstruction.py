@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import create_volume, read_stack, read_stack_header
 from ..recon import filter_response, reconstruct
-from ..recon.local_backprojection import reconstruct_local
+from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -191,7 +192,7 @@ def reconstruct_to_file(
                         alignment.xf_A,
                         alignment.xf_shift,
                         alignment.tilts_deg,
-                        local,
+                        LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning)),
                         thickness,
                         binning=binning,
                         filter=filter,
