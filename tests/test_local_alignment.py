@@ -75,6 +75,8 @@ def solved():
             aligned_error(result, None, clean),
             aligned_error(result, local.file, clean),
         )
+        free = align_local(result, LocalOptions(fix_markers=False))  # same shapes: no new compilation
+        out[name + " free markers"] = (local, free, aligned_error(result, free.file, clean))
     return out
 
 
@@ -91,6 +93,16 @@ def test_local_brings_a_warped_series_near_the_rigid_level(solved):
     assert warped_local < 0.6 * warped_global
     assert any(p.kept_local for p in local.patches)
     assert local.local_mean_px < local.global_mean_px
+
+
+def test_markers_solved_per_patch_do_as_well(solved):
+    """FixXYZCoordinates 0: the markers move with each patch (gauge held at the reference view, so
+    the patch's frame is the global one and the file stays valid for tilt's global points)."""
+    rigid_global = solved["rigid"][2]
+    fixed, free, error = solved["warped free markers"]
+    assert error < 2 * rigid_global
+    assert free.patches[0].n_free > fixed.patches[0].n_free
+    assert solved["rigid free markers"][2] <= 1.1 * rigid_global
 
 
 def test_local_on_rigid_data_does_not_raise_the_error(solved):
