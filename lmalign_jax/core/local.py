@@ -305,13 +305,19 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     return Variables(views / unit, b, np.zeros(len(slot_free))), structure
 
 
+def _project(model: ProjectionModel, views: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """(n_views, n_points, 2) centred image positions of points xyz (n, 3) in views (n_views, k), float64."""
+    with jax.enable_x64(True):
+        out = model.project(jnp.asarray(views.T[:, :, None]), jnp.asarray(xyz.T[:, None, :]))
+        return np.moveaxis(np.asarray(out, np.float64), 0, -1)
+
+
 def _ideal_to_aligned(model, patch_views, global_xf, centre, size, z_range):
     """(n_views, 2, 3) local transforms: patch's ideal projection -> globally aligned position."""
     gx, gy = np.meshgrid(np.linspace(-0.5, 0.5, 3) * size[0], np.linspace(-0.5, 0.5, 3) * size[1])
     pts = np.stack([gx.ravel() + centre[0], gy.ravel() + centre[1]], 1)
     xyz = np.concatenate([np.column_stack([pts, np.full(len(pts), z)]) for z in z_range])  # centred
-    raw = np.asarray(model.project(jnp.asarray(patch_views.T[:, :, None]), jnp.asarray(xyz.T[:, None, :])))
-    raw = np.moveaxis(raw, 0, -1)  # (V, n, 2) centred raw positions under the patch solution
+    raw = _project(model, patch_views, xyz)  # (V, n, 2) centred raw positions under the patch solution
     aligned = np.einsum("vij,vnj->vni", global_xf[:, :, :2], raw) + global_xf[:, None, :, 2]
     tilt = patch_views[:, model.index("tilt")]
     ideal = np.stack(
@@ -393,13 +399,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         m = obs.mask[:, idx]
         w = np.asarray(structure.weights[p, :, : idx.size])
         markers = np.asarray(solved_markers[p, : idx.size])
-        local_pred = np.moveaxis(
-            np.asarray(
-                model.project(jnp.asarray(views[p].T[:, :, None]), jnp.asarray(markers.T[:, None, :]))
-            ),
-            0,
-            -1,
-        )
+        local_pred = _project(model, views[p], markers)
         l_res = np.where(m[..., None], local_pred - obs.centered_xy[:, idx], 0.0)
         g_res = resid[:, idx]
         drop = float(np.sum(w[..., None] * (g_res**2 - l_res**2)) / sigma2) if sigma2 > 0 else np.inf

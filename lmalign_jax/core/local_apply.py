@@ -157,7 +157,9 @@ def fit_markers_through_local(
         target = np.where(mask[..., None], aligned_xy, 0.0) - d_eff  # (V, M, 2)
         normal = np.einsum("vm,vmia,vmib->mab", w, m_eff, m_eff)
         rhs = np.einsum("vm,vmia,vmi->ma", w, m_eff, target)
-        xyz = np.linalg.solve(normal, rhs[..., None])[..., 0]
+        # A tiny ridge keeps a marker seen at one angle only solvable (its z is then 0 + ridge).
+        ridge = 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(3)
+        xyz = np.linalg.solve(normal + ridge, rhs[..., None])[..., 0]
     predicted = np.einsum("vmij,mj->vmi", m_eff, xyz) + d_eff
     return xyz, np.where(mask[..., None], predicted - aligned_xy, np.nan)
 
