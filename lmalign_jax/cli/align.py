@@ -384,21 +384,20 @@ def add_local_options(p) -> None:
         type=int,
         default=(700, 700),
         metavar=("NX", "NY"),
-        help="target patch size in pixels (IMOD's TargetPatchSizeXandY; default 700 700)",
+        help="target patch size in pixels (IMOD's TargetPatchSizeXandY)",
     )
     p.add_argument(
         "--patch-overlap",
         type=float,
         default=0.5,
         metavar="F",
-        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY; default 0.5)",
+        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY)",
     )
     p.add_argument(
         "--min-fids",
         default="8,3",
         metavar="TOTAL,EACH_SURFACE",
-        help="markers a patch must hold, in all and on each surface "
-        "(MinFidsTotalAndEachSurface; default 8,3)",
+        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface)",
     )
     p.add_argument(
         "--local-keep-all",
@@ -410,6 +409,5 @@ def add_local_options(p) -> None:
         "--local-markers",
         choices=("fixed", "free"),
         default="fixed",
-        help="hold the markers at the global solution or solve them per patch "
-        "(FixXYZCoordinates; default fixed)",
+        help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates)",
     )

@@ -155,6 +155,7 @@ def reconstruct_to_file(
         raise UsageError(f"--filter/--radial: {e}") from None
     nz = max(1, int(round(thickness / binning)))
     shape = (nz, ny // binning, nx // binning)
+    header_pixel = pixel  # None: the stack records no pixel size
     if pixel is None:
         warn(
             f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as "
@@ -162,10 +163,21 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
-    local = None
     if local_path is not None:
-        local = read_local_xf(local_path, n_views=n_views)
-        check_local_grid(local_path, local, (nx, ny), pixel or 0.0)
+        return _reconstruct_local_to_file(
+            stack_path,
+            alignment,
+            local_path,
+            out_path,
+            shape,
+            voxel,
+            thickness,
+            binning,
+            filter,
+            radial,
+            header_pixel,
+            (nx, ny),
+        )
     stack = read_stack(stack_path)
     if not quiet:
         note(
@@ -186,31 +198,18 @@ def reconstruct_to_file(
             out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]
         ) as vol:
             try:
-                if local is not None:
-                    vol[...] = reconstruct_local(
-                        _CountingStack(stack, tick),
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning)),
-                        thickness,
-                        binning=binning,
-                        filter=filter,
-                        radial=None if radial is None else tuple(radial),
-                    )
-                else:
-                    reconstruct(
-                        _CountingStack(stack, tick),
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        thickness,
-                        binning=binning,
-                        filter=filter,
-                        radial=None if radial is None else tuple(radial),
-                        out=vol,
-                        progress=progress,
-                    )
+                reconstruct(
+                    _CountingStack(stack, tick),
+                    alignment.xf_A,
+                    alignment.xf_shift,
+                    alignment.tilts_deg,
+                    thickness,
+                    binning=binning,
+                    filter=filter,
+                    radial=None if radial is None else tuple(radial),
+                    out=vol,
+                    progress=progress,
+                )
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
@@ -218,4 +217,47 @@ def reconstruct_to_file(
     finally:
         if bar is not None:
             bar.close()
+    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
+
+
+def _reconstruct_local_to_file(
+    stack_path,
+    alignment,
+    local_path,
+    out_path,
+    shape,
+    voxel,
+    thickness,
+    binning,
+    filter,
+    radial,
+    pixel,
+    image_size,
+) -> dict:
+    """``reconstruct_to_file`` with a local alignment file (``recon.local_backprojection``, kept apart
+    from the global path, whose kernels are being rewritten)."""
+    n_views = alignment.tilts_deg.size
+    local = read_local_xf(local_path, n_views=n_views)
+    check_local_grid(local_path, local, image_size, pixel or 0.0)
+    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+    start = time.perf_counter()
+    label = reconstruction_label(thickness, binning, filter, radial)[:80]
+    try:
+        volume = reconstruct_local(
+            read_stack(stack_path),
+            alignment.xf_A,
+            alignment.xf_shift,
+            alignment.tilts_deg,
+            sampling,
+            thickness,
+            binning=binning,
+            filter=filter,
+            radial=None if radial is None else tuple(radial),
+        )
+    except ValueError as e:
+        raise UsageError(
+            f"cannot reconstruct {stack_path} with {alignment.source} and {local_path}: {e}"
+        ) from None
+    with create_volume(out_path, shape, voxel, label=label) as vol:
+        vol[...] = volume
     return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
