@@ -35,6 +35,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Float, Int
 
 from ..io.imod_local import LocalAlignment
 from ..models import ProjectionModel
@@ -152,7 +153,7 @@ def _trunc(value: float) -> int:
 
 
 def patch_grid(
-    xy: np.ndarray, patch_size: tuple[int, int], overlap: tuple[float, float]
+    xy: Float[np.ndarray, "markers 2"], patch_size: tuple[int, int], overlap: tuple[float, float]
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
     """IMOD's target-size grid over marker positions ``xy`` (n, 2), image coordinates.
 
@@ -175,7 +176,7 @@ def patch_grid(
     return (nx, ny), (x0, y0), (dx, dy), (sx, sy)
 
 
-def surfaces(xyz: np.ndarray) -> np.ndarray:
+def surfaces(xyz: Float[np.ndarray, "markers 3"]) -> Int[np.ndarray, " markers"]:
     """0 (bottom) or 1 (top) per marker: side of the least-squares plane z = a + b x + c y."""
     design = np.column_stack([np.ones(len(xyz)), xyz[:, 0], xyz[:, 1]])
     coef = np.linalg.lstsq(design, xyz[:, 2], rcond=None)[0]
@@ -183,8 +184,8 @@ def surfaces(xyz: np.ndarray) -> np.ndarray:
 
 
 def select_patch_markers(
-    xy: np.ndarray,
-    side: np.ndarray,
+    xy: Float[np.ndarray, "markers 2"],
+    side: Int[np.ndarray, " markers"],
     centre: tuple[int, int],
     min_size: tuple[int, int],
     min_fids: tuple[int, int],
