@@ -27,6 +27,7 @@ from ..workflow import (
     write_alignment,
 )
 from ..workflow.exporting import parse_export_targets
+from ..workflow.local import LocalOptions, check_local_model, format_local_report, write_local_alignment
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 from .export import export_after_align
 
@@ -114,6 +115,7 @@ def run_align(args) -> int:
         worst=args.worst,
         surfaces=args.surfaces,
         flatten=args.flatten,
+        local=local_options_from_args(args),
     )
     return export_after_align(args, code)
 
@@ -135,6 +137,28 @@ def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
         )
 
 
+def local_options_from_args(args) -> LocalOptions | None:
+    """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers."""
+    if not args.local:
+        return None
+    try:
+        total, _, each = args.min_fids.partition(",")
+        min_fids = (int(total), int(each or 0))
+    except ValueError:
+        raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
+    try:
+        check_local_model(get_model(args.model))
+        return LocalOptions(
+            patch_size=tuple(args.patch_size),
+            overlap=(args.patch_overlap, args.patch_overlap),
+            min_fids=min_fids,
+            fix_markers=args.local_markers == "fixed",
+            significance=None if args.local_keep_all else 3.0,
+        )
+    except ValueError as e:
+        raise UsageError(f"--local: {e}") from None
+
+
 def align_and_report(
     markers: str,
     tilts: str | None,
@@ -154,6 +178,7 @@ def align_and_report(
     truth=None,
     surfaces: int | None = None,
     flatten: bool = False,
+    local: LocalOptions | None = None,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
@@ -216,6 +241,15 @@ def align_and_report(
     if written.surfaces is not None:
         print_surfaces(written.surfaces, flatten, out.prefix)
     print(" Wrote " + ", ".join(written.written))
+    if local is not None and result.converged:
+        try:
+            solution, path = write_local_alignment(
+                out_dir, prefix, result, sel.view_index, inputs.tilts_deg.size, local
+            )
+        except ValueError as e:
+            raise UsageError(f"--local: {e}") from None
+        print(format_local_report(solution), end="")
+        print(f" Wrote {path}")
     suffixes = ALIGN_OUTPUTS + (".xtilt",)
     not_updated = [s for s in suffixes if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
@@ -386,4 +420,48 @@ def add_align(sub):
         help="also write imod, aretomo, relion, portal (comma-separated) or all, as 'lmalign export' does",
     )
     p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size for --export, Angstrom")
+    add_local_options(p)
     p.set_defaults(run=run_align)
+
+
+def add_local_options(p) -> None:
+    """--local and its settings (IMOD tiltalign's local alignments; Etomo's defaults)."""
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="after the global solve, solve overlapping patches for local corrections and write "
+        "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE)",
+    )
+    p.add_argument(
+        "--patch-size",
+        nargs=2,
+        type=int,
+        default=(700, 700),
+        metavar=("NX", "NY"),
+        help="target patch size in pixels (IMOD's TargetPatchSizeXandY)",
+    )
+    p.add_argument(
+        "--patch-overlap",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY)",
+    )
+    p.add_argument(
+        "--min-fids",
+        default="8,3",
+        metavar="TOTAL,EACH_SURFACE",
+        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface)",
+    )
+    p.add_argument(
+        "--local-keep-all",
+        action="store_true",
+        help="keep every patch's local solution, as IMOD does; by default a patch keeps the global "
+        "solution unless its residual drop exceeds what fitting noise gives (chi-square test, 3 sd)",
+    )
+    p.add_argument(
+        "--local-markers",
+        choices=("fixed", "free"),
+        default="fixed",
+        help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates)",
+    )

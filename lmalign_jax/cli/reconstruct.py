@@ -75,7 +75,7 @@ def run_reconstruct(args) -> int:
     alignment = (
         read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
     )
-    _check_output(out, (args.stack, args.xf, args.tlt, args.alignment))
+    _check_output(out, (args.stack, args.xf, args.tlt, args.alignment, args.local))
     info = reconstruct_to_file(
         args.stack,
         alignment,
@@ -87,6 +87,7 @@ def run_reconstruct(args) -> int:
         quiet=args.quiet,
         warn=warn,
         note=note,
+        local_path=args.local,
     )
     nz, ny, nx = info["shape"]
     print(
@@ -159,6 +160,12 @@ def add_reconstruct(sub):
     )
     p.add_argument(
         "--out", metavar="TOMO.mrc", help="output tomogram; default: <stack stem>.rec.mrc beside the stack"
+    )
+    p.add_argument(
+        "--local",
+        metavar="FILE",
+        help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
+        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
+from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import create_volume, read_stack, read_stack_header
 from ..recon import filter_response, reconstruct
+from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -113,8 +116,12 @@ def reconstruct_to_file(
     quiet: bool = False,
     warn=print_warning,
     note=print_note,
+    local_path: str | None = None,
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
+
+    ``local_path``: an IMOD local alignment file applied position by position after the global
+    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE).
 
     Returns a summary dict (shape, voxel size, seconds). Raises ``InputError``/``UsageError`` for
     bad input before anything is written.
@@ -148,6 +155,7 @@ def reconstruct_to_file(
         raise UsageError(f"--filter/--radial: {e}") from None
     nz = max(1, int(round(thickness / binning)))
     shape = (nz, ny // binning, nx // binning)
+    header_pixel = pixel  # None: the stack records no pixel size
     if pixel is None:
         warn(
             f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as "
@@ -155,6 +163,21 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
+    if local_path is not None:
+        return _reconstruct_local_to_file(
+            stack_path,
+            alignment,
+            local_path,
+            out_path,
+            shape,
+            voxel,
+            thickness,
+            binning,
+            filter,
+            radial,
+            header_pixel,
+            (nx, ny),
+        )
     stack = read_stack(stack_path)
     if not quiet:
         note(
@@ -194,4 +217,47 @@ def reconstruct_to_file(
     finally:
         if bar is not None:
             bar.close()
+    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
+
+
+def _reconstruct_local_to_file(
+    stack_path,
+    alignment,
+    local_path,
+    out_path,
+    shape,
+    voxel,
+    thickness,
+    binning,
+    filter,
+    radial,
+    pixel,
+    image_size,
+) -> dict:
+    """``reconstruct_to_file`` with a local alignment file (``recon.local_backprojection``, kept apart
+    from the global path, whose kernels are being rewritten)."""
+    n_views = alignment.tilts_deg.size
+    local = read_local_xf(local_path, n_views=n_views)
+    check_local_grid(local_path, local, image_size, pixel or 0.0)
+    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+    start = time.perf_counter()
+    label = reconstruction_label(thickness, binning, filter, radial)[:80]
+    try:
+        volume = reconstruct_local(
+            read_stack(stack_path),
+            alignment.xf_A,
+            alignment.xf_shift,
+            alignment.tilts_deg,
+            sampling,
+            thickness,
+            binning=binning,
+            filter=filter,
+            radial=None if radial is None else tuple(radial),
+        )
+    except ValueError as e:
+        raise UsageError(
+            f"cannot reconstruct {stack_path} with {alignment.source} and {local_path}: {e}"
+        ) from None
+    with create_volume(out_path, shape, voxel, label=label) as vol:
+        vol[...] = volume
     return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}

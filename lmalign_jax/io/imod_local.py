@@ -1,0 +1,290 @@
+"""IMOD's local alignment file (``<name>local.xf``, tiltalign's OutputLocalFile, tilt's LOCALFILE).
+
+Layout, from IMOD's sources (GitHub ``LabShare-Archive/IMOD``): tiltalign.f90
+``setupAndDoLocalAlignments`` writes the header with ``(7i6,f12.5,i4)`` and, per patch, the
+local branch of ``alignAndOutputResults`` writes the blocks; tilt.f90 reads them free-format
+after its REPROJECT entries (each Fortran READ starts on a new line, its values may run over
+several lines).
+
+1. Header: ``nX nY Xstart Ystart dX dY ifXtilts pixel ifZfactors``. Patch (i, j) is centred at
+   ``(Xstart + i dX, Ystart + j dY)`` pixels of the aligned image (origin at the image corner);
+   the patch size is not stored. ``ifXtilts`` = 1: X-axis tilt deltas follow; ``pixel``: pixel
+   size (A) of the model tiltalign ran on (tilt rescales the grid and the shifts by
+   ``pixel / stack pixel`` unless LOCALSCALE is given, so a writer stores the aligned stack's pixel
+   size, or 0 to disable the scaling); ``ifZfactors`` = 1: z factors follow. Older files stop
+   after 6 or 8 fields; tilt then takes the missing ones as 0.
+2. ``nX * nY`` blocks, X fastest (patch index ``j nX + i``), each:
+   delta tilt per view (local - global, degrees, ``(10f7.2)``); if ifXtilts, delta X-axis tilt per
+   view (``(10f7.2)``); if ifZfactors, the (xz, yz) z-factor pairs per view (``(6f12.6)``, the
+   patch's full values); one 2x3 transform per view and line ``A11 A12 A21 A22 DX DY``
+   (``xfwrite``, ``(4f12.7,2f12.3)``), about the image centre, mapping the patch's ideal
+   projection to the position in the globally aligned stack. Views left out of the alignment
+   have delta 0 and the unit transform.
+
+The number of views is not stored: the reader takes it from the caller (the global alignment's
+views) or, when not given, from the line count, which fixes it uniquely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from ._text import parse_float, parse_int, read_lines, split_fields
+from .atomic import atomic_write
+from .errors import InputError
+from .fixed_width import format_records, record_format
+
+__all__ = ["LocalAlignment", "check_local_grid", "read_local_xf", "write_local_xf"]
+
+_HEADER_NAMES = ("nX", "nY", "Xstart", "Ystart", "dX", "dY", "ifXtilts", "pixel", "ifZfactors")
+_HEADER_RECORDS = {6: record_format("6i6"), 8: record_format("7i6,f12.5"), 9: record_format("7i6,f12.5,i4")}
+_ANGLE_RECORD = record_format("10f7.2")
+_ZFAC_RECORD = record_format("6f12.6")
+_XF_RECORD = record_format("4f12.7,2f12.3")
+_XF_WIDTHS = (12, 12, 12, 12, 12, 12)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LocalAlignment:
+    """The contents of an IMOD local alignment file.
+
+    Attributes:
+        n_patches: (nX, nY) patches in X and Y (each >= 2).
+        start: (Xstart, Ystart) centre of the first patch, pixels (image corner origin).
+        spacing: (dX, dY) distance between patch centres, pixels.
+        pixel_size: pixel size (A) written in the header; 0 disables tilt's rescaling.
+        delta_tilt_deg: (n_patches, n_views) local minus global tilt, degrees.
+        transforms: (n_patches, n_views, 2, 3) ``[A | D]`` about the image centre, pixels.
+        delta_xtilt_deg: (n_patches, n_views) X-axis tilt deltas, degrees, or None.
+        z_factors: (n_patches, n_views, 2) (xz, yz) per view, or None.
+        header_fields: 6, 8 or 9, how many header fields the file had (kept for the round trip).
+    """
+
+    n_patches: tuple[int, int]
+    start: tuple[int, int]
+    spacing: tuple[int, int]
+    pixel_size: float
+    delta_tilt_deg: np.ndarray
+    transforms: np.ndarray
+    delta_xtilt_deg: np.ndarray | None = None
+    z_factors: np.ndarray | None = None
+    header_fields: int = 9
+
+    @property
+    def n_views(self) -> int:
+        return int(self.delta_tilt_deg.shape[1])
+
+    @property
+    def centres(self) -> np.ndarray:
+        """(n_patches, 2) patch centres (x, y) in pixels, X fastest."""
+        nx, ny = self.n_patches
+        i, j = np.meshgrid(np.arange(nx), np.arange(ny))
+        return np.stack(
+            [self.start[0] + i.ravel() * self.spacing[0], self.start[1] + j.ravel() * self.spacing[1]], 1
+        )
+
+
+def _block_lines(n_views: int, xtilts: bool, zfactors: bool) -> int:
+    angles = math.ceil(n_views / 10)
+    return angles * (1 + xtilts) + (math.ceil(2 * n_views / 6) if zfactors else 0) + n_views
+
+
+class _Cursor:
+    """Reads values from consecutive lines as Fortran list-directed READs do (one READ, new line)."""
+
+    def __init__(self, path, lines: list[str], first: int):
+        self.path, self.lines, self.k = path, lines, first
+
+    def values(self, count: int, what: str) -> np.ndarray:
+        out: list[float] = []
+        while len(out) < count:
+            if self.k >= len(self.lines):
+                raise InputError(
+                    self.path, None, f"file ends in the {what}: expected {count} values, got {len(out)}"
+                )
+            line_no = self.k + 1
+            tokens = self.lines[self.k].split()
+            self.k += 1
+            if not tokens:
+                raise InputError(self.path, line_no, f"blank line in the {what}")
+            if len(out) + len(tokens) > count:
+                raise InputError(
+                    self.path,
+                    line_no,
+                    f"{len(out) + len(tokens) - count} value(s) too many for the {what} ({count})",
+                )
+            out.extend(parse_float(t, self.path, line_no, what) for t in tokens)
+        return np.array(out)
+
+    def transform(self, what: str) -> np.ndarray:
+        if self.k >= len(self.lines):
+            raise InputError(self.path, None, f"file ends in the {what}")
+        line_no, raw = self.k + 1, self.lines[self.k]
+        self.k += 1
+        fields = split_fields(raw, _XF_WIDTHS)
+        if len(fields) != 6:
+            raise InputError(
+                self.path,
+                line_no,
+                f"{what}: expected 6 values (A11 A12 A21 A22 DX DY), got {len(raw.split())}",
+            )
+        return np.array([parse_float(t, self.path, line_no, what) for t in fields])
+
+
+def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalAlignment:
+    """Read an IMOD local alignment file (layout in the module docstring).
+
+    Args:
+        n_views: views of the stack/global alignment it belongs to; a file made for another
+            number of views is an :class:`InputError`. None: inferred from the line count.
+    Raises:
+        InputError: naming the file, the line and the problem.
+    """
+    lines = read_lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise InputError(path, None, "empty file; expected an IMOD local alignment header")
+    tokens = lines[0].split()
+    if len(tokens) not in (6, 8, 9):
+        raise InputError(
+            path, 1, f"header needs 6, 8 or 9 fields ({' '.join(_HEADER_NAMES)}), got {len(tokens)}"
+        )
+    header = [
+        parse_float(t, path, 1, n) if n == "pixel" else parse_int(t, path, 1, n)
+        for t, n in zip(tokens, _HEADER_NAMES, strict=False)
+    ]
+    nx, ny, x0, y0, dx, dy = (int(v) for v in header[:6])
+    xtilts = bool(header[6]) if len(header) > 6 else False
+    pixel = float(header[7]) if len(header) > 7 else 0.0
+    zfactors = bool(header[8]) if len(header) > 8 else False
+    if nx < 2 or ny < 2:
+        raise InputError(
+            path, 1, f"needs at least 2 patches in X and in Y (IMOD's tilt requires it), got {nx} x {ny}"
+        )
+    if dx <= 0 or dy <= 0:
+        raise InputError(path, 1, f"patch spacing must be positive, got dX={dx} dY={dy}")
+    for name, flag in zip(("ifXtilts", "ifZfactors"), (header[6:7], header[8:9]), strict=True):
+        if flag and flag[0] not in (0, 1):
+            raise InputError(path, 1, f"{name} must be 0 or 1, got {flag[0]}")
+    n_patches = nx * ny
+    body = len(lines) - 1
+    if n_views is None:
+        n_views = 1
+        while n_patches * _block_lines(n_views, xtilts, zfactors) < body:
+            n_views += 1
+        if n_patches * _block_lines(n_views, xtilts, zfactors) != body:
+            raise InputError(
+                path,
+                None,
+                f"{body} lines after the header do not make {nx} x {ny} patch blocks for any number of views",
+            )
+    elif n_patches * _block_lines(n_views, xtilts, zfactors) != body:
+        raise InputError(
+            path,
+            None,
+            f"grid does not match the alignment: {body} lines after the header, but {nx} x {ny} patches of "
+            f"{n_views} views need {n_patches * _block_lines(n_views, xtilts, zfactors)}",
+        )
+    cursor = _Cursor(path, lines, 1)
+    dt = np.zeros((n_patches, n_views))
+    dxt = np.zeros((n_patches, n_views)) if xtilts else None
+    zf = np.zeros((n_patches, n_views, 2)) if zfactors else None
+    xf = np.zeros((n_patches, n_views, 2, 3))
+    for p in range(n_patches):
+        where = f"patch {p} (x {p % nx}, y {p // nx})"
+        dt[p] = cursor.values(n_views, f"delta tilts of {where}")
+        if dxt is not None:
+            dxt[p] = cursor.values(n_views, f"delta X-axis tilts of {where}")
+        if zf is not None:
+            zf[p] = cursor.values(2 * n_views, f"z factors of {where}").reshape(n_views, 2)
+        for v in range(n_views):
+            row = cursor.transform(f"transform of view {v} in {where}")
+            xf[p, v] = [[row[0], row[1], row[4]], [row[2], row[3], row[5]]]
+    return LocalAlignment((nx, ny), (x0, y0), (dx, dy), pixel, dt, xf, dxt, zf, len(tokens))
+
+
+def check_local_grid(
+    path: str | os.PathLike, local: LocalAlignment, image_size: tuple[float, float], pixel_size: float = 0.0
+) -> None:
+    """InputError unless the file's patch centres lie in an image of ``image_size`` (nx, ny) pixels,
+    after the rescaling IMOD's tilt applies (header pixel / ``pixel_size`` when both are > 0: the
+    "pixel-size trap" of a file made for a stack of another binning or a model without a pixel size)."""
+    factor = local.pixel_size / pixel_size if local.pixel_size > 0 and pixel_size > 0 else 1.0
+    centres = local.centres * factor
+    lo, hi = centres.min(axis=0), centres.max(axis=0)
+    if np.any(lo < 0) or hi[0] > image_size[0] or hi[1] > image_size[1]:
+        rescaled = (
+            f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
+            if factor != 1
+            else ""
+        )
+        raise InputError(
+            path,
+            1,
+            f"grid does not match the stack: patch centres span x {lo[0]:g}..{hi[0]:g}, "
+            f"y {lo[1]:g}..{hi[1]:g}"
+            f"{rescaled}, outside the {image_size[0]:g} x {image_size[1]:g} image",
+        )
+
+
+def _lines_of(record: str, values: np.ndarray, per_line: int) -> str:
+    """``values`` written ``per_line`` to a line (the last line shorter), as Fortran's repeat count."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    full = values.size // per_line * per_line
+    text = format_records(record, list(values[:full].reshape(-1, per_line).T)) if full else ""
+    rest = values[full:]
+    if rest.size:
+        text += format_records(_record_prefix(record, rest.size), [rest[i : i + 1] for i in range(rest.size)])
+    return text
+
+
+def _record_prefix(record: str, n: int) -> str:
+    """The first ``n`` fields of a ``%``-record from :func:`record_format`."""
+    first, *later = record.split(" %")
+    return " %".join([first, *later[: n - 1]])
+
+
+def write_local_xf(path: str | os.PathLike, local: LocalAlignment) -> None:
+    """Write ``local`` in IMOD's layout (module docstring), atomically; reading it back returns it."""
+    nx, ny = local.n_patches
+    n_patches, n_views = local.delta_tilt_deg.shape
+    if nx < 2 or ny < 2 or n_patches != nx * ny:
+        raise ValueError(f"need nX, nY >= 2 and {nx} x {ny} patch blocks, got {n_patches}")
+    if local.transforms.shape != (n_patches, n_views, 2, 3):
+        raise ValueError(f"transforms must be {(n_patches, n_views, 2, 3)}, got {local.transforms.shape}")
+    arrays = [local.delta_tilt_deg, local.transforms]
+    arrays += [a for a in (local.delta_xtilt_deg, local.z_factors) if a is not None]
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ValueError("local alignment values must be finite")
+    header = [
+        nx,
+        ny,
+        *local.start,
+        *local.spacing,
+        int(local.delta_xtilt_deg is not None),
+        float(local.pixel_size),
+    ]
+    header.append(int(local.z_factors is not None))
+    fields = local.header_fields if local.header_fields in _HEADER_RECORDS else 9
+    if fields < 9 and local.z_factors is not None or fields < 8 and local.delta_xtilt_deg is not None:
+        fields = 9
+    parts = [_HEADER_RECORDS[fields] % tuple(header[:fields]) + "\n"]
+    for p in range(n_patches):
+        parts.append(_lines_of(_ANGLE_RECORD, local.delta_tilt_deg[p], 10))
+        if local.delta_xtilt_deg is not None:
+            parts.append(_lines_of(_ANGLE_RECORD, local.delta_xtilt_deg[p], 10))
+        if local.z_factors is not None:
+            parts.append(_lines_of(_ZFAC_RECORD, local.z_factors[p], 6))
+        t = local.transforms[p]
+        parts.append(
+            format_records(
+                _XF_RECORD, [t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1], t[:, 0, 2], t[:, 1, 2]]
+            )
+        )
+    with atomic_write(path) as f:
+        f.write("".join(parts))

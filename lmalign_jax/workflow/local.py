@@ -1,0 +1,88 @@
+"""``lmalign align --local``: the local alignment of a solved series, written for IMOD's tilt."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
+from ..io.imod_local import LocalAlignment, write_local_xf
+
+__all__ = [
+    "LocalOptions",
+    "check_local_model",
+    "LOCAL_SUFFIX",
+    "file_view_local",
+    "write_local_alignment",
+    "format_local_report",
+]
+
+#: IMOD's name for the local alignment file: ``<prefix>local.xf`` (Etomo's ``<set>local.xf``).
+LOCAL_SUFFIX = "local.xf"
+
+
+def file_view_local(local: LocalAlignment, view_index: np.ndarray, n_file_views: int) -> LocalAlignment:
+    """The local alignment with one entry per file view: fitted views (``view_index``, fitting
+    order -> file view) take theirs; views left out get delta 0 and the unit transform, as
+    tiltalign writes for excluded views."""
+    n_patches = local.delta_tilt_deg.shape[0]
+    dt = np.zeros((n_patches, n_file_views))
+    xf = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (n_patches, n_file_views, 1, 1))
+    dt[:, view_index] = local.delta_tilt_deg
+    xf[:, view_index] = local.transforms
+    return dataclasses.replace(local, delta_tilt_deg=dt, transforms=xf)
+
+
+def write_local_alignment(
+    out_dir: str,
+    prefix: str,
+    result,
+    view_index,
+    n_file_views: int,
+    options: LocalOptions,
+    pixel_size: float = 0.0,
+) -> tuple[LocalSolution, str]:
+    """Solve the local alignment of ``result`` and write ``<out_dir>/<prefix>local.xf``.
+
+    ``pixel_size``: the aligned stack's pixel size (A) for the header, 0 (default) to keep IMOD's
+    tilt from rescaling the grid (the "pixel-size trap": tilt multiplies the grid and shifts by
+    header pixel / stack pixel unless LOCALSCALE is given). Returns (solution, path written).
+    """
+    solution = align_local(result, options)
+    local = dataclasses.replace(
+        file_view_local(solution.file, np.asarray(view_index), n_file_views), pixel_size=float(pixel_size)
+    )
+    path = os.path.join(out_dir, prefix + LOCAL_SUFFIX)
+    write_local_xf(path, local)
+    return solution, path
+
+
+def format_local_report(solution: LocalSolution) -> str:
+    """Per-patch residuals and the overall improvement, as text lines."""
+    f = solution.file
+    lines = [
+        f" Local alignment: {f.n_patches[0]} x {f.n_patches[1]} patches, centres from ({f.start[0]}, "
+        f"{f.start[1]}) every ({f.spacing[0]}, {f.spacing[1]}) px, solved in {solution.seconds:.2f} s",
+        "  patch     centre     box         markers  rms global  rms local  drop/sigma^2  free  status",
+    ]
+    for p in solution.patches:
+        lines.append(
+            f"  ({p.index[0]:2d},{p.index[1]:2d}) ({p.centre[0]:5d},{p.centre[1]:5d}) "
+            f"{p.box[0]:5d} x {p.box[1]:<5d} {p.n_markers:7d} "
+            f"{p.global_rms_px:11.4f} {p.local_rms_px:10.4f} {p.chi2_drop:13.1f} {p.n_free:5d}  {p.status}"
+        )
+    lines.extend(f"  note: {n}" for n in solution.notes)
+    if not any(p.kept_local for p in solution.patches):
+        lines.append(
+            "  note: no patch lowers its residual by more than fitting noise would (drop/sigma^2 about its "
+            "free parameters); the local file holds the global solution (--local-keep-all keeps every "
+            "patch's fit, as IMOD does)"
+        )
+    change = max(0.0, 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px)
+    lines.append(
+        f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "
+        f"{solution.global_mean_px:.4f} px, local {solution.local_mean_px:.4f} px ({change:.1f}% lower)"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,213 @@
+"""Local alignment against known truth: a simulated series with a smooth per-view in-plane warp,
+the same series without it, and IMOD's real BBa set through the command line.
+
+Judged, as the issue asks, by the error of the aligned positions against the simulator's
+noise-free positions (a residual always falls with more parameters): every marker is fitted
+through the global transform alone or through the local file as IMOD's tilt applies it, and its
+predicted aligned positions are compared with the noise-free ones mapped by the same global
+transform.
+"""
+
+import contextlib
+import io as _io
+
+import jax
+import numpy as np
+import pytest
+from helpers import DATA
+
+from lmalign_jax import align, cli, simulate
+from lmalign_jax.core.local import LocalOptions, align_local, select_patch_markers
+from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
+from lmalign_jax.io.imod_local import read_local_xf
+from lmalign_jax.models import get_model
+from lmalign_jax.observations import Observations
+
+SIZE, NOISE, WARP_PX = 2048, 0.3, 3.0
+
+
+def warped_series(warp_px: float, seed: int = 1):
+    """(observations, noise-free centred raw positions (V, M, 2)): 41 views x 60 markers, 2048 px.
+
+    The warp adds to each view's image the conformal field warp (u^2 - v^2, 2 u v) (u, v = position
+    / half the image), scaled by tilt / 60 degrees: up to about ``warp_px`` where the markers are
+    (|u|, |v| <= 0.7), smooth in the view, and not an affine map of the image (which the global
+    per-view parameters would absorb).
+    """
+    s = simulate(n_views=41, n_markers=60, image_size=(SIZE, SIZE), noise_px=NOISE, seed=seed)
+    model = get_model("jou")
+    with jax.enable_x64(True):
+        project = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
+        clean = np.asarray(project(s.views, s.markers))
+    u = clean / (SIZE / 2)
+    amp = warp_px * s.observations.tilts_deg[:, None] / 60.0
+    clean = clean + np.stack([amp * (u[..., 0] ** 2 - u[..., 1] ** 2), amp * 2 * u[..., 0] * u[..., 1]], -1)
+    noise = NOISE * np.random.default_rng(seed + 100).standard_normal(clean.shape)
+    obs = Observations(clean + noise + SIZE / 2, s.observations.mask, s.observations.tilts_deg, (SIZE, SIZE))
+    return obs, clean
+
+
+def aligned_error(result, local, clean) -> float:
+    """RMS error (px per coordinate) of the predicted aligned positions against the noise-free ones."""
+    obs = result.observations
+    xf = result.xf
+    truth = np.einsum("vij,vmj->vmi", xf[:, :, :2], clean) + xf[:, None, :, 2]
+    noisy = result.aligned_xy() - obs.center
+    xyz, _ = fit_markers_through_local(
+        local, noisy, obs.mask, result.tilts_deg, obs.image_size, result.markers
+    )
+    error = np.where(
+        obs.mask[..., None], project_through_local(local, xyz, result.tilts_deg, obs.image_size) - truth, 0
+    )
+    return float(np.sqrt(np.sum(error**2) / (2 * obs.n_observed)))
+
+
+@pytest.fixture(scope="module")
+def solved():
+    out = {}
+    for name, warp in (("rigid", 0.0), ("warped", WARP_PX)):
+        obs, clean = warped_series(warp)
+        result = align(obs)
+        local = align_local(result)
+        out[name] = (
+            result,
+            local,
+            aligned_error(result, None, clean),
+            aligned_error(result, local.file, clean),
+        )
+        free = align_local(result, LocalOptions(fix_markers=False))  # same shapes: no new compilation
+        out[name + " free markers"] = (local, free, aligned_error(result, free.file, clean))
+    return out
+
+
+def test_local_brings_a_warped_series_near_the_rigid_level(solved):
+    """Rigid data with the global model: error ~ sigma sqrt(n_free / N) (0.08 px here). The warp
+    puts the global error at ~3.5x that; local alignment must remove most of it. What remains is
+    the warp's curvature inside a patch and the patch's fitted noise (about sigma sqrt(p / n) in a
+    kept patch: 0.3 * sqrt(205 / 1000) ~ 0.14 px), hence 'near': within 2x the rigid level."""
+    _, _, rigid_global, _ = solved["rigid"]
+    result, local, warped_global, warped_local = solved["warped"]
+    print(f"rigid {rigid_global:.4f}, warped global {warped_global:.4f}, warped local {warped_local:.4f}")
+    assert warped_global > 3 * rigid_global
+    assert warped_local < 2 * rigid_global
+    assert warped_local < 0.6 * warped_global
+    assert any(p.kept_local for p in local.patches)
+    assert local.local_mean_px < local.global_mean_px
+
+
+def test_markers_solved_per_patch_do_as_well(solved):
+    """FixXYZCoordinates 0: the markers move with each patch (gauge held at the reference view, so
+    the patch's frame is the global one and the file stays valid for tilt's global points)."""
+    rigid_global = solved["rigid"][2]
+    fixed, free, error = solved["warped free markers"]
+    assert error < 2 * rigid_global
+    assert free.patches[0].n_free > fixed.patches[0].n_free
+    assert solved["rigid free markers"][2] <= 1.1 * rigid_global
+
+
+def test_local_on_rigid_data_does_not_raise_the_error(solved):
+    """On a rigid specimen every patch's drop in sum of squares is chance (chi-square, p degrees
+    of freedom), so the significance test keeps the global solution and the error stays."""
+    result, local, rigid_global, rigid_local = solved["rigid"]
+    assert rigid_local <= 1.1 * rigid_global
+    assert not any(p.kept_local for p in local.patches)
+    assert all(0 < p.chi2_drop < p.n_free + 3 * np.sqrt(2 * p.n_free) for p in local.patches)
+
+
+def test_every_patch_is_reported_with_its_markers_and_residuals(solved):
+    result, local, _, _ = solved["warped"]
+    assert local.file.n_patches == (3, 3) and len(local.patches) == 9
+    for p in local.patches:
+        assert p.n_markers >= 8 and p.local_rms_px <= p.global_rms_px + 1e-12
+        assert (p.status == "converged") == p.kept_local or "not significant" in p.status
+    kept = [p for p in local.patches if p.kept_local]
+    assert all(p.local_rms_px < p.global_rms_px for p in kept)
+    # Patches keeping the global solution have unit transforms and zero delta tilts.
+    for k, p in enumerate(local.patches):
+        if not p.kept_local:
+            np.testing.assert_allclose(local.file.transforms[k], np.tile(np.eye(2, 3), (41, 1, 1)), atol=1e-6)
+            np.testing.assert_allclose(local.file.delta_tilt_deg[k], 0.0, atol=1e-9)
+
+
+def test_a_patch_short_of_markers_grows_its_box_or_says_so():
+    xy = np.array([[100.0, 100.0], [110.0, 120.0], [900.0, 900.0]])
+    side = np.array([0, 1, 0])
+    idx, box, enough = select_patch_markers(xy, side, (100, 100), (100, 100), (3, 1), (1024, 1024))
+    assert enough and set(idx) == {0, 1, 2} and box[0] >= 1600
+    idx, box, enough = select_patch_markers(xy, side, (100, 100), (100, 100), (4, 0), (1024, 1024))
+    assert not enough and idx.size == 3 and box[0] >= 2048
+
+
+def test_patches_short_of_markers_keep_the_global_solution_and_are_named(solved):
+    result = solved["rigid"][0]
+    local = align_local(result, LocalOptions(min_fids=(61, 0)))  # 60 markers in all
+    assert len(local.notes) == 9 and all(
+        "only 60 markers (needs 61, 0 per surface)" in n for n in local.notes
+    )
+    assert all(p.status.startswith("too few markers") and not p.kept_local for p in local.patches)
+    np.testing.assert_allclose(local.file.transforms, np.tile(np.eye(2, 3), (9, 41, 1, 1)), atol=1e-6)
+    assert local.local_mean_px == pytest.approx(local.global_mean_px, rel=1e-9)
+
+
+def run(args):
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+BBA = ["align", DATA / "imod-bb/BBa.resid", "--tilts", DATA / "imod-bb/BBa.tlt", "--image-size", 512, 512]
+
+
+def test_align_local_on_imods_bba_writes_imods_format(tmp_path, monkeypatch):
+    """IMOD's own answer: its local file lowers the mean residual (judged as above) from 0.3143 to
+    0.2949 px (6.2%; tests/test_imod_local_file.py). With every patch kept, as IMOD keeps them
+    (--local-keep-all), ours lowers it at least as much. (On BBa every patch's drop in sum of
+    squares is below what fitting noise alone gives, about 0.6 of its free parameters, so the
+    default significance test keeps the global solution there.)"""
+    monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
+    rc, out, err = run(
+        [*BBA, "--out-dir", tmp_path, "--no-figure", "--no-errors", "-q", "--local", "--local-keep-all"]
+    )
+    assert rc == 0, err
+    local = read_local_xf(tmp_path / "BBalocal.xf", n_views=61)
+    assert local.n_patches == (2, 2) and local.pixel_size == 0.0
+    assert "Local alignment: 2 x 2 patches" in out
+    line = next(x for x in out.splitlines() if x.startswith(" Mean residual"))
+    global_px, local_px = _two(line)
+    assert global_px - local_px >= 0.3143 - 0.2949
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--model", "diez"], "local alignment needs per-view dx, dy; model 'diez'"),
+        (["--min-fids", "8;3"], "--min-fids: expected TOTAL,EACH_SURFACE"),
+        (["--patch-overlap", "1.5"], "patch overlap must be in [0, 1)"),
+        (["--patch-size", "0", "700"], "patch size must be positive"),
+    ],
+)
+def test_bad_local_options_are_named_before_anything_is_solved(options, message, tmp_path):
+    rc, out, err = run([*BBA, "--out-dir", tmp_path, "--local", *options])
+    assert rc == 2 and message in err and not list(tmp_path.iterdir())
+
+
+def _two(line: str):
+    """(global, local) px from the report's mean-residual line."""
+    g = float(line.split("global ")[1].split(" px")[0])
+    loc = float(line.split("local ")[1].split(" px")[0])
+    return g, loc
+
+
+def test_views_left_out_get_imods_unit_transform_and_zero_delta():
+    from lmalign_jax.io.imod_local import LocalAlignment
+    from lmalign_jax.workflow.local import file_view_local
+
+    xf = np.tile(np.array([[1.01, 0.0, 2.0], [0.0, 0.99, -1.0]]), (4, 3, 1, 1))
+    local = LocalAlignment((2, 2), (10, 10), (20, 20), 0.0, np.full((4, 3), 0.5), xf)
+    full = file_view_local(local, np.array([4, 0, 2]), 6)
+    assert full.delta_tilt_deg.shape == (4, 6) and full.transforms.shape == (4, 6, 2, 3)
+    np.testing.assert_array_equal(full.delta_tilt_deg[:, [0, 2, 4]], 0.5)
+    np.testing.assert_array_equal(full.delta_tilt_deg[:, [1, 3, 5]], 0.0)
+    np.testing.assert_array_equal(full.transforms[:, [1, 3, 5]], np.tile(np.eye(2, 3), (4, 3, 1, 1)))
+    np.testing.assert_array_equal(full.transforms[:, 4], xf[:, 0])
