@@ -73,7 +73,7 @@ class Partition(NamedTuple):
 
 def partition(lin: Linearization, damping, eliminate: str):
     """Damped normal equations (Marquardt scaling) in E/D form, and the scaling diagonal D."""
-    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    d_a, d_b, d_g = damping_diagonal(*_normal_diagonals(lin))
     h_aa = _add_diag(lin.h_aa, damping * d_a)
     h_bb = _add_diag(lin.h_bb, damping * d_b)
     h_gg = _add_diag(lin.h_gg, damping * d_g)
@@ -219,7 +219,7 @@ def _gram(u, v):
 
 def _dense_part_a(lin: Linearization, damping):
     """H_DD and g_D when D = (A entries, slots), damped; and the scaling diagonal."""
-    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    d_a, d_b, d_g = damping_diagonal(*_normal_diagonals(lin))
     h_aa = _add_diag(lin.h_aa, damping * d_a)
     h_gg = _add_diag(lin.h_gg, damping * d_g)
     n_a, k_a = lin.grad_a.shape
@@ -227,6 +227,16 @@ def _dense_part_a(lin: Linearization, damping):
     h_dd = _with_regularization(jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]]), lin)
     g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
     return h_dd, g_d, Variables(d_a, d_b, d_g)
+
+
+def _normal_diagonals(lin: Linearization):
+    """Diagonals of the normal matrix (A entries (n_a, k_a), B, slots), regularization included."""
+    diag_a, diag_b, diag_g = _diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg)
+    if lin.h_reg is not None:
+        reg = jnp.diagonal(lin.h_reg)
+        diag_a = diag_a + reg[: diag_a.size].reshape(diag_a.shape)
+        diag_g = diag_g + reg[diag_a.size :]
+    return diag_a, diag_b, diag_g
 
 
 def _with_regularization(h_dd, lin: Linearization):
