@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                     "median_seconds": float(np.median(times[name])),
                     "first_call_seconds": compile_s[name],
                     "stages": [
-                        {"stage": s.stage, "seconds": s.seconds, "iterations": s.iterations} for s in r.stages
+                        {"stage": s.name, "seconds": s.seconds, "iterations": s.iterations} for s in r.stages
                     ],
                     "status": r.status,
                     "n_free": int(r.n_free),
