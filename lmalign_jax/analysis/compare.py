@@ -3,10 +3,15 @@
 ``compare_models`` fits each model with ``align`` and tabulates, per model:
 
 - ``n_free``: free parameters of the final solve (gauge-fixed; markers included);
+- ``effective_parameters``: ``n_free`` for a rigid model; for a deformation model, whose
+  per-view coefficients are tied by smoothness rows, the trace of the data's hat matrix
+  ``n_free - tr(H^-1 H_reg)`` (``solve.effective_parameters``), the number of parameters the
+  data actually pay for;
 - ``rms_residual_px`` (paper eq. 4) and ``mean_residual_px`` (IMOD's mean length);
 - ``bic``: the Bayesian information criterion for Gaussian residuals,
-  ``N log(RSS / N) + n_free log(N)`` with ``N = 2 * n_observed`` residual components and
-  ``RSS`` their sum of squares. Lower is better; a difference above ~10 is decisive;
+  ``N log(RSS / N) + p log(N)`` with ``N = 2 * n_observed`` residual components, ``RSS``
+  their sum of squares (penalty rows not included) and ``p`` the effective number of
+  parameters. Lower is better; a difference above ~10 is decisive;
 - ``leave_out_rms_px``: a cross-validated prediction error (below; lower is better);
 - how far its view parameters move from the first model's: the largest per-view
   difference in rotation, and in tilt after removing the mean difference (a constant tilt
@@ -25,6 +30,12 @@ solve, no recompilation), and the held-out points are predicted by the fitted vi
 markers. ``leave_out_rms_px`` is the per-component RMS of those prediction errors pooled
 over all folds; ``leave_out_mean_px`` their mean length. Every model sees the same folds.
 
+Deformation verdict. For each deformation model (``models.DEFORMATION_MODELS``) in the table,
+``deformation_verdicts`` says whether the data justify it over the best rigid model by BIC
+(lower by more than ``DECISIVE_BIC``) and by the leave-out residual (the held-out points'
+squared prediction errors, paired point by point, lower on average by more than twice the
+standard error of that mean difference).
+
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
 shifts it fits badly, which the table shows (its status says whether it converged).
@@ -35,14 +46,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
+import jax
 import numpy as np
 
 from ..core.align import align
+from ..core.problem import final_problem
 from ..core.result import AlignmentResult
-from ..models import MODELS, ProjectionModel, get_model
+from ..models import DEFORMATION_MODELS, MODELS, ProjectionModel, get_model
 from ..observations import Observations
+from ..solve import effective_parameters, linearize
 
 DEFAULT_MODELS = ("jou", "luther", "diez", "imod")
+#: A BIC lower by more than this is decisive evidence (Kass & Raftery 1995).
+DECISIVE_BIC = 10.0
 #: align() keywords compare_models sets itself.
 _RESERVED = ("model", "weights", "start")
 
@@ -69,6 +85,9 @@ class ModelRow:
     note: str = ""
     rotation_diff_deg: np.ndarray | None = field(default=None, repr=False)
     tilt_diff_deg: np.ndarray | None = field(default=None, repr=False)
+    effective_parameters: float = float("nan")
+    #: (n_held_out, 2) leave-out prediction errors, px, in the same point order for every model.
+    leave_out_errors: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +97,8 @@ class ModelRow:
     def to_dict(self) -> dict:
         out = {}
         for name in self.__dataclass_fields__:
+            if name == "leave_out_errors":
+                continue
             value = getattr(self, name)
             if isinstance(value, np.ndarray):
                 value = [_finite_or_none(v) for v in value.tolist()]
@@ -135,14 +156,15 @@ class ModelComparison:
         """The comparison as a fixed-width text table (one row per model)."""
         best_bic = min((r.bic for r in self.rows if r.ok and np.isfinite(r.bic)), default=np.nan)
         header = (
-            f"{'model':<8} {'free':>5} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} "
+            f"{'model':<8} {'free':>5} {'eff.':>6} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} "
             f"{'BIC':>10} {'dBIC':>8} "
             f"{'max|drot|':>9} {'max|dtilt|':>10}  status"
         )
         lines = [header]
         for r in self.rows:
             lines.append(
-                f"{r.model:<8} {r.n_free:>5d} {_fmt(r.rms_residual_px, 8, 4)} "
+                f"{r.model:<8} {r.n_free:>5d} {_fmt(r.effective_parameters, 6, 1)} "
+                f"{_fmt(r.rms_residual_px, 8, 4)} "
                 f"{_fmt(r.mean_residual_px, 8, 4)} "
                 f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} {_fmt(r.bic - best_bic, 8, 1)} "
                 f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status}"
@@ -170,7 +192,56 @@ class ModelComparison:
                 "(tilt after removing the mean offset)"
             )
         lines += [f"note: {r.model}: {r.note}" for r in self.rows if r.note]
+        lines += [f"deformation: {v['text']}" for v in self.deformation_verdicts()]
         return "\n".join(lines)
+
+    def deformation_verdicts(self) -> list[dict]:
+        """Whether each deformation model in the table is justified over the best rigid model
+        (module docstring): dicts with model, rigid, justified_by_bic, justified_by_leave_out,
+        delta_bic, leave_out_gain_px2 (mean reduction of the squared error) and its standard
+        error, and a sentence ``text``. Empty when no rigid or no deformation model answered."""
+        rigid = [r for r in self.rows if r.ok and r.model not in DEFORMATION_MODELS and np.isfinite(r.bic)]
+        if not rigid:
+            return []
+        best = min(rigid, key=lambda r: r.bic)
+        out = []
+        for r in self.rows:
+            if r.model not in DEFORMATION_MODELS or not r.ok:
+                continue
+            delta = r.bic - best.bic
+            by_bic = bool(delta < -DECISIVE_BIC)
+            gain = se = float("nan")
+            if (
+                r.leave_out_errors is not None
+                and best.leave_out_errors is not None
+                and len(r.leave_out_errors)
+            ):
+                d = np.sum(best.leave_out_errors**2, axis=-1) - np.sum(r.leave_out_errors**2, axis=-1)
+                gain = float(np.mean(d) / 2)  # per component, px^2
+                se = float(np.std(d, ddof=1) / np.sqrt(d.size) / 2) if d.size > 1 else float("nan")
+            by_leave_out = bool(np.isfinite(se) and gain > 2 * se)
+            verdict = "justified" if by_bic and by_leave_out else "not justified"
+            text = (
+                f"{r.model} over {best.model}: {verdict} "
+                f"(BIC {'lower' if delta < 0 else 'higher'} by {abs(delta):.1f}, "
+                f"{'decisive' if by_bic else 'not decisive'}; leave-out squared error "
+                f"{'lower' if gain > 0 else 'higher'} by {abs(gain):.4f} +- {se:.4f} px^2, "
+                f"{'significant' if by_leave_out else 'not significant'})"
+            )
+            out.append(
+                {
+                    "model": r.model,
+                    "rigid": best.model,
+                    "justified": by_bic and by_leave_out,
+                    "justified_by_bic": by_bic,
+                    "justified_by_leave_out": by_leave_out,
+                    "delta_bic": float(delta),
+                    "leave_out_gain_px2": gain,
+                    "leave_out_gain_se_px2": se,
+                    "text": text,
+                }
+            )
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready form (NaN -> None)."""
@@ -183,6 +254,9 @@ class ModelComparison:
             "seed": self.seed,
             "n_held_out": int((self.fold_of >= 0).sum()),
             "rows": [r.to_dict() for r in self.rows],
+            "deformation": [
+                {k: _finite_or_none(v) for k, v in d.items()} for d in self.deformation_verdicts()
+            ],
         }
 
 
@@ -209,8 +283,9 @@ def leave_out_folds(
     return fold_of
 
 
-def bic(rss: float, n_components: int, n_free: int) -> float:
-    """BIC for Gaussian residuals: N log(RSS / N) + n_free log(N), N residual components."""
+def bic(rss: float, n_components: int, n_free: float) -> float:
+    """BIC for Gaussian residuals: N log(RSS / N) + n_free log(N), N residual components
+    (``n_free`` may be an effective, non-integer number of parameters)."""
     if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
         return float("nan")
     return float(n_components * np.log(rss / n_components) + n_free * np.log(n_components))
@@ -295,6 +370,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
     resid = full.residuals[obs.mask]
     rss = float(np.sum(resid * resid))
     leave_rms = leave_mean = float("nan")
+    leave_errors = None
     n_held = int((fold_of >= 0).sum())
     if not full.status.startswith("failed") and n_held:
         fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
@@ -310,11 +386,18 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
                     note = (note + "; " if note else "") + f"leave-out fold {f} failed: {fit.status}"
                 errors.append(fit.residuals[held])
             e = np.concatenate(errors)
+            leave_errors = e
             leave_rms = float(np.sqrt(np.mean(e * e)))
             leave_mean = float(np.mean(np.linalg.norm(e, axis=-1)))
         except Exception as exc:
             note = (note + "; " if note else "") + f"leave-out error: {type(exc).__name__}: {exc}"
     rms = full.rms_residual_px if np.isfinite(rss) else float("nan")
+    n_effective = float(full.n_free)
+    if m.regularization is not None and not full.status.startswith("failed"):
+        try:
+            n_effective = effective_parameter_count(full)
+        except Exception as exc:
+            note = (note + "; " if note else "") + f"effective parameters: {type(exc).__name__}: {exc}"
     return ModelRow(
         model=m.name,
         status=full.status,
@@ -323,7 +406,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
         rss_px2=rss,
         rms_residual_px=rms,
         mean_residual_px=full.mean_residual_px,
-        bic=bic(rss, 2 * n_obs, int(full.n_free)),
+        bic=bic(rss, 2 * n_obs, n_effective),
         leave_out_rms_px=leave_rms,
         leave_out_mean_px=leave_mean,
         n_held_out=n_held,
@@ -332,7 +415,25 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
         mean_tilt_offset_deg=float("nan"),
         seconds=time.perf_counter() - start,
         note=note,
+        effective_parameters=n_effective,
+        leave_out_errors=leave_errors,
     )
+
+
+def effective_parameter_count(result: AlignmentResult) -> float:
+    """Effective number of parameters of a solved alignment (``solve.effective_parameters``
+    at its final joint problem, float64); ``n_free`` for a model without regularization rows."""
+    with jax.enable_x64(True):
+        problem = final_problem(result)
+        value = _effective(problem.x0, problem.structure, fn=problem.fn, eliminate=problem.eliminate)
+        return float(value)
+
+
+def _effective_impl(x, structure, *, fn, eliminate):
+    return effective_parameters(linearize(fn, x, structure), structure, eliminate)
+
+
+_effective = jax.jit(_effective_impl, static_argnames=("fn", "eliminate"))
 
 
 def _empty_row(name, status, n_obs, seconds, note) -> ModelRow:

@@ -123,7 +123,8 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     loo = jnp.linalg.solve(safe, weighted[..., None])[..., 0] / jnp.where(seen, wts, 1.0)[..., None]
     # a point with zero weight did not take part in the fit: its residual already is left-out
     loo = jnp.where(seen[..., None], loo, raw)
-    return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), 2.0 * lin.cost
+    rss = jnp.sum(jnp.square(pair_residuals(fn, x, structure)))  # the data's, without penalty rows
+    return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), rss
 
 
 def uncertainty(result: AlignmentResult) -> Uncertainty:
@@ -142,7 +143,7 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
                 fn=problem.fn,
                 eliminate=problem.eliminate,
                 tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
-                shift_z=m.shift_parameters is not None,
+                shift_z=m.shift_parameters is not None and m.z_translation_symmetry,
             )
         )
     dof = max(2 * obs.n_observed - problem.n_free, 1)

@@ -154,7 +154,7 @@ class ChunkRunner:
                 for buf, mask in zip(stage_free, fm, strict=True):
                     buf[(slot, k, *(slice(0, n) for n in mask.shape))] = mask
         counts = plan.counts(len(problems))
-        eliminate = choose_elimination(v, m.n_parameters, mk, 3)
+        eliminate = choose_elimination(v, m.n_parameters, mk, 3, coupled_a=m.regularization is not None)
         kernel = batch_kernel(residual_function(m), eliminate, plan.width, plan.mesh)
         chunk.dispatched = time.perf_counter()
         try:

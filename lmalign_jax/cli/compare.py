@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..analysis.compare import compare_models
+from ..analysis.compare import DEFAULT_MODELS, compare_models
 from ..io import atomic_write
 from ..models import MODELS
 from ..workflow import observations_for_fit, parse_view_list, read_series, select_views
@@ -82,9 +82,10 @@ def add_compare(sub):
     p.add_argument("--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList")
     p.add_argument(
         "--models",
-        default=",".join(MODELS),
+        default=",".join(DEFAULT_MODELS),
         metavar="LIST",
-        help=f"comma-separated models (default {','.join(MODELS)})",
+        help=f"comma-separated models of {','.join(MODELS)} (default {','.join(DEFAULT_MODELS)}); "
+        "with a deformation model (warp, shape) the output says whether the data justify it",
     )
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"

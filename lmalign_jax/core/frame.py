@@ -3,7 +3,8 @@
 A solution is reported in the frame, reached by exact symmetries of the model, whose tilts
 deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
 x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
-reference view, so the aligned images sit where the raw ones did (as in IMOD). ``align()``,
+reference view, so the aligned images sit where the raw ones did (as in IMOD). A model
+without the exact z symmetry (``ProjectionModel.z_translation_symmetry``) keeps its z. ``align()``,
 ``align_batch()`` (on padded series, with masks) and ``alignment_function`` all use
 ``reporting_frame``.
 """
@@ -46,7 +47,7 @@ def reporting_frame(
     if tilt_free and model.tilt_offset is not None:
         delta = -_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask)
         views, markers = model.tilt_offset(views, markers, delta)
-    if model.shift_parameters is not None:
+    if model.shift_parameters is not None and model.z_translation_symmetry:
         centroid = jnp.zeros(3, markers.dtype).at[2].set(_mean(markers[:, 2], marker_mask))
         at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
         at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))

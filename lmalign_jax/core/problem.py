@@ -66,15 +66,26 @@ def _residual(project, view, xyz, observed, unit):
     return project(view * unit.reshape(unit.shape + (1,) * (view.ndim - 1)), xyz) - observed
 
 
-_RESIDUALS: dict = {}  # projection function -> its solver residual
+def _regularization(regularization, view, unit):
+    """The model's regularization rows for scaled view parameters ``view`` (n_views, k)."""
+    return regularization(view * unit)
+
+
+_RESIDUALS: dict = {}  # (projection function, regularization) -> its solver residual
 
 
 def residual_function(model: ProjectionModel):
-    """The solver residual for ``model``: one object per projection function, so jit caches
-    are shared, and models that share a name keep their own (neither replaces the other)."""
-    if model.project not in _RESIDUALS:
-        _RESIDUALS[model.project] = partial(_residual, model.project)
-    return _RESIDUALS[model.project]
+    """The solver residual for ``model``: one object per projection function (and
+    regularization), so jit caches are shared, and models that share a name keep their own
+    (neither replaces the other). A model's regularization rows ride along as the residual's
+    ``regularization`` attribute, as the solver expects (``solve._linearize``)."""
+    key = (model.project, model.regularization)
+    if key not in _RESIDUALS:
+        fn = partial(_residual, model.project)
+        if model.regularization is not None:
+            fn.regularization = partial(_regularization, model.regularization)
+        _RESIDUALS[key] = fn
+    return _RESIDUALS[key]
 
 
 def characteristic_radius(obs: Observations) -> float:
@@ -247,7 +258,9 @@ def build_problem(
         structure=structure,
         unit=unit,
         tie=tie,
-        eliminate=choose_elimination(n_views, k, obs.n_markers, 3),
+        eliminate=choose_elimination(
+            n_views, k, obs.n_markers, 3, coupled_a=model.regularization is not None
+        ),
         n_free=count_free(structure),
     )
 

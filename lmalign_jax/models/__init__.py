@@ -5,8 +5,12 @@ from .diez import MODEL as DIEZ
 from .imod import MODEL as IMOD
 from .jou import MODEL as JOU
 from .luther import MODEL as LUTHER
+from .shape import MODEL as SHAPE
+from .warp import MODEL as WARP
 
-MODELS: dict[str, ProjectionModel] = {m.name: m for m in (JOU, LUTHER, DIEZ, IMOD)}
+MODELS: dict[str, ProjectionModel] = {m.name: m for m in (JOU, LUTHER, DIEZ, IMOD, WARP, SHAPE)}
+#: Models with regularization rows tying neighbouring views: deformations beyond a rigid specimen.
+DEFORMATION_MODELS = tuple(name for name, m in MODELS.items() if m.regularization is not None)
 
 
 def get_model(model: str | ProjectionModel) -> ProjectionModel:
@@ -20,4 +24,4 @@ def get_model(model: str | ProjectionModel) -> ProjectionModel:
         raise ValueError(f"unknown projection model {model!r}; choose one of {', '.join(MODELS)}") from None
 
 
-__all__ = ["MODELS", "PARAMETER_KINDS", "ProjectionModel", "get_model"]
+__all__ = ["DEFORMATION_MODELS", "MODELS", "PARAMETER_KINDS", "ProjectionModel", "get_model"]

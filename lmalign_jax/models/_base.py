@@ -44,6 +44,15 @@ class ProjectionModel:
             model has no such exact symmetry.
         shift_parameters: names of the two parameters added to the projected position
             (dx, dy), or None if the model has no shift.
+        regularization: optional ``regularization(views (n_views, k)) -> (n_rows,)``: extra
+            residual rows (pixel-like units, added to the least-squares cost) that depend on
+            the view parameters alone, in model units, e.g. a smoothness penalty across
+            neighbouring views. A pure, differentiable JAX function. The solver adds their
+            Gauss-Newton matrix to its dense view system; markers are still eliminated.
+        z_translation_symmetry: whether moving every marker along z, traded against the
+            shifts, is an exact symmetry (the reporting frame then moves the markers' mean z
+            to 0; models whose image terms depend on the projected position, e.g. a warp, set
+            False).
     """
 
     name: str
@@ -57,6 +66,8 @@ class ProjectionModel:
     tilt_offset: Callable | None = None
     far_gauge: tuple[tuple[str, ...], ...] = ()
     shift_parameters: tuple[str, str] | None = ("dx", "dy")
+    regularization: Callable | None = None
+    z_translation_symmetry: bool = True
     description: str = field(default="", compare=False)
 
     def __post_init__(self):

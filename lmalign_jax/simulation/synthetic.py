@@ -21,6 +21,11 @@ class SyntheticSeries:
     markers: (n_markers, 3) true marker positions, pixels from the specimen centre.
     outliers: (n_views, n_markers) bool, observations displaced as mis-clicks.
     noise_px: standard deviation of the Gaussian noise per coordinate, pixels.
+    clean_xy: (n_views, n_markers, 2) noise-free image positions (pixels, image origin), the
+        truth an alignment's predicted positions are judged against (deformation included).
+    deformation: the known deformation, when one was simulated (``simulate``'s warp_px,
+        bend_px, shrink): "warp" (n_views, 6) coefficients and "shape" (n_views, 4) in the
+        units of the "warp" and "shape" models, and the settings; None for a rigid specimen.
     """
 
     observations: Observations
@@ -29,6 +34,8 @@ class SyntheticSeries:
     markers: Float[np.ndarray, "markers 3"]
     outliers: Bool[np.ndarray, "views markers"]
     noise_px: float
+    clean_xy: Float[np.ndarray, "views markers 2"] | None = None
+    deformation: dict | None = None
 
     @property
     def true_tilts_deg(self) -> np.ndarray:
@@ -85,6 +92,9 @@ def simulate(
     extra: dict | None = None,
     markers=None,
     seed: int = 0,
+    warp_px: float = 0.0,
+    bend_px: float = 0.0,
+    shrink: float = 0.0,
 ) -> SyntheticSeries:
     """A synthetic tilt series of fiducial observations.
 
@@ -97,6 +107,15 @@ def simulate(
     model's other parameters (e.g. {"xstretch": (0, 0.01)} for the imod model). ``markers``:
     (n, 3) marker positions (pixels from the specimen centre) to use instead of random ones
     (``n_markers`` is then ignored).
+
+    A known deformation (model "jou" only; drawn from a separate random stream, so the rest of
+    the series is the same as without it): ``warp_px`` adds a smooth in-plane warp to every
+    view, quadratic in the view's tilt-axis-frame position, of about ``warp_px`` pixels at
+    the corner of the marker field, each of its six terms a random quadratic function of the
+    view index (``deformation_profiles``); ``bend_px`` domes the specimen progressively with
+    the view index (z of a marker at the edge of the marker field rises by up to ``bend_px``,
+    0 in view 0); ``shrink`` thins it progressively (z scaled by ``1 - shrink`` in the last
+    view). ``markers`` stay the view-0 (undeformed) positions.
     """
     rng = np.random.default_rng(seed)
     m = get_model(model)
@@ -126,9 +145,17 @@ def simulate(
         if name in m.parameters:
             views[:, m.index(name)] = mean + sd * rng.standard_normal(n_views)
     views[:, m.index("tilt")] = np.radians(tilts + tilt_error_deg * rng.standard_normal(n_views))
-    with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
-        project = jax.jit(jax.vmap(jax.vmap(m.project, in_axes=(None, 0)), in_axes=(0, None)))
-        clean = np.asarray(project(views, markers), dtype=np.float64)
+    deformation = None
+    if warp_px or bend_px or shrink:
+        if m.name != "jou":
+            raise ValueError(f"a simulated deformation needs model 'jou', got {m.name!r}")
+        clean, deformation = _deformed_projections(
+            views, markers, (nx, ny), warp_px, bend_px, shrink, np.random.default_rng([seed, 1])
+        )
+    else:
+        with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
+            project = jax.jit(jax.vmap(jax.vmap(m.project, in_axes=(None, 0)), in_axes=(0, None)))
+            clean = np.asarray(project(views, markers), dtype=np.float64)
     xy = clean + noise_px * rng.standard_normal(clean.shape) + np.array([nx, ny]) / 2.0
     mask = _missing_runs(rng, tilts, n_markers, missing_fraction)
     outliers = np.zeros_like(mask)
@@ -141,4 +168,58 @@ def simulate(
         xy[pick[:, 0], pick[:, 1]] += distance[:, None] * np.column_stack([np.cos(angle), np.sin(angle)])
         outliers[pick[:, 0], pick[:, 1]] = True
     obs = Observations(np.where(mask[..., None], xy, np.nan), mask, tilts, (float(nx), float(ny)))
-    return SyntheticSeries(obs, m.name, views, markers, outliers, float(noise_px))
+    clean_xy = clean + np.array([nx, ny]) / 2.0
+    return SyntheticSeries(obs, m.name, views, markers, outliers, float(noise_px), clean_xy, deformation)
+
+
+#: Length (pixels) at which the "warp" and "shape" models' coefficients are stated.
+_COEFFICIENT_LENGTH_PX = 1000.0
+
+
+def deformation_profiles(rng, n_views: int, n_terms: int) -> np.ndarray:
+    """Smooth per-view profiles (n_views, n_terms): ``a + b t + c t^2`` in ``t`` = view index
+    scaled to [-0.5, 0.5], with a, b, c ~ N(0, 1/3) per term (RMS about 1 over the series)."""
+    t = np.linspace(-0.5, 0.5, n_views)[:, None]
+    a, b, c = rng.normal(0.0, np.sqrt(1.0 / 3.0), (3, 1, n_terms))
+    return a + b * t + c * t * t
+
+
+def _deformed_projections(views, markers, image_size, warp_px, bend_px, shrink, rng):
+    """Noise-free centred positions (n_views, n_markers, 2) of the jou model with a known warp
+    and shape change (see ``simulate``), in plain numpy, and the deformation's record."""
+    n_views = views.shape[0]
+    field = 0.35 * np.asarray(image_size, dtype=float)  # half-widths of the marker field
+    corner = float(np.hypot(*field))
+    scale, rotation, tilt, dx, dy = (views[:, p][:, None] for p in range(5))
+    x, y, z = (markers[:, i][None, :] for i in range(3))
+    growth = np.linspace(0.0, 1.0, n_views)[:, None]  # 0 in view 0, 1 in the last
+    dome = bend_px * growth * 0.5 * ((x / field[0]) ** 2 + (y / field[1]) ** 2)
+    z_view = z * (1.0 - shrink * growth) + dome
+    u = np.cos(tilt) * x + np.sin(tilt) * z_view
+    v = np.broadcast_to(y, u.shape)
+    profiles = warp_px * deformation_profiles(rng, n_views, 6)  # (n_views, 6), px at the corner
+    a, b = u / corner, v / corner
+    terms = (a * a, a * b, b * b)
+    du = sum(profiles[:, k, None] * terms[k] for k in range(3))
+    dv = sum(profiles[:, 3 + k, None] * terms[k] for k in range(3))
+    pu, pv = u + du, v + dv
+    px = scale * (np.cos(rotation) * pu - np.sin(rotation) * pv) + dx
+    py = scale * (np.sin(rotation) * pu + np.cos(rotation) * pv) + dy
+    length = _COEFFICIENT_LENGTH_PX
+    g = growth[:, 0]
+    shape = np.column_stack(
+        [
+            -shrink * g * length,
+            bend_px * g * 0.5 * (length / field[0]) ** 2,
+            np.zeros(n_views),
+            bend_px * g * 0.5 * (length / field[1]) ** 2,
+        ]
+    )
+    record = {
+        "warp_px": float(warp_px),
+        "bend_px": float(bend_px),
+        "shrink": float(shrink),
+        "warp": profiles * (length / corner) ** 2,
+        "shape": shape,
+    }
+    return np.stack([px, py], axis=-1), record

@@ -4,7 +4,7 @@ Knows nothing of tomography: two block sets A and B, a residual for each pair, g
 tied to A entries, masks for missing pairs and fixed entries, and a Schur-complement step.
 """
 
-from ._covariance import leverages, variances
+from ._covariance import effective_parameters, leverages, variances
 from ._dense import dense_step
 from ._implicit import gauss_newton_solve, solve_implicit
 from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals
@@ -26,6 +26,7 @@ __all__ = [
     "damped_step",
     "dense_step",
     "effective_a",
+    "effective_parameters",
     "gauss_newton_solve",
     "least_squares",
     "leverages",

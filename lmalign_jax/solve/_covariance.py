@@ -50,6 +50,19 @@ def inverse_blocks(lin: Linearization, eliminate: str) -> InverseBlocks:
     return InverseBlocks(e, cross, s_inv)
 
 
+def effective_parameters(lin: Linearization, s: Structure, eliminate: str):
+    """Effective number of parameters of a fit with regularization rows: tr(H^{-1} H_data)
+    = n_free - tr(H^{-1} H_reg), with H = H_data + H_reg the Gauss-Newton matrix (the trace of
+    the data's hat matrix; Hastie & Tibshirani's effective degrees of freedom of a penalised
+    fit). H_reg lives on D, so only (H^{-1})_DD = S^{-1} is needed. Without regularization
+    rows: the number of free parameters."""
+    n_free = jnp.sum(s.free_a) + jnp.sum(s.free_b) + jnp.sum(s.free_g)
+    if lin.h_reg is None:
+        return n_free.astype(lin.cost.dtype)
+    blocks = inverse_blocks(lin, eliminate)
+    return n_free - jnp.sum(blocks.dd * lin.h_reg)
+
+
 def _positions(s: Structure, n_a, k_a, n_b, k_b, eliminate):
     """Where each A and B entry lives in the partition.
 

@@ -2,7 +2,8 @@
 
 It forms J by autodiff of the flattened residual vector with respect to every parameter
 (A blocks, B blocks, global slots) and solves the damped normal equations directly, with no
-knowledge of the block structure. Memory is O(n_obs * n_params): small problems only.
+knowledge of the block structure. A residual function's regularization rows (``_linearize``)
+are appended to the residual vector. Memory is O(n_obs * n_params): small problems only.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._linearize import pair_residuals
-from ._problem import Structure, Variables
+from ._linearize import pair_residuals, regularization_of
+from ._problem import Structure, Variables, effective_a
 from ._schur import damping_diagonal
 
 
@@ -27,8 +28,14 @@ def _unflatten(v, like: Variables):
 def dense_step(fn, x: Variables, s: Structure, damping):
     """The damped step (Variables) computed from the dense normal matrix."""
 
+    reg = regularization_of(fn)
+
     def flat_residual(v):
-        return pair_residuals(fn, _unflatten(v, x), s).reshape(-1)
+        z = _unflatten(v, x)
+        r = pair_residuals(fn, z, s).reshape(-1)
+        if reg is not None:
+            r = jnp.concatenate([r, reg(effective_a(z.a, z.g, s.tie_a), s.const)])
+        return r
 
     v = _flatten(x)
     r = flat_residual(v)

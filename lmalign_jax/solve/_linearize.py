@@ -14,6 +14,15 @@ identity diagonal and a zero gradient, so their step is exactly zero and every a
 
 The coupling H_AB is not stored: the per-pair Jacobians (m + m numbers per pair instead of
 k_a k_b) are, and the Schur complement forms what it needs from them.
+
+Regularization. A residual function may carry an attribute ``regularization``:
+``fn.regularization(a_eff (n_a, k_a), const) -> (n_r,)``, extra residual rows that depend on
+the A blocks' effective parameters alone (e.g. a smoothness penalty across neighbouring
+views). They add to the cost and the gradient, and their Gauss-Newton matrix, which may
+couple different A blocks, is kept dense over D = (own free A entries, free slots) in
+``Linearization.h_reg``: the marker-eliminating Schur step adds it to its dense reduced
+system, so the B blocks are still eliminated exactly. Eliminating the A blocks is then not
+possible (they are no longer independent): ``choose_elimination(..., coupled_a=True)``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ class Linearization(NamedTuple):
     grad_b: jnp.ndarray  # (n_b, k_b)
     grad_g: jnp.ndarray  # (n_g,)
     b_free: jnp.ndarray  # () bool: any B entry free (else every B block and coupling is trivial)
+    h_reg: jnp.ndarray | None = None  # (d, d) regularization J^T J over D = (own A entries, slots)
+
+
+def regularization_of(fn):
+    """``fn``'s regularization rows ``(a_eff (n_a, k_a), const) -> (n_r,)``, or None."""
+    return getattr(fn, "regularization", None)
 
 
 def coupling(lin: Linearization):
@@ -70,9 +85,14 @@ def pair_residuals(fn, x: Variables, s: Structure):
 
 
 def cost(fn, x: Variables, s: Structure):
-    """Half the sum of squared weighted residuals."""
+    """Half the sum of squared weighted residuals (and regularization rows, if ``fn`` has them)."""
     r = pair_residuals(fn, x, s)
-    return 0.5 * jnp.sum(r * r)
+    total = 0.5 * jnp.sum(r * r)
+    reg = regularization_of(fn)
+    if reg is not None:
+        rows = reg(effective_a(x.a, x.g, s.tie_a), s.const)
+        total = total + 0.5 * jnp.sum(rows * rows)
+    return total
 
 
 def _masked_block(h, free):
@@ -207,6 +227,17 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
     )
     carry = one_chunk(0, carry) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, one_chunk, carry)
     cost_, h_aa, grad_a, jac_a, jac_b, h_bb, grad_b, h_gb = carry
+    h_reg = None
+    reg = regularization_of(fn)
+    if reg is not None:
+        rows = reg(a_eff, s.const)  # (n_r,)
+        jac = jax.jacfwd(reg)(a_eff, s.const).reshape(rows.shape[0], n_a * k_a)  # d rows / d a_eff
+        cost_ = cost_ + 0.5 * jnp.sum(rows * rows)
+        grad_a = grad_a + (rows @ jac).reshape(n_a, k_a)  # before masking, so the slots get theirs
+        # d a_eff / d D: own free entries one to one, free slots through the tie map.
+        to_d = jnp.concatenate([jnp.diag(fa.reshape(-1)), tie.reshape(n_a * k_a, n_g)], axis=1)
+        jac_d = jac @ to_d  # (n_r, d)
+        h_reg = jac_d.T @ jac_d
     return Linearization(
         cost=cost_,
         h_aa=_masked_block(h_aa, s.free_a),
@@ -220,6 +251,7 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
         grad_b=grad_b.T,
         grad_g=jnp.einsum("apt,ap->t", tie, grad_a),
         b_free=b_free,
+        h_reg=h_reg,
     )
 
 

@@ -85,8 +85,13 @@ def count_free(structure: Structure) -> int:
     return int(np.sum(structure.free_a) + np.sum(structure.free_b) + np.sum(structure.free_g))
 
 
-def choose_elimination(n_a: int, k_a: int, n_b: int, k_b: int) -> str:
-    """Eliminate the block set that leaves the smaller dense reduced system: "a" or "b"."""
+def choose_elimination(n_a: int, k_a: int, n_b: int, k_b: int, coupled_a: bool = False) -> str:
+    """Eliminate the block set that leaves the smaller dense reduced system: "a" or "b".
+
+    ``coupled_a``: the residual function has regularization rows coupling A blocks
+    (``_linearize``), so only B can be eliminated."""
+    if coupled_a:
+        return "b"
     return "a" if n_b * k_b < n_a * k_a else "b"
 
 

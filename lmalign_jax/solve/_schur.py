@@ -73,15 +73,16 @@ class Partition(NamedTuple):
 
 def partition(lin: Linearization, damping, eliminate: str):
     """Damped normal equations (Marquardt scaling) in E/D form, and the scaling diagonal D."""
-    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    d_a, d_b, d_g = damping_diagonal(*_normal_diagonals(lin))
     h_aa = _add_diag(lin.h_aa, damping * d_a)
     h_bb = _add_diag(lin.h_bb, damping * d_b)
     h_gg = _add_diag(lin.h_gg, damping * d_g)
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
+    _check_elimination(lin, eliminate)
     if eliminate == "b":
         h_ga = lin.h_ga.reshape(-1, n_a * k_a)
-        h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
+        h_dd = _with_regularization(jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]]), lin)
         h_ab = jnp.transpose(coupling(lin), (1, 2, 0, 3)).reshape(k_b, n_a * k_a, n_b)
         h_ed = jnp.concatenate([h_ab, jnp.transpose(lin.h_gb, (2, 0, 1))], axis=1)
         part = Partition(h_bb, lin.grad_b, h_ed, h_dd, jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g]))
@@ -218,14 +219,37 @@ def _gram(u, v):
 
 def _dense_part_a(lin: Linearization, damping):
     """H_DD and g_D when D = (A entries, slots), damped; and the scaling diagonal."""
-    d_a, d_b, d_g = damping_diagonal(_diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg))
+    d_a, d_b, d_g = damping_diagonal(*_normal_diagonals(lin))
     h_aa = _add_diag(lin.h_aa, damping * d_a)
     h_gg = _add_diag(lin.h_gg, damping * d_g)
     n_a, k_a = lin.grad_a.shape
     h_ga = lin.h_ga.reshape(-1, n_a * k_a)
-    h_dd = jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]])
+    h_dd = _with_regularization(jnp.block([[_block_diagonal(h_aa), h_ga.T], [h_ga, h_gg]]), lin)
     g_d = jnp.concatenate([lin.grad_a.reshape(-1), lin.grad_g])
     return h_dd, g_d, Variables(d_a, d_b, d_g)
+
+
+def _normal_diagonals(lin: Linearization):
+    """Diagonals of the normal matrix (A entries (n_a, k_a), B, slots), regularization included."""
+    diag_a, diag_b, diag_g = _diag(lin.h_aa), _diag(lin.h_bb), jnp.diagonal(lin.h_gg)
+    if lin.h_reg is not None:
+        reg = jnp.diagonal(lin.h_reg)
+        diag_a = diag_a + reg[: diag_a.size].reshape(diag_a.shape)
+        diag_g = diag_g + reg[diag_a.size :]
+    return diag_a, diag_b, diag_g
+
+
+def _with_regularization(h_dd, lin: Linearization):
+    """H_DD (D = own A entries, slots) plus the regularization rows' Gauss-Newton matrix."""
+    return h_dd if lin.h_reg is None else h_dd + lin.h_reg
+
+
+def _check_elimination(lin: Linearization, eliminate: str):
+    if eliminate == "a" and lin.h_reg is not None:
+        raise ValueError(
+            "regularization rows couple the A blocks, so they cannot be eliminated; "
+            "use eliminate='b' (choose_elimination(..., coupled_a=True))"
+        )
 
 
 def damped_step(lin: Linearization, damping, eliminate: str):
@@ -235,6 +259,7 @@ def damped_step(lin: Linearization, damping, eliminate: str):
     is eliminated but none of its entries is free, nothing couples it to D and the Schur
     complement (the O(n_b d^2) part) is skipped at run time.
     """
+    _check_elimination(lin, eliminate)
     if eliminate == "a":
         return _view_schur_step(lin, damping)
     return jax.lax.cond(

@@ -1,0 +1,166 @@
+"""Deformation models (warp, shape): judged by the error of the predicted positions against the
+simulator's noise-free ones, compared by BIC and leave-out residual, and the solver's
+regularization hook checked against the dense oracle and finite differences.
+
+Expected sizes. With Gaussian noise sigma per coordinate, a least-squares fit with p effective
+parameters on N residual components predicts the noise-free positions with an RMS error of
+about sigma sqrt(p / N): 0.5 sqrt(290 / 2460) = 0.17 px for jou on 41 views x 30 markers.
+The deformation models' smoothness rows leave about 2 effective parameters per coefficient
+(warp: ~302, shape: ~295), so their predicted error is ~1.02x the rigid one; on rigid data
+the 10% bound of issue 15 is therefore a real margin, not a tuned one. On deformed data a
+rigid fit carries the unmodelled deformation (several pixels) into its error.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmalign_jax import compare_models, get_model, simulate
+from lmalign_jax.core.frame import project_all
+from lmalign_jax.core.problem import build_problem
+from lmalign_jax.solve import cost, damped_step, dense_step, linearize, pair_residuals
+
+SERIES = dict(n_views=41, n_markers=30, seed=3)
+FOLDS = 3  # leave-out folds: a third of the points held out each time
+# One compilation each, shared by the tests on the small problem.
+_linearize = jax.jit(linearize, static_argnums=0)
+_cost = jax.jit(cost, static_argnums=0)
+
+
+def prediction_error(result, series) -> float:
+    """RMS (per coordinate) of predicted minus noise-free positions over the observed points."""
+    obs = result.observations
+    e = (obs.xy + result.residuals - series.clean_xy)[obs.mask]
+    return float(np.sqrt(np.mean(e**2)))
+
+
+@pytest.fixture(scope="module")
+def rigid():
+    series = simulate(**SERIES)
+    return series, compare_models(series.observations, models=("jou", "warp", "shape"), folds=FOLDS)
+
+
+@pytest.fixture(scope="module")
+def warped():
+    series = simulate(**SERIES, warp_px=12.0)
+    return series, compare_models(series.observations, models=("jou", "warp"), folds=FOLDS)
+
+
+@pytest.fixture(scope="module")
+def domed():
+    series = simulate(**SERIES, bend_px=40.0, shrink=0.1)
+    return series, compare_models(series.observations, models=("jou", "shape"), folds=FOLDS)
+
+
+def test_simulated_deformation_is_the_models_own(warped, domed):
+    """The simulator's numpy deformation and the models' JAX ones agree exactly, so the
+    recorded coefficients are the truth in model units; without deformation nothing changes."""
+    for series, name in ((warped[0], "warp"), (domed[0], "shape")):
+        views = np.column_stack([series.views, series.deformation[name]])
+        predicted = project_all(get_model(name), views, series.markers) + series.observations.center
+        np.testing.assert_allclose(predicted, series.clean_xy, atol=1e-9)
+    plain = simulate(**SERIES)
+    np.testing.assert_array_equal(plain.observations.xy, simulate(**SERIES, warp_px=0.0).observations.xy)
+    np.testing.assert_array_equal(plain.markers, warped[0].markers)  # the same draws otherwise
+    assert plain.deformation is None
+    with pytest.raises(ValueError, match="needs model 'jou'"):
+        simulate(n_views=5, n_markers=5, model="imod", warp_px=1.0)
+
+
+def test_on_rigid_data_deformation_models_cost_at_most_ten_percent(rigid):
+    series, table = rigid
+    base = prediction_error(table.results["jou"], series)
+    assert base < 0.5 * series.noise_px  # ~sigma sqrt(p/N) = 0.17 px
+    for name in ("warp", "shape"):
+        assert table.results[name].status == "converged"
+        assert prediction_error(table.results[name], series) <= 1.10 * base
+        # the smoothness rows leave few effective parameters beyond the rigid ones
+        extra = table.row(name).effective_parameters - table.row("jou").n_free
+        assert 0 < extra < 40, extra
+    assert table.best_by_bic == "jou"
+    verdicts = {v["model"]: v for v in table.deformation_verdicts()}
+    assert set(verdicts) == {"warp", "shape"}
+    assert not any(v["justified"] for v in verdicts.values())
+    assert "warp over jou: not justified" in table.to_text()
+
+
+def test_warp_model_recovers_a_warped_series(rigid, warped):
+    series, table = warped
+    floor = prediction_error(rigid[1].results["jou"], rigid[0])  # rigid model, rigid data
+    assert prediction_error(table.results["warp"], series) <= 1.25 * floor
+    assert prediction_error(table.results["jou"], series) >= 1.6 * floor
+    (verdict,) = table.deformation_verdicts()
+    assert verdict["justified_by_bic"] and verdict["justified_by_leave_out"]
+    assert table.best_by_bic == table.best_by_leave_out == "warp"
+    assert "warp over jou: justified" in table.to_text()
+
+
+def test_shape_model_recovers_a_doming_thinning_specimen(rigid, domed):
+    series, table = domed
+    floor = prediction_error(rigid[1].results["jou"], rigid[0])
+    assert prediction_error(table.results["shape"], series) <= 1.25 * floor
+    assert prediction_error(table.results["jou"], series) >= 3.0 * floor
+    (verdict,) = table.deformation_verdicts()
+    assert verdict["justified"]
+    assert table.to_dict()["deformation"][0]["model"] == "shape"
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    """A small warp problem, off the optimum, with the rotation shared (a global slot)."""
+    series = simulate(n_views=7, n_markers=6, seed=4, warp_px=5.0)
+    m = get_model("warp")
+    rng = np.random.default_rng(0)
+    views = np.column_stack([series.views, series.deformation["warp"]])
+    views[:, 5:] += rng.normal(0.0, 0.5, views[:, 5:].shape)
+    views[:, m.index("dx")] += 2.0
+    markers = series.markers + rng.normal(0.0, 2.0, series.markers.shape)
+    free = np.ones((6, 3), bool)
+    with jax.enable_x64(True):
+        problem = build_problem(m, series.observations, views, markers, {"rotation": "shared"}, free)
+    return problem
+
+
+def test_regularization_hook_step_matches_dense_oracle(small_problem):
+    """The Schur step with the smoothness rows equals the dense normal-equation step."""
+    p = small_problem
+    assert p.eliminate == "b"
+    with jax.enable_x64(True):
+        lin = _linearize(p.fn, p.x0, p.structure)
+        schur = jax.jit(damped_step, static_argnums=2)
+        dense = jax.jit(dense_step, static_argnums=0)
+        for damping in (1e-3, 1e-1):  # Marquardt damping, its diagonal including the rows
+            step, _ = schur(lin, damping, "b")
+            oracle = dense(p.fn, p.x0, p.structure, damping)
+            for got, want in zip(step, oracle, strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+        with pytest.raises(ValueError, match="cannot be eliminated"):
+            damped_step(lin, 0.0, "a")
+
+
+def test_regularization_gradient_and_rows_match_finite_differences(small_problem):
+    """The cost includes the rows; its autodiff gradient (as linearize reports it, the rows'
+    Jacobian included, slots too) equals central differences of the cost."""
+    p = small_problem
+    s = p.structure
+    with jax.enable_x64(True):
+        lin = _linearize(p.fn, p.x0, s)
+        rows = p.fn.regularization(p.x0.a, s.const)
+        assert rows.shape == ((7 - 2) * 6,)
+        np.testing.assert_allclose(lin.cost, _cost(p.fn, p.x0, s), rtol=1e-12)
+        data_only = 0.5 * float(jnp.sum(jnp.square(pair_residuals(p.fn, p.x0, s))))
+        np.testing.assert_allclose(float(lin.cost) - data_only, 0.5 * float(rows @ rows), rtol=1e-9)
+
+        def cost_at(a, g):
+            return float(_cost(p.fn, p.x0._replace(a=a, g=g), s))
+
+        h = 1e-5
+        free = np.argwhere(np.asarray(s.free_a))
+        for view, col in free[np.random.default_rng(1).choice(len(free), 6, replace=False)]:
+            e = jnp.zeros_like(p.x0.a).at[view, col].set(h)
+            fd = (cost_at(p.x0.a + e, p.x0.g) - cost_at(p.x0.a - e, p.x0.g)) / (2 * h)
+            np.testing.assert_allclose(lin.grad_a[view, col], fd, rtol=1e-5, atol=1e-6)
+        e = jnp.zeros_like(p.x0.g).at[0].set(h)
+        fd = (cost_at(p.x0.a, p.x0.g + e) - cost_at(p.x0.a, p.x0.g - e)) / (2 * h)
+        np.testing.assert_allclose(lin.grad_g[0], fd, rtol=1e-5, atol=1e-6)
