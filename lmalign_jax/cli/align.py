@@ -26,7 +26,9 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
+from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
+from .track import add_stack_options, reconstruct_after_align, track_for_align
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
@@ -92,16 +94,23 @@ def settings_from_args(args) -> AlignSettings:
 
 
 def run_align(args) -> int:
-    """``lmalign align``."""
-    return align_and_report(
-        args.markers,
+    """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``)."""
+    markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
+    if is_stack_path(args.markers):
+        tracked = track_for_align(args)
+        markers, stack, rotation = tracked.fid_path, args.markers, tracked.rotation_deg
+        prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
+    elif args.reconstruct is not None:
+        raise UsageError("--reconstruct needs a raw stack as MARKERS (or use 'lmalign reconstruct')")
+    code = align_and_report(
+        markers,
         args.tilts,
         settings_from_args(args),
         out_dir=args.out_dir,
-        prefix=args.prefix,
-        stack=args.stack,
+        prefix=prefix,
+        stack=stack,
         image_size=args.image_size,
-        rotation_deg=args.rotation,
+        rotation_deg=rotation,
         exclude=args.exclude,
         command=["lmalign", *getattr(args, "argv", [])],
         quiet=args.quiet,
@@ -109,6 +118,12 @@ def run_align(args) -> int:
         errors=not args.no_errors,
         worst=args.worst,
     )
+    if code == EXIT_OK and args.reconstruct is not None and is_stack_path(args.markers):
+        out = OutputSet(args.out_dir, prefix)
+        reconstruct_after_align(
+            stack, out.path(".xf"), out.path(".tlt"), out.path(".rec.mrc"), args.reconstruct, args.quiet
+        )
+    return code
 
 
 def align_and_report(
@@ -227,6 +242,7 @@ examples:
   lmalign align BBa.fid --tilts BBa.rawtlt --rotation -12.5 --exclude 1,61 --out-dir align/
   lmalign align beads.csv --tilts TS_01.mdoc --stack TS_01.mrc --tilt-mode group:5
   lmalign align BBa.resid --tilts BBa.tlt --image-size 512 512 --model imod --mode xstretch=fixed
+  lmalign align TS_01.mrc --tilts TS_01.rawtlt --bead-diameter 8 --reconstruct 300 --out-dir TS_01/
 """
 
 
@@ -289,7 +305,11 @@ def add_align(sub):
         epilog=ALIGN_EXAMPLE,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
+    p.add_argument(
+        "markers",
+        metavar="MARKERS",
+        help="marker file (.fid, .mod, .csv, .pt, .txt, .resid), or a raw stack (.mrc, .st) to track first",
+    )
     p.add_argument(
         "--tilts",
         metavar="FILE",
@@ -332,4 +352,5 @@ def add_align(sub):
     p.add_argument(
         "--no-errors", action="store_true", help="skip the standard errors and leave-one-out residuals"
     )
+    add_stack_options(p)
     p.set_defaults(run=run_align)

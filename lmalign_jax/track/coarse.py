@@ -70,9 +70,9 @@ def _shifts(a, b, sigma, max_shift):
     def at(dy, dx):
         return corr[jnp.arange(n), (iy + dy) % ny, (ix + dx) % nx]
 
-    c, l, r, d, u = at(0, 0), at(0, -1), at(0, 1), at(-1, 0), at(1, 0)
-    den_x, den_y = l - 2.0 * c + r, d - 2.0 * c + u
-    fx = jnp.where(den_x < 0, jnp.clip(0.5 * (l - r) / jnp.where(den_x < 0, den_x, -1.0), -0.5, 0.5), 0.0)
+    c, left, r, d, u = at(0, 0), at(0, -1), at(0, 1), at(-1, 0), at(1, 0)
+    den_x, den_y = left - 2.0 * c + r, d - 2.0 * c + u
+    fx = jnp.where(den_x < 0, jnp.clip(0.5 * (left - r) / jnp.where(den_x < 0, den_x, -1.0), -0.5, 0.5), 0.0)
     fy = jnp.where(den_y < 0, jnp.clip(0.5 * (d - u) / jnp.where(den_y < 0, den_y, -1.0), -0.5, 0.5), 0.0)
     sx = jnp.where(ix > nx // 2, ix - nx, ix) + fx
     sy = jnp.where(iy > ny // 2, iy - ny, iy) + fy

@@ -253,7 +253,9 @@ class _Fitter:
             nb = views[np.argmin(np.abs(views - v))]
             fill[v], tilts[v], weights[v] = fill[nb], tilts[nb], UNTRACKED_WEIGHT
         obs = Observations(fill, np.ones(fill.shape[:2], dtype=bool), tilts, self.image_size)
-        result = align(obs, rotation_deg=self.rotation, stages=TRACKING_STAGES, weights=weights, ref_view=self.seed)
+        result = align(
+            obs, rotation_deg=self.rotation, stages=TRACKING_STAGES, weights=weights, ref_view=self.seed
+        )
         if not np.all(np.isfinite(result.views)) or not np.all(np.isfinite(result.markers)):
             return None
         self.result, self.usable = result, usable
