@@ -227,3 +227,29 @@ def test_bad_input_messages(stack_files, tmp_path, capsys):
     assert "no bead-like features found in view 16" in message and "5 px" in message
     assert "--bead-diameter" in message
     assert not list(tmp_path.glob("*.fid"))  # nothing half-written
+
+
+def test_too_few_beads_tracked_says_where_beads_were_found(tmp_path, capsys):
+    """Beads on the view nearest 0 deg only (the others pure noise): the message says how many
+    beads were tracked and in which views any were found."""
+    rng = np.random.default_rng(4)
+    stack = rng.standard_normal((5, 128, 128)).astype(np.float32) * 0.3
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    for x, y in ((30.0, 30.0), (90.0, 35.0), (40.0, 95.0), (95.0, 90.0), (64.0, 64.0)):
+        stack[2] += PEAK * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * BEAD_SIGMA**2))
+    with mrcfile.new(tmp_path / "few.mrc") as mrc:
+        mrc.set_data(stack)
+    (tmp_path / "few.rawtlt").write_text("-6\n-3\n0\n3\n6\n")
+    args = [
+        "track",
+        str(tmp_path / "few.mrc"),
+        "--tilts",
+        str(tmp_path / "few.rawtlt"),
+        "--bead-diameter",
+        "5",
+    ]
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 2
+    message = _error(capsys)
+    assert "only 0 of 5 beads were tracked through 3 or more views" in message, message
+    assert "found in views 3 (1-based)" in message
+    assert not (tmp_path / "out").exists()

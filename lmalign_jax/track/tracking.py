@@ -243,7 +243,7 @@ class _Fitter:
         if previous is not None:
             fill = np.where(found[..., None] | ~np.isfinite(previous), fill, previous)
         usable = np.all(np.isfinite(fill), axis=(0, 2))
-        if usable.sum() < 3:
+        if usable.sum() < 3 or np.sum(tracked) < 3:
             return None
         fill, ok = fill[:, usable], found[:, usable]
         weights = np.where(ok, 1.0, MISSING_WEIGHT)
