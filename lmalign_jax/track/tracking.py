@@ -15,8 +15,9 @@ fill gaps and drop bad points):
 3. **Sweep.** Views are visited outward from the seed, alternating sides (seed+1, seed-1,
    seed+2, ...). A bead's position in the new view is the projection of its fitted 3-D position
    through the fitted parameters of its neighbour view (the one toward the seed) at the new view's
-   nominal tilt, moved by the coarse shift between the two views. The alignment is fitted with
-   the package's own solver (:func:`lmalign_jax.core.align`, stages "initial" and "main") after
+   tilt plus the nominal step, moved by the coarse shift between the two views. The alignment is
+   fitted with the package's own solver (:func:`lmalign_jax.core.align`, stages "initial", "main"
+   and "tilt") after
    every view, once three views are tracked. All bead windows of the view are correlated with the
    template in one batched FFT and centred (:func:`lmalign_jax.track.centring.correlate_windows`);
    if the median offset from the predictions is large the view is measured again about the
@@ -87,12 +88,15 @@ MIN_AMPLITUDE = 0.35
 MIN_SNR = 4.0
 #: Largest second peak within 2 D, as a fraction of the peak.
 RIVAL = 0.6
+#: Largest relative difference of a seed bead's correlation amplitude from the median.
+MAX_SEED_AMPLITUDE_DEVIATION = 0.35
 #: Fewest beads, each found in at least 3 views, an alignment can use.
 MIN_TRACKED_BEADS = 4
 #: Weights of filled-in points in the fixed-shape fits (see the module docstring).
 MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
-#: Stages of the fits made while tracking (tilts held at their nominal values).
-TRACKING_STAGES = ("initial", "main")
+#: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
+#: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
+TRACKING_STAGES = ("initial", "main", "tilt")
 
 
 class TrackingError(ValueError):
@@ -266,14 +270,14 @@ class _Fitter:
 
     def predict(self, neighbour: dict[int, int]) -> np.ndarray:
         """(n_views, n_beads, 2) predictions: view v through the parameters of ``neighbour[v]``
-        at v's nominal tilt (its own parameters where v is not in ``neighbour``); NaN for beads
-        the last fit did not include."""
+        at that view's solved tilt plus the nominal step between the two (v's own parameters
+        where v is not in ``neighbour``); NaN for beads the last fit did not include."""
         r = self.result
         views = np.array(r.views, dtype=np.float64, copy=True)
         ti = r.model.index("tilt")
         for v, nb in neighbour.items():
             views[v] = views[nb]
-            views[v, ti] = math.radians(self.tilts[v])
+            views[v, ti] = views[nb, ti] + math.radians(self.tilts[v] - self.tilts[nb])
         projected = project_all(r.model, views, r.markers) + r.observations.center
         out = np.full((views.shape[0], self.usable.size, 2), np.nan)
         out[:, self.usable] = projected
@@ -359,6 +363,21 @@ class _Measurer:
         return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= MIN_SNR) & (match.rival <= RIVAL)
 
 
+def _seed_template(image, candidates, chosen, diameter: float, size: int):
+    """The averaged bead of the chosen seed beads, without those whose correlation amplitude
+    against it is far from the median (two touching beads seen as one are about twice as strong).
+    Returns (chosen, template)."""
+    windows, origins = extract_windows(image, candidates[chosen], size)
+    template = bead_template(windows, origins, candidates[chosen], diameter)
+    match = correlate_windows(windows, origins, template, candidates[chosen], 2.0, diameter)
+    ratio = match.amplitude / np.median(match.amplitude)
+    typical = np.abs(ratio - 1.0) <= MAX_SEED_AMPLITUDE_DEVIATION
+    if typical.sum() >= MIN_TRACKED_BEADS and not typical.all():
+        chosen = chosen[typical]
+        template = bead_template(windows[typical], origins[typical], candidates[chosen], diameter)
+    return chosen, template
+
+
 def _drop_outliers(fitter, found, reasons, xy):
     """Drop points and whole tracks with outlying residuals (module docstring, step 5), in place.
     Returns the (n_beads,) RMS residual of each bead."""
@@ -369,9 +388,9 @@ def _drop_outliers(fitter, found, reasons, xy):
     bad = found & (length > max(4.0 * sigma, 1.0))
     found &= ~bad
     reasons[bad] = OUTLIER
-    with np.errstate(invalid="ignore"):
-        per_bead = np.sqrt(np.nanmean(np.where(found, length, np.nan) ** 2, axis=0) / 2.0)
     alive = found.sum(axis=0) > 0
+    sums = np.sum(np.where(found, length, 0.0) ** 2, axis=0)
+    per_bead = np.where(alive, np.sqrt(sums / np.maximum(2 * found.sum(axis=0), 1)), np.nan)
     if alive.sum() >= MIN_TRACKED_BEADS:
         typical = float(np.median(per_bead[alive]))
         removed = alive & (per_bead > max(3.0 * typical, 1.0))
@@ -432,11 +451,10 @@ def track_beads(
             f"{seed + 1} (tilt {tilts[seed]:g} deg) with a bead diameter of {d:g} px; tracking needs "
             f"at least {MIN_TRACKED_BEADS}"
         )
-    m = chosen.size
     search = max(d, 5.0)
     size = window_size(d, search)
-    windows, origins = extract_windows(seed_image, candidates[chosen], size)
-    template = bead_template(windows, origins, candidates[chosen], d)
+    chosen, template = _seed_template(seed_image, candidates, chosen, d, size)
+    m = chosen.size
     measurer = _Measurer(template, d, (nx, ny), size, m)
     timings["seed_s"] = time.perf_counter() - began
 
