@@ -110,6 +110,16 @@ def test_no_view_lost(tracked):
     assert track.reasons.dtype == np.int8 and np.all((track.reasons == FOUND) == track.found)
 
 
+def test_dark_beads_are_tracked_the_same(series, tracked):
+    """Gold is dark on a bright background in cryo-EM: the inverted stack gives the same tracks
+    (the template is averaged from the beads themselves, so it carries their contrast)."""
+    s, stack = series
+    track = tracked[0]
+    dark = track_beads(10.0 - stack, s.observations.tilts_deg, DIAMETER)
+    assert np.array_equal(dark.found, track.found)
+    np.testing.assert_allclose(dark.xy[dark.found], track.xy[track.found], atol=1e-3)
+
+
 def _alignment_error(result, truth_xy):
     """RMS misfit of the true raw positions mapped by ``result.xf``, fitted per bead by a 3-D point."""
     xf = result.xf
