@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         "benchmark": "track_bench: lmalign align STACK.mrc (track + align), whole process",
         "meta": meta,
         "setup": SETUP
-        | {"noise": args.noise, "bead_diameter_px": round(diameter, 3), "stack_drawn_s": drawn},
+        | {"noise": CASES["good"][0], "bead_diameter_px": round(diameter, 3), "stack_drawn_s": drawn},
         "target_s": 10.0,
         "imod_chain_cited_s": IMOD_CITED_S,
         "cold": cold,

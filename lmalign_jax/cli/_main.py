@@ -40,6 +40,7 @@ Run 'lmalign COMMAND --help' for each command's options.
 
 examples:
   lmalign demo --out-dir lmalign-demo
+  lmalign align TS_01.mrc --tilts TS_01.rawtlt --bead-diameter 8 --reconstruct 300 --out-dir TS_01/
   lmalign align BBa.fid --tilts BBa.rawtlt --exclude 1-3,40 --out-dir align/
   lmalign reconstruct BBa.st --xf align/BBa.xf --tlt align/BBa.tlt --thickness 200 --bin 2
   lmalign simulate --out-dir sim --seed 3 --stack

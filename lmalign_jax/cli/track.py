@@ -46,7 +46,7 @@ def add_bead_options(p) -> None:
         type=int,
         default=40,
         metavar="N",
-        help="how many beads to track at most (default 40)",
+        help="how many beads to track at most",
     )
 
 
