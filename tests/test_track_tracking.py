@@ -236,6 +236,10 @@ def test_bad_input_messages(stack_files, tmp_path, capsys):
     message = _error(capsys)
     assert "no bead-like features found in view 16" in message and "5 px" in message
     assert "--bead-diameter" in message
+    assert main(["track", str(noise), "--tilts", tilts, "--bead-nm", "5", "--out-dir", str(tmp_path)]) == 2
+    assert "no pixel size, so --bead-nm cannot be converted" in _error(capsys)
+    assert main([*args, "--bead-nm", "5", "--bead-diameter", "5"]) == 2
+    assert "not both" in _error(capsys)
     assert not list(tmp_path.glob("*.fid"))  # nothing half-written
 
 
