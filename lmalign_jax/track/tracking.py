@@ -17,11 +17,11 @@ fill gaps and drop bad points):
    through the fitted parameters of its neighbour view (the one toward the seed) at the new view's
    tilt plus the nominal step, moved by the coarse shift between the two views. The alignment is
    fitted with the package's own solver (:func:`lmalign_jax.core.align`, stages "initial", "main"
-   and "tilt") after
-   every view, once three views are tracked. All bead windows of the view are correlated with the
-   template in one batched FFT and centred (:func:`lmalign_jax.track.centring.correlate_windows`);
-   if the median offset from the predictions is large the view is measured again about the
-   shifted predictions.
+   and "tilt") after every view once three views are tracked, and after every pair of views (one
+   on each side, so each new view's neighbour is in the fit) once twelve are. All bead windows of
+   the view are correlated with the template in one batched FFT and centred
+   (:func:`lmalign_jax.track.centring.correlate_windows`); if the median offset from the
+   predictions is large the view is measured again about the shifted predictions.
 4. **Left out** of a view (``reasons``): a prediction within ``D/2 + 1`` px of the border
    (OUTSIDE); two predictions closer than ``2 D``, or a second correlation peak within ``2 D`` of
    the found one above ``RIVAL`` of it (CROWDED); a peak below ``MIN_AMPLITUDE`` of the average
@@ -94,6 +94,9 @@ MAX_SEED_AMPLITUDE_DEVIATION = 0.35
 MIN_TRACKED_BEADS = 4
 #: Weights of filled-in points in the fixed-shape fits (see the module docstring).
 MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
+#: Views tracked before the sweep fits after every pair of views (one each side) instead of after
+#: every view: half the fits, and each new view's neighbour is still in the last fit.
+EVERY_VIEW_FITS = 12
 #: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
 #: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
 TRACKING_STAGES = ("initial", "main", "tilt")
@@ -262,7 +265,7 @@ class _Fitter:
         )
         if not np.all(np.isfinite(result.views)) or not np.all(np.isfinite(result.markers)):
             return None
-        self.result, self.usable = result, usable
+        self.result, self.usable, self.fitted = result, usable, np.array(tracked, dtype=bool)
         if self.rotation is None:  # later fits start from this one's axis
             self.rotation = float(np.median(result.rotation_deg[views]))
         del n_views
@@ -475,12 +478,14 @@ def track_beads(
 
     say(f"tracking {m} beads outward from view {seed + 1}")
     t0 = time.perf_counter()
-    for v in _sweep_order(n_views, seed):
+    for k, v in enumerate(_sweep_order(n_views, seed)):
         step = 1 if v < seed else -1
         nb = v + step
         while nb != seed and not tracked[nb]:
             nb += step
         if have_fit:
+            while nb != seed and not fitter.fitted[nb]:  # a view the last fit saw as tracked
+                nb += step
             predicted = fitter.predict({v: nb})[v]
         else:
             predicted = _nearest_found(xy, found)[nb]
@@ -489,7 +494,7 @@ def track_beads(
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
         tracked[v] = ok.sum() >= 3
-        if tracked.sum() >= 3:
+        if tracked.sum() >= 3 and (tracked.sum() < EVERY_VIEW_FITS or k % 2 == 1):
             have_fit = fitter.fit(xy, found, tracked) is not None or have_fit
     timings["sweep_s"] = time.perf_counter() - t0
 
