@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import mrcfile
 import numpy as np
@@ -31,6 +32,8 @@ from lmalign_jax.cli import main
 from lmalign_jax.io import read_imod_model
 from lmalign_jax.simulation.phantom import bead_phantom, project_stack, series_alignment
 from lmalign_jax.track.tracking import FOUND, choose_beads, track_beads
+from lmalign_jax.workflow.batch_list import scan_folder
+from lmalign_jax.workflow.batch_series import Prepared, prepare
 
 N_VIEWS, SIZE, N_BEADS = 31, 256, 12
 BEAD_SIGMA = 1.5
@@ -267,3 +270,15 @@ def test_too_few_beads_tracked_says_where_beads_were_found(tmp_path, capsys):
     assert "only 0 of 5 beads were tracked through 3 or more views" in message, message
     assert "found in views 3 (1-based)" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_finds_and_tracks_a_stack_series(stack_files, tracked, tmp_path):
+    """A folder's NAME.mrc + NAME.rawtlt without markers is a series; ``prepare`` tracks it as
+    ``lmalign track`` does and reads the model it wrote."""
+    specs = scan_folder(str(stack_files))
+    assert [(s.name, os.path.basename(s.markers)) for s in specs] == [("ts", "ts.mrc")]
+    item = prepare(specs[0], out_dir=str(tmp_path), tracking={"bead_diameter_px": DIAMETER})
+    assert isinstance(item, Prepared), item
+    assert item.observations.n_observed == int(tracked[0].found.sum()) and item.stack == specs[0].markers
+    for suffix in (".fid", ".csv", "_track.json", "_track.png"):
+        assert (tmp_path / "ts" / f"ts{suffix}").is_file()
