@@ -456,9 +456,10 @@ def track_beads(
         )
     search = max(d, 5.0)
     size = window_size(d, search)
+    n_chosen = chosen.size
     chosen, template = _seed_template(seed_image, candidates, chosen, d, size)
     m = chosen.size
-    measurer = _Measurer(template, d, (nx, ny), size, m)
+    measurer = _Measurer(template, d, (nx, ny), size, n_chosen)  # the seed's batch shape: one compile
     timings["seed_s"] = time.perf_counter() - began
 
     say(f"coarse shifts between {n_views} neighbouring views")
