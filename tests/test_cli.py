@@ -573,7 +573,7 @@ def test_usage_errors():
     assert (
         rc == 2
         and err.strip()
-        == "lmalign: error: choose a command: align, batch, compare, demo, reconstruct, simulate "
+        == "lmalign: error: choose a command: align, batch, compare, demo, reconstruct, simulate, track "
         "(see 'lmalign --help')"
     )
     rc, _, err = run(["align", "m.csv", "--image-size", "1"])

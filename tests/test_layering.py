@@ -93,7 +93,7 @@ ABOVE_CORE = (
         ),
         ("core", ABOVE_CORE),
         ("export", ("jax", *MATHS, "lmalign_jax.report", "lmalign_jax.workflow", "lmalign_jax.cli")),
-        ("track", ("lmalign_jax.solve", "lmalign_jax.core", "lmalign_jax.io", *ABOVE_CORE)),
+        ("track", ("lmalign_jax.solve", "lmalign_jax.io", *ABOVE_CORE)),
         ("report", ("lmalign_jax.workflow", "lmalign_jax.cli")),
         ("workflow", ("lmalign_jax.cli",)),
     ],

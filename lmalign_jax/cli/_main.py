@@ -19,6 +19,7 @@ from .export import add_export
 from .find_beads import add_find_beads
 from .reconstruct import add_reconstruct
 from .simulate import add_simulate
+from .track import add_track
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
@@ -31,9 +32,10 @@ COMMANDS = {
     "find-beads": add_find_beads,
     "reconstruct": add_reconstruct,
     "simulate": add_simulate,
+    "track": add_track,
 }
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
-CACHED_COMMANDS = ("align", "batch", "compare", "demo", "find-beads", "reconstruct")
+CACHED_COMMANDS = ("align", "batch", "compare", "demo", "find-beads", "reconstruct", "track")
 
 MAIN_HELP = """\
 Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by
@@ -42,6 +44,7 @@ Run 'lmalign COMMAND --help' for each command's options.
 
 examples:
   lmalign demo --out-dir lmalign-demo
+  lmalign align TS_01.mrc --tilts TS_01.rawtlt --bead-diameter 8 --reconstruct 300 --out-dir TS_01/
   lmalign align BBa.fid --tilts BBa.rawtlt --exclude 1-3,40 --out-dir align/
   lmalign reconstruct BBa.st --xf align/BBa.xf --tlt align/BBa.tlt --thickness 200 --bin 2
   lmalign simulate --out-dir sim --seed 3 --stack

@@ -28,8 +28,10 @@ from ..workflow import (
 )
 from ..workflow.exporting import parse_export_targets
 from ..workflow.local import LocalOptions, check_local_model, format_local_report, write_local_alignment
+from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 from .export import export_after_align
+from .track import add_stack_options, reconstruct_after_align, track_for_align
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
@@ -95,18 +97,25 @@ def settings_from_args(args) -> AlignSettings:
 
 
 def run_align(args) -> int:
-    """``lmalign align``."""
+    """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``)."""
     if args.export:
         parse_export_targets(args.export, "--export")  # refuse a bad list before solving
+    markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
+    if is_stack_path(args.markers):
+        tracked = track_for_align(args)
+        markers, stack, rotation = tracked.fid_path, args.markers, tracked.rotation_deg
+        prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
+    elif args.reconstruct is not None:
+        raise UsageError("--reconstruct needs a raw stack as MARKERS (or use 'lmalign reconstruct')")
     code = align_and_report(
-        args.markers,
+        markers,
         args.tilts,
         settings_from_args(args),
         out_dir=args.out_dir,
-        prefix=args.prefix,
-        stack=args.stack,
+        prefix=prefix,
+        stack=stack,
         image_size=args.image_size,
-        rotation_deg=args.rotation,
+        rotation_deg=rotation,
         exclude=args.exclude,
         command=["lmalign", *getattr(args, "argv", [])],
         quiet=args.quiet,
@@ -117,7 +126,12 @@ def run_align(args) -> int:
         flatten=args.flatten,
         local=local_options_from_args(args),
     )
-    return export_after_align(args, code)
+    if code == EXIT_OK and args.reconstruct is not None and is_stack_path(args.markers):
+        out = OutputSet(args.out_dir, prefix)
+        reconstruct_after_align(
+            stack, out.path(".xf"), out.path(".tlt"), out.path(".rec.mrc"), args.reconstruct, args.quiet
+        )
+    return export_after_align(args, code, markers, prefix)
 
 
 def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
@@ -294,6 +308,7 @@ examples:
   lmalign align BBa.fid --tilts BBa.rawtlt --rotation -12.5 --exclude 1,61 --out-dir align/
   lmalign align beads.csv --tilts TS_01.mdoc --stack TS_01.mrc --tilt-mode group:5
   lmalign align BBa.resid --tilts BBa.tlt --image-size 512 512 --model imod --mode xstretch=fixed
+  lmalign align TS_01.mrc --tilts TS_01.rawtlt --bead-diameter 8 --reconstruct 300 --out-dir TS_01/
 """
 
 
@@ -356,7 +371,11 @@ def add_align(sub):
         epilog=ALIGN_EXAMPLE,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("markers", metavar="MARKERS", help="marker file (.fid, .mod, .csv, .pt, .txt, .resid)")
+    p.add_argument(
+        "markers",
+        metavar="MARKERS",
+        help="marker file (.fid, .mod, .csv, .pt, .txt, .resid), or a raw stack (.mrc, .st) to track first",
+    )
     p.add_argument(
         "--tilts",
         metavar="FILE",
@@ -421,6 +440,7 @@ def add_align(sub):
     )
     p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size for --export, Angstrom")
     add_local_options(p)
+    add_stack_options(p)
     p.set_defaults(run=run_align)
 
 

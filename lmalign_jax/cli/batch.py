@@ -221,6 +221,11 @@ def run_batch(args) -> int:
             layout=args.layout,
             image_size=args.image_size,
             reconstruct=args.reconstruct is not None,
+            tracking={
+                "bead_diameter_px": args.bead_diameter,
+                "bead_nm": args.bead_nm,
+                "target_beads": args.target_beads,
+            },
             warn=warn,
         )
         if args.resume and not isinstance(item, Outcome):

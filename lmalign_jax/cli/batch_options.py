@@ -7,6 +7,7 @@ from ..models import MODELS
 from ..workflow.batch_list import LINE_FORMAT
 from ..workflow.reconstruction import FILTER_CHOICES
 from .align import add_robust_options, add_solver_options
+from .track import add_bead_options
 
 __all__ = ["BATCH_EXAMPLE", "BATCH_HELP", "add_batch_arguments"]
 
@@ -66,7 +67,8 @@ def add_batch_arguments(p) -> None:
     p.add_argument(
         "series",
         metavar="LIST_OR_DIR",
-        help=f"list file ('{LINE_FORMAT}' per line) or folder of marker + tilt files",
+        help=f"list file ('{LINE_FORMAT}' per line; MARKERS may be a raw stack) or folder of marker + "
+        "tilt files (and of raw stacks NAME.st/NAME.mrc + tilts without markers, tracked first)",
     )
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument(
@@ -92,6 +94,7 @@ def add_batch_arguments(p) -> None:
         metavar=("NX", "NY"),
         help="image size for series whose files do not record it",
     )
+    add_bead_options(p.add_argument_group("series given as raw stacks (.mrc, .st): tracked first"))
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     add_solver_options(p)
     p.add_argument(

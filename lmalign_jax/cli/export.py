@@ -74,13 +74,14 @@ def run_export(args) -> int:
     return EXIT_OK
 
 
-def export_after_align(args, exit_code: int) -> int:
+def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -> int:
     """``align --export``: the targets of the record just written (``.xf``/``.tlt`` are there
-    already); returns the exit status (the alignment's, or 2 when the export is refused)."""
+    already) from the marker file it aligned (the tracked ``.fid`` for a stack); returns the
+    exit status (the alignment's, or 2 when the export is refused)."""
     if not args.export or exit_code != EXIT_OK:
         return exit_code
     targets = parse_export_targets(args.export, "--export")
-    prefix = args.prefix or os.path.splitext(os.path.basename(args.markers))[0]
+    prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     record = read_alignment_record(OutputSet(args.out_dir, prefix).path(".json"))
     written = export_alignment(
         record,
@@ -88,7 +89,7 @@ def export_after_align(args, exit_code: int) -> int:
         out_dir=args.out_dir,
         prefix=prefix,
         pixel_size_angst=args.pixel_size,
-        measured=measured_markers(record, args.markers),
+        measured=measured_markers(record, markers),
         with_xf_tlt=False,
     )
     print(" Exported " + ", ".join(written))

@@ -10,15 +10,30 @@ Public API
   (:mod:`lmalign_jax.track.scale`).
 * :func:`bead_responses` -- the matched (Laplacian-of-Gaussian) filter
   (:mod:`lmalign_jax.track.filters`).
+* :func:`track_beads` -- beads found on the view nearest 0 degrees and tracked through a whole
+  stack, each view predicted by the alignment fitted so far -> :class:`TrackResult`
+  (:mod:`lmalign_jax.track.tracking`).
 
 Modules: ``filters`` (the filter in Fourier space), ``peaks`` (threshold, non-maximum
-suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate). Nothing
-here imports ``lmalign_jax.io`` or ``lmalign_jax.cli``, and no JAX setting is changed on import.
+suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate),
+``coarse`` (whole-view shifts), ``centring`` (batched correlation with the averaged bead),
+``tracking`` (the tracking, fitting with :mod:`lmalign_jax.core`). Nothing here imports
+``lmalign_jax.io`` or ``lmalign_jax.cli``, and no JAX setting is changed on import.
 """
 
 from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses
 from lmalign_jax.track.find import find_beads
 from lmalign_jax.track.large import find_beads_large
 from lmalign_jax.track.scale import estimate_bead_diameter
+from lmalign_jax.track.tracking import TrackingError, TrackResult, track_beads
 
-__all__ = ["find_beads", "find_beads_large", "estimate_bead_diameter", "bead_responses", "SIGMA_PER_DIAMETER"]
+__all__ = [
+    "find_beads",
+    "find_beads_large",
+    "estimate_bead_diameter",
+    "bead_responses",
+    "SIGMA_PER_DIAMETER",
+    "track_beads",
+    "TrackResult",
+    "TrackingError",
+]

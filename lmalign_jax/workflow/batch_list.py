@@ -155,7 +155,8 @@ def read_list(path: str) -> list[SeriesSpec]:
 
 
 def scan_folder(folder: str) -> list[SeriesSpec]:
-    """Series of a folder: every ``NAME.fid/.mod/.csv/.pt`` with ``NAME.rawtlt/.tlt/.mdoc`` beside it."""
+    """Series of a folder: every ``NAME.fid/.mod/.csv/.pt`` with ``NAME.rawtlt/.tlt/.mdoc`` beside it,
+    and every raw stack ``NAME.st``/``NAME.mrc`` with tilts and no marker file (tracked first)."""
     specs = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
@@ -178,12 +179,29 @@ def scan_folder(folder: str) -> list[SeriesSpec]:
                 )
             )
         specs.append(SeriesSpec(stem, path, tilts, problem=problem))
+    specs += _unmarked_stacks(folder, {s.name for s in specs})
     if not specs:
         raise UsageError(
             f"{folder}: no marker files ({', '.join(SCAN_MARKERS)}) in this folder; name .txt and .resid "
             f"marker files in a list file ({LINE_FORMAT} per line)"
         )
     _unique_names(specs)
+    return specs
+
+
+def _unmarked_stacks(folder: str, names: set[str]) -> list[SeriesSpec]:
+    """``NAME.st`` or ``NAME.mrc`` with ``NAME.rawtlt/.tlt/.mrc.mdoc/.st.mdoc`` beside it and no marker
+    file of that name: a raw series to track (its markers are the stack itself)."""
+    specs = []
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(entry)
+        if ext.lower() not in SCAN_STACKS or stem in names or not os.path.isfile(os.path.join(folder, entry)):
+            continue
+        tilts = [os.path.join(folder, stem + t) for t in (".rawtlt", ".tlt", entry[len(stem) :] + ".mdoc")]
+        found = next((t for t in tilts if os.path.isfile(t)), None)
+        if found is not None:
+            names.add(stem)
+            specs.append(SeriesSpec(stem, os.path.join(folder, entry), found))
     return specs
 
 

@@ -1,0 +1,156 @@
+"""``lmalign track``: gold beads found on the view nearest 0 degrees and tracked through a raw stack."""
+
+from __future__ import annotations
+
+import math
+
+from ..workflow.reconstruction import read_alignment_files, reconstruct_to_file
+from ..workflow.tracking import track_stack
+from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
+
+TRACK_HELP = """\
+Find gold beads on the view nearest 0 degrees of a raw tilt-series stack and track them through
+every view: each bead's position in a new view is predicted by the alignment fitted so far (the
+package's own solver) and refined by correlation with the averaged bead; beads are left out of a
+view where they are weak, leave the image or come within two diameters of another bead.
+
+Writes <prefix>.fid (IMOD fiducial model, one contour per bead, z = 0-based view), <prefix>.csv
+(marker,view,x,y), <prefix>_track.json (per bead: views found, mean score, residual; per view:
+beads found and why others were left out) and <prefix>_track.png; all or none.
+"""
+
+TRACK_EXAMPLE = """\
+examples:
+  lmalign track TS_01.mrc --tilts TS_01.rawtlt --bead-diameter 8 --out-dir track/
+  lmalign align track/TS_01.fid --tilts TS_01.rawtlt --out-dir align/
+"""
+
+
+def add_bead_options(p) -> None:
+    """--bead-diameter, --bead-nm and --target-beads (shared by track and align STACK.mrc)."""
+    p.add_argument(
+        "--bead-diameter",
+        type=float,
+        metavar="PX",
+        help="gold bead diameter in pixels (a real number, e.g. 5.8); estimated from the image when "
+        "neither this nor --bead-nm is given",
+    )
+    p.add_argument(
+        "--bead-nm",
+        type=float,
+        metavar="NM",
+        help="gold bead diameter in nm (needs the pixel size in the header)",
+    )
+    p.add_argument(
+        "--target-beads",
+        type=int,
+        default=40,
+        metavar="N",
+        help="how many beads to track at most",
+    )
+
+
+def run_track(args) -> int:
+    text = f"lmalign: tracking beads in {args.stack} ..."
+    with Progress(text):
+        done = track_stack(
+            args.stack,
+            args.tilts,
+            out_dir=args.out_dir,
+            prefix=args.prefix,
+            bead_diameter_px=args.bead_diameter,
+            bead_nm=args.bead_nm,
+            rotation_deg=args.rotation,
+            target_beads=args.target_beads,
+            warn=warn,
+            note=note,
+        )
+    print_tracking(done)
+    return EXIT_OK
+
+
+def print_tracking(done) -> None:
+    """The tracking summary: beads, points, views with few beads, files written."""
+    t = done.track
+    per_view = t.beads_per_view
+    print(
+        f" Tracked {t.n_beads} beads (diameter {t.bead_diameter_px:.2f} px, {done.diameter_source}) from "
+        f"view {t.seed_view + 1}: {int(t.found.sum())} points in {t.n_views} views, {int(per_view.min())} to "
+        f"{int(per_view.max())} beads per view, fit RMS {t.fit_rms_px:.3f} px, {t.seconds:.1f} s"
+    )
+    few = [str(v + 1) for v in range(t.n_views) if per_view[v] < 3]
+    if few:
+        warn(f"view(s) {', '.join(few)} (1-based) have fewer than 3 tracked beads")
+    print(" Wrote " + ", ".join(done.written))
+
+
+def add_track(sub):
+    p = sub.add_parser(
+        "track",
+        help="find and track gold beads through a raw tilt-series stack",
+        description=TRACK_HELP,
+        epilog=TRACK_EXAMPLE,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("stack", metavar="STACK", help="raw tilt-series stack (MRC: .mrc, .st)")
+    p.add_argument(
+        "--tilts", required=True, metavar="FILE", help="tilt angles: .tlt/.rawtlt or SerialEM .mdoc"
+    )
+    add_bead_options(p)
+    p.add_argument(
+        "--rotation",
+        type=float,
+        metavar="DEG",
+        help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis; estimated when "
+        "omitted",
+    )
+    p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the stack's stem")
+    p.set_defaults(run=run_track)
+
+
+def add_stack_options(p) -> None:
+    """The options of ``lmalign align STACK.mrc``: the bead options and --reconstruct."""
+    group = p.add_argument_group("when MARKERS is a raw stack (.mrc, .st): track, then align")
+    add_bead_options(group)
+    group.add_argument(
+        "--reconstruct",
+        type=float,
+        metavar="NZ",
+        help="also write the tomogram <prefix>.rec.mrc, NZ unbinned pixels thick, from the stack",
+    )
+
+
+def track_for_align(args):
+    """``lmalign align STACK.mrc``: track the stack into ``--out-dir`` and print the summary;
+    returns the :class:`lmalign_jax.workflow.tracking.TrackedStack`."""
+    if args.tilts is None:
+        raise UsageError("--tilts FILE is required with a stack (.tlt, .rawtlt or .mdoc)")
+    if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
+        raise UsageError(f"--reconstruct must be a positive thickness in pixels, got {args.reconstruct:g}")
+    with Progress(f"lmalign: tracking beads in {args.markers} ..."):
+        done = track_stack(
+            args.markers,
+            args.tilts,
+            out_dir=args.out_dir,
+            prefix=args.prefix,
+            bead_diameter_px=args.bead_diameter,
+            bead_nm=args.bead_nm,
+            rotation_deg=args.rotation,
+            target_beads=args.target_beads,
+            warn=warn,
+            note=note,
+        )
+    print_tracking(done)
+    return done
+
+
+def reconstruct_after_align(
+    stack: str, xf: str, tlt: str, out_path: str, thickness: float, quiet: bool
+) -> None:
+    """The tomogram of ``lmalign align STACK.mrc --reconstruct NZ`` from the .xf/.tlt just written."""
+    summary = reconstruct_to_file(
+        stack, read_alignment_files(xf, tlt), out_path, thickness=thickness, quiet=quiet, warn=warn, note=note
+    )
+    nz, ny, nx = summary["shape"]
+    print(f" Wrote {out_path} ({nx} x {ny} x {nz} voxels, {summary['seconds']:.1f} s)")

@@ -1,0 +1,558 @@
+"""Bead tracking through a tilt series, predicted by the alignment fitted so far.
+
+The procedure (:func:`track_beads`), after IMOD's ``beadtrack`` (its man page: beads are
+tracked outward from a starting view, each new position predicted by a tilt alignment of the
+positions found so far, refined by correlation with an average of the beads, with rounds that
+fill gaps and drop bad points):
+
+1. **Seed.** The view nearest 0 degrees; :func:`lmalign_jax.track.find_beads` finds the beads.
+   :func:`choose_beads` keeps up to ``target_beads`` of them, well spread (farthest-point order,
+   strongest first) and unambiguous (no other bead within ``2 D``, ``D`` the bead diameter).
+   The averaged bead of the chosen ones is the template (:mod:`lmalign_jax.track.centring`).
+2. **Coarse shifts.** Every view is binned and correlated with its neighbour
+   (:mod:`lmalign_jax.track.coarse`), streamed one view at a time: the stage moves by tens of
+   pixels between views, more than any prediction from markers can know for a view not yet seen.
+3. **Sweep.** Views are visited outward from the seed, alternating sides (seed+1, seed-1,
+   seed+2, ...). A bead's position in the new view is the projection of its fitted 3-D position
+   through the fitted parameters of its neighbour view (the one toward the seed) at the new view's
+   tilt plus the nominal step, moved by the coarse shift between the two views. The alignment is
+   fitted with the package's own solver (:func:`lmalign_jax.core.align`, stages "initial", "main"
+   and "tilt") after every view once three views are tracked, and after every pair of views (one
+   on each side, so each new view's neighbour is in the fit) once twelve are. All bead windows of
+   the view are correlated with the template in one batched FFT and centred
+   (:func:`lmalign_jax.track.centring.correlate_windows`); if the median offset from the
+   predictions is large the view is measured again about the shifted predictions.
+4. **Left out** of a view (``reasons``): a prediction within ``D/2 + 1`` px of the border
+   (OUTSIDE); two predictions closer than ``2 D``, or a second correlation peak within ``2 D`` of
+   the found one above ``RIVAL`` of it (CROWDED); a peak below ``MIN_AMPLITUDE`` of the average
+   bead or ``MIN_SNR`` noise sigmas (WEAK); a found position whose offset from the prediction
+   differs from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP).
+5. **Rounds.** After the sweep, and after each further round: the alignment is fitted to every
+   found point; points whose residual exceeds ``max(4 sigma, 1 px)`` (``sigma`` the robust
+   residual scale) are dropped (OUTLIER), and whole tracks whose RMS residual exceeds three times
+   the median and 1 px are dropped (REMOVED: a track that jumped to another bead). Then every
+   (bead, view) is measured again about the fitted prediction with a smaller search radius, which
+   refills gaps and re-centres. ``rounds`` rounds in all, fewer when nothing changes.
+
+Fits with a fixed shape
+-----------------------
+The solver compiles once per problem shape, so every fit uses every view and every bead: a view
+not yet tracked is a copy of the nearest tracked view (positions and tilt) with weight
+``1e-3``; a bead not found in a view is put at its predicted (or nearest found) position with
+weight ``1e-4``. Those points move the fit by far less than a found point's noise, and the whole
+tracking compiles the solver once.
+
+Memory: the stack is read one view at a time (``stack[v]``, e.g. a memory-mapped MRC); only the
+current view is held in float32, plus the binned previous view for the coarse shifts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from jaxtyping import ArrayLike, Float, Int
+
+from ..core import align
+from ..core.frame import project_all
+from ..observations import Observations
+from .centring import WindowMatch, bead_template, correlate_windows, extract_windows, window_size
+from .coarse import bin_view, binning_factor, neighbour_shifts
+from .find import find_beads
+
+__all__ = [
+    "TrackResult",
+    "TrackingError",
+    "track_beads",
+    "choose_beads",
+    "FOUND",
+    "WEAK",
+    "OUTSIDE",
+    "CROWDED",
+    "JUMP",
+    "OUTLIER",
+    "REMOVED",
+    "NOT_REACHED",
+    "REASONS",
+    "MIN_TRACKED_BEADS",
+]
+
+FOUND, WEAK, OUTSIDE, CROWDED, JUMP, OUTLIER, REMOVED, NOT_REACHED = range(8)
+#: What each ``reasons`` code means, for reports.
+REASONS = ("found", "weak", "outside", "crowded", "jump", "outlier", "removed", "not reached")
+#: Smallest correlation peak, as a fraction of the average bead's.
+MIN_AMPLITUDE = 0.35
+#: Smallest correlation peak over the correlation's robust noise level.
+MIN_SNR = 4.0
+#: Largest second peak within 2 D, as a fraction of the peak.
+RIVAL = 0.6
+#: Largest relative difference of a seed bead's correlation amplitude from the median.
+MAX_SEED_AMPLITUDE_DEVIATION = 0.35
+#: Fewest beads, each found in at least 3 views, an alignment can use.
+MIN_TRACKED_BEADS = 4
+#: Weights of filled-in points in the fixed-shape fits (see the module docstring).
+MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
+#: Views tracked before the sweep fits after every pair of views (one each side) instead of after
+#: every view: half the fits, and each new view's neighbour is still in the last fit.
+EVERY_VIEW_FITS = 12
+#: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
+#: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
+TRACKING_STAGES = ("initial", "main", "tilt")
+
+
+class TrackingError(ValueError):
+    """Tracking cannot go on: no beads on the seed view, or too few beads tracked."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrackResult:
+    """Tracked beads of a tilt series.
+
+    Attributes:
+        xy: (n_views, n_beads, 2) positions ``(x, y)``, IMOD image coordinates, pixels; NaN where
+            the bead was not found.
+        found: (n_views, n_beads) bool.
+        reasons: (n_views, n_beads) int8, :data:`FOUND` or why the point was left out
+            (:data:`REASONS`).
+        amplitude: (n_views, n_beads) correlation peak over the average bead's (NaN where not
+            measured).
+        seed_view: the 0-based view the beads were found on.
+        bead_diameter_px: the bead diameter used, pixels.
+        candidates: (m, 2) every bead found on the seed view (the chosen ones among them).
+        coarse_shifts: (n_views, 2) where the content of the seed view lies in each view, from the
+            whole-view correlations, pixels.
+        residual_px: (n_beads,) RMS residual of each bead in the last fit (NaN for removed ones).
+        rounds: rounds made.
+        seconds: wall-clock time of the tracking.
+        fit_rms_px: RMS residual of the last fit (per component, found points only).
+    """
+
+    xy: np.ndarray
+    found: np.ndarray
+    reasons: np.ndarray
+    amplitude: np.ndarray
+    seed_view: int
+    bead_diameter_px: float
+    candidates: np.ndarray
+    coarse_shifts: np.ndarray
+    residual_px: np.ndarray
+    rounds: int
+    seconds: float
+    fit_rms_px: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_views(self) -> int:
+        return self.found.shape[0]
+
+    @property
+    def n_beads(self) -> int:
+        return self.found.shape[1]
+
+    @property
+    def beads_per_view(self) -> np.ndarray:
+        """(n_views,) beads found in each view."""
+        return self.found.sum(axis=1)
+
+    @property
+    def views_per_bead(self) -> np.ndarray:
+        """(n_beads,) views each bead was found in."""
+        return self.found.sum(axis=0)
+
+
+def choose_beads(
+    positions: Float[ArrayLike, "candidates 2"],
+    scores: Float[ArrayLike, " candidates"],
+    image_size: tuple[int, int],
+    bead_diameter_px: float,
+    target: int,
+) -> Int[np.ndarray, " chosen"]:
+    """Indices of up to ``target`` well-spread, unambiguous candidates.
+
+    A candidate with another within ``2 D`` or nearer than ``D`` to the border is dropped; the
+    rest are taken in farthest-point order (each next one the farthest from those taken, its
+    distance weighted by the square root of its relative score), starting from the strongest.
+    """
+    p = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    d = float(bead_diameter_px)
+    nx, ny = image_size
+    if p.shape[0] == 0 or target <= 0:
+        return np.zeros(0, dtype=np.int64)
+    gap = np.linalg.norm(p[:, None] - p[None], axis=2) + np.diag(np.full(p.shape[0], np.inf))
+    ok = (gap.min(axis=1) >= 2.0 * d) & (p[:, 0] >= d) & (p[:, 0] <= nx - d)
+    ok &= (p[:, 1] >= d) & (p[:, 1] <= ny - d)
+    idx = np.flatnonzero(ok)
+    if idx.size <= target:
+        return idx[np.argsort(-s[idx], kind="stable")]
+    weight = np.sqrt(np.clip(s[idx] / np.max(s[idx]), 1e-6, None))
+    chosen = [int(np.argmax(s[idx]))]
+    nearest = np.linalg.norm(p[idx] - p[idx[chosen[0]]], axis=1)
+    for _ in range(target - 1):
+        k = int(np.argmax(nearest * weight))
+        chosen.append(k)
+        nearest = np.minimum(nearest, np.linalg.norm(p[idx] - p[idx[k]], axis=1))
+    return idx[np.asarray(chosen)]
+
+
+def _sweep_order(n_views: int, seed: int) -> list[int]:
+    order = []
+    for step in range(1, n_views):
+        for v in (seed + step, seed - step):
+            if 0 <= v < n_views:
+                order.append(v)
+    return order
+
+
+def _coarse_shifts(stack, seed: int, factor: int, diameter: float) -> np.ndarray:
+    """(n_views, 2) position of the seed view's content in each view (streamed, one pair at a time)."""
+    n = stack.shape[0]
+    steps = np.zeros((n, 2))  # steps[v]: shift from view v-1 to view v
+    previous = bin_view(stack[0], factor)
+    for v in range(1, n):
+        current = bin_view(stack[v], factor)
+        steps[v] = neighbour_shifts(np.stack([previous, current]), [[0, 1]], factor, diameter)[0]
+        previous = current
+    cumulative = np.cumsum(steps, axis=0)
+    return cumulative - cumulative[seed]
+
+
+def _nearest_found(xy: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """``xy`` with each missing point replaced by its bead's position in the nearest view where it
+    was found (NaN for a bead found nowhere)."""
+    out = xy.copy()
+    views = np.arange(xy.shape[0])
+    for b in range(xy.shape[1]):
+        seen = np.flatnonzero(found[:, b])
+        if seen.size == 0:
+            continue
+        nearest = seen[np.argmin(np.abs(views[:, None] - seen[None, :]), axis=1)]
+        out[:, b] = xy[nearest, b]
+    return out
+
+
+class _Fitter:
+    """Fixed-shape fits of the tracks so far (see the module docstring) and predictions from them."""
+
+    def __init__(self, tilts_deg, image_size, seed: int, rotation_deg: float | None):
+        self.tilts = np.asarray(tilts_deg, dtype=np.float64)
+        self.image_size = (float(image_size[0]), float(image_size[1]))
+        self.seed = seed
+        self.rotation = rotation_deg
+        self.result = None
+
+    def fit(self, xy, found, tracked, previous=None):
+        """Fit the found points of the tracked views; returns the AlignmentResult (or None)."""
+        n_views = xy.shape[0]
+        fill = _nearest_found(xy, found)
+        if previous is not None:
+            fill = np.where(found[..., None] | ~np.isfinite(previous), fill, previous)
+        usable = np.all(np.isfinite(fill), axis=(0, 2))
+        if usable.sum() < 3 or np.sum(tracked) < 3:
+            return None
+        fill, ok = fill[:, usable], found[:, usable]
+        weights = np.where(ok, 1.0, MISSING_WEIGHT)
+        tilts = self.tilts.copy()
+        views = np.flatnonzero(tracked)
+        for v in np.flatnonzero(~tracked):
+            nb = views[np.argmin(np.abs(views - v))]
+            fill[v], tilts[v], weights[v] = fill[nb], tilts[nb], UNTRACKED_WEIGHT
+        obs = Observations(fill, np.ones(fill.shape[:2], dtype=bool), tilts, self.image_size)
+        result = align(
+            obs, rotation_deg=self.rotation, stages=TRACKING_STAGES, weights=weights, ref_view=self.seed
+        )
+        if not np.all(np.isfinite(result.views)) or not np.all(np.isfinite(result.markers)):
+            return None
+        self.result, self.usable, self.fitted = result, usable, np.array(tracked, dtype=bool)
+        if self.rotation is None:  # later fits start from this one's axis
+            self.rotation = float(np.median(result.rotation_deg[views]))
+        del n_views
+        return result
+
+    def predict(self, neighbour: dict[int, int]) -> np.ndarray:
+        """(n_views, n_beads, 2) predictions: view v through the parameters of ``neighbour[v]``
+        at that view's solved tilt plus the nominal step between the two (v's own parameters
+        where v is not in ``neighbour``); NaN for beads the last fit did not include."""
+        r = self.result
+        views = np.array(r.views, dtype=np.float64, copy=True)
+        ti = r.model.index("tilt")
+        for v, nb in neighbour.items():
+            views[v] = views[nb]
+            views[v, ti] = views[nb, ti] + math.radians(self.tilts[v] - self.tilts[nb])
+        projected = project_all(r.model, views, r.markers) + r.observations.center
+        out = np.full((views.shape[0], self.usable.size, 2), np.nan)
+        out[:, self.usable] = projected
+        return out
+
+    def residuals(self) -> np.ndarray:
+        """(n_views, n_beads, 2) residuals of the last fit (NaN for beads it did not include)."""
+        r = self.result
+        out = np.full((r.residuals.shape[0], self.usable.size, 2), np.nan)
+        out[:, self.usable] = r.residuals
+        return out
+
+
+def _read_view(stack, v: int) -> np.ndarray:
+    return np.asarray(stack[v], dtype=np.float32)
+
+
+class _Measurer:
+    """Centring of all beads of one view about their predictions, with the leave-out rules."""
+
+    def __init__(self, template, diameter: float, image_size, size: int, count: int):
+        self.template, self.diameter, self.size, self.count = template, diameter, size, count
+        self.nx, self.ny = image_size
+
+    def measure(self, view, predicted, active, search: float):
+        """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``."""
+        m = predicted.shape[0]
+        d = self.diameter
+        reasons = np.full(m, NOT_REACHED, dtype=np.int8)
+        positions = np.full((m, 2), np.nan)
+        amplitude = np.full(m, np.nan)
+        live = active & np.all(np.isfinite(predicted), axis=1)
+        margin = 0.5 * d + 1.0
+        p = np.where(np.isfinite(predicted), predicted, -1e9)
+        inside = (p[:, 0] >= margin) & (p[:, 0] <= self.nx - margin)
+        inside &= (p[:, 1] >= margin) & (p[:, 1] <= self.ny - margin)
+        reasons[live & ~inside] = OUTSIDE
+        live &= inside
+        idx = np.flatnonzero(live)
+        if idx.size > 1:
+            gap = np.linalg.norm(p[idx, None] - p[None, idx], axis=2) + np.diag(np.full(idx.size, np.inf))
+            close = gap.min(axis=1) < 2.0 * d
+            reasons[idx[close]] = CROWDED
+            idx = idx[~close]
+        if idx.size == 0:
+            return positions, reasons, amplitude
+        pred = predicted[idx]
+        match = self._match(view, pred, search)
+        offset = match.positions - pred
+        good = self._acceptable(match)
+        if good.sum() >= 3:
+            shift = np.median(offset[good], axis=0)
+            if np.hypot(*shift) > 0.25 * search:  # the whole view is off: measure again about it
+                pred = pred + shift
+                match = self._match(view, pred, search)
+                offset = match.positions - predicted[idx]
+                good = self._acceptable(match)
+        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < MIN_SNR)
+        rival = match.rival > RIVAL
+        reasons[idx] = np.where(rival, CROWDED, np.where(weak, WEAK, FOUND))
+        if good.sum() >= 3:
+            centre = np.median(offset[good], axis=0)
+            dev = np.linalg.norm(offset - centre, axis=1)
+            spread = 1.4826 * np.median(dev[good])
+            jump = dev > max(0.4 * d, 1.5, 4.0 * spread)
+            reasons[idx[jump & good]] = JUMP
+        ok = reasons[idx] == FOUND
+        positions[idx[ok]] = match.positions[ok]
+        amplitude[idx] = match.amplitude
+        return positions, reasons, amplitude
+
+    def _match(self, view, pred, search):
+        """Correlate the windows at ``pred`` (k, 2), padded to ``self.count`` windows so that the
+        compiled correlation has one shape per tracking."""
+        k = pred.shape[0]
+        padded = np.concatenate([pred, np.broadcast_to(pred[:1], (self.count - k, 2))])
+        windows, origins = extract_windows(view, padded, self.size)
+        match = correlate_windows(windows, origins, self.template, padded, search, self.diameter)
+        return WindowMatch(match.positions[:k], match.amplitude[:k], match.snr[:k], match.rival[:k])
+
+    @staticmethod
+    def _acceptable(match):
+        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= MIN_SNR) & (match.rival <= RIVAL)
+
+
+def _seed_template(image, candidates, chosen, diameter: float, size: int):
+    """The averaged bead of the chosen seed beads, without those whose correlation amplitude
+    against it is far from the median (two touching beads seen as one are about twice as strong).
+    Returns (chosen, template)."""
+    windows, origins = extract_windows(image, candidates[chosen], size)
+    template = bead_template(windows, origins, candidates[chosen], diameter)
+    match = correlate_windows(windows, origins, template, candidates[chosen], 2.0, diameter)
+    ratio = match.amplitude / np.median(match.amplitude)
+    typical = np.abs(ratio - 1.0) <= MAX_SEED_AMPLITUDE_DEVIATION
+    if typical.sum() >= MIN_TRACKED_BEADS and not typical.all():
+        chosen = chosen[typical]
+        template = bead_template(windows[typical], origins[typical], candidates[chosen], diameter)
+    return chosen, template
+
+
+def _drop_outliers(fitter, found, reasons, xy):
+    """Drop points and whole tracks with outlying residuals (module docstring, step 5), in place.
+    Returns the (n_beads,) RMS residual of each bead."""
+    res = fitter.residuals()
+    length = np.linalg.norm(res, axis=2)
+    pts = np.abs(res[found])
+    sigma = 1.4826 * float(np.median(pts)) if pts.size else 0.0
+    bad = found & (length > max(4.0 * sigma, 1.0))
+    found &= ~bad
+    reasons[bad] = OUTLIER
+    alive = found.sum(axis=0) > 0
+    sums = np.sum(np.where(found, length, 0.0) ** 2, axis=0)
+    per_bead = np.where(alive, np.sqrt(sums / np.maximum(2 * found.sum(axis=0), 1)), np.nan)
+    if alive.sum() >= MIN_TRACKED_BEADS:
+        typical = float(np.median(per_bead[alive]))
+        removed = alive & (per_bead > max(3.0 * typical, 1.0))
+        reasons[:, removed] = np.where(found[:, removed], REMOVED, reasons[:, removed])
+        found[:, removed] = False
+        per_bead[removed] = np.nan
+    xy[~found] = np.nan
+    return per_bead
+
+
+def track_beads(
+    stack,
+    tilts_deg: Float[ArrayLike, " views"],
+    bead_diameter_px: float,
+    *,
+    rotation_deg: float | None = None,
+    target_beads: int = 40,
+    rounds: int = 3,
+    progress=None,
+) -> TrackResult:
+    """Track gold beads through a tilt series (see the module docstring).
+
+    Args:
+        stack: (n_views, NY, NX) array-like indexed by view (a memory-mapped MRC stack is read
+            one view at a time), ``stack[v][row, column]``.
+        tilts_deg: (n_views,) nominal tilt angles, degrees.
+        bead_diameter_px: bead diameter, pixels.
+        rotation_deg: tilt-axis angle in the raw images (IMOD's RotationAngle), degrees; estimated
+            by the fits when None.
+        target_beads: how many beads to track at most.
+        rounds: refinement rounds after the sweep (at least 1).
+        progress: optional ``callable(str)`` told what is being done.
+
+    Returns:
+        :class:`TrackResult`. Raises :class:`TrackingError` when the seed view has no beads or
+        fewer than :data:`MIN_TRACKED_BEADS` beads are found in 3 or more views.
+    """
+    began = time.perf_counter()
+    say = progress or (lambda text: None)
+    tilts = np.asarray(tilts_deg, dtype=np.float64).reshape(-1)
+    n_views, ny, nx = (int(s) for s in stack.shape)
+    if tilts.size != n_views:
+        raise ValueError(f"{tilts.size} tilt angles for {n_views} views")
+    d = float(bead_diameter_px)
+    timings = {}
+    seed = int(np.argmin(np.abs(tilts)))
+    seed_image = _read_view(stack, seed)
+    candidates, scores = find_beads(seed_image, d)
+    if candidates.shape[0] == 0:
+        raise TrackingError(
+            f"no bead-like features found in view {seed + 1} (tilt {tilts[seed]:g} deg, the one nearest 0) "
+            f"with a bead diameter of {d:g} px"
+        )
+    chosen = choose_beads(candidates, scores, (nx, ny), d, int(target_beads))
+    if chosen.size < MIN_TRACKED_BEADS:
+        raise TrackingError(
+            f"only {chosen.size} well-separated bead(s) among the {candidates.shape[0]} found in view "
+            f"{seed + 1} (tilt {tilts[seed]:g} deg) with a bead diameter of {d:g} px; tracking needs "
+            f"at least {MIN_TRACKED_BEADS}"
+        )
+    search = max(d, 5.0)
+    size = window_size(d, search)
+    n_chosen = chosen.size
+    chosen, template = _seed_template(seed_image, candidates, chosen, d, size)
+    m = chosen.size
+    measurer = _Measurer(template, d, (nx, ny), size, n_chosen)  # the seed's batch shape: one compile
+    timings["seed_s"] = time.perf_counter() - began
+
+    say(f"coarse shifts between {n_views} neighbouring views")
+    t0 = time.perf_counter()
+    coarse = _coarse_shifts(stack, seed, binning_factor((nx, ny)), d)
+    timings["coarse_s"] = time.perf_counter() - t0
+
+    xy = np.full((n_views, m, 2), np.nan)
+    found = np.zeros((n_views, m), dtype=bool)
+    reasons = np.full((n_views, m), NOT_REACHED, dtype=np.int8)
+    amplitude = np.full((n_views, m), np.nan)
+    xy[seed], found[seed], reasons[seed] = candidates[chosen], True, FOUND
+    tracked = np.zeros(n_views, dtype=bool)
+    tracked[seed] = True
+    fitter = _Fitter(tilts, (nx, ny), seed, rotation_deg)
+    have_fit = False
+
+    say(f"tracking {m} beads outward from view {seed + 1}")
+    t0 = time.perf_counter()
+    for k, v in enumerate(_sweep_order(n_views, seed)):
+        step = 1 if v < seed else -1
+        nb = v + step
+        while nb != seed and not tracked[nb]:
+            nb += step
+        if have_fit:
+            while nb != seed and not fitter.fitted[nb]:  # a view the last fit saw as tracked
+                nb += step
+            predicted = fitter.predict({v: nb})[v]
+        else:
+            predicted = _nearest_found(xy, found)[nb]
+        predicted = predicted + (coarse[v] - coarse[nb])
+        pos, why, amp = measurer.measure(_read_view(stack, v), predicted, np.ones(m, dtype=bool), search)
+        ok = why == FOUND
+        xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
+        tracked[v] = ok.sum() >= 3
+        if tracked.sum() >= 3 and (tracked.sum() < EVERY_VIEW_FITS or k % 2 == 1):
+            have_fit = fitter.fit(xy, found, tracked) is not None or have_fit
+    timings["sweep_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fine = max(0.6 * d, 3.0)
+    per_bead = np.full(m, np.nan)
+    done = 0
+    for done in range(1, max(1, int(rounds)) + 1):
+        say(f"round {done}: fit, outliers, re-measure")
+        if fitter.fit(xy, found, found.sum(axis=1) >= 3) is None:
+            break
+        per_bead = _drop_outliers(fitter, found, reasons, xy)
+        active = ~np.isin(reasons, (REMOVED,)).any(axis=0)
+        tracked = found.sum(axis=1) >= 3
+        views = np.flatnonzero(tracked)
+        neighbour = {int(v): int(views[np.argmin(np.abs(views - v))]) for v in np.flatnonzero(~tracked)}
+        predicted = fitter.predict(neighbour)
+        for v, nb in neighbour.items():
+            predicted[v] += coarse[v] - coarse[nb]
+        before = found.copy()
+        for v in range(n_views):
+            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine)
+            keep = reasons[v] == REMOVED
+            reasons[v] = np.where(keep, REMOVED, why)
+            found[v] = why == FOUND
+            xy[v] = pos
+            amplitude[v] = np.where(keep, amplitude[v], amp)
+        if np.array_equal(before, found) and done > 1:
+            break
+    fit_rms = float("nan")
+    if fitter.fit(xy, found, found.sum(axis=1) >= 3) is not None:
+        per_bead = _drop_outliers(fitter, found, reasons, xy)
+        res = fitter.residuals()[found]
+        fit_rms = float(np.sqrt(np.mean(res**2))) if res.size else float("nan")
+    timings["rounds_s"] = time.perf_counter() - t0
+
+    seen = found.sum(axis=0)
+    if int(np.sum(seen >= 3)) < MIN_TRACKED_BEADS:
+        views = np.flatnonzero(found.any(axis=1)) + 1
+        shown = ", ".join(str(int(v)) for v in views[:20]) + (", ..." if views.size > 20 else "")
+        raise TrackingError(
+            f"only {int(np.sum(seen >= 3))} of {m} beads were tracked through 3 or more views (at least "
+            f"{MIN_TRACKED_BEADS} are needed to align); beads were found in views {shown or 'none'} "
+            "(1-based)"
+        )
+    return TrackResult(
+        xy=np.where(found[..., None], xy, np.nan),
+        found=found,
+        reasons=reasons,
+        amplitude=amplitude,
+        seed_view=seed,
+        bead_diameter_px=d,
+        candidates=candidates,
+        coarse_shifts=coarse,
+        residual_px=per_bead,
+        rounds=done,
+        seconds=time.perf_counter() - began,
+        fit_rms_px=fit_rms,
+        timings=timings,
+    )

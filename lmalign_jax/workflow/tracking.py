@@ -1,0 +1,210 @@
+"""``lmalign track`` (and the first half of ``lmalign align STACK.mrc``): a raw stack and its tilts
+in, tracked beads out as ``<prefix>.fid``, ``.csv``, ``_track.json`` and ``_track.png``.
+
+Everything the user gave is checked before the stack is read: the stack is an MRC file, the tilt
+file has one angle per section, the bead diameter is between 2 px and a tenth of the image
+(``--bead-nm`` needs the pixel size in the MRC header; with neither option the diameter is
+estimated from the view nearest 0 degrees and reported), and the images are larger than the
+bead search window. The four files are written as one set (:class:`lmalign_jax.io.outputs.OutputSet`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__, io
+from ..io.errors import InputError
+from ..io.mrc import read_stack, read_stack_header
+from ..io.outputs import OutputSet
+from ..report import record_to_json
+from ..report.track_figure import render_track_figure
+from ..track import estimate_bead_diameter
+from ..track.centring import window_size
+from ..track.tracking import REASONS, TrackingError, TrackResult, track_beads
+from .series import read_tilt_file
+from .status import UsageError, print_note, print_warning
+from .writing import check_output_folder
+
+__all__ = ["TRACK_OUTPUTS", "STACK_EXTENSIONS", "TrackedStack", "is_stack_path", "track_stack"]
+
+TRACK_OUTPUTS = (".fid", ".csv", "_track.json", "_track.png")
+#: File extensions taken for raw tilt-series stacks (MRC).
+STACK_EXTENSIONS = (".mrc", ".st", ".ali", ".mrcs")
+ADVICE = "give the bead diameter in pixels with --bead-diameter PX (or --bead-nm NM)"
+
+
+def is_stack_path(path: str) -> bool:
+    """Whether ``path`` names a raw MRC stack (by its extension)."""
+    return os.path.splitext(path)[1].lower() in STACK_EXTENSIONS
+
+
+@dataclass
+class TrackedStack:
+    """What :func:`track_stack` did: the tracking, the files written, the settings used."""
+
+    track: TrackResult
+    written: list[str]
+    fid_path: str
+    rotation_deg: float | None
+    diameter_source: str
+    image_size: tuple[int, int]
+
+
+def _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel_A, seed_image, note) -> tuple[float, str]:
+    if bead_diameter_px is not None and bead_nm is not None:
+        raise UsageError("give --bead-diameter or --bead-nm, not both")
+    if bead_nm is not None:
+        if pixel_A is None:
+            raise InputError(
+                stack_path, None, f"the header has no pixel size, so --bead-nm cannot be converted; {ADVICE}"
+            )
+        return float(bead_nm) * 10.0 / pixel_A, f"--bead-nm {bead_nm:g} at {pixel_A:g} A/px"
+    if bead_diameter_px is not None:
+        return float(bead_diameter_px), "--bead-diameter"
+    estimate = estimate_bead_diameter(seed_image)
+    if not np.isfinite(estimate):
+        raise InputError(
+            stack_path, None, f"no bead-like features found to estimate the bead diameter from; {ADVICE}"
+        )
+    note(
+        f"bead diameter estimated from the view nearest 0 deg: {estimate:.1f} px (set it with "
+        "--bead-diameter)"
+    )
+    return float(estimate), "estimated from the view nearest 0 deg"
+
+
+def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
+    """The ``<prefix>_track.json`` record: per bead (views found, mean score, residual), per view."""
+    beads = []
+    for b in range(track.n_beads):
+        views = np.flatnonzero(track.found[:, b])
+        beads.append(
+            {
+                "id": b + 1,
+                "seed_x": float(track.xy[track.seed_view, b, 0]),
+                "seed_y": float(track.xy[track.seed_view, b, 1]),
+                "n_views": int(views.size),
+                "views": [int(v) + 1 for v in views],
+                "mean_score": float(np.nanmean(track.amplitude[views, b])) if views.size else None,
+                "residual_px": float(track.residual_px[b]),
+            }
+        )
+    per_view = []
+    for v in range(track.n_views):
+        left_out = {REASONS[k]: int(np.sum(track.reasons[v] == k)) for k in range(1, len(REASONS))}
+        per_view.append(
+            {
+                "view": v + 1,
+                "tilt_deg": float(tilts_deg[v]),
+                "beads_found": int(track.found[v].sum()),
+                "left_out": {k: n for k, n in left_out.items() if n},
+            }
+        )
+    return {
+        "software": {"name": "lmalign_jax", "version": __version__},
+        "settings": settings,
+        "seed_view": track.seed_view + 1,
+        "bead_diameter_px": track.bead_diameter_px,
+        "beads_found_on_seed": int(track.candidates.shape[0]),
+        "beads_tracked": track.n_beads,
+        "points": int(track.found.sum()),
+        "rounds": track.rounds,
+        "fit_rms_px": track.fit_rms_px,
+        "seconds": track.seconds,
+        "timings_s": track.timings,
+        "conventions": "views and bead ids 1-based; x, y IMOD image coordinates in pixels (origin at the "
+        "lower-left corner, pixel centres at +0.5); mean_score: correlation peak over the average bead's",
+        "beads": beads,
+        "views": per_view,
+    }
+
+
+def track_stack(
+    stack_path: str,
+    tilts_path: str,
+    *,
+    out_dir: str,
+    prefix: str | None = None,
+    bead_diameter_px: float | None = None,
+    bead_nm: float | None = None,
+    rotation_deg: float | None = None,
+    target_beads: int = 40,
+    figure: bool = True,
+    warn=print_warning,
+    note=print_note,
+) -> TrackedStack:
+    """Track the beads of ``stack_path`` and write ``<prefix>`` + :data:`TRACK_OUTPUTS` in ``out_dir``.
+
+    Raises ``InputError``/``UsageError`` (one line naming the file and the problem) for bad input,
+    before anything is written.
+    """
+    prefix = prefix or os.path.splitext(os.path.basename(stack_path))[0]
+    out = OutputSet(out_dir, prefix)
+    check_output_folder(out, TRACK_OUTPUTS, (stack_path, tilts_path))
+    if target_beads < 4:
+        raise UsageError(f"--target-beads must be at least 4, got {target_beads}")
+    n_views, ny, nx, pixel = read_stack_header(stack_path)
+    if not os.path.isfile(tilts_path):
+        raise InputError(tilts_path, None, "file not found")
+    tilts, mdoc = read_tilt_file(tilts_path, warn)
+    if tilts.size != n_views:
+        raise InputError(
+            tilts_path, None, f"has {tilts.size} tilt angles but the stack {stack_path} has {n_views} views"
+        )
+    if rotation_deg is None and mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
+        rotation_deg = float(mdoc.tilt_axis_angle_deg)
+    stack = read_stack(stack_path)
+    seed = int(np.argmin(np.abs(tilts)))
+    seed_image = np.asarray(stack[seed], dtype=np.float32)
+    if not np.all(np.isfinite(seed_image)):
+        raise InputError(stack_path, None, f"view {seed + 1} holds NaN or infinite values")
+    diameter, source = _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel, seed_image, note)
+    if not (2.0 <= diameter <= min(nx, ny) / 10.0):
+        raise UsageError(
+            f"bead diameter {diameter:.3g} px ({source}) is outside 2 px .. a tenth of the {nx} x {ny} image "
+            f"({min(nx, ny) / 10.0:g} px)"
+        )
+    need = window_size(diameter, max(diameter, 5.0))
+    if min(nx, ny) < need:
+        raise InputError(
+            stack_path, None, f"images of {nx} x {ny} px are smaller than the bead search window ({need} px)"
+        )
+    try:
+        track = track_beads(
+            stack, tilts, diameter, rotation_deg=rotation_deg, target_beads=target_beads, progress=None
+        )
+    except TrackingError as e:
+        raise InputError(
+            stack_path, None, f"{e}; {ADVICE}" if "bead diameter" in str(e) else str(e)
+        ) from None
+    ids = tuple(range(1, track.n_beads + 1))
+    keep = track.found.sum(axis=0) >= 1
+    markers = io.MarkerSet(
+        xy=track.xy[:, keep],
+        mask=track.found[:, keep],
+        marker_ids=tuple(i for i, k in zip(ids, keep, strict=True) if k),
+        image_size=(nx, ny),
+        pixel_size=pixel,
+        source=stack_path,
+    )
+    settings = {
+        "stack": stack_path,
+        "tilts": tilts_path,
+        "bead_diameter_px": diameter,
+        "bead_diameter_source": source,
+        "rotation_deg": rotation_deg,
+        "target_beads": target_beads,
+    }
+    with out:
+        io.write_imod_model(out.stage(".fid"), markers)
+        io.write_markers_csv(out.stage(".csv"), markers)
+        out.write_text("_track.json", record_to_json(track_record(track, tilts, settings)))
+        if figure:
+            out.write_bytes(
+                "_track.png", render_track_figure(track, seed_image, tilts, os.path.basename(stack_path))
+            )
+        written = out.commit()
+    return TrackedStack(track, written, out.path(".fid"), rotation_deg, source, (nx, ny))
