@@ -1,16 +1,24 @@
-"""Analysis of a solved alignment: standard errors, robust refits, model comparison, gradients."""
+"""Analysis of a solved alignment: standard errors, covariance and misregistration, robust refits,
+model comparison, gradients."""
 
 from .compare import ModelComparison, compare_models
+from .covariance import AlignmentCovariance, Degeneracy, alignment_covariance
 from .differentiable import alignment_function
+from .misregistration import misregistration, misregistration_map
 from .robust import RobustResult, align_robust
 from .uncertainty import Uncertainty, uncertainty
 
 __all__ = [
+    "AlignmentCovariance",
+    "Degeneracy",
     "ModelComparison",
     "RobustResult",
     "Uncertainty",
     "align_robust",
+    "alignment_covariance",
     "alignment_function",
     "compare_models",
+    "misregistration",
+    "misregistration_map",
     "uncertainty",
 ]
