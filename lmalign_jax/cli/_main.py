@@ -17,6 +17,7 @@ from .compare import add_compare
 from .demo import add_demo
 from .reconstruct import add_reconstruct
 from .simulate import add_simulate
+from .uncertainty import add_uncertainty
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
@@ -27,9 +28,10 @@ COMMANDS = {
     "demo": add_demo,
     "reconstruct": add_reconstruct,
     "simulate": add_simulate,
+    "uncertainty": add_uncertainty,
 }
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
-CACHED_COMMANDS = ("align", "batch", "compare", "demo", "reconstruct")
+CACHED_COMMANDS = ("align", "batch", "compare", "demo", "reconstruct", "uncertainty")
 
 MAIN_HELP = """\
 Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by
