@@ -258,7 +258,8 @@ def _name_markers(markers: np.ndarray) -> str:
     """'the z of the markers', 'the x and z of the markers', ... from a marker motion (m, 3)."""
     power = np.sum(markers**2, axis=0)
     names = [c for c, p in zip("xyz", power, strict=True) if p >= 0.3 * power.max()]
-    return "the " + " and ".join(names) + " of the markers"
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"the {listed} of the markers"
 
 
 def _degeneracies(weak, labels, threshold: float) -> tuple[Degeneracy, ...]:
