@@ -12,15 +12,21 @@ zbar), so to first order
 
 and its covariance needs Cov(a_j), Cov(a_j, s) and Cov(s) only. All of them are quadratic
 forms u^T H^{-1} w between the gradients of linear functionals of the parameters: one-hot
-vectors for the view entries and global slots, autodiff gradients of s and of a few marker
-functionals. ``H^{-1} w`` is one Gauss-Newton solve through the Schur complement
-(``solve.gauss_newton_solve``); the solves of all right-hand sides are batched (the
-factorisation does not depend on the right-hand side, so it is done once).
+vectors for the view entries and global slots, autodiff gradients of s. When the markers are
+eliminated the views' block of H^{-1} is the inverse Schur complement (``solve.inverse_blocks``)
+and s needs two Gauss-Newton solves (``solve.gauss_newton_solve``); when the views are, one
+solve per view entry, batched (the factorisation does not depend on the right-hand side).
 
-The same matrix names the parameters the data cannot tell apart: in the correlation matrix
-of the free view entries, slots and marker functionals (mean x, y, z; the slopes of z across
-x and across y), an eigenvalue near 0 is a combination of parameters whose members are each
-far less certain than the combination (for two parameters the eigenvalue is 1 - |rho|).
+The same matrix names the parameters the data cannot tell apart. S = C^{-1}, C the covariance
+of the free view entries and slots, is the information left on them once every marker (and
+every other view entry) compensates as well as it can; scaled by their own information
+(diag(J^T J)) its eigenvalues lie in (0, 1]: the share of information a combination keeps.
+Near 0, its members move the image points almost exactly as other parameters do (for two
+parameters, 1 - cos of the angle between their Jacobian columns). The model's exact
+symmetries (MODEL.md "Gauge freedoms": the specimen moved or scaled, turned about the tilt
+axis), which the gauge fixes by convention, are projected out first. The marker motion that
+compensates a weak direction (S's profile: H^{-1} applied to (S step, 0)) says whether the
+markers take part, and which of their coordinates.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
-from ..solve import Variables, effective_a, gauss_newton_solve, linearize
+from ..solve import Variables, effective_a, gauss_newton_solve, inverse_blocks, linearize
 
 #: A direction whose scaled information (see the module docstring) is below this is reported:
 #: the data hold under 1% of the information its members would carry alone; for two
@@ -161,21 +167,48 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
     free = Variables(
         structure.free_a.astype(dtype), structure.free_b.astype(dtype), structure.free_g.astype(dtype)
     )
-    own = Variables(
-        jnp.eye(n_own, dtype=dtype).reshape(n_own, n_a, k),
-        jnp.zeros((n_own, n_b, 3), dtype),
-        jnp.zeros((n_own, n_g), dtype),
-    )
-    slots = Variables(
-        jnp.zeros((n_g, n_a, k), dtype), jnp.zeros((n_g, n_b, 3), dtype), jnp.eye(n_g, dtype=dtype)
-    )
-    rhs = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), own, slots, jax.jacrev(scalars)(x))
-    rhs = jax.tree.map(lambda v, f: v * f, rhs, free)  # fixed entries do not move
-    solved = _batched(lambda v: gauss_newton_solve(lin, eliminate, v), rhs, _RHS_BATCH)
-    joint = sum(
-        jnp.einsum("ri,si->rs", u.reshape(u.shape[0], u[0].size), w.reshape(w.shape[0], w[0].size))
-        for u, w in zip(rhs, solved, strict=True)
-    )
+    f_v = jnp.concatenate([free.a.reshape(-1), free.g])
+    frame_rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (2, ...)
+    if eliminate == "b":
+        # the views are the Schur complement's dense block: their H^{-1} block is S^{-1} itself
+        # (own entries row-major, then the slots: ``solve._covariance``); two solves give the
+        # frame scalars' rows, and one per weak direction its marker part (below)
+        frame_solved = jax.vmap(lambda v: gauss_newton_solve(lin, eliminate, v))(frame_rhs)
+        view_rows = inverse_blocks(lin, eliminate).dd * f_v[:, None] * f_v[None, :]
+        cross = jnp.concatenate([frame_solved.a.reshape(2, n_own), frame_solved.g], axis=1)  # (2, n_v)
+        corner = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(frame_rhs, frame_solved, strict=True))
+        joint = jnp.block([[view_rows, cross.T], [cross, corner]])
+
+        def marker_parts(pushed):
+            """Marker part of H^{-1} applied to view-space right-hand sides (d, n_v)."""
+            rhs = Variables(
+                pushed[:, :n_own].reshape(-1, n_a, k),
+                jnp.zeros((pushed.shape[0], n_b, 3), dtype),
+                pushed[:, n_own:],
+            )
+            return jax.vmap(lambda v: gauss_newton_solve(lin, eliminate, v))(rhs).b
+
+    else:
+        # few markers: one solve per view entry and slot, batched (the factorisation is shared)
+        own = Variables(
+            jnp.eye(n_own, dtype=dtype).reshape(n_own, n_a, k),
+            jnp.zeros((n_own, n_b, 3), dtype),
+            jnp.zeros((n_own, n_g), dtype),
+        )
+        slots = Variables(
+            jnp.zeros((n_g, n_a, k), dtype), jnp.zeros((n_g, n_b, 3), dtype), jnp.eye(n_g, dtype=dtype)
+        )
+        rhs = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), own, slots, frame_rhs)
+        rhs = jax.tree.map(lambda v, f: v * f, rhs, free)  # fixed entries do not move
+        solved = _batched(lambda v: gauss_newton_solve(lin, eliminate, v), rhs, _RHS_BATCH)
+        joint = sum(
+            jnp.einsum("ri,si->rs", u.reshape(u.shape[0], u[0].size), w.reshape(w.shape[0], w[0].size))
+            for u, w in zip(rhs, solved, strict=True)
+        )
+
+        def marker_parts(pushed):
+            return jnp.einsum("dr,rbc->dbc", pushed, solved.b[: n_own + n_g])
+
     joint = 0.5 * (joint + joint.T)  # (n_own + n_g + 2) square: H^{-1} quadratic forms
 
     # effective entry (view j, parameter p) -> its row: the own entry, or the slot it is tied to
@@ -195,7 +228,6 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
     # Weak directions: the information left on the view entries and slots once every other
     # parameter (markers included) compensates, S = C^{-1}, scaled by their own information.
     n_v = n_own + n_g
-    f_v = jnp.concatenate([free.a.reshape(-1), free.g])
     cov_v = joint[:n_v, :n_v] + jnp.diag(1.0 - f_v)
     info = jnp.linalg.inv(cov_v) * f_v[:, None] * f_v[None, :]
     own_diag = jnp.diagonal(lin.h_aa, axis1=-2, axis2=-1).reshape(-1)
@@ -212,7 +244,7 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
 
     # the marker motion that best compensates each step: H^{-1} (S step) has the step as its
     # view part and that motion as its marker part, a combination of the solves above
-    markers = jnp.einsum("dr,rbc->dbc", steps @ info, solved.b[:n_v])
+    markers = marker_parts(steps @ info)
     own_steps = steps[:, :n_own].reshape(-1, n_a, k)
     view_norm = jnp.einsum("dap,apq,daq->d", own_steps, lin.h_aa, own_steps)
     view_norm = view_norm + jnp.einsum("dg,gh,dh->d", steps[:, n_own:], lin.h_gg, steps[:, n_own:])
