@@ -198,7 +198,7 @@ def build_record(
             "parameters; tilts relative to their mean offset from nominal"
         )
     covariance = getattr(errors, "covariance", None) if errors is not None else None
-    if covariance is not None:
+    if covariance is not None and np.isfinite(covariance.view_covariance).all():  # else singular: none
         to_record = _record_units(model)
         for k, v in enumerate(fv.view_index):
             scaled = covariance.view_covariance[k] * np.outer(to_record, to_record)
@@ -366,7 +366,8 @@ def read_covariance(path: str) -> AlignmentCovariance:
                 path,
                 None,
                 f"view {entry.get('view_number')} has no parameter covariance: the record was written "
-                "without standard errors (--no-errors, batch, or an older lmalign); re-run lmalign align",
+                "without standard errors (--no-errors, batch, an older lmalign) or its fit was singular; "
+                "re-run lmalign align",
             )
         try:
             cov = np.asarray(cov, dtype=np.float64)
