@@ -133,7 +133,7 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
 def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Uncertainty:
     """Standard errors and leave-one-out residuals of a solved alignment (float64);
     ``with_covariance`` adds the view parameters' covariance in the reporting frame (for the
-    misregistration map) and the near-degenerate directions."""
+    misregistration map) and the near-degenerate directions, unless the fit is singular."""
     m, settings = result.model, result.settings
     obs = result.observations
     modes = settings.modes
@@ -155,7 +155,8 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
     sigma = float(np.sqrt(rss / dof))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
-    if not (np.isfinite(views_se).all() and np.isfinite(markers_se).all()):
+    regular = bool(np.isfinite(views_se).all() and np.isfinite(markers_se).all())
+    if not regular:
         warnings.warn(
             f"standard errors are NaN: the normal matrix of this {m.name!r} fit is singular, so some "
             "combination of its parameters is neither determined by the data nor fixed by the gauge; "
@@ -171,5 +172,5 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
         sigma,
         loo,
         np.where(obs.mask, np.asarray(lev), np.nan),
-        alignment_covariance(result) if with_covariance else None,
+        alignment_covariance(result) if (with_covariance and regular) else None,  # singular: warned above
     )
