@@ -49,7 +49,7 @@ from ..solve import Variables, effective_a, gauss_newton_solve, inverse_blocks, 
 
 #: A direction whose scaled information (see the module docstring) is below this is reported:
 #: the data hold under 1% of the information its members would carry alone; for two
-#: parameters, Jacobian columns more than 99.5% parallel.
+#: parameters, Jacobian columns at a cosine above 0.99.
 DEGENERATE_BELOW = 0.01
 #: Weakest directions examined.
 N_DIRECTIONS = 4
