@@ -6,6 +6,7 @@ Public API:
     AlignmentResult       solved parameters, residual summaries, IMOD transforms
     simulate              seeded synthetic tilt series with known truth
     uncertainty           standard errors and leave-one-out residuals of a result
+    misregistration       predicted misregistration (px) of tomogram points, from the covariance
     alignment_function    the alignment as a differentiable JAX function (implicit gradients)
     align_robust          iteratively reweighted (Tukey/Huber/Cauchy) alignment
     align_batch           many series at once: shape buckets, one compilation per bucket
@@ -21,6 +22,7 @@ from .analysis import (
     align_robust,
     alignment_function,
     compare_models,
+    misregistration,
     uncertainty,
 )
 from .batch import align_batch
@@ -53,6 +55,7 @@ __all__ = [
     "compare_models",
     "get_model",
     "markers_seen_at_least",
+    "misregistration",
     "simulate",
     "uncertainty",
 ]

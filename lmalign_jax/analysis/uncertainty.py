@@ -38,6 +38,7 @@ from ..solve import (
     pair_residuals,
     variances,
 )
+from .covariance import AlignmentCovariance, alignment_covariance
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,8 @@ class Uncertainty:
         a robust fit) report their plain residual.
     leverage: (n_views, n_markers) trace of each observation's hat block (0..2).
     model: the fitted projection model (a registry name given here is looked up).
+    covariance: the reported view parameters' covariance and near-degenerate directions
+        (``covariance.AlignmentCovariance``), when asked for (``with_covariance``), else None.
     """
 
     model: ProjectionModel
@@ -63,6 +66,7 @@ class Uncertainty:
     sigma_px: float
     loo_residuals: Float[np.ndarray, "views markers 2"]
     leverage: Float[np.ndarray, "views markers"]
+    covariance: AlignmentCovariance | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", get_model(self.model))
@@ -127,8 +131,10 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), rss
 
 
-def uncertainty(result: AlignmentResult) -> Uncertainty:
-    """Standard errors and leave-one-out residuals of a solved alignment (float64)."""
+def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Uncertainty:
+    """Standard errors and leave-one-out residuals of a solved alignment (float64);
+    ``with_covariance`` adds the view parameters' covariance in the reporting frame (for the
+    misregistration map) and the near-degenerate directions, unless the fit is singular."""
     m, settings = result.model, result.settings
     obs = result.observations
     modes = settings.modes
@@ -150,7 +156,8 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
     sigma = float(np.sqrt(rss / dof))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
-    if not (np.isfinite(views_se).all() and np.isfinite(markers_se).all()):
+    regular = bool(np.isfinite(views_se).all() and np.isfinite(markers_se).all())
+    if not regular:
         warnings.warn(
             f"standard errors are NaN: the normal matrix of this {m.name!r} fit is singular, so some "
             "combination of its parameters is neither determined by the data nor fixed by the gauge; "
@@ -159,4 +166,12 @@ def uncertainty(result: AlignmentResult) -> Uncertainty:
             stacklevel=2,
         )
     loo = np.where(obs.mask[..., None], np.asarray(loo), np.nan)
-    return Uncertainty(m, views_se, markers_se, sigma, loo, np.where(obs.mask, np.asarray(lev), np.nan))
+    return Uncertainty(
+        m,
+        views_se,
+        markers_se,
+        sigma,
+        loo,
+        np.where(obs.mask, np.asarray(lev), np.nan),
+        alignment_covariance(result) if (with_covariance and regular) else None,  # singular: warned above
+    )

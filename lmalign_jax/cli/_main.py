@@ -20,6 +20,7 @@ from .find_beads import add_find_beads
 from .reconstruct import add_reconstruct
 from .simulate import add_simulate
 from .track import add_track
+from .uncertainty import add_uncertainty
 
 #: command name -> function adding its sub-parser (which sets ``run``, the command's runner,
 #: ``run(args) -> exit status``). A new command is one more entry here (and one more module).
@@ -33,9 +34,10 @@ COMMANDS = {
     "reconstruct": add_reconstruct,
     "simulate": add_simulate,
     "track": add_track,
+    "uncertainty": add_uncertainty,
 }
 #: Commands that compile JAX code worth keeping in the persistent compilation cache.
-CACHED_COMMANDS = ("align", "batch", "compare", "demo", "find-beads", "reconstruct", "track")
+CACHED_COMMANDS = ("align", "batch", "compare", "demo", "find-beads", "reconstruct", "track", "uncertainty")
 
 MAIN_HELP = """\
 Fiducial-marker alignment of electron-tomography tilt series (like IMOD's tiltalign), by

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io as _io
 import math
+import textwrap
 
 import numpy as np
 
@@ -91,12 +92,13 @@ def render_figure(
     drawn, _ = track_sample(fv.mask)
     note = _sample_note(drawn.size, obs.n_markers)
 
-    fig = Figure(figsize=(15, 9.5), dpi=100)
-    fig.subplots_adjust(
-        left=0.05, right=0.97, bottom=0.06, top=0.87 if note else 0.9, wspace=0.28, hspace=0.35
-    )
+    section = record.get("misregistration")
+    rows = 3 if section else 2
+    fig = Figure(figsize=(15, 9.5 * rows / 2), dpi=100)
+    top = 1 - (1 - (0.87 if note else 0.9)) * 2 / rows
+    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.06 * 2 / rows, top=top, wspace=0.28, hspace=0.35)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
+    axes = fig.subplots(rows, 3)
     fig.suptitle(
         (title + "\n" if title else "")
         + f"model {record['model']['name']}: mean residual {s['mean_residual_px']:.3f} px"
@@ -254,6 +256,46 @@ def render_figure(
     ax.set_aspect("equal")
     ax.title.set_fontsize(9 if shown.size < n_vectors else 12)
 
+    if section:
+        _draw_misregistration(fig, axes[2], section)
+
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _draw_misregistration(fig, axes, section: dict) -> None:
+    """The predicted misregistration: the x-y map at z = 0, the z profile at the centre, and the
+    near-degenerate directions in words."""
+    grid = section["map"]
+    x, y, z = (np.asarray(grid[k], dtype=float) for k in ("x_px", "y_px", "z_px"))
+    plane = np.array([[np.nan if v is None else v for v in row] for row in grid["xy_map_px"]], dtype=float)
+    ax = axes[0]
+    image = ax.imshow(
+        plane,
+        origin="lower",
+        extent=(x[0], x[-1], y[0], y[-1]),
+        aspect="equal",
+        cmap="magma",
+        interpolation="bilinear",
+    )
+    fig.colorbar(image, ax=ax, label="misregistration (px)")
+    ax.set(
+        xlabel="x from the tomogram centre (px)",
+        ylabel="y (px)",
+        title="Predicted misregistration at z = 0\n(1 sd of a point's projection, RMS over views)",
+    )
+    ax.title.set_fontsize(10)
+    ax = axes[1]
+    profile = np.array([np.nan if v is None else v for v in grid["z_profile_px"]], dtype=float)
+    ax.plot(z, profile, "o-", ms=3)
+    ax.set_ylim(bottom=0)
+    ax.set(
+        xlabel="z from the tomogram centre (px)", ylabel="misregistration (px)", title="Along z at x = y = 0"
+    )
+    ax = axes[2]
+    ax.axis("off")
+    words = [d["text"] for d in section["near_degenerate"]] or ["none: the data tell every parameter apart"]
+    body = "\n".join(textwrap.fill("- " + w, 60) for w in words[:4])
+    title = "Near-degenerate directions\n\n"
+    ax.text(0, 1, title + body, va="top", ha="left", fontsize=9, transform=ax.transAxes)

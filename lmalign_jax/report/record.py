@@ -11,6 +11,11 @@ Optional sections, present only when their option was used: ``robust``, ``truth`
 with ``flattened``: whether its tilt change was applied to the ``.tlt``). They add to version 1:
 a reader that does not know one ignores it.
 
+Records carry, when the run computed standard errors, each fitted view's
+``parameter_covariance`` (k x k, record units: degrees for angles) and a ``misregistration``
+section (the coarse map, the near-degenerate directions in words); both were added within
+version 1, and :func:`read_covariance` reads them back.
+
 Conventions: views are 0-based in the record (``"view"``) with IMOD's 1-based number beside
 (``"view_number"``); angles in degrees; lengths in pixels; residual = projected - measured.
 """
@@ -24,8 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..analysis.covariance import AlignmentCovariance
+from ..analysis.misregistration import COORDINATES, DEFINITION, misregistration, misregistration_map
 from ..core.result import AlignmentResult
 from ..io.errors import InputError
+from ..models import MODELS, get_model
 from .views import FileViews, aligned_model_xy
 
 #: Layout version of the record, written as its ``record_version``; a reader refuses newer ones.
@@ -194,8 +202,75 @@ def build_record(
             "1-sigma, from sigma^2 (J^T J)^-1 with sigma = RMS residual corrected for the free "
             "parameters; tilts relative to their mean offset from nominal"
         )
+    covariance = getattr(errors, "covariance", None) if errors is not None else None
+    if covariance is not None and np.isfinite(covariance.view_covariance).all():  # else singular: none
+        to_record = _record_units(model)
+        for k, v in enumerate(fv.view_index):
+            scaled = covariance.view_covariance[k] * np.outer(to_record, to_record)
+            views[int(v)]["parameter_covariance"] = scaled
+        record["misregistration"] = _misregistration_section(result, fv, covariance)
     record.update(extra or {})
     return record
+
+
+_PLAIN_NAMES = {"dx": "x shift", "dy": "y shift", "xstretch": "x-stretch", "beamtilt": "beam tilt"}
+
+
+def _record_units(model) -> np.ndarray:
+    """Record units per model unit of each view parameter (degrees for angles), (k,)."""
+    return np.array([math.degrees(1.0) if kind == "angle" else 1.0 for kind in model.kinds])
+
+
+def describe_degeneracy(degeneracy, view_numbers) -> str:
+    """A near-degenerate direction in plain words; ``view_numbers`` (n_fit,) 1-based file
+    numbers of the result's views."""
+    names: dict[str, list[int]] = {}
+    shared, markers = [], []
+    for m in degeneracy.members:
+        plain = _PLAIN_NAMES.get(m.parameter, m.parameter)
+        if m.kind == "view":
+            names.setdefault(plain, []).append(int(view_numbers[m.view]))
+        elif m.kind == "shared":
+            shared.append(f"the shared {plain} (view {int(view_numbers[m.view])} and others)")
+        else:
+            markers.append(m.parameter)
+    parts = [
+        f"{name} of view{'s' if len(views) > 1 else ''} {', '.join(map(str, sorted(views)))}"
+        for name, views in names.items()
+    ]
+    parts += shared + markers
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    verb = "is nearly undetermined" if len(parts) == 1 else "are nearly interchangeable"
+    return (
+        f"{listed} {verb}: the data hold {100 * degeneracy.information:.2g}% of the information "
+        "they would give each alone"
+    )
+
+
+def _misregistration_section(result: AlignmentResult, fv: FileViews, covariance: AlignmentCovariance) -> dict:
+    view_numbers = np.asarray(fv.view_index) + 1
+    return {
+        "definition": DEFINITION,
+        "coordinates": COORDINATES,
+        "at_centre_px": float(misregistration(covariance, np.zeros((1, 3)))[0]),
+        "map": misregistration_map(covariance, result.observations.image_size, result.markers),
+        "near_degenerate": [
+            {
+                "text": describe_degeneracy(d, view_numbers),
+                "information": d.information,
+                "members": [
+                    {
+                        "kind": m.kind,
+                        "parameter": m.parameter,
+                        "view_number": None if m.view is None else int(view_numbers[m.view]),
+                        "weight": m.weight,
+                    }
+                    for m in d.members
+                ],
+            }
+            for d in covariance.degeneracies
+        ],
+    }
 
 
 def _clean(value):
@@ -351,8 +426,52 @@ def _marker_table(markers) -> MarkerTable | None:
     )
 
 
-def read_record(path: str) -> AlignmentRecord:
-    """Read an ``lmalign align`` record; InputError (naming ``path``) if it is not one."""
+def read_covariance(path: str) -> AlignmentCovariance:
+    """The fitted views' parameters and covariance from a record (for the misregistration of
+    points); InputError naming ``path`` when it is not a record or carries no covariance."""
+    record, _ = _load_record(path)
+    model_name = record.get("model", {}).get("name") if isinstance(record.get("model"), dict) else None
+    if model_name not in MODELS:
+        raise InputError(path, None, f"unknown or missing model name {model_name!r}")
+    model = get_model(model_name)
+    to_record = _record_units(model)
+    k = model.n_parameters
+    views, covariances = [], []
+    for entry in record["views"]:
+        if not isinstance(entry, dict) or entry.get("excluded"):
+            continue
+        cov = entry.get("parameter_covariance")
+        params = entry.get("parameters")
+        if cov is None:
+            raise InputError(
+                path,
+                None,
+                f"view {entry.get('view_number')} has no parameter covariance: the record was written "
+                "without standard errors (--no-errors, batch, an older lmalign) or its fit was singular; "
+                "re-run lmalign align",
+            )
+        try:
+            cov = np.asarray(cov, dtype=np.float64)
+            values = np.array([params[name] for name in model.parameters], dtype=np.float64)
+        except (TypeError, KeyError, ValueError):
+            cov, values = None, None
+        if cov is None or cov.shape != (k, k) or not (np.isfinite(cov).all() and np.isfinite(values).all()):
+            raise InputError(
+                path, None, f"view {entry.get('view_number')}: parameters or parameter_covariance malformed"
+            )
+        views.append(values / to_record)
+        covariances.append(cov / np.outer(to_record, to_record))
+    if not views:
+        raise InputError(path, None, "no fitted views")
+    summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
+    sigma = summary.get("sigma_px")
+    return AlignmentCovariance(
+        model, np.array(views), np.array(covariances), float(sigma) if _is_number(sigma) else float("nan")
+    )
+
+
+def _load_record(path: str) -> tuple[dict, int]:
+    """The parsed record and its version; InputError naming ``path`` if it is not one."""
     if not os.path.isfile(path):
         raise InputError(
             path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found"
@@ -379,6 +498,12 @@ def read_record(path: str) -> AlignmentRecord:
             f"record_version {version} is newer than this lmalign reads ({RECORD_VERSION}); "
             "update lmalign_jax",
         )
+    return record, version
+
+
+def read_record(path: str) -> AlignmentRecord:
+    """Read an ``lmalign align`` record; InputError (naming ``path``) if it is not one."""
+    record, version = _load_record(path)
 
     def section(name) -> dict:
         value = record.get(name)
@@ -386,7 +511,7 @@ def read_record(path: str) -> AlignmentRecord:
 
     summary, inputs = section("summary"), section("inputs")
     converged = summary.get("converged") is not False
-    xf, tilts = _transforms(path, views) if converged else (None, None)
+    xf, tilts = _transforms(path, record["views"]) if converged else (None, None)
     size = inputs.get("image_size")
     image_size = (
         (float(size[0]), float(size[1]))
@@ -424,7 +549,7 @@ def read_record(path: str) -> AlignmentRecord:
         surfaces=surfaces,
         pixel_size_A=float(pixel) if _is_number(pixel) and pixel > 0 else None,
         model_name=model.get("name") if isinstance(model.get("name"), str) else None,
-        views=_view_table(views),
+        views=_view_table(record["views"]),
         markers=_marker_table(record.get("markers")),
         sd_residual_px=summary.get("sd_residual_px") if _is_number(summary.get("sd_residual_px")) else None,
         n_points=summary.get("n_points") if isinstance(summary.get("n_points"), int) else None,

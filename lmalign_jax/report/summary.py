@@ -91,6 +91,7 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
         f" RMS residual per coordinate: {_f(s['rms_residual_px'], '.3f', 8)} px  (noise-floor factor"
         f" {s['noise_floor_factor']:.3f}: noise estimate {_f(s['sigma_px'], '.3f', 0)} px per coordinate)"
     )
+    out.extend(_misregistration_lines(record.get("misregistration")))
     worst = record["worst_points"]
     if worst:
         out.append("")
@@ -114,6 +115,25 @@ def format_summary(record: dict, *, per_view: bool = True) -> str:
     out.append("")
     out.append(f" Status: {s['status']}")
     return "\n".join(out) + "\n"
+
+
+def _misregistration_lines(section) -> list[str]:
+    """The predicted misregistration and the near-degenerate directions, when the record has them."""
+    if not section:
+        return []
+    grid = section["map"]
+    plane = [v for row in grid["xy_map_px"] for v in row if v is not None]
+    profile = grid["z_profile_px"]
+    lines = [
+        f" Predicted misregistration (1 sd of a point's projection, RMS over views):"
+        f" {_f(section['at_centre_px'], '.3f', 0)} px at the tomogram centre,"
+        f" up to {_f(max(plane, default=None), '.3f', 0)} px over the x-y map at z = 0,"
+        f" {_f(profile[0], '.3f', 0)} / {_f(profile[-1], '.3f', 0)} px at z = {grid['z_px'][0]:.0f} /"
+        f" {grid['z_px'][-1]:.0f} px"
+    ]
+    for d in section["near_degenerate"]:
+        lines.append(f" Near-degenerate: {d['text']}")
+    return lines
 
 
 def _ranges(numbers) -> str:

@@ -4,7 +4,7 @@ Knows nothing of tomography: two block sets A and B, a residual for each pair, g
 tied to A entries, masks for missing pairs and fixed entries, and a Schur-complement step.
 """
 
-from ._covariance import effective_parameters, leverages, variances
+from ._covariance import InverseBlocks, effective_parameters, inverse_blocks, leverages, variances
 from ._dense import dense_step
 from ._implicit import gauss_newton_solve, solve_implicit
 from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals
@@ -14,6 +14,7 @@ from ._results import LMConfig, Status
 from ._schur import damped_step
 
 __all__ = [
+    "InverseBlocks",
     "LMConfig",
     "Linearization",
     "Solution",
@@ -28,6 +29,7 @@ __all__ = [
     "effective_a",
     "effective_parameters",
     "gauss_newton_solve",
+    "inverse_blocks",
     "least_squares",
     "leverages",
     "linearize",

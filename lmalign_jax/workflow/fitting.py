@@ -50,5 +50,5 @@ def fit_series(
             result = align_observations(obs, progress=progress, **kwargs)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    errors = uncertainty(result) if (result.converged and with_errors) else None
+    errors = uncertainty(result, with_covariance=True) if (result.converged and with_errors) else None
     return Fit(result, robust, errors)
