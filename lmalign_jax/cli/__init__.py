@@ -1,4 +1,5 @@
-"""The ``lmalign`` command line: ``align``, ``batch``, ``compare``, ``demo``, ``reconstruct``, ``simulate``.
+"""The ``lmalign`` command line: ``align``, ``batch``, ``compare``, ``demo``, ``export``,
+``find-beads``, ``reconstruct``, ``simulate``, ``track``, ``uncertainty``.
 
 One module per command, each with ``add_<command>(subparsers)`` (its options; sets the parser's
 ``run`` default to the function that runs it, ``run(args) -> exit status``) and that run
