@@ -154,6 +154,11 @@ def reconstruct_to_file(
         raise UsageError(f"--filter/--radial: {e}") from None
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if (nx // binning) < 4 or (ny // binning) < 4:
+        raise UsageError(
+            f"--bin {binning} leaves {nx // binning} x {ny // binning} pixels of the {nx} x {ny} images; "
+            "use a smaller --bin"
+        )
     if thickness / binning < 1:
         raise UsageError(
             f"--thickness {thickness:g} with --bin {binning} gives less than one slice; the thickness is in "
@@ -163,10 +168,6 @@ def reconstruct_to_file(
         raise UsageError(
             f"--thickness {thickness:g} is more than {MAX_THICKNESS_RATIO} times the {nx} x {ny} images; "
             "the thickness is in unbinned pixels"
-        )
-    if (nx // binning) < 8 or (ny // binning) < 8:
-        raise UsageError(
-            f"--bin {binning} leaves {nx // binning} x {ny // binning} pixels; use a smaller --bin"
         )
     sirt = None
     if sirt_iterations is not None:
