@@ -79,7 +79,8 @@ def run_child(args: list[str]) -> dict:
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {err[-2000:]}")
-    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.strip()}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"wall_s": wall, "cpu_s": cpu, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.strip()}
 
 
 def whole_process(paths: dict, thickness: int, repeat: int, variants: dict, out_dir: Path) -> list:
@@ -91,11 +92,17 @@ def whole_process(paths: dict, thickness: int, repeat: int, variants: dict, out_
         run_child(args)  # warm-up: fills the persistent compilation cache
         runs = [run_child(args) for _ in range(repeat)]
         walls = sorted(r["wall_s"] for r in runs)
+        cpus = sorted(r["cpu_s"] for r in runs)
         peaks = sorted(r["peak_mb"] for r in runs)
         rows.append({"variant": name, "args": extra, "wall_s": walls, "peak_mb": peaks,
-                     "median_wall_s": walls[len(walls) // 2],
+                     "median_wall_s": walls[len(walls) // 2], "cpu_s": cpus,
+                     "median_cpu_s": cpus[len(cpus) // 2],
                      "median_peak_mb": peaks[len(peaks) // 2]})  # fmt: skip
-        print(f"  {name}: {rows[-1]['median_wall_s']:.2f} s, {rows[-1]['median_peak_mb']:.0f} MB", flush=True)
+        r = rows[-1]
+        print(
+            f"  {name}: {r['median_wall_s']:.2f} s, {r['median_cpu_s']:.2f} CPU-s, "
+            f"{r['median_peak_mb']:.0f} MB"
+        )
     return rows
 
 
@@ -198,20 +205,20 @@ def markdown(report: dict) -> str:
              f"load average {m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end; "
              f"commit {(m['git']['commit'] or '?')[:10]}. Stack {report['size']} x {report['size']} px, "
              f"{report['views']} views, thickness {report['thickness']}.", "",
-             "| whole process | wall, median (all runs) | peak RSS MB, median |",
-             "|---|---|---|"]  # fmt: skip
+             "| whole process | wall, median (all runs) | CPU s (user + sys), median | peak RSS MB, median |",
+             "|---|---|---|---|"]  # fmt: skip
     imod = IMOD_CITED["newstack_plus_tilt"]
     if report["size"] == 1024 and report["thickness"] == 256 and report["views"] == 61:
         lines.append(
             f"| IMOD newstack + tilt (cited, issue #17) | {imod['wall_s']:.1f} s | {imod['peak_mb']} |"
         )
         old = IMOD_CITED["lmalign_before"]
-        lines.append(f"| lmalign reconstruct before this work (cited, issue #17) | {old['wall_s']:.1f} s | "
-                     f"{old['peak_mb']:,} |")  # fmt: skip
+        lines.append(f"| lmalign reconstruct before this work (cited, issue #17) | {old['wall_s']:.1f} s "
+                     f"| - | {old['peak_mb']:,} |")  # fmt: skip
     for r in report["whole_process"]:
         runs = ", ".join(f"{w:.2f}" for w in r["wall_s"])
         lines.append(f"| lmalign reconstruct {' '.join(r['args'])} | {r['median_wall_s']:.2f} s ({runs}) | "
-                     f"{r['median_peak_mb']:.0f} |")  # fmt: skip
+                     f"{r['median_cpu_s']:.2f} | {r['median_peak_mb']:.0f} |")  # fmt: skip
     b = report["breakdown"]
     lines += ["", "| stage (in process, warm) | seconds |", "|---|---|"]
     for k in ("imports_s", "read_views_s", "resample_filter_s", "backproject_s", "write_s"):

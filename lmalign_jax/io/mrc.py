@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ from .errors import InputError
 __all__ = [
     "read_stack_header",
     "read_stack",
+    "read_stack_streamed",
+    "StreamedStack",
     "create_volume",
     "stream_volume",
     "VolumeWriter",
@@ -402,3 +405,42 @@ def stream_volume(
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise _bad(path, "the disk filled up while writing the tomogram; nothing was written") from None
         raise
+
+
+class StreamedStack:
+    """A memory-mapped stack whose views leave memory once read.
+
+    Indexing (``stack[v]``, ``stack[v, r0:r1]``) returns an in-memory copy and then tells the
+    kernel that this process no longer needs view ``v``'s mapped pages
+    (``madvise(MADV_DONTNEED)``; they stay in the page cache, so reading them again is cheap).
+    Without this, every page of a memory-mapped stack that was ever read counts in the process's
+    resident memory until the mapping is closed: the whole stack, whatever the reconstruction's
+    memory budget.
+    """
+
+    def __init__(self, data: np.memmap):
+        self._data = data
+        self.shape, self.dtype = data.shape, data.dtype
+        self._view_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
+        mm = getattr(data, "_mmap", None)
+        self._mmap = mm if mm is not None and hasattr(mm, "madvise") else None
+        # where the data start inside the mapping (numpy maps from an allocation-granularity boundary)
+        self._start = int(getattr(data, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        value = np.array(self._data[key], copy=True)
+        view = key[0] if isinstance(key, tuple) else key
+        if self._mmap is not None and isinstance(view, (int, np.integer)):
+            begin = self._start + int(view) * self._view_bytes
+            aligned = begin - begin % mmap.PAGESIZE
+            with contextlib.suppress(OSError, ValueError):
+                self._mmap.madvise(mmap.MADV_DONTNEED, aligned, begin + self._view_bytes - aligned)
+        return value
+
+
+def read_stack_streamed(path) -> StreamedStack:
+    """:func:`read_stack` memory-mapped, wrapped in a :class:`StreamedStack`."""
+    return StreamedStack(read_stack(path, mmap=True))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io import read_xf
 from ..io.errors import InputError
-from ..io.mrc import LAYOUTS, check_free_space, read_stack, read_stack_header, stream_volume
+from ..io.mrc import LAYOUTS, check_free_space, read_stack_header, read_stack_streamed, stream_volume
 from ..recon import filter_response, reconstruct
 from ..recon.sirt import SirtOptions
 from ..report import read_record
@@ -190,7 +190,7 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
-    stack = read_stack(stack_path)
+    stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
             f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
