@@ -230,11 +230,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| lmalign reconstruct {' '.join(r['args'])} | {r['median_wall_s']:.2f} s ({runs}) | "
                      f"{r['median_cpu_s']:.2f} | {r['median_peak_mb']:.0f} |")  # fmt: skip
     b = report["breakdown"]
-    lines += ["", "| stage (in process, warm) | seconds |", "|---|---|"]
-    for k in ("imports_s", "read_views_s", "resample_filter_s", "backproject_s", "write_s"):
-        lines.append(f"| {k[:-2].replace('_', ' ')} | {b[k]:.2f} |")
-    lines.append(f"\nBack-projection: {b['backproject_gvox_updates_per_s']:.2f} G voxel-updates/s "
-                 f"(slabs of {b['slab_rows']} rows, z chunks of {b['z_chunk']}).")  # fmt: skip
+    if b:
+        lines += ["", "| stage (in process, warm) | seconds |", "|---|---|"]
+        for k in ("imports_s", "read_views_s", "resample_filter_s", "backproject_s", "write_s"):
+            lines.append(f"| {k[:-2].replace('_', ' ')} | {b[k]:.2f} |")
+        lines.append(f"\nBack-projection: {b['backproject_gvox_updates_per_s']:.2f} G voxel-updates/s "
+                     f"(slabs of {b['slab_rows']} rows, z chunks of {b['z_chunk']}).")  # fmt: skip
     sk = report.get("skimage")
     if sk:
         lines.append(f"scikit-image iradon: {sk['seconds_per_slice']:.2f} s per {sk['slice_shape'][0]}^2 "
@@ -252,6 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sk-rows", type=int, default=2, help="slices scikit-image reconstructs (0: skip)")
     ap.add_argument("--sirt", type=int, default=0, help="also time --sirt N (0: skip)")
     ap.add_argument("--memory", type=float, default=0.2, help="the bounded-memory variant's --memory GB")
+    ap.add_argument("--variants", help="comma-separated subset of default,bounded,sirtlike,imod-tilt,sirt")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage timing")
     ap.add_argument("--workdir", help="folder for the stack and outputs (default: a temporary one)")
     ap.add_argument("--out", help="write the JSON record here (and a .md beside it)")
     args = ap.parse_args(argv)
@@ -267,10 +270,12 @@ def main(argv=None) -> int:
                     "sirtlike": ["--sirtlike", "10"], "imod-tilt": ["--layout", "imod-tilt"]}  # fmt: skip
         if args.sirt:
             variants["sirt"] = ["--sirt", str(args.sirt)]
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         print("whole process:", flush=True)
         rows = whole_process(paths, args.thickness, args.repeat, variants, folder)
         print("breakdown ...", flush=True)
-        parts = breakdown(paths, args.thickness)
+        parts = None if args.no_breakdown else breakdown(paths, args.thickness)
         sk = skimage_side(paths, args.sk_rows) if args.sk_rows else None
     meta["loadavg_end"] = list(os.getloadavg())
     report = {"size": args.size, "views": args.views, "thickness": args.thickness, "repeat": args.repeat,
