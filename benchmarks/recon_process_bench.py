@@ -220,7 +220,7 @@ def markdown(report: dict) -> str:
     imod = IMOD_CITED["newstack_plus_tilt"]
     if report["size"] == 1024 and report["thickness"] == 256 and report["views"] == 61:
         lines.append(
-            f"| IMOD newstack + tilt (cited, issue #17) | {imod['wall_s']:.1f} s | {imod['peak_mb']} |"
+            f"| IMOD newstack + tilt (cited, issue #17) | {imod['wall_s']:.1f} s | - | {imod['peak_mb']} |"
         )
         old = IMOD_CITED["lmalign_before"]
         lines.append(f"| lmalign reconstruct before this work (cited, issue #17) | {old['wall_s']:.1f} s "

@@ -277,6 +277,15 @@ class _RunningStats:
         return float(np.sqrt(self.m2 / max(self.n, 1)))
 
 
+def _pwrite_all(fd: int, array: np.ndarray, pos: int) -> None:
+    """Write a C-contiguous array's bytes at ``pos`` without copying them (``os.pwrite`` may
+    write less than asked for, e.g. above 2 GB on Linux)."""
+    view = memoryview(array).cast("B")
+    while len(view):
+        done = os.pwrite(fd, view, pos)
+        view, pos = view[done:], pos + done
+
+
 class VolumeWriter:
     """Writes y slabs of a ``(nz, ny, nx)`` volume into an MRC file in a background thread.
 
@@ -302,10 +311,11 @@ class VolumeWriter:
         if self.layout == "zyx":
             for k in range(nz):
                 pos = self._offset + 4 * (k * ny + j0) * nx
-                os.pwrite(self._fd, block[k].tobytes(), pos)
+                _pwrite_all(self._fd, block[k], pos)
         else:
             tilt = np.ascontiguousarray(block[::-1].transpose(1, 0, 2))
-            os.pwrite(self._fd, tilt.tobytes(), self._offset + 4 * j0 * nz * nx)
+            _pwrite_all(self._fd, tilt, self._offset + 4 * j0 * nz * nx)
+            del tilt
         self._stats.add(block)
         self.rows_written += rows
 
