@@ -129,7 +129,9 @@ Writes an MRC file of float32 voxels (NZ, NY, NX), NZ = round(thickness / bin), 
 stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 (i + 0.5 - NX/2, j + 0.5 - NY/2, k + 0.5 - NZ/2) x bin pixels from the specimen centre, so a
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
-log, no contrast inversion).
+log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instead (X, depth as
+rows, Y as sections; rows run against our z). The tomogram is streamed to disk slab by slab
+within --memory GB; the free disk space is checked first.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
