@@ -241,6 +241,24 @@ def _cases(b):
             [s / "s.mrc", *xf_tlt, "--bin", 300],
             r"--bin 300 is larger than the 256 x 256 images",
         ),
+        "thickness absurd": (
+            [s / "s.mrc", *xf_tlt, "--thickness", 100000],
+            r"--thickness 100000 is more than 16 times the 256 x 256 images",
+        ),
+        "thickness under one slice": (
+            [s / "s.mrc", *xf_tlt, "--thickness", 3, "--bin", 4],
+            r"--thickness 3 with --bin 4 gives less than one slice",
+        ),
+        "bin absurd": (
+            [s / "s.mrc", *xf_tlt, "--bin", 100],
+            r"--bin 100 leaves 2 x 2 pixels of the 256 x 256 images",
+        ),
+        "sirt with sirtlike": (
+            [s / "s.mrc", *xf_tlt, "--sirt", 5, "--sirtlike", 5],
+            r"--sirt replaces the FBP filter",
+        ),
+        "positivity without sirt": ([s / "s.mrc", *xf_tlt, "--positivity"], r"--positivity goes with --sirt"),
+        "memory": ([s / "s.mrc", *xf_tlt, "--memory", 0], r"--memory must be a positive number of GB"),
         "radial": (
             [s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05],
             r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05",
@@ -275,6 +293,12 @@ CASES = [
     "thickness < 0",
     "bin 0",
     "bin too large",
+    "thickness absurd",
+    "thickness under one slice",
+    "bin absurd",
+    "sirt with sirtlike",
+    "positivity without sirt",
+    "memory",
     "radial",
     "both alignments",
     "no alignment",
@@ -324,6 +348,33 @@ def test_error_keeps_an_existing_output(series, tmp_path):
     )
     assert rc == 2 and "nope.tlt: file not found" in err
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["t.rec.mrc"]
+
+
+def test_layouts_memory_and_full_disk(series, tmp_path, monkeypatch):
+    """--layout imod-tilt holds the default volume with y as sections and depth reversed as
+    rows; --memory small enough for several passes changes nothing; a disk without room is
+    named before anything is written."""
+    d = series["dir"]
+    base = ["reconstruct", d / "s.mrc", "--alignment", d / "s.json", "--thickness", THICKNESS, "--bin", 2]
+    rc, _, err = run([*base, "--out", tmp_path / "zyx.mrc", "-q"])
+    assert rc == 0, err
+    rc, stdout, err = run(
+        [*base, "--out", tmp_path / "tilt.mrc", "-q", "--layout", "imod-tilt", "--memory", 0.002]
+    )
+    assert rc == 0, err
+    assert "128 x 32 x 128 voxels (X x Z rows x Y sections, tilt's layout" in stdout
+    zyx, _, _ = read_volume(tmp_path / "zyx.mrc")
+    tilt, _, _ = read_volume(tmp_path / "tilt.mrc")
+    np.testing.assert_allclose(tilt, zyx[::-1].transpose(1, 0, 2), rtol=0, atol=2e-6 * np.abs(zyx).max())
+    import shutil as _shutil
+
+    full = _shutil._ntuple_diskusage(10**12, 10**12 - 10**5, 10**5)
+    monkeypatch.setattr(_shutil, "disk_usage", lambda p: full)
+    rc, _, err = run([*base, "--out", tmp_path / "full.mrc"])
+    assert rc == 2 and re.search(
+        r"full\.mrc: the tomogram needs 0\.00 GB but .* has only 0\.00 GB free", err
+    ), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tilt.mrc", "zyx.mrc"]
 
 
 def test_reconstruct_help():

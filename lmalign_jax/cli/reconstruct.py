@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 
-from ..io.mrc import read_stack_header
+from ..io.mrc import LAYOUTS, read_stack_header
 from ..workflow.reconstruction import (
     FILTER_CHOICES,
     read_alignment_files,
@@ -37,6 +37,10 @@ def _check_args(args) -> None:
                 "'lmalign align')"
             )
         raise UsageError("--xf and --tlt go together (or give --alignment FILE.json)")
+    if args.positivity and args.sirt is None:
+        raise UsageError("--positivity goes with --sirt N")
+    if args.sirt is not None and (args.sirtlike is not None or args.radial is not None):
+        raise UsageError("--sirt replaces the FBP filter; it does not combine with --sirtlike or --radial")
     if args.radial is not None:
         cutoff, falloff = args.radial
         if not (0 < cutoff <= 0.5 and 0 <= falloff < math.inf):
@@ -84,16 +88,30 @@ def run_reconstruct(args) -> int:
         binning=args.bin,
         filter=args.filter,
         radial=radial,
+        sirtlike=args.sirtlike,
+        sirt_iterations=args.sirt,
+        positivity=args.positivity,
+        layout=args.layout,
+        memory_gb=args.memory,
         quiet=args.quiet,
         warn=warn,
         note=note,
         local_path=args.local,
     )
     nz, ny, nx = info["shape"]
+    dims = (
+        f"{nz} x {ny} x {nx} voxels (NZ x NY x NX"
+        if args.layout == "zyx"
+        else (f"{nx} x {nz} x {ny} voxels (X x Z rows x Y sections, tilt's layout")
+    )
+    method = (
+        f"SIRT {args.sirt} iterations"
+        if args.sirt
+        else f"filter {args.filter}" + (f", SIRT-like {args.sirtlike}" if args.sirtlike else "")
+    )
     print(
-        f" Wrote {out}: {nz} x {ny} x {nx} voxels (NZ x NY x NX, float32), voxel size "
-        f"{info['voxel_size_A']:g} A, {info['n_views']} views, filter {args.filter}, bin {args.bin}, in "
-        f"{info['seconds']:.1f} s"
+        f" Wrote {out}: {dims}, float32), voxel size {info['voxel_size_A']:g} A, {info['n_views']} views, "
+        f"{method}, bin {args.bin}, in {info['seconds']:.1f} s"
     )
     return EXIT_OK
 
@@ -112,7 +130,9 @@ Writes an MRC file of float32 voxels (NZ, NY, NX), NZ = round(thickness / bin), 
 stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 (i + 0.5 - NX/2, j + 0.5 - NY/2, k + 0.5 - NZ/2) x bin pixels from the specimen centre, so a
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
-log, no contrast inversion).
+log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instead (X, depth as
+rows, Y as sections; rows run against our z). The tomogram is streamed to disk slab by slab
+within --memory GB; the free disk space is checked first.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
@@ -157,6 +177,29 @@ def add_reconstruct(sub):
         metavar=("CUTOFF", "FALLOFF"),
         help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a "
         "Gaussian fall-off of sigma FALLOFF",
+    )
+    p.add_argument(
+        "--sirtlike",
+        type=int,
+        metavar="N",
+        help="IMOD's SIRT-like filter (tilt -FakeSIRTiterations): FBP that looks like N SIRT iterations",
+    )
+    p.add_argument(
+        "--sirt", type=int, metavar="N", help="reconstruct by N iterations of SIRT instead of FBP (slower)"
+    )
+    p.add_argument("--positivity", action="store_true", help="with --sirt: clip negative densities to zero")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="zyx",
+        help="zyx: sections are z slices (as after IMOD trimvol -rx, depth reversed); imod-tilt: tilt's own "
+        "volume (X, depth as rows, Y as sections)",
+    )
+    p.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="memory for views and slabs held at once (default: half the available memory, at most 4 GB)",
     )
     p.add_argument(
         "--out", metavar="TOMO.mrc", help="output tomogram; default: <stack stem>.rec.mrc beside the stack"

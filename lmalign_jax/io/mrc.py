@@ -2,6 +2,9 @@
 
 * :func:`read_stack_header` -- ``(n_views, ny, nx, pixel_size_A)`` from the header alone.
 * :func:`read_stack` -- the images as a ``(n_views, ny, nx)`` array, memory-mapped by default.
+* :func:`stream_volume` -- the same guarantee for a volume written y slab by y slab from a
+  background thread, in our (z, y, x) layout or IMOD ``tilt``'s (y, z, x), after checking
+  that the disk has room for it; what ``lmalign reconstruct`` uses.
 * :func:`create_volume` -- a context manager yielding a writable, memory-mapped float32 volume
   ``(nz, ny, nx)`` that appears at ``path`` complete or not at all: the data go to a temporary
   file beside ``path``, header statistics and voxel size are set on success, and the file is then
@@ -14,9 +17,13 @@ Bad input (missing file, not an MRC file, wrong dimensionality) raises
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import mrcfile
 import numpy as np
@@ -24,7 +31,20 @@ import numpy as np
 from .atomic import replace_with
 from .errors import InputError
 
-__all__ = ["read_stack_header", "read_stack", "read_header_tilts", "set_header_tilts", "create_volume"]
+__all__ = [
+    "read_stack_header",
+    "read_stack",
+    "read_stack_streamed",
+    "read_header_tilts",
+    "set_header_tilts",
+    "StreamedStack",
+    "create_volume",
+    "stream_volume",
+    "VolumeWriter",
+    "check_free_space",
+    "volume_bytes",
+    "LAYOUTS",
+]
 
 
 def _bad(path, problem: str) -> InputError:
@@ -257,3 +277,236 @@ def create_volume(path, shape, voxel_size, label: str | None = None) -> Iterator
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+LAYOUTS = ("zyx", "imod-tilt")
+
+
+def volume_bytes(shape) -> int:
+    """Bytes of a float32 MRC volume of ``shape`` (nz, ny, nx), header included."""
+    nz, ny, nx = (int(s) for s in shape)
+    return 1024 + 4 * nz * ny * nx
+
+
+def check_free_space(path, shape) -> None:
+    """Raise :class:`InputError` naming ``path`` when its folder's file system has less free
+    space than a float32 volume of ``shape`` needs (the file is written sparse, so a full
+    disk would otherwise show up only part-way through)."""
+    need = volume_bytes(shape)
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise _bad(
+            path,
+            f"the tomogram needs {need / 1e9:.2f} GB but {directory} has only {free / 1e9:.2f} GB free; "
+            "choose another --out folder, a larger --bin or a smaller --thickness",
+        )
+
+
+class _RunningStats:
+    """min, max, mean and rms deviation over blocks, combined exactly (Chan et al. 1979)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.min, self.max = np.inf, -np.inf
+
+    def add(self, block: np.ndarray) -> None:
+        n = block.size
+        if n == 0:
+            return
+        mean = float(block.sum(dtype=np.float64)) / n
+        # one float32 dot per z slice (no volume-sized temporaries), summed in float64
+        m2 = 0.0
+        for plane in block.reshape(block.shape[0], -1):
+            dev = plane - np.float32(mean)
+            m2 += float(np.dot(dev, dev))
+        self.min = min(self.min, float(block.min()))
+        self.max = max(self.max, float(block.max()))
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.m2 / max(self.n, 1)))
+
+
+def _pwrite_all(fd: int, array: np.ndarray, pos: int) -> None:
+    """Write a C-contiguous array's bytes at ``pos`` without copying them (``os.pwrite`` may
+    write less than asked for, e.g. above 2 GB on Linux)."""
+    view = memoryview(array).cast("B")
+    while len(view):
+        done = os.pwrite(fd, view, pos)
+        view, pos = view[done:], pos + done
+
+
+class VolumeWriter:
+    """Writes y slabs of a ``(nz, ny, nx)`` volume into an MRC file in a background thread.
+
+    ``layout="zyx"``: the file holds ``nz`` sections of ``ny`` rows x ``nx`` columns (section k
+    is the volume's z slice k, the default of ``lmalign reconstruct``). ``layout="imod-tilt"``:
+    the layout IMOD's ``tilt`` writes, ``ny`` sections of ``nz`` rows x ``nx`` columns, file
+    section j, row r being volume row j, slice ``nz - 1 - r`` (tilt's rows run against our z).
+    """
+
+    def __init__(self, fd: int, shape, layout: str, offset: int):
+        self.shape = tuple(int(s) for s in shape)
+        self.layout = layout
+        self._fd, self._offset = fd, offset
+        self._stats = _RunningStats()
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending = []
+        self.rows_written = 0
+
+    def _write(self, j0: int, block: np.ndarray) -> None:
+        nz, ny, nx = self.shape
+        rows = block.shape[1]
+        block = np.ascontiguousarray(block, dtype="<f4")
+        if self.layout == "zyx":
+            for k in range(nz):
+                pos = self._offset + 4 * (k * ny + j0) * nx
+                _pwrite_all(self._fd, block[k], pos)
+        else:
+            tilt = np.ascontiguousarray(block[::-1].transpose(1, 0, 2))
+            _pwrite_all(self._fd, tilt, self._offset + 4 * j0 * nz * nx)
+            del tilt
+        self._stats.add(block)
+        self.rows_written += rows
+
+    def write_rows(self, j0: int, block) -> None:
+        """Queue rows ``j0 .. j0 + block.shape[1]`` of the volume (``block (nz, rows, nx)``);
+        returns at once unless two earlier blocks are still being written."""
+        if tuple(block.shape[::2]) != (self.shape[0], self.shape[2]) or not 0 <= j0 < self.shape[1]:
+            raise ValueError(f"block of shape {block.shape} at row {j0} does not fit a volume {self.shape}")
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, int(j0), np.asarray(block)))
+
+    def finish(self):
+        """Wait for every queued block; return ``(min, max, mean, rms)``."""
+        for fut in self._pending:
+            fut.result()
+        self._pending = []
+        self._pool.shutdown(wait=True)
+        s = self._stats
+        return s.min, s.max, s.mean, s.rms
+
+    def abort(self) -> None:
+        for fut in self._pending:
+            fut.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def stream_volume(
+    path, shape, voxel_size, label: str | None = None, layout: str = "zyx"
+) -> Iterator[VolumeWriter]:
+    """Create an MRC volume at ``path``, written slab by slab, that appears complete or not at all.
+
+    Like :func:`create_volume`, but the data never sit in memory (or in mapped pages) as a
+    whole: the caller hands y slabs ``(nz, rows, nx)`` to :meth:`VolumeWriter.write_rows`, which
+    writes them in a background thread (so disk writes overlap the next slab's computation)
+    while keeping running statistics for the header. The file is created sparse under a
+    temporary name beside ``path``, after checking the disk has room for it
+    (:func:`check_free_space`), and renamed onto ``path`` only when the ``with`` block ends
+    without an exception *and* every row was written; otherwise it is removed.
+
+    ``shape`` is the volume's ``(nz, ny, nx)``; ``layout`` one of :data:`LAYOUTS` (see
+    :class:`VolumeWriter`). The voxel size is given in the volume's (x, y, z) order and written
+    in the file's axis order.
+    """
+    path = os.fspath(path)
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"{path}: volume shape must be three positive sizes (nz, ny, nx), got {shape}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
+    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
+    if label is not None and (len(label) > 80 or not label.isascii() or not label.isprintable()):
+        raise ValueError(f"{path}: an MRC label is at most 80 printable ASCII characters, got {label!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _bad(path, f"output directory {directory} does not exist")
+    check_free_space(path, shape)
+    nz, ny, nx = shape
+    file_shape = (nz, ny, nx) if layout == "zyx" else (ny, nz, nx)
+    file_voxel = (vs[0], vs[1], vs[2]) if layout == "zyx" else (vs[0], vs[2], vs[1])
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    fd = -1
+    writer = None
+    try:
+        with mrcfile.new_mmap(tmp, shape=file_shape, mrc_mode=2, overwrite=True) as mrc:
+            mrc.set_volume()
+            if label is not None:
+                mrc.add_label(label)
+            offset = int(mrc.header.nbytes) + int(mrc.header.nsymbt)
+        fd = os.open(tmp, os.O_WRONLY)
+        writer = VolumeWriter(fd, shape, layout, offset)
+        yield writer
+        dmin, dmax, mean, rms = writer.finish()
+        if writer.rows_written != ny:
+            raise RuntimeError(f"{path}: {writer.rows_written} of {ny} rows were written")
+        os.close(fd)
+        fd = -1
+        with mrcfile.mmap(tmp, mode="r+") as mrc:
+            mrc.header.dmin = np.float32(dmin)
+            mrc.header.dmax = np.float32(dmax)
+            mrc.header.dmean = np.float32(mean)
+            mrc.header.rms = np.float32(rms)
+            mrc.voxel_size = tuple(float(v) for v in file_voxel)
+        replace_with(tmp, path)
+    except BaseException as exc:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.abort()
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise _bad(path, "the disk filled up while writing the tomogram; nothing was written") from None
+        raise
+
+
+class StreamedStack:
+    """A memory-mapped stack whose views leave memory once read.
+
+    Indexing (``stack[v]``, ``stack[v, r0:r1]``) returns an in-memory copy and then tells the
+    kernel that this process no longer needs view ``v``'s mapped pages
+    (``madvise(MADV_DONTNEED)``; they stay in the page cache, so reading them again is cheap).
+    Without this, every page of a memory-mapped stack that was ever read counts in the process's
+    resident memory until the mapping is closed: the whole stack, whatever the reconstruction's
+    memory budget.
+    """
+
+    def __init__(self, data: np.memmap):
+        self._data = data
+        self.shape, self.dtype = data.shape, data.dtype
+        self._view_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
+        mm = getattr(data, "_mmap", None)
+        self._mmap = mm if mm is not None and hasattr(mm, "madvise") else None
+        # where the data start inside the mapping (numpy maps from an allocation-granularity boundary)
+        self._start = int(getattr(data, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        value = np.array(self._data[key], copy=True)
+        view = key[0] if isinstance(key, tuple) else key
+        if self._mmap is not None and isinstance(view, (int, np.integer)):
+            begin = self._start + int(view) * self._view_bytes
+            aligned = begin - begin % mmap.PAGESIZE
+            with contextlib.suppress(OSError, ValueError):
+                self._mmap.madvise(mmap.MADV_DONTNEED, aligned, begin + self._view_bytes - aligned)
+        return value
+
+
+def read_stack_streamed(path) -> StreamedStack:
+    """:func:`read_stack` memory-mapped, wrapped in a :class:`StreamedStack`."""
+    return StreamedStack(read_stack(path, mmap=True))

@@ -51,15 +51,35 @@ only the measured range, so measured frequencies keep their true scale and unmea
 absent (densities of compact objects come out lower by roughly range/180 degrees and elongated
 in z).
 
-**Memory and speed.** Stage 1 keeps the filtered, aligned views (the size of the binned stack);
-stage 2 reconstructs slabs of y rows (``slab_rows``) and writes each into ``out``, so the volume is
-never in memory at once. Within a slab, z is processed in chunks small enough for the accumulator
-to stay in cache, views are summed in a loop, and the row axis is innermost. The same jit-compiled
-code runs on CPU or GPU; the library never changes global JAX settings (float64 computation needs
-the caller to enable x64).
+**Memory and speed.** The work is cut to a memory budget (:func:`plan_slabs`): a *pass* resamples
+and filters a band of y rows of every view (reading only the raw rows that band can reach),
+then back-projects it in *slabs* of rows; each slab goes to ``out`` -- an array, or a
+:class:`lmalign_jax.io.mrc.VolumeWriter` that writes it from a background thread while the next
+slab is computed (JAX dispatches the next slab before the previous one is fetched). Within a
+slab, z is processed in chunks whose accumulator (about 1 MiB) stays in cache, views are summed
+in a loop, and the row axis is innermost. The same jit-compiled code runs on CPU or GPU; the
+library never changes global JAX settings (float64 computation needs the caller to enable x64).
+
+**SIRT** (:mod:`lmalign_jax.recon.sirt`): the re-projector is ``jax.linear_transpose`` of the
+back-projector, so the two are exact adjoints; SIRT runs slab by slab (each y row is its own
+2-D problem). :func:`lmalign_jax.recon.filters.sirt_like_response` gives the FBP filter that
+mimics N SIRT iterations (``reconstruct(sirtlike=N)``).
 """
 
-from .fbp import fbp_2d, reconstruct
-from .filters import FILTERS, angular_increments, density_weights, filter_response
+from .fbp import SlabPlan, default_memory_bytes, fbp_2d, plan_slabs, reconstruct
+from .filters import FILTERS, angular_increments, density_weights, filter_response, sirt_like_response
+from .sirt import SirtOptions
 
-__all__ = ["reconstruct", "fbp_2d", "filter_response", "density_weights", "angular_increments", "FILTERS"]
+__all__ = [
+    "reconstruct",
+    "fbp_2d",
+    "plan_slabs",
+    "SlabPlan",
+    "default_memory_bytes",
+    "SirtOptions",
+    "filter_response",
+    "sirt_like_response",
+    "density_weights",
+    "angular_increments",
+    "FILTERS",
+]

@@ -40,20 +40,27 @@ def _linear_index(u, n: int):
     exact linear interpolation inside, falling linearly to zero over the one sample beyond
     each end, and exactly zero further out.
     """
-    u = jnp.clip(u, -1.0, float(n))
-    i0 = jnp.clip(jnp.floor(u), -1.0, float(n - 1))
+    lo, hi = jnp.asarray(-1.0, u.dtype), jnp.asarray(n, u.dtype)
+    u = jnp.minimum(jnp.maximum(u, lo), hi)
+    i0 = jnp.minimum(jnp.floor(u), hi - 1)
     return i0.astype(jnp.int32) + 1, u - i0
 
 
-@partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad"))
-def resample_filter_view(img, a_inv, shift, center, weight, response, *, ny_out, nx_out, n_pad):
-    """Resample one raw view into the aligned frame (bilinear), filter its rows, weight it.
+@partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad", "rows", "keep_mean"))
+def resample_filter_view(
+    img, a_inv, shift, center, weight, response, mean, row0, band0, *, ny_out, nx_out, n_pad, rows, keep_mean
+):
+    """Resample rows ``row0 .. row0 + rows`` of one view into the aligned frame (bilinear), filter
+    them along x, weight them.
 
     Parameters
     ----------
-    img : (nyr, nxr)
-        Raw (already binned) view. Its mean is subtracted first, so the region outside the raw
-        image, read as zero, stands for the mean level (fewer edge artefacts after filtering).
+    img : (n_band, nxr)
+        Raw (already binned) rows ``band0 .. band0 + n_band`` of the view: every raw row the
+        aligned rows asked for can reach. ``mean`` (the whole view's mean) is subtracted first,
+        so the region outside the raw image, read as zero, stands for the mean level (fewer edge
+        artefacts after filtering); with ``keep_mean`` it is added back after filtering (the
+        unfiltered views SIRT fits, where the outside then reads as the mean).
     a_inv : (2, 2)
         Inverse of the .xf matrix ``A`` (aligned -> raw about the centre).
     shift : (2,)
@@ -64,30 +71,42 @@ def resample_filter_view(img, a_inv, shift, center, weight, response, *, ny_out,
         The view's angular increment (radians), multiplied in after filtering.
     response : (n_pad // 2 + 1,)
         Filter response on the rfft grid.
+    mean, row0, band0 : scalars
+        The view's mean; the first aligned row wanted; the raw row ``img`` starts at.
+    ny_out, nx_out, rows : int
+        Aligned image size (binned) and the number of aligned rows wanted.
 
     Returns
     -------
-    (nx_out, ny_out) array: the filtered, weighted aligned view, **transposed** so that detector
+    (nx_out, rows) array: the filtered, weighted aligned rows, **transposed** so that detector
     x is the leading axis and rows (y) are contiguous, the layout :func:`backproject` wants.
-    Aligned sample ``(j, m)`` is at ``x' - c = (m + 0.5 - nx_out/2, j + 0.5 - ny_out/2)``.
+    Aligned sample ``(j, m)`` is at ``x' - c = (m + 0.5 - nx_out/2, row0 + j + 0.5 - ny_out/2)``.
     """
     dt = img.dtype
     nyr, nxr = img.shape
-    img = img - jnp.mean(img)
+    img = img - mean.astype(dt)
     padded = jnp.pad(img, 1)
     t = jnp.arange(nx_out, dtype=dt) + (0.5 - nx_out / 2)
-    y = jnp.arange(ny_out, dtype=dt) + (0.5 - ny_out / 2)
+    y = (jnp.arange(rows) + row0).astype(dt) + (0.5 - ny_out / 2)
     px = t[None, :] - shift[0]
     py = y[:, None] - shift[1]
     # raw image coordinate, then fractional pixel index (pixel c has its centre at c + 0.5)
     ux = a_inv[0, 0] * px + a_inv[0, 1] * py + (center[0] - 0.5)
-    uy = a_inv[1, 0] * px + a_inv[1, 1] * py + (center[1] - 0.5)
+    uy = a_inv[1, 0] * px + a_inv[1, 1] * py + (center[1] - 0.5) - band0.astype(dt)
     ix, fx = _linear_index(ux, nxr)
     iy, fy = _linear_index(uy, nyr)
-    top = padded[iy, ix] + fx * (padded[iy, ix + 1] - padded[iy, ix])
-    bottom = padded[iy + 1, ix] + fx * (padded[iy + 1, ix + 1] - padded[iy + 1, ix])
+    # one flat index per output pixel and its three neighbours at +1, +W, +W+1: 1-D gathers
+    # (25% less CPU than 2-D (row, column) gathers here, the same values)
+    width = nxr + 2
+    flat = padded.ravel()
+    k = iy * width + ix
+    p00, p01, p10, p11 = flat[k], flat[k + 1], flat[k + width], flat[k + width + 1]
+    top = p00 + fx * (p01 - p00)
+    bottom = p10 + fx * (p11 - p10)
     aligned = top + fy * (bottom - top)
     filtered = filter_rows(aligned, response, n_pad) * weight.astype(dt)
+    if keep_mean:
+        filtered = filtered + mean.astype(dt)
     return filtered.T
 
 
@@ -106,6 +125,7 @@ def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
     """
     n_views, nd, rows = q.shape
     dt = q.dtype
+    cos_t, sin_t = cos_t.astype(dt), sin_t.astype(dt)
     zero = jnp.zeros((n_views, 1, rows), dt)
     qp = jnp.concatenate([zero, q, zero], axis=1)  # one zero sample at each end
     qd = jnp.concatenate([qp[:, 1:] - qp[:, :-1], zero], axis=1)  # forward differences
@@ -128,6 +148,7 @@ def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
     return out.reshape(n_chunks * z_chunk, rows, nx)[:nz]
 
 
-def choose_z_chunk(nz: int, nx: int, rows: int, target_elems: int = 1 << 20) -> int:
-    """z slices per chunk: an accumulator of about ``target_elems`` values, at most 128 slices."""
+def choose_z_chunk(nz: int, nx: int, rows: int, target_elems: int = 1 << 18) -> int:
+    """z slices per chunk: an accumulator of about ``target_elems`` values (1 MiB of float32,
+    about the L2 cache; 4 MiB was 20% slower at 1024 x 64 rows), at most 128 slices."""
     return int(max(1, min(nz, 128, target_elems // max(1, nx * rows))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -10,12 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _kernels
-from .filters import angular_increments, filter_response
+from . import sirt as _sirt
+from .filters import angular_increments, filter_response, sirt_like_response
 
-__all__ = ["reconstruct", "fbp_2d"]
+__all__ = ["reconstruct", "fbp_2d", "plan_slabs", "SlabPlan", "default_memory_bytes"]
 
-# Bytes of output one slab may hold when slab_rows is not given.
-_SLAB_BYTES = 256 << 20
 _MAX_SLAB_ROWS = 64
 
 
@@ -66,6 +66,81 @@ def _bin_view(view: np.ndarray, b: int, ny_b: int, nx_b: int) -> np.ndarray:
     return block.mean(axis=(1, 3), dtype=np.float64)
 
 
+def default_memory_bytes() -> int:
+    """The memory budget when none is given: half the memory available now, at most 4 GB
+    and at least 512 MB (``MemAvailable`` of ``/proc/meminfo``; 4 GB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = 8 << 30
+    return int(min(4 << 30, max(512 << 20, available // 2)))
+
+
+@dataclass(frozen=True)
+class SlabPlan:
+    """How a reconstruction is cut to fit a memory budget.
+
+    ``slab_rows`` y rows are back-projected at once (the output slab, ``nz x slab_rows x nx``
+    float32); ``pass_rows`` rows of every view are resampled and filtered at once (``n_views x
+    nx x pass_rows`` float32), a multiple of ``slab_rows``. When ``pass_rows < ny`` the raw views
+    are read once per pass (only the band of raw rows each pass needs).
+    """
+
+    slab_rows: int
+    pass_rows: int
+    n_passes: int
+    bytes_needed: int
+
+
+def plan_slabs(n_views, ny, nx, nz, memory_bytes=None, slab_rows=None) -> SlabPlan:
+    """Slab and pass sizes for a ``(nz, ny, nx)`` volume from ``n_views`` views in
+    ``memory_bytes`` (default :func:`default_memory_bytes`).
+
+    A slab costs about 4 copies of its output (the device result, its host copy and two blocks
+    queued for writing) and is given at most half the budget (and 64 rows: larger slabs were no
+    faster; slabs of 6-8 rows cost 2.5x the CPU time of 64 at 1k x 256, so a small budget goes
+    to slabs first); the filtered views of a pass get the rest. Below the smallest workable size
+    (one slab of 8 rows), the budget is exceeded rather than failing; ``bytes_needed`` says by
+    how much.
+    """
+    budget = default_memory_bytes() if memory_bytes is None else int(memory_bytes)
+    row_bytes = 4 * nz * nx
+    if slab_rows is None:
+        rows = max(1, min(_MAX_SLAB_ROWS, (budget // 2) // (4 * row_bytes)))
+        if rows > 8:
+            rows -= rows % 8
+    else:
+        rows = _positive_int(slab_rows, "slab_rows")
+    rows = min(rows, ny)
+    slab_cost = 4 * rows * row_bytes
+    view_row_bytes = 4 * n_views * nx
+    pass_rows = max(rows, (max(0, budget - slab_cost) // view_row_bytes) // rows * rows)
+    pass_rows = min(pass_rows, -(-ny // rows) * rows)
+    n_passes = -(-ny // pass_rows)
+    return SlabPlan(rows, pass_rows, n_passes, slab_cost + pass_rows * view_row_bytes)
+
+
+def _raw_band(a_inv, shift, centre, row0, rows, nx_b, ny_b):
+    """Binned raw rows ``[r0, r1)`` that aligned rows ``row0 .. row0 + rows`` can read from
+    (the corners of that band mapped back through the .xf, plus a 2-row margin, clipped)."""
+    xs = np.array([0.0, nx_b]) - nx_b / 2
+    ys = np.array([row0, row0 + rows], dtype=np.float64) - ny_b / 2
+    px, py = np.meshgrid(xs - shift[0], ys - shift[1])
+    uy = a_inv[1, 0] * px + a_inv[1, 1] * py + centre[1]
+    r0 = int(np.clip(np.floor(uy.min()) - 2, 0, ny_b))
+    r1 = int(np.clip(np.ceil(uy.max()) + 2, 0, ny_b))
+    return (r0, max(r1, r0 + 1)) if r1 > r0 else (0, 1)
+
+
+def _write_slab(out, j0, block):
+    if hasattr(out, "write_rows"):
+        out.write_rows(j0, block)
+    else:
+        out[:, j0 : j0 + block.shape[1], :] = block
+
+
 def reconstruct(
     stack,
     xf_A,
@@ -76,18 +151,23 @@ def reconstruct(
     binning=1,
     filter="ramp",
     radial=None,
+    sirtlike=None,
+    sirt=None,
     out=None,
     slab_rows=None,
+    memory_bytes=None,
     dtype=jnp.float32,
     progress=None,
 ):
-    """Reconstruct a tomogram from a raw tilt series and its IMOD alignment by weighted FBP.
+    """Reconstruct a tomogram from a raw tilt series and its IMOD alignment by weighted FBP
+    (or SIRT).
 
     Parameters
     ----------
     stack : array-like (n_views, NY, NX)
-        Raw images, ``stack[view, row, column]`` (numpy array or memmap; read one view at a time).
-        Values are back-projected as they are (no log, no contrast inversion).
+        Raw images, ``stack[view, row, column]`` (numpy array or memmap; read a band of rows of
+        one view at a time). Values are back-projected as they are (no log, no contrast
+        inversion).
     xf_A, xf_shift : (n_views, 2, 2), (n_views, 2)
         IMOD .xf transforms, raw -> aligned about the raw image centre ``c = (NX/2, NY/2)``:
         ``x' = A (x - c) + D + c``; shifts in unbinned pixels. In the aligned frame the tilt axis
@@ -106,19 +186,31 @@ def reconstruct(
     radial : (cutoff, falloff) or None
         IMOD's radial filter in cycles/pixel of the binned data: unchanged up to ``cutoff``, then a
         Gaussian fall-off of sigma ``falloff``.
-    out : array-like (NZ, NY // binning, NX // binning), optional
-        Preallocated output (e.g. the array yielded by :func:`lmalign_jax.io.mrc.create_volume`),
-        filled slab by slab. A new numpy array of ``dtype`` is allocated when omitted.
+    sirtlike : int, optional
+        Replace the filter by the SIRT-like filter equivalent to this many SIRT iterations
+        (:func:`lmalign_jax.recon.filters.sirt_like_response`), at the cost of one FBP.
+    sirt : lmalign_jax.recon.sirt.SirtOptions, optional
+        Reconstruct each slab by SIRT instead (:mod:`lmalign_jax.recon.sirt`); ``filter``,
+        ``radial`` and ``sirtlike`` are then not used.
+    out : array-like (NZ, NY // binning, NX // binning), or a writer, optional
+        Preallocated output filled slab by slab, or an object with ``write_rows(j0, block)``
+        (:class:`lmalign_jax.io.mrc.VolumeWriter`), which then receives each slab ``(NZ, rows,
+        NX')`` while the next is computed. A new numpy array of ``dtype`` is allocated when
+        omitted.
     slab_rows : int, optional
-        Rows (y) per slab; by default at most 64 and about 256 MiB of output per slab.
+        Rows (y) per slab; by default from ``memory_bytes`` (:func:`plan_slabs`).
+    memory_bytes : int, optional
+        Memory budget for the views and slabs held at once (:func:`plan_slabs`); default
+        :func:`default_memory_bytes`. Not counted: the Python/JAX process itself (~0.4 GB) and
+        compiled code.
     dtype : floating dtype
         Compute dtype (float64 is honoured only when JAX's x64 mode is enabled by the caller).
     progress : callable(done_rows, total_rows), optional
-        Called after each slab is written.
+        Called after each slab is handed to ``out``.
 
     Returns
     -------
-    The volume ``(NZ, NY', NX')`` (``out`` when given). Voxel ``(k, j, i)`` is centred at
+    ``out`` (a new ``(NZ, NY', NX')`` array when not given). Voxel ``(k, j, i)`` is centred at
     ``(x, y, z) = (i + 0.5 - NX'/2, j + 0.5 - NY'/2, k + 0.5 - NZ/2)`` in the specimen frame with
     ``x' - xc = x cos(theta) + z sin(theta)`` and ``y' - yc = y`` (units: binned pixels).
 
@@ -126,7 +218,8 @@ def reconstruct(
     ------
     ValueError
         For inconsistent or invalid input (view counts, shapes, thickness, non-finite values,
-        singular transforms, wrong ``out`` shape), always before anything is written to ``out``.
+        singular transforms, wrong ``out`` shape), always before anything is written to ``out``
+        (except non-finite pixel values, found when their view is read).
     """
     if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
         stack = np.asarray(stack)
@@ -150,15 +243,16 @@ def reconstruct(
     if ny_b < 1 or nx_b < 1:
         raise ValueError(f"binning {b} is larger than the images ({ny} x {nx})")
     dt = _float_dtype(dtype)
-    n_pad, response = filter_response(nx_b, filter, radial)
-    increments = angular_increments(t)
-    if slab_rows is None:
-        rows = max(1, min(_MAX_SLAB_ROWS, _SLAB_BYTES // (nz * nx_b * 4)))
-        if rows > 8:
-            rows -= rows % 8
+    if sirt is None:
+        n_pad, response = filter_response(nx_b, filter, radial)
+        if sirtlike is not None:
+            response = sirt_like_response(response, _positive_int(sirtlike, "sirtlike"), nx_b)
+        increments = angular_increments(t)
     else:
-        rows = _positive_int(slab_rows, "slab_rows")
-    rows = min(rows, ny_b)
+        n_pad, response = filter_response(nx_b, None)
+        increments = np.ones(n_views)
+    plan = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows)
+    rows = plan.slab_rows
     shape = (nz, ny_b, nx_b)
     if out is None:
         out = np.empty(shape, dtype=dt)
@@ -167,47 +261,75 @@ def reconstruct(
     if progress is not None and not callable(progress):
         raise ValueError("progress must be callable(done_rows, total_rows) or None")
 
-    # Stage 1: every view resampled once into the aligned frame, filtered along x, weighted.
-    # Kept as (n_views, NX', NY' + pad) so a slab of rows is a contiguous-row block per detector x.
-    n_slabs = -(-ny_b // rows)
-    ny_pad = n_slabs * rows
-    q = np.zeros((n_views, nx_b, ny_pad), dtype=dt)
     a_inv = np.linalg.inv(a)
     centre = np.array([nx / 2.0, ny / 2.0]) / b
     shifts = d / b
     resp = jnp.asarray(response, dtype=dt)
-    for v in range(n_views):
-        view = np.asarray(stack[v])
-        if view.dtype.kind == "f" and not np.all(np.isfinite(view)):
-            raise ValueError(f"stack view {v} contains non-finite values")
-        img = jnp.asarray(_bin_view(view, b, ny_b, nx_b), dtype=dt)
-        res = _kernels.resample_filter_view(
-            img,
-            jnp.asarray(a_inv[v], dtype=dt),
-            jnp.asarray(shifts[v], dtype=dt),
-            jnp.asarray(centre, dtype=dt),
-            jnp.asarray(increments[v], dtype=dt),
-            resp,
-            ny_out=ny_b,
-            nx_out=nx_b,
-            n_pad=n_pad,
-        )
-        q[v, :, :ny_b] = np.asarray(res)
-
-    # Stage 2: back-project slab by slab, rows innermost.
     theta = np.deg2rad(t)
     cos_t = jnp.asarray(np.cos(theta), dtype=dt)
     sin_t = jnp.asarray(np.sin(theta), dtype=dt)
     z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
-    for s in range(n_slabs):
-        j0 = s * rows
-        j1 = min(ny_b, j0 + rows)
-        block = jnp.asarray(q[:, :, j0 : j0 + rows])
-        vol = _kernels.backproject(block, cos_t, sin_t, nz=nz, nx=nx_b, z_chunk=z_chunk)
-        out[:, j0:j1, :] = np.asarray(vol)[:, : j1 - j0, :]
-        if progress is not None:
-            progress(j1, ny_b)
+    if sirt is None:
+        solve_slab = partial(_kernels.backproject, cos_t=cos_t, sin_t=sin_t, nz=nz, nx=nx_b, z_chunk=z_chunk)
+    else:
+        solve_slab = partial(_sirt.sirt_slab, cos_t=cos_t, sin_t=sin_t, nz=nz, nx=nx_b, options=sirt)
+    means = np.full(n_views, np.nan)
+    q = np.zeros((n_views, nx_b, plan.pass_rows), dtype=dt)
+    for p0 in range(0, ny_b, plan.pass_rows):
+        p_rows = min(plan.pass_rows, ny_b - p0)
+        # Stage 1: the pass's rows of every view, resampled once into the aligned frame,
+        # filtered along x and weighted; (n_views, NX', rows) so a slab is one block per x.
+        for v in range(n_views):
+            r0, r1 = _raw_band(a_inv[v], shifts[v], centre, p0, p_rows, nx_b, ny_b)
+            if np.isnan(means[v]) and (r0, r1) != (0, ny_b):
+                means[v] = _bin_view(_finite_view(stack, v, 0, ny), b, ny_b, nx_b).mean(dtype=np.float64)
+            band = _bin_view(_finite_view(stack, v, r0 * b, r1 * b), b, r1 - r0, nx_b)
+            if np.isnan(means[v]):
+                means[v] = band.mean(dtype=np.float64)
+            res = _kernels.resample_filter_view(
+                jnp.asarray(band, dtype=dt),
+                jnp.asarray(a_inv[v], dtype=dt),
+                jnp.asarray(shifts[v], dtype=dt),
+                jnp.asarray(centre, dtype=dt),
+                jnp.asarray(increments[v], dtype=dt),
+                resp,
+                jnp.asarray(means[v], dtype=dt),
+                jnp.asarray(p0, dtype=jnp.int32),
+                jnp.asarray(r0, dtype=jnp.int32),
+                ny_out=ny_b,
+                nx_out=nx_b,
+                n_pad=n_pad,
+                rows=plan.pass_rows,
+                keep_mean=sirt is not None and sirt.positivity,
+            )
+            q[v] = np.asarray(res)
+        # Stage 2: back-project (or solve) slab by slab, rows innermost. The next slab is
+        # dispatched before the previous one is fetched and handed to the writer, so device
+        # work, the host copy and the disk write overlap.
+        pending = None
+        for j0 in range(p0, p0 + p_rows, rows):
+            block = jnp.asarray(q[:, :, j0 - p0 : j0 - p0 + rows])
+            vol = solve_slab(block)
+            if pending is not None:
+                _finish_slab(out, *pending, progress, ny_b)
+            pending = (j0, min(rows, p0 + p_rows - j0), vol)
+        if pending is not None:
+            _finish_slab(out, *pending, progress, ny_b)
     return out
+
+
+def _finish_slab(out, j0, n_rows, vol, progress, ny_b):
+    _write_slab(out, j0, np.asarray(vol)[:, :n_rows, :])
+    if progress is not None:
+        progress(j0 + n_rows, ny_b)
+
+
+def _finite_view(stack, v: int, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0 .. r1`` of view ``v``, checked for non-finite values."""
+    view = np.asarray(stack[v, r0:r1] if r0 or r1 != stack.shape[1] else stack[v])
+    if view.dtype.kind == "f" and not np.all(np.isfinite(view)):
+        raise ValueError(f"stack view {v} contains non-finite values")
+    return view
 
 
 def fbp_2d(sinogram, angles_deg, *, filter="ramp", radial=None, output_shape=None, dtype=jnp.float32):

@@ -4,7 +4,8 @@ The alignment is IMOD's pair (``.xf`` raw -> aligned transforms, ``.tlt`` tilt a
 ``lmalign align`` record read back (:func:`read_alignment_json`) or, in ``batch
 --reconstruct``, the alignment just solved (:func:`alignment_of_views`). Every input is checked
 before anything is computed; the tomogram is written through
-:func:`lmalign_jax.io.mrc.create_volume`, so it appears complete or not at all.
+:func:`lmalign_jax.io.mrc.stream_volume` slab by slab, so it appears complete or not at all and
+never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
-from ..io.mrc import create_volume, read_stack, read_stack_header
+from ..io.mrc import (
+    LAYOUTS,
+    check_free_space,
+    create_volume,
+    read_stack,
+    read_stack_header,
+    read_stack_streamed,
+    stream_volume,
+)
 from ..recon import filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
+from ..recon.sirt import SirtOptions
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -68,19 +78,6 @@ def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
     )
 
 
-class _CountingStack:
-    """The stack as ``reconstruct`` sees it, ticking a progress bar as each view is read."""
-
-    def __init__(self, data, tick):
-        self._data, self._tick = data, tick
-        self.shape, self.dtype = data.shape, data.dtype
-
-    def __getitem__(self, key):
-        value = self._data[key]
-        self._tick()
-        return value
-
-
 def _progress_bar(total: int, quiet: bool):
     try:
         from tqdm import tqdm
@@ -97,11 +94,20 @@ def _progress_bar(total: int, quiet: bool):
     )
 
 
-def reconstruction_label(thickness: float, binning: int, filter: str, radial=None) -> str:
+def reconstruction_label(
+    thickness: float, binning: int, filter: str, radial=None, sirtlike=None, sirt=None, layout="zyx"
+) -> str:
     """The MRC header label of a tomogram made with these settings (``lmalign batch --resume``
     compares it to decide whether a tomogram is already made)."""
     label = f"lmalign_jax reconstruct: thickness {thickness:g} bin {binning} filter {filter}"
-    return label + (f" radial {radial[0]:g} {radial[1]:g}" if radial else "")
+    label += f" radial {radial[0]:g} {radial[1]:g}" if radial else ""
+    label += f" sirtlike {sirtlike}" if sirtlike else ""
+    label += f" sirt {sirt.iterations}{' pos' if sirt.positivity else ''}" if sirt else ""
+    return label + (f" layout {layout}" if layout != "zyx" else "")
+
+
+# Thickness beyond this many times the image width is refused as a likely typo.
+MAX_THICKNESS_RATIO = 16
 
 
 def reconstruct_to_file(
@@ -113,6 +119,11 @@ def reconstruct_to_file(
     binning: int = 1,
     filter: str = "ramp",
     radial=None,
+    sirtlike: int | None = None,
+    sirt_iterations: int | None = None,
+    positivity: bool = False,
+    layout: str = "zyx",
+    memory_gb: float | None = None,
     quiet: bool = False,
     warn=print_warning,
     note=print_note,
@@ -120,11 +131,14 @@ def reconstruct_to_file(
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
 
+    The tomogram streams to disk slab by slab (:func:`lmalign_jax.io.mrc.stream_volume`) in
+    ``layout`` (``"zyx"`` or ``"imod-tilt"``), holding at most about ``memory_gb`` of views and
+    slabs at once (default: half the available memory, at most 4 GB). Returns a summary dict
+    (shape, voxel size, seconds, slab plan). Raises ``InputError``/``UsageError`` for bad input
+    (including a disk without room for the output) before anything is written.
+
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE).
-
-    Returns a summary dict (shape, voxel size, seconds). Raises ``InputError``/``UsageError`` for
-    bad input before anything is written.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -153,9 +167,38 @@ def reconstruct_to_file(
         filter_response(nx // binning, filter, radial)
     except ValueError as e:
         raise UsageError(f"--filter/--radial: {e}") from None
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if (nx // binning) < 4 or (ny // binning) < 4:
+        raise UsageError(
+            f"--bin {binning} leaves {nx // binning} x {ny // binning} pixels of the {nx} x {ny} images; "
+            "use a smaller --bin"
+        )
+    if thickness / binning < 1:
+        raise UsageError(
+            f"--thickness {thickness:g} with --bin {binning} gives less than one slice; the thickness is in "
+            "unbinned pixels"
+        )
+    if thickness > MAX_THICKNESS_RATIO * max(nx, ny):
+        raise UsageError(
+            f"--thickness {thickness:g} is more than {MAX_THICKNESS_RATIO} times the {nx} x {ny} images; "
+            "the thickness is in unbinned pixels"
+        )
+    sirt = None
+    if sirt_iterations is not None:
+        try:
+            sirt = SirtOptions(iterations=sirt_iterations, positivity=positivity)
+        except ValueError as e:
+            raise UsageError(f"--sirt: {e}") from None
+    if sirtlike is not None and sirtlike < 1:
+        raise UsageError(f"--sirtlike must be at least 1 iteration, got {sirtlike}")
+    if memory_gb is not None and not (memory_gb > 0):
+        raise UsageError(f"--memory must be a positive number of GB, got {memory_gb:g}")
+    memory_bytes = None if memory_gb is None else int(memory_gb * 1e9)
     nz = max(1, int(round(thickness / binning)))
     shape = (nz, ny // binning, nx // binning)
     header_pixel = pixel  # None: the stack records no pixel size
+    check_free_space(out_path, shape)
     if pixel is None:
         warn(
             f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as "
@@ -164,6 +207,11 @@ def reconstruct_to_file(
         pixel = 1.0
     voxel = pixel * binning
     if local_path is not None:
+        if sirt_iterations or sirtlike or layout != "zyx" or memory_gb is not None:
+            raise UsageError(
+                "--local reconstructs by filtered back-projection in the default layout, in memory: "
+                "it does not take --sirt, --sirtlike, --layout or --memory yet"
+            )
         return _reconstruct_local_to_file(
             stack_path,
             alignment,
@@ -178,28 +226,28 @@ def reconstruct_to_file(
             header_pixel,
             (nx, ny),
         )
-    stack = read_stack(stack_path)
+    stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
             f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
             + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
+            + (f", SIRT-like {sirtlike}" if sirtlike else "")
+            + (f", SIRT {sirt.iterations} iterations" if sirt else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
-    bar = _progress_bar(n_views + shape[1], quiet)
-    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    bar = _progress_bar(shape[1], quiet)
 
     def progress(done, total):
         if bar is not None:
-            bar.update(n_views + done - bar.n)
+            bar.update(done - bar.n)
 
     start = time.perf_counter()
     try:
-        with create_volume(
-            out_path, shape, voxel, label=reconstruction_label(thickness, binning, filter, radial)[:80]
-        ) as vol:
+        label = reconstruction_label(thickness, binning, filter, radial, sirtlike, sirt, layout)[:80]
+        with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
                 reconstruct(
-                    _CountingStack(stack, tick),
+                    stack,
                     alignment.xf_A,
                     alignment.xf_shift,
                     alignment.tilts_deg,
@@ -207,6 +255,9 @@ def reconstruct_to_file(
                     binning=binning,
                     filter=filter,
                     radial=None if radial is None else tuple(radial),
+                    sirtlike=sirtlike,
+                    sirt=sirt,
+                    memory_bytes=memory_bytes,
                     out=vol,
                     progress=progress,
                 )
