@@ -396,11 +396,11 @@ def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path
         out_dir=str(tmp_path),
         pixel_size=None,
     )
-    assert export_after_align(args, 1) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert export_after_align(args, 1, args.markers, None) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
         "TS_01.csv",
         "TS_01.json",
     ]
-    assert export_after_align(args, 0) == 0
+    assert export_after_align(args, 0, args.markers, None) == 0
     names = {p.name for p in tmp_path.iterdir()}
     assert {"TS_01.aln", "TS_01.xtilt", "TS_01_nogaps.fid", "align.log"} <= names
     assert "TS_01.xf" not in names  # align wrote it; export does not again
