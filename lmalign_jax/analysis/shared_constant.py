@@ -21,16 +21,29 @@ is weighted by its own noise estimate ``sigma_i`` (a weighted joint least square
 different quality count by their information, not by their count. This is cheaper and more
 robust than one giant solve (every series stays a batched, same-shaped solve) and the test
 ``tests/test_shared_constant.py`` checks it against the direct joint optimum found by
-minimising ``sum_i P_i(R)`` over ``R``.
+minimising ``sum_i P_i(R)`` over ``R``: on 4 series x 21 views x 10 markers the two agree
+to 3e-4 of the standard error and the joint cost's curvature matches ``1 / SE^2`` to 0.1%, so
+no further iteration (re-estimating the curvatures at ``R``) is needed; it would change
+nothing measurable. The series are not re-solved jointly with a shared slot in one giant
+problem because that would couple every series in one normal matrix and defeat the batching.
+
+Angles are compared modulo 360 degrees. The hand of the rotation is not folded: with the
+projection of MODEL.md, an axis at ``R + 180`` with every tilt negated and the specimen turned
+180 degrees about z gives the same images, so a series whose axis comes out 180 degrees from
+the others has its tilt signs reversed (a wrong mdoc) and is reported as disagreeing, which is
+what the user needs to know.
 
 Disagreeing series. Series ``i`` is compared with the constant estimated from the *other*
 kept series (leave one out, so an outlier cannot pull the reference or inflate the scatter
 used to judge itself): ``z_i = (r_i - R_-i) / sqrt(se_i^2 + tau_-i^2 + SE(R_-i)^2)``, the
 predictive z of a new series, where ``tau^2`` is the between-series variance beyond the fits'
 own errors (DerSimonian & Laird 1986 moment estimate, 0 when the series agree within their
-errors; the weights become ``1 / (se_i^2 + tau^2)``). The series with the largest ``|z|`` above
-``k`` (default 4: a false alarm once in ~16,000 honest series) is left out and the test is
-repeated on the rest, while at least 3 series remain (with 2 one cannot say which is wrong).
+errors; ``R_-i`` and its standard error then use weights ``1 / (se_i^2 + tau^2)``, so real
+extra scatter between series widens the test rather than flagging honest series). The series
+with the largest ``|z|`` above ``k`` (default 4: a false alarm once in ~16,000 honest series)
+is left out and the test is repeated on the rest, while at least 3 series remain (with 2 one
+cannot say which is wrong). The first pass is a plain least-squares fit (``--robust`` applies
+to the aligned outputs of the second pass).
 """
 
 from __future__ import annotations
