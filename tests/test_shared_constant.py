@@ -136,6 +136,8 @@ def test_bad_share_input_gives_a_clear_message(batch, tmp_path):
     assert rc == 2 and err.strip().splitlines()[-1].startswith(
         "lmalign: error: --share tilt-offset is not available: a tilt offset common to all views is a gauge"
     )
+    rc, _, err = run(["batch", listing, "--out-dir", tmp_path, "--share", "rotation", "--resume"])
+    assert rc == 2 and "--share and --resume cannot be combined" in err
     single = batch["folder"] / "single.txt"
     single.write_text(listing.read_text().splitlines()[0] + "\n")
     rc, _, err = run(["batch", single, "--out-dir", tmp_path, "--share", "rotation"])
@@ -143,3 +145,24 @@ def test_bad_share_input_gives_a_clear_message(batch, tmp_path):
         "lmalign: error: --share rotation needs at least two series to share it; the batch has 1 to align"
     )
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_real_scatter_between_series_widens_the_test_instead_of_flagging_them():
+    """Series whose axes truly scatter by tau = 0.1 deg, 5x their own errors: none is flagged (the
+    leave-one-out test adds tau^2), the 5 deg one is, and the scatter is estimated."""
+    rng = np.random.default_rng(7)
+    n, tau, se = 12, 0.1, np.full(12, 0.02)
+    estimates = TRUE_ROTATION + tau * rng.standard_normal(n) + se * rng.standard_normal(n)
+    estimates[4] += OFF_BY
+    names = [f"t{i}" for i in range(n)]
+    shared = combine(names, estimates, se)
+    assert shared.disagreeing == ["t4"] and shared.kept.sum() == n - 1
+    # tau from 11 series: its relative standard error is about 1/sqrt(2 * 10), so within 3 of them
+    assert shared.between_sd == pytest.approx(tau, rel=3 / np.sqrt(20))
+    assert shared.se_with_scatter > 3 * shared.se
+    assert abs(shared.value - TRUE_ROTATION) < 4 * shared.se_with_scatter
+    # without the scatter term the same honest series would be called outliers
+    z_no_tau = (estimates - shared.value) / se
+    assert np.sum(np.abs(z_no_tau[shared.kept]) > shared.k) > 0
+    with pytest.raises(ValueError, match="needs at least two series with an estimate; 1 of 2 have one"):
+        combine(["a", "b"], [1.0, np.nan], [0.1, 0.1])

@@ -188,6 +188,8 @@ def run_batch(args) -> int:
         )
     if args.share is not None:
         _check_share(args.share)
+        if args.resume:  # the kept outputs would come from a different shared value
+            raise UsageError("--share and --resume cannot be combined: the shared value needs every series")
     settings = settings_from_args(args)
     setup = getattr(args, "compilation_cache_setup", None)  # given by main: workers turn on the same cache
     options = BatchOptions(
