@@ -18,6 +18,7 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
+from ..analysis.shared_constant import check_shareable, shared_table, shared_tsv
 from ..batch import DEFAULT_BUCKET
 from ..io.errors import InputError
 from ..io.outputs import OutputSet
@@ -33,6 +34,7 @@ from ..workflow.batch_series import (
     unfinished,
 )
 from ..workflow.resume import earlier_outcome
+from ..workflow.shared_constant import estimate_shared, split_by_agreement
 from .align import settings_from_args
 from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
 from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
@@ -40,6 +42,8 @@ from .common import EXIT_INTERNAL, HelpFormatter, UsageError, note, warn
 
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
+#: With --share: the per-series table of the shared constant, beside the summary.
+SHARED_OUTPUT = "_shared.tsv"
 
 
 def _groups(prepared: list[Prepared], size: int) -> list[list[Prepared]]:
@@ -182,6 +186,10 @@ def run_batch(args) -> int:
         raise UsageError(
             f"--image-size must be two positive numbers, got {args.image_size[0]:g} {args.image_size[1]:g}"
         )
+    if args.share is not None:
+        _check_share(args.share)
+        if args.resume:  # the kept outputs would come from a different shared value
+            raise UsageError("--share and --resume cannot be combined: the shared value needs every series")
     settings = settings_from_args(args)
     setup = getattr(args, "compilation_cache_setup", None)  # given by main: workers turn on the same cache
     options = BatchOptions(
@@ -206,7 +214,7 @@ def run_batch(args) -> int:
         raise InputError(source, None, "file or folder not found")
     summary = OutputSet(args.out_dir, SUMMARY)
     check_output_folder(
-        summary, SUMMARY_OUTPUTS, ()
+        summary, SUMMARY_OUTPUTS + ((SHARED_OUTPUT,) if args.share else ()), ()
     )  # a folder that cannot be written stops the batch before any work
     _check_summary(summary, source)
 
@@ -240,8 +248,19 @@ def run_batch(args) -> int:
         outcomes[o.series] = o
         shown.finished(o)
 
+    shared = None
+    if args.share is not None:
+        note(f"estimating the shared {args.share} from {len(prepared)} series ...")
+        try:
+            shared = estimate_shared(prepared, options, args.share, args.share_threshold)
+        except ValueError as e:  # the engine's checks of options shared by every series
+            raise UsageError(str(e)) from None
+        print(shared_table(shared), end="")
     try:
-        if prepared:
+        if shared is not None:
+            for group, group_options in split_by_agreement(prepared, options, shared):
+                _align_all(group, args, group_options, shown, on_outcome)
+        elif prepared:
             _align_all(prepared, args, options, shown, on_outcome)
     except KeyboardInterrupt:
         shown.close()
@@ -271,10 +290,15 @@ def run_batch(args) -> int:
         "exit_code": code,
         "series": [asdict(o) for o in ordered],
     }
+    if shared is not None:
+        record["shared"] = shared.record()
+        table += shared_table(shared)
     with summary:
         summary.write_text(".txt", table)
         summary.write_text(".tsv", summary_tsv(ordered))
         summary.write_text(".json", json.dumps(record, indent=1, default=_json_default) + "\n")
+        if shared is not None:
+            summary.write_text(SHARED_OUTPUT, shared_tsv(shared))
         written = summary.commit()
     print(table, end="")
     print(" Wrote " + ", ".join(written))
@@ -285,6 +309,14 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_share(constant: str) -> None:
+    """Refuse, before any work, a constant no series can estimate."""
+    try:
+        check_shareable(constant)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_summary(summary: OutputSet, source: str) -> None:

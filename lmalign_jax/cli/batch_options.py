@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..analysis.shared_constant import DEFAULT_K, SHAREABLE
 from ..batch import DEFAULT_BUCKET
 from ..models import MODELS
 from ..workflow.batch_list import LINE_FORMAT
@@ -139,6 +140,24 @@ def add_batch_arguments(p) -> None:
         choices=FILTER_CHOICES,
         default="ramp",
         help="with --reconstruct: ramp filter, optionally apodised",
+    )
+    p.add_argument(
+        "--share",
+        choices=SHAREABLE,
+        metavar="CONSTANT",
+        help="fit a microscope constant shared by every series (rotation: the tilt-axis angle) from each "
+        "series' own estimate weighted by its standard error, align the series with it fixed, and list the "
+        "series that disagree (|z| above --share-threshold; left out and aligned on their own) in the "
+        f"summary and batch_summary_shared.tsv (choices: {', '.join(SHAREABLE)}; only rotation is "
+        "determined by one series' fit)",
+    )
+    p.add_argument(
+        "--share-threshold",
+        type=float,
+        default=DEFAULT_K,
+        metavar="K",
+        help="with --share: a series disagrees when its estimate is more than K predictive standard "
+        "deviations from the shared value of the other series",
     )
     p.add_argument(
         "--resume",
