@@ -1,4 +1,4 @@
-"""Bead tracking from raw images, first piece: finding gold beads in one view.
+"""Bead tracking from raw images: finding gold beads in one view, following them through a stack.
 
 Public API
 ----------
@@ -12,7 +12,8 @@ Public API
   (:mod:`lmalign_jax.track.filters`).
 * :func:`track_beads` -- beads found on the view nearest 0 degrees and tracked through a whole
   stack, each view predicted by the alignment fitted so far -> :class:`TrackResult`
-  (:mod:`lmalign_jax.track.tracking`).
+  (:mod:`lmalign_jax.track.tracking`); :data:`REASONS` names the codes of ``TrackResult.reasons``
+  (why a bead was left out of a view).
 
 Modules: ``filters`` (the filter in Fourier space), ``peaks`` (threshold, non-maximum
 suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate),
@@ -25,7 +26,7 @@ from lmalign_jax.track.filters import SIGMA_PER_DIAMETER, bead_responses
 from lmalign_jax.track.find import find_beads
 from lmalign_jax.track.large import find_beads_large
 from lmalign_jax.track.scale import estimate_bead_diameter
-from lmalign_jax.track.tracking import TrackingError, TrackResult, track_beads
+from lmalign_jax.track.tracking import REASONS, TrackingError, TrackResult, track_beads
 
 __all__ = [
     "find_beads",
@@ -36,4 +37,5 @@ __all__ = [
     "track_beads",
     "TrackResult",
     "TrackingError",
+    "REASONS",
 ]
