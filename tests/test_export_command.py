@@ -396,7 +396,9 @@ def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path
         out_dir=str(tmp_path),
         pixel_size=None,
     )
-    assert export_after_align(args, 1, args.markers, None) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert export_after_align(args, 1, args.markers, None) == 1 and sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == [
         "TS_01.csv",
         "TS_01.json",
     ]
