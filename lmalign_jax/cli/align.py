@@ -27,6 +27,7 @@ from ..workflow import (
     write_alignment,
 )
 from ..workflow.exporting import parse_export_targets
+from ..workflow.initial import read_initial_alignment
 from ..workflow.local import LocalOptions, check_local_model, format_local_report, write_local_alignment
 from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
@@ -125,6 +126,7 @@ def run_align(args) -> int:
         surfaces=args.surfaces,
         flatten=args.flatten,
         local=local_options_from_args(args),
+        initial=args.initial,
     )
     if code == EXIT_OK and args.reconstruct is not None and is_stack_path(args.markers):
         out = OutputSet(args.out_dir, prefix)
@@ -193,10 +195,12 @@ def align_and_report(
     surfaces: int | None = None,
     flatten: bool = False,
     local: LocalOptions | None = None,
+    initial: str | None = None,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
-    ``surfaces``, ``flatten``: IMOD's surface analysis, and levelling the .tlt/.xtilt by it."""
+    ``surfaces``, ``flatten``: IMOD's surface analysis, and levelling the .tlt/.xtilt by it;
+    ``initial``: an AreTomo .aln or IMOD .xf to start from."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, ALIGN_OUTPUTS + (".xtilt",), (markers, tilts, stack))
@@ -207,6 +211,7 @@ def align_and_report(
     sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [])
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
+    start = read_initial_alignment(initial, inputs, sel, obs, settings.model) if initial else None
 
     text = (
         f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model "
@@ -214,7 +219,12 @@ def align_and_report(
     )
     with Progress(text):
         fit = fit_series(
-            obs, settings, rotation_deg=inputs.rotation_deg, with_errors=errors, progress=print_stage_line
+            obs,
+            settings,
+            rotation_deg=inputs.rotation_deg,
+            with_errors=errors,
+            progress=print_stage_line,
+            start=start,
         )
     result, robust = fit.result, fit.robust
     if robust is not None:
@@ -405,6 +415,13 @@ def add_align(sub):
     p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the marker file's stem")
     p.add_argument(
         "--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList, e.g. 1-3,40"
+    )
+    p.add_argument(
+        "--initial",
+        metavar="ALIGNMENT",
+        help="start from this alignment instead of the built-in estimate: an AreTomo .aln (ROT, TILT, "
+        "TX, TY, GMAG per view; its dark frames start from the nominal start) or an IMOD .xf with the "
+        "--tilts angles. Fixes the axis hand (the estimate is only known up to 180 deg) and large shifts",
     )
     add_solver_options(p)
     p.add_argument(

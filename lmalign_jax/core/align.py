@@ -34,7 +34,7 @@ from .settings import (
     stage_configs,
     stage_setup,
 )
-from .start import start_values
+from .start import InitialAlignment, start_values
 
 __all__ = ["INTERMEDIATE_COST_TOL", "STAGES", "align"]
 
@@ -50,7 +50,7 @@ def align(
     dtype: str = "float64",
     ref_view: int | None = None,
     weights: np.ndarray | None = None,
-    start: AlignmentResult | None = None,
+    start: AlignmentResult | InitialAlignment | None = None,
     progress=None,
 ) -> AlignmentResult:
     """Align a tilt series on its fiducial markers.
@@ -69,7 +69,8 @@ def align(
         dtype: "float64" (default; enabled locally for this call) or "float32" (GPU path).
         ref_view: gauge reference view (default: nearest 0 degrees).
         weights: (n_views, n_markers) observation weights (robust fitting), default 1.
-        start: a previous solution of the same model and observations to start from instead
+        start: a previous solution of the same model and observations, or an
+            ``InitialAlignment`` (``core.start.initial_alignment``), to start from instead
             of the closed-form estimates (e.g. ``stages=("joint",)`` to refine it).
         progress: optional ``callable(StageReport)``, called as each stage finishes.
     Returns:

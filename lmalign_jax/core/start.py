@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import numpy as np
+from jaxtyping import Float
 
 from ..models import ProjectionModel
 from ..observations import Observations
@@ -50,8 +52,9 @@ def start_values(
             the mean of ``start``'s when a start is given.
         ref_view: gauge reference view (None: the view nearest 0 degrees).
         weights: (n_views, n_markers) observation weights or None; only its shape is checked.
-        start: an ``AlignmentResult`` of the same model and shape to start from, instead of
-            the closed-form estimates (nominal tilts, markers at z = 0, mean shifts).
+        start: an ``AlignmentResult`` or :class:`InitialAlignment` of the same model and shape
+            to start from, instead of the closed-form estimates (nominal tilts, markers at
+            z = 0, mean shifts).
     Raises:
         ValueError: an option that does not fit the series (one line, naming it).
     """
@@ -93,3 +96,87 @@ def start_values(
     if model.shift_parameters is not None:
         views[:, [model.index(p) for p in model.shift_parameters]] = shifts
     return StartValues(views, markers, ref_view, estimated)
+
+
+@dataclass(frozen=True, eq=False)
+class InitialAlignment:
+    """A start taken from another program's alignment (e.g. AreTomo's ``.aln``), as ``start=``.
+
+    model: the projection model. views: (n_views, k) view parameters, model units.
+    markers: (n_markers, 3) marker positions, pixels from the specimen centre.
+    """
+
+    model: ProjectionModel
+    views: np.ndarray
+    markers: np.ndarray
+
+    @property
+    def rotation_deg(self) -> np.ndarray:
+        """Starting tilt-axis angle of each view (n_views,), degrees."""
+        return np.degrees(self.views[:, self.model.index("rotation")])
+
+
+def _projection_matrices(model: ProjectionModel, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each view's projection as ``p - c = M X + b``: M (n_views, 2, 3), b (n_views, 2), pixels.
+    Every model we solve is affine in the marker position for fixed view parameters."""
+    basis = np.vstack([np.zeros(3), np.eye(3)])  # (4, 3): the origin and the unit vectors
+    with jax.enable_x64(True):
+        projected = np.asarray(model.project(views.T[:, :, None], basis.T[:, None, :]))  # (2, v, 4)
+    offset = projected[:, :, 0].T
+    return np.transpose(projected[:, :, 1:] - projected[:, :, :1], (1, 0, 2)), offset
+
+
+def initial_alignment(
+    model: ProjectionModel,
+    obs: Observations,
+    rotation_deg: Float[np.ndarray, " views"],
+    tilts_deg: Float[np.ndarray, " views"],
+    shift_px: Float[np.ndarray, "views 2"],
+    magnification: Float[np.ndarray, " views"] | None = None,
+) -> InitialAlignment:
+    """A start from given per-view rotation, tilt, shift (and scale) instead of the estimates.
+
+    rotation_deg, tilts_deg: (n_views,) degrees; shift_px: (n_views, 2) where the specimen
+    centre projects relative to the image centre, pixels; magnification: (n_views,) the scale
+    ``s`` (models with a "scale" parameter; None: 1). A view whose rotation, tilt or shift is
+    NaN (an AreTomo dark frame) starts from the nominal one: the circular mean rotation of the
+    others, its nominal tilt, scale 1 and the mean offset of its markers from their starting
+    projections. Markers: per marker the least-squares X of ``p - c = M_v X + b_v`` over the
+    views with a start where it is seen (minimum norm when that does not determine it).
+    Other model parameters start neutral.
+    Raises:
+        ValueError: arrays of the wrong shape, or no view with a start.
+    """
+    n = obs.n_views
+    rotation = np.asarray(rotation_deg, dtype=np.float64)
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    shift = np.asarray(shift_px, dtype=np.float64)
+    scale = np.ones(n) if magnification is None else np.asarray(magnification, dtype=np.float64)
+    if rotation.shape != (n,) or tilts.shape != (n,) or scale.shape != (n,) or shift.shape != (n, 2):
+        raise ValueError(f"the initial alignment must give {n} views, one per view of the series")
+    given = np.isfinite(rotation) & np.isfinite(tilts) & np.isfinite(shift).all(axis=1)
+    if not given.any():
+        raise ValueError("the initial alignment gives no view a start")
+    mean_rotation = np.angle(np.exp(1j * np.radians(rotation[given])).mean())
+    views = model.neutral_views(n)
+    views[:, model.index("rotation")] = np.where(given, np.radians(rotation), mean_rotation)
+    views[:, model.index("tilt")] = np.radians(np.where(given, tilts, obs.tilts_deg))
+    if "scale" in model.parameters:
+        views[:, model.index("scale")] = np.where(given & np.isfinite(scale), scale, 1.0)
+    shift_index = [model.index(p) for p in model.shift_parameters] if model.shift_parameters else None
+    if shift_index is not None:
+        views[:, shift_index] = np.where(given[:, None], shift, 0.0)
+    matrices, offsets = _projection_matrices(model, views)
+    xy = obs.centered_xy - offsets[:, None, :]  # (v, m, 2)
+    markers = np.zeros((obs.n_markers, 3))
+    for j in range(obs.n_markers):
+        seen = obs.mask[:, j] & given
+        if seen.any():
+            a = matrices[seen].reshape(-1, 3)
+            markers[j] = np.linalg.lstsq(a, xy[seen, j].reshape(-1), rcond=None)[0]
+    if shift_index is not None and not given.all():
+        predicted = np.einsum("vij,mj->vmi", matrices, markers)
+        offset = np.where(obs.mask[..., None], xy - predicted, 0.0).sum(axis=1)
+        count = np.maximum(obs.mask.sum(axis=1), 1)[:, None]
+        views[np.ix_(~given, shift_index)] = (offset / count)[~given]
+    return InitialAlignment(model, views, markers)

@@ -29,9 +29,11 @@ def fit_series(
     rotation_deg: float | None = None,
     with_errors: bool = True,
     progress=None,
+    start=None,
 ) -> Fit:
     """Align ``obs`` (Observations) as ``settings`` say, starting from ``rotation_deg`` (None:
     estimated). ``progress(stage_report)`` hears each finished stage of a least-squares fit.
+    ``start``: an InitialAlignment (or result) to start from instead of the estimates.
     The engine's checks of the problem (modes, sizes) are raised as UsageError."""
     kwargs = dict(
         model=settings.model,
@@ -40,6 +42,7 @@ def fit_series(
         stages=settings.stages,
         config=LMConfig(max_iterations=settings.max_iterations),
         dtype=settings.dtype,
+        start=start,
     )
     robust = None
     try:
