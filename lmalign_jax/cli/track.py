@@ -51,10 +51,17 @@ def add_bead_options(p) -> None:
 
 
 def run_track(args) -> int:
-    text = f"lmalign: tracking beads in {args.stack} ..."
-    with Progress(text):
+    """``lmalign track``."""
+    _track_and_print(args, args.stack)
+    return EXIT_OK
+
+
+def _track_and_print(args, stack: str):
+    """Track ``stack`` with the tracking options of ``args`` into ``--out-dir``, print the summary;
+    returns the :class:`lmalign_jax.workflow.tracking.TrackedStack`."""
+    with Progress(f"lmalign: tracking beads in {stack} ..."):
         done = track_stack(
-            args.stack,
+            stack,
             args.tilts,
             out_dir=args.out_dir,
             prefix=args.prefix,
@@ -66,7 +73,7 @@ def run_track(args) -> int:
             note=note,
         )
     print_tracking(done)
-    return EXIT_OK
+    return done
 
 
 def print_tracking(done) -> None:
@@ -128,21 +135,7 @@ def track_for_align(args):
         raise UsageError("--tilts FILE is required with a stack (.tlt, .rawtlt or .mdoc)")
     if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
         raise UsageError(f"--reconstruct must be a positive thickness in pixels, got {args.reconstruct:g}")
-    with Progress(f"lmalign: tracking beads in {args.markers} ..."):
-        done = track_stack(
-            args.markers,
-            args.tilts,
-            out_dir=args.out_dir,
-            prefix=args.prefix,
-            bead_diameter_px=args.bead_diameter,
-            bead_nm=args.bead_nm,
-            rotation_deg=args.rotation,
-            target_beads=args.target_beads,
-            warn=warn,
-            note=note,
-        )
-    print_tracking(done)
-    return done
+    return _track_and_print(args, args.markers)
 
 
 def reconstruct_after_align(

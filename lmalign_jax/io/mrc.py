@@ -239,18 +239,7 @@ def create_volume(path, shape, voxel_size, label: str | None = None) -> Iterator
         atomically onto ``path``. If the block raises, the temporary file is removed and ``path``
         is left untouched.
     """
-    path = os.fspath(path)
-    shape = tuple(int(s) for s in np.atleast_1d(shape))
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(f"{path}: volume shape must be three positive sizes (nz, ny, nx), got {shape}")
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
-    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
-    if label is not None and (len(label) > 80 or not label.isascii() or not label.isprintable()):
-        raise ValueError(f"{path}: an MRC label is at most 80 printable ASCII characters, got {label!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise _bad(path, f"output directory {directory} does not exist")
+    path, shape, vs, directory = _checked_volume_args(path, shape, voxel_size, label)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
     mrc = None
@@ -417,20 +406,9 @@ def stream_volume(
     :class:`VolumeWriter`). The voxel size is given in the volume's (x, y, z) order and written
     in the file's axis order.
     """
-    path = os.fspath(path)
-    shape = tuple(int(s) for s in np.atleast_1d(shape))
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ValueError(f"{path}: volume shape must be three positive sizes (nz, ny, nx), got {shape}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
-    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
-        raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
-    if label is not None and (len(label) > 80 or not label.isascii() or not label.isprintable()):
-        raise ValueError(f"{path}: an MRC label is at most 80 printable ASCII characters, got {label!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise _bad(path, f"output directory {directory} does not exist")
+    path, shape, vs, directory = _checked_volume_args(path, shape, voxel_size, label)
     check_free_space(path, shape)
     nz, ny, nx = shape
     file_shape = (nz, ny, nx) if layout == "zyx" else (ny, nz, nx)
@@ -510,3 +488,21 @@ class StreamedStack:
 def read_stack_streamed(path) -> StreamedStack:
     """:func:`read_stack` memory-mapped, wrapped in a :class:`StreamedStack`."""
     return StreamedStack(read_stack(path, mmap=True))
+
+
+def _checked_volume_args(path, shape, voxel_size, label):
+    """(path str, shape (nz, ny, nx) ints, voxel size (3,) A, output directory) of a volume to
+    write; ValueError for a bad shape, voxel size or label, InputError for a missing directory."""
+    path = os.fspath(path)
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"{path}: volume shape must be three positive sizes (nz, ny, nx), got {shape}")
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
+    if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+        raise ValueError(f"{path}: voxel size must be positive and finite, got {voxel_size!r}")
+    if label is not None and (len(label) > 80 or not label.isascii() or not label.isprintable()):
+        raise ValueError(f"{path}: an MRC label is at most 80 printable ASCII characters, got {label!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _bad(path, f"output directory {directory} does not exist")
+    return path, shape, vs, directory
