@@ -1,11 +1,15 @@
-"""Shared test helpers: loading the real IMOD answer sets, noise floors, tilt errors."""
+"""Shared test helpers: running the CLI in-process, loading the real IMOD answer sets, noise
+floors, tilt errors."""
 
+import contextlib
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmalign_jax import Observations
+from lmalign_jax import Observations, cli
 
 DATA = Path(__file__).resolve().parent.parent / "lmalign_jax" / "data"
 
@@ -23,6 +27,22 @@ IMOD_SETS = {
 #: result rounded up to 3 decimals. Kept only as a regression pin of our jou fit, never as
 #: IMOD's figure.
 JOU_MEAN_RESIDUAL_PX = {"BBa": 0.324, "BBb": 0.305, "midzone2a": 0.678, "midzone2b": 0.673}
+
+
+def run_cli(args, *, no_cache: bool = False) -> tuple[int, str, str]:
+    """``lmalign`` in-process: (exit status, stdout, stderr). ``no_cache``: with
+    LMALIGN_NO_COMPILATION_CACHE set for the call (the CLI then leaves JAX's settings alone)."""
+    out, err = io.StringIO(), io.StringIO()
+    before = os.environ.get("LMALIGN_NO_COMPILATION_CACHE")
+    if no_cache:
+        os.environ["LMALIGN_NO_COMPILATION_CACHE"] = "1"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main([str(a) for a in args])
+    finally:
+        if no_cache and before is None:
+            del os.environ["LMALIGN_NO_COMPILATION_CACHE"]
+    return rc, out.getvalue(), err.getvalue()
 
 
 def imod_residuals(name: str) -> np.ndarray:

@@ -4,8 +4,6 @@ The series are small and share one bucket (padded to 21 views x 10 markers), so 
 for the module (and for tests/test_distributed.py in the same session).
 """
 
-import contextlib
-import io as _io
 import json
 import os
 import subprocess
@@ -16,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
 import lmalign_jax as lm
 from lmalign_jax import cli
@@ -188,14 +187,6 @@ def test_sharded_over_two_cpu_devices_equals_align():
 
 
 # --------------------------------------------------------------------------- the command
-
-
-def run(args):
-    """cli.main in-process: (exit status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def make_series_files(folder: Path, seeds=(0, 1)) -> None:

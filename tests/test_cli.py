@@ -4,8 +4,6 @@ Every alignment here has the demo's size (61 fitted views x 30 markers), so JAX 
 solver once for the whole module (and for tests/test_cli_demo.py in the same session).
 """
 
-import contextlib
-import io as _io
 import json
 import os
 import re
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_at_noise_floor, summary_floor_fit
+from helpers import run_cli as run
 
 from lmalign_jax import cli, compiled_cache, io
 from lmalign_jax.workflow import fitting, read_series, select_views
@@ -27,14 +26,6 @@ OUTPUTS = {"sim.xf", "sim.tlt", "sim.resid", "sim.xyz", "sim.json", "sim.png"}
 @pytest.fixture(autouse=True)
 def _no_persistent_cache(monkeypatch):
     monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
-
-
-def run(args):
-    """cli.main in-process: (exit status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def run_env(args):

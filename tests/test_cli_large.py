@@ -11,15 +11,13 @@ Tolerances: over seeds 4-6 the centred tilt error was 0.003 deg RMS and the larg
 error 0.0012 deg; the bounds below leave more than 15x room.
 """
 
-import contextlib
-import io as _io
 import json
-import os
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
-from lmalign_jax import cli, io, simulate
+from lmalign_jax import io, simulate
 
 N_VIEWS, N_MARKERS, SIZE = 150, 1_500, 8192
 IDS = tuple(67 * k for k in range(1, N_MARKERS + 1))  # up to 100,500: wider than fid.xyz's i5
@@ -28,15 +26,8 @@ ROTATION_DEG = -12.0  # simulate()'s default axis (each view jittered by 0.2 deg
 
 
 def run(args):
-    """cli.main in-process without the persistent compilation cache: (status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    os.environ["LMALIGN_NO_COMPILATION_CACHE"] = "1"
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main([str(a) for a in args])
-    finally:
-        del os.environ["LMALIGN_NO_COMPILATION_CACHE"]
-    return rc, out.getvalue(), err.getvalue()
+    """cli.main in-process without the persistent compilation cache: (exit status, stdout, stderr)."""
+    return run_cli(args, no_cache=True)
 
 
 @pytest.fixture(scope="module")

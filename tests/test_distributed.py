@@ -4,16 +4,14 @@ The cluster is a LocalCluster on the loopback interface with one in-process work
 the worker shares this process's compiled kernels (the series match tests/test_batch.py's).
 """
 
-import contextlib
-import io as _io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
 import lmalign_jax as lm
-from lmalign_jax import cli
 from lmalign_jax.batch import align_batch
 from lmalign_jax.batch.distributed import align_distributed, connect, map_groups
 
@@ -40,13 +38,6 @@ def cluster():
         dashboard_address=None,
     ) as c:
         yield c
-
-
-def run(args):
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def without_times(value):

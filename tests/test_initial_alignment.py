@@ -5,15 +5,13 @@ the solve then lands on the equivalent mirrored solution near -85 degrees (same 
 started from an .aln of the truth, it must stay on the truth's hand.
 """
 
-import contextlib
-import io as _io
-import os
 import re
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
-from lmalign_jax import cli, get_model, simulate
+from lmalign_jax import get_model, simulate
 from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.core.align import align as align_observations
 from lmalign_jax.core.start import initial_alignment
@@ -26,14 +24,7 @@ DARK_VIEW = 3  # written as an AreTomo DarkFrame: starts from the nominal start
 
 def run(args):
     """cli.main in-process without the persistent compilation cache: (exit status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    os.environ["LMALIGN_NO_COMPILATION_CACHE"] = "1"
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main([str(a) for a in args])
-    finally:
-        del os.environ["LMALIGN_NO_COMPILATION_CACHE"]
-    return rc, out.getvalue(), err.getvalue()
+    return run_cli(args, no_cache=True)
 
 
 @pytest.fixture(scope="module")

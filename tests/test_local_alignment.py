@@ -8,15 +8,13 @@ predicted aligned positions are compared with the noise-free ones mapped by the 
 transform.
 """
 
-import contextlib
-import io as _io
-
 import jax
 import numpy as np
 import pytest
 from helpers import DATA
+from helpers import run_cli as run
 
-from lmalign_jax import align, cli, simulate
+from lmalign_jax import align, simulate
 from lmalign_jax.core.local import LocalOptions, align_local, select_patch_markers
 from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
 from lmalign_jax.io.imod_local import read_local_xf
@@ -147,13 +145,6 @@ def test_patches_short_of_markers_keep_the_global_solution_and_are_named(solved)
     assert all(p.status.startswith("too few markers") and not p.kept_local for p in local.patches)
     np.testing.assert_allclose(local.file.transforms, np.tile(np.eye(2, 3), (9, 41, 1, 1)), atol=1e-6)
     assert local.local_mean_px == pytest.approx(local.global_mean_px, rel=1e-9)
-
-
-def run(args):
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 BBA = ["align", DATA / "imod-bb/BBa.resid", "--tilts", DATA / "imod-bb/BBa.tlt", "--image-size", 512, 512]

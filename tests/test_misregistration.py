@@ -1,8 +1,6 @@
 """Predicted misregistration: against a dense covariance, finite differences, Monte Carlo re-solves,
 and through the record and ``lmalign uncertainty``."""
 
-import contextlib
-import io as _io
 import json
 import re
 
@@ -10,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
-from lmalign_jax import Observations, Uncertainty, align_batch, cli, get_model, misregistration, simulate
+from lmalign_jax import Observations, Uncertainty, align_batch, get_model, misregistration, simulate
 from lmalign_jax.analysis import alignment_covariance, misregistration_map
 from lmalign_jax.core.frame import project_all, reporting_frame, to_reporting_frame
 from lmalign_jax.core.problem import final_problem
@@ -222,13 +221,6 @@ def test_degenerate_directions_are_named():
         assert d.information < 0.01
     words = describe_degeneracy(flat.degeneracies[0], np.arange(1, 6))
     assert "tilt of view" in words and "x-stretch of view" in words and "nearly interchangeable" in words
-
-
-def run(args):
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ One module-scoped batch (5 series x 21 views x 10 markers) serves every test; th
 the fixed-rotation pass compile once each and are reused by the direct joint solve.
 """
 
-import contextlib
-import io as _io
 import json
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 
 import lmalign_jax as lm
-from lmalign_jax import cli, io
+from lmalign_jax import io
 from lmalign_jax.analysis.shared_constant import combine, series_estimate
 from lmalign_jax.batch import align_batch
 
@@ -29,14 +28,6 @@ SIZE = (1024, 1024)
 @pytest.fixture(autouse=True)
 def _no_persistent_cache(monkeypatch):
     monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
-
-
-def run(args):
-    """cli.main in-process: (exit status, stdout, stderr)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _write_series(folder, name, series):
