@@ -47,6 +47,7 @@ __all__ = [
     "write_erase_model",
     "write_filled_model",
     "write_xtilt",
+    "xtilt_file_value_deg",
     "write_zfac",
 ]
 
@@ -64,6 +65,13 @@ def write_xtilt(path: str | os.PathLike, x_tilt_deg: Float[np.ndarray, " n_views
         raise ValueError("x_tilt_deg must be finite")
     with atomic_write(path) as f:
         write_records(f, XTILT_RECORD, [values])
+
+
+def xtilt_file_value_deg(x_axis_tilt_deg: float | None) -> float:
+    """The ``.xtilt`` value (degrees) that applies an X-axis tilt needed to level the specimen
+    (IMOD's surface analysis): IMOD's ``tilt`` uses ``xtilt(view) - XAXISTILT`` (tilt.f90) and the
+    X-axis tilt needed is an XAXISTILT value, so the file gets its negative (0 for None)."""
+    return -float(x_axis_tilt_deg) if x_axis_tilt_deg else 0.0
 
 
 def read_xtilt(path: str | os.PathLike) -> Float[np.ndarray, " n_views"]:

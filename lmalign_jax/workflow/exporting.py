@@ -34,7 +34,13 @@ from ..export import (
     write_relion_tilt_series,
     write_xtilt,
 )
-from ..export.imod import filled_marker_set, write_erase_model, write_filled_model, write_zfac
+from ..export.imod import (
+    filled_marker_set,
+    write_erase_model,
+    write_filled_model,
+    write_zfac,
+    xtilt_file_value_deg,
+)
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
 from ..io.markerset import contour_numbers
@@ -42,7 +48,6 @@ from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .series import _read_marker_file
 from .status import UsageError
-from .writing import xtilt_file_value_deg
 
 __all__ = [
     "ALIGN_LOG_NAME",

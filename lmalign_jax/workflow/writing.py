@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__, io
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
-from ..export.imod import write_xtilt
+from ..export.imod import write_xtilt, xtilt_file_value_deg
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
@@ -90,25 +90,13 @@ def _stage_alignment_files(
     io.write_xf(out.stage(".xf"), fv.xf[:, :, :2], fv.xf[:, :, 2])
     io.write_tlt(out.stage(".tlt"), fv.tilts_deg + (flat.tilt_angle_change_deg if flat else 0.0))
     if flat is not None:
-        write_xtilt(out.stage(".xtilt"), np.full(fv.n_views, flattening_x_tilt_deg(flat)))
+        write_xtilt(out.stage(".xtilt"), np.full(fv.n_views, xtilt_file_value_deg(flat.x_axis_tilt_deg)))
     m_idx, v_idx = np.nonzero(fv.mask.T)  # grouped by marker, views increasing (IMOD's order)
     io.write_resid(out.stage(".resid"), fv.xy[v_idx, m_idx], v_idx, fv.residuals[v_idx, m_idx])
     nx, ny = inputs.image_size
     xyz = result.markers + np.array([nx / 2.0, ny / 2.0, 0.0])  # fid.xyz: x, y in image pixels
     ids = np.asarray(contour_numbers(tuple(marker_ids)))
     io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
-
-
-def flattening_x_tilt_deg(analysis: SurfaceAnalysis) -> float:
-    """The ``.xtilt`` value that applies the analysis' X-axis tilt (``xtilt_file_value_deg``)."""
-    return xtilt_file_value_deg(analysis.x_axis_tilt_deg)
-
-
-def xtilt_file_value_deg(x_axis_tilt_deg: float | None) -> float:
-    """The ``.xtilt`` value that applies an X-axis tilt needed to level the specimen: IMOD's
-    ``tilt`` uses ``xtilt(view) - XAXISTILT`` (tilt.f90), and the X-axis tilt needed is an
-    XAXISTILT value, so the file gets its negative (0 when too few beads gave none)."""
-    return -float(x_axis_tilt_deg) if x_axis_tilt_deg else 0.0
 
 
 def surface_analysis(result, n_surfaces: int, warn=None) -> SurfaceAnalysis | None:
