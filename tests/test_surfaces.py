@@ -180,6 +180,28 @@ def test_two_surfaces_recover_split_tilts_and_thickness():
     assert np.all(np.abs(z_scores.std(axis=0) - 1) < 4 / math.sqrt(120))
 
 
+#: 16 beads on the two surfaces of a 150 px slab slanted 10.2 deg (tests/test_shared_tilt_offset.py's
+#: slab, seed 103; x, y, z px): the top beads lie mostly at negative y, so the one-plane fit's y slope
+#: takes up part of the separation and the nearer-plane rule stopped with bead 16 on the bottom.
+SLANTED_SLAB = [
+    [-276.0, 155.6, -27.1], [176.9, 86.0, 46.0], [-45.6, 142.7, -70.5], [34.1, -166.3, 70.7],
+    [-62.7, 184.4, -63.1], [-318.8, -176.8, 134.2], [-284.3, 121.0, -24.3], [20.7, -199.1, 73.0],
+    [-74.1, 217.6, -62.7], [-45.0, -108.0, 83.8], [-213.1, 297.7, -39.3], [64.9, 213.6, 66.8],
+    [-54.6, 315.6, -66.1], [20.3, 190.5, 72.9], [69.1, -97.8, -87.8], [349.6, -222.4, 10.7],
+]  # fmt: skip
+
+
+def test_a_bead_pulling_both_planes_is_moved_to_its_surface():
+    """Single flips refine the nearer-plane split: every bead on its own surface (alternating,
+    bottom first) and the slant recovered within its standard error's scatter."""
+    analysis = analyze_surfaces(np.array(SLANTED_SLAB), 2)
+    assert analysis.n_surfaces == 2, analysis.note
+    np.testing.assert_array_equal(analysis.surface, np.tile([1, 2], 8))
+    two = analysis.two_surfaces
+    assert abs(two.tilt_angle_change_deg - 10.235) < 4 * two.tilt_angle_change_se_deg
+    assert two.thickness_px == pytest.approx(150.0 / math.cos(math.radians(10.235)), abs=5.0)
+
+
 def test_two_surfaces_print_imod_blocks():
     rng = np.random.default_rng(1)
     level, _ = slab(rng, 20, 100.0, 3.0, True)
