@@ -123,10 +123,6 @@ def test_bad_share_input_gives_a_clear_message(batch, tmp_path):
     listing = batch["folder"] / "list.txt"
     rc, _, err = run(["batch", listing, "--out-dir", tmp_path, "--share", "focus"])
     assert rc == 2 and "--share: invalid choice: 'focus'" in err
-    rc, _, err = run(["batch", listing, "--out-dir", tmp_path, "--share", "tilt-offset"])
-    assert rc == 2 and err.strip().splitlines()[-1].startswith(
-        "lmalign: error: --share tilt-offset is not available: a tilt offset common to all views is a gauge"
-    )
     rc, _, err = run(["batch", listing, "--out-dir", tmp_path, "--share", "rotation", "--resume"])
     assert rc == 2 and "--share and --resume cannot be combined" in err
     single = batch["folder"] / "single.txt"

@@ -1,14 +1,38 @@
 """A microscope constant shared by every series of a batch, and the series that disagree with it.
 
-The constant is the tilt-axis angle (``--share rotation``): the same microscope, detector and
-magnification give every view of every series the same axis in the raw images. Other constants
-of issue #16 are named in :data:`SHAREABLE`, but only the rotation is determined by one series'
-fit here: a shared tilt offset is a gauge freedom when the tilts are solved (MODEL.md, "Gauge
-freedoms": a rotation of the specimen about the tilt axis trades against every tilt) and the
-scale is fixed to 1 at the reference view by the gauge, so neither has a per-series estimate
-to combine (:func:`check_shareable` says so).
+Two constants (``lmalign batch --share``) have a per-series estimate with a standard error,
+which is all the combination below needs:
 
-Joint solve. The batch cost is ``sum_i chi2_i(R, theta_i)``, with ``R`` the shared constant
+- ``rotation``, the tilt-axis angle: the same microscope, detector and magnification give
+  every view of every series the same axis in the raw images. Each series' own fit, with the
+  rotation ``shared`` across its views, estimates it (:func:`series_estimate`).
+- ``tilt-offset``, the stage's tilt offset. A tilt offset common to every view of a series is
+  not determined by its markers: with solved (or fixed) tilts, ``R_y(theta + d) X =
+  R_y(theta) R_y(d) X``, so an offset ``d`` is the rigid specimen turned by ``d`` about the
+  tilt axis (MODEL.md, "Gauge freedoms"). What determines a stage's offset, as in IMOD, is
+  the offset that makes the *specimen level*: IMOD's surface analysis ("Total tilt angle
+  change", :mod:`.surfaces`), fitted to the solved beads (two parallel planes when the beads
+  separate onto two surfaces, else one plane), with its standard error from the plane fit's
+  covariance (:func:`level_offset_estimate`). This assumes that specimens lie level on the
+  grid *on average*: each series' own slant (a lamella milled at an angle, a wavy grid) is
+  scatter about the shared value, which the between-series variance ``tau^2`` below absorbs,
+  and a series slanted far more than the rest (or with a wrong mdoc) is flagged. The estimate
+  of a series is in the frame its alignment is reported in (tilts deviating from the nominal
+  ones by zero on average), so it also carries the mean of that series' random per-view tilt
+  errors: more honest scatter between series, in ``tau``.
+
+``mag`` is refused, and here is why. The scale of a series is fixed to 1 at its reference view
+(a gauge freedom: markers fix the specimen only up to one overall scale, since a specimen
+``s`` times larger seen at ``1/s`` the magnification gives the same images), so no series
+measures an absolute magnification; that is a calibration, the pixel size (the MRC header or
+``--pixel-size``). What markers do determine is each view's magnification *relative* to the
+reference view (``--mode scale=...``). A pattern of it shared by a batch (say, the change per
+degree of tilt) would be identifiable, but it is not a microscope constant a user acts on: it
+follows each series' own focus and eucentric height changes through the tilts, so it belongs
+to each series, and fixing it from other series would only bias them. :func:`check_shareable`
+says so in one line.
+
+Joint solve (rotation). The batch cost is ``sum_i chi2_i(R, theta_i)``, with ``R`` the shared constant
 and ``theta_i`` series ``i``'s own parameters (markers, shifts, scales, tilts), free. Minimising
 each series over its own parameters leaves the profile ``P_i(R) = min_theta chi2_i(R, theta)``,
 which near that series' own optimum ``r_i`` is ``P_i(r_i) + (R - r_i)^2 / se_i^2`` (``se_i``:
@@ -26,6 +50,8 @@ to 3e-4 of the standard error and the joint cost's curvature matches ``1 / SE^2`
 no further iteration (re-estimating the curvatures at ``R``) is needed; it would change
 nothing measurable. The series are not re-solved jointly with a shared slot in one giant
 problem because that would couple every series in one normal matrix and defeat the batching.
+For the tilt offset the estimates are independent plane fits to each series' beads, and their
+inverse-variance mean is the least-squares offset that levels all the specimens at once.
 
 Angles are compared modulo 360 degrees. The hand of the rotation is not folded: with the
 projection of MODEL.md, an axis at ``R + 180`` with every tilt negated and the specimen turned
@@ -54,27 +80,35 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from ..core.result import AlignmentResult
+from .surfaces import analyze_surfaces
 from .uncertainty import uncertainty
 
-#: The constants ``--share`` names (issue #16), and the model parameter each is.
+#: The constants ``--share`` names (issue #16).
 SHAREABLE = ("rotation", "tilt-offset", "mag")
-#: Those a single series' fit determines, with the parameter that carries them.
-IDENTIFIABLE = {"rotation": "rotation"}
+#: Those estimated by a model parameter fitted ``shared`` across one series' views, and that parameter.
+SHARED_PARAMETER = {"rotation": "rotation"}
+#: Those a batch can share: the above, and the tilt offset that levels the specimen.
+IDENTIFIABLE = (*SHARED_PARAMETER, "tilt-offset")
+#: Why a constant cannot be shared, in one line.
+NOT_IDENTIFIABLE = {
+    "mag": "the scale is fixed to 1 at each series' reference view (a gauge freedom: markers determine "
+    "a specimen only up to one overall scale), so no series measures the magnification; it is a "
+    "calibration: give the calibrated pixel size (the stack's header or --pixel-size), and per-view "
+    "magnification changes stay per series (--mode scale=...)",
+}
 #: Default outlier threshold, in predictive standard deviations.
 DEFAULT_K = 4.0
 
 
 def check_shareable(name: str) -> str:
-    """The model parameter behind constant ``name``; ValueError (a one-line reason) if none."""
+    """``name`` if a batch can share that constant; ValueError (a one-line reason) if not."""
     if name not in SHAREABLE:
         raise ValueError(f"--share: unknown constant {name!r}; choose from {', '.join(SHAREABLE)}")
     if name not in IDENTIFIABLE:
-        why = {
-            "tilt-offset": "a tilt offset common to all views is a gauge freedom when the tilts are solved",
-            "mag": "the scale is fixed to 1 at the reference view by the gauge",
-        }[name]
-        raise ValueError(f"--share {name} is not available: {why}, so no series estimates it; use rotation")
-    return IDENTIFIABLE[name]
+        raise ValueError(
+            f"--share {name} is not available: {NOT_IDENTIFIABLE[name]}; shareable: {', '.join(IDENTIFIABLE)}"
+        )
+    return name
 
 
 def series_estimate(result: AlignmentResult, parameter: str = "rotation") -> tuple[float, float]:
@@ -91,6 +125,25 @@ def series_estimate(result: AlignmentResult, parameter: str = "rotation") -> tup
     return float(value[0]), float(np.median(se))
 
 
+def level_offset_estimate(result: AlignmentResult, n_surfaces: int = 2) -> tuple[float, float]:
+    """(tilt offset that levels the specimen, its standard error), degrees, from IMOD's surface
+    analysis of a series' solved beads (``n_surfaces`` 2: two parallel planes where the beads
+    separate onto two surfaces, else one plane); its "Total tilt angle change", the offset to
+    add to every tilt of the result. (NaN, NaN) if the fit did not converge or has too few
+    beads for a plane with a standard error."""
+    if not result.converged:
+        return float("nan"), float("nan")
+    try:
+        analysis = analyze_surfaces(np.asarray(result.markers), n_surfaces)
+    except ValueError:
+        return float("nan"), float("nan")
+    fit = analysis.two_surfaces if analysis.n_surfaces == 2 else analysis.one_plane
+    se = fit.tilt_angle_change_se_deg
+    if se is None or not se > 0:
+        return float("nan"), float("nan")
+    return float(analysis.total_tilt_angle_change_deg), float(se)
+
+
 def wrap_deg(angle):
     """Angles (degrees) wrapped into [-180, 180)."""
     return (np.asarray(angle, dtype=float) + 180.0) % 360.0 - 180.0
@@ -100,7 +153,7 @@ def wrap_deg(angle):
 class SharedConstant:
     """The combined constant and each series' agreement with it.
 
-    name: the constant ("rotation"); unit: its unit ("deg").
+    name: the constant ("rotation", "tilt-offset"); unit: its unit ("deg").
     value, se: the shared estimate (the joint least-squares optimum of the kept series: weights
         1 / se_i^2) and its standard error.
     between_sd: tau, the between-series scatter beyond the fits' errors (0 if none).

@@ -145,11 +145,15 @@ def add_batch_arguments(p) -> None:
         "--share",
         choices=SHAREABLE,
         metavar="CONSTANT",
-        help="fit a microscope constant shared by every series (rotation: the tilt-axis angle) from each "
-        "series' own estimate weighted by its standard error, align the series with it fixed, and list the "
-        "series that disagree (|z| above --share-threshold; left out and aligned on their own) in the "
-        f"summary and batch_summary_shared.tsv (choices: {', '.join(SHAREABLE)}; only rotation is "
-        "determined by one series' fit)",
+        help="fit a microscope constant shared by every series from each series' own estimate weighted by "
+        "its standard error, align the series with it fixed, and list the series that disagree (|z| above "
+        "--share-threshold; left out and aligned on their own) in the summary and batch_summary_shared.tsv. "
+        "rotation: the tilt-axis angle. tilt-offset: the stage's tilt offset, estimated as the offset that "
+        "levels each series' beads (IMOD's surface analysis, two surfaces where the beads separate); this "
+        "ASSUMES THE SPECIMENS LIE LEVEL ON THE GRID ON AVERAGE, and a series slanted far more than the "
+        "others (a lamella milled at an angle, a wrong mdoc) is listed; the shared offset is added to the "
+        "tilts of the series that agree. mag is refused: markers do not determine a magnification (give "
+        "the calibrated pixel size)",
     )
     p.add_argument(
         "--share-threshold",

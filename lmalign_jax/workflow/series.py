@@ -43,6 +43,9 @@ class SeriesInputs:
     rotation_source: str
     pixel_size: float | None
     stack_path: str | None = None
+    #: Degrees added to every tilt of the file (``batch --share tilt-offset``), and why.
+    tilt_offset_deg: float = 0.0
+    tilt_offset_source: str | None = None
 
 
 def read_tilt_file(path: str, warn=print_warning):

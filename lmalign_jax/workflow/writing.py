@@ -60,7 +60,13 @@ def check_output_folder(out: OutputSet, suffixes, input_paths) -> None:
 
 
 def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
-    """The record's ``inputs`` section: files, image size, views and markers (views 1-based)."""
+    """The record's ``inputs`` section: files, image size, views and markers (views 1-based);
+    ``tilt_offset_deg`` (added to every tilt of the file) and its source when one was added."""
+    offset = (
+        {"tilt_offset_deg": inputs.tilt_offset_deg, "tilt_offset_source": inputs.tilt_offset_source}
+        if inputs.tilt_offset_source is not None
+        else {}
+    )
     return {
         "markers": inputs.markers_path,
         "markers_format": inputs.markers_format,
@@ -79,6 +85,7 @@ def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
         "dropped_markers": sel.dropped_markers,
         "n_points_in_file": inputs.markers.n_observations,
         "tilts_sorted_for_fit": sel.sorted_by_tilt,
+        **offset,
     }
 
 
