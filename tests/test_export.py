@@ -14,6 +14,7 @@ from cryoet_alignment.io.cryoet_data_portal import Alignment
 from cryoet_alignment.io.imod import ImodAlignment
 
 from lmalign_jax import AlignmentResult, get_model, simulate
+from lmalign_jax.core.local_apply import project_through_local
 from lmalign_jax.core.result import fit_image_transforms
 from lmalign_jax.export import (
     ViewGeometry,
@@ -33,7 +34,9 @@ from lmalign_jax.export import (
     write_relion_tomograms,
     write_xtilt,
 )
+from lmalign_jax.export.aretomo import aretomo_local_rows
 from lmalign_jax.io import InputError, read_tilts, read_xf, write_tlt, write_xf
+from lmalign_jax.io.imod_local import LocalAlignment
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "format-samples"
 PIXEL_A = 2.17
@@ -333,6 +336,53 @@ def test_aln_written_here_reads_back_through_alnfile_with_the_same_numbers(tmp_p
     np.testing.assert_allclose(ours.dark_tilts_deg, geometry.tilts_deg[[0, 14]], rtol=0, atol=5.1e-3)
 
 
+def synthetic_local(n_views: int, seed: int = 0) -> LocalAlignment:
+    """A 3 x 2 IMOD local alignment: per patch and view a transform near the unit one (1e-3 of
+    rotation/stretch, 2 px shifts), delta tilts (0.5 deg) and delta X-axis tilts (0.3 deg). The
+    centres (150 + 350 i, 200 + 500 j) are even, so IMOD tilt's pixel rounding puts a point at a
+    centre wholly in that patch (core.local_apply)."""
+    rng = np.random.default_rng(seed)
+    a = np.eye(2) + 1e-3 * rng.standard_normal((6, n_views, 2, 2))
+    xf = np.concatenate([a, 2.0 * rng.standard_normal((6, n_views, 2, 1))], axis=-1)
+    dt, dxt = 0.5 * rng.standard_normal((2, 6, n_views))
+    return LocalAlignment((3, 2), (150, 200), (350, 500), 0.0, dt, xf, dxt)
+
+
+def test_aln_local_rows_put_each_patch_centre_where_imods_tilt_puts_it(tmp_path):
+    """CX + SX, CY + SY of every patch and view = the aligned-stack position IMOD's tilt gives the
+    patch's centre at z = 0 (core.local_apply, checked on IMOD's real local files); CX, CY = the
+    global projection; the rows read back through alnfile with those numbers (2 decimals)."""
+    result = solved_from_truth(85.0)
+    geometry = ViewGeometry.from_result(result)
+    local = synthetic_local(geometry.n_views)
+    centres, shifts = aretomo_local_rows(geometry, local)
+    points = np.column_stack([local.centres - np.array(IMAGE) / 2.0, np.zeros(6)])
+    tilt_puts = project_through_local(local, points, geometry.tilts_deg, IMAGE)  # (views, patches, 2)
+    np.testing.assert_allclose(centres + shifts, tilt_puts, rtol=0, atol=1e-9)
+    t = np.radians(geometry.tilts_deg)[:, None]
+    np.testing.assert_allclose(centres[..., 0], points[None, :, 0] * np.cos(t), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(centres[..., 1], np.broadcast_to(points[:, 1], t.shape[:1] + (6,)), atol=1e-9)
+    assert 0.5 < np.sqrt(np.mean(shifts[..., 0] ** 2)) < 20  # the patches do move the centres
+
+    path = tmp_path / "TS_01.aln"
+    write_aln(path, geometry, excluded_views=[0, 14], local=local)
+    theirs = alnfile.read(path, alignment_type="local")
+    kept = np.arange(1, 14)
+    assert len(theirs) == 13 * 6 and read_aln(path).n_patches == 6
+    np.testing.assert_array_equal(theirs["sec_idx"], np.repeat(np.arange(13), 6))
+    np.testing.assert_array_equal(theirs["patch_idx"], np.tile(np.arange(6), 13))
+    for column, values in (
+        ("center_x", centres[kept, :, 0]),
+        ("center_y", centres[kept, :, 1]),
+        ("shift_x", shifts[kept, :, 0]),
+        ("shift_y", shifts[kept, :, 1]),
+    ):
+        np.testing.assert_allclose(theirs[column].to_numpy(), values.ravel(), rtol=0, atol=5.1e-3)
+    assert np.all(theirs["is_reliable"] == 1.0)
+    np.testing.assert_array_equal(read_aln(path).local_rows, theirs.to_numpy(dtype=float))
+    assert len(alnfile.read(path)) == 13  # the global rows are still read as before
+
+
 def test_an_aln_read_back_is_an_initial_alignment_that_projects_like_ours(tmp_path):
     """Read as a start, the .aln geometry puts every point where our model does, up to the
     layout's rounding: TILT 0.005 deg and ROT 5e-5 deg over <= 700 px, TX/TY 5e-4 px."""
@@ -391,11 +441,23 @@ def test_write_aln_refuses_what_the_layout_cannot_hold(tmp_path):
     result = solved_from_truth(-12.0)
     with pytest.raises(ValueError, match="X-axis tilt"):
         write_aln(tmp_path / "a.aln", ViewGeometry.from_result(result, x_tilt_deg=np.ones(15)))
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_aln_widens_a_shift_its_column_cannot_hold(tmp_path):
+    """A shift of 1e9 px overflows TX's f11.3: that field alone grows by one blank-separated
+    column (io.fixed_width), the other rows keep AreTomo's layout, and alnfile reads it back."""
+    result = solved_from_truth(-12.0)
     far = result.xf.copy()
     far[3, 0, 2] = 1e9
-    with pytest.raises(ValueError, match="view 3: T[XY]"):
-        write_aln(tmp_path / "a.aln", ViewGeometry(far, result.tilts_deg, None, IMAGE))
-    assert not list(tmp_path.iterdir())
+    geometry = ViewGeometry(far, result.tilts_deg, None, IMAGE)
+    write_aln(tmp_path / "a.aln", geometry)
+    theirs = alnfile.read(tmp_path / "a.aln")
+    expected = aretomo_parameters(geometry)
+    np.testing.assert_allclose(theirs["tx"], expected["TX"], rtol=1e-12, atol=1e-3)
+    np.testing.assert_allclose(theirs["ty"], expected["TY"], rtol=1e-12, atol=1e-3)
+    rows = (tmp_path / "a.aln").read_text().splitlines()[-15:]
+    assert len({len(r) for i, r in enumerate(rows) if i != 3}) == 1 and len(rows[3]) > len(rows[0])
 
 
 # ------------------------------------------------------------------ IMOD .xtilt, Data Portal JSON

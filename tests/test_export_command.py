@@ -22,6 +22,7 @@ from lmalign_jax.export import ViewGeometry, aretomo_parameters, relion_paramete
 from lmalign_jax.export.imod import filled_marker_set, read_xtilt, read_zfac, write_xtilt
 from lmalign_jax.export.imod_log import AlignLog, format_align_log
 from lmalign_jax.io import InputError, MarkerSet, read_tilts, read_xf, write_markers_csv
+from lmalign_jax.io.imod_local import read_local_xf
 from lmalign_jax.io.imod_model import read_imod_model
 from lmalign_jax.report import build_record, expand_to_file_views, read_record, record_to_json
 
@@ -368,16 +369,66 @@ def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path
     assert before > 0.5 and after < 0.75 * before
 
 
-def test_a_number_a_layout_cannot_hold_is_named_and_nothing_is_written(written, tmp_path, capsys):
+def test_a_number_wider_than_its_column_widens_it_and_reads_back(written, tmp_path, capsys):
+    """A shift of 1e9 px (no .aln or .xf column holds it): that field widens (io.fixed_width),
+    and alnfile and the .xf reader read the number back."""
     record = json.loads((written["folder"] / "TS_01.json").read_text())
-    record["views"][3]["xf"][4] = 1e9  # a shift no .aln column holds
+    record["views"][3]["xf"][4] = 1e9
     (tmp_path / "far.json").write_text(json.dumps(record))
     out = tmp_path / "out"
     code, err = _run(
         capsys, ["export", str(tmp_path / "far.json"), "--to", "imod,aretomo", "--out-dir", str(out)]
     )
-    assert code == 2 and len(err) == 1 and "cannot be written for aretomo: view 3: TX" in err[0]
-    assert not out.exists() or not list(out.iterdir())
+    assert code == 0, err
+    a, d = read_xf(out / "far.xf")
+    xf = np.concatenate([a, d[:, :, None]], axis=2)
+    assert xf[3, 0, 2] == 1e9
+    far = read_record(str(tmp_path / "far.json"))  # not the .xf read back: 7 decimals of A times 1e9 px
+    expected = aretomo_parameters(ViewGeometry(far.xf, far.tilts_deg, None, IMAGE))
+    np.testing.assert_allclose(alnfile.read(out / "far.aln")["tx"], expected["TX"], rtol=1e-9, atol=1e-3)
+
+
+def test_export_writes_the_local_alignment_beside_the_record_as_aln_local_rows(written, tmp_path, capsys):
+    """``<stem>local.xf`` beside the record (as ``align --local`` writes it) becomes the .aln's
+    local rows, which alnfile reads back with the numbers of export.aretomo_local_rows (2
+    decimals); --local names another file; a local file for other views is refused in one line."""
+    from lmalign_jax.export.aretomo import aretomo_local_rows
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+
+    (tmp_path / "TS_01.json").write_bytes((written["folder"] / "TS_01.json").read_bytes())
+    rng = np.random.default_rng(3)
+    xf = np.concatenate(
+        [np.eye(2) + 1e-3 * rng.standard_normal((4, 15, 2, 2)), rng.normal(0, 2.0, (4, 15, 2, 1))], -1
+    )
+    local = LocalAlignment((2, 2), (300, 250), (400, 400), 0.0, rng.normal(0, 0.5, (4, 15)), xf)
+    write_local_xf(tmp_path / "TS_01local.xf", local)
+    code, err = _run(capsys, ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo"])
+    assert code == 0, err
+    record = read_record(str(tmp_path / "TS_01.json"))
+    geometry = ViewGeometry(record.xf, record.tilts_deg, None, IMAGE)
+    centres, shifts = aretomo_local_rows(geometry, read_local_xf(tmp_path / "TS_01local.xf", 15))
+    theirs = alnfile.read(tmp_path / "TS_01.aln", alignment_type="local")
+    assert len(theirs) == 15 * 4
+    np.testing.assert_allclose(theirs["center_x"], centres[..., 0].ravel(), rtol=0, atol=5.1e-3)
+    np.testing.assert_allclose(theirs["shift_y"], shifts[..., 1].ravel(), rtol=0, atol=5.1e-3)
+    assert np.abs(shifts).max() > 1  # a real correction was carried
+
+    (tmp_path / "TS_01local.xf").rename(tmp_path / "patches.xf")
+    argv = ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "b")]
+    assert _run(capsys, argv)[0] == 0
+    assert not (tmp_path / "b" / "TS_01.aln").read_text().count("# Local Alignment")  # none beside it
+    assert _run(capsys, [*argv, "--local", str(tmp_path / "patches.xf")])[0] == 0
+    assert len(alnfile.read(tmp_path / "b" / "TS_01.aln", alignment_type="local")) == 60
+    code, err = _run(
+        capsys, [*argv[:3], "relion", "--pixel-size", "2", "--local", str(tmp_path / "patches.xf")]
+    )
+    assert code == 2 and err[-1].endswith(
+        "--local gives the .aln its local rows: it needs --to aretomo (or all)"
+    )
+    other = LocalAlignment((2, 2), (300, 250), (400, 400), 0.0, np.zeros((4, 9)), np.zeros((4, 9, 2, 3)))
+    write_local_xf(tmp_path / "other.xf", other)
+    code, err = _run(capsys, [*argv, "--local", str(tmp_path / "other.xf")])
+    assert code == 2 and len(err) == 1 and "other.xf" in err[0] and "grid does not match" in err[0]
 
 
 def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path):

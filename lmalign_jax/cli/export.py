@@ -11,12 +11,13 @@ from ..workflow.exporting import (
     EXPORT_TARGETS,
     export_alignment,
     export_suffixes,
+    local_alignment_for,
     measured_markers,
     parse_export_targets,
     read_alignment_record,
 )
 from ..workflow.writing import check_output_folder
-from .common import EXIT_OK, HelpFormatter, warn
+from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
 
 EXPORT_HELP = f"""\
 Write a solved alignment (the <prefix>.json record of 'lmalign align') in the formats the next
@@ -26,7 +27,10 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
            projection), P_erase.fid (beads in the aligned stack, for ccderaser) and {ALIGN_LOG_NAME}
            (tiltalign's layout); P.zfac (tilt's z factors) when the model stretches. One folder
            per tilt series: WarpTools' ts_import_alignments and RELION's IMOD importer read it.
-  aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines)
+  aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines); with a
+           local alignment (<stem>local.xf beside the record, as 'align --local' writes it, or
+           --local FILE), its local rows: each patch centre's shift (the rest of IMOD's patch
+           transforms, their rotation/stretch and the z part of their tilt, is dropped)
   relion   P.star (RELION 5 per-tilt-series STAR, block data_P; needs the pixel size); with
            --relion-tilt-series, the STAR RELION's Import wrote with the alignment filled in
   portal   P_portal.json (CryoET Data Portal alignment JSON)
@@ -53,6 +57,13 @@ def run_export(args) -> int:
     check_output_folder(
         out, export_suffixes(targets), (args.alignment, args.markers, args.relion_tilt_series)
     )
+    local = None
+    if args.local is not None and "aretomo" not in targets:
+        raise UsageError("--local gives the .aln its local rows: it needs --to aretomo (or all)")
+    if "aretomo" in targets:
+        local, local_path = local_alignment_for(record, args.local)
+        if local is not None:
+            note(f"local rows of {prefix}.aln from {local_path}")
     measured = None
     if "imod" in targets:
         measured = measured_markers(record, args.markers)
@@ -69,6 +80,7 @@ def run_export(args) -> int:
         pixel_size_angst=args.pixel_size,
         measured=measured,
         relion_tilt_series=args.relion_tilt_series,
+        local=local,
     )
     print(" Wrote " + ", ".join(written))
     return EXIT_OK
@@ -91,6 +103,7 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         pixel_size_angst=args.pixel_size,
         measured=measured_markers(record, markers),
         with_xf_tlt=False,
+        local=local_alignment_for(record)[0] if "aretomo" in targets else None,
     )
     print(" Exported " + ", ".join(written))
     return exit_code
@@ -120,5 +133,11 @@ def add_export(sub):
         "--relion-tilt-series",
         metavar="STAR",
         help="the tilt-series STAR RELION 5's Import wrote: P.star is that file with the alignment filled in",
+    )
+    p.add_argument(
+        "--local",
+        metavar="LOCAL.xf",
+        help="IMOD local alignment of this alignment for the .aln's local rows (default: <stem>local.xf "
+        "beside the record, when there)",
     )
     p.set_defaults(run=run_export)

@@ -1,4 +1,4 @@
-"""AreTomo ``.aln`` alignment files: write our alignment's global rows, read one as a start.
+"""AreTomo ``.aln`` alignment files: write our alignment (global and local rows), read one as a start.
 
 Layout (as AreTomo 1-3 write it; the ``alnfile`` package and ``cryoet-alignment`` parse it):
 
@@ -10,11 +10,36 @@ Layout (as AreTomo 1-3 write it; the ``alnfile`` package and ``cryoet-alignment`
     # BetaOffset =  DEG
     # SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT
     SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT  as  i5,f11.4,f11.5,2f11.3,4f9.2,f10.2
-    # Local Alignment                          then per-patch rows (only when N > 0)
+    # Local Alignment
+    SEC PATCH CX CY SX SY RELIABLE  as  2i4,f9.2,3f10.2,f6.1, N rows per SEC (when N > 0)
 
 SEC is the 0-based index in the stack left after removing the dark frames. ROT, TX, TY and
 TILT follow :mod:`.conventions`: ``p - c = R(ROT) P Ry(TILT) X + (TX, TY)``, pixels of the raw
-images. TILT has two decimals in this layout (0.005 degree).
+images. TILT has two decimals in this layout (0.005 degree). Fields are written with
+:mod:`lmalign_jax.io.fixed_width` (a number too wide for its column widens it by one
+blank-separated field; AreTomo, ``alnfile`` and ``cryoet-alignment`` read the rows
+blank-separated).
+
+Local rows (``cryoet-alignment`` documents them): per SEC and patch, CX, CY are where the centre
+of the patch is expected in the globally aligned image (tilt axis along y, origin at the image
+centre: ``P Ry(TILT) X`` of the patch's 3-D centre) and SX, SY the measured deviation from it,
+so the patch centre lies at ``(CX + SX, CY + SY)`` in that frame; RELIABLE is 1.0 or 0.0.
+
+From IMOD's local alignment (``<prefix>local.xf``, :mod:`lmalign_jax.io.imod_local`, as
+``align --local`` writes it) to these rows, :func:`aretomo_local_rows`: patch ``p``'s centre
+``(x, y)`` (its grid centre, relative to the image centre) is taken at height ``z = 0`` (the
+tilt axis: the grid has no height). Its expected position in view ``v`` is the global
+projection ``(x cos t_v, y)``; IMOD's tilt puts it at ``Q = A_pv P_pv + D_pv``, with ``P_pv``
+the projection at the patch's own angles (``t_v + dt_pv``, X-axis tilt ``dxt_pv``) and
+``[A_pv | D_pv]`` the patch's transform into the globally aligned image (the frame of our
+``.xf``, which is AreTomo's aligned frame). Written: ``CX, CY = (x cos t_v, y)`` and
+``SX, SY = Q - (CX, CY)``, exact at each patch centre at z = 0. Dropped, because an AreTomo
+local row is a shift only: the linear part of ``A_pv`` (rotation, stretch across the patch),
+the z-dependence of the patch's delta tilt (a point at height z moves by a further
+``z (sin(t + dt) - sin t)``), and the patch's z factors; AreTomo interpolates its shifts
+between patch centres its own way, not as IMOD's tilt blends the four nearest transforms.
+Every row is RELIABLE 1.0 (a patch whose local fit was no better than the global one carries
+the global solution, a zero shift).
 """
 
 from __future__ import annotations
@@ -26,36 +51,62 @@ import os
 import numpy as np
 
 from ..io import InputError, atomic_write
+from ..io.fixed_width import format_records, record_format
+from ..io.imod_local import LocalAlignment
 from .conventions import ViewGeometry, aretomo_parameters, xf_from_rotation_shift
 
-__all__ = ["ALN_COLUMNS", "AretomoAlignment", "read_aln", "write_aln"]
+__all__ = ["ALN_COLUMNS", "LOCAL_COLUMNS", "AretomoAlignment", "aretomo_local_rows", "read_aln", "write_aln"]
 
 ALN_COLUMNS = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 _HEADER = "# AreTomo Alignment / Priims bprmMn"
 _COLUMN_LINE = (
     "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
 )
-_ROW_FORMATS = (
-    "{:5d}",
-    "{:11.4f}",
-    "{:11.5f}",
-    "{:11.3f}",
-    "{:11.3f}",
-    "{:9.2f}",
-    "{:9.2f}",
-    "{:9.2f}",
-    "{:9.2f}",
-    "{:10.2f}",
-)
-_ROW_WIDTHS = (5, 11, 11, 11, 11, 9, 9, 9, 9, 10)
+_ROW_RECORD = record_format("i5,f11.4,f11.5,2f11.3,4f9.2,f10.2")
+#: The local rows' columns (``alnfile``'s names) and layout.
+LOCAL_COLUMNS = ("SEC", "PATCH", "CX", "CY", "SX", "SY", "RELIABLE")
+_LOCAL_RECORD = record_format("2i4,f9.2,3f10.2,f6.1")
 
 
-def write_aln(path: str | os.PathLike, geometry: ViewGeometry, excluded_views=()) -> None:
-    """Write ``geometry`` as an AreTomo ``.aln`` with global rows only.
+def aretomo_local_rows(geometry: ViewGeometry, local: LocalAlignment) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, shifts), each (n_views, n_patches, 2) pixels: AreTomo's expected patch centres
+    in the globally aligned image and the local shifts from them, converted from IMOD's local
+    alignment ``local`` (one entry per view of ``geometry``) as the module docstring states."""
+    if local.n_views != geometry.n_views:
+        raise ValueError(
+            f"the local alignment has {local.n_views} views but the alignment has {geometry.n_views}"
+        )
+    nx, ny = geometry.image_size
+    centre = local.centres - np.array([nx / 2.0, ny / 2.0])  # (P, 2)
+    x, y = centre[:, :1], centre[:, 1:]
+    tilt = np.radians(np.asarray(geometry.tilts_deg, dtype=np.float64))[None, :]  # (1, V)
+    own = tilt + np.radians(local.delta_tilt_deg)  # (P, V)
+    x_tilt = np.radians(local.delta_xtilt_deg) if local.delta_xtilt_deg is not None else np.zeros_like(own)
+    ideal = np.stack(
+        [x * np.cos(own) + y * np.sin(x_tilt) * np.sin(own), y * np.cos(x_tilt)], axis=-1
+    )  # (P, V, 2): the projection at the patch's angles, z = 0
+    xf = local.transforms
+    placed = np.einsum("pvij,pvj->pvi", xf[..., :2], ideal) + xf[..., 2]
+    expected = np.stack([x * np.cos(tilt), np.broadcast_to(y, own.shape)], axis=-1)
+    return expected.transpose(1, 0, 2), (placed - expected).transpose(1, 0, 2)
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(values.reshape(values.shape[0], -1)), axis=1))[0])
+        raise ValueError(f"view {bad}: {name} is not finite")
+
+
+def write_aln(
+    path: str | os.PathLike, geometry: ViewGeometry, excluded_views=(), local: LocalAlignment | None = None
+) -> None:
+    """Write ``geometry`` as an AreTomo ``.aln``: global rows, and local rows from ``local``.
 
     excluded_views: 0-based views to list as ``DarkFrame`` lines (with their tilt) instead of
     rows; the other views get rows numbered 0, 1, ... in view order. RawSize is the image size
     and the number of views. X-axis tilts must be 0 (the layout has no per-view column).
+    local: IMOD's local alignment of the same views (:func:`aretomo_local_rows`), or None for
+    ``NumPatches = 0``. ValueError for what the layout cannot hold.
     """
     if np.any(geometry.x_tilt_deg != 0.0):
         raise ValueError("AreTomo .aln has no per-view X-axis tilt; x_tilt_deg must be 0")
@@ -66,25 +117,30 @@ def write_aln(path: str | os.PathLike, geometry: ViewGeometry, excluded_views=()
     if len(excluded) == n:
         raise ValueError("every view is excluded: nothing to write")
     columns = aretomo_parameters(geometry)
+    for name in ALN_COLUMNS[1:]:
+        _check_finite(name, np.asarray(columns[name], dtype=np.float64))
+    kept = np.array([v for v in range(n) if v not in set(excluded)], dtype=np.int64)
+    n_patches = 0 if local is None else int(np.prod(local.n_patches))
     lines = [
         _HEADER,
         f"# RawSize = {round(geometry.image_size[0])} {round(geometry.image_size[1])} {n}",
-        "# NumPatches = 0",
+        f"# NumPatches = {n_patches}",
     ]
     lines += [f"# DarkFrame ={v:6d}{0:5d}{geometry.tilts_deg[v]:9.2f}" for v in excluded]
     lines += ["# AlphaOffset =     0.00", "# BetaOffset =     0.00", _COLUMN_LINE]
-    kept = [v for v in range(n) if v not in set(excluded)]
-    for sec, v in enumerate(kept):
-        values = [sec] + [columns[name][v] for name in ALN_COLUMNS[1:]]
-        fields = [fmt.format(x) for fmt, x in zip(_ROW_FORMATS, values, strict=True)]
-        for name, field, width in zip(ALN_COLUMNS, fields, _ROW_WIDTHS, strict=True):
-            if len(field) != width or not field.startswith(" "):
-                raise ValueError(
-                    f"view {v}: {name} = {field.strip()} does not fit its .aln column ({width} characters)"
-                )
-        lines.append("".join(fields))
+    rows = [np.arange(kept.size)] + [
+        np.asarray(columns[name], dtype=np.float64)[kept] for name in ALN_COLUMNS[1:]
+    ]
+    text = "\n".join(lines) + "\n" + format_records(_ROW_RECORD, rows)
+    if local is not None:
+        centres, shifts = aretomo_local_rows(geometry, local)
+        _check_finite("a local shift", shifts)
+        sec, patch = np.meshgrid(np.arange(kept.size), np.arange(n_patches), indexing="ij")
+        c, d = centres[kept].reshape(-1, 2), shifts[kept].reshape(-1, 2)
+        local_rows = [sec.ravel(), patch.ravel(), c[:, 0], c[:, 1], d[:, 0], d[:, 1], np.ones(sec.size)]
+        text += "# Local Alignment\n" + format_records(_LOCAL_RECORD, local_rows)
     with atomic_write(path) as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,7 +157,9 @@ class AretomoAlignment:
         dark_sections: (k,) 0-based raw sections AreTomo excluded (DarkFrame lines).
         dark_tilts_deg: (k,) their tilt angles, degrees.
         alpha_offset_deg, beta_offset_deg: AlphaOffset and BetaOffset, degrees.
-        n_patches: NumPatches (local-alignment rows are not read).
+        n_patches: NumPatches.
+        local_rows: (k, 7) the local rows (LOCAL_COLUMNS: SEC, PATCH, CX, CY, SX, SY, RELIABLE),
+            (0, 7) when the file has none.
     """
 
     raw_size: tuple[int, int, int]
@@ -115,6 +173,7 @@ class AretomoAlignment:
     alpha_offset_deg: float
     beta_offset_deg: float
     n_patches: int
+    local_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 7)))
 
     @property
     def xf(self) -> np.ndarray:
@@ -183,7 +242,7 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
     raw_size = None
     n_patches = 0
     alpha = beta = 0.0
-    dark, rows = [], []
+    dark, rows, local = [], [], []
     section = None
     for k, line in enumerate(lines, start=1):
         text = line.strip()
@@ -210,6 +269,14 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
                 section = "local"
             continue
         if section == "local":
+            tokens = text.split()
+            if len(tokens) != len(LOCAL_COLUMNS):
+                raise InputError(
+                    path,
+                    k,
+                    f"expected {len(LOCAL_COLUMNS)} values ({' '.join(LOCAL_COLUMNS)}), got {len(tokens)}",
+                )
+            local.append([_number(path, k, t, name) for t, name in zip(tokens, LOCAL_COLUMNS, strict=True)])
             continue
         if section != "global":
             raise InputError(path, k, "data line before the '# SEC ...' column line")
@@ -251,4 +318,5 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
         alpha_offset_deg=float(alpha),
         beta_offset_deg=float(beta),
         n_patches=int(n_patches),
+        local_rows=np.array(local, dtype=np.float64).reshape(-1, len(LOCAL_COLUMNS)),
     )

@@ -13,7 +13,10 @@ Files, for ``--prefix P``:
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
   ``ts_import_alignments`` expect), and ``P.zfac`` when the model has stretch
   (:func:`z_factors`). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
-- aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines).
+- aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines), and local
+  rows converted from IMOD's local alignment (``<stem>local.xf`` beside the record, as ``align
+  --local`` writes it, or a file given): :func:`local_alignment_for`,
+  :func:`lmalign_jax.export.aretomo.aretomo_local_rows`.
 - relion: ``P.star``, RELION 5's per-tilt-series STAR (block ``data_P``); needs the pixel size.
 - portal: ``P_portal.json``, the CryoET Data Portal alignment JSON.
 """
@@ -43,6 +46,7 @@ from ..export.imod import (
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
+from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
@@ -54,6 +58,7 @@ __all__ = [
     "EXPORT_TARGETS",
     "export_alignment",
     "export_suffixes",
+    "local_alignment_for",
     "measured_markers",
     "parse_export_targets",
     "read_alignment_record",
@@ -118,6 +123,28 @@ def measured_markers(record: AlignmentRecord, markers_path: str | None = None):
 def read_alignment_record(path: str) -> AlignmentRecord:
     """The record at ``path`` (InputError naming it if it is not an ``lmalign align`` record)."""
     return read_record(path)
+
+
+#: IMOD's local alignment file beside a record ``<stem>.json``: ``<stem>local.xf`` (``align --local``).
+LOCAL_XF_SUFFIX = "local.xf"
+
+
+def local_alignment_for(
+    record: AlignmentRecord, path: str | None = None
+) -> tuple[LocalAlignment | None, str | None]:
+    """(IMOD local alignment, its path) for the ``.aln``'s local rows: ``path``, else
+    ``<stem>local.xf`` beside the record when it exists, else (None, None). InputError (naming
+    the file and line) for a file that is not one, or is made for other views or another image."""
+    if path is None:
+        stem = os.path.splitext(os.path.abspath(record.path))[0]
+        if not os.path.isfile(stem + LOCAL_XF_SUFFIX):
+            return None, None
+        path = stem + LOCAL_XF_SUFFIX
+    n_views = record.xf.shape[0] if record.xf is not None else None
+    local = read_local_xf(path, n_views)
+    if record.image_size is not None:
+        check_local_grid(path, local, record.image_size, record.pixel_size_A or 0.0)
+    return local, path
 
 
 def _require(record: AlignmentRecord, what: str):
@@ -287,13 +314,15 @@ def export_alignment(
     software: str = "lmalign_jax",
     surface_lines: Sequence[str] = (),
     relion_tilt_series: str | None = None,
+    local: LocalAlignment | None = None,
 ) -> list[str]:
     """Write ``targets`` (from EXPORT_TARGETS) of ``record`` into ``out_dir``; all or none.
 
     pixel_size_angst: A/px, default the record's (RELION needs one); measured: the input's
     MarkerSet (gaps of the filled model are filled, measured points kept; None: all projected);
     with_xf_tlt: write ``.xf``/``.tlt`` with the IMOD files (``align --export`` has just
-    written them); surface_lines: the surface-analysis block for ``align.log``. Returns the
+    written them); surface_lines: the surface-analysis block for ``align.log``; local: IMOD's
+    local alignment of these views for the ``.aln``'s local rows (:func:`local_alignment_for`). Returns the
     paths written. InputError for a record that cannot be exported, UsageError for a missing
     pixel size or a folder holding another series' ``align.log``.
     """
@@ -318,7 +347,7 @@ def export_alignment(
             out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines
         ),
         "aretomo": lambda out: write_aln(
-            out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded)
+            out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded), local=local
         ),
         "relion": lambda out: _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series),
         "portal": lambda out: out.write_text(
