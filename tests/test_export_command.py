@@ -369,6 +369,64 @@ def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path
     assert before > 0.5 and after < 0.75 * before
 
 
+def _result_from_truth(model: str, extra=None, seed: int = 4):
+    """A result whose views and markers are a simulated series' truth, with the transforms
+    computed as align() computes them (core.result.result_from_solution)."""
+    from lmalign_jax.core import AlignmentSettings
+    from lmalign_jax.core.result import result_from_solution
+
+    s = simulate(n_views=41, n_markers=30, image_size=(2048, 2048), model=model, extra=extra, seed=seed)
+    m = get_model(model)
+    views = np.asarray(s.views)
+    predicted = np.asarray(m.project(jnp.asarray(views.T[:, :, None]), jnp.asarray(s.markers.T[:, None, :])))
+    predicted = predicted.transpose(1, 2, 0).astype(np.float64)
+    result = result_from_solution(
+        m, s.observations, views, s.markers, predicted, stages=(), status="converged", n_free=0,
+        rotation_estimated_deg=None, settings=AlignmentSettings(),
+    )  # fmt: skip
+    t = views[:, m.index("tilt")][:, None]
+    x, y, z = (s.markers[None, :, k] for k in range(3))
+    plain = np.stack([x * np.cos(t) + z * np.sin(t), np.broadcast_to(y, predicted.shape[:2])], -1)
+    return result, predicted, plain
+
+
+def test_xf_and_zfac_are_computed_together_as_tiltalign_does(tmp_path):
+    """Luther's z scaled apart from x: the .xf from the projection's x, y columns and the .zfac
+    from its z column put every marker exactly where tilt's (x cos t + z sin t + xz z, y + yz z)
+    does (the least-squares .xf with its least-squares .zfac left 0.13 px RMS); jou's .xf is the
+    least-squares one and needs no z factors; a projection that is not affine keeps the
+    least-squares .xf."""
+    from lmalign_jax.core.result import fit_image_transforms, image_transforms
+    from lmalign_jax.workflow.exporting import z_factors
+
+    result, predicted, plain = _result_from_truth("luther", {"mag_z": (1.0, 0.02)})
+    record = build_record(
+        result,
+        expand_to_file_views(result, np.arange(41), result.observations.tilts_deg),
+        marker_ids=tuple(range(1, 31)),
+        inputs={"image_size": [2048, 2048]},
+        options={"model": "luther"},
+    )
+    (tmp_path / "l.json").write_text(record_to_json(record))
+    zfac = z_factors(read_record(str(tmp_path / "l.json")))
+    z = result.markers[None, :, 2, None]
+    aligned = np.einsum("vij,vmj->vmi", result.xf[:, :, :2], predicted) + result.xf[:, None, :, 2]
+    assert np.abs(zfac).max() > 0.01
+    np.testing.assert_allclose(aligned, plain + z * zfac[:, None, :], rtol=0, atol=1e-6)
+    least = fit_image_transforms(predicted, plain)
+    left = np.einsum("vij,vmj->vmi", least[:, :, :2], predicted) + least[:, None, :, 2] - plain
+    z_fit = np.einsum("m,vmi->vi", z[0, :, 0], left) / np.sum(z**2)
+    assert np.sqrt(np.mean((left - z * z_fit[:, None, :]) ** 2)) > 0.05  # what the exact pair removes
+
+    jou, predicted, plain = _result_from_truth("jou")
+    np.testing.assert_allclose(jou.xf, fit_image_transforms(predicted, plain), rtol=0, atol=1e-9)
+    warped = predicted + 1e-6 * predicted[..., ::-1] ** 2  # ~4 px at the corners: not affine
+    np.testing.assert_array_equal(
+        image_transforms(warped, plain, jou.markers, np.radians(jou.tilts_deg)),
+        fit_image_transforms(warped, plain),
+    )
+
+
 def test_a_number_wider_than_its_column_widens_it_and_reads_back(written, tmp_path, capsys):
     """A shift of 1e9 px (no .aln or .xf column holds it): that field widens (io.fixed_width),
     and alnfile and the .xf reader read the number back."""

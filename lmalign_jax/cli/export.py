@@ -25,8 +25,9 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
 
   imod     P.xf, P.tlt, P.xtilt (zeros), P_nogaps.fid (fiducial model, gaps filled by the solved
            projection), P_erase.fid (beads in the aligned stack, for ccderaser) and {ALIGN_LOG_NAME}
-           (tiltalign's layout); P.zfac (tilt's z factors) when the model stretches. One folder
-           per tilt series: WarpTools' ts_import_alignments and RELION's IMOD importer read it.
+           (tiltalign's layout); P.zfac (tilt's z factors, computed with the .xf) when they are
+           not 0. One folder per tilt series: WarpTools' ts_import_alignments and RELION's IMOD
+           importer read it.
   aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines); with a
            local alignment (<stem>local.xf beside the record, as 'align --local' writes it, or
            --local FILE), its local rows: each patch centre's shift (the rest of IMOD's patch

@@ -11,8 +11,9 @@ Files, for ``--prefix P``:
   tilt), ``P_nogaps.fid`` (gaps filled by the solved projection), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
-  ``ts_import_alignments`` expect), and ``P.zfac`` when the model has stretch
-  (:func:`z_factors`). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
+  ``ts_import_alignments`` expect), and ``P.zfac`` when the projection varies with height beyond tilt's
+  formula (:func:`z_factors`: luther's magnifications, diez's declination). No ``.tltxf`` (it
+  equals the ``.xf``: we align the raw images).
 - aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines), and local
   rows converted from IMOD's local alignment (``<stem>local.xf`` beside the record, as ``align
   --local`` writes it, or a file given): :func:`local_alignment_for`,
@@ -67,9 +68,11 @@ __all__ = [
 
 EXPORT_TARGETS = ("imod", "aretomo", "relion", "portal")
 ALIGN_LOG_NAME = "align.log"
-#: Parameters that stretch the specimen or the image: with any of them away from neutral, the
-#: IMOD export includes a ``.zfac`` (tilt's ZFACTORFILE).
-STRETCH_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew")
+#: Parameters that can make the projection height-dependent beyond tilt's ``(x cos t + z sin t,
+#: y)``: with all of them neutral the z factors are 0 and are not computed (no JAX import).
+Z_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew", "declination")
+#: Z factors below this (the ``.zfac``'s printed precision, ``2f12.7``) are zero: no ``.zfac``.
+ZFAC_NEGLIGIBLE = 5e-8
 _SUFFIXES = {
     "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac"),
     "aretomo": (".aln",),
@@ -227,30 +230,32 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
 
 
 def z_factors(record: AlignmentRecord) -> np.ndarray | None:
-    """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when the record's model has
-    no stretch (:data:`STRETCH_PARAMETERS` all neutral on the fitted views).
+    """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when they are all negligible
+    (:data:`Z_PARAMETERS` all neutral, or every factor below :data:`ZFAC_NEGLIGIBLE`: imod's
+    stretch and skew act on the image, after the projection) or the record lacks what they need.
 
     Per fitted view, the aligned positions of the solved markers (the ``.xf`` applied to the
     model's projection) minus tilt's ``(x cos t + z sin t, y)``, regressed on z through zero
     (least squares over the markers): the part of the geometry that varies with height and
-    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0.
+    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0. For a model whose
+    projection is affine in the marker position (luther, diez), the ``.xf`` was computed with
+    these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
+    so the regression is exact; for the deformation models it is the least-squares correction.
     """
     views, markers = record.views, record.markers
     if views is None or markers is None or record.model_name is None:
         return None
-    from ..models import MODELS, get_model  # JAX: loaded only for a model with stretch
+    from ..models import MODELS, get_model  # JAX: loaded on use
 
     if record.model_name not in MODELS:
         return None
     model = get_model(record.model_name)
     keep = ~views.excluded
     neutral = dict(zip(model.parameters, model.neutral, strict=True))
-    stretched = [
-        p
+    if not keep.any() or not any(
+        p in Z_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
         for p in model.parameters
-        if p in STRETCH_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
-    ]
-    if not stretched or not keep.any():
+    ):
         return None
     import jax.numpy as jnp
 
@@ -278,7 +283,7 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     out = np.zeros((record.xf.shape[0], 2))
     if denominator > 0:
         out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
-    return out
+    return out if np.abs(out).max() >= ZFAC_NEGLIGIBLE else None
 
 
 def _check_align_log(out_dir: str, prefix: str) -> None:
