@@ -47,6 +47,15 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Float, Int
 
+from .surface_split import (
+    least_squares,
+    null_separations,
+    parallel_planes,
+    plane_design,
+    separation_of,
+    split,
+)
+
 __all__ = [
     "MIN_POINTS_SLOPE",
     "MIN_POINTS_TWO_SURFACES",
@@ -271,18 +280,6 @@ def _angle_errors(slope_x: float, slope_y: float, cov_ab: np.ndarray) -> tuple[f
     return float(np.sqrt(max(var[0], 0.0))), float(np.sqrt(max(var[1], 0.0)))
 
 
-def _design(xy: np.ndarray, use_y: bool, group=None) -> np.ndarray:
-    cols = [xy[:, 0]] + ([xy[:, 1]] if use_y else []) + [np.ones(len(xy))]
-    if group is not None:
-        cols.append(group.astype(np.float64))
-    return np.stack(cols, axis=1)
-
-
-def _lstsq(design: np.ndarray, z: np.ndarray):
-    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
-    return coef, z - design @ coef
-
-
 def _spans_plane(xy: np.ndarray) -> bool:
     """Whether the beads' x, y positions span two directions (else no slope in y)."""
     centred = xy - xy.mean(axis=0)
@@ -294,8 +291,8 @@ def _fit_one_plane(xyz: np.ndarray):
     """(PlaneFit, residuals (n,)) of one plane through all beads."""
     n = len(xyz)
     use_y = n >= MIN_POINTS_X_TILT and _spans_plane(xyz[:, :2])
-    design = _design(xyz[:, :2], use_y)
-    coef, resid = _lstsq(design, xyz[:, 2])
+    design = plane_design(xyz[:, :2], use_y)
+    coef, resid = least_squares(design, xyz[:, 2])
     slope_x, slope_y = float(coef[0]), float(coef[1]) if use_y else 0.0
     adjusted, x_tilt, change = _angles(slope_x, slope_y)
     dof = n - design.shape[1]
@@ -321,153 +318,8 @@ def _fit_one_plane(xyz: np.ndarray):
     return fit, resid
 
 
-def _parallel_planes(xyz: np.ndarray, top: np.ndarray):
-    """Coefficients (a, b, c_bottom, c_top - c_bottom), residuals and design of two parallel planes."""
-    design = _design(xyz[:, :2], True, top)
-    coef, resid = _lstsq(design, xyz[:, 2])
-    return coef, resid, design
-
-
-def _middle(v: np.ndarray) -> np.ndarray:
-    return v > (v.max() + v.min()) / 2.0
-
-
-def _widest_gap(v: np.ndarray) -> np.ndarray:
-    ordered = np.sort(v)
-    k = int(np.argmax(np.diff(ordered)))
-    return v > (ordered[k] + ordered[k + 1]) / 2.0
-
-
-def _flip_refine(base: np.ndarray, z: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """``top`` (n,) improved by moving single beads to the other surface while that lowers the
-    two planes' squared residual. Assigning each bead to the nearer plane can stop with a bead on
-    the wrong surface whose pull tilts both planes towards it (a 16-bead slab slanted 10 deg:
-    residual 8,246 px^2 against 29 for the true split); one flip at a time, all flips tried in one
-    batched solve, undoes that. ``base`` (n, 3): columns x, y, 1."""
-    n = len(z)
-    flips = np.eye(n, dtype=bool)
-    rss_now = math.inf
-    for _ in range(n):
-        groups = (top[None, :] ^ flips).astype(np.float64)  # (candidate, bead)
-        counts = groups.sum(axis=1)
-        design = np.concatenate([np.broadcast_to(base, (n, n, 3)), groups[:, :, None]], axis=2)
-        coef = np.linalg.pinv(design) @ z  # (candidate, 4)
-        rss = np.sum((z - np.einsum("cnk,ck->cn", design, coef)) ** 2, axis=1)
-        rss[(counts == 0) | (counts == n)] = math.inf
-        if not math.isfinite(rss_now):
-            g = top.astype(np.float64)
-            d = np.column_stack([base, g])
-            r = z - d @ (np.linalg.pinv(d) @ z)
-            rss_now = float(r @ r)
-        best = int(np.argmin(rss))
-        if not rss[best] < rss_now * (1.0 - 1e-9):
-            break
-        top, rss_now = top ^ flips[best], float(rss[best])
-    return top
-
-
-def _split(xyz: np.ndarray, dev: np.ndarray) -> np.ndarray:
-    """Top-surface mask (n,) of the two-parallel-plane split with the least squared residual."""
-    z = xyz[:, 2]
-    best, best_rss = None, math.inf
-    for start in (_middle(dev), _widest_gap(dev), _middle(z), _widest_gap(z)):
-        top = start
-        for _ in range(100):
-            if top.all() or not top.any():
-                break
-            coef, _, _ = _parallel_planes(xyz, top)
-            level = z - coef[0] * xyz[:, 0] - coef[1] * xyz[:, 1]
-            lower, upper = sorted((coef[2], coef[2] + coef[3]))
-            new = np.abs(level - upper) < np.abs(level - lower)
-            if new.all() or not new.any() or np.array_equal(new, top):
-                break
-            top = new
-        if top.all() or not top.any():
-            continue
-        coef, resid, _ = _parallel_planes(xyz, top)
-        if coef[3] < 0:  # the group called top lies below
-            top = ~top
-            coef, resid, _ = _parallel_planes(xyz, top)
-        rss = float(resid @ resid)
-        if rss < best_rss:
-            best, best_rss = top, rss
-    if best is None:
-        return None
-    best = _flip_refine(_design(xyz[:, :2], True), z, best)
-    if _parallel_planes(xyz, best)[0][3] < 0:
-        best = ~best
-    return best
-
-
-def _separation(xyz: np.ndarray, top: np.ndarray) -> float:
-    coef, resid, _ = _parallel_planes(xyz, top)
-    sd = math.sqrt(float(resid @ resid) / (len(xyz) - 4))
-    return float(coef[3]) / sd if sd > 0 else math.inf
-
-
-def _null_separations(xy: np.ndarray, draws: int, seed: int) -> np.ndarray:
-    """Separation statistic (draws,) of beads drawn uniformly through one slab at the given
-    x, y (points, 2); the same split as the data get, on normal equations (x, y centred) for
-    speed."""
-    rng = np.random.default_rng(seed)
-    n = len(xy)
-    centred = xy - xy.mean(axis=0)
-    base = np.column_stack([centred, np.ones(n)])  # (n, 3)
-    base_pinv = np.linalg.pinv(base)
-    out = np.empty(draws)
-    for k in range(draws):
-        z = rng.uniform(0.0, 1.0, n)
-        dev = z - base @ (base_pinv @ z)
-        out[k] = _separation_fast(base, z, dev)
-    return out
-
-
-def _separation_fast(base: np.ndarray, z: np.ndarray, dev: np.ndarray) -> float:
-    """``_separation(_split(...))`` for one draw: best of the four starts by squared residual."""
-
-    def solve(top):
-        g = top.astype(np.float64)
-        design = np.column_stack([base, g])
-        coef = np.linalg.solve(design.T @ design, design.T @ z)
-        return coef, z - design @ coef
-
-    best_rss, best_top = math.inf, None
-    for start in (_middle(dev), _widest_gap(dev), _middle(z), _widest_gap(z)):
-        top = start
-        coef = resid = None
-        for _ in range(100):
-            if top.all() or not top.any():
-                break
-            try:
-                coef, resid = solve(top)
-            except np.linalg.LinAlgError:  # the split lines up with x, y: not a candidate
-                top = np.ones_like(top)
-                break
-            level = z - base[:, :2] @ coef[:2]
-            lower, upper = sorted((coef[2], coef[2] + coef[3]))
-            new = np.abs(level - upper) < np.abs(level - lower)
-            if new.all() or not new.any() or np.array_equal(new, top):
-                break
-            top = new
-        if top.all() or not top.any():
-            continue
-        coef, resid = solve(top)
-        rss = float(resid @ resid)
-        if rss < best_rss:
-            best_rss, best_top = rss, top
-    if best_top is None:
-        return 0.0
-    top = _flip_refine(base, z, best_top)
-    design = np.column_stack([base, top.astype(np.float64)])
-    coef = np.linalg.pinv(design) @ z
-    resid = z - design @ coef
-    rss = float(resid @ resid)
-    sd = math.sqrt(rss / (len(z) - 4))
-    return abs(float(coef[3])) / sd if sd > 0 else math.inf
-
-
 def _fit_two_surfaces(xyz: np.ndarray, top: np.ndarray, separation: float, p: float):
-    coef, resid, design = _parallel_planes(xyz, top)
+    coef, resid, design = parallel_planes(xyz, top)
     n = len(xyz)
     cov = float(resid @ resid) / (n - 4) * np.linalg.pinv(design.T @ design)
     slope_x, slope_y = float(coef[0]), float(coef[1])
@@ -540,12 +392,12 @@ def analyze_surfaces(
     surface = np.zeros(n, dtype=np.int64)
     intercept = np.full(n, one.intercept_px)
     if n_surfaces == 2:
-        top = _split(xyz, resid) if n >= MIN_POINTS_TWO_SURFACES and _spans_plane(xyz[:, :2]) else None
+        top = split(xyz, resid) if n >= MIN_POINTS_TWO_SURFACES and _spans_plane(xyz[:, :2]) else None
         if top is None:
             note = "There are too few points to analyze for distribution on two surfaces"
         else:
-            separation = _separation(xyz, top)
-            null = _null_separations(xyz[:, :2], separation_draws, seed)
+            separation = separation_of(xyz, top)
+            null = null_separations(xyz[:, :2], separation_draws, seed)
             p = (1 + int(np.sum(null >= separation))) / (1 + separation_draws)
             if p > significance:
                 note = (
