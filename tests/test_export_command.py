@@ -471,6 +471,16 @@ def test_export_writes_the_local_alignment_beside_the_record_as_aln_local_rows(w
     np.testing.assert_allclose(theirs["shift_y"], shifts[..., 1].ravel(), rtol=0, atol=5.1e-3)
     assert np.abs(shifts).max() > 1  # a real correction was carried
 
+    # align --local --export aretomo: the local file align has just written beside the record
+    from argparse import Namespace
+
+    from lmalign_jax.cli.export import export_after_align
+
+    args = Namespace(export="aretomo", out_dir=str(tmp_path), pixel_size=None)
+    (tmp_path / "TS_01.csv").write_bytes((written["folder"] / "TS_01.csv").read_bytes())
+    (tmp_path / "TS_01.aln").unlink()
+    assert export_after_align(args, 0, str(tmp_path / "TS_01.csv"), "TS_01") == 0
+    assert len(alnfile.read(tmp_path / "TS_01.aln", alignment_type="local")) == 60
     (tmp_path / "TS_01local.xf").rename(tmp_path / "patches.xf")
     argv = ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "b")]
     assert _run(capsys, argv)[0] == 0
