@@ -6,24 +6,25 @@ is exactly that call. Once ``enable(folder)`` is called (the ``lmalign`` command
 library never does by itself), the first call of each (function, static options, argument shapes
 and dtypes) lowers and compiles the computation on flat arguments and stores the compiled
 executable (``jax.experimental.serialize_executable``) in ``folder``; later calls, in any process,
-load it and run it directly. Tracing, lowering and even a hit in JAX's persistent compilation
-cache cost a warm command more than its solve (0.4 s and 0.3 s on a small real set); loading an
-executable costs milliseconds (plus registering JAX's LAPACK kernels once, which lowering would
-have done). The executable is the one the traced call compiles, so results are the same numbers.
-This is done on the CPU backend only; on an accelerator the call is made directly and JAX's own
-persistent cache skips the compile.
+load it and run it directly. Tracing and lowering again, and even a hit in JAX's persistent
+compilation cache, cost a warm command more than its solve (0.4 s and 0.3 s on a small real set);
+loading the executables costs a fraction of that, plus registering JAX's LAPACK kernels once
+(which lowering would have done). The executable is the one the traced call compiles, so results
+are the same numbers. This is done on the CPU backend only; on an accelerator the call is made
+directly and JAX's own persistent cache skips the compile.
 
 Entries are keyed by the function's module and name, its static options, the tree structure,
 shapes, dtypes and weak types of its arguments, the JAX and jaxlib versions, the backend and
 its platform version, this machine's CPU (model and instruction-set flags: compiled CPU code is
-specific to them, and a cache folder may be shared by machines of a cluster), the default float
-width (x64 on or off) and a digest of this package's source (and of the source file of any
-function from outside it): changing the code, the machine or JAX never reuses an old entry. The
-least recently used entries beyond ``MAX_ENTRIES`` are removed. A corrupt, truncated or
-unreadable entry is ignored and rebuilt; each entry is written to a temporary file and renamed
-into place, so processes running at once never read half an entry. A call the cache cannot key
-(a static option that is not a plain value or a module-level function, a traced argument, a
-computation that cannot be serialized) is simply made directly.
+specific to them, and a cache folder may be shared by machines of a cluster), ``XLA_FLAGS``,
+the default matmul precision, the default float width (x64 on or off) and a digest of this
+package's source (and of the source file of any function from outside it): changing the code,
+the machine or JAX never reuses an old entry. The least recently used entries beyond
+``MAX_ENTRIES`` are removed. A corrupt, truncated or unreadable entry is ignored and rebuilt;
+each entry is written to a temporary file and renamed into place, so processes running at once
+never read half an entry. A call the cache cannot key (a static option that is not a plain value
+or a module-level function, a traced argument, a computation that cannot be serialized) is
+simply made directly.
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ def _key(jitted, leaves, in_tree, static: dict) -> tuple[str, list]:
         jax.lib.__version__,
         jax.default_backend(),
         _machine(),
+        os.environ.get("XLA_FLAGS", ""),  # compiler options (JAX's own cache keys them too)
+        str(jax.config.jax_default_matmul_precision),
         str(jax.dtypes.canonicalize_dtype(np.float64)),
         source_digest(),
     ]
