@@ -140,6 +140,18 @@ def test_shapes_dtypes_and_static_options_key_the_entries(cache):
     assert len(_entries(cache)) == 4
 
 
+def test_compiler_flags_and_the_machine_key_the_entries(cache, monkeypatch):
+    """An executable compiled under other XLA flags, or on another CPU, is never loaded."""
+    _small()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    _small()
+    assert len(_entries(cache)) == 2
+    compiled_cache._machine.cache_clear()
+    monkeypatch.setattr(compiled_cache, "_machine", lambda: "another CPU")
+    _small()
+    assert len(_entries(cache)) == 3
+
+
 def test_least_recently_used_entries_are_removed_past_the_limit(cache, monkeypatch):
     monkeypatch.setattr(compiled_cache, "MAX_ENTRIES", 2)
     _small(n=5)
