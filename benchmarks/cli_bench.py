@@ -4,12 +4,16 @@ series; beside IMOD's ``tiltalign`` when it can be run.
 
     python benchmarks/cli_bench.py                       # both sets, 5 warm runs each
     python benchmarks/cli_bench.py --sets bba --repeats 7
-    python benchmarks/cli_bench.py --package-root /path/to/other/checkout   # compare two trees
+    python benchmarks/cli_bench.py --package-root /path/to/other/checkout   # time another tree
+    python benchmarks/cli_bench.py --before /path/to/old/checkout [--before-path DIR]
 
 Each run is a new ``python -m lmalign_jax align`` process (what a user waits for), timed from
 start to exit. Warm runs reuse the cache folder a cold run filled: the median and the full range
-are reported. The machine's load (``os.getloadavg``) is recorded before every run, as timings on a
-shared machine mean little without it. The JSON goes to benchmarks/results/.
+are reported. With ``--before``, an older tree is timed in the same run, its warm runs
+alternating with this tree's (same data, repeats, outputs and threads on both sides);
+``--before-path`` puts a folder first on that side's ``PYTHONPATH`` (e.g. the dependency
+versions a fresh install got then). The machine's load (``os.getloadavg``) is recorded before
+every run, as timings on a shared machine mean little without it. The JSON goes to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ LARGE = {"views": 61, "markers": 20000, "seed": 5}
 VARIANTS = ("figure", "no_figure")
 
 
-def _env(package_root: Path, cache: Path | None) -> dict:
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(package_root))
+def _env(package_root: Path, cache: Path | None, first: Path | None = None) -> dict:
+    path = os.pathsep.join([str(first)] * (first is not None) + [str(package_root)])
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=path)
     env.pop("LMALIGN_NO_COMPILATION_CACHE", None)
     if cache is not None:
         env["XDG_CACHE_HOME"] = str(cache)
@@ -126,47 +131,54 @@ def _inputs(which: str, work: Path, package_root: Path) -> list[str]:
 
 
 def bench_set(
-    which: str, package_root: Path, work: Path, repeats: int, timeout: float, variants=VARIANTS, save=None
+    which: str, sides: dict, work: Path, repeats: int, timeout: float, variants=VARIANTS, save=None
 ) -> dict:
-    """Cold and warm runs, with and without the figure, for one data set; ``save(out)`` after each."""
-    args = _inputs(which, work, package_root)
-    out: dict = {}
+    """Cold and warm runs, with and without the figure, for one data set, on every side
+    (``name -> (package root, first PYTHONPATH folder or None)``), warm runs alternating between
+    sides; ``save(out)`` after each case. Returns ``{side: {variant: {cold, warm}}}``."""
+    first_root = next(iter(sides.values()))[0]
+    args = _inputs(which, work, first_root)
+    out: dict = {name: {} for name in sides}
     for label in variants:
         figure = label == "figure"
-        cache = Path(tempfile.mkdtemp(prefix=f"cache-{which}-{label}-", dir=work))
-        cmd = [
-            sys.executable,
-            "-m",
-            "lmalign_jax",
-            "align",
-            *args,
-            "--quiet",
-            "--out-dir",
-            str(work / f"out-{which}-{label}"),
-        ]
-        if not figure:
-            cmd.append("--no-figure")
-        env = _env(package_root, cache)
-        cold = _timed(cmd, env, timeout)
-        warm = [_timed(cmd, env, timeout) for _ in range(repeats)]
-        out[label] = {"cold": cold, "warm": _summary(warm)}
-        w = out[label]["warm"]
-        print(
-            f"{which:>5} {label:<10} cold {cold['seconds']:7.2f} s   warm median {w['median_s']:6.2f} s "
-            f"(range {w['min_s']:.2f}-{w['max_s']:.2f}; CPU {w['median_cpu_s']:.2f} s; "
-            f"load {cold['load_1min']:.1f})",
-            flush=True,
-        )
+        envs, cmds, colds, warms = {}, {}, {}, {name: [] for name in sides}
+        for name, (root, first) in sides.items():
+            cache = Path(tempfile.mkdtemp(prefix=f"cache-{name}-{which}-{label}-", dir=work))
+            cmds[name] = [
+                sys.executable,
+                "-m",
+                "lmalign_jax",
+                "align",
+                *args,
+                "--quiet",
+                "--out-dir",
+                str(work / f"out-{name}-{which}-{label}"),
+            ] + ([] if figure else ["--no-figure"])
+            envs[name] = _env(root, cache, first)
+            colds[name] = _timed(cmds[name], envs[name], timeout)
+        for _ in range(repeats):
+            for name in sides:
+                warms[name].append(_timed(cmds[name], envs[name], timeout))
+        for name in sides:
+            out[name][label] = {"cold": colds[name], "warm": _summary(warms[name])}
+            w, cold = out[name][label]["warm"], colds[name]
+            print(
+                f"{name:>6} {which:>5} {label:<10} cold {cold['seconds']:7.2f} s   warm median "
+                f"{w['median_s']:6.2f} s (range {w['min_s']:.2f}-{w['max_s']:.2f}; "
+                f"CPU {w['median_cpu_s']:.2f} s; load {cold['load_1min']:.1f})",
+                flush=True,
+            )
         if save is not None:
             save(out)
     return out
 
 
-def imports(package_root: Path, repeats: int) -> dict:
+def imports(package_root: Path, repeats: int, first: Path | None = None) -> dict:
     """The floor a process cannot go under: starting Python and importing jax, and the package."""
     out = {}
     for name, code in (("python", "pass"), ("jax", "import jax"), ("lmalign_jax", "import lmalign_jax.cli")):
-        runs = [_timed([sys.executable, "-c", code], _env(package_root, None), 120) for _ in range(repeats)]
+        env = _env(package_root, None, first)
+        runs = [_timed([sys.executable, "-c", code], env, 120) for _ in range(repeats)]
         out[name] = _summary(runs)
     return out
 
@@ -197,6 +209,8 @@ def main(argv=None) -> int:
         default=ROOT,
         help="checkout whose lmalign_jax is timed (default this one)",
     )
+    p.add_argument("--before", type=Path, help="an older checkout timed in the same run, alternating")
+    p.add_argument("--before-path", type=Path, help="a folder put first on the --before side's PYTHONPATH")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<date>-<host>-cli.json)")
     args = p.parse_args(argv)
@@ -214,6 +228,17 @@ def main(argv=None) -> int:
         "package_root": str(args.package_root.resolve()),
         "package_commit": package_commit or None,
     }
+    sides = {"after": (args.package_root, None)}
+    if args.before is not None:
+        before_commit = subprocess.run(
+            ["git", "-C", str(args.before), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        sides = {"before": (args.before, args.before_path)} | sides
+        meta |= {
+            "before_root": str(args.before.resolve()),
+            "before_commit": before_commit or None,
+            "before_path": str(args.before_path) if args.before_path else None,
+        }
     meta["load_start"] = os.getloadavg()
     report = {"benchmark": "cli_bench", "meta": meta, "large_series": LARGE, "tiltalign": tiltalign()}
     out = args.out or ROOT / "benchmarks" / "results" / f"{meta['date']}-{socket.gethostname()}-cli.json"
@@ -227,15 +252,17 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="cli-bench-") as work:
-        report["imports"] = imports(args.package_root, args.repeats)
-        print(
-            "imports: "
-            + ", ".join(
-                f"{k} {v['median_s']:.2f} s (CPU {v['median_cpu_s']:.2f} s)"
-                for k, v in report["imports"].items()
-            ),
-            flush=True,
-        )
+        report["imports"] = {
+            name: imports(root, args.repeats, first) for name, (root, first) in sides.items()
+        }
+        for name, found in report["imports"].items():
+            print(
+                f"{name:>6} imports: "
+                + ", ".join(
+                    f"{k} {v['median_s']:.2f} s (CPU {v['median_cpu_s']:.2f} s)" for k, v in found.items()
+                ),
+                flush=True,
+            )
         save()
         for which in sets:
             large = which == "large"
@@ -247,7 +274,7 @@ def main(argv=None) -> int:
             )
             bench_set(
                 which,
-                args.package_root,
+                sides,
                 Path(work),
                 repeats,
                 args.timeout,

@@ -1,23 +1,30 @@
-"""A disk cache of traced and lowered JAX computations, so a new process neither traces nor lowers
+"""A disk cache of compiled JAX computations, so a new process neither traces, lowers nor compiles
 a computation it (or an earlier process) has already run with the same shapes.
 
 ``call(jitted, *args, **static)`` returns ``jitted(*args, **static)``. Unless the cache is on it
 is exactly that call. Once ``enable(folder)`` is called (the ``lmalign`` command line does; the
 library never does by itself), the first call of each (function, static options, argument shapes
-and dtypes) exports the computation with ``jax.export`` and stores its serialized StableHLO in
-``folder``; later calls, in any process, load it and only compile it, which JAX's persistent
-compilation cache then skips too. The exported module is the one the traced call compiles, so
-results are the same numbers.
+and dtypes) lowers and compiles the computation on flat arguments and stores the compiled
+executable (``jax.experimental.serialize_executable``) in ``folder``; later calls, in any process,
+load it and run it directly. Tracing and lowering again, and even a hit in JAX's persistent
+compilation cache, cost a warm command more than its solve (0.4 s and 0.3 s on a small real set);
+loading the executables costs a fraction of that, plus registering JAX's LAPACK kernels once
+(which lowering would have done). The executable is the one the traced call compiles, so results
+are the same numbers. This is done on the CPU backend only; on an accelerator the call is made
+directly and JAX's own persistent cache skips the compile.
 
 Entries are keyed by the function's module and name, its static options, the tree structure,
-shapes, dtypes and weak types of its arguments, the JAX and jaxlib versions, the backend, the
-default float width (x64 on or off) and a digest of this package's source (and of the source
-file of any function from outside it): changing the code or upgrading JAX never reuses an old
-entry. The least recently used entries beyond ``MAX_ENTRIES`` are removed. A corrupt, truncated
-or unreadable entry is ignored and rebuilt; each entry is written to a temporary file and
-renamed into place, so processes running at once never read half an entry. A call the cache
-cannot key (a static option that is not a plain value or a module-level function, a traced
-argument, an unexportable computation) is simply made directly.
+shapes, dtypes and weak types of its arguments, the JAX and jaxlib versions, the backend and
+its platform version, this machine's CPU (model and instruction-set flags: compiled CPU code is
+specific to them, and a cache folder may be shared by machines of a cluster), ``XLA_FLAGS``,
+the default matmul precision, the default float width (x64 on or off) and a digest of this
+package's source (and of the source file of any function from outside it): changing the code,
+the machine or JAX never reuses an old entry. The least recently used entries beyond
+``MAX_ENTRIES`` are removed. A corrupt, truncated or unreadable entry is ignored and rebuilt;
+each entry is written to a temporary file and renamed into place, so processes running at once
+never read half an entry. A call the cache cannot key (a static option that is not a plain value
+or a module-level function, a traced argument, a computation that cannot be serialized) is
+simply made directly.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import io
 import os
 import pickle
@@ -39,24 +45,21 @@ import jax
 import numpy as np
 
 #: First bytes of every entry; bump the digit when the layout below changes.
-MAGIC = b"LMALIGN-EXPORT-1\n"
-SUFFIX = ".jaxexport"
+MAGIC = b"LMALIGN-EXECUTABLE-1\n"
+SUFFIX = ".jaxexec"
 #: Entries kept in a folder; past this the least recently used are removed when one is added.
 MAX_ENTRIES = 500
 
 _folder: str | None = None
 #: key -> a jitted callable of the flat argument leaves returning the result tree.
 _loaded: dict[str, object] = {}
-#: keys whose export failed in this process (made directly from then on).
-_unexportable: set[str] = set()
+#: keys whose compile or serialization failed in this process (made directly from then on).
+_uncacheable: set[str] = set()
 
 
-def enable(folder: str | os.PathLike) -> str | None:
-    """Keep exported computations in ``folder`` (created if needed) from now on; returns it, or
-    None when JAX cannot serialize them here (the optional ``flatbuffers`` package is missing)."""
+def enable(folder: str | os.PathLike) -> str:
+    """Keep compiled computations in ``folder`` (created if needed) from now on; returns it."""
     global _folder
-    if importlib.util.find_spec("flatbuffers") is None:
-        return None
     os.makedirs(folder, exist_ok=True)
     _folder = os.fspath(folder)
     return _folder
@@ -67,7 +70,7 @@ def disable() -> None:
     global _folder
     _folder = None
     _loaded.clear()
-    _unexportable.clear()
+    _uncacheable.clear()
 
 
 def folder() -> str | None:
@@ -130,6 +133,28 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _machine() -> str:
+    """The backend's platform version and device kind, and on Linux the CPU's model name and
+    instruction-set flags (compiled CPU code may use any of them)."""
+    device = jax.devices()[0]
+    parts = [device.client.platform_version, device.device_kind]
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith(("model name", "flags", "Features", "CPU part")):
+            parts.append(line)
+        if line.strip() == "" and len(parts) > 2:
+            break  # the first processor describes them all
+    import platform  # noqa: PLC0415 - only where no /proc/cpuinfo
+
+    parts += [platform.machine(), platform.processor()]
+    return "\n".join(parts)
+
+
 def _leaf_spec(leaf) -> jax.ShapeDtypeStruct:
     if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
         raise _Unkeyable(type(leaf).__name__)  # traced, or a Python scalar (weakly typed)
@@ -147,6 +172,9 @@ def _key(jitted, leaves, in_tree, static: dict) -> tuple[str, list]:
         jax.__version__,
         jax.lib.__version__,
         jax.default_backend(),
+        _machine(),
+        os.environ.get("XLA_FLAGS", ""),  # compiler options (JAX's own cache keys them too)
+        str(jax.config.jax_default_matmul_precision),
         str(jax.dtypes.canonicalize_dtype(np.float64)),
         source_digest(),
     ]
@@ -161,6 +189,7 @@ class _TreeUnpickler(pickle.Unpickler):
         if (module, name) in (
             ("jaxlib._jax.pytree", "PyTreeDef"),
             ("jax._src.tree_util", "default_registry"),
+            ("jax._src.tree_util", "tracing_registry"),
         ):
             return super().find_class(module, name)
         if module == "lmalign_jax" or module.startswith("lmalign_jax."):
@@ -170,32 +199,52 @@ class _TreeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a cache entry")
 
 
-def _encode(exported, out_tree) -> bytes:
-    tree = pickle.dumps(out_tree)
-    module = bytes(exported.serialize())
-    body = struct.pack("<QQ", len(tree), len(module)) + tree + module
+def _encode(payload: bytes, exec_trees, out_tree) -> bytes:
+    trees = pickle.dumps((exec_trees, out_tree))
+    body = struct.pack("<QQ", len(trees), len(payload)) + trees + payload
     return MAGIC + hashlib.sha256(body).digest() + body
 
 
 def _decode(blob: bytes):
-    """(Exported, out_tree) from an entry; raises ValueError on anything unexpected."""
+    """(payload, (exec in_tree, exec out_tree), out_tree) from an entry; raises ValueError on
+    anything unexpected."""
     head = len(MAGIC) + 32 + 16
     if len(blob) < head or not blob.startswith(MAGIC):
         raise ValueError("not an entry of this version")
     checksum, body = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
     if hashlib.sha256(body).digest() != checksum:
         raise ValueError("checksum mismatch")
-    n_tree, n_module = struct.unpack("<QQ", body[:16])
-    if 16 + n_tree + n_module != len(body):
+    n_trees, n_payload = struct.unpack("<QQ", body[:16])
+    if 16 + n_trees + n_payload != len(body):
         raise ValueError("truncated")
-    out_tree = _TreeUnpickler(io.BytesIO(body[16 : 16 + n_tree])).load()
-    exported = jax.export.deserialize(bytearray(body[16 + n_tree :]))
-    return exported, out_tree
+    exec_trees, out_tree = _TreeUnpickler(io.BytesIO(body[16 : 16 + n_trees])).load()
+    return body[16 + n_trees :], exec_trees, out_tree
 
 
-def _runner(exported, out_tree):
-    flat_call = jax.jit(exported.call)
-    return lambda leaves: jax.tree.unflatten(out_tree, flat_call(*leaves))
+def _runner(compiled, out_tree):
+    return lambda leaves: jax.tree.unflatten(out_tree, compiled(*leaves))
+
+
+@functools.cache
+def _custom_calls_ready() -> bool:
+    """Register the LAPACK kernels a compiled CPU executable may call (Cholesky, triangular
+    solves): JAX registers them while lowering, which a loaded executable skips, and running one
+    without them crashes the process. False where that cannot be done (then nothing is loaded)."""
+    try:
+        from jaxlib import lapack  # noqa: PLC0415 - only when the cache is on
+
+        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+    except Exception:  # noqa: BLE001 - another jaxlib: compile instead of loading
+        return False
+    return True
+
+
+def _deserialize(payload: bytes, exec_trees, out_tree):
+    from jax.experimental import serialize_executable  # noqa: PLC0415 - only when the cache is on
+
+    if not _custom_calls_ready():
+        raise RuntimeError("cannot prepare the custom calls a loaded executable needs")
+    return _runner(serialize_executable.deserialize_and_load(payload, *exec_trees), out_tree)
 
 
 def _load(path: str):
@@ -205,7 +254,7 @@ def _load(path: str):
     except OSError:
         return None
     try:
-        run = _runner(*_decode(blob))
+        run = _deserialize(*_decode(blob))
     except Exception:  # noqa: BLE001 - any damage means: rebuild the entry
         return None
     try:
@@ -246,8 +295,8 @@ def _store(path: str, blob: bytes) -> None:
             pass
 
 
-def _export(jitted, in_tree, specs, static: dict):
-    """Trace and lower ``jitted`` on flat leaves: (Exported, out_tree)."""
+def _compile(jitted, in_tree, specs, static: dict):
+    """Trace, lower and compile ``jitted`` on flat leaves: (compiled, out_tree)."""
     out_trees = []
 
     def flat(*leaves):
@@ -257,8 +306,15 @@ def _export(jitted, in_tree, specs, static: dict):
         return out_leaves
 
     flat.__name__ = getattr(jitted, "__name__", "f")
-    exported = jax.export.export(jax.jit(flat))(*specs)
-    return exported, out_trees[0]
+    compiled = jax.jit(flat).lower(*specs).compile()
+    return compiled, out_trees[0]
+
+
+def _serialize(compiled, out_tree) -> bytes:
+    from jax.experimental import serialize_executable  # noqa: PLC0415 - only when the cache is on
+
+    payload, exec_in_tree, exec_out_tree = serialize_executable.serialize(compiled)
+    return _encode(bytes(payload), (exec_in_tree, exec_out_tree), out_tree)
 
 
 def call(jitted, *args, **static):
@@ -266,14 +322,15 @@ def call(jitted, *args, **static):
 
     ``args`` are pytrees of arrays; ``static`` are the jitted function's static keyword options.
     """
-    if _folder is None:
+    if _folder is None or jax.default_backend() != "cpu":
+        # elsewhere JAX's own persistent cache still skips the compile
         return jitted(*args, **static)
     leaves, in_tree = jax.tree.flatten(args)
     try:
         key, specs = _key(jitted, leaves, in_tree, static)
     except _Unkeyable:
         return jitted(*args, **static)
-    if key in _unexportable:
+    if key in _uncacheable:
         return jitted(*args, **static)
     run = _loaded.get(key)
     if run is None:
@@ -281,13 +338,13 @@ def call(jitted, *args, **static):
         run = _load(path)
         if run is None:
             try:
-                exported, out_tree = _export(jitted, in_tree, specs, static)
-                blob = _encode(exported, out_tree)
-            except Exception:  # noqa: BLE001 - not exportable: call it directly, as without the cache
-                _unexportable.add(key)
+                compiled, out_tree = _compile(jitted, in_tree, specs, static)
+                blob = _serialize(compiled, out_tree)
+            except Exception:  # noqa: BLE001 - not serializable: call it directly, as without the cache
+                _uncacheable.add(key)
                 return jitted(*args, **static)
             _store(path, blob)
             _prune(_folder)
-            run = _runner(exported, out_tree)
+            run = _runner(compiled, out_tree)
         _loaded[key] = run
     return run(leaves)

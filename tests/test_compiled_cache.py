@@ -1,4 +1,4 @@
-"""The disk cache of exported computations: a reloaded solve gives the traced solve's numbers
+"""The disk cache of compiled computations: a reloaded solve gives the traced solve's numbers
 bit for bit, damaged entries are rebuilt, and nothing is written unless the cache is switched on."""
 
 import contextlib
@@ -58,6 +58,10 @@ def _solve(p):
     )
 
 
+def _must_not_compile(*args, **kwargs):
+    raise AssertionError("compiled again instead of loading the stored executable")
+
+
 def _assert_same_bits(a, b):
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
@@ -66,17 +70,18 @@ def _assert_same_bits(a, b):
         assert np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_exported_and_reloaded_solve_equals_the_traced_one(problem, cache):
+def test_compiled_and_reloaded_solve_equals_the_traced_one(problem, cache, monkeypatch):
     compiled_cache.disable()
     traced = _solve(problem)
     assert int(traced.iterations) > 1  # a real solve, not the start point
     compiled_cache.enable(cache)
-    exported = _solve(problem)  # exports, stores, runs the exported module
+    compiled = _solve(problem)  # compiles, stores, runs the compiled executable
     (entry,) = _entries(cache)
     _forget_loaded()
-    reloaded = _solve(problem)  # deserialized from disk, as in a new process
+    monkeypatch.setattr(compiled_cache, "_compile", _must_not_compile)
+    reloaded = _solve(problem)  # deserialized from disk, as in a new process: no compile
     assert _entries(cache) == [entry]
-    _assert_same_bits(traced, exported)
+    _assert_same_bits(traced, compiled)
     _assert_same_bits(traced, reloaded)
 
 
@@ -133,6 +138,18 @@ def test_shapes_dtypes_and_static_options_key_the_entries(cache):
     _forget_loaded()
     assert float(_small(power=3)["sum"]) == pytest.approx(np.sum(np.linspace(0.5, 2.0, 5) ** 3), rel=1e-12)
     assert len(_entries(cache)) == 4
+
+
+def test_compiler_flags_and_the_machine_key_the_entries(cache, monkeypatch):
+    """An executable compiled under other XLA flags, or on another CPU, is never loaded."""
+    _small()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    _small()
+    assert len(_entries(cache)) == 2
+    compiled_cache._machine.cache_clear()
+    monkeypatch.setattr(compiled_cache, "_machine", lambda: "another CPU")
+    _small()
+    assert len(_entries(cache)) == 3
 
 
 def test_least_recently_used_entries_are_removed_past_the_limit(cache, monkeypatch):
@@ -210,7 +227,7 @@ def test_cli_outputs_are_byte_identical_through_the_cache(tmp_path, monkeypatch)
             timeout=600,
         )
         assert done.returncode == 0, done.stderr
-        entries.append(_entries(tmp_path / "cache" / "lmalign_jax" / "exported"))
+        entries.append(_entries(tmp_path / "cache" / "lmalign_jax" / "executables"))
     assert len(entries[0]) >= 4 and entries[1] == entries[0]  # solve, uncertainty, frame, projection
     for suffix in OUTPUTS:
         traced = (tmp_path / "traced" / f"BBa{suffix}").read_bytes()

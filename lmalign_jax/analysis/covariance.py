@@ -320,29 +320,35 @@ def _labels(model: ProjectionModel, tie: np.ndarray, n_g: int) -> list[tuple]:
     return labels
 
 
-def alignment_covariance(
-    result: AlignmentResult, *, degenerate_below: float = DEGENERATE_BELOW
+def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]:
+    """(arguments, static options) of the covariance computation of ``result``'s final
+    ``problem`` (built under float64)."""
+    settings, obs = result.settings, result.observations
+    args = (problem.x0, problem.structure, jnp.asarray(problem.unit), jnp.asarray(np.radians(obs.tilts_deg)))
+    static = dict(
+        fn=problem.fn,
+        eliminate=problem.eliminate,
+        model=result.model,
+        tilt_free=not is_fixed(settings.modes.get("tilt", "free")),
+    )
+    return args, static
+
+
+def covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free):
+    """The traceable covariance computation (for callers that fuse it into their own jitted
+    computation); its outputs go to :func:`covariance_from_core`."""
+    return _covariance_core(
+        x, structure, unit, nominal, fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free
+    )
+
+
+def covariance_from_core(
+    result: AlignmentResult, problem, core, *, degenerate_below: float = DEGENERATE_BELOW
 ) -> AlignmentCovariance:
-    """Covariance of ``result``'s reported view parameters and its near-degenerate directions
-    (float64). ``degenerate_below``: the scaled information under which a direction is
-    reported (see ``DEGENERATE_BELOW``)."""
-    model, settings, obs = result.model, result.settings, result.observations
-    tilt_free = not is_fixed(settings.modes.get("tilt", "free"))
-    with jax.enable_x64(True):
-        problem = final_problem(result)
-        reported, rss, weak = jax.device_get(
-            compiled_cache.call(
-                _covariance_core,
-                problem.x0,
-                problem.structure,
-                jnp.asarray(problem.unit),
-                jnp.asarray(np.radians(obs.tilts_deg)),
-                fn=problem.fn,
-                eliminate=problem.eliminate,
-                model=model,
-                tilt_free=tilt_free,
-            )
-        )
+    """The AlignmentCovariance of ``result`` from the fetched outputs of the covariance
+    computation on its final ``problem``."""
+    model, obs = result.model, result.observations
+    reported, rss, weak = core
     dof = max(2 * obs.n_observed - problem.n_free, 1)
     sigma2 = float(rss) / dof
     reported = sigma2 * np.asarray(reported, np.float64)
@@ -351,10 +357,23 @@ def alignment_covariance(
         warnings.warn(
             f"the covariance of this {model.name!r} fit is not finite: its normal matrix is singular",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     labels = _labels(model, problem.tie, int(np.shape(problem.x0.g)[0]))
     degenerate = _degeneracies(weak, labels, degenerate_below) if finite else ()
     return AlignmentCovariance(
         model, np.asarray(result.views, np.float64), reported, float(np.sqrt(sigma2)), degenerate
     )
+
+
+def alignment_covariance(
+    result: AlignmentResult, *, degenerate_below: float = DEGENERATE_BELOW
+) -> AlignmentCovariance:
+    """Covariance of ``result``'s reported view parameters and its near-degenerate directions
+    (float64). ``degenerate_below``: the scaled information under which a direction is
+    reported (see ``DEGENERATE_BELOW``)."""
+    with jax.enable_x64(True):
+        problem = final_problem(result)
+        args, static = covariance_arguments(result, problem)
+        core = jax.device_get(compiled_cache.call(_covariance_core, *args, **static))
+    return covariance_from_core(result, problem, core, degenerate_below=degenerate_below)

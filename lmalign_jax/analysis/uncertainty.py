@@ -38,7 +38,7 @@ from ..solve import (
     pair_residuals,
     variances,
 )
-from .covariance import AlignmentCovariance, alignment_covariance
+from .covariance import AlignmentCovariance, covariance_arguments, covariance_core, covariance_from_core
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,6 +131,17 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), rss
 
 
+@partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z", "model", "tilt_free"))
+def _errors_core(x, structure, unit, nominal, *, fn, eliminate, tilt_column, shift_z, model, tilt_free):
+    """``_uncertainty_core`` and the covariance computation of the same problem, in one."""
+    return (
+        _uncertainty_core(x, structure, fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z),
+        covariance_core(
+            x, structure, unit, nominal, fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free
+        ),
+    )
+
+
 def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Uncertainty:
     """Standard errors and leave-one-out residuals of a solved alignment (float64);
     ``with_covariance`` adds the view parameters' covariance in the reporting frame (for the
@@ -141,17 +152,28 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
     with jax.enable_x64(True):
         problem = final_problem(result)
         tilt_free = not is_fixed(modes.get("tilt", "free"))
-        var_a, var_b, loo, lev, rss = jax.device_get(
-            compiled_cache.call(
-                _uncertainty_core,
-                problem.x0,
-                problem.structure,
-                fn=problem.fn,
-                eliminate=problem.eliminate,
-                tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
-                shift_z=m.shift_parameters is not None and m.z_translation_symmetry,
-            )
+        static = dict(
+            fn=problem.fn,
+            eliminate=problem.eliminate,
+            tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
+            shift_z=m.shift_parameters is not None and m.z_translation_symmetry,
         )
+        if with_covariance:  # one computation: one compile, one linearization
+            cov_args, cov_static = covariance_arguments(result, problem)
+            core, cov_core = jax.device_get(
+                compiled_cache.call(
+                    _errors_core,
+                    *cov_args,
+                    **static,
+                    model=cov_static["model"],
+                    tilt_free=cov_static["tilt_free"],
+                )
+            )
+        else:
+            core = jax.device_get(
+                compiled_cache.call(_uncertainty_core, problem.x0, problem.structure, **static)
+            )
+        var_a, var_b, loo, lev, rss = core
     dof = max(2 * obs.n_observed - problem.n_free, 1)
     sigma = float(np.sqrt(rss / dof))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
@@ -173,5 +195,6 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
         sigma,
         loo,
         np.where(obs.mask, np.asarray(lev), np.nan),
-        alignment_covariance(result) if (with_covariance and regular) else None,  # singular: warned above
+        # singular: warned above
+        covariance_from_core(result, problem, cov_core) if (with_covariance and regular) else None,
     )

@@ -70,20 +70,20 @@ def compilation_cache_dir() -> str:
     return os.path.join(base, "lmalign_jax", "jax")
 
 
-def exported_cache_dir() -> str:
-    """Where the CLI keeps traced and lowered computations (``compiled_cache``), beside JAX's cache."""
-    return os.path.join(os.path.dirname(compilation_cache_dir()), "exported")
+def executable_cache_dir() -> str:
+    """Where the CLI keeps compiled computations (``compiled_cache``), beside JAX's cache."""
+    return os.path.join(os.path.dirname(compilation_cache_dir()), "executables")
 
 
 def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache and this package's cache of exported
+    """Turn on JAX's persistent compilation cache and this package's cache of compiled
     computations (CLI only), so a warm run neither traces, lowers nor compiles. Both are skipped
     when ``LMALIGN_NO_COMPILATION_CACHE`` is set; JAX's keeps a folder the user set already.
     Returns JAX's cache folder (None when off)."""
     if os.environ.get("LMALIGN_NO_COMPILATION_CACHE"):
         return None
     try:
-        compiled_cache.enable(exported_cache_dir())
+        compiled_cache.enable(executable_cache_dir())
     except OSError:
         pass  # an unwritable cache folder only costs time
     if jax.config.jax_compilation_cache_dir:

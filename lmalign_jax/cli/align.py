@@ -11,7 +11,7 @@ import numpy as np
 from ..analysis.robust import LOSSES
 from ..io.outputs import OutputSet
 from ..models import MODELS, get_model
-from ..report import format_summary
+from ..report import format_summary, prefetch_matplotlib
 from ..workflow import (
     ALIGN_OUTPUTS,
     STAGES,
@@ -204,6 +204,8 @@ def align_and_report(
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, ALIGN_OUTPUTS + (".xtilt",), (markers, tilts, stack))
+    if figure:
+        prefetch_matplotlib()  # imported while the series is read and solved
 
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn

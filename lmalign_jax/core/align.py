@@ -7,6 +7,11 @@
 4. ``joint``: everything free at once (gauge fixed). The block-wise answer of stages 1-3 is
    not the least-squares optimum; this stage reaches it.
 
+Every stage solves the problem padded to view and marker counts rounded up to ``PAD_STEP``
+(``solve.pad_problem``; not for models with regularization rows), so that a re-run after
+excluding a view or a bead, or a series of a similar size, reuses the compiled solve (from the
+command line's cache, across processes) instead of compiling another for seconds.
+
 Start values come from ``core.start``, each stage's set-up from ``core.settings``; afterwards
 the solution is moved to the reporting frame (``core.frame``: tilts deviate from the nominal
 ones by zero on average, markers have zero mean z), as ``align_batch`` does too.
@@ -22,7 +27,7 @@ import numpy as np
 
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..solve import LMConfig, Status, least_squares
+from ..solve import LMConfig, Status, least_squares, pad_problem, regularization_of, unpad
 from .frame import project_all, to_reporting_frame
 from .problem import build_problem
 from .result import AlignmentResult, StageReport, result_from_solution
@@ -36,7 +41,14 @@ from .settings import (
 )
 from .start import InitialAlignment, start_values
 
-__all__ = ["INTERMEDIATE_COST_TOL", "STAGES", "align"]
+__all__ = ["INTERMEDIATE_COST_TOL", "PAD_STEP", "STAGES", "align"]
+
+#: Views, markers and global slots of a solve are padded up to multiples of this.
+PAD_STEP = 8
+
+
+def _round_up(n: int) -> int:
+    return -(-n // PAD_STEP) * PAD_STEP
 
 
 def align(
@@ -107,16 +119,17 @@ def align(
                 ref_view=ref_view,
                 weights=weights,
                 dtype=jdtype,
-                on_device=data is None,
+                on_device=False,
             )
-            structure = problem.structure
+            x0, structure = problem.x0, problem.structure
+            sizes = (x0.a.shape[0], x0.b.shape[0], x0.g.shape[0])
+            if regularization_of(problem.fn) is None:
+                x0, structure = pad_problem(x0, structure, *map(_round_up, sizes))
             if data is None:
-                data = structure.pair_data, structure.weights
-            else:
-                structure = structure._replace(pair_data=data[0], weights=data[1])
-            sol = least_squares(
-                problem.fn, problem.x0, structure, eliminate=problem.eliminate, config=stage_config
-            )
+                data = jax.device_put((structure.pair_data, structure.weights))
+            structure = structure._replace(pair_data=data[0], weights=data[1])
+            sol = least_squares(problem.fn, x0, structure, eliminate=problem.eliminate, config=stage_config)
+            sol = sol._replace(x=unpad(sol.x, *sizes))
             sol = jax.device_get(jax.block_until_ready(sol))
             status = Status(int(sol.status))
             if status == Status.FAILED:

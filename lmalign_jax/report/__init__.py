@@ -7,7 +7,7 @@
 - :mod:`.figure`: the PNG report (:func:`render_figure`; matplotlib is imported there only).
 """
 
-from .figure import render_figure
+from .figure import prefetch_matplotlib, render_figure
 from .record import (
     RECORD_VERSION,
     AlignmentRecord,
@@ -32,6 +32,7 @@ __all__ = [
     "expand_to_file_views",
     "format_summary",
     "interpolate_transforms",
+    "prefetch_matplotlib",
     "read_record",
     "record_to_json",
     "render_figure",

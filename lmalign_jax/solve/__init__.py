@@ -7,9 +7,18 @@ tied to A entries, masks for missing pairs and fixed entries, and a Schur-comple
 from ._covariance import InverseBlocks, effective_parameters, inverse_blocks, leverages, variances
 from ._dense import dense_step
 from ._implicit import gauss_newton_solve, solve_implicit
-from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals
+from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals, regularization_of
 from ._lm import Solution, least_squares
-from ._problem import Structure, Variables, choose_elimination, count_free, effective_a, make_structure
+from ._problem import (
+    Structure,
+    Variables,
+    choose_elimination,
+    count_free,
+    effective_a,
+    make_structure,
+    pad_problem,
+    unpad,
+)
 from ._results import LMConfig, Status
 from ._schur import damped_step
 
@@ -34,8 +43,11 @@ __all__ = [
     "leverages",
     "linearize",
     "make_structure",
+    "pad_problem",
     "pair_jacobians",
     "pair_residuals",
+    "regularization_of",
     "solve_implicit",
+    "unpad",
     "variances",
 ]

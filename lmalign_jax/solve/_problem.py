@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,6 +79,51 @@ def make_structure(pair_data, weights, free_a, tie_a, free_b, free_g, const=None
         free_g=free_g,
         const=const,
     )
+
+
+def pad_problem(x0: Variables, structure: Structure, n_a: int, n_b: int, n_g: int):
+    """``(x0, structure)`` padded on the host (NumPy) to ``n_a`` A blocks, ``n_b`` B blocks and
+    ``n_g`` slots, so that problems of nearby sizes share one compiled solve.
+
+    Padded pairs have weight 0 and padded entries are neither free nor tied: they are identity
+    rows of the normal equations, and the real entries' solution is that of the unpadded
+    problem (to rounding: sums run over more, zero, terms). Padded A and B values copy the last
+    real block, so the residual function sees only values it is defined at. Not for residual
+    functions with regularization rows (they couple A blocks, padded ones included).
+    Returns ``(x0, structure)``; :func:`unpad` takes the solution back."""
+    a, b, g = (np.asarray(v) for v in x0)
+    old_a, old_b, old_g = a.shape[0], b.shape[0], g.shape[0]
+    if n_a < old_a or n_b < old_b or n_g < old_g:
+        raise ValueError(f"cannot pad ({old_a}, {old_b}, {old_g}) blocks down to ({n_a}, {n_b}, {n_g})")
+
+    def rows(x, n, mode="edge", value=0):
+        width = [(0, n - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+        if x.shape[0] == 0 or mode == "constant":
+            return np.pad(x, width, mode="constant", constant_values=value)
+        return np.pad(x, width, mode="edge")
+
+    def pairs(x):
+        x = np.asarray(x)
+        width = [(0, 0)] * (x.ndim - 2) + [(0, n_a - old_a), (0, n_b - old_b)]
+        return np.pad(x, width)
+
+    padded_x0 = Variables(rows(a, n_a), rows(b, n_b), rows(g, n_g, "constant"))
+    padded = Structure(
+        pair_data=jax.tree_util.tree_map(pairs, structure.pair_data),
+        weights=pairs(structure.weights),
+        free_a=rows(np.asarray(structure.free_a), n_a, "constant", False),
+        tie_a=rows(np.asarray(structure.tie_a), n_a, "constant", -1),
+        free_b=rows(np.asarray(structure.free_b), n_b, "constant", False),
+        free_g=rows(np.asarray(structure.free_g), n_g, "constant", False),
+        const=structure.const,
+    )
+    return padded_x0, padded
+
+
+def unpad(x: Variables, n_a: int, n_b: int, n_g: int) -> Variables:
+    """The first ``n_a`` A blocks, ``n_b`` B blocks and ``n_g`` slots of a padded problem's
+    ``Variables``."""
+    return Variables(x.a[:n_a], x.b[:n_b], x.g[:n_g])
 
 
 def count_free(structure: Structure) -> int:
