@@ -150,7 +150,7 @@ def add_batch_arguments(p) -> None:
         "--share-threshold; left out and aligned on their own) in the summary and batch_summary_shared.tsv. "
         "rotation: the tilt-axis angle. tilt-offset: the stage's tilt offset, estimated as the offset that "
         "levels each series' beads (IMOD's surface analysis, two surfaces where the beads separate); this "
-        "ASSUMES THE SPECIMENS LIE LEVEL ON THE GRID ON AVERAGE, and a series slanted far more than the "
+        "assumes the specimens lie level on the grid on average, and a series slanted far more than the "
         "others (a lamella milled at an angle, a wrong mdoc) is listed; the shared offset is added to the "
         "tilts of the series that agree. mag is refused: markers do not determine a magnification (give "
         "the calibrated pixel size)",
