@@ -114,7 +114,8 @@ class LocalOptions:
 class PatchReport:
     """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
     global and under its own local fit (px), its free parameters, the drop of its sum of squares in
-    units of sigma^2, and whether its local solution was kept (else the global one stands for it)."""
+    units of sigma^2, whether its local solution was kept (else the global one stands for it), the
+    drop it needed to be kept (NaN: no test, every patch kept) and its markers (indices into the result's)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -126,6 +127,8 @@ class PatchReport:
     n_free: int = 0
     chi2_drop: float = 0.0
     kept_local: bool = False
+    threshold: float = float("nan")
+    marker_indices: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -436,6 +439,8 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 n_free[p],
                 drop,
                 keep,
+                float("nan") if options.significance is None else float(threshold),
+                tuple(int(i) for i in idx),
             )
         )
         centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])

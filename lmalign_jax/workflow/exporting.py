@@ -11,8 +11,10 @@ Files, for ``--prefix P``:
   tilt), ``P_nogaps.fid`` (gaps filled by the solved projection), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
-  ``ts_import_alignments`` expect), and ``P.zfac`` when the model has stretch
-  (:func:`z_factors`). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
+  ``ts_import_alignments`` expect), ``P.zfac`` when the model has stretch
+  (:func:`z_factors`), and ``Plocal.xf`` when the record has a local alignment (``align
+  --local``: its file, read back from beside the record and written under the name etomo and
+  tilt's LOCALFILE expect). No ``.tltxf`` (it equals the ``.xf``: we align the raw images).
 - aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines).
 - relion: ``P.star``, RELION 5's per-tilt-series STAR (block ``data_P``); needs the pixel size.
 - portal: ``P_portal.json``, the CryoET Data Portal alignment JSON.
@@ -43,9 +45,11 @@ from ..export.imod import (
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
+from ..io.imod_local import read_local_xf, write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
+from .local import LOCAL_SUFFIX
 from .series import _read_marker_file
 from .status import UsageError
 
@@ -66,7 +70,7 @@ ALIGN_LOG_NAME = "align.log"
 #: IMOD export includes a ``.zfac`` (tilt's ZFACTORFILE).
 STRETCH_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew")
 _SUFFIXES = {
-    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac"),
+    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac", LOCAL_SUFFIX),
     "aretomo": (".aln",),
     "relion": (".star",),
     "portal": ("_portal.json",),
@@ -359,6 +363,21 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
         _align_log(record, prefix, software),
         surface_lines or _recorded_surface_lines(record),
     )
+    if record.local is not None:
+        _stage_local(out, record)
+
+
+def _stage_local(out, record: AlignmentRecord) -> None:
+    """Stage ``<prefix>local.xf``: the local file the record names, checked by reading it back."""
+    path = record.local_path
+    if not os.path.isfile(path):
+        raise InputError(
+            record.path,
+            None,
+            f"names the local alignment {record.local.file}, which is not beside it ({path}); "
+            "put it back or re-run lmalign align --local",
+        )
+    write_local_xf(out.stage(LOCAL_SUFFIX), read_local_xf(path, n_views=record.xf.shape[0]))
 
 
 def _x_tilts(record: AlignmentRecord, geometry) -> np.ndarray:

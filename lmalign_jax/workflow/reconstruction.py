@@ -50,6 +50,8 @@ class Alignment:
     xf_source: str  # the file the transforms came from
     tilt_source: str  # the file the tilts came from
     image_size: tuple[float, float] | None = None  # the image size the alignment was made for
+    local_path: str | None = None  # the local alignment file a record names (align --local)
+    local_summary: str | None = None  # its patches kept and residuals, in words
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -59,8 +61,25 @@ def read_alignment_json(path: str) -> Alignment:
         raise InputError(
             path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
         )
+    summary = None
+    if record.local is not None:
+        loc = record.local
+        summary = f"{loc.n_kept} of {loc.n_patches} patches kept"
+        if loc.global_mean_residual_px is not None and loc.local_mean_residual_px is not None:
+            summary += (
+                f", mean residual {loc.global_mean_residual_px:.4f} px global, "
+                f"{loc.local_mean_residual_px:.4f} px local"
+            )
     return Alignment(
-        record.xf[:, :, :2], record.xf[:, :, 2], record.tilts_deg, path, path, path, record.image_size
+        record.xf[:, :, :2],
+        record.xf[:, :, 2],
+        record.tilts_deg,
+        path,
+        path,
+        path,
+        record.image_size,
+        record.local_path,
+        summary,
     )
 
 
