@@ -23,8 +23,6 @@ from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import (
     LAYOUTS,
     check_free_space,
-    create_volume,
-    read_stack,
     read_stack_header,
     read_stack_streamed,
     stream_volume,
@@ -114,7 +112,14 @@ def _progress_bar(total: int, quiet: bool):
 
 
 def reconstruction_label(
-    thickness: float, binning: int, filter: str, radial=None, sirtlike=None, sirt=None, layout="zyx"
+    thickness: float,
+    binning: int,
+    filter: str,
+    radial=None,
+    sirtlike=None,
+    sirt=None,
+    layout="zyx",
+    local=None,
 ) -> str:
     """The MRC header label of a tomogram made with these settings (``lmalign batch --resume``
     compares it to decide whether a tomogram is already made)."""
@@ -122,7 +127,8 @@ def reconstruction_label(
     label += f" radial {radial[0]:g} {radial[1]:g}" if radial else ""
     label += f" sirtlike {sirtlike}" if sirtlike else ""
     label += f" sirt {sirt.iterations}{' pos' if sirt.positivity else ''}" if sirt else ""
-    return label + (f" layout {layout}" if layout != "zyx" else "")
+    label += f" layout {layout}" if layout != "zyx" else ""
+    return label + (" local" if local else "")
 
 
 # Thickness beyond this many times the image width is refused as a likely typo.
@@ -157,7 +163,8 @@ def reconstruct_to_file(
     (including a disk without room for the output) before anything is written.
 
     ``local_path``: an IMOD local alignment file applied position by position after the global
-    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE).
+    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
+    way (FBP, any filter, ``--sirtlike``; not SIRT).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -225,26 +232,15 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
-    if local_path is not None:
-        if sirt_iterations or sirtlike or layout != "zyx" or memory_gb is not None:
-            raise UsageError(
-                "--local reconstructs by filtered back-projection in the default layout, in memory: "
-                "it does not take --sirt, --sirtlike, --layout or --memory yet"
-            )
-        return _reconstruct_local_to_file(
-            stack_path,
-            alignment,
-            local_path,
-            out_path,
-            shape,
-            voxel,
-            thickness,
-            binning,
-            filter,
-            radial,
-            header_pixel,
-            (nx, ny),
+    if local_path is not None and sirt_iterations:
+        raise UsageError(
+            "--local reconstructs by filtered back-projection (--sirtlike N for IMOD's SIRT-like filter); "
+            "it does not take --sirt yet"
         )
+    local = None
+    if local_path is not None:
+        local = read_local_xf(local_path, n_views=n_views)
+        check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
     stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
@@ -252,6 +248,7 @@ def reconstruct_to_file(
             + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
             + (f", SIRT-like {sirtlike}" if sirtlike else "")
             + (f", SIRT {sirt.iterations} iterations" if sirt else "")
+            + (f", local alignment {local_path}" if local is not None else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
@@ -262,72 +259,52 @@ def reconstruct_to_file(
 
     start = time.perf_counter()
     try:
-        label = reconstruction_label(thickness, binning, filter, radial, sirtlike, sirt, layout)[:80]
+        label = reconstruction_label(thickness, binning, filter, radial, sirtlike, sirt, layout, local_path)[
+            :80
+        ]
         with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
-                reconstruct(
-                    stack,
-                    alignment.xf_A,
-                    alignment.xf_shift,
-                    alignment.tilts_deg,
-                    thickness,
-                    binning=binning,
-                    filter=filter,
-                    radial=None if radial is None else tuple(radial),
-                    sirtlike=sirtlike,
-                    sirt=sirt,
-                    memory_bytes=memory_bytes,
-                    out=vol,
-                    progress=progress,
-                )
+                if local is None:
+                    reconstruct(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        sirt=sirt,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
+                else:
+                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+                    reconstruct_local(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        sampling,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
-                raise UsageError(f"cannot reconstruct {stack_path} with {alignment.source}: {e}") from None
+                with_local = f" and {local_path}" if local is not None else ""
+                raise UsageError(
+                    f"cannot reconstruct {stack_path} with {alignment.source}{with_local}: {e}"
+                ) from None
     finally:
         if bar is not None:
             bar.close()
-    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
-
-
-def _reconstruct_local_to_file(
-    stack_path,
-    alignment,
-    local_path,
-    out_path,
-    shape,
-    voxel,
-    thickness,
-    binning,
-    filter,
-    radial,
-    pixel,
-    image_size,
-) -> dict:
-    """``reconstruct_to_file`` with a local alignment file (``recon.local_backprojection``, kept apart
-    from the global path, whose kernels are being rewritten)."""
-    n_views = alignment.tilts_deg.size
-    local = read_local_xf(local_path, n_views=n_views)
-    check_local_grid(local_path, local, image_size, pixel or 0.0)
-    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
-    start = time.perf_counter()
-    label = reconstruction_label(thickness, binning, filter, radial)[:80]
-    try:
-        volume = reconstruct_local(
-            read_stack(stack_path),
-            alignment.xf_A,
-            alignment.xf_shift,
-            alignment.tilts_deg,
-            sampling,
-            thickness,
-            binning=binning,
-            filter=filter,
-            radial=None if radial is None else tuple(radial),
-        )
-    except ValueError as e:
-        raise UsageError(
-            f"cannot reconstruct {stack_path} with {alignment.source} and {local_path}: {e}"
-        ) from None
-    with create_volume(out_path, shape, voxel, label=label) as vol:
-        vol[...] = volume
     return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
