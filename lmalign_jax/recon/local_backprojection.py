@@ -23,6 +23,7 @@ plus that margin, and each slab is back-projected from that band.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -181,25 +182,49 @@ def row_margin(sampling: LocalSampling, shape: tuple[int, int, int]) -> int:
     return int(np.ceil(bound.max())) + 2
 
 
-@jax.jit
-def _accumulate_band(band, band0, mats, shifts, patches, weights, xyz):
-    """:func:`_accumulate` for voxels of some rows, from a band of aligned rows of every view:
-    band (V, B, NX), band row = sampled centred y - ``band0``; xyz (NZ, rows, NX, 3); patches and
-    weights (rows, NX, 4)."""
-    nx = band.shape[2]
+@partial(jax.jit, static_argnames=("z_chunk",))
+def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_chunk):
+    """Sum over views of each voxel's sampled value for the voxels of some rows, from a band of
+    aligned rows of every view (band row = sampled centred y - ``band0``).
 
-    def view(total, data):
-        image, m, d = data
-        m_eff = jnp.einsum("yxk,yxkij->yxij", weights, m[patches])
-        d_eff = jnp.einsum("yxk,yxki->yxi", weights, d[patches])
-        pos = jnp.einsum("yxij,zyxj->zyxi", m_eff, xyz) + d_eff
-        col = pos[..., 0] + nx / 2 - 0.5
-        row = pos[..., 1] - band0
-        return total + map_coordinates(image, [row, col], order=1, mode="constant", cval=0.0), None
+    band (V, B, NX); mats (P, V, 2, 3), shifts (P, V, 2); patches, weights (rows, NX, 4); x (NX,),
+    y (rows,), z (NZ,) centred voxel coordinates. For a voxel column the sampled position is
+    affine in z, ``base + z slope`` (the blend of the patches' affine maps), so each view's
+    columns get ``base`` and ``slope`` once and every z chunk reads them; the bilinear reads are
+    four 1-D gathers into the zero-padded band (as ``_kernels.resample_filter_view``: exact
+    inside, falling to zero over one sample outside, zero beyond). Returns (NZ, rows, NX).
+    """
+    n_views, n_band, nx = band.shape
+    rows, nz = y.shape[0], z.shape[0]
+    dt = band.dtype
+    width = nx + 2
+    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)
 
-    total = jnp.zeros(xyz.shape[:3], band.dtype)
-    total, _ = jax.lax.scan(view, total, (band, jnp.moveaxis(mats, 1, 0), jnp.moveaxis(shifts, 1, 0)))
-    return total
+    def columns(m, d):  # (P, 2, 3), (P, 2) -> base, slope (2, rows, NX)
+        m_eff = jnp.einsum("yxk,yxkij->ijyx", weights, m[patches])
+        d_eff = jnp.einsum("yxk,yxki->iyx", weights, d[patches])
+        base = m_eff[:, 0] * x[None, None, :] + m_eff[:, 1] * y[None, :, None] + d_eff
+        return base + jnp.array([nx / 2 - 0.5, -band0], dt)[:, None, None], m_eff[:, 2]
+
+    base, slope = jax.vmap(columns, in_axes=(1, 1))(mats, shifts)  # (V, 2, rows, NX)
+    n_chunks = -(-nz // z_chunk)
+    zs = jnp.pad(z, (0, n_chunks * z_chunk - nz)).reshape(n_chunks, z_chunk)
+
+    def chunk(zc):
+        def one_view(v, acc):
+            col = base[v, 0][None] + zc[:, None, None] * slope[v, 0][None]
+            row = base[v, 1][None] + zc[:, None, None] * slope[v, 1][None]
+            ix, fx = _kernels._linear_index(col, nx)
+            iy, fy = _kernels._linear_index(row, n_band)
+            k = iy * width + ix
+            img = flat[v]
+            p00, p01, p10, p11 = img[k], img[k + 1], img[k + width], img[k + width + 1]
+            top = p00 + fx * (p01 - p00)
+            return acc + top + fy * (p10 + fx * (p11 - p10) - top)
+
+        return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
+
+    return jax.lax.map(chunk, zs).reshape(n_chunks * z_chunk, rows, nx)[:nz]
 
 
 def reconstruct_local(
@@ -247,6 +272,7 @@ def reconstruct_local(
     plan = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows)
     rows, margin = plan.slab_rows, row_margin(sampling, shape)
     band_rows = plan.pass_rows + 2 * margin
+    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
     n_pad, response = filter_response(nx_b, filter, radial)
     if sirtlike is not None:
         response = sirt_like_response(response, _positive_int(sirtlike, "sirtlike"), nx_b)
@@ -291,8 +317,6 @@ def reconstruct_local(
         for j0 in range(p0, p0 + p_rows, rows):
             n_rows = min(rows, p0 + p_rows - j0)
             take = np.minimum(np.arange(j0, j0 + rows), ny_b - 1)  # the last slab padded, cut below
-            y = take + 0.5 - ny_b / 2
-            zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
             vol = _accumulate_band(
                 device_band,
                 jnp.asarray(b0 - ny_b / 2 + 0.5, dtype),
@@ -300,7 +324,10 @@ def reconstruct_local(
                 d_local,
                 jnp.asarray(sampling.patches[take], jnp.int32),
                 jnp.asarray(sampling.weights[take], dtype),
-                jnp.asarray(np.stack([xx, yy, zz], -1), dtype),
+                jnp.asarray(x, dtype),
+                jnp.asarray(take + 0.5 - ny_b / 2, dtype),
+                jnp.asarray(z, dtype),
+                z_chunk=z_chunk,
             )
             _write_slab(out, j0, np.asarray(vol)[:, :n_rows])
             if progress is not None:
