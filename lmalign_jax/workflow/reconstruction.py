@@ -27,8 +27,9 @@ from ..io.mrc import (
     read_stack_streamed,
     stream_volume,
 )
-from ..recon import filter_response, reconstruct
+from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
+from ..recon.local_sirt import local_sirt_bytes, sirt_local
 from ..recon.sirt import SirtOptions
 from ..report import read_record
 from .series import read_tilt_file
@@ -164,7 +165,8 @@ def reconstruct_to_file(
 
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
-    way (FBP, any filter, ``--sirtlike``; not SIRT).
+    way (FBP, any filter, ``--sirtlike``); SIRT through it solves the whole volume in memory
+    (``recon.local_sirt``), refused when ``memory_gb`` is too small.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -232,15 +234,17 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
-    if local_path is not None and sirt_iterations:
-        raise UsageError(
-            "--local reconstructs by filtered back-projection (--sirtlike N for IMOD's SIRT-like filter); "
-            "it does not take --sirt yet"
-        )
     local = None
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
         check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
+        need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
+        if sirt is not None and need > budget:
+            raise UsageError(
+                f"--local with --sirt solves the whole volume at once (a voxel's rays reach other slabs' "
+                f"rows): it needs about {need / 1e9:.2f} GB and --memory allows {budget / 1e9:.2f} GB; "
+                "raise --memory, --bin more, or use FBP (--sirtlike N)"
+            )
     stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
@@ -280,6 +284,20 @@ def reconstruct_to_file(
                         out=vol,
                         progress=progress,
                     )
+                elif sirt is not None:
+                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+                    sirt_local(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        sampling,
+                        thickness,
+                        sirt,
+                        binning=binning,
+                        out=vol,
+                    )
+                    progress(shape[1], shape[1])
                 else:
                     sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
                     reconstruct_local(
