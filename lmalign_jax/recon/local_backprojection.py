@@ -248,12 +248,81 @@ def reconstruct_local(
     """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling, streamed.
 
     Arguments as :func:`lmalign_jax.recon.reconstruct` (``sirtlike``: IMOD's SIRT-like filter;
-    no ``sirt``: see the README; ``out`` an array or a writer with
+    SIRT is :mod:`lmalign_jax.recon.local_sirt`; ``out`` an array or a writer with
     ``write_rows``; ``memory_bytes`` bounds the views and slabs held at once, plus the rows of
     :func:`row_margin` per pass) and ``sampling`` made for the binned grid. Returns ``out`` (a
     new ``(NZ, NY', NX')`` array when not given), equal to :func:`reconstruct_local_in_memory`
     to float32 rounding.
     """
+    n_views, ny, nx = (int(s) for s in np.shape(stack))
+    b = _positive_int(binning, "binning")
+    ny_b, nx_b = ny // b, nx // b
+    if sampling.patches.shape != (ny_b, nx_b, 4) or sampling.mats.shape[1] != n_views:
+        raise ValueError(
+            f"sampling is for {sampling.patches.shape[:2]} columns and {sampling.mats.shape[1]} views, "
+            f"the binned stack has {(ny_b, nx_b)} and {n_views}"
+        )
+    mats = jnp.asarray(sampling.mats, dtype)
+    d_local = jnp.asarray(sampling.shifts, dtype)
+
+    def accumulate(device_band, band0, take, x, z, z_chunk):
+        return _accumulate_band(
+            device_band,
+            band0,
+            mats,
+            d_local,
+            jnp.asarray(sampling.patches[take], jnp.int32),
+            jnp.asarray(sampling.weights[take], dtype),
+            x,
+            jnp.asarray(take + 0.5 - ny_b / 2, dtype),
+            z,
+            z_chunk=z_chunk,
+        )
+
+    return stream_backprojection(
+        stack,
+        xf_A,
+        xf_shift,
+        tilts_deg,
+        thickness,
+        accumulate,
+        lambda shape: row_margin(sampling, shape),
+        binning=binning,
+        filter=filter,
+        radial=radial,
+        sirtlike=sirtlike,
+        out=out,
+        memory_bytes=memory_bytes,
+        slab_rows=slab_rows,
+        progress=progress,
+        dtype=dtype,
+    )
+
+
+def stream_backprojection(
+    stack,
+    xf_A,
+    xf_shift,
+    tilts_deg,
+    thickness,
+    accumulate,
+    margin_of,
+    *,
+    binning=1,
+    filter="ramp",
+    radial=None,
+    sirtlike=None,
+    out=None,
+    memory_bytes=None,
+    slab_rows=None,
+    progress=None,
+    dtype=jnp.float32,
+):
+    """The streaming loop shared by back-projections whose voxels sample their own positions
+    (local alignment, a deformation model's warp): per pass, every view's aligned rows of the
+    pass plus ``margin_of((NZ, NY', NX'))`` rows each side, resampled and filtered once; per
+    slab, ``accumulate(band, band0, rows, x, z, z_chunk)`` -> (NZ, len(rows), NX') with band row
+    = sampled centred y - ``band0``; slabs handed to ``out``."""
     if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
         stack = np.asarray(stack)
     n_views, ny, nx = (int(s) for s in stack.shape)
@@ -262,15 +331,10 @@ def reconstruct_local(
     nz = max(1, int(round(float(thickness) / b)))
     ny_b, nx_b = ny // b, nx // b
     shape = (nz, ny_b, nx_b)
-    if sampling.patches.shape != (ny_b, nx_b, 4) or sampling.mats.shape[1] != n_views:
-        raise ValueError(
-            f"sampling is for {sampling.patches.shape[:2]} columns and {sampling.mats.shape[1]} views, "
-            f"the binned stack has {(ny_b, nx_b)} and {n_views}"
-        )
     if out is None:
         out = np.empty(shape, np.float32)
     plan = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows)
-    rows, margin = plan.slab_rows, row_margin(sampling, shape)
+    rows, margin = plan.slab_rows, int(margin_of(shape))
     band_rows = plan.pass_rows + 2 * margin
     z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
     n_pad, response = filter_response(nx_b, filter, radial)
@@ -281,10 +345,8 @@ def reconstruct_local(
     a_inv = np.linalg.inv(a)
     centre = np.array([nx / 2.0, ny / 2.0]) / b
     shifts = d / b
-    mats = jnp.asarray(sampling.mats, dtype)
-    d_local = jnp.asarray(sampling.shifts, dtype)
-    x = np.arange(nx_b) + 0.5 - nx_b / 2
-    z = np.arange(nz) + 0.5 - nz / 2
+    x = jnp.asarray(np.arange(nx_b) + 0.5 - nx_b / 2, dtype)
+    z = jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype)
     band = np.zeros((n_views, band_rows, nx_b), np.float32)
     for p0 in range(0, ny_b, plan.pass_rows):
         p_rows = min(plan.pass_rows, ny_b - p0)
@@ -314,21 +376,11 @@ def reconstruct_local(
             band[v, : lo - b0] = 0.0
             band[v, hi - b0 :] = 0.0
         device_band = jnp.asarray(band, dtype)
+        band0 = jnp.asarray(b0 - ny_b / 2 + 0.5, dtype)
         for j0 in range(p0, p0 + p_rows, rows):
             n_rows = min(rows, p0 + p_rows - j0)
             take = np.minimum(np.arange(j0, j0 + rows), ny_b - 1)  # the last slab padded, cut below
-            vol = _accumulate_band(
-                device_band,
-                jnp.asarray(b0 - ny_b / 2 + 0.5, dtype),
-                mats,
-                d_local,
-                jnp.asarray(sampling.patches[take], jnp.int32),
-                jnp.asarray(sampling.weights[take], dtype),
-                jnp.asarray(x, dtype),
-                jnp.asarray(take + 0.5 - ny_b / 2, dtype),
-                jnp.asarray(z, dtype),
-                z_chunk=z_chunk,
-            )
+            vol = accumulate(device_band, band0, take, x, z, z_chunk)
             _write_slab(out, j0, np.asarray(vol)[:, :n_rows])
             if progress is not None:
                 progress(j0 + n_rows, ny_b)

@@ -31,6 +31,7 @@ from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local
 from ..recon.sirt import SirtOptions
+from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -51,6 +52,7 @@ class Alignment:
     image_size: tuple[float, float] | None = None  # the image size the alignment was made for
     local_path: str | None = None  # the local alignment file a record names (align --local)
     local_summary: str | None = None  # its patches kept and residuals, in words
+    warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -79,7 +81,36 @@ def read_alignment_json(path: str) -> Alignment:
         record.image_size,
         record.local_path,
         summary,
+        _warp_sampling(record),
     )
+
+
+#: The warp model's coefficients, in ``models.warp.WARP_PARAMETERS`` order.
+WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
+
+
+def _warp_sampling(record) -> WarpSampling | None:
+    """The per-view warp of a ``--model warp`` record (``recon.warp_backprojection``): M = A s
+    R(rotation), e = A d + D from the record's parameters (degrees, px) and ``.xf``; views left out
+    of the fit sample as the rigid model does (M = I, e = 0, no warp). None for other models."""
+    if record.model_name != "warp" or record.views is None:
+        return None
+    p = record.views.parameters
+    if not all(name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *WARP_PARAMETERS)):
+        return None
+    fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
+    rot = np.radians(np.where(fitted, p["rotation"], 0.0))
+    scale = np.where(fitted, p["scale"], 1.0)
+    sr = scale[:, None, None] * np.stack(
+        [np.stack([np.cos(rot), -np.sin(rot)], -1), np.stack([np.sin(rot), np.cos(rot)], -1)], -2
+    )
+    a, d = record.xf[:, :, :2], record.xf[:, :, 2]
+    mats = np.where(fitted[:, None, None], a @ sr, np.eye(2))
+    shifts = np.column_stack([np.where(fitted, p["dx"], 0.0), np.where(fitted, p["dy"], 0.0)])
+    offsets = np.where(fitted[:, None], np.einsum("vij,vj->vi", a, shifts) + d, 0.0)
+    tilts = np.where(fitted, p["tilt"], record.tilts_deg)
+    coef = np.column_stack([np.where(fitted, p[n], 0.0) for n in WARP_PARAMETERS])
+    return WarpSampling(mats, offsets, tilts, coef)
 
 
 def alignment_of_views(fv, image_size, source: str) -> Alignment:
@@ -234,6 +265,15 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
+    warp = alignment.warp
+    if warp is not None and local_path is not None:
+        raise UsageError(
+            f"{alignment.source} is a warp model's alignment, applied position by position; it does not "
+            "combine with --local (align the series with a rigid model for a local alignment)"
+        )
+    if warp is not None and sirt is not None:
+        warn(f"{alignment.source}: --sirt uses the warp model's rigid part only (its warp is applied by FBP)")
+        warp = None
     local = None
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
@@ -253,6 +293,7 @@ def reconstruct_to_file(
             + (f", SIRT-like {sirtlike}" if sirtlike else "")
             + (f", SIRT {sirt.iterations} iterations" if sirt else "")
             + (f", local alignment {local_path}" if local is not None else "")
+            + (", the warp model's per-view warp" if warp is not None else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
@@ -268,7 +309,23 @@ def reconstruct_to_file(
         ]
         with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
-                if local is None:
+                if warp is not None:
+                    reconstruct_warp(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        warp,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
+                elif local is None:
                     reconstruct(
                         stack,
                         alignment.xf_A,
