@@ -54,7 +54,11 @@ def run_compare(args) -> int:
                 folds=args.folds,
                 seed=args.seed,
                 leave_out=not args.no_leave_out,
-                local=LocalOptions(patch_size=tuple(args.patch_size)) if "local" in models else None,
+                local=LocalOptions(
+                    patch_size=tuple(args.patch_size), significance=None if args.local_keep_all else 3.0
+                )
+                if "local" in models
+                else None,
                 rotation_deg=inputs.rotation_deg,
             )
         except ValueError as e:
@@ -102,6 +106,11 @@ def add_compare(sub):
         default=(700, 700),
         metavar=("NX", "NY"),
         help="with 'local': target patch size, pixels (as align --patch-size)",
+    )
+    p.add_argument(
+        "--local-keep-all",
+        action="store_true",
+        help="with 'local': judge every patch's fit kept, as IMOD keeps them (as align --local-keep-all)",
     )
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"
