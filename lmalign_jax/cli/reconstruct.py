@@ -162,7 +162,9 @@ stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
 log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instead (X, depth as
 rows, Y as sections; rows run against our z). The tomogram is streamed to disk slab by slab
-within --memory GB; the free disk space is checked first.
+within --memory GB; the free disk space is checked first. --local applies an IMOD local
+alignment position by position (as tilt's LOCALFILE); a record of --model warp has its per-view
+warp applied the same way.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
