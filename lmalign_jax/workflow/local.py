@@ -102,11 +102,11 @@ def format_local_report(solution: LocalSolution) -> str:
         lines.append(f" Kept {n_kept} of {n_all} patches: every patch's own fit (--local-keep-all, as IMOD)")
     else:
         lines.append(
-            f" Kept {n_kept} of {n_all} patches: a patch keeps its own fit only when it lowers the sum of "
-            "squares by more than fitting noise would (drop/sigma^2 > p + 3 sqrt(2p), p its free "
-            "parameters); the others hold the global solution"
-            + (" (so the local file equals the global alignment)" if n_kept == 0 else "")
-            + ". --local-keep-all keeps every patch's fit, as IMOD does"
+            f" Kept {n_kept} of {n_all} patches"
+            + (" (the local file equals the global alignment)" if n_kept == 0 else "")
+            + ": a patch keeps its own fit only when it lowers its sum of squares by more than fitting\n"
+            "  noise would (drop/sigma^2 > p + 3 sqrt(2p), p its free parameters); the others hold the "
+            "global solution.\n  --local-keep-all keeps every patch's fit, as IMOD does"
         )
     change = max(0.0, 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px)
     lines.append(
