@@ -197,9 +197,9 @@ def test_local_reconstruct_streams_in_any_layout_and_memory(tmp_path):
     with mrcfile.open(tmp_path / "zyx.mrc") as a, mrcfile.open(tmp_path / "tilt.mrc") as b:
         zyx, tilt = np.array(a.data), np.array(b.data)
     np.testing.assert_allclose(tilt, zyx[::-1].transpose(1, 0, 2), rtol=0, atol=2e-5 * np.abs(zyx).max())
-    # SIRT through the local file solves the whole volume at once: refused below what that needs.
+    # SIRT through the local file holds the aligned views whole: refused below what that needs.
     rc, _, err = run_cli([*base, "--out", tmp_path / "x.mrc", "--sirt", 2, "--memory", 0.0001])
-    assert rc == 2 and "--local with --sirt solves the whole volume at once" in err
+    assert rc == 2 and "--local with --sirt holds the aligned views whole" in err
     assert not (tmp_path / "x.mrc").exists()
     rc, out, err = run_cli([*base, "--out", tmp_path / "x.mrc", "--sirt", 2])
     assert rc == 0 and "SIRT 2 iterations" in out, err

@@ -10,6 +10,7 @@ never sits in memory whole.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ..io.mrc import (
 )
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
-from ..recon.local_sirt import local_sirt_bytes, sirt_local
+from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
@@ -196,8 +197,8 @@ def reconstruct_to_file(
 
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
-    way (FBP, any filter, ``--sirtlike``); SIRT through it solves the whole volume in memory
-    (``recon.local_sirt``), refused when ``memory_gb`` is too small.
+    way (FBP, any filter, ``--sirtlike``); SIRT through it (``recon.local_sirt``) holds the
+    aligned views whole, refused when ``memory_gb`` is too small for them.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -281,7 +282,7 @@ def reconstruct_to_file(
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
         if sirt is not None and need > budget:
             raise UsageError(
-                f"--local with --sirt solves the whole volume at once (a voxel's rays reach other slabs' "
+                f"--local with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
                 f"rows): it needs about {need / 1e9:.2f} GB and --memory allows {budget / 1e9:.2f} GB; "
                 "raise --memory, --bin more, or use FBP (--sirtlike N)"
             )
@@ -343,7 +344,7 @@ def reconstruct_to_file(
                     )
                 elif sirt is not None:
                     sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
-                    sirt_local(
+                    sirt_local_streamed(
                         stack,
                         alignment.xf_A,
                         alignment.xf_shift,
@@ -353,8 +354,9 @@ def reconstruct_to_file(
                         sirt,
                         binning=binning,
                         out=vol,
+                        scratch_dir=os.path.dirname(os.path.abspath(out_path)),
+                        progress=progress,
                     )
-                    progress(shape[1], shape[1])
                 else:
                     sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
                     reconstruct_local(
