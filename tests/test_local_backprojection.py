@@ -203,3 +203,4 @@ def test_local_reconstruct_streams_in_any_layout_and_memory(tmp_path):
     assert not (tmp_path / "x.mrc").exists()
     rc, out, err = run_cli([*base, "--out", tmp_path / "x.mrc", "--sirt", 2])
     assert rc == 0 and "SIRT 2 iterations" in out, err
+    assert not list(tmp_path.glob(".lmalign-sirt-*"))  # its scratch files are gone
