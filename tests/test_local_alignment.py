@@ -202,3 +202,14 @@ def test_views_left_out_get_imods_unit_transform_and_zero_delta():
     np.testing.assert_array_equal(full.delta_tilt_deg[:, [1, 3, 5]], 0.0)
     np.testing.assert_array_equal(full.transforms[:, [1, 3, 5]], np.tile(np.eye(2, 3), (4, 3, 1, 1)))
     np.testing.assert_array_equal(full.transforms[:, 4], xf[:, 0])
+
+
+def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved):
+    from lmalign_jax.workflow.local import format_local_report
+
+    rigid = format_local_report(solved["rigid"][1])
+    assert "Kept 0 of 9 patches (the local file equals the global alignment)" in rigid
+    assert "--local-keep-all keeps every patch's fit" in rigid
+    warped = solved["warped"][1]
+    n_kept = sum(p.kept_local for p in warped.patches)
+    assert f"Kept {n_kept} of 9 patches:" in format_local_report(warped)

@@ -36,6 +36,10 @@ Deformation verdict. For each deformation model (``models.DEFORMATION_MODELS``) 
 squared prediction errors, paired point by point, lower on average by more than twice the
 standard error of that mean difference).
 
+Local alignment (``local=LocalOptions(...)``, or ``"local"`` among the models) is a further
+candidate over the first rigid model: :mod:`lmalign_jax.analysis.compare_local`, reported as
+``ModelComparison.local`` with its verdict on the same two criteria.
+
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
 shifts it fits badly, which the table shows (its status says whether it converged).
@@ -46,15 +50,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-import jax
 import numpy as np
 
 from ..core.align import align
-from ..core.problem import final_problem
+from ..core.local import LocalOptions
 from ..core.result import AlignmentResult
 from ..models import DEFORMATION_MODELS, MODELS, ProjectionModel, get_model
 from ..observations import Observations
-from ..solve import effective_parameters, linearize
+from .compare_local import LocalCandidate, local_base, local_candidate
+from .criteria import _positive_int, bic, effective_parameter_count, leave_out_folds
+
+__all__ = [
+    "DECISIVE_BIC",
+    "DEFAULT_MODELS",
+    "ModelComparison",
+    "ModelRow",
+    "bic",
+    "compare_models",
+    "effective_parameter_count",
+    "leave_out_folds",
+]
 
 DEFAULT_MODELS = ("jou", "luther", "diez", "imod")
 #: A BIC lower by more than this is decisive evidence (Kass & Raftery 1995).
@@ -127,6 +142,8 @@ class ModelComparison:
     folds: int
     seed: int
     fold_of: np.ndarray
+    local: LocalCandidate | None = None
+    local_note: str = ""
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -193,6 +210,10 @@ class ModelComparison:
             )
         lines += [f"note: {r.model}: {r.note}" for r in self.rows if r.note]
         lines += [f"deformation: {v['text']}" for v in self.deformation_verdicts()]
+        if self.local is not None:
+            lines.append(f"local: {self.local.text}")
+            lines += [f"note: local: {self.local.note}"] if self.local.note else []
+        lines += [f"note: local: {self.local_note}"] if self.local_note else []
         return "\n".join(lines)
 
     def deformation_verdicts(self) -> list[dict]:
@@ -257,38 +278,8 @@ class ModelComparison:
             "deformation": [
                 {k: _finite_or_none(v) for k, v in d.items()} for d in self.deformation_verdicts()
             ],
+            "local": None if self.local is None else self.local.to_dict(),
         }
-
-
-def leave_out_folds(
-    mask, folds: int = 5, seed: int = 0, min_views_per_marker: int = 3, min_markers_per_view: int = 5
-) -> np.ndarray:
-    """Assign observations to disjoint hold-out folds (see the module docstring).
-
-    Returns (n_views, n_markers) int: the fold an observation is held out in, -1 if never.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    folds = _positive_int("folds", folds, minimum=2)
-    rng = np.random.default_rng(seed)
-    fold_of = np.full(mask.shape, -1, dtype=int)
-    marker_left = np.tile(mask.sum(axis=0), (folds, 1))  # training views per marker, per fold
-    view_left = np.tile(mask.sum(axis=1), (folds, 1))  # training markers per view, per fold
-    observed = np.argwhere(mask)
-    for i, (v, m) in enumerate(observed[rng.permutation(len(observed))]):
-        f = i % folds
-        if marker_left[f, m] > min_views_per_marker and view_left[f, v] > min_markers_per_view:
-            fold_of[v, m] = f
-            marker_left[f, m] -= 1
-            view_left[f, v] -= 1
-    return fold_of
-
-
-def bic(rss: float, n_components: int, n_free: float) -> float:
-    """BIC for Gaussian residuals: N log(RSS / N) + n_free log(N), N residual components
-    (``n_free`` may be an effective, non-integer number of parameters)."""
-    if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
-        return float("nan")
-    return float(n_components * np.log(rss / n_components) + n_free * np.log(n_components))
 
 
 def compare_models(
@@ -300,6 +291,7 @@ def compare_models(
     leave_out: bool = True,
     min_views_per_marker: int = 3,
     min_markers_per_view: int = 5,
+    local: LocalOptions | None = None,
     **align_kwargs,
 ) -> ModelComparison:
     """Fit each model to the same observations and compare them (see the module docstring).
@@ -311,12 +303,19 @@ def compare_models(
         folds: number of leave-out folds (>= 2); ``seed`` shuffles the points into them.
         leave_out: False skips the cross-validation (leave-out columns are NaN).
         min_views_per_marker, min_markers_per_view: what each fold's training set keeps.
+        local: also judge local alignment with these options over the first rigid model
+            (``"local"`` among ``models`` means ``LocalOptions()``).
         **align_kwargs: passed to every ``align`` call (rotation_deg, modes, stages, config,
             dtype, ref_view). ``modes`` applies to each model for the parameters it has.
             ``model``, ``weights`` and ``start`` are not accepted.
     Returns:
         ``ModelComparison``.
     """
+    if isinstance(models, str):
+        models = [s.strip() for s in models.split(",")]
+    if not isinstance(models, ProjectionModel) and any(isinstance(m, str) and m == "local" for m in models):
+        models = [m for m in models if not (isinstance(m, str) and m == "local")]
+        local = local or LocalOptions()
     chosen = _models(models)
     names = tuple(m.name for m in chosen)
     bad = [k for k in _RESERVED if k in align_kwargs]
@@ -336,22 +335,35 @@ def compare_models(
         fold_of = np.full(obs.mask.shape, -1, dtype=int)
 
     results: dict = {}
+    fold_fits: dict = {}
     rows: list[ModelRow] = []
     for m in chosen:
         kwargs = dict(align_kwargs)
         model_modes = {p: v for p, v in modes.items() if p in m.parameters}
         if model_modes:
             kwargs["modes"] = model_modes
-        rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results))
+        fold_fits[m.name] = []
+        rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results, fold_fits[m.name]))
+    candidate, local_note = None, ""
+    if local is not None:
+        base = local_base(results, names)
+        if base is None:
+            local_note = "no rigid model with per-view rotation, tilt and shifts answered (jou, imod, luther)"
+        else:
+            try:
+                candidate = local_candidate(results[base], base, local, fold_fits[base])
+            except Exception as exc:  # the comparison of the models still stands
+                local_note = f"error: {type(exc).__name__}: {exc}"
 
     reference = next((r.model for r in rows if r.ok), None)
     if reference is not None:
         ref = results[reference]
         rows = [_with_differences(r, results.get(r.model), ref) for r in rows]
-    return ModelComparison(tuple(rows), results, reference, folds, int(seed), fold_of)
+    return ModelComparison(tuple(rows), results, reference, folds, int(seed), fold_of, candidate, local_note)
 
 
-def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelRow:
+def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits: list) -> ModelRow:
+    """One model's row; ``fold_fits`` gets (held-out mask, fit without them) per fold."""
     n_obs = obs.n_observed
     note = (
         ""
@@ -385,6 +397,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
                 if fit.status.startswith("failed"):
                     note = (note + "; " if note else "") + f"leave-out fold {f} failed: {fit.status}"
                 errors.append(fit.residuals[held])
+                fold_fits.append((held, fit))
             e = np.concatenate(errors)
             leave_errors = e
             leave_rms = float(np.sqrt(np.mean(e * e)))
@@ -418,22 +431,6 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results) -> ModelR
         effective_parameters=n_effective,
         leave_out_errors=leave_errors,
     )
-
-
-def effective_parameter_count(result: AlignmentResult) -> float:
-    """Effective number of parameters of a solved alignment (``solve.effective_parameters``
-    at its final joint problem, float64); ``n_free`` for a model without regularization rows."""
-    with jax.enable_x64(True):
-        problem = final_problem(result)
-        value = _effective(problem.x0, problem.structure, fn=problem.fn, eliminate=problem.eliminate)
-        return float(value)
-
-
-def _effective_impl(x, structure, *, fn, eliminate):
-    return effective_parameters(linearize(fn, x, structure), structure, eliminate)
-
-
-_effective = jax.jit(_effective_impl, static_argnames=("fn", "eliminate"))
 
 
 def _empty_row(name, status, n_obs, seconds, note) -> ModelRow:
@@ -479,12 +476,6 @@ def _models(models) -> tuple[ProjectionModel, ...]:
     if dup:
         raise ValueError(f"model(s) {', '.join(dup)} listed more than once")
     return tuple(chosen)
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _fmt(value, width, digits) -> str:

@@ -28,7 +28,13 @@ from ..workflow import (
 )
 from ..workflow.exporting import parse_export_targets
 from ..workflow.initial import read_initial_alignment
-from ..workflow.local import LocalOptions, check_local_model, format_local_report, write_local_alignment
+from ..workflow.local import (
+    LOCAL_SUFFIX,
+    LocalOptions,
+    check_local_model,
+    format_local_report,
+    solve_local_alignment,
+)
 from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 from .export import export_after_align
@@ -203,7 +209,7 @@ def align_and_report(
     ``initial``: an AreTomo .aln or IMOD .xf to start from."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
-    check_output_folder(out, ALIGN_OUTPUTS + (".xtilt",), (markers, tilts, stack))
+    check_output_folder(out, ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX), (markers, tilts, stack))
     if figure:
         prefetch_matplotlib()  # imported while the series is read and solved
 
@@ -234,6 +240,12 @@ def align_and_report(
             print_stage_line(st)
 
     comparison = compare_with_truth(result, truth, sel, marker_ids) if truth is not None else None
+    solved_local = None
+    if local is not None and result.converged:
+        try:
+            solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg.size, local)
+        except ValueError as e:
+            raise UsageError(f"--local: {e}") from None
     written = write_alignment(
         out,
         inputs,
@@ -250,6 +262,7 @@ def align_and_report(
         surfaces=surfaces,
         flatten=flatten,
         warn=warn,
+        local=solved_local,
     )
     record = written.record
 
@@ -266,17 +279,10 @@ def align_and_report(
         )
     if written.surfaces is not None:
         print_surfaces(written.surfaces, flatten, out.prefix)
+    if solved_local is not None:
+        print(format_local_report(solved_local.solution), end="")
     print(" Wrote " + ", ".join(written.written))
-    if local is not None and result.converged:
-        try:
-            solution, path = write_local_alignment(
-                out_dir, prefix, result, sel.view_index, inputs.tilts_deg.size, local
-            )
-        except ValueError as e:
-            raise UsageError(f"--local: {e}") from None
-        print(format_local_report(solution), end="")
-        print(f" Wrote {path}")
-    suffixes = ALIGN_OUTPUTS + (".xtilt",)
+    suffixes = ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX)
     not_updated = [s for s in suffixes if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:

@@ -8,26 +8,32 @@ from ..analysis.compare import DEFAULT_MODELS, compare_models
 from ..io import atomic_write
 from ..models import MODELS
 from ..workflow import observations_for_fit, parse_view_list, read_series, select_views
+from ..workflow.local import LocalOptions
 from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, warn
 
 COMPARE_HELP = """Fit each projection model to the same observations and print one table: free
 parameters, RMS and mean residual, a cross-validated leave-out residual (held-out points
 predicted by the model fitted without them, 5 folds), BIC, and the largest differences in
 rotation and tilt from the first model. A richer model is justified when it lowers the
-leave-out residual and the BIC, not merely the RMS."""
+leave-out residual and the BIC, not merely the RMS. 'local' among the models adds IMOD-style
+local alignment (align --local's defaults; --patch-size) over the first rigid model, judged by
+the same two criteria."""
 
 COMPARE_EXAMPLE = """example:
-  lmalign compare series.fid --tilts series.rawtlt --models jou,imod --json compare.json"""
+  lmalign compare series.fid --tilts series.rawtlt --models jou,imod --json compare.json
+  lmalign compare series.fid --tilts series.rawtlt --models jou,warp,local"""
 
 
 def run_compare(args) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS and m != "local"]
     if not models or unknown:
         raise UsageError(
             f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(MODELS)}"
+            f"{', '.join(MODELS)}, local"
         )
+    if models == ("local",):
+        raise UsageError("--models: local alignment is judged over a rigid model; list one too (jou,local)")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
     inputs = read_series(
@@ -48,6 +54,11 @@ def run_compare(args) -> int:
                 folds=args.folds,
                 seed=args.seed,
                 leave_out=not args.no_leave_out,
+                local=LocalOptions(
+                    patch_size=tuple(args.patch_size), significance=None if args.local_keep_all else 3.0
+                )
+                if "local" in models
+                else None,
                 rotation_deg=inputs.rotation_deg,
             )
         except ValueError as e:
@@ -85,7 +96,21 @@ def add_compare(sub):
         default=",".join(DEFAULT_MODELS),
         metavar="LIST",
         help=f"comma-separated models of {','.join(MODELS)} (default {','.join(DEFAULT_MODELS)}); "
-        "with a deformation model (warp, shape) the output says whether the data justify it",
+        "with a deformation model (warp, shape) the output says whether the data justify it; 'local' adds "
+        "local alignment over the first rigid model",
+    )
+    p.add_argument(
+        "--patch-size",
+        nargs=2,
+        type=int,
+        default=(700, 700),
+        metavar=("NX", "NY"),
+        help="with 'local': target patch size, pixels (as align --patch-size)",
+    )
+    p.add_argument(
+        "--local-keep-all",
+        action="store_true",
+        help="with 'local': judge every patch's fit kept, as IMOD keeps them (as align --local-keep-all)",
     )
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"

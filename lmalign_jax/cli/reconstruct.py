@@ -71,6 +71,35 @@ def _check_output(path: str, inputs) -> None:
             raise UsageError(f"--out {path} would overwrite the input {p}")
 
 
+#: ``--local`` without a file: the local alignment the ``--alignment`` record names.
+FROM_RECORD = "<from the record>"
+
+
+def _local_file(args, alignment) -> str | None:
+    """The local alignment file to apply: ``--local FILE``, or with a bare ``--local`` the one the
+    ``--alignment`` record names; a note offers the record's when ``--local`` is not given."""
+    if args.local != FROM_RECORD:
+        if args.local is None and alignment.local_path is not None and not args.quiet:
+            note(
+                f"{args.alignment} has a local alignment, {alignment.local_path} "
+                f"({alignment.local_summary}); add --local to apply it"
+            )
+        return args.local
+    if args.alignment is None:
+        raise UsageError("--local without a file takes it from --alignment FILE.json; give --local FILE")
+    if alignment.local_path is None:
+        raise UsageError(
+            f"--local: {args.alignment} names no local alignment (aligned without --local); give --local FILE"
+        )
+    if not os.path.isfile(alignment.local_path):
+        raise UsageError(
+            f"--local: {args.alignment} names the local alignment {alignment.local_path}, which is not there"
+        )
+    if not args.quiet:
+        note(f"applying the local alignment {alignment.local_path} ({alignment.local_summary})")
+    return alignment.local_path
+
+
 def run_reconstruct(args) -> int:
     _check_args(args)
     out = args.out or default_output(args.stack)
@@ -79,7 +108,8 @@ def run_reconstruct(args) -> int:
     alignment = (
         read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
     )
-    _check_output(out, (args.stack, args.xf, args.tlt, args.alignment, args.local))
+    local = _local_file(args, alignment)
+    _check_output(out, (args.stack, args.xf, args.tlt, args.alignment, local))
     info = reconstruct_to_file(
         args.stack,
         alignment,
@@ -96,7 +126,7 @@ def run_reconstruct(args) -> int:
         quiet=args.quiet,
         warn=warn,
         note=note,
-        local_path=args.local,
+        local_path=local,
     )
     nz, ny, nx = info["shape"]
     dims = (
@@ -132,7 +162,9 @@ stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
 log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instead (X, depth as
 rows, Y as sections; rows run against our z). The tomogram is streamed to disk slab by slab
-within --memory GB; the free disk space is checked first.
+within --memory GB; the free disk space is checked first. --local applies an IMOD local
+alignment position by position (as tilt's LOCALFILE); a record of --model warp has its per-view
+warp applied the same way.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
@@ -207,8 +239,11 @@ def add_reconstruct(sub):
     p.add_argument(
         "--local",
         metavar="FILE",
+        nargs="?",
+        const=FROM_RECORD,
         help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
-        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE",
+        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; "
+        "without FILE, the one the --alignment record names",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

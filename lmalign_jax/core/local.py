@@ -114,7 +114,8 @@ class LocalOptions:
 class PatchReport:
     """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
     global and under its own local fit (px), its free parameters, the drop of its sum of squares in
-    units of sigma^2, and whether its local solution was kept (else the global one stands for it)."""
+    units of sigma^2, whether its local solution was kept (else the global one stands for it), the
+    drop it needed to be kept (NaN: no test, every patch kept) and its markers (indices into the result's)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -126,6 +127,8 @@ class PatchReport:
     n_free: int = 0
     chi2_drop: float = 0.0
     kept_local: bool = False
+    threshold: float = float("nan")
+    marker_indices: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -146,6 +149,16 @@ class LocalSolution:
     local_mean_px: float
     seconds: float
     notes: tuple[str, ...]
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to 2^k x (1, 1.25, 1.5 or 1.75): patches padded to it (weight-0 markers,
+    the same answer) keep one compiled solve for similar series and for refits of one series
+    (``compare``'s leave-out folds), whose patches differ by a few markers."""
+    if n <= 8:
+        return n
+    step = 1 << (int(n - 1).bit_length() - 3)  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 def _trunc(value: float) -> int:
@@ -306,11 +319,19 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     return Variables(views / unit, b, np.zeros(len(slot_free))), structure
 
 
+_PROJECTORS: dict = {}
+
+
 def _project(model: ProjectionModel, views: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """(n_views, n_points, 2) centred image positions of points xyz (n, 3) in views (n_views, k), float64."""
+    """(n_views, n_points, 2) centred image positions of points xyz (n, 3) in views (n_views, k), float64
+    (one compiled call per model and shape: op-by-op dispatch compiled every operation anew)."""
+    if model not in _PROJECTORS:
+        _PROJECTORS[model] = jax.jit(
+            lambda v, x: jnp.moveaxis(model.project(v.T[:, :, None], x.T[:, None, :]), 0, -1)
+        )
     with jax.enable_x64(True):
-        out = model.project(jnp.asarray(views.T[:, :, None]), jnp.asarray(xyz.T[:, None, :]))
-        return np.moveaxis(np.asarray(out, np.float64), 0, -1)
+        out = _PROJECTORS[model](jnp.asarray(views, jnp.float64), jnp.asarray(xyz, jnp.float64))
+        return np.asarray(out, np.float64)
 
 
 def _ideal_to_aligned(model, patch_views, global_xf, centre, size, z_range):
@@ -364,7 +385,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                     f"patch ({i}, {j}) at ({c[0]}, {c[1]}): only {idx.size} markers "
                     f"(needs {options.min_fids[0]}, {options.min_fids[1]} per surface); global solution kept"
                 )
-    capacity = max(1, max(s.size for s in selections))
+    capacity = _bucket(max(1, max(s.size for s in selections)))
     radius = characteristic_radius(obs)
     built = [_patch_problem(lm, base_k, result, s, capacity, options, radius, ref_view) for s in selections]
     x0 = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[0] for b in built])
@@ -400,7 +421,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         m = obs.mask[:, idx]
         w = np.asarray(structure.weights[p, :, : idx.size])
         markers = np.asarray(solved_markers[p, : idx.size])
-        local_pred = _project(model, views[p], markers)
+        local_pred = _project(model, views[p], np.asarray(solved_markers[p]))[:, : idx.size]  # one shape
         l_res = np.where(m[..., None], local_pred - obs.centered_xy[:, idx], 0.0)
         g_res = resid[:, idx]
         drop = float(np.sum(w[..., None] * (g_res**2 - l_res**2)) / sigma2) if sigma2 > 0 else np.inf
@@ -436,6 +457,8 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 n_free[p],
                 drop,
                 keep,
+                float("nan") if options.significance is None else float(threshold),
+                tuple(int(i) for i in idx),
             )
         )
         centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])

@@ -9,12 +9,21 @@ bilinear weights and M, D each patch's projection and transform
 (``lmalign_jax.core.local_apply.local_sampling`` builds them from tilt.f90's formulas). Rows are
 filtered as in weighted FBP (``recon.filters``), each view weighted by its angular increment.
 
-Memory: one view's positions for the whole volume, (NZ, NY, NX, 2) floats, at a time: meant for
-volumes up to some hundred million voxels per call.
+Two entry points. :func:`backproject_local` takes an aligned stack in memory (one view's
+positions for the whole volume, (NZ, NY, NX, 2) floats, at a time). :func:`reconstruct_local`
+streams from the raw stack as :func:`lmalign_jax.recon.reconstruct` does, reusing its pieces:
+the slab plan (:func:`~lmalign_jax.recon.fbp.plan_slabs`, ``memory_bytes``), the one-pass
+resampling and filtering of a band of aligned rows (``_kernels.resample_filter_view``, here
+without the mean subtraction, so the numbers equal the in-memory path's) and the slab writer
+(``out.write_rows``, any layout of :func:`lmalign_jax.io.mrc.stream_volume`). A voxel column
+samples rows near its own y, off by what the local transforms move it in y (bounded from the
+sampling matrices over the volume's extent, :func:`row_margin`): each pass resamples its rows
+plus that margin, and each slab is back-projected from that band.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -23,9 +32,17 @@ import numpy as np
 from jax.scipy.ndimage import map_coordinates
 from jaxtyping import Float
 
-from .filters import angular_increments, filter_response
+from . import _kernels
+from .fbp import _check_transforms, _finite_view, _positive_int, _raw_band, _write_slab, plan_slabs
+from .filters import angular_increments, filter_response, sirt_like_response
 
-__all__ = ["LocalSampling", "backproject_local", "reconstruct_local"]
+__all__ = [
+    "LocalSampling",
+    "backproject_local",
+    "reconstruct_local",
+    "reconstruct_local_in_memory",
+    "row_margin",
+]
 
 
 class LocalSampling(NamedTuple):
@@ -118,7 +135,7 @@ def _bin(view: np.ndarray, b: int) -> np.ndarray:
     return view[: ny * b, : nx * b].reshape(ny, b, nx, b).mean(axis=(1, 3))
 
 
-def reconstruct_local(
+def reconstruct_local_in_memory(
     stack,
     xf_A: Float[np.ndarray, "views 2 2"],
     xf_shift: Float[np.ndarray, "views 2"],
@@ -131,13 +148,9 @@ def reconstruct_local(
     radial=None,
     dtype=jnp.float32,
 ) -> Float[np.ndarray, "nz ny nx"]:
-    """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling.
-
-    Each raw view (binned ``binning`` x ``binning``) is resampled into the globally aligned frame
-    (bilinear, ``x' = A (x - c) + D + c``, shifts in unbinned pixels), then :func:`backproject_local`
-    with ``sampling`` made for the binned grid. Volume ``(round(thickness / binning), NY // binning,
-    NX // binning)`` in the frame of :func:`lmalign_jax.recon.reconstruct` (its scale may differ).
-    """
+    """The reference of :func:`reconstruct_local`: every raw view (binned) resampled whole into the
+    globally aligned frame (bilinear, ``x' = A (x - c) + D + c``, shifts in unbinned pixels), then
+    :func:`backproject_local`; the whole volume in memory."""
     a = np.asarray(xf_A, np.float64)
     d = np.asarray(xf_shift, np.float64)
     b = int(binning)
@@ -156,3 +169,219 @@ def reconstruct_local(
         )
     nz = max(1, int(round(thickness / b)))
     return backproject_local(aligned, tilts_deg, sampling, nz, filter=filter, radial=radial, dtype=dtype)
+
+
+def row_margin(sampling: LocalSampling, shape: tuple[int, int, int]) -> int:
+    """Rows (whole, plus 2 for the interpolation) by which any voxel of a ``shape`` (NZ, NY, NX)
+    volume samples away from its own y: ``|M_y X + D_y - y|`` bounded per patch and view over the
+    volume's extent (a blend of patches lies between them)."""
+    nz, ny, nx = shape
+    half = np.array([nx / 2.0, ny / 2.0, nz / 2.0])
+    my = np.asarray(sampling.mats, np.float64)[..., 1, :] - np.array([0.0, 1.0, 0.0])
+    bound = np.abs(my) @ half + np.abs(np.asarray(sampling.shifts, np.float64)[..., 1])
+    return int(np.ceil(bound.max())) + 2
+
+
+@partial(jax.jit, static_argnames=("z_chunk",))
+def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_chunk):
+    """Sum over views of each voxel's sampled value for the voxels of some rows, from a band of
+    aligned rows of every view (band row = sampled centred y - ``band0``).
+
+    band (V, B, NX); mats (P, V, 2, 3), shifts (P, V, 2); patches, weights (rows, NX, 4); x (NX,),
+    y (rows,), z (NZ,) centred voxel coordinates. For a voxel column the sampled position is
+    affine in z, ``base + z slope`` (the blend of the patches' affine maps), so each view's
+    columns get ``base`` and ``slope`` once and every z chunk reads them; the bilinear reads are
+    four 1-D gathers into the zero-padded band (as ``_kernels.resample_filter_view``: exact
+    inside, falling to zero over one sample outside, zero beyond). Returns (NZ, rows, NX).
+    """
+    n_views, n_band, nx = band.shape
+    rows, nz = y.shape[0], z.shape[0]
+    dt = band.dtype
+    width = nx + 2
+    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)
+
+    def columns(m, d):  # (P, 2, 3), (P, 2) -> base, slope (2, rows, NX)
+        m_eff = jnp.einsum("yxk,yxkij->ijyx", weights, m[patches])
+        d_eff = jnp.einsum("yxk,yxki->iyx", weights, d[patches])
+        base = m_eff[:, 0] * x[None, None, :] + m_eff[:, 1] * y[None, :, None] + d_eff
+        return base + jnp.array([nx / 2 - 0.5, -band0], dt)[:, None, None], m_eff[:, 2]
+
+    base, slope = jax.vmap(columns, in_axes=(1, 1))(mats, shifts)  # (V, 2, rows, NX)
+    n_chunks = -(-nz // z_chunk)
+    zs = jnp.pad(z, (0, n_chunks * z_chunk - nz)).reshape(n_chunks, z_chunk)
+
+    def chunk(zc):
+        def one_view(v, acc):
+            col = base[v, 0][None] + zc[:, None, None] * slope[v, 0][None]
+            row = base[v, 1][None] + zc[:, None, None] * slope[v, 1][None]
+            ix, fx = _kernels._linear_index(col, nx)
+            iy, fy = _kernels._linear_index(row, n_band)
+            k = iy * width + ix
+            img = flat[v]
+            p00, p01, p10, p11 = img[k], img[k + 1], img[k + width], img[k + width + 1]
+            top = p00 + fx * (p01 - p00)
+            return acc + top + fy * (p10 + fx * (p11 - p10) - top)
+
+        return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
+
+    return jax.lax.map(chunk, zs).reshape(n_chunks * z_chunk, rows, nx)[:nz]
+
+
+def reconstruct_local(
+    stack,
+    xf_A: Float[np.ndarray, "views 2 2"],
+    xf_shift: Float[np.ndarray, "views 2"],
+    tilts_deg: Float[np.ndarray, " views"],
+    sampling: LocalSampling,
+    thickness: float,
+    *,
+    binning: int = 1,
+    filter: str | None = "ramp",
+    radial=None,
+    sirtlike: int | None = None,
+    out=None,
+    memory_bytes: int | None = None,
+    slab_rows: int | None = None,
+    progress=None,
+    dtype=jnp.float32,
+):
+    """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling, streamed.
+
+    Arguments as :func:`lmalign_jax.recon.reconstruct` (``sirtlike``: IMOD's SIRT-like filter;
+    SIRT is :mod:`lmalign_jax.recon.local_sirt`; ``out`` an array or a writer with
+    ``write_rows``; ``memory_bytes`` bounds the views and slabs held at once, plus the rows of
+    :func:`row_margin` per pass) and ``sampling`` made for the binned grid. Returns ``out`` (a
+    new ``(NZ, NY', NX')`` array when not given), equal to :func:`reconstruct_local_in_memory`
+    to float32 rounding.
+    """
+    n_views, ny, nx = (int(s) for s in np.shape(stack))
+    b = _positive_int(binning, "binning")
+    ny_b, nx_b = ny // b, nx // b
+    if sampling.patches.shape != (ny_b, nx_b, 4) or sampling.mats.shape[1] != n_views:
+        raise ValueError(
+            f"sampling is for {sampling.patches.shape[:2]} columns and {sampling.mats.shape[1]} views, "
+            f"the binned stack has {(ny_b, nx_b)} and {n_views}"
+        )
+    mats = jnp.asarray(sampling.mats, dtype)
+    d_local = jnp.asarray(sampling.shifts, dtype)
+
+    def accumulate(device_band, band0, take, x, z, z_chunk):
+        return _accumulate_band(
+            device_band,
+            band0,
+            mats,
+            d_local,
+            jnp.asarray(sampling.patches[take], jnp.int32),
+            jnp.asarray(sampling.weights[take], dtype),
+            x,
+            jnp.asarray(take + 0.5 - ny_b / 2, dtype),
+            z,
+            z_chunk=z_chunk,
+        )
+
+    return stream_backprojection(
+        stack,
+        xf_A,
+        xf_shift,
+        tilts_deg,
+        thickness,
+        accumulate,
+        lambda shape: row_margin(sampling, shape),
+        binning=binning,
+        filter=filter,
+        radial=radial,
+        sirtlike=sirtlike,
+        out=out,
+        memory_bytes=memory_bytes,
+        slab_rows=slab_rows,
+        progress=progress,
+        dtype=dtype,
+    )
+
+
+def stream_backprojection(
+    stack,
+    xf_A,
+    xf_shift,
+    tilts_deg,
+    thickness,
+    accumulate,
+    margin_of,
+    *,
+    binning=1,
+    filter="ramp",
+    radial=None,
+    sirtlike=None,
+    out=None,
+    memory_bytes=None,
+    slab_rows=None,
+    progress=None,
+    dtype=jnp.float32,
+):
+    """The streaming loop shared by back-projections whose voxels sample their own positions
+    (local alignment, a deformation model's warp): per pass, every view's aligned rows of the
+    pass plus ``margin_of((NZ, NY', NX'))`` rows each side, resampled and filtered once; per
+    slab, ``accumulate(band, band0, rows, x, z, z_chunk)`` -> (NZ, len(rows), NX') with band row
+    = sampled centred y - ``band0``; slabs handed to ``out``."""
+    if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
+        stack = np.asarray(stack)
+    n_views, ny, nx = (int(s) for s in stack.shape)
+    a, d, t = _check_transforms(n_views, xf_A, xf_shift, tilts_deg)
+    b = _positive_int(binning, "binning")
+    nz = max(1, int(round(float(thickness) / b)))
+    ny_b, nx_b = ny // b, nx // b
+    shape = (nz, ny_b, nx_b)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    plan = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows)
+    rows, margin = plan.slab_rows, int(margin_of(shape))
+    band_rows = plan.pass_rows + 2 * margin
+    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
+    n_pad, response = filter_response(nx_b, filter, radial)
+    if sirtlike is not None:
+        response = sirt_like_response(response, _positive_int(sirtlike, "sirtlike"), nx_b)
+    resp = jnp.asarray(response, dtype)
+    increments = angular_increments(t)
+    a_inv = np.linalg.inv(a)
+    centre = np.array([nx / 2.0, ny / 2.0]) / b
+    shifts = d / b
+    x = jnp.asarray(np.arange(nx_b) + 0.5 - nx_b / 2, dtype)
+    z = jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype)
+    band = np.zeros((n_views, band_rows, nx_b), np.float32)
+    for p0 in range(0, ny_b, plan.pass_rows):
+        p_rows = min(plan.pass_rows, ny_b - p0)
+        b0 = p0 - margin  # aligned row of band row 0; rows outside the image stay zero
+        lo, hi = max(0, b0), min(ny_b, b0 + band_rows)
+        for v in range(n_views):
+            r0, r1 = _raw_band(a_inv[v], shifts[v], centre, lo, hi - lo, nx_b, ny_b)
+            raw = _finite_view(stack, v, r0 * b, r1 * b)
+            raw = raw if b == 1 else _bin(np.asarray(raw, np.float64), b)
+            res = _kernels.resample_filter_view(
+                jnp.asarray(raw, dtype),
+                jnp.asarray(a_inv[v], dtype),
+                jnp.asarray(shifts[v], dtype),
+                jnp.asarray(centre, dtype),
+                jnp.asarray(increments[v], dtype),
+                resp,
+                jnp.asarray(0.0, dtype),
+                jnp.asarray(b0, jnp.int32),
+                jnp.asarray(r0, jnp.int32),
+                ny_out=ny_b,
+                nx_out=nx_b,
+                n_pad=n_pad,
+                rows=band_rows,
+                keep_mean=False,
+            )
+            band[v] = np.asarray(res).T
+            band[v, : lo - b0] = 0.0
+            band[v, hi - b0 :] = 0.0
+        device_band = jnp.asarray(band, dtype)
+        band0 = jnp.asarray(b0 - ny_b / 2 + 0.5, dtype)
+        for j0 in range(p0, p0 + p_rows, rows):
+            n_rows = min(rows, p0 + p_rows - j0)
+            take = np.minimum(np.arange(j0, j0 + rows), ny_b - 1)  # the last slab padded, cut below
+            vol = accumulate(device_band, band0, take, x, z, z_chunk)
+            _write_slab(out, j0, np.asarray(vol)[:, :n_rows])
+            if progress is not None:
+                progress(j0 + n_rows, ny_b)
+    return out

@@ -16,6 +16,11 @@ Records carry, when the run computed standard errors, each fitted view's
 section (the coarse map, the near-degenerate directions in words); both were added within
 version 1, and :func:`read_covariance` reads them back.
 
+A ``local`` section (``align --local``: the local file's name, per patch its centre, markers,
+residuals before and after and whether it was kept and why, and the totals) was added within
+version 1 too; its layout is in :mod:`lmalign_jax.report.record_local`, and
+:attr:`AlignmentRecord.local` reads it back (None when absent).
+
 Conventions: views are 0-based in the record (``"view"``) with IMOD's 1-based number beside
 (``"view_number"``); angles in degrees; lengths in pixels; residual = projected - measured.
 """
@@ -34,6 +39,7 @@ from ..analysis.misregistration import COORDINATES, DEFINITION, misregistration,
 from ..core.result import AlignmentResult
 from ..io.errors import InputError
 from ..models import MODELS, get_model
+from .record_local import LocalRecord, local_section, read_local_section
 from .views import FileViews, aligned_model_xy
 
 #: Layout version of the record, written as its ``record_version``; a reader refuses newer ones.
@@ -65,13 +71,15 @@ def build_record(
     software: dict | None = None,
     extra: dict | None = None,
     errors=None,
+    local=None,
 ) -> dict:
     """Everything about one alignment as a JSON-ready dict.
 
     ``inputs`` and ``options`` describe the run (files, image size, exclusions, modes...) and
     are stored as given; ``marker_ids`` (m,) are the markers' ids in the input file.
     ``errors`` (an ``uncertainty.Uncertainty`` of ``result``) adds standard errors per view
-    parameter and marker coordinate and leave-one-out residuals.
+    parameter and marker coordinate and leave-one-out residuals. ``local``: (LocalSolution,
+    LocalOptions, file name) of ``align --local``, for the ``local`` section.
     """
     model = result.model
     obs = result.observations
@@ -209,6 +217,9 @@ def build_record(
             scaled = covariance.view_covariance[k] * np.outer(to_record, to_record)
             views[int(v)]["parameter_covariance"] = scaled
         record["misregistration"] = _misregistration_section(result, fv, covariance)
+    if local is not None:
+        solution, local_options, file_name = local
+        record["local"] = local_section(solution, local_options, file_name, marker_ids)
     record.update(extra or {})
     return record
 
@@ -334,6 +345,14 @@ class AlignmentRecord:
     sd_residual_px: float | None = None
     n_points: int | None = None
     n_free: int | None = None
+    local: LocalRecord | None = None
+
+    @property
+    def local_path(self) -> str | None:
+        """The local alignment file the record names, beside the record (None: no ``local``)."""
+        if self.local is None:
+            return None
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), self.local.file)
 
 
 @dataclass(frozen=True)
@@ -554,4 +573,5 @@ def read_record(path: str) -> AlignmentRecord:
         sd_residual_px=summary.get("sd_residual_px") if _is_number(summary.get("sd_residual_px")) else None,
         n_points=summary.get("n_points") if isinstance(summary.get("n_points"), int) else None,
         n_free=summary.get("n_free") if isinstance(summary.get("n_free"), int) else None,
+        local=read_local_section(path, record.get("local")),
     )

@@ -11,9 +11,11 @@ Files, for ``--prefix P``:
   tilt), ``P_nogaps.fid`` (gaps filled by the solved projection), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
-  ``ts_import_alignments`` expect), and ``P.zfac`` when the projection varies with height beyond tilt's
-  formula (:func:`z_factors`: luther's magnifications, diez's declination). No ``.tltxf`` (it
-  equals the ``.xf``: we align the raw images).
+  ``ts_import_alignments`` expect), ``P.zfac`` when the projection varies with height beyond tilt's
+  formula (:func:`z_factors`: luther's magnifications, diez's declination), and ``Plocal.xf`` when
+  the record has a local alignment (``align --local``: its file, read back from beside the record
+  and written under the name etomo and tilt's LOCALFILE expect). No ``.tltxf`` (it equals the
+  ``.xf``: we align the raw images).
 - aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines), and local
   rows converted from IMOD's local alignment (``<stem>local.xf`` beside the record, as ``align
   --local`` writes it, or a file given): :func:`local_alignment_for`,
@@ -47,10 +49,11 @@ from ..export.imod import (
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
-from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf
+from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf, write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
+from .local import LOCAL_SUFFIX
 from .series import _read_marker_file
 from .status import UsageError
 
@@ -74,7 +77,7 @@ Z_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew", "d
 #: Z factors below this (the ``.zfac``'s printed precision, ``2f12.7``) are zero: no ``.zfac``.
 ZFAC_NEGLIGIBLE = 5e-8
 _SUFFIXES = {
-    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac"),
+    "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac", LOCAL_SUFFIX),
     "aretomo": (".aln",),
     "relion": (".star",),
     "portal": ("_portal.json",),
@@ -128,21 +131,19 @@ def read_alignment_record(path: str) -> AlignmentRecord:
     return read_record(path)
 
 
-#: IMOD's local alignment file beside a record ``<stem>.json``: ``<stem>local.xf`` (``align --local``).
-LOCAL_XF_SUFFIX = "local.xf"
-
-
 def local_alignment_for(
     record: AlignmentRecord, path: str | None = None
 ) -> tuple[LocalAlignment | None, str | None]:
-    """(IMOD local alignment, its path) for the ``.aln``'s local rows: ``path``, else
-    ``<stem>local.xf`` beside the record when it exists, else (None, None). InputError (naming
-    the file and line) for a file that is not one, or is made for other views or another image."""
+    """(IMOD local alignment, its path) for the ``.aln``'s local rows: ``path``, else the file
+    the record's ``local`` section names, else ``<stem>local.xf`` beside the record when it
+    exists, else (None, None). InputError (naming the file and line) for a file that is not one,
+    or is made for other views or another image."""
     if path is None:
-        stem = os.path.splitext(os.path.abspath(record.path))[0]
-        if not os.path.isfile(stem + LOCAL_XF_SUFFIX):
+        path = record.local_path or os.path.splitext(os.path.abspath(record.path))[0] + LOCAL_SUFFIX
+        if not os.path.isfile(path):
+            if record.local is not None:
+                raise InputError(path, None, "the record names this local alignment, but it is not there")
             return None, None
-        path = stem + LOCAL_XF_SUFFIX
     n_views = record.xf.shape[0] if record.xf is not None else None
     local = read_local_xf(path, n_views)
     if record.image_size is not None:
@@ -393,6 +394,21 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
         _align_log(record, prefix, software),
         surface_lines or _recorded_surface_lines(record),
     )
+    if record.local is not None:
+        _stage_local(out, record)
+
+
+def _stage_local(out, record: AlignmentRecord) -> None:
+    """Stage ``<prefix>local.xf``: the local file the record names, checked by reading it back."""
+    path = record.local_path
+    if not os.path.isfile(path):
+        raise InputError(
+            record.path,
+            None,
+            f"names the local alignment {record.local.file}, which is not beside it ({path}); "
+            "put it back or re-run lmalign align --local",
+        )
+    write_local_xf(out.stage(LOCAL_SUFFIX), read_local_xf(path, n_views=record.xf.shape[0]))
 
 
 def _x_tilts(record: AlignmentRecord, geometry) -> np.ndarray:

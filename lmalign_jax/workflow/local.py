@@ -15,6 +15,7 @@ __all__ = [
     "check_local_model",
     "LOCAL_SUFFIX",
     "file_view_local",
+    "solve_local_alignment",
     "write_local_alignment",
     "format_local_report",
 ]
@@ -35,6 +36,32 @@ def file_view_local(local: LocalAlignment, view_index: np.ndarray, n_file_views:
     return dataclasses.replace(local, delta_tilt_deg=dt, transforms=xf)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SolvedLocal:
+    """A local alignment ready to write: the solution (fitting order), the file's contents (one
+    entry per file view) and its options (for the record)."""
+
+    solution: LocalSolution
+    file: LocalAlignment
+    options: LocalOptions
+
+
+def solve_local_alignment(
+    result, view_index, n_file_views: int, options: LocalOptions, pixel_size: float = 0.0
+) -> SolvedLocal:
+    """Solve the local alignment of ``result`` (ValueError when its model cannot take one).
+
+    ``pixel_size``: the aligned stack's pixel size (A) for the header, 0 (default) to keep IMOD's
+    tilt from rescaling the grid (the "pixel-size trap": tilt multiplies the grid and shifts by
+    header pixel / stack pixel unless LOCALSCALE is given).
+    """
+    solution = align_local(result, options)
+    local = dataclasses.replace(
+        file_view_local(solution.file, np.asarray(view_index), n_file_views), pixel_size=float(pixel_size)
+    )
+    return SolvedLocal(solution, local, options)
+
+
 def write_local_alignment(
     out_dir: str,
     prefix: str,
@@ -44,19 +71,13 @@ def write_local_alignment(
     options: LocalOptions,
     pixel_size: float = 0.0,
 ) -> tuple[LocalSolution, str]:
-    """Solve the local alignment of ``result`` and write ``<out_dir>/<prefix>local.xf``.
-
-    ``pixel_size``: the aligned stack's pixel size (A) for the header, 0 (default) to keep IMOD's
-    tilt from rescaling the grid (the "pixel-size trap": tilt multiplies the grid and shifts by
-    header pixel / stack pixel unless LOCALSCALE is given). Returns (solution, path written).
-    """
-    solution = align_local(result, options)
-    local = dataclasses.replace(
-        file_view_local(solution.file, np.asarray(view_index), n_file_views), pixel_size=float(pixel_size)
-    )
+    """Solve the local alignment of ``result`` and write ``<out_dir>/<prefix>local.xf`` alone (``align``
+    writes it with the other outputs, through ``workflow.writing.write_alignment``).
+    Returns (solution, path written)."""
+    solved = solve_local_alignment(result, view_index, n_file_views, options, pixel_size)
     path = os.path.join(out_dir, prefix + LOCAL_SUFFIX)
-    write_local_xf(path, local)
-    return solution, path
+    write_local_xf(path, solved.file)
+    return solved.solution, path
 
 
 def format_local_report(solution: LocalSolution) -> str:
@@ -74,11 +95,18 @@ def format_local_report(solution: LocalSolution) -> str:
             f"{p.global_rms_px:11.4f} {p.local_rms_px:10.4f} {p.chi2_drop:13.1f} {p.n_free:5d}  {p.status}"
         )
     lines.extend(f"  note: {n}" for n in solution.notes)
-    if not any(p.kept_local for p in solution.patches):
+    n_kept = sum(p.kept_local for p in solution.patches)
+    n_all = len(solution.patches)
+    tested = any(np.isfinite(p.threshold) for p in solution.patches)
+    if not tested:
+        lines.append(f" Kept {n_kept} of {n_all} patches: every patch's own fit (--local-keep-all, as IMOD)")
+    else:
         lines.append(
-            "  note: no patch lowers its residual by more than fitting noise would (drop/sigma^2 about its "
-            "free parameters); the local file holds the global solution (--local-keep-all keeps every "
-            "patch's fit, as IMOD does)"
+            f" Kept {n_kept} of {n_all} patches"
+            + (" (the local file equals the global alignment)" if n_kept == 0 else "")
+            + ": a patch keeps its own fit only when it lowers its sum of squares by more than fitting\n"
+            "  noise would (drop/sigma^2 > p + 3 sqrt(2p), p its free parameters); the others hold the "
+            "global solution.\n  --local-keep-all keeps every patch's fit, as IMOD does"
         )
     change = max(0.0, 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px)
     lines.append(

@@ -10,6 +10,7 @@ never sits in memory whole.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,15 +24,15 @@ from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import (
     LAYOUTS,
     check_free_space,
-    create_volume,
-    read_stack,
     read_stack_header,
     read_stack_streamed,
     stream_volume,
 )
-from ..recon import filter_response, reconstruct
+from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
+from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sirt import SirtOptions
+from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
@@ -50,6 +51,9 @@ class Alignment:
     xf_source: str  # the file the transforms came from
     tilt_source: str  # the file the tilts came from
     image_size: tuple[float, float] | None = None  # the image size the alignment was made for
+    local_path: str | None = None  # the local alignment file a record names (align --local)
+    local_summary: str | None = None  # its patches kept and residuals, in words
+    warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -59,9 +63,55 @@ def read_alignment_json(path: str) -> Alignment:
         raise InputError(
             path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
         )
+    summary = None
+    if record.local is not None:
+        loc = record.local
+        summary = f"{loc.n_kept} of {loc.n_patches} patches kept"
+        if loc.global_mean_residual_px is not None and loc.local_mean_residual_px is not None:
+            summary += (
+                f", mean residual {loc.global_mean_residual_px:.4f} px global, "
+                f"{loc.local_mean_residual_px:.4f} px local"
+            )
     return Alignment(
-        record.xf[:, :, :2], record.xf[:, :, 2], record.tilts_deg, path, path, path, record.image_size
+        record.xf[:, :, :2],
+        record.xf[:, :, 2],
+        record.tilts_deg,
+        path,
+        path,
+        path,
+        record.image_size,
+        record.local_path,
+        summary,
+        _warp_sampling(record),
     )
+
+
+#: The warp model's coefficients, in ``models.warp.WARP_PARAMETERS`` order.
+WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
+
+
+def _warp_sampling(record) -> WarpSampling | None:
+    """The per-view warp of a ``--model warp`` record (``recon.warp_backprojection``): M = A s
+    R(rotation), e = A d + D from the record's parameters (degrees, px) and ``.xf``; views left out
+    of the fit sample as the rigid model does (M = I, e = 0, no warp). None for other models."""
+    if record.model_name != "warp" or record.views is None:
+        return None
+    p = record.views.parameters
+    if not all(name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *WARP_PARAMETERS)):
+        return None
+    fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
+    rot = np.radians(np.where(fitted, p["rotation"], 0.0))
+    scale = np.where(fitted, p["scale"], 1.0)
+    sr = scale[:, None, None] * np.stack(
+        [np.stack([np.cos(rot), -np.sin(rot)], -1), np.stack([np.sin(rot), np.cos(rot)], -1)], -2
+    )
+    a, d = record.xf[:, :, :2], record.xf[:, :, 2]
+    mats = np.where(fitted[:, None, None], a @ sr, np.eye(2))
+    shifts = np.column_stack([np.where(fitted, p["dx"], 0.0), np.where(fitted, p["dy"], 0.0)])
+    offsets = np.where(fitted[:, None], np.einsum("vij,vj->vi", a, shifts) + d, 0.0)
+    tilts = np.where(fitted, p["tilt"], record.tilts_deg)
+    coef = np.column_stack([np.where(fitted, p[n], 0.0) for n in WARP_PARAMETERS])
+    return WarpSampling(mats, offsets, tilts, coef)
 
 
 def alignment_of_views(fv, image_size, source: str) -> Alignment:
@@ -95,7 +145,14 @@ def _progress_bar(total: int, quiet: bool):
 
 
 def reconstruction_label(
-    thickness: float, binning: int, filter: str, radial=None, sirtlike=None, sirt=None, layout="zyx"
+    thickness: float,
+    binning: int,
+    filter: str,
+    radial=None,
+    sirtlike=None,
+    sirt=None,
+    layout="zyx",
+    local=None,
 ) -> str:
     """The MRC header label of a tomogram made with these settings (``lmalign batch --resume``
     compares it to decide whether a tomogram is already made)."""
@@ -103,7 +160,8 @@ def reconstruction_label(
     label += f" radial {radial[0]:g} {radial[1]:g}" if radial else ""
     label += f" sirtlike {sirtlike}" if sirtlike else ""
     label += f" sirt {sirt.iterations}{' pos' if sirt.positivity else ''}" if sirt else ""
-    return label + (f" layout {layout}" if layout != "zyx" else "")
+    label += f" layout {layout}" if layout != "zyx" else ""
+    return label + (" local" if local else "")
 
 
 # Thickness beyond this many times the image width is refused as a likely typo.
@@ -138,7 +196,9 @@ def reconstruct_to_file(
     (including a disk without room for the output) before anything is written.
 
     ``local_path``: an IMOD local alignment file applied position by position after the global
-    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE).
+    transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
+    way (FBP, any filter, ``--sirtlike``); SIRT through it (``recon.local_sirt``) holds the
+    aligned views whole, refused when ``memory_gb`` is too small for them.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -206,26 +266,26 @@ def reconstruct_to_file(
         )
         pixel = 1.0
     voxel = pixel * binning
-    if local_path is not None:
-        if sirt_iterations or sirtlike or layout != "zyx" or memory_gb is not None:
-            raise UsageError(
-                "--local reconstructs by filtered back-projection in the default layout, in memory: "
-                "it does not take --sirt, --sirtlike, --layout or --memory yet"
-            )
-        return _reconstruct_local_to_file(
-            stack_path,
-            alignment,
-            local_path,
-            out_path,
-            shape,
-            voxel,
-            thickness,
-            binning,
-            filter,
-            radial,
-            header_pixel,
-            (nx, ny),
+    warp = alignment.warp
+    if warp is not None and local_path is not None:
+        raise UsageError(
+            f"{alignment.source} is a warp model's alignment, applied position by position; it does not "
+            "combine with --local (align the series with a rigid model for a local alignment)"
         )
+    if warp is not None and sirt is not None:
+        warn(f"{alignment.source}: --sirt uses the warp model's rigid part only (its warp is applied by FBP)")
+        warp = None
+    local = None
+    if local_path is not None:
+        local = read_local_xf(local_path, n_views=n_views)
+        check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
+        need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
+        if sirt is not None and need > budget:
+            raise UsageError(
+                f"--local with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
+                f"rows): it needs about {need / 1e9:.2f} GB and --memory allows {budget / 1e9:.2f} GB; "
+                "raise --memory, --bin more, or use FBP (--sirtlike N)"
+            )
     stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
@@ -233,6 +293,8 @@ def reconstruct_to_file(
             + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
             + (f", SIRT-like {sirtlike}" if sirtlike else "")
             + (f", SIRT {sirt.iterations} iterations" if sirt else "")
+            + (f", local alignment {local_path}" if local is not None else "")
+            + (", the warp model's per-view warp" if warp is not None else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
@@ -243,72 +305,83 @@ def reconstruct_to_file(
 
     start = time.perf_counter()
     try:
-        label = reconstruction_label(thickness, binning, filter, radial, sirtlike, sirt, layout)[:80]
+        label = reconstruction_label(thickness, binning, filter, radial, sirtlike, sirt, layout, local_path)[
+            :80
+        ]
         with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
-                reconstruct(
-                    stack,
-                    alignment.xf_A,
-                    alignment.xf_shift,
-                    alignment.tilts_deg,
-                    thickness,
-                    binning=binning,
-                    filter=filter,
-                    radial=None if radial is None else tuple(radial),
-                    sirtlike=sirtlike,
-                    sirt=sirt,
-                    memory_bytes=memory_bytes,
-                    out=vol,
-                    progress=progress,
-                )
+                if warp is not None:
+                    reconstruct_warp(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        warp,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
+                elif local is None:
+                    reconstruct(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        sirt=sirt,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
+                elif sirt is not None:
+                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+                    sirt_local_streamed(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        sampling,
+                        thickness,
+                        sirt,
+                        binning=binning,
+                        out=vol,
+                        scratch_dir=os.path.dirname(os.path.abspath(out_path)),
+                        progress=progress,
+                    )
+                else:
+                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+                    reconstruct_local(
+                        stack,
+                        alignment.xf_A,
+                        alignment.xf_shift,
+                        alignment.tilts_deg,
+                        sampling,
+                        thickness,
+                        binning=binning,
+                        filter=filter,
+                        radial=None if radial is None else tuple(radial),
+                        sirtlike=sirtlike,
+                        memory_bytes=memory_bytes,
+                        out=vol,
+                        progress=progress,
+                    )
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
-                raise UsageError(f"cannot reconstruct {stack_path} with {alignment.source}: {e}") from None
+                with_local = f" and {local_path}" if local is not None else ""
+                raise UsageError(
+                    f"cannot reconstruct {stack_path} with {alignment.source}{with_local}: {e}"
+                ) from None
     finally:
         if bar is not None:
             bar.close()
-    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
-
-
-def _reconstruct_local_to_file(
-    stack_path,
-    alignment,
-    local_path,
-    out_path,
-    shape,
-    voxel,
-    thickness,
-    binning,
-    filter,
-    radial,
-    pixel,
-    image_size,
-) -> dict:
-    """``reconstruct_to_file`` with a local alignment file (``recon.local_backprojection``, kept apart
-    from the global path, whose kernels are being rewritten)."""
-    n_views = alignment.tilts_deg.size
-    local = read_local_xf(local_path, n_views=n_views)
-    check_local_grid(local_path, local, image_size, pixel or 0.0)
-    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
-    start = time.perf_counter()
-    label = reconstruction_label(thickness, binning, filter, radial)[:80]
-    try:
-        volume = reconstruct_local(
-            read_stack(stack_path),
-            alignment.xf_A,
-            alignment.xf_shift,
-            alignment.tilts_deg,
-            sampling,
-            thickness,
-            binning=binning,
-            filter=filter,
-            radial=None if radial is None else tuple(radial),
-        )
-    except ValueError as e:
-        raise UsageError(
-            f"cannot reconstruct {stack_path} with {alignment.source} and {local_path}: {e}"
-        ) from None
-    with create_volume(out_path, shape, voxel, label=label) as vol:
-        vol[...] = volume
     return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}

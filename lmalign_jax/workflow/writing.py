@@ -17,9 +17,11 @@ import numpy as np
 from .. import __version__, io
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
 from ..export.imod import write_xtilt, xtilt_file_value_deg
+from ..io.imod_local import write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
+from .local import LOCAL_SUFFIX, SolvedLocal
 from .series import Selection, SeriesInputs
 from .settings import AlignSettings
 from .status import EXIT_FAILED, EXIT_OK, UsageError
@@ -150,6 +152,7 @@ def write_alignment(
     surfaces: int | None = None,
     flatten: bool = False,
     warn=None,
+    local: SolvedLocal | None = None,
 ) -> WrittenAlignment:
     """Write a solved series' outputs into ``out``: all of ALIGN_OUTPUTS if it converged, else
     the report only (``.json``, ``.png``); no ``.png`` without ``figure``.
@@ -161,6 +164,8 @@ def write_alignment(
     ``surfaces`` (1 or 2): add IMOD's surface analysis of the markers to the record;
     ``flatten``: also apply its tilt change to the ``.tlt`` and write its X-axis tilt to an
     ``.xtilt`` (implies ``surfaces=1`` when not given). ``warn``: one-line warnings.
+    ``local``: a solved local alignment of a converged ``result``, written as ``<prefix>local.xf``
+    with the others and described in the record's ``local`` section.
     """
     fv = expand_to_file_views(result, sel.view_index, inputs.tilts_deg)
     converged = result.converged
@@ -170,6 +175,8 @@ def write_alignment(
     flat = analysis if flatten else None
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
     suffixes += (".xtilt",) if flat is not None else ()
+    local = local if converged else None
+    suffixes += (LOCAL_SUFFIX,) if local is not None else ()
     extra = {
         "outputs": [os.path.basename(p) for p in out.final_paths(suffixes)],
         "exit_code": EXIT_OK if converged else EXIT_FAILED,
@@ -192,10 +199,13 @@ def write_alignment(
         software=software_info(),
         extra=extra,
         errors=errors,
+        local=None if local is None else (local.solution, local.options, out.prefix + LOCAL_SUFFIX),
     )
     with out:
         if converged:
             _stage_alignment_files(out, result, fv, marker_ids, inputs, flat)
+        if local is not None:
+            write_local_xf(out.stage(LOCAL_SUFFIX), local.file)
         out.write_text(".json", record_to_json(record))
         if figure:
             markers_name = os.path.basename(inputs.markers_path)

@@ -1,0 +1,121 @@
+"""Reconstruction with a local alignment against the global one: same stack, same run.
+
+    python -m benchmarks.local_recon_bench [--size 512] [--views 61] [--thickness 128]
+        [--repeat 3] [--memory-gb 1] [--out results.json]
+
+Issue #15 asks local reconstruction to take at most twice the global time. Both sides
+reconstruct the same synthetic raw stack (``--views`` views of ``--size`` px, float32 noise: the
+time does not depend on the content) with the same ``.xf`` (rotation ~85 degrees, scale, shifts:
+every view is resampled), the same thickness, filter and ``--memory-gb`` budget, into a numpy
+volume, in this process: ``recon.reconstruct`` (global) and ``recon.local_backprojection.
+reconstruct_local`` with a 3 x 3 local file of small per-patch rotations, scales, shifts and delta
+tilts (IMOD's layout, as ``align --local`` writes). One warm-up call each (compilation), then
+``--repeat`` timed calls, the sides taking turns so a change of the shared machine's load falls on
+both; the ratio is of the medians, and per repeat. The load average is recorded before and after.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks.common import environment, machine_slug
+from benchmarks.recon_bench import interleaved_times
+
+
+def _local_file(n_views: int, size: int, rng):
+    """A 3 x 3 IMOD local alignment over a ``size`` image: per patch and view a rotation of up to
+    0.3 deg, a scale of +-0.3%, shifts of up to 2 px and delta tilts of up to 0.3 deg."""
+    import numpy as np
+
+    from lmalign_jax.io.imod_local import LocalAlignment
+
+    p = 9
+    ang = np.radians(rng.uniform(-0.3, 0.3, (p, n_views)))
+    s = 1 + rng.uniform(-0.003, 0.003, (p, n_views))
+    a = s[..., None, None] * np.stack(
+        [np.stack([np.cos(ang), -np.sin(ang)], -1), np.stack([np.sin(ang), np.cos(ang)], -1)], -2
+    )
+    xf = np.concatenate([a, rng.uniform(-2, 2, (p, n_views, 2, 1))], -1)
+    step = size // 3
+    return LocalAlignment(
+        (3, 3), (step // 2, step // 2), (step, step), 0.0, rng.uniform(-0.3, 0.3, (p, n_views)), xf
+    )
+
+
+def run(size=512, views=61, thickness=128, repeat=3, memory_gb=1.0) -> dict:
+    import numpy as np
+
+    from lmalign_jax.core.local_apply import local_sampling
+    from lmalign_jax.recon import reconstruct
+    from lmalign_jax.recon.local_backprojection import LocalSampling, reconstruct_local
+
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((views, size, size)).astype(np.float32)
+    tilts = np.linspace(-60, 60, views)
+    ang = np.radians(85 + rng.uniform(-0.5, 0.5, views))
+    a = 1.002 * np.stack([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]).transpose(2, 0, 1)
+    d = rng.uniform(-20, 20, (views, 2))
+    local = _local_file(views, size, rng)
+    sampling = LocalSampling(*local_sampling(local, tilts, (size, size)))
+    memory = int(memory_gb * 1e9)
+    out_g = np.empty((thickness, size, size), np.float32)
+    out_l = np.empty_like(out_g)
+    sides = {
+        "global": lambda: reconstruct(stack, a, d, tilts, thickness, memory_bytes=memory, out=out_g),
+        "local": lambda: reconstruct_local(
+            stack, a, d, tilts, sampling, thickness, memory_bytes=memory, out=out_l
+        ),
+    }
+    times = interleaved_times(sides, repeat)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    voxel_updates = views * thickness * size * size
+    return {
+        "problem": {
+            "size": size,
+            "views": views,
+            "thickness": thickness,
+            "memory_gb": memory_gb,
+            "patches": [3, 3],
+        },
+        "seconds": times,
+        "median_s": med,
+        "ratio_local_over_global_median": med["local"] / med["global"],
+        "ratio_per_repeat": [tl / tg for tl, tg in zip(times["local"], times["global"], strict=True)],
+        "g_voxel_updates_per_s_median": {k: voxel_updates / v / 1e9 for k, v in med.items()},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--views", type=int, default=61)
+    parser.add_argument("--thickness", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-gb", type=float, default=1.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    meta = environment(quick=False)
+    result = run(args.size, args.views, args.thickness, args.repeat, args.memory_gb)
+    meta["loadavg_end"] = list(os.getloadavg())
+    record = {"benchmark": "local_recon_bench", "environment": meta, **result}
+    print(json.dumps({k: v for k, v in result.items() if k != "problem"}, indent=1))
+    out = (
+        args.out
+        or Path(__file__).parent / "results" / f"{meta['date']}-{machine_slug(meta)}-local-recon.json"
+    )
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

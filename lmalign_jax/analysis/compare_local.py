@@ -1,0 +1,195 @@
+"""Local alignment as a candidate of ``compare_models``: is it justified by the data?
+
+The candidate is IMOD-style local alignment (``core.local.align_local``, with its patch-keeping
+rule) on top of a rigid model of the comparison (the base: the first model with per-view
+rotation, tilt and shifts). Both sides are judged the way IMOD's ``tilt`` uses them: every
+marker's 3-D position is fitted to its points mapped into the globally aligned frame, through
+the global projection alone or through the local file as tilt applies it
+(``core.local_apply``), and the residuals are taken there. So the base's numbers here are
+recomputed in that frame (they differ from the model row's by the ``.xf`` fit, a few 1e-4 px);
+the comparison is paired point by point.
+
+- BIC: ``N log(RSS / N) + p log N`` with ``N`` residual components; the local candidate's ``p``
+  is the base's free parameters plus the free parameters of every *kept* patch (a patch that
+  keeps the global solution costs nothing). ``delta_bic`` = local minus base; below
+  ``-DECISIVE_BIC`` is decisive.
+- Leave-out: the folds of the comparison. For each fold the base's fit without the fold's
+  points (the one its own leave-out row used) gets its local alignment, solved on the training
+  points only (``settings.weights``); the held-out points are predicted from markers fitted to
+  the training points through the global projection or through that fold's local file, and
+  the squared errors are paired: local is justified by the leave-out residual when it lowers
+  them on average by more than twice the standard error of the mean difference.
+
+Justified = both. On a rigid specimen the keeping rule usually keeps no patch; the local file
+then is the global alignment, and both criteria say "not justified" (no gain, no cost).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.local import LocalOptions, align_local, check_local_model
+from ..core.local_apply import fit_markers_through_local, project_through_local
+from ..core.result import AlignmentResult
+
+__all__ = ["LocalCandidate", "local_base", "local_candidate"]
+
+#: Same as ``compare.DECISIVE_BIC`` (Kass & Raftery 1995), kept here to keep imports one way.
+DECISIVE_BIC = 10.0
+
+
+@dataclass(frozen=True, eq=False)
+class LocalCandidate:
+    """Local alignment over ``base`` (module docstring); NaN where unavailable."""
+
+    base: str
+    n_patches: int
+    n_kept: int
+    extra_parameters: int
+    n_components: int
+    base_parameters: int
+    rss_global_px2: float
+    rss_local_px2: float
+    delta_bic: float
+    leave_out_rms_global_px: float
+    leave_out_rms_local_px: float
+    leave_out_gain_px2: float
+    leave_out_gain_se_px2: float
+    n_kept_per_fold: tuple[int, ...]
+    note: str = ""
+    leave_out_errors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def justified_by_bic(self) -> bool:
+        return bool(self.delta_bic < -DECISIVE_BIC)
+
+    @property
+    def justified_by_leave_out(self) -> bool:
+        return bool(
+            np.isfinite(self.leave_out_gain_se_px2)
+            and self.leave_out_gain_px2 > 2 * self.leave_out_gain_se_px2
+        )
+
+    @property
+    def justified(self) -> bool:
+        return self.justified_by_bic and self.justified_by_leave_out
+
+    @property
+    def text(self) -> str:
+        d, gain, se = self.delta_bic, self.leave_out_gain_px2, self.leave_out_gain_se_px2
+        return (
+            f"local alignment over {self.base}: {'justified' if self.justified else 'not justified'} "
+            f"({self.n_kept} of {self.n_patches} patches kept, {self.extra_parameters} more parameters; "
+            f"BIC {'lower' if d < 0 else 'higher'} by {abs(d):.1f}, "
+            f"{'decisive' if self.justified_by_bic else 'not decisive'}; leave-out squared error "
+            f"{'lower' if gain > 0 else 'higher'} by {abs(gain):.4f} +- {se:.4f} px^2, "
+            f"{'significant' if self.justified_by_leave_out else 'not significant'})"
+        )
+
+    def to_dict(self) -> dict:
+        out = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name not in ("leave_out_errors", "n_kept_per_fold")
+        }
+        out["n_kept_per_fold"] = list(self.n_kept_per_fold)
+        out.update(
+            justified=self.justified,
+            justified_by_bic=self.justified_by_bic,
+            justified_by_leave_out=self.justified_by_leave_out,
+            text=self.text,
+        )
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def local_base(results: dict, names) -> str | None:
+    """The first of ``names`` whose result exists and whose model takes a local alignment."""
+    for name in names:
+        result = results.get(name)
+        if result is None or result.status.startswith("failed"):
+            continue
+        try:
+            check_local_model(result.model)
+        except ValueError:
+            continue
+        if result.model.regularization is None:
+            return name
+    return None
+
+
+def _through(local, result: AlignmentResult, mask, start_xyz):
+    """(markers xyz, aligned points (V, M, 2) centred) fitted to ``mask``'s points through ``local``."""
+    obs = result.observations
+    aligned = result.aligned_xy() - obs.center
+    xyz, _ = fit_markers_through_local(local, aligned, mask, result.tilts_deg, obs.image_size, start_xyz)
+    return xyz, aligned
+
+
+def _prediction_errors(local, result: AlignmentResult, train, held, start_xyz) -> np.ndarray:
+    xyz, aligned = _through(local, result, train, start_xyz)
+    predicted = project_through_local(local, xyz, result.tilts_deg, result.observations.image_size)
+    return (predicted - aligned)[held]
+
+
+def local_candidate(base: AlignmentResult, name: str, options: LocalOptions, fold_fits=()) -> LocalCandidate:
+    """Local alignment over the solved ``base`` (named ``name``) as a candidate (module docstring).
+
+    ``fold_fits``: (held-out mask, base fitted without those points) per leave-out fold; none
+    skips the leave-out comparison.
+    """
+    obs = base.observations
+    mask = obs.mask
+    solution = align_local(base, options)
+    kept = [p for p in solution.patches if p.kept_local]
+    extra = int(sum(p.n_free for p in kept))
+    aligned = base.aligned_xy() - obs.center
+    g_xyz, g_res = fit_markers_through_local(
+        None, aligned, mask, base.tilts_deg, obs.image_size, base.markers
+    )
+    _, l_res = fit_markers_through_local(solution.file, aligned, mask, base.tilts_deg, obs.image_size, g_xyz)
+    rss_g, rss_l = float(np.nansum(g_res**2)), float(np.nansum(l_res**2))
+    n = 2 * obs.n_observed
+    delta = n * math.log(rss_l / rss_g) + extra * math.log(n) if rss_g > 0 and rss_l > 0 else math.nan
+
+    errors_g, errors_l, kept_per_fold, note = [], [], [], ""
+    for held, fit in fold_fits:
+        if fit is None or fit.status.startswith("failed"):
+            note = "a leave-out fold's base fit failed; leave-out not compared"
+            errors_g, errors_l = [], []
+            break
+        train = mask & ~held
+        fold_local = align_local(fit, options)
+        kept_per_fold.append(sum(p.kept_local for p in fold_local.patches))
+        xyz0, _ = _through(None, fit, train, fit.markers)
+        errors_g.append(_prediction_errors(None, fit, train, held, xyz0))
+        errors_l.append(_prediction_errors(fold_local.file, fit, train, held, xyz0))
+    gain = se = rms_g = rms_l = math.nan
+    pair = None
+    if errors_g:
+        eg, el = np.concatenate(errors_g), np.concatenate(errors_l)
+        pair = (eg, el)
+        d = np.sum(eg**2, axis=-1) - np.sum(el**2, axis=-1)
+        gain = float(np.mean(d) / 2)
+        se = float(np.std(d, ddof=1) / np.sqrt(d.size) / 2) if d.size > 1 else math.nan
+        rms_g, rms_l = float(np.sqrt(np.mean(eg**2))), float(np.sqrt(np.mean(el**2)))
+    return LocalCandidate(
+        base=name,
+        n_patches=len(solution.patches),
+        n_kept=len(kept),
+        extra_parameters=extra,
+        n_components=n,
+        base_parameters=int(base.n_free),
+        rss_global_px2=rss_g,
+        rss_local_px2=rss_l,
+        delta_bic=float(delta),
+        leave_out_rms_global_px=rms_g,
+        leave_out_rms_local_px=rms_l,
+        leave_out_gain_px2=gain,
+        leave_out_gain_se_px2=se,
+        n_kept_per_fold=tuple(int(k) for k in kept_per_fold),
+        note=note,
+        leave_out_errors=pair,
+    )
