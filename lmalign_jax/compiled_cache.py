@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 #: First bytes of every entry; bump the digit when the layout below changes.
-MAGIC = b"LMALIGN-EXECUTABLE-1\n"
+MAGIC = b"LMALIGN-EXECUTABLE-2\n"
 SUFFIX = ".jaxexec"
 #: Entries kept in a folder; past this the least recently used are removed when one is added.
 MAX_ENTRIES = 500
@@ -306,7 +306,15 @@ def _compile(jitted, in_tree, specs, static: dict):
         return out_leaves
 
     flat.__name__ = getattr(jitted, "__name__", "f")
-    compiled = jax.jit(flat).lower(*specs).compile()
+    # Compiled afresh, never taken from JAX's persistent compilation cache: an executable loaded
+    # from there serializes without its kernels, and running it once reloaded fails ("Function
+    # ... not found"; jax 0.10).
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        compiled = jax.jit(flat).lower(*specs).compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
     return compiled, out_trees[0]
 
 

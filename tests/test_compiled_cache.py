@@ -152,6 +152,57 @@ def test_compiler_flags_and_the_machine_key_the_entries(cache, monkeypatch):
     assert len(_entries(cache)) == 3
 
 
+PERSISTENT_THEN_OURS = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from lmalign_jax import compiled_cache
+
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+compiled_cache.enable(sys.argv[2])
+
+
+@jax.jit
+def gram_plus_sine(x):
+    return jnp.transpose(x) @ x + jnp.sin(x).T
+
+
+x = np.linspace(0.0, 1.0, 900).reshape(30, 30)
+print(float(np.asarray(compiled_cache.call(gram_plus_sine, x)).sum()))
+"""
+
+
+def test_an_executable_is_stored_whole_when_jax_has_it_cached(tmp_path):
+    """A computation in JAX's persistent cache but not in ours (our entries removed, or keyed
+    anew after an upgrade) is compiled afresh: one taken from JAX's cache serializes without its
+    kernels, and the next process failed running it."""
+    script = tmp_path / "probe.py"
+    script.write_text(PERSISTENT_THEN_OURS)
+    ours = tmp_path / "ours"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def run():
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "jax"), str(ours)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return float(done.stdout.strip().splitlines()[-1])
+
+    first = run()  # compiles: into JAX's cache and ours
+    for entry in _entries(ours):
+        os.unlink(ours / entry)
+    assert run() == first  # JAX's cache has it, ours does not: stored again
+    assert len(_entries(ours)) == 1
+    assert run() == first  # loaded from ours and run
+
+
 def test_least_recently_used_entries_are_removed_past_the_limit(cache, monkeypatch):
     monkeypatch.setattr(compiled_cache, "MAX_ENTRIES", 2)
     _small(n=5)
