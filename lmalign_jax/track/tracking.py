@@ -50,17 +50,34 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
-from jaxtyping import ArrayLike, Float, Int
+from jaxtyping import ArrayLike, Float
 
 from ..core import align
 from ..core.frame import project_all
 from ..observations import Observations
-from .centring import WindowMatch, bead_template, correlate_windows, extract_windows, window_size
+from .centring import WindowMatch, correlate_windows, extract_windows, window_size
 from .coarse import bin_view, binning_factor, neighbour_shifts
 from .find import find_beads
+from .result import (
+    CROWDED,
+    FOUND,
+    JUMP,
+    MIN_TRACKED_BEADS,
+    MIN_VIEW_BEADS,
+    NOT_REACHED,
+    OUTLIER,
+    OUTSIDE,
+    REASONS,
+    REMOVED,
+    VIEW_LOST,
+    WEAK,
+    TrackingError,
+    TrackResult,
+    mark_lost_views,
+)
+from .seeding import choose_beads, seed_template
 
 __all__ = [
     "TrackResult",
@@ -75,23 +92,17 @@ __all__ = [
     "OUTLIER",
     "REMOVED",
     "NOT_REACHED",
+    "VIEW_LOST",
     "REASONS",
     "MIN_TRACKED_BEADS",
 ]
 
-FOUND, WEAK, OUTSIDE, CROWDED, JUMP, OUTLIER, REMOVED, NOT_REACHED = range(8)
-#: What each ``reasons`` code means, for reports.
-REASONS = ("found", "weak", "outside", "crowded", "jump", "outlier", "removed", "not reached")
 #: Smallest correlation peak, as a fraction of the average bead's.
 MIN_AMPLITUDE = 0.35
 #: Smallest correlation peak over the correlation's robust noise level.
 MIN_SNR = 4.0
 #: Largest second peak within 2 D, as a fraction of the peak.
 RIVAL = 0.6
-#: Largest relative difference of a seed bead's correlation amplitude from the median.
-MAX_SEED_AMPLITUDE_DEVIATION = 0.35
-#: Fewest beads, each found in at least 3 views, an alignment can use.
-MIN_TRACKED_BEADS = 4
 #: Weights of filled-in points in the fixed-shape fits (see the module docstring).
 MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
 #: Views tracked before the sweep fits after every pair of views (one each side) instead of after
@@ -100,101 +111,6 @@ EVERY_VIEW_FITS = 12
 #: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
 #: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
 TRACKING_STAGES = ("initial", "main", "tilt")
-
-
-class TrackingError(ValueError):
-    """Tracking cannot go on: no beads on the seed view, or too few beads tracked."""
-
-
-@dataclass(frozen=True, eq=False)
-class TrackResult:
-    """Tracked beads of a tilt series.
-
-    Attributes:
-        xy: (n_views, n_beads, 2) positions ``(x, y)``, IMOD image coordinates, pixels; NaN where
-            the bead was not found.
-        found: (n_views, n_beads) bool.
-        reasons: (n_views, n_beads) int8, :data:`FOUND` or why the point was left out
-            (:data:`REASONS`).
-        amplitude: (n_views, n_beads) correlation peak over the average bead's (NaN where not
-            measured).
-        seed_view: the 0-based view the beads were found on.
-        bead_diameter_px: the bead diameter used, pixels.
-        candidates: (m, 2) every bead found on the seed view (the chosen ones among them).
-        coarse_shifts: (n_views, 2) where the content of the seed view lies in each view, from the
-            whole-view correlations, pixels.
-        residual_px: (n_beads,) RMS residual of each bead in the last fit (NaN for removed ones).
-        rounds: rounds made.
-        seconds: wall-clock time of the tracking.
-        fit_rms_px: RMS residual of the last fit (per component, found points only).
-    """
-
-    xy: np.ndarray
-    found: np.ndarray
-    reasons: np.ndarray
-    amplitude: np.ndarray
-    seed_view: int
-    bead_diameter_px: float
-    candidates: np.ndarray
-    coarse_shifts: np.ndarray
-    residual_px: np.ndarray
-    rounds: int
-    seconds: float
-    fit_rms_px: float
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def n_views(self) -> int:
-        return self.found.shape[0]
-
-    @property
-    def n_beads(self) -> int:
-        return self.found.shape[1]
-
-    @property
-    def beads_per_view(self) -> np.ndarray:
-        """(n_views,) beads found in each view."""
-        return self.found.sum(axis=1)
-
-    @property
-    def views_per_bead(self) -> np.ndarray:
-        """(n_beads,) views each bead was found in."""
-        return self.found.sum(axis=0)
-
-
-def choose_beads(
-    positions: Float[ArrayLike, "candidates 2"],
-    scores: Float[ArrayLike, " candidates"],
-    image_size: tuple[int, int],
-    bead_diameter_px: float,
-    target: int,
-) -> Int[np.ndarray, " chosen"]:
-    """Indices of up to ``target`` well-spread, unambiguous candidates.
-
-    A candidate with another within ``2 D`` or nearer than ``D`` to the border is dropped; the
-    rest are taken in farthest-point order (each next one the farthest from those taken, its
-    distance weighted by the square root of its relative score), starting from the strongest.
-    """
-    p = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    d = float(bead_diameter_px)
-    nx, ny = image_size
-    if p.shape[0] == 0 or target <= 0:
-        return np.zeros(0, dtype=np.int64)
-    gap = np.linalg.norm(p[:, None] - p[None], axis=2) + np.diag(np.full(p.shape[0], np.inf))
-    ok = (gap.min(axis=1) >= 2.0 * d) & (p[:, 0] >= d) & (p[:, 0] <= nx - d)
-    ok &= (p[:, 1] >= d) & (p[:, 1] <= ny - d)
-    idx = np.flatnonzero(ok)
-    if idx.size <= target:
-        return idx[np.argsort(-s[idx], kind="stable")]
-    weight = np.sqrt(np.clip(s[idx] / np.max(s[idx]), 1e-6, None))
-    chosen = [int(np.argmax(s[idx]))]
-    nearest = np.linalg.norm(p[idx] - p[idx[chosen[0]]], axis=1)
-    for _ in range(target - 1):
-        k = int(np.argmax(nearest * weight))
-        chosen.append(k)
-        nearest = np.minimum(nearest, np.linalg.norm(p[idx] - p[idx[k]], axis=1))
-    return idx[np.asarray(chosen)]
 
 
 def _sweep_order(n_views: int, seed: int) -> list[int]:
@@ -217,6 +133,13 @@ def _coarse_shifts(stack, seed: int, factor: int, diameter: float) -> np.ndarray
         previous = current
     cumulative = np.cumsum(steps, axis=0)
     return cumulative - cumulative[seed]
+
+
+def _direct_shift(stack, a: int, b: int, factor: int, diameter: float) -> np.ndarray:
+    """(2,) where the content of view ``a`` lies in view ``b``, relative to view ``a``: one whole-view
+    correlation of the two (binned), for views that are not neighbours."""
+    pair = np.stack([bin_view(stack[a], factor), bin_view(stack[b], factor)])
+    return neighbour_shifts(pair, [[0, 1]], factor, diameter)[0]
 
 
 def _nearest_found(xy: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -366,21 +289,6 @@ class _Measurer:
         return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= MIN_SNR) & (match.rival <= RIVAL)
 
 
-def _seed_template(image, candidates, chosen, diameter: float, size: int):
-    """The averaged bead of the chosen seed beads, without those whose correlation amplitude
-    against it is far from the median (two touching beads seen as one are about twice as strong).
-    Returns (chosen, template)."""
-    windows, origins = extract_windows(image, candidates[chosen], size)
-    template = bead_template(windows, origins, candidates[chosen], diameter)
-    match = correlate_windows(windows, origins, template, candidates[chosen], 2.0, diameter)
-    ratio = match.amplitude / np.median(match.amplitude)
-    typical = np.abs(ratio - 1.0) <= MAX_SEED_AMPLITUDE_DEVIATION
-    if typical.sum() >= MIN_TRACKED_BEADS and not typical.all():
-        chosen = chosen[typical]
-        template = bead_template(windows[typical], origins[typical], candidates[chosen], diameter)
-    return chosen, template
-
-
 def _drop_outliers(fitter, found, reasons, xy):
     """Drop points and whole tracks with outlying residuals (module docstring, step 5), in place.
     Returns the (n_beads,) RMS residual of each bead."""
@@ -457,14 +365,15 @@ def track_beads(
     search = max(d, 5.0)
     size = window_size(d, search)
     n_chosen = chosen.size
-    chosen, template = _seed_template(seed_image, candidates, chosen, d, size)
+    chosen, template = seed_template(seed_image, candidates, chosen, d, size)
     m = chosen.size
     measurer = _Measurer(template, d, (nx, ny), size, n_chosen)  # the seed's batch shape: one compile
     timings["seed_s"] = time.perf_counter() - began
 
     say(f"coarse shifts between {n_views} neighbouring views")
     t0 = time.perf_counter()
-    coarse = _coarse_shifts(stack, seed, binning_factor((nx, ny)), d)
+    factor = binning_factor((nx, ny))
+    coarse = _coarse_shifts(stack, seed, factor, d)
     timings["coarse_s"] = time.perf_counter() - t0
 
     xy = np.full((n_views, m, 2), np.nan)
@@ -490,11 +399,14 @@ def track_beads(
             predicted = fitter.predict({v: nb})[v]
         else:
             predicted = _nearest_found(xy, found)[nb]
-        predicted = predicted + (coarse[v] - coarse[nb])
+        if abs(v - nb) == 1:
+            predicted = predicted + (coarse[v] - coarse[nb])
+        else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
+            predicted = predicted + _direct_shift(stack, nb, v, factor, d)
         pos, why, amp = measurer.measure(_read_view(stack, v), predicted, np.ones(m, dtype=bool), search)
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
-        tracked[v] = ok.sum() >= 3
+        tracked[v] = ok.sum() >= MIN_VIEW_BEADS
         if tracked.sum() >= 3 and (tracked.sum() < EVERY_VIEW_FITS or k % 2 == 1):
             have_fit = fitter.fit(xy, found, tracked) is not None or have_fit
     timings["sweep_s"] = time.perf_counter() - t0
@@ -505,11 +417,11 @@ def track_beads(
     done = 0
     for done in range(1, max(1, int(rounds)) + 1):
         say(f"round {done}: fit, outliers, re-measure")
-        if fitter.fit(xy, found, found.sum(axis=1) >= 3) is None:
+        if fitter.fit(xy, found, found.sum(axis=1) >= MIN_VIEW_BEADS) is None:
             break
         per_bead = _drop_outliers(fitter, found, reasons, xy)
         active = ~np.isin(reasons, (REMOVED,)).any(axis=0)
-        tracked = found.sum(axis=1) >= 3
+        tracked = found.sum(axis=1) >= MIN_VIEW_BEADS
         views = np.flatnonzero(tracked)
         neighbour = {int(v): int(views[np.argmin(np.abs(views - v))]) for v in np.flatnonzero(~tracked)}
         predicted = fitter.predict(neighbour)
@@ -526,8 +438,12 @@ def track_beads(
         if np.array_equal(before, found) and done > 1:
             break
     fit_rms = float("nan")
-    if fitter.fit(xy, found, found.sum(axis=1) >= 3) is not None:
+    bead_z = np.full(m, np.nan)
+    if fitter.fit(xy, found, found.sum(axis=1) >= MIN_VIEW_BEADS) is not None:
         per_bead = _drop_outliers(fitter, found, reasons, xy)
+        bead_z[fitter.usable] = fitter.result.markers[:, 2]
+    lost, lost_why = mark_lost_views(xy, found, reasons)
+    if fitter.result is not None:
         res = fitter.residuals()[found]
         fit_rms = float(np.sqrt(np.mean(res**2))) if res.size else float("nan")
     timings["rounds_s"] = time.perf_counter() - t0
@@ -554,5 +470,10 @@ def track_beads(
         rounds=done,
         seconds=time.perf_counter() - began,
         fit_rms_px=fit_rms,
+        tilts_deg=tilts,
+        image_size=(float(nx), float(ny)),
+        lost_views=lost,
+        lost_reasons=lost_why,
+        bead_z_px=bead_z,
         timings=timings,
     )
