@@ -24,11 +24,15 @@ fill gaps and drop bad points):
    predictions is large the view is measured again about the shifted predictions.
 4. **Left out** of a view (``reasons``): a prediction within ``D/2 + 1`` px of the border
    (OUTSIDE); two predictions closer than ``2 D``, or a second correlation peak within ``2 D`` of
-   the found one above ``RIVAL`` of it (CROWDED); a peak below ``MIN_AMPLITUDE`` of the average
-   bead or ``MIN_SNR`` noise sigmas (WEAK); a found position whose offset from the prediction
-   differs from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP).
+   the found one above ``RIVAL`` of it and itself ``MIN_SNR`` noise sigmas high (CROWDED: a
+   second bead, not a peak of a lattice or ice texture); a peak below ``MIN_AMPLITUDE`` of the
+   average bead or ``MIN_SNR`` noise sigmas (``MIN_SNR_REFINE`` in the rounds, where the fit
+   predicts within a pixel) (WEAK); a found position whose offset from the prediction differs
+   from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP). A view
+   that ends with fewer than 3 beads is lost (:mod:`lmalign_jax.track.result`); a view beyond
+   a lost one is predicted from the last tracked view with one direct whole-view correlation.
 5. **Rounds.** After the sweep, and after each further round: the alignment is fitted to every
-   found point; points whose residual exceeds ``max(4 sigma, 1 px)`` (``sigma`` the robust
+   found point; points whose residual exceeds ``max(4 sigma, 0.5 px)`` (``sigma`` the robust
    residual scale) are dropped (OUTLIER), and whole tracks whose RMS residual exceeds three times
    the median and 1 px are dropped (REMOVED: a track that jumped to another bead). Then every
    (bead, view) is measured again about the fitted prediction with a smaller search radius, which
@@ -101,6 +105,14 @@ __all__ = [
 MIN_AMPLITUDE = 0.35
 #: Smallest correlation peak over the correlation's robust noise level.
 MIN_SNR = 4.0
+#: The same in the rounds, where the fitted alignment predicts within a pixel and a false peak
+#: must also pass the residual tests: in a lattice patch of the specimen the correlation's
+#: background is structured, and clear beads (amplitude ~0.8) sit only 2-3 of its sigmas above it.
+MIN_SNR_REFINE = 2.0
+#: Smallest residual, pixels, that makes a point an outlier (else 4 robust sigmas). Half a pixel:
+#: where two beads merge in a view (a close pair crossing), the found centre sits between them,
+#: 1-2 px off, and a floor of 1 px let such points into the fit.
+OUTLIER_FLOOR_PX = 0.5
 #: Largest second peak within 2 D, as a fraction of the peak.
 RIVAL = 0.6
 #: Weights of filled-in points in the fixed-shape fits (see the module docstring).
@@ -221,6 +233,13 @@ def _read_view(stack, v: int) -> np.ndarray:
     return np.asarray(stack[v], dtype=np.float32)
 
 
+def _crowded(match) -> np.ndarray:
+    """A second peak within ``2 D`` above ``RIVAL`` of the peak that is itself bead-like, at least
+    ``MIN_SNR`` sigmas of the correlation's background (a lattice or ice texture makes many weaker
+    peaks that are no second bead)."""
+    return (match.rival > RIVAL) & (match.rival * match.snr >= MIN_SNR)
+
+
 class _Measurer:
     """Centring of all beads of one view about their predictions, with the leave-out rules."""
 
@@ -228,7 +247,7 @@ class _Measurer:
         self.template, self.diameter, self.size, self.count = template, diameter, size, count
         self.nx, self.ny = image_size
 
-    def measure(self, view, predicted, active, search: float):
+    def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR):
         """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``."""
         m = predicted.shape[0]
         d = self.diameter
@@ -253,16 +272,16 @@ class _Measurer:
         pred = predicted[idx]
         match = self._match(view, pred, search)
         offset = match.positions - pred
-        good = self._acceptable(match)
+        good = self._acceptable(match, min_snr)
         if good.sum() >= 3:
             shift = np.median(offset[good], axis=0)
             if np.hypot(*shift) > 0.25 * search:  # the whole view is off: measure again about it
                 pred = pred + shift
                 match = self._match(view, pred, search)
                 offset = match.positions - predicted[idx]
-                good = self._acceptable(match)
-        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < MIN_SNR)
-        rival = match.rival > RIVAL
+                good = self._acceptable(match, min_snr)
+        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < min_snr)
+        rival = _crowded(match)
         reasons[idx] = np.where(rival, CROWDED, np.where(weak, WEAK, FOUND))
         if good.sum() >= 3:
             centre = np.median(offset[good], axis=0)
@@ -285,8 +304,8 @@ class _Measurer:
         return WindowMatch(match.positions[:k], match.amplitude[:k], match.snr[:k], match.rival[:k])
 
     @staticmethod
-    def _acceptable(match):
-        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= MIN_SNR) & (match.rival <= RIVAL)
+    def _acceptable(match, min_snr):
+        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= min_snr) & ~_crowded(match)
 
 
 def _drop_outliers(fitter, found, reasons, xy):
@@ -296,7 +315,7 @@ def _drop_outliers(fitter, found, reasons, xy):
     length = np.linalg.norm(res, axis=2)
     pts = np.abs(res[found])
     sigma = 1.4826 * float(np.median(pts)) if pts.size else 0.0
-    bad = found & (length > max(4.0 * sigma, 1.0))
+    bad = found & (length > max(4.0 * sigma, OUTLIER_FLOOR_PX))
     found &= ~bad
     reasons[bad] = OUTLIER
     alive = found.sum(axis=0) > 0
@@ -429,7 +448,7 @@ def track_beads(
             predicted[v] += coarse[v] - coarse[nb]
         before = found.copy()
         for v in range(n_views):
-            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine)
+            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine, MIN_SNR_REFINE)
             keep = reasons[v] == REMOVED
             reasons[v] = np.where(keep, REMOVED, why)
             found[v] = why == FOUND
