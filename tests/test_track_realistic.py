@@ -26,6 +26,7 @@ import pytest
 
 import lmalign_jax as L
 from lmalign_jax.simulation.cryo import Imaging, simulate_cryo_series
+from lmalign_jax.track.seeding import choose_beads, choose_on_surfaces, split_surfaces
 from lmalign_jax.track.tracking import track_beads
 
 SIZE, SEED = 384, 0
@@ -125,3 +126,37 @@ def test_alignment_within_1_2x_of_true_positions_plus_noise(realistic):
         f"alignment error {tracked_error:.4f} px from tracks, {np.mean(reference):.4f} px from truth + noise"
     )
     assert tracked_error <= 1.2 * float(np.mean(reference))
+
+
+def test_split_surfaces_and_choose_half_on_each():
+    rng = np.random.default_rng(2)
+    z = np.concatenate([30.0 + rng.normal(0, 1.0, 10), -30.0 + rng.normal(0, 1.0, 4)])
+    upper = split_surfaces(z, 8.0)
+    assert upper is not None and upper.tolist() == [True] * 10 + [False] * 4
+    assert split_surfaces(rng.normal(0, 1.0, 14), 8.0) is None  # one layer
+    assert split_surfaces(np.array([30.0, 31.0, 29.0, 30.5, -30.0]), 8.0) is None  # 1 bead is no surface
+    # the upper beads are the strongest and spread over the field: farthest-point order alone
+    # would take 5 of them for 6; by surface it takes 3 and 3
+    pos = np.concatenate([rng.uniform(20, 360, (10, 2)), rng.uniform(150, 230, (4, 2))])
+    scores = np.concatenate([np.full(10, 2.0), np.full(4, 1.0)])
+    eligible = np.arange(14)
+    assert np.sum(choose_beads(pos, scores, (SIZE, SIZE), 1.0, 6) >= 10) <= 1
+    chosen = choose_on_surfaces(pos, scores, eligible, upper, 6)
+    assert np.sum(chosen < 10) == 3 and np.sum(chosen >= 10) == 3
+    assert choose_on_surfaces(pos, scores, eligible, upper, 12).size == 12  # 8 + all 4
+    assert np.sum(choose_on_surfaces(pos, scores, eligible, upper, 12) >= 10) == 4
+
+
+def test_chosen_beads_are_spread_over_both_surfaces(realistic):
+    """With more well-separated beads than wanted, the chosen ones come half from each surface of
+    the slab (heights from tracking them all through the views nearest 0 deg)."""
+    cryo, _, _, _ = realistic
+    tilts = cryo.series.observations.tilts_deg
+    track = track_beads(cryo.stack, tilts, cryo.specimen.bead_diameter_px, target_beads=6, rounds=1)
+    s, truth = track.seed_view, cryo.truth.xy
+    ids = [int(np.argmin(np.linalg.norm(truth[s] - track.xy[s, b], axis=1))) for b in range(track.n_beads)]
+    upper = cryo.specimen.beads[ids, 2] > 0
+    print(f"{upper.sum()} beads on the upper surface, {(~upper).sum()} on the lower")
+    assert track.n_beads >= 5 and abs(int(upper.sum()) - int((~upper).sum())) <= 1
+    fitted = track.bead_z_px - np.nanmean(track.bead_z_px)
+    assert np.array_equal(fitted > 0, upper)  # the fit's heights sort them as the truth does

@@ -1,4 +1,11 @@
-"""Choosing the beads to track on the seed view, and the averaged bead they are tracked with."""
+"""Choosing the beads to track on the seed view, and the averaged bead they are tracked with.
+
+On a specimen with two surfaces the chosen beads are spread over both (issue #14): where more
+well-separated beads are found than are to be tracked, :mod:`lmalign_jax.track.tracking` first
+tracks all of them through the few views nearest the seed view and fits the alignment, whose
+bead heights (parallax: ``x cos(t) + z sin(t)``) :func:`split_surfaces` sorts into two surfaces,
+and :func:`choose_on_surfaces` takes half of the beads from each.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,13 @@ from jaxtyping import ArrayLike, Float, Int
 from .centring import bead_template, correlate_windows, extract_windows
 from .result import MIN_TRACKED_BEADS
 
-__all__ = ["choose_beads", "seed_template", "MAX_SEED_AMPLITUDE_DEVIATION"]
+__all__ = [
+    "choose_beads",
+    "choose_on_surfaces",
+    "split_surfaces",
+    "seed_template",
+    "MAX_SEED_AMPLITUDE_DEVIATION",
+]
 
 #: Largest relative difference of a seed bead's correlation amplitude from the median.
 MAX_SEED_AMPLITUDE_DEVIATION = 0.35
@@ -37,16 +50,59 @@ def choose_beads(
     ok = (gap.min(axis=1) >= 2.0 * d) & (p[:, 0] >= d) & (p[:, 0] <= nx - d)
     ok &= (p[:, 1] >= d) & (p[:, 1] <= ny - d)
     idx = np.flatnonzero(ok)
-    if idx.size <= target:
-        return idx[np.argsort(-s[idx], kind="stable")]
-    weight = np.sqrt(np.clip(s[idx] / np.max(s[idx]), 1e-6, None))
-    chosen = [int(np.argmax(s[idx]))]
-    nearest = np.linalg.norm(p[idx] - p[idx[chosen[0]]], axis=1)
+    return idx[_farthest_points(p[idx], s[idx], target)]
+
+
+def _farthest_points(p: np.ndarray, s: np.ndarray, target: int) -> np.ndarray:
+    """Indices into ``p`` of up to ``target`` points in farthest-point order (distances weighted
+    by the square root of the relative score), strongest first; all of them, strongest first,
+    when there are no more than ``target``."""
+    if p.shape[0] <= target:
+        return np.argsort(-s, kind="stable")
+    weight = np.sqrt(np.clip(s / np.max(s), 1e-6, None))
+    chosen = [int(np.argmax(s))]
+    nearest = np.linalg.norm(p - p[chosen[0]], axis=1)
     for _ in range(target - 1):
         k = int(np.argmax(nearest * weight))
         chosen.append(k)
-        nearest = np.minimum(nearest, np.linalg.norm(p[idx] - p[idx[k]], axis=1))
-    return idx[np.asarray(chosen)]
+        nearest = np.minimum(nearest, np.linalg.norm(p - p[k], axis=1))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def split_surfaces(z: Float[ArrayLike, " beads"], bead_diameter_px: float) -> np.ndarray | None:
+    """(n,) bool, True for the beads on the upper of two surfaces, or None when the heights ``z``
+    do not form two groups: the largest gap between sorted heights must be at least one bead
+    diameter (two layers closer than a bead are one) with 2 or more beads on each side."""
+    z = np.asarray(z, dtype=np.float64)
+    ok = np.isfinite(z)
+    if ok.sum() < 4:
+        return None
+    zs = np.sort(z[ok])
+    gaps = np.diff(zs)
+    k = int(np.argmax(gaps[1:-1])) + 1  # 2 or more on each side
+    if gaps[k] < float(bead_diameter_px):
+        return None
+    return ok & (z > 0.5 * (zs[k] + zs[k + 1]))
+
+
+def choose_on_surfaces(
+    positions: Float[ArrayLike, "candidates 2"],
+    scores: Float[ArrayLike, " candidates"],
+    eligible: Int[ArrayLike, " eligible"],
+    upper: np.ndarray,
+    target: int,
+) -> Int[np.ndarray, " chosen"]:
+    """Indices of ``target`` of the ``eligible`` candidates (well separated, from
+    :func:`choose_beads`), half on each surface (``upper``: (eligible,) bool) where both have
+    enough, the rest from the other; farthest-point order within each surface."""
+    p = np.asarray(positions, dtype=np.float64)[np.asarray(eligible)]
+    s = np.asarray(scores, dtype=np.float64)[np.asarray(eligible)]
+    groups = [np.flatnonzero(upper), np.flatnonzero(~upper)]
+    first = min(groups[0].size, max(target - groups[1].size, target // 2))
+    share = (first, min(groups[1].size, target - first))
+    picked = np.concatenate([g[_farthest_points(p[g], s[g], n)] for g, n in zip(groups, share, strict=True)])
+    picked = picked[np.argsort(-s[picked], kind="stable")]
+    return np.asarray(eligible)[picked]
 
 
 def seed_template(image, candidates, chosen, diameter: float, size: int):

@@ -52,18 +52,15 @@ current view is held in float32, plus the binned previous view for the coarse sh
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ..core import align
-from ..core.frame import project_all
-from ..observations import Observations
 from .centring import WindowMatch, correlate_windows, extract_windows, window_size
 from .coarse import bin_view, binning_factor, neighbour_shifts
 from .find import find_beads
+from .fitting import Fitter, nearest_found
 from .result import (
     CROWDED,
     FOUND,
@@ -81,7 +78,7 @@ from .result import (
     TrackResult,
     mark_lost_views,
 )
-from .seeding import choose_beads, seed_template
+from .seeding import choose_beads, choose_on_surfaces, seed_template, split_surfaces
 
 __all__ = [
     "TrackResult",
@@ -113,16 +110,14 @@ MIN_SNR_REFINE = 2.0
 #: where two beads merge in a view (a close pair crossing), the found centre sits between them,
 #: 1-2 px off, and a floor of 1 px let such points into the fit.
 OUTLIER_FLOOR_PX = 0.5
+#: Views within this many degrees of the seed view give the heights that sort the beads into
+#: surfaces before the choice (parallax z sin(15 deg) = 0.26 z: 8 px between surfaces 30 px apart).
+PILOT_TILT_DEG = 15.0
 #: Largest second peak within 2 D, as a fraction of the peak.
 RIVAL = 0.6
-#: Weights of filled-in points in the fixed-shape fits (see the module docstring).
-MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
 #: Views tracked before the sweep fits after every pair of views (one each side) instead of after
 #: every view: half the fits, and each new view's neighbour is still in the last fit.
 EVERY_VIEW_FITS = 12
-#: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
-#: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
-TRACKING_STAGES = ("initial", "main", "tilt")
 
 
 def _sweep_order(n_views: int, seed: int) -> list[int]:
@@ -152,81 +147,6 @@ def _direct_shift(stack, a: int, b: int, factor: int, diameter: float) -> np.nda
     correlation of the two (binned), for views that are not neighbours."""
     pair = np.stack([bin_view(stack[a], factor), bin_view(stack[b], factor)])
     return neighbour_shifts(pair, [[0, 1]], factor, diameter)[0]
-
-
-def _nearest_found(xy: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """``xy`` with each missing point replaced by its bead's position in the nearest view where it
-    was found (NaN for a bead found nowhere)."""
-    out = xy.copy()
-    views = np.arange(xy.shape[0])
-    for b in range(xy.shape[1]):
-        seen = np.flatnonzero(found[:, b])
-        if seen.size == 0:
-            continue
-        nearest = seen[np.argmin(np.abs(views[:, None] - seen[None, :]), axis=1)]
-        out[:, b] = xy[nearest, b]
-    return out
-
-
-class _Fitter:
-    """Fixed-shape fits of the tracks so far (see the module docstring) and predictions from them."""
-
-    def __init__(self, tilts_deg, image_size, seed: int, rotation_deg: float | None):
-        self.tilts = np.asarray(tilts_deg, dtype=np.float64)
-        self.image_size = (float(image_size[0]), float(image_size[1]))
-        self.seed = seed
-        self.rotation = rotation_deg
-        self.result = None
-
-    def fit(self, xy, found, tracked, previous=None):
-        """Fit the found points of the tracked views; returns the AlignmentResult (or None)."""
-        n_views = xy.shape[0]
-        fill = _nearest_found(xy, found)
-        if previous is not None:
-            fill = np.where(found[..., None] | ~np.isfinite(previous), fill, previous)
-        usable = np.all(np.isfinite(fill), axis=(0, 2))
-        if usable.sum() < 3 or np.sum(tracked) < 3:
-            return None
-        fill, ok = fill[:, usable], found[:, usable]
-        weights = np.where(ok, 1.0, MISSING_WEIGHT)
-        tilts = self.tilts.copy()
-        views = np.flatnonzero(tracked)
-        for v in np.flatnonzero(~tracked):
-            nb = views[np.argmin(np.abs(views - v))]
-            fill[v], tilts[v], weights[v] = fill[nb], tilts[nb], UNTRACKED_WEIGHT
-        obs = Observations(fill, np.ones(fill.shape[:2], dtype=bool), tilts, self.image_size)
-        result = align(
-            obs, rotation_deg=self.rotation, stages=TRACKING_STAGES, weights=weights, ref_view=self.seed
-        )
-        if not np.all(np.isfinite(result.views)) or not np.all(np.isfinite(result.markers)):
-            return None
-        self.result, self.usable, self.fitted = result, usable, np.array(tracked, dtype=bool)
-        if self.rotation is None:  # later fits start from this one's axis
-            self.rotation = float(np.median(result.rotation_deg[views]))
-        del n_views
-        return result
-
-    def predict(self, neighbour: dict[int, int]) -> np.ndarray:
-        """(n_views, n_beads, 2) predictions: view v through the parameters of ``neighbour[v]``
-        at that view's solved tilt plus the nominal step between the two (v's own parameters
-        where v is not in ``neighbour``); NaN for beads the last fit did not include."""
-        r = self.result
-        views = np.array(r.views, dtype=np.float64, copy=True)
-        ti = r.model.index("tilt")
-        for v, nb in neighbour.items():
-            views[v] = views[nb]
-            views[v, ti] = views[nb, ti] + math.radians(self.tilts[v] - self.tilts[nb])
-        projected = project_all(r.model, views, r.markers) + r.observations.center
-        out = np.full((views.shape[0], self.usable.size, 2), np.nan)
-        out[:, self.usable] = projected
-        return out
-
-    def residuals(self) -> np.ndarray:
-        """(n_views, n_beads, 2) residuals of the last fit (NaN for beads it did not include)."""
-        r = self.result
-        out = np.full((r.residuals.shape[0], self.usable.size, 2), np.nan)
-        out[:, self.usable] = r.residuals
-        return out
 
 
 def _read_view(stack, v: int) -> np.ndarray:
@@ -381,6 +301,72 @@ def track_beads(
             f"{seed + 1} (tilt {tilts[seed]:g} deg) with a bead diameter of {d:g} px; tracking needs "
             f"at least {MIN_TRACKED_BEADS}"
         )
+    eligible = choose_beads(candidates, scores, (nx, ny), d, candidates.shape[0])
+    if eligible.size > chosen.size:  # a choice to make: spread it over both surfaces, if two
+        say(f"heights of {eligible.size} beads from the views nearest view {seed + 1}")
+        upper = split_surfaces(
+            _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg), d
+        )
+        if upper is not None:
+            chosen = choose_on_surfaces(candidates, scores, eligible, upper, int(target_beads))
+    timings["choice_s"] = time.perf_counter() - began
+    track, _ = _track(
+        stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings
+    )
+    return track
+
+
+def _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg) -> np.ndarray:
+    """(eligible,) height of each ``eligible`` candidate (NaN where unknown), from tracking them all
+    through the views within ``PILOT_TILT_DEG`` of the seed (one round)."""
+    seed = int(np.argmin(np.abs(tilts)))
+    lo, hi = seed, seed
+    while lo > max(0, seed - 4) and abs(tilts[lo - 1] - tilts[seed]) <= PILOT_TILT_DEG:
+        lo -= 1
+    while hi < min(tilts.size - 1, seed + 4) and abs(tilts[hi + 1] - tilts[seed]) <= PILOT_TILT_DEG:
+        hi += 1
+    near = np.arange(lo, hi + 1)  # up to 4 views each side, contiguous (coarse shifts are between neighbours)
+    z = np.full(eligible.size, np.nan)
+    if near.size < 5:
+        return z
+    try:
+        track, chosen = _track(
+            _Views(stack, near),
+            tilts[near],
+            d,
+            seed_image,
+            candidates,
+            eligible,
+            rotation_deg,
+            1,
+            lambda text: None,
+            time.perf_counter(),
+            {},
+        )
+    except TrackingError:
+        return z
+    where = {int(c): k for k, c in enumerate(eligible)}
+    for b, c in enumerate(chosen):
+        z[where[int(c)]] = track.bead_z_px[b]
+    return z
+
+
+class _Views:
+    """The views ``index`` of ``stack``, indexed from 0 (read one at a time, as the stack)."""
+
+    def __init__(self, stack, index):
+        self.stack, self.index = stack, np.asarray(index)
+        self.shape = (self.index.size, *stack.shape[1:])
+
+    def __getitem__(self, v):
+        return self.stack[int(self.index[v])]
+
+
+def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings):
+    """Track ``candidates[chosen]`` of the seed view through ``stack``; returns
+    ``(TrackResult, chosen)`` (the chosen kept by :func:`seed_template`, one per bead)."""
+    n_views, ny, nx = (int(s) for s in stack.shape)
+    seed = int(np.argmin(np.abs(tilts)))
     search = max(d, 5.0)
     size = window_size(d, search)
     n_chosen = chosen.size
@@ -402,7 +388,7 @@ def track_beads(
     xy[seed], found[seed], reasons[seed] = candidates[chosen], True, FOUND
     tracked = np.zeros(n_views, dtype=bool)
     tracked[seed] = True
-    fitter = _Fitter(tilts, (nx, ny), seed, rotation_deg)
+    fitter = Fitter(tilts, (nx, ny), seed, rotation_deg)
     have_fit = False
 
     say(f"tracking {m} beads outward from view {seed + 1}")
@@ -417,7 +403,7 @@ def track_beads(
                 nb += step
             predicted = fitter.predict({v: nb})[v]
         else:
-            predicted = _nearest_found(xy, found)[nb]
+            predicted = nearest_found(xy, found)[nb]
         if abs(v - nb) == 1:
             predicted = predicted + (coarse[v] - coarse[nb])
         else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
@@ -495,4 +481,4 @@ def track_beads(
         lost_reasons=lost_why,
         bead_z_px=bead_z,
         timings=timings,
-    )
+    ), chosen
