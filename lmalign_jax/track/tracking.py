@@ -8,6 +8,9 @@ fill gaps and drop bad points):
 1. **Seed.** The view nearest 0 degrees; :func:`lmalign_jax.track.find_beads` finds the beads.
    :func:`choose_beads` keeps up to ``target_beads`` of them, well spread (farthest-point order,
    strongest first) and unambiguous (no other bead within ``2 D``, ``D`` the bead diameter).
+   When more qualify than ``target_beads``, all of them are first tracked (one round) through
+   the views within ``PILOT_TILT_DEG`` of the seed, and if the fitted heights form two surfaces
+   half of the chosen beads come from each (:mod:`lmalign_jax.track.seeding`).
    The averaged bead of the chosen ones is the template (:mod:`lmalign_jax.track.centring`).
 2. **Coarse shifts.** Every view is binned and correlated with its neighbour
    (:mod:`lmalign_jax.track.coarse`), streamed one view at a time: the stage moves by tens of
