@@ -42,8 +42,8 @@ the correlation is Gaussian and the fit exact. Each bead also gets
 
 * ``amplitude``: the peak over the template's own energy ``sum t^2`` (about 1 for an average
   bead, 0 for no bead; negative for the opposite contrast);
-* ``snr``: the peak over the robust standard deviation (1.4826 times the median absolute
-  deviation) of the correlation in the window away from the peak (farther than ``2 D``);
+* ``snr``: the peak over the robust standard deviation (RMS clipped at 3 sigma) of the
+  correlation in the window away from the peak (farther than ``2 D``);
 * ``rival``: the largest correlation within ``2 D`` of the peak but farther than ``0.9 D`` from
   it, over the peak: near 1 when a second bead sits beside this one (ambiguous).
 """
@@ -60,8 +60,8 @@ from jaxtyping import ArrayLike, Float, Int, Real
 
 __all__ = ["window_size", "extract_windows", "bead_template", "correlate_windows", "WindowMatch"]
 
-#: A Gaussian's standard deviation over its median absolute deviation.
-MAD_TO_SD = 1.4826
+#: Standard deviation of a unit Gaussian truncated at +-3 (the clipped-RMS correction).
+CLIPPED_SD = 0.98658
 #: Radius of the template's soft disc: this many bead diameters plus 2 px (module docstring).
 TEMPLATE_RADIUS_PER_DIAMETER = 0.5
 #: Times the averaged bead is moved onto its centre of point symmetry (module docstring).
@@ -166,13 +166,18 @@ def _correlate(windows, template_spectrum, centres, search, near, far, size):
     r2 = rx * rx + ry * ry
     rival_zone = (r2 > near * near) & (r2 <= far * far)
     rival = jnp.max(jnp.where(rival_zone, corr, -jnp.inf).reshape(n, -1), axis=1)
-    # Noise of the correlation away from the peak: the median absolute deviation from the median
-    # (a Gaussian's sd is 1.4826 MAD), which an ice blob or carbon edge filling part of the window
-    # does not inflate as an RMS would.
+    # Noise of the correlation away from the peak: an RMS clipped at 3 sigma twice (a median would
+    # need a sort, 5x slower here on a CPU), corrected for the clipping of a Gaussian.
     away = (r2 > far * far).reshape(n, -1)
-    values = jnp.where(away, corr.reshape(n, -1), jnp.nan)
-    centre = jnp.nanmedian(values, axis=1, keepdims=True)
-    sigma = MAD_TO_SD * jnp.nanmedian(jnp.abs(values - centre), axis=1)
+    values = corr.reshape(n, -1)
+    count = jnp.maximum(jnp.sum(away, axis=1), 1)
+    centred = values - (jnp.sum(jnp.where(away, values, 0.0), axis=1) / count)[:, None]
+    sq = jnp.where(away, centred * centred, 0.0)
+    sigma = jnp.sqrt(jnp.sum(sq, axis=1) / count)
+    for _ in range(2):
+        kept = away & (centred * centred <= 9.0 * sigma[:, None] ** 2)
+        sigma = jnp.sqrt(jnp.sum(jnp.where(kept, sq, 0.0), axis=1) / jnp.maximum(jnp.sum(kept, axis=1), 1))
+        sigma = sigma / CLIPPED_SD
     rows = jnp.clip(py[:, None] + jnp.arange(-1, 2)[None, :], 0, size - 1)  # (n, 3)
     cols = jnp.clip(px[:, None] + jnp.arange(-1, 2)[None, :], 0, size - 1)
     patch = corr[jnp.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
