@@ -39,7 +39,9 @@ fill gaps and drop bad points):
    residual scale) are dropped (OUTLIER), and whole tracks whose RMS residual exceeds three times
    the median and 1 px are dropped (REMOVED: a track that jumped to another bead). Then every
    (bead, view) is measured again about the fitted prediction with a smaller search radius, which
-   refills gaps and re-centres. ``rounds`` rounds in all, fewer when nothing changes.
+   refills gaps and re-centres. ``rounds`` rounds in all, fewer when nothing changes. At the
+   end, tracks found in fewer than 3 views are dropped (REMOVED): two points fit any height, so
+   a wrong match cannot be seen.
 
 Fits with a fixed shape
 -----------------------
@@ -113,6 +115,8 @@ MIN_SNR_REFINE = 2.0
 #: where two beads merge in a view (a close pair crossing), the found centre sits between them,
 #: 1-2 px off, and a floor of 1 px let such points into the fit.
 OUTLIER_FLOOR_PX = 0.5
+#: Fewest views a track must be found in to be kept (module docstring, step 5).
+MIN_BEAD_VIEWS = 3
 #: Views within this many degrees of the seed view give the heights that sort the beads into
 #: surfaces before the choice (parallax z sin(15 deg) = 0.26 z: 8 px between surfaces 30 px apart).
 PILOT_TILT_DEG = 15.0
@@ -450,6 +454,14 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
     if fitter.fit(xy, found, found.sum(axis=1) >= MIN_VIEW_BEADS) is not None:
         per_bead = _drop_outliers(fitter, found, reasons, xy)
         bead_z[fitter.usable] = fitter.result.markers[:, 2]
+    # A track of two points fits any pair exactly (its height follows the second point), so a
+    # wrong match far from the seed cannot be told: such tracks are dropped (REMOVED).
+    found_anywhere = np.flatnonzero(found.any(axis=1))  # for the message below
+    short = (found.sum(axis=0) > 0) & (found.sum(axis=0) < MIN_BEAD_VIEWS)
+    reasons[:, short] = np.where(found[:, short], REMOVED, reasons[:, short])
+    found[:, short] = False
+    xy[:, short] = np.nan
+    per_bead[short], bead_z[short] = np.nan, np.nan
     lost, lost_why = mark_lost_views(xy, found, reasons)
     if fitter.result is not None:
         res = fitter.residuals()[found]
@@ -458,7 +470,7 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
 
     seen = found.sum(axis=0)
     if int(np.sum(seen >= 3)) < MIN_TRACKED_BEADS:
-        views = np.flatnonzero(found.any(axis=1)) + 1
+        views = found_anywhere + 1
         shown = ", ".join(str(int(v)) for v in views[:20]) + (", ..." if views.size > 20 else "")
         raise TrackingError(
             f"only {int(np.sum(seen >= 3))} of {m} beads were tracked through 3 or more views (at least "
