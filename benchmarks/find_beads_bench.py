@@ -2,11 +2,13 @@
 
 Not a test. Run as::
 
-    python -m benchmarks.find_beads_bench [--sizes 1024 4096] [--repeat 3] [--out r.json]
+    python -m benchmarks.find_beads_bench [--sizes 1024 4096] [--tilts 0 60] [--seeds 0]
+        [--repeat 3] [--out r.json]
 
-For each size one view at 0 degrees is rendered by :mod:`lmalign_jax.simulation.cryo` (8-px
-beads, one per ~100 x 100 px, ice, carbon edge, textured specimen) at good dose (200 e/px) and at
-cryo dose (30 e/px). Timed (wall clock, ``repeat`` calls after one warm-up call, JIT compilation
+For each size, tilt (the view's tilt, no misalignment) and specimen seed one view is rendered by
+:mod:`lmalign_jax.simulation.cryo` (8-px beads, one per ~100 x 100 px, ice, carbon edge,
+textured specimen) at good dose (200 e/px) and at cryo dose (30 e/px). Timed (wall clock,
+``repeat`` calls after one warm-up call, JIT compilation
 excluded): :func:`lmalign_jax.track.find_beads_large` (binned detection above 2048 px, centring at
 full resolution), and at 4k also unbinned :func:`find_beads` for comparison, and the simulator's
 rendering of the view. Each row also records the detection's accuracy against the truth: the
@@ -57,40 +59,49 @@ def _accuracy(pos, truth) -> dict:
     }
 
 
-def run(sizes, repeat: int) -> list[dict]:
+def run(sizes, repeat: int, tilts=(0.0,), seeds=(0,)) -> list[dict]:
     from lmalign_jax.simulation.cryo import Imaging, cryo_specimen, render_stack
     from lmalign_jax.track import find_beads, find_beads_large
 
     rows = []
     for size in sizes:
         n_beads = int(size * size / 100.0**2)
-        specimen = cryo_specimen((size, size), n_beads=n_beads, bead_diameter_px=DIAMETER, thickness_px=100)
-        a, d = np.eye(2)[None], np.zeros((1, 2))
-        for dose in (200.0, 30.0):
-            imaging = Imaging(dose=dose)
-            render = _times(partial(render_stack, specimen, imaging, a, d, [0.0], (size, size)), 1)
-            stack, truth = render_stack(specimen, imaging, a, d, [0.0], (size, size))
-            view = stack[0]
-            sides = {"find_beads_large": partial(find_beads_large, view, DIAMETER)}
-            if size > 2048:
-                sides["find_beads (unbinned)"] = partial(find_beads, view, DIAMETER)
-            for name, fn in sides.items():
-                seconds = _times(fn, repeat)
-                pos, _ = fn()
-                row = {"size": size, "dose_e_per_px": dose, "method": name, "seconds": seconds}
-                row |= {"median_s": float(np.median(seconds)), "render_s": render[0], **_accuracy(pos, truth)}
-                print(
-                    f"{size:5d} px, dose {dose:5.0f}: {name:22s} {row['median_s']:.2f} s/view, "
-                    f"{row['found_fraction']:.1%} of {row['clean_beads']} found, "
-                    f"{row['false_fraction']:.1%} false, {row['rms_px']:.3f} px RMS"
-                )
-                rows.append(row)
+        for seed in seeds:
+            specimen = cryo_specimen(
+                (size, size), n_beads=n_beads, bead_diameter_px=DIAMETER, thickness_px=100, seed=seed
+            )
+            a, d = np.eye(2)[None], np.zeros((1, 2))
+            for tilt in tilts:
+                for dose in (200.0, 30.0):
+                    imaging = Imaging(dose=dose)
+                    args = (specimen, imaging, a, d, [tilt], (size, size))
+                    render = _times(partial(render_stack, *args, seed=seed), 1)
+                    stack, truth = render_stack(*args, seed=seed)
+                    view = stack[0]
+                    sides = {"find_beads_large": partial(find_beads_large, view, DIAMETER)}
+                    if size > 2048:
+                        sides["find_beads (unbinned)"] = partial(find_beads, view, DIAMETER)
+                    for name, fn in sides.items():
+                        seconds = _times(fn, repeat)
+                        pos, _ = fn()
+                        row = {"size": size, "tilt_deg": float(tilt), "seed": seed, "dose_e_per_px": dose}
+                        row |= {"method": name, "seconds": seconds, "median_s": float(np.median(seconds))}
+                        row |= {"render_s": render[0], **_accuracy(pos, truth)}
+                        print(
+                            f"{size:5d} px, tilt {tilt:3.0f}, seed {seed}, dose {dose:5.0f}: {name:22s} "
+                            f"{row['median_s']:.2f} s/view, {row['found_fraction']:.1%} of "
+                            f"{row['clean_beads']} found, {row['false_fraction']:.1%} false, "
+                            f"{row['rms_px']:.3f} px RMS"
+                        )
+                        rows.append(row)
     return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--tilts", type=float, nargs="+", default=[0.0, 60.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--out", help="results JSON (default benchmarks/results/<date>-<machine>-find-beads.json)"
@@ -99,7 +110,7 @@ def main(argv=None) -> int:
     from benchmarks.common import environment, machine_slug
 
     meta = environment(quick=False)
-    rows = run(args.sizes, args.repeat)
+    rows = run(args.sizes, args.repeat, args.tilts, args.seeds)
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out = (
         Path(args.out)

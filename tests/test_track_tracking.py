@@ -156,6 +156,88 @@ def test_alignment_from_tracked_beads_matches_true_positions_plus_noise(series, 
     assert tracked_error <= 1.2 * float(np.mean(reference))
 
 
+def _reference_error(true_xy, mask, tilts, sigma, draws=4, seed=7):
+    """Mean alignment error of the same solver on the true positions plus Gaussian noise ``sigma``."""
+    rng = np.random.default_rng(seed)
+    errors = []
+    for _ in range(draws):
+        noisy = true_xy + sigma * rng.standard_normal(true_xy.shape)
+        errors.append(_alignment_error(L.align(L.Observations(noisy, mask, tilts, (SIZE, SIZE))), true_xy))
+    return float(np.mean(errors))
+
+
+@pytest.fixture(scope="module")
+def lost_views_stack(series):
+    """The module's stack with view 9 (1-based) replaced by pure noise and view 21 blanked (zeros)."""
+    s, stack = series
+    damaged = np.array(stack, dtype=np.float32, copy=True)
+    rng = np.random.default_rng(0)
+    damaged[8] = float(np.mean(stack[8])) + NOISE * rng.standard_normal(damaged[8].shape)
+    damaged[20] = 0.0
+    return damaged
+
+
+def test_views_where_every_bead_is_lost_are_returned_and_left_out(series, lost_views_stack):
+    """A blank and a pure-noise view: the tracking names them (with a reason), tracks every other
+    view as well as without them (the views beyond are correlated directly with the last tracked
+    one), and ``observations()`` leaves them out so that ``lm.align`` runs on the result."""
+    s, _ = series
+    truth, tilts = s.observations.xy, s.observations.tilts_deg
+    track = track_beads(lost_views_stack, tilts, DIAMETER)
+    assert track.lost_views.tolist() == [8, 20]
+    assert all("fewer than 3" in why for why in track.lost_reasons)
+    assert not track.found[[8, 20]].any() and np.all(track.reasons[track.found] == FOUND)
+    first = np.argmax(track.found, axis=0)
+    ids = np.array(
+        [int(np.argmin(np.linalg.norm(truth[v] - track.xy[v, b], axis=1))) for b, v in enumerate(first)]
+    )
+    assert len(set(ids.tolist())) == ids.size
+    err = (track.xy - truth[:, ids])[track.found]
+    assert np.max(np.linalg.norm(err, axis=1)) < 1.0
+    other = np.setdiff1d(np.arange(N_VIEWS), [8, 20])
+    assert track.beads_per_view[other].min() >= 4  # no other view lost
+    obs = track.observations()
+    views, beads = track.fit_selection()
+    assert views.tolist() == other.tolist() and obs.n_views == N_VIEWS - 2
+    result = L.align(obs)
+    true_xy = truth[np.ix_(views, ids[beads])]
+    sigma = float(np.sqrt(np.mean((err - err.mean(axis=0)) ** 2)))
+    tracked_error = _alignment_error(result, true_xy)
+    reference = _reference_error(true_xy, obs.mask, obs.tilts_deg, sigma)
+    print(f"alignment error {tracked_error:.4f} px from tracks, {reference:.4f} px from truth + noise")
+    assert tracked_error <= 1.2 * reference
+
+
+def test_align_a_stack_with_lost_views(series, lost_views_stack, tmp_path, capsys):
+    """The command line leaves the lost views out by the same rule, says why, and still writes a
+    transform for every view (interpolated for the lost ones)."""
+    s, _ = series
+    with mrcfile.new(tmp_path / "lost.mrc") as mrc:
+        mrc.set_data(lost_views_stack)
+    (tmp_path / "lost.rawtlt").write_text("".join(f"{t:.2f}\n" for t in s.observations.tilts_deg))
+    args = ["align", str(tmp_path / "lost.mrc"), "--tilts", str(tmp_path / "lost.rawtlt")]
+    code = main(
+        [
+            *args,
+            "--bead-diameter",
+            repr(DIAMETER),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--no-figure",
+            "--no-errors",
+            "-q",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "view 9 (1-based" in err and "view 21 (1-based" in err and "lost" in err
+    assert len((tmp_path / "out" / "lost.xf").read_text().splitlines()) == N_VIEWS
+    record = json.loads((tmp_path / "out" / "lost_track.json").read_text())
+    assert record["lost_views"] == [9, 21] and "fewer than 3" in record["views"][8]["lost"]
+    aligned = json.loads((tmp_path / "out" / "lost.json").read_text())
+    assert aligned["inputs"]["excluded_views"] == [9, 21]  # 1-based
+
+
 def test_choose_beads_spreads_and_drops_close_pairs():
     pos = np.array([[50.0, 50.0], [56.0, 50.0], [150.0, 150.0], [52.0, 150.0], [150.0, 52.0], [100.0, 100.0]])
     scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])

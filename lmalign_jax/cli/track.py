@@ -85,9 +85,10 @@ def print_tracking(done) -> None:
         f"view {t.seed_view + 1}: {int(t.found.sum())} points in {t.n_views} views, {int(per_view.min())} to "
         f"{int(per_view.max())} beads per view, fit RMS {t.fit_rms_px:.3f} px, {t.seconds:.1f} s"
     )
-    few = [str(v + 1) for v in range(t.n_views) if per_view[v] < 3]
-    if few:
-        warn(f"view(s) {', '.join(few)} (1-based) have fewer than 3 tracked beads")
+    for v, why in zip(t.lost_views, t.lost_reasons, strict=True):
+        warn(
+            f"view {int(v) + 1} (1-based, tilt {t.tilts_deg[v]:g} deg) lost: {why}; it is left out of the fit"
+        )
     print(" Wrote " + ", ".join(done.written))
 
 

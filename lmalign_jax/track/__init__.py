@@ -18,7 +18,9 @@ Public API
 Modules: ``filters`` (the filter in Fourier space), ``peaks`` (threshold, non-maximum
 suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate),
 ``coarse`` (whole-view shifts), ``centring`` (batched correlation with the averaged bead),
-``tracking`` (the tracking, fitting with :mod:`lmalign_jax.core`). Nothing here imports
+``seeding`` (the beads chosen on the seed view, on both surfaces), ``fitting`` (fixed-shape fits
+with :mod:`lmalign_jax.core` and predictions), ``result`` (:class:`TrackResult`, the reasons,
+lost views and ``TrackResult.observations()``), ``tracking`` (the procedure). Nothing here imports
 ``lmalign_jax.io`` or ``lmalign_jax.cli``, and no JAX setting is changed on import.
 """
 

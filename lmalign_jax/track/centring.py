@@ -11,10 +11,24 @@ Template
 --------
 :func:`bead_template` averages the windows of the beads found on the seed view after moving
 each bead, by a Fourier phase shift, so that its centre lies on the centre of pixel ``W/2``; the
-background (the median of the window's outer ring) is subtracted, the average is multiplied by
-a soft disc of radius ``0.75 D + 2`` px and made zero-mean inside it. The averaged bead is
+background (the median of the window's outer ring) is subtracted, the average is moved onto its
+own centre of point symmetry (below), multiplied by a soft disc of radius ``0.5 D + 2`` px and
+made zero-mean inside it. The averaged bead is
 sharper in noise than any one bead, as in IMOD's ``beadtrack``, which correlates each bead with
 the average of the beads already tracked (its man page, "average of previous beads").
+
+Why the template is re-centred, and why its disc is small
+---------------------------------------------------------
+Every centre is found relative to the template, so an off-centre template moves every bead of
+the series by the same amount. The seed positions it is averaged at come from the detector,
+whose centres on a textured specimen are off by ~0.2 px each; with 6-15 beads their mean is off
+by ~0.1 px, which was the bias of (+0.13, +0.09) px measured on realistic stacks (20 views of
+256 px, 6 beads). A bead is point-symmetric, so the average is shifted (Fourier phase, three
+times) to the point about which it is symmetric: the peak of its correlation with its own point
+reflection about pixel ``W/2`` is at twice its offset. The disc of ``0.5 D + 2`` px (it was
+``0.75 D + 2``) keeps less of the textured background around the bead in the correlation: on
+the same realistic stacks the centring RMS fell by ~12% (0.18 -> 0.16 px at 200 e/px, 0.46 ->
+0.40 px at 30 e/px) and the alignment error from the tracks by ~9%.
 
 Correlation and centre
 ----------------------
@@ -48,6 +62,10 @@ __all__ = ["window_size", "extract_windows", "bead_template", "correlate_windows
 
 #: Standard deviation of a unit Gaussian truncated at +-3 (the clipped-RMS correction).
 CLIPPED_SD = 0.98658
+#: Radius of the template's soft disc: this many bead diameters plus 2 px (module docstring).
+TEMPLATE_RADIUS_PER_DIAMETER = 0.5
+#: Times the averaged bead is moved onto its centre of point symmetry (module docstring).
+RECENTRE_ITERATIONS = 3
 
 
 def window_size(bead_diameter_px: float, search_px: float) -> int:
@@ -105,11 +123,30 @@ def bead_template(
     background = np.median(w[:, ring], axis=1)
     spectra = np.fft.rfft2(w - background[:, None, None])
     phase = np.exp(2j * np.pi * (kx[None] * frac[:, 0, None, None] + ky[None] * frac[:, 1, None, None]))
-    average = np.fft.irfft2(np.mean(spectra * phase, axis=0), s=(size, size))
-    radius = 0.75 * float(bead_diameter_px) + 2.0
+    radius = TEMPLATE_RADIUS_PER_DIAMETER * float(bead_diameter_px) + 2.0
     disc = 1.0 / (1.0 + np.exp((r - radius) / 0.75))
+    mean_spectrum = np.mean(spectra * phase, axis=0)
+    for _ in range(RECENTRE_ITERATIONS):
+        offset = _symmetry_offset(np.fft.irfft2(mean_spectrum, s=(size, size)) * disc)
+        mean_spectrum = mean_spectrum * np.exp(2j * np.pi * (kx * offset[0] + ky * offset[1]))
+    average = np.fft.irfft2(mean_spectrum, s=(size, size))
     t = average * disc
     return t - disc * (np.sum(t) / np.sum(disc))
+
+
+def _symmetry_offset(image: np.ndarray) -> np.ndarray:
+    """(dx, dy) of the centre of point symmetry of ``image`` (W, W) from the centre of pixel
+    ``W/2``: the image correlated with its point reflection about that pixel peaks at twice it."""
+    size = image.shape[0]
+    flipped = np.roll(image[::-1, ::-1], 1, axis=(0, 1))  # index i -> W - i = 2 (W/2) - i
+    corr = np.fft.irfft2(np.fft.rfft2(image) * np.conj(np.fft.rfft2(flipped)), s=image.shape)
+    corr = np.fft.fftshift(corr)  # zero shift at index W/2
+    py, px = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    if not (0 < px < size - 1 and 0 < py < size - 1):
+        return np.zeros(2)
+    fx = _three_point(corr[py, px - 1], corr[py, px], corr[py, px + 1])
+    fy = _three_point(corr[py - 1, px], corr[py, px], corr[py + 1, px])
+    return 0.5 * np.array([px - size // 2 + fx, py - size // 2 + fy], dtype=np.float64)
 
 
 @partial(jax.jit, static_argnames=("size",))
@@ -130,7 +167,7 @@ def _correlate(windows, template_spectrum, centres, search, near, far, size):
     rival_zone = (r2 > near * near) & (r2 <= far * far)
     rival = jnp.max(jnp.where(rival_zone, corr, -jnp.inf).reshape(n, -1), axis=1)
     # Noise of the correlation away from the peak: an RMS clipped at 3 sigma twice (a median would
-    # need a sort, 40x slower here on a CPU), corrected for the clipping of a Gaussian.
+    # need a sort, 5x slower here on a CPU), corrected for the clipping of a Gaussian.
     away = (r2 > far * far).reshape(n, -1)
     values = corr.reshape(n, -1)
     count = jnp.maximum(jnp.sum(away, axis=1), 1)

@@ -149,3 +149,31 @@ def response_statistics(response) -> tuple[float, float]:
     grad_var = 0.5 * (_robust_sigma(dx) ** 2 + _robust_sigma(dy) ** 2)
     roughness = grad_var / (sigma * sigma) if sigma > 0 else 0.0
     return sigma, roughness
+
+
+def local_noise(response, global_sigma: float, scale_px: float) -> np.ndarray:
+    """Local noise level of a bead-response map, same shape: ``sqrt(pi / 2)`` times the Gaussian-
+    weighted mean of ``|b|`` over ``scale_px`` (the standard deviation of Gaussian noise), with
+    ``|b|`` clipped at 4 ``global_sigma`` so that beads do not raise it, and never below half of
+    ``global_sigma``. A textured patch of the specimen (a lattice, ice) then raises the noise
+    level there only, and a quiet area keeps its own lower one."""
+    b = jnp.asarray(response)
+    s = float(scale_px)
+    margin = int(math.ceil(3.0 * s))
+    ny, nx = b.shape
+    padded = (_fft_friendly(ny + 2 * margin), _fft_friendly(nx + 2 * margin))
+    out = _local_noise(b, jnp.asarray(4.0 * global_sigma, b.dtype), s, margin, padded)
+    return np.maximum(np.asarray(out), 0.5 * global_sigma)
+
+
+@partial(jax.jit, static_argnames=("scale", "margin", "padded"))
+def _local_noise(b, clip, scale, margin, padded):
+    ny, nx = b.shape
+    py, px = padded
+    a = jnp.minimum(jnp.abs(b), clip)
+    a = jnp.pad(a, ((margin, py - ny - margin), (margin, px - nx - margin)), mode="symmetric")
+    ky = jnp.fft.fftfreq(py).astype(b.dtype)[:, None]
+    kx = jnp.fft.rfftfreq(px).astype(b.dtype)[None, :]
+    q2 = (2.0 * jnp.pi) ** 2 * (ky * ky + kx * kx)
+    blurred = jnp.fft.irfft2(jnp.fft.rfft2(a) * jnp.exp(-0.5 * scale * scale * q2), s=(py, px))
+    return math.sqrt(math.pi / 2.0) * blurred[margin : margin + ny, margin : margin + nx]

@@ -8,6 +8,9 @@ fill gaps and drop bad points):
 1. **Seed.** The view nearest 0 degrees; :func:`lmalign_jax.track.find_beads` finds the beads.
    :func:`choose_beads` keeps up to ``target_beads`` of them, well spread (farthest-point order,
    strongest first) and unambiguous (no other bead within ``2 D``, ``D`` the bead diameter).
+   When more qualify than ``target_beads``, all of them are first tracked (one round) through
+   the views within ``PILOT_TILT_DEG`` of the seed, and if the fitted heights form two surfaces
+   half of the chosen beads come from each (:mod:`lmalign_jax.track.seeding`).
    The averaged bead of the chosen ones is the template (:mod:`lmalign_jax.track.centring`).
 2. **Coarse shifts.** Every view is binned and correlated with its neighbour
    (:mod:`lmalign_jax.track.coarse`), streamed one view at a time: the stage moves by tens of
@@ -24,15 +27,21 @@ fill gaps and drop bad points):
    predictions is large the view is measured again about the shifted predictions.
 4. **Left out** of a view (``reasons``): a prediction within ``D/2 + 1`` px of the border
    (OUTSIDE); two predictions closer than ``2 D``, or a second correlation peak within ``2 D`` of
-   the found one above ``RIVAL`` of it (CROWDED); a peak below ``MIN_AMPLITUDE`` of the average
-   bead or ``MIN_SNR`` noise sigmas (WEAK); a found position whose offset from the prediction
-   differs from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP).
+   the found one above ``RIVAL`` of it and itself ``MIN_SNR`` noise sigmas high (CROWDED: a
+   second bead, not a peak of a lattice or ice texture); a peak below ``MIN_AMPLITUDE`` of the
+   average bead or ``MIN_SNR`` noise sigmas (``MIN_SNR_REFINE`` in the rounds, where the fit
+   predicts within a pixel) (WEAK); a found position whose offset from the prediction differs
+   from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP). A view
+   that ends with fewer than 3 beads is lost (:mod:`lmalign_jax.track.result`); a view beyond
+   a lost one is predicted from the last tracked view with one direct whole-view correlation.
 5. **Rounds.** After the sweep, and after each further round: the alignment is fitted to every
-   found point; points whose residual exceeds ``max(4 sigma, 1 px)`` (``sigma`` the robust
+   found point; points whose residual exceeds ``max(4 sigma, 0.5 px)`` (``sigma`` the robust
    residual scale) are dropped (OUTLIER), and whole tracks whose RMS residual exceeds three times
    the median and 1 px are dropped (REMOVED: a track that jumped to another bead). Then every
    (bead, view) is measured again about the fitted prediction with a smaller search radius, which
-   refills gaps and re-centres. ``rounds`` rounds in all, fewer when nothing changes.
+   refills gaps and re-centres. ``rounds`` rounds in all, fewer when nothing changes. At the
+   end, tracks found in fewer than 3 views are dropped (REMOVED): two points fit any height, so
+   a wrong match cannot be seen.
 
 Fits with a fixed shape
 -----------------------
@@ -48,19 +57,33 @@ current view is held in float32, plus the binned previous view for the coarse sh
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
-from jaxtyping import ArrayLike, Float, Int
+from jaxtyping import ArrayLike, Float
 
-from ..core import align
-from ..core.frame import project_all
-from ..observations import Observations
-from .centring import WindowMatch, bead_template, correlate_windows, extract_windows, window_size
+from .centring import WindowMatch, correlate_windows, extract_windows, window_size
 from .coarse import bin_view, binning_factor, neighbour_shifts
 from .find import find_beads
+from .fitting import Fitter, nearest_found
+from .result import (
+    CROWDED,
+    FOUND,
+    JUMP,
+    MIN_TRACKED_BEADS,
+    MIN_VIEW_BEADS,
+    NOT_REACHED,
+    OUTLIER,
+    OUTSIDE,
+    REASONS,
+    REMOVED,
+    VIEW_LOST,
+    WEAK,
+    TrackingError,
+    TrackResult,
+    mark_lost_views,
+)
+from .seeding import choose_beads, choose_on_surfaces, seed_template, split_surfaces
 
 __all__ = [
     "TrackResult",
@@ -75,126 +98,33 @@ __all__ = [
     "OUTLIER",
     "REMOVED",
     "NOT_REACHED",
+    "VIEW_LOST",
     "REASONS",
     "MIN_TRACKED_BEADS",
 ]
 
-FOUND, WEAK, OUTSIDE, CROWDED, JUMP, OUTLIER, REMOVED, NOT_REACHED = range(8)
-#: What each ``reasons`` code means, for reports.
-REASONS = ("found", "weak", "outside", "crowded", "jump", "outlier", "removed", "not reached")
 #: Smallest correlation peak, as a fraction of the average bead's.
 MIN_AMPLITUDE = 0.35
 #: Smallest correlation peak over the correlation's robust noise level.
 MIN_SNR = 4.0
+#: The same in the rounds, where the fitted alignment predicts within a pixel and a false peak
+#: must also pass the residual tests: in a lattice patch of the specimen the correlation's
+#: background is structured, and clear beads (amplitude ~0.8) sit only 2-3 of its sigmas above it.
+MIN_SNR_REFINE = 2.0
+#: Smallest residual, pixels, that makes a point an outlier (else 4 robust sigmas). Half a pixel:
+#: where two beads merge in a view (a close pair crossing), the found centre sits between them,
+#: 1-2 px off, and a floor of 1 px let such points into the fit.
+OUTLIER_FLOOR_PX = 0.5
+#: Fewest views a track must be found in to be kept (module docstring, step 5).
+MIN_BEAD_VIEWS = 3
+#: Views within this many degrees of the seed view give the heights that sort the beads into
+#: surfaces before the choice (parallax z sin(15 deg) = 0.26 z: 8 px between surfaces 30 px apart).
+PILOT_TILT_DEG = 15.0
 #: Largest second peak within 2 D, as a fraction of the peak.
 RIVAL = 0.6
-#: Largest relative difference of a seed bead's correlation amplitude from the median.
-MAX_SEED_AMPLITUDE_DEVIATION = 0.35
-#: Fewest beads, each found in at least 3 views, an alignment can use.
-MIN_TRACKED_BEADS = 4
-#: Weights of filled-in points in the fixed-shape fits (see the module docstring).
-MISSING_WEIGHT, UNTRACKED_WEIGHT = 1e-4, 1e-3
 #: Views tracked before the sweep fits after every pair of views (one each side) instead of after
 #: every view: half the fits, and each new view's neighbour is still in the last fit.
 EVERY_VIEW_FITS = 12
-#: Stages of the fits made while tracking (tilts solved: simulated and real tilts are off their
-#: nominal values by fractions of a degree, several pixels at high tilt far from the axis).
-TRACKING_STAGES = ("initial", "main", "tilt")
-
-
-class TrackingError(ValueError):
-    """Tracking cannot go on: no beads on the seed view, or too few beads tracked."""
-
-
-@dataclass(frozen=True, eq=False)
-class TrackResult:
-    """Tracked beads of a tilt series.
-
-    Attributes:
-        xy: (n_views, n_beads, 2) positions ``(x, y)``, IMOD image coordinates, pixels; NaN where
-            the bead was not found.
-        found: (n_views, n_beads) bool.
-        reasons: (n_views, n_beads) int8, :data:`FOUND` or why the point was left out
-            (:data:`REASONS`).
-        amplitude: (n_views, n_beads) correlation peak over the average bead's (NaN where not
-            measured).
-        seed_view: the 0-based view the beads were found on.
-        bead_diameter_px: the bead diameter used, pixels.
-        candidates: (m, 2) every bead found on the seed view (the chosen ones among them).
-        coarse_shifts: (n_views, 2) where the content of the seed view lies in each view, from the
-            whole-view correlations, pixels.
-        residual_px: (n_beads,) RMS residual of each bead in the last fit (NaN for removed ones).
-        rounds: rounds made.
-        seconds: wall-clock time of the tracking.
-        fit_rms_px: RMS residual of the last fit (per component, found points only).
-    """
-
-    xy: np.ndarray
-    found: np.ndarray
-    reasons: np.ndarray
-    amplitude: np.ndarray
-    seed_view: int
-    bead_diameter_px: float
-    candidates: np.ndarray
-    coarse_shifts: np.ndarray
-    residual_px: np.ndarray
-    rounds: int
-    seconds: float
-    fit_rms_px: float
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def n_views(self) -> int:
-        return self.found.shape[0]
-
-    @property
-    def n_beads(self) -> int:
-        return self.found.shape[1]
-
-    @property
-    def beads_per_view(self) -> np.ndarray:
-        """(n_views,) beads found in each view."""
-        return self.found.sum(axis=1)
-
-    @property
-    def views_per_bead(self) -> np.ndarray:
-        """(n_beads,) views each bead was found in."""
-        return self.found.sum(axis=0)
-
-
-def choose_beads(
-    positions: Float[ArrayLike, "candidates 2"],
-    scores: Float[ArrayLike, " candidates"],
-    image_size: tuple[int, int],
-    bead_diameter_px: float,
-    target: int,
-) -> Int[np.ndarray, " chosen"]:
-    """Indices of up to ``target`` well-spread, unambiguous candidates.
-
-    A candidate with another within ``2 D`` or nearer than ``D`` to the border is dropped; the
-    rest are taken in farthest-point order (each next one the farthest from those taken, its
-    distance weighted by the square root of its relative score), starting from the strongest.
-    """
-    p = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    d = float(bead_diameter_px)
-    nx, ny = image_size
-    if p.shape[0] == 0 or target <= 0:
-        return np.zeros(0, dtype=np.int64)
-    gap = np.linalg.norm(p[:, None] - p[None], axis=2) + np.diag(np.full(p.shape[0], np.inf))
-    ok = (gap.min(axis=1) >= 2.0 * d) & (p[:, 0] >= d) & (p[:, 0] <= nx - d)
-    ok &= (p[:, 1] >= d) & (p[:, 1] <= ny - d)
-    idx = np.flatnonzero(ok)
-    if idx.size <= target:
-        return idx[np.argsort(-s[idx], kind="stable")]
-    weight = np.sqrt(np.clip(s[idx] / np.max(s[idx]), 1e-6, None))
-    chosen = [int(np.argmax(s[idx]))]
-    nearest = np.linalg.norm(p[idx] - p[idx[chosen[0]]], axis=1)
-    for _ in range(target - 1):
-        k = int(np.argmax(nearest * weight))
-        chosen.append(k)
-        nearest = np.minimum(nearest, np.linalg.norm(p[idx] - p[idx[k]], axis=1))
-    return idx[np.asarray(chosen)]
 
 
 def _sweep_order(n_views: int, seed: int) -> list[int]:
@@ -219,83 +149,22 @@ def _coarse_shifts(stack, seed: int, factor: int, diameter: float) -> np.ndarray
     return cumulative - cumulative[seed]
 
 
-def _nearest_found(xy: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """``xy`` with each missing point replaced by its bead's position in the nearest view where it
-    was found (NaN for a bead found nowhere)."""
-    out = xy.copy()
-    views = np.arange(xy.shape[0])
-    for b in range(xy.shape[1]):
-        seen = np.flatnonzero(found[:, b])
-        if seen.size == 0:
-            continue
-        nearest = seen[np.argmin(np.abs(views[:, None] - seen[None, :]), axis=1)]
-        out[:, b] = xy[nearest, b]
-    return out
-
-
-class _Fitter:
-    """Fixed-shape fits of the tracks so far (see the module docstring) and predictions from them."""
-
-    def __init__(self, tilts_deg, image_size, seed: int, rotation_deg: float | None):
-        self.tilts = np.asarray(tilts_deg, dtype=np.float64)
-        self.image_size = (float(image_size[0]), float(image_size[1]))
-        self.seed = seed
-        self.rotation = rotation_deg
-        self.result = None
-
-    def fit(self, xy, found, tracked, previous=None):
-        """Fit the found points of the tracked views; returns the AlignmentResult (or None)."""
-        n_views = xy.shape[0]
-        fill = _nearest_found(xy, found)
-        if previous is not None:
-            fill = np.where(found[..., None] | ~np.isfinite(previous), fill, previous)
-        usable = np.all(np.isfinite(fill), axis=(0, 2))
-        if usable.sum() < 3 or np.sum(tracked) < 3:
-            return None
-        fill, ok = fill[:, usable], found[:, usable]
-        weights = np.where(ok, 1.0, MISSING_WEIGHT)
-        tilts = self.tilts.copy()
-        views = np.flatnonzero(tracked)
-        for v in np.flatnonzero(~tracked):
-            nb = views[np.argmin(np.abs(views - v))]
-            fill[v], tilts[v], weights[v] = fill[nb], tilts[nb], UNTRACKED_WEIGHT
-        obs = Observations(fill, np.ones(fill.shape[:2], dtype=bool), tilts, self.image_size)
-        result = align(
-            obs, rotation_deg=self.rotation, stages=TRACKING_STAGES, weights=weights, ref_view=self.seed
-        )
-        if not np.all(np.isfinite(result.views)) or not np.all(np.isfinite(result.markers)):
-            return None
-        self.result, self.usable, self.fitted = result, usable, np.array(tracked, dtype=bool)
-        if self.rotation is None:  # later fits start from this one's axis
-            self.rotation = float(np.median(result.rotation_deg[views]))
-        del n_views
-        return result
-
-    def predict(self, neighbour: dict[int, int]) -> np.ndarray:
-        """(n_views, n_beads, 2) predictions: view v through the parameters of ``neighbour[v]``
-        at that view's solved tilt plus the nominal step between the two (v's own parameters
-        where v is not in ``neighbour``); NaN for beads the last fit did not include."""
-        r = self.result
-        views = np.array(r.views, dtype=np.float64, copy=True)
-        ti = r.model.index("tilt")
-        for v, nb in neighbour.items():
-            views[v] = views[nb]
-            views[v, ti] = views[nb, ti] + math.radians(self.tilts[v] - self.tilts[nb])
-        projected = project_all(r.model, views, r.markers) + r.observations.center
-        out = np.full((views.shape[0], self.usable.size, 2), np.nan)
-        out[:, self.usable] = projected
-        return out
-
-    def residuals(self) -> np.ndarray:
-        """(n_views, n_beads, 2) residuals of the last fit (NaN for beads it did not include)."""
-        r = self.result
-        out = np.full((r.residuals.shape[0], self.usable.size, 2), np.nan)
-        out[:, self.usable] = r.residuals
-        return out
+def _direct_shift(stack, a: int, b: int, factor: int, diameter: float) -> np.ndarray:
+    """(2,) where the content of view ``a`` lies in view ``b``, relative to view ``a``: one whole-view
+    correlation of the two (binned), for views that are not neighbours."""
+    pair = np.stack([bin_view(stack[a], factor), bin_view(stack[b], factor)])
+    return neighbour_shifts(pair, [[0, 1]], factor, diameter)[0]
 
 
 def _read_view(stack, v: int) -> np.ndarray:
     return np.asarray(stack[v], dtype=np.float32)
+
+
+def _crowded(match) -> np.ndarray:
+    """A second peak within ``2 D`` above ``RIVAL`` of the peak that is itself bead-like, at least
+    ``MIN_SNR`` sigmas of the correlation's background (a lattice or ice texture makes many weaker
+    peaks that are no second bead)."""
+    return (match.rival > RIVAL) & (match.rival * match.snr >= MIN_SNR)
 
 
 class _Measurer:
@@ -305,7 +174,7 @@ class _Measurer:
         self.template, self.diameter, self.size, self.count = template, diameter, size, count
         self.nx, self.ny = image_size
 
-    def measure(self, view, predicted, active, search: float):
+    def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR):
         """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``."""
         m = predicted.shape[0]
         d = self.diameter
@@ -330,16 +199,16 @@ class _Measurer:
         pred = predicted[idx]
         match = self._match(view, pred, search)
         offset = match.positions - pred
-        good = self._acceptable(match)
+        good = self._acceptable(match, min_snr)
         if good.sum() >= 3:
             shift = np.median(offset[good], axis=0)
             if np.hypot(*shift) > 0.25 * search:  # the whole view is off: measure again about it
                 pred = pred + shift
                 match = self._match(view, pred, search)
                 offset = match.positions - predicted[idx]
-                good = self._acceptable(match)
-        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < MIN_SNR)
-        rival = match.rival > RIVAL
+                good = self._acceptable(match, min_snr)
+        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < min_snr)
+        rival = _crowded(match)
         reasons[idx] = np.where(rival, CROWDED, np.where(weak, WEAK, FOUND))
         if good.sum() >= 3:
             centre = np.median(offset[good], axis=0)
@@ -362,23 +231,8 @@ class _Measurer:
         return WindowMatch(match.positions[:k], match.amplitude[:k], match.snr[:k], match.rival[:k])
 
     @staticmethod
-    def _acceptable(match):
-        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= MIN_SNR) & (match.rival <= RIVAL)
-
-
-def _seed_template(image, candidates, chosen, diameter: float, size: int):
-    """The averaged bead of the chosen seed beads, without those whose correlation amplitude
-    against it is far from the median (two touching beads seen as one are about twice as strong).
-    Returns (chosen, template)."""
-    windows, origins = extract_windows(image, candidates[chosen], size)
-    template = bead_template(windows, origins, candidates[chosen], diameter)
-    match = correlate_windows(windows, origins, template, candidates[chosen], 2.0, diameter)
-    ratio = match.amplitude / np.median(match.amplitude)
-    typical = np.abs(ratio - 1.0) <= MAX_SEED_AMPLITUDE_DEVIATION
-    if typical.sum() >= MIN_TRACKED_BEADS and not typical.all():
-        chosen = chosen[typical]
-        template = bead_template(windows[typical], origins[typical], candidates[chosen], diameter)
-    return chosen, template
+    def _acceptable(match, min_snr):
+        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= min_snr) & ~_crowded(match)
 
 
 def _drop_outliers(fitter, found, reasons, xy):
@@ -388,7 +242,7 @@ def _drop_outliers(fitter, found, reasons, xy):
     length = np.linalg.norm(res, axis=2)
     pts = np.abs(res[found])
     sigma = 1.4826 * float(np.median(pts)) if pts.size else 0.0
-    bad = found & (length > max(4.0 * sigma, 1.0))
+    bad = found & (length > max(4.0 * sigma, OUTLIER_FLOOR_PX))
     found &= ~bad
     reasons[bad] = OUTLIER
     alive = found.sum(axis=0) > 0
@@ -454,17 +308,84 @@ def track_beads(
             f"{seed + 1} (tilt {tilts[seed]:g} deg) with a bead diameter of {d:g} px; tracking needs "
             f"at least {MIN_TRACKED_BEADS}"
         )
+    eligible = choose_beads(candidates, scores, (nx, ny), d, candidates.shape[0])
+    if eligible.size > chosen.size:  # a choice to make: spread it over both surfaces, if two
+        say(f"heights of {eligible.size} beads from the views nearest view {seed + 1}")
+        upper = split_surfaces(
+            _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg), d
+        )
+        if upper is not None:
+            chosen = choose_on_surfaces(candidates, scores, eligible, upper, int(target_beads))
+    timings["choice_s"] = time.perf_counter() - began
+    track, _ = _track(
+        stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings
+    )
+    return track
+
+
+def _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg) -> np.ndarray:
+    """(eligible,) height of each ``eligible`` candidate (NaN where unknown), from tracking them all
+    through the views within ``PILOT_TILT_DEG`` of the seed (one round)."""
+    seed = int(np.argmin(np.abs(tilts)))
+    lo, hi = seed, seed
+    while lo > max(0, seed - 4) and abs(tilts[lo - 1] - tilts[seed]) <= PILOT_TILT_DEG:
+        lo -= 1
+    while hi < min(tilts.size - 1, seed + 4) and abs(tilts[hi + 1] - tilts[seed]) <= PILOT_TILT_DEG:
+        hi += 1
+    near = np.arange(lo, hi + 1)  # up to 4 views each side, contiguous (coarse shifts are between neighbours)
+    z = np.full(eligible.size, np.nan)
+    if near.size < 5:
+        return z
+    try:
+        track, chosen = _track(
+            _Views(stack, near),
+            tilts[near],
+            d,
+            seed_image,
+            candidates,
+            eligible,
+            rotation_deg,
+            1,
+            lambda text: None,
+            time.perf_counter(),
+            {},
+        )
+    except TrackingError:
+        return z
+    where = {int(c): k for k, c in enumerate(eligible)}
+    for b, c in enumerate(chosen):
+        z[where[int(c)]] = track.bead_z_px[b]
+    return z
+
+
+class _Views:
+    """The views ``index`` of ``stack``, indexed from 0 (read one at a time, as the stack)."""
+
+    def __init__(self, stack, index):
+        self.stack, self.index = stack, np.asarray(index)
+        self.shape = (self.index.size, *stack.shape[1:])
+
+    def __getitem__(self, v):
+        return self.stack[int(self.index[v])]
+
+
+def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings):
+    """Track ``candidates[chosen]`` of the seed view through ``stack``; returns
+    ``(TrackResult, chosen)`` (the chosen kept by :func:`seed_template`, one per bead)."""
+    n_views, ny, nx = (int(s) for s in stack.shape)
+    seed = int(np.argmin(np.abs(tilts)))
     search = max(d, 5.0)
     size = window_size(d, search)
     n_chosen = chosen.size
-    chosen, template = _seed_template(seed_image, candidates, chosen, d, size)
+    chosen, template = seed_template(seed_image, candidates, chosen, d, size)
     m = chosen.size
     measurer = _Measurer(template, d, (nx, ny), size, n_chosen)  # the seed's batch shape: one compile
     timings["seed_s"] = time.perf_counter() - began
 
     say(f"coarse shifts between {n_views} neighbouring views")
     t0 = time.perf_counter()
-    coarse = _coarse_shifts(stack, seed, binning_factor((nx, ny)), d)
+    factor = binning_factor((nx, ny))
+    coarse = _coarse_shifts(stack, seed, factor, d)
     timings["coarse_s"] = time.perf_counter() - t0
 
     xy = np.full((n_views, m, 2), np.nan)
@@ -474,7 +395,7 @@ def track_beads(
     xy[seed], found[seed], reasons[seed] = candidates[chosen], True, FOUND
     tracked = np.zeros(n_views, dtype=bool)
     tracked[seed] = True
-    fitter = _Fitter(tilts, (nx, ny), seed, rotation_deg)
+    fitter = Fitter(tilts, (nx, ny), seed, rotation_deg)
     have_fit = False
 
     say(f"tracking {m} beads outward from view {seed + 1}")
@@ -489,12 +410,15 @@ def track_beads(
                 nb += step
             predicted = fitter.predict({v: nb})[v]
         else:
-            predicted = _nearest_found(xy, found)[nb]
-        predicted = predicted + (coarse[v] - coarse[nb])
+            predicted = nearest_found(xy, found)[nb]
+        if abs(v - nb) == 1:
+            predicted = predicted + (coarse[v] - coarse[nb])
+        else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
+            predicted = predicted + _direct_shift(stack, nb, v, factor, d)
         pos, why, amp = measurer.measure(_read_view(stack, v), predicted, np.ones(m, dtype=bool), search)
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
-        tracked[v] = ok.sum() >= 3
+        tracked[v] = ok.sum() >= MIN_VIEW_BEADS
         if tracked.sum() >= 3 and (tracked.sum() < EVERY_VIEW_FITS or k % 2 == 1):
             have_fit = fitter.fit(xy, found, tracked) is not None or have_fit
     timings["sweep_s"] = time.perf_counter() - t0
@@ -505,11 +429,11 @@ def track_beads(
     done = 0
     for done in range(1, max(1, int(rounds)) + 1):
         say(f"round {done}: fit, outliers, re-measure")
-        if fitter.fit(xy, found, found.sum(axis=1) >= 3) is None:
+        if fitter.fit(xy, found, found.sum(axis=1) >= MIN_VIEW_BEADS) is None:
             break
         per_bead = _drop_outliers(fitter, found, reasons, xy)
         active = ~np.isin(reasons, (REMOVED,)).any(axis=0)
-        tracked = found.sum(axis=1) >= 3
+        tracked = found.sum(axis=1) >= MIN_VIEW_BEADS
         views = np.flatnonzero(tracked)
         neighbour = {int(v): int(views[np.argmin(np.abs(views - v))]) for v in np.flatnonzero(~tracked)}
         predicted = fitter.predict(neighbour)
@@ -517,7 +441,7 @@ def track_beads(
             predicted[v] += coarse[v] - coarse[nb]
         before = found.copy()
         for v in range(n_views):
-            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine)
+            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine, MIN_SNR_REFINE)
             keep = reasons[v] == REMOVED
             reasons[v] = np.where(keep, REMOVED, why)
             found[v] = why == FOUND
@@ -526,15 +450,27 @@ def track_beads(
         if np.array_equal(before, found) and done > 1:
             break
     fit_rms = float("nan")
-    if fitter.fit(xy, found, found.sum(axis=1) >= 3) is not None:
+    bead_z = np.full(m, np.nan)
+    if fitter.fit(xy, found, found.sum(axis=1) >= MIN_VIEW_BEADS) is not None:
         per_bead = _drop_outliers(fitter, found, reasons, xy)
+        bead_z[fitter.usable] = fitter.result.markers[:, 2]
+    # A track of two points fits any pair exactly (its height follows the second point), so a
+    # wrong match far from the seed cannot be told: such tracks are dropped (REMOVED).
+    found_anywhere = np.flatnonzero(found.any(axis=1))  # for the message below
+    short = (found.sum(axis=0) > 0) & (found.sum(axis=0) < MIN_BEAD_VIEWS)
+    reasons[:, short] = np.where(found[:, short], REMOVED, reasons[:, short])
+    found[:, short] = False
+    xy[:, short] = np.nan
+    per_bead[short], bead_z[short] = np.nan, np.nan
+    lost, lost_why = mark_lost_views(xy, found, reasons)
+    if fitter.result is not None:
         res = fitter.residuals()[found]
         fit_rms = float(np.sqrt(np.mean(res**2))) if res.size else float("nan")
     timings["rounds_s"] = time.perf_counter() - t0
 
     seen = found.sum(axis=0)
     if int(np.sum(seen >= 3)) < MIN_TRACKED_BEADS:
-        views = np.flatnonzero(found.any(axis=1)) + 1
+        views = found_anywhere + 1
         shown = ", ".join(str(int(v)) for v in views[:20]) + (", ..." if views.size > 20 else "")
         raise TrackingError(
             f"only {int(np.sum(seen >= 3))} of {m} beads were tracked through 3 or more views (at least "
@@ -554,5 +490,10 @@ def track_beads(
         rounds=done,
         seconds=time.perf_counter() - began,
         fit_rms_px=fit_rms,
+        tilts_deg=tilts,
+        image_size=(float(nx), float(ny)),
+        lost_views=lost,
+        lost_reasons=lost_why,
+        bead_z_px=bead_z,
         timings=timings,
-    )
+    ), chosen

@@ -19,7 +19,7 @@ from .. import io
 from ..io.errors import InputError
 from ..io.mrc import read_stack_header
 from ..io.pytom import is_pytom_header
-from ..observations import Observations
+from ..observations import Observations, usable_views_and_markers
 from .status import MIN_MARKERS, UsageError, print_warning
 
 TILT_EXTENSIONS = (".tlt", ".rawtlt", ".mdoc")
@@ -253,17 +253,8 @@ def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
     mask = inputs.markers.mask
     keep_view = np.ones(tilts.size, dtype=bool)
     keep_view[exclude] = False
-    keep_marker = np.ones(mask.shape[1], dtype=bool)
-    no_markers: list[int] = []
-    while True:
-        seen = mask[keep_view][:, keep_marker]
-        few = np.flatnonzero(keep_marker)[seen.sum(axis=0) < 2]
-        keep_marker[few] = False
-        empty = [v for v in np.flatnonzero(keep_view) if not mask[v, keep_marker].any()]
-        if not empty and few.size == 0:
-            break
-        keep_view[empty] = False
-        no_markers += empty
+    keep_view, keep_marker = usable_views_and_markers(mask, keep_view)
+    no_markers = [int(v) for v in np.flatnonzero(~keep_view) if v not in set(exclude)]
     ids = inputs.markers.marker_ids
     dropped = [ids[i] for i in np.flatnonzero(~keep_marker)]
     if keep_marker.sum() < MIN_MARKERS or keep_view.sum() < 3:

@@ -93,6 +93,7 @@ def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
             }
         )
     per_view = []
+    lost = dict(zip((int(v) for v in track.lost_views), track.lost_reasons, strict=True))
     for v in range(track.n_views):
         left_out = {REASONS[k]: int(np.sum(track.reasons[v] == k)) for k in range(1, len(REASONS))}
         per_view.append(
@@ -101,6 +102,7 @@ def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
                 "tilt_deg": float(tilts_deg[v]),
                 "beads_found": int(track.found[v].sum()),
                 "left_out": {k: n for k, n in left_out.items() if n},
+                **({"lost": lost[v]} if v in lost else {}),
             }
         )
     return {
@@ -111,6 +113,7 @@ def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
         "beads_found_on_seed": int(track.candidates.shape[0]),
         "beads_tracked": track.n_beads,
         "points": int(track.found.sum()),
+        "lost_views": [int(v) + 1 for v in track.lost_views],
         "rounds": track.rounds,
         "fit_rms_px": track.fit_rms_px,
         "seconds": track.seconds,
