@@ -658,7 +658,7 @@ def test_compilation_cache_settings(monkeypatch, tmp_path):
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "lmalign_jax" / "jax")
     assert calls["jax_persistent_cache_min_entry_size_bytes"] == 0
     assert (tmp_path / "lmalign_jax" / "jax").is_dir()
-    assert calls["exported"] == str(tmp_path / "lmalign_jax" / "executables")  # compiled computations beside it
+    assert calls["exported"] == str(tmp_path / "lmalign_jax" / "executables")  # compiled ones beside it
 
 
 def test_python_m_help():
