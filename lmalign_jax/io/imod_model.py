@@ -101,7 +101,9 @@ def _check_layout(data: bytes, path) -> tuple[list[tuple[int, np.ndarray]], list
             last_psize = i32(pos)
             need(pos, _CONTOUR + 12 * last_psize, "contour")
             points = np.frombuffer(data, ">f4", count=3 * last_psize, offset=pos + _CONTOUR)
-            contours.append((n_objects - 1, points.reshape(-1, 3).astype(np.float64)))
+            with np.errstate(invalid="ignore"):  # a signalling NaN: named by the point-by-point read
+                points = points.reshape(-1, 3).astype(np.float64)
+            contours.append((n_objects - 1, points))
             spans.append((pos - 4, pos + _CONTOUR + 12 * last_psize))
             pos += _CONTOUR + 12 * last_psize
             have_cont = True
@@ -185,7 +187,7 @@ def read_imod_model(path: str | os.PathLike, n_views: int | None = None) -> Mark
     pts = np.concatenate([p for _, p in contours]) if contours else np.zeros((0, 3))
     ids = np.repeat(np.asarray(numbers, dtype=np.int64), counts)
     fast = None
-    if np.isfinite(pts[:, 2]).all() and ids.size:
+    if ids.size and np.isfinite(pts[:, 2]).all() and np.abs(pts[:, 2]).max() < 2**31:
         view = np.floor(pts[:, 2] + 0.5)
         nv = n_views if n_views is not None else max(min_views, int(view.max()) + 1 if view.size else 0)
         fast = marker_set_from_arrays(
