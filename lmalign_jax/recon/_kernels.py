@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["filter_rows", "resample_filter_view", "backproject", "choose_z_chunk"]
+__all__ = [
+    "filter_rows",
+    "resample_filter_view",
+    "view_params",
+    "VIEW_PARAMS",
+    "backproject",
+    "choose_z_chunk",
+]
 
 
 def filter_rows(rows, response, n_pad: int):
@@ -46,10 +53,19 @@ def _linear_index(u, n: int):
     return i0.astype(jnp.int32) + 1, u - i0
 
 
-@partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad", "rows", "keep_mean"))
-def resample_filter_view(
-    img, a_inv, shift, center, weight, response, mean, row0, band0, *, ny_out, nx_out, n_pad, rows, keep_mean
-):
+#: Order of a view's values in the ``params`` vector of :func:`resample_filter_view`.
+VIEW_PARAMS = ("a00", "a01", "a10", "a11", "dx", "dy", "cx", "cy", "weight", "mean", "row0", "band0")
+
+
+def view_params(a_inv, shift, center, weight, mean, row0, band0):
+    """The ``params`` vector of :func:`resample_filter_view` (numpy float64, in
+    :data:`VIEW_PARAMS` order): one transfer per view instead of one per value."""
+    a = [float(v) for v in (*(a_inv[0][0], a_inv[0][1], a_inv[1][0], a_inv[1][1]), *shift, *center)]
+    return [*a, float(weight), float(mean), float(row0), float(band0)]
+
+
+@partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad", "rows", "slab_rows", "keep_mean"))
+def resample_filter_view(img, params, response, *, ny_out, nx_out, n_pad, rows, slab_rows, keep_mean):
     """Resample rows ``row0 .. row0 + rows`` of one view into the aligned frame (bilinear), filter
     them along x, weight them.
 
@@ -61,38 +77,42 @@ def resample_filter_view(
         so the region outside the raw image, read as zero, stands for the mean level (fewer edge
         artefacts after filtering); with ``keep_mean`` it is added back after filtering (the
         unfiltered views SIRT fits, where the outside then reads as the mean).
-    a_inv : (2, 2)
-        Inverse of the .xf matrix ``A`` (aligned -> raw about the centre).
-    shift : (2,)
-        The .xf shift ``D`` in these (binned) pixels.
-    center : (2,)
-        The .xf centre ``c`` in these pixels (raw ``(NX/2, NY/2)`` divided by the binning).
-    weight : scalar
-        The view's angular increment (radians), multiplied in after filtering.
+    params : (12,)
+        The view's values in :data:`VIEW_PARAMS` order (:func:`view_params`): the inverse
+        ``a_inv`` of the .xf matrix ``A`` (aligned -> raw about the centre, row by row); the .xf
+        shift ``D`` and centre ``c`` in these (binned) pixels (the centre is raw ``(NX/2,
+        NY/2)`` divided by the binning); the weight (the view's angular increment, radians,
+        multiplied in after filtering); the view's mean; the first aligned row wanted
+        (``row0``); the raw row ``img`` starts at (``band0``). Integers are exact in float32
+        up to 2^24.
     response : (n_pad // 2 + 1,)
         Filter response on the rfft grid.
-    mean, row0, band0 : scalars
-        The view's mean; the first aligned row wanted; the raw row ``img`` starts at.
     ny_out, nx_out, rows : int
         Aligned image size (binned) and the number of aligned rows wanted.
+    slab_rows : int
+        Rows per slab of the output (``rows`` is a multiple of it).
 
     Returns
     -------
-    (nx_out, rows) array: the filtered, weighted aligned rows, **transposed** so that detector
-    x is the leading axis and rows (y) are contiguous, the layout :func:`backproject` wants.
+    (rows // slab_rows, nx_out, slab_rows) array: the filtered, weighted aligned rows cut into
+    slabs of ``slab_rows`` rows, each **transposed** so that detector x is the leading axis and
+    rows (y) are contiguous, the layout :func:`backproject` wants (slab ``s`` of every view is
+    then one contiguous block of the caller's ``(n_slabs, n_views, nx_out, slab_rows)`` array).
     Aligned sample ``(j, m)`` is at ``x' - c = (m + 0.5 - nx_out/2, row0 + j + 0.5 - ny_out/2)``.
     """
     dt = img.dtype
     nyr, nxr = img.shape
-    img = img - mean.astype(dt)
+    p = params.astype(dt)
+    mean, row0, band0 = p[9], p[10], p[11]
+    img = img - mean
     padded = jnp.pad(img, 1)
     t = jnp.arange(nx_out, dtype=dt) + (0.5 - nx_out / 2)
-    y = (jnp.arange(rows) + row0).astype(dt) + (0.5 - ny_out / 2)
-    px = t[None, :] - shift[0]
-    py = y[:, None] - shift[1]
+    y = jnp.arange(rows, dtype=dt) + row0 + (0.5 - ny_out / 2)
+    px = t[None, :] - p[4]
+    py = y[:, None] - p[5]
     # raw image coordinate, then fractional pixel index (pixel c has its centre at c + 0.5)
-    ux = a_inv[0, 0] * px + a_inv[0, 1] * py + (center[0] - 0.5)
-    uy = a_inv[1, 0] * px + a_inv[1, 1] * py + (center[1] - 0.5) - band0.astype(dt)
+    ux = p[0] * px + p[1] * py + (p[6] - 0.5)
+    uy = p[2] * px + p[3] * py + (p[7] - 0.5) - band0
     ix, fx = _linear_index(ux, nxr)
     iy, fy = _linear_index(uy, nyr)
     # one flat index per output pixel and its three neighbours at +1, +W, +W+1: 1-D gathers
@@ -104,10 +124,10 @@ def resample_filter_view(
     top = p00 + fx * (p01 - p00)
     bottom = p10 + fx * (p11 - p10)
     aligned = top + fy * (bottom - top)
-    filtered = filter_rows(aligned, response, n_pad) * weight.astype(dt)
+    filtered = filter_rows(aligned, response, n_pad) * p[8]
     if keep_mean:
-        filtered = filtered + mean.astype(dt)
-    return filtered.T
+        filtered = filtered + mean
+    return filtered.reshape(rows // slab_rows, slab_rows, nx_out).transpose(0, 2, 1)
 
 
 # Views summed per loop step of the back-projection: the accumulator is loaded and stored once
