@@ -70,7 +70,10 @@ rc = cli_main.main(sys.argv[1:])
 t_main = time.perf_counter() - t0
 total = time.perf_counter() - t_start
 assert rc == 0, rc
+import resource
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"import_s": t_import, "main_s": t_main, "total_s": total,
+                  "cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime, "peak_mb": ru.ru_maxrss / 1024,
                   "sums": {k: sum(v) for k, v in T.items()}, "calls": {k: len(v) for k, v in T.items()},
                   "first": FIRST, "later_median": {k: sorted(v[1:])[len(v[1:]) // 2] if len(v) > 1 else None
                                                     for k, v in T.items()}}))
@@ -120,6 +123,7 @@ def phases(run: dict, n_slabs: int, t_transpose: float) -> dict:
     accounted = sum(v for k, v in out.items() if k != "write_thread") + 0.0
     out["rest"] = run["total_s"] - accounted
     out["total"] = run["total_s"]
+    out["cpu_user"], out["cpu_sys"] = run.get("cpu_user_s", 0.0), run.get("cpu_sys_s", 0.0)
     return out
 
 
