@@ -51,12 +51,18 @@ def make_stack(folder: Path, size: int, views: int, seed: int = 0) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    stack = rng.normal(100.0, 10.0, (views, size, size)).astype(np.float32)
     paths = {k: folder / f"s{size}.{k}" for k in ("mrc", "xf", "tlt")}
-    with mrcfile.new(paths["mrc"], overwrite=True) as mrc:
-        mrc.set_data(stack)
-        mrc.voxel_size = 2.0
-    del stack
+    if size <= 2048:
+        stack = rng.normal(100.0, 10.0, (views, size, size)).astype(np.float32)
+        with mrcfile.new(paths["mrc"], overwrite=True) as mrc:
+            mrc.set_data(stack)
+            mrc.voxel_size = 2.0
+        del stack
+    else:  # 4k: 4 GB of views, written one at a time (other values than the small sizes' seed)
+        with mrcfile.new_mmap(paths["mrc"], shape=(views, size, size), mrc_mode=2, overwrite=True) as mrc:
+            for v in range(views):
+                mrc.data[v] = rng.standard_normal((size, size), dtype=np.float32) * 10 + 100
+            mrc.voxel_size = 2.0
     tilts = np.linspace(-60, 60, views)
     np.savetxt(paths["tlt"], tilts, fmt="%.2f")
     with open(paths["xf"], "w") as f:
@@ -272,6 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", type=float, default=0.2, help="the bounded-memory variant's --memory GB")
     ap.add_argument("--variants", help="comma-separated subset of default,bounded,sirtlike,imod-tilt,sirt")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage timing")
+    ap.add_argument("--no-warm-up", action="store_true", help="no warm-up run before the timed ones")
     ap.add_argument("--workdir", help="folder for the stack and outputs (default: a temporary one)")
     ap.add_argument("--out", help="write the JSON record here (and a .md beside it)")
     args = ap.parse_args(argv)
@@ -293,7 +300,9 @@ def main(argv=None) -> int:
             if args.variants:
                 variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
             print(f"{size} px, whole process:", flush=True)
-            rows = whole_process(paths, args.thickness, args.repeat, variants, folder, roots)
+            rows = whole_process(
+                paths, args.thickness, args.repeat, variants, folder, roots, warm_up=not args.no_warm_up
+            )
             if args.sirt:
                 sirt = {"sirt": ["--sirt", str(args.sirt)]}
                 rows += whole_process(
