@@ -92,7 +92,12 @@ def run_child(args: list[str], root: Path = ROOT) -> dict:
     ``lmalign_jax`` from ``root`` (this tree by default)."""
     env = dict(os.environ, PYTHONPATH=str(root), OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *args], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", _LAUNCHER, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,  # `python -m` puts the working directory first on sys.path: it must be root
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
