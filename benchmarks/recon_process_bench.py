@@ -51,12 +51,18 @@ def make_stack(folder: Path, size: int, views: int, seed: int = 0) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    stack = rng.normal(100.0, 10.0, (views, size, size)).astype(np.float32)
     paths = {k: folder / f"s{size}.{k}" for k in ("mrc", "xf", "tlt")}
-    with mrcfile.new(paths["mrc"], overwrite=True) as mrc:
-        mrc.set_data(stack)
-        mrc.voxel_size = 2.0
-    del stack
+    if size <= 2048:
+        stack = rng.normal(100.0, 10.0, (views, size, size)).astype(np.float32)
+        with mrcfile.new(paths["mrc"], overwrite=True) as mrc:
+            mrc.set_data(stack)
+            mrc.voxel_size = 2.0
+        del stack
+    else:  # 4k: 4 GB of views, written one at a time (other values than the small sizes' seed)
+        with mrcfile.new_mmap(paths["mrc"], shape=(views, size, size), mrc_mode=2, overwrite=True) as mrc:
+            for v in range(views):
+                mrc.data[v] = rng.standard_normal((size, size), dtype=np.float32) * 10 + 100
+            mrc.voxel_size = 2.0
     tilts = np.linspace(-60, 60, views)
     np.savetxt(paths["tlt"], tilts, fmt="%.2f")
     with open(paths["xf"], "w") as f:
@@ -81,11 +87,17 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": ru.ru_utime + ru.r
 """
 
 
-def run_child(args: list[str]) -> dict:
-    """Wall seconds, CPU seconds (user + sys) and peak RSS (MB) of one child process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+def run_child(args: list[str], root: Path = ROOT) -> dict:
+    """Wall seconds, CPU seconds (user + sys) and peak RSS (MB) of one child process, importing
+    ``lmalign_jax`` from ``root`` (this tree by default)."""
+    env = dict(os.environ, PYTHONPATH=str(root), OPENBLAS_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *args], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", _LAUNCHER, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,  # `python -m` puts the working directory first on sys.path: it must be root
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
@@ -93,26 +105,38 @@ def run_child(args: list[str]) -> dict:
     return result
 
 
-def whole_process(paths: dict, thickness: int, repeat: int, variants: dict, out_dir: Path) -> list:
+def whole_process(
+    paths: dict, thickness: int, repeat: int, variants: dict, out_dir: Path, roots: dict, warm_up: bool = True
+) -> list:
+    """Each variant run by each package root (``{label: root}``): one warm-up run per side (unless
+    ``warm_up`` is false: then compilation is in the timed runs), then ``repeat`` rounds in which
+    the sides take turns (like for like under a changing load)."""
     rows = []
     for name, extra in variants.items():
         args = [sys.executable, "-m", "lmalign_jax", "reconstruct", paths["mrc"], "--xf", paths["xf"],
                 "--tlt", paths["tlt"], "--thickness", str(thickness), "--out", str(out_dir / "t.rec.mrc"),
                 "-q", *extra]  # fmt: skip
-        run_child(args)  # warm-up: fills the persistent compilation cache
-        runs = [run_child(args) for _ in range(repeat)]
-        walls = sorted(r["wall_s"] for r in runs)
-        cpus = sorted(r["cpu_s"] for r in runs)
-        peaks = sorted(r["peak_mb"] for r in runs)
-        rows.append({"variant": name, "args": extra, "wall_s": walls, "peak_mb": peaks,
-                     "median_wall_s": walls[len(walls) // 2], "cpu_s": cpus,
-                     "median_cpu_s": cpus[len(cpus) // 2],
-                     "median_peak_mb": peaks[len(peaks) // 2]})  # fmt: skip
-        r = rows[-1]
-        print(
-            f"  {name}: {r['median_wall_s']:.2f} s, {r['median_cpu_s']:.2f} CPU-s, "
-            f"{r['median_peak_mb']:.0f} MB"
-        )
+        for root in roots.values() if warm_up else ():
+            run_child(args, root)  # warm-up: fills the persistent compilation cache
+        runs = {label: [] for label in roots}
+        for _ in range(repeat):
+            for label, root in roots.items():
+                runs[label].append(run_child(args, root))
+        for label, side in runs.items():
+            walls = sorted(r["wall_s"] for r in side)
+            cpus = sorted(r["cpu_s"] for r in side)
+            peaks = sorted(r["peak_mb"] for r in side)
+            rows.append({"variant": name, "code": label, "args": extra, "warm_up": warm_up,
+                         "wall_s": walls, "peak_mb": peaks,
+                         "median_wall_s": walls[len(walls) // 2], "cpu_s": cpus,
+                         "median_cpu_s": cpus[len(cpus) // 2],
+                         "median_peak_mb": peaks[len(peaks) // 2]})  # fmt: skip
+            r = rows[-1]
+            print(
+                f"  {name} ({label}): {r['median_wall_s']:.2f} s, {r['median_cpu_s']:.2f} CPU-s, "
+                f"{r['median_peak_mb']:.0f} MB",
+                flush=True,
+            )
     return rows
 
 
@@ -140,17 +164,18 @@ def breakdown(paths: dict, thickness: int) -> dict:
     inc = angular_increments(tilts)
     a_inv = np.linalg.inv(a)
     f32 = jnp.float32
+    rows = plan_slabs(nv, ny, nx, thickness).slab_rows
 
     def stage1():
-        q = np.zeros((nv, nx, ny), np.float32)
+        q = np.zeros((ny // rows, nv, nx, rows), np.float32)
         for v in range(nv):
+            params = _kernels.view_params(a_inv[v], d[v], [nx / 2, ny / 2], inc[v],
+                                          views[v].mean(dtype=np.float64), 0, 0)  # fmt: skip
             r = _kernels.resample_filter_view(
-                jnp.asarray(views[v]), jnp.asarray(a_inv[v], f32), jnp.asarray(d[v], f32),
-                jnp.asarray([nx / 2, ny / 2], f32), jnp.asarray(inc[v], f32), jnp.asarray(resp, f32),
-                jnp.asarray(views[v].mean(dtype=np.float64), f32), jnp.asarray(0, jnp.int32),
-                jnp.asarray(0, jnp.int32), ny_out=ny, nx_out=nx, n_pad=n_pad, rows=ny, keep_mean=False,
+                jnp.asarray(views[v]), jnp.asarray(params, f32), jnp.asarray(resp, f32),
+                ny_out=ny, nx_out=nx, n_pad=n_pad, rows=ny, slab_rows=rows, keep_mean=False,
             )  # fmt: skip
-            q[v] = np.asarray(r)
+            q[:, v] = np.asarray(r)
         return q
 
     stage1()
@@ -159,15 +184,11 @@ def breakdown(paths: dict, thickness: int) -> dict:
     resample = time.perf_counter() - t0
     th = np.deg2rad(tilts)
     c, s = jnp.asarray(np.cos(th), f32), jnp.asarray(np.sin(th), f32)
-    plan = plan_slabs(nv, ny, nx, thickness)
-    rows = plan.slab_rows
     zc = _kernels.choose_z_chunk(thickness, nx, rows)
 
     def stage2(keep):
-        for j0 in range(0, ny, rows):
-            vol = _kernels.backproject(
-                jnp.asarray(q[:, :, j0 : j0 + rows]), c, s, nz=thickness, nx=nx, z_chunk=zc
-            )
+        for k in range(ny // rows):
+            vol = _kernels.backproject(jnp.asarray(q[k]), c, s, nz=thickness, nx=nx, z_chunk=zc)
             block = np.asarray(vol)
             if keep is not None:
                 keep.append(block)
@@ -227,7 +248,9 @@ def markdown(report: dict) -> str:
                      f"| - | {old['peak_mb']:,} |")  # fmt: skip
     for r in report["whole_process"]:
         runs = ", ".join(f"{w:.2f}" for w in r["wall_s"])
-        lines.append(f"| lmalign reconstruct {' '.join(r['args'])} | {r['median_wall_s']:.2f} s ({runs}) | "
+        code = "" if r.get("code", "this tree") == "this tree" else f" ({r['code']})"
+        name = " ".join(r["args"]) + code
+        lines.append(f"| lmalign reconstruct {name} | {r['median_wall_s']:.2f} s ({runs}) | "
                      f"{r['median_cpu_s']:.2f} | {r['median_peak_mb']:.0f} |")  # fmt: skip
     b = report["breakdown"]
     if b:
@@ -247,6 +270,11 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--sizes", help="comma-separated sizes, one after the other (--out gets -SIZE added)")
+    ap.add_argument("--package-root", help="also run the lmalign_jax found in this folder (e.g. an earlier "
+                    "commit's `git archive`), taking turns with this tree")  # fmt: skip
+    ap.add_argument("--sirt-repeat", type=int, default=1,
+                    help="timed runs of --sirt (no warm-up run: compilation, ~1 s, is included)")  # fmt: skip
     ap.add_argument("--views", type=int, default=61)
     ap.add_argument("--thickness", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
@@ -255,6 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", type=float, default=0.2, help="the bounded-memory variant's --memory GB")
     ap.add_argument("--variants", help="comma-separated subset of default,bounded,sirtlike,imod-tilt,sirt")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage timing")
+    ap.add_argument("--no-warm-up", action="store_true", help="no warm-up run before the timed ones")
     ap.add_argument("--workdir", help="folder for the stack and outputs (default: a temporary one)")
     ap.add_argument("--out", help="write the JSON record here (and a .md beside it)")
     args = ap.parse_args(argv)
@@ -262,30 +291,43 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import environment
 
-    meta = environment(quick=False)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        folder = Path(tmp)
-        paths = make_stack(folder, args.size, args.views)
-        variants = {"default": [], "bounded": ["--memory", str(args.memory)],
-                    "sirtlike": ["--sirtlike", "10"], "imod-tilt": ["--layout", "imod-tilt"]}  # fmt: skip
-        if args.sirt:
-            variants["sirt"] = ["--sirt", str(args.sirt)]
-        if args.variants:
-            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-        print("whole process:", flush=True)
-        rows = whole_process(paths, args.thickness, args.repeat, variants, folder)
-        print("breakdown ...", flush=True)
-        parts = None if args.no_breakdown else breakdown(paths, args.thickness)
-        sk = skimage_side(paths, args.sk_rows) if args.sk_rows else None
-    meta["loadavg_end"] = list(os.getloadavg())
-    report = {"size": args.size, "views": args.views, "thickness": args.thickness, "repeat": args.repeat,
-              "imod_cited": IMOD_CITED, "whole_process": rows, "breakdown": parts, "skimage": sk,
-              "meta": meta}  # fmt: skip
-    md = markdown(report)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-        Path(args.out).with_suffix(".md").write_text(md)
-    print(md)
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [args.size]
+    roots = {"this tree": ROOT}
+    if args.package_root:
+        roots = {f"code in {args.package_root}": Path(args.package_root).resolve(), **roots}
+    for size in sizes:
+        meta = environment(quick=False)
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            folder = Path(tmp)
+            paths = make_stack(folder, size, args.views)
+            variants = {"default": [], "bounded": ["--memory", str(args.memory)],
+                        "sirtlike": ["--sirtlike", "10"], "imod-tilt": ["--layout", "imod-tilt"]}  # fmt: skip
+            if args.variants:
+                variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
+            print(f"{size} px, whole process:", flush=True)
+            rows = whole_process(
+                paths, args.thickness, args.repeat, variants, folder, roots, warm_up=not args.no_warm_up
+            )
+            if args.sirt:
+                sirt = {"sirt": ["--sirt", str(args.sirt)]}
+                rows += whole_process(
+                    paths, args.thickness, args.sirt_repeat, sirt, folder, roots, warm_up=False
+                )
+            print("breakdown ...", flush=True)
+            parts = None if args.no_breakdown else breakdown(paths, args.thickness)
+            sk = skimage_side(paths, args.sk_rows) if args.sk_rows else None
+        meta["loadavg_end"] = list(os.getloadavg())
+        report = {"size": size, "views": args.views, "thickness": args.thickness, "repeat": args.repeat,
+                  "imod_cited": IMOD_CITED, "whole_process": rows, "breakdown": parts, "skimage": sk,
+                  "package_roots": {k: str(v) for k, v in roots.items()}, "meta": meta}  # fmt: skip
+        md = markdown(report)
+        if args.out:
+            out = Path(args.out)
+            if len(sizes) > 1:
+                out = out.with_name(f"{out.stem}-{size}{out.suffix}")
+            out.write_text(json.dumps(report, indent=1) + "\n")
+            out.with_suffix(".md").write_text(md)
+        print(md, flush=True)
     return 0
 
 

@@ -422,6 +422,8 @@ def stream_volume(
             mrc.set_volume()
             if label is not None:
                 mrc.add_label(label)
+            mrc.voxel_size = tuple(float(v) for v in file_voxel)
+            header = mrc.header.copy()
             offset = int(mrc.header.nbytes) + int(mrc.header.nsymbt)
         fd = os.open(tmp, os.O_WRONLY)
         writer = VolumeWriter(fd, shape, layout, offset)
@@ -429,14 +431,13 @@ def stream_volume(
         dmin, dmax, mean, rms = writer.finish()
         if writer.rows_written != ny:
             raise RuntimeError(f"{path}: {writer.rows_written} of {ny} rows were written")
+        # the statistics go into the header with one write at offset 0 (re-opening the file
+        # memory-mapped to set them made closing it msync every data page: 0.5 s at 256 MB)
+        header.dmin, header.dmax = np.float32(dmin), np.float32(dmax)
+        header.dmean, header.rms = np.float32(mean), np.float32(rms)
+        _pwrite_all(fd, np.ascontiguousarray(header).view(np.uint8), 0)
         os.close(fd)
         fd = -1
-        with mrcfile.mmap(tmp, mode="r+") as mrc:
-            mrc.header.dmin = np.float32(dmin)
-            mrc.header.dmax = np.float32(dmax)
-            mrc.header.dmean = np.float32(mean)
-            mrc.header.rms = np.float32(rms)
-            mrc.voxel_size = tuple(float(v) for v in file_voxel)
         replace_with(tmp, path)
     except BaseException as exc:
         if writer is not None:

@@ -274,11 +274,16 @@ def reconstruct(
     else:
         solve_slab = partial(_sirt.sirt_slab, cos_t=cos_t, sin_t=sin_t, nz=nz, nx=nx_b, options=sirt)
     means = np.full(n_views, np.nan)
-    q = np.zeros((n_views, nx_b, plan.pass_rows), dtype=dt)
+    keep_mean = sirt is not None and sirt.positivity
+    # the pass's filtered views, cut into slabs: q[s, v] is slab s of view v, (NX', rows), so a
+    # slab of every view is one contiguous block
+    q = np.zeros((plan.pass_rows // rows, n_views, nx_b, rows), dtype=dt)
     for p0 in range(0, ny_b, plan.pass_rows):
         p_rows = min(plan.pass_rows, ny_b - p0)
         # Stage 1: the pass's rows of every view, resampled once into the aligned frame,
-        # filtered along x and weighted; (n_views, NX', rows) so a slab is one block per x.
+        # filtered along x and weighted. Each view is dispatched before the previous one's
+        # result is fetched, so reading a view overlaps the computation of the one before.
+        pending = None
         for v in range(n_views):
             r0, r1 = _raw_band(a_inv[v], shifts[v], centre, p0, p_rows, nx_b, ny_b)
             if np.isnan(means[v]) and (r0, r1) != (0, ny_b):
@@ -286,30 +291,28 @@ def reconstruct(
             band = _bin_view(_finite_view(stack, v, r0 * b, r1 * b), b, r1 - r0, nx_b)
             if np.isnan(means[v]):
                 means[v] = band.mean(dtype=np.float64)
+            params = _kernels.view_params(a_inv[v], shifts[v], centre, increments[v], means[v], p0, r0)
             res = _kernels.resample_filter_view(
                 jnp.asarray(band, dtype=dt),
-                jnp.asarray(a_inv[v], dtype=dt),
-                jnp.asarray(shifts[v], dtype=dt),
-                jnp.asarray(centre, dtype=dt),
-                jnp.asarray(increments[v], dtype=dt),
+                jnp.asarray(params, dtype=dt),
                 resp,
-                jnp.asarray(means[v], dtype=dt),
-                jnp.asarray(p0, dtype=jnp.int32),
-                jnp.asarray(r0, dtype=jnp.int32),
                 ny_out=ny_b,
                 nx_out=nx_b,
                 n_pad=n_pad,
                 rows=plan.pass_rows,
-                keep_mean=sirt is not None and sirt.positivity,
+                slab_rows=rows,
+                keep_mean=keep_mean,
             )
-            q[v] = np.asarray(res)
+            if pending is not None:
+                q[:, pending[0]] = np.asarray(pending[1])
+            pending = (v, res)
+        q[:, pending[0]] = np.asarray(pending[1])
         # Stage 2: back-project (or solve) slab by slab, rows innermost. The next slab is
         # dispatched before the previous one is fetched and handed to the writer, so device
         # work, the host copy and the disk write overlap.
         pending = None
-        for j0 in range(p0, p0 + p_rows, rows):
-            block = jnp.asarray(q[:, :, j0 - p0 : j0 - p0 + rows])
-            vol = solve_slab(block)
+        for s, j0 in enumerate(range(p0, p0 + p_rows, rows)):
+            vol = solve_slab(jnp.asarray(q[s]))
             if pending is not None:
                 _finish_slab(out, *pending, progress, ny_b)
             pending = (j0, min(rows, p0 + p_rows - j0), vol)

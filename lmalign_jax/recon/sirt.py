@@ -104,17 +104,21 @@ def sirt_solve(b, cos_t, sin_t, *, nz: int, nx: int, options: SirtOptions):
         d = b - project(x, cos_t, sin_t, nd=nd)
         return d, jnp.sum(r_w * d * d)
 
+    # the residual views d = b - A x of one iteration are the next one's (one projection per
+    # iteration, not two: a projection costs several back-projections)
     def step(i, carry):
-        x, res = carry
-        d, _ = residual(x)
+        x, d, res = carry
         x = x + lam * c_w * backproject(r_w * d, cos_t, sin_t, nz=nz, nx=nx)
         if options.positivity:
             x = jnp.maximum(x, 0.0)
-        return x, res.at[i + 1].set(residual(x)[1])
+        d, r = residual(x)
+        return x, d, res.at[i + 1].set(r)
 
     x0 = jnp.zeros((nz, rows, nx), dt)
-    res0 = jnp.zeros(options.iterations + 1, dt).at[0].set(residual(x0)[1])
-    return lax.fori_loop(0, options.iterations, step, (x0, res0))
+    d0, r0 = residual(x0)
+    res0 = jnp.zeros(options.iterations + 1, dt).at[0].set(r0)
+    x, _, res = lax.fori_loop(0, options.iterations, step, (x0, d0, res0))
+    return x, res
 
 
 def sirt_slab(b, *, cos_t, sin_t, nz: int, nx: int, options: SirtOptions):
