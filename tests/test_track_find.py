@@ -209,7 +209,9 @@ def test_max_beads_keeps_the_strongest():
     img, truth = scene(seed=8, clutter=False)
     pos, scores = find_beads(img, DIAMETER)
     top, top_scores = find_beads(img, DIAMETER, max_beads=5)
-    assert top.shape == (5, 2) and np.array_equal(top, pos[:5]) and np.array_equal(top_scores, scores[:5])
+    assert top.shape == (5, 2) and np.array_equal(top, pos[:5])
+    # the same scores, to float rounding (two compiled variants of the detector)
+    np.testing.assert_allclose(top_scores, scores[:5], rtol=1e-6)
     # min_score overrides the automatic threshold: above the weakest bead's score, it drops that one
     fewer, fewer_scores = find_beads(img, DIAMETER, min_score=0.5 * (scores[-1] + scores[-2]))
     assert fewer.shape[0] == pos.shape[0] - 1 and np.all(fewer_scores > scores[-1])

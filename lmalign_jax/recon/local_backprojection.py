@@ -356,23 +356,19 @@ def stream_backprojection(
             r0, r1 = _raw_band(a_inv[v], shifts[v], centre, lo, hi - lo, nx_b, ny_b)
             raw = _finite_view(stack, v, r0 * b, r1 * b)
             raw = raw if b == 1 else _bin(np.asarray(raw, np.float64), b)
+            params = _kernels.view_params(a_inv[v], shifts[v], centre, increments[v], 0.0, b0, r0)
             res = _kernels.resample_filter_view(
                 jnp.asarray(raw, dtype),
-                jnp.asarray(a_inv[v], dtype),
-                jnp.asarray(shifts[v], dtype),
-                jnp.asarray(centre, dtype),
-                jnp.asarray(increments[v], dtype),
+                jnp.asarray(params, dtype),
                 resp,
-                jnp.asarray(0.0, dtype),
-                jnp.asarray(b0, jnp.int32),
-                jnp.asarray(r0, jnp.int32),
                 ny_out=ny_b,
                 nx_out=nx_b,
                 n_pad=n_pad,
                 rows=band_rows,
+                slab_rows=band_rows,
                 keep_mean=False,
             )
-            band[v] = np.asarray(res).T
+            band[v] = np.asarray(res)[0].T  # one slab of the whole band
             band[v, : lo - b0] = 0.0
             band[v, hi - b0 :] = 0.0
         device_band = jnp.asarray(band, dtype)

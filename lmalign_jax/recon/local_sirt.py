@@ -68,23 +68,19 @@ def _aligned_views(stack, xf_A, xf_shift, tilts_deg, b: int, options: SirtOption
         raw = _finite_view(stack, v, 0, ny)
         raw = raw if b == 1 else _bin(np.asarray(raw, np.float64), b)
         mean = float(np.mean(raw, dtype=np.float64))
+        params = _kernels.view_params(a_inv[v], d[v] / b, centre, 1.0, mean, 0, 0)
         res = _kernels.resample_filter_view(
             jnp.asarray(raw, dtype),
-            jnp.asarray(a_inv[v], dtype),
-            jnp.asarray(d[v] / b, dtype),
-            jnp.asarray(centre, dtype),
-            jnp.asarray(1.0, dtype),
+            jnp.asarray(params, dtype),
             jnp.asarray(response, dtype),
-            jnp.asarray(mean, dtype),
-            jnp.asarray(0, jnp.int32),
-            jnp.asarray(0, jnp.int32),
             ny_out=ny_b,
             nx_out=nx_b,
             n_pad=n_pad,
             rows=ny_b,
+            slab_rows=ny_b,
             keep_mean=options.positivity,
         )
-        views[v] = np.asarray(res).T
+        views[v] = np.asarray(res)[0].T  # one slab of every row
     return views
 
 
