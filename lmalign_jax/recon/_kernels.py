@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
+    "sample_bilinear",
     "filter_rows",
     "resample_filter_view",
     "view_params",
@@ -62,6 +63,20 @@ def view_params(a_inv, shift, center, weight, mean, row0, band0):
     :data:`VIEW_PARAMS` order): one transfer per view instead of one per value."""
     a = [float(v) for v in (*(a_inv[0][0], a_inv[0][1], a_inv[1][0], a_inv[1][1]), *shift, *center)]
     return [*a, float(weight), float(mean), float(row0), float(band0)]
+
+
+def sample_bilinear(flat, col, row, n_cols: int, n_rows: int):
+    """Bilinear samples of an image of ``n_rows x n_cols`` zero-padded by one sample on each side
+    and flattened (``flat``: ``(n_rows + 2) * (n_cols + 2)``), at fractional pixel indices
+    ``col``, ``row`` (any broadcastable shapes): four 1-D gathers, falling to zero outside as
+    :func:`_linear_index` says."""
+    width = n_cols + 2
+    ix, fx = _linear_index(col, n_cols)
+    iy, fy = _linear_index(row, n_rows)
+    k = iy * width + ix
+    p00, p01, p10, p11 = flat[k], flat[k + 1], flat[k + width], flat[k + width + 1]
+    top = p00 + fx * (p01 - p00)
+    return top + fy * (p10 + fx * (p11 - p10) - top)
 
 
 @partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad", "rows", "slab_rows", "keep_mean"))

@@ -197,8 +197,7 @@ def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_
     n_views, n_band, nx = band.shape
     rows, nz = y.shape[0], z.shape[0]
     dt = band.dtype
-    width = nx + 2
-    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)
+    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)  # sample_bilinear's layout
 
     def columns(m, d):  # (P, 2, 3), (P, 2) -> base, slope (2, rows, NX)
         m_eff = jnp.einsum("yxk,yxkij->ijyx", weights, m[patches])
@@ -214,13 +213,7 @@ def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_
         def one_view(v, acc):
             col = base[v, 0][None] + zc[:, None, None] * slope[v, 0][None]
             row = base[v, 1][None] + zc[:, None, None] * slope[v, 1][None]
-            ix, fx = _kernels._linear_index(col, nx)
-            iy, fy = _kernels._linear_index(row, n_band)
-            k = iy * width + ix
-            img = flat[v]
-            p00, p01, p10, p11 = img[k], img[k + 1], img[k + width], img[k + width + 1]
-            top = p00 + fx * (p01 - p00)
-            return acc + top + fy * (p10 + fx * (p11 - p10) - top)
+            return acc + _kernels.sample_bilinear(flat[v], col, row, nx, n_band)
 
         return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
 

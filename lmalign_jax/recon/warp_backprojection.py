@@ -79,8 +79,7 @@ def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *,
     n_views, n_band, nx = band.shape
     rows, nz = y.shape[0], z.shape[0]
     dt = band.dtype
-    width = nx + 2
-    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)
+    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)  # sample_bilinear's layout
     n_chunks = -(-nz // z_chunk)
     zs = jnp.pad(z, (0, n_chunks * z_chunk - nz)).reshape(n_chunks, z_chunk)
     scale = 1.0 / WARP_LENGTH_PX
@@ -97,13 +96,7 @@ def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *,
             m, e = mats[j], offsets[j]
             col = (m[0, 0] * uw + m[0, 1] * vw + e[0]) / binning + (nx / 2 - 0.5)
             row = (m[1, 0] * uw + m[1, 1] * vw + e[1]) / binning - band0
-            ix, fx = _kernels._linear_index(col, nx)
-            iy, fy = _kernels._linear_index(row, n_band)
-            k = iy * width + ix
-            img = flat[j]
-            p00, p01, p10, p11 = img[k], img[k + 1], img[k + width], img[k + width + 1]
-            top = p00 + fx * (p01 - p00)
-            return acc + top + fy * (p10 + fx * (p11 - p10) - top)
+            return acc + _kernels.sample_bilinear(flat[j], col, row, nx, n_band)
 
         return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
 
