@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 #: First bytes of every entry; bump the digit when the layout below changes.
-MAGIC = b"LMALIGN-EXECUTABLE-2\n"
+MAGIC = b"LMALIGN-EXECUTABLE-3\n"
 SUFFIX = ".jaxexec"
 #: Entries kept in a folder; past this the least recently used are removed when one is added.
 MAX_ENTRIES = 500
@@ -295,8 +295,29 @@ def _store(path: str, blob: bytes) -> None:
             pass
 
 
-def _compile(jitted, in_tree, specs, static: dict):
-    """Trace, lower and compile ``jitted`` on flat leaves: (compiled, out_tree)."""
+#: JAX's persistent-cache hits seen while this module compiles (see :func:`_compile`).
+_jax_cache_hits: list[int] = []
+_listening = False
+
+
+def _count_jax_cache_hits(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _jax_cache_hits.append(1)
+
+
+def _compile(jitted, in_tree, specs, static: dict, name: str):
+    """Trace, lower and compile ``jitted`` on flat leaves: (compiled, out_tree).
+
+    The executable must be compiled afresh, never taken from JAX's persistent compilation cache:
+    one loaded from there serializes without its kernels, and a process that loads it fails
+    running it ("Function ... not found"; jax 0.10). The computation is named after the entry
+    (``name``), so JAX's cache holds it only when an earlier store of this entry put it there;
+    if JAX reports a hit all the same (our entry was removed, JAX's kept), it is compiled again
+    under a name of its own."""
+    global _listening
+    if not _listening:
+        jax.monitoring.register_event_listener(_count_jax_cache_hits)
+        _listening = True
     out_trees = []
 
     def flat(*leaves):
@@ -305,17 +326,13 @@ def _compile(jitted, in_tree, specs, static: dict):
         out_trees.append(out_tree)
         return out_leaves
 
-    flat.__name__ = getattr(jitted, "__name__", "f")
-    # Compiled afresh, never taken from JAX's persistent compilation cache: an executable loaded
-    # from there serializes without its kernels, and running it once reloaded fails ("Function
-    # ... not found"; jax 0.10).
-    enabled = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
+    for suffix in ("", "_" + os.urandom(8).hex()):
+        flat.__name__ = name + suffix
+        hits = len(_jax_cache_hits)
         compiled = jax.jit(flat).lower(*specs).compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", enabled)
-    return compiled, out_trees[0]
+        if len(_jax_cache_hits) == hits:
+            return compiled, out_trees[-1]
+    raise RuntimeError("JAX's persistent cache answered a computation of a fresh name")
 
 
 def _serialize(compiled, out_tree) -> bytes:
@@ -346,7 +363,7 @@ def call(jitted, *args, **static):
         run = _load(path)
         if run is None:
             try:
-                compiled, out_tree = _compile(jitted, in_tree, specs, static)
+                compiled, out_tree = _compile(jitted, in_tree, specs, static, key.replace("-", "_"))
                 blob = _serialize(compiled, out_tree)
             except Exception:  # noqa: BLE001 - not serializable: call it directly, as without the cache
                 _uncacheable.add(key)
