@@ -310,70 +310,26 @@ def reconstruct_to_file(
         ]
         with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
+                views = (stack, alignment.xf_A, alignment.xf_shift, alignment.tilts_deg)
+                streamed = dict(binning=binning, out=vol, progress=progress)
+                fbp = dict(
+                    streamed,
+                    filter=filter,
+                    radial=None if radial is None else tuple(radial),
+                    sirtlike=sirtlike,
+                    memory_bytes=memory_bytes,
+                )
+                if local is not None:
+                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
                 if warp is not None:
-                    reconstruct_warp(
-                        stack,
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        warp,
-                        thickness,
-                        binning=binning,
-                        filter=filter,
-                        radial=None if radial is None else tuple(radial),
-                        sirtlike=sirtlike,
-                        memory_bytes=memory_bytes,
-                        out=vol,
-                        progress=progress,
-                    )
+                    reconstruct_warp(*views, warp, thickness, **fbp)
                 elif local is None:
-                    reconstruct(
-                        stack,
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        thickness,
-                        binning=binning,
-                        filter=filter,
-                        radial=None if radial is None else tuple(radial),
-                        sirtlike=sirtlike,
-                        sirt=sirt,
-                        memory_bytes=memory_bytes,
-                        out=vol,
-                        progress=progress,
-                    )
+                    reconstruct(*views, thickness, sirt=sirt, **fbp)
                 elif sirt is not None:
-                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
-                    sirt_local_streamed(
-                        stack,
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        sampling,
-                        thickness,
-                        sirt,
-                        binning=binning,
-                        out=vol,
-                        scratch_dir=os.path.dirname(os.path.abspath(out_path)),
-                        progress=progress,
-                    )
+                    scratch = os.path.dirname(os.path.abspath(out_path))
+                    sirt_local_streamed(*views, sampling, thickness, sirt, scratch_dir=scratch, **streamed)
                 else:
-                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
-                    reconstruct_local(
-                        stack,
-                        alignment.xf_A,
-                        alignment.xf_shift,
-                        alignment.tilts_deg,
-                        sampling,
-                        thickness,
-                        binning=binning,
-                        filter=filter,
-                        radial=None if radial is None else tuple(radial),
-                        sirtlike=sirtlike,
-                        memory_bytes=memory_bytes,
-                        out=vol,
-                        progress=progress,
-                    )
+                    reconstruct_local(*views, sampling, thickness, **fbp)
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)
