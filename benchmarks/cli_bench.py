@@ -14,6 +14,11 @@ alternating with this tree's (same data, repeats, outputs and threads on both si
 ``--before-path`` puts a folder first on that side's ``PYTHONPATH`` (e.g. the dependency
 versions a fresh install got then). The machine's load (``os.getloadavg``) is recorded before
 every run, as timings on a shared machine mean little without it. The JSON goes to benchmarks/results/.
+
+The ``resident_*`` variants start ``lmalign resident`` for the side first (its own runtime and
+cache folders) and time the same command through it; the plain variants run with
+``LMALIGN_RESIDENT=0``, each command in its own process. A ``--before`` tree without the
+resident command cannot run those variants: choose ``--variants figure,no_figure`` there.
 """
 
 from __future__ import annotations
@@ -39,16 +44,40 @@ from benchmarks.common import environment, git_state  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "lmalign_jax" / "data" / "imod-bb"
 LARGE = {"views": 61, "markers": 20000, "seed": 5}
-VARIANTS = ("figure", "no_figure")
+VARIANTS = ("figure", "no_figure", "resident_figure", "resident_no_figure")
+#: Variants run through a resident process (``lmalign resident start`` first, one per side and
+#: variant, in its own runtime folder); the others run with ``LMALIGN_RESIDENT=0``. For those, the
+#: ``cpu_s`` of a run is the caller's alone (the command's process is the resident one's child).
+RESIDENT_VARIANTS = ("resident_figure", "resident_no_figure")
 
 
-def _env(package_root: Path, cache: Path | None, first: Path | None = None) -> dict:
+def _env(
+    package_root: Path, cache: Path | None, first: Path | None = None, runtime: Path | None = None
+) -> dict:
     path = os.pathsep.join([str(first)] * (first is not None) + [str(package_root)])
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=path)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=path, LMALIGN_RESIDENT="0")
     env.pop("LMALIGN_NO_COMPILATION_CACHE", None)
     if cache is not None:
         env["XDG_CACHE_HOME"] = str(cache)
+    if runtime is not None:
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        env.pop("LMALIGN_RESIDENT")
     return env
+
+
+def _resident(env: dict, action: str) -> str:
+    """``lmalign resident start|stop`` for one side's environment; its output line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "lmalign_jax", "resident", action, "--idle-minutes", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tempfile.gettempdir(),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"lmalign resident {action}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def _timed(cmd: list[str], env: dict, timeout: float) -> dict:
@@ -140,10 +169,13 @@ def bench_set(
     args = _inputs(which, work, first_root)
     out: dict = {name: {} for name in sides}
     for label in variants:
-        figure = label == "figure"
+        figure = label in ("figure", "resident_figure")
+        resident = label in RESIDENT_VARIANTS
         envs, cmds, colds, warms = {}, {}, {}, {name: [] for name in sides}
         for name, (root, first) in sides.items():
             cache = Path(tempfile.mkdtemp(prefix=f"cache-{name}-{which}-{label}-", dir=work))
+            # a short folder: a Unix socket's path is at most 107 bytes
+            runtime = Path(tempfile.mkdtemp(prefix="lmb", dir="/tmp")) if resident else None
             cmds[name] = [
                 sys.executable,
                 "-m",
@@ -154,11 +186,16 @@ def bench_set(
                 "--out-dir",
                 str(work / f"out-{name}-{which}-{label}"),
             ] + ([] if figure else ["--no-figure"])
-            envs[name] = _env(root, cache, first)
+            envs[name] = _env(root, cache, first, runtime)
+            if resident:
+                print(f"{name:>6} {_resident(envs[name], 'start')}", flush=True)
             colds[name] = _timed(cmds[name], envs[name], timeout)
         for _ in range(repeats):
             for name in sides:
                 warms[name].append(_timed(cmds[name], envs[name], timeout))
+        if resident:
+            for name in sides:
+                _resident(envs[name], "stop")
         for name in sides:
             out[name][label] = {"cold": colds[name], "warm": _summary(warms[name])}
             w, cold = out[name][label]["warm"], colds[name]
@@ -176,7 +213,13 @@ def bench_set(
 def imports(package_root: Path, repeats: int, first: Path | None = None) -> dict:
     """The floor a process cannot go under: starting Python and importing jax, and the package."""
     out = {}
-    for name, code in (("python", "pass"), ("jax", "import jax"), ("lmalign_jax", "import lmalign_jax.cli")):
+    probes = (
+        ("python", "pass"),
+        ("jax", "import jax"),
+        ("launcher", "import lmalign_jax.cli.resident"),  # what a command through a resident process imports
+        ("lmalign_jax", "import lmalign_jax.cli._main"),  # every command, as a process of its own
+    )
+    for name, code in probes:
         env = _env(package_root, None, first)
         runs = [_timed([sys.executable, "-c", code], env, 120) for _ in range(repeats)]
         out[name] = _summary(runs)
@@ -197,7 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="bba,large", help="comma-separated: bba, large (default both)")
     p.add_argument("--repeats", type=int, default=5, help="warm runs per case (default 5)")
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated: figure, no_figure (default both)"
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated: figure, no_figure, resident_figure, resident_no_figure (default all)",
     )
     p.add_argument(
         "--large-repeats", type=int, help="warm runs per case on the large series (default --repeats)"

@@ -15,22 +15,35 @@ Public API:
     LMConfig, Status      solver settings and outcomes
 """
 
-from .analysis import (
-    ModelComparison,
-    RobustResult,
-    Uncertainty,
-    align_robust,
-    alignment_function,
-    compare_models,
-    misregistration,
-    uncertainty,
-)
-from .batch import align_batch
-from .core import STAGES, AlignmentResult, StageReport, align
-from .models import MODELS, ProjectionModel, get_model
-from .observations import Observations, markers_seen_at_least
-from .simulation import SyntheticSeries, simulate
-from .solve import LMConfig, Status
+import importlib
+
+#: public name -> the module that defines it. Loaded on first use (PEP 562), so that importing
+#: one part of the package (the file readers, the exports, the command-line launcher) does not
+#: import JAX and the solver with it.
+_PUBLIC = {
+    "ModelComparison": ".analysis",
+    "RobustResult": ".analysis",
+    "Uncertainty": ".analysis",
+    "align_robust": ".analysis",
+    "alignment_function": ".analysis",
+    "compare_models": ".analysis",
+    "misregistration": ".analysis",
+    "uncertainty": ".analysis",
+    "align_batch": ".batch",
+    "STAGES": ".core",
+    "AlignmentResult": ".core",
+    "StageReport": ".core",
+    "align": ".core",
+    "MODELS": ".models",
+    "ProjectionModel": ".models",
+    "get_model": ".models",
+    "Observations": ".observations",
+    "markers_seen_at_least": ".observations",
+    "SyntheticSeries": ".simulation",
+    "simulate": ".simulation",
+    "LMConfig": ".solve",
+    "Status": ".solve",
+}
 
 __version__ = "0.1.0"
 
@@ -59,3 +72,22 @@ __all__ = [
     "simulate",
     "uncertainty",
 ]
+
+
+def __getattr__(name: str):
+    """A public name or a subpackage, imported when first asked for."""
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -9,3 +9,4 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 os.environ.setdefault("LMALIGN_NO_COMPILATION_CACHE", "1")
+os.environ.setdefault("LMALIGN_RESIDENT", "0")  # tests start their own resident process, never a developer's

@@ -565,7 +565,7 @@ def test_usage_errors():
         rc == 2
         and err.strip()
         == "lmalign: error: choose a command: align, batch, compare, demo, export, find-beads, reconstruct, "
-        "simulate, track, uncertainty (see 'lmalign --help')"
+        "resident, simulate, track, uncertainty (see 'lmalign --help')"
     )
     rc, _, err = run(["align", "m.csv", "--image-size", "1"])
     assert rc == 2 and err.count("\n") == 1 and "expected 2 arguments" in err

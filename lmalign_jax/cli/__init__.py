@@ -7,35 +7,52 @@ function, which parses its options into plain values and calls :mod:`lmalign_jax
 ``COMMANDS`` in :mod:`._main` lists them. CLI plumbing (argparse classes, progress, messages)
 is in :mod:`.common`.
 
-``main(argv)`` (the ``lmalign`` entry point, ``lmalign_jax.cli:main``) returns the exit status:
+``main(argv)`` runs one command in this process (the ``lmalign`` entry point,
+``lmalign_jax.cli.resident:main``, calls it here or in a resident process) and returns the exit status:
 0 success, 1 alignment failed (did not converge; the report is still written), 2 bad input
 (one line ``lmalign: error: <file>:<line>: <problem>`` on stderr, no output file written), 3 an
 internal error (an unexpected exception: one line, ``LMALIGN_DEBUG=1`` for the traceback).
 """
 
-from ..workflow import (
-    ALIGN_OUTPUTS,
-    REPORT_OUTPUTS,
-    Selection,
-    compare_with_truth,
-    observations_for_fit,
-    parse_view_list,
-    read_series,
-    select_views,
-    truth_ok,
-)
-from ..workflow import SeriesInputs as Inputs
-from ..workflow.reconstruction import (
-    Alignment,
-    read_alignment_files,
-    read_alignment_json,
-    reconstruct_to_file,
-)
-from ._main import COMMANDS, build_parser, compilation_cache_dir, enable_compilation_cache, main
-from .align import align_and_report, parse_modes, run_align, settings_from_args
-from .common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError
-from .demo import run_demo
-from .simulate import run_simulate, write_series, write_stack
+import importlib
+
+#: public name -> (module, name there); loaded on first use (PEP 562): the ``lmalign`` launcher
+#: (:mod:`.resident`) lives in this package and must start without importing the commands.
+_PUBLIC = {
+    "ALIGN_OUTPUTS": ("..workflow", "ALIGN_OUTPUTS"),
+    "REPORT_OUTPUTS": ("..workflow", "REPORT_OUTPUTS"),
+    "Selection": ("..workflow", "Selection"),
+    "compare_with_truth": ("..workflow", "compare_with_truth"),
+    "observations_for_fit": ("..workflow", "observations_for_fit"),
+    "parse_view_list": ("..workflow", "parse_view_list"),
+    "read_series": ("..workflow", "read_series"),
+    "select_views": ("..workflow", "select_views"),
+    "truth_ok": ("..workflow", "truth_ok"),
+    "Alignment": ("..workflow.reconstruction", "Alignment"),
+    "read_alignment_json": ("..workflow.reconstruction", "read_alignment_json"),
+    "read_alignment_files": ("..workflow.reconstruction", "read_alignment_files"),
+    "reconstruct_to_file": ("..workflow.reconstruction", "reconstruct_to_file"),
+    "COMMANDS": ("._main", "COMMANDS"),
+    "build_parser": ("._main", "build_parser"),
+    "compilation_cache_dir": ("._main", "compilation_cache_dir"),
+    "enable_compilation_cache": ("._main", "enable_compilation_cache"),
+    "main": ("._main", "main"),
+    "align_and_report": (".align", "align_and_report"),
+    "parse_modes": (".align", "parse_modes"),
+    "run_align": (".align", "run_align"),
+    "settings_from_args": (".align", "settings_from_args"),
+    "EXIT_BAD_INPUT": (".common", "EXIT_BAD_INPUT"),
+    "EXIT_FAILED": (".common", "EXIT_FAILED"),
+    "EXIT_INTERNAL": (".common", "EXIT_INTERNAL"),
+    "EXIT_OK": (".common", "EXIT_OK"),
+    "MIN_MARKERS": (".common", "MIN_MARKERS"),
+    "UsageError": (".common", "UsageError"),
+    "run_demo": (".demo", "run_demo"),
+    "run_simulate": (".simulate", "run_simulate"),
+    "write_series": (".simulate", "write_series"),
+    "write_stack": (".simulate", "write_stack"),
+    "Inputs": ("..workflow", "SeriesInputs"),
+}
 
 __all__ = [
     "main",
@@ -72,3 +89,19 @@ __all__ = [
     "read_alignment_files",
     "reconstruct_to_file",
 ]
+
+
+def __getattr__(name: str):
+    """A public name, or a command module, imported when first asked for."""
+    if name in _PUBLIC:
+        module, attribute = _PUBLIC[name]
+        value = getattr(importlib.import_module(module, __name__), attribute)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value

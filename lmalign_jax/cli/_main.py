@@ -18,6 +18,7 @@ from .demo import add_demo
 from .export import add_export
 from .find_beads import add_find_beads
 from .reconstruct import add_reconstruct
+from .resident import add_resident
 from .simulate import add_simulate
 from .track import add_track
 from .uncertainty import add_uncertainty
@@ -32,6 +33,7 @@ COMMANDS = {
     "export": add_export,
     "find-beads": add_find_beads,
     "reconstruct": add_reconstruct,
+    "resident": add_resident,
     "simulate": add_simulate,
     "track": add_track,
     "uncertainty": add_uncertainty,

@@ -1,0 +1,206 @@
+"""The resident process (lmalign_jax.cli.resident): a command run through it behaves as in its own
+process (same files byte for byte, output, exit status, working folder, signals), it serves only
+callers of the same environment, and it goes away when idle or asked."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(run_dir: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LMALIGN_RESIDENT"}
+    env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=run_dir, OPENBLAS_NUM_THREADS="1", **extra)
+    return env
+
+
+def _lmalign(args, env, cwd, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "lmalign_jax", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+def _status(env, cwd) -> str:
+    return _lmalign(["resident", "status"], env, cwd).stdout
+
+
+def _served(env, cwd) -> int:
+    out = _status(env, cwd)
+    assert "commands served" in out, out
+    return int(out.split(",")[-1].split()[0])
+
+
+@pytest.fixture(scope="module")
+def resident():
+    """A resident process in a private runtime folder (short path: Unix sockets take 107 bytes)."""
+    run_dir = tempfile.mkdtemp(prefix="lmr", dir="/tmp")
+    env = _env(run_dir)
+    work = Path(tempfile.mkdtemp(prefix="lmr-work"))
+    started = _lmalign(["resident", "start", "--idle-minutes", "5"], env, work)
+    assert started.returncode == 0, started.stderr
+    assert "ready" in started.stdout
+    try:
+        yield env, work
+    finally:
+        stopped = _lmalign(["resident", "stop"], env, work)
+        assert "stopped pid" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
+def test_launcher_starts_without_jax_or_numpy():
+    probe = "import sys, lmalign_jax.cli.resident; print(sorted({'jax', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=_env("/tmp"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_command_writes_the_same_files_as_in_its_own_process(resident):
+    env, work = resident
+    args = ["simulate", "--views", "11", "--markers", "6", "--seed", "4"]
+    before = _served(env, work)
+    here = _lmalign([*args, "--out-dir", "here"], dict(env, LMALIGN_RESIDENT="0"), work)
+    there = _lmalign([*args, "--out-dir", "there"], env, work)  # relative: the caller's folder
+    assert here.returncode == there.returncode == 0, there.stderr
+    assert _served(env, work) == before + 1
+    names = sorted(p.name for p in (work / "here").iterdir())
+    assert names == sorted(p.name for p in (work / "there").iterdir()) and names
+    for name in names:
+        assert (work / "here" / name).read_bytes() == (work / "there" / name).read_bytes(), name
+    assert here.stdout.replace("here", "there") == there.stdout
+
+
+def test_bad_input_gives_the_same_message_and_status(resident):
+    env, work = resident
+    args = ["align", "missing.fid", "--tilts", "missing.tlt"]
+    here = _lmalign(args, dict(env, LMALIGN_RESIDENT="0"), work)
+    there = _lmalign(args, env, work)
+    assert here.returncode == there.returncode == 2
+    assert here.stderr == there.stderr and there.stderr.startswith("lmalign: error:")
+    assert not list(work.glob("missing*"))
+
+
+def test_help_and_version_come_through(resident):
+    env, work = resident
+    version = _lmalign(["--version"], env, work)
+    assert version.returncode == 0 and version.stdout.startswith("lmalign_jax ")
+
+
+def test_another_environment_is_not_served(resident):
+    """A variable read while importing (here JAX's precision switch) makes another environment:
+    the command runs in its own process, and the resident one serves nothing."""
+    env, work = resident
+    before = _served(env, work)
+    other = dict(env, JAX_ENABLE_X64="1")
+    assert "none running" in _status(other, work)
+    done = _lmalign(["--version"], other, work)
+    assert done.returncode == 0
+    assert _served(env, work) == before
+
+
+def test_ctrl_c_reaches_the_command(resident):
+    """SIGINT to the caller is forwarded: the command stops as it would in its own process."""
+    env, work = resident
+    cmd = [
+        "simulate",
+        "--stack",
+        "--realistic",
+        "--image-size",
+        "2048",
+        "2048",
+        "--views",
+        "121",
+        "--out-dir",
+        "big",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmalign_jax", *cmd],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not list((work / "big").glob("*.mrc")) if (work / "big").exists() else True
+
+
+def test_a_stale_socket_is_removed_and_the_command_runs_here():
+    run_dir = tempfile.mkdtemp(prefix="lms", dir="/tmp")
+    env = _env(run_dir)
+    key = subprocess.run(
+        [sys.executable, "-c", "from lmalign_jax.cli import resident as r; print(r.socket_path())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(key)
+    dead.close()  # the name exists, nobody listens
+    done = _lmalign(["--version"], env, run_dir)
+    assert done.returncode == 0 and done.stdout.startswith("lmalign_jax ")
+    assert not os.path.exists(key)
+
+
+def test_an_idle_resident_process_exits_and_removes_its_socket():
+    run_dir = tempfile.mkdtemp(prefix="lmi", dir="/tmp")
+    env = _env(run_dir)
+    started = _lmalign(["resident", "start", "--idle-minutes", "0.02"], env, run_dir)
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.split("pid")[1].split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "none running" not in _status(env, run_dir):
+        time.sleep(0.5)
+    assert "none running" in _status(env, run_dir)
+    assert not list(Path(run_dir).rglob("*.sock"))
+    time.sleep(0.5)
+    assert _gone(pid)
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or one that has exited and waits to be reaped (a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+def test_a_folder_others_can_open_is_refused(tmp_path):
+    """The socket's folder must be the user's alone: with a group- or world-open folder the
+    launcher does not use (or start) a resident process."""
+    run_dir = tempfile.mkdtemp(prefix="lmo", dir="/tmp")
+    os.makedirs(os.path.join(run_dir, "lmalign_jax"), mode=0o777)
+    os.chmod(os.path.join(run_dir, "lmalign_jax"), 0o777)
+    env = _env(run_dir)
+    done = _lmalign(["resident", "start"], env, tmp_path)
+    assert done.returncode == 2 and "private folder" in done.stderr
+    probe = "from lmalign_jax.cli import resident as r; import json; print(json.dumps(r.socket_path()))"
+    path = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(path) is None
