@@ -148,7 +148,8 @@ def breakdown(paths: dict, thickness: int) -> dict:
     import numpy as np
 
     from lmalign_jax.io import read_xf
-    from lmalign_jax.io.mrc import read_stack, stream_volume
+    from lmalign_jax.io.mrc import read_stack
+    from lmalign_jax.io.mrc_volume import stream_volume
     from lmalign_jax.recon import _kernels, angular_increments, filter_response
     from lmalign_jax.recon.fbp import plan_slabs
 

@@ -16,7 +16,8 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lmalign_jax.io.mrc import create_volume, read_labels, read_stack, read_stack_header
+from lmalign_jax.io.mrc import read_labels, read_stack, read_stack_header
+from lmalign_jax.io.mrc_volume import create_volume
 from lmalign_jax.recon import angular_increments, density_weights, fbp_2d, filter_response, reconstruct
 
 # ----------------------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ import pytest
 from test_recon import BEADS, NX, NY, TRUE_TILTS, misalignment, peak_centroid, project_blobs, voxel_of
 
 from lmalign_jax.io.errors import InputError
-from lmalign_jax.io.mrc import stream_volume
+from lmalign_jax.io.mrc_volume import stream_volume
 from lmalign_jax.recon import filter_response, reconstruct
 from lmalign_jax.recon.fbp import plan_slabs
 from lmalign_jax.recon.filters import sirt_like_response

@@ -3,7 +3,7 @@
 The alignment is either IMOD's pair (``--xf`` raw -> aligned transforms, ``--tlt`` tilt angles)
 or the ``.json`` record written by ``lmalign align`` (``--alignment``: each view's ``xf`` and
 ``tilt_deg``). Every input is checked before anything is computed; the tomogram is written
-through :func:`lmalign_jax.io.mrc.create_volume`, so it appears complete or not at all.
+through :func:`lmalign_jax.io.mrc_volume.create_volume`, so it appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 
-from ..io.mrc import LAYOUTS, read_stack_header
+from ..io.mrc import read_stack_header
+from ..io.mrc_volume import LAYOUTS
 from ..workflow.reconstruction import (
     FILTER_CHOICES,
     read_alignment_files,

@@ -54,7 +54,7 @@ in z).
 **Memory and speed.** The work is cut to a memory budget (:func:`plan_slabs`): a *pass* resamples
 and filters a band of y rows of every view (reading only the raw rows that band can reach),
 then back-projects it in *slabs* of rows; each slab goes to ``out`` -- an array, or a
-:class:`lmalign_jax.io.mrc.VolumeWriter` that writes it from a background thread while the next
+:class:`lmalign_jax.io.mrc_volume.VolumeWriter` that writes it from a background thread while the next
 slab is computed (JAX dispatches the next slab before the previous one is fetched). Within a
 slab, z is processed in chunks whose accumulator (about 1 MiB) stays in cache, views are summed
 in a loop, and the row axis is innermost. The same jit-compiled code runs on CPU or GPU; the

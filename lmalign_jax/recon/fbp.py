@@ -194,7 +194,7 @@ def reconstruct(
         ``radial`` and ``sirtlike`` are then not used.
     out : array-like (NZ, NY // binning, NX // binning), or a writer, optional
         Preallocated output filled slab by slab, or an object with ``write_rows(j0, block)``
-        (:class:`lmalign_jax.io.mrc.VolumeWriter`), which then receives each slab ``(NZ, rows,
+        (:class:`lmalign_jax.io.mrc_volume.VolumeWriter`), which then receives each slab ``(NZ, rows,
         NX')`` while the next is computed. A new numpy array of ``dtype`` is allocated when
         omitted.
     slab_rows : int, optional

@@ -15,7 +15,7 @@ streams from the raw stack as :func:`lmalign_jax.recon.reconstruct` does, reusin
 the slab plan (:func:`~lmalign_jax.recon.fbp.plan_slabs`, ``memory_bytes``), the one-pass
 resampling and filtering of a band of aligned rows (``_kernels.resample_filter_view``, here
 without the mean subtraction, so the numbers equal the in-memory path's) and the slab writer
-(``out.write_rows``, any layout of :func:`lmalign_jax.io.mrc.stream_volume`). A voxel column
+(``out.write_rows``, any layout of :func:`lmalign_jax.io.mrc_volume.stream_volume`). A voxel column
 samples rows near its own y, off by what the local transforms move it in y (bounded from the
 sampling matrices over the volume's extent, :func:`row_margin`): each pass resamples its rows
 plus that margin, and each slab is back-projected from that band.

@@ -4,7 +4,7 @@ The alignment is IMOD's pair (``.xf`` raw -> aligned transforms, ``.tlt`` tilt a
 ``lmalign align`` record read back (:func:`read_alignment_json`) or, in ``batch
 --reconstruct``, the alignment just solved (:func:`alignment_of_views`). Every input is checked
 before anything is computed; the tomogram is written through
-:func:`lmalign_jax.io.mrc.stream_volume` slab by slab, so it appears complete or not at all and
+:func:`lmalign_jax.io.mrc_volume.stream_volume` slab by slab, so it appears complete or not at all and
 never sits in memory whole.
 """
 
@@ -21,13 +21,8 @@ from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
-from ..io.mrc import (
-    LAYOUTS,
-    check_free_space,
-    read_stack_header,
-    read_stack_streamed,
-    stream_volume,
-)
+from ..io.mrc import read_stack_header, read_stack_streamed
+from ..io.mrc_volume import LAYOUTS, check_free_space, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
@@ -189,7 +184,7 @@ def reconstruct_to_file(
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
 
-    The tomogram streams to disk slab by slab (:func:`lmalign_jax.io.mrc.stream_volume`) in
+    The tomogram streams to disk slab by slab (:func:`lmalign_jax.io.mrc_volume.stream_volume`) in
     ``layout`` (``"zyx"`` or ``"imod-tilt"``), holding at most about ``memory_gb`` of views and
     slabs at once (default: half the available memory, at most 4 GB). Returns a summary dict
     (shape, voxel size, seconds, slab plan). Raises ``InputError``/``UsageError`` for bad input
