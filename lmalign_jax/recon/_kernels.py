@@ -239,8 +239,11 @@ def reprojection_taps(cos_t, nx: int) -> int:
 def choose_reproject_z_chunk(nz: int, n_views: int, nd: int, taps: int) -> int:
     """z slices per step of :func:`reproject`: its weights and indices of every view, ``8 n_views
     nd taps`` bytes per slice, about 4 MiB (512 x 64 rows x 128 thick, 61 views at +-60 degrees,
-    4 taps: 2 slices a step 0.059 s, 4 0.063 s, 1 0.089 s, 8 0.092 s, 16 0.14 s), at most 4."""
-    return int(max(1, min(nz, 4, (1 << 19) // max(1, n_views * nd * min(taps, _MAX_UNROLLED_TAPS)))))
+    4 taps: 2 slices a step 0.059 s, 4 0.063 s, 1 0.089 s, 8 0.092 s, 16 0.14 s; 1024 x 256
+    thick: 2 slices 1.65 back-projections, 1 1.90, 4 1.72, 8 3.55), at most 4, and at most 16
+    gathers unrolled per view (compilation time for steep views)."""
+    per_slice = n_views * nd * min(taps, _MAX_UNROLLED_TAPS)
+    return int(max(1, min(nz, 4, 16 // taps, (1 << 19) // max(1, per_slice))))
 
 
 def _tap_weights(cos_t, sin_t, z, first, j, *, nx, nd):
