@@ -60,10 +60,10 @@ slab, z is processed in chunks whose accumulator (about 1 MiB) stays in cache, v
 in a loop, and the row axis is innermost. The same jit-compiled code runs on CPU or GPU; the
 library never changes global JAX settings (float64 computation needs the caller to enable x64).
 
-**SIRT** (:mod:`lmalign_jax.recon.sirt`): the re-projector is ``jax.linear_transpose`` of the
-back-projector, so the two are exact adjoints; SIRT runs slab by slab (each y row is its own
-2-D problem). :func:`lmalign_jax.recon.filters.sirt_like_response` gives the FBP filter that
-mimics N SIRT iterations (``reconstruct(sirtlike=N)``).
+**SIRT** (:mod:`lmalign_jax.recon.sirt`): the re-projector is the exact transpose of the
+back-projector, written as gathers with rows innermost (as the back-projector); SIRT runs slab
+by slab (each y row is its own 2-D problem). :func:`lmalign_jax.recon.filters.sirt_like_response`
+gives the FBP filter that mimics N SIRT iterations (``reconstruct(sirtlike=N)``).
 """
 
 from .fbp import SlabPlan, default_memory_bytes, fbp_2d, plan_slabs, reconstruct
