@@ -66,6 +66,7 @@ from .centring import WindowMatch, correlate_windows, extract_windows, window_si
 from .coarse import bin_view, binning_factor, neighbour_shifts
 from .find import find_beads
 from .fitting import Fitter, nearest_found
+from .register import register_view
 from .result import (
     CROWDED,
     FOUND,
@@ -125,6 +126,8 @@ RIVAL = 0.6
 #: Views tracked before the sweep fits after every pair of views (one each side) instead of after
 #: every view: half the fits, and each new view's neighbour is still in the last fit.
 EVERY_VIEW_FITS = 12
+REGISTER = True
+WIDE_RADIUS_PER_DIAMETER = 12.0
 
 
 def _sweep_order(n_views: int, seed: int) -> list[int]:
@@ -174,10 +177,22 @@ class _Measurer:
         self.template, self.diameter, self.size, self.count = template, diameter, size, count
         self.nx, self.ny = image_size
 
-    def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR):
-        """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``."""
+    def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR, register=False):
+        """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``;
+        with ``register`` the predictions are first moved by the view's pooled shift
+        (:func:`lmalign_jax.track.register.register_view`) where that shift is significant."""
         m = predicted.shape[0]
         d = self.diameter
+        self.registration = None
+        if register:
+            chosen = active & np.all(np.isfinite(predicted), axis=1)
+            self.registration = register_view(view, predicted[chosen], self.template, d)
+            if not self.registration.significant:  # the coarse shift may be off by more: look wider
+                wide = register_view(view, predicted[chosen], self.template, d, WIDE_RADIUS_PER_DIAMETER * d)
+                if wide.significant:
+                    self.registration = wide
+            if self.registration.significant:
+                predicted = predicted + self.registration.shift
         reasons = np.full(m, NOT_REACHED, dtype=np.int8)
         positions = np.full((m, 2), np.nan)
         amplitude = np.full(m, np.nan)
@@ -415,7 +430,9 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
             predicted = predicted + (coarse[v] - coarse[nb])
         else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
             predicted = predicted + _direct_shift(stack, nb, v, factor, d)
-        pos, why, amp = measurer.measure(_read_view(stack, v), predicted, np.ones(m, dtype=bool), search)
+        pos, why, amp = measurer.measure(
+            _read_view(stack, v), predicted, np.ones(m, dtype=bool), search, register=REGISTER
+        )
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
         tracked[v] = ok.sum() >= MIN_VIEW_BEADS
@@ -441,7 +458,14 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
             predicted[v] += coarse[v] - coarse[nb]
         before = found.copy()
         for v in range(n_views):
-            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine, MIN_SNR_REFINE)
+            pos, why, amp = measurer.measure(
+                _read_view(stack, v),
+                predicted[v],
+                active,
+                fine,
+                MIN_SNR_REFINE,
+                register=REGISTER and v in neighbour,
+            )
             keep = reasons[v] == REMOVED
             reasons[v] = np.where(keep, REMOVED, why)
             found[v] = why == FOUND

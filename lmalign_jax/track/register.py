@@ -1,0 +1,135 @@
+"""Whole-view registration against the predicted beads: one pooled shift from all beads at once.
+
+Why
+---
+A new view's prediction (fitted alignment of the views so far, moved by the coarse shift between
+neighbouring views, :mod:`lmalign_jax.track.coarse`) can be off by tens of pixels where the coarse
+correlation failed: at cryo dose (30 e/px) and 60 degrees the thick, dark, noisy views correlate
+poorly with their neighbours. Each bead alone is then searched in the wrong place and, at 1-3
+noise sigmas, cannot be told from noise, so the whole view was lost. All beads move together, so
+their evidence is pooled, as strong trackers register a view before centring single beads.
+
+How
+---
+The view is correlated with a synthetic image of all predicted beads (the averaged bead placed
+at every predicted position) over shifts within ``radius_px``. That correlation is the sum, over
+beads, of each bead's window correlated with the template, read at the prediction plus the
+shift; it is computed that way (one batched FFT of the windows, each moved by its prediction's
+sub-pixel part so that index ``W/2`` is the prediction). Each window's correlation is divided by
+its robust noise level (1.4826 MAD over the window), so a bead in a textured patch does not
+outweigh the others and the pooled map is a sum of unit-variance maps.
+
+When is the pooled peak real
+----------------------------
+The null distribution of the pooled map is estimated from the map itself: its median and robust
+standard deviation over the search disc farther than one bead diameter from the peak. The peak's
+height over them, ``z``, is compared with the largest of ``cells`` independent unit Gaussians at a
+false-alarm probability :data:`FALSE_ALARM` (``cells`` the search disc's area over that of a bead,
+the correlation length of a bead-sized template): ``z >= Phi^-1(1 - FALSE_ALARM / cells)``, about
+4.1 for a search radius of 4 bead diameters. Below that the shift is not used.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+from jaxtyping import ArrayLike, Float
+
+from .centring import extract_windows, window_size
+
+__all__ = ["Registration", "register_view", "significance_threshold", "FALSE_ALARM", "RADIUS_PER_DIAMETER"]
+
+#: Probability that pure noise passes the pooled-peak test in one view.
+FALSE_ALARM = 1e-3
+#: Search radius of the registration, in bead diameters.
+RADIUS_PER_DIAMETER = 4.0
+
+
+class Registration:
+    """The pooled shift of one view: ``shift`` (2,) pixels to add to the predictions, ``z`` its
+    height over the pooled map's noise, ``significant`` whether ``z`` passed the test, ``beads``
+    how many beads were pooled."""
+
+    __slots__ = ("shift", "z", "significant", "beads")
+
+    def __init__(self, shift, z, significant, beads):
+        self.shift, self.z, self.significant, self.beads = shift, z, significant, beads
+
+
+def significance_threshold(radius_px: float, bead_diameter_px: float) -> float:
+    """Smallest pooled-peak height (noise sigmas) that pure noise reaches with probability
+    :data:`FALSE_ALARM` over a search disc of ``radius_px`` (module docstring)."""
+    cells = max(1.0, (2.0 * radius_px / bead_diameter_px) ** 2)
+    return NormalDist().inv_cdf(1.0 - FALSE_ALARM / cells)
+
+
+def register_view(
+    view: Float[ArrayLike, "rows columns"],
+    predicted: Float[ArrayLike, "beads 2"],
+    template: Float[ArrayLike, "size size"],
+    bead_diameter_px: float,
+    radius_px: float | None = None,
+) -> Registration:
+    """Shift of the whole view against the beads predicted in it (module docstring).
+
+    Args:
+        view: (NY, NX) one raw view.
+        predicted: (n, 2) predicted bead positions ``(x, y)``, pixels (rows with NaN are skipped).
+        template: (W, W) averaged bead from :func:`lmalign_jax.track.centring.bead_template`,
+            centred on pixel ``W/2``.
+        bead_diameter_px: bead diameter, pixels.
+        radius_px: largest shift searched, pixels (default ``RADIUS_PER_DIAMETER`` diameters).
+    """
+    d = float(bead_diameter_px)
+    radius = RADIUS_PER_DIAMETER * d if radius_px is None else float(radius_px)
+    p = np.asarray(predicted, dtype=np.float64).reshape(-1, 2)
+    p = p[np.all(np.isfinite(p), axis=1)]
+    threshold = significance_threshold(radius, d)
+    if p.shape[0] == 0:
+        return Registration(np.zeros(2), 0.0, False, 0)
+    size = window_size(d, radius)
+    windows, origins = extract_windows(np.asarray(view), p, size)
+    half = size // 2
+    t = np.asarray(template, dtype=np.float64)
+    padded = np.zeros((size, size))
+    th = t.shape[0] // 2
+    lo = half - th
+    padded[lo : lo + t.shape[0], lo : lo + t.shape[1]] = t
+    t0 = np.roll(padded, (-half, -half), axis=(0, 1))
+    frac = p - origins - 0.5 - half  # (n, 2) in [-0.5, 0.5): index W/2 + frac is the prediction
+    ky = np.fft.fftfreq(size)[:, None]
+    kx = np.fft.rfftfreq(size)[None, :]
+    phase = np.exp(2j * np.pi * (kx[None] * frac[:, 0, None, None] + ky[None] * frac[:, 1, None, None]))
+    w = windows.astype(np.float64)
+    w = w - w.mean(axis=(1, 2), keepdims=True)
+    corr = np.fft.irfft2(np.fft.rfft2(w) * np.conj(np.fft.rfft2(t0))[None] * phase, s=(size, size))
+    med = np.median(corr.reshape(p.shape[0], -1), axis=1)
+    mad = np.median(np.abs(corr.reshape(p.shape[0], -1) - med[:, None]), axis=1)
+    usable = mad > 0
+    if not usable.any():
+        return Registration(np.zeros(2), 0.0, False, 0)
+    pooled = np.sum((corr[usable] - med[usable, None, None]) / (1.4826 * mad[usable, None, None]), axis=0)
+    idx = np.arange(size) - half
+    r2 = idx[None, :] ** 2 + idx[:, None] ** 2
+    disc = r2 <= radius * radius
+    score = np.where(disc, pooled, -np.inf)
+    py, px = np.unravel_index(int(np.argmax(score)), score.shape)
+    dy, dx = idx[:, None] - (py - half), idx[None, :] - (px - half)
+    background = pooled[disc & (dx * dx + dy * dy > d * d)]
+    centre = float(np.median(background))
+    sd = 1.4826 * float(np.median(np.abs(background - centre)))
+    z = (float(pooled[py, px]) - centre) / sd if sd > 0 else 0.0
+    fx = _vertex(pooled[py, px - 1], pooled[py, px], pooled[py, px + 1]) if 0 < px < size - 1 else 0.0
+    fy = _vertex(pooled[py - 1, px], pooled[py, px], pooled[py + 1, px]) if 0 < py < size - 1 else 0.0
+    shift = np.array([px - half + fx, py - half + fy], dtype=np.float64)
+    return Registration(shift, z, bool(z >= threshold), int(usable.sum()))
+
+
+def _vertex(left: float, mid: float, right: float) -> float:
+    """Sub-pixel offset of a maximum from three samples (parabola), within half a pixel."""
+    den = left - 2.0 * mid + right
+    if not (den < 0 and math.isfinite(den)):
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
