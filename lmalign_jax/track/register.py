@@ -27,6 +27,15 @@ height over them, ``z``, is compared with the largest of ``cells`` independent u
 false-alarm probability :data:`FALSE_ALARM` (``cells`` the search disc's area over that of a bead,
 the correlation length of a bead-sized template): ``z >= Phi^-1(1 - FALSE_ALARM / cells)``, about
 4.1 for a search radius of 4 bead diameters. Below that the shift is not used.
+
+Single beads
+------------
+After a significant registration each bead is centred alone about its moved prediction. A bead
+found where the registered prediction puts it (within the tracker's JUMP tolerance of the
+strong beads' common offset, :mod:`lmalign_jax.track.tracking`) is backed by the pooled
+evidence: it needs only a peak that noise reaches within that disc with probability
+:data:`BEAD_FALSE_ALARM` (:func:`bead_threshold`; the window's correlation divided by its noise
+level is a unit Gaussian at a point without a bead), not the peak a bead found alone needs.
 """
 
 from __future__ import annotations
@@ -39,10 +48,20 @@ from jaxtyping import ArrayLike, Float
 
 from .centring import extract_windows, window_size
 
-__all__ = ["Registration", "register_view", "significance_threshold", "FALSE_ALARM", "RADIUS_PER_DIAMETER"]
+__all__ = [
+    "Registration",
+    "register_view",
+    "significance_threshold",
+    "bead_threshold",
+    "FALSE_ALARM",
+    "BEAD_FALSE_ALARM",
+    "RADIUS_PER_DIAMETER",
+]
 
 #: Probability that pure noise passes the pooled-peak test in one view.
 FALSE_ALARM = 1e-3
+#: Probability that pure noise passes as a bead in a registered view (:func:`bead_threshold`).
+BEAD_FALSE_ALARM = 1e-2
 #: Search radius of the registration, in bead diameters.
 RADIUS_PER_DIAMETER = 4.0
 
@@ -63,6 +82,14 @@ def significance_threshold(radius_px: float, bead_diameter_px: float) -> float:
     :data:`FALSE_ALARM` over a search disc of ``radius_px`` (module docstring)."""
     cells = max(1.0, (2.0 * radius_px / bead_diameter_px) ** 2)
     return NormalDist().inv_cdf(1.0 - FALSE_ALARM / cells)
+
+
+def bead_threshold(agree_px: float, bead_diameter_px: float) -> float:
+    """Smallest correlation peak (noise sigmas of the bead's window) that pure noise reaches with
+    probability :data:`BEAD_FALSE_ALARM` within ``agree_px`` of a registered prediction: a bead
+    backed by the pooled evidence needs no more (module docstring, "Single beads")."""
+    cells = max(1.0, (2.0 * agree_px / bead_diameter_px) ** 2)
+    return NormalDist().inv_cdf(1.0 - BEAD_FALSE_ALARM / cells)
 
 
 def register_view(
