@@ -119,7 +119,7 @@ class Measurer:
             centre = np.median(offset[strong], axis=0)
             spread = 1.4826 * float(np.median(np.linalg.norm(offset[strong] - centre, axis=1)))
         agree = max(0.4 * d, 1.5, 4.0 * spread)
-        threshold = min(min_snr, bead_threshold(agree, d))
+        threshold = min(min_snr, bead_threshold(agree, self.template))
         near = np.linalg.norm(offset - centre, axis=1) <= agree
         return near & (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= threshold) & ~_crowded(match)
 
