@@ -10,13 +10,15 @@ off by ~25 px there, and no bead alone passed the tests so far from its predicti
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import chi2
 
 from lmalign_jax.simulation.cryo import Imaging, simulate_cryo_series
 from lmalign_jax.track.centring import bead_template, extract_windows, window_size
-from lmalign_jax.track.register import register_view
+from lmalign_jax.track.register import excursion_threshold, register_view, roughness
 from lmalign_jax.track.tracking import track_beads
 
 SIZE, SPECIMEN = 384, 2
@@ -44,6 +46,28 @@ def _template(cryo):
     size = window_size(d, max(d, 5.0))
     windows, origins = extract_windows(np.asarray(cryo.stack[seed]), xy[keep], size)
     return bead_template(windows, origins, xy[keep], d)
+
+
+def test_excursion_threshold_is_exceeded_by_noise_at_its_false_alarm_rate():
+    """White noise correlated with a Gaussian template (sd 2 px) is a Gaussian field of roughness
+    1 / (2 sd^2) = 0.125 px^-2, which :func:`roughness` reads off the template; the maximum of
+    such a field over a disc of radius 20 px exceeds ``excursion_threshold(area, roughness, 0.1)``
+    in 10% of 400 draws, within 4 binomial standard deviations (0.06)."""
+    rng = np.random.default_rng(11)
+    size, sd, radius, alpha, draws = 64, 2.0, 20.0, 0.1, 400
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    template = np.exp(-(xx**2 + yy**2) / (2.0 * sd * sd))
+    assert abs(roughness(template) - 1.0 / (2.0 * sd * sd)) <= 0.01
+    threshold = excursion_threshold(math.pi * radius * radius, roughness(template), alpha)
+    spectrum = np.conj(np.fft.rfft2(np.fft.ifftshift(template))) / np.sqrt(np.sum(template**2))
+    disc = xx**2 + yy**2 <= radius * radius
+    exceeded = 0
+    for _ in range(draws):
+        field = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((size, size))) * spectrum, s=(size, size))
+        exceeded += bool(field[disc].max() > threshold)
+    rate = exceeded / draws
+    print(f"threshold {threshold:.2f}: exceeded in {rate:.3f} of {draws} draws (expected {alpha})")
+    assert abs(rate - alpha) <= 4.0 * math.sqrt(alpha * (1 - alpha) / draws)
 
 
 def test_registration_recovers_a_large_shift_of_a_cryo_dose_60_degree_view(cryo_dose):
