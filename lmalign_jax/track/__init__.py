@@ -18,6 +18,8 @@ Public API
 Modules: ``filters`` (the filter in Fourier space), ``peaks`` (threshold, non-maximum
 suppression, sub-pixel fit), ``find`` (the procedure), ``scale`` (diameter estimate),
 ``coarse`` (whole-view shifts), ``centring`` (batched correlation with the averaged bead),
+``register`` (a view's pooled shift against its predicted beads), ``measuring`` (all beads of one
+view centred about their predictions, with the leave-out rules),
 ``seeding`` (the beads chosen on the seed view, on both surfaces), ``fitting`` (fixed-shape fits
 with :mod:`lmalign_jax.core` and predictions), ``result`` (:class:`TrackResult`, the reasons,
 lost views and ``TrackResult.observations()``), ``tracking`` (the procedure). Nothing here imports

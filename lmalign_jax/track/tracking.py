@@ -24,14 +24,21 @@ fill gaps and drop bad points):
    on each side, so each new view's neighbour is in the fit) once twelve are. All bead windows of
    the view are correlated with the template in one batched FFT and centred
    (:func:`lmalign_jax.track.centring.correlate_windows`); if the median offset from the
-   predictions is large the view is measured again about the shifted predictions.
+   predictions is large the view is measured again about the shifted predictions. Before that
+   the whole view is registered against its predicted beads (:mod:`lmalign_jax.track.register`:
+   one shift from the correlation with the averaged bead at every prediction, within ``4 D``,
+   else ``12 D``, used when it passes a false-alarm test on its own noise): at cryo dose and
+   high tilt the coarse shift can be off by tens of pixels, and each bead alone is too weak
+   to be found that far off. The untracked views of the rounds are registered the same way.
 4. **Left out** of a view (``reasons``): a prediction within ``D/2 + 1`` px of the border
    (OUTSIDE); two predictions closer than ``2 D``, or a second correlation peak within ``2 D`` of
    the found one above ``RIVAL`` of it and itself ``MIN_SNR`` noise sigmas high (CROWDED: a
    second bead, not a peak of a lattice or ice texture); a peak below ``MIN_AMPLITUDE`` of the
    average bead or ``MIN_SNR`` noise sigmas (``MIN_SNR_REFINE`` in the rounds, where the fit
-   predicts within a pixel) (WEAK); a found position whose offset from the prediction differs
-   from the view's median offset by more than ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP). A view
+   predicts within a pixel; in a registered view, a bead found where the registration puts it
+   needs only the peak of :func:`lmalign_jax.track.register.bead_threshold`) (WEAK); a found
+   position whose offset from the prediction differs from the view's median offset by more than
+   ``max(0.4 D, 1.5 px, 4 sigma)`` (JUMP). A view
    that ends with fewer than 3 beads is lost (:mod:`lmalign_jax.track.result`); a view beyond
    a lost one is predicted from the last tracked view with one direct whole-view correlation.
 5. **Rounds.** After the sweep, and after each further round: the alignment is fitted to every
@@ -62,10 +69,11 @@ import time
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .centring import WindowMatch, correlate_windows, extract_windows, window_size
+from .centring import window_size
 from .coarse import bin_view, binning_factor, neighbour_shifts
 from .find import find_beads
 from .fitting import Fitter, nearest_found
+from .measuring import Measurer
 from .result import (
     CROWDED,
     FOUND,
@@ -103,10 +111,6 @@ __all__ = [
     "MIN_TRACKED_BEADS",
 ]
 
-#: Smallest correlation peak, as a fraction of the average bead's.
-MIN_AMPLITUDE = 0.35
-#: Smallest correlation peak over the correlation's robust noise level.
-MIN_SNR = 4.0
 #: The same in the rounds, where the fitted alignment predicts within a pixel and a false peak
 #: must also pass the residual tests: in a lattice patch of the specimen the correlation's
 #: background is structured, and clear beads (amplitude ~0.8) sit only 2-3 of its sigmas above it.
@@ -120,8 +124,6 @@ MIN_BEAD_VIEWS = 3
 #: Views within this many degrees of the seed view give the heights that sort the beads into
 #: surfaces before the choice (parallax z sin(15 deg) = 0.26 z: 8 px between surfaces 30 px apart).
 PILOT_TILT_DEG = 15.0
-#: Largest second peak within 2 D, as a fraction of the peak.
-RIVAL = 0.6
 #: Views tracked before the sweep fits after every pair of views (one each side) instead of after
 #: every view: half the fits, and each new view's neighbour is still in the last fit.
 EVERY_VIEW_FITS = 12
@@ -160,81 +162,6 @@ def _read_view(stack, v: int) -> np.ndarray:
     return np.asarray(stack[v], dtype=np.float32)
 
 
-def _crowded(match) -> np.ndarray:
-    """A second peak within ``2 D`` above ``RIVAL`` of the peak that is itself bead-like, at least
-    ``MIN_SNR`` sigmas of the correlation's background (a lattice or ice texture makes many weaker
-    peaks that are no second bead)."""
-    return (match.rival > RIVAL) & (match.rival * match.snr >= MIN_SNR)
-
-
-class _Measurer:
-    """Centring of all beads of one view about their predictions, with the leave-out rules."""
-
-    def __init__(self, template, diameter: float, image_size, size: int, count: int):
-        self.template, self.diameter, self.size, self.count = template, diameter, size, count
-        self.nx, self.ny = image_size
-
-    def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR):
-        """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``."""
-        m = predicted.shape[0]
-        d = self.diameter
-        reasons = np.full(m, NOT_REACHED, dtype=np.int8)
-        positions = np.full((m, 2), np.nan)
-        amplitude = np.full(m, np.nan)
-        live = active & np.all(np.isfinite(predicted), axis=1)
-        margin = 0.5 * d + 1.0
-        p = np.where(np.isfinite(predicted), predicted, -1e9)
-        inside = (p[:, 0] >= margin) & (p[:, 0] <= self.nx - margin)
-        inside &= (p[:, 1] >= margin) & (p[:, 1] <= self.ny - margin)
-        reasons[live & ~inside] = OUTSIDE
-        live &= inside
-        idx = np.flatnonzero(live)
-        if idx.size > 1:
-            gap = np.linalg.norm(p[idx, None] - p[None, idx], axis=2) + np.diag(np.full(idx.size, np.inf))
-            close = gap.min(axis=1) < 2.0 * d
-            reasons[idx[close]] = CROWDED
-            idx = idx[~close]
-        if idx.size == 0:
-            return positions, reasons, amplitude
-        pred = predicted[idx]
-        match = self._match(view, pred, search)
-        offset = match.positions - pred
-        good = self._acceptable(match, min_snr)
-        if good.sum() >= 3:
-            shift = np.median(offset[good], axis=0)
-            if np.hypot(*shift) > 0.25 * search:  # the whole view is off: measure again about it
-                pred = pred + shift
-                match = self._match(view, pred, search)
-                offset = match.positions - predicted[idx]
-                good = self._acceptable(match, min_snr)
-        weak = (match.amplitude < MIN_AMPLITUDE) | (match.snr < min_snr)
-        rival = _crowded(match)
-        reasons[idx] = np.where(rival, CROWDED, np.where(weak, WEAK, FOUND))
-        if good.sum() >= 3:
-            centre = np.median(offset[good], axis=0)
-            dev = np.linalg.norm(offset - centre, axis=1)
-            spread = 1.4826 * np.median(dev[good])
-            jump = dev > max(0.4 * d, 1.5, 4.0 * spread)
-            reasons[idx[jump & good]] = JUMP
-        ok = reasons[idx] == FOUND
-        positions[idx[ok]] = match.positions[ok]
-        amplitude[idx] = match.amplitude
-        return positions, reasons, amplitude
-
-    def _match(self, view, pred, search):
-        """Correlate the windows at ``pred`` (k, 2), padded to ``self.count`` windows so that the
-        compiled correlation has one shape per tracking."""
-        k = pred.shape[0]
-        padded = np.concatenate([pred, np.broadcast_to(pred[:1], (self.count - k, 2))])
-        windows, origins = extract_windows(view, padded, self.size)
-        match = correlate_windows(windows, origins, self.template, padded, search, self.diameter)
-        return WindowMatch(match.positions[:k], match.amplitude[:k], match.snr[:k], match.rival[:k])
-
-    @staticmethod
-    def _acceptable(match, min_snr):
-        return (match.amplitude >= MIN_AMPLITUDE) & (match.snr >= min_snr) & ~_crowded(match)
-
-
 def _drop_outliers(fitter, found, reasons, xy):
     """Drop points and whole tracks with outlying residuals (module docstring, step 5), in place.
     Returns the (n_beads,) RMS residual of each bead."""
@@ -266,6 +193,7 @@ def track_beads(
     rotation_deg: float | None = None,
     target_beads: int = 40,
     rounds: int = 3,
+    register_views: bool = True,
     progress=None,
 ) -> TrackResult:
     """Track gold beads through a tilt series (see the module docstring).
@@ -279,6 +207,9 @@ def track_beads(
             by the fits when None.
         target_beads: how many beads to track at most.
         rounds: refinement rounds after the sweep (at least 1).
+        register_views: register each new view as a whole against its predicted beads before
+            centring them (:mod:`lmalign_jax.track.register`); False predicts from the coarse
+            shifts alone (the behaviour before; for comparisons).
         progress: optional ``callable(str)`` told what is being done.
 
     Returns:
@@ -312,18 +243,31 @@ def track_beads(
     if eligible.size > chosen.size:  # a choice to make: spread it over both surfaces, if two
         say(f"heights of {eligible.size} beads from the views nearest view {seed + 1}")
         upper = split_surfaces(
-            _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg), d
+            _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg, register_views), d
         )
         if upper is not None:
             chosen = choose_on_surfaces(candidates, scores, eligible, upper, int(target_beads))
     timings["choice_s"] = time.perf_counter() - began
     track, _ = _track(
-        stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings
+        stack,
+        tilts,
+        d,
+        seed_image,
+        candidates,
+        chosen,
+        rotation_deg,
+        rounds,
+        say,
+        began,
+        timings,
+        register_views,
     )
     return track
 
 
-def _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg) -> np.ndarray:
+def _pilot_heights(
+    stack, tilts, d, seed_image, candidates, eligible, rotation_deg, register_views
+) -> np.ndarray:
     """(eligible,) height of each ``eligible`` candidate (NaN where unknown), from tracking them all
     through the views within ``PILOT_TILT_DEG`` of the seed (one round)."""
     seed = int(np.argmin(np.abs(tilts)))
@@ -349,6 +293,7 @@ def _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_d
             lambda text: None,
             time.perf_counter(),
             {},
+            register_views,
         )
     except TrackingError:
         return z
@@ -369,7 +314,9 @@ class _Views:
         return self.stack[int(self.index[v])]
 
 
-def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings):
+def _track(
+    stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings, register_views
+):
     """Track ``candidates[chosen]`` of the seed view through ``stack``; returns
     ``(TrackResult, chosen)`` (the chosen kept by :func:`seed_template`, one per bead)."""
     n_views, ny, nx = (int(s) for s in stack.shape)
@@ -379,7 +326,7 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
     n_chosen = chosen.size
     chosen, template = seed_template(seed_image, candidates, chosen, d, size)
     m = chosen.size
-    measurer = _Measurer(template, d, (nx, ny), size, n_chosen)  # the seed's batch shape: one compile
+    measurer = Measurer(template, d, (nx, ny), size, n_chosen, register_views)  # one batch shape: one compile
     timings["seed_s"] = time.perf_counter() - began
 
     say(f"coarse shifts between {n_views} neighbouring views")
@@ -415,7 +362,9 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
             predicted = predicted + (coarse[v] - coarse[nb])
         else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
             predicted = predicted + _direct_shift(stack, nb, v, factor, d)
-        pos, why, amp = measurer.measure(_read_view(stack, v), predicted, np.ones(m, dtype=bool), search)
+        pos, why, amp = measurer.measure(
+            _read_view(stack, v), predicted, np.ones(m, dtype=bool), search, register=True
+        )
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
         tracked[v] = ok.sum() >= MIN_VIEW_BEADS
@@ -441,7 +390,14 @@ def _track(stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds
             predicted[v] += coarse[v] - coarse[nb]
         before = found.copy()
         for v in range(n_views):
-            pos, why, amp = measurer.measure(_read_view(stack, v), predicted[v], active, fine, MIN_SNR_REFINE)
+            pos, why, amp = measurer.measure(
+                _read_view(stack, v),
+                predicted[v],
+                active,
+                fine,
+                MIN_SNR_REFINE,
+                register=v in neighbour,
+            )
             keep = reasons[v] == REMOVED
             reasons[v] = np.where(keep, REMOVED, why)
             found[v] = why == FOUND
