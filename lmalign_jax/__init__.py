@@ -15,7 +15,7 @@ Public API:
     LMConfig, Status      solver settings and outcomes
 """
 
-import importlib
+from .lazy_exports import lazy_getattr
 
 #: public name -> the module that defines it. Loaded on first use (PEP 562), so that importing
 #: one part of the package (the file readers, the exports, the command-line launcher) does not
@@ -74,19 +74,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """A public name or a subpackage, imported when first asked for."""
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    else:
-        try:
-            value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), {name: (module, name) for name, module in _PUBLIC.items()})
 
 
 def __dir__():

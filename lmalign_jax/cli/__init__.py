@@ -14,7 +14,7 @@ is in :mod:`.common`.
 internal error (an unexpected exception: one line, ``LMALIGN_DEBUG=1`` for the traceback).
 """
 
-import importlib
+from ..lazy_exports import lazy_getattr
 
 #: public name -> (module, name there); loaded on first use (PEP 562): the ``lmalign`` launcher
 #: (:mod:`.resident`) lives in this package and must start without importing the commands.
@@ -91,17 +91,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """A public name, or a command module, imported when first asked for."""
-    if name in _PUBLIC:
-        module, attribute = _PUBLIC[name]
-        value = getattr(importlib.import_module(module, __name__), attribute)
-    else:
-        try:
-            value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _PUBLIC)
