@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from .centring import WindowMatch, correlate_windows, extract_windows
-from .register import bead_threshold, register_view
+from .register import FALSE_ALARM, bead_threshold, register_view
 from .result import CROWDED, FOUND, JUMP, NOT_REACHED, OUTSIDE, WEAK
 
-__all__ = ["Measurer", "MIN_AMPLITUDE", "MIN_SNR", "RIVAL", "WIDE_RADIUS_PER_DIAMETER"]
+__all__ = ["Measurer", "MIN_AMPLITUDE", "MIN_SNR", "RIVAL", "WIDE_RADIUS_PER_DIAMETER", "similarity_about"]
 
 #: Smallest correlation peak, as a fraction of the average bead's.
 MIN_AMPLITUDE = 0.35
@@ -20,6 +20,23 @@ MIN_SNR = 4.0
 RIVAL = 0.6
 #: Search radius of the second, wider registration where the first finds nothing, in bead diameters.
 WIDE_RADIUS_PER_DIAMETER = 12.0
+#: Magnification and in-plane rotation changes about the image centre tried, coarse to fine
+#: (each level halves the steps about the best so far), when most beads of a registered view are
+#: not found: between two views the scale may jump by a percent and the rotation by half a degree
+#: (the realistic simulator's per-view jitter), which moves a bead 2,000 px from the centre of a
+#: 4k view by 20 px, more than the bead search and no shift the registration can find.
+SIMILARITY_SCALE_STEP = 0.01
+SIMILARITY_ROTATION_STEP_DEG = 0.5
+SIMILARITY_LEVELS = 3
+
+
+def similarity_about(points, centre, scale: float, rotation_deg: float) -> np.ndarray:
+    """``centre + (1 + scale) R(rotation) (points - centre)``: (n, 2) points magnified by
+    ``1 + scale`` and turned counter-clockwise by ``rotation_deg`` about ``centre`` (x, y)."""
+    a = np.radians(rotation_deg)
+    rot = (1.0 + scale) * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c = np.asarray(centre, dtype=np.float64)
+    return c + (np.asarray(points, dtype=np.float64) - c) @ rot.T
 
 
 def _crowded(match) -> np.ndarray:
@@ -41,19 +58,71 @@ class Measurer:
     def measure(self, view, predicted, active, search: float, min_snr: float = MIN_SNR, register=False):
         """(positions (m, 2), reasons (m,) int8, amplitude (m,)) for the beads marked ``active``;
         with ``register`` the predictions are first moved by the view's pooled shift
-        (:func:`lmalign_jax.track.register.register_view`) where that shift is significant."""
+        (:func:`lmalign_jax.track.register.register_view`) where that shift is significant, and
+        when most beads are still not found, by the magnification and rotation change (about the
+        image centre) whose registration is most significant, if that finds more."""
+        if not (register and self.register_views):
+            self.registration = None
+            return self._measure_at(view, predicted, active, search, min_snr)
+        d = self.diameter
+        chosen = active & np.all(np.isfinite(predicted), axis=1)
+        registration = register_view(view, predicted[chosen], self.template, d)
+        if not registration.significant:  # the coarse shift may be off by more: look wider
+            wide = register_view(view, predicted[chosen], self.template, d, WIDE_RADIUS_PER_DIAMETER * d)
+            if wide.significant:
+                registration = wide
+        self.registration = registration
+        moved = predicted + registration.shift if registration.significant else predicted
+        out = self._measure_at(view, moved, active, search, min_snr)
+        if 2 * int(np.sum(out[1] == FOUND)) >= int(chosen.sum()):
+            return out
+        turned = self._similarity(view, predicted, chosen)
+        if turned is None:
+            return out
+        self.registration, moved = turned
+        again = self._measure_at(view, moved, active, search, min_snr)
+        if np.sum(again[1] == FOUND) > np.sum(out[1] == FOUND):
+            return again
+        self.registration = registration
+        return out
+
+    def _similarity(self, view, predicted, chosen):
+        """(registration, moved predictions) of the most significant magnification and rotation
+        change about the image centre (``SIMILARITY_*``: a 5 x 5 grid, then finer about the
+        best), each registered within ``RADIUS_PER_DIAMETER`` diameters (the coarse shift is
+        right; the view turned or changed scale); the false-alarm rate is shared among the tries.
+        None when no try is significant."""
+        d = self.diameter
+        centre = (0.5 * self.nx, 0.5 * self.ny)
+        p = predicted[chosen]
+        steps = (SIMILARITY_SCALE_STEP, SIMILARITY_ROTATION_STEP_DEG)
+        tries = 25 + 8 * (SIMILARITY_LEVELS - 1)
+        best, best_at = None, (0.0, 0.0)
+        for level in range(SIMILARITY_LEVELS):
+            reach = 2 if level == 0 else 1
+            ds, dr = steps[0] / 2**level, steps[1] / 2**level
+            s0, r0 = best_at
+            for i in range(-reach, reach + 1):
+                for j in range(-reach, reach + 1):
+                    if level > 0 and i == 0 and j == 0:
+                        continue
+                    s, r = s0 + i * ds, r0 + j * dr
+                    moved = similarity_about(p, centre, s, r)
+                    reg = register_view(view, moved, self.template, d, false_alarm=FALSE_ALARM / tries)
+                    if best is None or reg.z > best[0].z:
+                        best, best_at = (reg, (s, r)), (s, r)
+        if best is None or not best[0].significant:
+            return None
+        reg, (s, r) = best
+        moved = np.array(predicted, dtype=np.float64, copy=True)
+        finite = np.all(np.isfinite(moved), axis=1)
+        moved[finite] = similarity_about(moved[finite], centre, s, r) + reg.shift
+        return reg, moved
+
+    def _measure_at(self, view, predicted, active, search, min_snr):
+        """The leave-out rules and centring about ``predicted`` (already registered)."""
         m = predicted.shape[0]
         d = self.diameter
-        self.registration = None
-        if register and self.register_views:
-            chosen = active & np.all(np.isfinite(predicted), axis=1)
-            self.registration = register_view(view, predicted[chosen], self.template, d)
-            if not self.registration.significant:  # the coarse shift may be off by more: look wider
-                wide = register_view(view, predicted[chosen], self.template, d, WIDE_RADIUS_PER_DIAMETER * d)
-                if wide.significant:
-                    self.registration = wide
-            if self.registration.significant:
-                predicted = predicted + self.registration.shift
         reasons = np.full(m, NOT_REACHED, dtype=np.int8)
         positions = np.full((m, 2), np.nan)
         amplitude = np.full(m, np.nan)

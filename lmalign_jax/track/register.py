@@ -133,6 +133,7 @@ def register_view(
     template: Float[ArrayLike, "size size"],
     bead_diameter_px: float,
     radius_px: float | None = None,
+    false_alarm: float = FALSE_ALARM,
 ) -> Registration:
     """Shift of the whole view against the beads predicted in it (module docstring).
 
@@ -143,6 +144,8 @@ def register_view(
             centred on pixel ``W/2``.
         bead_diameter_px: bead diameter, pixels.
         radius_px: largest shift searched, pixels (default ``RADIUS_PER_DIAMETER`` diameters).
+        false_alarm: probability that noise alone passes the significance test (the caller
+            divides it among several tries of the same view).
     """
     d = float(bead_diameter_px)
     radius = RADIUS_PER_DIAMETER * d if radius_px is None else float(radius_px)
@@ -193,7 +196,7 @@ def register_view(
         ]
     )
     rough = (1.4826 * float(np.median(np.abs(steps)))) ** 2 / (sd * sd) if sd > 0 else 1.0
-    threshold = excursion_threshold(math.pi * radius * radius, rough, FALSE_ALARM)
+    threshold = excursion_threshold(math.pi * radius * radius, rough, false_alarm)
     fx = _vertex(pooled[py, px - 1], pooled[py, px], pooled[py, px + 1]) if 0 < px < size - 1 else 0.0
     fy = _vertex(pooled[py - 1, px], pooled[py, px], pooled[py + 1, px]) if 0 < py < size - 1 else 0.0
     shift = np.array([px - half + fx, py - half + fy], dtype=np.float64)
