@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="warm runs (default 2)")
     p.add_argument("--dose", type=float, default=200.0, help="electrons per pixel per view (default 200)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the stack goes")
-    p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/<date>-<machine>-track-4k.json)")
+    p.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/)")
     args = p.parse_args(argv)
     meta = environment(quick=False)
     work = Path(tempfile.mkdtemp(prefix="track-4k-", dir=args.workdir))
@@ -78,8 +78,9 @@ def main(argv=None) -> int:
         runs = []
         for k in range(1 + args.repeats):
             out = work / f"out{k}"
+            sim = work / "sim"
             align = lmalign + [
-                "align", str(work / "sim" / "synthetic.mrc"), "--tilts", str(work / "sim" / "synthetic.rawtlt"),
+                "align", str(sim / "synthetic.mrc"), "--tilts", str(sim / "synthetic.rawtlt"),
                 "--bead-diameter", str(SETUP["bead_diameter_px"]), "--quiet", "--out-dir", str(out),
             ]  # fmt: skip
             run = _run(align, env, work)
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
                     "rms_residual_px": record["summary"]["rms_residual_px"],
                 }
             runs.append(run)
-            print(("cold" if k == 0 else "warm"), {k: v for k, v in run.items() if "tail" not in k}, flush=True)
+            shown = {key: value for key, value in run.items() if "tail" not in key}
+            print("cold" if k == 0 else "warm", shown, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     warm = [r["seconds"] for r in runs[1:]]
