@@ -2,6 +2,7 @@
 process (same files byte for byte, output, exit status, working folder, signals), it serves only
 callers of the same environment, and it goes away when idle or asked."""
 
+import ast
 import json
 import os
 import signal
@@ -204,3 +205,20 @@ def test_a_folder_others_can_open_is_refused(tmp_path):
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(path) is None
+
+
+def test_a_folder_the_child_cannot_enter_gives_one_line(resident):
+    """The caller's folder exists for the caller but not for the resident process's child (here:
+    a request naming a missing folder, as a race would): one error line, exit 3, nothing run."""
+    env, work = resident
+    probe = (
+        "import os, sys\n"
+        "from lmalign_jax.cli import resident as r\n"
+        "s = r._connect(r.socket_path())\n"
+        "r._send(s, {'op': 'run', 'argv': ['--version'], 'cwd': '/no/such/folder', 'env': dict(os.environ),"
+        " 'umask': 18}, fds=(0, 1, 2))\n"
+        "print([reply for reply in r._lines(s)])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=work, capture_output=True, text=True)
+    assert {"exit": 3} in ast.literal_eval(done.stdout), done.stdout
+    assert done.stderr.count("\n") == 1 and "could not run the command" in done.stderr

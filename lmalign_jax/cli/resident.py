@@ -50,6 +50,9 @@ DEFAULT_IDLE_MINUTES = 30.0
 #: callers with the same values.
 KEYED_PREFIXES = ("JAX_", "XLA_", "LMALIGN_", "OPENBLAS_", "OMP_", "MKL_", "MPL", "CUDA_", "NVIDIA_")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The environment as the launcher found it, before any import changed it (JAX sets variables of
+#: its own): what a resident process is started with.
+_LAUNCH_ENVIRONMENT = dict(os.environ)
 _HEADER = struct.Struct("!I")
 #: Seconds a caller waits for the resident process to fork the command's process.
 PID_TIMEOUT = 10.0
@@ -187,16 +190,14 @@ def run_in_resident(argv: list[str]) -> int | None:
             os.fstat(fd)
     except OSError:
         return None  # a closed standard stream cannot be handed over
+    try:
+        cwd = os.getcwd()
+    except OSError:  # a working folder removed under the caller: run here
+        return None
     s = _connect(socket_path())
     if s is None:
         return None
-    request = {
-        "op": "run",
-        "argv": argv,
-        "cwd": os.getcwd(),
-        "env": dict(os.environ),
-        "umask": _umask(),
-    }
+    request = {"op": "run", "argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": _umask()}
     try:
         _send(s, request, fds=(0, 1, 2))
     except OSError:
@@ -314,8 +315,16 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], set_by_import
         code = run_here(argv)
     except KeyboardInterrupt:
         code = 130
-    except BaseException:  # noqa: BLE001 - a child must not return into the server's loop
+    except BaseException as e:  # noqa: BLE001 - a child must not return into the server's loop
         code = 3
+        try:
+            print(
+                f"lmalign: error: the resident process could not run the command ({type(e).__name__}: {e}); "
+                f"{SWITCH}=0 runs it in its own process",
+                file=sys.stderr,
+            )
+        except BaseException:  # noqa: BLE001, S110 - no stream to say it on
+            pass
     finally:
         try:
             import atexit  # noqa: PLC0415
@@ -403,7 +412,7 @@ def serve(idle_minutes: float = DEFAULT_IDLE_MINUTES) -> int:
 def start(idle_minutes: float, *, wait: bool = True, timeout: float = 60.0) -> dict | None:
     """Start a resident process for this environment in the background (its own session, no
     terminal); with ``wait``, until it answers (its state), else None at once."""
-    env = dict(os.environ)
+    env = dict(_LAUNCH_ENVIRONMENT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(_PACKAGE), env.get("PYTHONPATH")]))
     env.pop(SWITCH, None)
     subprocess.Popen(
