@@ -36,7 +36,7 @@ import jax
 import lmalign_jax.cli._main as cli_main
 t_import = time.perf_counter() - t_start
 import numpy as np
-from lmalign_jax.io import mrc as io_mrc
+from lmalign_jax.io import mrc_volume as io_mrc
 from lmalign_jax.recon import _kernels, fbp
 
 T = {}
