@@ -18,7 +18,7 @@ from .demo import add_demo
 from .export import add_export
 from .find_beads import add_find_beads
 from .reconstruct import add_reconstruct
-from .resident import add_resident
+from .resident_command import add_resident
 from .simulate import add_simulate
 from .track import add_track
 from .uncertainty import add_uncertainty

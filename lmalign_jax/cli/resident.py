@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-__all__ = ["main", "add_resident", "environment_key", "socket_path", "ping", "serve"]
+__all__ = ["main", "environment_key", "socket_path", "ping", "serve", "start", "stop", "supported"]
 
 SWITCH = "LMALIGN_RESIDENT"
 DEFAULT_IDLE_MINUTES = 30.0
@@ -249,11 +249,17 @@ def _umask() -> int:
     return mask
 
 
+def supported() -> bool:
+    """Whether this system can host a resident process: Unix sockets that pass descriptors, fork
+    and user ids (not Windows)."""
+    return hasattr(os, "fork") and hasattr(os, "getuid") and hasattr(socket, "send_fds")
+
+
 def main(argv=None) -> int:
     """The ``lmalign`` entry point: run the command in the resident process when one serves this
     environment, else here (:func:`lmalign_jax.cli._main.main`). Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    switch = os.environ.get(SWITCH, "")
+    switch = os.environ.get(SWITCH, "") if supported() else "0"
     if switch != "0" and argv[:1] != ["resident"]:
         code = run_in_resident(argv)
         if code is not None:
@@ -449,76 +455,6 @@ def stop() -> int | None:
         return None
     finally:
         s.close()
-
-
-RESIDENT_HELP = """\
-Keep one lmalign process warm (JAX, the package and matplotlib imported) so that later commands
-answer fast: 'lmalign align' on a small set takes about a second less. Commands run in a forked
-child of it, exactly as in their own process (same folder, environment, files and exit status);
-it is used only by commands started with the same package files, Python packages and settings
-(JAX_*, XLA_*, LMALIGN_* and thread-count variables), and exits after --idle-minutes without a
-command. LMALIGN_RESIDENT=0 never uses one; LMALIGN_RESIDENT=1 starts one after a command when
-none runs.
-
-examples:
-  lmalign resident start
-  lmalign resident status
-  lmalign resident stop
-"""
-
-
-def add_resident(sub) -> None:
-    """The ``resident`` command's parser (``start``, ``stop``, ``status``)."""
-    p = sub.add_parser(
-        "resident",
-        help="keep a warm process so that later commands answer fast",
-        description=RESIDENT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument(
-        "--idle-minutes",
-        type=float,
-        default=DEFAULT_IDLE_MINUTES,
-        help=f"exit after this long without a command (default: {DEFAULT_IDLE_MINUTES:g})",
-    )
-    p.set_defaults(run=run_resident)
-
-
-def run_resident(args) -> int:
-    """``lmalign resident start|stop|status``."""
-    if not args.idle_minutes > 0:
-        print("lmalign: error: --idle-minutes must be positive", file=sys.stderr)
-        return 2
-    state = ping()
-    if args.action == "status":
-        if state is None:
-            print("lmalign resident: none running for this environment")
-        else:
-            age = time.time() - state["started"]
-            print(
-                f"lmalign resident: pid {state['pid']}, running {age / 60:.1f} min, "
-                f"{state['served']} commands served"
-            )
-        return 0
-    if args.action == "stop":
-        pid = stop()
-        print("lmalign resident: none running" if pid is None else f"lmalign resident: stopped pid {pid}")
-        return 0
-    if state is not None:
-        print(f"lmalign resident: already running (pid {state['pid']})")
-        return 0
-    if socket_path() is None:
-        print("lmalign: error: no private folder for the resident process's socket", file=sys.stderr)
-        return 2
-    state = start(args.idle_minutes)
-    if state is None:
-        print("lmalign: error: the resident process did not start", file=sys.stderr)
-        return 3
-    print(
-        f"lmalign resident: pid {state['pid']} ready; exits after {args.idle_minutes:g} min without a command"
-    )
-    return 0
 
 
 if __name__ == "__main__":
