@@ -222,3 +222,22 @@ def test_a_folder_the_child_cannot_enter_gives_one_line(resident):
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=work, capture_output=True, text=True)
     assert {"exit": 3} in ast.literal_eval(done.stdout), done.stdout
     assert done.stderr.count("\n") == 1 and "could not run the command" in done.stderr
+
+
+def test_switch_one_starts_a_resident_process_after_the_command():
+    """``LMALIGN_RESIDENT=1``: the command runs in its own process, then leaves a resident
+    process behind, which serves the next command of the same environment."""
+    run_dir = tempfile.mkdtemp(prefix="lma", dir="/tmp")
+    env = _env(run_dir, LMALIGN_RESIDENT="1")
+    plain = dict(env)
+    plain.pop("LMALIGN_RESIDENT")
+    try:
+        assert _lmalign(["--version"], env, run_dir).returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "commands served" not in _status(plain, run_dir):
+            time.sleep(0.5)
+        assert _served(plain, run_dir) == 0
+        assert _lmalign(["--version"], plain, run_dir).stdout.startswith("lmalign_jax ")
+        assert _served(plain, run_dir) == 1
+    finally:
+        _lmalign(["resident", "stop"], plain, run_dir)
