@@ -241,3 +241,18 @@ def test_switch_one_starts_a_resident_process_after_the_command():
         assert _served(plain, run_dir) == 1
     finally:
         _lmalign(["resident", "stop"], plain, run_dir)
+
+
+def test_bad_resident_options_get_one_line(capsys, monkeypatch):
+    """A non-positive idle time, and a system without fork and Unix sockets, are refused with one
+    line and exit 2; nothing is started."""
+    from lmalign_jax import cli
+    from lmalign_jax.cli import resident_command
+
+    assert cli.main(["resident", "start", "--idle-minutes", "0"]) == 2
+    assert capsys.readouterr().err == "lmalign: error: --idle-minutes must be positive\n"
+    monkeypatch.setattr(resident_command, "supported", lambda: False)
+    assert cli.main(["resident", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmalign: error: a resident process needs Unix sockets and fork")
+    assert err.count("\n") == 1

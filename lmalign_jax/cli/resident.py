@@ -365,7 +365,7 @@ def serve(idle_minutes: float = DEFAULT_IDLE_MINUTES) -> int:
         print("lmalign resident: no private folder for the socket", file=sys.stderr)
         return 2
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    partial = f"{path}.{os.getpid()}"
+    partial = os.path.join(os.path.dirname(path), f".{os.getpid()}")  # shorter than the final name
     server.bind(partial)
     os.chmod(partial, 0o600)
     os.replace(partial, path)  # a newer server takes the name over; the older one idles out

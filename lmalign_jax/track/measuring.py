@@ -95,29 +95,27 @@ class Measurer:
         d = self.diameter
         centre = (0.5 * self.nx, 0.5 * self.ny)
         p = predicted[chosen]
-        steps = (SIMILARITY_SCALE_STEP, SIMILARITY_ROTATION_STEP_DEG)
-        tries = 25 + 8 * (SIMILARITY_LEVELS - 1)
+        reaches = [2] + [1] * (SIMILARITY_LEVELS - 1)  # a 5 x 5 grid, then the 8 around the best
+        tries = sum((2 * r + 1) ** 2 for r in reaches) - (len(reaches) - 1)
         best, best_at = None, (0.0, 0.0)
-        for level in range(SIMILARITY_LEVELS):
-            reach = 2 if level == 0 else 1
-            ds, dr = steps[0] / 2**level, steps[1] / 2**level
+        for level, reach in enumerate(reaches):
+            ds, dr = SIMILARITY_SCALE_STEP / 2**level, SIMILARITY_ROTATION_STEP_DEG / 2**level
             s0, r0 = best_at
             for i in range(-reach, reach + 1):
                 for j in range(-reach, reach + 1):
                     if level > 0 and i == 0 and j == 0:
-                        continue
+                        continue  # tried at the level before
                     s, r = s0 + i * ds, r0 + j * dr
-                    moved = similarity_about(p, centre, s, r)
-                    reg = register_view(view, moved, self.template, d, false_alarm=FALSE_ALARM / tries)
-                    if best is None or reg.z > best[0].z:
-                        best, best_at = (reg, (s, r)), (s, r)
-        if best is None or not best[0].significant:
+                    turned = similarity_about(p, centre, s, r)
+                    reg = register_view(view, turned, self.template, d, false_alarm=FALSE_ALARM / tries)
+                    if best is None or reg.z > best.z:
+                        best, best_at = reg, (s, r)
+        if best is None or not best.significant:
             return None
-        reg, (s, r) = best
         moved = np.array(predicted, dtype=np.float64, copy=True)
         finite = np.all(np.isfinite(moved), axis=1)
-        moved[finite] = similarity_about(moved[finite], centre, s, r) + reg.shift
-        return reg, moved
+        moved[finite] = similarity_about(moved[finite], centre, *best_at) + best.shift
+        return best, moved
 
     def _measure_at(self, view, predicted, active, search, min_snr):
         """The leave-out rules and centring about ``predicted`` (already registered)."""
