@@ -14,6 +14,7 @@ import os
 from ..io.mrc import read_stack_header
 from ..io.mrc_volume import LAYOUTS
 from ..workflow.reconstruction import (
+    DEFAULT_TOLERANCE_PX,
     FILTER_CHOICES,
     read_alignment_files,
     read_alignment_json,
@@ -38,6 +39,10 @@ def _check_args(args) -> None:
                 "'lmalign align')"
             )
         raise UsageError("--xf and --tlt go together (or give --alignment FILE.json)")
+    if not (math.isfinite(args.local_tolerance) and args.local_tolerance >= 0):
+        raise UsageError(
+            f"--local-tolerance must be 0 or a positive number of pixels, got {args.local_tolerance:g}"
+        )
     if args.positivity and args.sirt is None:
         raise UsageError("--positivity goes with --sirt N")
     if args.sirt is not None and (args.sirtlike is not None or args.radial is not None):
@@ -128,6 +133,7 @@ def run_reconstruct(args) -> int:
         warn=warn,
         note=note,
         local_path=local,
+        local_tolerance_px=args.local_tolerance,
     )
     nz, ny, nx = info["shape"]
     dims = (
@@ -245,6 +251,15 @@ def add_reconstruct(sub):
         help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
         "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; "
         "without FILE, the one the --alignment record names",
+    )
+    p.add_argument(
+        "--local-tolerance",
+        metavar="PX",
+        type=float,
+        default=DEFAULT_TOLERANCE_PX,
+        help="with --local: the largest error (aligned pixels) of the position a voxel is read at, "
+        "in exchange for speed (voxels read through per-view sheets); 0 samples every voxel at "
+        "its own position, as tilt does (several times slower) (default: %(default)g)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -35,6 +35,15 @@ from jaxtyping import Float
 from . import _kernels
 from .fbp import _check_transforms, _finite_view, _positive_int, _raw_band, _write_slab, plan_slabs
 from .filters import angular_increments, filter_response, sirt_like_response
+from .sheets import (
+    DEFAULT_TOLERANCE_PX,
+    PatchGrid,
+    accumulate_sheets,
+    drift_rates,
+    local_position,
+    plan_sheets,
+    sheet_margin,
+)
 
 __all__ = [
     "LocalSampling",
@@ -49,13 +58,17 @@ class LocalSampling(NamedTuple):
     """Where each voxel column samples each view (module docstring).
 
     mats: (n_patches, n_views, 2, 3); shifts: (n_patches, n_views, 2), pixels of the volume's grid;
-    patches: (NY, NX, 4) int patch indices; weights: (NY, NX, 4), summing to 1.
+    patches: (NY, NX, 4) int patch indices; weights: (NY, NX, 4), summing to 1; grid: tilt's
+    patch grid (:class:`lmalign_jax.recon.sheets.PatchGrid`) when the patches come from one, which
+    lets :func:`reconstruct_local` read through sheets (``recon.sheets``) instead of sampling
+    every voxel.
     """
 
     mats: np.ndarray
     shifts: np.ndarray
     patches: np.ndarray
     weights: np.ndarray
+    grid: PatchGrid | None = None
 
 
 @jax.jit
@@ -171,6 +184,59 @@ def reconstruct_local_in_memory(
     return backproject_local(aligned, tilts_deg, sampling, nz, filter=filter, radial=radial, dtype=dtype)
 
 
+class _SheetReader:
+    """The sheet back-projection of one volume: its position model (tilt's patch weights), and
+    per slab height the sheet plan (rates from :func:`lmalign_jax.recon.sheets.drift_rates`)."""
+
+    #: Smallest du/dx (aligned px per column) for which the columns' order is trusted.
+    MIN_SLOPE = 0.05
+
+    def __init__(self, sampling: LocalSampling, tilts_deg, shape, tolerance_px: float, dtype):
+        n_y, n_x = sampling.grid.n[1], sampling.grid.n[0]
+        n_views = sampling.mats.shape[1]
+        m = np.asarray(sampling.mats, np.float64)
+        shifts = np.asarray(sampling.shifts, np.float64)
+        params = np.concatenate([m[..., 0], m[..., 1], m[..., 2], shifts], -1)
+        self.params = jnp.asarray(params.reshape(n_y, n_x, n_views, 8), dtype)
+        self.prepare, self.position = local_position(sampling.grid)
+        self.tilts, self.shape, self.tolerance, self.dtype = tilts_deg, shape, tolerance_px, dtype
+        self.n_views = n_views
+        self.reach = row_margin(sampling, shape) + 2  # + the sheets' columns beyond the volume
+        self.plans: dict[int, tuple] = {}
+
+    def usable(self, rows: int) -> bool:
+        if rows not in self.plans:
+            rates, slope = drift_rates(
+                self.params, self.prepare, self.position, self.shape, self.n_views, rows, self.dtype
+            )
+            if not slope > self.MIN_SLOPE:
+                self.plans[rows] = None
+            else:
+                whole = 1 << max(0, (self.shape[0] - 1).bit_length())  # no block beyond the volume
+                plan = plan_sheets(rates, self.tolerance, max_block=min(32, whole))
+                self.plans[rows] = (plan, sheet_margin(plan, self.tilts))
+        return self.plans[rows] is not None
+
+    def __call__(self, band, band0, take, x, z, z_chunk):
+        plan, margin = self.plans[len(take)]
+        chunk = 1 << (min(z_chunk, plan.block).bit_length() - 1)  # a power of two dividing the block
+        y = jnp.asarray(take + 0.5 - self.shape[1] / 2, self.dtype)
+        return accumulate_sheets(
+            band,
+            band0,
+            self.params,
+            y,
+            x,
+            z,
+            prepare=self.prepare,
+            position=self.position,
+            plan=plan,
+            z_chunk=chunk,
+            margin=margin,
+            reach=self.reach,
+        )
+
+
 def row_margin(sampling: LocalSampling, shape: tuple[int, int, int]) -> int:
     """Rows (whole, plus 2 for the interpolation) by which any voxel of a ``shape`` (NZ, NY, NX)
     volume samples away from its own y: ``|M_y X + D_y - y|`` bounded per patch and view over the
@@ -236,6 +302,7 @@ def reconstruct_local(
     memory_bytes: int | None = None,
     slab_rows: int | None = None,
     progress=None,
+    tolerance_px: float | None = DEFAULT_TOLERANCE_PX,
     dtype=jnp.float32,
 ):
     """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling, streamed.
@@ -243,9 +310,13 @@ def reconstruct_local(
     Arguments as :func:`lmalign_jax.recon.reconstruct` (``sirtlike``: IMOD's SIRT-like filter;
     SIRT is :mod:`lmalign_jax.recon.local_sirt`; ``out`` an array or a writer with
     ``write_rows``; ``memory_bytes`` bounds the views and slabs held at once, plus the rows of
-    :func:`row_margin` per pass) and ``sampling`` made for the binned grid. Returns ``out`` (a
+    :func:`row_margin` per pass) and ``sampling`` made for the binned grid. With
+    ``sampling.grid`` and ``tolerance_px`` > 0 voxels are read through sheets
+    (:mod:`lmalign_jax.recon.sheets`), each sampled position within ``tolerance_px`` aligned
+    pixels of its own (first order); otherwise, or where sheets cannot be used (a view whose
+    columns do not project in order), every voxel samples its own position. Returns ``out`` (a
     new ``(NZ, NY', NX')`` array when not given), equal to :func:`reconstruct_local_in_memory`
-    to float32 rounding.
+    to float32 rounding when every voxel samples its own position.
     """
     n_views, ny, nx = (int(s) for s in np.shape(stack))
     b = _positive_int(binning, "binning")
@@ -257,8 +328,15 @@ def reconstruct_local(
         )
     mats = jnp.asarray(sampling.mats, dtype)
     d_local = jnp.asarray(sampling.shifts, dtype)
+    nz = max(1, int(round(float(thickness) / b)))
+    sheets = None
+    if tolerance_px is not None and tolerance_px > 0 and sampling.grid is not None:
+        tilts = np.asarray(tilts_deg, np.float64)
+        sheets = _SheetReader(sampling, tilts, (nz, ny_b, nx_b), tolerance_px, dtype)
 
     def accumulate(device_band, band0, take, x, z, z_chunk):
+        if sheets is not None and sheets.usable(len(take)):
+            return sheets(device_band, band0, take, x, z, z_chunk)
         return _accumulate_band(
             device_band,
             band0,

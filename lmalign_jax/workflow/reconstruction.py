@@ -26,6 +26,7 @@ from ..io.mrc_volume import LAYOUTS, check_free_space, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
+from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
@@ -181,6 +182,7 @@ def reconstruct_to_file(
     warn=print_warning,
     note=print_note,
     local_path: str | None = None,
+    local_tolerance_px: float = DEFAULT_TOLERANCE_PX,
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
 
@@ -192,8 +194,9 @@ def reconstruct_to_file(
 
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
-    way (FBP, any filter, ``--sirtlike``); SIRT through it (``recon.local_sirt``) holds the
-    aligned views whole, refused when ``memory_gb`` is too small for them.
+    way (FBP, any filter, ``--sirtlike``), voxels read within ``local_tolerance_px`` of their
+    own position (``recon.sheets``; 0: each at its own); SIRT through it (``recon.local_sirt``,
+    exact) holds the aligned views whole, refused when ``memory_gb`` is too small for them.
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -315,7 +318,10 @@ def reconstruct_to_file(
                     memory_bytes=memory_bytes,
                 )
                 if local is not None:
-                    sampling = LocalSampling(*local_sampling(local, alignment.tilts_deg, shape[1:], binning))
+                    grid = PatchGrid(local.n_patches, local.start, local.spacing, binning, shape[1:])
+                    sampling = LocalSampling(
+                        *local_sampling(local, alignment.tilts_deg, shape[1:], binning), grid=grid
+                    )
                 if warp is not None:
                     reconstruct_warp(*views, warp, thickness, **fbp)
                 elif local is None:
@@ -324,7 +330,7 @@ def reconstruct_to_file(
                     scratch = os.path.dirname(os.path.abspath(out_path))
                     sirt_local_streamed(*views, sampling, thickness, sirt, scratch_dir=scratch, **streamed)
                 else:
-                    reconstruct_local(*views, sampling, thickness, **fbp)
+                    reconstruct_local(*views, sampling, thickness, tolerance_px=local_tolerance_px, **fbp)
             except InputError:
                 raise
             except ValueError as e:  # the reconstructor's checks (singular transforms, non-finite data)

@@ -1,0 +1,349 @@
+"""Back-projection where every voxel samples its own position, at close to the cost of the global
+kernel: per-view *sheets*.
+
+The global kernel (:func:`lmalign_jax.recon._kernels.backproject`) is fast because a single-axis
+projection sends every row of a voxel column (z, x) to one detector sample: one index and weight
+per (view, z, x), read for all rows of a slab as one contiguous vector. Through a local alignment
+or a warp, voxel (x, y, z) samples the aligned view at its own ``p(x, y, z) = (p_u, p_v)``, so the
+exact kernel (``local_backprojection._accumulate_band``) computes and gathers four samples per
+voxel and view (10-20x the global kernel on CPU).
+
+A sheet restores the shared index. For view ``v``, depth ``z_s`` and the slab's centre row
+``y_c``, the index map ``m(x, z) = p_u(x, y_c, z)`` is monotone in x; the sheet is
+
+    J(m, y) = band(p(x_hat, y, z_s)),   p_u(x_hat, y_c, z_s) = m,
+
+one bilinear sample per detector sample ``m`` and row ``y`` (``x_hat`` is found on the exact
+positions of the integer columns and ``p`` interpolated linearly between them). Voxel (x, y, z)
+then reads ``J`` at ``m(x, z)`` by linear interpolation, the global kernel's read. At ``z = z_s``
+this is the exact position; at ``z = z_s + dz`` the voxel reads the point where its own u-level
+curve (at ``y_c``) crosses depth ``z_s``. Its u is exact to second order; its v drifts by
+
+    dz * r,   r = dp_v/dz - (dp_u/dz / dp_u/dx) dp_v/dx,
+
+which is zero for any single affine projection (a rigid view, one patch) and for a blend of
+patches is ``tan(tilt)`` times how fast the patches' predicted v changes across x (their
+disagreement over their spacing). :func:`drift_rates` takes the largest ``|r|`` per view over
+the volume (finite differences over one column and one slice, on a grid of columns and rows,
+at the top, middle and bottom slices), and :func:`plan_sheets` gives each view the largest
+power-of-two number of slices per sheet whose half-extent keeps ``(L - 1)/2 * r`` within the
+tolerance (0.05 px by default): views near 0 degrees get few sheets, steep views and rough
+fields more. Cost per slab: ``sum_v NZ / L_v`` sheets of NX x rows bilinear samples plus the
+global kernel's reads; the position error, measured against the exact positions in
+``tests/test_sheets.py``, stays within the tolerance.
+
+The position model is two functions (static arguments of the jitted kernel):
+``prepare(params, y) -> rows`` evaluates what depends only on the rows ``y`` (R,), once per slab,
+and ``position(rows, v, x, z) -> (u, v)`` returns centred aligned positions of shape
+``broadcast(x, z).shape + (R,)`` for view ``v``.
+:func:`local_position` provides them for an IMOD local alignment (tilt's patch weights).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import _kernels
+
+__all__ = [
+    "SheetPlan",
+    "plan_sheets",
+    "drift_rates",
+    "accumulate_sheets",
+    "sheet_margin",
+    "PatchGrid",
+    "local_position",
+    "DEFAULT_TOLERANCE_PX",
+]
+
+#: Largest position error of a sheet read (aligned pixels) unless the caller says otherwise.
+DEFAULT_TOLERANCE_PX = 0.05
+
+#: Views summed per loop step (as ``_kernels.backproject``).
+_VIEW_GROUP = 4
+
+
+class SheetPlan(NamedTuple):
+    """Slices per sheet for each view (powers of two dividing ``block``) and the block of slices
+    whose sheets are built together; ``bound_px`` the first-order position error it allows."""
+
+    spacing: tuple[int, ...]
+    block: int
+    bound_px: float
+
+
+def plan_sheets(rates: np.ndarray, tolerance: float = DEFAULT_TOLERANCE_PX, max_block: int = 32) -> SheetPlan:
+    """Slices per sheet for views whose v drifts by ``rates`` (V,) px per slice: the largest power
+    of two L <= ``max_block`` with ``(L - 1) / 2 * rate <= tolerance``."""
+    rates = np.abs(np.asarray(rates, np.float64))
+    spacing = []
+    for r in rates:
+        n = 1
+        while 2 * n <= max_block and (2 * n - 1) / 2 * r <= tolerance:
+            n *= 2
+        spacing.append(n)
+    block = max(spacing) if spacing else 1
+    bound = max(((n - 1) / 2 * r for n, r in zip(spacing, rates, strict=True)), default=0.0)
+    return SheetPlan(tuple(spacing), int(block), float(bound))
+
+
+def _layout(plan: SheetPlan):
+    """Sheets of one block: view of each sheet (S,), its centre in slices from the block's first
+    slice (S,), and the sheet each (view, slice of the block) reads (V, block); sheet S is an
+    extra all-zero sheet for the views that pad the last group."""
+    views, centres = [], []
+    slot = np.zeros((len(plan.spacing), plan.block), np.int32)
+    for v, n in enumerate(plan.spacing):
+        for j in range(plan.block // n):
+            slot[v, j * n : (j + 1) * n] = len(views)
+            views.append(v)
+            centres.append(j * n + (n - 1) / 2)
+    return np.array(views, np.int32), np.array(centres, np.float64), slot
+
+
+@partial(jax.jit, static_argnames=("prepare", "position", "n_views"))
+def _slab_rates(params, y, y_centre, x, z, *, prepare, position, n_views):
+    """Largest first-order drift (px per slice) per view for rows ``y`` of a slab read through
+    its centre row ``y_centre`` (1,), at columns ``x`` (finite differences to ``x - 1``, ``x + 1``
+    and ``z + 1``, each side with the read slope of that side), slices ``z``; and the smallest
+    du/dx at the centre row."""
+    rows, centre = prepare(params, y), prepare(params, y_centre)
+    xs = jnp.concatenate([x[:1] - 1.0, x, x[-1:] + 1.0])[None, :]  # a column beyond each end
+    zz = z[:, None]
+
+    def one(v):
+        def derivs(r):  # per column: slopes from the column before and to the column after, d/dz
+            u0, v0 = position(r, v, xs, zz)  # (nz, NX + 2, R)
+            u1, v1 = position(r, v, xs, zz + 1.0)
+            du, dv = jnp.diff(u0, axis=1), jnp.diff(v0, axis=1)
+            dz = (u1 - u0)[:, 1:-1], (v1 - v0)[:, 1:-1]
+            return (du[:, :-1], dv[:, :-1]), (du[:, 1:], dv[:, 1:]), dz
+
+        back, fwd, (duz, dvz) = derivs(rows)
+        cback, cfwd, (cuz, _) = derivs(centre)
+        worst = 0.0
+        for (dux, dvx), cux in ((fwd, cfwd[0]), (back, cback[0])):  # the side the read moves to
+            ratio = cuz / jnp.where(cux > 0, cux, 1.0)  # the kernel's read slope (centre row)
+            worst = jnp.maximum(worst, jnp.max(jnp.hypot(ratio * dux - duz, ratio * dvx - dvz)))
+        return worst, jnp.minimum(jnp.min(cfwd[0]), jnp.min(cback[0]))
+
+    return lax.map(one, jnp.arange(n_views))
+
+
+def drift_rates(params, prepare, position, shape, n_views: int, slab_rows: int, dtype=jnp.float32):
+    """(rates (V,), smallest du/dx): the largest first-order drift of a sheet read per view over
+    a ``shape`` (NZ, NY, NX) volume back-projected in slabs of ``slab_rows`` rows (each read
+    through its centre row, as :func:`accumulate_sheets`): every slab at its first, quarter,
+    centre and last rows, every column, the top and bottom slices (the drift is linear in the
+    row offset between patch centres and nearly linear in z)."""
+    nz, ny, nx = shape
+    xs = np.arange(nx) + 0.5 - nx / 2
+    zs = np.unique(np.array([0.5 - nz / 2, max(nz / 2 - 1.5, 0.5 - nz / 2)]))
+    rates, slope = np.zeros(n_views), np.inf
+    for j0 in range(0, ny, slab_rows):
+        take = np.minimum(np.arange(j0, j0 + slab_rows), ny - 1)
+        picks = np.unique(take[[0, slab_rows // 4, slab_rows // 2, (3 * slab_rows) // 4, slab_rows - 1]])
+        r, s = _slab_rates(
+            params,
+            jnp.asarray(picks + 0.5 - ny / 2, dtype),
+            jnp.asarray(take[slab_rows // 2 : slab_rows // 2 + 1] + 0.5 - ny / 2, dtype),
+            jnp.asarray(xs, dtype),
+            jnp.asarray(zs, dtype),
+            prepare=prepare,
+            position=position,
+            n_views=n_views,
+        )
+        rates = np.maximum(rates, np.asarray(r, np.float64))
+        slope = min(slope, float(np.min(s)))
+    return rates, slope
+
+
+def sheet_margin(plan: SheetPlan, tilts_deg, slack: float = 1.1) -> int:
+    """Columns a sheet extends beyond the volume on each side: a voxel ``dz`` slices from its
+    sheet's depth reads ``dz tan(tilt)`` columns away (times ``slack`` for the local tilt and
+    scale), plus 2 for the interpolation."""
+    t = np.abs(np.tan(np.radians(np.asarray(tilts_deg, np.float64))))
+    reach = [(n - 1) / 2 * ti for n, ti in zip(plan.spacing, t, strict=True)]
+    return int(np.ceil(slack * max(reach, default=0.0))) + 2
+
+
+@partial(jax.jit, static_argnames=("prepare", "position", "plan", "z_chunk", "margin", "reach"))
+def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, z_chunk, margin, reach=None):
+    """Sum over views of each voxel's value, read through sheets (module docstring).
+
+    band (V, B, NX): filtered aligned rows of every view, band row = centred v - ``band0``;
+    y (rows,), x (NX,), z (NZ,) centred voxel coordinates of the slab (unit steps); ``position``
+    affine in z. ``plan.block`` must be a multiple of ``z_chunk``; ``margin`` (static,
+    :func:`sheet_margin`) extra columns each side; ``reach`` (static, optional): rows beyond
+    the slab's first and last that any read can reach, so that only those band rows are
+    prepared (the band of a pass may hold many slabs). Returns (NZ, rows, NX).
+
+    All sheets of a block of slices are built in one vectorised expression (x, then rows
+    innermost: the layout the reads want, with the band transposed to match), which XLA on CPU
+    runs about twice as fast as a loop that stacks them.
+    """
+    rows, nz = y.shape[0], z.shape[0]
+    if reach is not None and rows + 2 * reach < band.shape[1]:
+        height = rows + 2 * reach
+        start = jnp.clip(jnp.floor(y[0] - band0).astype(jnp.int32) - reach, 0, band.shape[1] - height)
+        band = lax.dynamic_slice_in_dim(band, start, height, axis=1)
+        band0 = band0 + start.astype(band0.dtype)
+    n_views, n_band, nx = band.shape
+    dt = band.dtype
+    e = margin
+    nxe = nx + 2 * e
+    # (V, NX + 2, B + 2) zero-padded, rows contiguous, flattened
+    flat = jnp.pad(jnp.transpose(band, (0, 2, 1)), ((0, 0), (1, 1), (1, 1))).reshape(-1)
+    view_size, col_step = (nx + 2) * (n_band + 2), n_band + 2
+    # the sheet's columns plus one each end that the reads take as zero
+    xe = x[0] + jnp.arange(-e - 1, nx + e + 1, dtype=dt)
+    slab = prepare(params, y)
+
+    def columns(v):  # (4, NXe + 2, rows): base u, v and slope u, v in band indices
+        u0, v0 = position(slab, v, xe, jnp.zeros((), dt))
+        u1, v1 = position(slab, v, xe, jnp.ones((), dt))
+        return jnp.stack([u0 + (nx / 2 - 0.5), v0 - band0, u1 - u0, v1 - v0])
+
+    cols = lax.map(columns, jnp.arange(n_views))  # (V, 4, NXe + 2, rows)
+    centre_row = rows // 2
+    group = min(_VIEW_GROUP, n_views)
+    n_groups = -(-n_views // group)
+    n_vp = n_groups * group
+    middle = slice(e + 1, e + 1 + nx)  # the volume's columns
+    centre_u = jnp.pad(cols[:, 0, middle, centre_row], ((0, n_vp - n_views), (0, 0)))  # (V', NX)
+    centre_slope = jnp.pad(cols[:, 2, middle, centre_row], ((0, n_vp - n_views), (0, 0)))
+    sheet_view, sheet_centre, slot = _layout(plan)
+    n_sheets, block = len(sheet_view), plan.block
+    # padding views read an extra all-zero sheet (index n_sheets)
+    slot = np.concatenate([slot, np.full((n_vp - n_views, block), n_sheets, np.int32)])
+    slot_centre = jnp.asarray(np.concatenate([sheet_centre, [0.0]])[slot], dt)  # (V', block)
+    slot = jnp.asarray(slot)
+    views = jnp.asarray(np.concatenate([sheet_view, [0]]).astype(np.int32))
+    centres = jnp.asarray(np.concatenate([sheet_centre, [0.0]]), dt)
+    keep = np.ones((n_sheets + 1, nxe + 2, 1), np.float32)
+    keep[:, [0, -1]] = 0.0
+    keep[-1] = 0.0
+    keep = jnp.asarray(keep, dt)
+    ramp = jnp.arange(nx, dtype=dt) + e  # sheet column of each volume column
+
+    def build(z_first):
+        """Sheets (S + 1, NXe + 2, rows) (zero padded: the end columns and the last sheet),
+        their read slopes towards +x and -x (S + 1, 2, NX) and centre-row u (S + 1, NXe) for
+        the block starting at slice ``z_first``."""
+        zs = z_first + centres
+        col = cols[views, 0] + zs[:, None, None] * cols[views, 2]
+        row = cols[views, 1] + zs[:, None, None] * cols[views, 3]
+        ix, fx = _kernels._linear_index(col, nx)
+        iy, fy = _kernels._linear_index(row, n_band)
+        k = views[:, None, None] * view_size + ix * col_step + iy
+        p00, p10, p01, p11 = flat[k], flat[k + 1], flat[k + col_step], flat[k + col_step + 1]
+        top = p00 + fx * (p01 - p00)
+        sheets = (top + fy * (p10 + fx * (p11 - p10) - top)) * keep
+        uc = cols[views, 0, 1:-1, centre_row] + zs[:, None] * cols[views, 2, 1:-1, centre_row]
+        slope = cols[views, 2, middle, centre_row]
+        forward = slope / (uc[:, e + 1 : e + nx + 1] - uc[:, e : e + nx])
+        backward = slope / (uc[:, e : e + nx] - uc[:, e - 1 : e + nx - 1])
+        last = jnp.arange(n_sheets + 1) == n_sheets  # a unit slope for the zero sheet
+        uc = jnp.where(last[:, None], jnp.arange(nxe, dtype=dt)[None], uc)
+        ratio = jnp.where(last[:, None, None], 0.0, jnp.stack([forward, backward], 1))
+        return sheets, ratio, uc
+
+    def one_block(b):
+        z_first = z[0] + (b * block).astype(dt)
+        sheets, ratio, level = build(z_first)
+        sheets = sheets.reshape(-1, rows)
+        level = level.reshape(-1)
+
+        def chunk(c):
+            k0 = c * z_chunk
+            zz = z_first + (k0 + jnp.arange(z_chunk)).astype(dt)
+            s = lax.dynamic_slice_in_dim(slot, k0, z_chunk, axis=1)  # (V', zc)
+            dz = (k0 + jnp.arange(z_chunk)).astype(dt)[None, :] - lax.dynamic_slice_in_dim(
+                slot_centre, k0, z_chunk, axis=1
+            )
+            r = ratio[s]  # (V', zc, 2, NX): the read slope towards +x and towards -x
+            step = dz[..., None] * r[:, :, 0]
+            step = jnp.where(step >= 0, step, dz[..., None] * r[:, :, 1])
+            # then one Newton step on the sheet's centre-row u (piecewise linear between
+            # columns): exact unless the read crosses two patch centres
+            w = jnp.clip(ramp + step, 0, nxe - 1.001)
+            j = jnp.floor(w)
+            kk = s[..., None] * nxe + j.astype(jnp.int32)
+            lo, hi = level[kk], level[kk + 1]
+            target = centre_u[:, None, :] + zz[None, :, None] * centre_slope[:, None, :]
+            w = w + (target - (lo + (w - j) * (hi - lo))) / (hi - lo)
+            idx, frac = _kernels._linear_index(w, nxe)
+            idx = idx + s[..., None] * (nxe + 2)
+            idx, frac = lax.optimization_barrier((idx, frac))
+            idx = idx.reshape(n_groups, group, z_chunk, nx)
+            frac = frac.reshape(n_groups, group, z_chunk, nx)
+
+            def one_group(g, acc):
+                total = None
+                for jj in range(group):
+                    i = idx[g, jj]
+                    a, bb = sheets[i], sheets[i + 1]
+                    term = a + frac[g, jj][..., None] * (bb - a)
+                    total = term if total is None else total + term
+                return acc + total
+
+            acc = lax.fori_loop(0, n_groups, one_group, jnp.zeros((z_chunk, nx, rows), dt))
+            return jnp.transpose(acc, (0, 2, 1))
+
+        return lax.map(chunk, jnp.arange(block // z_chunk)).reshape(block, rows, nx)
+
+    n_blocks = -(-nz // block)
+    out = lax.map(one_block, jnp.arange(n_blocks))
+    return out.reshape(n_blocks * block, rows, nx)[:nz]
+
+
+class PatchGrid(NamedTuple):
+    """tilt's patch grid for a binned voxel grid: patches (nX, nY), first centre and spacing in
+    unbinned pixels (image corner origin), the binning and the binned grid (NY, NX)."""
+
+    n: tuple[int, int]
+    start: tuple[float, float]
+    spacing: tuple[float, float]
+    binning: int
+    grid: tuple[int, int]
+
+
+def _axis(coord, start, spacing, n):
+    """tilt's cell and fraction along one axis (``core.local_apply._axis_weights``, in JAX)."""
+    index = jnp.round(coord + 0.5)
+    t = jnp.clip(index - start, 0, (n - 1) * spacing)
+    cell = jnp.minimum(jnp.floor(t / spacing), n - 2)
+    return cell.astype(jnp.int32), t / spacing - cell
+
+
+@lru_cache(maxsize=32)
+def local_position(grid: PatchGrid):
+    """``(prepare, position)`` of an IMOD local alignment: ``params`` (nY, nX, V, 8) per patch and
+    view ``[M[:, 0], M[:, 1], M[:, 2], D]`` (u then v components, binned pixels) of
+    ``core.local_apply.local_projection_matrices``; positions blended with tilt's weights. The
+    same functions for the same grid (they are static arguments of the jitted kernels: new ones
+    would compile them again)."""
+    (npx, npy), (sx, sy), (dx, dy), b, (ny, nx) = grid
+
+    def prepare(params, y):  # -> (V, nX, R, 6): Mx, Mz and M_y y + D, blended over y
+        cy, fy = _axis((y + ny / 2) * b, sy, dy, npy)
+        p = params[cy] * (1 - fy)[:, None, None, None] + params[cy + 1] * fy[:, None, None, None]
+        const = p[..., 2:4] * y[:, None, None, None] + p[..., 6:8]
+        rows = jnp.concatenate([p[..., 0:2], p[..., 4:6], const], -1)  # (R, nX, V, 6)
+        return jnp.transpose(rows, (2, 1, 0, 3))
+
+    def position(rows, v, x, z):
+        x, z = jnp.broadcast_arrays(x, z)
+        cx, fx = _axis((x + nx / 2) * b, sx, dx, npx)
+        r, fx = rows[v], fx[..., None, None]
+        q = r[cx] * (1 - fx) + r[cx + 1] * fx  # (..., R, 6)
+        x, z = x[..., None], z[..., None]
+        return q[..., 0] * x + q[..., 2] * z + q[..., 4], q[..., 1] * x + q[..., 3] * z + q[..., 5]
+
+    return prepare, position

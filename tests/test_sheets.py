@@ -1,0 +1,156 @@
+"""Sheet reads (recon.sheets) against every voxel sampling its own position (the exact local
+kernel): on fields that make interpolation exact (the band holds its own column or row index),
+the difference of the two volumes is the position error itself, which must stay within the
+first-order bound the plan was made for."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmalign_jax.core.local_apply import local_sampling
+from lmalign_jax.io.imod_local import LocalAlignment
+from lmalign_jax.recon import _kernels, sheets
+from lmalign_jax.recon.local_backprojection import _accumulate_band, row_margin
+
+N, NZ, ROWS = 96, 32, 16
+TILTS = np.linspace(-60.0, 60.0, 31)
+
+
+def rough_local(seed: int, rough: bool = True) -> LocalAlignment:
+    """3 x 3 patches 32 px apart; per patch and view a rotation of up to 0.3 deg, a scale of
+    +-0.3%, shifts of up to 1 px and tilt deltas of up to 0.3 deg (``rough``), or the same
+    transform for every patch (a rigid correction: no drift)."""
+    rng = np.random.default_rng(seed)
+    p, v = 9, TILTS.size
+    shape = (p, v) if rough else (1, v)
+    ang = np.radians(rng.uniform(-0.3, 0.3, shape))
+    s = 1 + rng.uniform(-0.003, 0.003, shape)
+    a = s[..., None, None] * np.stack(
+        [np.stack([np.cos(ang), -np.sin(ang)], -1), np.stack([np.sin(ang), np.cos(ang)], -1)], -2
+    )
+    xf = np.concatenate([a, rng.uniform(-1, 1, (*shape, 2, 1))], -1)
+    dt = rng.uniform(-0.3, 0.3, shape)
+    if not rough:
+        xf, dt = np.broadcast_to(xf, (p, v, 2, 3)), np.broadcast_to(dt, (p, v))
+    return LocalAlignment((3, 3), (16, 16), (32, 32), 0.0, np.array(dt), np.array(xf))
+
+
+def setup(local, rows0):
+    """The slab of rows ``rows0 .. rows0 + ROWS`` of an N x N x NZ volume: exact kernel
+    arguments, sheet model and plan inputs."""
+    mats, shifts, patches, weights = local_sampling(local, TILTS, (N, N))
+    margin = row_margin(type("S", (), {"mats": mats, "shifts": shifts})(), (NZ, N, N))
+    take = np.arange(rows0, rows0 + ROWS)
+    band0 = rows0 - margin - N / 2 + 0.5
+    params = np.concatenate([mats[..., 0], mats[..., 1], mats[..., 2], shifts], -1).reshape(3, 3, -1, 8)
+    grid = sheets.PatchGrid(local.n_patches, local.start, local.spacing, 1, (N, N))
+    x = jnp.asarray(np.arange(N) + 0.5 - N / 2, jnp.float32)
+    y = jnp.asarray(take + 0.5 - N / 2, jnp.float32)
+    z = jnp.asarray(np.arange(NZ) + 0.5 - NZ / 2, jnp.float32)
+    exact_args = (mats, shifts, patches[take], weights[take], x, y, z)
+    return ROWS + 2 * margin, band0, jnp.asarray(params, jnp.float32), grid, exact_args
+
+
+def read_volumes(band, band0, params, grid, exact_args, plan, views):
+    mats, shifts, patches, weights, x, y, z = exact_args
+    prepare, position = sheets.local_position(grid)
+    exact = _accumulate_band(
+        band,
+        jnp.float32(band0),
+        jnp.asarray(mats[:, views], jnp.float32),
+        jnp.asarray(shifts[:, views], jnp.float32),
+        jnp.asarray(patches, jnp.int32),
+        jnp.asarray(weights, jnp.float32),
+        x,
+        y,
+        z,
+        z_chunk=8,
+    )
+    got = sheets.accumulate_sheets(
+        band,
+        jnp.float32(band0),
+        params[:, :, views],
+        y,
+        x,
+        z,
+        prepare=prepare,
+        position=position,
+        plan=plan,
+        z_chunk=min(8, plan.block),
+        margin=sheets.sheet_margin(plan, TILTS[views]),
+    )
+    return np.asarray(exact), np.asarray(got)
+
+
+@pytest.mark.parametrize("rows0", [0, 40])
+def test_each_read_is_within_the_planned_bound_of_its_own_position(rows0):
+    """Per view, with the band equal to its column (then row) index, |sheet - exact| is the u
+    (v) error of every voxel's read; their norm stays within the view's first-order bound,
+    with 25% for the second-order terms and 1e-3 px of float32 rounding, and the bound within
+    the tolerance. Views whose reads cross the volume's or band's edge are masked out."""
+    local = rough_local(0)
+    n_band, band0, params, grid, exact_args = setup(local, rows0)
+    prepare, position = sheets.local_position(grid)
+    rates, slope = sheets.drift_rates(params, prepare, position, (NZ, N, N), TILTS.size, ROWS)
+    plan = sheets.plan_sheets(rates, 0.05, max_block=16)
+    assert slope > 0.4 and plan.bound_px <= 0.05 and max(plan.spacing) == 16 and min(plan.spacing) < 16
+    cols, rows = np.meshgrid(np.arange(N, dtype=np.float32), np.arange(n_band, dtype=np.float32))
+    # the planned sheets, and for a steep view 16 slices a sheet (reads travel up to 13 columns,
+    # across patch centres)
+    for v, spacing in [(v, plan.spacing[v]) for v in (0, 4, 12, 20, 30)] + [(0, 16)]:
+        sub = sheets.SheetPlan((spacing,), spacing, 0.0)
+        inside = None
+        errors = []
+        for field in (np.ones_like(cols), cols, rows):
+            exact, got = read_volumes(jnp.asarray(field[None]), band0, params, grid, exact_args, sub, [v])
+            if inside is None:  # reads at least one sample inside the band and image everywhere
+                inside = (exact > 1 - 1e-5) & (got > 1 - 1e-5)
+                continue
+            errors.append(np.abs(got - exact)[inside])
+        assert inside.mean() > 0.5
+        err = np.hypot(*errors).max()
+        bound = (spacing - 1) / 2 * rates[v]
+        assert err <= 1.25 * bound + 1e-3, (v, err, bound)
+
+
+def test_one_sheet_per_slice_is_the_exact_read_and_a_rigid_field_needs_no_more_than_one_per_block():
+    """A sheet per slice reads every voxel at its own position: white noise reads the same to
+    float32 rounding. When all patches agree (a rigid correction) nothing drifts: sheets 32
+    slices apart, and on a band that is linear in (column, row) per view (so that no
+    interpolation changes a value) the same volume."""
+    rng = np.random.default_rng(1)
+    local = rough_local(2)
+    n_band, band0, params, grid, exact_args = setup(local, 24)
+    band = jnp.asarray(rng.standard_normal((TILTS.size, n_band, N)), jnp.float32)
+    every = sheets.SheetPlan((1,) * TILTS.size, 1, 0.0)
+    exact, got = read_volumes(band, band0, params, grid, exact_args, every, slice(None))
+    np.testing.assert_allclose(got, exact, rtol=0, atol=2e-4 * exact.std())
+
+    local = rough_local(3, rough=False)
+    n_band, band0, params, grid, exact_args = setup(local, 24)
+    prepare, position = sheets.local_position(grid)
+    rates, _ = sheets.drift_rates(params, prepare, position, (NZ, N, N), TILTS.size, ROWS)
+    plan = sheets.plan_sheets(rates, 0.05, max_block=32)
+    assert rates.max() < 1e-3 and set(plan.spacing) == {32}
+    cols, rows = np.meshgrid(np.arange(N), np.arange(n_band))
+    a, b = rng.uniform(-1, 1, (2, TILTS.size, 1, 1))
+    band = jnp.asarray(a * cols + b * rows, jnp.float32)
+    ones = jnp.ones_like(band)
+    inside = (
+        np.minimum(*read_volumes(ones, band0, params, grid, exact_args, plan, slice(None)))
+        > TILTS.size - 1e-3
+    )
+    exact, got = read_volumes(band, band0, params, grid, exact_args, plan, slice(None))
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(got[inside], exact[inside], rtol=0, atol=1e-3 * np.abs(exact).max())
+
+
+def test_plan_sheets_takes_the_largest_power_of_two_within_the_tolerance():
+    plan = sheets.plan_sheets(np.array([0.0, 0.01, 0.1, 1.0]), 0.05, max_block=32)
+    # (L - 1) / 2 * rate <= 0.05: L <= 32 (capped), 11 -> 8, 2 -> 2, 1.1 -> 1
+    assert plan.spacing == (32, 8, 2, 1) and plan.block == 32
+    assert plan.bound_px == pytest.approx(max(3.5 * 0.01, 0.5 * 0.1))
+    views, centres, slot = sheets._layout(plan)
+    assert len(views) == 1 + 4 + 16 + 32 and slot.shape == (4, 32)
+    assert centres[0] == 15.5 and np.all(slot[3] == np.arange(21, 53))
+    _ = _kernels  # the kernels module is what the sheets read like
