@@ -8,29 +8,35 @@ or a warp, voxel (x, y, z) samples the aligned view at its own ``p(x, y, z) = (p
 exact kernel (``local_backprojection._accumulate_band``) computes and gathers four samples per
 voxel and view (10-20x the global kernel on CPU).
 
-A sheet restores the shared index. For view ``v``, depth ``z_s`` and the slab's centre row
-``y_c``, the index map ``m(x, z) = p_u(x, y_c, z)`` is monotone in x; the sheet is
+A sheet restores the shared index. For view ``v`` and a block of ``L`` slices around depth
+``z_s``, the sheet holds, for every voxel column ``x_i`` (the volume's, plus a margin each side)
+and row ``y`` of the slab, the band sampled at that voxel's own position at depth ``z_s``:
 
-    J(m, y) = band(p(x_hat, y, z_s)),   p_u(x_hat, y_c, z_s) = m,
+    J(i, y) = band(p(x_i, y, z_s))        (one bilinear sample, as the exact kernel's)
 
-one bilinear sample per detector sample ``m`` and row ``y`` (``x_hat`` is found on the exact
-positions of the integer columns and ``p`` interpolated linearly between them). Voxel (x, y, z)
-then reads ``J`` at ``m(x, z)`` by linear interpolation, the global kernel's read. At ``z = z_s``
-this is the exact position; at ``z = z_s + dz`` the voxel reads the point where its own u-level
-curve (at ``y_c``) crosses depth ``z_s``. Its u is exact to second order; its v drifts by
+Voxel (x, y, z) of the block then reads ``J`` at the fractional column ``w`` whose position at
+``z_s`` has the voxel's own u at the slab's centre row ``y_c``, ``p_u(w, y_c, z_s) = p_u(x,
+y_c, z)``, by linear interpolation between neighbouring columns: the global kernel's read, one
+index per (view, z, x) for all rows. ``w`` is ``x + dz (dp_u/dz)/(dp_u/dx)`` (the slope on the
+side the read moves to) refined by one Newton step on the sheet's centre-row u, which is
+piecewise linear between columns: exact at ``y_c`` unless the read crosses two patch centres.
+At ``z = z_s`` the read is the voxel's own position; ``dz`` slices away, at row ``y``, it is off
+by
 
-    dz * r,   r = dp_v/dz - (dp_u/dz / dp_u/dx) dp_v/dx,
+    dz * r,   r = (ratio dp_u/dx - dp_u/dz, ratio dp_v/dx - dp_v/dz),   ratio = dp_u/dz / dp_u/dx
+                                                                          (at y_c)
 
-which is zero for any single affine projection (a rigid view, one patch) and for a blend of
-patches is ``tan(tilt)`` times how fast the patches' predicted v changes across x (their
-disagreement over their spacing). :func:`drift_rates` takes the largest ``|r|`` per view over
-the volume (finite differences over one column and one slice, on a grid of columns and rows,
-at the top, middle and bottom slices), and :func:`plan_sheets` gives each view the largest
-power-of-two number of slices per sheet whose half-extent keeps ``(L - 1)/2 * r`` within the
-tolerance (0.05 px by default): views near 0 degrees get few sheets, steep views and rough
-fields more. Cost per slab: ``sum_v NZ / L_v`` sheets of NX x rows bilinear samples plus the
-global kernel's reads; the position error, measured against the exact positions in
-``tests/test_sheets.py``, stays within the tolerance.
+to first order: zero for any single affine projection (a rigid view, one patch, every row);
+for a blend of patches ``tan(tilt)`` times how fast the patches' predictions part across x, plus
+how much ``ratio`` changes between ``y_c`` and ``y``. :func:`drift_rates` takes the largest
+``|r|`` per view over the volume (finite differences to the neighbouring columns and the next
+slice, every column, five rows of every slab, the top and bottom slices), and
+:func:`plan_sheets` gives each view the largest power-of-two spacing ``L`` with ``(L - 1) / 2 *
+|r|`` within the tolerance (0.05 px by default): views near 0 degrees and smooth fields get
+few sheets, steep views of rough fields more. ``tests/test_sheets.py`` checks every read
+against the exact one within that bound. Cost per slab: ``sum_v NZ / L_v`` sheets of
+``(NX + margin) x rows`` bilinear samples, plus the global kernel's reads. The reads depend on
+the slab height (through ``y_c``), within the tolerance.
 
 The position model is two functions (static arguments of the jitted kernel):
 ``prepare(params, y) -> rows`` evaluates what depends only on the rows ``y`` (R,), once per slab,
