@@ -28,6 +28,7 @@ __all__ = [
     "view_params",
     "VIEW_PARAMS",
     "backproject",
+    "sum_grouped_reads",
     "choose_z_chunk",
     "reprojection_taps",
     "reproject",
@@ -194,20 +195,31 @@ def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
         idx = idx.reshape(n_groups, group, z_chunk, nx)
         frac = frac.reshape(n_groups, group, z_chunk, nx)
 
-        def one_group(g, acc):
-            total = None
-            for j in range(group):
-                i, row = idx[g, j], qp[g, j]
-                a, b = row[i], row[i + 1]
-                term = a + frac[g, j][..., None] * (b - a)
-                total = term if total is None else total + term
-            return acc + total
-
-        acc = lax.fori_loop(0, n_groups, one_group, jnp.zeros((z_chunk, nx, rows), dt))
-        return jnp.transpose(acc, (0, 2, 1))
+        return sum_grouped_reads(lambda g, j: qp[g, j], idx, frac, rows)
 
     out = lax.map(chunk, jnp.arange(n_chunks, dtype=jnp.int32) * z_chunk)
     return out.reshape(n_chunks * z_chunk, rows, nx)[:nz]
+
+
+def sum_grouped_reads(source, idx, frac, rows: int):
+    """The back-projection's inner loop over views, ``_VIEW_GROUP`` at a time: for view ``j`` of
+    group ``g``, ``source(g, j)`` is a ``(n, rows)`` array and ``idx, frac (n_groups, group,
+    z_chunk, nx)`` the first of its two neighbouring samples and the weight of the second; each
+    (z, x) adds ``a + frac (b - a)`` over all rows, the group's views summed in one fused
+    expression before the accumulator is touched. Returns ``(z_chunk, rows, nx)``."""
+    n_groups, group, z_chunk, nx = idx.shape
+
+    def one_group(g, acc):
+        total = None
+        for j in range(group):
+            i, row = idx[g, j], source(g, j)
+            a, b = row[i], row[i + 1]
+            term = a + frac[g, j][..., None] * (b - a)
+            total = term if total is None else total + term
+        return acc + total
+
+    acc = lax.fori_loop(0, n_groups, one_group, jnp.zeros((z_chunk, nx, rows), frac.dtype))
+    return jnp.transpose(acc, (0, 2, 1))
 
 
 def choose_z_chunk(nz: int, nx: int, rows: int, target_elems: int = 1 << 19) -> int:

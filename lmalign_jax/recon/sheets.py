@@ -290,17 +290,7 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
             idx = idx.reshape(n_groups, group, z_chunk, nx)
             frac = frac.reshape(n_groups, group, z_chunk, nx)
 
-            def one_group(g, acc):
-                total = None
-                for jj in range(group):
-                    i = idx[g, jj]
-                    a, bb = sheets[i], sheets[i + 1]
-                    term = a + frac[g, jj][..., None] * (bb - a)
-                    total = term if total is None else total + term
-                return acc + total
-
-            acc = lax.fori_loop(0, n_groups, one_group, jnp.zeros((z_chunk, nx, rows), dt))
-            return jnp.transpose(acc, (0, 2, 1))
+            return _kernels.sum_grouped_reads(lambda g, j: sheets, idx, frac, rows)
 
         return lax.map(chunk, jnp.arange(block // z_chunk)).reshape(block, rows, nx)
 
