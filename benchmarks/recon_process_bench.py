@@ -12,8 +12,10 @@ degrees, every view rotated ~85 degrees and shifted by its ``.xf``, float32 MRC)
   --tlt --thickness T`` in a fresh process, wall clock and peak resident memory (``ru_maxrss``
   of that child alone, from ``os.wait4`` in a small launcher), median of ``repeat`` runs after one warm-up run
   (which fills JAX's persistent compilation cache as a user's second run would find it), for
-  the default FBP, a bounded ``--memory``, ``--sirtlike 10``, ``--layout imod-tilt`` and (at
-  the smaller sizes) ``--sirt``. Every side uses every core of the machine.
+  the default FBP, a bounded ``--memory``, ``--sirtlike 10``, ``--layout imod-tilt``, the
+  default through ``lmalign resident`` (started first; wall clock only: the command runs in the
+  resident process's child) and (at the smaller sizes) ``--sirt``. Every side uses every core of
+  the machine; no other variant uses a resident process.
 * **Where the time goes** (in this process, after a warm-up, each stage blocked on): imports,
   reading the views, resampling + filtering into the aligned frame, back-projection, writing.
 * **scikit-image** ``iradon`` (ramp, linear), one slice per call, on ``--sk-rows`` slices of the
@@ -87,10 +89,39 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "cpu_s": ru.ru_utime + ru.r
 """
 
 
-def run_child(args: list[str], root: Path = ROOT) -> dict:
+#: Variants run through ``lmalign resident`` (started for the variant, in its own runtime folder,
+#: stopped after); the others never use a resident process. Through one, the command runs in the
+#: resident process's child: the wall clock is the user's, the CPU and peak memory measured here
+#: would be the launcher's alone, so they are not recorded.
+RESIDENT_VARIANTS = ("resident",)
+
+
+def _child_env(root: Path, runtime: Path | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root), OPENBLAS_NUM_THREADS="1", LMALIGN_RESIDENT="0")
+    if runtime is not None:
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        env.pop("LMALIGN_RESIDENT")
+    return env
+
+
+def _resident(root: Path, runtime: Path, action: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lmalign_jax", "resident", action, "--idle-minutes", "30"],
+        env=_child_env(root, runtime),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"lmalign resident {action}: {done.stderr.strip()}")
+
+
+def run_child(args: list[str], root: Path = ROOT, runtime: Path | None = None) -> dict:
     """Wall seconds, CPU seconds (user + sys) and peak RSS (MB) of one child process, importing
-    ``lmalign_jax`` from ``root`` (this tree by default)."""
-    env = dict(os.environ, PYTHONPATH=str(root), OPENBLAS_NUM_THREADS="1")
+    ``lmalign_jax`` from ``root`` (this tree by default); with ``runtime`` through the resident
+    process serving that folder."""
+    env = _child_env(root, runtime)
     proc = subprocess.run(
         [sys.executable, "-c", _LAUNCHER, *args],
         env=env,
@@ -116,16 +147,25 @@ def whole_process(
         args = [sys.executable, "-m", "lmalign_jax", "reconstruct", paths["mrc"], "--xf", paths["xf"],
                 "--tlt", paths["tlt"], "--thickness", str(thickness), "--out", str(out_dir / "t.rec.mrc"),
                 "-q", *extra]  # fmt: skip
-        for root in roots.values() if warm_up else ():
-            run_child(args, root)  # warm-up: fills the persistent compilation cache
+        resident = name in RESIDENT_VARIANTS
+        # a short folder: a Unix socket's path is at most 107 bytes
+        runtimes = {
+            label: Path(tempfile.mkdtemp(prefix="lmr", dir="/tmp")) if resident else None for label in roots
+        }
+        for label, root in roots.items() if resident else ():
+            _resident(root, runtimes[label], "start")
+        for label, root in roots.items() if warm_up else ():
+            run_child(args, root, runtimes[label])  # warm-up: fills the persistent compilation cache
         runs = {label: [] for label in roots}
         for _ in range(repeat):
             for label, root in roots.items():
-                runs[label].append(run_child(args, root))
+                runs[label].append(run_child(args, root, runtimes[label]))
+        for label, root in roots.items() if resident else ():
+            _resident(root, runtimes[label], "stop")
         for label, side in runs.items():
             walls = sorted(r["wall_s"] for r in side)
-            cpus = sorted(r["cpu_s"] for r in side)
-            peaks = sorted(r["peak_mb"] for r in side)
+            cpus = sorted(r["cpu_s"] for r in side) if not resident else [float("nan")]
+            peaks = sorted(r["peak_mb"] for r in side) if not resident else [float("nan")]
             rows.append({"variant": name, "code": label, "args": extra, "warm_up": warm_up,
                          "wall_s": walls, "peak_mb": peaks,
                          "median_wall_s": walls[len(walls) // 2], "cpu_s": cpus,
@@ -282,7 +322,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sk-rows", type=int, default=2, help="slices scikit-image reconstructs (0: skip)")
     ap.add_argument("--sirt", type=int, default=0, help="also time --sirt N (0: skip)")
     ap.add_argument("--memory", type=float, default=0.2, help="the bounded-memory variant's --memory GB")
-    ap.add_argument("--variants", help="comma-separated subset of default,bounded,sirtlike,imod-tilt,sirt")
+    ap.add_argument(
+        "--variants", help="comma-separated subset of default,bounded,sirtlike,imod-tilt,sirt,resident"
+    )
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage timing")
     ap.add_argument("--no-warm-up", action="store_true", help="no warm-up run before the timed ones")
     ap.add_argument("--workdir", help="folder for the stack and outputs (default: a temporary one)")
@@ -302,7 +344,8 @@ def main(argv=None) -> int:
             folder = Path(tmp)
             paths = make_stack(folder, size, args.views)
             variants = {"default": [], "bounded": ["--memory", str(args.memory)],
-                        "sirtlike": ["--sirtlike", "10"], "imod-tilt": ["--layout", "imod-tilt"]}  # fmt: skip
+                        "sirtlike": ["--sirtlike", "10"], "imod-tilt": ["--layout", "imod-tilt"],
+                        "resident": []}  # fmt: skip
             if args.variants:
                 variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
             print(f"{size} px, whole process:", flush=True)
