@@ -212,9 +212,17 @@ class _SheetReader:
             if not slope > self.MIN_SLOPE:
                 self.plans[rows] = None
             else:
-                whole = 1 << max(0, (self.shape[0] - 1).bit_length())  # no block beyond the volume
-                plan = plan_sheets(rates, self.tolerance, max_block=min(32, whole))
-                self.plans[rows] = (plan, sheet_margin(plan, self.tilts))
+                nz, _, nx = self.shape
+                block = min(32, 1 << max(0, (nz - 1).bit_length()))  # no block beyond the volume
+                while True:
+                    plan = plan_sheets(rates, self.tolerance, max_block=block)
+                    margin = sheet_margin(plan, self.tilts)
+                    n_sheets = sum(plan.block // n for n in plan.spacing)
+                    # a block's sheets held at most like two slabs (the slab plan's memory)
+                    if n_sheets * (nx + 2 * margin + 2) <= 2 * nz * nx or block == 1:
+                        break
+                    block //= 2
+                self.plans[rows] = (plan, margin)
         return self.plans[rows] is not None
 
     def __call__(self, band, band0, take, x, z, z_chunk):
