@@ -222,3 +222,42 @@ def test_local_reconstruct_streams_in_any_layout_and_memory(tmp_path):
     rc, out, err = run_cli([*base, "--out", tmp_path / "x.mrc", "--sirt", 2])
     assert rc == 0 and "SIRT 2 iterations" in out, err
     assert not list(tmp_path.glob(".lmalign-sirt-*"))  # its scratch files are gone
+
+
+def test_align_a_stack_with_local_and_reconstruct_uses_the_local_file(tmp_path):
+    """``lmalign align STACK --local --reconstruct NZ`` reconstructs through the local file it
+    just wrote: the same tomogram as ``lmalign reconstruct STACK --alignment REC.json --local``
+    afterwards (and not the global one's, unless the local file changes nothing)."""
+    import mrcfile
+    from helpers import run_cli
+
+    rc, _, err = run_cli(["simulate", "--out-dir", tmp_path, "--prefix", "s", "--stack", "--seed", 3])
+    assert rc == 0, err
+    stack, tilts = tmp_path / "s.mrc", tmp_path / "s.rawtlt"
+    out = tmp_path / "out"
+    rc, text, err = run_cli(
+        ["align", stack, "--tilts", tilts, "--out-dir", out, "--local", "--local-keep-all"]
+        + ["--patch-size", 160, 160, "--min-fids", "4,0", "--reconstruct", 16, "--no-figure"]
+    )
+    assert rc == 0, err
+    assert "reconstructing through the local alignment" in err + text
+    for extra, name in ((["--local"], "again.mrc"), ([], "global.mrc")):
+        rc, _, err = run_cli(
+            [
+                "reconstruct",
+                stack,
+                "--alignment",
+                out / "s.json",
+                "--thickness",
+                16,
+                "--out",
+                tmp_path / name,
+                "-q",
+            ]
+            + extra
+        )
+        assert rc == 0, err
+    with mrcfile.open(out / "s.rec.mrc") as a, mrcfile.open(tmp_path / "again.mrc") as b:
+        np.testing.assert_array_equal(a.data, b.data)
+    with mrcfile.open(out / "s.rec.mrc") as a, mrcfile.open(tmp_path / "global.mrc") as g:
+        assert np.abs(a.data - g.data).max() > 1e-3 * np.abs(g.data).max()

@@ -137,7 +137,12 @@ def run_align(args) -> int:
     if code == EXIT_OK and args.reconstruct is not None and is_stack_path(args.markers):
         out = OutputSet(args.out_dir, prefix)
         reconstruct_after_align(
-            stack, out.path(".xf"), out.path(".tlt"), out.path(".rec.mrc"), args.reconstruct, args.quiet
+            stack,
+            out.path(".json"),
+            out.path(".rec.mrc"),
+            args.reconstruct,
+            args.quiet,
+            local=bool(args.local),
         )
     return export_after_align(args, code, markers, prefix)
 

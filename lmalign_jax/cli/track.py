@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..workflow.reconstruction import read_alignment_files, reconstruct_to_file
+from ..workflow.reconstruction import read_alignment_json, reconstruct_to_file
 from ..workflow.tracking import track_stack
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 
@@ -125,7 +125,8 @@ def add_stack_options(p) -> None:
         "--reconstruct",
         type=float,
         metavar="NZ",
-        help="also write the tomogram <prefix>.rec.mrc, NZ unbinned pixels thick, from the stack",
+        help="also write the tomogram <prefix>.rec.mrc, NZ unbinned pixels thick, from the stack "
+        "(through the local alignment with --local, through a --model warp's per-view warp)",
     )
 
 
@@ -140,11 +141,24 @@ def track_for_align(args):
 
 
 def reconstruct_after_align(
-    stack: str, xf: str, tlt: str, out_path: str, thickness: float, quiet: bool
+    stack: str, record: str, out_path: str, thickness: float, quiet: bool, local: bool = False
 ) -> None:
-    """The tomogram of ``lmalign align STACK.mrc --reconstruct NZ`` from the .xf/.tlt just written."""
+    """The tomogram of ``lmalign align STACK.mrc --reconstruct NZ`` from the .json record just
+    written: its transforms and tilts, a ``--model warp`` record's per-view warp, and with
+    ``local`` (``align --local``) the local alignment file it names, position by position."""
+    alignment = read_alignment_json(record)
+    local_path = alignment.local_path if local else None
+    if local_path is not None and not quiet:
+        note(f"reconstructing through the local alignment {local_path} ({alignment.local_summary})")
     summary = reconstruct_to_file(
-        stack, read_alignment_files(xf, tlt), out_path, thickness=thickness, quiet=quiet, warn=warn, note=note
+        stack,
+        alignment,
+        out_path,
+        thickness=thickness,
+        quiet=quiet,
+        warn=warn,
+        note=note,
+        local_path=local_path,
     )
     nz, ny, nx = summary["shape"]
     print(f" Wrote {out_path} ({nx} x {ny} x {nz} voxels, {summary['seconds']:.1f} s)")
