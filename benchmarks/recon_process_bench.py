@@ -290,7 +290,8 @@ def markdown(report: dict) -> str:
     for r in report["whole_process"]:
         runs = ", ".join(f"{w:.2f}" for w in r["wall_s"])
         code = "" if r.get("code", "this tree") == "this tree" else f" ({r['code']})"
-        name = " ".join(r["args"]) + code
+        via = " (through lmalign resident)" if r["variant"] in RESIDENT_VARIANTS else ""
+        name = " ".join(r["args"]) + code + via
         lines.append(f"| lmalign reconstruct {name} | {r['median_wall_s']:.2f} s ({runs}) | "
                      f"{r['median_cpu_s']:.2f} | {r['median_peak_mb']:.0f} |")  # fmt: skip
     b = report["breakdown"]
