@@ -259,6 +259,10 @@ def _cases(b):
         ),
         "positivity without sirt": ([s / "s.mrc", *xf_tlt, "--positivity"], r"--positivity goes with --sirt"),
         "memory": ([s / "s.mrc", *xf_tlt, "--memory", 0], r"--memory must be a positive number of GB"),
+        "local tolerance": (
+            [s / "s.mrc", *xf_tlt, "--local-tolerance", -0.1],
+            r"--local-tolerance must be 0 or a positive number of pixels, got -0.1",
+        ),
         "radial": (
             [s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05],
             r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05",
@@ -299,6 +303,7 @@ CASES = [
     "sirt with sirtlike",
     "positivity without sirt",
     "memory",
+    "local tolerance",
     "radial",
     "both alignments",
     "no alignment",

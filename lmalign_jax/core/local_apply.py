@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from ..io.imod_local import LocalAlignment
+from ..patch_weights import axis_weights
 
 __all__ = [
     "local_sampling",
@@ -33,13 +34,6 @@ __all__ = [
     "project_through_local",
     "fit_markers_through_local",
 ]
-
-
-def _axis_weights(coord, start: int, spacing: int, n: int):
-    index = np.rint(coord + 0.5)  # tilt's 1-based pixel index of a point at image coordinate coord
-    t = np.clip(index - start, 0, (n - 1) * spacing)
-    cell = np.minimum(t // spacing, n - 2).astype(int)
-    return cell, (t - cell * spacing) / spacing
 
 
 def patch_weights(
@@ -51,8 +45,8 @@ def patch_weights(
     Returns (patches (n, 4) int, weights (n, 4)), patch index ``j nX + i``.
     """
     nx, ny = local.n_patches
-    cx, fx = _axis_weights(xy_image[:, 0], local.start[0], local.spacing[0], nx)
-    cy, fy = _axis_weights(xy_image[:, 1], local.start[1], local.spacing[1], ny)
+    cx, fx = axis_weights(xy_image[:, 0], local.start[0], local.spacing[0], nx)
+    cy, fy = axis_weights(xy_image[:, 1], local.start[1], local.spacing[1], ny)
     patches = np.stack([cy * nx + cx, cy * nx + cx + 1, (cy + 1) * nx + cx, (cy + 1) * nx + cx + 1], 1)
     weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], 1)
     return patches, weights

@@ -310,7 +310,7 @@ def reconstruct_local(
     memory_bytes: int | None = None,
     slab_rows: int | None = None,
     progress=None,
-    tolerance_px: float | None = DEFAULT_TOLERANCE_PX,
+    tolerance_px: float = DEFAULT_TOLERANCE_PX,
     dtype=jnp.float32,
 ):
     """A tomogram from the RAW stack, its global ``.xf``/tilts and a local sampling, streamed.
@@ -338,7 +338,7 @@ def reconstruct_local(
     d_local = jnp.asarray(sampling.shifts, dtype)
     nz = max(1, int(round(float(thickness) / b)))
     sheets = None
-    if tolerance_px is not None and tolerance_px > 0 and sampling.grid is not None:
+    if tolerance_px > 0 and sampling.grid is not None:
         tilts = np.asarray(tilts_deg, np.float64)
         sheets = _SheetReader(sampling, tilts, (nz, ny_b, nx_b), tolerance_px, dtype)
 

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..patch_weights import axis_weights
 from . import _kernels
 
 __all__ = [
@@ -310,14 +311,6 @@ class PatchGrid(NamedTuple):
     grid: tuple[int, int]
 
 
-def _axis(coord, start, spacing, n):
-    """tilt's cell and fraction along one axis (``core.local_apply._axis_weights``, in JAX)."""
-    index = jnp.round(coord + 0.5)
-    t = jnp.clip(index - start, 0, (n - 1) * spacing)
-    cell = jnp.minimum(jnp.floor(t / spacing), n - 2)
-    return cell.astype(jnp.int32), t / spacing - cell
-
-
 @lru_cache(maxsize=32)
 def local_position(grid: PatchGrid):
     """``(prepare, position)`` of an IMOD local alignment: ``params`` (nY, nX, V, 8) per patch and
@@ -328,7 +321,7 @@ def local_position(grid: PatchGrid):
     (npx, npy), (sx, sy), (dx, dy), b, (ny, nx) = grid
 
     def prepare(params, y):  # -> (V, nX, R, 6): Mx, Mz and M_y y + D, blended over y
-        cy, fy = _axis((y + ny / 2) * b, sy, dy, npy)
+        cy, fy = axis_weights((y + ny / 2) * b, sy, dy, npy, xp=jnp)
         p = params[cy] * (1 - fy)[:, None, None, None] + params[cy + 1] * fy[:, None, None, None]
         const = p[..., 2:4] * y[:, None, None, None] + p[..., 6:8]
         rows = jnp.concatenate([p[..., 0:2], p[..., 4:6], const], -1)  # (R, nX, V, 6)
@@ -336,7 +329,7 @@ def local_position(grid: PatchGrid):
 
     def position(rows, v, x, z):
         x, z = jnp.broadcast_arrays(x, z)
-        cx, fx = _axis((x + nx / 2) * b, sx, dx, npx)
+        cx, fx = axis_weights((x + nx / 2) * b, sx, dx, npx, xp=jnp)
         r, fx = rows[v], fx[..., None, None]
         q = r[cx] * (1 - fx) + r[cx + 1] * fx  # (..., R, 6)
         x, z = x[..., None], z[..., None]
