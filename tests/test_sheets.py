@@ -54,6 +54,7 @@ def setup(local, rows0):
 def read_volumes(band, band0, params, grid, exact_args, plan, views):
     mats, shifts, patches, weights, x, y, z = exact_args
     prepare, position = sheets.local_position(grid)
+    band = _kernels.column_band(band)
     exact = _accumulate_band(
         band,
         jnp.float32(band0),
@@ -145,14 +146,23 @@ def test_one_sheet_per_slice_is_the_exact_read_and_a_rigid_field_needs_no_more_t
     np.testing.assert_allclose(got[inside], exact[inside], rtol=0, atol=1e-3 * np.abs(exact).max())
 
 
-def test_plan_sheets_takes_the_largest_power_of_two_within_the_tolerance():
-    plan = sheets.plan_sheets(np.array([0.0, 0.01, 0.1, 1.0]), 0.05, max_block=32)
-    # (L - 1) / 2 * rate <= 0.05: L <= 32 (capped), 11 -> 8, 2 -> 2, 1.1 -> 1
-    assert plan.spacing == (32, 8, 2, 1) and plan.block == 32
-    assert plan.bound_px == pytest.approx(max(3.5 * 0.01, 0.5 * 0.1))
+def test_plan_sheets_takes_the_fewest_sheets_within_the_tolerance():
+    plan = sheets.plan_sheets(np.array([0.0, 0.01, 0.1, 1.0, 0.0072]), 0.05, max_block=32)
+    # (L - 1) / 2 * rate <= 0.05: L <= 32 (capped), 11, 2, 1.1 -> 1, 14.9; runs of a block of 32:
+    # 1 x 32; 3 sheets (11, 11, 10); 16 x 2; 32 x 1; ceil(32 / 14) = 3 sheets of at most 11
+    assert plan.spacing == (32, 11, 2, 1, 11) and plan.block == 32
+    assert plan.bound_px == pytest.approx(max(5 * 0.01, 0.5 * 0.1, 5 * 0.0072))
     views, centres, slot = sheets._layout(plan)
-    assert len(views) == 1 + 4 + 16 + 32 and slot.shape == (4, 32)
-    assert centres[0] == 15.5 and np.all(slot[3] == np.arange(21, 53))
+    assert len(views) == 1 + 3 + 16 + 32 + 3 and slot.shape == (5, 32)
+    assert centres[0] == 15.5 and np.all(slot[3] == np.arange(20, 52))
+    # every run no longer than the spacing, read at its middle
+    for v, n in enumerate(plan.spacing):
+        runs = np.bincount(slot[v] - slot[v].min())
+        assert runs.max() <= n and runs.max() - runs.min() <= 1
+        for k in range(slot.shape[1]):
+            assert abs(k - centres[slot[v, k]]) <= (n - 1) / 2
+    # a block no longer than the longest run needs
+    assert sheets.plan_sheets(np.array([0.05, 0.1]), 0.05).block == 4  # runs of 3 and 2
     _ = _kernels  # the kernels module is what the sheets read like
 
 

@@ -23,6 +23,7 @@ from jax import lax
 
 __all__ = [
     "sample_bilinear",
+    "column_band",
     "filter_rows",
     "resample_filter_view",
     "view_params",
@@ -82,6 +83,15 @@ def sample_bilinear(flat, col, row, n_cols: int, n_rows: int):
     p00, p01, p10, p11 = flat[k], flat[k + 1], flat[k + width], flat[k + width + 1]
     top = p00 + fx * (p01 - p00)
     return top + fy * (p10 + fx * (p11 - p10) - top)
+
+
+def column_band(band):
+    """Aligned rows ``band (V, B, NX)`` in the layout of the position-by-position back-projections
+    (``recon.local_backprojection``, ``recon.warp_backprojection``, ``recon.sheets``): zero-padded
+    by one sample on each side and columns leading, ``(V, NX + 2, B + 2)``, rows contiguous (what
+    :func:`resample_filter_view` returns for one slab of the whole band, so a streamed band is
+    filled without a transpose). :func:`sample_bilinear` reads it with rows and columns exchanged."""
+    return jnp.pad(jnp.transpose(band, (0, 2, 1)), ((0, 0), (1, 1), (1, 1)))
 
 
 @partial(jax.jit, static_argnames=("ny_out", "nx_out", "n_pad", "rows", "slab_rows", "keep_mean"))

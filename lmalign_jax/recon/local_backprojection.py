@@ -33,7 +33,7 @@ from jax.scipy.ndimage import map_coordinates
 from jaxtyping import Float
 
 from . import _kernels
-from .fbp import _check_transforms, _finite_view, _positive_int, _raw_band, _write_slab, plan_slabs
+from .fbp import _check_transforms, _finish_slab, _finite_view, _positive_int, _raw_band, plan_slabs
 from .filters import angular_increments, filter_response, sirt_like_response
 from .sheets import (
     DEFAULT_TOLERANCE_PX,
@@ -43,6 +43,7 @@ from .sheets import (
     local_position,
     plan_sheets,
     sheet_margin,
+    sheets_per_block,
 )
 
 __all__ = [
@@ -217,7 +218,7 @@ class _SheetReader:
                 while True:
                     plan = plan_sheets(rates, self.tolerance, max_block=block)
                     margin = sheet_margin(plan, self.tilts)
-                    n_sheets = sum(plan.block // n for n in plan.spacing)
+                    n_sheets = sum(sheets_per_block(plan.block, n) for n in plan.spacing)
                     # a block's sheets held at most like two slabs (the slab plan's memory)
                     if n_sheets * (nx + 2 * margin + 2) <= 2 * nz * nx or block == 1:
                         break
@@ -261,17 +262,18 @@ def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_
     """Sum over views of each voxel's sampled value for the voxels of some rows, from a band of
     aligned rows of every view (band row = sampled centred y - ``band0``).
 
-    band (V, B, NX); mats (P, V, 2, 3), shifts (P, V, 2); patches, weights (rows, NX, 4); x (NX,),
-    y (rows,), z (NZ,) centred voxel coordinates. For a voxel column the sampled position is
+    band (V, NX + 2, B + 2) in ``_kernels.column_band``'s layout; mats (P, V, 2, 3), shifts
+    (P, V, 2); patches, weights (rows, NX, 4); x (NX,), y (rows,), z (NZ,) centred voxel
+    coordinates. For a voxel column the sampled position is
     affine in z, ``base + z slope`` (the blend of the patches' affine maps), so each view's
     columns get ``base`` and ``slope`` once and every z chunk reads them; the bilinear reads are
     four 1-D gathers into the zero-padded band (as ``_kernels.resample_filter_view``: exact
     inside, falling to zero over one sample outside, zero beyond). Returns (NZ, rows, NX).
     """
-    n_views, n_band, nx = band.shape
+    n_views, nx, n_band = band.shape[0], band.shape[1] - 2, band.shape[2] - 2
     rows, nz = y.shape[0], z.shape[0]
     dt = band.dtype
-    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)  # sample_bilinear's layout
+    flat = band.reshape(n_views, -1)
 
     def columns(m, d):  # (P, 2, 3), (P, 2) -> base, slope (2, rows, NX)
         m_eff = jnp.einsum("yxk,yxkij->ijyx", weights, m[patches])
@@ -287,7 +289,7 @@ def _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, *, z_
         def one_view(v, acc):
             col = base[v, 0][None] + zc[:, None, None] * slope[v, 0][None]
             row = base[v, 1][None] + zc[:, None, None] * slope[v, 1][None]
-            return acc + _kernels.sample_bilinear(flat[v], col, row, nx, n_band)
+            return acc + _kernels.sample_bilinear(flat[v], row, col, n_band, nx)  # columns leading
 
         return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
 
@@ -426,11 +428,18 @@ def stream_backprojection(
     shifts = d / b
     x = jnp.asarray(np.arange(nx_b) + 0.5 - nx_b / 2, dtype)
     z = jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype)
-    band = np.zeros((n_views, band_rows, nx_b), np.float32)
+    # the pass's band in _kernels.column_band's layout, which resample_filter_view returns: no
+    # transposes; the padding and the rows outside the image stay zero
+    band = np.zeros((n_views, nx_b + 2, band_rows + 2), np.float32)
     for p0 in range(0, ny_b, plan.pass_rows):
         p_rows = min(plan.pass_rows, ny_b - p0)
         b0 = p0 - margin  # aligned row of band row 0; rows outside the image stay zero
         lo, hi = max(0, b0), min(ny_b, b0 + band_rows)
+        inside = slice(1 + lo - b0, 1 + hi - b0)  # padded band rows inside the image
+        band[:, :, 1 : inside.start] = 0.0
+        band[:, :, inside.stop : -1] = 0.0
+        # each view is dispatched before the previous one's result is fetched (as recon.reconstruct)
+        pending = None
         for v in range(n_views):
             r0, r1 = _raw_band(a_inv[v], shifts[v], centre, lo, hi - lo, nx_b, ny_b)
             raw = _finite_view(stack, v, r0 * b, r1 * b)
@@ -447,16 +456,20 @@ def stream_backprojection(
                 slab_rows=band_rows,
                 keep_mean=False,
             )
-            band[v] = np.asarray(res)[0].T  # one slab of the whole band
-            band[v, : lo - b0] = 0.0
-            band[v, hi - b0 :] = 0.0
+            if pending is not None:
+                band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, lo - b0 : hi - b0]
+            pending = (v, res)
+        band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, lo - b0 : hi - b0]
         device_band = jnp.asarray(band, dtype)
         band0 = jnp.asarray(b0 - ny_b / 2 + 0.5, dtype)
+        # each slab is dispatched before the previous one is fetched and written
+        pending = None
         for j0 in range(p0, p0 + p_rows, rows):
             n_rows = min(rows, p0 + p_rows - j0)
             take = np.minimum(np.arange(j0, j0 + rows), ny_b - 1)  # the last slab padded, cut below
             vol = accumulate(device_band, band0, take, x, z, z_chunk)
-            _write_slab(out, j0, np.asarray(vol)[:, :n_rows])
-            if progress is not None:
-                progress(j0 + n_rows, ny_b)
+            if pending is not None:
+                _finish_slab(out, *pending, progress, ny_b)
+            pending = (j0, n_rows, vol)
+        _finish_slab(out, *pending, progress, ny_b)
     return out

@@ -44,7 +44,7 @@ def local_backprojector(sampling: LocalSampling, shape: tuple[int, int, int], dt
         jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype),
     )
     z_chunk = _kernels.choose_z_chunk(nz, nx, ny)
-    return lambda views: _accumulate_band(views, *args, z_chunk=z_chunk)
+    return lambda views: _accumulate_band(_kernels.column_band(views), *args, z_chunk=z_chunk)
 
 
 def local_sirt_bytes(n_views: int, shape: tuple[int, int, int], slab_rows: int = 32) -> int:
@@ -151,7 +151,9 @@ def _project_band(vol, band0, mats, shifts, patches, weights, x, y, z, *, z_chun
     zeros = jnp.zeros((mats.shape[1], n_band, x.shape[0]), vol.dtype)
 
     def back(band):
-        return _accumulate_band(band, band0, mats, shifts, patches, weights, x, y, z, z_chunk=z_chunk)
+        return _accumulate_band(
+            _kernels.column_band(band), band0, mats, shifts, patches, weights, x, y, z, z_chunk=z_chunk
+        )
 
     return jax.linear_transpose(back, zeros)(vol)[0]
 
@@ -214,7 +216,8 @@ def sirt_local_streamed(
         j0, n, b0, lo, hi, geometry = slab
         band = np.zeros((n_views, n_band, nx_b), np.float32)
         band[:, lo - b0 : hi - b0] = band_full[:, lo:hi]
-        return np.asarray(_accumulate_band(jnp.asarray(band, dtype), *geometry, z_chunk=z_chunk))[:, :n]
+        band = _kernels.column_band(jnp.asarray(band, dtype))
+        return np.asarray(_accumulate_band(band, *geometry, z_chunk=z_chunk))[:, :n]
 
     def project_into(total, vol, slab):
         j0, n, b0, lo, hi, geometry = slab

@@ -31,17 +31,19 @@ for a blend of patches ``tan(tilt)`` times how fast the patches' predictions par
 how much ``ratio`` changes between ``y_c`` and ``y``. :func:`drift_rates` takes the largest
 ``|r|`` per view over the volume (finite differences to the neighbouring columns and the next
 slice, every column, five rows of every slab, the top and bottom slices), and
-:func:`plan_sheets` gives each view the largest power-of-two spacing ``L`` with ``(L - 1) / 2 *
-|r|`` within the tolerance (0.05 px by default): views near 0 degrees and smooth fields get
-few sheets, steep views of rough fields more. ``tests/test_sheets.py`` checks every read
-against the exact one within that bound. Cost per slab: ``sum_v NZ / L_v`` sheets of
+:func:`plan_sheets` gives each view the fewest sheets per block of slices such that each run of
+``L`` slices reading one sheet (at the run's middle) keeps ``(L - 1) / 2 * |r|`` within the
+tolerance (0.05 px by default): views near 0 degrees and smooth fields get few sheets, steep
+views of rough fields more. ``tests/test_sheets.py`` checks every read against the exact one
+within that bound. Cost per slab: about ``sum_v NZ / L_v`` sheets of
 ``(NX + margin) x rows`` bilinear samples, plus the global kernel's reads. The reads depend on
 the slab height (through ``y_c``), within the tolerance.
 
 The position model is two functions (static arguments of the jitted kernel):
 ``prepare(params, y) -> rows`` evaluates what depends only on the rows ``y`` (R,), once per slab,
-and ``position(rows, v, x, z) -> (u, v)`` returns centred aligned positions of shape
-``broadcast(x, z).shape + (R,)`` for view ``v``.
+and ``position(rows, v, x) -> (4, N, R)`` returns, for view ``v`` and columns ``x`` (N,), the
+centred aligned position ``(u, v)`` at z = 0 and its change per unit z (the position is affine
+in z).
 :func:`local_position` provides them for an IMOD local alignment (tilt's patch weights).
 """
 
@@ -61,6 +63,7 @@ from . import _kernels
 __all__ = [
     "SheetPlan",
     "plan_sheets",
+    "sheets_per_block",
     "drift_rates",
     "accumulate_sheets",
     "sheet_margin",
@@ -77,25 +80,36 @@ _VIEW_GROUP = 4
 
 
 class SheetPlan(NamedTuple):
-    """Slices per sheet for each view (powers of two dividing ``block``) and the block of slices
-    whose sheets are built together; ``bound_px`` the first-order position error it allows."""
+    """The sheets of a block of ``block`` slices (a power of two) built together: view ``v`` has
+    ``sheets_per_block(block, spacing[v])`` sheets per block, each read by at most ``spacing[v]``
+    consecutive slices (the block split into runs whose lengths differ by at most one);
+    ``bound_px`` the first-order position error the plan allows."""
 
     spacing: tuple[int, ...]
     block: int
     bound_px: float
 
 
+def sheets_per_block(block: int, spacing: int) -> int:
+    """Sheets of a view whose sheets are read by at most ``spacing`` slices each."""
+    return -(-block // spacing)
+
+
 def plan_sheets(rates: np.ndarray, tolerance: float = DEFAULT_TOLERANCE_PX, max_block: int = 32) -> SheetPlan:
-    """Slices per sheet for views whose v drifts by ``rates`` (V,) px per slice: the largest power
-    of two L <= ``max_block`` with ``(L - 1) / 2 * rate <= tolerance``."""
+    """Sheets for views whose reads drift by ``rates`` (V,) px per slice away from a sheet's
+    depth: per view the fewest sheets per block whose runs of slices all satisfy
+    ``(run - 1) / 2 * rate <= tolerance``; the block the smallest power of two, at most
+    ``max_block`` (a power of two), that holds the longest run any view may have."""
     rates = np.abs(np.asarray(rates, np.float64))
-    spacing = []
+    longest = []
     for r in rates:
-        n = 1
-        while 2 * n <= max_block and (2 * n - 1) / 2 * r <= tolerance:
-            n *= 2
-        spacing.append(n)
-    block = max(spacing) if spacing else 1
+        n = max_block if r == 0 else int(min(max_block, np.floor(2 * tolerance / r + 1)))
+        while n > 1 and (n - 1) / 2 * r > tolerance:  # rounding of the floor
+            n -= 1
+        longest.append(max(n, 1))
+    block = 1 << (max(longest, default=1) - 1).bit_length()
+    # the longest run of the fewest sheets that fit (it may be shorter than allowed)
+    spacing = [-(-block // sheets_per_block(block, n)) for n in longest]
     bound = max(((n - 1) / 2 * r for n, r in zip(spacing, rates, strict=True)), default=0.0)
     return SheetPlan(tuple(spacing), int(block), float(bound))
 
@@ -107,10 +121,12 @@ def _layout(plan: SheetPlan):
     views, centres = [], []
     slot = np.zeros((len(plan.spacing), plan.block), np.int32)
     for v, n in enumerate(plan.spacing):
-        for j in range(plan.block // n):
-            slot[v, j * n : (j + 1) * n] = len(views)
+        count = sheets_per_block(plan.block, n)
+        ends = [(j * plan.block) // count for j in range(count + 1)]  # runs differing by <= 1
+        for first, last in zip(ends[:-1], ends[1:], strict=True):
+            slot[v, first:last] = len(views)
             views.append(v)
-            centres.append(j * n + (n - 1) / 2)
+            centres.append((first + last - 1) / 2)
     return np.array(views, np.int32), np.array(centres, np.float64), slot
 
 
@@ -121,15 +137,15 @@ def _slab_rates(params, y, y_centre, x, z, *, prepare, position, n_views):
     and ``z + 1``, each side with the read slope of that side), slices ``z``; and the smallest
     du/dx at the centre row."""
     rows, centre = prepare(params, y), prepare(params, y_centre)
-    xs = jnp.concatenate([x[:1] - 1.0, x, x[-1:] + 1.0])[None, :]  # a column beyond each end
-    zz = z[:, None]
+    xs = jnp.concatenate([x[:1] - 1.0, x, x[-1:] + 1.0])  # a column beyond each end
+    zz = z[:, None, None]
 
     def one(v):
         def derivs(r):  # per column: slopes from the column before and to the column after, d/dz
-            u0, v0 = position(r, v, xs, zz)  # (nz, NX + 2, R)
-            u1, v1 = position(r, v, xs, zz + 1.0)
+            p = position(r, v, xs)[:, None]  # (4, 1, NX + 2, R)
+            u0, v0 = p[0] + zz * p[2], p[1] + zz * p[3]  # (nz, NX + 2, R)
             du, dv = jnp.diff(u0, axis=1), jnp.diff(v0, axis=1)
-            dz = (u1 - u0)[:, 1:-1], (v1 - v0)[:, 1:-1]
+            dz = p[2, :, 1:-1], p[3, :, 1:-1]
             return (du[:, :-1], dv[:, :-1]), (du[:, 1:], dv[:, 1:]), dz
 
         back, fwd, (duz, dvz) = derivs(rows)
@@ -184,7 +200,8 @@ def sheet_margin(plan: SheetPlan, tilts_deg, slack: float = 1.1) -> int:
 def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, z_chunk, margin, reach=None):
     """Sum over views of each voxel's value, read through sheets (module docstring).
 
-    band (V, B, NX): filtered aligned rows of every view, band row = centred v - ``band0``;
+    band (V, NX + 2, B + 2): filtered aligned rows of every view in ``_kernels.column_band``'s
+    layout, band row = centred v - ``band0``;
     y (rows,), x (NX,), z (NZ,) centred voxel coordinates of the slab (unit steps); ``position``
     affine in z. ``plan.block`` must be a multiple of ``z_chunk``; ``margin`` (static,
     :func:`sheet_margin`) extra columns each side; ``reach`` (static, optional): rows beyond
@@ -196,28 +213,26 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
     runs about twice as fast as a loop that stacks them.
     """
     rows, nz = y.shape[0], z.shape[0]
-    if reach is not None and rows + 2 * reach < band.shape[1]:
-        height = rows + 2 * reach
-        start = jnp.clip(jnp.floor(y[0] - band0).astype(jnp.int32) - reach, 0, band.shape[1] - height)
-        band = lax.dynamic_slice_in_dim(band, start, height, axis=1)
+    if reach is not None and rows + 2 * reach + 2 < band.shape[2]:
+        # padded rows start .. start + height: band rows start - 1 .. (their first and last are
+        # read as the zero padding, and no read reaches them)
+        height = rows + 2 * reach + 2
+        start = jnp.clip(jnp.floor(y[0] - band0).astype(jnp.int32) - reach, 0, band.shape[2] - height)
+        band = lax.dynamic_slice_in_dim(band, start, height, axis=2)
         band0 = band0 + start.astype(band0.dtype)
-    n_views, n_band, nx = band.shape
+    n_views, nx, n_band = band.shape[0], band.shape[1] - 2, band.shape[2] - 2
     dt = band.dtype
     e = margin
     nxe = nx + 2 * e
-    # (V, NX + 2, B + 2) zero-padded, rows contiguous, flattened
-    flat = jnp.pad(jnp.transpose(band, (0, 2, 1)), ((0, 0), (1, 1), (1, 1))).reshape(-1)
+    flat = band.reshape(-1)
     view_size, col_step = (nx + 2) * (n_band + 2), n_band + 2
     # the sheet's columns plus one each end that the reads take as zero
     xe = x[0] + jnp.arange(-e - 1, nx + e + 1, dtype=dt)
     slab = prepare(params, y)
 
-    def columns(v):  # (4, NXe + 2, rows): base u, v and slope u, v in band indices
-        u0, v0 = position(slab, v, xe, jnp.zeros((), dt))
-        u1, v1 = position(slab, v, xe, jnp.ones((), dt))
-        return jnp.stack([u0 + (nx / 2 - 0.5), v0 - band0, u1 - u0, v1 - v0])
-
-    cols = lax.map(columns, jnp.arange(n_views))  # (V, 4, NXe + 2, rows)
+    # (V, 4, NXe + 2, rows): base u, v and slope u, v in band indices
+    to_band = jnp.stack([jnp.asarray(nx / 2 - 0.5, dt), -band0, jnp.zeros((), dt), jnp.zeros((), dt)])
+    cols = jax.vmap(lambda v: position(slab, v, xe) + to_band[:, None, None])(jnp.arange(n_views))
     centre_row = rows // 2
     group = min(_VIEW_GROUP, n_views)
     n_groups = -(-n_views // group)
@@ -320,19 +335,18 @@ def local_position(grid: PatchGrid):
     would compile them again)."""
     (npx, npy), (sx, sy), (dx, dy), b, (ny, nx) = grid
 
-    def prepare(params, y):  # -> (V, nX, R, 6): Mx, Mz and M_y y + D, blended over y
+    def prepare(params, y):  # -> (V, nX, 6, R): Mx, Mz and M_y y + D, blended over y
         cy, fy = axis_weights((y + ny / 2) * b, sy, dy, npy, xp=jnp)
         p = params[cy] * (1 - fy)[:, None, None, None] + params[cy + 1] * fy[:, None, None, None]
         const = p[..., 2:4] * y[:, None, None, None] + p[..., 6:8]
         rows = jnp.concatenate([p[..., 0:2], p[..., 4:6], const], -1)  # (R, nX, V, 6)
-        return jnp.transpose(rows, (2, 1, 0, 3))
+        return jnp.transpose(rows, (2, 1, 3, 0))
 
-    def position(rows, v, x, z):
-        x, z = jnp.broadcast_arrays(x, z)
+    def position(rows, v, x):  # -> (4, N, R): u, v at z = 0, du/dz, dv/dz
         cx, fx = axis_weights((x + nx / 2) * b, sx, dx, npx, xp=jnp)
-        r, fx = rows[v], fx[..., None, None]
-        q = r[cx] * (1 - fx) + r[cx + 1] * fx  # (..., R, 6)
-        x, z = x[..., None], z[..., None]
-        return q[..., 0] * x + q[..., 2] * z + q[..., 4], q[..., 1] * x + q[..., 3] * z + q[..., 5]
+        r, fx = rows[v], fx[:, None, None]
+        q = r[cx] * (1 - fx) + r[cx + 1] * fx  # (N, 6, R), rows contiguous
+        x = x[:, None]
+        return jnp.stack([q[:, 0] * x + q[:, 4], q[:, 1] * x + q[:, 5], q[:, 2], q[:, 3]])
 
     return prepare, position

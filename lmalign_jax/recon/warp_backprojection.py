@@ -73,13 +73,13 @@ def warp_row_margin(s: WarpSampling, shape: tuple[int, int, int], binning: int =
 
 @partial(jax.jit, static_argnames=("z_chunk", "binning"))
 def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *, z_chunk, binning):
-    """Sum over views of each voxel's sampled value (see the module docstring); band (V, B, NX),
-    band row = sampled centred y - ``band0``; x (NX,), y (rows,), z (NZ,) centred binned voxel
-    coordinates. Returns (NZ, rows, NX)."""
-    n_views, n_band, nx = band.shape
+    """Sum over views of each voxel's sampled value (see the module docstring); band (V, NX + 2,
+    B + 2) in ``_kernels.column_band``'s layout, band row = sampled centred y - ``band0``; x (NX,),
+    y (rows,), z (NZ,) centred binned voxel coordinates. Returns (NZ, rows, NX)."""
+    n_views, nx, n_band = band.shape[0], band.shape[1] - 2, band.shape[2] - 2
     rows, nz = y.shape[0], z.shape[0]
     dt = band.dtype
-    flat = jnp.pad(band, ((0, 0), (1, 1), (1, 1))).reshape(n_views, -1)  # sample_bilinear's layout
+    flat = band.reshape(n_views, -1)
     n_chunks = -(-nz // z_chunk)
     zs = jnp.pad(z, (0, n_chunks * z_chunk - nz)).reshape(n_chunks, z_chunk)
     scale = 1.0 / WARP_LENGTH_PX
@@ -96,7 +96,7 @@ def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *,
             m, e = mats[j], offsets[j]
             col = (m[0, 0] * uw + m[0, 1] * vw + e[0]) / binning + (nx / 2 - 0.5)
             row = (m[1, 0] * uw + m[1, 1] * vw + e[1]) / binning - band0
-            return acc + _kernels.sample_bilinear(flat[j], col, row, nx, n_band)
+            return acc + _kernels.sample_bilinear(flat[j], row, col, n_band, nx)  # columns leading
 
         return jax.lax.fori_loop(0, n_views, one_view, jnp.zeros((z_chunk, rows, nx), dt))
 
