@@ -17,6 +17,7 @@ from .compare import add_compare
 from .demo import add_demo
 from .export import add_export
 from .find_beads import add_find_beads
+from .interrupts import deliver_lost_interrupts
 from .reconstruct import add_reconstruct
 from .resident_command import add_resident
 from .simulate import add_simulate
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
         if args.command in CACHED_COMMANDS:
             args.compilation_cache = enable_compilation_cache()
             args.compilation_cache_setup = enable_compilation_cache  # batch hands it to its workers
-        return args.run(args)
+        with deliver_lost_interrupts():  # Ctrl-C is not lost in a garbage-collector callback
+            return args.run(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
     except (InputError, UsageError) as e:
