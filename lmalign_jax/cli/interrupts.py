@@ -28,7 +28,7 @@ def deliver_lost_interrupts():
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        if isinstance(unraisable.exc_value, KeyboardInterrupt) or unraisable.exc_type is KeyboardInterrupt:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
             # from another thread, a moment later: raised here it would be dropped again
             # (this hook runs inside the callback); a no-op where SIGINT is ignored or default
             threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,)).start()

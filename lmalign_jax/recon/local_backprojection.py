@@ -435,7 +435,8 @@ def stream_backprojection(
         p_rows = min(plan.pass_rows, ny_b - p0)
         b0 = p0 - margin  # aligned row of band row 0; rows outside the image stay zero
         lo, hi = max(0, b0), min(ny_b, b0 + band_rows)
-        inside = slice(1 + lo - b0, 1 + hi - b0)  # padded band rows inside the image
+        kept = slice(lo - b0, hi - b0)  # band rows inside the image
+        inside = slice(1 + kept.start, 1 + kept.stop)  # the same rows of the padded band
         band[:, :, 1 : inside.start] = 0.0
         band[:, :, inside.stop : -1] = 0.0
         # each view is dispatched before the previous one's result is fetched (as recon.reconstruct)
@@ -457,9 +458,9 @@ def stream_backprojection(
                 keep_mean=False,
             )
             if pending is not None:
-                band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, lo - b0 : hi - b0]
+                band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, kept]
             pending = (v, res)
-        band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, lo - b0 : hi - b0]
+        band[pending[0], 1:-1, inside] = np.asarray(pending[1])[0, :, kept]
         device_band = jnp.asarray(band, dtype)
         band0 = jnp.asarray(b0 - ny_b / 2 + 0.5, dtype)
         # each slab is dispatched before the previous one is fetched and written

@@ -209,7 +209,7 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
     prepared (the band of a pass may hold many slabs). Returns (NZ, rows, NX).
 
     All sheets of a block of slices are built in one vectorised expression (x, then rows
-    innermost: the layout the reads want, with the band transposed to match), which XLA on CPU
+    innermost: the layout the reads want, which is the band's own), which XLA on CPU
     runs about twice as fast as a loop that stacks them.
     """
     rows, nz = y.shape[0], z.shape[0]
