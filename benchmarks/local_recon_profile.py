@@ -293,7 +293,7 @@ def kernel_speed(sampling, tilts, thickness, repeat) -> dict:
     x = jnp.asarray(np.arange(nx) + 0.5 - nx / 2, jnp.float32)
     y = jnp.asarray(take + 0.5 - ny / 2, jnp.float32)
     z = jnp.asarray(np.arange(thickness) + 0.5 - thickness / 2, jnp.float32)
-    z_chunk = _kernels.choose_z_chunk(thickness, nx, SLAB_ROWS)
+    z_chunk = _kernels.choose_z_chunk(thickness, nx, SLAB_ROWS, _kernels.POSITIONWISE_CHUNK_ELEMS)
     args = (
         band,
         band0,

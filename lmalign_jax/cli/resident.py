@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from .huge_pages import relaunch_with_huge_pages
+
 __all__ = ["main", "environment_key", "socket_path", "ping", "serve", "start", "stop", "supported"]
 
 SWITCH = "LMALIGN_RESIDENT"
@@ -257,13 +259,17 @@ def supported() -> bool:
 
 def main(argv=None) -> int:
     """The ``lmalign`` entry point: run the command in the resident process when one serves this
-    environment, else here (:func:`lmalign_jax.cli._main.main`). Returns the exit status."""
+    environment, else here (:func:`lmalign_jax.cli._main.main`; called as the entry point, without
+    ``argv``, after :func:`.huge_pages.relaunch_with_huge_pages`). Returns the exit status."""
+    entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     switch = os.environ.get(SWITCH, "") if supported() else "0"
     if switch != "0" and argv[:1] != ["resident"]:
         code = run_in_resident(argv)
         if code is not None:
             return code
+    if entry:  # the command runs here: with huge pages for its arrays (relaunches once)
+        relaunch_with_huge_pages()
     from . import main as run_here  # noqa: PLC0415 - the commands load only when run here
 
     code = run_here(argv)

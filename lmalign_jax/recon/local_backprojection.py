@@ -417,7 +417,7 @@ def stream_backprojection(
     plan = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows)
     rows, margin = plan.slab_rows, int(margin_of(shape))
     band_rows = plan.pass_rows + 2 * margin
-    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
+    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows, _kernels.POSITIONWISE_CHUNK_ELEMS)
     n_pad, response = filter_response(nx_b, filter, radial)
     if sirtlike is not None:
         response = sirt_like_response(response, _positive_int(sirtlike, "sirtlike"), nx_b)

@@ -43,7 +43,7 @@ def local_backprojector(sampling: LocalSampling, shape: tuple[int, int, int], dt
         jnp.asarray(np.arange(ny) + 0.5 - ny / 2, dtype),
         jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype),
     )
-    z_chunk = _kernels.choose_z_chunk(nz, nx, ny)
+    z_chunk = _kernels.choose_z_chunk(nz, nx, ny, _kernels.POSITIONWISE_CHUNK_ELEMS)
     return lambda views: _accumulate_band(_kernels.column_band(views), *args, z_chunk=z_chunk)
 
 
@@ -191,7 +191,7 @@ def sirt_local_streamed(
     rows = int(min(max(1, slab_rows), ny_b))
     margin = row_margin(sampling, shape)
     n_band = rows + 2 * margin
-    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
+    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows, _kernels.POSITIONWISE_CHUNK_ELEMS)
     mats, shifts = jnp.asarray(sampling.mats, dtype), jnp.asarray(sampling.shifts, dtype)
     xs = jnp.asarray(np.arange(nx_b) + 0.5 - nx_b / 2, dtype)
     zs = jnp.asarray(np.arange(nz) + 0.5 - nz / 2, dtype)
