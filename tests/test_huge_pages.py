@@ -41,7 +41,9 @@ def _run(tmp_path, env_extra, args=("a b", "--x=1")):
     script.write_text(_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.SWITCH)}
     env.update(env_extra, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -80,10 +82,17 @@ def test_relaunch_keeps_the_command_and_cuts_the_page_faults(tmp_path):
 
 
 def test_no_relaunch_for_code_given_on_the_command_line():
-    code = "from lmalign_jax.cli.huge_pages import relaunch_with_huge_pages as r; r(); import os; print(os.environ.get('GLIBC_TUNABLES'))"
+    code = (
+        "from lmalign_jax.cli.huge_pages import relaunch_with_huge_pages as r; r(); "
+        "import os; print(os.environ.get('GLIBC_TUNABLES'))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.SWITCH)}
     done = subprocess.run(
-        [sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        env=dict(env, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
