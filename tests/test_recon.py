@@ -103,9 +103,10 @@ def aligned_case():
 
 def test_ramp_from_spatial_kernel():
     n_pad, h = filter_response(100, "ramp")
-    assert n_pad == 256 and h.shape == (129,)
+    assert n_pad == 200 and h.shape == (101,)
     assert h[0] > 0 and h[0] < 1e-2  # small positive DC from the spatial kernel
-    assert h[-1] == pytest.approx(0.5, abs=1e-3)
+    # H(1/2) = 1/2 less the kernel's tail beyond P/2: 2 / pi^2 sum over odd k > P/2 of 1/k^2 ~ 2 / (pi^2 P)
+    assert 0.5 - 4 / (np.pi**2 * n_pad) < h[-1] < 0.5
     f = np.fft.rfftfreq(n_pad)
     assert np.allclose(h[1:], np.abs(f[1:]), atol=5e-3)
     for name in ("shepp-logan", "cosine", "hamming", "hann"):
@@ -119,6 +120,32 @@ def test_ramp_from_spatial_kernel():
         filter_response(100, "butterworth")
     with pytest.raises(ValueError, match="radial"):
         filter_response(100, "ramp", radial=(0.0, 0.1))
+
+
+@pytest.mark.parametrize("n", [1, 7, 97, 100, 127, 1950])
+def test_ramp_filtering_is_the_linear_convolution_whatever_the_padding(n):
+    """Rows padded to ``padded_length`` (twice a 2-3-5-smooth number, not a power of two) are
+    filtered exactly as the linear convolution with the Ram-Lak kernel, as with the next power
+    of two >= 2 n (float64)."""
+    from lmalign_jax.recon.filters import padded_length, ramp_kernel
+
+    p = padded_length(n)
+    assert p >= max(64, 2 * n) and p % 2 == 0
+    m = p // 2
+    for f in (2, 3, 5):
+        while m % f == 0:
+            m //= f
+    assert m == 1 or p == 64
+    row = np.random.default_rng(n).standard_normal(n)
+    k = np.arange(-(n - 1), n)
+    kernel = np.where(k == 0, 0.25, np.where(k % 2 != 0, -1.0 / (np.pi * np.maximum(np.abs(k), 1)) ** 2, 0.0))
+    direct = np.convolve(row, kernel)[n - 1 : 2 * n - 1]
+    for size in (p, 1 << int(np.ceil(np.log2(2 * n)))):
+        h = np.fft.rfft(ramp_kernel(size)).real
+        by_fft = np.fft.irfft(np.fft.rfft(row, size) * h, size)[:n]
+        assert np.allclose(by_fft, direct, rtol=0, atol=1e-12)
+    _, h = filter_response(n, "ramp")
+    assert np.allclose(np.fft.irfft(np.fft.rfft(row, p) * h, p)[:n], direct, rtol=0, atol=1e-12)
 
 
 def test_density_weights():
