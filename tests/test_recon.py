@@ -418,3 +418,16 @@ def test_volume_label_is_written_and_checked(tmp_path):
 def test_import_leaves_jax_config_alone():
     code = "import jax, lmalign_jax.recon, lmalign_jax.io.mrc; assert not jax.config.jax_enable_x64"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_ENABLE_X64": "0"})
+
+
+def test_backprojection_chunk_keeps_every_views_indices_within_their_budget():
+    """Thin slabs of wide images (a small --memory) do not get the larger chunks' index memory."""
+    from lmalign_jax.recon import _kernels as k
+
+    # 2k x 64 rows, 61 views: the 8 MiB accumulator (16 slices), indices 16 MiB
+    assert k.choose_z_chunk(256, 2048, 64, n_views=61) == 16
+    # 4k x 8 rows: 8 MiB would be 64 slices (128 MB of indices); the index budget gives 8, the
+    # 2 MiB floor 16
+    assert k.choose_z_chunk(256, 4096, 8) == 64
+    assert k.choose_z_chunk(256, 4096, 8, n_views=61) == 16
+    assert 8 * 61 * 16 * 4096 <= 2 * k.BACKPROJECT_INDEX_BYTES

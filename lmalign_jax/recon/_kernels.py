@@ -32,6 +32,7 @@ __all__ = [
     "sum_grouped_reads",
     "choose_z_chunk",
     "BACKPROJECT_CHUNK_ELEMS",
+    "BACKPROJECT_INDEX_BYTES",
     "POSITIONWISE_CHUNK_ELEMS",
     "reprojection_taps",
     "reproject",
@@ -240,14 +241,30 @@ def sum_grouped_reads(source, idx, frac, rows: int):
 #: at 1024 px 0.293 with 32 against 0.329 with 8.
 BACKPROJECT_CHUNK_ELEMS = 1 << 21
 
+#: Bytes of the index and weight of every view per (z, x) that a chunk of :func:`backproject`
+#: holds (8 per view, slice and column): the larger accumulators above stop where these would
+#: pass 16 MiB (thin slabs of wide images, which a small ``--memory`` gives).
+BACKPROJECT_INDEX_BYTES = 16 << 20
+
 #: Accumulator size of the chunks of the position-by-position back-projections (local alignment,
-#: warps, their SIRT; 2 MiB), whose sheets and reads were tuned with it.
+#: warps, their SIRT; 2 MiB), whose sheets and reads were tuned with it; also the smallest chunk
+#: :func:`backproject` is given.
 POSITIONWISE_CHUNK_ELEMS = 1 << 19
 
 
-def choose_z_chunk(nz: int, nx: int, rows: int, target_elems: int = BACKPROJECT_CHUNK_ELEMS) -> int:
-    """z slices per chunk: an accumulator of about ``target_elems`` values, at most 128 slices."""
-    return int(max(1, min(nz, 128, target_elems // max(1, nx * rows))))
+def choose_z_chunk(
+    nz: int, nx: int, rows: int, target_elems: int = BACKPROJECT_CHUNK_ELEMS, n_views: int | None = None
+) -> int:
+    """z slices per chunk: an accumulator of about ``target_elems`` values, at most 128 slices.
+    With ``n_views`` (:func:`backproject`, which holds every view's index and weight for a chunk)
+    fewer where those would pass :data:`BACKPROJECT_INDEX_BYTES`, but never fewer than a
+    :data:`POSITIONWISE_CHUNK_ELEMS` accumulator gives."""
+    per_slice = max(1, nx * rows)
+    chunk = target_elems // per_slice
+    if n_views is not None:
+        by_index = BACKPROJECT_INDEX_BYTES // (8 * max(1, n_views) * max(1, nx))
+        chunk = max(min(chunk, by_index), POSITIONWISE_CHUNK_ELEMS // per_slice)
+    return int(max(1, min(nz, 128, chunk)))
 
 
 # Above this many taps per detector sample (views steeper than ~83 degrees) the re-projector's

@@ -268,7 +268,7 @@ def reconstruct(
     theta = np.deg2rad(t)
     cos_t = jnp.asarray(np.cos(theta), dtype=dt)
     sin_t = jnp.asarray(np.sin(theta), dtype=dt)
-    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows)
+    z_chunk = _kernels.choose_z_chunk(nz, nx_b, rows, n_views=n_views)
     if sirt is None:
         solve_slab = partial(_kernels.backproject, cos_t=cos_t, sin_t=sin_t, nz=nz, nx=nx_b, z_chunk=z_chunk)
     else:
@@ -389,7 +389,7 @@ def fbp_2d(sinogram, angles_deg, *, filter="ramp", radial=None, output_shape=Non
         n_pad=n_pad,
     )
     theta = np.deg2rad(ang)
-    z_chunk = _kernels.choose_z_chunk(nz, nx, n_rows)
+    z_chunk = _kernels.choose_z_chunk(nz, nx, n_rows, n_views=q.shape[0])
     vol = _kernels.backproject(
         q,
         jnp.asarray(np.cos(theta), dtype=dt),

@@ -69,7 +69,7 @@ def backproject(
 ) -> Float[Array, "nz rows nx"]:
     """``A^T``: plain (unweighted, unfiltered) back-projection of ``views (n_views, nd, rows)``
     into a slab ``(nz, rows, nx)`` (geometry of :mod:`lmalign_jax.recon._kernels`)."""
-    z_chunk = _kernels.choose_z_chunk(nz, nx, views.shape[2])
+    z_chunk = _kernels.choose_z_chunk(nz, nx, views.shape[2], n_views=views.shape[0])
     return _kernels.backproject(views, cos_t, sin_t, nz=nz, nx=nx, z_chunk=z_chunk)
 
 
