@@ -1,5 +1,6 @@
 """The generic L-M engine: Schur step = dense step, honest statuses."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +13,14 @@ from lmalign_jax.solve import _linearize, _schur, damped_step, dense_step, least
 @pytest.fixture(scope="module")
 def small_series():
     return simulate(n_views=13, n_markers=7, missing_fraction=0.15, seed=4)
+
+
+# Compiled whole: run op by op, each step's two ``lax.cond`` branches and every small op
+# compile separately for each problem shape (seconds per case). Keyed on the residual function
+# and the block set, as the solver's own jit is.
+_linearize_jit = jax.jit(linearize, static_argnums=0, static_argnames="chunk")
+_step_jit = jax.jit(damped_step, static_argnums=2)
+_dense_jit = jax.jit(dense_step, static_argnums=0)
 
 
 def _perturbed_problem(series, modes, marker_free=None, model="jou"):
@@ -37,9 +46,9 @@ CASES = {
 @pytest.mark.parametrize("damping", [0.0, 1e-2])
 def test_schur_step_equals_dense_step(small_series, case, eliminate, damping):
     problem = _perturbed_problem(small_series, CASES[case])
-    lin = linearize(problem.fn, problem.x0, problem.structure)
-    schur, _ = damped_step(lin, damping, eliminate)
-    dense = dense_step(problem.fn, problem.x0, problem.structure, damping)
+    lin = _linearize_jit(problem.fn, problem.x0, problem.structure)
+    schur, _ = _step_jit(lin, damping, eliminate)
+    dense = _dense_jit(problem.fn, problem.x0, problem.structure, damping)
     scale = max(float(jnp.max(jnp.abs(d))) for d in dense if d.size)
     for s, d in zip(schur, dense, strict=True):
         np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)
@@ -50,10 +59,10 @@ def test_schur_step_with_markers_fixed(small_series, eliminate):
     """No marker free: eliminating views, or the uncoupled shortcut when eliminating markers."""
     n = small_series.observations.n_markers
     problem = _perturbed_problem(small_series, {"rotation": "group:4"}, marker_free=np.zeros((n, 3), bool))
-    lin = linearize(problem.fn, problem.x0, problem.structure)
+    lin = _linearize_jit(problem.fn, problem.x0, problem.structure)
     assert not bool(lin.b_free)
-    schur, _ = damped_step(lin, 1e-3, eliminate)
-    dense = dense_step(problem.fn, problem.x0, problem.structure, 1e-3)
+    schur, _ = _step_jit(lin, 1e-3, eliminate)
+    dense = _dense_jit(problem.fn, problem.x0, problem.structure, 1e-3)
     np.testing.assert_allclose(schur.a, dense.a, atol=1e-10 * float(jnp.max(jnp.abs(dense.a))))
     np.testing.assert_allclose(schur.g, dense.g, atol=1e-10 * float(jnp.max(jnp.abs(dense.a))))
     assert float(jnp.max(jnp.abs(schur.b))) == 0.0
@@ -109,8 +118,8 @@ def test_linearization_in_marker_chunks_equals_whole(small_series, chunk):
     """Large problems are linearised chunk by chunk over markers; the last chunk is shifted
     back and overlaps the one before it, and overlapping markers must not count twice."""
     problem = _perturbed_problem(small_series, {"rotation": "group:3"})
-    whole = linearize(problem.fn, problem.x0, problem.structure)
-    chunked = linearize(problem.fn, problem.x0, problem.structure, chunk=chunk)
+    whole = _linearize_jit(problem.fn, problem.x0, problem.structure)
+    chunked = _linearize_jit(problem.fn, problem.x0, problem.structure, chunk=chunk)
     for name, u, v in zip(whole._fields, whole, chunked, strict=True):
         u, v = np.asarray(u, float), np.asarray(v, float)
         np.testing.assert_allclose(
@@ -125,9 +134,10 @@ def test_schur_step_streamed_over_marker_chunks(small_series, eliminate, monkeyp
     monkeypatch.setattr(_linearize, "PAIRS_PER_CHUNK", three_markers)
     monkeypatch.setattr(_schur, "STEP_PAIRS", three_markers)
     problem = _perturbed_problem(small_series, {"rotation": "group:3", "scale": "shared"})
-    lin = linearize(problem.fn, problem.x0, problem.structure)
-    schur, _ = damped_step(lin, 1e-2, eliminate)
-    dense = dense_step(problem.fn, problem.x0, problem.structure, 1e-2)
+    # traced afresh (new functions), so the patched chunk sizes are the ones compiled in
+    lin = jax.jit(lambda x, s: linearize(problem.fn, x, s))(problem.x0, problem.structure)
+    schur, _ = jax.jit(lambda lin: damped_step(lin, 1e-2, eliminate))(lin)
+    dense = _dense_jit(problem.fn, problem.x0, problem.structure, 1e-2)
     scale = max(float(jnp.max(jnp.abs(d))) for d in dense if d.size)
     for s, d in zip(schur, dense, strict=True):
         np.testing.assert_allclose(s, d, rtol=0, atol=1e-10 * scale)
