@@ -12,7 +12,15 @@ from lmalign_jax import Observations, align, get_model, simulate
 from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.core.frame import project_all
 from lmalign_jax.core.problem import build_problem, far_view, reference_view
-from lmalign_jax.solve import leverages, linearize, pair_jacobians, pair_residuals, variances
+from lmalign_jax.solve import (
+    factored_solve,
+    factorize,
+    leverages,
+    linearize,
+    pair_jacobians,
+    pair_residuals,
+    variances,
+)
 from lmalign_jax.solve._dense import _flatten, _unflatten
 
 
@@ -42,6 +50,12 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     hat_dense = (jac @ inv @ jac.T).reshape(2, 9, 6, 2, 9, 6)
     expected = jnp.einsum("iabjab->abij", hat_dense)
     np.testing.assert_allclose(hat, expected, atol=1e-10)
+
+    # solves with the one factorization: H^{-1} v on the free entries, 0 where v is 0
+    v = _unflatten(jnp.asarray(np.random.default_rng(1).standard_normal(free.shape[0])) * free, x)
+    solved = _flatten(factored_solve(factorize(lin, eliminate), eliminate, v))
+    want = inv @ _flatten(v)
+    np.testing.assert_allclose(solved, want, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(want))))
 
 
 def test_leave_one_out_matches_refit():

@@ -14,8 +14,8 @@ and its covariance needs Cov(a_j), Cov(a_j, s) and Cov(s) only. All of them are 
 forms u^T H^{-1} w between the gradients of linear functionals of the parameters: one-hot
 vectors for the view entries and global slots, autodiff gradients of s. When the markers are
 eliminated the views' block of H^{-1} is the inverse Schur complement (``solve.inverse_blocks``)
-and s needs two Gauss-Newton solves (``solve.gauss_newton_solve``); when the views are, one
-solve per view entry, batched (the factorisation does not depend on the right-hand side).
+and s needs two solves (``solve.factored_solve``, with the one factorisation); when the views
+are, one solve per view entry, batched.
 
 The same matrix names the parameters the data cannot tell apart. S = C^{-1}, C the covariance
 of the free view entries and slots, is the information left on them once every marker (and
@@ -45,7 +45,7 @@ from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
-from ..solve import Variables, effective_a, gauss_newton_solve, inverse_blocks, linearize
+from ..solve import Variables, effective_a, factored_solve, factorize, inverse_blocks, linearize
 
 #: A direction whose scaled information (see the module docstring) is below this is reported:
 #: the data hold under 1% of the information its members would carry alone; for two
@@ -148,11 +148,19 @@ def _batched(f, tree, batch: int):
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
-def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free):
+def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None):
     """The reported covariance (n_a, k, k) in model units without sigma^2, 2 * cost, and the
     ``N_DIRECTIONS`` weakest directions: (eigenvalues (d,), view part (d, n_a k + n_g) in
-    solver units, marker part (d, n_b, 3) px, share of the image motion the markers carry (d,))."""
-    lin = linearize(fn, x, structure)
+    solver units, marker part (d, n_b, 3) px, share of the image motion the markers carry (d,)).
+    ``linearization``: (``Linearization`` at x, its ``Factorization``), when already formed."""
+    if linearization is None:
+        lin = linearize(fn, x, structure)
+        linearization = (lin, factorize(lin, eliminate))
+    lin, factorization = linearization
+
+    def solve(v):
+        return factored_solve(factorization, eliminate, v)
+
     dtype = x.a.dtype
     n_a, k = x.a.shape
     n_b = x.b.shape[0]
@@ -173,8 +181,8 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
         # the views are the Schur complement's dense block: their H^{-1} block is S^{-1} itself
         # (own entries row-major, then the slots: ``solve._covariance``); two solves give the
         # frame scalars' rows, and one per weak direction its marker part (below)
-        frame_solved = jax.vmap(lambda v: gauss_newton_solve(lin, eliminate, v))(frame_rhs)
-        view_rows = inverse_blocks(lin, eliminate).dd * f_v[:, None] * f_v[None, :]
+        frame_solved = jax.vmap(solve)(frame_rhs)
+        view_rows = inverse_blocks(lin, eliminate, factorization).dd * f_v[:, None] * f_v[None, :]
         cross = jnp.concatenate([frame_solved.a.reshape(2, n_own), frame_solved.g], axis=1)  # (2, n_v)
         corner = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(frame_rhs, frame_solved, strict=True))
         joint = jnp.block([[view_rows, cross.T], [cross, corner]])
@@ -186,7 +194,7 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
                 jnp.zeros((pushed.shape[0], n_b, 3), dtype),
                 pushed[:, n_own:],
             )
-            return jax.vmap(lambda v: gauss_newton_solve(lin, eliminate, v))(rhs).b
+            return jax.vmap(solve)(rhs).b
 
     else:
         # few markers: one solve per view entry and slot, batched (the factorisation is shared)
@@ -200,7 +208,7 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
         )
         rhs = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), own, slots, frame_rhs)
         rhs = jax.tree.map(lambda v, f: v * f, rhs, free)  # fixed entries do not move
-        solved = _batched(lambda v: gauss_newton_solve(lin, eliminate, v), rhs, _RHS_BATCH)
+        solved = _batched(solve, rhs, _RHS_BATCH)
         joint = sum(
             jnp.einsum("ri,si->rs", u.reshape(u.shape[0], u[0].size), w.reshape(w.shape[0], w[0].size))
             for u, w in zip(rhs, solved, strict=True)
@@ -334,11 +342,20 @@ def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]
     return args, static
 
 
-def covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free):
+def covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None):
     """The traceable covariance computation (for callers that fuse it into their own jitted
-    computation); its outputs go to :func:`covariance_from_core`."""
+    computation, and may pass the (``Linearization``, ``Factorization``) they already formed
+    at x); its outputs go to :func:`covariance_from_core`."""
     return _covariance_core(
-        x, structure, unit, nominal, fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free
+        x,
+        structure,
+        unit,
+        nominal,
+        fn=fn,
+        eliminate=eliminate,
+        model=model,
+        tilt_free=tilt_free,
+        linearization=linearization,
     )
 
 

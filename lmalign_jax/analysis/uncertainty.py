@@ -5,7 +5,7 @@ RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of
 inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The
 reported frame moves tilts to zero mean deviation from nominal and markers to zero mean z;
 the standard errors of those two families are projected into that frame exactly (one extra
-Gauss-Newton solve each, ``solve.gauss_newton_solve``), the others are unaffected to first
+Gauss-Newton solve each, ``solve.factored_solve``), the others are unaffected to first
 order.
 
 The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
@@ -31,7 +31,9 @@ from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
 from ..solve import (
     Variables,
-    gauss_newton_solve,
+    factored_solve,
+    factorize,
+    inverse_blocks,
     leverages,
     linearize,
     pair_jacobians,
@@ -87,7 +89,17 @@ class Uncertainty:
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
 def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
     lin = linearize(fn, x, structure)
-    var_a, var_b = variances(lin, structure, eliminate)
+    factorization = factorize(lin, eliminate)
+    return _uncertainty_body(
+        x, structure, lin, factorization, fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z
+    )
+
+
+def _uncertainty_body(x, structure, lin, factorization, *, fn, eliminate, tilt_column, shift_z):
+    """``_uncertainty_core`` given the linearization at x and its factorization (one of each
+    serves every solve and block of H^{-1} below)."""
+    blocks = inverse_blocks(lin, eliminate, factorization)
+    var_a, var_b = variances(lin, structure, eliminate, blocks)
     dtype = x.a.dtype
     n_a, k_a = x.a.shape
     n_b = x.b.shape[0]
@@ -102,7 +114,7 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
             v = v._replace(
                 g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g
             )
-        w = gauss_newton_solve(lin, eliminate, v)
+        w = factored_solve(factorization, eliminate, v)
         w_tilt = jnp.where(
             tie[:, tilt_column] >= 0,
             w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0,
@@ -112,12 +124,12 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
         var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
     if shift_z:
         v = zeros._replace(b=zeros.b.at[:, 2].set(structure.free_b[:, 2].astype(dtype) / n_b))
-        w = gauss_newton_solve(lin, eliminate, v)
+        w = factored_solve(factorization, eliminate, v)
         var_mean = jnp.sum(v.b * w.b)
         var_b = var_b.at[:, 2].set(jnp.maximum(var_b[:, 2] - 2 * w.b[:, 2] + var_mean, 0.0))
 
     wts = structure.weights
-    hat = leverages(lin, structure, eliminate, pair_jacobians(fn, x, structure))
+    hat = leverages(lin, structure, eliminate, pair_jacobians(fn, x, structure), blocks)
     unweighted = structure._replace(weights=jnp.ones_like(wts))
     raw = jnp.moveaxis(pair_residuals(fn, x, unweighted), 0, -1)  # (n_a, n_b, m)
     eye = jnp.eye(hat.shape[-1], dtype=dtype)
@@ -133,11 +145,31 @@ def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z", "model", "tilt_free"))
 def _errors_core(x, structure, unit, nominal, *, fn, eliminate, tilt_column, shift_z, model, tilt_free):
-    """``_uncertainty_core`` and the covariance computation of the same problem, in one."""
+    """``_uncertainty_core`` and the covariance computation of the same problem, in one: one
+    linearization and one factorization serve both."""
+    lin = linearize(fn, x, structure)
+    factorization = factorize(lin, eliminate)
     return (
-        _uncertainty_core(x, structure, fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z),
+        _uncertainty_body(
+            x,
+            structure,
+            lin,
+            factorization,
+            fn=fn,
+            eliminate=eliminate,
+            tilt_column=tilt_column,
+            shift_z=shift_z,
+        ),
         covariance_core(
-            x, structure, unit, nominal, fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free
+            x,
+            structure,
+            unit,
+            nominal,
+            fn=fn,
+            eliminate=eliminate,
+            model=model,
+            tilt_free=tilt_free,
+            linearization=(lin, factorization),
         ),
     )
 

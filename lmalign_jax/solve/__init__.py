@@ -4,7 +4,16 @@ Knows nothing of tomography: two block sets A and B, a residual for each pair, g
 tied to A entries, masks for missing pairs and fixed entries, and a Schur-complement step.
 """
 
-from ._covariance import InverseBlocks, effective_parameters, inverse_blocks, leverages, variances
+from ._covariance import (
+    Factorization,
+    InverseBlocks,
+    effective_parameters,
+    factored_solve,
+    factorize,
+    inverse_blocks,
+    leverages,
+    variances,
+)
 from ._dense import dense_step
 from ._implicit import gauss_newton_solve, solve_implicit
 from ._linearize import Linearization, cost, linearize, pair_jacobians, pair_residuals, regularization_of
@@ -23,6 +32,7 @@ from ._results import LMConfig, Status
 from ._schur import damped_step
 
 __all__ = [
+    "Factorization",
     "InverseBlocks",
     "LMConfig",
     "Linearization",
@@ -37,6 +47,8 @@ __all__ = [
     "dense_step",
     "effective_a",
     "effective_parameters",
+    "factored_solve",
+    "factorize",
     "gauss_newton_solve",
     "inverse_blocks",
     "least_squares",

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from ._linearize import Linearization
-from ._problem import Structure
+from ._problem import Structure, Variables
 from ._schur import eliminated_coupling, inverse_cholesky_blocks, partition
 
 
@@ -31,14 +31,53 @@ class InverseBlocks(NamedTuple):
     dd: jnp.ndarray
 
 
-def inverse_blocks(lin: Linearization, eliminate: str) -> InverseBlocks:
-    """The blocks of the (undamped) inverse normal matrix that the block structure needs."""
+class Factorization(NamedTuple):
+    """The undamped normal matrix factored once through the Schur complement, for any number
+    of solves: inv (n, k, k) = L^{-1} of each eliminated block, y (k, d, n) the rows of
+    Y = L^{-1} H_ED, chol (d, d) the lower Cholesky factor of S."""
+
+    inv: jnp.ndarray
+    y: jnp.ndarray
+    chol: jnp.ndarray
+
+
+def factorize(lin: Linearization, eliminate: str) -> Factorization:
+    """Factor H = J^T J (free entries; fixed ones are identity rows) with ``eliminate``'s
+    blocks as E."""
     part, _ = partition(lin, 0.0, eliminate)
     inv = inverse_cholesky_blocks(part.h_ee)
     y = eliminated_coupling(inv, part.h_ed)
-    n_d = part.h_dd.shape[0]
     reduced = part.h_dd - sum(yi @ yi.T for yi in y)
-    s_inv = jsl.cho_solve(jsl.cho_factor(reduced, lower=True), jnp.eye(n_d, dtype=reduced.dtype))
+    return Factorization(inv, jnp.stack(y), jsl.cho_factor(reduced, lower=True)[0])
+
+
+def factored_solve(f: Factorization, eliminate: str, v: Variables) -> Variables:
+    """H^{-1} v (``v`` shaped like the variables): z = L^{-1} v_E, S x_D = v_D - Y^T z,
+    x_E = L^{-T} (z - Y x_D). Entries fixed in the fit are identity rows of H (x = v there)."""
+    if eliminate == "b":
+        v_e, own = v.b, v.a
+    else:
+        v_e, own = v.a, v.b
+    z = jnp.einsum("nij,nj->ni", f.inv, v_e)
+    x_d = jsl.cho_solve(
+        (f.chol, True), jnp.concatenate([own.reshape(-1), v.g]) - jnp.einsum("idn,ni->d", f.y, z)
+    )
+    x_e = jnp.einsum("nij,ni->nj", f.inv, z - jnp.einsum("idn,d->ni", f.y, x_d))
+    x_own = x_d[: own.size].reshape(own.shape)
+    if eliminate == "b":
+        return Variables(x_own, x_e, x_d[own.size :])
+    return Variables(x_e, x_own, x_d[own.size :])
+
+
+def inverse_blocks(
+    lin: Linearization, eliminate: str, factorization: Factorization | None = None
+) -> InverseBlocks:
+    """The blocks of the (undamped) inverse normal matrix that the block structure needs
+    (from ``factorization`` of the same ``lin`` when given)."""
+    f = factorize(lin, eliminate) if factorization is None else factorization
+    inv, y = f.inv, list(f.y)
+    n_d = f.chol.shape[0]
+    s_inv = jsl.cho_solve((f.chol, True), jnp.eye(n_d, dtype=f.chol.dtype))
     z = [s_inv @ yi for yi in y]  # S^{-1} Y_i^T, (d, n)
     k = len(y)
     middle = jnp.stack(
@@ -84,12 +123,13 @@ def _positions(s: Structure, n_a, k_a, n_b, k_b, eliminate):
     return s.free_a, slot_index, jnp.zeros((n_b, k_b), bool), jnp.where(s.free_b, own, d)
 
 
-def variances(lin: Linearization, s: Structure, eliminate: str):
+def variances(lin: Linearization, s: Structure, eliminate: str, blocks: InverseBlocks | None = None):
     """Diagonal of H^{-1} for every entry: (var_a (n_a, k_a), var_b (n_b, k_b)), solver units.
 
-    Tied entries report their slot's variance; fixed entries report 0.
+    Tied entries report their slot's variance; fixed entries report 0. ``blocks``: the
+    ``inverse_blocks`` of ``lin``, when already computed.
     """
-    blocks = inverse_blocks(lin, eliminate)
+    blocks = inverse_blocks(lin, eliminate) if blocks is None else blocks
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
     a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
@@ -100,13 +140,16 @@ def variances(lin: Linearization, s: Structure, eliminate: str):
     return jnp.where(a_e, diag_e, diag_d[a_d]), diag_d[b_d]
 
 
-def leverages(lin: Linearization, s: Structure, eliminate: str, jacobians):
+def leverages(
+    lin: Linearization, s: Structure, eliminate: str, jacobians, blocks: InverseBlocks | None = None
+):
     """Hat-matrix blocks J_i H^{-1} J_i^T of every pair: (n_a, n_b, m, m).
 
-    ``jacobians`` = (ja (m, k_a, n_a, n_b), jb (m, k_b, n_a, n_b)), weighted as in the fit.
+    ``jacobians`` = (ja (m, k_a, n_a, n_b), jb (m, k_b, n_a, n_b)), weighted as in the fit;
+    ``blocks``: the ``inverse_blocks`` of ``lin``, when already computed.
     """
     ja, jb = jacobians
-    blocks = inverse_blocks(lin, eliminate)
+    blocks = inverse_blocks(lin, eliminate) if blocks is None else blocks
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
     a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
