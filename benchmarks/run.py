@@ -35,9 +35,9 @@ from benchmarks.common import environment, fmt, machine_slug, memory_cells, seco
 SECTIONS = ("paper", "peers", "scaling", "recon")
 MODE = {
     "quick": {
-        "paper_repeats": 2, "peer_datasets": ("a",), "peer_repeats": 2, "peer_budget_s": 3.0,
+        "paper_repeats": 2, "peer_datasets": ("a",), "peer_repeats": 1, "peer_budget_s": 3.0,
         "align_repeats": 2,
-        "scaling_sizes": (30, 300), "trf_max_markers": 300, "scaling_repeats": {30: 2, 300: 2},
+        "scaling_sizes": (300,), "trf_max_markers": 300, "scaling_repeats": {300: 2},
     },
     "full": {
         "paper_repeats": 7, "peer_datasets": ("a", "b"), "peer_repeats": 5, "peer_budget_s": 10.0,
