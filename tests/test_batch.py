@@ -302,6 +302,14 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
         assert ours["standard_errors"] == pytest.approx(theirs["standard_errors"], rel=1e-5, abs=1e-12)
     for ours, theirs in zip(record["markers"], single["markers"], strict=True):
         assert ours["standard_errors"] == pytest.approx(theirs["standard_errors"], rel=1e-5)
+    # and the same view covariances and misregistration section (what `lmalign misregistration` reads)
+    for ours, theirs in zip(record["views"], single["views"], strict=True):
+        assert np.allclose(
+            ours["parameter_covariance"], theirs["parameter_covariance"], rtol=1e-5, atol=1e-14
+        )
+    assert record["misregistration"]["at_centre_px"] == pytest.approx(
+        single["misregistration"]["at_centre_px"], rel=1e-5
+    )
 
 
 def test_cli_batch_in_a_fresh_process_uses_one_device_per_core(files, tmp_path):

@@ -415,13 +415,14 @@ def fit_robust(p: Prepared, result, options: BatchOptions):
 
 
 def series_errors(result, options: BatchOptions):
-    """Standard errors of a converged series (``Uncertainty``), as ``lmalign align`` reports them;
-    None without ``options.errors``, for a series that did not converge, or if they cannot be
-    computed (the outputs are then written without them)."""
+    """Standard errors of a converged series (``Uncertainty``) with the view parameters'
+    covariance, as ``lmalign align`` reports them (so its record carries the same misregistration
+    section); None without ``options.errors``, for a series that did not converge, or if they
+    cannot be computed (the outputs are then written without them)."""
     if not options.errors or not isinstance(result, AlignmentResult) or not result.converged:
         return None
     try:
-        return uncertainty(result)
+        return uncertainty(result, with_covariance=True)
     except Exception:  # noqa: BLE001 - the alignment stands without its error bars
         return None
 
