@@ -9,6 +9,9 @@ Y = L^{-1} H_ED and S = H_DD - Y^T Y, the inverse of the normal matrix has block
 
 so every quantity below costs about as much as forming S: no dense inverse of H.
 Multiply by sigma^2 for the covariance of the estimates. Fixed entries get zero variance.
+``factorize`` keeps (L^{-1}, Y, chol S) so that any number of solves H^{-1} v
+(``factored_solve``) and the blocks above share one factorization: each is two triangular
+passes, not another Schur step.
 """
 
 from __future__ import annotations
