@@ -32,7 +32,8 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
         get_model("jou"), series.observations, series.views, series.markers, modes, np.ones((6, 3), bool)
     )
     x, st = problem.x0, problem.structure
-    lin = linearize(problem.fn, x, st)
+    # compiled whole: op by op, every small op compiles separately (seconds per case)
+    lin = jax.jit(linearize, static_argnums=0)(problem.fn, x, st)
 
     def flat(v):
         return pair_residuals(problem.fn, _unflatten(v, x), st).reshape(-1)
@@ -41,19 +42,20 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     jac = jax.jacfwd(flat)(_flatten(x)) * free
     inv = jnp.linalg.inv(jac.T @ jac + jnp.diag(1 - free)) * free[:, None] * free[None, :]
     dense = _unflatten(jnp.diag(inv), x)
-    var_a, var_b = variances(lin, st, eliminate)
+    var_a, var_b = jax.jit(variances, static_argnums=2)(lin, st, eliminate)
     tied = jnp.where(st.tie_a >= 0, dense.g[jnp.clip(st.tie_a, 0)] if x.g.size else 0.0, dense.a)
     np.testing.assert_allclose(var_a, tied, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(var_b, dense.b, rtol=1e-8, atol=1e-12)
 
-    hat = leverages(lin, st, eliminate, pair_jacobians(problem.fn, x, st))
+    jacobians = jax.jit(pair_jacobians, static_argnums=0)(problem.fn, x, st)
+    hat = jax.jit(leverages, static_argnums=2)(lin, st, eliminate, jacobians)
     hat_dense = (jac @ inv @ jac.T).reshape(2, 9, 6, 2, 9, 6)
     expected = jnp.einsum("iabjab->abij", hat_dense)
     np.testing.assert_allclose(hat, expected, atol=1e-10)
 
     # solves with the one factorization: H^{-1} v on the free entries, 0 where v is 0
     v = _unflatten(jnp.asarray(np.random.default_rng(1).standard_normal(free.shape[0])) * free, x)
-    solved = _flatten(factored_solve(factorize(lin, eliminate), eliminate, v))
+    solved = _flatten(jax.jit(lambda lin, v: factored_solve(factorize(lin, eliminate), eliminate, v))(lin, v))
     want = inv @ _flatten(v)
     np.testing.assert_allclose(solved, want, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(want))))
 
