@@ -342,21 +342,10 @@ def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]
     return args, static
 
 
-def covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None):
-    """The traceable covariance computation (for callers that fuse it into their own jitted
-    computation, and may pass the (``Linearization``, ``Factorization``) they already formed
-    at x); its outputs go to :func:`covariance_from_core`."""
-    return _covariance_core(
-        x,
-        structure,
-        unit,
-        nominal,
-        fn=fn,
-        eliminate=eliminate,
-        model=model,
-        tilt_free=tilt_free,
-        linearization=linearization,
-    )
+#: The traceable covariance computation, for callers that fuse it into their own jitted
+#: computation (and may pass the (``Linearization``, ``Factorization``) they already formed at
+#: x); its outputs go to :func:`covariance_from_core`. Inside a jitted caller it is inlined.
+covariance_core = _covariance_core
 
 
 def covariance_from_core(
