@@ -1,6 +1,7 @@
 """Standard errors and leave-one-out residuals against dense references and Monte Carlo."""
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,47 @@ def test_imod_standard_errors_on_real_data_are_finite_and_near_jous():
             measured[gauge_views] = False
         ratio = se_imod[measured] / se_jou[measured]
         assert 1.0 < ratio.min() and ratio.max() < 3.0, (name, ratio.min(), ratio.max())
+
+
+def test_padded_errors_equal_the_unpadded_and_nearby_sizes_share_one_compile(monkeypatch):
+    """The errors run on the problem padded as the solve pads it: one compiled computation
+    serves series of nearby sizes (here 21 x 13 and 22 x 14, both padded to 24 x 16), and the
+    numbers are those of the problem itself (padded views and markers are fixed, unobserved
+    and left out of the reporting frame's means; the slots are padded too)."""
+    C = importlib.import_module("lmalign_jax.analysis.covariance")
+    U = importlib.import_module("lmalign_jax.analysis.uncertainty")  # the package exports the function
+
+    results = [
+        align(simulate(n_views=n_v, n_markers=n_m, seed=3, missing_fraction=0.1).observations, modes=modes)
+        for n_v, n_m, modes in ((21, 13, {"rotation": "group:5"}), (22, 14, {"rotation": "group:5"}))
+    ]
+    padded = [uncertainty(results[0], with_covariance=True)]
+    compiled = U._errors_core._cache_size()
+    padded.append(uncertainty(results[1], with_covariance=True))
+    assert U._errors_core._cache_size() == compiled
+    # the weakest directions (all four, whatever their information)
+    weak = C.alignment_covariance(results[0], degenerate_below=1.0).degeneracies
+
+    monkeypatch.setattr(C, "padded", lambda fn, x, s: (x, s, (x.a.shape[0], x.b.shape[0], x.g.shape[0])))
+    for result, got in zip(results, padded, strict=True):
+        want = uncertainty(result, with_covariance=True)
+        for name in ("views_se", "markers_se", "loo_residuals", "leverage"):
+            a, b = getattr(got, name), getattr(want, name)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(b)), err_msg=name)
+        scale = np.sqrt(np.einsum("nii->ni", want.covariance.view_covariance))
+        np.testing.assert_allclose(
+            got.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
+            want.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
+            atol=1e-10,
+        )
+    # the weakest directions: the same, member by member (an eigenvector's sign is arbitrary)
+    want = C.alignment_covariance(results[0], degenerate_below=1.0).degeneracies
+    assert len(weak) == len(want) == C.N_DIRECTIONS
+    for g, w in zip(weak, want, strict=True):
+        assert g.information == pytest.approx(w.information, rel=1e-8, abs=1e-12)
+        assert [(m.kind, m.parameter, m.view) for m in g.members] == [
+            (m.kind, m.parameter, m.view) for m in w.members
+        ]
+        np.testing.assert_allclose(
+            [abs(m.weight) for m in g.members], [abs(m.weight) for m in w.members], rtol=1e-6
+        )

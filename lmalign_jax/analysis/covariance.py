@@ -41,7 +41,7 @@ import numpy as np
 from jaxtyping import Float
 
 from .. import compiled_cache
-from ..core.problem import final_problem
+from ..core.problem import final_problem, padded
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
@@ -109,14 +109,22 @@ class AlignmentCovariance:
         object.__setattr__(self, "model", get_model(self.model))
 
 
-def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool):
+def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, counts=None):
     """(delta, zbar) of ``core.frame.reporting_frame``: the tilt change and the mean z (after
-    that change) it applies. views (n, k) model units; markers (m, 3) px. Traceable."""
-    delta = jnp.zeros((), views.dtype)
+    that change) it applies. views (n, k) model units; markers (m, 3) px; ``counts``: the real
+    (views, markers) when the arrays are padded (the means are over those first rows only).
+    Traceable."""
+    dtype = views.dtype
+    n_views, n_markers = (views.shape[0], markers.shape[0]) if counts is None else (counts[0], counts[1])
+
+    def mean(values, n):  # over the first n entries
+        return jnp.sum(jnp.where(jnp.arange(values.shape[0]) < n, values, 0.0)) / n
+
+    delta = jnp.zeros((), dtype)
     if tilt_free and model.tilt_offset is not None:
-        delta = -jnp.mean(views[:, model.index("tilt")] - nominal_tilts_rad)
+        delta = -mean(views[:, model.index("tilt")] - nominal_tilts_rad, n_views)
         _, markers = model.tilt_offset(views, markers, delta)
-    zbar = jnp.mean(markers[:, 2]) if model.shift_parameters is not None else jnp.zeros((), views.dtype)
+    zbar = mean(markers[:, 2], n_markers) if model.shift_parameters is not None else jnp.zeros((), dtype)
     return delta, zbar
 
 
@@ -148,10 +156,14 @@ def _batched(f, tree, batch: int):
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
-def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None):
+def _covariance_core(
+    x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None
+):
     """The reported covariance (n_a, k, k) in model units without sigma^2, 2 * cost, and the
     ``N_DIRECTIONS`` weakest directions: (eigenvalues (d,), view part (d, n_a k + n_g) in
     solver units, marker part (d, n_b, 3) px, share of the image motion the markers carry (d,)).
+    ``counts`` (2,): the real views and markers of a padded problem (``core.problem.padded``:
+    padded entries are fixed and unobserved, and take no part in the frame's means);
     ``linearization``: (``Linearization`` at x, its ``Factorization``), when already formed."""
     if linearization is None:
         lin = linearize(fn, x, structure)
@@ -170,7 +182,7 @@ def _covariance_core(x, structure, unit, nominal, *, fn, eliminate, model, tilt_
 
     def scalars(theta):
         views = effective_a(theta.a, theta.g, tie) * unit
-        return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free))
+        return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free, counts))
 
     free = Variables(
         structure.free_a.astype(dtype), structure.free_b.astype(dtype), structure.free_g.astype(dtype)
@@ -330,9 +342,15 @@ def _labels(model: ProjectionModel, tie: np.ndarray, n_g: int) -> list[tuple]:
 
 def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]:
     """(arguments, static options) of the covariance computation of ``result``'s final
-    ``problem`` (built under float64)."""
+    ``problem`` (built under float64), padded as the solve is (``core.problem.padded``) so
+    that series of nearby sizes share the compiled computation: ``(x, structure, counts (2,),
+    unit, nominal tilts)``; :func:`unpadded_core` takes the outputs back."""
     settings, obs = result.settings, result.observations
-    args = (problem.x0, problem.structure, jnp.asarray(problem.unit), jnp.asarray(np.radians(obs.tilts_deg)))
+    x, structure, sizes = padded(problem.fn, problem.x0, problem.structure)
+    nominal = np.radians(obs.tilts_deg)
+    nominal = np.pad(nominal, (0, x.a.shape[0] - nominal.shape[0]), mode="edge")
+    counts = np.asarray(sizes[:2], np.float64)
+    args = (x, structure, jnp.asarray(counts), jnp.asarray(problem.unit), jnp.asarray(nominal))
     static = dict(
         fn=problem.fn,
         eliminate=problem.eliminate,
@@ -348,13 +366,26 @@ def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]
 covariance_core = _covariance_core
 
 
+def unpadded_core(problem, core):
+    """The covariance computation's outputs (fetched) for a padded problem, cut to
+    ``problem``'s own views, slots and markers."""
+    reported, rss, (eigenvalues, vectors, markers, share) = core
+    n_a, k = np.shape(problem.x0.a)
+    n_b, n_g = np.shape(problem.x0.b)[0], np.shape(problem.x0.g)[0]
+    reported, vectors, markers = (np.asarray(v) for v in (reported, vectors, markers))
+    own_padded = reported.shape[0] * k  # the view part: own entries view by view, then the slots
+    own = vectors[:, :own_padded].reshape(len(vectors), -1, k)[:, :n_a].reshape(len(vectors), n_a * k)
+    vectors = np.concatenate([own, vectors[:, own_padded : own_padded + n_g]], axis=1)
+    return reported[:n_a], rss, (eigenvalues, vectors, markers[:, :n_b], share)
+
+
 def covariance_from_core(
     result: AlignmentResult, problem, core, *, degenerate_below: float = DEGENERATE_BELOW
 ) -> AlignmentCovariance:
     """The AlignmentCovariance of ``result`` from the fetched outputs of the covariance
     computation on its final ``problem``."""
     model, obs = result.model, result.observations
-    reported, rss, weak = core
+    reported, rss, weak = unpadded_core(problem, core)
     dof = max(2 * obs.n_observed - problem.n_free, 1)
     sigma2 = float(rss) / dof
     reported = sigma2 * np.asarray(reported, np.float64)

@@ -87,22 +87,32 @@ class Uncertainty:
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
-def _uncertainty_core(x, structure, *, fn, eliminate, tilt_column, shift_z):
+def _uncertainty_core(x, structure, counts, *, fn, eliminate, tilt_column, shift_z):
+    """(var_a, var_b, leave-one-out residuals, leverages, RSS) of a problem padded by
+    ``core.problem.padded`` (padded entries are fixed and unobserved); ``counts`` (2,): its real
+    views and markers, over which the frame's means run."""
     lin = linearize(fn, x, structure)
     factorization = factorize(lin, eliminate)
     return _uncertainty_body(
-        x, structure, lin, factorization, fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z
+        x,
+        structure,
+        counts,
+        lin,
+        factorization,
+        fn=fn,
+        eliminate=eliminate,
+        tilt_column=tilt_column,
+        shift_z=shift_z,
     )
 
 
-def _uncertainty_body(x, structure, lin, factorization, *, fn, eliminate, tilt_column, shift_z):
+def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate, tilt_column, shift_z):
     """``_uncertainty_core`` given the linearization at x and its factorization (one of each
     serves every solve and block of H^{-1} below)."""
     blocks = inverse_blocks(lin, eliminate, factorization)
     var_a, var_b = variances(lin, structure, eliminate, blocks)
     dtype = x.a.dtype
-    n_a, k_a = x.a.shape
-    n_b = x.b.shape[0]
+    n_a, n_b = counts[0], counts[1]  # the real ones: padded entries are fixed
     zeros = Variables(jnp.zeros_like(x.a), jnp.zeros_like(x.b), jnp.zeros_like(x.g))
     tie = structure.tie_a
     if tilt_column is not None:
@@ -144,7 +154,9 @@ def _uncertainty_body(x, structure, lin, factorization, *, fn, eliminate, tilt_c
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z", "model", "tilt_free"))
-def _errors_core(x, structure, unit, nominal, *, fn, eliminate, tilt_column, shift_z, model, tilt_free):
+def _errors_core(
+    x, structure, counts, unit, nominal, *, fn, eliminate, tilt_column, shift_z, model, tilt_free
+):
     """``_uncertainty_core`` and the covariance computation of the same problem, in one: one
     linearization and one factorization serve both."""
     lin = linearize(fn, x, structure)
@@ -153,6 +165,7 @@ def _errors_core(x, structure, unit, nominal, *, fn, eliminate, tilt_column, shi
         _uncertainty_body(
             x,
             structure,
+            counts,
             lin,
             factorization,
             fn=fn,
@@ -163,6 +176,7 @@ def _errors_core(x, structure, unit, nominal, *, fn, eliminate, tilt_column, shi
         covariance_core(
             x,
             structure,
+            counts,
             unit,
             nominal,
             fn=fn,
@@ -190,22 +204,23 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
             tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
             shift_z=m.shift_parameters is not None and m.z_translation_symmetry,
         )
+        # padded as the solve is: series of nearby sizes share the compiled computation
+        args, cov_static = covariance_arguments(result, problem)
         if with_covariance:  # one computation: one compile, one linearization
-            cov_args, cov_static = covariance_arguments(result, problem)
             core, cov_core = jax.device_get(
                 compiled_cache.call(
                     _errors_core,
-                    *cov_args,
+                    *args,
                     **static,
                     model=cov_static["model"],
                     tilt_free=cov_static["tilt_free"],
                 )
             )
         else:
-            core = jax.device_get(
-                compiled_cache.call(_uncertainty_core, problem.x0, problem.structure, **static)
-            )
+            core = jax.device_get(compiled_cache.call(_uncertainty_core, *args[:3], **static))
+        n_a, n_b = problem.x0.a.shape[0], problem.x0.b.shape[0]
         var_a, var_b, loo, lev, rss = core
+        var_a, var_b, loo, lev = var_a[:n_a], var_b[:n_b], loo[:n_a, :n_b], lev[:n_a, :n_b]
     dof = max(2 * obs.n_observed - problem.n_free, 1)
     sigma = float(np.sqrt(rss / dof))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit

@@ -8,7 +8,7 @@
    not the least-squares optimum; this stage reaches it.
 
 Every stage solves the problem padded to view and marker counts rounded up to ``PAD_STEP``
-(``solve.pad_problem``; not for models with regularization rows), so that a re-run after
+(``core.problem.padded``; not for models with regularization rows), so that a re-run after
 excluding a view or a bead, or a series of a similar size, reuses the compiled solve (from the
 command line's cache, across processes) instead of compiling another for seconds.
 
@@ -27,9 +27,9 @@ import numpy as np
 
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..solve import LMConfig, Status, least_squares, pad_problem, regularization_of, unpad
+from ..solve import LMConfig, Status, least_squares, unpad
 from .frame import project_all, to_reporting_frame
-from .problem import build_problem
+from .problem import PAD_STEP, build_problem, padded
 from .result import AlignmentResult, StageReport, result_from_solution
 from .settings import (
     INTERMEDIATE_COST_TOL,
@@ -42,13 +42,6 @@ from .settings import (
 from .start import InitialAlignment, start_values
 
 __all__ = ["INTERMEDIATE_COST_TOL", "PAD_STEP", "STAGES", "align"]
-
-#: Views, markers and global slots of a solve are padded up to multiples of this.
-PAD_STEP = 8
-
-
-def _round_up(n: int) -> int:
-    return -(-n // PAD_STEP) * PAD_STEP
 
 
 def align(
@@ -121,10 +114,7 @@ def align(
                 dtype=jdtype,
                 on_device=False,
             )
-            x0, structure = problem.x0, problem.structure
-            sizes = (x0.a.shape[0], x0.b.shape[0], x0.g.shape[0])
-            if regularization_of(problem.fn) is None:
-                x0, structure = pad_problem(x0, structure, *map(_round_up, sizes))
+            x0, structure, sizes = padded(problem.fn, problem.x0, problem.structure)
             if data is None:
                 data = jax.device_put((structure.pair_data, structure.weights))
             structure = structure._replace(pair_data=data[0], weights=data[1])

@@ -27,9 +27,38 @@ import numpy as np
 
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..solve import Structure, Variables, choose_elimination, count_free, make_structure
+from ..solve import (
+    Structure,
+    Variables,
+    choose_elimination,
+    count_free,
+    make_structure,
+    pad_problem,
+    regularization_of,
+)
 
 _FREE, _FIXED = -1, -2
+
+#: Views, markers and global slots of a compiled computation (a stage's solve, the standard
+#: errors) are padded up to multiples of this, so that a re-run after excluding a view or a
+#: bead, or a series of a similar size, reuses the compiled code instead of compiling for seconds.
+PAD_STEP = 8
+
+
+def padded_size(n: int) -> int:
+    """``n`` rounded up to a multiple of ``PAD_STEP``."""
+    return -(-n // PAD_STEP) * PAD_STEP
+
+
+def padded(fn, x0: Variables, structure: Structure):
+    """``(x0, structure, sizes)``: the problem padded (``solve.pad_problem``) to view, marker and
+    slot counts rounded up to ``PAD_STEP``, and its real sizes ``(n_a, n_b, n_g)``
+    (``solve.unpad`` takes a solution back). A residual function with regularization rows (they
+    couple every view, padded ones included) leaves the problem as it is."""
+    sizes = (x0.a.shape[0], x0.b.shape[0], x0.g.shape[0])
+    if regularization_of(fn) is None:
+        x0, structure = pad_problem(x0, structure, *map(padded_size, sizes))
+    return x0, structure, sizes
 
 
 def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
