@@ -92,18 +92,8 @@ def _uncertainty_core(x, structure, counts, *, fn, eliminate, tilt_column, shift
     ``core.problem.padded`` (padded entries are fixed and unobserved); ``counts`` (2,): its real
     views and markers, over which the frame's means run."""
     lin = linearize(fn, x, structure)
-    factorization = factorize(lin, eliminate)
-    return _uncertainty_body(
-        x,
-        structure,
-        counts,
-        lin,
-        factorization,
-        fn=fn,
-        eliminate=eliminate,
-        tilt_column=tilt_column,
-        shift_z=shift_z,
-    )
+    options = dict(fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z)
+    return _uncertainty_body(x, structure, counts, lin, factorize(lin, eliminate), **options)
 
 
 def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate, tilt_column, shift_z):
@@ -161,29 +151,12 @@ def _errors_core(
     linearization and one factorization serve both."""
     lin = linearize(fn, x, structure)
     factorization = factorize(lin, eliminate)
+    options = dict(fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z)
+    covariance = dict(fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free)
     return (
-        _uncertainty_body(
-            x,
-            structure,
-            counts,
-            lin,
-            factorization,
-            fn=fn,
-            eliminate=eliminate,
-            tilt_column=tilt_column,
-            shift_z=shift_z,
-        ),
+        _uncertainty_body(x, structure, counts, lin, factorization, **options),
         covariance_core(
-            x,
-            structure,
-            counts,
-            unit,
-            nominal,
-            fn=fn,
-            eliminate=eliminate,
-            model=model,
-            tilt_free=tilt_free,
-            linearization=(lin, factorization),
+            x, structure, counts, unit, nominal, linearization=(lin, factorization), **covariance
         ),
     )
 
