@@ -109,13 +109,13 @@ class AlignmentCovariance:
         object.__setattr__(self, "model", get_model(self.model))
 
 
-def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, counts=None):
+def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, counts):
     """(delta, zbar) of ``core.frame.reporting_frame``: the tilt change and the mean z (after
-    that change) it applies. views (n, k) model units; markers (m, 3) px; ``counts``: the real
-    (views, markers) when the arrays are padded (the means are over those first rows only).
+    that change) it applies. views (n, k) model units; markers (m, 3) px, both possibly padded;
+    ``counts`` (2,): the real views and markers (the means are over those first rows only).
     Traceable."""
     dtype = views.dtype
-    n_views, n_markers = (views.shape[0], markers.shape[0]) if counts is None else (counts[0], counts[1])
+    n_views, n_markers = counts[0], counts[1]
 
     def mean(values, n):  # over the first n entries
         return jnp.sum(jnp.where(jnp.arange(values.shape[0]) < n, values, 0.0)) / n
