@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -206,32 +207,32 @@ def test_padded_errors_equal_the_unpadded_and_nearby_sizes_share_one_compile(mon
     and left out of the reporting frame's means; the slots are padded too)."""
     C = importlib.import_module("lmalign_jax.analysis.covariance")
     U = importlib.import_module("lmalign_jax.analysis.uncertainty")  # the package exports the function
+    # every one of the four weakest directions is named, whatever its information
+    monkeypatch.setattr(U, "covariance_from_core", partial(C.covariance_from_core, degenerate_below=1.0))
 
     results = [
         align(simulate(n_views=n_v, n_markers=n_m, seed=3, missing_fraction=0.1).observations, modes=modes)
         for n_v, n_m, modes in ((21, 13, {"rotation": "group:5"}), (22, 14, {"rotation": "group:5"}))
     ]
-    padded = [uncertainty(results[0], with_covariance=True)]
+    got = uncertainty(results[0], with_covariance=True)
     compiled = U._errors_core._cache_size()
-    padded.append(uncertainty(results[1], with_covariance=True))
+    uncertainty(results[1], with_covariance=True)
     assert U._errors_core._cache_size() == compiled
-    # the weakest directions (all four, whatever their information)
-    weak = C.alignment_covariance(results[0], degenerate_below=1.0).degeneracies
 
+    # the same problem unpadded (a compile of its own shape): the same numbers
     monkeypatch.setattr(C, "padded", lambda fn, x, s: (x, s, (x.a.shape[0], x.b.shape[0], x.g.shape[0])))
-    for result, got in zip(results, padded, strict=True):
-        want = uncertainty(result, with_covariance=True)
-        for name in ("views_se", "markers_se", "loo_residuals", "leverage"):
-            a, b = getattr(got, name), getattr(want, name)
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(b)), err_msg=name)
-        scale = np.sqrt(np.einsum("nii->ni", want.covariance.view_covariance))
-        np.testing.assert_allclose(
-            got.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
-            want.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
-            atol=1e-10,
-        )
+    want = uncertainty(results[0], with_covariance=True)
+    for name in ("views_se", "markers_se", "loo_residuals", "leverage"):
+        a, b = getattr(got, name), getattr(want, name)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(b)), err_msg=name)
+    scale = np.sqrt(np.einsum("nii->ni", want.covariance.view_covariance))
+    np.testing.assert_allclose(
+        got.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
+        want.covariance.view_covariance / (scale[:, :, None] * scale[:, None, :] + 1e-300),
+        atol=1e-10,
+    )
     # the weakest directions: the same, member by member (an eigenvector's sign is arbitrary)
-    want = C.alignment_covariance(results[0], degenerate_below=1.0).degeneracies
+    weak, want = got.covariance.degeneracies, want.covariance.degeneracies
     assert len(weak) == len(want) == C.N_DIRECTIONS
     for g, w in zip(weak, want, strict=True):
         assert g.information == pytest.approx(w.information, rel=1e-8, abs=1e-12)
