@@ -110,18 +110,21 @@ def markers_seen_at_least(mask, min_views: int = 2) -> np.ndarray:
     return np.flatnonzero(np.asarray(mask).sum(axis=0) >= min_views)
 
 
-def usable_views_and_markers(mask, keep_view=None, min_views: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def usable_views_and_markers(
+    mask, keep_view=None, min_views: int = 2, min_points=1
+) -> tuple[np.ndarray, np.ndarray]:
     """Which views and markers of ``mask`` (n_views, n_markers) an alignment can use: markers seen in
-    at least ``min_views`` kept views, views with at least one such marker, repeated until nothing
-    changes (dropping a marker can empty a view, and the reverse). ``keep_view``: (n_views,) bool,
-    views already left out are False. Returns ``(keep_view, keep_marker)``, boolean arrays."""
+    at least ``min_views`` kept views, views with at least ``min_points`` (an int, or one per view)
+    such markers, repeated until nothing changes (dropping a marker can empty a view, and the
+    reverse). ``keep_view``: (n_views,) bool, views already left out are False. Returns
+    ``(keep_view, keep_marker)``, boolean arrays."""
     mask = np.asarray(mask, dtype=bool)
     keep_view = np.ones(mask.shape[0], dtype=bool) if keep_view is None else np.array(keep_view, dtype=bool)
     keep_marker = np.ones(mask.shape[1], dtype=bool)
     while True:
         seen = mask[keep_view].sum(axis=0)
         marker = keep_marker & (seen >= min_views)
-        view = keep_view & mask[:, marker].any(axis=1)
+        view = keep_view & (mask[:, marker].sum(axis=1) >= np.maximum(min_points, 1))
         if np.array_equal(marker, keep_marker) and np.array_equal(view, keep_view):
             return keep_view, keep_marker
         keep_view, keep_marker = view, marker

@@ -221,7 +221,7 @@ def align_and_report(
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
     )
-    sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [])
+    sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [], settings)
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
     start = read_initial_alignment(initial, inputs, sel, obs, settings.model) if initial else None

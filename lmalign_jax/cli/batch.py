@@ -234,6 +234,7 @@ def run_batch(args) -> int:
                 "bead_nm": args.bead_nm,
                 "target_beads": args.target_beads,
             },
+            settings=options.settings(),
             warn=warn,
         )
         if args.resume and not isinstance(item, Outcome):

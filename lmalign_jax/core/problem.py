@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -85,6 +86,33 @@ def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
     if labels.shape != (n_views,) or not np.issubdtype(labels.dtype, np.integer) or (labels < _FIXED).any():
         raise ValueError(f"parameter {name!r}: group labels must be {n_views} integers >= -2, got {labels!r}")
     return labels.astype(int)
+
+
+def _regularized(model: ProjectionModel) -> np.ndarray:
+    """(k,) bool: the parameters a model's regularization rows tie to neighbouring views."""
+    if model.regularization is None:
+        return np.zeros(len(model.parameters), bool)
+    views = jnp.tile(jnp.asarray(model.neutral, jnp.float32), (4, 1))  # enough for its differences
+    rows = jax.jacfwd(lambda v: jnp.asarray(model.regularization(v)))(views)  # (rows, 4, k)
+    return np.asarray(jnp.any(rows != 0, axis=(0, 1)))
+
+
+def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
+    """(n_views,) int: the fewest observed points that can determine each view's own parameters,
+    half their number rounded up (a point gives two coordinates). A view's own parameters are
+    those free per view (``"free"``, or a group of that view alone); fixed, shared and grouped
+    ones are set elsewhere, as are those the model's regularization ties to neighbouring views.
+    A view with fewer points has a direction its data do not constrain: a fit returns an
+    arbitrary value along it."""
+    own = np.zeros(n_views, int)
+    regularized = _regularized(model)
+    for p, name in enumerate(model.parameters):
+        if regularized[p]:
+            continue
+        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
+        own += (labels == _FREE) | ((labels >= 0) & (counts[np.maximum(labels, 0)] == 1))
+    return -(-own // 2)
 
 
 def _residual(project, view, xyz, observed, unit):

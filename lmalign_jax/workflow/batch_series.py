@@ -144,13 +144,15 @@ def prepare(
     image_size=None,
     reconstruct: bool = False,
     tracking: dict | None = None,
+    settings: AlignSettings | None = None,
     warn=print_warning,
 ) -> Prepared | Outcome:
     """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used.
     ``image_size``: (nx, ny) for series whose files do not record it; ``reconstruct``: its
     tomogram is wanted, so it needs a stack. A raw stack as the series' markers is tracked first
     (:func:`lmalign_jax.workflow.tracking.track_stack`, with the keywords in ``tracking``), its
-    tracking outputs written beside the alignment's."""
+    tracking outputs written beside the alignment's. ``settings``: the alignment's, whose free
+    parameters set how many points a view needs (``select_views``)."""
     start = time.perf_counter()
     try:
         if spec.problem:
@@ -212,7 +214,7 @@ def prepare(
             if spec.exclude
             else []
         )
-        sel = select_views(inputs, exclude)
+        sel = select_views(inputs, exclude, settings)
         report_selection(inputs, sel, warn)
         obs, marker_ids = observations_for_fit(inputs, sel, warn)
     except (InputError, UsageError, ValueError, OSError) as e:

@@ -245,16 +245,34 @@ class Selection:
     excluded_no_markers: list[int]
     dropped_markers: list[int]  # marker ids
     sorted_by_tilt: bool
+    #: views left out because they have fewer points than their own free parameters need
+    excluded_few_points: list[int] = dataclasses.field(default_factory=list)
+    #: per view of the file, the points it needs (``core.problem.points_needed``); None: one
+    points_needed: np.ndarray | None = None
 
 
-def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
-    """Apply --exclude, drop markers seen in < 2 views and views left without markers, order views."""
+def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Selection:
+    """Apply --exclude, drop markers seen in < 2 views and views left without markers, order views.
+    With ``settings`` (an ``AlignSettings``), a view also needs as many points as its own free
+    parameters need (``core.problem.points_needed``): with fewer, the fit would give it arbitrary
+    values along a direction its data do not constrain, so it is left out (and its transform
+    interpolated, as for a view without markers)."""
     tilts = inputs.tilts_deg
     mask = inputs.markers.mask
     keep_view = np.ones(tilts.size, dtype=bool)
     keep_view[exclude] = False
     keep_view, keep_marker = usable_views_and_markers(mask, keep_view)
     no_markers = [int(v) for v in np.flatnonzero(~keep_view) if v not in set(exclude)]
+    needed = None
+    few_points: list[int] = []
+    if settings is not None:
+        from ..core.problem import points_needed  # imports JAX: only where a fit follows
+        from ..models import get_model
+
+        needed = points_needed(get_model(settings.model), settings.all_modes(), tilts.size)
+        with_markers = keep_view
+        keep_view, keep_marker = usable_views_and_markers(mask, with_markers, min_points=needed)
+        few_points = [int(v) for v in np.flatnonzero(with_markers & ~keep_view)]
     ids = inputs.markers.marker_ids
     dropped = [ids[i] for i in np.flatnonzero(~keep_marker)]
     if keep_marker.sum() < MIN_MARKERS or keep_view.sum() < 3:
@@ -278,6 +296,8 @@ def select_views(inputs: SeriesInputs, exclude: list[int]) -> Selection:
         sorted(int(v) for v in no_markers),
         dropped,
         bool(sorted_by_tilt),
+        few_points,
+        needed,
     )
 
 
@@ -294,6 +314,16 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
             f"view(s) {nums} (1-based) have no markers and are excluded; their transforms are interpolated "
             "from neighbouring views"
         )
+    if sel.excluded_few_points:
+        needed = sel.points_needed[sel.excluded_few_points]
+        for n in np.unique(needed):
+            views = [v for v, k in zip(sel.excluded_few_points, needed, strict=True) if k == n]
+            warn(
+                f"view(s) {', '.join(str(v + 1) for v in views)} (1-based) have fewer than the {n} markers "
+                f"needed to determine a view's own free parameters, and are excluded; their transforms are "
+                "interpolated from neighbouring views (grouping parameters, e.g. --mode rotation=group:5, "
+                "lets them be fitted)"
+            )
     if sel.sorted_by_tilt:
         step = np.diff(inputs.tilts_deg)
         k = int(np.argmax(step < 0 if inputs.tilts_deg[-1] >= inputs.tilts_deg[0] else step > 0))

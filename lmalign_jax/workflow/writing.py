@@ -79,9 +79,13 @@ def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
         "pixel_size_A": inputs.pixel_size,
         "n_views": int(inputs.tilts_deg.size),
         "n_views_fitted": obs.n_views,
-        "excluded_views": sorted(v + 1 for v in set(sel.excluded_by_user) | set(sel.excluded_no_markers)),
+        "excluded_views": sorted(
+            v + 1
+            for v in set(sel.excluded_by_user) | set(sel.excluded_no_markers) | set(sel.excluded_few_points)
+        ),
         "excluded_by_user": [v + 1 for v in sel.excluded_by_user],
         "excluded_no_markers": [v + 1 for v in sel.excluded_no_markers],
+        "excluded_too_few_points": [v + 1 for v in sel.excluded_few_points],
         "n_markers_in_file": inputs.markers.n_markers,
         "n_markers": obs.n_markers,
         "dropped_markers": sel.dropped_markers,
