@@ -1,15 +1,18 @@
 """Ctrl-C is not lost when it lands in a garbage-collector callback (cli.interrupts): Python can
-only report such an interrupt as unraisable, and the command would run on to its end."""
+only report such an interrupt as unraisable, and the command would run on to its end. SIGTERM
+stops a command as Ctrl-C does."""
 
 import gc
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 import pytest
 
-from lmalign_jax.cli.interrupts import deliver_lost_interrupts
+from lmalign_jax.cli.interrupts import Terminated, deliver_lost_interrupts, terminate_as_interrupt
 
 
 @pytest.fixture
@@ -73,3 +76,87 @@ def test_other_unraisable_exceptions_go_to_the_previous_hook(monkeypatch):
         gc.collect()
     assert [type(r.exc_value) for r in reported] == [ValueError]
     assert sys.unraisablehook == reported.append  # restored on leaving
+
+
+@pytest.fixture
+def sigterm_default():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are handled in the main thread only")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_stops_like_an_interrupt_and_the_handler_is_restored(sigterm_default):
+    with pytest.raises(Terminated), terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        busy()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert issubclass(Terminated, KeyboardInterrupt)  # every cleanup for Ctrl-C runs for it too
+
+
+def test_a_callers_own_sigterm_handler_is_kept(sigterm_default):
+    def own(signum, frame):
+        return None
+
+    signal.signal(signal.SIGTERM, own)
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is own
+
+
+def test_reconstruct_terminated_leaves_no_file(tmp_path):
+    """A scheduler's cancel (SIGTERM) in the middle of writing a tomogram: exit 143, the message,
+    and nothing left in the folder (the half-written temporary file is removed)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    cli = [sys.executable, "-m", "lmalign_jax"]
+    made = subprocess.run(
+        [
+            *cli,
+            "simulate",
+            "--out-dir",
+            tmp_path / "in",
+            "--stack",
+            "--image-size",
+            "96",
+            "96",
+            "--views",
+            "21",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    stem = tmp_path / "in" / "synthetic"
+    proc = subprocess.Popen(
+        [
+            *cli,
+            "reconstruct",
+            f"{stem}.mrc",
+            "--xf",
+            f"{stem}_truth.xf",
+            "--tlt",
+            f"{stem}_truth.tlt",
+            "--thickness",
+            "96",
+            "--sirt",
+            "200",
+            "--out",
+            out / "t.mrc",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not any(out.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the reconstruction ended before its output file was opened"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated; no output written" in err
+    assert list(out.iterdir()) == []

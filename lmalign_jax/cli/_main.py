@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import jax
 
@@ -17,7 +18,7 @@ from .compare import add_compare
 from .demo import add_demo
 from .export import add_export
 from .find_beads import add_find_beads
-from .interrupts import deliver_lost_interrupts
+from .interrupts import Terminated, deliver_lost_interrupts, terminate_as_interrupt
 from .reconstruct import add_reconstruct
 from .resident_command import add_resident
 from .simulate import add_simulate
@@ -102,6 +103,25 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+#: numpy's RuntimeWarnings about arithmetic over NaN or empty selections.
+_NUMPY_NAN_REMARKS = (
+    "Mean of empty slice",
+    "All-NaN slice encountered",
+    "Degrees of freedom <= 0",
+    "invalid value encountered",
+    "divide by zero encountered",
+)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning raised while a command runs, as the command's own one-line ``lmalign: warning:``
+    (no source path). numpy's remarks on arithmetic over NaN (a mean of no observed entries)
+    name no input and are left out."""
+    if issubclass(category, RuntimeWarning) and str(message).startswith(_NUMPY_NAN_REMARKS):
+        return
+    print(f"lmalign: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 an alignment did not
     converge, 2 bad input, 3 internal error: an unexpected exception, reported in one line)."""
@@ -115,13 +135,18 @@ def main(argv=None) -> int:
         if args.command in CACHED_COMMANDS:
             args.compilation_cache = enable_compilation_cache()
             args.compilation_cache_setup = enable_compilation_cache  # batch hands it to its workers
-        with deliver_lost_interrupts():  # Ctrl-C is not lost in a garbage-collector callback
+        # Ctrl-C is not lost in a garbage-collector callback; SIGTERM stops as Ctrl-C does
+        with deliver_lost_interrupts(), terminate_as_interrupt(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             return args.run(args)
     except SystemExit as e:  # --help, --version
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
     except (InputError, UsageError) as e:
         print(f"lmalign: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print("lmalign: terminated; no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("lmalign: interrupted; no output written", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Ctrl-C that always stops a command.
+"""Ctrl-C (and SIGTERM) that always stops a command.
 
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when SIGINT arrives.
 Inside a garbage-collector callback or a ``__del__`` (JAX registers a collector callback) the
@@ -17,7 +17,35 @@ import signal
 import sys
 import threading
 
-__all__ = ["deliver_lost_interrupts"]
+__all__ = ["Terminated", "deliver_lost_interrupts", "terminate_as_interrupt"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's cancel, ``kill``), raised as an interrupt so that a command stops
+    the way Ctrl-C stops it: temporary files removed, no output left half-written."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread, unless the process
+    already handles SIGTERM itself (a caller's handler is kept) or this is not the main thread.
+    The previous handler is restored on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
