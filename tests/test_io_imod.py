@@ -324,3 +324,30 @@ def test_write_fid_xyz_rejects_bad_arrays(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         write_fid_xyz(tmp_path / "f.xyz", np.full((1, 3), np.nan), [1], 1.0, (5, 5))
     assert not (tmp_path / "f.xyz").exists()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("-30\n0\n95\n", r"t\.tlt:3: tilt angle 95 degrees is outside -90\.\.90"),
+        ("-90\n0\n1000\n", r"t\.tlt:1: tilt angle -90 degrees is outside -90\.\.90 \(2 such angles\)"),
+    ],
+)
+def test_tilts_outside_plus_minus_90_are_refused(tmp_path, text, match):
+    (tmp_path / "t.tlt").write_text(text)
+    with pytest.raises(InputError, match=match):
+        read_tilts(tmp_path / "t.tlt")
+
+
+def test_tilts_just_inside_plus_minus_90_are_read(tmp_path):
+    (tmp_path / "t.tlt").write_text("-89.99\n0\n89.99\n")
+    assert read_tilts(tmp_path / "t.tlt").tolist() == [-89.99, 0.0, 89.99]
+
+
+def test_mdoc_tilts_outside_plus_minus_90_are_refused(tmp_path):
+    from lmalign_jax.workflow.series import read_tilt_file
+
+    path = tmp_path / "s.mdoc"
+    path.write_text("[ZValue = 0]\nTiltAngle = -3.0\n\n[ZValue = 1]\nTiltAngle = 95.0\n")
+    with pytest.raises(InputError, match=r"s\.mdoc: ZValue 1: tilt angle 95 degrees is outside -90\.\.90"):
+        read_tilt_file(str(path))

@@ -29,7 +29,7 @@ from .markers import (
     write_markers_csv,
     write_model2point,
 )
-from .tilts import MdocTilts, read_mdoc, read_tilts, write_tlt
+from .tilts import MdocTilts, check_tilt_range, read_mdoc, read_tilts, write_tlt
 
 __all__ = [
     "InputError",
@@ -45,6 +45,7 @@ __all__ = [
     "write_imod_model",
     "read_pytom_markers",
     "read_tilts",
+    "check_tilt_range",
     "write_tlt",
     "MdocTilts",
     "read_mdoc",

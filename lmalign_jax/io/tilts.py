@@ -19,7 +19,7 @@ from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import write_records
 
-__all__ = ["read_angles", "read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
+__all__ = ["check_tilt_range", "read_angles", "read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
 
 TILT_EXTENSIONS = (".tlt", ".rawtlt")
 
@@ -28,10 +28,28 @@ def read_tilts(path: str | os.PathLike) -> np.ndarray:
     """Read a ``.tlt``/``.rawtlt`` file: float64 (n_views,) tilt angles in degrees.
 
     Blank lines at the end are allowed; a blank line before the last angle, a line with more
-    than one value, or a value that is not a finite number is an :class:`InputError`.
+    than one value, a value that is not a finite number, or an angle outside the open interval
+    (-90, 90) (no specimen is imaged edge-on or beyond) is an :class:`InputError`.
     """
     check_extension(path, TILT_EXTENSIONS, "tilt-angle")
-    return read_angles(path, "tilt angle")
+    tilts = read_angles(path, "tilt angle")
+    check_tilt_range(tilts, path, lines=True)
+    return tilts
+
+
+def check_tilt_range(tilts_deg, path, *, lines: bool = False, what: str = "view") -> None:
+    """An :class:`InputError` naming ``path`` (and the line, with ``lines``: line k is view k, or
+    else the 0-based ``what``) of the first tilt angle (degrees) outside (-90, 90)."""
+    bad = np.flatnonzero(~(np.abs(np.asarray(tilts_deg, np.float64)) < 90.0))
+    if bad.size:
+        k = int(bad[0])
+        raise InputError(
+            path,
+            k + 1 if lines else None,
+            ("" if lines else f"{what} {k}: ")
+            + f"tilt angle {float(tilts_deg[k]):g} degrees is outside -90..90"
+            + (f" ({bad.size} such angles)" if bad.size > 1 else ""),
+        )
 
 
 def read_angles(path: str | os.PathLike, what: str = "tilt angle") -> np.ndarray:

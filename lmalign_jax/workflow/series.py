@@ -55,6 +55,7 @@ def read_tilt_file(path: str, warn=print_warning):
         mdoc = io.read_mdoc(path)
         if mdoc.z_values.size and not np.array_equal(mdoc.z_values, np.arange(mdoc.z_values.size)):
             warn(f"{path}: ZValues are not 0..{mdoc.z_values.size - 1}; views are taken in ZValue order")
+        io.check_tilt_range(mdoc.tilts_deg, path, what="ZValue")
         return mdoc.tilts_deg, mdoc
     if ext in (".tlt", ".rawtlt"):
         return io.read_tilts(path), None
