@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..analysis.robust import align_robust
 from ..analysis.uncertainty import uncertainty
 from ..core.align import align as align_observations
@@ -51,6 +53,8 @@ def fit_series(
             result = robust.result
         else:
             result = align_observations(obs, progress=progress, **kwargs)
+    except np.linalg.LinAlgError:
+        raise  # a ValueError, but numerical breakdown, not a fault of the input: reported as internal
     except ValueError as e:
         raise UsageError(str(e)) from None
     errors = uncertainty(result, with_covariance=True) if (result.converged and with_errors) else None

@@ -339,12 +339,29 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
         )
 
 
+#: A point farther than this many image sizes from the image's centre is an error in the file.
+FAR_OUTSIDE = 10
+
+
 def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warning):
-    """The selected views and markers as ``Observations`` (fitting order), and the markers' ids."""
+    """The selected views and markers as ``Observations`` (fitting order), and the markers' ids.
+    A point far outside the image (``FAR_OUTSIDE``) is an :class:`InputError`; one a little
+    outside is a warning (an image size that is off, or a bead at the edge)."""
     ms = inputs.markers
     xy = ms.xy[sel.view_index][:, sel.marker_index]
     mask = ms.mask[sel.view_index][:, sel.marker_index]
     nx, ny = inputs.image_size
+    far = mask & np.any(np.abs(xy - np.array([nx, ny]) / 2) > FAR_OUTSIDE * max(nx, ny), axis=-1)
+    if far.any():
+        v, m = (int(i) for i in np.argwhere(far)[0])
+        raise InputError(
+            inputs.markers_path,
+            None,
+            f"marker {ms.marker_ids[sel.marker_index[m]]} in view {sel.view_index[v] + 1} (1-based) is at "
+            f"({xy[v, m, 0]:.6g}, {xy[v, m, 1]:.6g}), more than {FAR_OUTSIDE} image sizes from the "
+            f"{nx:g} x {ny:g} image ({int(far.sum())} such point(s)); check the file and the image size "
+            f"({inputs.image_size_source})",
+        )
     pts = xy[mask]
     outside = int(np.sum((pts[:, 0] < 0) | (pts[:, 0] > nx) | (pts[:, 1] < 0) | (pts[:, 1] > ny)))
     if outside:
