@@ -213,3 +213,12 @@ def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved)
     warped = solved["warped"][1]
     n_kept = sum(p.kept_local for p in warped.patches)
     assert f"Kept {n_kept} of 9 patches:" in format_local_report(warped)
+
+
+def test_a_grid_of_too_many_patches_is_refused_with_its_size(solved):
+    """A patch size far below the bead spacing (audit: 10 px on a 2k field, 74,256 patches, each
+    grown to hold its markers) would hold them all in one batched solve; it is refused, naming the
+    grid."""
+    result = solved["rigid"][0]
+    with pytest.raises(ValueError, match=r"makes a grid of \d+ x \d+ = \d+ patches .* more than 2500"):
+        align_local(result, LocalOptions(patch_size=(10, 10)))

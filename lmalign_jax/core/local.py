@@ -61,6 +61,11 @@ __all__ = [
     "align_local",
 ]
 
+#: Most patches a local alignment takes (IMOD's grids are a few dozen to a few hundred); each
+#: grows until it holds enough markers, so a finer grid only repeats overlapping solves, and its
+#: batched solve holds every patch in memory (about 2 GB for 1,225 patches of 60 markers).
+MAX_PATCHES = 2500
+
 #: Local increments a model can take: name -> (base parameter it is added to, kind).
 INCREMENTS = {"rotation": "angle", "tilt": "angle", "scale": "ratio", "xstretch": "ratio", "skew": "angle"}
 
@@ -355,8 +360,8 @@ def _ideal_to_aligned(model, patch_views, global_xf, centre, size, z_range):
 def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions()) -> LocalSolution:
     """Local alignment of a solved global alignment (see the module docstring).
 
-    Raises ValueError when the model has no per-view rotation/tilt to refine or every chosen
-    increment is missing from the model.
+    Raises ValueError when the model has no per-view rotation/tilt to refine, every chosen
+    increment is missing from the model, or the grid has more than ``MAX_PATCHES`` patches.
     """
     model, obs = result.model, result.observations
     check_local_model(model)
@@ -370,6 +375,13 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     centre_px = obs.center
     xy = result.markers[:, :2] + centre_px
     n_patches, start, spacing, min_size = patch_grid(xy, options.patch_size, options.overlap)
+    if n_patches[0] * n_patches[1] > MAX_PATCHES:
+        (nx, ny), (px, py) = n_patches, options.patch_size
+        raise ValueError(
+            f"a patch size of {px} x {py} px with overlap {options.overlap[0]:g}, {options.overlap[1]:g} "
+            f"makes a grid of {nx} x {ny} = {nx * ny} patches over the markers' {np.ptp(xy[:, 0]):.0f} x "
+            f"{np.ptp(xy[:, 1]):.0f} px extent, more than {MAX_PATCHES}; use larger patches or less overlap"
+        )
     side = surfaces(result.markers)
     ref_view = result.settings.ref_view
     ref_view = int(np.argmin(np.abs(result.tilts_deg))) if ref_view is None else ref_view
