@@ -597,8 +597,11 @@ def test_image_size_precedence_and_stack_header(files):
         m.set_data(np.zeros((5, 16, 24), dtype=np.float32))
     inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack))
     assert inp.image_size == (24.0, 16.0) and inp.image_size_source.endswith("s.mrc header")
-    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
-    assert inp.image_size == (100.0, 50.0) and inp.image_size_source == "--image-size"
+    inp = read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 24, 16))
+    assert inp.image_size == (24.0, 16.0) and inp.image_size_source == "--image-size"
+    # a size that contradicts the stack would give transforms that do not fit it
+    with pytest.raises(cli.UsageError, match=r"the stack is 24 x 16 px but --image-size says 100"):
+        read_inputs(parse(files["csv"], "--tilts", files["tlt"], "--stack", stack, "--image-size", 100, 50))
 
 
 def test_mdoc_tilts_rotation_and_dose_symmetric_order(tmp_path):

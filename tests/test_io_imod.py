@@ -351,3 +351,21 @@ def test_mdoc_tilts_outside_plus_minus_90_are_refused(tmp_path):
     path.write_text("[ZValue = 0]\nTiltAngle = -3.0\n\n[ZValue = 1]\nTiltAngle = 95.0\n")
     with pytest.raises(InputError, match=r"s\.mdoc: ZValue 1: tilt angle 95 degrees is outside -90\.\.90"):
         read_tilt_file(str(path))
+
+
+def test_an_mdoc_line_that_is_not_key_equals_value_is_named(tmp_path):
+    from lmalign_jax.io import read_mdoc
+
+    path = tmp_path / "s.mdoc"
+    path.write_text("[ZValue = 0]\nTiltAngle = -3.0 = 4\n\n[ZValue = 1]\nTiltAngle = 5.0\n")
+    with pytest.raises(InputError, match=r"s\.mdoc:2: expected 'key = value', got 'TiltAngle = -3\.0 = 4'"):
+        read_mdoc(path)
+
+
+def test_an_empty_resid_names_its_file(tmp_path):
+    from lmalign_jax.workflow.series import read_series
+
+    (tmp_path / "z.resid").write_text("   0 residuals\n")
+    (tmp_path / "z.tlt").write_text("-3\n0\n3\n")
+    with pytest.raises(InputError, match=r"z\.resid: no marker points"):
+        read_series(str(tmp_path / "z.resid"), str(tmp_path / "z.tlt"), image_size=(512, 512))

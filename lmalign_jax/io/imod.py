@@ -244,18 +244,20 @@ def resid_to_markers(
     image_size: tuple[int, int] | None,
     n_views: int | None = None,
     pixel_size: float | None = None,
+    path: str | os.PathLike = "<resid table>",
 ) -> MarkerSet:
     """The measured positions of a :class:`ResidualTable` as a :class:`MarkerSet`.
 
     Marker ids are 1, 2, ... in block order, matching the ``#`` column of IMOD's ``fid.xyz``.
-    ``n_views`` defaults to the highest view + 1.
+    ``n_views`` defaults to the highest view + 1; ``path``: the file the table came from (named in
+    messages).
     """
     points = (
         (int(m) + 1, int(v), float(x), float(y), None)
         for m, v, (x, y) in zip(table.marker, table.view, table.xy, strict=True)
     )
     return build_marker_set(
-        "<resid table>",
+        path,
         points,
         source="IMOD .resid",
         n_views=n_views,

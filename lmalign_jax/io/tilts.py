@@ -139,6 +139,18 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
     except Exception as e:  # mdocfile / pydantic: any malformed value
         first = str(e).strip().splitlines()
         problem = " ".join(first[:3])[:200] if first else type(e).__name__
+        bad = next(
+            (
+                k
+                for k, ln in enumerate(lines, start=1)
+                if ln.strip() and not ln.strip().startswith("[") and ln.count("=") != 1
+            ),
+            None,
+        )
+        if bad is not None:  # the likely culprit: a line that is not one 'key = value'
+            raise InputError(
+                path, bad, f"expected 'key = value', got {show(lines[bad - 1].strip())}"
+            ) from None
         raise InputError(path, None, f"invalid mdoc ({type(e).__name__}: {problem})") from None
     finally:
         quiet.removeFilter(_drop_all)

@@ -74,7 +74,7 @@ def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
             path, None, f"unsupported marker file ({got}); supported: {', '.join(MARKER_EXTENSIONS)}"
         )
     if ext == ".resid":
-        markers = io.resid_to_markers(io.read_resid(path), None)
+        markers = io.resid_to_markers(io.read_resid(path), None, path=path)
         return (
             _on_tilt_file_views(markers, path, tilts_path, n_views),
             "IMOD residual file (measured points)",
@@ -191,6 +191,13 @@ def read_series(
         raise InputError(
             markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}"
         )
+    if stack_size is not None and tuple(float(n) for n in size) != tuple(float(n) for n in stack_size):
+        said = (
+            f"the stack is {stack_size[0]} x {stack_size[1]} px but {source} says {size[0]:g} x {size[1]:g}"
+        )
+        if image_size is not None:  # the transforms are for the stack: a contradiction to settle first
+            raise UsageError(f"--image-size: {said} (--stack {stack_path}); leave --image-size out or fix it")
+        warn(f"{said}: the marker coordinates are taken in the marker file's frame; check the pair")
 
     if rotation_deg is not None:
         rotation, rot_source = float(rotation_deg), "--rotation"
