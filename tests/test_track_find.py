@@ -151,6 +151,19 @@ def test_constant_and_pure_noise_images_give_no_beads():
         assert pos.shape == (0, 2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_all_zero_image_gives_no_beads(dtype):
+    """A dark (all-zero) view: no noise level to scale the local one by (it divided by zero)."""
+    from lmalign_jax.track import find_beads_large
+
+    for image in (np.zeros(SHAPE, dtype=dtype), np.zeros((40, 300), dtype=dtype)):
+        pos, scores = find_beads(image, 3.0)
+        assert pos.shape == (0, 2) and scores.shape == (0,)
+        for polarity in ("dark", "bright"):
+            assert find_beads(image, DIAMETER, polarity=polarity, min_score=3.0)[0].shape == (0, 2)
+        assert find_beads_large(image, 3.0)[0].shape == (0, 2)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (2, 9), (3, 4)])
 def test_tiny_images_do_not_crash(shape):
     img = np.random.default_rng(0).standard_normal(shape)

@@ -31,7 +31,7 @@ import lmalign_jax as L
 from lmalign_jax.cli import main
 from lmalign_jax.io import read_imod_model
 from lmalign_jax.simulation.phantom import bead_phantom, project_stack, series_alignment
-from lmalign_jax.track.tracking import FOUND, choose_beads, track_beads
+from lmalign_jax.track.tracking import FOUND, choose_beads, is_blank, seed_view, track_beads
 from lmalign_jax.workflow.batch_list import scan_folder
 from lmalign_jax.workflow.batch_series import Prepared, prepare
 
@@ -236,6 +236,62 @@ def test_align_a_stack_with_lost_views(series, lost_views_stack, tmp_path, capsy
     assert record["lost_views"] == [9, 21] and "fewer than 3" in record["views"][8]["lost"]
     aligned = json.loads((tmp_path / "out" / "lost.json").read_text())
     assert aligned["inputs"]["excluded_views"] == [9, 21]  # 1-based
+
+
+def test_seed_view_passes_over_blank_views():
+    """The tracking starts on the view nearest 0 deg that is not blank (one value in every pixel)."""
+    tilts = np.array([-6.0, -3.0, 0.0, 3.0, 6.0])
+    stack = np.ones((5, 8, 8), dtype=np.float32)
+    stack[[1, 3, 4], 2, 2] = 2.0
+    assert is_blank(stack[0]) and is_blank(np.zeros((4, 4))) and not is_blank(stack[1])
+    assert seed_view(stack, tilts) == 1  # views 2 (0 deg) blank; -3 before +3 at equal distance
+    stack[1] = 0.0
+    assert seed_view(stack, tilts) == 3
+    assert seed_view(np.zeros((5, 8, 8)), tilts) == 2  # all blank: the nearest 0 deg
+
+
+def test_blank_views_are_lost_as_weak_and_said_blank(series, tmp_path, capsys):
+    """A dark (all-zero) view nearest 0 deg and a dark first view, with --bead-diameter (which
+    crashed on a division by zero): ``lmalign track`` finds the beads on the next view, loses
+    both dark views and says why (weak points, blank view: not "crowded")."""
+    s, stack = series
+    dark = np.array(stack, dtype=np.float32, copy=True)
+    nearest = int(np.argmin(np.abs(s.observations.tilts_deg)))
+    dark[[0, nearest]] = 0.0
+    with mrcfile.new(tmp_path / "dark.mrc") as mrc:
+        mrc.set_data(dark)
+    (tmp_path / "dark.rawtlt").write_text("".join(f"{t:.2f}\n" for t in s.observations.tilts_deg))
+    args = ["track", str(tmp_path / "dark.mrc"), "--tilts", str(tmp_path / "dark.rawtlt")]
+    code = main([*args, "--bead-diameter", "5", "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"view {nearest + 1} (tilt 0 deg, the nearest 0) is blank" in err
+    record = json.loads((tmp_path / "out" / "dark_track.json").read_text())
+    assert record["seed_view"] != nearest + 1 and record["beads_tracked"] >= 4
+    assert record["lost_views"] == [1, nearest + 1]
+    for v in (0, nearest):
+        view = record["views"][v]
+        assert view["beads_found"] == 0 and "the view is blank" in view["lost"], view
+        left_out = view["left_out"]
+        assert left_out.get("weak", 0) > left_out.get("crowded", 0), view  # a flat window is no rival bead
+        assert f"view {v + 1} (1-based" in err
+    # every view blank: one line, exit 2, nothing written
+    with mrcfile.new(tmp_path / "blank.mrc") as mrc:
+        mrc.set_data(np.full(dark.shape, 3.0, dtype=np.float32))
+    code = main(
+        [
+            "track",
+            str(tmp_path / "blank.mrc"),
+            *args[2:],
+            "--bead-diameter",
+            "5",
+            "--out-dir",
+            str(tmp_path / "b"),
+        ]
+    )
+    assert code == 2
+    assert "blank.mrc: every view is blank" in _error(capsys)
+    assert not (tmp_path / "b").exists()
 
 
 def test_choose_beads_spreads_and_drops_close_pairs():

@@ -255,6 +255,7 @@ def correlate_windows(
     energy = float(np.sum(t * t))
     with np.errstate(divide="ignore", invalid="ignore"):
         amplitude = peak / energy if energy > 0 else np.zeros(n)
-        snr = np.where(noise > 0, peak / noise, np.inf)
+        # a flat window (a blank view: no correlation at all) has no peak, not an infinitely clear one
+        snr = np.where(noise > 0, peak / noise, np.where(peak > 0, np.inf, 0.0))
         ratio = np.where(peak > 0, np.maximum(rival, 0.0) / peak, 1.0)
     return WindowMatch(positions, amplitude, snr, ratio)

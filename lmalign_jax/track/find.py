@@ -217,6 +217,8 @@ def find_beads(
     responses = bead_responses(img, (sigma, 2.0 * sigma), border=border)
     maps = np.asarray(responses)
     noise, u = _noise_and_threshold(img, maps[0, border:-border, border:-border], sigma, min_score)
+    if not noise > 0:  # an all-zero view (blank, dark): nothing to find, and no scale to find it on
+        return _empty()
     # The noise level about every pixel (a textured patch raises it there only); positions come
     # from the unscaled map, so a varying level cannot move a peak.
     level = np.full(maps.shape[1:], noise, dtype=np.float64)

@@ -51,21 +51,25 @@ class TrackingError(ValueError):
     """Tracking cannot go on: no beads on the seed view, or too few beads tracked."""
 
 
-def _lost_reason(reasons_row: np.ndarray, n_found: int) -> str:
+def _lost_reason(reasons_row: np.ndarray, n_found: int, blank: bool = False) -> str:
     counts = {REASONS[k]: int(np.sum(reasons_row == k)) for k in range(1, len(REASONS) - 1)}
     why = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-    return f"{n_found} of {reasons_row.size} beads found (fewer than {MIN_VIEW_BEADS})" + (
-        f"; left out: {why}" if why else ""
+    return (
+        f"{n_found} of {reasons_row.size} beads found (fewer than {MIN_VIEW_BEADS})"
+        + (f"; left out: {why}" if why else "")
+        + ("; the view is blank (one value in every pixel)" if blank else "")
     )
 
 
-def mark_lost_views(xy, found, reasons) -> tuple[np.ndarray, tuple[str, ...]]:
+def mark_lost_views(xy, found, reasons, blank=None) -> tuple[np.ndarray, tuple[str, ...]]:
     """Clear the points of every view with fewer than :data:`MIN_VIEW_BEADS` found beads, in place
     (``found`` False, ``xy`` NaN, ``reasons`` :data:`VIEW_LOST` where a bead had been found).
-    Returns ``(lost_views (k,) int, reason (k,) str)``."""
+    ``blank``: optional (n_views,) bool, the views whose pixels all have one value (said in their
+    reason). Returns ``(lost_views (k,) int, reason (k,) str)``."""
     count = found.sum(axis=1)
     lost = np.flatnonzero(count < MIN_VIEW_BEADS)
-    why = tuple(_lost_reason(reasons[v], int(count[v])) for v in lost)
+    blank = np.zeros(count.size, dtype=bool) if blank is None else np.asarray(blank, dtype=bool)
+    why = tuple(_lost_reason(reasons[v], int(count[v]), bool(blank[v])) for v in lost)
     for v in lost:
         reasons[v] = np.where(found[v], VIEW_LOST, reasons[v])
     found[lost] = False

@@ -5,7 +5,9 @@ tracked outward from a starting view, each new position predicted by a tilt alig
 positions found so far, refined by correlation with an average of the beads, with rounds that
 fill gaps and drop bad points):
 
-1. **Seed.** The view nearest 0 degrees; :func:`lmalign_jax.track.find_beads` finds the beads.
+1. **Seed.** The view nearest 0 degrees that is not blank (:func:`seed_view`: a view whose pixels
+   all have one value, dark or missing, has no beads and is lost like any view without them);
+   :func:`lmalign_jax.track.find_beads` finds the beads.
    :func:`choose_beads` keeps up to ``target_beads`` of them, well spread (farthest-point order,
    strongest first) and unambiguous (no other bead within ``2 D``, ``D`` the bead diameter).
    When more qualify than ``target_beads``, all of them are first tracked (one round) through
@@ -98,6 +100,8 @@ __all__ = [
     "TrackingError",
     "track_beads",
     "choose_beads",
+    "seed_view",
+    "is_blank",
     "FOUND",
     "WEAK",
     "OUTSIDE",
@@ -162,6 +166,23 @@ def _read_view(stack, v: int) -> np.ndarray:
     return np.asarray(stack[v], dtype=np.float32)
 
 
+def is_blank(image) -> bool:
+    """Whether every pixel of ``image`` has one value (a dark, blank or missing view: no beads)."""
+    a = np.asarray(image)
+    return a.size == 0 or float(np.min(a)) == float(np.max(a))
+
+
+def seed_view(stack, tilts_deg) -> int:
+    """The 0-based view the tracking starts from: the one nearest 0 degrees that is not blank
+    (:func:`is_blank`), views read one at a time until one is found; the one nearest 0 degrees when
+    every view is blank."""
+    order = np.argsort(np.abs(np.asarray(tilts_deg, dtype=np.float64).reshape(-1)), kind="stable")
+    for v in order:
+        if not is_blank(stack[int(v)]):
+            return int(v)
+    return int(order[0])
+
+
 def _drop_outliers(fitter, found, reasons, xy):
     """Drop points and whole tracks with outlying residuals (module docstring, step 5), in place.
     Returns the (n_beads,) RMS residual of each bead."""
@@ -224,12 +245,20 @@ def track_beads(
         raise ValueError(f"{tilts.size} tilt angles for {n_views} views")
     d = float(bead_diameter_px)
     timings = {}
-    seed = int(np.argmin(np.abs(tilts)))
+    seed = seed_view(stack, tilts)
     seed_image = _read_view(stack, seed)
+    if is_blank(seed_image):
+        value = float(seed_image.flat[0]) if seed_image.size else 0.0
+        raise TrackingError(
+            f"every view is blank (view {seed + 1}: every pixel {value:g}); there are no beads"
+        )
     candidates, scores = find_beads(seed_image, d)
     if candidates.shape[0] == 0:
+        nearest = (
+            "the one nearest 0" if seed == int(np.argmin(np.abs(tilts))) else "the non-blank one nearest 0"
+        )
         raise TrackingError(
-            f"no bead-like features found in view {seed + 1} (tilt {tilts[seed]:g} deg, the one nearest 0) "
+            f"no bead-like features found in view {seed + 1} (tilt {tilts[seed]:g} deg, {nearest}) "
             f"with a bead diameter of {d:g} px"
         )
     chosen = choose_beads(candidates, scores, (nx, ny), d, int(target_beads))
@@ -243,7 +272,10 @@ def track_beads(
     if eligible.size > chosen.size:  # a choice to make: spread it over both surfaces, if two
         say(f"heights of {eligible.size} beads from the views nearest view {seed + 1}")
         upper = split_surfaces(
-            _pilot_heights(stack, tilts, d, seed_image, candidates, eligible, rotation_deg, register_views), d
+            _pilot_heights(
+                stack, tilts, seed, d, seed_image, candidates, eligible, rotation_deg, register_views
+            ),
+            d,
         )
         if upper is not None:
             chosen = choose_on_surfaces(candidates, scores, eligible, upper, int(target_beads))
@@ -251,6 +283,7 @@ def track_beads(
     track, _ = _track(
         stack,
         tilts,
+        seed,
         d,
         seed_image,
         candidates,
@@ -266,11 +299,10 @@ def track_beads(
 
 
 def _pilot_heights(
-    stack, tilts, d, seed_image, candidates, eligible, rotation_deg, register_views
+    stack, tilts, seed, d, seed_image, candidates, eligible, rotation_deg, register_views
 ) -> np.ndarray:
     """(eligible,) height of each ``eligible`` candidate (NaN where unknown), from tracking them all
-    through the views within ``PILOT_TILT_DEG`` of the seed (one round)."""
-    seed = int(np.argmin(np.abs(tilts)))
+    through the views within ``PILOT_TILT_DEG`` of the seed view ``seed`` (one round)."""
     lo, hi = seed, seed
     while lo > max(0, seed - 4) and abs(tilts[lo - 1] - tilts[seed]) <= PILOT_TILT_DEG:
         lo -= 1
@@ -284,6 +316,7 @@ def _pilot_heights(
         track, chosen = _track(
             _Views(stack, near),
             tilts[near],
+            seed - lo,
             d,
             seed_image,
             candidates,
@@ -315,12 +348,24 @@ class _Views:
 
 
 def _track(
-    stack, tilts, d, seed_image, candidates, chosen, rotation_deg, rounds, say, began, timings, register_views
+    stack,
+    tilts,
+    seed,
+    d,
+    seed_image,
+    candidates,
+    chosen,
+    rotation_deg,
+    rounds,
+    say,
+    began,
+    timings,
+    register_views,
 ):
-    """Track ``candidates[chosen]`` of the seed view through ``stack``; returns
+    """Track ``candidates[chosen]`` of the seed view ``seed`` through ``stack``; returns
     ``(TrackResult, chosen)`` (the chosen kept by :func:`seed_template`, one per bead)."""
     n_views, ny, nx = (int(s) for s in stack.shape)
-    seed = int(np.argmin(np.abs(tilts)))
+    blank = np.zeros(n_views, dtype=bool)  # views with one value in every pixel, named if lost
     search = max(d, 5.0)
     size = window_size(d, search)
     n_chosen = chosen.size
@@ -362,9 +407,9 @@ def _track(
             predicted = predicted + (coarse[v] - coarse[nb])
         else:  # views between were lost (blank, noise): their shifts are meaningless, correlate v with nb
             predicted = predicted + _direct_shift(stack, nb, v, factor, d)
-        pos, why, amp = measurer.measure(
-            _read_view(stack, v), predicted, np.ones(m, dtype=bool), search, register=True
-        )
+        image = _read_view(stack, v)
+        blank[v] = is_blank(image)
+        pos, why, amp = measurer.measure(image, predicted, np.ones(m, dtype=bool), search, register=True)
         ok = why == FOUND
         xy[v], found[v], reasons[v], amplitude[v] = pos, ok, why, amp
         tracked[v] = ok.sum() >= MIN_VIEW_BEADS
@@ -418,7 +463,7 @@ def _track(
     found[:, short] = False
     xy[:, short] = np.nan
     per_bead[short], bead_z[short] = np.nan, np.nan
-    lost, lost_why = mark_lost_views(xy, found, reasons)
+    lost, lost_why = mark_lost_views(xy, found, reasons, blank)
     if fitter.result is not None:
         res = fitter.residuals()[found]
         fit_rms = float(np.sqrt(np.mean(res**2))) if res.size else float("nan")

@@ -21,6 +21,7 @@ from ..io.mrc import read_header_tilts, read_stack, read_stack_header
 from ..io.outputs import OutputSet
 from ..report.beads import render_bead_overlay
 from ..track import estimate_bead_diameter, find_beads_large
+from ..track.tracking import is_blank, seed_view
 from .series import read_tilt_file
 from .status import UsageError
 from .writing import check_output_folder
@@ -51,7 +52,7 @@ class BeadFinding:
     image: np.ndarray
 
 
-def _choose_view(path, n_views, view, tilts_path, warn) -> tuple[int, str]:
+def _choose_view(path, stack, n_views, view, tilts_path, warn) -> tuple[int, str]:
     if view is not None:
         if not 0 <= view < n_views:
             raise UsageError(f"--view {view}: {path} has views 0 to {n_views - 1}")
@@ -69,7 +70,9 @@ def _choose_view(path, n_views, view, tilts_path, warn) -> tuple[int, str]:
         (tilts, _), source = read_tilt_file(tilts_path, warn=warn), os.path.basename(tilts_path)
         if tilts.size != n_views:
             raise UsageError(f"{tilts_path} has {tilts.size} tilt angles but {path} has {n_views} views")
-    k = int(np.argmin(np.abs(tilts)))
+    k, nearest = seed_view(stack, tilts), int(np.argmin(np.abs(tilts)))
+    if k != nearest:  # a blank view (one value in every pixel) has no beads
+        return k, f"nearest 0 deg by {source} that is not blank (view {nearest} is): {tilts[k]:+.2f} deg"
     return k, f"nearest 0 deg by {source}: {tilts[k]:+.2f} deg"
 
 
@@ -96,13 +99,13 @@ def find_beads_in_file(
     """Gold beads in one view of the MRC image or stack ``path`` (see the module docstring).
 
     ``view`` (0-based) wins; otherwise the view nearest 0 deg by the angles of ``tilts_path``
-    (.tlt/.rawtlt/.mdoc) or, without it, of the stack's extended header (SerialEM, FEI); a single
-    image needs neither. Raises UsageError / InputError for bad
-    input, including a view where no bead-like feature is found.
+    (.tlt/.rawtlt/.mdoc) or, without it, of the stack's extended header (SerialEM, FEI), passing
+    over blank views (one value in every pixel); a single image needs neither. Raises UsageError /
+    InputError for bad input, including a blank view or one where no bead-like feature is found.
     """
     n_views, ny, nx, pixel_a = read_stack_header(path)
-    k, reason = _choose_view(path, n_views, view, tilts_path, warn)
     stack = read_stack(path)
+    k, reason = _choose_view(path, stack, n_views, view, tilts_path, warn)
     image = np.asarray(stack[k], dtype=np.float32)
     if not np.all(np.isfinite(image)):
         raise UsageError(f"{path}: view {k} holds NaN or infinite values")
@@ -110,6 +113,12 @@ def find_beads_in_file(
         raise UsageError(
             f"{path}: {nx} x {ny} px is smaller than the bead search window ({int(10 * MIN_DIAMETER_PX)} px "
             "for the smallest bead)"
+        )
+    if is_blank(image):
+        other = ", as is every view" if view is None and n_views > 1 else ""
+        value = float(image.flat[0])
+        raise UsageError(
+            f"{path}: view {k} is blank (every pixel {value:g}){other}: there are no beads to find"
         )
     if bead_diameter_px is not None and bead_nm is not None:
         raise UsageError("give --bead-diameter or --bead-nm, not both")

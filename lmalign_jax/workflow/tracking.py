@@ -6,6 +6,9 @@ file has one angle per section, the bead diameter is between 2 px and a tenth of
 (``--bead-nm`` needs the pixel size in the MRC header; with neither option the diameter is
 estimated from the view nearest 0 degrees and reported), and the images are larger than the
 bead search window. The four files are written as one set (:class:`lmalign_jax.io.outputs.OutputSet`).
+A blank view (one value in every pixel: dark, missing) has no beads: the beads are looked for on
+the non-blank view nearest 0 degrees, and a blank view is lost like any view without beads
+(``TrackResult.lost_reasons`` says it is blank).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..report import record_to_json
 from ..report.track_figure import render_track_figure
 from ..track import estimate_bead_diameter
 from ..track.centring import window_size
-from ..track.tracking import REASONS, TrackingError, TrackResult, track_beads
+from ..track.tracking import REASONS, TrackingError, TrackResult, seed_view, track_beads
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
 from .writing import check_output_folder
@@ -53,7 +56,9 @@ class TrackedStack:
     image_size: tuple[int, int]
 
 
-def _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel_A, seed_image, note) -> tuple[float, str]:
+def _bead_diameter(
+    stack_path, bead_diameter_px, bead_nm, pixel_A, seed_image, note, where="the view nearest 0 deg"
+) -> tuple[float, str]:
     if bead_diameter_px is not None and bead_nm is not None:
         raise UsageError("give --bead-diameter or --bead-nm, not both")
     if bead_nm is not None:
@@ -69,11 +74,8 @@ def _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel_A, seed_image, n
         raise InputError(
             stack_path, None, f"no bead-like features found to estimate the bead diameter from; {ADVICE}"
         )
-    note(
-        f"bead diameter estimated from the view nearest 0 deg: {estimate:.1f} px (set it with "
-        "--bead-diameter)"
-    )
-    return float(estimate), "estimated from the view nearest 0 deg"
+    note(f"bead diameter estimated from {where}: {estimate:.1f} px (set it with --bead-diameter)")
+    return float(estimate), f"estimated from {where}"
 
 
 def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
@@ -160,11 +162,17 @@ def track_stack(
     if rotation_deg is None and mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
         rotation_deg = float(mdoc.tilt_axis_angle_deg)
     stack = read_stack(stack_path)
-    seed = int(np.argmin(np.abs(tilts)))
+    seed, nearest = seed_view(stack, tilts), int(np.argmin(np.abs(tilts)))
+    if seed != nearest:
+        note(
+            f"view {nearest + 1} (tilt {tilts[nearest]:g} deg, the nearest 0) is blank (one value in every "
+            f"pixel); the beads are looked for on view {seed + 1} (tilt {tilts[seed]:g} deg)"
+        )
     seed_image = np.asarray(stack[seed], dtype=np.float32)
     if not np.all(np.isfinite(seed_image)):
         raise InputError(stack_path, None, f"view {seed + 1} holds NaN or infinite values")
-    diameter, source = _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel, seed_image, note)
+    where = "the view nearest 0 deg" if seed == nearest else f"view {seed + 1}"
+    diameter, source = _bead_diameter(stack_path, bead_diameter_px, bead_nm, pixel, seed_image, note, where)
     if not (2.0 <= diameter <= min(nx, ny) / 10.0):
         raise UsageError(
             f"bead diameter {diameter:.3g} px ({source}) is outside 2 px .. a tenth of the {nx} x {ny} image "
