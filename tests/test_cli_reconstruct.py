@@ -183,6 +183,10 @@ def bad(series, tmp_path_factory):
         mrc.set_data(data[:40])
     with mrcfile.new(d / "small.mrc") as mrc:
         mrc.set_data(data[:, :128, :128])
+    with mrcfile.new(d / "line.mrc") as mrc:  # one row: nothing --bin could fix
+        mrc.set_data(data[:, :1, :])
+    with mrcfile.new(d / "dot.mrc") as mrc:
+        mrc.set_data(data[:, :1, :1])
     shutil.copy(src / "s.csv", d / "markers.mrc")
     record = json.loads((src / "s.json").read_text())
     record["summary"]["converged"] = False
@@ -251,11 +255,29 @@ def _cases(b):
         ),
         "bin absurd": (
             [s / "s.mrc", *xf_tlt, "--bin", 100],
-            r"--bin 100 leaves 2 x 2 pixels of the 256 x 256 images",
+            r"--bin 100 leaves 2 x 2 pixels of the 256 x 256 images; use a smaller --bin \(at most 64\)",
         ),
         "sirt with sirtlike": (
             [s / "s.mrc", *xf_tlt, "--sirt", 5, "--sirtlike", 5],
             r"--sirt replaces the FBP filter",
+        ),
+        "sirt with filter": (
+            [s / "s.mrc", *xf_tlt, "--sirt", 2, "--filter", "hann"],
+            r"--sirt replaces the FBP filter; it does not combine with --filter \(SIRT has no filter: drop "
+            r"it, or drop --sirt\)",
+        ),
+        "sirt with filter and radial": (
+            [s / "s.mrc", *xf_tlt, "--sirt", 2, "--filter", "ramp", "--radial", 0.3, 0.05],
+            r"does not combine with --filter or --radial",
+        ),
+        "stack of one row": (
+            [d / "line.mrc", *xf_tlt],
+            r"line\.mrc: its 256 x 1 pixel images are too small to reconstruct \(a tomogram needs at least "
+            r"4 x 4\)$",
+        ),
+        "stack of one pixel": (
+            [d / "dot.mrc", *xf_tlt, "--bin", 2],
+            r"dot\.mrc: its 1 x 1 pixel images are too small",
         ),
         "positivity without sirt": ([s / "s.mrc", *xf_tlt, "--positivity"], r"--positivity goes with --sirt"),
         "memory": ([s / "s.mrc", *xf_tlt, "--memory", 0], r"--memory must be a positive number of GB"),
@@ -301,6 +323,10 @@ CASES = [
     "thickness under one slice",
     "bin absurd",
     "sirt with sirtlike",
+    "sirt with filter",
+    "sirt with filter and radial",
+    "stack of one row",
+    "stack of one pixel",
     "positivity without sirt",
     "memory",
     "local tolerance",
@@ -376,9 +402,15 @@ def test_layouts_memory_and_full_disk(series, tmp_path, monkeypatch):
     full = _shutil._ntuple_diskusage(10**12, 10**12 - 10**5, 10**5)
     monkeypatch.setattr(_shutil, "disk_usage", lambda p: full)
     rc, _, err = run([*base, "--out", tmp_path / "full.mrc"])
+    # sizes in units that show them (it said "needs 0.00 GB but ... only 0.00 GB free")
     assert rc == 2 and re.search(
-        r"full\.mrc: the tomogram needs 0\.00 GB but .* has only 0\.00 GB free", err
+        r"full\.mrc: the tomogram \(32 x 128 x 128 voxels, NZ x NY x NX\) needs 2\.10 MB but .* has only "
+        r"100\.00 kB free; choose another folder \(--out\), a larger --bin or a smaller --thickness$",
+        err.strip(),
     ), err
+    full = _shutil._ntuple_diskusage(10**12, 10**12 - 500, 500)
+    rc, _, err = run([*base, "--out", tmp_path / "full.mrc", "--bin", 32, "--thickness", 32])
+    assert rc == 2 and "needs 1.28 kB but" in err and "only 500 bytes free" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tilt.mrc", "zyx.mrc"]
 
 

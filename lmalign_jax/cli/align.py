@@ -38,7 +38,7 @@ from ..workflow.local import (
 from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 from .export import export_after_align
-from .track import add_stack_options, reconstruct_after_align, track_for_align
+from .track import add_stack_options, check_reconstruct_option, reconstruct_after_align, track_for_align
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
@@ -104,20 +104,26 @@ def settings_from_args(args) -> AlignSettings:
 
 
 def run_align(args) -> int:
-    """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``)."""
+    """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``). The options
+    are checked before anything is tracked or solved."""
     if args.export:
         parse_export_targets(args.export, "--export")  # refuse a bad list before solving
+    settings, local = settings_from_args(args), local_options_from_args(args)
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
+    out_prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
+    # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
+    recon_stack = args.markers if is_stack_path(args.markers) else args.stack
+    if args.reconstruct is not None:
+        rec = OutputSet(args.out_dir, out_prefix).path(".rec.mrc")
+        check_reconstruct_option(recon_stack, rec, args.reconstruct)
     if is_stack_path(args.markers):
         tracked = track_for_align(args)
         markers, stack, rotation = tracked.fid_path, args.markers, tracked.rotation_deg
-        prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
-    elif args.reconstruct is not None:
-        raise UsageError("--reconstruct needs a raw stack as MARKERS (or use 'lmalign reconstruct')")
+        prefix = out_prefix
     code = align_and_report(
         markers,
         args.tilts,
-        settings_from_args(args),
+        settings,
         out_dir=args.out_dir,
         prefix=prefix,
         stack=stack,
@@ -131,13 +137,13 @@ def run_align(args) -> int:
         worst=args.worst,
         surfaces=args.surfaces,
         flatten=args.flatten,
-        local=local_options_from_args(args),
+        local=local,
         initial=args.initial,
     )
-    if code == EXIT_OK and args.reconstruct is not None and is_stack_path(args.markers):
-        out = OutputSet(args.out_dir, prefix)
+    if code == EXIT_OK and args.reconstruct is not None:
+        out = OutputSet(args.out_dir, out_prefix)
         reconstruct_after_align(
-            stack,
+            recon_stack,
             out.path(".json"),
             out.path(".rec.mrc"),
             args.reconstruct,
@@ -173,6 +179,13 @@ def local_options_from_args(args) -> LocalOptions | None:
         min_fids = (int(total), int(each or 0))
     except ValueError:
         raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
+    if get_model(args.model).name == "warp":
+        raise UsageError(
+            "--local does not combine with --model warp: the warp model's per-view warp already corrects "
+            "positions across each view, and its local alignment could be applied with neither that warp "
+            "('lmalign reconstruct' applies one or the other) nor without it (IMOD's tilt); use --model "
+            "warp alone, or --local with a rigid model (jou, imod, luther)"
+        )
     try:
         check_local_model(get_model(args.model))
         return LocalOptions(
@@ -414,7 +427,8 @@ def add_align(sub):
     p.add_argument(
         "--stack",
         metavar="STACK.mrc",
-        help="the raw tilt-series stack; only its header is read (image size, number of views)",
+        help="the raw tilt-series stack; only its header is read (image size, number of views), and with "
+        "--reconstruct its views (the tomogram is made from it)",
     )
     p.add_argument(
         "--rotation",

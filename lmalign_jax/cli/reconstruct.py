@@ -22,6 +22,9 @@ from ..workflow.reconstruction import (
 )
 from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
 
+#: The FBP filter when --filter is not given (it is None then, so that --sirt can refuse a given one).
+DEFAULT_FILTER = "ramp"
+
 
 def _check_args(args) -> None:
     if not math.isfinite(args.thickness) or args.thickness <= 0:
@@ -45,8 +48,17 @@ def _check_args(args) -> None:
         )
     if args.positivity and args.sirt is None:
         raise UsageError("--positivity goes with --sirt N")
-    if args.sirt is not None and (args.sirtlike is not None or args.radial is not None):
-        raise UsageError("--sirt replaces the FBP filter; it does not combine with --sirtlike or --radial")
+    if args.sirt is not None:
+        given = [
+            o
+            for o, v in (("--filter", args.filter), ("--sirtlike", args.sirtlike), ("--radial", args.radial))
+            if v is not None
+        ]
+        if given:
+            raise UsageError(
+                f"--sirt replaces the FBP filter; it does not combine with {' or '.join(given)} (SIRT has "
+                f"no filter: drop {'it' if len(given) == 1 else 'them'}, or drop --sirt)"
+            )
     if args.radial is not None:
         cutoff, falloff = args.radial
         if not (0 < cutoff <= 0.5 and 0 <= falloff < math.inf):
@@ -122,7 +134,7 @@ def run_reconstruct(args) -> int:
         out,
         thickness=args.thickness,
         binning=args.bin,
-        filter=args.filter,
+        filter=args.filter or DEFAULT_FILTER,
         radial=radial,
         sirtlike=args.sirtlike,
         sirt_iterations=args.sirt,
@@ -144,7 +156,8 @@ def run_reconstruct(args) -> int:
     method = (
         f"SIRT {args.sirt} iterations"
         if args.sirt
-        else f"filter {args.filter}" + (f", SIRT-like {args.sirtlike}" if args.sirtlike else "")
+        else f"filter {args.filter or DEFAULT_FILTER}"
+        + (f", SIRT-like {args.sirtlike}" if args.sirtlike else "")
     )
     print(
         f" Wrote {out}: {dims}, float32), voxel size {info['voxel_size_A']:g} A, {info['n_views']} views, "
@@ -207,7 +220,9 @@ def add_reconstruct(sub):
         "--bin", type=int, default=1, metavar="B", help="bin the stack B x B first (voxel = B pixels)"
     )
     p.add_argument(
-        "--filter", choices=FILTER_CHOICES, default="ramp", help="ramp filter, optionally apodised"
+        "--filter",
+        choices=FILTER_CHOICES,
+        help=f"ramp filter, optionally apodised (default: {DEFAULT_FILTER}; FBP only, not with --sirt)",
     )
     p.add_argument(
         "--radial",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import os
 
-from ..workflow.reconstruction import read_alignment_json, reconstruct_to_file
+from ..io.mrc import read_stack_header
+from ..workflow.reconstruction import (
+    ALIGN_OPTIONS,
+    check_room,
+    read_alignment_json,
+    reconstruct_to_file,
+    volume_shape,
+)
 from ..workflow.tracking import track_stack
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
 
@@ -125,8 +132,9 @@ def add_stack_options(p) -> None:
         "--reconstruct",
         type=float,
         metavar="NZ",
-        help="also write the tomogram <prefix>.rec.mrc, NZ unbinned pixels thick, from the stack "
-        "(through the local alignment with --local, through a --model warp's per-view warp)",
+        help="also write the tomogram <prefix>.rec.mrc, NZ unbinned pixels thick, from the stack (MARKERS, "
+        "or --stack with a marker file; through the local alignment with --local, through a --model "
+        "warp's per-view warp)",
     )
 
 
@@ -135,9 +143,24 @@ def track_for_align(args):
     returns the :class:`lmalign_jax.workflow.tracking.TrackedStack`."""
     if args.tilts is None:
         raise UsageError("--tilts FILE is required with a stack (.tlt, .rawtlt or .mdoc)")
-    if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):
-        raise UsageError(f"--reconstruct must be a positive thickness in pixels, got {args.reconstruct:g}")
     return _track_and_print(args, args.markers)
+
+
+def check_reconstruct_option(stack: str | None, out_path: str, thickness: float) -> None:
+    """``lmalign align ... --reconstruct NZ``, before any work: a stack to reconstruct from, a
+    thickness the tomogram can have and room for it on the disk (``--local`` with ``--model warp``,
+    which it cannot apply together, is refused by ``align.local_options_from_args``). Raises
+    UsageError / InputError naming align's options."""
+    if stack is None:
+        raise UsageError(
+            "--reconstruct needs the raw stack: give it as MARKERS (to track it first) or, with a marker "
+            "file, as --stack STACK.mrc (or reconstruct later with 'lmalign reconstruct')"
+        )
+    _, ny, nx, _ = read_stack_header(stack)
+    shape = volume_shape(nx, ny, thickness, 1, ALIGN_OPTIONS, stack)
+    if os.path.realpath(out_path) == os.path.realpath(stack):
+        raise UsageError(f"--reconstruct: the tomogram {out_path} would overwrite the stack {stack}")
+    check_room(out_path, shape, ALIGN_OPTIONS)
 
 
 def reconstruct_after_align(
@@ -159,6 +182,7 @@ def reconstruct_after_align(
         warn=warn,
         note=note,
         local_path=local_path,
+        options=ALIGN_OPTIONS,
     )
     nz, ny, nx = summary["shape"]
-    print(f" Wrote {out_path} ({nx} x {ny} x {nz} voxels, {summary['seconds']:.1f} s)")
+    print(f" Wrote {out_path} ({nz} x {ny} x {nx} voxels, NZ x NY x NX, {summary['seconds']:.1f} s)")

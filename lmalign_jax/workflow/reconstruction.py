@@ -10,7 +10,9 @@ never sits in memory whole.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import read_stack_header, read_stack_streamed
-from ..io.mrc_volume import LAYOUTS, check_free_space, stream_volume
+from ..io.mrc_volume import LAYOUTS, stream_volume, volume_bytes
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
@@ -162,6 +164,90 @@ def reconstruction_label(
 
 # Thickness beyond this many times the image width is refused as a likely typo.
 MAX_THICKNESS_RATIO = 16
+#: Fewest pixels along each side of the (binned) images a tomogram is made from.
+MIN_IMAGE_PX = 4
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """The command-line options the reconstruction's checks name: ``lmalign reconstruct``'s by
+    default; ``lmalign align --reconstruct NZ`` names its own (``bin`` None: it has no binning)."""
+
+    thickness: str = "--thickness"
+    bin: str | None = "--bin"
+    out: str = "--out"  # the option that chooses the output (and so its folder)
+
+
+#: ``lmalign align --reconstruct NZ``: the thickness is --reconstruct's value, the folder --out-dir.
+ALIGN_OPTIONS = OptionNames(thickness="--reconstruct", bin=None, out="--out-dir")
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in a unit that shows it: GB, MB, kB, or bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def volume_shape(
+    nx: int,
+    ny: int,
+    thickness: float,
+    binning: int = 1,
+    options: OptionNames = OptionNames(),
+    stack: str | None = None,
+) -> tuple[int, int, int]:
+    """(NZ, NY, NX) of the tomogram of ``thickness`` unbinned pixels from ``nx`` x ``ny`` images
+    (of the file ``stack``) binned by ``binning``; InputError naming ``stack`` for images too small
+    to reconstruct, UsageError naming ``options`` for a bin too large or a thickness out of bounds
+    (under one slice, more than MAX_THICKNESS_RATIO times the images)."""
+    thick = options.thickness
+    if not (math.isfinite(thickness) and thickness > 0):
+        raise UsageError(f"{thick} must be a positive number of (unbinned) pixels, got {thickness:g}")
+    if min(nx, ny) < MIN_IMAGE_PX:
+        raise InputError(
+            stack or "the stack",
+            None,
+            f"its {nx} x {ny} pixel images are too small to reconstruct (a tomogram needs at least "
+            f"{MIN_IMAGE_PX} x {MIN_IMAGE_PX})",
+        )
+    if options.bin is not None and (nx // binning < MIN_IMAGE_PX or ny // binning < MIN_IMAGE_PX):
+        raise UsageError(
+            f"{options.bin} {binning} leaves {nx // binning} x {ny // binning} pixels of the {nx} x {ny} "
+            f"images; use a smaller {options.bin} (at most {min(nx, ny) // MIN_IMAGE_PX})"
+        )
+    binned = f" with {options.bin} {binning}" if options.bin is not None and binning != 1 else ""
+    if thickness / binning < 1:
+        raise UsageError(
+            f"{thick} {thickness:g}{binned} gives less than one slice; the thickness is in unbinned pixels"
+        )
+    if thickness > MAX_THICKNESS_RATIO * max(nx, ny):
+        raise UsageError(
+            f"{thick} {thickness:g} is more than {MAX_THICKNESS_RATIO} times the {nx} x {ny} images; "
+            "the thickness is in unbinned pixels"
+        )
+    return max(1, int(round(thickness / binning))), ny // binning, nx // binning
+
+
+def check_room(out_path: str, shape, options: OptionNames = OptionNames()) -> None:
+    """InputError naming ``out_path`` when the file system of its folder (or of the nearest folder
+    above it that exists: ``align`` creates its --out-dir later) has less free space than a
+    float32 volume of ``shape`` (NZ, NY, NX) needs; the advice names ``options``."""
+    need = volume_bytes(shape)
+    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        binning = f", a larger {options.bin}" if options.bin is not None else ""
+        raise InputError(
+            out_path,
+            None,
+            f"the tomogram ({shape[0]} x {shape[1]} x {shape[2]} voxels, NZ x NY x NX) needs "
+            f"{format_bytes(need)} but {folder} has only {format_bytes(free)} free; choose another "
+            f"folder ({options.out}){binning} or a smaller {options.thickness}",
+        )
 
 
 def reconstruct_to_file(
@@ -183,6 +269,7 @@ def reconstruct_to_file(
     note=print_note,
     local_path: str | None = None,
     local_tolerance_px: float = DEFAULT_TOLERANCE_PX,
+    options: OptionNames = OptionNames(),
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
 
@@ -197,6 +284,7 @@ def reconstruct_to_file(
     way (FBP, any filter, ``--sirtlike``), voxels read within ``local_tolerance_px`` of their
     own position (``recon.sheets``; 0: each at its own); SIRT through it (``recon.local_sirt``,
     exact) holds the aligned views whole, refused when ``memory_gb`` is too small for them.
+    ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
     for name, count, where in (
@@ -219,29 +307,15 @@ def reconstruct_to_file(
             f"images are {nx} x {ny} pixels but the alignment {alignment.source} was made for "
             f"{ax:g} x {ay:g}; reconstruct the stack the markers were picked on (use --bin to bin it)",
         )
-    if nx // binning < 1 or ny // binning < 1:
-        raise UsageError(f"--bin {binning} is larger than the {nx} x {ny} images")
+    if min(nx, ny) >= MIN_IMAGE_PX and (nx // binning < 1 or ny // binning < 1):
+        raise UsageError(f"{options.bin} {binning} is larger than the {nx} x {ny} images")
+    volume_shape(nx, ny, thickness, binning, options, stack_path)  # before the filter, which needs pixels
     try:
         filter_response(nx // binning, filter, radial)
     except ValueError as e:
         raise UsageError(f"--filter/--radial: {e}") from None
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if (nx // binning) < 4 or (ny // binning) < 4:
-        raise UsageError(
-            f"--bin {binning} leaves {nx // binning} x {ny // binning} pixels of the {nx} x {ny} images; "
-            "use a smaller --bin"
-        )
-    if thickness / binning < 1:
-        raise UsageError(
-            f"--thickness {thickness:g} with --bin {binning} gives less than one slice; the thickness is in "
-            "unbinned pixels"
-        )
-    if thickness > MAX_THICKNESS_RATIO * max(nx, ny):
-        raise UsageError(
-            f"--thickness {thickness:g} is more than {MAX_THICKNESS_RATIO} times the {nx} x {ny} images; "
-            "the thickness is in unbinned pixels"
-        )
     sirt = None
     if sirt_iterations is not None:
         try:
@@ -253,10 +327,9 @@ def reconstruct_to_file(
     if memory_gb is not None and not (memory_gb > 0):
         raise UsageError(f"--memory must be a positive number of GB, got {memory_gb:g}")
     memory_bytes = None if memory_gb is None else int(memory_gb * 1e9)
-    nz = max(1, int(round(thickness / binning)))
-    shape = (nz, ny // binning, nx // binning)
+    shape = volume_shape(nx, ny, thickness, binning, options, stack_path)
     header_pixel = pixel  # None: the stack records no pixel size
-    check_free_space(out_path, shape)
+    check_room(out_path, shape, options)
     if pixel is None:
         warn(
             f"{stack_path}: the header has no pixel size; the tomogram's voxel size is written as "
@@ -281,13 +354,14 @@ def reconstruct_to_file(
         if sirt is not None and need > budget:
             raise UsageError(
                 f"--local with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
-                f"rows): it needs about {need / 1e9:.2f} GB and --memory allows {budget / 1e9:.2f} GB; "
+                f"rows): it needs about {format_bytes(need)} and --memory allows {format_bytes(budget)}; "
                 "raise --memory, --bin more, or use FBP (--sirtlike N)"
             )
     stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
-            f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}, filter {filter}"
+            f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}"
+            + (f", filter {filter}" if sirt is None else "")
             + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
             + (f", SIRT-like {sirtlike}" if sirtlike else "")
             + (f", SIRT {sirt.iterations} iterations" if sirt else "")

@@ -1,0 +1,151 @@
+"""`lmalign align`: options that cannot work are refused before any tracking or solving (exit 2,
+one line naming align's own option, nothing written), and ``--reconstruct`` with a marker file
+reconstructs from ``--stack``.
+
+The series is `simulate --stack`'s default (41 views of 256 x 256 px, 12 beads), as in
+tests/test_cli_reconstruct.py, so the solver is compiled once for both in one session.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import mrcfile
+import numpy as np
+import pytest
+from helpers import run_cli
+
+THICKNESS = 32
+
+
+def run(args):
+    return run_cli(args, no_cache=True)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    rc, _, err = run(["simulate", "--out-dir", d, "--prefix", "s", "--stack", "--seed", 5])
+    assert rc == 0, err
+    with mrcfile.open(d / "s.mrc") as mrc:
+        data = np.array(mrc.data)
+    with mrcfile.new(d / "line.mrc") as mrc:  # one row per view: no tomogram can be made of it
+        mrc.set_data(data[:, :1, :])
+    return d
+
+
+def refused(args, out, pattern):
+    """``lmalign align *args --out-dir out``: exit 2 in one line matching ``pattern``, at once (no
+    tracking, no solve) and with nothing written; returns the message."""
+    start = time.perf_counter()
+    rc, stdout, err = run(["align", *args, "--out-dir", out, "--no-figure"])
+    seconds = time.perf_counter() - start
+    assert rc == 2, (rc, err)
+    assert err.startswith("lmalign: error: ") and err.count("\n") == 1, err
+    assert re.search(pattern, err), err
+    assert "tracking beads" not in err and "aligning" not in err and stdout == ""
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    assert seconds < 5, seconds  # the audit's case ran 23 s before it failed
+    return err
+
+
+def test_warp_model_with_local_is_refused_before_tracking(sim, tmp_path):
+    """--local with --model warp made a local.xf that 'reconstruct' refuses with the warp: with
+    --reconstruct it failed after tracking, solving and writing; it is refused first, with or
+    without --reconstruct, and the message says what to use instead."""
+    stack = ["--tilts", sim / "s.rawtlt", "--model", "warp", "--local"]
+    err = refused(
+        [sim / "s.mrc", *stack, "--patch-size", 250, 250, "--reconstruct", THICKNESS],
+        tmp_path / "a",
+        r"--local does not combine with --model warp",
+    )
+    assert "--model warp alone" in err and "--local with a rigid model" in err
+    refused([sim / "s.mrc", *stack], tmp_path / "b", r"--local does not combine with --model warp")
+    refused(
+        [sim / "s.csv", *stack, "--stack", sim / "s.mrc"],
+        tmp_path / "c",
+        r"--local does not combine with --model warp",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        (100000, r"--reconstruct 100000 is more than 16 times the 256 x 256 images"),
+        (0, r"--reconstruct must be a positive number of \(unbinned\) pixels, got 0"),
+        (-3, r"--reconstruct must be a positive number .* got -3"),
+        ("nan", r"--reconstruct must be a positive number .* got nan"),
+        (0.4, r"--reconstruct 0.4 gives less than one slice; the thickness is in unbinned pixels"),
+    ],
+)
+def test_reconstruct_thickness_is_checked_first_and_named(sim, tmp_path, value, pattern):
+    """The thickness bounds of the reconstruction, checked before tracking and named as align's
+    --reconstruct (they named reconstruct's --thickness, after the alignment was written)."""
+    err = refused(
+        [sim / "s.mrc", "--tilts", sim / "s.rawtlt", "--reconstruct", value], tmp_path / "out", pattern
+    )
+    assert "--thickness" not in err
+
+
+def test_full_disk_is_found_before_tracking_and_names_aligns_options(sim, tmp_path, monkeypatch):
+    """No room for the tomogram: said before any work, in units that show the sizes, with
+    align's options (it named reconstruct's --out and --bin)."""
+    full = shutil._ntuple_diskusage(10**12, 10**12 - 10**5, 10**5)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: full)
+    err = refused(
+        [sim / "s.mrc", "--tilts", sim / "s.rawtlt", "--reconstruct", THICKNESS],
+        tmp_path / "new" / "out",
+        r"s\.rec\.mrc: the tomogram \(32 x 256 x 256 voxels, NZ x NY x NX\) needs 8\.39 MB but .* has only "
+        r"100\.00 kB free; choose another folder \(--out-dir\) or a smaller --reconstruct$",
+    )
+    assert "--bin" not in err and "--out " not in err and "GB" not in err
+
+
+def test_reconstruct_needs_a_stack_and_one_that_can_be_reconstructed(sim, tmp_path):
+    markers = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--image-size", 256, 256]
+    refused(
+        [*markers, "--reconstruct", THICKNESS],
+        tmp_path / "a",
+        r"--reconstruct needs the raw stack: give it as MARKERS \(to track it first\) or, with a marker "
+        r"file, as --stack STACK\.mrc",
+    )
+    refused(
+        [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "line.mrc", "--reconstruct", THICKNESS],
+        tmp_path / "b",
+        r"line\.mrc: its 256 x 1 pixel images are too small to reconstruct",
+    )
+    refused(
+        [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", tmp_path / "nope.mrc", "--reconstruct", 32],
+        tmp_path / "c",
+        r"nope\.mrc: no such file",
+    )
+
+
+def test_bad_solver_options_are_refused_before_tracking(sim, tmp_path):
+    """--mode and --max-iterations were read only after the stack was tracked."""
+    stack = [sim / "s.mrc", "--tilts", sim / "s.rawtlt"]
+    refused([*stack, "--mode", "foo=free"], tmp_path / "a", r"--mode: model 'jou' has no parameter 'foo'")
+    refused([*stack, "--max-iterations", 0], tmp_path / "b", r"--max-iterations must be at least 1, got 0")
+
+
+def test_reconstruct_from_the_stack_of_a_marker_file(sim, tmp_path):
+    """align MARKERS --stack S --reconstruct NZ (refused before: "needs a raw stack as MARKERS")
+    writes the tomogram from S, reported in reconstruct's voxel order with the axes named."""
+    out = tmp_path / "out"
+    args = ["align", sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "s.mrc"]
+    rc, stdout, err = run(
+        [*args, "--reconstruct", THICKNESS, "--out-dir", out, "-q", "--no-figure", "--no-errors"]
+    )
+    assert rc == 0, err
+    rec = out / "s.rec.mrc"
+    assert f"Wrote {rec} ({THICKNESS} x 256 x 256 voxels, NZ x NY x NX," in stdout
+    with mrcfile.open(rec) as mrc:
+        volume = np.array(mrc.data)
+    assert volume.shape == (THICKNESS, 256, 256) and np.all(np.isfinite(volume)) and volume.std() > 0
+    again = ["reconstruct", sim / "s.mrc", "--alignment", out / "s.json", "--thickness", THICKNESS]
+    rc, stdout, err = run([*again, "--out", tmp_path / "same.mrc", "-q"])
+    assert rc == 0, err
+    with mrcfile.open(tmp_path / "same.mrc") as mrc:
+        np.testing.assert_array_equal(np.array(mrc.data), volume)
