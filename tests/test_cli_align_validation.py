@@ -149,3 +149,18 @@ def test_reconstruct_from_the_stack_of_a_marker_file(sim, tmp_path):
     assert rc == 0, err
     with mrcfile.open(tmp_path / "same.mrc") as mrc:
         np.testing.assert_array_equal(np.array(mrc.data), volume)
+
+
+@pytest.mark.parametrize("command", ["align", "track", "simulate"])
+@pytest.mark.parametrize("prefix", ["a/b", "..", "."])
+def test_a_prefix_with_a_folder_is_refused_when_parsed(sim, tmp_path, command, prefix):
+    """--prefix names files inside --out-dir: a folder part, . or .. was an internal error (exit 3),
+    for track only after the tracking had run (audit)."""
+    args = {
+        "align": [sim / "s.csv", "--tilts", sim / "s.rawtlt"],
+        "track": [sim / "s.mrc", "--tilts", sim / "s.rawtlt"],
+        "simulate": [],
+    }[command]
+    rc, _, err = run([command, *args, "--prefix", prefix, "--out-dir", tmp_path / "o"])
+    assert rc == 2 and "argument --prefix: expected a file-name stem without a folder" in err, err
+    assert not (tmp_path / "o").exists()

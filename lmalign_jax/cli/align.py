@@ -36,7 +36,7 @@ from ..workflow.local import (
     solve_local_alignment,
 )
 from ..workflow.tracking import is_stack_path
-from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
+from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn
 from .export import export_after_align
 from .track import add_stack_options, check_reconstruct_option, reconstruct_after_align, track_for_align
 
@@ -439,7 +439,9 @@ def add_align(sub):
     )
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the marker file's stem")
+    p.add_argument(
+        "--prefix", type=file_stem, metavar="NAME", help="output file stem; default: the marker file's stem"
+    )
     p.add_argument(
         "--exclude", metavar="LIST", help="views to leave out, 1-based like IMOD's ExcludeList, e.g. 1-3,40"
     )

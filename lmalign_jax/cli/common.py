@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from ..io.outputs import is_file_stem
 from ..workflow.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError
 from ..workflow.status import print_note as note
 from ..workflow.status import print_warning as warn
@@ -77,3 +78,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             and "%(default)" not in (action.help or "")
         )
         return (action.help or "") + (" (default: %(default)s)" if shown else "")
+
+
+def file_stem(text: str) -> str:
+    """argparse type of ``--prefix``: a file-name stem (no folder part, not . or ..), refused at
+    parsing, before any work."""
+    if not is_file_stem(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a file-name stem without a folder (use --out-dir for the folder), got {text!r}"
+        )
+    return text

@@ -19,7 +19,7 @@ from ..simulation.cryo import Imaging, cryo_specimen, render_stack
 from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..simulation.synthetic import simulate
 from ..workflow import check_output_folder
-from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError
+from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError, file_stem
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")
 STACK_OUTPUTS = (".mrc", "_truth.xf", "_truth.tlt")
@@ -459,7 +459,7 @@ def add_simulate(sub):
         "  lmalign find-beads simr/synthetic.mrc --bead-diameter 8 --out simr/beads.csv",
     )
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--prefix", default="synthetic", metavar="NAME", help="output file stem")
+    p.add_argument("--prefix", type=file_stem, default="synthetic", metavar="NAME", help="output file stem")
     for flag, kw in SIM_OPTIONS:
         p.add_argument(flag, **kw)
     p.add_argument("--seed", type=int, default=0, help="random seed")

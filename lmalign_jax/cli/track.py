@@ -13,7 +13,7 @@ from ..workflow.reconstruction import (
     volume_shape,
 )
 from ..workflow.tracking import track_stack
-from .common import EXIT_OK, HelpFormatter, Progress, UsageError, note, warn
+from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn
 
 TRACK_HELP = """\
 Find gold beads on the view nearest 0 degrees of a raw tilt-series stack and track them through
@@ -120,7 +120,9 @@ def add_track(sub):
         "omitted",
     )
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--prefix", metavar="NAME", help="output file stem; default: the stack's stem")
+    p.add_argument(
+        "--prefix", type=file_stem, metavar="NAME", help="output file stem; default: the stack's stem"
+    )
     p.set_defaults(run=run_track)
 
 

@@ -29,6 +29,12 @@ import tempfile
 __all__ = ["OutputSet"]
 
 
+def is_file_stem(prefix: str) -> bool:
+    """Whether ``prefix`` can name files in a folder: not empty, no folder separator, not . or .."""
+    separators = {os.sep, os.altsep} - {None}
+    return bool(prefix) and not any(c in prefix for c in separators) and prefix not in (".", "..")
+
+
 class OutputSet:
     """A set of files ``<out_dir>/<prefix><suffix>`` written together.
 
@@ -38,7 +44,7 @@ class OutputSet:
     """
 
     def __init__(self, out_dir: str | os.PathLike, prefix: str):
-        if not prefix or os.sep in prefix or (os.altsep and os.altsep in prefix) or prefix in (".", ".."):
+        if not is_file_stem(prefix):
             raise ValueError(f"prefix must be a plain file-name stem, got {prefix!r}")
         self.out_dir = os.fspath(out_dir)
         self.prefix = prefix
