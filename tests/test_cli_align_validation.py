@@ -164,3 +164,19 @@ def test_a_prefix_with_a_folder_is_refused_when_parsed(sim, tmp_path, command, p
     rc, _, err = run([command, *args, "--prefix", prefix, "--out-dir", tmp_path / "o"])
     assert rc == 2 and "argument --prefix: expected a file-name stem without a folder" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_markers_in_one_plane_that_exhaust_the_iterations_get_a_hint(tmp_path):
+    """A specimen of thickness 0 leaves the tilts' spread undetermined: the joint stage crawls to
+    its iteration limit (exit 1); the message says why that may be and what to do."""
+    rc, _, err = run(
+        ["simulate", "--out-dir", tmp_path, "--seed", 6, "--views", 31, "--markers", 30, "--thickness", 0]
+    )
+    assert rc == 0, err
+    args = ["align", tmp_path / "synthetic.csv", "--tilts", tmp_path / "synthetic.rawtlt"]
+    opts = ["--image-size", 2048, 2048, "--no-figure", "--no-errors", "--max-iterations", 30]
+    rc, _, err = run([*args, *opts, "--out-dir", tmp_path / "o"])
+    assert rc == 1, err
+    assert "if the markers lie nearly in one plane" in err and "--tilt-mode fixed" in err
+    rc, _, err = run([*args, *opts, "--tilt-mode", "fixed", "--out-dir", tmp_path / "f"])
+    assert rc == 0, err

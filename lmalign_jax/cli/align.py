@@ -9,9 +9,11 @@ import sys
 import numpy as np
 
 from ..analysis.robust import LOSSES
+from ..core.settings import is_fixed
 from ..io.outputs import OutputSet
 from ..models import MODELS, get_model
 from ..report import format_summary, prefetch_matplotlib
+from ..solve import Status
 from ..workflow import (
     ALIGN_OUTPUTS,
     STAGES,
@@ -309,12 +311,27 @@ def align_and_report(
         report = out.path(".json") + (f" and {out.path('.png')}" if figure else "")
         print(
             f"lmalign: error: alignment did not converge ({result.status}); the report is in {report}, no "
-            ".xf/.tlt written",
+            ".xf/.tlt written" + _unconverged_hint(result),
             file=sys.stderr,
         )
     elif written.exit_code != EXIT_OK:
         print("lmalign: error: the alignment does not match the known truth (see above)", file=sys.stderr)
     return written.exit_code
+
+
+def _unconverged_hint(result) -> str:
+    """What to try when the last stage ran out of iterations with the tilts free: markers that lie
+    (nearly) in one plane leave the tilt angles' spread undetermined, so the solve crawls along
+    that direction (a simulated series of thickness 0 does this)."""
+    if result.stages[-1].status != Status.MAX_ITERATIONS.message:
+        return ""
+    if is_fixed(result.settings.modes.get("tilt", "free")):
+        return "; try a larger --max-iterations"
+    return (
+        "; if the markers lie nearly in one plane the tilt angles are barely determined by them: fix "
+        "them (--tilt-mode fixed), or allow more steps (e.g. --max-iterations 1000) and check the tilts' "
+        "standard errors"
+    )
 
 
 ALIGN_HELP = """\
