@@ -15,13 +15,18 @@ import pytest
 from lmalign_jax.cli.interrupts import Terminated, deliver_lost_interrupts, terminate_as_interrupt
 
 
-@pytest.fixture
-def python_handles_sigint():
+def _handled_by(signum, handler):
+    """While a test runs, ``signum`` handled by ``handler`` (main thread only), then as before."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are handled in the main thread only")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signum, handler)
     yield
-    signal.signal(signal.SIGINT, previous)
+    signal.signal(signum, previous)
+
+
+@pytest.fixture
+def python_handles_sigint():
+    yield from _handled_by(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
@@ -80,11 +85,7 @@ def test_other_unraisable_exceptions_go_to_the_previous_hook(monkeypatch):
 
 @pytest.fixture
 def sigterm_default():
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are handled in the main thread only")
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    yield from _handled_by(signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_sigterm_stops_like_an_interrupt_and_the_handler_is_restored(sigterm_default):
