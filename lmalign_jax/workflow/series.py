@@ -261,10 +261,11 @@ class Selection:
 
 def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Selection:
     """Apply --exclude, drop markers seen in < 2 views and views left without markers, order views.
-    With ``settings`` (an ``AlignSettings``), a view also needs as many points as its own free
-    parameters need (``core.problem.points_needed``): with fewer, the fit would give it arbitrary
-    values along a direction its data do not constrain, so it is left out (and its transform
-    interpolated, as for a view without markers)."""
+    With ``settings`` (an ``AlignSettings``, or several: the fits that will share the selection), a
+    view also needs as many points as its own free parameters need (``core.problem.points_needed``,
+    the most of any of them): with fewer, the fit would give it arbitrary values along a direction
+    its data do not constrain, so it is left out (and its transform interpolated, as for a view
+    without markers)."""
     tilts = inputs.tilts_deg
     mask = inputs.markers.mask
     keep_view = np.ones(tilts.size, dtype=bool)
@@ -277,7 +278,12 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
         from ..core.problem import points_needed  # imports JAX: only where a fit follows
         from ..models import get_model
 
-        needed = points_needed(get_model(settings.model), settings.all_modes(), tilts.size)
+        fits = settings if isinstance(settings, list | tuple) else [settings]
+        needed = np.max(
+            [points_needed(get_model(f.model), f.all_modes(), tilts.size) for f in fits]
+            or [np.ones(tilts.size, int)],
+            axis=0,
+        )
         with_markers = keep_view
         keep_view, keep_marker = usable_views_and_markers(mask, with_markers, min_points=needed)
         few_points = [int(v) for v in np.flatnonzero(with_markers & ~keep_view)]
