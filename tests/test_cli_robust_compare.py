@@ -137,3 +137,57 @@ def test_robust_bad_option(clicks, tmp_path):
     assert rc == 2
     assert "invalid choice: 'median'" in err
     assert not list(tmp_path.iterdir())
+
+
+def _compare_args(clicks, *extra):
+    return ["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048, *extra]
+
+
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "missing-folder", "the-input"])
+def test_compare_json_path_is_checked_before_any_fit(clicks, tmp_path, case):
+    (tmp_path / "afile").write_text("not a folder\n")
+    path = {
+        "folder": tmp_path,
+        "under-a-file": tmp_path / "afile" / "x.json",
+        "missing-folder": tmp_path / "nope" / "x.json",
+        "the-input": clicks / "s.csv",
+    }[case]
+    problem = {
+        "folder": "is a folder; give a file name such as",
+        "under-a-file": f"{tmp_path / 'afile'} is a file, not a folder",
+        "missing-folder": f"folder {tmp_path / 'nope'} does not exist",
+        "the-input": "would overwrite the input",
+    }[case]
+    before = (clicks / "s.csv").read_text()
+    rc, out, err = run_env(_compare_args(clicks, "--json", path))
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lmalign: error: --json {path}") and problem in err, err
+    assert "fitting" not in err and not out  # refused before any fit
+    assert (clicks / "s.csv").read_text() == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_compare_no_leave_out_says_it_was_skipped(clicks):
+    rc, out, err = run_env(_compare_args(clicks, "--models", "jou", "--no-leave-out"))
+    assert rc == 0, err
+    assert "leave-out: skipped" in out and "held out" not in out
+    assert "best by leave-out residual: -" in out
+
+
+def test_compare_does_not_recommend_an_underdetermined_model(clicks, tmp_path):
+    """Three markers of the series: imod has more free parameters than coordinates and fits them
+    exactly; the table marks it and jou is the best model, in the text and in the JSON."""
+    lines = (clicks / "s.csv").read_text().splitlines()
+    few = [lines[0]] + [line for line in lines[1:] if int(line.split(",")[0]) <= 3]
+    (tmp_path / "m3.csv").write_text("\n".join(few) + "\n")
+    args = _compare_args(clicks, "--models", "imod,jou", "--no-leave-out", "--json", tmp_path / "c.json")
+    args[1] = tmp_path / "m3.csv"
+    rc, out, err = run_env(args)
+    assert rc == 0, err
+    n = 2 * (len(few) - 1)
+    table = json.loads((tmp_path / "c.json").read_text())
+    imod = table["rows"][0]
+    assert imod["model"] == "imod" and imod["underdetermined"] and imod["n_free"] >= n
+    assert f"underdetermined: {imod['n_free']} free parameters for {n} coordinates" in out
+    assert "best by BIC: jou;" in out and table["best_by_bic"] == "jou"

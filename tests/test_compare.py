@@ -146,3 +146,57 @@ def test_bad_input(jou_data):
         compare_models(obs, folds=1)
     with pytest.raises(ValueError, match=r"modes name parameter\(s\) \['mag_q'\]"):
         compare_models(obs, modes={"mag_q": "free"})
+
+
+# Few markers: 31 views x 3 markers give 186 coordinates, fewer than imod's free parameters.
+FEW = dict(n_views=31, seed=0, **STRETCH_SKEW)
+
+
+def test_an_underdetermined_model_is_marked_and_never_best():
+    """imod (216 free parameters for 186 coordinates) passes through every point: RMS 0 and a
+    BIC far below jou's, but it is marked underdetermined and jou is the best model."""
+    obs = simulate(n_markers=3, **FEW).observations
+    c = compare_models(obs, ("jou", "imod"), leave_out=False)
+    print("\n" + c.to_text())
+    jou, imod = c.row("jou"), c.row("imod")
+    assert imod.n_free >= 2 * obs.n_observed > jou.n_free
+    assert imod.ok and imod.rms_residual_px < 1e-6 < jou.rms_residual_px  # an exact fit ...
+    assert imod.underdetermined and not jou.underdetermined and not imod.ranked
+    assert np.isnan(imod.bic) and np.isfinite(jou.bic)  # ... whose BIC would have won
+    assert c.best_by_bic == "jou" and c.reference == "jou"
+    text = c.to_text()
+    assert f"underdetermined: {imod.n_free} free parameters for {2 * obs.n_observed} coordinates" in text
+    assert "best by BIC: jou;" in text and "not ranked: imod" in text
+    d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+    assert d["best_by_bic"] == "jou" and [r["underdetermined"] for r in d["rows"]] == [False, True]
+    # with imod alone there is no best model at all, nor a base for local alignment
+    alone = compare_models(obs, ("imod", "local"), leave_out=False)
+    assert alone.best_by_bic is None and alone.best_by_leave_out is None and alone.local is None
+    assert "every model that answered is underdetermined" in alone.to_text()
+    assert "no determined rigid model to stand on (imod: underdetermined" in alone.to_text()
+
+
+def test_a_determined_model_is_ranked_and_a_fold_too_small_for_it_is_not():
+    """6 markers: imod (225 free for 372 coordinates) is determined and wins on its stretched
+    data; with 2 folds holding out half the points its training sets have fewer coordinates
+    than parameters, so its leave-out residual is skipped, while jou's is not."""
+    obs = simulate(n_markers=6, **FEW).observations
+    c = compare_models(obs, ("jou", "imod"), leave_out=False)
+    print("\n" + c.to_text())
+    assert not any(r.underdetermined for r in c.rows) and c.best_by_bic == "imod"
+    assert "underdetermined" not in c.to_text()
+    halves = compare_models(obs, ("jou", "imod"), folds=2, min_views_per_marker=2, min_markers_per_view=1)
+    print("\n" + halves.to_text())
+    jou, imod = halves.row("jou"), halves.row("imod")
+    held = max(int((halves.fold_of == f).sum()) for f in range(2))
+    assert jou.n_free < 2 * (obs.n_observed - held) <= imod.n_free < 2 * obs.n_observed
+    assert np.isfinite(jou.leave_out_rms_px) and np.isnan(imod.leave_out_rms_px)
+    assert "leave-out skipped" in imod.note and halves.best_by_leave_out == "jou"
+    assert halves.best_by_bic == "imod"  # determined on all the points: still ranked by BIC
+
+
+def test_skipped_leave_out_says_so(jou_data):
+    c = compare_models(jou_data.observations, ("jou",), leave_out=False)
+    text = c.to_text()
+    assert "leave-out: skipped" in text and "held out" not in text
+    assert c.to_dict()["leave_out"] is False and c.to_dict()["n_held_out"] == 0

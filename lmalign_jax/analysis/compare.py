@@ -40,6 +40,15 @@ Local alignment (``local=LocalOptions(...)``, or ``"local"`` among the models) i
 candidate over the first rigid model: :mod:`lmalign_jax.analysis.compare_local`, reported as
 ``ModelComparison.local`` with its verdict on the same two criteria.
 
+Underdetermined models. A model whose parameters (``effective_parameters``: ``n_free`` for a
+rigid model) leave less than one residual degree of freedom among the ``2 * n_observed``
+measured coordinates (:func:`criteria.underdetermined`) can pass through every point: its RMS
+says nothing and its BIC is meaningless. Its row is marked ``underdetermined`` (the table's
+status says how many parameters for how many coordinates), its BIC and leave-out residual are
+NaN, and it is never a best model, a deformation verdict's rigid model or the base of the local
+candidate. The leave-out residual is likewise skipped (NaN, with a note) for a model that is
+underdetermined in a fold's training set.
+
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
 shifts it fits badly, which the table shows (its status says whether it converged).
@@ -58,7 +67,7 @@ from ..core.result import AlignmentResult
 from ..models import DEFORMATION_MODELS, MODELS, ProjectionModel, get_model
 from ..observations import Observations
 from .compare_local import LocalCandidate, local_base, local_candidate
-from .criteria import _positive_int, bic, effective_parameter_count, leave_out_folds
+from .criteria import _positive_int, bic, effective_parameter_count, leave_out_folds, underdetermined
 
 __all__ = [
     "DECISIVE_BIC",
@@ -103,11 +112,36 @@ class ModelRow:
     effective_parameters: float = float("nan")
     #: (n_held_out, 2) leave-out prediction errors, px, in the same point order for every model.
     leave_out_errors: np.ndarray | None = field(default=None, repr=False)
+    #: Its parameters leave no residual degree of freedom (module docstring): never ranked.
+    underdetermined: bool = False
 
     @property
     def ok(self) -> bool:
         """The fit produced an answer (converged or stopped at the iteration limit)."""
         return np.isfinite(self.rms_residual_px) and not self.status.startswith(("failed", "error"))
+
+    @property
+    def ranked(self) -> bool:
+        """The fit answered and is determined: it can be a best model."""
+        return self.ok and not self.underdetermined
+
+    @property
+    def underdetermined_text(self) -> str:
+        """``"underdetermined: P free parameters for N coordinates"`` ("" when determined)."""
+        if not self.underdetermined:
+            return ""
+        p = self.effective_parameters
+        what = (
+            f"{p:.1f} effective parameters ({self.n_free} free)"
+            if np.isfinite(p) and round(p, 1) != self.n_free
+            else f"{self.n_free} free parameters"
+        )
+        return f"underdetermined: {what} for {2 * self.n_observed} coordinates"
+
+    @property
+    def status_text(self) -> str:
+        """The status, and the underdetermined text where there is one (the table's column)."""
+        return f"{self.status}; {self.underdetermined_text}" if self.underdetermined else self.status
 
     def to_dict(self) -> dict:
         out = {}
@@ -130,10 +164,11 @@ class ModelComparison:
     Attributes:
         rows: one ``ModelRow`` per model, in the order asked for.
         results: model name -> its full ``AlignmentResult`` (None if it raised).
-        reference: the model the parameter differences are taken against (the first one
-            that produced an answer).
+        reference: the model the parameter differences are taken against (the first
+            determined one that produced an answer, else the first that answered).
         folds, seed: the leave-out scheme's settings; ``fold_of`` (n_views, n_markers) the
             fold each observation was held out in, -1 if never (or unobserved).
+        leave_out: False when the cross-validation was skipped (``leave_out=False``).
     """
 
     rows: tuple[ModelRow, ...]
@@ -144,6 +179,7 @@ class ModelComparison:
     fold_of: np.ndarray
     local: LocalCandidate | None = None
     local_note: str = ""
+    leave_out: bool = True
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -156,22 +192,22 @@ class ModelComparison:
         raise KeyError(f"model {model!r} is not in this comparison ({', '.join(self.models)})")
 
     def _best(self, attr: str) -> str | None:
-        rows = [r for r in self.rows if r.ok and np.isfinite(getattr(r, attr))]
+        rows = [r for r in self.rows if r.ranked and np.isfinite(getattr(r, attr))]
         return min(rows, key=lambda r: getattr(r, attr)).model if rows else None
 
     @property
     def best_by_bic(self) -> str | None:
-        """The model with the lowest BIC, None if no model produced an answer."""
+        """The determined model with the lowest BIC, None if no determined model answered."""
         return self._best("bic")
 
     @property
     def best_by_leave_out(self) -> str | None:
-        """The model with the lowest leave-out RMS, None if unavailable."""
+        """The determined model with the lowest leave-out RMS, None if unavailable."""
         return self._best("leave_out_rms_px")
 
     def format_table(self) -> str:
         """The comparison as a fixed-width text table (one row per model)."""
-        best_bic = min((r.bic for r in self.rows if r.ok and np.isfinite(r.bic)), default=np.nan)
+        best_bic = min((r.bic for r in self.rows if r.ranked and np.isfinite(r.bic)), default=np.nan)
         header = (
             f"{'model':<8} {'free':>5} {'eff.':>6} {'RMS(px)':>8} {'mean(px)':>8} {'leave-out':>9} "
             f"{'BIC':>10} {'dBIC':>8} "
@@ -184,7 +220,7 @@ class ModelComparison:
                 f"{_fmt(r.rms_residual_px, 8, 4)} "
                 f"{_fmt(r.mean_residual_px, 8, 4)} "
                 f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} {_fmt(r.bic - best_bic, 8, 1)} "
-                f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status}"
+                f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status_text}"
             )
         return "\n".join(lines)
 
@@ -192,16 +228,34 @@ class ModelComparison:
         """The table plus the winners and notes, for people (``lmalign compare``)."""
         n_obs = self.rows[0].n_observed if self.rows else 0
         n_held = int((self.fold_of >= 0).sum())
+        none_determined = any(r.ok for r in self.rows) and not any(r.ranked for r in self.rows)
         lines = [
             f"Model comparison on {n_obs} observations ({2 * n_obs} residual components)",
             self.format_table(),
             "",
             f"best by BIC: {self.best_by_bic or '-'}; "
-            f"best by leave-out residual: {self.best_by_leave_out or '-'}",
-            f"leave-out: {self.folds} folds (seed {self.seed}), "
-            f"{n_held} of {n_obs} observations held out once each; "
-            "RMS of their predictions by the model fitted without them (joint stage)",
+            f"best by leave-out residual: {self.best_by_leave_out or '-'}"
+            + (" (every model that answered is underdetermined)" if none_determined else ""),
         ]
+        unranked = [r.model for r in self.rows if r.ok and r.underdetermined]
+        if unranked:
+            lines.append(
+                f"not ranked: {', '.join(unranked)} (underdetermined: as many free parameters as "
+                "measured coordinates or more; no residual degree of freedom)"
+            )
+        if not self.leave_out:
+            lines.append("leave-out: skipped")
+        elif not n_held:
+            lines.append(
+                f"leave-out: {self.folds} folds (seed {self.seed}): no observation could be held out "
+                "(too few markers per view or views per marker)"
+            )
+        else:
+            lines.append(
+                f"leave-out: {self.folds} folds (seed {self.seed}), "
+                f"{n_held} of {n_obs} observations held out once each; "
+                "RMS of their predictions by the model fitted without them (joint stage)"
+            )
         if self.reference is not None:
             lines.append(
                 "max|drot|, max|dtilt|: largest per-view rotation and tilt difference "
@@ -221,13 +275,17 @@ class ModelComparison:
         (module docstring): dicts with model, rigid, justified_by_bic, justified_by_leave_out,
         delta_bic, leave_out_gain_px2 (mean reduction of the squared error) and its standard
         error, and a sentence ``text``. Empty when no rigid or no deformation model answered."""
-        rigid = [r for r in self.rows if r.ok and r.model not in DEFORMATION_MODELS and np.isfinite(r.bic)]
+        rigid = [r for r in self.rows if r.ranked and r.model not in DEFORMATION_MODELS]
+        rigid = [r for r in rigid if np.isfinite(r.bic)]
         if not rigid:
             return []
         best = min(rigid, key=lambda r: r.bic)
         out = []
         for r in self.rows:
             if r.model not in DEFORMATION_MODELS or not r.ok:
+                continue
+            if r.underdetermined:
+                out.append(_not_judged(r, best.model))
                 continue
             delta = r.bic - best.bic
             by_bic = bool(delta < -DECISIVE_BIC)
@@ -273,6 +331,7 @@ class ModelComparison:
             "best_by_leave_out": self.best_by_leave_out,
             "folds": self.folds,
             "seed": self.seed,
+            "leave_out": self.leave_out,
             "n_held_out": int((self.fold_of >= 0).sum()),
             "rows": [r.to_dict() for r in self.rows],
             "deformation": [
@@ -346,20 +405,26 @@ def compare_models(
         rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results, fold_fits[m.name]))
     candidate, local_note = None, ""
     if local is not None:
-        base = local_base(results, names)
+        base = local_base(results, [r.model for r in rows if r.ranked])
         if base is None:
             local_note = "no rigid model with per-view rotation, tilt and shifts answered (jou, imod, luther)"
+            under = local_base(results, names)
+            if under is not None:  # it answered, but is underdetermined
+                text = next(r.underdetermined_text for r in rows if r.model == under)
+                local_note = f"no determined rigid model to stand on ({under}: {text})"
         else:
             try:
                 candidate = local_candidate(results[base], base, local, fold_fits[base])
             except Exception as exc:  # the comparison of the models still stands
                 local_note = f"error: {type(exc).__name__}: {exc}"
 
-    reference = next((r.model for r in rows if r.ok), None)
+    reference = next((r.model for r in rows if r.ranked), None) or next((r.model for r in rows if r.ok), None)
     if reference is not None:
         ref = results[reference]
         rows = [_with_differences(r, results.get(r.model), ref) for r in rows]
-    return ModelComparison(tuple(rows), results, reference, folds, int(seed), fold_of, candidate, local_note)
+    return ModelComparison(
+        tuple(rows), results, reference, folds, int(seed), fold_of, candidate, local_note, bool(leave_out)
+    )
 
 
 def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits: list) -> ModelRow:
@@ -381,10 +446,25 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
     results[m.name] = full
     resid = full.residuals[obs.mask]
     rss = float(np.sum(resid * resid))
+    n_effective = float(full.n_free)
+    if m.regularization is not None and not full.status.startswith("failed"):
+        try:
+            n_effective = effective_parameter_count(full)
+        except Exception as exc:
+            note = (note + "; " if note else "") + f"effective parameters: {type(exc).__name__}: {exc}"
+    n_parameters = n_effective if np.isfinite(n_effective) else float(full.n_free)
+    under = underdetermined(n_parameters, 2 * n_obs)
     leave_rms = leave_mean = float("nan")
     leave_errors = None
     n_held = int((fold_of >= 0).sum())
-    if not full.status.startswith("failed") and n_held:
+    held_max = max((int((fold_of == f).sum()) for f in range(folds)), default=0)
+    n_train = 2 * (n_obs - held_max)  # coordinates of the smallest training set
+    if n_held and not under and underdetermined(n_parameters, n_train):
+        note = (note + "; " if note else "") + (
+            f"leave-out skipped: {n_parameters:g} parameters for {n_train} coordinates "
+            "in a fold's training set"
+        )
+    elif not full.status.startswith("failed") and n_held and not under:
         fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
         errors = []
         try:
@@ -405,12 +485,6 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         except Exception as exc:
             note = (note + "; " if note else "") + f"leave-out error: {type(exc).__name__}: {exc}"
     rms = full.rms_residual_px if np.isfinite(rss) else float("nan")
-    n_effective = float(full.n_free)
-    if m.regularization is not None and not full.status.startswith("failed"):
-        try:
-            n_effective = effective_parameter_count(full)
-        except Exception as exc:
-            note = (note + "; " if note else "") + f"effective parameters: {type(exc).__name__}: {exc}"
     return ModelRow(
         model=m.name,
         status=full.status,
@@ -419,7 +493,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         rss_px2=rss,
         rms_residual_px=rms,
         mean_residual_px=full.mean_residual_px,
-        bic=bic(rss, 2 * n_obs, n_effective),
+        bic=float("nan") if under else bic(rss, 2 * n_obs, n_effective),
         leave_out_rms_px=leave_rms,
         leave_out_mean_px=leave_mean,
         n_held_out=n_held,
@@ -430,7 +504,24 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         note=note,
         effective_parameters=n_effective,
         leave_out_errors=leave_errors,
+        underdetermined=under,
     )
+
+
+def _not_judged(row: ModelRow, rigid: str) -> dict:
+    """The deformation verdict of an underdetermined deformation model: not justified."""
+    nan = float("nan")
+    return {
+        "model": row.model,
+        "rigid": rigid,
+        "justified": False,
+        "justified_by_bic": False,
+        "justified_by_leave_out": False,
+        "delta_bic": nan,
+        "leave_out_gain_px2": nan,
+        "leave_out_gain_se_px2": nan,
+        "text": f"{row.model} over {rigid}: not judged ({row.underdetermined_text})",
+    }
 
 
 def _empty_row(name, status, n_obs, seconds, note) -> ModelRow:

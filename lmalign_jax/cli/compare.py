@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ..analysis.compare import DEFAULT_MODELS, compare_models
 from ..io import atomic_write
@@ -15,7 +16,9 @@ COMPARE_HELP = """Fit each projection model to the same observations and print o
 parameters, RMS and mean residual, a cross-validated leave-out residual (held-out points
 predicted by the model fitted without them, 5 folds), BIC, and the largest differences in
 rotation and tilt from the first model. A richer model is justified when it lowers the
-leave-out residual and the BIC, not merely the RMS. 'local' among the models adds IMOD-style
+leave-out residual and the BIC, not merely the RMS. A model with as many free parameters as
+measured coordinates, or more, fits them exactly: it is marked underdetermined and not ranked.
+'local' among the models adds IMOD-style
 local alignment (align --local's defaults; --patch-size) over the first rigid model, judged by
 the same two criteria."""
 
@@ -36,6 +39,8 @@ def run_compare(args) -> int:
         raise UsageError("--models: local alignment is judged over a rigid model; list one too (jou,local)")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
+    if args.json:
+        check_json_output(args.json, (args.markers, args.tilts, args.stack))
     inputs = read_series(
         args.markers,
         args.tilts,
@@ -70,6 +75,29 @@ def run_compare(args) -> int:
         print(f" Wrote {args.json}")
     failed = [row.model for row in comparison.rows if not row.status.startswith("converged")]
     return EXIT_FAILED if len(failed) == len(comparison.rows) else EXIT_OK
+
+
+def check_json_output(path: str, inputs) -> None:
+    """Refuse a ``--json`` file that could not be written, before any fit: a folder, a path
+    under a missing or unwritable folder (or under a file), or one of the inputs."""
+    if os.path.isdir(path):
+        raise UsageError(
+            f"--json {path} is a folder; give a file name such as {os.path.join(path, 'compare.json')}"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    head = folder
+    while not os.path.exists(head):
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise UsageError(f"--json {path}: {head} is a file, not a folder")
+    if head != folder:
+        raise UsageError(f"--json {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--json {path}: folder {folder} is not writable")
+    real = os.path.realpath(path)
+    for p in inputs:
+        if p and os.path.realpath(p) == real:
+            raise UsageError(f"--json {path} would overwrite the input {p}")
 
 
 def add_compare(sub):
