@@ -21,9 +21,9 @@ from lmalign_jax.core.result import fit_image_transforms
 from lmalign_jax.export import ViewGeometry, aretomo_parameters, relion_parameters
 from lmalign_jax.export.imod import filled_marker_set, read_xtilt, read_zfac, write_xtilt
 from lmalign_jax.export.imod_log import AlignLog, format_align_log
-from lmalign_jax.io import InputError, MarkerSet, read_tilts, read_xf, write_markers_csv
+from lmalign_jax.io import InputError, MarkerSet, read_tilts, read_xf, write_markers_csv, write_resid
 from lmalign_jax.io.imod_local import read_local_xf
-from lmalign_jax.io.imod_model import read_imod_model
+from lmalign_jax.io.imod_model import read_imod_model, write_imod_model
 from lmalign_jax.report import build_record, expand_to_file_views, read_record, record_to_json
 
 IMAGE = (1024, 900)
@@ -39,10 +39,10 @@ def model_project(result: AlignmentResult, xyz) -> np.ndarray:
     return np.asarray(out).transpose(1, 2, 0)
 
 
-def solved_record(folder, model="jou", extra=None, seed=1):
+def solved_record(folder, model="jou", extra=None, seed=1, ids=tuple(range(3, 10))):
     """A simulated series (with gaps) solved exactly, as a result and as a record on disk
-    (``TS_01.json`` beside its marker file ``TS_01.csv``): the truth's views and markers, the
-    xf fitted by the package's own code (core.result.fit_image_transforms)."""
+    (``TS_01.json`` beside its marker file ``TS_01.csv``, markers numbered ``ids``): the truth's
+    views and markers, the xf fitted by the package's own code (core.result.fit_image_transforms)."""
     s = simulate(
         n_views=15,
         n_markers=7,
@@ -76,7 +76,7 @@ def solved_record(folder, model="jou", extra=None, seed=1):
         rotation_estimated_deg=None,
         xf=fit_image_transforms(predicted, aligned),
     )
-    ids = tuple(range(3, 10))  # not 1..m: contour ids must survive
+    # default ids not 1..m: contour ids must survive
     write_markers_csv(folder / "TS_01.csv", MarkerSet(obs.xy, obs.mask, ids))
     record = build_record(
         result,
@@ -525,3 +525,92 @@ def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path
     names = {p.name for p in tmp_path.iterdir()}
     assert {"TS_01.aln", "TS_01.xtilt", "TS_01_nogaps.fid", "align.log"} <= names
     assert "TS_01.xf" not in names  # align wrote it; export does not again
+
+
+def _other_markers(written, tmp_path, case) -> Path:
+    """A marker file that is not the record's, one way or another."""
+    obs = written["result"].observations
+    ids = written["ids"]
+    path = tmp_path / ("other.fid" if case == "image-size" else "other.csv")
+    if case == "other-series":  # another simulated series' points, where the record has points
+        other = simulate(n_views=15, n_markers=7, image_size=IMAGE, rotation_deg=ROTATION, seed=9)
+        xy = np.where(obs.mask[..., None], other.observations.xy, np.nan)
+        write_markers_csv(path, MarkerSet(xy, obs.mask, ids))
+    elif case == "more-views":
+        xy = np.concatenate([obs.xy, obs.xy[:3]])
+        write_markers_csv(path, MarkerSet(xy, np.concatenate([obs.mask, obs.mask[:3]]), ids))
+    elif case == "missing-marker":
+        write_markers_csv(path, MarkerSet(obs.xy[:, 1:], obs.mask[:, 1:], ids[1:]))
+    elif case == "fewer-points":
+        mask = obs.mask.copy()
+        mask[np.flatnonzero(mask[:, 0])[:2], 0] = False
+        write_markers_csv(path, MarkerSet(np.where(mask[..., None], obs.xy, np.nan), mask, ids))
+    elif case == "shifted":  # the same points 20 px off: the same views, markers and counts
+        write_markers_csv(path, MarkerSet(obs.xy + [20.0, 0.0], obs.mask, ids))
+    elif case == "image-size":
+        write_imod_model(path, MarkerSet(obs.xy, obs.mask, ids, image_size=(2048, 2048)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, problem",
+    [
+        ("other-series", "points lie a median"),
+        ("more-views", "it has points on view 18 (counting from 1) but the record has 15 views"),
+        ("missing-marker", "it lacks 1 of the record's 7 markers (ids 3)"),
+        ("fewer-points", "points of the record's 7 markers on the 15 fitted views, the fit had"),
+        ("shifted", "points lie a median "),
+        ("image-size", "it is for a 2048 x 2048 image, the record for 1024 x 900"),
+    ],
+)
+def test_markers_of_another_series_are_refused(written, tmp_path, capsys, case, problem):
+    """--markers must be the points the record was fitted to: exit 2, one line naming the option,
+    the file and the record, nothing written."""
+    path = _other_markers(written, tmp_path, case)
+    record = written["folder"] / "TS_01.json"
+    out = tmp_path / "out"
+    argv = ["export", str(record), "--to", "all", "--pixel-size", "2", "--markers", str(path)]
+    code, err = _run(capsys, [*argv, "--out-dir", str(out)])
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"lmalign: error: --markers {path} does not match the alignment {record}: ")
+    assert problem in err[0], err[0]
+    assert not out.exists()
+    if case == "shifted":  # 20 px, give or take the noise
+        median = float(err[0].split("median ")[1].split(" px")[0])
+        assert 19 < median < 21 and "from where the record's solution puts them" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["csv", "fid", "resid"])
+def test_the_records_own_points_are_accepted_as_csv_fid_and_resid(tmp_path, capsys, kind):
+    """The points the record was fitted to, in each format a record is made from (a .resid numbers
+    its markers 1..m), are kept as measured in the filled model."""
+    result, _, ids = solved_record(tmp_path, ids=tuple(range(1, 8)))
+    obs = result.observations
+    path = tmp_path / f"TS_01_in.{kind}"
+    if kind == "csv":
+        write_markers_csv(path, MarkerSet(obs.xy, obs.mask, ids))
+    elif kind == "fid":
+        write_imod_model(path, MarkerSet(obs.xy, obs.mask, ids, image_size=IMAGE))
+    else:
+        view, marker = np.nonzero(obs.mask.T)[::-1]  # grouped by marker, views increasing
+        write_resid(path, obs.xy[view, marker], view, np.zeros((view.size, 2)))
+    out = tmp_path / "out"
+    argv = ["export", str(tmp_path / "TS_01.json"), "--to", "imod", "--markers", str(path)]
+    code, err = _run(capsys, [*argv, "--out-dir", str(out)])
+    assert code == 0, err
+    filled = read_imod_model(out / "TS_01_nogaps.fid")
+    atol = 5.1e-3 if kind == "resid" else 2e-4  # the .resid's 2 decimals
+    np.testing.assert_allclose(filled.xy[obs.mask], obs.xy[obs.mask], rtol=0, atol=atol)
+
+
+def test_a_changed_marker_file_named_by_the_record_is_refused(tmp_path, capsys):
+    """Without --markers the record's own marker file is read: edited since (here shifted by
+    20 px), it no longer matches and the message names it and suggests --markers."""
+    result, _, ids = solved_record(tmp_path)
+    obs = result.observations
+    write_markers_csv(tmp_path / "TS_01.csv", MarkerSet(obs.xy + [0.0, 20.0], obs.mask, ids))
+    out = tmp_path / "out"
+    code, err = _run(capsys, ["export", str(tmp_path / "TS_01.json"), "--to", "imod", "--out-dir", str(out)])
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"lmalign: error: marker file {tmp_path / 'TS_01.csv'} (named by the record) ")
+    assert "points lie a median" in err[0] and "give --markers" in err[0] and not out.exists()

@@ -37,7 +37,9 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
   portal   P_portal.json (CryoET Data Portal alignment JSON)
 
 The pixel size comes from --pixel-size, else from the record (the marker file's or the stack's).
-The filled model keeps the measured points of the marker file the record names (or --markers).
+The filled model keeps the measured points of the marker file the record names (or --markers):
+they must be the points the record was fitted to (its views, markers, point count and image
+size, and within its residuals of its solution), else the export is refused.
 All files are written or none. Exit status: 0 success, 2 bad input (nothing written).
 """
 
@@ -102,7 +104,7 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         out_dir=args.out_dir,
         prefix=prefix,
         pixel_size_angst=args.pixel_size,
-        measured=measured_markers(record, markers),
+        measured=measured_markers(record, markers, "marker file"),
         with_xf_tlt=False,
         local=local_alignment_for(record)[0] if "aretomo" in targets else None,
     )
@@ -128,7 +130,9 @@ def add_export(sub):
     p.add_argument("--out-dir", metavar="DIR", help="output folder (default: the record's folder)")
     p.add_argument("--prefix", metavar="NAME", help="output file stem (default: the record's stem)")
     p.add_argument(
-        "--markers", metavar="FILE", help="the measured markers (default: the marker file the record names)"
+        "--markers",
+        metavar="FILE",
+        help="the measured markers the record was fitted to (default: the marker file the record names)",
     )
     p.add_argument(
         "--relion-tilt-series",
