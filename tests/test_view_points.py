@@ -60,7 +60,7 @@ def test_align_leaves_out_a_view_with_too_few_points(tmp_path):
         [*args, "--image-size", "2048", "2048", "--no-figure", "--out-dir", tmp_path / "out"]
     )
     assert rc == 0, err
-    assert "view(s) 1 (1-based) have fewer than the 3 markers" in err
+    assert "view(s) 1 (1-based) have fewer than the 3 markers" in err and "left out of the fit" in err
     record = json.loads((tmp_path / "out" / "few.json").read_text())
     assert record["inputs"]["excluded_too_few_points"] == [1]
     assert record["inputs"]["excluded_views"] == [1]

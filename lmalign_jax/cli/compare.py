@@ -8,8 +8,9 @@ import os
 from ..analysis.compare import DEFAULT_MODELS, compare_models
 from ..io import atomic_write
 from ..models import MODELS
-from ..workflow import observations_for_fit, parse_view_list, read_series, select_views
+from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
+from ..workflow.settings import AlignSettings
 from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, warn
 
 COMPARE_HELP = """Fit each projection model to the same observations and print one table: free
@@ -49,7 +50,12 @@ def run_compare(args) -> int:
         rotation_deg=args.rotation,
         warn=warn,
     )
-    sel = select_views(inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [])
+    # a view must carry the points the richest model needs, or its fit of that view is undetermined
+    fits = [AlignSettings(model=m) for m in models if m != "local"]
+    sel = select_views(
+        inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [], fits
+    )
+    report_selection(inputs, sel, warn)
     obs, _ = observations_for_fit(inputs, sel, warn)
     with Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
         try:

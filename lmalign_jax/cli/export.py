@@ -17,7 +17,7 @@ from ..workflow.exporting import (
     read_alignment_record,
 )
 from ..workflow.writing import check_output_folder
-from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
+from .common import EXIT_OK, HelpFormatter, UsageError, file_stem, note, warn
 
 EXPORT_HELP = f"""\
 Write a solved alignment (the <prefix>.json record of 'lmalign align') in the formats the next
@@ -128,7 +128,9 @@ def add_export(sub):
         "--pixel-size", type=float, metavar="A", help="pixel size, Angstrom (default: the record's)"
     )
     p.add_argument("--out-dir", metavar="DIR", help="output folder (default: the record's folder)")
-    p.add_argument("--prefix", metavar="NAME", help="output file stem (default: the record's stem)")
+    p.add_argument(
+        "--prefix", type=file_stem, metavar="NAME", help="output file stem (default: the record's stem)"
+    )
     p.add_argument(
         "--markers",
         metavar="FILE",

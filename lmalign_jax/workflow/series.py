@@ -296,7 +296,13 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
             None,
             f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least "
             f"{MIN_MARKERS} markers and 3 views"
-            + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else ""),
+            + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else "")
+            + (
+                f"; {len(few_points)} view(s) have fewer markers than the {int(np.max(needed[few_points]))} "
+                "that determine a view's own free parameters (group or fix parameters to need fewer)"
+                if few_points
+                else ""
+            ),
         )
     increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
     views = np.flatnonzero(keep_view)
@@ -334,9 +340,9 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
             views = [v for v, k in zip(sel.excluded_few_points, needed, strict=True) if k == n]
             warn(
                 f"view(s) {', '.join(str(v + 1) for v in views)} (1-based) have fewer than the {n} markers "
-                f"needed to determine a view's own free parameters, and are excluded; their transforms are "
-                "interpolated from neighbouring views (grouping parameters, e.g. --mode rotation=group:5, "
-                "lets them be fitted)"
+                f"needed to determine a view's own free parameters, and are left out of the fit (align "
+                "interpolates their transforms from neighbouring views; grouping parameters, e.g. --mode "
+                "rotation=group:5, lets them be fitted)"
             )
     if sel.sorted_by_tilt:
         step = np.diff(inputs.tilts_deg)
