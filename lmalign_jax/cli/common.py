@@ -7,6 +7,7 @@ Exit statuses, :class:`UsageError` and the message printers come from
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -88,3 +89,26 @@ def file_stem(text: str) -> str:
             f"expected a file-name stem without a folder (use --out-dir for the folder), got {text!r}"
         )
     return text
+
+
+def check_output_file(path: str, inputs, option: str, example: str) -> None:
+    """Refuse an output file ``option PATH`` that could not be written, before any work: a folder
+    (``example``: a file name to suggest in it), a path under a missing or unwritable folder (or
+    under a file), or one of ``inputs``."""
+    if os.path.isdir(path):
+        suggestion = os.path.join(path, example)
+        raise UsageError(f"{option} {path} is a folder; give a file name such as {suggestion}")
+    folder = os.path.dirname(os.path.abspath(path))
+    head = folder
+    while not os.path.exists(head):
+        head = os.path.dirname(head)
+    if not os.path.isdir(head):
+        raise UsageError(f"{option} {path}: {head} is a file, not a folder")
+    if head != folder:
+        raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: folder {folder} is not writable")
+    real = os.path.realpath(path)
+    for p in inputs:
+        if p and os.path.realpath(p) == real:
+            raise UsageError(f"{option} {path} would overwrite the input {p}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from ..analysis.compare import DEFAULT_MODELS, compare_models
 from ..io import atomic_write
@@ -11,7 +10,7 @@ from ..models import MODELS
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
 from ..workflow.settings import AlignSettings
-from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, warn
+from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, check_output_file, warn
 
 COMPARE_HELP = """Fit each projection model to the same observations and print one table: free
 parameters, RMS and mean residual, a cross-validated leave-out residual (held-out points
@@ -41,7 +40,7 @@ def run_compare(args) -> int:
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
     if args.json:
-        check_json_output(args.json, (args.markers, args.tilts, args.stack))
+        check_output_file(args.json, (args.markers, args.tilts, args.stack), "--json", "compare.json")
     inputs = read_series(
         args.markers,
         args.tilts,
@@ -81,29 +80,6 @@ def run_compare(args) -> int:
         print(f" Wrote {args.json}")
     failed = [row.model for row in comparison.rows if not row.status.startswith("converged")]
     return EXIT_FAILED if len(failed) == len(comparison.rows) else EXIT_OK
-
-
-def check_json_output(path: str, inputs) -> None:
-    """Refuse a ``--json`` file that could not be written, before any fit: a folder, a path
-    under a missing or unwritable folder (or under a file), or one of the inputs."""
-    if os.path.isdir(path):
-        raise UsageError(
-            f"--json {path} is a folder; give a file name such as {os.path.join(path, 'compare.json')}"
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    head = folder
-    while not os.path.exists(head):
-        head = os.path.dirname(head)
-    if not os.path.isdir(head):
-        raise UsageError(f"--json {path}: {head} is a file, not a folder")
-    if head != folder:
-        raise UsageError(f"--json {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--json {path}: folder {folder} is not writable")
-    real = os.path.realpath(path)
-    for p in inputs:
-        if p and os.path.realpath(p) == real:
-            raise UsageError(f"--json {path} would overwrite the input {p}")
 
 
 def add_compare(sub):

@@ -20,7 +20,7 @@ from ..workflow.reconstruction import (
     read_alignment_json,
     reconstruct_to_file,
 )
-from .common import EXIT_OK, HelpFormatter, UsageError, note, warn
+from .common import EXIT_OK, HelpFormatter, UsageError, check_output_file, note, warn
 
 #: The FBP filter when --filter is not given (it is None then, so that --sirt can refuse a given one).
 DEFAULT_FILTER = "ramp"
@@ -73,22 +73,6 @@ def default_output(stack: str) -> str:
     return os.path.splitext(stack)[0] + ".rec.mrc"
 
 
-def _check_output(path: str, inputs) -> None:
-    if os.path.isdir(path):
-        raise UsageError(
-            f"--out {path} is a folder; give a file name such as {os.path.join(path, 'tomo.rec.mrc')}"
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"--out {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: folder {folder} is not writable")
-    real = os.path.realpath(path)
-    for p in inputs:
-        if p and os.path.realpath(p) == real:
-            raise UsageError(f"--out {path} would overwrite the input {p}")
-
-
 #: ``--local`` without a file: the local alignment the ``--alignment`` record names.
 FROM_RECORD = "<from the record>"
 
@@ -127,7 +111,7 @@ def run_reconstruct(args) -> int:
         read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
     )
     local = _local_file(args, alignment)
-    _check_output(out, (args.stack, args.xf, args.tlt, args.alignment, local))
+    check_output_file(out, (args.stack, args.xf, args.tlt, args.alignment, local), "--out", "tomo.rec.mrc")
     info = reconstruct_to_file(
         args.stack,
         alignment,
