@@ -132,7 +132,7 @@ def test_mdoc_without_axis_and_header(tmp_path):
     [
         ("PixelSpacing = 1\n", r"a.mdoc: no '\[ZValue = ...\]' sections \(not a tilt-series mdoc\)"),
         ("[ZValue = 0]\nTiltAngle = abc\n", r"a.mdoc: invalid mdoc \(ValidationError: "),
-        ("junk line\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc: invalid mdoc \(ValueError: "),
+        ("junk line\n[ZValue = 0]\nTiltAngle = 1\n", r"a.mdoc:1: expected 'key = value', got 'junk line'"),
         (
             "[ZValue = 0]\nTiltAngle = 1\n[MontSection = 0]\n",
             r"a.mdoc: mixed ZValue/MontSection/FrameSet sections",

@@ -28,18 +28,18 @@ def read_tilts(path: str | os.PathLike) -> np.ndarray:
     """Read a ``.tlt``/``.rawtlt`` file: float64 (n_views,) tilt angles in degrees.
 
     Blank lines at the end are allowed; a blank line before the last angle, a line with more
-    than one value, a value that is not a finite number, or an angle outside the open interval
-    (-90, 90) (no specimen is imaged edge-on or beyond) is an :class:`InputError`.
+    than one value, or a value that is not a finite number is an :class:`InputError`. (Any
+    finite value is read, as any is written; :func:`check_tilt_range` judges them as tilts.)
     """
     check_extension(path, TILT_EXTENSIONS, "tilt-angle")
-    tilts = read_angles(path, "tilt angle")
-    check_tilt_range(tilts, path, lines=True)
-    return tilts
+    return read_angles(path, "tilt angle")
 
 
 def check_tilt_range(tilts_deg, path, *, lines: bool = False, what: str = "view") -> None:
     """An :class:`InputError` naming ``path`` (and the line, with ``lines``: line k is view k, or
-    else the 0-based ``what``) of the first tilt angle (degrees) outside (-90, 90)."""
+    else the 0-based ``what``) of the first tilt angle (degrees) outside the open interval
+    (-90, 90): no specimen is imaged edge-on or beyond, so such an angle is a typing or unit
+    error in the file."""
     bad = np.flatnonzero(~(np.abs(np.asarray(tilts_deg, np.float64)) < 90.0))
     if bad.size:
         k = int(bad[0])

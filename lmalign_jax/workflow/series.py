@@ -49,7 +49,8 @@ class SeriesInputs:
 
 
 def read_tilt_file(path: str, warn=print_warning):
-    """(tilts (n,), mdoc or None) from a .tlt/.rawtlt or SerialEM .mdoc file."""
+    """(tilts (n,), mdoc or None) from a .tlt/.rawtlt or SerialEM .mdoc file; angles outside
+    -90..90 degrees are an InputError (``io.check_tilt_range``)."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".mdoc":
         mdoc = io.read_mdoc(path)
@@ -58,7 +59,9 @@ def read_tilt_file(path: str, warn=print_warning):
         io.check_tilt_range(mdoc.tilts_deg, path, what="ZValue")
         return mdoc.tilts_deg, mdoc
     if ext in (".tlt", ".rawtlt"):
-        return io.read_tilts(path), None
+        tilts = io.read_tilts(path)
+        io.check_tilt_range(tilts, path, lines=True)
+        return tilts, None
     got = f"extension {ext!r}" if ext else "no extension"
     raise InputError(
         path, None, f"unsupported tilt-angle file ({got}); supported: {', '.join(TILT_EXTENSIONS)}"
@@ -272,6 +275,29 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
     keep_view[exclude] = False
     keep_view, keep_marker = usable_views_and_markers(mask, keep_view)
     no_markers = [int(v) for v in np.flatnonzero(~keep_view) if v not in set(exclude)]
+    ids = inputs.markers.marker_ids
+
+    def enough(keep_view, keep_marker, few_points=(), needed=None):
+        """The dropped marker ids; InputError when too few markers or views are left."""
+        dropped = [ids[i] for i in np.flatnonzero(~keep_marker)]
+        if keep_marker.sum() >= MIN_MARKERS and keep_view.sum() >= 3:
+            return dropped
+        n_m, n_v = int(keep_marker.sum()), int(keep_view.sum())
+        raise InputError(
+            inputs.markers_path,
+            None,
+            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least "
+            f"{MIN_MARKERS} markers and 3 views"
+            + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else "")
+            + (
+                f"; {len(few_points)} view(s) have fewer markers than the {int(np.max(needed[few_points]))} "
+                "that determine a view's own free parameters (group or fix parameters to need fewer)"
+                if few_points
+                else ""
+            ),
+        )
+
+    dropped = enough(keep_view, keep_marker)
     needed = None
     few_points: list[int] = []
     if settings is not None:
@@ -287,23 +313,7 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
         with_markers = keep_view
         keep_view, keep_marker = usable_views_and_markers(mask, with_markers, min_points=needed)
         few_points = [int(v) for v in np.flatnonzero(with_markers & ~keep_view)]
-    ids = inputs.markers.marker_ids
-    dropped = [ids[i] for i in np.flatnonzero(~keep_marker)]
-    if keep_marker.sum() < MIN_MARKERS or keep_view.sum() < 3:
-        n_m, n_v = int(keep_marker.sum()), int(keep_view.sum())
-        raise InputError(
-            inputs.markers_path,
-            None,
-            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least "
-            f"{MIN_MARKERS} markers and 3 views"
-            + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else "")
-            + (
-                f"; {len(few_points)} view(s) have fewer markers than the {int(np.max(needed[few_points]))} "
-                "that determine a view's own free parameters (group or fix parameters to need fewer)"
-                if few_points
-                else ""
-            ),
-        )
+        dropped = enough(keep_view, keep_marker, few_points, needed)
     increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
     views = np.flatnonzero(keep_view)
     sorted_by_tilt = not (increasing or decreasing)
