@@ -97,7 +97,9 @@ def test_no_room_on_disk_is_said_before_writing(tmp_path, monkeypatch):
         shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6)
     )
     with pytest.raises(
-        InputError, match=r"t\.mrc: the tomogram needs 4\.19 GB but .* has only 0\.00 GB free"
+        InputError,
+        match=r"t\.mrc: the tomogram \(1000 x 1024 x 1024 voxels, NZ x NY x NX\) needs 4\.19 GB "
+        r"but .* has only 1\.00 MB free",
     ):
         with stream_volume(tmp_path / "t.mrc", (1000, 1024, 1024), 1.0):
             pass

@@ -28,7 +28,15 @@ import numpy as np
 from .atomic import replace_with
 from .errors import InputError
 
-__all__ = ["create_volume", "stream_volume", "VolumeWriter", "check_free_space", "volume_bytes", "LAYOUTS"]
+__all__ = [
+    "create_volume",
+    "stream_volume",
+    "VolumeWriter",
+    "check_free_space",
+    "format_bytes",
+    "volume_bytes",
+    "LAYOUTS",
+]
 
 
 def _bad(path, problem: str) -> InputError:
@@ -118,18 +126,31 @@ def volume_bytes(shape) -> int:
     return 1024 + 4 * nz * ny * nx
 
 
-def check_free_space(path, shape) -> None:
-    """Raise :class:`InputError` naming ``path`` when its folder's file system has less free
-    space than a float32 volume of ``shape`` needs (the file is written sparse, so a full
-    disk would otherwise show up only part-way through)."""
+def format_bytes(n: float) -> str:
+    """``n`` bytes in a unit that shows it: GB, MB, kB, or bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_free_space(
+    path, shape, advice: str = "choose another --out folder, a larger --bin or a smaller --thickness"
+) -> None:
+    """Raise :class:`InputError` naming ``path`` when the file system of its folder (or of the
+    nearest folder above it that exists, for a folder made later) has less free space than a
+    float32 volume of ``shape`` (NZ, NY, NX) needs (the file is written sparse, so a full disk
+    would otherwise show up only part-way through); ``advice`` ends the message."""
     need = volume_bytes(shape)
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
     free = shutil.disk_usage(directory).free
     if need > free:
         raise _bad(
             path,
-            f"the tomogram needs {need / 1e9:.2f} GB but {directory} has only {free / 1e9:.2f} GB free; "
-            "choose another --out folder, a larger --bin or a smaller --thickness",
+            f"the tomogram ({shape[0]} x {shape[1]} x {shape[2]} voxels, NZ x NY x NX) needs "
+            f"{format_bytes(need)} but {directory} has only {format_bytes(free)} free; {advice}",
         )
 
 

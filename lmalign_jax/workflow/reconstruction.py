@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import read_stack_header, read_stack_streamed
-from ..io.mrc_volume import LAYOUTS, stream_volume, volume_bytes
+from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
@@ -182,14 +181,6 @@ class OptionNames:
 ALIGN_OPTIONS = OptionNames(thickness="--reconstruct", bin=None, out="--out-dir")
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes in a unit that shows it: GB, MB, kB, or bytes."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} bytes"
-
-
 def volume_shape(
     nx: int,
     ny: int,
@@ -231,23 +222,12 @@ def volume_shape(
 
 
 def check_room(out_path: str, shape, options: OptionNames = OptionNames()) -> None:
-    """InputError naming ``out_path`` when the file system of its folder (or of the nearest folder
-    above it that exists: ``align`` creates its --out-dir later) has less free space than a
-    float32 volume of ``shape`` (NZ, NY, NX) needs; the advice names ``options``."""
-    need = volume_bytes(shape)
-    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
-    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        binning = f", a larger {options.bin}" if options.bin is not None else ""
-        raise InputError(
-            out_path,
-            None,
-            f"the tomogram ({shape[0]} x {shape[1]} x {shape[2]} voxels, NZ x NY x NX) needs "
-            f"{format_bytes(need)} but {folder} has only {format_bytes(free)} free; choose another "
-            f"folder ({options.out}){binning} or a smaller {options.thickness}",
-        )
+    """``io.mrc_volume.check_free_space`` (before any work: ``align`` creates its --out-dir
+    later), its advice naming ``options``."""
+    binning = f", a larger {options.bin}" if options.bin is not None else ""
+    check_free_space(
+        out_path, shape, f"choose another folder ({options.out}){binning} or a smaller {options.thickness}"
+    )
 
 
 def reconstruct_to_file(
@@ -309,7 +289,7 @@ def reconstruct_to_file(
         )
     if min(nx, ny) >= MIN_IMAGE_PX and (nx // binning < 1 or ny // binning < 1):
         raise UsageError(f"{options.bin} {binning} is larger than the {nx} x {ny} images")
-    volume_shape(nx, ny, thickness, binning, options, stack_path)  # before the filter, which needs pixels
+    shape = volume_shape(nx, ny, thickness, binning, options, stack_path)  # before the filter
     try:
         filter_response(nx // binning, filter, radial)
     except ValueError as e:
@@ -327,7 +307,6 @@ def reconstruct_to_file(
     if memory_gb is not None and not (memory_gb > 0):
         raise UsageError(f"--memory must be a positive number of GB, got {memory_gb:g}")
     memory_bytes = None if memory_gb is None else int(memory_gb * 1e9)
-    shape = volume_shape(nx, ny, thickness, binning, options, stack_path)
     header_pixel = pixel  # None: the stack records no pixel size
     check_room(out_path, shape, options)
     if pixel is None:
