@@ -69,3 +69,39 @@ def test_align_leaves_out_a_view_with_too_few_points(tmp_path):
     got = -_rotation_deg(read_xf(tmp_path / "out" / "few.xf")[0])  # the .xf undoes the rotation
     assert abs(got[0] - truth[0]) < 0.5, (got[0], truth[0])
     assert np.max(np.abs(got - truth)) < 0.5
+
+
+def _with_points_in_view(view, n_points, **kw):
+    from lmalign_jax import Observations, simulate
+
+    obs = simulate(n_views=21, n_markers=12, seed=4, **kw).observations
+    mask = np.array(obs.mask)
+    mask[view, np.flatnonzero(mask[view])[n_points:]] = False
+    return Observations(obs.xy, mask, obs.tilts_deg, obs.image_size)
+
+
+def test_library_align_refuses_a_view_with_too_few_points():
+    """The library does not leave views out for the caller: it refuses, naming the view and what
+    it needs, rather than return an arbitrary rotation as converged."""
+    from lmalign_jax import align
+
+    with pytest.raises(ValueError, match=r"view 7 has 2 observed point\(s\) but needs 3: model 'jou' fits 5"):
+        align(_with_points_in_view(7, 2))
+    # grouped rotations leave each view four of its own: 2 points suffice, 1 does not
+    from lmalign_jax.core.problem import check_points_per_view
+
+    jou = get_model("jou")
+    modes = dict(zip(jou.parameters, jou.default_modes, strict=True)) | {"rotation": "group:3"}
+    check_points_per_view(jou, modes, _with_points_in_view(7, 2))
+    with pytest.raises(ValueError, match=r"view 7 has 1 observed point\(s\) but needs 2: model 'jou' fits 4"):
+        check_points_per_view(jou, modes, _with_points_in_view(7, 1))
+
+
+def test_align_batch_reports_the_short_view_for_that_series_only():
+    from lmalign_jax import align_batch
+
+    good, short = _with_points_in_view(7, 3), _with_points_in_view(3, 1)
+    results = align_batch([short, good], stages=("initial",))
+    assert isinstance(results[0], ValueError)
+    assert "view 3 has 1 observed point(s) but needs 3" in str(results[0])
+    assert not isinstance(results[1], Exception)

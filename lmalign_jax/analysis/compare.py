@@ -47,7 +47,9 @@ says nothing and its BIC is meaningless. Its row is marked ``underdetermined`` (
 status says how many parameters for how many coordinates), its BIC and leave-out residual are
 NaN, and it is never a best model, a deformation verdict's rigid model or the base of the local
 candidate. The leave-out residual is likewise skipped (NaN, with a note) for a model that is
-underdetermined in a fold's training set.
+underdetermined in a fold's training set. A model for which some view has fewer points than its
+own parameters need (``core.problem.views_short_of_points``; ``align()`` refuses it) is not
+fitted: its row is marked underdetermined, status "not fitted", and says which views.
 
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
@@ -63,10 +65,11 @@ import numpy as np
 
 from ..core.align import align
 from ..core.local import LocalOptions
+from ..core.problem import points_needed, views_short_of_points
 from ..core.result import AlignmentResult
 from ..models import DEFORMATION_MODELS, MODELS, ProjectionModel, get_model
 from ..observations import Observations
-from .compare_local import LocalCandidate, local_base, local_candidate
+from .compare_local import LocalCandidate, local_base, local_candidate, takes_local
 from .criteria import _positive_int, bic, effective_parameter_count, leave_out_folds, underdetermined
 
 __all__ = [
@@ -114,6 +117,9 @@ class ModelRow:
     leave_out_errors: np.ndarray | None = field(default=None, repr=False)
     #: Its parameters leave no residual degree of freedom (module docstring): never ranked.
     underdetermined: bool = False
+    #: Why it was not fitted at all: views with fewer points than their own parameters need
+    #: (``core.problem.views_short_of_points``); "" when it was fitted.
+    short_of_points: str = ""
 
     @property
     def ok(self) -> bool:
@@ -130,6 +136,8 @@ class ModelRow:
         """``"underdetermined: P free parameters for N coordinates"`` ("" when determined)."""
         if not self.underdetermined:
             return ""
+        if self.short_of_points:
+            return f"underdetermined: {self.short_of_points}"
         p = self.effective_parameters
         what = (
             f"{p:.1f} effective parameters ({self.n_free} free)"
@@ -228,20 +236,32 @@ class ModelComparison:
         """The table plus the winners and notes, for people (``lmalign compare``)."""
         n_obs = self.rows[0].n_observed if self.rows else 0
         n_held = int((self.fold_of >= 0).sum())
-        none_determined = any(r.ok for r in self.rows) and not any(r.ranked for r in self.rows)
+        none_determined = any(r.ok or r.underdetermined for r in self.rows) and not any(
+            r.ranked for r in self.rows
+        )
         lines = [
             f"Model comparison on {n_obs} observations ({2 * n_obs} residual components)",
             self.format_table(),
             "",
             f"best by BIC: {self.best_by_bic or '-'}; "
             f"best by leave-out residual: {self.best_by_leave_out or '-'}"
-            + (" (every model that answered is underdetermined)" if none_determined else ""),
+            + (
+                " (no determined model answered: each is underdetermined or failed)"
+                if none_determined
+                else ""
+            ),
         ]
         unranked = [r.model for r in self.rows if r.ok and r.underdetermined]
         if unranked:
             lines.append(
                 f"not ranked: {', '.join(unranked)} (underdetermined: as many free parameters as "
                 "measured coordinates or more; no residual degree of freedom)"
+            )
+        unfitted = [r.model for r in self.rows if r.short_of_points]
+        if unfitted:
+            lines.append(
+                f"not fitted: {', '.join(unfitted)} (underdetermined: some views have fewer points than "
+                "the parameters of their own need; a fit would be arbitrary there)"
             )
         if not self.leave_out:
             lines.append("leave-out: skipped")
@@ -408,7 +428,10 @@ def compare_models(
         base = local_base(results, [r.model for r in rows if r.ranked])
         if base is None:
             local_note = "no rigid model with per-view rotation, tilt and shifts answered (jou, imod, luther)"
-            under = local_base(results, names)
+            under = local_base(results, names) or next(  # or one not fitted for want of points
+                (m.name for m, r in zip(chosen, rows, strict=True) if r.short_of_points and takes_local(m)),
+                None,
+            )
             if under is not None:  # it answered, but is underdetermined
                 text = next(r.underdetermined_text for r in rows if r.model == under)
                 local_note = f"no determined rigid model to stand on ({under}: {text})"
@@ -436,7 +459,21 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         else "no shift term: expects centred observations (fits badly otherwise)"
     )
     start = time.perf_counter()
+    modes = kwargs.get("modes") or {}
     try:
+        short = views_short_of_points(m, modes, obs)
+        if short.size:  # align() refuses: say why, as an underdetermined row
+            results[m.name] = None
+            v = int(short[0])
+            why = (
+                f"{short.size} of {obs.n_views} views have fewer points than their own parameters need "
+                f"(view {v}: {int(obs.mask[v].sum())} of {int(points_needed(m, modes, obs.n_views)[v])})"
+            )
+            return replace(
+                _empty_row(m.name, "not fitted", n_obs, time.perf_counter() - start, note),
+                underdetermined=True,
+                short_of_points=why,
+            )
         full = align(obs, model=m, **kwargs)
     except Exception as exc:  # one model's failure must not stop the comparison
         results[m.name] = None

@@ -105,17 +105,21 @@ class LocalCandidate:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
+def takes_local(model) -> bool:
+    """Whether a local alignment can refine ``model`` (per-view rotation, tilt and shifts, no
+    regularization rows)."""
+    try:
+        check_local_model(model)
+    except ValueError:
+        return False
+    return model.regularization is None
+
+
 def local_base(results: dict, names) -> str | None:
     """The first of ``names`` whose result exists and whose model takes a local alignment."""
     for name in names:
         result = results.get(name)
-        if result is None or result.status.startswith("failed"):
-            continue
-        try:
-            check_local_model(result.model)
-        except ValueError:
-            continue
-        if result.model.regularization is None:
+        if result is not None and not result.status.startswith("failed") and takes_local(result.model):
             return name
     return None
 

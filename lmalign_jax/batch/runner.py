@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from ..core.problem import mode_labels
+from ..core.problem import check_points_per_view, mode_labels
 from ..core.result import AlignmentResult
 from ..core.settings import STAGES, check_options
 from ..models import ProjectionModel
@@ -163,6 +163,7 @@ def align_batch(
         for chunk in chunks:
             for s in chunk.series:
                 try:
+                    check_points_per_view(m, modes, s.obs)
                     prepare_series(s, m, rotations[s.index], refs[s.index], weight_list[s.index])
                 except Exception as e:  # noqa: BLE001 - reported per series
                     runner.fail(s, e)

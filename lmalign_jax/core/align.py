@@ -29,7 +29,7 @@ from ..models import ProjectionModel
 from ..observations import Observations
 from ..solve import LMConfig, Status, least_squares, unpad
 from .frame import project_all, to_reporting_frame
-from .problem import PAD_STEP, build_problem, padded
+from .problem import PAD_STEP, build_problem, check_points_per_view, padded
 from .result import AlignmentResult, StageReport, result_from_solution
 from .settings import (
     INTERMEDIATE_COST_TOL,
@@ -80,8 +80,12 @@ def align(
         progress: optional ``callable(StageReport)``, called as each stage finishes.
     Returns:
         ``AlignmentResult``. Numerical failure is reported in ``status``, not raised.
+    Raises:
+        ValueError: bad options, or a view with fewer observed points than its own free
+            parameters need (``core.problem.points_needed``), whose fit would be arbitrary.
     """
     m, modes, stages = check_options(model, modes, stages, dtype)
+    check_points_per_view(m, modes, obs)
     initial = start_values(m, obs, rotation_deg=rotation_deg, ref_view=ref_view, weights=weights, start=start)
     views, markers, ref_view = initial.views, initial.markers, initial.ref_view
     settings = AlignmentSettings(

@@ -97,13 +97,10 @@ def _regularized(model: ProjectionModel) -> np.ndarray:
     return np.asarray(jnp.any(rows != 0, axis=(0, 1)))
 
 
-def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
-    """(n_views,) int: the fewest observed points that can determine each view's own parameters,
-    half their number rounded up (a point gives two coordinates). A view's own parameters are
-    those free per view (``"free"``, or a group of that view alone); fixed, shared and grouped
-    ones are set elsewhere, as are those the model's regularization ties to neighbouring views.
-    A view with fewer points has a direction its data do not constrain: a fit returns an
-    arbitrary value along it."""
+def own_parameters(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
+    """(n_views,) int: how many parameters each view has of its own: those free per view
+    (``"free"``, or a group of that view alone). Fixed, shared and grouped ones are set
+    elsewhere, as are those the model's regularization ties to neighbouring views."""
     own = np.zeros(n_views, int)
     regularized = _regularized(model)
     for p, name in enumerate(model.parameters):
@@ -112,7 +109,42 @@ def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarr
         labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
         counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
         own += (labels == _FREE) | ((labels >= 0) & (counts[np.maximum(labels, 0)] == 1))
-    return -(-own // 2)
+    return own
+
+
+def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
+    """(n_views,) int: the fewest observed points that can determine each view's own parameters
+    (:func:`own_parameters`), half their number rounded up (a point gives two coordinates). A
+    view with fewer points has a direction its data do not constrain: a fit returns an
+    arbitrary value along it."""
+    return -(-own_parameters(model, modes, n_views) // 2)
+
+
+def views_short_of_points(model: ProjectionModel, modes: dict, obs: Observations) -> np.ndarray:
+    """Indices of the views of ``obs`` with fewer observed points than their own parameters need
+    (:func:`points_needed`; ``modes`` may name only some parameters, the rest take the model's
+    defaults)."""
+    return np.flatnonzero(obs.mask.sum(axis=1) < points_needed(model, modes, obs.n_views))
+
+
+def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations) -> None:
+    """Raise ValueError if a view of ``obs`` has fewer observed points than its own free
+    parameters need (:func:`views_short_of_points`): the fit would return an arbitrary value for
+    them and report it as converged."""
+    short = views_short_of_points(model, modes, obs)
+    if short.size:
+        v = int(short[0])
+        own = int(own_parameters(model, modes, obs.n_views)[v])
+        more = (
+            f" (and {short.size - 1} more view(s): {short[1:6].tolist()}{' ...' if short.size > 6 else ''})"
+        )
+        raise ValueError(
+            f"view {v} has {int(obs.mask[v].sum())} observed point(s) but needs {-(-own // 2)}: model "
+            f"{model.name!r} fits {own} parameters of its own there and a point gives two "
+            f"coordinates{more if short.size > 1 else ''}; leave such views "
+            "out (Observations.select_views; lmalign_jax.workflow.series.select_views does it for a "
+            "model's settings) or share, group or fix their parameters"
+        )
 
 
 def _residual(project, view, xyz, observed, unit):
