@@ -143,6 +143,11 @@ def test_patches_short_of_markers_keep_the_global_solution_and_are_named(solved)
         "only 60 markers (needs 61, 0 per surface)" in n for n in local.notes
     )
     assert all(p.status.startswith("too few markers") and not p.kept_local for p in local.patches)
+    # the table and record say how many markers the box held (all 60), at their global RMS per coordinate
+    rms = np.sqrt(np.nanmean(np.where(result.observations.mask[..., None], result.residuals, np.nan) ** 2))
+    for p in local.patches:
+        assert p.n_markers == 60 and sorted(p.marker_indices) == list(range(60))
+        assert p.global_rms_px == p.local_rms_px == pytest.approx(rms, rel=1e-9)
     np.testing.assert_allclose(local.file.transforms, np.tile(np.eye(2, 3), (9, 41, 1, 1)), atol=1e-6)
     assert local.local_mean_px == pytest.approx(local.global_mean_px, rel=1e-9)
 

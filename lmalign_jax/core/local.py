@@ -120,7 +120,8 @@ class PatchReport:
     """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
     global and under its own local fit (px), its free parameters, the drop of its sum of squares in
     units of sigma^2, whether its local solution was kept (else the global one stands for it), the
-    drop it needed to be kept (NaN: no test, every patch kept) and its markers (indices into the result's)."""
+    drop it needed to be kept (NaN: no test, every patch kept) and its markers (indices into the result's;
+    for a patch with too few markers, those its largest box held, at their global residual)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -390,7 +391,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         for i in range(n_patches[0]):
             c = (start[0] + i * spacing[0], start[1] + j * spacing[1])
             idx, box, enough = select_patch_markers(xy, side, c, min_size, options.min_fids, obs.image_size)
-            cells.append(((i, j), c, box, enough))
+            cells.append(((i, j), c, box, enough, idx))
             selections.append(idx if enough else np.zeros(0, int))
             if not enough:
                 notes.append(
@@ -428,7 +429,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     sigma2 = float(np.sum(resid**2) / max(1, 2 * obs.n_observed - result.n_free))
     reports, transforms, marker_sets = [], [], []
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
-    for p, ((cell, c, box, enough), idx) in enumerate(zip(cells, selections, strict=True)):
+    for p, ((cell, c, box, enough, in_box), idx) in enumerate(zip(cells, selections, strict=True)):
         status = Status(int(status_of[p]))
         m = obs.mask[:, idx]
         w = np.asarray(structure.weights[p, :, : idx.size])
@@ -437,6 +438,8 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         l_res = np.where(m[..., None], local_pred - obs.centered_xy[:, idx], 0.0)
         g_res = resid[:, idx]
         drop = float(np.sum(w[..., None] * (g_res**2 - l_res**2)) / sigma2) if sigma2 > 0 else np.inf
+        if not enough:  # nothing solved: the markers its largest box held, under the global fit
+            g_res = l_res = resid[:, in_box]
         threshold = (
             np.inf
             if options.significance is None
@@ -456,12 +459,13 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             views[p] = result.views
             markers = result.markers[idx]
         marker_sets.append(markers)
-        n_coords = max(1, 2 * int(m.sum()))
+        shown = idx if enough else in_box
+        n_coords = max(1, 2 * int(obs.mask[:, shown].sum()))
         reports.append(
             PatchReport(
                 cell,
                 c,
-                int(idx.size),
+                int(shown.size),
                 box,
                 float(np.sqrt(np.sum(g_res**2) / n_coords)),
                 float(np.sqrt(np.sum(l_res**2) / n_coords)),
@@ -470,7 +474,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 drop,
                 keep,
                 float("nan") if options.significance is None else float(threshold),
-                tuple(int(i) for i in idx),
+                tuple(int(i) for i in shown),
             )
         )
         centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])
