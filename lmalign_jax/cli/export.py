@@ -12,10 +12,10 @@ from ..workflow.exporting import (
     export_alignment,
     export_suffixes,
     local_alignment_for,
-    measured_markers,
     parse_export_targets,
     read_alignment_record,
 )
+from ..workflow.record_markers import measured_markers
 from ..workflow.writing import check_output_folder
 from .common import EXIT_OK, HelpFormatter, UsageError, file_stem, note, warn
 

@@ -9,7 +9,8 @@ Files, for ``--prefix P``:
 
 - imod: ``P.xf``, ``P.tlt`` (as in the record), ``P.xtilt`` (zeros: our ``.xf`` hold no X-axis
   tilt), ``P_nogaps.fid`` (gaps filled by the solved projection; the measured points it keeps
-  must be those the record was fitted to, :func:`check_markers_match`), ``P_erase.fid`` (beads in
+  must be those the record was fitted to,
+  :func:`lmalign_jax.workflow.record_markers.check_markers_match`), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
   ``ts_import_alignments`` expect), ``P.zfac`` when the projection varies with height beyond tilt's
@@ -34,7 +35,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..export import (
-    ViewGeometry,
     add_alignment_to_relion_tilt_series,
     portal_alignment,
     write_aln,
@@ -43,20 +43,19 @@ from ..export import (
 )
 from ..export.imod import (
     filled_marker_set,
-    projected_positions,
     write_erase_model,
     write_filled_model,
     write_zfac,
     xtilt_file_value_deg,
 )
 from ..export.imod_log import AlignLog, write_align_log
-from ..io import InputError, MarkerSet, write_tlt, write_xf
+from ..io import InputError, write_tlt, write_xf
 from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf, write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .local import LOCAL_SUFFIX
-from .series import _on_tilt_file_views, _read_marker_file
+from .record_markers import excluded_views, model_projection, record_geometry
 from .status import UsageError
 
 __all__ = [
@@ -65,7 +64,6 @@ __all__ = [
     "export_alignment",
     "export_suffixes",
     "local_alignment_for",
-    "measured_markers",
     "parse_export_targets",
     "read_alignment_record",
     "z_factors",
@@ -78,12 +76,6 @@ ALIGN_LOG_NAME = "align.log"
 Z_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew", "declination")
 #: Z factors below this (the ``.zfac``'s printed precision, ``2f12.7``) are zero: no ``.zfac``.
 ZFAC_NEGLIGIBLE = 5e-8
-#: A marker file matches a record when the median distance of its points from where the record's
-#: solution puts them is at most this many times the record's RMS residual (at least
-#: :data:`MATCH_FLOOR_PX`): the record's own marker file gives its residuals (a median of about
-#: 1.2 RMS), another series' file points hundreds of pixels off.
-MATCH_RMS_FACTOR = 5.0
-MATCH_FLOOR_PX = 2.0
 _SUFFIXES = {
     "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac", LOCAL_SUFFIX),
     "aretomo": (".aln",),
@@ -113,90 +105,6 @@ def export_suffixes(targets: Sequence[str], *, with_xf_tlt: bool = True) -> tupl
     for t in targets:
         out += [s for s in _SUFFIXES[t] if with_xf_tlt or s not in (".xf", ".tlt")]
     return tuple(out)
-
-
-def measured_markers(record: AlignmentRecord, markers_path: str | None = None, option: str = "--markers"):
-    """The measured points behind ``record`` (for the filled model): ``markers_path`` (given as
-    ``option``), else the marker file the record names (as given, then beside the record). None
-    when not found. UsageError when the file does not match the record
-    (:func:`check_markers_match`)."""
-    candidates = [markers_path] if markers_path else []
-    if not markers_path and record.markers_path:
-        candidates += [
-            record.markers_path,
-            os.path.join(
-                os.path.dirname(os.path.abspath(record.path)), os.path.basename(record.markers_path)
-            ),
-        ]
-    for path in candidates:
-        if path and (os.path.isfile(path) or markers_path):
-            markers, _, _ = _read_marker_file(path, None, None)
-            who = f"{option} {path}" if markers_path else f"marker file {path} (named by the record)"
-            return check_markers_match(record, markers, path, who)
-    return None
-
-
-def check_markers_match(record: AlignmentRecord, markers: MarkerSet, path: str, who: str) -> MarkerSet:
-    """``markers`` (read from ``path``) on the record's views, when they are the points the record
-    was fitted to; UsageError (``who`` does not match ...) otherwise. The file must have no
-    point past the record's views, the record's image size (when the file records one and is not
-    the file the record names: ``align --image-size`` may have overridden its header), every
-    marker of the record, as many points of them on the fitted views as the fit had, and those
-    points within :data:`MATCH_RMS_FACTOR` times the record's RMS residual (median) of where the
-    record's model puts its solved markers (:func:`_fitted_positions`)."""
-
-    def refuse(problem: str):
-        raise UsageError(
-            f"{who} does not match the alignment {record.path}: {problem}; "
-            "give --markers with the measured points of this series"
-        )
-
-    if record.xf is None:
-        return markers  # nothing to export: export_alignment says so
-    n = record.xf.shape[0]
-    observed = np.flatnonzero(markers.mask.any(axis=1))
-    if observed.size and observed[-1] + 1 > n:
-        refuse(f"it has points on view {observed[-1] + 1} (counting from 1) but the record has {n} views")
-    markers = _on_tilt_file_views(markers, path, None, n)
-    if record.markers is None or record.image_size is None:
-        return markers  # export_alignment refuses the record
-    own = record.markers_path is not None and os.path.realpath(path) in {
-        os.path.realpath(record.markers_path),
-        os.path.realpath(
-            os.path.join(os.path.dirname(os.path.abspath(record.path)), os.path.basename(record.markers_path))
-        ),
-    }
-    if markers.image_size is not None and record.image_size is not None and not own:
-        (fx, fy), (rx, ry) = markers.image_size, record.image_size
-        if abs(fx - rx) > 0.5 or abs(fy - ry) > 0.5:
-            refuse(f"it is for a {fx:g} x {fy:g} image, the record for {rx:g} x {ry:g}")
-    column = {int(mid): k for k, mid in enumerate(markers.marker_ids)}
-    ids = [int(i) for i in record.markers.ids]
-    missing = [i for i in ids if i not in column]
-    if missing:
-        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-        refuse(f"it lacks {len(missing)} of the record's {len(ids)} markers (ids {shown})")
-    cols = [column[i] for i in ids]
-    fitted = ~_excluded(record)
-    seen = markers.mask[:, cols] & fitted[:, None]
-    n_seen = int(seen.sum())
-    if record.n_points is not None and n_seen != record.n_points:
-        refuse(
-            f"it has {n_seen} points of the record's {len(ids)} markers on the {int(fitted.sum())} fitted "
-            f"views, the fit had {record.n_points}"
-        )
-    predicted = _fitted_positions(record)
-    distance = np.linalg.norm(markers.xy[:, cols][seen] - predicted[seen], axis=-1)
-    distance = distance[np.isfinite(distance)]
-    rms = float(record.rms_residual_px) if record.rms_residual_px is not None else 0.0
-    limit = max(MATCH_RMS_FACTOR * rms, MATCH_FLOOR_PX)
-    median = float(np.median(distance)) if distance.size else 0.0
-    if not median <= limit:
-        refuse(
-            f"its points lie a median {median:.1f} px from where the record's solution puts them "
-            f"(the record's RMS residual is {rms:.2f} px)"
-        )
-    return markers
 
 
 def read_alignment_record(path: str) -> AlignmentRecord:
@@ -233,20 +141,6 @@ def _require(record: AlignmentRecord, what: str):
         )
     if record.image_size is None:
         raise InputError(record.path, None, f"the record has no image size, needed for {what}")
-
-
-def _geometry(record: AlignmentRecord) -> ViewGeometry:
-    try:
-        return ViewGeometry(record.xf, record.tilts_deg, None, record.image_size)
-    except ValueError as exc:
-        raise InputError(record.path, None, f"its transforms cannot be exported ({exc})") from None
-
-
-def _excluded(record: AlignmentRecord) -> np.ndarray:
-    """(n,) views left out of the solution (by the user or for lack of markers)."""
-    if record.views is not None:
-        return record.views.excluded
-    return np.zeros(record.xf.shape[0], dtype=bool)
 
 
 def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
@@ -303,45 +197,6 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
     )
 
 
-def _model_projection(record: AlignmentRecord, model, keep: np.ndarray) -> np.ndarray:
-    """(k, m, 2) centred pixels: the record's solved markers projected by ``model`` with the
-    record's parameters of the views ``keep`` (what the fit compared with the measured points)."""
-    import jax.numpy as jnp
-
-    views = record.views
-    params = np.stack(  # (P, k), the model's units: the record has angles in degrees
-        [
-            np.radians(views.parameters[p][keep]) if kind == "angle" else views.parameters[p][keep]
-            for p, kind in zip(model.parameters, model.kinds, strict=True)
-        ]
-    )
-    xyz = record.markers.xyz
-    projected = np.asarray(model.project(jnp.asarray(params[:, :, None]), jnp.asarray(xyz.T[:, None, :])))
-    return projected.transpose(1, 2, 0).astype(np.float64)
-
-
-def _fitted_positions(record: AlignmentRecord) -> np.ndarray:
-    """(n_views, m, 2) IMOD image coordinates: where the record's solution puts its markers on
-    the fitted views (its model's projection; the exported geometry's when the record's model or
-    parameters are unknown here), NaN on the others."""
-    keep = ~_excluded(record)
-    out = np.full((record.xf.shape[0], record.markers.xyz.shape[0], 2), np.nan)
-    centre = np.asarray(record.image_size, dtype=np.float64) / 2.0
-    model = None
-    if record.views is not None and record.model_name is not None:
-        from ..models import MODELS, get_model  # JAX: loaded on use
-
-        if record.model_name in MODELS:
-            model = get_model(record.model_name)
-            if any(p not in record.views.parameters for p in model.parameters):
-                model = None
-    if model is not None and keep.any():
-        out[keep] = _model_projection(record, model, keep) + centre
-    else:
-        out[keep] = projected_positions(_geometry(record), record.markers.xyz)[keep]
-    return out
-
-
 def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when they are all negligible
     (:data:`Z_PARAMETERS` all neutral, or every factor below :data:`ZFAC_NEGLIGIBLE`: imod's
@@ -371,7 +226,7 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     ):
         return None
     xyz = markers.xyz
-    projected = _model_projection(record, model, keep)  # (k, m, 2), centred pixels
+    projected = model_projection(record, model, keep)  # (k, m, 2), centred pixels
     xf = record.xf[keep]
     aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
     tilt = np.radians(record.tilts_deg[keep])[:, None]
@@ -437,7 +292,7 @@ def export_alignment(
     """
     targets = tuple(targets)
     _require(record, ", ".join(targets))
-    geometry = _geometry(record)
+    geometry = record_geometry(record)
     pixel = pixel_size_angst if pixel_size_angst is not None else record.pixel_size_A
     if "relion" in targets and pixel is None:
         raise UsageError(
@@ -445,7 +300,7 @@ def export_alignment(
         )
     if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
         raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
-    excluded = _excluded(record)
+    excluded = excluded_views(record)
     fitted = ~excluded
     if "imod" in targets:
         if record.views is None or record.markers is None:
