@@ -34,11 +34,9 @@ import numpy as np
 from ..core.local import LocalOptions, align_local, check_local_model
 from ..core.local_apply import fit_markers_through_local, project_through_local
 from ..core.result import AlignmentResult
+from .criteria import DECISIVE_BIC
 
 __all__ = ["LocalCandidate", "local_base", "local_candidate"]
-
-#: Same as ``compare.DECISIVE_BIC`` (Kass & Raftery 1995), kept here to keep imports one way.
-DECISIVE_BIC = 10.0
 
 
 @dataclass(frozen=True, eq=False)

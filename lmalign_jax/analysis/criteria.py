@@ -10,6 +10,9 @@ from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..solve import effective_parameters, linearize
 
+#: A BIC lower by more than this is decisive evidence (Kass & Raftery 1995).
+DECISIVE_BIC = 10.0
+
 __all__ = ["bic", "effective_parameter_count", "leave_out_folds", "underdetermined"]
 
 
