@@ -257,6 +257,38 @@ def test_keep_determined_revives_the_best_points():
     assert (kept[w > 0] == 1).all()
 
 
+def test_keep_determined_keeps_what_a_views_own_parameters_need():
+    """A zero weight takes a point out of the fit: a view must keep as many positively weighted
+    points as its own parameters need (imod: 4), not only MIN_SUPPORT (3)."""
+    mask = np.ones((6, 6), dtype=bool)
+    lengths = np.arange(36, dtype=float).reshape(6, 6)
+    w = np.ones((6, 6))
+    w[1, 2:] = 0.0  # view 1 keeps 2 points
+    assert ((keep_determined(w, mask, lengths)[1]) > 0).sum() == 3
+    kept = keep_determined(w, mask, lengths, view_support=[4] * 6)
+    assert (kept[1] > 0).sum() == 4 and kept[1, 2] == kept[1, 3] == KEEP_WEIGHT and kept[1, 4] == 0.0
+    short = mask.copy()
+    short[1, 3:] = False  # a view with 3 points keeps them all, and no more exist
+    assert ((keep_determined(w, short, lengths, view_support=[4] * 6)[1]) > 0).sum() == 3
+
+
+def test_robust_imod_keeps_four_points_in_a_view_with_misclicks():
+    """A view of 6 points, 3 of them misclicked by 30 px: imod fits 7 parameters of its own there
+    and needs 4 points. Before, the rounds rejected 3 points (w = 0) and fitted the view to the
+    3 left, one of them a misclick (6 coordinates for 7 parameters: arbitrary); now 4 keep a
+    positive weight, the 2 worst misclicks rejected."""
+    from lmalign_jax import Observations
+
+    obs = simulate(n_views=21, n_markers=10, seed=3).observations
+    mask, xy = np.array(obs.mask), np.array(obs.xy)
+    mask[10, 6:] = False
+    xy[10, :3] += [[30.0, 0.0], [0.0, -30.0], [-25.0, 20.0]]
+    robust = align_robust(Observations(xy, mask, obs.tilts_deg, obs.image_size), model="imod")
+    w = robust.weights[10, :6]
+    assert (w > 0).sum() == 4 and w[0] == w[1] == 0.0, w
+    assert robust.result.status == "converged"
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

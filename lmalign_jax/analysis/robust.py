@@ -73,7 +73,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ..core.align import align
+from ..core.problem import points_needed
 from ..core.result import AlignmentResult
+from ..models import get_model
 from ..observations import Observations
 
 #: Loss name -> default tuning constant (in units of the robust scale), the usual
@@ -159,21 +161,34 @@ def normalised_residuals(
     return u, medians, scales
 
 
-def keep_determined(weights, mask, lengths, min_support: int = MIN_SUPPORT, keep_weight: float = KEEP_WEIGHT):
+def keep_determined(
+    weights,
+    mask,
+    lengths,
+    min_support: int = MIN_SUPPORT,
+    keep_weight: float = KEEP_WEIGHT,
+    view_support=None,
+):
     """Raise zero weights to ``keep_weight`` where a marker or view would lose its support.
 
     Each marker keeps positive weight in at least ``min(min_support, its views)`` views and
-    each view in at least ``min(min_support, its markers)`` markers; the points revived are
-    those with the smallest residual lengths. Returns a new weight array.
+    each view in at least ``min(max(min_support, view_support[v]), its markers)`` markers
+    (``view_support`` (n_views,): the points each view's own parameters need,
+    ``core.problem.points_needed``; a zero weight takes a point out of the fit); the points
+    revived are those with the smallest residual lengths. Returns a new weight array.
     """
     w = np.array(weights, dtype=np.float64)
+    per_view = np.full(mask.shape[0], min_support)
+    if view_support is not None:
+        per_view = np.maximum(per_view, np.asarray(view_support, int))
     for axis in (0, 1):  # axis 0: per marker (over views); axis 1: per view (over markers)
         for _ in range(2):  # a second pass settles what the other axis changed
             n_lines = mask.shape[1 - axis]
             for line in range(n_lines):
                 idx = (slice(None), line) if axis == 0 else (line, slice(None))
                 m, wl, rl = mask[idx], w[idx], lengths[idx]
-                need = min(min_support, int(m.sum())) - int((m & (wl > 0)).sum())
+                support = min_support if axis == 0 else int(per_view[line])
+                need = min(support, int(m.sum())) - int((m & (wl > 0)).sum())
                 if need <= 0:
                     continue
                 candidates = np.flatnonzero(m & ~(wl > 0))
@@ -426,12 +441,17 @@ def align_robust(
         )
     mask = obs.mask
     groups = view_groups(obs.tilts_deg, mask, group_size, min_group_points)
+    # the points each view's own parameters need, under the model and modes the rounds fit
+    model = get_model(align_kwargs.get("model", initial.model))
+    needed = points_needed(model, align_kwargs.get("modes") or initial.settings.modes, obs.n_views)
 
     def reweigh(res: AlignmentResult):
         lengths = np.where(mask, res.residual_lengths, 0.0)
         u, med, scale = normalised_residuals(lengths, mask, groups, min_scale_px, mad_constant)
         w = np.where(mask, loss_weights(np.where(mask, u, 0.0), loss, tuning), np.nan)
-        w = np.where(mask, keep_determined(np.nan_to_num(w, nan=0.0), mask, lengths), np.nan)
+        w = np.where(
+            mask, keep_determined(np.nan_to_num(w, nan=0.0), mask, lengths, view_support=needed), np.nan
+        )
         return w, med, scale
 
     def report(number, res, w, change):
