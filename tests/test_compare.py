@@ -181,13 +181,18 @@ def test_an_underdetermined_model_is_marked_and_never_best():
 def test_a_determined_model_is_ranked_and_a_fold_too_small_for_it_is_not():
     """6 markers: imod (225 free for 372 coordinates) is determined and wins on its stretched
     data; with 2 folds holding out half the points its training sets have fewer coordinates
-    than parameters, so its leave-out residual is skipped, while jou's is not."""
+    than parameters, so its leave-out residual is skipped, while jou's is not. Folds that leave
+    a view fewer training points than its own parameters need skip the leave-out too."""
     obs = simulate(n_markers=6, **FEW).observations
     c = compare_models(obs, ("jou", "imod"), leave_out=False)
     print("\n" + c.to_text())
     assert not any(r.underdetermined for r in c.rows) and c.best_by_bic == "imod"
     assert "underdetermined" not in c.to_text()
-    halves = compare_models(obs, ("jou", "imod"), folds=2, min_views_per_marker=2, min_markers_per_view=1)
+    # with 1 training marker per view allowed, jou's folds would fit views to 1 or 2 points
+    loose = compare_models(obs, ("jou",), folds=2, min_views_per_marker=2, min_markers_per_view=1)
+    assert np.isnan(loose.row("jou").leave_out_rms_px) and loose.best_by_leave_out is None
+    assert "training point(s), fewer than the 3 its own parameters need" in loose.row("jou").note
+    halves = compare_models(obs, ("jou", "imod"), folds=2, min_views_per_marker=2, min_markers_per_view=3)
     print("\n" + halves.to_text())
     jou, imod = halves.row("jou"), halves.row("imod")
     held = max(int((halves.fold_of == f).sum()) for f in range(2))

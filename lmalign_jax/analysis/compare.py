@@ -49,7 +49,9 @@ NaN, and it is never a best model, a deformation verdict's rigid model or the ba
 candidate. The leave-out residual is likewise skipped (NaN, with a note) for a model that is
 underdetermined in a fold's training set. A model for which some view has fewer points than its
 own parameters need (``core.problem.views_short_of_points``; ``align()`` refuses it) is not
-fitted: its row is marked underdetermined, status "not fitted", and says which views.
+fitted: its row is marked underdetermined, status "not fitted", and says which views. A fold
+whose training set leaves a view fewer points than that skips the model's leave-out (a note
+says which), as its held-out points there would be predicted by arbitrary values.
 
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
@@ -231,11 +233,14 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
     n_held = int((fold_of >= 0).sum())
     held_max = max((int((fold_of == f).sum()) for f in range(folds)), default=0)
     n_train = 2 * (n_obs - held_max)  # coordinates of the smallest training set
+    short_fold = _fold_short_of_points(obs, m, modes, fold_of, folds) if n_held else None
     if n_held and not under and underdetermined(n_parameters, n_train):
         note = (note + "; " if note else "") + (
             f"leave-out skipped: {n_parameters:g} parameters for {n_train} coordinates "
             "in a fold's training set"
         )
+    elif short_fold is not None and not under:
+        note = (note + "; " if note else "") + f"leave-out skipped: {short_fold}"
     elif not full.status.startswith("failed") and n_held and not under:
         fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
         errors = []
@@ -278,6 +283,22 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         leave_out_errors=leave_errors,
         underdetermined=under,
     )
+
+
+def _fold_short_of_points(obs, m: ProjectionModel, modes: dict, fold_of, folds: int) -> str | None:
+    """Why a fold's fit would be arbitrary (a training view with fewer points than its own
+    parameters need: its held-out points would be predicted by arbitrary values), or None."""
+    needed = points_needed(m, modes, obs.n_views)
+    for f in range(folds):
+        left = (obs.mask & (fold_of != f)).sum(axis=1)
+        short = np.flatnonzero(left < needed)
+        if short.size:
+            v = int(short[0])
+            return (
+                f"fold {f} leaves view {v} {int(left[v])} training point(s), fewer than the "
+                f"{int(needed[v])} its own parameters need"
+            )
+    return None
 
 
 def _empty_row(name, status, n_obs, seconds, note) -> ModelRow:
