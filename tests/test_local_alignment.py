@@ -227,3 +227,41 @@ def test_a_grid_of_too_many_patches_is_refused_with_its_size(solved):
     result = solved["rigid"][0]
     with pytest.raises(ValueError, match=r"makes a grid of \d+ x \d+ = \d+ patches .* more than 2500"):
         align_local(result, LocalOptions(patch_size=(10, 10)))
+
+
+def test_a_view_with_too_few_points_in_a_patch_keeps_its_global_increments(solved):
+    """Per-view rotation, tilt and scale increments and the local shift are 5 unknowns: a view
+    that sees 2 of a patch's markers (4 coordinates) cannot determine them. It keeps the global
+    rotation, tilt and scale there, and its local shift alone is fitted; a view with 3 points
+    (6 coordinates) is solved."""
+    import dataclasses
+
+    result, default = solved["rigid"][:2]
+    obs = result.observations
+    mask = np.array(obs.mask)
+    mask[5, 2:] = False  # view 5 sees 2 markers, view 6 one, view 7 three of the first patch's
+    mask[6, 1:] = False
+    mask[7] = False
+    mask[7, list(default.patches[0].marker_indices[:3])] = True
+    short = dataclasses.replace(
+        result, observations=Observations(obs.xy, mask, obs.tilts_deg, obs.image_size)
+    )
+    local = align_local(
+        short, LocalOptions(significance=None)
+    )  # the patches' boxes do not depend on the mask
+    m = result.model
+    increments = [m.index(n) for n in ("rotation", "tilt", "scale")]
+    shifts = [m.index("dx"), m.index("dy")]
+    checked = {"kept": 0, "solved": 0}
+    for p, report in enumerate(local.patches):
+        seen = mask[:, list(report.marker_indices)].sum(axis=1)  # the patch's points per view
+        patch = local.views[p]
+        for v in (5, 6, 7):
+            if seen[v] in (1, 2):
+                np.testing.assert_allclose(patch[v, increments], result.views[v, increments], rtol=1e-12)
+                assert np.any(patch[v, shifts] != result.views[v, shifts])  # its shift is fitted
+                checked["kept"] += 1
+            elif seen[v] == 3:
+                assert np.all(patch[v, increments] != result.views[v, increments])
+                checked["solved"] += 1
+    assert checked["kept"] >= 2 and checked["solved"] >= 1, checked

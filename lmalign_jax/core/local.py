@@ -81,7 +81,9 @@ class LocalOptions:
     modes: local increment -> "free", "group:N" or "fixed" [Local*Option, Local*DefaultGrouping];
         increments the model lacks are ignored. Default: rotation, tilt and scale per view (Etomo
         groups them by 6, 6 and 7 views and adds x-stretch and skew by 7 and 11: pass those modes
-        to match it; on IMOD's BBa set the per-view default lowers the residual more).
+        to match it; on IMOD's BBa set the per-view default lowers the residual more). A view with
+        fewer points in a patch than its own increments and local shift need (two coordinates a
+        point) keeps the global increments there; only its shift is fitted.
     significance: keep a patch's local solution only if it lowers the patch's sum of squares by
         more than fitting noise would: ``delta SS / sigma^2 > p + significance sqrt(2 p)`` (p the
         patch's free parameters; under a rigid specimen delta SS / sigma^2 is about chi-square with
@@ -312,6 +314,10 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
             members = labels == label
             tie[members, p] = len(slot_free)
             slot_free.append(bool(seen[members].any()) and not (markers_free and labels[ref_view] == label))
+    # a view whose points in the patch cannot determine its own increments (two coordinates
+    # a point) keeps the global ones there, and only its local shift is fitted
+    own = free[:, base_k:].sum(axis=1) + 2 * seen
+    free[2 * mask.sum(axis=1) < own, base_k:] = False
     free_b = np.zeros((capacity, 3), bool)
     if markers_free:
         free_b[: idx.size] = True
