@@ -29,9 +29,10 @@ and MAD of groups of neighbouring views; routine ``computeWeights`` in IMOD's so
    - ``"huber"``: ``w = min(1, k/u)``, k = 1.345 (never rejects);
    - ``"cauchy"``: ``w = 1 / (1 + (u/c)^2)``, c = 2.385 (never rejects).
 4. So that every parameter stays determined, a marker keeps positive weight in at least 3
-   views and a view in at least 3 markers (or all it has, if fewer): where the weights
-   would take that away, the rejected points with the smallest residuals among those needed
-   get the small weight ``KEEP_WEIGHT`` (1e-3) instead of zero.
+   views and a view in at least 3 markers, or as many as its own parameters need where that
+   is more (4 for imod and luther; ``core.problem.points_needed``), or all it has, if fewer:
+   where the weights would take that away, the rejected points with the smallest residuals
+   among those needed get the small weight ``KEEP_WEIGHT`` (1e-3) instead of zero.
 5. Re-solve the joint stage from the last answer with ``weights = sqrt(w)`` (``align``'s
    weights multiply the residuals, so the cost is ``sum w r^2``), recompute the residuals,
    the group scales and the weights, and repeat until no weight changes by more than
@@ -88,7 +89,8 @@ MADN_CONSTANT = 0.6745
 RAYLEIGH_MAD = 0.44845
 #: Weight given instead of 0 to points a marker or view needs to stay determined.
 KEEP_WEIGHT = 1e-3
-#: Fewest positively weighted views per marker / markers per view the weights may leave.
+#: Fewest positively weighted views per marker / markers per view the weights may leave (a view
+#: keeps more where its own parameters need more: ``core.problem.points_needed``).
 MIN_SUPPORT = 3
 
 
