@@ -48,7 +48,7 @@ status says how many parameters for how many coordinates), its BIC and leave-out
 NaN, and it is never a best model, a deformation verdict's rigid model or the base of the local
 candidate. The leave-out residual is likewise skipped (NaN, with a note) for a model that is
 underdetermined in a fold's training set. A model for which some view has fewer points than its
-own parameters need (``core.problem.views_short_of_points``; ``align()`` refuses it) is not
+own parameters need (``core.problem.points_needed``; ``align()`` refuses it) is not
 fitted: its row is marked underdetermined, status "not fitted", and says which views. A fold
 whose training set leaves a view fewer points than that skips the model's leave-out (a note
 says which), as its held-out points there would be predicted by arbitrary values.
@@ -67,7 +67,7 @@ import numpy as np
 
 from ..core.align import align
 from ..core.local import LocalOptions
-from ..core.problem import points_needed, views_short_of_points
+from ..core.problem import points_needed
 from ..core.result import AlignmentResult
 from ..models import MODELS, ProjectionModel, get_model
 from ..observations import Observations
@@ -196,15 +196,15 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
         else "no shift term: expects centred observations (fits badly otherwise)"
     )
     start = time.perf_counter()
-    modes = kwargs.get("modes") or {}
     try:
-        short = views_short_of_points(m, modes, obs)
+        needed = points_needed(m, kwargs.get("modes") or {}, obs.n_views)
+        short = np.flatnonzero(obs.mask.sum(axis=1) < needed)
         if short.size:  # align() refuses: say why, as an underdetermined row
             results[m.name] = None
             v = int(short[0])
             why = (
                 f"{short.size} of {obs.n_views} views have fewer points than their own parameters need "
-                f"(view {v}: {int(obs.mask[v].sum())} of {int(points_needed(m, modes, obs.n_views)[v])})"
+                f"(view {v}: {int(obs.mask[v].sum())} of {int(needed[v])})"
             )
             return replace(
                 _empty_row(m.name, "not fitted", n_obs, time.perf_counter() - start, note),
@@ -233,13 +233,12 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
     n_held = int((fold_of >= 0).sum())
     held_max = max((int((fold_of == f).sum()) for f in range(folds)), default=0)
     n_train = 2 * (n_obs - held_max)  # coordinates of the smallest training set
-    short_fold = _fold_short_of_points(obs, m, modes, fold_of, folds) if n_held else None
     if n_held and not under and underdetermined(n_parameters, n_train):
         note = (note + "; " if note else "") + (
             f"leave-out skipped: {n_parameters:g} parameters for {n_train} coordinates "
             "in a fold's training set"
         )
-    elif short_fold is not None and not under:
+    elif n_held and not under and (short_fold := _fold_short_of_points(obs.mask, needed, fold_of, folds)):
         note = (note + "; " if note else "") + f"leave-out skipped: {short_fold}"
     elif not full.status.startswith("failed") and n_held and not under:
         fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
@@ -285,12 +284,12 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
     )
 
 
-def _fold_short_of_points(obs, m: ProjectionModel, modes: dict, fold_of, folds: int) -> str | None:
-    """Why a fold's fit would be arbitrary (a training view with fewer points than its own
-    parameters need: its held-out points would be predicted by arbitrary values), or None."""
-    needed = points_needed(m, modes, obs.n_views)
+def _fold_short_of_points(mask, needed, fold_of, folds: int) -> str | None:
+    """Why a fold's fit would be arbitrary (a training view with fewer points than the
+    ``needed`` (n_views,) of its own parameters: its held-out points would be predicted by
+    arbitrary values), or None."""
     for f in range(folds):
-        left = (obs.mask & (fold_of != f)).sum(axis=1)
+        left = (mask & (fold_of != f)).sum(axis=1)
         short = np.flatnonzero(left < needed)
         if short.size:
             v = int(short[0])

@@ -43,7 +43,7 @@ class ModelRow:
     #: Its parameters leave no residual degree of freedom (module docstring): never ranked.
     underdetermined: bool = False
     #: Why it was not fitted at all: views with fewer points than their own parameters need
-    #: (``core.problem.views_short_of_points``); "" when it was fitted.
+    #: (``core.problem.points_needed``); "" when it was fitted.
     short_of_points: str = ""
 
     @property

@@ -120,27 +120,22 @@ def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarr
     return -(-own_parameters(model, modes, n_views) // 2)
 
 
-def views_short_of_points(model: ProjectionModel, modes: dict, obs: Observations) -> np.ndarray:
-    """Indices of the views of ``obs`` with fewer observed points than their own parameters need
-    (:func:`points_needed`; ``modes`` may name only some parameters, the rest take the model's
-    defaults)."""
-    return np.flatnonzero(obs.mask.sum(axis=1) < points_needed(model, modes, obs.n_views))
-
-
 def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations) -> None:
     """Raise ValueError if a view of ``obs`` has fewer observed points than its own free
-    parameters need (:func:`views_short_of_points`): the fit would return an arbitrary value for
-    them and report it as converged."""
-    short = views_short_of_points(model, modes, obs)
+    parameters need (:func:`points_needed`; ``modes`` may name only some parameters, the rest
+    take the model's defaults): the fit would return an arbitrary value for them and report it
+    as converged."""
+    own = own_parameters(model, modes, obs.n_views)
+    have = obs.mask.sum(axis=1)
+    short = np.flatnonzero(have < -(-own // 2))  # points_needed
     if short.size:
         v = int(short[0])
-        own = int(own_parameters(model, modes, obs.n_views)[v])
         more = (
             f" (and {short.size - 1} more view(s): {short[1:6].tolist()}{' ...' if short.size > 6 else ''})"
         )
         raise ValueError(
-            f"view {v} has {int(obs.mask[v].sum())} observed point(s) but needs {-(-own // 2)}: model "
-            f"{model.name!r} fits {own} parameters of its own there and a point gives two "
+            f"view {v} has {int(have[v])} observed point(s) but needs {-(-own[v] // 2)}: model "
+            f"{model.name!r} fits {own[v]} parameters of its own there and a point gives two "
             f"coordinates{more if short.size > 1 else ''}; leave such views "
             "out (Observations.select_views; lmalign_jax.workflow.series.select_views does it for a "
             "model's settings) or share, group or fix their parameters"
