@@ -367,3 +367,39 @@ def test_records_without_covariance_are_refused(aligned, tmp_path):
     assert rc == 2 and "junk.json:1: not valid JSON" in err
     with pytest.raises(InputError, match="only apply to a RELION"):
         read_points(points, pixel_size=1.0)
+
+
+def test_out_is_checked_before_any_work_and_never_overwrites_an_input(aligned, tmp_path):
+    points = tmp_path / "p.csv"
+    points.write_text("0,0,0\n")
+    record = tmp_path / "rec.json"
+    record.write_bytes((aligned / "synthetic.json").read_bytes())
+    for out, message in (
+        (record, "would overwrite the input"),
+        (points, "would overwrite the input"),
+        (tmp_path / "missing" / "m.csv", "does not exist"),
+        (tmp_path, "is a folder"),
+    ):
+        rc, text, err = run(["uncertainty", record, "--points", points, "--out", out])
+        assert rc == 2 and text == "", (out, err)
+        assert message in err and str(out) in err and ".tmp" not in err, err
+    assert record.read_bytes() == (aligned / "synthetic.json").read_bytes()
+    assert points.read_text() == "0,0,0\n"
+
+
+def test_a_point_far_outside_the_tomogram_is_refused(aligned, tmp_path):
+    points = tmp_path / "far.csv"
+    points.write_text("0,0,0\n0,0,1e308\n")
+    rc, out, err = run(["uncertainty", aligned / "synthetic.json", "--points", points])
+    assert rc == 2 and out == "", err  # this record has no image size: the value is not finite
+    assert "far.csv: point 2: its misregistration is not finite" in err
+    record = json.loads((aligned / "synthetic.json").read_text())
+    record["inputs"] = {"image_size": [512, 512]}
+    sized = tmp_path / "sized.json"
+    sized.write_text(json.dumps(record))
+    rc, out, err = run(["uncertainty", sized, "--points", points])
+    assert rc == 2 and out == "", err
+    assert "far.csv: point 2 at (0, 0, 1e+308) px is more than 10 image sizes (5120 px)" in err
+    points.write_text("0,0,0\n0,0,3000\n")  # outside the image, within reach: evaluated
+    rc, out, err = run(["uncertainty", sized, "--points", points])
+    assert rc == 0 and "inf" not in out, err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..workflow.misregistration import points_misregistration, write_points_csv
-from .common import EXIT_OK, HelpFormatter, UsageError
+from .common import EXIT_OK, HelpFormatter, UsageError, check_output_file
 
 UNCERTAINTY_HELP = """For each point of a particle list, the predicted misregistration under an
 alignment: the standard error (1 sigma, as a 2-D length) of the point's projected position,
@@ -28,6 +28,8 @@ def run_uncertainty(args) -> int:
         raise UsageError(f"--pixel-size must be positive, got {args.pixel_size}")
     if args.tomogram_size is not None and not all(s > 0 for s in args.tomogram_size):
         raise UsageError(f"--tomogram-size must be positive, got {args.tomogram_size}")
+    if args.out:
+        check_output_file(args.out, (args.alignment, args.points), "--out", "misregistration.csv")
     result = points_misregistration(
         args.alignment,
         args.points,

@@ -9,8 +9,10 @@ import numpy as np
 
 from ..analysis.misregistration import COORDINATES, DEFINITION, misregistration
 from ..io import atomic_write
+from ..io.errors import InputError
 from ..io.points import read_points
-from ..report.record import read_covariance
+from ..report.record import read_covariance, read_record
+from .series import FAR_OUTSIDE
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,28 @@ def points_misregistration(
     with standard errors). Bad files raise ``InputError``."""
     covariance = read_covariance(record_path)
     points = read_points(points_path, pixel_size=pixel_size, tomogram_size=tomogram_size, tomo_name=tomo_name)
-    return PointErrors(points, misregistration(covariance, points))
+    size = read_record(record_path).image_size
+    if size is not None:  # a point this far out is an error in the file (as for markers)
+        limit = FAR_OUTSIDE * max(size)
+        far = np.flatnonzero(np.max(np.abs(points), axis=1) > limit)
+        if far.size:
+            x, y, z = points[far[0]]
+            raise InputError(
+                points_path,
+                None,
+                f"point {far[0] + 1} at ({x:.6g}, {y:.6g}, {z:.6g}) px is more than {FAR_OUTSIDE} image "
+                f"sizes ({limit:.0f} px) from the tomogram centre: not a position in {record_path}'s "
+                "tomogram (coordinates are unbinned px from the centre)",
+            )
+    values = misregistration(covariance, points)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:  # a record without its image size: no reach to check, but never write inf
+        raise InputError(
+            points_path,
+            None,
+            f"point {bad[0] + 1}: its misregistration is not finite (coordinates too large)",
+        )
+    return PointErrors(points, values)
 
 
 def write_points_csv(path: str, errors: PointErrors) -> None:
