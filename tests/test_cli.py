@@ -521,6 +521,11 @@ def test_too_few_markers_after_dropping(files):
         (["--model", "nope"], r"argument --model: invalid choice: 'nope'"),
         (["--bogus"], r"unrecognized arguments: --bogus"),
         (["--max-iterations", "0"], r"--max-iterations must be at least 1"),
+        (["--robust", "--robust-group-size", "0"], r"--robust-group-size must be at least 1, got 0"),
+        # what --export needs is checked before anything is solved or written
+        (["--export", "relion"], r"RELION needs the pixel size and no input gives one"),
+        (["--export", "relion", "--prefix", "my beads"], r"output prefix, 'my beads', which is not one word"),
+        (["--export", "aretomo", "--pixel-size", "-1"], r"--pixel-size must be a positive number"),
     ],
 )
 def test_bad_options(files, extra, pattern):

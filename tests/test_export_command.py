@@ -280,6 +280,13 @@ def _run(capsys, argv):
         ("unknown", "unknown target 'imod2'"),
         ("no-pixel", "RELION needs the pixel size"),
         ("bad-markers", "nope.csv"),
+        (
+            "spaced-prefix",
+            "RELION names the tilt series by the output prefix, 'TS 01', which is not one word",
+        ),
+        ("star-without-relion", "--relion-tilt-series is the STAR file the RELION export fills"),
+        ("huge-tilt", "view 3: tilt angle 1e+300 degrees is outside -90..90"),
+        ("not-a-record", "not an lmalign alignment record (no 'views' list)"),
     ],
 )
 def test_bad_input_gets_one_line_exit_2_and_nothing_written(written, tmp_path, capsys, case, problem):
@@ -292,10 +299,19 @@ def test_bad_input_gets_one_line_exit_2_and_nothing_written(written, tmp_path, c
         "unknown": ["export", good, "--to", "imod2"],
         "no-pixel": ["export", good, "--to", "imod,relion"],
         "bad-markers": ["export", good, "--to", "imod", "--markers", str(tmp_path / "nope.csv")],
+        "spaced-prefix": ["export", good, "--to", "relion", "--pixel-size", "2", "--prefix", "TS 01"],
+        "star-without-relion": ["export", good, "--to", "portal", "--relion-tilt-series", "none.star"],
+        "huge-tilt": ["export", str(tmp_path / "huge.json"), "--to", "imod,aretomo"],
+        "not-a-record": ["export", str(tmp_path / "empty.json"), "--to", "imod"],
     }[case]
     (tmp_path / "bad.json").write_text('{"views": [1, 2')
+    (tmp_path / "empty.json").write_text("{}")
+    record = json.loads((folder / "TS_01.json").read_text())
+    record["views"][3]["tilt_deg"] = 1e300
+    (tmp_path / "huge.json").write_text(json.dumps(record))
     code, err = _run(capsys, [*argv, "--out-dir", str(out)])
-    assert code == 2 and len(err) == 1 and err[0].startswith("lmalign: error:") and problem in err[0]
+    assert code == 2 and len(err) == 1 and err[0].startswith("lmalign: error:") and problem in err[0], err
+    assert "--xf" not in err[0]  # export has no such option (reconstruct's hint)
     assert not out.exists() or not list(out.iterdir())
 
 
@@ -344,6 +360,37 @@ def test_relion_import_star_gets_the_alignment_columns(written, tmp_path):
     expected = relion_parameters(ViewGeometry.from_result(result), PIXEL_A)
     for name, values in expected.items():
         np.testing.assert_allclose(table[name].to_numpy(), values[order], rtol=0, atol=5.1e-7)
+
+
+def test_relion_star_with_a_tilt_that_is_not_a_number_names_the_star_file(written, tmp_path, capsys):
+    import pandas as pd
+
+    nominal = np.round(written["result"].observations.tilts_deg, 2).astype(object)
+    nominal[3] = "abc"
+    starfile.write({"TS_01": pd.DataFrame({"rlnTomoNominalStageTiltAngle": nominal})}, tmp_path / "in.star")
+    argv = ["export", str(written["folder"] / "TS_01.json"), "--to", "relion", "--pixel-size", "2"]
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys, [*argv, "--relion-tilt-series", str(tmp_path / "in.star"), "--out-dir", str(out)]
+    )
+    assert code == 2 and len(err) == 1, err
+    assert (
+        f"{tmp_path / 'in.star'}: tilt image 4: rlnTomoNominalStageTiltAngle is not a number: 'abc'" in err[0]
+    )
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_warp_records_export_warns_that_the_files_hold_its_rigid_part(tmp_path, capsys):
+    warp = {f"warp_{c}": (0.0, 2.0) for c in ("u_uu", "u_uv", "u_vv", "v_uu", "v_uv", "v_vv")}
+    solved_record(tmp_path, model="warp", extra=warp)
+    code = main(["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0 and (tmp_path / "o" / "TS_01.aln").exists()
+    assert "is a warp model's alignment (warp coefficients up to" in err and "rigid part only" in err
+    (tmp_path / "jou").mkdir()
+    solved_record(tmp_path / "jou")
+    assert main(["export", str(tmp_path / "jou" / "TS_01.json"), "--to", "aretomo"]) == 0
+    assert "warp" not in capsys.readouterr().err
 
 
 def test_zfac_is_the_least_squares_height_correction_for_the_written_xf(tmp_path):

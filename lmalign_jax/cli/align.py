@@ -28,7 +28,7 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
-from ..workflow.exporting import parse_export_targets
+from ..workflow.exporting import check_export, parse_export_targets
 from ..workflow.initial import read_initial_alignment
 from ..workflow.local import (
     LOCAL_SUFFIX,
@@ -93,6 +93,8 @@ def settings_from_args(args) -> AlignSettings:
     model = get_model(args.model)
     if args.max_iterations < 1:
         raise UsageError(f"--max-iterations must be at least 1, got {args.max_iterations}")
+    if args.robust_group_size < 1:
+        raise UsageError(f"--robust-group-size must be at least 1, got {args.robust_group_size}")
     skip = ({"initial"} if args.no_initial_stage else set()) | ({"joint"} if args.no_joint_stage else set())
     return AlignSettings(
         model=model.name,
@@ -108,11 +110,17 @@ def settings_from_args(args) -> AlignSettings:
 def run_align(args) -> int:
     """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``). The options
     are checked before anything is tracked or solved."""
-    if args.export:
-        parse_export_targets(args.export, "--export")  # refuse a bad list before solving
     settings, local = settings_from_args(args), local_options_from_args(args)
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
     out_prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
+    # what --export needs is checked before tracking and solving; the pixel size once it is read
+    targets = parse_export_targets(args.export, "--export") if args.export else ()
+    check_export(targets, out_prefix, args.pixel_size, None)
+
+    def ready_to_export(inputs) -> None:
+        pixel = args.pixel_size if args.pixel_size is not None else inputs.pixel_size
+        check_export(targets, out_prefix, pixel, "no input gives one (marker file, stack header or .mdoc)")
+
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack
     if args.reconstruct is not None:
@@ -141,6 +149,7 @@ def run_align(args) -> int:
         flatten=args.flatten,
         local=local,
         initial=args.initial,
+        check_inputs=ready_to_export,
     )
     if code == EXIT_OK and args.reconstruct is not None:
         out = OutputSet(args.out_dir, out_prefix)
@@ -222,11 +231,13 @@ def align_and_report(
     flatten: bool = False,
     local: LocalOptions | None = None,
     initial: str | None = None,
+    check_inputs=None,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
     ``surfaces``, ``flatten``: IMOD's surface analysis, and levelling the .tlt/.xtilt by it;
-    ``initial``: an AreTomo .aln or IMOD .xf to start from."""
+    ``initial``: an AreTomo .aln or IMOD .xf to start from; ``check_inputs(inputs)``: called
+    with the series read, before anything is solved or written (it raises to refuse)."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX), (markers, tilts, stack))
@@ -236,6 +247,8 @@ def align_and_report(
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
     )
+    if check_inputs is not None:
+        check_inputs(inputs)
     sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [], settings)
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)

@@ -178,8 +178,6 @@ def run_batch(args) -> int:
         )
     if args.bin < 1:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
-    if args.robust_group_size < 1:
-        raise UsageError(f"--robust-group-size must be at least 1, got {args.robust_group_size}")
     if args.bucket is not None and min(args.bucket) < 1:
         raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
     if args.image_size is not None and min(args.image_size) <= 0:

@@ -10,6 +10,7 @@ from ..workflow.exporting import (
     ALIGN_LOG_NAME,
     EXPORT_TARGETS,
     export_alignment,
+    export_drops,
     export_suffixes,
     local_alignment_for,
     parse_export_targets,
@@ -55,6 +56,7 @@ def run_export(args) -> int:
     targets = parse_export_targets(args.to)
     record = read_alignment_record(args.alignment)
     prefix = args.prefix or os.path.splitext(os.path.basename(args.alignment))[0]
+    dropped = export_drops(record)
     out_dir = args.out_dir if args.out_dir is not None else os.path.dirname(args.alignment) or "."
     out = OutputSet(out_dir, prefix)
     check_output_folder(
@@ -63,6 +65,10 @@ def run_export(args) -> int:
     local = None
     if args.local is not None and "aretomo" not in targets:
         raise UsageError("--local gives the .aln its local rows: it needs --to aretomo (or all)")
+    if args.relion_tilt_series is not None and "relion" not in targets:
+        raise UsageError(
+            "--relion-tilt-series is the STAR file the RELION export fills: it needs --to relion (or all)"
+        )
     if "aretomo" in targets:
         local, local_path = local_alignment_for(record, args.local)
         if local is not None:
@@ -85,6 +91,8 @@ def run_export(args) -> int:
         relion_tilt_series=args.relion_tilt_series,
         local=local,
     )
+    if dropped:
+        warn(dropped)
     print(" Wrote " + ", ".join(written))
     return EXIT_OK
 
@@ -108,6 +116,9 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         with_xf_tlt=False,
         local=local_alignment_for(record)[0] if "aretomo" in targets else None,
     )
+    dropped = export_drops(record)
+    if dropped:
+        warn(dropped)
     print(" Exported " + ", ".join(written))
     return exit_code
 

@@ -175,7 +175,17 @@ def add_alignment_to_relion_tilt_series(
     table = blocks[names[0]].copy()
     columns = relion_parameters(geometry, pixel_size_angst)
     views = []
-    for row, tilt in enumerate(table["rlnTomoNominalStageTiltAngle"].to_numpy(dtype=np.float64)):
+    for row, value in enumerate(table["rlnTomoNominalStageTiltAngle"]):
+        try:
+            tilt = float(value)
+        except (TypeError, ValueError):
+            tilt = float("nan")
+        if not np.isfinite(tilt):
+            raise InputError(
+                in_path,
+                None,
+                f"tilt image {row + 1}: rlnTomoNominalStageTiltAngle is not a number: {value!r}",
+            )
         match = np.flatnonzero(np.abs(nominal - tilt) <= tolerance_deg)
         if match.size != 1:
             what = "no view" if match.size == 0 else f"{match.size} views"

@@ -38,6 +38,7 @@ from ..analysis.covariance import AlignmentCovariance
 from ..analysis.misregistration import COORDINATES, DEFINITION, misregistration, misregistration_map
 from ..core.result import AlignmentResult
 from ..io.errors import InputError
+from ..io.tilts import check_tilt_range
 from ..models import MODELS, get_model
 from .record_local import LocalRecord, local_section, read_local_section
 from .views import FileViews, aligned_model_xy
@@ -397,6 +398,7 @@ def _transforms(path: str, views: list) -> tuple[np.ndarray, np.ndarray]:
         xf[k, :, :2] = np.reshape(values[:4], (2, 2))
         xf[k, :, 2] = values[4:]
         tilts[k] = tilt
+    check_tilt_range(tilts, path)
     return xf, tilts
 
 
@@ -489,8 +491,9 @@ def read_covariance(path: str) -> AlignmentCovariance:
     )
 
 
-def _load_record(path: str) -> tuple[dict, int]:
-    """The parsed record and its version; InputError naming ``path`` if it is not one."""
+def _load_record(path: str, hint: str = "") -> tuple[dict, int]:
+    """The parsed record and its version; InputError naming ``path`` if it is not one (``hint``:
+    what to give instead, added to the message of a JSON file that is not a record)."""
     if not os.path.isfile(path):
         raise InputError(
             path, None, "is a directory, not a file" if os.path.isdir(path) else "file not found"
@@ -507,7 +510,7 @@ def _load_record(path: str) -> tuple[dict, int]:
         raise InputError(
             path,
             None,
-            "not an lmalign alignment record (no 'views' list); give --xf and --tlt for IMOD files",
+            "not an lmalign alignment record (no 'views' list)" + (f"; {hint}" if hint else ""),
         )
     version = record.get("record_version", 0)
     if not isinstance(version, int) or version > RECORD_VERSION:
@@ -520,9 +523,10 @@ def _load_record(path: str) -> tuple[dict, int]:
     return record, version
 
 
-def read_record(path: str) -> AlignmentRecord:
-    """Read an ``lmalign align`` record; InputError (naming ``path``) if it is not one."""
-    record, version = _load_record(path)
+def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
+    """Read an ``lmalign align`` record; InputError (naming ``path``, with ``hint``: what else the
+    command takes) if it is not one."""
+    record, version = _load_record(path, hint)
 
     def section(name) -> dict:
         value = record.get(name)

@@ -61,6 +61,8 @@ from .status import UsageError
 __all__ = [
     "ALIGN_LOG_NAME",
     "EXPORT_TARGETS",
+    "check_export",
+    "export_drops",
     "export_alignment",
     "export_suffixes",
     "local_alignment_for",
@@ -266,6 +268,47 @@ def _check_align_log(out_dir: str, prefix: str) -> None:
             return
 
 
+#: The warp model's per-view coefficients (``models.warp``), px of displacement 1000 px out.
+_WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
+
+
+def export_drops(record: AlignmentRecord) -> str | None:
+    """What no export format carries of ``record``'s alignment, in words (None: nothing): the
+    per-view warp of a ``--model warp`` record (the formats hold its rigid part)."""
+    if record.model_name != "warp" or record.views is None:
+        return None
+    coef = [record.views.parameters[n] for n in _WARP_PARAMETERS if n in record.views.parameters]
+    largest = float(np.nanmax(np.abs(coef))) if coef else 0.0
+    if not largest > 0:
+        return None
+    return (
+        f"{record.path} is a warp model's alignment (warp coefficients up to {largest:.3g} px 1000 px from "
+        "the centre): the exported files hold its rigid part only; 'lmalign reconstruct --alignment' "
+        "applies the warp"
+    )
+
+
+def check_export(
+    targets: Sequence[str], prefix: str, pixel_size_angst: float | None, missing: str | None
+) -> None:
+    """UsageError, before any work, for an export that cannot be written: a pixel size that is
+    not positive, or RELION without one (``missing``: why there is none, e.g. "X.json has
+    none"; None: not known yet, not checked) or with a ``prefix`` that is not one word (RELION
+    names the tilt series by it)."""
+    pixel = pixel_size_angst
+    if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
+        raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
+    if "relion" not in targets:
+        return
+    if pixel is None and missing is not None:
+        raise UsageError(f"RELION needs the pixel size and {missing}: give --pixel-size (Angstrom per pixel)")
+    if not prefix or any(c.isspace() for c in prefix):
+        raise UsageError(
+            f"RELION names the tilt series by the output prefix, {prefix!r}, which is not one word: "
+            "give --prefix NAME without spaces"
+        )
+
+
 def export_alignment(
     record: AlignmentRecord,
     targets: Sequence[str],
@@ -294,12 +337,7 @@ def export_alignment(
     _require(record, ", ".join(targets))
     geometry = record_geometry(record)
     pixel = pixel_size_angst if pixel_size_angst is not None else record.pixel_size_A
-    if "relion" in targets and pixel is None:
-        raise UsageError(
-            f"RELION needs the pixel size and {record.path} has none: give --pixel-size (Angstrom per pixel)"
-        )
-    if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
-        raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
+    check_export(targets, prefix, pixel, f"{record.path} has none")
     excluded = excluded_views(record)
     fitted = ~excluded
     if "imod" in targets:

@@ -55,7 +55,7 @@ class Alignment:
 
 def read_alignment_json(path: str) -> Alignment:
     """The per-view transforms and tilts of an ``lmalign align`` record (``--alignment``)."""
-    record = read_record(path)
+    record = read_record(path, hint="give --xf and --tlt for IMOD files")
     if not record.converged:
         raise InputError(
             path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
