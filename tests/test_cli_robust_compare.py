@@ -175,19 +175,58 @@ def test_compare_no_leave_out_says_it_was_skipped(clicks):
     assert "best by leave-out residual: -" in out
 
 
-def test_compare_leaves_out_views_the_richest_model_cannot_determine(clicks, tmp_path):
-    """Three markers of the series: every view has fewer points than imod's 7 own parameters per
-    view need (4), so no view can be fitted by every model and the command says why; without
-    imod, jou's 3 are met and the comparison runs. (A model with more free parameters than
-    coordinates is marked and never best: tests/test_compare.py.)"""
+def _few_markers(clicks, path, keep, views=None):
+    """s.csv with only markers ``keep`` and below, in ``views`` (0-based as the CSV; all if None)."""
     lines = (clicks / "s.csv").read_text().splitlines()
-    few = [lines[0]] + [line for line in lines[1:] if int(line.split(",")[0]) <= 3]
-    (tmp_path / "m3.csv").write_text("\n".join(few) + "\n")
+    few = [lines[0]] + [
+        line
+        for line in lines[1:]
+        if int(line.split(",")[0]) <= keep or (views is not None and int(line.split(",")[1]) not in views)
+    ]
+    path.write_text("\n".join(few) + "\n")
+    return path
+
+
+def test_compare_fits_the_models_the_data_determine_and_says_why_not_the_others(clicks, tmp_path):
+    """Three markers of the series: every view has fewer points than imod's 7 own parameters per
+    view need (4). The comparison was refused as a whole (telling the user to group or fix
+    parameters, which compare cannot); now jou, whose 3 are met, is fitted and imod is marked not
+    fitted. With imod alone, nothing can be fitted: the message names the model and its need.
+    (A model with more free parameters than coordinates is marked and never best:
+    tests/test_compare.py.)"""
     args = _compare_args(clicks, "--models", "imod,jou", "--no-leave-out", "--json", tmp_path / "c.json")
-    args[1] = tmp_path / "m3.csv"
-    rc, _, err = run_env(args)
-    assert rc == 2 and "view(s) have fewer markers than the 4 that determine a view's own" in err, err
-    args[args.index("imod,jou")] = "jou"
+    args[1] = _few_markers(clicks, tmp_path / "m3.csv", 3)
     rc, out, err = run_env(args)
     assert rc == 0, err
-    assert json.loads((tmp_path / "c.json").read_text())["best_by_bic"] == "jou"
+    assert "not fitted: imod" in out and "imod         0" in out and "(view 0: 3 of 4)" in out
+    assert "group or fix" not in err
+    table = json.loads((tmp_path / "c.json").read_text())
+    assert table["best_by_bic"] == "jou" and [r["status"] for r in table["rows"]] == [
+        "not fitted",
+        "converged",
+    ]
+    args[args.index("imod,jou")] = "imod"
+    (tmp_path / "c.json").unlink()
+    rc, out, err = run_env(args)
+    assert rc == 2 and not out, err
+    assert err == (
+        f"lmalign: error: {tmp_path / 'm3.csv'}: none of the models imod can be fitted: a view needs at "
+        "least 4 markers for imod, and only 0 view(s) have 4 or more, with 0 marker(s) seen in 2 or more of "
+        "them (a fit needs 3 markers and 3 views)\n"
+    )
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_compare_leaves_out_a_view_the_richest_model_cannot_determine(clicks, tmp_path):
+    """One view with 3 markers: left out for every model (a warning says so, in compare's terms),
+    and both are fitted on the others."""
+    args = _compare_args(clicks, "--models", "jou,imod", "--no-leave-out")
+    args[1] = _few_markers(clicks, tmp_path / "v.csv", 3, views={10})
+    rc, out, err = run_env(args)
+    assert rc == 0, err
+    assert (
+        "view(s) 11 (1-based) have fewer markers than some model fits parameters of its own there, and are "
+        "left out of the comparison" in err
+    )
+    assert "--mode" not in err and "not fitted" not in out and "best by BIC: " in out
+    assert "observations" in out and out.count("converged") == 2

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from lmalign_jax import simulate
-from lmalign_jax.analysis.compare import DEFAULT_MODELS, ModelComparison, bic, compare_models, leave_out_folds
+from lmalign_jax.analysis.compare import (
+    DEFAULT_MODELS,
+    ModelComparison,
+    ModelRow,
+    bic,
+    compare_models,
+    leave_out_folds,
+)
+from lmalign_jax.solve import LMConfig
 
 # One problem size for every comparison: each model compiles once.
 SIZE = dict(n_views=31, n_markers=20)
@@ -174,8 +182,8 @@ def test_an_underdetermined_model_is_marked_and_never_best():
     # with imod alone there is no best model at all, nor a base for local alignment
     alone = compare_models(obs, ("imod", "local"), leave_out=False)
     assert alone.best_by_bic is None and alone.best_by_leave_out is None and alone.local is None
-    assert "(no determined model answered: each is underdetermined or failed)" in alone.to_text()
     assert "no determined rigid model to stand on (imod: underdetermined" in alone.to_text()
+    assert "(no model is ranked: each is underdetermined, did not converge or failed)" in alone.to_text()
 
 
 def test_a_determined_model_is_ranked_and_a_fold_too_small_for_it_is_not():
@@ -207,3 +215,86 @@ def test_skipped_leave_out_says_so(jou_data):
     text = c.to_text()
     assert "leave-out: skipped" in text and "held out" not in text
     assert c.to_dict()["leave_out"] is False and c.to_dict()["n_held_out"] == 0
+
+
+def _row(model, status, bic, n_free, effective=float("nan"), errors=None):
+    """A table row as compare_models makes it, with the numbers that decide the ranking."""
+    nan = float("nan")
+    return ModelRow(
+        model, status, n_free, 63, 5.0, 0.2, 0.2, bic, nan, nan, 0, nan, nan, nan, 1.0,
+        effective_parameters=effective, leave_out_errors=errors,
+    )  # fmt: skip
+
+
+STOPPED = "stopped at the iteration limit before converging"
+
+
+def _table(*rows, leave_out=False):
+    return ModelComparison(rows, {}, rows[0].model, 5, 0, np.full((21, 3), -1), leave_out=leave_out)
+
+
+def test_a_fit_that_did_not_converge_is_never_ranked():
+    """warp stopped at the iteration limit with a BIC lower than jou's (m3 of the audit: 233 free,
+    119 effective, for 126 coordinates): it was named best by BIC and judged as a deformation."""
+    c = _table(_row("jou", "converged", 129.2, 109, 109.0), _row("warp", STOPPED, 114.6, 233, 119.0))
+    jou, warp = c.row("jou"), c.row("warp")
+    assert warp.ok and not warp.converged and not warp.ranked and not warp.underdetermined
+    assert jou.ranked and c.best_by_bic == "jou"
+    assert warp.status_text == f"{STOPPED}; not ranked"
+    text = c.to_text()
+    print("\n" + text)
+    assert "best by BIC: jou;" in text and "not ranked: warp (did not converge" in text
+    warp_line = next(line for line in text.splitlines() if line.startswith("warp "))
+    assert warp_line.split()[6:8] == ["114.6", "-"]  # no dBIC for a row that is not ranked
+    (verdict,) = c.deformation_verdicts()
+    assert not verdict["justified"] and verdict["text"] == f"warp over jou: not judged ({STOPPED})"
+    d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+    assert d["best_by_bic"] == "jou" and [r["ranked"] for r in d["rows"]] == [True, False]
+    # nor is an unconverged rigid model the one deformation models are judged against
+    c = _table(_row("jou", STOPPED, 129.2, 109), _row("warp", "converged", 140.0, 233, 119.0))
+    assert c.best_by_bic == "warp" and c.deformation_verdicts() == []
+
+
+def test_a_real_fit_stopped_at_the_iteration_limit_is_not_ranked(jou_data):
+    c = compare_models(jou_data.observations, ("jou",), leave_out=False, config=LMConfig(max_iterations=1))
+    jou = c.row("jou")
+    assert jou.status == STOPPED and jou.ok and not jou.ranked and np.isfinite(jou.bic)
+    assert c.best_by_bic is None and "(no model is ranked: each is underdetermined, did not converge" in (
+        c.to_text()
+    )
+
+
+def test_verdicts_without_leave_out_say_so_not_nan():
+    """With leave_out=False the verdicts printed "leave-out squared error higher by nan +- nan"."""
+    rows = (_row("jou", "converged", -226.6, 210, 210.0), _row("warp", "converged", -168.2, 394, 220.1))
+    (verdict,) = _table(*rows).deformation_verdicts()
+    assert verdict["text"] == (
+        "warp over jou: not justified (BIC higher by 58.4, not decisive; leave-out skipped (--no-leave-out))"
+    )
+    rows = (_row("jou", "converged", 100.0, 210, 210.0), _row("warp", "converged", 50.0, 394, 220.1))
+    (verdict,) = _table(*rows).deformation_verdicts()
+    assert (
+        "warp over jou: justified by BIC alone (BIC lower by 50.0, decisive; leave-out skipped"
+        in (verdict["text"])
+    )
+    assert not verdict["justified"] and verdict["justified_by_bic"]
+    # leave-out run, but not for this model: no numbers either
+    (verdict,) = _table(*rows, leave_out=True).deformation_verdicts()
+    assert "leave-out not compared (see the notes)" in verdict["text"] and "nan" not in verdict["text"]
+    # one held-out point: no standard error, said in words
+    one = np.ones((1, 2))
+    rows = (
+        _row("jou", "converged", 100.0, 210, errors=one),
+        _row("warp", "converged", 95.0, 394, errors=0 * one),
+    )
+    (verdict,) = _table(*rows, leave_out=True).deformation_verdicts()
+    assert "lower by 1.0000 (one point: no standard error) px^2, not significant" in verdict["text"]
+
+
+def test_local_without_leave_out_says_so_not_nan(jou_data):
+    c = compare_models(jou_data.observations, ("jou", "local"), leave_out=False)
+    text = c.to_text()
+    print("\n" + text)
+    assert c.local is not None and c.local.leave_out_skipped == "skipped (--no-leave-out)"
+    assert "; leave-out skipped (--no-leave-out))" in c.local.text and "nan" not in text
+    assert c.local.to_dict()["text"] == c.local.text

@@ -53,6 +53,11 @@ fitted: its row is marked underdetermined, status "not fitted", and says which v
 whose training set leaves a view fewer points than that skips the model's leave-out (a note
 says which), as its held-out points there would be predicted by arbitrary values.
 
+Unconverged fits. A fit that stopped at the iteration limit answered (its row has its numbers)
+but is not ranked either: never a best model, a deformation verdict's rigid model (a deformation
+model that did not converge is "not judged") or the base of the local candidate; its status says
+"not ranked". With ``leave_out=False`` the verdicts say the leave-out was skipped.
+
 A model whose fit fails, or raises, gets a row with its status and NaN numbers; the others
 still compare. "diez" has no shift term and expects centred observations: on data with
 shifts it fits badly, which the table shows (its status says whether it converged).
@@ -71,7 +76,7 @@ from ..core.problem import points_needed
 from ..core.result import AlignmentResult
 from ..models import MODELS, ProjectionModel, get_model
 from ..observations import Observations
-from .compare_local import local_base, local_candidate, takes_local
+from .compare_local import LEAVE_OUT_SKIPPED, local_base, local_candidate, takes_local
 from .comparison import ModelComparison, ModelRow
 from .criteria import (
     DECISIVE_BIC,
@@ -169,12 +174,14 @@ def compare_models(
                 (m.name for m, r in zip(chosen, rows, strict=True) if r.short_of_points and takes_local(m)),
                 None,
             )
-            if under is not None:  # it answered, but is underdetermined
-                text = next(r.underdetermined_text for r in rows if r.model == under)
-                local_note = f"no determined rigid model to stand on ({under}: {text})"
+            if under is not None:  # it answered, but is underdetermined or did not converge
+                row = next(r for r in rows if r.model == under)
+                what = "determined" if row.underdetermined else "converged"
+                local_note = f"no {what} rigid model to stand on ({under}: {row.unranked_text})"
         else:
             try:
-                candidate = local_candidate(results[base], base, local, fold_fits[base])
+                skipped = LEAVE_OUT_SKIPPED if not leave_out else "not compared (see the notes)"
+                candidate = local_candidate(results[base], base, local, fold_fits[base], skipped)
             except Exception as exc:  # the comparison of the models still stands
                 local_note = f"error: {type(exc).__name__}: {exc}"
 

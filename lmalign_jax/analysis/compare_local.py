@@ -36,7 +36,20 @@ from ..core.local_apply import fit_markers_through_local, project_through_local
 from ..core.result import AlignmentResult
 from .criteria import DECISIVE_BIC
 
-__all__ = ["LocalCandidate", "local_base", "local_candidate"]
+__all__ = ["LEAVE_OUT_SKIPPED", "LocalCandidate", "leave_out_text", "local_base", "local_candidate"]
+
+#: How a verdict says the cross-validation was not run (``compare_models(leave_out=False)``).
+LEAVE_OUT_SKIPPED = "skipped (--no-leave-out)"
+
+
+def leave_out_text(gain: float, se: float, significant: bool) -> str:
+    """The leave-out half of a verdict: the mean reduction ``gain`` of the squared prediction
+    error (px^2) and its standard error ``se`` (NaN for a single held-out point)."""
+    pm = f" +- {se:.4f}" if np.isfinite(se) else " (one point: no standard error)"
+    return (
+        f"leave-out squared error {'lower' if gain > 0 else 'higher'} by {abs(gain):.4f}{pm} px^2, "
+        f"{'significant' if significant else 'not significant'}"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +71,8 @@ class LocalCandidate:
     leave_out_gain_se_px2: float
     n_kept_per_fold: tuple[int, ...]
     note: str = ""
+    #: Why the leave-out was not compared ("" when it was, or a note says why).
+    leave_out_skipped: str = ""
     leave_out_errors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -78,13 +93,21 @@ class LocalCandidate:
     @property
     def text(self) -> str:
         d, gain, se = self.delta_bic, self.leave_out_gain_px2, self.leave_out_gain_se_px2
-        return (
-            f"local alignment over {self.base}: {'justified' if self.justified else 'not justified'} "
-            f"({self.n_kept} of {self.n_patches} patches kept, {self.extra_parameters} more parameters; "
+        if np.isfinite(gain):
+            verdict = "justified" if self.justified else "not justified"
+            leave = leave_out_text(gain, se, self.justified_by_leave_out)
+        else:
+            verdict = "justified by BIC alone" if self.justified_by_bic else "not justified"
+            leave = f"leave-out {self.leave_out_skipped or 'not compared'}"
+        bic = (
             f"BIC {'lower' if d < 0 else 'higher'} by {abs(d):.1f}, "
-            f"{'decisive' if self.justified_by_bic else 'not decisive'}; leave-out squared error "
-            f"{'lower' if gain > 0 else 'higher'} by {abs(gain):.4f} +- {se:.4f} px^2, "
-            f"{'significant' if self.justified_by_leave_out else 'not significant'})"
+            f"{'decisive' if self.justified_by_bic else 'not decisive'}"
+            if np.isfinite(d)
+            else "BIC not available"
+        )
+        return (
+            f"local alignment over {self.base}: {verdict} ({self.n_kept} of {self.n_patches} patches kept, "
+            f"{self.extra_parameters} more parameters; {bic}; {leave})"
         )
 
     def to_dict(self) -> dict:
@@ -136,11 +159,13 @@ def _prediction_errors(local, result: AlignmentResult, train, held, start_xyz) -
     return (predicted - aligned)[held]
 
 
-def local_candidate(base: AlignmentResult, name: str, options: LocalOptions, fold_fits=()) -> LocalCandidate:
+def local_candidate(
+    base: AlignmentResult, name: str, options: LocalOptions, fold_fits=(), leave_out_skipped: str = ""
+) -> LocalCandidate:
     """Local alignment over the solved ``base`` (named ``name``) as a candidate (module docstring).
 
     ``fold_fits``: (held-out mask, base fitted without those points) per leave-out fold; none
-    skips the leave-out comparison.
+    skips the leave-out comparison, for the reason ``leave_out_skipped`` says.
     """
     obs = base.observations
     mask = obs.mask
@@ -193,5 +218,6 @@ def local_candidate(base: AlignmentResult, name: str, options: LocalOptions, fol
         leave_out_gain_se_px2=se,
         n_kept_per_fold=tuple(int(k) for k in kept_per_fold),
         note=note,
+        leave_out_skipped="" if pair is not None or note else leave_out_skipped,
         leave_out_errors=pair,
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models import DEFORMATION_MODELS
-from .compare_local import LocalCandidate
+from .compare_local import LEAVE_OUT_SKIPPED, LocalCandidate, leave_out_text
 from .criteria import DECISIVE_BIC
 
 __all__ = ["ModelComparison", "ModelRow"]
@@ -49,12 +49,17 @@ class ModelRow:
     @property
     def ok(self) -> bool:
         """The fit produced an answer (converged or stopped at the iteration limit)."""
-        return np.isfinite(self.rms_residual_px) and not self.status.startswith(("failed", "error"))
+        return bool(np.isfinite(self.rms_residual_px)) and not self.status.startswith(("failed", "error"))
+
+    @property
+    def converged(self) -> bool:
+        """The fit answered and converged (not stopped at the iteration limit)."""
+        return self.ok and self.status.startswith("converged")
 
     @property
     def ranked(self) -> bool:
-        """The fit answered and is determined: it can be a best model."""
-        return self.ok and not self.underdetermined
+        """The fit converged and is determined: it can be a best model."""
+        return self.converged and not self.underdetermined
 
     @property
     def underdetermined_text(self) -> str:
@@ -72,9 +77,18 @@ class ModelRow:
         return f"underdetermined: {what} for {2 * self.n_observed} coordinates"
 
     @property
+    def unranked_text(self) -> str:
+        """Why a model that answered is not ranked ("" when it is ranked or did not answer)."""
+        if self.underdetermined:
+            return self.underdetermined_text
+        return self.status if self.ok and not self.converged else ""  # stopped at the iteration limit
+
+    @property
     def status_text(self) -> str:
-        """The status, and the underdetermined text where there is one (the table's column)."""
-        return f"{self.status}; {self.underdetermined_text}" if self.underdetermined else self.status
+        """The status, and why it is not ranked where it answered but is not (the table's column)."""
+        if self.underdetermined:
+            return f"{self.status}; {self.underdetermined_text}"
+        return f"{self.status}; not ranked" if self.ok and not self.converged else self.status
 
     def to_dict(self) -> dict:
         out = {}
@@ -87,6 +101,7 @@ class ModelRow:
             elif isinstance(value, float):
                 value = _finite_or_none(value)
             out[name] = value
+        out["ranked"] = self.ranked
         return out
 
 
@@ -97,8 +112,8 @@ class ModelComparison:
     Attributes:
         rows: one ``ModelRow`` per model, in the order asked for.
         results: model name -> its full ``AlignmentResult`` (None if it raised).
-        reference: the model the parameter differences are taken against (the first
-            determined one that produced an answer, else the first that answered).
+        reference: the model the parameter differences are taken against (the first ranked
+            one, else the first that answered).
         folds, seed: the leave-out scheme's settings; ``fold_of`` (n_views, n_markers) the
             fold each observation was held out in, -1 if never (or unobserved).
         leave_out: False when the cross-validation was skipped (``leave_out=False``).
@@ -130,12 +145,12 @@ class ModelComparison:
 
     @property
     def best_by_bic(self) -> str | None:
-        """The determined model with the lowest BIC, None if no determined model answered."""
+        """The ranked model (converged, determined) with the lowest BIC, None if none is ranked."""
         return self._best("bic")
 
     @property
     def best_by_leave_out(self) -> str | None:
-        """The determined model with the lowest leave-out RMS, None if unavailable."""
+        """The ranked model with the lowest leave-out RMS, None if unavailable."""
         return self._best("leave_out_rms_px")
 
     def format_table(self) -> str:
@@ -152,7 +167,8 @@ class ModelComparison:
                 f"{r.model:<8} {r.n_free:>5d} {_fmt(r.effective_parameters, 6, 1)} "
                 f"{_fmt(r.rms_residual_px, 8, 4)} "
                 f"{_fmt(r.mean_residual_px, 8, 4)} "
-                f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} {_fmt(r.bic - best_bic, 8, 1)} "
+                f"{_fmt(r.leave_out_rms_px, 9, 4)} {_fmt(r.bic, 10, 1)} "
+                f"{_fmt(r.bic - best_bic if r.ranked else np.nan, 8, 1)} "
                 f"{_fmt(r.max_rotation_diff_deg, 9, 3)} {_fmt(r.max_tilt_diff_deg, 10, 3)}  {r.status_text}"
             )
         return "\n".join(lines)
@@ -161,7 +177,7 @@ class ModelComparison:
         """The table plus the winners and notes, for people (``lmalign compare``)."""
         n_obs = self.rows[0].n_observed if self.rows else 0
         n_held = int((self.fold_of >= 0).sum())
-        none_determined = any(r.ok or r.underdetermined for r in self.rows) and not any(
+        none_ranked = any(r.ok or r.underdetermined for r in self.rows) and not any(
             r.ranked for r in self.rows
         )
         lines = [
@@ -171,16 +187,23 @@ class ModelComparison:
             f"best by BIC: {self.best_by_bic or '-'}; "
             f"best by leave-out residual: {self.best_by_leave_out or '-'}"
             + (
-                " (no determined model answered: each is underdetermined or failed)"
-                if none_determined
+                " (no model is ranked: each is underdetermined, did not converge or failed)"
+                if none_ranked
                 else ""
             ),
         ]
         unranked = [r.model for r in self.rows if r.ok and r.underdetermined]
         if unranked:
             lines.append(
-                f"not ranked: {', '.join(unranked)} (underdetermined: as many free parameters as "
-                "measured coordinates or more; no residual degree of freedom)"
+                f"not ranked: {', '.join(unranked)} (underdetermined: as many parameters as measured "
+                "coordinates or more, effective parameters for a deformation model; no residual degree "
+                "of freedom)"
+            )
+        unconverged = [r.model for r in self.rows if r.ok and not r.converged and not r.underdetermined]
+        if unconverged:
+            lines.append(
+                f"not ranked: {', '.join(unconverged)} (did not converge: stopped at the iteration limit; "
+                "its numbers are those of an unfinished fit)"
             )
         unfitted = [r.model for r in self.rows if r.short_of_points]
         if unfitted:
@@ -189,7 +212,7 @@ class ModelComparison:
                 "the parameters of their own need; a fit would be arbitrary there)"
             )
         if not self.leave_out:
-            lines.append("leave-out: skipped")
+            lines.append(f"leave-out: {LEAVE_OUT_SKIPPED}")
         elif not n_held:
             lines.append(
                 f"leave-out: {self.folds} folds (seed {self.seed}): no observation could be held out "
@@ -219,7 +242,8 @@ class ModelComparison:
         """Whether each deformation model in the table is justified over the best rigid model
         (module docstring): dicts with model, rigid, justified_by_bic, justified_by_leave_out,
         delta_bic, leave_out_gain_px2 (mean reduction of the squared error) and its standard
-        error, and a sentence ``text``. Empty when no rigid or no deformation model answered."""
+        error, and a sentence ``text``. Empty when no rigid model is ranked; a deformation model
+        that answered but is not ranked (underdetermined, or not converged) is not judged."""
         rigid = [r for r in self.rows if r.ranked and r.model not in DEFORMATION_MODELS]
         rigid = [r for r in rigid if np.isfinite(r.bic)]
         if not rigid:
@@ -227,9 +251,9 @@ class ModelComparison:
         best = min(rigid, key=lambda r: r.bic)
         out = []
         for r in self.rows:
-            if r.model not in DEFORMATION_MODELS or not r.ok:
+            if r.model not in DEFORMATION_MODELS or not (r.ok or r.underdetermined):
                 continue
-            if r.underdetermined:
+            if not r.ranked:
                 out.append(_not_judged(r, best.model))
                 continue
             delta = r.bic - best.bic
@@ -244,13 +268,18 @@ class ModelComparison:
                 gain = float(np.mean(d) / 2)  # per component, px^2
                 se = float(np.std(d, ddof=1) / np.sqrt(d.size) / 2) if d.size > 1 else float("nan")
             by_leave_out = bool(np.isfinite(se) and gain > 2 * se)
-            verdict = "justified" if by_bic and by_leave_out else "not justified"
+            if np.isfinite(gain):
+                verdict = "justified" if by_bic and by_leave_out else "not justified"
+                leave = leave_out_text(gain, se, by_leave_out)
+            else:  # skipped, or not available for one of the two: say so, not "nan"
+                verdict = "justified by BIC alone" if by_bic else "not justified"
+                leave = (
+                    f"leave-out {LEAVE_OUT_SKIPPED if not self.leave_out else 'not compared (see the notes)'}"
+                )
             text = (
                 f"{r.model} over {best.model}: {verdict} "
                 f"(BIC {'lower' if delta < 0 else 'higher'} by {abs(delta):.1f}, "
-                f"{'decisive' if by_bic else 'not decisive'}; leave-out squared error "
-                f"{'lower' if gain > 0 else 'higher'} by {abs(gain):.4f} +- {se:.4f} px^2, "
-                f"{'significant' if by_leave_out else 'not significant'})"
+                f"{'decisive' if by_bic else 'not decisive'}; {leave})"
             )
             out.append(
                 {
@@ -287,7 +316,7 @@ class ModelComparison:
 
 
 def _not_judged(row: ModelRow, rigid: str) -> dict:
-    """The deformation verdict of an underdetermined deformation model: not justified."""
+    """The deformation verdict of a deformation model that is not ranked: not justified."""
     nan = float("nan")
     return {
         "model": row.model,
@@ -298,7 +327,7 @@ def _not_judged(row: ModelRow, rigid: str) -> dict:
         "delta_bic": nan,
         "leave_out_gain_px2": nan,
         "leave_out_gain_se_px2": nan,
-        "text": f"{row.model} over {rigid}: not judged ({row.underdetermined_text})",
+        "text": f"{row.model} over {rigid}: not judged ({row.unranked_text})",
     }
 
 

@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+import numpy as np
 
 from ..analysis.compare import DEFAULT_MODELS, compare_models
-from ..io import atomic_write
-from ..models import MODELS
+from ..core.problem import points_needed
+from ..io import InputError, atomic_write
+from ..models import MODELS, get_model
+from ..observations import usable_views_and_markers
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
 from ..workflow.settings import AlignSettings
-from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, UsageError, check_output_file, warn
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MIN_MARKERS,
+    HelpFormatter,
+    Progress,
+    UsageError,
+    check_output_file,
+    warn,
+)
 
-COMPARE_HELP = """Fit each projection model to the same observations and print one table: free
-parameters, RMS and mean residual, a cross-validated leave-out residual (held-out points
-predicted by the model fitted without them, 5 folds), BIC, and the largest differences in
-rotation and tilt from the first model. A richer model is justified when it lowers the
-leave-out residual and the BIC, not merely the RMS. A model with as many free parameters as
-measured coordinates, or more, fits them exactly: it is marked underdetermined and not ranked.
-'local' among the models adds IMOD-style
-local alignment (align --local's defaults; --patch-size) over the first rigid model, judged by
-the same two criteria."""
+COMPARE_HELP = """Fit each projection model to the same observations and print one table:
+free parameters, RMS and mean residual, a cross-validated leave-out residual (held-out
+points predicted by the model fitted without them, 5 folds), BIC, and the largest
+differences in rotation and tilt from the first model. A richer model is justified when it
+lowers the leave-out residual and the BIC, not merely the RMS. A model with as many
+parameters as measured coordinates, or more (for a deformation model, whose coefficients are
+tied by smoothness, its effective number, the table's 'eff.' column), can fit them exactly:
+it is marked underdetermined and not ranked. A fit that stopped at the iteration limit is
+not ranked either. A model that needs more markers in a view than the data have is not
+fitted (the table says why); the others still compare. 'local' among the models adds
+IMOD-style local alignment (align --local's defaults; --patch-size) over the first rigid
+model, judged by the same two criteria."""
 
 COMPARE_EXAMPLE = """example:
   lmalign compare series.fid --tilts series.rawtlt --models jou,imod --json compare.json
@@ -49,12 +66,15 @@ def run_compare(args) -> int:
         rotation_deg=args.rotation,
         warn=warn,
     )
-    # a view must carry the points the richest model needs, or its fit of that view is undetermined
-    fits = [AlignSettings(model=m) for m in models if m != "local"]
-    sel = select_views(
-        inputs, parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else [], fits
-    )
-    report_selection(inputs, sel, warn)
+    exclude = parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else []
+    sel = _select(inputs, exclude, [m for m in models if m != "local"])
+    report_selection(inputs, replace(sel, excluded_few_points=[]), warn)
+    if sel.excluded_few_points:
+        views = ", ".join(str(v + 1) for v in sel.excluded_few_points)
+        warn(
+            f"view(s) {views} (1-based) have fewer markers than some model fits parameters of its own "
+            "there, and are left out of the comparison"
+        )
     obs, _ = observations_for_fit(inputs, sel, warn)
     with Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
         try:
@@ -80,6 +100,36 @@ def run_compare(args) -> int:
         print(f" Wrote {args.json}")
     failed = [row.model for row in comparison.rows if not row.status.startswith("converged")]
     return EXIT_FAILED if len(failed) == len(comparison.rows) else EXIT_OK
+
+
+def _select(inputs, exclude, models):
+    """The views every model can determine (``select_views``); when there are too few of them,
+    those the less demanding models can determine: a model that needs more points in a view than
+    some view then has is marked "not fitted" by ``compare_models``. An InputError naming the
+    models and what they need when even the least demanding one cannot be fitted."""
+    select_views(inputs, exclude)  # too few markers or views for any fit: its own message
+    fits = [AlignSettings(model=m) for m in models]
+    need = {
+        f.model: int(points_needed(get_model(f.model), f.all_modes(), inputs.tilts_deg.size).max())
+        for f in fits
+    }
+    for most in sorted(set(need.values()), reverse=True):
+        try:
+            return select_views(inputs, exclude, [f for f in fits if need[f.model] <= most])
+        except InputError:
+            continue
+    keep_view = np.ones(inputs.tilts_deg.size, dtype=bool)
+    keep_view[exclude] = False
+    least = min(need.values())
+    views, markers = usable_views_and_markers(inputs.markers.mask, keep_view, min_points=least)
+    raise InputError(
+        inputs.markers_path,
+        None,
+        f"none of the models {', '.join(need)} can be fitted: a view needs at least "
+        f"{', '.join(f'{n} markers for {m}' for m, n in need.items())}, and only {int(views.sum())} "
+        f"view(s) have {least} or more, with {int(markers.sum())} marker(s) seen in 2 or more of them (a "
+        f"fit needs {MIN_MARKERS} markers and 3 views)",
+    )
 
 
 def add_compare(sub):
