@@ -180,3 +180,61 @@ def test_markers_in_one_plane_that_exhaust_the_iterations_get_a_hint(tmp_path):
     assert "if the markers lie nearly in one plane" in err and "--tilt-mode fixed" in err
     rc, _, err = run([*args, *opts, "--tilt-mode", "fixed", "--out-dir", tmp_path / "f"])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--noise", "nan"],
+        ["--rotation", "nan"],
+        ["--shift", "inf"],
+        ["--thickness", "nan"],
+        ["--missing", "nan"],
+        ["--outliers", "inf"],
+        ["--pixel-size", "inf"],
+        ["--tilt-range", "-60", "nan"],
+        ["--tilt-range", "inf", "60"],
+        ["--stack", "--realistic", "--dose", "nan"],
+        ["--stack", "--realistic", "--bead-diameter", "inf"],
+        ["--stack", "--realistic", "--close-pairs", "nan"],
+        ["--stack", "--realistic", "--background", "inf"],
+    ],
+)
+def test_simulate_refuses_a_number_option_that_is_not_finite(tmp_path, option):
+    """NaN or inf in a number option was an internal error (exit 3) after the simulation (audit)."""
+    flag = next(o for o in option if o.startswith("--") and o not in ("--stack", "--realistic"))
+    rc, out, err = run(["simulate", "--out-dir", tmp_path / "o", *option])
+    assert rc == 2 and not out, err
+    assert err.startswith(f"lmalign: error: {flag} must be a finite number, got ") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--tilt-range", -95, 95], "--tilt-range must lie between -90 and 90 degrees, exclusive"),
+        (["--tilt-range", -60, 90], "--tilt-range must lie between -90 and 90 degrees, exclusive"),
+        (["--tilt-range", -89.9996, 60], "--tilt-range must lie between -90 and 90 degrees"),  # -90.000
+        (["--noise", 1e308], "--noise 1e+308 is more than 10 image sizes (20480 px)"),
+        (["--shift", 1e308], "--shift 1e+308 is more than 10 image sizes"),
+        (["--thickness", 1e308], "--thickness 1e+308 is more than 10 image sizes"),
+        (["--shift", 15000], "simulated point(s) fall more than 10 image sizes from the 2048 x 2048 image"),
+    ],
+)
+def test_simulate_refuses_a_series_align_would_refuse(tmp_path, option, message):
+    """A tilt of +-90 or beyond, and points far outside the image, are what align refuses: simulate
+    wrote them (exit 0), or failed on an overflow (exit 3)."""
+    rc, out, err = run(["simulate", "--out-dir", tmp_path / "o", "--views", 21, "--markers", 8, *option])
+    assert rc == 2 and not out and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_simulate_tilts_just_inside_90_are_read_back(tmp_path):
+    from lmalign_jax.io import read_tilts
+    from lmalign_jax.io.tilts import check_tilt_range
+
+    rc, _, err = run(["simulate", "--out-dir", tmp_path, "--views", 21, "--tilt-range", -89.999, 89.9994])
+    assert rc == 0, err
+    tilts = read_tilts(tmp_path / "synthetic.rawtlt")
+    assert tilts[0] == -89.999 and tilts[-1] == 89.999
+    check_tilt_range(tilts, tmp_path / "synthetic.rawtlt", lines=True)  # align's own check: no error

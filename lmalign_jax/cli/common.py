@@ -91,6 +91,18 @@ def file_stem(text: str) -> str:
     return text
 
 
+def seed_number(text: str) -> int:
+    """argparse type of ``--seed``: a non-negative integer (numpy's random generators take no
+    other), refused at parsing."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def check_output_file(path: str, inputs, option: str, example: str) -> None:
     """Refuse an output file ``option PATH`` that could not be written, before any work: a folder
     (``example``: a file name to suggest in it), a path under a missing or unwritable folder (or

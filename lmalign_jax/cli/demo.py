@@ -16,7 +16,7 @@ from ..simulation.phantom import fit_similarity, locate_peaks
 from ..workflow import AlignSettings, check_output_folder
 from ..workflow.reconstruction import Alignment, reconstruct_to_file
 from .align import align_and_report
-from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, note, warn
+from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, note, seed_number, warn
 from .simulate import (
     SERIES_OUTPUTS,
     STACK_OUTPUTS,
@@ -175,6 +175,6 @@ def add_demo(sub):
     p.add_argument(
         "--out-dir", default="lmalign-demo", metavar="DIR", help="output folder (created if missing)"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic series")
+    p.add_argument("--seed", type=seed_number, default=0, help="random seed of the synthetic series")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-view table in the summary")
     p.set_defaults(run=run_demo)

@@ -19,7 +19,8 @@ from ..simulation.cryo import Imaging, cryo_specimen, render_stack
 from ..simulation.phantom import bead_phantom, project_stack, series_alignment
 from ..simulation.synthetic import simulate
 from ..workflow import check_output_folder
-from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError, file_stem
+from ..workflow.series import FAR_OUTSIDE
+from .common import EXIT_OK, MIN_MARKERS, HelpFormatter, UsageError, file_stem, seed_number
 
 SERIES_OUTPUTS = (".csv", ".rawtlt", "_truth.json")
 STACK_OUTPUTS = (".mrc", "_truth.xf", "_truth.tlt")
@@ -74,7 +75,43 @@ def simulate_series(options: dict, markers=None):
     )
 
 
+#: (flag, attribute) of every number option that must be finite.
+FLOAT_FLAGS = (
+    ("--noise", "noise"),
+    ("--missing", "missing"),
+    ("--outliers", "outliers"),
+    ("--tilt-range", "tilt_range"),
+    ("--rotation", "rotation"),
+    ("--shift", "shift"),
+    ("--thickness", "thickness"),
+    ("--pixel-size", "pixel_size"),
+    ("--dose", "dose"),
+    ("--bead-diameter", "bead_diameter"),
+    ("--close-pairs", "close_pairs"),
+    ("--background", "background"),
+)
+
+
 def _check_simulate_args(args) -> None:
+    for flag, name in FLOAT_FLAGS:
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list | tuple) else [value]
+        bad = [v for v in values if v is not None and not math.isfinite(v)]
+        if bad:
+            raise UsageError(f"{flag} must be a finite number, got {' '.join(f'{v:g}' for v in values)}")
+    low, high = args.tilt_range
+    if not all(abs(round(t, 3)) < 90 for t in (low, high)):  # as the .rawtlt writes them (%9.3f)
+        raise UsageError(
+            f"--tilt-range must lie between -90 and 90 degrees, exclusive (align refuses a tilt of "
+            f"+-90 or beyond), got {low:g} {high:g}"
+        )
+    far = FAR_OUTSIDE * max(args.image_size) if args.image_size else math.inf
+    for flag, name in (("--noise", "noise"), ("--shift", "shift"), ("--thickness", "thickness")):
+        if abs(getattr(args, name)) > far:
+            raise UsageError(
+                f"{flag} {getattr(args, name):g} is more than {FAR_OUTSIDE} image sizes ({far:g} px): the "
+                "markers would fall far outside the image, where align refuses them"
+            )
     if args.views < 3 or args.markers < MIN_MARKERS:
         raise UsageError(f"--views must be >= 3 and --markers >= {MIN_MARKERS}")
     if args.noise < 0 or not 0 <= args.missing < 1 or not 0 <= args.outliers < 1:
@@ -120,6 +157,18 @@ def _check_realistic_args(args) -> None:
         raise UsageError("--close-pairs must be in [0, 1] and --background >= 0")
     if args.ice is not None and args.ice < 0:
         raise UsageError(f"--ice must be >= 0, got {args.ice}")
+
+
+def _check_in_view(obs, args) -> None:
+    """A UsageError when simulated points fall where align refuses them (``FAR_OUTSIDE``)."""
+    centre = np.asarray(obs.image_size, dtype=float) / 2
+    far = obs.mask & np.any(np.abs(obs.xy - centre) > FAR_OUTSIDE * max(obs.image_size), axis=-1)
+    if far.any():
+        raise UsageError(
+            f"{int(far.sum())} simulated point(s) fall more than {FAR_OUTSIDE} image sizes from the "
+            f"{obs.image_size[0]:g} x {obs.image_size[1]:g} image, where align refuses them; choose a "
+            f"smaller --noise ({args.noise:g}), --shift ({args.shift:g}) or --thickness ({args.thickness:g})"
+        )
 
 
 def realistic_specimen(options: dict):
@@ -333,6 +382,7 @@ def run_simulate(args) -> int:
         series, ids = visible_only(simulate_series(vars(args), specimen.beads), args.bead_diameter)
     else:
         series, ids = simulate_series(vars(args)), None
+    _check_in_view(series.observations, args)
     with out:
         csv, tlt = write_series(series, out, settings_record(vars(args)), ids)
         if args.stack:
@@ -462,7 +512,7 @@ def add_simulate(sub):
     p.add_argument("--prefix", type=file_stem, default="synthetic", metavar="NAME", help="output file stem")
     for flag, kw in SIM_OPTIONS:
         p.add_argument(flag, **kw)
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_number, default=0, help="random seed")
     p.add_argument(
         "--stack",
         action="store_true",
