@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import typing
 
 import numpy as np
 
@@ -137,6 +138,9 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
 
         mdoc = Mdoc.from_lines(lines)
     except Exception as e:  # mdocfile / pydantic: any malformed value
+        located = _refused_value(lines)
+        if located is not None:  # the line of the value mdocfile's models refuse
+            raise InputError(path, *located) from None
         first = str(e).strip().splitlines()
         problem = " ".join(first[:3])[:200] if first else type(e).__name__
         bad = next(
@@ -157,13 +161,17 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
     sections = mdoc.section_data
     if len(sections) != len(starts):
         raise InputError(path, None, "mixed ZValue/MontSection/FrameSet sections are not supported")
+    ends = [*starts[1:], len(lines) + 1]
     tilts, zs = [], []
     first_line: dict[int, int] = {}
-    for line, sec in zip(starts, sections, strict=True):
+    for line, end, sec in zip(starts, ends, sections, strict=True):
         if not 0 <= sec.ZValue < 2**31:
             raise InputError(path, line, f"ZValue = {sec.ZValue} out of range")
-        if sec.TiltAngle is None or not math.isfinite(sec.TiltAngle):
-            raise InputError(path, line, f"section ZValue = {sec.ZValue} has no valid TiltAngle")
+        if sec.TiltAngle is None:
+            raise InputError(path, line, f"section ZValue = {sec.ZValue} has no TiltAngle")
+        if not math.isfinite(sec.TiltAngle):
+            at, raw = _key_line(lines, line - 1, end - 1, ("TiltAngle",)) or (line, str(sec.TiltAngle))
+            raise InputError(path, at, f"TiltAngle is not finite: {show(raw)}")
         if sec.ZValue in first_line:
             raise InputError(
                 path, line, f"duplicate ZValue = {sec.ZValue} (first on line {first_line[sec.ZValue]})"
@@ -183,7 +191,8 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
     pix = float(pix) if pix is not None and math.isfinite(pix) and pix > 0 else None
     size = tuple(int(n) for n in g.ImageSize) if g.ImageSize is not None else None
     if size is not None and min(size) <= 0:
-        raise InputError(path, None, f"invalid ImageSize {show(str(g.ImageSize))}")
+        at, raw = _key_line(lines, 0, starts[0] - 1, ("ImageSize",)) or (None, str(g.ImageSize))
+        raise InputError(path, at, f"ImageSize must be two positive numbers of pixels: {show(raw)}")
     return MdocTilts(
         tilts_deg=np.array(tilts, dtype=np.float64)[order],
         z_values=np.array(zs, dtype=np.int64)[order],
@@ -191,3 +200,65 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
         pixel_size=pix,
         image_size=size,
     )
+
+
+def _key_line(lines, lo: int, hi: int, keys) -> tuple[int, str] | None:
+    """(1-based line, value) of the last ``key = value`` line among ``lines[lo:hi]`` whose key is
+    one of ``keys`` (a section's ``[ZValue = 3]`` counts), as mdocfile reads them; None if none."""
+    found = None
+    for k in range(lo, hi):
+        text = lines[k].strip().strip("[]")
+        if "=" in text:
+            key, value = text.split("=", 1)
+            if key.strip() in keys:
+                found = (k + 1, value.strip())
+    return found
+
+
+#: What a pydantic error type's first word expects, for messages.
+_EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def _refused_value(lines) -> tuple[int | None, str] | None:
+    """(line, problem) of the first value mdocfile's models refuse, found by validating the header
+    and each section on its own as ``Mdoc.from_lines`` does; None when none is (another error)."""
+    from mdocfile.data_models import MdocGlobalData, MdocSectionData
+    from mdocfile.utils import find_section_entries
+
+    stripped = [ln.strip() for ln in lines]
+    bounds = [0, *find_section_entries(stripped), len(stripped)]
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        model = MdocGlobalData if i == 0 else MdocSectionData
+        try:
+            model.from_lines(stripped[lo:hi])
+        except Exception as e:
+            errors = e.errors() if hasattr(e, "errors") else None
+            if not errors or not errors[0].get("loc"):
+                return None
+            err = errors[0]
+            name = str(err["loc"][0])
+            info = model.model_fields.get(name)
+            keys = (name, info.validation_alias) if info is not None and info.validation_alias else (name,)
+            at = _key_line(stripped, lo, hi, keys)
+            raw = at[1] if at else str(err.get("input", ""))
+            line = at[0] if at else (lo + 1 if i else None)
+            kind = _EXPECTED.get(str(err.get("type", "")).split("_")[0])
+            if not raw:
+                return line, f"{name} has no value"
+            if len(err["loc"]) > 1 or err.get("type") in ("missing", "too_short", "too_long"):
+                return line, f"{name} should be {_expected_items(info)}, got {show(raw)}"
+            if kind:
+                return line, f"{name} is not {kind}: {show(raw)}"
+            return line, f"{name}: {err.get('msg', 'invalid value')}: {show(raw)}"
+    return None
+
+
+def _expected_items(info) -> str:
+    """What a tuple-valued mdoc field holds, e.g. "2 whole numbers" (ImageSize)."""
+    args = typing.get_args(info.annotation) if info is not None else ()
+    tuple_type = next((a for a in args if typing.get_origin(a) is tuple), None)
+    items = typing.get_args(tuple_type) if tuple_type is not None else ()
+    if not items or Ellipsis in items or len(set(items)) != 1:
+        return "several values"
+    noun = {int: "whole numbers", float: "numbers"}.get(items[0], "values")
+    return f"{len(items)} {noun}"
