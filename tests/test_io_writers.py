@@ -5,13 +5,18 @@ Oracles: ``fortran_field`` (IMOD's field, or the promised widening) written here
 and ``float('%.Df' % v)``, the exact value a reader must get back from a D-decimal field.
 """
 
+import errno
+import os
+
 import numpy as np
 import pytest
+from helpers import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmalign_jax.io import (
     MarkerSet,
+    atomic_write,
     read_fid_xyz,
     read_markers,
     read_resid,
@@ -24,6 +29,7 @@ from lmalign_jax.io import (
     write_tlt,
     write_xf,
 )
+from lmalign_jax.io.outputs import OutputSet
 
 PROPERTY = settings(
     max_examples=60,
@@ -297,3 +303,70 @@ def test_block_boundaries(tmp_path, rows):
     t = np.arange(max(rows, 1), dtype=float) / 8
     write_tlt(tmp_path / "a.tlt", t)
     np.testing.assert_array_equal(read_tilts(tmp_path / "a.tlt"), t)
+
+
+# ---------------------------------------------------------------- a failing write names its file
+
+
+def _disk_full():
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_atomic_write_error_names_the_target_not_its_temporary(tmp_path):
+    target = tmp_path / "m.csv"
+    with pytest.raises(OSError) as e, atomic_write(target) as f:
+        f.write("x")
+        raise _disk_full()  # as f.write raises it: no file named
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
+    assert e.value.strerror == "cannot write: No space left on device"
+    assert not list(tmp_path.iterdir())
+    missing = tmp_path / "nope" / "m.csv"
+    with pytest.raises(FileNotFoundError) as e, atomic_write(missing):
+        pass
+    assert e.value.filename == str(missing) and ".tmp" not in str(e.value)
+    # an error about another file, met inside the block, is that file's
+    with pytest.raises(FileNotFoundError) as e, atomic_write(target):
+        open(tmp_path / "other.txt")
+    assert e.value.filename == str(tmp_path / "other.txt")
+
+
+def test_output_set_error_names_the_final_file(tmp_path, monkeypatch):
+    folder = tmp_path / "out"
+    with pytest.raises(OSError) as e, OutputSet(folder, "run") as out:
+        out.write_text(".json", "{}")
+        write_tlt(out.stage(".tlt"), [1.0])  # through atomic_write, into the staging folder
+        with open(out.stage(".xf"), "w"):
+            raise _disk_full()
+    assert e.value.filename == str(folder / "run.xf") and e.value.strerror.startswith("cannot write: ")
+    assert not folder.exists()  # created for the set, removed again
+    # a failed move into place names the final file too, and leaves the folder as it was
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "run.tlt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src, dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError) as e, OutputSet(tmp_path, "run") as out:
+        out.write_text(".json", "{}")
+        out.write_text(".tlt", "1\n")
+        out.commit()
+    assert e.value.filename == str(tmp_path / "run.tlt") and ".tmp" not in str(e.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_full_disk_names_the_output_file(tmp_path, monkeypatch):
+    def full(path, tilts):
+        with open(path, "w") as f:
+            f.write("1")
+            raise _disk_full()
+
+    monkeypatch.setattr("lmalign_jax.io.write_tlt", full)
+    rc, out, err = run_cli(["simulate", "--out-dir", tmp_path / "d", "--views", 5, "--markers", 4])
+    assert rc == 2 and not out
+    assert (
+        err
+        == f"lmalign: error: {tmp_path / 'd' / 'synthetic.rawtlt'}: cannot write: No space left on device\n"
+    )
+    assert not (tmp_path / "d").exists()

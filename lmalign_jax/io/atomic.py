@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "name_target"]
 
 
 def _default_mode() -> int:
@@ -28,13 +28,27 @@ def replace_with(tmp: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def name_target(exc: BaseException, path: str | os.PathLike, temporaries=()) -> OSError | None:
+    """The ``OSError`` to raise for ``exc``, met while writing ``path``: one that names ``path``
+    ("PATH: cannot write: REASON") when ``exc`` names one of its ``temporaries`` or no file at
+    all (a failed ``write``); None for an error about another file, or not an ``OSError``."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    if exc.filename is not None and os.fspath(exc.filename) not in {os.fspath(t) for t in temporaries}:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    reason = reason if reason.startswith("cannot write: ") else f"cannot write: {reason}"
+    return OSError(exc.errno, reason, os.fspath(path))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open ``path`` for writing so that it appears complete or not at all.
 
     Data go to a temporary file in the same directory; on a clean exit of the ``with`` block it is
     flushed, synced and ``os.replace``-d onto ``path`` (atomic on POSIX). If the block raises, the
-    temporary file is removed and any existing ``path`` is left untouched.
+    temporary file is removed and any existing ``path`` is left untouched. An ``OSError`` of the
+    write names ``path``, never the temporary file (:func:`name_target`).
 
     ``mode`` is ``"w"`` (text, UTF-8, ``\\n`` line endings) or ``"wb"`` (binary).
     """
@@ -43,7 +57,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     prefix = "." + os.path.basename(path) + "."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    except OSError as e:  # it names the temporary file
+        raise (name_target(e, path, (e.filename,)) or e) from e
     try:
         if mode == "w":
             f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
@@ -59,7 +76,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         replace_with(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        named = name_target(e, path, (tmp,))
+        if named is None:
+            raise
+        raise named from e

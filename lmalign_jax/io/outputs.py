@@ -16,7 +16,9 @@ Usage::
         written = out.commit()          # final paths, in staging order
 
 Leaving the ``with`` block without :meth:`commit` (an exception, or an early return) discards
-everything; an output folder created for the set is removed again when it is left empty.
+everything; an output folder created for the set is removed again when it is left empty. An
+``OSError`` met writing a staged file (a full disk) names the file's final path, never the
+hidden staging folder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+
+from .atomic import name_target
 
 __all__ = ["OutputSet"]
 
@@ -70,9 +74,13 @@ class OutputSet:
                 head = os.path.dirname(head)
             os.makedirs(self.out_dir, exist_ok=True)
             self._created = missing  # deepest first
-            self._staging = tempfile.mkdtemp(
-                prefix=f".{self.prefix}.lmalign-", suffix=".tmp", dir=self.out_dir
-            )
+            try:
+                self._staging = tempfile.mkdtemp(
+                    prefix=f".{self.prefix}.lmalign-", suffix=".tmp", dir=self.out_dir
+                )
+            except OSError as e:
+                self.discard()
+                raise (name_target(e, self.out_dir, (e.filename,)) or e) from e
         return self._staging
 
     def stage(self, suffix: str) -> str:
@@ -130,7 +138,8 @@ class OutputSet:
                 _sync(staged)
                 os.replace(staged, final)
                 placed.append(final)
-        except BaseException:
+        except BaseException as e:
+            named = self._name_final(e)
             for final in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(final)
@@ -138,7 +147,9 @@ class OutputSet:
                 with contextlib.suppress(OSError):
                     os.replace(backup, final)
             self.discard()
-            raise
+            if named is None:
+                raise
+            raise named from e
         written = list(self._staged)
         self._remove_staging()
         self._created = []
@@ -159,12 +170,37 @@ class OutputSet:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
 
+    def _name_final(self, exc: BaseException) -> OSError | None:
+        """``atomic.name_target`` for an ``OSError`` about a staged file, or about none (a failed
+        write, taken to be of the file staged last): one naming that file's final path."""
+        if not isinstance(exc, OSError) or not self._staged:
+            return None
+        name = exc.filename
+        final_of = {staged: final for final, staged in self._staged.items()}
+        if name is None:
+            final = list(self._staged)[-1]
+        elif os.fspath(name) in final_of:
+            final = final_of[os.fspath(name)]
+        elif self._staging is not None and _inside(name, self._staging):  # a staged file's temporary
+            final = list(self._staged)[-1]
+        else:
+            return None
+        return name_target(exc, final, () if name is None else (name,))
+
     def __enter__(self) -> OutputSet:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        named = None if exc is None else self._name_final(exc)
         if self._staging is not None:
             self.discard()
+        if named is not None:
+            raise named from exc
+
+
+def _inside(path, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path.startswith(folder + os.sep)
 
 
 def _sync(path: str) -> None:
