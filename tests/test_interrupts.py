@@ -96,6 +96,22 @@ def test_sigterm_stops_like_an_interrupt_and_the_handler_is_restored(sigterm_def
     assert issubclass(Terminated, KeyboardInterrupt)  # every cleanup for Ctrl-C runs for it too
 
 
+@pytest.fixture
+def sighup_default():
+    yield from _handled_by(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_sighup_stops_too_unless_it_is_ignored(sighup_default):
+    with pytest.raises(Terminated) as stopped, terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGHUP)
+        busy()
+    assert stopped.value.signum == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup: kept
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
 def test_a_callers_own_sigterm_handler_is_kept(sigterm_default):
     def own(signum, frame):
         return None
@@ -105,9 +121,11 @@ def test_a_callers_own_sigterm_handler_is_kept(sigterm_default):
         assert signal.getsignal(signal.SIGTERM) is own
 
 
-def test_reconstruct_terminated_leaves_no_file(tmp_path):
-    """A scheduler's cancel (SIGTERM) in the middle of writing a tomogram: exit 143, the message,
-    and nothing left in the folder (the half-written temporary file is removed)."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_reconstruct_terminated_leaves_no_file(tmp_path, sig):
+    """A scheduler's cancel (SIGTERM) or a closed terminal (SIGHUP) in the middle of writing a
+    tomogram: exit 128 + the signal, the message, and nothing left in the folder (the
+    half-written temporary file is removed)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     cli = [sys.executable, "-m", "lmalign_jax"]
     made = subprocess.run(
@@ -144,7 +162,7 @@ def test_reconstruct_terminated_leaves_no_file(tmp_path):
             "--thickness",
             "96",
             "--sirt",
-            "200",
+            "1000000",  # hours of iterations: the signal must stop them, not wait for them
             "--out",
             out / "t.mrc",
         ],
@@ -156,8 +174,11 @@ def test_reconstruct_terminated_leaves_no_file(tmp_path):
     while not any(out.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the reconstruction ended before its output file was opened"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "terminated; no output written" in err
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert f"terminated ({sig.name}); no output written" in err
     assert list(out.iterdir()) == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import warnings
 
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         if args.command in CACHED_COMMANDS:
             args.compilation_cache = enable_compilation_cache()
             args.compilation_cache_setup = enable_compilation_cache  # batch hands it to its workers
-        # Ctrl-C is not lost in a garbage-collector callback; SIGTERM stops as Ctrl-C does
+        # Ctrl-C is not lost in a garbage-collector callback; SIGTERM and SIGHUP stop as Ctrl-C does
         with deliver_lost_interrupts(), terminate_as_interrupt(), warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.run(args)
@@ -144,9 +146,12 @@ def main(argv=None) -> int:
     except (InputError, UsageError) as e:
         print(f"lmalign: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Terminated:
-        print("lmalign: terminated; no output written", file=sys.stderr)
-        return 143
+    except Terminated as e:
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) may have taken stderr
+            print(
+                f"lmalign: terminated ({signal.Signals(e.signum).name}); no output written", file=sys.stderr
+            )
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("lmalign: interrupted; no output written", file=sys.stderr)
         return 130

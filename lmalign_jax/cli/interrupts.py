@@ -1,4 +1,4 @@
-"""Ctrl-C (and SIGTERM) that always stops a command.
+"""Ctrl-C (and SIGTERM, SIGHUP) that always stops a command.
 
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when SIGINT arrives.
 Inside a garbage-collector callback or a ``__del__`` (JAX registers a collector callback) the
@@ -17,35 +17,45 @@ import signal
 import sys
 import threading
 
-__all__ = ["Terminated", "deliver_lost_interrupts", "terminate_as_interrupt"]
+__all__ = ["TERMINATING", "Terminated", "deliver_lost_interrupts", "terminate_as_interrupt"]
+
+
+#: Signals that end a command as Ctrl-C does: a scheduler's cancel or ``kill`` (SIGTERM), a
+#: closed terminal or dropped ssh session (SIGHUP).
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a job scheduler's cancel, ``kill``), raised as an interrupt so that a command stops
-    the way Ctrl-C stops it: temporary files removed, no output left half-written."""
+    """A terminating signal (:data:`TERMINATING`; ``signum``), raised as an interrupt so that a
+    command stops the way Ctrl-C stops it: temporary files removed, no output left half-written."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """While inside, SIGTERM raises :class:`Terminated` in the main thread, unless the process
-    already handles SIGTERM itself (a caller's handler is kept) or this is not the main thread.
-    The previous handler is restored on leaving."""
+    """While inside, each signal of :data:`TERMINATING` raises :class:`Terminated` in the main
+    thread, unless the process already handles that signal itself (a caller's handler, or an
+    ignored signal as under nohup, is kept) or this is not the main thread. The previous
+    handlers are restored on leaving."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
         yield
         return
 
     def handler(signum, frame):
-        raise Terminated
+        raise Terminated(signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.getsignal(s) for s in TERMINATING}
+    taken = [s for s, h in previous.items() if h is signal.SIG_DFL]
+    for s in taken:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s in taken:
+            signal.signal(s, previous[s])
 
 
 @contextlib.contextmanager

@@ -84,33 +84,46 @@ def _aligned_views(stack, xf_A, xf_shift, tilts_deg, b: int, options: SirtOption
     return views
 
 
-@partial(jax.jit, static_argnames=("backproject", "options"))
 def _solve(b, *, backproject, options: SirtOptions):
+    """SIRT from zero through ``backproject`` (``A^T``; ``A`` its transpose): (volume, the
+    R-weighted residual before and after each iteration). One compiled call per iteration, each
+    waited for, so that a signal stops a command between iterations."""
+    x, r_w, c_w, r0 = _start(b, backproject=backproject)
+    lam = jnp.asarray(options.relaxation, b.dtype)
+    residuals = [r0]
+    for _ in range(options.iterations):
+        x, r = _step(x, b, r_w, c_w, lam, backproject=backproject, positivity=options.positivity)
+        residuals.append(r.block_until_ready())
+    return x, jnp.stack(residuals)
+
+
+def _transpose(backproject, b):
+    """``A``, the transpose of ``backproject``, for views shaped as ``b``."""
     zeros = jnp.zeros_like(b)
-    volume_shape = jax.eval_shape(backproject, zeros)
+    return lambda x: jax.linear_transpose(backproject, zeros)(x)[0]
 
-    def project(x):
-        return jax.linear_transpose(backproject, zeros)(x)[0]
 
-    dt = b.dtype
-    ray_length = project(jnp.ones(volume_shape.shape, dt))
+@partial(jax.jit, static_argnames=("backproject",))
+def _start(b, *, backproject):
+    """x = 0, ``R = 1 / (A 1)``, ``C = 1 / (A^T 1)`` and the weighted residual of x = 0."""
+    project = _transpose(backproject, b)
+    volume_shape = jax.eval_shape(backproject, jnp.zeros_like(b))
+    ray_length = project(jnp.ones(volume_shape.shape, b.dtype))
     r_w = jnp.where(ray_length > 1e-6, 1.0 / jnp.where(ray_length > 1e-6, ray_length, 1.0), 0.0)
     hits = backproject(jnp.ones_like(b))
     c_w = jnp.where(hits > 1e-6, 1.0 / jnp.where(hits > 1e-6, hits, 1.0), 0.0)
-    lam = jnp.asarray(options.relaxation, dt)
+    return jnp.zeros(volume_shape.shape, b.dtype), r_w, c_w, jnp.sum(r_w * b * b)
 
-    def step(i, carry):
-        x, res = carry
-        d = b - project(x)
-        x = x + lam * c_w * backproject(r_w * d)
-        if options.positivity:
-            x = jnp.maximum(x, 0.0)
-        d = b - project(x)
-        return x, res.at[i + 1].set(jnp.sum(r_w * d * d))
 
-    x0 = jnp.zeros(volume_shape.shape, dt)
-    res0 = jnp.zeros(options.iterations + 1, dt).at[0].set(jnp.sum(r_w * b * b))
-    return jax.lax.fori_loop(0, options.iterations, step, (x0, res0))
+@partial(jax.jit, static_argnames=("backproject", "positivity"))
+def _step(x, b, r_w, c_w, lam, *, backproject, positivity: bool):
+    """One SIRT iteration: the new x and its weighted residual."""
+    project = _transpose(backproject, b)
+    x = x + lam * c_w * backproject(r_w * (b - project(x)))
+    if positivity:
+        x = jnp.maximum(x, 0.0)
+    d = b - project(x)
+    return x, jnp.sum(r_w * d * d)
 
 
 def sirt_local(

@@ -31,7 +31,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jaxtyping import Array, Float
 
 from . import _kernels
@@ -99,41 +98,44 @@ def sirt_solve(b, cos_t, sin_t, *, nz: int, nx: int, options: SirtOptions):
 
     Returns ``(volume (nz, rows, nx), residuals (iterations + 1,))``: the R-weighted residual
     ``sum R (b - A x)^2`` before the first and after every iteration.
+
+    One compiled call per iteration, each waited for: a signal (Ctrl-C, SIGTERM) stops a
+    command between two iterations rather than after all of them.
     """
-    taps = _kernels.reprojection_taps(cos_t, nx)
-    return _sirt_iterations(b, cos_t, sin_t, nz=nz, nx=nx, options=options, taps=taps)
+    geometry = dict(nz=nz, nx=nx, taps=_kernels.reprojection_taps(cos_t, nx))
+    x, d, r_w, c_w, r0 = _sirt_start(b, cos_t, sin_t, **geometry)
+    lam = jnp.asarray(options.relaxation, b.dtype)
+    residuals = [r0]
+    for _ in range(options.iterations):
+        x, d, r = _sirt_step(x, d, b, r_w, c_w, lam, cos_t, sin_t, positivity=options.positivity, **geometry)
+        residuals.append(r.block_until_ready())
+    return x, jnp.stack(residuals)
 
 
-@partial(jax.jit, static_argnames=("nz", "nx", "options", "taps"))
-def _sirt_iterations(b, cos_t, sin_t, *, nz: int, nx: int, options: SirtOptions, taps: int):
-    """:func:`sirt_solve` with the re-projector's ``taps`` given (static)."""
+@partial(jax.jit, static_argnames=("nz", "nx", "taps"))
+def _sirt_start(b, cos_t, sin_t, *, nz: int, nx: int, taps: int):
+    """SIRT's weights and start: x = 0, its residual views d = b and their weighted sum of
+    squares, ``R = 1 / (A 1)`` and ``C = 1 / (A^T 1)`` (zero where nothing is reached)."""
     n_views, nd, rows = b.shape
     dt = b.dtype
     ray_length = project(jnp.ones((nz, rows, nx), dt), cos_t, sin_t, nd=nd, taps=taps)
     r_w = jnp.where(ray_length > 1e-6, 1.0 / jnp.where(ray_length > 1e-6, ray_length, 1.0), 0.0)
     hits = backproject(jnp.ones_like(b), cos_t, sin_t, nz=nz, nx=nx)
     c_w = jnp.where(hits > 1e-6, 1.0 / jnp.where(hits > 1e-6, hits, 1.0), 0.0)
-    lam = jnp.asarray(options.relaxation, dt)
-
-    def residual(x):
-        d = b - project(x, cos_t, sin_t, nd=nd, taps=taps)
-        return d, jnp.sum(r_w * d * d)
-
-    # the residual views d = b - A x of one iteration are the next one's (one projection per
-    # iteration, not two)
-    def step(i, carry):
-        x, d, res = carry
-        x = x + lam * c_w * backproject(r_w * d, cos_t, sin_t, nz=nz, nx=nx)
-        if options.positivity:
-            x = jnp.maximum(x, 0.0)
-        d, r = residual(x)
-        return x, d, res.at[i + 1].set(r)
-
     x0 = jnp.zeros((nz, rows, nx), dt)
-    d0, r0 = residual(x0)
-    res0 = jnp.zeros(options.iterations + 1, dt).at[0].set(r0)
-    x, _, res = lax.fori_loop(0, options.iterations, step, (x0, d0, res0))
-    return x, res
+    d0 = b - project(x0, cos_t, sin_t, nd=nd, taps=taps)
+    return x0, d0, r_w, c_w, jnp.sum(r_w * d0 * d0)
+
+
+@partial(jax.jit, static_argnames=("nz", "nx", "taps", "positivity"))
+def _sirt_step(x, d, b, r_w, c_w, lam, cos_t, sin_t, *, nz: int, nx: int, taps: int, positivity: bool):
+    """One iteration from ``x`` and its residual views ``d = b - A x``: the new x, its residual
+    views (the next iteration's: one projection per iteration) and their weighted sum of squares."""
+    x = x + lam * c_w * backproject(r_w * d, cos_t, sin_t, nz=nz, nx=nx)
+    if positivity:
+        x = jnp.maximum(x, 0.0)
+    d = b - project(x, cos_t, sin_t, nd=d.shape[1], taps=taps)
+    return x, d, jnp.sum(r_w * d * d)
 
 
 def sirt_slab(b, *, cos_t, sin_t, nz: int, nx: int, options: SirtOptions):
