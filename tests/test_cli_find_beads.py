@@ -179,6 +179,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(realistic, tmp_path)
     assert rc == 2 and ".csv" in err and not (tmp_path / "b.txt").exists()
 
 
+def test_a_rotation_or_seed_a_generator_cannot_take_is_refused_in_one_line(realistic, tmp_path):
+    d, _ = realistic
+    out = tmp_path / "out"
+    for command in (["track", d / "r.mrc"], ["align", d / "r.mrc"]):
+        for rotation in ("nan", "inf"):
+            rc, _, err = run([*command, "--tilts", d / "r.rawtlt", "--out-dir", out, "--rotation", rotation])
+            assert rc == 2 and f"--rotation must be a finite number of degrees, got {rotation}" in err, err
+    assert not out.exists()
+    for command in ("demo", "simulate"):
+        rc, _, err = run([command, "--out-dir", out, "--seed", "-1"])
+        assert rc == 2 and "--seed: expected a non-negative integer, got '-1'" in err and not out.exists(), (
+            err
+        )
+
+
 def test_realistic_options_need_realistic_and_a_stack(tmp_path):
     rc, _, err = run(["simulate", "--out-dir", tmp_path, "--stack", "--dose", 20])
     assert rc == 2 and "--dose: only with --realistic" in err

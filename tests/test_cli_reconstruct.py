@@ -281,6 +281,7 @@ def _cases(b):
         ),
         "positivity without sirt": ([s / "s.mrc", *xf_tlt, "--positivity"], r"--positivity goes with --sirt"),
         "memory": ([s / "s.mrc", *xf_tlt, "--memory", 0], r"--memory must be a positive number of GB"),
+        "memory infinite": ([s / "s.mrc", *xf_tlt, "--memory", "inf"], r"--memory must be a positive number"),
         "local tolerance": (
             [s / "s.mrc", *xf_tlt, "--local-tolerance", -0.1],
             r"--local-tolerance must be 0 or a positive number of pixels, got -0.1",
@@ -329,6 +330,7 @@ CASES = [
     "stack of one pixel",
     "positivity without sirt",
     "memory",
+    "memory infinite",
     "local tolerance",
     "radial",
     "both alignments",
@@ -354,6 +356,35 @@ def test_bad_input(bad, case, tmp_path):
     assert re.search(pattern, err), err
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no output, no temporary file
     assert sorted(p.name for p in bad["src"].iterdir()) == before
+
+
+def test_align_reconstruct_refuses_before_any_work(series, tmp_path):
+    """align ... --reconstruct: a folder in the tomogram's place, or a stack whose images are not
+    those the markers were picked on, is refused before anything is solved or written."""
+    import mrcfile
+
+    d = series["dir"]
+    align = ["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--reconstruct", THICKNESS, "-q", "--no-figure"]
+    out = tmp_path / "out"
+    (out / "s.rec.mrc").mkdir(parents=True)
+    rc, _, err = run([*align, "--stack", d / "s.mrc", "--out-dir", out])
+    assert rc == 2 and "the tomogram's path" in err and "is a folder" in err and ".tmp" not in err, err
+    assert [p.name for p in out.iterdir()] == ["s.rec.mrc"]
+    with mrcfile.open(d / "s.mrc", permissive=True) as mrc:
+        half = mrc.data.reshape(mrc.data.shape[0], mrc.data.shape[1] // 2, 2, -1, 2).mean(axis=(2, 4))
+    with mrcfile.new(tmp_path / "half.mrc") as mrc:
+        mrc.set_data(half.astype(np.float32))
+    # an IMOD model records the images its markers are on: the half-size stack is not them
+    from lmalign_jax.io import MarkerSet, read_markers
+    from lmalign_jax.io.imod_model import write_imod_model
+
+    ms = read_markers(d / "s.csv")
+    write_imod_model(tmp_path / "s.fid", MarkerSet(ms.xy, ms.mask, ms.marker_ids, image_size=(256, 256)))
+    out = tmp_path / "out2"
+    fid = ["align", tmp_path / "s.fid", *align[2:], "--stack", tmp_path / "half.mrc", "--out-dir", out]
+    rc, _, err = run(fid)
+    assert rc == 2 and "half.mrc: --reconstruct: images are 128 x 128 pixels but the markers" in err, err
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_every_case_is_listed():

@@ -351,6 +351,21 @@ def test_mrc_stack_roundtrip(tmp_path):
     assert np.array_equal(read_stack(p, mmap=False), data)
 
 
+def test_a_header_announcing_more_sections_than_the_file_holds_is_refused(tmp_path):
+    data = np.zeros((3, 8, 10), np.int16)
+    p = tmp_path / "s.mrc"
+    with mrcfile.new(p) as mrc:
+        mrc.set_data(data)
+        mrc.set_extended_header(np.zeros(64, np.uint8))  # the data start after it
+    assert read_stack_header(p)[0] == 3
+    raw = bytearray(p.read_bytes())
+    raw[8:12] = np.int32(4).tobytes()  # nz: 4 sections announced, 3 held
+    p.write_bytes(bytes(raw))
+    announced = r"s\.mrc: the header says 4 sections of 10 x 8 \(int16\) but the file holds 3"
+    with pytest.raises(ValueError, match=announced):
+        read_stack_header(p)
+
+
 def test_bad_input_files(tmp_path):
     txt = tmp_path / "notes.mrc"
     txt.write_text("this is not an MRC file\n" * 80)

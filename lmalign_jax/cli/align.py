@@ -40,7 +40,13 @@ from ..workflow.local import (
 from ..workflow.tracking import is_stack_path
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn
 from .export import export_after_align
-from .track import add_stack_options, check_reconstruct_option, reconstruct_after_align, track_for_align
+from .track import (
+    add_stack_options,
+    check_reconstruct_option,
+    check_reconstruct_stack,
+    reconstruct_after_align,
+    track_for_align,
+)
 
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
@@ -117,9 +123,11 @@ def run_align(args) -> int:
     targets = parse_export_targets(args.export, "--export") if args.export else ()
     check_export(targets, out_prefix, args.pixel_size, None)
 
-    def ready_to_export(inputs) -> None:
+    def ready_to_solve(inputs) -> None:  # the markers read: what the export and tomogram need
         pixel = args.pixel_size if args.pixel_size is not None else inputs.pixel_size
         check_export(targets, out_prefix, pixel, "no input gives one (marker file, stack header or .mdoc)")
+        if args.reconstruct is not None:
+            check_reconstruct_stack(recon_stack, inputs.image_size)
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack
@@ -149,7 +157,7 @@ def run_align(args) -> int:
         flatten=args.flatten,
         local=local,
         initial=args.initial,
-        check_inputs=ready_to_export,
+        check_inputs=ready_to_solve,
     )
     if code == EXIT_OK and args.reconstruct is not None:
         out = OutputSet(args.out_dir, out_prefix)

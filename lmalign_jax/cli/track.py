@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+from ..io.errors import InputError
 from ..io.mrc import read_stack_header
 from ..workflow.reconstruction import (
     ALIGN_OPTIONS,
@@ -66,6 +68,8 @@ def run_track(args) -> int:
 def _track_and_print(args, stack: str):
     """Track ``stack`` with the tracking options of ``args`` into ``--out-dir``, print the summary;
     returns the :class:`lmalign_jax.workflow.tracking.TrackedStack`."""
+    if args.rotation is not None and not math.isfinite(args.rotation):
+        raise UsageError(f"--rotation must be a finite number of degrees, got {args.rotation:g}")
     with Progress(f"lmalign: tracking beads in {stack} ..."):
         done = track_stack(
             stack,
@@ -162,7 +166,27 @@ def check_reconstruct_option(stack: str | None, out_path: str, thickness: float)
     shape = volume_shape(nx, ny, thickness, 1, ALIGN_OPTIONS, stack)
     if os.path.realpath(out_path) == os.path.realpath(stack):
         raise UsageError(f"--reconstruct: the tomogram {out_path} would overwrite the stack {stack}")
+    if os.path.isdir(out_path):
+        raise UsageError(
+            f"--reconstruct: the tomogram's path {out_path} is a folder; move it or choose another "
+            "--prefix or --out-dir"
+        )
     check_room(out_path, shape, ALIGN_OPTIONS)
+
+
+def check_reconstruct_stack(stack: str, image_size) -> None:
+    """``align MARKERS --stack STACK --reconstruct NZ``, once the markers are read and before
+    they are solved: the stack must have the images the markers were picked on (``image_size``,
+    (nx, ny) px); InputError naming the stack otherwise."""
+    _, ny, nx, _ = read_stack_header(stack)
+    if abs(image_size[0] - nx) > 0.5 or abs(image_size[1] - ny) > 0.5:
+        raise InputError(
+            stack,
+            None,
+            f"--reconstruct: images are {nx} x {ny} pixels but the markers are on {image_size[0]:g} x "
+            f"{image_size[1]:g} images; give the stack the markers were picked on (reconstruct a binned "
+            "one later with 'lmalign reconstruct --bin')",
+        )
 
 
 def reconstruct_after_align(

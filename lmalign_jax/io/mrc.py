@@ -76,7 +76,27 @@ def read_stack_header(path) -> tuple[int, int, int, float | None]:
         nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
         if nx <= 0 or ny <= 0 or nz <= 0:
             raise _bad(path, f"header has non-positive dimensions nx={nx}, ny={ny}, nz={nz}")
+        _check_size(path, mrc, nx, ny, nz)
         return nz, ny, nx, _pixel_size(h)
+
+
+def _check_size(path, mrc, nx: int, ny: int, nz: int) -> None:
+    """InputError when the file is shorter than the ``nz`` sections its header announces (a
+    truncated file or a wrong header): said here, before a tilt or transform file that has the
+    right number of views is blamed for not matching ``nz``."""
+    try:
+        dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
+    except ValueError:  # a mode mrcfile does not map to a dtype: left to the reader
+        return
+    start = mrc.header.nbytes + int(mrc.header.nsymbt)
+    section = nx * ny * dtype.itemsize
+    held = (os.path.getsize(os.fspath(path)) - start) // section
+    if held < nz:
+        raise _bad(
+            path,
+            f"the header says {nz} sections of {nx} x {ny} ({dtype.name}) but the file holds {max(held, 0)} "
+            "(a truncated file or a wrong header)",
+        )
 
 
 #: SerialEM's extended-header flag (``nreal`` bit) for "tilt angle * 100", 2 bytes first in each

@@ -304,8 +304,8 @@ def reconstruct_to_file(
             raise UsageError(f"--sirt: {e}") from None
     if sirtlike is not None and sirtlike < 1:
         raise UsageError(f"--sirtlike must be at least 1 iteration, got {sirtlike}")
-    if memory_gb is not None and not (memory_gb > 0):
-        raise UsageError(f"--memory must be a positive number of GB, got {memory_gb:g}")
+    if memory_gb is not None and not (0 < memory_gb < 1e6):
+        raise UsageError(f"--memory must be a positive number of GB (below 1e6), got {memory_gb:g}")
     memory_bytes = None if memory_gb is None else int(memory_gb * 1e9)
     header_pixel = pixel  # None: the stack records no pixel size
     check_room(out_path, shape, options)
