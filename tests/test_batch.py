@@ -626,6 +626,29 @@ def test_cli_batch_refuses_an_output_folder_that_is_a_file(files, tmp_path):
     assert out == "" and "aligning" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_cli_batch_resume_keeps_a_raw_stack_series_without_tracking_it_again(tmp_path):
+    """A series given as a raw stack is tracked, then aligned; --resume keeps both when the stack,
+    tilts and tracking options are those of the earlier run, and tracks again when they are not."""
+    d = tmp_path / "in"
+    simulate = ["simulate", "--out-dir", d, "--prefix", "r", "--stack", "--views", 21, "--markers", 8]
+    rc, _, err = run([*simulate, "--image-size", 192, 192, "--seed", 0])
+    assert rc == 0, err
+    (d / "r.csv").unlink()  # the stack and its tilts only: tracked first
+    out = tmp_path / "out"
+
+    def resume(*extra):
+        rc, _, err = run(["batch", d, "--out-dir", out, "--no-figure", "--quiet", "--resume", *extra])
+        assert rc == 0, err
+        return next(r["detail"] for r in read_tsv(out / "batch_summary.tsv"))
+
+    assert resume() == "converged"
+    fid = out / "r" / "r.fid"
+    made = fid.stat().st_mtime_ns
+    assert resume() == RESUMED and fid.stat().st_mtime_ns == made
+    assert resume("--target-beads", 8) == "converged" and fid.stat().st_mtime_ns != made
+    assert json.loads((out / "r" / "r_track.json").read_text())["settings"]["target_beads"] == 8
+
+
 def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     """--reconstruct: each aligned series' tomogram from the stack beside its markers (or the
     list's STACK column) equals `lmalign reconstruct --alignment NAME.json`; a series without a

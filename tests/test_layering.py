@@ -215,7 +215,8 @@ def test_import_resolution_sees_relative_imports():
 def test_only_the_record_module_parses_records():
     """The ``.json`` layout is known to report/record.py alone: it is the only JSON reader, and
     only the commands that use an earlier alignment read records (``reconstruct --alignment``,
-    ``batch --resume``, ``export``); ``batch --reconstruct`` uses the alignment it holds in memory."""
+    ``batch --resume``, ``export``, ``uncertainty``); ``batch --reconstruct`` uses the alignment it
+    holds in memory."""
     readers = {
         path.relative_to(PACKAGE).as_posix()
         for path in _files()
@@ -227,4 +228,9 @@ def test_only_the_record_module_parses_records():
         for path in _files()
         if any(n.endswith(".read_record") for n in _imports(path)) and path.name != "__init__.py"
     }
-    assert users == {"workflow/exporting.py", "workflow/reconstruction.py", "workflow/resume.py"}
+    assert users == {
+        "workflow/exporting.py",
+        "workflow/misregistration.py",
+        "workflow/reconstruction.py",
+        "workflow/resume.py",
+    }

@@ -233,6 +233,7 @@ def run_batch(args) -> int:
                 "target_beads": args.target_beads,
             },
             settings=options.settings(),
+            resume=args.resume,
             warn=warn,
         )
         if args.resume and not isinstance(item, Outcome):

@@ -523,6 +523,20 @@ def _load_record(path: str, hint: str = "") -> tuple[dict, int]:
     return record, version
 
 
+def read_track_settings(path: str) -> dict:
+    """The ``settings`` of a tracking record (``<prefix>_track.json``, ``lmalign track``): the
+    stack and tilt file, bead diameter and its source, rotation and target number of beads, as
+    written; InputError naming ``path`` when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f).get("settings")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise InputError(path, None, f"not a tracking record ({e.__class__.__name__})") from None
+    if not isinstance(settings, dict):
+        raise InputError(path, None, "not a tracking record (no 'settings')")
+    return settings
+
+
 def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
     """Read an ``lmalign align`` record; InputError (naming ``path``, with ``hint``: what else the
     command takes) if it is not one."""

@@ -29,7 +29,7 @@ from .series import (
 )
 from .settings import AlignSettings
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, UsageError, print_warning
-from .tracking import is_stack_path, track_stack
+from .tracking import is_stack_path, track_stack, tracked_earlier
 from .writing import ALIGN_OUTPUTS, write_alignment
 
 #: The tomogram written beside a series' other outputs by ``--reconstruct``.
@@ -145,31 +145,31 @@ def prepare(
     reconstruct: bool = False,
     tracking: dict | None = None,
     settings: AlignSettings | None = None,
+    resume: bool = False,
     warn=print_warning,
 ) -> Prepared | Outcome:
     """Read and check one series as ``lmalign align`` does; an ``Outcome`` says why it cannot be used.
     ``image_size``: (nx, ny) for series whose files do not record it; ``reconstruct``: its
     tomogram is wanted, so it needs a stack. A raw stack as the series' markers is tracked first
     (:func:`lmalign_jax.workflow.tracking.track_stack`, with the keywords in ``tracking``), its
-    tracking outputs written beside the alignment's. ``settings``: the alignment's, whose free
-    parameters set how many points a view needs (``select_views``)."""
+    tracking outputs written beside the alignment's; with ``resume`` an earlier tracking of the
+    same stack with the same options is used instead (``tracked_earlier``). ``settings``: the
+    alignment's, whose free parameters set how many points a view needs (``select_views``)."""
     start = time.perf_counter()
     try:
         if spec.problem:
             raise UsageError(spec.problem)
         out = output_set(out_dir, spec.name, layout)
         if is_stack_path(spec.markers):
-            tracked = track_stack(
-                spec.markers,
-                spec.tilts,
-                out_dir=out.out_dir,
-                prefix=spec.name,
-                rotation_deg=spec.rotation,
-                warn=warn,
-                note=lambda text: None,
-                **(tracking or {}),
+            where = dict(
+                out_dir=out.out_dir, prefix=spec.name, rotation_deg=spec.rotation, **(tracking or {})
             )
-            spec = replace(spec, markers=tracked.fid_path, stack=spec.stack or spec.markers)
+            fid = tracked_earlier(spec.markers, spec.tilts, **where) if resume else None
+            if fid is None:
+                fid = track_stack(
+                    spec.markers, spec.tilts, warn=warn, note=lambda text: None, **where
+                ).fid_path
+            spec = replace(spec, markers=fid, stack=spec.stack or spec.markers)
         inputs_real = {os.path.realpath(spec.markers), os.path.realpath(spec.tilts)}
         clash = [p for p in out.final_paths(ALIGN_OUTPUTS) if os.path.realpath(p) in inputs_real]
         if clash:

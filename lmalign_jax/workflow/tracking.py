@@ -23,6 +23,7 @@ from ..io.errors import InputError
 from ..io.mrc import read_stack, read_stack_header
 from ..io.outputs import OutputSet
 from ..report import record_to_json
+from ..report.record import read_track_settings
 from ..report.track_figure import render_track_figure
 from ..track import estimate_bead_diameter
 from ..track.centring import window_size
@@ -125,6 +126,46 @@ def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
         "beads": beads,
         "views": per_view,
     }
+
+
+def tracked_earlier(
+    stack_path: str,
+    tilts_path: str,
+    *,
+    out_dir: str,
+    prefix: str,
+    bead_diameter_px: float | None = None,
+    bead_nm: float | None = None,
+    rotation_deg: float | None = None,
+    target_beads: int = 40,
+) -> str | None:
+    """The ``.fid`` an earlier :func:`track_stack` of the same stack and tilts with the same
+    options wrote in ``out_dir`` (``batch --resume``: not tracked again), or None: its ``.fid``,
+    ``.csv`` and ``_track.json`` are there, newer than the stack and the tilt file, and the
+    record's settings match those given (a bead size given in pixels or nm, or estimated when
+    neither is; the rotation when one is given; the target number of beads)."""
+    fid, csv, record_path = OutputSet(out_dir, prefix).final_paths((".fid", ".csv", "_track.json"))
+    try:
+        s = read_track_settings(record_path)
+        source = str(s["bead_diameter_source"])
+        if bead_diameter_px is not None:
+            size_same = source == "--bead-diameter" and s["bead_diameter_px"] == bead_diameter_px
+        elif bead_nm is not None:
+            size_same = source.startswith(f"--bead-nm {bead_nm:g} ")
+        else:
+            size_same = source.startswith("estimated")
+        made = min(os.path.getmtime(q) for q in (fid, csv, record_path))
+        same = (
+            size_same
+            and os.path.realpath(s["stack"]) == os.path.realpath(stack_path)
+            and os.path.realpath(s["tilts"]) == os.path.realpath(tilts_path)
+            and s["target_beads"] == target_beads
+            and (rotation_deg is None or s["rotation_deg"] == rotation_deg)
+            and all(os.path.getmtime(q) <= made for q in (stack_path, tilts_path))
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one this version wrote
+        return None
+    return fid if same else None
 
 
 def track_stack(
