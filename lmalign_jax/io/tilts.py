@@ -138,11 +138,6 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
 
         mdoc = Mdoc.from_lines(lines)
     except Exception as e:  # mdocfile / pydantic: any malformed value
-        located = _refused_value(lines)
-        if located is not None:  # the line of the value mdocfile's models refuse
-            raise InputError(path, *located) from None
-        first = str(e).strip().splitlines()
-        problem = " ".join(first[:3])[:200] if first else type(e).__name__
         bad = next(
             (
                 k
@@ -155,6 +150,11 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
             raise InputError(
                 path, bad, f"expected 'key = value', got {show(lines[bad - 1].strip())}"
             ) from None
+        located = _refused_value(lines)
+        if located is not None:  # the line of the value mdocfile's models refuse
+            raise InputError(path, *located) from None
+        first = str(e).strip().splitlines()
+        problem = " ".join(first[:3])[:200] if first else type(e).__name__
         raise InputError(path, None, f"invalid mdoc ({type(e).__name__}: {problem})") from None
     finally:
         quiet.removeFilter(_drop_all)
