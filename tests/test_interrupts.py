@@ -112,6 +112,23 @@ def test_sighup_stops_too_unless_it_is_ignored(sighup_default):
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
+def test_a_termination_lost_in_a_gc_callback_is_sent_again_as_itself(sigterm_default):
+    def callback(phase, _info):
+        if phase == "start" and not fired:
+            fired.append(phase)
+            raise Terminated(signal.SIGTERM)
+
+    fired = []
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(Terminated) as stopped, deliver_lost_interrupts(), terminate_as_interrupt():
+            gc.collect()
+            busy()
+    finally:
+        gc.callbacks.remove(callback)
+    assert fired and stopped.value.signum == signal.SIGTERM  # not a plain Ctrl-C (exit 130)
+
+
 def test_a_callers_own_sigterm_handler_is_kept(sigterm_default):
     def own(signum, frame):
         return None

@@ -69,7 +69,9 @@ def deliver_lost_interrupts():
         if issubclass(unraisable.exc_type, KeyboardInterrupt):
             # from another thread, a moment later: raised here it would be dropped again
             # (this hook runs inside the callback); a no-op where SIGINT is ignored or default
-            threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,)).start()
+            # (a dropped Terminated is sent again as its own signal: it stops as SIGTERM/SIGHUP)
+            signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
+            threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
             return
         previous(unraisable)
 
