@@ -176,6 +176,10 @@ def test_an_underdetermined_model_is_marked_and_never_best():
     text = c.to_text()
     assert f"underdetermined: {obs.n_views} of {obs.n_views} views have fewer points than their own" in text
     assert "(view 0: 3 of 4)" in text
+    named = compare_models(obs, ("imod",), leave_out=False, view_names=[f"tilt {v}" for v in range(31)])
+    assert "(tilt 0: 3 of 4)" in named.to_text()
+    with pytest.raises(ValueError, match="view_names has 2 names for 31 views"):
+        compare_models(obs, ("imod",), view_names=["a", "b"])
     assert "best by BIC: jou;" in text and "not fitted: imod" in text
     d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
     assert d["best_by_bic"] == "jou" and [r["underdetermined"] for r in d["rows"]] == [False, True]

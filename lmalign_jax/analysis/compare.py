@@ -113,6 +113,7 @@ def compare_models(
     min_views_per_marker: int = 3,
     min_markers_per_view: int = 5,
     local: LocalOptions | None = None,
+    view_names=None,
     **align_kwargs,
 ) -> ModelComparison:
     """Fit each model to the same observations and compare them (see the module docstring).
@@ -126,6 +127,9 @@ def compare_models(
         min_views_per_marker, min_markers_per_view: what each fold's training set keeps.
         local: also judge local alignment with these options over the first rigid model
             (``"local"`` among ``models`` means ``LocalOptions()``).
+        view_names: how the notes name each view of ``obs`` (n_views strings, e.g. the file's
+            1-based numbers when ``obs`` holds a selection in tilt order); default ``"view I"``,
+            I the index in ``obs``.
         **align_kwargs: passed to every ``align`` call (rotation_deg, modes, stages, config,
             dtype, ref_view). ``modes`` applies to each model for the parameters it has.
             ``model``, ``weights`` and ``start`` are not accepted.
@@ -151,6 +155,10 @@ def compare_models(
     if unknown:
         raise ValueError(f"modes name parameter(s) {unknown} that none of the models {', '.join(names)} has")
 
+    if view_names is None:
+        view_names = [f"view {v}" for v in range(obs.n_views)]
+    elif len(view_names) != obs.n_views:
+        raise ValueError(f"view_names has {len(view_names)} names for {obs.n_views} views")
     fold_of = leave_out_folds(obs.mask, folds, seed, min_views_per_marker, min_markers_per_view)
     if not leave_out:
         fold_of = np.full(obs.mask.shape, -1, dtype=int)
@@ -164,7 +172,7 @@ def compare_models(
         if model_modes:
             kwargs["modes"] = model_modes
         fold_fits[m.name] = []
-        rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results, fold_fits[m.name]))
+        rows.append(_fit_row(obs, m, kwargs, fold_of, folds, results, fold_fits[m.name], view_names))
     candidate, local_note = None, ""
     if local is not None:
         base = local_base(results, [r.model for r in rows if r.ranked])
@@ -194,8 +202,11 @@ def compare_models(
     )
 
 
-def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits: list) -> ModelRow:
-    """One model's row; ``fold_fits`` gets (held-out mask, fit without them) per fold."""
+def _fit_row(
+    obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits: list, view_names
+) -> ModelRow:
+    """One model's row; ``fold_fits`` gets (held-out mask, fit without them) per fold; the notes
+    name views by ``view_names``."""
     n_obs = obs.n_observed
     note = (
         ""
@@ -211,7 +222,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
             v = int(short[0])
             why = (
                 f"{short.size} of {obs.n_views} views have fewer points than their own parameters need "
-                f"(view {v}: {int(obs.mask[v].sum())} of {int(needed[v])})"
+                f"({view_names[v]}: {int(obs.mask[v].sum())} of {int(needed[v])})"
             )
             return replace(
                 _empty_row(m.name, "not fitted", n_obs, time.perf_counter() - start, note),
@@ -245,7 +256,11 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
             f"leave-out skipped: {n_parameters:g} parameters for {n_train} coordinates "
             "in a fold's training set"
         )
-    elif n_held and not under and (short_fold := _fold_short_of_points(obs.mask, needed, fold_of, folds)):
+    elif (
+        n_held
+        and not under
+        and (short_fold := _fold_short_of_points(obs.mask, needed, fold_of, folds, view_names))
+    ):
         note = (note + "; " if note else "") + f"leave-out skipped: {short_fold}"
     elif not full.status.startswith("failed") and n_held and not under:
         fold_kwargs = {k: v for k, v in kwargs.items() if k != "stages"}
@@ -291,7 +306,7 @@ def _fit_row(obs, m: ProjectionModel, kwargs, fold_of, folds, results, fold_fits
     )
 
 
-def _fold_short_of_points(mask, needed, fold_of, folds: int) -> str | None:
+def _fold_short_of_points(mask, needed, fold_of, folds: int, view_names) -> str | None:
     """Why a fold's fit would be arbitrary (a training view with fewer points than the
     ``needed`` (n_views,) of its own parameters: its held-out points would be predicted by
     arbitrary values), or None."""
@@ -301,7 +316,7 @@ def _fold_short_of_points(mask, needed, fold_of, folds: int) -> str | None:
         if short.size:
             v = int(short[0])
             return (
-                f"fold {f} leaves view {v} {int(left[v])} training point(s), fewer than the "
+                f"fold {f} leaves {view_names[v]} {int(left[v])} training point(s), fewer than the "
                 f"{int(needed[v])} its own parameters need"
             )
     return None

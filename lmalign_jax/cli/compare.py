@@ -90,6 +90,7 @@ def run_compare(args) -> int:
                 if "local" in models
                 else None,
                 rotation_deg=inputs.rotation_deg,
+                view_names=[f"view {int(v) + 1} (1-based)" for v in sel.view_index],
             )
         except ValueError as e:
             raise UsageError(str(e)) from None
