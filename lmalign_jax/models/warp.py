@@ -33,6 +33,7 @@ Tilting the specimen (``tilt_offset``) leaves (u, v) unchanged and stays exact.
 import jax.numpy as jnp
 
 from ..geometry import rotate2, rotate_y
+from ..warp_parameters import WARP_PARAMETERS
 from ._base import ProjectionModel
 from .jou import MODEL as JOU
 from .jou import tilt_offset
@@ -41,8 +42,6 @@ from .jou import tilt_offset
 WARP_LENGTH_PX = 1000.0
 #: Second difference across three neighbouring views that costs as much as a 1 px residual.
 WARP_CURVATURE_PX = 0.02
-
-WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
 
 
 def warp_offsets(coefficients, u, v):

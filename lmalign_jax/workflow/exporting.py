@@ -54,6 +54,7 @@ from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf, wri
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
+from ..warp_parameters import WARP_PARAMETERS
 from .local import LOCAL_SUFFIX
 from .record_markers import excluded_views, model_projection, record_geometry
 from .status import UsageError
@@ -268,16 +269,12 @@ def _check_align_log(out_dir: str, prefix: str) -> None:
             return
 
 
-#: The warp model's per-view coefficients (``models.warp``), px of displacement 1000 px out.
-_WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
-
-
 def export_drops(record: AlignmentRecord) -> str | None:
     """What no export format carries of ``record``'s alignment, in words (None: nothing): the
     per-view warp of a ``--model warp`` record (the formats hold its rigid part)."""
     if record.model_name != "warp" or record.views is None:
         return None
-    coef = [record.views.parameters[n] for n in _WARP_PARAMETERS if n in record.views.parameters]
+    coef = [record.views.parameters[n] for n in WARP_PARAMETERS if n in record.views.parameters]
     largest = float(np.nanmax(np.abs(coef))) if coef else 0.0
     if not largest > 0:
         return None

@@ -31,6 +31,7 @@ from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
+from ..warp_parameters import WARP_PARAMETERS
 from .series import read_tilt_file
 from .status import UsageError, print_note, print_warning
 
@@ -81,10 +82,6 @@ def read_alignment_json(path: str) -> Alignment:
         summary,
         _warp_sampling(record),
     )
-
-
-#: The warp model's coefficients, in ``models.warp.WARP_PARAMETERS`` order.
-WARP_PARAMETERS = ("warp_u_uu", "warp_u_uv", "warp_u_vv", "warp_v_uu", "warp_v_uv", "warp_v_vv")
 
 
 def _warp_sampling(record) -> WarpSampling | None:
