@@ -219,11 +219,14 @@ def test_simulate_refuses_a_number_option_that_is_not_finite(tmp_path, option):
         (["--shift", 1e308], "--shift 1e+308 is more than 10 image sizes"),
         (["--thickness", 1e308], "--thickness 1e+308 is more than 10 image sizes"),
         (["--shift", 15000], "simulated point(s) fall more than 10 image sizes from the 2048 x 2048 image"),
+        (["--tilt-range", 0, 0], "--tilt-range MIN and MAX must differ: 21 views all at 0 degrees leave the"),
+        (["--tilt-range", 30, 30.0004], "--tilt-range MIN and MAX must differ: 21 views all at 30 degrees"),
     ],
 )
 def test_simulate_refuses_a_series_align_would_refuse(tmp_path, option, message):
-    """A tilt of +-90 or beyond, and points far outside the image, are what align refuses: simulate
-    wrote them (exit 0), or failed on an overflow (exit 3)."""
+    """A tilt of +-90 or beyond, points far outside the image, and every view at one tilt (as the
+    .rawtlt writes it) are what align refuses: simulate wrote them (exit 0), or failed on an
+    overflow (exit 3)."""
     rc, out, err = run(["simulate", "--out-dir", tmp_path / "o", "--views", 21, "--markers", 8, *option])
     assert rc == 2 and not out and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
@@ -238,3 +241,18 @@ def test_simulate_tilts_just_inside_90_are_read_back(tmp_path):
     tilts = read_tilts(tmp_path / "synthetic.rawtlt")
     assert tilts[0] == -89.999 and tilts[-1] == 89.999
     check_tilt_range(tilts, tmp_path / "synthetic.rawtlt", lines=True)  # align's own check: no error
+
+
+@pytest.mark.parametrize("command", ["align", "compare"])
+def test_a_tilt_file_with_every_view_at_one_tilt_is_refused(sim, tmp_path, command):
+    """Views all at one tilt leave the markers' heights undetermined: align ended with NaN standard
+    errors and exit 0 (audit); now the series is refused at once, naming the tilt file."""
+    tlt = tmp_path / "flat.rawtlt"
+    tlt.write_text("    0.000\n" * 41)
+    message = f"lmalign: error: {tlt}: all 41 views are at tilt 0 degrees: the markers' heights (z) cannot "
+    args = [sim / "s.csv", "--tilts", tlt, "--image-size", 256, 256]
+    if command == "align":
+        refused(args, tmp_path / "out", "^" + re.escape(message + "be determined from views at one tilt\n"))
+        return
+    rc, out, err = run(["compare", *args, "--models", "jou"])
+    assert rc == 2 and not out and err.startswith(message) and err.count("\n") == 1, err

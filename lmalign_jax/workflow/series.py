@@ -167,6 +167,14 @@ def read_series(
                 f"tilt angles differ from those in the PyTom marker file {markers_path} (PyTom orders views "
                 "by increasing tilt)",
             )
+    tilts = np.asarray(tilts, dtype=np.float64)
+    if tilts.size > 1 and np.all(tilts == tilts[0]):  # the fit would end with NaN standard errors
+        raise InputError(
+            tilts_file,
+            None,
+            f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: the markers' heights (z) "
+            "cannot be determined from views at one tilt",
+        )
 
     stack_size, stack_pix = None, None
     if stack_path is not None:
