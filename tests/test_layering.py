@@ -208,7 +208,7 @@ def test_import_resolution_sees_relative_imports():
     assert "lmalign_jax.geometry" in _imports(PACKAGE / "models" / "jou.py")
     assert "lmalign_jax.solve._linearize" in _imports(PACKAGE / "solve" / "_lm.py")
     assert "lmalign_jax.models" in _imports(PACKAGE / "core" / "problem.py")
-    assert "lmalign_jax.report.views" in _imports(PACKAGE / "report" / "record.py")
+    assert "lmalign_jax.report.views" in _imports(PACKAGE / "report" / "record_build.py")
     assert "lmalign_jax.workflow.series.read_series" in _imports(PACKAGE / "workflow" / "__init__.py")
 
 

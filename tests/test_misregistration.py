@@ -25,7 +25,8 @@ from lmalign_jax.report import (
     record_to_json,
     render_figure,
 )
-from lmalign_jax.report.record import describe_degeneracy, read_covariance
+from lmalign_jax.report.record import read_covariance
+from lmalign_jax.report.record_build import describe_degeneracy
 from lmalign_jax.solve import effective_a, pair_residuals
 from lmalign_jax.solve._dense import _flatten, _unflatten
 

@@ -1,20 +1,17 @@
 """Reports of an alignment: file-order views, the ``.json`` record, the text summary, the figure.
 
 - :mod:`.views`: the result mapped onto every view of the input files (:func:`expand_to_file_views`).
-- :mod:`.record`: the ``.json`` record, built, written and read back (:func:`build_record`,
-  :func:`record_to_json`, :func:`read_record`); the only module that knows the file's layout.
+- :mod:`.record_build`: the ``.json`` record, built and written (:func:`build_record`,
+  :func:`record_to_json`).
+- :mod:`.record`: the ``.json`` record read back (:func:`read_record`); the only module that
+  parses the file.
 - :mod:`.summary`: the tiltalign-style text summary of a record (:func:`format_summary`).
 - :mod:`.figure`: the PNG report (:func:`render_figure`; matplotlib is imported there only).
 """
 
 from .figure import prefetch_matplotlib, render_figure
-from .record import (
-    RECORD_VERSION,
-    AlignmentRecord,
-    build_record,
-    read_record,
-    record_to_json,
-)
+from .record import AlignmentRecord, read_record
+from .record_build import RECORD_VERSION, build_record, record_to_json
 from .summary import format_summary
 from .views import (
     FileViews,

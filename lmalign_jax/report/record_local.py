@@ -1,7 +1,7 @@
 """The ``local`` section of the ``<prefix>.json`` record (``align --local``), built and read back.
 
-Only :mod:`lmalign_jax.report.record` calls this module: it is the record's layout for one
-optional section, kept apart to keep ``record.py`` to one screenful of concerns. The section is
+Only :mod:`lmalign_jax.report.record_build` (building) and :mod:`lmalign_jax.report.record`
+(reading) call this module: it is the record's layout for one optional section, kept apart. The section is
 an addition within ``record_version`` 1: a record without it (older, or aligned without
 ``--local``) reads with ``local`` None.
 
