@@ -35,7 +35,7 @@ from ..workflow.batch_series import (
 )
 from ..workflow.resume import earlier_outcome
 from ..workflow.shared_constant import estimate_shared, split_by_agreement
-from .align import settings_from_args
+from .align_options import settings_from_args
 from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
 from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
 from .common import EXIT_INTERNAL, HelpFormatter, UsageError, note, warn

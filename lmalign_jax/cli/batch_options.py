@@ -7,7 +7,7 @@ from ..batch import DEFAULT_BUCKET
 from ..models import MODELS
 from ..workflow.batch_list import LINE_FORMAT
 from ..workflow.reconstruction import FILTER_CHOICES
-from .align import add_robust_options, add_solver_options
+from .align_options import add_robust_options, add_solver_options
 from .track import add_bead_options
 
 __all__ = ["BATCH_EXAMPLE", "BATCH_HELP", "add_batch_arguments"]

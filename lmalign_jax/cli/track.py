@@ -155,7 +155,7 @@ def track_for_align(args):
 def check_reconstruct_option(stack: str | None, out_path: str, thickness: float) -> None:
     """``lmalign align ... --reconstruct NZ``, before any work: a stack to reconstruct from, a
     thickness the tomogram can have and room for it on the disk (``--local`` with ``--model warp``,
-    which it cannot apply together, is refused by ``align.local_options_from_args``). Raises
+    which it cannot apply together, is refused by ``align_options.local_options_from_args``). Raises
     UsageError / InputError naming align's options."""
     if stack is None:
         raise UsageError(

@@ -1,0 +1,201 @@
+"""The options of ``lmalign align`` that other commands share, and their checks: the parameter
+modes, the AlignSettings and LocalOptions of the parsed options (a bad value is refused with one
+line, exit 2), and the solver, robust-fitting and --local argument groups (``batch`` adds the
+first two)."""
+
+from __future__ import annotations
+
+import re
+
+from ..analysis.robust import LOSSES
+from ..models import get_model
+from ..workflow import STAGES, AlignSettings
+from ..workflow.local import LocalOptions, check_local_model
+from .common import UsageError
+
+__all__ = [
+    "MODE_RE",
+    "add_local_options",
+    "add_robust_options",
+    "add_solver_options",
+    "local_options_from_args",
+    "parse_modes",
+    "settings_from_args",
+]
+
+MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
+
+
+def parse_modes(args, model_name: str) -> dict:
+    """Parameter modes from --rotation-mode/--tilt-mode/--scale-mode and --mode NAME=MODE."""
+    model = get_model(model_name)
+    given: dict[str, tuple[str, str]] = {}
+
+    def add(name, mode, option):
+        if name not in model.parameters:
+            raise UsageError(
+                f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are "
+                f"{', '.join(model.parameters)}"
+            )
+        if not MODE_RE.fullmatch(mode):
+            raise UsageError(
+                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N"
+            )
+        if name in given and given[name][0] != mode:
+            raise UsageError(
+                f"{option}: {name} is given two modes ({given[name][0]} by {given[name][1]}, {mode})"
+            )
+        given[name] = (mode, option)
+
+    for name in ("rotation", "tilt", "scale"):
+        mode = getattr(args, f"{name}_mode")
+        if mode is not None:
+            add(name, mode, f"--{name}-mode")
+    for item in args.mode or []:
+        name, sep, mode = item.partition("=")
+        if not sep:
+            raise UsageError(f"--mode: expected NAME=MODE, got {item!r}")
+        add(name.strip(), mode.strip(), "--mode")
+    return {name: mode for name, (mode, _) in given.items()}
+
+
+def settings_from_args(args) -> AlignSettings:
+    """The AlignSettings of ``align``/``batch`` options (model, modes, stages, precision, robust)."""
+    model = get_model(args.model)
+    if args.max_iterations < 1:
+        raise UsageError(f"--max-iterations must be at least 1, got {args.max_iterations}")
+    if args.robust_group_size < 1:
+        raise UsageError(f"--robust-group-size must be at least 1, got {args.robust_group_size}")
+    skip = ({"initial"} if args.no_initial_stage else set()) | ({"joint"} if args.no_joint_stage else set())
+    return AlignSettings(
+        model=model.name,
+        modes=parse_modes(args, model.name),
+        stages=tuple(s for s in STAGES if s not in skip),
+        dtype="float32" if args.float32 else "float64",
+        max_iterations=args.max_iterations,
+        robust=args.robust,
+        robust_group_size=args.robust_group_size,
+    )
+
+
+def local_options_from_args(args) -> LocalOptions | None:
+    """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers."""
+    if not args.local:
+        return None
+    try:
+        total, _, each = args.min_fids.partition(",")
+        min_fids = (int(total), int(each or 0))
+    except ValueError:
+        raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
+    if get_model(args.model).name == "warp":
+        raise UsageError(
+            "--local does not combine with --model warp: the warp model's per-view warp already corrects "
+            "positions across each view, and its local alignment could be applied with neither that warp "
+            "('lmalign reconstruct' applies one or the other) nor without it (IMOD's tilt); use --model "
+            "warp alone, or --local with a rigid model (jou, imod, luther)"
+        )
+    try:
+        check_local_model(get_model(args.model))
+        return LocalOptions(
+            patch_size=tuple(args.patch_size),
+            overlap=(args.patch_overlap, args.patch_overlap),
+            min_fids=min_fids,
+            fix_markers=args.local_markers == "fixed",
+            significance=None if args.local_keep_all else 3.0,
+        )
+    except ValueError as e:
+        raise UsageError(f"--local: {e}") from None
+
+
+def add_solver_options(p) -> None:
+    """Stage, parameter-mode and precision options shared by align and batch."""
+    p.add_argument(
+        "--no-initial-stage",
+        action="store_true",
+        help="skip the initial stage (markers' x, y held at the 0-degree view)",
+    )
+    p.add_argument(
+        "--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters"
+    )
+    p.add_argument(
+        "--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)"
+    )
+    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument(
+        "--mode",
+        action="append",
+        metavar="NAME=MODE",
+        help="mode of any view parameter of the model, repeatable (e.g. xstretch=fixed, mag_x=group:4)",
+    )
+    p.add_argument("--float32", action="store_true", help="solve in single precision (faster on GPUs)")
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        default=200,
+        metavar="N",
+        help="Levenberg-Marquardt iteration cap per stage",
+    )
+
+
+def add_robust_options(p) -> None:
+    """The robust-fitting options shared by align and batch."""
+    p.add_argument(
+        "--robust",
+        nargs="?",
+        const="tukey",
+        choices=tuple(LOSSES),
+        metavar="LOSS",
+        help=f"iteratively reweighted fit that down-weights mis-clicked points; LOSS: {', '.join(LOSSES)}, "
+        "default tukey (Tukey's bisquare, as IMOD's RobustFitting); after MARKERS, or as --robust=LOSS",
+    )
+    p.add_argument(
+        "--robust-group-size",
+        type=int,
+        default=10,
+        metavar="N",
+        help="views per group for the robust residual scale (default 10)",
+    )
+
+
+def add_local_options(p) -> None:
+    """--local and its settings (IMOD tiltalign's local alignments; Etomo's defaults)."""
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="after the global solve, solve overlapping patches for local corrections and write "
+        "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE)",
+    )
+    p.add_argument(
+        "--patch-size",
+        nargs=2,
+        type=int,
+        default=(700, 700),
+        metavar=("NX", "NY"),
+        help="target patch size in pixels (IMOD's TargetPatchSizeXandY)",
+    )
+    p.add_argument(
+        "--patch-overlap",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY)",
+    )
+    p.add_argument(
+        "--min-fids",
+        default="8,3",
+        metavar="TOTAL,EACH_SURFACE",
+        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface)",
+    )
+    p.add_argument(
+        "--local-keep-all",
+        action="store_true",
+        help="keep every patch's local solution, as IMOD does; by default a patch keeps the global "
+        "solution unless its residual drop exceeds what fitting noise gives (chi-square test, 3 sd)",
+    )
+    p.add_argument(
+        "--local-markers",
+        choices=("fixed", "free"),
+        default="fixed",
+        help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates)",
+    )
