@@ -1,7 +1,7 @@
 """Reconstruction with a local alignment against the global one: same stack, same run.
 
     python -m benchmarks.local_recon_bench [--size 512] [--views 61] [--thickness 128]
-        [--repeat 3] [--memory-gb 1] [--field rough|bba] [--tolerance 0.05] [--no-exact]
+        [--repeat 3] [--memory-gb 1] [--field rough|bba|midzone2a] [--tolerance 0.05] [--no-exact]
         [--out results.json]
 
 Issue #15 asks local reconstruction to take at most twice the global time. Both sides
@@ -11,7 +11,9 @@ every view is resampled), the same thickness, filter and ``--memory-gb`` budget,
 volume, in this process: ``recon.reconstruct`` (global) and ``recon.local_backprojection.
 reconstruct_local`` with a 3 x 3 local file of small per-patch rotations, scales, shifts and delta
 tilts (IMOD's layout, as ``align --local`` writes; ``--field bba``: IMOD's own 2 x 2 local
-alignment of the BB set, ``tests/data/imod-local/BBalocal.xf``, with its 61 tilts, at its 512 px)
+alignment of the BB set, ``tests/data/imod-local/BBalocal.xf``, with its 61 tilts, at its 512 px;
+``--field midzone2a``: IMOD's 4 x 2 local alignment of the midzone2 set, ``midzone2alocal.xf``, with
+its tilts, at its 1950 x 1024 px)
 read through sheets (``recon.sheets``, ``--tolerance`` px, 0.05 by default) and, unless
 ``--no-exact``, with every voxel at its own position (``tolerance_px=0``). One warm-up call
 each (compilation), then ``--repeat`` timed calls, the sides taking turns so a change of the
@@ -56,6 +58,15 @@ def _local_file(n_views: int, size: int, rng):
 
 BBA_LOCAL = Path(__file__).parent.parent / "tests" / "data" / "imod-local" / "BBalocal.xf"
 BBA_TILTS = Path(__file__).parent.parent / "lmalign_jax" / "data" / "imod-bb" / "BBa.tlt"
+#: IMOD's real local alignments: (local file, tilt file, image (NX, NY)).
+REAL_FIELDS = {
+    "bba": (BBA_LOCAL, BBA_TILTS, (512, 512)),
+    "midzone2a": (
+        BBA_LOCAL.parent / "midzone2alocal.xf",
+        BBA_TILTS.parent.parent / "imod-midzone2" / "midzone2a.tlt",
+        (1950, 1024),
+    ),
+}
 
 
 def run(
@@ -69,22 +80,29 @@ def run(
     from lmalign_jax.recon.local_backprojection import LocalSampling, reconstruct_local
     from lmalign_jax.recon.sheets import PatchGrid
 
+    nx = ny = size
+    if field in REAL_FIELDS:
+        local_path, tilt_path, (nx, ny) = REAL_FIELDS[field]
+        n_tilts = np.loadtxt(tilt_path).size
+        if (size, views) != (max(nx, ny), n_tilts):
+            raise SystemExit(
+                f"--field {field} is IMOD's {nx} x {ny} px, {n_tilts}-view set: --size {max(nx, ny)} "
+                f"--views {n_tilts}"
+            )
     rng = np.random.default_rng(0)
-    stack = rng.standard_normal((views, size, size)).astype(np.float32)
+    stack = rng.standard_normal((views, ny, nx)).astype(np.float32)
     tilts = np.linspace(-60, 60, views)
     ang = np.radians(85 + rng.uniform(-0.5, 0.5, views))
     a = 1.002 * np.stack([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]).transpose(2, 0, 1)
     d = rng.uniform(-20, 20, (views, 2))
     local = _local_file(views, size, rng)
-    if field == "bba":
-        tilts = np.loadtxt(BBA_TILTS)
-        if (size, views) != (512, tilts.size):
-            raise SystemExit(f"--field bba is IMOD's 512 px, {tilts.size}-view BB set: --size 512 --views 61")
-        local = read_local_xf(BBA_LOCAL, tilts.size)
-    grid = PatchGrid(local.n_patches, local.start, local.spacing, 1, (size, size))
-    sampling = LocalSampling(*local_sampling(local, tilts, (size, size)), grid=grid)
+    if field in REAL_FIELDS:
+        tilts = np.loadtxt(tilt_path)
+        local = read_local_xf(local_path, tilts.size)
+    grid = PatchGrid(local.n_patches, local.start, local.spacing, 1, (ny, nx))
+    sampling = LocalSampling(*local_sampling(local, tilts, (ny, nx)), grid=grid)
     memory = int(memory_gb * 1e9)
-    out_g = np.empty((thickness, size, size), np.float32)
+    out_g = np.empty((thickness, ny, nx), np.float32)
     out_l = np.empty_like(out_g)
     out_e = np.empty_like(out_g)
     sides = {
@@ -99,10 +117,11 @@ def run(
         )
     times = interleaved_times(sides, repeat)
     med = {k: statistics.median(v) for k, v in times.items()}
-    voxel_updates = views * thickness * size * size
+    voxel_updates = views * thickness * nx * ny
     return {
         "problem": {
             "size": size,
+            "image_nx_ny": [nx, ny],
             "views": views,
             "thickness": thickness,
             "memory_gb": memory_gb,
@@ -138,7 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--thickness", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-gb", type=float, default=1.0)
-    parser.add_argument("--field", choices=("rough", "bba"), default="rough")
+    parser.add_argument("--field", choices=("rough", *REAL_FIELDS), default="rough")
     parser.add_argument("--tolerance", type=float, default=0.05, help="sheet tolerance, px (> 0)")
     parser.add_argument("--no-exact", action="store_true", help="skip the every-voxel local side")
     parser.add_argument("--out", type=Path)
