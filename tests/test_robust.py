@@ -7,12 +7,11 @@ import pytest
 from helpers import assert_at_noise_floor, floor_fit
 
 from lmalign_jax import align, simulate
-from lmalign_jax.analysis.robust import (
+from lmalign_jax.analysis.robust import RobustResult, align_robust
+from lmalign_jax.analysis.robust_weights import (
     KEEP_WEIGHT,
     LOSSES,
     MADN_CONSTANT,
-    RobustResult,
-    align_robust,
     keep_determined,
     loss_weights,
     normalised_residuals,

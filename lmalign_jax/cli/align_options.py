@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from ..analysis.robust import LOSSES
+from ..analysis.robust_weights import LOSSES
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
