@@ -7,6 +7,7 @@ so the solver is compiled once with tests/test_cli_demo.py in the same session).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -187,11 +188,26 @@ def bad(series, tmp_path_factory):
         mrc.set_data(data[:, :1, :])
     with mrcfile.new(d / "dot.mrc") as mrc:
         mrc.set_data(data[:, :1, :1])
+    huge = data.copy()
+    huge[5, 100:140, 100:140] = 3e38  # finite, but a float32 reconstruction overflows
+    with mrcfile.new(d / "huge.mrc") as mrc, np.errstate(over="ignore"):  # the header's mean overflows
+        mrc.set_data(huge)
+        mrc.voxel_size = 10.0
+    far = list(lines)
+    far[2] = "   1.0000000   0.0000000   0.0000000   1.0000000     1e+300       0.000\n"
+    (d / "far.xf").write_text("".join(far))
+    flat = list(lines)
+    flat[1] = "   1.0000000   2.0000000   0.5000000   1.0000000       0.000       0.000\n"
+    (d / "flat.xf").write_text("".join(flat))
+    os.mkfifo(d / "pipe")  # an output that is not a regular file (as /dev/null)
     shutil.copy(src / "s.csv", d / "markers.mrc")
     record = json.loads((src / "s.json").read_text())
     record["summary"]["converged"] = False
     record["summary"]["status"] = "stopped at the iteration limit"
     (d / "failed.json").write_text(json.dumps(record))
+    record = json.loads((src / "s.json").read_text())
+    record["views"][3]["xf"] = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0]
+    (d / "flat.json").write_text(json.dumps(record))
     (d / "broken.json").write_text('{"views": [\n  {"xf": [1, 0, 0, 1, 0, 0]\n')
     return {"dir": d, "src": src}
 
@@ -301,6 +317,27 @@ def _cases(b):
             [s / "s.mrc", *xf_tlt, "--out", d / "no" / "t.mrc"],
             r"folder .* does not exist",
         ),
+        "empty output": ([s / "s.mrc", *xf_tlt, "--out", ""], r"--out is empty; give a file name"),
+        "output a pipe": (
+            [s / "s.mrc", *xf_tlt, "--out", d / "pipe"],
+            r"pipe exists and is not a regular file .* choose another --out$",
+        ),
+        "huge pixels": (
+            [d / "huge.mrc", *xf_tlt, "-q"],  # found as the tomogram is made, after the progress note
+            r"cannot reconstruct .*huge\.mrc with .*: the tomogram is not finite from row \d+ on",
+        ),
+        "xf shift absurd": (
+            [s / "s.mrc", "--xf", d / "far.xf", "--tlt", s / "s.tlt"],
+            r"far\.xf:3: a shift or matrix entry of 1e\+300 is not an alignment$",
+        ),
+        "json singular": (
+            [s / "s.mrc", "--alignment", d / "flat.json"],
+            r"flat\.json: view 3: the matrix is singular \(determinant 0\): it maps the view onto a line",
+        ),
+        "xf singular": (
+            [s / "s.mrc", "--xf", d / "flat.xf", "--tlt", s / "s.tlt"],
+            r"flat\.xf:2: the matrix is singular \(determinant 0\): it maps the view onto a line or a point$",
+        ),
     }
 
 
@@ -338,6 +375,12 @@ CASES = [
     "xf without tlt",
     "overwrite input",
     "no output folder",
+    "empty output",
+    "output a pipe",
+    "huge pixels",
+    "xf shift absurd",
+    "xf singular",
+    "json singular",
 ]
 
 
@@ -384,6 +427,22 @@ def test_align_reconstruct_refuses_before_any_work(series, tmp_path):
     fid = ["align", tmp_path / "s.fid", *align[2:], "--stack", tmp_path / "half.mrc", "--out-dir", out]
     rc, _, err = run(fid)
     assert rc == 2 and "half.mrc: --reconstruct: images are 128 x 128 pixels but the markers" in err, err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_align_reconstruct_refuses_a_complex_stack_before_any_work(series, tmp_path):
+    """A stack of complex numbers (an FFT) is refused from its header: align --reconstruct writes
+    nothing, rather than an alignment and then an error for the tomogram."""
+    d = series["dir"]
+    with mrcfile.open(d / "s.mrc", permissive=True) as mrc:
+        data = np.array(mrc.data)
+    with mrcfile.new(tmp_path / "fft.mrc") as mrc:
+        mrc.set_data(data.astype(np.complex64))
+    out = tmp_path / "out"
+    align = ["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--reconstruct", THICKNESS, "-q", "--no-figure"]
+    rc, _, err = run([*align, "--stack", tmp_path / "fft.mrc", "--out-dir", out])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert re.search(r"fft\.mrc: complex MRC data \(mode 4\) is not an image stack$", err), err
     assert not out.exists() or list(out.iterdir()) == []
 
 

@@ -261,3 +261,44 @@ def test_align_a_stack_with_local_and_reconstruct_uses_the_local_file(tmp_path):
         np.testing.assert_array_equal(a.data, b.data)
     with mrcfile.open(out / "s.rec.mrc") as a, mrcfile.open(tmp_path / "global.mrc") as g:
         assert np.abs(a.data - g.data).max() > 1e-3 * np.abs(g.data).max()
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [(0.0, "is singular"), (1e300, "has a shift or matrix entry beyond 1e+30")],
+)
+def test_a_local_transform_that_is_not_an_alignment_is_refused(tmp_path, entry, message):
+    """A patch transform that flattens its view (or overflows float32) is named, patch and view,
+    before anything is written, as a global one is; not reconstructed through."""
+    import contextlib
+    import io as _io
+
+    import mrcfile
+
+    from lmalign_jax import cli
+    from lmalign_jax.io.imod import write_xf
+    from lmalign_jax.io.imod_local import write_local_xf
+    from lmalign_jax.io.tilts import write_tlt
+
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(np.random.default_rng(0).random((TILTS.size, N, N), dtype=np.float32))
+        m.voxel_size = 2.0
+    write_xf(tmp_path / "s.xf", np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)))
+    write_tlt(tmp_path / "s.tlt", TILTS)
+    local = known_local()
+    xf = np.array(local.transforms)
+    if entry == 0.0:
+        xf[3, 7, :, :2] = 0.0
+    else:
+        xf[3, 7, 0, 2] = entry
+    bad = LocalAlignment((2, 2), (16, 16), (32, 32), 0.0, local.delta_tilt_deg, xf)
+    write_local_xf(tmp_path / "l.xf", bad)
+    args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--tlt", tmp_path / "s.tlt"]
+    args += ["--thickness", NZ, "--local", tmp_path / "l.xf", "--out", tmp_path / "t.mrc"]
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in args])
+    assert rc == 2, err.getvalue()
+    where = "transform of view 7 in patch 3 (x 1, y 1)"
+    assert err.getvalue() == f"lmalign: error: {tmp_path / 'l.xf'}: {where} {message}\n"
+    assert not (tmp_path / "t.mrc").exists()

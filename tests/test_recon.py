@@ -384,6 +384,9 @@ def test_bad_input_files(tmp_path):
         ("thickness", "thickness"),
         ("nan_stack", "non-finite"),
         ("nan_xf", "non-finite"),
+        ("huge_stack", "the tomogram is not finite"),  # finite pixels that overflow float32
+        ("huge_xf", r"view\(s\) \[2\] have a shift or scale beyond 1e\+30"),
+        ("tiny_xf", r"view\(s\) \[3\] have a shift or scale beyond 1e\+30"),  # its inverse's
         ("out_shape", "expected"),
         ("non_mrc", "not a readable MRC file"),
     ],
@@ -404,6 +407,14 @@ def test_bad_input_no_output_file(tmp_path, aligned_case, case, message):
     elif case == "nan_xf":
         args["xf_shift"] = D.copy()
         args["xf_shift"][2, 1] = np.inf
+    elif case == "huge_stack":
+        stack[5, 2:6, 4:20] = 3e38
+    elif case == "huge_xf":
+        args["xf_shift"] = D.copy()
+        args["xf_shift"][2, 0] = 1e300
+    elif case == "tiny_xf":
+        args["xf_A"] = A.copy()
+        args["xf_A"][3] = 1e-35 * np.eye(2)
     elif case == "out_shape":
         shape = (THICK, 8, NX + 1)
     src = tmp_path / "in"

@@ -104,6 +104,8 @@ def _local_file(args, alignment) -> str | None:
 
 def run_reconstruct(args) -> int:
     _check_args(args)
+    if args.out == "":
+        raise UsageError("--out is empty; give a file name such as tomo.rec.mrc (or leave --out out)")
     out = args.out or default_output(args.stack)
     radial = tuple(args.radial) if args.radial else None
     read_stack_header(args.stack)  # stack errors first: missing, not MRC

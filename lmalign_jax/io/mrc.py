@@ -83,11 +83,14 @@ def read_stack_header(path) -> tuple[int, int, int, float | None]:
 def _check_size(path, mrc, nx: int, ny: int, nz: int) -> None:
     """InputError when the file is shorter than the ``nz`` sections its header announces (a
     truncated file or a wrong header): said here, before a tilt or transform file that has the
-    right number of views is blamed for not matching ``nz``."""
+    right number of views is blamed for not matching ``nz``. Likewise for a mode that is not an
+    image stack's (complex) or that mrcfile does not read."""
     try:
         dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
-    except ValueError:  # a mode mrcfile does not map to a dtype: left to the reader
-        return
+    except ValueError as exc:  # a mode mrcfile does not map to a dtype
+        raise _bad(path, f"not a readable MRC file ({exc})") from None
+    if dtype.kind == "c":  # said here, before a command that reads the images later has done any work
+        raise _bad(path, f"complex MRC data (mode {int(mrc.header.mode)}) is not an image stack")
     start = mrc.header.nbytes + int(mrc.header.nsymbt)
     section = nx * ny * dtype.itemsize
     held = (os.path.getsize(os.fspath(path)) - start) // section

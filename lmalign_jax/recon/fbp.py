@@ -17,6 +17,8 @@ from .filters import angular_increments, filter_response, sirt_like_response
 __all__ = ["reconstruct", "fbp_2d", "plan_slabs", "SlabPlan", "default_memory_bytes"]
 
 _MAX_SLAB_ROWS = 64
+#: Largest |entry| of a transform's matrix, its inverse or its shift (pixels) that is reconstructed.
+MAX_XF_ENTRY = 1e30
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -51,12 +53,25 @@ def _check_transforms(n_views: int, xf_A, xf_shift, tilts_deg):
         if not np.all(np.isfinite(arr)):
             bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(arr.shape[0], -1)), axis=1))
             raise ValueError(f"{name} has non-finite values in view(s) {bad.tolist()}")
+    _check_magnitude(np.concatenate([a.reshape(-1, 4), d], axis=1))
     det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
     scale = np.maximum(np.abs(a).reshape(-1, 4).max(axis=1), 1e-300)
     singular = np.abs(det) <= 1e-12 * scale**2
     if np.any(singular):
         raise ValueError(f"xf_A is singular in view(s) {np.flatnonzero(singular).tolist()}")
+    _check_magnitude(np.linalg.inv(a).reshape(-1, 4))
     return a, d, t
+
+
+def _check_magnitude(values) -> None:
+    """ValueError for views whose transform entries (rows of ``values``) are beyond ``MAX_XF_ENTRY``:
+    float32 holds the resampling's coordinates, which they would overflow."""
+    huge = np.abs(values) > MAX_XF_ENTRY
+    if np.any(huge):
+        raise ValueError(
+            f"the transforms of view(s) {np.flatnonzero(huge.any(axis=1)).tolist()} have a shift or scale "
+            f"beyond {MAX_XF_ENTRY:g} (not an alignment; a float32 reconstruction would overflow)"
+        )
 
 
 def _bin_view(view: np.ndarray, b: int, ny_b: int, nx_b: int) -> np.ndarray:
@@ -135,6 +150,11 @@ def _raw_band(a_inv, shift, centre, row0, rows, nx_b, ny_b):
 
 
 def _write_slab(out, j0, block):
+    if not np.all(np.isfinite(block)):  # float32 overflow: finite but huge pixels, shifts or scales
+        raise ValueError(
+            f"the tomogram is not finite from row {j0} on (values beyond float32's range: are the stack's "
+            "pixel values or the transforms' shifts absurdly large?)"
+        )
     if hasattr(out, "write_rows"):
         out.write_rows(j0, block)
     else:
@@ -219,7 +239,8 @@ def reconstruct(
     ValueError
         For inconsistent or invalid input (view counts, shapes, thickness, non-finite values,
         singular transforms, wrong ``out`` shape), always before anything is written to ``out``
-        (except non-finite pixel values, found when their view is read).
+        (except non-finite pixel values, found when their view is read, and a tomogram that
+        overflows float32, found as its slabs are written).
     """
     if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
         stack = np.asarray(stack)

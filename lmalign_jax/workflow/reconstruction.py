@@ -25,6 +25,7 @@ from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
+from ..recon.fbp import MAX_XF_ENTRY
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
@@ -61,6 +62,7 @@ def read_alignment_json(path: str) -> Alignment:
         raise InputError(
             path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
         )
+    _check_xf_lines(path, record.xf[:, :, :2], record.xf[:, :, 2], by_view=True)
     summary = None
     if record.local is not None:
         loc = record.local
@@ -116,10 +118,49 @@ def alignment_of_views(fv, image_size, source: str) -> Alignment:
 def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
     """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``)."""
     a, d = read_xf(xf_path)
+    _check_xf_lines(xf_path, a, d)
     tilts, _ = read_tilt_file(tlt_path)
     return Alignment(
         a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path
     )
+
+
+def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = False) -> None:
+    """InputError naming the line (view k on line k + 1; with ``by_view``, a record's view k) of
+    the first transform that cannot be reconstructed through: a matrix that maps the view onto a
+    line or a point, or an entry (or inverse's entry) beyond ``MAX_XF_ENTRY`` (float32 overflow)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        scale = np.abs(a).reshape(-1, 4).max(axis=1)
+        inverse = scale / np.abs(det)  # the order of the inverse's entries
+    largest = np.abs(np.concatenate([a.reshape(-1, 4), d], axis=1)).max(axis=1)
+    for v in range(len(a)):
+        line, at = (None, f"view {v}: ") if by_view else (v + 1, "")
+        if largest[v] > MAX_XF_ENTRY:
+            raise InputError(path, line, f"{at}a shift or matrix entry of {largest[v]:g} is not an alignment")
+        if not np.abs(det[v]) > 1e-12 * scale[v] ** 2:
+            problem = f"the matrix is singular (determinant {det[v]:.3g}): it maps the view onto a line"
+            raise InputError(path, line, f"{at}{problem} or a point")
+        if inverse[v] > MAX_XF_ENTRY:
+            problem = f"the matrix shrinks the view {inverse[v]:.3g} times: not an alignment"
+            raise InputError(path, line, at + problem)
+
+
+def _check_local_transforms(path: str, local) -> None:
+    """InputError naming the first patch and view of a local alignment whose transform is
+    singular or has an entry beyond ``MAX_XF_ENTRY`` (as :func:`_check_xf_lines` for the global)."""
+    a, d = local.transforms[..., :2], local.transforms[..., 2]
+    with np.errstate(over="ignore", invalid="ignore"):
+        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+        scale = np.abs(a).max(axis=(-2, -1))
+        huge = np.maximum(scale, np.abs(d).max(axis=-1)) > MAX_XF_ENTRY
+        bad = huge | ~(np.abs(det) > 1e-12 * scale**2) | (scale / np.abs(det) > MAX_XF_ENTRY)
+    if np.any(bad):
+        p, v = (int(i) for i in np.argwhere(bad)[0])
+        nx = local.n_patches[0]
+        problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[p, v] else "is singular"
+        where = f"view {v} in patch {p} (x {p % nx}, y {p // nx})"
+        raise InputError(path, None, f"transform of {where} {problem}")
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -305,6 +346,11 @@ def reconstruct_to_file(
         raise UsageError(f"--memory must be a positive number of GB (below 1e6), got {memory_gb:g}")
     memory_bytes = None if memory_gb is None else int(memory_gb * 1e9)
     header_pixel = pixel  # None: the stack records no pixel size
+    if os.path.exists(out_path) and not os.path.isfile(out_path):
+        raise UsageError(
+            f"{out_path} exists and is not a regular file (a device, pipe or socket, which writing the "
+            f"tomogram would replace); choose another {options.out}"
+        )
     check_room(out_path, shape, options)
     if pixel is None:
         warn(
@@ -325,6 +371,7 @@ def reconstruct_to_file(
     local = None
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
+        _check_local_transforms(local_path, local)
         check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
         if sirt is not None and need > budget:
