@@ -81,6 +81,28 @@ def test_leave_one_out_matches_refit():
     assert unc.loo_rms_px > result.rms_residual_px
 
 
+def test_a_point_the_fit_cannot_do_without_has_no_leave_one_out_residual():
+    """A view kept at exactly the 3 points jou's own parameters need, and a marker seen in only
+    two views: leaving any of these 5 points out leaves the fit undetermined (I - H_ii singular),
+    so there is no prediction. They were reported as the round-off's millions of pixels, which
+    the leave-one-out RMS then showed (4.6e6 px on a small simulated series); now NaN, counted,
+    and the RMS is over the others."""
+    obs = simulate(n_views=21, n_markers=10, seed=3).observations
+    mask = obs.mask.copy()
+    mask[5, 3:] = False  # view 5 keeps markers 0, 1, 2
+    mask[:, 7] = False
+    mask[[2, 12], 7] = True  # marker 7 in two views
+    assert mask[5].sum() == 3 and mask[:, 7].sum() == 2
+    result = align(Observations(obs.xy, mask, obs.tilts_deg, obs.image_size))
+    unc = uncertainty(result)
+    missing = mask & np.isnan(unc.loo_residuals[..., 0])
+    assert sorted(zip(*np.nonzero(missing), strict=True)) == [(2, 7), (5, 0), (5, 1), (5, 2), (12, 7)]
+    assert unc.loo_undetermined == 5
+    others = unc.loo_residuals[mask & ~missing]
+    assert np.all(np.isfinite(others)) and np.max(np.abs(others)) < 20 * result.rms_residual_px
+    assert result.rms_residual_px < unc.loo_rms_px < 3 * result.rms_residual_px
+
+
 def test_standard_errors_match_monte_carlo_spread():
     """Over many noise draws the estimates scatter as the predicted standard errors say."""
     truth = simulate(n_views=21, n_markers=12, seed=30, noise_px=0.0)

@@ -54,9 +54,13 @@ class Uncertainty:
     markers_se: (n_markers, 3) pixels.
     sigma_px: noise estimate per coordinate, pixels.
     loo_residuals: (n_views, n_markers, 2) projected minus measured if the point were left
-        out of the fit, pixels; NaN where not observed. Points with zero weight (rejected by
-        a robust fit) report their plain residual.
-    leverage: (n_views, n_markers) trace of each observation's hat block (0..2).
+        out of the fit, pixels; NaN where not observed, and where leaving the point out would
+        leave the fit undetermined (a view with no more points than its own parameters need,
+        or a marker seen in only two views: without one of them its position along the other's
+        ray is free), so that there is no prediction. Points
+        with zero weight (rejected by a robust fit) report their plain residual.
+    leverage: (n_views, n_markers) trace of each observation's hat block (0..2); NaN where not
+        observed.
     model: the fitted projection model (a registry name given here is looked up).
     covariance: the reported view parameters' covariance and near-degenerate directions
         (``covariance.AlignmentCovariance``), when asked for (``with_covariance``), else None.
@@ -81,9 +85,15 @@ class Uncertainty:
 
     @property
     def loo_rms_px(self) -> float:
-        """Per-component RMS of the leave-one-out residuals, pixels."""
+        """Per-component RMS of the leave-one-out residuals, pixels, over the points that have
+        one (:attr:`loo_undetermined` do not)."""
         r = self.loo_residuals[np.isfinite(self.loo_residuals[..., 0])]
-        return float(np.sqrt(np.mean(r * r)))
+        return float(np.sqrt(np.mean(r * r))) if r.size else float("nan")
+
+    @property
+    def loo_undetermined(self) -> int:
+        """Observed points without a leave-one-out residual: the fit without them is undetermined."""
+        return int(np.sum(np.isfinite(self.leverage) & ~np.isfinite(self.loo_residuals[..., 0])))
 
 
 @partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
@@ -137,6 +147,11 @@ def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate
     safe = jnp.where(seen[..., None, None], eye - hat, eye)
     weighted = jnp.where(seen[..., None], wts[..., None] * raw, 0.0)
     loo = jnp.linalg.solve(safe, weighted[..., None])[..., 0] / jnp.where(seen, wts, 1.0)[..., None]
+    # a point whose removal leaves the fit undetermined along some direction (I - H_ii singular:
+    # a view left with fewer points than its own parameters, a marker seen in two views) has no
+    # leave-one-out prediction: NaN, not the round-off's enormous number
+    remaining = jnp.linalg.eigvalsh(0.5 * (safe + jnp.swapaxes(safe, -1, -2)))[..., 0]
+    loo = jnp.where((remaining > jnp.sqrt(jnp.finfo(dtype).eps))[..., None], loo, jnp.nan)
     # a point with zero weight did not take part in the fit: its residual already is left-out
     loo = jnp.where(seen[..., None], loo, raw)
     rss = jnp.sum(jnp.square(pair_residuals(fn, x, structure)))  # the data's, without penalty rows

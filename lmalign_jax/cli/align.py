@@ -238,6 +238,12 @@ def align_and_report(
             f" Standard errors (1 sigma): tilt median {np.median(tilt_se):.3f} deg, rotation median "
             f"{np.median(se.parameter_se('rotation')):.3f} deg, marker z median "
             f"{np.median(se.markers_se[:, 2]):.2f} px; leave-one-out RMS {se.loo_rms_px:.3f} px"
+            + (
+                f" ({se.loo_undetermined} point(s) have none: the fit without one of them is undetermined, "
+                "as in a view with no more points than its own parameters need)"
+                if se.loo_undetermined
+                else ""
+            )
         )
     if written.surfaces is not None:
         print_surfaces(written.surfaces, flatten, out.prefix)

@@ -185,6 +185,7 @@ def build_record(
     }
     if errors is not None:
         summary["leave_one_out_rms_px"] = errors.loo_rms_px
+        summary["leave_one_out_undetermined_points"] = errors.loo_undetermined
         summary["standard_errors_note"] = (
             "1-sigma, from sigma^2 (J^T J)^-1 with sigma = RMS residual corrected for the free "
             "parameters; tilts relative to their mean offset from nominal"
