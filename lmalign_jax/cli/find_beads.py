@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
-from ..workflow.beads import find_beads_in_file, write_beads
+from ..workflow.beads import check_beads_out, find_beads_in_file, write_beads
 from .common import EXIT_OK, HelpFormatter, warn
 
 
 def run_find_beads(args) -> int:
+    check_beads_out(args.out, (args.image, args.tilts))  # a bad --out is refused before the search
     finding = find_beads_in_file(
         args.image,
         view=args.view,

@@ -24,10 +24,11 @@ UNCERTAINTY_EXAMPLE = """example:
 
 
 def run_uncertainty(args) -> int:
-    if args.pixel_size is not None and not args.pixel_size > 0:
-        raise UsageError(f"--pixel-size must be positive, got {args.pixel_size}")
-    if args.tomogram_size is not None and not all(s > 0 for s in args.tomogram_size):
-        raise UsageError(f"--tomogram-size must be positive, got {args.tomogram_size}")
+    if args.pixel_size is not None and not 0 < args.pixel_size < np.inf:
+        raise UsageError(f"--pixel-size must be a positive finite number, got {args.pixel_size:g}")
+    if args.tomogram_size is not None and not all(0 < s < np.inf for s in args.tomogram_size):
+        size = " ".join(f"{s:g}" for s in args.tomogram_size)
+        raise UsageError(f"--tomogram-size must be three positive finite numbers, got {size}")
     if args.out:
         check_output_file(args.out, (args.alignment, args.points), "--out", "misregistration.csv")
     result = points_misregistration(

@@ -26,7 +26,7 @@ from .series import read_tilt_file
 from .status import UsageError
 from .writing import check_output_folder
 
-__all__ = ["BeadFinding", "find_beads_in_file", "write_beads", "MIN_DIAMETER_PX"]
+__all__ = ["BeadFinding", "check_beads_out", "find_beads_in_file", "write_beads", "MIN_DIAMETER_PX"]
 
 #: Smallest bead diameter accepted, pixels (below it a bead is not resolved).
 MIN_DIAMETER_PX = 2.0
@@ -158,14 +158,21 @@ def beads_csv(positions, scores) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_beads(finding: BeadFinding, out_csv: str, input_paths=()) -> list[str]:
-    """Write ``out_csv`` and the overlay ``<stem>.png`` beside it, both or neither; returns the paths."""
+def check_beads_out(out_csv: str, input_paths=()) -> tuple[OutputSet, str]:
+    """UsageError unless ``out_csv`` names a .csv file that, with its ``.png``, can be written
+    without overwriting an input; else its OutputSet and extension. Cheap: called before the search."""
     folder, name = os.path.split(os.fspath(out_csv))
     stem, ext = os.path.splitext(name)
     if ext.lower() != ".csv" or not stem:
         raise UsageError(f"--out {out_csv}: name a .csv file (the overlay goes beside it as .png)")
     out = OutputSet(folder or ".", stem)
     check_output_folder(out, (ext, ".png"), input_paths)
+    return out, ext
+
+
+def write_beads(finding: BeadFinding, out_csv: str, input_paths=()) -> list[str]:
+    """Write ``out_csv`` and the overlay ``<stem>.png`` beside it, both or neither; returns the paths."""
+    out, ext = check_beads_out(out_csv, input_paths)
     title = (
         f"view {finding.view} ({finding.view_reason}): {finding.positions.shape[0]} beads, "
         f"diameter {finding.diameter_px:.2f} px ({finding.diameter_source})"

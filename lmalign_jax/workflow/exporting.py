@@ -87,6 +87,11 @@ _SUFFIXES = {
 }
 
 
+#: The largest pixel size taken, Angstrom (1 um): beyond any tilt series, and far from where the
+#: exported lengths in Angstrom would overflow to inf.
+MAX_PIXEL_ANGST = 1e4
+
+
 def parse_export_targets(text: str, option: str = "--to") -> tuple[str, ...]:
     """``"imod,relion"`` or ``"all"`` as targets in EXPORT_TARGETS order; UsageError otherwise."""
     names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
@@ -289,12 +294,17 @@ def check_export(
     targets: Sequence[str], prefix: str, pixel_size_angst: float | None, missing: str | None
 ) -> None:
     """UsageError, before any work, for an export that cannot be written: a pixel size that is
-    not positive, or RELION without one (``missing``: why there is none, e.g. "X.json has
-    none"; None: not known yet, not checked) or with a ``prefix`` that is not one word (RELION
-    names the tilt series by it)."""
+    not positive (or, with targets, over :data:`MAX_PIXEL_ANGST`), or RELION without one
+    (``missing``: why there is none, e.g. "X.json has none"; None: not known yet, not checked)
+    or with a ``prefix`` that is not one word (RELION names the tilt series by it)."""
     pixel = pixel_size_angst
     if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
         raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
+    if targets and pixel is not None and pixel > MAX_PIXEL_ANGST:
+        raise UsageError(
+            f"pixel size {pixel:g} A is over {MAX_PIXEL_ANGST:g} A (1 um), not a tilt series' pixel size: "
+            "give the pixel size in Angstrom with --pixel-size"
+        )
     if "relion" not in targets:
         return
     if pixel is None and missing is not None:

@@ -5,10 +5,11 @@ Everything the user gave is checked before the stack is read: the stack is an MR
 file has one angle per section, the bead diameter is between 2 px and a tenth of the image
 (``--bead-nm`` needs the pixel size in the MRC header; with neither option the diameter is
 estimated from the view nearest 0 degrees and reported), and the images are larger than the
-bead search window. The four files are written as one set (:class:`lmalign_jax.io.outputs.OutputSet`).
-A blank view (one value in every pixel: dark, missing) has no beads: the beads are looked for on
-the non-blank view nearest 0 degrees, and a blank view is lost like any view without beads
-(``TrackResult.lost_reasons`` says it is blank).
+bead search window; a view with a NaN or infinite pixel is refused (it would spoil the averaged
+bead every later view is matched with). The four files are written as one set
+(:class:`lmalign_jax.io.outputs.OutputSet`). A blank view (one value in every pixel: dark,
+missing) has no beads: the beads are looked for on the non-blank view nearest 0 degrees, and a
+blank view is lost like any view without beads (``TrackResult.lost_reasons`` says it is blank).
 """
 
 from __future__ import annotations
@@ -202,7 +203,18 @@ def track_stack(
         )
     if rotation_deg is None and mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
         rotation_deg = float(mdoc.tilt_axis_angle_deg)
+    smallest = window_size(2.0, 5.0)  # the search window for the smallest bead (2 px)
+    if min(nx, ny) < smallest:
+        raise InputError(
+            stack_path,
+            None,
+            f"images of {nx} x {ny} px are smaller than the bead search window ({smallest} px)",
+        )
     stack = read_stack(stack_path)
+    if stack.dtype.kind == "f":  # a NaN or infinite pixel spoils the averaged bead for every later view
+        for v in range(n_views):
+            if not np.all(np.isfinite(stack[v])):
+                raise InputError(stack_path, None, f"view {v + 1} holds NaN or infinite values")
     seed, nearest = seed_view(stack, tilts), int(np.argmin(np.abs(tilts)))
     if seed != nearest:
         note(
