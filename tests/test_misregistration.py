@@ -323,6 +323,13 @@ def test_star_coordinates_match_csv(aligned, tmp_path):
             r"nan\.star:8: rlnCoordinateY of particle 2",
         ),
         (
+            "realnan.star",
+            "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n"
+            "1 2 3\n4 nan 6\n",
+            ["--tomogram-size", 100, 100, 50],
+            r"realnan\.star:8: rlnCoordinateY of particle 2 is not a finite number: nan$",
+        ),
+        (
             "corner.star",
             "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n1 2 3\n",
             [],
@@ -366,8 +373,10 @@ def test_records_without_covariance_are_refused(aligned, tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     rc, _, err = run(["uncertainty", tmp_path / "junk.json", "--points", points])
     assert rc == 2 and "junk.json:1: not valid JSON" in err
-    with pytest.raises(InputError, match="only apply to a RELION"):
+    with pytest.raises(InputError, match="pixel_size only applies to a RELION"):
         read_points(points, pixel_size=1.0)
+    with pytest.raises(InputError, match="pixel_size, tomo_name only apply to a RELION"):
+        read_points(points, pixel_size=1.0, tomo_name="TS_01")
 
 
 def test_out_is_checked_before_any_work_and_never_overwrites_an_input(aligned, tmp_path):

@@ -94,7 +94,9 @@ def _column(path, table, block: str, name: str) -> np.ndarray:
         row = int(table.index[bad[0]])  # the row of the block (the table may be a selection)
         lines = _data_lines(path, block)
         where = lines[row] if row < len(lines) else None
-        raise InputError(path, where, f"{name} of particle {row + 1} is not a finite number: {raw[bad[0]]!r}")
+        value = raw[bad[0]]
+        shown = repr(value) if isinstance(value, str) else str(value)  # nan, not np.float64(nan)
+        raise InputError(path, where, f"{name} of particle {row + 1} is not a finite number: {shown}")
     return values
 
 
@@ -185,8 +187,11 @@ def read_points(path: str | os.PathLike, **star_options) -> np.ndarray:
     if os.fspath(path).lower().endswith(".star"):
         return read_points_star(path, **star_options)
     if any(v is not None for v in star_options.values()):
-        given = ", ".join(k for k, v in star_options.items() if v is not None)
+        given = [k for k, v in star_options.items() if v is not None]
+        verb = "applies" if len(given) == 1 else "apply"
         raise InputError(
-            path, None, f"{given} only apply to a RELION .star file; a CSV holds px from the centre"
+            path,
+            None,
+            f"{', '.join(given)} only {verb} to a RELION .star file; a CSV holds px from the centre",
         )
     return read_points_csv(path)
