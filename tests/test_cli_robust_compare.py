@@ -1,6 +1,8 @@
 """`lmalign align --robust`, standard errors in the record, and `lmalign compare`."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -143,10 +145,14 @@ def _compare_args(clicks, *extra):
     return ["compare", clicks / "s.csv", "--tilts", clicks / "s.rawtlt", "--image-size", 2048, 2048, *extra]
 
 
-@pytest.mark.parametrize("case", ["folder", "under-a-file", "missing-folder", "the-input"])
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "missing-folder", "the-input", "a-pipe"])
 def test_compare_json_path_is_checked_before_any_fit(clicks, tmp_path, case):
+    """... and a pipe (or device: /dev/null as root) is refused, not replaced by the atomic write's
+    rename."""
     (tmp_path / "afile").write_text("not a folder\n")
+    os.mkfifo(tmp_path / "pipe")
     path = {
+        "a-pipe": tmp_path / "pipe",
         "folder": tmp_path,
         "under-a-file": tmp_path / "afile" / "x.json",
         "missing-folder": tmp_path / "nope" / "x.json",
@@ -157,6 +163,7 @@ def test_compare_json_path_is_checked_before_any_fit(clicks, tmp_path, case):
         "under-a-file": f"{tmp_path / 'afile'} is a file, not a folder",
         "missing-folder": f"folder {tmp_path / 'nope'} does not exist",
         "the-input": "would overwrite the input",
+        "a-pipe": "exists and is not a regular file (a device, pipe or socket",
     }[case]
     before = (clicks / "s.csv").read_text()
     rc, out, err = run_env(_compare_args(clicks, "--json", path))
@@ -166,6 +173,7 @@ def test_compare_json_path_is_checked_before_any_fit(clicks, tmp_path, case):
     assert "fitting" not in err and not out  # refused before any fit
     assert (clicks / "s.csv").read_text() == before
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
 
 
 def test_compare_no_leave_out_says_it_was_skipped(clicks):

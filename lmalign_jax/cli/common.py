@@ -105,11 +105,17 @@ def seed_number(text: str) -> int:
 
 def check_output_file(path: str, inputs, option: str, example: str) -> None:
     """Refuse an output file ``option PATH`` that could not be written, before any work: a folder
-    (``example``: a file name to suggest in it), a path under a missing or unwritable folder (or
-    under a file), or one of ``inputs``."""
+    (``example``: a file name to suggest in it), something else that is not a regular file (a
+    device or pipe, which the atomic write's rename would replace), a path under a missing or
+    unwritable folder (or under a file), or one of ``inputs``."""
     if os.path.isdir(path):
         suggestion = os.path.join(path, example)
         raise UsageError(f"{option} {path} is a folder; give a file name such as {suggestion}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(
+            f"{option} {path} exists and is not a regular file (a device, pipe or socket, which writing "
+            f"it would replace); give a file name such as {example}"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     head = folder
     while not os.path.exists(head):
