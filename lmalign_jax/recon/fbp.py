@@ -19,6 +19,8 @@ __all__ = ["reconstruct", "fbp_2d", "plan_slabs", "SlabPlan", "default_memory_by
 _MAX_SLAB_ROWS = 64
 #: Largest |entry| of a transform's matrix, its inverse or its shift (pixels) that is reconstructed.
 MAX_XF_ENTRY = 1e30
+#: A transform matrix is singular when |det| is at most this times its largest entry squared.
+SINGULAR_RTOL = 1e-12
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -53,23 +55,36 @@ def _check_transforms(n_views: int, xf_A, xf_shift, tilts_deg):
         if not np.all(np.isfinite(arr)):
             bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(arr.shape[0], -1)), axis=1))
             raise ValueError(f"{name} has non-finite values in view(s) {bad.tolist()}")
-    _check_magnitude(np.concatenate([a.reshape(-1, 4), d], axis=1))
-    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-    scale = np.maximum(np.abs(a).reshape(-1, 4).max(axis=1), 1e-300)
-    singular = np.abs(det) <= 1e-12 * scale**2
+    largest, _, singular, inverse = transform_measures(a, d)
+    _check_magnitude(largest)
     if np.any(singular):
         raise ValueError(f"xf_A is singular in view(s) {np.flatnonzero(singular).tolist()}")
-    _check_magnitude(np.linalg.inv(a).reshape(-1, 4))
+    _check_magnitude(inverse)
     return a, d, t
 
 
-def _check_magnitude(values) -> None:
-    """ValueError for views whose transform entries (rows of ``values``) are beyond ``MAX_XF_ENTRY``:
-    float32 holds the resampling's coordinates, which they would overflow."""
-    huge = np.abs(values) > MAX_XF_ENTRY
+def transform_measures(a, d):
+    """Per view of matrices ``a`` (n, 2, 2) and shifts ``d`` (n, 2): the largest |entry| of both,
+    the determinant, whether the matrix is singular (|det| at most ``SINGULAR_RTOL`` times its
+    largest entry squared) and the size of its inverse's largest entry (inf when singular), each
+    (n,). The reconstruction's checks of ``.xf``, record and local transforms share them."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        scale = np.abs(a).reshape(-1, 4).max(axis=1)
+        singular = ~(np.abs(det) > SINGULAR_RTOL * scale**2)
+        inverse = np.where(singular, np.inf, scale / np.abs(det))  # the adjugate's entries are a's
+    largest = np.abs(np.concatenate([a.reshape(-1, 4), np.asarray(d, np.float64)], axis=1)).max(axis=1)
+    return largest, det, singular, inverse
+
+
+def _check_magnitude(sizes) -> None:
+    """ValueError for views whose transform ``sizes`` (n,) are beyond ``MAX_XF_ENTRY``: float32
+    holds the resampling's coordinates, which they would overflow."""
+    huge = sizes > MAX_XF_ENTRY
     if np.any(huge):
         raise ValueError(
-            f"the transforms of view(s) {np.flatnonzero(huge.any(axis=1)).tolist()} have a shift or scale "
+            f"the transforms of view(s) {np.flatnonzero(huge).tolist()} have a shift or scale "
             f"beyond {MAX_XF_ENTRY:g} (not an alignment; a float32 reconstruction would overflow)"
         )
 

@@ -25,7 +25,7 @@ from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
-from ..recon.fbp import MAX_XF_ENTRY
+from ..recon.fbp import MAX_XF_ENTRY, transform_measures
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
@@ -129,16 +129,12 @@ def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = Fal
     """InputError naming the line (view k on line k + 1; with ``by_view``, a record's view k) of
     the first transform that cannot be reconstructed through: a matrix that maps the view onto a
     line or a point, or an entry (or inverse's entry) beyond ``MAX_XF_ENTRY`` (float32 overflow)."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-        scale = np.abs(a).reshape(-1, 4).max(axis=1)
-        inverse = scale / np.abs(det)  # the order of the inverse's entries
-    largest = np.abs(np.concatenate([a.reshape(-1, 4), d], axis=1)).max(axis=1)
+    largest, det, singular, inverse = transform_measures(a, d)
     for v in range(len(a)):
         line, at = (None, f"view {v}: ") if by_view else (v + 1, "")
         if largest[v] > MAX_XF_ENTRY:
             raise InputError(path, line, f"{at}a shift or matrix entry of {largest[v]:g} is not an alignment")
-        if not np.abs(det[v]) > 1e-12 * scale[v] ** 2:
+        if singular[v]:
             problem = f"the matrix is singular (determinant {det[v]:.3g}): it maps the view onto a line"
             raise InputError(path, line, f"{at}{problem} or a point")
         if inverse[v] > MAX_XF_ENTRY:
@@ -149,16 +145,15 @@ def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = Fal
 def _check_local_transforms(path: str, local) -> None:
     """InputError naming the first patch and view of a local alignment whose transform is
     singular or has an entry beyond ``MAX_XF_ENTRY`` (as :func:`_check_xf_lines` for the global)."""
-    a, d = local.transforms[..., :2], local.transforms[..., 2]
-    with np.errstate(over="ignore", invalid="ignore"):
-        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
-        scale = np.abs(a).max(axis=(-2, -1))
-        huge = np.maximum(scale, np.abs(d).max(axis=-1)) > MAX_XF_ENTRY
-        bad = huge | ~(np.abs(det) > 1e-12 * scale**2) | (scale / np.abs(det) > MAX_XF_ENTRY)
+    t = local.transforms
+    largest, _, singular, inverse = transform_measures(t[..., :2].reshape(-1, 2, 2), t[..., 2].reshape(-1, 2))
+    huge = largest > MAX_XF_ENTRY
+    bad = huge | singular | (inverse > MAX_XF_ENTRY)
     if np.any(bad):
-        p, v = (int(i) for i in np.argwhere(bad)[0])
+        first = int(np.flatnonzero(bad)[0])
+        p, v = divmod(first, t.shape[1])
         nx = local.n_patches[0]
-        problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[p, v] else "is singular"
+        problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[first] else "is singular"
         where = f"view {v} in patch {p} (x {p % nx}, y {p // nx})"
         raise InputError(path, None, f"transform of {where} {problem}")
 
