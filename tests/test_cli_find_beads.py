@@ -12,6 +12,7 @@ import pytest
 from test_cli import _no_persistent_cache, run  # noqa: F401 (an autouse fixture)
 
 from lmalign_jax.io.mrc import read_header_tilts, set_header_tilts
+from lmalign_jax.workflow.series import check_rotation
 
 VIEWS = 5
 SIZE = 384
@@ -183,10 +184,19 @@ def test_a_rotation_or_seed_a_generator_cannot_take_is_refused_in_one_line(reali
     d, _ = realistic
     out = tmp_path / "out"
     for command in (["track", d / "r.mrc"], ["align", d / "r.mrc"]):
-        for rotation in ("nan", "inf"):
+        for rotation in ("nan", "inf", "1e300", "-360.5"):
             rc, _, err = run([*command, "--tilts", d / "r.rawtlt", "--out-dir", out, "--rotation", rotation])
-            assert rc == 2 and f"--rotation must be a finite number of degrees, got {rotation}" in err, err
+            got = f"{float(rotation):g}"
+            assert (
+                rc == 2 and f"--rotation must be a tilt-axis angle within -360..360 degrees, got {got}" in err
+            )
     assert not out.exists()
+    for command in ("compare", "simulate"):  # compare: every model failed in the table before
+        args = [d / "r.csv", "--tilts", d / "r.rawtlt"] if command == "compare" else ["--out-dir", out]
+        rc, _, err = run([command, *args, "--rotation", "1e300"])
+        assert rc == 2 and "--rotation must be a tilt-axis angle within -360..360 degrees" in err, err
+    assert not out.exists()
+    assert check_rotation(-360.0) == -360.0 and check_rotation(359.9) == 359.9
     for command in ("demo", "simulate"):
         rc, _, err = run([command, "--out-dir", out, "--seed", "-1"])
         assert rc == 2 and "--seed: expected a non-negative integer, got '-1'" in err and not out.exists(), (
@@ -206,3 +216,14 @@ def test_realistic_options_need_realistic_and_a_stack(tmp_path):
     rc, _, err = run(["simulate", "--out-dir", tmp_path, "--stack", "--realistic", *args])
     assert rc == 2 and "shows no whole bead" in err and "--markers" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_track_refuses_a_tilt_file_with_every_view_at_one_tilt(realistic, tmp_path):
+    """Tracking with every view at 0 degrees wrote its outputs with exit 0, each view 'lost' (audit);
+    align refuses such a tilt file, so track now does too, before reading the stack."""
+    d, _ = realistic
+    tlt = tmp_path / "flat.rawtlt"
+    tlt.write_text("    0.000\n" * VIEWS)
+    rc, _, err = run(["track", d / "r.mrc", "--tilts", tlt, "--out-dir", tmp_path / "out"])
+    assert rc == 2 and f"{tlt}: all {VIEWS} views are at tilt 0 degrees" in err, err
+    assert "lost" not in err and not (tmp_path / "out").exists()

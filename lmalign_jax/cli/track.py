@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 from ..io.errors import InputError
@@ -68,8 +67,6 @@ def run_track(args) -> int:
 def _track_and_print(args, stack: str):
     """Track ``stack`` with the tracking options of ``args`` into ``--out-dir``, print the summary;
     returns the :class:`lmalign_jax.workflow.tracking.TrackedStack`."""
-    if args.rotation is not None and not math.isfinite(args.rotation):
-        raise UsageError(f"--rotation must be a finite number of degrees, got {args.rotation:g}")
     with Progress(f"lmalign: tracking beads in {stack} ..."):
         done = track_stack(
             stack,

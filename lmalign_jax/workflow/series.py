@@ -9,6 +9,7 @@ Views are 0-based in file order unless a name says otherwise (``parse_view_list`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -66,6 +67,36 @@ def read_tilt_file(path: str, warn=print_warning):
     raise InputError(
         path, None, f"unsupported tilt-angle file ({got}); supported: {', '.join(TILT_EXTENSIONS)}"
     )
+
+
+def check_tilts_vary(tilts, path: str) -> None:
+    """InputError naming ``path`` when all of more than one tilt angle (degrees) are equal: the
+    markers' heights cannot be found then (a fit would end with NaN standard errors)."""
+    tilts = np.asarray(tilts, dtype=np.float64)
+    if tilts.size > 1 and np.all(tilts == tilts[0]):
+        raise InputError(
+            path,
+            None,
+            f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: the markers' heights (z) "
+            "cannot be determined from views at one tilt",
+        )
+
+
+#: Largest tilt-axis angle (degrees, either sign) taken from --rotation or an .mdoc.
+MAX_ROTATION_DEG = 360.0
+
+
+def check_rotation(rotation_deg: float, source: str = "--rotation") -> float:
+    """``rotation_deg`` as a float, or a UsageError (an InputError naming an ``.mdoc`` ``source``)
+    when it is not a finite angle within +-MAX_ROTATION_DEG degrees."""
+    value = float(rotation_deg)
+    if math.isfinite(value) and abs(value) <= MAX_ROTATION_DEG:
+        return value
+    limit = f"{MAX_ROTATION_DEG:g}"
+    what = f"must be a tilt-axis angle within -{limit}..{limit} degrees, got {value:g}"
+    if source.startswith("--"):
+        raise UsageError(f"{source} {what}")
+    raise InputError(source, None, f"the tilt axis angle {what}")
 
 
 def _read_marker_file(path: str, tilts_path: str | None, n_views: int | None):
@@ -141,6 +172,8 @@ def read_series(
     ``size_advice`` ends the message when the image size is unknown; ``warn(message)`` hears
     about oddities that do not stop the alignment.
     """
+    if rotation_deg is not None:  # a usage error before any file is read
+        rotation_deg = check_rotation(rotation_deg)
     for path in (markers_path, tilts_path):
         if path is not None and not os.path.isfile(path):
             raise InputError(
@@ -168,13 +201,7 @@ def read_series(
                 "by increasing tilt)",
             )
     tilts = np.asarray(tilts, dtype=np.float64)
-    if tilts.size > 1 and np.all(tilts == tilts[0]):  # the fit would end with NaN standard errors
-        raise InputError(
-            tilts_file,
-            None,
-            f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: the markers' heights (z) "
-            "cannot be determined from views at one tilt",
-        )
+    check_tilts_vary(tilts, tilts_file)
 
     stack_size, stack_pix = None, None
     if stack_path is not None:
@@ -211,9 +238,10 @@ def read_series(
         warn(f"{said}: the marker coordinates are taken in the marker file's frame; check the pair")
 
     if rotation_deg is not None:
-        rotation, rot_source = float(rotation_deg), "--rotation"
+        rotation, rot_source = rotation_deg, "--rotation"
     elif mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
-        rotation, rot_source = float(mdoc.tilt_axis_angle_deg), f"{tilts_path} tilt axis angle"
+        rotation = check_rotation(mdoc.tilt_axis_angle_deg, tilts_path)
+        rot_source = f"{tilts_path} tilt axis angle"
     else:
         rotation, rot_source = None, "estimated from the marker tracks"
     pixel = markers.pixel_size or stack_pix or (mdoc.pixel_size if mdoc else None)

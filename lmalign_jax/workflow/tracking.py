@@ -29,7 +29,7 @@ from ..report.track_figure import render_track_figure
 from ..track import estimate_bead_diameter
 from ..track.centring import window_size
 from ..track.tracking import REASONS, TrackingError, TrackResult, seed_view, track_beads
-from .series import read_tilt_file
+from .series import check_rotation, check_tilts_vary, read_tilt_file
 from .status import UsageError, print_note, print_warning
 from .writing import check_output_folder
 
@@ -197,12 +197,15 @@ def track_stack(
     if not os.path.isfile(tilts_path):
         raise InputError(tilts_path, None, "file not found")
     tilts, mdoc = read_tilt_file(tilts_path, warn)
+    check_tilts_vary(tilts, tilts_path)
     if tilts.size != n_views:
         raise InputError(
             tilts_path, None, f"has {tilts.size} tilt angles but the stack {stack_path} has {n_views} views"
         )
-    if rotation_deg is None and mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
-        rotation_deg = float(mdoc.tilt_axis_angle_deg)
+    if rotation_deg is not None:
+        rotation_deg = check_rotation(rotation_deg)
+    elif mdoc is not None and mdoc.tilt_axis_angle_deg is not None:
+        rotation_deg = check_rotation(mdoc.tilt_axis_angle_deg, tilts_path)
     smallest = window_size(2.0, 5.0)  # the search window for the smallest bead (2 px)
     if min(nx, ny) < smallest:
         raise InputError(
