@@ -178,6 +178,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(realistic, tmp_path)
         ["find-beads", d / "r.mrc", "--view", 2, "--bead-diameter", 8, "--out", tmp_path / "b.txt"]
     )
     assert rc == 2 and ".csv" in err and not (tmp_path / "b.txt").exists()
+    (tmp_path / "plain").write_text("")  # a file where --out needs a folder: named as --out, not --out-dir
+    out = tmp_path / "plain" / "b.csv"
+    rc, _, err = run(["find-beads", d / "r.mrc", "--view", 2, "--bead-diameter", 8, "--out", out])
+    assert rc == 2 and f"--out {out}: {tmp_path / 'plain'} exists and is not a folder" in err, err
+    assert "--out-dir" not in err
 
 
 def test_a_rotation_or_seed_a_generator_cannot_take_is_refused_in_one_line(realistic, tmp_path):

@@ -166,7 +166,7 @@ def check_beads_out(out_csv: str, input_paths=()) -> tuple[OutputSet, str]:
     if ext.lower() != ".csv" or not stem:
         raise UsageError(f"--out {out_csv}: name a .csv file (the overlay goes beside it as .png)")
     out = OutputSet(folder or ".", stem)
-    check_output_folder(out, (ext, ".png"), input_paths)
+    check_output_folder(out, (ext, ".png"), input_paths, option=f"--out {out_csv}")
     return out, ext
 
 

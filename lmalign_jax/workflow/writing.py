@@ -44,21 +44,22 @@ def software_info() -> dict:
     }
 
 
-def check_output_folder(out: OutputSet, suffixes, input_paths) -> None:
-    """Refuse an output folder that cannot be written and outputs that would overwrite inputs."""
+def check_output_folder(out: OutputSet, suffixes, input_paths, option: str | None = None) -> None:
+    """Refuse an output folder that cannot be written and outputs that would overwrite inputs;
+    ``option`` is how the messages name what the user gave (``--out-dir <folder>`` unless given)."""
+    said = option or f"--out-dir {out.out_dir}"
     head = os.path.abspath(out.out_dir)
     while not os.path.exists(head):
         head = os.path.dirname(head)
     if not os.path.isdir(head):
-        raise UsageError(f"--out-dir {out.out_dir}: {head} exists and is not a folder")
+        raise UsageError(f"{said}: {head} exists and is not a folder")
     if not os.access(head, os.W_OK | os.X_OK):
-        raise UsageError(f"--out-dir {out.out_dir}: {head} is not writable")
+        raise UsageError(f"{said}: {head} is not writable")
     inputs_real = {os.path.realpath(p) for p in input_paths if p}
     for path in out.final_paths(suffixes):
         if os.path.realpath(path) in inputs_real:
-            raise UsageError(
-                f"output {path} would overwrite an input file; choose another --prefix or --out-dir"
-            )
+            choose = "another --out" if option else "another --prefix or --out-dir"
+            raise UsageError(f"output {path} would overwrite an input file; choose {choose}")
 
 
 def input_record(inputs: SeriesInputs, sel: Selection, obs) -> dict:
