@@ -178,6 +178,7 @@ def bad(series, tmp_path_factory):
     (d / "short.xf").write_text("".join(lines[:-1]))
     tilts = (src / "s.tlt").read_text().splitlines(keepends=True)
     (d / "long.tlt").write_text("".join(tilts) + "61.0\n")
+    (d / "one.tlt").write_text("   12.0\n" * len(tilts))  # every view at one tilt
     with mrcfile.open(src / "s.mrc") as mrc:
         data = np.array(mrc.data)
     with mrcfile.new(d / "fewer.mrc") as mrc:
@@ -223,6 +224,14 @@ def _cases(b):
         "tlt view count": (
             [s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "long.tlt"],
             r"long\.tlt: has 42 tilt angles but the stack .*s\.mrc has 41 sections",
+        ),
+        "one tilt": (
+            [s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "one.tlt"],
+            r"one\.tlt: all 41 views are at tilt 12 degrees: a tomogram needs views at different tilts",
+        ),
+        "one tilt, SIRT": (  # SIRT accepted it (audit); FBP refused it without naming the file
+            [s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "one.tlt", "--sirt", 2],
+            r"one\.tlt: all 41 views are at tilt 12 degrees",
         ),
         "stack view count": (
             [d / "fewer.mrc", *xf_tlt],
@@ -344,6 +353,8 @@ def _cases(b):
 CASES = [
     "xf view count",
     "tlt view count",
+    "one tilt",
+    "one tilt, SIRT",
     "stack view count",
     "json view count",
     "json image size",

@@ -33,7 +33,7 @@ from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
 from ..warp_parameters import WARP_PARAMETERS
-from .series import read_tilt_file
+from .series import check_tilts_vary, read_tilt_file
 from .status import UsageError, print_note, print_warning
 
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
@@ -120,6 +120,7 @@ def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
     a, d = read_xf(xf_path)
     _check_xf_lines(xf_path, a, d)
     tilts, _ = read_tilt_file(tlt_path)
+    check_tilts_vary(tilts, tlt_path, "a tomogram needs views at different tilts")
     return Alignment(
         a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path
     )

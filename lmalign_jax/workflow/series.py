@@ -69,17 +69,16 @@ def read_tilt_file(path: str, warn=print_warning):
     )
 
 
-def check_tilts_vary(tilts, path: str) -> None:
-    """InputError naming ``path`` when all of more than one tilt angle (degrees) are equal: the
-    markers' heights cannot be found then (a fit would end with NaN standard errors)."""
+#: Why views all at one tilt cannot be aligned (a fit would end with NaN standard errors).
+ONE_TILT_ALIGN = "the markers' heights (z) cannot be determined from views at one tilt"
+
+
+def check_tilts_vary(tilts, path: str, why: str = ONE_TILT_ALIGN) -> None:
+    """InputError naming ``path`` when all of more than one tilt angle (degrees) are equal, saying
+    ``why`` that cannot be used."""
     tilts = np.asarray(tilts, dtype=np.float64)
     if tilts.size > 1 and np.all(tilts == tilts[0]):
-        raise InputError(
-            path,
-            None,
-            f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: the markers' heights (z) "
-            "cannot be determined from views at one tilt",
-        )
+        raise InputError(path, None, f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: {why}")
 
 
 #: Largest tilt-axis angle (degrees, either sign) taken from --rotation or an .mdoc.
