@@ -534,3 +534,22 @@ def test_reconstruct_help():
         assert word in out
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1
+
+
+def test_pixels_that_are_not_square_are_warned_of(series, tmp_path):
+    """The tomogram's voxel size is the stack's x pixel size: a header whose y size differs says so
+    (one warning), and the reconstruction goes on."""
+    d = series["dir"]
+    with mrcfile.open(d / "s.mrc") as mrc:
+        data = np.array(mrc.data)
+    with mrcfile.new(tmp_path / "a.mrc") as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = (2.0, 2.2, 2.0)
+    out = tmp_path / "t.rec.mrc"
+    args = ["--xf", d / "s.xf", "--tlt", d / "s.tlt", "--thickness", THICKNESS, "--bin", 4, "--out", out]
+    rc, _, err = run(["reconstruct", tmp_path / "a.mrc", *args])
+    assert rc == 0 and out.exists(), err
+    warning = f"lmalign: warning: {tmp_path / 'a.mrc'}: the header's pixels are 2 x 2.2 A (x by y)"
+    assert err.count(warning) == 1, err
+    with mrcfile.open(out, header_only=True) as mrc:
+        assert float(mrc.voxel_size.x) == pytest.approx(8.0)  # the x size, binned 4

@@ -16,7 +16,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lmalign_jax.io.mrc import read_labels, read_stack, read_stack_header
+from lmalign_jax.io.mrc import anisotropic_pixel_note, read_labels, read_stack, read_stack_header
 from lmalign_jax.io.mrc_volume import create_volume
 from lmalign_jax.recon import angular_increments, density_weights, fbp_2d, filter_response, reconstruct
 
@@ -349,6 +349,31 @@ def test_mrc_stack_roundtrip(tmp_path):
     assert isinstance(m, np.memmap) and m.shape == (3, 8, 10)
     assert np.array_equal(m, data)
     assert np.array_equal(read_stack(p, mmap=False), data)
+
+
+def test_pixels_that_are_not_square_are_noted(tmp_path):
+    """The package takes a header's x pixel size as every pixel's: y differing by more than 0.1%
+    is worth a warning (reconstruct, align --stack, track/find-beads --bead-nm); float32 rounding
+    of the cell and an unset size are not."""
+    p = tmp_path / "s.mrc"
+    for size, expected in (
+        (
+            (2.0, 2.5, 2.0),
+            "s.mrc: the header's pixels are 2 x 2.5 A (x by y); pixels are taken as square, 2 A",
+        ),
+        ((1.35, 1.35 * (1 + 5e-4), 1.35), None),  # within 0.1%
+        ((1.3517, 1.3517, 1.3517), None),
+        ((0.0, 0.0, 0.0), None),  # not set
+        ((0.0, 2.0, 0.0), None),  # no x size: nothing is taken from y
+    ):
+        with mrcfile.new(p, overwrite=True) as mrc:
+            mrc.set_data(np.zeros((3, 8, 4096), np.int16))
+            mrc.voxel_size = size
+        note = anisotropic_pixel_note(p)
+        assert (
+            (note is None) if expected is None else (note is not None and note.endswith("check the header"))
+        )
+        assert expected is None or note.startswith(str(p)[: -len("s.mrc")] + expected), (size, note)
 
 
 def test_a_header_announcing_more_sections_than_the_file_holds_is_refused(tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import textwrap
 
 from ..workflow.beads import check_beads_out, find_beads_in_file, write_beads
+from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, warn
 
 
 def run_find_beads(args) -> int:
     check_beads_out(args.out, (args.image, args.tilts))  # a bad --out is refused before the search
+    if args.bead_nm is not None:  # --bead-nm is converted by the x pixel size
+        warn_anisotropic_pixels(args.image, warn)
     finding = find_beads_in_file(
         args.image,
         view=args.view,

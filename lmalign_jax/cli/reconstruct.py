@@ -20,6 +20,7 @@ from ..workflow.reconstruction import (
     read_alignment_json,
     reconstruct_to_file,
 )
+from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, UsageError, check_output_file, note, warn
 
 #: The FBP filter when --filter is not given (it is None then, so that --sirt can refuse a given one).
@@ -109,6 +110,7 @@ def run_reconstruct(args) -> int:
     out = args.out or default_output(args.stack)
     radial = tuple(args.radial) if args.radial else None
     read_stack_header(args.stack)  # stack errors first: missing, not MRC
+    warn_anisotropic_pixels(args.stack, warn)  # the tomogram's voxel size is the x pixel size
     alignment = (
         read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
     )

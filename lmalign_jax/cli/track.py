@@ -13,6 +13,7 @@ from ..workflow.reconstruction import (
     reconstruct_to_file,
     volume_shape,
 )
+from ..workflow.series import warn_anisotropic_pixels
 from ..workflow.tracking import track_stack
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn
 
@@ -60,6 +61,8 @@ def add_bead_options(p) -> None:
 
 def run_track(args) -> int:
     """``lmalign track``."""
+    if args.bead_nm is not None and os.path.isfile(args.stack):  # converted by the x pixel size
+        warn_anisotropic_pixels(args.stack, warn)
     _track_and_print(args, args.stack)
     return EXIT_OK
 

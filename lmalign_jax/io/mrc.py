@@ -25,6 +25,7 @@ from .errors import InputError
 
 __all__ = [
     "read_stack_header",
+    "anisotropic_pixel_note",
     "read_stack",
     "read_stack_streamed",
     "read_header_tilts",
@@ -63,6 +64,29 @@ def _pixel_size(header) -> float | None:
     if mx <= 0 or not np.isfinite(cella_x) or cella_x <= 0.0:
         return None
     return cella_x / mx
+
+
+#: Relative difference of the x and y pixel sizes above which a header's pixels are not square.
+ANISOTROPY_RTOL = 1e-3
+
+
+def anisotropic_pixel_note(path) -> str | None:
+    """A warning's text when the header of MRC file ``path`` gives pixels of different x and y
+    sizes (Angstrom, cell / grid; both set and differing by more than ``ANISOTROPY_RTOL``), else
+    None. The package takes the x size (``read_stack_header``) and treats pixels as square."""
+    with _open_header(path) as mrc:
+        h = mrc.header
+        size_x = _pixel_size(h)
+        my, cella_y = int(h.my), float(h.cella.y)
+    if size_x is None or my <= 0 or not np.isfinite(cella_y) or cella_y <= 0.0:
+        return None
+    size_y = cella_y / my
+    if abs(size_y - size_x) <= ANISOTROPY_RTOL * max(size_x, size_y):
+        return None
+    return (
+        f"{os.fspath(path)}: the header's pixels are {size_x:.4g} x {size_y:.4g} A (x by y); pixels are "
+        f"taken as square, {size_x:.4g} A (the x size): check the header"
+    )
 
 
 def read_stack_header(path) -> tuple[int, int, int, float | None]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import io
 from ..io.errors import InputError
-from ..io.mrc import read_stack_header
+from ..io.mrc import anisotropic_pixel_note, read_stack_header
 from ..io.pytom import is_pytom_header
 from ..observations import Observations, usable_views_and_markers
 from .status import MIN_MARKERS, UsageError, print_warning
@@ -71,6 +71,13 @@ def read_tilt_file(path: str, warn=print_warning):
 
 #: Why views all at one tilt cannot be aligned (a fit would end with NaN standard errors).
 ONE_TILT_ALIGN = "the markers' heights (z) cannot be determined from views at one tilt"
+
+
+def warn_anisotropic_pixels(stack_path: str, warn) -> None:
+    """``warn`` when the stack's header gives pixels that are not square (its x size is used)."""
+    text = anisotropic_pixel_note(stack_path)
+    if text is not None:
+        warn(text)
 
 
 def check_tilts_vary(tilts, path: str, why: str = ONE_TILT_ALIGN) -> None:
@@ -205,6 +212,7 @@ def read_series(
     stack_size, stack_pix = None, None
     if stack_path is not None:
         n_sections, ny, nx, stack_pix = read_stack_header(stack_path)
+        warn_anisotropic_pixels(stack_path, warn)
         if n_sections != tilts.size:
             raise InputError(
                 stack_path,
