@@ -158,6 +158,9 @@ def _machine() -> str:
 def _leaf_spec(leaf) -> jax.ShapeDtypeStruct:
     if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
         raise _Unkeyable(type(leaf).__name__)  # traced, or a Python scalar (weakly typed)
+    sharding = getattr(leaf, "sharding", None)  # entries run on the default device only
+    if sharding is not None and sharding.device_set != {_default_device()}:
+        raise _Unkeyable("an array placed on other devices")
     weak = bool(getattr(leaf, "weak_type", False))
     return jax.ShapeDtypeStruct(np.shape(leaf), jax.dtypes.canonicalize_dtype(leaf.dtype), weak_type=weak)
 
@@ -244,7 +247,20 @@ def _deserialize(payload: bytes, exec_trees, out_tree):
 
     if not _custom_calls_ready():
         raise RuntimeError("cannot prepare the custom calls a loaded executable needs")
-    return _runner(serialize_executable.deserialize_and_load(payload, *exec_trees), out_tree)
+    # compiled for the default device: loaded without devices named, it would expect its
+    # arguments sharded over every local device (several with --xla_force_host_platform_device_count)
+    loaded = serialize_executable.deserialize_and_load(
+        payload, *exec_trees, execution_devices=[_default_device()]
+    )
+    return _runner(loaded, out_tree)
+
+
+def _default_device():
+    """The device a computation of unplaced arrays runs on."""
+    device = jax.config.jax_default_device
+    if device is None or isinstance(device, str):  # unset, or a platform name
+        return jax.devices(device)[0]
+    return device
 
 
 def _load(path: str):

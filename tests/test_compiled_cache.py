@@ -204,6 +204,52 @@ def test_an_executable_is_stored_whole_when_jax_has_it_cached(tmp_path):
     assert run() == first  # loaded from ours and run
 
 
+TWO_DEVICES = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from lmalign_jax import compiled_cache
+
+jax.config.update("jax_num_cpu_devices", 2)  # as lmalign batch sets it on a machine of 2 cores
+compiled_cache.enable(sys.argv[1])
+
+
+@jax.jit
+def gram_plus_sine(x):
+    return jnp.transpose(x) @ x + jnp.sin(x).T
+
+
+x = np.linspace(0.0, 1.0, 900).reshape(30, 30)
+print(float(np.asarray(compiled_cache.call(gram_plus_sine, x)).sum()))
+if len(sys.argv) > 2:  # placed on another device: called directly, not through the entry
+    on_second = jax.device_put(x, jax.devices()[1])
+    print(float(np.asarray(compiled_cache.call(gram_plus_sine, on_second)).sum()))
+"""
+
+
+def test_an_entry_loads_in_a_process_with_several_cpu_devices(tmp_path):
+    """An entry loaded in a process with two CPU devices expected its arguments sharded over both
+    ("Expected args to execute_sharded_on_local_devices to have 2 shards"): every lmalign batch
+    on a 2-core machine after the first one that stored an entry ended with exit 3. Entries run
+    on the default device; arrays placed on another device are not looked up."""
+    script = tmp_path / "probe.py"
+    script.write_text(TWO_DEVICES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    results = []
+    for extra in ([], ["placed"]):  # stores the entry, then loads it
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "ours"), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        results += [float(v) for v in done.stdout.split()]
+    assert len(results) == 3 and len(set(results)) == 1 and len(_entries(tmp_path / "ours")) == 1
+
+
 def test_least_recently_used_entries_are_removed_past_the_limit(cache, monkeypatch):
     monkeypatch.setattr(compiled_cache, "MAX_ENTRIES", 2)
     _small(n=5)
