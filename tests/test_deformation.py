@@ -164,3 +164,31 @@ def test_regularization_gradient_and_rows_match_finite_differences(small_problem
         e = jnp.zeros_like(p.x0.g).at[0].set(h)
         fd = (cost_at(p.x0.a, p.x0.g + e) - cost_at(p.x0.a, p.x0.g - e)) / (2 * h)
         np.testing.assert_allclose(lin.grad_g[0], fd, rtol=1e-5, atol=1e-6)
+
+
+def test_a_deformation_models_noise_estimate_counts_its_effective_parameters():
+    """Five markers, 41 views: the warp model has more free parameters (459) than coordinates
+    (410), so align's noise estimate (RMS / sqrt(1 - n_free / 2N)) was 3.4e11 px, exit 0. Its
+    smoothness rows leave about 225 effective parameters (the trace of the data's hat matrix:
+    the leverages' sum), which the estimate now counts; it recovers the simulated noise within
+    its scatter (relative sd 1 / sqrt(2 dof))."""
+    from lmalign_jax import align, uncertainty
+    from lmalign_jax.analysis.criteria import effective_parameter_count
+    from lmalign_jax.workflow.fitting import fit_series
+    from lmalign_jax.workflow.settings import AlignSettings
+
+    series = simulate(n_markers=5, n_views=41, seed=2, noise_px=0.5)
+    obs = series.observations
+    bare = align(obs, model="warp")
+    assert bare.n_free > 2 * obs.n_observed and np.isnan(bare.sigma_px)  # no n_free dof left
+    errors = uncertainty(bare)
+    effective = effective_parameter_count(bare)
+    assert np.nansum(errors.leverage) == pytest.approx(effective, rel=1e-6)
+    dof = 2 * obs.n_observed - effective
+    assert dof > 100
+    assert errors.sigma_px == pytest.approx(0.5, rel=4 / np.sqrt(2 * dof))
+    fit = fit_series(obs, AlignSettings(model="warp"))
+    assert fit.result.n_effective == pytest.approx(effective, rel=1e-6)
+    assert fit.result.sigma_px == pytest.approx(errors.sigma_px, rel=1e-9)
+    rigid = align(obs, model="jou")
+    assert rigid.n_effective is None and rigid.n_parameters == rigid.n_free

@@ -46,6 +46,7 @@ from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
 from ..solve import Variables, effective_a, factored_solve, factorize, inverse_blocks, linearize
+from .criteria import effective_parameter_count
 
 #: A direction whose scaled information (see the module docstring) is below this is reported:
 #: the data hold under 1% of the information its members would carry alone; for two
@@ -380,19 +381,26 @@ def unpadded_core(problem, core):
 
 
 def covariance_from_core(
-    result: AlignmentResult, problem, core, *, degenerate_below: float = DEGENERATE_BELOW
+    result: AlignmentResult,
+    problem,
+    core,
+    *,
+    n_parameters: float | None = None,
+    degenerate_below: float = DEGENERATE_BELOW,
 ) -> AlignmentCovariance:
     """The AlignmentCovariance of ``result`` from the fetched outputs of the covariance
-    computation on its final ``problem``."""
+    computation on its final ``problem``; the noise is estimated on ``2 N_obs - n_parameters``
+    degrees of freedom (default: ``result.n_parameters``)."""
     model, obs = result.model, result.observations
     reported, rss, weak = unpadded_core(problem, core)
-    dof = max(2 * obs.n_observed - problem.n_free, 1)
-    sigma2 = float(rss) / dof
+    dof = 2 * obs.n_observed - (result.n_parameters if n_parameters is None else n_parameters)
+    sigma2 = float(rss) / dof if dof > 0 else float("nan")
     reported = sigma2 * np.asarray(reported, np.float64)
     finite = bool(np.isfinite(reported).all())
     if not finite:
+        why = "its normal matrix is singular" if dof > 0 else "no degrees of freedom are left for the noise"
         warnings.warn(
-            f"the covariance of this {model.name!r} fit is not finite: its normal matrix is singular",
+            f"the covariance of this {model.name!r} fit is not finite: {why}",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -413,4 +421,9 @@ def alignment_covariance(
         problem = final_problem(result)
         args, static = covariance_arguments(result, problem)
         core = jax.device_get(compiled_cache.call(_covariance_core, *args, **static))
-    return covariance_from_core(result, problem, core, degenerate_below=degenerate_below)
+    n_parameters = None
+    if result.n_effective is None and result.model.regularization is not None:
+        n_parameters = effective_parameter_count(result)  # a deformation model's
+    return covariance_from_core(
+        result, problem, core, n_parameters=n_parameters, degenerate_below=degenerate_below
+    )

@@ -209,8 +209,10 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
         n_a, n_b = problem.x0.a.shape[0], problem.x0.b.shape[0]
         var_a, var_b, loo, lev, rss = core
         var_a, var_b, loo, lev = var_a[:n_a], var_b[:n_b], loo[:n_a, :n_b], lev[:n_a, :n_b]
-    dof = max(2 * obs.n_observed - problem.n_free, 1)
-    sigma = float(np.sqrt(rss / dof))
+    # a deformation model counts its effective parameters: the trace of the hat matrix
+    n_parameters = float(np.nansum(lev)) if m.regularization is not None else float(problem.n_free)
+    dof = 2 * obs.n_observed - n_parameters
+    sigma = float(np.sqrt(rss / dof)) if dof > 0 else float("nan")
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
     regular = bool(np.isfinite(views_se).all() and np.isfinite(markers_se).all())
@@ -231,5 +233,7 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
         loo,
         np.where(obs.mask, np.asarray(lev), np.nan),
         # singular: warned above
-        covariance_from_core(result, problem, cov_core) if (with_covariance and regular) else None,
+        covariance_from_core(result, problem, cov_core, n_parameters=n_parameters)
+        if (with_covariance and regular)
+        else None,
     )

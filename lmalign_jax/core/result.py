@@ -47,6 +47,9 @@ class AlignmentResult:
         settings: the options the run used (modes, stages, dtype, config, reference view,
             weights, batch bucket): enough to rebuild its final problem, for standard errors
             and differentiation.
+        n_effective: for a model with regularization rows (a deformation model), its effective
+            number of parameters when known (the trace of the data's hat matrix: the sum of
+            ``Uncertainty.leverage``); None: ``n_free`` counts.
     """
 
     model: ProjectionModel
@@ -60,6 +63,7 @@ class AlignmentResult:
     rotation_estimated_deg: float | None
     xf: Float[np.ndarray, "views 2 3"]
     settings: AlignmentSettings = field(default_factory=AlignmentSettings)
+    n_effective: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", get_model(self.model))
@@ -106,14 +110,23 @@ class AlignmentResult:
         return float(np.nanmean(self.residual_lengths))
 
     @property
+    def n_parameters(self) -> float:
+        """The parameters the residual degrees of freedom are counted against: ``n_effective``
+        when known, else ``n_free``."""
+        return float(self.n_free if self.n_effective is None else self.n_effective)
+
+    @property
     def noise_floor_factor(self) -> float:
-        """sqrt(1 - n_free / (2 N_obs)): expected RMS / sigma at the optimum."""
-        return float(np.sqrt(max(1.0 - self.n_free / (2.0 * self.observations.n_observed), 0.0)))
+        """sqrt(1 - n_parameters / (2 N_obs)): expected RMS / sigma at the optimum (0 when the
+        parameters are as many as the coordinates)."""
+        return float(np.sqrt(max(1.0 - self.n_parameters / (2.0 * self.observations.n_observed), 0.0)))
 
     @property
     def sigma_px(self) -> float:
-        """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels."""
-        return self.rms_residual_px / max(self.noise_floor_factor, 1e-12)
+        """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels; NaN when no
+        degrees of freedom are left to estimate it from."""
+        factor = self.noise_floor_factor
+        return self.rms_residual_px / factor if factor > 0 else float("nan")
 
     @property
     def view_rms_px(self) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,4 +58,7 @@ def fit_series(
     except ValueError as e:
         raise UsageError(str(e)) from None
     errors = uncertainty(result, with_covariance=True) if (result.converged and with_errors) else None
+    if errors is not None and result.model.regularization is not None:
+        # a deformation model's noise estimate counts its effective parameters, not n_free
+        result = replace(result, n_effective=float(np.nansum(errors.leverage)))
     return Fit(result, robust, errors)
