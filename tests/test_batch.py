@@ -402,6 +402,15 @@ def test_cli_batch_usage_errors(tmp_path):
     )
     rc, _, err = run(["batch", tmp_path, "--writers", 0])
     assert rc == 2 and "--writers must be at least 1, got 0" in err
+    # --worst -5 listed 247 'worst points' of a 227-point series, some of them null (audit); huge
+    # counts overflowed (exit 3)
+    for option, value, low in (
+        ("--worst", -5, 0),
+        ("--max-iterations", 2**31, 1),
+        ("--batch-size", 10**20, 1),
+    ):
+        rc, _, err = run(["batch", tmp_path, option, value])
+        assert rc == 2 and f"{option} must be between {low} and 1000000, got {value}" in err, err
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
     assert (
         rc == 2

@@ -520,7 +520,13 @@ def test_too_few_markers_after_dropping(files):
         (["--mode", "tilt"], r"--mode: expected NAME=MODE"),
         (["--model", "nope"], r"argument --model: invalid choice: 'nope'"),
         (["--bogus"], r"unrecognized arguments: --bogus"),
-        (["--max-iterations", "0"], r"--max-iterations must be at least 1"),
+        (["--max-iterations", "0"], r"--max-iterations must be between 1 and 1000000, got 0"),
+        # an int32 counter overflowed: exit 3 (audit)
+        (
+            ["--max-iterations", "2147483648"],
+            r"--max-iterations must be between 1 and 1000000, got 2147483648",
+        ),
+        (["--worst", "-5"], r"--worst must be between 0 and 1000000, got -5"),
         (["--robust", "--robust-group-size", "0"], r"--robust-group-size must be at least 1, got 0"),
         # what --export needs is checked before anything is solved or written
         (["--export", "relion"], r"RELION needs the pixel size and no input gives one"),

@@ -42,7 +42,7 @@ from .align_options import (
     local_options_from_args,
     settings_from_args,
 )
-from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn
+from .common import EXIT_OK, HelpFormatter, Progress, UsageError, check_count, file_stem, note, warn
 from .export import export_after_align
 from .track import (
     add_stack_options,
@@ -67,6 +67,7 @@ def run_align(args) -> int:
     """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``). The options
     are checked before anything is tracked or solved."""
     settings, local = settings_from_args(args), local_options_from_args(args)
+    check_count(args.worst, "--worst", low=0)
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
     out_prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
     # what --export needs is checked before tracking and solving; the pixel size once it is read

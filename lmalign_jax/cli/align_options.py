@@ -11,7 +11,7 @@ from ..analysis.robust_weights import LOSSES
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
-from .common import UsageError
+from .common import UsageError, check_count
 
 __all__ = [
     "MODE_RE",
@@ -62,8 +62,7 @@ def parse_modes(args, model_name: str) -> dict:
 def settings_from_args(args) -> AlignSettings:
     """The AlignSettings of ``align``/``batch`` options (model, modes, stages, precision, robust)."""
     model = get_model(args.model)
-    if args.max_iterations < 1:
-        raise UsageError(f"--max-iterations must be at least 1, got {args.max_iterations}")
+    check_count(args.max_iterations, "--max-iterations")
     if args.robust_group_size < 1:
         raise UsageError(f"--robust-group-size must be at least 1, got {args.robust_group_size}")
     skip = ({"initial"} if args.no_initial_stage else set()) | ({"joint"} if args.no_joint_stage else set())

@@ -38,7 +38,7 @@ from ..workflow.shared_constant import estimate_shared, split_by_agreement
 from .align_options import settings_from_args
 from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
 from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
-from .common import EXIT_INTERNAL, HelpFormatter, UsageError, note, warn
+from .common import EXIT_INTERNAL, HelpFormatter, UsageError, check_count, note, warn
 
 SUMMARY = "batch_summary"
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
@@ -163,12 +163,11 @@ def run_batch(args) -> int:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1 and args.scheduler:
         raise UsageError("give --jobs or --scheduler, not both (the cluster's workers set the parallelism)")
-    if (
-        args.max_iterations < 1
-        or args.group_size < 1
-        or (args.batch_size is not None and args.batch_size < 1)
-    ):
-        raise UsageError("--max-iterations, --group-size and --batch-size must be at least 1")
+    check_count(args.max_iterations, "--max-iterations")
+    check_count(args.group_size, "--group-size")
+    if args.batch_size is not None:
+        check_count(args.batch_size, "--batch-size")
+    check_count(args.worst, "--worst", low=0)
     if args.writers is not None and args.writers < 1:
         raise UsageError(f"--writers must be at least 1, got {args.writers}")
     if args.reconstruct is not None and not (math.isfinite(args.reconstruct) and args.reconstruct > 0):

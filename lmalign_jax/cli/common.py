@@ -103,6 +103,17 @@ def seed_number(text: str) -> int:
     return value
 
 
+#: Largest count option taken (iterations, series per solve): beyond it, 32-bit counters overflow
+#: and nothing sensible remains.
+MAX_COUNT = 1_000_000
+
+
+def check_count(value: int, option: str, low: int = 1, high: int = MAX_COUNT) -> None:
+    """UsageError unless the integer option ``value`` lies in ``low..high``."""
+    if not low <= value <= high:
+        raise UsageError(f"{option} must be between {low} and {high}, got {value}")
+
+
 def check_output_file(path: str, inputs, option: str, example: str) -> None:
     """Refuse an output file ``option PATH`` that could not be written, before any work: a folder
     (``example``: a file name to suggest in it), something else that is not a regular file (a
