@@ -811,3 +811,17 @@ def test_cli_batch_a_crashing_series_is_an_internal_error(files, tmp_path, monke
         "detail"
     ]
     assert "0 converged, 0 failed, 0 bad input, 1 internal error" in out
+
+
+def test_series_names_stay_unique_and_off_the_summary(tmp_path):
+    """Outputs are named after the series. A second ts1 became ts1_2 while a real ts1_2 followed,
+    so one result was lost and the summary showed ts1_2 twice (audit); a series named
+    batch_summary had its .json overwritten by the summary's with --layout prefix."""
+    from lmalign_jax.workflow.batch_list import SUMMARY_NAME, read_list
+
+    listing = tmp_path / "list.txt"
+    names = ["ts1", "ts1", "ts1_2", "ts1", SUMMARY_NAME, "ts1_3"]
+    listing.write_text("".join(f"{n}.csv {n}.rawtlt\n" for n in names))
+    got = [s.name for s in read_list(str(listing))]
+    assert got == ["ts1", "ts1_4", "ts1_2", "ts1_5", f"{SUMMARY_NAME}_2", "ts1_3"]
+    assert len(set(got)) == len(got)

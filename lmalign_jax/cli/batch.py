@@ -23,7 +23,7 @@ from ..batch import DEFAULT_BUCKET
 from ..io.errors import InputError
 from ..io.outputs import OutputSet
 from ..workflow import check_output_folder, software_info
-from ..workflow.batch_list import read_list, scan_folder
+from ..workflow.batch_list import SUMMARY_NAME, read_list, scan_folder
 from ..workflow.batch_series import (
     STATUS_ERROR,
     BatchOptions,
@@ -40,7 +40,7 @@ from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
 from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
 from .common import EXIT_INTERNAL, HelpFormatter, UsageError, check_count, note, warn
 
-SUMMARY = "batch_summary"
+SUMMARY = SUMMARY_NAME
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
 #: With --share: the per-series table of the shared constant, beside the summary.
 SHARED_OUTPUT = "_shared.tsv"

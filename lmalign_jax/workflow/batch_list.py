@@ -33,14 +33,27 @@ class SeriesSpec:
     where: str | None = None  # "LIST:LINE" of a series named by a list file
 
 
+#: The batch summary's name in the output folder (batch_summary.txt, .tsv, .json): no series
+#: takes it (with --layout prefix its .json would be overwritten by the summary's).
+SUMMARY_NAME = "batch_summary"
+
+
 def _unique_names(specs: list[SeriesSpec]) -> None:
-    """Make series names unique (outputs are named after them): NAME, NAME_2, NAME_3, ..."""
-    seen: dict[str, int] = {}
+    """Make series names unique (outputs are named after them): the first series of a name keeps
+    it, later ones (and one named ``SUMMARY_NAME``) become NAME_2, NAME_3, ..., skipping every
+    name another series has."""
+    taken = {s.name for s in specs} | {SUMMARY_NAME}
+    kept: set[str] = set()
     for s in specs:
-        n = seen.get(s.name, 0) + 1
-        seen[s.name] = n
-        if n > 1:
-            s.name = f"{s.name}_{n}"
+        if s.name not in kept and s.name != SUMMARY_NAME:
+            kept.add(s.name)
+            continue
+        n = 2
+        while f"{s.name}_{n}" in taken:
+            n += 1
+        s.name = f"{s.name}_{n}"
+        taken.add(s.name)
+        kept.add(s.name)
 
 
 def _stem(path: str) -> str:
