@@ -249,10 +249,62 @@ def test_bad_resident_options_get_one_line(capsys, monkeypatch):
     from lmalign_jax import cli
     from lmalign_jax.cli import resident_command
 
-    assert cli.main(["resident", "start", "--idle-minutes", "0"]) == 2
-    assert capsys.readouterr().err == "lmalign: error: --idle-minutes must be positive\n"
+    for value in ("0", "inf", "1e9"):  # inf: the server's socket timeout overflowed, exit 3 a minute later
+        assert cli.main(["resident", "start", "--idle-minutes", value]) == 2
+        bound = "--idle-minutes must be positive and at most 10080 (a week)"
+        assert capsys.readouterr().err == f"lmalign: error: {bound}, got {float(value):g}\n"
     monkeypatch.setattr(resident_command, "supported", lambda: False)
     assert cli.main(["resident", "status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lmalign: error: a resident process needs Unix sockets and fork")
     assert err.count("\n") == 1
+
+
+def test_a_relative_runtime_folder_is_ignored(tmp_path):
+    """The XDG spec calls a relative XDG_RUNTIME_DIR invalid. It was used as given: the server,
+    started in /, made its socket under /relative while the launcher looked in ./relative, so
+    start failed after a minute and left a server behind (audit)."""
+    probe = "from lmalign_jax.cli import resident as r; import json; print(json.dumps(r.socket_path()))"
+    env = _env("relative_xdg")
+    path = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert path == os.path.join(f"/tmp/lmalign_jax-{os.getuid()}", os.path.basename(path))
+    assert not (tmp_path / "relative_xdg").exists()
+
+
+def test_a_server_whose_socket_is_taken_over_exits():
+    """Two starts at once: the newer server takes the socket's name; the older one, which no
+    command can reach any more, went on running until idle (30 min by default). It now exits
+    within seconds."""
+    run_dir = tempfile.mkdtemp(prefix="lmt", dir="/tmp")
+    env = _env(run_dir)
+    first = _lmalign(["resident", "start", "--idle-minutes", "5"], env, run_dir)
+    assert first.returncode == 0, first.stderr
+    old = int(first.stdout.split("pid")[1].split()[0])
+    newer = None
+    try:
+        newer = subprocess.Popen(
+            [sys.executable, "-m", "lmalign_jax.cli.resident", "--idle-minutes", "5"],
+            env=env,
+            cwd="/",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and f"pid {newer.pid}" not in _status(env, run_dir):
+            time.sleep(0.2)
+        assert f"pid {newer.pid}" in _status(env, run_dir)
+        while time.monotonic() < deadline and not _gone(old):
+            time.sleep(0.2)
+        assert _gone(old)
+        assert f"pid {newer.pid}" in _status(env, run_dir)  # the newer one's socket left alone
+    finally:
+        _lmalign(["resident", "stop"], env, run_dir)
+        if not _gone(old):
+            os.kill(old, signal.SIGTERM)
+        if newer is not None:
+            newer.wait(timeout=60)

@@ -47,6 +47,10 @@ __all__ = ["main", "environment_key", "socket_path", "ping", "serve", "start", "
 
 SWITCH = "LMALIGN_RESIDENT"
 DEFAULT_IDLE_MINUTES = 30.0
+#: Longest --idle-minutes taken: a week (a socket timeout of more than ~1.5e8 minutes overflows).
+MAX_IDLE_MINUTES = 7 * 24 * 60.0
+#: How often (s) a waiting resident process checks that its socket is still its own.
+_OWNERSHIP_CHECK_S = 2.0
 #: Environment variables read while importing (JAX's and XLA's settings, thread counts,
 #: matplotlib's folders) or that change what a command does: a resident process serves only
 #: callers with the same values.
@@ -83,6 +87,8 @@ def _private_folder() -> str | None:
     """``$XDG_RUNTIME_DIR/lmalign_jax`` (or ``/tmp/lmalign_jax-<uid>``), created 0700; None when
     it exists but another user could open it."""
     base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and not os.path.isabs(base):  # the XDG spec: a relative path is invalid, ignored
+        base = None
     folder = os.path.join(base, "lmalign_jax") if base else f"/tmp/lmalign_jax-{os.getuid()}"
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -380,13 +386,17 @@ def serve(idle_minutes: float = DEFAULT_IDLE_MINUTES) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     state = {"pid": os.getpid(), "key": key, "started": time.time(), "served": 0}
     idle = max(1.0, 60.0 * float(idle_minutes))
-    server.settimeout(idle)
+    server.settimeout(min(idle, _OWNERSHIP_CHECK_S))
+    last = time.monotonic()
     try:
         while True:
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                break
+                if time.monotonic() - last >= idle or not _still_ours(path, inode):
+                    break  # idle, or a newer server took the name over (two started at once)
+                continue
+            last = time.monotonic()
             with conn:
                 conn.settimeout(10.0)
                 try:
@@ -414,11 +424,19 @@ def serve(idle_minutes: float = DEFAULT_IDLE_MINUTES) -> int:
     finally:
         server.close()
         try:
-            if os.stat(path).st_ino == inode:  # still ours, not a newer server's
+            if _still_ours(path, inode):  # not a newer server's
                 os.unlink(path)
         except OSError:
             pass
     return 0
+
+
+def _still_ours(path: str, inode: int) -> bool:
+    """Whether the socket at ``path`` is still the one this process bound (inode ``inode``)."""
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
 
 
 def start(idle_minutes: float, *, wait: bool = True, timeout: float = 60.0) -> dict | None:

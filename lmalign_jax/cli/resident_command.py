@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from .resident import DEFAULT_IDLE_MINUTES, ping, socket_path, start, stop, supported
+from .resident import DEFAULT_IDLE_MINUTES, MAX_IDLE_MINUTES, ping, socket_path, start, stop, supported
 
 __all__ = ["add_resident", "run_resident"]
 
@@ -48,8 +48,12 @@ def add_resident(sub) -> None:
 
 def run_resident(args) -> int:
     """``lmalign resident start|stop|status``."""
-    if not args.idle_minutes > 0:
-        print("lmalign: error: --idle-minutes must be positive", file=sys.stderr)
+    if not 0 < args.idle_minutes <= MAX_IDLE_MINUTES:
+        print(
+            f"lmalign: error: --idle-minutes must be positive and at most {MAX_IDLE_MINUTES:g} (a week), "
+            f"got {args.idle_minutes:g}",
+            file=sys.stderr,
+        )
         return 2
     if not supported():
         print(
