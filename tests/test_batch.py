@@ -449,6 +449,12 @@ def test_cli_batch_resume_keeps_what_an_earlier_run_finished(files, tmp_path):
     details, stdout, err = resume()
     assert details == {"s0": RESUMED, "s1": "converged"} and record.stat().st_mtime_ns == made
     assert f"s0: converged: {RESUMED}" in err and RESUMED in stdout and (out / "s1" / "s1.xf").exists()
+    # emptied, or cut short by a line: not whole, aligned again (an empty .xf was kept; audit)
+    for name, cut in (("s1.xf", lambda t: ""), ("s1.tlt", lambda t: "".join(t.splitlines(True)[:-1]))):
+        path = out / "s1" / name
+        path.write_text(cut(path.read_text()))
+        assert resume()[0] == {"s0": RESUMED, "s1": "converged"}, name
+    assert resume()[0] == {"s0": RESUMED, "s1": RESUMED}
     assert resume("--no-errors")[0] == {"s0": RESUMED, "s1": RESUMED}  # more than asked for is kept
     assert resume("--no-errors", "--max-iterations", 150)[0] == {
         "s0": "converged",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from ..io.imod import read_xf
 from ..io.mrc import read_labels
 from ..io.outputs import OutputSet
+from ..io.tilts import read_tilts
 from ..report import read_record
 from .batch_series import RESUMED, STATUS_OK, TOMOGRAM, BatchOptions, Outcome, Prepared
 from .reconstruction import reconstruction_label
@@ -19,6 +21,20 @@ def _same_file(recorded: str | None, path: str | None) -> bool:
     return os.path.realpath(recorded) == os.path.realpath(path)
 
 
+def _outputs_whole(paths: list[str], n_views: int) -> bool:
+    """Whether every output is a non-empty file, and the ``.xf`` and ``.tlt`` hold one line per
+    view of the series (a file emptied or cut short after the run is not taken as done)."""
+    for path in paths:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            return False
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".xf" and read_xf(path)[0].shape[0] != n_views:
+            return False
+        if ext == ".tlt" and read_tilts(path).size != n_views:
+            return False
+    return True
+
+
 def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     """The series' outcome from an earlier run into the same outputs (``--resume``), or None
     when it must be aligned (again).
@@ -26,9 +42,10 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
     A series is done when its ``.json`` record says it converged, names the same marker, tilt
     and stack files, image size, excluded views and given rotation, was made with the same
     model, modes, stages, precision and iteration limit, is newer than its input files, and
-    every output it lists is there (the ``.png`` too when figures are wanted, the standard
-    errors when they are). With ``--reconstruct`` its tomogram must also exist, be newer than
-    the record, and carry the label of the same thickness, binning and filter.
+    every output it lists is there and not empty, its ``.xf`` and ``.tlt`` whole (the ``.png``
+    too when figures are wanted, the standard errors when they are). With ``--reconstruct`` its
+    tomogram must also exist, be newer than the record, and carry the label of the same
+    thickness, binning and filter.
     """
     out = OutputSet(p.out_dir, p.prefix)
     record_path, tomogram = out.final_paths((".json", TOMOGRAM))
@@ -58,7 +75,7 @@ def earlier_outcome(p: Prepared, options: BatchOptions) -> Outcome | None:
                 options.max_iterations,
             )
             and all(os.path.getmtime(q) <= made for q in (p.spec.markers, p.inputs.tilts_path))
-            and all(os.path.isfile(q) for q in outputs)
+            and _outputs_whole(outputs, len(p.inputs.tilts_deg))
             and (not options.figure or any(q.endswith(".png") for q in outputs))
             and (not options.errors or record.has_standard_errors)
             and opts.get("robust")
