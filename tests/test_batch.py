@@ -411,6 +411,10 @@ def test_cli_batch_usage_errors(tmp_path):
     ):
         rc, _, err = run(["batch", tmp_path, option, value])
         assert rc == 2 and f"{option} must be between {low} and 1000000, got {value}" in err, err
+    rc, _, err = run(["batch", tmp_path, "--image-size", "nan", "inf"])  # passed, then every series failed
+    assert (
+        rc == 2 and "--image-size must be two positive numbers of pixels, at most 1000000, got nan inf" in err
+    )
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
     assert (
         rc == 2
@@ -831,3 +835,22 @@ def test_series_names_stay_unique_and_off_the_summary(tmp_path):
     got = [s.name for s in read_list(str(listing))]
     assert got == ["ts1", "ts1_4", "ts1_2", "ts1_5", f"{SUMMARY_NAME}_2", "ts1_3"]
     assert len(set(got)) == len(got)
+
+
+def test_list_line_sizes_and_rotations_out_of_range_are_that_lines_bad_input(tmp_path):
+    """A size of 1e308 on a list line overflowed into 'rotation_deg must be finite, got nan', and
+    rotation=1e308 was reported as --rotation, naming no list line (audit)."""
+    from lmalign_jax.workflow.batch_list import read_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        "a.csv a.rawtlt 2048 2048 rotation=1e308\nb.csv b.rawtlt 1e308 1e308\nc.csv c.rawtlt 2048 2048\n"
+    )
+    specs = read_list(str(listing))
+    assert (
+        specs[0].problem == f"{listing}:1: rotation=1e308 is not a tilt-axis angle within -360..360 degrees"
+    )
+    assert specs[1].problem == (
+        f"{listing}:2: image size 1e308 1e308 is not two positive numbers of pixels, at most 1000000"
+    )
+    assert specs[2].problem is None and specs[2].image_size == (2048.0, 2048.0)

@@ -527,6 +527,11 @@ def test_too_few_markers_after_dropping(files):
             r"--max-iterations must be between 1 and 1000000, got 2147483648",
         ),
         (["--worst", "-5"], r"--worst must be between 0 and 1000000, got -5"),
+        (
+            ["--image-size", "nan", "nan"],
+            r"--image-size must be two positive numbers of pixels, at most 1000000",
+        ),
+        (["--image-size", "1e7", "1e7"], r"--image-size must be .* at most 1000000, got 1e\+07 1e\+07"),
         (["--robust", "--robust-group-size", "0"], r"--robust-group-size must be at least 1, got 0"),
         # what --export needs is checked before anything is solved or written
         (["--export", "relion"], r"RELION needs the pixel size and no input gives one"),

@@ -34,6 +34,7 @@ from ..workflow.batch_series import (
     unfinished,
 )
 from ..workflow.resume import earlier_outcome
+from ..workflow.series import check_image_size
 from ..workflow.shared_constant import estimate_shared, split_by_agreement
 from .align_options import settings_from_args
 from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
@@ -179,10 +180,8 @@ def run_batch(args) -> int:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
     if args.bucket is not None and min(args.bucket) < 1:
         raise UsageError(f"--bucket needs two positive integers, got {args.bucket[0]} {args.bucket[1]}")
-    if args.image_size is not None and min(args.image_size) <= 0:
-        raise UsageError(
-            f"--image-size must be two positive numbers, got {args.image_size[0]:g} {args.image_size[1]:g}"
-        )
+    if args.image_size is not None:
+        check_image_size(args.image_size)
     if args.share is not None:
         _check_share(args.share)
         if args.resume:  # the kept outputs would come from a different shared value

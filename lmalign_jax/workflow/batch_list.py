@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass
 
 from ..io.errors import InputError
+from .series import MAX_IMAGE_PX, MAX_ROTATION_DEG
 from .status import UsageError
 
 #: Marker files a folder scan picks up (.txt and .resid series go in a list file).
@@ -91,6 +92,12 @@ def _line_options(spec: SeriesSpec, options: list[str], where) -> None:
             except ValueError:
                 spec.problem = where(f"rotation={value} is not an angle in degrees")
                 return
+            if abs(spec.rotation) > MAX_ROTATION_DEG:
+                spec.problem = where(
+                    f"rotation={value} is not a tilt-axis angle within -{MAX_ROTATION_DEG:g}.."
+                    f"{MAX_ROTATION_DEG:g} degrees"
+                )
+                return
         elif not value:
             spec.problem = where("exclude= names no views (e.g. exclude=1-3,40; views count from 1)")
             return
@@ -155,11 +162,14 @@ def read_list(path: str) -> list[SeriesSpec]:
             if len(tokens) >= 4:
                 try:
                     size = (float(tokens[2]), float(tokens[3]))
-                    if not all(math.isfinite(s) and s > 0 for s in size):
+                    if not all(math.isfinite(s) and 0 < s <= MAX_IMAGE_PX for s in size):
                         raise ValueError
                     spec.image_size = size
                 except ValueError:
-                    spec.problem = where(f"image size {tokens[2]} {tokens[3]} is not two positive numbers")
+                    spec.problem = where(
+                        f"image size {tokens[2]} {tokens[3]} is not two positive numbers of pixels, at most "
+                        f"{MAX_IMAGE_PX}"
+                    )
             specs.append(spec)
     if not specs:
         raise UsageError(f"{path}: the list names no series (one '{LINE_FORMAT}' per line)")

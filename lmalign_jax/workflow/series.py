@@ -88,6 +88,22 @@ def check_tilts_vary(tilts, path: str, why: str = ONE_TILT_ALIGN) -> None:
         raise InputError(path, None, f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: {why}")
 
 
+#: Largest image side taken (pixels): far beyond any detector or montage; past it the centred
+#: coordinates lose their precision and products overflow.
+MAX_IMAGE_PX = 1_000_000
+
+
+def check_image_size(size, option: str = "--image-size") -> tuple[float, float]:
+    """``(nx, ny)`` as floats, or a UsageError naming ``option`` unless both are finite, positive
+    and at most ``MAX_IMAGE_PX``."""
+    nx, ny = (float(v) for v in size)
+    if not all(math.isfinite(v) and 0 < v <= MAX_IMAGE_PX for v in (nx, ny)):
+        raise UsageError(
+            f"{option} must be two positive numbers of pixels, at most {MAX_IMAGE_PX}, got {nx:g} {ny:g}"
+        )
+    return nx, ny
+
+
 #: Largest tilt-axis angle (degrees, either sign) taken from --rotation or an .mdoc.
 MAX_ROTATION_DEG = 360.0
 
@@ -221,11 +237,7 @@ def read_series(
             )
         stack_size = (nx, ny)
     if image_size is not None:
-        size, source = tuple(image_size), "--image-size"
-        if min(size) <= 0:
-            raise UsageError(
-                f"--image-size must be two positive numbers, got {image_size[0]:g} {image_size[1]:g}"
-            )
+        size, source = check_image_size(image_size), "--image-size"
     elif markers.image_size is not None:
         size, source = markers.image_size, f"{markers_path} header"
     elif stack_size is not None:
