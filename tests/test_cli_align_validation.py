@@ -127,7 +127,17 @@ def test_bad_solver_options_are_refused_before_tracking(sim, tmp_path):
     """--mode and --max-iterations were read only after the stack was tracked."""
     stack = [sim / "s.mrc", "--tilts", sim / "s.rawtlt"]
     refused([*stack, "--mode", "foo=free"], tmp_path / "a", r"--mode: model 'jou' has no parameter 'foo'")
-    refused([*stack, "--max-iterations", 0], tmp_path / "b", r"--max-iterations must be at least 1, got 0")
+    refused(
+        [*stack, "--max-iterations", 0],
+        tmp_path / "b",
+        r"--max-iterations must be between 1 and 1000000, got 0",
+    )
+    # local settings without --local were ignored (audit)
+    refused(
+        [*stack, "--patch-overlap", 0.3],
+        tmp_path / "c",
+        r"--patch-overlap goes with --local \(local alignment",
+    )
 
 
 def test_reconstruct_from_the_stack_of_a_marker_file(sim, tmp_path):

@@ -97,7 +97,12 @@ def test_compare_prints_table_and_writes_json(clicks, tmp_path):
     "extra, message",
     [
         (["--models", "jou,wobble"], r"--models: unknown model\(s\) wobble"),
-        (["--folds", 1], "--folds must be at least 2"),
+        (["--folds", 1], "--folds must be between 2 and 1000000, got 1"),
+        # more folds than points ran for minutes, holding out nothing in most folds (audit)
+        (["--folds", 100000], r"--folds 100000 is more than the \d+ points fitted"),
+        # local settings without 'local' were ignored; a bad one named no option (audit)
+        (["--models", "jou", "--patch-size", 0, 0], r"--patch-size goes with 'local' in --models"),
+        (["--models", "jou,local", "--patch-size", 0, 0], r"--patch-size: patch size must be positive"),
     ],
 )
 def test_compare_bad_options(clicks, tmp_path, extra, message):

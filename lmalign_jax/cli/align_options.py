@@ -16,6 +16,7 @@ from .common import UsageError, check_count
 __all__ = [
     "MODE_RE",
     "add_local_options",
+    "add_patch_size_option",
     "add_robust_options",
     "add_solver_options",
     "local_options_from_args",
@@ -77,15 +78,38 @@ def settings_from_args(args) -> AlignSettings:
     )
 
 
+#: (flag, attribute) of the options that set up local alignment; None or False when not given.
+LOCAL_SETTINGS = (
+    ("--patch-size", "patch_size"),
+    ("--patch-overlap", "patch_overlap"),
+    ("--min-fids", "min_fids"),
+    ("--local-markers", "local_markers"),
+    ("--local-keep-all", "local_keep_all"),
+)
+
+
 def local_options_from_args(args) -> LocalOptions | None:
-    """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers."""
+    """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers; a
+    UsageError for those settings without --local (they were ignored)."""
     if not args.local:
+        given = [flag for flag, name in LOCAL_SETTINGS if getattr(args, name) not in (None, False)]
+        if given:
+            verb = "goes" if len(given) == 1 else "go"
+            raise UsageError(f"{', '.join(given)} {verb} with --local (local alignment was not asked for)")
         return None
-    try:
-        total, _, each = args.min_fids.partition(",")
-        min_fids = (int(total), int(each or 0))
-    except ValueError:
-        raise UsageError(f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}") from None
+    settings = {}
+    if args.min_fids is not None:
+        try:
+            total, _, each = args.min_fids.partition(",")
+            settings["min_fids"] = (int(total), int(each or 0))
+        except ValueError:
+            raise UsageError(
+                f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}"
+            ) from None
+    if args.patch_size is not None:
+        settings["patch_size"] = tuple(args.patch_size)
+    if args.patch_overlap is not None:
+        settings["overlap"] = (args.patch_overlap, args.patch_overlap)
     if get_model(args.model).name == "warp":
         raise UsageError(
             "--local does not combine with --model warp: the warp model's per-view warp already corrects "
@@ -96,10 +120,8 @@ def local_options_from_args(args) -> LocalOptions | None:
     try:
         check_local_model(get_model(args.model))
         return LocalOptions(
-            patch_size=tuple(args.patch_size),
-            overlap=(args.patch_overlap, args.patch_overlap),
-            min_fids=min_fids,
-            fix_markers=args.local_markers == "fixed",
+            **settings,
+            fix_markers=args.local_markers in (None, "fixed"),
             significance=None if args.local_keep_all else 3.0,
         )
     except ValueError as e:
@@ -165,26 +187,18 @@ def add_local_options(p) -> None:
         help="after the global solve, solve overlapping patches for local corrections and write "
         "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE)",
     )
-    p.add_argument(
-        "--patch-size",
-        nargs=2,
-        type=int,
-        default=(700, 700),
-        metavar=("NX", "NY"),
-        help="target patch size in pixels (IMOD's TargetPatchSizeXandY)",
-    )
+    add_patch_size_option(p, "target patch size in pixels (IMOD's TargetPatchSizeXandY; default 700 700)")
     p.add_argument(
         "--patch-overlap",
         type=float,
-        default=0.5,
         metavar="F",
-        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY)",
+        help="fractional overlap of neighbouring patches (MinSizeOrOverlapXandY; default 0.5)",
     )
     p.add_argument(
         "--min-fids",
-        default="8,3",
         metavar="TOTAL,EACH_SURFACE",
-        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface)",
+        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface; "
+        "default 8,3)",
     )
     p.add_argument(
         "--local-keep-all",
@@ -195,6 +209,11 @@ def add_local_options(p) -> None:
     p.add_argument(
         "--local-markers",
         choices=("fixed", "free"),
-        default="fixed",
-        help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates)",
+        help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates; "
+        "default fixed)",
     )
+
+
+def add_patch_size_option(p, help: str) -> None:
+    """--patch-size NX NY (None when not given), shared by align --local and compare's 'local'."""
+    p.add_argument("--patch-size", nargs=2, type=int, metavar=("NX", "NY"), help=help)

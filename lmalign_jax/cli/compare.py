@@ -15,6 +15,7 @@ from ..observations import usable_views_and_markers
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
 from ..workflow.settings import AlignSettings
+from .align_options import add_patch_size_option
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,6 +23,7 @@ from .common import (
     HelpFormatter,
     Progress,
     UsageError,
+    check_count,
     check_output_file,
     warn,
 )
@@ -54,8 +56,19 @@ def run_compare(args) -> int:
         )
     if models == ("local",):
         raise UsageError("--models: local alignment is judged over a rigid model; list one too (jou,local)")
-    if args.folds < 2:
-        raise UsageError(f"--folds must be at least 2, got {args.folds}")
+    check_count(args.folds, "--folds", low=2)
+    local = None
+    if "local" in models:
+        try:
+            local = LocalOptions(
+                **({} if args.patch_size is None else {"patch_size": tuple(args.patch_size)}),
+                significance=None if args.local_keep_all else 3.0,
+            )
+        except ValueError as e:
+            raise UsageError(f"--patch-size: {e}") from None
+    elif args.patch_size is not None or args.local_keep_all:
+        given = "--patch-size" if args.patch_size is not None else "--local-keep-all"
+        raise UsageError(f"{given} goes with 'local' in --models (local alignment was not asked for)")
     if args.json:
         check_output_file(args.json, (args.markers, args.tilts, args.stack), "--json", "compare.json")
     inputs = read_series(
@@ -76,6 +89,11 @@ def run_compare(args) -> int:
             "there, and are left out of the comparison"
         )
     obs, _ = observations_for_fit(inputs, sel, warn)
+    if not args.no_leave_out and args.folds > obs.n_observed:  # a fold would hold out nothing
+        raise UsageError(
+            f"--folds {args.folds} is more than the {obs.n_observed} points fitted (each fold holds out at "
+            "least one): give fewer folds"
+        )
     with Progress(f"lmalign: fitting {', '.join(models)} to {obs.n_observed} points ..."):
         try:
             comparison = compare_models(
@@ -84,11 +102,7 @@ def run_compare(args) -> int:
                 folds=args.folds,
                 seed=args.seed,
                 leave_out=not args.no_leave_out,
-                local=LocalOptions(
-                    patch_size=tuple(args.patch_size), significance=None if args.local_keep_all else 3.0
-                )
-                if "local" in models
-                else None,
+                local=local,
                 rotation_deg=inputs.rotation_deg,
                 view_names=[f"view {int(v) + 1} (1-based)" for v in sel.view_index],
             )
@@ -160,13 +174,8 @@ def add_compare(sub):
         "with a deformation model (warp, shape) the output says whether the data justify it; 'local' adds "
         "local alignment over the first rigid model",
     )
-    p.add_argument(
-        "--patch-size",
-        nargs=2,
-        type=int,
-        default=(700, 700),
-        metavar=("NX", "NY"),
-        help="with 'local': target patch size, pixels (as align --patch-size)",
+    add_patch_size_option(
+        p, "with 'local': target patch size, pixels (as align --patch-size; default 700 700)"
     )
     p.add_argument(
         "--local-keep-all",
