@@ -107,3 +107,21 @@ def test_reconstruct_takes_the_local_file_from_the_record(aligned, tmp_path):
         [*common[:2], "--xf", folder / "BBa.xf", "--tlt", folder / "BBa.tlt", "--thickness", 64, "--local"]
     )
     assert rc == 2 and "--local without a file takes it from --alignment" in err
+
+
+def test_a_file_of_global_solutions_is_described_by_what_it_holds():
+    """With no patch kept, the report said 'the local file equals the global alignment' also for
+    the shape model, whose patches carry its own variation across the field, and then showed the
+    local residual lower than the global one (audit). It says so only for identity transforms."""
+    from lmalign_jax.io.imod_local import LocalAlignment
+    from lmalign_jax.workflow.local import _what_the_file_holds
+
+    identity = np.broadcast_to(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (4, 3, 2, 3)).copy()
+    plain = LocalAlignment((2, 2), (100, 100), (200, 200), 0.0, np.zeros((4, 3)), identity)
+    assert _what_the_file_holds(plain) == "the local file equals the global alignment"
+    varied = identity.copy()
+    varied[2, 1, 0, 2] = 0.3  # a patch's shift in one view
+    shaped = LocalAlignment((2, 2), (100, 100), (200, 200), 0.0, np.zeros((4, 3)), varied)
+    assert "variation across the field" in _what_the_file_holds(shaped)
+    tilted = LocalAlignment((2, 2), (100, 100), (200, 200), 0.0, np.full((4, 3), 0.01), identity)
+    assert "variation across the field" in _what_the_file_holds(tilted)

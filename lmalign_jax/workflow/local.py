@@ -80,6 +80,16 @@ def write_local_alignment(
     return solved.solution, path
 
 
+def _what_the_file_holds(f) -> str:
+    """What a local file of global solutions only holds: nothing beyond the global alignment for
+    a rigid model; a deformation model's (shape) own variation across the field, patch by patch."""
+    identity = np.zeros((2, 3))
+    identity[0, 0] = identity[1, 1] = 1.0
+    if np.allclose(f.transforms, identity, atol=1e-6) and np.allclose(f.delta_tilt_deg, 0.0, atol=1e-6):
+        return "the local file equals the global alignment"
+    return "the local file holds the global model's own variation across the field, patch by patch"
+
+
 def format_local_report(solution: LocalSolution) -> str:
     """Per-patch residuals and the overall improvement, as text lines."""
     f = solution.file
@@ -103,7 +113,7 @@ def format_local_report(solution: LocalSolution) -> str:
     else:
         lines.append(
             f" Kept {n_kept} of {n_all} patches"
-            + (" (the local file equals the global alignment)" if n_kept == 0 else "")
+            + (f" ({_what_the_file_holds(f)})" if n_kept == 0 else "")
             + ": a patch keeps its own fit only when it lowers its sum of squares by more than fitting\n"
             "  noise would (drop/sigma^2 > p + 3 sqrt(2p), p its free parameters); the others hold the "
             "global solution.\n  --local-keep-all keeps every patch's fit, as IMOD does"
