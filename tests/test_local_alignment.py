@@ -265,3 +265,20 @@ def test_a_view_with_too_few_points_in_a_patch_keeps_its_global_increments(solve
                 assert np.all(patch[v, increments] != result.views[v, increments])
                 checked["solved"] += 1
     assert checked["kept"] >= 2 and checked["solved"] >= 1, checked
+
+
+def test_a_patch_with_as_many_parameters_as_coordinates_keeps_the_global_solution(solved):
+    """--min-fids 1,0 with small patches kept 1-marker patches' fits (82 parameters for 82
+    coordinates: residual 0, corrections of up to 26 px in the file, exit 0; audit). Such a patch
+    is underdetermined whatever the test: it keeps the global solution and the notes say why."""
+    result = solved["rigid"][0]
+    local = align_local(result, LocalOptions(patch_size=(120, 120), min_fids=(1, 0), significance=None))
+    mask = result.observations.mask
+    under = [p for p in local.patches if p.status.startswith("underdetermined")]
+    assert under and all(not p.kept_local for p in under)
+    for p in local.patches:
+        coordinates = 2 * int(mask[:, list(p.marker_indices)].sum())
+        assert (p.n_free >= coordinates) == (p in under), p
+    assert any(f"{len(under)} patch(es) hold too few markers" in n for n in local.notes)
+    kept = [p for p in local.patches if p.kept_local]
+    assert all(p.n_free < 2 * int(mask[:, list(p.marker_indices)].sum()) for p in kept)

@@ -432,12 +432,16 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         for p in range(len(selections))
     ]
     resid = np.where(obs.mask[..., None], result.residuals, 0.0)
-    sigma2 = float(np.sum(resid**2) / max(1, 2 * obs.n_observed - result.n_free))
+    sigma2 = float(np.sum(resid**2) / max(1.0, 2 * obs.n_observed - result.n_parameters))
     reports, transforms, marker_sets = [], [], []
+    n_underdetermined = 0
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
     for p, ((cell, c, box, enough, in_box), idx) in enumerate(zip(cells, selections, strict=True)):
         status = Status(int(status_of[p]))
         m = obs.mask[:, idx]
+        # as many parameters as coordinates (a marker or two, with --min-fids lowered): the fit
+        # passes through every point and its corrections are noise, whatever the test says
+        underdetermined = bool(enough and n_free[p] >= 2 * int(m.sum()))
         w = np.asarray(structure.weights[p, :, : idx.size])
         markers = np.asarray(solved_markers[p, : idx.size])
         local_pred = _project(model, views[p], np.asarray(solved_markers[p]))[:, : idx.size]  # one shape
@@ -453,6 +457,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         )
         if not enough:
             text = "too few markers; global kept"
+        elif underdetermined:
+            text = f"underdetermined ({n_free[p]} parameters, {2 * int(m.sum())} coordinates); global kept"
+            n_underdetermined += 1
         elif status == Status.FAILED:
             text = f"solve failed ({status.message}); global kept"
             notes.append(f"patch {cell}: {text}")
@@ -460,7 +467,12 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             text = f"not significant (needs {threshold:.0f}); global kept"
         else:
             text = status.message
-        keep = bool(enough and status != Status.FAILED and (options.significance is None or drop > threshold))
+        keep = bool(
+            enough
+            and not underdetermined
+            and status != Status.FAILED
+            and (options.significance is None or drop > threshold)
+        )
         if not keep:
             views[p] = result.views
             markers = result.markers[idx]
@@ -485,6 +497,12 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         )
         centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])
         transforms.append(_ideal_to_aligned(model, views[p], result.xf, centre_c, box, z_range))
+    if n_underdetermined:
+        notes.append(
+            f"{n_underdetermined} patch(es) hold too few markers for their own parameters (as many or more "
+            "parameters than coordinates) and keep the global solution: raise the markers per patch "
+            "(min_fids, --min-fids) or the patch size"
+        )
     tilt = model.index("tilt")
     delta_tilt = np.degrees(views[:, :, tilt] - result.views[None, :, tilt])
     file = LocalAlignment(n_patches, start, spacing, 0.0, delta_tilt, np.stack(transforms))

@@ -109,7 +109,8 @@ def format_local_report(solution: LocalSolution) -> str:
     n_all = len(solution.patches)
     tested = any(np.isfinite(p.threshold) for p in solution.patches)
     if not tested:
-        lines.append(f" Kept {n_kept} of {n_all} patches: every patch's own fit (--local-keep-all, as IMOD)")
+        which = "every patch's own fit" + ("" if n_kept == n_all else " that could be solved (see above)")
+        lines.append(f" Kept {n_kept} of {n_all} patches: {which} (--local-keep-all, as IMOD)")
     else:
         lines.append(
             f" Kept {n_kept} of {n_all} patches"
