@@ -11,6 +11,8 @@ the 10% bound of issue 15 is therefore a real margin, not a tuned one. On deform
 rigid fit carries the unmodelled deformation (several pixels) into its error.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +194,29 @@ def test_a_deformation_models_noise_estimate_counts_its_effective_parameters():
     assert fit.result.sigma_px == pytest.approx(errors.sigma_px, rel=1e-9)
     rigid = align(obs, model="jou")
     assert rigid.n_effective is None and rigid.n_parameters == rigid.n_free
+
+
+def test_a_warp_whose_xf_alone_misaligns_is_warned_of(tmp_path):
+    """Three views: the warp model's per-view deformation takes up much of the alignment, so its
+    .xf (the rigid part, all IMOD's tilt reads) alone left the points 34 px from the markers'
+    projections with exit 0 and no word (audit). align now says so when it exceeds 3 sigma."""
+    from helpers import run_cli
+
+    from lmalign_jax.io.tilts import write_tlt
+
+    obs = simulate(n_views=3, n_markers=30, seed=3, tilt_range=(-30.0, 30.0)).observations
+    views, markers = np.nonzero(obs.mask)
+    lines = ["marker,view,x,y"] + [
+        f"{m},{v},{float(obs.xy[v, m, 0])!r},{float(obs.xy[v, m, 1])!r}"
+        for v, m in zip(views, markers, strict=True)
+    ]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    write_tlt(tmp_path / "s.rawtlt", obs.tilts_deg)
+    args = ["align", tmp_path / "s.csv", "--tilts", tmp_path / "s.rawtlt", "--image-size", 2048, 2048]
+    args += ["--no-figure", "-q"]
+    rc, _, err = run_cli([*args, "--model", "warp", "--out-dir", tmp_path / "w"])
+    assert rc == 0 and "s.xf alone leaves the points" in err and "3 sigma" in err, err
+    record = json.loads((tmp_path / "w" / "s.json").read_text())["summary"]
+    assert max(record["aligned_check_rms_px"].values()) > 3 * record["sigma_px"]
+    rc, _, err = run_cli([*args, "--out-dir", tmp_path / "j"])  # a rigid model: nothing to say
+    assert rc == 0 and "alone leaves" not in err, err

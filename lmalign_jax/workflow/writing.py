@@ -44,6 +44,22 @@ def software_info() -> dict:
     }
 
 
+def _warn_xf_alone(summary: dict, model: str, prefix: str, warn) -> None:
+    """A deformation model's ``.xf`` holds its rigid part only: say so when, applied alone, it
+    leaves the points more than 3 sigma (rms) from the solved markers' projections."""
+    check = summary["aligned_check_rms_px"]
+    worst = max((v for v in (check["x"], check["y"]) if v is not None), default=0.0)
+    sigma = summary["sigma_px"]
+    if np.isfinite(sigma) and worst > 3 * sigma:
+        warn(
+            f"{prefix}.xf alone leaves the points {worst:.2f} px (rms) from the solved markers' projections "
+            f"({3 * sigma:.2f} px would be 3 sigma): the {model} model's per-view deformation "
+            "carries the rest, which IMOD's tilt and other tools reading only the .xf do not apply; "
+            "'lmalign reconstruct --alignment' applies it, and 'lmalign compare' says whether the data "
+            "justify the model"
+        )
+
+
 def check_output_folder(out: OutputSet, suffixes, input_paths, option: str | None = None) -> None:
     """Refuse an output folder that cannot be written and outputs that would overwrite inputs;
     ``option`` is how the messages name what the user gave (``--out-dir <folder>`` unless given)."""
@@ -206,6 +222,8 @@ def write_alignment(
         errors=errors,
         local=None if local is None else (local.solution, local.options, out.prefix + LOCAL_SUFFIX),
     )
+    if converged and warn is not None and result.model.regularization is not None:
+        _warn_xf_alone(record["summary"], result.model.name, out.prefix, warn)
     with out:
         if converged:
             _stage_alignment_files(out, result, fv, marker_ids, inputs, flat)
