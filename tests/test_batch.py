@@ -854,3 +854,20 @@ def test_list_line_sizes_and_rotations_out_of_range_are_that_lines_bad_input(tmp
         f"{listing}:2: image size 1e308 1e308 is not two positive numbers of pixels, at most 1000000"
     )
     assert specs[2].problem is None and specs[2].image_size == (2048.0, 2048.0)
+
+
+def test_a_list_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    """Bytes that are not UTF-8 were replaced, and the series then reported 'file not found'
+    under a garbled name (audit); the marker and tilt readers name the line, and so does this."""
+    from lmalign_jax.io.errors import InputError
+    from lmalign_jax.workflow.batch_list import read_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"a.csv a.rawtlt 2048 2048\r\n\xff\xfe bad\r\n")
+    with pytest.raises(InputError, match=r"list\.txt:2: not UTF-8 text \(byte 0xff\)"):
+        read_list(str(listing))
+    listing.write_bytes(b"\xef\xbb\xbfa.csv a.rawtlt 2048 2048\r\nb.csv b.rawtlt 1024 1024\r\n")  # BOM, CRLF
+    assert [(s.name, s.image_size) for s in read_list(str(listing))] == [
+        ("a", (2048.0, 2048.0)),
+        ("b", (1024.0, 1024.0)),
+    ]

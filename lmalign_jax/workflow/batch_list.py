@@ -117,60 +117,66 @@ def read_list(path: str) -> list[SeriesSpec]:
     """
     base = os.path.dirname(os.path.abspath(path))
     specs = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-            if not text:
-                continue
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:  # names the line, as the marker and tilt readers do
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not text:
+            continue
+        try:
+            tokens = shlex.split(text)
+        except ValueError as e:
+            specs.append(
+                SeriesSpec(
+                    f"line{number}",
+                    None,
+                    None,
+                    problem=str(InputError(path, number, f"cannot split the line: {e}")),
+                )
+            )
+            continue
+
+        def where(problem, n=number):
+            return str(InputError(path, n, problem))
+
+        options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
+        tokens = [t for t in tokens if t not in options]
+        if len(tokens) not in (2, 3, 4, 5):
+            specs.append(
+                SeriesSpec(
+                    f"line{number}",
+                    None,
+                    None,
+                    problem=where(f"expected '{LINE_FORMAT}', got {len(tokens)} fields"),
+                )
+            )
+            continue
+        markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
+        spec = SeriesSpec(_stem(markers), markers, tilts, where=f"{path}:{number}")
+        _line_options(spec, options, where)
+        if len(tokens) in (3, 5):
+            spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
+            if len(tokens) == 3 and _is_number(tokens[2]):
+                spec.problem = where(
+                    f"one number after TILTS ({tokens[2]}): give the image size as NX NY, or a STACK file"
+                )
+        if len(tokens) >= 4:
             try:
-                tokens = shlex.split(text)
-            except ValueError as e:
-                specs.append(
-                    SeriesSpec(
-                        f"line{number}",
-                        None,
-                        None,
-                        problem=str(InputError(path, number, f"cannot split the line: {e}")),
-                    )
+                size = (float(tokens[2]), float(tokens[3]))
+                if not all(math.isfinite(s) and 0 < s <= MAX_IMAGE_PX for s in size):
+                    raise ValueError
+                spec.image_size = size
+            except ValueError:
+                spec.problem = where(
+                    f"image size {tokens[2]} {tokens[3]} is not two positive numbers of pixels, at most "
+                    f"{MAX_IMAGE_PX}"
                 )
-                continue
-
-            def where(problem, n=number):
-                return str(InputError(path, n, problem))
-
-            options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
-            tokens = [t for t in tokens if t not in options]
-            if len(tokens) not in (2, 3, 4, 5):
-                specs.append(
-                    SeriesSpec(
-                        f"line{number}",
-                        None,
-                        None,
-                        problem=where(f"expected '{LINE_FORMAT}', got {len(tokens)} fields"),
-                    )
-                )
-                continue
-            markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
-            spec = SeriesSpec(_stem(markers), markers, tilts, where=f"{path}:{number}")
-            _line_options(spec, options, where)
-            if len(tokens) in (3, 5):
-                spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
-                if len(tokens) == 3 and _is_number(tokens[2]):
-                    spec.problem = where(
-                        f"one number after TILTS ({tokens[2]}): give the image size as NX NY, or a STACK file"
-                    )
-            if len(tokens) >= 4:
-                try:
-                    size = (float(tokens[2]), float(tokens[3]))
-                    if not all(math.isfinite(s) and 0 < s <= MAX_IMAGE_PX for s in size):
-                        raise ValueError
-                    spec.image_size = size
-                except ValueError:
-                    spec.problem = where(
-                        f"image size {tokens[2]} {tokens[3]} is not two positive numbers of pixels, at most "
-                        f"{MAX_IMAGE_PX}"
-                    )
-            specs.append(spec)
+        specs.append(spec)
     if not specs:
         raise UsageError(f"{path}: the list names no series (one '{LINE_FORMAT}' per line)")
     _unique_names(specs)
