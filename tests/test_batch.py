@@ -871,3 +871,22 @@ def test_a_list_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
         ("a", (2048.0, 2048.0)),
         ("b", (1024.0, 1024.0)),
     ]
+
+
+def test_a_series_warning_names_its_series(files, tmp_path):
+    """Among many series, 'view(s) 1 have fewer than the 3 markers ...' did not say whose (audit)."""
+    from lmalign_jax.workflow.batch_list import SeriesSpec
+    from lmalign_jax.workflow.batch_series import prepare
+    from lmalign_jax.workflow.settings import AlignSettings
+
+    rows = (files / "s0.csv").read_text().splitlines()
+    first_view = [r for r in rows[1:] if r.split(",")[1] == "0"]
+    kept = [rows[0]] + [r for r in rows[1:] if r not in first_view[2:]]  # view 1 keeps 2 markers
+    (tmp_path / "thin.csv").write_text("\n".join(kept) + "\n")
+    spec = SeriesSpec(
+        "thin", str(tmp_path / "thin.csv"), str(files / "s0.rawtlt"), image_size=(2048.0, 2048.0)
+    )
+    said = []
+    prepare(spec, out_dir=str(tmp_path / "out"), warn=said.append, settings=AlignSettings())
+    assert said and all(text.startswith("thin: ") for text in said), said
+    assert any("view(s) 1 (1-based) have fewer than the 3 markers" in text for text in said), said

@@ -156,6 +156,8 @@ def prepare(
     same stack with the same options is used instead (``tracked_earlier``). ``settings``: the
     alignment's, whose free parameters set how many points a view needs (``select_views``)."""
     start = time.perf_counter()
+    said = warn
+    warn = lambda text: said(f"{spec.name}: {text}")  # noqa: E731 - which series, among many
     try:
         if spec.problem:
             raise UsageError(spec.problem)
