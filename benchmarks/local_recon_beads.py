@@ -6,7 +6,7 @@ voxel at its own position.
 Aligned views of Gaussian beads (``--sigma`` px) drawn where IMOD's own BBa local alignment
 (``tests/data/imod-local/BBalocal.xf``, 2 x 2 patches, 61 tilts) puts 60 beads (tilt's formulas,
 ``core.local_apply.project_through_local``) in a 512 x 512 x 84 volume; reconstructed with
-``reconstruct_local`` at ``tolerance_px`` 0 (exact), 0.05 (the default) and 0.1. Per tolerance:
+``reconstruct_local`` at ``tolerance_px`` 0 (exact), 0.05 and 0.1 (the default). Per tolerance:
 the beads' median peak value, and their located positions (``simulation.phantom.locate_peaks``)
 against the truth and against the exact volume's.
 """

@@ -33,7 +33,7 @@ how much ``ratio`` changes between ``y_c`` and ``y``. :func:`drift_rates` takes 
 slice, every column, five rows of every slab, the top and bottom slices), and
 :func:`plan_sheets` gives each view the fewest sheets per block of slices such that each run of
 ``L`` slices reading one sheet (at the run's middle) keeps ``(L - 1) / 2 * |r|`` within the
-tolerance (0.05 px by default): views near 0 degrees and smooth fields get few sheets, steep
+tolerance (``DEFAULT_TOLERANCE_PX``, 0.1 px): views near 0 degrees and smooth fields get few sheets, steep
 views of rough fields more. ``tests/test_sheets.py`` checks every read against the exact one
 within that bound. Cost per slab: about ``sum_v NZ / L_v`` sheets of
 ``(NX + margin) x rows`` bilinear samples, plus the global kernel's reads. The reads depend on
@@ -73,7 +73,13 @@ __all__ = [
 ]
 
 #: Largest position error of a sheet read (aligned pixels) unless the caller says otherwise.
-DEFAULT_TOLERANCE_PX = 0.05
+#: A read within delta px of its own position scales a view's contribution at spatial frequency
+#: f by at least cos(2 pi f delta): at 0.1 px, 0.95 at Nyquist even if every view erred the same
+#: way, where the linear interpolation every back-projection makes already scales it by
+#: sinc^2(1/2) = 0.41. Beads through IMOD's BBa local file land and peak as at 0.05 px (to 0.2%,
+#: benchmarks/README.md); a local alignment's own position errors are larger (patches of 8-15
+#: markers at 0.3-0.6 px residual). 0.05 px until 2026-12-04: 10-15% slower.
+DEFAULT_TOLERANCE_PX = 0.1
 
 #: Views summed per loop step (as ``_kernels.backproject``).
 _VIEW_GROUP = 4
