@@ -233,6 +233,14 @@ def _cases(b):
             [s / "s.mrc", "--xf", s / "s.xf", "--tlt", d / "one.tlt", "--sirt", 2],
             r"one\.tlt: all 41 views are at tilt 12 degrees",
         ),
+        "sirt huge": (  # ran until interrupted (audit); --sirtlike 1e20 was taken
+            [s / "s.mrc", "--xf", s / "s.xf", "--tlt", s / "s.tlt", "--sirt", 3000000000],
+            r"--sirt must be between 1 and 1000000, got 3000000000",
+        ),
+        "sirtlike huge": (
+            [s / "s.mrc", "--xf", s / "s.xf", "--tlt", s / "s.tlt", "--sirtlike", 10**20],
+            r"--sirtlike must be between 1 and 1000000, got 100000000000000000000",
+        ),
         "stack view count": (
             [d / "fewer.mrc", *xf_tlt],
             r"s\.xf: has 41 transforms but the stack .*fewer\.mrc has 40 sections",
@@ -355,6 +363,8 @@ CASES = [
     "tlt view count",
     "one tilt",
     "one tilt, SIRT",
+    "sirt huge",
+    "sirtlike huge",
     "stack view count",
     "json view count",
     "json image size",

@@ -21,7 +21,7 @@ from ..workflow.reconstruction import (
     reconstruct_to_file,
 )
 from ..workflow.series import warn_anisotropic_pixels
-from .common import EXIT_OK, HelpFormatter, UsageError, check_output_file, note, warn
+from .common import EXIT_OK, HelpFormatter, UsageError, check_count, check_output_file, note, warn
 
 #: The FBP filter when --filter is not given (it is None then, so that --sirt can refuse a given one).
 DEFAULT_FILTER = "ramp"
@@ -49,6 +49,9 @@ def _check_args(args) -> None:
         )
     if args.positivity and args.sirt is None:
         raise UsageError("--positivity goes with --sirt N")
+    for option, count in (("--sirt", args.sirt), ("--sirtlike", args.sirtlike)):
+        if count is not None:  # iterations past 1e6 are a typing slip (hours per iteration at 1e6)
+            check_count(count, option)
     if args.sirt is not None:
         given = [
             o
