@@ -334,9 +334,10 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def files(tmp_path):
-    """A valid small marker CSV (4 markers x 5 views) and tilt file; the tests break one thing."""
+    """A valid small marker CSV (4 markers x 5 views, not in a row) and tilt file; the tests break
+    one thing."""
     rows = ["marker,view,x,y"] + [
-        f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in range(1, 5) for v in range(5)
+        f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m + 20 * m * m}" for m in range(1, 5) for v in range(5)
     ]
     return {
         "csv": write(tmp_path / "m.csv", "\n".join(rows) + "\n"),
@@ -711,3 +712,27 @@ def test_command_help(command, words):
     assert rc == 0
     for w in words:
         assert w in out
+
+
+def test_names_too_long_for_the_file_system_are_refused_before_the_solve(files):
+    """A 300-byte folder name aligned first, then failed writing (audit); a prefix that fits
+    every output name but not the staging folder's (prefix + 24 bytes) failed the same way."""
+    long_dir = files["out"] / ("x" * 300)
+    line = assert_bad(align_args(files, None, None, "--out-dir", long_dir), r"is 300 bytes, longer", long_dir)
+    assert "aligning" not in line
+    prefix = "p" * 240  # <prefix>.json is 245 bytes: fits
+    rc, _, err = run(align_args(files, None, None, "--prefix", prefix, "--no-figure", "--no-errors", "-q"))
+    assert rc == 0, err
+    assert (files["out"] / f"{prefix}.json").exists()
+    assert not [p for p in os.listdir(files["out"]) if p.startswith(".")]  # no staging left behind
+
+
+def test_markers_in_a_row_are_refused(files):
+    """Four markers on one line: the solve ended in a singular transform, exit 3 (found by the
+    test above); they cannot give the markers' heights, and are now refused naming the file."""
+    rows = ["marker,view,x,y"] + [
+        f"{m},{v},{100 + 50 * m + 10 * v},{200 + 30 * m}" for m in range(1, 5) for v in range(5)
+    ]
+    row = write(files["dir"] / "row.csv", "\n".join(rows) + "\n")
+    line = assert_bad(align_args(files, row), r"row\.csv: the 4 markers lie on one line", files["out"])
+    assert "internal error" not in line

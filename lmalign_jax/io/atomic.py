@@ -56,7 +56,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
+    prefix = "." + os.path.basename(path)[:64] + "."  # cut: any name that fits can be written
     try:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     except OSError as e:  # it names the temporary file

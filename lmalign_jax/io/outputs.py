@@ -75,8 +75,8 @@ class OutputSet:
             os.makedirs(self.out_dir, exist_ok=True)
             self._created = missing  # deepest first
             try:
-                self._staging = tempfile.mkdtemp(
-                    prefix=f".{self.prefix}.lmalign-", suffix=".tmp", dir=self.out_dir
+                self._staging = tempfile.mkdtemp(  # the prefix cut: any name that fits can be staged
+                    prefix=f".{self.prefix[:64]}.lmalign-", suffix=".tmp", dir=self.out_dir
                 )
             except OSError as e:
                 self.discard()

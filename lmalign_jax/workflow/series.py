@@ -453,8 +453,34 @@ def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warnin
             f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size "
             f"({inputs.image_size_source})"
         )
+    _check_spread(inputs.markers_path, xy, mask)
     try:
         obs = Observations(xy, mask, inputs.tilts_deg[sel.view_index], inputs.image_size)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return obs, [ms.marker_ids[i] for i in sel.marker_index]
+
+
+#: Markers whose mean positions lie within this RMS distance (px) of one line are in a row.
+IN_A_ROW_PX = 1.0
+
+
+def _check_spread(path: str, xy: np.ndarray, mask: np.ndarray) -> None:
+    """InputError when the markers (each at its mean position over its views; ``xy`` (V, M, 2),
+    ``mask`` (V, M)) lie on one line: neither the markers' heights nor every view's rotation can
+    be found from them, and the solve ended in a singular transform (exit 3)."""
+    seen = mask.sum(axis=0)
+    means = np.where(mask[..., None], xy, 0.0).sum(axis=0) / np.maximum(seen, 1)[:, None]
+    means = means[seen > 0]
+    if len(means) < 2:
+        return
+    spread = np.linalg.svd(means - means.mean(axis=0), compute_uv=False)
+    off_line = float(spread[-1] / np.sqrt(len(means)))  # RMS distance from the best line
+    if off_line < IN_A_ROW_PX:
+        raise InputError(
+            path,
+            None,
+            f"the {len(means)} markers lie on one line (within {off_line:.2g} px RMS of it): their "
+            "heights and the views' rotations cannot be found from markers in a row; an alignment "
+            "needs markers spread across the image",
+        )

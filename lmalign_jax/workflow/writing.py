@@ -71,6 +71,17 @@ def check_output_folder(out: OutputSet, suffixes, input_paths, option: str | Non
         raise UsageError(f"{said}: {head} exists and is not a folder")
     if not os.access(head, os.W_OK | os.X_OK):
         raise UsageError(f"{said}: {head} is not writable")
+    try:
+        longest = os.pathconf(head, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    for path in out.final_paths(suffixes):  # caught here, not after the solve
+        for part in os.path.abspath(path).split(os.sep):
+            if len(os.fsencode(part)) > longest:
+                raise UsageError(
+                    f"{said}: the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer than the "
+                    f"{longest} a file name may have here"
+                )
     inputs_real = {os.path.realpath(p) for p in input_paths if p}
     for path in out.final_paths(suffixes):
         if os.path.realpath(path) in inputs_real:
