@@ -390,10 +390,12 @@ def covariance_from_core(
 ) -> AlignmentCovariance:
     """The AlignmentCovariance of ``result`` from the fetched outputs of the covariance
     computation on its final ``problem``; the noise is estimated on ``2 N_obs - n_parameters``
-    degrees of freedom (default: ``result.n_parameters``)."""
+    degrees of freedom (default: the final problem's free parameters, or ``result.n_effective``)."""
     model, obs = result.model, result.observations
     reported, rss, weak = unpadded_core(problem, core)
-    dof = 2 * obs.n_observed - (result.n_parameters if n_parameters is None else n_parameters)
+    if n_parameters is None:  # the final problem's free parameters, or a deformation model's effective ones
+        n_parameters = problem.n_free if result.n_effective is None else result.n_effective
+    dof = 2 * obs.n_observed - n_parameters
     sigma2 = float(rss) / dof if dof > 0 else float("nan")
     reported = sigma2 * np.asarray(reported, np.float64)
     finite = bool(np.isfinite(reported).all())
