@@ -266,3 +266,11 @@ def test_a_tilt_file_with_every_view_at_one_tilt_is_refused(sim, tmp_path, comma
         return
     rc, out, err = run(["compare", *args, "--models", "jou"])
     assert rc == 2 and not out and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_a_patch_grid_too_large_is_refused_before_the_solve(sim, tmp_path):
+    """--local --patch-size 1 1 was refused only after the global solve (audit); the grid over
+    the measured markers is now checked first, with the same message."""
+    args = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "s.mrc", "--local"]
+    err = refused([*args, "--patch-size", 1, 1], tmp_path / "a", r"--local: a patch size of 1 x 1 px")
+    assert "patches over the markers'" in err and "more than 2500" in err

@@ -31,6 +31,7 @@ from ..workflow.initial import read_initial_alignment
 from ..workflow.local import (
     LOCAL_SUFFIX,
     LocalOptions,
+    check_local_grid,
     format_local_report,
     solve_local_alignment,
 )
@@ -79,6 +80,8 @@ def run_align(args) -> int:
         check_export(targets, out_prefix, pixel, "no input gives one (marker file, stack header or .mdoc)")
         if args.reconstruct is not None:
             check_reconstruct_stack(recon_stack, inputs.image_size)
+        if local is not None:  # a grid too large for the markers is refused before the solve
+            check_local_grid(inputs.markers.xy, inputs.markers.mask, local)
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack

@@ -197,6 +197,21 @@ def patch_grid(
     return (nx, ny), (x0, y0), (dx, dy), (sx, sy)
 
 
+def checked_patch_grid(xy: Float[np.ndarray, "markers 2"], options: LocalOptions):
+    """:func:`patch_grid` of ``options`` over marker positions ``xy`` (n, 2), image coordinates;
+    a ValueError when it has more than ``MAX_PATCHES`` patches (also checked before a solve, on
+    the measured positions: ``workflow.local.check_local_grid``)."""
+    grid = patch_grid(xy, options.patch_size, options.overlap)
+    (nx, ny), (px, py) = grid[0], options.patch_size
+    if nx * ny > MAX_PATCHES:
+        raise ValueError(
+            f"a patch size of {px} x {py} px with overlap {options.overlap[0]:g}, {options.overlap[1]:g} "
+            f"makes a grid of {nx} x {ny} = {nx * ny} patches over the markers' {np.ptp(xy[:, 0]):.0f} x "
+            f"{np.ptp(xy[:, 1]):.0f} px extent, more than {MAX_PATCHES}; use larger patches or less overlap"
+        )
+    return grid
+
+
 def surfaces(xyz: Float[np.ndarray, "markers 3"]) -> Int[np.ndarray, " markers"]:
     """0 (bottom) or 1 (top) per marker: side of the least-squares plane z = a + b x + c y."""
     design = np.column_stack([np.ones(len(xyz)), xyz[:, 0], xyz[:, 1]])
@@ -381,14 +396,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         )
     centre_px = obs.center
     xy = result.markers[:, :2] + centre_px
-    n_patches, start, spacing, min_size = patch_grid(xy, options.patch_size, options.overlap)
-    if n_patches[0] * n_patches[1] > MAX_PATCHES:
-        (nx, ny), (px, py) = n_patches, options.patch_size
-        raise ValueError(
-            f"a patch size of {px} x {py} px with overlap {options.overlap[0]:g}, {options.overlap[1]:g} "
-            f"makes a grid of {nx} x {ny} = {nx * ny} patches over the markers' {np.ptp(xy[:, 0]):.0f} x "
-            f"{np.ptp(xy[:, 1]):.0f} px extent, more than {MAX_PATCHES}; use larger patches or less overlap"
-        )
+    n_patches, start, spacing, min_size = checked_patch_grid(xy, options)
     side = surfaces(result.markers)
     ref_view = result.settings.ref_view
     ref_view = int(np.argmin(np.abs(result.tilts_deg))) if ref_view is None else ref_view

@@ -7,12 +7,14 @@ import os
 
 import numpy as np
 
-from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
+from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, checked_patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
+from .status import UsageError
 
 __all__ = [
     "LocalOptions",
     "check_local_model",
+    "check_local_grid",
     "LOCAL_SUFFIX",
     "file_view_local",
     "solve_local_alignment",
@@ -78,6 +80,20 @@ def write_local_alignment(
     path = os.path.join(out_dir, prefix + LOCAL_SUFFIX)
     write_local_xf(path, solved.file)
     return solved.solution, path
+
+
+def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) -> None:
+    """UsageError, before anything is solved, when the patch grid over the measured markers
+    (``xy`` (V, M, 2) image pixels, ``mask`` (V, M); each marker at its mean position) would be
+    too large: the solved markers span about as much (a little more: x shrinks with the tilt)."""
+    seen = mask.sum(axis=0)
+    if not np.any(seen):
+        return
+    means = np.where(mask[..., None], xy, 0.0).sum(axis=0)[seen > 0] / seen[seen > 0, None]
+    try:
+        checked_patch_grid(means, options)
+    except ValueError as e:
+        raise UsageError(f"--local: {e}") from None
 
 
 def _what_the_file_holds(f) -> str:
