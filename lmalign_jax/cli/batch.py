@@ -41,7 +41,6 @@ from .batch_options import BATCH_EXAMPLE, BATCH_HELP, add_batch_arguments
 from .batch_report import BatchProgress, batch_exit_code, summary_table, summary_tsv
 from .common import EXIT_INTERNAL, HelpFormatter, UsageError, check_count, note, warn
 
-SUMMARY = SUMMARY_NAME
 SUMMARY_OUTPUTS = (".txt", ".tsv", ".json")
 #: With --share: the per-series table of the shared constant, beside the summary.
 SHARED_OUTPUT = "_shared.tsv"
@@ -208,7 +207,7 @@ def run_batch(args) -> int:
         specs = read_list(source)
     else:
         raise InputError(source, None, "file or folder not found")
-    summary = OutputSet(args.out_dir, SUMMARY)
+    summary = OutputSet(args.out_dir, SUMMARY_NAME)
     check_output_folder(
         summary, SUMMARY_OUTPUTS + ((SHARED_OUTPUT,) if args.share else ()), ()
     )  # a folder that cannot be written stops the batch before any work

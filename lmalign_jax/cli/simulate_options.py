@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..workflow.series import FAR_OUTSIDE
+from ..workflow.series import FAR_OUTSIDE, check_rotation
 from .common import MIN_MARKERS, UsageError
 
 __all__ = ["check_in_view", "check_simulate_args", "default_shift", "resolve_defaults"]
@@ -68,10 +68,7 @@ def check_simulate_args(args) -> None:
         bad = [v for v in values if v is not None and not math.isfinite(v)]
         if bad:
             raise UsageError(f"{flag} must be a finite number, got {' '.join(f'{v:g}' for v in values)}")
-    if abs(args.rotation) > 360:
-        raise UsageError(
-            f"--rotation must be a tilt-axis angle within -360..360 degrees, got {args.rotation:g}"
-        )
+    check_rotation(args.rotation)
     low, high = args.tilt_range
     if not all(abs(round(t, 3)) < 90 for t in (low, high)):  # as the .rawtlt writes them (%9.3f)
         raise UsageError(

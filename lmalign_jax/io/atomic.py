@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "name_target"]
+__all__ = ["atomic_write", "name_target", "temporary_prefix"]
 
 
 def _default_mode() -> int:
@@ -16,6 +16,12 @@ def _default_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """Prefix of a hidden temporary file written beside ``path`` (``.<name>.``): the name cut to
+    64 characters, so that any name the file system takes can be written through it."""
+    return "." + os.path.basename(os.fspath(path))[:64] + "."
 
 
 def replace_with(tmp: str, path: str | os.PathLike) -> None:
@@ -56,9 +62,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path)[:64] + "."  # cut: any name that fits can be written
     try:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
     except OSError as e:  # it names the temporary file
         raise (name_target(e, path, (e.filename,)) or e) from e
     try:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mrcfile
 import numpy as np
 
-from .atomic import replace_with
+from .atomic import replace_with, temporary_prefix
 from .errors import InputError
 
 __all__ = [
@@ -89,7 +89,7 @@ def create_volume(path, shape, voxel_size, label: str | None = None) -> Iterator
         is left untouched.
     """
     path, shape, vs, directory = _checked_volume_args(path, shape, voxel_size, label)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:64] + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
     os.close(fd)
     mrc = None
     try:
@@ -275,7 +275,7 @@ def stream_volume(
     nz, ny, nx = shape
     file_shape = (nz, ny, nx) if layout == "zyx" else (ny, nz, nx)
     file_voxel = (vs[0], vs[1], vs[2]) if layout == "zyx" else (vs[0], vs[2], vs[1])
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:64] + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
     os.close(fd)
     fd = -1
     writer = None

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, checked_patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
+from .series import mean_marker_positions
 from .status import UsageError
 
 __all__ = [
@@ -86,10 +87,9 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) ->
     """UsageError, before anything is solved, when the patch grid over the measured markers
     (``xy`` (V, M, 2) image pixels, ``mask`` (V, M); each marker at its mean position) would be
     too large: the solved markers span about as much (a little more: x shrinks with the tilt)."""
-    seen = mask.sum(axis=0)
-    if not np.any(seen):
+    means = mean_marker_positions(xy, mask)
+    if not len(means):
         return
-    means = np.where(mask[..., None], xy, 0.0).sum(axis=0)[seen > 0] / seen[seen > 0, None]
     try:
         checked_patch_grid(means, options)
     except ValueError as e:
@@ -99,9 +99,7 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) ->
 def _what_the_file_holds(f) -> str:
     """What a local file of global solutions only holds: nothing beyond the global alignment for
     a rigid model; a deformation model's (shape) own variation across the field, patch by patch."""
-    identity = np.zeros((2, 3))
-    identity[0, 0] = identity[1, 1] = 1.0
-    if np.allclose(f.transforms, identity, atol=1e-6) and np.allclose(f.delta_tilt_deg, 0.0, atol=1e-6):
+    if np.allclose(f.transforms, np.eye(2, 3), atol=1e-6) and np.allclose(f.delta_tilt_deg, 0.0, atol=1e-6):
         return "the local file equals the global alignment"
     return "the local file holds the global model's own variation across the field, patch by patch"
 

@@ -461,6 +461,13 @@ def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warnin
     return obs, [ms.marker_ids[i] for i in sel.marker_index]
 
 
+def mean_marker_positions(xy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each observed marker's mean position over the views it is seen in, (M', 2) pixels, from
+    ``xy`` (V, M, 2) and ``mask`` (V, M); markers seen in no view are left out."""
+    seen = mask.sum(axis=0)
+    return np.where(mask[..., None], xy, 0.0).sum(axis=0)[seen > 0] / seen[seen > 0, None]
+
+
 #: Markers whose mean positions lie within this RMS distance (px) of one line are in a row.
 IN_A_ROW_PX = 1.0
 
@@ -469,9 +476,7 @@ def _check_spread(path: str, xy: np.ndarray, mask: np.ndarray) -> None:
     """InputError when the markers (each at its mean position over its views; ``xy`` (V, M, 2),
     ``mask`` (V, M)) lie on one line: neither the markers' heights nor every view's rotation can
     be found from them, and the solve ended in a singular transform (exit 3)."""
-    seen = mask.sum(axis=0)
-    means = np.where(mask[..., None], xy, 0.0).sum(axis=0) / np.maximum(seen, 1)[:, None]
-    means = means[seen > 0]
+    means = mean_marker_positions(xy, mask)
     if len(means) < 2:
         return
     spread = np.linalg.svd(means - means.mean(axis=0), compute_uv=False)
