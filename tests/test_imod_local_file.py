@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import DATA, IMOD_SETS, load_resid_observations
 
-from lmalign_jax.core.local import patch_grid
 from lmalign_jax.core.local_apply import fit_markers_through_local, patch_weights, project_through_local
+from lmalign_jax.core.local_grid import patch_grid
 from lmalign_jax.io import InputError
 from lmalign_jax.io.imod import read_xf
 from lmalign_jax.io.imod_local import LocalAlignment, read_local_xf, write_local_xf

@@ -15,8 +15,9 @@ from helpers import DATA
 from helpers import run_cli as run
 
 from lmalign_jax import align, simulate
-from lmalign_jax.core.local import LocalOptions, align_local, select_patch_markers
+from lmalign_jax.core.local import LocalOptions, align_local
 from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
+from lmalign_jax.core.local_grid import select_patch_markers
 from lmalign_jax.io.imod_local import read_local_xf
 from lmalign_jax.models import get_model
 from lmalign_jax.observations import Observations

@@ -35,7 +35,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float, Int
 
 from ..io.imod_local import LocalAlignment
 from ..models import ProjectionModel
@@ -49,6 +48,7 @@ from ..solve import (
     make_structure,
 )
 from .local_apply import fit_markers_through_local
+from .local_grid import checked_patch_grid, patch_grid, select_patch_markers, surfaces
 from .problem import characteristic_radius, mode_labels, reference_marker, residual_function
 from .result import AlignmentResult, fit_image_transforms
 
@@ -60,11 +60,6 @@ __all__ = [
     "select_patch_markers",
     "align_local",
 ]
-
-#: Most patches a local alignment takes (IMOD's grids are a few dozen to a few hundred); each
-#: grows until it holds enough markers, so a finer grid only repeats overlapping solves, and its
-#: batched solve holds every patch in memory (about 2 GB for 1,225 patches of 60 markers).
-MAX_PATCHES = 2500
 
 #: Local increments a model can take: name -> (base parameter it is added to, kind).
 INCREMENTS = {"rotation": "angle", "tilt": "angle", "scale": "ratio", "xstretch": "ratio", "skew": "angle"}
@@ -167,82 +162,6 @@ def _bucket(n: int) -> int:
         return n
     step = 1 << (int(n - 1).bit_length() - 3)  # a quarter of the power of two below n
     return -(-n // step) * step
-
-
-def _trunc(value: float) -> int:
-    return int(np.trunc(value))
-
-
-def patch_grid(
-    xy: Float[np.ndarray, "markers 2"], patch_size: tuple[int, int], overlap: tuple[float, float]
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """IMOD's target-size grid over marker positions ``xy`` (n, 2), image coordinates.
-
-    Returns ((nX, nY), (Xstart, Ystart), (dX, dY), (minimum size x, y)), integers as tiltalign's.
-    """
-    out = []
-    border = 5.0
-    for axis in range(2):
-        lo, hi = float(np.min(xy[:, axis])) - border, float(np.max(xy[:, axis])) + border
-        target, ov = patch_size[axis], overlap[axis]
-        extent = hi - lo
-        n = max(2, _trunc((extent - target) / (target * (1.0 - ov)) + 1))
-        size = _trunc(extent / (n - ov * (n - 1)))
-        if size > 1.05 * target:
-            n += 1
-            size = _trunc(extent / (n - ov * (n - 1)))
-        spacing = _trunc((extent - size) / max(1, n - 1) + 1)
-        out.append((n, _trunc(lo + size // 2), spacing, size))
-    (nx, x0, dx, sx), (ny, y0, dy, sy) = out
-    return (nx, ny), (x0, y0), (dx, dy), (sx, sy)
-
-
-def checked_patch_grid(xy: Float[np.ndarray, "markers 2"], options: LocalOptions):
-    """:func:`patch_grid` of ``options`` over marker positions ``xy`` (n, 2), image coordinates;
-    a ValueError when it has more than ``MAX_PATCHES`` patches (also checked before a solve, on
-    the measured positions: ``workflow.local.check_local_grid``)."""
-    grid = patch_grid(xy, options.patch_size, options.overlap)
-    (nx, ny), (px, py) = grid[0], options.patch_size
-    if nx * ny > MAX_PATCHES:
-        raise ValueError(
-            f"a patch size of {px} x {py} px with overlap {options.overlap[0]:g}, {options.overlap[1]:g} "
-            f"makes a grid of {nx} x {ny} = {nx * ny} patches over the markers' {np.ptp(xy[:, 0]):.0f} x "
-            f"{np.ptp(xy[:, 1]):.0f} px extent, more than {MAX_PATCHES}; use larger patches or less overlap"
-        )
-    return grid
-
-
-def surfaces(xyz: Float[np.ndarray, "markers 3"]) -> Int[np.ndarray, " markers"]:
-    """0 (bottom) or 1 (top) per marker: side of the least-squares plane z = a + b x + c y."""
-    design = np.column_stack([np.ones(len(xyz)), xyz[:, 0], xyz[:, 1]])
-    coef = np.linalg.lstsq(design, xyz[:, 2], rcond=None)[0]
-    return (xyz[:, 2] > design @ coef).astype(int)
-
-
-def select_patch_markers(
-    xy: Float[np.ndarray, "markers 2"],
-    side: Int[np.ndarray, " markers"],
-    centre: tuple[int, int],
-    min_size: tuple[int, int],
-    min_fids: tuple[int, int],
-    image_size: tuple[float, float],
-) -> tuple[np.ndarray, tuple[int, int], bool]:
-    """Markers of one patch: a box about ``centre`` grown by 40 px until it holds ``min_fids``.
-
-    Returns (indices, box size (x, y), enough). ``enough`` is False when even a box 4 times the
-    image (tiltalign's limit) does not reach the minimum.
-    """
-    nxp, nyp = min_size[0] - 40, min_size[1] - 40
-    while True:
-        nxp, nyp = nxp + 40, nyp + 40
-        x0, y0 = centre[0] - nxp // 2, centre[1] - nyp // 2
-        inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x0 + nxp) & (xy[:, 1] >= y0) & (xy[:, 1] <= y0 + nyp)
-        idx = np.flatnonzero(inside)
-        each = min(np.sum(side[idx] == 0), np.sum(side[idx] == 1))
-        if idx.size >= min_fids[0] and each >= min_fids[1]:
-            return idx, (nxp, nyp), True
-        if nxp >= 2 * image_size[0] and nyp >= 2 * image_size[1]:  # tiltalign: 4 * (half size)
-            return idx, (nxp, nyp), False
 
 
 def check_local_model(model: ProjectionModel) -> None:
@@ -396,7 +315,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         )
     centre_px = obs.center
     xy = result.markers[:, :2] + centre_px
-    n_patches, start, spacing, min_size = checked_patch_grid(xy, options)
+    n_patches, start, spacing, min_size = checked_patch_grid(xy, options.patch_size, options.overlap)
     side = surfaces(result.markers)
     ref_view = result.settings.ref_view
     ref_view = int(np.argmin(np.abs(result.tilts_deg))) if ref_view is None else ref_view

@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, checked_patch_grid
+from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
+from ..core.local_grid import checked_patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
 from .series import mean_marker_positions
 from .status import UsageError
@@ -91,7 +92,7 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) ->
     if not len(means):
         return
     try:
-        checked_patch_grid(means, options)
+        checked_patch_grid(means, options.patch_size, options.overlap)
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
 

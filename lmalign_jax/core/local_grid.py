@@ -1,0 +1,98 @@
+"""IMOD tiltalign's patch grid for a local alignment, and the markers each patch takes.
+
+IMOD (tiltalign.f90 ``setupAndDoLocalAlignments``, man page "Local Alignments"): the grid
+(TargetPatchSizeXandY, MinSizeOrOverlapXandY) covers the extent of the fiducials' solved (X, Y)
+plus a 5 px border, with tiltalign's integer arithmetic; each patch takes the fiducials in a box
+of the minimum size about its centre, grown by 40 px until it holds MinFidsTotalAndEachSurface
+(``core.local`` has the whole rule).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import Float, Int
+
+__all__ = ["MAX_PATCHES", "patch_grid", "checked_patch_grid", "surfaces", "select_patch_markers"]
+
+#: Most patches a local alignment takes (IMOD's grids are a few dozen to a few hundred); each
+#: grows until it holds enough markers, so a finer grid only repeats overlapping solves, and its
+#: batched solve holds every patch in memory (about 2 GB for 1,225 patches of 60 markers).
+MAX_PATCHES = 2500
+
+
+def _trunc(value: float) -> int:
+    return int(np.trunc(value))
+
+
+def patch_grid(
+    xy: Float[np.ndarray, "markers 2"], patch_size: tuple[int, int], overlap: tuple[float, float]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """IMOD's target-size grid over marker positions ``xy`` (n, 2), image coordinates.
+
+    Returns ((nX, nY), (Xstart, Ystart), (dX, dY), (minimum size x, y)), integers as tiltalign's.
+    """
+    out = []
+    border = 5.0
+    for axis in range(2):
+        lo, hi = float(np.min(xy[:, axis])) - border, float(np.max(xy[:, axis])) + border
+        target, ov = patch_size[axis], overlap[axis]
+        extent = hi - lo
+        n = max(2, _trunc((extent - target) / (target * (1.0 - ov)) + 1))
+        size = _trunc(extent / (n - ov * (n - 1)))
+        if size > 1.05 * target:
+            n += 1
+            size = _trunc(extent / (n - ov * (n - 1)))
+        spacing = _trunc((extent - size) / max(1, n - 1) + 1)
+        out.append((n, _trunc(lo + size // 2), spacing, size))
+    (nx, x0, dx, sx), (ny, y0, dy, sy) = out
+    return (nx, ny), (x0, y0), (dx, dy), (sx, sy)
+
+
+def checked_patch_grid(
+    xy: Float[np.ndarray, "markers 2"], patch_size: tuple[int, int], overlap: tuple[float, float]
+):
+    """:func:`patch_grid` over marker positions ``xy`` (n, 2), image coordinates; a ValueError
+    when it has more than ``MAX_PATCHES`` patches (also checked before a solve, on the measured
+    positions: ``workflow.local.check_local_grid``)."""
+    grid = patch_grid(xy, patch_size, overlap)
+    (nx, ny), (px, py) = grid[0], patch_size
+    if nx * ny > MAX_PATCHES:
+        raise ValueError(
+            f"a patch size of {px} x {py} px with overlap {overlap[0]:g}, {overlap[1]:g} "
+            f"makes a grid of {nx} x {ny} = {nx * ny} patches over the markers' {np.ptp(xy[:, 0]):.0f} x "
+            f"{np.ptp(xy[:, 1]):.0f} px extent, more than {MAX_PATCHES}; use larger patches or less overlap"
+        )
+    return grid
+
+
+def surfaces(xyz: Float[np.ndarray, "markers 3"]) -> Int[np.ndarray, " markers"]:
+    """0 (bottom) or 1 (top) per marker: side of the least-squares plane z = a + b x + c y."""
+    design = np.column_stack([np.ones(len(xyz)), xyz[:, 0], xyz[:, 1]])
+    coef = np.linalg.lstsq(design, xyz[:, 2], rcond=None)[0]
+    return (xyz[:, 2] > design @ coef).astype(int)
+
+
+def select_patch_markers(
+    xy: Float[np.ndarray, "markers 2"],
+    side: Int[np.ndarray, " markers"],
+    centre: tuple[int, int],
+    min_size: tuple[int, int],
+    min_fids: tuple[int, int],
+    image_size: tuple[float, float],
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """Markers of one patch: a box about ``centre`` grown by 40 px until it holds ``min_fids``.
+
+    Returns (indices, box size (x, y), enough). ``enough`` is False when even a box 4 times the
+    image (tiltalign's limit) does not reach the minimum.
+    """
+    nxp, nyp = min_size[0] - 40, min_size[1] - 40
+    while True:
+        nxp, nyp = nxp + 40, nyp + 40
+        x0, y0 = centre[0] - nxp // 2, centre[1] - nyp // 2
+        inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x0 + nxp) & (xy[:, 1] >= y0) & (xy[:, 1] <= y0 + nyp)
+        idx = np.flatnonzero(inside)
+        each = min(np.sum(side[idx] == 0), np.sum(side[idx] == 1))
+        if idx.size >= min_fids[0] and each >= min_fids[1]:
+            return idx, (nxp, nyp), True
+        if nxp >= 2 * image_size[0] and nyp >= 2 * image_size[1]:  # tiltalign: 4 * (half size)
+            return idx, (nxp, nyp), False
