@@ -412,9 +412,7 @@ def test_cli_batch_usage_errors(tmp_path):
         rc, _, err = run(["batch", tmp_path, option, value])
         assert rc == 2 and f"{option} must be between {low} and 1000000, got {value}" in err, err
     rc, _, err = run(["batch", tmp_path, "--image-size", "nan", "inf"])  # passed, then every series failed
-    assert (
-        rc == 2 and "--image-size must be two positive numbers of pixels, at most 1000000, got nan inf" in err
-    )
+    assert rc == 2 and "--image-size must be two whole numbers of pixels, 1 to 1000000, got nan inf" in err
     rc, _, err = run(["batch", tmp_path, "--reconstruct", 0])
     assert (
         rc == 2
@@ -851,7 +849,7 @@ def test_list_line_sizes_and_rotations_out_of_range_are_that_lines_bad_input(tmp
         specs[0].problem == f"{listing}:1: rotation=1e308 is not a tilt-axis angle within -360..360 degrees"
     )
     assert specs[1].problem == (
-        f"{listing}:2: image size 1e308 1e308 is not two positive numbers of pixels, at most 1000000"
+        f"{listing}:2: image size 1e308 1e308 is not two whole numbers of pixels, 1 to 1000000"
     )
     assert specs[2].problem is None and specs[2].image_size == (2048.0, 2048.0)
 

@@ -530,9 +530,12 @@ def test_too_few_markers_after_dropping(files):
         (["--worst", "-5"], r"--worst must be between 0 and 1000000, got -5"),
         (
             ["--image-size", "nan", "nan"],
-            r"--image-size must be two positive numbers of pixels, at most 1000000",
+            r"--image-size must be two whole numbers of pixels, 1 to 1000000",
         ),
-        (["--image-size", "1e7", "1e7"], r"--image-size must be .* at most 1000000, got 1e\+07 1e\+07"),
+        (["--image-size", "1e7", "1e7"], r"--image-size must be .* 1 to 1000000, got 1e\+07 1e\+07"),
+        # audit: 512.5 centred the markers on 512.5 but wrote Dim 512; 1e-300 wrote Dim 0 (exit 0)
+        (["--image-size", "512.5", "512"], r"--image-size must be two whole numbers .*, got 512.5 512"),
+        (["--image-size", "1e-300", "512"], r"--image-size must be two whole numbers .*, got 1e-300 512"),
         (["--robust", "--robust-group-size", "0"], r"--robust-group-size must be at least 1, got 0"),
         # what --export needs is checked before anything is solved or written
         (["--export", "relion"], r"RELION needs the pixel size and no input gives one"),
@@ -644,6 +647,14 @@ def test_fid_header_gives_the_image_size(files):
     assert inp.image_size == (640.0, 480.0) and inp.image_size_source.endswith("m.fid header")
     assert inp.markers_format == "IMOD model" and inp.markers.n_markers == 4
     np.testing.assert_allclose(inp.markers.xy, xy, atol=1e-3)  # float32 in the binary model
+    # a header past --image-size's bound is refused, naming the file (audit: 2^31 - 1 px aligned
+    # with shifts of 5e8 px and NaN errors, exit 0), unless --image-size gives the size
+    huge = io.MarkerSet(xy=xy, mask=ms.mask, marker_ids=ms.marker_ids, image_size=(2**31 - 1, 2**31 - 1))
+    io.write_imod_model(files["dir"] / "huge.fid", huge)
+    with pytest.raises(io.InputError, match=r"huge\.fid: the header gives an image size of 2147483647 x"):
+        read_inputs(parse(files["dir"] / "huge.fid", "--tilts", files["tlt"]))
+    inp = read_inputs(parse(files["dir"] / "huge.fid", "--tilts", files["tlt"], "--image-size", 640, 480))
+    assert inp.image_size == (640.0, 480.0)
 
 
 def test_pytom_markers_carry_their_tilts():

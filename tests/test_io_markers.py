@@ -301,6 +301,9 @@ def test_pytom_missing_points_and_sorting(tmp_path):
         (HEADER + "0.5 1 2 3\n", r"p.txt:6: MarkerIndex is not an integer: '0.5'"),
         (HEADER + "0 x 2 3\n", r"p.txt:6: TiltAngle is not a number: 'x'"),
         (HEADER + "0 1 nan 3\n", r"p.txt:6: PositionX is not finite: 'nan'"),
+        # an angle a .tlt file would be refused for (audit: 120 aligned to a 13.5 px residual, exit 0)
+        (HEADER + "0 1 2 3\n1 120 5 5\n", r"p.txt:7: TiltAngle 120 degrees is outside -90..90"),
+        (HEADER + "0 -90 2 3\n", r"p.txt:6: TiltAngle -90 degrees is outside -90..90"),
         (HEADER, r"p.txt: no marker rows"),
         (HEADER + "0 1 -1 -1\n", r"p.txt: no marker points"),
         (

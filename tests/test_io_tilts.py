@@ -148,7 +148,12 @@ def test_mdoc_without_axis_and_header(tmp_path):
         ),
         (
             "ImageSize = 0 10\n[ZValue = 0]\nTiltAngle = 1\n",
-            r"a.mdoc:1: ImageSize must be two positive numbers of pixels: '0 10'$",
+            r"a.mdoc:1: ImageSize must be two whole numbers of pixels, 1 to 1000000: '0 10'$",
+        ),
+        (  # audit: a size past the option's bound aligned with NaN errors and exit 0
+            "ImageSize = 2147483647 2147483647\n[ZValue = 0]\nTiltAngle = 1\n",
+            r"a.mdoc:1: ImageSize must be two whole numbers of pixels, 1 to 1000000: "
+            r"'2147483647 2147483647'$",
         ),
         (
             "[T = Tilt axis angle = 1e999]\n[ZValue = 0]\nTiltAngle = 1\n",

@@ -11,12 +11,32 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["MarkerSet", "MAX_VIEWS", "MAX_CELLS", "build_marker_set", "marker_set_from_arrays"]
+__all__ = [
+    "MarkerSet",
+    "MAX_VIEWS",
+    "MAX_CELLS",
+    "MAX_IMAGE_PX",
+    "IMAGE_SIZE_RULE",
+    "image_size_ok",
+    "build_marker_set",
+    "marker_set_from_arrays",
+]
 
 #: Largest number of views a marker file may imply (guards against absurd view indices).
 MAX_VIEWS = 10_000
 #: Largest n_views * n_markers table a reader will allocate.
 MAX_CELLS = 20_000_000
+#: Largest image side taken (pixels): far beyond any detector or montage; past it the centred
+#: coordinates lose their precision and products overflow.
+MAX_IMAGE_PX = 1_000_000
+#: What an image size must be (the end of every message that refuses one).
+IMAGE_SIZE_RULE = f"two whole numbers of pixels, 1 to {MAX_IMAGE_PX}"
+
+
+def image_size_ok(size) -> bool:
+    """Whether ``size`` (nx, ny) is :data:`IMAGE_SIZE_RULE`: whole pixels (a detector's, or the
+    header of a file made from one), finite and at most ``MAX_IMAGE_PX``."""
+    return all(math.isfinite(v) and v == int(v) and 1 <= v <= MAX_IMAGE_PX for v in map(float, size))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -73,6 +73,8 @@ def parse_pytom_lines(lines: list[str], path, n_views: int | None = None) -> tup
         if index != int(index) or abs(index) >= 2**53:
             raise InputError(path, k, f"MarkerIndex is not an integer: {show(tok[0])}")
         tilt = parse_float(tok[1], path, k, "TiltAngle")
+        if not abs(tilt) < 90.0:  # as io.check_tilt_range: edge-on or beyond is a typing or unit error
+            raise InputError(path, k, f"TiltAngle {tilt:g} degrees is outside -90..90")
         x = parse_float(tok[2], path, k, "PositionX")
         y = parse_float(tok[3], path, k, "PositionY")
         key = round(tilt, 3)

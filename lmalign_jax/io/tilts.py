@@ -19,6 +19,7 @@ from ._text import check_extension, parse_float, read_lines, show
 from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import write_records
+from .markerset import IMAGE_SIZE_RULE, image_size_ok
 
 __all__ = ["check_tilt_range", "read_angles", "read_tilts", "write_tlt", "MdocTilts", "read_mdoc"]
 
@@ -189,10 +190,11 @@ def read_mdoc(path: str | os.PathLike) -> MdocTilts:
     g = mdoc.global_data
     pix = g.PixelSpacing if g.PixelSpacing is not None else sections[0].PixelSpacing
     pix = float(pix) if pix is not None and math.isfinite(pix) and pix > 0 else None
-    size = tuple(int(n) for n in g.ImageSize) if g.ImageSize is not None else None
-    if size is not None and min(size) <= 0:
+    size = tuple(g.ImageSize) if g.ImageSize is not None else None
+    if size is not None and not image_size_ok(size):
         at, raw = _key_line(lines, 0, starts[0] - 1, ("ImageSize",)) or (None, str(g.ImageSize))
-        raise InputError(path, at, f"ImageSize must be two positive numbers of pixels: {show(raw)}")
+        raise InputError(path, at, f"ImageSize must be {IMAGE_SIZE_RULE}: {show(raw)}")
+    size = None if size is None else tuple(int(n) for n in size)
     return MdocTilts(
         tilts_deg=np.array(tilts, dtype=np.float64)[order],
         z_values=np.array(zs, dtype=np.int64)[order],

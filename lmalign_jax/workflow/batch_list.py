@@ -8,7 +8,8 @@ import shlex
 from dataclasses import dataclass
 
 from ..io.errors import InputError
-from .series import MAX_IMAGE_PX, MAX_ROTATION_DEG
+from ..io.markerset import IMAGE_SIZE_RULE, image_size_ok
+from .series import MAX_ROTATION_DEG
 from .status import UsageError
 
 #: Marker files a folder scan picks up (.txt and .resid series go in a list file).
@@ -168,14 +169,11 @@ def read_list(path: str) -> list[SeriesSpec]:
         if len(tokens) >= 4:
             try:
                 size = (float(tokens[2]), float(tokens[3]))
-                if not all(math.isfinite(s) and 0 < s <= MAX_IMAGE_PX for s in size):
+                if not image_size_ok(size):
                     raise ValueError
                 spec.image_size = size
             except ValueError:
-                spec.problem = where(
-                    f"image size {tokens[2]} {tokens[3]} is not two positive numbers of pixels, at most "
-                    f"{MAX_IMAGE_PX}"
-                )
+                spec.problem = where(f"image size {tokens[2]} {tokens[3]} is not {IMAGE_SIZE_RULE}")
         specs.append(spec)
     if not specs:
         raise UsageError(f"{path}: the list names no series (one '{LINE_FORMAT}' per line)")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import io
 from ..io.errors import InputError
+from ..io.markerset import IMAGE_SIZE_RULE, image_size_ok
 from ..io.mrc import anisotropic_pixel_note, read_stack_header
 from ..io.pytom import is_pytom_header
 from ..observations import Observations, usable_views_and_markers
@@ -88,19 +89,11 @@ def check_tilts_vary(tilts, path: str, why: str = ONE_TILT_ALIGN) -> None:
         raise InputError(path, None, f"all {tilts.size} views are at tilt {tilts[0] + 0.0:g} degrees: {why}")
 
 
-#: Largest image side taken (pixels): far beyond any detector or montage; past it the centred
-#: coordinates lose their precision and products overflow.
-MAX_IMAGE_PX = 1_000_000
-
-
 def check_image_size(size, option: str = "--image-size") -> tuple[float, float]:
-    """``(nx, ny)`` as floats, or a UsageError naming ``option`` unless both are finite, positive
-    and at most ``MAX_IMAGE_PX``."""
+    """``(nx, ny)`` as floats, or a UsageError naming ``option`` unless :func:`image_size_ok`."""
     nx, ny = (float(v) for v in size)
-    if not all(math.isfinite(v) and 0 < v <= MAX_IMAGE_PX for v in (nx, ny)):
-        raise UsageError(
-            f"{option} must be two positive numbers of pixels, at most {MAX_IMAGE_PX}, got {nx:g} {ny:g}"
-        )
+    if not image_size_ok((nx, ny)):
+        raise UsageError(f"{option} must be {IMAGE_SIZE_RULE}, got {nx:g} {ny:g}")
     return nx, ny
 
 
@@ -247,6 +240,14 @@ def read_series(
     else:
         raise InputError(
             markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}"
+        )
+    if not image_size_ok(size):  # a header's size: as the option's bound
+        header = source[: -len(" header")]  # the marker file's or the stack's (an mdoc's is read checked)
+        raise InputError(
+            header,
+            None,
+            f"the header gives an image size of {size[0]:.10g} x {size[1]:.10g} px; it must be "
+            f"{IMAGE_SIZE_RULE} (give the right one with --image-size NX NY)",
         )
     if stack_size is not None and tuple(float(n) for n in size) != tuple(float(n) for n in stack_size):
         said = (
