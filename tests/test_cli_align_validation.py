@@ -231,6 +231,14 @@ def test_simulate_refuses_a_number_option_that_is_not_finite(tmp_path, option):
         (["--shift", 15000], "simulated point(s) fall more than 10 image sizes from the 2048 x 2048 image"),
         (["--tilt-range", 0, 0], "--tilt-range MIN and MAX must differ: 21 views all at 0 degrees leave the"),
         (["--tilt-range", 30, 30.0004], "--tilt-range MIN and MAX must differ: 21 views all at 30 degrees"),
+        # audit: 10 million markers ran out of memory (killed); 100,000 views wrote a series that
+        # align refuses; an image size of 0 was reported as a --noise problem
+        (
+            ["--markers", 10_000_000],
+            "--views 21 x --markers 10000000: align takes at most 10000 views and 20,",
+        ),
+        (["--views", 100_000], "--views 100000 x --markers 8: align takes at most 10000 views"),
+        (["--image-size", 0, 0], "--image-size must be two whole numbers of pixels, 1 to 1000000, got 0 0"),
     ],
 )
 def test_simulate_refuses_a_series_align_would_refuse(tmp_path, option, message):
@@ -240,6 +248,22 @@ def test_simulate_refuses_a_series_align_would_refuse(tmp_path, option, message)
     rc, out, err = run(["simulate", "--out-dir", tmp_path / "o", "--views", 21, "--markers", 8, *option])
     assert rc == 2 and not out and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_simulate_refuses_a_stack_the_disk_cannot_hold(tmp_path, monkeypatch):
+    """The stack is written sparse: a full disk would show only part-way through."""
+    import shutil
+
+    from lmalign_jax.io import mrc_volume
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(mrc_volume.shutil, "disk_usage", lambda _: usage._replace(free=21 * 64 * 64 * 4 - 1))
+    rc, out, err = run(
+        ["simulate", "--out-dir", tmp_path / "o", "--stack", "--views", 21, "--image-size", 64, 64]
+    )
+    assert rc == 2 and not out and not (tmp_path / "o").exists(), err
+    assert "synthetic.mrc: the stack (21 x 64 x 64 pixels, views x NY x NX) needs " in err
+    assert "choose another --out-dir, a smaller --image-size or fewer --views" in err
 
 
 def test_simulate_tilts_just_inside_90_are_read_back(tmp_path):

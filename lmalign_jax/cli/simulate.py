@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__, io
 from ..io.mrc import set_header_tilts
+from ..io.mrc_volume import check_free_space
 from ..io.outputs import OutputSet
 from ..models import get_model
 from ..report import record_to_json
@@ -250,6 +251,15 @@ def run_simulate(args) -> int:
         SERIES_OUTPUTS + (STACK_OUTPUTS if args.stack else ()) + (REALISTIC_OUTPUTS if realistic else ())
     )
     check_output_folder(out, outputs, ())
+    if args.stack:  # the stack is written sparse: a full disk would show only part-way through
+        nx, ny = args.image_size
+        check_free_space(
+            out.path(".mrc"),
+            (args.views, ny, nx),
+            "choose another --out-dir, a smaller --image-size or fewer --views",
+            what="the stack",
+            axes="pixels, views x NY x NX",
+        )
     specimen = imaging = None
     if realistic:
         try:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..io.markerset import IMAGE_SIZE_RULE, MAX_CELLS, MAX_VIEWS, image_size_ok
 from ..workflow.series import FAR_OUTSIDE, check_rotation
 from .common import MIN_MARKERS, UsageError
 
@@ -81,6 +82,9 @@ def check_simulate_args(args) -> None:
             "degrees leave the markers' heights (z) undetermined (align refuses such a series), got "
             f"{low:g} {high:g}"
         )
+    if args.image_size is not None and not image_size_ok(args.image_size):
+        nx, ny = args.image_size
+        raise UsageError(f"--image-size must be {IMAGE_SIZE_RULE}, got {nx} {ny}")
     far = FAR_OUTSIDE * max(args.image_size) if args.image_size else math.inf
     for flag, name in (("--noise", "noise"), ("--shift", "shift"), ("--thickness", "thickness")):
         if abs(getattr(args, name)) > far:
@@ -90,10 +94,15 @@ def check_simulate_args(args) -> None:
             )
     if args.views < 3 or args.markers < MIN_MARKERS:
         raise UsageError(f"--views must be >= 3 and --markers >= {MIN_MARKERS}")
+    if args.views > MAX_VIEWS or args.views * args.markers > MAX_CELLS:  # as align's readers
+        raise UsageError(
+            f"--views {args.views} x --markers {args.markers}: align takes at most {MAX_VIEWS} views and "
+            f"{MAX_CELLS:,} view x marker cells"
+        )
     if args.noise < 0 or not 0 <= args.missing < 1 or not 0 <= args.outliers < 1:
         raise UsageError("--noise must be >= 0, --missing and --outliers in [0, 1)")
-    if min(args.image_size) < 1 or args.thickness < 0 or args.shift < 0:
-        raise UsageError("--image-size must be positive, --thickness and --shift >= 0")
+    if args.thickness < 0 or args.shift < 0:
+        raise UsageError("--thickness and --shift must be >= 0")
     realistic_given = [flag for flag, name in REALISTIC_FLAGS if getattr(args, name, None) is not None]
     if realistic_given and not getattr(args, "realistic", False):
         raise UsageError(f"{', '.join(realistic_given)}: only with --realistic")

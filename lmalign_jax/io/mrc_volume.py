@@ -135,12 +135,17 @@ def format_bytes(n: float) -> str:
 
 
 def check_free_space(
-    path, shape, advice: str = "choose another --out folder, a larger --bin or a smaller --thickness"
+    path,
+    shape,
+    advice: str = "choose another --out folder, a larger --bin or a smaller --thickness",
+    what: str = "the tomogram",
+    axes: str = "voxels, NZ x NY x NX",
 ) -> None:
     """Raise :class:`InputError` naming ``path`` when the file system of its folder (or of the
     nearest folder above it that exists, for a folder made later) has less free space than a
     float32 volume of ``shape`` (NZ, NY, NX) needs (the file is written sparse, so a full disk
-    would otherwise show up only part-way through); ``advice`` ends the message."""
+    would otherwise show up only part-way through); ``what`` the file, ``advice`` ends the
+    message."""
     need = volume_bytes(shape)
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
@@ -149,7 +154,7 @@ def check_free_space(
     if need > free:
         raise _bad(
             path,
-            f"the tomogram ({shape[0]} x {shape[1]} x {shape[2]} voxels, NZ x NY x NX) needs "
+            f"{what} ({shape[0]} x {shape[1]} x {shape[2]} {axes}) needs "
             f"{format_bytes(need)} but {directory} has only {format_bytes(free)} free; {advice}",
         )
 
