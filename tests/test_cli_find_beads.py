@@ -156,7 +156,11 @@ def bad_inputs(d, tmp):
         ("no tilts", [bare, "--bead-diameter", 8], ["5 views", "no tilt angles", "--tilts", "--view"]),
         ("tilt count", [stack, "--tilts", short_tilts, "--bead-diameter", 8], ["3 tilt angles", "5 views"]),
         ("view out of range", [stack, "--view", 5, "--bead-diameter", 8], ["--view 5", "0 to 4"]),
-        ("no beads", [flat, "--bead-diameter", 8], ["view 0", "8.00 px", "--bead-diameter"]),
+        (
+            "no beads",
+            [flat, "--bead-diameter", 8],
+            ["view 0", "8.00 px (given)", "check the view and the bead diameter"],
+        ),
         ("no beads, estimating", [flat], ["view 0", "--bead-diameter"]),
         ("smaller than the window", [tiny, "--bead-diameter", 2], ["12 x 12", "search window"]),
     ]

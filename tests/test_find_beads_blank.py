@@ -70,3 +70,19 @@ def test_the_view_nearest_0_deg_passes_over_a_blank_one(files, tmp_path):
     found = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)[:, :2]
     dist = np.linalg.norm(found[:, None] - np.array(BEADS)[None], axis=2)
     assert found.shape[0] == len(BEADS) and np.all(dist.min(axis=0) < 0.5), found
+
+
+def test_no_beads_found_advises_on_the_diameter_only_where_it_was_estimated(tmp_path):
+    """A view of noise with --bead-diameter given was answered "give --bead-diameter PX" (audit),
+    by find-beads and by track."""
+    noise = np.random.default_rng(3).standard_normal((len(TILTS), SIZE, SIZE)).astype(np.float32)
+    with mrcfile.new(tmp_path / "noise.mrc") as mrc:
+        mrc.set_data(noise)
+    (tmp_path / "ts.rawtlt").write_text("".join(f"{t}\n" for t in TILTS))
+    inputs = [tmp_path / "noise.mrc", "--tilts", tmp_path / "ts.rawtlt", "--bead-diameter", 8]
+    rc, _, err = run(["find-beads", *inputs, "--out", tmp_path / "f" / "b.csv"])
+    assert rc == 2 and "no bead-like features found with a bead diameter of 8.00 px (given)" in err, err
+    assert err.endswith("; check the view and the bead diameter\n"), err
+    rc, _, err = run(["track", *inputs, "--out-dir", tmp_path / "t"])
+    assert rc == 2 and "--bead-diameter PX" not in err and "check the stack and --bead-diameter" in err, err
+    assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()

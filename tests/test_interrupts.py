@@ -199,3 +199,23 @@ def test_reconstruct_terminated_leaves_no_file(tmp_path, sig):
     assert proc.returncode == 128 + sig, err
     assert f"terminated ({sig.name}); no output written" in err
     assert list(out.iterdir()) == []
+
+
+def test_an_interrupt_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while JAX was being imported (before the command's own handlers) printed a
+    traceback, or was lost in JAX's collector callback and the command ran on (audit): the
+    launcher delivers lost interrupts from its start and reports one as the command would."""
+    import lmalign_jax.cli as cli_package
+    from lmalign_jax.cli import resident
+
+    hooks = []
+
+    def loading(argv):
+        hooks.append(sys.unraisablehook)
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv(resident.SWITCH, "0")
+    monkeypatch.setattr(cli_package, "main", loading)
+    assert resident.main(["align", "--help"]) == 130
+    assert capsys.readouterr().err == "lmalign: interrupted; no output written\n"
+    assert hooks and hooks[0] is not sys.__unraisablehook__  # lost interrupts are delivered again

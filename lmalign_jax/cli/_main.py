@@ -124,6 +124,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"lmalign: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def _kept(interrupt: KeyboardInterrupt) -> str:
+    """What an interrupted command leaves: its last note (``add_note``: a command that had
+    finished a step, whose files stay), else nothing."""
+    notes = getattr(interrupt, "__notes__", None)
+    return notes[-1] if notes else "no output written"
+
+
 def main(argv=None) -> int:
     """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 an alignment did not
     converge, 2 bad input, 3 internal error: an unexpected exception, reported in one line)."""
@@ -148,12 +155,10 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except Terminated as e:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) may have taken stderr
-            print(
-                f"lmalign: terminated ({signal.Signals(e.signum).name}); no output written", file=sys.stderr
-            )
+            print(f"lmalign: terminated ({signal.Signals(e.signum).name}); {_kept(e)}", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
-        print("lmalign: interrupted; no output written", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"lmalign: interrupted; {_kept(e)}", file=sys.stderr)
         return 130
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from ..core.settings import is_fixed
+from ..io.mrc import read_stack_header
 from ..io.outputs import OutputSet
 from ..models import MODELS
 from ..report import format_summary, prefetch_matplotlib
@@ -88,42 +89,66 @@ def run_align(args) -> int:
     if args.reconstruct is not None:
         rec = OutputSet(args.out_dir, out_prefix).path(".rec.mrc")
         check_reconstruct_option(recon_stack, rec, args.reconstruct)
+    finished = []  # the steps whose files stay if a later one is interrupted
     if is_stack_path(args.markers):
-        tracked = track_for_align(args)
-        markers, stack, rotation = tracked.fid_path, args.markers, tracked.rotation_deg
-        prefix = out_prefix
-    code = align_and_report(
-        markers,
-        args.tilts,
-        settings,
-        out_dir=args.out_dir,
-        prefix=prefix,
-        stack=stack,
-        image_size=args.image_size,
-        rotation_deg=rotation,
-        exclude=args.exclude,
-        command=["lmalign", *getattr(args, "argv", [])],
-        quiet=args.quiet,
-        figure=not args.no_figure,
-        errors=not args.no_errors,
-        worst=args.worst,
-        surfaces=args.surfaces,
-        flatten=args.flatten,
-        local=local,
-        initial=args.initial,
-        check_inputs=ready_to_solve,
-    )
-    if code == EXIT_OK and args.reconstruct is not None:
+        # what the alignment would refuse once the stack is tracked is refused before: outputs
+        # that would overwrite an input, and --exclude against the stack's views
         out = OutputSet(args.out_dir, out_prefix)
-        reconstruct_after_align(
-            recon_stack,
-            out.path(".json"),
-            out.path(".rec.mrc"),
-            args.reconstruct,
-            args.quiet,
-            local=bool(args.local),
+        check_output_folder(out, ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX), (args.markers, args.tilts))
+        if args.exclude:
+            excluded_views(args.exclude, read_stack_header(args.markers)[0])
+        tracked = track_for_align(args)
+        finished.append(f"the tracking's files ({', '.join(tracked.written)})")
+        # the rotation as given (None: the .mdoc's, which the alignment reads and names, or estimated)
+        markers, stack = tracked.fid_path, args.markers
+        prefix = out_prefix
+    try:
+        code = align_and_report(
+            markers,
+            args.tilts,
+            settings,
+            out_dir=args.out_dir,
+            prefix=prefix,
+            stack=stack,
+            image_size=args.image_size,
+            rotation_deg=rotation,
+            exclude=args.exclude,
+            command=["lmalign", *getattr(args, "argv", [])],
+            quiet=args.quiet,
+            figure=not args.no_figure,
+            errors=not args.no_errors,
+            worst=args.worst,
+            surfaces=args.surfaces,
+            flatten=args.flatten,
+            local=local,
+            initial=args.initial,
+            check_inputs=ready_to_solve,
         )
+        if code == EXIT_OK and args.reconstruct is not None:
+            finished.append(f"the alignment's files in {args.out_dir}")
+            out = OutputSet(args.out_dir, out_prefix)
+            reconstruct_after_align(
+                recon_stack,
+                out.path(".json"),
+                out.path(".rec.mrc"),
+                args.reconstruct,
+                args.quiet,
+                local=bool(args.local),
+            )
+    except KeyboardInterrupt as e:  # what earlier steps wrote stays, and the message says so
+        if finished:
+            e.add_note(f"kept what was finished before it: {'; '.join(finished)}")
+        raise
     return export_after_align(args, code, markers, prefix)
+
+
+def excluded_views(exclude: str, n_views: int) -> list[int]:
+    """``--exclude`` (IMOD's 1-based list) as 0-based views of ``n_views``; a UsageError when it
+    is malformed, out of range or leaves no view."""
+    views = parse_view_list(exclude, n_views)
+    if len(set(views)) >= n_views:
+        raise UsageError(f"--exclude {exclude}: leaves none of the {n_views} views")
+    return views
 
 
 def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
@@ -182,7 +207,7 @@ def align_and_report(
     )
     if check_inputs is not None:
         check_inputs(inputs)
-    sel = select_views(inputs, parse_view_list(exclude, inputs.tilts_deg.size) if exclude else [], settings)
+    sel = select_views(inputs, excluded_views(exclude, inputs.tilts_deg.size) if exclude else [], settings)
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
     start = read_initial_alignment(initial, inputs, sel, obs, settings.model) if initial else None

@@ -42,6 +42,7 @@ import sys
 import time
 
 from .huge_pages import relaunch_with_huge_pages
+from .interrupts import deliver_lost_interrupts
 
 __all__ = ["main", "environment_key", "socket_path", "ping", "serve", "start", "stop", "supported"]
 
@@ -276,9 +277,14 @@ def main(argv=None) -> int:
             return code
     if entry:  # the command runs here: with huge pages for its arrays (relaunches once)
         relaunch_with_huge_pages()
-    from . import main as run_here  # noqa: PLC0415 - the commands load only when run here
+    try:  # Ctrl-C while JAX loads: neither lost in its collector callback nor a traceback
+        with deliver_lost_interrupts():
+            from . import main as run_here  # noqa: PLC0415 - the commands load only when run here
 
-    code = run_here(argv)
+            code = run_here(argv)
+    except KeyboardInterrupt:
+        print("lmalign: interrupted; no output written", file=sys.stderr)
+        return 130
     if switch in ("1", "auto") and argv[:1] != ["resident"] and ping() is None:
         start(DEFAULT_IDLE_MINUTES, wait=False)
     return code

@@ -147,7 +147,8 @@ def find_beads_in_file(
     if positions.shape[0] == 0:
         raise UsageError(
             f"{path}: view {k}: no bead-like features found with a bead diameter of {diameter:.2f} px "
-            f"({source}); check the view or give --bead-diameter PX"
+            f"({source}); check the view"
+            + (" or give --bead-diameter PX" if source == "estimated" else " and the bead diameter")
         )
     return BeadFinding(positions, scores, k, reason, diameter, source, image)
 

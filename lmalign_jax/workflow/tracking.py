@@ -244,8 +244,10 @@ def track_stack(
             stack, tilts, diameter, rotation_deg=rotation_deg, target_beads=target_beads, progress=None
         )
     except TrackingError as e:
+        # advice on the diameter only where it was estimated: a given one is the user's to check
+        advice = ADVICE if source.startswith("estimated") else f"check the stack and {source}"
         raise InputError(
-            stack_path, None, f"{e}; {ADVICE}" if "bead diameter" in str(e) else str(e)
+            stack_path, None, f"{e}; {advice}" if "bead diameter" in str(e) else str(e)
         ) from None
     ids = tuple(range(1, track.n_beads + 1))
     keep = track.found.sum(axis=0) >= 1
