@@ -772,7 +772,9 @@ def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     # a stack that fails while reconstructing: aligned (its outputs are there), no tomogram, exit 1 for it
     assert rows["r1_2"]["status"] == "failed" and rows["r1_2"]["exit_code"] == "1"
     assert "aligned, but the reconstruction failed: cannot reconstruct" in rows["r1_2"]["detail"]
-    assert rows["r1_2"]["detail"].endswith("stack view 3 contains non-finite values")
+    assert rows["r1_2"]["detail"].endswith(
+        "stack view 4 (section 3 counting from 0) contains non-finite values"
+    )
     assert (tmp_path / "out2" / "r1_2" / "r1_2.xf").exists() and not (
         tmp_path / "out2" / "r1_2" / "r1_2.rec.mrc"
     ).exists()

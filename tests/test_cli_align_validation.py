@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 
 import mrcfile
 import numpy as np
@@ -336,3 +337,23 @@ def test_an_interrupt_after_tracking_says_which_files_stay(sim, tmp_path, monkey
         err == "lmalign: interrupted; kept what was finished before it: the tracking's files (s.fid, s.csv)\n"
     )
     assert seen["rotation_deg"] is None  # the alignment reads the .mdoc's and names it
+
+
+def test_a_stack_with_nan_pixels_is_refused_before_the_solve(sim, tmp_path):
+    """align --reconstruct on a stack with a NaN pixel solved and wrote the alignment (its record
+    saying exit 0), then exited 2 (audit): the pixels are checked with the other inputs."""
+    with mrcfile.open(sim / "s.mrc") as mrc:
+        data = np.array(mrc.data)
+    data[3, 10, 10] = np.nan
+    with warnings.catch_warnings(), mrcfile.new(tmp_path / "nan.mrc") as mrc:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
+        mrc.set_data(data)
+    markers = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--reconstruct", THICKNESS]
+    refused(
+        [*markers, "--stack", tmp_path / "nan.mrc"],
+        tmp_path / "o",
+        r"nan\.mrc: stack view 4 \(section 3 counting from 0\) contains non-finite values$",
+    )
+    # as MARKERS, the tracking finds it, before anything is written
+    rc, _, err = run(["align", tmp_path / "nan.mrc", *markers[1:], "--out-dir", tmp_path / "p"])
+    assert rc == 2 and "nan.mrc: view 4 holds NaN or infinite values" in err and not (tmp_path / "p").exists()

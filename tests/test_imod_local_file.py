@@ -77,6 +77,7 @@ BAD = {
     "header": ("2 2 235 171 149\n", 1, "header needs"),
     "one patch": ("1 2 235 171 149 133 0 1.0 0\n", 1, "at least 2 patches"),
     "word": ("2 2 235 abc 149 133 0 1.0 0\n", 1, "Ystart is not an integer"),
+    "negative pixel": ("2 2 235 171 149 133 0 -2.5 0\n", 1, "pixel size must be positive (A) or 0"),
 }
 
 

@@ -299,6 +299,6 @@ def test_a_local_transform_that_is_not_an_alignment_is_refused(tmp_path, entry, 
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main([str(a) for a in args])
     assert rc == 2, err.getvalue()
-    where = "transform of view 7 in patch 3 (x 1, y 1)"
+    where = "transform of view 8 in patch 3 (x 1, y 1)"  # 1-based, as the .tlt lines
     assert err.getvalue() == f"lmalign: error: {tmp_path / 'l.xf'}: {where} {message}\n"
     assert not (tmp_path / "t.mrc").exists()

@@ -255,8 +255,9 @@ def add_reconstruct(sub):
         nargs="?",
         const=FROM_RECORD,
         help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
-        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; "
-        "without FILE, the one the --alignment record names",
+        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; its z "
+        "factors are not applied (tilt uses them only with a global z-factor file); without FILE, the "
+        "one the --alignment record names",
     )
     p.add_argument(
         "--local-tolerance",
@@ -264,8 +265,9 @@ def add_reconstruct(sub):
         type=float,
         default=DEFAULT_TOLERANCE_PX,
         help="with --local: the largest error (aligned pixels) of the position a voxel is read at, "
-        "in exchange for speed (voxels read through per-view sheets); 0 samples every voxel at "
-        "its own position, as tilt does (several times slower) (default: %(default)g)",
+        "in exchange for speed (voxels read through per-view sheets, an extra interpolation that "
+        "lowers sharp bead peaks by a few percent at any PX > 0); 0 samples every voxel at its own "
+        "position, as tilt does, peaks as without --local (several times slower) (default: %(default)g)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -168,6 +168,8 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
         )
     if dx <= 0 or dy <= 0:
         raise InputError(path, 1, f"patch spacing must be positive, got dX={dx} dY={dy}")
+    if pixel < 0:  # tilt rescales only by a positive one; IMOD gives a negative one no meaning
+        raise InputError(path, 1, f"pixel size must be positive (A) or 0 (not recorded), got {pixel:g}")
     for name, flag in zip(("ifXtilts", "ifZfactors"), (header[6:7], header[8:9]), strict=True):
         if flag and flag[0] not in (0, 1):
             raise InputError(path, 1, f"{name} must be 0 or 1, got {flag[0]}")

@@ -38,6 +38,9 @@ __all__ = [
     "LAYOUTS",
 ]
 
+#: The header's rms is float32: a deviation beyond this (values near float32's limits) is clipped to it.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _bad(path, problem: str) -> InputError:
     return InputError(path=path, line=None, problem=problem)
@@ -102,7 +105,7 @@ def create_volume(path, shape, voxel_size, label: str | None = None) -> Iterator
         mrc.header.dmin = np.float32(dmin)
         mrc.header.dmax = np.float32(dmax)
         mrc.header.dmean = np.float32(mean)
-        mrc.header.rms = np.float32(rms)
+        mrc.header.rms = np.float32(min(rms, _FLOAT32_MAX))
         mrc.voxel_size = (float(vs[0]), float(vs[1]), float(vs[2]))
         mrc.flush()
         mrc.close()
@@ -171,10 +174,10 @@ class _RunningStats:
         if n == 0:
             return
         mean = float(block.sum(dtype=np.float64)) / n
-        # one float32 dot per z slice (no volume-sized temporaries), summed in float64
+        # one float64 dot per z slice (no volume-sized temporaries; float32 overflows from ~1e19)
         m2 = 0.0
         for plane in block.reshape(block.shape[0], -1):
-            dev = plane - np.float32(mean)
+            dev = plane.astype(np.float64) - mean
             m2 += float(np.dot(dev, dev))
         self.min = min(self.min, float(block.min()))
         self.max = max(self.max, float(block.max()))
@@ -301,7 +304,7 @@ def stream_volume(
         # the statistics go into the header with one write at offset 0 (re-opening the file
         # memory-mapped to set them made closing it msync every data page: 0.5 s at 256 MB)
         header.dmin, header.dmax = np.float32(dmin), np.float32(dmax)
-        header.dmean, header.rms = np.float32(mean), np.float32(rms)
+        header.dmean, header.rms = np.float32(mean), np.float32(min(rms, _FLOAT32_MAX))
         _pwrite_all(fd, np.ascontiguousarray(header).view(np.uint8), 0)
         os.close(fd)
         fd = -1

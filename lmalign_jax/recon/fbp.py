@@ -363,11 +363,16 @@ def _finish_slab(out, j0, n_rows, vol, progress, ny_b):
         progress(j0 + n_rows, ny_b)
 
 
+def non_finite_view_problem(v: int) -> str:
+    """The message for non-finite pixels in (0-based) view ``v``, named 1-based as .xf/.tlt lines."""
+    return f"stack view {v + 1} (section {v} counting from 0) contains non-finite values"
+
+
 def _finite_view(stack, v: int, r0: int, r1: int) -> np.ndarray:
     """Rows ``r0 .. r1`` of view ``v``, checked for non-finite values."""
     view = np.asarray(stack[v, r0:r1] if r0 or r1 != stack.shape[1] else stack[v])
     if view.dtype.kind == "f" and not np.all(np.isfinite(view)):
-        raise ValueError(f"stack view {v} contains non-finite values")
+        raise ValueError(non_finite_view_problem(v))
     return view
 
 

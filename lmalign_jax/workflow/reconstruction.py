@@ -25,7 +25,7 @@ from ..io.imod_local import check_local_grid, read_local_xf
 from ..io.mrc import read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
-from ..recon.fbp import MAX_XF_ENTRY, transform_measures
+from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, transform_measures
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
@@ -144,7 +144,7 @@ def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = Fal
 
 
 def _check_local_transforms(path: str, local) -> None:
-    """InputError naming the first patch and view of a local alignment whose transform is
+    """InputError naming the first patch and (1-based) view of a local alignment whose transform is
     singular or has an entry beyond ``MAX_XF_ENTRY`` (as :func:`_check_xf_lines` for the global)."""
     t = local.transforms
     largest, _, singular, inverse = transform_measures(t[..., :2].reshape(-1, 2, 2), t[..., 2].reshape(-1, 2))
@@ -155,8 +155,37 @@ def _check_local_transforms(path: str, local) -> None:
         p, v = divmod(first, t.shape[1])
         nx = local.n_patches[0]
         problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[first] else "is singular"
-        where = f"view {v} in patch {p} (x {p % nx}, y {p // nx})"
+        where = f"view {v + 1} in patch {p} (x {p % nx}, y {p // nx})"
         raise InputError(path, None, f"transform of {where} {problem}")
+
+
+def _check_local_angles(path: str, local, tilts_deg: np.ndarray) -> None:
+    """InputError naming the first patch and (1-based) view of a local alignment whose local tilt
+    (global + delta) or X-axis tilt delta is not strictly within -90..90 degrees."""
+    dt, dxt = local.delta_tilt_deg, local.delta_xtilt_deg
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    nx = local.n_patches[0]
+    for angles, what in ((tilts[None] + dt, "local tilt"), (dxt, "delta X-axis tilt")):
+        bad = np.zeros(dt.shape, bool) if angles is None else ~(np.abs(angles) < 90)
+        if np.any(bad):
+            p, v = (int(i) for i in np.argwhere(bad)[0])
+            value = f"{tilts[v]:g} + delta {dt[p, v]:g} = " if what == "local tilt" else ""
+            where = f"patch {p} (x {p % nx}, y {p // nx}), view {v + 1}"
+            raise InputError(
+                path, None, f"{what} of {where} is {value}{angles[p, v]:g} degrees, outside -90..90"
+            )
+
+
+def check_stack_pixels(stack_path: str) -> None:
+    """InputError naming ``stack_path`` and the (1-based) view when a view of the stack holds a
+    non-finite value (NaN or infinity), as the reconstruction finds them; reads the stack
+    memory-mapped, one view at a time."""
+    stack = read_stack_streamed(stack_path)
+    if stack.dtype.kind != "f":
+        return
+    for v in range(len(stack)):
+        if not np.all(np.isfinite(stack[v])):
+            raise InputError(stack_path, None, non_finite_view_problem(v))
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -296,8 +325,11 @@ def reconstruct_to_file(
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
     way (FBP, any filter, ``--sirtlike``), voxels read within ``local_tolerance_px`` of their
-    own position (``recon.sheets``; 0: each at its own); SIRT through it (``recon.local_sirt``,
-    exact) holds the aligned views whole, refused when ``memory_gb`` is too small for them.
+    own position (``recon.sheets``, whose extra interpolation lowers sharp peaks a few percent;
+    0: each at its own); its z factors are not applied (tilt uses them only with a global z-factor
+    file), and a local tilt or X-axis tilt outside -90..90 degrees is an InputError; SIRT through
+    it (``recon.local_sirt``, exact) holds the aligned views whole, refused when ``memory_gb`` is
+    too small for them.
     ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
@@ -311,6 +343,11 @@ def reconstruct_to_file(
                 None,
                 f"has {count} {name} but the stack {stack_path} has {n_views} sections (one per view)",
             )
+    if n_views == 1:
+        raise InputError(
+            stack_path, None, "has 1 view: a tomogram needs views at two or more different tilts"
+        )
+    check_tilts_vary(alignment.tilts_deg, alignment.tilt_source, "a tomogram needs views at different tilts")
     if alignment.image_size is not None and (
         abs(alignment.image_size[0] - nx) > 0.5 or abs(alignment.image_size[1] - ny) > 0.5
     ):
@@ -368,6 +405,7 @@ def reconstruct_to_file(
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
         _check_local_transforms(local_path, local)
+        _check_local_angles(local_path, local, alignment.tilts_deg)
         check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
         if sirt is not None and need > budget:
