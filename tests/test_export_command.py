@@ -474,9 +474,9 @@ def test_xf_and_zfac_are_computed_together_as_tiltalign_does(tmp_path):
     )
 
 
-def test_a_number_wider_than_its_column_widens_it_and_reads_back(written, tmp_path, capsys):
-    """A shift of 1e9 px (no .aln or .xf column holds it): that field widens (io.fixed_width),
-    and alnfile and the .xf reader read the number back."""
+def test_a_shift_far_outside_the_image_is_refused_naming_the_view(written, tmp_path, capsys):
+    """A hand-edited shift of 1e9 px (more than 10 image sizes) is refused in one line naming the
+    record and the view, nothing written; one within reach (its columns: test_export) is exported."""
     record = json.loads((written["folder"] / "TS_01.json").read_text())
     record["views"][3]["xf"][4] = 1e9
     (tmp_path / "far.json").write_text(json.dumps(record))
@@ -484,11 +484,17 @@ def test_a_number_wider_than_its_column_widens_it_and_reads_back(written, tmp_pa
     code, err = _run(
         capsys, ["export", str(tmp_path / "far.json"), "--to", "imod,aretomo", "--out-dir", str(out)]
     )
+    assert code == 2 and len(err) == 1 and "far.json: views[3].xf shift (1e+09" in err[0], err
+    assert "more than 10 image sizes (10240 px)" in err[0] and not out.exists()
+    record["views"][3]["xf"][4] = 9000.0
+    (tmp_path / "far.json").write_text(json.dumps(record))
+    code, err = _run(
+        capsys, ["export", str(tmp_path / "far.json"), "--to", "imod,aretomo", "--out-dir", str(out)]
+    )
     assert code == 0, err
     a, d = read_xf(out / "far.xf")
-    xf = np.concatenate([a, d[:, :, None]], axis=2)
-    assert xf[3, 0, 2] == 1e9
-    far = read_record(str(tmp_path / "far.json"))  # not the .xf read back: 7 decimals of A times 1e9 px
+    assert d[3, 0] == 9000.0
+    far = read_record(str(tmp_path / "far.json"))
     expected = aretomo_parameters(ViewGeometry(far.xf, far.tilts_deg, None, IMAGE))
     np.testing.assert_allclose(alnfile.read(out / "far.aln")["tx"], expected["TX"], rtol=1e-9, atol=1e-3)
 

@@ -413,3 +413,39 @@ def test_a_point_far_outside_the_tomogram_is_refused(aligned, tmp_path):
     points.write_text("0,0,0\n0,0,3000\n")  # outside the image, within reach: evaluated
     rc, out, err = run(["uncertainty", sized, "--points", points])
     assert rc == 0 and "inf" not in out, err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("negative", r"bad\.json: view 3: parameter_covariance is not a covariance \(a negative variance"),
+        ("asymmetric", r"bad\.json: view 3: parameter_covariance is not a covariance"),
+        ("unconverged", r"bad\.json: this alignment did not converge \(summary\.converged is false\); there"),
+    ],
+)
+def test_a_record_that_gives_no_valid_misregistration_is_refused(aligned, tmp_path, edit, message):
+    """A covariance with a negative variance or not symmetric (it gave 0.000 px), or an alignment
+    that did not converge: exit 2 naming the record (and the view), no numbers."""
+    points = tmp_path / "p.csv"
+    points.write_text("0,0,0\n100,50,20\n")
+    record = json.loads((aligned / "synthetic.json").read_text())
+    cov = record["views"][2]["parameter_covariance"]
+    if edit == "negative":
+        cov[0][0] = -1e6
+    elif edit == "asymmetric":
+        cov[0][3] = cov[3][0] + 1.0
+    else:
+        record["summary"]["converged"] = False
+    (tmp_path / "bad.json").write_text(json.dumps(record))
+    rc, out, err = run(["uncertainty", tmp_path / "bad.json", "--points", points])
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+def test_relion_options_with_a_csv_name_the_option(aligned, tmp_path):
+    points = tmp_path / "p.csv"
+    points.write_text("0,0,0\n")
+    rc, out, err = run(["uncertainty", aligned / "synthetic.json", "--points", points, "--tomo", "XX"])
+    assert rc == 2 and out == ""
+    assert f"--tomo only applies to a RELION .star file of points; {points} is read as a CSV" in err, err
+    assert "tomo_name" not in err

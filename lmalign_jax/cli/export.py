@@ -15,6 +15,7 @@ from ..workflow.exporting import (
     local_alignment_for,
     parse_export_targets,
     read_alignment_record,
+    x_tilt_drops,
 )
 from ..workflow.record_markers import measured_markers
 from ..workflow.writing import check_output_folder
@@ -24,11 +25,12 @@ EXPORT_HELP = f"""\
 Write a solved alignment (the <prefix>.json record of 'lmalign align') in the formats the next
 program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-separated), or all.
 
-  imod     P.xf, P.tlt, P.xtilt (zeros), P_nogaps.fid (fiducial model, gaps filled by the solved
-           projection), P_erase.fid (beads in the aligned stack, for ccderaser) and {ALIGN_LOG_NAME}
-           (tiltalign's layout); P.zfac (tilt's z factors, computed with the .xf) when they are
-           not 0. One folder per tilt series: WarpTools' ts_import_alignments and RELION's IMOD
-           importer read it.
+  imod     P.xf, P.tlt, P.xtilt (zeros; for an 'align --flatten' record its X-axis tilt, which
+           the other targets do not carry: a warning says so), P_nogaps.fid (fiducial model,
+           gaps filled by the solved projection), P_erase.fid (beads in the aligned stack, for
+           ccderaser) and {ALIGN_LOG_NAME} (tiltalign's layout); P.zfac (tilt's z factors,
+           computed with the .xf) when they are not 0. One folder per tilt series: WarpTools'
+           ts_import_alignments and RELION's IMOD importer read it.
   aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines); with a
            local alignment (<stem>local.xf beside the record, as 'align --local' writes it, or
            --local FILE), its local rows: each patch centre's shift (the rest of IMOD's patch
@@ -60,7 +62,7 @@ def run_export(args) -> int:
     out_dir = args.out_dir if args.out_dir is not None else os.path.dirname(args.alignment) or "."
     out = OutputSet(out_dir, prefix)
     check_output_folder(
-        out, export_suffixes(targets), (args.alignment, args.markers, args.relion_tilt_series)
+        out, export_suffixes(targets), (args.alignment, args.markers, args.relion_tilt_series, args.local)
     )
     local = None
     if args.local is not None and "aretomo" not in targets:
@@ -77,9 +79,14 @@ def run_export(args) -> int:
     if "imod" in targets:
         measured = measured_markers(record, args.markers)
         if measured is None:
+            missing = (
+                f"marker file {record.markers_path} not found"
+                if record.markers_path
+                else f"{args.alignment} names no marker file"
+            )
             warn(
-                f"marker file {record.markers_path} not found: every point of {prefix}_nogaps.fid is the "
-                "solved projection (give --markers FILE to keep the measured points)"
+                f"{missing}: every point of {prefix}_nogaps.fid is the solved projection (give --markers "
+                "FILE to keep the measured points)"
             )
     written = export_alignment(
         record,
@@ -91,8 +98,9 @@ def run_export(args) -> int:
         relion_tilt_series=args.relion_tilt_series,
         local=local,
     )
-    if dropped:
-        warn(dropped)
+    for message in (dropped, x_tilt_drops(record, targets, prefix)):
+        if message:
+            warn(message)
     print(" Wrote " + ", ".join(written))
     return EXIT_OK
 
@@ -116,9 +124,9 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         with_xf_tlt=False,
         local=local_alignment_for(record)[0] if "aretomo" in targets else None,
     )
-    dropped = export_drops(record)
-    if dropped:
-        warn(dropped)
+    for message in (export_drops(record), x_tilt_drops(record, targets, prefix)):
+        if message:
+            warn(message)
     print(" Exported " + ", ".join(written))
     return exit_code
 

@@ -29,6 +29,14 @@ def run_uncertainty(args) -> int:
     if args.tomogram_size is not None and not all(0 < s < np.inf for s in args.tomogram_size):
         size = " ".join(f"{s:g}" for s in args.tomogram_size)
         raise UsageError(f"--tomogram-size must be three positive finite numbers, got {size}")
+    given = {"--pixel-size": args.pixel_size, "--tomogram-size": args.tomogram_size, "--tomo": args.tomo}
+    star_options = [option for option, value in given.items() if value is not None]
+    if star_options and not str(args.points).lower().endswith(".star"):
+        verb = "applies" if len(star_options) == 1 else "apply"
+        raise UsageError(
+            f"{', '.join(star_options)} only {verb} to a RELION .star file of points; {args.points} is read "
+            "as a CSV of x, y, z px from the centre"
+        )
     if args.out:
         check_output_file(args.out, (args.alignment, args.points), "--out", "misregistration.csv")
     result = points_misregistration(

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..analysis.covariance import AlignmentCovariance
 from ..io.errors import InputError
+from ..io.markerset import IMAGE_SIZE_RULE, image_size_ok
 from ..io.tilts import check_tilt_range
 from ..models import MODELS, get_model
 from .record_build import RECORD_VERSION, _record_units
@@ -85,6 +86,16 @@ class AlignmentRecord:
         if self.local is None:
             return None
         return os.path.join(os.path.dirname(os.path.abspath(self.path)), self.local.file)
+
+    def check_converged(self, purpose: str) -> None:
+        """InputError naming the record when its alignment did not converge (there is nothing to
+        ``purpose``, e.g. "export")."""
+        if self.converged and self.xf is not None:
+            return
+        why = "summary.converged is false" if self.status == "converged" else f"status {self.status}"
+        raise InputError(
+            self.path, None, f"this alignment did not converge ({why}); there is nothing to {purpose}"
+        )
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,14 @@ def read_covariance(path: str) -> AlignmentCovariance:
             raise InputError(
                 path, None, f"view {entry.get('view_number')}: parameters or parameter_covariance malformed"
             )
+        scale = float(np.abs(cov).max())
+        if np.diag(cov).min() < -1e-9 * scale or np.abs(cov - cov.T).max() > 1e-9 * scale:
+            raise InputError(
+                path,
+                None,
+                f"view {entry.get('view_number')}: parameter_covariance is not a covariance (a negative "
+                "variance, or not symmetric)",
+            )
         views.append(values / to_record)
         covariances.append(cov / np.outer(to_record, to_record))
     if not views:
@@ -244,7 +263,9 @@ def _load_record(path: str, hint: str = "") -> tuple[dict, int]:
             "not an lmalign alignment record (no 'views' list)" + (f"; {hint}" if hint else ""),
         )
     version = record.get("record_version", 0)
-    if not isinstance(version, int) or version > RECORD_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(path, None, f"record_version {version!r} is not an integer")
+    if version > RECORD_VERSION:
         raise InputError(
             path,
             None,
@@ -268,6 +289,64 @@ def read_track_settings(path: str) -> dict:
     return settings
 
 
+def _file_name(path: str, inputs: dict, name: str) -> str | None:
+    """``inputs[name]``: a file name or None; InputError naming the field for anything else."""
+    value = inputs.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(path, None, f"inputs.{name} must be a file name (a string), got {value!r}")
+    return value
+
+
+def _view_numbers(path: str, value) -> list | None:
+    """``inputs.excluded_by_user``: a list of view numbers (1-based) or None; InputError otherwise."""
+    if value is None or (
+        isinstance(value, list) and all(_is_number(v) and isinstance(v, int) and v > 0 for v in value)
+    ):
+        return value
+    raise InputError(path, None, f"inputs.excluded_by_user must be a list of view numbers, got {value!r}")
+
+
+def _image_size(path: str, size) -> tuple[float, float] | None:
+    """``inputs.image_size`` (None when absent); InputError unless it is :data:`IMAGE_SIZE_RULE`."""
+    if size is None:
+        return None
+    if not (isinstance(size, list) and len(size) == 2 and all(map(_is_number, size)) and image_size_ok(size)):
+        raise InputError(path, None, f"inputs.image_size must be {IMAGE_SIZE_RULE}, got {size!r}")
+    return float(size[0]), float(size[1])
+
+
+def _summary_number(path: str, summary: dict, name: str) -> float | None:
+    """``summary[name]`` (None when absent or null); InputError when it is not a finite number."""
+    value = summary.get(name)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise InputError(path, None, f"summary.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _flattened_tilts(path: str, tilts: np.ndarray, surfaces: dict) -> np.ndarray:
+    """The tilts of the written ``.tlt`` of a flattened record: ``tilts`` plus the surface
+    analysis' tilt change; InputError when the change or the X-axis tilt is not a number, or the
+    changed tilts leave -90..90."""
+    change = surfaces.get("tilt_angle_change_deg")
+    if not _is_number(change):
+        raise InputError(path, None, "'surfaces' is flattened but has no valid 'tilt_angle_change_deg'")
+    x_tilt = surfaces.get("x_axis_tilt_deg")
+    if x_tilt is not None and not (_is_number(x_tilt) and abs(x_tilt) < 90):
+        raise InputError(path, None, f"surfaces.x_axis_tilt_deg must be degrees in -90..90, got {x_tilt!r}")
+    flattened = tilts + change
+    bad = np.flatnonzero(~(np.abs(flattened) < 90.0))
+    if bad.size:
+        raise InputError(
+            path,
+            None,
+            f"surfaces.tilt_angle_change_deg {change:g} puts view {bad[0] + 1}'s tilt at "
+            f"{flattened[bad[0]]:g} degrees, outside -90..90",
+        )
+    return flattened
+
+
 def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
     """Read an ``lmalign align`` record; InputError (naming ``path``, with ``hint``: what else the
     command takes) if it is not one."""
@@ -280,20 +359,10 @@ def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
     summary, inputs = section("summary"), section("inputs")
     converged = summary.get("converged") is not False
     xf, tilts = _transforms(path, record["views"]) if converged else (None, None)
-    size = inputs.get("image_size")
-    image_size = (
-        (float(size[0]), float(size[1]))
-        if isinstance(size, list) and len(size) == 2 and all(map(_is_number, size))
-        else None
-    )
-    outputs = record.get("outputs")
     surfaces = record.get("surfaces") if isinstance(record.get("surfaces"), dict) else None
-    flattened = surfaces is not None and surfaces.get("flattened") is True
-    if tilts is not None and flattened:
-        change = surfaces.get("tilt_angle_change_deg")
-        if not _is_number(change):
-            raise InputError(path, None, "'surfaces' is flattened but has no valid 'tilt_angle_change_deg'")
-        tilts = tilts + change
+    if tilts is not None and surfaces is not None and surfaces.get("flattened") is True:
+        tilts = _flattened_tilts(path, tilts, surfaces)
+    outputs = record.get("outputs")
     pixel = inputs.get("pixel_size_A")
     model = section("model")
     return AlignmentRecord(
@@ -304,22 +373,22 @@ def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
         exit_code=record.get("exit_code"),
         xf=xf,
         tilts_deg=tilts,
-        image_size=image_size,
-        markers_path=inputs.get("markers"),
-        tilts_path=inputs.get("tilts"),
-        stack_path=inputs.get("stack"),
-        excluded_by_user=inputs.get("excluded_by_user"),
+        image_size=_image_size(path, inputs.get("image_size")),
+        markers_path=_file_name(path, inputs, "markers"),
+        tilts_path=_file_name(path, inputs, "tilts"),
+        stack_path=_file_name(path, inputs, "stack"),
+        excluded_by_user=_view_numbers(path, inputs.get("excluded_by_user")),
         options=section("options"),
         outputs=[str(o) for o in outputs] if isinstance(outputs, list) else [],
-        rms_residual_px=summary.get("rms_residual_px"),
-        mean_residual_px=summary.get("mean_residual_px"),
+        rms_residual_px=_summary_number(path, summary, "rms_residual_px"),
+        mean_residual_px=_summary_number(path, summary, "mean_residual_px"),
         has_standard_errors="leave_one_out_rms_px" in summary,
         surfaces=surfaces,
         pixel_size_A=float(pixel) if _is_number(pixel) and pixel > 0 else None,
         model_name=model.get("name") if isinstance(model.get("name"), str) else None,
         views=_view_table(record["views"]),
         markers=_marker_table(record.get("markers")),
-        sd_residual_px=summary.get("sd_residual_px") if _is_number(summary.get("sd_residual_px")) else None,
+        sd_residual_px=_summary_number(path, summary, "sd_residual_px"),
         n_points=summary.get("n_points") if isinstance(summary.get("n_points"), int) else None,
         n_free=summary.get("n_free") if isinstance(summary.get("n_free"), int) else None,
         local=read_local_section(path, record.get("local")),

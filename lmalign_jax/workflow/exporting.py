@@ -8,7 +8,8 @@
 Files, for ``--prefix P``:
 
 - imod: ``P.xf``, ``P.tlt`` (as in the record), ``P.xtilt`` (zeros: our ``.xf`` hold no X-axis
-  tilt), ``P_nogaps.fid`` (gaps filled by the solved projection; the measured points it keeps
+  tilt; a flattened record's X-axis tilt, which the other targets do not carry:
+  :func:`x_tilt_drops`), ``P_nogaps.fid`` (gaps filled by the solved projection; the measured points it keeps
   must be those the record was fitted to,
   :func:`lmalign_jax.workflow.record_markers.check_markers_match`), ``P_erase.fid`` (beads in
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
@@ -57,6 +58,7 @@ from ..report import AlignmentRecord, read_record
 from ..warp_parameters import WARP_PARAMETERS
 from .local import LOCAL_SUFFIX
 from .record_markers import excluded_views, model_projection, record_geometry
+from .series import FAR_OUTSIDE
 from .status import UsageError
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "local_alignment_for",
     "parse_export_targets",
     "read_alignment_record",
+    "x_tilt_drops",
     "z_factors",
 ]
 
@@ -90,6 +93,9 @@ _SUFFIXES = {
 #: The largest pixel size taken, Angstrom (1 um): beyond any tilt series, and far from where the
 #: exported lengths in Angstrom would overflow to inf.
 MAX_PIXEL_ANGST = 1e4
+#: The smallest, Angstrom: below any microscope's, and where the STAR's shifts in Angstrom (6
+#: decimals) would round to 0.
+MIN_PIXEL_ANGST = 0.01
 
 
 def parse_export_targets(text: str, option: str = "--to") -> tuple[str, ...]:
@@ -116,8 +122,11 @@ def export_suffixes(targets: Sequence[str], *, with_xf_tlt: bool = True) -> tupl
 
 
 def read_alignment_record(path: str) -> AlignmentRecord:
-    """The record at ``path`` (InputError naming it if it is not an ``lmalign align`` record)."""
-    return read_record(path)
+    """The record at ``path``; InputError naming it if it is not an ``lmalign align`` record or
+    cannot be exported (not converged, a shift or marker far outside its image)."""
+    record = read_record(path)
+    _check_exportable(record)
+    return record
 
 
 def local_alignment_for(
@@ -141,14 +150,40 @@ def local_alignment_for(
 
 
 def _require(record: AlignmentRecord, what: str):
-    if not record.converged or record.xf is None:
+    """InputError naming the record when it cannot be exported (:func:`_check_exportable`) or
+    has no image size."""
+    _check_exportable(record)
+    if record.image_size is None:
+        raise InputError(record.path, None, f"the record has no image size, needed for {what}")
+
+
+def _check_exportable(record: AlignmentRecord) -> None:
+    """InputError naming the record when its alignment did not converge, or (with its image size)
+    a view's shift or a marker is more than :data:`FAR_OUTSIDE` image sizes out (a hand edit)."""
+    record.check_converged("export")
+    if record.image_size is None:
+        return
+    far = FAR_OUTSIDE * max(record.image_size)
+    shifts = np.abs(record.xf[:, :, 2]).max(axis=1)
+    if shifts.max() > far:
+        k = int(np.argmax(shifts > far))
         raise InputError(
             record.path,
             None,
-            f"this alignment did not converge ({record.status}); there is nothing to export",
+            f"views[{k}].xf shift ({record.xf[k, 0, 2]:g}, {record.xf[k, 1, 2]:g}) px is more than "
+            f"{FAR_OUTSIDE} image sizes ({far:g} px): not an alignment of this image",
         )
-    if record.image_size is None:
-        raise InputError(record.path, None, f"the record has no image size, needed for {what}")
+    if record.markers is not None and record.markers.xyz.size:
+        reach = np.abs(record.markers.xyz).max(axis=1)
+        if reach.max() > far:
+            i = int(np.argmax(reach > far))
+            x, y, z = record.markers.xyz[i]
+            raise InputError(
+                record.path,
+                None,
+                f"markers[{i}] at ({x:g}, {y:g}, {z:g}) px is more than {FAR_OUTSIDE} image sizes "
+                f"({far:g} px) from the centre: not a marker of this image",
+            )
 
 
 def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
@@ -290,16 +325,41 @@ def export_drops(record: AlignmentRecord) -> str | None:
     )
 
 
+def x_tilt_drops(record: AlignmentRecord, targets: Sequence[str], prefix: str) -> str | None:
+    """The warning for a flattened record (``align --flatten``) exported to targets that do not
+    carry its X-axis tilt (RELION, the Portal, AreTomo; IMOD's ``.xtilt`` does); None when there
+    are none, or the X-axis tilt is 0."""
+    surfaces = record.surfaces or {}
+    x_tilt = surfaces.get("x_axis_tilt_deg")
+    if surfaces.get("flattened") is not True or not isinstance(x_tilt, int | float) or x_tilt == 0:
+        return None
+    names = {"relion": f"{prefix}.star", "portal": f"{prefix}_portal.json", "aretomo": f"{prefix}.aln"}
+    dropped = [f"{t} ({names[t]})" for t in targets if t in names]
+    if not dropped:
+        return None
+    return (
+        f"{record.path} is flattened with an X-axis tilt of {xtilt_file_value_deg(x_tilt):.2f} deg (the "
+        f"value of IMOD's .xtilt): {', '.join(dropped)} do not carry it (written as 0); apply it there "
+        "by hand or export the alignment without --flatten"
+    )
+
+
 def check_export(
     targets: Sequence[str], prefix: str, pixel_size_angst: float | None, missing: str | None
 ) -> None:
     """UsageError, before any work, for an export that cannot be written: a pixel size that is
-    not positive (or, with targets, over :data:`MAX_PIXEL_ANGST`), or RELION without one
+    not positive (or, with targets, outside :data:`MIN_PIXEL_ANGST` .. :data:`MAX_PIXEL_ANGST`), or RELION
+    without one
     (``missing``: why there is none, e.g. "X.json has none"; None: not known yet, not checked)
     or with a ``prefix`` that is not one word (RELION names the tilt series by it)."""
     pixel = pixel_size_angst
     if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
         raise UsageError(f"--pixel-size must be a positive number of Angstrom, got {pixel:g}")
+    if targets and pixel is not None and pixel < MIN_PIXEL_ANGST:
+        raise UsageError(
+            f"pixel size {pixel:g} A is under {MIN_PIXEL_ANGST:g} A, not a tilt series' pixel size: "
+            "give the pixel size in Angstrom with --pixel-size"
+        )
     if targets and pixel is not None and pixel > MAX_PIXEL_ANGST:
         raise UsageError(
             f"pixel size {pixel:g} A is over {MAX_PIXEL_ANGST:g} A (1 um), not a tilt series' pixel size: "

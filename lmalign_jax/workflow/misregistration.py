@@ -34,9 +34,11 @@ def points_misregistration(
     """The misregistration of every point of ``points_path`` (CSV or RELION STAR, see
     ``io.points``) under the alignment of ``record_path`` (an ``lmalign align`` .json written
     with standard errors). Bad files raise ``InputError``."""
+    record = read_record(record_path)
+    record.check_converged("evaluate")
     covariance = read_covariance(record_path)
     points = read_points(points_path, pixel_size=pixel_size, tomogram_size=tomogram_size, tomo_name=tomo_name)
-    size = read_record(record_path).image_size
+    size = record.image_size
     if size is not None:  # a point this far out is an error in the file (as for markers)
         limit = FAR_OUTSIDE * max(size)
         far = np.flatnonzero(np.max(np.abs(points), axis=1) > limit)
