@@ -5,6 +5,7 @@ the solve then lands on the equivalent mirrored solution near -85 degrees (same 
 started from an .aln of the truth, it must stay on the truth's hand.
 """
 
+import json
 import re
 
 import numpy as np
@@ -111,9 +112,15 @@ def _bad_aln(d, tmp_path, kind):
         text = [re.sub(r"RawSize = (\d+) (\d+) 25", r"RawSize = \1 \2 24", t) for t in text]
         text = [t for t in text if not t.startswith("# DarkFrame")]
         text = text[:-1]
+    elif kind == "cut":  # the last two rows gone, no DarkFrame line for them
+        text = text[:-2]
     else:
         tokens = text[-2].split()
-        tokens[3] = "1.2.3"  # TX
+        tokens[{"malformed": 3, "huge": 3, "gmag": 2}[kind]] = {
+            "malformed": "1.2.3",
+            "huge": "1e300",
+            "gmag": "-1",
+        }[kind]
         text[-2] = " ".join(tokens)
     path = tmp_path / f"{kind}.aln"
     path.write_text("\n".join(text) + "\n")
@@ -125,14 +132,40 @@ def _bad_aln(d, tmp_path, kind):
     [
         ("views", "RawSize has 24 sections; the series has 25 views"),
         ("malformed", "TX '1.2.3' is not a number"),
+        # audit: a finite 1e300 overflowed to exit 3; a negative GMAG aligned (exit 0) with a
+        # negative scale and a rotation 180 deg off in the record
+        ("huge", "view 24: shift 1e+300, "),
+        ("gmag", "GMAG -1 is not positive"),
+        ("huge.xf", "line 1: shift "),
     ],
 )
 def test_bad_initial_alignment_is_refused_before_anything_is_written(series, tmp_path, kind, problem):
     d, _ = series
-    path = _bad_aln(d, tmp_path, kind)
+    if kind == "huge.xf":
+        lines = (d / "truth.xf").read_text().splitlines()
+        lines[0] = " ".join(lines[0].split()[:4] + ["1e300", "0"])
+        path = tmp_path / "huge.xf"
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path = _bad_aln(d, tmp_path, kind)
     out_dir = tmp_path / "out"
     rc, out, err = align(d, path, out_dir)
     assert rc == 2
     errors = [line for line in err.splitlines() if line.startswith("lmalign: error: ")]
     assert len(errors) == 1 and str(path) in errors[0] and problem in errors[0], err
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_sections_without_a_row_are_warned_about_and_the_start_is_named(series, tmp_path):
+    """An .aln whose last rows were cut (no DarkFrame line for them) started those views from the
+    built-in start without a word; the summary said the start rotation was "estimated from the
+    marker tracks" (audit)."""
+    d, _ = series
+    rc, out, err = align(d, _bad_aln(d, tmp_path, "cut"), tmp_path / "o", "--no-errors")
+    assert rc == 0, err
+    assert (
+        "cut.aln: 2 of the RawSize 25 sections have neither a row nor a DarkFrame line (views 24, 25" in err
+    )
+    options = json.loads((tmp_path / "o" / "s.json").read_text())["options"]
+    assert options["rotation_source"] == f"--initial {tmp_path / 'cut.aln'}"
+    assert abs(options["rotation_deg"] - 95.0) < 1.0  # the truth's, as the .aln says

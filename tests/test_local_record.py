@@ -64,6 +64,13 @@ def test_the_record_reads_back_and_older_records_still_read(aligned, tmp_path):
     np.testing.assert_array_equal(old.xf, rec.xf)
     record["local"] = {"file": "../elsewhere/x.xf", "patches": [], "n_patches": 0, "n_kept": 0}
     (tmp_path / "bad.json").write_text(json.dumps(record))
+    # a path (an absolute one was answered "no valid 'file'", audit): the file must be beside it
+    with pytest.raises(
+        InputError, match=r"'file' must name a file beside the record, .*'\.\./elsewhere/x\.xf'"
+    ):
+        read_record(str(tmp_path / "bad.json"))
+    record["local"]["file"] = 7
+    (tmp_path / "bad.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="'local' section has no valid 'file'"):
         read_record(str(tmp_path / "bad.json"))
 

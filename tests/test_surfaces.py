@@ -300,6 +300,9 @@ def test_cli_prints_stores_and_flattens(flattened):
     np.testing.assert_allclose(read_tilts(d / "beads.tlt"), solved + two["tilt_angle_change_deg"], atol=0.006)
     np.testing.assert_allclose(read_xtilt(d / "beads.xtilt"), -two["x_axis_tilt_deg"], atol=0.006)
     assert "beads.xtilt" in record["outputs"]
+    # and the summary gives the value written, not only the tilt with the opposite sign (audit)
+    flat = two["x_axis_tilt_deg"]
+    assert f"X-axis tilt {flat:.2f} deg (tilt's XAXISTILT; written as {-flat:.2f}," in out
     # reconstruct --alignment reads the flattened tilts back from the record
     back = read_record(str(d / "beads.json"))
     np.testing.assert_allclose(back.tilts_deg, solved + two["tilt_angle_change_deg"])

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import numpy as np
 
 from ..core.settings import is_fixed
+from ..export.imod import xtilt_file_value_deg
 from ..io.mrc import read_stack_header
 from ..io.outputs import OutputSet
 from ..models import MODELS
@@ -156,7 +158,12 @@ def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
     print("\n".join(analysis.imod_log_lines()))
     if flatten:
         x_tilt = analysis.x_axis_tilt_deg
-        xtilt = f"X-axis tilt {x_tilt:.2f} deg" if x_tilt is not None else "zeros (too few beads)"
+        xtilt = (
+            f"X-axis tilt {x_tilt:.2f} deg (tilt's XAXISTILT; written as {xtilt_file_value_deg(x_tilt):.2f}, "
+            "as tilt subtracts it from each view's)"
+            if x_tilt is not None
+            else "zeros (too few beads)"
+        )
         print(
             f" Flattened: {analysis.tilt_angle_change_deg:+.2f} deg added to every tilt in {prefix}.tlt; "
             f"{xtilt} in {prefix}.xtilt (IMOD tilt's XTILTFILE; lmalign reconstruct reads the .tlt only)"
@@ -210,7 +217,7 @@ def align_and_report(
     sel = select_views(inputs, excluded_views(exclude, inputs.tilts_deg.size) if exclude else [], settings)
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
-    start = read_initial_alignment(initial, inputs, sel, obs, settings.model) if initial else None
+    start = read_initial_alignment(initial, inputs, sel, obs, settings.model, warn) if initial else None
 
     text = (
         f"lmalign: aligning {obs.n_views} views x {obs.n_markers} markers ({obs.n_observed} points), model "
@@ -226,6 +233,9 @@ def align_and_report(
             start=start,
         )
     result, robust = fit.result, fit.robust
+    if start is not None:  # the rotation the solve started from (the record's and the summary's)
+        mean = np.degrees(np.angle(np.mean(np.exp(1j * np.radians(start.rotation_deg)))))
+        inputs = dataclasses.replace(inputs, rotation_deg=float(mean), rotation_source=f"--initial {initial}")
     if robust is not None:
         for st in result.stages:
             print_stage_line(st)

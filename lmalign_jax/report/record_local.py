@@ -119,8 +119,15 @@ def read_local_section(path: str, section) -> LocalRecord | None:
     if section is None:
         return None
     file = section.get("file") if isinstance(section, dict) else None
-    if not isinstance(file, str) or not file or "/" in file or "\\" in file:
+    if not isinstance(file, str) or not file:
         raise InputError(path, None, "'local' section has no valid 'file' (the local file's name)")
+    if "/" in file or "\\" in file:
+        raise InputError(
+            path,
+            None,
+            f"'local' section's 'file' must name a file beside the record, without a folder, got {file!r} "
+            "(give another local file with --local FILE)",
+        )
     patches = section.get("patches")
     n_patches, n_kept = section.get("n_patches"), section.get("n_kept")
     if not (
