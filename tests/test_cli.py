@@ -514,6 +514,7 @@ def test_too_few_markers_after_dropping(files):
             r"--rotation-mode: unknown mode 'sometimes' for rotation; use free, fixed, shared or group:N",
         ),
         (["--mode", "foo=free"], r"--mode: model 'jou' has no parameter 'foo'"),
+        (["--mode", "scale=group:0"], r"group:N \(N views per group, a whole number >= 1\)"),
         (
             ["--model", "luther", "--scale-mode", "fixed"],
             r"--scale-mode: model 'luther' has no parameter 'scale'",

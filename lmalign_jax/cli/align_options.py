@@ -40,7 +40,8 @@ def parse_modes(args, model_name: str) -> dict:
             )
         if not MODE_RE.fullmatch(mode):
             raise UsageError(
-                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N"
+                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
+                "(N views per group, a whole number >= 1)"
             )
         if name in given and given[name][0] != mode:
             raise UsageError(
