@@ -99,8 +99,19 @@ TS_01 500 300 100
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--pixel-size", "inf"], "--pixel-size must be a positive finite number, got inf"),
-        (["--pixel-size", "nan"], "--pixel-size must be a positive finite number, got nan"),
+        (
+            ["--pixel-size", "inf"],
+            "--pixel-size must be a tilt series' pixel size, 0.01 to 10000 A (as export takes), got inf",
+        ),
+        (
+            ["--pixel-size", "nan"],
+            "--pixel-size must be a tilt series' pixel size, 0.01 to 10000 A (as export takes), got nan",
+        ),
+        # as export's bound (audit: export refused 1e-300, uncertainty took it)
+        (
+            ["--pixel-size", "1e-300"],
+            "--pixel-size must be a tilt series' pixel size, 0.01 to 10000 A (as export takes), got 1e-300",
+        ),
         (
             ["--tomogram-size", "inf", "128", "40"],
             "--tomogram-size must be three positive finite numbers, got inf 128 40",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..workflow.exporting import MAX_PIXEL_ANGST, MIN_PIXEL_ANGST
 from ..workflow.misregistration import points_misregistration, write_points_csv
 from .common import EXIT_OK, HelpFormatter, UsageError, check_output_file
 
@@ -24,8 +25,11 @@ UNCERTAINTY_EXAMPLE = """example:
 
 
 def run_uncertainty(args) -> int:
-    if args.pixel_size is not None and not 0 < args.pixel_size < np.inf:
-        raise UsageError(f"--pixel-size must be a positive finite number, got {args.pixel_size:g}")
+    if args.pixel_size is not None and not MIN_PIXEL_ANGST <= args.pixel_size <= MAX_PIXEL_ANGST:
+        raise UsageError(
+            f"--pixel-size must be a tilt series' pixel size, {MIN_PIXEL_ANGST:g} to {MAX_PIXEL_ANGST:g} A "
+            f"(as export takes), got {args.pixel_size:g}"
+        )
     if args.tomogram_size is not None and not all(0 < s < np.inf for s in args.tomogram_size):
         size = " ".join(f"{s:g}" for s in args.tomogram_size)
         raise UsageError(f"--tomogram-size must be three positive finite numbers, got {size}")
