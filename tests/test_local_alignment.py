@@ -8,6 +8,8 @@ predicted aligned positions are compared with the noise-free ones mapped by the 
 transform.
 """
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -182,11 +184,38 @@ def test_align_local_on_imods_bba_writes_imods_format(tmp_path, monkeypatch):
         (["--min-fids", "8;3"], "--min-fids: expected TOTAL,EACH_SURFACE"),
         (["--patch-overlap", "1.5"], "patch overlap must be in [0, 1)"),
         (["--patch-size", "0", "700"], "patch size must be positive"),
+        (["--local-mode", "shift=free"], "--local-mode: expected NAME=MODE with NAME one of rotation, tilt,"),
+        (["--local-mode", "tilt=group:0"], "--local-mode: unknown mode 'group:0' for tilt; use free, fixed,"),
+        (
+            ["--local-mode", "tilt=free", "--local-mode", "tilt=fixed"],
+            "tilt is given two modes (free, fixed)",
+        ),
     ],
 )
 def test_bad_local_options_are_named_before_anything_is_solved(options, message, tmp_path):
     rc, out, err = run([*BBA, "--out-dir", tmp_path, "--local", *options])
     assert rc == 2 and message in err and not list(tmp_path.iterdir())
+
+
+def test_local_modes_group_the_increments_as_etomo_does(tmp_path):
+    """--local-mode sets IMOD's Local*DefaultGrouping: with Etomo's (rotation and tilt by 6 views,
+    scale by 7) a BBa patch has 11 + 11 + 9 increments and 2 shifts per view (61 views, 3
+    excluded by none: 153 in all), and the record says which grouping was used."""
+    etomo = [
+        "--local-mode",
+        "rotation=group:6",
+        "--local-mode",
+        "tilt=group:6",
+        "--local-mode",
+        "scale=group:7",
+    ]
+    rc, out, err = run([*BBA, "--out-dir", tmp_path, "--no-figure", "--no-errors", "-q", "--local", *etomo])
+    assert rc == 0, err
+    section = json.loads((tmp_path / "BBa.json").read_text())["local"]
+    assert section["options"]["modes"] == {"rotation": "group:6", "tilt": "group:6", "scale": "group:7"}
+    assert all(p["n_free"] == 11 + 11 + 9 + 2 * 61 for p in section["patches"])
+    rc, _, err = run([*BBA, "--out-dir", tmp_path / "x", "--local-mode", "tilt=fixed"])
+    assert rc == 2 and "--local-mode goes with --local" in err and not (tmp_path / "x").exists()
 
 
 def _two(line: str):

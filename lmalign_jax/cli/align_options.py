@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..analysis.robust_weights import LOSSES
+from ..core.local import INCREMENTS
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
@@ -15,11 +16,13 @@ from .common import UsageError, check_count
 
 __all__ = [
     "MODE_RE",
+    "add_local_mode_option",
     "add_local_options",
     "add_patch_size_option",
     "add_robust_options",
     "add_solver_options",
     "local_options_from_args",
+    "parse_local_modes",
     "parse_modes",
     "settings_from_args",
 ]
@@ -86,7 +89,46 @@ LOCAL_SETTINGS = (
     ("--min-fids", "min_fids"),
     ("--local-markers", "local_markers"),
     ("--local-keep-all", "local_keep_all"),
+    ("--local-mode", "local_mode"),
 )
+
+#: Etomo's grouping of the local increments (LocalRotDefaultGrouping etc.), for the help.
+ETOMO_LOCAL_MODES = "rotation=group:6, tilt=group:6, scale=group:7"
+
+
+def parse_local_modes(values, option: str = "--local-mode") -> tuple[tuple[str, str], ...]:
+    """LocalOptions.modes from repeated ``NAME=MODE`` (a local increment and free, fixed, shared
+    or group:N); the increments not named keep LocalOptions' defaults. UsageError otherwise."""
+    modes = dict(LocalOptions().modes)
+    given: dict[str, str] = {}
+    for text in values or ():
+        name, sep, mode = text.partition("=")
+        name, mode = name.strip(), mode.strip()
+        if not sep or name not in INCREMENTS:
+            raise UsageError(
+                f"{option}: expected NAME=MODE with NAME one of {', '.join(INCREMENTS)}, got {text!r}"
+            )
+        if not MODE_RE.fullmatch(mode):
+            raise UsageError(
+                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
+                "(N views per group, a whole number >= 1)"
+            )
+        if given.get(name, mode) != mode:
+            raise UsageError(f"{option}: {name} is given two modes ({given[name]}, {mode})")
+        given[name] = modes[name] = mode
+    return tuple(modes.items())
+
+
+def add_local_mode_option(p, help_prefix: str = "") -> None:
+    """--local-mode NAME=MODE (repeatable), shared by align --local and compare's 'local'."""
+    p.add_argument(
+        "--local-mode",
+        action="append",
+        metavar="NAME=MODE",
+        help=f"{help_prefix}grouping of a local increment (IMOD's Local*Option and Local*DefaultGrouping), "
+        f"repeatable: NAME of {', '.join(INCREMENTS)}, MODE free, fixed, shared or group:N (default: "
+        f"rotation, tilt and scale free per view; Etomo's grouping is {ETOMO_LOCAL_MODES})",
+    )
 
 
 def local_options_from_args(args) -> LocalOptions | None:
@@ -124,6 +166,7 @@ def local_options_from_args(args) -> LocalOptions | None:
             **settings,
             fix_markers=args.local_markers in (None, "fixed"),
             significance=None if args.local_keep_all else 3.0,
+            modes=parse_local_modes(args.local_mode),
         )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
@@ -207,6 +250,7 @@ def add_local_options(p) -> None:
         help="keep every patch's local solution, as IMOD does; by default a patch keeps the global "
         "solution unless its residual drop exceeds what fitting noise gives (chi-square test, 3 sd)",
     )
+    add_local_mode_option(p)
     p.add_argument(
         "--local-markers",
         choices=("fixed", "free"),

@@ -15,7 +15,7 @@ from ..observations import usable_views_and_markers
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
 from ..workflow.settings import AlignSettings
-from .align_options import add_patch_size_option
+from .align_options import add_local_mode_option, add_patch_size_option, parse_local_modes
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -63,12 +63,22 @@ def run_compare(args) -> int:
             local = LocalOptions(
                 **({} if args.patch_size is None else {"patch_size": tuple(args.patch_size)}),
                 significance=None if args.local_keep_all else 3.0,
+                modes=parse_local_modes(args.local_mode),
             )
         except ValueError as e:
             raise UsageError(f"--patch-size: {e}") from None
-    elif args.patch_size is not None or args.local_keep_all:
-        given = "--patch-size" if args.patch_size is not None else "--local-keep-all"
-        raise UsageError(f"{given} goes with 'local' in --models (local alignment was not asked for)")
+    else:
+        given = [
+            flag
+            for flag, value in (
+                ("--patch-size", args.patch_size),
+                ("--local-keep-all", args.local_keep_all),
+                ("--local-mode", args.local_mode),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(f"{given[0]} goes with 'local' in --models (local alignment was not asked for)")
     if args.json:
         check_output_file(args.json, (args.markers, args.tilts, args.stack), "--json", "compare.json")
     inputs = read_series(
@@ -182,6 +192,7 @@ def add_compare(sub):
         action="store_true",
         help="with 'local': judge every patch's fit kept, as IMOD keeps them (as align --local-keep-all)",
     )
+    add_local_mode_option(p, "with 'local' (as align --local-mode): ")
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"
     )
