@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from ..analysis.robust_weights import LOSSES
-from ..core.local import INCREMENTS
+from ..core.local import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
@@ -92,9 +92,6 @@ LOCAL_SETTINGS = (
     ("--local-mode", "local_mode"),
 )
 
-#: Etomo's grouping of the local increments (LocalRotDefaultGrouping etc.), for the help.
-ETOMO_LOCAL_MODES = "rotation=group:6, tilt=group:6, scale=group:7"
-
 
 def parse_local_modes(values, option: str = "--local-mode") -> tuple[tuple[str, str], ...]:
     """LocalOptions.modes from repeated ``NAME=MODE`` (a local increment and free, fixed, shared
@@ -119,6 +116,10 @@ def parse_local_modes(values, option: str = "--local-mode") -> tuple[tuple[str, 
     return tuple(modes.items())
 
 
+def _modes_text(modes) -> str:
+    return " ".join(f"{name}={mode}" for name, mode in modes)
+
+
 def add_local_mode_option(p, help_prefix: str = "") -> None:
     """--local-mode NAME=MODE (repeatable), shared by align --local and compare's 'local'."""
     p.add_argument(
@@ -127,7 +128,8 @@ def add_local_mode_option(p, help_prefix: str = "") -> None:
         metavar="NAME=MODE",
         help=f"{help_prefix}grouping of a local increment (IMOD's Local*Option and Local*DefaultGrouping), "
         f"repeatable: NAME of {', '.join(INCREMENTS)}, MODE free, fixed, shared or group:N (default: "
-        f"rotation, tilt and scale free per view; Etomo's grouping is {ETOMO_LOCAL_MODES})",
+        f"Etomo's, {_modes_text(ETOMO_MODES)}; free per view, {_modes_text(PER_VIEW_MODES)}, lowers "
+        "the residual more and fits more noise)",
     )
 
 

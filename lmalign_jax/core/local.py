@@ -53,6 +53,8 @@ from .problem import characteristic_radius, mode_labels, reference_marker, resid
 from .result import AlignmentResult, fit_image_transforms
 
 __all__ = [
+    "ETOMO_MODES",
+    "PER_VIEW_MODES",
     "LocalOptions",
     "LocalSolution",
     "PatchReport",
@@ -65,6 +67,14 @@ __all__ = [
 INCREMENTS = {"rotation": "angle", "tilt": "angle", "scale": "ratio", "xstretch": "ratio", "skew": "angle"}
 
 
+#: Etomo's grouping of the local increments (LocalRotDefaultGrouping 6, LocalTiltDefaultGrouping
+#: 6, LocalMagDefaultGrouping 7): LocalOptions' default.
+ETOMO_MODES = (("rotation", "group:6"), ("tilt", "group:6"), ("scale", "group:7"))
+#: Every increment free per view (the default until 2026-12-04): lowers the residual more, and
+#: fits more noise.
+PER_VIEW_MODES = (("rotation", "free"), ("tilt", "free"), ("scale", "free"))
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalOptions:
     """Settings of a local alignment (IMOD's names in brackets; grid defaults are Etomo's).
@@ -74,11 +84,15 @@ class LocalOptions:
     min_fids: (total, each surface) markers a patch must hold [MinFidsTotalAndEachSurface].
     fix_markers: hold the markers at the global solution [FixXYZCoordinates].
     modes: local increment -> "free", "group:N" or "fixed" [Local*Option, Local*DefaultGrouping];
-        increments the model lacks are ignored. Default: rotation, tilt and scale per view (Etomo
-        groups them by 6, 6 and 7 views and adds x-stretch and skew by 7 and 11: pass those modes
-        to match it; on IMOD's BBa set the per-view default lowers the residual more). A view with
-        fewer points in a patch than its own increments and local shift need (two coordinates a
-        point) keeps the global increments there; only its shift is fitted.
+        increments the model lacks are ignored. Default :data:`ETOMO_MODES`, Etomo's grouping:
+        rotation and tilt in groups of 6 views, scale in groups of 7 (Etomo adds x-stretch and
+        skew by 7 and 11 for models that have them: pass those modes to match it). Grouped, the
+        increments fit less noise: on IMOD's midzone2a set they predict held-out points better
+        than the global alignment, where increments free per view (:data:`PER_VIEW_MODES`, which
+        lower the residual more) predict them worse (benchmarks/README, "Grouped local
+        increments"). A view with fewer points in a patch than its own per-view increments and
+        local shift need (two coordinates a point) keeps the global increments there; only its
+        shift is fitted.
     significance: keep a patch's local solution only if it lowers the patch's sum of squares by
         more than fitting noise would: ``delta SS / sigma^2 > p + significance sqrt(2 p)`` (p the
         patch's free parameters; under a rigid specimen delta SS / sigma^2 is about chi-square with
@@ -95,7 +109,7 @@ class LocalOptions:
     overlap: tuple[float, float] = (0.5, 0.5)
     min_fids: tuple[int, int] = (8, 3)
     fix_markers: bool = True
-    modes: tuple[tuple[str, str], ...] = (("rotation", "free"), ("tilt", "free"), ("scale", "free"))
+    modes: tuple[tuple[str, str], ...] = ETOMO_MODES
     significance: float | None = 3.0
     config: LMConfig = LMConfig(cost_tol=1e-9, step_tol=1e-7, gradient_tol=1e-9)
 
