@@ -28,42 +28,7 @@ from benchmarks.common import environment
 ETOMO = (("rotation", "group:6"), ("tilt", "group:6"), ("scale", "group:7"))
 DATA = Path(__file__).parent.parent / "lmalign_jax" / "data"
 REAL = {"BBa": ("imod-bb/BBa", (512, 512)), "midzone2a": ("imod-midzone2/midzone2a", (1950, 1024))}
-SIZE, NOISE = 2048, 0.3
-
-
-def _warped(warp_px: float, seed: int):
-    """(observations, noise-free centred raw positions): a smooth conformal warp growing with tilt."""
-    import jax
-    import numpy as np
-
-    from lmalign_jax import get_model, simulate
-    from lmalign_jax.observations import Observations
-
-    s = simulate(n_views=41, n_markers=60, image_size=(SIZE, SIZE), noise_px=NOISE, seed=seed)
-    with jax.enable_x64(True):
-        project = jax.vmap(jax.vmap(get_model("jou").project, in_axes=(None, 0)), in_axes=(0, None))
-        clean = np.asarray(project(s.views, s.markers))
-    u = clean / (SIZE / 2)
-    amp = warp_px * s.observations.tilts_deg[:, None] / 60.0
-    clean = clean + np.stack([amp * (u[..., 0] ** 2 - u[..., 1] ** 2), amp * 2 * u[..., 0] * u[..., 1]], -1)
-    noise = NOISE * np.random.default_rng(seed + 100).standard_normal(clean.shape)
-    obs = Observations(clean + noise + SIZE / 2, s.observations.mask, s.observations.tilts_deg, (SIZE, SIZE))
-    return obs, clean
-
-
-def _aligned_error(result, local, clean) -> float:
-    import numpy as np
-
-    from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
-
-    obs, xf = result.observations, result.xf
-    truth = np.einsum("vij,vmj->vmi", xf[:, :, :2], clean) + xf[:, None, :, 2]
-    xyz, _ = fit_markers_through_local(
-        local, result.aligned_xy() - obs.center, obs.mask, result.tilts_deg, obs.image_size, result.markers
-    )
-    predicted = project_through_local(local, xyz, result.tilts_deg, obs.image_size)
-    error = np.where(obs.mask[..., None], predicted - truth, 0)
-    return float(np.sqrt(np.sum(error**2) / (2 * obs.n_observed)))
+NOISE = 0.3
 
 
 def _real(name: str):
@@ -80,6 +45,7 @@ def run() -> dict:
     from lmalign_jax import align
     from lmalign_jax.analysis.compare import compare_models
     from lmalign_jax.core.local import LocalOptions, align_local
+    from lmalign_jax.simulation.local_truth import aligned_position_error, warped_observations
 
     variants = {
         "per_view_test": LocalOptions(),
@@ -90,14 +56,14 @@ def run() -> dict:
     simulated = {}
     for name, warp in (("rigid", 0.0), ("warped_3px", 3.0)):
         for seed in (1, 2, 3):
-            obs, clean = _warped(warp, seed)
+            obs, clean = warped_observations(warp, seed, noise_px=NOISE)
             result = align(obs)
-            base = _aligned_error(result, None, clean)
+            base = aligned_position_error(result, None, clean)
             row = {"global_error_px": base}
             for key, options in variants.items():
                 local = align_local(result, options)
                 row[key] = {
-                    "error_over_global": _aligned_error(result, local.file, clean) / base,
+                    "error_over_global": aligned_position_error(result, local.file, clean) / base,
                     "kept": sum(p.kept_local for p in local.patches),
                     "patches": len(local.patches),
                 }

@@ -10,57 +10,24 @@ transform.
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from helpers import DATA
 from helpers import run_cli as run
 
-from lmalign_jax import align, simulate
+from lmalign_jax import align
 from lmalign_jax.core.local import PER_VIEW_MODES, LocalOptions, align_local
-from lmalign_jax.core.local_apply import fit_markers_through_local, project_through_local
 from lmalign_jax.core.local_grid import select_patch_markers
 from lmalign_jax.io.imod_local import read_local_xf
-from lmalign_jax.models import get_model
 from lmalign_jax.observations import Observations
+from lmalign_jax.simulation.local_truth import aligned_position_error, warped_observations
 
 SIZE, NOISE, WARP_PX = 2048, 0.3, 3.0
 
 
 def warped_series(warp_px: float, seed: int = 1):
-    """(observations, noise-free centred raw positions (V, M, 2)): 41 views x 60 markers, 2048 px.
-
-    The warp adds to each view's image the conformal field warp (u^2 - v^2, 2 u v) (u, v = position
-    / half the image), scaled by tilt / 60 degrees: up to about ``warp_px`` where the markers are
-    (|u|, |v| <= 0.7), smooth in the view, and not an affine map of the image (which the global
-    per-view parameters would absorb).
-    """
-    s = simulate(n_views=41, n_markers=60, image_size=(SIZE, SIZE), noise_px=NOISE, seed=seed)
-    model = get_model("jou")
-    with jax.enable_x64(True):
-        project = jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))
-        clean = np.asarray(project(s.views, s.markers))
-    u = clean / (SIZE / 2)
-    amp = warp_px * s.observations.tilts_deg[:, None] / 60.0
-    clean = clean + np.stack([amp * (u[..., 0] ** 2 - u[..., 1] ** 2), amp * 2 * u[..., 0] * u[..., 1]], -1)
-    noise = NOISE * np.random.default_rng(seed + 100).standard_normal(clean.shape)
-    obs = Observations(clean + noise + SIZE / 2, s.observations.mask, s.observations.tilts_deg, (SIZE, SIZE))
-    return obs, clean
-
-
-def aligned_error(result, local, clean) -> float:
-    """RMS error (px per coordinate) of the predicted aligned positions against the noise-free ones."""
-    obs = result.observations
-    xf = result.xf
-    truth = np.einsum("vij,vmj->vmi", xf[:, :, :2], clean) + xf[:, None, :, 2]
-    noisy = result.aligned_xy() - obs.center
-    xyz, _ = fit_markers_through_local(
-        local, noisy, obs.mask, result.tilts_deg, obs.image_size, result.markers
-    )
-    error = np.where(
-        obs.mask[..., None], project_through_local(local, xyz, result.tilts_deg, obs.image_size) - truth, 0
-    )
-    return float(np.sqrt(np.sum(error**2) / (2 * obs.n_observed)))
+    """41 views x 60 markers, 2048 px, 0.3 px noise, warped by ``warp_px`` (module docstring)."""
+    return warped_observations(warp_px, seed, n_views=41, n_markers=60, size=SIZE, noise_px=NOISE)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +40,11 @@ def solved():
         out[name] = (
             result,
             local,
-            aligned_error(result, None, clean),
-            aligned_error(result, local.file, clean),
+            aligned_position_error(result, None, clean),
+            aligned_position_error(result, local.file, clean),
         )
         free = align_local(result, LocalOptions(fix_markers=False))  # same shapes: no new compilation
-        out[name + " free markers"] = (local, free, aligned_error(result, free.file, clean))
+        out[name + " free markers"] = (local, free, aligned_position_error(result, free.file, clean))
     return out
 
 
