@@ -90,7 +90,7 @@ def test_on_imods_midzone2a_etomos_grouping_predicts_held_out_points_better(tmp_
     held-out points are predicted worse than by the global alignment (measured -0.087 +- 0.013
     px^2, 3 folds), with Etomo's grouping (--local-mode: rotation and tilt by 6 views, scale by 7)
     better (measured +0.029 +- 0.003 px^2): the grouped local alignment predicts what the data
-    hold out. (BIC still prefers the global alignment: its penalty counts 8 patches x 153
+    hold out. (BIC still prefers the global alignment: its penalty counts 8 patches x 202
     parameters.)"""
     from helpers import DATA
 
