@@ -146,6 +146,27 @@ def test_align_local_on_imods_bba_writes_imods_format(tmp_path, monkeypatch):
     assert global_px - local_px >= 0.3143 - 0.2949
 
 
+def test_on_imods_midzone2a_ours_lowers_the_residual_as_imods_does(tmp_path, monkeypatch):
+    """IMOD's midzone2a local file lowers the mean residual from 0.6522 to 0.5865 px
+    (tests/test_imod_local_file.py). Ours: with every patch kept and the increments free per view
+    at least as much (measured 0.6776 -> 0.5999); by default (Etomo's grouping, the significance
+    test) 7 of the 8 patches pass and it falls to 0.6189, a drop that compare's leave-out
+    confirms (tests/test_compare_local.py), where the per-view one predicts held-out points
+    worse."""
+    monkeypatch.setenv("LMALIGN_NO_COMPILATION_CACHE", "1")
+    series = [DATA / "imod-midzone2/midzone2a.resid", "--tilts", DATA / "imod-midzone2/midzone2a.tlt"]
+    series += ["--image-size", 1950, 1024, "--no-figure", "--no-errors", "-q", "--local"]
+    per_view = [a for name in ("rotation", "tilt", "scale") for a in ("--local-mode", f"{name}=free")]
+    drops = {}
+    for name, options in (("per view, all kept", ["--local-keep-all", *per_view]), ("default", [])):
+        rc, out, err = run(["align", *series, "--out-dir", tmp_path / name, *options])
+        assert rc == 0, err
+        global_px, local_px = _two(next(x for x in out.splitlines() if x.startswith(" Mean residual")))
+        drops[name] = global_px - local_px
+    assert drops["per view, all kept"] >= 0.6522 - 0.5865
+    assert 0.5 * (0.6522 - 0.5865) < drops["default"] < drops["per view, all kept"]
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
