@@ -30,6 +30,16 @@ __all__ = [
 MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
 
 
+def _check_mode(option: str, name: str, mode: str) -> None:
+    """A UsageError naming ``option`` unless ``mode`` (of parameter or increment ``name``) is one
+    of :data:`MODE_RE`'s."""
+    if not MODE_RE.fullmatch(mode):
+        raise UsageError(
+            f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
+            "(N views per group, a whole number >= 1)"
+        )
+
+
 def parse_modes(args, model_name: str) -> dict:
     """Parameter modes from --rotation-mode/--tilt-mode/--scale-mode and --mode NAME=MODE."""
     model = get_model(model_name)
@@ -41,11 +51,7 @@ def parse_modes(args, model_name: str) -> dict:
                 f"{option}: model {model.name!r} has no parameter {name!r}; its parameters are "
                 f"{', '.join(model.parameters)}"
             )
-        if not MODE_RE.fullmatch(mode):
-            raise UsageError(
-                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
-                "(N views per group, a whole number >= 1)"
-            )
+        _check_mode(option, name, mode)
         if name in given and given[name][0] != mode:
             raise UsageError(
                 f"{option}: {name} is given two modes ({given[name][0]} by {given[name][1]}, {mode})"
@@ -105,11 +111,7 @@ def parse_local_modes(values, option: str = "--local-mode") -> tuple[tuple[str, 
             raise UsageError(
                 f"{option}: expected NAME=MODE with NAME one of {', '.join(INCREMENTS)}, got {text!r}"
             )
-        if not MODE_RE.fullmatch(mode):
-            raise UsageError(
-                f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
-                "(N views per group, a whole number >= 1)"
-            )
+        _check_mode(option, name, mode)
         if given.get(name, mode) != mode:
             raise UsageError(f"{option}: {name} is given two modes ({given[name]}, {mode})")
         given[name] = modes[name] = mode
