@@ -101,6 +101,19 @@ def check_image_size(size, option: str = "--image-size") -> tuple[float, float]:
 MAX_ROTATION_DEG = 360.0
 
 
+def _header_image_size(size, path: str):
+    """``size`` (nx, ny) from the header of ``path``, or an InputError naming it unless
+    :func:`io.markerset.image_size_ok` (as --image-size; an mdoc's is checked as it is read)."""
+    if not image_size_ok(size):
+        raise InputError(
+            path,
+            None,
+            f"the header gives an image size of {size[0]:.10g} x {size[1]:.10g} px; it must be "
+            f"{IMAGE_SIZE_RULE} (give the right one with --image-size NX NY)",
+        )
+    return size
+
+
 def check_rotation(rotation_deg: float, source: str = "--rotation") -> float:
     """``rotation_deg`` as a float, or a UsageError (an InputError naming an ``.mdoc`` ``source``)
     when it is not a finite angle within +-MAX_ROTATION_DEG degrees."""
@@ -232,22 +245,14 @@ def read_series(
     if image_size is not None:
         size, source = check_image_size(image_size), "--image-size"
     elif markers.image_size is not None:
-        size, source = markers.image_size, f"{markers_path} header"
+        size, source = _header_image_size(markers.image_size, markers_path), f"{markers_path} header"
     elif stack_size is not None:
-        size, source = stack_size, f"{stack_path} header"
+        size, source = _header_image_size(stack_size, stack_path), f"{stack_path} header"
     elif mdoc is not None and mdoc.image_size is not None:
         size, source = mdoc.image_size, f"{tilts_path} ImageSize"
     else:
         raise InputError(
             markers_path, None, f"image size unknown (the marker file does not record it): {size_advice}"
-        )
-    if not image_size_ok(size):  # a header's size: as the option's bound
-        header = source[: -len(" header")]  # the marker file's or the stack's (an mdoc's is read checked)
-        raise InputError(
-            header,
-            None,
-            f"the header gives an image size of {size[0]:.10g} x {size[1]:.10g} px; it must be "
-            f"{IMAGE_SIZE_RULE} (give the right one with --image-size NX NY)",
         )
     if stack_size is not None and tuple(float(n) for n in size) != tuple(float(n) for n in stack_size):
         said = (
