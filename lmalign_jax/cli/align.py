@@ -38,6 +38,7 @@ from ..workflow.local import (
     format_local_report,
     solve_local_alignment,
 )
+from ..workflow.reconstruction import check_stack_pixels
 from ..workflow.tracking import is_stack_path
 from .align_options import (
     add_local_options,
@@ -83,6 +84,10 @@ def run_align(args) -> int:
         check_export(targets, out_prefix, pixel, "no input gives one (marker file, stack header or .mdoc)")
         if args.reconstruct is not None:
             check_reconstruct_stack(recon_stack, inputs.image_size)
+            # a NaN pixel, found while reconstructing, came after the alignment's files were
+            # written; a tracked stack's pixels were checked by the tracking
+            if not is_stack_path(args.markers):
+                check_stack_pixels(recon_stack)
         if local is not None:  # a grid too large for the markers is refused before the solve
             check_local_grid(inputs.markers.xy, inputs.markers.mask, local)
 

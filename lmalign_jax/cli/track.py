@@ -9,7 +9,6 @@ from ..io.mrc import read_stack_header
 from ..workflow.reconstruction import (
     ALIGN_OPTIONS,
     check_room,
-    check_stack_pixels,
     read_alignment_json,
     reconstruct_to_file,
     volume_shape,
@@ -178,8 +177,7 @@ def check_reconstruct_option(stack: str | None, out_path: str, thickness: float)
 def check_reconstruct_stack(stack: str, image_size) -> None:
     """``align MARKERS --stack STACK --reconstruct NZ``, once the markers are read and before
     they are solved: the stack must have the images the markers were picked on (``image_size``,
-    (nx, ny) px) and no NaN or infinite pixel (found while reconstructing, it came after the
-    alignment's files were written); InputError naming the stack otherwise."""
+    (nx, ny) px); InputError naming the stack otherwise."""
     _, ny, nx, _ = read_stack_header(stack)
     if abs(image_size[0] - nx) > 0.5 or abs(image_size[1] - ny) > 0.5:
         raise InputError(
@@ -189,7 +187,6 @@ def check_reconstruct_stack(stack: str, image_size) -> None:
             f"{image_size[1]:g} images; give the stack the markers were picked on (reconstruct a binned "
             "one later with 'lmalign reconstruct --bin')",
         )
-    check_stack_pixels(stack)
 
 
 def reconstruct_after_align(

@@ -32,6 +32,7 @@ __all__ = [
     "read_labels",
     "set_header_tilts",
     "StreamedStack",
+    "first_non_finite_view",
 ]
 
 
@@ -265,3 +266,15 @@ class StreamedStack:
 def read_stack_streamed(path) -> StreamedStack:
     """:func:`read_stack` memory-mapped, wrapped in a :class:`StreamedStack`."""
     return StreamedStack(read_stack(path, mmap=True))
+
+
+def first_non_finite_view(stack) -> int | None:
+    """0-based index of the first view of ``stack`` (n_views, ny, nx) holding a NaN or infinite
+    pixel, or None (an integer stack has none); reads one view at a time (a memory-mapped or
+    streamed stack stays on disk)."""
+    if np.dtype(stack.dtype).kind != "f":
+        return None
+    for v in range(len(stack)):
+        if not np.all(np.isfinite(stack[v])):
+            return v
+    return None

@@ -22,7 +22,7 @@ from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, read_local_xf
-from ..io.mrc import read_stack_header, read_stack_streamed
+from ..io.mrc import first_non_finite_view, read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, transform_measures
@@ -180,12 +180,9 @@ def check_stack_pixels(stack_path: str) -> None:
     """InputError naming ``stack_path`` and the (1-based) view when a view of the stack holds a
     non-finite value (NaN or infinity), as the reconstruction finds them; reads the stack
     memory-mapped, one view at a time."""
-    stack = read_stack_streamed(stack_path)
-    if stack.dtype.kind != "f":
-        return
-    for v in range(len(stack)):
-        if not np.all(np.isfinite(stack[v])):
-            raise InputError(stack_path, None, non_finite_view_problem(v))
+    bad = first_non_finite_view(read_stack_streamed(stack_path))
+    if bad is not None:
+        raise InputError(stack_path, None, non_finite_view_problem(bad))
 
 
 def _progress_bar(total: int, quiet: bool):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__, io
 from ..io.errors import InputError
-from ..io.mrc import read_stack, read_stack_header
+from ..io.mrc import first_non_finite_view, read_stack, read_stack_header
 from ..io.outputs import OutputSet
 from ..report import record_to_json
 from ..report.record import read_track_settings
@@ -214,10 +214,11 @@ def track_stack(
             f"images of {nx} x {ny} px are smaller than the bead search window ({smallest} px)",
         )
     stack = read_stack(stack_path)
-    if stack.dtype.kind == "f":  # a NaN or infinite pixel spoils the averaged bead for every later view
-        for v in range(n_views):
-            if not np.all(np.isfinite(stack[v])):
-                raise InputError(stack_path, None, f"view {v + 1} holds NaN or infinite values")
+    bad = first_non_finite_view(
+        stack
+    )  # a NaN or infinite pixel spoils the averaged bead for every later view
+    if bad is not None:
+        raise InputError(stack_path, None, f"view {bad + 1} holds NaN or infinite values")
     seed, nearest = seed_view(stack, tilts), int(np.argmin(np.abs(tilts)))
     if seed != nearest:
         note(
