@@ -288,8 +288,9 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
         sec = _number(path, k, tokens[0], "SEC", int)
         pairs = zip(tokens[1:], ALN_COLUMNS[1:], strict=True)
         values = [_number(path, k, t, name) for t, name in pairs]
-        if not values[ALN_COLUMNS.index("GMAG") - 1] > 0:  # a magnification; AreTomo writes ~1
-            raise InputError(path, k, f"GMAG {values[ALN_COLUMNS.index('GMAG') - 1]:g} is not positive")
+        gmag = values[ALN_COLUMNS.index("GMAG") - 1]  # a magnification; AreTomo writes ~1
+        if not gmag > 0:
+            raise InputError(path, k, f"GMAG {gmag:g} is not positive")
         rows.append((k, sec, values))
     if raw_size is None:
         raise InputError(path, None, "no '# RawSize = NX NY NSECTIONS' line: not an AreTomo .aln file")
