@@ -1,4 +1,4 @@
-"""Local alignment with its increments free per view or grouped as Etomo groups them.
+"""Local alignment with its increments free per view, or grouped by Etomo's group sizes in blocks or linearly.
 
     python -m benchmarks.local_grouping [--out FILE]
 
@@ -13,8 +13,10 @@ Not a timing: what each grouping does to the answer, judged as issue #15 asks.
   held-out points' squared prediction error, px^2; positive: the local file predicts better).
 
 Each with the default keeping rule (chi-square test, 3 sd) and with every patch kept, the
-increments free per view (the default) and grouped as Etomo's defaults (rotation and tilt by 6
-views, scale by 7: ``--local-mode``).
+increments free per view, and grouped by Etomo's default sizes (rotation and tilt by 6 views,
+scale by 7: ``--local-mode``) in blocks (``group:N``, one increment per block) or linearly
+(``linear:N``, increments every N views interpolated between, as Etomo's LocalRotOption 3,
+LocalTiltOption 5 and LocalMagOption 3 do).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 
 from benchmarks.common import environment
 
-ETOMO = (("rotation", "group:6"), ("tilt", "group:6"), ("scale", "group:7"))
+SIZES = (("rotation", 6), ("tilt", 6), ("scale", 7))
+BLOCKS = tuple((name, f"group:{n}") for name, n in SIZES)
+LINEAR = tuple((name, f"linear:{n}") for name, n in SIZES)
 DATA = Path(__file__).parent.parent / "lmalign_jax" / "data"
 REAL = {"BBa": ("imod-bb/BBa", (512, 512)), "midzone2a": ("imod-midzone2/midzone2a", (1950, 1024))}
 NOISE = 0.3
@@ -44,14 +48,13 @@ def _real(name: str):
 def run() -> dict:
     from lmalign_jax import align
     from lmalign_jax.analysis.compare import compare_models
-    from lmalign_jax.core.local import LocalOptions, align_local
+    from lmalign_jax.core.local import PER_VIEW_MODES, LocalOptions, align_local
     from lmalign_jax.simulation.local_truth import aligned_position_error, warped_observations
 
     variants = {
-        "per_view_test": LocalOptions(),
-        "per_view_all": LocalOptions(significance=None),
-        "etomo_test": LocalOptions(modes=ETOMO),
-        "etomo_all": LocalOptions(modes=ETOMO, significance=None),
+        f"{label}_{rule}": LocalOptions(modes=modes, significance=3.0 if rule == "test" else None)
+        for label, modes in (("per_view", PER_VIEW_MODES), ("blocks", BLOCKS), ("linear", LINEAR))
+        for rule in ("test", "all")
     }
     simulated = {}
     for name, warp in (("rigid", 0.0), ("warped_3px", 3.0)):
@@ -86,7 +89,7 @@ def run() -> dict:
                 "delta_bic": cv.delta_bic,
             }
         real[name] = row
-    return {"simulated": simulated, "real": real, "etomo_modes": dict(ETOMO)}
+    return {"simulated": simulated, "real": real, "modes": {"blocks": dict(BLOCKS), "linear": dict(LINEAR)}}
 
 
 def main(argv=None) -> int:

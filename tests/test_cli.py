@@ -511,10 +511,12 @@ def test_too_few_markers_after_dropping(files):
         (["--exclude", "a-b"], r"--exclude: 'a-b' is not a view number or range"),
         (
             ["--rotation-mode", "sometimes"],
-            r"--rotation-mode: unknown mode 'sometimes' for rotation; use free, fixed, shared or group:N",
+            r"--rotation-mode: unknown mode 'sometimes' for rotation; use free, fixed, shared, group:N or "
+            r"linear:N",
         ),
         (["--mode", "foo=free"], r"--mode: model 'jou' has no parameter 'foo'"),
-        (["--mode", "scale=group:0"], r"group:N \(N views per group, a whole number >= 1\)"),
+        (["--mode", "scale=group:0"], r"group:N or linear:N \(N views per group, a whole number >= 1\)"),
+        (["--tilt-mode", "linear:0"], r"--tilt-mode: unknown mode 'linear:0' for tilt"),
         (
             ["--model", "luther", "--scale-mode", "fixed"],
             r"--scale-mode: model 'luther' has no parameter 'scale'",

@@ -37,6 +37,7 @@ CASES = {
     "per-view": {},
     "shared rotation": {"rotation": "shared"},
     "grouped": {"scale": "group:4", "rotation": "group:3", "tilt": "group:5"},
+    "linear": {"scale": "linear:4", "rotation": "linear:3", "tilt": "linear:5"},
     "tilts fixed": {"tilt": "fixed"},
 }
 

@@ -15,6 +15,7 @@ from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.core.frame import project_all
 from lmalign_jax.core.problem import build_problem, far_view, reference_view
 from lmalign_jax.solve import (
+    effective_a,
     factored_solve,
     factorize,
     leverages,
@@ -26,7 +27,14 @@ from lmalign_jax.solve import (
 from lmalign_jax.solve._dense import _flatten, _unflatten
 
 
-@pytest.mark.parametrize("modes", [{}, {"rotation": "shared", "scale": "group:3"}])
+@pytest.mark.parametrize(
+    "modes",
+    [
+        {},
+        {"rotation": "shared", "scale": "group:3"},
+        {"rotation": "linear:3", "tilt": "linear:4", "scale": "group:3"},  # blended slots, tilt increments
+    ],
+)
 @pytest.mark.parametrize("eliminate", ["a", "b"])
 def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     series = simulate(n_views=9, n_markers=6, seed=3, missing_fraction=0.1)
@@ -45,8 +53,10 @@ def test_schur_inverse_blocks_equal_dense_inverse(modes, eliminate):
     inv = jnp.linalg.inv(jac.T @ jac + jnp.diag(1 - free)) * free[:, None] * free[None, :]
     dense = _unflatten(jnp.diag(inv), x)
     var_a, var_b = jax.jit(variances, static_argnums=2)(lin, st, eliminate)
-    tied = jnp.where(st.tie_a >= 0, dense.g[jnp.clip(st.tie_a, 0)] if x.g.size else 0.0, dense.a)
-    np.testing.assert_allclose(var_a, tied, rtol=1e-8, atol=1e-12)
+    # each view entry's variance: the effective entry's (own, slot, or blend of two slots)
+    to_entries = jax.jacfwd(lambda v: effective_a(*_unflatten(v, x)[::2], st.tie_a, st.tie_blend).reshape(-1))
+    e = to_entries(_flatten(x))
+    np.testing.assert_allclose(var_a.reshape(-1), jnp.diag(e @ inv @ e.T), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(var_b, dense.b, rtol=1e-8, atol=1e-12)
 
     jacobians = jax.jit(pair_jacobians, static_argnums=0)(problem.fn, x, st)

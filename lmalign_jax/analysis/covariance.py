@@ -45,7 +45,7 @@ from ..core.problem import final_problem, padded
 from ..core.result import AlignmentResult
 from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
-from ..solve import Variables, effective_a, factored_solve, factorize, inverse_blocks, linearize
+from ..solve import Variables, effective_a, factored_solve, factorize, inverse_blocks, linearize, tie_weights
 from .criteria import effective_parameter_count
 
 #: A direction whose scaled information (see the module docstring) is below this is reported:
@@ -179,10 +179,10 @@ def _covariance_core(
     n_b = x.b.shape[0]
     n_g = x.g.shape[0]
     n_own = n_a * k
-    tie = structure.tie_a
+    tie, blend = structure.tie_a, structure.tie_blend
 
     def scalars(theta):
-        views = effective_a(theta.a, theta.g, tie) * unit
+        views = effective_a(theta.a, theta.g, tie, blend) * unit
         return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free, counts))
 
     free = Variables(
@@ -232,14 +232,26 @@ def _covariance_core(
 
     joint = 0.5 * (joint + joint.T)  # (n_own + n_g + 2) square: H^{-1} quadratic forms
 
-    # effective entry (view j, parameter p) -> its row: the own entry, or the slot it is tied to
-    rows = jnp.where(tie >= 0, n_own + jnp.clip(tie, 0), jnp.arange(n_own).reshape(n_a, k))
+    # effective entry (view j, parameter p) -> its rows: the own entry, or the slot it is tied to
+    # (frac of one slot and 1 - frac of another where a linear mode blends two)
+    tie2, frac = (tie, jnp.ones(tie.shape, dtype)) if blend is None else blend[:2]
+    own_rows = jnp.arange(n_own).reshape(n_a, k)
+    rows = jnp.where(tie >= 0, n_own + jnp.clip(tie, 0), own_rows)
+    rows2 = jnp.where(tie >= 0, n_own + jnp.clip(tie2, 0), own_rows)
+    frac = jnp.where(tie >= 0, jnp.asarray(frac, dtype), 1.0)
     s_rows = n_own + n_g + jnp.arange(2)
-    views = effective_a(x.a, x.g, tie) * unit
+    views = effective_a(x.a, x.g, tie, blend) * unit
 
-    def reported(view, view_rows):
-        idx = jnp.concatenate([view_rows, s_rows])
-        block = joint[idx[:, None], idx[None, :]]  # (k + 2, k + 2) solver units
+    def reported(view, view_rows, view_rows2, view_frac):
+        i, i2 = jnp.concatenate([view_rows, s_rows]), jnp.concatenate([view_rows2, s_rows])
+        f = jnp.concatenate([view_frac, jnp.ones(2, dtype)])
+        g = 1 - f
+        block = (  # (k + 2, k + 2) solver units: the blend of the joint's rows and columns
+            f[:, None] * f[None, :] * joint[i[:, None], i[None, :]]
+            + f[:, None] * g[None, :] * joint[i[:, None], i2[None, :]]
+            + g[:, None] * f[None, :] * joint[i2[:, None], i[None, :]]
+            + g[:, None] * g[None, :] * joint[i2[:, None], i2[None, :]]
+        )
         jac_view, jac_s = jax.jacfwd(
             lambda v, s: framed_view(model, v, s[0], s[1], tilt_free), argnums=(0, 1)
         )(view, jnp.zeros(2, dtype))
@@ -255,7 +267,8 @@ def _covariance_core(
     raw = jnp.where(f_v > 0, jnp.concatenate([own_diag, jnp.diagonal(lin.h_gg)]), 1.0)
     scaled = info / jnp.sqrt(raw[:, None] * raw[None, :]) + jnp.diag(1.0 - f_v)
     # The model's exact symmetries (fixed by the gauge, so weak only by convention) are left out.
-    tangents = _symmetry_tangents(model, views, unit, tie, n_g, tilt_free) * (jnp.sqrt(raw) * f_v)[None, :]
+    tangents = _symmetry_tangents(model, views, unit, tie, blend, n_g, tilt_free)
+    tangents = tangents * (jnp.sqrt(raw) * f_v)[None, :]
     basis = jnp.linalg.svd(tangents.T, full_matrices=False)[0]  # (n_v, n_sym) orthonormal
     keep = jnp.eye(n_v, dtype=dtype) - basis @ basis.T
     eigenvalues, vectors = jnp.linalg.eigh(keep @ scaled @ keep + basis @ basis.T)
@@ -272,17 +285,17 @@ def _covariance_core(
     marker_norm = jnp.einsum("dbp,bpq,dbq->d", markers, lin.h_bb, markers)
     share = jnp.sqrt(marker_norm) / jnp.maximum(jnp.sqrt(view_norm) + jnp.sqrt(marker_norm), 1e-300)
     return (
-        jax.vmap(reported)(views, rows),
+        jax.vmap(reported)(views, rows, rows2, frac),
         2.0 * lin.cost,
         (eigenvalues[:n_dir], vectors, markers, share),
     )
 
 
-def _symmetry_tangents(model: ProjectionModel, views, unit, tie, n_g: int, tilt_free: bool):
+def _symmetry_tangents(model: ProjectionModel, views, unit, tie, blend, n_g: int, tilt_free: bool):
     """View-space parts (n_sym, n_a k + n_g), solver units, of the model's exact symmetries
     (MODEL.md "Gauge freedoms"): the specimen moved along x, y, z (the shifts follow), scaled
     (the scales follow) and, with free tilts, turned about the tilt axis. A slot gets the mean
-    of its members' parts."""
+    of its members' parts (weighted by their share of it, where a linear mode blends two slots)."""
     n_a, k = views.shape
     rows = []
     if model.shift_parameters is not None:
@@ -301,7 +314,7 @@ def _symmetry_tangents(model: ProjectionModel, views, unit, tie, n_g: int, tilt_
     if not rows:
         return jnp.zeros((1, n_a * k + n_g))
     model_units = jnp.stack(rows) / unit  # (n_sym, n_a, k) solver units
-    tied = jax.nn.one_hot(tie, n_g) if n_g else jnp.zeros((n_a, k, 0))  # (n_a, k, n_g)
+    tied = tie_weights(tie, blend, n_g, model_units.dtype) if n_g else jnp.zeros((n_a, k, 0))  # (n_a, k, n_g)
     slot_part = jnp.einsum("sap,apg->sg", model_units, tied) / jnp.maximum(tied.sum((0, 1)), 1.0)
     own_part = jnp.where(tie[None] >= 0, 0.0, model_units).reshape(len(rows), n_a * k)
     return jnp.concatenate([own_part, slot_part], axis=1)

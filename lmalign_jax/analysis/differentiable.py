@@ -64,7 +64,7 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
             g=jnp.asarray(warm.g, dtype),
         )
         x = solve_implicit(problem.fn, x0, s, eliminate=problem.eliminate, config=config)
-        views = effective_a(x.a, x.g, jnp.asarray(tie)) * unit
+        views = effective_a(x.a, x.g, jnp.asarray(tie), structure.tie_blend) * unit
         return jit_reporting_frame(model, views, x.b, nominal, tilt_free)
 
     return f

@@ -38,6 +38,7 @@ from ..solve import (
     linearize,
     pair_jacobians,
     pair_residuals,
+    tie_weights,
     variances,
 )
 from .covariance import AlignmentCovariance, covariance_arguments, covariance_core, covariance_from_core
@@ -119,17 +120,11 @@ def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate
         # mean-tilt functional, on the entry (own or slot) that carries each view's tilt
         own = structure.free_a[:, tilt_column].astype(dtype) / n_a
         v = zeros._replace(a=zeros.a.at[:, tilt_column].set(own))
-        if x.g.shape[0]:
-            slots = jnp.where(tie[:, tilt_column] >= 0, tie[:, tilt_column], x.g.shape[0])
-            v = v._replace(
-                g=jnp.zeros(x.g.shape[0] + 1, dtype).at[slots].add(1.0 / n_a)[:-1] * structure.free_g
-            )
+        weights = tie_weights(tie, structure.tie_blend, x.g.shape[0], dtype)[:, tilt_column]  # (n_a, n_g)
+        if x.g.shape[0]:  # d (mean tilt) / d slot: each view's share of the slots that set its tilt
+            v = v._replace(g=jnp.sum(weights, axis=0) / n_a * structure.free_g)
         w = factored_solve(factorization, eliminate, v)
-        w_tilt = jnp.where(
-            tie[:, tilt_column] >= 0,
-            w.g[jnp.clip(tie[:, tilt_column], 0)] if x.g.shape[0] else 0.0,
-            w.a[:, tilt_column],
-        )
+        w_tilt = jnp.where(tie[:, tilt_column] >= 0, weights @ w.g, w.a[:, tilt_column])
         var_mean = jnp.sum(v.a * w.a) + jnp.sum(v.g * w.g)
         var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
     if shift_z:

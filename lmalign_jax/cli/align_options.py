@@ -27,7 +27,7 @@ __all__ = [
     "settings_from_args",
 ]
 
-MODE_RE = re.compile(r"free|fixed|shared|group:[1-9][0-9]*")
+MODE_RE = re.compile(r"free|fixed|shared|(group|linear):[1-9][0-9]*")
 
 
 def _check_mode(option: str, name: str, mode: str) -> None:
@@ -35,8 +35,8 @@ def _check_mode(option: str, name: str, mode: str) -> None:
     of :data:`MODE_RE`'s."""
     if not MODE_RE.fullmatch(mode):
         raise UsageError(
-            f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared or group:N "
-            "(N views per group, a whole number >= 1)"
+            f"{option}: unknown mode {mode!r} for {name}; use free, fixed, shared, group:N or "
+            "linear:N (N views per group, a whole number >= 1)"
         )
 
 
@@ -100,8 +100,8 @@ LOCAL_SETTINGS = (
 
 
 def parse_local_modes(values, option: str = "--local-mode") -> tuple[tuple[str, str], ...]:
-    """LocalOptions.modes from repeated ``NAME=MODE`` (a local increment and free, fixed, shared
-    or group:N); the increments not named keep LocalOptions' defaults. UsageError otherwise."""
+    """LocalOptions.modes from repeated ``NAME=MODE`` (a local increment and free, fixed, shared,
+    group:N or linear:N); the increments not named keep LocalOptions' defaults. UsageError otherwise."""
     modes = dict(LocalOptions().modes)
     given: dict[str, str] = {}
     for text in values or ():
@@ -129,7 +129,8 @@ def add_local_mode_option(p, help_prefix: str = "") -> None:
         action="append",
         metavar="NAME=MODE",
         help=f"{help_prefix}grouping of a local increment (IMOD's Local*Option and Local*DefaultGrouping), "
-        f"repeatable: NAME of {', '.join(INCREMENTS)}, MODE free, fixed, shared or group:N (default: "
+        f"repeatable: NAME of {', '.join(INCREMENTS)}, MODE free, fixed, shared, group:N or linear:N "
+        "(default: "
         f"Etomo's, {_modes_text(ETOMO_MODES)}; free per view, {_modes_text(PER_VIEW_MODES)}, lowers "
         "the residual more and fits more noise)",
     )
@@ -187,10 +188,19 @@ def add_solver_options(p) -> None:
         "--no-joint-stage", action="store_true", help="skip the final joint solve of all parameters"
     )
     p.add_argument(
-        "--rotation-mode", metavar="MODE", help="free | shared | fixed | group:N (model default when omitted)"
+        "--rotation-mode",
+        metavar="MODE",
+        help="free | shared | fixed | group:N | linear:N (model default when omitted); group:N: one value "
+        "per N views (IMOD's block grouping), linear:N: values every N views interpolated between "
+        "(IMOD's linear grouping, its option 3)",
     )
-    p.add_argument("--tilt-mode", metavar="MODE", help="free | shared | fixed | group:N")
-    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N")
+    p.add_argument(
+        "--tilt-mode",
+        metavar="MODE",
+        help="free | shared | fixed | group:N | linear:N; grouped views share a change from their "
+        "nominal tilts (linear:N is IMOD's TiltOption 5)",
+    )
+    p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N | linear:N")
     p.add_argument(
         "--mode",
         action="append",

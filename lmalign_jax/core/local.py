@@ -49,7 +49,7 @@ from ..solve import (
 )
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, patch_grid, select_patch_markers, surfaces
-from .problem import characteristic_radius, mode_labels, reference_marker, residual_function
+from .problem import characteristic_radius, linear_blend, mode_labels, reference_marker, residual_function
 from .result import AlignmentResult, fit_image_transforms
 
 __all__ = [
@@ -246,6 +246,8 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     w[:, : idx.size] = weights
     free = np.zeros((n_views, k), bool)
     tie = np.full((n_views, k), -1, np.int32)
+    tie2 = np.full((n_views, k), -1, np.int32)
+    frac = np.ones((n_views, k))
     slot_free: list[bool] = []
     markers_free = not options.fix_markers
     for name in ("dx", "dy"):
@@ -254,10 +256,19 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
             free[ref_view, lm.index(name)] = False
     for p in range(base_k, k):
         name = lm.parameters[p][1:]
-        labels = mode_labels(name, modes.get(name, "fixed"), n_views)
+        mode = modes.get(name, "fixed")
+        labels = mode_labels(name, mode, n_views, anchor=ref_view)
         free[:, p] = (labels == -1) & seen
         if markers_free and labels[ref_view] == -1:
             free[ref_view, p] = False
+        blend = linear_blend(name, mode, n_views, ref_view)
+        if blend is not None:  # a node's value reaches the views on both sides of it
+            nodes, low, high, frac[:, p] = blend
+            tie[:, p], tie2[:, p] = len(slot_free) + low, len(slot_free) + high
+            for r in range(nodes.size):
+                reached = (low == r) | ((high == r) & (frac[:, p] < 1))
+                slot_free.append(bool(seen[reached].any()) and not (markers_free and nodes[r] == ref_view))
+            continue
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slot_free)
@@ -275,7 +286,8 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     views = np.concatenate([result.views, np.zeros((n_views, k - base_k))], axis=1)
     b = np.zeros((capacity, 3))
     b[: idx.size] = result.markers[idx]
-    structure = make_structure(pair, w, free, tie, free_b, np.asarray(slot_free, bool), unit)
+    blend = (tie2, frac, np.zeros((n_views, k))) if (tie2 >= 0).any() else None
+    structure = make_structure(pair, w, free, tie, free_b, np.asarray(slot_free, bool), unit, blend)
     return Variables(views / unit, b, np.zeros(len(slot_free))), structure
 
 
@@ -356,7 +368,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         with jax.enable_x64(True):
             sol = _batched_solver(residual_function(lm), eliminate, options.config)(x0, structure)
             sol = jax.device_get(jax.block_until_ready(sol))
-            a_eff = np.asarray(jax.vmap(effective_a)(sol.x.a, sol.x.g, structure.tie_a))
+            a_eff = np.asarray(jax.vmap(effective_a)(sol.x.a, sol.x.g, structure.tie_a, structure.tie_blend))
         status_of, solved_markers = sol.status, sol.x.b
     else:  # no patch has enough markers: nothing to solve, every patch keeps the global solution
         a_eff, solved_markers = x0.a, x0.b

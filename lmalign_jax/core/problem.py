@@ -6,7 +6,10 @@ Each view-parameter family has a *mode*:
 - ``"free"``: one value per view;
 - ``"fixed"``: held at its current value;
 - ``"shared"``: one value for all views (a global slot);
-- ``"group:N"``: one value per run of N consecutive views (IMOD's grouping);
+- ``"group:N"``: one value per run of N consecutive views (IMOD's block grouping);
+- ``"linear:N"``: values at every N-th view (and at the last and the reference view),
+  interpolated linearly in view number between them (IMOD's linear grouping, its automapping
+  options 3 and 5);
 - an integer array (n_views,) of group labels: one value per label (-1 = free per view).
 
 The gauge freedoms (MODEL.md) are removed by fixing the model's gauge parameters (and the
@@ -62,8 +65,54 @@ def padded(fn, x0: Variables, structure: Structure):
     return x0, structure, sizes
 
 
-def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
-    """Group label per view for a mode: -2 fixed, -1 free per view, >= 0 a shared slot."""
+def _size(name: str, mode: str) -> int:
+    """N of a "group:N" or "linear:N" mode; ValueError unless a positive integer."""
+    try:
+        size = int(mode.split(":", 1)[1])
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"parameter {name!r}: group size in {mode!r} must be a positive integer")
+    return size
+
+
+def is_linear(mode) -> bool:
+    """Whether ``mode`` is a "linear:N" mode."""
+    return isinstance(mode, str) and mode.startswith("linear:")
+
+
+def linear_nodes(n_views: int, size: int, anchor: int | None) -> np.ndarray:
+    """Views (sorted) that carry a "linear:N" mode's values: every ``size``-th view from the
+    first, the last view, and ``anchor`` (the gauge's reference view) when given."""
+    nodes = set(range(0, n_views, size)) | {n_views - 1}
+    if anchor is not None:
+        nodes.add(int(anchor))
+    return np.array(sorted(nodes), dtype=int)
+
+
+def linear_blend(name: str, mode, n_views: int, anchor: int | None):
+    """For a "linear:N" mode, ``(nodes, low, high, frac)``: the node views (m,), and per view
+    (n_views,) the ranks of the nodes before and after it and the weight of the one before
+    (1 at a node: ``low == high``). None for other modes."""
+    if not is_linear(mode):
+        return None
+    nodes = linear_nodes(n_views, _size(name, mode), anchor)
+    views = np.arange(n_views)
+    low = np.searchsorted(nodes, views, side="right") - 1
+    high = np.minimum(low + 1, nodes.size - 1)
+    at_node = nodes[low] == views
+    high = np.where(at_node, low, high)
+    span = np.maximum(nodes[high] - nodes[low], 1)
+    frac = np.where(at_node, 1.0, (nodes[high] - views) / span)
+    return nodes, low, high, frac
+
+
+def mode_labels(name: str, mode, n_views: int, anchor: int | None = None) -> np.ndarray:
+    """Group label per view for a mode: -2 fixed, -1 free per view, >= 0 a shared slot (for a
+    "linear:N" mode, the rank of the node at or before the view: :func:`linear_blend`, whose
+    nodes depend on ``anchor``)."""
+    if is_linear(mode):
+        return linear_blend(name, mode, n_views, anchor)[1]
     if isinstance(mode, str):
         if mode == "free":
             return np.full(n_views, _FREE)
@@ -72,15 +121,9 @@ def mode_labels(name: str, mode, n_views: int) -> np.ndarray:
         if mode == "shared":
             return np.zeros(n_views, dtype=int)
         if mode.startswith("group:"):
-            try:
-                size = int(mode.split(":", 1)[1])
-            except ValueError:
-                size = 0
-            if size < 1:
-                raise ValueError(f"parameter {name!r}: group size in {mode!r} must be a positive integer")
-            return np.arange(n_views) // size
+            return np.arange(n_views) // _size(name, mode)
         raise ValueError(
-            f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N or labels"
+            f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N, linear:N or labels"
         )
     labels = np.asarray(mode)
     if labels.shape != (n_views,) or not np.issubdtype(labels.dtype, np.integer) or (labels < _FIXED).any():
@@ -99,14 +142,18 @@ def _regularized(model: ProjectionModel) -> np.ndarray:
 
 def own_parameters(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
     """(n_views,) int: how many parameters each view has of its own: those free per view
-    (``"free"``, or a group of that view alone). Fixed, shared and grouped ones are set
-    elsewhere, as are those the model's regularization ties to neighbouring views."""
+    (``"free"``, or a group of that view alone). Fixed, shared, grouped and linearly
+    interpolated ones are set elsewhere, as are those the model's regularization ties to
+    neighbouring views."""
     own = np.zeros(n_views, int)
     regularized = _regularized(model)
     for p, name in enumerate(model.parameters):
         if regularized[p]:
             continue
-        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        mode = modes.get(name, model.default_modes[p])
+        if is_linear(mode):  # each value is shared by the views around its node
+            continue
+        labels = mode_labels(name, mode, n_views)
         counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
         own += (labels == _FREE) | ((labels >= 0) & (counts[np.maximum(labels, 0)] == 1))
     return own
@@ -185,6 +232,9 @@ class AlignmentProblem:
     x0: starting solver variables (view parameters in solver units, markers in pixels).
     unit: (k,) model units per solver unit of each view parameter.
     tie: (n_views, k) global slot of each view entry, -1 if none.
+    blend: None, or (tie2, frac, offset) (n_views, k) each, host arrays: an entry is ``frac`` of
+        its ``tie`` slot, ``1 - frac`` of its ``tie2`` slot and ``offset`` (linear modes, grouped
+        tilt increments; ``solve.Structure.tie_blend``).
     eliminate: the block set the Schur complement eliminates ("a" views, "b" markers).
     n_free: number of free parameters.
     """
@@ -195,6 +245,7 @@ class AlignmentProblem:
     structure: Structure
     unit: np.ndarray
     tie: np.ndarray
+    blend: tuple | None
     eliminate: str
     n_free: int
 
@@ -203,7 +254,12 @@ class AlignmentProblem:
         numpy; computed on the host in the solve's precision."""
         a = np.asarray(x.a)
         if np.shape(x.g)[0]:
-            a = np.where(self.tie >= 0, np.asarray(x.g)[np.clip(self.tie, 0, None)], a)
+            g = np.asarray(x.g)
+            tied = g[np.clip(self.tie, 0, None)]
+            if self.blend is not None:
+                tie2, frac, offset = (np.asarray(b) for b in self.blend)
+                tied = frac * tied + (1 - frac) * g[np.clip(tie2, 0, None)] + offset
+            a = np.where(self.tie >= 0, tied, a)
         return np.asarray(a * self.unit.astype(a.dtype), np.float64), np.asarray(x.b, np.float64)
 
 
@@ -252,11 +308,13 @@ def free_masks(
     free = np.zeros((n_views, model.n_parameters), dtype=bool)
     slot_free: list[bool] = []
     for p, name in enumerate(model.parameters):
-        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        mode = modes.get(name, model.default_modes[p])
+        labels = mode_labels(name, mode, n_views, anchor=ref_view)
         held = name in hold
         free[:, p] = (labels == _FREE) & (not held)
         if name in gauge and labels[ref_view] == _FREE:
             free[ref_view, p] = False
+        # the slot holding the reference view's value (a linear mode's node there) is the gauge's
         for label in np.unique(labels[labels >= 0]):
             slot_free.append(not held and not (name in gauge and labels[ref_view] == label))
     if gauge_active and model.far_gauge:
@@ -310,14 +368,33 @@ def build_problem(
     unit = np.array([1.0 if kind == "length" else 1.0 / radius for kind in model.kinds])
     views = np.array(views, dtype=np.float64)
     tie = np.full((n_views, k), -1, dtype=np.int32)
+    tie2 = np.full((n_views, k), -1, dtype=np.int32)
+    frac = np.ones((n_views, k))
+    # grouped tilts share an increment from their nominal angles, as IMOD's grouped tilts do
+    # (one angle for a group of views tilted differently fits nothing); other parameters share values
+    base = np.zeros((n_views, k))
+    if "tilt" in model.parameters:
+        base[:, model.index("tilt")] = np.radians(np.asarray(obs.tilts_deg, np.float64))
     slots: list[float] = []  # slot values, solver units
     for p, name in enumerate(model.parameters):
-        labels = mode_labels(name, modes.get(name, model.default_modes[p]), n_views)
+        mode = modes.get(name, model.default_modes[p])
+        blend = linear_blend(name, mode, n_views, ref_view)
+        change = views[:, p] - base[:, p]
+        if blend is not None:  # node values from the views there; the rest interpolated
+            nodes, low, high, frac[:, p] = blend
+            tie[:, p], tie2[:, p] = len(slots) + low, len(slots) + high
+            values = change[nodes]
+            views[:, p] = frac[:, p] * values[low] + (1 - frac[:, p]) * values[high] + base[:, p]
+            slots.extend(values / unit[p])
+            continue
+        labels = mode_labels(name, mode, n_views)
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slots)
-            views[members, p] = np.mean(views[members, p])
-            slots.append(views[members, p][0] / unit[p])
+            views[members, p] = np.mean(change[members]) + base[members, p]
+            slots.append(np.mean(change[members]) / unit[p])
+    tied_base = np.where(tie >= 0, base / unit, 0.0)
+    blended = (tie2 >= 0).any() or tied_base.any()
 
     w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
     put = jnp.asarray if on_device else (lambda array, dtype: np.asarray(array, np.dtype(dtype)))
@@ -329,6 +406,7 @@ def build_problem(
         free_b=marker_free,
         free_g=np.asarray(slot_free, dtype=bool),
         const=put(unit, dtype),
+        tie_blend=(tie2, frac, tied_base) if blended else None,
     )
     x0 = Variables(
         a=put(views / unit, dtype),
@@ -342,6 +420,7 @@ def build_problem(
         structure=structure,
         unit=unit,
         tie=tie,
+        blend=structure.tie_blend,
         eliminate=choose_elimination(
             n_views, k, obs.n_markers, 3, coupled_a=model.regularization is not None
         ),

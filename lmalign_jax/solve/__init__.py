@@ -26,6 +26,7 @@ from ._problem import (
     effective_a,
     make_structure,
     pad_problem,
+    tie_weights,
     unpad,
 )
 from ._results import LMConfig, Status
@@ -60,6 +61,7 @@ __all__ = [
     "pair_residuals",
     "regularization_of",
     "solve_implicit",
+    "tie_weights",
     "unpad",
     "variances",
 ]

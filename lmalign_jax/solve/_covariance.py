@@ -108,39 +108,64 @@ def effective_parameters(lin: Linearization, s: Structure, eliminate: str):
 def _positions(s: Structure, n_a, k_a, n_b, k_b, eliminate):
     """Where each A and B entry lives in the partition.
 
-    Returns (a_in_e (n_a, k_a) bool, a_d (n_a, k_a) int, b_in_e (n_b, k_b) bool, b_d int):
-    for entries in D, their index (or d, a zero padding row, if fixed); entries in E live
-    in their own block at their own position.
+    Returns (a_in_e (n_a, k_a) bool, a_d, b_in_e (n_b, k_b) bool, b_d (n_b, k_b) int). An A
+    entry in D is a blend of at most two D entries, ``a_d = (index, index2, frac)`` each
+    (n_a, k_a): ``frac`` of D entry ``index`` plus ``1 - frac`` of ``index2`` (a slot's blend,
+    ``Structure.tie_blend``; otherwise ``index2`` is the zero padding row d and ``frac`` 1).
+    Fixed entries point at d. Entries in E live in their own block at their own position.
     """
     n_g = s.free_g.shape[0]
     n_own = (n_a * k_a) if eliminate == "b" else (n_b * k_b)
     d = n_own + n_g
     tie = s.tie_a
-    slot_free = jnp.where(tie >= 0, s.free_g[jnp.clip(tie, 0)], False) if n_g else jnp.zeros(tie.shape, bool)
-    slot_index = jnp.where(slot_free, n_own + tie, d)
+    tie2, frac = (tie, jnp.ones(tie.shape)) if s.tie_blend is None else s.tie_blend[:2]
+    frac = jnp.where(tie >= 0, frac, 1.0)
+
+    def slot_index(t):
+        if not n_g:
+            return jnp.full(t.shape, d)
+        return jnp.where((t >= 0) & s.free_g[jnp.clip(t, 0)], n_own + t, d)
+
+    second = slot_index(tie2) if s.tie_blend is not None else jnp.full(tie.shape, d)
     if eliminate == "b":
         own = jnp.arange(n_a * k_a).reshape(n_a, k_a)
-        a_d = jnp.where(s.free_a, own, slot_index)
+        a_d = (jnp.where(s.free_a, own, slot_index(tie)), jnp.where(s.free_a, d, second), frac)
         return jnp.zeros((n_a, k_a), bool), a_d, s.free_b, jnp.full((n_b, k_b), d)
     own = jnp.arange(n_b * k_b).reshape(n_b, k_b)
-    return s.free_a, slot_index, jnp.zeros((n_b, k_b), bool), jnp.where(s.free_b, own, d)
+    return s.free_a, (slot_index(tie), second, frac), jnp.zeros((n_b, k_b), bool), jnp.where(s.free_b, own, d)
+
+
+def _take(m, position, axis: int):
+    """``m`` indexed along ``axis`` by a blended position ``(index, index2, frac)``."""
+    index, index2, frac = position
+    frac = frac.reshape(frac.shape + (1,) * (m.ndim - axis - 1)).astype(m.dtype)
+    return frac * jnp.take(m, index, axis=axis) + (1 - frac) * jnp.take(m, index2, axis=axis)
+
+
+def _pick(m, rows, columns):
+    """``m[rows, columns]`` (a 2-D ``m``) for blended positions ``(index, index2, frac)`` whose
+    arrays broadcast together."""
+    (i, i2, f), (j, j2, g) = rows, columns
+    f, g = f.astype(m.dtype), g.astype(m.dtype)
+    return f * g * m[i, j] + f * (1 - g) * m[i, j2] + (1 - f) * g * m[i2, j] + (1 - f) * (1 - g) * m[i2, j2]
 
 
 def variances(lin: Linearization, s: Structure, eliminate: str, blocks: InverseBlocks | None = None):
     """Diagonal of H^{-1} for every entry: (var_a (n_a, k_a), var_b (n_b, k_b)), solver units.
 
-    Tied entries report their slot's variance; fixed entries report 0. ``blocks``: the
-    ``inverse_blocks`` of ``lin``, when already computed.
+    Tied entries report their slot's variance (a blended entry its blend's); fixed entries
+    report 0. ``blocks``: the ``inverse_blocks`` of ``lin``, when already computed.
     """
     blocks = inverse_blocks(lin, eliminate) if blocks is None else blocks
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
     a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
-    diag_d = jnp.concatenate([jnp.diagonal(blocks.dd), jnp.zeros(1, blocks.dd.dtype)])
+    dd = jnp.pad(blocks.dd, ((0, 1), (0, 1)))
+    var_d = _pick(dd, a_d, a_d)
     diag_e = jnp.diagonal(blocks.e, axis1=-2, axis2=-1)
     if eliminate == "b":
-        return diag_d[a_d], jnp.where(b_e, diag_e, 0.0)
-    return jnp.where(a_e, diag_e, diag_d[a_d]), diag_d[b_d]
+        return var_d, jnp.where(b_e, diag_e, 0.0)
+    return jnp.where(a_e, diag_e, var_d), jnp.diagonal(dd)[b_d]
 
 
 def leverages(
@@ -158,23 +183,24 @@ def leverages(
     a_e, a_d, b_e, b_d = _positions(s, n_a, k_a, n_b, k_b, eliminate)
     dd = jnp.pad(blocks.dd, ((0, 1), (0, 1)))
     cross = jnp.pad(blocks.cross, ((0, 0), (0, 0), (0, 1)))  # (n_e, k_e, d + 1)
+    # D x D covariance of each view's entries: (n_a, k_a, k_a)
+    dd_aa = _pick(dd, tuple(p[:, :, None] for p in a_d), tuple(p[:, None, :] for p in a_d))
     # Local covariance of each pair's parameters, split by where they live.
     if eliminate == "b":
-        c_aa = dd[a_d[:, :, None], a_d[:, None, :]][:, None]  # (n_a, 1, k_a, k_a)
+        c_aa = dd_aa[:, None]  # (n_a, 1, k_a, k_a)
         fb = b_e.astype(dd.dtype)
         c_bb = (blocks.e * fb[:, :, None] * fb[:, None, :])[None]  # (1, n_b, k_b, k_b)
-        c_ab = jnp.transpose(cross[:, :, a_d], (2, 0, 3, 1)) * fb[None, :, None, :]  # (n_a, n_b, k_a, k_b)
+        # (n_a, n_b, k_a, k_b)
+        c_ab = jnp.transpose(_take(cross, a_d, 2), (2, 0, 3, 1)) * fb[None, :, None, :]
     else:
         fa = a_e.astype(dd.dtype)
         e_part = blocks.e * fa[:, :, None] * fa[:, None, :]
-        cross_a = cross[:, :, a_d.reshape(-1)].reshape(n_a, k_a, n_a, k_a)[
-            jnp.arange(n_a), :, jnp.arange(n_a), :
-        ]
+        cross_a = _take(cross, a_d, 2)[jnp.arange(n_a), :, jnp.arange(n_a), :]  # (n_a, k_a, k_a)
         mixed = cross_a * fa[:, :, None]  # E own entry x D slot entry of the same view
-        c_aa = (e_part + mixed + jnp.swapaxes(mixed, -1, -2) + dd[a_d[:, :, None], a_d[:, None, :]])[:, None]
+        c_aa = (e_part + mixed + jnp.swapaxes(mixed, -1, -2) + dd_aa)[:, None]
         c_bb = dd[b_d[:, :, None], b_d[:, None, :]][None]
         c_ab = cross[:, :, b_d] * fa[:, :, None, None]  # (n_a, k_a, n_b, k_b) for own entries
-        c_ab = jnp.transpose(c_ab, (0, 2, 1, 3)) + jnp.transpose(dd[a_d][:, :, b_d], (0, 2, 1, 3))
+        c_ab = jnp.transpose(c_ab, (0, 2, 1, 3)) + jnp.transpose(_take(dd, a_d, 0)[:, :, b_d], (0, 2, 1, 3))
     ja_p = jnp.moveaxis(ja, (2, 3), (0, 1))  # (n_a, n_b, m, k_a)
     jb_p = jnp.moveaxis(jb, (2, 3), (0, 1))
     hat = jnp.einsum("abip,apq,abjq->abij", ja_p, c_aa[:, 0], ja_p)

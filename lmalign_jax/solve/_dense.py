@@ -34,7 +34,7 @@ def dense_step(fn, x: Variables, s: Structure, damping):
         z = _unflatten(v, x)
         r = pair_residuals(fn, z, s).reshape(-1)
         if reg is not None:
-            r = jnp.concatenate([r, reg(effective_a(z.a, z.g, s.tie_a), s.const)])
+            r = jnp.concatenate([r, reg(effective_a(z.a, z.g, s.tie_a, s.tie_blend), s.const)])
         return r
 
     v = _flatten(x)

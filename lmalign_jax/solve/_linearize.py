@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._problem import Structure, Variables, effective_a
+from ._problem import Structure, Variables, effective_a, tie_weights
 
 
 class Linearization(NamedTuple):
@@ -69,7 +69,7 @@ def _grid(x: Variables, s: Structure):
     """A and B parameters shaped to broadcast over the pair grid: (k_a, n_a, 1), (k_b, 1, n_b).
 
     Per-view quantities (a tilt's sine, say) are then computed once per view, not per pair."""
-    a_eff = effective_a(x.a, x.g, s.tie_a)
+    a_eff = effective_a(x.a, x.g, s.tie_a, s.tie_blend)
     return a_eff.T[:, :, None], x.b.T[:, None, :]
 
 
@@ -90,7 +90,7 @@ def cost(fn, x: Variables, s: Structure):
     total = 0.5 * jnp.sum(r * r)
     reg = regularization_of(fn)
     if reg is not None:
-        rows = reg(effective_a(x.a, x.g, s.tie_a), s.const)
+        rows = reg(effective_a(x.a, x.g, s.tie_a, s.tie_blend), s.const)
         total = total + 0.5 * jnp.sum(rows * rows)
     return total
 
@@ -142,7 +142,7 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
     Chunks run in a loop; the last one is shifted back to end at the last marker, and the
     markers it repeats are not counted twice. ``chunk`` overrides ``markers_per_chunk``.
     """
-    a_eff = effective_a(x.a, x.g, s.tie_a)  # (n_a, k_a)
+    a_eff = effective_a(x.a, x.g, s.tie_a, s.tie_blend)  # (n_a, k_a)
     n_a, k_a = a_eff.shape
     n_b, k_b = x.b.shape
     dtype = a_eff.dtype
@@ -150,9 +150,7 @@ def linearize(fn, x: Variables, s: Structure, chunk: int | None = None) -> Linea
     fa = s.free_a.astype(dtype)
     fb = s.free_b.astype(dtype)
     fg = s.free_g.astype(dtype)
-    tie = (
-        jax.nn.one_hot(s.tie_a, n_g, dtype=dtype) * fg
-    )  # (n_a, k_a, n_g); untied rows and fixed slots are zero
+    tie = tie_weights(s.tie_a, s.tie_blend, n_g, dtype) * fg  # (n_a, k_a, n_g); untied rows, fixed slots 0
     b_free = jnp.any(s.free_b)
     a = a_eff.T[:, :, None]  # (k_a, n_a, 1)
     size = min(chunk, n_b) if chunk else markers_per_chunk(n_a, n_b)
