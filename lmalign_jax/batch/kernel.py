@@ -50,7 +50,9 @@ def solve_stages(fn, eliminate, x0: Variables, structure: Structure, stage_free,
             config=config,
         )
         stop = stopped | (sol.status == Status.FAILED)
-        solved = Variables(effective_a(sol.x.a, sol.x.g, structure.tie_a), sol.x.b, sol.x.g)
+        solved = Variables(
+            effective_a(sol.x.a, sol.x.g, structure.tie_a, structure.tie_blend), sol.x.b, sol.x.g
+        )
         x = jax.tree_util.tree_map(lambda new, old: jnp.where(stop, old, new), solved, x)
         as_int = partial(jnp.asarray, dtype=jnp.int32)
         return (x, stop), (sol.cost, as_int(sol.status), as_int(sol.iterations), as_int(sol.accepted))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ..core.problem import mode_labels
+from ..core.problem import is_linear, linear_nodes, mode_labels
 from ..models import ProjectionModel
 from ..solve import Structure, Variables
 
@@ -99,8 +99,9 @@ def padding_rules(shape: tuple[int, int], n_slots: int):
             free_b=lambda f: (m, f.shape[1]),
             free_g=lambda f: (n_slots,),
             const=lambda c: c.shape,
+            tie_blend=lambda t: (v, t.shape[1]),
         ),
-        Structure(0, 0, False, -1, False, False, 0),
+        Structure(0, 0, False, -1, False, False, 0, tie_blend=(-1, 1.0, 0.0)),  # (tie2, frac, offset)
     )
 
 
@@ -108,7 +109,7 @@ def stack_padded(trees, slots, capacity: int, shapes, fills):
     """Stack same-structured pytrees into (capacity, ...) arrays, each leaf padded by field.
 
     ``shapes``/``fills`` are NamedTuples of the trees' type giving, per field, the padded shape
-    of a leaf and the fill value; slots not in ``slots`` hold the fill.
+    of a leaf and the fill value (a tuple: one per leaf); slots not in ``slots`` hold the fill.
     """
     fields = []
     for f, to_shape, fill in zip(trees[0]._fields, shapes, fills, strict=True):
@@ -118,7 +119,9 @@ def stack_padded(trees, slots, capacity: int, shapes, fills):
         for j, first in enumerate(columns[0]):
             first = np.asarray(first)
             padded = to_shape(first)
-            buf = np.full((capacity, *padded), fill, dtype=first.dtype)
+            buf = np.full(
+                (capacity, *padded), fill[j] if isinstance(fill, tuple) else fill, dtype=first.dtype
+            )
             for slot, col in zip(slots, columns, strict=True):
                 buf[(slot, *(slice(0, s) for s in np.shape(col[j])))] = np.asarray(col[j])
             leaves.append(buf)
@@ -130,6 +133,9 @@ def global_slot_count(model: ProjectionModel, modes: dict, n_views: int) -> int:
     """Global slots of the problem layout for ``n_views`` views (an upper bound for fewer views)."""
     total = 0
     for name in model.parameters:
+        if is_linear(modes[name]):  # its nodes, and the reference view wherever it falls
+            total += linear_nodes(n_views, int(modes[name].split(":")[1]), None).size + 1
+            continue
         labels = mode_labels(name, modes[name], n_views)
         total += np.unique(labels[labels >= 0]).size
     return total

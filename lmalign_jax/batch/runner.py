@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from ..core.problem import check_points_per_view, is_linear, mode_labels
+from ..core.problem import check_points_per_view, mode_labels
 from ..core.result import AlignmentResult
 from ..core.settings import STAGES, check_options
 from ..models import ProjectionModel
@@ -61,10 +61,10 @@ def _check_options(model, modes, stages, dtype, bucket):
     """The options shared by every series, checked as ``align()`` checks them."""
     m, modes, stages = check_options(model, modes, stages, dtype)
     for name, mode in modes.items():
-        if not isinstance(mode, str) or is_linear(mode):
+        if not isinstance(mode, str):
             raise ValueError(
-                f"parameter {name!r}: align_batch takes the modes free, fixed, shared and group:N; "
-                "per-view labels and linear:N need align()"
+                f"parameter {name!r}: align_batch takes the modes free, fixed, shared, group:N and "
+                "linear:N; per-view labels need align()"
             )  # noqa: TRY004
         mode_labels(name, mode, 1)  # raises on an unknown mode
     if bucket != "max":

@@ -14,8 +14,9 @@ IMOD (tiltalign.f90 ``setupAndDoLocalAlignments``, man page "Local Alignments"; 
   keeps the global solution (unit transform) and is reported.
 - The local solution is incremental: the Local*Option variables (rotation, tilt, magnification;
   x-stretch and skew optional) are added to the global values, grouped as LocalRotDefaultGrouping
-  etc. (Etomo's defaults: rotation and tilt in groups of 6 views, magnification in groups of 7;
-  here a group shares one increment); the shifts are always solved per view; the markers are held
+  etc. (Etomo's defaults: rotation and tilt in groups of 6 views, magnification in groups of 7,
+  linearly: increments every 6 or 7 views, interpolated between, as its options 3 and 5 make
+  them); the shifts are always solved per view; the markers are held
   at the global solution (FixXYZCoordinates 1, what Etomo writes) or solved too (gauge fixed at
   the reference view). Views without a marker in the patch keep the global solution.
 
@@ -67,9 +68,10 @@ __all__ = [
 INCREMENTS = {"rotation": "angle", "tilt": "angle", "scale": "ratio", "xstretch": "ratio", "skew": "angle"}
 
 
-#: Etomo's grouping of the local increments (LocalRotDefaultGrouping 6, LocalTiltDefaultGrouping
-#: 6, LocalMagDefaultGrouping 7): LocalOptions' default.
-ETOMO_MODES = (("rotation", "group:6"), ("tilt", "group:6"), ("scale", "group:7"))
+#: Etomo's grouping of the local increments, linear as its LocalRotOption 3, LocalTiltOption 5
+#: and LocalMagOption 3 make it (LocalRotDefaultGrouping 6, LocalTiltDefaultGrouping 6,
+#: LocalMagDefaultGrouping 7): LocalOptions' default (until c6a869e, blocks of those sizes).
+ETOMO_MODES = (("rotation", "linear:6"), ("tilt", "linear:6"), ("scale", "linear:7"))
 #: Every increment free per view (the default until 2026-12-04): lowers the residual more, and
 #: fits more noise.
 PER_VIEW_MODES = (("rotation", "free"), ("tilt", "free"), ("scale", "free"))
@@ -83,10 +85,11 @@ class LocalOptions:
     overlap: (fx, fy) fractional overlap of neighbouring patches [MinSizeOrOverlapXandY].
     min_fids: (total, each surface) markers a patch must hold [MinFidsTotalAndEachSurface].
     fix_markers: hold the markers at the global solution [FixXYZCoordinates].
-    modes: local increment -> "free", "group:N" or "fixed" [Local*Option, Local*DefaultGrouping];
-        increments the model lacks are ignored. Default :data:`ETOMO_MODES`, Etomo's grouping:
-        rotation and tilt in groups of 6 views, scale in groups of 7 (Etomo adds x-stretch and
-        skew by 7 and 11 for models that have them: pass those modes to match it). Grouped, the
+    modes: local increment -> "free", "group:N", "linear:N" or "fixed" [Local*Option,
+        Local*DefaultGrouping]; increments the model lacks are ignored. Default
+        :data:`ETOMO_MODES`, Etomo's grouping: rotation and tilt increments every 6 views, scale
+        every 7, interpolated linearly between (Etomo adds x-stretch and skew by 7 and 11 for
+        models that have them: pass those modes to match it). Grouped, the
         increments fit less noise: on IMOD's midzone2a set they predict held-out points better
         than the global alignment, where increments free per view (:data:`PER_VIEW_MODES`, which
         lower the residual more) predict them worse (benchmarks/README, "Grouped local
@@ -257,11 +260,11 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     for p in range(base_k, k):
         name = lm.parameters[p][1:]
         mode = modes.get(name, "fixed")
-        labels = mode_labels(name, mode, n_views, anchor=ref_view)
+        labels = mode_labels(name, mode, n_views, anchor=ref_view if markers_free else None)
         free[:, p] = (labels == -1) & seen
         if markers_free and labels[ref_view] == -1:
             free[ref_view, p] = False
-        blend = linear_blend(name, mode, n_views, ref_view)
+        blend = linear_blend(name, mode, n_views, ref_view if markers_free else None)
         if blend is not None:  # a node's value reaches the views on both sides of it
             nodes, low, high, frac[:, p] = blend
             tie[:, p], tie2[:, p] = len(slot_free) + low, len(slot_free) + high

@@ -394,7 +394,10 @@ def build_problem(
             views[members, p] = np.mean(change[members]) + base[members, p]
             slots.append(np.mean(change[members]) / unit[p])
     tied_base = np.where(tie >= 0, base / unit, 0.0)
-    blended = (tie2 >= 0).any() or tied_base.any()
+    # whether the blend is needed follows from the modes alone (series of one batch share a layout)
+    blended = bool(
+        (tie2 >= 0).any() or ("tilt" in model.parameters and (tie[:, model.index("tilt")] >= 0).any())
+    )
 
     w = obs.mask.astype(np.float64) if weights is None else np.where(obs.mask, weights, 0.0)
     put = jnp.asarray if on_device else (lambda array, dtype: np.asarray(array, np.dtype(dtype)))
