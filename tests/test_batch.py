@@ -145,7 +145,7 @@ def test_bucket_shape_and_option_errors(series):
     ):
         align_batch(series, bucket=(0, 8))
     with pytest.raises(
-        ValueError, match="parameter 'tilt': align_batch takes the modes free, fixed, shared and group:N"
+        ValueError, match="parameter 'tilt': align_batch takes the modes free, fixed, shared, group:N and"
     ):
         align_batch(series, modes={"tilt": np.zeros(21, int)})
     with pytest.raises(ValueError, match="unknown stage 'final'"):

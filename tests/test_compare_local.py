@@ -4,9 +4,10 @@ the cross-validated leave-out residual, that local alignment is justified.
 
 Sizes. Local alignment costs each kept patch its free parameters (here, Etomo's grouping over
 31 views: 6 rotation, 6 tilt and 6 scale increments, at views 0, 6, ..., 30 and 0, 7, ..., 28,
-30, and 62 shifts, 80 in all; 9 patches, 720), so BIC (penalty 720 log N ~ 7,300) justifies it only where the warp leaves the global fit far above
-the noise and the markers are many: 31 views x 400 markers (N ~ 24,800 residual components),
-a warp of 20 px at the image corner, 0.5 px noise. There the global RMS is ~0.82 px and the local
+30, and 62 shifts, 80 in all; 9 patches, 720), so BIC (penalty 720 log N ~ 7,300) justifies it
+only where the warp leaves the global fit far above the noise and the markers are many: 31
+views x 400 markers (N ~ 24,800 residual components), a warp of 20 px at the image corner,
+0.5 px noise. There the global RMS is ~0.82 px and the local
 fit roughly halves the sum of squares: BIC lower by ~8,000 (measured 7,962; decisive is 10);
 the leave-out gain is ~50 standard errors. On the rigid series every patch's drop is chance,
 no patch is kept (or, by a ~1% chance, one), and neither criterion can favour local.
