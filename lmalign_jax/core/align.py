@@ -65,7 +65,7 @@ def align(
         model: projection model name or object ("jou", "luther", "diez", "imod").
         rotation_deg: tilt-axis angle in the raw images, degrees counter-clockwise from the
             y axis (IMOD's RotationAngle); estimated from the marker tracks when None.
-        modes: parameter name -> "free" | "fixed" | "shared" | "group:N" | labels (n_views,);
+        modes: parameter name -> "free" | "fixed" | "shared" | "group:N" | "linear:N" | labels (n_views,);
             unnamed parameters take the model's default.
         stages: which of "initial", "main", "tilt", "joint" to run, in that order.
         config: Levenberg-Marquardt settings for the final stage; earlier stages, whose
