@@ -5,9 +5,11 @@
 A simulated series (``lmalign_jax.simulate``: 4096 x 4096 px, 150 markers over the central 70%,
 81 views -60..60 degrees, 0.5 px noise) is aligned globally, then ``align_local`` solves IMOD's
 default grid (700 px target patches, overlap 0.5, at least 8 markers, 3 per surface) with markers
-held (Etomo's FixXYZCoordinates 1) and, separately, free. Timed: the batched solve of all patches
-(``LocalSolution.seconds``), first call (compilation included) and the best of ``--repeats`` warm
-calls, and the whole ``align_local`` call (grid, problem assembly, transforms, the marker refit).
+held (Etomo's FixXYZCoordinates 1) and, separately, free, with the increments grouped as Etomo
+does (linearly, the default) and in blocks of the same sizes, the two taking turns. Timed: the
+batched solve of all patches (``LocalSolution.seconds``), first call (compilation included) and
+the best of ``--repeats`` warm calls, and the whole ``align_local`` call (grid, problem assembly,
+transforms, the marker refit).
 IMOD's tiltalign solves the patches one after another; it cannot run here, so no ratio is measured.
 """
 
@@ -40,7 +42,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from lmalign_jax import align, simulate
-    from lmalign_jax.core.local import LocalOptions, align_local
+    from lmalign_jax.core.local import ETOMO_MODES, LocalOptions, align_local
+
+    groupings = {
+        "linear": ETOMO_MODES,
+        "blocks": tuple((name, mode.replace("linear:", "group:")) for name, mode in ETOMO_MODES),
+    }
 
     meta = environment(quick=False)
     series = simulate(n_views=81, n_markers=150, image_size=(4096, 4096), noise_px=0.5, seed=0)
@@ -48,29 +55,35 @@ def main(argv=None) -> int:
     result = align(series.observations)
     rows = {"global_align_s": time.perf_counter() - began, "global_mean_px": result.mean_residual_px}
     for label, fixed in (("markers_fixed", True), ("markers_free", False)):
-        options = LocalOptions(fix_markers=fixed)
-        began = time.perf_counter()
-        first = align_local(result, options)
-        first_total = time.perf_counter() - began
-        solves, totals = [], []
-        for _ in range(args.repeats):
+        options = {g: LocalOptions(fix_markers=fixed, modes=modes) for g, modes in groupings.items()}
+        first, first_total, solves, totals, last = {}, {}, {}, {}, {}
+        for g in groupings:
             began = time.perf_counter()
-            sol = align_local(result, options)
-            totals.append(time.perf_counter() - began)
-            solves.append(sol.seconds)
-        rows[label] = {
-            "patches": list(sol.file.n_patches),
-            "markers_per_patch": [p.n_markers for p in sol.patches],
-            "first_solve_s": first.seconds,
-            "first_total_s": first_total,
-            "solve_s_best": min(solves),
-            "solve_s_all": solves,
-            "total_s_best": min(totals),
-            "global_mean_px": sol.global_mean_px,
-            "local_mean_px": sol.local_mean_px,
-            "patches_kept_local": sum(p.kept_local for p in sol.patches),
-        }
-        print(label, json.dumps(rows[label], default=_plain))
+            first[g] = align_local(result, options[g])
+            first_total[g] = time.perf_counter() - began
+            solves[g], totals[g] = [], []
+        for _ in range(args.repeats):  # the groupings take turns
+            for g in groupings:
+                began = time.perf_counter()
+                last[g] = align_local(result, options[g])
+                totals[g].append(time.perf_counter() - began)
+                solves[g].append(last[g].seconds)
+        for g, sol in last.items():
+            key = label if g == "linear" else f"{label}_{g}"
+            rows[key] = {
+                "modes": dict(groupings[g]),
+                "patches": list(sol.file.n_patches),
+                "markers_per_patch": [p.n_markers for p in sol.patches],
+                "first_solve_s": first[g].seconds,
+                "first_total_s": first_total[g],
+                "solve_s_best": min(solves[g]),
+                "solve_s_all": solves[g],
+                "total_s_best": min(totals[g]),
+                "global_mean_px": sol.global_mean_px,
+                "local_mean_px": sol.local_mean_px,
+                "patches_kept_local": sum(p.kept_local for p in sol.patches),
+            }
+            print(key, json.dumps(rows[key], default=_plain))
     meta["loadavg_end"] = list(os.getloadavg())
     record = {
         "benchmark": "local_bench",
