@@ -96,6 +96,32 @@ def test_xf_and_tlt_layouts(aligned, sim):
     np.testing.assert_allclose(tilts[[4, 62]], nominal[[4, 62]], atol=1e-3)
 
 
+def test_views_left_out_of_the_fit_get_no_relion_row(aligned, tmp_path):
+    """RELION's star, like the .aln and Portal files, holds only the fitted views: excluded tilt
+    images' transforms are interpolated, and RELION's own exclusion removes their rows. With
+    RELION's imported star, the rows of the excluded views are removed and the others kept."""
+    import pandas as pd
+    import starfile
+
+    record = aligned[3] / "sim.json"
+    rc, out, err = run(["export", record, "--to", "relion", "--pixel-size", 10, "--out-dir", tmp_path / "a"])
+    assert rc == 0, err
+    table = starfile.read(tmp_path / "a" / "sim.star", always_dict=True)["sim"]
+    nominal = np.array([v["nominal_tilt_deg"] for v in json.loads(record.read_text())["views"]])
+    kept = np.setdiff1d(np.arange(63), [4, 62])
+    np.testing.assert_allclose(table["rlnTomoNominalStageTiltAngle"], nominal[kept], atol=1e-6)
+
+    imported = pd.DataFrame(
+        {"rlnMicrographMovieName": [f"m{k}.tif" for k in range(63)], "rlnTomoNominalStageTiltAngle": nominal}
+    )
+    starfile.write({"sim": imported}, tmp_path / "imported.star")
+    argv = ["export", record, "--to", "relion", "--pixel-size", 10, "--out-dir", tmp_path / "b"]
+    rc, out, err = run([*argv, "--relion-tilt-series", tmp_path / "imported.star"])
+    assert rc == 0, err
+    table = starfile.read(tmp_path / "b" / "sim.star", always_dict=True)["sim"]
+    assert list(table["rlnMicrographMovieName"]) == [f"m{k}.tif" for k in kept]
+
+
 def test_recovers_truth(aligned, sim):
     d = aligned[3]
     truth = json.loads((sim / "sim_truth.json").read_text())

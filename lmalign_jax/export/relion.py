@@ -57,12 +57,15 @@ def relion_tilt_table(
     nominal_tilts_deg=None,
     pre_exposure=None,
     image_names=None,
+    keep=None,
 ):
     """The per-tilt table as a pandas DataFrame, one row per view in view order.
 
     nominal_tilts_deg: (n_views,) stage tilts (rlnTomoNominalStageTiltAngle), default the solved
     tilts; pre_exposure: (n_views,) e/A^2 before each tilt (rlnMicrographPreExposure), default 0;
-    image_names: (n_views,) rlnMicrographName entries, omitted when None.
+    image_names: (n_views,) rlnMicrographName entries, omitted when None; keep: (n_views,) bool,
+    the views written (default all): views left out of the alignment get no row, as RELION's own
+    exclusion of tilt images removes theirs (their transforms are interpolated, not fitted).
     """
     import pandas as pd
 
@@ -81,7 +84,13 @@ def relion_tilt_table(
             raise ValueError(f"{name} needs {n} finite values, got shape {values.shape}")
         columns[name] = values
     columns.update(relion_parameters(geometry, pixel_size_angst))
-    return pd.DataFrame(columns)
+    table = pd.DataFrame(columns)
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (n,) or not keep.any():
+            raise ValueError(f"keep needs {n} booleans, at least one true, got shape {keep.shape}")
+        table = table[keep].reset_index(drop=True)
+    return table
 
 
 def write_relion_tilt_series(
@@ -139,14 +148,17 @@ def add_alignment_to_relion_tilt_series(
     nominal_tilts_deg,
     *,
     tolerance_deg: float = 0.01,
+    keep=None,
 ) -> None:
     """Put our alignment into the per-tilt STAR file RELION 5's import wrote for this series.
 
     Each row is matched to the view whose ``nominal_tilts_deg`` (n_views,) equals its
     rlnTomoNominalStageTiltAngle within ``tolerance_deg``; the five alignment columns are set
-    (replaced if present), every other column and the row order are kept. A row with no view
-    or with several, or a view claimed by two rows, is an :class:`lmalign_jax.io.InputError`
-    naming the file and the tilt image (1-based row of the table).
+    (replaced if present), every other column and the row order are kept. Rows of views not in
+    ``keep`` ((n_views,) bool, default all: the views the alignment fitted) are removed, as
+    RELION's own exclusion of tilt images does. A row with no view or with several, or a view
+    claimed by two rows, is an :class:`lmalign_jax.io.InputError` naming the file and the tilt
+    image (1-based row of the table).
     """
     import starfile
 
@@ -197,5 +209,7 @@ def add_alignment_to_relion_tilt_series(
         raise InputError(in_path, None, "two tilt images match the same view of the alignment")
     for name, values in columns.items():
         table[name] = values[views]
+    if keep is not None:
+        table = table[np.asarray(keep, dtype=bool)[views]].reset_index(drop=True)
     blocks[names[0]] = table
     _write_star(out_path, blocks)

@@ -418,7 +418,7 @@ def export_alignment(
         "aretomo": lambda out: write_aln(
             out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded), local=local
         ),
-        "relion": lambda out: _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series),
+        "relion": lambda out: _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series, fitted),
         "portal": lambda out: out.write_text(
             "_portal.json",
             json.dumps(portal_alignment(geometry, excluded_views=np.flatnonzero(excluded)), indent=2) + "\n",
@@ -490,12 +490,17 @@ def _recorded_surface_lines(record: AlignmentRecord) -> list[str]:
     return [str(line) for line in lines] if isinstance(lines, list) else []
 
 
-def _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series) -> None:
-    """Stage ``P.star``: stand-alone, or RELION's imported tilt-series STAR with our columns."""
+def _stage_relion(out, record, geometry, pixel, prefix, relion_tilt_series, fitted) -> None:
+    """Stage ``P.star``: stand-alone, or RELION's imported tilt-series STAR with our columns; the
+    views left out of the fit (``fitted`` false) get no row, as in the ``.aln`` and Portal files."""
     nominal = record.views.nominal_tilts_deg if record.views is not None else None
     if not relion_tilt_series:
-        write_relion_tilt_series(out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal)
+        write_relion_tilt_series(
+            out.stage(".star"), geometry, pixel, prefix, nominal_tilts_deg=nominal, keep=fitted
+        )
         return
     if nominal is None:
         raise InputError(record.path, None, "the record has no nominal tilts to match RELION's rows")
-    add_alignment_to_relion_tilt_series(relion_tilt_series, out.stage(".star"), geometry, pixel, nominal)
+    add_alignment_to_relion_tilt_series(
+        relion_tilt_series, out.stage(".star"), geometry, pixel, nominal, keep=fitted
+    )
