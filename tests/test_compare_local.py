@@ -106,3 +106,18 @@ def test_on_imods_midzone2a_etomos_grouping_predicts_held_out_points_better(tmp_
     local = json.loads(out.read_text())["local"]
     assert local["n_kept"] == 8 and local["justified_by_leave_out"]
     assert local["leave_out_gain_px2"] > 3 * local["leave_out_gain_se_px2"]
+
+
+def test_a_gain_at_round_off_is_no_gain():
+    """Local alignment that kept no patch in any fold predicts what the global one predicts: a
+    leave-out 'gain' of 1.7e-15 +- 6.8e-16 px^2 (BBa, 2 folds) is round-off, not significant."""
+    from lmalign_jax.analysis.compare_local import LocalCandidate
+
+    candidate = LocalCandidate(
+        base="jou", n_patches=4, n_kept=0, extra_parameters=0, n_components=2806, base_parameters=374,
+        rss_global_px2=98.0, rss_local_px2=98.0, delta_bic=0.0, leave_out_rms_global_px=0.3,
+        leave_out_rms_local_px=0.3, leave_out_gain_px2=1.66e-15, leave_out_gain_se_px2=6.8e-16,
+        n_kept_per_fold=(0, 0),
+    )  # fmt: skip
+    assert not candidate.justified_by_leave_out
+    assert "leave-out squared error unchanged" in candidate.text and "significant" not in candidate.text

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmalign_jax import LMConfig, align, simulate
+from lmalign_jax import LMConfig, Observations, align, simulate
 from lmalign_jax.analysis.differentiable import alignment_function
 
 
@@ -18,7 +18,9 @@ def _inputs(obs):
     return jnp.asarray(np.where(obs.mask[..., None], obs.xy, 0.0)), jnp.asarray(obs.tilts_deg)
 
 
-@pytest.mark.parametrize("modes", [{}, {"tilt": "fixed"}, {"rotation": "shared"}])
+@pytest.mark.parametrize(
+    "modes", [{}, {"tilt": "fixed"}, {"rotation": "shared"}, {"tilt": "linear:4", "rotation": "group:5"}]
+)
 def test_gradients_match_central_differences(series, modes):
     obs = series.observations
     # tight tolerances: the finite differences below resolve 1e-7 of the objective
@@ -45,6 +47,23 @@ def test_gradients_match_central_differences(series, modes):
         fd_t = (objective(xy, tilts + h * d_t) - objective(xy, tilts - h * d_t)) / (2 * h)
         np.testing.assert_allclose(jnp.sum(g_xy * d_xy), fd_xy, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(jnp.sum(g_tilts * d_t), fd_t, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("modes", [{"tilt": "group:4"}, {"tilt": "linear:4"}])
+def test_grouped_tilts_follow_the_nominal_tilts_given(series, modes):
+    """Grouped tilts share a change from their nominal angles: the function at other nominal
+    tilts is the alignment of the series with those tilts (not the first series' angles)."""
+    obs = series.observations
+    tight = LMConfig(cost_tol=1e-16, step_tol=1e-14, gradient_tol=0.0)
+    f = alignment_function(align(obs, modes=modes), config=tight)
+    xy, tilts = _inputs(obs)
+    shifted = tilts.at[3].add(0.5).at[10].add(-0.3)
+    with jax.enable_x64(True):
+        views, _ = f(jnp.asarray(xy, jnp.float64), jnp.asarray(shifted, jnp.float64))
+    again = align(
+        Observations(obs.xy, obs.mask, np.asarray(shifted), obs.image_size), modes=modes, config=tight
+    )
+    np.testing.assert_allclose(np.degrees(np.asarray(views)[:, 2]), again.tilts_deg, atol=1e-6)
 
 
 def test_reproduces_the_alignment(series):

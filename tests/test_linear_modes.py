@@ -155,3 +155,38 @@ def test_single_precision_gives_the_double_precision_answer(drifting):
         abs(single.rms_residual_px - fits["linear"].rms_residual_px) < 1e-3 * fits["linear"].rms_residual_px
     )
     np.testing.assert_allclose(single.tilts_deg, fits["linear"].tilts_deg, atol=2e-3)
+
+
+def test_linear_1_is_every_view_free_on_the_imod_model_too():
+    """The imod model's far gauge (an affine z symmetry of tilt, x-stretch and skew) is fixed at
+    the far view's node of a linear mode as at a free parameter's entry there: linear:1 is the
+    free fit, parameters and all (it had three more free parameters and a singular covariance)."""
+    obs = simulate(n_views=21, n_markers=20, seed=9).observations
+    free = align(obs, model="imod")
+    linear = align(obs, model="imod", modes={"xstretch": "linear:1", "skew": "linear:1", "tilt": "linear:1"})
+    assert linear.n_parameters == free.n_parameters
+    np.testing.assert_allclose(linear.views, free.views, atol=1e-7)
+
+
+def test_a_view_that_owns_its_linear_values_needs_the_points_they_need():
+    """With linear:1 (or the last view alone after a node) a view's values are its own: one point
+    cannot give them, and the fit says so instead of returning arbitrary values."""
+    s = simulate(n_views=21, n_markers=15, seed=4)
+    o = s.observations
+    mask = o.mask.copy()
+    mask[6, 1:] = False
+    one_point = Observations(o.xy, mask, o.tilts_deg, o.image_size)
+    with pytest.raises(ValueError, match="view 6 has 1 observed point"):
+        align(one_point, modes={"tilt": "linear:1", "rotation": "linear:1", "scale": "linear:1"})
+    align(one_point, modes={"tilt": "linear:4", "rotation": "linear:4", "scale": "linear:4"})  # shared nodes
+
+
+@pytest.mark.parametrize(
+    "mode", ["linear:0", "linear:1_0", "linear:+5", "linear: 5", "linear:\u0665", "group:-2"]
+)
+def test_the_api_takes_the_sizes_the_command_line_takes(mode):
+    """Whole numbers >= 1 in the digits 0-9 (int() alone took '1_0', '+5', ' 5' and an
+    Arabic-Indic five, which the command line refuses)."""
+    obs = simulate(n_views=9, n_markers=6, seed=1).observations
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+        align(obs, modes={"tilt": mode})

@@ -42,9 +42,23 @@ __all__ = ["LEAVE_OUT_SKIPPED", "LocalCandidate", "leave_out_text", "local_base"
 LEAVE_OUT_SKIPPED = "skipped (--no-leave-out)"
 
 
-def leave_out_text(gain: float, se: float, significant: bool) -> str:
+#: Leave-out gains within this fraction of the squared prediction error itself are round-off
+#: (e.g. local alignment that kept no patch in any fold predicts exactly what the global one does).
+ROUNDOFF = 1e-9
+
+
+def leave_out_significant(gain: float, se: float, scale_px2: float) -> bool:
+    """Whether a leave-out gain (px^2) is significant: above 2 standard errors, and above
+    round-off of the squared prediction error ``scale_px2`` it is a difference of."""
+    return bool(np.isfinite(se) and gain > 2 * se and abs(gain) > ROUNDOFF * scale_px2)
+
+
+def leave_out_text(gain: float, se: float, significant: bool, scale_px2: float = 0.0) -> str:
     """The leave-out half of a verdict: the mean reduction ``gain`` of the squared prediction
-    error (px^2) and its standard error ``se`` (NaN for a single held-out point)."""
+    error (px^2) and its standard error ``se`` (NaN for a single held-out point); a gain at
+    round-off of ``scale_px2`` is said to be none."""
+    if abs(gain) <= ROUNDOFF * scale_px2:
+        return "leave-out squared error unchanged (the same predictions, to round-off)"
     pm = f" +- {se:.4f}" if np.isfinite(se) else " (one point: no standard error)"
     return (
         f"leave-out squared error {'lower' if gain > 0 else 'higher'} by {abs(gain):.4f}{pm} px^2, "
@@ -81,10 +95,13 @@ class LocalCandidate:
 
     @property
     def justified_by_leave_out(self) -> bool:
-        return bool(
-            np.isfinite(self.leave_out_gain_se_px2)
-            and self.leave_out_gain_px2 > 2 * self.leave_out_gain_se_px2
-        )
+        return leave_out_significant(self.leave_out_gain_px2, self.leave_out_gain_se_px2, self._scale_px2)
+
+    @property
+    def _scale_px2(self) -> float:
+        """The global alignment's mean squared prediction error per component (px^2)."""
+        scale = self.leave_out_rms_global_px**2
+        return float(scale) if np.isfinite(scale) else 0.0
 
     @property
     def justified(self) -> bool:
@@ -95,7 +112,7 @@ class LocalCandidate:
         d, gain, se = self.delta_bic, self.leave_out_gain_px2, self.leave_out_gain_se_px2
         if np.isfinite(gain):
             verdict = "justified" if self.justified else "not justified"
-            leave = leave_out_text(gain, se, self.justified_by_leave_out)
+            leave = leave_out_text(gain, se, self.justified_by_leave_out, self._scale_px2)
         else:
             verdict = "justified by BIC alone" if self.justified_by_bic else "not justified"
             leave = f"leave-out {self.leave_out_skipped or 'not compared'}"

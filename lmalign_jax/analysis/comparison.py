@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models import DEFORMATION_MODELS
-from .compare_local import LEAVE_OUT_SKIPPED, LocalCandidate, leave_out_text
+from .compare_local import LEAVE_OUT_SKIPPED, LocalCandidate, leave_out_significant, leave_out_text
 from .criteria import DECISIVE_BIC
 
 __all__ = ["ModelComparison", "ModelRow"]
@@ -259,6 +259,7 @@ class ModelComparison:
             delta = r.bic - best.bic
             by_bic = bool(delta < -DECISIVE_BIC)
             gain = se = float("nan")
+            scale = 0.0  # the rigid model's mean squared prediction error per component, px^2
             if (
                 r.leave_out_errors is not None
                 and best.leave_out_errors is not None
@@ -267,10 +268,11 @@ class ModelComparison:
                 d = np.sum(best.leave_out_errors**2, axis=-1) - np.sum(r.leave_out_errors**2, axis=-1)
                 gain = float(np.mean(d) / 2)  # per component, px^2
                 se = float(np.std(d, ddof=1) / np.sqrt(d.size) / 2) if d.size > 1 else float("nan")
-            by_leave_out = bool(np.isfinite(se) and gain > 2 * se)
+                scale = float(np.mean(np.sum(best.leave_out_errors**2, axis=-1)) / 2)
+            by_leave_out = leave_out_significant(gain, se, scale)
             if np.isfinite(gain):
                 verdict = "justified" if by_bic and by_leave_out else "not justified"
-                leave = leave_out_text(gain, se, by_leave_out)
+                leave = leave_out_text(gain, se, by_leave_out, scale)
             else:  # skipped, or not available for one of the two: say so, not "nan"
                 verdict = "justified by BIC alone" if by_bic else "not justified"
                 leave = (

@@ -26,8 +26,9 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
     observed_xy: (n_views, n_markers, 2) measured positions, image pixels (entries of
         markers not observed in ``result`` are ignored).
     nominal_tilts_deg: (n_views,) nominal tilts: they fix the tilt of views whose tilt is
-        not free (the reference view's, or all when the tilt mode is "fixed") and set the
-        reported frame (zero mean deviation of the solved tilts from them).
+        not free (the reference view's, or all when the tilt mode is "fixed"), are what grouped
+        tilts share a change from, and set the reported frame (zero mean deviation of the
+        solved tilts from them).
     Returns views (n_views, k) in model units (radians, ratios, pixels) and markers
     (n_markers, 3) pixels, as ``result.views``/``result.markers``.
 
@@ -53,10 +54,16 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
         nominal = jnp.radians(jnp.asarray(nominal_tilts_deg, dtype))
         views_in = jnp.asarray(base_views, dtype).at[:, tilt].set(nominal)
         centered = jnp.where(mask[..., None], jnp.asarray(observed_xy, dtype) - center, 0.0)
+        blend = structure.tie_blend
+        if blend is not None:  # grouped tilts: a shared change from these nominal angles
+            tied = tie[:, tilt] >= 0
+            offset = jnp.asarray(blend[2], dtype).at[:, tilt].set(jnp.where(tied, nominal / unit[tilt], 0.0))
+            blend = (blend[0], jnp.asarray(blend[1], dtype), offset)
         s = structure._replace(
             pair_data=jnp.moveaxis(centered, -1, 0),
             weights=jnp.asarray(structure.weights, dtype),
             const=jnp.asarray(structure.const, dtype),
+            tie_blend=blend,
         )
         x0 = problem.x0._replace(
             a=jnp.where(structure.free_a, jnp.asarray(warm.a, dtype), views_in / unit),
@@ -64,7 +71,7 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
             g=jnp.asarray(warm.g, dtype),
         )
         x = solve_implicit(problem.fn, x0, s, eliminate=problem.eliminate, config=config)
-        views = effective_a(x.a, x.g, jnp.asarray(tie), structure.tie_blend) * unit
+        views = effective_a(x.a, x.g, jnp.asarray(tie), blend) * unit
         return jit_reporting_frame(model, views, x.b, nominal, tilt_free)
 
     return f

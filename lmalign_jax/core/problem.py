@@ -22,6 +22,7 @@ are multiplied by the RMS marker radius L (pixels) inside the solver.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import partial
 
@@ -66,14 +67,12 @@ def padded(fn, x0: Variables, structure: Structure):
 
 
 def _size(name: str, mode: str) -> int:
-    """N of a "group:N" or "linear:N" mode; ValueError unless a positive integer."""
-    try:
-        size = int(mode.split(":", 1)[1])
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise ValueError(f"parameter {name!r}: group size in {mode!r} must be a positive integer")
-    return size
+    """N of a "group:N" or "linear:N" mode; ValueError unless a whole number >= 1 in digits 0-9."""
+    text = mode.split(":", 1)[1]
+    if not re.fullmatch(r"[1-9][0-9]*", text):
+        what = "group size" if mode.startswith("group:") else "node spacing"
+        raise ValueError(f"parameter {name!r}: the {what} in {mode!r} must be a whole number >= 1")
+    return int(text)
 
 
 def is_linear(mode) -> bool:
@@ -81,16 +80,33 @@ def is_linear(mode) -> bool:
     return isinstance(mode, str) and mode.startswith("linear:")
 
 
-def linear_nodes(n_views: int, size: int, anchor: int | None) -> np.ndarray:
+def linear_nodes(n_views: int, size: int, anchor=None) -> np.ndarray:
     """Views (sorted) that carry a "linear:N" mode's values: every ``size``-th view from the
-    first, the last view, and ``anchor`` (the gauge's reference view) when given."""
+    first, the last view, and ``anchor`` (a view or views where a gauge fixes the value: the
+    reference view, the far view) when given."""
     nodes = set(range(0, n_views, size)) | {n_views - 1}
     if anchor is not None:
-        nodes.add(int(anchor))
+        nodes |= {int(a) for a in np.atleast_1d(anchor)}
     return np.array(sorted(nodes), dtype=int)
 
 
-def linear_blend(name: str, mode, n_views: int, anchor: int | None):
+def linear_anchors(model: ProjectionModel, name: str, tilts_deg, ref_view: int) -> tuple[int, ...]:
+    """The views a linear mode of ``name`` must have nodes at: the reference view, and the far
+    view when ``name`` is in one of the model's far-gauge groups (:func:`free_masks`)."""
+    far = any(name in group for group in model.far_gauge)
+    return (int(ref_view), far_view(tilts_deg)) if far else (int(ref_view),)
+
+
+def linear_owned(low: np.ndarray, high: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """(n_views,) bool: the views whose node no other view draws on (:func:`linear_blend`'s
+    layout): its value is the view's own parameter."""
+    users = np.bincount(low, weights=frac > 0, minlength=low.max() + 1)
+    users += np.bincount(high, weights=(frac < 1) & (high != low), minlength=low.max() + 1)
+    at_node = (high == low) & (frac == 1)
+    return at_node & (users[low] == 1)
+
+
+def linear_blend(name: str, mode, n_views: int, anchor=None):
     """For a "linear:N" mode, ``(nodes, low, high, frac)``: the node views (m,), and per view
     (n_views,) the ranks of the nodes before and after it and the weight of the one before
     (1 at a node: ``low == high``). None for other modes."""
@@ -140,18 +156,24 @@ def _regularized(model: ProjectionModel) -> np.ndarray:
     return np.asarray(jnp.any(rows != 0, axis=(0, 1)))
 
 
-def own_parameters(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
+def own_parameters(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None) -> np.ndarray:
     """(n_views,) int: how many parameters each view has of its own: those free per view
-    (``"free"``, or a group of that view alone). Fixed, shared, grouped and linearly
-    interpolated ones are set elsewhere, as are those the model's regularization ties to
-    neighbouring views."""
+    (``"free"``, a group of that view alone, or a linear mode's node no other view draws on,
+    its nodes placed as :func:`linear_anchors` places them for ``tilts_deg`` (n_views,) when
+    given). Fixed, shared, grouped and interpolated ones are set elsewhere, as are those the
+    model's regularization ties to neighbouring views."""
     own = np.zeros(n_views, int)
     regularized = _regularized(model)
     for p, name in enumerate(model.parameters):
         if regularized[p]:
             continue
         mode = modes.get(name, model.default_modes[p])
-        if is_linear(mode):  # each value is shared by the views around its node
+        if is_linear(mode):
+            anchor = None
+            if tilts_deg is not None:
+                anchor = linear_anchors(model, name, tilts_deg, reference_view(tilts_deg))
+            _, low, high, frac = linear_blend(name, mode, n_views, anchor)
+            own += linear_owned(low, high, frac)
             continue
         labels = mode_labels(name, mode, n_views)
         counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
@@ -159,12 +181,12 @@ def own_parameters(model: ProjectionModel, modes: dict, n_views: int) -> np.ndar
     return own
 
 
-def points_needed(model: ProjectionModel, modes: dict, n_views: int) -> np.ndarray:
+def points_needed(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None) -> np.ndarray:
     """(n_views,) int: the fewest observed points that can determine each view's own parameters
     (:func:`own_parameters`), half their number rounded up (a point gives two coordinates). A
     view with fewer points has a direction its data do not constrain: a fit returns an
     arbitrary value along it."""
-    return -(-own_parameters(model, modes, n_views) // 2)
+    return -(-own_parameters(model, modes, n_views, tilts_deg) // 2)
 
 
 def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations) -> None:
@@ -172,7 +194,7 @@ def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations
     parameters need (:func:`points_needed`; ``modes`` may name only some parameters, the rest
     take the model's defaults): the fit would return an arbitrary value for them and report it
     as converged."""
-    own = own_parameters(model, modes, obs.n_views)
+    own = own_parameters(model, modes, obs.n_views, obs.tilts_deg)
     have = obs.mask.sum(axis=1)
     short = np.flatnonzero(have < -(-own // 2))  # points_needed
     if short.size:
@@ -307,25 +329,33 @@ def free_masks(
     gauge = set(model.gauge) | {"tilt"} if gauge_active else set()
     free = np.zeros((n_views, model.n_parameters), dtype=bool)
     slot_free: list[bool] = []
+    far = far_view(obs.tilts_deg)
+    far_slot = {}  # a linear mode's slot of its node at the far view
+    per_view = {}  # the parameters that can follow the far gauge's symmetry view by view
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
-        labels = mode_labels(name, mode, n_views, anchor=ref_view)
+        anchor = linear_anchors(model, name, obs.tilts_deg, ref_view)
+        labels = mode_labels(name, mode, n_views, anchor=anchor)
         held = name in hold
         free[:, p] = (labels == _FREE) & (not held)
         if name in gauge and labels[ref_view] == _FREE:
             free[ref_view, p] = False
+        per_view[name] = labels[far] == _FREE or is_linear(mode)
+        if is_linear(mode):
+            far_slot[name] = len(slot_free) + labels[far]  # the far view is one of its nodes
         # the slot holding the reference view's value (a linear mode's node there) is the gauge's
         for label in np.unique(labels[labels >= 0]):
             slot_free.append(not held and not (name in gauge and labels[ref_view] == label))
     if gauge_active and model.far_gauge:
-        far = far_view(obs.tilts_deg)
-        per_view = {
-            name: mode_labels(name, modes.get(name, model.default_modes[p]), n_views)[far] == _FREE
-            for p, name in enumerate(model.parameters)
-        }
+        # a linear mode follows the symmetry nearly as a free one does (exactly for linear:1):
+        # its node at the far view is fixed as a free parameter's entry there is
         for group in model.far_gauge:
             if all(per_view[name] for name in group):
-                free[far, [model.index(name) for name in group]] = False
+                for name in group:
+                    if name in far_slot:
+                        slot_free[far_slot[name]] = False
+                    else:
+                        free[far, model.index(name)] = False
     if gauge_active and model.gauge_marker_z and marker_free[:, 2].any():
         marker_free[reference_marker(obs.mask, ref_view), 2] = False
     return free, marker_free, np.asarray(slot_free, dtype=bool)
@@ -378,7 +408,7 @@ def build_problem(
     slots: list[float] = []  # slot values, solver units
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
-        blend = linear_blend(name, mode, n_views, ref_view)
+        blend = linear_blend(name, mode, n_views, linear_anchors(model, name, obs.tilts_deg, ref_view))
         change = views[:, p] - base[:, p]
         if blend is not None:  # node values from the views there; the rest interpolated
             nodes, low, high, frac[:, p] = blend

@@ -367,7 +367,7 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
 
         fits = settings if isinstance(settings, list | tuple) else [settings]
         needed = np.max(
-            [points_needed(get_model(f.model), f.all_modes(), tilts.size) for f in fits]
+            [points_needed(get_model(f.model), f.all_modes(), tilts.size, tilts) for f in fits]
             or [np.ones(tilts.size, int)],
             axis=0,
         )
