@@ -137,13 +137,13 @@ def test_grouped_tilts_on_imods_bba_fit_as_well_as_free_ones():
 
 def test_batches_give_what_one_series_alone_gives():
     """Batched series (padded to one shape) carry the blend and the tilts' nominal angles too."""
-    series = [simulate(n_views=25 + 2 * i, n_markers=12, seed=i, tilt_error_deg=0.0) for i in range(3)]
-    for modes in ({"tilt": "group:5"}, {"tilt": "linear:5", "rotation": "linear:4"}):
-        batched = align_batch([s.observations for s in series], modes=modes)
-        for s, b in zip(series, batched, strict=True):
-            alone = align(s.observations, modes=modes)
-            np.testing.assert_allclose(b.rms_residual_px, alone.rms_residual_px, rtol=1e-8)
-            np.testing.assert_allclose(b.tilts_deg, alone.tilts_deg, atol=1e-8)
+    series = [simulate(n_views=25 + 2 * i, n_markers=12, seed=i, tilt_error_deg=0.0) for i in range(2)]
+    modes = {"tilt": "linear:5", "rotation": "group:4"}  # a blend with the tilts' offsets, and blocks
+    batched = align_batch([s.observations for s in series], modes=modes)
+    for s, b in zip(series, batched, strict=True):
+        alone = align(s.observations, modes=modes)
+        np.testing.assert_allclose(b.rms_residual_px, alone.rms_residual_px, rtol=1e-8)
+        np.testing.assert_allclose(b.tilts_deg, alone.tilts_deg, atol=1e-8)
 
 
 def test_single_precision_gives_the_double_precision_answer(drifting):
