@@ -27,10 +27,11 @@ from jaxtyping import Float
 from .. import compiled_cache
 from ..core.problem import final_problem
 from ..core.result import AlignmentResult
-from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
 from ..solve import (
     Variables,
+    block_covariances,
+    effective_a,
     factored_solve,
     factorize,
     inverse_blocks,
@@ -39,9 +40,15 @@ from ..solve import (
     pair_jacobians,
     pair_residuals,
     tie_weights,
-    variances,
 )
-from .covariance import AlignmentCovariance, covariance_arguments, covariance_core, covariance_from_core
+from .covariance import (
+    AlignmentCovariance,
+    covariance_arguments,
+    covariance_core,
+    covariance_from_core,
+    frame_scalars,
+    framed_view,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,42 +104,92 @@ class Uncertainty:
         return int(np.sum(np.isfinite(self.leverage) & ~np.isfinite(self.loo_residuals[..., 0])))
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z"))
-def _uncertainty_core(x, structure, counts, *, fn, eliminate, tilt_column, shift_z):
+@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
+def _uncertainty_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free):
     """(var_a, var_b, leave-one-out residuals, leverages, RSS) of a problem padded by
     ``core.problem.padded`` (padded entries are fixed and unobserved); ``counts`` (2,): its real
-    views and markers, over which the frame's means run."""
+    views and markers, over which the frame's means run; ``unit`` (k,), ``nominal`` (n_a,)
+    tilts in radians: as ``covariance_arguments`` gives them."""
     lin = linearize(fn, x, structure)
-    options = dict(fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z)
-    return _uncertainty_body(x, structure, counts, lin, factorize(lin, eliminate), **options)
+    options = dict(fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free)
+    return _uncertainty_body(x, structure, counts, unit, nominal, lin, factorize(lin, eliminate), **options)
 
 
-def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate, tilt_column, shift_z):
+def _frame_marker(model: ProjectionModel, marker, delta, zbar, tilt_free: bool):
+    """One marker (3,) moved into the reporting frame by (delta, zbar), as
+    ``core.frame.reporting_frame`` moves it."""
+    if tilt_free and model.tilt_offset is not None:
+        neutral = jnp.asarray(model.neutral, marker.dtype)[None]
+        marker = model.tilt_offset(neutral, marker[None], delta)[1][0]
+    if model.shift_parameters is not None and model.z_translation_symmetry:
+        marker = marker.at[2].add(-zbar)
+    return marker
+
+
+def _frame_view(model: ProjectionModel, view, delta, zbar, tilt_free: bool):
+    """One view (k,) moved into the reporting frame, as ``core.frame.reporting_frame`` moves it."""
+    if not (model.shift_parameters is not None and model.z_translation_symmetry):
+        zbar = jnp.zeros_like(zbar)
+    return framed_view(model, view, delta, zbar, tilt_free)
+
+
+def _reported_variances(
+    x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, tilt_free
+):
+    """Variances (solver units) of the reported view entries (n_a, k) and markers (n_b, 3): the
+    solution moved into the reporting frame (zero mean tilt change, zero mean marker z), whose
+    two scalars (``frame_scalars``) are functions of the whole solution. Each reported value is
+    f(its own entries, the two scalars); its variance is g C g^T, with g f's gradient and C the
+    joint covariance of those entries and scalars (the entries' block of H^{-1}, two solves for
+    their cross terms and the scalars' own)."""
+    dtype = x.a.dtype
+    tie, blend = structure.tie_a, structure.tie_blend
+    n_g = x.g.shape[0]
+    free = Variables(*(f.astype(dtype) for f in (structure.free_a, structure.free_b, structure.free_g)))
+
+    def scalars(theta):
+        views = effective_a(theta.a, theta.g, tie, blend) * unit
+        return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free, counts))
+
+    frame = scalars(x)
+    rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (2, ...)
+    solved = jax.vmap(lambda v: factored_solve(factorization, eliminate, v))(rhs)
+    cov_s = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(rhs, solved, strict=True))  # (2, 2)
+    # cross covariance of each effective view entry with the scalars: (2, n_a, k)
+    weights = tie_weights(tie, blend, n_g, dtype)  # (n_a, k, n_g)
+    cross_a = jnp.where(tie[None] >= 0, jnp.einsum("apg,rg->rap", weights, solved.g), solved.a * free.a[None])
+    cross_b = solved.b * free.b[None]  # (2, n_b, 3)
+    c_aa, c_bb = block_covariances(lin, structure, eliminate, blocks)
+    views = effective_a(x.a, x.g, tie, blend) * unit
+
+    def one(f, value, c, cross, scale):
+        """Variance of each reported entry of one block: value (p,), c (p, p) and cross (2, p)
+        solver units, scale (p,) model units per solver unit."""
+        jv, js = jax.jacfwd(lambda v, t: f(v, t[0], t[1]), argnums=(0, 1))(value, frame)
+        g = jnp.concatenate([jv * scale[None, :], js], axis=1)  # (p, p + 2)
+        joint = jnp.block([[c, cross.T], [cross, cov_s]])
+        return jnp.maximum(jnp.einsum("ip,pq,iq->i", g, joint, g), 0.0) / scale**2
+
+    var_a = jax.vmap(lambda v, c, r: one(partial(_frame_view, model, tilt_free=tilt_free), v, c, r, unit))(
+        views, c_aa, jnp.moveaxis(cross_a, 0, 1)
+    )
+    ones = jnp.ones(3, dtype)
+    var_b = jax.vmap(lambda m, c, r: one(partial(_frame_marker, model, tilt_free=tilt_free), m, c, r, ones))(
+        x.b, c_bb, jnp.moveaxis(cross_b, 0, 1)
+    )
+    return var_a, var_b
+
+
+def _uncertainty_body(
+    x, structure, counts, unit, nominal, lin, factorization, *, fn, eliminate, model, tilt_free
+):
     """``_uncertainty_core`` given the linearization at x and its factorization (one of each
     serves every solve and block of H^{-1} below)."""
     blocks = inverse_blocks(lin, eliminate, factorization)
-    var_a, var_b = variances(lin, structure, eliminate, blocks)
+    var_a, var_b = _reported_variances(
+        x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, tilt_free
+    )
     dtype = x.a.dtype
-    n_a, n_b = counts[0], counts[1]  # the real ones: padded entries are fixed
-    zeros = Variables(jnp.zeros_like(x.a), jnp.zeros_like(x.b), jnp.zeros_like(x.g))
-    tie = structure.tie_a
-    if tilt_column is not None:
-        # mean-tilt functional, on the entry (own or slot) that carries each view's tilt
-        own = structure.free_a[:, tilt_column].astype(dtype) / n_a
-        v = zeros._replace(a=zeros.a.at[:, tilt_column].set(own))
-        weights = tie_weights(tie, structure.tie_blend, x.g.shape[0], dtype)[:, tilt_column]  # (n_a, n_g)
-        if x.g.shape[0]:  # d (mean tilt) / d slot: each view's share of the slots that set its tilt
-            v = v._replace(g=jnp.sum(weights, axis=0) / n_a * structure.free_g)
-        w = factored_solve(factorization, eliminate, v)
-        w_tilt = jnp.where(tie[:, tilt_column] >= 0, weights @ w.g, w.a[:, tilt_column])
-        var_mean = jnp.sum(v.a * w.a) + jnp.sum(v.g * w.g)
-        var_a = var_a.at[:, tilt_column].set(jnp.maximum(var_a[:, tilt_column] - 2 * w_tilt + var_mean, 0.0))
-    if shift_z:
-        v = zeros._replace(b=zeros.b.at[:, 2].set(structure.free_b[:, 2].astype(dtype) / n_b))
-        w = factored_solve(factorization, eliminate, v)
-        var_mean = jnp.sum(v.b * w.b)
-        var_b = var_b.at[:, 2].set(jnp.maximum(var_b[:, 2] - 2 * w.b[:, 2] + var_mean, 0.0))
-
     wts = structure.weights
     hat = leverages(lin, structure, eliminate, pair_jacobians(fn, x, structure), blocks)
     unweighted = structure._replace(weights=jnp.ones_like(wts))
@@ -153,18 +210,15 @@ def _uncertainty_body(x, structure, counts, lin, factorization, *, fn, eliminate
     return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), rss
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "tilt_column", "shift_z", "model", "tilt_free"))
-def _errors_core(
-    x, structure, counts, unit, nominal, *, fn, eliminate, tilt_column, shift_z, model, tilt_free
-):
+@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
+def _errors_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free):
     """``_uncertainty_core`` and the covariance computation of the same problem, in one: one
     linearization and one factorization serve both."""
     lin = linearize(fn, x, structure)
     factorization = factorize(lin, eliminate)
-    options = dict(fn=fn, eliminate=eliminate, tilt_column=tilt_column, shift_z=shift_z)
     covariance = dict(fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free)
     return (
-        _uncertainty_body(x, structure, counts, lin, factorization, **options),
+        _uncertainty_body(x, structure, counts, unit, nominal, lin, factorization, **covariance),
         covariance_core(
             x, structure, counts, unit, nominal, linearization=(lin, factorization), **covariance
         ),
@@ -175,32 +229,16 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
     """Standard errors and leave-one-out residuals of a solved alignment (float64);
     ``with_covariance`` adds the view parameters' covariance in the reporting frame (for the
     misregistration map) and the near-degenerate directions, unless the fit is singular."""
-    m, settings = result.model, result.settings
+    m = result.model
     obs = result.observations
-    modes = settings.modes
     with jax.enable_x64(True):
         problem = final_problem(result)
-        tilt_free = not is_fixed(modes.get("tilt", "free"))
-        static = dict(
-            fn=problem.fn,
-            eliminate=problem.eliminate,
-            tilt_column=m.index("tilt") if (tilt_free and m.tilt_offset is not None) else None,
-            shift_z=m.shift_parameters is not None and m.z_translation_symmetry,
-        )
         # padded as the solve is: series of nearby sizes share the compiled computation
-        args, cov_static = covariance_arguments(result, problem)
+        args, static = covariance_arguments(result, problem)
         if with_covariance:  # one computation: one compile, one linearization
-            core, cov_core = jax.device_get(
-                compiled_cache.call(
-                    _errors_core,
-                    *args,
-                    **static,
-                    model=cov_static["model"],
-                    tilt_free=cov_static["tilt_free"],
-                )
-            )
+            core, cov_core = jax.device_get(compiled_cache.call(_errors_core, *args, **static))
         else:
-            core = jax.device_get(compiled_cache.call(_uncertainty_core, *args[:3], **static))
+            core = jax.device_get(compiled_cache.call(_uncertainty_core, *args, **static))
         n_a, n_b = problem.x0.a.shape[0], problem.x0.b.shape[0]
         var_a, var_b, loo, lev, rss = core
         var_a, var_b, loo, lev = var_a[:n_a], var_b[:n_b], loo[:n_a, :n_b], lev[:n_a, :n_b]

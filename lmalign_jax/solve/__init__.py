@@ -7,6 +7,7 @@ tied to A entries, masks for missing pairs and fixed entries, and a Schur-comple
 from ._covariance import (
     Factorization,
     InverseBlocks,
+    block_covariances,
     effective_parameters,
     factored_solve,
     factorize,
@@ -41,6 +42,7 @@ __all__ = [
     "Status",
     "Structure",
     "Variables",
+    "block_covariances",
     "choose_elimination",
     "cost",
     "count_free",

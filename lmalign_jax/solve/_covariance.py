@@ -177,6 +177,25 @@ def leverages(
     ``blocks``: the ``inverse_blocks`` of ``lin``, when already computed.
     """
     ja, jb = jacobians
+    c_aa, c_bb, c_ab = _pair_covariances(lin, s, eliminate, blocks)
+    ja_p = jnp.moveaxis(ja, (2, 3), (0, 1))  # (n_a, n_b, m, k_a)
+    jb_p = jnp.moveaxis(jb, (2, 3), (0, 1))
+    hat = jnp.einsum("abip,apq,abjq->abij", ja_p, c_aa, ja_p)
+    hat = hat + jnp.einsum("abip,bpq,abjq->abij", jb_p, c_bb, jb_p)
+    both = jnp.einsum("abip,abpq,abjq->abij", ja_p, c_ab, jb_p)
+    return hat + both + jnp.swapaxes(both, -1, -2)
+
+
+def block_covariances(lin: Linearization, s: Structure, eliminate: str, blocks: InverseBlocks | None = None):
+    """The (H^{-1}) blocks of each A block's effective entries and of each B block: (c_aa (n_a,
+    k_a, k_a), c_bb (n_b, k_b, k_b)), solver units; fixed entries 0."""
+    c_aa, c_bb, _ = _pair_covariances(lin, s, eliminate, blocks)
+    return c_aa, c_bb
+
+
+def _pair_covariances(lin: Linearization, s: Structure, eliminate: str, blocks: InverseBlocks | None):
+    """(c_aa (n_a, k_a, k_a), c_bb (n_b, k_b, k_b), c_ab (n_a, n_b, k_a, k_b)): the blocks of
+    H^{-1} that one pair's parameters span."""
     blocks = inverse_blocks(lin, eliminate) if blocks is None else blocks
     n_a, k_a = lin.grad_a.shape
     n_b, k_b = lin.grad_b.shape
@@ -201,9 +220,4 @@ def leverages(
         c_bb = dd[b_d[:, :, None], b_d[:, None, :]][None]
         c_ab = cross[:, :, b_d] * fa[:, :, None, None]  # (n_a, k_a, n_b, k_b) for own entries
         c_ab = jnp.transpose(c_ab, (0, 2, 1, 3)) + jnp.transpose(_take(dd, a_d, 0)[:, :, b_d], (0, 2, 1, 3))
-    ja_p = jnp.moveaxis(ja, (2, 3), (0, 1))  # (n_a, n_b, m, k_a)
-    jb_p = jnp.moveaxis(jb, (2, 3), (0, 1))
-    hat = jnp.einsum("abip,apq,abjq->abij", ja_p, c_aa[:, 0], ja_p)
-    hat = hat + jnp.einsum("abip,bpq,abjq->abij", jb_p, c_bb[0], jb_p)
-    both = jnp.einsum("abip,abpq,abjq->abij", ja_p, c_ab, jb_p)
-    return hat + both + jnp.swapaxes(both, -1, -2)
+    return c_aa[:, 0], c_bb[0], c_ab
