@@ -513,6 +513,25 @@ def test_align_reconstruct_refuses_before_any_work(series, tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def test_a_reconstruction_that_fails_after_the_alignment_is_in_the_record(series, tmp_path, monkeypatch):
+    """What fails only while reconstructing (here: the stack's disk gone, simulated) leaves the
+    alignment's files, and its record says the command failed and why (it said exit_code 0)."""
+    import lmalign_jax.cli.track as track
+
+    def fails(*args, **kwargs):
+        raise io.InputError(str(series["dir"] / "s.mrc"), None, "cannot read view 7: input/output error")
+
+    monkeypatch.setattr(track, "reconstruct_to_file", fails)
+    d = series["dir"]
+    out = tmp_path / "out"
+    align = ["align", d / "s.csv", "--tilts", d / "s.rawtlt", "--reconstruct", THICKNESS, "-q", "--no-figure"]
+    rc, _, err = run([*align, "--stack", d / "s.mrc", "--out-dir", out])
+    assert rc == 2 and "cannot read view 7" in err, err
+    record = json.loads((out / "s.json").read_text())
+    assert record["exit_code"] == 2 and "cannot read view 7" in record["failed_after_alignment"]
+    assert (out / "s.xf").exists() and not (out / "s.rec.mrc").exists()
+
+
 def test_align_reconstruct_refuses_a_complex_stack_before_any_work(series, tmp_path):
     """A stack of complex numbers (an FFT) is refused from its header: align --reconstruct writes
     nothing, rather than an alignment and then an error for the tomogram."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..core.settings import is_fixed
 from ..export.imod import xtilt_file_value_deg
+from ..io.errors import InputError
 from ..io.mrc import read_stack_header
 from ..io.outputs import OutputSet
 from ..models import MODELS
@@ -40,6 +41,7 @@ from ..workflow.local import (
 )
 from ..workflow.reconstruction import check_stack_pixels
 from ..workflow.tracking import is_stack_path
+from ..workflow.writing import mark_record_failed
 from .align_options import (
     add_local_options,
     add_robust_options,
@@ -47,7 +49,18 @@ from .align_options import (
     local_options_from_args,
     settings_from_args,
 )
-from .common import EXIT_OK, HelpFormatter, Progress, UsageError, check_count, file_stem, note, warn
+from .common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    HelpFormatter,
+    Progress,
+    UsageError,
+    check_count,
+    file_stem,
+    note,
+    warn,
+)
 from .export import export_after_align
 from .track import (
     add_stack_options,
@@ -134,14 +147,20 @@ def run_align(args) -> int:
         if code == EXIT_OK and args.reconstruct is not None:
             finished.append(f"the alignment's files in {args.out_dir}")
             out = OutputSet(args.out_dir, out_prefix)
-            reconstruct_after_align(
-                recon_stack,
-                out.path(".json"),
-                out.path(".rec.mrc"),
-                args.reconstruct,
-                args.quiet,
-                local=bool(args.local),
-            )
+            try:
+                reconstruct_after_align(
+                    recon_stack,
+                    out.path(".json"),
+                    out.path(".rec.mrc"),
+                    args.reconstruct,
+                    args.quiet,
+                    local=bool(args.local),
+                )
+            except Exception as exc:  # the record says the command failed, and why; the error goes on
+                bad_input = isinstance(exc, InputError | UsageError | OSError)
+                reason = f"reconstruction: {exc}".splitlines()[0]
+                mark_record_failed(out.path(".json"), EXIT_BAD_INPUT if bad_input else EXIT_INTERNAL, reason)
+                raise
     except KeyboardInterrupt as e:  # what earlier steps wrote stays, and the message says so
         if finished:
             e.add_note(f"kept what was finished before it: {'; '.join(finished)}")

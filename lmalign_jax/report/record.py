@@ -51,6 +51,8 @@ class AlignmentRecord:
     ``options`` holds the run's model, modes, stages, dtype, max_iterations, rotation and robust
     settings as written. Fields a record lacks are None. ``tilts_deg`` are those of the written
     ``.tlt``: flattened by the surface analysis' tilt change when ``surfaces["flattened"]``.
+    ``exit_code`` is the command's: a step after the alignment that failed (``align
+    --reconstruct``) sets it and says why in the record's ``failed_after_alignment``.
     """
 
     path: str
