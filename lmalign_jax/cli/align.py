@@ -16,6 +16,7 @@ from ..io.mrc import read_stack_header
 from ..io.outputs import OutputSet
 from ..models import MODELS
 from ..report import format_summary, prefetch_matplotlib
+from ..report.record import mark_record_failed
 from ..solve import Status
 from ..workflow import (
     ALIGN_OUTPUTS,
@@ -41,7 +42,6 @@ from ..workflow.local import (
 )
 from ..workflow.reconstruction import check_stack_pixels
 from ..workflow.tracking import is_stack_path
-from ..workflow.writing import mark_record_failed
 from .align_options import (
     add_local_options,
     add_robust_options,

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..analysis.covariance import AlignmentCovariance
+from ..io.atomic import atomic_write
 from ..io.errors import InputError
 from ..io.markerset import IMAGE_SIZE_RULE, image_size_ok
 from ..io.tilts import check_tilt_range
 from ..models import MODELS, get_model
-from .record_build import RECORD_VERSION, _record_units
+from .record_build import RECORD_VERSION, _record_units, record_to_json
 from .record_local import LocalRecord, read_local_section
 
 
@@ -395,3 +396,15 @@ def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
         n_free=summary.get("n_free") if isinstance(summary.get("n_free"), int) else None,
         local=read_local_section(path, record.get("local")),
     )
+
+
+def mark_record_failed(path: str | os.PathLike, exit_code: int, reason: str) -> None:
+    """Rewrite the record at ``path`` (atomically) to say a step after the alignment failed:
+    its ``exit_code`` and ``failed_after_alignment`` (``reason``, one line). The alignment's
+    own files stay valid; the record no longer says the whole command succeeded."""
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    record["exit_code"] = int(exit_code)
+    record["failed_after_alignment"] = reason
+    with atomic_write(path) as f:
+        f.write(record_to_json(record))

@@ -247,19 +247,3 @@ def write_alignment(
             out.write_bytes(".png", render_figure(result, fv, record, title=title, errors=errors))
         written = out.commit()
     return WrittenAlignment(record, fv, written, extra["exit_code"], analysis)
-
-
-def mark_record_failed(path: str | os.PathLike, exit_code: int, reason: str) -> None:
-    """Rewrite the record at ``path`` (atomically) to say a step after the alignment failed:
-    its ``exit_code`` and ``failed_after_alignment`` (``reason``, one line). The alignment's
-    own files stay valid; the record no longer says the whole command succeeded."""
-    import json
-
-    from ..io.atomic import atomic_write
-
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
-    record["exit_code"] = int(exit_code)
-    record["failed_after_alignment"] = reason
-    with atomic_write(path) as f:
-        f.write(record_to_json(record))
