@@ -125,20 +125,35 @@ def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, til
     if tilt_free and model.tilt_offset is not None:
         delta = -mean(views[:, model.index("tilt")] - nominal_tilts_rad, n_views)
         _, markers = model.tilt_offset(views, markers, delta)
-    zbar = mean(markers[:, 2], n_markers) if model.shift_parameters is not None else jnp.zeros((), dtype)
+    zbar = mean(markers[:, 2], n_markers) if _moves_z(model) else jnp.zeros((), dtype)
     return delta, zbar
+
+
+def _moves_z(model: ProjectionModel) -> bool:
+    """Whether ``reporting_frame`` moves the markers to zero mean z (the shifts following)."""
+    return model.shift_parameters is not None and model.z_translation_symmetry
 
 
 def framed_view(model: ProjectionModel, view, delta, zbar, tilt_free: bool):
     """One view (k,) moved into the reporting frame by (delta, zbar), as ``reporting_frame``."""
     if tilt_free and model.tilt_offset is not None:
         view = model.tilt_offset(view[None], jnp.zeros((1, 3), view.dtype), delta)[0][0]
-    if model.shift_parameters is not None:
+    if _moves_z(model):
         centroid = jnp.zeros(3, view.dtype).at[2].set(zbar)
         moved = model.project(view, centroid) - model.project(view, jnp.zeros(3, view.dtype))
         sx, sy = (model.index(p) for p in model.shift_parameters)
         view = view.at[jnp.array([sx, sy])].add(moved)
     return view
+
+
+def framed_marker(model: ProjectionModel, marker, delta, zbar, tilt_free: bool):
+    """One marker (3,) moved into the reporting frame by (delta, zbar), as ``reporting_frame``."""
+    if tilt_free and model.tilt_offset is not None:
+        neutral = jnp.asarray(model.neutral, marker.dtype)[None]
+        marker = model.tilt_offset(neutral, marker[None], delta)[1][0]
+    if _moves_z(model):
+        marker = marker.at[2].add(-zbar)
+    return marker
 
 
 def _batched(f, tree, batch: int):

@@ -47,6 +47,7 @@ from .covariance import (
     covariance_core,
     covariance_from_core,
     frame_scalars,
+    framed_marker,
     framed_view,
 )
 
@@ -115,24 +116,6 @@ def _uncertainty_core(x, structure, counts, unit, nominal, *, fn, eliminate, mod
     return _uncertainty_body(x, structure, counts, unit, nominal, lin, factorize(lin, eliminate), **options)
 
 
-def _frame_marker(model: ProjectionModel, marker, delta, zbar, tilt_free: bool):
-    """One marker (3,) moved into the reporting frame by (delta, zbar), as
-    ``core.frame.reporting_frame`` moves it."""
-    if tilt_free and model.tilt_offset is not None:
-        neutral = jnp.asarray(model.neutral, marker.dtype)[None]
-        marker = model.tilt_offset(neutral, marker[None], delta)[1][0]
-    if model.shift_parameters is not None and model.z_translation_symmetry:
-        marker = marker.at[2].add(-zbar)
-    return marker
-
-
-def _frame_view(model: ProjectionModel, view, delta, zbar, tilt_free: bool):
-    """One view (k,) moved into the reporting frame, as ``core.frame.reporting_frame`` moves it."""
-    if not (model.shift_parameters is not None and model.z_translation_symmetry):
-        zbar = jnp.zeros_like(zbar)
-    return framed_view(model, view, delta, zbar, tilt_free)
-
-
 def _reported_variances(
     x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, tilt_free
 ):
@@ -170,11 +153,11 @@ def _reported_variances(
         joint = jnp.block([[c, cross.T], [cross, cov_s]])
         return jnp.maximum(jnp.einsum("ip,pq,iq->i", g, joint, g), 0.0) / scale**2
 
-    var_a = jax.vmap(lambda v, c, r: one(partial(_frame_view, model, tilt_free=tilt_free), v, c, r, unit))(
+    var_a = jax.vmap(lambda v, c, r: one(partial(framed_view, model, tilt_free=tilt_free), v, c, r, unit))(
         views, c_aa, jnp.moveaxis(cross_a, 0, 1)
     )
     ones = jnp.ones(3, dtype)
-    var_b = jax.vmap(lambda m, c, r: one(partial(_frame_marker, model, tilt_free=tilt_free), m, c, r, ones))(
+    var_b = jax.vmap(lambda m, c, r: one(partial(framed_marker, model, tilt_free=tilt_free), m, c, r, ones))(
         x.b, c_bb, jnp.moveaxis(cross_b, 0, 1)
     )
     return var_a, var_b

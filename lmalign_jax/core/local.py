@@ -260,10 +260,6 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     for p in range(base_k, k):
         name = lm.parameters[p][1:]
         mode = modes.get(name, "fixed")
-        labels = mode_labels(name, mode, n_views, anchor=ref_view if markers_free else None)
-        free[:, p] = (labels == -1) & seen
-        if markers_free and labels[ref_view] == -1:
-            free[ref_view, p] = False
         blend = linear_blend(name, mode, n_views, ref_view if markers_free else None)
         if blend is not None:  # a node's value reaches the views on both sides of it
             nodes, low, high, frac[:, p] = blend
@@ -272,6 +268,10 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
                 reached = (low == r) | ((high == r) & (frac[:, p] < 1))
                 slot_free.append(bool(seen[reached].any()) and not (markers_free and nodes[r] == ref_view))
             continue
+        labels = mode_labels(name, mode, n_views)
+        free[:, p] = (labels == -1) & seen
+        if markers_free and labels[ref_view] == -1:
+            free[ref_view, p] = False
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slot_free)
