@@ -3,8 +3,9 @@ alignment; on data with a smooth in-plane warp (``simulate(warp_px=...)``) it sa
 the cross-validated leave-out residual, that local alignment is justified.
 
 Sizes. Local alignment costs each kept patch its free parameters (here, Etomo's grouping over
-31 views: 6 rotation, 6 tilt and 6 scale increments, at views 0, 6, ..., 30 and 0, 7, ..., 28,
-30, and 62 shifts, 80 in all; 9 patches, 720), so BIC (penalty 720 log N ~ 7,300) justifies it
+31 views, in tiltalign's sets: 6 rotation increments at views 0, 6, ..., 30, 6 tilt at 0, 4, 11,
+19, 26, 30 (sets smaller at high tilt), 5 scale at 0, 7, 15, 23, 30, and 62 shifts, 79 in all;
+9 patches, 711), so BIC (penalty 711 log N ~ 7,200) justifies it
 only where the warp leaves the global fit far above the noise and the markers are many: 31
 views x 400 markers (N ~ 24,800 residual components), a warp of 20 px at the image corner,
 0.5 px noise. There the global RMS is ~0.82 px and the local
@@ -43,7 +44,7 @@ def test_local_is_justified_on_warped_data(tables):
     assert local.justified and "local: local alignment over jou: justified" in table.to_text()
     # The global side, recomputed through tilt's formulas, is the jou row's fit (the .xf fit aside).
     assert local.rss_global_px2 == pytest.approx(table.row("jou").rss_px2, rel=0.01)
-    assert local.extra_parameters == 9 * (6 + 6 + 6 + 2 * 31)
+    assert local.extra_parameters == 9 * (6 + 6 + 5 + 2 * 31)
     assert local.leave_out_rms_local_px < local.leave_out_rms_global_px
     section = json.loads(json.dumps(table.to_dict()))["local"]
     assert section["justified"] is True and section["n_kept"] == 9

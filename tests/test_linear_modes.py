@@ -11,6 +11,7 @@ import pytest
 from helpers import load_resid_observations
 
 from lmalign_jax import Observations, align, get_model, simulate
+from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.batch import align_batch
 from lmalign_jax.core.frame import project_all
 from lmalign_jax.core.problem import linear_blend, linear_nodes
@@ -47,8 +48,9 @@ def expected_rms(result) -> float:
 
 
 def test_nodes_every_n_views_with_the_last_and_the_anchor():
-    assert linear_nodes(13, 5, None).tolist() == [0, 5, 10, 12]
-    assert linear_nodes(13, 5, 6).tolist() == [0, 5, 6, 10, 12]
+    # 13 views by about 5: IMOD makes round(13 / 5) = 3 sets (4, 4, 5 views; tests/test_grouping.py)
+    assert linear_nodes(13, 5, None).tolist() == [0, 4, 8, 12]
+    assert linear_nodes(13, 5, 6).tolist() == [0, 4, 6, 8, 12]
     assert linear_nodes(1, 3, 0).tolist() == [0]
     nodes, low, high, frac = linear_blend("tilt", "linear:5", 13, 6)
     # any function linear between nodes is reproduced exactly from its node values
@@ -86,29 +88,33 @@ def test_linear_grouping_follows_a_linear_drift_to_the_noise_floor(drifting):
     dof = 2 * linear.observations.n_observed - linear.n_parameters
     assert abs(linear.rms_residual_px / expected_rms(linear) - 1) < 5 / np.sqrt(2 * dof)
     assert blocks.rms_residual_px / expected_rms(blocks) - 1 > 10 / np.sqrt(2 * dof)
-    assert linear.n_parameters == blocks.n_parameters + 2  # the last view and the anchor are nodes
+    # more values than blocks of those sizes: the last view and the anchor are nodes, and IMOD's
+    # linear tilt sets are smaller at high tilt
+    assert linear.n_parameters >= blocks.n_parameters + 2
 
 
 def test_linear_grouping_recovers_the_drifting_angles(drifting):
-    """Fewer parameters, the right model: the rotation and tilt changes come out closer to the
-    truth than with every view free (gauge: the reference view's tilt is held, so compare
-    changes from it)."""
-    obs, truth, fits = drifting
+    """Fewer parameters, the right model: the drifts of rotation and tilt come out closer to the
+    truth than with every view free: by about sqrt(values / views) = 0.5-0.6 (11-12 values for 41
+    views), 0.43-0.65 on seeds 0-3. Compared up to a common offset: a common tilt change is an
+    exact symmetry, and the gauge holds the reference view, whose own scatter would move every
+    other view's change from it."""
+    _, truth, fits = drifting
     m = get_model("jou")
-    ref = int(np.argmin(np.abs(obs.tilts_deg)))
 
     def error(result, name):
         p = m.index(name)
-        solved = result.views[:, p] - result.views[ref, p]
-        return np.sqrt(np.mean((solved - (truth[:, p] - truth[ref, p])) ** 2))
+        return np.std(result.views[:, p] - truth[:, p])
 
     for name in ("rotation", "tilt"):
-        assert error(fits["linear"], name) < 0.6 * error(fits["free"], name)
+        assert error(fits["linear"], name) < 0.75 * error(fits["free"], name)
 
 
 def test_linear_1_is_every_view_free(drifting):
+    """For a parameter IMOD groups evenly (rotation; tilt in blocks), sets of one view are
+    every view free (linear tilt sets are sized by cos(tilt): central views pair up)."""
     obs, _, fits = drifting
-    one = align(obs, modes={"rotation": "linear:1", "tilt": "linear:1"})
+    one = align(obs, modes={"rotation": "linear:1", "tilt": "group:1"})
     assert one.n_parameters == fits["free"].n_parameters
     np.testing.assert_allclose(one.rms_residual_px, fits["free"].rms_residual_px, rtol=1e-9)
 
@@ -157,15 +163,21 @@ def test_single_precision_gives_the_double_precision_answer(drifting):
     np.testing.assert_allclose(single.tilts_deg, fits["linear"].tilts_deg, atol=2e-3)
 
 
-def test_linear_1_is_every_view_free_on_the_imod_model_too():
+def test_the_far_gauge_holds_linear_modes_on_the_imod_model():
     """The imod model's far gauge (an affine z symmetry of tilt, x-stretch and skew) is fixed at
-    the far view's node of a linear mode as at a free parameter's entry there: linear:1 is the
-    free fit, parameters and all (it had three more free parameters and a singular covariance)."""
+    the far view's node of a linear mode as at a free parameter's entry there. Skew sets of one
+    view (grouped evenly) are every view free, and with linear tilt and x-stretch too, no
+    combination is left undetermined (it had three more free parameters than the free fit, and
+    a singular covariance: NaN standard errors)."""
     obs = simulate(n_views=21, n_markers=20, seed=9).observations
     free = align(obs, model="imod")
-    linear = align(obs, model="imod", modes={"xstretch": "linear:1", "skew": "linear:1", "tilt": "linear:1"})
-    assert linear.n_parameters == free.n_parameters
-    np.testing.assert_allclose(linear.views, free.views, atol=1e-7)
+    skew = align(obs, model="imod", modes={"skew": "linear:1"})
+    assert skew.n_parameters == free.n_parameters
+    np.testing.assert_allclose(skew.views, free.views, atol=1e-7)
+    linear = align(obs, model="imod", modes={"xstretch": "linear:2", "skew": "linear:1", "tilt": "linear:2"})
+    assert linear.n_parameters < free.n_parameters
+    se = uncertainty(linear).views_se
+    assert np.isfinite(se).all() and np.degrees(se[:, 2]).max() < 0.5
 
 
 def test_a_view_that_owns_its_linear_values_needs_the_points_they_need():

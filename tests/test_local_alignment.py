@@ -187,15 +187,17 @@ def test_bad_local_options_are_named_before_anything_is_solved(options, message,
 
 def test_local_modes_group_the_increments_as_etomo_does(tmp_path):
     """--local-mode sets IMOD's Local*DefaultGrouping: by default Etomo's (rotation and tilt every
-    6 views, scale every 7, linearly between), where a BBa patch of 61 views has 11 + 11 + 10
-    increments (views 0, 6, ..., 60; 0, 7, ..., 56 and 60) and 2 shifts per view; free per view,
-    3 + 2 per view. The record says which grouping was used."""
+    6 views, scale every 7, linearly between; IMOD's sets, the tilt's smaller at high tilt),
+    where a BBa patch of 61 views has 11 + 12 + 10 increments (rotation at views 0, 6, ..., 60;
+    tilt at 0, 3, 7, 12, 17, 24, 31, 38, 45, 51, 56, 60; scale at 0, 6, 13, 20, 27, 33, 40, 47, 54,
+    60) and 2 shifts per view; free per view, 3 + 2 per view. The record says which grouping was
+    used."""
     quiet = ["--no-figure", "--no-errors", "-q", "--local"]
     rc, out, err = run([*BBA, "--out-dir", tmp_path / "d", *quiet])
     assert rc == 0, err
     section = json.loads((tmp_path / "d" / "BBa.json").read_text())["local"]
     assert section["options"]["modes"] == {"rotation": "linear:6", "tilt": "linear:6", "scale": "linear:7"}
-    assert all(p["n_free"] == 11 + 11 + 10 + 2 * 61 for p in section["patches"])
+    assert all(p["n_free"] == 11 + 12 + 10 + 2 * 61 for p in section["patches"])
     per_view = [a for name in ("rotation", "tilt", "scale") for a in ("--local-mode", f"{name}=free")]
     rc, out, err = run([*BBA, "--out-dir", tmp_path / "v", *quiet, *per_view])
     assert rc == 0, err

@@ -327,7 +327,9 @@ def align_robust(
     groups = view_groups(obs.tilts_deg, mask, group_size, min_group_points)
     # the points each view's own parameters need, under the model and modes the rounds fit
     model = get_model(align_kwargs.get("model", initial.model))
-    needed = points_needed(model, align_kwargs.get("modes") or initial.settings.modes, obs.n_views)
+    needed = points_needed(
+        model, align_kwargs.get("modes") or initial.settings.modes, obs.n_views, obs.tilts_deg
+    )
 
     def reweigh(res: AlignmentResult):
         lengths = np.where(mask, res.residual_lengths, 0.0)

@@ -130,7 +130,9 @@ def stack_padded(trees, slots, capacity: int, shapes, fills):
 
 
 def global_slot_count(model: ProjectionModel, modes: dict, n_views: int) -> int:
-    """Global slots of the problem layout for ``n_views`` views (an upper bound for fewer views)."""
+    """Global slots of the problem layout for ``n_views`` views in groups of equal size (groups
+    IMOD sizes by tilt, ``core.grouping``, may make a few more: callers take the larger of this
+    and their problems' own)."""
     total = 0
     for name in model.parameters:
         if is_linear(modes[name]):  # its nodes, and the reference view wherever it falls

@@ -191,14 +191,15 @@ def add_solver_options(p) -> None:
         "--rotation-mode",
         metavar="MODE",
         help="free | shared | fixed | group:N | linear:N (model default when omitted); group:N: one value "
-        "per N views (IMOD's block grouping), linear:N: values every N views interpolated between "
-        "(IMOD's linear grouping, its option 3)",
+        "per set of about N views (IMOD's block grouping), linear:N: values at each set's first view "
+        "and the last view, interpolated between (IMOD's linear grouping, its option 3); the sets are "
+        "tiltalign's",
     )
     p.add_argument(
         "--tilt-mode",
         metavar="MODE",
         help="free | shared | fixed | group:N | linear:N; grouped views share a change from their "
-        "nominal tilts (linear:N is IMOD's TiltOption 5)",
+        "nominal tilts (linear:N is IMOD's TiltOption 5: its sets smaller at high tilt, as cos(tilt))",
     )
     p.add_argument("--scale-mode", metavar="MODE", help="free | shared | fixed | group:N | linear:N")
     p.add_argument(

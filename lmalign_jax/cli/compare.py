@@ -135,7 +135,9 @@ def _select(inputs, exclude, models):
     select_views(inputs, exclude)  # too few markers or views for any fit: its own message
     fits = [AlignSettings(model=m) for m in models]
     need = {
-        f.model: int(points_needed(get_model(f.model), f.all_modes(), inputs.tilts_deg.size).max())
+        f.model: int(
+            points_needed(get_model(f.model), f.all_modes(), inputs.tilts_deg.size, inputs.tilts_deg).max()
+        )
         for f in fits
     }
     for most in sorted(set(need.values()), reverse=True):

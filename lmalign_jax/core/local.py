@@ -47,10 +47,19 @@ from ..solve import (
     effective_a,
     least_squares,
     make_structure,
+    pad_problem,
 )
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, patch_grid, select_patch_markers, surfaces
-from .problem import characteristic_radius, linear_blend, mode_labels, reference_marker, residual_function
+from .problem import (
+    characteristic_radius,
+    group_sizes,
+    is_linear,
+    linear_blend,
+    mode_labels,
+    reference_marker,
+    residual_function,
+)
 from .result import AlignmentResult, fit_image_transforms
 
 __all__ = [
@@ -260,7 +269,9 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     for p in range(base_k, k):
         name = lm.parameters[p][1:]
         mode = modes.get(name, "fixed")
-        blend = linear_blend(name, mode, n_views, ref_view if markers_free else None)
+        # IMOD's sets for this patch: views with fewer than 3 points in it do not count
+        sizes, counts = group_sizes(result.model, name, mode, obs.tilts_deg), mask.sum(axis=1)
+        blend = linear_blend(name, mode, n_views, ref_view if markers_free else None, sizes, counts)
         if blend is not None:  # a node's value reaches the views on both sides of it
             nodes, low, high, frac[:, p] = blend
             tie[:, p], tie2[:, p] = len(slot_free) + low, len(slot_free) + high
@@ -268,7 +279,7 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
                 reached = (low == r) | ((high == r) & (frac[:, p] < 1))
                 slot_free.append(bool(seen[reached].any()) and not (markers_free and nodes[r] == ref_view))
             continue
-        labels = mode_labels(name, mode, n_views)
+        labels = mode_labels(name, mode, n_views, sizes=sizes, counts=counts)
         free[:, p] = (labels == -1) & seen
         if markers_free and labels[ref_view] == -1:
             free[ref_view, p] = False
@@ -289,7 +300,8 @@ def _patch_problem(lm, base_k, result, idx, capacity, options, radius, ref_view)
     views = np.concatenate([result.views, np.zeros((n_views, k - base_k))], axis=1)
     b = np.zeros((capacity, 3))
     b[: idx.size] = result.markers[idx]
-    blend = (tie2, frac, np.zeros((n_views, k))) if (tie2 >= 0).any() else None
+    # whether there is a blend follows from the modes alone: every patch's problem has one layout
+    blend = (tie2, frac, np.zeros((n_views, k))) if any(is_linear(m) for m in modes.values()) else None
     structure = make_structure(pair, w, free, tie, free_b, np.asarray(slot_free, bool), unit, blend)
     return Variables(views / unit, b, np.zeros(len(slot_free))), structure
 
@@ -363,6 +375,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     capacity = _bucket(max(1, max(s.size for s in selections)))
     radius = characteristic_radius(obs)
     built = [_patch_problem(lm, base_k, result, s, capacity, options, radius, ref_view) for s in selections]
+    # IMOD's sets depend on the points a patch has in each view: pad to the most slots of any
+    n_slots = max(x.g.shape[0] for x, _ in built)
+    built = [pad_problem(x, st, obs.n_views, capacity, n_slots) for x, st in built]
     x0 = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[0] for b in built])
     structure = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[1] for b in built])
     eliminate = "a" if options.fix_markers else choose_elimination(obs.n_views, lm.n_parameters, capacity, 3)

@@ -6,10 +6,12 @@ Each view-parameter family has a *mode*:
 - ``"free"``: one value per view;
 - ``"fixed"``: held at its current value;
 - ``"shared"``: one value for all views (a global slot);
-- ``"group:N"``: one value per run of N consecutive views (IMOD's block grouping);
-- ``"linear:N"``: values at every N-th view (and at the last and the reference view),
-  interpolated linearly in view number between them (IMOD's linear grouping, its automapping
-  options 3 and 5);
+- ``"group:N"``: one value per set of about N consecutive views (IMOD's block grouping);
+- ``"linear:N"``: values at the first view of each such set and at the last view (and at the
+  reference view), interpolated linearly in view number between them (IMOD's linear grouping,
+  its automapping options 3 and 5);
+  the sets are tiltalign's (``core.grouping``: round(n_views / N) of them, some parameters'
+  smaller at high tilt: ``ProjectionModel.group_size_power``);
 - an integer array (n_views,) of group labels: one value per label (-1 = free per view).
 
 The gauge freedoms (MODEL.md) are removed by fixing the model's gauge parameters (and the
@@ -41,6 +43,7 @@ from ..solve import (
     pad_problem,
     regularization_of,
 )
+from .grouping import automap_sets, linear_node_views, relative_sizes
 
 _FREE, _FIXED = -1, -2
 
@@ -80,14 +83,24 @@ def is_linear(mode) -> bool:
     return isinstance(mode, str) and mode.startswith("linear:")
 
 
-def linear_nodes(n_views: int, size: int, anchor=None) -> np.ndarray:
-    """Views (sorted) that carry a "linear:N" mode's values: every ``size``-th view from the
-    first, the last view, and ``anchor`` (a view or views where a gauge fixes the value: the
-    reference view, the far view) when given."""
-    nodes = set(range(0, n_views, size)) | {n_views - 1}
+def linear_nodes(n_views: int, size: int, anchor=None, sizes=None, counts=None) -> np.ndarray:
+    """Views (sorted) that carry a "linear:N" mode's values: IMOD's nodes for sets of about
+    ``size`` views (``grouping.linear_node_views``: each set's first view and the last view;
+    ``sizes``, ``counts`` as there), and ``anchor`` (a view or views where a gauge fixes the
+    value: the reference view, the far view) when given."""
+    nodes = set(linear_node_views(n_views, size, sizes, counts).tolist())
     if anchor is not None:
         nodes |= {int(a) for a in np.atleast_1d(anchor)}
     return np.array(sorted(nodes), dtype=int)
+
+
+def group_sizes(model: ProjectionModel, name: str, mode, tilts_deg) -> np.ndarray | None:
+    """(n_views,) IMOD's relative group sizes of ``name`` in ``mode`` for tilts ``tilts_deg``
+    (``ProjectionModel.group_size_power``, ``grouping.relative_sizes``); None for equal groups
+    (and when no tilts are given)."""
+    if tilts_deg is None or not isinstance(mode, str) or not mode.startswith(("group:", "linear:")):
+        return None
+    return relative_sizes(tilts_deg, model.group_power(name, is_linear(mode)))
 
 
 def linear_anchors(model: ProjectionModel, name: str, tilts_deg, ref_view: int) -> tuple[int, ...]:
@@ -106,29 +119,31 @@ def linear_owned(low: np.ndarray, high: np.ndarray, frac: np.ndarray) -> np.ndar
     return at_node & (users[low] == 1)
 
 
-def linear_blend(name: str, mode, n_views: int, anchor=None):
+def linear_blend(name: str, mode, n_views: int, anchor=None, sizes=None, counts=None):
     """For a "linear:N" mode, ``(nodes, low, high, frac)``: the node views (m,), and per view
     (n_views,) the ranks of the nodes before and after it and the weight of the one before
-    (1 at a node: ``low == high``). None for other modes."""
+    (1 at a node, and past the last node: ``low == high``). None for other modes. ``sizes``
+    and ``counts`` as in ``grouping.automap_sets``."""
     if not is_linear(mode):
         return None
-    nodes = linear_nodes(n_views, _size(name, mode), anchor)
+    nodes = linear_nodes(n_views, _size(name, mode), anchor, sizes, counts)
     views = np.arange(n_views)
     low = np.searchsorted(nodes, views, side="right") - 1
     high = np.minimum(low + 1, nodes.size - 1)
-    at_node = nodes[low] == views
-    high = np.where(at_node, low, high)
+    single = (nodes[low] == views) | (high == low)  # at a node, or past the last one
+    high = np.where(single, low, high)
     span = np.maximum(nodes[high] - nodes[low], 1)
-    frac = np.where(at_node, 1.0, (nodes[high] - views) / span)
+    frac = np.where(single, 1.0, (nodes[high] - views) / span)
     return nodes, low, high, frac
 
 
-def mode_labels(name: str, mode, n_views: int, anchor: int | None = None) -> np.ndarray:
+def mode_labels(name: str, mode, n_views: int, anchor=None, sizes=None, counts=None) -> np.ndarray:
     """Group label per view for a mode: -2 fixed, -1 free per view, >= 0 a shared slot (for a
     "linear:N" mode, the rank of the node at or before the view: :func:`linear_blend`, whose
-    nodes depend on ``anchor``)."""
+    nodes depend on ``anchor``; "group:N" and "linear:N" divide the views as IMOD does, with
+    ``sizes`` and ``counts`` as in ``grouping.automap_sets``)."""
     if is_linear(mode):
-        return linear_blend(name, mode, n_views, anchor)[1]
+        return linear_blend(name, mode, n_views, anchor, sizes, counts)[1]
     if isinstance(mode, str):
         if mode == "free":
             return np.full(n_views, _FREE)
@@ -137,7 +152,7 @@ def mode_labels(name: str, mode, n_views: int, anchor: int | None = None) -> np.
         if mode == "shared":
             return np.zeros(n_views, dtype=int)
         if mode.startswith("group:"):
-            return np.arange(n_views) // _size(name, mode)
+            return automap_sets(n_views, _size(name, mode), sizes, counts)
         raise ValueError(
             f"parameter {name!r}: unknown mode {mode!r}; use free, fixed, shared, group:N, linear:N or labels"
         )
@@ -168,14 +183,15 @@ def own_parameters(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=
         if regularized[p]:
             continue
         mode = modes.get(name, model.default_modes[p])
+        sizes = group_sizes(model, name, mode, tilts_deg)
         if is_linear(mode):
             anchor = None
             if tilts_deg is not None:
                 anchor = linear_anchors(model, name, tilts_deg, reference_view(tilts_deg))
-            _, low, high, frac = linear_blend(name, mode, n_views, anchor)
+            _, low, high, frac = linear_blend(name, mode, n_views, anchor, sizes)
             own += linear_owned(low, high, frac)
             continue
-        labels = mode_labels(name, mode, n_views)
+        labels = mode_labels(name, mode, n_views, sizes=sizes)
         counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
         own += (labels == _FREE) | ((labels >= 0) & (counts[np.maximum(labels, 0)] == 1))
     return own
@@ -335,7 +351,7 @@ def free_masks(
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
         anchor = linear_anchors(model, name, obs.tilts_deg, ref_view)
-        labels = mode_labels(name, mode, n_views, anchor=anchor)
+        labels = mode_labels(name, mode, n_views, anchor, group_sizes(model, name, mode, obs.tilts_deg))
         held = name in hold
         free[:, p] = (labels == _FREE) & (not held)
         if name in gauge and labels[ref_view] == _FREE:
@@ -408,7 +424,8 @@ def build_problem(
     slots: list[float] = []  # slot values, solver units
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
-        blend = linear_blend(name, mode, n_views, linear_anchors(model, name, obs.tilts_deg, ref_view))
+        sizes = group_sizes(model, name, mode, obs.tilts_deg)
+        blend = linear_blend(name, mode, n_views, linear_anchors(model, name, obs.tilts_deg, ref_view), sizes)
         change = views[:, p] - base[:, p]
         if blend is not None:  # node values from the views there; the rest interpolated
             nodes, low, high, frac[:, p] = blend
@@ -417,7 +434,7 @@ def build_problem(
             views[:, p] = frac[:, p] * values[low] + (1 - frac[:, p]) * values[high] + base[:, p]
             slots.extend(values / unit[p])
             continue
-        labels = mode_labels(name, mode, n_views)
+        labels = mode_labels(name, mode, n_views, sizes=sizes)
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slots)

@@ -49,6 +49,11 @@ class ProjectionModel:
             the view parameters alone, in model units, e.g. a smoothness penalty across
             neighbouring views. A pure, differentiable JAX function. The solver adds their
             Gauss-Newton matrix to its dense view system; markers are still eliminated.
+        group_size_power: ``(name, block power, linear power)`` for the parameters whose
+            groups IMOD makes smaller at high tilt when it groups views ("group:N",
+            "linear:N"): relative group size ``cos(tilt) ** power`` (``core.grouping``); a
+            parameter not listed, or power 0, gets groups of equal size. tiltalign's: tilt
+            linear 1, compression linear 1, x-stretch 1.5, skew blocks 1.
         z_translation_symmetry: whether moving every marker along z, traded against the
             shifts, is an exact symmetry (the reporting frame then moves the markers' mean z
             to 0; models whose image terms depend on the projected position, e.g. a warp, set
@@ -68,6 +73,7 @@ class ProjectionModel:
     shift_parameters: tuple[str, str] | None = ("dx", "dy")
     regularization: Callable | None = None
     z_translation_symmetry: bool = True
+    group_size_power: tuple[tuple[str, float, float], ...] = (("tilt", 0.0, 1.0),)
     description: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -81,7 +87,8 @@ class ProjectionModel:
             if kind not in PARAMETER_KINDS:
                 raise ValueError(f"model {self.name!r}: unknown parameter kind {kind!r}")
         far = tuple(name for group in self.far_gauge for name in group)
-        for name in self.gauge + far + (self.shift_parameters or ()) + ("rotation", "tilt"):
+        sized = tuple(entry[0] for entry in self.group_size_power)
+        for name in self.gauge + far + sized + (self.shift_parameters or ()) + ("rotation", "tilt"):
             if name not in self.parameters:
                 raise ValueError(f"model {self.name!r}: parameter {name!r} is not one of {self.parameters}")
 
@@ -97,6 +104,14 @@ class ProjectionModel:
             raise ValueError(
                 f"model {self.name!r} has no parameter {name!r}; it has {', '.join(self.parameters)}"
             ) from None
+
+    def group_power(self, name: str, linear: bool) -> float:
+        """The power of cos(tilt) that sizes IMOD's groups of ``name`` (``group_size_power``)
+        for linear (True) or block (False) grouping; 0 for equal groups."""
+        for entry, block, line in self.group_size_power:
+            if entry == name:
+                return line if linear else block
+        return 0.0
 
     def neutral_views(self, n_views: int) -> np.ndarray:
         """Neutral view parameters, shape (n_views, k)."""

@@ -50,6 +50,13 @@ MODEL = ProjectionModel(
     gauge=("scale", "dx", "dy", "compression", "xstretch", "skew"),
     gauge_marker_z=True,
     far_gauge=(("tilt", "xstretch"), ("tilt", "xstretch", "skew")),
+    # tiltalign's relative group sizes (cos(tilt) ** power): (name, blocks, linear)
+    group_size_power=(
+        ("tilt", 0.0, 1.0),
+        ("compression", 0.0, 1.0),
+        ("xstretch", 1.5, 1.5),
+        ("skew", 1.0, 0.0),
+    ),
     project=project,
     description="jou plus per-view compression, x-stretch, skew and beam tilt (IMOD tiltalign's options)",
 )
