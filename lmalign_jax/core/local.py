@@ -96,9 +96,11 @@ class LocalOptions:
     fix_markers: hold the markers at the global solution [FixXYZCoordinates].
     modes: local increment -> "free", "group:N", "linear:N" or "fixed" [Local*Option,
         Local*DefaultGrouping]; increments the model lacks are ignored. Default
-        :data:`ETOMO_MODES`, Etomo's grouping: rotation and tilt increments every 6 views, scale
-        every 7, interpolated linearly between (Etomo adds x-stretch and skew by 7 and 11 for
-        models that have them: pass those modes to match it). Grouped, the
+        :data:`ETOMO_MODES`, Etomo's grouping: rotation and tilt increments in tiltalign's sets
+        of about 6 views, scale 7, interpolated linearly between (``core.grouping``; where Etomo
+        also solves distortion it adds x-stretch in blocks of about 7 and skew linearly by 11,
+        LocalXStretchOption and LocalSkewOption 3, for models that have them: pass
+        ``xstretch="group:7"``, ``skew="linear:11"`` to match it). Grouped, the
         increments fit less noise: on IMOD's midzone2a set they predict held-out points better
         than the global alignment, where increments free per view (:data:`PER_VIEW_MODES`, which
         lower the residual more) predict them worse (benchmarks/README, "Grouped local
