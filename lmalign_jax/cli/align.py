@@ -62,6 +62,7 @@ from .common import (
     warn,
 )
 from .export import export_after_align
+from .imod_com import apply_tiltalign_com
 from .track import (
     add_stack_options,
     check_reconstruct_option,
@@ -84,6 +85,8 @@ def print_stage_line(st) -> None:
 def run_align(args) -> int:
     """``lmalign align``; a raw stack as MARKERS is tracked first (``lmalign track``). The options
     are checked before anything is tracked or solved."""
+    if args.imod_com is not None:  # the command line's own options win
+        apply_tiltalign_com(args)
     settings, local = settings_from_args(args), local_options_from_args(args)
     check_count(args.worst, "--worst", low=0)
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
@@ -132,6 +135,7 @@ def run_align(args) -> int:
             stack=stack,
             image_size=args.image_size,
             rotation_deg=rotation,
+            angle_offset_deg=args.angle_offset or 0.0,
             exclude=args.exclude,
             command=["lmalign", *getattr(args, "argv", [])],
             quiet=args.quiet,
@@ -166,6 +170,17 @@ def run_align(args) -> int:
             e.add_note(f"kept what was finished before it: {'; '.join(finished)}")
         raise
     return export_after_align(args, code, markers, prefix)
+
+
+def check_tilt_offset(tilts_deg, offset_deg: float) -> None:
+    """A UsageError unless ``offset_deg`` is finite and keeps every tilt inside -90..90 degrees."""
+    shifted = np.asarray(tilts_deg, np.float64) + offset_deg
+    if not np.isfinite(offset_deg) or not (np.abs(shifted) < 90).all():
+        k = int(np.argmax(np.abs(shifted))) if np.isfinite(offset_deg) else 0
+        raise UsageError(
+            f"--angle-offset {offset_deg:g}: takes view {k + 1}'s tilt to {shifted[k]:g} degrees, "
+            "outside -90..90"
+        )
 
 
 def excluded_views(exclude: str, n_views: int) -> list[int]:
@@ -209,6 +224,7 @@ def align_and_report(
     stack: str | None = None,
     image_size=None,
     rotation_deg: float | None = None,
+    angle_offset_deg: float = 0.0,
     exclude: str | None = None,
     command=("lmalign",),
     quiet: bool = False,
@@ -236,6 +252,14 @@ def align_and_report(
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
     )
+    if angle_offset_deg:
+        check_tilt_offset(inputs.tilts_deg, angle_offset_deg)
+        inputs = dataclasses.replace(
+            inputs,
+            tilts_deg=np.asarray(inputs.tilts_deg) + angle_offset_deg,
+            tilt_offset_deg=float(angle_offset_deg),
+            tilt_offset_source="--angle-offset (IMOD's AngleOffset)",
+        )
     if check_inputs is not None:
         check_inputs(inputs)
     sel = select_views(inputs, excluded_views(exclude, inputs.tilts_deg.size) if exclude else [], settings)
@@ -413,6 +437,19 @@ def add_align(sub):
         metavar="DEG",
         help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's "
         "RotationAngle); estimated from the tracks (or the .mdoc) when omitted",
+    )
+    p.add_argument(
+        "--angle-offset",
+        type=float,
+        metavar="DEG",
+        help="degrees added to every tilt angle before the fit (IMOD's AngleOffset)",
+    )
+    p.add_argument(
+        "--imod-com",
+        metavar="ALIGN.COM",
+        help="take the alignment settings from an Etomo tiltalign command file (align.com): tilt file, "
+        "rotation, angle offset, excluded views, the Rot/Tilt/Mag/XStretch/SkewOptions and their "
+        "groupings, surfaces, robust fitting and the local alignment settings; options given here win",
     )
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")

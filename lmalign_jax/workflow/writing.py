@@ -140,13 +140,16 @@ def _stage_alignment_files(
     io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
 
 
-def surface_analysis(result, n_surfaces: int, warn=None) -> SurfaceAnalysis | None:
+def surface_analysis(
+    result, n_surfaces: int, warn=None, tilt_offset_deg: float = 0.0
+) -> SurfaceAnalysis | None:
     """IMOD's surface analysis of a converged result's markers, or None (with a warning) when
-    it cannot be done (not converged, too few markers)."""
+    it cannot be done (not converged, too few markers). ``tilt_offset_deg``: the offset already
+    added to the file's tilts (IMOD's AngleOffset), part of its total tilt angle change."""
     if not result.converged:
         return None
     try:
-        return analyze_surfaces(result.markers, n_surfaces)
+        return analyze_surfaces(result.markers, n_surfaces, tilt_offset_deg=tilt_offset_deg)
     except ValueError as exc:
         if warn is not None:
             warn(f"no surface analysis: {exc}")
@@ -203,7 +206,11 @@ def write_alignment(
     converged = result.converged
     rotation = inputs.rotation_deg if inputs.rotation_deg is not None else result.rotation_estimated_deg
     options = settings.record_options(rotation, inputs.rotation_source, command, batch)
-    analysis = surface_analysis(result, surfaces or 1, warn) if (surfaces or flatten) else None
+    analysis = (
+        surface_analysis(result, surfaces or 1, warn, inputs.tilt_offset_deg)
+        if (surfaces or flatten)
+        else None
+    )
     flat = analysis if flatten else None
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
     suffixes += (".xtilt",) if flat is not None else ()

@@ -1,0 +1,230 @@
+"""``align --imod-com align.com``: an Etomo tiltalign command file's options as align's options.
+
+Options given on the command line win; the file fills in the rest. What tiltalign's options mean
+(its man page and ``input_vars``): RotOption -1 one rotation for all views, 0 fixed, 1 each view,
+3/4 automapped linear/blocks; TiltOption 0 fixed, 2 each view but the one at minimum tilt, 5/6
+automapped linear/blocks; MagOption 0/1/3/4 as rotation; XStretchOption 3 blocks and 4 linear,
+SkewOption 3 linear and 4 blocks; an absent option is 0 (fixed). The groupings are the options'
+``*DefaultGrouping``; the sets they make are tiltalign's (``core.grouping``). Options this
+package cannot honour (per-range groupings, separate groups, compression, X-axis tilt or beam
+tilt solutions, two fixed tilts) are an InputError naming their line, not ignored.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..io.errors import InputError
+from ..io.imod_com import ComOption, read_tiltalign_com
+from ..models import get_model
+from .common import note
+
+#: tiltalign option value -> mode kind, per parameter (None: needs the DefaultGrouping's N).
+_ROT = {-1: "shared", 0: "fixed", 1: "free", 3: "linear", 4: "group"}
+_TILT = {0: "fixed", 1: "free", 2: "free", 5: "linear", 6: "group"}
+_MAG = {0: "fixed", 1: "free", 3: "linear", 4: "group"}
+_XSTRETCH = {0: "fixed", 1: "free", 3: "group", 4: "linear"}
+_SKEW = {0: "fixed", 1: "free", 3: "linear", 4: "group"}
+#: (option stem, parameter, table)
+PARAMETERS = (
+    ("Rot", "rotation", _ROT),
+    ("Tilt", "tilt", _TILT),
+    ("Mag", "scale", _MAG),
+    ("XStretch", "xstretch", _XSTRETCH),
+    ("Skew", "skew", _SKEW),
+)
+#: Options that change the fit in ways this package does not offer, unless 0 (or absent).
+_UNSUPPORTED = ("CompOption", "XTiltOption", "LocalXTiltOption", "BeamTiltOption", "ProjectionStretch")
+#: Options read elsewhere or with no bearing on the fit's answer (outputs, reports, the metro
+#: solver's settings, the reference views this package's gauge replaces).
+_NOT_NEEDED = {
+    "ModelFile", "ImageFile", "ImagesAreBinned", "UnbinnedPixelSize", "OutputModelFile",
+    "OutputResidualFile", "OutputFidXYZFile", "OutputTiltFile", "OutputXAxisTiltFile",
+    "OutputTransformFile", "OutputZFactorFile", "OutputLocalFile", "OutputFilledInModel",
+    "ResidualReportCriterion", "MetroFactor", "MaximumCycles", "KFactorScaling", "AxisZShift",
+    "ShiftZFromOriginal", "LocalOutputOptions", "CreatedDayStamp", "NoSeparateTiltGroups",
+    "CrossValidate", "MagReferenceView", "LocalMagReferenceView", "CompReferenceView",
+    "RotationFixedView", "LocalRotationFixedView", "TiltFixedView", "XTiltDefaultGrouping",
+    "LocalXTiltDefaultGrouping", "ImageSizeXandY", "ImageOriginXandY", "ImagePixelSizeXandY",
+    "FixedOrInitialBeamTilt", "WeightWholeTracks", "MinWeightGroupSizes",
+}  # fmt: skip
+
+
+class _Com:
+    """The file's options with the lookups the mapping needs; every error names file and line."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.options = read_tiltalign_com(path)
+        self.used: set[str] = set()
+
+    def get(self, name: str) -> ComOption | None:
+        self.used.add(name)
+        entries = self.options.get(name)
+        return entries[-1] if entries else None
+
+    def error(self, entry: ComOption | None, problem: str) -> InputError:
+        return InputError(self.path, None if entry is None else entry.line, problem)
+
+    def integer(self, name: str, default: int | None = None) -> int | None:
+        entry = self.get(name)
+        if entry is None:
+            return default
+        try:
+            return int(entry.value)
+        except ValueError:
+            raise self.error(entry, f"{name}: expected a whole number, got {entry.value!r}") from None
+
+    def numbers(self, name: str, count: int) -> tuple[float, ...] | None:
+        entry = self.get(name)
+        if entry is None:
+            return None
+        parts = entry.value.replace(",", " ").split()
+        try:
+            values = tuple(float(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise self.error(entry, f"{name}: expected {count} number(s), got {entry.value!r}")
+        return values
+
+    def mode(self, stem: str, table: dict, local: bool) -> tuple[str, ComOption | None] | None:
+        """The mode of one parameter's option (``Local`` form when ``local``), and its line."""
+        prefix = "Local" if local else ""
+        name = f"{prefix}{stem}Option"
+        option = self.integer(name, 0)
+        entry = self.get(name)
+        for extra in (f"{prefix}{stem}NondefaultGroup", f"{prefix}{stem}NondefaultGrouping"):
+            if self.get(extra) is not None:
+                raise self.error(self.get(extra), f"{extra}: groupings per view range are not supported")
+        if option not in table:
+            raise self.error(
+                entry,
+                f"{name} {option}: not supported; use {', '.join(str(k) for k in sorted(table))} "
+                "(fixed views and mappings listed by hand have no equivalent here)",
+            )
+        kind = table[option]
+        if kind in ("linear", "group"):
+            size = self.integer(f"{prefix}{stem}DefaultGrouping")
+            if size is None or size < 1:
+                grouping = self.get(f"{prefix}{stem}DefaultGrouping")
+                raise self.error(
+                    grouping or entry,
+                    f"{name} {option} groups views: {prefix}{stem}DefaultGrouping must give a group "
+                    "size >= 1",
+                )
+            kind = f"{kind}:{size}"
+        return kind, entry
+
+
+def _given_names(items) -> set[str]:
+    return {item.partition("=")[0].strip() for item in items or ()}
+
+
+def apply_tiltalign_com(args) -> None:
+    """Fill ``args`` (align's parsed options) from ``args.imod_com`` where the command line left
+    them unset. Raises InputError for an unreadable file or an option it cannot honour."""
+    com = _Com(args.imod_com)
+    folder = os.path.dirname(os.path.abspath(args.imod_com))
+    for name in _UNSUPPORTED:
+        entry = com.get(name)
+        if entry is not None and entry.value != "0":
+            raise com.error(entry, f"{name} {entry.value}: not supported (only 0)".replace(" :", ":"))
+    if com.get("SeparateGroup") is not None:
+        raise com.error(com.get("SeparateGroup"), "SeparateGroup: separate view groups are not supported")
+    tilt_file = com.get("TiltFile")
+    if args.tilts is None:
+        if tilt_file is None:
+            raise com.error(None, "no TiltFile: give the tilt angles with --tilts")
+        args.tilts = os.path.join(folder, tilt_file.value)
+    rotation = com.numbers("RotationAngle", 1)
+    if args.rotation is None and rotation is not None:
+        args.rotation = rotation[0]
+    offset = com.numbers("AngleOffset", 1)
+    if args.angle_offset is None and offset is not None and offset[0] != 0:
+        args.angle_offset = offset[0]
+    exclude = com.options.get("ExcludeList")
+    com.used.add("ExcludeList")
+    if args.exclude is None and exclude:
+        args.exclude = ",".join(e.value for e in exclude)
+    surfaces = com.integer("SurfacesToAnalyze")
+    if args.surfaces is None and surfaces in (1, 2):
+        args.surfaces = surfaces
+    if com.get("RobustFitting") is not None and com.get("RobustFitting").value in ("", "1"):
+        args.robust = args.robust or "tukey"
+    _apply_modes(com, args)
+    local_entry = com.get("LocalAlignments")
+    if local_entry is not None and local_entry.value in ("", "1"):
+        args.local = True
+    if args.local:
+        _apply_local(com, args)
+    else:  # the local options of a file that does not ask for local alignment are not needed
+        com.used.update(name for name in com.options if name.startswith("Local") or "Patch" in name)
+        com.used.update(("MinSizeOrOverlapXandY", "MinFidsTotalAndEachSurface", "FixXYZCoordinates"))
+    unused = [
+        f"{name} (line {entries[0].line})"
+        for name, entries in com.options.items()
+        if name not in com.used | _NOT_NEEDED and not name.endswith("DefaultGrouping")
+    ]
+    if unused:
+        note(f"{args.imod_com}: not used: {', '.join(unused)}")
+
+
+def _model_has(com: _Com, model, name: str, mode: str, entry: ComOption | None) -> bool:
+    """Whether ``model`` has parameter ``name``; an InputError when the file solves for one it
+    has not."""
+    if name in model.parameters:
+        return True
+    if mode != "fixed":
+        raise com.error(
+            entry, f"{entry.name} asks for {name}, which model {model.name!r} has not: add --model imod"
+        )
+    return False
+
+
+def _apply_modes(com: _Com, args) -> None:
+    model = get_model(args.model)
+    given = _given_names(args.mode)
+    for stem, name, table in PARAMETERS:
+        mode, entry = com.mode(stem, table, local=False)
+        if not _model_has(com, model, name, mode, entry):
+            continue
+        if name in ("rotation", "tilt", "scale"):
+            attribute = f"{name}_mode"
+            if getattr(args, attribute) is None and name not in given:
+                setattr(args, attribute, mode)
+        elif name not in given:
+            args.mode = [*(args.mode or []), f"{name}={mode}"]
+
+
+def _apply_local(com: _Com, args) -> None:
+    if com.get("NumberOfLocalPatchesXandY") is not None:
+        raise com.error(
+            com.get("NumberOfLocalPatchesXandY"),
+            "NumberOfLocalPatchesXandY: give the patch size instead (TargetPatchSizeXandY, --patch-size)",
+        )
+    size = com.numbers("TargetPatchSizeXandY", 2)
+    if args.patch_size is None and size is not None:
+        args.patch_size = [int(round(v)) for v in size]
+    overlap = com.numbers("MinSizeOrOverlapXandY", 2)
+    if args.patch_overlap is None and overlap is not None:
+        entry = com.get("MinSizeOrOverlapXandY")
+        if max(overlap) > 1:
+            raise com.error(entry, "MinSizeOrOverlapXandY: minimum patch sizes (values > 1) are not read")
+        if overlap[0] != overlap[1]:
+            raise com.error(entry, "MinSizeOrOverlapXandY: different overlaps in X and Y are not supported")
+        args.patch_overlap = overlap[0]
+    fids = com.numbers("MinFidsTotalAndEachSurface", 2)
+    if args.min_fids is None and fids is not None:
+        args.min_fids = f"{int(fids[0])},{int(fids[1])}"
+    fix = com.integer("FixXYZCoordinates")
+    if args.local_markers is None and fix is not None:
+        args.local_markers = "fixed" if fix else "free"
+    model = get_model(args.model)
+    given = _given_names(args.local_mode)
+    for stem, name, table in PARAMETERS:
+        mode, entry = com.mode(stem, table, local=True)
+        if not _model_has(com, model, name, mode, entry):
+            continue
+        if name not in given:
+            args.local_mode = [*(args.local_mode or []), f"{name}={mode}"]

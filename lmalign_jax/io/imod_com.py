@@ -1,0 +1,63 @@
+"""The tiltalign options of an IMOD command file (Etomo's ``align.com``).
+
+Etomo writes each program's options in PIP form: a line ``$tiltalign -StandardInput`` and then
+one option a line, ``Name<tab or spaces>value`` (a name alone is a flag), ``#`` comment lines,
+until the next ``$`` line. Only the ``$tiltalign`` section is read; what the options mean for an
+alignment is for the caller (``lmalign_jax.cli.imod_com``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ._text import read_lines
+from .errors import InputError
+
+__all__ = ["ComOption", "read_tiltalign_com"]
+
+
+@dataclass(frozen=True)
+class ComOption:
+    """One option line: its name, its value text ("" for a flag) and its 1-based line number."""
+
+    name: str
+    value: str
+    line: int
+
+
+def read_tiltalign_com(path: str | os.PathLike) -> dict[str, list[ComOption]]:
+    """The options of the file's ``$tiltalign`` section, name -> its lines in file order.
+
+    Raises InputError for a file without a ``$tiltalign`` section, for one written in
+    tiltalign's old sequential form (answers one a line, without ``-StandardInput``), and for a
+    section with no options.
+    """
+    lines = read_lines(path)
+    start = None
+    for number, text in enumerate(lines, 1):
+        words = text.split()
+        if words and words[0] == "$tiltalign":
+            if "-StandardInput" not in words[1:]:
+                raise InputError(
+                    path,
+                    number,
+                    "tiltalign's old sequential input (answers one a line) is not read: give the "
+                    "options as Etomo writes them ('$tiltalign -StandardInput', then 'Name value' lines)",
+                )
+            start = number
+            break
+    if start is None:
+        raise InputError(path, None, "no '$tiltalign' command in the file (is it an Etomo align.com?)")
+    options: dict[str, list[ComOption]] = {}
+    for number, text in enumerate(lines[start:], start + 1):
+        stripped = text.strip()
+        if stripped.startswith("$"):
+            break
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, *rest = stripped.split(None, 1)
+        options.setdefault(name, []).append(ComOption(name, rest[0].strip() if rest else "", number))
+    if not options:
+        raise InputError(path, start, "the $tiltalign command has no options after it")
+    return options
