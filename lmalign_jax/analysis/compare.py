@@ -215,7 +215,7 @@ def _fit_row(
     )
     start = time.perf_counter()
     try:
-        needed = points_needed(m, kwargs.get("modes") or {}, obs.n_views, obs.tilts_deg)
+        needed = points_needed(m, kwargs.get("modes") or {}, obs.n_views, obs.tilts_deg, obs.mask.sum(axis=1))
         short = np.flatnonzero(obs.mask.sum(axis=1) < needed)
         if short.size:  # align() refuses: say why, as an underdetermined row
             results[m.name] = None

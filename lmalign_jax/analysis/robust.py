@@ -328,7 +328,11 @@ def align_robust(
     # the points each view's own parameters need, under the model and modes the rounds fit
     model = get_model(align_kwargs.get("model", initial.model))
     needed = points_needed(
-        model, align_kwargs.get("modes") or initial.settings.modes, obs.n_views, obs.tilts_deg
+        model,
+        align_kwargs.get("modes") or initial.settings.modes,
+        obs.n_views,
+        obs.tilts_deg,
+        mask.sum(axis=1),
     )
 
     def reweigh(res: AlignmentResult):

@@ -57,6 +57,7 @@ from .problem import (
     is_linear,
     linear_blend,
     mode_labels,
+    padded_size,
     reference_marker,
     residual_function,
 )
@@ -377,8 +378,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     capacity = _bucket(max(1, max(s.size for s in selections)))
     radius = characteristic_radius(obs)
     built = [_patch_problem(lm, base_k, result, s, capacity, options, radius, ref_view) for s in selections]
-    # IMOD's sets depend on the points a patch has in each view: pad to the most slots of any
-    n_slots = max(x.g.shape[0] for x, _ in built)
+    # IMOD's sets depend on the points a patch has in each view: pad to the most slots of any,
+    # rounded up so that refits of the series (compare's folds) reuse the compiled solve
+    n_slots = padded_size(max(x.g.shape[0] for x, _ in built))
     built = [pad_problem(x, st, obs.n_views, capacity, n_slots) for x, st in built]
     x0 = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[0] for b in built])
     structure = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[1] for b in built])

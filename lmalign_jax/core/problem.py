@@ -171,12 +171,15 @@ def _regularized(model: ProjectionModel) -> np.ndarray:
     return np.asarray(jnp.any(rows != 0, axis=(0, 1)))
 
 
-def own_parameters(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None) -> np.ndarray:
+def own_parameters(
+    model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None, counts=None
+) -> np.ndarray:
     """(n_views,) int: how many parameters each view has of its own: those free per view
     (``"free"``, a group of that view alone, or a linear mode's node no other view draws on,
     its nodes placed as :func:`linear_anchors` places them for ``tilts_deg`` (n_views,) when
     given). Fixed, shared, grouped and interpolated ones are set elsewhere, as are those the
-    model's regularization ties to neighbouring views."""
+    model's regularization ties to neighbouring views. The groups are those of the fit's views
+    (``tilts_deg`` and ``counts``, the observed points per view, as ``build_problem`` sees them)."""
     own = np.zeros(n_views, int)
     regularized = _regularized(model)
     for p, name in enumerate(model.parameters):
@@ -188,21 +191,23 @@ def own_parameters(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=
             anchor = None
             if tilts_deg is not None:
                 anchor = linear_anchors(model, name, tilts_deg, reference_view(tilts_deg))
-            _, low, high, frac = linear_blend(name, mode, n_views, anchor, sizes)
+            _, low, high, frac = linear_blend(name, mode, n_views, anchor, sizes, counts)
             own += linear_owned(low, high, frac)
             continue
-        labels = mode_labels(name, mode, n_views, sizes=sizes)
-        counts = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
-        own += (labels == _FREE) | ((labels >= 0) & (counts[np.maximum(labels, 0)] == 1))
+        labels = mode_labels(name, mode, n_views, sizes=sizes, counts=counts)
+        members = np.bincount(np.maximum(labels, 0), weights=labels >= 0, minlength=1)
+        own += (labels == _FREE) | ((labels >= 0) & (members[np.maximum(labels, 0)] == 1))
     return own
 
 
-def points_needed(model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None) -> np.ndarray:
+def points_needed(
+    model: ProjectionModel, modes: dict, n_views: int, tilts_deg=None, counts=None
+) -> np.ndarray:
     """(n_views,) int: the fewest observed points that can determine each view's own parameters
     (:func:`own_parameters`), half their number rounded up (a point gives two coordinates). A
     view with fewer points has a direction its data do not constrain: a fit returns an
     arbitrary value along it."""
-    return -(-own_parameters(model, modes, n_views, tilts_deg) // 2)
+    return -(-own_parameters(model, modes, n_views, tilts_deg, counts) // 2)
 
 
 def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations) -> None:
@@ -210,8 +215,8 @@ def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations
     parameters need (:func:`points_needed`; ``modes`` may name only some parameters, the rest
     take the model's defaults): the fit would return an arbitrary value for them and report it
     as converged."""
-    own = own_parameters(model, modes, obs.n_views, obs.tilts_deg)
     have = obs.mask.sum(axis=1)
+    own = own_parameters(model, modes, obs.n_views, obs.tilts_deg, have)
     short = np.flatnonzero(have < -(-own // 2))  # points_needed
     if short.size:
         v = int(short[0])
@@ -351,7 +356,8 @@ def free_masks(
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
         anchor = linear_anchors(model, name, obs.tilts_deg, ref_view)
-        labels = mode_labels(name, mode, n_views, anchor, group_sizes(model, name, mode, obs.tilts_deg))
+        sizes = group_sizes(model, name, mode, obs.tilts_deg)
+        labels = mode_labels(name, mode, n_views, anchor, sizes, obs.mask.sum(axis=1))
         held = name in hold
         free[:, p] = (labels == _FREE) & (not held)
         if name in gauge and labels[ref_view] == _FREE:
@@ -422,10 +428,12 @@ def build_problem(
     if "tilt" in model.parameters:
         base[:, model.index("tilt")] = np.radians(np.asarray(obs.tilts_deg, np.float64))
     slots: list[float] = []  # slot values, solver units
+    counts = obs.mask.sum(axis=1)  # points per view: where fewer than 3, tiltalign's sets skip the view
     for p, name in enumerate(model.parameters):
         mode = modes.get(name, model.default_modes[p])
         sizes = group_sizes(model, name, mode, obs.tilts_deg)
-        blend = linear_blend(name, mode, n_views, linear_anchors(model, name, obs.tilts_deg, ref_view), sizes)
+        anchor = linear_anchors(model, name, obs.tilts_deg, ref_view)
+        blend = linear_blend(name, mode, n_views, anchor, sizes, counts)
         change = views[:, p] - base[:, p]
         if blend is not None:  # node values from the views there; the rest interpolated
             nodes, low, high, frac[:, p] = blend
@@ -434,7 +442,7 @@ def build_problem(
             views[:, p] = frac[:, p] * values[low] + (1 - frac[:, p]) * values[high] + base[:, p]
             slots.extend(values / unit[p])
             continue
-        labels = mode_labels(name, mode, n_views, sizes=sizes)
+        labels = mode_labels(name, mode, n_views, sizes=sizes, counts=counts)
         for label in np.unique(labels[labels >= 0]):
             members = labels == label
             tie[members, p] = len(slots)

@@ -323,6 +323,15 @@ class Selection:
     points_needed: np.ndarray | None = None
 
 
+def _fit_order(keep_view: np.ndarray, tilts: np.ndarray) -> np.ndarray:
+    """The kept views in the order the fit takes them: file order, or by tilt when the file's
+    tilts are not monotonic."""
+    views = np.flatnonzero(keep_view)
+    if np.all(np.diff(tilts) >= 0) or np.all(np.diff(tilts) <= 0):
+        return views
+    return views[np.argsort(tilts[views], kind="stable")]
+
+
 def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Selection:
     """Apply --exclude, drop markers seen in < 2 views and views left without markers, order views.
     With ``settings`` (an ``AlignSettings``, or several: the fits that will share the selection), a
@@ -366,20 +375,28 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
         from ..models import get_model
 
         fits = settings if isinstance(settings, list | tuple) else [settings]
-        needed = np.max(
-            [points_needed(get_model(f.model), f.all_modes(), tilts.size, tilts) for f in fits]
-            or [np.ones(tilts.size, int)],
-            axis=0,
-        )
+        fits = [(get_model(f.model), f.all_modes()) for f in fits]
         with_markers = keep_view
-        keep_view, keep_marker = usable_views_and_markers(mask, with_markers, min_points=needed)
+        needed = np.ones(tilts.size, int)
+        # the points a view needs depend on the fit's views (grouped modes divide them into
+        # tiltalign's sets, which leaving a view out can change): worked out on the views kept
+        # so far, until leaving out the views short of them changes nothing
+        while keep_view.sum() >= 3:
+            views = _fit_order(keep_view, tilts)
+            counts = mask[np.ix_(views, keep_marker)].sum(axis=1)
+            needed[views] = np.max(
+                [points_needed(model, modes, views.size, tilts[views], counts) for model, modes in fits],
+                axis=0,
+            )
+            view_ok, marker_ok = usable_views_and_markers(mask, keep_view, min_points=needed)
+            if np.array_equal(view_ok, keep_view) and np.array_equal(marker_ok, keep_marker):
+                break
+            keep_view, keep_marker = view_ok, marker_ok
         few_points = [int(v) for v in np.flatnonzero(with_markers & ~keep_view)]
         dropped = enough(keep_view, keep_marker, few_points, needed)
     increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
-    views = np.flatnonzero(keep_view)
+    views = _fit_order(keep_view, tilts)
     sorted_by_tilt = not (increasing or decreasing)
-    if sorted_by_tilt:
-        views = views[np.argsort(tilts[views], kind="stable")]
     return Selection(
         views,
         np.flatnonzero(keep_marker),
