@@ -170,25 +170,24 @@ def apply_tiltalign_com(args) -> None:
         note(f"{args.imod_com}: not used: {', '.join(unused)}")
 
 
-def _model_has(com: _Com, model, name: str, mode: str, entry: ComOption | None) -> bool:
-    """Whether ``model`` has parameter ``name``; an InputError when the file solves for one it
-    has not."""
-    if name in model.parameters:
-        return True
-    if mode != "fixed":
-        raise com.error(
-            entry, f"{entry.name} asks for {name}, which model {model.name!r} has not: add --model imod"
-        )
-    return False
+def _modes(com: _Com, model, local: bool) -> dict[str, str]:
+    """The file's mode for each parameter ``model`` has (the Local* options with ``local``); an
+    InputError when it solves for one the model has not."""
+    modes = {}
+    for stem, name, table in PARAMETERS:
+        mode, entry = com.mode(stem, table, local=local)
+        if name in model.parameters:
+            modes[name] = mode
+        elif mode != "fixed":
+            raise com.error(
+                entry, f"{entry.name} asks for {name}, which model {model.name!r} has not: add --model imod"
+            )
+    return modes
 
 
 def _apply_modes(com: _Com, args) -> None:
-    model = get_model(args.model)
     given = _given_names(args.mode)
-    for stem, name, table in PARAMETERS:
-        mode, entry = com.mode(stem, table, local=False)
-        if not _model_has(com, model, name, mode, entry):
-            continue
+    for name, mode in _modes(com, get_model(args.model), local=False).items():
         if name in ("rotation", "tilt", "scale"):
             attribute = f"{name}_mode"
             if getattr(args, attribute) is None and name not in given:
@@ -220,11 +219,7 @@ def _apply_local(com: _Com, args) -> None:
     fix = com.integer("FixXYZCoordinates")
     if args.local_markers is None and fix is not None:
         args.local_markers = "fixed" if fix else "free"
-    model = get_model(args.model)
     given = _given_names(args.local_mode)
-    for stem, name, table in PARAMETERS:
-        mode, entry = com.mode(stem, table, local=True)
-        if not _model_has(com, model, name, mode, entry):
-            continue
+    for name, mode in _modes(com, get_model(args.model), local=True).items():
         if name not in given:
             args.local_mode = [*(args.local_mode or []), f"{name}={mode}"]
