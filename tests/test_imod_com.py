@@ -58,6 +58,20 @@ def test_the_command_line_wins():
     assert args.tilts == str(DATA / "imod-bb/BBa.tlt")  # not the file's BBa.rawtlt
 
 
+def write_com_at(folder, *lines):
+    """A copy of COM's options with ``lines`` in place of its own of the same names, written
+    next to a temporary folder's name under /tmp (relative paths stay COM's)."""
+    import tempfile
+
+    names = {line.split()[0] for line in lines}
+    body = [ln for ln in COM.read_text().splitlines() if not ln.split() or ln.split()[0] not in names]
+    at = body.index("$tiltalign -StandardInput") + 1
+    body[at:at] = list(lines)
+    path = Path(tempfile.mkdtemp()) / "align.com"
+    path.write_text("\n".join(body) + "\n")
+    return path
+
+
 def write_com(tmp_path, *lines, header="$tiltalign -StandardInput"):
     path = tmp_path / "align.com"
     path.write_text("\n".join(["# a test", header, *lines, "$b3dcopy -p a b"]) + "\n")
@@ -78,7 +92,21 @@ def write_com(tmp_path, *lines, header="$tiltalign -StandardInput"):
         (["SeparateGroup 1-5"], 3, "SeparateGroup: separate view groups are not supported"),
         (["MagNondefaultGroup 1,5,2"], 3, "MagNondefaultGroup: groupings per view range are not supported"),
         (["BeamTiltOption 1"], 3, "BeamTiltOption 1: not supported (only 0)"),
-        (["LocalAlignments 1", "MinSizeOrOverlapXandY 0.5,0.3"], 4, "different overlaps in X and Y"),
+        (["LocalAlignments 1", "MinSizeOrOverlapXandY 0.5,0.3"], 4, "one overlap for X and Y, in [0, 1)"),
+        # found by an audit: each was read wrongly or crashed
+        (
+            ["LocalAlignments 1", "TargetPatchSizeXandY nan,nan"],
+            4,
+            "expected 2 whole number(s), got 'nan,nan'",
+        ),
+        (["LocalAlignments 1", "MinFidsTotalAndEachSurface 8.7,3"], 4, "expected 2 whole number(s)"),
+        (["LocalAlignments 2"], 3, "LocalAlignments: expected 0 or 1 (or the name alone), got '2'"),
+        (["RotOption 1", "RotOption -1"], 4, "RotOption is given twice (lines 3 and 4)"),
+        (["FixedOrInitialBeamTilt 2"], 3, "a beam tilt is not supported"),
+        (["RobustFitting", "KFactorScaling 2"], 4, "KFactorScaling: only 1"),
+        (["ExcludeList 5-2"], 3, "ExcludeList 5-2: range '5-2' runs backwards"),
+        (["RotationAngle 720"], 3, "RotationAngle 720: must be a tilt-axis angle within"),
+        (["SurfacesToAnalyze 3"], 3, "SurfacesToAnalyze: expected 0, 1 or 2, got 3"),
     ],
 )
 def test_options_it_cannot_honour_are_named_with_their_line(tmp_path, lines, line, message):
@@ -95,6 +123,24 @@ def test_a_file_without_tiltalign_options_is_refused(tmp_path):
         read_tiltalign_com(write_com(tmp_path, "x 1", header="$newstack -StandardInput"))
     with pytest.raises(InputError, match="old sequential input"):
         read_tiltalign_com(write_com(tmp_path, "BBa.fid", header="$tiltalign"))
+    with pytest.raises(InputError, match="options on the \\$tiltalign line itself are not read"):
+        read_tiltalign_com(
+            write_com(tmp_path, "TiltOption 0", header="$tiltalign -StandardInput -RotOption -1")
+        )
+
+
+def test_a_list_of_views_takes_spaces_as_imods_lists_do():
+    """'ExcludeList 1 3' is views 1 and 3 (it was read as view 13)."""
+    args = parsed("--model", "imod", com=write_com_at(COM.parent, "ExcludeList 1 3"))
+    assert args.exclude == "1 3"
+    from lmalign_jax.workflow import parse_view_list
+
+    assert parse_view_list(args.exclude, 61) == [0, 2] and parse_view_list("1-3,5 7", 10) == [0, 1, 2, 4, 6]
+
+
+def test_no_local_turns_the_files_local_alignment_off():
+    args = parsed("--model", "imod", "--no-local")
+    assert args.local is False and args.patch_size is None and args.local_mode is None
 
 
 def test_the_angle_offset_is_added_to_the_tilts(tmp_path):
@@ -116,6 +162,7 @@ def test_the_angle_offset_is_added_to_the_tilts(tmp_path):
     np.testing.assert_allclose(shifted - plain, 4.0, atol=2e-3)  # the .tlt's 3 decimals
     record = json.loads((tmp_path / "offset" / "synthetic.json").read_text())
     assert record["inputs"]["tilt_offset_deg"] == 4.0
+    assert record["inputs"]["tilt_offset_source"] == f"{com}:4 AngleOffset (IMOD's)"
     assert record["options"]["modes"]["rotation"] == "shared"
 
 

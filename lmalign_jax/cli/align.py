@@ -41,6 +41,7 @@ from ..workflow.local import (
     solve_local_alignment,
 )
 from ..workflow.reconstruction import check_stack_pixels
+from ..workflow.series import read_tilt_file
 from ..workflow.tracking import is_stack_path
 from .align_options import (
     add_local_options,
@@ -89,6 +90,8 @@ def run_align(args) -> int:
         apply_tiltalign_com(args)
     settings, local = settings_from_args(args), local_options_from_args(args)
     check_count(args.worst, "--worst", low=0)
+    if args.angle_offset is not None and args.tilts is not None and os.path.isfile(args.tilts):
+        check_tilt_offset(read_tilt_file(args.tilts)[0], args.angle_offset)  # before any tracking
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
     out_prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
     # what --export needs is checked before tracking and solving; the pixel size once it is read
@@ -135,7 +138,9 @@ def run_align(args) -> int:
             stack=stack,
             image_size=args.image_size,
             rotation_deg=rotation,
+            rotation_source=getattr(args, "rotation_source", None),
             angle_offset_deg=args.angle_offset or 0.0,
+            angle_offset_source=getattr(args, "angle_offset_source", None),
             exclude=args.exclude,
             command=["lmalign", *getattr(args, "argv", [])],
             quiet=args.quiet,
@@ -224,7 +229,9 @@ def align_and_report(
     stack: str | None = None,
     image_size=None,
     rotation_deg: float | None = None,
+    rotation_source: str | None = None,
     angle_offset_deg: float = 0.0,
+    angle_offset_source: str | None = None,
     exclude: str | None = None,
     command=("lmalign",),
     quiet: bool = False,
@@ -252,13 +259,15 @@ def align_and_report(
     inputs = read_series(
         markers, tilts, stack_path=stack, image_size=image_size, rotation_deg=rotation_deg, warn=warn
     )
+    if rotation_source is not None and inputs.rotation_source == "--rotation":
+        inputs = dataclasses.replace(inputs, rotation_source=rotation_source)
     if angle_offset_deg:
         check_tilt_offset(inputs.tilts_deg, angle_offset_deg)
         inputs = dataclasses.replace(
             inputs,
             tilts_deg=np.asarray(inputs.tilts_deg) + angle_offset_deg,
             tilt_offset_deg=float(angle_offset_deg),
-            tilt_offset_source="--angle-offset (IMOD's AngleOffset)",
+            tilt_offset_source=angle_offset_source or "--angle-offset (IMOD's AngleOffset)",
         )
     if check_inputs is not None:
         check_inputs(inputs)

@@ -5,6 +5,7 @@ first two)."""
 
 from __future__ import annotations
 
+import argparse
 import re
 
 from ..analysis.robust_weights import LOSSES
@@ -242,9 +243,10 @@ def add_local_options(p) -> None:
     """--local and its settings (IMOD tiltalign's local alignments; Etomo's defaults)."""
     p.add_argument(
         "--local",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="after the global solve, solve overlapping patches for local corrections and write "
-        "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE)",
+        "<prefix>local.xf (IMOD's local alignment file, for tilt's LOCALFILE); --no-local: none, "
+        "whatever --imod-com's file says",
     )
     add_patch_size_option(p, "target patch size in pixels (IMOD's TargetPatchSizeXandY; default 700 700)")
     p.add_argument(

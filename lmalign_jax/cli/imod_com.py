@@ -12,12 +12,16 @@ tilt solutions, two fixed tilts) are an InputError naming their line, not ignore
 
 from __future__ import annotations
 
+import math
 import os
+import re
 
 from ..io.errors import InputError
 from ..io.imod_com import ComOption, read_tiltalign_com
 from ..models import get_model
-from .common import note
+from ..workflow import parse_view_list
+from ..workflow.series import check_rotation, read_tilt_file
+from .common import UsageError, note
 
 #: tiltalign option value -> mode kind, per parameter (None: needs the DefaultGrouping's N).
 _ROT = {-1: "shared", 0: "fixed", 1: "free", 3: "linear", 4: "group"}
@@ -41,12 +45,11 @@ _NOT_NEEDED = {
     "ModelFile", "ImageFile", "ImagesAreBinned", "UnbinnedPixelSize", "OutputModelFile",
     "OutputResidualFile", "OutputFidXYZFile", "OutputTiltFile", "OutputXAxisTiltFile",
     "OutputTransformFile", "OutputZFactorFile", "OutputLocalFile", "OutputFilledInModel",
-    "ResidualReportCriterion", "MetroFactor", "MaximumCycles", "KFactorScaling", "AxisZShift",
+    "ResidualReportCriterion", "MetroFactor", "MaximumCycles", "AxisZShift",
     "ShiftZFromOriginal", "LocalOutputOptions", "CreatedDayStamp", "NoSeparateTiltGroups",
     "CrossValidate", "MagReferenceView", "LocalMagReferenceView", "CompReferenceView",
     "RotationFixedView", "LocalRotationFixedView", "TiltFixedView", "XTiltDefaultGrouping",
-    "LocalXTiltDefaultGrouping", "ImageSizeXandY", "ImageOriginXandY", "ImagePixelSizeXandY",
-    "FixedOrInitialBeamTilt", "WeightWholeTracks", "MinWeightGroupSizes",
+    "LocalXTiltDefaultGrouping",
 }  # fmt: skip
 
 
@@ -61,7 +64,11 @@ class _Com:
     def get(self, name: str) -> ComOption | None:
         self.used.add(name)
         entries = self.options.get(name)
-        return entries[-1] if entries else None
+        if entries and len(entries) > 1:
+            raise self.error(
+                entries[1], f"{name} is given twice (lines {entries[0].line} and {entries[1].line}): keep one"
+            )
+        return entries[0] if entries else None
 
     def error(self, entry: ComOption | None, problem: str) -> InputError:
         return InputError(self.path, None if entry is None else entry.line, problem)
@@ -75,7 +82,8 @@ class _Com:
         except ValueError:
             raise self.error(entry, f"{name}: expected a whole number, got {entry.value!r}") from None
 
-    def numbers(self, name: str, count: int) -> tuple[float, ...] | None:
+    def numbers(self, name: str, count: int, whole: bool = False) -> tuple[float, ...] | None:
+        """``count`` finite numbers (whole numbers with ``whole``), or None when absent."""
         entry = self.get(name)
         if entry is None:
             return None
@@ -84,9 +92,29 @@ class _Com:
             values = tuple(float(p) for p in parts)
         except ValueError:
             values = ()
-        if len(values) != count:
-            raise self.error(entry, f"{name}: expected {count} number(s), got {entry.value!r}")
+        kind = "whole number" if whole else "number"
+        if len(values) != count or not all(math.isfinite(v) and (not whole or v == int(v)) for v in values):
+            raise self.error(entry, f"{name}: expected {count} {kind}(s), got {entry.value!r}")
         return values
+
+    def flag(self, name: str) -> bool | None:
+        """A yes/no option: given alone or as 1, yes; as 0, no; None when absent."""
+        entry = self.get(name)
+        if entry is None:
+            return None
+        if entry.value not in ("", "0", "1"):
+            raise self.error(entry, f"{name}: expected 0 or 1 (or the name alone), got {entry.value!r}")
+        return entry.value != "0"
+
+    def fail_on(self, entry: ComOption, call, *args):
+        """``call(*args)``; a UsageError or InputError it raises is reported at ``entry``'s line
+        (its leading option name, e.g. "--rotation", replaced by the file's option)."""
+        try:
+            return call(*args)
+        except (UsageError, InputError) as e:
+            text = getattr(e, "problem", None) or str(e)
+            text = re.sub(rf"^(--[a-z-]+|{re.escape(entry.name)}):? ", "", text)
+            raise self.error(entry, f"{entry.name} {entry.value}: {text}") from None
 
     def mode(self, stem: str, table: dict, local: bool) -> tuple[str, ComOption | None] | None:
         """The mode of one parameter's option (``Local`` form when ``local``), and its line."""
@@ -129,33 +157,63 @@ def apply_tiltalign_com(args) -> None:
     for name in _UNSUPPORTED:
         entry = com.get(name)
         if entry is not None and entry.value != "0":
-            raise com.error(entry, f"{name} {entry.value}: not supported (only 0)".replace(" :", ":"))
+            raise com.error(entry, f"{name} {entry.value}: not supported (only 0)")
+    beam = com.numbers("FixedOrInitialBeamTilt", 1)
+    if beam is not None and beam[0] != 0:
+        raise com.error(
+            com.get("FixedOrInitialBeamTilt"), "FixedOrInitialBeamTilt: a beam tilt is not supported (only 0)"
+        )
     if com.get("SeparateGroup") is not None:
         raise com.error(com.get("SeparateGroup"), "SeparateGroup: separate view groups are not supported")
     tilt_file = com.get("TiltFile")
     if args.tilts is None:
         if tilt_file is None:
             raise com.error(None, "no TiltFile: give the tilt angles with --tilts")
+        if not tilt_file.value:
+            raise com.error(tilt_file, "TiltFile: no file name")
         args.tilts = os.path.join(folder, tilt_file.value)
     rotation = com.numbers("RotationAngle", 1)
     if args.rotation is None and rotation is not None:
-        args.rotation = rotation[0]
+        entry = com.get("RotationAngle")
+        args.rotation = com.fail_on(entry, check_rotation, rotation[0], "--rotation")
+        args.rotation_source = f"{args.imod_com}:{entry.line} RotationAngle"
     offset = com.numbers("AngleOffset", 1)
     if args.angle_offset is None and offset is not None and offset[0] != 0:
         args.angle_offset = offset[0]
-    exclude = com.options.get("ExcludeList")
+        args.angle_offset_source = f"{args.imod_com}:{com.get('AngleOffset').line} AngleOffset (IMOD's)"
+    exclude = [e for e in com.options.get("ExcludeList", []) if e.value]  # tiltalign adds up its lists
     com.used.add("ExcludeList")
     if args.exclude is None and exclude:
+        n_views = read_tilt_file(args.tilts)[0].size if os.path.isfile(args.tilts) else None
+        for entry in exclude:  # each list checked where it is written
+            if n_views is not None:
+                com.fail_on(entry, parse_view_list, entry.value, n_views, "ExcludeList")
         args.exclude = ",".join(e.value for e in exclude)
     surfaces = com.integer("SurfacesToAnalyze")
+    if surfaces is not None and surfaces not in (0, 1, 2):
+        raise com.error(
+            com.get("SurfacesToAnalyze"), f"SurfacesToAnalyze: expected 0, 1 or 2, got {surfaces}"
+        )
     if args.surfaces is None and surfaces in (1, 2):
         args.surfaces = surfaces
-    if com.get("RobustFitting") is not None and com.get("RobustFitting").value in ("", "1"):
+    if com.flag("RobustFitting"):
+        for name in ("KFactorScaling",):
+            factor = com.numbers(name, 1)
+            if factor is not None and factor[0] != 1:
+                raise com.error(com.get(name), f"{name}: only 1 (tiltalign's own robust scale)")
+        for name in ("MinWeightGroupSizes", "WeightWholeTracks"):
+            if com.get(name) is not None:
+                raise com.error(com.get(name), f"{name}: not supported (the robust fit's groups are its own)")
         args.robust = args.robust or "tukey"
+    else:  # the robust fit's settings, without a robust fit
+        com.used.update(("KFactorScaling", "MinWeightGroupSizes", "WeightWholeTracks"))
+    size = com.numbers("ImageSizeXandY", 2, whole=True)
+    if args.image_size is None and size is not None:
+        args.image_size = list(size)
     _apply_modes(com, args)
-    local_entry = com.get("LocalAlignments")
-    if local_entry is not None and local_entry.value in ("", "1"):
+    if args.local is None and com.flag("LocalAlignments"):
         args.local = True
+    com.used.add("LocalAlignments")
     if args.local:
         _apply_local(com, args)
     else:  # the local options of a file that does not ask for local alignment are not needed
@@ -202,21 +260,23 @@ def _apply_local(com: _Com, args) -> None:
             com.get("NumberOfLocalPatchesXandY"),
             "NumberOfLocalPatchesXandY: give the patch size instead (TargetPatchSizeXandY, --patch-size)",
         )
-    size = com.numbers("TargetPatchSizeXandY", 2)
+    size = com.numbers("TargetPatchSizeXandY", 2, whole=True)
     if args.patch_size is None and size is not None:
-        args.patch_size = [int(round(v)) for v in size]
+        if min(size) < 1:
+            raise com.error(com.get("TargetPatchSizeXandY"), "TargetPatchSizeXandY: sizes must be >= 1 px")
+        args.patch_size = [int(v) for v in size]
     overlap = com.numbers("MinSizeOrOverlapXandY", 2)
     if args.patch_overlap is None and overlap is not None:
         entry = com.get("MinSizeOrOverlapXandY")
         if max(overlap) > 1:
             raise com.error(entry, "MinSizeOrOverlapXandY: minimum patch sizes (values > 1) are not read")
-        if overlap[0] != overlap[1]:
-            raise com.error(entry, "MinSizeOrOverlapXandY: different overlaps in X and Y are not supported")
+        if overlap[0] != overlap[1] or not 0 <= overlap[0] < 1:
+            raise com.error(entry, "MinSizeOrOverlapXandY: one overlap for X and Y, in [0, 1), is read")
         args.patch_overlap = overlap[0]
-    fids = com.numbers("MinFidsTotalAndEachSurface", 2)
+    fids = com.numbers("MinFidsTotalAndEachSurface", 2, whole=True)
     if args.min_fids is None and fids is not None:
         args.min_fids = f"{int(fids[0])},{int(fids[1])}"
-    fix = com.integer("FixXYZCoordinates")
+    fix = com.flag("FixXYZCoordinates")
     if args.local_markers is None and fix is not None:
         args.local_markers = "fixed" if fix else "free"
     given = _given_names(args.local_mode)

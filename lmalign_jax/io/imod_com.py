@@ -45,6 +45,10 @@ def read_tiltalign_com(path: str | os.PathLike) -> dict[str, list[ComOption]]:
                     "tiltalign's old sequential input (answers one a line) is not read: give the "
                     "options as Etomo writes them ('$tiltalign -StandardInput', then 'Name value' lines)",
                 )
+            if len(words) > 2:
+                raise InputError(
+                    path, number, "options on the $tiltalign line itself are not read: one a line below it"
+                )
             start = number
             break
     if start is None:

@@ -289,7 +289,8 @@ def parse_view_list(text: str, n_views: int, where: str = "--exclude") -> list[i
     """IMOD-style 1-based list ``"1-3,40"`` -> sorted 0-based view indices; ``where`` starts
     an error message (the option, or the list line that gave it)."""
     views = set()
-    for part in text.replace(" ", "").split(","):
+    # commas or spaces between entries, as in IMOD's lists ("1-3,5 7"); none inside a range
+    for part in re.split(r"[,\s]+", re.sub(r"\s*-\s*", "-", text.strip())):
         m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
         if not m:
             raise UsageError(
