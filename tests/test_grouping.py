@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lmalign_jax import get_model
-from lmalign_jax.core.grouping import automap_sets, linear_node_views, relative_sizes
-from lmalign_jax.core.problem import group_sizes, linear_blend, mode_labels, own_parameters
+from lmalign_jax.core.grouping import automap_sets, group_sizes, linear_node_views, relative_sizes
+from lmalign_jax.core.problem import linear_blend, mode_labels, own_parameters
 
 LOG = Path(__file__).parent / "data" / "imod-goulbourne8a" / "goulbourne8a_align.log"
 

@@ -107,6 +107,15 @@ def write_com(tmp_path, *lines, header="$tiltalign -StandardInput"):
         (["ExcludeList 5-2"], 3, "ExcludeList 5-2: range '5-2' runs backwards"),
         (["RotationAngle 720"], 3, "RotationAngle 720: must be a tilt-axis angle within"),
         (["SurfacesToAnalyze 3"], 3, "SurfacesToAnalyze: expected 0, 1 or 2, got 3"),
+        (["CompOption 1"], 3, "CompOption 1: not supported (only 0)"),
+        (["LocalAlignments", "NumberOfLocalPatchesXandY 5,5"], 4, "give the patch size instead"),
+        (
+            ["LocalAlignments", "MinSizeOrOverlapXandY 300,300"],
+            4,
+            "minimum patch sizes (values > 1) are not read",
+        ),
+        (["LocalAlignments", "TargetPatchSizeXandY 0,700"], 4, "TargetPatchSizeXandY: sizes must be >= 1 px"),
+        (["LocalAlignments", "FixXYZCoordinates yes"], 4, "FixXYZCoordinates: expected 0 or 1"),
     ],
 )
 def test_options_it_cannot_honour_are_named_with_their_line(tmp_path, lines, line, message):
@@ -116,6 +125,41 @@ def test_options_it_cannot_honour_are_named_with_their_line(tmp_path, lines, lin
     assert caught.value.line == line and message in str(caught.value)
     rc, _, err = run_cli(["align", *map(str, BBA), "--imod-com", str(com), "--out-dir", str(tmp_path / "o")])
     assert rc == 2 and f"{com}:{line}:" in err and message in err and not (tmp_path / "o").exists()
+
+
+def test_a_file_without_a_tilt_file_asks_for_one(tmp_path):
+    com = tmp_path / "align.com"
+    com.write_text("$tiltalign -StandardInput\nRotOption 1\n")
+    args = build_parser().parse_args(["align", str(BBA[0]), "--imod-com", str(com)])
+    with pytest.raises(InputError, match="no TiltFile: give the tilt angles with --tilts"):
+        apply_tiltalign_com(args)
+    com.write_text("$tiltalign -StandardInput\nTiltFile\n")
+    args = build_parser().parse_args(["align", str(BBA[0]), "--imod-com", str(com)])
+    with pytest.raises(InputError, match="TiltFile: no file name") as caught:
+        apply_tiltalign_com(args)
+    assert caught.value.line == 2
+
+
+def test_options_with_no_counterpart_are_listed_as_not_used(tmp_path):
+    com = write_com(tmp_path, "ImageOriginXandY 10,10", "Frobnicate 1")
+    rc, _, err = run_cli(["align", *map(str, BBA), "--imod-com", str(com), "--out-dir", str(tmp_path / "o")])
+    assert rc == 0, err
+    assert f"{com}: not used: ImageOriginXandY (line 3), Frobnicate (line 4)" in err
+
+
+def test_an_angle_offset_past_90_degrees_is_refused_before_anything_is_done(tmp_path):
+    """Also for a raw stack, which would be tracked first (its tracking files were left behind)."""
+    rc, _, err = run_cli(["align", *map(str, BBA), "--angle-offset", "40", "--out-dir", str(tmp_path / "o")])
+    assert rc == 2 and "--angle-offset 40: takes view 1's tilt to 105.06 degrees, outside -90..90" in err
+    simulate = ["simulate", "--out-dir", tmp_path, "--views", "11", "--markers", "8", "--stack"]
+    rc, _, err = run_cli([*simulate, "--image-size", "256", "256"])
+    assert rc == 0, err
+    rc, _, err = run_cli(
+        ["align", str(tmp_path / "synthetic.mrc"), "--tilts", str(tmp_path / "synthetic.rawtlt")]
+        + ["--angle-offset", "40", "--out-dir", str(tmp_path / "s")]
+    )
+    assert rc == 2 and "--angle-offset 40: takes view 11's tilt to 100 degrees" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_file_without_tiltalign_options_is_refused(tmp_path):

@@ -63,7 +63,7 @@ from .common import (
     warn,
 )
 from .export import export_after_align
-from .imod_com import apply_tiltalign_com
+from .imod_com import add_imod_options, apply_tiltalign_com, check_tilt_offset
 from .track import (
     add_stack_options,
     check_reconstruct_option,
@@ -90,8 +90,8 @@ def run_align(args) -> int:
         apply_tiltalign_com(args)
     settings, local = settings_from_args(args), local_options_from_args(args)
     check_count(args.worst, "--worst", low=0)
-    if args.angle_offset is not None and args.tilts is not None and os.path.isfile(args.tilts):
-        check_tilt_offset(read_tilt_file(args.tilts)[0], args.angle_offset)  # before any tracking
+    if args.angle_offset is not None and is_stack_path(args.markers) and args.tilts is not None:
+        check_tilt_offset(read_tilt_file(args.tilts)[0], args.angle_offset)  # before the tracking
     markers, prefix, stack, rotation = args.markers, args.prefix, args.stack, args.rotation
     out_prefix = prefix or os.path.splitext(os.path.basename(args.markers))[0]
     # what --export needs is checked before tracking and solving; the pixel size once it is read
@@ -177,17 +177,6 @@ def run_align(args) -> int:
     return export_after_align(args, code, markers, prefix)
 
 
-def check_tilt_offset(tilts_deg, offset_deg: float) -> None:
-    """A UsageError unless ``offset_deg`` is finite and keeps every tilt inside -90..90 degrees."""
-    shifted = np.asarray(tilts_deg, np.float64) + offset_deg
-    if not np.isfinite(offset_deg) or not (np.abs(shifted) < 90).all():
-        k = int(np.argmax(np.abs(shifted))) if np.isfinite(offset_deg) else 0
-        raise UsageError(
-            f"--angle-offset {offset_deg:g}: takes view {k + 1}'s tilt to {shifted[k]:g} degrees, "
-            "outside -90..90"
-        )
-
-
 def excluded_views(exclude: str, n_views: int) -> list[int]:
     """``--exclude`` (IMOD's 1-based list) as 0-based views of ``n_views``; a UsageError when it
     is malformed, out of range or leaves no view."""
@@ -263,11 +252,8 @@ def align_and_report(
         inputs = dataclasses.replace(inputs, rotation_source=rotation_source)
     if angle_offset_deg:
         check_tilt_offset(inputs.tilts_deg, angle_offset_deg)
-        inputs = dataclasses.replace(
-            inputs,
-            tilts_deg=np.asarray(inputs.tilts_deg) + angle_offset_deg,
-            tilt_offset_deg=float(angle_offset_deg),
-            tilt_offset_source=angle_offset_source or "--angle-offset (IMOD's AngleOffset)",
+        inputs = inputs.with_tilt_offset(
+            angle_offset_deg, angle_offset_source or "--angle-offset (IMOD's AngleOffset)"
         )
     if check_inputs is not None:
         check_inputs(inputs)
@@ -447,19 +433,7 @@ def add_align(sub):
         help="tilt-axis angle in the raw images, degrees counter-clockwise from the y axis (IMOD's "
         "RotationAngle); estimated from the tracks (or the .mdoc) when omitted",
     )
-    p.add_argument(
-        "--angle-offset",
-        type=float,
-        metavar="DEG",
-        help="degrees added to every tilt angle before the fit (IMOD's AngleOffset)",
-    )
-    p.add_argument(
-        "--imod-com",
-        metavar="ALIGN.COM",
-        help="take the alignment settings from an Etomo tiltalign command file (align.com): tilt file, "
-        "rotation, angle offset, excluded views, the Rot/Tilt/Mag/XStretch/SkewOptions and their "
-        "groupings, surfaces, robust fitting and the local alignment settings; options given here win",
-    )
+    add_imod_options(p)
     p.add_argument("--model", choices=sorted(MODELS), default="jou", help="projection model")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="output folder (created if missing)")
     p.add_argument(

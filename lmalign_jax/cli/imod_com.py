@@ -16,6 +16,8 @@ import math
 import os
 import re
 
+import numpy as np
+
 from ..io.errors import InputError
 from ..io.imod_com import ComOption, read_tiltalign_com
 from ..models import get_model
@@ -145,6 +147,34 @@ class _Com:
         return kind, entry
 
 
+def add_imod_options(p) -> None:
+    """align's --angle-offset and --imod-com."""
+    p.add_argument(
+        "--angle-offset",
+        type=float,
+        metavar="DEG",
+        help="degrees added to every tilt angle before the fit (IMOD's AngleOffset)",
+    )
+    p.add_argument(
+        "--imod-com",
+        metavar="ALIGN.COM",
+        help="take the alignment settings from an Etomo tiltalign command file (align.com): tilt file, "
+        "rotation, angle offset, excluded views, the Rot/Tilt/Mag/XStretch/SkewOptions and their "
+        "groupings, surfaces, robust fitting and the local alignment settings; options given here win",
+    )
+
+
+def check_tilt_offset(tilts_deg, offset_deg: float) -> None:
+    """A UsageError unless ``offset_deg`` is finite and keeps every tilt inside -90..90 degrees."""
+    shifted = np.asarray(tilts_deg, np.float64) + offset_deg
+    if not np.isfinite(offset_deg) or not (np.abs(shifted) < 90).all():
+        k = int(np.argmax(np.abs(shifted))) if np.isfinite(offset_deg) else 0
+        raise UsageError(
+            f"--angle-offset {offset_deg:g}: takes view {k + 1}'s tilt to {shifted[k]:g} degrees, "
+            "outside -90..90"
+        )
+
+
 def _given_names(items) -> set[str]:
     return {item.partition("=")[0].strip() for item in items or ()}
 
@@ -163,8 +193,9 @@ def apply_tiltalign_com(args) -> None:
         raise com.error(
             com.get("FixedOrInitialBeamTilt"), "FixedOrInitialBeamTilt: a beam tilt is not supported (only 0)"
         )
-    if com.get("SeparateGroup") is not None:
-        raise com.error(com.get("SeparateGroup"), "SeparateGroup: separate view groups are not supported")
+    separate = com.get("SeparateGroup")
+    if separate is not None:
+        raise com.error(separate, "SeparateGroup: separate view groups are not supported")
     tilt_file = com.get("TiltFile")
     if args.tilts is None:
         if tilt_file is None:
@@ -197,10 +228,11 @@ def apply_tiltalign_com(args) -> None:
     if args.surfaces is None and surfaces in (1, 2):
         args.surfaces = surfaces
     if com.flag("RobustFitting"):
-        for name in ("KFactorScaling",):
-            factor = com.numbers(name, 1)
-            if factor is not None and factor[0] != 1:
-                raise com.error(com.get(name), f"{name}: only 1 (tiltalign's own robust scale)")
+        factor = com.numbers("KFactorScaling", 1)
+        if factor is not None and factor[0] != 1:
+            raise com.error(
+                com.get("KFactorScaling"), "KFactorScaling: only 1 (tiltalign's own robust scale)"
+            )
         for name in ("MinWeightGroupSizes", "WeightWholeTracks"):
             if com.get(name) is not None:
                 raise com.error(com.get(name), f"{name}: not supported (the robust fit's groups are its own)")

@@ -49,6 +49,16 @@ def relative_sizes(tilts_deg, power: float) -> np.ndarray | None:
     return sizes * sizes.size / sizes.sum()
 
 
+def group_sizes(model, name: str, mode, tilts_deg) -> np.ndarray | None:
+    """(n_views,) relative group sizes of parameter ``name`` of ``model`` (a
+    ``ProjectionModel``) in ``mode`` for tilts ``tilts_deg``: :func:`relative_sizes` to the
+    model's power (``ProjectionModel.group_size_power``); None for equal groups, for modes that
+    do not group views, and when no tilts are given."""
+    if tilts_deg is None or not isinstance(mode, str) or not mode.startswith(("group:", "linear:")):
+        return None
+    return relative_sizes(tilts_deg, model.group_power(name, mode.startswith("linear:")))
+
+
 def automap_sets(n_views: int, size: int, sizes=None, counts=None) -> np.ndarray:
     """(n_views,) int: the set (0, 1, ...) each view falls in, sets of consecutive views of
     about ``size`` views each (module docstring).

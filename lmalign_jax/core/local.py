@@ -49,11 +49,11 @@ from ..solve import (
     make_structure,
     pad_problem,
 )
+from .grouping import group_sizes
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, patch_grid, select_patch_markers, surfaces
 from .problem import (
     characteristic_radius,
-    group_sizes,
     is_linear,
     linear_blend,
     mode_labels,

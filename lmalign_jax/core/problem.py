@@ -43,7 +43,7 @@ from ..solve import (
     pad_problem,
     regularization_of,
 )
-from .grouping import automap_sets, linear_node_views, relative_sizes
+from .grouping import automap_sets, group_sizes, linear_node_views
 
 _FREE, _FIXED = -1, -2
 
@@ -92,15 +92,6 @@ def linear_nodes(n_views: int, size: int, anchor=None, sizes=None, counts=None) 
     if anchor is not None:
         nodes |= {int(a) for a in np.atleast_1d(anchor)}
     return np.array(sorted(nodes), dtype=int)
-
-
-def group_sizes(model: ProjectionModel, name: str, mode, tilts_deg) -> np.ndarray | None:
-    """(n_views,) IMOD's relative group sizes of ``name`` in ``mode`` for tilts ``tilts_deg``
-    (``ProjectionModel.group_size_power``, ``grouping.relative_sizes``); None for equal groups
-    (and when no tilts are given)."""
-    if tilts_deg is None or not isinstance(mode, str) or not mode.startswith(("group:", "linear:")):
-        return None
-    return relative_sizes(tilts_deg, model.group_power(name, is_linear(mode)))
 
 
 def linear_anchors(model: ProjectionModel, name: str, tilts_deg, ref_view: int) -> tuple[int, ...]:

@@ -49,6 +49,14 @@ class SeriesInputs:
     tilt_offset_deg: float = 0.0
     tilt_offset_source: str | None = None
 
+    def with_tilt_offset(self, offset_deg: float, source: str) -> SeriesInputs:
+        """These inputs with ``offset_deg`` added to every tilt (IMOD's AngleOffset, a batch's
+        shared offset), and where it came from."""
+        tilts = np.asarray(self.tilts_deg) + offset_deg
+        return dataclasses.replace(
+            self, tilts_deg=tilts, tilt_offset_deg=float(offset_deg), tilt_offset_source=source
+        )
+
 
 def read_tilt_file(path: str, warn=print_warning):
     """(tilts (n,), mdoc or None) from a .tlt/.rawtlt or SerialEM .mdoc file; angles outside
@@ -324,13 +332,11 @@ class Selection:
     points_needed: np.ndarray | None = None
 
 
-def _fit_order(keep_view: np.ndarray, tilts: np.ndarray) -> np.ndarray:
-    """The kept views in the order the fit takes them: file order, or by tilt when the file's
-    tilts are not monotonic."""
+def _fit_order(keep_view: np.ndarray, tilts: np.ndarray, by_tilt: bool) -> np.ndarray:
+    """The kept views in the order the fit takes them: file order, or by tilt (``by_tilt``:
+    when the file's tilts are not monotonic)."""
     views = np.flatnonzero(keep_view)
-    if np.all(np.diff(tilts) >= 0) or np.all(np.diff(tilts) <= 0):
-        return views
-    return views[np.argsort(tilts[views], kind="stable")]
+    return views[np.argsort(tilts[views], kind="stable")] if by_tilt else views
 
 
 def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Selection:
@@ -371,6 +377,7 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
     dropped = enough(keep_view, keep_marker)
     needed = None
     few_points: list[int] = []
+    sorted_by_tilt = not (np.all(np.diff(tilts) >= 0) or np.all(np.diff(tilts) <= 0))
     if settings is not None:
         from ..core.problem import points_needed  # imports JAX: only where a fit follows
         from ..models import get_model
@@ -383,10 +390,11 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
         # tiltalign's sets, which leaving a view out can change): worked out on the views kept
         # so far, until leaving out the views short of them changes nothing
         while keep_view.sum() >= 3:
-            views = _fit_order(keep_view, tilts)
+            views = _fit_order(keep_view, tilts, sorted_by_tilt)
             counts = mask[np.ix_(views, keep_marker)].sum(axis=1)
             needed[views] = np.max(
-                [points_needed(model, modes, views.size, tilts[views], counts) for model, modes in fits],
+                [points_needed(model, modes, views.size, tilts[views], counts) for model, modes in fits]
+                or [np.ones(views.size, int)],
                 axis=0,
             )
             view_ok, marker_ok = usable_views_and_markers(mask, keep_view, min_points=needed)
@@ -395,9 +403,7 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
             keep_view, keep_marker = view_ok, marker_ok
         few_points = [int(v) for v in np.flatnonzero(with_markers & ~keep_view)]
         dropped = enough(keep_view, keep_marker, few_points, needed)
-    increasing, decreasing = np.all(np.diff(tilts) >= 0), np.all(np.diff(tilts) <= 0)
-    views = _fit_order(keep_view, tilts)
-    sorted_by_tilt = not (increasing or decreasing)
+    views = _fit_order(keep_view, tilts, sorted_by_tilt)
     return Selection(
         views,
         np.flatnonzero(keep_marker),

@@ -95,12 +95,7 @@ def _with_constant(p: Prepared, shared: SharedConstant) -> Prepared:
     offset = float(shared.value)
     return replace(
         p,
-        inputs=replace(
-            p.inputs,
-            tilts_deg=np.asarray(p.inputs.tilts_deg) + offset,
-            tilt_offset_deg=offset,
-            tilt_offset_source=source,
-        ),
+        inputs=p.inputs.with_tilt_offset(offset, source),
         observations=replace(p.observations, tilts_deg=np.asarray(p.observations.tilts_deg) + offset),
     )
 
