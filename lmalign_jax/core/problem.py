@@ -218,7 +218,7 @@ def check_points_per_view(model: ProjectionModel, modes: dict, obs: Observations
             f"view {v} has {int(have[v])} observed point(s) but needs {-(-own[v] // 2)}: model "
             f"{model.name!r} fits {own[v]} parameters of its own there and a point gives two "
             f"coordinates{more if short.size > 1 else ''}; leave such views "
-            "out (Observations.select_views; lmalign_jax.workflow.series.select_views does it for a "
+            "out (Observations.select_views; lmalign_jax.workflow.selection.select_views does it for a "
             "model's settings) or share, group or fix their parameters"
         )
 

@@ -1,7 +1,8 @@
 """What the commands do, as functions of plain arguments (no argparse, no printing of results).
 
 - :mod:`.status`: exit statuses, :class:`UsageError`, one-line warnings and notes.
-- :mod:`.series`: reading a series (markers, tilts, image size, exclusions, selection).
+- :mod:`.series`: reading a series (markers, tilts, image size).
+- :mod:`.selection`: the views and markers fitted (exclusions, too few points), as ``Observations``.
 - :mod:`.settings`: :class:`AlignSettings`, how a series is aligned.
 - :mod:`.fitting`: :func:`fit_series`, least squares or robust, with standard errors.
 - :mod:`.writing`: :func:`write_alignment`, every output file of a solved series.
@@ -14,18 +15,8 @@ The command line (:mod:`lmalign_jax.cli`) parses options and calls these; nothin
 """
 
 from .fitting import Fit, fit_series
-from .series import (
-    MARKER_EXTENSIONS,
-    TILT_EXTENSIONS,
-    Selection,
-    SeriesInputs,
-    observations_for_fit,
-    parse_view_list,
-    read_series,
-    read_tilt_file,
-    report_selection,
-    select_views,
-)
+from .selection import Selection, observations_for_fit, parse_view_list, report_selection, select_views
+from .series import MARKER_EXTENSIONS, TILT_EXTENSIONS, SeriesInputs, read_series, read_tilt_file
 from .settings import STAGES, AlignSettings
 from .status import (
     EXIT_BAD_INPUT,

@@ -18,15 +18,8 @@ from ..report import expand_to_file_views
 from ..solve import LMConfig
 from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
 from .reconstruction import alignment_of_views, reconstruct_to_file
-from .series import (
-    Selection,
-    SeriesInputs,
-    observations_for_fit,
-    parse_view_list,
-    read_series,
-    report_selection,
-    select_views,
-)
+from .selection import Selection, observations_for_fit, parse_view_list, report_selection, select_views
+from .series import SeriesInputs, read_series
 from .settings import AlignSettings
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, UsageError, print_warning
 from .tracking import is_stack_path, track_stack, tracked_earlier

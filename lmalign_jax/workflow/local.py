@@ -10,7 +10,7 @@ import numpy as np
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
 from ..core.local_grid import checked_patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
-from .series import mean_marker_positions
+from .selection import mean_marker_positions
 from .status import UsageError
 
 __all__ = [

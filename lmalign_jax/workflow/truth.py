@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import get_model
-from .series import Selection
+from .selection import Selection
 
 
 def compare_with_truth(result, truth, sel: Selection, marker_ids) -> dict:

@@ -22,7 +22,8 @@ from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
 from .local import LOCAL_SUFFIX, SolvedLocal
-from .series import Selection, SeriesInputs
+from .selection import Selection
+from .series import SeriesInputs
 from .settings import AlignSettings
 from .status import EXIT_FAILED, EXIT_OK, UsageError
 from .truth import truth_ok
