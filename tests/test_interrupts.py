@@ -219,3 +219,27 @@ def test_an_interrupt_while_the_commands_load_is_one_line(monkeypatch, capsys):
     assert resident.main(["align", "--help"]) == 130
     assert capsys.readouterr().err == "lmalign: interrupted; no output written\n"
     assert hooks and hooks[0] is not sys.__unraisablehook__  # lost interrupts are delivered again
+
+
+@pytest.mark.parametrize(
+    "status, ends_at_once", [(130, True), (143, True), (129, True), (0, False), (2, False)]
+)
+def test_a_stopped_command_ends_its_process_without_jaxs_teardown(monkeypatch, status, ends_at_once):
+    """A SIGHUP at a random moment of a reconstruction crashed the process after its message
+    (segmentation fault, 9 of 37 tries on a loaded machine) or hung it: JAX's exit handler tore
+    its backend down under work still in flight. As the entry point the launcher now ends a
+    stopped command's process at once (flushed, no teardown); called with arguments, as tests
+    and callers do, it returns the status."""
+    import lmalign_jax.cli as cli_package
+    from lmalign_jax.cli import resident
+
+    ended = []
+    monkeypatch.setenv(resident.SWITCH, "0")
+    monkeypatch.setattr(resident, "exit_stopped", ended.append)
+    monkeypatch.setattr(resident, "relaunch_with_huge_pages", lambda: None)
+    monkeypatch.setattr(cli_package, "main", lambda argv: status)
+    monkeypatch.setattr(sys, "argv", ["lmalign", "reconstruct"])
+    assert resident.main() == status
+    assert ended == ([status] if ends_at_once else [])
+    ended.clear()
+    assert resident.main(["reconstruct"]) == status and ended == []

@@ -42,7 +42,7 @@ import sys
 import time
 
 from .huge_pages import relaunch_with_huge_pages
-from .interrupts import deliver_lost_interrupts
+from .interrupts import STOPPED_STATUSES, deliver_lost_interrupts, exit_stopped
 
 __all__ = ["main", "environment_key", "socket_path", "ping", "serve", "start", "stop", "supported"]
 
@@ -284,7 +284,11 @@ def main(argv=None) -> int:
             code = run_here(argv)
     except KeyboardInterrupt:
         print("lmalign: interrupted; no output written", file=sys.stderr)
-        return 130
+        code = 130
+    if code in STOPPED_STATUSES:
+        if entry:  # XLA may still be at work on its threads: no interpreter teardown under it
+            exit_stopped(code)
+        return code
     if switch in ("1", "auto") and argv[:1] != ["resident"] and ping() is None:
         start(DEFAULT_IDLE_MINUTES, wait=False)
     return code
@@ -353,7 +357,8 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], set_by_import
         try:
             import atexit  # noqa: PLC0415
 
-            atexit._run_exitfuncs()
+            if code not in STOPPED_STATUSES:  # a stopped command: not JAX's teardown (exit_stopped)
+                atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
         except BaseException:  # noqa: BLE001, S110
