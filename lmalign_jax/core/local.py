@@ -407,7 +407,10 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         for p in range(len(selections))
     ]
     resid = np.where(obs.mask[..., None], result.residuals, 0.0)
-    sigma2 = float(np.sum(resid**2) / max(1.0, 2 * obs.n_observed - result.n_parameters))
+    # the noise of the points the fit weighs (a robust fit's weights: its outliers would inflate
+    # sigma^2 and turn every patch's weighted drop "not significant")
+    fit_w = obs.mask.astype(float) if result.settings.weights is None else result.settings.weights * obs.mask
+    sigma2 = float(np.sum(fit_w[..., None] * resid**2) / max(1.0, 2 * fit_w.sum() - result.n_parameters))
     reports, transforms, marker_sets = [], [], []
     n_underdetermined = 0
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
