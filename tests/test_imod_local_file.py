@@ -178,3 +178,35 @@ def test_a_grid_outside_the_stack_is_named_with_the_pixel_size_trap():
     check_local_grid(path, local, (1950, 1024), pixel_size=2.5)
     with pytest.raises(InputError, match=r"rescaled by header pixel 1 / stack pixel 0.5"):
         check_local_grid(path, local, (1950, 1024), pixel_size=0.5)
+
+
+def test_a_grid_partly_outside_the_image_is_taken_as_tilt_takes_it():
+    """align lays its grid over the markers' solved positions, which lie outside the image where a
+    bead enters the field only at high tilt (BBa's reach x = 527 of 512); tilt holds the outer
+    patches' weights beyond the grid, so such a grid is valid (align's own files were refused). A
+    grid mostly outside, or far outside, is still named."""
+    import dataclasses
+
+    from lmalign_jax.io.imod_local import check_local_grid
+
+    path = LOCAL / "BBalocal.xf"
+    local = read_local_xf(path)
+    check_local_grid(path, dataclasses.replace(local, start=(-54, 171)), (512, 512))
+    check_local_grid(path, dataclasses.replace(local, start=(235, 171), spacing=(290, 133)), (512, 512))
+    with pytest.raises(InputError, match="3 of 4 outside the 512 x 512 image"):
+        check_local_grid(path, dataclasses.replace(local, start=(500, 400)), (512, 512))
+    with pytest.raises(InputError, match="farther than 0.5 of its size outside"):
+        check_local_grid(path, dataclasses.replace(local, start=(-300, 171)), (512, 512))
+
+
+def test_tilts_pixel_scaling_is_applied_to_grid_and_shifts():
+    from lmalign_jax.io.imod_local import pixel_scale, scaled_to_stack
+
+    local = read_local_xf(LOCAL / "BBalocal.xf")  # header pixel 20.2 A
+    assert scaled_to_stack(local, 20.2) is local and scaled_to_stack(local, 0.0) is local
+    binned = scaled_to_stack(local, 40.4)  # the same specimen in a stack binned by 2
+    assert pixel_scale(local, 40.4) == 0.5 and pixel_scale(binned, 40.4) == 1.0
+    assert binned.start == (117.5, 85.5) and binned.spacing == (74.5, 66.5)
+    np.testing.assert_array_equal(binned.transforms[..., :2], local.transforms[..., :2])
+    np.testing.assert_array_equal(binned.transforms[..., 2], 0.5 * local.transforms[..., 2])
+    np.testing.assert_array_equal(binned.delta_tilt_deg, local.delta_tilt_deg)

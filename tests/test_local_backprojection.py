@@ -120,6 +120,25 @@ def test_reconstruct_local_from_a_raw_stack_and_the_command_line(volumes, tmp_pa
             assert rc == 0, err.getvalue()
     with mrcfile.open(tmp_path / "exact.mrc") as m:
         np.testing.assert_allclose(m.data, volumes[0], atol=1e-4 * np.abs(volumes[0]).max())
+    # the same file made for a stack of 1 A pixels (twice the coordinates): IMOD's tilt scales its
+    # grid and shifts by header pixel / stack pixel (1 / 2), and so does reconstruct (it used them
+    # unscaled), with a note
+    made_for_1a = LocalAlignment(
+        (2, 2), (32, 32), (64, 64), 1.0, local.delta_tilt_deg, local.transforms * [1.0, 1.0, 2.0]
+    )
+    write_local_xf(tmp_path / "local1a.xf", made_for_1a)
+    err = _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(
+            [
+                str(a)
+                for a in [*args, "--thickness", NZ, "--local", tmp_path / "local1a.xf", "-q"]
+                + ["--local-tolerance", 0, "--out", tmp_path / "scaled.mrc"]
+            ]
+        )
+    assert rc == 0 and "grid and shifts are scaled by 0.5, as IMOD's tilt" in err.getvalue(), err.getvalue()
+    with mrcfile.open(tmp_path / "scaled.mrc") as m, mrcfile.open(tmp_path / "exact.mrc") as e:
+        np.testing.assert_allclose(m.data, e.data, atol=2e-3 * np.abs(e.data).max())
     with mrcfile.open(tmp_path / "sheets.mrc") as m:
         sheets = np.array(m.data)
     # a read off by at most 0.05 px moves a peak by at most that in x and y, and in z by at most

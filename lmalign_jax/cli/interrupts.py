@@ -99,8 +99,9 @@ def exit_stopped(code: int) -> None:
     after flushing its output, without the interpreter's teardown. A stop can leave XLA compiling
     or computing on its own threads; JAX's exit handler tears its backend down under them, which
     crashed the process (segmentation fault: 9 of 37 SIGHUPs sent at random moments to a SIRT
-    reconstruction on a loaded machine; 0 of 24 since) or hung it. The command has already removed its temporary files while
-    unwinding; nothing else is left to do. Entry points only: it never returns."""
+    reconstruction on a loaded machine; 0 of 24 since) or hung it. The command has already
+    removed its temporary files while unwinding; nothing else is left to do. Entry points only:
+    it never returns."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed terminal (SIGHUP) may have taken it
             stream.flush()

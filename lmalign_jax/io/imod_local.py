@@ -65,8 +65,8 @@ class LocalAlignment:
     """
 
     n_patches: tuple[int, int]
-    start: tuple[int, int]
-    spacing: tuple[int, int]
+    start: tuple[float, float]
+    spacing: tuple[float, float]
     pixel_size: float
     delta_tilt_deg: np.ndarray
     transforms: np.ndarray
@@ -210,16 +210,50 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
     return LocalAlignment((nx, ny), (x0, y0), (dx, dy), pixel, dt, xf, dxt, zf, len(tokens))
 
 
+#: How far outside the image (a fraction of its size) a patch centre may lie. tiltalign lays its
+#: grid over the markers' solved positions, and a bead that enters the field only at high tilt lies
+#: outside the image at zero tilt; tilt holds the outer patches' weights beyond the grid's edge.
+GRID_MARGIN = 0.5
+
+
+def pixel_scale(local: LocalAlignment, pixel_size: float) -> float:
+    """The factor IMOD's tilt applies to the grid and the shifts of ``local`` (LOCALSCALE not given):
+    header pixel / ``pixel_size`` (the stack's, A) when both are > 0, else 1."""
+    return local.pixel_size / pixel_size if local.pixel_size > 0 and pixel_size > 0 else 1.0
+
+
+def scaled_to_stack(local: LocalAlignment, pixel_size: float) -> LocalAlignment:
+    """``local`` as IMOD's tilt applies it to a stack of ``pixel_size`` (A): patch start, spacing and
+    every transform's shift multiplied by :func:`pixel_scale`, the header's pixel size made the
+    stack's (a file made for a stack of another binning, or for a model without a pixel size)."""
+    factor = pixel_scale(local, pixel_size)
+    if factor == 1.0:
+        return local
+    transforms = local.transforms.copy()
+    transforms[..., 2] *= factor
+    return dataclasses.replace(
+        local,
+        start=tuple(factor * v for v in local.start),
+        spacing=tuple(factor * v for v in local.spacing),
+        pixel_size=float(pixel_size),
+        transforms=transforms,
+    )
+
+
 def check_local_grid(
     path: str | os.PathLike, local: LocalAlignment, image_size: tuple[float, float], pixel_size: float = 0.0
 ) -> None:
-    """InputError unless the file's patch centres lie in an image of ``image_size`` (nx, ny) pixels,
-    after the rescaling IMOD's tilt applies (header pixel / ``pixel_size`` when both are > 0: the
-    "pixel-size trap" of a file made for a stack of another binning or a model without a pixel size)."""
-    factor = local.pixel_size / pixel_size if local.pixel_size > 0 and pixel_size > 0 else 1.0
+    """InputError unless the file's patch grid fits an image of ``image_size`` (nx, ny) pixels after
+    the rescaling IMOD's tilt applies (:func:`pixel_scale`: the "pixel-size trap" of a file made for
+    a stack of another binning or a model without a pixel size): at least half the patch centres
+    inside the image and none farther outside than :data:`GRID_MARGIN` of its size."""
+    factor = pixel_scale(local, pixel_size)
     centres = local.centres * factor
-    lo, hi = centres.min(axis=0), centres.max(axis=0)
-    if np.any(lo < 0) or hi[0] > image_size[0] or hi[1] > image_size[1]:
+    size = np.asarray(image_size, float)
+    inside = np.all((centres >= 0) & (centres <= size), axis=1)
+    far = np.any((centres < -GRID_MARGIN * size) | (centres > (1 + GRID_MARGIN) * size))
+    if far or 2 * inside.sum() < len(centres):
+        lo, hi = centres.min(axis=0), centres.max(axis=0)
         rescaled = (
             f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
             if factor != 1
@@ -229,8 +263,13 @@ def check_local_grid(
             path,
             1,
             f"grid does not match the stack: patch centres span x {lo[0]:g}..{hi[0]:g}, "
-            f"y {lo[1]:g}..{hi[1]:g}"
-            f"{rescaled}, outside the {image_size[0]:g} x {image_size[1]:g} image",
+            f"y {lo[1]:g}..{hi[1]:g}{rescaled}, "
+            + (
+                f"{len(centres) - int(inside.sum())} of {len(centres)} outside"
+                if not far
+                else f"farther than {GRID_MARGIN:g} of its size outside"
+            )
+            + f" the {image_size[0]:g} x {image_size[1]:g} image",
         )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.local_apply import local_sampling
 from ..io import read_xf
 from ..io.errors import InputError
-from ..io.imod_local import check_local_grid, read_local_xf
+from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
 from ..io.mrc import first_non_finite_view, read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
@@ -404,6 +404,13 @@ def reconstruct_to_file(
         _check_local_transforms(local_path, local)
         _check_local_angles(local_path, local, alignment.tilts_deg)
         check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
+        factor = pixel_scale(local, header_pixel or 0.0)
+        if factor != 1.0:
+            warn(
+                f"{local_path}: made for {local.pixel_size:g} A pixels, the stack's are {header_pixel:g} "
+                f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
+            )
+            local = scaled_to_stack(local, header_pixel)
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
         if sirt is not None and need > budget:
             raise UsageError(
