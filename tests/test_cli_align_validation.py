@@ -68,6 +68,29 @@ def test_warp_model_with_local_is_refused_before_tracking(sim, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        # shape's per-view deformation, like warp's, cannot be applied with a local file: its local
+        # alignment made the residual 13x worse and was reported as "0.0% lower" (audit)
+        (["--model", "shape"], r"--local does not combine with --model shape"),
+        # an increment the model lacks was ignored without a word (audit)
+        (["--local-mode", "xstretch=free"], r"--local-mode: model 'jou' has no xstretch to refine locally"),
+        # every increment fixed was refused only after the global solve (audit)
+        (
+            [*(a for n in ("rotation", "tilt", "scale") for a in ("--local-mode", f"{n}=fixed"))],
+            r"--local-mode: every local increment of model 'jou' is fixed",
+        ),
+        (
+            ["--model", "luther", "--local-mode", "rotation=fixed", "--local-mode", "tilt=fixed"],
+            r"every local increment of model 'luther' is fixed",
+        ),
+    ],
+)
+def test_local_settings_that_cannot_work_are_refused_before_solving(sim, tmp_path, extra, pattern):
+    refused([sim / "s.csv", "--tilts", sim / "s.rawtlt", "--local", *extra], tmp_path / "o", pattern)
+
+
+@pytest.mark.parametrize(
     ("value", "pattern"),
     [
         (100000, r"--reconstruct 100000 is more than 16 times the 256 x 256 images"),

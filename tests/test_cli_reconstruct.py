@@ -352,6 +352,10 @@ def _cases(b):
             [s / "s.mrc", *xf_tlt, "--local-tolerance", -0.1],
             r"--local-tolerance must be 0 or a positive number of pixels, got -0.1",
         ),
+        "local tolerance without local": (
+            [s / "s.mrc", *xf_tlt, "--local-tolerance", 0.5],
+            r"--local-tolerance goes with --local \(no local alignment was given\)",
+        ),
         "radial": (
             [s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05],
             r"--radial CUTOFF FALLOFF: need 0 < CUTOFF <= 0.5 .* got 0.9 0.05",

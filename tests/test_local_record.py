@@ -132,3 +132,14 @@ def test_a_file_of_global_solutions_is_described_by_what_it_holds():
     assert "variation across the field" in _what_the_file_holds(shaped)
     tilted = LocalAlignment((2, 2), (100, 100), (200, 200), 0.0, np.full((4, 3), 0.01), identity)
     assert "variation across the field" in _what_the_file_holds(tilted)
+
+
+def test_the_reports_change_says_higher_when_the_local_residual_rose():
+    """The summary clamped the change at zero: a local residual 13x the global one read "0.0%
+    lower" (audit)."""
+    from lmalign_jax.workflow.local import _change_text
+
+    assert _change_text(0.3147, 0.2984) == " (5.2% lower)"
+    assert _change_text(0.4692, 6.1968) == " (1220.7% higher)"
+    assert _change_text(0.5, 0.50001) == " (unchanged)"
+    assert _change_text(0.0, 0.0) == ""

@@ -159,23 +159,37 @@ def local_options_from_args(args) -> LocalOptions | None:
         settings["patch_size"] = tuple(args.patch_size)
     if args.patch_overlap is not None:
         settings["overlap"] = (args.patch_overlap, args.patch_overlap)
-    if get_model(args.model).name == "warp":
+    model = get_model(args.model)
+    if model.regularization is not None:  # a deformation model (warp, shape)
         raise UsageError(
-            "--local does not combine with --model warp: the warp model's per-view warp already corrects "
-            "positions across each view, and its local alignment could be applied with neither that warp "
-            "('lmalign reconstruct' applies one or the other) nor without it (IMOD's tilt); use --model "
-            "warp alone, or --local with a rigid model (jou, imod, luther)"
+            f"--local does not combine with --model {model.name}: its per-view deformation already "
+            "corrects positions across each view, and a local alignment on top of it could be applied "
+            "with neither that deformation ('lmalign reconstruct' applies one or the other) nor without "
+            f"it (IMOD's tilt); use --model {model.name} alone, or --local with a rigid model (jou, imod, "
+            "luther)"
         )
     try:
-        check_local_model(get_model(args.model))
-        return LocalOptions(
-            **settings,
-            fix_markers=args.local_markers in (None, "fixed"),
-            significance=None if args.local_keep_all else 3.0,
-            modes=parse_local_modes(args.local_mode),
-        )
+        check_local_model(model)
+        modes = parse_local_modes(args.local_mode)
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
+    given = {text.partition("=")[0].strip() for text in args.local_mode or ()}
+    lacking = sorted(n for n in given if n not in model.parameters)
+    if lacking:
+        raise UsageError(
+            f"--local-mode: model {model.name!r} has no {', '.join(lacking)} to refine locally (its local "
+            f"increments: {', '.join(n for n in INCREMENTS if n in model.parameters)})"
+        )
+    if not any(mode != "fixed" and n in model.parameters for n, mode in modes):
+        raise UsageError(
+            f"--local-mode: every local increment of model {model.name!r} is fixed: nothing to solve"
+        )
+    return LocalOptions(
+        **settings,
+        fix_markers=args.local_markers in (None, "fixed"),
+        significance=None if args.local_keep_all else 3.0,
+        modes=modes,
+    )
 
 
 def add_solver_options(p) -> None:

@@ -43,10 +43,18 @@ def _check_args(args) -> None:
                 "'lmalign align')"
             )
         raise UsageError("--xf and --tlt go together (or give --alignment FILE.json)")
-    if not (math.isfinite(args.local_tolerance) and args.local_tolerance >= 0):
-        raise UsageError(
-            f"--local-tolerance must be 0 or a positive number of pixels, got {args.local_tolerance:g}"
-        )
+    if args.local_tolerance is not None:  # given: it must be one the command uses
+        if not (math.isfinite(args.local_tolerance) and args.local_tolerance >= 0):
+            raise UsageError(
+                f"--local-tolerance must be 0 or a positive number of pixels, got {args.local_tolerance:g}"
+            )
+        if args.local is None:
+            raise UsageError("--local-tolerance goes with --local (no local alignment was given)")
+        if args.sirt is not None:
+            raise UsageError(
+                "--local-tolerance is for FBP's reads through sheets; --sirt with --local reads every voxel "
+                "at its own position (drop --local-tolerance)"
+            )
     if args.positivity and args.sirt is None:
         raise UsageError("--positivity goes with --sirt N")
     for option, count in (("--sirt", args.sirt), ("--sirtlike", args.sirtlike)):
@@ -136,7 +144,7 @@ def run_reconstruct(args) -> int:
         warn=warn,
         note=note,
         local_path=local,
-        local_tolerance_px=args.local_tolerance,
+        local_tolerance_px=DEFAULT_TOLERANCE_PX if args.local_tolerance is None else args.local_tolerance,
     )
     nz, ny, nx = info["shape"]
     dims = (
@@ -263,11 +271,11 @@ def add_reconstruct(sub):
         "--local-tolerance",
         metavar="PX",
         type=float,
-        default=DEFAULT_TOLERANCE_PX,
-        help="with --local: the largest error (aligned pixels) of the position a voxel is read at, "
+        help="with --local (FBP): the largest error (aligned pixels) of the position a voxel is read at, "
         "in exchange for speed (voxels read through per-view sheets, an extra interpolation that "
         "lowers sharp bead peaks by a few percent at any PX > 0); 0 samples every voxel at its own "
-        "position, as tilt does, peaks as without --local (several times slower) (default: %(default)g)",
+        f"position, as tilt does, peaks as without --local (several times slower) (default: "
+        f"{DEFAULT_TOLERANCE_PX:g})",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -175,22 +175,30 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
             raise InputError(path, 1, f"{name} must be 0 or 1, got {flag[0]}")
     n_patches = nx * ny
     body = len(lines) - 1
+    fits = 1  # the number of views the file's lines make nX x nY blocks of, if any
+    while n_patches * _block_lines(fits, xtilts, zfactors) < body:
+        fits += 1
+    if n_patches * _block_lines(fits, xtilts, zfactors) != body:
+        fits = None
     if n_views is None:
-        n_views = 1
-        while n_patches * _block_lines(n_views, xtilts, zfactors) < body:
-            n_views += 1
-        if n_patches * _block_lines(n_views, xtilts, zfactors) != body:
+        if fits is None:
             raise InputError(
                 path,
                 None,
                 f"{body} lines after the header do not make {nx} x {ny} patch blocks for any number of views",
             )
-    elif n_patches * _block_lines(n_views, xtilts, zfactors) != body:
+        n_views = fits
+    elif fits != n_views:
         raise InputError(
             path,
             None,
-            f"grid does not match the alignment: {body} lines after the header, but {nx} x {ny} patches of "
-            f"{n_views} views need {n_patches * _block_lines(n_views, xtilts, zfactors)}",
+            "grid does not match the alignment: "
+            + (
+                f"the file holds {nx} x {ny} patches of {fits} views, the alignment has {n_views} views"
+                if fits is not None
+                else f"{body} lines after the header, but {nx} x {ny} patches of {n_views} views need "
+                f"{n_patches * _block_lines(n_views, xtilts, zfactors)}"
+            ),
         )
     cursor = _Cursor(path, lines, 1)
     dt = np.zeros((n_patches, n_views))

@@ -134,9 +134,20 @@ def format_local_report(solution: LocalSolution) -> str:
             "  noise would (drop/sigma^2 > p + 3 sqrt(2p), p its free parameters); the others hold the "
             "global solution.\n  --local-keep-all keeps every patch's fit, as IMOD does"
         )
-    change = max(0.0, 100.0 * (solution.global_mean_px - solution.local_mean_px) / solution.global_mean_px)
     lines.append(
         f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "
-        f"{solution.global_mean_px:.4f} px, local {solution.local_mean_px:.4f} px ({change:.1f}% lower)"
+        f"{solution.global_mean_px:.4f} px, local {solution.local_mean_px:.4f} px"
+        + _change_text(solution.global_mean_px, solution.local_mean_px)
     )
     return "\n".join(lines) + "\n"
+
+
+def _change_text(global_px: float, local_px: float) -> str:
+    """`` (5.2% lower)``, `` (0.9% higher)``, `` (unchanged)``; nothing where there is no residual to
+    compare with (noise-free points)."""
+    if not global_px > 0:
+        return ""
+    change = 100.0 * (global_px - local_px) / global_px
+    if round(change, 1) == 0:
+        return " (unchanged)"
+    return f" ({abs(change):.1f}% {'lower' if change > 0 else 'higher'})"
