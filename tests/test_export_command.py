@@ -667,3 +667,21 @@ def test_a_changed_marker_file_named_by_the_record_is_refused(tmp_path, capsys):
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"lmalign: error: marker file {tmp_path / 'TS_01.csv'} (named by the record) ")
     assert "points lie a median" in err[0] and "give --markers" in err[0] and not out.exists()
+
+
+def test_a_shape_records_export_and_reconstruction_say_its_shape_is_not_applied(tmp_path, capsys):
+    """align's warning said 'lmalign reconstruct --alignment' applies a shape model's deformation;
+    neither the reconstruction nor the exports did, silently (audit). Both now say so."""
+    from lmalign_jax.workflow.reconstruction import read_alignment_json
+
+    shape = {name: (0.0, 2.0) for name in ("shrink", "dome_xx", "dome_xy", "dome_yy")}
+    solved_record(tmp_path, model="shape", extra=shape)
+    code = main(["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0 and "is a shape model's alignment (shape coefficients up to" in err
+    assert "rigid part only; no reconstruction here applies the shape yet" in err
+    note = read_alignment_json(str(tmp_path / "TS_01.json")).unapplied
+    assert note is not None and "the tomogram is made with its rigid part only" in note
+    (tmp_path / "jou").mkdir()
+    solved_record(tmp_path / "jou")
+    assert read_alignment_json(str(tmp_path / "jou" / "TS_01.json")).unapplied is None

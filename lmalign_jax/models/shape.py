@@ -25,6 +25,7 @@ fixed and no tilt offset is applied.
 
 import jax.numpy as jnp
 
+from ..deformation_parameters import SHAPE_PARAMETERS
 from ..geometry import rotate2, rotate_y
 from ._base import ProjectionModel
 from .jou import MODEL as JOU
@@ -34,8 +35,6 @@ from .warp import second_differences
 SHAPE_LENGTH_PX = 1000.0
 #: Second difference across three neighbouring views that costs as much as a 1 px residual.
 SHAPE_CURVATURE_PX = 0.02
-
-SHAPE_PARAMETERS = ("shrink", "dome_xx", "dome_xy", "dome_yy")
 
 
 def deformed_z(coefficients, x, y, z):

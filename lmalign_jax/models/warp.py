@@ -32,8 +32,8 @@ Tilting the specimen (``tilt_offset``) leaves (u, v) unchanged and stays exact.
 
 import jax.numpy as jnp
 
+from ..deformation_parameters import WARP_PARAMETERS
 from ..geometry import rotate2, rotate_y
-from ..warp_parameters import WARP_PARAMETERS
 from ._base import ProjectionModel
 from .jou import MODEL as JOU
 from .jou import tilt_offset

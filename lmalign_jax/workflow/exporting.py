@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..deformation_parameters import largest_deformation
 from ..export import (
     add_alignment_to_relion_tilt_series,
     portal_alignment,
@@ -55,7 +56,6 @@ from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf, wri
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
-from ..warp_parameters import WARP_PARAMETERS
 from .local import LOCAL_SUFFIX
 from .record_markers import excluded_views, model_projection, record_geometry
 from .series import FAR_OUTSIDE
@@ -311,17 +311,20 @@ def _check_align_log(out_dir: str, prefix: str) -> None:
 
 def export_drops(record: AlignmentRecord) -> str | None:
     """What no export format carries of ``record``'s alignment, in words (None: nothing): the
-    per-view warp of a ``--model warp`` record (the formats hold its rigid part)."""
-    if record.model_name != "warp" or record.views is None:
+    per-view deformation of a ``--model warp`` or ``--model shape`` record (the formats hold its
+    rigid part)."""
+    views = record.views
+    largest = None if views is None else largest_deformation(record.model_name, views.parameters)
+    if largest is None:
         return None
-    coef = [record.views.parameters[n] for n in WARP_PARAMETERS if n in record.views.parameters]
-    largest = float(np.nanmax(np.abs(coef))) if coef else 0.0
-    if not largest > 0:
-        return None
+    applied = (
+        "'lmalign reconstruct --alignment' applies the warp"
+        if record.model_name == "warp"
+        else "no reconstruction here applies the shape yet ('lmalign reconstruct' uses the rigid part too)"
+    )
     return (
-        f"{record.path} is a warp model's alignment (warp coefficients up to {largest:.3g} px 1000 px from "
-        "the centre): the exported files hold its rigid part only; 'lmalign reconstruct --alignment' "
-        "applies the warp"
+        f"{record.path} is a {record.model_name} model's alignment ({record.model_name} coefficients up to "
+        f"{largest:.3g} px 1000 px from the centre): the exported files hold its rigid part only; {applied}"
     )
 
 

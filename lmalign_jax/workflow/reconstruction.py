@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.local_apply import local_sampling
+from ..deformation_parameters import WARP_PARAMETERS, largest_deformation
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -32,7 +33,6 @@ from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
-from ..warp_parameters import WARP_PARAMETERS
 from .series import check_tilts_vary, read_tilt_file
 from .status import UsageError, print_note, print_warning
 
@@ -53,6 +53,7 @@ class Alignment:
     local_path: str | None = None  # the local alignment file a record names (align --local)
     local_summary: str | None = None  # its patches kept and residuals, in words
     warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
+    unapplied: str | None = None  # what of the alignment the reconstruction leaves out, in words
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -83,6 +84,22 @@ def read_alignment_json(path: str) -> Alignment:
         record.local_path,
         summary,
         _warp_sampling(record),
+        _unapplied(record),
+    )
+
+
+def _unapplied(record) -> str | None:
+    """What of ``record``'s alignment no reconstruction here applies, in words: a shape model's
+    per-view thinning and doming (the tomogram is made with its rigid part). None otherwise."""
+    if record.model_name != "shape" or record.views is None:
+        return None
+    largest = largest_deformation(record.model_name, record.views.parameters)
+    if largest is None:
+        return None
+    return (
+        f"{record.path} is a shape model's alignment: the tomogram is made with its rigid part only; its "
+        f"per-view thinning and doming of the specimen (up to {largest:.3g} px 1000 px from the centre) "
+        "is not applied"
     )
 
 
@@ -390,6 +407,8 @@ def reconstruct_to_file(
         pixel = 1.0
     voxel = pixel * binning
     warp = alignment.warp
+    if alignment.unapplied is not None:
+        warn(alignment.unapplied)
     if warp is not None and local_path is not None:
         raise UsageError(
             f"{alignment.source} is a warp model's alignment, applied position by position; it does not "
