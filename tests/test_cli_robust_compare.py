@@ -103,6 +103,10 @@ def test_compare_prints_table_and_writes_json(clicks, tmp_path):
         # local settings without 'local' were ignored; a bad one named no option (audit)
         (["--models", "jou", "--patch-size", 0, 0], r"--patch-size goes with 'local' in --models"),
         (["--models", "jou,local", "--patch-size", 0, 0], r"--patch-size: patch size must be positive"),
+        # numpy's own message named no option, after the first fit (audit)
+        (["--seed", -1], r"--seed must be an integer from 0 to 2\^63 - 1, got -1"),
+        # refused only after the series was read and "fitting jou, jou" printed (audit)
+        (["--models", "jou,warp,jou"], r"--models: jou listed twice"),
     ],
 )
 def test_compare_bad_options(clicks, tmp_path, extra, message):

@@ -273,7 +273,8 @@ def test_verdicts_without_leave_out_say_so_not_nan():
     rows = (_row("jou", "converged", -226.6, 210, 210.0), _row("warp", "converged", -168.2, 394, 220.1))
     (verdict,) = _table(*rows).deformation_verdicts()
     assert verdict["text"] == (
-        "warp over jou: not justified (BIC higher by 58.4, not decisive; leave-out skipped (--no-leave-out))"
+        "warp over jou: not justified (BIC higher by 58.4, decisive against; leave-out skipped "
+        "(--no-leave-out))"
     )
     rows = (_row("jou", "converged", 100.0, 210, 210.0), _row("warp", "converged", 50.0, 394, 220.1))
     (verdict,) = _table(*rows).deformation_verdicts()
@@ -293,6 +294,27 @@ def test_verdicts_without_leave_out_say_so_not_nan():
     )
     (verdict,) = _table(*rows, leave_out=True).deformation_verdicts()
     assert "lower by 1.0000 (one point: no standard error) px^2, not significant" in verdict["text"]
+
+
+def test_a_deformation_model_is_judged_against_the_rigid_model_it_extends():
+    """warp over imod was 'justified by BIC alone' on midzone2a with warp's RMS above imod's: the
+    BIC gain was jou's fewer parameters than imod's, not the warp (audit). warp extends jou: it is
+    judged against jou where jou is listed; against the best rigid model otherwise, said so; not
+    at all, said so, when no rigid model is listed (no line was printed)."""
+    jou, imod = _row("jou", "converged", 120.0, 210, 210.0), _row("imod", "converged", 100.0, 300, 300.0)
+    warp = _row("warp", "converged", 105.0, 394, 220.0)
+    (verdict,) = _table(jou, imod, warp).deformation_verdicts()
+    assert verdict["rigid"] == "jou" and verdict["justified_by_bic"] and verdict["delta_bic"] == -15.0
+    (verdict,) = _table(imod, warp).deformation_verdicts()
+    assert verdict["rigid"] == "imod" and verdict["text"].startswith(
+        "warp over imod (which it does not extend: list jou to judge the deformation itself): not justified "
+        "(BIC higher by 5.0, not decisive;"
+    )
+    text = _table(warp, _row("shape", "converged", 111.0, 300, 215.0)).to_text()
+    assert (
+        "deformation: warp, shape not judged: no rigid model in the table to judge them against (list jou"
+        in text
+    )
 
 
 def test_local_without_leave_out_says_so_not_nan(jou_data):

@@ -53,6 +53,18 @@ def leave_out_significant(gain: float, se: float, scale_px2: float) -> bool:
     return bool(np.isfinite(se) and gain > 2 * se and abs(gain) > ROUNDOFF * scale_px2)
 
 
+def bic_text(delta: float) -> str:
+    """The BIC half of a verdict for a change ``delta`` (candidate - base): decisive for the
+    candidate below ``-DECISIVE_BIC``, decisive against it above ``DECISIVE_BIC`` (a rise that large
+    is evidence against it, not a lack of evidence)."""
+    if not np.isfinite(delta):
+        return "BIC not available"
+    size = f"BIC {'lower' if delta < 0 else 'higher'} by {abs(delta):.1f}"
+    if delta < -DECISIVE_BIC:
+        return f"{size}, decisive"
+    return f"{size}, decisive against" if delta > DECISIVE_BIC else f"{size}, not decisive"
+
+
 def leave_out_text(gain: float, se: float, significant: bool, scale_px2: float = 0.0) -> str:
     """The leave-out half of a verdict: the mean reduction ``gain`` of the squared prediction
     error (px^2) and its standard error ``se`` (NaN for a single held-out point); a gain at
@@ -116,12 +128,7 @@ class LocalCandidate:
         else:
             verdict = "justified by BIC alone" if self.justified_by_bic else "not justified"
             leave = f"leave-out {self.leave_out_skipped or 'not compared'}"
-        bic = (
-            f"BIC {'lower' if d < 0 else 'higher'} by {abs(d):.1f}, "
-            f"{'decisive' if self.justified_by_bic else 'not decisive'}"
-            if np.isfinite(d)
-            else "BIC not available"
-        )
+        bic = bic_text(d)
         return (
             f"local alignment over {self.base}: {verdict} ({self.n_kept} of {self.n_patches} patches kept, "
             f"{self.extra_parameters} more parameters; {bic}; {leave})"

@@ -8,8 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models import DEFORMATION_MODELS
-from .compare_local import LEAVE_OUT_SKIPPED, LocalCandidate, leave_out_significant, leave_out_text
+from ..models import DEFORMATION_MODELS, MODELS, get_model
+from .compare_local import (
+    LEAVE_OUT_SKIPPED,
+    LocalCandidate,
+    bic_text,
+    leave_out_significant,
+    leave_out_text,
+)
 from .criteria import DECISIVE_BIC
 
 __all__ = ["ModelComparison", "ModelRow"]
@@ -231,7 +237,16 @@ class ModelComparison:
                 "(tilt after removing the mean offset)"
             )
         lines += [f"note: {r.model}: {r.note}" for r in self.rows if r.note]
-        lines += [f"deformation: {v['text']}" for v in self.deformation_verdicts()]
+        verdicts = self.deformation_verdicts()
+        lines += [f"deformation: {v['text']}" for v in verdicts]
+        unjudged = [
+            r.model for r in self.rows if r.model in DEFORMATION_MODELS and (r.ok or r.underdetermined)
+        ]
+        if unjudged and not verdicts:
+            lines.append(
+                f"deformation: {', '.join(unjudged)} not judged: no rigid model in the table to judge "
+                f"{'it' if len(unjudged) == 1 else 'them'} against (list {_base_of(unjudged[0])} too)"
+            )
         if self.local is not None:
             lines.append(f"local: {self.local.text}")
             lines += [f"note: local: {self.local.note}"] if self.local.note else []
@@ -239,20 +254,30 @@ class ModelComparison:
         return "\n".join(lines)
 
     def deformation_verdicts(self) -> list[dict]:
-        """Whether each deformation model in the table is justified over the best rigid model
-        (module docstring): dicts with model, rigid, justified_by_bic, justified_by_leave_out,
+        """Whether each deformation model in the table is justified over the rigid model it
+        extends (module docstring; jou for warp and shape), or, where that one is not in the
+        table, the best rigid model (the text says so: the difference then includes the rigid
+        models' own): dicts with model, rigid, justified_by_bic, justified_by_leave_out,
         delta_bic, leave_out_gain_px2 (mean reduction of the squared error) and its standard
-        error, and a sentence ``text``. Empty when no rigid model is ranked; a deformation model
-        that answered but is not ranked (underdetermined, or not converged) is not judged."""
+        error, and a sentence ``text``. Empty when no rigid model is ranked (the table's notes
+        say so); a deformation model that answered but is not ranked (underdetermined, or not
+        converged) is not judged."""
         rigid = [r for r in self.rows if r.ranked and r.model not in DEFORMATION_MODELS]
         rigid = [r for r in rigid if np.isfinite(r.bic)]
         if not rigid:
             return []
-        best = min(rigid, key=lambda r: r.bic)
         out = []
         for r in self.rows:
             if r.model not in DEFORMATION_MODELS or not (r.ok or r.underdetermined):
                 continue
+            extended = set(get_model(r.model).parameters)
+            nested = [q for q in rigid if set(get_model(q.model).parameters) <= extended]
+            best = min(nested or rigid, key=lambda q: q.bic)
+            unnested = (
+                ""
+                if nested
+                else f" (which it does not extend: list {_base_of(r.model)} to judge the deformation itself)"
+            )
             if not r.ranked:
                 out.append(_not_judged(r, best.model))
                 continue
@@ -278,11 +303,7 @@ class ModelComparison:
                 leave = (
                     f"leave-out {LEAVE_OUT_SKIPPED if not self.leave_out else 'not compared (see the notes)'}"
                 )
-            text = (
-                f"{r.model} over {best.model}: {verdict} "
-                f"(BIC {'lower' if delta < 0 else 'higher'} by {abs(delta):.1f}, "
-                f"{'decisive' if by_bic else 'not decisive'}; {leave})"
-            )
+            text = f"{r.model} over {best.model}{unnested}: {verdict} ({bic_text(delta)}; {leave})"
             out.append(
                 {
                     "model": r.model,
@@ -315,6 +336,16 @@ class ModelComparison:
             ],
             "local": None if self.local is None else self.local.to_dict(),
         }
+
+
+def _base_of(name: str) -> str:
+    """The registered rigid model(s) that deformation model ``name`` extends (its parameters
+    include theirs), in words."""
+    extended = set(get_model(name).parameters)
+    bases = [
+        m for m, model in MODELS.items() if m not in DEFORMATION_MODELS and set(model.parameters) <= extended
+    ]
+    return " or ".join(bases) or "the rigid model it extends"
 
 
 def _not_judged(row: ModelRow, rigid: str) -> dict:

@@ -56,7 +56,12 @@ def run_compare(args) -> int:
         )
     if models == ("local",):
         raise UsageError("--models: local alignment is judged over a rigid model; list one too (jou,local)")
+    twice = sorted({m for m in models if models.count(m) > 1})
+    if twice:
+        raise UsageError(f"--models: {', '.join(twice)} listed twice")
     check_count(args.folds, "--folds", low=2)
+    if not 0 <= args.seed < 2**63:  # numpy's generators take no negative seed
+        raise UsageError(f"--seed must be an integer from 0 to 2^63 - 1, got {args.seed}")
     local = None
     if "local" in models:
         try:
