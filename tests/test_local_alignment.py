@@ -326,3 +326,18 @@ def test_a_robust_fits_outliers_do_not_hide_the_local_deformation():
     assert [p.kept_local for p in robust_local.patches] == kept
     for c, r in zip(clean_local.patches, robust_local.patches, strict=True):
         assert abs(r.chi2_drop - c.chi2_drop) < 4 * np.sqrt(2 * c.n_free) + 0.1 * c.chi2_drop
+
+
+@pytest.mark.parametrize("name, imod_drop", [("BBb", 0.3022 - 0.2811), ("midzone2b", 0.6511 - 0.5875)])
+def test_on_the_b_axes_markers_free_lower_the_residual_as_imods_files_do(name, imod_drop):
+    """IMOD's local files for the b axes (tests/test_imod_local_file.py) lower the mean residual by
+    0.0210 (BBb) and 0.0636 px (midzone2b). Ours, every patch kept and the markers free in each
+    patch (FixXYZCoordinates 0), at least as much (measured 0.0224 and 0.0668; markers held
+    0.0198 and 0.0608); compare's leave-out says these drops predict held-out points better
+    (benchmarks/README, "Both axes of both sets")."""
+    from helpers import load_resid_observations
+
+    result = align(load_resid_observations(name))
+    local = align_local(result, LocalOptions(fix_markers=False, significance=None))
+    assert all(p.kept_local for p in local.patches)
+    assert local.global_mean_px - local.local_mean_px >= imod_drop
