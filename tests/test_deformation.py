@@ -220,3 +220,23 @@ def test_a_warp_whose_xf_alone_misaligns_is_warned_of(tmp_path):
     assert max(record["aligned_check_rms_px"].values()) > 3 * record["sigma_px"]
     rc, _, err = run_cli([*args, "--out-dir", tmp_path / "j"])  # a rigid model: nothing to say
     assert rc == 0 and "alone leaves" not in err, err
+
+
+@pytest.mark.filterwarnings("default:standard errors are NaN:RuntimeWarning")  # a warning, as in a shell
+def test_align_says_when_a_deformation_model_passes_through_every_point(tmp_path):
+    """5 views x 4 markers with --model warp: 60 free parameters for 40 coordinates. align wrote
+    every output with RMS 0.000 and 'noise estimate 0.000 px' (its effective parameters summed NaN
+    leverages as zero) and exit 0 (audit): it now says the fit passes through every point and
+    gives no noise estimate; jou on the same series says nothing of the kind."""
+    from helpers import run_cli
+
+    rc, _, err = run_cli(["simulate", "--out-dir", tmp_path, "--views", 5, "--markers", 4, "--missing", 0])
+    assert rc == 0, err
+    series = [tmp_path / "synthetic.csv", "--tilts", tmp_path / "synthetic.rawtlt"]
+    series += ["--image-size", 2048, 2048, "--no-figure"]
+    rc, out, err = run_cli(["align", *series, "--model", "warp", "--out-dir", tmp_path / "warp"])
+    assert rc == 0, err
+    assert "the warp model has 60 free parameters for 40 coordinates: it passes through every point" in err
+    assert "noise estimate - px" in out
+    rc, out, err = run_cli(["align", *series, "--out-dir", tmp_path / "jou"])
+    assert rc == 0 and "passes through every point" not in err

@@ -58,7 +58,9 @@ def fit_series(
     except ValueError as e:
         raise UsageError(str(e)) from None
     errors = uncertainty(result, with_covariance=True) if (result.converged and with_errors) else None
-    if errors is not None and result.model.regularization is not None:
-        # a deformation model's noise estimate counts its effective parameters, not n_free
-        result = replace(result, n_effective=float(np.nansum(errors.leverage)))
+    deformation = result.model.regularization is not None
+    if errors is not None and deformation and np.all(np.isfinite(errors.leverage)):
+        # a deformation model's noise estimate counts its effective parameters, not n_free (not
+        # known where the normal matrix is singular: its leverages are NaN, and n_free is counted)
+        result = replace(result, n_effective=float(np.sum(errors.leverage)))
     return Fit(result, robust, errors)

@@ -45,6 +45,25 @@ def software_info() -> dict:
     }
 
 
+def _warn_underdetermined(result, warn) -> None:
+    """A deformation model with as many (effective) parameters as coordinates passes through every
+    point: its residual and noise estimate say nothing about the data (rigid models never get
+    here: a view short of points for its own parameters is left out). Say so."""
+    coordinates = 2 * result.observations.n_observed
+    if result.n_parameters < coordinates:
+        return
+    count = (
+        f"{result.n_parameters:.1f} effective parameters ({result.n_free} free)"
+        if result.n_effective is not None
+        else f"{result.n_free} free parameters"
+    )
+    warn(
+        f"the {result.model.name} model has {count} for {coordinates} coordinates: it passes through "
+        "every point, so its residual and noise estimate say nothing about the data ('lmalign compare' "
+        "marks it underdetermined); align more markers or views, or use a rigid model (jou)"
+    )
+
+
 def _warn_xf_alone(summary: dict, model: str, prefix: str, warn) -> None:
     """A deformation model's ``.xf`` holds its rigid part only: say so when, applied alone, it
     leaves the points more than 3 sigma (rms) from the solved markers' projections."""
@@ -246,6 +265,7 @@ def write_alignment(
         local=None if local is None else (local.solution, local.options, out.prefix + LOCAL_SUFFIX),
     )
     if converged and warn is not None and result.model.regularization is not None:
+        _warn_underdetermined(result, warn)
         _warn_xf_alone(record["summary"], result.model.name, out.prefix, warn)
     with out:
         if converged:
