@@ -240,3 +240,19 @@ def test_align_says_when_a_deformation_model_passes_through_every_point(tmp_path
     assert "noise estimate - px" in out
     rc, out, err = run_cli(["align", *series, "--out-dir", tmp_path / "jou"])
     assert rc == 0 and "passes through every point" not in err
+
+
+def test_warps_markers_sit_at_the_tomograms_centre():
+    """warp's z translation is only nearly a symmetry, so one marker's z is held; held at its first
+    estimate, it put BBa's markers 45 px below the centre (mean z -45.2 px, their z spread 80 px),
+    which a tomogram as thick as the specimen would cut (audit). Each stage now starts from the
+    markers at zero mean z: they end within 2 px of it, the fit as good as before (RMS 0.2610
+    px against 0.2609) and better than jou's, which warp extends."""
+    from helpers import load_resid_observations
+
+    from lmalign_jax import align
+
+    obs = load_resid_observations("BBa")
+    warp, jou = align(obs, model="warp"), align(obs)
+    assert abs(warp.markers[:, 2].mean()) < 2.0 and np.ptp(warp.markers[:, 2]) > 40
+    assert warp.rms_residual_px < jou.rms_residual_px

@@ -28,7 +28,7 @@ import numpy as np
 from ..models import ProjectionModel
 from ..observations import Observations
 from ..solve import LMConfig, Status, least_squares, unpad
-from .frame import project_all, to_reporting_frame
+from .frame import project_all, to_reporting_frame, z_centred_start
 from .problem import PAD_STEP, build_problem, check_points_per_view, padded
 from .result import AlignmentResult, StageReport, result_from_solution
 from .settings import (
@@ -103,6 +103,7 @@ def align(
             # so the stages add up to the alignment; the first one includes loading or compiling.
             began = time.perf_counter()
             hold, marker_free = stage_setup(stage, m, obs, ref_view)
+            views, markers = z_centred_start(m, views, markers)
             # The observations are the same every stage: they go to the device once, with the
             # first stage's problem; later stages are built on the host and reuse them.
             problem = build_problem(

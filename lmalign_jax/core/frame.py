@@ -4,7 +4,8 @@ A solution is reported in the frame, reached by exact symmetries of the model, w
 deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
 x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
 reference view, so the aligned images sit where the raw ones did (as in IMOD). A model
-without the exact z symmetry (``ProjectionModel.z_translation_symmetry``) keeps its z. ``align()``,
+without the exact z symmetry (``ProjectionModel.z_translation_symmetry``) keeps its z, which
+``align()`` centres before each stage instead (:func:`z_centred_start`). ``align()``,
 ``align_batch()`` (on padded series, with masks) and ``alignment_function`` all use
 ``reporting_frame``.
 """
@@ -48,13 +49,40 @@ def reporting_frame(
         delta = -_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask)
         views, markers = model.tilt_offset(views, markers, delta)
     if model.shift_parameters is not None and model.z_translation_symmetry:
-        centroid = jnp.zeros(3, markers.dtype).at[2].set(_mean(markers[:, 2], marker_mask))
-        at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
-        at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
-        sx, sy = (model.index(p) for p in model.shift_parameters)
-        views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
-        markers = markers - centroid
+        views, markers = _z_centred(model, views, markers, marker_mask)
     return views, markers
+
+
+def _z_centred(model: ProjectionModel, views, markers, marker_mask=None):
+    """The markers moved along z to zero mean z, each view's shift taking up the move where the
+    centroid projects (traceable JAX): the same solution for a model with the exact z symmetry,
+    the nearest such start for one without."""
+    centroid = jnp.zeros(3, markers.dtype).at[2].set(_mean(markers[:, 2], marker_mask))
+    at_centroid = model.project(views.T, centroid[:, None])  # (2, n_views)
+    at_origin = model.project(views.T, jnp.zeros((3, 1), markers.dtype))
+    sx, sy = (model.index(p) for p in model.shift_parameters)
+    views = views.at[:, [sx, sy]].add((at_centroid - at_origin).T)
+    return views, markers - centroid
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _z_centred_of_one(views, markers, *, model: ProjectionModel):
+    return _z_centred(model, views, markers)
+
+
+def z_centred_start(model: ProjectionModel, views, markers) -> tuple[np.ndarray, np.ndarray]:
+    """A start for the next stage of a model whose z translation is only nearly a symmetry
+    (``ProjectionModel.z_translation_symmetry`` False, one marker's z held by the gauge): the
+    markers at zero mean z (:func:`_z_centred`, float64 numpy). Held at its value from the first
+    estimates, that marker's z set where the specimen sits in the tomogram: on BBa the warp
+    model's markers ended 45 px below its centre, and a tomogram as thick as the specimen would
+    have cut it. Other models: unchanged (their reporting frame centres them exactly)."""
+    if model.z_translation_symmetry or not model.gauge_marker_z or model.shift_parameters is None:
+        return views, markers
+    with jax.enable_x64(True):
+        args = np.asarray(views, np.float64), np.asarray(markers, np.float64)
+        views, markers = compiled_cache.call(_z_centred_of_one, *args, model=model)
+        return np.asarray(views, np.float64), np.asarray(markers, np.float64)
 
 
 def predicted_positions(model: ProjectionModel, views, markers):
