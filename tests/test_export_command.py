@@ -669,9 +669,10 @@ def test_a_changed_marker_file_named_by_the_record_is_refused(tmp_path, capsys):
     assert "points lie a median" in err[0] and "give --markers" in err[0] and not out.exists()
 
 
-def test_a_shape_records_export_and_reconstruction_say_its_shape_is_not_applied(tmp_path, capsys):
-    """align's warning said 'lmalign reconstruct --alignment' applies a shape model's deformation;
-    neither the reconstruction nor the exports did, silently (audit). Both now say so."""
+def test_a_shape_records_export_says_the_files_hold_its_rigid_part(tmp_path, capsys):
+    """align's warning said 'lmalign reconstruct --alignment' applies a shape model's deformation
+    while the exports dropped it without a word (audit). The export now says so, as for warp; the
+    record carries the shape to the reconstruction (tests/test_shape_reconstruction.py)."""
     from lmalign_jax.workflow.reconstruction import read_alignment_json
 
     shape = {name: (0.0, 2.0) for name in ("shrink", "dome_xx", "dome_xy", "dome_yy")}
@@ -679,9 +680,9 @@ def test_a_shape_records_export_and_reconstruction_say_its_shape_is_not_applied(
     code = main(["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 0 and "is a shape model's alignment (shape coefficients up to" in err
-    assert "rigid part only; no reconstruction here applies the shape yet" in err
-    note = read_alignment_json(str(tmp_path / "TS_01.json")).unapplied
-    assert note is not None and "the tomogram is made with its rigid part only" in note
+    assert "rigid part only; 'lmalign reconstruct --alignment' applies the shape" in err
+    shape_views = read_alignment_json(str(tmp_path / "TS_01.json")).shape
+    assert shape_views is not None and shape_views.fitted.all() and "dome_xx" in shape_views.parameters
     (tmp_path / "jou").mkdir()
     solved_record(tmp_path / "jou")
-    assert read_alignment_json(str(tmp_path / "jou" / "TS_01.json")).unapplied is None
+    assert read_alignment_json(str(tmp_path / "jou" / "TS_01.json")).shape is None

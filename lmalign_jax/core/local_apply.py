@@ -28,6 +28,7 @@ from ..io.imod_local import LocalAlignment
 from ..patch_weights import axis_weights
 
 __all__ = [
+    "column_sampling",
     "local_sampling",
     "patch_weights",
     "local_projection_matrices",
@@ -173,14 +174,28 @@ def local_sampling(
     weights (NY, NX, 4)); the weights are tilt's, from each column centre in unbinned pixels.
     ``local`` None: one patch, the global projection.
     """
-    ny, nx = grid_shape
-    b = float(binning)
     mats, shifts = local_projection_matrices(local, tilts_deg, xtilts_deg, z_factors)
     if local is None:
+        ny, nx = grid_shape
         patches = np.zeros((ny, nx, 4), np.int32)
         weights = np.zeros((ny, nx, 4))
         weights[..., 0] = 1.0
-        return mats, shifts / b, patches, weights
+        return mats, shifts / float(binning), patches, weights
+    return column_sampling(local, mats, shifts, grid_shape, binning)
+
+
+def column_sampling(
+    grid: LocalAlignment,
+    mats: Float[np.ndarray, "patches views 2 3"],
+    shifts: Float[np.ndarray, "patches views 2"],
+    grid_shape: tuple[int, int],
+    binning: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`local_sampling` of any per-patch maps (position = mats X + shifts, unbinned pixels) on
+    ``grid``'s patch layout: (mats, shifts in binned pixels, patches (NY, NX, 4), weights (NY, NX,
+    4)), tilt's weights from each column centre in unbinned pixels."""
+    ny, nx = grid_shape
+    b = float(binning)
     gx, gy = np.meshgrid((np.arange(nx) + 0.5) * b, (np.arange(ny) + 0.5) * b)
-    patches, weights = patch_weights(local, np.column_stack([gx.ravel(), gy.ravel()]))
+    patches, weights = patch_weights(grid, np.column_stack([gx.ravel(), gy.ravel()]))
     return mats, shifts / b, patches.reshape(ny, nx, 4).astype(np.int32), weights.reshape(ny, nx, 4)

@@ -317,14 +317,10 @@ def export_drops(record: AlignmentRecord) -> str | None:
     largest = None if views is None else largest_deformation(record.model_name, views.parameters)
     if largest is None:
         return None
-    applied = (
-        "'lmalign reconstruct --alignment' applies the warp"
-        if record.model_name == "warp"
-        else "no reconstruction here applies the shape yet ('lmalign reconstruct' uses the rigid part too)"
-    )
     return (
         f"{record.path} is a {record.model_name} model's alignment ({record.model_name} coefficients up to "
-        f"{largest:.3g} px 1000 px from the centre): the exported files hold its rigid part only; {applied}"
+        f"{largest:.3g} px 1000 px from the centre): the exported files hold its rigid part only; "
+        f"'lmalign reconstruct --alignment' applies the {record.model_name}"
     )
 
 

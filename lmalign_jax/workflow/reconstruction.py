@@ -15,11 +15,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from ..core.local_apply import local_sampling
-from ..deformation_parameters import WARP_PARAMETERS, largest_deformation
+from ..core.local_apply import column_sampling, local_projection_matrices
+from ..core.shape_apply import shape_patches
+from ..deformation_parameters import SHAPE_PARAMETERS, WARP_PARAMETERS
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -39,6 +41,14 @@ from .status import UsageError, print_note, print_warning
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
 
 
+class ShapeViews(NamedTuple):
+    """A ``--model shape`` record's per-view parameters (name -> (V,) values, degrees and pixels)
+    and the views its fit solved (V,), for ``core.shape_apply.shape_patches``."""
+
+    parameters: dict
+    fitted: np.ndarray
+
+
 @dataclass
 class Alignment:
     """Per-view transforms and tilts for the reconstruction, in the stack's view order."""
@@ -53,7 +63,7 @@ class Alignment:
     local_path: str | None = None  # the local alignment file a record names (align --local)
     local_summary: str | None = None  # its patches kept and residuals, in words
     warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
-    unapplied: str | None = None  # what of the alignment the reconstruction leaves out, in words
+    shape: ShapeViews | None = None  # a shape model's per-view shape, applied position by position
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -84,23 +94,19 @@ def read_alignment_json(path: str) -> Alignment:
         record.local_path,
         summary,
         _warp_sampling(record),
-        _unapplied(record),
+        _shape_views(record),
     )
 
 
-def _unapplied(record) -> str | None:
-    """What of ``record``'s alignment no reconstruction here applies, in words: a shape model's
-    per-view thinning and doming (the tomogram is made with its rigid part). None otherwise."""
+def _shape_views(record) -> ShapeViews | None:
+    """The per-view shape of a ``--model shape`` record; None for other models."""
     if record.model_name != "shape" or record.views is None:
         return None
-    largest = largest_deformation(record.model_name, record.views.parameters)
-    if largest is None:
+    p = record.views.parameters
+    if not all(name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *SHAPE_PARAMETERS)):
         return None
-    return (
-        f"{record.path} is a shape model's alignment: the tomogram is made with its rigid part only; its "
-        f"per-view thinning and doming of the specimen (up to {largest:.3g} px 1000 px from the centre) "
-        "is not applied"
-    )
+    fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
+    return ShapeViews({name: np.asarray(v, float) for name, v in p.items()}, fitted)
 
 
 def _warp_sampling(record) -> WarpSampling | None:
@@ -407,13 +413,12 @@ def reconstruct_to_file(
         pixel = 1.0
     voxel = pixel * binning
     warp = alignment.warp
-    if alignment.unapplied is not None:
-        warn(alignment.unapplied)
-    if warp is not None and local_path is not None:
-        raise UsageError(
-            f"{alignment.source} is a warp model's alignment, applied position by position; it does not "
-            "combine with --local (align the series with a rigid model for a local alignment)"
-        )
+    for model, given in (("warp", warp), ("shape", alignment.shape)):
+        if given is not None and local_path is not None:
+            raise UsageError(
+                f"{alignment.source} is a {model} model's alignment, applied position by position; it does "
+                "not combine with --local (align the series with a rigid model for a local alignment)"
+            )
     if warp is not None and sirt is not None:
         warn(f"{alignment.source}: --sirt uses the warp model's rigid part only (its warp is applied by FBP)")
         warp = None
@@ -430,10 +435,19 @@ def reconstruct_to_file(
                 f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
             )
             local = scaled_to_stack(local, header_pixel)
+    # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
+    patch_maps = None
+    if local is not None:
+        patch_maps = (local, *local_projection_matrices(local, alignment.tilts_deg))
+    elif alignment.shape is not None:
+        xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
+        patch_maps = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
+    if patch_maps is not None:
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
         if sirt is not None and need > budget:
+            given = "--local" if local is not None else "a shape model's alignment"
             raise UsageError(
-                f"--local with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
+                f"{given} with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
                 f"rows): it needs about {format_bytes(need)} and --memory allows {format_bytes(budget)}; "
                 "raise --memory, --bin more, or use FBP (--sirtlike N)"
             )
@@ -447,6 +461,7 @@ def reconstruct_to_file(
             + (f", SIRT {sirt.iterations} iterations" if sirt else "")
             + (f", local alignment {local_path}" if local is not None else "")
             + (", the warp model's per-view warp" if warp is not None else "")
+            + (", the shape model's per-view shape" if alignment.shape is not None else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
@@ -471,14 +486,14 @@ def reconstruct_to_file(
                     sirtlike=sirtlike,
                     memory_bytes=memory_bytes,
                 )
-                if local is not None:
-                    grid = PatchGrid(local.n_patches, local.start, local.spacing, binning, shape[1:])
-                    sampling = LocalSampling(
-                        *local_sampling(local, alignment.tilts_deg, shape[1:], binning), grid=grid
-                    )
+                if patch_maps is not None:
+                    of, mats, shifts = patch_maps
+                    grid = PatchGrid(of.n_patches, of.start, of.spacing, binning, shape[1:])
+                    columns = column_sampling(of, mats, shifts, shape[1:], binning)
+                    sampling = LocalSampling(*columns, grid=grid)
                 if warp is not None:
                     reconstruct_warp(*views, warp, thickness, **fbp)
-                elif local is None:
+                elif patch_maps is None:
                     reconstruct(*views, thickness, sirt=sirt, **fbp)
                 elif sirt is not None:
                     scratch = os.path.dirname(os.path.abspath(out_path))

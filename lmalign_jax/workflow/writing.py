@@ -75,12 +75,8 @@ def _warn_xf_alone(summary: dict, model: str, prefix: str, warn) -> None:
             f"{prefix}.xf alone leaves the points {worst:.2f} px (rms) from the solved markers' projections "
             f"({3 * sigma:.2f} px would be 3 sigma): the {model} model's per-view deformation "
             "carries the rest, which IMOD's tilt and other tools reading only the .xf do not apply; "
-            + (
-                "'lmalign reconstruct --alignment' applies it"
-                if model == "warp"
-                else "no reconstruction here applies it yet ('lmalign reconstruct' uses the rigid part)"
-            )
-            + ", and 'lmalign compare' says whether the data justify the model"
+            "'lmalign reconstruct --alignment' applies it, and 'lmalign compare' says whether the data "
+            "justify the model"
         )
 
 
