@@ -77,7 +77,8 @@ def aligned(series, tmp_path_factory):
             "-q",
         ]
     )
-    assert rc == 0, err
+    if rc != 0:  # in full (an assertion's message is cut to a few lines)
+        pytest.fail(f"align exited {rc}\n{err}\n{out[-3000:]}", pytrace=False)
     return out_dir, out, err
 
 

@@ -451,6 +451,7 @@ CASES = [
     "memory",
     "memory infinite",
     "local tolerance",
+    "local tolerance without local",
     "radial",
     "both alignments",
     "no alignment",

@@ -142,9 +142,15 @@ def test_a_callers_own_sigterm_handler_is_kept(sigterm_default):
 def test_reconstruct_terminated_leaves_no_file(tmp_path, sig):
     """A scheduler's cancel (SIGTERM) or a closed terminal (SIGHUP) in the middle of writing a
     tomogram: exit 128 + the signal, the message, and nothing left in the folder (the
-    half-written temporary file is removed)."""
+    half-written temporary file is removed). The command starts with the signal at its default
+    action, as from a terminal or a scheduler: a signal ignored where the tests run (SIGHUP under
+    nohup) stays ignored in the command, as it should, and the test would wait in vain."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     cli = [sys.executable, "-m", "lmalign_jax"]
+    at_default = (  # exec keeps a signal at its default action (an ignored one would stay ignored)
+        f"import os, signal, sys; signal.signal({int(sig)}, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'lmalign_jax', *sys.argv[1:]])"
+    )
     made = subprocess.run(
         [
             *cli,
@@ -169,7 +175,9 @@ def test_reconstruct_terminated_leaves_no_file(tmp_path, sig):
     stem = tmp_path / "in" / "synthetic"
     proc = subprocess.Popen(
         [
-            *cli,
+            sys.executable,
+            "-c",
+            at_default,
             "reconstruct",
             f"{stem}.mrc",
             "--xf",

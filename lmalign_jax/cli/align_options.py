@@ -171,6 +171,12 @@ def local_options_from_args(args) -> LocalOptions | None:
     try:
         check_local_model(model)
         modes = parse_local_modes(args.local_mode)
+        options = LocalOptions(
+            **settings,
+            fix_markers=args.local_markers in (None, "fixed"),
+            significance=None if args.local_keep_all else 3.0,
+            modes=modes,
+        )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
     given = {text.partition("=")[0].strip() for text in args.local_mode or ()}
@@ -184,12 +190,7 @@ def local_options_from_args(args) -> LocalOptions | None:
         raise UsageError(
             f"--local-mode: every local increment of model {model.name!r} is fixed: nothing to solve"
         )
-    return LocalOptions(
-        **settings,
-        fix_markers=args.local_markers in (None, "fixed"),
-        significance=None if args.local_keep_all else 3.0,
-        modes=modes,
-    )
+    return options
 
 
 def add_solver_options(p) -> None:
