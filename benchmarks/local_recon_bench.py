@@ -1,7 +1,7 @@
 """Reconstruction with a local alignment against the global one: same stack, same run.
 
     python -m benchmarks.local_recon_bench [--size 512] [--views 61] [--thickness 128]
-        [--repeat 3] [--memory-gb 1] [--field rough|bba|midzone2a] [--tolerance 0.1] [--no-exact]
+        [--repeat 3] [--memory-gb 1] [--field rough|bba|midzone2a|shape] [--tolerance 0.1] [--no-exact]
         [--out results.json]
 
 Issue #15 asks local reconstruction to take at most twice the global time. Both sides
@@ -13,7 +13,9 @@ reconstruct_local`` with a 3 x 3 local file of small per-patch rotations, scales
 tilts (IMOD's layout, as ``align --local`` writes; ``--field bba``: IMOD's own 2 x 2 local
 alignment of the BB set, ``tests/data/imod-local/BBalocal.xf``, with its 61 tilts, at its 512 px;
 ``--field midzone2a``: IMOD's 4 x 2 local alignment of the midzone2 set, ``midzone2alocal.xf``, with
-its tilts, at its 1950 x 1024 px)
+its tilts, at its 1950 x 1024 px; ``--field shape``: a shape model's alignment, ``core.shape_apply``'s
+patches for a specimen that domes by up to 40 px 1000 px from the centre and thins by up to 15%
+over the series, the deformation ``lmalign reconstruct --alignment`` applies for ``--model shape``)
 read through sheets (``recon.sheets``, ``--tolerance`` px, the library's default unless given) and, unless
 ``--no-exact``, with every voxel at its own position (``tolerance_px=0``). One warm-up call
 each (compilation), then ``--repeat`` timed calls, the sides taking turns so a change of the
@@ -56,6 +58,23 @@ def _local_file(n_views: int, size: int, rng):
     )
 
 
+def _shape_field(tilts, size: int):
+    """(grid, mats, shifts) of a shape model's alignment over a ``size`` image (module docstring):
+    the rigid part a unit transform, the shape growing linearly over the views."""
+    import numpy as np
+
+    from lmalign_jax.core.shape_apply import shape_patches
+
+    n = tilts.size
+    grow = np.linspace(0.0, 1.0, n)
+    zero = np.zeros(n)
+    params = {"scale": zero + 1.0, "rotation": zero, "tilt": tilts, "dx": zero, "dy": zero}
+    shape = {"shrink": -150.0, "dome_xx": 40.0, "dome_xy": 10.0, "dome_yy": 30.0}
+    params |= {name: value * grow for name, value in shape.items()}
+    unit = np.tile(np.eye(2, 3), (n, 1, 1))
+    return shape_patches(params, np.ones(n, bool), tilts, unit, (size, size))
+
+
 BBA_LOCAL = Path(__file__).parent.parent / "tests" / "data" / "imod-local" / "BBalocal.xf"
 BBA_TILTS = Path(__file__).parent.parent / "lmalign_jax" / "data" / "imod-bb" / "BBa.tlt"
 #: IMOD's real local alignments: (local file, tilt file, image (NX, NY)).
@@ -81,7 +100,7 @@ def run(
 ) -> dict:
     import numpy as np
 
-    from lmalign_jax.core.local_apply import local_sampling
+    from lmalign_jax.core.local_apply import column_sampling, local_sampling
     from lmalign_jax.io.imod_local import read_local_xf
     from lmalign_jax.recon import reconstruct
     from lmalign_jax.recon.local_backprojection import LocalSampling, reconstruct_local
@@ -108,8 +127,13 @@ def run(
     if field in REAL_FIELDS:
         tilts = np.loadtxt(tilt_path)
         local = read_local_xf(local_path, tilts.size)
+    if field == "shape":
+        local, mats, shifts = _shape_field(tilts, size)
+        columns = column_sampling(local, mats, shifts, (ny, nx))
+    else:
+        columns = local_sampling(local, tilts, (ny, nx))
     grid = PatchGrid(local.n_patches, local.start, local.spacing, 1, (ny, nx))
-    sampling = LocalSampling(*local_sampling(local, tilts, (ny, nx)), grid=grid)
+    sampling = LocalSampling(*columns, grid=grid)
     memory = int(memory_gb * 1e9)
     out_g = np.empty((thickness, ny, nx), np.float32)
     out_l = np.empty_like(out_g)
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--thickness", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-gb", type=float, default=1.0)
-    parser.add_argument("--field", choices=("rough", *REAL_FIELDS), default="rough")
+    parser.add_argument("--field", choices=("rough", *REAL_FIELDS, "shape"), default="rough")
     parser.add_argument(
         "--tolerance", type=float, help="sheet tolerance, px (> 0; default: the library's, recon.sheets)"
     )
