@@ -76,7 +76,9 @@ def z_centred_start(model: ProjectionModel, views, markers) -> tuple[np.ndarray,
     markers at zero mean z (:func:`_z_centred`, float64 numpy). Held at its value from the first
     estimates, that marker's z set where the specimen sits in the tomogram: on BBa the warp
     model's markers ended 45 px below its centre, and a tomogram as thick as the specimen would
-    have cut it. Other models: unchanged (their reporting frame centres them exactly)."""
+    have cut it. Other models: unchanged (their reporting frame centres them exactly).
+    ``align_batch`` does not do this yet (its stages run in one compiled scan, in problem
+    units): a warp series aligned in a batch keeps the held marker's first z."""
     if model.z_translation_symmetry or not model.gauge_marker_z or model.shift_parameters is None:
         return views, markers
     with jax.enable_x64(True):
