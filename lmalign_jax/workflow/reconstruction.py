@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.local_apply import column_sampling, local_projection_matrices
 from ..core.shape_apply import shape_patches
-from ..deformation_parameters import SHAPE_PARAMETERS, WARP_PARAMETERS
+from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -98,27 +98,35 @@ def read_alignment_json(path: str) -> Alignment:
     )
 
 
-def _shape_views(record) -> ShapeViews | None:
-    """The per-view shape of a ``--model shape`` record; None for other models."""
-    if record.model_name != "shape" or record.views is None:
+def _deformation_views(record, model: str) -> tuple[dict, np.ndarray] | None:
+    """A ``--model <model>`` record's per-view parameters (name -> (V,) values) and the views its
+    fit solved (V,): excluded views and views with a non-finite parameter are not. None for a
+    record of another model, or one without the model's parameters."""
+    if record.model_name != model or record.views is None:
         return None
     p = record.views.parameters
-    if not all(name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *SHAPE_PARAMETERS)):
+    if not all(
+        name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *DEFORMATION_PARAMETERS[model])
+    ):
         return None
     fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
-    return ShapeViews({name: np.asarray(v, float) for name, v in p.items()}, fitted)
+    return {name: np.asarray(v, float) for name, v in p.items()}, fitted
+
+
+def _shape_views(record) -> ShapeViews | None:
+    """The per-view shape of a ``--model shape`` record; None for other models."""
+    views = _deformation_views(record, "shape")
+    return None if views is None else ShapeViews(*views)
 
 
 def _warp_sampling(record) -> WarpSampling | None:
     """The per-view warp of a ``--model warp`` record (``recon.warp_backprojection``): M = A s
     R(rotation), e = A d + D from the record's parameters (degrees, px) and ``.xf``; views left out
     of the fit sample as the rigid model does (M = I, e = 0, no warp). None for other models."""
-    if record.model_name != "warp" or record.views is None:
+    views = _deformation_views(record, "warp")
+    if views is None:
         return None
-    p = record.views.parameters
-    if not all(name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *WARP_PARAMETERS)):
-        return None
-    fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
+    p, fitted = views
     rot = np.radians(np.where(fitted, p["rotation"], 0.0))
     scale = np.where(fitted, p["scale"], 1.0)
     sr = scale[:, None, None] * np.stack(
