@@ -167,3 +167,10 @@ def tilt_error_deg(result, truth) -> float:
 def rotation_error_deg(result, truth) -> float:
     """RMS in-plane rotation error, degrees."""
     return float(np.sqrt(np.mean((result.rotation_deg - truth.true_rotation_deg) ** 2)))
+
+
+def peak_values(volume: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """A (NZ, NY, NX) volume's values at the voxels nearest centred positions ``xyz`` (n, 3), px."""
+    nz, ny, nx = volume.shape
+    index = np.round(xyz[:, ::-1] + [nz / 2, ny / 2, nx / 2] - 0.5).astype(int)
+    return volume[index[:, 0], index[:, 1], index[:, 2]]

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from helpers import peak_values
 
 from lmalign_jax.core.local_apply import local_sampling, project_through_local
 from lmalign_jax.io.imod_local import LocalAlignment
@@ -44,12 +45,7 @@ def test_beads_are_in_place_and_sharper_with_the_local_file(volumes):
     with_local, without = volumes
     found_local, dist_local = locate_peaks(with_local, BEADS)
     found_global, dist_global = locate_peaks(without, BEADS)
-    peak = lambda vol, xyz: np.array(  # noqa: E731
-        [
-            vol[int(round(k)), int(round(j)), int(round(i))]
-            for k, j, i in (xyz[:, ::-1] + [NZ / 2, N / 2, N / 2] - 0.5)
-        ]
-    )
+    peak = peak_values
     print("distance local", dist_local.round(2), "global", dist_global.round(2))
     # Exact geometry: the only errors are sampling (bilinear) and the missing wedge.
     assert np.all(dist_local < 0.5)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import peak_values
 
 from lmalign_jax.core.local_apply import column_sampling, local_sampling, patch_weights
 from lmalign_jax.core.shape_apply import SHAPE_PATCH_PX, shape_patches
@@ -120,12 +121,7 @@ def test_beads_are_in_place_and_sharper_with_the_shape(stack):
     shaped, rigid = shape_volume(stack, known_shape()), shape_volume(stack, known_shape(0.0))
     found_s, dist_s = locate_peaks(shaped, BEADS)
     found_r, dist_r = locate_peaks(rigid, BEADS)
-    peak = lambda vol, xyz: np.array(  # noqa: E731
-        [
-            vol[int(round(k)), int(round(j)), int(round(i))]
-            for k, j, i in (xyz[:, ::-1] + [NZ / 2, N / 2, N / 2] - 0.5)
-        ]
-    )
+    peak = peak_values
     print("distance shape", dist_s.round(2), "rigid", dist_r.round(2))
     assert np.all(dist_s < 0.5)
     assert np.mean(dist_r) > 2 * np.mean(dist_s)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import peak_values
 
 from lmalign_jax.core.local_apply import local_sampling
 from lmalign_jax.models import get_model
@@ -86,12 +87,7 @@ def test_beads_are_in_place_and_sharper_with_the_warp(stack):
     rigid = wb.reconstruct_warp(stack, UNIT, shifts, TILTS, sampling(np.zeros((TILTS.size, 6))), NZ)
     found_w, dist_w = locate_peaks(warped, BEADS)
     found_r, dist_r = locate_peaks(rigid, BEADS)
-    peak = lambda vol, xyz: np.array(  # noqa: E731
-        [
-            vol[int(round(k)), int(round(j)), int(round(i))]
-            for k, j, i in (xyz[:, ::-1] + [NZ / 2, N / 2, N / 2] - 0.5)
-        ]
-    )
+    peak = peak_values
     print("distance warp", dist_w.round(2), "rigid", dist_r.round(2))
     assert np.all(dist_w < 0.5)
     assert np.mean(dist_r) > 2 * np.mean(dist_w)
