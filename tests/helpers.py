@@ -174,3 +174,21 @@ def peak_values(volume: np.ndarray, xyz: np.ndarray) -> np.ndarray:
     nz, ny, nx = volume.shape
     index = np.round(xyz[:, ::-1] + [nz / 2, ny / 2, nx / 2] - 0.5).astype(int)
     return volume[index[:, 0], index[:, 1], index[:, 2]]
+
+
+def align_observations(obs: Observations, folder: Path, *options) -> Path:
+    """``lmalign align`` of simulated observations written as ``folder/s.csv`` (marker,view,x,y)
+    and ``s.rawtlt``, into ``folder/a`` (a 2048 px image, no figure, no errors); returns the
+    record's path. ``options``: more of align's arguments (e.g. ``--model warp``)."""
+    from lmalign_jax.io.tilts import write_tlt
+
+    rows = zip(*np.nonzero(obs.mask), strict=True)
+    lines = ["marker,view,x,y"] + [
+        f"{m},{v},{float(obs.xy[v, m, 0])!r},{float(obs.xy[v, m, 1])!r}" for v, m in rows
+    ]
+    (folder / "s.csv").write_text("\n".join(lines) + "\n")
+    write_tlt(folder / "s.rawtlt", obs.tilts_deg)
+    args = ["align", folder / "s.csv", "--tilts", folder / "s.rawtlt", "--image-size", 2048, 2048]
+    rc, _, err = run_cli([*args, "--out-dir", folder / "a", "--no-figure", "--no-errors", "-q", *options])
+    assert rc == 0, err
+    return folder / "a" / "s.json"

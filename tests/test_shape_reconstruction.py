@@ -178,28 +178,17 @@ def test_a_shape_models_record_samples_the_measured_points(tmp_path):
     shape) they miss by the deformation."""
     import json
 
-    from helpers import run_cli
+    from helpers import align_observations
 
     from lmalign_jax import simulate
-    from lmalign_jax.io.tilts import write_tlt
     from lmalign_jax.workflow.reconstruction import ShapeViews, read_alignment_json
 
     series = simulate(n_views=31, n_markers=30, bend_px=40.0, shrink=0.15, noise_px=0.3, seed=3)
     obs = series.observations
-    rows = zip(*np.nonzero(obs.mask), strict=True)
-    lines = ["marker,view,x,y"] + [
-        f"{m},{v},{float(obs.xy[v, m, 0])!r},{float(obs.xy[v, m, 1])!r}" for v, m in rows
-    ]
-    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
-    write_tlt(tmp_path / "s.rawtlt", obs.tilts_deg)
-    rc, _, err = run_cli(
-        ["align", tmp_path / "s.csv", "--tilts", tmp_path / "s.rawtlt", "--model", "shape",
-         "--image-size", 2048, 2048, "--out-dir", tmp_path / "a", "--no-figure", "--no-errors", "-q"]
-    )  # fmt: skip
-    assert rc == 0, err
-    alignment = read_alignment_json(str(tmp_path / "a" / "s.json"))
+    path = align_observations(obs, tmp_path, "--model", "shape")
+    alignment = read_alignment_json(str(path))
     assert alignment.shape is not None
-    record = json.loads((tmp_path / "a" / "s.json").read_text())
+    record = json.loads(path.read_text())
     ids = {m["id"]: (m["x"], m["y"], m["z"]) for m in record["markers"]}
     xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
     flat = {**alignment.shape.parameters, **{n: np.zeros(obs.n_views) for n in NAMES[5:]}}

@@ -100,37 +100,26 @@ def test_a_warp_models_record_samples_the_measured_points(tmp_path):
     the noise, and through the rigid part alone they miss by the warp."""
     import csv
 
-    from helpers import run_cli
+    from helpers import align_observations
 
     from lmalign_jax import simulate
-    from lmalign_jax.io.tilts import write_tlt
     from lmalign_jax.workflow.reconstruction import read_alignment_json
 
     series = simulate(n_views=21, n_markers=24, warp_px=15.0, noise_px=0.3, seed=2)
     obs = series.observations
-    lines = ["marker,view,x,y"] + [
-        f"{m},{v},{float(obs.xy[v, m, 0])!r},{float(obs.xy[v, m, 1])!r}"
-        for v, m in zip(*np.nonzero(obs.mask), strict=True)
-    ]
-    (tmp_path / "synthetic.csv").write_text("\n".join(lines) + "\n")
-    write_tlt(tmp_path / "synthetic.rawtlt", obs.tilts_deg)
-    rc, _, err = run_cli(
-        ["align", tmp_path / "synthetic.csv", "--tilts", tmp_path / "synthetic.rawtlt", "--model", "warp",
-         "--image-size", 2048, 2048, "--out-dir", tmp_path / "a", "--no-figure", "--no-errors", "-q"]
-    )  # fmt: skip
-    assert rc == 0, err
-    alignment = read_alignment_json(str(tmp_path / "a" / "synthetic.json"))
+    path = align_observations(obs, tmp_path, "--model", "warp")
+    alignment = read_alignment_json(str(path))
     assert alignment.warp is not None and np.abs(alignment.warp.coefficients).max() > 1
     import json
 
-    record = json.loads((tmp_path / "a" / "synthetic.json").read_text())
+    record = json.loads(path.read_text())
     xyz = {m["id"]: (m["x"], m["y"], m["z"]) for m in record["markers"]}
     nx, ny = record["inputs"]["image_size"]
     rigid = wb.WarpSampling(
         np.tile(np.eye(2), (21, 1, 1)), np.zeros((21, 2)), alignment.warp.tilts_deg, np.zeros((21, 6))
     )
     errors = {"warp": [], "rigid": []}
-    with open(tmp_path / "synthetic.csv") as f:
+    with open(tmp_path / "s.csv") as f:
         for row in csv.DictReader(f):
             v, m = int(row["view"]), int(row["marker"])
             if m not in xyz:
