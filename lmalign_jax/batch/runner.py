@@ -35,12 +35,13 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from ..core.frame import recentred_again, z_centred_start
 from ..core.problem import check_points_per_view, mode_labels
 from ..core.result import AlignmentResult
 from ..core.settings import STAGES, check_options
 from ..models import ProjectionModel
 from ..observations import Observations
-from ..solve import LMConfig
+from ..solve import LMConfig, Status
 from .chunks import Chunk, ChunkRunner, ProgressCallback, Series, prepare_series
 from .plan import DEFAULT_BUCKET, bucket_shape, make_plan
 
@@ -127,6 +128,8 @@ def align_batch(
     plan = make_plan(m, modes, dtype, batch_size, vmap_width, devices)
     results: list = [None] * n
     runner = ChunkRunner(plan, stages, config, dtype, results, progress or (lambda *_: None))
+    again = ChunkRunner(plan, stages[-1:], config, dtype, results, progress or (lambda *_: None))
+    again = again if recentred_again(m) else None
 
     series = []
     for i, obs in enumerate(observations):
@@ -172,5 +175,18 @@ def align_batch(
         while in_flight:
             chunk = in_flight.popleft()
             runner.collect(chunk)
+            if again is not None:
+                _last_stage_again(again, chunk, m, results)
             runner.finish(chunk)
     return results
+
+
+def _last_stage_again(again: ChunkRunner, chunk: Chunk, m: ProjectionModel, results: list) -> None:
+    """As ``align()`` does for a model of ``core.frame.recentred_again``: the chunk's solved
+    series with their markers at zero mean z, then the last stage once more (``again``)."""
+    solved = [s for s in chunk.series if results[s.index] is None and s.status != Status.FAILED]
+    for s in solved:
+        s.views, s.markers = z_centred_start(m, s.views, s.markers)
+    rerun = Chunk(chunk.shape, solved)
+    if solved and again.dispatch(rerun):
+        again.collect(rerun)

@@ -28,7 +28,7 @@ import numpy as np
 from ..models import ProjectionModel
 from ..observations import Observations
 from ..solve import LMConfig, Status, least_squares, unpad
-from .frame import project_all, to_reporting_frame, z_centred_start
+from .frame import project_all, recentred_again, to_reporting_frame, z_centred_start
 from .problem import PAD_STEP, build_problem, check_points_per_view, padded
 from .result import AlignmentResult, StageReport, result_from_solution
 from .settings import (
@@ -98,12 +98,16 @@ def align(
     data = None
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.float64 if dtype == "float64" else jnp.float32
-        for stage, stage_config in zip(stages, stage_configs(config, len(stages), dtype), strict=True):
+        runs = list(zip(stages, stage_configs(config, len(stages), dtype), strict=True))
+        if recentred_again(m):  # the last stage once more, from the markers at zero mean z
+            runs.append(runs[-1])
+        for k, (stage, stage_config) in enumerate(runs):
             # A stage's seconds cover all of it (problem, solve blocked until ready, unpacking),
             # so the stages add up to the alignment; the first one includes loading or compiling.
             began = time.perf_counter()
             hold, marker_free = stage_setup(stage, m, obs, ref_view)
-            views, markers = z_centred_start(m, views, markers)
+            if k == len(stages):
+                views, markers = z_centred_start(m, views, markers)
             # The observations are the same every stage: they go to the device once, with the
             # first stage's problem; later stages are built on the host and reuse them.
             problem = build_problem(

@@ -5,7 +5,8 @@ deviate from the nominal ones by zero on average and whose markers have zero mea
 x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
 reference view, so the aligned images sit where the raw ones did (as in IMOD). A model
 without the exact z symmetry (``ProjectionModel.z_translation_symmetry``) keeps its z, which
-``align()`` centres before each stage instead (:func:`z_centred_start`). ``align()``,
+``align()`` and ``align_batch()`` centre before running the last stage once more instead
+(:func:`recentred_again`). ``align()``,
 ``align_batch()`` (on padded series, with masks) and ``alignment_function`` all use
 ``reporting_frame``.
 """
@@ -70,16 +71,22 @@ def _z_centred_of_one(views, markers, *, model: ProjectionModel):
     return _z_centred(model, views, markers)
 
 
+def recentred_again(model: ProjectionModel) -> bool:
+    """Whether ``align()`` and ``align_batch()`` run a model's last stage once more from the
+    markers at zero mean z (:func:`z_centred_start`): a model whose z translation is only nearly
+    a symmetry (``ProjectionModel.z_translation_symmetry`` False) with one marker's z held by the
+    gauge. Held at its value from the first estimates, that marker's z set where the specimen
+    sits in the tomogram: on BBa the warp model's markers ended 45 px below its centre, and a
+    tomogram as thick as the specimen would have cut it. Other models' reporting frame centres
+    them exactly."""
+    return not model.z_translation_symmetry and model.gauge_marker_z and model.shift_parameters is not None
+
+
 def z_centred_start(model: ProjectionModel, views, markers) -> tuple[np.ndarray, np.ndarray]:
-    """A start for the next stage of a model whose z translation is only nearly a symmetry
-    (``ProjectionModel.z_translation_symmetry`` False, one marker's z held by the gauge): the
-    markers at zero mean z (:func:`_z_centred`, float64 numpy). Held at its value from the first
-    estimates, that marker's z set where the specimen sits in the tomogram: on BBa the warp
-    model's markers ended 45 px below its centre, and a tomogram as thick as the specimen would
-    have cut it. Other models: unchanged (their reporting frame centres them exactly).
-    ``align_batch`` does not do this yet (its stages run in one compiled scan, in problem
-    units): a warp series aligned in a batch keeps the held marker's first z."""
-    if model.z_translation_symmetry or not model.gauge_marker_z or model.shift_parameters is None:
+    """The solution with its markers at zero mean z, each view's shift taking up the move where
+    the centroid projects (:func:`_z_centred`, float64 numpy), for a model of
+    :func:`recentred_again`; other models unchanged."""
+    if not recentred_again(model):
         return views, markers
     with jax.enable_x64(True):
         args = np.asarray(views, np.float64), np.asarray(markers, np.float64)

@@ -123,10 +123,12 @@ class AlignmentResult:
 
     @property
     def sigma_px(self) -> float:
-        """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels; NaN when no
-        degrees of freedom are left to estimate it from."""
-        factor = self.noise_floor_factor
-        return self.rms_residual_px / factor if factor > 0 else float("nan")
+        """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels; NaN when less
+        than one residual degree of freedom is left to estimate it from (the rule of
+        ``analysis.criteria.underdetermined``: a fit through every point)."""
+        if 2.0 * self.observations.n_observed - self.n_parameters < 1.0:
+            return float("nan")
+        return self.rms_residual_px / self.noise_floor_factor
 
     @property
     def view_rms_px(self) -> np.ndarray:

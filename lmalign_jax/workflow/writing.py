@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from .. import __version__, io
+from ..analysis.criteria import underdetermined
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
 from ..export.imod import write_xtilt, xtilt_file_value_deg
 from ..io.imod_local import write_local_xf
@@ -46,11 +47,12 @@ def software_info() -> dict:
 
 
 def _warn_underdetermined(result, warn) -> None:
-    """A deformation model with as many (effective) parameters as coordinates passes through every
-    point: its residual and noise estimate say nothing about the data (rigid models never get
-    here: a view short of points for its own parameters is left out). Say so."""
+    """A deformation model whose (effective) parameters leave less than one residual degree of
+    freedom passes through every point: its residual and noise estimate say nothing about the data
+    (rigid models never get here: a view short of points for its own parameters is left out).
+    Say so."""
     coordinates = 2 * result.observations.n_observed
-    if result.n_parameters < coordinates:
+    if not underdetermined(result.n_parameters, coordinates):  # compare's rule
         return
     count = (
         f"{result.n_parameters:.1f} effective parameters ({result.n_free} free)"
