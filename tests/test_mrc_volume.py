@@ -38,3 +38,30 @@ def test_created_header_statistics_of_large_values(tmp_path):
         out[:] = vol
     with mrcfile.open(path) as mrc:
         assert mrc.header.rms == pytest.approx(vol.astype(np.float64).std(), rel=1e-5)
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["temporary's close", "final close"])
+def test_an_interrupt_in_a_close_stays_an_interrupt(tmp_path, monkeypatch, which):
+    """Ctrl-C landing in a close (the close is done, then Python raises): in the final one, the
+    cleanup closed the same descriptor again and its EBADF replaced the interrupt, which a command
+    reports as 'cannot write: Bad file descriptor', exit 2; in the first (of the new temporary
+    file), the temporary file was left behind. The interrupt goes on and nothing is left."""
+    import os
+
+    from lmalign_jax.io import mrc_volume
+
+    vol = _large_volume()
+    real_close, closed = os.close, []
+
+    def interrupted_close(fd):
+        real_close(fd)
+        closed.append(fd)
+        if len(closed) == which:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mrc_volume.os, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        with stream_volume(tmp_path / "v.mrc", vol.shape, 1.0) as out:
+            out.write_rows(0, vol)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []

@@ -71,8 +71,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         else:
             f = os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
+    except BaseException:  # an interrupt inside fdopen: the file object may have closed fd already
+        with contextlib.suppress(OSError):
+            os.close(fd)
         os.unlink(tmp)
         raise
     try:

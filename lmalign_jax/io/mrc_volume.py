@@ -289,10 +289,10 @@ def stream_volume(
     file_shape = (nz, ny, nx) if layout == "zyx" else (ny, nz, nx)
     file_voxel = (vs[0], vs[1], vs[2]) if layout == "zyx" else (vs[0], vs[2], vs[1])
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
-    os.close(fd)
-    fd = -1
     writer = None
     try:
+        closing, fd = fd, -1
+        os.close(closing)
         with mrcfile.new_mmap(tmp, shape=file_shape, mrc_mode=2, overwrite=True) as mrc:
             mrc.set_volume()
             if label is not None:
@@ -311,15 +311,16 @@ def stream_volume(
         header.dmin, header.dmax = np.float32(dmin), np.float32(dmax)
         header.dmean, header.rms = np.float32(mean), np.float32(min(rms, _FLOAT32_MAX))
         _pwrite_all(fd, np.ascontiguousarray(header).view(np.uint8), 0)
-        os.close(fd)
-        fd = -1
+        closing, fd = fd, -1  # closed even if a signal interrupts the close: never closed twice
+        os.close(closing)
         replace_with(tmp, path)
     except BaseException as exc:
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.abort()
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # the interrupt, not a second close's EBADF, goes on
+                os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
