@@ -20,6 +20,7 @@ import math
 import numpy as np
 from jaxtyping import Bool, Float
 
+from ..deformation_parameters import rigid_part_through_xf
 from ..io.imod_local import LocalAlignment
 from ..models.shape import SHAPE_LENGTH_PX
 
@@ -66,17 +67,7 @@ def shape_patches(
     centres_x = np.arange(nx) * spacing[0] - image_size[0] / 2
     centres_y = np.arange(ny) * spacing[1] - image_size[1] / 2
     cx, cy = (c.ravel() for c in np.meshgrid(centres_x, centres_y))  # (P,), X fastest
-    rot, scale = np.radians(per_view("rotation", 0.0)), per_view("scale", 1.0)
-    sr = scale[:, None, None] * np.stack(
-        [np.stack([np.cos(rot), -np.sin(rot)], -1), np.stack([np.sin(rot), np.cos(rot)], -1)], -2
-    )
-    a_mat, d_xf = np.asarray(xf, float)[:, :, :2], np.asarray(xf, float)[:, :, 2]
-    outer = np.where(fitted[:, None, None], a_mat @ sr, np.eye(2))  # (V, 2, 2)
-    offset = np.where(
-        fitted[:, None],
-        np.einsum("vij,vj->vi", a_mat, np.column_stack([per_view("dx", 0.0), per_view("dy", 0.0)])) + d_xf,
-        0.0,
-    )
+    outer, offset = rigid_part_through_xf(parameters, fitted, xf)  # (V, 2, 2), (V, 2)
     a, b = cx[:, None] / length, cy[:, None] / length  # (P, 1)
     q = bxx * a * a + bxy * a * b + byy * b * b  # (P, V)
     qx, qy = (2 * bxx * a + bxy * b) / length, (bxy * a + 2 * byy * b) / length

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.local_apply import column_sampling, local_projection_matrices
 from ..core.shape_apply import shape_patches
-from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS
+from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS, rigid_part_through_xf
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -127,15 +127,7 @@ def _warp_sampling(record) -> WarpSampling | None:
     if views is None:
         return None
     p, fitted = views
-    rot = np.radians(np.where(fitted, p["rotation"], 0.0))
-    scale = np.where(fitted, p["scale"], 1.0)
-    sr = scale[:, None, None] * np.stack(
-        [np.stack([np.cos(rot), -np.sin(rot)], -1), np.stack([np.sin(rot), np.cos(rot)], -1)], -2
-    )
-    a, d = record.xf[:, :, :2], record.xf[:, :, 2]
-    mats = np.where(fitted[:, None, None], a @ sr, np.eye(2))
-    shifts = np.column_stack([np.where(fitted, p["dx"], 0.0), np.where(fitted, p["dy"], 0.0)])
-    offsets = np.where(fitted[:, None], np.einsum("vij,vj->vi", a, shifts) + d, 0.0)
+    mats, offsets = rigid_part_through_xf(p, fitted, record.xf)
     tilts = np.where(fitted, p["tilt"], record.tilts_deg)
     coef = np.column_stack([np.where(fitted, p[n], 0.0) for n in WARP_PARAMETERS])
     return WarpSampling(mats, offsets, tilts, coef)
