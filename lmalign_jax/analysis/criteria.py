@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from ..core.problem import final_problem
-from ..core.result import AlignmentResult
+from ..core.result import AlignmentResult, underdetermined
 from ..solve import effective_parameters, linearize
 
 #: A BIC lower by more than this is decisive evidence (Kass & Raftery 1995).
@@ -51,16 +51,6 @@ def bic(rss: float, n_components: int, n_free: float) -> float:
     if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
         return float("nan")
     return float(n_components * np.log(rss / n_components) + n_free * np.log(n_components))
-
-
-def underdetermined(n_parameters: float, n_components: int) -> bool:
-    """Whether ``n_parameters`` (free, or effective for a regularized model) leave no residual
-    degree of freedom among ``n_components`` measured coordinates: ``n_components - n_parameters
-    < 1``. Such a fit can pass through every point; its RMS, BIC and predictions say nothing
-    about the model."""
-    if not np.isfinite(n_parameters):
-        return False
-    return bool(n_components - n_parameters < 1)
 
 
 def effective_parameter_count(result: AlignmentResult) -> float:

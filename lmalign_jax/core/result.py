@@ -25,6 +25,16 @@ class StageReport:
     n_free: int
 
 
+def underdetermined(n_parameters: float, n_components: int) -> bool:
+    """Whether ``n_parameters`` (free, or effective for a regularized model) leave no residual
+    degree of freedom among ``n_components`` measured coordinates: ``n_components - n_parameters
+    < 1``. Such a fit can pass through every point; its RMS, noise estimate, BIC and predictions
+    say nothing about the model. Not known (False) for a NaN count."""
+    if not np.isfinite(n_parameters):
+        return False
+    return bool(n_components - n_parameters < 1)
+
+
 @dataclass(frozen=True, eq=False)
 class AlignmentResult:
     """A solved alignment.
@@ -124,9 +134,8 @@ class AlignmentResult:
     @property
     def sigma_px(self) -> float:
         """Noise estimate per coordinate: RMS residual / noise_floor_factor, pixels; NaN when less
-        than one residual degree of freedom is left to estimate it from (the rule of
-        ``analysis.criteria.underdetermined``: a fit through every point)."""
-        if 2.0 * self.observations.n_observed - self.n_parameters < 1.0:
+        than one residual degree of freedom is left to estimate it from (:func:`underdetermined`)."""
+        if underdetermined(self.n_parameters, 2 * self.observations.n_observed):
             return float("nan")
         return self.rms_residual_px / self.noise_floor_factor
 
