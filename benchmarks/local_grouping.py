@@ -20,7 +20,9 @@ scale by 7: ``--local-mode``) in blocks (``group:N``, one increment per block) o
 (``linear:N``, increments every N views interpolated between, as Etomo's LocalRotOption 3,
 LocalTiltOption 5 and LocalMagOption 3 do); the markers held at the global solution
 (FixXYZCoordinates 1, the default) or, with the linear grouping, also free in each patch
-(``linear_free``: FixXYZCoordinates 0).
+(``linear_free``: FixXYZCoordinates 0). Each patch weighs its markers fully, as tiltalign does
+(``even``), or, the default since 2026-12-05, by the share tilt gives the patch at each marker
+(``blend``; ``LocalOptions.weighting``): the ``_blend`` rows, with the linear grouping.
 """
 
 from __future__ import annotations
@@ -91,10 +93,12 @@ def run() -> dict:
     groupings = (("per_view", PER_VIEW_MODES, True), ("blocks", BLOCKS, True), ("linear", LINEAR, True))
     groupings += (("linear_free", LINEAR, False),)
     variants = {
-        f"{label}_{rule}": LocalOptions(
-            modes=modes, significance=3.0 if rule == "test" else None, fix_markers=fix
+        f"{label}{suffix}_{rule}": LocalOptions(
+            modes=modes, significance=3.0 if rule == "test" else None, fix_markers=fix, weighting=weighting
         )
         for label, modes, fix in groupings
+        for weighting, suffix in (("even", ""), ("blend", "_blend"))
+        if weighting == "even" or label.startswith("linear")
         for rule in ("test", "all")
     }
     simulated = {}

@@ -42,7 +42,9 @@ def test_the_record_holds_every_patch_and_the_totals_printed(aligned):
         assert p["centre"] == list(centre)  # the record's centres are the file's
         assert len(p["marker_ids"]) == p["n_markers"] >= 8 and set(p["marker_ids"]) <= ids
         assert p["kept"] and p["reason"] is None and p["threshold_sigma2"] is None
-        assert p["local_rms_px"] <= p["global_rms_px"]
+        assert p["local_rms_px"] <= p["global_rms_px"]  # each marker weighted by the patch's share
+        assert 0 < p["n_coordinates"] <= 2 * 61 * p["n_markers"]
+    assert section["options"]["weighting"] == "blend"
     # The totals are those printed, and the improvement is what they say.
     g, loc = section["global_mean_residual_px"], section["local_mean_residual_px"]
     printed = re.search(r"global ([\d.]+) px, local ([\d.]+) px", out)

@@ -9,7 +9,7 @@ import argparse
 import re
 
 from ..analysis.robust_weights import LOSSES
-from ..core.local import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES
+from ..core.local import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
@@ -18,6 +18,7 @@ from .common import UsageError, check_count
 __all__ = [
     "MODE_RE",
     "add_local_mode_option",
+    "add_local_weighting_option",
     "add_local_options",
     "add_patch_size_option",
     "add_robust_options",
@@ -97,6 +98,7 @@ LOCAL_SETTINGS = (
     ("--local-markers", "local_markers"),
     ("--local-keep-all", "local_keep_all"),
     ("--local-mode", "local_mode"),
+    ("--local-weighting", "local_weighting"),
 )
 
 
@@ -176,6 +178,7 @@ def local_options_from_args(args) -> LocalOptions | None:
             fix_markers=args.local_markers in (None, "fixed"),
             significance=None if args.local_keep_all else 3.0,
             modes=modes,
+            **({} if args.local_weighting is None else {"weighting": args.local_weighting}),
         )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
@@ -283,11 +286,23 @@ def add_local_options(p) -> None:
         "solution unless its residual drop exceeds what fitting noise gives (chi-square test, 3 sd)",
     )
     add_local_mode_option(p)
+    add_local_weighting_option(p)
     p.add_argument(
         "--local-markers",
         choices=("fixed", "free"),
         help="hold the markers at the global solution or solve them per patch (FixXYZCoordinates; "
         "default fixed)",
+    )
+
+
+def add_local_weighting_option(p) -> None:
+    """--local-weighting blend|even (None when not given), shared by align --local and compare's 'local'."""
+    p.add_argument(
+        "--local-weighting",
+        choices=WEIGHTINGS,
+        help="how a patch weighs its markers: 'blend' (default) by the share IMOD's tilt gives the "
+        "patch at each marker when it blends the patches around a position, so the local file fits "
+        "the positions tilt computes from it; 'even': every marker of the patch fully, as tiltalign does",
     )
 
 

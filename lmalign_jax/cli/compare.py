@@ -15,7 +15,12 @@ from ..observations import usable_views_and_markers
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
 from ..workflow.local import LocalOptions
 from ..workflow.settings import AlignSettings
-from .align_options import add_local_mode_option, add_patch_size_option, parse_local_modes
+from .align_options import (
+    add_local_mode_option,
+    add_local_weighting_option,
+    add_patch_size_option,
+    parse_local_modes,
+)
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -69,6 +74,7 @@ def run_compare(args) -> int:
                 **({} if args.patch_size is None else {"patch_size": tuple(args.patch_size)}),
                 significance=None if args.local_keep_all else 3.0,
                 modes=parse_local_modes(args.local_mode),
+                **({} if args.local_weighting is None else {"weighting": args.local_weighting}),
             )
         except ValueError as e:
             raise UsageError(f"--patch-size: {e}") from None
@@ -78,6 +84,7 @@ def run_compare(args) -> int:
             for flag, value in (
                 ("--patch-size", args.patch_size),
                 ("--local-keep-all", args.local_keep_all),
+                ("--local-weighting", args.local_weighting),
                 ("--local-mode", args.local_mode),
             )
             if value
@@ -200,6 +207,7 @@ def add_compare(sub):
         help="with 'local': judge every patch's fit kept, as IMOD keeps them (as align --local-keep-all)",
     )
     add_local_mode_option(p, "with 'local' (as align --local-mode): ")
+    add_local_weighting_option(p)
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"
     )

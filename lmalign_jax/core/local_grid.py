@@ -12,7 +12,16 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float, Int
 
-__all__ = ["MAX_PATCHES", "patch_grid", "checked_patch_grid", "surfaces", "select_patch_markers"]
+from ..patch_weights import axis_weights
+
+__all__ = [
+    "MAX_PATCHES",
+    "patch_grid",
+    "checked_patch_grid",
+    "surfaces",
+    "select_patch_markers",
+    "marker_shares",
+]
 
 #: Most patches a local alignment takes (IMOD's grids are a few dozen to a few hundred); each
 #: grows until it holds enough markers, so a finer grid only repeats overlapping solves, and its
@@ -96,3 +105,24 @@ def select_patch_markers(
             return idx, (nxp, nyp), True
         if nxp >= 2 * image_size[0] and nyp >= 2 * image_size[1]:  # tiltalign: 4 * (half size)
             return idx, (nxp, nyp), False
+
+
+def marker_shares(
+    xy: Float[np.ndarray, "markers 2"],
+    n_patches: tuple[int, int],
+    start: tuple[int, int],
+    spacing: tuple[int, int],
+) -> Float[np.ndarray, "markers patches"]:
+    """The share of each patch in each marker's position as tilt blends them (its bilinear patch
+    weights at the marker's (X, Y), image coordinates): (n_markers, nX nY), patch ``j nX + i``,
+    each row summing to 1 (``core.local_apply`` has tilt's rule)."""
+    nx, ny = n_patches
+    cx, fx = axis_weights(np.asarray(xy[:, 0], float), start[0], spacing[0], nx)
+    cy, fy = axis_weights(np.asarray(xy[:, 1], float), start[1], spacing[1], ny)
+    along_x = np.zeros((len(xy), nx))
+    along_y = np.zeros((len(xy), ny))
+    rows = np.arange(len(xy))
+    along_x[rows, cx], along_y[rows, cy] = 1 - fx, 1 - fy
+    along_x[rows, cx + 1] += fx
+    along_y[rows, cy + 1] += fy
+    return (along_y[:, :, None] * along_x[:, None, :]).reshape(len(xy), ny * nx)

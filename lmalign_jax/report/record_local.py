@@ -9,7 +9,7 @@ Layout::
 
     "local": {
       "file": "<prefix>local.xf",            # the local file's name, beside the record
-      "options": {patch_size, overlap, min_fids, fix_markers, modes, significance},
+      "options": {patch_size, overlap, min_fids, fix_markers, modes, weighting, significance},
       "keep_rule": "...",                    # how patches were kept, in words
       "grid": {"n_patches": [nX, nY], "start": [X, Y], "spacing": [dX, dY]},
       "n_patches": P, "n_kept": K,
@@ -19,7 +19,7 @@ Layout::
       "solve_seconds": s,
       "patches": [{"index": [i, j], "centre": [x, y], "box": [w, h], "n_markers": n,
                    "marker_ids": [...], "global_rms_px": .., "local_rms_px": ..,
-                   "n_free": p, "drop_sigma2": .., "threshold_sigma2": .. or null,
+                   "n_free": p, "n_coordinates": c, "drop_sigma2": .., "threshold_sigma2": .. or null,
                    "kept": true/false, "status": "...", "reason": null or why the global stands}],
       "notes": [...]
     }
@@ -35,9 +35,10 @@ from ..io.errors import InputError
 __all__ = ["LOCAL_KEEP_RULE", "LocalRecord", "local_section", "read_local_section"]
 
 LOCAL_KEEP_RULE = (
-    "a patch keeps its own fit only when it lowers its sum of squares by more than fitting noise "
-    "would: drop/sigma^2 > p + {k:g} sqrt(2p), p its free parameters; the others hold the global "
-    "solution (--local-keep-all keeps every patch, as IMOD does)"
+    "a patch keeps its own fit only when it lowers its (weighted) sum of squares by more than fitting "
+    "noise would: drop/sigma^2 > lam (p + {k:g} sqrt(2p)), p its free parameters, lam = sum w^2 / sum w "
+    "of its points' weights (1 when even); the others hold the global solution (--local-keep-all "
+    "keeps every patch, as IMOD does)"
 )
 KEEP_ALL_RULE = "every patch keeps its own fit (--local-keep-all, as IMOD does)"
 
@@ -63,6 +64,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
                 "global_rms_px": p.global_rms_px,
                 "local_rms_px": p.local_rms_px,
                 "n_free": p.n_free,
+                "n_coordinates": p.n_coordinates,
                 "drop_sigma2": p.chi2_drop,
                 "threshold_sigma2": p.threshold,
                 "kept": p.kept_local,
@@ -79,6 +81,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
             "min_fids": list(options.min_fids),
             "fix_markers": options.fix_markers,
             "modes": {name: mode for name, mode in options.modes},
+            "weighting": options.weighting,
             "significance": significance,
         },
         "keep_rule": KEEP_ALL_RULE if significance is None else LOCAL_KEEP_RULE.format(k=significance),
