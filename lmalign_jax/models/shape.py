@@ -10,7 +10,8 @@ series goes on, e.g. under the beam. Linear terms of z in x, y are not added: pe
 would be a change of tilt, which the rigid model has.
 
 Smoothness. The four coefficients are free per view, tied by a penalty across neighbouring
-views (file order, i.e. acquisition order for a series recorded in that order): rows
+views in the order they are fitted (file order, i.e. acquisition order for a series recorded
+in that order; tilt order when the file's tilts are not monotonic, which align warns of): rows
 ``(c_{j-1} - 2 c_j + c_{j+1}) / SHAPE_CURVATURE_PX``.
 
 Gauge (MODEL.md). A change of shape common to every view is a change of the markers' z:

@@ -10,10 +10,12 @@ pixels, that its term causes 1000 px from the centre. The affine part of an imag
 in the tilt-axis frame, where the symmetries below are exact.
 
 Smoothness. Per-view coefficients are free, tied together by a penalty across neighbouring
-views (file order): residual rows ``(w_{j-1} - 2 w_j + w_{j+1}) / WARP_CURVATURE_PX`` for every
-coefficient, so a second difference of ``WARP_CURVATURE_PX`` costs as much as a 1 px marker
-residual. A warp that drifts linearly with the view index is not penalised; one that changes
-abruptly is. On rigid data the penalty keeps the warp's effective number of parameters small.
+views in the order they are fitted (file order; tilt order when the file's tilts are not
+monotonic, which align warns of): residual rows ``(w_{j-1} - 2 w_j + w_{j+1}) /
+WARP_CURVATURE_PX`` for every coefficient, so a second difference of ``WARP_CURVATURE_PX``
+costs as much as a 1 px marker residual. A warp that drifts linearly with the view index is
+not penalised; one that changes abruptly is. On rigid data the penalty keeps the warp's
+effective number of parameters small.
 
 Gauge (MODEL.md, "Gauge freedoms"). With markers free, a quadratic change of the specimen
 that every view sees as the same function of its own (u, v) is an exact symmetry:
