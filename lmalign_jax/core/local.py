@@ -321,7 +321,7 @@ def _patch_problem(lm, base_k, result, idx, share, capacity, options, radius, re
     free[2 * mask.sum(axis=1) < own, base_k:] = False
     free_b = np.zeros((capacity, 3), bool)
     if markers_free:
-        free_b[: idx.size] = True
+        free_b[: idx.size] = mask.any(axis=0)[:, None]  # a marker the patch weighs nowhere stays put
         if lm.gauge_marker_z:
             free_b[reference_marker(mask, ref_view), 2] = False
     unit = np.array([1.0 if kind == "length" else 1.0 / radius for kind in lm.kinds])
