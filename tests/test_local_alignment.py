@@ -244,6 +244,11 @@ def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved)
     warped = solved["warped"][1]
     n_kept = sum(p.kept_local for p in warped.patches)
     assert f"Kept {n_kept} of 9 patches:" in format_local_report(warped)
+    # the rule printed is the one the patches were judged by: with blend weights lam < 1
+    assert "(drop/sigma^2 > lam (p + 3 sqrt(2p))" in format_local_report(warped)
+    for p in warped.patches:
+        assert 0 < p.threshold < p.n_free + 3 * np.sqrt(2 * p.n_free)
+        assert p.kept_local == (p.chi2_drop > p.threshold)
 
 
 def test_a_grid_of_too_many_patches_is_refused_with_its_size(solved):
@@ -420,4 +425,24 @@ def test_markers_free_a_marker_a_patch_does_not_weigh_is_not_solved_there(solved
             assert report.n_free - held_report.n_free <= 3 * int((~zero).sum()), p
             checked += int(zero.sum())
     assert checked > 50, checked  # measured 329 such markers over the 72 patches
+    assert any("weigh fewer than 8 markers (3 per surface)" in n for n in free.notes)
     assert np.isfinite(free.local_mean_px) and free.local_mean_px < free.global_mean_px
+
+
+def test_a_patch_whose_points_all_carry_no_weight_keeps_the_global_solution_and_says_why(solved):
+    """Robust weights of 0 (or every point held out by a leave-out fold) leave a patch nothing to
+    fit, whichever the weighting: it keeps the global solution, and its status names the weights,
+    not tilt's blend."""
+    import dataclasses
+
+    result = solved["rigid"][0]
+    idx = list(solved["rigid"][1].patches[0].marker_indices)
+    weights = result.observations.mask.astype(float)
+    weights[:, idx] = 0.0
+    unweighted = dataclasses.replace(result, settings=dataclasses.replace(result.settings, weights=weights))
+    for weighting in ("blend", "even"):
+        local = align_local(unweighted, LocalOptions(weighting=weighting, significance=None))
+        first = local.patches[0]
+        assert not first.kept_local and first.n_coordinates == 0
+        assert "carries weight in the fit" in first.status, first.status
+        np.testing.assert_allclose(local.views[0], result.views)

@@ -407,6 +407,27 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         if options.weighting == "blend"
         else np.ones((len(xy), len(selections)))
     )
+    # min_fids counts the markers of a patch's box; a box grown past its neighbours' centres holds
+    # markers that tilt takes nothing of from the patch, so it may weigh fewer. Weighing those
+    # patches' boxes evenly instead (tiltalign's extrapolation) predicted held-out points worse on
+    # IMOD's midzone2 sets (benchmarks/README, "Patch weights"): they are only named, and the
+    # keeping test judges their fits
+    short = [
+        p
+        for p, idx in enumerate(selections)
+        if idx.size
+        and options.weighting == "blend"
+        and (
+            np.count_nonzero(shares[idx, p]) < options.min_fids[0]
+            or min(np.sum(shares[idx, p][side[idx] == k] > 0) for k in (0, 1)) < options.min_fids[1]
+        )
+    ]
+    if short:
+        notes.append(
+            f"{len(short)} patch(es) weigh fewer than {options.min_fids[0]} markers "
+            f"({options.min_fids[1]} per surface) because tilt blends their other markers from "
+            "neighbouring patches; the keeping test judges their fits (larger patches hold more)"
+        )
     built = [
         _patch_problem(lm, base_k, result, s, shares[s, p], capacity, options, radius, ref_view)
         for p, s in enumerate(selections)
@@ -473,8 +494,10 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         )
         if not enough:
             text = "too few markers; global kept"
-        elif counted == 0:
+        elif counted == 0 and not shares[idx, p].any():
             text = "tilt takes none of its markers' positions from it (beyond its neighbours); global kept"
+        elif counted == 0:
+            text = "none of its markers' points carries weight in the fit (robust or held out); global kept"
         elif underdetermined:
             text = f"underdetermined ({n_free[p]} parameters, {2 * counted} coordinates); global kept"
             n_underdetermined += 1
