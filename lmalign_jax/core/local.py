@@ -410,7 +410,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     # min_fids counts the markers of a patch's box; a box grown past its neighbours' centres holds
     # markers that tilt takes nothing of from the patch, so it may weigh fewer. Weighing those
     # patches' boxes evenly instead (tiltalign's extrapolation) predicted held-out points worse on
-    # IMOD's midzone2 sets (benchmarks/README, "Patch weights"): they are only named, and the
+    # IMOD's midzone2 sets (measured in commit 912acde's message): they are only named, and the
     # keeping test judges their fits
     short = [
         p
