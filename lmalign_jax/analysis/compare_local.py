@@ -100,6 +100,8 @@ class LocalCandidate:
     #: Why the leave-out was not compared ("" when it was, or a note says why).
     leave_out_skipped: str = ""
     leave_out_errors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: The local alignment's settings (``LocalOptions.to_dict``).
+    options: dict = field(default_factory=dict)
 
     @property
     def justified_by_bic(self) -> bool:
@@ -244,4 +246,5 @@ def local_candidate(
         note=note,
         leave_out_skipped="" if pair is not None or note else leave_out_skipped,
         leave_out_errors=pair,
+        options=options.to_dict(),
     )

@@ -160,6 +160,18 @@ class LocalOptions:
                 raise ValueError(f"no local increment {name!r}; choose from {', '.join(INCREMENTS)}")
             mode_labels(name, mode, 1)
 
+    def to_dict(self) -> dict:
+        """The settings that shape the answer, as JSON values (the record's and compare's)."""
+        return {
+            "patch_size": list(self.patch_size),
+            "overlap": list(self.overlap),
+            "min_fids": list(self.min_fids),
+            "fix_markers": self.fix_markers,
+            "modes": {name: mode for name, mode in self.modes},
+            "weighting": self.weighting,
+            "significance": self.significance,
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class PatchReport:

@@ -75,15 +75,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
     significance = options.significance
     return {
         "file": file_name,
-        "options": {
-            "patch_size": list(options.patch_size),
-            "overlap": list(options.overlap),
-            "min_fids": list(options.min_fids),
-            "fix_markers": options.fix_markers,
-            "modes": {name: mode for name, mode in options.modes},
-            "weighting": options.weighting,
-            "significance": significance,
-        },
+        "options": options.to_dict(),
         "keep_rule": KEEP_ALL_RULE if significance is None else LOCAL_KEEP_RULE.format(k=significance),
         "grid": {"n_patches": list(f.n_patches), "start": list(f.start), "spacing": list(f.spacing)},
         "n_patches": len(solution.patches),
