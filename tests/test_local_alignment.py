@@ -446,3 +446,27 @@ def test_a_patch_whose_points_all_carry_no_weight_keeps_the_global_solution_and_
         assert not first.kept_local and first.n_coordinates == 0
         assert "carries weight in the fit" in first.status, first.status
         np.testing.assert_allclose(local.views[0], result.views)
+
+
+def test_a_grid_that_the_solved_markers_could_push_past_the_limit_is_refused_before_the_solve():
+    """The check before the solve took the grid over the measured positions, but the solved
+    (X, Y) are turned by the tilt axis's angle and stretched across it by 1 / cos(tilt): a grid
+    of 49 x 49 = 2401 patches over a 2000 px square of measured markers could become more than
+    2500 after the solve, which then refused it with nothing written. Every turn is now tried,
+    stretched; 700 px patches pass."""
+    from lmalign_jax.core.local_grid import checked_patch_grid
+    from lmalign_jax.workflow.local import check_local_grid
+    from lmalign_jax.workflow.status import UsageError
+
+    rng = np.random.default_rng(1)
+    corners = np.array([[0.0, 0.0], [2000.0, 0.0], [0.0, 2000.0], [2000.0, 2000.0]])
+    means = np.concatenate([corners, rng.uniform(0, 2000, (40, 2))]) + 50.0
+    xy = np.broadcast_to(means, (3, len(means), 2))
+    mask = np.ones(xy.shape[:2], bool)
+    assert np.prod(checked_patch_grid(means, (80, 80), (0.5, 0.5))[0]) == 49 * 49  # measured: passes
+    for tilts in (np.zeros(3), np.array([-60.0, 0.0, 60.0])):  # turned only; turned and stretched
+        with pytest.raises(
+            UsageError, match=r"--local: a patch size of 80 x 80 px .* can make a grid of up to"
+        ):
+            check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(80, 80)))
+    check_local_grid(xy, mask, np.array([-60.0, 0.0, 60.0]), LocalOptions())

@@ -108,7 +108,7 @@ def run_align(args) -> int:
             if not is_stack_path(args.markers):
                 check_stack_pixels(recon_stack)
         if local is not None:  # a grid too large for the markers is refused before the solve
-            check_local_grid(inputs.markers.xy, inputs.markers.mask, local)
+            check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local)
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack

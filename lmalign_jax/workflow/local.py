@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
-from ..core.local_grid import checked_patch_grid
+from ..core.local_grid import MAX_PATCHES, checked_patch_grid, patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
 from .selection import mean_marker_positions
 from .status import UsageError
@@ -84,10 +84,18 @@ def write_local_alignment(
     return solved.solution, path
 
 
-def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) -> None:
-    """UsageError, before anything is solved, when the patch grid over the measured markers
-    (``xy`` (V, M, 2) image pixels, ``mask`` (V, M); each marker at its mean position) would be
-    too large: the solved markers span about as much (a little more: x shrinks with the tilt)."""
+#: Turns of the measured marker positions tried by :func:`check_local_grid`, degrees.
+_GRID_TURNS_DEG = np.arange(0.0, 180.0, 2.0)
+
+
+def check_local_grid(xy: np.ndarray, mask: np.ndarray, tilts_deg: np.ndarray, options: LocalOptions) -> None:
+    """UsageError, before anything is solved, when the patch grid over the solved markers could be
+    too large, as :func:`lmalign_jax.core.local_grid.checked_patch_grid` would refuse it after the
+    solve. The solved (X, Y) are the measured positions (``xy`` (V, M, 2) image pixels, ``mask``
+    (V, M); each marker at its mean position over its views) turned by the tilt axis's angle, not
+    known before the solve, and stretched across the axis by up to 1 / mean |cos tilt|
+    (``tilts_deg`` (V,)): every turn is tried (2 degree steps) with both axes stretched, and the
+    largest grid decides."""
     means = mean_marker_positions(xy, mask)
     if not len(means):
         return
@@ -95,6 +103,24 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, options: LocalOptions) ->
         checked_patch_grid(means, options.patch_size, options.overlap)
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
+    stretch = 1.0 / max(float(np.mean(np.abs(np.cos(np.radians(tilts_deg))))), 0.1)
+    centred = (means - means.mean(axis=0)) * stretch
+    worst, worst_grid = 0, None
+    for turn in np.radians(_GRID_TURNS_DEG):
+        c, s = np.cos(turn), np.sin(turn)
+        turned = centred @ np.array([[c, s], [-s, c]])
+        grid = patch_grid(turned, options.patch_size, options.overlap)[0]
+        if grid[0] * grid[1] > worst:
+            worst, worst_grid = grid[0] * grid[1], grid
+    if worst > MAX_PATCHES:
+        (px, py), (fx, fy) = options.patch_size, options.overlap
+        raise UsageError(
+            f"--local: a patch size of {px} x {py} px with overlap {fx:g}, {fy:g} can make a grid of up to "
+            f"{worst_grid[0]} x {worst_grid[1]} = {worst} patches over the solved markers (their extent "
+            "depends on the tilt axis's angle and the tilts; measured extent "
+            f"{np.ptp(means[:, 0]):.0f} x {np.ptp(means[:, 1]):.0f} px), more than {MAX_PATCHES}; use larger "
+            "patches or less overlap"
+        )
 
 
 def _what_the_file_holds(f) -> str:
