@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..deformation_parameters import DEFORMATION_PARAMETERS
 from ..models import ProjectionModel
 from ..observations import Observations
 from ..solve import (
@@ -327,7 +328,7 @@ def free_masks(
     Views' own entries are free in mode "free" unless held; slots (in the order of
     ``build_problem``'s layout) unless held; the gauge is fixed at ``ref_view`` (and one
     marker's z, and the model's far-gauge groups at ``far_view``) whenever any marker entry is
-    free. Only ``hold`` and ``marker_free`` differ between the stages of an alignment; the
+    free; a deformation model's coefficients in its gauge, always. Only ``hold`` and ``marker_free`` differ between the stages of an alignment; the
     layout does not.
     """
     unknown = (set(modes) | set(hold)) - set(model.parameters)
@@ -338,7 +339,11 @@ def free_masks(
     n_views = obs.n_views
     marker_free = np.asarray(marker_free, dtype=bool).copy()
     gauge_active = bool(marker_free.any())
-    gauge = set(model.gauge) | {"tilt"} if gauge_active else set()
+    # a deformation model's coefficients at the reference view are held in every stage, so the
+    # markers keep the reference view's shape: freed while the markers are held (the tilt stage),
+    # they drifted there (shrink -0.26 px on a simulated domed series) and were then held off zero
+    deformation = set(model.gauge) & set(DEFORMATION_PARAMETERS.get(model.name, ()))
+    gauge = set(model.gauge) | {"tilt"} if gauge_active else deformation
     free = np.zeros((n_views, model.n_parameters), dtype=bool)
     slot_free: list[bool] = []
     far = far_view(obs.tilts_deg)
