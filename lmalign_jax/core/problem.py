@@ -328,8 +328,8 @@ def free_masks(
     Views' own entries are free in mode "free" unless held; slots (in the order of
     ``build_problem``'s layout) unless held; the gauge is fixed at ``ref_view`` (and one
     marker's z, and the model's far-gauge groups at ``far_view``) whenever any marker entry is
-    free; a deformation model's coefficients in its gauge, always. Only ``hold`` and ``marker_free`` differ between the stages of an alignment; the
-    layout does not.
+    free; a deformation model's coefficients in its gauge, always. Only ``hold`` and
+    ``marker_free`` differ between the stages of an alignment; the layout does not.
     """
     unknown = (set(modes) | set(hold)) - set(model.parameters)
     if unknown:
