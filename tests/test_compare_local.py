@@ -126,3 +126,26 @@ def test_a_gain_at_round_off_is_no_gain():
     )  # fmt: skip
     assert not candidate.justified_by_leave_out
     assert "leave-out squared error unchanged" in candidate.text and "significant" not in candidate.text
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        # jou has no x-stretch or skew: align refused it, compare took and recorded it (audit)
+        (["--local-mode", "xstretch=free"], "--local-mode: model 'jou' has no xstretch to refine locally"),
+        (["--local-mode", "rotation=fixed", "--local-mode", "tilt=fixed", "--local-mode", "scale=fixed"],
+         "--local-mode: every local increment of model 'jou' is fixed: nothing to solve"),
+        # a grid too large was an exit-0 note naming a Python exception, after every fit (audit)
+        (["--patch-size", 5, 5], "--local: a patch size of 5 x 5 px with overlap 0.5, 0.5 makes a grid of"),
+    ],
+)  # fmt: skip
+def test_compare_refuses_local_settings_as_align_does_before_any_fit(options, message, tmp_path):
+    from helpers import DATA
+
+    out = tmp_path / "c.json"
+    rc, stdout, err = run_cli(
+        ["compare", DATA / "imod-bb/BBa.resid", "--tilts", DATA / "imod-bb/BBa.tlt", "--image-size", 512, 512,
+         "--models", "jou,local", "--json", out, *options]
+    )  # fmt: skip
+    assert rc == 2 and err.startswith(f"lmalign: error: {message}"), err
+    assert not stdout and not out.exists()

@@ -9,6 +9,7 @@ transform.
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -470,3 +471,32 @@ def test_a_grid_that_the_solved_markers_could_push_past_the_limit_is_refused_bef
         ):
             check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(80, 80)))
     check_local_grid(xy, mask, np.array([-60.0, 0.0, 60.0]), LocalOptions())
+
+
+def test_unsolved_patches_need_no_threshold_and_the_notes_name_only_solved_short_ones(solved, tmp_path):
+    """Tiny patches (audit): patches never solved (too few markers, or none tilt takes from them)
+    showed a threshold of 0 ("needs 0"); the note on patches weighing fewer than min_fids markers
+    counted them too, spoke of a keeping test under --local-keep-all and named none; with every
+    solved patch kept, the record said every patch kept its fit while some held the global."""
+    from lmalign_jax.report.record_local import local_section
+    from lmalign_jax.workflow.local import format_local_report
+
+    result = solved["rigid"][0]
+    for significance in (3.0, None):
+        options = LocalOptions(patch_size=(120, 120), min_fids=(2, 0), significance=significance)
+        local = align_local(result, options)
+        unsolved = [p for p in local.patches if p.n_coordinates == 0]
+        assert unsolved and all(np.isnan(p.threshold) and not p.kept_local for p in unsolved)
+        solved_ones = [p for p in local.patches if p.n_coordinates > 0 and "underdetermined" not in p.status]
+        assert all(np.isfinite(p.threshold) == (significance is not None) for p in solved_ones)
+        (note,) = [n for n in local.notes if "weigh fewer than 2 markers" in n]
+        named = set(re.findall(r"\((\d+), (\d+)\)", note.split(":")[0]))
+        assert named and not named & {(str(p.index[0]), str(p.index[1])) for p in unsolved}
+        assert ("keeping test" in note) == (significance is not None)
+        section = local_section(local, options, "xlocal.xf", np.arange(result.markers.shape[0]))
+        assert all(p["threshold_sigma2"] is None for p in section["patches"] if p["n_coordinates"] == 0)
+        report = format_local_report(local)
+        if significance is None:
+            assert section["n_kept"] < section["n_patches"]
+            assert "every patch that could be solved keeps its own fit" in section["keep_rule"]
+            assert "that could be solved" in report

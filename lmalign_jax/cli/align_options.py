@@ -19,6 +19,7 @@ __all__ = [
     "MODE_RE",
     "add_local_mode_option",
     "add_local_weighting_option",
+    "check_local_modes",
     "add_local_options",
     "add_patch_size_option",
     "add_robust_options",
@@ -182,7 +183,14 @@ def local_options_from_args(args) -> LocalOptions | None:
         )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
-    given = {text.partition("=")[0].strip() for text in args.local_mode or ()}
+    check_local_modes(model, modes, args.local_mode)
+    return options
+
+
+def check_local_modes(model, modes: tuple[tuple[str, str], ...], given_texts) -> None:
+    """UsageError when ``--local-mode`` (``given_texts``, NAME=MODE) names an increment ``model``
+    lacks, or leaves every increment ``model`` has fixed (align --local, compare's 'local')."""
+    given = {text.partition("=")[0].strip() for text in given_texts or ()}
     lacking = sorted(n for n in given if n not in model.parameters)
     if lacking:
         raise UsageError(
@@ -193,7 +201,6 @@ def local_options_from_args(args) -> LocalOptions | None:
         raise UsageError(
             f"--local-mode: every local increment of model {model.name!r} is fixed: nothing to solve"
         )
-    return options
 
 
 def add_solver_options(p) -> None:

@@ -8,17 +8,19 @@ from dataclasses import replace
 import numpy as np
 
 from ..analysis.compare import DEFAULT_MODELS, compare_models
+from ..analysis.compare_local import takes_local
 from ..core.problem import points_needed
 from ..io import InputError, atomic_write
 from ..models import MODELS, get_model
 from ..observations import usable_views_and_markers
 from ..workflow import observations_for_fit, parse_view_list, read_series, report_selection, select_views
-from ..workflow.local import LocalOptions
+from ..workflow.local import LocalOptions, check_local_grid
 from ..workflow.settings import AlignSettings
 from .align_options import (
     add_local_mode_option,
     add_local_weighting_option,
     add_patch_size_option,
+    check_local_modes,
     parse_local_modes,
 )
 from .common import (
@@ -78,6 +80,9 @@ def run_compare(args) -> int:
             )
         except ValueError as e:
             raise UsageError(f"--patch-size: {e}") from None
+        base = next((m for m in models if m in MODELS and takes_local(get_model(m))), None)
+        if base is not None:  # else compare says there is no rigid model to stand on
+            check_local_modes(get_model(base), local.modes, args.local_mode)
     else:
         given = [
             flag
@@ -101,6 +106,8 @@ def run_compare(args) -> int:
         rotation_deg=args.rotation,
         warn=warn,
     )
+    if local is not None:  # a grid too large for the markers is refused before any fit, as align does
+        check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local)
     exclude = parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else []
     sel = _select(inputs, exclude, [m for m in models if m != "local"])
     report_selection(inputs, replace(sel, excluded_few_points=[]), warn)

@@ -179,9 +179,10 @@ class PatchReport:
     global and under its own local fit (px; each marker weighted by the patch's share in it,
     ``LocalOptions.weighting``), its free parameters, the drop of its sum of squares in
     units of sigma^2, whether its local solution was kept (else the global one stands for it), the
-    drop it needed to be kept (NaN: no test, every patch kept) and its markers (indices into the result's;
-    for a patch with too few markers, those its largest box held, at their global residual), and
-    the coordinates its fit weighs (those of markers it has a share in)."""
+    drop it needed to be kept (NaN: no test, every patch kept; or the patch was not solved) and its
+    markers (indices into the result's; for a patch with too few markers, those its largest box
+    held, at their global residual), and the coordinates its fit weighs (those of markers it has a
+    share in)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -206,6 +207,7 @@ class LocalSolution:
     global_mean_px / local_mean_px: mean residual length with every marker fitted through the
     global transform alone / through the local alignment as tilt applies it.
     seconds: wall time of the batched solve (compiled call included).
+    keep_test: whether patches were kept by the significance test (else every solved one was).
     """
 
     file: LocalAlignment
@@ -216,6 +218,7 @@ class LocalSolution:
     local_mean_px: float
     seconds: float
     notes: tuple[str, ...]
+    keep_test: bool = True
 
 
 def _bucket(n: int) -> int:
@@ -425,10 +428,10 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     # IMOD's midzone2 sets (measured in commit 912acde's message): they are only named, and the
     # keeping test judges their fits
     short = [
-        p
+        cells[p][0]
         for p, idx in enumerate(selections)
-        if idx.size
-        and options.weighting == "blend"
+        if options.weighting == "blend"
+        and np.count_nonzero(shares[idx, p])  # none: not solved, and said so in its status
         and (
             np.count_nonzero(shares[idx, p]) < options.min_fids[0]
             or min(np.sum(shares[idx, p][side[idx] == k] > 0) for k in (0, 1)) < options.min_fids[1]
@@ -436,9 +439,11 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     ]
     if short:
         notes.append(
-            f"{len(short)} patch(es) weigh fewer than {options.min_fids[0]} markers "
-            f"({options.min_fids[1]} per surface) because tilt blends their other markers from "
-            "neighbouring patches; the keeping test judges their fits (larger patches hold more)"
+            f"patch(es) {', '.join(f'({i}, {j})' for i, j in short)} weigh fewer than {options.min_fids[0]} "
+            f"markers ({options.min_fids[1]} per surface): tilt blends their other markers from "
+            "neighbouring patches"
+            + ("; the keeping test judges their fits" if options.significance is not None else "")
+            + " (larger patches hold more)"
         )
     built = [
         _patch_problem(lm, base_k, result, s, shares[s, p], capacity, options, radius, ref_view)
@@ -547,7 +552,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 n_free[p],
                 drop,
                 keep,
-                float("nan") if options.significance is None else float(threshold),
+                float("nan")
+                if options.significance is None or not enough or not counted
+                else float(threshold),
                 tuple(int(i) for i in shown),
                 2 * counted if enough else 0,
             )
@@ -577,4 +584,5 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         local_mean_px=float(np.nanmean(np.hypot(l_res[..., 0], l_res[..., 1]))),
         seconds=seconds,
         notes=tuple(notes),
+        keep_test=options.significance is not None,
     )

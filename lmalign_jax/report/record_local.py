@@ -41,6 +41,10 @@ LOCAL_KEEP_RULE = (
     "keeps every patch, as IMOD does)"
 )
 KEEP_ALL_RULE = "every patch keeps its own fit (--local-keep-all, as IMOD does)"
+KEEP_SOLVED_RULE = (
+    "every patch that could be solved keeps its own fit (--local-keep-all, as IMOD does); the others "
+    "hold the global solution (their status says why)"
+)
 
 
 def local_section(solution, options, file_name: str, marker_ids) -> dict:
@@ -66,7 +70,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
                 "n_free": p.n_free,
                 "n_coordinates": p.n_coordinates,
                 "drop_sigma2": p.chi2_drop,
-                "threshold_sigma2": p.threshold,
+                "threshold_sigma2": p.threshold if math.isfinite(p.threshold) else None,
                 "kept": p.kept_local,
                 "status": p.status,
                 "reason": None if p.kept_local else p.status,
@@ -76,7 +80,11 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
     return {
         "file": file_name,
         "options": options.to_dict(),
-        "keep_rule": KEEP_ALL_RULE if significance is None else LOCAL_KEEP_RULE.format(k=significance),
+        "keep_rule": (
+            (KEEP_ALL_RULE if kept == len(solution.patches) else KEEP_SOLVED_RULE)
+            if significance is None
+            else LOCAL_KEEP_RULE.format(k=significance)
+        ),
         "grid": {"n_patches": list(f.n_patches), "start": list(f.start), "spacing": list(f.spacing)},
         "n_patches": len(solution.patches),
         "n_kept": int(kept),

@@ -148,8 +148,7 @@ def format_local_report(solution: LocalSolution) -> str:
     lines.extend(f"  note: {n}" for n in solution.notes)
     n_kept = sum(p.kept_local for p in solution.patches)
     n_all = len(solution.patches)
-    tested = any(np.isfinite(p.threshold) for p in solution.patches)
-    if not tested:
+    if not solution.keep_test:
         which = "every patch's own fit" + ("" if n_kept == n_all else " that could be solved (see above)")
         lines.append(f" Kept {n_kept} of {n_all} patches: {which} (--local-keep-all, as IMOD)")
     else:
