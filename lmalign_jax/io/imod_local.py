@@ -79,6 +79,14 @@ class LocalAlignment:
         return int(self.delta_tilt_deg.shape[1])
 
     @property
+    def is_global(self) -> bool:
+        """Whether every patch holds the global alignment: unit transforms, no tilt or X-axis tilt
+        deltas (to 1e-6; what align --local writes for a patch that keeps the global solution)."""
+        unit = np.allclose(self.transforms, np.eye(2, 3), atol=1e-6)
+        no_xtilt = self.delta_xtilt_deg is None or np.allclose(self.delta_xtilt_deg, 0.0, atol=1e-6)
+        return bool(unit and no_xtilt and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
+
+    @property
     def centres(self) -> np.ndarray:
         """(n_patches, 2) patch centres (x, y) in pixels, X fastest."""
         nx, ny = self.n_patches

@@ -126,7 +126,7 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, tilts_deg: np.ndarray, op
 def _what_the_file_holds(f) -> str:
     """What a local file of global solutions only holds: nothing beyond the global alignment for
     a rigid model; a deformation model's (shape) own variation across the field, patch by patch."""
-    if np.allclose(f.transforms, np.eye(2, 3), atol=1e-6) and np.allclose(f.delta_tilt_deg, 0.0, atol=1e-6):
+    if f.is_global:
         return "the local file equals the global alignment"
     return "the local file holds the global model's own variation across the field, patch by patch"
 

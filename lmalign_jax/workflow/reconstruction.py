@@ -435,6 +435,10 @@ def reconstruct_to_file(
                 f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
             )
             local = scaled_to_stack(local, header_pixel)
+        if local.is_global:  # no patch kept: read through sheets it would only blur (a second interpolation)
+            if not quiet:
+                note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
+            local = local_path = None
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = None
     if local is not None:
