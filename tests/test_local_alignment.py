@@ -245,10 +245,11 @@ def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved)
     warped = solved["warped"][1]
     n_kept = sum(p.kept_local for p in warped.patches)
     assert f"Kept {n_kept} of 9 patches:" in format_local_report(warped)
-    # the rule printed is the one the patches were judged by: with blend weights lam < 1
-    assert "(drop/sigma^2 > lam (p + 3 sqrt(2p))" in format_local_report(warped)
+    # the rule printed is the one the patches were judged by: the chi-square bound of the fit with
+    # every marker weighted fully, which frees at least what the blend solution frees
+    assert "(drop/sigma^2 > p + 3 sqrt(2p)" in format_local_report(warped)
     for p in warped.patches:
-        assert 0 < p.threshold < p.n_free + 3 * np.sqrt(2 * p.n_free)
+        assert p.threshold >= p.n_free + 3 * np.sqrt(2 * p.n_free) - 1e-9
         assert p.kept_local == (p.chi2_drop > p.threshold)
 
 
@@ -520,3 +521,23 @@ def test_a_model_beyond_tilts_formula_is_said_to_lose_through_the_local_file():
             assert f"{local.global_mean_px:.4f} px" in said[0] and f"{result.mean_residual_px:.4f}" in said[0]
         else:
             assert abs(local.global_mean_px - result.mean_residual_px) < 1e-3
+
+
+def test_blend_solutions_are_kept_by_the_even_fits_chi_square_test(solved):
+    """The keeping test is the chi-square test of the patch's fit with every marker weighted
+    fully, whose scatter is known; the blend solution is what the file holds. So the default
+    keeps the patches the even weighting keeps, by the same drops and thresholds, and writes
+    other transforms for them."""
+    result = solved["warped"][0]
+    blend = align_local(result)
+    even = align_local(result, LocalOptions(weighting="even"))
+    assert [p.kept_local for p in blend.patches] == [p.kept_local for p in even.patches]
+    assert any(p.kept_local for p in blend.patches)
+    np.testing.assert_allclose(
+        [p.chi2_drop for p in blend.patches], [p.chi2_drop for p in even.patches], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [p.threshold for p in blend.patches], [p.threshold for p in even.patches], rtol=1e-12
+    )
+    kept = [k for k, p in enumerate(blend.patches) if p.kept_local]
+    assert np.abs(blend.file.transforms[kept] - even.file.transforms[kept]).max() > 1e-4

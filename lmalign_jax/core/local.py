@@ -27,7 +27,8 @@ patch therefore weighs its markers by the share tilt gives it at their (X, Y) (t
 every marker of the patch fully, ``"even"``). The file then fits the positions tilt computes
 from it: on IMOD's BB and midzone2 sets, every patch kept, the mean residual falls 1.6-1.9 times
 as much as IMOD's own local files make it fall, and the leave-out prediction improves on every
-axis (benchmarks/README, "Patch weights").
+axis (benchmarks/README, "Patch weights"). Whether a patch keeps its solution is still judged
+by its fit with every marker weighted fully (``LocalOptions.significance``).
 
 Every patch is the same-shaped masked problem (markers padded to the largest patch, missing pairs
 weighted 0), so all are solved by one ``jax.vmap`` of the package's L-M solver in one compiled
@@ -125,14 +126,16 @@ class LocalOptions:
         shift is fitted.
     weighting: "blend" (default) weighs each marker of a patch by the share tilt gives the patch
         at the marker's position (module docstring); "even" weighs all fully, as tiltalign does.
-    significance: keep a patch's local solution only if it lowers the patch's (weighted) sum of
-        squares by more than fitting noise would: ``delta SS / sigma^2 > lam (p + significance
-        sqrt(2 p))`` (p the patch's free parameters; under a rigid specimen, with every weight 1,
-        delta SS / sigma^2 is about chi-square with p degrees of freedom, mean p, sd sqrt(2 p);
-        with weights w it is a weighted sum whose terms are about ``lam = sum w^2 / sum w`` over
-        the patch's points, 1 for even weights); sigma^2 from the global fit. Otherwise the
-        patch keeps the global solution. None keeps every patch's solution, as IMOD does (which
-        fits noise: more parameters always lower the residual).
+    significance: keep a patch's local solution only if the patch's fit with every marker
+        weighted fully lowers its sum of squares by more than fitting noise would: ``delta SS /
+        sigma^2 > p + significance sqrt(2 p)`` (p that fit's free parameters; under a rigid
+        specimen delta SS / sigma^2 is about chi-square with p degrees of freedom, mean p, sd
+        sqrt(2 p); a robust fit's weights w scale it by ``lam = sum w^2 / sum w``); sigma^2 from
+        the global fit. With blend weights that fit is solved beside the blend one, in the same
+        call: the blend dilutes the evidence (its test kept fewer patches in compare's leave-out
+        folds, and predicted midzone2a's held-out points worse). Otherwise the patch keeps the
+        global solution. None keeps every patch's solution, as IMOD does (which fits noise: more
+        parameters always lower the residual).
     config: the solver's settings. Each patch starts at the global solution, a few steps from its
         optimum: cost changes below 1e-9 of the cost (a parameter change far below its standard
         error) end it, which on the 4k benchmark takes 0.7 s where the float64 defaults take 2 s,
@@ -181,12 +184,12 @@ class LocalOptions:
 class PatchReport:
     """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
     global and under its own local fit (px; each marker weighted by the patch's share in it,
-    ``LocalOptions.weighting``), its free parameters, the drop of its sum of squares in
-    units of sigma^2, whether its local solution was kept (else the global one stands for it), the
-    drop it needed to be kept (NaN: no test, every patch kept; or the patch was not solved) and its
-    markers (indices into the result's; for a patch with too few markers, those its largest box
-    held, at their global residual), and the coordinates its fit weighs (those of markers it has a
-    share in)."""
+    ``LocalOptions.weighting``), its free parameters, the drop of its sum of squares in units of
+    sigma^2 (of the keeping test's fit, every marker weighted fully), whether its local solution
+    was kept (else the global one stands for it), the drop it needed to be kept (NaN: no test,
+    every patch kept; or the patch was not solved) and its markers (indices into the result's;
+    for a patch with too few markers, those its largest box held, at their global residual), and
+    the coordinates its fit weighs (those of markers it has a share in)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -453,6 +456,17 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         _patch_problem(lm, base_k, result, s, shares[s, p], capacity, options, radius, ref_view)
         for p, s in enumerate(selections)
     ]
+    # the keeping test judges each patch by its fit with every marker weighted fully (a
+    # chi-square test with its known scatter); blend weights dilute that evidence (a bilinear
+    # share's (mean w)^2 / mean w^2 is about 0.56): solved beside the blend ones, in the same call
+    n_patches_all = len(selections)
+    split = options.weighting == "blend" and options.significance is not None
+    if split:
+        ones = np.ones(len(xy))
+        built += [
+            _patch_problem(lm, base_k, result, s, ones[s], capacity, options, radius, ref_view)
+            for s in selections
+        ]
     # IMOD's sets depend on the points a patch has in each view: pad to the most slots of any,
     # rounded up so that refits of the series (compare's folds) reuse the compiled solve
     n_slots = padded_size(max(x.g.shape[0] for x, _ in built))
@@ -461,7 +475,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     structure = jax.tree_util.tree_map(lambda *a: np.stack(a), *[b[1] for b in built])
     eliminate = "a" if options.fix_markers else choose_elimination(obs.n_views, lm.n_parameters, capacity, 3)
     began = time.perf_counter()
-    if any(s.size for s in selections):
+    if any(s.size for s in selections):  # (2P problems when split: the test's after the solutions)
         with jax.enable_x64(True):
             sol = _batched_solver(residual_function(lm), eliminate, options.config)(x0, structure)
             sol = jax.device_get(jax.block_until_ready(sol))
@@ -469,9 +483,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         status_of, solved_markers = sol.status, sol.x.b
     else:  # no patch has enough markers: nothing to solve, every patch keeps the global solution
         a_eff, solved_markers = x0.a, x0.b
-        status_of = np.full(len(selections), int(Status.CONVERGED))
+        status_of = np.full(len(built), int(Status.CONVERGED))
     seconds = time.perf_counter() - began
-    unit = structure.const  # (P, k)
+    unit = structure.const  # (P or 2P, k)
     full = a_eff * unit[:, None, :]
     views = full[:, :, :base_k].copy()
     for j, name in enumerate(n for n in INCREMENTS if n in model.parameters):
@@ -479,7 +493,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
 
     n_free = [
         int(structure.free_a[p].sum() + structure.free_b[p].sum() + structure.free_g[p].sum())
-        for p in range(len(selections))
+        for p in range(len(built))
     ]
     resid = np.where(obs.mask[..., None], result.residuals, 0.0)
     # the noise of the points the fit weighs (a robust fit's weights: its outliers would inflate
@@ -501,18 +515,29 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         # and its corrections are noise, whatever the test says
         underdetermined = bool(enough and n_free[p] >= 2 * counted)
         markers = np.asarray(solved_markers[p, : idx.size])
-        local_pred = _project(model, views[p], np.asarray(solved_markers[p]))[:, : idx.size]  # one shape
-        l_res = np.where(m[..., None], local_pred - obs.centered_xy[:, idx], 0.0)
         g_res = resid[:, idx]
-        drop = float(np.sum(cost_w[..., None] * (g_res**2 - l_res**2)) / sigma2) if sigma2 > 0 else np.inf
-        spread = float(np.sum(cost_w**2) / np.sum(cost_w)) if counted else 1.0  # lam, 1 for even weights
+
+        def residuals_of(q, idx=idx, m=m):  # the patch's residuals under problem q's solution
+            pred = _project(model, views[q], np.asarray(solved_markers[q]))[:, : idx.size]  # one shape
+            return np.where(m[..., None], pred - obs.centered_xy[:, idx], 0.0)
+
+        l_res = residuals_of(p)
+        # the test: the drop of the test fit's (weighted) sum of squares against fitting noise's
+        t = p + n_patches_all if split else p
+        test_w = np.asarray(structure.weights[t, :, : idx.size]) ** 2
+        test_res = residuals_of(t) if split else l_res
+        drop = float(np.sum(test_w[..., None] * (g_res**2 - test_res**2)) / sigma2) if sigma2 > 0 else np.inf
+        # lam: 1 for even weights (robust weights make it less)
+        spread = float(np.sum(test_w**2) / np.sum(test_w)) if np.any(test_w) else 1.0
         if not enough:  # nothing solved: the markers its largest box held, under the global fit
             g_res = l_res = resid[:, in_box]
         threshold = (
             np.inf
             if options.significance is None
-            else spread * (n_free[p] + options.significance * np.sqrt(2 * n_free[p]))
+            else spread * (n_free[t] + options.significance * np.sqrt(2 * n_free[t]))
         )
+        if split and Status(int(status_of[t])) == Status.FAILED:
+            status = Status.FAILED
         if not enough:
             text = "too few markers; global kept"
         elif counted == 0 and not shares[idx, p].any():
@@ -572,6 +597,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             "(min_fids, --min-fids) or the patch size"
         )
     tilt = model.index("tilt")
+    views = views[:n_patches_all]  # the solutions (the test's fits follow them when split)
     delta_tilt = np.degrees(views[:, :, tilt] - result.views[None, :, tilt])
     file = LocalAlignment(n_patches, start, spacing, 0.0, delta_tilt, np.stack(transforms))
     aligned = result.aligned_xy() - centre_px

@@ -35,10 +35,10 @@ from ..io.errors import InputError
 __all__ = ["LOCAL_KEEP_RULE", "LocalRecord", "local_section", "read_local_section"]
 
 LOCAL_KEEP_RULE = (
-    "a patch keeps its own fit only when it lowers its (weighted) sum of squares by more than fitting "
-    "noise would: drop/sigma^2 > lam (p + {k:g} sqrt(2p)), p its free parameters, lam = sum w^2 / sum w "
-    "of its points' weights (1 when even); the others hold the global solution (--local-keep-all "
-    "keeps every patch, as IMOD does)"
+    "a patch keeps its own fit only when its fit with every marker weighted fully lowers its sum of "
+    "squares by more than fitting noise would: drop/sigma^2 > lam (p + {k:g} sqrt(2p)), p that fit's "
+    "free parameters, lam = sum w^2 / sum w of a robust fit's weights (else 1); the others hold the "
+    "global solution (--local-keep-all keeps every patch, as IMOD does)"
 )
 KEEP_ALL_RULE = "every patch keeps its own fit (--local-keep-all, as IMOD does)"
 KEEP_SOLVED_RULE = (

@@ -155,9 +155,9 @@ def format_local_report(solution: LocalSolution) -> str:
         lines.append(
             f" Kept {n_kept} of {n_all} patches"
             + (f" ({_what_the_file_holds(f)})" if n_kept == 0 else "")
-            + ": a patch keeps its own fit only when it lowers its (weighted) sum of squares by more\n"
-            "  than fitting noise would (drop/sigma^2 > lam (p + 3 sqrt(2p)), p its free parameters, lam =\n"
-            "  sum w^2 / sum w of its points' weights, 1 when even); the others hold the global solution.\n"
+            + ": a patch keeps its own fit only when its fit with every marker weighted fully\n"
+            "  lowers its sum of squares by more than fitting noise would (drop/sigma^2 > p + 3 sqrt(2p),\n"
+            "  p that fit's free parameters; robust weights scale it); the others hold the global solution.\n"
             "  --local-keep-all keeps every patch's fit, as IMOD does"
         )
     lines.append(
