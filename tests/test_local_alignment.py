@@ -249,7 +249,8 @@ def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved)
     # every marker weighted fully, which frees at least what the blend solution frees
     assert "(drop/sigma^2 > p + 3 sqrt(2p)" in format_local_report(warped)
     for p in warped.patches:
-        assert p.threshold >= p.n_free + 3 * np.sqrt(2 * p.n_free) - 1e-9
+        assert p.threshold == pytest.approx(p.test_n_free + 3 * np.sqrt(2 * p.test_n_free), rel=1e-12)
+        assert p.test_n_free >= p.n_free  # the even fit frees at least what the blend fit frees
         assert p.kept_local == (p.chi2_drop > p.threshold)
 
 
@@ -541,3 +542,30 @@ def test_blend_solutions_are_kept_by_the_even_fits_chi_square_test(solved):
     )
     kept = [k for k, p in enumerate(blend.patches) if p.kept_local]
     assert np.abs(blend.file.transforms[kept] - even.file.transforms[kept]).max() > 1e-4
+
+
+def test_a_failed_keeping_test_fit_keeps_the_global_solution_and_says_which_fit(solved, monkeypatch):
+    """The test's fit (every marker weighted fully) is solved beside the blend one; if it fails,
+    the patch cannot be judged: it keeps the global solution, and its status names the test's
+    fit, not the solution's (review)."""
+    import lmalign_jax.core.local as core_local
+    from lmalign_jax.solve import Status
+
+    solver = core_local._batched_solver
+
+    def test_fits_fail(fn, eliminate, config):
+        solve = solver(fn, eliminate, config)
+
+        def run(x0, structure):
+            sol = solve(x0, structure)
+            status = np.array(sol.status)
+            status[status.size // 2 :] = int(Status.FAILED)  # the test's fits follow the solutions
+            return sol._replace(status=status)
+
+        return run
+
+    monkeypatch.setattr(core_local, "_batched_solver", test_fits_fail)
+    local = align_local(solved["warped"][0])
+    assert not any(p.kept_local for p in local.patches)
+    assert all(p.status.startswith("the keeping test's fit failed") for p in local.patches)
+    assert sum("keeping test's fit failed" in n for n in local.notes) == len(local.patches)

@@ -133,7 +133,8 @@ class LocalOptions:
         sqrt(2 p); a robust fit's weights w scale it by ``lam = sum w^2 / sum w``); sigma^2 from
         the global fit. With blend weights that fit is solved beside the blend one, in the same
         call: the blend dilutes the evidence (its test kept fewer patches in compare's leave-out
-        folds, and predicted midzone2a's held-out points worse). Otherwise the patch keeps the
+        folds, and predicted midzone2a's held-out points worse). The blend fit itself is guarded
+        only against having as many parameters as the coordinates it weighs. Otherwise the patch keeps the
         global solution. None keeps every patch's solution, as IMOD does (which fits noise: more
         parameters always lower the residual).
     config: the solver's settings. Each patch starts at the global solution, a few steps from its
@@ -189,7 +190,8 @@ class PatchReport:
     was kept (else the global one stands for it), the drop it needed to be kept (NaN: no test,
     every patch kept; or the patch was not solved) and its markers (indices into the result's;
     for a patch with too few markers, those its largest box held, at their global residual), and
-    the coordinates its fit weighs (those of markers it has a share in)."""
+    the coordinates its fit weighs (those of markers it has a share in), and the free parameters
+    of the keeping test's fit (p of its threshold; 0 without a test)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -204,6 +206,7 @@ class PatchReport:
     threshold: float = float("nan")
     marker_indices: tuple[int, ...] = ()
     n_coordinates: int = 0
+    test_n_free: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -449,7 +452,12 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             f"patch(es) {', '.join(f'({i}, {j})' for i, j in short)} weigh fewer than {options.min_fids[0]} "
             f"markers ({options.min_fids[1]} per surface): tilt blends their other markers from "
             "neighbouring patches"
-            + ("; the keeping test judges their fits" if options.significance is not None else "")
+            + (
+                "; the keeping test judges each patch by its fit with every marker weighted fully, "
+                "and only the parameters-against-coordinates rule guards their blend fits"
+                if options.significance is not None
+                else ""
+            )
             + " (larger patches hold more)"
         )
     built = [
@@ -536,8 +544,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             if options.significance is None
             else spread * (n_free[t] + options.significance * np.sqrt(2 * n_free[t]))
         )
-        if split and Status(int(status_of[t])) == Status.FAILED:
-            status = Status.FAILED
+        test_failed = split and Status(int(status_of[t])) == Status.FAILED
+        if not enough or not counted:  # not solved: no drop
+            drop = 0.0
         if not enough:
             text = "too few markers; global kept"
         elif counted == 0 and not shares[idx, p].any():
@@ -550,6 +559,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         elif status == Status.FAILED:
             text = f"solve failed ({status.message}); global kept"
             notes.append(f"patch {cell}: {text}")
+        elif test_failed:
+            text = f"the keeping test's fit failed ({Status(int(status_of[t])).message}); global kept"
+            notes.append(f"patch {cell}: {text}")
         elif options.significance is not None and not drop > threshold:
             text = f"not significant (needs {threshold:.0f}); global kept"
         else:
@@ -558,6 +570,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             enough
             and not underdetermined
             and status != Status.FAILED
+            and not test_failed
             and (options.significance is None or drop > threshold)
         )
         if not keep:
@@ -586,6 +599,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 else float(threshold),
                 tuple(int(i) for i in shown),
                 2 * counted if enough else 0,
+                n_free[t] if options.significance is not None and enough and counted else 0,
             )
         )
         centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])

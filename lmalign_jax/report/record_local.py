@@ -19,7 +19,8 @@ Layout::
       "solve_seconds": s,
       "patches": [{"index": [i, j], "centre": [x, y], "box": [w, h], "n_markers": n,
                    "marker_ids": [...], "global_rms_px": .., "local_rms_px": ..,
-                   "n_free": p, "n_coordinates": c, "drop_sigma2": .., "threshold_sigma2": .. or null,
+                   "n_free": p, "n_coordinates": c, "test_n_free": q, "drop_sigma2": ..,
+                   "threshold_sigma2": .. or null,
                    "kept": true/false, "status": "...", "reason": null or why the global stands}],
       "notes": [...]
     }
@@ -37,8 +38,8 @@ __all__ = ["LOCAL_KEEP_RULE", "LocalRecord", "local_section", "read_local_sectio
 LOCAL_KEEP_RULE = (
     "a patch keeps its own fit only when its fit with every marker weighted fully lowers its sum of "
     "squares by more than fitting noise would: drop/sigma^2 > lam (p + {k:g} sqrt(2p)), p that fit's "
-    "free parameters, lam = sum w^2 / sum w of a robust fit's weights (else 1); the others hold the "
-    "global solution (--local-keep-all keeps every patch, as IMOD does)"
+    "free parameters (test_n_free), lam = sum w^2 / sum w of a robust fit's weights (else 1); the "
+    "others hold the global solution (--local-keep-all keeps every patch, as IMOD does)"
 )
 KEEP_ALL_RULE = "every patch keeps its own fit (--local-keep-all, as IMOD does)"
 KEEP_SOLVED_RULE = (
@@ -69,6 +70,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
                 "local_rms_px": p.local_rms_px,
                 "n_free": p.n_free,
                 "n_coordinates": p.n_coordinates,
+                "test_n_free": p.test_n_free,
                 "drop_sigma2": p.chi2_drop,
                 "threshold_sigma2": p.threshold if math.isfinite(p.threshold) else None,
                 "kept": p.kept_local,

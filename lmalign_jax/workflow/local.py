@@ -157,7 +157,8 @@ def format_local_report(solution: LocalSolution) -> str:
             + (f" ({_what_the_file_holds(f)})" if n_kept == 0 else "")
             + ": a patch keeps its own fit only when its fit with every marker weighted fully\n"
             "  lowers its sum of squares by more than fitting noise would (drop/sigma^2 > p + 3 sqrt(2p),\n"
-            "  p that fit's free parameters; robust weights scale it); the others hold the global solution.\n"
+            "  p that fit's free parameters, the record's test_n_free; robust weights scale it); the others\n"
+            "  hold the global solution.\n"
             "  --local-keep-all keeps every patch's fit, as IMOD does"
         )
     lines.append(
