@@ -12,6 +12,12 @@ os.environ.setdefault("LMALIGN_NO_COMPILATION_CACHE", "1")
 os.environ.setdefault("LMALIGN_RESIDENT", "0")  # tests start their own resident process, never a developer's
 
 
+def pytest_runtest_setup(item):
+    """The caches stay off for every test, whatever an earlier one did to the switch (a helper
+    that deleted it once turned them on for the rest of its worker, in the user's cache folder)."""
+    os.environ.setdefault("LMALIGN_NO_COMPILATION_CACHE", "1")
+
+
 #: Seconds of test time per module (sum of setup, call and teardown; ``pytest --durations=0`` on
 #: 2 cores, 2026-12-04, commit e026002, a quiet machine: 1,046 s of test time in 545 s), for the
 #: modules over 15 s. The slowest run first: with

@@ -29,11 +29,11 @@ def _no_persistent_cache(monkeypatch):
 
 
 def run_env(args):
-    os.environ["LMALIGN_NO_COMPILATION_CACHE"] = "1"
-    try:
-        return run(args)
-    finally:
-        del os.environ["LMALIGN_NO_COMPILATION_CACHE"]
+    """``run`` with the CLI's caches off, the environment left as it was. (It deleted the switch
+    afterwards: called from a module fixture, before any test's monkeypatch, that turned the
+    caches on for the rest of the worker, in the user's cache folder shared by both workers; a
+    dry run then hung in a computation loaded from it and crashed reading JAX's cache.)"""
+    return run(args, no_cache=True)
 
 
 @pytest.fixture(scope="module")
