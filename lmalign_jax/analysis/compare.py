@@ -71,7 +71,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..core.align import align
-from ..core.local import LocalOptions
+from ..core.local_options import LocalOptions
 from ..core.problem import points_needed
 from ..core.result import AlignmentResult
 from ..models import MODELS, ProjectionModel, get_model

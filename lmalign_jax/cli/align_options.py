@@ -9,7 +9,7 @@ import argparse
 import re
 
 from ..analysis.robust_weights import LOSSES
-from ..core.local import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS
+from ..core.local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS
 from ..models import get_model
 from ..workflow import STAGES, AlignSettings
 from ..workflow.local import LocalOptions, check_local_model
