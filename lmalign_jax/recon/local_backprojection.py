@@ -33,7 +33,15 @@ from jax.scipy.ndimage import map_coordinates
 from jaxtyping import Float
 
 from . import _kernels
-from .fbp import _check_transforms, _finish_slab, _finite_view, _positive_int, _raw_band, plan_slabs
+from .fbp import (
+    _bin_view,
+    _check_transforms,
+    _finish_slab,
+    _finite_view,
+    _positive_int,
+    _raw_band,
+    plan_slabs,
+)
 from .filters import angular_increments, filter_response, sirt_like_response
 from .sheets import (
     DEFAULT_TOLERANCE_PX,
@@ -162,13 +170,15 @@ def reconstruct_local_in_memory(
     radial=None,
     dtype=jnp.float32,
 ) -> Float[np.ndarray, "nz ny nx"]:
-    """The reference of :func:`reconstruct_local`: every raw view (binned) resampled whole into the
-    globally aligned frame (bilinear, ``x' = A (x - c) + D + c``, shifts in unbinned pixels), then
+    """The reference of :func:`reconstruct_local`: every raw view (binned, its mean subtracted)
+    resampled whole into the globally aligned frame (bilinear, ``x' = A (x - c) + D + c``, shifts in
+    unbinned pixels), then
     :func:`backproject_local`; the whole volume in memory."""
     a = np.asarray(xf_A, np.float64)
     d = np.asarray(xf_shift, np.float64)
     b = int(binning)
     views = [_bin(np.asarray(stack[v], np.float64), b) for v in range(a.shape[0])]
+    views = [view - view.mean() for view in views]  # outside the raw view reads as its mean
     ny, nx = views[0].shape
     x = np.arange(nx) + 0.5 - nx / 2
     y = np.arange(ny) + 0.5 - ny / 2
@@ -431,6 +441,7 @@ def stream_backprojection(
     # the pass's band in _kernels.column_band's layout, which resample_filter_view returns: no
     # transposes; the padding and the rows outside the image stay zero
     band = np.zeros((n_views, nx_b + 2, band_rows + 2), np.float32)
+    means = np.full(n_views, np.nan)
     for p0 in range(0, ny_b, plan.pass_rows):
         p_rows = min(plan.pass_rows, ny_b - p0)
         b0 = p0 - margin  # aligned row of band row 0; rows outside the image stay zero
@@ -443,9 +454,14 @@ def stream_backprojection(
         pending = None
         for v in range(n_views):
             r0, r1 = _raw_band(a_inv[v], shifts[v], centre, lo, hi - lo, nx_b, ny_b)
+            if np.isnan(means[v]) and (r0, r1) != (0, ny_b):
+                means[v] = _bin_view(_finite_view(stack, v, 0, ny), b, ny_b, nx_b).mean(dtype=np.float64)
             raw = _finite_view(stack, v, r0 * b, r1 * b)
             raw = raw if b == 1 else _bin(np.asarray(raw, np.float64), b)
-            params = _kernels.view_params(a_inv[v], shifts[v], centre, increments[v], 0.0, b0, r0)
+            if np.isnan(means[v]):
+                means[v] = raw.mean(dtype=np.float64)
+            # the view's mean subtracted, as the global path: outside the raw view reads as it
+            params = _kernels.view_params(a_inv[v], shifts[v], centre, increments[v], means[v], b0, r0)
             res = _kernels.resample_filter_view(
                 jnp.asarray(raw, dtype),
                 jnp.asarray(params, dtype),
