@@ -328,7 +328,7 @@ def test_a_local_transform_that_is_not_an_alignment_is_refused(tmp_path, entry, 
     assert not (tmp_path / "t.mrc").exists()
 
 
-@pytest.mark.parametrize("tolerance", [0.0])
+@pytest.mark.parametrize("tolerance", [0.0, 0.1])
 def test_a_unit_local_file_reconstructs_a_raw_stack_as_the_global_alignment(tolerance):
     """Every patch at the global alignment (rotated, shifted views; their means far from zero,
     which both paths subtract so that the outside of a resampled view reads as its mean): the

@@ -197,7 +197,8 @@ def reconstruct_local_in_memory(
 
 class _SheetReader:
     """The sheet back-projection of one volume: its position model (tilt's patch weights), and
-    per slab height the sheet plan (rates from :func:`lmalign_jax.recon.sheets.drift_rates`)."""
+    per slab height the sheet plan (from :func:`lmalign_jax.recon.sheets.drift_rates`), or None where
+    sheets cannot meet the tolerance (columns out of order, rows too far apart)."""
 
     #: Smallest du/dx (aligned px per column) for which the columns' order is trusted.
     MIN_SLOPE = 0.05
@@ -217,23 +218,23 @@ class _SheetReader:
 
     def usable(self, rows: int) -> bool:
         if rows not in self.plans:
-            rates, slope = drift_rates(
+            drift = drift_rates(
                 self.params, self.prepare, self.position, self.shape, self.n_views, rows, self.dtype
             )
-            if not slope > self.MIN_SLOPE:
-                self.plans[rows] = None
-            else:
+            self.plans[rows] = None
+            if drift.slope > self.MIN_SLOPE:
                 nz, _, nx = self.shape
                 block = min(32, 1 << max(0, (nz - 1).bit_length()))  # no block beyond the volume
                 while True:
-                    plan = plan_sheets(rates, self.tolerance, max_block=block)
+                    plan = plan_sheets(drift.rates, self.tolerance, max_block=block, offset=drift.offset)
                     margin = sheet_margin(plan, self.tilts)
                     n_sheets = sum(sheets_per_block(plan.block, n) for n in plan.spacing)
                     # a block's sheets held at most like two slabs (the slab plan's memory)
-                    if n_sheets * (nx + 2 * margin + 2) <= 2 * nz * nx or block == 1:
+                    if n_sheets * (nx + 2) <= 2 * nz * nx or block == 1:
                         break
                     block //= 2
-                self.plans[rows] = (plan, margin)
+                if plan.bound_px <= self.tolerance:  # else rows too far apart for any sheet
+                    self.plans[rows] = (plan, margin)
         return self.plans[rows] is not None
 
     def __call__(self, band, band0, take, x, z, z_chunk):
