@@ -172,15 +172,16 @@ def test_reconstruct_local_from_a_raw_stack_and_the_command_line(volumes, tmp_pa
     )
 
 
-@pytest.mark.parametrize("binning", [1, 2])
-def test_the_streamed_local_volume_equals_the_in_memory_one(binning):
+@pytest.mark.parametrize("binning, extra", [(1, 0), (2, 0), (2, 1)])
+def test_the_streamed_local_volume_equals_the_in_memory_one(binning, extra):
     """Several passes over the rows (each resampling its band plus the local margin) and small
     slabs give the volume of the whole-stack path, to float32 rounding; rotated, scaled and
-    shifted .xf so that the bands are not the raw rows."""
+    shifted .xf so that the bands are not the raw rows; a side that is not a multiple of the
+    binning (``extra``: both paths take the raw view's centre)."""
     from lmalign_jax.recon.local_backprojection import reconstruct_local, reconstruct_local_in_memory
 
     rng = np.random.default_rng(3)
-    n = N * binning
+    n = N * binning + extra
     stack = rng.standard_normal((TILTS.size, n, n)).astype(np.float32)
     ang = np.radians(rng.uniform(-3, 3, TILTS.size))
     a = 1.01 * np.stack([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]).transpose(2, 0, 1)

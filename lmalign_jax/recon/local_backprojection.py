@@ -13,8 +13,8 @@ Two entry points. :func:`backproject_local` takes an aligned stack in memory (on
 positions for the whole volume, (NZ, NY, NX, 2) floats, at a time). :func:`reconstruct_local`
 streams from the raw stack as :func:`lmalign_jax.recon.reconstruct` does, reusing its pieces:
 the slab plan (:func:`~lmalign_jax.recon.fbp.plan_slabs`, ``memory_bytes``), the one-pass
-resampling and filtering of a band of aligned rows (``_kernels.resample_filter_view``, here
-without the mean subtraction, so the numbers equal the in-memory path's) and the slab writer
+resampling and filtering of a band of aligned rows (``_kernels.resample_filter_view``, each view's
+mean subtracted as there, so that the outside of a resampled view reads as its mean) and the slab writer
 (``out.write_rows``, any layout of :func:`lmalign_jax.io.mrc_volume.stream_volume`). A voxel column
 samples rows near its own y, off by what the local transforms move it in y (bounded from the
 sampling matrices over the volume's extent, :func:`row_margin`): each pass resamples its rows
@@ -180,6 +180,9 @@ def reconstruct_local_in_memory(
     views = [_bin(np.asarray(stack[v], np.float64), b) for v in range(a.shape[0])]
     views = [view - view.mean() for view in views]  # outside the raw view reads as its mean
     ny, nx = views[0].shape
+    # the raw view's centre in binned pixels, as the streamed and global paths take it (not the
+    # binned view's: they differ when a side is not a multiple of the binning)
+    cx, cy = np.shape(stack)[2] / 2 / b, np.shape(stack)[1] / 2 / b
     x = np.arange(nx) + 0.5 - nx / 2
     y = np.arange(ny) + 0.5 - ny / 2
     gx, gy = np.meshgrid(x, y)
@@ -187,7 +190,7 @@ def reconstruct_local_in_memory(
     for v, image in enumerate(views):
         inv = np.linalg.inv(a[v])
         raw = np.einsum("ij,jyx->iyx", inv, np.stack([gx - d[v, 0] / b, gy - d[v, 1] / b]))
-        coords = [jnp.asarray(raw[1] + ny / 2 - 0.5), jnp.asarray(raw[0] + nx / 2 - 0.5)]
+        coords = [jnp.asarray(raw[1] + cy - 0.5), jnp.asarray(raw[0] + cx - 0.5)]
         aligned[v] = np.asarray(
             map_coordinates(jnp.asarray(image), coords, order=1, mode="constant", cval=0.0)
         )
@@ -335,7 +338,8 @@ def reconstruct_local(
     ``sampling.grid`` and ``tolerance_px`` > 0 voxels are read through sheets
     (:mod:`lmalign_jax.recon.sheets`), each sampled position within ``tolerance_px`` aligned
     pixels of its own (first order); otherwise, or where sheets cannot be used (a view whose
-    columns do not project in order), every voxel samples its own position. Returns ``out`` (a
+    columns do not project in order, or patches so rough that a sheet's rows alone pass the
+    tolerance), every voxel samples its own position. Returns ``out`` (a
     new ``(NZ, NY', NX')`` array when not given), equal to :func:`reconstruct_local_in_memory`
     to float32 rounding when every voxel samples its own position.
     """

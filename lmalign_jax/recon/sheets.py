@@ -35,8 +35,8 @@ much ``ratio`` changes between ``y_c`` and ``y``. Two errors hold at every depth
 row ``y`` of a sheet column takes the position of the whole voxel column nearest ``x_k`` moved by
 what moves its centre row onto ``(k, p_v(x_k, y_c, z_s))`` (off by half a column times the change
 of ``dp/dx`` between ``y_c`` and ``y``), and a read interpolates linearly between two sheet columns
-``1 / (dp_u/dx)`` voxel columns apart, across any kink of the positions between them (a patch
-centre: a quarter of that span times the kink). Together at most 0.007 px with IMOD's BBa local
+``1 / (dp_u/dx)`` voxel columns apart, across any kinks of the positions between them (patch
+centres: a quarter of that span times the kinks). Together at most 0.007 px with IMOD's BBa local
 file, 0.010 px with midzone2a's, 0.002 px on a shape model's field, 64-row slabs.
 :func:`drift_rates` takes, per view over the volume, the largest ``|r|`` and that offset (finite
 differences to the neighbouring columns and the next slice, every column, five rows of every
@@ -194,12 +194,18 @@ def _slab_rates(params, y, y_centre, x, z, *, prepare, position, n_views):
             worst = jnp.maximum(worst, jnp.max(jnp.hypot(ratio * dux - duz, ratio * dvx - dvz)))
         # a row of a sheet column takes its nearest whole column's change from the centre row
         # (half a column of its change across x), and a read interpolates linearly between two
-        # sheet columns 1 / (du/dx) voxel columns apart, which may bracket a kink of the
-        # positions (a patch centre): a chord's error, a quarter of the bracket times the kink
+        # sheet columns w = 1 / (du/dx) voxel columns apart, which may bracket kinks of the
+        # positions (patch centres): a chord's error, at most w / 4 times the kinks it spans
+        # (summed over every run of ceil(w) + 1 columns)
         rows_apart = jnp.max(jnp.hypot(fwd[0] - cfwd[0], fwd[1] - cfwd[1]))
-        kink = jnp.max(jnp.hypot(fwd[0] - back[0], fwd[1] - back[1]))
-        slope = jnp.minimum(jnp.min(cfwd[0]), jnp.min(cback[0]))
-        offset = 0.5 * rows_apart + 0.25 * kink / jnp.maximum(slope, 1e-3)
+        slope = jnp.maximum(jnp.minimum(jnp.min(cfwd[0]), jnp.min(cback[0])), 1e-3)
+        kinks = jnp.cumsum(jnp.hypot(fwd[0] - back[0], fwd[1] - back[1]), axis=1)  # (nz, NX, R)
+        kinks = jnp.concatenate([jnp.zeros_like(kinks[:, :1]), kinks], axis=1)
+        n = kinks.shape[1]
+        span = jnp.minimum(jnp.ceil(1 / slope).astype(jnp.int32) + 1, n - 1)
+        start = jnp.arange(n)
+        spanned = jnp.max(kinks[:, jnp.minimum(start + span, n - 1)] - kinks[:, start])
+        offset = 0.5 * rows_apart + 0.25 * spanned / slope
         return worst, offset, slope
 
     return lax.map(one, jnp.arange(n_views))
@@ -324,7 +330,10 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
         # columns beyond the table, which no read reaches, extrapolate its ends
         j = jnp.clip(j, 0, n_table - 2)
         lo = jnp.take_along_axis(level, j, 1)
-        frac = (detector - lo) / (jnp.take_along_axis(level, j + 1, 1) - lo)
+        step = jnp.take_along_axis(level, j + 1, 1) - lo
+        frac = (detector - lo) / jnp.where(
+            step > 0, step, 1.0
+        )  # levels that do not rise: a sheet no read uses
         lo_v = jnp.take_along_axis(level_v, j, 1)
         centre_v = lo_v + frac * (jnp.take_along_axis(level_v, j + 1, 1) - lo_v)
         # every row: the nearest table column's position moved by what moves its centre row to
@@ -341,7 +350,7 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
         k = views[:, None, None] * view_size + ix * col_step + iy
         p00, p10, p01, p11 = flat[k], flat[k + 1], flat[k + col_step], flat[k + col_step + 1]
         top = p00 + fx * (p01 - p00)
-        return (top + fy * (p10 + fx * (p11 - p10) - top)) * keep
+        return jnp.where(keep > 0, top + fy * (p10 + fx * (p11 - p10) - top), 0.0)
 
     def one_block(b):
         z_first = z[0] + (b * block).astype(dt)
