@@ -666,6 +666,50 @@ def test_cli_batch_resume_keeps_a_raw_stack_series_without_tracking_it_again(tmp
     assert json.loads((out / "r" / "r_track.json").read_text())["settings"]["target_beads"] == 8
 
 
+def test_batch_reconstructs_what_reconstruct_alignment_applies(tmp_path):
+    """--model shape --reconstruct: the tomogram is the one `lmalign reconstruct --alignment` makes
+    from the record (the shape applied position by position), not a reconstruction with the
+    record's transforms alone (what batch made before, unlike the single command)."""
+    import mrcfile
+
+    from lmalign_jax.workflow.reconstruction import read_alignment_json
+
+    d = tmp_path / "in"
+    rc, _, err = run(["simulate", "--out-dir", d, "--prefix", "r0", "--stack", "--seed", 0])
+    assert rc == 0, err
+    out = tmp_path / "out"
+    args = ["--reconstruct", 32, "--bin", 2, "--model", "shape", "--no-figure", "--quiet"]
+    rc, _, err = run(["batch", d, "--out-dir", out, *args])
+    assert rc == 0, err
+    record = out / "r0" / "r0.json"
+    assert read_alignment_json(str(record)).shape is not None
+    for extra, name in ((["--alignment", record], "single.mrc"), (["--xf", out / "r0" / "r0.xf"], "xf.mrc")):
+        if "--xf" in extra:
+            extra += ["--tlt", out / "r0" / "r0.tlt"]
+        rc, _, err = run(
+            [
+                "reconstruct",
+                d / "r0.mrc",
+                *extra,
+                "--thickness",
+                32,
+                "--bin",
+                2,
+                "--out",
+                tmp_path / name,
+                "-q",
+            ]
+        )
+        assert rc == 0, err
+    with (
+        mrcfile.open(out / "r0" / "r0.rec.mrc") as a,
+        mrcfile.open(tmp_path / "single.mrc") as b,
+        mrcfile.open(tmp_path / "xf.mrc") as c,
+    ):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert np.abs(a.data - c.data).max() > 1e-3 * np.abs(c.data).max()
+
+
 def test_cli_batch_reconstructs_each_series_from_its_stack(tmp_path):
     """--reconstruct: each aligned series' tomogram from the stack beside its markers (or the
     list's STACK column) equals `lmalign reconstruct --alignment NAME.json`; a series without a

@@ -629,7 +629,7 @@ def test_reconstruct_help():
     ):
         assert word in out
     text = " ".join(out.split())
-    assert "its z factors are not applied (tilt uses them only with a global z-factor file)" in text
+    assert "used only when the --alignment record has z factors (tilt uses them only with a global" in text
     assert "sharp bead peaks within 2% of the exact reads' at any PX > 0); 0 samples every voxel" in text
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1

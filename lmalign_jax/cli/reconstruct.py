@@ -36,6 +36,8 @@ def _check_args(args) -> None:
         raise UsageError(f"--bin must be at least 1, got {args.bin}")
     if args.alignment is not None and (args.xf is not None or args.tlt is not None):
         raise UsageError("give either --alignment FILE.json or --xf FILE --tlt FILE, not both")
+    if args.zfac is not None and args.alignment is not None:
+        raise UsageError("--zfac goes with --xf/--tlt; an --alignment record carries its own z factors")
     if args.alignment is None and (args.xf is None or args.tlt is None):
         if args.xf is None and args.tlt is None:
             raise UsageError(
@@ -123,10 +125,14 @@ def run_reconstruct(args) -> int:
     read_stack_header(args.stack)  # stack errors first: missing, not MRC
     warn_anisotropic_pixels(args.stack, warn)  # the tomogram's voxel size is the x pixel size
     alignment = (
-        read_alignment_json(args.alignment) if args.alignment else read_alignment_files(args.xf, args.tlt)
+        read_alignment_json(args.alignment)
+        if args.alignment
+        else read_alignment_files(args.xf, args.tlt, args.zfac)
     )
     local = _local_file(args, alignment)
-    check_output_file(out, (args.stack, args.xf, args.tlt, args.alignment, local), "--out", "tomo.rec.mrc")
+    check_output_file(
+        out, (args.stack, args.xf, args.tlt, args.zfac, args.alignment, local), "--out", "tomo.rec.mrc"
+    )
     info = reconstruct_to_file(
         args.stack,
         alignment,
@@ -213,6 +219,13 @@ def add_reconstruct(sub):
         "--alignment", metavar="FILE.json", help="the .json record of 'lmalign align' instead of --xf/--tlt"
     )
     p.add_argument(
+        "--zfac",
+        metavar="FILE",
+        help="with --xf/--tlt: IMOD z factors (tiltalign's OutputZFactorFile, 'lmalign export --to imod' "
+        "P.zfac), one 'xzfac yzfac' line per view, applied as tilt's ZFACTORFILE (an --alignment "
+        "record carries its own)",
+    )
+    p.add_argument(
         "--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels"
     )
     p.add_argument(
@@ -264,8 +277,9 @@ def add_reconstruct(sub):
         const=FROM_RECORD,
         help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
         "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; its z "
-        "factors are not applied (tilt uses them only with a global z-factor file); without FILE, the "
-        "one the --alignment record names",
+        "factors replace the alignment's, and are used only when the --alignment record has z factors "
+        "(tilt uses them only with a global z-factor file); without FILE, the one the --alignment "
+        "record names",
     )
     p.add_argument(
         "--local-tolerance",

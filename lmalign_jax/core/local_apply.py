@@ -29,6 +29,7 @@ from ..patch_weights import axis_weights
 
 __all__ = [
     "column_sampling",
+    "uniform_patches",
     "local_sampling",
     "patch_weights",
     "local_projection_matrices",
@@ -94,6 +95,26 @@ def local_projection_matrices(
         -2,
     )
     return np.einsum("pvij,pvjk->pvik", a_mat, proj), np.asarray(shift, float)
+
+
+def uniform_patches(
+    mats: Float[np.ndarray, "1 views 2 3"],
+    shifts: Float[np.ndarray, "1 views 2"],
+    image_size: tuple[float, float],
+) -> tuple[LocalAlignment, np.ndarray, np.ndarray]:
+    """One affine map per view (``local_projection_matrices(None, ...)``'s) as a 2 x 2 grid of
+    equal patches over an ``image_size`` (nx, ny) image, for the local back-projector: (grid,
+    mats (4, V, 2, 3), shifts (4, V, 2)), as ``core.shape_apply.shape_patches`` returns them."""
+    n_views = mats.shape[1]
+    grid = LocalAlignment(
+        (2, 2),
+        (0.0, 0.0),
+        (float(image_size[0]), float(image_size[1])),
+        0.0,
+        np.zeros((4, n_views)),
+        np.broadcast_to(np.eye(2, 3), (4, n_views, 2, 3)).copy(),
+    )
+    return grid, np.repeat(mats, 4, axis=0), np.repeat(shifts, 4, axis=0)
 
 
 def project_through_local(

@@ -14,10 +14,9 @@ from ..batch.runner import DEFAULT_BUCKET, align_batch
 from ..core.result import AlignmentResult
 from ..io.errors import InputError
 from ..io.outputs import OutputSet
-from ..report import expand_to_file_views
 from ..solve import LMConfig
 from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
-from .reconstruction import alignment_of_views, reconstruct_to_file
+from .reconstruction import read_alignment_json, reconstruct_to_file
 from .selection import Selection, observations_for_fit, parse_view_list, report_selection, select_views
 from .series import SeriesInputs, read_series
 from .settings import AlignSettings
@@ -350,16 +349,17 @@ def align_and_write(
 
 def reconstruct_series(p: Prepared, outcome: Outcome, options: BatchOptions, result) -> Outcome:
     """With ``options.reconstruct``, the tomogram of a series that converged, from its raw stack
-    and its solved alignment ``result`` (the transforms its ``.xf`` and ``.json`` hold, as
-    ``lmalign reconstruct --alignment`` would use them)."""
+    and the record just written for it, read back as ``lmalign reconstruct --alignment`` reads it
+    (``result`` is unused: the record holds what it solved)."""
     if options.reconstruct is None or outcome.status != STATUS_OK:
         return outcome
     out = OutputSet(p.out_dir, p.prefix)
     record, tomogram = out.final_paths((".json", TOMOGRAM))
     start = time.perf_counter()
     try:
-        fv = expand_to_file_views(result, p.selection.view_index, p.inputs.tilts_deg)
-        alignment = alignment_of_views(fv, p.inputs.image_size, record)
+        # the record just written, read back: what `lmalign reconstruct --alignment` applies (a
+        # deformation model's warp or shape, z factors), not the bare transforms
+        alignment = read_alignment_json(record)
         reconstruct_to_file(
             p.stack,
             alignment,

@@ -57,7 +57,7 @@ from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .local import LOCAL_SUFFIX
-from .record_markers import excluded_views, model_projection, record_geometry
+from .record_markers import excluded_views, record_geometry, z_factors
 from .series import FAR_OUTSIDE
 from .status import UsageError
 
@@ -77,11 +77,6 @@ __all__ = [
 
 EXPORT_TARGETS = ("imod", "aretomo", "relion", "portal")
 ALIGN_LOG_NAME = "align.log"
-#: Parameters that can make the projection height-dependent beyond tilt's ``(x cos t + z sin t,
-#: y)``: with all of them neutral the z factors are 0 and are not computed (no JAX import).
-Z_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew", "declination")
-#: Z factors below this (the ``.zfac``'s printed precision, ``2f12.7``) are zero: no ``.zfac``.
-ZFAC_NEGLIGIBLE = 5e-8
 _SUFFIXES = {
     "imod": (".xf", ".tlt", ".xtilt", "_nogaps.fid", "_erase.fid", ".zfac", LOCAL_SUFFIX),
     "aretomo": (".aln",),
@@ -238,54 +233,6 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
         note=f"Written by {software} from {os.path.basename(record.path)} (model {record.model_name}), "
         "not by IMOD's tiltalign; lengths in pixels",
     )
-
-
-def z_factors(record: AlignmentRecord) -> np.ndarray | None:
-    """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when they are all negligible
-    (:data:`Z_PARAMETERS` all neutral, or every factor below :data:`ZFAC_NEGLIGIBLE`: imod's
-    stretch and skew act on the image, after the projection) or the record lacks what they need.
-
-    Per fitted view, the aligned positions of the solved markers (the ``.xf`` applied to the
-    model's projection) minus tilt's ``(x cos t + z sin t, y)``, regressed on z through zero
-    (least squares over the markers): the part of the geometry that varies with height and
-    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0. For a model whose
-    projection is affine in the marker position (luther, diez), the ``.xf`` was computed with
-    these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
-    so the regression is exact; for the deformation models it is the least-squares correction.
-    """
-    views, markers = record.views, record.markers
-    if views is None or markers is None or record.model_name is None:
-        return None
-    from ..models import MODELS, get_model  # JAX: loaded on use
-
-    if record.model_name not in MODELS:
-        return None
-    model = get_model(record.model_name)
-    keep = ~views.excluded
-    neutral = dict(zip(model.parameters, model.neutral, strict=True))
-    if not keep.any() or not any(
-        p in Z_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
-        for p in model.parameters
-    ):
-        return None
-    xyz = markers.xyz
-    projected = model_projection(record, model, keep)  # (k, m, 2), centred pixels
-    xf = record.xf[keep]
-    aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
-    tilt = np.radians(record.tilts_deg[keep])[:, None]
-    ideal = np.stack(
-        [
-            xyz[None, :, 0] * np.cos(tilt) + xyz[None, :, 2] * np.sin(tilt),
-            np.broadcast_to(xyz[:, 1], tilt.shape[:1] + xyz[:, 1].shape),
-        ],
-        axis=-1,
-    )
-    z = xyz[:, 2]
-    denominator = float(np.sum(z * z))
-    out = np.zeros((record.xf.shape[0], 2))
-    if denominator > 0:
-        out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
-    return out if np.abs(out).max() >= ZFAC_NEGLIGIBLE else None
 
 
 def _check_align_log(out_dir: str, prefix: str) -> None:

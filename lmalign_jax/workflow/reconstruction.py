@@ -1,8 +1,8 @@
 """A tomogram from a raw tilt series and its alignment (weighted FBP), written atomically.
 
 The alignment is IMOD's pair (``.xf`` raw -> aligned transforms, ``.tlt`` tilt angles), an
-``lmalign align`` record read back (:func:`read_alignment_json`) or, in ``batch
---reconstruct``, the alignment just solved (:func:`alignment_of_views`). Every input is checked
+``lmalign align`` record read back (:func:`read_alignment_json`, also what ``batch
+--reconstruct`` reads for the series it has just solved). Every input is checked
 before anything is computed; the tomogram is written through
 :func:`lmalign_jax.io.mrc_volume.stream_volume` slab by slab, so it appears complete or not at all and
 never sits in memory whole.
@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..core.local_apply import column_sampling, local_projection_matrices
+from ..core.local_apply import column_sampling, local_projection_matrices, uniform_patches
 from ..core.shape_apply import shape_patches
 from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS, rigid_part_through_xf
+from ..export.imod import read_zfac
 from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -35,8 +36,13 @@ from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
 from ..report import read_record
+from .record_markers import z_factors
 from .series import check_tilts_vary, read_tilt_file
 from .status import UsageError, print_note, print_warning
+
+#: Largest |xzfac|, |yzfac| taken from a z-factor file (tilt's are small corrections to sin(tilt)
+#: and 0; 1 would double a height).
+MAX_Z_FACTOR = 1.0
 
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
 
@@ -64,6 +70,10 @@ class Alignment:
     local_summary: str | None = None  # its patches kept and residuals, in words
     warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
     shape: ShapeViews | None = None  # a shape model's per-view shape, applied position by position
+    # (n, 2) xzfac, yzfac: the height-dependent part beyond tilt's formula (luther, diez), applied as
+    # tilt's ZFACTORFILE; None when negligible
+    z_factors: np.ndarray | None = None
+    z_source: str | None = None  # the file the z factors came from
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -83,6 +93,7 @@ def read_alignment_json(path: str) -> Alignment:
                 f", mean residual {loc.global_mean_residual_px:.4f} px global, "
                 f"{loc.local_mean_residual_px:.4f} px local"
             )
+    warp, shape = _warp_sampling(record), _shape_views(record)
     return Alignment(
         record.xf[:, :, :2],
         record.xf[:, :, 2],
@@ -93,8 +104,11 @@ def read_alignment_json(path: str) -> Alignment:
         record.image_size,
         record.local_path,
         summary,
-        _warp_sampling(record),
-        _shape_views(record),
+        warp,
+        shape,
+        # a deformation model's own sampling carries its geometry whole
+        z_factors(record) if warp is None and shape is None else None,
+        path,
     )
 
 
@@ -133,20 +147,29 @@ def _warp_sampling(record) -> WarpSampling | None:
     return WarpSampling(mats, offsets, tilts, coef)
 
 
-def alignment_of_views(fv, image_size, source: str) -> Alignment:
-    """The alignment of a series just solved (a ``report.FileViews``, every view of the stack)."""
-    return Alignment(fv.xf[:, :, :2], fv.xf[:, :, 2], fv.tilts_deg, source, source, source, tuple(image_size))
-
-
-def read_alignment_files(xf_path: str, tlt_path: str) -> Alignment:
-    """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``)."""
+def read_alignment_files(xf_path: str, tlt_path: str, zfac_path: str | None = None) -> Alignment:
+    """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``), and optionally tilt's z
+    factors (``.zfac``, one ``xzfac yzfac`` line per view, each within +-1)."""
     a, d = read_xf(xf_path)
     _check_xf_lines(xf_path, a, d)
     tilts, _ = read_tilt_file(tlt_path)
     check_tilts_vary(tilts, tlt_path, "a tomogram needs views at different tilts")
-    return Alignment(
+    alignment = Alignment(
         a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path
     )
+    if zfac_path is not None:
+        zfac = read_zfac(zfac_path)
+        big = np.flatnonzero(np.abs(zfac).max(axis=1) > MAX_Z_FACTOR)
+        if big.size:
+            raise InputError(
+                zfac_path,
+                int(big[0]) + 1,
+                f"z factors {zfac[big[0], 0]:g} {zfac[big[0], 1]:g} are not a height correction (tilt's "
+                f"z factors are small fractions; at most {MAX_Z_FACTOR:g} here)",
+            )
+        alignment.z_factors, alignment.z_source = zfac, zfac_path
+        alignment.source = f"{xf_path}, {tlt_path} and {zfac_path}"
+    return alignment
 
 
 def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = False) -> None:
@@ -345,18 +368,24 @@ def reconstruct_to_file(
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
     way (FBP, any filter, ``--sirtlike``), voxels read within ``local_tolerance_px`` of their
-    own position (``recon.sheets``, whose extra interpolation lowers sharp peaks a few percent;
-    0: each at its own); its z factors are not applied (tilt uses them only with a global z-factor
-    file), and a local tilt or X-axis tilt outside -90..90 degrees is an InputError; SIRT through
-    it (``recon.local_sirt``, exact) holds the aligned views whole, refused when ``memory_gb`` is
-    too small for them.
+    own position (``recon.sheets``; 0: each at its own); its per-patch z factors replace the
+    alignment's (``alignment.z_factors``) where it has both, as tilt takes them (and are unused
+    without them); a local tilt or X-axis tilt outside -90..90 degrees is an InputError; SIRT
+    through it (``recon.local_sirt``, exact) holds the aligned views whole, refused when
+    ``memory_gb`` is too small for them.
+    ``alignment.z_factors`` (a luther or diez record's height-dependent part beyond tilt's
+    formula, what the IMOD export writes as ``.zfac``) are applied as tilt's ZFACTORFILE, through
+    one patch per view (the local back-projector with one affine map: no sheet drifts).
     ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
-    for name, count, where in (
+    counts = [
         ("transforms", alignment.xf_A.shape[0], alignment.xf_source),
         ("tilt angles", alignment.tilts_deg.size, alignment.tilt_source),
-    ):
+    ]
+    if alignment.z_factors is not None:
+        counts.append(("z factor lines", alignment.z_factors.shape[0], alignment.z_source))
+    for name, count, where in counts:
         if count != n_views:
             raise InputError(
                 where,
@@ -435,20 +464,31 @@ def reconstruct_to_file(
                 f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
             )
             local = scaled_to_stack(local, header_pixel)
-        if local.is_global:  # no patch kept: read through sheets it would only blur (a second interpolation)
+        if local.is_global:  # no patch kept: the same volume (tested), faster without the local reads
             if not quiet:
                 note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
             local = local_path = None
+    zfac = alignment.z_factors if warp is None and alignment.shape is None else None
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = None
-    if local is not None:
-        patch_maps = (local, *local_projection_matrices(local, alignment.tilts_deg))
+    if local is not None:  # the global z factors, or the file's own per patch, as tilt takes them
+        patch_maps = (local, *local_projection_matrices(local, alignment.tilts_deg, z_factors=zfac))
     elif alignment.shape is not None:
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
         patch_maps = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
+    elif zfac is not None:
+        patch_maps = uniform_patches(
+            *local_projection_matrices(None, alignment.tilts_deg, z_factors=zfac), (nx, ny)
+        )
     if patch_maps is not None:
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
-        if sirt is not None and need > budget:
+        if sirt is not None and need > budget and local is None and alignment.shape is None:
+            warn(
+                f"{alignment.source}: its z factors are not applied with --sirt within --memory "
+                f"(they need about {format_bytes(need)} for the aligned views held whole)"
+            )
+            patch_maps = zfac = None
+        elif sirt is not None and need > budget:
             given = "--local" if local is not None else "a shape model's alignment"
             raise UsageError(
                 f"{given} with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
@@ -466,6 +506,7 @@ def reconstruct_to_file(
             + (f", local alignment {local_path}" if local is not None else "")
             + (", the warp model's per-view warp" if warp is not None else "")
             + (", the shape model's per-view shape" if alignment.shape is not None else "")
+            + (", the alignment's z factors" if zfac is not None else "")
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
