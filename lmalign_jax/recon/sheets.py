@@ -198,14 +198,15 @@ def _slab_rates(params, y, y_centre, x, z, *, prepare, position, n_views):
         # positions (patch centres): a chord's error, at most w / 4 times the kinks it spans
         # (summed over every run of ceil(w) + 1 columns)
         rows_apart = jnp.max(jnp.hypot(fwd[0] - cfwd[0], fwd[1] - cfwd[1]))
-        slope = jnp.maximum(jnp.minimum(jnp.min(cfwd[0]), jnp.min(cback[0])), 1e-3)
+        slope = jnp.minimum(jnp.min(cfwd[0]), jnp.min(cback[0]))
+        width = 1 / jnp.maximum(slope, 1e-3)  # columns in order or not (that the reader checks)
         kinks = jnp.cumsum(jnp.hypot(fwd[0] - back[0], fwd[1] - back[1]), axis=1)  # (nz, NX, R)
         kinks = jnp.concatenate([jnp.zeros_like(kinks[:, :1]), kinks], axis=1)
         n = kinks.shape[1]
-        span = jnp.minimum(jnp.ceil(1 / slope).astype(jnp.int32) + 1, n - 1)
+        span = jnp.minimum(jnp.ceil(width).astype(jnp.int32) + 1, n - 1)
         start = jnp.arange(n)
         spanned = jnp.max(kinks[:, jnp.minimum(start + span, n - 1)] - kinks[:, start])
-        offset = 0.5 * rows_apart + 0.25 * spanned / slope
+        offset = 0.5 * rows_apart + 0.25 * spanned * width
         return worst, offset, slope
 
     return lax.map(one, jnp.arange(n_views))
