@@ -629,7 +629,7 @@ def test_reconstruct_help():
     ):
         assert word in out
     text = " ".join(out.split())
-    assert "used only when the --alignment record has z factors (tilt uses them only with a global" in text
+    assert "the file's own replace them and a file without any drops them, as tilt does" in text
     assert "sharp bead peaks within 2% of the exact reads' at any PX > 0); 0 samples every voxel" in text
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1

@@ -24,26 +24,44 @@ def sampled(z_factors, tilts, xyz, size):
     return np.einsum("nk,knvi->vni", weights, pos[patches.T, :, n[None, :]])
 
 
-def test_a_luther_record_is_sampled_where_its_model_projects_each_marker(tmp_path):
-    """``lmalign align --model luther`` on a series whose z scales apart from x and y: the record
-    carries z factors, and through them every solved marker is sampled at the model's projection
-    mapped by the record's .xf (to 1e-6 px); without them it misses by the height term."""
+@pytest.fixture(scope="module")
+def luther_record(tmp_path_factory):
+    """``lmalign align --model luther`` of a series whose z scales apart from x and y (mag_z sd
+    0.02, free): the record's path."""
     from helpers import align_observations
 
-    from lmalign_jax import get_model, simulate
-    from lmalign_jax.report import read_record
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
-    from lmalign_jax.workflow.record_markers import model_projection
+    from lmalign_jax import simulate
 
     series = simulate(n_views=31, n_markers=30, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=2)
-    path = align_observations(series.observations, tmp_path, "--model", "luther", "--mode", "mag_z=free")
+    folder = tmp_path_factory.mktemp("luther")
+    return align_observations(series.observations, folder, "--model", "luther", "--mode", "mag_z=free")
+
+
+def aligned_markers(record):
+    """(k, m, 2) the record's solved markers projected by its model and mapped by its .xf, on the
+    fitted views."""
+    from lmalign_jax import get_model
+    from lmalign_jax.workflow.record_markers import model_projection
+
+    keep = ~record.views.excluded
+    projected = model_projection(record, get_model(record.model_name), keep)  # (k, m, 2) centred
+    xf = record.xf[keep]
+    return np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
+
+
+def test_a_luther_record_is_sampled_where_its_model_projects_each_marker(luther_record):
+    """The record carries z factors, and through them every solved marker is sampled at the
+    model's projection mapped by the record's .xf (to 1e-6 px); without them it misses by the
+    height term."""
+    from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.reconstruction import read_alignment_json
+
+    path = luther_record
     alignment = read_alignment_json(str(path))
     assert alignment.z_factors is not None and np.abs(alignment.z_factors).max() > 1e-3
     record = read_record(str(path))
     keep = ~record.views.excluded
-    projected = model_projection(record, get_model("luther"), keep)  # (k, m, 2) centred
-    xf = record.xf[keep]
-    aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
+    aligned = aligned_markers(record)
     xyz = record.markers.xyz
     tilts = alignment.tilts_deg[keep]
     with_z = sampled(alignment.z_factors[keep], tilts, xyz, (2048, 2048))
@@ -128,3 +146,96 @@ def test_reconstruct_reads_imods_zfac_beside_the_xf_and_tlt(tmp_path):
         rc, _, err = run_cli([*base, *given, "--out", tmp_path / "bad.mrc"])
         assert rc == 2 and message in err and err.count("\n") == 1, err
         assert not (tmp_path / "bad.mrc").exists()
+
+
+def test_a_flattened_records_z_factors_are_in_the_frame_of_its_tilts(luther_record):
+    """``align --flatten`` adds the surface analysis' tilt change c to the .tlt: the volume (and
+    tilt's z) is then the solved one turned by c. The z factors are regressed in that frame: the
+    markers, turned, sampled through the flattened tilts and those factors land within a quarter
+    of their miss without z factors (the rest, about |xz| sin c |x|, is not a function of the
+    turned height, which is all tilt's z factors can follow). Regressed on the solved height
+    against the flattened tilts (a mixed frame, what was computed before) they missed by more
+    than without any."""
+    import dataclasses
+
+    from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.record_markers import z_factors
+
+    record = read_record(str(luther_record))
+    keep = ~record.views.excluded
+    aligned = aligned_markers(record)
+    x, y, z = record.markers.xyz.T
+
+    def miss(zf, tilts, xyz):
+        return np.sqrt(np.mean((sampled(zf, tilts, xyz, (2048, 2048)) - aligned) ** 2))
+
+    for change in (1.0, 4.0):
+        flat = dataclasses.replace(
+            record,
+            tilts_deg=record.tilts_deg + change,
+            surfaces={**(record.surfaces or {}), "flattened": True, "tilt_angle_change_deg": change},
+        )
+        c = np.radians(change)
+        turned = np.column_stack([x * np.cos(c) - z * np.sin(c), y, x * np.sin(c) + z * np.cos(c)])
+        tilts = flat.tilts_deg[keep]
+        none = miss(None, tilts, turned)
+        assert miss(z_factors(flat)[keep], tilts, turned) < none / 4
+        t = np.radians(tilts)[:, None]
+        mixed_ideal = np.stack([x * np.cos(t) + z * np.sin(t), np.broadcast_to(y, t.shape[:1] + y.shape)], -1)
+        mixed = np.einsum("m,kmi->ki", z, aligned - mixed_ideal) / np.sum(z * z)
+        assert miss(mixed, tilts, turned) > none
+
+
+def test_a_local_file_without_z_factors_drops_the_alignments_as_tilt_does(tmp_path):
+    """With z factors and --local: a local file carrying none gives its patches none, as IMOD's
+    tilt does (its patches were fitted without them), with a warning; one carrying its own
+    is applied with them (no warning)."""
+    import mrcfile
+
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.workflow.reconstruction import Alignment, reconstruct_to_file
+
+    rng = np.random.default_rng(0)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    s = np.sin(np.radians(TILTS))
+    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    xf[..., 2] = rng.uniform(-0.5, 0.5, (4, TILTS.size, 2))
+    for name, own in (("none.xf", None), ("own.xf", np.broadcast_to(zfac, (4, TILTS.size, 2)).copy())):
+        local = LocalAlignment((2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, TILTS.size)), xf, z_factors=own)
+        write_local_xf(tmp_path / name, local)
+        alignment = Alignment(
+            np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)), TILTS, "a", "a", "a", (N, N)
+        )
+        alignment.z_factors = zfac
+        warnings = []
+        reconstruct_to_file(
+            str(tmp_path / "s.mrc"),
+            alignment,
+            str(tmp_path / f"{name}.mrc"),
+            thickness=NZ,
+            local_path=str(tmp_path / name),
+            quiet=True,
+            warn=warnings.append,
+        )
+        dropped = [w for w in warnings if "has no z factors: as IMOD's tilt does" in w]
+        assert len(dropped) == (own is None), warnings
+
+
+def test_an_imod_models_rounding_is_no_z_factor(tmp_path):
+    """An imod-model record (stretch and skew act on the image, after the projection) has z
+    factors of float32 rounding only (~1e-7): not applied (the reconstruction takes the global
+    path)."""
+    from helpers import align_observations
+
+    from lmalign_jax import simulate
+    from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.record_markers import z_factors
+
+    series = simulate(n_views=31, n_markers=30, seed=3)
+    path = align_observations(series.observations, tmp_path, "--model", "imod")
+    raw = z_factors(read_record(str(path)))
+    assert raw is None or np.abs(raw).max() < 1e-5
+    assert read_alignment_json(str(path)).z_factors is None

@@ -276,10 +276,10 @@ def add_reconstruct(sub):
         nargs="?",
         const=FROM_RECORD,
         help="IMOD local alignment file (<prefix>local.xf of 'lmalign align --local' or tiltalign), "
-        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; its z "
-        "factors replace the alignment's, and are used only when the --alignment record has z factors "
-        "(tilt uses them only with a global z-factor file); without FILE, the one the --alignment "
-        "record names",
+        "applied position by position after the global transforms, as IMOD's tilt LOCALFILE; where "
+        "the alignment has z factors (a luther or diez record, --zfac) the file's own replace them "
+        "and a file without any drops them, as tilt does (with a warning); without FILE, the one "
+        "the --alignment record names",
     )
     p.add_argument(
         "--local-tolerance",

@@ -81,10 +81,12 @@ class LocalAlignment:
     @property
     def is_global(self) -> bool:
         """Whether every patch holds the global alignment: unit transforms, no tilt or X-axis tilt
-        deltas (to 1e-6; what align --local writes for a patch that keeps the global solution)."""
+        deltas, no z factors of its own (to 1e-6; what align --local writes for a patch that keeps
+        the global solution of a model without z factors)."""
         unit = np.allclose(self.transforms, np.eye(2, 3), atol=1e-6)
         no_xtilt = self.delta_xtilt_deg is None or np.allclose(self.delta_xtilt_deg, 0.0, atol=1e-6)
-        return bool(unit and no_xtilt and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
+        no_zfac = self.z_factors is None or np.allclose(self.z_factors, 0.0, atol=1e-6)
+        return bool(unit and no_xtilt and no_zfac and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
 
     @property
     def centres(self) -> np.ndarray:

@@ -107,9 +107,25 @@ def read_alignment_json(path: str) -> Alignment:
         warp,
         shape,
         # a deformation model's own sampling carries its geometry whole
-        z_factors(record) if warp is None and shape is None else None,
+        _height_factors(record) if warp is None and shape is None else None,
         path,
     )
+
+
+#: z factors that move no solved marker by this much (pixels) are not applied: float32 rounding
+#: of a model without a height term gives ~1e-7, and each applied factor costs the local
+#: back-projector (FBP about 2x, SIRT much more).
+Z_FACTOR_EFFECT_PX = 0.01
+
+
+def _height_factors(record) -> np.ndarray | None:
+    """A record's z factors (``record_markers.z_factors``) where they move its markers by at least
+    :data:`Z_FACTOR_EFFECT_PX` at the markers' heights; None otherwise."""
+    zfac = z_factors(record)
+    if zfac is None or record.markers is None:
+        return None
+    height = float(np.max(np.abs(record.markers.xyz[:, 2]), initial=0.0))
+    return zfac if height * float(np.abs(zfac).max()) >= Z_FACTOR_EFFECT_PX else None
 
 
 def _deformation_views(record, model: str) -> tuple[dict, np.ndarray] | None:
@@ -368,11 +384,12 @@ def reconstruct_to_file(
     ``local_path``: an IMOD local alignment file applied position by position after the global
     transforms (``recon.reconstruct_local``, as IMOD's tilt with LOCALFILE), streamed the same
     way (FBP, any filter, ``--sirtlike``), voxels read within ``local_tolerance_px`` of their
-    own position (``recon.sheets``; 0: each at its own); its per-patch z factors replace the
-    alignment's (``alignment.z_factors``) where it has both, as tilt takes them (and are unused
-    without them); a local tilt or X-axis tilt outside -90..90 degrees is an InputError; SIRT
-    through it (``recon.local_sirt``, exact) holds the aligned views whole, refused when
-    ``memory_gb`` is too small for them.
+    own position (``recon.sheets``; 0: each at its own); with ``alignment.z_factors`` its own
+    per-patch z factors replace them, as tilt takes them (a file without z factors gives none:
+    the alignment's are then dropped, with a warning), and without, a file's are unused; a local
+    tilt or X-axis tilt outside -90..90 degrees is an InputError; SIRT through it
+    (``recon.local_sirt``, exact) holds the aligned views whole, refused when ``memory_gb`` is
+    too small for them.
     ``alignment.z_factors`` (a luther or diez record's height-dependent part beyond tilt's
     formula, what the IMOD export writes as ``.zfac``) are applied as tilt's ZFACTORFILE, through
     one patch per view (the local back-projector with one affine map: no sheet drifts).
@@ -469,9 +486,17 @@ def reconstruct_to_file(
                 note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
             local = local_path = None
     zfac = alignment.z_factors if warp is None and alignment.shape is None else None
+    if local is not None and zfac is not None and local.z_factors is None:
+        # tilt.f90: with a local file, each patch's own z factors replace the global ones, and a
+        # file without them gives its patches none
+        warn(
+            f"{local_path} has no z factors: as IMOD's tilt does with a local file, the alignment's "
+            "z factors are not applied (its patches were fitted without them)"
+        )
+        zfac = None
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = None
-    if local is not None:  # the global z factors, or the file's own per patch, as tilt takes them
+    if local is not None:  # with z factors, the file's own per patch
         patch_maps = (local, *local_projection_matrices(local, alignment.tilts_deg, z_factors=zfac))
     elif alignment.shape is not None:
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
@@ -485,7 +510,8 @@ def reconstruct_to_file(
         if sirt is not None and need > budget and local is None and alignment.shape is None:
             warn(
                 f"{alignment.source}: its z factors are not applied with --sirt within --memory "
-                f"(they need about {format_bytes(need)} for the aligned views held whole)"
+                f"(they need about {format_bytes(need)} for the aligned views held whole; raise "
+                "--memory or --bin more to apply them)"
             )
             patch_maps = zfac = None
         elif sirt is not None and need > budget:

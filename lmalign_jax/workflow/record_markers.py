@@ -194,6 +194,9 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     projection is affine in the marker position (luther, diez), the ``.xf`` was computed with
     these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
     so the regression is exact; for the deformation models it is the least-squares correction.
+    A flattened record's factors are regressed on the height in its ``.tlt``'s frame (the solved
+    markers turned by the tilt change). InputError for a record whose views lack a parameter of
+    its model or hold a non-finite one.
     """
     views, markers = record.views, record.markers
     if views is None or markers is None or record.model_name is None:
@@ -204,6 +207,14 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
         return None
     model = get_model(record.model_name)
     keep = ~views.excluded
+    missing = [p for p in model.parameters if p not in views.parameters]
+    if missing:
+        raise InputError(
+            record.path, None, f"its {record.model_name} views lack the parameter(s) {', '.join(missing)}"
+        )
+    bad = [p for p in model.parameters if not np.all(np.isfinite(views.parameters[p][keep]))]
+    if bad:
+        raise InputError(record.path, None, f"parameter {bad[0]} is not a finite number on every fitted view")
     neutral = dict(zip(model.parameters, model.neutral, strict=True))
     if not keep.any() or not any(
         p in Z_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
@@ -214,15 +225,22 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     projected = model_projection(record, model, keep)  # (k, m, 2), centred pixels
     xf = record.xf[keep]
     aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
+    # the frame of the .tlt: a flattened record's tilts carry the surface analysis' tilt change
+    # c, so its volume (and tilt's z) is the solved one turned by c about y
+    change = 0.0
+    surfaces = record.surfaces or {}
+    if surfaces.get("flattened") is True:
+        change = np.radians(float(surfaces.get("tilt_angle_change_deg") or 0.0))
+    x = xyz[:, 0] * np.cos(change) - xyz[:, 2] * np.sin(change)
+    z = xyz[:, 0] * np.sin(change) + xyz[:, 2] * np.cos(change)
     tilt = np.radians(record.tilts_deg[keep])[:, None]
     ideal = np.stack(
         [
-            xyz[None, :, 0] * np.cos(tilt) + xyz[None, :, 2] * np.sin(tilt),
+            x[None] * np.cos(tilt) + z[None] * np.sin(tilt),
             np.broadcast_to(xyz[:, 1], tilt.shape[:1] + xyz[:, 1].shape),
         ],
         axis=-1,
     )
-    z = xyz[:, 2]
     denominator = float(np.sum(z * z))
     out = np.zeros((record.xf.shape[0], 2))
     if denominator > 0:
