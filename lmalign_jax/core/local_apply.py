@@ -64,7 +64,9 @@ def local_projection_matrices(
 
     Returns (M (n_patches, n_views, 2, 3), D (n_patches, n_views, 2)): position = M X + D with
     M = A_p [[cos t, sin a sin t, cos a sin t + xz], [0, cos a, -sin a + yz]]. ``local`` None:
-    one patch with unit transforms (the global projection).
+    one patch with unit transforms (the global projection), z factors ``z_factors`` (V, 2) when
+    given. With ``local``, as tilt: when ``z_factors`` are given (tilt's ZFACTORFILE) each patch
+    takes the file's own (``local.z_factors``), none when the file has none.
     """
     n_views = len(tilts_deg)
     xt = np.zeros(n_views) if xtilts_deg is None else np.asarray(xtilts_deg, float)
@@ -80,9 +82,9 @@ def local_projection_matrices(
         dt = local.delta_tilt_deg
         dxt = np.zeros_like(dt) if local.delta_xtilt_deg is None else local.delta_xtilt_deg
         a_mat, shift = local.transforms[..., :2], local.transforms[..., 2]
-        zf = None
-        if z_factors is not None:
-            zf = local.z_factors if local.z_factors is not None else np.asarray(z_factors, float)[None]
+        # tilt.f90: given a z-factor file, each patch uses its own z factors from the local file,
+        # zero when the file has none
+        zf = None if z_factors is None else local.z_factors
     t = np.radians(np.asarray(tilts_deg, float)[None] + dt)
     a = np.radians(xt[None] + dxt)
     xz, yz = (0.0, 0.0) if zf is None else (zf[..., 0], zf[..., 1])
