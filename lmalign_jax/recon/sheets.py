@@ -209,7 +209,7 @@ def _slab_rates(params, y, y_centre, x, z, *, prepare, position, n_views):
         offset = 0.5 * rows_apart + 0.25 * spanned * width
         return worst, offset, slope
 
-    return lax.map(one, jnp.arange(n_views))
+    return lax.map(one, jnp.arange(n_views), batch_size=min(n_views, 16))  # vmapped 16 views at a time
 
 
 def drift_rates(
