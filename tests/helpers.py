@@ -169,6 +169,15 @@ def rotation_error_deg(result, truth) -> float:
     return float(np.sqrt(np.mean((result.rotation_deg - truth.true_rotation_deg) ** 2)))
 
 
+def bead_views(positions: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """(V, size, size) float32 aligned views of Gaussian beads (``sigma`` px) at centred
+    ``positions`` (V, n, 2)."""
+    c = np.arange(size) + 0.5 - size / 2
+    dx = c[None, None, None, :] - positions[:, :, 0, None, None]
+    dy = c[None, None, :, None] - positions[:, :, 1, None, None]
+    return np.exp(-(dx**2 + dy**2) / (2 * sigma**2)).sum(axis=1).astype(np.float32)
+
+
 def peak_values(volume: np.ndarray, xyz: np.ndarray) -> np.ndarray:
     """A (NZ, NY, NX) volume's values at the voxels nearest centred positions ``xyz`` (n, 3), px."""
     nz, ny, nx = volume.shape

@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from helpers import peak_values
+from helpers import bead_views, peak_values
 
 from lmalign_jax.core.local_apply import local_sampling, project_through_local
 from lmalign_jax.io.imod_local import LocalAlignment
@@ -93,10 +93,7 @@ def test_reconstruct_local_from_a_raw_stack_and_the_command_line(volumes, tmp_pa
 
     local = known_local()
     pos = project_through_local(local, BEADS, TILTS, (N, N))
-    c = np.arange(N) + 0.5 - N / 2
-    dx = c[None, None, None, :] - pos[:, :, 0, None, None]
-    dy = c[None, None, :, None] - pos[:, :, 1, None, None]
-    stack = np.exp(-(dx**2 + dy**2) / (2 * SIGMA**2)).sum(axis=1).astype(np.float32)
+    stack = bead_views(pos, N, SIGMA)
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(stack)
         m.voxel_size = 2.0

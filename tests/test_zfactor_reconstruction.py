@@ -5,6 +5,7 @@ come out in place only with them."""
 
 import numpy as np
 import pytest
+from helpers import bead_views
 
 from lmalign_jax.core.local_apply import local_projection_matrices, patch_weights, uniform_patches
 from lmalign_jax.simulation.phantom import locate_peaks
@@ -83,10 +84,7 @@ def test_reconstruct_to_file_applies_the_alignments_z_factors(tmp_path):
     s = np.sin(np.radians(TILTS))
     zfac = np.column_stack([0.06 * s, -0.05 * s * s])  # up to 0.6 px in x, 0.4 in y at z = 10
     pos = sampled(zfac, TILTS, BEADS, (N, N))
-    c = np.arange(N) + 0.5 - N / 2
-    dx = c[None, None, None, :] - pos[:, :, 0, None, None]
-    dy = c[None, None, :, None] - pos[:, :, 1, None, None]
-    stack = np.exp(-(dx**2 + dy**2) / (2 * SIGMA**2)).sum(axis=1).astype(np.float32)
+    stack = bead_views(pos, N, SIGMA)
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(stack)
     unit = np.tile(np.eye(2), (TILTS.size, 1, 1))
@@ -117,11 +115,8 @@ def test_reconstruct_reads_imods_zfac_beside_the_xf_and_tlt(tmp_path):
     s = np.sin(np.radians(TILTS))
     zfac = np.column_stack([0.06 * s, -0.05 * s * s])
     pos = sampled(zfac, TILTS, BEADS, (N, N))
-    c = np.arange(N) + 0.5 - N / 2
-    dx = c[None, None, None, :] - pos[:, :, 0, None, None]
-    dy = c[None, None, :, None] - pos[:, :, 1, None, None]
     with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(np.exp(-(dx**2 + dy**2) / (2 * SIGMA**2)).sum(axis=1).astype(np.float32))
+        m.set_data(bead_views(pos, N, SIGMA))
     write_xf(tmp_path / "s.xf", np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)))
     write_tlt(tmp_path / "s.tlt", TILTS)
     write_zfac(tmp_path / "s.zfac", zfac)
