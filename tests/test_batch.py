@@ -672,7 +672,7 @@ def test_batch_reconstructs_what_reconstruct_alignment_applies(tmp_path):
     record's transforms alone (what batch made before, unlike the single command)."""
     import mrcfile
 
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
 
     d = tmp_path / "in"
     rc, _, err = run(["simulate", "--out-dir", d, "--prefix", "r0", "--stack", "--seed", 0])

@@ -673,7 +673,7 @@ def test_a_shape_records_export_says_the_files_hold_its_rigid_part(tmp_path, cap
     """align's warning said 'lmalign reconstruct --alignment' applies a shape model's deformation
     while the exports dropped it without a word (audit). The export now says so, as for warp; the
     record carries the shape to the reconstruction (tests/test_shape_reconstruction.py)."""
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
 
     shape = {name: (0.0, 2.0) for name in ("shrink", "dome_xx", "dome_xy", "dome_yy")}
     solved_record(tmp_path, model="shape", extra=shape)

@@ -133,7 +133,8 @@ def test_reconstruct_to_file_applies_a_records_shape(stack, tmp_path):
     within their 0.1 px), with a note; with --local it is refused in one line."""
     import mrcfile
 
-    from lmalign_jax.workflow.reconstruction import Alignment, ShapeViews, UsageError, reconstruct_to_file
+    from lmalign_jax.workflow.alignment_inputs import Alignment, ShapeViews
+    from lmalign_jax.workflow.reconstruction import UsageError, reconstruct_to_file
 
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(stack)
@@ -181,7 +182,7 @@ def test_a_shape_models_record_samples_the_measured_points(tmp_path):
     from helpers import align_observations
 
     from lmalign_jax import simulate
-    from lmalign_jax.workflow.reconstruction import ShapeViews, read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import ShapeViews, read_alignment_json
 
     series = simulate(n_views=31, n_markers=30, bend_px=40.0, shrink=0.15, noise_px=0.3, seed=3)
     obs = series.observations

@@ -103,7 +103,7 @@ def test_a_warp_models_record_samples_the_measured_points(tmp_path):
     from helpers import align_observations
 
     from lmalign_jax import simulate
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
 
     series = simulate(n_views=21, n_markers=24, warp_px=15.0, noise_px=0.3, seed=2)
     obs = series.observations
@@ -141,7 +141,8 @@ def test_reconstruct_to_file_applies_a_records_warp(stack, tmp_path):
     with --local it is refused in one line."""
     import mrcfile
 
-    from lmalign_jax.workflow.reconstruction import Alignment, UsageError, reconstruct_to_file
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+    from lmalign_jax.workflow.reconstruction import UsageError, reconstruct_to_file
 
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(stack)

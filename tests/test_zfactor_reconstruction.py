@@ -55,7 +55,7 @@ def test_a_luther_record_is_sampled_where_its_model_projects_each_marker(luther_
     model's projection mapped by the record's .xf (to 1e-6 px); without them it misses by the
     height term."""
     from lmalign_jax.report import read_record
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
 
     path = luther_record
     alignment = read_alignment_json(str(path))
@@ -79,7 +79,8 @@ def test_reconstruct_to_file_applies_the_alignments_z_factors(tmp_path):
     height term; the command says it applies them."""
     import mrcfile
 
-    from lmalign_jax.workflow.reconstruction import Alignment, reconstruct_to_file
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
     s = np.sin(np.radians(TILTS))
     zfac = np.column_stack([0.06 * s, -0.05 * s * s])  # up to 0.6 px in x, 0.4 in y at z = 10
@@ -188,7 +189,8 @@ def test_a_local_file_without_z_factors_drops_the_alignments_as_tilt_does(tmp_pa
     import mrcfile
 
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
-    from lmalign_jax.workflow.reconstruction import Alignment, reconstruct_to_file
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
     rng = np.random.default_rng(0)
     with mrcfile.new(tmp_path / "s.mrc") as m:
@@ -226,7 +228,7 @@ def test_an_imod_models_rounding_is_no_z_factor(tmp_path):
 
     from lmalign_jax import simulate
     from lmalign_jax.report import read_record
-    from lmalign_jax.workflow.reconstruction import read_alignment_json
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
     from lmalign_jax.workflow.record_markers import z_factors
 
     series = simulate(n_views=31, n_markers=30, seed=3)
@@ -234,3 +236,62 @@ def test_an_imod_models_rounding_is_no_z_factor(tmp_path):
     raw = z_factors(read_record(str(path)))
     assert raw is None or np.abs(raw).max() < 1e-5
     assert read_alignment_json(str(path)).z_factors is None
+
+
+def test_a_record_without_a_parameter_is_named_and_a_non_finite_view_gets_none(luther_record):
+    """A record whose views lack one of its model's parameters is an InputError naming the record
+    and the parameter (it was a KeyError); a view whose parameters are not finite was not solved
+    and gets no z factors, while the others keep theirs."""
+    import dataclasses
+
+    from lmalign_jax.io import InputError
+    from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.record_markers import z_factors
+
+    record = read_record(str(luther_record))
+    whole = z_factors(record)
+    params = dict(record.views.parameters)
+    del params["mag_z"]
+    lacking = dataclasses.replace(record, views=dataclasses.replace(record.views, parameters=params))
+    with pytest.raises(InputError, match=r"s\.json: its luther views lack the parameter\(s\) mag_z$"):
+        z_factors(lacking)
+    params = {name: np.array(v, float) for name, v in record.views.parameters.items()}
+    params["mag_x"][5] = np.nan
+    nan = z_factors(dataclasses.replace(record, views=dataclasses.replace(record.views, parameters=params)))
+    others = np.arange(len(whole)) != 5
+    assert np.all(nan[5] == 0) and np.abs(whole[5]).max() > 0
+    np.testing.assert_allclose(nan[others], whole[others], rtol=0, atol=1e-12)
+
+
+def test_sirt_beyond_memory_drops_the_z_factors_with_a_warning(tmp_path):
+    """SIRT through the z factors holds the aligned views whole: where --memory cannot, the
+    z factors are dropped with a warning that says how to keep them, and the SIRT is made."""
+    import mrcfile
+
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    rng = np.random.default_rng(1)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    alignment = Alignment(
+        np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)), TILTS, "a.json", "a", "a", (N, N)
+    )
+    alignment.z_factors = np.full((TILTS.size, 2), 0.03)
+    warnings = []
+    reconstruct_to_file(
+        str(tmp_path / "s.mrc"),
+        alignment,
+        str(tmp_path / "t.mrc"),
+        thickness=NZ,
+        sirt_iterations=2,
+        memory_gb=3e-4,
+        quiet=True,
+        warn=warnings.append,
+    )
+    assert any(
+        w.startswith("a.json: its z factors are not applied with --sirt within --memory (they need about ")
+        and w.endswith("raise --memory or --bin more to apply them)")
+        for w in warnings
+    ), warnings
+    assert (tmp_path / "t.mrc").is_file()

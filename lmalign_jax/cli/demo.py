@@ -14,7 +14,8 @@ from ..core.align import align as align_observations
 from ..io.outputs import OutputSet
 from ..simulation.phantom import fit_similarity, locate_peaks
 from ..workflow import AlignSettings, check_output_folder
-from ..workflow.reconstruction import Alignment, reconstruct_to_file
+from ..workflow.alignment_inputs import Alignment
+from ..workflow.reconstruction import reconstruct_to_file
 from .align import align_and_report
 from .common import EXIT_FAILED, EXIT_OK, HelpFormatter, Progress, note, seed_number, warn
 from .simulate import (

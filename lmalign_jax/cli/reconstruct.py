@@ -13,13 +13,8 @@ import os
 
 from ..io.mrc import read_stack_header
 from ..io.mrc_volume import LAYOUTS
-from ..workflow.reconstruction import (
-    DEFAULT_TOLERANCE_PX,
-    FILTER_CHOICES,
-    read_alignment_files,
-    read_alignment_json,
-    reconstruct_to_file,
-)
+from ..workflow.alignment_inputs import read_alignment_files, read_alignment_json
+from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file
 from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, UsageError, check_count, check_output_file, note, warn
 

@@ -6,13 +6,8 @@ import os
 
 from ..io.errors import InputError
 from ..io.mrc import read_stack_header
-from ..workflow.reconstruction import (
-    ALIGN_OPTIONS,
-    check_room,
-    read_alignment_json,
-    reconstruct_to_file,
-    volume_shape,
-)
+from ..workflow.alignment_inputs import read_alignment_json
+from ..workflow.reconstruction import ALIGN_OPTIONS, check_room, reconstruct_to_file, volume_shape
 from ..workflow.series import warn_anisotropic_pixels
 from ..workflow.tracking import track_stack
 from .common import EXIT_OK, HelpFormatter, Progress, UsageError, file_stem, note, warn

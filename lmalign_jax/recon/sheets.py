@@ -308,10 +308,10 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
     slot = jnp.asarray(slot)
     views = jnp.asarray(np.concatenate([sheet_view, [0]]).astype(np.int32))
     centres = jnp.asarray(np.concatenate([sheet_centre, [0.0]]), dt)
-    keep = np.ones((n_sheets + 1, nx + 2, 1), np.float32)
-    keep[:, [0, -1]] = 0.0
-    keep[-1] = 0.0
-    keep = jnp.asarray(keep, dt)
+    keep = np.ones((n_sheets + 1, nx + 2, 1), bool)  # not the padding columns, nor the zero sheet
+    keep[:, [0, -1]] = False
+    keep[-1] = False
+    keep = jnp.asarray(keep)
     detector = jnp.arange(-1, nx + 1, dtype=dt)  # the sheet's columns: the band's, padded
 
     def build(z_first):
@@ -332,9 +332,8 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
         j = jnp.clip(j, 0, n_table - 2)
         lo = jnp.take_along_axis(level, j, 1)
         step = jnp.take_along_axis(level, j + 1, 1) - lo
-        frac = (detector - lo) / jnp.where(
-            step > 0, step, 1.0
-        )  # levels that do not rise: a sheet no read uses
+        # levels that do not rise belong to no read: kept finite, not used
+        frac = (detector - lo) / jnp.where(step > 0, step, 1.0)
         lo_v = jnp.take_along_axis(level_v, j, 1)
         centre_v = lo_v + frac * (jnp.take_along_axis(level_v, j + 1, 1) - lo_v)
         # every row: the nearest table column's position moved by what moves its centre row to
@@ -351,7 +350,7 @@ def accumulate_sheets(band, band0, params, y, x, z, *, prepare, position, plan, 
         k = views[:, None, None] * view_size + ix * col_step + iy
         p00, p10, p01, p11 = flat[k], flat[k + 1], flat[k + col_step], flat[k + col_step + 1]
         top = p00 + fx * (p01 - p00)
-        return jnp.where(keep > 0, top + fy * (p10 + fx * (p11 - p10) - top), 0.0)
+        return jnp.where(keep, top + fy * (p10 + fx * (p11 - p10) - top), 0.0)
 
     def one_block(b):
         z_first = z[0] + (b * block).astype(dt)

@@ -15,8 +15,9 @@ from ..core.result import AlignmentResult
 from ..io.errors import InputError
 from ..io.outputs import OutputSet
 from ..solve import LMConfig
+from .alignment_inputs import read_alignment_json
 from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
-from .reconstruction import read_alignment_json, reconstruct_to_file
+from .reconstruction import reconstruct_to_file
 from .selection import Selection, observations_for_fit, parse_view_list, report_selection, select_views
 from .series import SeriesInputs, read_series
 from .settings import AlignSettings

@@ -1,7 +1,7 @@
 """A tomogram from a raw tilt series and its alignment (weighted FBP), written atomically.
 
-The alignment is IMOD's pair (``.xf`` raw -> aligned transforms, ``.tlt`` tilt angles), an
-``lmalign align`` record read back (:func:`read_alignment_json`, also what ``batch
+The alignment is IMOD's pair (``.xf`` raw -> aligned transforms, ``.tlt`` tilt angles) or an
+``lmalign align`` record read back (``workflow.alignment_inputs``, also what ``batch
 --reconstruct`` reads for the series it has just solved). Every input is checked
 before anything is computed; the tomogram is written through
 :func:`lmalign_jax.io.mrc_volume.stream_volume` slab by slab, so it appears complete or not at all and
@@ -15,15 +15,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
 from ..core.local_apply import column_sampling, local_projection_matrices, uniform_patches
 from ..core.shape_apply import shape_patches
-from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS, rigid_part_through_xf
-from ..export.imod import read_zfac
-from ..io import read_xf
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
 from ..io.mrc import first_non_finite_view, read_stack_header, read_stack_streamed
@@ -34,175 +30,12 @@ from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
-from ..recon.warp_backprojection import WarpSampling, reconstruct_warp
-from ..report import read_record
-from .record_markers import z_factors
-from .series import check_tilts_vary, read_tilt_file
+from ..recon.warp_backprojection import reconstruct_warp
+from .alignment_inputs import Alignment
+from .series import check_tilts_vary
 from .status import UsageError, print_note, print_warning
 
-#: Largest |xzfac|, |yzfac| taken from a z-factor file (tilt's are small corrections to sin(tilt)
-#: and 0; 1 would double a height).
-MAX_Z_FACTOR = 1.0
-
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
-
-
-class ShapeViews(NamedTuple):
-    """A ``--model shape`` record's per-view parameters (name -> (V,) values, degrees and pixels)
-    and the views its fit solved (V,), for ``core.shape_apply.shape_patches``."""
-
-    parameters: dict
-    fitted: np.ndarray
-
-
-@dataclass
-class Alignment:
-    """Per-view transforms and tilts for the reconstruction, in the stack's view order."""
-
-    xf_A: np.ndarray  # (n, 2, 2)
-    xf_shift: np.ndarray  # (n, 2), unbinned pixels
-    tilts_deg: np.ndarray  # (n,)
-    source: str  # what to show the user
-    xf_source: str  # the file the transforms came from
-    tilt_source: str  # the file the tilts came from
-    image_size: tuple[float, float] | None = None  # the image size the alignment was made for
-    local_path: str | None = None  # the local alignment file a record names (align --local)
-    local_summary: str | None = None  # its patches kept and residuals, in words
-    warp: WarpSampling | None = None  # a warp model's per-view warp, applied position by position
-    shape: ShapeViews | None = None  # a shape model's per-view shape, applied position by position
-    # (n, 2) xzfac, yzfac: the height-dependent part beyond tilt's formula (luther, diez), applied as
-    # tilt's ZFACTORFILE; None when negligible
-    z_factors: np.ndarray | None = None
-    z_source: str | None = None  # the file the z factors came from
-
-
-def read_alignment_json(path: str) -> Alignment:
-    """The per-view transforms and tilts of an ``lmalign align`` record (``--alignment``)."""
-    record = read_record(path, hint="give --xf and --tlt for IMOD files")
-    if not record.converged:
-        raise InputError(
-            path, None, f"this alignment did not converge ({record.status}); it has no usable transforms"
-        )
-    _check_xf_lines(path, record.xf[:, :, :2], record.xf[:, :, 2], by_view=True)
-    summary = None
-    if record.local is not None:
-        loc = record.local
-        summary = f"{loc.n_kept} of {loc.n_patches} patches kept"
-        if loc.global_mean_residual_px is not None and loc.local_mean_residual_px is not None:
-            summary += (
-                f", mean residual {loc.global_mean_residual_px:.4f} px global, "
-                f"{loc.local_mean_residual_px:.4f} px local"
-            )
-    warp, shape = _warp_sampling(record), _shape_views(record)
-    return Alignment(
-        record.xf[:, :, :2],
-        record.xf[:, :, 2],
-        record.tilts_deg,
-        path,
-        path,
-        path,
-        record.image_size,
-        record.local_path,
-        summary,
-        warp,
-        shape,
-        # a deformation model's own sampling carries its geometry whole
-        _height_factors(record) if warp is None and shape is None else None,
-        path,
-    )
-
-
-#: z factors that move no solved marker by this much (pixels) are not applied: float32 rounding
-#: of a model without a height term gives ~1e-7, and each applied factor costs the local
-#: back-projector (FBP about 2x, SIRT much more).
-Z_FACTOR_EFFECT_PX = 0.01
-
-
-def _height_factors(record) -> np.ndarray | None:
-    """A record's z factors (``record_markers.z_factors``) where they move its markers by at least
-    :data:`Z_FACTOR_EFFECT_PX` at the markers' heights; None otherwise."""
-    zfac = z_factors(record)
-    if zfac is None or record.markers is None:
-        return None
-    height = float(np.max(np.abs(record.markers.xyz[:, 2]), initial=0.0))
-    return zfac if height * float(np.abs(zfac).max()) >= Z_FACTOR_EFFECT_PX else None
-
-
-def _deformation_views(record, model: str) -> tuple[dict, np.ndarray] | None:
-    """A ``--model <model>`` record's per-view parameters (name -> (V,) values) and the views its
-    fit solved (V,): excluded views and views with a non-finite parameter are not. None for a
-    record of another model, or one without the model's parameters."""
-    if record.model_name != model or record.views is None:
-        return None
-    p = record.views.parameters
-    if not all(
-        name in p for name in ("scale", "rotation", "tilt", "dx", "dy", *DEFORMATION_PARAMETERS[model])
-    ):
-        return None
-    fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
-    return {name: np.asarray(v, float) for name, v in p.items()}, fitted
-
-
-def _shape_views(record) -> ShapeViews | None:
-    """The per-view shape of a ``--model shape`` record; None for other models."""
-    views = _deformation_views(record, "shape")
-    return None if views is None else ShapeViews(*views)
-
-
-def _warp_sampling(record) -> WarpSampling | None:
-    """The per-view warp of a ``--model warp`` record (``recon.warp_backprojection``): M = A s
-    R(rotation), e = A d + D from the record's parameters (degrees, px) and ``.xf``; views left out
-    of the fit sample as the rigid model does (M = I, e = 0, no warp). None for other models."""
-    views = _deformation_views(record, "warp")
-    if views is None:
-        return None
-    p, fitted = views
-    mats, offsets = rigid_part_through_xf(p, fitted, record.xf)
-    tilts = np.where(fitted, p["tilt"], record.tilts_deg)
-    coef = np.column_stack([np.where(fitted, p[n], 0.0) for n in WARP_PARAMETERS])
-    return WarpSampling(mats, offsets, tilts, coef)
-
-
-def read_alignment_files(xf_path: str, tlt_path: str, zfac_path: str | None = None) -> Alignment:
-    """An IMOD ``.xf`` and a tilt file (``.tlt``/``.rawtlt``/``.mdoc``), and optionally tilt's z
-    factors (``.zfac``, one ``xzfac yzfac`` line per view, each within +-1)."""
-    a, d = read_xf(xf_path)
-    _check_xf_lines(xf_path, a, d)
-    tilts, _ = read_tilt_file(tlt_path)
-    check_tilts_vary(tilts, tlt_path, "a tomogram needs views at different tilts")
-    alignment = Alignment(
-        a, d, np.asarray(tilts, dtype=np.float64), f"{xf_path} and {tlt_path}", xf_path, tlt_path
-    )
-    if zfac_path is not None:
-        zfac = read_zfac(zfac_path)
-        big = np.flatnonzero(np.abs(zfac).max(axis=1) > MAX_Z_FACTOR)
-        if big.size:
-            raise InputError(
-                zfac_path,
-                int(big[0]) + 1,
-                f"z factors {zfac[big[0], 0]:g} {zfac[big[0], 1]:g} are not a height correction (tilt's "
-                f"z factors are small fractions; at most {MAX_Z_FACTOR:g} here)",
-            )
-        alignment.z_factors, alignment.z_source = zfac, zfac_path
-        alignment.source = f"{xf_path}, {tlt_path} and {zfac_path}"
-    return alignment
-
-
-def _check_xf_lines(path: str, a: np.ndarray, d: np.ndarray, by_view: bool = False) -> None:
-    """InputError naming the line (view k on line k + 1; with ``by_view``, a record's view k) of
-    the first transform that cannot be reconstructed through: a matrix that maps the view onto a
-    line or a point, or an entry (or inverse's entry) beyond ``MAX_XF_ENTRY`` (float32 overflow)."""
-    largest, det, singular, inverse = transform_measures(a, d)
-    for v in range(len(a)):
-        line, at = (None, f"view {v}: ") if by_view else (v + 1, "")
-        if largest[v] > MAX_XF_ENTRY:
-            raise InputError(path, line, f"{at}a shift or matrix entry of {largest[v]:g} is not an alignment")
-        if singular[v]:
-            problem = f"the matrix is singular (determinant {det[v]:.3g}): it maps the view onto a line"
-            raise InputError(path, line, f"{at}{problem} or a point")
-        if inverse[v] > MAX_XF_ENTRY:
-            problem = f"the matrix shrinks the view {inverse[v]:.3g} times: not an alignment"
-            raise InputError(path, line, at + problem)
 
 
 def _check_local_transforms(path: str, local) -> None:
@@ -485,7 +318,7 @@ def reconstruct_to_file(
             if not quiet:
                 note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
             local = local_path = None
-    zfac = alignment.z_factors if warp is None and alignment.shape is None else None
+    zfac = alignment.z_factors  # None for a warp or shape model (their sampling carries the height)
     if local is not None and zfac is not None and local.z_factors is None:
         # tilt.f90: with a local file, each patch's own z factors replace the global ones, and a
         # file without them gives its patches none

@@ -195,8 +195,8 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
     so the regression is exact; for the deformation models it is the least-squares correction.
     A flattened record's factors are regressed on the height in its ``.tlt``'s frame (the solved
-    markers turned by the tilt change). InputError for a record whose views lack a parameter of
-    its model or hold a non-finite one.
+    markers turned by the tilt change). Views with a non-finite parameter get 0, as excluded ones;
+    InputError for a record whose views lack a parameter of its model.
     """
     views, markers = record.views, record.markers
     if views is None or markers is None or record.model_name is None:
@@ -206,15 +206,14 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     if record.model_name not in MODELS:
         return None
     model = get_model(record.model_name)
-    keep = ~views.excluded
     missing = [p for p in model.parameters if p not in views.parameters]
     if missing:
         raise InputError(
             record.path, None, f"its {record.model_name} views lack the parameter(s) {', '.join(missing)}"
         )
-    bad = [p for p in model.parameters if not np.all(np.isfinite(views.parameters[p][keep]))]
-    if bad:
-        raise InputError(record.path, None, f"parameter {bad[0]} is not a finite number on every fitted view")
+    # views with a non-finite parameter were not solved (as the deformation models' readers take them)
+    finite = np.all([np.isfinite(views.parameters[p]) for p in model.parameters], axis=0)
+    keep = ~views.excluded & finite
     neutral = dict(zip(model.parameters, model.neutral, strict=True))
     if not keep.any() or not any(
         p in Z_PARAMETERS and np.any(np.abs(views.parameters[p][keep] - neutral[p]) > 1e-12)
