@@ -8,6 +8,7 @@ predicted aligned positions are compared with the noise-free ones mapped by the 
 transform.
 """
 
+import dataclasses
 import json
 import re
 
@@ -16,7 +17,7 @@ import pytest
 from helpers import DATA
 from helpers import run_cli as run
 
-from lmalign_jax import align
+from lmalign_jax import align, simulate
 from lmalign_jax.core.local import PER_VIEW_MODES, LocalOptions, align_local
 from lmalign_jax.core.local_grid import select_patch_markers
 from lmalign_jax.io.imod_local import read_local_xf
@@ -268,8 +269,6 @@ def test_a_view_with_too_few_points_in_a_patch_keeps_its_global_increments(solve
     that sees 2 of a patch's markers (4 coordinates) cannot determine them. It keeps the global
     rotation, tilt and scale there, and its local shift alone is fitted; a view with 3 points
     (6 coordinates) is solved."""
-    import dataclasses
-
     result, default = solved["rigid"][:2]
     obs = result.observations
     mask = np.array(obs.mask)
@@ -436,8 +435,6 @@ def test_a_patch_whose_points_all_carry_no_weight_keeps_the_global_solution_and_
     """Robust weights of 0 (or every point held out by a leave-out fold) leave a patch nothing to
     fit, whichever the weighting: it keeps the global solution, and its status names the weights,
     not tilt's blend."""
-    import dataclasses
-
     result = solved["rigid"][0]
     idx = list(solved["rigid"][1].patches[0].marker_indices)
     weights = result.observations.mask.astype(float)
@@ -504,24 +501,76 @@ def test_unsolved_patches_need_no_threshold_and_the_notes_name_only_solved_short
             assert "that could be solved" in report
 
 
-def test_a_model_beyond_tilts_formula_is_said_to_lose_through_the_local_file():
-    """luther scales x, y and z before the tilt, which tilt's formula (and a local file without
-    z factors) cannot express: on BBa its global alignment through tilt misses by 0.354 px where
-    its solve reaches 0.321, and the local drop partly makes up for that. The notes say so; jou's
-    through tilt is its solve (to 1e-4 px) and gets no such note."""
+def test_a_model_beyond_tilts_formula_writes_each_patchs_z_factors():
+    """luther scales x, y and z before the tilt, which tilt's formula expresses only with z factors.
+    On BBa its local file carries each patch's, and through the .xf, .tlt and z factors its global
+    alignment reaches its own solve (0.321 px; without them it missed by 0.354, and the local drop
+    partly made up for that): no note. A patch keeping the global solution carries the global z
+    factors, so a file of such patches is the global alignment (here none of the four is kept by
+    the keeping test). jou's file has none."""
     from helpers import load_resid_observations
 
+    from lmalign_jax.core.local import global_z_factors
+
     obs = load_resid_observations("BBa")
-    for model, expected in (("luther", True), ("jou", False)):
+    for model in ("luther", "jou"):
         result = align(obs, model=model)
-        local = align_local(result, LocalOptions(significance=None))
-        said = [n for n in local.notes if "as tilt applies it" in n]
-        assert bool(said) == expected, (model, local.notes)
-        if expected:
-            assert local.global_mean_px > 1.05 * result.mean_residual_px
-            assert f"{local.global_mean_px:.4f} px" in said[0] and f"{result.mean_residual_px:.4f}" in said[0]
-        else:
-            assert abs(local.global_mean_px - result.mean_residual_px) < 1e-3
+        local = align_local(result, LocalOptions())
+        assert not [n for n in local.notes if "as tilt applies it" in n], local.notes
+        assert abs(local.global_mean_px - result.mean_residual_px) < 1e-3
+        if model == "jou":
+            assert local.z_factors is None and local.file.z_factors is None
+            continue
+        zfac = global_z_factors(result)
+        assert np.abs(zfac).max() > 0.01
+        np.testing.assert_array_equal(local.z_factors, zfac)
+        assert local.file.z_factors.shape == (len(local.patches), obs.n_views, 2)
+        # no patch's fit is significant here: every patch holds the global solution and its z factors
+        assert not any(p.kept_local for p in local.patches)
+        np.testing.assert_allclose(
+            local.file.z_factors, np.broadcast_to(zfac, local.file.z_factors.shape), atol=1e-9
+        )
+        assert local.file.is_global(zfac) and not local.file.is_global(None)
+        own = align_local(result, LocalOptions(significance=None))  # every patch its own fit
+        assert not own.file.is_global(zfac)
+        assert np.abs(own.file.z_factors - zfac).max() > 1e-5  # their own solutions' heights
+
+
+def test_a_patchs_transform_and_z_factors_place_every_point_where_its_solution_projects_it():
+    """Through the file as tilt reads it (each patch's own z factors in place of the global ones),
+    any point of a patch's box at any height lands where the patch's solved luther views project it,
+    mapped by the global .xf: to 1e-6 px (the projection is affine in the point, so the fit is
+    exact); without the z factors it misses by the height term."""
+    import jax
+
+    from lmalign_jax.core.local_apply import local_projection_matrices
+
+    series = simulate(n_views=31, n_markers=40, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
+    result = align(series.observations, model="luther", modes={"mag_z": "free"})
+    local = align_local(result, LocalOptions(significance=None))
+    assert local.file.z_factors is not None
+    mats, shifts = local_projection_matrices(local.file, result.tilts_deg, z_factors=local.z_factors)
+    flat, _ = local_projection_matrices(local.file, result.tilts_deg)  # a file read without them
+    rng = np.random.default_rng(0)
+    project = jax.vmap(jax.vmap(result.model.project, in_axes=(None, 0)), in_axes=(0, None))
+    worst, height = 0.0, 0.0
+    for p, report in enumerate(local.patches):
+        centre = np.asarray(report.centre, float) - np.asarray(result.observations.center)
+        xyz = np.column_stack(
+            [
+                centre + (rng.uniform(-0.5, 0.5, (20, 2)) * np.asarray(report.box)),
+                rng.uniform(-150.0, 150.0, 20),
+            ]
+        )
+        with jax.enable_x64(True):
+            raw = np.asarray(project(local.views[p], xyz))  # (V, n, 2) centred
+        truth = np.einsum("vij,vnj->vni", result.xf[:, :, :2], raw) + result.xf[:, None, :, 2]
+        tilt = np.einsum("vij,nj->vni", mats[p], xyz) + shifts[p][:, None]
+        worst = max(worst, float(np.abs(tilt - truth).max()))
+        height = max(
+            height, float(np.abs(np.einsum("vij,nj->vni", flat[p], xyz) + shifts[p][:, None] - truth).max())
+        )
+    assert worst < 1e-6 and height > 0.5, (worst, height)
 
 
 def test_blend_solutions_are_kept_by_the_even_fits_chi_square_test(solved):
@@ -569,3 +618,89 @@ def test_a_failed_keeping_test_fit_keeps_the_global_solution_and_says_which_fit(
     assert not any(p.kept_local for p in local.patches)
     assert all(p.status.startswith("the keeping test's fit failed") for p in local.patches)
     assert sum("keeping test's fit failed" in n for n in local.notes) == len(local.patches)
+
+
+def test_a_flattened_series_patch_z_factors_are_in_the_frame_of_its_tilts():
+    """``align --flatten`` adds the tilt change c to the .tlt, and its volume is the solved one turned
+    by c. A patch's transforms and z factors are then fitted in that frame, as the global .zfac: the
+    patch's points, turned and projected through the patch at the flattened tilts, land where its
+    solution puts them (to 1e-6 px: luther's projection is affine in the turned point too), against
+    0.5 px without z factors, and 0.04 px (c = 1 deg) to 0.18 px (4 deg) with the solved frame's
+    (what the file would hold if it were not refitted)."""
+    import jax
+
+    from lmalign_jax.core.local import patch_file_maps
+    from lmalign_jax.core.local_apply import local_projection_matrices
+
+    series = simulate(n_views=31, n_markers=40, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
+    result = align(series.observations, model="luther", modes={"mag_z": "free"})
+    local = align_local(result, LocalOptions(significance=None))
+    project = jax.vmap(jax.vmap(result.model.project, in_axes=(None, 0)), in_axes=(0, None))
+    for change in (1.0, 4.0):
+        transforms, zfac = patch_file_maps(result, local.views, local.patches, True, change)
+        c = np.radians(change)
+        misses = {"flat": [], "none": [], "solved": []}
+        for p in range(len(local.patches)):
+            xyz = local.markers[p]
+            with jax.enable_x64(True):
+                raw = np.asarray(project(local.views[p], xyz))
+            truth = np.einsum("vij,vnj->vni", result.xf[:, :, :2], raw) + result.xf[:, None, :, 2]
+            turned = np.column_stack(
+                [
+                    xyz[:, 0] * np.cos(c) - xyz[:, 2] * np.sin(c),
+                    xyz[:, 1],
+                    xyz[:, 0] * np.sin(c) + xyz[:, 2] * np.cos(c),
+                ]
+            )
+            for name, xf, zf in (
+                ("flat", transforms, zfac),
+                ("none", transforms, np.zeros_like(zfac)),
+                ("solved", local.file.transforms, local.file.z_factors),
+            ):
+                file = dataclasses.replace(local.file, transforms=xf, z_factors=zf)
+                mats, shifts = local_projection_matrices(file, result.tilts_deg + change, z_factors=zf[0])
+                at = np.einsum("vij,nj->vni", mats[p], turned) + shifts[p][:, None]
+                misses[name].append((at - truth).ravel())
+        rms = {k: float(np.sqrt(np.mean(np.concatenate(v) ** 2))) for k, v in misses.items()}
+        assert rms["flat"] < 1e-6 and rms["none"] > 0.1 and rms["solved"] > 0.01, (change, rms)
+
+
+def test_align_writes_the_patches_z_factors_per_file_view_in_the_flattened_frame(tmp_path):
+    """``align --model luther --local --flatten`` with views excluded: the written local file carries
+    z factors (ifZfactors 1), zero for the excluded views, and those of the flattened frame
+    (:func:`workflow.local.in_flattened_frame`), not the solved frame's."""
+    from helpers import align_observations
+
+    from lmalign_jax.report import read_record
+
+    series = simulate(n_views=31, n_markers=40, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
+    path = align_observations(
+        series.observations,
+        tmp_path,
+        "--model",
+        "luther",
+        "--mode",
+        "mag_z=free",
+        "--local",
+        "--local-keep-all",
+        "--flatten",
+        "--exclude",
+        "1,31",
+    )
+    record = read_record(str(path))
+    change = record.surfaces["tilt_angle_change_deg"]
+    assert record.surfaces["flattened"] is True and abs(change) > 0.01
+    header = (path.parent / "slocal.xf").read_text().splitlines()[0].split()
+    assert header[-1] == "1"
+    written = read_local_xf(path.parent / "slocal.xf")
+    assert written.z_factors.shape == (written.delta_tilt_deg.shape[0], 31, 2)
+    assert not written.z_factors[:, [0, 30]].any() and np.abs(written.z_factors[:, 1:30]).max() > 0.01
+    # each patch's factors are near the global ones in the flattened frame (export's .zfac), far
+    # from the solved frame's
+    from lmalign_jax.workflow.record_markers import z_factors
+
+    flat = z_factors(record)
+    solved = z_factors(dataclasses.replace(record, surfaces={**record.surfaces, "flattened": False}))
+    near = np.abs(written.z_factors - flat[None]).max()
+    far = np.abs(written.z_factors - solved[None]).max()
+    assert near < far / 10, (near, far)

@@ -134,6 +134,20 @@ def test_a_file_of_global_solutions_is_described_by_what_it_holds():
     assert "variation across the field" in _what_the_file_holds(shaped)
     tilted = LocalAlignment((2, 2), (100, 100), (200, 200), 0.0, np.full((4, 3), 0.01), identity)
     assert "variation across the field" in _what_the_file_holds(tilted)
+    # a model with z factors (luther): patches holding the global solution carry the global ones
+    zfac = np.array([[0.01, -0.02], [0.0, 0.0], [0.03, 0.005]])
+    with_z = LocalAlignment(
+        (2, 2),
+        (100, 100),
+        (200, 200),
+        0.0,
+        np.zeros((4, 3)),
+        identity,
+        z_factors=np.broadcast_to(zfac, (4, 3, 2)),
+    )
+    assert _what_the_file_holds(with_z, zfac) == "the local file equals the global alignment"
+    assert "variation across the field" in _what_the_file_holds(with_z, zfac * 1.01)
+    assert "variation across the field" in _what_the_file_holds(with_z)
 
 
 def test_the_reports_change_says_higher_when_the_local_residual_rose():

@@ -171,17 +171,22 @@ def local_base(results: dict, names) -> str | None:
     return None
 
 
-def _through(local, result: AlignmentResult, mask, start_xyz):
-    """(markers xyz, aligned points (V, M, 2) centred) fitted to ``mask``'s points through ``local``."""
+def _through(local, result: AlignmentResult, mask, start_xyz, z_factors=None):
+    """(markers xyz, aligned points (V, M, 2) centred) fitted to ``mask``'s points through ``local``
+    (with the global alignment's ``z_factors`` (V, 2), or None)."""
     obs = result.observations
     aligned = result.aligned_xy() - obs.center
-    xyz, _ = fit_markers_through_local(local, aligned, mask, result.tilts_deg, obs.image_size, start_xyz)
+    xyz, _ = fit_markers_through_local(
+        local, aligned, mask, result.tilts_deg, obs.image_size, start_xyz, z_factors=z_factors
+    )
     return xyz, aligned
 
 
-def _prediction_errors(local, result: AlignmentResult, train, held, start_xyz) -> np.ndarray:
-    xyz, aligned = _through(local, result, train, start_xyz)
-    predicted = project_through_local(local, xyz, result.tilts_deg, result.observations.image_size)
+def _prediction_errors(local, result: AlignmentResult, train, held, start_xyz, z_factors=None) -> np.ndarray:
+    xyz, aligned = _through(local, result, train, start_xyz, z_factors)
+    predicted = project_through_local(
+        local, xyz, result.tilts_deg, result.observations.image_size, z_factors=z_factors
+    )
     return (predicted - aligned)[held]
 
 
@@ -199,10 +204,13 @@ def local_candidate(
     kept = [p for p in solution.patches if p.kept_local]
     extra = int(sum(p.n_free for p in kept))
     aligned = base.aligned_xy() - obs.center
+    zfac = solution.z_factors  # the global alignment's, replaced by the file's own where it has them
     g_xyz, g_res = fit_markers_through_local(
-        None, aligned, mask, base.tilts_deg, obs.image_size, base.markers
+        None, aligned, mask, base.tilts_deg, obs.image_size, base.markers, z_factors=zfac
     )
-    _, l_res = fit_markers_through_local(solution.file, aligned, mask, base.tilts_deg, obs.image_size, g_xyz)
+    _, l_res = fit_markers_through_local(
+        solution.file, aligned, mask, base.tilts_deg, obs.image_size, g_xyz, z_factors=zfac
+    )
     rss_g, rss_l = float(np.nansum(g_res**2)), float(np.nansum(l_res**2))
     n = 2 * obs.n_observed
     delta = n * math.log(rss_l / rss_g) + extra * math.log(n) if rss_g > 0 and rss_l > 0 else math.nan
@@ -216,9 +224,10 @@ def local_candidate(
         train = mask & ~held
         fold_local = align_local(fit, options)
         kept_per_fold.append(sum(p.kept_local for p in fold_local.patches))
-        xyz0, _ = _through(None, fit, train, fit.markers)
-        errors_g.append(_prediction_errors(None, fit, train, held, xyz0))
-        errors_l.append(_prediction_errors(fold_local.file, fit, train, held, xyz0))
+        zfac = fold_local.z_factors
+        xyz0, _ = _through(None, fit, train, fit.markers, zfac)
+        errors_g.append(_prediction_errors(None, fit, train, held, xyz0, zfac))
+        errors_l.append(_prediction_errors(fold_local.file, fit, train, held, xyz0, zfac))
     gain = se = rms_g = rms_l = math.nan
     pair = None
     if errors_g:

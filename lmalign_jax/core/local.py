@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..io.imod_local import LocalAlignment
+from ..io.imod_local import ZFAC_NEGLIGIBLE, LocalAlignment
 from ..models import ProjectionModel
 from ..solve import (
     LMConfig,
@@ -130,6 +130,9 @@ class LocalSolution:
     global transform alone / through the local alignment as tilt applies it.
     seconds: wall time of the batched solve (compiled call included).
     keep_test: whether patches were kept by the significance test (else every solved one was).
+    z_factors: (n_views, 2) the global alignment's z factors (:func:`global_z_factors`), which the
+    residuals above are judged with (tilt uses the file's own, ``file.z_factors``, in their place),
+    or None.
     """
 
     file: LocalAlignment
@@ -141,6 +144,7 @@ class LocalSolution:
     seconds: float
     notes: tuple[str, ...]
     keep_test: bool = True
+    z_factors: np.ndarray | None = None
 
 
 def _bucket(n: int) -> int:
@@ -286,22 +290,104 @@ def _project(model: ProjectionModel, views: np.ndarray, xyz: np.ndarray) -> np.n
         return np.asarray(out, np.float64)
 
 
-def _ideal_to_aligned(model, patch_views, global_xf, centre, size, z_range):
-    """(n_views, 2, 3) local transforms: patch's ideal projection -> globally aligned position."""
+def _ideal_to_aligned(
+    model, patch_views, global_xf, centre, size, z_range, with_z: bool = False, tilt_change_rad: float = 0.0
+):
+    """(n_views, 2, 3) local transforms: patch's ideal projection -> globally aligned position, and
+    with ``with_z`` the patch's (n_views, 2) z factors (else None).
+
+    On a 3 x 3 grid of the patch at the two heights ``z_range``, the positions its solution puts
+    into the aligned stack are fitted by tilt's projection of the patch (the patch's tilt): without
+    z factors ``A (x cos t + z sin t, y) + D`` (a projection that varies with height beyond that
+    formula, luther's magnifications, is then spread over x and y), with them
+    ``A (x cos t + z (sin t + xz), y + z yz) + D``, linear in (A, D, A (xz, yz)), exact where the
+    projection is affine in the point (every model that takes a local alignment), as tiltalign
+    writes a patch's z factors with its transform. ``tilt_change_rad`` c: tilt's frame is a
+    flattened series' (its .tlt adds c to the tilts, its volume is the solved one turned by c about
+    y): the same positions, heights measured in that frame, as ``workflow.record_markers.z_factors``
+    regresses the global ones."""
     gx, gy = np.meshgrid(np.linspace(-0.5, 0.5, 3) * size[0], np.linspace(-0.5, 0.5, 3) * size[1])
     pts = np.stack([gx.ravel() + centre[0], gy.ravel() + centre[1]], 1)
     xyz = np.concatenate([np.column_stack([pts, np.full(len(pts), z)]) for z in z_range])  # centred
     raw = _project(model, patch_views, xyz)  # (V, n, 2) centred raw positions under the patch solution
     aligned = np.einsum("vij,vnj->vni", global_xf[:, :, :2], raw) + global_xf[:, None, :, 2]
-    tilt = patch_views[:, model.index("tilt")]
+    c = tilt_change_rad
+    x = xyz[:, 0] * np.cos(c) - xyz[:, 2] * np.sin(c)  # tilt's frame (c = 0: the solved one)
+    z = xyz[:, 0] * np.sin(c) + xyz[:, 2] * np.cos(c)
+    tilt = patch_views[:, model.index("tilt")] + c
     ideal = np.stack(
         [
-            xyz[None, :, 0] * np.cos(tilt)[:, None] + xyz[None, :, 2] * np.sin(tilt)[:, None],
+            x[None] * np.cos(tilt)[:, None] + z[None] * np.sin(tilt)[:, None],
             np.broadcast_to(xyz[:, 1], (len(tilt), len(xyz))),
         ],
         -1,
     )
-    return fit_image_transforms(ideal, aligned)
+    if not with_z:
+        return fit_image_transforms(ideal, aligned), None
+    # aligned = [ideal, z] (centred per view, for the conditioning) @ C: C's rows A^T and w = A (xz, yz)
+    z = np.broadcast_to(z, ideal.shape[:2])
+    design = np.concatenate([ideal, z[..., None]], -1)
+    d_mean, a_mean = design.mean(axis=1, keepdims=True), aligned.mean(axis=1, keepdims=True)
+    d, q = design - d_mean, aligned - a_mean
+    dt = np.swapaxes(d, 1, 2)
+    coef = np.linalg.solve(dt @ d, dt @ q)  # (V, 3, 2)
+    a = np.swapaxes(coef[:, :2], 1, 2)  # (V, 2, 2)
+    w = coef[:, 2]  # (V, 2)
+    shift = a_mean[:, 0] - np.einsum("vij,vj->vi", a, d_mean[:, 0, :2]) - w * d_mean[:, 0, 2:]
+    zfac = np.linalg.solve(a, w[..., None])[..., 0]
+    return np.concatenate([a, shift[:, :, None]], axis=2), zfac
+
+
+def global_z_factors(result: AlignmentResult, tilt_change_deg: float = 0.0) -> np.ndarray | None:
+    """(n_views, 2) z factors of ``result``'s global alignment as tilt takes them with its ``.xf``
+    and ``.tlt`` (the height-dependent part of its projection beyond tilt's formula: luther's
+    magnifications, imod's compression), fitted over the solved markers' field; None when all are
+    below :data:`~lmalign_jax.io.imod_local.ZFAC_NEGLIGIBLE` (jou, imod without compression), and
+    for the deformation models, whose records carry none (their height term is not affine: a
+    shape's dome), as ``workflow.record_markers.z_factors`` writes the ``.zfac`` (in a flattened
+    series' frame with ``tilt_change_deg``, :func:`_ideal_to_aligned`)."""
+    xyz = result.markers
+    if not len(xyz) or result.model.regularization is not None:
+        return None
+    lo, hi = xyz.min(axis=0), xyz.max(axis=0)
+    size = (max(float(hi[0] - lo[0]), 1.0), max(float(hi[1] - lo[1]), 1.0))
+    z_range = (float(lo[2]) - 1.0, float(hi[2]) + 1.0)
+    centre = (float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2)
+    _, zfac = _ideal_to_aligned(
+        result.model, result.views, result.xf, centre, size, z_range, True, np.radians(tilt_change_deg)
+    )
+    zfac = np.where(np.isfinite(zfac), zfac, 0.0)
+    return zfac if np.abs(zfac).max() >= ZFAC_NEGLIGIBLE else None
+
+
+def patch_file_maps(
+    result: AlignmentResult,
+    views: np.ndarray,
+    patches,
+    with_z: bool,
+    tilt_change_deg: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the local file holds for each patch: (transforms (P, V, 2, 3), z factors (P, V, 2) with
+    ``with_z``, else None), from the patches' full views (P, V, k) and their reports (centre, box),
+    over the solved markers' heights; ``tilt_change_deg``: in a flattened series' frame
+    (:func:`_ideal_to_aligned`)."""
+    centre_px = result.observations.center
+    z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
+    maps = [
+        _ideal_to_aligned(
+            result.model,
+            views[p],
+            result.xf,
+            (report.centre[0] - centre_px[0], report.centre[1] - centre_px[1]),
+            report.box,
+            z_range,
+            with_z,
+            np.radians(tilt_change_deg),
+        )
+        for p, report in enumerate(patches)
+    ]
+    transforms = np.stack([m[0] for m in maps])
+    return transforms, (np.stack([m[1] for m in maps]) if with_z else None)
 
 
 def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions()) -> LocalSolution:
@@ -421,9 +507,8 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         obs.mask.astype(float) if result.settings.weights is None else result.settings.weights**2 * obs.mask
     )
     sigma2 = float(np.sum(fit_w[..., None] * resid**2) / max(1.0, 2 * fit_w.sum() - result.n_parameters))
-    reports, transforms, marker_sets = [], [], []
+    reports, marker_sets = [], []
     n_underdetermined = 0
-    z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
     for p, ((cell, c, box, enough, in_box), idx) in enumerate(zip(cells, selections, strict=True)):
         status = Status(int(status_of[p]))
         m = obs.mask[:, idx]
@@ -513,8 +598,6 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
                 n_free[t] if options.significance is not None and enough and counted else 0,
             )
         )
-        centre_c = (c[0] - centre_px[0], c[1] - centre_px[1])
-        transforms.append(_ideal_to_aligned(model, views[p], result.xf, centre_c, box, z_range))
     if n_underdetermined:
         notes.append(
             f"{n_underdetermined} patch(es) hold too few markers for their own parameters (as many or more "
@@ -524,20 +607,28 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     tilt = model.index("tilt")
     views = views[:n_patches_all]  # the solutions (the test's fits follow them when split)
     delta_tilt = np.degrees(views[:, :, tilt] - result.views[None, :, tilt])
-    file = LocalAlignment(n_patches, start, spacing, 0.0, delta_tilt, np.stack(transforms))
+    # a projection that varies with height beyond tilt's formula (luther's magnifications): each
+    # patch's own z factors go in the file, as tiltalign writes them, and tilt uses them in place
+    # of the global .zfac
+    global_zfac = global_z_factors(result)
+    transforms, patch_zfac = patch_file_maps(result, views, reports, global_zfac is not None)
+    file = LocalAlignment(n_patches, start, spacing, 0.0, delta_tilt, transforms, z_factors=patch_zfac)
     aligned = result.aligned_xy() - centre_px
     g_xyz, g_res = fit_markers_through_local(
-        None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers
+        None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, z_factors=global_zfac
     )
-    l_xyz, l_res = fit_markers_through_local(file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz)
+    l_xyz, l_res = fit_markers_through_local(
+        file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz, z_factors=global_zfac
+    )
     global_mean = float(np.nanmean(np.hypot(g_res[..., 0], g_res[..., 1])))
     solved_mean = result.mean_residual_px
     if global_mean > solved_mean + max(TILT_FORMULA_SLACK_PX, TILT_FORMULA_SLACK * solved_mean):
         notes.append(
-            f"model {model.name!r}: its global alignment as tilt applies it (.xf and .tlt, without the "
-            f"model's z factors) misses the points by {global_mean:.4f} px (mean), where its own solve "
-            f"reaches {solved_mean:.4f}: part of the local drop only makes up for that (a model whose "
-            "projection is tilt's formula, jou or imod, has no such loss)"
+            f"model {model.name!r}: its global alignment as tilt applies it (.xf and .tlt"
+            + ("" if global_zfac is None else " with its z factors")
+            + f") misses the points by {global_mean:.4f} px (mean), where its own solve reaches "
+            f"{solved_mean:.4f}: part of the local drop only makes up for that (a model whose projection "
+            "is affine in the point, jou, imod or luther, has no such loss)"
         )
     return LocalSolution(
         file=file,
@@ -549,4 +640,5 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         seconds=seconds,
         notes=tuple(notes),
         keep_test=options.significance is not None,
+        z_factors=global_zfac,
     )

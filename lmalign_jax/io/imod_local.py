@@ -38,7 +38,11 @@ from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import format_records, record_format
 
-__all__ = ["LocalAlignment", "check_local_grid", "read_local_xf", "write_local_xf"]
+__all__ = ["ZFAC_NEGLIGIBLE", "LocalAlignment", "check_local_grid", "read_local_xf", "write_local_xf"]
+
+#: Z factors below this (a ``.zfac``'s printed precision, ``2f12.7``) are zero: neither a ``.zfac``
+#: nor a local file's z factors are written for them.
+ZFAC_NEGLIGIBLE = 5e-8
 
 _HEADER_NAMES = ("nX", "nY", "Xstart", "Ystart", "dX", "dY", "ifXtilts", "pixel", "ifZfactors")
 _HEADER_RECORDS = {6: record_format("6i6"), 8: record_format("7i6,f12.5"), 9: record_format("7i6,f12.5,i4")}
@@ -78,15 +82,16 @@ class LocalAlignment:
     def n_views(self) -> int:
         return int(self.delta_tilt_deg.shape[1])
 
-    @property
-    def is_global(self) -> bool:
+    def is_global(self, z_factors: np.ndarray | None = None) -> bool:
         """Whether every patch holds the global alignment: unit transforms, no tilt or X-axis tilt
-        deltas, no z factors of its own (to 1e-6; what align --local writes for a patch that keeps
-        the global solution of a model without z factors)."""
+        deltas (to 1e-6), and z factors none, or zero, or with the global alignment's ``z_factors``
+        (n_views, 2) given, those (to 1e-6, the file's precision; what align --local writes for a
+        patch that keeps the global solution)."""
         unit = np.allclose(self.transforms, np.eye(2, 3), atol=1e-6)
         no_xtilt = self.delta_xtilt_deg is None or np.allclose(self.delta_xtilt_deg, 0.0, atol=1e-6)
-        no_zfac = self.z_factors is None or np.allclose(self.z_factors, 0.0, atol=1e-6)
-        return bool(unit and no_xtilt and no_zfac and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
+        reference = 0.0 if z_factors is None else np.asarray(z_factors, float)[None]
+        same_zfac = self.z_factors is None or np.allclose(self.z_factors, reference, rtol=0, atol=1e-6)
+        return bool(unit and no_xtilt and same_zfac and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
 
     @property
     def centres(self) -> np.ndarray:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
+from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, patch_file_maps
 from ..core.local_grid import MAX_PATCHES, checked_patch_grid, patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
 from .selection import mean_marker_positions
@@ -19,6 +19,7 @@ __all__ = [
     "check_local_grid",
     "LOCAL_SUFFIX",
     "file_view_local",
+    "in_flattened_frame",
     "solve_local_alignment",
     "write_local_alignment",
     "format_local_report",
@@ -31,13 +32,17 @@ LOCAL_SUFFIX = "local.xf"
 def file_view_local(local: LocalAlignment, view_index: np.ndarray, n_file_views: int) -> LocalAlignment:
     """The local alignment with one entry per file view: fitted views (``view_index``, fitting
     order -> file view) take theirs; views left out get delta 0 and the unit transform, as
-    tiltalign writes for excluded views."""
+    tiltalign writes for excluded views (and z factors 0, as the ``.zfac`` for them)."""
     n_patches = local.delta_tilt_deg.shape[0]
     dt = np.zeros((n_patches, n_file_views))
     xf = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (n_patches, n_file_views, 1, 1))
     dt[:, view_index] = local.delta_tilt_deg
     xf[:, view_index] = local.transforms
-    return dataclasses.replace(local, delta_tilt_deg=dt, transforms=xf)
+    zf = None
+    if local.z_factors is not None:
+        zf = np.zeros((n_patches, n_file_views, 2))
+        zf[:, view_index] = local.z_factors
+    return dataclasses.replace(local, delta_tilt_deg=dt, transforms=xf, z_factors=zf)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,6 +53,23 @@ class SolvedLocal:
     solution: LocalSolution
     file: LocalAlignment
     options: LocalOptions
+
+
+def in_flattened_frame(
+    local: SolvedLocal, result, view_index, n_file_views: int, tilt_change_deg: float
+) -> SolvedLocal:
+    """``local`` for a flattened series (``align --flatten``: its .tlt adds ``tilt_change_deg`` c
+    and its volume is the solved one turned by c): where the file carries z factors, each patch's
+    transforms and z factors fitted again with heights in that frame, as the global ``.zfac`` is
+    (heights in the solved frame would place points worse than no z factors at all); else
+    unchanged (the transforms map tilt's projection, the same in either frame)."""
+    if local.file.z_factors is None or tilt_change_deg == 0.0:
+        return local
+    solution = local.solution
+    transforms, zfac = patch_file_maps(result, solution.views, solution.patches, True, tilt_change_deg)
+    fitted = dataclasses.replace(solution.file, transforms=transforms, z_factors=zfac)
+    file = file_view_local(fitted, np.asarray(view_index), n_file_views)
+    return dataclasses.replace(local, file=dataclasses.replace(file, pixel_size=local.file.pixel_size))
 
 
 def solve_local_alignment(
@@ -123,10 +145,11 @@ def check_local_grid(xy: np.ndarray, mask: np.ndarray, tilts_deg: np.ndarray, op
         )
 
 
-def _what_the_file_holds(f) -> str:
-    """What a local file of global solutions only holds: nothing beyond the global alignment for
-    a rigid model; a deformation model's (shape) own variation across the field, patch by patch."""
-    if f.is_global:
+def _what_the_file_holds(f: LocalAlignment, z_factors: np.ndarray | None = None) -> str:
+    """What a local file of global solutions only holds: nothing beyond the global alignment (with
+    its ``z_factors`` (V, 2), if any) for a rigid model; a deformation model's (shape) own
+    variation across the field, patch by patch."""
+    if f.is_global(z_factors):
         return "the local file equals the global alignment"
     return "the local file holds the global model's own variation across the field, patch by patch"
 
@@ -154,12 +177,18 @@ def format_local_report(solution: LocalSolution) -> str:
     else:
         lines.append(
             f" Kept {n_kept} of {n_all} patches"
-            + (f" ({_what_the_file_holds(f)})" if n_kept == 0 else "")
+            + (f" ({_what_the_file_holds(f, solution.z_factors)})" if n_kept == 0 else "")
             + ": a patch keeps its own fit only when its fit with every marker weighted fully\n"
             "  lowers its sum of squares by more than fitting noise would (drop/sigma^2 > p + 3 sqrt(2p),\n"
             "  p that fit's free parameters, the record's test_n_free; robust weights scale it); the others\n"
             "  hold the global solution.\n"
             "  --local-keep-all keeps every patch's fit, as IMOD does"
+        )
+    if f.z_factors is not None:
+        lines.append(
+            " Each patch's z factors are in the file (the model's height term beyond tilt's formula): "
+            "IMOD's tilt\n  applies them in place of the global ones when it is given the .zfac "
+            "(ZFACTORFILE) too, as reconstruct does"
         )
     lines.append(
         f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "

@@ -314,7 +314,8 @@ def reconstruct_to_file(
                 f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
             )
             local = scaled_to_stack(local, header_pixel)
-        if local.is_global:  # no patch kept: the same volume (tested), faster without the local reads
+        # no patch kept: the same volume (tested), faster without the local reads
+        if local.is_global(alignment.z_factors):
             if not quiet:
                 note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
             local = local_path = None

@@ -14,6 +14,7 @@ import numpy as np
 from ..export import ViewGeometry
 from ..export.imod import projected_positions
 from ..io import InputError, MarkerSet
+from ..io.imod_local import ZFAC_NEGLIGIBLE
 from ..report import AlignmentRecord
 from .series import _on_tilt_file_views, _read_marker_file
 from .status import UsageError
@@ -29,7 +30,6 @@ __all__ = [
     "record_geometry",
     "z_factors",
     "Z_PARAMETERS",
-    "ZFAC_NEGLIGIBLE",
 ]
 
 #: A marker file matches a record when the median distance of its points from where the record's
@@ -41,8 +41,6 @@ MATCH_FLOOR_PX = 2.0
 #: Parameters that can make the projection height-dependent beyond tilt's ``(x cos t + z sin t,
 #: y)``: with all of them neutral the z factors are 0 and are not computed (no JAX import).
 Z_PARAMETERS = ("mag_x", "mag_y", "mag_z", "compression", "xstretch", "skew", "declination")
-#: Z factors below this (the ``.zfac``'s printed precision, ``2f12.7``) are zero: no ``.zfac``.
-ZFAC_NEGLIGIBLE = 5e-8
 
 
 def measured_markers(record: AlignmentRecord, markers_path: str | None = None, option: str = "--markers"):

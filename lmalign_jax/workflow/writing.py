@@ -22,7 +22,7 @@ from ..io.imod_local import write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
-from .local import LOCAL_SUFFIX, SolvedLocal
+from .local import LOCAL_SUFFIX, SolvedLocal, in_flattened_frame
 from .selection import Selection
 from .series import SeriesInputs
 from .settings import AlignSettings
@@ -237,6 +237,10 @@ def write_alignment(
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
     suffixes += (".xtilt",) if flat is not None else ()
     local = local if converged else None
+    if local is not None and flat is not None:
+        local = in_flattened_frame(
+            local, result, sel.view_index, inputs.tilts_deg.size, flat.tilt_angle_change_deg
+        )
     suffixes += (LOCAL_SUFFIX,) if local is not None else ()
     extra = {
         "outputs": [os.path.basename(p) for p in out.final_paths(suffixes)],
