@@ -229,12 +229,25 @@ def test_views_left_out_get_imods_unit_transform_and_zero_delta():
 
     xf = np.tile(np.array([[1.01, 0.0, 2.0], [0.0, 0.99, -1.0]]), (4, 3, 1, 1))
     local = LocalAlignment((2, 2), (10, 10), (20, 20), 0.0, np.full((4, 3), 0.5), xf)
-    full = file_view_local(local, np.array([4, 0, 2]), 6)
+    tilts = np.array([-50.0, -30.0, -10.0, 10.0, 30.0, 50.0])
+    full = file_view_local(local, np.array([4, 0, 2]), tilts)
     assert full.delta_tilt_deg.shape == (4, 6) and full.transforms.shape == (4, 6, 2, 3)
     np.testing.assert_array_equal(full.delta_tilt_deg[:, [0, 2, 4]], 0.5)
     np.testing.assert_array_equal(full.delta_tilt_deg[:, [1, 3, 5]], 0.0)
     np.testing.assert_array_equal(full.transforms[:, [1, 3, 5]], np.tile(np.eye(2, 3), (4, 3, 1, 1)))
     np.testing.assert_array_equal(full.transforms[:, 4], xf[:, 0])
+    assert full.z_factors is None
+    # z factors (a luther alignment's): each patch's interpolated in tilt for the views left out, as
+    # the .zfac's, the nearest copied beyond the fitted ones
+    zf = np.array([[0.03, 0.01], [-0.02, 0.0], [0.01, -0.01]])  # fitted views 4, 0, 2 (30, -50, -10 deg)
+    local = LocalAlignment(
+        (2, 2), (10, 10), (20, 20), 0.0, np.full((4, 3), 0.5), xf, z_factors=np.stack([zf] * 4)
+    )
+    full = file_view_local(local, np.array([4, 0, 2]), tilts)
+    expected = np.array(
+        [[-0.02, 0.0], [-0.005, -0.005], [0.01, -0.01], [0.02, 0.0], [0.03, 0.01], [0.03, 0.01]]
+    )
+    np.testing.assert_allclose(full.z_factors, np.stack([expected] * 4), rtol=0, atol=1e-15)
 
 
 def test_the_summary_says_how_many_patches_were_kept_and_how_to_keep_all(solved):
@@ -667,8 +680,8 @@ def test_a_flattened_series_patch_z_factors_are_in_the_frame_of_its_tilts():
 
 def test_align_writes_the_patches_z_factors_per_file_view_in_the_flattened_frame(tmp_path):
     """``align --model luther --local --flatten`` with views excluded: the written local file carries
-    z factors (ifZfactors 1), zero for the excluded views, and those of the flattened frame
-    (:func:`workflow.local.in_flattened_frame`), not the solved frame's."""
+    z factors (ifZfactors 1), the nearest fitted view's for the excluded end views, and those of
+    the flattened frame (:func:`workflow.local.in_flattened_frame`), not the solved frame's."""
     from helpers import align_observations
 
     from lmalign_jax.report import read_record
@@ -694,7 +707,9 @@ def test_align_writes_the_patches_z_factors_per_file_view_in_the_flattened_frame
     assert header[-1] == "1"
     written = read_local_xf(path.parent / "slocal.xf")
     assert written.z_factors.shape == (written.delta_tilt_deg.shape[0], 31, 2)
-    assert not written.z_factors[:, [0, 30]].any() and np.abs(written.z_factors[:, 1:30]).max() > 0.01
+    # the excluded end views take their nearest fitted view's, as the .zfac
+    np.testing.assert_array_equal(written.z_factors[:, [0, 30]], written.z_factors[:, [1, 29]])
+    assert np.abs(written.z_factors[:, 1:30]).max() > 0.01
     # each patch's factors are near the global ones in the flattened frame (export's .zfac), far
     # from the solved frame's
     from lmalign_jax.workflow.record_markers import z_factors

@@ -238,10 +238,10 @@ def test_an_imod_models_rounding_is_no_z_factor(tmp_path):
     assert read_alignment_json(str(path)).z_factors is None
 
 
-def test_a_record_without_a_parameter_is_named_and_a_non_finite_view_gets_none(luther_record):
+def test_a_record_without_a_parameter_is_named_and_a_non_finite_view_is_interpolated(luther_record):
     """A record whose views lack one of its model's parameters is an InputError naming the record
     and the parameter (it was a KeyError); a view whose parameters are not finite was not solved
-    and gets no z factors, while the others keep theirs."""
+    and gets z factors interpolated in tilt from its neighbours, while the others keep theirs."""
     import dataclasses
 
     from lmalign_jax.io import InputError
@@ -259,8 +259,12 @@ def test_a_record_without_a_parameter_is_named_and_a_non_finite_view_gets_none(l
     params["mag_x"][5] = np.nan
     nan = z_factors(dataclasses.replace(record, views=dataclasses.replace(record.views, parameters=params)))
     others = np.arange(len(whole)) != 5
-    assert np.all(nan[5] == 0) and np.abs(whole[5]).max() > 0
     np.testing.assert_allclose(nan[others], whole[others], rtol=0, atol=1e-12)
+    # interpolated in nominal tilt from its neighbours, as an excluded view's .xf
+    nominal = record.views.nominal_tilts_deg
+    w = (nominal[5] - nominal[4]) / (nominal[6] - nominal[4])
+    np.testing.assert_allclose(nan[5], (1 - w) * whole[4] + w * whole[6], rtol=0, atol=1e-12)
+    assert np.abs(nan[5] - whole[5]).max() > 1e-4
 
 
 def test_sirt_beyond_memory_drops_the_z_factors_with_a_warning(tmp_path):

@@ -287,7 +287,7 @@ def align_and_report(
     solved_local = None
     if local is not None and result.converged:
         try:
-            solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg.size, local)
+            solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg, local)
         except ValueError as e:
             raise UsageError(f"--local: {e}") from None
     written = write_alignment(

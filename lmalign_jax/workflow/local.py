@@ -10,6 +10,7 @@ import numpy as np
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, patch_file_maps
 from ..core.local_grid import MAX_PATCHES, checked_patch_grid, patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
+from .record_markers import interpolated_z_factors
 from .selection import mean_marker_positions
 from .status import UsageError
 
@@ -29,11 +30,15 @@ __all__ = [
 LOCAL_SUFFIX = "local.xf"
 
 
-def file_view_local(local: LocalAlignment, view_index: np.ndarray, n_file_views: int) -> LocalAlignment:
-    """The local alignment with one entry per file view: fitted views (``view_index``, fitting
-    order -> file view) take theirs; views left out get delta 0 and the unit transform, as
-    tiltalign writes for excluded views (and z factors 0, as the ``.zfac`` for them)."""
+def file_view_local(
+    local: LocalAlignment, view_index: np.ndarray, file_tilts_deg: np.ndarray
+) -> LocalAlignment:
+    """The local alignment with one entry per file view (``file_tilts_deg`` (n,), their nominal
+    tilts): fitted views (``view_index``, fitting order -> file view) take theirs; views left out
+    get delta 0 and the unit transform, as tiltalign writes for excluded views, and each patch's
+    z factors interpolated in tilt, as the ``.zfac`` (``record_markers.interpolated_z_factors``)."""
     n_patches = local.delta_tilt_deg.shape[0]
+    n_file_views = len(file_tilts_deg)
     dt = np.zeros((n_patches, n_file_views))
     xf = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (n_patches, n_file_views, 1, 1))
     dt[:, view_index] = local.delta_tilt_deg
@@ -42,6 +47,9 @@ def file_view_local(local: LocalAlignment, view_index: np.ndarray, n_file_views:
     if local.z_factors is not None:
         zf = np.zeros((n_patches, n_file_views, 2))
         zf[:, view_index] = local.z_factors
+        solved = np.zeros(n_file_views, bool)
+        solved[view_index] = True
+        zf = np.stack([interpolated_z_factors(z, solved, file_tilts_deg) for z in zf])
     return dataclasses.replace(local, delta_tilt_deg=dt, transforms=xf, z_factors=zf)
 
 
@@ -56,7 +64,7 @@ class SolvedLocal:
 
 
 def in_flattened_frame(
-    local: SolvedLocal, result, view_index, n_file_views: int, tilt_change_deg: float
+    local: SolvedLocal, result, view_index, file_tilts_deg: np.ndarray, tilt_change_deg: float
 ) -> SolvedLocal:
     """``local`` for a flattened series (``align --flatten``: its .tlt adds ``tilt_change_deg`` c
     and its volume is the solved one turned by c): where the file carries z factors, each patch's
@@ -68,14 +76,15 @@ def in_flattened_frame(
     solution = local.solution
     transforms, zfac = patch_file_maps(result, solution.views, solution.patches, True, tilt_change_deg)
     fitted = dataclasses.replace(solution.file, transforms=transforms, z_factors=zfac)
-    file = file_view_local(fitted, np.asarray(view_index), n_file_views)
+    file = file_view_local(fitted, np.asarray(view_index), file_tilts_deg)
     return dataclasses.replace(local, file=dataclasses.replace(file, pixel_size=local.file.pixel_size))
 
 
 def solve_local_alignment(
-    result, view_index, n_file_views: int, options: LocalOptions, pixel_size: float = 0.0
+    result, view_index, file_tilts_deg: np.ndarray, options: LocalOptions, pixel_size: float = 0.0
 ) -> SolvedLocal:
-    """Solve the local alignment of ``result`` (ValueError when its model cannot take one).
+    """Solve the local alignment of ``result`` (ValueError when its model cannot take one), written
+    for every file view (``file_tilts_deg`` (n,), their nominal tilts; ``view_index`` the fitted ones).
 
     ``pixel_size``: the aligned stack's pixel size (A) for the header, 0 (default) to keep IMOD's
     tilt from rescaling the grid (the "pixel-size trap": tilt multiplies the grid and shifts by
@@ -83,7 +92,7 @@ def solve_local_alignment(
     """
     solution = align_local(result, options)
     local = dataclasses.replace(
-        file_view_local(solution.file, np.asarray(view_index), n_file_views), pixel_size=float(pixel_size)
+        file_view_local(solution.file, np.asarray(view_index), file_tilts_deg), pixel_size=float(pixel_size)
     )
     return SolvedLocal(solution, local, options)
 
@@ -93,14 +102,14 @@ def write_local_alignment(
     prefix: str,
     result,
     view_index,
-    n_file_views: int,
+    file_tilts_deg: np.ndarray,
     options: LocalOptions,
     pixel_size: float = 0.0,
 ) -> tuple[LocalSolution, str]:
     """Solve the local alignment of ``result`` and write ``<out_dir>/<prefix>local.xf`` alone (``align``
     writes it with the other outputs, through ``workflow.writing.write_alignment``).
     Returns (solution, path written)."""
-    solved = solve_local_alignment(result, view_index, n_file_views, options, pixel_size)
+    solved = solve_local_alignment(result, view_index, file_tilts_deg, options, pixel_size)
     path = os.path.join(out_dir, prefix + LOCAL_SUFFIX)
     write_local_xf(path, solved.file)
     return solved.solution, path

@@ -29,6 +29,7 @@ __all__ = [
     "model_projection",
     "record_geometry",
     "z_factors",
+    "interpolated_z_factors",
     "Z_PARAMETERS",
 ]
 
@@ -188,12 +189,14 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     Per fitted view, the aligned positions of the solved markers (the ``.xf`` applied to the
     model's projection) minus tilt's ``(x cos t + z sin t, y)``, regressed on z through zero
     (least squares over the markers): the part of the geometry that varies with height and
-    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get 0. For a model whose
+    that ``tilt`` adds back as ``z (xzfac, yzfac)``. Excluded views get factors interpolated in
+    tilt (:func:`interpolated_z_factors`), as their ``.xf``. For a model whose
     projection is affine in the marker position (luther, diez), the ``.xf`` was computed with
     these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
     so the regression is exact; for the deformation models it is the least-squares correction.
     A flattened record's factors are regressed on the height in its ``.tlt``'s frame (the solved
-    markers turned by the tilt change). Views with a non-finite parameter get 0, as excluded ones;
+    markers turned by the tilt change). Views with a non-finite parameter were not solved: they are
+    interpolated as excluded ones;
     InputError for a record whose views lack a parameter of its model.
     """
     views, markers = record.views, record.markers
@@ -242,4 +245,20 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     out = np.zeros((record.xf.shape[0], 2))
     if denominator > 0:
         out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
+        out = interpolated_z_factors(out, keep, views.nominal_tilts_deg)
     return out if np.abs(out).max() >= ZFAC_NEGLIGIBLE else None
+
+
+def interpolated_z_factors(
+    z_factors: np.ndarray, solved: np.ndarray, nominal_tilts_deg: np.ndarray
+) -> np.ndarray:
+    """(V, 2) ``z_factors`` with the views not ``solved`` (V,) bool given factors interpolated
+    linearly in nominal tilt from the solved ones (the nearest copied beyond them), as their
+    ``.xf`` is (``report.views.interpolate_transforms``): tilt reconstructs those views too."""
+    out = np.array(z_factors, float)
+    if solved.any() and not solved.all():
+        tilts = np.asarray(nominal_tilts_deg, float)
+        order = np.argsort(tilts[solved], kind="stable")
+        for i in range(2):
+            out[~solved, i] = np.interp(tilts[~solved], tilts[solved][order], out[solved, i][order])
+    return out

@@ -239,7 +239,7 @@ def write_alignment(
     local = local if converged else None
     if local is not None and flat is not None:
         local = in_flattened_frame(
-            local, result, sel.view_index, inputs.tilts_deg.size, flat.tilt_angle_change_deg
+            local, result, sel.view_index, inputs.tilts_deg, flat.tilt_angle_change_deg
         )
     suffixes += (LOCAL_SUFFIX,) if local is not None else ()
     extra = {
