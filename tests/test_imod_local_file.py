@@ -1,6 +1,7 @@
 """IMOD's local alignment file: reader/writer on IMOD's shipped files, bad input, and tilt's
 position-by-position application judged on the real sets (tests/data/imod-local/SOURCE.md)."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,9 @@ def test_tilts_pixel_scaling_is_applied_to_grid_and_shifts():
     assert scaled_to_stack(local, 20.2) is local and scaled_to_stack(local, 0.0) is local
     binned = scaled_to_stack(local, 40.4)  # the same specimen in a stack binned by 2
     assert pixel_scale(local, 40.4) == 0.5 and pixel_scale(binned, 40.4) == 1.0
+    # the same pixel to the header's precision (f12.5 against a float32 stack header): no scaling
+    same = dataclasses.replace(local, pixel_size=2.17)
+    assert pixel_scale(same, float(np.float32(2.17))) == 1.0 and pixel_scale(same, 2.17002) != 1.0
     assert binned.start == (117.5, 85.5) and binned.spacing == (74.5, 66.5)
     np.testing.assert_array_equal(binned.transforms[..., :2], local.transforms[..., :2])
     np.testing.assert_array_equal(binned.transforms[..., 2], 0.5 * local.transforms[..., 2])

@@ -59,3 +59,69 @@ def test_the_streamed_local_sirt_is_the_whole_volume_one(positivity, tmp_path):
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=2e-5 * np.abs(whole).max())
     np.testing.assert_allclose(res_streamed, res_whole, rtol=1e-4)
     assert not list(tmp_path.iterdir())  # the scratch files are gone
+
+
+def test_local_sirt_without_room_for_its_scratch_volumes_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    """--local with --sirt keeps the iterate and C in two scratch volumes of the tomogram's size
+    beside it: a disk with room for the tomogram alone is refused before any work (it died of a
+    SIGBUS part-way through, leaving its scratch folder and the temporary volume), and a disk that
+    fills up meanwhile (the scratch blocks are allocated first) is a one-line error, with nothing
+    left behind."""
+    import errno
+    import os
+    import shutil
+
+    import mrcfile
+
+    from lmalign_jax.io import InputError
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.io.mrc_volume import volume_bytes
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    n, views, nz = 32, 9, 8
+    tilts = np.linspace(-60.0, 60.0, views)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(np.random.default_rng(0).standard_normal((views, n, n)).astype(np.float32))
+    xf = np.tile(np.eye(2, 3), (4, views, 1, 1))
+    xf[..., 2] = 0.3  # not the global alignment: the local path
+    write_local_xf(tmp_path / "l.xf", LocalAlignment((2, 2), (8, 8), (16, 16), 0.0, np.zeros((4, views)), xf))
+    alignment = Alignment(
+        np.tile(np.eye(2), (views, 1, 1)), np.zeros((views, 2)), tilts, "a", "a", "a", (n, n)
+    )
+    inputs = {"l.xf", "s.mrc"}
+
+    def run():
+        return reconstruct_to_file(
+            str(tmp_path / "s.mrc"),
+            alignment,
+            str(tmp_path / "t.mrc"),
+            thickness=nz,
+            sirt_iterations=2,
+            local_path=str(tmp_path / "l.xf"),
+            quiet=True,
+            warn=lambda _: None,
+        )
+
+    usage = shutil.disk_usage(tmp_path)
+    one = volume_bytes((nz, n, n))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2 * one))
+    with pytest.raises(
+        InputError, match="the tomogram and --sirt's two scratch volumes of its size beside it"
+    ):
+        run()
+    assert {p.name for p in tmp_path.iterdir()} == inputs
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=3 * one))
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(
+        InputError, match="the disk filled up while writing the tomogram; nothing was written"
+    ):
+        run()
+    assert {p.name for p in tmp_path.iterdir()} == inputs
+    monkeypatch.undo()
+    run()
+    assert {p.name for p in tmp_path.iterdir()} == inputs | {"t.mrc"}

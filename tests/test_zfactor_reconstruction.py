@@ -299,3 +299,113 @@ def test_sirt_beyond_memory_drops_the_z_factors_with_a_warning(tmp_path):
         for w in warnings
     ), warnings
     assert (tmp_path / "t.mrc").is_file()
+
+
+def _unit_alignment(zfac=None):
+    from lmalign_jax.workflow.alignment_inputs import Alignment
+
+    alignment = Alignment(
+        np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)), TILTS, "a", "a", "a", (N, N)
+    )
+    alignment.z_factors = zfac
+    return alignment
+
+
+def test_a_unit_local_file_drops_the_z_factors_as_a_near_unit_one_does(tmp_path):
+    """With z factors and a local file without any, tilt gives every patch none: a unit file and
+    one a 1e-4 px shift away from it made different volumes (the unit file was taken for the
+    global alignment first, keeping the z factors; audit, 6.6% apart). Both now drop them, with the
+    warning, and agree to the shift's effect; with the z factors in the file, the unit file is the
+    global alignment and its volume is the global one with them."""
+    import mrcfile
+
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    rng = np.random.default_rng(1)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    s = np.sin(np.radians(TILTS))
+    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    unit = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    near = unit.copy()
+    near[..., 0, 2] = 1e-4
+    volumes = {}
+    for name, xf, own in (
+        ("unit", unit, None),
+        ("near", near, None),
+        ("unit-z", unit, np.broadcast_to(zfac, (4, TILTS.size, 2)).copy()),
+        ("global", None, None),
+        ("global-z", None, None),
+    ):
+        local_path = None
+        if xf is not None:
+            local_path = str(tmp_path / f"{name}.xf")
+            local = LocalAlignment(
+                (2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, TILTS.size)), xf, z_factors=own
+            )
+            write_local_xf(local_path, local)
+        warnings = []
+        reconstruct_to_file(
+            str(tmp_path / "s.mrc"),
+            _unit_alignment(None if name == "global" else zfac),
+            str(tmp_path / f"{name}.mrc"),
+            thickness=NZ,
+            local_path=local_path,
+            quiet=True,
+            warn=warnings.append,
+        )
+        assert any("has no z factors" in w for w in warnings) == (name in ("unit", "near")), (name, warnings)
+        with mrcfile.open(tmp_path / f"{name}.mrc") as m:
+            volumes[name] = np.array(m.data)
+    sd = volumes["global"].std()
+    assert np.abs(volumes["unit"] - volumes["global"]).max() < 1e-5 * sd
+    assert np.abs(volumes["near"] - volumes["unit"]).max() < 1e-3 * sd
+    assert np.abs(volumes["unit-z"] - volumes["global-z"]).max() < 1e-5 * sd
+    assert np.abs(volumes["global-z"] - volumes["global"]).max() > 0.1 * sd
+
+
+def test_a_local_file_that_is_no_local_correction_is_named(tmp_path):
+    """A local transform that moves the image's corners by more than its size, or z factors
+    beyond 1, are not a local alignment: refused naming the file, patch and view (a shift of 1e7
+    px asked for a 38 GB band, z factors of 1e7 for 193 GB; 50 passed silently; audit)."""
+    import mrcfile
+
+    from lmalign_jax.io import InputError
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(np.zeros((TILTS.size, N, N), np.float32))
+    s = np.sin(np.radians(TILTS))
+    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    unit = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    shifted, scaled = unit.copy(), unit.copy()
+    shifted[2, 6, 1, 2] = N + 1.0  # patch 2, view 7: a shift beyond the image
+    scaled[1, 3, 0, 0] = 4.0  # patch 1, view 4: x scaled 4 times moves the corners by 1.5 N
+    big_z = np.broadcast_to(zfac, (4, TILTS.size, 2)).copy()
+    big_z[3, 9, 1] = 50.0
+    cases = (
+        (
+            shifted,
+            None,
+            r"view 7 in patch 2 \(x 0, y 1\) moves the image's corners by up to 65 px, more than",
+        ),
+        (scaled, None, r"view 4 in patch 1 \(x 1, y 0\) moves the image's corners by up to 96 px, more than"),
+        (unit, big_z, r"the yz factor of view 10 in patch 3 \(x 1, y 1\) is 50: not a height correction"),
+    )
+    for k, (xf, own, message) in enumerate(cases):
+        path = tmp_path / f"l{k}.xf"
+        local = LocalAlignment((2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, TILTS.size)), xf, z_factors=own)
+        write_local_xf(path, local)
+        with pytest.raises(InputError, match=message):
+            reconstruct_to_file(
+                str(tmp_path / "s.mrc"),
+                _unit_alignment(zfac),
+                str(tmp_path / "t.mrc"),
+                thickness=NZ,
+                local_path=str(path),
+                quiet=True,
+                warn=lambda _: None,
+            )
+        assert not (tmp_path / "t.mrc").exists()

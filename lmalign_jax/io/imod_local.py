@@ -83,14 +83,18 @@ class LocalAlignment:
         return int(self.delta_tilt_deg.shape[1])
 
     def is_global(self, z_factors: np.ndarray | None = None) -> bool:
-        """Whether every patch holds the global alignment: unit transforms, no tilt or X-axis tilt
-        deltas (to 1e-6), and z factors none, or zero, or with the global alignment's ``z_factors``
-        (n_views, 2) given, those (to 1e-6, the file's precision; what align --local writes for a
-        patch that keeps the global solution)."""
+        """Whether every patch holds the global alignment as tilt applies the file: unit transforms,
+        no tilt or X-axis tilt deltas (to 1e-6), and, given the global alignment's ``z_factors``
+        (n_views, 2), the patches' own equal to them (to 1e-6, the file's precision; what align
+        --local writes for a patch that keeps the global solution). Without global z factors
+        tilt ignores the file's, and so does this."""
         unit = np.allclose(self.transforms, np.eye(2, 3), atol=1e-6)
         no_xtilt = self.delta_xtilt_deg is None or np.allclose(self.delta_xtilt_deg, 0.0, atol=1e-6)
-        reference = 0.0 if z_factors is None else np.asarray(z_factors, float)[None]
-        same_zfac = self.z_factors is None or np.allclose(self.z_factors, reference, rtol=0, atol=1e-6)
+        same_zfac = (
+            z_factors is None
+            or self.z_factors is not None
+            and np.allclose(self.z_factors, np.asarray(z_factors, float)[None], rtol=0, atol=1e-6)
+        )
         return bool(unit and no_xtilt and same_zfac and np.allclose(self.delta_tilt_deg, 0.0, atol=1e-6))
 
     @property
@@ -241,8 +245,14 @@ GRID_MARGIN = 0.5
 
 def pixel_scale(local: LocalAlignment, pixel_size: float) -> float:
     """The factor IMOD's tilt applies to the grid and the shifts of ``local`` (LOCALSCALE not given):
-    header pixel / ``pixel_size`` (the stack's, A) when both are > 0, else 1."""
-    return local.pixel_size / pixel_size if local.pixel_size > 0 and pixel_size > 0 else 1.0
+    header pixel / ``pixel_size`` (the stack's, A) when both are > 0, else 1; 1 also when the two
+    agree to the header's precision (``f12.5``, and a float32 stack header's rounding: 2.17000
+    against 2.1700000763 is the same pixel)."""
+    if not (local.pixel_size > 0 and pixel_size > 0):
+        return 1.0
+    if abs(local.pixel_size - pixel_size) <= 5e-6 + 1e-7 * pixel_size:
+        return 1.0
+    return local.pixel_size / pixel_size
 
 
 def scaled_to_stack(local: LocalAlignment, pixel_size: float) -> LocalAlignment:

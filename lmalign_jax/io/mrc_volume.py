@@ -143,13 +143,14 @@ def check_free_space(
     advice: str = "choose another --out folder, a larger --bin or a smaller --thickness",
     what: str = "the tomogram",
     axes: str = "voxels, NZ x NY x NX",
+    copies: int = 1,
 ) -> None:
     """Raise :class:`InputError` naming ``path`` when the file system of its folder (or of the
-    nearest folder above it that exists, for a folder made later) has less free space than a
-    float32 volume of ``shape`` (NZ, NY, NX) needs (the file is written sparse, so a full disk
-    would otherwise show up only part-way through); ``what`` the file, ``advice`` ends the
-    message."""
-    need = volume_bytes(shape)
+    nearest folder above it that exists, for a folder made later) has less free space than
+    ``copies`` float32 volumes of ``shape`` (NZ, NY, NX) need (the file is written sparse, so a
+    full disk would otherwise show up only part-way through); ``what`` the file(s), ``advice``
+    ends the message."""
+    need = copies * volume_bytes(shape)
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
         directory = os.path.dirname(directory)

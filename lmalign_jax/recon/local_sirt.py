@@ -14,6 +14,7 @@ clipping at zero; ``b`` the aligned, unfiltered, unweighted views.
 
 from __future__ import annotations
 
+import errno
 from functools import partial
 
 import jax
@@ -171,6 +172,23 @@ def _project_band(vol, band0, mats, shifts, patches, weights, x, y, z, *, z_chun
     return jax.linear_transpose(back, zeros)(vol)[0]
 
 
+def _scratch_volume(path: str, shape) -> np.memmap:
+    """A float32 scratch array of ``shape`` memory-mapped from a new file at ``path``, its blocks
+    allocated first: a full disk is then an OSError (ENOSPC) here, not a SIGBUS part-way through
+    (writing a sparse map's page on a full file system kills the process)."""
+    import os
+
+    nbytes = 4 * int(np.prod(shape))
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            f.truncate(nbytes)  # a file system without allocation (EOPNOTSUPP): sparse, as before
+    return np.memmap(path, np.float32, "r+", shape=tuple(shape))
+
+
 def sirt_local_streamed(
     stack,
     xf_A,
@@ -244,8 +262,8 @@ def sirt_local_streamed(
         project_into(ray, np.ones((nz, slab[1], nx_b), np.float32), slab)
     r_w = np.where(ray > 1e-6, 1.0 / np.where(ray > 1e-6, ray, 1.0), 0.0).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix=".lmalign-sirt-", dir=scratch_dir) as tmp:
-        x = np.lib.format.open_memmap(os.path.join(tmp, "x.npy"), "w+", np.float32, shape)
-        c_w = np.lib.format.open_memmap(os.path.join(tmp, "c.npy"), "w+", np.float32, shape)
+        x = _scratch_volume(os.path.join(tmp, "x.f32"), shape)
+        c_w = _scratch_volume(os.path.join(tmp, "c.f32"), shape)
         ones = np.ones_like(b)
         for slab in slabs:
             hits = back(ones, slab)

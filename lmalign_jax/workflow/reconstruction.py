@@ -31,7 +31,7 @@ from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
-from .alignment_inputs import Alignment
+from .alignment_inputs import MAX_Z_FACTOR, Alignment
 from .series import check_tilts_vary
 from .status import UsageError, print_note, print_warning
 
@@ -52,6 +52,38 @@ def _check_local_transforms(path: str, local) -> None:
         problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[first] else "is singular"
         where = f"view {v + 1} in patch {p} (x {p % nx}, y {p // nx})"
         raise InputError(path, None, f"transform of {where} {problem}")
+
+
+def _check_local_reach(path: str, local, image_size: tuple[int, int]) -> None:
+    """InputError naming the first patch and (1-based) view of a local alignment whose transform
+    moves a corner of the image by more than the image's larger side (not a local correction: the
+    rows a view's reads reach, and so the band held, grow with it), or whose z factors are beyond
+    ``MAX_Z_FACTOR`` (as a ``.zfac``'s)."""
+    nx, ny = image_size
+    corners = np.array([[-nx, -ny], [nx, -ny], [-nx, ny], [nx, ny]], float) / 2
+    t = local.transforms
+    moved = np.einsum("pvij,cj->pvci", t[..., :2], corners) + t[:, :, None, :, 2] - corners
+    reach = np.sqrt(np.max(np.sum(moved**2, axis=-1), axis=-1))  # (P, V)
+    side = max(nx, ny)
+    nx_p = local.n_patches[0]
+    if np.any(~(reach <= side)):
+        p, v = (int(i) for i in np.argwhere(~(reach <= side))[0])
+        raise InputError(
+            path,
+            None,
+            f"the transform of view {v + 1} in patch {p} (x {p % nx_p}, y {p // nx_p}) moves the image's "
+            f"corners by up to {reach[p, v]:.4g} px, more than the image's {side} px: not a local correction",
+        )
+    zf = local.z_factors
+    if zf is not None and np.any(~(np.abs(zf) <= MAX_Z_FACTOR)):
+        p, v, k = (int(i) for i in np.argwhere(~(np.abs(zf) <= MAX_Z_FACTOR))[0])
+        raise InputError(
+            path,
+            None,
+            f"the {'xy'[k]}z factor of view {v + 1} in patch {p} (x {p % nx_p}, y {p // nx_p}) is "
+            f"{zf[p, v, k]:g}: not a height correction (tilt's z factors are small fractions; at most "
+            f"{MAX_Z_FACTOR:g} here)",
+        )
 
 
 def _check_local_angles(path: str, local, tilts_deg: np.ndarray) -> None:
@@ -314,11 +346,7 @@ def reconstruct_to_file(
                 f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
             )
             local = scaled_to_stack(local, header_pixel)
-        # no patch kept: the same volume (tested), faster without the local reads
-        if local.is_global(alignment.z_factors):
-            if not quiet:
-                note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
-            local = local_path = None
+        _check_local_reach(local_path, local, (nx, ny))
     zfac = alignment.z_factors  # None for a warp or shape model (their sampling carries the height)
     if local is not None and zfac is not None and local.z_factors is None:
         # tilt.f90: with a local file, each patch's own z factors replace the global ones, and a
@@ -328,6 +356,11 @@ def reconstruct_to_file(
             "z factors are not applied (its patches were fitted without them)"
         )
         zfac = None
+    # no patch kept: the same volume (tested), faster without the local reads
+    if local is not None and local.is_global(zfac):
+        if not quiet:
+            note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
+        local = local_path = None
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = None
     if local is not None:  # with z factors, the file's own per patch
@@ -355,6 +388,14 @@ def reconstruct_to_file(
                 f"rows): it needs about {format_bytes(need)} and --memory allows {format_bytes(budget)}; "
                 "raise --memory, --bin more, or use FBP (--sirtlike N)"
             )
+    if patch_maps is not None and sirt is not None:  # sirt_local_streamed's two scratch volumes too
+        check_free_space(
+            out_path,
+            shape,
+            f"choose another folder ({options.out}) or use FBP (--sirtlike N)",
+            what="the tomogram and --sirt's two scratch volumes of its size beside it",
+            copies=3,
+        )
     stack = read_stack_streamed(stack_path)
     if not quiet:
         note(
