@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from ..io.atomic import temporary_prefix
 from ..io.outputs import is_file_stem
 from ..workflow.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, MIN_MARKERS, UsageError
 from ..workflow.status import print_note as note
@@ -114,11 +115,42 @@ def check_count(value: int, option: str, low: int = 1, high: int = MAX_COUNT) ->
         raise UsageError(f"{option} must be between {low} and {high}, got {value}")
 
 
+#: Bytes a temporary file's name adds to :func:`..io.atomic.temporary_prefix`: the 8 random
+#: characters of ``tempfile.mkstemp`` and the ``.tmp`` suffix every atomic writer gives it.
+TEMPORARY_NAME_EXTRA = 8 + len(".tmp")
+
+
+def _check_name_length(path: str, folder: str, option: str) -> None:
+    """UsageError when the file name of ``path``, or that of the temporary file written beside it
+    first (``.<name cut to 64 characters>.XXXXXXXX.tmp``), has more bytes than a name may have in
+    ``folder`` (``PC_NAME_MAX``, else 255): otherwise the write fails only after the work."""
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    name = os.path.basename(os.path.abspath(path))
+    size = len(os.fsencode(name))
+    temporary = len(os.fsencode(temporary_prefix(name))) + TEMPORARY_NAME_EXTRA
+    shown = os.path.join(os.path.dirname(path), name[:40] + ("..." if len(name) > 40 else ""))
+    if size > longest:
+        raise UsageError(
+            f"{option} {shown}: the file name is {size} bytes, longer than the {longest} a file name "
+            "may have here; choose a shorter name"
+        )
+    if temporary > longest:
+        raise UsageError(
+            f"{option} {shown}: the file name is {size} bytes and the temporary file it is written "
+            f"through would need {temporary}, more than the {longest} a file name may have here; "
+            "choose a shorter name"
+        )
+
+
 def check_output_file(path: str, inputs, option: str, example: str) -> None:
     """Refuse an output file ``option PATH`` that could not be written, before any work: a folder
     (``example``: a file name to suggest in it), something else that is not a regular file (a
     device or pipe, which the atomic write's rename would replace), a path under a missing or
-    unwritable folder (or under a file), or one of ``inputs``."""
+    unwritable folder (or under a file), a name (or its temporary file's name) too long for the
+    file system, or one of ``inputs``."""
     if os.path.isdir(path):
         suggestion = os.path.join(path, example)
         raise UsageError(f"{option} {path} is a folder; give a file name such as {suggestion}")
@@ -137,6 +169,7 @@ def check_output_file(path: str, inputs, option: str, example: str) -> None:
         raise UsageError(f"{option} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: folder {folder} is not writable")
+    _check_name_length(path, folder, option)
     real = os.path.realpath(path)
     for p in inputs:
         if p and os.path.realpath(p) == real:

@@ -33,7 +33,7 @@ import os
 import numpy as np
 from jaxtyping import Bool, Float
 
-from ..io import InputError, MarkerSet, atomic_write
+from ..io import InputError, MarkerSet, atomic_write, read_lines
 from ..io.fixed_width import record_format, write_records
 from ..io.tilts import read_angles
 from .conventions import ViewGeometry, our_project
@@ -94,12 +94,10 @@ def write_zfac(path: str | os.PathLike, z_factors: Float[np.ndarray, "n_views 2"
 
 
 def read_zfac(path: str | os.PathLike) -> Float[np.ndarray, "n_views 2"]:
-    """Read a ``.zfac`` file: (n_views, 2) ``xzfac, yzfac``, two finite numbers per line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, f"cannot read the z-factor file ({exc.__class__.__name__})") from None
+    """Read a ``.zfac`` file: (n_views, 2) ``xzfac, yzfac``, two finite numbers per line. A missing
+    file, a folder or one that is not UTF-8 text is an :class:`InputError` worded as the other text
+    readers word it (:func:`lmalign_jax.io.read_lines`)."""
+    lines = read_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     rows = []

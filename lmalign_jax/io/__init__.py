@@ -6,6 +6,7 @@ coordinates are pixels in IMOD image coordinates (origin at the lower-left corne
 angles are degrees.
 """
 
+from ._text import read_lines
 from .atomic import atomic_write
 from .errors import InputError
 from .imod import (
@@ -34,6 +35,7 @@ from .tilts import MdocTilts, check_tilt_range, read_mdoc, read_tilts, write_tlt
 __all__ = [
     "InputError",
     "atomic_write",
+    "read_lines",
     "MarkerSet",
     "MARKER_EXTENSIONS",
     "read_markers",

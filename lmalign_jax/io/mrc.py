@@ -6,6 +6,7 @@
   :func:`read_stack_streamed` the same, each view's mapped pages released once read.
 * :func:`read_header_tilts` / :func:`set_header_tilts` -- SerialEM's per-section tilts in the
   extended header; :func:`read_labels` -- the header's labels.
+* :func:`mode0_signed` -- whether 8-bit (mode 0) data are signed, by IMOD's rule.
 
 Bad input (missing file, not an MRC file, wrong dimensionality) raises
 :class:`lmalign_jax.io.errors.InputError`, a :class:`ValueError` whose message names the file.
@@ -33,6 +34,7 @@ __all__ = [
     "set_header_tilts",
     "StreamedStack",
     "first_non_finite_view",
+    "mode0_signed",
 ]
 
 
@@ -181,6 +183,35 @@ def set_header_tilts(mrc, tilts_deg) -> None:
     mrc.header.extra2 = bytes(extra)
 
 
+#: IMOD's ``imodStamp`` (header bytes 152-155): the file was written by IMOD or a program that
+#: follows its conventions (SerialEM), so ``imodFlags`` (bytes 156-159) is meaningful.
+IMOD_STAMP = 1146047817
+#: ``imodFlags`` bit 0: mode-0 bytes are signed.
+IMOD_SIGNED_BYTES_FLAG = 1
+
+
+def mode0_signed(header) -> bool:
+    """Whether the bytes of a mode-0 MRC file with this (``mrcfile``) header are signed, by IMOD's
+    rule (``readBytesSigned`` in IMOD's libcfshr ``b3dutil.c``; mrc_format.txt, "mode 0 = unsigned or
+    signed bytes depending on flag in imodStamp, only unsigned bytes before IMOD 4.2.23"):
+
+    * with IMOD's stamp (``imodStamp`` == 1146047817), ``imodFlags`` bit 0 decides: set, signed;
+      clear, unsigned (SerialEM and IMOD byte stacks, 0-255);
+    * without it, the header's min and max decide: signed when min < 0 and max < 128, or when
+      min < 0, max >= 128 and -min > max - 128 (MRC2014's signed mode 0, as mrcfile writes it);
+      otherwise unsigned.
+
+    IMOD's environment override (READ_MODE0_SIGNED) is not applied. False for any other mode."""
+    if int(header.mode) != 0:
+        return False
+    order = "<" if header.mode.dtype.byteorder in ("<", "=", "|") else ">"
+    stamp, flags = (int(v) for v in np.frombuffer(header.tobytes()[152:160], dtype=order + "i4"))
+    if stamp == IMOD_STAMP:
+        return bool(flags & IMOD_SIGNED_BYTES_FLAG)
+    dmin, dmax = float(header.dmin), float(header.dmax)  # NaN: every comparison fails, unsigned
+    return dmin < 0.0 and (dmax < 128.0 or -dmin > dmax - 128.0)
+
+
 def read_labels(path) -> list[str]:
     """The header labels of an MRC file (how it was made), without reading its data."""
     with _open_header(path) as mrc:
@@ -192,8 +223,9 @@ def read_stack(path, mmap: bool = True) -> np.ndarray:
 
     With ``mmap=True`` (default) the result is a read-only ``numpy.memmap`` onto the file, so a
     large stack is read lazily, view by view, by whoever indexes it; otherwise an in-memory copy.
-    The data keep the file's dtype (int8/int16/uint16/float16/float32). A single 2-D image is
-    returned with a leading axis of length 1.
+    The data keep the file's dtype (int16/uint16/float16/float32), except that 8-bit (mode 0) data
+    are uint8 or int8 as :func:`mode0_signed` says (mrcfile would read them int8 always, turning
+    SerialEM's 128-255 negative). A single 2-D image is returned with a leading axis of length 1.
     """
     path = os.fspath(path)
     with _open_header(path):  # validates existence and header, with a clear message
@@ -210,18 +242,21 @@ def read_stack(path, mmap: bool = True) -> np.ndarray:
                 data = data[np.newaxis]
             elif data.ndim != 3:
                 raise _bad(path, f"expected a 2-D image or 3-D stack, got {data.ndim}-D data")
+            dtype = data.dtype
+            if int(mrc.header.mode) == 0 and not mode0_signed(mrc.header):
+                dtype = np.dtype(np.uint8)
             if mmap:
                 # A fresh read-only memmap owns its own mapping, so it stays valid after close.
                 arr = np.memmap(
                     path,
-                    dtype=data.dtype,
+                    dtype=dtype,
                     mode="r",
                     offset=int(mrc.header.nbytes) + int(mrc.header.nsymbt),
                     shape=data.shape,
                     order="C",
                 )
             else:
-                arr = np.array(data, copy=True)
+                arr = np.array(data, copy=True).view(dtype)
     except InputError:
         raise
     except (ValueError, OSError, EOFError) as exc:
