@@ -172,3 +172,20 @@ def test_out_whose_temporary_name_is_too_long_is_refused(tmp_path):
     too_long = tmp_path / ("\U0001f600" * 60 + ".mrc")
     with pytest.raises(UsageError, match=r"^--out .*: the file name is 244 bytes and the temporary .* 258"):
         check_output_file(str(too_long), (), "--out", "tomo.rec.mrc")
+
+
+def test_an_aln_that_cannot_be_read_is_worded_as_the_other_text_readers(tmp_path):
+    """read_aln said 'cannot read the AreTomo alignment (UnicodeDecodeError: ...)'; it now says
+    what the other text readers say."""
+    from lmalign_jax.export.aretomo import read_aln
+    from lmalign_jax.io import InputError
+
+    binary = tmp_path / "b.aln"
+    binary.write_bytes(b"# AreTomo Alignment / Priims bprmMn \n\xff\xfe\n")
+    for path, message in (
+        (binary, r"b\.aln:2: not UTF-8 text \(byte 0xff\)$"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "missing.aln", "file not found"),
+    ):
+        with pytest.raises(InputError, match=message):
+            read_aln(path)

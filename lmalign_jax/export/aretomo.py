@@ -50,7 +50,7 @@ import os
 
 import numpy as np
 
-from ..io import InputError, atomic_write
+from ..io import InputError, atomic_write, read_lines
 from ..io.fixed_width import format_records, record_format
 from ..io.imod_local import LocalAlignment
 from .conventions import ViewGeometry, aretomo_parameters, xf_from_rotation_shift
@@ -230,15 +230,11 @@ def read_aln(path: str | os.PathLike) -> AretomoAlignment:
     """Read the header and global rows of an AreTomo ``.aln`` file.
 
     Rows are mapped to raw sections by SEC over the sections that are not dark frames. Any
-    malformed line is an :class:`lmalign_jax.io.InputError` naming the file and line.
+    malformed line is an :class:`lmalign_jax.io.InputError` naming the file and line; a missing
+    file, a folder or one that is not UTF-8 text is worded as the other text readers word it
+    (:func:`lmalign_jax.io.read_lines`).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(
-            path, None, f"cannot read the AreTomo alignment ({exc.__class__.__name__}: {exc})"
-        ) from None
+    lines = read_lines(path)
     raw_size = None
     n_patches = 0
     alpha = beta = 0.0
