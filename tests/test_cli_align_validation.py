@@ -334,7 +334,7 @@ def test_a_patch_grid_too_large_is_refused_before_the_solve(sim, tmp_path):
     the measured markers is now checked first, with the same message."""
     args = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "s.mrc", "--local"]
     err = refused([*args, "--patch-size", 1, 1], tmp_path / "a", r"--local: a patch size of 1 x 1 px")
-    assert "patches over the markers'" in err and "more than 2500" in err
+    assert "makes a grid of at least" in err and "patches over the markers" in err and "more than 2500" in err
 
 
 def test_an_interrupt_after_tracking_says_which_files_stay(sim, tmp_path, monkeypatch):

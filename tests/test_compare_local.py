@@ -136,7 +136,7 @@ def test_a_gain_at_round_off_is_no_gain():
         (["--local-mode", "rotation=fixed", "--local-mode", "tilt=fixed", "--local-mode", "scale=fixed"],
          "--local-mode: every local increment of model 'jou' is fixed: nothing to solve"),
         # a grid too large was an exit-0 note naming a Python exception, after every fit (audit)
-        (["--patch-size", 5, 5], "--local: a patch size of 5 x 5 px with overlap 0.5, 0.5 makes a grid of"),
+        (["--patch-size", 5, 5], "--patch-size: a patch size of 5 x 5 px with overlap 0.5, 0.5 makes a grid"),
     ],
 )  # fmt: skip
 def test_compare_refuses_local_settings_as_align_does_before_any_fit(options, message, tmp_path):

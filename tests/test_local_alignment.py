@@ -461,13 +461,14 @@ def test_a_patch_whose_points_all_carry_no_weight_keeps_the_global_solution_and_
         np.testing.assert_allclose(local.views[0], result.views)
 
 
-def test_a_grid_that_the_solved_markers_could_push_past_the_limit_is_refused_before_the_solve():
-    """The check before the solve took the grid over the measured positions, but the solved
-    (X, Y) are turned by the tilt axis's angle and stretched across it by 1 / cos(tilt): a grid
-    of 49 x 49 = 2401 patches over a 2000 px square of measured markers could become more than
-    2500 after the solve, which then refused it with nothing written. Every turn is now tried,
-    stretched; 700 px patches pass."""
-    from lmalign_jax.core.local_grid import checked_patch_grid
+def test_only_a_grid_too_large_at_every_turn_is_refused_before_the_solve():
+    """Before the solve only the measured positions are known; the solved (X, Y) are turned by the
+    tilt axis's angle and stretched across it by about 1 / cos(tilt). Refusing every grid that the
+    largest turn and stretch could push past 2500 patches refused valid grids (33 px patches over
+    a demo series: 'up to 49 x 53 = 2597', where the solved markers made 43 x 38 = 1634; audit).
+    Only a grid too large at every turn (the stretch only enlarges it) is refused here; the
+    solve's own check takes the rest."""
+    from lmalign_jax.core.local_grid import checked_patch_grid, patch_grid
     from lmalign_jax.workflow.local import check_local_grid
     from lmalign_jax.workflow.status import UsageError
 
@@ -476,13 +477,19 @@ def test_a_grid_that_the_solved_markers_could_push_past_the_limit_is_refused_bef
     means = np.concatenate([corners, rng.uniform(0, 2000, (40, 2))]) + 50.0
     xy = np.broadcast_to(means, (3, len(means), 2))
     mask = np.ones(xy.shape[:2], bool)
-    assert np.prod(checked_patch_grid(means, (80, 80), (0.5, 0.5))[0]) == 49 * 49  # measured: passes
-    for tilts in (np.zeros(3), np.array([-60.0, 0.0, 60.0])):  # turned only; turned and stretched
+    tilts = np.array([-60.0, 0.0, 60.0])
+    assert np.prod(checked_patch_grid(means, (80, 80), (0.5, 0.5))[0]) == 49 * 49  # unturned: 2401
+    check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(80, 80)))  # may pass: the solve decides
+    with pytest.raises(ValueError, match="more than 2500"):  # turned by 45 deg, it would not
+        c = np.sqrt(0.5)
+        checked_patch_grid(means @ np.array([[c, c], [-c, c]]), (80, 80), (0.5, 0.5))
+    assert np.prod(patch_grid(means, (76, 76), (0.5, 0.5))[0]) > 2500  # too large at any turn
+    for option in ("--local", "--patch-size"):
         with pytest.raises(
-            UsageError, match=r"--local: a patch size of 80 x 80 px .* can make a grid of up to"
+            UsageError, match=rf"^{option}: a patch size of 76 x 76 px .* makes a grid of at least 5\d x 5\d"
         ):
-            check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(80, 80)))
-    check_local_grid(xy, mask, np.array([-60.0, 0.0, 60.0]), LocalOptions())
+            check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(76, 76)), option)
+    check_local_grid(xy, mask, tilts, LocalOptions())
 
 
 def test_unsolved_patches_need_no_threshold_and_the_notes_name_only_solved_short_ones(solved, tmp_path):
@@ -719,3 +726,38 @@ def test_align_writes_the_patches_z_factors_per_file_view_in_the_flattened_frame
     near = np.abs(written.z_factors - flat[None]).max()
     far = np.abs(written.z_factors - solved[None]).max()
     assert near < far / 10, (near, far)
+
+
+def test_a_robust_fits_markers_are_refitted_with_its_weights():
+    """With --robust the markers were refitted through tilt's formulas with every point weighted
+    fully: the mis-clicks pulled them, the 'global' residual came out 14% above the robust solve's
+    and the notes blamed the model (audit). They are refitted with the fit's weights: the global
+    alignment through tilt reaches the solve's own mean residual, and no note."""
+    from lmalign_jax.analysis.robust import align_robust
+
+    series = simulate(n_views=41, n_markers=30, outlier_fraction=0.05, seed=3)
+    fit = align_robust(series.observations).result
+    assert fit.settings.weights is not None and (fit.settings.weights < 0.1).any()
+    local = align_local(fit, LocalOptions())
+    assert not [n for n in local.notes if "as tilt applies it" in n], local.notes
+    assert local.global_mean_px == pytest.approx(fit.mean_residual_px, rel=0.01)  # was 14% above
+    # every patch that keeps the global solution reports it as its local residual too
+    for p in local.patches:
+        if not p.kept_local:
+            assert p.local_rms_px == p.global_rms_px
+
+
+def test_one_surface_analysed_drops_the_per_surface_minimum(tmp_path):
+    """tiltalign applies MinFidsTotalAndEachSurface's second number only when two surfaces were
+    analysed; with --surfaces 1 the markers were still split by a least-squares plane (noise on a
+    one-surface specimen) and boxes grew to hold 3 on each side (audit: 943 x 958 px against 703 x
+    718). With --surfaces 1 only the total counts, and the record says so."""
+    from helpers import align_observations
+
+    series = simulate(n_views=31, n_markers=30, thickness_px=10.0, missing_fraction=0.0, seed=2)
+    for given, expected in (((), [8, 3]), (("--surfaces", "1"), [8, 0]), (("--surfaces", "2"), [8, 3])):
+        folder = tmp_path / ("s" + "".join(given))
+        folder.mkdir()
+        path = align_observations(series.observations, folder, "--local", *given)
+        record = json.loads(path.read_text())
+        assert record["local"]["options"]["min_fids"] == expected, given

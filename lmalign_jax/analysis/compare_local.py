@@ -18,9 +18,11 @@ the comparison is paired point by point.
   points only (``settings.weights``); the held-out points are predicted from markers fitted to
   the training points through the global projection or through that fold's local file, and
   the squared errors are paired: local is justified by the leave-out residual when it lowers
-  them on average by more than twice the standard error of the mean difference.
+  them on average by more than twice the standard error of the mean difference, and is
+  significantly worse when it raises them by as much.
 
-Justified = both. On a rigid specimen the keeping rule usually keeps no patch; the local file
+Justified = both; a significantly worse leave-out residual is not justified, whatever the BIC
+says. On a rigid specimen the keeping rule usually keeps no patch; the local file
 then is the global alignment, and both criteria say "not justified" (no gain, no cost).
 """
 
@@ -49,16 +51,19 @@ ROUNDOFF = 1e-9
 
 def leave_out_significant(gain: float, se: float, scale_px2: float) -> bool:
     """Whether a leave-out gain (px^2) is significant: above 2 standard errors, and above
-    round-off of the squared prediction error ``scale_px2`` it is a difference of."""
+    round-off of the squared prediction error ``scale_px2`` it is a difference of. A loss is
+    significant when ``-gain`` is."""
     return bool(np.isfinite(se) and gain > 2 * se and abs(gain) > ROUNDOFF * scale_px2)
 
 
 def bic_text(delta: float) -> str:
     """The BIC half of a verdict for a change ``delta`` (candidate - base): decisive for the
     candidate below ``-DECISIVE_BIC``, decisive against it above ``DECISIVE_BIC`` (a rise that large
-    is evidence against it, not a lack of evidence)."""
+    is evidence against it, not a lack of evidence); a change that rounds to 0.0 is "unchanged"."""
     if not np.isfinite(delta):
         return "BIC not available"
+    if round(abs(delta), 1) == 0:  # no direction to name (e.g. no patch kept: round-off only)
+        return "BIC unchanged (0.0), not decisive"
     size = f"BIC {'lower' if delta < 0 else 'higher'} by {abs(delta):.1f}"
     if delta < -DECISIVE_BIC:
         return f"{size}, decisive"
@@ -67,15 +72,18 @@ def bic_text(delta: float) -> str:
 
 def leave_out_text(gain: float, se: float, significant: bool, scale_px2: float = 0.0) -> str:
     """The leave-out half of a verdict: the mean reduction ``gain`` of the squared prediction
-    error (px^2) and its standard error ``se`` (NaN for a single held-out point); a gain at
-    round-off of ``scale_px2`` is said to be none."""
+    error (px^2) and its standard error ``se`` (NaN for a single held-out point); ``significant``:
+    whether the gain is (:func:`leave_out_significant`). A rise is judged by the same rule and
+    said to be "significantly worse"; a gain at round-off of ``scale_px2`` is said to be none."""
     if abs(gain) <= ROUNDOFF * scale_px2:
         return "leave-out squared error unchanged (the same predictions, to round-off)"
     pm = f" +- {se:.4f}" if np.isfinite(se) else " (one point: no standard error)"
-    return (
-        f"leave-out squared error {'lower' if gain > 0 else 'higher'} by {abs(gain):.4f}{pm} px^2, "
-        f"{'significant' if significant else 'not significant'}"
-    )
+    if gain > 0:
+        change, judged = "lower", "significant" if significant else "not significant"
+    else:
+        worse = leave_out_significant(-gain, se, scale_px2)
+        change, judged = "higher", "significantly worse" if worse else "not significant"
+    return f"leave-out squared error {change} by {abs(gain):.4f}{pm} px^2, {judged}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +118,11 @@ class LocalCandidate:
     @property
     def justified_by_leave_out(self) -> bool:
         return leave_out_significant(self.leave_out_gain_px2, self.leave_out_gain_se_px2, self._scale_px2)
+
+    @property
+    def worse_by_leave_out(self) -> bool:
+        """Whether local alignment predicts the held-out points significantly worse (the same rule)."""
+        return leave_out_significant(-self.leave_out_gain_px2, self.leave_out_gain_se_px2, self._scale_px2)
 
     @property
     def _scale_px2(self) -> float:
@@ -147,6 +160,7 @@ class LocalCandidate:
             justified=self.justified,
             justified_by_bic=self.justified_by_bic,
             justified_by_leave_out=self.justified_by_leave_out,
+            worse_by_leave_out=self.worse_by_leave_out,
             text=self.text,
         )
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
@@ -171,13 +185,26 @@ def local_base(results: dict, names) -> str | None:
     return None
 
 
+def _point_weights(result: AlignmentResult, mask) -> np.ndarray:
+    """(V, M) each point's weight in ``result``'s fit on ``mask``: its robust weight squared, else 1."""
+    weights = result.settings.weights
+    return np.where(mask, 1.0 if weights is None else np.asarray(weights, float) ** 2, 0.0)
+
+
 def _through(local, result: AlignmentResult, mask, start_xyz, z_factors=None):
     """(markers xyz, aligned points (V, M, 2) centred) fitted to ``mask``'s points through ``local``
-    (with the global alignment's ``z_factors`` (V, 2), or None)."""
+    (with the global alignment's ``z_factors`` (V, 2), or None), weighted as ``result``'s fit."""
     obs = result.observations
     aligned = result.aligned_xy() - obs.center
     xyz, _ = fit_markers_through_local(
-        local, aligned, mask, result.tilts_deg, obs.image_size, start_xyz, z_factors=z_factors
+        local,
+        aligned,
+        mask,
+        result.tilts_deg,
+        obs.image_size,
+        start_xyz,
+        z_factors=z_factors,
+        point_weights=_point_weights(result, mask),
     )
     return xyz, aligned
 
@@ -204,12 +231,13 @@ def local_candidate(
     kept = [p for p in solution.patches if p.kept_local]
     extra = int(sum(p.n_free for p in kept))
     aligned = base.aligned_xy() - obs.center
-    zfac = solution.z_factors  # the global alignment's, replaced by the file's own where it has them
+    # the global alignment's z factors (the file's own replace them), the points weighted as the fit
+    through = dict(z_factors=solution.z_factors, point_weights=_point_weights(base, mask))
     g_xyz, g_res = fit_markers_through_local(
-        None, aligned, mask, base.tilts_deg, obs.image_size, base.markers, z_factors=zfac
+        None, aligned, mask, base.tilts_deg, obs.image_size, base.markers, **through
     )
     _, l_res = fit_markers_through_local(
-        solution.file, aligned, mask, base.tilts_deg, obs.image_size, g_xyz, z_factors=zfac
+        solution.file, aligned, mask, base.tilts_deg, obs.image_size, g_xyz, **through
     )
     rss_g, rss_l = float(np.nansum(g_res**2)), float(np.nansum(l_res**2))
     n = 2 * obs.n_observed

@@ -63,7 +63,7 @@ from .common import (
     warn,
 )
 from .export import export_after_align
-from .imod_com import add_imod_options, apply_tiltalign_com, check_tilt_offset
+from .imod_com import add_imod_options, apply_tiltalign_com, check_tilt_offset, local_grid_option
 from .track import (
     add_stack_options,
     check_reconstruct_option,
@@ -108,7 +108,8 @@ def run_align(args) -> int:
             if not is_stack_path(args.markers):
                 check_stack_pixels(recon_stack)
         if local is not None:  # a grid too large for the markers is refused before the solve
-            check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local)
+            where = local_grid_option(args)  # an --imod-com line that set the patch size, else --local
+            check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local, where)
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack
@@ -285,6 +286,12 @@ def align_and_report(
 
     comparison = compare_with_truth(result, truth, sel, marker_ids) if truth is not None else None
     solved_local = None
+    if local is not None and surfaces == 1 and local.min_fids[1]:
+        # tiltalign applies MinFidsTotalAndEachSurface's second number only with two surfaces
+        # analysed: on one surface the least-squares plane splits the markers by noise
+        local = dataclasses.replace(local, min_fids=(local.min_fids[0], 0))
+        if not quiet:
+            print(" Local alignment: one surface analysed (--surfaces 1): no minimum of markers per surface")
     if local is not None and result.converged:
         try:
             solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg, local)

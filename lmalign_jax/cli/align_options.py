@@ -26,6 +26,7 @@ __all__ = [
     "add_solver_options",
     "local_options_from_args",
     "parse_local_modes",
+    "parse_min_fids",
     "parse_modes",
     "settings_from_args",
 ]
@@ -151,13 +152,7 @@ def local_options_from_args(args) -> LocalOptions | None:
         return None
     settings = {}
     if args.min_fids is not None:
-        try:
-            total, _, each = args.min_fids.partition(",")
-            settings["min_fids"] = (int(total), int(each or 0))
-        except ValueError:
-            raise UsageError(
-                f"--min-fids: expected TOTAL,EACH_SURFACE integers, got {args.min_fids!r}"
-            ) from None
+        settings["min_fids"] = parse_min_fids(args.min_fids)
     if args.patch_size is not None:
         settings["patch_size"] = tuple(args.patch_size)
     if args.patch_overlap is not None:
@@ -185,6 +180,21 @@ def local_options_from_args(args) -> LocalOptions | None:
         raise UsageError(f"--local: {e}") from None
     check_local_modes(model, modes, args.local_mode)
     return options
+
+
+def parse_min_fids(text: str) -> tuple[int, int]:
+    """--min-fids TOTAL,EACH_SURFACE as two whole numbers; a UsageError otherwise (both are needed:
+    one number was read as no per-surface minimum)."""
+    parts = text.split(",")
+    try:
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise UsageError(
+        "--min-fids: expected TOTAL,EACH_SURFACE, two whole numbers, e.g. 8,3 (0 for no per-surface "
+        f"minimum), got {text!r}"
+    )
 
 
 def check_local_modes(model, modes: tuple[tuple[str, str], ...], given_texts) -> None:
@@ -283,8 +293,9 @@ def add_local_options(p) -> None:
     p.add_argument(
         "--min-fids",
         metavar="TOTAL,EACH_SURFACE",
-        help="markers a patch must hold, in all and on each surface (MinFidsTotalAndEachSurface; "
-        "default 8,3)",
+        help="markers a patch must hold, in all and on each surface, both numbers, e.g. 8,3 (0 for no "
+        "per-surface minimum; IMOD's MinFidsTotalAndEachSurface; default 8,3); with --surfaces 1 (one "
+        "surface analysed) only the total counts, as in tiltalign",
     )
     p.add_argument(
         "--local-keep-all",

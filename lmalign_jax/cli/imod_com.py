@@ -18,6 +18,8 @@ import re
 
 import numpy as np
 
+from ..analysis.compare_local import takes_local
+from ..core.local_options import INCREMENTS, LocalOptions
 from ..io.errors import InputError
 from ..io.imod_com import ComOption, read_tiltalign_com
 from ..models import get_model
@@ -181,7 +183,8 @@ def _given_names(items) -> set[str]:
 
 def apply_tiltalign_com(args) -> None:
     """Fill ``args`` (align's parsed options) from ``args.imod_com`` where the command line left
-    them unset. Raises InputError for an unreadable file or an option it cannot honour."""
+    them unset (``args.local_grid_source``: see :func:`local_grid_option`). Raises InputError for
+    an unreadable file or an option it cannot honour."""
     com = _Com(args.imod_com)
     folder = os.path.dirname(os.path.abspath(args.imod_com))
     for name in _UNSUPPORTED:
@@ -287,6 +290,8 @@ def _apply_modes(com: _Com, args) -> None:
 
 
 def _apply_local(com: _Com, args) -> None:
+    """The file's local settings where the command line left them unset, each checked at its line
+    as ``LocalOptions`` and ``check_local_modes`` check the command line's."""
     if com.get("NumberOfLocalPatchesXandY") is not None:
         raise com.error(
             com.get("NumberOfLocalPatchesXandY"),
@@ -297,6 +302,7 @@ def _apply_local(com: _Com, args) -> None:
         if min(size) < 1:
             raise com.error(com.get("TargetPatchSizeXandY"), "TargetPatchSizeXandY: sizes must be >= 1 px")
         args.patch_size = [int(v) for v in size]
+        args.local_grid_source = (com.path, com.get("TargetPatchSizeXandY"))
     overlap = com.numbers("MinSizeOrOverlapXandY", 2)
     if args.patch_overlap is None and overlap is not None:
         entry = com.get("MinSizeOrOverlapXandY")
@@ -305,13 +311,53 @@ def _apply_local(com: _Com, args) -> None:
         if overlap[0] != overlap[1] or not 0 <= overlap[0] < 1:
             raise com.error(entry, "MinSizeOrOverlapXandY: one overlap for X and Y, in [0, 1), is read")
         args.patch_overlap = overlap[0]
+        if getattr(args, "local_grid_source", None) is None:
+            args.local_grid_source = (com.path, entry)
     fids = com.numbers("MinFidsTotalAndEachSurface", 2, whole=True)
     if args.min_fids is None and fids is not None:
+        entry = com.get("MinFidsTotalAndEachSurface")
+        try:
+            LocalOptions(min_fids=(int(fids[0]), int(fids[1])))
+        except ValueError as e:
+            raise com.error(entry, f"{entry.name} {entry.value}: {e}") from None
         args.min_fids = f"{int(fids[0])},{int(fids[1])}"
     fix = com.flag("FixXYZCoordinates")
     if args.local_markers is None and fix is not None:
         args.local_markers = "fixed" if fix else "free"
+    model = get_model(args.model)
     given = _given_names(args.local_mode)
-    for name, mode in _modes(com, get_model(args.model), local=True).items():
+    modes = _modes(com, model, local=True)
+    for name, mode in modes.items():
         if name not in given:
             args.local_mode = [*(args.local_mode or []), f"{name}={mode}"]
+    # every increment fixed by the file alone (the command line's --local-mode is its own to check)
+    increments = {name: mode for name, mode in modes.items() if name in INCREMENTS}
+    if takes_local(model) and not given & set(increments) and set(increments.values()) <= {"fixed"}:
+        raise _all_fixed(com, model)
+
+
+def _all_fixed(com: _Com, model) -> InputError:
+    """The error of a file whose Local*Options (absent: 0) leave every local increment of ``model``
+    fixed, at the line asking for local alignment (else its first Local*Option, 0)."""
+    stems = [stem for stem, name, _ in PARAMETERS if name in INCREMENTS and name in model.parameters]
+    names = [f"Local{stem}Option" for stem in stems]
+    asked = com.get("LocalAlignments")
+    entries = [asked if asked is not None and asked.value != "0" else None, *(com.get(n) for n in names)]
+    entry = next((e for e in entries if e is not None), None)
+    where = f"{entry.name} {entry.value}".strip() + ": " if entry is not None else ""
+    return com.error(
+        entry,
+        f"{where}every local increment of model {model.name!r} is fixed ({', '.join(names)} 0 or absent): "
+        "nothing to solve; give one a nonzero option, or use --local-mode",
+    )
+
+
+def local_grid_option(args, default: str = "--local") -> str:
+    """What the patch-grid check (``workflow.local.check_local_grid``'s ``option``) names: the
+    --imod-com line that set the patch size (or, the size not being the file's, the overlap), as
+    ``align.com:LINE: TargetPatchSizeXandY 1,1``; ``default`` when neither came from the file."""
+    source = getattr(args, "local_grid_source", None)
+    if source is None:
+        return default
+    path, entry = source
+    return f"{path}:{entry.line}: {entry.name} {entry.value}"

@@ -96,7 +96,8 @@ TILT_FORMULA_SLACK = 0.02
 @dataclasses.dataclass(frozen=True)
 class PatchReport:
     """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
-    global and under its own local fit (px; each marker weighted by the patch's share in it,
+    global solution and under what the file holds for the patch (its own local fit when kept, else
+    the global solution again; px, each marker weighted by the patch's share in it,
     ``LocalOptions.weighting``), its free parameters, the drop of its sum of squares in units of
     sigma^2 (of the keeping test's fit, every marker weighted fully), whether its local solution
     was kept (else the global one stands for it), the drop it needed to be kept (NaN: no test,
@@ -569,9 +570,10 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             and not test_failed
             and (options.significance is None or drop > threshold)
         )
-        if not keep:
+        if not keep:  # the file holds the global solution: so do its residuals in the report
             views[p] = result.views
             markers = result.markers[idx]
+            l_res = g_res
         marker_sets.append(markers)
         shown = idx if enough else in_box
         share_w = (
@@ -614,11 +616,13 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     transforms, patch_zfac = patch_file_maps(result, views, reports, global_zfac is not None)
     file = LocalAlignment(n_patches, start, spacing, 0.0, delta_tilt, transforms, z_factors=patch_zfac)
     aligned = result.aligned_xy() - centre_px
+    # each marker refitted as the solve weighed its points (a robust fit's outliers would pull it)
+    through = dict(z_factors=global_zfac, point_weights=fit_w)
     g_xyz, g_res = fit_markers_through_local(
-        None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, z_factors=global_zfac
+        None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, **through
     )
     l_xyz, l_res = fit_markers_through_local(
-        file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz, z_factors=global_zfac
+        file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz, **through
     )
     global_mean = float(np.nanmean(np.hypot(g_res[..., 0], g_res[..., 1])))
     solved_mean = result.mean_residual_px

@@ -148,17 +148,23 @@ def fit_markers_through_local(
     xtilts_deg: Float[np.ndarray, " views"] | None = None,
     z_factors: Float[np.ndarray, "views 2"] | None = None,
     rounds: int = 4,
+    point_weights: Float[np.ndarray, "views markers"] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each marker's 3-D position fitted to its aligned positions through the local alignment.
 
     aligned_xy: (n_views, n_markers, 2) measured points mapped into the globally aligned stack,
     centred. For fixed patch weights the position is linear in X, so each marker is a 3-unknown
     linear least squares; the weights are then recomputed from the new (x, y), ``rounds`` times.
-    Returns (xyz (n_markers, 3) centred, residuals (n_views, n_markers, 2), NaN where missing).
+    ``point_weights``: each point's weight in that fit (a robust fit's, squared; default 1 on
+    ``mask``; a marker whose points all weigh 0 is fitted with each alike). Returns (xyz
+    (n_markers, 3) centred, residuals (n_views, n_markers, 2), NaN where missing).
     """
     mats, shifts = local_projection_matrices(local, tilts_deg, xtilts_deg, z_factors)
     xyz = np.array(start_xyz, float)
     w = np.asarray(mask, float)
+    if point_weights is not None:  # a marker none of whose points carries weight: each point alike
+        weighted = np.where(mask, point_weights, 0.0)
+        w = np.where((weighted.sum(axis=0) > 0)[None], weighted, w)
     n = np.arange(xyz.shape[0])
     for _ in range(rounds):
         if local is None:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model, patch_file_maps
-from ..core.local_grid import MAX_PATCHES, checked_patch_grid, patch_grid
+from ..core.local_grid import MAX_PATCHES, patch_grid
 from ..io.imod_local import LocalAlignment, write_local_xf
 from .record_markers import interpolated_z_factors
 from .selection import mean_marker_positions
@@ -119,38 +119,36 @@ def write_local_alignment(
 _GRID_TURNS_DEG = np.arange(0.0, 180.0, 2.0)
 
 
-def check_local_grid(xy: np.ndarray, mask: np.ndarray, tilts_deg: np.ndarray, options: LocalOptions) -> None:
-    """UsageError, before anything is solved, when the patch grid over the solved markers could be
-    too large, as :func:`lmalign_jax.core.local_grid.checked_patch_grid` would refuse it after the
-    solve. The solved (X, Y) are the measured positions (``xy`` (V, M, 2) image pixels, ``mask``
-    (V, M); each marker at its mean position over its views) turned by the tilt axis's angle, not
-    known before the solve, and stretched across the axis by up to 1 / mean |cos tilt|
-    (``tilts_deg`` (V,)): every turn is tried (2 degree steps) with both axes stretched, and the
-    largest grid decides."""
+def check_local_grid(
+    xy: np.ndarray, mask: np.ndarray, tilts_deg: np.ndarray, options: LocalOptions, option: str = "--local"
+) -> None:
+    """UsageError (its message starting with ``option``), before anything is solved, when the patch
+    grid over the solved markers will be too large, as
+    :func:`lmalign_jax.core.local_grid.checked_patch_grid` would refuse it after the solve. The
+    solved (X, Y) are the measured positions (``xy`` (V, M, 2) image pixels, ``mask`` (V, M); each
+    marker at its mean position over its views) turned by the tilt axis's angle, not known
+    before the solve, and stretched across the axis by about 1 / mean |cos tilt| (``tilts_deg``
+    (V,)): every turn is tried (2 degree steps) without the stretch, and only a grid too large
+    at every turn is refused here (the solve's own check takes the rest; a grid refused for the
+    largest turn and stretch was often a valid one)."""
+    del tilts_deg  # the stretch only enlarges the grid: the bound here does without it
     means = mean_marker_positions(xy, mask)
     if not len(means):
         return
-    try:
-        checked_patch_grid(means, options.patch_size, options.overlap)
-    except ValueError as e:
-        raise UsageError(f"--local: {e}") from None
-    stretch = 1.0 / max(float(np.mean(np.abs(np.cos(np.radians(tilts_deg))))), 0.1)
-    centred = (means - means.mean(axis=0)) * stretch
-    worst, worst_grid = 0, None
+    centred = means - means.mean(axis=0)
+    least, least_grid = None, None
     for turn in np.radians(_GRID_TURNS_DEG):
         c, s = np.cos(turn), np.sin(turn)
-        turned = centred @ np.array([[c, s], [-s, c]])
-        grid = patch_grid(turned, options.patch_size, options.overlap)[0]
-        if grid[0] * grid[1] > worst:
-            worst, worst_grid = grid[0] * grid[1], grid
-    if worst > MAX_PATCHES:
+        grid = patch_grid(centred @ np.array([[c, s], [-s, c]]), options.patch_size, options.overlap)[0]
+        if least is None or grid[0] * grid[1] < least:
+            least, least_grid = grid[0] * grid[1], grid
+    if least > MAX_PATCHES:
         (px, py), (fx, fy) = options.patch_size, options.overlap
         raise UsageError(
-            f"--local: a patch size of {px} x {py} px with overlap {fx:g}, {fy:g} can make a grid of up to "
-            f"{worst_grid[0]} x {worst_grid[1]} = {worst} patches over the solved markers (their extent "
-            "depends on the tilt axis's angle and the tilts; measured extent "
-            f"{np.ptp(means[:, 0]):.0f} x {np.ptp(means[:, 1]):.0f} px), more than {MAX_PATCHES}; use larger "
-            "patches or less overlap"
+            f"{option}: a patch size of {px} x {py} px with overlap {fx:g}, {fy:g} makes a grid of at least "
+            f"{least_grid[0]} x {least_grid[1]} = {least} patches over the markers (measured extent "
+            f"{np.ptp(means[:, 0]):.0f} x {np.ptp(means[:, 1]):.0f} px, whatever the tilt axis's angle), "
+            f"more than {MAX_PATCHES}; use larger patches or less overlap"
         )
 
 
@@ -196,8 +194,8 @@ def format_local_report(solution: LocalSolution) -> str:
     if f.z_factors is not None:
         lines.append(
             " Each patch's z factors are in the file (the model's height term beyond tilt's formula): "
-            "IMOD's tilt\n  applies them in place of the global ones when it is given the .zfac "
-            "(ZFACTORFILE) too, as reconstruct does"
+            "IMOD's tilt\n  applies them in place of the global ones when it is also given the global "
+            ".zfac (ZFACTORFILE;\n  'lmalign export --to imod' writes it); lmalign reconstruct applies them"
         )
     lines.append(
         f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "
