@@ -726,6 +726,11 @@ def test_align_writes_the_patches_z_factors_per_file_view_in_the_flattened_frame
     near = np.abs(written.z_factors - flat[None]).max()
     far = np.abs(written.z_factors - solved[None]).max()
     assert near < far / 10, (near, far)
+    # the global .zfac beside it, without which tilt gives the patches none (export's, the same)
+    from lmalign_jax.export.imod import read_zfac
+
+    assert "s.zfac" in json.loads(path.read_text())["outputs"]
+    np.testing.assert_allclose(read_zfac(path.parent / "s.zfac"), flat, rtol=0, atol=1e-7)
 
 
 def test_a_robust_fits_markers_are_refitted_with_its_weights():

@@ -482,3 +482,13 @@ def test_backprojection_chunk_keeps_every_views_indices_within_their_budget():
     assert k.choose_z_chunk(256, 4096, 8) == 64
     assert k.choose_z_chunk(256, 4096, 8, n_views=61) == 16
     assert 8 * 61 * 16 * 4096 <= 2 * k.BACKPROJECT_INDEX_BYTES
+
+
+def test_the_slice_count_rounds_halves_up_as_imods_nint():
+    """NZ = thickness / bin to the nearest slice with halves up (Python's round made --thickness 5
+    --bin 2 two slices and 7 four; audit), at least one; every reconstructor takes it."""
+    from lmalign_jax.recon.fbp import slice_count
+
+    assert [slice_count(t, 2) for t in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert slice_count(10, 4) == 3 and slice_count(9.9, 4) == 2 and slice_count(0.1, 1) == 1
+    assert slice_count(300, 1) == 300 and slice_count(301.5, 3) == 101

@@ -409,3 +409,44 @@ def test_a_local_file_that_is_no_local_correction_is_named(tmp_path):
                 warn=lambda _: None,
             )
         assert not (tmp_path / "t.mrc").exists()
+
+
+def test_a_local_files_own_z_factors_apply_beside_a_records_small_ones(tmp_path):
+    """A record whose z factors move no marker by 0.01 px has none applied alone, but its export
+    writes them as the .zfac, with which tilt applies a local file's own: so does reconstruct (it
+    ignored the file's, whatever their size; review)."""
+    import mrcfile
+
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    rng = np.random.default_rng(2)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    s = np.sin(np.radians(TILTS))
+    own = np.broadcast_to(np.column_stack([0.06 * s, -0.05 * s * s]), (4, TILTS.size, 2)).copy()
+    xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    xf[..., 2] = rng.uniform(-0.5, 0.5, (4, TILTS.size, 2))
+    write_local_xf(
+        tmp_path / "l.xf",
+        LocalAlignment((2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, TILTS.size)), xf, z_factors=own),
+    )
+    small = np.full((TILTS.size, 2), 1e-6)
+    volumes = {}
+    for name, given, small_given in (("small", None, small), ("none", None, None), ("applied", small, None)):
+        alignment = _unit_alignment(given)
+        alignment.small_z_factors = small_given
+        reconstruct_to_file(
+            str(tmp_path / "s.mrc"),
+            alignment,
+            str(tmp_path / f"{name}.mrc"),
+            thickness=NZ,
+            local_path=str(tmp_path / "l.xf"),
+            quiet=True,
+            warn=lambda _: None,
+        )
+        with mrcfile.open(tmp_path / f"{name}.mrc") as m:
+            volumes[name] = np.array(m.data)
+    sd = volumes["none"].std()
+    assert np.abs(volumes["small"] - volumes["applied"]).max() < 1e-5 * sd
+    assert np.abs(volumes["small"] - volumes["none"]).max() > 0.1 * sd

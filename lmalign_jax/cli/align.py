@@ -72,6 +72,9 @@ from .track import (
     track_for_align,
 )
 
+#: Every file align may write: the outputs, a flattened series' .xtilt, a local file and its .zfac.
+EVERY_ALIGN_OUTPUT = ALIGN_OUTPUTS + (".xtilt", ".zfac", LOCAL_SUFFIX)
+
 
 def print_stage_line(st) -> None:
     """One line per finished stage, on stderr while the alignment runs."""
@@ -121,7 +124,7 @@ def run_align(args) -> int:
         # what the alignment would refuse once the stack is tracked is refused before: outputs
         # that would overwrite an input, and --exclude against the stack's views
         out = OutputSet(args.out_dir, out_prefix)
-        check_output_folder(out, ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX), (args.markers, args.tilts))
+        check_output_folder(out, EVERY_ALIGN_OUTPUT, (args.markers, args.tilts))
         if args.exclude:
             excluded_views(args.exclude, read_stack_header(args.markers)[0])
         tracked = track_for_align(args)
@@ -242,7 +245,7 @@ def align_and_report(
     with the series read, before anything is solved or written (it raises to refuse)."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
-    check_output_folder(out, ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX), (markers, tilts, stack))
+    check_output_folder(out, EVERY_ALIGN_OUTPUT, (markers, tilts, stack))
     if figure:
         prefetch_matplotlib()  # imported while the series is read and solved
 
@@ -339,7 +342,7 @@ def align_and_report(
     if solved_local is not None:
         print(format_local_report(solved_local.solution), end="")
     print(" Wrote " + ", ".join(written.written))
-    suffixes = ALIGN_OUTPUTS + (".xtilt", LOCAL_SUFFIX)
+    suffixes = EVERY_ALIGN_OUTPUT
     not_updated = [s for s in suffixes if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:

@@ -335,7 +335,7 @@ def _ideal_to_aligned(
     a = np.swapaxes(coef[:, :2], 1, 2)  # (V, 2, 2)
     w = coef[:, 2]  # (V, 2)
     shift = a_mean[:, 0] - np.einsum("vij,vj->vi", a, d_mean[:, 0, :2]) - w * d_mean[:, 0, 2:]
-    zfac = np.linalg.solve(a, w[..., None])[..., 0]
+    zfac = np.einsum("vij,vj->vi", np.linalg.pinv(a), w)  # (a degenerate patch map: no traceback)
     return np.concatenate([a, shift[:, :, None]], axis=2), zfac
 
 

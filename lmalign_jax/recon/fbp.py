@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +20,15 @@ __all__ = ["reconstruct", "fbp_2d", "plan_slabs", "SlabPlan", "default_memory_by
 _MAX_SLAB_ROWS = 64
 #: Largest |entry| of a transform's matrix, its inverse or its shift (pixels) that is reconstructed.
 MAX_XF_ENTRY = 1e30
+
+
+def slice_count(thickness: float, binning: int) -> int:
+    """NZ of a volume ``thickness`` unbinned pixels thick in ``binning``-pixel voxels: the nearest
+    whole number with halves up (Fortran's nint, as IMOD's tilt: 5 px at bin 2 make 3 slices, 7
+    make 4; Python's round made 2 and 4), at least 1."""
+    return max(1, math.floor(float(thickness) / binning + 0.5))
+
+
 #: A transform matrix is singular when |det| is at most this times its largest entry squared.
 SINGULAR_RTOL = 1e-12
 
@@ -211,7 +221,7 @@ def reconstruct(
         Tilt angles in degrees (any order; dose-symmetric series are fine).
     thickness : float
         Tomogram thickness in **unbinned** pixels (IMOD's convention); the volume has
-        ``NZ = round(thickness / binning)`` slices (at least 1).
+        ``NZ = slice_count(thickness, binning)`` slices (the nearest, halves up; at least 1).
     binning : int
         Average the stack in ``binning x binning`` blocks first (trailing pixels that do not fill a
         block are dropped); shifts are divided by the binning. The voxel size is the pixel size
@@ -274,7 +284,7 @@ def reconstruct(
         raise ValueError(f"thickness must be a number of pixels, got {thickness!r}") from exc
     if not np.isfinite(thick) or thick <= 0:
         raise ValueError(f"thickness must be positive and finite (unbinned pixels), got {thickness!r}")
-    nz = max(1, int(round(thick / b)))
+    nz = slice_count(thick, b)
     ny_b, nx_b = ny // b, nx // b
     if ny_b < 1 or nx_b < 1:
         raise ValueError(f"binning {b} is larger than the images ({ny} x {nx})")

@@ -41,6 +41,7 @@ from .fbp import (
     _positive_int,
     _raw_band,
     plan_slabs,
+    slice_count,
 )
 from .filters import angular_increments, filter_response, sirt_like_response
 from .sheets import (
@@ -194,7 +195,7 @@ def reconstruct_local_in_memory(
         aligned[v] = np.asarray(
             map_coordinates(jnp.asarray(image), coords, order=1, mode="constant", cval=0.0)
         )
-    nz = max(1, int(round(thickness / b)))
+    nz = slice_count(thickness, b)
     return backproject_local(aligned, tilts_deg, sampling, nz, filter=filter, radial=radial, dtype=dtype)
 
 
@@ -353,7 +354,7 @@ def reconstruct_local(
         )
     mats = jnp.asarray(sampling.mats, dtype)
     d_local = jnp.asarray(sampling.shifts, dtype)
-    nz = max(1, int(round(float(thickness) / b)))
+    nz = slice_count(thickness, b)
     sheets = None
     if tolerance_px > 0 and sampling.grid is not None:
         tilts = np.asarray(tilts_deg, np.float64)
@@ -424,7 +425,7 @@ def stream_backprojection(
     n_views, ny, nx = (int(s) for s in stack.shape)
     a, d, t = _check_transforms(n_views, xf_A, xf_shift, tilts_deg)
     b = _positive_int(binning, "binning")
-    nz = max(1, int(round(float(thickness) / b)))
+    nz = slice_count(thickness, b)
     ny_b, nx_b = ny // b, nx // b
     shape = (nz, ny_b, nx_b)
     if out is None:

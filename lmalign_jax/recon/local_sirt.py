@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _kernels
-from .fbp import _check_transforms, _finite_view, _positive_int, _write_slab
+from .fbp import _check_transforms, _finite_view, _positive_int, _write_slab, slice_count
 from .filters import filter_response
 from .local_backprojection import LocalSampling, _accumulate_band, _bin, row_margin
 from .sirt import SirtOptions
@@ -146,7 +146,7 @@ def sirt_local(
     n_views, ny, nx = (int(s) for s in stack.shape)
     a, d, _ = _check_transforms(n_views, xf_A, xf_shift, tilts_deg)
     b = _positive_int(binning, "binning")
-    nz = max(1, int(round(float(thickness) / b)))
+    nz = slice_count(thickness, b)
     ny_b, nx_b = ny // b, nx // b
     views = _aligned_views(stack, xf_A, xf_shift, tilts_deg, b, options, dtype)
     backproject = local_backprojector(sampling, (nz, ny_b, nx_b), dtype)
@@ -179,9 +179,12 @@ def _scratch_volume(path: str, shape) -> np.memmap:
     import os
 
     nbytes = 4 * int(np.prod(shape))
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS or Windows
     with open(path, "wb") as f:
         try:
-            os.posix_fallocate(f.fileno(), 0, nbytes)
+            if allocate is None:
+                raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
+            allocate(f.fileno(), 0, nbytes)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
@@ -215,7 +218,7 @@ def sirt_local_streamed(
 
     n_views, ny, nx = (int(s) for s in stack.shape)
     b_ = _positive_int(binning, "binning")
-    nz = max(1, int(round(float(thickness) / b_)))
+    nz = slice_count(thickness, b_)
     ny_b, nx_b = ny // b_, nx // b_
     shape = (nz, ny_b, nx_b)
     b = _aligned_views(stack, xf_A, xf_shift, tilts_deg, b_, options, dtype)

@@ -10,7 +10,7 @@
 """
 
 from .figure import prefetch_matplotlib, render_figure
-from .record import AlignmentRecord, read_record
+from .record import AlignmentRecord, read_record, record_as_read
 from .record_build import RECORD_VERSION, build_record, record_to_json
 from .summary import format_summary
 from .views import (
@@ -31,6 +31,7 @@ __all__ = [
     "interpolate_transforms",
     "prefetch_matplotlib",
     "read_record",
+    "record_as_read",
     "record_to_json",
     "render_figure",
 ]

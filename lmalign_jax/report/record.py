@@ -354,6 +354,18 @@ def read_record(path: str, *, hint: str = "") -> AlignmentRecord:
     """Read an ``lmalign align`` record; InputError (naming ``path``, with ``hint``: what else the
     command takes) if it is not one."""
     record, version = _load_record(path, hint)
+    return _parse_record(record, version, path)
+
+
+def record_as_read(record: dict, path: str) -> AlignmentRecord:
+    """A record being written (``build_record``'s dict) as :func:`read_record` will read it back
+    from ``path`` (through its JSON, so every value is what the file will hold)."""
+    return _parse_record(json.loads(record_to_json(record)), RECORD_VERSION, path)
+
+
+def _parse_record(record: dict, version: int, path: str) -> AlignmentRecord:
+    """An ``lmalign align`` record's contents (``record``, as its JSON holds them, of
+    ``record_version`` ``version``) as :class:`AlignmentRecord`; messages name ``path``."""
 
     def section(name) -> dict:
         value = record.get(name)

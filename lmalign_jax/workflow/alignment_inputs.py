@@ -62,6 +62,9 @@ class Alignment:
     # tilt's ZFACTORFILE; None when negligible
     z_factors: np.ndarray | None = None
     z_source: str | None = None  # the file the z factors came from
+    # a record's z factors too small to apply (Z_FACTOR_EFFECT_PX) but written as its .zfac by
+    # export (ZFAC_NEGLIGIBLE): with them, as tilt with that .zfac, a local file's own are applied
+    small_z_factors: np.ndarray | None = None
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -82,6 +85,8 @@ def read_alignment_json(path: str) -> Alignment:
                 f"{loc.local_mean_residual_px:.4f} px local"
             )
     warp, shape = _warp_sampling(record), _shape_views(record)
+    # a deformation model's own sampling carries its geometry whole
+    zfac = z_factors(record) if warp is None and shape is None else None
     return Alignment(
         record.xf[:, :, :2],
         record.xf[:, :, 2],
@@ -94,9 +99,9 @@ def read_alignment_json(path: str) -> Alignment:
         summary,
         warp,
         shape,
-        # a deformation model's own sampling carries its geometry whole
-        _height_factors(record) if warp is None and shape is None else None,
+        _height_factors(record, zfac),
         path,
+        zfac,
     )
 
 
@@ -106,10 +111,9 @@ def read_alignment_json(path: str) -> Alignment:
 Z_FACTOR_EFFECT_PX = 0.01
 
 
-def _height_factors(record) -> np.ndarray | None:
-    """A record's z factors (``record_markers.z_factors``) where they move its markers by at least
-    :data:`Z_FACTOR_EFFECT_PX` at the markers' heights; None otherwise."""
-    zfac = z_factors(record)
+def _height_factors(record, zfac: np.ndarray | None) -> np.ndarray | None:
+    """A record's z factors ``zfac`` (``record_markers.z_factors``) where they move its markers by at
+    least :data:`Z_FACTOR_EFFECT_PX` at the markers' heights; None otherwise."""
     if zfac is None or record.markers is None:
         return None
     height = float(np.max(np.abs(record.markers.xyz[:, 2]), initial=0.0))

@@ -25,7 +25,7 @@ from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled
 from ..io.mrc import first_non_finite_view, read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
-from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, transform_measures
+from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, slice_count, transform_measures
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
@@ -205,7 +205,7 @@ def volume_shape(
             f"{thick} {thickness:g} is more than {MAX_THICKNESS_RATIO} times the {nx} x {ny} images; "
             "the thickness is in unbinned pixels"
         )
-    return max(1, int(round(thickness / binning))), ny // binning, nx // binning
+    return slice_count(thickness, binning), ny // binning, nx // binning
 
 
 def check_room(out_path: str, shape, options: OptionNames = OptionNames()) -> None:
@@ -348,6 +348,10 @@ def reconstruct_to_file(
             local = scaled_to_stack(local, header_pixel)
         _check_local_reach(local_path, local, (nx, ny))
     zfac = alignment.z_factors  # None for a warp or shape model (their sampling carries the height)
+    if local is not None and zfac is None and local.z_factors is not None:
+        # a record's factors too small to apply alone (its export's .zfac, with which tilt uses the
+        # file's own): the patches' own are applied
+        zfac = alignment.small_z_factors
     if local is not None and zfac is not None and local.z_factors is None:
         # tilt.f90: with a local file, each patch's own z factors replace the global ones, and a
         # file without them gives its patches none

@@ -17,12 +17,20 @@ import numpy as np
 from .. import __version__, io
 from ..analysis.criteria import underdetermined
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
-from ..export.imod import write_xtilt, xtilt_file_value_deg
+from ..export.imod import write_xtilt, write_zfac, xtilt_file_value_deg
 from ..io.imod_local import write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
-from ..report import FileViews, build_record, expand_to_file_views, record_to_json, render_figure
+from ..report import (
+    FileViews,
+    build_record,
+    expand_to_file_views,
+    record_as_read,
+    record_to_json,
+    render_figure,
+)
 from .local import LOCAL_SUFFIX, SolvedLocal, in_flattened_frame
+from .record_markers import z_factors
 from .selection import Selection
 from .series import SeriesInputs
 from .settings import AlignSettings
@@ -242,6 +250,10 @@ def write_alignment(
             local, result, sel.view_index, inputs.tilts_deg, flat.tilt_angle_change_deg
         )
     suffixes += (LOCAL_SUFFIX,) if local is not None else ()
+    # a local file with each patch's z factors is read by tilt with the global .zfac beside it
+    # (ZFACTORFILE; without it tilt gives the patches none): written with it, as export writes it
+    with_zfac = local is not None and local.file.z_factors is not None
+    suffixes += (".zfac",) if with_zfac else ()
     extra = {
         "outputs": [os.path.basename(p) for p in out.final_paths(suffixes)],
         "exit_code": EXIT_OK if converged else EXIT_FAILED,
@@ -274,6 +286,9 @@ def write_alignment(
             _stage_alignment_files(out, result, fv, marker_ids, inputs, flat)
         if local is not None:
             write_local_xf(out.stage(LOCAL_SUFFIX), local.file)
+        if with_zfac:
+            zfac = z_factors(record_as_read(record, out.path(".json")))
+            write_zfac(out.stage(".zfac"), np.zeros((fv.n_views, 2)) if zfac is None else zfac)
         out.write_text(".json", record_to_json(record))
         if figure:
             markers_name = os.path.basename(inputs.markers_path)
