@@ -194,8 +194,8 @@ def format_local_report(solution: LocalSolution) -> str:
     if f.z_factors is not None:
         lines.append(
             " Each patch's z factors are in the file (the model's height term beyond tilt's formula): "
-            "IMOD's tilt\n  applies them in place of the global ones when it is also given the global "
-            ".zfac (ZFACTORFILE;\n  'lmalign export --to imod' writes it); lmalign reconstruct applies them"
+            "IMOD's tilt\n  applies them in place of the global ones when it is also given the .zfac "
+            "written beside it\n  (ZFACTORFILE; without it, none); lmalign reconstruct applies them"
         )
     lines.append(
         f" Mean residual, markers fitted through the transforms as IMOD's tilt applies them: global "
