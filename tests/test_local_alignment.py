@@ -756,11 +756,18 @@ def test_one_surface_analysed_drops_the_per_surface_minimum(tmp_path):
     """tiltalign applies MinFidsTotalAndEachSurface's second number only when two surfaces were
     analysed; with --surfaces 1 the markers were still split by a least-squares plane (noise on a
     one-surface specimen) and boxes grew to hold 3 on each side (audit: 943 x 958 px against 703 x
-    718). With --surfaces 1 only the total counts, and the record says so."""
+    718). With one surface analysed (--surfaces 1, or --flatten alone) only the total counts, and
+    the record says so."""
     from helpers import align_observations
 
     series = simulate(n_views=31, n_markers=30, thickness_px=10.0, missing_fraction=0.0, seed=2)
-    for given, expected in (((), [8, 3]), (("--surfaces", "1"), [8, 0]), (("--surfaces", "2"), [8, 3])):
+    for given, expected in (
+        ((), [8, 3]),
+        (("--surfaces", "1"), [8, 0]),
+        (("--surfaces", "2"), [8, 3]),
+        (("--flatten",), [8, 0]),  # --flatten alone analyses one surface
+        (("--flatten", "--surfaces", "2"), [8, 3]),
+    ):
         folder = tmp_path / ("s" + "".join(given))
         folder.mkdir()
         path = align_observations(series.observations, folder, "--local", *given)

@@ -97,7 +97,7 @@ def test_compare_says_local_alignment_is_significantly_worse_on_bba(tmp_path):
 # -- 2. --min-fids needs both numbers ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["5", "5,", ",3", "5,x", "5,3,1", ""])
+@pytest.mark.parametrize("value", ["5", "5,", ",3", "5,x", "5,3,1", "", "6,-1", "1_0,2", "\u0663,2"])
 def test_min_fids_needs_both_numbers(value, tmp_path):
     out = tmp_path / "o"
     rc, stdout, err = run_cli(["align", *BBA, "--local", "--min-fids", value, "--out-dir", out])
@@ -105,6 +105,13 @@ def test_min_fids_needs_both_numbers(value, tmp_path):
         "lmalign: error: --min-fids: expected TOTAL,EACH_SURFACE, two whole numbers, e.g. 8,3 (0 for no "
         f"per-surface minimum), got {value!r}\n"
     )
+    assert not out.exists()
+
+
+def test_min_fids_total_must_be_at_least_one(tmp_path):
+    out = tmp_path / "o"
+    rc, _, err = run_cli(["align", *BBA, "--local", "--min-fids", "0,0", "--out-dir", out])
+    assert rc == 2 and err == "lmalign: error: --min-fids: the total must be at least 1, got '0,0'\n"
     assert not out.exists()
 
 

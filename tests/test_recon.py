@@ -484,11 +484,12 @@ def test_backprojection_chunk_keeps_every_views_indices_within_their_budget():
     assert 8 * 61 * 16 * 4096 <= 2 * k.BACKPROJECT_INDEX_BYTES
 
 
-def test_the_slice_count_rounds_halves_up_as_imods_nint():
-    """NZ = thickness / bin to the nearest slice with halves up (Python's round made --thickness 5
-    --bin 2 two slices and 7 four; audit), at least one; every reconstructor takes it."""
+def test_the_slice_count_divides_whole_pixels_as_imods_tilt():
+    """NZ = thickness / bin rounded down, as tilt divides THICKNESS by IMAGEBINNED (Python's round
+    made --thickness 5 --bin 2 two slices and 7 four; audit), at least one; every reconstructor
+    takes it."""
     from lmalign_jax.recon.fbp import slice_count
 
-    assert [slice_count(t, 2) for t in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 1, 2, 2, 3, 3, 4, 4]
-    assert slice_count(10, 4) == 3 and slice_count(9.9, 4) == 2 and slice_count(0.1, 1) == 1
-    assert slice_count(300, 1) == 300 and slice_count(301.5, 3) == 101
+    assert [slice_count(t, 2) for t in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 1, 1, 2, 2, 3, 3, 4]
+    assert slice_count(10, 4) == 2 and slice_count(11.9, 4) == 2 and slice_count(0.1, 1) == 1
+    assert slice_count(300, 1) == 300 and slice_count(299.9999999999, 1) == 300 and slice_count(301, 3) == 100

@@ -450,3 +450,67 @@ def test_a_local_files_own_z_factors_apply_beside_a_records_small_ones(tmp_path)
     sd = volumes["none"].std()
     assert np.abs(volumes["small"] - volumes["applied"]).max() < 1e-5 * sd
     assert np.abs(volumes["small"] - volumes["none"]).max() > 0.1 * sd
+
+
+def test_a_local_files_z_factors_left_unapplied_are_said(tmp_path):
+    """Without global z factors (no --zfac) tilt ignores a local file's own; reconstruct did so
+    silently (review): it says so and how to apply them."""
+    import mrcfile
+
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+    from lmalign_jax.workflow.reconstruction import reconstruct_to_file
+
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(np.random.default_rng(3).standard_normal((TILTS.size, N, N)).astype(np.float32))
+    s = np.sin(np.radians(TILTS))
+    xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    xf[..., 2] = 0.2
+    for name, own in (
+        ("z", np.broadcast_to(np.column_stack([0.06 * s, 0 * s]), (4, TILTS.size, 2))),
+        ("none", None),
+    ):
+        local = LocalAlignment((2, 2), (16, 16), (32, 32), 0.0, np.zeros((4, TILTS.size)), xf, z_factors=own)
+        write_local_xf(tmp_path / f"{name}.xf", local)
+        warnings = []
+        reconstruct_to_file(
+            str(tmp_path / "s.mrc"),
+            _unit_alignment(None),
+            str(tmp_path / f"{name}.mrc"),
+            thickness=NZ,
+            local_path=str(tmp_path / f"{name}.xf"),
+            quiet=True,
+            warn=warnings.append,
+        )
+        said = [
+            w for w in warnings if "carries z factors, which (as IMOD's tilt does without a ZFACTORFILE)" in w
+        ]
+        assert len(said) == (own is not None), warnings
+
+
+def test_align_export_imod_twice_calls_no_zfac_stale(tmp_path):
+    """A second ``align --export imod`` of a luther series into the same folder warned that the
+    .zfac (and .xtilt) were from an earlier run, then exported them anew (review): the files the
+    export writes next are not stale; a .zfac no step of the run writes still is."""
+    from helpers import align_observations, run_cli
+
+    from lmalign_jax import simulate
+
+    series = simulate(n_views=21, n_markers=20, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=5)
+    path = align_observations(series.observations, tmp_path, "--model", "luther", "--mode", "mag_z=free")
+    base = ["align", tmp_path / "s.csv", "--tilts", tmp_path / "s.rawtlt", "--image-size", 2048, 2048]
+    base += [
+        "--out-dir",
+        path.parent,
+        "--no-figure",
+        "--no-errors",
+        "--model",
+        "luther",
+        "--mode",
+        "mag_z=free",
+    ]
+    for _ in range(2):
+        rc, _, err = run_cli([*base, "--export", "imod"])
+        assert rc == 0 and "earlier run" not in err, err
+    assert (path.parent / "s.zfac").exists()
+    rc, _, err = run_cli(base)  # no export: the .zfac left from before is stale, and said to be
+    assert rc == 0 and "s.zfac are from an earlier run and were not updated" in err, err

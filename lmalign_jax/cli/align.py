@@ -156,6 +156,8 @@ def run_align(args) -> int:
             local=local,
             initial=args.initial,
             check_inputs=ready_to_solve,
+            # --export imod writes these next (not stale then)
+            exported=(".xtilt", ".zfac") if args.export and "imod" in args.export else (),
         )
         if code == EXIT_OK and args.reconstruct is not None:
             finished.append(f"the alignment's files in {args.out_dir}")
@@ -237,6 +239,7 @@ def align_and_report(
     local: LocalOptions | None = None,
     initial: str | None = None,
     check_inputs=None,
+    exported: tuple[str, ...] = (),
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
@@ -289,12 +292,13 @@ def align_and_report(
 
     comparison = compare_with_truth(result, truth, sel, marker_ids) if truth is not None else None
     solved_local = None
-    if local is not None and surfaces == 1 and local.min_fids[1]:
+    one_surface = surfaces == 1 or (surfaces is None and flatten)  # --flatten alone analyses one
+    if local is not None and one_surface and local.min_fids[1]:
         # tiltalign applies MinFidsTotalAndEachSurface's second number only with two surfaces
         # analysed: on one surface the least-squares plane splits the markers by noise
         local = dataclasses.replace(local, min_fids=(local.min_fids[0], 0))
         if not quiet:
-            print(" Local alignment: one surface analysed (--surfaces 1): no minimum of markers per surface")
+            print(" Local alignment: one surface analysed: no minimum of markers per surface")
     if local is not None and result.converged:
         try:
             solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg, local)
@@ -342,7 +346,7 @@ def align_and_report(
     if solved_local is not None:
         print(format_local_report(solved_local.solution), end="")
     print(" Wrote " + ", ".join(written.written))
-    suffixes = EVERY_ALIGN_OUTPUT
+    suffixes = [s for s in EVERY_ALIGN_OUTPUT if s not in exported]
     not_updated = [s for s in suffixes if os.path.basename(out.path(s)) not in record["outputs"]]
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:

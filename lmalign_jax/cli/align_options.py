@@ -185,12 +185,12 @@ def local_options_from_args(args) -> LocalOptions | None:
 def parse_min_fids(text: str) -> tuple[int, int]:
     """--min-fids TOTAL,EACH_SURFACE as two whole numbers; a UsageError otherwise (both are needed:
     one number was read as no per-surface minimum)."""
-    parts = text.split(",")
-    try:
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
-    except ValueError:
-        pass
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
+        total, each = int(parts[0]), int(parts[1])
+        if total < 1:
+            raise UsageError(f"--min-fids: the total must be at least 1, got {text!r}")
+        return total, each
     raise UsageError(
         "--min-fids: expected TOTAL,EACH_SURFACE, two whole numbers, e.g. 8,3 (0 for no per-surface "
         f"minimum), got {text!r}"
@@ -294,8 +294,9 @@ def add_local_options(p) -> None:
         "--min-fids",
         metavar="TOTAL,EACH_SURFACE",
         help="markers a patch must hold, in all and on each surface, both numbers, e.g. 8,3 (0 for no "
-        "per-surface minimum; IMOD's MinFidsTotalAndEachSurface; default 8,3); with --surfaces 1 (one "
-        "surface analysed) only the total counts, as in tiltalign",
+        "per-surface minimum; IMOD's MinFidsTotalAndEachSurface; default 8,3); with one surface "
+        "analysed (--surfaces 1, or --flatten alone) only the total counts, as in tiltalign; without "
+        "--surfaces the markers are split by their plane, as on two surfaces",
     )
     p.add_argument(
         "--local-keep-all",

@@ -176,8 +176,9 @@ The alignment is either IMOD's .xf (raw -> aligned, one line per view) with a ti
 (--alignment), which holds both. The stack must be the one the markers were picked on (same size
 and view order); --bin averages it in B x B blocks first.
 
-Writes an MRC file of float32 voxels (NZ, NY, NX), NZ = thickness / bin to the nearest (halves
-up), voxel size = the stack's pixel size x bin, complete or not at all. Voxel (k, j, i) is centred at
+Writes an MRC file of float32 voxels (NZ, NY, NX), NZ = thickness / bin rounded down (as tilt
+divides THICKNESS by IMAGEBINNED), voxel size = the stack's pixel size x bin, complete or not at
+all. Voxel (k, j, i) is centred at
 (i + 0.5 - NX/2, j + 0.5 - NY/2, k + 0.5 - NZ/2) x bin pixels from the specimen centre, so a
 marker solved at (x, y, z) appears at that voxel. Densities are back-projected as they are (no
 log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instead (X, depth as

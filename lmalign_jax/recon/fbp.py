@@ -23,10 +23,11 @@ MAX_XF_ENTRY = 1e30
 
 
 def slice_count(thickness: float, binning: int) -> int:
-    """NZ of a volume ``thickness`` unbinned pixels thick in ``binning``-pixel voxels: the nearest
-    whole number with halves up (Fortran's nint, as IMOD's tilt: 5 px at bin 2 make 3 slices, 7
-    make 4; Python's round made 2 and 4), at least 1."""
-    return max(1, math.floor(float(thickness) / binning + 0.5))
+    """NZ of a volume ``thickness`` unbinned pixels thick in ``binning``-pixel voxels, as IMOD's
+    tilt divides THICKNESS by IMAGEBINNED (whole numbers, rounded down: 5 px at bin 2 make 2
+    slices, 7 make 3; Python's round made 2 and 4), at least 1 (a fractional thickness: its
+    whole pixels)."""
+    return max(1, math.floor(float(thickness) + 1e-9) // int(binning))
 
 
 #: A transform matrix is singular when |det| is at most this times its largest entry squared.
@@ -221,7 +222,8 @@ def reconstruct(
         Tilt angles in degrees (any order; dose-symmetric series are fine).
     thickness : float
         Tomogram thickness in **unbinned** pixels (IMOD's convention); the volume has
-        ``NZ = slice_count(thickness, binning)`` slices (the nearest, halves up; at least 1).
+        ``NZ = slice_count(thickness, binning)`` slices (whole pixels over the binning, rounded down, as
+        IMOD's tilt; at least 1).
     binning : int
         Average the stack in ``binning x binning`` blocks first (trailing pixels that do not fill a
         block are dropped); shifts are divided by the binning. The voxel size is the pixel size

@@ -352,6 +352,11 @@ def reconstruct_to_file(
         # a record's factors too small to apply alone (its export's .zfac, with which tilt uses the
         # file's own): the patches' own are applied
         zfac = alignment.small_z_factors
+        if zfac is None and np.any(local.z_factors != 0):
+            warn(
+                f"{local_path} carries z factors, which (as IMOD's tilt does without a ZFACTORFILE) are "
+                "not applied: give --zfac with the .zfac written beside it (or --alignment, the record)"
+            )
     if local is not None and zfac is not None and local.z_factors is None:
         # tilt.f90: with a local file, each patch's own z factors replace the global ones, and a
         # file without them gives its patches none
