@@ -333,7 +333,7 @@ def test_a_patch_grid_too_large_is_refused_before_the_solve(sim, tmp_path):
     """--local --patch-size 1 1 was refused only after the global solve (audit); the grid over
     the measured markers is now checked first, with the same message."""
     args = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "s.mrc", "--local"]
-    err = refused([*args, "--patch-size", 1, 1], tmp_path / "a", r"--local: a patch size of 1 x 1 px")
+    err = refused([*args, "--patch-size", 1, 1], tmp_path / "a", r"--patch-size: a patch size of 1 x 1 px")
     assert "makes a grid of at least" in err and "patches over the markers" in err and "more than 2500" in err
 
 

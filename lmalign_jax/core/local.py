@@ -95,16 +95,16 @@ TILT_FORMULA_SLACK = 0.02
 
 @dataclasses.dataclass(frozen=True)
 class PatchReport:
-    """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the
-    global solution and under what the file holds for the patch (its own local fit when kept, else
-    the global solution again; px, each marker weighted by the patch's share in it,
-    ``LocalOptions.weighting``), its free parameters, the drop of its sum of squares in units of
-    sigma^2 (of the keeping test's fit, every marker weighted fully), whether its local solution
-    was kept (else the global one stands for it), the drop it needed to be kept (NaN: no test,
-    every patch kept; or the patch was not solved) and its markers (indices into the result's;
-    for a patch with too few markers, those its largest box held, at their global residual), and
-    the coordinates its fit weighs (those of markers it has a share in), and the free parameters
-    of the keeping test's fit (p of its threshold; 0 without a test)."""
+    """One patch: its grid cell, centre (pixels), markers, RMS residual of its markers under the global
+    solution and under what the file holds for the patch (its own local fit when kept, else the global
+    solution again; px, each marker weighted by the patch's share in it, ``LocalOptions.weighting``, and
+    each point by a robust fit's weight), its free parameters, the drop of its sum of squares in units
+    of sigma^2 (of the keeping test's fit, every marker weighted fully), whether its local solution was
+    kept (else the global one stands for it), the drop it needed to be kept (NaN: no test, every patch
+    kept; or the patch was not solved) and its markers (indices into the result's; for a patch with too
+    few markers, those its largest box held, at their global residual), and the coordinates its fit
+    weighs (those of markers it has a share in), and the free parameters of the keeping test's fit (p of
+    its threshold; 0 without a test)."""
 
     index: tuple[int, int]
     centre: tuple[int, int]
@@ -578,7 +578,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         shown = idx if enough else in_box
         share_w = (
             obs.mask[:, shown] * shares[shown, p][None] if enough and counted else obs.mask[:, shown] * 1.0
-        )
+        ) * np.where(obs.mask[:, shown], fit_w[:, shown], 0.0)  # and a robust fit's weights
         n_coords = max(1e-300, 2 * float(share_w.sum()))
         reports.append(
             PatchReport(
