@@ -514,3 +514,31 @@ def test_align_export_imod_twice_calls_no_zfac_stale(tmp_path):
     assert (path.parent / "s.zfac").exists()
     rc, _, err = run_cli(base)  # no export: the .zfac left from before is stale, and said to be
     assert rc == 0 and "s.zfac are from an earlier run and were not updated" in err, err
+
+
+def test_a_flattened_luther_records_xf_and_zfac_place_every_marker_exactly(tmp_path):
+    """``align --flatten`` of a luther series: the solved .xf with z factors regressed in the
+    turned frame missed by the turned height's x part (|x| sin c |xz|, which no z factor holds;
+    review); the .xf and z factors are now fitted together in the .tlt's frame, so the turned
+    markers, through the flattened tilts and the record's z factors, land where the record's .xf
+    puts the model's projection of them, to 1e-6 px."""
+    from helpers import align_observations
+
+    from lmalign_jax import simulate
+    from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.record_markers import z_factors
+
+    series = simulate(n_views=31, n_markers=30, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=2)
+    path = align_observations(
+        series.observations, tmp_path, "--model", "luther", "--mode", "mag_z=free", "--flatten"
+    )
+    record = read_record(str(path))
+    change = record.surfaces["tilt_angle_change_deg"]
+    assert record.surfaces["flattened"] is True and abs(change) > 0.05
+    keep = ~record.views.excluded
+    aligned = aligned_markers(record)  # the record's .xf after the model's projection
+    x, y, z = record.markers.xyz.T
+    c = np.radians(change)
+    turned = np.column_stack([x * np.cos(c) - z * np.sin(c), y, x * np.sin(c) + z * np.cos(c)])
+    placed = sampled(z_factors(record)[keep], record.tilts_deg[keep], turned, (2048, 2048))
+    assert np.abs(placed - aligned).max() < 1e-6

@@ -339,26 +339,53 @@ def _ideal_to_aligned(
     return np.concatenate([a, shift[:, :, None]], axis=2), zfac
 
 
-def global_z_factors(result: AlignmentResult, tilt_change_deg: float = 0.0) -> np.ndarray | None:
-    """(n_views, 2) z factors of ``result``'s global alignment as tilt takes them with its ``.xf``
-    and ``.tlt`` (the height-dependent part of its projection beyond tilt's formula: luther's
-    magnifications, imod's compression), fitted over the solved markers' field; None when all are
-    below :data:`~lmalign_jax.io.imod_local.ZFAC_NEGLIGIBLE` (jou, imod without compression), and
-    for the deformation models, whose records carry none (their height term is not affine: a
-    shape's dome), as ``workflow.record_markers.z_factors`` writes the ``.zfac`` (in a flattened
-    series' frame with ``tilt_change_deg``, :func:`_ideal_to_aligned`)."""
+def _global_pair(result: AlignmentResult, tilt_change_deg: float):
+    """(M (V, 2, 3), z factors (V, 2)) fitted over the solved markers' field: the map of tilt's
+    projection with z factors (in a flattened series' frame with ``tilt_change_deg``) into the
+    stack aligned by ``result.xf`` (:func:`_ideal_to_aligned`); None for no markers."""
     xyz = result.markers
-    if not len(xyz) or result.model.regularization is not None:
+    if not len(xyz):
         return None
     lo, hi = xyz.min(axis=0), xyz.max(axis=0)
     size = (max(float(hi[0] - lo[0]), 1.0), max(float(hi[1] - lo[1]), 1.0))
     z_range = (float(lo[2]) - 1.0, float(hi[2]) + 1.0)
     centre = (float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2)
-    _, zfac = _ideal_to_aligned(
-        result.model, result.views, result.xf, centre, size, z_range, True, np.radians(tilt_change_deg)
-    )
-    zfac = np.where(np.isfinite(zfac), zfac, 0.0)
-    return zfac if np.abs(zfac).max() >= ZFAC_NEGLIGIBLE else None
+    c = np.radians(tilt_change_deg)
+    m, zfac = _ideal_to_aligned(result.model, result.views, result.xf, centre, size, z_range, True, c)
+    return m, np.where(np.isfinite(zfac), zfac, 0.0)
+
+
+def global_z_factors(result: AlignmentResult) -> np.ndarray | None:
+    """(n_views, 2) z factors of ``result``'s global alignment as tilt takes them with its ``.xf``
+    and ``.tlt`` (the height-dependent part of its projection beyond tilt's formula: luther's
+    magnifications, imod's compression), fitted over the solved markers' field; None when all are
+    below :data:`~lmalign_jax.io.imod_local.ZFAC_NEGLIGIBLE` (jou, imod without compression), and
+    for the deformation models, whose records carry none (their height term is not affine: a
+    shape's dome), as ``workflow.record_markers.z_factors`` writes the ``.zfac``."""
+    if result.model.regularization is not None:
+        return None
+    pair = _global_pair(result, 0.0)
+    if pair is None:
+        return None
+    return pair[1] if np.abs(pair[1]).max() >= ZFAC_NEGLIGIBLE else None
+
+
+def flattened_pair(result: AlignmentResult, tilt_change_deg: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """A flattened series' ``.xf`` (V, 2, 3) and z factors (V, 2) (its ``.tlt`` adds
+    ``tilt_change_deg`` c, its volume is the solved one turned by c), fitted together so that tilt
+    places every point where ``result``'s model projects it: the solved ``.xf`` with z factors
+    regressed in the turned frame misses by about |x| sin c |xz| (the turned height's x part, which
+    no z factor holds), the pair fitted jointly not at all where the projection is affine in the
+    point. None where ``result`` has no z factors (:func:`global_z_factors`: the solved ``.xf``
+    is then exact in any frame)."""
+    if global_z_factors(result) is None or tilt_change_deg == 0.0:
+        return None
+    m, zfac = _global_pair(result, tilt_change_deg)
+    # aligned = M (tilt's projection): the new .xf is M^-1 after the solved one
+    inverse = np.linalg.inv(m[:, :, :2])
+    a = inverse @ result.xf[:, :, :2]
+    d = np.einsum("vij,vj->vi", inverse, result.xf[:, :, 2] - m[:, :, 2])
+    return np.concatenate([a, d[:, :, None]], axis=2), zfac
 
 
 def patch_file_maps(
@@ -367,18 +394,21 @@ def patch_file_maps(
     patches,
     with_z: bool,
     tilt_change_deg: float = 0.0,
+    global_xf: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """What the local file holds for each patch: (transforms (P, V, 2, 3), z factors (P, V, 2) with
     ``with_z``, else None), from the patches' full views (P, V, k) and their reports (centre, box),
     over the solved markers' heights; ``tilt_change_deg``: in a flattened series' frame
-    (:func:`_ideal_to_aligned`)."""
+    (:func:`_ideal_to_aligned`), into the stack aligned by ``global_xf`` (V, 2, 3; default
+    ``result.xf``; a flattened series': :func:`flattened_pair`)."""
+    xf = result.xf if global_xf is None else global_xf
     centre_px = result.observations.center
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
     maps = [
         _ideal_to_aligned(
             result.model,
             views[p],
-            result.xf,
+            xf,
             (report.centre[0] - centre_px[0], report.centre[1] - centre_px[1]),
             report.box,
             z_range,

@@ -64,17 +64,26 @@ class SolvedLocal:
 
 
 def in_flattened_frame(
-    local: SolvedLocal, result, view_index, file_tilts_deg: np.ndarray, tilt_change_deg: float
+    local: SolvedLocal,
+    result,
+    view_index,
+    file_tilts_deg: np.ndarray,
+    tilt_change_deg: float,
+    global_xf: np.ndarray | None = None,
 ) -> SolvedLocal:
     """``local`` for a flattened series (``align --flatten``: its .tlt adds ``tilt_change_deg`` c
     and its volume is the solved one turned by c): where the file carries z factors, each patch's
     transforms and z factors fitted again with heights in that frame, as the global ``.zfac`` is
     (heights in the solved frame would place points worse than no z factors at all); else
-    unchanged (the transforms map tilt's projection, the same in either frame)."""
+    unchanged (the transforms map tilt's projection, the same in either frame). ``global_xf``
+    (k, 2, 3), fitting order: the flattened series' own ``.xf`` (``core.local.flattened_pair``),
+    into whose aligned stack the patches then map."""
     if local.file.z_factors is None or tilt_change_deg == 0.0:
         return local
     solution = local.solution
-    transforms, zfac = patch_file_maps(result, solution.views, solution.patches, True, tilt_change_deg)
+    transforms, zfac = patch_file_maps(
+        result, solution.views, solution.patches, True, tilt_change_deg, global_xf
+    )
     fitted = dataclasses.replace(solution.file, transforms=transforms, z_factors=zfac)
     file = file_view_local(fitted, np.asarray(view_index), file_tilts_deg)
     return dataclasses.replace(local, file=dataclasses.replace(file, pixel_size=local.file.pixel_size))

@@ -7,6 +7,7 @@ and renamed together by :class:`~lmalign_jax.io.outputs.OutputSet`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from .. import __version__, io
 from ..analysis.criteria import underdetermined
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
+from ..core.local import flattened_pair
 from ..export.imod import write_xtilt, write_zfac, xtilt_file_value_deg
 from ..io.imod_local import write_local_xf
 from ..io.markerset import contour_numbers
@@ -25,6 +27,7 @@ from ..report import (
     FileViews,
     build_record,
     expand_to_file_views,
+    interpolate_transforms,
     record_as_read,
     record_to_json,
     render_figure,
@@ -170,6 +173,17 @@ def _stage_alignment_files(
     io.write_fid_xyz(out.stage(".xyz"), xyz, ids, inputs.pixel_size, (int(round(nx)), int(round(ny))))
 
 
+def _file_view_transforms(xf: np.ndarray, fv: FileViews) -> np.ndarray:
+    """(n, 2, 3) transforms of the fitted views (``xf`` (k, 2, 3), fitting order) in file order,
+    the views left out interpolated in tilt between them, as ``expand_to_file_views`` does."""
+    out = np.empty_like(fv.xf)
+    out[fv.view_index] = xf
+    if fv.excluded.any():
+        tilts = fv.nominal_tilts_deg
+        out[fv.excluded] = interpolate_transforms(xf, tilts[fv.view_index], tilts[fv.excluded])
+    return out
+
+
 def surface_analysis(
     result, n_surfaces: int, warn=None, tilt_offset_deg: float = 0.0
 ) -> SurfaceAnalysis | None:
@@ -245,9 +259,19 @@ def write_alignment(
     suffixes = tuple(s for s in (ALIGN_OUTPUTS if converged else REPORT_OUTPUTS) if figure or s != ".png")
     suffixes += (".xtilt",) if flat is not None else ()
     local = local if converged else None
+    # a flattened series whose projection has a height term: its .xf and .zfac fitted together in
+    # the frame of its .tlt (the solved .xf misses there by the turned height's x part)
+    pair = flattened_pair(result, flat.tilt_angle_change_deg) if flat is not None and converged else None
+    if pair is not None:
+        fv = dataclasses.replace(fv, xf=_file_view_transforms(pair[0], fv))
     if local is not None and flat is not None:
         local = in_flattened_frame(
-            local, result, sel.view_index, inputs.tilts_deg, flat.tilt_angle_change_deg
+            local,
+            result,
+            sel.view_index,
+            inputs.tilts_deg,
+            flat.tilt_angle_change_deg,
+            None if pair is None else pair[0],
         )
     suffixes += (LOCAL_SUFFIX,) if local is not None else ()
     # a local file with each patch's z factors is read by tilt with the global .zfac beside it
