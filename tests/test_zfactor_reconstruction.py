@@ -25,6 +25,23 @@ def sampled(z_factors, tilts, xyz, size):
     return np.einsum("nk,knvi->vni", weights, pos[patches.T, :, n[None, :]])
 
 
+def tilt_z_factors() -> np.ndarray:
+    """(V, 2) z factors growing with the tilt, as a luther fit's do: up to 0.6 px in x and 0.4 in
+    y at z = 10."""
+    s = np.sin(np.radians(TILTS))
+    return np.column_stack([0.06 * s, -0.05 * s * s])
+
+
+def noise_stack(folder, seed: int):
+    """A white-noise stack of TILTS.size N x N views written as ``folder/s.mrc``; its generator."""
+    import mrcfile
+
+    rng = np.random.default_rng(seed)
+    with mrcfile.new(folder / "s.mrc") as m:
+        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    return rng
+
+
 @pytest.fixture(scope="module")
 def luther_record(tmp_path_factory):
     """``lmalign align --model luther`` of a series whose z scales apart from x and y (mag_z sd
@@ -113,8 +130,7 @@ def test_reconstruct_reads_imods_zfac_beside_the_xf_and_tlt(tmp_path):
     from lmalign_jax.export.imod import write_zfac
     from lmalign_jax.io import write_tlt, write_xf
 
-    s = np.sin(np.radians(TILTS))
-    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    zfac = tilt_z_factors()
     pos = sampled(zfac, TILTS, BEADS, (N, N))
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(bead_views(pos, N, SIGMA))
@@ -186,17 +202,13 @@ def test_a_local_file_without_z_factors_drops_the_alignments_as_tilt_does(tmp_pa
     """With z factors and --local: a local file carrying none gives its patches none, as IMOD's
     tilt does (its patches were fitted without them), with a warning; one carrying its own
     is applied with them (no warning)."""
-    import mrcfile
 
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
     from lmalign_jax.workflow.alignment_inputs import Alignment
     from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
-    rng = np.random.default_rng(0)
-    with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
-    s = np.sin(np.radians(TILTS))
-    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    rng = noise_stack(tmp_path, 0)
+    zfac = tilt_z_factors()
     xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
     xf[..., 2] = rng.uniform(-0.5, 0.5, (4, TILTS.size, 2))
     for name, own in (("none.xf", None), ("own.xf", np.broadcast_to(zfac, (4, TILTS.size, 2)).copy())):
@@ -270,14 +282,11 @@ def test_a_record_without_a_parameter_is_named_and_a_non_finite_view_is_interpol
 def test_sirt_beyond_memory_drops_the_z_factors_with_a_warning(tmp_path):
     """SIRT through the z factors holds the aligned views whole: where --memory cannot, the
     z factors are dropped with a warning that says how to keep them, and the SIRT is made."""
-    import mrcfile
 
     from lmalign_jax.workflow.alignment_inputs import Alignment
     from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
-    rng = np.random.default_rng(1)
-    with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    noise_stack(tmp_path, 1)
     alignment = Alignment(
         np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)), TILTS, "a.json", "a", "a", (N, N)
     )
@@ -322,11 +331,8 @@ def test_a_unit_local_file_drops_the_z_factors_as_a_near_unit_one_does(tmp_path)
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
     from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
-    rng = np.random.default_rng(1)
-    with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
-    s = np.sin(np.radians(TILTS))
-    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    noise_stack(tmp_path, 1)
+    zfac = tilt_z_factors()
     unit = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
     near = unit.copy()
     near[..., 0, 2] = 1e-4
@@ -377,8 +383,7 @@ def test_a_local_file_that_is_no_local_correction_is_named(tmp_path):
 
     with mrcfile.new(tmp_path / "s.mrc") as m:
         m.set_data(np.zeros((TILTS.size, N, N), np.float32))
-    s = np.sin(np.radians(TILTS))
-    zfac = np.column_stack([0.06 * s, -0.05 * s * s])
+    zfac = tilt_z_factors()
     unit = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
     shifted, scaled = unit.copy(), unit.copy()
     shifted[2, 6, 1, 2] = N + 1.0  # patch 2, view 7: a shift beyond the image
@@ -420,9 +425,7 @@ def test_a_local_files_own_z_factors_apply_beside_a_records_small_ones(tmp_path)
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
     from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
-    rng = np.random.default_rng(2)
-    with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(rng.standard_normal((TILTS.size, N, N)).astype(np.float32))
+    rng = noise_stack(tmp_path, 2)
     s = np.sin(np.radians(TILTS))
     own = np.broadcast_to(np.column_stack([0.06 * s, -0.05 * s * s]), (4, TILTS.size, 2)).copy()
     xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
@@ -455,13 +458,11 @@ def test_a_local_files_own_z_factors_apply_beside_a_records_small_ones(tmp_path)
 def test_a_local_files_z_factors_left_unapplied_are_said(tmp_path):
     """Without global z factors (no --zfac) tilt ignores a local file's own; reconstruct did so
     silently (review): it says so and how to apply them."""
-    import mrcfile
 
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
     from lmalign_jax.workflow.reconstruction import reconstruct_to_file
 
-    with mrcfile.new(tmp_path / "s.mrc") as m:
-        m.set_data(np.random.default_rng(3).standard_normal((TILTS.size, N, N)).astype(np.float32))
+    noise_stack(tmp_path, 3)
     s = np.sin(np.radians(TILTS))
     xf = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
     xf[..., 2] = 0.2
