@@ -148,6 +148,7 @@ def filled_marker_set(
     fitted_views: Bool[np.ndarray, " n_views"],
     *,
     pixel_size_angst: float | None = None,
+    projected: Float[np.ndarray, "n_views m 2"] | None = None,
 ) -> MarkerSet:
     """The fiducial model with its gaps filled (IMOD's OutputFilledInModel).
 
@@ -155,11 +156,13 @@ def filled_marker_set(
     their ids in the input file; measured: the input's measured points (None: every point is
     projected), matched by marker id and view; fitted_views (n_views,): views in the solution.
     Each marker keeps its measured points and gets its projection on every fitted view where
-    it was not measured.
+    it was not measured: ``projected`` (n_views, m, 2) IMOD image coordinates when given (the
+    record's own model, ``workflow.record_markers.fitted_positions``), else through ``geometry``.
     """
     n = geometry.n_views
     ids = [int(i) for i in marker_ids]
-    projected = projected_positions(geometry, markers_xyz)
+    if projected is None:
+        projected = projected_positions(geometry, markers_xyz)
     fitted = np.asarray(fitted_views, dtype=bool)
     if fitted.shape != (n,):
         raise ValueError(f"fitted_views must be ({n},), got {fitted.shape}")
@@ -196,14 +199,22 @@ def write_erase_model(
     fitted_views: Bool[np.ndarray, " n_views"],
     *,
     pixel_size_angst: float | None = None,
+    projected: Float[np.ndarray, "n_views m 2"] | None = None,
 ) -> None:
     """Write the erase model (``<prefix>_erase.fid``): every marker at its
-    :func:`aligned_positions` on every fitted view, one contour per marker, z = view, for
-    ``ccderaser`` on the aligned stack (unbinned pixels: scale x, y for a binned stack)."""
+    :func:`aligned_positions` on every fitted view (or its ``projected`` raw positions, IMOD image
+    coordinates, mapped by ``geometry.xf``), one contour per marker, z = view, for ``ccderaser`` on
+    the aligned stack (unbinned pixels: scale x, y for a binned stack)."""
     from ..io.imod_model import write_imod_model
 
     fitted = np.asarray(fitted_views, dtype=bool)
-    xy = np.where(fitted[:, None, None], aligned_positions(geometry, markers_xyz), np.nan)
+    if projected is None:
+        aligned = aligned_positions(geometry, markers_xyz)
+    else:
+        centre = _centre(geometry)
+        raw = np.asarray(projected, float) - centre
+        aligned = np.einsum("nij,nmj->nmi", geometry.xf[:, :, :2], raw) + geometry.xf[:, None, :, 2] + centre
+    xy = np.where(fitted[:, None, None], aligned, np.nan)
     mask = np.broadcast_to(fitted[:, None], xy.shape[:2]).copy()
     size = tuple(int(round(s)) for s in geometry.image_size)
     ids = tuple(int(i) for i in marker_ids)

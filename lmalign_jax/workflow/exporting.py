@@ -57,7 +57,7 @@ from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .local import LOCAL_SUFFIX
-from .record_markers import excluded_views, record_geometry, z_factors
+from .record_markers import excluded_views, fitted_positions, record_geometry, z_factors
 from .series import FAR_OUTSIDE
 from .status import UsageError
 
@@ -393,10 +393,21 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
     if zfac is not None:
         write_zfac(out.stage(".zfac"), zfac)
     markers = record.markers
-    filled = filled_marker_set(geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel)
+    # the record's own model projects its solved markers (the exported geometry's tilts carry a
+    # flattened record's tilt change, which its solved markers do not: 26 px off, review)
+    raw = fitted_positions(record)
+    filled = filled_marker_set(
+        geometry, markers.xyz, markers.ids, measured, fitted, pixel_size_angst=pixel, projected=raw
+    )
     write_filled_model(out.stage("_nogaps.fid"), filled)
     write_erase_model(
-        out.stage("_erase.fid"), geometry, markers.xyz, markers.ids, fitted, pixel_size_angst=pixel
+        out.stage("_erase.fid"),
+        geometry,
+        markers.xyz,
+        markers.ids,
+        fitted,
+        pixel_size_angst=pixel,
+        projected=raw,
     )
     write_align_log(
         out.stage_named(ALIGN_LOG_NAME),
