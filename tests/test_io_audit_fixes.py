@@ -161,16 +161,33 @@ def test_reconstruct_refuses_too_long_out_before_work(tmp_path, simulated):
     assert os.listdir(tmp_path) == []
 
 
-def test_out_whose_temporary_name_is_too_long_is_refused(tmp_path):
-    """A name that fits but whose temporary file (``.<first 64 characters>.XXXXXXXX.tmp``)
-    would not: 60 four-byte characters + .mrc is 244 bytes, its temporary name 258."""
+def test_any_name_the_file_system_takes_is_written_through_its_temporary_file(tmp_path):
+    """Temporary names cut the name to 64 characters: 60 four-byte characters + .mrc (244 bytes,
+    a name the file system takes) made a 258-byte temporary name that it did not (review). They
+    are now cut to 64 bytes on a character boundary, so every name that fits is written; a name
+    too long itself is still refused up front."""
+    from lmalign_jax.io import atomic_write
+    from lmalign_jax.io.atomic import short_name, temporary_prefix
+    from lmalign_jax.io.outputs import OutputSet
+
     if _name_max(tmp_path) != 255:
         pytest.skip("the names below are sized for a 255-byte limit")
-    fits = tmp_path / ("\U0001f600" * 59 + ".mrc")  # temporary name 254 bytes
-    check_output_file(str(fits), (), "--out", "tomo.rec.mrc")
-    fits.write_bytes(b"")  # the file system takes the name itself
-    too_long = tmp_path / ("\U0001f600" * 60 + ".mrc")
-    with pytest.raises(UsageError, match=r"^--out .*: the file name is 244 bytes and the temporary .* 258"):
+    name = "\U0001f600" * 60 + ".mrc"  # 244 bytes
+    prefix = temporary_prefix(name)
+    assert (
+        len(os.fsencode(prefix)) <= 66 and name.startswith(prefix[1:-1]) and prefix[1:-1] == "\U0001f600" * 16
+    )
+    assert short_name("abc") == "abc" and short_name("\u00e9" * 40) == "\u00e9" * 32
+    check_output_file(str(tmp_path / name), (), "--out", "tomo.rec.mrc")
+    with atomic_write(tmp_path / name, "wb") as f:
+        f.write(b"x")
+    out = OutputSet(str(tmp_path / "o"), "\U0001f600" * 61)  # a staging folder for such a prefix
+    with out:
+        out.write_text(".txt", "y")
+        out.commit()
+    assert (tmp_path / name).read_bytes() == b"x" and len(os.listdir(tmp_path / "o")) == 1
+    too_long = tmp_path / ("\U0001f600" * 63 + ".mrc")  # 256 bytes
+    with pytest.raises(UsageError, match=r"^--out .*: the file name is 256 bytes, longer than the 255"):
         check_output_file(str(too_long), (), "--out", "tomo.rec.mrc")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -18,10 +19,20 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def short_name(name: str, limit: int = 64) -> str:
+    """``name`` cut to at most ``limit`` bytes of the file system's encoding, on a character
+    boundary (64 characters of a multi-byte script could pass a 255-byte name limit); what cannot
+    be decoded is left out (the result only starts a temporary name)."""
+    encoded = os.fsencode(name)
+    if len(encoded) <= limit:
+        return name
+    return encoded[:limit].decode(sys.getfilesystemencoding(), errors="ignore")
+
+
 def temporary_prefix(path: str | os.PathLike) -> str:
     """Prefix of a hidden temporary file written beside ``path`` (``.<name>.``): the name cut to
-    64 characters, so that any name the file system takes can be written through it."""
-    return "." + os.path.basename(os.fspath(path))[:64] + "."
+    64 bytes (:func:`short_name`), so that any name the file system takes can be written through it."""
+    return "." + short_name(os.path.basename(os.fspath(path))) + "."
 
 
 def replace_with(tmp: str, path: str | os.PathLike) -> None:

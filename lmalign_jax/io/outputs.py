@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 
-from .atomic import name_target
+from .atomic import name_target, short_name
 
 __all__ = ["OutputSet"]
 
@@ -76,7 +76,7 @@ class OutputSet:
             self._created = missing  # deepest first
             try:
                 self._staging = tempfile.mkdtemp(  # the prefix cut: any name that fits can be staged
-                    prefix=f".{self.prefix[:64]}.lmalign-", suffix=".tmp", dir=self.out_dir
+                    prefix=f".{short_name(self.prefix)}.lmalign-", suffix=".tmp", dir=self.out_dir
                 )
             except OSError as e:
                 self.discard()
