@@ -122,7 +122,7 @@ TEMPORARY_NAME_EXTRA = 8 + len(".tmp")
 
 def _check_name_length(path: str, folder: str, option: str) -> None:
     """UsageError when the file name of ``path``, or that of the temporary file written beside it
-    first (``.<name cut to 64 characters>.XXXXXXXX.tmp``), has more bytes than a name may have in
+    first (``.<name cut to 64 bytes>.XXXXXXXX.tmp``), has more bytes than a name may have in
     ``folder`` (``PC_NAME_MAX``, else 255): otherwise the write fails only after the work."""
     try:
         longest = os.pathconf(folder, "PC_NAME_MAX")

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "name_target", "temporary_prefix"]
+__all__ = ["atomic_write", "name_target", "short_name", "temporary_prefix"]
 
 
 def _default_mode() -> int:
