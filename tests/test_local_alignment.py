@@ -477,9 +477,8 @@ def test_only_a_grid_too_large_at_every_turn_is_refused_before_the_solve():
     means = np.concatenate([corners, rng.uniform(0, 2000, (40, 2))]) + 50.0
     xy = np.broadcast_to(means, (3, len(means), 2))
     mask = np.ones(xy.shape[:2], bool)
-    tilts = np.array([-60.0, 0.0, 60.0])
     assert np.prod(checked_patch_grid(means, (80, 80), (0.5, 0.5))[0]) == 49 * 49  # unturned: 2401
-    check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(80, 80)))  # may pass: the solve decides
+    check_local_grid(xy, mask, LocalOptions(patch_size=(80, 80)))  # may pass: the solve decides
     with pytest.raises(ValueError, match="more than 2500"):  # turned by 45 deg, it would not
         c = np.sqrt(0.5)
         checked_patch_grid(means @ np.array([[c, c], [-c, c]]), (80, 80), (0.5, 0.5))
@@ -488,8 +487,8 @@ def test_only_a_grid_too_large_at_every_turn_is_refused_before_the_solve():
         with pytest.raises(
             UsageError, match=rf"^{option}: a patch size of 76 x 76 px .* makes a grid of at least 5\d x 5\d"
         ):
-            check_local_grid(xy, mask, tilts, LocalOptions(patch_size=(76, 76)), option)
-    check_local_grid(xy, mask, tilts, LocalOptions())
+            check_local_grid(xy, mask, LocalOptions(patch_size=(76, 76)), option)
+    check_local_grid(xy, mask, LocalOptions())
 
 
 def test_unsolved_patches_need_no_threshold_and_the_notes_name_only_solved_short_ones(solved, tmp_path):
@@ -530,7 +529,7 @@ def test_a_model_beyond_tilts_formula_writes_each_patchs_z_factors():
     the keeping test). jou's file has none."""
     from helpers import load_resid_observations
 
-    from lmalign_jax.core.local import global_z_factors
+    from lmalign_jax.core.local_maps import global_z_factors
 
     obs = load_resid_observations("BBa")
     for model in ("luther", "jou"):
@@ -649,8 +648,8 @@ def test_a_flattened_series_patch_z_factors_are_in_the_frame_of_its_tilts():
     (what the file would hold if it were not refitted)."""
     import jax
 
-    from lmalign_jax.core.local import patch_file_maps
     from lmalign_jax.core.local_apply import local_projection_matrices
+    from lmalign_jax.core.local_maps import patch_file_maps
 
     series = simulate(n_views=31, n_markers=40, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=4)
     result = align(series.observations, model="luther", modes={"mag_z": "free"})

@@ -112,7 +112,7 @@ def run_align(args) -> int:
                 check_stack_pixels(recon_stack)
         if local is not None:  # a grid too large for the markers is refused before the solve
             where = local_grid_option(args, "--patch-size")  # or the --imod-com line that set it
-            check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local, where)
+            check_local_grid(inputs.markers.xy, inputs.markers.mask, local, where)
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack

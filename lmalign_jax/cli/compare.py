@@ -107,7 +107,7 @@ def run_compare(args) -> int:
         warn=warn,
     )
     if local is not None:  # a grid too large for the markers is refused before any fit, as align does
-        check_local_grid(inputs.markers.xy, inputs.markers.mask, inputs.tilts_deg, local, "--patch-size")
+        check_local_grid(inputs.markers.xy, inputs.markers.mask, local, "--patch-size")
     exclude = parse_view_list(args.exclude, inputs.tilts_deg.size) if args.exclude else []
     sel = _select(inputs, exclude, [m for m in models if m != "local"])
     report_selection(inputs, replace(sel, excluded_few_points=[]), warn)

@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__, io
 from ..analysis.criteria import underdetermined
 from ..analysis.surfaces import SurfaceAnalysis, analyze_surfaces
-from ..core.local import flattened_pair
+from ..core.local_maps import flattened_pair
 from ..export.imod import write_xtilt, write_zfac, xtilt_file_value_deg
 from ..io.imod_local import write_local_xf
 from ..io.markerset import contour_numbers
