@@ -201,3 +201,23 @@ def align_observations(obs: Observations, folder: Path, *options) -> Path:
     rc, _, err = run_cli([*args, "--out-dir", folder / "a", "--no-figure", "--no-errors", "-q", *options])
     assert rc == 0, err
     return folder / "a" / "s.json"
+
+
+def volume_points(alignment, solved_tilts_deg: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """(n, 3) where the reconstruction puts markers solved at ``xyz`` (n, 3) with ``solved_tilts_deg``
+    (projections ``(x cos t + z sin t, y)``): the volume point each view of the alignment, as
+    reconstruct applies it (its tilts and X-axis tilts), projects where the marker was seen
+    (least squares over the views)."""
+    from lmalign_jax.core.local_apply import local_projection_matrices
+
+    mats, _ = local_projection_matrices(None, alignment.tilts_deg, alignment.x_tilts_deg)
+    seen, _ = local_projection_matrices(None, solved_tilts_deg)
+    lhs = mats[0].reshape(-1, 3)
+    rhs = np.einsum("vij,nj->vin", seen[0], xyz).reshape(-1, len(xyz))
+    return np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+
+
+def surface_slopes(xyz: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(dz/dx, dz/dy) of two parallel planes through the beads on each surface."""
+    design = np.column_stack([xyz[:, 0], xyz[:, 1], top, ~top]).astype(float)
+    return np.linalg.lstsq(design, xyz[:, 2], rcond=None)[0][:2]

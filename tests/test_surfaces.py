@@ -308,6 +308,39 @@ def test_cli_prints_stores_and_flattens(flattened):
     np.testing.assert_allclose(back.tilts_deg, solved + two["tilt_angle_change_deg"])
 
 
+def test_reconstruct_places_a_flattened_records_beads_level(flattened):
+    """``reconstruct --alignment`` of the flattened record applies its .tlt and its .xtilt's
+    X-axis tilt (as tilt does with the two files): its solved beads land on level surfaces,
+    both slopes within 4 predicted SEs of 0; with the .tlt alone they keep the X tilt."""
+    from helpers import surface_slopes, volume_points
+
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
+
+    d, rc, *_ = flattened
+    assert rc == 0
+    alignment = read_alignment_json(str(d / "beads.json"))
+    np.testing.assert_allclose(alignment.x_tilts_deg, read_xtilt(d / "beads.xtilt"), atol=0.006)
+    record = read_record(str(d / "beads.json"))
+    two = record.surfaces["two_surfaces"]
+    solved = np.array([v["tilt_deg"] for v in json.loads((d / "beads.json").read_text())["views"]])
+    top = np.asarray(record.surfaces["surface"]) == 2
+    slopes = np.degrees(np.arctan(surface_slopes(volume_points(alignment, solved, record.markers.xyz), top)))
+    print(
+        "levelled slopes (deg)",
+        slopes.round(3),
+        "se",
+        two["tilt_angle_change_se_deg"],
+        two["x_axis_tilt_se_deg"],
+    )
+    assert (
+        abs(slopes[0]) < 4 * two["tilt_angle_change_se_deg"]
+        and abs(slopes[1]) < 4 * two["x_axis_tilt_se_deg"]
+    )
+    alignment.x_tilts_deg = None
+    kept = np.degrees(np.arctan(surface_slopes(volume_points(alignment, solved, record.markers.xyz), top)))
+    assert kept[1] == pytest.approx(-two["x_axis_tilt_deg"], abs=0.01)
+
+
 def test_fields_satisfy_their_annotations():
     import typing
 

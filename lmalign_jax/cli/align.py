@@ -205,7 +205,7 @@ def print_surfaces(analysis, flatten: bool, prefix: str) -> None:
         )
         print(
             f" Flattened: {analysis.tilt_angle_change_deg:+.2f} deg added to every tilt in {prefix}.tlt; "
-            f"{xtilt} in {prefix}.xtilt (IMOD tilt's XTILTFILE; lmalign reconstruct reads the .tlt only)"
+            f"{xtilt} in {prefix}.xtilt (IMOD tilt's XTILTFILE; 'lmalign reconstruct --alignment' applies it)"
         )
         print(
             f" Suggested reconstruction thickness: {analysis.suggested_thickness_px} unbinned px (bead "

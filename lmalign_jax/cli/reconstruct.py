@@ -13,7 +13,7 @@ import os
 
 from ..io.mrc import read_stack_header
 from ..io.mrc_volume import LAYOUTS
-from ..workflow.alignment_inputs import read_alignment_files, read_alignment_json
+from ..workflow.alignment_inputs import read_alignment_files, read_alignment_json, with_x_axis_tilt
 from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file
 from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, UsageError, check_count, check_output_file, note, warn
@@ -33,6 +33,13 @@ def _check_args(args) -> None:
         raise UsageError("give either --alignment FILE.json or --xf FILE --tlt FILE, not both")
     if args.zfac is not None and args.alignment is not None:
         raise UsageError("--zfac goes with --xf/--tlt; an --alignment record carries its own z factors")
+    if args.xtilt is not None and args.alignment is not None:
+        raise UsageError(
+            "--xtilt goes with --xf/--tlt; an --alignment record carries its own X-axis tilt (a flattened "
+            "record's; add --x-axis-tilt DEG to tilt it further)"
+        )
+    if args.x_axis_tilt is not None and not (abs(args.x_axis_tilt) < 90):
+        raise UsageError(f"--x-axis-tilt must be degrees within -90..90, got {args.x_axis_tilt:g}")
     if args.alignment is None and (args.xf is None or args.tlt is None):
         if args.xf is None and args.tlt is None:
             raise UsageError(
@@ -124,10 +131,10 @@ def run_reconstruct(args) -> int:
         if args.alignment
         else read_alignment_files(args.xf, args.tlt, args.zfac)
     )
+    with_x_axis_tilt(alignment, args.xtilt, args.x_axis_tilt)
     local = _local_file(args, alignment)
-    check_output_file(
-        out, (args.stack, args.xf, args.tlt, args.zfac, args.alignment, local), "--out", "tomo.rec.mrc"
-    )
+    inputs = (args.stack, args.xf, args.tlt, args.zfac, args.xtilt, args.alignment, local)
+    check_output_file(out, inputs, "--out", "tomo.rec.mrc")
     info = reconstruct_to_file(
         args.stack,
         alignment,
@@ -185,7 +192,9 @@ log, no contrast inversion). --layout imod-tilt writes IMOD tilt's layout instea
 rows, Y as sections; rows run against our z). The tomogram is streamed to disk slab by slab
 within --memory GB; the free disk space is checked first. --local applies an IMOD local
 alignment position by position (as tilt's LOCALFILE); a record of --model warp has its per-view
-warp applied the same way.
+warp applied the same way. --xtilt and --x-axis-tilt tilt the specimen about X as tilt's
+XTILTFILE and XAXISTILT do (view angle = .xtilt value - XAXISTILT); a record of 'align --flatten'
+has its X-axis tilt applied so, as tilt applies the .xtilt written beside it.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
@@ -220,6 +229,20 @@ def add_reconstruct(sub):
         help="with --xf/--tlt: IMOD z factors (tiltalign's OutputZFactorFile, 'lmalign export --to imod' "
         "P.zfac), one 'xzfac yzfac' line per view, applied as tilt's ZFACTORFILE (an --alignment "
         "record carries its own)",
+    )
+    p.add_argument(
+        "--xtilt",
+        metavar="FILE",
+        help="with --xf/--tlt: IMOD's X-axis tilt of each view, degrees (tiltalign's OutputXAxisTiltFile, "
+        "'lmalign export --to imod' P.xtilt), one per line, applied as tilt's XTILTFILE (an --alignment "
+        "record of 'align --flatten' carries its own)",
+    )
+    p.add_argument(
+        "--x-axis-tilt",
+        type=float,
+        metavar="DEG",
+        help="tilt's XAXISTILT: degrees subtracted from every view's X-axis tilt, to level a specimen tilted "
+        "about X (tiltalign's 'X axis tilt needed', as Etomo's tilt.com takes it)",
     )
     p.add_argument(
         "--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels"

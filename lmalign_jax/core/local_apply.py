@@ -33,6 +33,7 @@ __all__ = [
     "local_sampling",
     "patch_weights",
     "local_projection_matrices",
+    "with_x_tilts",
     "project_through_local",
     "fit_markers_through_local",
 ]
@@ -97,6 +98,22 @@ def local_projection_matrices(
         -2,
     )
     return np.einsum("pvij,pvjk->pvik", a_mat, proj), np.asarray(shift, float)
+
+
+def with_x_tilts(
+    mats: Float[np.ndarray, "patches views 2 3"], xtilts_deg: Float[np.ndarray, " views"]
+) -> Float[np.ndarray, "patches views 2 3"]:
+    """Per-patch maps of a centred point applied after tilting it about X by each view's X-axis
+    tilt a (degrees): ``M Rx(a)``, ``Rx(a) = [[1, 0, 0], [0, cos a, -sin a], [0, sin a, cos a]]``,
+    which turns the rigid ``[[cos t, 0, sin t], [0, 1, 0]]`` into tilt's projection with X-axis
+    tilt (``local_projection_matrices`` without z factors)."""
+    a = np.radians(np.asarray(xtilts_deg, float))
+    c, s = np.cos(a), np.sin(a)
+    one, zero = np.ones_like(a), np.zeros_like(a)
+    rx = np.stack(
+        [np.stack([one, zero, zero], -1), np.stack([zero, c, -s], -1), np.stack([zero, s, c], -1)], -2
+    )
+    return np.einsum("pvij,vjk->pvik", mats, rx)
 
 
 def uniform_patches(

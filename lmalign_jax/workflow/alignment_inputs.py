@@ -1,8 +1,9 @@
 """Which alignment a reconstruction applies: an ``lmalign align`` record read back
 (:func:`read_alignment_json`: its transforms and tilts, a deformation model's warp or shape, the z
-factors of a model whose projection varies with height) or IMOD's files (:func:`read_alignment_files`:
-``.xf``, a tilt file, optionally tiltalign's ``.zfac``), each checked line by line before any
-reconstruction starts."""
+factors of a model whose projection varies with height, a flattened record's X-axis tilt) or
+IMOD's files (:func:`read_alignment_files`: ``.xf``, a tilt file, optionally tiltalign's
+``.zfac``), each checked line by line before any reconstruction starts; :func:`with_x_axis_tilt`
+adds tilt's XTILTFILE and XAXISTILT."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS, rigid_part_through_xf
-from ..export.imod import read_zfac
+from ..export.imod import read_xtilt, read_zfac, xtilt_file_value_deg
 from ..io import read_xf
 from ..io.errors import InputError
 from ..recon.fbp import MAX_XF_ENTRY, transform_measures
@@ -28,6 +29,7 @@ __all__ = [
     "Z_FACTOR_EFFECT_PX",
     "read_alignment_json",
     "read_alignment_files",
+    "with_x_axis_tilt",
 ]
 
 #: Largest |xzfac|, |yzfac| taken from a z-factor file (tilt's are small corrections to sin(tilt)
@@ -65,6 +67,10 @@ class Alignment:
     # a record's z factors too small to apply (Z_FACTOR_EFFECT_PX) but written as its .zfac by
     # export (ZFAC_NEGLIGIBLE): with them, as tilt with that .zfac, a local file's own are applied
     small_z_factors: np.ndarray | None = None
+    # (n,) the X-axis tilt of each view, degrees, as tilt applies it: the .xtilt value minus
+    # XAXISTILT (a flattened record's: its .xtilt's); None when there is none
+    x_tilts_deg: np.ndarray | None = None
+    x_tilt_source: str | None = None  # where the X-axis tilts came from
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -87,7 +93,7 @@ def read_alignment_json(path: str) -> Alignment:
     warp, shape = _warp_sampling(record), _shape_views(record)
     # a deformation model's own sampling carries its geometry whole
     zfac = z_factors(record) if warp is None and shape is None else None
-    return Alignment(
+    alignment = Alignment(
         record.xf[:, :, :2],
         record.xf[:, :, 2],
         record.tilts_deg,
@@ -103,6 +109,14 @@ def read_alignment_json(path: str) -> Alignment:
         path,
         zfac,
     )
+    surfaces = record.surfaces or {}
+    x_tilt = (
+        xtilt_file_value_deg(surfaces.get("x_axis_tilt_deg")) if surfaces.get("flattened") is True else 0.0
+    )
+    if x_tilt != 0.0:  # what its .xtilt holds, as tilt reads it with XAXISTILT 0
+        alignment.x_tilts_deg = np.full(record.tilts_deg.size, x_tilt)
+        alignment.x_tilt_source = path
+    return alignment
 
 
 #: z factors that move no solved marker by this much (pixels) are not applied: float32 rounding
@@ -177,6 +191,58 @@ def read_alignment_files(xf_path: str, tlt_path: str, zfac_path: str | None = No
             )
         alignment.z_factors, alignment.z_source = zfac, zfac_path
         alignment.source = f"{xf_path}, {tlt_path} and {zfac_path}"
+    return alignment
+
+
+#: Largest |X-axis tilt| (degrees) a view may take: beyond it the specimen is no longer seen
+#: from its side facing the beam (tilt's X-axis tilts are levelling corrections of a few degrees).
+MAX_X_AXIS_TILT_DEG = 90.0
+
+
+def with_x_axis_tilt(
+    alignment: Alignment, xtilt_path: str | None = None, x_axis_tilt_deg: float | None = None
+) -> Alignment:
+    """``alignment`` with IMOD tilt's X-axis tilt: XTILTFILE ``xtilt_path`` (an ``.xtilt``, one
+    angle in degrees per view; it replaces the alignment's own) minus XAXISTILT
+    ``x_axis_tilt_deg``, as tilt.f90 takes ``alpha(view) = xtilt(view) - XAXISTILT``. Changed in
+    place and returned; all zero leaves ``x_tilts_deg`` None. InputError naming the file's line
+    (or the view) where a tilt is not within -90..90 degrees, or its count differs from the views'.
+    """
+    n = alignment.tilts_deg.size
+    sources = []
+    x_tilts = alignment.x_tilts_deg
+    if alignment.x_tilts_deg is not None and alignment.x_tilt_source is not None:
+        sources.append(alignment.x_tilt_source)
+    if xtilt_path is not None:
+        x_tilts = read_xtilt(xtilt_path)
+        if x_tilts.size != n:
+            raise InputError(
+                xtilt_path,
+                None,
+                f"has {x_tilts.size} X-axis tilt angles but {alignment.tilt_source} has {n} tilts "
+                "(one per view)",
+            )
+        bad = np.flatnonzero(~(np.abs(x_tilts) < MAX_X_AXIS_TILT_DEG))
+        if bad.size:
+            raise InputError(
+                xtilt_path, int(bad[0]) + 1, f"X-axis tilt {x_tilts[bad[0]]:g} is outside -90..90 degrees"
+            )
+        sources = [xtilt_path]
+    if x_axis_tilt_deg:
+        given = np.zeros(n) if x_tilts is None else x_tilts
+        x_tilts = given - x_axis_tilt_deg
+        bad = np.flatnonzero(~(np.abs(x_tilts) < MAX_X_AXIS_TILT_DEG))
+        if bad.size:
+            v = int(bad[0])
+            raise InputError(
+                sources[0] if sources else alignment.source,
+                None,
+                f"view {v + 1}'s X-axis tilt is {given[v]:g} - XAXISTILT {x_axis_tilt_deg:g} = "
+                f"{x_tilts[v]:g} degrees, outside -90..90",
+            )
+        sources.append(f"XAXISTILT {x_axis_tilt_deg:g}")
+    alignment.x_tilts_deg = None if x_tilts is None or not np.any(x_tilts != 0.0) else x_tilts
+    alignment.x_tilt_source = " and ".join(sources) if alignment.x_tilts_deg is not None else None
     return alignment
 
 

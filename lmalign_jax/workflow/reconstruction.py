@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.local_apply import column_sampling, local_projection_matrices, uniform_patches
+from ..core.local_apply import column_sampling, local_projection_matrices, uniform_patches, with_x_tilts
 from ..core.shape_apply import shape_patches
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
@@ -86,13 +86,17 @@ def _check_local_reach(path: str, local, image_size: tuple[int, int]) -> None:
         )
 
 
-def _check_local_angles(path: str, local, tilts_deg: np.ndarray) -> None:
+def _check_local_angles(path: str, local, tilts_deg: np.ndarray, x_tilts_deg: np.ndarray | None) -> None:
     """InputError naming the first patch and (1-based) view of a local alignment whose local tilt
-    (global + delta) or X-axis tilt delta is not strictly within -90..90 degrees."""
+    (global + delta) or X-axis tilt (the alignment's ``x_tilts_deg`` + delta) is not strictly
+    within -90..90 degrees."""
     dt, dxt = local.delta_tilt_deg, local.delta_xtilt_deg
     tilts = np.asarray(tilts_deg, dtype=np.float64)
+    if dxt is not None and x_tilts_deg is not None:
+        dxt = dxt + np.asarray(x_tilts_deg, dtype=np.float64)[None]
     nx = local.n_patches[0]
-    for angles, what in ((tilts[None] + dt, "local tilt"), (dxt, "delta X-axis tilt")):
+    x_what = "delta X-axis tilt" if x_tilts_deg is None else "X-axis tilt plus delta"
+    for angles, what in ((tilts[None] + dt, "local tilt"), (dxt, x_what)):
         bad = np.zeros(dt.shape, bool) if angles is None else ~(np.abs(angles) < 90)
         if np.any(bad):
             p, v = (int(i) for i in np.argwhere(bad)[0])
@@ -110,6 +114,12 @@ def check_stack_pixels(stack_path: str) -> None:
     bad = first_non_finite_view(read_stack_streamed(stack_path))
     if bad is not None:
         raise InputError(stack_path, None, non_finite_view_problem(bad))
+
+
+def _x_tilt_words(x_tilts_deg: np.ndarray) -> str:
+    """One X-axis tilt (``-1.94 deg``) or the range of several (``-2.1 to 0.5 deg``)."""
+    low, high = float(np.min(x_tilts_deg)), float(np.max(x_tilts_deg))
+    return f"{low:.2f} deg" if low == high else f"{low:.2f} to {high:.2f} deg"
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -258,6 +268,9 @@ def reconstruct_to_file(
     ``alignment.z_factors`` (a luther or diez record's height-dependent part beyond tilt's
     formula, what the IMOD export writes as ``.zfac``) are applied as tilt's ZFACTORFILE, through
     one patch per view (the local back-projector with one affine map: no sheet drifts).
+    ``alignment.x_tilts_deg`` (tilt's XTILTFILE minus XAXISTILT, a flattened record's .xtilt) tilt
+    every view's projection about X the same way, and add to a local file's X-axis tilt deltas
+    (not applied to a warp model's alignment, with a warning).
     ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
@@ -333,11 +346,18 @@ def reconstruct_to_file(
     if warp is not None and sirt is not None:
         warn(f"{alignment.source}: --sirt uses the warp model's rigid part only (its warp is applied by FBP)")
         warp = None
+    x_tilts = alignment.x_tilts_deg
+    if x_tilts is not None and alignment.warp is not None:
+        warn(
+            f"{alignment.source}: a warp model's alignment is applied without its X-axis tilt "
+            f"({alignment.x_tilt_source}); the tomogram is not levelled about X"
+        )
+        x_tilts = None
     local = None
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
         _check_local_transforms(local_path, local)
-        _check_local_angles(local_path, local, alignment.tilts_deg)
+        _check_local_angles(local_path, local, alignment.tilts_deg, alignment.x_tilts_deg)
         check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
         factor = pixel_scale(local, header_pixel or 0.0)
         if factor != 1.0:
@@ -373,17 +393,28 @@ def reconstruct_to_file(
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = None
     if local is not None:  # with z factors, the file's own per patch
-        patch_maps = (local, *local_projection_matrices(local, alignment.tilts_deg, z_factors=zfac))
+        patch_maps = (
+            local,
+            *local_projection_matrices(local, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
+        )
     elif alignment.shape is not None:
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
-        patch_maps = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
-    elif zfac is not None:
+        grid, mats, shifts = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
+        patch_maps = (grid, mats if x_tilts is None else with_x_tilts(mats, x_tilts), shifts)
+    elif zfac is not None or x_tilts is not None:
         patch_maps = uniform_patches(
-            *local_projection_matrices(None, alignment.tilts_deg, z_factors=zfac), (nx, ny)
+            *local_projection_matrices(None, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
+            (nx, ny),
         )
     if patch_maps is not None:
         need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
-        if sirt is not None and need > budget and local is None and alignment.shape is None:
+        if (
+            sirt is not None
+            and need > budget
+            and local is None
+            and alignment.shape is None
+            and x_tilts is None
+        ):
             warn(
                 f"{alignment.source}: its z factors are not applied with --sirt within --memory "
                 f"(they need about {format_bytes(need)} for the aligned views held whole; raise "
@@ -391,7 +422,13 @@ def reconstruct_to_file(
             )
             patch_maps = zfac = None
         elif sirt is not None and need > budget:
-            given = "--local" if local is not None else "a shape model's alignment"
+            given = (
+                "--local"
+                if local is not None
+                else "a shape model's alignment"
+                if alignment.shape is not None
+                else f"an X-axis tilt ({alignment.x_tilt_source})"
+            )
             raise UsageError(
                 f"{given} with --sirt holds the aligned views whole (a voxel's rays reach other slabs' "
                 f"rows): it needs about {format_bytes(need)} and --memory allows {format_bytes(budget)}; "
@@ -417,6 +454,11 @@ def reconstruct_to_file(
             + (", the warp model's per-view warp" if warp is not None else "")
             + (", the shape model's per-view shape" if alignment.shape is not None else "")
             + (", the alignment's z factors" if zfac is not None else "")
+            + (
+                f", X-axis tilt {_x_tilt_words(x_tilts)} ({alignment.x_tilt_source})"
+                if x_tilts is not None
+                else ""
+            )
             + f") into {shape[0]} x {shape[1]} x {shape[2]} voxels (NZ x NY x NX) ..."
         )
     bar = _progress_bar(shape[1], quiet)
