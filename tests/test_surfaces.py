@@ -254,10 +254,9 @@ def test_too_few_beads():
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture(scope="module")
-def flattened(tmp_path_factory):
-    """``lmalign align --surfaces 2 --flatten`` on 61 views x 30 beads on two tilted surfaces."""
-    d = tmp_path_factory.mktemp("surfaces")
+def align_flattened(d, *options):
+    """``lmalign align --surfaces 2 --flatten`` (and ``options``) of 61 views x 30 beads on two
+    tilted surfaces into folder ``d``: (d, exit status, stdout, stderr, which beads are on top)."""
     rng = np.random.default_rng(4)
     level, top = slab(rng, 30, 150.0, 3.0, True)
     level[:, :2] *= 0.8  # inside the image at every tilt
@@ -275,11 +274,17 @@ def flattened(tmp_path_factory):
     (d / "in" / "beads.rawtlt").write_text("".join(f"{a:.2f}\n" for a in tilts))
     args = ["align", d / "in" / "beads.csv", "--tilts", d / "in" / "beads.rawtlt", "--rotation", 0]
     args += ["--image-size", nx, ny]
-    args += ["--out-dir", d, "--no-figure", "--no-errors", "--quiet", "--surfaces", 2, "--flatten"]
+    args += ["--out-dir", d, "--no-figure", "--no-errors", "--quiet", "--surfaces", 2, "--flatten", *options]
     out, err = _io.StringIO(), _io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main([str(a) for a in args])
     return d, rc, out.getvalue(), err.getvalue(), top
+
+
+@pytest.fixture(scope="module")
+def flattened(tmp_path_factory):
+    """``lmalign align --surfaces 2 --flatten`` on 61 views x 30 beads on two tilted surfaces."""
+    return align_flattened(tmp_path_factory.mktemp("surfaces"))
 
 
 def test_cli_prints_stores_and_flattens(flattened):
@@ -339,6 +344,56 @@ def test_reconstruct_places_a_flattened_records_beads_level(flattened):
     alignment.x_tilts_deg = None
     kept = np.degrees(np.arctan(surface_slopes(volume_points(alignment, solved, record.markers.xyz), top)))
     assert kept[1] == pytest.approx(-two["x_axis_tilt_deg"], abs=0.01)
+
+
+@pytest.mark.parametrize("model", ["shape", "warp"])
+def test_a_flattened_deformation_records_sampling_is_in_the_frame_of_its_tlt(model, tmp_path):
+    """A flattened ``--model shape`` or ``warp`` record: the sampling reconstruct applies takes
+    each fitted view at the .tlt's tilt (the solved tilt plus the change; it took the solved one,
+    so only the X tilt was levelled) and its X-axis tilt; the shape's beads come out level, both
+    slopes within 4 predicted SEs of 0."""
+    from helpers import surface_slopes
+
+    from lmalign_jax.core.local_apply import patch_weights, with_x_tilts
+    from lmalign_jax.core.shape_apply import shape_patches
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
+
+    d, rc, _, err, top = align_flattened(tmp_path, "--model", model)
+    assert rc == 0, err
+    alignment = read_alignment_json(str(d / "beads.json"))
+    np.testing.assert_allclose(alignment.x_tilts_deg, read_xtilt(d / "beads.xtilt"), atol=0.006)
+    if model == "warp":
+        np.testing.assert_allclose(alignment.warp.tilts_deg, alignment.tilts_deg, atol=1e-9)
+        return
+    parameters, fitted = alignment.shape
+    assert fitted.all()
+    np.testing.assert_allclose(parameters["tilt"], alignment.tilts_deg, atol=1e-9)
+    # each bead where the reconstruction's patches put it: the point whose projections through
+    # them meet its aligned observations (fixed point of the patch weights)
+    record = read_record(str(d / "beads.json"))
+    xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
+    grid, mats, shifts = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (2048, 2048))
+    mats = with_x_tilts(mats, alignment.x_tilts_deg)
+    rows = np.loadtxt(d / "in" / "beads.csv", delimiter=",", skiprows=1)
+    observed = np.zeros((61, 30, 2))
+    observed[rows[:, 1].astype(int), rows[:, 0].astype(int)] = rows[:, 2:] - 1024.0
+    aligned = np.einsum("vij,vnj->vni", alignment.xf_A, observed) + alignment.xf_shift[:, None]
+    placed = []
+    for m in range(30):
+        point = np.array([*aligned[:, m].mean(axis=0), 0.0])
+        for _ in range(4):
+            patches, weights = patch_weights(grid, point[None, :2] + 1024.0)
+            matrix = np.einsum("k,kvij->vij", weights[0], mats[patches[0]])
+            shift = np.einsum("k,kvi->vi", weights[0], shifts[patches[0]])
+            point = np.linalg.lstsq(matrix.reshape(-1, 3), (aligned[:, m] - shift).ravel(), rcond=None)[0]
+        placed.append(point)
+    slopes = np.degrees(np.arctan(surface_slopes(np.array(placed), top)))
+    two = record.surfaces["two_surfaces"]
+    print("shape record, levelled slopes (deg)", slopes.round(3))
+    assert (
+        abs(slopes[0]) < 4 * two["tilt_angle_change_se_deg"]
+        and abs(slopes[1]) < 4 * two["x_axis_tilt_se_deg"]
+    )
 
 
 def test_fields_satisfy_their_annotations():

@@ -13,6 +13,7 @@ import os
 
 from ..io.mrc import read_stack_header
 from ..io.mrc_volume import LAYOUTS
+from ..workflow import parse_view_list
 from ..workflow.alignment_inputs import read_alignment_files, read_alignment_json, with_x_axis_tilt
 from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file
 from ..workflow.series import warn_anisotropic_pixels
@@ -38,6 +39,8 @@ def _check_args(args) -> None:
             "--xtilt goes with --xf/--tlt; an --alignment record carries its own X-axis tilt (a flattened "
             "record's; add --x-axis-tilt DEG to tilt it further)"
         )
+    if args.keep_excluded and args.alignment is None:
+        raise UsageError("--keep-excluded goes with --alignment (IMOD's .xf/.tlt name no excluded views)")
     if args.x_axis_tilt is not None and not (abs(args.x_axis_tilt) < 90):
         raise UsageError(f"--x-axis-tilt must be degrees within -90..90, got {args.x_axis_tilt:g}")
     if args.alignment is None and (args.xf is None or args.tlt is None):
@@ -118,6 +121,25 @@ def _local_file(args, alignment) -> str | None:
     return alignment.local_path
 
 
+def _left_out(args, alignment) -> tuple[list[int], str]:
+    """The 0-based views to leave out (``--exclude``, and a record's unfitted views unless
+    ``--keep-excluded``) and why, in words."""
+    n_views = alignment.tilts_deg.size
+    given = parse_view_list(args.exclude, n_views) if args.exclude is not None else []
+    unfitted = (
+        [] if args.keep_excluded or alignment.excluded_views is None else list(alignment.excluded_views)
+    )
+    why = []
+    if given:
+        why.append(f"--exclude {args.exclude}")
+    if unfitted:
+        why.append(
+            f"{'and ' if given else ''}not fitted by {args.alignment}: their transforms are interpolated; "
+            "--keep-excluded back-projects them"
+        )
+    return sorted(set(given) | set(unfitted)), " ".join(why)
+
+
 def run_reconstruct(args) -> int:
     _check_args(args)
     if args.out == "":
@@ -132,6 +154,7 @@ def run_reconstruct(args) -> int:
         else read_alignment_files(args.xf, args.tlt, args.zfac)
     )
     with_x_axis_tilt(alignment, args.xtilt, args.x_axis_tilt)
+    left_out, why = _left_out(args, alignment)
     local = _local_file(args, alignment)
     inputs = (args.stack, args.xf, args.tlt, args.zfac, args.xtilt, args.alignment, local)
     check_output_file(out, inputs, "--out", "tomo.rec.mrc")
@@ -153,6 +176,8 @@ def run_reconstruct(args) -> int:
         note=note,
         local_path=local,
         local_tolerance_px=DEFAULT_TOLERANCE_PX if args.local_tolerance is None else args.local_tolerance,
+        exclude_views=left_out,
+        exclusion_reason=why,
     )
     nz, ny, nx = info["shape"]
     dims = (
@@ -243,6 +268,18 @@ def add_reconstruct(sub):
         metavar="DEG",
         help="tilt's XAXISTILT: degrees subtracted from every view's X-axis tilt, to level a specimen tilted "
         "about X (tiltalign's 'X axis tilt needed', as Etomo's tilt.com takes it)",
+    )
+    p.add_argument(
+        "--exclude",
+        metavar="LIST",
+        help="views to leave out of the tomogram, 1-based, IMOD's list syntax (1-3,40), as tilt's "
+        "EXCLUDELIST; an --alignment record's views that the alignment did not fit are left out too",
+    )
+    p.add_argument(
+        "--keep-excluded",
+        action="store_true",
+        help="with --alignment: back-project the record's unfitted views too (their transforms "
+        "interpolated from their neighbours in tilt)",
     )
     p.add_argument(
         "--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels"

@@ -33,6 +33,7 @@ __all__ = [
     "read_labels",
     "set_header_tilts",
     "StreamedStack",
+    "ViewSubset",
     "first_non_finite_view",
     "mode0_signed",
 ]
@@ -296,6 +297,26 @@ class StreamedStack:
             with contextlib.suppress(OSError, ValueError):
                 self._mmap.madvise(mmap.MADV_DONTNEED, aligned, begin + self._view_bytes - aligned)
         return value
+
+
+class ViewSubset:
+    """Some views of a stack, in the order given: ``subset[k]`` and ``subset[k, rows]`` read view
+    ``views[k]`` of ``stack`` (a numpy array, memmap or :class:`StreamedStack`); nothing is copied
+    until read."""
+
+    def __init__(self, stack, views):
+        self._stack = stack
+        self._views = np.asarray(views, dtype=np.int64)
+        self.shape = (len(self._views), *tuple(stack.shape)[1:])
+        self.dtype = stack.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self._stack[(int(self._views[key[0]]), *key[1:])]
+        return self._stack[int(self._views[key])]
 
 
 def read_stack_streamed(path) -> StreamedStack:

@@ -10,7 +10,9 @@ part) takes ``p`` into the aligned frame. So voxel X samples the aligned view at
 
 which for a zero warp is the rigid model's ``(u, v)`` up to the ``.xf`` fit. :class:`WarpSampling`
 holds M, e, the tilt and the six coefficients per view; :func:`reconstruct_warp` streams like
-``reconstruct_local`` (same slab plan, bands widened by :func:`warp_row_margin`).
+``reconstruct_local`` (same slab plan, bands widened by :func:`warp_row_margin`). With an X-axis
+tilt a per view (IMOD tilt's XTILTFILE minus XAXISTILT) the voxel is first tilted about X, as
+tilt does: ``(u, v) = (x cos t + (y sin a + z cos a) sin t, y cos a - z sin a)``.
 """
 
 from __future__ import annotations
@@ -33,20 +35,34 @@ WARP_LENGTH_PX = 1000.0
 
 
 class WarpSampling(NamedTuple):
-    """Per view (unbinned pixels): mats (V, 2, 2) M, offsets (V, 2) e, tilts_deg (V,) and
-    coefficients (V, 6) in ``models.warp.WARP_PARAMETERS`` order (zeros: no warp)."""
+    """Per view (unbinned pixels): mats (V, 2, 2) M, offsets (V, 2) e, tilts_deg (V,),
+    coefficients (V, 6) in ``models.warp.WARP_PARAMETERS`` order (zeros: no warp) and X-axis
+    tilts (V,) in degrees (None: none)."""
 
     mats: np.ndarray
     offsets: np.ndarray
     tilts_deg: np.ndarray
     coefficients: np.ndarray
+    x_tilts_deg: np.ndarray | None = None
+
+
+def _x_tilt_cos_sin(s: WarpSampling) -> tuple[np.ndarray, np.ndarray]:
+    """(cos a, sin a) of each view's X-axis tilt, (V,) float64 (1, 0 without)."""
+    a = (
+        np.zeros(len(s.tilts_deg))
+        if s.x_tilts_deg is None
+        else np.radians(np.asarray(s.x_tilts_deg, np.float64))
+    )
+    return np.cos(a), np.sin(a)
 
 
 def _positions(s: WarpSampling, x, y, z, binning: float):
     """Aligned positions (2, ...) of centred binned voxel coordinates x, y, z (broadcast), in
     binned pixels, for every view (leading axis)."""
     t = np.radians(np.asarray(s.tilts_deg, np.float64))[:, None, None, None]
-    u, v = np.broadcast_arrays((x * np.cos(t) + z * np.sin(t)) * binning, y * binning + 0.0 * t)
+    ca, sa = (c[:, None, None, None] for c in _x_tilt_cos_sin(s))
+    depth = y * sa + z * ca  # the voxel's z once tilted about X
+    u, v = np.broadcast_arrays((x * np.cos(t) + depth * np.sin(t)) * binning, (y * ca - z * sa) * binning)
     a, b = u / WARP_LENGTH_PX, v / WARP_LENGTH_PX
     c = np.asarray(s.coefficients, np.float64)[:, :, None, None, None]
     uu, uv, vv = a * a, a * b, b * b
@@ -72,7 +88,9 @@ def warp_row_margin(s: WarpSampling, shape: tuple[int, int, int], binning: int =
 
 
 @partial(jax.jit, static_argnames=("z_chunk", "binning"))
-def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *, z_chunk, binning):
+def _accumulate_warp(
+    band, band0, mats, offsets, cos_t, sin_t, cos_a, sin_a, coef, x, y, z, *, z_chunk, binning
+):
     """Sum over views of each voxel's sampled value (see the module docstring); band (V, NX + 2,
     B + 2) in ``_kernels.column_band``'s layout, band row = sampled centred y - ``band0``; x (NX,),
     y (rows,), z (NZ,) centred binned voxel coordinates. Returns (NZ, rows, NX)."""
@@ -86,8 +104,10 @@ def _accumulate_warp(band, band0, mats, offsets, cos_t, sin_t, coef, x, y, z, *,
 
     def chunk(zc):
         def one_view(j, acc):
-            u = (x[None, None, :] * cos_t[j] + zc[:, None, None] * sin_t[j]) * binning  # (zc, 1, NX)
-            v = y[None, :, None] * binning  # (1, rows, 1): the terms broadcast to (zc, rows, NX)
+            yc, zcc = y[None, :, None], zc[:, None, None]
+            depth = yc * sin_a[j] + zcc * cos_a[j]  # (zc, rows, 1): z tilted about X
+            u = (x[None, None, :] * cos_t[j] + depth * sin_t[j]) * binning  # (zc, rows, NX)
+            v = (yc * cos_a[j] - zcc * sin_a[j]) * binning  # (zc, rows, 1)
             a, b = u * scale, v * scale
             c = coef[j]
             uu, uv, vv = a * a, a * b, b * b
@@ -134,6 +154,7 @@ def reconstruct_warp(
         jnp.asarray(sampling.offsets, dtype),
         jnp.asarray(np.cos(t), dtype),
         jnp.asarray(np.sin(t), dtype),
+        *(jnp.asarray(c, dtype) for c in _x_tilt_cos_sin(sampling)),
         jnp.asarray(sampling.coefficients, dtype),
     ]
     ny_b = int(np.shape(stack)[1]) // b

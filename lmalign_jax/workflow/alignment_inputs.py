@@ -71,6 +71,9 @@ class Alignment:
     # XAXISTILT (a flattened record's: its .xtilt's); None when there is none
     x_tilts_deg: np.ndarray | None = None
     x_tilt_source: str | None = None  # where the X-axis tilts came from
+    # 0-based views the alignment did not fit (a record's excluded views: their transforms are
+    # interpolated), left out of the tomogram by default as Etomo copies ExcludeList to tilt.com
+    excluded_views: np.ndarray | None = None
 
 
 def read_alignment_json(path: str) -> Alignment:
@@ -109,6 +112,8 @@ def read_alignment_json(path: str) -> Alignment:
         path,
         zfac,
     )
+    if record.views is not None and record.views.excluded.any():
+        alignment.excluded_views = np.flatnonzero(record.views.excluded)
     surfaces = record.surfaces or {}
     x_tilt = (
         xtilt_file_value_deg(surfaces.get("x_axis_tilt_deg")) if surfaces.get("flattened") is True else 0.0
@@ -146,7 +151,11 @@ def _deformation_views(record, model: str) -> tuple[dict, np.ndarray] | None:
     ):
         return None
     fitted = ~record.views.excluded & np.isfinite(np.column_stack([p[n] for n in p])).all(axis=1)
-    return {name: np.asarray(v, float) for name, v in p.items()}, fitted
+    parameters = {name: np.asarray(v, float) for name, v in p.items()}
+    surfaces = record.surfaces or {}
+    if surfaces.get("flattened") is True:  # the .tlt's frame, as record.tilts_deg (read_record checks it)
+        parameters["tilt"] = parameters["tilt"] + float(surfaces["tilt_angle_change_deg"])
+    return parameters, fitted
 
 
 def _shape_views(record) -> ShapeViews | None:

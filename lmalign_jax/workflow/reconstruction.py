@@ -22,7 +22,7 @@ from ..core.local_apply import column_sampling, local_projection_matrices, unifo
 from ..core.shape_apply import shape_patches
 from ..io.errors import InputError
 from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
-from ..io.mrc import first_non_finite_view, read_stack_header, read_stack_streamed
+from ..io.mrc import ViewSubset, first_non_finite_view, read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
 from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, slice_count, transform_measures
@@ -227,6 +227,28 @@ def check_room(out_path: str, shape, options: OptionNames = OptionNames()) -> No
     )
 
 
+def _check_kept_views(keep: np.ndarray, n_views: int, tilts_deg: np.ndarray, reason: str) -> None:
+    """UsageError when leaving views out keeps fewer than two, or only views at one tilt."""
+    if keep.size < 2 or np.ptp(tilts_deg[keep]) == 0:
+        kept = "no view" if keep.size == 0 else f"only views at {tilts_deg[keep][0]:g} degrees"
+        raise UsageError(
+            f"leaving out {n_views - keep.size} of the {n_views} views ({reason}) keeps {kept}: a "
+            "tomogram needs views at two or more tilts"
+        )
+
+
+def _view_words(views: np.ndarray) -> str:
+    """1-based view numbers as IMOD lists them: ``1-3, 7``."""
+    runs, start = [], None
+    for k, v in enumerate(views):
+        if start is None:
+            start = v
+        if k + 1 == len(views) or views[k + 1] != v + 1:
+            runs.append(f"{start + 1}" if start == v else f"{start + 1}-{v + 1}")
+            start = None
+    return ", ".join(runs)
+
+
 def reconstruct_to_file(
     stack_path: str,
     alignment: Alignment,
@@ -246,6 +268,8 @@ def reconstruct_to_file(
     note=print_note,
     local_path: str | None = None,
     local_tolerance_px: float = DEFAULT_TOLERANCE_PX,
+    exclude_views=None,
+    exclusion_reason: str | None = None,
     options: OptionNames = OptionNames(),
 ) -> dict:
     """Check ``alignment`` against the stack, reconstruct, write ``out_path`` atomically.
@@ -270,7 +294,11 @@ def reconstruct_to_file(
     one patch per view (the local back-projector with one affine map: no sheet drifts).
     ``alignment.x_tilts_deg`` (tilt's XTILTFILE minus XAXISTILT, a flattened record's .xtilt) tilt
     every view's projection about X the same way, and add to a local file's X-axis tilt deltas
-    (not applied to a warp model's alignment, with a warning).
+    (a warp model's sampling tilts each voxel about X before its warp).
+    ``exclude_views``: 0-based views left out of the tomogram (tilt's EXCLUDELIST; their transforms,
+    tilts and patch maps too); None: the alignment's ``excluded_views`` (a record's unfitted views,
+    as Etomo leaves the alignment's ExcludeList out of tilt.com); ``exclusion_reason``: why, for the
+    note naming them.
     ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
@@ -292,6 +320,12 @@ def reconstruct_to_file(
             stack_path, None, "has 1 view: a tomogram needs views at two or more different tilts"
         )
     check_tilts_vary(alignment.tilts_deg, alignment.tilt_source, "a tomogram needs views at different tilts")
+    left_out = alignment.excluded_views if exclude_views is None else exclude_views
+    keep = np.setdiff1d(np.arange(n_views), np.asarray([] if left_out is None else left_out, dtype=np.int64))
+    if exclusion_reason is None:
+        exclusion_reason = f"not fitted by {alignment.source}: their transforms are interpolated"
+    if keep.size < n_views:
+        _check_kept_views(keep, n_views, alignment.tilts_deg, exclusion_reason)
     if alignment.image_size is not None and (
         abs(alignment.image_size[0] - nx) > 0.5 or abs(alignment.image_size[1] - ny) > 0.5
     ):
@@ -347,12 +381,8 @@ def reconstruct_to_file(
         warn(f"{alignment.source}: --sirt uses the warp model's rigid part only (its warp is applied by FBP)")
         warp = None
     x_tilts = alignment.x_tilts_deg
-    if x_tilts is not None and alignment.warp is not None:
-        warn(
-            f"{alignment.source}: a warp model's alignment is applied without its X-axis tilt "
-            f"({alignment.x_tilt_source}); the tomogram is not levelled about X"
-        )
-        x_tilts = None
+    if warp is not None and x_tilts is not None:  # its sampling tilts each voxel about X first
+        warp = warp._replace(x_tilts_deg=x_tilts)
     local = None
     if local_path is not None:
         local = read_local_xf(local_path, n_views=n_views)
@@ -401,13 +431,13 @@ def reconstruct_to_file(
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
         grid, mats, shifts = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
         patch_maps = (grid, mats if x_tilts is None else with_x_tilts(mats, x_tilts), shifts)
-    elif zfac is not None or x_tilts is not None:
+    elif warp is None and (zfac is not None or x_tilts is not None):
         patch_maps = uniform_patches(
             *local_projection_matrices(None, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
             (nx, ny),
         )
     if patch_maps is not None:
-        need, budget = local_sirt_bytes(n_views, shape), memory_bytes or default_memory_bytes()
+        need, budget = local_sirt_bytes(keep.size, shape), memory_bytes or default_memory_bytes()
         if (
             sirt is not None
             and need > budget
@@ -443,9 +473,20 @@ def reconstruct_to_file(
             copies=3,
         )
     stack = read_stack_streamed(stack_path)
+    if keep.size < n_views:  # tilt's EXCLUDELIST: the views, their alignment and patch maps
+        if not quiet:
+            note(
+                f"leaving out view{'s' * (n_views - keep.size > 1)} "
+                f"{_view_words(np.setdiff1d(np.arange(n_views), keep))} ({exclusion_reason})"
+            )
+        stack = ViewSubset(stack, keep)
+        if warp is not None:
+            warp = type(warp)(*(None if part is None else np.asarray(part)[keep] for part in warp))
+        if patch_maps is not None:
+            patch_maps = (patch_maps[0], patch_maps[1][:, keep], patch_maps[2][:, keep])
     if not quiet:
         note(
-            f"reconstructing {n_views} views of {nx} x {ny} px (bin {binning}"
+            f"reconstructing {keep.size} views of {nx} x {ny} px (bin {binning}"
             + (f", filter {filter}" if sirt is None else "")
             + (f", radial {radial[0]:g} {radial[1]:g}" if radial else "")
             + (f", SIRT-like {sirtlike}" if sirtlike else "")
@@ -474,7 +515,7 @@ def reconstruct_to_file(
         ]
         with stream_volume(out_path, shape, voxel, label=label, layout=layout) as vol:
             try:
-                views = (stack, alignment.xf_A, alignment.xf_shift, alignment.tilts_deg)
+                views = (stack, alignment.xf_A[keep], alignment.xf_shift[keep], alignment.tilts_deg[keep])
                 streamed = dict(binning=binning, out=vol, progress=progress)
                 fbp = dict(
                     streamed,
@@ -507,4 +548,9 @@ def reconstruct_to_file(
     finally:
         if bar is not None:
             bar.close()
-    return {"shape": shape, "voxel_size_A": voxel, "seconds": time.perf_counter() - start, "n_views": n_views}
+    return {
+        "shape": shape,
+        "voxel_size_A": voxel,
+        "seconds": time.perf_counter() - start,
+        "n_views": int(keep.size),
+    }
