@@ -1,7 +1,10 @@
 """Series groups on a Dask cluster (lmalign_jax.batch.distributed) give what the local path gives.
 
-The cluster is a LocalCluster on the loopback interface with one in-process worker thread, so
-the worker shares this process's compiled kernels (the series match tests/test_batch.py's).
+The cluster is a LocalCluster on the loopback interface with one worker process of one thread
+(the series match tests/test_batch.py's). Not an in-process worker thread: it ran JAX in a
+thread that outlived the cluster, and a later XLA compile in the same pytest worker crashed
+with a segmentation fault twice in 2026-12 dry runs (jax-ml/jax#11066 is a multithreaded
+segfault of that kind); a worker process costs ~12 s more here.
 """
 
 import json
@@ -32,7 +35,7 @@ def cluster():
     with distributed.LocalCluster(
         n_workers=1,
         threads_per_worker=1,
-        processes=False,
+        processes=True,
         protocol="tcp",
         host="127.0.0.1",
         dashboard_address=None,
