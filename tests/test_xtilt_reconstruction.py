@@ -92,7 +92,7 @@ def test_beads_drawn_through_an_x_axis_tilt_land_in_place_only_with_it(tilted_be
         rc, out, err = run_cli([*base, *extra, "--out", folder / f"{name}.mrc"])
         assert rc == 0, err
         if extra:
-            assert "X-axis tilt 6.00 to 8.00 deg (" in out + err and "XAXISTILT -7" in out + err
+            assert "X-axis tilt 6.00 to 8.00 deg from " in out + err and "XAXISTILT -7" in out + err
         with mrcfile.open(folder / f"{name}.mrc") as m:
             found[name] = locate_peaks(np.array(m.data), BEADS)[1]
     print({k: v.round(2) for k, v in found.items()})

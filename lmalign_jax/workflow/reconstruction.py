@@ -496,7 +496,7 @@ def reconstruct_to_file(
             + (", the shape model's per-view shape" if alignment.shape is not None else "")
             + (", the alignment's z factors" if zfac is not None else "")
             + (
-                f", X-axis tilt {_x_tilt_words(x_tilts)} ({alignment.x_tilt_source})"
+                f", X-axis tilt {_x_tilt_words(x_tilts)} from {alignment.x_tilt_source}"
                 if x_tilts is not None
                 else ""
             )
