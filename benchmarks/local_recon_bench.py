@@ -1,7 +1,8 @@
 """Reconstruction with a local alignment against the global one: same stack, same run.
 
     python -m benchmarks.local_recon_bench [--size 512] [--views 61] [--thickness 128]
-        [--repeat 3] [--memory-gb 1] [--field rough|bba|midzone2a|shape] [--tolerance 0.1] [--no-exact]
+        [--repeat 3] [--memory-gb 1] [--field rough|bba|midzone2a|shape|xtilt] [--tolerance 0.1]
+        [--no-exact]
         [--out results.json]
 
 Issue #15 asks local reconstruction to take at most twice the global time. Both sides
@@ -15,7 +16,9 @@ alignment of the BB set, ``tests/data/imod-local/BBalocal.xf``, with its 61 tilt
 ``--field midzone2a``: IMOD's 4 x 2 local alignment of the midzone2 set, ``midzone2alocal.xf``, with
 its tilts, at its 1950 x 1024 px; ``--field shape``: a shape model's alignment, ``core.shape_apply``'s
 patches for a specimen that domes by up to 40 px 1000 px from the centre and thins by up to 15%
-over the series, the deformation ``lmalign reconstruct --alignment`` applies for ``--model shape``)
+over the series, the deformation ``lmalign reconstruct --alignment`` applies for ``--model shape``;
+``--field xtilt``: the X-axis tilt of IMOD's BB set, ``XAXISTILT 1.94`` with its tilts, every view at
+-1.94 deg, what ``reconstruct --x-axis-tilt`` or a flattened record applies through one patch per view)
 read through sheets (``recon.sheets``, ``--tolerance`` px, the library's default unless given) and, unless
 ``--no-exact``, with every voxel at its own position (``tolerance_px=0``). One warm-up call
 each (compilation), then ``--repeat`` timed calls, the sides taking turns so a change of the
@@ -100,7 +103,12 @@ def run(
 ) -> dict:
     import numpy as np
 
-    from lmalign_jax.core.local_apply import column_sampling, local_sampling
+    from lmalign_jax.core.local_apply import (
+        column_sampling,
+        local_projection_matrices,
+        local_sampling,
+        uniform_patches,
+    )
     from lmalign_jax.io.imod_local import read_local_xf
     from lmalign_jax.recon import reconstruct
     from lmalign_jax.recon.local_backprojection import LocalSampling, reconstruct_local
@@ -109,6 +117,8 @@ def run(
     tolerance = DEFAULT_TOLERANCE_PX if tolerance is None else tolerance
 
     nx = ny = size
+    if field == "xtilt" and (size, views) != (512, 61):
+        raise SystemExit("--field xtilt is IMOD's BB set: --size 512 --views 61")
     if field in REAL_FIELDS:
         local_path, tilt_path, (nx, ny) = REAL_FIELDS[field]
         n_tilts = np.loadtxt(tilt_path).size
@@ -127,7 +137,12 @@ def run(
     if field in REAL_FIELDS:
         tilts = np.loadtxt(tilt_path)
         local = read_local_xf(local_path, tilts.size)
-    if field == "shape":
+    if field == "xtilt":
+        tilts = np.loadtxt(BBA_TILTS)
+        x_tilts = np.full(tilts.size, -1.94)
+        local, mats, shifts = uniform_patches(*local_projection_matrices(None, tilts, x_tilts), (nx, ny))
+        columns = column_sampling(local, mats, shifts, (ny, nx))
+    elif field == "shape":
         local, mats, shifts = _shape_field(tilts, size)
         columns = column_sampling(local, mats, shifts, (ny, nx))
     else:
@@ -190,7 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--thickness", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-gb", type=float, default=1.0)
-    parser.add_argument("--field", choices=("rough", *REAL_FIELDS, "shape"), default="rough")
+    parser.add_argument("--field", choices=("rough", *REAL_FIELDS, "shape", "xtilt"), default="rough")
     parser.add_argument(
         "--tolerance", type=float, help="sheet tolerance, px (> 0; default: the library's, recon.sheets)"
     )
