@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
 from ..core.local import LocalOptions, LocalSolution, align_local, check_local_model
 from ..core.local_grid import MAX_PATCHES, patch_grid
 from ..core.local_maps import patch_file_maps
-from ..io.imod_local import LocalAlignment, write_local_xf
+from ..io.imod_local import LocalAlignment
 from .record_markers import interpolated_z_factors
 from .selection import mean_marker_positions
 from .status import UsageError
@@ -23,7 +22,6 @@ __all__ = [
     "file_view_local",
     "in_flattened_frame",
     "solve_local_alignment",
-    "write_local_alignment",
     "format_local_report",
 ]
 
@@ -105,24 +103,6 @@ def solve_local_alignment(
         file_view_local(solution.file, np.asarray(view_index), file_tilts_deg), pixel_size=float(pixel_size)
     )
     return SolvedLocal(solution, local, options)
-
-
-def write_local_alignment(
-    out_dir: str,
-    prefix: str,
-    result,
-    view_index,
-    file_tilts_deg: np.ndarray,
-    options: LocalOptions,
-    pixel_size: float = 0.0,
-) -> tuple[LocalSolution, str]:
-    """Solve the local alignment of ``result`` and write ``<out_dir>/<prefix>local.xf`` alone (``align``
-    writes it with the other outputs, through ``workflow.writing.write_alignment``).
-    Returns (solution, path written)."""
-    solved = solve_local_alignment(result, view_index, file_tilts_deg, options, pixel_size)
-    path = os.path.join(out_dir, prefix + LOCAL_SUFFIX)
-    write_local_xf(path, solved.file)
-    return solved.solution, path
 
 
 #: Turns of the measured marker positions tried by :func:`check_local_grid`, degrees.
