@@ -15,10 +15,10 @@ TILTS = np.linspace(-60.0, 60.0, 31)
 BEADS = np.array([[-20.0, -18, 9], [18, -20, -10], [-16, 20, 8], [20, 16, -9], [0, 0, 10], [6, -8, -6]])
 
 
-def sampled(z_factors, tilts, xyz, size):
-    """Positions (V, n, 2) of centred points through the z factors' patches, blended as the
-    reconstruction blends them."""
-    grid, mats, shifts = uniform_patches(*local_projection_matrices(None, tilts, z_factors=z_factors), size)
+def sampled(z_factors, tilts, xyz, size, x_tilts=None):
+    """Positions (V, n, 2) of centred points through the z factors' patches (and X-axis tilts,
+    degrees), blended as the reconstruction blends them."""
+    grid, mats, shifts = uniform_patches(*local_projection_matrices(None, tilts, x_tilts, z_factors), size)
     patches, weights = patch_weights(grid, xyz[:, :2] + np.asarray(size) / 2)
     pos = np.einsum("pvij,nj->pvni", mats, xyz) + shifts[:, :, None]
     n = np.arange(len(xyz))
@@ -522,11 +522,14 @@ def test_a_flattened_luther_records_xf_and_zfac_place_every_marker_exactly(tmp_p
     turned frame missed by the turned height's x part (|x| sin c |xz|, which no z factor holds;
     review); the .xf and z factors are now fitted together in the .tlt's frame, so the turned
     markers, through the flattened tilts and the record's z factors, land where the record's .xf
-    puts the model's projection of them, to 1e-6 px."""
+    puts the model's projection of them, to 1e-6 px. With the .xtilt's X-axis tilt a applied, as
+    tilt and reconstruct apply it: the markers turned back by a, the z factors multiplying the
+    tilted height (regressed on the untilted one they missed by |y| sin a |xz|)."""
     from helpers import align_observations
 
     from lmalign_jax import simulate
     from lmalign_jax.report import read_record
+    from lmalign_jax.workflow.alignment_inputs import read_alignment_json
     from lmalign_jax.workflow.record_markers import z_factors
 
     series = simulate(n_views=31, n_markers=30, model="luther", extra={"mag_z": (1.0, 0.02)}, seed=2)
@@ -540,6 +543,14 @@ def test_a_flattened_luther_records_xf_and_zfac_place_every_marker_exactly(tmp_p
     aligned = aligned_markers(record)  # the record's .xf after the model's projection
     x, y, z = record.markers.xyz.T
     c = np.radians(change)
-    turned = np.column_stack([x * np.cos(c) - z * np.sin(c), y, x * np.sin(c) + z * np.cos(c)])
-    placed = sampled(z_factors(record)[keep], record.tilts_deg[keep], turned, (2048, 2048))
+    turned_x, turned_z = x * np.cos(c) - z * np.sin(c), x * np.sin(c) + z * np.cos(c)
+    alignment = read_alignment_json(str(path))
+    a = np.radians(alignment.x_tilts_deg[0])
+    assert np.all(alignment.x_tilts_deg == alignment.x_tilts_deg[0]) and abs(a) > np.radians(0.05)
+    volume = np.column_stack(  # Rx(-a): the volume point tilt projects where the marker was seen
+        [turned_x, y * np.cos(a) + turned_z * np.sin(a), -y * np.sin(a) + turned_z * np.cos(a)]
+    )
+    tilts, x_tilts = record.tilts_deg[keep], alignment.x_tilts_deg[keep]
+    placed = sampled(z_factors(record)[keep], tilts, volume, (2048, 2048), x_tilts)
+    print("largest miss", np.abs(placed - aligned).max(), "X-axis tilt", np.degrees(a))
     assert np.abs(placed - aligned).max() < 1e-6

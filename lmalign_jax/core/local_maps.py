@@ -32,7 +32,15 @@ def project_points(model: ProjectionModel, views: np.ndarray, xyz: np.ndarray) -
 
 
 def _ideal_to_aligned(
-    model, patch_views, global_xf, centre, size, z_range, with_z: bool = False, tilt_change_rad: float = 0.0
+    model,
+    patch_views,
+    global_xf,
+    centre,
+    size,
+    z_range,
+    with_z: bool = False,
+    tilt_change_rad: float = 0.0,
+    x_tilt_rad: float = 0.0,
 ):
     """(n_views, 2, 3) local transforms: patch's ideal projection -> globally aligned position, and
     with ``with_z`` the patch's (n_views, 2) z factors (else None).
@@ -46,7 +54,9 @@ def _ideal_to_aligned(
     writes a patch's z factors with its transform. ``tilt_change_rad`` c: tilt's frame is a
     flattened series' (its .tlt adds c to the tilts, its volume is the solved one turned by c about
     y): the same positions, heights measured in that frame, as ``workflow.record_markers.z_factors``
-    regresses the global ones."""
+    regresses the global ones. ``x_tilt_rad`` a: tilt also tilts that volume about X by a (its
+    .xtilt), so a point's projection is the ideal one of the point turned back by a, and the height
+    its z factors multiply is the tilted volume's, ``z cos a - y sin a``."""
     gx, gy = np.meshgrid(np.linspace(-0.5, 0.5, 3) * size[0], np.linspace(-0.5, 0.5, 3) * size[1])
     pts = np.stack([gx.ravel() + centre[0], gy.ravel() + centre[1]], 1)
     xyz = np.concatenate([np.column_stack([pts, np.full(len(pts), z)]) for z in z_range])  # centred
@@ -56,6 +66,7 @@ def _ideal_to_aligned(
     x = xyz[:, 0] * np.cos(c) - xyz[:, 2] * np.sin(c)  # tilt's frame (c = 0: the solved one)
     z = xyz[:, 0] * np.sin(c) + xyz[:, 2] * np.cos(c)
     tilt = patch_views[:, model.index("tilt")] + c
+    height = z * np.cos(x_tilt_rad) - xyz[:, 1] * np.sin(x_tilt_rad)  # what tilt's z factors multiply
     ideal = np.stack(
         [
             x[None] * np.cos(tilt)[:, None] + z[None] * np.sin(tilt)[:, None],
@@ -66,8 +77,8 @@ def _ideal_to_aligned(
     if not with_z:
         return fit_image_transforms(ideal, aligned), None
     # aligned = [ideal, z] (centred per view, for the conditioning) @ C: C's rows A^T and w = A (xz, yz)
-    z = np.broadcast_to(z, ideal.shape[:2])
-    design = np.concatenate([ideal, z[..., None]], -1)
+    height = np.broadcast_to(height, ideal.shape[:2])
+    design = np.concatenate([ideal, height[..., None]], -1)
     d_mean, a_mean = design.mean(axis=1, keepdims=True), aligned.mean(axis=1, keepdims=True)
     d, q = design - d_mean, aligned - a_mean
     dt = np.swapaxes(d, 1, 2)
@@ -79,9 +90,10 @@ def _ideal_to_aligned(
     return np.concatenate([a, shift[:, :, None]], axis=2), zfac
 
 
-def _global_pair(result: AlignmentResult, tilt_change_deg: float):
+def _global_pair(result: AlignmentResult, tilt_change_deg: float, x_tilt_deg: float = 0.0):
     """(M (V, 2, 3), z factors (V, 2)) fitted over the solved markers' field: the map of tilt's
-    projection with z factors (in a flattened series' frame with ``tilt_change_deg``) into the
+    projection with z factors (in a flattened series' frame with ``tilt_change_deg`` and
+    ``x_tilt_deg``, the X-axis tilt its .xtilt gives tilt) into the
     stack aligned by ``result.xf`` (:func:`_ideal_to_aligned`); None for no markers."""
     xyz = result.markers
     if not len(xyz):
@@ -91,7 +103,8 @@ def _global_pair(result: AlignmentResult, tilt_change_deg: float):
     z_range = (float(lo[2]) - 1.0, float(hi[2]) + 1.0)
     centre = (float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2)
     c = np.radians(tilt_change_deg)
-    m, zfac = _ideal_to_aligned(result.model, result.views, result.xf, centre, size, z_range, True, c)
+    a = np.radians(x_tilt_deg)
+    m, zfac = _ideal_to_aligned(result.model, result.views, result.xf, centre, size, z_range, True, c, a)
     return m, np.where(np.isfinite(zfac), zfac, 0.0)
 
 
@@ -110,17 +123,20 @@ def global_z_factors(result: AlignmentResult) -> np.ndarray | None:
     return pair[1] if np.abs(pair[1]).max() >= ZFAC_NEGLIGIBLE else None
 
 
-def flattened_pair(result: AlignmentResult, tilt_change_deg: float) -> tuple[np.ndarray, np.ndarray] | None:
+def flattened_pair(
+    result: AlignmentResult, tilt_change_deg: float, x_tilt_deg: float = 0.0
+) -> tuple[np.ndarray, np.ndarray] | None:
     """A flattened series' ``.xf`` (V, 2, 3) and z factors (V, 2) (its ``.tlt`` adds
     ``tilt_change_deg`` c, its volume is the solved one turned by c), fitted together so that tilt
     places every point where ``result``'s model projects it: the solved ``.xf`` with z factors
     regressed in the turned frame misses by about |x| sin c |xz| (the turned height's x part, which
     no z factor holds), the pair fitted jointly not at all where the projection is affine in the
-    point. None where ``result`` has no z factors (:func:`global_z_factors`: the solved ``.xf``
-    is then exact in any frame)."""
-    if global_z_factors(result) is None or tilt_change_deg == 0.0:
+    point. ``x_tilt_deg``: its ``.xtilt`` value (tilt's X-axis tilt), which changes the height
+    tilt's z factors multiply. None where ``result`` has no z factors (:func:`global_z_factors`: the
+    solved ``.xf`` is then exact in any frame)."""
+    if global_z_factors(result) is None or (tilt_change_deg == 0.0 and x_tilt_deg == 0.0):
         return None
-    m, zfac = _global_pair(result, tilt_change_deg)
+    m, zfac = _global_pair(result, tilt_change_deg, x_tilt_deg)
     # aligned = M (tilt's projection): the new .xf is M^-1 after the solved one
     inverse = np.linalg.inv(m[:, :, :2])
     a = inverse @ result.xf[:, :, :2]
@@ -135,12 +151,14 @@ def patch_file_maps(
     with_z: bool,
     tilt_change_deg: float = 0.0,
     global_xf: np.ndarray | None = None,
+    x_tilt_deg: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """What the local file holds for each patch: (transforms (P, V, 2, 3), z factors (P, V, 2) with
     ``with_z``, else None), from the patches' full views (P, V, k) and their reports (centre, box),
     over the solved markers' heights; ``tilt_change_deg``: in a flattened series' frame
     (:func:`_ideal_to_aligned`), into the stack aligned by ``global_xf`` (V, 2, 3; default
-    ``result.xf``; a flattened series': :func:`flattened_pair`)."""
+    ``result.xf``; a flattened series': :func:`flattened_pair`); ``x_tilt_deg``: its ``.xtilt``
+    value."""
     xf = result.xf if global_xf is None else global_xf
     centre_px = result.observations.center
     z_range = (float(result.markers[:, 2].min()) - 1.0, float(result.markers[:, 2].max()) + 1.0)
@@ -154,6 +172,7 @@ def patch_file_maps(
             z_range,
             with_z,
             np.radians(tilt_change_deg),
+            np.radians(x_tilt_deg),
         )
         for p, report in enumerate(patches)
     ]

@@ -69,6 +69,7 @@ def in_flattened_frame(
     file_tilts_deg: np.ndarray,
     tilt_change_deg: float,
     global_xf: np.ndarray | None = None,
+    x_tilt_deg: float = 0.0,
 ) -> SolvedLocal:
     """``local`` for a flattened series (``align --flatten``: its .tlt adds ``tilt_change_deg`` c
     and its volume is the solved one turned by c): where the file carries z factors, each patch's
@@ -76,12 +77,13 @@ def in_flattened_frame(
     (left in the solved frame they miss by 0.04-0.18 px for tilt changes of 1-4 deg); else
     unchanged (the transforms map tilt's projection, the same in either frame). ``global_xf``
     (k, 2, 3), fitting order: the flattened series' own ``.xf`` (``core.local_maps.flattened_pair``),
-    into whose aligned stack the patches then map."""
-    if local.file.z_factors is None or tilt_change_deg == 0.0:
+    into whose aligned stack the patches then map; ``x_tilt_deg``: its ``.xtilt`` value, which
+    changes the height the z factors multiply (``core.local_maps.patch_file_maps``)."""
+    if local.file.z_factors is None or (tilt_change_deg == 0.0 and x_tilt_deg == 0.0):
         return local
     solution = local.solution
     transforms, zfac = patch_file_maps(
-        result, solution.views, solution.patches, True, tilt_change_deg, global_xf
+        result, solution.views, solution.patches, True, tilt_change_deg, global_xf, x_tilt_deg
     )
     fitted = dataclasses.replace(solution.file, transforms=transforms, z_factors=zfac)
     file = file_view_local(fitted, np.asarray(view_index), file_tilts_deg)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..export import ViewGeometry
-from ..export.imod import projected_positions
+from ..export.imod import projected_positions, xtilt_file_value_deg
 from ..io import InputError, MarkerSet
 from ..io.imod_local import ZFAC_NEGLIGIBLE
 from ..report import AlignmentRecord
@@ -201,7 +201,8 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     these factors as tiltalign computes the pair (:func:`lmalign_jax.core.result.image_transforms`),
     so the regression is exact; for the deformation models it is the least-squares correction.
     A flattened record's factors are regressed on the height in its ``.tlt``'s frame (the solved
-    markers turned by the tilt change). Views with a non-finite parameter were not solved: they are
+    markers turned by the tilt change), tilted about X by its ``.xtilt``'s X-axis tilt as tilt
+    tilts them. Views with a non-finite parameter were not solved: they are
     interpolated as excluded ones;
     InputError for a record whose views lack a parameter of its model.
     """
@@ -233,10 +234,11 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
     # the frame of the .tlt: a flattened record's tilts carry the surface analysis' tilt change
     # c, so its volume (and tilt's z) is the solved one turned by c about y
-    change = 0.0
+    change = x_tilt = 0.0
     surfaces = record.surfaces or {}
     if surfaces.get("flattened") is True:
         change = np.radians(float(surfaces.get("tilt_angle_change_deg") or 0.0))
+        x_tilt = np.radians(xtilt_file_value_deg(surfaces.get("x_axis_tilt_deg")))
     x = xyz[:, 0] * np.cos(change) - xyz[:, 2] * np.sin(change)
     z = xyz[:, 0] * np.sin(change) + xyz[:, 2] * np.cos(change)
     tilt = np.radians(record.tilts_deg[keep])[:, None]
@@ -247,10 +249,12 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
         ],
         axis=-1,
     )
-    denominator = float(np.sum(z * z))
+    # the height tilt's z factors multiply: in the volume its .xtilt tilts about X by x_tilt
+    height = z * np.cos(x_tilt) - xyz[:, 1] * np.sin(x_tilt)
+    denominator = float(np.sum(height * height))
     out = np.zeros((record.xf.shape[0], 2))
     if denominator > 0:
-        out[keep] = np.einsum("m,kmi->ki", z, aligned - ideal) / denominator
+        out[keep] = np.einsum("m,kmi->ki", height, aligned - ideal) / denominator
         out = interpolated_z_factors(out, keep, views.nominal_tilts_deg)
     return out if np.abs(out).max() >= ZFAC_NEGLIGIBLE else None
 

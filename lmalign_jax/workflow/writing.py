@@ -261,7 +261,10 @@ def write_alignment(
     local = local if converged else None
     # a flattened series whose projection has a height term: its .xf and .zfac fitted together in
     # the frame of its .tlt (the solved .xf misses there by the turned height's x part)
-    pair = flattened_pair(result, flat.tilt_angle_change_deg) if flat is not None and converged else None
+    x_tilt = xtilt_file_value_deg(flat.x_axis_tilt_deg) if flat is not None else 0.0  # what tilt applies
+    pair = (
+        flattened_pair(result, flat.tilt_angle_change_deg, x_tilt) if flat is not None and converged else None
+    )
     if pair is not None:
         fv = dataclasses.replace(fv, xf=_file_view_transforms(pair[0], fv))
     if local is not None and flat is not None:
@@ -272,6 +275,7 @@ def write_alignment(
             inputs.tilts_deg,
             flat.tilt_angle_change_deg,
             None if pair is None else pair[0],
+            x_tilt,
         )
     suffixes += (LOCAL_SUFFIX,) if local is not None else ()
     # a local file with each patch's z factors is read by tilt with the global .zfac beside it
