@@ -36,6 +36,7 @@ else
         "bba|60|--field bba --size 512 --views 61 --thickness 128 --repeat 5"
         "midzone2a|180|--field midzone2a --size 1950 --views 81 --thickness 256 --repeat 3"
         "rough-1k|120|--field rough --size 1024 --views 61 --thickness 256 --repeat 3"
+        "xtilt|60|--field xtilt --size 512 --views 61 --thickness 128 --repeat 5 --no-exact"
     )
 fi
 
