@@ -3,6 +3,8 @@ volume of the stack without those views, through the global, local and SIRT path
 record's views that its alignment did not fit (transforms interpolated) are left out unless
 ``--keep-excluded``, as Etomo copies the alignment's ExcludeList into tilt.com."""
 
+import warnings
+
 import mrcfile
 import numpy as np
 import pytest
@@ -73,7 +75,9 @@ def test_excluded_views_give_the_volume_without_them(series, extra):
 
     left_out, said = run("all", "--exclude", "1-3,18,31")
     kept, _ = run("kept")
-    assert "leaving out views 1-3, 18, 31 (--exclude 1-3,18,31)" in said and "reconstructing 26 views" in said
+    assert (
+        "leaving out views 1-3, 18, 31 (--exclude 1-3, 18, 31)" in said and "reconstructing 26 views" in said
+    )
     scale = np.abs(kept).max()
     np.testing.assert_allclose(left_out, kept, rtol=0, atol=1e-5 * scale)
 
@@ -107,9 +111,7 @@ def test_a_records_unfitted_views_are_left_out_unless_kept(series):
     scale = np.abs(expected).max()
     np.testing.assert_allclose(volumes["default"], expected, rtol=0, atol=1e-5 * scale)
     assert np.abs(volumes["kept"] - expected).max() > 0.01 * scale
-    assert (
-        "leaving out views 1-3, 18, 31 (not fitted by r.json: their transforms are interpolated)" in notes[0]
-    )
+    assert "leaving out views 1-3, 18, 31 (excluded from the alignment r.json)" in notes[0]
     assert not any("leaving out" in n for n in notes[2:])
 
 
@@ -132,7 +134,7 @@ def test_a_records_excluded_views_are_read_back(tmp_path):
         (["--exclude", "32"], "--exclude: view 32 is outside 1..31"),
         (
             ["--exclude", "1-30"],
-            "leaving out 30 of the 31 views (--exclude 1-30) keeps only views at 60 degrees",
+            "leaving out 30 of the 31 views (--exclude 1-30) keeps one view",
         ),
         (["--exclude", "x"], "--exclude: 'x' is not a view number or range"),
         (["--keep-excluded"], "--keep-excluded goes with --alignment"),
@@ -143,3 +145,37 @@ def test_bad_exclusions_are_refused_in_one_line(series, given, message):
     rc, _, err = run_cli([*args, "--thickness", NZ, *given, "--out", series / "bad.rec"])
     assert rc == 2 and message in err and err.count("\n") == 1, err
     assert not (series / "bad.rec").exists()
+
+
+def test_a_non_finite_view_is_named_in_the_stack_and_ignored_when_left_out(series, tmp_path):
+    """A NaN in view 5: with other views left out the error still names view 5 of the stack (it
+    named its place among the kept views); left out itself, it is never read."""
+    with mrcfile.open(series / "all.mrc") as m:
+        data = np.array(m.data)
+    data[4, 10, 10] = np.nan
+    with warnings.catch_warnings(), mrcfile.new(tmp_path / "nan.mrc") as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
+        m.set_data(data)
+    args = ["reconstruct", tmp_path / "nan.mrc", "--xf", series / "all.xf", "--tlt", series / "all.tlt"]
+    args += ["--thickness", NZ]
+    rc, _, err = run_cli([*args, "--exclude", "1", "--out", tmp_path / "bad.rec"])
+    assert rc == 2 and "stack view 5 (section 4 counting from 0) contains non-finite values" in err, err
+    assert not (tmp_path / "bad.rec").exists()
+    rc, _, err = run_cli([*args, "--exclude", "5", "--out", tmp_path / "ok.rec"])
+    assert rc == 0, err
+
+
+def test_align_reconstructs_a_stack_whose_only_bad_view_is_excluded(tmp_path):
+    """``align MARKERS --stack S --exclude 5 --reconstruct``: a NaN in view 5 is no reason to
+    refuse the stack (the tomogram leaves the view out, and says so)."""
+    rc, _, err = run_cli(["simulate", "--stack", "--out-dir", tmp_path / "sim", "--prefix", "s", "--seed", 1])
+    assert rc == 0, err
+    with warnings.catch_warnings(), mrcfile.open(tmp_path / "sim" / "s.mrc", mode="r+") as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
+        m.data[4, 20, 20] = np.nan
+    sim = tmp_path / "sim"
+    args = ["align", sim / "s.csv", "--tilts", sim / "s.rawtlt", "--stack", sim / "s.mrc", "--exclude", 5]
+    rc, out, err = run_cli([*args, "--no-figure", "--reconstruct", 24, "--out-dir", tmp_path / "a"])
+    assert rc == 0, err
+    assert "leaving out view 5 (excluded from the alignment" in out + err
+    assert (tmp_path / "a" / "s.rec.mrc").exists()

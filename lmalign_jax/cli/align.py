@@ -108,8 +108,9 @@ def run_align(args) -> int:
             check_reconstruct_stack(recon_stack, inputs.image_size)
             # a NaN pixel, found while reconstructing, came after the alignment's files were
             # written; a tracked stack's pixels were checked by the tracking
-            if not is_stack_path(args.markers):
-                check_stack_pixels(recon_stack)
+            if not is_stack_path(args.markers):  # views --exclude leaves out of the tomogram may hold any
+                n_views = read_stack_header(recon_stack)[0]
+                check_stack_pixels(recon_stack, excluded_views(args.exclude, n_views) if args.exclude else ())
         if local is not None:  # a grid too large for the markers is refused before the solve
             where = local_grid_option(args, "--patch-size")  # or the --imod-com line that set it
             check_local_grid(inputs.markers.xy, inputs.markers.mask, local, where)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
+
 from ..io.mrc import read_stack_header
 from ..io.mrc_volume import LAYOUTS
 from ..workflow import parse_view_list
 from ..workflow.alignment_inputs import read_alignment_files, read_alignment_json, with_x_axis_tilt
-from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file
+from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file, view_words
 from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, UsageError, check_count, check_output_file, note, warn
 
@@ -131,13 +133,11 @@ def _left_out(args, alignment) -> tuple[list[int], str]:
     )
     why = []
     if given:
-        why.append(f"--exclude {args.exclude}")
-    if unfitted:
-        why.append(
-            f"{'and ' if given else ''}not fitted by {args.alignment}: their transforms are interpolated; "
-            "--keep-excluded back-projects them"
-        )
-    return sorted(set(given) | set(unfitted)), " ".join(why)
+        why.append(f"--exclude {view_words(np.asarray(given))}")
+    only_record = np.setdiff1d(unfitted, given)
+    if only_record.size:
+        why.append(f"{view_words(only_record)} excluded from the alignment {args.alignment}")
+    return sorted(set(given) | set(unfitted)), "; ".join(why)
 
 
 def run_reconstruct(args) -> int:

@@ -313,6 +313,10 @@ class ViewSubset:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def stack_view(self, k: int) -> int:
+        """The (0-based) view of the whole stack that view ``k`` of this subset is."""
+        return int(self._views[k])
+
     def __getitem__(self, key):
         if isinstance(key, tuple):
             return self._stack[(int(self._views[key[0]]), *key[1:])]

@@ -381,10 +381,11 @@ def non_finite_view_problem(v: int) -> str:
 
 
 def _finite_view(stack, v: int, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0 .. r1`` of view ``v``, checked for non-finite values."""
+    """Rows ``r0 .. r1`` of view ``v``, checked for non-finite values (named by the view's number
+    in its file: a stack of some views, ``io.mrc.ViewSubset``, says which with ``stack_view``)."""
     view = np.asarray(stack[v, r0:r1] if r0 or r1 != stack.shape[1] else stack[v])
     if view.dtype.kind == "f" and not np.all(np.isfinite(view)):
-        raise ValueError(non_finite_view_problem(v))
+        raise ValueError(non_finite_view_problem(stack.stack_view(v) if hasattr(stack, "stack_view") else v))
     return view
 
 

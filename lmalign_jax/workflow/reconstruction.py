@@ -107,13 +107,15 @@ def _check_local_angles(path: str, local, tilts_deg: np.ndarray, x_tilts_deg: np
             )
 
 
-def check_stack_pixels(stack_path: str) -> None:
-    """InputError naming ``stack_path`` and the (1-based) view when a view of the stack holds a
-    non-finite value (NaN or infinity), as the reconstruction finds them; reads the stack
-    memory-mapped, one view at a time."""
-    bad = first_non_finite_view(read_stack_streamed(stack_path))
+def check_stack_pixels(stack_path: str, skip_views=()) -> None:
+    """InputError naming ``stack_path`` and the (1-based) view when a view of the stack, other than
+    the 0-based ``skip_views`` (left out of the tomogram), holds a non-finite value (NaN or
+    infinity), as the reconstruction finds them; reads the stack memory-mapped, one view at a time."""
+    stack = read_stack_streamed(stack_path)
+    kept = np.setdiff1d(np.arange(len(stack)), np.asarray(list(skip_views), dtype=np.int64))
+    bad = first_non_finite_view(ViewSubset(stack, kept))
     if bad is not None:
-        raise InputError(stack_path, None, non_finite_view_problem(bad))
+        raise InputError(stack_path, None, non_finite_view_problem(int(kept[bad])))
 
 
 def _x_tilt_words(x_tilts_deg: np.ndarray) -> str:
@@ -230,14 +232,20 @@ def check_room(out_path: str, shape, options: OptionNames = OptionNames()) -> No
 def _check_kept_views(keep: np.ndarray, n_views: int, tilts_deg: np.ndarray, reason: str) -> None:
     """UsageError when leaving views out keeps fewer than two, or only views at one tilt."""
     if keep.size < 2 or np.ptp(tilts_deg[keep]) == 0:
-        kept = "no view" if keep.size == 0 else f"only views at {tilts_deg[keep][0]:g} degrees"
+        kept = (
+            "no view"
+            if keep.size == 0
+            else "one view"
+            if keep.size == 1
+            else f"only views at {tilts_deg[keep][0]:g} degrees"
+        )
         raise UsageError(
             f"leaving out {n_views - keep.size} of the {n_views} views ({reason}) keeps {kept}: a "
             "tomogram needs views at two or more tilts"
         )
 
 
-def _view_words(views: np.ndarray) -> str:
+def view_words(views: np.ndarray) -> str:
     """1-based view numbers as IMOD lists them: ``1-3, 7``."""
     runs, start = [], None
     for k, v in enumerate(views):
@@ -323,7 +331,7 @@ def reconstruct_to_file(
     left_out = alignment.excluded_views if exclude_views is None else exclude_views
     keep = np.setdiff1d(np.arange(n_views), np.asarray([] if left_out is None else left_out, dtype=np.int64))
     if exclusion_reason is None:
-        exclusion_reason = f"not fitted by {alignment.source}: their transforms are interpolated"
+        exclusion_reason = f"excluded from the alignment {alignment.source}"
     if keep.size < n_views:
         _check_kept_views(keep, n_views, alignment.tilts_deg, exclusion_reason)
     if alignment.image_size is not None and (
@@ -477,7 +485,7 @@ def reconstruct_to_file(
         if not quiet:
             note(
                 f"leaving out view{'s' * (n_views - keep.size > 1)} "
-                f"{_view_words(np.setdiff1d(np.arange(n_views), keep))} ({exclusion_reason})"
+                f"{view_words(np.setdiff1d(np.arange(n_views), keep))} ({exclusion_reason})"
             )
         stack = ViewSubset(stack, keep)
         if warp is not None:
