@@ -18,7 +18,8 @@ its tilts, at its 1950 x 1024 px; ``--field shape``: a shape model's alignment, 
 patches for a specimen that domes by up to 40 px 1000 px from the centre and thins by up to 15%
 over the series, the deformation ``lmalign reconstruct --alignment`` applies for ``--model shape``;
 ``--field xtilt``: the X-axis tilt of IMOD's BB set, ``XAXISTILT 1.94`` with its tilts, every view at
--1.94 deg, what ``reconstruct --x-axis-tilt`` or a flattened record applies through one patch per view)
+-1.94 deg, through one patch per view, and as ``reconstruct`` runs it, the untilted back-projection
+read tilted, ``recon.xtilt_backprojection``, the side ``x_tilted``)
 read through sheets (``recon.sheets``, ``--tolerance`` px, the library's default unless given) and, unless
 ``--no-exact``, with every voxel at its own position (``tolerance_px=0``). One warm-up call
 each (compilation), then ``--repeat`` timed calls, the sides taking turns so a change of the
@@ -159,6 +160,13 @@ def run(
             stack, a, d, tilts, sampling, thickness, memory_bytes=memory, out=out_l, tolerance_px=tolerance
         ),
     }
+    if field == "xtilt":  # what reconstruct runs for one X-axis tilt: the untilted volume read tilted
+        from lmalign_jax.recon.xtilt_backprojection import reconstruct_x_tilted
+
+        out_x = np.empty_like(out_g)
+        sides["x_tilted"] = lambda: reconstruct_x_tilted(
+            stack, a, d, tilts, -1.94, thickness, memory_bytes=memory, out=out_x
+        )
     if exact:
         sides["local_exact"] = lambda: reconstruct_local(
             stack, a, d, tilts, sampling, thickness, memory_bytes=memory, out=out_e, tolerance_px=0
@@ -181,6 +189,16 @@ def run(
         "median_s": med,
         "ratio_local_over_global_median": med["local"] / med["global"],
         "ratio_per_repeat": [tl / tg for tl, tg in zip(times["local"], times["global"], strict=True)],
+        **(
+            {
+                "ratio_x_tilted_over_global_median": med["x_tilted"] / med["global"],
+                "ratio_x_tilted_per_repeat": [
+                    tx / tg for tx, tg in zip(times["x_tilted"], times["global"], strict=True)
+                ],
+            }
+            if "x_tilted" in times
+            else {}
+        ),
         **(
             {
                 "ratio_local_exact_over_global_median": med["local_exact"] / med["global"],

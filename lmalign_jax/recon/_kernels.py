@@ -171,7 +171,7 @@ _VIEW_GROUP = 4
 
 
 @partial(jax.jit, static_argnames=("nz", "nx", "z_chunk"))
-def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
+def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk, z_offset=0.0):
     """Back-project filtered, weighted views with rows innermost.
 
     ``q`` is ``(n_views, nd, rows)``: for every view and detector sample, the values of all rows
@@ -185,6 +185,9 @@ def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
     with ``a, b`` the two neighbouring detector samples gathered from the same array (exact
     linear interpolation); each finished chunk is transposed to volume order while it is still
     in cache. Views are padded with zeros to whole groups (they add exactly zero).
+
+    ``z_offset``: the depth of the slab's centre (0: the volume's); the slices lie at
+    ``z_offset + k + 0.5 - nz / 2``.
 
     Returns ``(nz, rows, nx)``.
     """
@@ -202,7 +205,7 @@ def backproject(q, cos_t, sin_t, *, nz, nx, z_chunk):
     n_chunks = -(-nz // z_chunk)
 
     def chunk(z0):
-        z = (z0 + jnp.arange(z_chunk)).astype(dt) + (0.5 - nz / 2)
+        z = (z0 + jnp.arange(z_chunk)).astype(dt) + (0.5 - nz / 2) + jnp.asarray(z_offset, dt)
         u = cos_t[:, None, None] * x[None, None, :] + sin_t[:, None, None] * z[None, :, None] + centre
         idx, frac = lax.optimization_barrier(_linear_index(u, nd))
         idx = idx.reshape(n_groups, group, z_chunk, nx)

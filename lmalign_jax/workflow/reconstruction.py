@@ -31,6 +31,7 @@ from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
+from ..recon.xtilt_backprojection import reconstruct_x_tilted
 from .alignment_inputs import MAX_Z_FACTOR, Alignment
 from .series import check_tilts_vary
 from .status import UsageError, print_note, print_warning
@@ -302,7 +303,9 @@ def reconstruct_to_file(
     one patch per view (the local back-projector with one affine map: no sheet drifts).
     ``alignment.x_tilts_deg`` (tilt's XTILTFILE minus XAXISTILT, a flattened record's .xtilt) tilt
     every view's projection about X the same way, and add to a local file's X-axis tilt deltas
-    (a warp model's sampling tilts each voxel about X before its warp).
+    (a warp model's sampling tilts each voxel about X before its warp); one X-axis tilt for every
+    view, alone, is reconstructed by FBP as tilt does it, the untilted back-projection read tilted
+    (``recon.xtilt_backprojection``).
     ``exclude_views``: 0-based views left out of the tomogram (tilt's EXCLUDELIST; their transforms,
     tilts and patch maps too); None: the alignment's ``excluded_views`` (a record's unfitted views,
     as Etomo leaves the alignment's ExcludeList out of tilt.com); ``exclusion_reason``: why, for the
@@ -429,7 +432,7 @@ def reconstruct_to_file(
             note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
         local = local_path = None
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
-    patch_maps = None
+    patch_maps = one_x_tilt = None
     if local is not None:  # with z factors, the file's own per patch
         patch_maps = (
             local,
@@ -439,6 +442,10 @@ def reconstruct_to_file(
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
         grid, mats, shifts = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
         patch_maps = (grid, mats if x_tilts is None else with_x_tilts(mats, x_tilts), shifts)
+    elif warp is None and zfac is None and x_tilts is not None and sirt is None and np.ptp(x_tilts) == 0:
+        one_x_tilt = float(
+            x_tilts[0]
+        )  # the untilted back-projection, read tilted (recon.xtilt_backprojection)
     elif warp is None and (zfac is not None or x_tilts is not None):
         patch_maps = uniform_patches(
             *local_projection_matrices(None, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
@@ -539,6 +546,8 @@ def reconstruct_to_file(
                     sampling = LocalSampling(*columns, grid=grid)
                 if warp is not None:
                     reconstruct_warp(*views, warp, thickness, **fbp)
+                elif one_x_tilt is not None:
+                    reconstruct_x_tilted(*views, one_x_tilt, thickness, **fbp)
                 elif patch_maps is None:
                     reconstruct(*views, thickness, sirt=sirt, **fbp)
                 elif sirt is not None:
