@@ -21,7 +21,7 @@ import numpy as np
 from ..analysis.compare_local import takes_local
 from ..core.local_options import INCREMENTS, LocalOptions
 from ..io.errors import InputError
-from ..io.imod_com import ComOption, read_tiltalign_com
+from ..io.imod_com import ComOption, read_com_options
 from ..models import get_model
 from ..workflow import parse_view_list
 from ..workflow.series import check_rotation, read_tilt_file
@@ -57,12 +57,13 @@ _NOT_NEEDED = {
 }  # fmt: skip
 
 
-class _Com:
-    """The file's options with the lookups the mapping needs; every error names file and line."""
+class ComFile:
+    """One program's options in an Etomo command file (``program``: "tiltalign" for align.com,
+    "tilt" for tilt.com) with the lookups the mappings need; every error names file and line."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, program: str = "tiltalign"):
         self.path = path
-        self.options = read_tiltalign_com(path)
+        self.options = read_com_options(path, program)
         self.used: set[str] = set()
 
     def get(self, name: str) -> ComOption | None:
@@ -185,7 +186,7 @@ def apply_tiltalign_com(args) -> None:
     """Fill ``args`` (align's parsed options) from ``args.imod_com`` where the command line left
     them unset (``args.local_grid_source``: see :func:`local_grid_option`). Raises InputError for
     an unreadable file or an option it cannot honour."""
-    com = _Com(args.imod_com)
+    com = ComFile(args.imod_com)
     folder = os.path.dirname(os.path.abspath(args.imod_com))
     for name in _UNSUPPORTED:
         entry = com.get(name)
@@ -263,7 +264,7 @@ def apply_tiltalign_com(args) -> None:
         note(f"{args.imod_com}: not used: {', '.join(unused)}")
 
 
-def _modes(com: _Com, model, local: bool) -> dict[str, str]:
+def _modes(com: ComFile, model, local: bool) -> dict[str, str]:
     """The file's mode for each parameter ``model`` has (the Local* options with ``local``); an
     InputError when it solves for one the model has not."""
     modes = {}
@@ -278,7 +279,7 @@ def _modes(com: _Com, model, local: bool) -> dict[str, str]:
     return modes
 
 
-def _apply_modes(com: _Com, args) -> None:
+def _apply_modes(com: ComFile, args) -> None:
     given = _given_names(args.mode)
     for name, mode in _modes(com, get_model(args.model), local=False).items():
         if name in ("rotation", "tilt", "scale"):
@@ -289,7 +290,7 @@ def _apply_modes(com: _Com, args) -> None:
             args.mode = [*(args.mode or []), f"{name}={mode}"]
 
 
-def _apply_local(com: _Com, args) -> None:
+def _apply_local(com: ComFile, args) -> None:
     """The file's local settings where the command line left them unset, each checked at its line
     as ``LocalOptions`` and ``check_local_modes`` check the command line's."""
     if com.get("NumberOfLocalPatchesXandY") is not None:
@@ -336,7 +337,7 @@ def _apply_local(com: _Com, args) -> None:
         raise _all_fixed(com, model)
 
 
-def _all_fixed(com: _Com, model) -> InputError:
+def _all_fixed(com: ComFile, model) -> InputError:
     """The error of a file whose Local*Options (absent: 0) leave every local increment of ``model``
     fixed, at the line asking for local alignment (else its first Local*Option, 0)."""
     stems = [stem for stem, name, _ in PARAMETERS if name in INCREMENTS and name in model.parameters]

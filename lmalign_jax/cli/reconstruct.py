@@ -20,6 +20,7 @@ from ..workflow.alignment_inputs import read_alignment_files, read_alignment_jso
 from ..workflow.reconstruction import DEFAULT_TOLERANCE_PX, FILTER_CHOICES, reconstruct_to_file, view_words
 from ..workflow.series import warn_anisotropic_pixels
 from .common import EXIT_OK, HelpFormatter, UsageError, check_count, check_output_file, note, warn
+from .tilt_com import apply_tilt_com, check_imod_com_args
 
 #: The FBP filter when --filter is not given (it is None then, so that --sirt can refuse a given one).
 DEFAULT_FILTER = "ramp"
@@ -132,8 +133,8 @@ def _left_out(args, alignment) -> tuple[list[int], str]:
         [] if args.keep_excluded or alignment.excluded_views is None else list(alignment.excluded_views)
     )
     why = []
-    if given:
-        why.append(f"--exclude {view_words(np.asarray(given))}")
+    if given:  # --exclude, or the tilt.com lists that gave it
+        why.append(getattr(args, "exclude_source", None) or f"--exclude {view_words(np.asarray(given))}")
     only_record = np.setdiff1d(unfitted, given)
     if only_record.size:
         why.append(f"{view_words(only_record)} excluded from the alignment {args.alignment}")
@@ -141,6 +142,14 @@ def _left_out(args, alignment) -> tuple[list[int], str]:
 
 
 def run_reconstruct(args) -> int:
+    check_imod_com_args(args)
+    if args.imod_com is not None:
+        apply_tilt_com(args)
+    if args.thickness is None:
+        where = f" ({args.imod_com} has no THICKNESS)" if args.imod_com is not None else ""
+        raise UsageError(f"--thickness NZ is required: the tomogram's thickness in unbinned pixels{where}")
+    args.bin = 1 if args.bin is None else args.bin
+    args.layout = args.layout or "zyx"
     _check_args(args)
     if args.out == "":
         raise UsageError("--out is empty; give a file name such as tomo.rec.mrc (or leave --out out)")
@@ -156,7 +165,7 @@ def run_reconstruct(args) -> int:
     with_x_axis_tilt(alignment, args.xtilt, args.x_axis_tilt)
     left_out, why = _left_out(args, alignment)
     local = _local_file(args, alignment)
-    inputs = (args.stack, args.xf, args.tlt, args.zfac, args.xtilt, args.alignment, local)
+    inputs = (args.stack, args.xf, args.tlt, args.zfac, args.xtilt, args.alignment, local, args.imod_com)
     check_output_file(out, inputs, "--out", "tomo.rec.mrc")
     info = reconstruct_to_file(
         args.stack,
@@ -219,7 +228,9 @@ within --memory GB; the free disk space is checked first. --local applies an IMO
 alignment position by position (as tilt's LOCALFILE); a record of --model warp has its per-view
 warp applied the same way. --xtilt and --x-axis-tilt tilt the specimen about X as tilt's
 XTILTFILE and XAXISTILT do (view angle = .xtilt value - XAXISTILT); a record of 'align --flatten'
-has its X-axis tilt applied so, as tilt applies the .xtilt written beside it.
+has its X-axis tilt applied so, as tilt applies the .xtilt written beside it. --exclude leaves
+views out, as tilt's EXCLUDELIST (a record's views its alignment did not fit are left out too).
+--imod-com tilt.com takes these settings from an Etomo project's tilt command file.
 
 Exit status: 0 success, 2 bad input (no output written), 3 internal error (a bug).
 """
@@ -282,10 +293,13 @@ def add_reconstruct(sub):
         "interpolated from their neighbours in tilt)",
     )
     p.add_argument(
-        "--thickness", type=float, required=True, metavar="NZ", help="tomogram thickness in unbinned pixels"
+        "--thickness",
+        type=float,
+        metavar="NZ",
+        help="tomogram thickness in unbinned pixels (required unless --imod-com gives THICKNESS)",
     )
     p.add_argument(
-        "--bin", type=int, default=1, metavar="B", help="bin the stack B x B first (voxel = B pixels)"
+        "--bin", type=int, metavar="B", help="bin the stack B x B first (voxel = B pixels) (default: 1)"
     )
     p.add_argument(
         "--filter",
@@ -313,9 +327,16 @@ def add_reconstruct(sub):
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
-        default="zyx",
         help="zyx: sections are z slices (as after IMOD trimvol -rx, depth reversed); imod-tilt: tilt's own "
-        "volume (X, depth as rows, Y as sections)",
+        "volume (X, depth as rows, Y as sections) (default: zyx; with --imod-com, imod-tilt where it says "
+        "PERPENDICULAR)",
+    )
+    p.add_argument(
+        "--imod-com",
+        metavar="TILT.COM",
+        help="with --xf: take the reconstruction settings from an Etomo tilt command file (tilt.com): tilt "
+        "file, X-axis tilt (XTILTFILE, XAXISTILT), z factors, local file, excluded views, thickness, "
+        "binning, radial filter, SIRT-like filter and layout; options given here win",
     )
     p.add_argument(
         "--memory",

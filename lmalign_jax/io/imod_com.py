@@ -1,9 +1,9 @@
-"""The tiltalign options of an IMOD command file (Etomo's ``align.com``).
+"""The options of one program in an IMOD command file (Etomo's ``align.com``, ``tilt.com``).
 
-Etomo writes each program's options in PIP form: a line ``$tiltalign -StandardInput`` and then
-one option a line, ``Name<tab or spaces>value`` (a name alone is a flag), ``#`` comment lines,
-until the next ``$`` line. Only the ``$tiltalign`` section is read; what the options mean for an
-alignment is for the caller (``lmalign_jax.cli.imod_com``).
+Etomo writes each program's options in PIP form: a line ``$tiltalign -StandardInput`` (or
+``$tilt -StandardInput``) and then one option a line, ``Name<tab or spaces>value`` (a name alone
+is a flag), ``#`` comment lines, until the next ``$`` line. Only that program's section is read;
+what the options mean is for the caller (``lmalign_jax.cli.imod_com``, ``lmalign_jax.cli.tilt_com``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from ._text import read_lines
 from .errors import InputError
 
-__all__ = ["ComOption", "read_tiltalign_com"]
+__all__ = ["ComOption", "read_com_options", "read_tiltalign_com"]
+
+#: The command file Etomo writes each program's options into, for messages.
+_COM_FILES = {"tiltalign": "align.com", "tilt": "tilt.com"}
 
 
 @dataclass(frozen=True)
@@ -27,32 +30,38 @@ class ComOption:
 
 
 def read_tiltalign_com(path: str | os.PathLike) -> dict[str, list[ComOption]]:
-    """The options of the file's ``$tiltalign`` section, name -> its lines in file order.
+    """The options of the file's ``$tiltalign`` section (:func:`read_com_options`)."""
+    return read_com_options(path, "tiltalign")
 
-    Raises InputError for a file without a ``$tiltalign`` section, for one written in
-    tiltalign's old sequential form (answers one a line, without ``-StandardInput``), and for a
-    section with no options.
+
+def read_com_options(path: str | os.PathLike, program: str) -> dict[str, list[ComOption]]:
+    """The options of the file's ``$<program>`` section, name -> its lines in file order.
+
+    Raises InputError for a file without that section, for one written in the program's old
+    sequential form (answers one a line, without ``-StandardInput``), and for a section with no
+    options.
     """
     lines = read_lines(path)
     start = None
     for number, text in enumerate(lines, 1):
         words = text.split()
-        if words and words[0] == "$tiltalign":
+        if words and words[0] == f"${program}":
             if "-StandardInput" not in words[1:]:
                 raise InputError(
                     path,
                     number,
-                    "tiltalign's old sequential input (answers one a line) is not read: give the "
-                    "options as Etomo writes them ('$tiltalign -StandardInput', then 'Name value' lines)",
+                    f"{program}'s old sequential input (answers one a line) is not read: give the "
+                    f"options as Etomo writes them ('${program} -StandardInput', then 'Name value' lines)",
                 )
             if len(words) > 2:
                 raise InputError(
-                    path, number, "options on the $tiltalign line itself are not read: one a line below it"
+                    path, number, f"options on the ${program} line itself are not read: one a line below it"
                 )
             start = number
             break
     if start is None:
-        raise InputError(path, None, "no '$tiltalign' command in the file (is it an Etomo align.com?)")
+        com = _COM_FILES.get(program, f"{program} command file")
+        raise InputError(path, None, f"no '${program}' command in the file (is it an Etomo {com}?)")
     options: dict[str, list[ComOption]] = {}
     for number, text in enumerate(lines[start:], start + 1):
         stripped = text.strip()
@@ -63,5 +72,5 @@ def read_tiltalign_com(path: str | os.PathLike) -> dict[str, list[ComOption]]:
         name, *rest = stripped.split(None, 1)
         options.setdefault(name, []).append(ComOption(name, rest[0].strip() if rest else "", number))
     if not options:
-        raise InputError(path, start, "the $tiltalign command has no options after it")
+        raise InputError(path, start, f"the ${program} command has no options after it")
     return options

@@ -1,0 +1,182 @@
+"""``reconstruct --imod-com tilt.com``: an Etomo tilt command file's options as reconstruct's.
+
+Options given on the command line win; the file fills in the rest, its file names taken relative
+to its folder (where Etomo runs tilt). What tilt's options mean (its man page and tilt.f90):
+TILTFILE, XTILTFILE, XAXISTILT, ZFACTORFILE, LOCALFILE, EXCLUDELIST and EXCLUDELIST2 (added up),
+THICKNESS (unbinned pixels), IMAGEBINNED (the aligned stack's binning: ``--bin``), RADIAL,
+FakeSIRTiterations (``--sirtlike``) and PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``)
+are applied. tilt reads the aligned stack (InputProjections, the raw stack through its ``.xf``):
+here the raw stack and ``--xf`` are given, so the names of tilt's input and output, the aligned
+stack's subset (SUBSETSTART, FULLIMAGE, checked against the stack), GPU and interpolation settings
+have no bearing. Options that would change the tomogram in a way not done here (a tilt-angle
+OFFSET or a SHIFT other than 0, subsets, reprojection, compression, LOCALSCALE, PARALLEL slices)
+are refused at their line; LOG, SCALE and MODE, which change only the output's densities, are
+named in a warning (the tomogram is float32 densities as back-projected).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..io.errors import InputError
+from ..io.mrc import read_stack_header
+from ..workflow import parse_view_list
+from .common import UsageError, note, warn
+from .imod_com import ComFile
+
+__all__ = ["apply_tilt_com", "check_imod_com_args"]
+
+#: Options that change the tomogram in a way reconstruct does not: name -> why, for the message.
+_REFUSED = {
+    "SLICE": "a range of slices is not reconstructed here (the whole volume is)",
+    "WIDTH": "a narrower width is not reconstructed here (the whole image width is)",
+    "TOTALSLICES": "a range of slices is not reconstructed here (the whole volume is)",
+    "PARALLEL": "slices parallel to the specimen are not written here (--layout zyx or imod-tilt)",
+    "COMPRESS": "compression of the views is not supported",
+    "COMPFRACTION": "compression of the views is not supported",
+    "DENSWEIGHT": "density weighting other than the angular increments is not supported",
+    "INCLUDE": "view ranges to include are not read: give EXCLUDELIST (or --exclude)",
+    "EXCLUDE": "view ranges to exclude are not read: give EXCLUDELIST (or --exclude)",
+    "LOCALSCALE": "the local file's scale comes from the pixel sizes (its header and the stack's)",
+    "REPROJECT": "reprojection is not done by reconstruct",
+    "RecFileToReproject": "reprojection is not done by reconstruct",
+    "ViewsToReproject": "reprojection is not done by reconstruct",
+    "XMinAndMaxReproj": "reprojection is not done by reconstruct",
+    "YMinAndMaxReproj": "reprojection is not done by reconstruct",
+    "ZMinAndMaxReproj": "reprojection is not done by reconstruct",
+    "MASK": "a mask of the slices is not applied here",
+    "REPLICATE": "replicated views are not supported",
+    "ANGLES": "angles are read from the tilt file (TILTFILE, --tlt)",
+}
+#: Options that change only the output's densities: named in one warning.
+_DENSITIES = ("LOG", "SCALE", "MODE")
+#: Options with no bearing on a reconstruction from the raw stack and its .xf.
+_NOT_NEEDED = {
+    "InputProjections",
+    "OutputFile",
+    "SUBSETSTART",
+    "AdjustOrigin",
+    "ActionIfGPUFails",
+    "UseGPU",
+    "COSINTERP",
+    "FBPINTERP",
+    "XTILTINTERP",
+    "DONE",
+    "FULLIMAGE",
+    "PERPENDICULAR",
+}
+
+
+def apply_tilt_com(args) -> None:
+    """Fill ``args`` (reconstruct's parsed options) from ``args.imod_com`` where the command line
+    left them unset. InputError names the file and line of an option it cannot honour."""
+    com = ComFile(args.imod_com, "tilt")
+    folder = os.path.dirname(os.path.abspath(args.imod_com))
+
+    def file_named(name: str) -> str | None:
+        entry = com.get(name)
+        if entry is None:
+            return None
+        if not entry.value:
+            raise com.error(entry, f"{name}: no file name")
+        return os.path.join(folder, entry.value)
+
+    for name, why in _REFUSED.items():
+        entry = com.get(name)
+        if entry is not None:
+            raise com.error(entry, f"{name} {entry.value}: {why}".replace("  ", " "))
+    offset = com.numbers("OFFSET", 1)
+    if offset is not None and offset[0] != 0:
+        raise com.error(
+            com.get("OFFSET"),
+            f"OFFSET {offset[0]:g}: a tilt-angle offset is not applied here; add it to the tilt file "
+            "(or set OFFSET 0)",
+        )
+    shift = com.numbers("SHIFT", 2)
+    if shift is not None and any(shift):
+        raise com.error(
+            com.get("SHIFT"),
+            f"SHIFT {shift[0]:g} {shift[1]:g}: a shifted volume is not reconstructed here (only 0 0)",
+        )
+    n_views, ny, nx, _ = read_stack_header(args.stack)
+    size = com.numbers("FULLIMAGE", 2, whole=True)
+    if size is not None and (int(size[0]), int(size[1])) != (nx, ny):
+        raise com.error(
+            com.get("FULLIMAGE"),
+            f"FULLIMAGE {size[0]:g} {size[1]:g}: the stack {args.stack} is {nx} x {ny} pixels (give the "
+            "raw stack the alignment was made for)",
+        )
+    if args.tlt is None:
+        args.tlt = file_named("TILTFILE")
+        if args.tlt is None:
+            raise com.error(None, "no TILTFILE: give the tilt angles with --tlt")
+    if args.xtilt is None:
+        args.xtilt = file_named("XTILTFILE")
+    x_axis_tilt = com.numbers("XAXISTILT", 1)
+    if args.x_axis_tilt is None and x_axis_tilt is not None:
+        if not abs(x_axis_tilt[0]) < 90:
+            raise com.error(com.get("XAXISTILT"), f"XAXISTILT {x_axis_tilt[0]:g}: not within -90..90 degrees")
+        args.x_axis_tilt = x_axis_tilt[0]
+    if args.zfac is None:
+        args.zfac = file_named("ZFACTORFILE")
+    if args.local is None:
+        args.local = file_named("LOCALFILE")
+    thickness = com.numbers("THICKNESS", 1)
+    if args.thickness is None and thickness is not None:
+        if not thickness[0] > 0:
+            raise com.error(
+                com.get("THICKNESS"), f"THICKNESS {thickness[0]:g}: not a positive number of pixels"
+            )
+        args.thickness = thickness[0]
+    binning = com.numbers("IMAGEBINNED", 1, whole=True)
+    if args.bin is None and binning is not None:
+        if binning[0] < 1:
+            raise com.error(com.get("IMAGEBINNED"), f"IMAGEBINNED {binning[0]:g}: not a binning (1 or more)")
+        args.bin = int(binning[0])
+    radial = com.numbers("RADIAL", 2)
+    if args.radial is None and radial is not None and args.sirt is None:
+        if not (0 < radial[0] <= 0.5 and radial[1] >= 0):
+            raise com.error(
+                com.get("RADIAL"),
+                f"RADIAL {radial[0]:g} {radial[1]:g}: need 0 < cutoff <= 0.5 and falloff >= 0 (cycles/pixel)",
+            )
+        args.radial = list(radial)
+    iterations = com.integer("FakeSIRTiterations")
+    if args.sirtlike is None and iterations is not None and iterations > 0 and args.sirt is None:
+        args.sirtlike = iterations
+    excluded = [e for name in ("EXCLUDELIST", "EXCLUDELIST2") for e in com.options.get(name, []) if e.value]
+    com.used.update(("EXCLUDELIST", "EXCLUDELIST2"))
+    if args.exclude is None and excluded:
+        for entry in excluded:  # each list checked where it is written
+            com.fail_on(entry, parse_view_list, entry.value, n_views, entry.name)
+        args.exclude = ",".join(e.value for e in excluded)
+        args.exclude_source = f"{args.imod_com} " + ", ".join(f"{e.name} {e.value}" for e in excluded)
+    if args.layout is None and com.flag("PERPENDICULAR"):
+        args.layout = "imod-tilt"
+    densities = [f"{name} {com.get(name).value}".strip() for name in _DENSITIES if com.get(name) is not None]
+    if densities:
+        warn(
+            f"{args.imod_com}: {', '.join(densities)} not applied: the tomogram holds the densities as "
+            "back-projected, float32 (tilt's LOG, SCALE and MODE change only the output's values)"
+        )
+    unused = [
+        f"{name} (line {entries[0].line})"
+        for name, entries in com.options.items()
+        if name not in com.used | _NOT_NEEDED
+    ]
+    if unused and not args.quiet:
+        note(f"{args.imod_com}: not used: {', '.join(unused)}")
+
+
+def check_imod_com_args(args) -> None:
+    """UsageError for --imod-com with an --alignment record (tilt.com's files go with --xf)."""
+    if args.imod_com is not None and args.alignment is not None:
+        raise UsageError(
+            "--imod-com goes with --xf (tilt.com names IMOD's files; an --alignment record has its own)"
+        )
+    if args.imod_com is not None and args.xf is None:
+        raise UsageError(
+            "--imod-com needs --xf: the transforms that made tilt's aligned stack from this raw stack"
+        )
+    if args.imod_com is not None and not os.path.isfile(args.imod_com):
+        raise InputError(args.imod_com, None, "no such file")

@@ -1,0 +1,177 @@
+"""``lmalign reconstruct --xf X --imod-com tilt.com``: an Etomo tilt command file's settings as the
+options reconstruct would take (the same volume as those options given by hand), the command line
+winning; options it cannot honour refused at their line, nothing written."""
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from helpers import bead_views, run_cli
+
+from lmalign_jax.export.imod import write_xtilt
+from lmalign_jax.io import write_tlt, write_xf
+
+DATA = Path(__file__).parent / "data"
+N, NZ = 64, 24
+TILTS = np.linspace(-60.0, 60.0, 31)
+COM = """# Command file to run Tilt
+$tilt -StandardInput
+InputProjections s.ali
+OutputFile s.rec
+IMAGEBINNED 1
+FULLIMAGE 64 64
+LOG 0.0
+MODE 1
+OFFSET 0.0
+PERPENDICULAR
+AdjustOrigin
+RADIAL 0.35 0.05
+SCALE 0.0 1000.0
+SHIFT 0.0 0.0
+SUBSETSTART 0 0
+THICKNESS 24
+TILTFILE s.tlt
+XAXISTILT -7
+XTILTFILE s.xtilt
+EXCLUDELIST 1
+ActionIfGPUFails 1,2
+$if (-e ./savework) ./savework
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A 31-view stack of beads with its unit .xf, .tlt, an .xtilt of zeros and tilt.com (COM)."""
+    d = tmp_path_factory.mktemp("tiltcom")
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(-20, 20, (TILTS.size, 6, 2))
+    with mrcfile.new(d / "s.mrc") as m:
+        m.set_data(bead_views(positions, N, 1.2))
+    write_xf(d / "s.xf", np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)))
+    write_tlt(d / "s.tlt", TILTS)
+    write_xtilt(d / "s.xtilt", np.zeros(TILTS.size))
+    (d / "tilt.com").write_text(COM)
+    return d
+
+
+def volume(path) -> np.ndarray:
+    with mrcfile.open(path) as m:
+        return np.array(m.data)
+
+
+def test_tilt_com_gives_the_volume_of_its_options_given_by_hand(folder):
+    """The com's TILTFILE, XTILTFILE, XAXISTILT, EXCLUDELIST, THICKNESS, RADIAL and PERPENDICULAR
+    (tilt's layout) as reconstruct's options: the same volume, bit for bit; LOG, SCALE and MODE
+    named in a warning; a --thickness on the command line wins."""
+    d = folder
+    rc, out, err = run_cli(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", "--imod-com", d / "tilt.com"])
+    assert rc == 0, err
+    assert "LOG 0.0, SCALE 0.0 1000.0, MODE 1 not applied" in err and err.count("warning") == 2, err
+    assert (
+        "leaving out view 1 (" in out + err
+        and "tilt.com EXCLUDELIST 1)" in out + err
+        and "X-axis tilt 7.00 deg" in out + err
+    )
+    by_hand = ["--tlt", d / "s.tlt", "--xtilt", d / "s.xtilt", "--x-axis-tilt", -7, "--exclude", 1]
+    by_hand += ["--thickness", NZ, "--radial", 0.35, 0.05, "--layout", "imod-tilt"]
+    rc, _, err = run_cli(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", *by_hand, "--out", d / "hand.mrc"])
+    assert rc == 0, err
+    from_com = volume(d / "s.rec.mrc")
+    assert from_com.shape == (N, NZ, N)  # tilt's layout: X, depth as rows, Y as sections
+    np.testing.assert_array_equal(from_com, volume(d / "hand.mrc"))
+    rc, _, err = run_cli(
+        ["reconstruct", d / "s.mrc", "--xf", d / "s.xf", "--imod-com", d / "tilt.com", "--thickness", 16]
+        + ["--layout", "zyx", "--out", d / "thin.mrc"]
+    )
+    assert rc == 0 and volume(d / "thin.mrc").shape == (16, N, N), err
+
+
+def test_etomos_own_tilt_com_of_the_bb_set_is_read(tmp_path):
+    """IMOD's BB tilta.com (LOCALFILE, ZFACTORFILE, XTILTFILE, XAXISTILT 1.94, EXCLUDELIST 1,
+    SUBSETSTART -19 -19) beside its files and a 512 px stack of its 61 views: reconstructed
+    (binned 8 here for time) through its local file with its z factors and X-axis tilt."""
+    import shutil
+
+    for name in ("BBa.tlt", "BBa.xtilt", "BBa.xf"):
+        shutil.copy(DATA.parent.parent / "lmalign_jax" / "data" / "imod-bb" / name, tmp_path / name)
+    for name in ("BBalocal.xf", "BBa.zfac"):
+        shutil.copy(DATA / "imod-local" / name, tmp_path / name)
+    shutil.copy(DATA / "imod-com" / "tilta.com", tmp_path / "tilta.com")
+    with mrcfile.new(tmp_path / "BBa.st") as m:
+        m.set_data(np.random.default_rng(1).standard_normal((61, 512, 512)).astype(np.float32))
+    args = [
+        "reconstruct",
+        tmp_path / "BBa.st",
+        "--xf",
+        tmp_path / "BBa.xf",
+        "--imod-com",
+        tmp_path / "tilta.com",
+    ]
+    rc, out, err = run_cli([*args, "--bin", 8, "--out", tmp_path / "BBa.rec"])
+    assert rc == 0, err
+    said = out + err
+    assert "tilta.com EXCLUDELIST 1)" in said and "reconstructing 60 views" in said
+    assert "local alignment" in said and "X-axis tilt" in said
+    assert volume(tmp_path / "BBa.rec").shape == (512 // 8, 84 // 8, 512 // 8)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("OFFSET 0.0", "OFFSET 1.5: a tilt-angle offset is not applied here"),
+        ("SHIFT 0.0 0.0", "SHIFT 0 12: a shifted volume is not reconstructed here"),
+        ("THICKNESS 24", "THICKNESS -4: not a positive number of pixels"),
+        ("EXCLUDELIST 1", "EXCLUDELIST 40: view 40 is outside 1..31"),
+        ("FULLIMAGE 64 64", "FULLIMAGE 128 64: the stack"),
+        ("XAXISTILT -7", "XAXISTILT 95: not within -90..90 degrees"),
+        ("AdjustOrigin", "SLICE 0 10: a range of slices is not reconstructed here"),
+        ("TILTFILE s.tlt", "no TILTFILE: give the tilt angles with --tlt"),
+        ("RADIAL 0.35 0.05", "RADIAL 0.7 0.05: need 0 < cutoff <= 0.5"),
+        ("MODE 1", "THICKNESS is given twice (lines"),
+    ],
+)
+def test_options_it_cannot_honour_are_refused_at_their_line(folder, tmp_path, line, message):
+    replacement = {
+        "OFFSET 0.0": "OFFSET 1.5",
+        "SHIFT 0.0 0.0": "SHIFT 0 12",
+        "THICKNESS 24": "THICKNESS -4",
+        "EXCLUDELIST 1": "EXCLUDELIST 40",
+        "FULLIMAGE 64 64": "FULLIMAGE 128 64",
+        "XAXISTILT -7": "XAXISTILT 95",
+        "AdjustOrigin": "SLICE 0 10",
+        "TILTFILE s.tlt": "",
+        "RADIAL 0.35 0.05": "RADIAL 0.7 0.05",
+        "MODE 1": "THICKNESS 30",
+    }[line]
+    text = COM.replace(line + "\n", replacement + "\n" if replacement else "")
+    for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
+        (tmp_path / name).symlink_to(folder / name)
+    (tmp_path / "tilt.com").write_text(text)
+    rc, _, err = run_cli(
+        ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
+        + ["--out", tmp_path / "bad.mrc"]
+    )
+    assert rc == 2 and message in err and "tilt.com" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad.mrc").exists()
+
+
+def test_imod_com_goes_with_xf(folder, tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "old.com").write_text("$tilt\ns.ali\ns.rec\nTHICKNESS 24\nDONE\n")
+    base = ["reconstruct", folder / "s.mrc", "--out", tmp_path / "bad.mrc"]
+    for given, message in (
+        (
+            ["--alignment", tmp_path / "a.json", "--imod-com", folder / "tilt.com"],
+            "--imod-com goes with --xf",
+        ),
+        (["--imod-com", folder / "tilt.com"], "--imod-com needs --xf"),
+        (["--xf", folder / "s.xf", "--imod-com", tmp_path / "none.com"], "none.com: no such file"),
+        (
+            ["--xf", folder / "s.xf", "--imod-com", tmp_path / "old.com"],
+            "old.com:1: tilt's old sequential input",
+        ),
+    ):
+        rc, _, err = run_cli([*base, *given])
+        assert rc == 2 and message in err and err.count("\n") == 1, (given, err)
+    assert not (tmp_path / "bad.mrc").exists()
