@@ -119,8 +119,8 @@ def test_etomos_own_tilt_com_of_the_bb_set_is_read(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("OFFSET 0.0", "OFFSET 1.5: a tilt-angle offset is not applied here"),
-        ("SHIFT 0.0 0.0", "SHIFT 0 12: a shifted volume is not reconstructed here"),
+        ("OFFSET 0.0", "OFFSET 1.5: a tilt-angle or tilt-axis offset is not applied here"),
+        ("SHIFT 0.0 0.0", "SHIFT 0 12: a shifted volume is not reconstructed here (only 0)"),
         ("THICKNESS 24", "THICKNESS -4: not a positive number of pixels"),
         ("EXCLUDELIST 1", "EXCLUDELIST 40: view 40 is outside 1..31"),
         ("FULLIMAGE 64 64", "FULLIMAGE 128 64: the stack"),

@@ -85,19 +85,14 @@ def apply_tilt_com(args) -> None:
         entry = com.get(name)
         if entry is not None:
             raise com.error(entry, f"{name} {entry.value}: {why}".replace("  ", " "))
-    offset = com.numbers("OFFSET", 1)
-    if offset is not None and offset[0] != 0:
-        raise com.error(
-            com.get("OFFSET"),
-            f"OFFSET {offset[0]:g}: a tilt-angle offset is not applied here; add it to the tilt file "
-            "(or set OFFSET 0)",
-        )
-    shift = com.numbers("SHIFT", 2)
-    if shift is not None and any(shift):
-        raise com.error(
-            com.get("SHIFT"),
-            f"SHIFT {shift[0]:g} {shift[1]:g}: a shifted volume is not reconstructed here (only 0 0)",
-        )
+    # OFFSET: the tilt-angle offset, then optionally a tilt-axis offset (px); SHIFT: x, then optionally z
+    for name, what in (
+        ("OFFSET", "a tilt-angle or tilt-axis offset is not applied here; add it to the tilt file"),
+        ("SHIFT", "a shifted volume is not reconstructed here"),
+    ):
+        values = _one_or_two_numbers(com, name)
+        if values is not None and any(values):
+            raise com.error(com.get(name), f"{name} {com.get(name).value}: {what} (only 0)")
     n_views, ny, nx, _ = read_stack_header(args.stack)
     size = com.numbers("FULLIMAGE", 2, whole=True)
     if size is not None and (int(size[0]), int(size[1])) != (nx, ny):
@@ -166,6 +161,15 @@ def apply_tilt_com(args) -> None:
     ]
     if unused and not args.quiet:
         note(f"{args.imod_com}: not used: {', '.join(unused)}")
+
+
+def _one_or_two_numbers(com: ComFile, name: str) -> tuple[float, ...] | None:
+    """The option's one or two numbers (tilt reads the second as optional), None when absent."""
+    entry = com.get(name)
+    if entry is None:
+        return None
+    count = len(entry.value.replace(",", " ").split())
+    return com.numbers(name, count if count in (1, 2) else 1)
 
 
 def check_imod_com_args(args) -> None:
