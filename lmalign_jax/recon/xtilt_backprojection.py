@@ -27,37 +27,55 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _kernels
-from .fbp import default_memory_bytes
+from .fbp import default_memory_bytes, plan_slabs, slice_count
 from .local_backprojection import stream_backprojection
 
-__all__ = ["x_tilt_row_margin", "reconstruct_x_tilted"]
+__all__ = ["x_tilt_row_margin", "lab_extent", "lab_bytes", "reads_tilted_cheaply", "reconstruct_x_tilted"]
 
 
 def x_tilt_row_margin(x_tilt_deg: float, shape: tuple[int, int, int]) -> int:
     """Rows by which a point of a ``shape`` (NZ, NY, NX) binned volume reads L away from its own
-    row: ``|z sin a| + |y| (1 - cos a)`` at most, plus 2 for the interpolation."""
+    row: ``|z sin a| + |y| (1 - cos a)`` at most, plus 4 for L's edge rows and the interpolation."""
     nz, ny, _ = shape
     a = math.radians(float(x_tilt_deg))
-    return int(math.ceil(nz / 2 * abs(math.sin(a)) + ny / 2 * (1 - math.cos(a)))) + 2
+    return int(math.ceil(nz / 2 * abs(math.sin(a)) + ny / 2 * (1 - math.cos(a)))) + 4
 
 
-@partial(jax.jit, static_argnames=("margin", "nz_lab", "z_chunk"))
-def _x_tilted_slab(band, band0, y, z, cos_t, sin_t, cos_a, sin_a, *, margin, nz_lab, z_chunk):
+def lab_extent(x_tilt_deg: float, rows: int, nz: int) -> tuple[int, int]:
+    """(rows, slices) of L that a slab of ``rows`` output rows and ``nz`` slices reads: the rows
+    ``y cos a - z sin a`` and depths ``y sin a + z cos a`` of its points, with room for the
+    interpolation and the whole-slice offset of L's centre; the slices of ``nz``'s parity."""
+    a = math.radians(float(x_tilt_deg))
+    c, s = math.cos(a), abs(math.sin(a))
+    rows_lab = int(math.ceil((rows - 1) * c + nz * s)) + 4
+    nz_lab = int(math.ceil((rows - 1) * s + nz * c)) + 6
+    return rows_lab, nz_lab + (nz_lab - nz) % 2
+
+
+def lab_bytes(x_tilt_deg: float, rows: int, nz: int, nx: int) -> int:
+    """Memory for L of one slab (float32), twice: itself and its view-sum's working copies."""
+    rows_lab, nz_lab = lab_extent(x_tilt_deg, rows, nz)
+    return 2 * 4 * rows_lab * nz_lab * nx
+
+
+@partial(jax.jit, static_argnames=("rows_lab", "nz_lab", "z_chunk"))
+def _x_tilted_slab(band, band0, y, z, cos_t, sin_t, cos_a, sin_a, *, rows_lab, nz_lab, z_chunk):
     """(NZ, rows, NX) of the tilted volume at centred rows ``y`` (rows,) and depths ``z`` (NZ,):
     L back-projected from ``band`` (V, NX + 2, B + 2; band row = centred y - ``band0``) on the
-    slab's rows +- ``margin`` and ``nz_lab`` depths about the slab's centre, read at each point's
-    (y cos a - z sin a, y sin a + z cos a)."""
+    ``rows_lab`` rows and ``nz_lab`` depths the slab's points reach (:func:`lab_extent`), read at
+    each point's (y cos a - z sin a, y sin a + z cos a)."""
     n_views, nx = band.shape[0], band.shape[1] - 2
-    rows = y.shape[0]
-    rows_lab = rows + 2 * margin
+    rows, nz = y.shape[0], z.shape[0]
     dt = band.dtype
-    start = jnp.round(y[0] - band0).astype(jnp.int32) - margin  # the band row of L's row 0
+    reach = jnp.abs(sin_a) * (nz / 2)
+    # L's row 0: one below the lowest row the slab reads (the first row at the deepest |z|)
+    start = jnp.floor(y[0] * cos_a - reach - band0).astype(jnp.int32) - 1
     origin = (jnp.int32(0), jnp.int32(1), (1 + start).astype(jnp.int32))  # one index type, with x64 too
     q = jax.lax.dynamic_slice(band, origin, (n_views, nx, rows_lab))
     y_first = band0 + start.astype(dt)  # centred y of L's row 0
     # L's slices on the output's lattice whatever the slab (a whole-slice offset, nz_lab of nz's
     # parity): the same L values, so the volume does not depend on the slab plan (memory)
-    z_centre = jnp.round(0.5 * (y[0] + y[-1]) * sin_a)
+    z_centre = jnp.round((y[0] + 0.5 * (rows - 1)) * sin_a)
     lab = _kernels.backproject(q, cos_t, sin_t, nz=nz_lab, nx=nx, z_chunk=z_chunk, z_offset=z_centre)
     row = y[None, :] * cos_a - z[:, None] * sin_a - y_first  # (NZ, rows) in L's rows
     depth = y[None, :] * sin_a + z[:, None] * cos_a - z_centre - (0.5 - nz_lab / 2)  # L's slices
@@ -70,6 +88,37 @@ def _x_tilted_slab(band, band0, y, z, cos_t, sin_t, cos_a, sin_a, *, margin, nz_
     top = flat[k] + fr * (flat[k + 1] - flat[k])
     bottom = flat[k + rows_lab] + fr * (flat[k + rows_lab + 1] - flat[k + rows_lab])
     return top + fd * (bottom - top)
+
+
+def _slab_rows(x_tilt_deg, n_views, shape, budget: int) -> int:
+    """Output rows per slab: the plan's (``fbp.plan_slabs``), halved while the slab and its L pass
+    half the budget (down to 8 rows; below, the budget is exceeded, as the plan does)."""
+    nz, ny_b, nx_b = shape
+    rows = plan_slabs(n_views, ny_b, nx_b, nz, budget).slab_rows
+    while rows > 8 and 4 * 4 * rows * nz * nx_b + lab_bytes(x_tilt_deg, rows, nz, nx_b) > budget // 2:
+        rows = max(8, rows // 2)
+    return rows
+
+
+#: Most voxels of L per output voxel for which L read tilted is taken over reads through sheets
+#: (``recon.sheets``). Measured at 256 x 256 x 128, 61 views (2026-12-06, ad hoc): default
+#: memory, 1.2-2.2 L voxels per voxel, 1.0-1.6 s against 7.0 s through sheets up to 60 deg; in
+#: 5 MB (4-row slabs), 5 deg at 3.4: 2.5 s against 6.1; 30 deg at 16.5: 6.1 s against 7.9; 60 deg
+#: at 16.7: 19 s against 7.9 (each pass resamples its margin of 123 rows again).
+MAX_LAB_VOXELS_PER_VOXEL = 8.0
+
+
+def reads_tilted_cheaply(
+    x_tilt_deg: float, n_views: int, shape: tuple[int, int, int], memory_bytes=None
+) -> bool:
+    """Whether one X-axis tilt of ``x_tilt_deg`` over a ``shape`` (NZ, NY, NX) binned volume is
+    cheaper through L read tilted than through sheets, in ``memory_bytes``: L's voxels per output
+    voxel, with the slabs the budget allows, at most :data:`MAX_LAB_VOXELS_PER_VOXEL`."""
+    budget = default_memory_bytes() if memory_bytes is None else int(memory_bytes)
+    nz = shape[0]
+    rows = _slab_rows(x_tilt_deg, n_views, shape, budget)
+    rows_lab, nz_lab = lab_extent(x_tilt_deg, rows, nz)
+    return rows_lab * nz_lab <= MAX_LAB_VOXELS_PER_VOXEL * rows * nz
 
 
 def reconstruct_x_tilted(
@@ -93,7 +142,7 @@ def reconstruct_x_tilted(
     """A tomogram from the RAW stack and its ``.xf``/tilts, the specimen tilted about X by
     ``x_tilt_deg`` in every view (tilt's XTILTFILE value minus XAXISTILT; module docstring);
     arguments and streaming as :func:`lmalign_jax.recon.local_backprojection.reconstruct_local`.
-    L's slab (about 1.1-1.3 output slabs) is counted in the memory budget."""
+    Each slab's L is counted in the memory budget: slabs get fewer rows where it is large."""
     if not abs(float(x_tilt_deg)) < 90.0:
         raise ValueError(f"the X-axis tilt must be within -90..90 degrees, got {x_tilt_deg!r}")
     a = math.radians(float(x_tilt_deg))
@@ -101,23 +150,20 @@ def reconstruct_x_tilted(
     trig = [jnp.asarray(v, dtype) for v in (np.cos(t), np.sin(t))]
     cos_a, sin_a = jnp.asarray(math.cos(a), dtype), jnp.asarray(math.sin(a), dtype)
     budget = default_memory_bytes() if memory_bytes is None else int(memory_bytes)
-    n_views = len(t)
-    plan = {}
-
-    def margin_of(shape):
-        plan["shape"] = shape
-        return x_tilt_row_margin(x_tilt_deg, shape)
+    n_views, ny, nx = (int(v) for v in np.shape(stack))
+    b = int(binning) if isinstance(binning, (int, np.integer)) and binning >= 1 else 1
+    shape = (slice_count(thickness, b), ny // b, nx // b)
+    if slab_rows is None and all(shape):
+        slab_rows = _slab_rows(x_tilt_deg, n_views, shape, budget)
+    lab = lab_bytes(x_tilt_deg, slab_rows or 1, shape[0], shape[2])
 
     def accumulate(device_band, band0, take, x, z, z_chunk):
-        nz, ny_b, nx_b = plan["shape"]
-        margin = x_tilt_row_margin(x_tilt_deg, plan["shape"])
-        rows_lab = len(take) + 2 * margin
-        nz_lab = nz + int(math.ceil(rows_lab * abs(math.sin(a)))) + 4
-        nz_lab += (nz_lab - nz) % 2
+        nz, ny_b, nx_b = z.shape[0], shape[1], x.shape[0]
+        rows_lab, nz_lab = lab_extent(x_tilt_deg, len(take), nz)
         lab_chunk = _kernels.choose_z_chunk(nz_lab, nx_b, rows_lab, n_views=n_views)
         y = jnp.asarray(np.asarray(take) + 0.5 - ny_b / 2, dtype)
         return _x_tilted_slab(
-            device_band, band0, y, z, *trig, cos_a, sin_a, margin=margin, nz_lab=nz_lab, z_chunk=lab_chunk
+            device_band, band0, y, z, *trig, cos_a, sin_a, rows_lab=rows_lab, nz_lab=nz_lab, z_chunk=lab_chunk
         )
 
     return stream_backprojection(
@@ -127,13 +173,13 @@ def reconstruct_x_tilted(
         tilts_deg,
         thickness,
         accumulate,
-        margin_of,
+        lambda shape: x_tilt_row_margin(x_tilt_deg, shape),
         binning=binning,
         filter=filter,
         radial=radial,
         sirtlike=sirtlike,
         out=out,
-        memory_bytes=budget * 2 // 3,
+        memory_bytes=max(1, budget - lab),
         slab_rows=slab_rows,
         progress=progress,
         dtype=dtype,

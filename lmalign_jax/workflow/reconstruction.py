@@ -31,7 +31,7 @@ from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
-from ..recon.xtilt_backprojection import reconstruct_x_tilted
+from ..recon.xtilt_backprojection import reads_tilted_cheaply, reconstruct_x_tilted
 from .alignment_inputs import MAX_Z_FACTOR, Alignment
 from .series import check_tilts_vary
 from .status import UsageError, print_note, print_warning
@@ -442,7 +442,14 @@ def reconstruct_to_file(
         xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
         grid, mats, shifts = shape_patches(*alignment.shape, alignment.tilts_deg, xf, (nx, ny))
         patch_maps = (grid, mats if x_tilts is None else with_x_tilts(mats, x_tilts), shifts)
-    elif warp is None and zfac is None and x_tilts is not None and sirt is None and np.ptp(x_tilts) == 0:
+    elif (
+        warp is None
+        and zfac is None
+        and x_tilts is not None
+        and sirt is None
+        and np.ptp(x_tilts) == 0
+        and reads_tilted_cheaply(float(x_tilts[0]), keep.size, shape, memory_bytes)
+    ):
         one_x_tilt = float(
             x_tilts[0]
         )  # the untilted back-projection, read tilted (recon.xtilt_backprojection)
