@@ -221,3 +221,17 @@ def surface_slopes(xyz: np.ndarray, top: np.ndarray) -> np.ndarray:
     """(dz/dx, dz/dy) of two parallel planes through the beads on each surface."""
     design = np.column_stack([xyz[:, 0], xyz[:, 1], top, ~top]).astype(float)
     return np.linalg.lstsq(design, xyz[:, 2], rcond=None)[0][:2]
+
+
+def write_with_nan_pixel(source, target, view: int) -> None:
+    """Write the MRC stack ``source`` as ``target`` with pixel (10, 10) of (0-based) ``view`` NaN."""
+    import warnings
+
+    import mrcfile
+
+    with mrcfile.open(source) as m:
+        data = np.array(m.data)
+    data[view, 10, 10] = np.nan
+    with warnings.catch_warnings(), mrcfile.new(target) as m:
+        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
+        m.set_data(data)

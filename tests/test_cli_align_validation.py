@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import warnings
 
 import mrcfile
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_cli, write_with_nan_pixel
 
 THICKNESS = 32
 
@@ -365,12 +364,7 @@ def test_an_interrupt_after_tracking_says_which_files_stay(sim, tmp_path, monkey
 def test_a_stack_with_nan_pixels_is_refused_before_the_solve(sim, tmp_path):
     """align --reconstruct on a stack with a NaN pixel solved and wrote the alignment (its record
     saying exit 0), then exited 2 (audit): the pixels are checked with the other inputs."""
-    with mrcfile.open(sim / "s.mrc") as mrc:
-        data = np.array(mrc.data)
-    data[3, 10, 10] = np.nan
-    with warnings.catch_warnings(), mrcfile.new(tmp_path / "nan.mrc") as mrc:
-        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
-        mrc.set_data(data)
+    write_with_nan_pixel(sim / "s.mrc", tmp_path / "nan.mrc", 3)
     markers = [sim / "s.csv", "--tilts", sim / "s.rawtlt", "--reconstruct", THICKNESS]
     refused(
         [*markers, "--stack", tmp_path / "nan.mrc"],

@@ -8,7 +8,7 @@ import warnings
 import mrcfile
 import numpy as np
 import pytest
-from helpers import bead_views, run_cli
+from helpers import bead_views, run_cli, write_with_nan_pixel
 
 from lmalign_jax.io import write_tlt, write_xf
 from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
@@ -150,12 +150,7 @@ def test_bad_exclusions_are_refused_in_one_line(series, given, message):
 def test_a_non_finite_view_is_named_in_the_stack_and_ignored_when_left_out(series, tmp_path):
     """A NaN in view 5: with other views left out the error still names view 5 of the stack (it
     named its place among the kept views); left out itself, it is never read."""
-    with mrcfile.open(series / "all.mrc") as m:
-        data = np.array(m.data)
-    data[4, 10, 10] = np.nan
-    with warnings.catch_warnings(), mrcfile.new(tmp_path / "nan.mrc") as m:
-        warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile's "contains NaN values"
-        m.set_data(data)
+    write_with_nan_pixel(series / "all.mrc", tmp_path / "nan.mrc", 4)
     args = ["reconstruct", tmp_path / "nan.mrc", "--xf", series / "all.xf", "--tlt", series / "all.tlt"]
     args += ["--thickness", NZ]
     rc, _, err = run_cli([*args, "--exclude", "1", "--out", tmp_path / "bad.rec"])

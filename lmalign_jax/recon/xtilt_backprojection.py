@@ -129,28 +129,25 @@ def reconstruct_x_tilted(
     x_tilt_deg: float,
     thickness: float,
     *,
-    binning: int = 1,
-    filter: str | None = "ramp",
-    radial=None,
-    sirtlike: int | None = None,
-    out=None,
     memory_bytes: int | None = None,
     slab_rows: int | None = None,
-    progress=None,
-    dtype=jnp.float32,
+    **streaming,
 ):
     """A tomogram from the RAW stack and its ``.xf``/tilts, the specimen tilted about X by
-    ``x_tilt_deg`` in every view (tilt's XTILTFILE value minus XAXISTILT; module docstring);
-    arguments and streaming as :func:`lmalign_jax.recon.local_backprojection.reconstruct_local`.
-    Each slab's L is counted in the memory budget: slabs get fewer rows where it is large."""
+    ``x_tilt_deg`` in every view (tilt's XTILTFILE value minus XAXISTILT; module docstring).
+    ``streaming``: ``binning``, ``filter``, ``radial``, ``sirtlike``, ``out``, ``progress``,
+    ``dtype``, as :func:`lmalign_jax.recon.local_backprojection.reconstruct_local` takes them. Each
+    slab's L is counted in ``memory_bytes``: slabs get fewer rows where it is large."""
     if not abs(float(x_tilt_deg)) < 90.0:
         raise ValueError(f"the X-axis tilt must be within -90..90 degrees, got {x_tilt_deg!r}")
+    dtype = streaming.get("dtype", jnp.float32)
     a = math.radians(float(x_tilt_deg))
     t = np.radians(np.asarray(tilts_deg, np.float64))
     trig = [jnp.asarray(v, dtype) for v in (np.cos(t), np.sin(t))]
     cos_a, sin_a = jnp.asarray(math.cos(a), dtype), jnp.asarray(math.sin(a), dtype)
     budget = default_memory_bytes() if memory_bytes is None else int(memory_bytes)
     n_views, ny, nx = (int(v) for v in np.shape(stack))
+    binning = streaming.get("binning", 1)
     b = int(binning) if isinstance(binning, (int, np.integer)) and binning >= 1 else 1
     shape = (slice_count(thickness, b), ny // b, nx // b)
     if slab_rows is None and all(shape):
@@ -166,21 +163,9 @@ def reconstruct_x_tilted(
             device_band, band0, y, z, *trig, cos_a, sin_a, rows_lab=rows_lab, nz_lab=nz_lab, z_chunk=lab_chunk
         )
 
+    views = (stack, xf_A, xf_shift, tilts_deg, thickness)
+    margin_of = partial(x_tilt_row_margin, x_tilt_deg)
+    memory = max(1, budget - lab)
     return stream_backprojection(
-        stack,
-        xf_A,
-        xf_shift,
-        tilts_deg,
-        thickness,
-        accumulate,
-        lambda shape: x_tilt_row_margin(x_tilt_deg, shape),
-        binning=binning,
-        filter=filter,
-        radial=radial,
-        sirtlike=sirtlike,
-        out=out,
-        memory_bytes=max(1, budget - lab),
-        slab_rows=slab_rows,
-        progress=progress,
-        dtype=dtype,
+        *views, accumulate, margin_of, memory_bytes=memory, slab_rows=slab_rows, **streaming
     )
