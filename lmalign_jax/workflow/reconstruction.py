@@ -449,10 +449,8 @@ def reconstruct_to_file(
         and sirt is None
         and np.ptp(x_tilts) == 0
         and reads_tilted_cheaply(float(x_tilts[0]), keep.size, shape, memory_bytes)
-    ):
-        one_x_tilt = float(
-            x_tilts[0]
-        )  # the untilted back-projection, read tilted (recon.xtilt_backprojection)
+    ):  # the untilted back-projection, read tilted (recon.xtilt_backprojection)
+        one_x_tilt = float(x_tilts[0])
     elif warp is None and (zfac is not None or x_tilts is not None):
         patch_maps = uniform_patches(
             *local_projection_matrices(None, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
