@@ -175,3 +175,54 @@ def test_imod_com_goes_with_xf(folder, tmp_path):
         rc, _, err = run_cli([*base, *given])
         assert rc == 2 and message in err and err.count("\n") == 1, (given, err)
     assert not (tmp_path / "bad.mrc").exists()
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("AdjustOrigin", "EXCLUDLIST 1-10", "EXCLUDLIST: not one of tilt's options that reconstruct knows"),
+        (
+            "AdjustOrigin",
+            "FlatFilterFraction 0.5",
+            "FlatFilterFraction 0.5: a flat filter is not applied here",
+        ),
+        ("SHIFT 0.0 0.0", "SHIFT 0 0 5", "SHIFT: expected 1 or 2 numbers"),
+        ("AdjustOrigin", "FakeSIRTiterations 5000000", "FakeSIRTiterations 5000000: expected 0 to 1000000"),
+        ("TILTFILE s.tlt", "TILTFILE nowhere.tlt", "TILTFILE nowhere.tlt: no such file"),
+        ("$if (-e ./savework) ./savework", "$tilt -StandardInput\nTHICKNESS 40", "a second $tilt command"),
+        ("AdjustOrigin", "PARALLEL", "PARALLEL: slices parallel to the specimen"),
+    ],
+)
+def test_misspelt_and_malformed_options_are_refused_at_their_line(folder, tmp_path, old, new, message):
+    """tilt refuses a name it does not know, so a misspelt option (which would have changed the
+    tomogram) is refused here too, at its line; so are the ones reconstruct cannot honour."""
+    for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
+        (tmp_path / name).symlink_to(folder / name)
+    (tmp_path / "tilt.com").write_text(COM.replace(old, new))
+    args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
+    rc, _, err = run_cli([*args, "--out", tmp_path / "bad.mrc"])
+    assert rc == 2 and message in err and "tilt.com:" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad.mrc").exists()
+
+
+def test_pip_forms_and_a_radial_filter_at_another_binning(folder, tmp_path):
+    """PIP's 'Name=value' and a comment after the value are read as tilt reads them; RADIAL is in
+    cycles per pixel of tilt's input binned by IMAGEBINNED, so at --bin 2 it doubles (0.35 0.05 ->
+    0.5 0.1, the cutoff at most Nyquist): the volume of --radial 0.5 0.1 given by hand."""
+    text = COM.replace("THICKNESS 24", "THICKNESS=24").replace(
+        "EXCLUDELIST 1", "EXCLUDELIST 1  # a dark view"
+    )
+    (tmp_path / "tilt.com").write_text(text)
+    for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
+        (tmp_path / name).symlink_to(folder / name)
+    args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
+    rc, out, err = run_cli([*args, "--bin", 2, "--out", tmp_path / "com.mrc"])
+    assert rc == 0, err
+    assert "RADIAL 0.35 0.05 (cycles/pixel at IMAGEBINNED 1) is 0.5 0.1 at --bin 2" in out + err
+    hand = ["--tlt", tmp_path / "s.tlt", "--xtilt", tmp_path / "s.xtilt", "--x-axis-tilt", -7, "--exclude", 1]
+    hand += ["--thickness", NZ, "--radial", 0.5, 0.1, "--layout", "imod-tilt", "--bin", 2]
+    rc, _, err = run_cli(
+        ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", *hand, "--out", tmp_path / "h.mrc"]
+    )
+    assert rc == 0, err
+    np.testing.assert_array_equal(volume(tmp_path / "com.mrc"), volume(tmp_path / "h.mrc"))

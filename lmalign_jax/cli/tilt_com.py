@@ -3,15 +3,18 @@
 Options given on the command line win; the file fills in the rest, its file names taken relative
 to its folder (where Etomo runs tilt). What tilt's options mean (its man page and tilt.f90):
 TILTFILE, XTILTFILE, XAXISTILT, ZFACTORFILE, LOCALFILE, EXCLUDELIST and EXCLUDELIST2 (added up),
-THICKNESS (unbinned pixels), IMAGEBINNED (the aligned stack's binning: ``--bin``), RADIAL,
-FakeSIRTiterations (``--sirtlike``) and PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``)
-are applied. tilt reads the aligned stack (InputProjections, the raw stack through its ``.xf``):
-here the raw stack and ``--xf`` are given, so the names of tilt's input and output, the aligned
-stack's subset (SUBSETSTART, FULLIMAGE, checked against the stack), GPU and interpolation settings
-have no bearing. Options that would change the tomogram in a way not done here (a tilt-angle
-OFFSET or a SHIFT other than 0, subsets, reprojection, compression, LOCALSCALE, PARALLEL slices)
-are refused at their line; LOG, SCALE and MODE, which change only the output's densities, are
-named in a warning (the tomogram is float32 densities as back-projected).
+THICKNESS (unbinned pixels), IMAGEBINNED (the aligned stack's binning: ``--bin``), RADIAL (cycles
+per pixel at IMAGEBINNED: rescaled when ``--bin`` differs), FakeSIRTiterations (``--sirtlike``)
+and PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``) are applied. tilt reads the aligned
+stack (InputProjections, the raw stack through its ``.xf``): here the raw stack and ``--xf`` are
+given, so the names of tilt's input and output, GPU and interpolation settings have no bearing;
+FULLIMAGE is checked against the stack, and a SUBSETSTART other than 0 (tilt's aligned stack
+larger or smaller than the raw image) is noted: the tomogram covers the raw stack's field.
+Options that would change the tomogram in a way not done here (an OFFSET or SHIFT other than 0,
+subsets, reprojection, compression, other weightings and filters, tilt's own SIRT, LOCALSCALE,
+PARALLEL) are refused at their line, and so is a name tilt does not have (tilt refuses it too: a
+misspelt option would change the tomogram); LOG, SCALE and MODE, which change only the output's
+values, are named in a warning (the tomogram is float32 densities as back-projected).
 """
 
 from __future__ import annotations
@@ -47,7 +50,35 @@ _REFUSED = {
     "MASK": "a mask of the slices is not applied here",
     "REPLICATE": "replicated views are not supported",
     "ANGLES": "angles are read from the tilt file (TILTFILE, --tlt)",
+    "FlatFilterFraction": "a flat filter is not applied here (--radial, --sirtlike)",
+    "WeightAngleFile": "the views are weighted by their own angular increments here",
+    "WeightFile": "the views are weighted by their own angular increments here",
+    "SIRTIterations": "tilt's SIRT is not read from the file: give --sirt N",
+    "SIRTSubtraction": "tilt's SIRT is not read from the file: give --sirt N",
+    "StartingIteration": "tilt's SIRT is not read from the file: give --sirt N",
+    "ConstrainSign": "a sign constraint is not applied here (--sirt N --positivity clips at zero)",
+    "BaseRecFile": "a base reconstruction is not subtracted here",
+    "SubtractFromBase": "a base reconstruction is not subtracted here",
+    "BaseNumViews": "a base reconstruction is not subtracted here",
+    "ProjectModel": "reprojection is not done by reconstruct",
+    "ParameterFile": "options from another file are not read: put them in this one",
 }
+#: tilt's options that reconstruct maps (the others a tilt.com may hold are in the tables here).
+_MAPPED = (
+    "TILTFILE",
+    "XTILTFILE",
+    "XAXISTILT",
+    "ZFACTORFILE",
+    "LOCALFILE",
+    "EXCLUDELIST",
+    "EXCLUDELIST2",
+    "THICKNESS",
+    "IMAGEBINNED",
+    "RADIAL",
+    "FakeSIRTiterations",
+    "OFFSET",
+    "SHIFT",
+)
 #: Options that change only the output's densities: named in one warning.
 _DENSITIES = ("LOG", "SCALE", "MODE")
 #: Options with no bearing on a reconstruction from the raw stack and its .xf.
@@ -64,7 +95,18 @@ _NOT_NEEDED = {
     "DONE",
     "FULLIMAGE",
     "PERPENDICULAR",
+    "TITLE",
+    "DebugOutput",
+    "InternalSIRTSlices",
+    "VertBoundaryFile",
+    "VertSliceOutputFile",
+    "VertForSIRTInput",
+    "BoundaryInfoFile",
+    "MinMaxMean",
 }
+
+
+_KNOWN = set(_REFUSED) | set(_DENSITIES) | _NOT_NEEDED | set(_MAPPED)
 
 
 def apply_tilt_com(args) -> None:
@@ -79,12 +121,20 @@ def apply_tilt_com(args) -> None:
             return None
         if not entry.value:
             raise com.error(entry, f"{name}: no file name")
-        return os.path.join(folder, entry.value)
+        path = os.path.join(folder, entry.value)
+        if not os.path.isfile(path):
+            raise com.error(entry, f"{name} {entry.value}: no such file ({path})")
+        return path
 
+    unknown = [e for name, entries in com.options.items() if name not in _KNOWN for e in entries]
+    if unknown:  # tilt refuses an unknown name too; a misspelt option would change the tomogram
+        raise com.error(
+            unknown[0], f"{unknown[0].name}: not one of tilt's options that reconstruct knows (misspelt?)"
+        )
     for name, why in _REFUSED.items():
         entry = com.get(name)
         if entry is not None:
-            raise com.error(entry, f"{name} {entry.value}: {why}".replace("  ", " "))
+            raise com.error(entry, f"{name}{' ' + entry.value if entry.value else ''}: {why}")
     # OFFSET: the tilt-angle offset, then optionally a tilt-axis offset (px); SHIFT: x, then optionally z
     for name, what in (
         ("OFFSET", "a tilt-angle or tilt-axis offset is not applied here; add it to the tilt file"),
@@ -135,9 +185,22 @@ def apply_tilt_com(args) -> None:
                 com.get("RADIAL"),
                 f"RADIAL {radial[0]:g} {radial[1]:g}: need 0 < cutoff <= 0.5 and falloff >= 0 (cycles/pixel)",
             )
-        args.radial = list(radial)
+        # cycles per pixel of tilt's input binned by IMAGEBINNED; --radial's of the stack binned by --bin
+        factor = (args.bin or 1) / (int(binning[0]) if binning is not None else 1)
+        args.radial = [min(0.5, radial[0] * factor), radial[1] * factor]
+        if factor != 1 and not args.quiet:
+            com_bin = binning[0] if binning else 1
+            note(
+                f"{args.imod_com}: RADIAL {radial[0]:g} {radial[1]:g} (cycles/pixel at IMAGEBINNED "
+                f"{com_bin:g}) is {args.radial[0]:g} {args.radial[1]:g} at --bin {args.bin}"
+            )
     iterations = com.integer("FakeSIRTiterations")
-    if args.sirtlike is None and iterations is not None and iterations > 0 and args.sirt is None:
+    if iterations is not None and not 0 <= iterations <= 1_000_000:
+        raise com.error(
+            com.get("FakeSIRTiterations"),
+            f"FakeSIRTiterations {iterations}: expected 0 to 1000000 iterations",
+        )
+    if args.sirtlike is None and iterations and args.sirt is None:
         args.sirtlike = iterations
     excluded = [e for name in ("EXCLUDELIST", "EXCLUDELIST2") for e in com.options.get(name, []) if e.value]
     com.used.update(("EXCLUDELIST", "EXCLUDELIST2"))
@@ -148,6 +211,12 @@ def apply_tilt_com(args) -> None:
         args.exclude_source = f"{args.imod_com} " + ", ".join(f"{e.name} {e.value}" for e in excluded)
     if args.layout is None and com.flag("PERPENDICULAR"):
         args.layout = "imod-tilt"
+    subset = com.numbers("SUBSETSTART", 2, whole=True)
+    if subset is not None and any(subset) and not args.quiet:
+        note(
+            f"{args.imod_com}: SUBSETSTART {subset[0]:g} {subset[1]:g}: tilt's aligned stack was not the raw "
+            f"image's {nx} x {ny} px; the tomogram here covers the raw stack's field, centred as tilt's"
+        )
     densities = [f"{name} {com.get(name).value}".strip() for name in _DENSITIES if com.get(name) is not None]
     if densities:
         warn(
@@ -169,7 +238,9 @@ def _one_or_two_numbers(com: ComFile, name: str) -> tuple[float, ...] | None:
     if entry is None:
         return None
     count = len(entry.value.replace(",", " ").split())
-    return com.numbers(name, count if count in (1, 2) else 1)
+    if count not in (1, 2):
+        raise com.error(entry, f"{name}: expected 1 or 2 numbers, got {entry.value!r}")
+    return com.numbers(name, count)
 
 
 def check_imod_com_args(args) -> None:

@@ -9,6 +9,7 @@ what the options mean is for the caller (``lmalign_jax.cli.imod_com``, ``lmalign
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ._text import read_lines
@@ -63,14 +64,26 @@ def read_com_options(path: str | os.PathLike, program: str) -> dict[str, list[Co
         com = _COM_FILES.get(program, f"{program} command file")
         raise InputError(path, None, f"no '${program}' command in the file (is it an Etomo {com}?)")
     options: dict[str, list[ComOption]] = {}
+    end = len(lines)
     for number, text in enumerate(lines[start:], start + 1):
         stripped = text.strip()
-        if stripped.startswith("$"):
+        if stripped.startswith("$") or stripped == "EndInput":
+            end = number - 1  # the 0-based index of the line that ends the section
             break
         if not stripped or stripped.startswith("#"):
             continue
-        name, *rest = stripped.split(None, 1)
-        options.setdefault(name, []).append(ComOption(name, rest[0].strip() if rest else "", number))
+        # PIP's forms: "Name value", "Name=value", "Name = value", a comment after the value
+        name, value = re.match(r"([^\s=]+)\s*=?\s*(.*)", stripped).groups()
+        value = "" if value.startswith("#") else re.sub(r"\s+#.*", "", value).strip()
+        options.setdefault(name, []).append(ComOption(name, value, number))
     if not options:
         raise InputError(path, start, f"the ${program} command has no options after it")
+    for number, text in enumerate(lines[end:], end + 1):
+        words = text.split()
+        if words and words[0] == f"${program}":
+            raise InputError(
+                path,
+                number,
+                f"a second ${program} command (the first is at line {start}): one is read; split the file",
+            )
     return options
