@@ -2,6 +2,7 @@
 options reconstruct would take (the same volume as those options given by hand), the command line
 winning; options it cannot honour refused at their line, nothing written."""
 
+import math
 from pathlib import Path
 
 import mrcfile
@@ -74,7 +75,8 @@ def test_tilt_com_gives_the_volume_of_its_options_given_by_hand(folder):
         and "X-axis tilt 7.00 deg" in out + err
     )
     by_hand = ["--tlt", d / "s.tlt", "--xtilt", d / "s.xtilt", "--x-axis-tilt", -7, "--exclude", 1]
-    by_hand += ["--thickness", NZ, "--radial", 0.35, 0.05, "--layout", "imod-tilt"]
+    # tilt's fall-off exp(-(df / 0.05)^2) without FalloffIsTrueSigma 1: a sigma of 0.05 / sqrt(2)
+    by_hand += ["--thickness", NZ, "--radial", 0.35, repr(0.05 / math.sqrt(2)), "--layout", "imod-tilt"]
     rc, _, err = run_cli(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", *by_hand, "--out", d / "hand.mrc"])
     assert rc == 0, err
     from_com = volume(d / "s.rec.mrc")
@@ -208,17 +210,19 @@ def test_misspelt_and_malformed_options_are_refused_at_their_line(folder, tmp_pa
 def test_pip_forms_and_a_radial_filter_at_another_binning(folder, tmp_path):
     """PIP's 'Name=value' and a comment after the value are read as tilt reads them; RADIAL is in
     cycles per pixel of tilt's input binned by IMAGEBINNED, so at --bin 2 it doubles (0.35 0.05 ->
-    0.5 0.1, the cutoff at most Nyquist): the volume of --radial 0.5 0.1 given by hand."""
+    0.5 0.1, the cutoff at most Nyquist; FalloffIsTrueSigma 1: the fall-off a sigma): the volume of
+    --radial 0.5 0.1 given by hand."""
     text = COM.replace("THICKNESS 24", "THICKNESS=24").replace(
         "EXCLUDELIST 1", "EXCLUDELIST 1  # a dark view"
     )
+    text = text.replace("RADIAL 0.35 0.05", "RADIAL 0.35 0.05\nFalloffIsTrueSigma 1")
     (tmp_path / "tilt.com").write_text(text)
     for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
         (tmp_path / name).symlink_to(folder / name)
     args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
     rc, out, err = run_cli([*args, "--bin", 2, "--out", tmp_path / "com.mrc"])
     assert rc == 0, err
-    assert "RADIAL 0.35 0.05 (cycles/pixel at IMAGEBINNED 1) is 0.5 0.1 at --bin 2" in out + err
+    assert "RADIAL 0.35 0.05 (cycles/pixel at IMAGEBINNED 1) is --radial 0.5 0.1 at --bin 2" in out + err
     hand = ["--tlt", tmp_path / "s.tlt", "--xtilt", tmp_path / "s.xtilt", "--x-axis-tilt", -7, "--exclude", 1]
     hand += ["--thickness", NZ, "--radial", 0.5, 0.1, "--layout", "imod-tilt", "--bin", 2]
     rc, _, err = run_cli(

@@ -312,7 +312,8 @@ def add_reconstruct(sub):
         type=float,
         metavar=("CUTOFF", "FALLOFF"),
         help="IMOD's radial filter, cycles/pixel of the binned data (0-0.5): unchanged up to CUTOFF, then a "
-        "Gaussian fall-off of sigma FALLOFF",
+        "Gaussian fall-off of sigma FALLOFF (tilt's RADIAL with FalloffIsTrueSigma 1; without it tilt's "
+        "fall-off F is a sigma of F/sqrt(2))",
     )
     p.add_argument(
         "--sirtlike",

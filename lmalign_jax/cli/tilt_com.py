@@ -4,7 +4,9 @@ Options given on the command line win; the file fills in the rest, its file name
 to its folder (where Etomo runs tilt). What tilt's options mean (its man page and tilt.f90):
 TILTFILE, XTILTFILE, XAXISTILT, ZFACTORFILE, LOCALFILE, EXCLUDELIST and EXCLUDELIST2 (added up),
 THICKNESS (unbinned pixels), IMAGEBINNED (the aligned stack's binning: ``--bin``), RADIAL (cycles
-per pixel at IMAGEBINNED: rescaled when ``--bin`` differs), FakeSIRTiterations (``--sirtlike``)
+per pixel at IMAGEBINNED: rescaled when ``--bin`` differs; its fall-off F is tilt's
+``exp(-(df / F)^2)``, a sigma of F / sqrt(2), unless FalloffIsTrueSigma 1 makes it the sigma, as
+tilt.f90's RADWT has it), FakeSIRTiterations (``--sirtlike``)
 and PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``) are applied. tilt reads the aligned
 stack (InputProjections, the raw stack through its ``.xf``): here the raw stack and ``--xf`` are
 given, so the names of tilt's input and output, GPU and interpolation settings have no bearing;
@@ -19,6 +21,7 @@ values, are named in a warning (the tomogram is float32 densities as back-projec
 
 from __future__ import annotations
 
+import math
 import os
 
 from ..io.errors import InputError
@@ -75,6 +78,7 @@ _MAPPED = (
     "THICKNESS",
     "IMAGEBINNED",
     "RADIAL",
+    "FalloffIsTrueSigma",
     "FakeSIRTiterations",
     "OFFSET",
     "SHIFT",
@@ -113,6 +117,7 @@ def apply_tilt_com(args) -> None:
     """Fill ``args`` (reconstruct's parsed options) from ``args.imod_com`` where the command line
     left them unset. InputError names the file and line of an option it cannot honour."""
     com = ComFile(args.imod_com, "tilt")
+    notices = []  # said once every option is checked (an error names one line alone)
     folder = os.path.dirname(os.path.abspath(args.imod_com))
 
     def file_named(name: str) -> str | None:
@@ -185,14 +190,19 @@ def apply_tilt_com(args) -> None:
                 com.get("RADIAL"),
                 f"RADIAL {radial[0]:g} {radial[1]:g}: need 0 < cutoff <= 0.5 and falloff >= 0 (cycles/pixel)",
             )
+        # tilt's fall-off is exp(-(df / F)^2) unless FalloffIsTrueSigma 1 (then --radial's sigma F)
+        true_sigma = com.flag("FalloffIsTrueSigma")
+        sigma = radial[1] if true_sigma else radial[1] / math.sqrt(2.0)
         # cycles per pixel of tilt's input binned by IMAGEBINNED; --radial's of the stack binned by --bin
         factor = (args.bin or 1) / (int(binning[0]) if binning is not None else 1)
-        args.radial = [min(0.5, radial[0] * factor), radial[1] * factor]
-        if factor != 1 and not args.quiet:
+        args.radial = [min(0.5, radial[0] * factor), sigma * factor]
+        if factor != 1 or not true_sigma:
             com_bin = binning[0] if binning else 1
-            note(
+            why = "" if true_sigma else ", its fall-off exp(-(df/F)^2) without FalloffIsTrueSigma 1"
+            notices.append(
                 f"{args.imod_com}: RADIAL {radial[0]:g} {radial[1]:g} (cycles/pixel at IMAGEBINNED "
-                f"{com_bin:g}) is {args.radial[0]:g} {args.radial[1]:g} at --bin {args.bin}"
+                f"{com_bin:g}{why}) is --radial {args.radial[0]:.6g} {args.radial[1]:.6g} at --bin "
+                f"{args.bin or 1}"
             )
     iterations = com.integer("FakeSIRTiterations")
     if iterations is not None and not 0 <= iterations <= 1_000_000:
@@ -212,8 +222,8 @@ def apply_tilt_com(args) -> None:
     if args.layout is None and com.flag("PERPENDICULAR"):
         args.layout = "imod-tilt"
     subset = com.numbers("SUBSETSTART", 2, whole=True)
-    if subset is not None and any(subset) and not args.quiet:
-        note(
+    if subset is not None and any(subset):
+        notices.append(
             f"{args.imod_com}: SUBSETSTART {subset[0]:g} {subset[1]:g}: tilt's aligned stack was not the raw "
             f"image's {nx} x {ny} px; the tomogram here covers the raw stack's field, centred as tilt's"
         )
@@ -228,8 +238,10 @@ def apply_tilt_com(args) -> None:
         for name, entries in com.options.items()
         if name not in com.used | _NOT_NEEDED
     ]
-    if unused and not args.quiet:
-        note(f"{args.imod_com}: not used: {', '.join(unused)}")
+    if unused:
+        notices.append(f"{args.imod_com}: not used: {', '.join(unused)}")
+    for notice in notices if not args.quiet else ():
+        note(notice)
 
 
 def _one_or_two_numbers(com: ComFile, name: str) -> tuple[float, ...] | None:
