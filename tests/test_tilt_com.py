@@ -230,3 +230,17 @@ def test_pip_forms_and_a_radial_filter_at_another_binning(folder, tmp_path):
     )
     assert rc == 0, err
     np.testing.assert_array_equal(volume(tmp_path / "com.mrc"), volume(tmp_path / "h.mrc"))
+
+
+def test_a_line_that_is_no_option_and_filters_under_sirt(folder, tmp_path):
+    """A section line that is no 'Name value' is refused at its line (it raised AttributeError,
+    exit 3); with --sirt the com's RADIAL is said to be unused, not dropped silently."""
+    for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
+        (tmp_path / name).symlink_to(folder / name)
+    args = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
+    (tmp_path / "tilt.com").write_text(COM.replace("AdjustOrigin", "= 5"))
+    rc, _, err = run_cli([*args, "--out", tmp_path / "bad.mrc"])
+    assert rc == 2 and "tilt.com:11: expected 'Name value'" in err and err.count("\n") == 1, err
+    (tmp_path / "tilt.com").write_text(COM)
+    rc, out, err = run_cli([*args, "--sirt", 2, "--out", tmp_path / "sirt.mrc"])
+    assert rc == 0 and "RADIAL not applied: --sirt has no filter" in out + err, err

@@ -85,7 +85,8 @@ _MAPPED = (
 )
 #: Options that change only the output's densities: named in one warning.
 _DENSITIES = ("LOG", "SCALE", "MODE")
-#: Options with no bearing on a reconstruction from the raw stack and its .xf.
+#: Options not named in the "not used" note: those with no bearing on a reconstruction from the
+#: raw stack and its .xf, and FULLIMAGE (checked), SUBSETSTART (noted), PERPENDICULAR (the layout).
 _NOT_NEEDED = {
     "InputProjections",
     "OutputFile",
@@ -204,6 +205,10 @@ def apply_tilt_com(args) -> None:
                 f"{com_bin:g}{why}) is --radial {args.radial[0]:.6g} {args.radial[1]:.6g} at --bin "
                 f"{args.bin or 1}"
             )
+    if args.sirt is not None:
+        filters = [name for name in ("RADIAL", "FakeSIRTiterations") if com.get(name) is not None]
+        if filters:
+            notices.append(f"{args.imod_com}: {' and '.join(filters)} not applied: --sirt has no filter")
     iterations = com.integer("FakeSIRTiterations")
     if iterations is not None and not 0 <= iterations <= 1_000_000:
         raise com.error(

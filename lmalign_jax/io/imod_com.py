@@ -2,7 +2,9 @@
 
 Etomo writes each program's options in PIP form: a line ``$tiltalign -StandardInput`` (or
 ``$tilt -StandardInput``) and then one option a line, ``Name<tab or spaces>value`` (a name alone
-is a flag), ``#`` comment lines, until the next ``$`` line. Only that program's section is read;
+is a flag; PIP also takes ``Name=value`` and a ``#`` comment after the value), ``#`` comment
+lines, until the next ``$`` line or ``EndInput``; a second section for the same program is
+refused. Only that program's section is read;
 what the options mean is for the caller (``lmalign_jax.cli.imod_com``, ``lmalign_jax.cli.tilt_com``).
 """
 
@@ -73,7 +75,12 @@ def read_com_options(path: str | os.PathLike, program: str) -> dict[str, list[Co
         if not stripped or stripped.startswith("#"):
             continue
         # PIP's forms: "Name value", "Name=value", "Name = value", a comment after the value
-        name, value = re.match(r"([^\s=]+)\s*=?\s*(.*)", stripped).groups()
+        form = re.match(r"([^\s=]+)\s*=?\s*(.*)", stripped)
+        if form is None:
+            raise InputError(
+                path, number, f"expected 'Name value' (an option of ${program}), got {stripped!r}"
+            )
+        name, value = form.groups()
         value = "" if value.startswith("#") else re.sub(r"\s+#.*", "", value).strip()
         options.setdefault(name, []).append(ComOption(name, value, number))
     if not options:

@@ -300,13 +300,15 @@ class StreamedStack:
 
 
 class ViewSubset:
-    """Some views of a stack, in the order given: ``subset[k]`` and ``subset[k, rows]`` read view
-    ``views[k]`` of ``stack`` (a numpy array, memmap or :class:`StreamedStack`); nothing is copied
-    until read."""
+    """Some views of a stack, in the order given: ``subset[k]`` and ``subset[k, rows]`` (``k`` an
+    integer) read view ``views[k]`` of ``stack`` (a numpy array, memmap or :class:`StreamedStack`);
+    nothing is copied until read."""
 
     def __init__(self, stack, views):
         self._stack = stack
-        self._views = np.asarray(views, dtype=np.int64)
+        self._views = np.asarray(views, dtype=np.int64).reshape(-1)
+        if np.any((self._views < 0) | (self._views >= len(stack))):
+            raise ValueError(f"views must lie in 0..{len(stack) - 1}, got {self._views.tolist()}")
         self.shape = (len(self._views), *tuple(stack.shape)[1:])
         self.dtype = stack.dtype
 
@@ -318,9 +320,10 @@ class ViewSubset:
         return int(self._views[k])
 
     def __getitem__(self, key):
-        if isinstance(key, tuple):
-            return self._stack[(int(self._views[key[0]]), *key[1:])]
-        return self._stack[int(self._views[key])]
+        view, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if not isinstance(view, (int, np.integer)):
+            raise TypeError(f"a ViewSubset is read one view at a time (an integer), got {view!r}")
+        return self._stack[(int(self._views[view]), *rest)]
 
 
 def read_stack_streamed(path) -> StreamedStack:

@@ -416,7 +416,8 @@ def stream_backprojection(
     dtype=jnp.float32,
 ):
     """The streaming loop shared by back-projections whose voxels sample their own positions
-    (local alignment, a deformation model's warp): per pass, every view's aligned rows of the
+    (local alignment, a deformation model's warp) and by the X-tilted read of the untilted
+    back-projection (``recon.xtilt_backprojection``): per pass, every view's aligned rows of the
     pass plus ``margin_of((NZ, NY', NX'))`` rows each side, resampled and filtered once; per
     slab, ``accumulate(band, band0, rows, x, z, z_chunk)`` -> (NZ, len(rows), NX') with band row
     = sampled centred y - ``band0``; slabs handed to ``out``."""

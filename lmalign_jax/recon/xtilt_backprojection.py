@@ -11,10 +11,13 @@ view, x and depth, shared by every row) on the band rows the slab's points reach
 around them, then read bilinearly in (row, depth) at each point; x is shared, so each point takes
 four whole rows of L. This is how IMOD's tilt reconstructs a constant X-axis tilt (vertical
 slices, then its ``compose``), and it costs about one global back-projection of a slab taller by
-``NZ |sin a|`` rows and thicker by ``rows |sin a|`` slices, where reads through sheets
-(``recon.sheets``) must follow the row that moves with depth in every view (3.2x the global time
-on BB's 1.94 degrees). The one interpolation more than the global path's is along the volume's
-(row, depth), as tilt's compose adds it.
+``NZ |sin a|`` rows and thicker by ``rows |sin a|`` slices (1.25x the global time on BB's 1.94
+degrees), where reads through sheets (``recon.sheets``) must follow the row that moves with depth
+in every view (3.2-3.4x; benchmarks/README.md). Where L would cost more than
+:data:`MAX_LAB_VOXELS_PER_VOXEL` of its voxels per output voxel (:func:`reads_tilted_cheaply`: a
+steep tilt in a tiny memory budget) the reconstruction goes through sheets instead. The one
+interpolation more than the global path's is along the volume's (row, depth), as tilt's compose
+adds it.
 """
 
 from __future__ import annotations
@@ -101,10 +104,12 @@ def _slab_rows(x_tilt_deg, n_views, shape, budget: int) -> int:
 
 
 #: Most voxels of L per output voxel for which L read tilted is taken over reads through sheets
-#: (``recon.sheets``). Measured at 256 x 256 x 128, 61 views (2026-12-06, ad hoc): default
-#: memory, 1.2-2.2 L voxels per voxel, 1.0-1.6 s against 7.0 s through sheets up to 60 deg; in
-#: 5 MB (4-row slabs), 5 deg at 3.4: 2.5 s against 6.1; 30 deg at 16.5: 6.1 s against 7.9; 60 deg
-#: at 16.7: 19 s against 7.9 (each pass resamples its margin of 123 rows again).
+#: (``recon.sheets``): a coarse guard, not a cost model. Measured at 256 x 256 x 128, 61 views
+#: (2026-12-06, ad hoc): default memory, 1.2-2.2 L voxels per voxel, 1.0-1.6 s against 7.0 s
+#: through sheets up to 60 deg; in 5 MB (4-row slabs), 5 deg at 3.4: 2.5 s against 6.1; 30 deg
+#: at 16.5: 6.1 s against 7.9 (sheets taken, a little slower); 60 deg at 16.7: 19 s against 7.9
+#: (each pass resamples its margin of 123 rows again). The ratio alone does not separate the last
+#: two; above 8 the sheets' bounded memory is preferred.
 MAX_LAB_VOXELS_PER_VOXEL = 8.0
 
 

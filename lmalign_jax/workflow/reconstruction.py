@@ -304,12 +304,14 @@ def reconstruct_to_file(
     ``alignment.x_tilts_deg`` (tilt's XTILTFILE minus XAXISTILT, a flattened record's .xtilt) tilt
     every view's projection about X the same way, and add to a local file's X-axis tilt deltas
     (a warp model's sampling tilts each voxel about X before its warp); one X-axis tilt for every
-    view, alone, is reconstructed by FBP as tilt does it, the untilted back-projection read tilted
-    (``recon.xtilt_backprojection``).
+    kept view, alone, is reconstructed by FBP as tilt does it, the untilted back-projection read
+    tilted (``recon.xtilt_backprojection``), where that costs at most
+    ``MAX_LAB_VOXELS_PER_VOXEL`` of its voxels per output voxel (``reads_tilted_cheaply``), else
+    through sheets.
     ``exclude_views``: 0-based views left out of the tomogram (tilt's EXCLUDELIST; their transforms,
     tilts and patch maps too); None: the alignment's ``excluded_views`` (a record's unfitted views,
-    as Etomo leaves the alignment's ExcludeList out of tilt.com); ``exclusion_reason``: why, for the
-    note naming them.
+    as Etomo copies the alignment's ExcludeList into tilt.com's EXCLUDELIST);
+    ``exclusion_reason``: why, for the note naming them.
     ``options``: the command-line options the messages name (``reconstruct``'s by default).
     """
     n_views, ny, nx, pixel = read_stack_header(stack_path)
@@ -334,7 +336,9 @@ def reconstruct_to_file(
     left_out = alignment.excluded_views if exclude_views is None else exclude_views
     keep = np.setdiff1d(np.arange(n_views), np.asarray([] if left_out is None else left_out, dtype=np.int64))
     if exclusion_reason is None:
-        exclusion_reason = f"excluded from the alignment {alignment.source}"
+        exclusion_reason = (
+            f"excluded from the alignment {alignment.source}" if exclude_views is None else "exclude_views"
+        )
     if keep.size < n_views:
         _check_kept_views(keep, n_views, alignment.tilts_deg, exclusion_reason)
     if alignment.image_size is not None and (
@@ -447,10 +451,10 @@ def reconstruct_to_file(
         and zfac is None
         and x_tilts is not None
         and sirt is None
-        and np.ptp(x_tilts) == 0
-        and reads_tilted_cheaply(float(x_tilts[0]), keep.size, shape, memory_bytes)
+        and np.ptp(x_tilts[keep]) == 0
+        and reads_tilted_cheaply(float(x_tilts[keep][0]), keep.size, shape, memory_bytes)
     ):  # the untilted back-projection, read tilted (recon.xtilt_backprojection)
-        one_x_tilt = float(x_tilts[0])
+        one_x_tilt = float(x_tilts[keep][0])
     elif warp is None and (zfac is not None or x_tilts is not None):
         patch_maps = uniform_patches(
             *local_projection_matrices(None, alignment.tilts_deg, xtilts_deg=x_tilts, z_factors=zfac),
@@ -516,7 +520,7 @@ def reconstruct_to_file(
             + (", the shape model's per-view shape" if alignment.shape is not None else "")
             + (", the alignment's z factors" if zfac is not None else "")
             + (
-                f", X-axis tilt {_x_tilt_words(x_tilts)} from {alignment.x_tilt_source}"
+                f", X-axis tilt {_x_tilt_words(x_tilts[keep])} from {alignment.x_tilt_source}"
                 if x_tilts is not None
                 else ""
             )
