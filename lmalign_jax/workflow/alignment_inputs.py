@@ -13,13 +13,13 @@ from typing import NamedTuple
 import numpy as np
 
 from ..deformation_parameters import DEFORMATION_PARAMETERS, WARP_PARAMETERS, rigid_part_through_xf
-from ..export.imod import read_xtilt, read_zfac, xtilt_file_value_deg
+from ..export.imod import read_xtilt, read_zfac
 from ..io import read_xf
 from ..io.errors import InputError
 from ..recon.fbp import MAX_XF_ENTRY, transform_measures
 from ..recon.warp_backprojection import WarpSampling
 from ..report import read_record
-from .record_markers import z_factors
+from .record_markers import flattened_xtilt_deg, z_factors
 from .series import check_tilts_vary, read_tilt_file
 
 __all__ = [
@@ -114,10 +114,7 @@ def read_alignment_json(path: str) -> Alignment:
     )
     if record.views is not None and record.views.excluded.any():
         alignment.excluded_views = np.flatnonzero(record.views.excluded)
-    surfaces = record.surfaces or {}
-    x_tilt = (
-        xtilt_file_value_deg(surfaces.get("x_axis_tilt_deg")) if surfaces.get("flattened") is True else 0.0
-    )
+    x_tilt = flattened_xtilt_deg(record)
     if x_tilt != 0.0:  # what its .xtilt holds, as tilt reads it with XAXISTILT 0
         alignment.x_tilts_deg = np.full(record.tilts_deg.size, x_tilt)
         alignment.x_tilt_source = path

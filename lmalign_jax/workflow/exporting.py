@@ -48,7 +48,6 @@ from ..export.imod import (
     write_erase_model,
     write_filled_model,
     write_zfac,
-    xtilt_file_value_deg,
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
@@ -57,7 +56,7 @@ from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .local import LOCAL_SUFFIX
-from .record_markers import excluded_views, fitted_positions, record_geometry, z_factors
+from .record_markers import excluded_views, fitted_positions, flattened_xtilt_deg, record_geometry, z_factors
 from .series import FAR_OUTSIDE
 from .status import UsageError
 
@@ -275,16 +274,15 @@ def x_tilt_drops(record: AlignmentRecord, targets: Sequence[str], prefix: str) -
     """The warning for a flattened record (``align --flatten``) exported to targets that do not
     carry its X-axis tilt (RELION, the Portal, AreTomo; IMOD's ``.xtilt`` does); None when there
     are none, or the X-axis tilt is 0."""
-    surfaces = record.surfaces or {}
-    x_tilt = surfaces.get("x_axis_tilt_deg")
-    if surfaces.get("flattened") is not True or not isinstance(x_tilt, int | float) or x_tilt == 0:
+    x_tilt = flattened_xtilt_deg(record)
+    if x_tilt == 0:
         return None
     names = {"relion": f"{prefix}.star", "portal": f"{prefix}_portal.json", "aretomo": f"{prefix}.aln"}
     dropped = [f"{t} ({names[t]})" for t in targets if t in names]
     if not dropped:
         return None
     return (
-        f"{record.path} is flattened with an X-axis tilt of {xtilt_file_value_deg(x_tilt):.2f} deg (the "
+        f"{record.path} is flattened with an X-axis tilt of {x_tilt:.2f} deg (the "
         f"value of IMOD's .xtilt): {', '.join(dropped)} do not carry it (written as 0); apply it there "
         "by hand or export the alignment without --flatten"
     )
@@ -434,11 +432,8 @@ def _stage_local(out, record: AlignmentRecord) -> None:
 def _x_tilts(record: AlignmentRecord, geometry) -> np.ndarray:
     """(n,) ``.xtilt`` degrees: the geometry's (zeros for our models), or, where ``align
     --flatten`` levelled the series, the value its ``.xtilt`` got (``xtilt_file_value_deg``)."""
-    surfaces = record.surfaces or {}
-    x_tilt = surfaces.get("x_axis_tilt_deg")
-    if surfaces.get("flattened") is True and isinstance(x_tilt, int | float):
-        return np.full(len(geometry.x_tilt_deg), xtilt_file_value_deg(x_tilt))
-    return np.asarray(geometry.x_tilt_deg)
+    x_tilt = flattened_xtilt_deg(record)
+    return np.full(len(geometry.x_tilt_deg), x_tilt) if x_tilt != 0 else np.asarray(geometry.x_tilt_deg)
 
 
 def _recorded_surface_lines(record: AlignmentRecord) -> list[str]:

@@ -21,91 +21,22 @@ import numpy as np
 from ..core.local_apply import column_sampling, local_projection_matrices, uniform_patches, with_x_tilts
 from ..core.shape_apply import shape_patches
 from ..io.errors import InputError
-from ..io.imod_local import check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
 from ..io.mrc import ViewSubset, first_non_finite_view, read_stack_header, read_stack_streamed
 from ..io.mrc_volume import LAYOUTS, check_free_space, format_bytes, stream_volume
 from ..recon import default_memory_bytes, filter_response, reconstruct
-from ..recon.fbp import MAX_XF_ENTRY, non_finite_view_problem, slice_count, transform_measures
+from ..recon.fbp import non_finite_view_problem, slice_count
 from ..recon.local_backprojection import LocalSampling, reconstruct_local
 from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
 from ..recon.xtilt_backprojection import reads_tilted_cheaply, reconstruct_x_tilted
-from .alignment_inputs import MAX_Z_FACTOR, Alignment
+from .alignment_inputs import Alignment
+from .local_file import read_checked_local
 from .series import check_tilts_vary
 from .status import UsageError, print_note, print_warning
 
 FILTER_CHOICES = ("ramp", "shepp-logan", "hamming", "cosine", "hann", "none")
-
-
-def _check_local_transforms(path: str, local) -> None:
-    """InputError naming the first patch and (1-based) view of a local alignment whose transform is
-    singular or has an entry beyond ``MAX_XF_ENTRY`` (as :func:`_check_xf_lines` for the global)."""
-    t = local.transforms
-    largest, _, singular, inverse = transform_measures(t[..., :2].reshape(-1, 2, 2), t[..., 2].reshape(-1, 2))
-    huge = largest > MAX_XF_ENTRY
-    bad = huge | singular | (inverse > MAX_XF_ENTRY)
-    if np.any(bad):
-        first = int(np.flatnonzero(bad)[0])
-        p, v = divmod(first, t.shape[1])
-        nx = local.n_patches[0]
-        problem = f"has a shift or matrix entry beyond {MAX_XF_ENTRY:g}" if huge[first] else "is singular"
-        where = f"view {v + 1} in patch {p} (x {p % nx}, y {p // nx})"
-        raise InputError(path, None, f"transform of {where} {problem}")
-
-
-def _check_local_reach(path: str, local, image_size: tuple[int, int]) -> None:
-    """InputError naming the first patch and (1-based) view of a local alignment whose transform
-    moves a corner of the image by more than the image's larger side (not a local correction: the
-    rows a view's reads reach, and so the band held, grow with it), or whose z factors are beyond
-    ``MAX_Z_FACTOR`` (as a ``.zfac``'s)."""
-    nx, ny = image_size
-    corners = np.array([[-nx, -ny], [nx, -ny], [-nx, ny], [nx, ny]], float) / 2
-    t = local.transforms
-    moved = np.einsum("pvij,cj->pvci", t[..., :2], corners) + t[:, :, None, :, 2] - corners
-    reach = np.sqrt(np.max(np.sum(moved**2, axis=-1), axis=-1))  # (P, V)
-    side = max(nx, ny)
-    nx_p = local.n_patches[0]
-    if np.any(~(reach <= side)):
-        p, v = (int(i) for i in np.argwhere(~(reach <= side))[0])
-        raise InputError(
-            path,
-            None,
-            f"the transform of view {v + 1} in patch {p} (x {p % nx_p}, y {p // nx_p}) moves the image's "
-            f"corners by up to {reach[p, v]:.4g} px, more than the image's {side} px: not a local correction",
-        )
-    zf = local.z_factors
-    if zf is not None and np.any(~(np.abs(zf) <= MAX_Z_FACTOR)):
-        p, v, k = (int(i) for i in np.argwhere(~(np.abs(zf) <= MAX_Z_FACTOR))[0])
-        raise InputError(
-            path,
-            None,
-            f"the {'xy'[k]}z factor of view {v + 1} in patch {p} (x {p % nx_p}, y {p // nx_p}) is "
-            f"{zf[p, v, k]:g}: not a height correction (tilt's z factors are small fractions; at most "
-            f"{MAX_Z_FACTOR:g} here)",
-        )
-
-
-def _check_local_angles(path: str, local, tilts_deg: np.ndarray, x_tilts_deg: np.ndarray | None) -> None:
-    """InputError naming the first patch and (1-based) view of a local alignment whose local tilt
-    (global + delta) or X-axis tilt (the alignment's ``x_tilts_deg`` + delta) is not strictly
-    within -90..90 degrees."""
-    dt, dxt = local.delta_tilt_deg, local.delta_xtilt_deg
-    tilts = np.asarray(tilts_deg, dtype=np.float64)
-    if dxt is not None and x_tilts_deg is not None:
-        dxt = dxt + np.asarray(x_tilts_deg, dtype=np.float64)[None]
-    nx = local.n_patches[0]
-    x_what = "delta X-axis tilt" if x_tilts_deg is None else "X-axis tilt plus delta"
-    for angles, what in ((tilts[None] + dt, "local tilt"), (dxt, x_what)):
-        bad = np.zeros(dt.shape, bool) if angles is None else ~(np.abs(angles) < 90)
-        if np.any(bad):
-            p, v = (int(i) for i in np.argwhere(bad)[0])
-            value = f"{tilts[v]:g} + delta {dt[p, v]:g} = " if what == "local tilt" else ""
-            where = f"patch {p} (x {p % nx}, y {p // nx}), view {v + 1}"
-            raise InputError(
-                path, None, f"{what} of {where} is {value}{angles[p, v]:g} degrees, outside -90..90"
-            )
 
 
 def check_stack_pixels(stack_path: str, skip_views=()) -> None:
@@ -400,18 +331,7 @@ def reconstruct_to_file(
         warp = warp._replace(x_tilts_deg=x_tilts)
     local = None
     if local_path is not None:
-        local = read_local_xf(local_path, n_views=n_views)
-        _check_local_transforms(local_path, local)
-        _check_local_angles(local_path, local, alignment.tilts_deg, alignment.x_tilts_deg)
-        check_local_grid(local_path, local, (nx, ny), header_pixel or 0.0)
-        factor = pixel_scale(local, header_pixel or 0.0)
-        if factor != 1.0:
-            warn(
-                f"{local_path}: made for {local.pixel_size:g} A pixels, the stack's are {header_pixel:g} "
-                f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
-            )
-            local = scaled_to_stack(local, header_pixel)
-        _check_local_reach(local_path, local, (nx, ny))
+        local = read_checked_local(local_path, alignment, (nx, ny), header_pixel, warn)
     zfac = alignment.z_factors  # None for a warp or shape model (their sampling carries the height)
     if local is not None and zfac is None and local.z_factors is not None:
         # a record's factors too small to apply alone (its export's .zfac, with which tilt uses the

@@ -187,6 +187,17 @@ def fitted_positions(record: AlignmentRecord) -> np.ndarray:
     return out
 
 
+def flattened_xtilt_deg(record: AlignmentRecord) -> float:
+    """The X-axis tilt (degrees) a record's ``.xtilt`` gives IMOD's tilt: that of the surface
+    analysis of ``align --flatten`` (``export.imod.xtilt_file_value_deg``), 0 for a record that
+    was not flattened or had too few beads for one."""
+    surfaces = record.surfaces or {}
+    x_tilt = surfaces.get("x_axis_tilt_deg")
+    if surfaces.get("flattened") is not True or not isinstance(x_tilt, int | float):
+        return 0.0
+    return xtilt_file_value_deg(x_tilt)
+
+
 def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     """(n_views, 2) ``xzfac, yzfac`` for IMOD's ``tilt``, or None when they are all negligible
     (:data:`Z_PARAMETERS` all neutral, or every factor below :data:`ZFAC_NEGLIGIBLE`: imod's
@@ -234,11 +245,11 @@ def z_factors(record: AlignmentRecord) -> np.ndarray | None:
     aligned = np.einsum("kij,kmj->kmi", xf[:, :, :2], projected) + xf[:, None, :, 2]
     # the frame of the .tlt: a flattened record's tilts carry the surface analysis' tilt change
     # c, so its volume (and tilt's z) is the solved one turned by c about y
-    change = x_tilt = 0.0
+    change = 0.0
     surfaces = record.surfaces or {}
     if surfaces.get("flattened") is True:
         change = np.radians(float(surfaces.get("tilt_angle_change_deg") or 0.0))
-        x_tilt = np.radians(xtilt_file_value_deg(surfaces.get("x_axis_tilt_deg")))
+    x_tilt = np.radians(flattened_xtilt_deg(record))
     x = xyz[:, 0] * np.cos(change) - xyz[:, 2] * np.sin(change)
     z = xyz[:, 0] * np.sin(change) + xyz[:, 2] * np.cos(change)
     tilt = np.radians(record.tilts_deg[keep])[:, None]
