@@ -350,11 +350,17 @@ def _cases(b):
         "memory infinite": ([s / "s.mrc", *xf_tlt, "--memory", "inf"], r"--memory must be a positive number"),
         "local tolerance": (
             [s / "s.mrc", *xf_tlt, "--local-tolerance", -0.1],
-            r"--local-tolerance must be 0 or a positive number of pixels, got -0.1",
+            r"--local-tolerance must be 0 \(exact reads\) or a positive number of pixels up to 1, got -0.1",
         ),
-        "local tolerance without local": (
+        "local tolerance past a pixel": (
+            [s / "s.mrc", *xf_tlt, "--local", s / "s.xf", "--local-tolerance", 1e9],
+            r"--local-tolerance must be .* up to 1, got 1e\+09 \(a read farther from its voxel's position "
+            r"blurs the tomogram; the default is 0.1\)",
+        ),
+        "local tolerance without sheets": (
             [s / "s.mrc", *xf_tlt, "--local-tolerance", 0.5],
-            r"--local-tolerance goes with --local \(no local alignment was given\)",
+            r"--local-tolerance goes with a reconstruction read through sheets: --local, --zfac, "
+            r"--xtilt/--x-axis-tilt or an --alignment record \(none was given\)",
         ),
         "radial": (
             [s / "s.mrc", *xf_tlt, "--radial", 0.9, 0.05],
@@ -451,7 +457,8 @@ CASES = [
     "memory",
     "memory infinite",
     "local tolerance",
-    "local tolerance without local",
+    "local tolerance past a pixel",
+    "local tolerance without sheets",
     "radial",
     "both alignments",
     "no alignment",
@@ -630,7 +637,8 @@ def test_reconstruct_help():
         assert word in out
     text = " ".join(out.split())
     assert "the file's own replace them and a file without any drops them, as tilt does" in text
-    assert "sharp bead peaks within 2% of the exact reads' at any PX > 0); 0 samples every voxel" in text
+    assert "sharp bead peaks stay within 2% of the exact reads' with IMOD's local files; an X-axis tilt" in text
+    assert "costs them 2-7% (0.5-20 deg), and larger tolerances blur more (6-10% at 0.2-1 px); at most 1" in text
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1
 

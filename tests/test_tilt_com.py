@@ -244,3 +244,28 @@ def test_a_line_that_is_no_option_and_filters_under_sirt(folder, tmp_path):
     (tmp_path / "tilt.com").write_text(COM)
     rc, out, err = run_cli([*args, "--sirt", 2, "--out", tmp_path / "sirt.mrc"])
     assert rc == 0 and "RADIAL not applied: --sirt has no filter" in out + err, err
+
+
+def test_a_bare_local_takes_the_coms_localfile(folder, tmp_path):
+    """``--imod-com tilt.com --local`` (no file): the com's LOCALFILE, the volume of --local FILE;
+    a com without one is refused, naming it."""
+    from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
+
+    d = folder
+    shifted = np.tile(np.eye(2, 3), (4, TILTS.size, 1, 1))
+    shifted[..., 2] = 0.5
+    local = LocalAlignment((2, 2), (16.0, 16.0), (32.0, 32.0), 0.0, np.zeros((4, TILTS.size)), shifted)
+    write_local_xf(tmp_path / "slocal.xf", local)
+    for name in ("s.mrc", "s.xf", "s.tlt", "s.xtilt"):
+        (tmp_path / name).symlink_to(d / name)
+    (tmp_path / "tilt.com").write_text(COM.replace("EXCLUDELIST 1\n", "EXCLUDELIST 1\nLOCALFILE slocal.xf\n"))
+    base = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--imod-com", tmp_path / "tilt.com"]
+    rc, _, err = run_cli([*base, "--local", "--out", tmp_path / "bare.mrc"])
+    assert rc == 0, err
+    rc, _, err = run_cli([*base, "--local", tmp_path / "slocal.xf", "--out", tmp_path / "named.mrc"])
+    assert rc == 0, err
+    np.testing.assert_array_equal(volume(tmp_path / "bare.mrc"), volume(tmp_path / "named.mrc"))
+    base[-1] = d / "tilt.com"
+    rc, _, err = run_cli([*base, "--local", "--out", tmp_path / "none.mrc"])
+    assert rc == 2 and f"--local: {d / 'tilt.com'} names no LOCALFILE; give --local FILE" in err, err
+    assert not (tmp_path / "none.mrc").exists()

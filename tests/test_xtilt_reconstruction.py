@@ -262,3 +262,52 @@ def test_the_tilted_reads_fit_the_memory_and_give_way_to_sheets_where_they_cost_
     assert rows_lab * nz_lab < 1.25 * 64 * 128  # BB's levelling: L about one slab (1.21)
     assert reads_tilted_cheaply(60.0, 61, shape, None) and reads_tilted_cheaply(2.0, 61, shape, 5e6)
     assert not reads_tilted_cheaply(60.0, 61, shape, 5e6)
+
+
+def test_x_axis_tilts_read_through_sheets_say_so_and_read_exactly_at_tolerance_0(tilted_beads):
+    """X-axis tilts that differ by view go through sheets, whose rows' reads move across detector
+    columns with the height (a second interpolation): the command says so, and --local-tolerance
+    0 (taken here, without --local) reads every voxel at its own position, as sharp as the
+    single-angle path. The sheets' bead peaks stay above 0.895 of the exact reads' (one more
+    bilinear interpolation of a sigma 1.2 px peak, on average) and below them."""
+    import mrcfile
+    from helpers import peak_values
+
+    folder, _ = tilted_beads
+    base = ["reconstruct", folder / "s.mrc", "--xf", folder / "s.xf", "--tlt", folder / "s.tlt"]
+    base += ["--thickness", NZ, "--xtilt", folder / "s.xtilt", "--x-axis-tilt", -7]
+    peaks = {}
+    for name, extra in (("sheets", []), ("exact", ["--local-tolerance", 0])):
+        rc, out, err = run_cli([*base, *extra, "--out", folder / f"tol-{name}.mrc"])
+        assert rc == 0, err
+        assert ("the X-axis tilt is read through sheets" in out + err) == (name == "sheets"), out + err
+        with mrcfile.open(folder / f"tol-{name}.mrc") as m:
+            peaks[name] = peak_values(np.array(m.data), BEADS)
+    ratio = float(np.median(peaks["sheets"] / peaks["exact"]))
+    print(f"sheets' peaks {ratio:.3f} of the exact reads'")
+    assert 0.895 < ratio < 1.0
+
+
+def test_a_tolerance_the_reconstruction_does_not_use_is_named(tilted_beads):
+    """One X-axis tilt for every view is read tilted, not through sheets: a --local-tolerance
+    given with it is said to be unused (and the volume is the one without it)."""
+    folder, _ = tilted_beads
+    base = ["reconstruct", folder / "s.mrc", "--xf", folder / "s.xf", "--tlt", folder / "s.tlt"]
+    rc, out, err = run_cli(
+        [*base, "--thickness", NZ, "--x-axis-tilt", -7, "--local-tolerance", 0.05, "--out", folder / "u.mrc"]
+    )
+    assert rc == 0 and "--local-tolerance 0.05 is not used: this reconstruction reads no sheets" in out + err
+
+
+def test_a_tilt_file_short_of_the_stack_is_named_before_the_xtilt(tilted_beads):
+    """A .tlt with a line fewer than the stack's views and a right .xtilt: the .tlt is named (the
+    .xtilt is matched to it only after)."""
+    from lmalign_jax.io import write_tlt
+
+    folder, _ = tilted_beads
+    write_tlt(folder / "short.tlt", TILTS[:-1])
+    args = ["reconstruct", folder / "s.mrc", "--xf", folder / "s.xf", "--tlt", folder / "short.tlt"]
+    rc, _, err = run_cli([*args, "--thickness", NZ, "--xtilt", folder / "s.xtilt", "--out", folder / "b.mrc"])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"short.tlt: has 30 tilt angles but the stack {folder / 's.mrc'} has 31 sections" in err
+    assert not (folder / "b.mrc").exists()
