@@ -3,11 +3,11 @@
 Options given on the command line win; the file fills in the rest, its file names taken relative
 to its folder (where Etomo runs tilt). What tilt's options mean (its man page and tilt.f90):
 TILTFILE, XTILTFILE, XAXISTILT, ZFACTORFILE, LOCALFILE, EXCLUDELIST and EXCLUDELIST2 (added up),
-THICKNESS (unbinned pixels), IMAGEBINNED (the aligned stack's binning: ``--bin``), RADIAL (cycles
-per pixel at IMAGEBINNED: rescaled when ``--bin`` differs; its fall-off F is tilt's
-``exp(-(df / F)^2)``, a sigma of F / sqrt(2), unless FalloffIsTrueSigma 1 makes it the sigma, as
-tilt.f90's RADWT has it), FakeSIRTiterations (``--sirtlike``)
-and PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``) are applied. tilt reads the aligned
+THICKNESS (unbinned pixels, an integer as tilt reads it), IMAGEBINNED (the aligned stack's
+binning: ``--bin``), RADIAL (cycles per pixel at IMAGEBINNED: rescaled when ``--bin`` differs;
+its fall-off F is tilt's ``exp(-(df / F)^2)``, a sigma of F / sqrt(2), unless FalloffIsTrueSigma
+1 makes it the sigma, as tilt.f90's RADWT has it), FakeSIRTiterations (``--sirtlike``) and
+PERPENDICULAR (tilt's own layout, ``--layout imod-tilt``) are applied. tilt reads the aligned
 stack (InputProjections, the raw stack through its ``.xf``): here the raw stack and ``--xf`` are
 given, so the names of tilt's input and output, GPU and interpolation settings have no bearing;
 FULLIMAGE is checked against the stack, and a SUBSETSTART other than 0 (tilt's aligned stack
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from ..io.errors import InputError
 from ..io.mrc import read_stack_header
@@ -128,6 +129,8 @@ def apply_tilt_com(args) -> None:
         if not entry.value:
             raise com.error(entry, f"{name}: no file name")
         path = os.path.join(folder, entry.value)
+        if os.path.isdir(path):
+            raise com.error(entry, f"{name} {entry.value}: a folder, not a file ({path})")
         if not os.path.isfile(path):
             raise com.error(entry, f"{name} {entry.value}: no such file ({path})")
         return path
@@ -172,7 +175,7 @@ def apply_tilt_com(args) -> None:
         args.zfac = file_named("ZFACTORFILE")
     if args.local is None:
         args.local = file_named("LOCALFILE")
-    thickness = com.numbers("THICKNESS", 1)
+    thickness = _thickness(com)
     if args.thickness is None and thickness is not None:
         if not thickness[0] > 0:
             raise com.error(
@@ -249,6 +252,21 @@ def apply_tilt_com(args) -> None:
         note(notice)
 
 
+def _thickness(com: ComFile) -> tuple[float] | None:
+    """THICKNESS as a whole number of pixels, written as one (tilt reads it as an integer: 40.7 or
+    1e3 is not one), None when absent."""
+    entry = com.get("THICKNESS")
+    if entry is None:
+        return None
+    if not re.fullmatch(r"[+-]?[0-9]+", entry.value.strip()):
+        raise com.error(
+            entry,
+            f"THICKNESS {entry.value}: expected a whole number of pixels written as an integer (IMOD's "
+            "tilt reads THICKNESS as one)",
+        )
+    return (float(int(entry.value)),)
+
+
 def _one_or_two_numbers(com: ComFile, name: str) -> tuple[float, ...] | None:
     """The option's one or two numbers (tilt reads the second as optional), None when absent."""
     entry = com.get(name)
@@ -270,5 +288,7 @@ def check_imod_com_args(args) -> None:
         raise UsageError(
             "--imod-com needs --xf: the transforms that made tilt's aligned stack from this raw stack"
         )
+    if args.imod_com is not None and os.path.isdir(args.imod_com):
+        raise InputError(args.imod_com, None, "a folder, not a file")
     if args.imod_com is not None and not os.path.isfile(args.imod_com):
         raise InputError(args.imod_com, None, "no such file")

@@ -144,6 +144,8 @@ class _Cursor:
             raise InputError(self.path, None, f"file ends in the {what}")
         line_no, raw = self.k + 1, self.lines[self.k]
         self.k += 1
+        if not raw.strip():
+            raise InputError(self.path, line_no, f"blank line in the {what}")
         fields = split_fields(raw, _XF_WIDTHS)
         if len(fields) != 6:
             raise InputError(
@@ -194,31 +196,62 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
             raise InputError(path, 1, f"{name} must be 0 or 1, got {flag[0]}")
     n_patches = nx * ny
     body = len(lines) - 1
+    blank = next((k for k in range(1, len(lines)) if not lines[k].strip()), None)
+    if blank is not None:  # named where it is, before the line count it also throws off
+        if n_views is not None:  # the block it falls in, as the layout places it (raises there)
+            _read_blocks(path, lines, (nx, ny), n_views, xtilts, zfactors)
+        raise InputError(path, blank + 1, "blank line inside the patch blocks (a local file has none)")
     fits = 1  # the number of views the file's lines make nX x nY blocks of, if any
     while n_patches * _block_lines(fits, xtilts, zfactors) < body:
         fits += 1
     if n_patches * _block_lines(fits, xtilts, zfactors) != body:
-        fits = None
-    if n_views is None:
-        if fits is None:
+        if n_views is None:
+            below = [
+                f"{n} view{'s' * (n != 1)} need {n_patches * _block_lines(n, xtilts, zfactors)}"
+                for n in (fits - 1, fits)
+            ]
             raise InputError(
                 path,
                 None,
-                f"{body} lines after the header do not make {nx} x {ny} patch blocks for any number of views",
+                f"{body} lines after the header do not make {nx} x {ny} patch blocks of a whole number of "
+                f"views ({', '.join(below[fits == 1 :])}): the file is truncated or has lines too many",
             )
+        fits = None
+    if n_views is None:
         n_views = fits
     elif fits != n_views:
         raise InputError(
             path,
             None,
             "grid does not match the alignment: "
-            + (
-                f"the file holds {nx} x {ny} patches of {fits} views, the alignment has {n_views} views"
-                if fits is not None
-                else f"{body} lines after the header, but {nx} x {ny} patches of {n_views} views need "
-                f"{n_patches * _block_lines(n_views, xtilts, zfactors)}"
-            ),
+            + _count_problem(body, (nx, ny), n_views, fits, _block_lines(n_views, xtilts, zfactors)),
         )
+    xf, dt, dxt, zf = _read_blocks(path, lines, (nx, ny), n_views, xtilts, zfactors)
+    return LocalAlignment((nx, ny), (x0, y0), (dx, dy), pixel, dt, xf, dxt, zf, len(tokens))
+
+
+def _count_problem(body: int, grid: tuple[int, int], n_views: int, fits: int | None, block: int) -> str:
+    """Why ``body`` lines after the header are not ``grid`` patch blocks of ``n_views`` views (of
+    ``block`` lines each); ``fits``: the number of views they make whole blocks of, if any."""
+    nx, ny = grid
+    need = nx * ny * block
+    counts = f"{body} lines after the header, but {nx} x {ny} patches of {n_views} views need {need}"
+    if body < need:
+        other = f", or holds {nx} x {ny} patches of {fits} views (made for another alignment)" if fits else ""
+        return f"{counts}: the file is {need - body} lines short (truncated?){other}"
+    if fits is not None:
+        return (
+            f"the file holds {nx} x {ny} patches of {fits} views, the alignment has {n_views} views "
+            f"({body} lines after the header; {n_views} views need {need})"
+        )
+    return f"{counts}: {body - need} lines too many"
+
+
+def _read_blocks(path, lines: list[str], grid: tuple[int, int], n_views: int, xtilts: bool, zfactors: bool):
+    """The patch blocks after the header: (transforms, delta tilts, delta X-axis tilts or None, z
+    factors or None); InputError at the line of the first problem."""
+    nx, ny = grid
+    n_patches = nx * ny
     cursor = _Cursor(path, lines, 1)
     dt = np.zeros((n_patches, n_views))
     dxt = np.zeros((n_patches, n_views)) if xtilts else None
@@ -231,21 +264,28 @@ def read_local_xf(path: str | os.PathLike, n_views: int | None = None) -> LocalA
             dxt[p] = cursor.values(n_views, f"delta X-axis tilts of {where}")
         if zf is not None:
             zf[p] = cursor.values(2 * n_views, f"z factors of {where}").reshape(n_views, 2)
-        for v in range(n_views):
-            row = cursor.transform(f"transform of view {v} in {where}")
+        for v in range(n_views):  # views 1-based, as the .tlt's lines
+            row = cursor.transform(f"transform of view {v + 1} in {where}")
             xf[p, v] = [[row[0], row[1], row[4]], [row[2], row[3], row[5]]]
-    return LocalAlignment((nx, ny), (x0, y0), (dx, dy), pixel, dt, xf, dxt, zf, len(tokens))
+    return xf, dt, dxt, zf
 
 
 #: How far outside the image (a fraction of its size) a patch centre may lie. tiltalign lays its
 #: grid over the markers' solved positions, and a bead that enters the field only at high tilt lies
 #: outside the image at zero tilt; tilt holds the outer patches' weights beyond the grid's edge.
 GRID_MARGIN = 0.5
+#: The least spread of the patch centres (a fraction of the image's size) in x or in y of a grid
+#: that the pixel rescaling shrinks. tiltalign spreads its grid over the markers: IMOD's shipped
+#: files span 25-53% of their images (BBb's x 25%); a grid rescaled by a wrong pixel size (a header
+#: of 1 A on a stack of 10 A) covers a few percent of it. Not asked of an unscaled grid: markers
+#: clustered in a small field make a small grid of the right pixels.
+MIN_GRID_SPREAD = 0.1
 
 
 def pixel_scale(local: LocalAlignment, pixel_size: float) -> float:
     """The factor IMOD's tilt applies to the grid and the shifts of ``local`` (LOCALSCALE not given):
-    header pixel / ``pixel_size`` (the stack's, A) when both are > 0, else 1; 1 also when the two
+    header pixel / ``pixel_size`` (the stack's, A) when both are > 0, else 1 (nothing to scale by:
+    the file is applied as written, also for a stack without a pixel size); 1 also when the two
     agree to the header's precision (``f12.5``, and a float32 stack header's rounding: 2.17000
     against 2.1700000763 is the same pixel)."""
     if not (local.pixel_size > 0 and pixel_size > 0):
@@ -279,30 +319,44 @@ def check_local_grid(
     """InputError unless the file's patch grid fits an image of ``image_size`` (nx, ny) pixels after
     the rescaling IMOD's tilt applies (:func:`pixel_scale`: the "pixel-size trap" of a file made for
     a stack of another binning or a model without a pixel size): at least half the patch centres
-    inside the image and none farther outside than :data:`GRID_MARGIN` of its size."""
+    inside the image, none farther outside than :data:`GRID_MARGIN` of its size, and, where the
+    rescaling shrinks the grid, its centres spread over at least :data:`MIN_GRID_SPREAD` of the
+    image in x or in y (a grid rescaled into a corner, as a header pixel of 1, IMOD's for a model
+    without a pixel size, makes it on a stack of 10 A pixels, covers almost none of the image)."""
     factor = pixel_scale(local, pixel_size)
     centres = local.centres * factor
     size = np.asarray(image_size, float)
     inside = np.all((centres >= 0) & (centres <= size), axis=1)
     far = np.any((centres < -GRID_MARGIN * size) | (centres > (1 + GRID_MARGIN) * size))
+    lo, hi = centres.min(axis=0), centres.max(axis=0)
+    rescaled = (
+        f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
+        if factor != 1
+        else ""
+    )
+    span = f"patch centres span x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g}{rescaled}"
     if far or 2 * inside.sum() < len(centres):
-        lo, hi = centres.min(axis=0), centres.max(axis=0)
-        rescaled = (
-            f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
-            if factor != 1
-            else ""
-        )
         raise InputError(
             path,
             1,
-            f"grid does not match the stack: patch centres span x {lo[0]:g}..{hi[0]:g}, "
-            f"y {lo[1]:g}..{hi[1]:g}{rescaled}, "
+            f"grid does not match the stack: {span}, "
             + (
                 f"{len(centres) - int(inside.sum())} of {len(centres)} outside"
                 if not far
                 else f"farther than {GRID_MARGIN:g} of its size outside"
             )
             + f" the {image_size[0]:g} x {image_size[1]:g} image",
+        )
+    if factor < 1 and np.all(hi - lo < MIN_GRID_SPREAD * size):
+        raise InputError(
+            path,
+            1,
+            f"grid does not match the stack: {span}, under {MIN_GRID_SPREAD:.0%} of the "
+            f"{image_size[0]:g} x {image_size[1]:g} image in x and in y: the file was made for "
+            f"{local.pixel_size:g} A pixels, not this stack's {pixel_size:g} A (IMOD writes 1 for a model "
+            "without a pixel size; tilt then needs LOCALSCALE, which is not read here): write this "
+            "stack's pixel size (or 0) into the header's pixel field, or give the --local file written "
+            "for this stack",
         )
 
 

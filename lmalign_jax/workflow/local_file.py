@@ -20,14 +20,22 @@ def read_checked_local(
     path: str, alignment: Alignment, image_size: tuple[int, int], header_pixel: float | None, warn
 ) -> LocalAlignment:
     """The local file ``path`` for ``alignment``'s views over an ``image_size`` (nx, ny) stack whose
-    header gives ``header_pixel`` (A, None: none), scaled to it (with a ``warn``-ing); InputError
-    naming the file, patch and view of the first problem."""
+    header gives ``header_pixel`` (A, None: none), scaled to it (with a ``warn``-ing; a file with a
+    pixel size for a stack without one is applied unscaled, with a ``warn``-ing that names both);
+    InputError naming the file, patch and view of the first problem."""
     local = read_local_xf(path, n_views=alignment.tilts_deg.size)
     _check_local_transforms(path, local)
     _check_local_angles(path, local, alignment.tilts_deg, alignment.x_tilts_deg)
     check_local_grid(path, local, image_size, header_pixel or 0.0)
     factor = pixel_scale(local, header_pixel or 0.0)
-    if factor != 1.0:
+    if local.pixel_size > 0 and not header_pixel:
+        warn(
+            f"{path}: made for {local.pixel_size:g} A pixels, but the stack's header has no pixel size, so "
+            "it cannot be scaled to the stack (IMOD's tilt scales a local file by its pixel / the "
+            "stack's): its grid and shifts are applied as written, in this stack's pixels; if the "
+            "stack is binned otherwise than the one it was made for, give the stack its pixel size"
+        )
+    elif factor != 1.0:
         warn(
             f"{path}: made for {local.pixel_size:g} A pixels, the stack's are {header_pixel:g} "
             f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
