@@ -212,3 +212,34 @@ def test_a_named_file_that_is_a_folder_is_called_a_folder(folder, tmp_path, name
     rc, _, err = run_cli([*base, "--imod-com", tmp_path / "adir"])
     assert rc == 2 and f"{tmp_path / 'adir'}: a folder, not a file" in err, err
     assert not (tmp_path / "t.mrc").exists()
+
+
+def test_a_grid_over_markers_the_alignment_turns_past_the_image_box_is_taken():
+    """tiltalign lays its grid over the markers' solved (X, Y), their aligned positions at zero tilt:
+    with the tilt axis at 78 deg on a 64 x 256 image they span the turned image, x from about -95 to
+    160. Such a grid (what align --local wrote, refused by reconstruct and export before) is taken
+    with the alignment's footprint; the same grid against the image's own box, and a grid far past
+    the footprint, are refused."""
+    from lmalign_jax.io.imod_local import aligned_footprint
+
+    size = (64, 256)
+    turn = np.radians(-78.0)
+    a = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    xf = np.tile(np.concatenate([a, np.zeros((2, 1))], 1), (TILTS.size, 1, 1))
+    low, high = aligned_footprint(xf, TILTS, size)
+    np.testing.assert_allclose(low, [32 - 0.5 * (64 * abs(a[0, 0]) + 256 * abs(a[0, 1])), 0], atol=1e-9)
+    np.testing.assert_allclose(high, [32 + 0.5 * (64 * abs(a[0, 0]) + 256 * abs(a[0, 1])), 256], atol=1e-9)
+    n = TILTS.size
+    grid = LocalAlignment(
+        (4, 2), (-80.0, 100.0), (70.0, 60.0), 0.0, np.zeros((8, n)), np.tile(np.eye(2, 3), (8, n, 1, 1))
+    )
+    check_local_grid("turned.xf", grid, size, 0.0, (low, high))
+    with pytest.raises(
+        InputError, match=r"turned.xf:1: grid does not match the stack: .*the 64 x 256 image$"
+    ):
+        check_local_grid("turned.xf", grid, size)
+    far = dataclasses.replace(grid, start=(-400.0, 100.0))
+    with pytest.raises(
+        InputError, match=r"farther than 0.5 of its size outside the 64 x 256 image \(as the "
+    ):
+        check_local_grid("far.xf", far, size, 0.0, (low, high))

@@ -38,7 +38,14 @@ from .atomic import atomic_write
 from .errors import InputError
 from .fixed_width import format_records, record_format
 
-__all__ = ["ZFAC_NEGLIGIBLE", "LocalAlignment", "check_local_grid", "read_local_xf", "write_local_xf"]
+__all__ = [
+    "ZFAC_NEGLIGIBLE",
+    "LocalAlignment",
+    "aligned_footprint",
+    "check_local_grid",
+    "read_local_xf",
+    "write_local_xf",
+]
 
 #: Z factors below this (a ``.zfac``'s printed precision, ``2f12.7``) are zero: neither a ``.zfac``
 #: nor a local file's z factors are written for them.
@@ -313,8 +320,28 @@ def scaled_to_stack(local: LocalAlignment, pixel_size: float) -> LocalAlignment:
     )
 
 
+def aligned_footprint(
+    xf: np.ndarray, tilts_deg: np.ndarray, image_size: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the raw image lands in the aligned frame at the view nearest 0 degrees: the box
+    (lo (2,), hi (2,), image pixels from the corner) of its corners mapped by that view's .xf
+    ``xf`` (n, 2, 3), raw -> aligned about the image centre. tiltalign lays its patch grid over the
+    markers' solved (X, Y), which at zero tilt are their aligned positions: a tilt axis far from
+    the image's axes on a non-square image turns them past the image's own box."""
+    size = np.asarray(image_size, float)
+    view = int(np.argmin(np.abs(np.asarray(tilts_deg, float))))
+    half = size / 2
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]]) * half
+    mapped = corners @ np.asarray(xf[view][:, :2], float).T + np.asarray(xf[view][:, 2], float) + half
+    return np.minimum(mapped.min(axis=0), 0.0), np.maximum(mapped.max(axis=0), size)
+
+
 def check_local_grid(
-    path: str | os.PathLike, local: LocalAlignment, image_size: tuple[float, float], pixel_size: float = 0.0
+    path: str | os.PathLike,
+    local: LocalAlignment,
+    image_size: tuple[float, float],
+    pixel_size: float = 0.0,
+    footprint: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """InputError unless the file's patch grid fits an image of ``image_size`` (nx, ny) pixels after
     the rescaling IMOD's tilt applies (:func:`pixel_scale`: the "pixel-size trap" of a file made for
@@ -322,12 +349,18 @@ def check_local_grid(
     inside the image, none farther outside than :data:`GRID_MARGIN` of its size, and, where the
     rescaling shrinks the grid, its centres spread over at least :data:`MIN_GRID_SPREAD` of the
     image in x or in y (a grid rescaled into a corner, as a header pixel of 1, IMOD's for a model
-    without a pixel size, makes it on a stack of 10 A pixels, covers almost none of the image)."""
+    without a pixel size, makes it on a stack of 10 A pixels, covers almost none of the image).
+    ``footprint``: the box the raw image covers in the aligned frame (:func:`aligned_footprint`),
+    taken for the image's own box in the first two tests when given (it holds that box)."""
     factor = pixel_scale(local, pixel_size)
     centres = local.centres * factor
     size = np.asarray(image_size, float)
-    inside = np.all((centres >= 0) & (centres <= size), axis=1)
-    far = np.any((centres < -GRID_MARGIN * size) | (centres > (1 + GRID_MARGIN) * size))
+    low, high = (
+        (np.zeros(2), size) if footprint is None else (np.asarray(footprint[0]), np.asarray(footprint[1]))
+    )
+    extent = high - low
+    inside = np.all((centres >= low) & (centres <= high), axis=1)
+    far = np.any((centres < low - GRID_MARGIN * extent) | (centres > high + GRID_MARGIN * extent))
     lo, hi = centres.min(axis=0), centres.max(axis=0)
     rescaled = (
         f" (rescaled by header pixel {local.pixel_size:g} / stack pixel {pixel_size:g})"
@@ -335,6 +368,11 @@ def check_local_grid(
         else ""
     )
     span = f"patch centres span x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g}{rescaled}"
+    turned = (
+        ""
+        if footprint is None or (np.allclose(low, 0) and np.allclose(high, size))
+        else f" (as the alignment turns it, x {low[0]:.0f}..{high[0]:.0f}, y {low[1]:.0f}..{high[1]:.0f})"
+    )
     if far or 2 * inside.sum() < len(centres):
         raise InputError(
             path,
@@ -345,7 +383,7 @@ def check_local_grid(
                 if not far
                 else f"farther than {GRID_MARGIN:g} of its size outside"
             )
-            + f" the {image_size[0]:g} x {image_size[1]:g} image",
+            + f" the {image_size[0]:g} x {image_size[1]:g} image{turned}",
         )
     if factor < 1 and np.all(hi - lo < MIN_GRID_SPREAD * size):
         raise InputError(

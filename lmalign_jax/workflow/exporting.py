@@ -51,7 +51,7 @@ from ..export.imod import (
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
-from ..io.imod_local import LocalAlignment, check_local_grid, read_local_xf, write_local_xf
+from ..io.imod_local import LocalAlignment, aligned_footprint, check_local_grid, read_local_xf, write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
@@ -139,7 +139,12 @@ def local_alignment_for(
     n_views = record.xf.shape[0] if record.xf is not None else None
     local = read_local_xf(path, n_views)
     if record.image_size is not None:
-        check_local_grid(path, local, record.image_size, record.pixel_size_A or 0.0)
+        footprint = (
+            None
+            if record.xf is None or record.tilts_deg is None
+            else aligned_footprint(record.xf, record.tilts_deg, record.image_size)
+        )
+        check_local_grid(path, local, record.image_size, record.pixel_size_A or 0.0, footprint)
     return local, path
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.errors import InputError
-from ..io.imod_local import LocalAlignment, check_local_grid, pixel_scale, read_local_xf, scaled_to_stack
+from ..io.imod_local import (
+    LocalAlignment,
+    aligned_footprint,
+    check_local_grid,
+    pixel_scale,
+    read_local_xf,
+    scaled_to_stack,
+)
 from ..recon.fbp import MAX_XF_ENTRY, transform_measures
 from .alignment_inputs import MAX_Z_FACTOR, Alignment
 
@@ -26,7 +33,9 @@ def read_checked_local(
     local = read_local_xf(path, n_views=alignment.tilts_deg.size)
     _check_local_transforms(path, local)
     _check_local_angles(path, local, alignment.tilts_deg, alignment.x_tilts_deg)
-    check_local_grid(path, local, image_size, header_pixel or 0.0)
+    xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
+    footprint = aligned_footprint(xf, alignment.tilts_deg, image_size)
+    check_local_grid(path, local, image_size, header_pixel or 0.0, footprint)
     factor = pixel_scale(local, header_pixel or 0.0)
     if local.pixel_size > 0 and not header_pixel:
         warn(
