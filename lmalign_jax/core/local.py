@@ -62,6 +62,7 @@ from ..solve import (
 from .grouping import group_sizes
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, marker_shares, patch_grid, select_patch_markers, surfaces
+from .local_joint import refine_patches_jointly
 from .local_maps import global_z_factors, patch_file_maps, project_points
 from .local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS, LocalOptions
 from .problem import (
@@ -127,11 +128,13 @@ class PatchReport:
 class LocalSolution:
     """A local alignment: the file IMOD's tilt reads, per-patch reports and overall residuals.
 
-    views: (n_patches, n_views, k) each patch's full view parameters (model units).
+    views: (n_patches, n_views, k) each patch's full view parameters (model units), as solved alone.
     global_mean_px / local_mean_px: mean residual length with every marker fitted through the
     global transform alone / through the local alignment as tilt applies it.
     seconds: wall time of the batched solve (compiled call included).
     keep_test: whether patches were kept by the significance test (else every solved one was).
+    joint_free: the free parameters of the kept patches refined together (``LocalOptions.joint``;
+    0: not refined), which then replace their own solutions' in the file (``views`` holds those).
     z_factors: (n_views, 2) the global alignment's z factors (:func:`global_z_factors`), which the
     residuals above are judged with (tilt uses the file's own, ``file.z_factors``, in their place),
     or None.
@@ -147,6 +150,7 @@ class LocalSolution:
     notes: tuple[str, ...]
     keep_test: bool = True
     z_factors: np.ndarray | None = None
+    joint_free: int = 0
 
 
 def _bucket(n: int) -> int:
@@ -394,7 +398,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         obs.mask.astype(float) if result.settings.weights is None else result.settings.weights**2 * obs.mask
     )
     sigma2 = float(np.sum(fit_w[..., None] * resid**2) / max(1.0, 2 * fit_w.sum() - result.n_parameters))
-    reports, marker_sets = [], []
+    reports, marker_sets, report_weights = [], [], []
     n_underdetermined = 0
     for p, ((cell, c, box, enough, in_box), idx) in enumerate(zip(cells, selections, strict=True)):
         status = Status(int(status_of[p]))
@@ -466,6 +470,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             obs.mask[:, shown] * shares[shown, p][None] if enough and counted else obs.mask[:, shown] * 1.0
         ) * np.where(obs.mask[:, shown], fit_w[:, shown], 0.0)  # and a robust fit's weights
         n_coords = max(1e-300, 2 * float(share_w.sum()))
+        report_weights.append((shown, share_w, n_coords))
         reports.append(
             PatchReport(
                 cell,
@@ -507,9 +512,34 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     g_xyz, g_res = fit_markers_through_local(
         None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, **through
     )
+    kept = np.flatnonzero([r.kept_local for r in reports])
+    refined, joint_free = False, 0
+    if options.joint and global_zfac is None and kept.size:
+        joint = refine_patches_jointly(
+            file,
+            kept,
+            aligned,
+            obs.mask,
+            result.tilts_deg,
+            obs.image_size,
+            g_xyz,
+            options.joint_modes(),
+            fit_w,
+        )
+        refined = joint.after < joint.before
+        if refined:
+            file, joint_free = joint.file, joint.n_free
+            notes.append(
+                f"{kept.size} kept patch(es) refined together through tilt's blend: the points' weighted "
+                f"sum of squares {joint.before:.4g} -> {joint.after:.4g} px^2 ({joint.n_free} parameters)"
+            )
     l_xyz, l_res = fit_markers_through_local(
         file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz, **through
     )
+    for p in kept if refined else ():  # what the file now holds for a kept patch: its refined blend
+        shown, share_w, n_coords = report_weights[p]
+        rms = float(np.sqrt(np.nansum(share_w[..., None] * l_res[:, shown] ** 2) / n_coords))
+        reports[p] = dataclasses.replace(reports[p], local_rms_px=rms)
     global_mean = float(np.nanmean(np.hypot(g_res[..., 0], g_res[..., 1])))
     solved_mean = result.mean_residual_px
     if global_mean > solved_mean + max(TILT_FORMULA_SLACK_PX, TILT_FORMULA_SLACK * solved_mean):
@@ -531,4 +561,5 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         notes=tuple(notes),
         keep_test=options.significance is not None,
         z_factors=global_zfac,
+        joint_free=joint_free,
     )

@@ -1,0 +1,141 @@
+"""The kept patches of a local alignment refined together through tilt's blend
+(``core.local_joint``, ``LocalOptions.joint``), against known truth.
+
+A patch solved alone takes the local slope of a deformation that curves across the field, and
+tilt's blend of two slopes doubles the curvature between patch centres; refined together, by
+least squares on the blended positions, the patches follow it. Judged, as the issue asks, by the
+error of the aligned positions against the simulator's noise-free ones."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lmalign_jax import align, simulate
+from lmalign_jax.core.local import LocalOptions, align_local
+from lmalign_jax.core.local_apply import project_through_local
+from lmalign_jax.core.local_joint import increment_bases, refine_patches_jointly
+from lmalign_jax.io.imod_local import LocalAlignment
+from lmalign_jax.simulation.local_truth import aligned_position_error
+
+FREE = {name: "free" for name in ("rotation", "tilt", "scale", "xstretch", "skew")}
+
+
+def test_a_blend_of_known_patch_maps_is_fitted_exactly():
+    """Positions made by tilt's blend of known per-patch maps (rotation, scale, stretch, skew,
+    delta tilt and shift per patch and view), no noise: refined together from unit maps with every
+    increment free, the blend reproduces them, which checks the Jacobians, the grouped bases and
+    the shifts' elimination together. The markers, refitted through the blend between rounds (as
+    tilt's positions are judged), converge more slowly than the maps (an alternation): the sum of
+    squares falls by over 1e4 in the default two rounds (measured 1605 -> 0.077 px^2), where a
+    wrong Jacobian or elimination leaves it within a factor of a few."""
+    rng = np.random.default_rng(4)
+    size, n_views, n_markers = (600.0, 400.0), 7, 120
+    tilts = np.linspace(-45, 45, n_views)
+    xyz = np.column_stack(
+        [
+            rng.uniform(-280, 280, n_markers),
+            rng.uniform(-180, 180, n_markers),
+            rng.uniform(-40, 40, n_markers),
+        ]
+    )
+    n_patches = 6
+    turn = np.radians(rng.uniform(-0.5, 0.5, (n_patches, n_views)))
+    scale = 1 + rng.uniform(-0.004, 0.004, (n_patches, n_views))
+    a = scale[..., None, None] * np.stack(
+        [np.stack([np.cos(turn), -np.sin(turn)], -1), np.stack([np.sin(turn), np.cos(turn)], -1)], -2
+    )
+    a[..., 0, 0] += rng.uniform(-0.003, 0.003, (n_patches, n_views))  # x-stretch
+    a[..., 0, 1] += rng.uniform(-0.003, 0.003, (n_patches, n_views))  # skew
+    shifts = rng.uniform(-1.5, 1.5, (n_patches, n_views, 2))
+    truth = LocalAlignment(
+        (3, 2),
+        (100.0, 100.0),
+        (200.0, 200.0),
+        0.0,
+        rng.uniform(-0.3, 0.3, (n_patches, n_views)),
+        np.concatenate([a, shifts[..., None]], -1),
+    )
+    aligned = project_through_local(truth, xyz, tilts, size)
+    mask = np.ones((n_views, n_markers), bool)
+    start = dataclasses.replace(
+        truth,
+        delta_tilt_deg=np.zeros_like(truth.delta_tilt_deg),
+        transforms=np.tile(np.eye(2, 3), (6, n_views, 1, 1)),
+    )
+    joint = refine_patches_jointly(start, np.arange(n_patches), aligned, mask, tilts, size, xyz, FREE)
+    print(f"sum of squares {joint.before:.4g} -> {joint.after:.4g}")
+    assert joint.before > 100 and joint.after < 1e-4 * joint.before
+    assert joint.n_free == n_patches * (5 * n_views + 2 * n_views)
+
+
+def test_grouped_bases_interpolate_between_nodes():
+    """'linear:N' spreads a view's increment between the nodes on either side (rows sum to 1);
+    'group:N' gives each set one slot; 'fixed' gives none; 'free' one per view."""
+    bases = increment_bases({"rotation": "linear:6", "tilt": "group:5", "scale": "free"}, 21)
+    assert set(bases) == {"rotation", "tilt", "scale"}
+    np.testing.assert_allclose(bases["rotation"].sum(axis=1), 1.0)
+    assert bases["rotation"].shape[1] < 21 and np.all((bases["rotation"] > 0).sum(axis=1) <= 2)
+    assert np.all(bases["tilt"].sum(axis=1) == 1) and set(np.unique(bases["tilt"])) == {0.0, 1.0}
+    np.testing.assert_array_equal(bases["scale"], np.eye(21))
+
+
+@pytest.fixture(scope="module")
+def domed():
+    """41 views x 60 markers, 0.3 px noise, on a 2048 px field: a specimen that domes by up to 40
+    px and thins by 10% over the series (``simulate``'s bend_px, shrink), and the same series rigid."""
+    out = {}
+    for name, deformation in (("domed", dict(bend_px=40.0, shrink=0.1)), ("rigid", {})):
+        s = simulate(n_views=41, n_markers=60, noise_px=0.3, seed=11, **deformation)
+        result = align(s.observations)
+        out[name] = (result, s.clean_xy - s.observations.center)
+    return out
+
+
+def test_a_domed_specimen_is_followed_by_the_patches_refined_together(domed):
+    """Rigid data with the global model: error ~ sigma sqrt(p / N) (0.08 px). The dome puts the
+    global error at ~18x that; patches solved alone leave ~7-8x (each takes the local slope, and
+    the blend doubles the curvature between centres); refined together, ~2.5x, near the floor of
+    fitting their own parameters (all 9 patches kept, ~1050 parameters for ~4900 coordinates:
+    sigma sqrt(p / N) ~ 0.14 px, 1.75x the rigid level, measured on rigid data with every patch
+    kept): below 3.5x, and under half the error of the patches solved alone."""
+    rigid_result, rigid_clean = domed["rigid"]
+    rigid = aligned_position_error(rigid_result, None, rigid_clean)
+    result, clean = domed["domed"]
+    alone = align_local(result, LocalOptions(joint=False))
+    joint = align_local(result, LocalOptions())
+    e_alone = aligned_position_error(result, alone.file, clean)
+    e_joint = aligned_position_error(result, joint.file, clean)
+    print(
+        f"rigid {rigid:.4f}, alone {e_alone:.4f} ({e_alone / rigid:.2f}x), "
+        f"joint {e_joint:.4f} ({e_joint / rigid:.2f}x)"
+    )
+    assert all(p.kept_local for p in joint.patches) and joint.joint_free > 0
+    assert e_alone > 5 * rigid and e_joint < 3.5 * rigid and e_joint < 0.5 * e_alone
+    assert any("refined together through tilt's blend" in n for n in joint.notes)
+    assert joint.local_mean_px < alone.local_mean_px
+
+
+def test_rigid_data_keep_no_patch_and_are_not_refined(domed):
+    """On rigid data the keeping test keeps (almost) no patch: nothing to refine, the file is the
+    global alignment and the error stays (a patch kept by chance is refined with its neighbours,
+    which may raise the error, but not past the 10% the issue allows on average)."""
+    result, clean = domed["rigid"]
+    local = align_local(result, LocalOptions())
+    kept = sum(p.kept_local for p in local.patches)
+    assert kept <= 1
+    if kept == 0:
+        assert local.joint_free == 0 and local.file.is_global()
+    assert aligned_position_error(result, local.file, clean) <= 1.1 * aligned_position_error(
+        result, None, clean
+    )
+
+
+def test_a_model_with_z_factors_is_not_refined_together():
+    """luther's magnifications vary the projection with height beyond tilt's formula: its patches
+    carry their own z factors, which the joint refinement does not fit, so it is not done."""
+    s = simulate(n_views=31, n_markers=40, noise_px=0.3, seed=2, model="luther")
+    result = align(s.observations, model="luther")
+    local = align_local(result, LocalOptions(significance=None))
+    assert local.z_factors is not None and any(p.kept_local for p in local.patches)
+    assert local.joint_free == 0 and not any("refined together" in n for n in local.notes)
