@@ -9,7 +9,7 @@ Layout::
 
     "local": {
       "file": "<prefix>local.xf",            # the local file's name, beside the record
-      "options": {patch_size, overlap, min_fids, fix_markers, modes, weighting, significance},
+      "options": {patch_size, overlap, min_fids, fix_markers, modes, weighting, significance, joint},
       "keep_rule": "...",                    # how patches were kept, in words
       "grid": {"n_patches": [nX, nY], "start": [X, Y], "spacing": [dX, dY]},
       "n_patches": P, "n_kept": K,
@@ -17,6 +17,7 @@ Layout::
       "local_mean_residual_px": l,           # ... through the local file as IMOD's tilt applies it
       "improvement_percent": 100 (g - l) / g,
       "solve_seconds": s,
+      "joint_free": j,                       # parameters of the kept patches refined together (0: not)
       "patches": [{"index": [i, j], "centre": [x, y], "box": [w, h], "n_markers": n,
                    "marker_ids": [...], "global_rms_px": .., "local_rms_px": ..,
                    "n_free": p, "n_coordinates": c, "test_n_free": q, "drop_sigma2": ..,
@@ -94,6 +95,7 @@ def local_section(solution, options, file_name: str, marker_ids) -> dict:
         "local_mean_residual_px": loc,
         "improvement_percent": 100.0 * (g - loc) / g if g > 0 else None,
         "solve_seconds": solution.seconds,
+        "joint_free": int(solution.joint_free),
         "patches": patches,
         "notes": list(solution.notes),
     }
