@@ -157,45 +157,42 @@ def _gauss_newton_step(jac, r, slot, basis, k):
     one_hot = np.zeros((n_markers, 4, k))  # a point's patch -> kept rank (none for the others)
     m_idx, c_idx = np.nonzero(slot >= 0)
     one_hot[m_idx, c_idx, slot[m_idx, c_idx]] = 1.0
-    jp = np.einsum("vmikc,mkp->vmipc", jac, one_hot, optimize=True).reshape(n_views, -1, 7 * k)
-    hv = (jp.transpose(0, 2, 1) @ jp).reshape(n_views, k, 7, k, 7)
-    gv = (jp.transpose(0, 2, 1) @ r.reshape(n_views, -1, 1)).reshape(n_views, k, 7)
-    h_ss = hv[:, :, 5:, :, 5:].reshape(n_views, 2 * k, 2 * k)
-    g_s = gv[:, :, 5:].reshape(n_views, 2 * k)
-    # a patch's shift in a view where it holds less than MIN_SHIFT_WEIGHT points' worth of weight
-    # (sum of the squared shares of its points) stays put: a point at a neighbour's centre gives
-    # it almost nothing, and a shift fitted to that swings the positions of markers it holds more
-    seen_s = np.diagonal(h_ss, axis1=1, axis2=2) >= MIN_SHIFT_WEIGHT
-    h_ss = h_ss * seen_s[:, :, None] * seen_s[:, None, :]
-    g_s = g_s * seen_s
-    ridge_s = 1e-9 * max(1e-300, float(np.mean(np.diagonal(h_ss, axis1=1, axis2=2))))
-    inv_ss = np.linalg.inv(h_ss + np.eye(2 * k) * np.where(seen_s, ridge_s, 1.0)[:, None])
     reduced = np.zeros((k * n_slots, k * n_slots))
     rhs = np.zeros(k * n_slots)
-    per_view = []
-    for v in range(n_views):
+    per_view, n_shifts = [], 0
+    for v in range(n_views):  # one view's points at a time: (2M, 7k) at most in memory
+        jp = np.einsum("mikc,mkp->mipc", jac[v], one_hot, optimize=True).reshape(-1, 7 * k)
+        hv = (jp.T @ jp).reshape(k, 7, k, 7)
+        gv = (jp.T @ r[v].reshape(-1)).reshape(k, 7)
+        h_ss = hv[:, 5:, :, 5:].reshape(2 * k, 2 * k)
+        # a patch's shift where it holds less than MIN_SHIFT_WEIGHT points' worth of weight (the sum
+        # of the squared shares of its points) stays put: a point at a neighbour's centre gives it
+        # almost nothing, and a shift fitted to that swings the positions of markers it holds more
+        seen = np.diagonal(h_ss) >= MIN_SHIFT_WEIGHT
+        n_shifts += int(np.count_nonzero(seen))
+        h_ss = h_ss * seen[:, None] * seen[None, :]
+        g_s = gv[:, 5:].reshape(2 * k) * seen
+        ridge = 1e-9 * max(1e-300, float(np.mean(np.diagonal(h_ss))))
+        inv_ss = np.linalg.inv(h_ss + np.diag(np.where(seen, ridge, 1.0)))
         active = np.flatnonzero(np.any(basis[v] != 0, axis=0))  # the slots view v draws on
         b = basis[v][:, active]  # (5, a)
         rows = (np.arange(k)[:, None] * n_slots + active[None, :]).ravel()
-        h_gg = np.einsum("paqb,ag,bh->pgqh", hv[v, :, :5, :, :5], b, b, optimize=True).reshape(rows.size, -1)
-        h_gs = np.einsum("paqs,ag->pgqs", hv[v, :, :5, :, 5:], b, optimize=True).reshape(rows.size, 2 * k)
-        h_gs = h_gs * seen_s[v]
-        g_g = np.einsum("pa,ag->pg", gv[v, :, :5], b).ravel()
-        t = h_gs @ inv_ss[v]
+        h_gg = np.einsum("paqb,ag,bh->pgqh", hv[:, :5, :, :5], b, b, optimize=True).reshape(rows.size, -1)
+        h_gs = np.einsum("paqs,ag->pgqs", hv[:, :5, :, 5:], b, optimize=True).reshape(rows.size, 2 * k)
+        h_gs = h_gs * seen
+        t = h_gs @ inv_ss
         reduced[np.ix_(rows, rows)] += h_gg - t @ h_gs.T
-        rhs[rows] += g_g - t @ g_s[v]
-        per_view.append((rows, h_gs))
+        rhs[rows] += np.einsum("pa,ag->pg", gv[:, :5], b).ravel() - t @ g_s
+        per_view.append((rows, h_gs, inv_ss, g_s))
     diag = np.diagonal(reduced).copy()
     seen_g = diag > 1e-12 * max(1e-300, float(np.max(np.abs(diag))))
     ridge_g = 1e-9 * max(1e-300, float(np.mean(np.abs(diag))))
     reduced[np.diag_indices_from(reduced)] += np.where(seen_g, ridge_g, 1.0)
     step_g = -np.linalg.solve(reduced, rhs)
-    step_s = np.stack(
-        [-inv_ss[v] @ (g_s[v] + h_gs.T @ step_g[rows]) for v, (rows, h_gs) in enumerate(per_view)]
-    )
+    step_s = np.stack([-inv @ (g + h.T @ step_g[rows]) for rows, h, inv, g in per_view])
     inc = np.einsum("vag,pg->pva", basis, step_g.reshape(k, n_slots))
     shift = step_s.reshape(n_views, k, 2).transpose(1, 0, 2)
-    return inc, shift, int(np.count_nonzero(seen_g) + np.count_nonzero(seen_s))
+    return inc, shift, int(np.count_nonzero(seen_g)) + n_shifts
 
 
 def refine_patches_jointly(
