@@ -139,3 +139,32 @@ def test_a_model_with_z_factors_is_not_refined_together():
     local = align_local(result, LocalOptions(significance=None))
     assert local.z_factors is not None and any(p.kept_local for p in local.patches)
     assert local.joint_free == 0 and not any("refined together" in n for n in local.notes)
+
+
+def test_the_command_line_refines_together_unless_told_not_to(tmp_path):
+    """``align --local`` refines its kept patches together (the record's local section counts the
+    refinement's parameters, its options say so); ``--no-local-joint`` solves each alone, as
+    tiltalign, and writes another file; the flag without --local is refused, as the other local
+    settings are."""
+    import json
+
+    from helpers import align_observations, run_cli
+
+    from lmalign_jax.io.imod_local import read_local_xf
+
+    s = simulate(n_views=31, n_markers=50, noise_px=0.3, seed=5, bend_px=40.0, shrink=0.1)
+    sections, files = {}, {}
+    for name, extra in (("joint", []), ("alone", ["--no-local-joint"])):
+        (tmp_path / name).mkdir()
+        record = align_observations(s.observations, tmp_path / name, "--local", *extra)
+        sections[name] = json.loads(record.read_text())["local"]
+        files[name] = read_local_xf(record.parent / "slocal.xf")
+    assert sections["joint"]["n_kept"] > 0 and sections["joint"]["joint_free"] > 0
+    assert sections["joint"]["options"]["joint"] is True and sections["alone"]["options"]["joint"] is False
+    assert sections["alone"]["joint_free"] == 0
+    assert not np.allclose(files["joint"].transforms, files["alone"].transforms, atol=1e-4)
+    rc, _, err = run_cli(
+        ["align", tmp_path / "joint" / "s.csv", "--tilts", tmp_path / "joint" / "s.rawtlt"]
+        + ["--image-size", 2048, 2048, "--no-local-joint", "--out-dir", tmp_path / "x"]
+    )
+    assert rc == 2 and "--no-local-joint goes with --local" in err and not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ __all__ = [
     "add_local_mode_option",
     "add_local_weighting_option",
     "check_local_modes",
+    "add_local_joint_option",
     "add_local_options",
     "add_patch_size_option",
     "add_robust_options",
@@ -101,6 +102,7 @@ LOCAL_SETTINGS = (
     ("--local-keep-all", "local_keep_all"),
     ("--local-mode", "local_mode"),
     ("--local-weighting", "local_weighting"),
+    ("--no-local-joint", "local_joint"),
 )
 
 
@@ -141,11 +143,16 @@ def add_local_mode_option(p, help_prefix: str = "") -> None:
     )
 
 
+def _given(flag: str, value) -> bool:
+    """Whether an option of LOCAL_SETTINGS was given: a --no- flag stores False, the others a value."""
+    return value is False if flag.startswith("--no-") else value not in (None, False)
+
+
 def local_options_from_args(args) -> LocalOptions | None:
     """LocalOptions of --local, --patch-size, --patch-overlap, --min-fids, --local-markers; a
     UsageError for those settings without --local (they were ignored)."""
     if not args.local:
-        given = [flag for flag, name in LOCAL_SETTINGS if getattr(args, name) not in (None, False)]
+        given = [flag for flag, name in LOCAL_SETTINGS if _given(flag, getattr(args, name))]
         if given:
             verb = "goes" if len(given) == 1 else "go"
             raise UsageError(f"{', '.join(given)} {verb} with --local (local alignment was not asked for)")
@@ -175,6 +182,7 @@ def local_options_from_args(args) -> LocalOptions | None:
             significance=None if args.local_keep_all else 3.0,
             modes=modes,
             **({} if args.local_weighting is None else {"weighting": args.local_weighting}),
+            joint=args.local_joint is not False,
         )
     except ValueError as e:
         raise UsageError(f"--local: {e}") from None
@@ -306,6 +314,7 @@ def add_local_options(p) -> None:
     )
     add_local_mode_option(p)
     add_local_weighting_option(p)
+    add_local_joint_option(p)
     p.add_argument(
         "--local-markers",
         choices=("fixed", "free"),
@@ -322,6 +331,21 @@ def add_local_weighting_option(p) -> None:
         help="how a patch weighs its markers: 'blend' (default) by the share IMOD's tilt gives the "
         "patch at each marker when it blends the patches around a position, so the local file fits "
         "the positions tilt computes from it; 'even': every marker of the patch fully, as tiltalign does",
+    )
+
+
+def add_local_joint_option(p) -> None:
+    """--no-local-joint (``local_joint`` False; None when not given), shared by align --local and
+    compare's 'local'."""
+    p.add_argument(
+        "--no-local-joint",
+        dest="local_joint",
+        action="store_false",
+        default=None,
+        help="solve each patch alone, as tiltalign does; by default the kept patches are then refined "
+        "together, by least squares on the positions tilt blends from them (a patch alone takes the local "
+        "slope of a deformation that curves across the field, and the blend of two slopes doubles the "
+        "curvature between patch centres)",
     )
 
 

@@ -17,6 +17,7 @@ from ..workflow import observations_for_fit, parse_view_list, read_series, repor
 from ..workflow.local import LocalOptions, check_local_grid
 from ..workflow.settings import AlignSettings
 from .align_options import (
+    add_local_joint_option,
     add_local_mode_option,
     add_local_weighting_option,
     add_patch_size_option,
@@ -77,6 +78,7 @@ def run_compare(args) -> int:
                 significance=None if args.local_keep_all else 3.0,
                 modes=parse_local_modes(args.local_mode),
                 **({} if args.local_weighting is None else {"weighting": args.local_weighting}),
+                joint=args.local_joint is not False,
             )
         except ValueError as e:
             raise UsageError(f"--patch-size: {e}") from None
@@ -90,6 +92,7 @@ def run_compare(args) -> int:
                 ("--patch-size", args.patch_size),
                 ("--local-keep-all", args.local_keep_all),
                 ("--local-weighting", args.local_weighting),
+                ("--no-local-joint", args.local_joint is False),
                 ("--local-mode", args.local_mode),
             )
             if value
@@ -215,6 +218,7 @@ def add_compare(sub):
     )
     add_local_mode_option(p, "with 'local' (as align --local-mode): ")
     add_local_weighting_option(p)
+    add_local_joint_option(p)
     p.add_argument(
         "--folds", type=int, default=5, metavar="K", help="cross-validation folds for the leave-out residual"
     )
