@@ -197,14 +197,15 @@ def test_a_deformation_models_noise_estimate_counts_its_effective_parameters():
 
 
 def test_a_warp_whose_xf_alone_misaligns_is_warned_of(tmp_path):
-    """Three views: the warp model's per-view deformation takes up much of the alignment, so its
-    .xf (the rigid part, all IMOD's tilt reads) alone left the points 34 px from the markers'
-    projections with exit 0 and no word (audit). align now says so when it exceeds 3 sigma."""
+    """Four views (three are refused: the per-view warp is then undetermined): the warp model's
+    per-view deformation takes up much of the alignment, so its .xf (the rigid part, all IMOD's
+    tilt reads) alone left the points far from the markers' projections with exit 0 and no word
+    (audit, at three views: 34 px). align now says so when it exceeds 3 sigma."""
     from helpers import run_cli
 
     from lmalign_jax.io.tilts import write_tlt
 
-    obs = simulate(n_views=3, n_markers=30, seed=3, tilt_range=(-30.0, 30.0)).observations
+    obs = simulate(n_views=4, n_markers=30, seed=3, tilt_range=(-30.0, 30.0)).observations
     views, markers = np.nonzero(obs.mask)
     lines = ["marker,view,x,y"] + [
         f"{m},{v},{float(obs.xy[v, m, 0])!r},{float(obs.xy[v, m, 1])!r}"
@@ -222,12 +223,11 @@ def test_a_warp_whose_xf_alone_misaligns_is_warned_of(tmp_path):
     assert rc == 0 and "alone leaves" not in err, err
 
 
-@pytest.mark.filterwarnings("default:standard errors are NaN:RuntimeWarning")  # a warning, as in a shell
-def test_align_says_when_a_deformation_model_passes_through_every_point(tmp_path):
+def test_a_deformation_model_the_markers_cannot_determine_is_refused(tmp_path):
     """5 views x 4 markers with --model warp: 60 free parameters for 40 coordinates. align wrote
-    every output with RMS 0.000 and 'noise estimate 0.000 px' (its effective parameters summed NaN
-    leverages as zero) and exit 0 (audit): it now says the fit passes through every point and
-    gives no noise estimate; jou on the same series says nothing of the kind."""
+    every output with RMS 0.000 and 'noise estimate 0.000 px' and exit 0 (audit), then said the
+    fit passes through every point; a quadratic warp passes through any 5 points, so it is now
+    refused before the solve, naming the rule and writing nothing; jou on the same series aligns."""
     from helpers import run_cli
 
     rc, _, err = run_cli(["simulate", "--out-dir", tmp_path, "--views", 5, "--markers", 4, "--missing", 0])
@@ -235,9 +235,8 @@ def test_align_says_when_a_deformation_model_passes_through_every_point(tmp_path
     series = [tmp_path / "synthetic.csv", "--tilts", tmp_path / "synthetic.rawtlt"]
     series += ["--image-size", 2048, 2048, "--no-figure"]
     rc, out, err = run_cli(["align", *series, "--model", "warp", "--out-dir", tmp_path / "warp"])
-    assert rc == 0, err
-    assert "for 40 coordinates: it passes through every point" in err
-    assert "noise estimate - px" in out
+    assert rc == 2 and err.count("\n") == 1 and "--model warp" in err and "6 markers" in err, err
+    assert not (tmp_path / "warp").exists()
     rc, out, err = run_cli(["align", *series, "--out-dir", tmp_path / "jou"])
     assert rc == 0 and "passes through every point" not in err
 

@@ -32,11 +32,13 @@ from ..workflow import (
     write_alignment,
 )
 from ..workflow.exporting import check_export, parse_export_targets
+from ..workflow.fitting import check_deformation_determined
 from ..workflow.initial import read_initial_alignment
 from ..workflow.local import (
     LOCAL_SUFFIX,
     LocalOptions,
     check_local_grid,
+    check_min_fids,
     format_local_report,
     solve_local_alignment,
 )
@@ -63,7 +65,13 @@ from .common import (
     warn,
 )
 from .export import export_after_align
-from .imod_com import add_imod_options, apply_tiltalign_com, check_tilt_offset, local_grid_option
+from .imod_com import (
+    add_imod_options,
+    apply_tiltalign_com,
+    check_tilt_offset,
+    min_fids_option,
+    patch_grid_option,
+)
 from .track import (
     add_stack_options,
     check_reconstruct_option,
@@ -112,8 +120,8 @@ def run_align(args) -> int:
                 n_views = read_stack_header(recon_stack)[0]
                 check_stack_pixels(recon_stack, excluded_views(args.exclude, n_views) if args.exclude else ())
         if local is not None:  # a grid too large for the markers is refused before the solve
-            where = local_grid_option(args, "--patch-size")  # or the --imod-com line that set it
-            check_local_grid(inputs.markers.xy, inputs.markers.mask, local, where)
+            # named: --patch-size, --patch-overlap (as given), the --imod-com lines that set them
+            check_local_grid(inputs.markers.xy, inputs.markers.mask, local, patch_grid_option(args))
 
     # the stack a tomogram is made from: MARKERS when it is one, else --stack (a marker file's stack)
     recon_stack = args.markers if is_stack_path(args.markers) else args.stack
@@ -144,6 +152,7 @@ def run_align(args) -> int:
             image_size=args.image_size,
             rotation_deg=rotation,
             rotation_source=getattr(args, "rotation_source", None),
+            image_size_source=getattr(args, "image_size_source", None),  # --imod-com's line
             angle_offset_deg=args.angle_offset or 0.0,
             angle_offset_source=getattr(args, "angle_offset_source", None),
             exclude=args.exclude,
@@ -155,6 +164,7 @@ def run_align(args) -> int:
             surfaces=args.surfaces,
             flatten=args.flatten,
             local=local,
+            min_fids_option=min_fids_option(args) if local is not None else None,
             initial=args.initial,
             check_inputs=ready_to_solve,
             # --export imod writes these next (not stale then)
@@ -226,6 +236,7 @@ def align_and_report(
     image_size=None,
     rotation_deg: float | None = None,
     rotation_source: str | None = None,
+    image_size_source: str | None = None,
     angle_offset_deg: float = 0.0,
     angle_offset_source: str | None = None,
     exclude: str | None = None,
@@ -238,6 +249,7 @@ def align_and_report(
     surfaces: int | None = None,
     flatten: bool = False,
     local: LocalOptions | None = None,
+    min_fids_option: str | None = None,
     initial: str | None = None,
     check_inputs=None,
     exported: tuple[str, ...] = (),
@@ -246,7 +258,10 @@ def align_and_report(
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
     ``surfaces``, ``flatten``: IMOD's surface analysis, and levelling the .tlt/.xtilt by it;
     ``initial``: an AreTomo .aln or IMOD .xf to start from; ``check_inputs(inputs)``: called
-    with the series read, before anything is solved or written (it raises to refuse)."""
+    with the series read, before anything is solved or written (it raises to refuse);
+    ``min_fids_option``: what set ``local.min_fids``, for its error (default ``--min-fids T,E``);
+    ``rotation_source``, ``image_size_source``: where ``rotation_deg`` and ``image_size`` came
+    from when not the command line (an --imod-com line)."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, EVERY_ALIGN_OUTPUT, (markers, tilts, stack))
@@ -258,6 +273,8 @@ def align_and_report(
     )
     if rotation_source is not None and inputs.rotation_source == "--rotation":
         inputs = dataclasses.replace(inputs, rotation_source=rotation_source)
+    if image_size_source is not None and inputs.image_size_source == "--image-size":
+        inputs = dataclasses.replace(inputs, image_size_source=image_size_source)
     if angle_offset_deg:
         check_tilt_offset(inputs.tilts_deg, angle_offset_deg)
         inputs = inputs.with_tilt_offset(
@@ -268,6 +285,16 @@ def align_and_report(
     sel = select_views(inputs, excluded_views(exclude, inputs.tilts_deg.size) if exclude else [], settings)
     report_selection(inputs, sel, warn)
     obs, marker_ids = observations_for_fit(inputs, sel, warn)
+    one_surface = surfaces == 1 or (surfaces is None and flatten)  # --flatten alone analyses one
+    per_surface_dropped = local is not None and one_surface and local.min_fids[1] > 0
+    if per_surface_dropped:
+        # tiltalign applies MinFidsTotalAndEachSurface's second number only with two surfaces
+        # analysed: on one surface the least-squares plane splits the markers by noise
+        local = dataclasses.replace(local, min_fids=(local.min_fids[0], 0))
+    check_deformation_determined(obs, settings)  # a warp or shape the data cannot determine
+    if local is not None:  # a minimum no patch can hold is refused before the solve
+        option = min_fids_option or f"--min-fids {local.min_fids[0]},{local.min_fids[1]}"
+        check_min_fids(local, obs.n_markers, option)
     start = read_initial_alignment(initial, inputs, sel, obs, settings.model, warn) if initial else None
 
     text = (
@@ -293,13 +320,8 @@ def align_and_report(
 
     comparison = compare_with_truth(result, truth, sel, marker_ids) if truth is not None else None
     solved_local = None
-    one_surface = surfaces == 1 or (surfaces is None and flatten)  # --flatten alone analyses one
-    if local is not None and one_surface and local.min_fids[1]:
-        # tiltalign applies MinFidsTotalAndEachSurface's second number only with two surfaces
-        # analysed: on one surface the least-squares plane splits the markers by noise
-        local = dataclasses.replace(local, min_fids=(local.min_fids[0], 0))
-        if not quiet:
-            print(" Local alignment: one surface analysed: no minimum of markers per surface")
+    if per_surface_dropped and not quiet:
+        print(" Local alignment: one surface analysed: no minimum of markers per surface")
     if local is not None and result.converged:
         try:
             solved_local = solve_local_alignment(result, sel.view_index, inputs.tilts_deg, local)

@@ -246,6 +246,7 @@ def apply_tiltalign_com(args) -> None:
     size = com.numbers("ImageSizeXandY", 2, whole=True)
     if args.image_size is None and size is not None:
         args.image_size = list(size)
+        args.image_size_source = _line_text(com.path, com.get("ImageSizeXandY"))
     _apply_modes(com, args)
     if args.local is None and com.flag("LocalAlignments"):
         args.local = True
@@ -304,6 +305,7 @@ def _apply_local(com: ComFile, args) -> None:
             raise com.error(com.get("TargetPatchSizeXandY"), "TargetPatchSizeXandY: sizes must be >= 1 px")
         args.patch_size = [int(v) for v in size]
         args.local_grid_source = (com.path, com.get("TargetPatchSizeXandY"))
+        args.patch_size_source = _line_text(com.path, com.get("TargetPatchSizeXandY"))
     overlap = com.numbers("MinSizeOrOverlapXandY", 2)
     if args.patch_overlap is None and overlap is not None:
         entry = com.get("MinSizeOrOverlapXandY")
@@ -312,6 +314,7 @@ def _apply_local(com: ComFile, args) -> None:
         if overlap[0] != overlap[1] or not 0 <= overlap[0] < 1:
             raise com.error(entry, "MinSizeOrOverlapXandY: one overlap for X and Y, in [0, 1), is read")
         args.patch_overlap = overlap[0]
+        args.patch_overlap_source = _line_text(com.path, entry)
         if getattr(args, "local_grid_source", None) is None:
             args.local_grid_source = (com.path, entry)
     fids = com.numbers("MinFidsTotalAndEachSurface", 2, whole=True)
@@ -322,6 +325,7 @@ def _apply_local(com: ComFile, args) -> None:
         except ValueError as e:
             raise com.error(entry, f"{entry.name} {entry.value}: {e}") from None
         args.min_fids = f"{int(fids[0])},{int(fids[1])}"
+        args.min_fids_source = _line_text(com.path, entry)
     fix = com.flag("FixXYZCoordinates")
     if args.local_markers is None and fix is not None:
         args.local_markers = "fixed" if fix else "free"
@@ -360,5 +364,36 @@ def local_grid_option(args, default: str = "--local") -> str:
     source = getattr(args, "local_grid_source", None)
     if source is None:
         return default
-    path, entry = source
+    return _line_text(*source)
+
+
+def _line_text(path: str, entry: ComOption) -> str:
+    """A command file's line as messages name it: ``align.com:LINE: NAME VALUE``."""
     return f"{path}:{entry.line}: {entry.name} {entry.value}"
+
+
+def patch_grid_option(args) -> str:
+    """What the patch-grid check (``workflow.local.check_local_grid``'s ``option``) names: what
+    set the patch size and the overlap, each the command line's option (``--patch-size``,
+    ``--patch-overlap``) or the --imod-com line that gave it, joined by "and" when both were
+    given; ``--local`` with the defaults named when neither was."""
+    named = [
+        getattr(args, source, None) or flag
+        for value, flag, source in (
+            (args.patch_size, "--patch-size", "patch_size_source"),
+            (args.patch_overlap, "--patch-overlap", "patch_overlap_source"),
+        )
+        if value is not None
+    ]
+    if not named:
+        return "--local (the default --patch-size and --patch-overlap)"
+    return " and ".join(named)
+
+
+def min_fids_option(args) -> str:
+    """What the check of the markers a patch must hold (``workflow.local.check_min_fids``) names:
+    ``--min-fids T,E`` as given, the --imod-com line that gave it, or ``--local`` with the default."""
+    if args.min_fids is None:
+        total, each = LocalOptions().min_fids
+        return f"--local (the default --min-fids {total},{each})"
+    return getattr(args, "min_fids_source", None) or f"--min-fids {args.min_fids}"

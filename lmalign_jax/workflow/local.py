@@ -18,6 +18,7 @@ __all__ = [
     "LocalOptions",
     "check_local_model",
     "check_local_grid",
+    "check_min_fids",
     "LOCAL_SUFFIX",
     "file_view_local",
     "in_flattened_frame",
@@ -140,6 +141,32 @@ def check_local_grid(
             f"{least_grid[0]} x {least_grid[1]} = {least} patches over the markers (measured extent "
             f"{np.ptp(means[:, 0]):.0f} x {np.ptp(means[:, 1]):.0f} px, whatever the tilt axis's angle), "
             f"more than {MAX_PATCHES}; use larger patches or less overlap"
+        )
+
+
+def check_min_fids(options: LocalOptions, n_markers: int, option: str = "--min-fids") -> None:
+    """UsageError (its message starting with ``option``: what set ``options.min_fids``), before
+    anything is solved, when no patch can hold the markers ``options.min_fids`` asks for from the
+    ``n_markers`` markers fitted: a patch's box grows until it holds them or spans the image
+    twice over (``core.local_grid.select_patch_markers``), so a total above ``n_markers`` is never
+    reached; the markers' surfaces are the two sides of their least-squares plane, known only once
+    they are solved, and the smaller side holds at most half of them, so a per-surface minimum
+    above ``n_markers / 2`` is never reached either. Anything else may be (the solve decides,
+    patch by patch). Every patch would keep the global solution, after a solve that may take
+    minutes growing boxes on a large field."""
+    total, each = options.min_fids
+    if total > n_markers:
+        raise UsageError(
+            f"{option}: a patch must hold at least {total} markers, but the series has only {n_markers} "
+            f"markers to fit, so no patch can (each would keep the global solution); give a total of at "
+            f"most {n_markers}"
+        )
+    if 2 * each > n_markers:
+        raise UsageError(
+            f"{option}: {each} markers on each of the two surfaces need at least 2 x {each} = {2 * each} "
+            f"markers, but the series has only {n_markers} markers to fit, so no patch can hold them (each "
+            f"would keep the global solution); give at most {n_markers // 2} per surface, 0 for no "
+            "per-surface minimum, or analyse one surface (--surfaces 1)"
         )
 
 

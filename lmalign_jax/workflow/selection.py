@@ -87,11 +87,30 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
         if keep_marker.sum() >= MIN_MARKERS and keep_view.sum() >= 3:
             return dropped
         n_m, n_v = int(keep_marker.sum()), int(keep_view.sum())
+        if n_v >= 3:  # the markers are short
+            problem = (
+                f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at "
+                f"least {MIN_MARKERS} markers and 3 views"
+            )
+        else:  # the views are short (and perhaps the markers too)
+            why = _why_views_left(exclude, keep_view, few_points)
+            problem = (
+                (
+                    f"the series has only {tilts.size} view(s)"
+                    if n_v == tilts.size
+                    else f"only {n_v} of the {tilts.size} views can be fitted ({why})"
+                )
+                + "; an alignment needs at least 3 views"
+                + (
+                    f", and at least {MIN_MARKERS} markers seen in 2 or more of them ({n_m} are)"
+                    if n_m < MIN_MARKERS
+                    else ""
+                )
+            )
         raise InputError(
             inputs.markers_path,
             None,
-            f"only {n_m} marker(s) are seen in 2 or more of {n_v} usable view(s); alignment needs at least "
-            f"{MIN_MARKERS} markers and 3 views"
+            problem
             + (f" (dropped marker ids {', '.join(map(str, dropped))})" if dropped else "")
             + (
                 f"; {len(few_points)} view(s) have fewer markers than the {int(np.max(needed[few_points]))} "
@@ -143,6 +162,22 @@ def select_views(inputs: SeriesInputs, exclude: list[int], settings=None) -> Sel
     )
 
 
+def _why_views_left(exclude: list[int], keep_view: np.ndarray, few_points) -> str:
+    """Why views are not fitted: those --exclude leaves out, those with too few points for their
+    own parameters (``few_points``), those without a marker seen in 2 or more usable views (the
+    rest not in ``keep_view``)."""
+    excluded, few = set(exclude), set(few_points)
+    no_markers = [v for v in np.flatnonzero(~keep_view) if v not in excluded and v not in few]
+    parts = []
+    if excluded:
+        parts.append(f"{len(excluded)} excluded")
+    if no_markers:
+        parts.append(f"{len(no_markers)} without a marker seen in 2 or more usable views")
+    if few:
+        parts.append(f"{len(few)} with too few markers for their own parameters")
+    return "; ".join(parts)
+
+
 def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -> None:
     """Warnings about what ``select_views`` dropped or re-ordered."""
     if sel.dropped_markers:
@@ -180,10 +215,17 @@ def report_selection(inputs: SeriesInputs, sel: Selection, warn=print_warning) -
         )
 
 
+#: More than this share of the fitted points outside the image is an error: points are measured
+#: in the image, so most of them outside it means the image size is not theirs (a few outside:
+#: a bead at the edge, a size a little off, only warned of).
+MOST_OUTSIDE = 0.5
+
+
 def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warning):
     """The selected views and markers as ``Observations`` (fitting order), and the markers' ids.
-    A point far outside the image (``FAR_OUTSIDE``) is an :class:`InputError`; one a little
-    outside is a warning (an image size that is off, or a bead at the edge)."""
+    A point far outside the image (``FAR_OUTSIDE``) is an :class:`InputError`, and more than
+    ``MOST_OUTSIDE`` of them outside it a :class:`UsageError` naming the image size's source;
+    a few a little outside are a warning (an image size that is off, or a bead at the edge)."""
     ms = inputs.markers
     xy = ms.xy[sel.view_index][:, sel.marker_index]
     mask = ms.mask[sel.view_index][:, sel.marker_index]
@@ -201,6 +243,15 @@ def observations_for_fit(inputs: SeriesInputs, sel: Selection, warn=print_warnin
         )
     pts = xy[mask]
     outside = int(np.sum((pts[:, 0] < 0) | (pts[:, 0] > nx) | (pts[:, 1] < 0) | (pts[:, 1] > ny)))
+    if outside > MOST_OUTSIDE * pts.shape[0]:
+        source = inputs.image_size_source
+        given = f"--image-size {nx:g} {ny:g}" if source == "--image-size" else source
+        raise UsageError(
+            f"{given}: {outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image it gives "
+            f"(the points span x {pts[:, 0].min():.0f} to {pts[:, 0].max():.0f}, y {pts[:, 1].min():.0f} "
+            f"to {pts[:, 1].max():.0f} px): the image size is not the one the markers were measured in; "
+            "give that size with --image-size NX NY (or the raw stack with --stack)"
+        )
     if outside:
         warn(
             f"{outside} of {pts.shape[0]} points lie outside the {nx:g} x {ny:g} image; check the image size "
