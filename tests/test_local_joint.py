@@ -168,3 +168,19 @@ def test_the_command_line_refines_together_unless_told_not_to(tmp_path):
         + ["--image-size", 2048, 2048, "--no-local-joint", "--out-dir", tmp_path / "x"]
     )
     assert rc == 2 and "--no-local-joint goes with --local" in err and not (tmp_path / "x").exists()
+
+
+def test_more_kept_patches_than_the_dense_system_holds_keep_their_own_solutions(domed, monkeypatch):
+    """The refinement's grouped increments are solved as one dense system; past
+    ``MAX_JOINT_UNKNOWNS`` (a grid of hundreds of kept patches would need gigabytes) the patches
+    keep their own solutions, and the notes say why. Here the limit is lowered below the domed
+    series' 9 patches."""
+    from lmalign_jax.core import local
+
+    result, _ = domed["domed"]
+    alone = align_local(result, LocalOptions(joint=False))
+    monkeypatch.setattr(local, "MAX_JOINT_UNKNOWNS", 10)
+    capped = align_local(result, LocalOptions())
+    assert capped.joint_free == 0
+    np.testing.assert_array_equal(capped.file.transforms, alone.file.transforms)
+    assert any("too many to refine together" in n and "more than 10" in n for n in capped.notes)

@@ -62,7 +62,7 @@ from ..solve import (
 from .grouping import group_sizes
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, marker_shares, patch_grid, select_patch_markers, surfaces
-from .local_joint import refine_patches_jointly
+from .local_joint import MAX_JOINT_UNKNOWNS, joint_unknowns, refine_patches_jointly
 from .local_maps import global_z_factors, patch_file_maps, project_points
 from .local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS, LocalOptions
 from .problem import (
@@ -514,7 +514,13 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     )
     kept = np.flatnonzero([r.kept_local for r in reports])
     refined, joint_free = False, 0
-    if options.joint and global_zfac is None and kept.size:
+    unknowns = joint_unknowns(kept.size, options.joint_modes(), obs.n_views)
+    if options.joint and global_zfac is None and kept.size and unknowns > MAX_JOINT_UNKNOWNS:
+        notes.append(
+            f"{kept.size} kept patches are too many to refine together ({unknowns} grouped increments, "
+            f"more than {MAX_JOINT_UNKNOWNS}): each keeps its own solution"
+        )
+    elif options.joint and global_zfac is None and kept.size:
         joint = refine_patches_jointly(
             file,
             kept,

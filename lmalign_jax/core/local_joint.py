@@ -37,7 +37,9 @@ from .problem import linear_blend, mode_labels
 __all__ = [
     "JOINT_INCREMENTS",
     "JointRefinement",
+    "MAX_JOINT_UNKNOWNS",
     "increment_bases",
+    "joint_unknowns",
     "refine_patches_jointly",
 ]
 
@@ -47,6 +49,10 @@ JOINT_INCREMENTS = ("rotation", "tilt", "scale", "xstretch", "skew")
 #: The least weight (sum of squared shares of a patch's points in a view, in full points) for which
 #: a patch's shift in that view is refined.
 MIN_SHIFT_WEIGHT = 2.0
+
+#: The most grouped increments (kept patches x slots) refined together: their dense system is
+#: held and solved whole (4000: 128 MB, seconds); more kept patches keep their own solutions.
+MAX_JOINT_UNKNOWNS = 4000
 
 #: Gauss-Newton steps per round, and rounds (markers refitted between them).
 _STEPS, _ROUNDS = 2, 2
@@ -89,6 +95,11 @@ def increment_bases(modes: dict, n_views: int) -> dict[str, np.ndarray]:
             basis[labels == label, free.size + g] = 1.0
         bases[name] = basis
     return bases
+
+
+def joint_unknowns(n_kept: int, modes: dict, n_views: int) -> int:
+    """Grouped increments a joint refinement of ``n_kept`` patches solves in one dense system."""
+    return n_kept * sum(b.shape[1] for b in increment_bases(modes, n_views).values())
 
 
 def _point(params, a, d, dt, tilt, w, xyz):
