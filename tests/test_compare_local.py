@@ -44,9 +44,9 @@ def test_local_is_justified_on_warped_data(tables):
     assert local.justified and "local: local alignment over jou: justified" in table.to_text()
     # The global side, recomputed through tilt's formulas, is the jou row's fit (the .xf fit aside).
     assert local.rss_global_px2 == pytest.approx(table.row("jou").rss_px2, rel=0.01)
-    # refined together (LocalOptions.joint): per patch the linear nodes of rotation and tilt (6),
-    # scale (5), the x-stretch and skew the joint adds (5, 4), and a shift per view
-    assert local.extra_parameters == 9 * (6 + 6 + 5 + 5 + 4 + 2 * 31)
+    # per patch its own solve's linear nodes of rotation and tilt (6), scale (5) and a shift per
+    # view, and the x-stretch blocks and skew nodes its joint refinement adds (5, 4)
+    assert local.extra_parameters == 9 * (6 + 6 + 5 + 2 * 31) + 9 * (5 + 4)
     assert local.leave_out_rms_local_px < local.leave_out_rms_global_px
     section = json.loads(json.dumps(table.to_dict()))["local"]
     assert section["justified"] is True and section["n_kept"] == 9

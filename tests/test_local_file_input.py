@@ -243,3 +243,19 @@ def test_a_grid_over_markers_the_alignment_turns_past_the_image_box_is_taken():
         InputError, match=r"farther than 0.5 of its size outside the 64 x 256 image \(as the "
     ):
         check_local_grid("far.xf", far, size, 0.0, (low, high))
+
+
+def test_a_small_grid_made_for_the_unbinned_stack_is_taken_on_the_binned_one():
+    """Markers clustered in 600 x 600 px of a 4096 px image (2.17 A): their grid, made for that
+    stack, spreads over under 10% of it; on the stack binned by 2 (4.34 A) the rescaling halves
+    it, which is right, and it is taken (it does not fit the binned image as written, so it is not
+    a header's trap); the same small grid written for the binned stack with a 1 A header, which
+    fits it as written, is refused."""
+    n = TILTS.size
+    unit = np.tile(np.eye(2, 3), (4, n, 1, 1))
+    grid = LocalAlignment((2, 2), (1890.0, 1890.0), (240.0, 240.0), 2.17, np.zeros((4, n)), unit)
+    check_local_grid("made.xf", grid, (4096, 4096), 2.17)
+    check_local_grid("made.xf", grid, (2048, 2048), 4.34)
+    trap = dataclasses.replace(grid, start=(945.0, 945.0), spacing=(120.0, 120.0), pixel_size=1.0)
+    with pytest.raises(InputError, match=r"under 10% of the 2048 x 2048 image"):
+        check_local_grid("trap.xf", trap, (2048, 2048), 4.34)

@@ -229,8 +229,8 @@ def local_candidate(
     mask = obs.mask
     solution = align_local(base, options)
     kept = [p for p in solution.patches if p.kept_local]
-    # the kept patches' parameters, or those of their joint refinement when it replaced them
-    extra = solution.joint_free or int(sum(p.n_free for p in kept))
+    # the kept patches' parameters, and the increments their joint refinement added to them
+    extra = int(sum(p.n_free for p in kept)) + solution.joint_added
     aligned = base.aligned_xy() - obs.center
     # the global alignment's z factors (the file's own replace them), the points weighted as the fit
     through = dict(z_factors=solution.z_factors, point_weights=_point_weights(base, mask))

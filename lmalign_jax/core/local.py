@@ -62,7 +62,13 @@ from ..solve import (
 from .grouping import group_sizes
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, marker_shares, patch_grid, select_patch_markers, surfaces
-from .local_joint import MAX_JOINT_UNKNOWNS, joint_unknowns, refine_patches_jointly
+from .local_joint import (
+    MAX_JOINT_PATCHES,
+    MAX_JOINT_UNKNOWNS,
+    increment_bases,
+    joint_unknowns,
+    refine_patches_jointly,
+)
 from .local_maps import global_z_factors, patch_file_maps, project_points
 from .local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS, LocalOptions
 from .problem import (
@@ -134,7 +140,10 @@ class LocalSolution:
     seconds: wall time of the batched solve (compiled call included).
     keep_test: whether patches were kept by the significance test (else every solved one was).
     joint_free: the free parameters of the kept patches refined together (``LocalOptions.joint``;
-    0: not refined), which then replace their own solutions' in the file (``views`` holds those).
+    0: not refined), which then replace their own solutions' in the file (``views`` holds those);
+    joint_added: the grouped increments the refinement adds to what the patches solved alone
+    (x-stretch and skew slots for a model without them), which with the kept patches' own
+    ``n_free`` count the file's parameters (``compare``'s).
     z_factors: (n_views, 2) the global alignment's z factors (:func:`global_z_factors`), which the
     residuals above are judged with (tilt uses the file's own, ``file.z_factors``, in their place),
     or None.
@@ -151,6 +160,7 @@ class LocalSolution:
     keep_test: bool = True
     z_factors: np.ndarray | None = None
     joint_free: int = 0
+    joint_added: int = 0
 
 
 def _bucket(n: int) -> int:
@@ -513,12 +523,17 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, **through
     )
     kept = np.flatnonzero([r.kept_local for r in reports])
-    refined, joint_free = False, 0
+    refined, joint_free, joint_added = False, 0, 0
     unknowns = joint_unknowns(kept.size, options.joint_modes(), obs.n_views)
-    if options.joint and global_zfac is None and kept.size and unknowns > MAX_JOINT_UNKNOWNS:
+    if (
+        options.joint
+        and global_zfac is None
+        and (kept.size > MAX_JOINT_PATCHES or unknowns > MAX_JOINT_UNKNOWNS)
+    ):
         notes.append(
-            f"{kept.size} kept patches are too many to refine together ({unknowns} grouped increments, "
-            f"more than {MAX_JOINT_UNKNOWNS}): each keeps its own solution"
+            f"{kept.size} kept patches are too many to refine together ({unknowns} grouped increments; "
+            f"at most {MAX_JOINT_PATCHES} patches and {MAX_JOINT_UNKNOWNS} increments): each keeps its own "
+            "solution"
         )
     elif options.joint and global_zfac is None and kept.size:
         joint = refine_patches_jointly(
@@ -535,6 +550,8 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         refined = joint.after < joint.before
         if refined:
             file, joint_free = joint.file, joint.n_free
+            bases = increment_bases(options.joint_modes(), obs.n_views)
+            joint_added = kept.size * sum(b.shape[1] for n, b in bases.items() if n not in active)
             notes.append(
                 f"{kept.size} kept patch(es) refined together through tilt's blend: the points' weighted "
                 f"sum of squares {joint.before:.4g} -> {joint.after:.4g} px^2 ({joint.n_free} parameters)"
@@ -568,4 +585,5 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         keep_test=options.significance is not None,
         z_factors=global_zfac,
         joint_free=joint_free,
+        joint_added=joint_added,
     )

@@ -9,8 +9,8 @@ takes the local slope, and the blend of two slopes doubles the curvature between
 (in 1-D, patches at ``c_j`` fitting ``x^2`` with slopes ``2 c_j`` blend to ``x^2 + t (1 - t) h^2``
 at ``x = c_j + t h``, where slopes ``c_j + h / 2`` blend to ``x^2`` exactly). Refining the kept
 patches together, as least squares on the blended positions themselves, removes that error:
-on a simulated domed series it took the aligned positions' error from 7-8 to about 2.8 times the
-rigid level (``benchmarks/local_joint_bench.py``).
+on a simulated domed series it took the aligned positions' error from 6.6-7.8 to 2.3-2.5 times
+the rigid level (``benchmarks/local_joint_bench.py``).
 
 Parameters, per kept patch: the local increments the options leave free (rotation, tilt, scale,
 x-stretch, skew; grouped over the views as their modes say, ``core.problem.linear_blend`` and
@@ -37,6 +37,7 @@ from .problem import linear_blend, mode_labels
 __all__ = [
     "JOINT_INCREMENTS",
     "JointRefinement",
+    "MAX_JOINT_PATCHES",
     "MAX_JOINT_UNKNOWNS",
     "increment_bases",
     "joint_unknowns",
@@ -53,6 +54,17 @@ MIN_SHIFT_WEIGHT = 2.0
 #: The most grouped increments (kept patches x slots) refined together: their dense system is
 #: held and solved whole (4000: 128 MB, seconds); more kept patches keep their own solutions.
 MAX_JOINT_UNKNOWNS = 4000
+
+#: The prior sd of a kept patch's increments in the refinement (radians for rotation, tilt and
+#: skew, a ratio for scale and x-stretch): 1.1 deg or 2%, far beyond what a patch's points settle
+#: (a point 100 px from its patch's centre fixes its rotation to ~sigma / 100 px), so it binds only
+#: where a patch's points say almost nothing (a view that holds one point at a neighbour's
+#: centre), which a stray fit there turned by hundreds of degrees (an audit: one point of share
+#: 0.005 in a patch's six steepest views; 0.05 left its hidden points 1.3x as far off as 0.02).
+PRIOR_SD = 0.02
+
+#: The most kept patches refined together (the work per view grows as their square).
+MAX_JOINT_PATCHES = 100
 
 #: Gauss-Newton steps per round, and rounds (markers refitted between them).
 _STEPS, _ROUNDS = 2, 2
@@ -102,48 +114,57 @@ def joint_unknowns(n_kept: int, modes: dict, n_views: int) -> int:
     return n_kept * sum(b.shape[1] for b in increment_bases(modes, n_views).values())
 
 
-def _point(params, a, d, dt, tilt, w, xyz):
+def _point(params, a, d, dt, tilt, w, xyz, centre):
     """Blended position (2,) of centred point ``xyz`` (3,) in one view: four patches' maps
     ``a`` (4, 2, 2), shifts ``d`` (4, 2), delta tilts ``dt`` (4,) radians, weights ``w`` (4,),
     the view's tilt (radians), with increments ``params`` (4, 7): rotation, tilt, scale,
-    x-stretch, skew (radians or ratios), shift x, y (px)."""
+    x-stretch, skew (radians or ratios), shift x, y (px). The in-plane increments act about each
+    patch's centre ``centre`` (4, 2) (centred px): alone they do not move it."""
     rot, dtilt, scale, stretch, skew, sx, sy = (params[:, i] for i in range(7))
     c, s = jnp.cos(rot), jnp.sin(rot)
     turn = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)
     shear = jnp.stack(
         [jnp.stack([1 + stretch, skew], -1), jnp.stack([jnp.zeros_like(skew), jnp.ones_like(skew)], -1)], -2
     )
-    maps = (1 + scale)[:, None, None] * turn @ shear @ a
+    change = (1 + scale)[:, None, None] * turn @ shear
     t = tilt + dt + dtilt
     proj = jnp.stack([jnp.cos(t) * xyz[0] + jnp.sin(t) * xyz[2], jnp.broadcast_to(xyz[1], t.shape)], -1)
-    pos = jnp.einsum("kij,kj->ki", maps, proj) + d + jnp.stack([sx, sy], -1)
+    before = jnp.einsum("kij,kj->ki", a, proj) + d - centre
+    pos = jnp.einsum("kij,kj->ki", change, before) + centre + jnp.stack([sx, sy], -1)
     return jnp.einsum("k,ki->i", w, pos)
 
 
 @jax.jit
-def _point_jacobians(a, d, dt, tilts, w, xyz):
+def _point_jacobians(a, d, dt, tilts, w, xyz, centre):
     """Positions (V, M, 2) and their Jacobians (V, M, 2, 4, 7) at zero increments: ``a`` (V, M,
-    4, 2, 2), ``d`` (V, M, 4, 2), ``dt`` (V, M, 4), ``tilts`` (V,), ``w`` (M, 4), ``xyz`` (M, 3)."""
+    4, 2, 2), ``d`` (V, M, 4, 2), ``dt`` (V, M, 4), ``tilts`` (V,), ``w`` (M, 4), ``xyz`` (M, 3),
+    ``centre`` (M, 4, 2) the centres of each point's patches."""
     zero = jnp.zeros((4, 7), a.dtype)
 
-    def one(a, d, dt, tilt, w, xyz):
-        return _point(zero, a, d, dt, tilt, w, xyz), jax.jacfwd(_point)(zero, a, d, dt, tilt, w, xyz)
+    def one(a, d, dt, tilt, w, xyz, centre):
+        args = (a, d, dt, tilt, w, xyz, centre)
+        return _point(zero, *args), jax.jacfwd(_point)(zero, *args)
 
-    per_marker = jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0))
-    return jax.vmap(per_marker, in_axes=(0, 0, 0, 0, None, None))(a, d, dt, tilts, w, xyz)
+    per_marker = jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0, 0))
+    return jax.vmap(per_marker, in_axes=(0, 0, 0, 0, None, None, None))(a, d, dt, tilts, w, xyz, centre)
 
 
-def _compose(file: LocalAlignment, kept: np.ndarray, inc: np.ndarray, shift: np.ndarray) -> LocalAlignment:
+def _compose(
+    file: LocalAlignment, kept: np.ndarray, inc: np.ndarray, shift: np.ndarray, centres: np.ndarray
+) -> LocalAlignment:
     """``file`` with increments ``inc`` (K, V, 5) and shifts ``shift`` (K, V, 2) composed onto
-    its kept patches (``kept`` (K,) patch indices)."""
+    its kept patches (``kept`` (K,) patch indices; in-plane increments about ``centres`` (K, 2),
+    their centres in centred px), as :func:`_point` applies them."""
     rot, dtilt, scale, stretch, skew = np.moveaxis(inc, -1, 0)
     c, s = np.cos(rot), np.sin(rot)
     turn = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
     shear = np.stack([np.stack([1 + stretch, skew], -1), np.stack([0 * skew, 0 * skew + 1], -1)], -2)
+    change = (1 + scale)[..., None, None] * turn @ shear  # (K, V, 2, 2)
     transforms = file.transforms.copy()
-    a = transforms[kept, :, :, :2]
-    transforms[kept, :, :, :2] = (1 + scale)[..., None, None] * turn @ shear @ a
-    transforms[kept, :, :, 2] += shift
+    a, d = transforms[kept, :, :, :2], transforms[kept, :, :, 2]
+    centre = centres[:, None, :]
+    transforms[kept, :, :, :2] = change @ a
+    transforms[kept, :, :, 2] = np.einsum("pvij,pvj->pvi", change, d - centre) + centre + shift
     delta = file.delta_tilt_deg.copy()
     delta[kept] += np.degrees(dtilt)
     return dataclasses.replace(file, transforms=transforms, delta_tilt_deg=delta)
@@ -156,13 +177,15 @@ def _weighted_ss(file, aligned, mask, tilts_deg, image_size, xyz, weights):
     return float(np.sum(np.where(mask, weights, 0.0)[..., None] * np.nan_to_num(res) ** 2)), xyz
 
 
-def _gauss_newton_step(jac, r, slot, basis, k):
+def _gauss_newton_step(jac, r, slot, basis, k, prior, total):
     """One Gauss-Newton step of the kept patches: ``jac`` (V, M, 2, 4, 7) weighted Jacobians of
     each point's position in its four patches' increments and shifts, ``r`` (V, M, 2) weighted
     residuals, ``slot`` (M, 4) each of a point's patches' rank among the ``k`` kept ones (-1: not
     kept), ``basis`` (V, 5, G) each view's increments from a patch's G slots. The shifts are
     eliminated view by view, each view adding to the slots it draws on (two nodes of a linear mode,
-    one set of a grouped one). Returns (increments (k, V, 5), shifts (k, V, 2), free parameters)."""
+    one set of a grouped one). ``prior``: the weight (per unit increment squared) of a prior that
+    holds each slot near the patch's own solution, ``total`` (k G) the slots' sum of earlier steps.
+    Returns (slot steps (k G), increments (k, V, 5), shifts (k, V, 2), free parameters)."""
     n_views, n_markers = r.shape[:2]
     n_slots = basis.shape[-1]
     one_hot = np.zeros((n_markers, 4, k))  # a point's patch -> kept rank (none for the others)
@@ -197,13 +220,15 @@ def _gauss_newton_step(jac, r, slot, basis, k):
         per_view.append((rows, h_gs, inv_ss, g_s))
     diag = np.diagonal(reduced).copy()
     seen_g = diag > 1e-12 * max(1e-300, float(np.max(np.abs(diag))))
-    ridge_g = 1e-9 * max(1e-300, float(np.mean(np.abs(diag))))
-    reduced[np.diag_indices_from(reduced)] += np.where(seen_g, ridge_g, 1.0)
+    # a slot the points hardly inform (a patch's increments in views it weighs almost nothing) is
+    # held near its own solution by the prior, not fitted to a stray point
+    reduced[np.diag_indices_from(reduced)] += np.where(seen_g, prior, 1.0)
+    rhs = rhs + prior * total * seen_g
     step_g = -np.linalg.solve(reduced, rhs)
     step_s = np.stack([-inv @ (g + h.T @ step_g[rows]) for rows, h, inv, g in per_view])
     inc = np.einsum("vag,pg->pva", basis, step_g.reshape(k, n_slots))
     shift = step_s.reshape(n_views, k, 2).transpose(1, 0, 2)
-    return inc, shift, int(np.count_nonzero(seen_g)) + n_shifts
+    return step_g, inc, shift, int(np.count_nonzero(seen_g)) + n_shifts
 
 
 def refine_patches_jointly(
@@ -221,8 +246,10 @@ def refine_patches_jointly(
 
     aligned: (V, M, 2) measured points mapped into the globally aligned stack, centred; mask (V,
     M); markers (M, 3) centred start positions; modes: increment -> mode (``LocalOptions.modes``);
-    point_weights: each point's weight (a robust fit's, squared; default 1). Views a patch sees
-    no weighted point of keep its map there. Returns the refined file with the sums of squares
+    point_weights: each point's weight (a robust fit's, squared; default 1). In a view where a
+    patch holds less than ``MIN_SHIFT_WEIGHT`` of weight its shift stays, and its increments are
+    those its slots (shared with other views, as the modes group them) give there, held near its
+    own solution by the prior (``PRIOR_SD``). Returns the refined file with the sums of squares
     before and after (markers refitted through each); the file is unchanged when nothing can be
     refined or the refinement does not lower the sum.
     """
@@ -246,9 +273,13 @@ def refine_patches_jointly(
     where[kept] = np.arange(kept.size)
     k = kept.size
     tilts = np.radians(np.asarray(tilts_deg, float))
-    current, best = file, (before, file)
-    n_free = 0
+    centres = file.centres - np.asarray(image_size, float) / 2  # (P, 2) centred px
+    total = np.zeros(k * n_slots)
+    current, best, ss = file, (before, file, 0), before
     for _ in range(_ROUNDS):
+        # the prior: a slot's increment has sd PRIOR_SD (rad or ratio) against the scatter of a
+        # point about the current fit
+        prior = ss / max(1.0, 2 * float(np.sum(weights > 0))) / PRIOR_SD**2
         patches, shares = patch_weights(current, xyz[:, :2] + np.asarray(image_size) / 2)
         slot = where[patches]  # (M, 4): the kept patch of each of a point's patches, or -1
         for _ in range(_STEPS):
@@ -256,14 +287,15 @@ def refine_patches_jointly(
             d = current.transforms[:, :, :, 2][patches].transpose(2, 0, 1, 3)
             dt = np.radians(current.delta_tilt_deg)[patches].transpose(2, 0, 1)
             with jax.enable_x64(True):
-                pos, jac = jax.device_get(_point_jacobians(a, d, dt, tilts, shares, xyz))
+                pos, jac = jax.device_get(_point_jacobians(a, d, dt, tilts, shares, xyz, centres[patches]))
             sw = np.sqrt(weights)[..., None]
             r = np.asarray(pos - aligned) * sw  # (V, M, 2), weighted
             r = np.where(mask[..., None], r, 0.0)
             jac = np.asarray(jac) * sw[..., None, None]
-            inc, shift, n_free = _gauss_newton_step(jac, r, slot, basis, k)
-            current = _compose(current, kept, inc, shift)
+            step, inc, shift, n_free = _gauss_newton_step(jac, r, slot, basis, k, prior, total)
+            total = total + step
+            current = _compose(current, kept, inc, shift, centres[kept])
         ss, xyz = _weighted_ss(current, aligned, mask, tilts_deg, image_size, xyz, weights)
         if ss < best[0]:
-            best = (ss, current)
-    return JointRefinement(best[1], before, best[0], n_free)
+            best = (ss, current, n_free)
+    return JointRefinement(best[1], before, best[0], best[2])

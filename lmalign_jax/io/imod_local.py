@@ -347,9 +347,11 @@ def check_local_grid(
     the rescaling IMOD's tilt applies (:func:`pixel_scale`: the "pixel-size trap" of a file made for
     a stack of another binning or a model without a pixel size): at least half the patch centres
     inside the image, none farther outside than :data:`GRID_MARGIN` of its size, and, where the
-    rescaling shrinks the grid, its centres spread over at least :data:`MIN_GRID_SPREAD` of the
-    image in x or in y (a grid rescaled into a corner, as a header pixel of 1, IMOD's for a model
-    without a pixel size, makes it on a stack of 10 A pixels, covers almost none of the image).
+    rescaling shrinks a grid that fits the image as written, its centres spread over at least
+    :data:`MIN_GRID_SPREAD` of the image in x or in y (a grid rescaled into a corner, as a header
+    pixel of 1, IMOD's for a model without a pixel size, makes it on a stack of 10 A pixels, covers
+    almost none of the image; a file made for a larger stack, binned since, does not fit as
+    written, and its grid may be small where its markers are).
     ``footprint``: the box the raw image covers in the aligned frame (:func:`aligned_footprint`),
     taken for the image's own box in the first two tests when given (it holds that box)."""
     factor = pixel_scale(local, pixel_size)
@@ -385,7 +387,11 @@ def check_local_grid(
             )
             + f" the {image_size[0]:g} x {image_size[1]:g} image{turned}",
         )
-    if factor < 1 and np.all(hi - lo < MIN_GRID_SPREAD * size):
+    unscaled = local.centres
+    unscaled_fits = 2 * np.all((unscaled >= 0) & (unscaled <= size), axis=1).sum() >= len(unscaled)
+    # a file made for a larger stack (binned since) spreads past this image unscaled: its grid is
+    # small because its markers are, not because of the header
+    if factor < 1 and unscaled_fits and np.all(hi - lo < MIN_GRID_SPREAD * size):
         raise InputError(
             path,
             1,
