@@ -191,10 +191,10 @@ def test_a_patch_without_points_in_its_steepest_views_is_not_swung_by_a_stray_on
     patch there keeps one point of share 0.005 in those views. Refined with nothing holding its
     increments, it turned them by hundreds of degrees to fit that point (its delta tilt -588 deg,
     its hidden points 85 px off), unseen by the sum of squares; the prior holds them near its own
-    solution: every delta tilt within 5 deg (the patches alone reach 2.3), the seen points placed
-    better than by the patches alone, the hidden ones about as well as by the global alignment
-    (5.1 px; within 1.5x of it, where the unheld refinement was 16x; the patches alone, 3.6 px,
-    extrapolate better into views their points left)."""
+    solution, and in a view where a patch holds under half a point's worth of share it keeps its
+    own solution: every delta tilt within 5 deg (the patches alone reach 2.3), the seen points
+    placed better than by the patches alone, the hidden ones about as well (3.3 px against 3.6;
+    the global alignment 5.1; the unheld refinement 85)."""
     from lmalign_jax.core.local_apply import fit_markers_through_local
     from lmalign_jax.observations import Observations
 
@@ -219,7 +219,11 @@ def test_a_patch_without_points_in_its_steepest_views_is_not_swung_by_a_stray_on
 
     alone = align_local(result, LocalOptions(joint=False))
     joint = align_local(result, LocalOptions())
-    (seen_g, hidden_g), (seen_a, _), (seen_j, hidden_j) = errors(None), errors(alone.file), errors(joint.file)
-    print(f"seen {seen_g:.3f} {seen_a:.3f} {seen_j:.3f}, hidden global {hidden_g:.2f} joint {hidden_j:.2f}")
+    (seen_g, hidden_g), (seen_a, hidden_a), (seen_j, hidden_j) = (
+        errors(None),
+        errors(alone.file),
+        errors(joint.file),
+    )
+    print(f"seen {seen_g:.3f} {seen_a:.3f} {seen_j:.3f}, hidden {hidden_g:.2f} {hidden_a:.2f} {hidden_j:.2f}")
     assert joint.joint_free > 0 and np.abs(joint.file.delta_tilt_deg).max() < 5.0
-    assert hidden_j < 1.5 * hidden_g and seen_j < seen_a
+    assert hidden_j < hidden_g and hidden_j < 1.2 * hidden_a and seen_j < seen_a
