@@ -175,11 +175,11 @@ def test_more_kept_patches_than_the_dense_system_holds_keep_their_own_solutions(
     ``MAX_JOINT_UNKNOWNS`` (a grid of hundreds of kept patches would need gigabytes) the patches
     keep their own solutions, and the notes say why. Here the limit is lowered below the domed
     series' 9 patches."""
-    from lmalign_jax.core import local
+    from lmalign_jax.core import local_joint
 
     result, _ = domed["domed"]
     alone = align_local(result, LocalOptions(joint=False))
-    monkeypatch.setattr(local, "MAX_JOINT_UNKNOWNS", 10)
+    monkeypatch.setattr(local_joint, "MAX_JOINT_UNKNOWNS", 10)
     capped = align_local(result, LocalOptions())
     assert capped.joint_free == 0
     np.testing.assert_array_equal(capped.file.transforms, alone.file.transforms)

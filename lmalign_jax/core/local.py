@@ -62,13 +62,7 @@ from ..solve import (
 from .grouping import group_sizes
 from .local_apply import fit_markers_through_local
 from .local_grid import checked_patch_grid, marker_shares, patch_grid, select_patch_markers, surfaces
-from .local_joint import (
-    MAX_JOINT_PATCHES,
-    MAX_JOINT_UNKNOWNS,
-    increment_bases,
-    joint_unknowns,
-    refine_patches_jointly,
-)
+from .local_joint import JointOutcome, refine_kept_patches
 from .local_maps import global_z_factors, patch_file_maps, project_points
 from .local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS, LocalOptions
 from .problem import (
@@ -523,20 +517,9 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         None, aligned, obs.mask, result.tilts_deg, obs.image_size, result.markers, **through
     )
     kept = np.flatnonzero([r.kept_local for r in reports])
-    refined, joint_free, joint_added = False, 0, 0
-    unknowns = joint_unknowns(kept.size, options.joint_modes(), obs.n_views)
-    if (
-        options.joint
-        and global_zfac is None
-        and (kept.size > MAX_JOINT_PATCHES or unknowns > MAX_JOINT_UNKNOWNS)
-    ):
-        notes.append(
-            f"{kept.size} kept patches are too many to refine together ({unknowns} grouped increments; "
-            f"at most {MAX_JOINT_PATCHES} patches and {MAX_JOINT_UNKNOWNS} increments): each keeps its own "
-            "solution"
-        )
-    elif options.joint and global_zfac is None and kept.size:
-        joint = refine_patches_jointly(
+    joint = JointOutcome(file)
+    if options.joint and global_zfac is None and kept.size:  # the file's z factors are not refined
+        joint = refine_kept_patches(
             file,
             kept,
             aligned,
@@ -545,21 +528,16 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             obs.image_size,
             g_xyz,
             options.joint_modes(),
+            set(active),
             fit_w,
         )
-        refined = joint.after < joint.before
-        if refined:
-            file, joint_free = joint.file, joint.n_free
-            bases = increment_bases(options.joint_modes(), obs.n_views)
-            joint_added = kept.size * sum(b.shape[1] for n, b in bases.items() if n not in active)
-            notes.append(
-                f"{kept.size} kept patch(es) refined together through tilt's blend: the points' weighted "
-                f"sum of squares {joint.before:.4g} -> {joint.after:.4g} px^2 ({joint.n_free} parameters)"
-            )
+    file = joint.file
+    if joint.note is not None:
+        notes.append(joint.note)
     l_xyz, l_res = fit_markers_through_local(
         file, aligned, obs.mask, result.tilts_deg, obs.image_size, g_xyz, **through
     )
-    for p in kept if refined else ():  # what the file now holds for a kept patch: its refined blend
+    for p in kept if joint.free else ():  # what the file now holds for a kept patch: its refined blend
         shown, share_w, n_coords = report_weights[p]
         rms = float(np.sqrt(np.nansum(share_w[..., None] * l_res[:, shown] ** 2) / n_coords))
         reports[p] = dataclasses.replace(reports[p], local_rms_px=rms)
@@ -584,6 +562,6 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
         notes=tuple(notes),
         keep_test=options.significance is not None,
         z_factors=global_zfac,
-        joint_free=joint_free,
-        joint_added=joint_added,
+        joint_free=joint.free,
+        joint_added=joint.added,
     )

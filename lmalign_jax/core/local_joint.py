@@ -39,11 +39,12 @@ from .problem import linear_blend, mode_labels
 
 __all__ = [
     "JOINT_INCREMENTS",
+    "JointOutcome",
     "JointRefinement",
     "MAX_JOINT_PATCHES",
     "MAX_JOINT_UNKNOWNS",
     "increment_bases",
-    "joint_unknowns",
+    "refine_kept_patches",
     "refine_patches_jointly",
 ]
 
@@ -55,7 +56,7 @@ JOINT_INCREMENTS = ("rotation", "tilt", "scale", "xstretch", "skew")
 #: map and shift. Half a point: on the domed series 2 points held corner patches in views where
 #: they do carry weight (2.7x the rigid level against 2.5x); where markers left the field in the
 #: steepest views, 0.5 and 2 place the hidden points alike (3.3 and 3.6 px; alone 3.6).
-MIN_SHIFT_WEIGHT = 0.5
+MIN_PATCH_WEIGHT = 0.5
 
 #: The most grouped increments (kept patches x slots) refined together: their dense system is
 #: held and solved whole (4000: 128 MB, seconds); more kept patches keep their own solutions.
@@ -115,9 +116,14 @@ def increment_bases(modes: dict, n_views: int) -> dict[str, np.ndarray]:
     return bases
 
 
-def joint_unknowns(n_kept: int, modes: dict, n_views: int) -> int:
-    """Grouped increments a joint refinement of ``n_kept`` patches solves in one dense system."""
-    return n_kept * sum(b.shape[1] for b in increment_bases(modes, n_views).values())
+def _in_plane_change(rot, scale, stretch, skew, xp):
+    """``C = (1 + s) R(r) [[1 + e, k], [0, 1]]`` (..., 2, 2) of increments (...,), in numpy or
+    jax.numpy (``xp``): one parameterisation for the fit and the file."""
+    c, s = xp.cos(rot), xp.sin(rot)
+    turn = xp.stack([xp.stack([c, -s], -1), xp.stack([s, c], -1)], -2)
+    zero, one = xp.zeros_like(skew), xp.ones_like(skew)
+    shear = xp.stack([xp.stack([1 + stretch, skew], -1), xp.stack([zero, one], -1)], -2)
+    return (1 + scale)[..., None, None] * turn @ shear
 
 
 def _point(params, a, d, dt, tilt, w, xyz, centre):
@@ -127,12 +133,7 @@ def _point(params, a, d, dt, tilt, w, xyz, centre):
     x-stretch, skew (radians or ratios), shift x, y (px). The in-plane increments act about each
     patch's centre ``centre`` (4, 2) (centred px): alone they do not move it."""
     rot, dtilt, scale, stretch, skew, sx, sy = (params[:, i] for i in range(7))
-    c, s = jnp.cos(rot), jnp.sin(rot)
-    turn = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)
-    shear = jnp.stack(
-        [jnp.stack([1 + stretch, skew], -1), jnp.stack([jnp.zeros_like(skew), jnp.ones_like(skew)], -1)], -2
-    )
-    change = (1 + scale)[:, None, None] * turn @ shear
+    change = _in_plane_change(rot, scale, stretch, skew, jnp)
     t = tilt + dt + dtilt
     proj = jnp.stack([jnp.cos(t) * xyz[0] + jnp.sin(t) * xyz[2], jnp.broadcast_to(xyz[1], t.shape)], -1)
     before = jnp.einsum("kij,kj->ki", a, proj) + d - centre
@@ -162,10 +163,7 @@ def _compose(
     its kept patches (``kept`` (K,) patch indices; in-plane increments about ``centres`` (K, 2),
     their centres in centred px), as :func:`_point` applies them."""
     rot, dtilt, scale, stretch, skew = np.moveaxis(inc, -1, 0)
-    c, s = np.cos(rot), np.sin(rot)
-    turn = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
-    shear = np.stack([np.stack([1 + stretch, skew], -1), np.stack([0 * skew, 0 * skew + 1], -1)], -2)
-    change = (1 + scale)[..., None, None] * turn @ shear  # (K, V, 2, 2)
+    change = _in_plane_change(rot, scale, stretch, skew, np)  # (K, V, 2, 2)
     transforms = file.transforms.copy()
     a, d = transforms[kept, :, :, :2], transforms[kept, :, :, 2]
     centre = centres[:, None, :]
@@ -203,11 +201,11 @@ def _gauss_newton_step(jac, r, slot, basis, k, prior, total):
     held = np.zeros((n_views, k), bool)
     for v in range(n_views):  # one view's points at a time: (2M, 7k) at most in memory
         jp = np.einsum("mikc,mkp->mipc", jac[v], one_hot, optimize=True).reshape(-1, k, 7)
-        # a patch whose points hold less than MIN_SHIFT_WEIGHT points' worth of weight in this view
+        # a patch whose points hold less than MIN_PATCH_WEIGHT points' worth of weight in this view
         # (the sum of their squared shares) keeps its own solution here, map and shift: a point at
         # a neighbour's centre gives it almost nothing, and a map fitted to that swings the
         # positions of the markers it holds more (which left the field, or were never seen)
-        weighs = np.sum(jp[:, :, 5] ** 2, axis=0) >= MIN_SHIFT_WEIGHT  # (k,)
+        weighs = np.sum(jp[:, :, 5] ** 2, axis=0) >= MIN_PATCH_WEIGHT  # (k,)
         held[v] = ~weighs
         jp = (jp * weighs[None, :, None]).reshape(-1, 7 * k)
         hv = (jp.T @ jp).reshape(k, 7, k, 7)
@@ -256,7 +254,7 @@ def refine_patches_jointly(
     aligned: (V, M, 2) measured points mapped into the globally aligned stack, centred; mask (V,
     M); markers (M, 3) centred start positions; modes: increment -> mode (``LocalOptions.modes``);
     point_weights: each point's weight (a robust fit's, squared; default 1). In a view where a
-    patch holds less than ``MIN_SHIFT_WEIGHT`` of weight it keeps its own solution (map and
+    patch holds less than ``MIN_PATCH_WEIGHT`` of weight it keeps its own solution (map and
     shift); its slots, shared with other views as the modes group them, are held near its own
     solution by the prior (``PRIOR_SD``). Returns the refined file with the sums of squares
     before and after (markers refitted through each); the file is unchanged when nothing can be
@@ -284,6 +282,7 @@ def refine_patches_jointly(
     tilts = np.radians(np.asarray(tilts_deg, float))
     centres = file.centres - np.asarray(image_size, float) / 2  # (P, 2) centred px
     total = np.zeros(k * n_slots)
+    sw = np.sqrt(weights)[..., None]  # square-root weights: the cost is sum (sw r)^2
     current, best, ss = file, (before, file, 0), before
     for _ in range(_ROUNDS):
         # the prior: a slot's increment has sd PRIOR_SD (rad or ratio) against the scatter of a
@@ -297,7 +296,6 @@ def refine_patches_jointly(
             dt = np.radians(current.delta_tilt_deg)[patches].transpose(2, 0, 1)
             with jax.enable_x64(True):
                 pos, jac = jax.device_get(_point_jacobians(a, d, dt, tilts, shares, xyz, centres[patches]))
-            sw = np.sqrt(weights)[..., None]
             r = np.asarray(pos - aligned) * sw  # (V, M, 2), weighted
             r = np.where(mask[..., None], r, 0.0)
             jac = np.asarray(jac) * sw[..., None, None]
@@ -308,3 +306,54 @@ def refine_patches_jointly(
         if ss < best[0]:
             best = (ss, current, n_free)
     return JointRefinement(best[1], before, best[0], best[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class JointOutcome:
+    """What a local alignment takes from refining its kept patches together: the file, the
+    refinement's free parameters and the slots it added to the patches' own solves (0 and 0 when
+    it was not done or did not lower the sum of squares), and the note that says so (or None)."""
+
+    file: LocalAlignment
+    free: int = 0
+    added: int = 0
+    note: str | None = None
+
+
+def refine_kept_patches(
+    file: LocalAlignment,
+    kept: np.ndarray,
+    aligned: np.ndarray,
+    mask: np.ndarray,
+    tilts_deg: np.ndarray,
+    image_size: tuple[float, float],
+    markers: np.ndarray,
+    modes: dict,
+    solved: set,
+    point_weights: np.ndarray | None = None,
+) -> JointOutcome:
+    """:func:`refine_patches_jointly` of the ``kept`` patches within ``MAX_JOINT_PATCHES`` and
+    ``MAX_JOINT_UNKNOWNS`` (past them the patches keep their own solutions, and the note says
+    why); kept only when it lowers the weighted sum of squares. ``solved``: the increments the
+    patches solved alone, for the slots the refinement adds (``JointOutcome.added``)."""
+    bases = increment_bases(modes, mask.shape[0])
+    unknowns = len(kept) * sum(b.shape[1] for b in bases.values())
+    if len(kept) > MAX_JOINT_PATCHES or unknowns > MAX_JOINT_UNKNOWNS:
+        return JointOutcome(
+            file,
+            note=f"{len(kept)} kept patches are too many to refine together ({unknowns} grouped "
+            f"increments; at most {MAX_JOINT_PATCHES} patches and {MAX_JOINT_UNKNOWNS} increments): each "
+            "keeps its own solution",
+        )
+    joint = refine_patches_jointly(
+        file, kept, aligned, mask, tilts_deg, image_size, markers, modes, point_weights
+    )
+    if not joint.after < joint.before:
+        return JointOutcome(file)
+    return JointOutcome(
+        joint.file,
+        joint.n_free,
+        len(kept) * sum(b.shape[1] for name, b in bases.items() if name not in solved),
+        f"{len(kept)} kept patch(es) refined together through tilt's blend: the points' weighted sum "
+        f"of squares {joint.before:.4g} -> {joint.after:.4g} px^2 ({joint.n_free} parameters)",
+    )
