@@ -638,10 +638,12 @@ def test_reconstruct_help():
     text = " ".join(out.split())
     assert "the file's own replace them and a file without any drops them, as tilt does" in text
     assert (
-        "sharp bead peaks stay within 2% of the exact reads' with IMOD's local files; an X-axis tilt" in text
+        "sharp bead peaks stay within 2% of the exact reads' with IMOD's local files; with one X-axis" in text
     )
+    assert "sheets are read in the frame sheared by it, 2-6% below (one interpolation in depth)" in text
     assert (
-        "costs them 2-7% (0.5-20 deg), and larger tolerances blur more (6-10% at 0.2-1 px); at most 1" in text
+        "costs them 3-12% (0.5-20 deg), and larger tolerances blur more (6-10% at 0.2-1 px); at most 1"
+        in text
     )
     rc, _, err = run(["reconstruct", "s.mrc", "--xf", "a.xf", "--tlt", "a.tlt"])
     assert rc == 2 and "--thickness" in err and err.count("\n") == 1

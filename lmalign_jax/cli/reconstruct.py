@@ -385,9 +385,11 @@ def add_reconstruct(sub):
         "record: the largest error (aligned pixels) of the position a voxel is read at, in exchange "
         "for speed (voxels read through per-view sheets); 0 samples every voxel at its own position, as "
         "tilt does (several times slower). At the default, sharp bead peaks stay within 2%% of the exact "
-        "reads' with IMOD's local files; an X-axis tilt moves a row's reads across columns with its "
-        "height, which costs them 2-7%% (0.5-20 deg), and larger tolerances blur more (6-10%% at 0.2-1 "
-        f"px); at most {MAX_TOLERANCE_PX:g} (default: {DEFAULT_TOLERANCE_PX:g})",
+        "reads' with IMOD's local files; with one X-axis tilt for every view the sheets are read in the "
+        "frame sheared by it, 2-6%% below (one interpolation in depth); X-axis tilts that differ by view "
+        "move a row's reads across columns with its height, which costs them 3-12%% (0.5-20 deg), and "
+        f"larger tolerances blur more (6-10%% at 0.2-1 px); at most {MAX_TOLERANCE_PX:g} (default: "
+        f"{DEFAULT_TOLERANCE_PX:g})",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run_reconstruct)

@@ -30,7 +30,11 @@ from ..recon.local_sirt import local_sirt_bytes, sirt_local_streamed
 from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
-from ..recon.xtilt_backprojection import reads_tilted_cheaply, reconstruct_x_tilted
+from ..recon.xtilt_backprojection import (
+    reads_tilted_cheaply,
+    reconstruct_local_x_tilted,
+    reconstruct_x_tilted,
+)
 from .alignment_inputs import Alignment
 from .local_file import read_checked_local
 from .series import check_tilts_vary
@@ -261,7 +265,10 @@ def reconstruct_to_file(
     kept view, alone, is reconstructed by FBP as tilt does it, the untilted back-projection read
     tilted (``recon.xtilt_backprojection``), where that costs at most
     ``MAX_LAB_VOXELS_PER_VOXEL`` of its voxels per output voxel (``reads_tilted_cheaply``), else
-    through sheets.
+    through sheets; with a local file, z factors or a shape too (or in that small memory), FBP
+    through sheets reads in the frame sheared by that one tilt, where a row's reads keep their
+    detector columns (``reconstruct_local_x_tilted``: one interpolation in depth instead of a
+    second one across columns).
     ``exclude_views``: 0-based views left out of the tomogram (tilt's EXCLUDELIST; their transforms,
     tilts and patch maps too); None: the alignment's ``excluded_views`` (a record's unfitted views,
     as Etomo copies the alignment's ExcludeList into tilt.com's EXCLUDELIST);
@@ -426,11 +433,22 @@ def reconstruct_to_file(
             f"--local-tolerance {local_tolerance_px:g} is not used: this reconstruction reads no sheets (FBP "
             "through a local file, z factors, X-axis tilts that differ by view or a shape model does)"
         )
-    if not quiet and through_sheets and x_tilts is not None and np.any(x_tilts[keep] != 0):
+    # one X-axis tilt for every kept view: the sheets read in the frame sheared by it, where a
+    # row's reads stay on their detector columns (recon.xtilt_backprojection.reconstruct_local_x_tilted)
+    sheared_x_tilt = None
+    if through_sheets and x_tilts is not None and np.ptp(x_tilts[keep]) == 0 and x_tilts[keep][0] != 0:
+        sheared_x_tilt = float(x_tilts[keep][0])
+    if (
+        not quiet
+        and through_sheets
+        and sheared_x_tilt is None
+        and x_tilts is not None
+        and np.any(x_tilts[keep] != 0)
+    ):
         note(
-            "the X-axis tilt is read through sheets, which blurs sharp detail a little (a row's reads move "
-            "across detector columns with its height: bead peaks 2-7% below exact reads at 0.5-20 deg); "
-            "--local-tolerance 0 reads every voxel at its own position (slower)"
+            "X-axis tilts that differ by view are read through sheets, which blurs sharp detail a little (a "
+            "row's reads move across detector columns with its height: bead peaks 3-12% below exact reads at "
+            "0.5-20 deg); --local-tolerance 0 reads every voxel at its own position (slower)"
         )
     if patch_maps is not None and sirt is not None:  # sirt_local_streamed's two scratch volumes too
         check_free_space(
@@ -506,6 +524,10 @@ def reconstruct_to_file(
                 elif sirt is not None:
                     scratch = os.path.dirname(os.path.abspath(out_path))
                     sirt_local_streamed(*views, sampling, thickness, sirt, scratch_dir=scratch, **streamed)
+                elif sheared_x_tilt is not None:
+                    reconstruct_local_x_tilted(
+                        *views, sampling, sheared_x_tilt, thickness, tolerance_px=tolerance, **fbp
+                    )
                 else:
                     reconstruct_local(*views, sampling, thickness, tolerance_px=tolerance, **fbp)
             except InputError:
