@@ -378,8 +378,10 @@ def test_on_all_four_axes_ours_lowers_the_residual_more_than_imods_files(name):
     With the markers free in each patch the b axes fall further still. Each marker weighted
     fully (tiltalign's way, --local-weighting even) falls short on three axes (0.0187, 0.0198,
     0.0673, 0.0608): the blend is what closes the gap, not the keeping (patches solved alone, as
-    tiltalign solves them). The patches refined together (the default) lower it further still,
-    by least squares on the blended positions themselves."""
+    tiltalign solves them). The patches refined together (the default) lower it further still
+    on midzone2, by least squares on the blended positions themselves; on BB, 4 patches of few
+    markers, BIC finds the refinement not worth its added slots and the patches keep their own
+    solutions (the leave-out agrees: there it predicts held-out points worse, benchmarks/README)."""
     from helpers import load_resid_observations
 
     result = align(load_resid_observations(name))
@@ -391,7 +393,8 @@ def test_on_all_four_axes_ours_lowers_the_residual_more_than_imods_files(name):
     assert drops["blend"] >= IMOD_DROPS[name]
     assert drops["blend"] > 1.3 * drops["even"]
     joint = align_local(result, LocalOptions(significance=None))
-    assert joint.joint_free > 0 and joint.global_mean_px - joint.local_mean_px >= drops["blend"]
+    assert (joint.joint_free > 0) == name.startswith("midzone2")
+    assert joint.global_mean_px - joint.local_mean_px >= drops["blend"] - 1e-12
     if name in ("BBb", "midzone2b"):
         free = align_local(result, LocalOptions(fix_markers=False, significance=None, joint=False))
         assert free.global_mean_px - free.local_mean_px >= drops["blend"]
