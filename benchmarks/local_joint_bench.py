@@ -1,7 +1,7 @@
 """Local alignment's kept patches refined together through tilt's blend, against each solved alone.
 
     python -m benchmarks.local_joint_bench [--seeds 11,23,42,7,101] [--no-real] [--no-large]
-        [--out results.json]
+        [--before /path/to/old/checkout --speed-repeats 3] [--out results.json]
 
 Issue #15 judges local alignment by the error of the aligned positions against the simulator's
 noise-free ones (``simulation.local_truth.aligned_position_error``: every marker fitted through
@@ -15,7 +15,10 @@ tiltalign) and the default (kept patches refined together). Real data (unless ``
 ``compare_models(obs, "jou,local")`` on IMOD's four BB and midzone2 axes with each setting, with
 the keeping test and with every patch kept: the leave-out gain (5 folds) and BIC. Time (unless
 ``--no-large``): ``align_local`` of a 4096 px field, 150 markers, 81 views, domed by 80 px,
-both settings, the second call of each (compiled).
+both settings, the second call of each (compiled). With ``--before TREE``: the same 4096 px
+series aligned locally with the default options by this tree and by ``TREE`` (an older checkout),
+each in a fresh process, taking turns ``--speed-repeats`` times: the first call after the
+patches' solve is compiled (the refinement's compilation included) and the second.
 """
 
 from __future__ import annotations
@@ -142,6 +145,57 @@ def large() -> dict:
     return out
 
 
+#: Run in a fresh process from a tree's root: the 4096 px domed field's local alignment, first
+#: (the patches' solve compiled beforehand) and second call with the default options.
+SPEED_RUN = """
+import json, os, time
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from lmalign_jax import align, simulate
+from lmalign_jax.core.local import LocalOptions, align_local
+s = simulate(n_views=81, n_markers=150, image_size=(4096, 4096), noise_px=0.5, seed=0,
+             bend_px=80.0, shrink=0.1)
+result = align(s.observations)
+align_local(result, LocalOptions(joint=False))
+began = time.perf_counter()
+align_local(result, LocalOptions())
+first = time.perf_counter() - began
+began = time.perf_counter()
+local = align_local(result, LocalOptions())
+second = time.perf_counter() - began
+kept = int(sum(p.kept_local for p in local.patches))
+print(json.dumps({"first_s": first, "second_s": second, "patch_solve_s": local.seconds,
+                  "joint_free": int(local.joint_free), "kept": kept}))
+"""
+
+
+def speed_against(before: Path, repeats: int) -> dict:
+    """:data:`SPEED_RUN` from this tree and ``before``, taking turns, ``repeats`` times each."""
+    import subprocess
+    import sys
+
+    trees = {"this": Path(__file__).resolve().parents[1], "before": before.resolve()}
+    runs = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1")
+            done = subprocess.run(
+                [sys.executable, "-c", SPEED_RUN],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[name].append(
+                json.loads(done.stdout.strip().splitlines()[-1]) | {"loadavg": os.getloadavg()[0]}
+            )
+            print(name, json.dumps(runs[name][-1]), flush=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=before, capture_output=True, text=True
+    ).stdout.strip()
+    return {"before_commit": commit, "runs": runs}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,6 +203,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="11,23,42,7,101")
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument("--no-large", action="store_true")
+    parser.add_argument("--before", type=Path, help="an older checkout to time the 4096 px case against")
+    parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     meta = environment(quick=False)
@@ -158,6 +214,8 @@ def main(argv=None) -> int:
         record["real"] = real()
     if not args.no_large:
         record["large"] = large()
+    if args.before is not None:
+        record["speed_against_before"] = speed_against(args.before, args.speed_repeats)
     meta["loadavg_end"] = list(os.getloadavg())
     out = (
         args.out
