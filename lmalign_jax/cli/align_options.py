@@ -345,7 +345,7 @@ def add_local_joint_option(p) -> None:
         help="solve each patch alone, as tiltalign does; by default the kept patches are then refined "
         "together, by least squares on the positions tilt blends from them (a patch alone takes the local "
         "slope of a deformation that curves across the field, and the blend of two slopes doubles the "
-        "curvature between patch centres)",
+        "curvature between patch centres), kept where BIC favours it over the patches alone",
     )
 
 

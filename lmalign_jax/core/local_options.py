@@ -73,7 +73,8 @@ class LocalOptions:
         them (``core.local_joint``), after each is solved alone: a patch solved alone fits the
         local slope of a deformation that curves across the field, and the blend of two slopes
         doubles the curvature between patch centres. The increments are grouped as ``modes`` say,
-        with :data:`JOINT_DISTORTION` where they do not name x-stretch and skew. Not done for
+        with :data:`JOINT_DISTORTION` where they do not name x-stretch and skew. Kept only where
+        BIC favours it over the patches alone (``local_joint.refine_kept_patches``). Not done for
         a model whose projection varies with height beyond tilt's formula (z factors).
     config: the solver's settings. Each patch starts at the global solution, a few steps from its
         optimum: cost changes below 1e-9 of the cost (a parameter change far below its standard
