@@ -171,7 +171,7 @@ def test_the_command_line_refines_together_unless_told_not_to(tmp_path):
 
 
 def test_more_kept_patches_than_the_dense_system_holds_keep_their_own_solutions(domed, monkeypatch):
-    """The refinement's grouped increments are solved as one dense system; past
+    """The refinement's grouped increments are accumulated as one dense system; past
     ``MAX_JOINT_UNKNOWNS`` (a grid of hundreds of kept patches would need gigabytes) the patches
     keep their own solutions, and the notes say why. Here the limit is lowered below the domed
     series' 9 patches."""
