@@ -267,6 +267,13 @@ def reconstruct_local_x_tilted(
     if not abs(float(x_tilt_deg)) < 90.0:
         raise ValueError(f"the X-axis tilt must be within -90..90 degrees, got {x_tilt_deg!r}")
     common = dict(binning=binning, memory_bytes=memory_bytes, dtype=dtype, **streaming)
+
+    def unsheared(slab_rows):  # the sheets in the volume's own frame (or every voxel read exactly)
+        return reconstruct_local(
+            stack, xf_A, xf_shift, tilts_deg, sampling, thickness, slab_rows=slab_rows,
+            tolerance_px=tolerance_px, **common,
+        )  # fmt: skip
+
     n_views, ny, nx = (int(v) for v in np.shape(stack))
     b = int(binning) if isinstance(binning, (int, np.integer)) and binning >= 1 else 1
     nz, ny_b, nx_b = slice_count(thickness, b), ny // b, nx // b
@@ -277,17 +284,7 @@ def reconstruct_local_x_tilted(
         or not (nz and ny_b and nx_b)
         or sampling.patches.shape != (ny_b, nx_b, 4)
     ):
-        return reconstruct_local(
-            stack,
-            xf_A,
-            xf_shift,
-            tilts_deg,
-            sampling,
-            thickness,
-            slab_rows=slab_rows,
-            tolerance_px=tolerance_px,
-            **common,
-        )
+        return unsheared(slab_rows)
     ta = math.tan(math.radians(float(x_tilt_deg)))
     if slab_rows is None:  # the sheared slab at most about twice the slab
         slab_rows = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes).slab_rows
@@ -305,17 +302,7 @@ def reconstruct_local_x_tilted(
     # which no output voxel reads, are read clamped)
     sheets.reach = row_margin(sampling, (nz, ny_b, nx_b)) + 2
     if not sheets.usable(slab_rows):
-        return reconstruct_local(
-            stack,
-            xf_A,
-            xf_shift,
-            tilts_deg,
-            sampling,
-            thickness,
-            slab_rows=slab_rows,
-            tolerance_px=tolerance_px,
-            **common,
-        )
+        return unsheared(slab_rows)
     tan_a = jnp.asarray(ta, dtype)
 
     def accumulate(device_band, band0, take, x, z, z_chunk):
