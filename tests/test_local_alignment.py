@@ -784,20 +784,33 @@ def test_one_surface_analysed_drops_the_per_surface_minimum(tmp_path):
         assert record["local"]["options"]["min_fids"] == expected, given
 
 
-@pytest.mark.parametrize("per_call", [1, 4])
-def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, per_call):
-    """Past ``PATCH_SOLVE_BYTES`` the patch problems are solved in equal chunks, the last padded
-    with copies (a 4096 px field of 1000 markers and 121 views took 3.5 GB in one call, 1.0 GB in
-    chunks of 25): one problem per call, and 4 (the 18 problems of the 3 x 3 grid's blend and test
-    fits padded to 20), give the whole call's solutions."""
+@pytest.mark.parametrize("per_call, sizes", [(1, [1] * 18), (4, [4] * 5), (17, [9, 9])])
+def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, per_call, sizes):
+    """Past ``PATCH_SOLVE_BYTES`` the patch problems are solved in as few calls as fit, of equal
+    size, the last padded with copies (a 4096 px field of 1000 markers and 121 views took 3.5 GB
+    in one call, 1.0 GB in chunks of 25): the 18 problems of the 3 x 3 grid's blend and test
+    fits one a call, 4 a call (5 calls, 2 copies) and 17 a call (2 calls of 9, not 17 + 17)
+    give the whole call's solutions."""
     from lmalign_jax.core import local
 
     result = solved["warped"][0]
     whole = align_local(result, LocalOptions(joint=False))
     monkeypatch.setattr(local, "_problem_bytes", lambda *a: 1)
     monkeypatch.setattr(local, "PATCH_SOLVE_BYTES", per_call)
+    calls, batched = [], local._batched_solver
+
+    def counted(*args):
+        solver = batched(*args)
+
+        def call(x0, structure):
+            calls.append(x0.a.shape[0])
+            return solver(x0, structure)
+
+        return call
+
+    monkeypatch.setattr(local, "_batched_solver", counted)
     chunked = align_local(result, LocalOptions(joint=False))
-    assert len(whole.patches) == 9
+    assert len(whole.patches) == 9 and calls == sizes
     assert [p.kept_local for p in chunked.patches] == [p.kept_local for p in whole.patches]
     np.testing.assert_allclose(chunked.file.transforms, whole.file.transforms, rtol=0, atol=1e-9)
     np.testing.assert_allclose(chunked.file.delta_tilt_deg, whole.file.delta_tilt_deg, rtol=0, atol=1e-9)

@@ -227,10 +227,12 @@ def _problem_bytes(n_views: int, capacity: int, x0) -> int:
 
 def _solve_in_chunks(solver, x0, structure, problem_bytes: int):
     """``solver`` (a jitted vmap over problems) on ``x0`` and ``structure`` (leading axis: the
-    problems) in chunks of equal size holding at most ``PATCH_SOLVE_BYTES``, the last padded
-    with copies of the last problem; the solutions fetched and joined."""
+    problems) in as few calls as hold at most ``PATCH_SOLVE_BYTES`` each, of equal size (the
+    last padded with copies of the last problem, fewer than one per call); the solutions fetched
+    and joined."""
     n = x0.a.shape[0]
-    chunk = int(max(1, min(n, PATCH_SOLVE_BYTES // max(1, problem_bytes))))
+    calls = -(-n // int(max(1, min(n, PATCH_SOLVE_BYTES // max(1, problem_bytes)))))
+    chunk = -(-n // calls)  # the fewest calls, evenly filled: under one problem padded per call
     if chunk == n:
         return jax.device_get(jax.block_until_ready(solver(x0, structure)))
     pad = -n % chunk

@@ -63,10 +63,11 @@ JOINT_INCREMENTS = ("rotation", "tilt", "scale", "xstretch", "skew")
 #: steepest views, 0.5 and 2 place the hidden points alike (3.3 and 3.6 px; alone 3.6).
 MIN_PATCH_WEIGHT = 0.5
 
-#: The most grouped increments (kept patches x slots) refined together: their reduced system is
-#: accumulated dense in the scan (8000: 512 MB) and solved sparse. 49 patches of 121 views take
-#: 4410 (90 slots each): with 2000 markers the refinement took 4.9 s beside the patches' own
-#: 18 s. More keep their own solutions.
+#: The most unknowns (kept patches x slots, a kind of one slot given two) refined together:
+#: their reduced system is accumulated dense in the scan and solved sparse (at 8000 the call
+#: holds about 1.1 GB: the scan's buffers, the fetched copy, the sparse matrix's temporaries).
+#: 49 patches of 121 views take 4410 (90 slots each): with 2000 markers the refinement took
+#: 4.9 s beside the patches' own 18 s. More keep their own solutions.
 MAX_JOINT_UNKNOWNS = 8000
 
 #: The prior sd of a kept patch's increments in the refinement (radians for rotation, tilt and
@@ -444,7 +445,8 @@ def refine_patches_jointly(
 class JointOutcome:
     """What a local alignment takes from refining its kept patches together: the file, the
     refinement's free parameters and the slots it added to the patches' own solves (0 and 0 when
-    it was not done or did not lower the sum of squares), and the note that says so (or None)."""
+    it was not done, did not lower the sum of squares or BIC declined it), and the note that says
+    so (or None)."""
 
     file: LocalAlignment
     free: int = 0
@@ -474,7 +476,7 @@ def refine_kept_patches(
     markers worse than the patches alone (4 of 5 seeds), and to 12-34 on a 12 px warp and 62-74 on
     a domed specimen, where it placed them better (``benchmarks/local_joint_bench.py``)."""
     bases = increment_bases(modes, mask.shape[0])
-    unknowns = len(kept) * sum(b.shape[1] for b in bases.values())
+    unknowns = len(kept) * (_SlotLayout.of(bases).n_slots if bases else 0)
     if len(kept) > MAX_JOINT_PATCHES or unknowns > MAX_JOINT_UNKNOWNS:
         return JointOutcome(
             file,
