@@ -334,6 +334,32 @@ def test_a_local_file_with_one_x_axis_tilt_reads_its_sheets_in_the_sheared_frame
         np.testing.assert_allclose(np.array(m.data), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+def test_a_sheared_slab_stays_within_about_twice_the_slabs_depth_whoever_chose_its_rows(monkeypatch):
+    """The sheared frame's slab reaches ``(rows - 1) tan a`` slices beyond the volume's: its rows
+    are halved until that is at most the volume's depth, for a caller's slab rows as for the
+    plan's (64 rows at 30 deg on 24 slices were left as given: 37 extra slices)."""
+    from lmalign_jax.core.local_apply import local_sampling
+    from lmalign_jax.recon import xtilt_backprojection
+    from lmalign_jax.recon.local_backprojection import LocalSampling
+    from lmalign_jax.recon.sheets import PatchGrid
+
+    local, x_tilts = _rough_local(TILTS.size), np.full(TILTS.size, 30.0)
+    grid = PatchGrid(local.n_patches, local.start, local.spacing, 1, (N, N))
+    sampling = LocalSampling(*local_sampling(local, TILTS, (N, N), xtilts_deg=x_tilts), grid=grid)
+    streamed, stream = [], xtilt_backprojection.stream_backprojection
+    monkeypatch.setattr(
+        xtilt_backprojection,
+        "stream_backprojection",
+        lambda *a, **k: streamed.append(k["slab_rows"]) or stream(*a, **k),
+    )
+    stack = np.zeros((TILTS.size, N, N), np.float32)
+    unit, zero = np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2))
+    xtilt_backprojection.reconstruct_local_x_tilted(
+        stack, unit, zero, TILTS, sampling, 30.0, NZ, slab_rows=64
+    )
+    assert streamed and (streamed[0] - 1) * np.tan(np.radians(30.0)) <= NZ and streamed[0] >= 8
+
+
 def test_the_tilted_reads_fit_the_memory_and_give_way_to_sheets_where_they_cost_more():
     """Each slab's L is counted in --memory (slab and L within half the budget, as the plan keeps
     slabs, down to its 8-row floor), and reads through sheets are taken where L would be over 8

@@ -286,10 +286,12 @@ def reconstruct_local_x_tilted(
     ):
         return unsheared(slab_rows)
     ta = math.tan(math.radians(float(x_tilt_deg)))
-    if slab_rows is None:  # the sheared slab at most about twice the slab
+    if slab_rows is None:
         slab_rows = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes).slab_rows
-        while slab_rows > 8 and (slab_rows - 1) * abs(ta) > nz:
-            slab_rows = max(8, slab_rows // 2)
+    # the sheared slab (one buffer beside the slab's four copies) at most about twice the slab's
+    # depth, whoever chose the rows: fewer rows reach fewer extra depths
+    while slab_rows > 8 and (slab_rows - 1) * abs(ta) > nz:
+        slab_rows = max(8, slab_rows // 2)
     slab_rows = plan_slabs(n_views, ny_b, nx_b, nz, memory_bytes, slab_rows).slab_rows  # as streamed
     nz_lab = sheared_depths(x_tilt_deg, slab_rows, nz)
     # the sheets' plan over every depth the sheared slabs reach (their drift is taken there)
