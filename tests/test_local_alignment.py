@@ -784,13 +784,13 @@ def test_one_surface_analysed_drops_the_per_surface_minimum(tmp_path):
         assert record["local"]["options"]["min_fids"] == expected, given
 
 
-@pytest.mark.parametrize("per_call, sizes", [(1, [1] * 18), (4, [4] * 5), (17, [9, 9])])
+@pytest.mark.parametrize("per_call, sizes", [(4, [4] * 5), (17, [9, 9])])
 def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, per_call, sizes):
     """Past ``PATCH_SOLVE_BYTES`` the patch problems are solved in as few calls as fit, of equal
     size, the last padded with copies (a 4096 px field of 1000 markers and 121 views took 3.5 GB
     in one call, 1.0 GB in chunks of 25): the 18 problems of the 3 x 3 grid's blend and test
-    fits one a call, 4 a call (5 calls, 2 copies) and 17 a call (2 calls of 9, not 17 + 17)
-    give the whole call's solutions."""
+    fits 4 a call (5 calls, 2 copies) and 17 a call (2 calls of 9, not 17 + 17) give the whole
+    call's solutions."""
     from lmalign_jax.core import local
 
     result = solved["warped"][0]
