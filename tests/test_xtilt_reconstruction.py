@@ -402,6 +402,56 @@ def test_x_axis_tilts_read_through_sheets_say_so_and_read_exactly_at_tolerance_0
     assert 0.895 < ratio < 1.0
 
 
+def test_x_axis_tilts_within_the_tolerance_of_each_other_are_read_as_one(tmp_path):
+    """An .xtilt that varies by hundredths of a degree (tiltalign's rounding) moves no voxel by
+    more than (|y| + |z|) |da| <= (N + NZ) / 2 * 0.01 deg = 0.0077 px from its mid-range angle:
+    within the default tolerance it is read at that one angle (the tilted read of one X-axis
+    tilt: the same volume as the constant .xtilt's), and the command says so; with
+    --local-tolerance 0 every view keeps its own angle (exact reads, no sheets). The bound holds
+    for the volume's corners projected at each view's own angle and at the one."""
+    import mrcfile
+
+    from lmalign_jax.core.local_apply import local_projection_matrices
+    from lmalign_jax.export.imod import write_xtilt
+    from lmalign_jax.io import write_tlt, write_xf
+    from lmalign_jax.recon.xtilt_backprojection import common_x_tilt
+
+    xtilt = 1.0 + 0.01 * np.round(np.sin(np.arange(TILTS.size)))  # 0.99, 1.00, 1.01: the file's digits
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(bead_views(x_tilted_positions(xtilt + 7.0, BEADS), N, SIGMA))
+    write_xf(tmp_path / "s.xf", np.tile(np.eye(2), (TILTS.size, 1, 1)), np.zeros((TILTS.size, 2)))
+    write_tlt(tmp_path / "s.tlt", TILTS)
+    write_xtilt(tmp_path / "s.xtilt", xtilt)
+    mid = (xtilt.max() + xtilt.min()) / 2
+    write_xtilt(tmp_path / "one.xtilt", np.full(TILTS.size, mid))
+    base = ["reconstruct", tmp_path / "s.mrc", "--xf", tmp_path / "s.xf", "--tlt", tmp_path / "s.tlt"]
+    base += ["--thickness", NZ, "--x-axis-tilt", -7]
+    volumes = {}
+    for name, extra in (
+        ("varying", ["--xtilt", tmp_path / "s.xtilt"]),
+        ("one", ["--xtilt", tmp_path / "one.xtilt"]),
+        ("exact", ["--xtilt", tmp_path / "s.xtilt", "--local-tolerance", 0]),
+    ):
+        rc, out, err = run_cli([*base, *extra, "--out", tmp_path / f"{name}.mrc"])
+        assert rc == 0, err
+        assert ("are read as one" in out + err) == (name == "varying"), out + err
+        assert "differ by view are read through sheets" not in out + err
+        with mrcfile.open(tmp_path / f"{name}.mrc") as m:
+            volumes[name] = np.array(m.data)
+    np.testing.assert_allclose(
+        volumes["varying"], volumes["one"], rtol=0, atol=1e-6 * np.abs(volumes["one"]).max()
+    )
+    angle, bound = common_x_tilt(xtilt + 7.0, (NZ, N, N), 0.1)
+    own = local_projection_matrices(None, TILTS, xtilts_deg=xtilt + 7.0)[0][0]  # (V, 2, 3)
+    one = local_projection_matrices(None, TILTS, xtilts_deg=np.full(TILTS.size, angle))[0][0]
+    corners = np.array(
+        [[x, y, z] for x in (-N / 2, N / 2) for y in (-N / 2, N / 2) for z in (-NZ / 2, NZ / 2)]
+    )
+    moved = np.abs(np.einsum("vij,cj->vci", own - one, corners)).max()
+    print(f"read at {angle:.3f} deg: voxels moved {moved:.4f} px at most, bound {bound:.4f}")
+    assert abs(angle - (7.0 + mid)) < 1e-9 and 0.3 * bound < moved <= bound < 0.01
+
+
 def test_a_tolerance_the_reconstruction_does_not_use_is_named(tilted_beads):
     """One X-axis tilt for every view is read tilted, not through sheets: a --local-tolerance
     given with it is said to be unused (and the volume is the one without it)."""

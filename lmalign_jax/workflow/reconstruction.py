@@ -31,6 +31,7 @@ from ..recon.sheets import DEFAULT_TOLERANCE_PX, PatchGrid
 from ..recon.sirt import SirtOptions
 from ..recon.warp_backprojection import reconstruct_warp
 from ..recon.xtilt_backprojection import (
+    common_x_tilt,
     reads_tilted_cheaply,
     reconstruct_local_x_tilted,
     reconstruct_x_tilted,
@@ -373,6 +374,19 @@ def reconstruct_to_file(
         if not quiet:
             note(f"{local_path}: every patch holds the global alignment; reconstructing with it alone")
         local = local_path = None
+    tolerance = DEFAULT_TOLERANCE_PX if local_tolerance_px is None else float(local_tolerance_px)
+    # X-axis tilts that differ by so little that no voxel moves more than the tolerance are read as one
+    common = None if x_tilts is None or sirt is not None else common_x_tilt(x_tilts[keep], shape, tolerance)
+    read_as_one = common is not None and np.ptp(x_tilts[keep]) > 0
+    if read_as_one:
+        if not quiet:
+            note(
+                f"the X-axis tilts of {alignment.x_tilt_source} ({np.min(x_tilts[keep]):.3f} to "
+                f"{np.max(x_tilts[keep]):.3f} deg) are read as one, {common[0]:.3f} deg: no voxel moves more "
+                f"than {common[1]:.2g} px (--local-tolerance {tolerance:g})"
+            )
+        x_tilts = x_tilts.copy()
+        x_tilts[keep] = common[0]
     # per-patch maps the local back-projector applies: (grid, mats, shifts), unbinned pixels
     patch_maps = one_x_tilt = None
     if local is not None:  # with z factors, the file's own per patch
@@ -426,9 +440,13 @@ def reconstruct_to_file(
                 f"rows): it needs about {format_bytes(need)} and --memory allows {format_bytes(budget)}; "
                 "raise --memory, --bin more, or use FBP (--sirtlike N)"
             )
-    tolerance = DEFAULT_TOLERANCE_PX if local_tolerance_px is None else float(local_tolerance_px)
     through_sheets = patch_maps is not None and sirt is None and tolerance > 0
-    if not quiet and local_tolerance_px is not None and (patch_maps is None or sirt is not None):
+    if (
+        not quiet
+        and local_tolerance_px is not None
+        and (patch_maps is None or sirt is not None)
+        and not read_as_one
+    ):
         note(
             f"--local-tolerance {local_tolerance_px:g} is not used: this reconstruction reads no sheets (FBP "
             "through a local file, z factors, X-axis tilts that differ by view or a shape model does)"
