@@ -48,4 +48,18 @@ for run in "${RUNS[@]}"; do
         --out "$OUT/$STAMP-device-local-recon-$name.json" >>"$LOG" 2>&1
     echo "== $name exit $?" >>"$LOG"
 done
+
+# the local alignment's joint refinement (its compiled scan) on the accelerator: the 4096 px domed
+# field of benchmarks/README.md, "Kept patches refined together"; it needs the package's own
+# dependencies (jaxtyping), which the image may lack: then the log says so and it is skipped
+if "$PY" -c "import lmalign_jax.core.local" >>"$LOG" 2>&1; then
+    if [[ -n "${DEVICE_CHECK_QUICK:-}" ]]; then joint_args="--seeds 11 --no-real --no-large"; else joint_args="--seeds 11 --no-real"; fi
+    echo "== local-joint (limit 240 s): $joint_args" >>"$LOG"
+    # shellcheck disable=SC2086
+    timeout 240 "$PY" -m benchmarks.local_joint_bench $joint_args \
+        --out "$OUT/$STAMP-device-local-joint.json" >>"$LOG" 2>&1
+    echo "== local-joint exit $?" >>"$LOG"
+else
+    echo "== local-joint skipped: lmalign_jax.core.local does not import here (see above)" >>"$LOG"
+fi
 cat "$LOG"
