@@ -394,7 +394,9 @@ def refine_patches_jointly(
     layout = _SlotLayout.of(bases)
     where = np.full(file.transforms.shape[0], -1)
     where[kept] = np.arange(kept.size)
-    k = kept.size
+    # kept patches padded to a multiple of 8 (patches without points: their slots held at zero by
+    # the prior), so that refits of the series (compare's folds) reuse the compiled scan
+    k = -(-kept.size // 8) * 8
     tilts = np.radians(np.asarray(tilts_deg, float))
     centres = file.centres - np.asarray(image_size, float) / 2  # (P, 2) centred px
     total = np.zeros(layout.n_slots * k)
@@ -430,7 +432,7 @@ def refine_patches_jointly(
         reduced, gradient, per_view = system
         step, inc, shift, n_free = _gauss_newton_step(reduced, gradient, per_view, layout, k, prior, total)
         total = total + step
-        current = _compose(current, kept, inc, shift, centres[kept])
+        current = _compose(current, kept, inc[: kept.size], shift[: kept.size], centres[kept])
         previous = ss
         ss, xyz = _weighted_ss(current, aligned, mask, tilts_deg, image_size, xyz, weights)
         if ss < best[0]:
