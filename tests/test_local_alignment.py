@@ -508,7 +508,7 @@ def test_unsolved_patches_need_no_threshold_and_the_notes_name_only_solved_short
 
     result = solved["rigid"][0]
     for significance in (3.0, None):
-        options = LocalOptions(patch_size=(120, 120), min_fids=(2, 0), significance=significance)
+        options = LocalOptions(patch_size=(120, 120), min_fids=(2, 0), significance=significance, joint=False)
         local = align_local(result, options)
         unsolved = [p for p in local.patches if p.n_coordinates == 0]
         assert unsolved and all(np.isnan(p.threshold) and not p.kept_local for p in unsolved)
