@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import environment, machine_slug
+from benchmarks.common import bead_views, environment, machine_slug
 from benchmarks.local_recon_bench import BBA_LOCAL, BBA_TILTS
 
 SIZE, THICKNESS, N_BEADS = 512, 84, 60
@@ -42,12 +42,7 @@ def run(sigma: float) -> dict:
     rng = np.random.default_rng(0)
     beads = np.column_stack([rng.uniform(-200, 200, (N_BEADS, 2)), rng.uniform(-30, 30, N_BEADS)])
     pos = project_through_local(local, beads, tilts, (SIZE, SIZE))  # (V, beads, 2) centred
-    c = np.arange(SIZE) + 0.5 - SIZE / 2
-    stack = np.zeros((tilts.size, SIZE, SIZE), np.float32)
-    for v in range(tilts.size):
-        gx = np.exp(-((c[None] - pos[v, :, 0, None]) ** 2) / (2 * sigma**2))  # (beads, N)
-        gy = np.exp(-((c[None] - pos[v, :, 1, None]) ** 2) / (2 * sigma**2))
-        stack[v] = gy.T @ gx
+    stack = bead_views(pos, SIZE, sigma)
     grid = PatchGrid(local.n_patches, local.start, local.spacing, 1, (SIZE, SIZE))
     sampling = LocalSampling(*local_sampling(local, tilts, (SIZE, SIZE)), grid=grid)
     eye, zero = np.tile(np.eye(2), (tilts.size, 1, 1)), np.zeros((tilts.size, 2))

@@ -28,20 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import environment, machine_slug
+from benchmarks.common import bead_views, environment, machine_slug
 
 N, NZ, SIGMA, PATCH = 512, 96, 1.5, 200
 
 
 def render(positions: np.ndarray) -> np.ndarray:
     """(V, N, N) float32 raw views of Gaussian beads at centred ``positions`` (V, M, 2)."""
-    c = np.arange(N) + 0.5 - N / 2
-    views = np.zeros((positions.shape[0], N, N), np.float32)
-    for v, pos in enumerate(positions):
-        gx = np.exp(-((c[None, :] - pos[:, 0, None]) ** 2) / (2 * SIGMA**2))
-        gy = np.exp(-((c[None, :] - pos[:, 1, None]) ** 2) / (2 * SIGMA**2))
-        views[v] = gy.T @ gx
-    return views
+    return bead_views(positions, N, SIGMA)
 
 
 def beads(volume: np.ndarray, xyz: np.ndarray) -> dict:

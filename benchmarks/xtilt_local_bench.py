@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import environment, machine_slug
+from benchmarks.common import bead_views, environment, machine_slug
 from benchmarks.local_recon_bench import BBA_LOCAL, BBA_TILTS
 from benchmarks.recon_bench import interleaved_times
 
@@ -66,12 +66,7 @@ def draw(local, tilts, x_tilt, sigma, thickness, seed=0):
     beads = np.column_stack([rng.uniform(-200, 200, (N_BEADS, 2)), rng.uniform(-half_z, half_z, N_BEADS)])
     x_tilts = np.full(tilts.size, float(x_tilt))
     pos = project_through_local(local, beads, tilts, (SIZE, SIZE), xtilts_deg=x_tilts)  # (V, beads, 2)
-    c = np.arange(SIZE) + 0.5 - SIZE / 2
-    stack = np.zeros((tilts.size, SIZE, SIZE), np.float32)
-    for v in range(tilts.size):
-        gx = np.exp(-((c[None] - pos[v, :, 0, None]) ** 2) / (2 * sigma**2))  # (beads, N)
-        gy = np.exp(-((c[None] - pos[v, :, 1, None]) ** 2) / (2 * sigma**2))
-        stack[v] = gy.T @ gx
+    stack = bead_views(pos, SIZE, sigma)
     return stack, beads
 
 
