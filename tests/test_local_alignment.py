@@ -623,10 +623,10 @@ def test_a_failed_keeping_test_fit_keeps_the_global_solution_and_says_which_fit(
     """The test's fit (every marker weighted fully) is solved beside the blend one; if it fails,
     the patch cannot be judged: it keeps the global solution, and its status names the test's
     fit, not the solution's (review)."""
-    import lmalign_jax.core.local as core_local
+    from lmalign_jax.core import local_solve
     from lmalign_jax.solve import Status
 
-    solver = core_local._batched_solver
+    solver = local_solve.batched_solver
 
     def test_fits_fail(fn, eliminate, config):
         solve = solver(fn, eliminate, config)
@@ -639,7 +639,7 @@ def test_a_failed_keeping_test_fit_keeps_the_global_solution_and_says_which_fit(
 
         return run
 
-    monkeypatch.setattr(core_local, "_batched_solver", test_fits_fail)
+    monkeypatch.setattr(local_solve, "batched_solver", test_fits_fail)
     local = align_local(solved["warped"][0])
     assert not any(p.kept_local for p in local.patches)
     assert all(p.status.startswith("the keeping test's fit failed") for p in local.patches)
@@ -791,13 +791,13 @@ def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, p
     in one call, 1.0 GB in chunks of 25): the 18 problems of the 3 x 3 grid's blend and test
     fits 4 a call (5 calls, 2 copies) and 17 a call (2 calls of 9, not 17 + 17) give the whole
     call's solutions."""
-    from lmalign_jax.core import local
+    from lmalign_jax.core import local_solve
 
     result = solved["warped"][0]
     whole = align_local(result, LocalOptions(joint=False))
-    monkeypatch.setattr(local, "_problem_bytes", lambda *a: 1)
-    monkeypatch.setattr(local, "PATCH_SOLVE_BYTES", per_call)
-    calls, batched = [], local._batched_solver
+    monkeypatch.setattr(local_solve, "problem_bytes", lambda *a: 1)
+    monkeypatch.setattr(local_solve, "PATCH_SOLVE_BYTES", per_call)
+    calls, batched = [], local_solve.batched_solver
 
     def counted(*args):
         solver = batched(*args)
@@ -808,7 +808,7 @@ def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, p
 
         return call
 
-    monkeypatch.setattr(local, "_batched_solver", counted)
+    monkeypatch.setattr(local_solve, "batched_solver", counted)
     chunked = align_local(result, LocalOptions(joint=False))
     assert len(whole.patches) == 9 and calls == sizes
     assert [p.kept_local for p in chunked.patches] == [p.kept_local for p in whole.patches]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +49,10 @@ import numpy as np
 from ..io.imod_local import LocalAlignment
 from ..models import ProjectionModel
 from ..solve import (
-    LMConfig,
     Status,
     Variables,
     choose_elimination,
     effective_a,
-    least_squares,
     make_structure,
     pad_problem,
 )
@@ -65,6 +62,7 @@ from .local_grid import checked_patch_grid, marker_shares, patch_grid, select_pa
 from .local_joint import JointOutcome, refine_kept_patches
 from .local_maps import global_z_factors, patch_file_maps, project_points
 from .local_options import ETOMO_MODES, INCREMENTS, PER_VIEW_MODES, WEIGHTINGS, LocalOptions
+from .local_solve import solve_patches
 from .problem import (
     characteristic_radius,
     is_linear,
@@ -206,53 +204,6 @@ def local_model(model: ProjectionModel) -> ProjectionModel:
             description=f"{model.name} plus local increments of {', '.join(names)}",
         )
     return _LOCAL_MODELS[model]
-
-
-_SOLVERS: dict = {}
-
-#: The most memory (bytes) the batched solve of the patches may hold at once; past it the
-#: patches are solved in equal chunks, one compiled call each (2000 markers on a 4096 px field
-#: of 121 views, 98 problems of 192 markers' slots: 5 GB in one call).
-PATCH_SOLVE_BYTES = 1 << 30
-
-
-def _problem_bytes(n_views: int, capacity: int, x0) -> int:
-    """About what the solve of one patch problem holds (bytes): its per-view Jacobian blocks, 2
-    coordinates of ``capacity`` markers by the view's parameters, the slots and a marker's 3,
-    in float64, three times over (measured: 36 MB at 121 views, 96 markers, 8 + 64 parameters,
-    2.7 times the blocks)."""
-    per_point = x0.a.shape[-1] + x0.g.shape[-1] + 3
-    return 3 * 8 * n_views * 2 * capacity * per_point
-
-
-def _solve_in_chunks(solver, x0, structure, problem_bytes: int):
-    """``solver`` (a jitted vmap over problems) on ``x0`` and ``structure`` (leading axis: the
-    problems) in as few calls as hold at most ``PATCH_SOLVE_BYTES`` each, of equal size (the
-    last padded with copies of the last problem, fewer than one per call); the solutions fetched
-    and joined."""
-    n = x0.a.shape[0]
-    calls = -(-n // int(max(1, min(n, PATCH_SOLVE_BYTES // max(1, problem_bytes)))))
-    chunk = -(-n // calls)  # the fewest calls, evenly filled: under one problem padded per call
-    if chunk == n:
-        return jax.device_get(jax.block_until_ready(solver(x0, structure)))
-    pad = -n % chunk
-    padded = [
-        jax.tree_util.tree_map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), t)
-        for t in (x0, structure)
-    ]
-    parts = [
-        jax.device_get(solver(*(jax.tree_util.tree_map(lambda a, i=i: a[i : i + chunk], t) for t in padded)))
-        for i in range(0, n + pad, chunk)
-    ]
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:n], *parts)
-
-
-def _batched_solver(fn, eliminate: str, config: LMConfig):
-    key = (fn, eliminate, config)
-    if key not in _SOLVERS:
-        solve = partial(least_squares, fn, eliminate=eliminate, config=config)
-        _SOLVERS[key] = jax.jit(jax.vmap(solve))
-    return _SOLVERS[key]
 
 
 def _patch_problem(lm, base_k, result, idx, share, capacity, options, radius, ref_view):
@@ -413,8 +364,7 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
     began = time.perf_counter()
     if any(s.size for s in selections):  # (2P problems when split: the test's after the solutions)
         with jax.enable_x64(True):
-            solver = _batched_solver(residual_function(lm), eliminate, options.config)
-            sol = _solve_in_chunks(solver, x0, structure, _problem_bytes(obs.n_views, capacity, x0))
+            sol = solve_patches(residual_function(lm), eliminate, options.config, x0, structure, capacity)
             a_eff = np.asarray(jax.vmap(effective_a)(sol.x.a, sol.x.g, structure.tie_a, structure.tie_blend))
         status_of, solved_markers = sol.status, sol.x.b
     else:  # no patch has enough markers: nothing to solve, every patch keeps the global solution
