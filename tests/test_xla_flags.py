@@ -2,12 +2,14 @@
 only there, without overriding a caller's choice, and by the command line before JAX starts.
 
 The installed jaxlib is checked against the crash itself: a rank-7 float32 multiply-reduce that
-jaxlib 0.10.2 hands to ``__ynn_fusion`` kills the process with a segmentation fault (jax-ml/jax
-issue 40412); with the flag added by :func:`xla_flags.apply` the same program runs.
+jaxlib 0.10.2 hands to ``__ynn_fusion`` kills the process with a segmentation fault, or hangs, on
+x86-64 (jax-ml/jax issue 40412); with the flag added by :func:`xla_flags.apply` the same program
+runs and sums right.
 """
 
 import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -75,13 +77,13 @@ def test_apply_edits_the_given_environment():
     assert ("XLA_FLAGS" in empty) is AFFECTED
 
 
-def _run(script, *args, env):
+def _run(script, *args, env, timeout=120):
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -91,10 +93,14 @@ def _without_xla_flags():
 
 
 @pytest.mark.skipif(not AFFECTED, reason=f"jaxlib {JAXLIB} does not fuse into XNNPACK by default")
-def test_the_installed_jaxlib_crashes_without_the_flag_and_runs_with_it():
+def test_the_installed_jaxlib_fails_without_the_flag_and_runs_with_it():
     env = _without_xla_flags()
-    crashed = _run(CRASHING_REDUCE, "plain", env=env)
-    assert crashed.returncode != 0  # the upstream bug is there: the flag is needed
+    if platform.machine() == "x86_64":  # where the upstream report has it crash or hang every time
+        try:
+            plain = _run(CRASHING_REDUCE, "plain", env=env, timeout=60).returncode
+        except subprocess.TimeoutExpired:
+            plain = "hung"
+        assert plain != 0  # the upstream bug is there: the flag is needed
     fixed = _run(CRASHING_REDUCE, "apply", env=env)
     assert fixed.returncode == 0, fixed.stderr
     assert float(fixed.stdout.strip().splitlines()[-1]) < 1e-4  # float32 sums of 2 products
