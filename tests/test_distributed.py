@@ -22,7 +22,12 @@ from lmalign_jax.batch.distributed import align_distributed, connect, map_groups
 # work without it; the whole module is skipped when it is missing.
 distributed = pytest.importorskip("distributed")
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning")
+# Dask warns when its scratch folder takes over 1 s to make (a loaded machine), in its own thread
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning",
+    "ignore::DeprecationWarning",
+    "ignore:Creating scratch directories is taking a surprisingly long time:UserWarning",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +36,9 @@ def _no_persistent_cache(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     with distributed.LocalCluster(
+        local_directory=tmp_path_factory.mktemp("dask"),  # not /tmp/dask-scratch-space, shared
         n_workers=1,
         threads_per_worker=1,
         processes=True,
