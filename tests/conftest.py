@@ -7,6 +7,7 @@ rest of the worker, in the user's cache folder)."""
 import os
 
 import jax
+from hypothesis import settings
 
 from lmalign_jax import xla_flags
 
@@ -14,6 +15,12 @@ xla_flags.apply()  # before the first computation; subprocesses inherit it
 jax.config.update("jax_enable_x64", True)
 os.environ.setdefault("LMALIGN_NO_COMPILATION_CACHE", "1")
 os.environ.setdefault("LMALIGN_RESIDENT", "0")  # tests start their own resident process, never a developer's
+
+# CI (CI=true) draws the same property-test examples every run, so that a run's outcome depends
+# on the code alone; a developer's runs draw new ones each time, to find what CI would not.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_runtest_setup(item):
