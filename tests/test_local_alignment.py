@@ -628,8 +628,8 @@ def test_a_failed_keeping_test_fit_keeps_the_global_solution_and_says_which_fit(
 
     solver = local_solve.batched_solver
 
-    def test_fits_fail(fn, eliminate, config):
-        solve = solver(fn, eliminate, config)
+    def test_fits_fail(fn, eliminate, config, sequential=False):
+        solve = solver(fn, eliminate, config, sequential)
 
         def run(x0, structure):
             sol = solve(x0, structure)
@@ -786,15 +786,22 @@ def test_one_surface_analysed_drops_the_per_surface_minimum(tmp_path):
 
 @pytest.mark.parametrize("per_call, sizes", [(4, [4] * 5), (17, [9, 9])])
 def test_patches_solved_in_chunks_give_the_same_solutions(solved, monkeypatch, per_call, sizes):
-    """Past ``PATCH_SOLVE_BYTES`` the patch problems are solved in as few calls as fit, of equal
-    size, the last padded with copies (a 4096 px field of 1000 markers and 121 views took 3.5 GB
-    in one call, 1.0 GB in chunks of 25): the 18 problems of the 3 x 3 grid's blend and test
-    fits 4 a call (5 calls, 2 copies) and 17 a call (2 calls of 9, not 17 + 17) give the whole
-    call's solutions."""
+    """Vmapped (an accelerator's path), past ``PATCH_SOLVE_BYTES`` the patch problems are solved
+    in as few calls as fit, of equal size, the last padded with copies (a 4096 px field of 1000
+    markers and 121 views took 3.5 GB in one call, 1.0 GB in chunks of 25): the 18 problems of
+    the 3 x 3 grid's blend and test fits 4 a call (5 calls, 2 copies) and 17 a call (2 calls of
+    9, not 17 + 17) give the solutions of one call, and those of the CPU's one problem at a
+    time."""
     from lmalign_jax.core import local_solve
 
     result = solved["warped"][0]
+    assert local_solve.one_at_a_time()  # the tests run on a CPU
+    one_by_one = align_local(result, LocalOptions(joint=False))
+    monkeypatch.setattr(local_solve, "one_at_a_time", lambda: False)
     whole = align_local(result, LocalOptions(joint=False))
+    np.testing.assert_allclose(one_by_one.file.transforms, whole.file.transforms, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(one_by_one.file.delta_tilt_deg, whole.file.delta_tilt_deg, rtol=0, atol=1e-9)
+    assert [p.kept_local for p in one_by_one.patches] == [p.kept_local for p in whole.patches]
     monkeypatch.setattr(local_solve, "problem_bytes", lambda *a: 1)
     monkeypatch.setattr(local_solve, "PATCH_SOLVE_BYTES", per_call)
     calls, batched = [], local_solve.batched_solver
