@@ -3,11 +3,14 @@
 jaxlib 0.10.2 and 0.11.0 hand some CPU dot and multiply-reduce fusions to XNNPACK's
 ``__ynn_fusion`` kernels by default, which can crash the process (a segmentation fault on an
 Eigen worker thread, so Python's traceback shows wherever the main thread happened to be) or
-hang (jax-ml/jax issues 39257 and 40412; the fix is in XNNPACK, after those releases). The
-solves, covariances and reporting frames of this package compile to such fusions, and a CI run
-under 0.10.2 lost a test worker that way while it compiled the next computation. The flag
+hang (jax-ml/jax issues 39257 and 40412; the fix is in XNNPACK, after those releases): the
+installed 0.10.2 segfaults on 40412's reproducer here. The solves, covariances and reporting
+frames of this package compile to such fusions (of rank 3 at most in the tests' dumps, where
+the reports' crashes were of rank 7; none of ours is known to crash: the test workers' crashes
+of 2026-12-06 were the memory-mapping limit, tests/conftest.py). The flag
 ``--xla_cpu_experimental_ynn_fusion_type=`` (empty: no fusion type) keeps XLA's own kernels,
-the code path of 0.10.1: ``lmalign demo`` took the same time either way here (8.0-8.7 s).
+the code path of 0.10.1, at a measured cost (``benchmarks/xla_flags_bench.py``: the 4k local
+alignment 6-27% slower), taken so that no shape of a user's data can reach the upstream crash.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backend, and rejects a flag it does not know
 (the process aborts), so the flag is added only for the jaxlib releases known to need it and

@@ -23,6 +23,29 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+#: Memory mappings past which a worker drops JAX's compiled code between test modules. Every
+#: compiled executable holds about three (its code pages); a worker that compiled thousands
+#: passed 21,000 at 13% of the suite, and Linux's default limit (vm.max_map_count) is 65,530: past
+#: it an mmap fails inside XLA, which crashed a compile with a segmentation fault and hung a
+#: device_get waiting on threads it could not start (two CI runs, 2026-12-06).
+MAX_WORKER_MAPPINGS = 30_000
+
+
+def _mappings() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return 0
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """After a module's last test, JAX's caches are cleared when the worker holds more than
+    :data:`MAX_WORKER_MAPPINGS` memory mappings (modules rarely share compiled code)."""
+    if (nextitem is None or nextitem.path != item.path) and _mappings() > MAX_WORKER_MAPPINGS:
+        jax.clear_caches()
+
+
 def pytest_runtest_setup(item):
     """The caches stay off for every test, whatever an earlier one did to the switch (a helper
     that deleted it once turned them on for the rest of its worker, in the user's cache folder)."""

@@ -4,7 +4,8 @@ The cluster is a LocalCluster on the loopback interface with one worker process 
 (the series match tests/test_batch.py's). Not an in-process worker thread: it ran JAX in a
 thread that outlived the cluster, and a later XLA compile in the same pytest worker crashed
 with a segmentation fault twice in 2026-12 dry runs (jax-ml/jax#11066 is a multithreaded
-segfault of that kind); a worker process costs ~12 s more here.
+segfault of that kind; or the memory-mapping limit found later, tests/conftest.py); a worker
+process costs ~12 s more here.
 """
 
 import json
