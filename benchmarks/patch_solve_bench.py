@@ -7,7 +7,8 @@ accelerator's), same problems, same process, taking turns.
 Per case, a 4096 px field domed by 80 px (``simulate(bend_px=80, shrink=0.1)``), 0.5 px noise:
 150 markers x 81 views (issue 15's speed case) and 2000 markers x 121 views. The problems are
 those ``align_local`` (default options) hands ``core.local_solve.solve_patches``, captured once;
-each side is called once to compile, then ``--repeats`` times, the sides taking turns. Also the
+each side is called once to compile, then ``--repeats`` times, the sides taking turns, in float64
+as ``align_local`` calls it (results at 95ffee1 timed these calls in float32). Also the
 whole ``align_local`` call each way (the joint refinement included), warm, taking turns. The
 solutions of the two sides are compared (largest difference of any solved value).
 """
@@ -72,7 +73,8 @@ def case(n_markers: int, repeats: int) -> dict:
     def solve(sequential):
         local_solve.one_at_a_time = lambda: sequential
         try:
-            return local_solve.solve_patches(fn, eliminate, config, x0, structure, capacity)
+            with jax.enable_x64(True):  # as align_local calls it: float64
+                return local_solve.solve_patches(fn, eliminate, config, x0, structure, capacity)
         finally:
             local_solve.one_at_a_time = real
 
