@@ -3,12 +3,10 @@ padded shape): on a CPU, one compiled ``lax.map`` of the package's L-M solver, a
 time; on an accelerator, a compiled ``vmap`` over the problems, in as few calls as fit a memory
 budget.
 
-On a CPU the vmapped solve ran at a third of the arithmetic rate of one problem alone (98
-problems of 121 views x 160 markers: 20 s against 98 x 0.077 s for the same flops), and every
-problem iterated as long as the slowest (15 iterations against a mean of 7.3 on the 4096 px
-field). One at a time: 3.2-3.6x faster on that field's 98 problems, 5.1-6.9x at 2000 markers x
-121 views (``benchmarks/patch_solve_bench.py``); the solutions agree to float32 rounding (the
-98 costs' sum to 7 digits, the same mean iterations).
+On a CPU the vmapped solve runs at a fraction of the arithmetic rate of one problem alone, and
+every problem iterates as long as the slowest. One at a time, in float64 as ``core.local`` solves them: 2.6-3.3x faster on that field's
+98 problems, 3.0-4.2x at 2000 markers x 121 views, the same solutions to 7e-12
+(``benchmarks/patch_solve_bench.py``).
 """
 
 from __future__ import annotations
