@@ -4,9 +4,9 @@ time; on an accelerator, a compiled ``vmap`` over the problems, in as few calls 
 budget.
 
 On a CPU the vmapped solve runs at a fraction of the arithmetic rate of one problem alone, and
-every problem iterates as long as the slowest. One at a time, in float64 as ``core.local`` solves them: 2.6-3.3x faster on that field's
-98 problems, 3.0-4.2x at 2000 markers x 121 views, the same solutions to 7e-12
-(``benchmarks/patch_solve_bench.py``).
+every problem iterates as long as the slowest. One at a time, in float64 as ``core.local``
+solves them: 2.6-3.3x faster on a 4096 px field's 98 problems, 3.0-4.2x at 2000 markers x 121
+views, the same solutions to 7e-12 (``benchmarks/patch_solve_bench.py``).
 """
 
 from __future__ import annotations
