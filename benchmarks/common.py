@@ -11,12 +11,6 @@ import subprocess
 
 import numpy as np
 
-from lmalign_jax import xla_flags
-
-# Benchmark scripts are entry points: XLA's flags as the command line sets them, before any
-# computation (recorded in each results file's environment.XLA_FLAGS).
-xla_flags.apply()
-
 SIGMA_PX = 0.5  # noise of every synthetic data set, pixels per coordinate
 
 

@@ -1,10 +1,13 @@
-"""XNNPACK fusion on (jaxlib's default) against off (``lmalign_jax.xla_flags``), same work, same run.
+"""XNNPACK fusion on (jaxlib's default) against off (``--xla_cpu_experimental_ynn_fusion_type=``).
 
     python -m benchmarks.xla_flags_bench [--repeats 3] [--out results.json]
 
-Since 96ebd89 the command line, the tests and the benchmarks turn XLA's ``__ynn_fusion`` off on
-jaxlib 0.10.2 to 0.11 (it crashes or hangs; ``lmalign_jax/xla_flags.py``). This measures what
-that costs. Each turn runs :data:`CHILD` in a fresh process per side, the sides taking turns (the
+From 96ebd89 to the commit after 0d2a945 the command line, tests and benchmarks turned XLA's
+``__ynn_fusion`` off on jaxlib 0.10.2 to 0.11 (an upstream crash on rank-7 shapes). This measures
+what that cost. It is no longer done: with the fusion off, test_cli_large's uncertainty hung in
+XLA's CPU runtime (deterministically, 2026-12-06 11:20; with the fusion on it passed).
+
+Each turn runs :data:`CHILD` in a fresh process per side, the sides taking turns (the
 first side alternating), with ``XLA_FLAGS`` empty (fusion on) or ``--xla_cpu_experimental_ynn_
 fusion_type=`` (off); the child imports no benchmark module (which would apply the flag). In each
 child, per workload: the first call (tracing and compilation included) and the median of two more

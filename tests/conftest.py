@@ -1,17 +1,13 @@
 """Test configuration: float64 for the reference computations (the library itself never flips it),
-XLA's flags as the command line sets them (:mod:`lmalign_jax.xla_flags`: no XNNPACK fusion on the
-jaxlib releases whose fusions crash or hang), and the command line's caches off unless a test turns
-them on in a folder of its own (an in-process ``cli.main`` would otherwise switch them on for the
-rest of the worker, in the user's cache folder)."""
+and the command line's caches off unless a test turns them on in a folder of its own (an
+in-process ``cli.main`` would otherwise switch them on for the rest of the worker, in the user's
+cache folder)."""
 
 import os
 
 import jax
 from hypothesis import settings
 
-from lmalign_jax import xla_flags
-
-xla_flags.apply()  # before the first computation; subprocesses inherit it
 jax.config.update("jax_enable_x64", True)
 os.environ.setdefault("LMALIGN_NO_COMPILATION_CACHE", "1")
 os.environ.setdefault("LMALIGN_RESIDENT", "0")  # tests start their own resident process, never a developer's

@@ -175,9 +175,7 @@ def test_sharded_over_two_cpu_devices_equals_align():
                           "diff": diff}))
         """
     )
-    # two host devices, beside the flags tests/conftest.py set (lmalign_jax.xla_flags)
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False
     )

@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(run_dir: str, **extra) -> dict:
-    """A user's environment: no LMALIGN_RESIDENT, and no XLA_FLAGS (tests/conftest.py sets it;
-    a user's shell has none, and the commands add it themselves: lmalign_jax.xla_flags)."""
+    """A user's environment: no LMALIGN_RESIDENT, and no XLA_FLAGS."""
     env = {k: v for k, v in os.environ.items() if k not in ("LMALIGN_RESIDENT", "XLA_FLAGS")}
     env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=run_dir, OPENBLAS_NUM_THREADS="1", **extra)
     return env

@@ -11,7 +11,7 @@ import warnings
 
 import jax
 
-from .. import __version__, compiled_cache, xla_flags
+from .. import __version__, compiled_cache
 from ..io.errors import InputError
 from .align import add_align
 from .batch import add_batch
@@ -135,7 +135,6 @@ def main(argv=None) -> int:
     """Run the ``lmalign`` command line; returns the exit status (0 ok, 1 an alignment did not
     converge, 2 bad input, 3 internal error: an unexpected exception, reported in one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    xla_flags.apply()  # before JAX's backend starts: XLA reads XLA_FLAGS once
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 
-from .. import xla_flags
 from .huge_pages import relaunch_with_huge_pages
 from .interrupts import STOPPED_STATUSES, deliver_lost_interrupts, exit_stopped
 
@@ -79,13 +78,9 @@ def environment_key(environ=None) -> str:
     for entry in sys.path:
         if entry.endswith(("site-packages", "dist-packages")) and os.path.isdir(entry):
             h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\0".encode())
-    # XLA_FLAGS as every command sets it (xla_flags.apply): the same key for a launcher or a
-    # `resident start` that has applied it and a server started with the caller's own
-    keyed = dict(environ)
-    xla_flags.apply(keyed)
-    for name in sorted(keyed):
+    for name in sorted(environ):
         if name.startswith(KEYED_PREFIXES) and name != SWITCH:
-            h.update(f"{name}={keyed[name]}\0".encode())
+            h.update(f"{name}={environ[name]}\0".encode())
     return h.hexdigest()[:24]
 
 
