@@ -499,10 +499,15 @@ def test_a_shift_far_outside_the_image_is_refused_naming_the_view(written, tmp_p
     np.testing.assert_allclose(alnfile.read(out / "far.aln")["tx"], expected["TX"], rtol=1e-9, atol=1e-3)
 
 
-def test_export_writes_the_local_alignment_beside_the_record_as_aln_local_rows(written, tmp_path, capsys):
-    """``<stem>local.xf`` beside the record (as ``align --local`` writes it) becomes the .aln's
-    local rows, which alnfile reads back with the numbers of export.aretomo_local_rows (2
-    decimals); --local names another file; a local file for other views is refused in one line."""
+def test_export_writes_a_given_local_alignment_as_aln_local_rows(written, tmp_path, capsys):
+    """--local FILE becomes the .aln's local rows, which alnfile reads back with the numbers of
+    export.aretomo_local_rows (2 decimals); a ``<stem>local.xf`` beside a record that names no
+    local alignment (another run's, solved against another global alignment: audit) is not used,
+    with a warning naming it, by ``export`` nor ``align --export``; a local file for other views
+    is refused in one line."""
+    from argparse import Namespace
+
+    from lmalign_jax.cli.export import export_after_align
     from lmalign_jax.export.aretomo import aretomo_local_rows
     from lmalign_jax.io.imod_local import LocalAlignment, write_local_xf
 
@@ -512,44 +517,82 @@ def test_export_writes_the_local_alignment_beside_the_record_as_aln_local_rows(w
         [np.eye(2) + 1e-3 * rng.standard_normal((4, 15, 2, 2)), rng.normal(0, 2.0, (4, 15, 2, 1))], -1
     )
     local = LocalAlignment((2, 2), (300, 250), (400, 400), 0.0, rng.normal(0, 0.5, (4, 15)), xf)
-    write_local_xf(tmp_path / "TS_01local.xf", local)
-    code, err = _run(capsys, ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo"])
+    write_local_xf(tmp_path / "patches.xf", local)
+    argv = ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "b")]
+    code, err = _run(capsys, [*argv, "--local", str(tmp_path / "patches.xf")])
     assert code == 0, err
     record = read_record(str(tmp_path / "TS_01.json"))
     geometry = ViewGeometry(record.xf, record.tilts_deg, None, IMAGE)
-    centres, shifts = aretomo_local_rows(geometry, read_local_xf(tmp_path / "TS_01local.xf", 15))
-    theirs = alnfile.read(tmp_path / "TS_01.aln", alignment_type="local")
+    centres, shifts = aretomo_local_rows(geometry, read_local_xf(tmp_path / "patches.xf", 15))
+    theirs = alnfile.read(tmp_path / "b" / "TS_01.aln", alignment_type="local")
     assert len(theirs) == 15 * 4
     np.testing.assert_allclose(theirs["center_x"], centres[..., 0].ravel(), rtol=0, atol=5.1e-3)
     np.testing.assert_allclose(theirs["shift_y"], shifts[..., 1].ravel(), rtol=0, atol=5.1e-3)
     assert np.abs(shifts).max() > 1  # a real correction was carried
 
-    # align --local --export aretomo: the local file align has just written beside the record
-    from argparse import Namespace
-
-    from lmalign_jax.cli.export import export_after_align
-
+    # another run's file beside a record without a local section: not used, and said so
+    (tmp_path / "patches.xf").rename(tmp_path / "TS_01local.xf")
+    code, err = _run(capsys, argv)
+    assert code == 0 and not (tmp_path / "b" / "TS_01.aln").read_text().count("# Local Alignment")
+    assert any(f"{tmp_path / 'TS_01local.xf'} is not used" in e and "--local FILE" in e for e in err), err
     args = Namespace(export="aretomo", out_dir=str(tmp_path), pixel_size=None)
     (tmp_path / "TS_01.csv").write_bytes((written["folder"] / "TS_01.csv").read_bytes())
-    (tmp_path / "TS_01.aln").unlink()
     assert export_after_align(args, 0, str(tmp_path / "TS_01.csv"), "TS_01") == 0
-    assert len(alnfile.read(tmp_path / "TS_01.aln", alignment_type="local")) == 60
-    (tmp_path / "TS_01local.xf").rename(tmp_path / "patches.xf")
-    argv = ["export", str(tmp_path / "TS_01.json"), "--to", "aretomo", "--out-dir", str(tmp_path / "b")]
-    assert _run(capsys, argv)[0] == 0
-    assert not (tmp_path / "b" / "TS_01.aln").read_text().count("# Local Alignment")  # none beside it
-    assert _run(capsys, [*argv, "--local", str(tmp_path / "patches.xf")])[0] == 0
-    assert len(alnfile.read(tmp_path / "b" / "TS_01.aln", alignment_type="local")) == 60
+    assert not (tmp_path / "TS_01.aln").read_text().count("# Local Alignment")
+
     code, err = _run(
-        capsys, [*argv[:3], "relion", "--pixel-size", "2", "--local", str(tmp_path / "patches.xf")]
+        capsys, [*argv[:3], "relion", "--pixel-size", "2", "--local", str(tmp_path / "TS_01local.xf")]
     )
-    assert code == 2 and err[-1].endswith(
-        "--local gives the .aln its local rows: it needs --to aretomo (or all)"
-    )
+    assert code == 2 and err[-1].endswith("it needs --to aretomo or imod (or all)")
     other = LocalAlignment((2, 2), (300, 250), (400, 400), 0.0, np.zeros((4, 9)), np.zeros((4, 9, 2, 3)))
     write_local_xf(tmp_path / "other.xf", other)
     code, err = _run(capsys, [*argv, "--local", str(tmp_path / "other.xf")])
-    assert code == 2 and len(err) == 1 and "other.xf" in err[0] and "grid does not match" in err[0]
+    assert code == 2 and len(err) == 1 and "other.xf" in err[0] and "9 views" in err[0], err
+
+
+def test_export_checks_and_scales_a_local_file_as_reconstruct_does(written, tmp_path, capsys):
+    """A local file is read as ``reconstruct --local`` reads it (audit: export took any values):
+    one made for 1 A pixels exported at --pixel-size 2 has its grid and shifts halved, with a
+    warning, in the .aln's rows and in the ``Plocal.xf`` written (which then says 2 A); one
+    with a local tilt beyond 90 degrees is refused in one line, nothing written."""
+    from lmalign_jax.export.aretomo import aretomo_local_rows
+    from lmalign_jax.io.imod_local import LocalAlignment, scaled_to_stack, write_local_xf
+
+    rng = np.random.default_rng(4)
+    xf = np.concatenate(
+        [np.eye(2) + 1e-3 * rng.standard_normal((4, 15, 2, 2)), rng.normal(0, 2.0, (4, 15, 2, 1))], -1
+    )
+    # made for 1 A pixels: patch centres 600 .. 1400 px there, 300 .. 700 at 2 A
+    local = LocalAlignment((2, 2), (600, 500), (800, 800), 1.0, rng.normal(0, 0.5, (4, 15)), xf)
+    write_local_xf(tmp_path / "fine.xf", local)
+    record = str(written["folder"] / "TS_01.json")
+    out = tmp_path / "out"
+    argv = ["export", record, "--to", "imod,aretomo", "--pixel-size", "2", "--out-dir", str(out)]
+    code, err = _run(capsys, [*argv, "--local", str(tmp_path / "fine.xf")])
+    assert code == 0, err
+    assert any("made for 1 A pixels, the record's are 2 A" in e and "scaled by 0.5" in e for e in err), err
+    scaled = scaled_to_stack(read_local_xf(tmp_path / "fine.xf", 15), 2.0)
+    copied = read_local_xf(out / "TS_01local.xf", 15)
+    assert copied.pixel_size == 2.0 and copied.start == (300.0, 250.0) and copied.spacing == (400.0, 400.0)
+    np.testing.assert_allclose(copied.transforms[..., 2], xf[..., 2] / 2, rtol=0, atol=5.1e-3)
+    rec = read_record(record)
+    _, shifts = aretomo_local_rows(ViewGeometry(rec.xf, rec.tilts_deg, None, IMAGE), scaled)
+    theirs = alnfile.read(out / "TS_01.aln", alignment_type="local")
+    np.testing.assert_allclose(theirs["shift_x"], shifts[..., 0].ravel(), rtol=0, atol=5.1e-3)
+
+    bad = LocalAlignment(
+        (2, 2),
+        (300, 250),
+        (400, 400),
+        0.0,
+        np.where(np.arange(15) == 4, 1e308, 0.0)[None] + np.zeros((4, 1)),
+        xf,
+    )
+    write_local_xf(tmp_path / "bad.xf", bad)
+    out2 = tmp_path / "out2"
+    code, err = _run(capsys, [*argv[:-1], str(out2), "--local", str(tmp_path / "bad.xf")])
+    assert code == 2 and len(err) == 1 and "bad.xf: local tilt of patch 0 (x 0, y 0), view 5" in err[0], err
+    assert "outside -90..90" in err[0] and not out2.exists()
 
 
 def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path):

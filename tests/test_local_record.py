@@ -4,6 +4,7 @@ patch kept as IMOD keeps them, so the section holds real local fits)."""
 
 import json
 import re
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -85,6 +86,27 @@ def test_export_imod_hands_on_the_local_file_under_imods_name(aligned, tmp_path)
     original = read_local_xf(folder / "BBalocal.xf", n_views=61)
     np.testing.assert_array_equal(copied.transforms, original.transforms)
     np.testing.assert_array_equal(copied.delta_tilt_deg, original.delta_tilt_deg)
+    # --local FILE is what both the Plocal.xf and the .aln carry (audit: Plocal.xf stayed the
+    # record's while the .aln took FILE): IMOD's own local alignment of the set
+    imods = Path(__file__).parent / "data" / "imod-local" / "BBalocal.xf"
+    argv = [
+        "export",
+        folder / "BBa.json",
+        "--to",
+        "imod,aretomo",
+        "--local",
+        imods,
+        "--out-dir",
+        tmp_path / "I",
+    ]
+    rc, out, err = run(argv)
+    assert rc == 0 and f"BBalocal.xf and local rows of BBa.aln from {imods}" in err, err
+    given, theirs = (
+        read_local_xf(tmp_path / "I" / "BBalocal.xf", n_views=61),
+        read_local_xf(imods, n_views=61),
+    )
+    np.testing.assert_array_equal(given.transforms, theirs.transforms)
+    assert np.abs(given.transforms - original.transforms).max() > 0.1  # not the record's
     # A record whose local file went missing is refused whole, nothing written.
     moved = tmp_path / "moved"
     moved.mkdir()

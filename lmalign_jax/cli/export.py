@@ -15,8 +15,10 @@ from ..workflow.exporting import (
     local_alignment_for,
     parse_export_targets,
     read_alignment_record,
+    unnamed_local_file,
     x_tilt_drops,
 )
+from ..workflow.local import LOCAL_SUFFIX
 from ..workflow.record_markers import measured_markers
 from ..workflow.writing import check_output_folder
 from .common import EXIT_OK, HelpFormatter, UsageError, file_stem, note, warn
@@ -29,12 +31,13 @@ program reads. --to takes one or more of {", ".join(EXPORT_TARGETS)} (comma-sepa
            the other targets do not carry: a warning says so), P_nogaps.fid (fiducial model,
            gaps filled by the solved projection), P_erase.fid (beads in the aligned stack, for
            ccderaser) and {ALIGN_LOG_NAME} (tiltalign's layout); P.zfac (tilt's z factors,
-           computed with the .xf) when they are not 0. One folder per tilt series: WarpTools'
-           ts_import_alignments and RELION's IMOD importer read it.
+           computed with the .xf) when they are not 0; Plocal.xf (tilt's LOCALFILE) with a
+           local alignment. One folder per tilt series: WarpTools' ts_import_alignments and
+           RELION's IMOD importer read it.
   aretomo  P.aln (AreTomo global rows; views left out of the fit are DarkFrame lines); with a
-           local alignment (<stem>local.xf beside the record, as 'align --local' writes it, or
-           --local FILE), its local rows: each patch centre's shift (the rest of IMOD's patch
-           transforms, their rotation/stretch and the z part of their tilt, is dropped)
+           local alignment (the one the record names, 'align --local', or --local FILE), its
+           local rows: each patch centre's shift (the rest of IMOD's patch transforms, their
+           rotation/stretch and the z part of their tilt, is dropped)
   relion   P.star (RELION 5 per-tilt-series STAR, block data_P; needs the pixel size); with
            --relion-tilt-series, the STAR RELION's Import wrote with the alignment filled in
   portal   P_portal.json (CryoET Data Portal alignment JSON)
@@ -65,16 +68,27 @@ def run_export(args) -> int:
         out, export_suffixes(targets), (args.alignment, args.markers, args.relion_tilt_series, args.local)
     )
     local = None
-    if args.local is not None and "aretomo" not in targets:
-        raise UsageError("--local gives the .aln its local rows: it needs --to aretomo (or all)")
+    if args.local is not None and not {"aretomo", "imod"} & set(targets):
+        raise UsageError(
+            "--local gives the .aln its local rows and is written as Plocal.xf: it needs --to aretomo "
+            "or imod (or all)"
+        )
     if args.relion_tilt_series is not None and "relion" not in targets:
         raise UsageError(
             "--relion-tilt-series is the STAR file the RELION export fills: it needs --to relion (or all)"
         )
-    if "aretomo" in targets:
-        local, local_path = local_alignment_for(record, args.local)
+    if {"aretomo", "imod"} & set(targets):
+        local, local_path = local_alignment_for(record, args.local, warn, args.pixel_size)
         if local is not None:
-            note(f"local rows of {prefix}.aln from {local_path}")
+            uses = [f"{prefix}{LOCAL_SUFFIX}"] * ("imod" in targets) + [f"local rows of {prefix}.aln"] * (
+                "aretomo" in targets
+            )
+            note(f"{' and '.join(uses)} from {local_path}")
+        elif (stale := unnamed_local_file(record)) is not None:
+            warn(
+                f"{stale} is not used: {args.alignment} names no local alignment, so that file is from "
+                "another run (solved against another global alignment); give --local FILE to export it"
+            )
     measured = None
     if "imod" in targets:
         measured = measured_markers(record, args.markers)
@@ -122,7 +136,9 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         pixel_size_angst=args.pixel_size,
         measured=measured_markers(record, markers, "marker file"),
         with_xf_tlt=False,
-        local=local_alignment_for(record)[0] if "aretomo" in targets else None,
+        local=local_alignment_for(record, None, warn, args.pixel_size)[0]
+        if {"aretomo", "imod"} & set(targets)
+        else None,
     )
     for message in (export_drops(record), x_tilt_drops(record, targets, prefix)):
         if message:
@@ -163,7 +179,7 @@ def add_export(sub):
     p.add_argument(
         "--local",
         metavar="LOCAL.xf",
-        help="IMOD local alignment of this alignment for the .aln's local rows (default: <stem>local.xf "
-        "beside the record, when there)",
+        help="IMOD local alignment of this alignment, for Plocal.xf and the .aln's local rows, checked and "
+        "scaled to the record's pixel size as reconstruct --local does (default: the one the record names)",
     )
     p.set_defaults(run=run_export)

@@ -15,13 +15,13 @@ Files, for ``--prefix P``:
   the aligned stack, for ``ccderaser``) and ``align.log`` (tiltalign's layout, named as etomo
   names it: one folder per tilt series, as etomo, RELION's IMOD importer and WarpTools'
   ``ts_import_alignments`` expect), ``P.zfac`` when the projection varies with height beyond tilt's
-  formula (:func:`z_factors`: luther's magnifications, diez's declination), and ``Plocal.xf`` when
-  the record has a local alignment (``align --local``: its file, read back from beside the record
-  and written under the name etomo and tilt's LOCALFILE expect). No ``.tltxf`` (it equals the
+  formula (:func:`z_factors`: luther's magnifications, diez's declination), and ``Plocal.xf`` with the
+  local alignment (the file the record names, ``align --local``, or one given: checked and scaled
+  to the record's pixels as ``reconstruct --local`` does, :func:`local_alignment_for`; written
+  under the name etomo and tilt's LOCALFILE expect). No ``.tltxf`` (it equals the
   ``.xf``: we align the raw images).
 - aretomo: ``P.aln`` (global rows; views left out of the fit are DarkFrame lines), and local
-  rows converted from IMOD's local alignment (``<stem>local.xf`` beside the record, as ``align
-  --local`` writes it, or a file given): :func:`local_alignment_for`,
+  rows converted from that local alignment: :func:`local_alignment_for`,
   :func:`lmalign_jax.export.aretomo.aretomo_local_rows`.
 - relion: ``P.star``, RELION 5's per-tilt-series STAR (block ``data_P``); needs the pixel size.
 - portal: ``P_portal.json``, the CryoET Data Portal alignment JSON.
@@ -51,11 +51,12 @@ from ..export.imod import (
 )
 from ..export.imod_log import AlignLog, write_align_log
 from ..io import InputError, write_tlt, write_xf
-from ..io.imod_local import LocalAlignment, aligned_footprint, check_local_grid, read_local_xf, write_local_xf
+from ..io.imod_local import LocalAlignment, write_local_xf
 from ..io.markerset import contour_numbers
 from ..io.outputs import OutputSet
 from ..report import AlignmentRecord, read_record
 from .local import LOCAL_SUFFIX
+from .local_file import read_local_for
 from .record_markers import excluded_views, fitted_positions, flattened_xtilt_deg, record_geometry, z_factors
 from .series import FAR_OUTSIDE
 from .status import UsageError
@@ -68,6 +69,7 @@ __all__ = [
     "export_alignment",
     "export_suffixes",
     "local_alignment_for",
+    "unnamed_local_file",
     "parse_export_targets",
     "read_alignment_record",
     "x_tilt_drops",
@@ -124,28 +126,54 @@ def read_alignment_record(path: str) -> AlignmentRecord:
 
 
 def local_alignment_for(
-    record: AlignmentRecord, path: str | None = None
+    record: AlignmentRecord, path: str | None = None, warn=None, pixel_size_angst: float | None = None
 ) -> tuple[LocalAlignment | None, str | None]:
-    """(IMOD local alignment, its path) for the ``.aln``'s local rows: ``path``, else the file
-    the record's ``local`` section names, else ``<stem>local.xf`` beside the record when it
-    exists, else (None, None). InputError (naming the file and line) for a file that is not one,
-    or is made for other views or another image."""
+    """(IMOD local alignment, its path) for the export: ``path``, else the file the record's
+    ``local`` section names (``align --local``), else (None, None): a ``<stem>local.xf`` beside a
+    record without that section is another run's (:func:`unnamed_local_file`). Checked as
+    ``reconstruct --local`` checks it (``workflow.local_file.read_local_for``: transforms, local
+    angles, the grid against the record's image) and scaled from its header's pixel size to
+    ``pixel_size_angst`` (default: the record's), with a ``warn``-ing (a callable taking the
+    message; None: silent); InputError naming the file and line, patch or view of the first
+    problem."""
     if path is None:
-        path = record.local_path or os.path.splitext(os.path.abspath(record.path))[0] + LOCAL_SUFFIX
-        if not os.path.isfile(path):
-            if record.local is not None:
-                raise InputError(path, None, "the record names this local alignment, but it is not there")
+        if record.local is None:
             return None, None
-    n_views = record.xf.shape[0] if record.xf is not None else None
-    local = read_local_xf(path, n_views)
-    if record.image_size is not None:
-        footprint = (
-            None
-            if record.xf is None or record.tilts_deg is None
-            else aligned_footprint(record.xf, record.tilts_deg, record.image_size)
+        path = record.local_path
+        if not os.path.isfile(path):
+            raise InputError(
+                record.path,
+                None,
+                f"names the local alignment {record.local.file}, which is not beside it ({path}); "
+                "put it back or re-run lmalign align --local",
+            )
+    if record.image_size is None or record.xf is None or record.tilts_deg is None:
+        raise InputError(
+            record.path, None, "the record has no image size or alignment to check a local file against"
         )
-        check_local_grid(path, local, record.image_size, record.pixel_size_A or 0.0, footprint)
+    x_tilt = flattened_xtilt_deg(record)
+    x_tilts = None if x_tilt == 0 else np.full(record.tilts_deg.size, x_tilt)
+    local = read_local_for(
+        path,
+        record.xf,
+        record.tilts_deg,
+        x_tilts,
+        tuple(int(round(v)) for v in record.image_size),
+        pixel_size_angst if pixel_size_angst is not None else record.pixel_size_A,
+        warn or (lambda message: None),
+        frame="record",
+    )
     return local, path
+
+
+def unnamed_local_file(record: AlignmentRecord) -> str | None:
+    """``<stem>local.xf`` beside a record that names no local alignment (an earlier ``align
+    --local`` into the same folder: solved against another global alignment), which the export
+    does not use unless given; None when there is none."""
+    if record.local is not None:
+        return None
+    path = os.path.splitext(os.path.abspath(record.path))[0] + LOCAL_SUFFIX
+    return path if os.path.isfile(path) else None
 
 
 def _require(record: AlignmentRecord, what: str):
@@ -345,12 +373,15 @@ def export_alignment(
     MarkerSet (gaps of the filled model are filled, measured points kept; None: all projected);
     with_xf_tlt: write ``.xf``/``.tlt`` with the IMOD files (``align --export`` has just
     written them); surface_lines: the surface-analysis block for ``align.log``; local: IMOD's
-    local alignment of these views for the ``.aln``'s local rows (:func:`local_alignment_for`). Returns the
+    local alignment of these views, for ``Plocal.xf`` and the ``.aln``'s local rows (default: the
+    one the record names, :func:`local_alignment_for`). Returns the
     paths written. InputError for a record that cannot be exported, UsageError for a missing
     pixel size or a folder holding another series' ``align.log``.
     """
     targets = tuple(targets)
     _require(record, ", ".join(targets))
+    if local is None and {"imod", "aretomo"} & set(targets):
+        local = local_alignment_for(record, pixel_size_angst=pixel_size_angst)[0]
     geometry = record_geometry(record)
     pixel = pixel_size_angst if pixel_size_angst is not None else record.pixel_size_A
     check_export(targets, prefix, pixel, f"{record.path} has none")
@@ -362,7 +393,7 @@ def export_alignment(
         _check_align_log(out_dir, prefix)
     stage = {
         "imod": lambda out: _stage_imod(
-            out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines
+            out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines, local
         ),
         "aretomo": lambda out: write_aln(
             out.stage(".aln"), geometry, excluded_views=np.flatnonzero(excluded), local=local
@@ -385,7 +416,9 @@ def export_alignment(
         return out.commit()
 
 
-def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines) -> None:
+def _stage_imod(
+    out, record, geometry, fitted, measured, pixel, with_xf_tlt, software, surface_lines, local
+) -> None:
     """Stage the IMOD files (module docstring) in ``out``."""
     prefix = out.prefix
     if with_xf_tlt:
@@ -417,21 +450,8 @@ def _stage_imod(out, record, geometry, fitted, measured, pixel, with_xf_tlt, sof
         _align_log(record, prefix, software),
         surface_lines or _recorded_surface_lines(record),
     )
-    if record.local is not None:
-        _stage_local(out, record)
-
-
-def _stage_local(out, record: AlignmentRecord) -> None:
-    """Stage ``<prefix>local.xf``: the local file the record names, checked by reading it back."""
-    path = record.local_path
-    if not os.path.isfile(path):
-        raise InputError(
-            record.path,
-            None,
-            f"names the local alignment {record.local.file}, which is not beside it ({path}); "
-            "put it back or re-run lmalign align --local",
-        )
-    write_local_xf(out.stage(LOCAL_SUFFIX), read_local_xf(path, n_views=record.xf.shape[0]))
+    if local is not None:  # checked and scaled to the record's pixels (local_alignment_for)
+        write_local_xf(out.stage(LOCAL_SUFFIX), local)
 
 
 def _x_tilts(record: AlignmentRecord, geometry) -> np.ndarray:

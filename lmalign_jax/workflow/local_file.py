@@ -20,7 +20,7 @@ from ..io.imod_local import (
 from ..recon.fbp import MAX_XF_ENTRY, transform_measures
 from .alignment_inputs import MAX_Z_FACTOR, Alignment
 
-__all__ = ["read_checked_local"]
+__all__ = ["read_checked_local", "read_local_for"]
 
 
 def read_checked_local(
@@ -30,23 +30,44 @@ def read_checked_local(
     header gives ``header_pixel`` (A, None: none), scaled to it (with a ``warn``-ing; a file with a
     pixel size for a stack without one is applied unscaled, with a ``warn``-ing that names both);
     InputError naming the file, patch and view of the first problem."""
-    local = read_local_xf(path, n_views=alignment.tilts_deg.size)
-    _check_local_transforms(path, local)
-    _check_local_angles(path, local, alignment.tilts_deg, alignment.x_tilts_deg)
     xf = np.concatenate([alignment.xf_A, alignment.xf_shift[:, :, None]], -1)
-    footprint = aligned_footprint(xf, alignment.tilts_deg, image_size)
+    return read_local_for(
+        path, xf, alignment.tilts_deg, alignment.x_tilts_deg, image_size, header_pixel, warn
+    )
+
+
+def read_local_for(
+    path: str,
+    xf: np.ndarray,
+    tilts_deg: np.ndarray,
+    x_tilts_deg: np.ndarray | None,
+    image_size: tuple[int, int],
+    header_pixel: float | None,
+    warn,
+    frame: str = "stack",
+) -> LocalAlignment:
+    """:func:`read_checked_local` for a global alignment given as ``xf`` (n, 2, 3), ``tilts_deg``
+    (n,) and ``x_tilts_deg`` (n,) or None, over an ``image_size`` (nx, ny) image of
+    ``header_pixel`` A pixels (None: unknown), which the warnings call the ``frame`` ("stack";
+    ``lmalign export``: "record")."""
+    local = read_local_xf(path, n_views=np.size(tilts_deg))
+    _check_local_transforms(path, local)
+    _check_local_angles(path, local, tilts_deg, x_tilts_deg)
+    footprint = aligned_footprint(xf, tilts_deg, image_size)
     check_local_grid(path, local, image_size, header_pixel or 0.0, footprint)
     factor = pixel_scale(local, header_pixel or 0.0)
     if local.pixel_size > 0 and not header_pixel:
         warn(
-            f"{path}: made for {local.pixel_size:g} A pixels, but the stack's header has no pixel size, so "
-            "it cannot be scaled to the stack (IMOD's tilt scales a local file by its pixel / the "
-            "stack's): its grid and shifts are applied as written, in this stack's pixels; if the "
-            "stack is binned otherwise than the one it was made for, give the stack its pixel size"
+            f"{path}: made for {local.pixel_size:g} A pixels, but the {frame}"
+            + ("'s header has" if frame == "stack" else " has")
+            + f" no pixel size, so it cannot be scaled to the {frame} (IMOD's tilt scales a local file by "
+            f"its pixel / the stack's): its grid and shifts are applied as written, in this {frame}'s "
+            f"pixels; if the stack is binned otherwise than the one it was made for, give the {frame} "
+            "its pixel size"
         )
     elif factor != 1.0:
         warn(
-            f"{path}: made for {local.pixel_size:g} A pixels, the stack's are {header_pixel:g} "
+            f"{path}: made for {local.pixel_size:g} A pixels, the {frame}'s are {header_pixel:g} "
             f"A: its grid and shifts are scaled by {factor:g}, as IMOD's tilt scales them"
         )
         local = scaled_to_stack(local, header_pixel)
