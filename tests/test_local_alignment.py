@@ -19,7 +19,7 @@ from helpers import run_cli as run
 
 from lmalign_jax import align, simulate
 from lmalign_jax.core.local import PER_VIEW_MODES, LocalOptions, align_local
-from lmalign_jax.core.local_grid import select_patch_markers
+from lmalign_jax.core.local_grid import select_patch_markers, surfaces
 from lmalign_jax.io.imod_local import read_local_xf
 from lmalign_jax.observations import Observations
 from lmalign_jax.simulation.local_truth import aligned_position_error, warped_observations
@@ -123,6 +123,20 @@ def test_patches_short_of_markers_keep_the_global_solution_and_are_named(solved)
         assert p.global_rms_px == p.local_rms_px == pytest.approx(rms, rel=1e-9)
     np.testing.assert_allclose(local.file.transforms, np.tile(np.eye(2, 3), (9, 41, 1, 1)), atol=1e-6)
     assert local.local_mean_px == pytest.approx(local.global_mean_px, rel=1e-9)
+    # a per-surface minimum above the smaller surface's count: the notes give the split (audit:
+    # they named only the total, which looked enough)
+    side = surfaces(result.markers)
+    top, smaller = int(side.sum()), int(min(side.sum(), 60 - side.sum()))
+    local = align_local(result, LocalOptions(min_fids=(8, smaller + 1)))
+    assert len(local.notes) == 10 and not any(p.kept_local for p in local.patches)
+    assert all(
+        f"only 60 markers, {60 - top} bottom / {top} top (needs 8, {smaller + 1} per" in n
+        for n in local.notes[:9]
+    )
+    assert (
+        f"split {60 - top} bottom / {top} top" in local.notes[9]
+        and f"at most {smaller} here" in local.notes[9]
+    )
 
 
 BBA = ["align", DATA / "imod-bb/BBa.resid", "--tilts", DATA / "imod-bb/BBa.tlt", "--image-size", 512, 512]

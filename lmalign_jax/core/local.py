@@ -301,10 +301,19 @@ def align_local(result: AlignmentResult, options: LocalOptions = LocalOptions())
             cells.append(((i, j), c, box, enough, idx))
             selections.append(idx if enough else np.zeros(0, int))
             if not enough:
+                top = int(side[idx].sum())
+                split = f", {idx.size - top} bottom / {top} top" if options.min_fids[1] > 0 else ""
                 notes.append(
-                    f"patch ({i}, {j}) at ({c[0]}, {c[1]}): only {idx.size} markers "
+                    f"patch ({i}, {j}) at ({c[0]}, {c[1]}): only {idx.size} markers{split} "
                     f"(needs {options.min_fids[0]}, {options.min_fids[1]} per surface); global solution kept"
                 )
+    smaller = int(min(side.sum(), side.size - side.sum()))
+    if options.min_fids[1] > smaller:
+        notes.append(
+            f"the series' markers split {side.size - int(side.sum())} bottom / {int(side.sum())} top "
+            f"about their least-squares plane: no patch can hold {options.min_fids[1]} on each surface "
+            f"(at most {smaller} here; 0: no per-surface minimum)"
+        )
     capacity = _bucket(max(1, max(s.size for s in selections)))
     radius = characteristic_radius(obs)
     shares = (
