@@ -67,6 +67,12 @@ def test_rigid_data_prefer_the_global_alignment(tables):
 def test_local_needs_a_rigid_model_to_stand_on(tmp_path):
     rc, out, err = run_cli(["compare", "x.fid", "--models", "local"])
     assert rc == 2 and "list one too (jou,local)" in err
+    # the same rule whatever else is listed (audit: warp,local ran, local quietly not judged)
+    for models in ("warp,local", "diez,local", "shape,local"):
+        rc, out, err = run_cli(["compare", "x.fid", "--models", models])
+        assert rc == 2 and f"none is listed; list one too (jou,{models})" in err, (models, err)
+    rc, out, err = run_cli(["compare", "x.fid", "--models", "jou,,local"])
+    assert rc == 2 and "an empty entry in 'jou,,local'" in err
     series = simulate(n_views=11, n_markers=12, seed=1)
     table = compare_models(series.observations, models=("diez", "local"), leave_out=False)
     assert table.local is None and "no rigid model with per-view rotation" in table.to_text()

@@ -55,15 +55,22 @@ COMPARE_EXAMPLE = """example:
 
 
 def run_compare(args) -> int:
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    entries = [m.strip() for m in args.models.split(",")]
+    if len(entries) > 1 and not all(entries):
+        raise UsageError(f"--models: an empty entry in {args.models!r}; separate the models by single commas")
+    models = tuple(m for m in entries if m)
     unknown = [m for m in models if m not in MODELS and m != "local"]
     if not models or unknown:
         raise UsageError(
             f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
             f"{', '.join(MODELS)}, local"
         )
-    if models == ("local",):
-        raise UsageError("--models: local alignment is judged over a rigid model; list one too (jou,local)")
+    rigid = [m for m in MODELS if takes_local(get_model(m))]
+    if "local" in models and not any(m in rigid for m in models):
+        raise UsageError(
+            "--models: local alignment is judged over a model it can refine "
+            f"({', '.join(rigid)}), and none is listed; list one too (jou,{','.join(models)})"
+        )
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
         raise UsageError(f"--models: {', '.join(twice)} listed twice")
@@ -82,9 +89,8 @@ def run_compare(args) -> int:
             )
         except ValueError as e:
             raise UsageError(f"--patch-size: {e}") from None
-        base = next((m for m in models if m in MODELS and takes_local(get_model(m))), None)
-        if base is not None:  # else compare says there is no rigid model to stand on
-            check_local_modes(get_model(base), local.modes, args.local_mode)
+        base = next(m for m in models if m in rigid)
+        check_local_modes(get_model(base), local.modes, args.local_mode)
     else:
         given = [
             flag
