@@ -595,6 +595,32 @@ def test_export_checks_and_scales_a_local_file_as_reconstruct_does(written, tmp_
     assert "outside -90..90" in err[0] and not out2.exists()
 
 
+def test_rigid_targets_say_what_they_lose(written, tmp_path, capsys):
+    """RELION, AreTomo and the Portal hold a rotation, tilt and shift per view (audit: a jou
+    record's magnification was dropped without a word): a view whose .xf is a pure rotation
+    loses nothing and nothing is said; magnified by 1% it loses 1% of the half-diagonal at the
+    image corners, which the warning names with the view; the IMOD files are not lossy."""
+    from lmalign_jax.workflow.exporting import geometry_drops
+
+    record = json.loads((written["folder"] / "TS_01.json").read_text())
+    for v in record["views"]:  # every view a pure rotation: nothing lost
+        a = np.reshape(v["xf"][:4], (2, 2))
+        u, _, vt = np.linalg.svd(a)
+        v["xf"][:4] = list((u @ vt).ravel())
+    (tmp_path / "rigid.json").write_text(json.dumps(record))
+    argv = ["export", str(tmp_path / "rigid.json"), "--to", "relion,aretomo", "--pixel-size", "2"]
+    code, err = _run(capsys, [*argv, "--out-dir", str(tmp_path / "a")])
+    assert code == 0 and not [e for e in err if "hold each view's rotation" in e], err
+    record["views"][6]["xf"][:4] = list(1.01 * np.reshape(record["views"][6]["xf"][:4], 4))
+    (tmp_path / "rigid.json").write_text(json.dumps(record))
+    code, err = _run(capsys, [*argv, "--out-dir", str(tmp_path / "b")])
+    corner = 0.01 / 1.01 * np.hypot(*IMAGE) / 2  # the inverse maps the corner 1/1.01 as far
+    said = [e for e in err if "aretomo, relion hold each view's rotation, tilt and shift only" in e]
+    assert code == 0 and len(said) == 1, err
+    assert f"magnification (up to {corner:.2f} px at the image corners, view 7" in said[0], said
+    assert geometry_drops(read_record(str(tmp_path / "rigid.json")), ("imod",), "TS_01") is None
+
+
 def test_align_export_adds_the_targets_beside_what_align_wrote(written, tmp_path):
     """``align --export`` after a converged alignment (exit 0): the targets, without writing
     .xf/.tlt again; a failed alignment (exit 1) exports nothing and keeps its status."""

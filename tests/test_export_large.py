@@ -103,8 +103,10 @@ def exported(tmp_path_factory):
     local = LocalAlignment((8, 8), (500, 500), (1000, 1000), PIXEL_A, rng.normal(0, 0.3, (64, N_VIEWS)), xf)
     write_local_xf(folder / "biglocal.xf", local)
     out = folder / "out"
-    code, stdout, err = run_cli(["export", folder / "big.json", "--to", "all", "--out-dir", out])
+    argv = ["export", folder / "big.json", "--to", "all", "--local", folder / "biglocal.xf", "--out-dir", out]
+    code, stdout, err = run_cli(argv)
     assert code == 0, err
+    assert read_local_xf(out / "biglocal.xf", N_VIEWS).n_patches == (8, 8)  # Plocal.xf, the file given
     assert np.abs(result.xf[:, :, 2]).max() > 3000  # shifts of thousands of pixels
     record = read_record(str(folder / "big.json"))
     return {"out": out, "result": result, "record": record, "obs": obs, "predicted": predicted}

@@ -12,6 +12,7 @@ from ..workflow.exporting import (
     export_alignment,
     export_drops,
     export_suffixes,
+    geometry_drops,
     local_alignment_for,
     parse_export_targets,
     read_alignment_record,
@@ -112,7 +113,11 @@ def run_export(args) -> int:
         relion_tilt_series=args.relion_tilt_series,
         local=local,
     )
-    for message in (dropped, x_tilt_drops(record, targets, prefix)):
+    for message in (
+        dropped,
+        x_tilt_drops(record, targets, prefix),
+        geometry_drops(record, targets, prefix, local),
+    ):
         if message:
             warn(message)
     print(" Wrote " + ", ".join(written))
@@ -128,6 +133,11 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
     targets = parse_export_targets(args.export, "--export")
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     record = read_alignment_record(OutputSet(args.out_dir, prefix).path(".json"))
+    local = (
+        local_alignment_for(record, None, warn, args.pixel_size)[0]
+        if {"aretomo", "imod"} & set(targets)
+        else None
+    )
     written = export_alignment(
         record,
         targets,
@@ -136,11 +146,14 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         pixel_size_angst=args.pixel_size,
         measured=measured_markers(record, markers, "marker file"),
         with_xf_tlt=False,
-        local=local_alignment_for(record, None, warn, args.pixel_size)[0]
-        if {"aretomo", "imod"} & set(targets)
-        else None,
+        local=local,
     )
-    for message in (export_drops(record), x_tilt_drops(record, targets, prefix)):
+    drops = (
+        export_drops(record),
+        x_tilt_drops(record, targets, prefix),
+        geometry_drops(record, targets, prefix, local),
+    )
+    for message in drops:
         if message:
             warn(message)
     print(" Exported " + ", ".join(written))

@@ -39,6 +39,7 @@ from ..deformation_parameters import largest_deformation
 from ..export import (
     add_alignment_to_relion_tilt_series,
     portal_alignment,
+    unrepresented_px,
     write_aln,
     write_relion_tilt_series,
     write_xtilt,
@@ -68,6 +69,7 @@ __all__ = [
     "export_drops",
     "export_alignment",
     "export_suffixes",
+    "geometry_drops",
     "local_alignment_for",
     "unnamed_local_file",
     "parse_export_targets",
@@ -318,6 +320,61 @@ def x_tilt_drops(record: AlignmentRecord, targets: Sequence[str], prefix: str) -
         f"{record.path} is flattened with an X-axis tilt of {x_tilt:.2f} deg (the "
         f"value of IMOD's .xtilt): {', '.join(dropped)} do not carry it (written as 0); apply it there "
         "by hand or export the alignment without --flatten"
+    )
+
+
+#: Targets whose per-view geometry is a rotation, a tilt and a shift (no magnification, stretch,
+#: skew or height term) and which carry no local alignment (AreTomo's local rows: shifts only).
+RIGID_TARGETS = ("relion", "aretomo", "portal")
+
+
+def geometry_drops(
+    record: AlignmentRecord, targets: Sequence[str], prefix: str, local: LocalAlignment | None = None
+) -> str | None:
+    """The warning for targets that hold a view's rotation, tilt and shift only
+    (:data:`RIGID_TARGETS`), naming what of ``record``'s alignment they lose and how much: the
+    views' magnification, stretch and skew where they move the image corners by more than half
+    the fit's RMS residual (:func:`lmalign_jax.export.unrepresented_px`), the z factors (the
+    ``.zfac``) at the solved markers' heights, and the local alignment (``local``, or the one the
+    record names; AreTomo keeps each patch's shift). None when they lose nothing worth saying."""
+    lossy = [t for t in targets if t in RIGID_TARGETS]
+    if not lossy:
+        return None
+    fitted = ~excluded_views(record)
+    losses = []
+    lost = np.where(fitted, unrepresented_px(record_geometry(record)), 0.0)
+    rms = record.rms_residual_px
+    if lost.max() > max(0.05, 0.5 * (rms or 0.0)):
+        k = int(np.argmax(lost))
+        fit = f", against the fit's RMS residual of {rms:.2f} px" if rms else ""
+        losses.append(
+            f"the views' magnification{', stretch and skew' if record.model_name == 'imod' else ''} "
+            f"(up to {lost[k]:.2f} px at the image corners, view {k + 1}{fit})"
+        )
+    zfac = z_factors(record) if record.model_name not in (None, "jou", "warp", "shape") else None
+    if zfac is not None and record.markers is not None and record.markers.xyz.size:
+        height = np.abs(record.markers.xyz[:, 2]).max()
+        moved = np.where(fitted, np.abs(zfac).max(axis=1), 0.0) * height
+        if moved.max() > 0.05:
+            losses.append(
+                f"the z factors of {prefix}.zfac (up to {moved.max():.2f} px at the markers' heights)"
+            )
+    if local is not None or record.local is not None:
+        losses.append(
+            "the local alignment"
+            + (" (the .aln's local rows keep each patch's shift only)" if "aretomo" in lossy else "")
+        )
+    if not losses:
+        return None
+    return (
+        f"{', '.join(lossy)} hold each view's rotation, tilt and shift only: they lose "
+        + "; ".join(losses)
+        + ". The IMOD files carry all of it"
+        + (
+            "; align with --scale-mode fixed for a geometry they hold exactly"
+            if losses[0].startswith("the views'")
+            else ""
+        )
     )
 
 
