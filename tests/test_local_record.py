@@ -107,6 +107,17 @@ def test_export_imod_hands_on_the_local_file_under_imods_name(aligned, tmp_path)
     )
     np.testing.assert_array_equal(given.transforms, theirs.transforms)
     assert np.abs(given.transforms - original.transforms).max() > 0.1  # not the record's
+    # The same folder exported again from a record without a local alignment: the earlier
+    # BBalocal.xf stays (nothing is deleted) and a warning says tilt would apply it (audit)
+    record = json.loads((folder / "BBa.json").read_text())
+    del record["local"]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "BBa.json").write_text(json.dumps(record))
+    rc, out, err = run(
+        ["export", tmp_path / "plain" / "BBa.json", "--to", "imod", "--out-dir", tmp_path / "TS"]
+    )
+    stale = tmp_path / "TS" / "BBalocal.xf"
+    assert rc == 0 and f"{stale} is not part of this alignment" in err and "LOCALFILE); remove it" in err, err
     # A record whose local file went missing is refused whole, nothing written.
     moved = tmp_path / "moved"
     moved.mkdir()

@@ -16,6 +16,7 @@ from ..workflow.exporting import (
     local_alignment_for,
     parse_export_targets,
     read_alignment_record,
+    stale_companions,
     unnamed_local_file,
     x_tilt_drops,
 )
@@ -121,6 +122,8 @@ def run_export(args) -> int:
         if message:
             warn(message)
     print(" Wrote " + ", ".join(written))
+    if stale := stale_companions(targets, out_dir, prefix, written):
+        warn(stale)
     return EXIT_OK
 
 
@@ -157,6 +160,8 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         if message:
             warn(message)
     print(" Exported " + ", ".join(written))
+    if stale := stale_companions(targets, args.out_dir, prefix, written):
+        warn(stale)
     return exit_code
 
 

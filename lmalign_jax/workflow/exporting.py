@@ -73,6 +73,7 @@ __all__ = [
     "local_alignment_for",
     "unnamed_local_file",
     "parse_export_targets",
+    "stale_companions",
     "read_alignment_record",
     "x_tilt_drops",
     "z_factors",
@@ -375,6 +376,29 @@ def geometry_drops(
             if losses[0].startswith("the views'")
             else ""
         )
+    )
+
+
+def stale_companions(targets: Sequence[str], out_dir: str, prefix: str, written: Sequence[str]) -> str | None:
+    """The warning for an IMOD export beside a ``P.zfac`` or ``Plocal.xf`` it did not write (an
+    earlier export or run into the folder, for another alignment), which IMOD's tilt would apply
+    with the new ``.xf`` (ZFACTORFILE, LOCALFILE); None when there is none."""
+    if "imod" not in targets:
+        return None
+    out = OutputSet(out_dir, prefix)
+    names = {os.path.abspath(w) for w in written}
+    stale = [
+        p
+        for p in out.final_paths((".zfac", LOCAL_SUFFIX))
+        if os.path.exists(p) and os.path.abspath(p) not in names
+    ]
+    if not stale:
+        return None
+    one = len(stale) == 1
+    return (
+        f"{' and '.join(stale)} {'is' if one else 'are'} not part of this alignment (from an earlier run or "
+        f"export): IMOD's tilt would apply {'it' if one else 'them'} with the new {prefix}.xf (ZFACTORFILE, "
+        f"LOCALFILE); remove {'it' if one else 'them'}"
     )
 
 
