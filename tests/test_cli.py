@@ -122,6 +122,38 @@ def test_views_left_out_of_the_fit_get_no_relion_row(aligned, tmp_path):
     assert list(table["rlnMicrographMovieName"]) == [f"m{k}.tif" for k in kept]
 
 
+def test_align_export_checks_the_folder_first_and_records_its_pixel_size(sim, tmp_path):
+    """``align --export imod`` into a folder holding another series' align.log is refused before
+    the solve, nothing written (audit: refused after it, the record saying exit 0); --pixel-size
+    goes into the record, so a later ``export --to relion`` needs it no more."""
+    base = [
+        "align",
+        sim / "sim.csv",
+        "--tilts",
+        sim / "sim.rawtlt",
+        "--image-size",
+        2048,
+        2048,
+        "--exclude",
+        EXCLUDE,
+    ]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "align.log").write_text("  OutputTiltFile = TS_99.tlt\n")
+    rc, out, err = run([*base, "--out-dir", shared, "--export", "imod", "--no-figure"])
+    assert rc == 2 and "align.log belongs to another tilt series (TS_99.tlt)" in err and "stage" not in err, (
+        err
+    )
+    assert sorted(p.name for p in shared.iterdir()) == ["align.log"]
+    rc, out, err = run(
+        [*base, "--out-dir", tmp_path / "p", "--pixel-size", 2.5, "--no-figure", "--no-errors"]
+    )
+    assert rc == 0, err
+    assert json.loads((tmp_path / "p" / "sim.json").read_text())["inputs"]["pixel_size_A"] == 2.5
+    rc, out, err = run(["export", tmp_path / "p" / "sim.json", "--to", "relion", "--out-dir", tmp_path / "r"])
+    assert rc == 0 and (tmp_path / "r" / "sim.star").exists(), err
+
+
 def test_recovers_truth(aligned, sim):
     d = aligned[3]
     truth = json.loads((sim / "sim_truth.json").read_text())

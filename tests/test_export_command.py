@@ -380,6 +380,33 @@ def test_relion_star_with_a_tilt_that_is_not_a_number_names_the_star_file(writte
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_relion_star_cut_short_is_refused_naming_the_row(written, tmp_path, capsys):
+    """A STAR whose last row was cut mid-line (a truncated copy) reads with an empty cell: refused,
+    naming the row and column (audit: the rows before it were exported, the rest of the series
+    silently absent)."""
+    import pandas as pd
+
+    nominal = np.round(written["result"].observations.tilts_deg, 2)
+    table = pd.DataFrame(
+        {
+            "rlnTomoNominalStageTiltAngle": nominal,
+            "rlnMicrographName": [f"MotionCorr/job002/TS_01_{k:03d}.mrc" for k in range(15)],
+        }
+    )
+    starfile.write({"TS_01": table}, tmp_path / "whole.star")
+    text = (tmp_path / "whole.star").read_text()
+    cut = text.index("TS_01_005.mrc")  # row 6 ends after its tilt angle
+    (tmp_path / "cut.star").write_text(text[:cut].rstrip().rsplit(None, 1)[0] + " ")
+    argv = ["export", str(written["folder"] / "TS_01.json"), "--to", "relion", "--pixel-size", "2"]
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys, [*argv, "--relion-tilt-series", str(tmp_path / "cut.star"), "--out-dir", str(out)]
+    )
+    assert code == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'cut.star'}: tilt image 6: no value for rlnMicrographName" in err[0], err
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_a_warp_records_export_warns_that_the_files_hold_its_rigid_part(tmp_path, capsys):
     warp = {f"warp_{c}": (0.0, 2.0) for c in ("u_uu", "u_uv", "u_vv", "v_uu", "v_uv", "v_vv")}
     solved_record(tmp_path, model="warp", extra=warp)

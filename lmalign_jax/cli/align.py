@@ -31,7 +31,7 @@ from ..workflow import (
     select_views,
     write_alignment,
 )
-from ..workflow.exporting import check_export, parse_export_targets
+from ..workflow.exporting import check_export, check_export_folder, parse_export_targets
 from ..workflow.fitting import check_deformation_determined
 from ..workflow.initial import read_initial_alignment
 from ..workflow.local import (
@@ -108,6 +108,7 @@ def run_align(args) -> int:
     # what --export needs is checked before tracking and solving; the pixel size once it is read
     targets = parse_export_targets(args.export, "--export") if args.export else ()
     check_export(targets, out_prefix, args.pixel_size, None)
+    check_export_folder(targets, args.out_dir, out_prefix)
 
     def ready_to_solve(inputs) -> None:  # the markers read: what the export and tomogram need
         pixel = args.pixel_size if args.pixel_size is not None else inputs.pixel_size
@@ -169,6 +170,7 @@ def run_align(args) -> int:
             check_inputs=ready_to_solve,
             # --export imod writes these next (not stale then)
             exported=(".xtilt", ".zfac") if args.export and "imod" in args.export else (),
+            pixel_size=args.pixel_size,
         )
         if code == EXIT_OK and args.reconstruct is not None:
             finished.append(f"the alignment's files in {args.out_dir}")
@@ -253,6 +255,7 @@ def align_and_report(
     initial: str | None = None,
     check_inputs=None,
     exported: tuple[str, ...] = (),
+    pixel_size: float | None = None,
 ) -> int:
     """Read, select, align, write and print the summary of one series; returns the exit status.
     ``exclude``: IMOD's 1-based view list; ``truth``: the SyntheticSeries behind it (demo);
@@ -261,7 +264,8 @@ def align_and_report(
     with the series read, before anything is solved or written (it raises to refuse);
     ``min_fids_option``: what set ``local.min_fids``, for its error (default ``--min-fids T,E``);
     ``rotation_source``, ``image_size_source``: where ``rotation_deg`` and ``image_size`` came
-    from when not the command line (an --imod-com line)."""
+    from when not the command line (an --imod-com line); ``pixel_size``: A per pixel, recorded in
+    place of the inputs' (--pixel-size)."""
     prefix = prefix or os.path.splitext(os.path.basename(markers))[0]
     out = OutputSet(out_dir, prefix)
     check_output_folder(out, EVERY_ALIGN_OUTPUT, (markers, tilts, stack))
@@ -280,6 +284,11 @@ def align_and_report(
         inputs = inputs.with_tilt_offset(
             angle_offset_deg, angle_offset_source or "--angle-offset (IMOD's AngleOffset)"
         )
+    if pixel_size is not None:
+        given = inputs.pixel_size
+        if given and abs(given - pixel_size) > 1e-4 * pixel_size:
+            warn(f"--pixel-size {pixel_size:g} A replaces the inputs' {given:g} A in the record")
+        inputs = dataclasses.replace(inputs, pixel_size=float(pixel_size))
     if check_inputs is not None:
         check_inputs(inputs)
     sel = select_views(inputs, excluded_views(exclude, inputs.tilts_deg.size) if exclude else [], settings)
@@ -518,7 +527,13 @@ def add_align(sub):
         metavar="TARGETS",
         help="also write imod, aretomo, relion, portal (comma-separated) or all, as 'lmalign export' does",
     )
-    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size for --export, Angstrom")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="A",
+        help="pixel size, Angstrom, recorded in place of the marker file's or stack's (for --export and a "
+        "later export)",
+    )
     add_local_options(p)
     add_stack_options(p)
     p.set_defaults(run=run_align)

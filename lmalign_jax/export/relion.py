@@ -185,6 +185,16 @@ def add_alignment_to_relion_tilt_series(
             in_path, None, f"expected one data block with rlnTomoNominalStageTiltAngle, found {len(names)}"
         )
     table = blocks[names[0]].copy()
+    # a row cut short (a truncated file) reads with empty or missing cells: STAR has no empty value
+    missing = table.isna() | table.apply(lambda col: col.map(lambda v: isinstance(v, str) and not v.strip()))
+    if missing.to_numpy().any():
+        row, col = (int(i) for i in np.argwhere(missing.to_numpy())[0])
+        raise InputError(
+            in_path,
+            None,
+            f"tilt image {row + 1}: no value for {table.columns[col]} (every row needs all "
+            f"{len(table.columns)} columns: is the file cut short?)",
+        )
     columns = relion_parameters(geometry, pixel_size_angst)
     views = []
     for row, value in enumerate(table["rlnTomoNominalStageTiltAngle"]):

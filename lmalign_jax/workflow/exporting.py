@@ -66,6 +66,7 @@ __all__ = [
     "ALIGN_LOG_NAME",
     "EXPORT_TARGETS",
     "check_export",
+    "check_export_folder",
     "export_drops",
     "export_alignment",
     "export_suffixes",
@@ -270,6 +271,13 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
     )
 
 
+def check_export_folder(targets: Sequence[str], out_dir: str, prefix: str) -> None:
+    """UsageError, before any work, when the IMOD target would replace another series'
+    ``align.log`` in ``out_dir`` (``align --export`` checks it before solving)."""
+    if "imod" in targets:
+        _check_align_log(out_dir, prefix)
+
+
 def _check_align_log(out_dir: str, prefix: str) -> None:
     """Refuse to replace another series' align.log (one folder per tilt series)."""
     path = os.path.join(out_dir, ALIGN_LOG_NAME)
@@ -368,11 +376,13 @@ def geometry_drops(
     if not losses:
         return None
     return (
-        f"{', '.join(lossy)} hold each view's rotation, tilt and shift only: they lose "
+        f"{', '.join(lossy)} hold{'s' if len(lossy) == 1 else ''} each view's rotation, tilt and shift only: "
+        f"{'it loses' if len(lossy) == 1 else 'they lose'} "
         + "; ".join(losses)
         + ". The IMOD files carry all of it"
         + (
-            "; align with --scale-mode fixed for a geometry they hold exactly"
+            f"; align with --scale-mode fixed for a geometry {'it holds' if len(lossy) == 1 else 'they hold'}"
+            " exactly"
             if losses[0].startswith("the views'")
             else ""
         )
