@@ -391,6 +391,27 @@ def test_a_header_announcing_more_sections_than_the_file_holds_is_refused(tmp_pa
         read_stack_header(p)
 
 
+@pytest.mark.parametrize("field, value", [(0, 9), (4, 7), (8, 2)])  # nx 10 -> 9, ny 8 -> 7, nz 3 -> 2
+def test_a_header_announcing_less_than_the_file_holds_is_refused(tmp_path, field, value):
+    """A header whose nx, ny or nz is smaller than the data's would read every image sheared (or
+    lose views) without a word (audit: a garbage tomogram, exit 0): the whole columns, rows or
+    sections left over are refused; bytes after the data that no dimension explains are not."""
+    p = tmp_path / "s.mrc"
+    with mrcfile.new(p) as mrc:
+        mrc.set_data(np.zeros((3, 8, 10), np.float32))
+    raw = bytearray(p.read_bytes())
+    raw[field : field + 4] = np.int32(value).tobytes()
+    p.write_bytes(bytes(raw))
+    with pytest.raises(
+        ValueError, match=r"s\.mrc: the file holds \d+ bytes more than the header's .* wrong header"
+    ):
+        read_stack_header(p)
+    with mrcfile.new(p, overwrite=True) as mrc:
+        mrc.set_data(np.zeros((3, 8, 10), np.float32))
+    p.write_bytes(p.read_bytes() + bytes(36))  # trailing bytes: not a column, row or section
+    assert read_stack_header(p)[:3] == (3, 8, 10)
+
+
 def test_bad_input_files(tmp_path):
     txt = tmp_path / "notes.mrc"
     txt.write_text("this is not an MRC file\n" * 80)

@@ -121,12 +121,23 @@ def _check_size(path, mrc, nx: int, ny: int, nz: int) -> None:
         raise _bad(path, f"complex MRC data (mode {int(mrc.header.mode)}) is not an image stack")
     start = mrc.header.nbytes + int(mrc.header.nsymbt)
     section = nx * ny * dtype.itemsize
-    held = (os.path.getsize(os.fspath(path)) - start) // section
+    size = os.path.getsize(os.fspath(path)) - start
+    held = size // section
     if held < nz:
         raise _bad(
             path,
             f"the header says {nz} sections of {nx} x {ny} ({dtype.name}) but the file holds {max(held, 0)} "
             "(a truncated file or a wrong header)",
+        )
+    extra = size - nz * section
+    # bytes that a wrong nx (whole columns of every section), ny (rows) or nz (sections) leave over;
+    # others are trailing bytes after the data, which reads as the header says (mrcfile warns)
+    wrong = [nx * nz * dtype.itemsize, ny * nz * dtype.itemsize, section]
+    if extra > 0 and any(extra % n == 0 for n in wrong):
+        raise _bad(
+            path,
+            f"the file holds {extra} bytes more than the header's {nz} sections of {nx} x {ny} "
+            f"({dtype.name}): a wrong header (nx, ny or nz), which would read every image sheared",
         )
 
 
