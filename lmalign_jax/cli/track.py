@@ -87,7 +87,9 @@ def print_tracking(done) -> None:
     t = done.track
     per_view = t.beads_per_view
     print(
-        f" Tracked {t.n_beads} beads (diameter {t.bead_diameter_px:.2f} px, {done.diameter_source}) from "
+        f" Tracked {t.n_tracked} beads"
+        + (f" ({t.n_beads - t.n_tracked} more left with no point)" if t.n_tracked < t.n_beads else "")
+        + f" (diameter {t.bead_diameter_px:.2f} px, {done.diameter_source}) from "
         f"view {t.seed_view + 1}: {int(t.found.sum())} points in {t.n_views} views, {int(per_view.min())} to "
         f"{int(per_view.max())} beads per view, fit RMS {t.fit_rms_px:.3f} px, {t.seconds:.1f} s"
     )

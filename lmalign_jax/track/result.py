@@ -133,6 +133,12 @@ class TrackResult:
         return self.found.shape[1]
 
     @property
+    def n_tracked(self) -> int:
+        """Beads with a point in at least one view (the others lost every point: the marker files
+        leave them out)."""
+        return int(np.count_nonzero(self.found.any(axis=0)))
+
+    @property
     def beads_per_view(self) -> np.ndarray:
         """(n_views,) beads found in each view."""
         return self.found.sum(axis=1)

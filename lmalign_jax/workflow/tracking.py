@@ -115,7 +115,8 @@ def track_record(track: TrackResult, tilts_deg, settings: dict) -> dict:
         "seed_view": track.seed_view + 1,
         "bead_diameter_px": track.bead_diameter_px,
         "beads_found_on_seed": int(track.candidates.shape[0]),
-        "beads_tracked": track.n_beads,
+        "beads_tracked": track.n_tracked,  # with a point; "beads" lists every one chosen
+        "beads_without_points": track.n_beads - track.n_tracked,
         "points": int(track.found.sum()),
         "lost_views": [int(v) + 1 for v in track.lost_views],
         "rounds": track.rounds,
