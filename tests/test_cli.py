@@ -149,7 +149,14 @@ def test_align_export_checks_the_folder_first_and_records_its_pixel_size(sim, tm
         [*base, "--out-dir", tmp_path / "p", "--pixel-size", 2.5, "--no-figure", "--no-errors"]
     )
     assert rc == 0, err
-    assert json.loads((tmp_path / "p" / "sim.json").read_text())["inputs"]["pixel_size_A"] == 2.5
+    record = json.loads((tmp_path / "p" / "sim.json").read_text())
+    assert record["inputs"]["pixel_size_A"] == 2.5
+    # the axis estimated from the tracks is known up to 180 degrees: the other hand is named (audit)
+    rot = record["options"]["rotation_deg"]
+    other = rot - 180 if rot > 0 else rot + 180
+    assert f"estimated from the tracks ({rot:.1f} deg): {other:.1f} deg fits the points as well" in err, err
+    rc, out, err = run([*base, "--out-dir", tmp_path / "q", "--rotation", rot, "--no-figure", "--no-errors"])
+    assert rc == 0 and "estimated from the tracks" not in err, err
     rc, out, err = run(["export", tmp_path / "p" / "sim.json", "--to", "relion", "--out-dir", tmp_path / "r"])
     assert rc == 0 and (tmp_path / "r" / "sim.star").exists(), err
 

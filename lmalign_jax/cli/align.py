@@ -383,6 +383,14 @@ def align_and_report(
     stale = [p for p in out.final_paths(not_updated) if os.path.exists(p)]
     if stale:
         warn(f"{', '.join(stale)} are from an earlier run and were not updated")
+    if result.rotation_estimated_deg is not None and result.converged:
+        rot = float(result.rotation_estimated_deg)
+        other = rot - 180.0 if rot > 0 else rot + 180.0
+        warn(
+            f"the tilt axis was estimated from the tracks ({rot:.1f} deg): {other:.1f} deg fits the points "
+            "as well and gives the tomogram of the other hand (mirrored); give the microscope's angle with "
+            "--rotation (or an .mdoc) to be sure of the hand"
+        )
     if not result.converged:
         report = out.path(".json") + (f" and {out.path('.png')}" if figure else "")
         print(
