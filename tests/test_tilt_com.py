@@ -63,12 +63,14 @@ def volume(path) -> np.ndarray:
 
 def test_tilt_com_gives_the_volume_of_its_options_given_by_hand(folder):
     """The com's TILTFILE, XTILTFILE, XAXISTILT, EXCLUDELIST, THICKNESS, RADIAL and PERPENDICULAR
-    (tilt's layout) as reconstruct's options: the same volume, bit for bit; LOG, SCALE and MODE
-    named in a warning; a --thickness on the command line wins."""
+    (tilt's layout) as reconstruct's options: the same volume, bit for bit; SCALE and MODE
+    named in a warning, LOG in another; a --thickness on the command line wins."""
     d = folder
     rc, out, err = run_cli(["reconstruct", d / "s.mrc", "--xf", d / "s.xf", "--imod-com", d / "tilt.com"])
     assert rc == 0, err
-    assert "LOG 0.0, SCALE 0.0 1000.0, MODE 1 not applied" in err and err.count("warning") == 2, err
+    assert "SCALE 0.0 1000.0, MODE 1 not applied" in err and err.count("warning") == 3, err
+    # LOG is the logarithm of the projections, before back-projecting: not a change of scale (audit)
+    assert "LOG 0.0 (line 7) not applied: tilt takes the logarithm of the projections" in err, err
     assert (
         "leaving out view 1 (" in out + err
         and "tilt.com EXCLUDELIST 1)" in out + err

@@ -15,8 +15,9 @@ larger or smaller than the raw image) is noted: the tomogram covers the raw stac
 Options that would change the tomogram in a way not done here (an OFFSET or SHIFT other than 0,
 subsets, reprojection, compression, other weightings and filters, tilt's own SIRT, LOCALSCALE,
 PARALLEL) are refused at their line, and so is a name tilt does not have (tilt refuses it too: a
-misspelt option would change the tomogram); LOG, SCALE and MODE, which change only the output's
-values, are named in a warning (the tomogram is float32 densities as back-projected).
+misspelt option would change the tomogram); SCALE and MODE, which change only the output's
+values, are named in a warning (the tomogram is float32 densities as back-projected), and LOG (the
+logarithm of the projections, which changes the tomogram beyond a scale) in another.
 """
 
 from __future__ import annotations
@@ -235,11 +236,21 @@ def apply_tilt_com(args) -> None:
             f"{args.imod_com}: SUBSETSTART {subset[0]:g} {subset[1]:g}: tilt's aligned stack was not the raw "
             f"image's {nx} x {ny} px; the tomogram here covers the raw stack's field, centred as tilt's"
         )
-    densities = [f"{name} {com.get(name).value}".strip() for name in _DENSITIES if com.get(name) is not None]
+    densities = [
+        f"{name} {com.get(name).value}".strip() for name in _DENSITIES[1:] if com.get(name) is not None
+    ]
     if densities:
         warn(
             f"{args.imod_com}: {', '.join(densities)} not applied: the tomogram holds the densities as "
-            "back-projected, float32 (tilt's LOG, SCALE and MODE change only the output's values)"
+            "back-projected, float32 (tilt's SCALE and MODE change only the output's values)"
+        )
+    log = com.get("LOG")
+    if log is not None:
+        warn(
+            f"{args.imod_com}: LOG {log.value.strip()} (line {log.line}) not applied: tilt takes the "
+            "logarithm of the projections (after adding that value) before back-projecting, so this "
+            "tomogram differs from tilt's by more than a scale; for tilt's, give a stack whose densities "
+            "are already logarithms"
         )
     unused = [
         f"{name} (line {entries[0].line})"
