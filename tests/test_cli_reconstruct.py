@@ -202,6 +202,13 @@ def bad(series, tmp_path_factory):
     flat = list(lines)
     flat[1] = "   1.0000000   2.0000000   0.5000000   1.0000000       0.000       0.000\n"
     (d / "flat.xf").write_text("".join(flat))
+    # finite and not singular, but not an alignment of this stack (audit: the view added nothing)
+    outside = list(lines)
+    outside[4] = "   1.0000000   0.0000000   0.0000000   1.0000000     1e+09      -1e+09\n"
+    (d / "outside.xf").write_text("".join(outside))
+    zoomed = list(lines)
+    zoomed[4] = "       1e+29   0.0000000   0.0000000       1e+29       0.000       0.000\n"
+    (d / "zoomed.xf").write_text("".join(zoomed))
     os.mkfifo(d / "pipe")  # an output that is not a regular file (as /dev/null)
     shutil.copy(src / "s.csv", d / "markers.mrc")
     record = json.loads((src / "s.json").read_text())
@@ -336,6 +343,14 @@ def _cases(b):
             [s / "s.mrc", *xf_tlt, "--sirt", 2, "--filter", "ramp", "--radial", 0.3, 0.05],
             r"does not combine with --filter or --radial",
         ),
+        "view put outside the field": (
+            [s / "s.mrc", "--xf", d / "outside.xf", "--tlt", s / "s.tlt"],
+            r"outside\.xf:5: the shift \(1e\+09, -1e\+09\) px puts the whole view outside the 256 x 256 px",
+        ),
+        "view scaled 1e29 times": (
+            [s / "s.mrc", "--xf", d / "zoomed.xf", "--tlt", s / "s.tlt"],
+            r"zoomed\.xf:5: the transform scales the view by 1e\+29: not an alignment",
+        ),
         "stack of one row": (
             [d / "line.mrc", *xf_tlt],
             r"line\.mrc: its 256 x 1 pixel images are too small to reconstruct \(a tomogram needs at least "
@@ -451,6 +466,8 @@ CASES = [
     "sirt with sirtlike",
     "sirt with filter",
     "sirt with filter and radial",
+    "view put outside the field",
+    "view scaled 1e29 times",
     "stack of one row",
     "stack of one pixel",
     "positivity without sirt",

@@ -215,6 +215,41 @@ def check_view_counts(stack_path: str, n_views: int, alignment: Alignment) -> No
             )
 
 
+#: Largest and smallest magnification of a view's transform taken as an alignment.
+MAX_XF_SCALE = 10.0
+
+
+def check_transforms_reach(alignment: Alignment, nx: int, ny: int, views: np.ndarray) -> None:
+    """InputError naming the line (a record's view) of the first of ``views`` whose transform is
+    not an alignment of an ``nx`` x ``ny`` stack's image: a magnification beyond
+    :data:`MAX_XF_SCALE` either way, or the whole raw image put outside the tomogram's field (the
+    view would add nothing: a hand edit, or a file for another stack)."""
+    by_view = alignment.xf_source.lower().endswith(".json")
+    corners = np.array([[-nx, -ny], [nx, -ny], [-nx, ny], [nx, ny]], float) / 2
+    half = np.array([nx, ny], float) / 2
+    for v in np.asarray(views, dtype=np.int64):
+        a, d = alignment.xf_A[v], alignment.xf_shift[v]
+        line, at = (None, f"view {v + 1}: ") if by_view else (int(v) + 1, "")
+        scales = np.linalg.svd(a, compute_uv=False)
+        if scales.max() > MAX_XF_SCALE or scales.min() < 1 / MAX_XF_SCALE:
+            worst = scales.max() if scales.max() > MAX_XF_SCALE else scales.min()
+            raise InputError(
+                alignment.xf_source,
+                line,
+                f"{at}the transform scales the view by {worst:.3g}: "
+                f"not an alignment (at most {MAX_XF_SCALE:g}x either way)",
+            )
+        placed = corners @ a.T + d
+        if np.any(np.all(placed > half, axis=0) | np.all(placed < -half, axis=0)):
+            raise InputError(
+                alignment.xf_source,
+                line,
+                f"{at}the shift ({d[0]:g}, {d[1]:g}) px puts the whole view outside the {nx} x {ny} px "
+                "field: not an alignment of this stack (a file for another one, or a bad line; --exclude "
+                "leaves a bad view out)",
+            )
+
+
 def reconstruct_to_file(
     stack_path: str,
     alignment: Alignment,
@@ -304,6 +339,7 @@ def reconstruct_to_file(
     if min(nx, ny) >= MIN_IMAGE_PX and (nx // binning < 1 or ny // binning < 1):
         raise UsageError(f"{options.bin} {binning} is larger than the {nx} x {ny} images")
     shape = volume_shape(nx, ny, thickness, binning, options, stack_path)  # before the filter
+    check_transforms_reach(alignment, nx, ny, keep)
     try:
         filter_response(nx // binning, filter, radial)
     except ValueError as e:
