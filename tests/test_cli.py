@@ -161,6 +161,22 @@ def test_align_export_checks_the_folder_first_and_records_its_pixel_size(sim, tm
     assert rc == 0 and (tmp_path / "r" / "sim.star").exists(), err
 
 
+def test_align_log_excludes_every_view_left_out_of_the_fit(sim, tmp_path):
+    """align.log's ExcludeList names the views --exclude left out and those without markers (audit:
+    only the first; the .aln's DarkFrame lines and the .star leave out both)."""
+    rows = (sim / "sim.csv").read_text().splitlines()
+    kept = [r for r in rows if r.split(",")[1:2] != ["9"]]  # view 10 (1-based) loses its points
+    (tmp_path / "gap.csv").write_text("\n".join(kept) + "\n")
+    argv = ["align", tmp_path / "gap.csv", "--tilts", sim / "sim.rawtlt", "--image-size", 2048, 2048]
+    rc, out, err = run(
+        [*argv, "--exclude", EXCLUDE, "--out-dir", tmp_path / "o", "--export", "imod", "--no-figure"]
+    )
+    assert rc == 0, err
+    text = (tmp_path / "o" / "align.log").read_text()
+    entries = {k.strip(): v.strip() for k, _, v in (ln.partition("=") for ln in text.splitlines()) if _}
+    assert entries["ExcludeList"] == "5,10,63", entries
+
+
 def test_recovers_truth(aligned, sim):
     d = aligned[3]
     truth = json.loads((sim / "sim_truth.json").read_text())

@@ -244,8 +244,8 @@ def _align_log(record: AlignmentRecord, prefix: str, software: str) -> AlignLog:
         ("TiltFile", os.path.basename(record.tilts_path or "")),
         ("AngleOffset", "0.0"),
     ]
-    if record.excluded_by_user:
-        entries.append(("ExcludeList", ",".join(str(v) for v in record.excluded_by_user)))
+    if not keep.all():  # every view left out of the fit (by the user or for lack of markers), as the .aln
+        entries.append(("ExcludeList", ",".join(str(int(v) + 1) for v in np.flatnonzero(~keep))))
     if record.pixel_size_A is not None:
         entries.append(("UnbinnedPixelSize", f"{record.pixel_size_A / 10.0:g}"))
     n_points = record.n_points or 0
