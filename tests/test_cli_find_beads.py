@@ -155,6 +155,12 @@ def bad_inputs(d, tmp):
         ),
         ("no tilts", [bare, "--bead-diameter", 8], ["5 views", "no tilt angles", "--tilts", "--view"]),
         ("tilt count", [stack, "--tilts", short_tilts, "--bead-diameter", 8], ["3 tilt angles", "5 views"]),
+        # the count is checked where --view picks the view too (audit: not read then)
+        (
+            "tilt count with --view",
+            [stack, "--view", 2, "--tilts", short_tilts, "--bead-diameter", 8],
+            ["3 tilt angles", "5 views"],
+        ),
         ("view out of range", [stack, "--view", 5, "--bead-diameter", 8], ["--view 5", "0 to 4"]),
         (
             "no beads",

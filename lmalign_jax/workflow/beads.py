@@ -53,6 +53,10 @@ class BeadFinding:
 
 
 def _choose_view(path, stack, n_views, view, tilts_path, warn) -> tuple[int, str]:
+    if tilts_path is not None:  # checked against the stack even where --view picks the view
+        (tilts, _), source = read_tilt_file(tilts_path, warn=warn), os.path.basename(tilts_path)
+        if tilts.size != n_views:
+            raise UsageError(f"{tilts_path} has {tilts.size} tilt angles but {path} has {n_views} views")
     if view is not None:
         if not 0 <= view < n_views:
             raise UsageError(f"--view {view}: {path} has views 0 to {n_views - 1}")
@@ -66,10 +70,6 @@ def _choose_view(path, stack, n_views, view, tilts_path, warn) -> tuple[int, str
                 f"{path} has {n_views} views and no tilt angles in its header: give --tilts FILE (to "
                 "search the view nearest 0 deg) or --view K"
             )
-    else:
-        (tilts, _), source = read_tilt_file(tilts_path, warn=warn), os.path.basename(tilts_path)
-        if tilts.size != n_views:
-            raise UsageError(f"{tilts_path} has {tilts.size} tilt angles but {path} has {n_views} views")
     k, nearest = seed_view(stack, tilts), int(np.argmin(np.abs(tilts)))
     if k != nearest:  # a blank view (one value in every pixel) has no beads
         return k, f"nearest 0 deg by {source} that is not blank (view {nearest} is): {tilts[k]:+.2f} deg"
