@@ -221,11 +221,11 @@ def test_skipped_leave_out_says_so(jou_data):
     assert c.to_dict()["leave_out"] is False and c.to_dict()["n_held_out"] == 0
 
 
-def _row(model, status, bic, n_free, effective=float("nan"), errors=None):
+def _row(model, status, bic, n_free, effective=float("nan"), errors=None, n_observed=63, rss=5.0):
     """A table row as compare_models makes it, with the numbers that decide the ranking."""
     nan = float("nan")
     return ModelRow(
-        model, status, n_free, 63, 5.0, 0.2, 0.2, bic, nan, nan, 0, nan, nan, nan, 1.0,
+        model, status, n_free, n_observed, rss, 0.2, 0.2, bic, nan, nan, 0, nan, nan, nan, 1.0,
         effective_parameters=effective, leave_out_errors=errors,
     )  # fmt: skip
 
@@ -276,13 +276,28 @@ def test_verdicts_without_leave_out_say_so_not_nan():
         "warp over jou: not justified (BIC higher by 58.4, decisive against; leave-out skipped "
         "(--no-leave-out))"
     )
-    rows = (_row("jou", "converged", 100.0, 210, 210.0), _row("warp", "converged", 50.0, 394, 220.1))
+    many = {"n_observed": 2000}  # 4000 coordinates: BIC's asymptotics hold, and AICc agrees
+    rows = (
+        _row("jou", "converged", 100.0, 210, 210.0, **many),
+        _row("warp", "converged", 50.0, 394, 220.1, **many, rss=4.0),
+    )
     (verdict,) = _table(*rows).deformation_verdicts()
     assert (
         "warp over jou: justified by BIC alone (BIC lower by 50.0, decisive; leave-out skipped"
         in (verdict["text"])
     )
     assert not verdict["justified"] and verdict["justified_by_bic"]
+    # near saturation (audit: 3 views, 60 coordinates, warp's 56 parameters fitted the noise to
+    # 0.10 px of 0.5 and BIC called it decisive): the small-sample AICc must agree, and does not
+    few = {"n_observed": 30}
+    rows = (
+        _row("jou", "converged", -2.9, 40, 40.0, **few, rss=30 * 2 * 0.2494**2),
+        _row("warp", "converged", -66.8, 56, 50.0, **few, rss=30 * 2 * 0.1041**2),
+    )
+    (verdict,) = _table(*rows, leave_out=True).deformation_verdicts()
+    assert verdict["text"].startswith("warp over jou: not justified (BIC lower by 63.9, decisive;"), verdict
+    assert "60 coordinates for 56 parameters are too few for BIC" in verdict["text"]
+    assert not verdict["justified_by_bic"]
     # leave-out run, but not for this model: no numbers either
     (verdict,) = _table(*rows, leave_out=True).deformation_verdicts()
     assert "leave-out not compared (see the notes)" in verdict["text"] and "nan" not in verdict["text"]
@@ -301,8 +316,10 @@ def test_a_deformation_model_is_judged_against_the_rigid_model_it_extends():
     BIC gain was jou's fewer parameters than imod's, not the warp (audit). warp extends jou: it is
     judged against jou where jou is listed; against the best rigid model otherwise, said so; not
     at all, said so, when no rigid model is listed (no line was printed)."""
-    jou, imod = _row("jou", "converged", 120.0, 210, 210.0), _row("imod", "converged", 100.0, 300, 300.0)
-    warp = _row("warp", "converged", 105.0, 394, 220.0)
+    many = {"n_observed": 2000}  # coordinates enough for BIC (the small-sample AICc agrees)
+    jou = _row("jou", "converged", 120.0, 210, 210.0, **many)
+    imod = _row("imod", "converged", 100.0, 300, 300.0, **many, rss=4.5)
+    warp = _row("warp", "converged", 105.0, 394, 220.0, **many, rss=4.0)
     (verdict,) = _table(jou, imod, warp).deformation_verdicts()
     assert verdict["rigid"] == "jou" and verdict["justified_by_bic"] and verdict["delta_bic"] == -15.0
     (verdict,) = _table(imod, warp).deformation_verdicts()

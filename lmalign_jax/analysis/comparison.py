@@ -16,7 +16,7 @@ from .compare_local import (
     leave_out_significant,
     leave_out_text,
 )
-from .criteria import DECISIVE_BIC
+from .criteria import DECISIVE_BIC, aicc
 
 __all__ = ["ModelComparison", "ModelRow"]
 
@@ -61,6 +61,13 @@ class ModelRow:
     def converged(self) -> bool:
         """The fit answered and converged (not stopped at the iteration limit)."""
         return self.ok and self.status.startswith("converged")
+
+    @property
+    def aicc(self) -> float:
+        """Small-sample AIC (:func:`lmalign_jax.analysis.criteria.aicc`) on the BIC's terms: its
+        residual components and (effective) parameters."""
+        k = self.effective_parameters if np.isfinite(self.effective_parameters) else self.n_free
+        return aicc(self.rss_px2, 2 * self.n_observed, k)
 
     @property
     def ranked(self) -> bool:
@@ -299,10 +306,19 @@ class ModelComparison:
                 verdict = "justified" if by_bic and by_leave_out else "not justified"
                 leave = leave_out_text(gain, se, by_leave_out, scale)
             else:  # skipped, or not available for one of the two: say so, not "nan"
+                # BIC alone near saturation (few points per parameter: its RSS falls towards 0)
+                # favours any model; the small-sample AICc must agree
+                saturated = by_bic and not r.aicc < best.aicc
+                by_bic = by_bic and not saturated
                 verdict = "justified by BIC alone" if by_bic else "not justified"
                 leave = (
                     f"leave-out {LEAVE_OUT_SKIPPED if not self.leave_out else 'not compared (see the notes)'}"
                 )
+                if saturated:
+                    leave += (
+                        f"; but {2 * r.n_observed} coordinates for {r.n_free} parameters are too few for "
+                        "BIC: the small-sample AICc does not favour it"
+                    )
             text = f"{r.model} over {best.model}{unnested}: {verdict} ({bic_text(delta)}; {leave})"
             out.append(
                 {

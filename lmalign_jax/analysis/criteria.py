@@ -13,7 +13,7 @@ from ..solve import effective_parameters, linearize
 #: A BIC lower by more than this is decisive evidence (Kass & Raftery 1995).
 DECISIVE_BIC = 10.0
 
-__all__ = ["bic", "effective_parameter_count", "leave_out_folds", "underdetermined"]
+__all__ = ["aicc", "bic", "effective_parameter_count", "leave_out_folds", "underdetermined"]
 
 
 def _positive_int(name, value, minimum=1):
@@ -51,6 +51,20 @@ def bic(rss: float, n_components: int, n_free: float) -> float:
     if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
         return float("nan")
     return float(n_components * np.log(rss / n_components) + n_free * np.log(n_components))
+
+
+def aicc(rss: float, n_components: int, n_free: float) -> float:
+    """AIC with the small-sample correction (Hurvich & Tsai 1989) for Gaussian residuals:
+    ``N log(RSS / N) + 2 k + 2 k (k + 1) / (N - k - 1)``, k = ``n_free``; infinite where
+    ``N - k - 1 <= 0``. BIC's penalty assumes N much larger than k; near saturation a fit's RSS
+    falls towards 0 and BIC favours it whatever its parameters, where AICc does not."""
+    if n_components <= 0 or not np.isfinite(rss) or rss <= 0:
+        return float("nan")
+    room = n_components - n_free - 1
+    if room <= 0:
+        return float("inf")
+    k = n_free
+    return float(n_components * np.log(rss / n_components) + 2 * k + 2 * k * (k + 1) / room)
 
 
 def effective_parameter_count(result: AlignmentResult) -> float:
