@@ -6,6 +6,7 @@ for the module (and for tests/test_distributed.py in the same session).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -251,7 +252,8 @@ def test_cli_batch_list_reports_bad_series_and_aligns_the_rest(files, tmp_path):
     bad_line = len((files / "corrupt.csv").read_text().splitlines())
     assert rows["corrupt"]["status"] == "bad input"
     assert rows["corrupt"]["detail"].endswith(f"corrupt.csv:{bad_line}: y is not a number: 'oops'")
-    assert rows["missing"]["detail"].endswith("missing.csv: file not found")
+    # named with the list's line (audit: the file alone)
+    assert re.search(r"list\.txt:\d+: markers file .*missing\.csv not found$", rows["missing"]["detail"])
     assert rows["line6"]["detail"].endswith(
         "list.txt:6: expected 'MARKERS TILTS [NX NY] [STACK] [exclude=LIST] [rotation=DEG]', got 1 fields"
     )
@@ -889,7 +891,10 @@ def test_list_line_sizes_and_rotations_out_of_range_are_that_lines_bad_input(tmp
     listing = tmp_path / "list.txt"
     listing.write_text(
         "a.csv a.rawtlt 2048 2048 rotation=1e308\nb.csv b.rawtlt 1e308 1e308\nc.csv c.rawtlt 2048 2048\n"
+        "c.csv c.rawtlt 2048 2048 rotaton=5\nd.csv c.rawtlt\n"
     )
+    for name in ("c.csv", "c.rawtlt"):
+        (tmp_path / name).write_text("")
     specs = read_list(str(listing))
     assert (
         specs[0].problem == f"{listing}:1: rotation=1e308 is not a tilt-axis angle within -360..360 degrees"
@@ -898,6 +903,9 @@ def test_list_line_sizes_and_rotations_out_of_range_are_that_lines_bad_input(tmp
         f"{listing}:2: image size 1e308 1e308 is not two whole numbers of pixels, 1 to 1000000"
     )
     assert specs[2].problem is None and specs[2].image_size == (2048.0, 2048.0)
+    # a misspelt option was taken for a STACK path, and a missing file named no line (audit)
+    assert specs[3].problem == f"{listing}:4: unknown option rotaton= (a line takes exclude=, rotation=)"
+    assert specs[4].problem == f"{listing}:5: markers file {tmp_path / 'd.csv'} not found"
 
 
 def test_a_list_file_that_is_not_utf8_is_named_with_its_line(tmp_path):

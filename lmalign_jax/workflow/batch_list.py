@@ -147,6 +147,25 @@ def read_list(path: str) -> list[SeriesSpec]:
 
         options = [t for t in tokens if t.partition("=")[0] in LINE_OPTIONS and "=" in t]
         tokens = [t for t in tokens if t not in options]
+        unknown = [
+            t
+            for t in tokens
+            if "=" in t
+            and t.partition("=")[0].isidentifier()
+            and not os.path.exists(t if os.path.isabs(t) else os.path.join(base, t))
+        ]
+        if unknown:
+            known = ", ".join(f"{o}=" for o in LINE_OPTIONS)
+            name = unknown[0].partition("=")[0]
+            specs.append(
+                SeriesSpec(
+                    f"line{number}",
+                    None,
+                    None,
+                    problem=where(f"unknown option {name}= (a line takes {known})"),
+                )
+            )
+            continue
         if len(tokens) not in (2, 3, 4, 5):
             specs.append(
                 SeriesSpec(
@@ -160,6 +179,9 @@ def read_list(path: str) -> list[SeriesSpec]:
         markers, tilts = (t if os.path.isabs(t) else os.path.join(base, t) for t in tokens[:2])
         spec = SeriesSpec(_stem(markers), markers, tilts, where=f"{path}:{number}")
         _line_options(spec, options, where)
+        missing = [(what, f) for what, f in (("markers", markers), ("tilts", tilts)) if not os.path.exists(f)]
+        if missing and spec.problem is None:  # named with the line that names the file
+            spec.problem = where(f"{missing[0][0]} file {missing[0][1]} not found")
         if len(tokens) in (3, 5):
             spec.stack = tokens[-1] if os.path.isabs(tokens[-1]) else os.path.join(base, tokens[-1])
             if len(tokens) == 3 and _is_number(tokens[2]):
