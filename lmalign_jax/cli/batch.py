@@ -261,7 +261,10 @@ def run_batch(args) -> int:
             _align_all(prepared, args, options, shown, on_outcome)
     except KeyboardInterrupt:
         shown.close()
-        kept = sum(bool(o.outputs) for o in outcomes.values())
+        done = {name for name, o in outcomes.items() if o.outputs}
+        # a worker may finish writing a series whose outcome never came back: what --resume keeps
+        done |= {p.spec.name for p in prepared if p.spec.name not in done and earlier_outcome(p, options)}
+        kept = len(done)
         print(
             f"lmalign: interrupted; {kept} of {len(specs)} series have their outputs written, no summary; "
             "the same command with --resume keeps them and aligns the rest",
