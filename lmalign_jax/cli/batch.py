@@ -33,6 +33,7 @@ from ..workflow.batch_series import (
     prepare,
     unfinished,
 )
+from ..workflow.parent_watch import exit_with_parent
 from ..workflow.resume import earlier_outcome
 from ..workflow.series import check_image_size
 from ..workflow.shared_constant import estimate_shared, split_by_agreement
@@ -58,7 +59,10 @@ def _run_processes(groups, options, jobs, on_outcome):
     import multiprocessing
 
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
     ) as pool:
         futures = {pool.submit(align_and_write, g, options): g for g in groups}
         for future in concurrent.futures.as_completed(futures):

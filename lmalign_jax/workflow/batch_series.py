@@ -17,6 +17,7 @@ from ..io.outputs import OutputSet
 from ..solve import LMConfig
 from .alignment_inputs import read_alignment_json
 from .batch_list import SCAN_STACKS, SeriesSpec, stack_beside
+from .parent_watch import exit_with_parent
 from .reconstruction import reconstruct_to_file
 from .selection import Selection, observations_for_fit, parse_view_list, report_selection, select_views
 from .series import SeriesInputs, read_series
@@ -320,7 +321,10 @@ def align_and_write(
 
     outcomes: list = [None] * len(prepared)
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=writers, mp_context=multiprocessing.get_context("spawn")
+        max_workers=writers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
     ) as pool:
         # robust fits and standard errors are computed here (on this process's device),
         # figures drawn by the writers
