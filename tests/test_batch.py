@@ -572,13 +572,18 @@ def test_cli_batch_interrupted_says_what_is_written_and_resumes(files, tmp_path,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0"]
 
     # both written, the second's outcome never back (a worker stopped between): counted all the same
+    # (inputs copied: another test of this module dates s1.rawtlt in the future)
+    for name in ("s0.csv", "s0.rawtlt", "s1.csv", "s1.rawtlt"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    (tmp_path / "copies.txt").write_text("s0.csv s0.rawtlt 2048 2048\ns1.csv s1.rawtlt 2048 2048\n")
+
     def outcome_lost(prepared, options, **kwargs):
         kept = kwargs.pop("on_outcome", None)
         real(prepared, options, **kwargs, on_outcome=lambda o: kept(o) if o.series == "s0" else None)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli.batch, "align_and_write", outcome_lost)
-    rc, out, err = run([*args[:-3], "--out-dir", tmp_path / "lost", "--no-figure"])
+    rc, out, err = run(["batch", tmp_path / "copies.txt", "--out-dir", tmp_path / "lost", "--no-figure"])
     assert rc == 130 and "interrupted; 2 of 2 series have their outputs written" in err, err
     monkeypatch.setattr(cli.batch, "align_and_write", real)
     rc, out, err = run([*args, "--resume"])
