@@ -49,10 +49,9 @@ def sim(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def aligned(sim, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("aligned")
-    args = [
+def sim_align_args(sim, *extra) -> list:
+    """``lmalign align`` of the simulated series (EXCLUDE left out), then ``extra``."""
+    return [
         "align",
         sim / "sim.csv",
         "--tilts",
@@ -60,12 +59,16 @@ def aligned(sim, tmp_path_factory):
         "--image-size",
         2048,
         2048,
-        "--out-dir",
-        out_dir,
         "--exclude",
         EXCLUDE,
+        *extra,
     ]
-    rc, out, err = run_env(args)
+
+
+@pytest.fixture(scope="module")
+def aligned(sim, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("aligned")
+    rc, out, err = run_env(sim_align_args(sim, "--out-dir", out_dir))
     return rc, out, err, out_dir
 
 
@@ -126,17 +129,7 @@ def test_align_export_checks_the_folder_first_and_records_its_pixel_size(sim, tm
     """``align --export imod`` into a folder holding another series' align.log is refused before
     the solve, nothing written (audit: refused after it, the record saying exit 0); --pixel-size
     goes into the record, so a later ``export --to relion`` needs it no more."""
-    base = [
-        "align",
-        sim / "sim.csv",
-        "--tilts",
-        sim / "sim.rawtlt",
-        "--image-size",
-        2048,
-        2048,
-        "--exclude",
-        EXCLUDE,
-    ]
+    base = sim_align_args(sim)
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "align.log").write_text("  OutputTiltFile = TS_99.tlt\n")
