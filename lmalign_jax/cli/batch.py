@@ -33,6 +33,7 @@ from ..workflow.batch_series import (
     prepare,
     unfinished,
 )
+from ..workflow.folder_lock import folder_lock
 from ..workflow.parent_watch import exit_with_parent
 from ..workflow.resume import earlier_outcome
 from ..workflow.series import check_image_size
@@ -217,6 +218,13 @@ def run_batch(args) -> int:
     )  # a folder that cannot be written stops the batch before any work
     _check_summary(summary, source)
 
+    with folder_lock(args.out_dir):
+        return _align_and_summarise(args, options, source, specs, summary)
+
+
+def _align_and_summarise(args, options: BatchOptions, source: str, specs, summary: OutputSet) -> int:
+    """The batch itself, its output folder locked: prepare, align and write every series, then
+    the summary; returns the exit status."""
     note(f"{len(specs)} series from {source}; reading ...")
     outcomes: dict[str, Outcome] = {}
     prepared: list[Prepared] = []
