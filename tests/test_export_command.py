@@ -627,7 +627,7 @@ def test_rigid_targets_say_what_they_lose(written, tmp_path, capsys):
     record's magnification was dropped without a word): a view whose .xf is a pure rotation
     loses nothing and nothing is said; magnified by 1% it loses 1% of the half-diagonal at the
     image corners, which the warning names with the view; the IMOD files are not lossy."""
-    from lmalign_jax.workflow.exporting import geometry_drops
+    from lmalign_jax.workflow.export_warnings import geometry_drops
 
     record = json.loads((written["folder"] / "TS_01.json").read_text())
     for v in record["views"]:  # every view a pure rotation: nothing lost

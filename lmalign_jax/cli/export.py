@@ -6,19 +6,16 @@ from __future__ import annotations
 import os
 
 from ..io.outputs import OutputSet
+from ..workflow.export_warnings import export_warnings
 from ..workflow.exporting import (
     ALIGN_LOG_NAME,
     EXPORT_TARGETS,
     export_alignment,
-    export_drops,
     export_suffixes,
-    geometry_drops,
     local_alignment_for,
     parse_export_targets,
     read_alignment_record,
-    stale_companions,
     unnamed_local_file,
-    x_tilt_drops,
 )
 from ..workflow.local import LOCAL_SUFFIX
 from ..workflow.record_markers import measured_markers
@@ -63,7 +60,6 @@ def run_export(args) -> int:
     targets = parse_export_targets(args.to)
     record = read_alignment_record(args.alignment)
     prefix = args.prefix or os.path.splitext(os.path.basename(args.alignment))[0]
-    dropped = export_drops(record)
     out_dir = args.out_dir if args.out_dir is not None else os.path.dirname(args.alignment) or "."
     out = OutputSet(out_dir, prefix)
     check_output_folder(
@@ -114,16 +110,9 @@ def run_export(args) -> int:
         relion_tilt_series=args.relion_tilt_series,
         local=local,
     )
-    for message in (
-        dropped,
-        x_tilt_drops(record, targets, prefix),
-        geometry_drops(record, targets, prefix, local),
-    ):
-        if message:
-            warn(message)
     print(" Wrote " + ", ".join(written))
-    if stale := stale_companions(targets, out_dir, prefix, written):
-        warn(stale)
+    for message in export_warnings(record, targets, prefix, local, out_dir, written):
+        warn(message)
     return EXIT_OK
 
 
@@ -151,17 +140,9 @@ def export_after_align(args, exit_code: int, markers: str, prefix: str | None) -
         with_xf_tlt=False,
         local=local,
     )
-    drops = (
-        export_drops(record),
-        x_tilt_drops(record, targets, prefix),
-        geometry_drops(record, targets, prefix, local),
-    )
-    for message in drops:
-        if message:
-            warn(message)
     print(" Exported " + ", ".join(written))
-    if stale := stale_companions(targets, args.out_dir, prefix, written):
-        warn(stale)
+    for message in export_warnings(record, targets, prefix, local, args.out_dir, written):
+        warn(message)
     return exit_code
 
 

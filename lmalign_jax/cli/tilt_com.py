@@ -86,7 +86,9 @@ _MAPPED = (
     "SHIFT",
 )
 #: Options that change only the output's densities: named in one warning.
-_DENSITIES = ("LOG", "SCALE", "MODE")
+_DENSITIES = ("SCALE", "MODE")
+#: The logarithm of the projections before back-projecting: not applied, named in its own warning.
+_LOG = "LOG"
 #: Options not named in the "not used" note: those with no bearing on a reconstruction from the
 #: raw stack and its .xf, and FULLIMAGE (checked), SUBSETSTART (noted), PERPENDICULAR (the layout).
 _NOT_NEEDED = {
@@ -113,7 +115,7 @@ _NOT_NEEDED = {
 }
 
 
-_KNOWN = set(_REFUSED) | set(_DENSITIES) | _NOT_NEEDED | set(_MAPPED)
+_KNOWN = set(_REFUSED) | set(_DENSITIES) | {_LOG} | _NOT_NEEDED | set(_MAPPED)
 
 
 def apply_tilt_com(args) -> None:
@@ -236,15 +238,13 @@ def apply_tilt_com(args) -> None:
             f"{args.imod_com}: SUBSETSTART {subset[0]:g} {subset[1]:g}: tilt's aligned stack was not the raw "
             f"image's {nx} x {ny} px; the tomogram here covers the raw stack's field, centred as tilt's"
         )
-    densities = [
-        f"{name} {com.get(name).value}".strip() for name in _DENSITIES[1:] if com.get(name) is not None
-    ]
+    densities = [f"{name} {com.get(name).value}".strip() for name in _DENSITIES if com.get(name) is not None]
     if densities:
         warn(
             f"{args.imod_com}: {', '.join(densities)} not applied: the tomogram holds the densities as "
             "back-projected, float32 (tilt's SCALE and MODE change only the output's values)"
         )
-    log = com.get("LOG")
+    log = com.get(_LOG)
     if log is not None:
         warn(
             f"{args.imod_com}: LOG {log.value.strip()} (line {log.line}) not applied: tilt takes the "

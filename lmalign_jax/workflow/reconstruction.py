@@ -224,30 +224,33 @@ def check_transforms_reach(alignment: Alignment, nx: int, ny: int, views: np.nda
     not an alignment of an ``nx`` x ``ny`` stack's image: a magnification beyond
     :data:`MAX_XF_SCALE` either way, or the whole raw image put outside the tomogram's field (the
     view would add nothing: a hand edit, or a file for another stack)."""
-    by_view = alignment.xf_source.lower().endswith(".json")
+    views = np.asarray(views, dtype=np.int64)
+    a, d = alignment.xf_A[views], alignment.xf_shift[views]
+    scales = np.linalg.svd(a, compute_uv=False)  # (k, 2), largest first
+    scaled = (scales[:, 0] > MAX_XF_SCALE) | (scales[:, 1] < 1 / MAX_XF_SCALE)
     corners = np.array([[-nx, -ny], [nx, -ny], [-nx, ny], [nx, ny]], float) / 2
     half = np.array([nx, ny], float) / 2
-    for v in np.asarray(views, dtype=np.int64):
-        a, d = alignment.xf_A[v], alignment.xf_shift[v]
-        line, at = (None, f"view {v + 1}: ") if by_view else (int(v) + 1, "")
-        scales = np.linalg.svd(a, compute_uv=False)
-        if scales.max() > MAX_XF_SCALE or scales.min() < 1 / MAX_XF_SCALE:
-            worst = scales.max() if scales.max() > MAX_XF_SCALE else scales.min()
-            raise InputError(
-                alignment.xf_source,
-                line,
-                f"{at}the transform scales the view by {worst:.3g}: "
-                f"not an alignment (at most {MAX_XF_SCALE:g}x either way)",
-            )
-        placed = corners @ a.T + d
-        if np.any(np.all(placed > half, axis=0) | np.all(placed < -half, axis=0)):
-            raise InputError(
-                alignment.xf_source,
-                line,
-                f"{at}the shift ({d[0]:g}, {d[1]:g}) px puts the whole view outside the {nx} x {ny} px "
-                "field: not an alignment of this stack (a file for another one, or a bad line; --exclude "
-                "leaves a bad view out)",
-            )
+    placed = np.einsum("kij,cj->kci", a, corners) + d[:, None, :]  # (k, 4, 2)
+    outside = np.any(np.all(placed > half, axis=1) | np.all(placed < -half, axis=1), axis=1)
+    bad = np.flatnonzero(scaled | outside)
+    if not bad.size:
+        return
+    k = int(bad[0])
+    v = int(views[k])
+    line, at = (None, f"view {v + 1}: ") if alignment.xf_source.lower().endswith(".json") else (v + 1, "")
+    if scaled[k]:
+        worst = scales[k, 0] if scales[k, 0] > MAX_XF_SCALE else scales[k, 1]
+        problem = (
+            f"the transform scales the view by {worst:.3g}: not an alignment (at most {MAX_XF_SCALE:g}x "
+            "either way)"
+        )
+    else:
+        problem = (
+            f"the shift ({d[k, 0]:g}, {d[k, 1]:g}) px puts the whole view outside the {nx} x {ny} px "
+            "field: not an alignment of this stack (a file for another one, or a bad line; --exclude "
+            "leaves a bad view out)"
+        )
+    raise InputError(alignment.xf_source, line, at + problem)
 
 
 def reconstruct_to_file(
