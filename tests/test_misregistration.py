@@ -74,7 +74,11 @@ def result_at_truth(series, model="jou", modes=None):
     solve: the covariance formulas hold at any point, and the references use the same one)."""
     model = get_model(model)
     obs = series.observations
-    views, markers = to_reporting_frame(model, series.views, series.markers, np.radians(obs.tilts_deg), True)
+    settings = AlignmentSettings(modes=dict(modes or {}))
+    nominal = np.radians(obs.tilts_deg)
+    views, markers = to_reporting_frame(
+        model, series.views, series.markers, nominal, settings.frame_rule(model)
+    )
     return result_from_solution(
         model,
         obs,
@@ -85,7 +89,7 @@ def result_at_truth(series, model="jou", modes=None):
         status="converged",
         n_free=0,
         rotation_estimated_deg=None,
-        settings=AlignmentSettings(modes=dict(modes or {})),
+        settings=settings,
     )
 
 
@@ -103,7 +107,8 @@ def dense_reported_covariance(result):
     def reported(flat):
         v = _unflatten(flat, x)
         views = effective_a(v.a, v.g, st.tie_a) * jnp.asarray(problem.unit)
-        return reporting_frame(model, views, v.b, jnp.radians(jnp.asarray(obs.tilts_deg)), True)[0]
+        nominal = jnp.radians(jnp.asarray(obs.tilts_deg))
+        return reporting_frame(model, views, v.b, nominal, result.settings.frame_rule(model))[0]
 
     @jax.jit
     def propagate(flat):

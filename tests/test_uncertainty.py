@@ -13,7 +13,7 @@ from helpers import load_resid_observations
 from lmalign_jax import Observations, align, get_model, simulate
 from lmalign_jax.analysis.uncertainty import uncertainty
 from lmalign_jax.core.frame import project_all
-from lmalign_jax.core.problem import build_problem, far_view, reference_view
+from lmalign_jax.core.problem import build_problem
 from lmalign_jax.solve import (
     effective_a,
     factored_solve,
@@ -221,23 +221,50 @@ def test_imod_standard_errors_match_monte_carlo_spread():
         assert abs(ratio - 1) < 0.2, (name, ratio)
 
 
+def test_imod_errors_describe_fresh_full_alignments():
+    """The imod model's tilt and x-stretch errors against the scatter of full alignments (every
+    stage) of fresh noise draws. The gauge holds a tilt and x-stretch at two views where the
+    tilt stage left them, which differs from draw to draw: reported as they were, those views'
+    errors were 0 while their tilts moved by 0.05 degrees, and the others' errors were 1.4x
+    their scatter. The reporting frame is now a function of the solution (models/imod.py).
+    40 draws: each view's scatter is known to about 11% (chi, 39 degrees of freedom), so its
+    ratio to the error lies in 0.55-1.55 (4 sigma either way), their RMS within 20%."""
+    obs0 = imod_series(noise_px=0.0).observations
+    rng = np.random.default_rng(2)
+    values, errors = {"tilt": [], "xstretch": []}, {"tilt": [], "xstretch": []}
+    for _ in range(40):
+        noisy = obs0.xy + 0.5 * rng.standard_normal(obs0.xy.shape)
+        result = align(Observations(noisy, obs0.mask, obs0.tilts_deg, obs0.image_size), model="imod")
+        se = uncertainty(result)
+        for name in values:
+            values[name].append(result.views[:, result.model.index(name)])
+            errors[name].append(se.views_se[:, result.model.index(name)])
+    for name in values:
+        spread = np.std(values[name], axis=0, ddof=1)
+        error = np.sqrt(np.mean(np.square(errors[name]), axis=0))
+        assert (error > 0).all(), name
+        ratio = spread / error
+        assert 0.55 < ratio.min() and ratio.max() < 1.55, (name, ratio.min(), ratio.max())
+        assert abs(np.sqrt(np.mean(spread**2) / np.mean(error**2)) - 1) < 0.2, name
+
+
 def test_imod_standard_errors_on_real_data_are_finite_and_near_jous():
     """BBa (real IMOD data): the imod model fits the same points as jou with per-view stretch
-    and skew added, so its tilt and rotation errors are finite and somewhat larger than jou's
-    (a factor 1.2-2.5 here; NaN before its affine-z gauge was fixed). They are exactly zero only
-    at the two gauge views."""
+    and skew added, so its tilt and rotation errors are finite (NaN before its affine-z gauge was
+    fixed) and mostly larger than jou's: rotations 1.2-1.7x here, tilts up to 1.4x at high tilt
+    but alike near 0 degrees, where the two frames' tilts agree (both have zero mean deviation
+    from nominal; the imod frame's x-z map moves a tilt t by terms in sin t cos t and sin^2 t,
+    small near 0), so 0.95 is
+    the floor. No view's tilt is exact: not even at the gauge's two views, whose tilts were held
+    where the earlier stages left them."""
     obs = load_resid_observations("BBa")
     jou, imod = uncertainty(align(obs, model="jou")), uncertainty(align(obs, model="imod"))
-    gauge_views = sorted({reference_view(obs.tilts_deg), far_view(obs.tilts_deg)})
     for name in ("tilt", "rotation"):
         se_imod, se_jou = imod.parameter_se(name), jou.parameter_se(name)
         assert np.isfinite(se_imod).all(), name
-        measured = np.ones(obs.n_views, bool)
-        if name == "tilt":
-            assert np.flatnonzero(se_imod == 0).tolist() == gauge_views
-            measured[gauge_views] = False
-        ratio = se_imod[measured] / se_jou[measured]
-        assert 1.0 < ratio.min() and ratio.max() < 3.0, (name, ratio.min(), ratio.max())
+        ratio = se_imod / se_jou
+        assert 0.95 < ratio.min() and ratio.max() < 3.0, (name, ratio.min(), ratio.max())
+        assert np.median(ratio) > 1.1, name
 
 
 def test_padded_errors_equal_the_unpadded_and_nearby_sizes_share_one_compile(monkeypatch):
@@ -264,6 +291,8 @@ def test_padded_errors_equal_the_unpadded_and_nearby_sizes_share_one_compile(mon
     want = uncertainty(results[0], with_covariance=True)
     for name in ("views_se", "markers_se", "loo_residuals", "leverage"):
         a, b = getattr(got, name), getattr(want, name)
+        if name.endswith("_se"):  # variances: an SE the frame makes 0 is the root of round-off
+            a, b = a**2, b**2
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(b)), err_msg=name)
     scale = np.sqrt(np.einsum("nii->ni", want.covariance.view_covariance))
     np.testing.assert_allclose(

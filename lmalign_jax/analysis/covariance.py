@@ -4,17 +4,18 @@ The fit's covariance is sigma^2 H^{-1}, H = J^T J on the free entries with the g
 in the fit (MODEL.md, "Gauge freedoms"), sigma^2 = RSS / (2 N_obs - n_free). A result is
 reported in a frame reached by exact symmetries (``core.frame.reporting_frame``): every tilt
 moved by ``delta`` = minus the mean deviation from nominal, the markers rotated to match, and
-the specimen moved along z by ``zbar`` = their mean z, the shifts absorbing it. Each reported
-view j is a function of its own (effective) parameters and of the two scalars s = (delta,
-zbar), so to first order
+the specimen moved along z by ``zbar`` = their mean z, the shifts absorbing it (the imod
+model's frame map, ``ProjectionModel.frame_map``, maps the specimen's x-z plane instead). Each
+reported view j is a function of its own (effective) parameters and of the frame's scalars s
+(``core.frame.frame_scalars``: delta, the specimen's move and the x-z map), so to first order
 
-    d v_j = L_j d a_j + M_j d s,      L_j = dv_j/da_j (k, k),  M_j = dv_j/ds (k, 2),
+    d v_j = L_j d a_j + M_j d s,      L_j = dv_j/da_j (k, k),  M_j = dv_j/ds (k, n_s),
 
 and its covariance needs Cov(a_j), Cov(a_j, s) and Cov(s) only. All of them are quadratic
 forms u^T H^{-1} w between the gradients of linear functionals of the parameters: one-hot
 vectors for the view entries and global slots, autodiff gradients of s. When the markers are
 eliminated the views' block of H^{-1} is the inverse Schur complement (``solve.inverse_blocks``)
-and s needs two solves (``solve.factored_solve``, with the one factorisation); when the views
+and s needs one solve per scalar (``solve.factored_solve``, with the one factorisation); when the views
 are, one solve per view entry, batched.
 
 The same matrix names the parameters the data cannot tell apart. S = C^{-1}, C the covariance
@@ -41,9 +42,9 @@ import numpy as np
 from jaxtyping import Float
 
 from .. import compiled_cache
+from ..core.frame import N_FRAME_SCALARS, FrameRule, frame_scalars, framed_view
 from ..core.problem import final_problem, padded
 from ..core.result import AlignmentResult
-from ..core.settings import is_fixed
 from ..models import ProjectionModel, get_model
 from ..solve import Variables, effective_a, factored_solve, factorize, inverse_blocks, linearize, tie_weights
 from .criteria import effective_parameter_count
@@ -110,50 +111,10 @@ class AlignmentCovariance:
         object.__setattr__(self, "model", get_model(self.model))
 
 
-def frame_scalars(model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool, counts):
-    """(delta, zbar) of ``core.frame.reporting_frame``: the tilt change and the mean z (after
-    that change) it applies. views (n, k) model units; markers (m, 3) px, both possibly padded;
-    ``counts`` (2,): the real views and markers (the means are over those first rows only).
-    Traceable."""
-    dtype = views.dtype
-    n_views, n_markers = counts[0], counts[1]
-
-    def mean(values, n):  # over the first n entries
-        return jnp.sum(jnp.where(jnp.arange(values.shape[0]) < n, values, 0.0)) / n
-
-    delta = jnp.zeros((), dtype)
-    if tilt_free and model.tilt_offset is not None:
-        delta = -mean(views[:, model.index("tilt")] - nominal_tilts_rad, n_views)
-        _, markers = model.tilt_offset(views, markers, delta)
-    zbar = mean(markers[:, 2], n_markers) if _moves_z(model) else jnp.zeros((), dtype)
-    return delta, zbar
-
-
-def _moves_z(model: ProjectionModel) -> bool:
-    """Whether ``reporting_frame`` moves the markers to zero mean z (the shifts following)."""
-    return model.shift_parameters is not None and model.z_translation_symmetry
-
-
-def framed_view(model: ProjectionModel, view, delta, zbar, tilt_free: bool):
-    """One view (k,) moved into the reporting frame by (delta, zbar), as ``reporting_frame``."""
-    if tilt_free and model.tilt_offset is not None:
-        view = model.tilt_offset(view[None], jnp.zeros((1, 3), view.dtype), delta)[0][0]
-    if _moves_z(model):
-        centroid = jnp.zeros(3, view.dtype).at[2].set(zbar)
-        moved = model.project(view, centroid) - model.project(view, jnp.zeros(3, view.dtype))
-        sx, sy = (model.index(p) for p in model.shift_parameters)
-        view = view.at[jnp.array([sx, sy])].add(moved)
-    return view
-
-
-def framed_marker(model: ProjectionModel, marker, delta, zbar, tilt_free: bool):
-    """One marker (3,) moved into the reporting frame by (delta, zbar), as ``reporting_frame``."""
-    if tilt_free and model.tilt_offset is not None:
-        neutral = jnp.asarray(model.neutral, marker.dtype)[None]
-        marker = model.tilt_offset(neutral, marker[None], delta)[1][0]
-    if _moves_z(model):
-        marker = marker.at[2].add(-zbar)
-    return marker
+def count_masks(counts, n_views: int, n_markers: int):
+    """(view mask (n_views,), marker mask (n_markers,)) of a padded problem whose real views and
+    markers, ``counts`` (2,), come first."""
+    return jnp.arange(n_views) < counts[0], jnp.arange(n_markers) < counts[1]
 
 
 def _batched(f, tree, batch: int):
@@ -171,10 +132,8 @@ def _batched(f, tree, batch: int):
     return jax.tree.map(lambda v: v.reshape((n_batches * batch,) + v.shape[2:])[:n], out)
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
-def _covariance_core(
-    x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free, linearization=None
-):
+@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "rule"))
+def _covariance_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, rule, linearization=None):
     """The reported covariance (n_a, k, k) in model units without sigma^2, 2 * cost, and the
     ``N_DIRECTIONS`` weakest directions: (eigenvalues (d,), view part (d, n_a k + n_g) in
     solver units, marker part (d, n_b, 3) px, share of the image motion the markers carry (d,)).
@@ -198,20 +157,20 @@ def _covariance_core(
 
     def scalars(theta):
         views = effective_a(theta.a, theta.g, tie, blend) * unit
-        return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free, counts))
+        return frame_scalars(model, views, theta.b, nominal, rule, *count_masks(counts, n_a, n_b))
 
     free = Variables(
         structure.free_a.astype(dtype), structure.free_b.astype(dtype), structure.free_g.astype(dtype)
     )
     f_v = jnp.concatenate([free.a.reshape(-1), free.g])
-    frame_rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (2, ...)
+    frame_rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (n_s, ...)
     if eliminate == "b":
         # the views are the Schur complement's dense block: their H^{-1} block is S^{-1} itself
         # (own entries row-major, then the slots: ``solve._covariance``); two solves give the
         # frame scalars' rows, and one per weak direction its marker part (below)
         frame_solved = jax.vmap(solve)(frame_rhs)
         view_rows = inverse_blocks(lin, eliminate, factorization).dd * f_v[:, None] * f_v[None, :]
-        cross = jnp.concatenate([frame_solved.a.reshape(2, n_own), frame_solved.g], axis=1)  # (2, n_v)
+        cross = jnp.concatenate([frame_solved.a.reshape(N_FRAME_SCALARS, n_own), frame_solved.g], axis=1)
         corner = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(frame_rhs, frame_solved, strict=True))
         joint = jnp.block([[view_rows, cross.T], [cross, corner]])
 
@@ -245,7 +204,7 @@ def _covariance_core(
         def marker_parts(pushed):
             return jnp.einsum("dr,rbc->dbc", pushed, solved.b[: n_own + n_g])
 
-    joint = 0.5 * (joint + joint.T)  # (n_own + n_g + 2) square: H^{-1} quadratic forms
+    joint = 0.5 * (joint + joint.T)  # (n_own + n_g + n_s) square: H^{-1} quadratic forms
 
     # effective entry (view j, parameter p) -> its rows: the own entry, or the slot it is tied to
     # (frac of one slot and 1 - frac of another where a linear mode blends two)
@@ -254,24 +213,28 @@ def _covariance_core(
     rows = jnp.where(tie >= 0, n_own + jnp.clip(tie, 0), own_rows)
     rows2 = jnp.where(tie >= 0, n_own + jnp.clip(tie2, 0), own_rows)
     frac = jnp.where(tie >= 0, jnp.asarray(frac, dtype), 1.0)
-    s_rows = n_own + n_g + jnp.arange(2)
+    s_rows = n_own + n_g + jnp.arange(N_FRAME_SCALARS)
     views = effective_a(x.a, x.g, tie, blend) * unit
 
     def reported(view, view_rows, view_rows2, view_frac):
         i, i2 = jnp.concatenate([view_rows, s_rows]), jnp.concatenate([view_rows2, s_rows])
-        f = jnp.concatenate([view_frac, jnp.ones(2, dtype)])
+        f = jnp.concatenate([view_frac, jnp.ones(N_FRAME_SCALARS, dtype)])
         g = 1 - f
-        block = (  # (k + 2, k + 2) solver units: the blend of the joint's rows and columns
+        block = (  # (k + n_s) square, solver units: the blend of the joint's rows and columns
             f[:, None] * f[None, :] * joint[i[:, None], i[None, :]]
             + f[:, None] * g[None, :] * joint[i[:, None], i2[None, :]]
             + g[:, None] * f[None, :] * joint[i2[:, None], i[None, :]]
             + g[:, None] * g[None, :] * joint[i2[:, None], i2[None, :]]
         )
-        jac_view, jac_s = jax.jacfwd(
-            lambda v, s: framed_view(model, v, s[0], s[1], tilt_free), argnums=(0, 1)
-        )(view, jnp.zeros(2, dtype))
-        full = jnp.concatenate([jac_view * unit[None, :], jac_s], axis=1)  # (k, k + 2)
-        return full @ block @ full.T
+        jac_view, jac_s = jax.jacfwd(lambda v, s: framed_view(model, v, s, rule), argnums=(0, 1))(
+            view, jnp.zeros(N_FRAME_SCALARS, dtype)
+        )
+        full = jnp.concatenate([jac_view * unit[None, :], jac_s], axis=1)  # (k, k + n_s)
+        covariance = full @ block @ full.T
+        # an entry the frame fixes (the reference view's shifts): its terms cancel to round-off
+        gross = jnp.einsum("ip,pq,iq->i", jnp.abs(full), jnp.abs(block), jnp.abs(full))
+        fixed = jnp.abs(jnp.diagonal(covariance)) <= 1e-12 * gross
+        return jnp.where(fixed[:, None] | fixed[None, :], 0.0, covariance)
 
     # Weak directions: the information left on the view entries and slots once every other
     # parameter (markers included) compensates, S = C^{-1}, scaled by their own information.
@@ -282,7 +245,7 @@ def _covariance_core(
     raw = jnp.where(f_v > 0, jnp.concatenate([own_diag, jnp.diagonal(lin.h_gg)]), 1.0)
     scaled = info / jnp.sqrt(raw[:, None] * raw[None, :]) + jnp.diag(1.0 - f_v)
     # The model's exact symmetries (fixed by the gauge, so weak only by convention) are left out.
-    tangents = _symmetry_tangents(model, views, unit, tie, blend, n_g, tilt_free)
+    tangents = _symmetry_tangents(model, views, unit, tie, blend, n_g, rule)
     tangents = tangents * (jnp.sqrt(raw) * f_v)[None, :]
     basis = jnp.linalg.svd(tangents.T, full_matrices=False)[0]  # (n_v, n_sym) orthonormal
     keep = jnp.eye(n_v, dtype=dtype) - basis @ basis.T
@@ -306,7 +269,7 @@ def _covariance_core(
     )
 
 
-def _symmetry_tangents(model: ProjectionModel, views, unit, tie, blend, n_g: int, tilt_free: bool):
+def _symmetry_tangents(model: ProjectionModel, views, unit, tie, blend, n_g: int, rule: FrameRule):
     """View-space parts (n_sym, n_a k + n_g), solver units, of the model's exact symmetries
     (MODEL.md "Gauge freedoms"): the specimen moved along x, y, z (the shifts follow), scaled
     (the scales follow) and, with free tilts, turned about the tilt axis. A slot gets the mean
@@ -320,7 +283,7 @@ def _symmetry_tangents(model: ProjectionModel, views, unit, tie, blend, n_g: int
             rows.append(jnp.zeros((n_a, k)).at[:, sx].set(-moved[:, 0]).at[:, sy].set(-moved[:, 1]))
     if "scale" in model.parameters:
         rows.append(jnp.zeros((n_a, k)).at[:, model.index("scale")].set(views[:, model.index("scale")]))
-    if tilt_free and model.tilt_offset is not None:
+    if rule.tilts and not rule.mapped and model.tilt_offset is not None:
         rows.append(
             jax.vmap(jax.jacfwd(lambda d, v: model.tilt_offset(v[None], jnp.zeros((1, 3)), d)[0][0]))(
                 jnp.zeros(n_a), views
@@ -384,7 +347,7 @@ def covariance_arguments(result: AlignmentResult, problem) -> tuple[tuple, dict]
         fn=problem.fn,
         eliminate=problem.eliminate,
         model=result.model,
-        tilt_free=not is_fixed(settings.modes.get("tilt", "free")),
+        rule=settings.frame_rule(result.model),
     )
     return args, static
 

@@ -16,7 +16,6 @@ import numpy as np
 from ..core.frame import jit_reporting_frame
 from ..core.problem import final_problem
 from ..core.result import AlignmentResult
-from ..core.settings import is_fixed
 from ..solve import LMConfig, effective_a, solve_implicit
 
 
@@ -36,7 +35,6 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
     """
     model, settings = result.model, result.settings
     obs = result.observations
-    modes = settings.modes
     with jax.enable_x64(True):
         problem = final_problem(result)
     warm = jax.tree_util.tree_map(np.asarray, problem.x0)
@@ -46,7 +44,7 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
     center = np.asarray(obs.center)
     mask = np.asarray(obs.mask)
     tilt = model.index("tilt")
-    tilt_free = not is_fixed(modes.get("tilt", model.default_modes[tilt]))
+    rule = settings.frame_rule(model)
     base_views = np.asarray(result.views)
 
     def f(observed_xy, nominal_tilts_deg):
@@ -72,6 +70,6 @@ def alignment_function(result: AlignmentResult, *, config: LMConfig = LMConfig()
         )
         x = solve_implicit(problem.fn, x0, s, eliminate=problem.eliminate, config=config)
         views = effective_a(x.a, x.g, jnp.asarray(tie), blend) * unit
-        return jit_reporting_frame(model, views, x.b, nominal, tilt_free)
+        return jit_reporting_frame(model, views, x.b, nominal, rule)
 
     return f

@@ -3,10 +3,10 @@
 The covariance of the estimates is sigma^2 (J^T J)^{-1} at the optimum, with sigma^2 =
 RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of the
 inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The
-reported frame moves tilts to zero mean deviation from nominal and markers to zero mean z;
-the standard errors of those two families are projected into that frame exactly (one extra
-Gauss-Newton solve each, ``solve.factored_solve``), the others are unaffected to first
-order.
+reported frame (``core.frame``: tilts at zero mean deviation from nominal, and the imod
+model's x-stretches least; markers at zero mean z) is a function of the
+solution, and the standard errors are projected into it exactly (one extra Gauss-Newton solve
+per frame scalar, ``solve.factored_solve``): they describe the numbers reported.
 
 The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
 have if the fit were redone without it, to first order: (I - H_ii)^{-1} r_i, where
@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Float
 
 from .. import compiled_cache
+from ..core.frame import frame_scalars, framed_marker, framed_view
 from ..core.problem import final_problem
 from ..core.result import AlignmentResult
 from ..models import ProjectionModel, get_model
@@ -43,12 +44,10 @@ from ..solve import (
 )
 from .covariance import (
     AlignmentCovariance,
+    count_masks,
     covariance_arguments,
     covariance_core,
     covariance_from_core,
-    frame_scalars,
-    framed_marker,
-    framed_view,
 )
 
 
@@ -105,72 +104,75 @@ class Uncertainty:
         return int(np.sum(np.isfinite(self.leverage) & ~np.isfinite(self.loo_residuals[..., 0])))
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
-def _uncertainty_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free):
+@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "rule"))
+def _uncertainty_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, rule):
     """(var_a, var_b, leave-one-out residuals, leverages, RSS) of a problem padded by
     ``core.problem.padded`` (padded entries are fixed and unobserved); ``counts`` (2,): its real
     views and markers, over which the frame's means run; ``unit`` (k,), ``nominal`` (n_a,)
     tilts in radians: as ``covariance_arguments`` gives them."""
     lin = linearize(fn, x, structure)
-    options = dict(fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free)
+    options = dict(fn=fn, eliminate=eliminate, model=model, rule=rule)
     return _uncertainty_body(x, structure, counts, unit, nominal, lin, factorize(lin, eliminate), **options)
 
 
 def _reported_variances(
-    x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, tilt_free
+    x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, rule
 ):
     """Variances (solver units) of the reported view entries (n_a, k) and markers (n_b, 3): the
-    solution moved into the reporting frame (zero mean tilt change, zero mean marker z), whose
-    two scalars (``frame_scalars``) are functions of the whole solution. Each reported value is
-    f(its own entries, the two scalars); its variance is g C g^T, with g f's gradient and C the
-    joint covariance of those entries and scalars (the entries' block of H^{-1}, two solves for
-    their cross terms and the scalars' own)."""
+    solution moved into the reporting frame (``core.frame.reporting_frame``), whose
+    scalars (``core.frame.frame_scalars``) are functions of the whole solution. Each reported value
+    is f(its own entries, the scalars); its variance is g C g^T, with g f's gradient and C the
+    joint covariance of those entries and scalars (the entries' block of H^{-1}, one solve per
+    scalar for their cross terms and the scalars' own)."""
     dtype = x.a.dtype
     tie, blend = structure.tie_a, structure.tie_blend
     n_g = x.g.shape[0]
+    shape = (x.a.shape[0], x.b.shape[0])
     free = Variables(*(f.astype(dtype) for f in (structure.free_a, structure.free_b, structure.free_g)))
 
     def scalars(theta):
         views = effective_a(theta.a, theta.g, tie, blend) * unit
-        return jnp.stack(frame_scalars(model, views, theta.b, nominal, tilt_free, counts))
+        return frame_scalars(model, views, theta.b, nominal, rule, *count_masks(counts, *shape))
 
     frame = scalars(x)
-    rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (2, ...)
+    rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (n_s, ...)
     solved = jax.vmap(lambda v: factored_solve(factorization, eliminate, v))(rhs)
-    cov_s = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(rhs, solved, strict=True))  # (2, 2)
-    # cross covariance of each effective view entry with the scalars: (2, n_a, k)
+    cov_s = sum(jnp.einsum("r...,s...->rs", u, w) for u, w in zip(rhs, solved, strict=True))  # (n_s, n_s)
+    # cross covariance of each effective view entry with the scalars: (n_s, n_a, k)
     weights = tie_weights(tie, blend, n_g, dtype)  # (n_a, k, n_g)
     cross_a = jnp.where(tie[None] >= 0, jnp.einsum("apg,rg->rap", weights, solved.g), solved.a * free.a[None])
-    cross_b = solved.b * free.b[None]  # (2, n_b, 3)
+    cross_b = solved.b * free.b[None]  # (n_s, n_b, 3)
     c_aa, c_bb = block_covariances(lin, structure, eliminate, blocks)
     views = effective_a(x.a, x.g, tie, blend) * unit
 
     def one(f, value, c, cross, scale):
-        """Variance of each reported entry of one block: value (p,), c (p, p) and cross (2, p)
+        """Variance of each reported entry of one block: value (p,), c (p, p) and cross (n_s, p)
         solver units, scale (p,) model units per solver unit."""
-        jv, js = jax.jacfwd(lambda v, t: f(v, t[0], t[1]), argnums=(0, 1))(value, frame)
-        g = jnp.concatenate([jv * scale[None, :], js], axis=1)  # (p, p + 2)
+        jv, js = jax.jacfwd(f, argnums=(0, 1))(value, frame)
+        g = jnp.concatenate([jv * scale[None, :], js], axis=1)  # (p, p + n_s)
         joint = jnp.block([[c, cross.T], [cross, cov_s]])
-        return jnp.maximum(jnp.einsum("ip,pq,iq->i", g, joint, g), 0.0) / scale**2
+        variance = jnp.einsum("ip,pq,iq->i", g, joint, g)
+        # an entry the frame fixes (the reference view's shifts): its terms cancel to round-off
+        gross = jnp.einsum("ip,pq,iq->i", jnp.abs(g), jnp.abs(joint), jnp.abs(g))
+        variance = jnp.where(jnp.abs(variance) <= 1e-12 * gross, 0.0, variance)  # NaN stays: singular
+        return jnp.maximum(variance, 0.0) / scale**2
 
-    var_a = jax.vmap(lambda v, c, r: one(partial(framed_view, model, tilt_free=tilt_free), v, c, r, unit))(
+    var_a = jax.vmap(lambda v, c, r: one(partial(framed_view, model, rule=rule), v, c, r, unit))(
         views, c_aa, jnp.moveaxis(cross_a, 0, 1)
     )
     ones = jnp.ones(3, dtype)
-    var_b = jax.vmap(lambda m, c, r: one(partial(framed_marker, model, tilt_free=tilt_free), m, c, r, ones))(
+    var_b = jax.vmap(lambda m, c, r: one(partial(framed_marker, model, rule=rule), m, c, r, ones))(
         x.b, c_bb, jnp.moveaxis(cross_b, 0, 1)
     )
     return var_a, var_b
 
 
-def _uncertainty_body(
-    x, structure, counts, unit, nominal, lin, factorization, *, fn, eliminate, model, tilt_free
-):
+def _uncertainty_body(x, structure, counts, unit, nominal, lin, factorization, *, fn, eliminate, model, rule):
     """``_uncertainty_core`` given the linearization at x and its factorization (one of each
     serves every solve and block of H^{-1} below)."""
     blocks = inverse_blocks(lin, eliminate, factorization)
     var_a, var_b = _reported_variances(
-        x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, tilt_free
+        x, structure, counts, unit, nominal, lin, factorization, blocks, eliminate, model, rule
     )
     dtype = x.a.dtype
     wts = structure.weights
@@ -193,13 +195,13 @@ def _uncertainty_body(
     return var_a, var_b, loo, jnp.trace(hat, axis1=-2, axis2=-1), rss
 
 
-@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "tilt_free"))
-def _errors_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, tilt_free):
+@partial(jax.jit, static_argnames=("fn", "eliminate", "model", "rule"))
+def _errors_core(x, structure, counts, unit, nominal, *, fn, eliminate, model, rule):
     """``_uncertainty_core`` and the covariance computation of the same problem, in one: one
     linearization and one factorization serve both."""
     lin = linearize(fn, x, structure)
     factorization = factorize(lin, eliminate)
-    covariance = dict(fn=fn, eliminate=eliminate, model=model, tilt_free=tilt_free)
+    covariance = dict(fn=fn, eliminate=eliminate, model=model, rule=rule)
     return (
         _uncertainty_body(x, structure, counts, unit, nominal, lin, factorization, **covariance),
         covariance_core(

@@ -83,7 +83,7 @@ class ChunkRunner:
             [(*c.tolerances(np.dtype(dtype)), c.initial_damping) for c in configs], dtype
         )  # (S, 4)
         self.max_iterations = np.asarray([c.max_iterations for c in configs], np.int32)  # (S,)
-        self.tilt_free = self.alignment_settings.tilts_solved
+        self.frame_rule = self.alignment_settings.frame_rule(plan.model)
         self.last_ready = 0.0
 
     def fail(self, s: Series, error: Exception) -> None:
@@ -240,7 +240,7 @@ class ChunkRunner:
         try:
             with jax.enable_x64(True):
                 views, markers, predicted = jax.device_get(
-                    reporting_frames(m, self.tilt_free, views, markers, nominal, view_mask, marker_mask)
+                    reporting_frames(m, self.frame_rule, views, markers, nominal, view_mask, marker_mask)
                 )
         except Exception as e:  # noqa: BLE001
             for s in alive:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from ..core.frame import predicted_positions, reporting_frame
+from ..core.frame import FrameRule, predicted_positions, reporting_frame
 from ..models import ProjectionModel
 from ..solve import LMConfig, Status, Structure, Variables, effective_a, least_squares
 from .plan import SERIES_AXIS
@@ -120,7 +120,7 @@ def batch_kernel(fn, eliminate: str, width: int, mesh: Mesh | None):
 
 @partial(jax.jit, static_argnums=(0, 1))
 def reporting_frames(
-    model: ProjectionModel, tilt_free: bool, views, markers, nominal, view_mask, marker_mask
+    model: ProjectionModel, rule: FrameRule, views, markers, nominal, view_mask, marker_mask
 ):
     """Reporting frame and predicted positions of padded series (leading batch axis).
 
@@ -130,7 +130,7 @@ def reporting_frames(
     """
 
     def one(views, markers, nominal, view_mask, marker_mask):
-        views, markers = reporting_frame(model, views, markers, nominal, tilt_free, view_mask, marker_mask)
+        views, markers = reporting_frame(model, views, markers, nominal, rule, view_mask, marker_mask)
         return views, markers, predicted_positions(model, views, markers)
 
     return jax.vmap(one)(views, markers, nominal, view_mask, marker_mask)

@@ -159,7 +159,7 @@ def align(
             if progress is not None:
                 progress(reports[-1])
 
-    views, markers = to_reporting_frame(m, views, markers, np.radians(obs.tilts_deg), settings.tilts_solved)
+    views, markers = to_reporting_frame(m, views, markers, np.radians(obs.tilts_deg), settings.frame_rule(m))
     return result_from_solution(
         m,
         obs,

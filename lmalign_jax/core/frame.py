@@ -1,19 +1,24 @@
 """The reporting frame of a solution and the positions it predicts.
 
 A solution is reported in the frame, reached by exact symmetries of the model, whose tilts
-deviate from the nominal ones by zero on average and whose markers have zero mean z. Marker
-x, y stay in the gauge's frame: the specimen origin projects onto the image centre in the
-reference view, so the aligned images sit where the raw ones did (as in IMOD). A model
-without the exact z symmetry (``ProjectionModel.z_translation_symmetry``) keeps its z, which
-``align()`` and ``align_batch()`` centre before running the last stage once more instead
-(:func:`recentred_again`). ``align()``,
-``align_batch()`` (on padded series, with masks) and ``alignment_function`` all use
-``reporting_frame``.
+deviate from the nominal ones by zero on average (a model with a frame map,
+``ProjectionModel.frame_map``, the imod model's affine z, maps its specimen first: the imod
+model's x-stretches are then least), whose scale is 1 in the view nearest 0 degrees, whose
+markers have zero mean z, and whose specimen origin projects onto the image centre in that
+view, so the aligned images sit where the raw ones did (as in IMOD). The frame is a function
+of the solution alone, whatever values earlier stages left in the gauge's fixed entries, so
+repeated fits report comparable numbers and their standard errors (``analysis.uncertainty``)
+are those of the numbers reported. Symmetries a model lacks are not used
+(``ProjectionModel.z_translation_symmetry`` and its kin); ``align()`` and ``align_batch()``
+centre the z of a model without the z one before running the last stage once more instead
+(:func:`recentred_again`). ``align()``, ``align_batch()`` (on padded series, with masks) and
+``alignment_function`` all use ``reporting_frame``.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +26,41 @@ import numpy as np
 
 from .. import compiled_cache
 from ..models import ProjectionModel
+
+#: Entries of a frame's scalar vector: the tilt change (radians), the specimen's scaling
+#: minus 1, its move (x, y, z px; the markers move by minus it, the shifts follow), and a frame
+#: map's four numbers (``ProjectionModel.frame_map``); all zero leave a solution unchanged.
+N_FRAME_SCALARS = 9
+_MOVE, _MAP = slice(2, 5), slice(5, 9)
+
+
+class FrameRule(NamedTuple):
+    """Which of a model's exact symmetries the reporting frame uses, from what was solved.
+
+    tilts: the tilts were solved (the frame may move them).
+    mapped: the model's ``frame_map`` applies (its needed parameters free in every view
+        and the tilts solved); it then replaces the tilt change.
+    """
+
+    tilts: bool
+    mapped: bool = False
+
+
+def frame_rule(model: ProjectionModel, modes: dict, tilts_solved: bool) -> FrameRule:
+    """The frame of a solution of ``model`` fitted with ``modes`` (missing names: the model's
+    default mode)."""
+    frame_map = model.frame_map
+    free = frame_map is not None and all(
+        _mode_is_free(modes.get(name, model.default_modes[model.index(name)])) for name in frame_map.needs
+    )
+    return FrameRule(tilts=bool(tilts_solved), mapped=bool(tilts_solved and free))
+
+
+def _mode_is_free(mode) -> bool:
+    """Whether a parameter mode gives every view its own value."""
+    if isinstance(mode, str):
+        return mode == "free"
+    return bool(np.all(np.asarray(mode) == -1))
 
 
 def _mean(values, mask):
@@ -30,27 +70,118 @@ def _mean(values, mask):
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def _moves(model: ProjectionModel) -> tuple[bool, bool]:
+    """Whether the frame moves the specimen (the shifts following) in (x and y, z): a model with
+    shifts whose projection such a move changes by the same image offset everywhere."""
+    shifts = model.shift_parameters is not None
+    return shifts and model.xy_translation_symmetry, shifts and model.z_translation_symmetry
+
+
+def _reference(nominal_tilts_rad, view_mask):
+    """The real view nearest 0 degrees, by nominal tilt (``core.problem.reference_view``)."""
+    size = jnp.abs(nominal_tilts_rad)
+    return jnp.argmin(size if view_mask is None else jnp.where(view_mask, size, jnp.inf))
+
+
+def _scales(model: ProjectionModel) -> bool:
+    """Whether the frame scales the specimen (every view's scale following)."""
+    return "scale" in model.parameters and model.scale_symmetry
+
+
+def _turned(model: ProjectionModel, views, markers, scalars, rule: FrameRule):
+    """The solution (views (n, k), markers (m, 3)) after the frame's tilt change or frame map and
+    its scaling (markers by 1 + scalars[1], the views' scales by its inverse)."""
+    if rule.mapped:
+        views, markers = model.frame_map.apply(views, markers, scalars[_MAP])
+    elif rule.tilts and model.tilt_offset is not None:
+        views, markers = model.tilt_offset(views, markers, scalars[0])
+    if _scales(model):
+        factor = 1 + scalars[1]
+        views = views.at[..., model.index("scale")].divide(factor)
+        markers = markers * factor
+    return views, markers
+
+
+def frame_scalars(
+    model: ProjectionModel,
+    views,
+    markers,
+    nominal_tilts_rad,
+    rule: FrameRule,
+    view_mask=None,
+    marker_mask=None,
+):
+    """The scalars (``N_FRAME_SCALARS``,) that move a solution into its reporting frame.
+
+    First the tilts: changed by minus their mean deviation from nominal, or, for a model with a
+    frame map (``ProjectionModel.frame_map``), its map. Then the specimen is scaled to a scale of
+    1 in the view nearest 0 degrees, and moved to zero mean marker z and to where its origin
+    projects onto the image centre in that view. views (n, k) model units, markers (m, 3) px,
+    nominal (n,) radians; the masks: the real entries of a padded series. Traceable.
+    """
+    dtype = views.dtype
+    scalars = jnp.zeros(N_FRAME_SCALARS, dtype)
+    ref = _reference(nominal_tilts_rad, view_mask)
+    if rule.mapped:
+        scalars = scalars.at[_MAP].set(model.frame_map.scalars(views, nominal_tilts_rad, view_mask))
+    elif rule.tilts and model.tilt_offset is not None:
+        scalars = scalars.at[0].set(-_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask))
+    if _scales(model):  # the turn leaves the scales as they are
+        scalars = scalars.at[1].set(views[ref, model.index("scale")] - 1)
+    moves_xy, moves_z = _moves(model)
+    if not moves_z:  # (every model with the x-y symmetry has the z one)
+        return scalars
+    views, markers = _turned(model, views, markers, scalars, rule)
+    zbar = _mean(markers[:, 2], marker_mask)
+    if not moves_xy:
+        return scalars.at[_MOVE].set(jnp.zeros(3, dtype).at[2].set(zbar))
+    at_ref = partial(model.project, views[ref])
+    origin = jnp.zeros(3, dtype)
+    image = jax.jacfwd(at_ref)(origin)  # (2, 3): the view is affine in the marker position
+    # the move t with the origin's image at the centre: image t + offset = 0, t_z = zbar
+    offset = at_ref(origin) + image[:, 2] * zbar
+    xy = image[:, :2]
+    usable = jnp.abs(jnp.linalg.det(xy)) > 1e-12
+    move = jnp.linalg.solve(jnp.where(usable, xy, jnp.eye(2, dtype=dtype)), -offset)
+    return scalars.at[_MOVE].set(jnp.concatenate([jnp.where(usable, move, 0.0), zbar[None]]))
+
+
+def framed_view(model: ProjectionModel, view, scalars, rule: FrameRule):
+    """One view (k,) moved into the reporting frame by ``scalars`` (:func:`frame_scalars`)."""
+    view = _turned(model, view[None], jnp.zeros((1, 3), view.dtype), scalars, rule)[0][0]
+    if any(_moves(model)):
+        moved = model.project(view, scalars[_MOVE]) - model.project(view, jnp.zeros(3, view.dtype))
+        sx, sy = (model.index(p) for p in model.shift_parameters)
+        view = view.at[jnp.array([sx, sy])].add(moved)
+    return view
+
+
+def framed_marker(model: ProjectionModel, marker, scalars, rule: FrameRule):
+    """One marker (3,) moved into the reporting frame by ``scalars`` (:func:`frame_scalars`)."""
+    neutral = jnp.asarray(model.neutral, marker.dtype)[None]
+    marker = _turned(model, neutral, marker[None], scalars, rule)[1][0]
+    return marker - scalars[_MOVE] if any(_moves(model)) else marker
+
+
 def reporting_frame(
     model: ProjectionModel,
     views,
     markers,
     nominal_tilts_rad,
-    tilt_free: bool,
+    rule: FrameRule,
     view_mask=None,
     marker_mask=None,
 ):
     """The same solution in the reporting frame (traceable JAX; no batch axis).
 
     views: (n_views, k) model units; markers: (n_markers, 3) pixels; nominal_tilts_rad:
-    (n_views,). ``tilt_free``: whether the tilts were solved (else only markers move to zero
-    mean z). ``view_mask`` (n_views,), ``marker_mask`` (n_markers,): the real entries of a
-    padded series (means are taken over them); None means all. Returns (views, markers).
+    (n_views,). ``rule``: which symmetries the frame uses (:func:`frame_rule`). ``view_mask``
+    (n_views,), ``marker_mask`` (n_markers,): the real entries of a padded series (means and
+    the reference view are taken over them); None means all. Returns (views, markers).
     """
-    if tilt_free and model.tilt_offset is not None:
-        delta = -_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask)
-        views, markers = model.tilt_offset(views, markers, delta)
-    if model.shift_parameters is not None and model.z_translation_symmetry:
-        views, markers = _z_centred(model, views, markers, marker_mask)
+    scalars = frame_scalars(model, views, markers, nominal_tilts_rad, rule, view_mask, marker_mask)
+    views = jax.vmap(lambda view: framed_view(model, view, scalars, rule))(views)
+    markers = jax.vmap(lambda marker: framed_marker(model, marker, scalars, rule))(markers)
     return views, markers
 
 
@@ -99,14 +230,14 @@ def predicted_positions(model: ProjectionModel, views, markers):
     return jax.vmap(jax.vmap(model.project, in_axes=(None, 0)), in_axes=(0, None))(views, markers)
 
 
-#: ``reporting_frame`` compiled (model and tilt_free static); traced calls inline it.
+#: ``reporting_frame`` compiled (model and rule static); traced calls inline it.
 jit_reporting_frame = jax.jit(reporting_frame, static_argnums=(0, 4))
 
 
-@partial(jax.jit, static_argnames=("model", "tilt_free"))
-def _frame_of_one(views, markers, nominal_tilts_rad, *, model: ProjectionModel, tilt_free: bool):
+@partial(jax.jit, static_argnames=("model", "rule"))
+def _frame_of_one(views, markers, nominal_tilts_rad, *, model: ProjectionModel, rule: FrameRule):
     """``reporting_frame`` with its static options as keywords (as ``compiled_cache.call`` keys them)."""
-    return reporting_frame(model, views, markers, nominal_tilts_rad, tilt_free)
+    return reporting_frame(model, views, markers, nominal_tilts_rad, rule)
 
 
 @partial(jax.jit, static_argnames=("model",))
@@ -115,7 +246,7 @@ def _predicted_of_one(views, markers, *, model: ProjectionModel):
 
 
 def to_reporting_frame(
-    model: ProjectionModel, views, markers, nominal_tilts_rad, tilt_free: bool
+    model: ProjectionModel, views, markers, nominal_tilts_rad, rule: FrameRule
 ) -> tuple[np.ndarray, np.ndarray]:
     """``reporting_frame`` of one solution on the host: float64 numpy (views, markers)."""
     with jax.enable_x64(True):
@@ -124,7 +255,7 @@ def to_reporting_frame(
             np.asarray(markers, np.float64),
             np.asarray(nominal_tilts_rad, np.float64),
         )
-        views, markers = compiled_cache.call(_frame_of_one, *args, model=model, tilt_free=tilt_free)
+        views, markers = compiled_cache.call(_frame_of_one, *args, model=model, rule=rule)
         return np.asarray(views, np.float64), np.asarray(markers, np.float64)
 
 

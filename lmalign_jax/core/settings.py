@@ -16,6 +16,7 @@ import numpy as np
 from ..models import ProjectionModel, get_model
 from ..observations import Observations
 from ..solve import LMConfig
+from .frame import FrameRule, frame_rule
 
 STAGES = ("initial", "main", "tilt", "joint")
 #: Relative cost change at which a stage that is not the last one stops.
@@ -50,6 +51,10 @@ class AlignmentSettings:
         return not is_fixed(self.modes.get("tilt", "free")) and any(
             s in ("tilt", "joint") for s in self.stages
         )
+
+    def frame_rule(self, model: ProjectionModel) -> FrameRule:
+        """The reporting frame of a solution of ``model`` fitted with these settings."""
+        return frame_rule(model, self.modes, self.tilts_solved)
 
 
 def is_fixed(mode) -> bool:

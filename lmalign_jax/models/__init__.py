@@ -1,6 +1,6 @@
 """Projection models, registered by name. A new variant is one module plus one line below."""
 
-from ._base import PARAMETER_KINDS, ProjectionModel
+from ._base import PARAMETER_KINDS, FrameMap, ProjectionModel
 from .diez import MODEL as DIEZ
 from .imod import MODEL as IMOD
 from .jou import MODEL as JOU
@@ -24,4 +24,4 @@ def get_model(model: str | ProjectionModel) -> ProjectionModel:
         raise ValueError(f"unknown projection model {model!r}; choose one of {', '.join(MODELS)}") from None
 
 
-__all__ = ["DEFORMATION_MODELS", "MODELS", "PARAMETER_KINDS", "ProjectionModel", "get_model"]
+__all__ = ["DEFORMATION_MODELS", "MODELS", "PARAMETER_KINDS", "FrameMap", "ProjectionModel", "get_model"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -11,6 +12,26 @@ import numpy as np
 #: "angle" (radians) and "ratio" (dimensionless, e.g. a scale) move a point by about
 #: (marker radius) pixels per unit; "length" parameters are pixels already.
 PARAMETER_KINDS = ("angle", "ratio", "length")
+
+
+class FrameMap(NamedTuple):
+    """An exact symmetry of a model that the reporting frame uses to report a solution in one
+    reproducible frame, whatever values the stages left in the gauge's fixed entries
+    (``core.frame.reporting_frame``): a linear map of the specimen's x-z plane, whose four
+    entries (the map minus the identity, row-major) are ``scalars``.
+
+    needs: parameters that must be free in every view (and the tilts solved) for the map to be
+        exact, e.g. a per-view x-stretch that takes up how the map lengthens each projection.
+    scalars: ``scalars(views (n, k), nominal_tilts_rad (n,), view_mask (n,) or None) -> (4,)``:
+        the map to the frame the model reports in (the mask: the real views of a padded
+        series); zeros where the map would not be exact or is undetermined. Traceable.
+    apply: ``apply(views (n, k), xyz (m, 3), scalars (4,)) -> (views, xyz)``: the exactly
+        equivalent solution. Traceable; the zero scalars leave the solution unchanged.
+    """
+
+    needs: tuple[str, ...]
+    scalars: Callable
+    apply: Callable
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,9 @@ class ProjectionModel:
             (views, xyz)``: the exactly equivalent solution with every tilt increased by
             ``delta`` radians (the specimen rotated about the tilt axis), or None when the
             model has no such exact symmetry.
+        frame_map: optional :class:`FrameMap`: a symmetry the reporting frame uses
+            instead of ``tilt_offset`` when its needed parameters are free (the imod model's
+            affine z, whose gauge entries would otherwise keep the values earlier stages left).
         shift_parameters: names of the two parameters added to the projected position
             (dx, dy), or None if the model has no shift.
         regularization: optional ``regularization(views (n_views, k)) -> (n_rows,)``: extra
@@ -58,6 +82,12 @@ class ProjectionModel:
             shifts, is an exact symmetry (the reporting frame then moves the markers' mean z
             to 0; models whose image terms depend on the projected position, e.g. a warp, set
             False).
+        xy_translation_symmetry: the same for a move in x and y (the reporting frame then puts
+            the specimen origin's image at the image centre in the view nearest 0 degrees);
+            False for models whose terms depend on the markers' x, y (a warp, a dome).
+        scale_symmetry: whether scaling every marker by f and every view's "scale" by 1 / f is
+            exact (the reporting frame then sets the scale of the view nearest 0 degrees to 1);
+            False for models with terms in the markers' x, y (a warp, a dome).
     """
 
     name: str
@@ -69,10 +99,13 @@ class ProjectionModel:
     gauge_marker_z: bool
     project: Callable
     tilt_offset: Callable | None = None
+    frame_map: FrameMap | None = None
     far_gauge: tuple[tuple[str, ...], ...] = ()
     shift_parameters: tuple[str, str] | None = ("dx", "dy")
     regularization: Callable | None = None
     z_translation_symmetry: bool = True
+    xy_translation_symmetry: bool = True
+    scale_symmetry: bool = True
     group_size_power: tuple[tuple[str, float, float], ...] = (("tilt", 0.0, 1.0),)
     description: str = field(default="", compare=False)
 
@@ -88,7 +121,9 @@ class ProjectionModel:
                 raise ValueError(f"model {self.name!r}: unknown parameter kind {kind!r}")
         far = tuple(name for group in self.far_gauge for name in group)
         sized = tuple(entry[0] for entry in self.group_size_power)
-        for name in self.gauge + far + sized + (self.shift_parameters or ()) + ("rotation", "tilt"):
+        mapped = self.frame_map.needs if self.frame_map is not None else ()
+        named = self.gauge + far + sized + mapped + (self.shift_parameters or ()) + ("rotation", "tilt")
+        for name in named:
             if name not in self.parameters:
                 raise ValueError(f"model {self.name!r}: parameter {name!r} is not one of {self.parameters}")
 

@@ -13,14 +13,28 @@ projection direction (a new tilt) and changes its length (a new x-stretch), and 
 z adds y to the image x row (absorbed by skew and rotation). All three vanish at zero tilt,
 so fixing the reference view cannot remove them; with tilt and x-stretch free per view they
 are fixed at the view of largest nominal |tilt| (tilt and x-stretch there, and skew when it
-is free too: ``far_gauge``). The fit's residuals do not change; the reported tilts are those
-whose far-view tilt is the nominal one.
+is free too: ``far_gauge``). The fit's residuals do not change.
+
+Reporting frame. The gauge holds those entries where the stages before the joint one left
+them (the tilt stage moves them with the markers held), which differs from draw to draw of the
+noise. With tilt and x-stretch free in every view (the default), the solution is reported
+mapped by the exact symmetry behind the gauge (``frame_map``): a linear map B of the
+specimen's x-z plane (markers (x, z) -> B^-1 (x, z)) under which each view's projection row
+w = (cos t, c sin t) becomes w B = rho (cos t', c sin t'): a new tilt t', the length rho taken
+up by the x-stretch, (1 + e') = (1 + e) rho. B B^T (three numbers) is the one that makes the
+stretches smallest, sum ((1 + e')^2 - 1)^2 least (linear in B B^T: closed form); the rotation
+left (one number) gives the tilts zero mean deviation from nominal, as for jou. The reported
+tilts and stretches, and their standard errors, are thus those of one reproducible frame, in
+which the gauge's views have no special standing. The map is exact only with no beam tilt
+(which mixes the projected z into y); with one, the solution keeps the gauge's values. The
+y-shear of z (absorbed by skew) is not mapped: it stays where the gauge holds skew, which moved
+by 2e-5 rad at the far view between noise draws of a 41-view series, 4% of a skew's error.
 """
 
 import jax.numpy as jnp
 
 from ..geometry import rotate2, rotate_x, rotate_y
-from ._base import ProjectionModel
+from ._base import FrameMap, ProjectionModel
 
 
 def distort(stretch, skew, u, v):
@@ -41,6 +55,62 @@ def project(view, xyz):
     return jnp.stack([scale * px + dx, scale * py + dy])
 
 
+_TILT, _COMPRESSION, _STRETCH, _BEAMTILT = 2, 5, 6, 8
+
+
+def _projection_row(tilt, compression):
+    """(cos t, c sin t) (2, ...): the specimen x-z row of a view's projected x."""
+    return jnp.stack([jnp.cos(tilt), compression * jnp.sin(tilt)])
+
+
+def least_stretch_map(views, nominal_tilts_rad, view_mask=None):
+    """The x-z map B - I (4,) of the reporting frame (module docstring): B = S R(phi), S the
+    symmetric square root of the B B^T with the least squared stretch, phi the turn that gives the
+    tilts zero mean deviation from nominal. views (n, 9), nominal (n,) radians, ``view_mask`` (n,)
+    the real views of a padded series (None: all). Zeros when a view has a beam tilt (the map is
+    not exact) or the tilts do not determine B B^T (fewer than three distinct ones)."""
+    dtype = views.dtype
+    real = jnp.ones(views.shape[0], bool) if view_mask is None else view_mask
+    compression = jnp.where(views[:, _COMPRESSION] == 0, 1.0, views[:, _COMPRESSION])  # padded views
+    rows = _projection_row(views[:, _TILT], compression).T  # (n, 2)
+    # (1 + e')^2 = (1 + e)^2 w G w^T is linear in G = B B^T = [[g0, g1], [g1, g2]]
+    terms = (1 + views[:, _STRETCH])[:, None] ** 2 * jnp.stack(
+        [rows[:, 0] ** 2, 2 * rows[:, 0] * rows[:, 1], rows[:, 1] ** 2], axis=1
+    )
+    terms = jnp.where(real[:, None], terms, 0.0)
+    normal = terms.T @ terms
+    scale = jnp.trace(normal) / 3
+    determined = jnp.linalg.det(normal) > 1e-12 * scale**3
+    g = jnp.linalg.solve(jnp.where(determined, normal, jnp.eye(3, dtype=dtype)), terms.T @ real.astype(dtype))
+    gram = jnp.array([[g[0], g[1]], [g[1], g[2]]])
+    det = g[0] * g[2] - g[1] ** 2
+    usable = determined & (det > 0) & (g[0] + g[2] > 0) & jnp.all(views[:, _BEAMTILT] == 0)
+    root = jnp.sqrt(jnp.where(usable, det, 1.0))
+    sym = (jnp.where(usable, gram, jnp.eye(2, dtype=dtype)) + root * jnp.eye(2, dtype=dtype)) / jnp.sqrt(
+        jnp.where(usable, g[0] + g[2], 2.0) + 2 * root
+    )
+    turned = rows @ sym
+    angle = jnp.arctan2(turned[:, 1], turned[:, 0])
+    wanted = jnp.arctan2(compression * jnp.sin(nominal_tilts_rad), jnp.cos(nominal_tilts_rad))
+    phi = -jnp.sum(jnp.where(real, angle - wanted, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+    turn = jnp.array([[jnp.cos(phi), jnp.sin(phi)], [-jnp.sin(phi), jnp.cos(phi)]])
+    change = sym @ turn - jnp.eye(2, dtype=dtype)
+    return jnp.where(usable, change.reshape(4), 0.0)
+
+
+def map_xz(views, xyz, scalars):
+    """The equivalent solution (views (n, 9), markers (m, 3)) under the x-z map B = I + scalars."""
+    b = jnp.eye(2, dtype=views.dtype) + scalars.reshape(2, 2)
+    tilt, stretch = views[:, _TILT], views[:, _STRETCH]
+    compression = jnp.where(views[:, _COMPRESSION] == 0, 1.0, views[:, _COMPRESSION])  # padded views
+    row = _projection_row(tilt, compression).T @ b  # (n, 2)
+    along, across = row[:, 0], row[:, 1] / compression
+    views = views.at[:, _TILT].set(jnp.arctan2(across, along))
+    views = views.at[:, _STRETCH].set((1 + stretch) * jnp.hypot(along, across) - 1)
+    xz = jnp.linalg.solve(b, jnp.stack([xyz[:, 0], xyz[:, 2]]))  # (2, m)
+    return views, xyz.at[:, 0].set(xz[0]).at[:, 2].set(xz[1])
+
+
 MODEL = ProjectionModel(
     name="imod",
     parameters=("scale", "rotation", "tilt", "dx", "dy", "compression", "xstretch", "skew", "beamtilt"),
@@ -50,6 +120,7 @@ MODEL = ProjectionModel(
     gauge=("scale", "dx", "dy", "compression", "xstretch", "skew"),
     gauge_marker_z=True,
     far_gauge=(("tilt", "xstretch"), ("tilt", "xstretch", "skew")),
+    frame_map=FrameMap(needs=("tilt", "xstretch"), scalars=least_stretch_map, apply=map_xz),
     # tiltalign's relative group sizes (cos(tilt) ** power): (name, blocks, linear)
     group_size_power=(
         ("tilt", 0.0, 1.0),

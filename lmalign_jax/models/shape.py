@@ -69,5 +69,7 @@ MODEL = ProjectionModel(
     gauge_marker_z=True,
     project=project,
     regularization=smoothness,
+    xy_translation_symmetry=False,
+    scale_symmetry=False,
     description="jou plus a smooth per-view thinning and doming of the specimen (deformation model)",
 )

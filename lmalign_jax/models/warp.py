@@ -88,5 +88,7 @@ MODEL = ProjectionModel(
     tilt_offset=tilt_offset,
     regularization=smoothness,
     z_translation_symmetry=False,
+    xy_translation_symmetry=False,
+    scale_symmetry=False,
     description="jou plus a smooth per-view quadratic in-plane warp (deformation model)",
 )
