@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_at_noise_floor, floor_fit
 
-from lmalign_jax import align, simulate
+from lmalign_jax import align, simulate, uncertainty
 from lmalign_jax.analysis.robust import RobustResult, align_robust
 from lmalign_jax.analysis.robust_weights import (
     KEEP_WEIGHT,
@@ -169,6 +169,18 @@ def test_other_losses(outlier_case, loss):
     gap = rms(robust.result.residuals[inliers]) / rms(oracle.residuals[inliers]) - 1
     assert 0 <= gap < rms_sd(inliers)
     assert_at_noise_floor(inlier_fit(series, inliers, robust.result))
+
+
+def test_robust_noise_estimate(outlier_case):
+    """The noise a robust fit's standard errors are scaled by (``analysis.covariance.noise_variance``)
+    against the simulated sigma. One series estimates it to about 1.6% (2 N coordinates), so
+    Huber's, whose weight is 1 on every inlier, is within 6%; a mis-click's w r^2 once made it 25%
+    high. Tukey's and Cauchy's weights fall below 1 on the larger inlier residuals: 4-9% low."""
+    series, _, plain, _, robust = outlier_case
+    for loss, low, high in (("tukey", 0.88, 1.0), ("huber", 0.94, 1.06), ("cauchy", 0.88, 1.0)):
+        fit = robust if loss == "tukey" else align_robust(series.observations, loss=loss, initial=plain)
+        ratio = uncertainty(fit.result).sigma_px / series.noise_px
+        assert low < ratio < high, (loss, ratio)
 
 
 def test_imod_madn_normalisation_is_available(outlier_case):

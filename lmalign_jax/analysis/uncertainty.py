@@ -48,6 +48,7 @@ from .covariance import (
     covariance_arguments,
     covariance_core,
     covariance_from_core,
+    noise_variance,
 )
 
 
@@ -229,8 +230,7 @@ def uncertainty(result: AlignmentResult, *, with_covariance: bool = False) -> Un
         var_a, var_b, loo, lev = var_a[:n_a], var_b[:n_b], loo[:n_a, :n_b], lev[:n_a, :n_b]
     # a deformation model counts its effective parameters: the trace of the hat matrix
     n_parameters = float(np.nansum(lev)) if m.regularization is not None else float(problem.n_free)
-    dof = 2 * obs.n_observed - n_parameters
-    sigma = float(np.sqrt(rss / dof)) if dof > 0 else float("nan")
+    sigma = float(np.sqrt(noise_variance(result, float(rss), n_parameters)))
     views_se = sigma * np.sqrt(np.asarray(var_a)) * problem.unit
     markers_se = sigma * np.sqrt(np.asarray(var_b))
     regular = bool(np.isfinite(views_se).all() and np.isfinite(markers_se).all())
