@@ -377,7 +377,8 @@ def noise_variance(result: AlignmentResult, rss: float, n_parameters: float) -> 
     Unweighted: ``rss / (2 N_obs - n_parameters)``. A weighted fit (robust: cost sum w r^2,
     ``result.settings.weights`` = sqrt(w)) has covariance (J^T W J)^{-1} J^T W C W J (J^T W J)^{-1},
     C the points' own variances; with W C W ~ sigma^2 W it is sigma^2 (J^T W J)^{-1} for
-    sigma^2 = sum w^2 r^2 / (2 sum w - n_parameters): a rejected point (w = 0) counts neither in
+    sigma^2 = sum w^2 r^2 / (2 sum w - n_parameters), w relative to the largest (so weights that
+    are all alike give the unweighted answer): a rejected point (w = 0) counts neither in
     the sum nor in the degrees of freedom, and a down-weighted one (Huber's w = k s / |r|) adds
     its bounded w^2 r^2, not the w r^2 that grows with its displacement (which made Huber's
     errors 1.2x their scatter, its sigma 1.25x the noise with 3% of the points mis-clicked).
@@ -390,9 +391,14 @@ def noise_variance(result: AlignmentResult, rss: float, n_parameters: float) -> 
         dof = 2 * obs.n_observed - n_parameters
         return float(rss) / dof if dof > 0 else float("nan")
     w = np.where(obs.mask, np.asarray(weights, np.float64) ** 2, 0.0)
+    largest = float(w.max())
+    if not largest > 0:
+        return float("nan")
+    w = w / largest  # relative: weights all alike give the unweighted answer
     squared = np.where(obs.mask, np.sum(np.nan_to_num(result.residuals) ** 2, axis=-1), 0.0)
     dof = 2 * float(np.sum(w)) - n_parameters
-    return float(np.sum(w**2 * squared)) / dof if dof > 0 else float("nan")
+    # in the weighted cost's units (H carries the weights): the noise itself when the largest is 1
+    return largest * float(np.sum(w**2 * squared)) / dof if dof > 0 else float("nan")
 
 
 def covariance_from_core(

@@ -40,10 +40,15 @@ class FrameRule(NamedTuple):
     tilts: the tilts were solved (the frame may move them).
     mapped: the model's ``frame_map`` applies (its needed parameters free in every view
         and the tilts solved); it then replaces the tilt change.
+    moves: every view has its own shifts, which can take up a move of the specimen (a shared
+        or grouped shift cannot: the move shifts each view's image by its own amount).
+    scales: no view's scale is fixed, so all can follow a scaling of the specimen.
     """
 
     tilts: bool
     mapped: bool = False
+    moves: bool = True
+    scales: bool = True
 
 
 def frame_rule(model: ProjectionModel, modes: dict, tilts_solved: bool) -> FrameRule:
@@ -53,7 +58,15 @@ def frame_rule(model: ProjectionModel, modes: dict, tilts_solved: bool) -> Frame
     free = frame_map is not None and all(
         _mode_is_free(modes.get(name, model.default_modes[model.index(name)])) for name in frame_map.needs
     )
-    return FrameRule(tilts=bool(tilts_solved), mapped=bool(tilts_solved and free))
+    shifts = model.shift_parameters or ()
+    moves = all(_mode_is_free(modes.get(name, model.default_modes[model.index(name)])) for name in shifts)
+    scale = (
+        modes.get("scale", model.default_modes[model.index("scale")])
+        if "scale" in model.parameters
+        else "fixed"
+    )
+    scales = scale != "fixed" if isinstance(scale, str) else not bool(np.any(np.asarray(scale) == -2))
+    return FrameRule(tilts=bool(tilts_solved), mapped=bool(tilts_solved and free), moves=moves, scales=scales)
 
 
 def _mode_is_free(mode) -> bool:
@@ -70,10 +83,11 @@ def _mean(values, mask):
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def _moves(model: ProjectionModel) -> tuple[bool, bool]:
+def _moves(model: ProjectionModel, rule: FrameRule) -> tuple[bool, bool]:
     """Whether the frame moves the specimen (the shifts following) in (x and y, z): a model with
-    shifts whose projection such a move changes by the same image offset everywhere."""
-    shifts = model.shift_parameters is not None
+    shifts whose projection such a move changes by the same image offset everywhere, fitted with
+    shifts of each view's own (``FrameRule.moves``)."""
+    shifts = model.shift_parameters is not None and rule.moves
     return shifts and model.xy_translation_symmetry, shifts and model.z_translation_symmetry
 
 
@@ -83,9 +97,9 @@ def _reference(nominal_tilts_rad, view_mask):
     return jnp.argmin(size if view_mask is None else jnp.where(view_mask, size, jnp.inf))
 
 
-def _scales(model: ProjectionModel) -> bool:
+def _scales(model: ProjectionModel, rule: FrameRule) -> bool:
     """Whether the frame scales the specimen (every view's scale following)."""
-    return "scale" in model.parameters and model.scale_symmetry
+    return "scale" in model.parameters and model.scale_symmetry and rule.scales
 
 
 def _turned(model: ProjectionModel, views, markers, scalars, rule: FrameRule):
@@ -95,7 +109,7 @@ def _turned(model: ProjectionModel, views, markers, scalars, rule: FrameRule):
         views, markers = model.frame_map.apply(views, markers, scalars[_MAP])
     elif rule.tilts and model.tilt_offset is not None:
         views, markers = model.tilt_offset(views, markers, scalars[0])
-    if _scales(model):
+    if _scales(model, rule):
         factor = 1 + scalars[1]
         views = views.at[..., model.index("scale")].divide(factor)
         markers = markers * factor
@@ -126,9 +140,9 @@ def frame_scalars(
         scalars = scalars.at[_MAP].set(model.frame_map.scalars(views, nominal_tilts_rad, view_mask))
     elif rule.tilts and model.tilt_offset is not None:
         scalars = scalars.at[0].set(-_mean(views[:, model.index("tilt")] - nominal_tilts_rad, view_mask))
-    if _scales(model):  # the turn leaves the scales as they are
+    if _scales(model, rule):  # the turn leaves the scales as they are
         scalars = scalars.at[1].set(views[ref, model.index("scale")] - 1)
-    moves_xy, moves_z = _moves(model)
+    moves_xy, moves_z = _moves(model, rule)
     if not moves_z:  # (every model with the x-y symmetry has the z one)
         return scalars
     views, markers = _turned(model, views, markers, scalars, rule)
@@ -149,7 +163,7 @@ def frame_scalars(
 def framed_view(model: ProjectionModel, view, scalars, rule: FrameRule):
     """One view (k,) moved into the reporting frame by ``scalars`` (:func:`frame_scalars`)."""
     view = _turned(model, view[None], jnp.zeros((1, 3), view.dtype), scalars, rule)[0][0]
-    if any(_moves(model)):
+    if any(_moves(model, rule)):
         moved = model.project(view, scalars[_MOVE]) - model.project(view, jnp.zeros(3, view.dtype))
         sx, sy = (model.index(p) for p in model.shift_parameters)
         view = view.at[jnp.array([sx, sy])].add(moved)
@@ -160,7 +174,7 @@ def framed_marker(model: ProjectionModel, marker, scalars, rule: FrameRule):
     """One marker (3,) moved into the reporting frame by ``scalars`` (:func:`frame_scalars`)."""
     neutral = jnp.asarray(model.neutral, marker.dtype)[None]
     marker = _turned(model, neutral, marker[None], scalars, rule)[1][0]
-    return marker - scalars[_MOVE] if any(_moves(model)) else marker
+    return marker - scalars[_MOVE] if any(_moves(model, rule)) else marker
 
 
 def reporting_frame(
