@@ -88,20 +88,33 @@ def likeliest_map(views, nominal_tilts_rad, view_mask=None):
     eye = jnp.eye(2, dtype=dtype)
 
     def residuals(change):
-        mapped = map_xz(views, jnp.zeros((1, 3), dtype), change)[0]
-        tilt = (mapped[:, _TILT] - nominal_tilts_rad) / TILT_SPREAD_RAD
-        stretch = mapped[:, _STRETCH] / STRETCH_SPREAD
+        tilt, stretch = _mapped_tilts_and_stretches(views, change)
+        tilt = (tilt - nominal_tilts_rad) / TILT_SPREAD_RAD
+        stretch = stretch / STRETCH_SPREAD
         return jnp.where(real[:, None], jnp.stack([tilt, stretch], axis=1), 0.0).reshape(-1)
 
-    change = jnp.zeros(4, dtype)
-    jacobian = jax.jacfwd(residuals)(change)
-    normal = jacobian.T @ jacobian
-    eigenvalues = jnp.linalg.eigvalsh(normal)
+    jacobian = jax.jacfwd(residuals)(jnp.zeros(4, dtype))
+    eigenvalues = jnp.linalg.eigvalsh(jacobian.T @ jacobian)
     determined = eigenvalues[0] > 1e-9 * eigenvalues[-1]
-    for _ in range(_FRAME_STEPS):
-        jacobian = jax.jacfwd(residuals)(change)
-        normal = jnp.where(determined, jacobian.T @ jacobian, jnp.eye(4, dtype=dtype))
-        change = change - jnp.linalg.solve(normal, jacobian.T @ residuals(change))
+
+    def gradient(change):  # of the criterion (half of it): J^T r
+        values, pull = jax.vjp(residuals, change)
+        return pull(values)[0]
+
+    def gauss_newton(_, start):
+        def step(_, change):
+            jacobian = jax.jacfwd(residuals)(change)
+            normal = jnp.where(determined, jacobian.T @ jacobian, jnp.eye(4, dtype=dtype))
+            return change - jnp.linalg.solve(normal, jacobian.T @ residuals(change))
+
+        return jax.lax.fori_loop(0, _FRAME_STEPS, step, start)
+
+    def tangent_solve(linear, value):  # the criterion's Hessian, 4 x 4, built column by column
+        hessian = jax.vmap(linear)(jnp.eye(4, dtype=dtype)).T
+        return jnp.linalg.solve(jnp.where(determined, hessian, jnp.eye(4, dtype=dtype)), value)
+
+    # differentiated implicitly at the optimum (gradient 0), not through the iterations
+    change = jax.lax.custom_root(gradient, jnp.zeros(4, dtype), gauss_newton, tangent_solve)
     # the turn alone: the tilts' mean deviation from nominal to 0 (angles of the rows, as the
     # turn adds to them whatever the compression)
     angle = jnp.arctan2(rows[:, 1], rows[:, 0])
@@ -112,15 +125,20 @@ def likeliest_map(views, nominal_tilts_rad, view_mask=None):
     return jnp.where(jnp.all(views[:, _BEAMTILT] == 0), change, 0.0)
 
 
+def _mapped_tilts_and_stretches(views, scalars):
+    """Each view's (tilt, x-stretch) (2, n) under the x-z map B = I + scalars."""
+    b = jnp.eye(2, dtype=views.dtype) + scalars.reshape(2, 2)
+    compression = jnp.where(views[:, _COMPRESSION] == 0, 1.0, views[:, _COMPRESSION])  # padded views
+    row = _projection_row(views[:, _TILT], compression).T @ b  # (n, 2)
+    along, across = row[:, 0], row[:, 1] / compression
+    return jnp.stack([jnp.arctan2(across, along), (1 + views[:, _STRETCH]) * jnp.hypot(along, across) - 1])
+
+
 def map_xz(views, xyz, scalars):
     """The equivalent solution (views (n, 9), markers (m, 3)) under the x-z map B = I + scalars."""
+    tilt, stretch = _mapped_tilts_and_stretches(views, scalars)
+    views = views.at[:, _TILT].set(tilt).at[:, _STRETCH].set(stretch)
     b = jnp.eye(2, dtype=views.dtype) + scalars.reshape(2, 2)
-    tilt, stretch = views[:, _TILT], views[:, _STRETCH]
-    compression = jnp.where(views[:, _COMPRESSION] == 0, 1.0, views[:, _COMPRESSION])  # padded views
-    row = _projection_row(tilt, compression).T @ b  # (n, 2)
-    along, across = row[:, 0], row[:, 1] / compression
-    views = views.at[:, _TILT].set(jnp.arctan2(across, along))
-    views = views.at[:, _STRETCH].set((1 + stretch) * jnp.hypot(along, across) - 1)
     xz = jnp.linalg.solve(b, jnp.stack([xyz[:, 0], xyz[:, 2]]))  # (2, m)
     return views, xyz.at[:, 0].set(xz[0]).at[:, 2].set(xz[1])
 
