@@ -1,7 +1,8 @@
 """Covariance of a solved alignment's view parameters, in the frame it is reported in.
 
 The fit's covariance is sigma^2 H^{-1}, H = J^T J on the free entries with the gauge fixed as
-in the fit (MODEL.md, "Gauge freedoms"), sigma^2 = RSS / (2 N_obs - n_free). A result is
+in the fit (MODEL.md, "Gauge freedoms"), sigma^2 = RSS / (2 N_obs - n_free) (a weighted fit's:
+:func:`noise_variance`). A result is
 reported in a frame reached by exact symmetries (``core.frame.reporting_frame``): every tilt
 moved by ``delta`` = minus the mean deviation from nominal, the markers rotated to match, and
 the specimen moved along z by ``zbar`` = their mean z, the shifts absorbing it (the imod
@@ -117,6 +118,17 @@ def count_masks(counts, n_views: int, n_markers: int):
     return jnp.arange(n_views) < counts[0], jnp.arange(n_markers) < counts[1]
 
 
+def projected_covariance(g, joint):
+    """``g joint g^T`` (p, p): the covariance of p reported values whose gradients ``g`` (p, q) act
+    on quantities of covariance ``joint`` (q, q). A value the frame fixes exactly (the reference
+    view's shifts and scale) has terms that cancel to round-off: its row and column are set to
+    0 where the variance is below 1e-12 of the sum of its terms' sizes; NaN (singular) stays."""
+    covariance = g @ joint @ g.T
+    gross = jnp.einsum("ip,pq,iq->i", jnp.abs(g), jnp.abs(joint), jnp.abs(g))
+    fixed = jnp.abs(jnp.diagonal(covariance)) <= 1e-12 * gross
+    return jnp.where(fixed[:, None] | fixed[None, :], 0.0, covariance)
+
+
 def _batched(f, tree, batch: int):
     """``vmap(f)`` over the leading axis of ``tree``, ``batch`` rows at a time (``lax.map``);
     unlike ``lax.map(batch_size=)`` it accepts leaves with a zero-sized trailing axis."""
@@ -166,8 +178,8 @@ def _covariance_core(x, structure, counts, unit, nominal, *, fn, eliminate, mode
     frame_rhs = jax.tree.map(lambda v, f: v * f, jax.jacrev(scalars)(x), free)  # (n_s, ...)
     if eliminate == "b":
         # the views are the Schur complement's dense block: their H^{-1} block is S^{-1} itself
-        # (own entries row-major, then the slots: ``solve._covariance``); two solves give the
-        # frame scalars' rows, and one per weak direction its marker part (below)
+        # (own entries row-major, then the slots: ``solve._covariance``); one solve per frame
+        # scalar gives its row, and one per weak direction its marker part (below)
         frame_solved = jax.vmap(solve)(frame_rhs)
         view_rows = inverse_blocks(lin, eliminate, factorization).dd * f_v[:, None] * f_v[None, :]
         cross = jnp.concatenate([frame_solved.a.reshape(N_FRAME_SCALARS, n_own), frame_solved.g], axis=1)
@@ -230,11 +242,7 @@ def _covariance_core(x, structure, counts, unit, nominal, *, fn, eliminate, mode
             view, jnp.zeros(N_FRAME_SCALARS, dtype)
         )
         full = jnp.concatenate([jac_view * unit[None, :], jac_s], axis=1)  # (k, k + n_s)
-        covariance = full @ block @ full.T
-        # an entry the frame fixes (the reference view's shifts): its terms cancel to round-off
-        gross = jnp.einsum("ip,pq,iq->i", jnp.abs(full), jnp.abs(block), jnp.abs(full))
-        fixed = jnp.abs(jnp.diagonal(covariance)) <= 1e-12 * gross
-        return jnp.where(fixed[:, None] | fixed[None, :], 0.0, covariance)
+        return projected_covariance(full, block)
 
     # Weak directions: the information left on the view entries and slots once every other
     # parameter (markers included) compensates, S = C^{-1}, scaled by their own information.

@@ -3,10 +3,11 @@
 The covariance of the estimates is sigma^2 (J^T J)^{-1} at the optimum, with sigma^2 =
 RSS / (2 N_obs - n_free) and the gauge fixed as in the fit; the needed blocks of the
 inverse come from the Schur complement (``solve.variances``, ``solve.leverages``). The
-reported frame (``core.frame``: tilts at zero mean deviation from nominal, and the imod
-model's x-stretches least; markers at zero mean z) is a function of the
-solution, and the standard errors are projected into it exactly (one extra Gauss-Newton solve
-per frame scalar, ``solve.factored_solve``): they describe the numbers reported.
+reported frame (``core.frame``: tilts at zero mean deviation from nominal, or for the imod
+model its likeliest tilts and x-stretches; scale 1 and the origin on the image centre in the
+view nearest 0 degrees; markers at zero mean z) is a function of the solution, and the
+standard errors are projected into it exactly (one extra Gauss-Newton solve per frame scalar,
+``solve.factored_solve``): they describe the numbers reported.
 
 The leave-one-out residual of observation i (IMOD's CrossValidate) is the residual it would
 have if the fit were redone without it, to first order: (I - H_ii)^{-1} r_i, where
@@ -49,6 +50,7 @@ from .covariance import (
     covariance_core,
     covariance_from_core,
     noise_variance,
+    projected_covariance,
 )
 
 
@@ -152,11 +154,7 @@ def _reported_variances(
         jv, js = jax.jacfwd(f, argnums=(0, 1))(value, frame)
         g = jnp.concatenate([jv * scale[None, :], js], axis=1)  # (p, p + n_s)
         joint = jnp.block([[c, cross.T], [cross, cov_s]])
-        variance = jnp.einsum("ip,pq,iq->i", g, joint, g)
-        # an entry the frame fixes (the reference view's shifts): its terms cancel to round-off
-        gross = jnp.einsum("ip,pq,iq->i", jnp.abs(g), jnp.abs(joint), jnp.abs(g))
-        variance = jnp.where(jnp.abs(variance) <= 1e-12 * gross, 0.0, variance)  # NaN stays: singular
-        return jnp.maximum(variance, 0.0) / scale**2
+        return jnp.maximum(jnp.diagonal(projected_covariance(g, joint)), 0.0) / scale**2
 
     var_a = jax.vmap(lambda v, c, r: one(partial(framed_view, model, rule=rule), v, c, r, unit))(
         views, c_aa, jnp.moveaxis(cross_a, 0, 1)

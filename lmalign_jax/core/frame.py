@@ -3,7 +3,7 @@
 A solution is reported in the frame, reached by exact symmetries of the model, whose tilts
 deviate from the nominal ones by zero on average (a model with a frame map,
 ``ProjectionModel.frame_map``, the imod model's affine z, maps its specimen first: the imod
-model's x-stretches are then least), whose scale is 1 in the view nearest 0 degrees, whose
+model's tilts and x-stretches are then their likeliest), whose scale is 1 in the view nearest 0 degrees, whose
 markers have zero mean z, and whose specimen origin projects onto the image centre in that
 view, so the aligned images sit where the raw ones did (as in IMOD). The frame is a function
 of the solution alone, whatever values earlier stages left in the gauge's fixed entries, so
@@ -54,17 +54,14 @@ class FrameRule(NamedTuple):
 def frame_rule(model: ProjectionModel, modes: dict, tilts_solved: bool) -> FrameRule:
     """The frame of a solution of ``model`` fitted with ``modes`` (missing names: the model's
     default mode)."""
+
+    def mode(name):
+        return modes.get(name, model.default_modes[model.index(name)])
+
     frame_map = model.frame_map
-    free = frame_map is not None and all(
-        _mode_is_free(modes.get(name, model.default_modes[model.index(name)])) for name in frame_map.needs
-    )
-    shifts = model.shift_parameters or ()
-    moves = all(_mode_is_free(modes.get(name, model.default_modes[model.index(name)])) for name in shifts)
-    scale = (
-        modes.get("scale", model.default_modes[model.index("scale")])
-        if "scale" in model.parameters
-        else "fixed"
-    )
+    free = frame_map is not None and all(_mode_is_free(mode(name)) for name in frame_map.needs)
+    moves = all(_mode_is_free(mode(name)) for name in model.shift_parameters or ())
+    scale = mode("scale") if "scale" in model.parameters else "fixed"
     scales = scale != "fixed" if isinstance(scale, str) else not bool(np.any(np.asarray(scale) == -2))
     return FrameRule(tilts=bool(tilts_solved), mapped=bool(tilts_solved and free), moves=moves, scales=scales)
 
